@@ -1,0 +1,45 @@
+from setuptools import setup
+
+setup(
+    name="cipherd",
+    version="0.1.0",
+    description="Email encryption gateway with a secure webmail messenger",
+    python_requires=">=3.11",
+    packages=[
+        "cipherd",
+        "cipherd.store",
+        "cipherd.web",
+        "cipherd.testing",
+        "twisted.plugins",
+    ],
+    package_data={
+        "cipherd.web": ["templates/*.html", "static/*"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "cryptography>=44",
+        "pyopenssl>=24",
+        "service-identity>=24",
+        "asn1crypto>=1.5",
+        "klein>=24.8",
+        "jinja2>=3.1",
+        "sqlalchemy>=2.0",
+        "psycopg[binary]>=3.2",
+        "argon2-cffi>=23",
+        "zxcvbn>=4.4",
+        "croniter>=2",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "treq>=24",
+            "hypothesis>=6",
+            "playwright>=1.45",
+            "ruff>=0.6",
+            "mypy>=1.11",
+            "mypy-zope>=1.0",
+        ],
+    },
+)
