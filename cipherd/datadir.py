@@ -1,0 +1,157 @@
+"""
+The data dir: what cipherd creates on first start and reuses afterwards.
+
+    <data_dir>/            mode 0700
+      cipherd.db           the SQLite store (unless database.url is set)
+      kek                  key-encryption key for secrets at rest, mode 0600
+      tls/cert.pem         self-signed certificate for the sites and STARTTLS
+      tls/key.pem          its private key, mode 0600
+      logs/                mta.log, mpa.log
+
+Server secrets that administrators may edit (server secret, system mail
+secret) are settings and live in the database; see ``cipherd.bootstrap``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+KEK_BYTES = 32
+TLS_VALIDITY = timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """
+    The paths inside a data dir.
+    """
+
+    root: Path
+
+    @property
+    def kek(self) -> Path:
+        return self.root / "kek"
+
+    @property
+    def tls_certificate(self) -> Path:
+        return self.root / "tls" / "cert.pem"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.root / "tls" / "key.pem"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+
+def _write_secret_file(path: Path, data: bytes) -> None:
+    """
+    Create C{path} with mode 0600 (never readable by others, not even for an
+    instant) and fsync it, then rename it into place.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def make_self_signed_tls(hostname: str, now: datetime) -> tuple[bytes, bytes]:
+    """
+    A self-signed server certificate for C{hostname}, 127.0.0.1 and ::1.
+
+    @return: (certificate PEM, private key PEM)
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, hostname),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cipherd"),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + TLS_VALIDITY)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(hostname),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def prepare_data_dir(root: Path, *, tls_hostname: str, now: datetime) -> DataDir:
+    """
+    Create whatever is missing in the data dir; keep whatever exists.
+
+    @param root: the data dir.
+    @param tls_hostname: the name for a newly created TLS certificate.
+    @param now: the current time, for the certificate's validity.
+    @return: the data dir's paths.
+    """
+    data = DataDir(root)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (root / "tls").mkdir(mode=0o700, exist_ok=True)
+    data.logs.mkdir(mode=0o700, exist_ok=True)
+    if not data.kek.exists():
+        _write_secret_file(data.kek, secrets.token_bytes(KEK_BYTES))
+    if not (data.tls_certificate.exists() and data.tls_key.exists()):
+        cert_pem, key_pem = make_self_signed_tls(tls_hostname, now)
+        _write_secret_file(data.tls_key, key_pem)
+        _write_secret_file(data.tls_certificate, cert_pem)
+        data.tls_certificate.chmod(0o644)
+    return data
+
+
+def read_kek(data: DataDir) -> bytes:
+    """
+    The key-encryption key.
+
+    @raise ValueError: the file is not a key of the expected size.
+    """
+    kek = data.kek.read_bytes()
+    if len(kek) != KEK_BYTES:
+        raise ValueError(f"{data.kek}: expected {KEK_BYTES} bytes, found {len(kek)}")
+    return kek
+
+
+def utc_from_seconds(seconds: float) -> datetime:
+    """
+    A timezone-aware datetime from an C{IReactorTime.seconds()} value.
+    """
+    return datetime.fromtimestamp(seconds, UTC)

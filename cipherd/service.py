@@ -1,0 +1,192 @@
+"""
+Assembles the cipherd service tree from the bootstrap config.
+
+    cipherd (MultiService)
+    ├── threads: database pool, crypto pool
+    ├── mail logs (MTA, MPA)
+    ├── startup: data dir, migrations, first-start secrets and admin account
+    │   └── then the listeners: admin site (HTTPS)
+    └── session sweep (timer)
+
+Services stop in reverse order.  Listeners start only once the database is
+migrated; if that fails, the reason is logged and the process stops.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
+
+from cipherd.config import Config
+from cipherd.datadir import prepare_data_dir, utc_from_seconds
+from cipherd.logs import MailLogsService
+from cipherd.settings import GLOBAL, PROPERTIES
+from cipherd.store import Store, create_engine_for_url
+from cipherd.store.settings import SettingsRepository, apply_changes, load_values
+from cipherd.threads import ThreadPoolRunner
+from cipherd.web.admin import AdminSite
+from cipherd.web.auth import AdminAuthority
+
+SESSION_SWEEP_INTERVAL = 600
+CRYPTO_THREADS = 2
+
+log = Logger(namespace="cipherd")
+
+
+def tls_options(certificate_pem: bytes, key_pem: bytes) -> CertificateOptions:
+    """
+    Server TLS options from a PEM certificate (followed by its chain) and key.
+    """
+    blocks = [
+        b"-----BEGIN CERTIFICATE-----" + block
+        for block in certificate_pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+    ]
+    leaf = PrivateCertificate.loadPEM(key_pem + b"\n" + blocks[0])
+    chain = [Certificate.loadPEM(block).original for block in blocks[1:]]
+    return CertificateOptions(
+        privateKey=leaf.privateKey.original,
+        certificate=leaf.original,
+        extraCertChain=chain,
+        raiseMinimumTo=None,
+    )
+
+
+def _generate_missing_secrets(conn: Connection) -> list[str]:
+    """
+    Give each secret property without a global value a random one.
+
+    @return: the names generated.
+    """
+    values = load_values(conn, [GLOBAL]).by_scope[GLOBAL]
+    missing = {p.name: secrets.token_urlsafe(24) for p in PROPERTIES
+               if p.secret and p.name not in values}
+    apply_changes(conn, GLOBAL, missing)
+    return sorted(missing)
+
+
+async def first_start(store: Store, authority: AdminAuthority) -> None:
+    """
+    Migrate the database, generate secrets and create the default admin.
+    Safe to run on every start and on several nodes at once.
+    """
+    found, now = await store.migrate()
+    if found is None:
+        log.info("Created the database schema (version {version})", version=now)
+    elif found != now:
+        log.info("Migrated the database from version {old} to {new}", old=found, new=now)
+    try:
+        generated = await store.run(_generate_missing_secrets)
+    except IntegrityError:
+        # Another node generated them at the same moment: keep its values.
+        generated = []
+    if generated:
+        log.info("Generated {names}", names=", ".join(generated))
+    await authority.ensure_default_admin()
+
+
+class _Startup(MultiService):
+    """
+    Runs L{first_start}, then starts its children (the listeners).  On
+    failure it logs why and stops the reactor.
+    """
+
+    def __init__(self, run: Any, reactor: Any) -> None:
+        super().__init__()
+        self._run = run
+        self._reactor = reactor
+        self.ready: Deferred[None] | None = None
+
+    def privilegedStartService(self) -> None:
+        # twistd binds ports here, before startService; ours must wait for
+        # the database, so the children start (and bind) in startService.
+        pass
+
+    def startService(self) -> None:
+        Service.startService(self)
+        d = Deferred.fromCoroutine(self._run())
+        d.addCallback(lambda _: MultiService.startService(self))
+
+        def failed(failure: Any) -> None:
+            log.failure("cipherd could not start", failure)
+            if self._reactor.running:
+                self._reactor.stop()
+
+        d.addErrback(failed)
+        self.ready = d
+
+
+def make_service(config: Config, reactor: Any) -> IService:
+    """
+    Build the service tree.
+
+    @param reactor: the reactor (clock, threads, listening) everything uses.
+    """
+    data = prepare_data_dir(
+        config.data_dir, tls_hostname=config.tls_hostname,
+        now=utc_from_seconds(reactor.seconds()),
+    )
+    root = MultiService()
+    db_runner = ThreadPoolRunner(reactor, "cipherd-db", config.database_pool_size)
+    crypto_runner = ThreadPoolRunner(reactor, "cipherd-crypto", CRYPTO_THREADS)
+    db_runner.setServiceParent(root)
+    crypto_runner.setServiceParent(root)
+    logs = MailLogsService(data.logs, max_bytes=config.log_max_bytes, keep=config.log_keep)
+    logs.setServiceParent(root)
+
+    store = Store(create_engine_for_url(config.effective_database_url,
+                                        config.database_pool_size), db_runner)
+    settings = SettingsRepository(store, reactor)
+    authority = AdminAuthority(
+        store, crypto_runner, reactor,
+        idle_timeout=config.admin_session_idle_timeout,
+        max_age=config.admin_session_max_age,
+        lockout_threshold=config.admin_lockout_threshold,
+        lockout_window=config.admin_lockout_window,
+        lockout_duration=config.admin_lockout_duration,
+    )
+    startup = _Startup(lambda: first_start(store, authority), reactor)
+    startup.setServiceParent(root)
+
+    certificate = config.tls_certificate or data.tls_certificate
+    key = config.tls_key or data.tls_key
+    options = tls_options(certificate.read_bytes(), key.read_bytes())
+    admin = AdminSite(authority, settings, logs.logs, crypto_runner)
+    site = Site(admin.resource())
+    site.displayTracebacks = False
+    listener = StreamServerEndpointService(
+        serverFromString(reactor, config.admin_listen),
+        TLSMemoryBIOFactory(options, False, site),
+    )
+    listener._raiseSynchronously = True
+    listener.setServiceParent(startup)
+
+    def sweep() -> Deferred[Any]:
+        d = Deferred.fromCoroutine(authority.expire_sessions())
+        d.addErrback(lambda f: log.failure("Expiring admin sessions failed", f))
+        return d
+
+    sweeper = TimerService(SESSION_SWEEP_INTERVAL, sweep)
+    sweeper.clock = reactor
+    sweeper.setServiceParent(startup)
+
+    class _CloseStore(Service):
+        def stopService(self) -> None:
+            super().stopService()
+            store.close()
+
+    # First child, so it stops last: after the thread pools have drained.
+    _CloseStore().setServiceParent(root)
+    root.services.insert(0, root.services.pop())
+    return root
+

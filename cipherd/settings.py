@@ -1,0 +1,618 @@
+"""
+The property registry: every setting cipherd has, declared once.
+
+A property has a name (the guide's label in snake_case), a value type that
+validates and explains, a factory default, help text, the levels it may be
+set at and the page and group the admin UI shows it in.  The admin forms, the
+JSON API, validation and the inheritance lookup all read this registry.
+
+Lookup for a user ``alice@mail.example.com`` goes
+
+    user alice@mail.example.com
+    -> domain mail.example.com
+    -> wildcard domains *.mail.example.com, *.example.com, *.com
+    -> global
+    -> factory default
+
+and stops at the first level with a value.  A wildcard ``*.example.com``
+covers example.com itself and every domain below it.  "Inherit" means no
+value at that level.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from cipherd.cron import ScheduleError, parse_interval, parse_quartz
+
+
+class Level(enum.Enum):
+    GLOBAL = "global"
+    DOMAIN = "domain"
+    USER = "user"
+
+
+ALL_LEVELS = frozenset(Level)
+GLOBAL_AND_DOMAIN = frozenset({Level.GLOBAL, Level.DOMAIN})
+GLOBAL_ONLY = frozenset({Level.GLOBAL})
+
+
+class InvalidValue(ValueError):
+    """
+    A value a property does not accept; the message says why, for the user.
+    """
+
+
+# Value types ----------------------------------------------------------------
+
+
+class ValueType:
+    """
+    Checks and normalises values of one kind.  C{check} takes JSON values
+    (API); C{from_form} takes the string an HTML form sends.
+    """
+
+    widget = "text"
+
+    def check(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def from_form(self, text: str) -> Any:
+        return self.check(text.strip())
+
+    def to_form(self, value: Any) -> str:
+        return "" if value is None else str(value)
+
+    def _want_string(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InvalidValue(f"must be a string, not {_json_kind(value)}")
+        return value
+
+
+def _json_kind(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object", type(None): "null"}.get(type(value), "a value")
+
+
+@dataclass(frozen=True)
+class Text(ValueType):
+    max_length: int = 1000
+    min_length: int = 0
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value)
+        if len(text) > self.max_length:
+            raise InvalidValue(f"is {len(text)} characters long; the limit is {self.max_length}")
+        if len(text) < self.min_length:
+            raise InvalidValue(f"must be at least {self.min_length} characters long")
+        if any(ord(c) < 32 for c in text):
+            raise InvalidValue("must not contain control characters or line breaks")
+        return text
+
+
+@dataclass(frozen=True)
+class Boolean(ValueType):
+    widget = "checkbox"
+
+    def check(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise InvalidValue(f"must be true or false, not {_json_kind(value)}")
+        return value
+
+    def from_form(self, text: str) -> bool:
+        return text.strip().lower() in ("on", "true", "1", "yes")
+
+
+@dataclass(frozen=True)
+class Integer(ValueType):
+    minimum: int = 0
+    maximum: int = 2**62
+    unit: str = ""
+    widget = "number"
+
+    def check(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidValue(f"must be a whole number, not {_json_kind(value)}")
+        if not self.minimum <= value <= self.maximum:
+            raise InvalidValue(f"must be between {self.minimum} and {self.maximum}")
+        return value
+
+    def from_form(self, text: str) -> int:
+        text = text.strip()
+        if not re.fullmatch(r"-?\d+", text):
+            raise InvalidValue(f"{text!r} is not a whole number")
+        return self.check(int(text))
+
+
+# RFC 5321 §4.5.3.1: local part 64 octets, domain 255; we accept the dot-atom
+# forms mail software actually uses (no quoted local parts, no IP literals).
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def domain_problem(domain: str, *, wildcard: bool = False) -> str | None:
+    """
+    Why C{domain} is not a valid domain name, or C{None}.
+
+    @param wildcard: also accept C{*.example.com}.
+    """
+    name = domain[2:] if wildcard and domain.startswith("*.") else domain
+    if not name:
+        return "the domain is empty"
+    if len(name) > 253:
+        return "the domain is longer than 253 characters"
+    labels = name.split(".")
+    if len(labels) < 2 and not (wildcard and domain.startswith("*.")):
+        return f"the domain {name!r} has no dot"
+    for label in labels:
+        if not _DOMAIN_LABEL.fullmatch(label):
+            return f"{label!r} is not a valid part of a domain name"
+    return None
+
+
+def email_problem(address: str) -> str | None:
+    """
+    Why C{address} is not a valid email address, or C{None}.
+    """
+    if address.count("@") != 1:
+        return "it must contain exactly one @" if "@" in address else "it has no @"
+    local, domain = address.split("@")
+    if not local:
+        return "the part before @ is empty"
+    if len(local) > 64:
+        return "the part before @ is longer than 64 characters"
+    if not _LOCAL_PART.fullmatch(local):
+        return f"{local!r} is not a valid part before @"
+    return domain_problem(domain)
+
+
+@dataclass(frozen=True)
+class EmailAddress(ValueType):
+    allow_empty: bool = True
+    widget = "email"
+
+    def check(self, value: Any) -> str:
+        address = self._want_string(value).strip()
+        if not address and self.allow_empty:
+            return ""
+        problem = email_problem(address)
+        if problem:
+            raise InvalidValue(f"{address!r} is not a valid email address: {problem}")
+        return address
+
+
+@dataclass(frozen=True)
+class Url(ValueType):
+    allow_empty: bool = True
+    widget = "url"
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip()
+        if not text and self.allow_empty:
+            return ""
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 -- raises ValueError on a bad port
+        except ValueError as e:
+            raise InvalidValue(f"{text!r} is not a valid URL: {e}") from None
+        if parts.scheme not in ("https", "http"):
+            raise InvalidValue(f"{text!r} is not a valid URL: it must start with https:// or http://")
+        if not parts.hostname:
+            raise InvalidValue(f"{text!r} is not a valid URL: it names no host")
+        if any(c.isspace() for c in text):
+            raise InvalidValue(f"{text!r} is not a valid URL: it contains spaces")
+        return text
+
+
+@dataclass(frozen=True)
+class Interval(ValueType):
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip()
+        try:
+            parse_interval(text)
+        except ScheduleError as e:
+            raise InvalidValue(str(e)) from None
+        return text
+
+
+@dataclass(frozen=True)
+class CronExpression(ValueType):
+    def check(self, value: Any) -> str:
+        text = " ".join(self._want_string(value).split())
+        try:
+            parse_quartz(text)
+        except ScheduleError as e:
+            raise InvalidValue(str(e)) from None
+        return text
+
+
+def _regex_problem(pattern: str) -> str | None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        return str(e)
+    return None
+
+
+@dataclass(frozen=True)
+class RegularExpression(ValueType):
+    def check(self, value: Any) -> str:
+        text = self._want_string(value)
+        problem = _regex_problem(text)
+        if problem:
+            raise InvalidValue(f"{text!r} is not a valid regular expression: {problem}")
+        return text
+
+
+_HEADER_NAME = re.compile(r"[!-9;-~]+")
+
+
+@dataclass(frozen=True)
+class HeaderTrigger(ValueType):
+    """
+    C{Header-Name: regular expression}, e.g. C{X-Encrypt: ^yes$}.
+    """
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip()
+        if not text:
+            return ""
+        name, colon, pattern = text.partition(":")
+        if not colon or not _HEADER_NAME.fullmatch(name):
+            raise InvalidValue(
+                f"{text!r} is not a header trigger: write a header name, a colon and a "
+                "regular expression for its value, like X-Encrypt: ^yes$"
+            )
+        problem = _regex_problem(pattern.strip())
+        if problem:
+            raise InvalidValue(f"{text!r}: the value pattern is not a valid regular expression: {problem}")
+        return f"{name}: {pattern.strip()}"
+
+
+@dataclass(frozen=True)
+class Choice(ValueType):
+    choices: tuple[tuple[str, str], ...] = ()
+    widget = "select"
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value)
+        if text not in dict(self.choices):
+            allowed = ", ".join(key for key, _ in self.choices)
+            raise InvalidValue(f"{text!r} is not one of: {allowed}")
+        return text
+
+
+# The registry ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Property:
+    """
+    One setting.
+
+    @ivar page: the admin settings page it is shown on.
+    @ivar group: the heading it is shown under on that page.
+    @ivar advanced: shown only after "show advanced settings".
+    @ivar secret: generated at first start when it has no value.
+    """
+
+    name: str
+    label: str
+    type: ValueType
+    default: Any
+    help: str
+    levels: frozenset[Level] = ALL_LEVELS
+    page: str = "preferences"
+    group: str = "General"
+    advanced: bool = False
+    secret: bool = False
+
+    def validate(self, value: Any) -> Any:
+        """
+        @return: the normalised value.
+        @raise InvalidValue: why the value is refused.
+        """
+        return self.type.check(value)
+
+
+@dataclass(frozen=True)
+class Page:
+    name: str
+    title: str
+
+
+PAGES = (
+    Page("preferences", "Global preferences"),
+    Page("webmail", "Webmail"),
+    Page("encryption", "Encryption policy"),
+    Page("quota", "Quota"),
+    Page("cleanup", "Auto cleanup"),
+)
+
+_ENCRYPT_MODES = (
+    ("no_encryption", "No encryption"),
+    ("allow", "Allow"),
+    ("mandatory", "Mandatory"),
+)
+
+_P = Property
+
+PROPERTIES: tuple[Property, ...] = (
+    # Guide figure 9: General.
+    _P("comment", "Comment", Text(), "", "A note for administrators; not used by cipherd."),
+    _P("min_password_strength", "Min. password strength", Integer(0, 128, "bits"), 30,
+       "The least strength, in bits (log2 of the guesses zxcvbn estimates an attacker "
+       "needs), a webmail password must have. 30 bits is about a billion guesses and "
+       "refuses common passwords and dictionary words with digits appended."),
+    _P("relay_recipient", "Relay recipient", EmailAddress(), "",
+       "The special address the gateway sends tunnel messages to, e.g. "
+       "webmail@webmail.local. Mail to any other address is ordinary mail.",
+       levels=GLOBAL_ONLY),
+    _P("portal_base_url", "Portal base URL", Url(), "",
+       "The base URL of the webmail portal for sign-up and password reset pages, e.g. "
+       "https://webmail.example.com.", levels=GLOBAL_AND_DOMAIN),
+    _P("notification_sender", "Notification sender", EmailAddress(), "",
+       "The From address of notification messages (sign-up invitations, new message "
+       "notices). Use an address an administrator reads."),
+    _P("postmaster", "Postmaster", EmailAddress(), "",
+       "Where tunnel messages that cannot be handled (e.g. signed with an untrusted "
+       "certificate) are forwarded. Use an address an administrator reads.",
+       levels=GLOBAL_ONLY),
+    # Guide figure 9, advanced: General.
+    _P("initial_login_allowed", "Initial login allowed", Boolean(), True,
+       "Whether a recipient may sign up (choose a first password) from an invitation.",
+       advanced=True),
+    _P("server_secret", "Server secret", Text(max_length=256, min_length=16), "",
+       "The key sign-up and password reset links are signed with. Changing it makes "
+       "every outstanding link invalid. Generated at first start.",
+       levels=GLOBAL_ONLY, advanced=True, secret=True),
+    _P("signup_link_validity", "Signup link validity", Integer(1, 525600, "min"), 43200,
+       "Minutes a sign-up link stays valid.", advanced=True),
+    _P("password_reset_link_validity", "Password reset link validity",
+       Integer(1, 525600, "min"), 300, "Minutes a password reset link stays valid.",
+       advanced=True),
+    _P("signup_url", "Signup URL", Url(), "",
+       "The sign-up page. Empty: the portal base URL followed by /signup.",
+       levels=GLOBAL_AND_DOMAIN, advanced=True),
+    _P("password_reset_url", "Password reset URL", Url(), "",
+       "The password reset page. Empty: the portal base URL followed by /reset.",
+       levels=GLOBAL_AND_DOMAIN, advanced=True),
+    _P("webmail_login_url", "Webmail login URL", Url(), "",
+       "The login page linked from new message notices. Empty: the portal base URL "
+       "followed by /login.", levels=GLOBAL_AND_DOMAIN, advanced=True),
+    _P("password_reset_enabled", "Password reset enabled", Boolean(), True,
+       "Whether recipients may reset a forgotten password by email.", advanced=True),
+    # Post processing.
+    _P("header_external", "Header external", Text(), "",
+       "A header (Name: value) added to mail for external recipients.",
+       group="Post processing", advanced=True),
+    # Other.
+    _P("system_mail_secret", "System mail secret", Text(max_length=256, min_length=16), "",
+       "The key that marks mail cipherd sends itself (notifications, bounces), so it is "
+       "never processed twice. Generated at first start.",
+       levels=GLOBAL_ONLY, group="Other", advanced=True, secret=True),
+    # Custom properties.
+    _P("custom_1", "Custom 1", Text(), "", "Free for site-specific use.",
+       group="Custom properties", advanced=True),
+    _P("custom_2", "Custom 2", Text(), "", "Free for site-specific use.",
+       group="Custom properties", advanced=True),
+    _P("custom_3", "Custom 3", Text(), "", "Free for site-specific use.",
+       group="Custom properties", advanced=True),
+    # Guide figure 14: gateway webmail settings.
+    _P("webmail_enabled", "Enabled", Boolean(), False,
+       "Whether mail that must be encrypted may go to the webmail messenger when S/MIME "
+       "cannot be used.", page="webmail", group="User settings"),
+    _P("webmail_read_receipt", "Read receipt", Boolean(), False,
+       "Send the sender a receipt when the recipient reads the message in webmail.",
+       page="webmail", group="User settings"),
+    _P("webmail_only_if_mandatory", "Only if mandatory", Boolean(), False,
+       "Use webmail only when encryption is mandatory, not when merely allowed.",
+       page="webmail", group="User settings"),
+    _P("webmail_recipient", "Webmail recipient", EmailAddress(), "",
+       "The address the webmail messenger receives tunnel messages on; must equal its "
+       "Relay recipient, e.g. webmail@webmail.local.",
+       levels=GLOBAL_AND_DOMAIN, page="webmail", group="Tunneling settings"),
+    _P("webmail_sender", "Webmail sender", EmailAddress(), "",
+       "The address tunnel messages are sent from and signed for. Use an address only "
+       "webmail uses.", levels=GLOBAL_AND_DOMAIN, page="webmail", group="Tunneling settings"),
+    # Encryption policy (gateway).
+    _P("locality", "Locality", Choice((("internal", "Internal"), ("external", "External"))),
+       "external", "Whether the user or domain is inside the organisation. Relay domains "
+       "are internal.", levels=frozenset({Level.DOMAIN, Level.USER}), page="encryption"),
+    _P("encrypt_mode", "Encrypt mode", Choice(_ENCRYPT_MODES), "no_encryption",
+       "No encryption: never encrypt. Allow: encrypt when a trigger asks for it. "
+       "Mandatory: always encrypt; bounce when no method can.", page="encryption"),
+    _P("subject_trigger_enabled", "Subject trigger enabled", Boolean(), False,
+       "Encrypt when the subject matches the subject trigger.", page="encryption",
+       group="Subject trigger"),
+    _P("subject_trigger", "Subject trigger", RegularExpression(), r"(?i)\[encrypt\]",
+       "A regular expression searched for in the subject.", page="encryption",
+       group="Subject trigger"),
+    _P("subject_trigger_remove_pattern", "Remove pattern", Boolean(), True,
+       "Remove the matched text from the subject before sending.", page="encryption",
+       group="Subject trigger"),
+    _P("header_trigger_enabled", "Header trigger enabled", Boolean(), False,
+       "Encrypt when a header matches the header trigger.", page="encryption",
+       group="Header trigger"),
+    _P("header_trigger", "Header trigger", HeaderTrigger(), "X-Encrypt: ^(yes|true|1)$",
+       "A header name and a regular expression for its value, like X-Encrypt: ^yes$.",
+       page="encryption", group="Header trigger"),
+    _P("smime_enabled", "S/MIME enabled", Boolean(), True,
+       "Whether S/MIME may be used for recipients with a valid certificate.",
+       page="encryption", group="Methods"),
+    # Quota.
+    _P("mailbox_size_limit", "Mailbox size limit", Integer(0, 2**50, "bytes"), 512 * 1024**2,
+       "The largest size of one webmail mailbox, in bytes.", page="quota"),
+    # Guide figure 12: auto cleanup.
+    _P("auto_mailbox_cleanup_enabled", "Auto cleanup enabled", Boolean(), False,
+       "Delete webmail messages older than the cleanup interval.", levels=GLOBAL_ONLY,
+       page="cleanup", group="Auto mailbox cleanup"),
+    _P("auto_mailbox_cleanup_interval", "Cleanup interval", Interval(), "2w",
+       "Messages older than this are deleted: a number with unit h, d or w (8h, 1d, 2w).",
+       levels=GLOBAL_ONLY, page="cleanup", group="Auto mailbox cleanup"),
+    _P("auto_account_cleanup_enabled", "Auto cleanup enabled", Boolean(), False,
+       "Delete webmail accounts without activity for the given number of days.",
+       levels=GLOBAL_ONLY, page="cleanup", group="Auto account cleanup"),
+    _P("auto_account_cleanup_last_activity", "Last activity", Integer(1, 36500, "days"), 90,
+       "Accounts idle for more days than this are deleted.", levels=GLOBAL_ONLY,
+       page="cleanup", group="Auto account cleanup"),
+    _P("auto_account_cleanup_schedule", "Cleanup schedule", CronExpression(), "0 0 2 * * ?",
+       "When account cleanup runs, as a Quartz cron expression (0 0 2 * * ? is 2am "
+       "every day).", levels=GLOBAL_ONLY, page="cleanup", group="Auto account cleanup"),
+)
+
+REGISTRY: Mapping[str, Property] = {p.name: p for p in PROPERTIES}
+
+
+def properties_on(page: str, level: Level) -> list[Property]:
+    """
+    The properties shown on C{page} at C{level}, in declaration order.
+    """
+    return [p for p in PROPERTIES if p.page == page and level in p.levels]
+
+
+# Resolution -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """
+    Where a value is set: C{(Level.GLOBAL, "")}, C{(Level.DOMAIN,
+    "example.com")}, C{(Level.DOMAIN, "*.example.com")} or C{(Level.USER,
+    "alice@example.com")}.
+    """
+
+    level: Level
+    key: str = ""
+
+    def describe(self) -> str:
+        return self.level.value if self.level is Level.GLOBAL else f"{self.level.value} {self.key}"
+
+
+GLOBAL = Scope(Level.GLOBAL)
+
+
+def normalise_domain(domain: str) -> str:
+    """
+    @raise InvalidValue: not a domain or wildcard domain.
+    """
+    domain = domain.strip().lower().rstrip(".")
+    problem = domain_problem(domain, wildcard=True)
+    if problem:
+        raise InvalidValue(f"{domain!r} is not a valid domain: {problem}")
+    return domain
+
+
+def normalise_email(address: str) -> str:
+    """
+    Addresses are compared case-insensitively throughout cipherd.
+
+    @raise InvalidValue: not an email address.
+    """
+    address = address.strip().lower()
+    problem = email_problem(address)
+    if problem:
+        raise InvalidValue(f"{address!r} is not a valid email address: {problem}")
+    return address
+
+
+def lookup_chain(scope: Scope) -> list[Scope]:
+    """
+    The scopes consulted, most specific first, for a value at C{scope}.
+    """
+    chain: list[Scope] = []
+    if scope.level is Level.USER:
+        chain.append(scope)
+        domain = scope.key.rpartition("@")[2]
+    elif scope.level is Level.DOMAIN:
+        domain = scope.key
+    else:
+        return [GLOBAL]
+    if domain.startswith("*."):
+        # A wildcard's parents are the wildcards above it.
+        labels = domain[2:].split(".")
+        chain.append(Scope(Level.DOMAIN, domain))
+        labels = labels[1:]
+    else:
+        labels = domain.split(".")
+        chain.append(Scope(Level.DOMAIN, domain))
+    for i in range(len(labels)):
+        chain.append(Scope(Level.DOMAIN, "*." + ".".join(labels[i:])))
+    chain.append(GLOBAL)
+    return chain
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """
+    The effective value of a property and where it comes from: C{source}
+    is C{None} for the factory default.
+    """
+
+    value: Any
+    source: Scope | None
+
+    @property
+    def origin(self) -> str:
+        return "default" if self.source is None else self.source.level.value
+
+
+@dataclass
+class Values:
+    """
+    The values set at some scopes: C{{scope: {name: value}}}.
+    """
+
+    by_scope: dict[Scope, dict[str, Any]] = field(default_factory=dict)
+
+    def resolve(self, scope: Scope, prop: Property) -> Resolved:
+        for candidate in lookup_chain(scope):
+            values = self.by_scope.get(candidate, {})
+            if prop.name in values and candidate.level in prop.levels:
+                return Resolved(values[prop.name], candidate)
+        return Resolved(prop.default, None)
+
+    def resolve_all(self, scope: Scope, props: Iterable[Property] = PROPERTIES) -> dict[str, Resolved]:
+        return {p.name: self.resolve(scope, p) for p in props}
+
+    def inherited(self, scope: Scope, prop: Property) -> Resolved:
+        """
+        What C{prop} would be at C{scope} if C{scope} had no value of its own.
+        """
+        own = self.by_scope.get(scope, {})
+        if prop.name not in own:
+            return self.resolve(scope, prop)
+        without = Values({s: v for s, v in self.by_scope.items() if s != scope})
+        return without.resolve(scope, prop)
+
+
+def validate_changes(scope: Scope, changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """
+    Check a set of changes for C{scope}: C{{name: value}} sets, C{{name:
+    None}} inherits.
+
+    @return: (normalised changes, C{{name: error message}}); apply the
+        changes only when there are no errors.
+    """
+    clean: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, value in changes.items():
+        prop = REGISTRY.get(name)
+        if prop is None:
+            errors[name] = "no such property"
+        elif scope.level not in prop.levels:
+            allowed = ", ".join(level.value for level in Level if level in prop.levels)
+            errors[name] = f"cannot be set at {scope.level.value} level (only: {allowed})"
+        elif value is None:
+            clean[name] = None
+        else:
+            try:
+                clean[name] = prop.validate(value)
+            except InvalidValue as e:
+                errors[name] = str(e)
+    return clean, errors

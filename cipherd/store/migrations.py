@@ -1,0 +1,107 @@
+"""
+Versioned schema migrations, applied at start.
+
+A new database gets the current schema (``schema.metadata``) at once and is
+stamped with the latest version, as Alembic recommends; an existing one runs
+each pending step in order, in one transaction, stamping as it goes.  To
+change the schema: edit ``schema.py`` *and* append a step here that brings a
+database of the previous version to the new shape.
+
+Several nodes may start at once against one PostgreSQL database: the
+migration holds a transaction-scoped advisory lock, so one node migrates and
+the others then find nothing to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, MetaData, inspect, select, text
+
+from cipherd.store import schema
+
+# The version schema.py describes when no step below has been added.
+BASELINE_VERSION = 1
+
+# pg_advisory_xact_lock key: "cipherd" as a number, constant for all nodes.
+_PG_MIGRATION_LOCK = 0x63697068657264
+
+
+class MigrationError(Exception):
+    """
+    The database cannot be brought to this program's schema.
+    """
+
+
+@dataclass(frozen=True)
+class Migration:
+    """
+    One schema step: C{apply} takes a database at C{version - 1} to
+    C{version}.
+    """
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+MIGRATIONS: Sequence[Migration] = ()
+
+
+def latest_version(migrations: Sequence[Migration]) -> int:
+    return migrations[-1].version if migrations else BASELINE_VERSION
+
+
+def current_version(conn: Connection) -> int | None:
+    """
+    The schema version of the database, or C{None} for an empty database.
+    """
+    if not inspect(conn).has_table(schema.schema_version.name):
+        return None
+    return conn.execute(select(schema.schema_version.c.version)).scalar_one_or_none()
+
+
+def migrate(
+    conn: Connection,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    metadata: MetaData = schema.metadata,
+) -> tuple[int | None, int]:
+    """
+    Bring the database to the latest version, inside the caller's
+    transaction.
+
+    @param migrations: the steps, in ascending version order (a keyword for
+        tests).
+    @param metadata: the current schema (a keyword for tests).
+    @return: (version found, version now); the first is C{None} for a new
+        database.
+    @raise MigrationError: the database is newer than this program, or the
+        steps are not consecutive.
+    """
+    expected = BASELINE_VERSION
+    for step in migrations:
+        expected += 1
+        if step.version != expected:
+            raise MigrationError(f"migration {step.version} out of order; expected {expected}")
+    target = latest_version(migrations)
+
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+
+    found = current_version(conn)
+    if found is None:
+        metadata.create_all(conn)
+        conn.execute(schema.schema_version.delete())
+        conn.execute(schema.schema_version.insert().values(version=target))
+        return None, target
+    if found > target:
+        raise MigrationError(
+            f"the database has schema version {found}, newer than this cipherd "
+            f"knows ({target}): run a newer cipherd against it"
+        )
+    for step in migrations:
+        if step.version > found:
+            step.apply(conn)
+            conn.execute(schema.schema_version.update().values(version=step.version))
+    return found, target

@@ -1,0 +1,397 @@
+"""
+The admin site: HTML pages under the guide's names, and the JSON API under
+``/api/v1`` (see ``cipherd.web.api``).
+
+Every page but the login page needs an admin session; every POST carries the
+session's CSRF token (the login form a double-submit token).  Until the
+default password is changed every page leads to the password form.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+from urllib.parse import quote
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.static import File
+
+from cipherd.logs import LOG_NAMES, MailLog
+from cipherd.settings import (
+    PAGES,
+    GLOBAL,
+    InvalidValue,
+    Level,
+    Property,
+    Scope,
+    normalise_domain,
+    normalise_email,
+    properties_on,
+)
+from cipherd.store.settings import SettingsRepository
+from cipherd.threads import IBlockingRunner
+from cipherd.web.api import AdminAPI
+from cipherd.web.auth import AdminAuthority, AdminSession, LoginRefused, WeakPassword, csrf_matches
+from cipherd.web.common import (
+    SecureHeaders,
+    arg,
+    args,
+    clear_cookie,
+    client_address,
+    cookie,
+    redirect,
+    set_cookie,
+    template_environment,
+)
+
+SESSION_COOKIE = "__Host-cipherd-admin"
+LOGIN_CSRF_COOKIE = "__Host-cipherd-login"
+CSRF_FIELD = "csrf_token"
+DEFAULT_LOG_LINES = 200
+
+log = Logger(namespace="cipherd.admin")
+
+# Pages an admin who must still change the default password may reach.
+_ALLOWED_BEFORE_PASSWORD_CHANGE = ("/admin/password", "/logout")
+
+_PAGE_TITLES = {page.name: page.title for page in PAGES}
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class _ScopeView:
+    """
+    How the pages name and link a settings scope.
+    """
+
+    scope: Scope
+
+    @property
+    def base(self) -> str:
+        if self.scope.level is Level.GLOBAL:
+            return "/settings/global"
+        kind = "domains" if self.scope.level is Level.DOMAIN else "users"
+        return f"/settings/{kind}/{quote(self.scope.key, safe='@*')}"
+
+    @property
+    def title(self) -> str:
+        if self.scope.level is Level.GLOBAL:
+            return "Global preferences"
+        return f"{self.scope.level.value.capitalize()} {self.scope.key}"
+
+
+def _authenticated(handler: Handler) -> Handler:
+    """
+    Give the handler the admin session, or send the browser to log in;
+    check the CSRF token of every POST; force the password change.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(self: AdminSite, request: IRequest, *a: Any, **kw: Any) -> Any:
+        session = await self.authority.session(cookie(request, SESSION_COOKIE) or "")
+        if session is None:
+            return redirect(request, "/login")
+        path = request.path.decode("utf-8", errors="replace")
+        if request.method == b"POST" and not csrf_matches(session.csrf_token, arg(request, CSRF_FIELD)):
+            return self._forbidden_form(request, session)
+        if session.must_change_password and path not in _ALLOWED_BEFORE_PASSWORD_CHANGE:
+            return redirect(request, "/admin/password")
+        return await handler(self, request, session, *a, **kw)
+
+    return wrapper
+
+
+class AdminSite:
+    """
+    The admin web application.
+
+    @param logs: the MTA and MPA logs, by name.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        authority: AdminAuthority,
+        settings: SettingsRepository,
+        logs: dict[str, MailLog],
+        runner: IBlockingRunner,
+    ) -> None:
+        self.authority = authority
+        self.settings = settings
+        self.logs = logs
+        self._runner = runner
+        self.templates = template_environment()
+        self.api = AdminAPI(authority, settings, logs, runner)
+
+    def resource(self) -> Resource:
+        return SecureHeaders(self.app.resource())
+
+    def _render(
+        self, request: IRequest, template: str, session: AdminSession | None = None,
+        status: int = 200, **context: Any,
+    ) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        page = self.templates.get_template(template).render(
+            session=session, csrf_field=CSRF_FIELD, log_names=LOG_NAMES,
+            settings_pages=PAGES, **context,
+        )
+        return page.encode("utf-8")
+
+    def _forbidden_form(self, request: IRequest, session: AdminSession | None) -> bytes:
+        log.warn("Refused a form without a valid CSRF token from {client}",
+                 client=client_address(request))
+        return self._render(
+            request, "error.html", session, status=403, title="Form refused",
+            message="This form was not sent from this site's page, or the page has expired. "
+            "Go back, reload the page and try again.",
+        )
+
+    # Static files and the API --------------------------------------------
+
+    @app.route("/static/", branch=True)
+    def static(self, request: IRequest) -> Resource:
+        return File(str(files("cipherd.web") / "static"))
+
+    @app.route("/api/", branch=True)
+    def api_branch(self, request: IRequest) -> Resource:
+        return self.api.app.resource()
+
+    # Login, logout, password ---------------------------------------------
+
+    @app.route("/login", methods=["GET"])
+    async def login_form(self, request: IRequest, error: str | None = None,
+                         status: int = 200) -> bytes:
+        if error is None and await self.authority.session(cookie(request, SESSION_COOKIE) or ""):
+            return redirect(request, "/")
+        token = secrets.token_urlsafe(24)
+        set_cookie(request, LOGIN_CSRF_COOKIE, token)
+        return self._render(request, "login.html", status=status, login_csrf=token, error=error)
+
+    @app.route("/login", methods=["POST"])
+    async def login(self, request: IRequest) -> bytes:
+        expected = cookie(request, LOGIN_CSRF_COOKIE)
+        if not expected or not csrf_matches(expected, arg(request, CSRF_FIELD)):
+            return self._forbidden_form(request, None)
+        name = arg(request, "username") or ""
+        try:
+            admin = await self.authority.check_password(
+                name, arg(request, "password") or "", client_address(request)
+            )
+        except LoginRefused as e:
+            return await self.login_form(request, error=str(e), status=401)
+        token = await self.authority.open_session(admin.name)
+        set_cookie(request, SESSION_COOKIE, token)
+        clear_cookie(request, LOGIN_CSRF_COOKIE)
+        log.info("Admin {account!r} logged in from {client}", account=admin.name,
+                 client=client_address(request))
+        return redirect(request, "/admin/password" if admin.must_change_password else "/")
+
+    @app.route("/logout", methods=["POST"])
+    @_authenticated
+    async def logout(self, request: IRequest, session: AdminSession) -> bytes:
+        await self.authority.close_session(session.token_hash)
+        clear_cookie(request, SESSION_COOKIE)
+        return redirect(request, "/login")
+
+    @app.route("/admin/password", methods=["GET"])
+    @_authenticated
+    async def password_form(self, request: IRequest, session: AdminSession) -> bytes:
+        return self._render(request, "password.html", session, section="admin",
+                            changed=arg(request, "changed") is not None)
+
+    @app.route("/admin/password", methods=["POST"])
+    @_authenticated
+    async def change_password(self, request: IRequest, session: AdminSession) -> bytes:
+        password = arg(request, "password") or ""
+        if password != (arg(request, "confirm") or ""):
+            error = "The two passwords are not the same."
+        else:
+            try:
+                await self.authority.change_password(session.admin_name, password,
+                                                     session.token_hash)
+                return redirect(request, "/admin/password?changed=1")
+            except WeakPassword as e:
+                error = str(e)
+        return self._render(request, "password.html", session, status=400, section="admin",
+                            error=error)
+
+    # Settings ----------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    @_authenticated
+    async def home(self, request: IRequest, session: AdminSession) -> bytes:
+        return redirect(request, "/settings/global/preferences")
+
+    @app.route("/settings/global/<page>", methods=["GET", "POST"])
+    @_authenticated
+    async def global_settings(self, request: IRequest, session: AdminSession, page: str) -> bytes:
+        return await self._settings_page(request, session, GLOBAL, page)
+
+    @app.route("/settings/<kind>/<key>/<page>", methods=["GET", "POST"])
+    @_authenticated
+    async def scoped_settings(self, request: IRequest, session: AdminSession, kind: str,
+                              key: str, page: str) -> bytes:
+        scope = self._scope(kind, key)
+        if scope is None or not await self.settings.exists(scope):
+            return self._not_found(request, session)
+        return await self._settings_page(request, session, scope, page)
+
+    def _scope(self, kind: str, key: str) -> Scope | None:
+        try:
+            if kind == "domains":
+                return Scope(Level.DOMAIN, normalise_domain(key))
+            if kind == "users":
+                return Scope(Level.USER, normalise_email(key))
+        except InvalidValue:
+            return None
+        return None
+
+    def _not_found(self, request: IRequest, session: AdminSession) -> bytes:
+        return self._render(request, "error.html", session, status=404, title="Not found",
+                            message="There is no such page, domain or user.")
+
+    async def _settings_page(
+        self, request: IRequest, session: AdminSession, scope: Scope, page: str
+    ) -> bytes:
+        if page not in _PAGE_TITLES or not properties_on(page, scope.level):
+            return self._not_found(request, session)
+        advanced = arg(request, "advanced") == "1"
+        props = [p for p in properties_on(page, scope.level) if advanced or not p.advanced]
+        has_advanced = any(p.advanced for p in properties_on(page, scope.level))
+        view = _ScopeView(scope)
+        errors: dict[str, str] = {}
+        submitted: dict[str, str] = {}
+        if request.method == b"POST":
+            changes, errors, submitted = self._read_settings_form(request, props)
+            if not errors:
+                errors = await self.settings.update(scope, changes)
+            if not errors:
+                log.info("Admin {account!r} changed {names} at {scope}",
+                         account=session.admin_name, names=sorted(changes),
+                         scope=scope.describe())
+                suffix = "?saved=1" + ("&advanced=1" if advanced else "")
+                return redirect(request, f"{view.base}/{page}{suffix}")
+        values = await self.settings.values(scope)
+        rows = []
+        for prop in props:
+            own = values.by_scope.get(scope, {})
+            inherited = values.inherited(scope, prop)
+            effective = values.resolve(scope, prop)
+            rows.append(
+                {
+                    "prop": prop,
+                    "inherit": prop.name not in own if prop.name not in submitted
+                    else submitted[prop.name] is None,
+                    "value": prop.type.to_form(effective.value)
+                    if submitted.get(prop.name) is None else submitted[prop.name],
+                    "checked": bool(effective.value),
+                    "inherited_from": "factory default" if inherited.source is None
+                    else inherited.source.describe(),
+                    "inherited_value": inherited.value,
+                    "error": errors.get(prop.name),
+                }
+            )
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            key = ("Advanced: " if row["prop"].advanced else "") + row["prop"].group
+            groups.setdefault(key, []).append(row)
+        return self._render(
+            request, "settings.html", session, status=400 if errors else 200,
+            section="settings", view=view, page=page, page_title=_PAGE_TITLES[page],
+            pages=[p for p in PAGES if properties_on(p.name, scope.level)],
+            groups=groups, advanced=advanced, has_advanced=has_advanced,
+            saved=arg(request, "saved") is not None, errors=errors,
+        )
+
+    @staticmethod
+    def _read_settings_form(
+        request: IRequest, props: list[Property]
+    ) -> tuple[dict[str, Any], dict[str, str], dict[str, str | None]]:
+        """
+        @return: (changes with C{None} for inherit, errors, what was typed
+            -- C{None} for inherit -- to show the form again).
+        """
+        shown = set(args(request, "fields"))
+        changes: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        submitted: dict[str, str | None] = {}
+        for prop in props:
+            if prop.name not in shown:
+                continue
+            if arg(request, f"inherit.{prop.name}") is not None:
+                changes[prop.name] = None
+                submitted[prop.name] = None
+                continue
+            text = arg(request, f"value.{prop.name}") or ""
+            submitted[prop.name] = text
+            try:
+                changes[prop.name] = prop.type.from_form(text)
+            except InvalidValue as e:
+                errors[prop.name] = str(e)
+        return changes, errors, submitted
+
+    # Domains and users ---------------------------------------------------
+
+    @app.route("/settings/<kind>", methods=["GET", "POST"])
+    @_authenticated
+    async def scope_list(self, request: IRequest, session: AdminSession, kind: str) -> bytes:
+        level = {"domains": Level.DOMAIN, "users": Level.USER}.get(kind)
+        if level is None:
+            return self._not_found(request, session)
+        error = None
+        if request.method == b"POST":
+            entered = arg(request, "name") or ""
+            scope = self._scope(kind, entered)
+            if scope is None:
+                noun = "domain" if level is Level.DOMAIN else "email address"
+                error = f"{entered!r} is not a valid {noun}."
+            elif not await self.settings.add(scope):
+                error = f"{scope.key} exists already."
+            else:
+                log.info("Admin {account!r} added {scope}", account=session.admin_name,
+                         scope=scope.describe())
+                return redirect(request, f"{_ScopeView(scope).base}/preferences")
+        names = await self.settings.list(level)
+        return self._render(
+            request, "scopes.html", session, status=400 if error else 200, section="settings",
+            kind=kind, level=level, error=error,
+            entries=[_ScopeView(Scope(level, n)) for n in names],
+        )
+
+    @app.route("/settings/<kind>/<key>/delete", methods=["POST"])
+    @_authenticated
+    async def scope_delete(self, request: IRequest, session: AdminSession, kind: str,
+                           key: str) -> bytes:
+        scope = self._scope(kind, key)
+        if scope is None or not await self.settings.delete(scope):
+            return self._not_found(request, session)
+        log.info("Admin {account!r} deleted {scope}", account=session.admin_name,
+                 scope=scope.describe())
+        return redirect(request, f"/settings/{kind}")
+
+    # Logs ------------------------------------------------------------------
+
+    @app.route("/logs", methods=["GET"])
+    @_authenticated
+    async def logs_page(self, request: IRequest, session: AdminSession) -> bytes:
+        name = arg(request, "log") or "mta"
+        if name not in self.logs:
+            return self._not_found(request, session)
+        try:
+            count = int(arg(request, "lines") or DEFAULT_LOG_LINES)
+        except ValueError:
+            count = DEFAULT_LOG_LINES
+        return self._render(
+            request, "logs.html", session, section="logs", log_name=name,
+            lines=await self._runner.run(self.logs[name].tail, count), count=count,
+        )

@@ -1,0 +1,247 @@
+"""
+The JSON API under ``/api/v1`` of the admin site (DESIGN.md, Contract).
+
+HTTP Basic authentication over TLS with an admin account: 401 without valid
+credentials; 403 with an explanation until the default password has been
+changed (except ``POST /admin/password``); 400 with a message per field for
+invalid values.  Failed logins count toward the same lockout as the pages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from cipherd.logs import MailLog
+from cipherd.settings import (
+    GLOBAL,
+    InvalidValue,
+    Level,
+    Scope,
+    normalise_domain,
+    normalise_email,
+)
+from cipherd.store.admins import AdminRow
+from cipherd.store.settings import SettingsRepository
+from cipherd.threads import IBlockingRunner
+from cipherd.web.auth import AdminAuthority, LoginRefused, WeakPassword
+from cipherd.web.common import arg, client_address, json_response
+
+# Bodies larger than this are refused before parsing.
+MAX_JSON_BODY = 1_000_000
+DEFAULT_LOG_LINES = 100
+
+log = Logger(namespace="cipherd.admin")
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+def _credentials(request: IRequest) -> tuple[str, str] | None:
+    header = request.getHeader(b"authorization")
+    if not header or not header[:6].lower() == b"basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    name, colon, password = decoded.partition(":")
+    return (name, password) if colon else None
+
+
+def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler], Handler]:
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapper(self: AdminAPI, request: IRequest, *a: Any, **kw: Any) -> bytes:
+            credentials = _credentials(request)
+            if credentials is None:
+                return self._unauthorized(request, "Authentication required (HTTP Basic).")
+            try:
+                admin = await self.authority.check_password(*credentials, client_address(request))
+            except LoginRefused as e:
+                return self._unauthorized(request, str(e))
+            if admin.must_change_password and not allow_default_password:
+                return json_response(request, 403, {
+                    "error": "The default admin password must be changed before the API can "
+                    "be used: POST /api/v1/admin/password with {\"password\": \"...\"}."
+                })
+            try:
+                return await handler(self, request, admin, *a, **kw)
+            except _BadRequest as e:
+                body: dict[str, Any] = {"error": str(e)}
+                if e.errors:
+                    body["errors"] = e.errors
+                return json_response(request, 400, body)
+
+        return wrapper
+
+    return decorate
+
+
+def _json_body(request: IRequest) -> Any:
+    content = request.content  # type: ignore[attr-defined]
+    data = content.read(MAX_JSON_BODY + 1)
+    if len(data) > MAX_JSON_BODY:
+        raise _BadRequest(f"The request body is larger than {MAX_JSON_BODY} bytes.")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _BadRequest(f"The request body is not valid JSON: {e}") from None
+
+
+class AdminAPI:
+    """
+    The JSON API.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        authority: AdminAuthority,
+        settings: SettingsRepository,
+        logs: dict[str, MailLog],
+        runner: IBlockingRunner,
+    ) -> None:
+        self.authority = authority
+        self.settings = settings
+        self.logs = logs
+        self._runner = runner
+
+    def _unauthorized(self, request: IRequest, message: str) -> bytes:
+        request.setHeader(b"WWW-Authenticate", b'Basic realm="cipherd admin", charset="UTF-8"')
+        return json_response(request, 401, {"error": message})
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Any) -> bytes:
+        log.failure("API request {method} {path} failed", failure,
+                    method=request.method, path=request.path)
+        return json_response(request, 500, {"error": "Internal error; see the cipherd log."})
+
+    @app.route("/v1/admin/password", methods=["POST"])
+    @_authenticated(allow_default_password=True)
+    async def change_password(self, request: IRequest, admin: AdminRow) -> bytes:
+        body = _json_body(request)
+        password = body.get("password") if isinstance(body, dict) else None
+        if not isinstance(password, str):
+            raise _BadRequest("Send {\"password\": \"...\"}.",
+                              {"password": "must be a string"})
+        try:
+            await self.authority.change_password(admin.name, password, keep_session=None)
+        except WeakPassword as e:
+            raise _BadRequest("The password was refused.", {"password": str(e)}) from None
+        return json_response(request, 200, {"status": "The password was changed."})
+
+    # Settings ------------------------------------------------------------
+
+    def _scope(self, level: Level, key: str) -> Scope:
+        try:
+            if level is Level.DOMAIN:
+                return Scope(level, normalise_domain(key))
+            return Scope(level, normalise_email(key))
+        except InvalidValue as e:
+            raise _BadRequest(str(e)) from None
+
+    async def _settings_body(self, scope: Scope) -> dict[str, Any]:
+        properties = {}
+        for name, resolved in (await self.settings.effective(scope)).items():
+            entry: dict[str, Any] = {"value": resolved.value, "level": resolved.origin}
+            if resolved.source is not None and resolved.source.level is not Level.GLOBAL:
+                entry["scope"] = resolved.source.key
+            entry["inherited"] = resolved.source != scope
+            properties[name] = entry
+        return {"scope": scope.describe(), "properties": properties}
+
+    async def _patch(self, request: IRequest, scope: Scope, admin: AdminRow) -> bytes:
+        body = _json_body(request)
+        if not isinstance(body, dict):
+            raise _BadRequest("Send a JSON object {name: value}; null means inherit.")
+        errors = await self.settings.update(scope, body)
+        if errors:
+            raise _BadRequest("Some values were refused; nothing was changed.", errors)
+        log.info("Admin {account!r} changed {names} at {scope} through the API",
+                 account=admin.name, names=sorted(body), scope=scope.describe())
+        return json_response(request, 200, await self._settings_body(scope))
+
+    @app.route("/v1/settings/global", methods=["GET"])
+    @_authenticated()
+    async def get_global(self, request: IRequest, admin: AdminRow) -> bytes:
+        return json_response(request, 200, await self._settings_body(GLOBAL))
+
+    @app.route("/v1/settings/global", methods=["PATCH"])
+    @_authenticated()
+    async def patch_global(self, request: IRequest, admin: AdminRow) -> bytes:
+        return await self._patch(request, GLOBAL, admin)
+
+    @app.route("/v1/settings/domains", methods=["GET"])
+    @_authenticated()
+    async def list_domains(self, request: IRequest, admin: AdminRow) -> bytes:
+        return json_response(request, 200, {"domains": await self.settings.list(Level.DOMAIN)})
+
+    @app.route("/v1/settings/users", methods=["GET"])
+    @_authenticated()
+    async def list_users(self, request: IRequest, admin: AdminRow) -> bytes:
+        return json_response(request, 200, {"users": await self.settings.list(Level.USER)})
+
+    @app.route("/v1/settings/domains/<key>", methods=["GET"])
+    @_authenticated()
+    async def get_domain(self, request: IRequest, admin: AdminRow, key: str) -> bytes:
+        return json_response(request, 200,
+                             await self._settings_body(self._scope(Level.DOMAIN, key)))
+
+    @app.route("/v1/settings/users/<key>", methods=["GET"])
+    @_authenticated()
+    async def get_user(self, request: IRequest, admin: AdminRow, key: str) -> bytes:
+        return json_response(request, 200,
+                             await self._settings_body(self._scope(Level.USER, key)))
+
+    @app.route("/v1/settings/domains/<key>", methods=["PATCH"])
+    @_authenticated()
+    async def patch_domain(self, request: IRequest, admin: AdminRow, key: str) -> bytes:
+        return await self._patch(request, self._scope(Level.DOMAIN, key), admin)
+
+    @app.route("/v1/settings/users/<key>", methods=["PATCH"])
+    @_authenticated()
+    async def patch_user(self, request: IRequest, admin: AdminRow, key: str) -> bytes:
+        return await self._patch(request, self._scope(Level.USER, key), admin)
+
+    @app.route("/v1/settings/domains/<key>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_domain(self, request: IRequest, admin: AdminRow, key: str) -> bytes:
+        return await self._delete(request, self._scope(Level.DOMAIN, key))
+
+    @app.route("/v1/settings/users/<key>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_user(self, request: IRequest, admin: AdminRow, key: str) -> bytes:
+        return await self._delete(request, self._scope(Level.USER, key))
+
+    async def _delete(self, request: IRequest, scope: Scope) -> bytes:
+        if not await self.settings.delete(scope):
+            return json_response(request, 404, {"error": f"There is no {scope.describe()}."})
+        return json_response(request, 200, {"status": f"Deleted {scope.describe()}."})
+
+    # Logs ------------------------------------------------------------------
+
+    @app.route("/v1/logs/<name>", methods=["GET"])
+    @_authenticated()
+    async def get_log(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
+        if name not in self.logs:
+            return json_response(request, 404, {"error": f"There is no log {name!r}."})
+        text = arg(request, "lines") or str(DEFAULT_LOG_LINES)
+        if not text.isdigit():
+            raise _BadRequest("lines must be a whole number.", {"lines": f"{text!r} is not a number"})
+        lines: list[str] = await self._runner.run(self.logs[name].tail, int(text))
+        return json_response(request, 200, {"log": name, "lines": lines})

@@ -1,0 +1,244 @@
+"""
+Admin authentication: accounts, passwords (Argon2id), lockout after failed
+logins, and database-backed sessions with idle and absolute timeouts.
+
+Shared by the HTML admin pages (sessions) and the JSON API (HTTP Basic),
+so one lockout counts failures from both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from sqlalchemy import Connection
+from argon2.exceptions import InvalidHashError, VerificationError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zxcvbn import zxcvbn
+
+from cipherd.store import Store
+from cipherd.store import admins as q
+from cipherd.threads import IBlockingRunner
+
+DEFAULT_ADMIN = "admin"
+DEFAULT_PASSWORD = "admin"  # noqa: S105 -- the guide's documented first login; must be changed
+MIN_ADMIN_PASSWORD_LENGTH = 10
+MIN_ADMIN_PASSWORD_SCORE = 3  # zxcvbn: "safely unguessable" (>= 10^8 guesses)
+
+log = Logger(namespace="cipherd.admin")
+
+
+class LoginRefused(Exception):
+    """
+    Wrong credentials or locked out; the message is safe to show.
+    """
+
+
+class WeakPassword(ValueError):
+    """
+    A new password is refused; the message says why.
+    """
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    """
+    A valid admin session.
+    """
+
+    admin_name: str
+    csrf_token: str
+    token_hash: str
+    must_change_password: bool
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def password_problem(name: str, password: str) -> str | None:
+    """
+    Why C{password} is not good enough for admin C{name}, or C{None}.
+    """
+    if len(password) < MIN_ADMIN_PASSWORD_LENGTH:
+        return f"The password must be at least {MIN_ADMIN_PASSWORD_LENGTH} characters long."
+    if password.lower() in (name.lower(), DEFAULT_PASSWORD):
+        return "The password must not be the user name or the default password."
+    result = zxcvbn(password[:100], user_inputs=[name, "cipherd", "ciphermail"])
+    if result["score"] < MIN_ADMIN_PASSWORD_SCORE:
+        feedback = result["feedback"]
+        hints = " ".join(filter(None, [feedback.get("warning"), *feedback.get("suggestions", [])]))
+        return ("The password is too easy to guess. " + hints).strip()
+    return None
+
+
+class AdminAuthority:
+    """
+    Checks admin credentials and manages admin sessions.
+
+    @param store: the database.
+    @param runner: where Argon2 hashing runs (it takes ~100 ms of CPU).
+    @param clock: the source of time for sessions and lockouts.
+    @param hasher: an Argon2id hasher (tests pass cheaper parameters).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        runner: IBlockingRunner,
+        clock: IReactorTime,
+        *,
+        idle_timeout: int,
+        max_age: int,
+        lockout_threshold: int,
+        lockout_window: int,
+        lockout_duration: int,
+        hasher: PasswordHasher | None = None,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._clock = clock
+        self.idle_timeout = idle_timeout
+        self.max_age = max_age
+        self._threshold = lockout_threshold
+        self._window = lockout_window
+        self._duration = lockout_duration
+        self._hasher = hasher or PasswordHasher()
+        self._dummy_hash: str | None = None
+
+    async def ensure_default_admin(self) -> None:
+        """
+        Create C{admin}/C{admin}, to be changed at first login, when there is
+        no admin account yet.
+        """
+        hashed = await self._runner.run(self._hasher.hash, DEFAULT_PASSWORD)
+        if await self._store.run(q.ensure_admin, DEFAULT_ADMIN, hashed):
+            log.info("Created the default admin account; its password must be changed")
+
+    def _verify(self, hashed: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(hashed, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    async def check_password(self, name: str, password: str, client: str) -> q.AdminRow:
+        """
+        Check credentials, counting failures per account and client.
+
+        @param client: the client's address, the unit of lockout.
+        @return: the account.
+        @raise LoginRefused: wrong credentials, or locked out.
+        """
+        now = self._clock.seconds()
+        name = name[:64]
+        failures = await self._store.run(q.get_failures, name, client)
+        if failures and failures.locked_until and now < failures.locked_until:
+            minutes = int((failures.locked_until - now + 59) // 60)
+            raise LoginRefused(
+                f"Too many failed logins. Login is locked for {minutes} more minute(s)."
+            )
+        admin = await self._store.run(q.get_admin, name)
+        if admin is None:
+            # Spend the same time as for a real account: no user enumeration.
+            if self._dummy_hash is None:
+                self._dummy_hash = await self._runner.run(self._hasher.hash, secrets.token_hex())
+            await self._runner.run(self._verify, self._dummy_hash, password)
+            ok = False
+        else:
+            ok = await self._runner.run(self._verify, admin.password_hash, password)
+        if ok and admin is not None:
+            if failures:
+                await self._store.run(q.clear_failures, name, client)
+            return admin
+
+        if failures is None or now - failures.first_failure > self._window:
+            failures = q.FailureRow(1, now, None)
+        else:
+            failures = q.FailureRow(failures.count + 1, failures.first_failure, None)
+        if failures.count >= self._threshold:
+            failures = q.FailureRow(failures.count, failures.first_failure, now + self._duration)
+            log.warn(
+                "Admin login for {account!r} from {client} locked after {count} failures",
+                account=name, client=client, count=failures.count,
+            )
+        await self._store.run(q.put_failures, name, client, failures)
+        raise LoginRefused("Wrong user name or password.")
+
+    async def change_password(self, name: str, password: str, keep_session: str | None) -> None:
+        """
+        Set a new password for admin C{name} and end its other sessions.
+
+        @param keep_session: the token hash of the session to keep, if any.
+        @raise WeakPassword: the password is refused; nothing changed.
+        """
+        problem = await self._runner.run(password_problem, name, password)
+        if problem:
+            raise WeakPassword(problem)
+        hashed = await self._runner.run(self._hasher.hash, password)
+        now = self._clock.seconds()
+
+        def change(conn: Connection) -> None:
+            q.set_admin_password(conn, name, hashed, now)
+            q.delete_sessions_of(conn, name, keep=keep_session)
+
+        await self._store.run(change)
+        log.info("Admin {account!r} changed the password", account=name)
+
+    async def open_session(self, name: str) -> str:
+        """
+        Start a session for admin C{name}.
+
+        @return: the session token for the cookie.
+        """
+        token = secrets.token_urlsafe(32)
+        await self._store.run(
+            q.create_session, _hash_token(token), name, secrets.token_urlsafe(32),
+            self._clock.seconds(),
+        )
+        return token
+
+    async def session(self, token: str) -> AdminSession | None:
+        """
+        The session for C{token} if it is valid, extending its idle timeout;
+        an expired session is deleted.
+        """
+        if not token or len(token) > 128:
+            return None
+        token_hash = _hash_token(token)
+        row = await self._store.run(q.get_session, token_hash)
+        if row is None:
+            return None
+        now = self._clock.seconds()
+        if now - row.last_seen > self.idle_timeout or now - row.created > self.max_age:
+            await self._store.run(q.delete_session, token_hash)
+            return None
+        admin = await self._store.run(q.get_admin, row.admin_name)
+        if admin is None:
+            return None
+        await self._store.run(q.touch_session, token_hash, now)
+        return AdminSession(admin.name, row.csrf_token, token_hash, admin.must_change_password)
+
+    async def close_session(self, token_hash: str) -> None:
+        await self._store.run(q.delete_session, token_hash)
+
+    async def expire_sessions(self) -> int:
+        """
+        Delete sessions past their timeouts; for the periodic sweep.
+        """
+        now = self._clock.seconds()
+        return await self._store.run(
+            q.delete_expired_sessions, now - self.idle_timeout, now - self.max_age
+        )
+
+
+def csrf_matches(expected: str, submitted: str | None) -> bool:
+    """
+    Constant-time comparison of a submitted CSRF token.
+    """
+    if not submitted:
+        return False
+    return hmac.compare_digest(expected.encode(), submitted.encode())
