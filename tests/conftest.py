@@ -1,0 +1,173 @@
+"""
+Shared fixtures: databases (SQLite and the throwaway PostgreSQL that
+``scripts/test`` starts) and a running appliance on real sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+POSTGRES_ENV = "CIPHERD_TEST_POSTGRES_URL"
+
+
+def _postgres_admin_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{POSTGRES_ENV} is not set: run the tests with scripts/test")
+        pytest.skip(f"{POSTGRES_ENV} not set (scripts/test starts PostgreSQL)")
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """
+    A new, empty PostgreSQL database, dropped after the test.
+    """
+    admin_url = _postgres_admin_url()
+    name = f"cipherd_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base = admin_url.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """
+    A new, empty database of each kind cipherd supports.
+    """
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def insecure_tls() -> ssl.SSLContext:
+    """
+    A client context for the appliance's self-signed certificate.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass
+class Appliance:
+    """
+    A cipherd process started with C{twistd -n cipherd --config ...}.
+    """
+
+    directory: Path
+    config: Path
+    admin_port: int
+    process: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def admin_url(self) -> str:
+        return f"https://127.0.0.1:{self.admin_port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "var"
+
+    def start(self) -> None:
+        log = self.directory / f"twistd-{len(self.logs)}.log"
+        self.logs.append(log)
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "twistd"), "--pidfile=", "-n", "--logfile", str(log),
+             "cipherd", "--config", str(self.config)],
+            cwd=self.directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cipherd exited with {self.process.returncode}:\n"
+                                   + log.read_text())
+            try:
+                urllib.request.urlopen(f"{self.admin_url}/login", context=insecure_tls(),
+                                       timeout=2)
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("cipherd did not answer within 30 s:\n" + log.read_text())
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def write_appliance_config(directory: Path, admin_port: int, database_url: str = "") -> Path:
+    config = directory / "cipherd.toml"
+    config.write_text(
+        f'data_dir = "var"\n'
+        f"[database]\nurl = {database_url!r}\n"
+        f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n'
+    )
+    return config
+
+
+@pytest.fixture
+def appliance(tmp_path: Path) -> Iterator[Appliance]:
+    """
+    A running appliance on its embedded default (SQLite), on free ports.
+    """
+    port = free_port()
+    app = Appliance(tmp_path, write_appliance_config(tmp_path, port), port)
+    app.start()
+    try:
+        yield app
+    finally:
+        app.stop()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """
+    Where tests keep screenshots and other artifacts for people to look at.
+    """
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
