@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.pool import StaticPool
 from twisted.internet.defer import Deferred
 
 from cipherd.store.migrations import MigrationError, migrate
@@ -23,6 +24,10 @@ T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, decide where transactions
+    # begin: otherwise DDL in a migration commits on its own and a failed
+    # migration leaves a half-changed schema.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside the writer; busy_timeout waits for a
     # writer in another thread instead of failing at once.
@@ -33,6 +38,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock at once, so two writers queue on
+    # busy_timeout instead of failing with "database is locked" mid-way.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def create_engine_for_url(url: str, pool_size: int = 4) -> Engine:
     """
     An engine for C{url}, set up for use from a thread pool.
@@ -41,8 +52,11 @@ def create_engine_for_url(url: str, pool_size: int = 4) -> Engine:
         # Use psycopg 3, not the psycopg2 SQLAlchemy defaults to.
         url = "postgresql+psycopg:" + url[len("postgresql:") :]
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # An in-memory database exists once per connection: share one.
+        pool = {"poolclass": StaticPool} if url in ("sqlite://", "sqlite:///:memory:") else {}
+        engine = create_engine(url, connect_args={"check_same_thread": False}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
 

@@ -4,19 +4,20 @@ Fakes for tests: synchronous stand-ins for the seams of cipherd.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.pool import StaticPool
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from cipherd.store import Store, create_engine_for_url
 from cipherd.store.migrations import migrate
 from cipherd.threads import IBlockingRunner
+
+T = TypeVar("T")
 
 
 @implementer(IBlockingRunner)
@@ -33,21 +34,12 @@ class SynchronousRunner:
             return fail()
 
 
-def memory_engine() -> Engine:
-    """
-    A private in-memory SQLite database (one connection, shared).
-    """
-    return create_engine(
-        "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
-    )
-
-
 def migrated_store(url: str | None = None) -> Store:
     """
     A migrated L{Store} on C{url} (default: in memory) that runs queries
     synchronously.
     """
-    engine = memory_engine() if url is None else create_engine_for_url(url)
+    engine = create_engine_for_url(url or "sqlite://")
     with engine.begin() as conn:
         migrate(conn)
     return Store(engine, SynchronousRunner())
@@ -66,3 +58,18 @@ def clock_at(clock: IReactorTime, seconds: float) -> IReactorTime:
     """
     clock.advance(seconds - clock.seconds())  # type: ignore[attr-defined]
     return clock
+
+
+def result_of(coroutine: Coroutine[Any, Any, T]) -> T:
+    """
+    The result of a coroutine that completes at once (all its I/O through
+    L{SynchronousRunner}s); raises what it raised.
+
+    @raise AssertionError: it is still waiting for something.
+    """
+    outcome: list[Any] = []
+    Deferred.fromCoroutine(coroutine).addBoth(outcome.append)
+    assert outcome, "the coroutine did not complete synchronously"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]  # type: ignore[no-any-return]

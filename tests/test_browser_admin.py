@@ -1,0 +1,261 @@
+"""
+The admin site in headless Chromium against a running appliance: the forced
+change of the default password, a setting that survives a restart, a refused
+value, a form without its CSRF token, and screenshots of every page at desktop
+and phone widths (kept in C{artifacts/} for people to look at).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    expect,
+    sync_playwright,
+)
+
+from tests.conftest import Appliance
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+DEFAULT_PASSWORD = "admin"
+# Long enough to pass the form's minlength, so the server is what refuses it.
+WEAK_PASSWORD = "password1234"
+GOOD_PASSWORD = "purple-otter-canvas-91"
+SENDER = "notification_sender"
+PREFERENCES = "/settings/global/preferences"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_context(browser: Browser, appliance: Appliance) -> BrowserContext:
+    return browser.new_context(
+        base_url=appliance.admin_url, ignore_https_errors=True, viewport=DESKTOP
+    )
+
+
+@pytest.fixture
+def context(browser: Browser, appliance: Appliance) -> Iterator[BrowserContext]:
+    context = new_context(browser, appliance)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def log_in(page: Page, password: str) -> None:
+    page.goto("/login")
+    page.get_by_label("User name", exact=True).fill("admin")
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def set_password(page: Page, password: str) -> None:
+    page.get_by_label("New password", exact=True).fill(password)
+    page.get_by_label("Repeat the new password").fill(password)
+    page.get_by_role("button", name="Change password").click()
+
+
+def log_in_and_change_default_password(page: Page) -> None:
+    log_in(page, DEFAULT_PASSWORD)
+    expect(page).to_have_url(re.compile(r"/admin/password$"))
+    set_password(page, GOOD_PASSWORD)
+    expect(page.get_by_role("status")).to_contain_text("The password was changed.")
+
+
+def sender_row(page: Page) -> Locator:
+    return page.locator(f'div.row[data-property="{SENDER}"]')
+
+
+def test_password_change_and_setting_survive_restart(
+    browser: Browser, context: BrowserContext, appliance: Appliance, artifacts: Path
+) -> None:
+    page = context.new_page()
+
+    # Any page leads to the login form, and the default password to its change.
+    page.goto("/settings/global/preferences")
+    expect(page).to_have_url(f"{appliance.admin_url}/login")
+    log_in(page, DEFAULT_PASSWORD)
+    expect(page).to_have_url(f"{appliance.admin_url}/admin/password")
+    expect(page.locator("p.warning")).to_have_text(
+        "You are using the default password. Choose a new one before you continue."
+    )
+    page.goto(PREFERENCES)
+    expect(page).to_have_url(f"{appliance.admin_url}/admin/password")
+
+    set_password(page, WEAK_PASSWORD)
+    expect(page.locator("p.error")).to_contain_text("The password is too easy to guess.")
+    expect(page.locator("p.warning")).to_be_visible()
+
+    set_password(page, GOOD_PASSWORD)
+    expect(page.get_by_role("status")).to_contain_text("The password was changed.")
+    expect(page.locator("p.warning")).to_have_count(0)
+
+    # Override the notification sender on the global preferences.
+    page.goto(PREFERENCES)
+    row = sender_row(page)
+    expect(row.locator("label").first).to_have_text("Notification sender")
+    inherit = page.locator(f'[id="inherit.{SENDER}"]')
+    value = page.locator(f'[id="value.{SENDER}"]')
+    expect(inherit).to_be_checked()
+    expect(value).to_be_disabled()
+    inherit.uncheck()
+    expect(value).to_be_enabled()
+    value.fill("notification@example.com")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("status")).to_have_text("The settings were applied.")
+    expect(value).to_have_value("notification@example.com")
+    expect(inherit).not_to_be_checked()
+
+    appliance.restart()
+
+    # A new browser (no session cookie): the new password is what works.
+    fresh = new_context(browser, appliance)
+    try:
+        page = fresh.new_page()
+        log_in(page, GOOD_PASSWORD)
+        expect(page).to_have_url(f"{appliance.admin_url}{PREFERENCES}")
+        expect(page.locator(f'[id="value.{SENDER}"]')).to_have_value("notification@example.com")
+        expect(page.locator(f'[id="value.{SENDER}"]')).to_be_enabled()
+        expect(page.locator(f'[id="inherit.{SENDER}"]')).not_to_be_checked()
+        page.screenshot(path=artifacts / "admin-global-preferences.png", full_page=True)
+    finally:
+        fresh.close()
+
+
+def test_invalid_sender_is_refused_and_nothing_saved(
+    context: BrowserContext, appliance: Appliance
+) -> None:
+    page = context.new_page()
+    log_in_and_change_default_password(page)
+    page.goto(PREFERENCES)
+    page.locator(f'[id="inherit.{SENDER}"]').uncheck()
+    page.locator(f'[id="value.{SENDER}"]').fill("not-an-address")
+    with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        page.get_by_role("button", name="Apply").click()
+    assert posted.value.status == 400
+
+    expect(sender_row(page).locator("p.field-error")).to_have_text(
+        "'not-an-address' is not a valid email address: it has no @"
+    )
+    expect(page.get_by_role("alert")).to_contain_text("nothing was changed")
+    # What was typed is shown again, to be corrected.
+    expect(page.locator(f'[id="value.{SENDER}"]')).to_have_value("not-an-address")
+
+    page.goto(PREFERENCES)
+    expect(page.locator(f'[id="inherit.{SENDER}"]')).to_be_checked()
+    expect(page.locator(f'[id="value.{SENDER}"]')).to_have_value("")
+    expect(page.locator("p.field-error")).to_have_count(0)
+
+
+def test_form_without_csrf_token_is_refused(
+    context: BrowserContext, appliance: Appliance
+) -> None:
+    page = context.new_page()
+    log_in_and_change_default_password(page)
+    page.goto(PREFERENCES)
+    # The same fields the page sends, but no csrf_token.
+    with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        page.evaluate(
+            """([name, value]) => {
+                const form = document.createElement("form");
+                form.method = "post";
+                form.action = "/settings/global/preferences";
+                for (const [k, v] of [["fields", name], ["value." + name, value]]) {
+                    const input = document.createElement("input");
+                    input.type = "hidden";
+                    input.name = k;
+                    input.value = v;
+                    form.append(input);
+                }
+                document.body.append(form);
+                form.submit();
+            }""",
+            [SENDER, "forged@example.com"],
+        )
+    assert posted.value.status == 403
+    assert "This form was not sent from this site" in posted.value.text()
+    expect(page.locator("h1")).to_have_text("Form refused")
+
+    page.goto(PREFERENCES)
+    expect(page.locator(f'[id="inherit.{SENDER}"]')).to_be_checked()
+    expect(page.locator(f'[id="value.{SENDER}"]')).to_have_value("")
+
+
+def shoot(page: Page, artifacts: Path, name: str) -> None:
+    """
+    Keep C{artifacts/admin-<name>-desktop.png} and C{...-phone.png}.
+    """
+    for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        page.set_viewport_size(viewport)
+        page.screenshot(path=artifacts / f"admin-{name}-{width}.png", full_page=True)
+    page.set_viewport_size(DESKTOP)
+
+
+def test_screenshots_of_every_page(
+    context: BrowserContext, appliance: Appliance, artifacts: Path
+) -> None:
+    page = context.new_page()
+    page.goto("/login")
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    shoot(page, artifacts, "login")
+
+    log_in(page, DEFAULT_PASSWORD)
+    expect(page.locator("p.warning")).to_be_visible()
+    shoot(page, artifacts, "password")
+    set_password(page, GOOD_PASSWORD)
+    expect(page.get_by_role("status")).to_contain_text("The password was changed.")
+
+    # Some entries, so the lists show a table rather than "No domains yet".
+    for kind, names in (("domains", ["example.com", "*.example.org"]),
+                        ("users", ["alice@example.com"])):
+        for name in names:
+            page.goto(f"/settings/{kind}")
+            page.get_by_label("Add").fill(name)
+            page.get_by_role("button", name="Add", exact=True).click()
+            expect(page.get_by_role("heading", level=1)).to_contain_text(name)
+
+    pages = {
+        "preferences": PREFERENCES,
+        "preferences-advanced": f"{PREFERENCES}?advanced=1",
+        "webmail": "/settings/global/webmail",
+        "encryption": "/settings/global/encryption",
+        "quota": "/settings/global/quota",
+        "cleanup": "/settings/global/cleanup",
+        "domains": "/settings/domains",
+        "users": "/settings/users",
+        "logs": "/logs",
+    }
+    for name, path in pages.items():
+        response = page.goto(path)
+        assert response is not None and response.status == 200, (name, path)
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        shoot(page, artifacts, name)

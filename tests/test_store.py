@@ -1,0 +1,140 @@
+"""
+The store on SQLite and PostgreSQL: migrations, first-start secrets and
+the default admin, persistence across a restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, inspect, select, text
+from twisted.internet.task import Clock
+
+from cipherd.service import first_start
+from cipherd.settings import GLOBAL, Level, Scope
+from cipherd.store import Store, create_engine_for_url
+from cipherd.store.migrations import (
+    BASELINE_VERSION,
+    Migration,
+    MigrationError,
+    current_version,
+    migrate,
+)
+from cipherd.store.schema import admins, metadata
+from cipherd.store.settings import SettingsRepository
+from cipherd.testing import SynchronousRunner, cheap_hasher, result_of
+from cipherd.web.auth import AdminAuthority
+
+
+def _engine(url: str) -> Any:
+    return create_engine_for_url(url)
+
+
+def test_new_database_gets_the_schema_and_is_stamped(database_url: str) -> None:
+    engine = _engine(database_url)
+    with engine.begin() as conn:
+        assert migrate(conn) == (None, BASELINE_VERSION)
+    with engine.begin() as conn:
+        assert current_version(conn) == BASELINE_VERSION
+        assert set(metadata.tables) <= set(inspect(conn).get_table_names())
+        # A second start finds nothing to do.
+        assert migrate(conn) == (BASELINE_VERSION, BASELINE_VERSION)
+    engine.dispose()
+
+
+def _add_column(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE widgets ADD COLUMN size INTEGER DEFAULT 0"))
+
+
+def _fill(conn: Connection) -> None:
+    conn.execute(text("INSERT INTO widgets (id, size) VALUES (1, 42)"))
+
+
+def test_pending_steps_run_in_order(database_url: str) -> None:
+    old = MetaData()
+    Table("schema_version", old, Column("version", Integer))
+    Table("widgets", old, Column("id", Integer, primary_key=True))
+    steps = [Migration(2, "add size", _add_column), Migration(3, "fill", _fill)]
+    engine = _engine(database_url)
+    with engine.begin() as conn:
+        migrate(conn, migrations=(), metadata=old)
+    with engine.begin() as conn:
+        assert migrate(conn, migrations=steps, metadata=old) == (1, 3)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT size FROM widgets")).scalar_one() == 42
+        assert current_version(conn) == 3
+    engine.dispose()
+
+
+def test_a_failing_step_leaves_the_database_as_it_was(database_url: str) -> None:
+    def broken(conn: Connection) -> None:
+        conn.execute(text("ALTER TABLE widgets ADD COLUMN colour TEXT"))
+        raise RuntimeError("step failed")
+
+    old = MetaData()
+    Table("schema_version", old, Column("version", Integer))
+    Table("widgets", old, Column("id", Integer, primary_key=True))
+    engine = _engine(database_url)
+    with engine.begin() as conn:
+        migrate(conn, migrations=(), metadata=old)
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        migrate(conn, migrations=[Migration(2, "broken", broken)], metadata=old)
+    with engine.begin() as conn:
+        assert current_version(conn) == 1
+        assert "colour" not in {c["name"] for c in inspect(conn).get_columns("widgets")}
+    engine.dispose()
+
+
+def test_a_newer_database_is_refused(database_url: str) -> None:
+    engine = _engine(database_url)
+    with engine.begin() as conn:
+        migrate(conn)
+        conn.execute(text("UPDATE schema_version SET version = 99"))
+    with pytest.raises(MigrationError, match="schema version 99, newer than this cipherd"), \
+            engine.begin() as conn:
+        migrate(conn)
+    engine.dispose()
+
+
+def test_steps_must_be_consecutive() -> None:
+    engine = _engine("sqlite://")
+    with pytest.raises(MigrationError, match="migration 3 out of order; expected 2"), \
+            engine.begin() as conn:
+        migrate(conn, migrations=[Migration(3, "skip", _fill)])
+
+
+def _first_start(url: str) -> tuple[Store, AdminAuthority]:
+    store = Store(_engine(url), SynchronousRunner())
+    authority = AdminAuthority(
+        store, SynchronousRunner(), Clock(), idle_timeout=60, max_age=600,
+        lockout_threshold=3, lockout_window=60, lockout_duration=60, hasher=cheap_hasher(),
+    )
+    result_of(first_start(store, authority))
+    return store, authority
+
+
+def test_first_start_and_restart_keep_secrets_settings_and_admin(database_url: str) -> None:
+    store, _ = _first_start(database_url)
+    repo = SettingsRepository(store, Clock())
+    first = result_of(repo.effective(GLOBAL))
+    secrets = {name: first[name].value for name in ("server_secret", "system_mail_secret")}
+    assert all(len(v) >= 32 for v in secrets.values())
+    assert secrets["server_secret"] != secrets["system_mail_secret"]
+    user = Scope(Level.USER, "alice@example.com")
+    assert result_of(
+        repo.update(user, {"notification_sender": "n@example.com"})) == {}
+    with store.engine.begin() as conn:
+        admin_hash = conn.execute(select(admins.c.password_hash)).scalar_one()
+    store.close()
+
+    # "Restart": a new engine on the same database runs first start again.
+    store, _ = _first_start(database_url)
+    repo = SettingsRepository(store, Clock())
+    again = result_of(repo.effective(GLOBAL))
+    assert {name: again[name].value for name in secrets} == secrets
+    resolved = result_of(repo.effective(user))
+    assert resolved["notification_sender"].value == "n@example.com"
+    with store.engine.begin() as conn:
+        assert conn.execute(select(admins.c.password_hash)).scalars().all() == [admin_hash]
+    store.close()
