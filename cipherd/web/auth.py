@@ -60,6 +60,11 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
+def _locked_message(seconds: float) -> str:
+    minutes = int((seconds + 59) // 60)
+    return f"Too many failed logins. Login is locked for {minutes} more minute(s)."
+
+
 def password_problem(name: str, password: str) -> str | None:
     """
     Why C{password} is not good enough for admin C{name}, or C{None}.
@@ -137,10 +142,7 @@ class AdminAuthority:
         name = name[:64]
         failures = await self._store.run(q.get_failures, name, client)
         if failures and failures.locked_until and now < failures.locked_until:
-            minutes = int((failures.locked_until - now + 59) // 60)
-            raise LoginRefused(
-                f"Too many failed logins. Login is locked for {minutes} more minute(s)."
-            )
+            raise LoginRefused(_locked_message(failures.locked_until - now))
         admin = await self._store.run(q.get_admin, name)
         if admin is None:
             # Spend the same time as for a real account: no user enumeration.
@@ -159,14 +161,16 @@ class AdminAuthority:
             failures = q.FailureRow(1, now, None)
         else:
             failures = q.FailureRow(failures.count + 1, failures.first_failure, None)
+        message = "Wrong user name or password."
         if failures.count >= self._threshold:
             failures = q.FailureRow(failures.count, failures.first_failure, now + self._duration)
             log.warn(
                 "Admin login for {account!r} from {client} locked after {count} failures",
                 account=name, client=client, count=failures.count,
             )
+            message += " " + _locked_message(self._duration)
         await self._store.run(q.put_failures, name, client, failures)
-        raise LoginRefused("Wrong user name or password.")
+        raise LoginRefused(message)
 
     async def change_password(self, name: str, password: str, keep_session: str | None) -> None:
         """

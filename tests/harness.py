@@ -1,0 +1,123 @@
+"""
+An admin site wired to an in-memory store, synchronous runners and a
+C{task.Clock}, driven through C{treq.testing.StubTreq}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.logger import LogPublisher
+
+from cipherd.logs import MailLogsService
+from cipherd.store.settings import SettingsRepository
+from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
+from cipherd.web.admin import CSRF_FIELD, AdminSite
+from cipherd.web.auth import AdminAuthority
+
+BASE = "https://admin.test"
+GOOD_PASSWORD = "purple-otter-canvas-91"
+IDLE = 1800
+MAX_AGE = 43200
+LOCKOUT_THRESHOLD = 5
+LOCKOUT_DURATION = 900
+
+
+class Response:
+    def __init__(self, code: int, headers: Any, body: bytes) -> None:
+        self.code = code
+        self.headers = headers
+        self.body = body
+        self.text = body.decode("utf-8", errors="replace")
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def set_cookies(self) -> list[str]:
+        return self.headers.getRawHeaders("set-cookie") or []
+
+
+class AdminHarness:
+    def __init__(self, log_dir: Path) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.store = migrated_store()
+        self.runner = SynchronousRunner()
+        self.settings = SettingsRepository(self.store, self.clock)
+        self.authority = AdminAuthority(
+            self.store, self.runner, self.clock, idle_timeout=IDLE, max_age=MAX_AGE,
+            lockout_threshold=LOCKOUT_THRESHOLD, lockout_window=900,
+            lockout_duration=LOCKOUT_DURATION, hasher=cheap_hasher(),
+        )
+        result_of(self.authority.ensure_default_admin())
+        self.publisher = LogPublisher()
+        self.logs = MailLogsService(log_dir, max_bytes=10_000, keep=2, publisher=self.publisher)
+        self.logs.startService()
+        self.site = AdminSite(self.authority, self.settings, self.logs.logs, self.runner)
+        self.treq = StubTreq(self.site.resource())
+        self.cookies: dict[str, str] = {}
+
+    def close(self) -> None:
+        self.logs.stopService()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        kwargs.setdefault("cookies", dict(self.cookies))
+        d = self.treq.request(method, BASE + path, allow_redirects=False, **kwargs)
+        self.treq.flush()
+        outcome: list[Any] = []
+        d.addBoth(outcome.append)
+        response = outcome[0]
+        body_d = response.content()
+        self.treq.flush()
+        body: list[bytes] = []
+        body_d.addBoth(body.append)
+        result = Response(response.code, response.headers, body[0])
+        for cookie in result.set_cookies():
+            name, _, rest = cookie.partition("=")
+            value = rest.split(";", 1)[0]
+            if "max-age=0" in cookie.lower():
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+        return result
+
+    def get(self, path: str, **kwargs: Any) -> Response:
+        return self.request("GET", path, **kwargs)
+
+    def post_form(self, path: str, data: dict[str, Any] | list[tuple[str, str]],
+                  csrf: str | None = "page") -> Response:
+        """
+        POST a form; C{csrf="page"} takes the token from the page at C{path}
+        as a browser would.
+        """
+        items = list(data.items()) if isinstance(data, dict) else list(data)
+        if csrf == "page":
+            csrf = self.csrf_from(self.get(path.split("?")[0]))
+        if csrf is not None:
+            items.append((CSRF_FIELD, csrf))
+        return self.request("POST", path, data=items)
+
+    @staticmethod
+    def csrf_from(page: Response) -> str:
+        match = re.search(rf'name="{CSRF_FIELD}" value="([^"]+)"', page.text)
+        assert match, page.text
+        return match.group(1)
+
+    def login(self, password: str = "admin") -> Response:
+        return self.post_form("/login", {"username": "admin", "password": password})
+
+    def login_with_new_password(self) -> None:
+        self.login()
+        changed = self.post_form(
+            "/admin/password", {"password": GOOD_PASSWORD, "confirm": GOOD_PASSWORD}
+        )
+        assert changed.code == 303, changed.text

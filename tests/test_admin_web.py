@@ -1,0 +1,223 @@
+"""
+The admin pages through StubTreq: login, forced password change, CSRF,
+lockout, session expiry on the clock, settings forms, domains and users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cipherd.settings import GLOBAL, Level, Scope
+from cipherd.testing import result_of
+from cipherd.web.admin import SESSION_COOKIE
+from tests.harness import GOOD_PASSWORD, IDLE, LOCKOUT_DURATION, MAX_AGE, AdminHarness
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> Iterator[AdminHarness]:
+    harness = AdminHarness(tmp_path)
+    yield harness
+    harness.close()
+
+
+def effective(admin: AdminHarness, scope: Scope, name: str) -> object:
+    return result_of(admin.settings.effective(scope))[name].value
+
+
+def test_pages_need_a_session(admin: AdminHarness) -> None:
+    for path in ("/", "/settings/global/preferences", "/logs", "/admin/password"):
+        response = admin.get(path)
+        assert (response.code, response.header("location")) == (303, "/login"), path
+
+
+def test_every_response_carries_the_security_headers(admin: AdminHarness) -> None:
+    response = admin.get("/login")
+    csp = response.header("content-security-policy") or ""
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert response.header("strict-transport-security") == "max-age=31536000"
+    assert response.header("x-content-type-options") == "nosniff"
+
+
+def test_session_cookie_is_secure_httponly_samesite_strict(admin: AdminHarness) -> None:
+    response = admin.login()
+    cookie = next(c for c in response.set_cookies() if c.startswith(SESSION_COOKIE))
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"secure", "httponly", "samesite=strict", "path=/"} <= attributes
+
+
+def test_default_password_must_be_changed_first(admin: AdminHarness) -> None:
+    response = admin.login()
+    assert (response.code, response.header("location")) == (303, "/admin/password")
+    for path in ("/", "/settings/global/preferences", "/logs", "/settings/domains"):
+        assert admin.get(path).header("location") == "/admin/password", path
+    page = admin.get("/admin/password")
+    assert "You are using the default password" in page.text
+
+    weak = admin.post_form("/admin/password", {"password": "password123", "confirm": "password123"})
+    assert weak.code == 400
+    assert "The password is too easy to guess." in weak.text
+    mismatch = admin.post_form("/admin/password", {"password": GOOD_PASSWORD, "confirm": "other"})
+    assert "The two passwords are not the same." in mismatch.text
+
+    done = admin.post_form("/admin/password", {"password": GOOD_PASSWORD, "confirm": GOOD_PASSWORD})
+    assert done.header("location") == "/admin/password?changed=1"
+    assert admin.get("/").header("location") == "/settings/global/preferences"
+    assert admin.get("/settings/global/preferences").code == 200
+
+
+def test_forms_without_the_csrf_token_are_refused(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    for csrf in (None, "forged-token"):
+        response = admin.post_form(
+            "/settings/global/preferences",
+            [("fields", "postmaster"), ("value.postmaster", "evil@example.com")],
+            csrf=csrf,
+        )
+        assert response.code == 403
+        assert "This form was not sent from this site" in response.text
+    assert effective(admin, GLOBAL, "postmaster") == ""
+    # Logout is a form too.
+    assert admin.post_form("/logout", {}, csrf=None).code == 403
+
+
+def test_login_form_needs_its_double_submit_token(admin: AdminHarness) -> None:
+    response = admin.post_form("/login", {"username": "admin", "password": "admin"}, csrf=None)
+    assert response.code == 403
+    assert SESSION_COOKIE not in admin.cookies
+
+
+def test_lockout_after_repeated_failures(admin: AdminHarness) -> None:
+    for _ in range(4):
+        response = admin.login("wrong")
+        assert response.code == 401
+        assert "Wrong user name or password." in response.text
+    locked = admin.login("wrong")
+    assert "Too many failed logins. Login is locked for 15 more minute(s)." in locked.text
+    # The right password is refused while locked...
+    assert "Too many failed logins" in admin.login("admin").text
+    assert SESSION_COOKIE not in admin.cookies
+    # ... and accepted once the lock has run out.
+    admin.clock.advance(LOCKOUT_DURATION + 1)
+    assert admin.login("admin").header("location") == "/admin/password"
+
+
+def test_unknown_user_gets_the_same_answer(admin: AdminHarness) -> None:
+    response = admin.post_form("/login", {"username": "root", "password": "admin"})
+    assert response.code == 401
+    assert "Wrong user name or password." in response.text
+
+
+def test_idle_session_expires(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    admin.clock.advance(IDLE - 10)
+    assert admin.get("/logs").code == 200  # activity extends the session
+    admin.clock.advance(IDLE - 10)
+    assert admin.get("/logs").code == 200
+    admin.clock.advance(IDLE + 1)
+    assert admin.get("/logs").header("location") == "/login"
+
+
+def test_session_has_an_absolute_lifetime(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    for _ in range(MAX_AGE // (IDLE - 60)):
+        admin.clock.advance(IDLE - 60)
+        assert admin.get("/logs").code == 200
+    admin.clock.advance(IDLE - 60)
+    assert admin.get("/logs").header("location") == "/login"
+
+
+def test_logout_ends_the_session(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    token = admin.cookies[SESSION_COOKIE]
+    assert admin.post_form("/logout", {}, csrf=admin.csrf_from(admin.get("/logs"))).code == 303
+    assert admin.get("/logs", cookies={SESSION_COOKIE: token}).header("location") == "/login"
+
+
+def test_global_preferences_inherit_and_set(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    page = admin.get("/settings/global/preferences")
+    assert "Notification sender" in page.text
+    assert "Server secret" not in page.text  # advanced
+    assert "Server secret" in admin.get("/settings/global/preferences?advanced=1").text
+
+    saved = admin.post_form(
+        "/settings/global/preferences",
+        [("fields", "notification_sender"), ("value.notification_sender", "n@example.com"),
+         ("fields", "comment"), ("inherit.comment", "on"), ("value.comment", "ignored")],
+    )
+    assert saved.header("location") == "/settings/global/preferences?saved=1"
+    assert effective(admin, GLOBAL, "notification_sender") == "n@example.com"
+    assert effective(admin, GLOBAL, "comment") == ""
+    assert "The settings were applied." in admin.get("/settings/global/preferences?saved=1").text
+
+    # Ticking inherit again removes the value.
+    admin.post_form(
+        "/settings/global/preferences",
+        [("fields", "notification_sender"), ("inherit.notification_sender", "on")],
+    )
+    assert effective(admin, GLOBAL, "notification_sender") == ""
+
+
+def test_invalid_values_are_explained_and_nothing_is_saved(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    response = admin.post_form(
+        "/settings/global/preferences",
+        [("fields", "notification_sender"), ("value.notification_sender", "n@example.com"),
+         ("fields", "portal_base_url"), ("value.portal_base_url", "webmail.example.com")],
+    )
+    assert response.code == 400
+    assert ("&#39;webmail.example.com&#39; is not a valid URL: it must start with https:// "
+            "or http://") in response.text
+    assert 'value="webmail.example.com"' in response.text  # what was typed is kept
+    assert effective(admin, GLOBAL, "notification_sender") == ""
+
+
+def test_fields_not_on_the_form_are_left_alone(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    result_of(admin.settings.update(GLOBAL, {"server_secret": "s" * 20}))
+    admin.post_form("/settings/global/preferences",
+                    [("fields", "comment"), ("value.comment", "hello")])
+    assert effective(admin, GLOBAL, "server_secret") == "s" * 20
+    assert effective(admin, GLOBAL, "comment") == "hello"
+
+
+def test_domains_and_users(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    added = admin.post_form("/settings/domains", {"name": "*.Example.com"})
+    assert added.header("location") == "/settings/domains/*.example.com/preferences"
+    assert admin.post_form("/settings/domains", {"name": "*.example.com"}).code == 400
+    bad = admin.post_form("/settings/domains", {"name": "not a domain"})
+    assert "is not a valid domain." in bad.text
+
+    admin.post_form("/settings/domains/*.example.com/preferences",
+                    [("fields", "notification_sender"),
+                     ("value.notification_sender", "w@example.com")])
+    admin.post_form("/settings/users", {"name": "Alice@Mail.Example.com"})
+    page = admin.get("/settings/users/alice@mail.example.com/preferences")
+    assert "from domain *.example.com" in page.text
+    assert 'value="w@example.com"' in page.text
+    assert "Relay recipient" not in page.text  # a global-only property
+    user = Scope(Level.USER, "alice@mail.example.com")
+    assert effective(admin, user, "notification_sender") == "w@example.com"
+
+    deleted = admin.post_form("/settings/domains/*.example.com/delete", {},
+                              csrf=admin.csrf_from(admin.get("/settings/domains")))
+    assert deleted.header("location") == "/settings/domains"
+    assert effective(admin, user, "notification_sender") == ""
+    assert admin.get("/settings/domains/*.example.com/preferences").code == 404
+
+
+def test_logs_page_shows_the_mpa_log(admin: AdminHarness) -> None:
+    from twisted.logger import Logger
+
+    admin.login_with_new_password()
+    Logger(namespace="cipherd.mpa.test", observer=admin.publisher).warn(
+        "The tunneled message should have been signed <script>"
+    )
+    page = admin.get("/logs?log=mpa&lines=10")
+    assert "WARN The tunneled message should have been signed &lt;script&gt;" in page.text
+    assert "The MTA log is empty." in admin.get("/logs?log=mta").text

@@ -1,0 +1,175 @@
+"""
+The JSON API through StubTreq: 401 / 403 / 400 behaviour, settings at
+every level, logs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.logger import Logger
+
+from tests.harness import GOOD_PASSWORD, AdminHarness
+
+DEFAULT = ("admin", "admin")
+CHANGED = ("admin", GOOD_PASSWORD)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[AdminHarness]:
+    harness = AdminHarness(tmp_path)
+    yield harness
+    harness.close()
+
+
+def call(api: AdminHarness, method: str, path: str, auth: Any = CHANGED,
+         body: Any = None, raw: bytes | None = None) -> Any:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    kwargs: dict[str, Any] = {"auth": auth} if auth else {}
+    return api.request(method, "/api/v1" + path, data=data, **kwargs)
+
+
+def change_default(api: AdminHarness) -> None:
+    response = call(api, "POST", "/admin/password", DEFAULT, {"password": GOOD_PASSWORD})
+    assert response.code == 200, response.text
+
+
+def test_401_without_or_with_wrong_credentials(api: AdminHarness) -> None:
+    response = call(api, "GET", "/settings/global", auth=None)
+    assert response.code == 401
+    assert response.header("www-authenticate").startswith('Basic realm="cipherd admin"')
+    assert response.json() == {"error": "Authentication required (HTTP Basic)."}
+    wrong = call(api, "GET", "/settings/global", auth=("admin", "nope"))
+    assert (wrong.code, wrong.json()) == (401, {"error": "Wrong user name or password."})
+    garbage = api.request("GET", "/api/v1/settings/global",
+                          headers={"Authorization": "Basic !!!"})
+    assert garbage.code == 401
+
+
+def test_403_until_the_default_password_is_changed(api: AdminHarness) -> None:
+    for method, path in (("GET", "/settings/global"), ("PATCH", "/settings/global"),
+                         ("GET", "/logs/mta"), ("GET", "/settings/users/a@example.com")):
+        response = call(api, method, path, DEFAULT, {})
+        assert response.code == 403, path
+        assert response.json()["error"].startswith(
+            "The default admin password must be changed before the API can be used: "
+            "POST /api/v1/admin/password"
+        )
+    change_default(api)
+    assert call(api, "GET", "/settings/global", DEFAULT).code == 401
+    assert call(api, "GET", "/settings/global").code == 200
+
+
+def test_password_change_refusals(api: AdminHarness) -> None:
+    weak = call(api, "POST", "/admin/password", DEFAULT, {"password": "admin12345"})
+    assert weak.code == 400
+    assert weak.json()["errors"]["password"].startswith("The password is too easy to guess.")
+    wrong_type = call(api, "POST", "/admin/password", DEFAULT, {"password": 5})
+    assert wrong_type.json()["errors"] == {"password": "must be a string"}
+    not_json = call(api, "POST", "/admin/password", DEFAULT, raw=b"{nope")
+    assert not_json.code == 400
+    assert not_json.json()["error"].startswith("The request body is not valid JSON")
+
+
+def test_api_failures_count_toward_lockout(api: AdminHarness) -> None:
+    for _ in range(5):
+        call(api, "GET", "/settings/global", auth=("admin", "guess"))
+    response = call(api, "GET", "/settings/global", DEFAULT)
+    assert response.code == 401
+    assert "Too many failed logins" in response.json()["error"]
+
+
+def test_400_names_each_refused_field_and_changes_nothing(api: AdminHarness) -> None:
+    change_default(api)
+    response = call(api, "PATCH", "/settings/global", body={
+        "postmaster": "pm@example.com",
+        "notification_sender": "nobody",
+        "auto_mailbox_cleanup_interval": "forever",
+        "locality": "internal",
+        "no_such": 1,
+    })
+    assert response.code == 400
+    assert response.json() == {
+        "error": "Some values were refused; nothing was changed.",
+        "errors": {
+            "notification_sender": "'nobody' is not a valid email address: it has no @",
+            "auto_mailbox_cleanup_interval": "'forever' is not a valid interval: use a whole "
+            "number followed by h (hours), d (days) or w (weeks), like 8h, 1d or 2w",
+            "locality": "cannot be set at global level (only: domain, user)",
+            "no_such": "no such property",
+        },
+    }
+    body = call(api, "GET", "/settings/global").json()
+    assert body["properties"]["postmaster"] == {"value": "", "level": "default", "inherited": True}
+    array = call(api, "PATCH", "/settings/global", raw=b"[1, 2]")
+    assert array.json()["error"] == "Send a JSON object {name: value}; null means inherit."
+
+
+def test_settings_at_every_level(api: AdminHarness) -> None:
+    change_default(api)
+    assert call(api, "PATCH", "/settings/global",
+                body={"notification_sender": "g@example.com", "relay_recipient":
+                      "webmail@webmail.local"}).code == 200
+    assert call(api, "PATCH", "/settings/domains/*.example.com",
+                body={"notification_sender": "w@example.com"}).code == 200
+    assert call(api, "PATCH", "/settings/domains/mail.example.com",
+                body={"encrypt_mode": "mandatory"}).code == 200
+    user = call(api, "PATCH", "/settings/users/Alice@Mail.Example.com",
+                body={"locality": "internal"}).json()
+    assert user["scope"] == "user alice@mail.example.com"
+    props = user["properties"]
+    assert props["locality"] == {"value": "internal", "level": "user",
+                                 "scope": "alice@mail.example.com", "inherited": False}
+    assert props["encrypt_mode"] == {"value": "mandatory", "level": "domain",
+                                     "scope": "mail.example.com", "inherited": True}
+    assert props["notification_sender"] == {"value": "w@example.com", "level": "domain",
+                                            "scope": "*.example.com", "inherited": True}
+    assert props["relay_recipient"] == {"value": "webmail@webmail.local", "level": "global",
+                                        "inherited": True}
+    assert props["webmail_enabled"] == {"value": False, "level": "default", "inherited": True}
+
+    # null inherits.
+    call(api, "PATCH", "/settings/domains/*.example.com", body={"notification_sender": None})
+    props = call(api, "GET", "/settings/users/alice@mail.example.com").json()["properties"]
+    assert props["notification_sender"]["value"] == "g@example.com"
+
+    assert call(api, "GET", "/settings/domains").json() == {
+        "domains": ["*.example.com", "mail.example.com"]}
+    assert call(api, "GET", "/settings/users").json() == {"users": ["alice@mail.example.com"]}
+    assert call(api, "DELETE", "/settings/users/alice@mail.example.com").code == 200
+    assert call(api, "DELETE", "/settings/users/alice@mail.example.com").code == 404
+    bad = call(api, "GET", "/settings/users/not-an-address")
+    assert (bad.code, bad.json()["error"]) == (
+        400, "'not-an-address' is not a valid email address: it has no @")
+
+
+def test_oversized_body_is_refused_before_parsing(api: AdminHarness) -> None:
+    change_default(api)
+    response = call(api, "PATCH", "/settings/global", raw=b" " * 1_000_001)
+    assert response.code == 400
+    assert response.json()["error"] == "The request body is larger than 1000000 bytes."
+
+
+def test_logs(api: AdminHarness) -> None:
+    change_default(api)
+    mta = Logger(namespace="cipherd.mta.queue", observer=api.publisher)
+    mpa = Logger(namespace="cipherd.mpa", observer=api.publisher)
+    for n in range(5):
+        mta.info("3E808D2: to=<webmail@webmail.local>, status=deferred (try {n})", n=n)
+    mpa.info("Email is not a relay email; Recipients: [webmail@webmail.local]")
+    Logger(namespace="cipherd.admin", observer=api.publisher).info("not a mail log line")
+    body = call(api, "GET", "/logs/mta?lines=2").json()
+    assert body["log"] == "mta"
+    assert [line.split(" ", 1)[1] for line in body["lines"]] == [
+        "3E808D2: to=<webmail@webmail.local>, status=deferred (try 3)",
+        "3E808D2: to=<webmail@webmail.local>, status=deferred (try 4)",
+    ]
+    lines = call(api, "GET", "/logs/mpa").json()["lines"]
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "INFO Email is not a relay email; Recipients: [webmail@webmail.local]"]
+    assert call(api, "GET", "/logs/mta?lines=x").code == 400
+    assert call(api, "GET", "/logs/other").code == 404
