@@ -67,7 +67,7 @@ class Config:
 def _check_endpoint(value: str) -> str | None:
     try:
         # Building an endpoint only parses the description; nothing listens.
-        serverFromString(None, value)  # type: ignore[arg-type]
+        serverFromString(None, value)
     except Exception as e:
         return f"not a Twisted server endpoint description ({e})"
     return None

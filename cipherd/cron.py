@@ -58,7 +58,9 @@ def _quartz_weekdays_to_croniter(field: str) -> str:
     def shift(match: re.Match[str]) -> str:
         day = int(match.group(1))
         if not 1 <= day <= 7:
-            raise ScheduleError(f"day-of-week {day} is out of range: Quartz numbers 1 (SUN) to 7 (SAT)")
+            raise ScheduleError(
+                f"day-of-week {day} is out of range: Quartz numbers 1 (SUN) to 7 (SAT)"
+            )
         return str(day - 1)
 
     return _WEEKDAY_NUMBER.sub(shift, field)

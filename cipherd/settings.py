@@ -270,7 +270,9 @@ class HeaderTrigger(ValueType):
             )
         problem = _regex_problem(pattern.strip())
         if problem:
-            raise InvalidValue(f"{text!r}: the value pattern is not a valid regular expression: {problem}")
+            raise InvalidValue(
+                f"{text!r}: the value pattern is not a valid regular expression: {problem}"
+            )
         return f"{name}: {pattern.strip()}"
 
 
@@ -577,7 +579,9 @@ class Values:
                 return Resolved(values[prop.name], candidate)
         return Resolved(prop.default, None)
 
-    def resolve_all(self, scope: Scope, props: Iterable[Property] = PROPERTIES) -> dict[str, Resolved]:
+    def resolve_all(
+        self, scope: Scope, props: Iterable[Property] = PROPERTIES
+    ) -> dict[str, Resolved]:
         return {p.name: self.resolve(scope, p) for p in props}
 
     def inherited(self, scope: Scope, prop: Property) -> Resolved:
@@ -591,7 +595,9 @@ class Values:
         return without.resolve(scope, prop)
 
 
-def validate_changes(scope: Scope, changes: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def validate_changes(
+    scope: Scope, changes: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """
     Check a set of changes for C{scope}: C{{name: value}} sets, C{{name:
     None}} inherits.

@@ -123,12 +123,16 @@ def get_failures(conn: Connection, account: str, client: str) -> FailureRow | No
     ).first()
     if row is None:
         return None
-    return FailureRow(row.count, row.first_failure, row.locked_until)
+    return FailureRow(row.failure_count, row.first_failure, row.locked_until)
 
 
 def put_failures(conn: Connection, account: str, client: str, row: FailureRow) -> None:
     key = (login_failures.c.account == account) & (login_failures.c.client == client)
-    values = {"count": row.count, "first_failure": row.first_failure, "locked_until": row.locked_until}
+    values = {
+        "failure_count": row.count,
+        "first_failure": row.first_failure,
+        "locked_until": row.locked_until,
+    }
     if conn.execute(update(login_failures).where(key).values(values)).rowcount == 0:
         conn.execute(insert(login_failures).values(account=account, client=client, **values))
 

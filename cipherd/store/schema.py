@@ -75,7 +75,7 @@ login_failures = Table(
     metadata,
     Column("account", String(64), primary_key=True),
     Column("client", String(64), primary_key=True),
-    Column("count", Integer, nullable=False),
+    Column("failure_count", Integer, nullable=False),
     Column("first_failure", Float, nullable=False),
     Column("locked_until", Float, nullable=True),
 )

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.python.failure import Failure
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cipherd.store import Store, create_engine_for_url
@@ -72,4 +72,5 @@ def result_of(coroutine: Coroutine[Any, Any, T]) -> T:
     assert outcome, "the coroutine did not complete synchronously"
     if isinstance(outcome[0], Failure):
         outcome[0].raiseException()
-    return outcome[0]  # type: ignore[no-any-return]
+    result: T = outcome[0]
+    return result

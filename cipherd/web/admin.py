@@ -25,8 +25,8 @@ from twisted.web.static import File
 
 from cipherd.logs import LOG_NAMES, MailLog
 from cipherd.settings import (
-    PAGES,
     GLOBAL,
+    PAGES,
     InvalidValue,
     Level,
     Property,
@@ -100,7 +100,8 @@ def _authenticated(handler: Handler) -> Handler:
         if session is None:
             return redirect(request, "/login")
         path = request.path.decode("utf-8", errors="replace")
-        if request.method == b"POST" and not csrf_matches(session.csrf_token, arg(request, CSRF_FIELD)):
+        submitted = arg(request, CSRF_FIELD)
+        if request.method == b"POST" and not csrf_matches(session.csrf_token, submitted):
             return self._forbidden_form(request, session)
         if session.must_change_password and path not in _ALLOWED_BEFORE_PASSWORD_CHANGE:
             return redirect(request, "/admin/password")
@@ -270,7 +271,7 @@ class AdminSite:
         has_advanced = any(p.advanced for p in properties_on(page, scope.level))
         view = _ScopeView(scope)
         errors: dict[str, str] = {}
-        submitted: dict[str, str] = {}
+        submitted: dict[str, str | None] = {}
         if request.method == b"POST":
             changes, errors, submitted = self._read_settings_form(request, props)
             if not errors:

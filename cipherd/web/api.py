@@ -92,7 +92,7 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
 
 
 def _json_body(request: IRequest) -> Any:
-    content = request.content  # type: ignore[attr-defined]
+    content = request.content
     data = content.read(MAX_JSON_BODY + 1)
     if len(data) > MAX_JSON_BODY:
         raise _BadRequest(f"The request body is larger than {MAX_JSON_BODY} bytes.")
@@ -242,6 +242,7 @@ class AdminAPI:
             return json_response(request, 404, {"error": f"There is no log {name!r}."})
         text = arg(request, "lines") or str(DEFAULT_LOG_LINES)
         if not text.isdigit():
-            raise _BadRequest("lines must be a whole number.", {"lines": f"{text!r} is not a number"})
+            raise _BadRequest("lines must be a whole number.",
+                              {"lines": f"{text!r} is not a number"})
         lines: list[str] = await self._runner.run(self.logs[name].tail, int(text))
         return json_response(request, 200, {"log": name, "lines": lines})

@@ -14,8 +14,8 @@ import secrets
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
-from sqlalchemy import Connection
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Connection
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zxcvbn import zxcvbn

@@ -6,7 +6,7 @@ templates, form and cookie helpers.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from twisted.web.iweb import IRequest
@@ -61,14 +61,14 @@ def arg(request: IRequest, name: str) -> str | None:
     """
     A query or form argument as text (the first, if repeated).
     """
-    values = request.args.get(name.encode())  # type: ignore[attr-defined]
+    values = request.args.get(name.encode())
     if not values:
         return None
     return values[0].decode("utf-8", errors="replace")
 
 
 def args(request: IRequest, name: str) -> list[str]:
-    return [v.decode("utf-8", errors="replace") for v in request.args.get(name.encode(), [])]  # type: ignore[attr-defined]
+    return [v.decode("utf-8", errors="replace") for v in request.args.get(name.encode(), [])]
 
 
 def cookie(request: IRequest, name: str) -> str | None:
@@ -81,14 +81,15 @@ def set_cookie(request: IRequest, name: str, value: str, *, max_age: int | None 
     Set a cookie the way every cipherd cookie is set: Secure, HttpOnly,
     SameSite=Strict, host-only (the C{__Host-} prefix enforces it).
     """
-    request.addCookie(  # type: ignore[attr-defined]
+    # IRequest.addCookie does not declare httpOnly and sameSite; Request has them.
+    cast(Request, request).addCookie(
         name.encode(), value.encode(), path=b"/", secure=True, httpOnly=True,
         sameSite=b"strict", max_age=None if max_age is None else str(max_age).encode(),
     )
 
 
 def clear_cookie(request: IRequest, name: str) -> None:
-    request.addCookie(  # type: ignore[attr-defined]
+    cast(Request, request).addCookie(
         name.encode(), b"", path=b"/", secure=True, httpOnly=True, sameSite=b"strict",
         max_age=b"0",
     )
