@@ -213,18 +213,23 @@ class AdminAuthority:
         if not token or len(token) > 128:
             return None
         token_hash = _hash_token(token)
-        row = await self._store.run(q.get_session, token_hash)
-        if row is None:
-            return None
         now = self._clock.seconds()
-        if now - row.last_seen > self.idle_timeout or now - row.created > self.max_age:
-            await self._store.run(q.delete_session, token_hash)
-            return None
-        admin = await self._store.run(q.get_admin, row.admin_name)
-        if admin is None:
-            return None
-        await self._store.run(q.touch_session, token_hash, now)
-        return AdminSession(admin.name, row.csrf_token, token_hash, admin.must_change_password)
+
+        def load(conn: Connection) -> AdminSession | None:
+            row = q.get_session(conn, token_hash)
+            if row is None:
+                return None
+            if now - row.last_seen > self.idle_timeout or now - row.created > self.max_age:
+                q.delete_session(conn, token_hash)
+                return None
+            admin = q.get_admin(conn, row.admin_name)
+            if admin is None:
+                return None
+            q.touch_session(conn, token_hash, now)
+            return AdminSession(admin.name, row.csrf_token, token_hash,
+                                admin.must_change_password)
+
+        return await self._store.run(load)
 
     async def close_session(self, token_hash: str) -> None:
         await self._store.run(q.delete_session, token_hash)
