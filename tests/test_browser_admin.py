@@ -95,13 +95,23 @@ def sender_row(page: Page) -> Locator:
     return page.locator(f'div.row[data-property="{SENDER}"]')
 
 
+def shoot(page: Page, artifacts: Path, name: str) -> None:
+    """
+    Keep C{artifacts/admin-<name>-desktop.png} and C{...-phone.png}.
+    """
+    for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        page.set_viewport_size(viewport)
+        page.screenshot(path=artifacts / f"admin-{name}-{width}.png", full_page=True)
+    page.set_viewport_size(DESKTOP)
+
+
 def test_password_change_and_setting_survive_restart(
     browser: Browser, context: BrowserContext, appliance: Appliance, artifacts: Path
 ) -> None:
     page = context.new_page()
 
     # Any page leads to the login form, and the default password to its change.
-    page.goto("/settings/global/preferences")
+    page.goto(PREFERENCES)
     expect(page).to_have_url(f"{appliance.admin_url}/login")
     log_in(page, DEFAULT_PASSWORD)
     expect(page).to_have_url(f"{appliance.admin_url}/admin/password")
@@ -152,7 +162,7 @@ def test_password_change_and_setting_survive_restart(
 
 
 def test_invalid_sender_is_refused_and_nothing_saved(
-    context: BrowserContext, appliance: Appliance
+    context: BrowserContext, artifacts: Path
 ) -> None:
     page = context.new_page()
     log_in_and_change_default_password(page)
@@ -169,6 +179,7 @@ def test_invalid_sender_is_refused_and_nothing_saved(
     expect(page.get_by_role("alert")).to_contain_text("nothing was changed")
     # What was typed is shown again, to be corrected.
     expect(page.locator(f'[id="value.{SENDER}"]')).to_have_value("not-an-address")
+    shoot(page, artifacts, "preferences-invalid")
 
     page.goto(PREFERENCES)
     expect(page.locator(f'[id="inherit.{SENDER}"]')).to_be_checked()
@@ -176,9 +187,7 @@ def test_invalid_sender_is_refused_and_nothing_saved(
     expect(page.locator("p.field-error")).to_have_count(0)
 
 
-def test_form_without_csrf_token_is_refused(
-    context: BrowserContext, appliance: Appliance
-) -> None:
+def test_form_without_csrf_token_is_refused(context: BrowserContext, artifacts: Path) -> None:
     page = context.new_page()
     log_in_and_change_default_password(page)
     page.goto(PREFERENCES)
@@ -204,20 +213,11 @@ def test_form_without_csrf_token_is_refused(
     assert posted.value.status == 403
     assert "This form was not sent from this site" in posted.value.text()
     expect(page.locator("h1")).to_have_text("Form refused")
+    shoot(page, artifacts, "form-refused")
 
     page.goto(PREFERENCES)
     expect(page.locator(f'[id="inherit.{SENDER}"]')).to_be_checked()
     expect(page.locator(f'[id="value.{SENDER}"]')).to_have_value("")
-
-
-def shoot(page: Page, artifacts: Path, name: str) -> None:
-    """
-    Keep C{artifacts/admin-<name>-desktop.png} and C{...-phone.png}.
-    """
-    for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
-        page.set_viewport_size(viewport)
-        page.screenshot(path=artifacts / f"admin-{name}-{width}.png", full_page=True)
-    page.set_viewport_size(DESKTOP)
 
 
 def test_screenshots_of_every_page(
@@ -235,8 +235,10 @@ def test_screenshots_of_every_page(
     expect(page.get_by_role("status")).to_contain_text("The password was changed.")
 
     # Some entries, so the lists show a table rather than "No domains yet".
-    for kind, names in (("domains", ["example.com", "*.example.org"]),
-                        ("users", ["alice@example.com"])):
+    for kind, names in (
+        ("domains", ["example.com", "*.example.org"]),
+        ("users", ["alice@example.com"]),
+    ):
         for name in names:
             page.goto(f"/settings/{kind}")
             page.get_by_label("Add").fill(name)
