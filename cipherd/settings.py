@@ -329,7 +329,7 @@ class Page:
 
 
 PAGES = (
-    Page("preferences", "Global preferences"),
+    Page("preferences", "General"),
     Page("webmail", "Webmail"),
     Page("encryption", "Encryption policy"),
     Page("quota", "Quota"),

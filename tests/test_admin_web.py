@@ -221,3 +221,19 @@ def test_logs_page_shows_the_mpa_log(admin: AdminHarness) -> None:
     page = admin.get("/logs?log=mpa&lines=10")
     assert "WARN The tunneled message should have been signed &lt;script&gt;" in page.text
     assert "The MTA log is empty." in admin.get("/logs?log=mta").text
+
+
+def test_unknown_pages_and_internal_errors_get_a_page(admin: AdminHarness) -> None:
+    missing = admin.get("/no/such/page")
+    assert missing.code == 404
+    assert "There is no such page." in missing.text
+
+    def broken(_: object) -> None:
+        raise RuntimeError("secret detail")
+
+    admin.login_with_new_password()
+    admin.site.settings.values = broken  # type: ignore[method-assign,assignment]
+    response = admin.get("/settings/global/preferences")
+    assert response.code == 500
+    assert "The cause is in the cipherd log." in response.text
+    assert "secret detail" not in response.text

@@ -173,3 +173,11 @@ def test_logs(api: AdminHarness) -> None:
         "INFO Email is not a relay email; Recipients: [webmail@webmail.local]"]
     assert call(api, "GET", "/logs/mta?lines=x").code == 400
     assert call(api, "GET", "/logs/other").code == 404
+
+
+def test_unknown_routes_and_methods_answer_in_json(api: AdminHarness) -> None:
+    change_default(api)
+    missing = call(api, "GET", "/nope")
+    assert (missing.code, missing.json()) == (404, {"error": "Not Found"})
+    wrong_method = call(api, "PUT", "/settings/global", body={})
+    assert (wrong_method.code, wrong_method.json()) == (405, {"error": "Method Not Allowed"})

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.static import File
+from werkzeug.exceptions import HTTPException
 
 from cipherd.logs import LOG_NAMES, MailLog
 from cipherd.settings import (
@@ -82,10 +83,43 @@ class _ScopeView:
         return f"/settings/{kind}/{quote(self.scope.key, safe='@*')}"
 
     @property
+    def subsection(self) -> str:
+        return {Level.GLOBAL: "global", Level.DOMAIN: "domains", Level.USER: "users"}[
+            self.scope.level
+        ]
+
+    @property
     def title(self) -> str:
         if self.scope.level is Level.GLOBAL:
             return "Global preferences"
         return f"{self.scope.level.value.capitalize()} {self.scope.key}"
+
+
+def _display(prop: Property, value: Any) -> str:
+    """
+    A value as the "overrides ..." note shows it.
+    """
+    if prop.secret:
+        return "hidden"
+    if isinstance(value, bool):
+        return "Yes" if value else "No"
+    if value == "":
+        return "not set"
+    return str(value)
+
+
+def _size_hint(prop: Property, value: Any) -> str | None:
+    """
+    Byte counts in binary units, so 536870912 reads as 512 MiB.
+    """
+    if getattr(prop.type, "unit", None) != "bytes" or not isinstance(value, int):
+        return None
+    size = float(value)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:g} {unit}"
+        size /= 1024
+    return None
 
 
 def _authenticated(handler: Handler) -> Handler:
@@ -156,6 +190,20 @@ class AdminSite:
             message="This form was not sent from this site's page, or the page has expired. "
             "Go back, reload the page and try again.",
         )
+
+    @app.handle_errors(HTTPException)
+    def _no_route(self, request: IRequest, failure: Any) -> bytes:
+        error: HTTPException = failure.value
+        return self._render(request, "error.html", None, status=error.code or 500,
+                            title=error.name, message="There is no such page.")
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Any) -> bytes:
+        log.failure("Admin page {method} {path} failed", failure,
+                    method=request.method, path=request.path)
+        return self._render(request, "error.html", None, status=500, title="Internal error",
+                            message="Something went wrong on our side. The cause is in the "
+                            "cipherd log.")
 
     # Static files and the API --------------------------------------------
 
@@ -298,7 +346,8 @@ class AdminSite:
                     "checked": bool(effective.value),
                     "inherited_from": "factory default" if inherited.source is None
                     else inherited.source.describe(),
-                    "inherited_value": inherited.value,
+                    "inherited_display": _display(prop, inherited.value),
+                    "size_hint": _size_hint(prop, effective.value),
                     "error": errors.get(prop.name),
                 }
             )
@@ -308,7 +357,8 @@ class AdminSite:
             groups.setdefault(key, []).append(row)
         return self._render(
             request, "settings.html", session, status=400 if errors else 200,
-            section="settings", view=view, page=page, page_title=_PAGE_TITLES[page],
+            section="settings", subsection=view.subsection, view=view, page=page,
+            page_title=_PAGE_TITLES[page],
             pages=[p for p in PAGES if properties_on(p.name, scope.level)],
             groups=groups, advanced=advanced, has_advanced=has_advanced,
             saved=arg(request, "saved") is not None, errors=errors,
@@ -365,7 +415,7 @@ class AdminSite:
         names = await self.settings.list(level)
         return self._render(
             request, "scopes.html", session, status=400 if error else 200, section="settings",
-            kind=kind, level=level, error=error,
+            subsection=kind, kind=kind, level=level, error=error,
             entries=[_ScopeView(Scope(level, n)) for n in names],
         )
 

@@ -19,6 +19,7 @@ from typing import Any
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
 
 from cipherd.logs import MailLog
 from cipherd.settings import (
@@ -124,6 +125,11 @@ class AdminAPI:
     def _unauthorized(self, request: IRequest, message: str) -> bytes:
         request.setHeader(b"WWW-Authenticate", b'Basic realm="cipherd admin", charset="UTF-8"')
         return json_response(request, 401, {"error": message})
+
+    @app.handle_errors(HTTPException)
+    def _no_route(self, request: IRequest, failure: Any) -> bytes:
+        error: HTTPException = failure.value
+        return json_response(request, error.code or 500, {"error": error.name})
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Any) -> bytes:
