@@ -331,7 +331,7 @@ class AdminSite:
                 suffix = "?saved=1" + ("&advanced=1" if advanced else "")
                 return redirect(request, f"{view.base}/{page}{suffix}")
         values = await self.settings.values(scope)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for prop in props:
             own = values.by_scope.get(scope, {})
             inherited = values.inherited(scope, prop)
