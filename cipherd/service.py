@@ -37,6 +37,7 @@ from cipherd.store.settings import SettingsRepository, apply_changes, load_value
 from cipherd.threads import ThreadPoolRunner
 from cipherd.web.admin import AdminSite
 from cipherd.web.auth import AdminAuthority
+from cipherd.web.backend import AdminBackend
 
 SESSION_SWEEP_INTERVAL = 600
 CRYPTO_THREADS = 2
@@ -161,7 +162,7 @@ def make_service(config: Config, reactor: Any) -> IService:
     certificate = config.tls_certificate or data.tls_certificate
     key = config.tls_key or data.tls_key
     options = tls_options(certificate.read_bytes(), key.read_bytes())
-    admin = AdminSite(authority, settings, logs.logs, crypto_runner)
+    admin = AdminSite(AdminBackend(authority, settings, logs.logs, crypto_runner))
     site = Site(admin.resource())
     site.displayTracebacks = False
     listener = StreamServerEndpointService(

@@ -523,6 +523,20 @@ def normalise_email(address: str) -> str:
     return address
 
 
+def scope_for(level: Level, key: str) -> Scope:
+    """
+    The domain or user scope named C{key}, normalised.
+
+    @raise InvalidValue: C{key} is not a domain (or wildcard domain), or not
+        an email address.
+    """
+    if level is Level.DOMAIN:
+        return Scope(level, normalise_domain(key))
+    if level is Level.USER:
+        return Scope(level, normalise_email(key))
+    return GLOBAL
+
+
 def lookup_chain(scope: Scope) -> list[Scope]:
     """
     The scopes consulted, most specific first, for a value at C{scope}.

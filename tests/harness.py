@@ -19,6 +19,7 @@ from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.web.admin import CSRF_FIELD, AdminSite
 from cipherd.web.auth import AdminAuthority
+from cipherd.web.backend import AdminBackend
 
 BASE = "https://admin.test"
 GOOD_PASSWORD = "purple-otter-canvas-91"
@@ -62,7 +63,9 @@ class AdminHarness:
         self.publisher = LogPublisher()
         self.logs = MailLogsService(log_dir, max_bytes=10_000, keep=2, publisher=self.publisher)
         self.logs.startService()
-        self.site = AdminSite(self.authority, self.settings, self.logs.logs, self.runner)
+        self.site = AdminSite(
+            AdminBackend(self.authority, self.settings, self.logs.logs, self.runner)
+        )
         self.treq = StubTreq(self.site.resource())
         self.cookies: dict[str, str] = {}
 

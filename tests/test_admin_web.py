@@ -232,7 +232,7 @@ def test_unknown_pages_and_internal_errors_get_a_page(admin: AdminHarness) -> No
         raise RuntimeError("secret detail")
 
     admin.login_with_new_password()
-    admin.site.settings.values = broken  # type: ignore[method-assign,assignment]
+    admin.site.backend.settings.values = broken  # type: ignore[method-assign,assignment]
     response = admin.get("/settings/global/preferences")
     assert response.code == 500
     assert "The cause is in the cipherd log." in response.text

@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.static import File
 from werkzeug.exceptions import HTTPException
 
-from cipherd.logs import LOG_NAMES, MailLog
+from cipherd.logs import LOG_NAMES
 from cipherd.settings import (
     GLOBAL,
     PAGES,
@@ -32,14 +32,12 @@ from cipherd.settings import (
     Level,
     Property,
     Scope,
-    normalise_domain,
-    normalise_email,
     properties_on,
+    scope_for,
 )
-from cipherd.store.settings import SettingsRepository
-from cipherd.threads import IBlockingRunner
 from cipherd.web.api import AdminAPI
-from cipherd.web.auth import AdminAuthority, AdminSession, LoginRefused, WeakPassword, csrf_matches
+from cipherd.web.auth import AdminSession, LoginRefused, WeakPassword, csrf_matches
+from cipherd.web.backend import AdminBackend
 from cipherd.web.common import (
     SecureHeaders,
     arg,
@@ -63,6 +61,7 @@ log = Logger(namespace="cipherd.admin")
 _ALLOWED_BEFORE_PASSWORD_CHANGE = ("/admin/password", "/logout")
 
 _PAGE_TITLES = {page.name: page.title for page in PAGES}
+_LEVELS_BY_KIND = {"domains": Level.DOMAIN, "users": Level.USER}
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -130,7 +129,7 @@ def _authenticated(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapper(self: AdminSite, request: IRequest, *a: Any, **kw: Any) -> Any:
-        session = await self.authority.session(cookie(request, SESSION_COOKIE) or "")
+        session = await self._current_session(request)
         if session is None:
             return redirect(request, "/login")
         path = request.path.decode("utf-8", errors="replace")
@@ -147,25 +146,17 @@ def _authenticated(handler: Handler) -> Handler:
 class AdminSite:
     """
     The admin web application.
-
-    @param logs: the MTA and MPA logs, by name.
     """
 
     app = Klein()
 
-    def __init__(
-        self,
-        authority: AdminAuthority,
-        settings: SettingsRepository,
-        logs: dict[str, MailLog],
-        runner: IBlockingRunner,
-    ) -> None:
-        self.authority = authority
-        self.settings = settings
-        self.logs = logs
-        self._runner = runner
+    def __init__(self, backend: AdminBackend) -> None:
+        self.backend = backend
         self.templates = template_environment()
-        self.api = AdminAPI(authority, settings, logs, runner)
+        self.api = AdminAPI(backend)
+
+    async def _current_session(self, request: IRequest) -> AdminSession | None:
+        return await self.backend.authority.session(cookie(request, SESSION_COOKIE) or "")
 
     def resource(self) -> Resource:
         return SecureHeaders(self.app.resource())
@@ -220,7 +211,7 @@ class AdminSite:
     @app.route("/login", methods=["GET"])
     async def login_form(self, request: IRequest, error: str | None = None,
                          status: int = 200) -> bytes:
-        if error is None and await self.authority.session(cookie(request, SESSION_COOKIE) or ""):
+        if error is None and await self._current_session(request):
             return redirect(request, "/")
         token = secrets.token_urlsafe(24)
         set_cookie(request, LOGIN_CSRF_COOKIE, token)
@@ -233,12 +224,12 @@ class AdminSite:
             return self._forbidden_form(request, None)
         name = arg(request, "username") or ""
         try:
-            admin = await self.authority.check_password(
+            admin = await self.backend.authority.check_password(
                 name, arg(request, "password") or "", client_address(request)
             )
         except LoginRefused as e:
             return await self.login_form(request, error=str(e), status=401)
-        token = await self.authority.open_session(admin.name)
+        token = await self.backend.authority.open_session(admin.name)
         set_cookie(request, SESSION_COOKIE, token)
         clear_cookie(request, LOGIN_CSRF_COOKIE)
         log.info("Admin {account!r} logged in from {client}", account=admin.name,
@@ -248,7 +239,7 @@ class AdminSite:
     @app.route("/logout", methods=["POST"])
     @_authenticated
     async def logout(self, request: IRequest, session: AdminSession) -> bytes:
-        await self.authority.close_session(session.token_hash)
+        await self.backend.authority.close_session(session.token_hash)
         clear_cookie(request, SESSION_COOKIE)
         return redirect(request, "/login")
 
@@ -266,7 +257,7 @@ class AdminSite:
             error = "The two passwords are not the same."
         else:
             try:
-                await self.authority.change_password(session.admin_name, password,
+                await self.backend.authority.change_password(session.admin_name, password,
                                                      session.token_hash)
                 return redirect(request, "/admin/password?changed=1")
             except WeakPassword as e:
@@ -291,19 +282,16 @@ class AdminSite:
     async def scoped_settings(self, request: IRequest, session: AdminSession, kind: str,
                               key: str, page: str) -> bytes:
         scope = self._scope(kind, key)
-        if scope is None or not await self.settings.exists(scope):
+        if scope is None or not await self.backend.settings.exists(scope):
             return self._not_found(request, session)
         return await self._settings_page(request, session, scope, page)
 
     def _scope(self, kind: str, key: str) -> Scope | None:
+        level = _LEVELS_BY_KIND.get(kind)
         try:
-            if kind == "domains":
-                return Scope(Level.DOMAIN, normalise_domain(key))
-            if kind == "users":
-                return Scope(Level.USER, normalise_email(key))
+            return None if level is None else scope_for(level, key)
         except InvalidValue:
             return None
-        return None
 
     def _not_found(self, request: IRequest, session: AdminSession) -> bytes:
         return self._render(request, "error.html", session, status=404, title="Not found",
@@ -323,14 +311,14 @@ class AdminSite:
         if request.method == b"POST":
             changes, errors, submitted = self._read_settings_form(request, props)
             if not errors:
-                errors = await self.settings.update(scope, changes)
+                errors = await self.backend.settings.update(scope, changes)
             if not errors:
                 log.info("Admin {account!r} changed {names} at {scope}",
                          account=session.admin_name, names=sorted(changes),
                          scope=scope.describe())
                 suffix = "?saved=1" + ("&advanced=1" if advanced else "")
                 return redirect(request, f"{view.base}/{page}{suffix}")
-        values = await self.settings.values(scope)
+        values = await self.backend.settings.values(scope)
         rows: list[dict[str, Any]] = []
         for prop in props:
             own = values.by_scope.get(scope, {})
@@ -396,7 +384,7 @@ class AdminSite:
     @app.route("/settings/<kind>", methods=["GET", "POST"])
     @_authenticated
     async def scope_list(self, request: IRequest, session: AdminSession, kind: str) -> bytes:
-        level = {"domains": Level.DOMAIN, "users": Level.USER}.get(kind)
+        level = _LEVELS_BY_KIND.get(kind)
         if level is None:
             return self._not_found(request, session)
         error = None
@@ -406,13 +394,13 @@ class AdminSite:
             if scope is None:
                 noun = "domain" if level is Level.DOMAIN else "email address"
                 error = f"{entered!r} is not a valid {noun}."
-            elif not await self.settings.add(scope):
+            elif not await self.backend.settings.add(scope):
                 error = f"{scope.key} exists already."
             else:
                 log.info("Admin {account!r} added {scope}", account=session.admin_name,
                          scope=scope.describe())
                 return redirect(request, f"{_ScopeView(scope).base}/preferences")
-        names = await self.settings.list(level)
+        names = await self.backend.settings.list(level)
         return self._render(
             request, "scopes.html", session, status=400 if error else 200, section="settings",
             subsection=kind, kind=kind, level=level, error=error,
@@ -424,7 +412,7 @@ class AdminSite:
     async def scope_delete(self, request: IRequest, session: AdminSession, kind: str,
                            key: str) -> bytes:
         scope = self._scope(kind, key)
-        if scope is None or not await self.settings.delete(scope):
+        if scope is None or not await self.backend.settings.delete(scope):
             return self._not_found(request, session)
         log.info("Admin {account!r} deleted {scope}", account=session.admin_name,
                  scope=scope.describe())
@@ -436,7 +424,7 @@ class AdminSite:
     @_authenticated
     async def logs_page(self, request: IRequest, session: AdminSession) -> bytes:
         name = arg(request, "log") or "mta"
-        if name not in self.logs:
+        if name not in self.backend.logs:
             return self._not_found(request, session)
         try:
             count = int(arg(request, "lines") or DEFAULT_LOG_LINES)
@@ -444,5 +432,5 @@ class AdminSite:
             count = DEFAULT_LOG_LINES
         return self._render(
             request, "logs.html", session, section="logs", log_name=name,
-            lines=await self._runner.run(self.logs[name].tail, count), count=count,
+            lines=await self.backend.tail_log(name, count), count=count,
         )

@@ -21,19 +21,16 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
-from cipherd.logs import MailLog
 from cipherd.settings import (
     GLOBAL,
     InvalidValue,
     Level,
     Scope,
-    normalise_domain,
-    normalise_email,
+    scope_for,
 )
 from cipherd.store.admins import AdminRow
-from cipherd.store.settings import SettingsRepository
-from cipherd.threads import IBlockingRunner
-from cipherd.web.auth import AdminAuthority, LoginRefused, WeakPassword
+from cipherd.web.auth import LoginRefused, WeakPassword
+from cipherd.web.backend import AdminBackend
 from cipherd.web.common import arg, client_address, json_response
 
 # Bodies larger than this are refused before parsing.
@@ -71,7 +68,9 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
             if credentials is None:
                 return self._unauthorized(request, "Authentication required (HTTP Basic).")
             try:
-                admin = await self.authority.check_password(*credentials, client_address(request))
+                admin = await self.backend.authority.check_password(
+                    *credentials, client_address(request)
+                )
             except LoginRefused as e:
                 return self._unauthorized(request, str(e))
             if admin.must_change_password and not allow_default_password:
@@ -110,17 +109,8 @@ class AdminAPI:
 
     app = Klein()
 
-    def __init__(
-        self,
-        authority: AdminAuthority,
-        settings: SettingsRepository,
-        logs: dict[str, MailLog],
-        runner: IBlockingRunner,
-    ) -> None:
-        self.authority = authority
-        self.settings = settings
-        self.logs = logs
-        self._runner = runner
+    def __init__(self, backend: AdminBackend) -> None:
+        self.backend = backend
 
     def _unauthorized(self, request: IRequest, message: str) -> bytes:
         request.setHeader(b"WWW-Authenticate", b'Basic realm="cipherd admin", charset="UTF-8"')
@@ -146,7 +136,7 @@ class AdminAPI:
             raise _BadRequest("Send {\"password\": \"...\"}.",
                               {"password": "must be a string"})
         try:
-            await self.authority.change_password(admin.name, password, keep_session=None)
+            await self.backend.authority.change_password(admin.name, password, keep_session=None)
         except WeakPassword as e:
             raise _BadRequest("The password was refused.", {"password": str(e)}) from None
         return json_response(request, 200, {"status": "The password was changed."})
@@ -155,15 +145,13 @@ class AdminAPI:
 
     def _scope(self, level: Level, key: str) -> Scope:
         try:
-            if level is Level.DOMAIN:
-                return Scope(level, normalise_domain(key))
-            return Scope(level, normalise_email(key))
+            return scope_for(level, key)
         except InvalidValue as e:
             raise _BadRequest(str(e)) from None
 
     async def _settings_body(self, scope: Scope) -> dict[str, Any]:
         properties = {}
-        for name, resolved in (await self.settings.effective(scope)).items():
+        for name, resolved in (await self.backend.settings.effective(scope)).items():
             entry: dict[str, Any] = {"value": resolved.value, "level": resolved.origin}
             if resolved.source is not None and resolved.source.level is not Level.GLOBAL:
                 entry["scope"] = resolved.source.key
@@ -175,7 +163,7 @@ class AdminAPI:
         body = _json_body(request)
         if not isinstance(body, dict):
             raise _BadRequest("Send a JSON object {name: value}; null means inherit.")
-        errors = await self.settings.update(scope, body)
+        errors = await self.backend.settings.update(scope, body)
         if errors:
             raise _BadRequest("Some values were refused; nothing was changed.", errors)
         log.info("Admin {account!r} changed {names} at {scope} through the API",
@@ -195,12 +183,14 @@ class AdminAPI:
     @app.route("/v1/settings/domains", methods=["GET"])
     @_authenticated()
     async def list_domains(self, request: IRequest, admin: AdminRow) -> bytes:
-        return json_response(request, 200, {"domains": await self.settings.list(Level.DOMAIN)})
+        domains = await self.backend.settings.list(Level.DOMAIN)
+        return json_response(request, 200, {"domains": domains})
 
     @app.route("/v1/settings/users", methods=["GET"])
     @_authenticated()
     async def list_users(self, request: IRequest, admin: AdminRow) -> bytes:
-        return json_response(request, 200, {"users": await self.settings.list(Level.USER)})
+        users = await self.backend.settings.list(Level.USER)
+        return json_response(request, 200, {"users": users})
 
     @app.route("/v1/settings/domains/<key>", methods=["GET"])
     @_authenticated()
@@ -235,7 +225,7 @@ class AdminAPI:
         return await self._delete(request, self._scope(Level.USER, key))
 
     async def _delete(self, request: IRequest, scope: Scope) -> bytes:
-        if not await self.settings.delete(scope):
+        if not await self.backend.settings.delete(scope):
             return json_response(request, 404, {"error": f"There is no {scope.describe()}."})
         return json_response(request, 200, {"status": f"Deleted {scope.describe()}."})
 
@@ -244,11 +234,11 @@ class AdminAPI:
     @app.route("/v1/logs/<name>", methods=["GET"])
     @_authenticated()
     async def get_log(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
-        if name not in self.logs:
+        if name not in self.backend.logs:
             return json_response(request, 404, {"error": f"There is no log {name!r}."})
         text = arg(request, "lines") or str(DEFAULT_LOG_LINES)
         if not text.isdigit():
             raise _BadRequest("lines must be a whole number.",
                               {"lines": f"{text!r} is not a number"})
-        lines: list[str] = await self._runner.run(self.logs[name].tail, int(text))
+        lines = await self.backend.tail_log(name, int(text))
         return json_response(request, 200, {"log": name, "lines": lines})

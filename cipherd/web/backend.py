@@ -1,0 +1,36 @@
+"""
+What the admin pages and the JSON API work with, assembled once by the
+service: one object to pass, so both fronts always see the same parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cipherd.logs import MailLog
+from cipherd.store.settings import SettingsRepository
+from cipherd.threads import IBlockingRunner
+from cipherd.web.auth import AdminAuthority
+
+
+@dataclass(frozen=True)
+class AdminBackend:
+    """
+    @ivar logs: the MTA and MPA logs, by name.
+    @ivar runner: where blocking work (reading logs) runs.
+    """
+
+    authority: AdminAuthority
+    settings: SettingsRepository
+    logs: dict[str, MailLog]
+    runner: IBlockingRunner
+
+    async def tail_log(self, name: str, lines: int) -> list[str]:
+        """
+        The last C{lines} lines of log C{name}, read off the reactor thread.
+
+        @raise KeyError: there is no such log.
+        """
+        log = self.logs[name]
+        result: list[str] = await self.runner.run(log.tail, lines)
+        return result
