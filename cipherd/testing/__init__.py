@@ -9,13 +9,14 @@ from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cipherd.store import Store, create_engine_for_url
 from cipherd.store.migrations import migrate
 from cipherd.threads import IBlockingRunner
+
+__all__ = ["SynchronousRunner", "cheap_hasher", "migrated_store", "result_of"]
 
 T = TypeVar("T")
 
@@ -50,14 +51,6 @@ def cheap_hasher() -> PasswordHasher:
     Argon2id with the smallest parameters: fast tests, same code paths.
     """
     return PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
-
-
-def clock_at(clock: IReactorTime, seconds: float) -> IReactorTime:
-    """
-    Advance a fresh C{task.Clock} to a realistic epoch time.
-    """
-    clock.advance(seconds - clock.seconds())  # type: ignore[attr-defined]
-    return clock
 
 
 def result_of(coroutine: Coroutine[Any, Any, T]) -> T:
