@@ -1,0 +1,670 @@
+"""
+CMS (RFC 5652) SignedData, EnvelopedData and AuthEnvelopedData (RFC 5083),
+built and read with asn1crypto; the cryptography package supplies only the
+primitives.  (cryptography cannot verify SignedData and decrypts only what
+it builds itself; see FIELD-NOTES.)
+
+Everything here works on bytes: the DER (or BER) of a ContentInfo and the
+content it protects.  MIME is ``cipherd.pki.smime``'s business; trust is
+``cipherd.pki.trust``'s: L{verify} says whether each signature is
+mathematically right and who made it, not whether to believe that signer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from asn1crypto import algos, cms, core
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from cipherd.pki.errors import (
+    CMSFormatError,
+    DecryptionFailed,
+    DecryptionKeyNotFound,
+    UnsupportedAlgorithm,
+)
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+    "md5": hashes.MD5,
+}
+
+# The ciphers we decrypt: name -> (key bytes, kind).
+_CIPHERS: dict[str, tuple[int, str]] = {
+    "aes128_cbc": (16, "cbc"),
+    "aes192_cbc": (24, "cbc"),
+    "aes256_cbc": (32, "cbc"),
+    "tripledes_3key": (24, "3des"),
+    "aes128_gcm": (16, "gcm"),
+    "aes192_gcm": (24, "gcm"),
+    "aes256_gcm": (32, "gcm"),
+}
+
+# What we offer when we encrypt.
+ENCRYPTION_CIPHERS = ("aes256_cbc", "aes128_cbc", "aes256_gcm", "aes128_gcm")
+
+
+class GCMParameters(core.Sequence):
+    """
+    RFC 5084 §3.2; asn1crypto has no type for it.
+    """
+
+    _fields = [
+        ("aes_nonce", core.OctetString),
+        ("aes_icv_len", core.Integer, {"default": 12}),
+    ]
+
+
+# Parsing ---------------------------------------------------------------------
+
+
+def load_content_info(data: bytes) -> cms.ContentInfo:
+    """
+    Parse a DER or BER ContentInfo (also accepted: PEM, as openssl and some
+    clients write it).
+
+    @raise CMSFormatError: not a ContentInfo.
+    """
+    data = _strip_pem(data)
+    try:
+        info = cms.ContentInfo.load(data)
+        info["content_type"].native  # noqa: B018 -- force parsing now
+        info["content"]  # noqa: B018
+    except (ValueError, TypeError, KeyError) as e:
+        raise CMSFormatError(f"The data is not a CMS message: {e}") from None
+    return info
+
+
+def _strip_pem(data: bytes) -> bytes:
+    stripped = data.lstrip()
+    if not stripped.startswith(b"-----BEGIN"):
+        return data
+    import base64
+
+    lines = [ln for ln in stripped.splitlines() if ln and not ln.startswith(b"-----")]
+    try:
+        return base64.b64decode(b"".join(lines), validate=False)
+    except ValueError:
+        raise CMSFormatError("The PEM data is not valid base64.") from None
+
+
+def _certificate(choice: cms.CertificateChoices) -> x509.Certificate | None:
+    if choice.name != "certificate":
+        return None
+    try:
+        return x509.load_der_x509_certificate(choice.chosen.dump())
+    except ValueError:
+        return None
+
+
+def _issuer_serial(cert: x509.Certificate) -> tuple[bytes, int]:
+    return (cert.issuer.public_bytes(), cert.serial_number)
+
+
+def subject_key_identifier(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _identifier_matches(identifier: Any, cert: x509.Certificate) -> bool:
+    """
+    Whether a SignerIdentifier / RecipientIdentifier names C{cert}.
+    """
+    if identifier.name == "issuer_and_serial_number":
+        value = identifier.chosen
+        # Compare names as asn1crypto does (normalised), not byte for byte:
+        # clients re-encode issuer names (PrintableString vs UTF8String).
+        return bool(
+            value["serial_number"].native == cert.serial_number
+            and value["issuer"] == _der_name(cert.issuer)
+        )
+    ski = subject_key_identifier(cert)
+    return ski is not None and hmac.compare_digest(identifier.chosen.native, ski)
+
+
+def describe_identifier(identifier: Any) -> str:
+    """
+    A signer or recipient identifier as the logs show it.
+    """
+    if identifier.name == "issuer_and_serial_number":
+        value = identifier.chosen
+        return f"issuer {value['issuer'].human_friendly}, serial {value['serial_number'].native:x}"
+    return f"subject key identifier {identifier.chosen.native.hex()}"
+
+
+# Signing ----------------------------------------------------------------------
+
+
+def _der_name(name: x509.Name) -> asn1_x509.Name:
+    return asn1_x509.Name.load(name.public_bytes())
+
+
+def _signature_algorithm(key: PrivateKey, digest: str) -> algos.SignedDigestAlgorithm:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"})
+    return algos.SignedDigestAlgorithm({"algorithm": f"{digest}_ecdsa"})
+
+
+def sign(
+    content: bytes,
+    certificate: x509.Certificate,
+    key: PrivateKey,
+    *,
+    signing_time: datetime,
+    detached: bool = True,
+    chain: Sequence[x509.Certificate] = (),
+    digest: str = "sha256",
+) -> bytes:
+    """
+    A SignedData ContentInfo over C{content} (RFC 5652 §5, RFC 8551 §2.5):
+    signed attributes content-type, signing-time, message-digest and
+    S/MIME capabilities; the signer's certificate and C{chain} embedded.
+
+    @param signing_time: from the injected clock.
+    @param detached: leave the content out (for multipart/signed).
+    @return: DER.
+    """
+    hash_cls = _HASHES[digest]
+    message_digest = hashes.Hash(hash_cls())
+    message_digest.update(content)
+    capabilities = cms.SMIMECapabilites(  # sic: asn1crypto spells it so
+        
+        [{"capability_id": alg} for alg in ("aes256_cbc", "aes128_cbc")]
+    )
+    signed_attrs = cms.CMSAttributes(
+        [
+            cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+            cms.CMSAttribute({"type": "signing_time", "values": [cms.Time({"utc_time": signing_time})
+                              if 1950 <= signing_time.year < 2050
+                              else cms.Time({"generalized_time": signing_time})]}),
+            cms.CMSAttribute({"type": "message_digest", "values": [message_digest.finalize()]}),
+            cms.CMSAttribute({"type": "smime_capabilities", "values": [capabilities]}),
+        ]
+    )
+    to_sign = signed_attrs.dump()  # a SET OF: the universal tag, 0x31
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(to_sign, asym_padding.PKCS1v15(), hash_cls())
+    else:
+        signature = key.sign(to_sign, ec.ECDSA(hash_cls()))
+    signer_info = cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": cms.SignerIdentifier(
+                {
+                    "issuer_and_serial_number": cms.IssuerAndSerialNumber(
+                        {"issuer": _der_name(certificate.issuer),
+                         "serial_number": certificate.serial_number}
+                    )
+                }
+            ),
+            "digest_algorithm": algos.DigestAlgorithm({"algorithm": digest}),
+            "signed_attrs": signed_attrs,
+            "signature_algorithm": _signature_algorithm(key, digest),
+            "signature": signature,
+        }
+    )
+    encap: dict[str, Any] = {"content_type": "data"}
+    if not detached:
+        encap["content"] = content
+    certificates = [
+        cms.CertificateChoices(
+            {"certificate": asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))}
+        )
+        for c in (certificate, *chain)
+    ]
+    signed_data = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [algos.DigestAlgorithm({"algorithm": digest})],
+            "encap_content_info": encap,
+            "certificates": certificates,
+            "signer_infos": [signer_info],
+        }
+    )
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+
+
+# Verification -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """
+    The cryptographic check of one SignerInfo.
+
+    @ivar certificate: the signer's certificate, if found (embedded or
+        given).
+    @ivar valid: the digest and the signature are right.
+    @ivar reason: why not, when not valid; C{""} when valid.
+    @ivar signer_id: the signer's identifier as the message names it.
+    @ivar signing_time: the signing-time attribute, if any.
+    """
+
+    certificate: x509.Certificate | None
+    valid: bool
+    reason: str
+    signer_id: str
+    digest_algorithm: str
+    signing_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VerifiedContent:
+    """
+    The result of reading a SignedData.
+
+    @ivar content: the signed content (for detached signatures, what was
+        passed in).
+    @ivar signers: one check per SignerInfo, in order.
+    @ivar certificates: every certificate embedded, for path building.
+    """
+
+    content: bytes
+    signers: list[SignatureCheck]
+    certificates: list[x509.Certificate] = field(default_factory=list)
+
+    @property
+    def all_valid(self) -> bool:
+        return bool(self.signers) and all(s.valid for s in self.signers)
+
+
+def _verify_with(
+    cert: x509.Certificate, signature: bytes, data: bytes, algorithm: str, hash_cls: Any,
+    signature_algorithm: Any,
+) -> None:
+    """
+    @raise InvalidSignature: the signature does not verify.
+    @raise UnsupportedAlgorithm: a key or signature type we cannot check.
+    """
+    public_key = cert.public_key()
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if algorithm == "rsassa_pss":
+            params = signature_algorithm["parameters"]
+            pss_hash = _HASHES[params["hash_algorithm"]["algorithm"].native]()
+            mgf_hash = _HASHES[params["mask_gen_algorithm"]["parameters"]["algorithm"].native]()
+            public_key.verify(
+                signature, data,
+                asym_padding.PSS(asym_padding.MGF1(mgf_hash), params["salt_length"].native),
+                pss_hash,
+            )
+        elif algorithm == "rsassa_pkcs1v15":
+            public_key.verify(signature, data, asym_padding.PKCS1v15(), hash_cls())
+        else:
+            raise UnsupportedAlgorithm(f"signature algorithm {algorithm} with an RSA key")
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        if algorithm != "ecdsa":
+            raise UnsupportedAlgorithm(f"signature algorithm {algorithm} with an EC key")
+        public_key.verify(signature, data, ec.ECDSA(hash_cls()))
+    else:
+        raise UnsupportedAlgorithm(f"{type(public_key).__name__} signer keys")
+
+
+def _check_signer(
+    signer: cms.SignerInfo, content: bytes, content_type: str,
+    candidates: Sequence[x509.Certificate],
+) -> SignatureCheck:
+    sid = signer["sid"]
+    signer_id = describe_identifier(sid)
+    digest_name = signer["digest_algorithm"]["algorithm"].native
+    cert = next((c for c in candidates if _identifier_matches(sid, c)), None)
+
+    def result(valid: bool, reason: str, when: datetime | None = None) -> SignatureCheck:
+        return SignatureCheck(cert, valid, reason, signer_id, digest_name, when)
+
+    if cert is None:
+        return result(False, "The signer's certificate is not in the message or the store.")
+    hash_cls = _HASHES.get(digest_name)
+    if hash_cls is None:
+        return result(False, f"The digest algorithm {digest_name} is not supported.")
+    if digest_name == "md5":
+        return result(False, "The message is signed with MD5, which is not secure.")
+    digest = hashes.Hash(hash_cls())
+    digest.update(content)
+    computed = digest.finalize()
+
+    signed_attrs = signer["signed_attrs"]
+    signing_time = None
+    if signed_attrs.native is not None and len(signed_attrs):
+        attrs = {a["type"].native: a["values"] for a in signed_attrs}
+        wanted_digest = attrs.get("message_digest")
+        if wanted_digest is None or len(wanted_digest) != 1:
+            return result(False, "The signature has no message-digest attribute.")
+        if not hmac.compare_digest(wanted_digest[0].native, computed):
+            return result(False, "The message was changed after it was signed: "
+                                 "the content does not match the message digest.")
+        types = attrs.get("content_type")
+        if types is None or len(types) != 1 or types[0].native != content_type:
+            return result(False, "The content-type attribute does not match the content.")
+        if "signing_time" in attrs and len(attrs["signing_time"]) == 1:
+            signing_time = attrs["signing_time"][0].native
+        # RFC 5652 §5.4: the signature covers the DER of the attributes with
+        # an explicit SET OF tag instead of the [0] IMPLICIT one.
+        raw = signed_attrs.dump()
+        signed_bytes = b"\x31" + raw[1:]
+    else:
+        signed_bytes = content
+    algorithm = signer["signature_algorithm"].signature_algo
+    try:
+        _verify_with(cert, signer["signature"].native, signed_bytes, algorithm, hash_cls,
+                     signer["signature_algorithm"])
+    except InvalidSignature:
+        return result(False, "The signature is not valid: the message or its signed "
+                             "attributes were changed, or it was not made with this "
+                             "certificate's key.", signing_time)
+    except (UnsupportedAlgorithm, ValueError, KeyError) as e:
+        return result(False, f"The signature cannot be checked: {e}", signing_time)
+    return result(True, "", signing_time)
+
+
+def verify(
+    data: bytes,
+    detached_content: bytes | None = None,
+    *,
+    known_certificates: Iterable[x509.Certificate] = (),
+) -> VerifiedContent:
+    """
+    Check every signature of a SignedData.
+
+    @param detached_content: the content of a detached signature.
+    @param known_certificates: more certificates to find signers among
+        (from the store), after the embedded ones.
+    @raise CMSFormatError: not a SignedData, or no content to check.
+    """
+    info = load_content_info(data)
+    if info["content_type"].native != "signed_data":
+        raise CMSFormatError(f"Expected signed data, found {info['content_type'].native}.")
+    signed = info["content"]
+    encap = signed["encap_content_info"]
+    content_type = encap["content_type"].native
+    if detached_content is not None:
+        content = detached_content
+    else:
+        embedded = encap["content"]
+        if embedded.native is None:
+            raise CMSFormatError("The signature is detached but no content was given.")
+        content = _octets(embedded)
+    embedded_certs = [c for c in map(_certificate, signed["certificates"] or []) if c]
+    candidates = [*embedded_certs, *known_certificates]
+    checks = [_check_signer(s, content, content_type, candidates) for s in signed["signer_infos"]]
+    return VerifiedContent(content, checks, embedded_certs)
+
+
+def _octets(value: Any) -> bytes:
+    """
+    The bytes of a (possibly constructed, BER) OCTET STRING.
+    """
+    native = value.native
+    if isinstance(value, core.ParsableOctetString):
+        native = value.contents if not value.method else value.native
+    if isinstance(native, bytes):
+        return native
+    raise CMSFormatError("The content is not an OCTET STRING.")
+
+
+# Encryption -------------------------------------------------------------------
+
+
+def _recipient_info(cert: x509.Certificate, cek: bytes, oaep: bool) -> cms.RecipientInfo:
+    public_key = cert.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise UnsupportedAlgorithm(
+            f"Encryption to {type(public_key).__name__} certificates is not supported "
+            "(RSA recipients only)."
+        )
+    if oaep:
+        padding_ = asym_padding.OAEP(asym_padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+        algorithm = cms.KeyEncryptionAlgorithm(
+            {
+                "algorithm": "rsaes_oaep",
+                "parameters": algos.RSAESOAEPParams(
+                    {
+                        "hash_algorithm": {"algorithm": "sha256"},
+                        "mask_gen_algorithm": {"algorithm": "mgf1",
+                                               "parameters": {"algorithm": "sha256"}},
+                    }
+                ),
+            }
+        )
+    else:
+        padding_ = asym_padding.PKCS1v15()
+        algorithm = cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"})
+    return cms.RecipientInfo(
+        {
+            "ktri": cms.KeyTransRecipientInfo(
+                {
+                    "version": "v0",
+                    "rid": cms.RecipientIdentifier(
+                        {
+                            "issuer_and_serial_number": cms.IssuerAndSerialNumber(
+                                {"issuer": _der_name(cert.issuer),
+                                 "serial_number": cert.serial_number}
+                            )
+                        }
+                    ),
+                    "key_encryption_algorithm": algorithm,
+                    "encrypted_key": public_key.encrypt(cek, padding_),
+                }
+            )
+        }
+    )
+
+
+def encrypt(
+    content: bytes,
+    recipients: Sequence[x509.Certificate],
+    *,
+    cipher: str = "aes256_cbc",
+    oaep: bool = False,
+) -> bytes:
+    """
+    An EnvelopedData (CBC ciphers) or AuthEnvelopedData (GCM, RFC 5083)
+    ContentInfo of C{content} for each of C{recipients}.
+
+    @param cipher: one of L{ENCRYPTION_CIPHERS}.
+    @param oaep: RSAES-OAEP with SHA-256 instead of PKCS#1 v1.5.
+    @return: DER.
+    @raise UnsupportedAlgorithm: a non-RSA recipient or unknown cipher.
+    """
+    if cipher not in ENCRYPTION_CIPHERS:
+        raise UnsupportedAlgorithm(f"Cannot encrypt with {cipher}.")
+    if not recipients:
+        raise ValueError("encrypt() needs at least one recipient")
+    key_size, kind = _CIPHERS[cipher]
+    cek = os.urandom(key_size)
+    infos = [_recipient_info(cert, cek, oaep) for cert in recipients]
+    if kind == "gcm":
+        nonce = os.urandom(12)
+        sealed = AESGCM(cek).encrypt(nonce, content, None)
+        ciphertext, tag = sealed[:-16], sealed[-16:]
+        params = GCMParameters({"aes_nonce": nonce, "aes_icv_len": 16})
+        enveloped = cms.AuthEnvelopedData(
+            {
+                "version": "v0",
+                "recipient_infos": infos,
+                "auth_encrypted_content_info": {
+                    "content_type": "data",
+                    "content_encryption_algorithm": {"algorithm": cipher, "parameters": params},
+                    "encrypted_content": ciphertext,
+                },
+                "mac": tag,
+            }
+        )
+        return cms.ContentInfo(
+            {"content_type": "authenticated_enveloped_data", "content": enveloped}
+        ).dump()
+    iv = os.urandom(16)
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(content) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padded) + encryptor.finalize()
+    enveloped = cms.EnvelopedData(
+        {
+            "version": "v0",
+            "recipient_infos": infos,
+            "encrypted_content_info": {
+                "content_type": "data",
+                "content_encryption_algorithm": {"algorithm": cipher, "parameters": iv},
+                "encrypted_content": ciphertext,
+            },
+        }
+    )
+    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+
+
+# Decryption -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecryptedContent:
+    """
+    @ivar certificate: the recipient certificate whose key decrypted it.
+    @ivar cipher: the content cipher, e.g. C{aes256_cbc}.
+    @ivar key_transport: C{rsaes_pkcs1v15} or C{rsaes_oaep}.
+    """
+
+    content: bytes
+    certificate: x509.Certificate
+    cipher: str
+    key_transport: str
+    recipients: list[str]
+
+
+def _unwrap_cek(ktri: cms.KeyTransRecipientInfo, key: PrivateKey) -> bytes:
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise UnsupportedAlgorithm("Key transport to non-RSA keys is not supported.")
+    algorithm = ktri["key_encryption_algorithm"]
+    name = algorithm["algorithm"].native
+    encrypted = ktri["encrypted_key"].native
+    if name in ("rsaes_pkcs1v15", "rsa"):
+        return key.decrypt(encrypted, asym_padding.PKCS1v15())
+    if name == "rsaes_oaep":
+        params = algorithm["parameters"]
+        hash_name = params["hash_algorithm"]["algorithm"].native
+        mgf_hash = params["mask_gen_algorithm"]["parameters"]["algorithm"].native
+        label = params["p_source_algorithm"]["parameters"].native or None
+        return key.decrypt(
+            encrypted,
+            asym_padding.OAEP(asym_padding.MGF1(_HASHES[mgf_hash]()), _HASHES[hash_name](), label),
+        )
+    raise UnsupportedAlgorithm(f"The key transport algorithm {name} is not supported.")
+
+
+def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes,
+                     tag: bytes | None) -> bytes:
+    if cipher not in _CIPHERS:
+        raise UnsupportedAlgorithm(f"The content cipher {cipher} is not supported.")
+    key_size, kind = _CIPHERS[cipher]
+    if len(cek) != key_size:
+        raise DecryptionFailed("The content key has the wrong length: wrong private key?")
+    if kind == "gcm":
+        gcm = GCMParameters.load(params.dump())
+        if tag is None:
+            raise CMSFormatError("GCM content outside AuthEnvelopedData has no tag.")
+        try:
+            return AESGCM(cek).decrypt(gcm["aes_nonce"].native, ciphertext + tag, None)
+        except InvalidTag:
+            raise DecryptionFailed("The message was changed after it was encrypted "
+                                   "(the authentication tag does not match).") from None
+    iv = params.native
+    block: Any = algorithms.AES(cek) if kind == "cbc" else TripleDES(cek)
+    decryptor = Cipher(block, modes.CBC(iv)).decryptor()
+    padded = decryptor.update(ciphertext) + decryptor.finalize()
+    unpadder = padding.PKCS7(block.block_size).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        raise DecryptionFailed("The content could not be decrypted: wrong key or "
+                               "damaged data.") from None
+
+
+def decrypt(
+    data: bytes,
+    keys: Iterable[tuple[x509.Certificate, PrivateKey]],
+) -> DecryptedContent:
+    """
+    Decrypt an EnvelopedData or AuthEnvelopedData with whichever of C{keys}
+    it is addressed to (by issuer and serial, or subject key identifier).
+
+    @raise DecryptionKeyNotFound: it is for none of C{keys}.
+    @raise DecryptionFailed: the key did not open it, or it was changed.
+    @raise UnsupportedAlgorithm: a cipher or key transport we lack.
+    @raise CMSFormatError: not encrypted CMS.
+    """
+    info = load_content_info(data)
+    kind = info["content_type"].native
+    if kind == "enveloped_data":
+        enveloped = info["content"]
+        content_info = enveloped["encrypted_content_info"]
+        tag = None
+    elif kind == "authenticated_enveloped_data":
+        enveloped = info["content"]
+        content_info = enveloped["auth_encrypted_content_info"]
+        tag = enveloped["mac"].native
+    else:
+        raise CMSFormatError(f"Expected encrypted data, found {kind}.")
+    keys = list(keys)
+    recipients: list[str] = []
+    match: tuple[cms.KeyTransRecipientInfo, x509.Certificate, PrivateKey] | None = None
+    for recipient in enveloped["recipient_infos"]:
+        if recipient.name != "ktri":
+            recipients.append(f"{recipient.name} recipient (not supported)")
+            continue
+        ktri = recipient.chosen
+        recipients.append(describe_identifier(ktri["rid"]))
+        if match is None:
+            for cert, key in keys:
+                if _identifier_matches(ktri["rid"], cert):
+                    match = (ktri, cert, key)
+                    break
+    if match is None:
+        raise DecryptionKeyNotFound()
+    ktri, cert, key = match
+    algorithm = content_info["content_encryption_algorithm"]
+    cipher = algorithm["algorithm"].native
+    try:
+        cek = _unwrap_cek(ktri, key)
+    except ValueError:
+        raise DecryptionFailed("The content key could not be decrypted with the private "
+                               "key of the matching certificate.") from None
+    encrypted = content_info["encrypted_content"]
+    if encrypted.native is None:
+        raise CMSFormatError("The encrypted content is missing (detached).")
+    content = _decrypt_content(cipher, cek, algorithm["parameters"], encrypted.native, tag)
+    return DecryptedContent(content, cert, cipher, ktri["key_encryption_algorithm"][
+        "algorithm"].native, recipients)
+
+
+def content_type(data: bytes) -> str:
+    """
+    The outer content type of a CMS message: C{signed_data},
+    C{enveloped_data}, C{authenticated_enveloped_data}, ...
+
+    @raise CMSFormatError: not CMS.
+    """
+    return str(load_content_info(data)["content_type"].native)
+
+
+def digest_of(data: bytes, algorithm: str = "sha256") -> bytes:
+    return hashlib.new(algorithm, data).digest()
