@@ -88,8 +88,9 @@ def load_content_info(data: bytes) -> cms.ContentInfo:
     data = _strip_pem(data)
     try:
         info = cms.ContentInfo.load(data)
-        info["content_type"].native  # noqa: B018 -- force parsing now
-        info["content"]  # noqa: B018
+        # Parse the outer layers now, so malformed input fails here.
+        info["content_type"].native  # noqa: B018
+        info["content"]
     except (ValueError, TypeError, KeyError) as e:
         raise CMSFormatError(f"The data is not a CMS message: {e}") from None
     return info
@@ -167,6 +168,13 @@ def _signature_algorithm(key: PrivateKey, digest: str) -> algos.SignedDigestAlgo
     return algos.SignedDigestAlgorithm({"algorithm": f"{digest}_ecdsa"})
 
 
+def _cms_time(when: datetime) -> cms.Time:
+    # RFC 5652 §11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
+    if 1950 <= when.year < 2050:
+        return cms.Time({"utc_time": when})
+    return cms.Time({"generalized_time": when})
+
+
 def sign(
     content: bytes,
     certificate: x509.Certificate,
@@ -190,15 +198,13 @@ def sign(
     message_digest = hashes.Hash(hash_cls())
     message_digest.update(content)
     capabilities = cms.SMIMECapabilites(  # sic: asn1crypto spells it so
-        
+
         [{"capability_id": alg} for alg in ("aes256_cbc", "aes128_cbc")]
     )
     signed_attrs = cms.CMSAttributes(
         [
             cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
-            cms.CMSAttribute({"type": "signing_time", "values": [cms.Time({"utc_time": signing_time})
-                              if 1950 <= signing_time.year < 2050
-                              else cms.Time({"generalized_time": signing_time})]}),
+            cms.CMSAttribute({"type": "signing_time", "values": [_cms_time(signing_time)]}),
             cms.CMSAttribute({"type": "message_digest", "values": [message_digest.finalize()]}),
             cms.CMSAttribute({"type": "smime_capabilities", "values": [capabilities]}),
         ]
@@ -433,6 +439,7 @@ def _recipient_info(cert: x509.Certificate, cek: bytes, oaep: bool) -> cms.Recip
             f"Encryption to {type(public_key).__name__} certificates is not supported "
             "(RSA recipients only)."
         )
+    padding_: asym_padding.AsymmetricPadding
     if oaep:
         padding_ = asym_padding.OAEP(asym_padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
         algorithm = cms.KeyEncryptionAlgorithm(

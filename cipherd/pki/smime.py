@@ -1,0 +1,357 @@
+"""
+S/MIME (RFC 8551) on whole messages: the message's own headers (From, To,
+Subject, ...) stay outside; its MIME entity (the Content-* headers and the
+body) is what gets signed or encrypted.
+
+Signatures are made over, and checked against, the canonical form of the
+entity (RFC 8551 §3.1.1: CRLF line ends).  A ``multipart/signed`` message is
+split on its raw bytes -- never re-serialised through the ``email``
+package, which would change what was signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.policy
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email import encoders
+from email.parser import BytesHeaderParser, BytesParser
+
+from cryptography import x509
+
+from cipherd.pki import cms
+from cipherd.pki.cms import PrivateKey
+from cipherd.pki.errors import CMSFormatError
+
+MAX_LINE = 998  # RFC 5322 §2.1.1
+_MIME_HEADER = re.compile(rb"(?i)(content-|mime-version$)")
+_HEADER_START = re.compile(rb"[!-9;-~]+:")
+
+
+class NotSMIME(CMSFormatError):
+    """
+    The message is not signed or encrypted with S/MIME.
+    """
+
+
+@dataclass(frozen=True)
+class Parts:
+    """
+    A message cut into its header fields (each with its folded lines, raw)
+    and body.
+    """
+
+    fields: list[bytes]
+    body: bytes
+
+    @classmethod
+    def split(cls, message: bytes) -> Parts:
+        message = canonicalize(message)
+        end = message.find(b"\r\n\r\n")
+        if message.startswith(b"\r\n"):
+            head, body = b"", message[2:]
+        elif end < 0:
+            head, body = message, b""
+        else:
+            head, body = message[: end + 2], message[end + 4 :]
+        fields: list[bytes] = []
+        for line in head.split(b"\r\n"):
+            if not line:
+                continue
+            if line[:1] in (b" ", b"\t") and fields:
+                fields[-1] += b"\r\n" + line
+            else:
+                fields.append(line)
+        return cls(fields, body)
+
+    @staticmethod
+    def _name(field: bytes) -> bytes:
+        return field.split(b":", 1)[0].strip().lower()
+
+    def mime_fields(self) -> list[bytes]:
+        return [f for f in self.fields if _MIME_HEADER.match(self._name(f))]
+
+    def outer_fields(self) -> list[bytes]:
+        return [f for f in self.fields if not _MIME_HEADER.match(self._name(f))]
+
+    def entity(self) -> bytes:
+        """
+        The MIME entity: the Content-* fields and the body.
+        """
+        fields = [f for f in self.mime_fields() if self._name(f) != b"mime-version"]
+        if not fields:
+            # RFC 2045 §5.2: no Content-Type means this.
+            fields = [b"Content-Type: text/plain; charset=us-ascii"]
+        return b"\r\n".join(fields) + b"\r\n\r\n" + self.body
+
+
+def canonicalize(data: bytes) -> bytes:
+    """
+    CRLF line ends throughout (bare LF and bare CR become CRLF).
+    """
+    if b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def _needs_encoding(entity: bytes) -> bool:
+    try:
+        entity.decode("ascii")
+    except UnicodeDecodeError:
+        return True
+    return any(len(line) > MAX_LINE for line in entity.split(b"\r\n"))
+
+
+def seven_bit(entity: bytes) -> bytes:
+    """
+    The entity with every 8-bit or long-lined leaf part re-encoded as
+    base64, so that a signature survives transports that are not 8-bit
+    clean (RFC 8551 §3.1.2).  An entity that is already 7-bit is returned
+    unchanged, byte for byte.
+    """
+    if not _needs_encoding(entity):
+        return entity
+    message = BytesParser(policy=email.policy.SMTP).parsebytes(entity)
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        raw = part.get_payload(decode=True)
+        if raw is None:
+            continue
+        encoding = (part.get("Content-Transfer-Encoding") or "7bit").lower()
+        payload = part.get_payload()
+        if encoding in ("base64", "quoted-printable") and isinstance(payload, str) and (
+            not _needs_encoding(payload.encode("ascii", "replace"))
+        ):
+            continue
+        del part["Content-Transfer-Encoding"]
+        part.set_payload(raw)
+        encoders.encode_base64(part)
+    return canonicalize(message.as_bytes(policy=email.policy.SMTP))
+
+
+def _boundary() -> str:
+    return "----=_cipherd_" + os.urandom(12).hex()
+
+
+def _base64_lines(data: bytes) -> bytes:
+    encoded = base64.b64encode(data)
+    return b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + b"\r\n"
+
+
+def _assemble(outer: Iterable[bytes], mime: Sequence[bytes], body: bytes) -> bytes:
+    fields = [*outer, b"MIME-Version: 1.0", *mime]
+    return b"\r\n".join(fields) + b"\r\n\r\n" + body
+
+
+def sign_message(
+    message: bytes,
+    certificate: x509.Certificate,
+    key: PrivateKey,
+    *,
+    signing_time: datetime,
+    chain: Sequence[x509.Certificate] = (),
+    detached: bool = True,
+) -> bytes:
+    """
+    Sign a message: C{multipart/signed} (detached, the default: readable
+    without S/MIME) or opaque C{application/pkcs7-mime; smime-type=signed-data}.
+    """
+    parts = Parts.split(message)
+    entity = seven_bit(parts.entity()) if detached else parts.entity()
+    signature = cms.sign(entity, certificate, key, signing_time=signing_time,
+                         detached=detached, chain=chain)
+    if not detached:
+        return _assemble(
+            parts.outer_fields(),
+            [b"Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m",
+             b"Content-Transfer-Encoding: base64",
+             b"Content-Disposition: attachment; filename=smime.p7m"],
+            _base64_lines(signature),
+        )
+    boundary = _boundary().encode()
+    body = (
+        b"This is a cryptographically signed message in MIME format.\r\n\r\n--" + boundary
+        + b"\r\n" + entity + b"\r\n--" + boundary + b"\r\n"
+        b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n"
+        b"Content-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: attachment; filename=smime.p7s\r\n\r\n"
+        + _base64_lines(signature) + b"\r\n--" + boundary + b"--\r\n"
+    )
+    return _assemble(
+        parts.outer_fields(),
+        [b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
+         b'micalg=sha-256;\r\n\tboundary="' + boundary + b'"'],
+        body,
+    )
+
+
+def encrypt_message(
+    message: bytes,
+    recipients: Sequence[x509.Certificate],
+    *,
+    cipher: str = "aes256_cbc",
+    oaep: bool = False,
+) -> bytes:
+    """
+    Encrypt a message's entity for C{recipients}; the outer headers stay.
+    """
+    parts = Parts.split(message)
+    encrypted = cms.encrypt(parts.entity(), recipients, cipher=cipher, oaep=oaep)
+    smime_type = b"authEnveloped-data" if cipher.endswith("gcm") else b"enveloped-data"
+    return _assemble(
+        parts.outer_fields(),
+        [b"Content-Type: application/pkcs7-mime; smime-type=" + smime_type + b"; name=smime.p7m",
+         b"Content-Transfer-Encoding: base64",
+         b"Content-Disposition: attachment; filename=smime.p7m"],
+        _base64_lines(encrypted),
+    )
+
+
+@dataclass(frozen=True)
+class SmimeInfo:
+    """
+    What the outer Content-Type of a message says about S/MIME.
+
+    @ivar kind: C{"signed"} (multipart/signed), C{"signed-data"},
+        C{"enveloped-data"}, C{"authEnveloped-data"} or C{None}.
+    """
+
+    kind: str | None
+    boundary: str | None = None
+
+
+def classify(message: bytes) -> SmimeInfo:
+    """
+    Whether, and how, a message is S/MIME protected (by its headers).
+    """
+    head = Parts.split(message)
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        b"\r\n".join(head.mime_fields()) + b"\r\n\r\n"
+    )
+    content_type = headers.get_content_type()
+    if content_type == "multipart/signed":
+        protocol = str(headers.get_param("protocol") or "").lower()
+        if protocol in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
+            boundary = headers.get_boundary()
+            return SmimeInfo("signed", boundary)
+        return SmimeInfo(None)
+    if content_type in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
+        smime_type = str(headers.get_param("smime-type") or "").lower()
+        if smime_type == "signed-data":
+            return SmimeInfo("signed-data")
+        if smime_type == "authenveloped-data":
+            return SmimeInfo("authEnveloped-data")
+        # Old clients leave smime-type out of enveloped messages.
+        return SmimeInfo("enveloped-data")
+    return SmimeInfo(None)
+
+
+def _decode_body(parts: Parts) -> bytes:
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        b"\r\n".join(parts.mime_fields()) + b"\r\n\r\n"
+    )
+    encoding = (headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+    if encoding != "base64":
+        return parts.body
+    try:
+        return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", parts.body))
+    except binascii.Error as e:
+        raise CMSFormatError(f"The S/MIME body is not valid base64: {e}") from None
+
+
+def split_signed(message: bytes, boundary: str) -> tuple[bytes, bytes]:
+    """
+    The signed entity (canonical, exactly as sent) and the decoded signature
+    of a C{multipart/signed} message, cut from the raw bytes.
+
+    @raise CMSFormatError: the parts are not where the boundary says.
+    """
+    body = Parts.split(message).body
+    delimiter = b"--" + boundary.encode("ascii", "replace")
+    starts = [m.start() for m in re.finditer(rb"(?m)^" + re.escape(delimiter), body)]
+    if len(starts) < 2:
+        raise CMSFormatError("The multipart/signed message does not have two parts.")
+    first_line_end = body.find(b"\r\n", starts[0])
+    signed = body[first_line_end + 2 : starts[1] - 2]
+    close = starts[2] if len(starts) > 2 else len(body)
+    second_start = body.find(b"\r\n", starts[1]) + 2
+    signature_part = Parts.split(body[second_start : close - 2] if close != len(body)
+                                 else body[second_start:])
+    return signed, _decode_body(signature_part)
+
+
+def _rejoin(parts: Parts, entity: bytes) -> bytes:
+    """
+    The outer header fields of C{parts} around an unwrapped C{entity} (which
+    starts with its own Content-* fields).
+    """
+    return b"\r\n".join([*parts.outer_fields(), b"MIME-Version: 1.0"]) + b"\r\n" + entity
+
+
+@dataclass(frozen=True)
+class VerifiedMessage:
+    """
+    @ivar entity: the signed MIME entity.
+    @ivar message: the outer headers with the signed entity: the message as
+        it was before it was signed.
+    """
+
+    entity: bytes
+    message: bytes
+    result: cms.VerifiedContent
+
+
+def verify_message(
+    message: bytes, *, known_certificates: Iterable[x509.Certificate] = ()
+) -> VerifiedMessage:
+    """
+    Check the signatures of a signed message (detached or opaque).
+
+    @raise NotSMIME: the message is not signed.
+    @raise CMSFormatError: it is broken.
+    """
+    info = classify(message)
+    parts = Parts.split(message)
+    if info.kind == "signed":
+        if not info.boundary:
+            raise CMSFormatError("The multipart/signed message has no boundary.")
+        entity, signature = split_signed(message, info.boundary)
+        result = cms.verify(signature, entity, known_certificates=known_certificates)
+    elif info.kind == "signed-data":
+        result = cms.verify(_decode_body(parts), known_certificates=known_certificates)
+        entity = canonicalize(result.content)
+    else:
+        raise NotSMIME("The message is not signed with S/MIME.")
+    return VerifiedMessage(entity, _rejoin(parts, entity), result)
+
+
+@dataclass(frozen=True)
+class DecryptedMessage:
+    entity: bytes
+    message: bytes
+    result: cms.DecryptedContent
+
+
+def decrypt_message(
+    message: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]
+) -> DecryptedMessage:
+    """
+    Decrypt an encrypted message; the outer headers stay.
+
+    @raise NotSMIME: the message is not encrypted.
+    @raise DecryptionKeyNotFound, DecryptionFailed, CMSFormatError,
+        UnsupportedAlgorithm: see L{cms.decrypt}.
+    """
+    info = classify(message)
+    if info.kind not in ("enveloped-data", "authEnveloped-data"):
+        raise NotSMIME("The message is not encrypted with S/MIME.")
+    parts = Parts.split(message)
+    result = cms.decrypt(_decode_body(parts), keys)
+    entity = canonicalize(result.content)
+    return DecryptedMessage(entity, _rejoin(parts, entity), result)
