@@ -16,9 +16,11 @@ from cipherd.settings import GLOBAL, Level, Scope
 from cipherd.store import Store, create_engine_for_url
 from cipherd.store.migrations import (
     BASELINE_VERSION,
+    MIGRATIONS,
     Migration,
     MigrationError,
     current_version,
+    latest_version,
     migrate,
 )
 from cipherd.store.schema import admins, metadata
@@ -31,15 +33,35 @@ def _engine(url: str) -> Any:
     return create_engine_for_url(url)
 
 
+LATEST = latest_version(MIGRATIONS)
+
+
 def test_new_database_gets_the_schema_and_is_stamped(database_url: str) -> None:
     engine = _engine(database_url)
     with engine.begin() as conn:
-        assert migrate(conn) == (None, BASELINE_VERSION)
+        assert migrate(conn) == (None, LATEST)
     with engine.begin() as conn:
-        assert current_version(conn) == BASELINE_VERSION
+        assert current_version(conn) == LATEST
         assert set(metadata.tables) <= set(inspect(conn).get_table_names())
         # A second start finds nothing to do.
-        assert migrate(conn) == (BASELINE_VERSION, BASELINE_VERSION)
+        assert migrate(conn) == (LATEST, LATEST)
+    engine.dispose()
+
+
+def test_a_version_1_database_gets_the_certificate_store(database_url: str) -> None:
+    new_in_2 = {"certificates", "certificate_emails", "crls", "ctl"}
+    engine = _engine(database_url)
+    with engine.begin() as conn:
+        metadata.create_all(
+            conn, tables=[t for t in metadata.sorted_tables if t.name not in new_in_2]
+        )
+        conn.execute(text("INSERT INTO schema_version (version) VALUES (1)"))
+        conn.execute(text("INSERT INTO domains (name, created) VALUES ('example.com', 1)"))
+    with engine.begin() as conn:
+        assert migrate(conn) == (BASELINE_VERSION, 2)
+    with engine.begin() as conn:
+        assert new_in_2 <= set(inspect(conn).get_table_names())
+        assert conn.execute(text("SELECT name FROM domains")).scalar_one() == "example.com"
     engine.dispose()
 
 
@@ -55,7 +77,8 @@ def test_pending_steps_run_in_order(database_url: str) -> None:
     old = MetaData()
     Table("schema_version", old, Column("version", Integer))
     Table("widgets", old, Column("id", Integer, primary_key=True))
-    steps = [Migration(2, "add size", _add_column), Migration(3, "fill", _fill)]
+    steps = [Migration(2, "add size", _add_column),
+             Migration(3, "fill", _fill)]
     engine = _engine(database_url)
     with engine.begin() as conn:
         migrate(conn, migrations=(), metadata=old)

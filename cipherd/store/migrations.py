@@ -46,7 +46,15 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
-MIGRATIONS: Sequence[Migration] = ()
+def _certificate_store(conn: Connection) -> None:
+    # New tables only: their definitions in schema.py are this version's.
+    tables = [schema.certificates, schema.certificate_emails, schema.crls, schema.ctl]
+    schema.metadata.create_all(conn, tables=tables)
+
+
+MIGRATIONS: Sequence[Migration] = (
+    Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
+)
 
 
 def latest_version(migrations: Sequence[Migration]) -> int:

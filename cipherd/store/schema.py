@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     Float,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -78,4 +79,56 @@ login_failures = Table(
     Column("failure_count", Integer, nullable=False),
     Column("first_failure", Float, nullable=False),
     Column("locked_until", Float, nullable=True),
+)
+
+# Schema version 2: the certificate store (cipherd.pki).
+
+# store is "certificates" (intermediate and user certificates) or "roots"
+# (trusted roots); a certificate may be in both.  private_key is sealed
+# under the data dir's key-encryption key (cipherd.pki.keywrap).
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("store", String(16), primary_key=True),
+    Column("thumbprint", String(64), primary_key=True),
+    Column("der", LargeBinary, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("issuer", Text, nullable=False),
+    Column("serial", String(64), nullable=False),
+    Column("issuer_serial", String(64), nullable=False, index=True),
+    Column("subject_key_id", String(128), nullable=True, index=True),
+    Column("not_before", Float, nullable=False),
+    Column("not_after", Float, nullable=False),
+    Column("is_ca", Boolean, nullable=False),
+    Column("self_signed", Boolean, nullable=False),
+    Column("private_key", LargeBinary, nullable=True),
+    Column("created", Float, nullable=False),
+)
+
+certificate_emails = Table(
+    "certificate_emails",
+    metadata,
+    Column("thumbprint", String(64), primary_key=True),
+    Column("email", String(320), primary_key=True, index=True),
+)
+
+# One CRL per issuer: a newer import replaces the older.
+crls = Table(
+    "crls",
+    metadata,
+    Column("issuer_hash", String(64), primary_key=True),
+    Column("issuer", Text, nullable=False),
+    Column("der", LargeBinary, nullable=False),
+    Column("this_update", Float, nullable=False),
+    Column("next_update", Float, nullable=True),
+    Column("entries", Integer, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+ctl = Table(
+    "ctl",
+    metadata,
+    Column("thumbprint", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("created", Float, nullable=False),
 )

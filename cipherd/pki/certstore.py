@@ -1,0 +1,290 @@
+"""
+The certificate store as the rest of cipherd uses it: import, find, trust,
+select, create.  One instance is shared in-process by SMTP, MPA and web;
+its data lives in the database, so every node sees the same store.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Connection
+from twisted.internet.interfaces import IReactorTime
+
+from cipherd.datadir import utc_from_seconds
+from cipherd.pki import certs
+from cipherd.pki.cms import PrivateKey
+from cipherd.pki.keywrap import seal_key, unseal_key
+from cipherd.pki.trust import CTLStatus, Purpose, TrustContext, Verdict, check
+from cipherd.store import Store
+from cipherd.store import certificates as q
+from cipherd.store.certificates import CERTIFICATES, ROOTS
+from cipherd.threads import IBlockingRunner
+
+
+@dataclass
+class ImportResult:
+    """
+    @ivar imported: thumbprints added.
+    @ivar keys_added: thumbprints that got their private key.
+    @ivar duplicates: thumbprints already present.
+    @ivar skipped: C{(thumbprint, reason)} not imported on purpose.
+    @ivar crls: C{(issuer, outcome)} per CRL.
+    """
+
+    format: str = ""
+    imported: list[str] = field(default_factory=list)
+    keys_added: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    crls: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoredCertificate:
+    """
+    A certificate from the store with its trust verdict for display.
+    """
+
+    row: q.CertificateRow
+    certificate: x509.Certificate
+    verdict: Verdict
+    ctl_status: CTLStatus | None
+
+
+def _new_certificate(cert: x509.Certificate) -> q.NewCertificate:
+    return q.NewCertificate(
+        thumbprint=certs.thumbprint(cert),
+        der=certs.der(cert),
+        subject=certs.describe_name(cert.subject),
+        issuer=certs.describe_name(cert.issuer),
+        serial=format(cert.serial_number, "x"),
+        issuer_serial=certs.issuer_serial_key(cert.issuer, cert.serial_number),
+        subject_key_id=certs.subject_key_identifier(cert),
+        not_before=cert.not_valid_before_utc.timestamp(),
+        not_after=cert.not_valid_after_utc.timestamp(),
+        is_ca=certs.is_ca(cert),
+        self_signed=certs.is_self_signed(cert),
+        emails=certs.email_addresses(cert),
+    )
+
+
+def _crl_row(crl: x509.CertificateRevocationList) -> q.CRLRow:
+    return q.CRLRow(
+        issuer_hash=hashlib.sha256(crl.issuer.public_bytes()).hexdigest(),
+        issuer=certs.describe_name(crl.issuer),
+        der=crl.public_bytes(serialization.Encoding.DER),
+        this_update=crl.last_update_utc.timestamp(),
+        next_update=crl.next_update_utc.timestamp() if crl.next_update_utc else None,
+        entries=len(crl),
+    )
+
+
+def _load(row: q.CertificateRow) -> x509.Certificate:
+    return x509.load_der_x509_certificate(row.der)
+
+
+class CertificateStore:
+    """
+    @param kek: the key-encryption key for private keys at rest.
+    @param crypto: where key generation and other CPU-heavy work runs.
+    """
+
+    def __init__(
+        self, store: Store, clock: IReactorTime, kek: bytes, crypto: IBlockingRunner
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._kek = kek
+        self._crypto = crypto
+
+    def now(self) -> datetime:
+        return utc_from_seconds(self._clock.seconds())
+
+    # Import ------------------------------------------------------------------
+
+    async def import_data(
+        self, data: bytes, *, password: str | None = None, skip_self_signed: bool = True,
+        store: str = CERTIFICATES,
+    ) -> ImportResult:
+        """
+        Import a file of any supported format into C{store}.
+
+        @param skip_self_signed: leave out self-signed certificates (on by
+            default, as on the guide's import page); ignored for roots.
+        @raise CertificateImportError: the file cannot be read.
+        """
+        bundle = await self._crypto.run(certs.load_bundle, data, password)
+        result = ImportResult(format=bundle.format)
+        entries: list[tuple[q.NewCertificate, bytes | None]] = []
+        for cert in bundle.certificates:
+            new = _new_certificate(cert)
+            if store == CERTIFICATES and skip_self_signed and new.self_signed:
+                result.skipped.append((new.thumbprint, "self-signed"))
+                continue
+            key = bundle.keys.get(new.thumbprint)
+            sealed = seal_key(self._kek, key, new.thumbprint) if key is not None else None
+            entries.append((new, sealed))
+        crl_rows = [_crl_row(crl) for crl in bundle.crls]
+        now = self._clock.seconds()
+
+        def write(conn: Connection) -> None:
+            for new, sealed in entries:
+                outcome = q.put_certificate(conn, store, new, sealed, now)
+                {"added": result.imported, "key added": result.keys_added,
+                 "duplicate": result.duplicates}[outcome].append(new.thumbprint)
+            for row in crl_rows:
+                result.crls.append((row.issuer, q.put_crl(conn, row, now)))
+
+        await self._store.run(write)
+        return result
+
+    async def add_certificate(
+        self, cert: x509.Certificate, key: PrivateKey | None = None, store: str = CERTIFICATES
+    ) -> str:
+        """
+        Store one certificate (and its key).
+
+        @return: its thumbprint.
+        """
+        new = _new_certificate(cert)
+        sealed = seal_key(self._kek, key, new.thumbprint) if key is not None else None
+        await self._store.run(q.put_certificate, store, new, sealed, self._clock.seconds())
+        return new.thumbprint
+
+    async def create_tunnel_certificate(self, email: str, subject: str) -> str:
+        """
+        Create and store a self-signed webmail tunnel certificate with key.
+
+        @return: its thumbprint.
+        """
+        cert, key = await self._crypto.run(certs.create_tunnel_certificate, email, subject,
+                                           self.now())
+        return await self.add_certificate(cert, key)
+
+    # Lookup ------------------------------------------------------------------
+
+    async def get(self, thumbprint: str, store: str = CERTIFICATES) -> q.CertificateRow | None:
+        return await self._store.run(q.get_certificate, store, thumbprint.lower())
+
+    async def find_by_email(self, email: str) -> list[x509.Certificate]:
+        rows = await self._store.run(q.find_by_email, email)
+        return [_load(r) for r in rows]
+
+    async def find_by_issuer_serial(
+        self, issuer: x509.Name, serial: int
+    ) -> list[x509.Certificate]:
+        rows = await self._store.run(q.find_by_issuer_serial,
+                                     certs.issuer_serial_key(issuer, serial))
+        return [_load(r) for r in rows]
+
+    async def find_by_subject_key_id(self, ski: bytes) -> list[x509.Certificate]:
+        rows = await self._store.run(q.find_by_subject_key_id, ski.hex())
+        return [_load(r) for r in rows]
+
+    async def delete(self, thumbprint: str, store: str = CERTIFICATES) -> bool:
+        return await self._store.run(q.delete_certificate, store, thumbprint.lower())
+
+    # Trust -------------------------------------------------------------------
+
+    async def trust_context(self, extra: Iterable[x509.Certificate] = ()) -> TrustContext:
+        """
+        Roots, CA certificates, the CTL and CRLs as they are now, plus
+        C{extra} certificates (e.g. embedded in a message) for path building.
+        """
+
+        def read(conn: Connection) -> tuple[list[q.CertificateRow], list[q.CertificateRow],
+                                            dict[str, str], list[q.CRLRow]]:
+            return (q.list_certificates(conn, ROOTS),
+                    q.list_certificates(conn, CERTIFICATES, ca_only=True),
+                    q.list_ctl(conn), q.list_crls(conn))
+
+        roots, cas, ctl, crls = await self._store.run(read)
+        return TrustContext(
+            roots=[_load(r) for r in roots],
+            intermediates=[*(_load(r) for r in cas), *extra],
+            ctl={t: CTLStatus(s) for t, s in ctl.items()},
+            crls=[x509.load_der_x509_crl(c.der) for c in crls],
+        )
+
+    async def check(
+        self, cert: x509.Certificate, purpose: Purpose,
+        extra: Iterable[x509.Certificate] = (),
+    ) -> Verdict:
+        context = await self.trust_context(extra)
+        return check(cert, purpose, self.now(), context)
+
+    # Selection ---------------------------------------------------------------
+
+    async def encryption_certificates(self, email: str) -> list[x509.Certificate]:
+        """
+        The valid, trusted encryption certificates for a recipient address,
+        latest expiry first.
+        """
+        rows = await self._store.run(q.find_by_email, email)
+        context = await self.trust_context()
+        now = self.now()
+        loaded = [_load(r) for r in rows]
+        return [c for c in loaded if check(c, Purpose.ENCRYPTION, now, context).valid]
+
+    async def signing_identity(
+        self, email: str
+    ) -> tuple[x509.Certificate, PrivateKey, list[x509.Certificate]] | None:
+        """
+        The valid signing certificate with its key and chain for a sender
+        address, latest expiry first; C{None} when there is none.
+        """
+        rows = [r for r in await self._store.run(q.find_by_email, email) if r.has_key]
+        if not rows:
+            return None
+        context = await self.trust_context()
+        now = self.now()
+        for row in rows:
+            cert = _load(row)
+            verdict = check(cert, Purpose.SIGNING, now, context)
+            if verdict.valid and row.sealed_key is not None:
+                key = unseal_key(self._kek, row.sealed_key, row.thumbprint)
+                return cert, key, verdict.chain[1:]
+        return None
+
+    async def decryption_keys(self) -> list[tuple[x509.Certificate, PrivateKey]]:
+        """
+        Every certificate with a private key, for finding the recipient of
+        an encrypted message (validity does not matter for decryption).
+        """
+        rows = await self._store.run(q.certificates_with_keys)
+        return [(_load(r), unseal_key(self._kek, r.sealed_key, r.thumbprint))
+                for r in rows if r.sealed_key is not None]
+
+    # Listing -----------------------------------------------------------------
+
+    async def listing(self, store: str = CERTIFICATES, *, offset: int = 0,
+                      limit: int = 100) -> list[StoredCertificate]:
+        rows = await self._store.run(
+            functools.partial(q.list_certificates, store=store, offset=offset, limit=limit)
+        )
+        context = await self.trust_context()
+        now = self.now()
+        result = []
+        for row in rows:
+            cert = _load(row)
+            verdict = check(cert, Purpose.ANY, now, context)
+            result.append(StoredCertificate(row, cert, verdict, context.ctl.get(row.thumbprint)))
+        return result
+
+    # CTL ---------------------------------------------------------------------
+
+    async def set_ctl(self, thumbprint: str, status: CTLStatus) -> None:
+        await self._store.run(q.set_ctl, thumbprint.lower(), status.value, self._clock.seconds())
+
+    async def remove_ctl(self, thumbprint: str) -> bool:
+        return await self._store.run(q.delete_ctl, thumbprint.lower())
+
+    async def ctl(self) -> dict[str, CTLStatus]:
+        return {t: CTLStatus(s) for t, s in (await self._store.run(q.list_ctl)).items()}

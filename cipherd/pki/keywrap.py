@@ -1,0 +1,53 @@
+"""
+Private keys at rest: sealed with AES-256-GCM under the data dir's
+key-encryption key, bound to the certificate they belong to, so a sealed key
+copied to another row does not open.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from cipherd.pki.cms import PrivateKey
+from cipherd.pki.errors import PKIError
+
+_VERSION = b"\x01"
+
+
+class KeyUnsealError(PKIError):
+    """
+    A stored key cannot be opened: another key-encryption key, or damage.
+    """
+
+
+def seal_key(kek: bytes, key: PrivateKey, bound_to: str) -> bytes:
+    """
+    @param bound_to: the certificate thumbprint (authenticated, not stored).
+    """
+    plain = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    nonce = os.urandom(12)
+    return _VERSION + nonce + AESGCM(kek).encrypt(nonce, plain, bound_to.encode())
+
+
+def unseal_key(kek: bytes, sealed: bytes, bound_to: str) -> PrivateKey:
+    """
+    @raise KeyUnsealError: see the class.
+    """
+    if sealed[:1] != _VERSION or len(sealed) < 30:
+        raise KeyUnsealError("The stored private key has an unknown format.")
+    try:
+        plain = AESGCM(kek).decrypt(sealed[1:13], sealed[13:], bound_to.encode())
+    except InvalidTag:
+        raise KeyUnsealError(
+            "The stored private key cannot be opened with this data dir's key-encryption key."
+        ) from None
+    key = serialization.load_der_private_key(plain, None)
+    return key  # type: ignore[return-value]

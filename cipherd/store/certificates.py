@@ -1,0 +1,220 @@
+"""
+Queries for the certificate store, CRLs and the certificate trust list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
+
+from cipherd.store.schema import certificate_emails, certificates, crls, ctl
+
+CERTIFICATES = "certificates"
+ROOTS = "roots"
+
+
+@dataclass(frozen=True)
+class CertificateRow:
+    store: str
+    thumbprint: str
+    der: bytes
+    subject: str
+    issuer: str
+    serial: str
+    not_before: float
+    not_after: float
+    is_ca: bool
+    self_signed: bool
+    sealed_key: bytes | None
+    emails: tuple[str, ...] = ()
+
+    @property
+    def has_key(self) -> bool:
+        return self.sealed_key is not None
+
+
+@dataclass(frozen=True)
+class NewCertificate:
+    """
+    What L{put_certificate} stores; C{issuer_serial} and C{subject_key_id}
+    are lookup keys.
+    """
+
+    thumbprint: str
+    der: bytes
+    subject: str
+    issuer: str
+    serial: str
+    issuer_serial: str
+    subject_key_id: str | None
+    not_before: float
+    not_after: float
+    is_ca: bool
+    self_signed: bool
+    emails: Sequence[str]
+
+
+def _row(conn: Connection, row: Row[Any]) -> CertificateRow:
+    emails = tuple(conn.execute(
+        select(certificate_emails.c.email)
+        .where(certificate_emails.c.thumbprint == row.thumbprint)
+        .order_by(certificate_emails.c.email)
+    ).scalars())
+    return CertificateRow(
+        row.store, row.thumbprint, row.der, row.subject, row.issuer, row.serial,
+        row.not_before, row.not_after, row.is_ca, row.self_signed, row.private_key, emails,
+    )
+
+
+def put_certificate(
+    conn: Connection, store: str, new: NewCertificate, sealed_key: bytes | None, now: float
+) -> str:
+    """
+    Add a certificate to C{store}, or a private key to one that has none.
+
+    @return: C{"added"}, C{"key added"} or C{"duplicate"}.
+    """
+    key = (certificates.c.store == store) & (certificates.c.thumbprint == new.thumbprint)
+    existing = conn.execute(select(certificates.c.private_key).where(key)).first()
+    if existing is not None:
+        if sealed_key is not None and existing.private_key is None:
+            conn.execute(update(certificates).where(key).values(private_key=sealed_key))
+            return "key added"
+        return "duplicate"
+    conn.execute(insert(certificates).values(
+        store=store, thumbprint=new.thumbprint, der=new.der, subject=new.subject,
+        issuer=new.issuer, serial=new.serial, issuer_serial=new.issuer_serial,
+        subject_key_id=new.subject_key_id, not_before=new.not_before, not_after=new.not_after,
+        is_ca=new.is_ca, self_signed=new.self_signed, private_key=sealed_key, created=now,
+    ))
+    known = set(conn.execute(select(certificate_emails.c.email).where(
+        certificate_emails.c.thumbprint == new.thumbprint)).scalars())
+    for email in new.emails:
+        if email not in known:
+            conn.execute(insert(certificate_emails).values(thumbprint=new.thumbprint,
+                                                           email=email))
+    return "added"
+
+
+def get_certificate(conn: Connection, store: str, thumbprint: str) -> CertificateRow | None:
+    row = conn.execute(select(certificates).where(
+        (certificates.c.store == store) & (certificates.c.thumbprint == thumbprint))).first()
+    return None if row is None else _row(conn, row)
+
+
+def list_certificates(
+    conn: Connection, store: str, *, offset: int = 0, limit: int | None = None,
+    ca_only: bool = False,
+) -> list[CertificateRow]:
+    query = select(certificates).where(certificates.c.store == store)
+    if ca_only:
+        query = query.where(certificates.c.is_ca.is_(True))
+    query = query.order_by(certificates.c.subject, certificates.c.thumbprint).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_row(conn, row) for row in conn.execute(query)]
+
+
+def count_certificates(conn: Connection, store: str) -> int:
+    return int(conn.execute(
+        select(func.count()).select_from(certificates).where(certificates.c.store == store)
+    ).scalar_one())
+
+
+def find_by_email(conn: Connection, email: str, store: str = CERTIFICATES) -> list[CertificateRow]:
+    query = (
+        select(certificates)
+        .join(certificate_emails, certificate_emails.c.thumbprint == certificates.c.thumbprint)
+        .where((certificate_emails.c.email == email.lower()) & (certificates.c.store == store))
+        .order_by(certificates.c.not_after.desc())
+    )
+    return [_row(conn, row) for row in conn.execute(query)]
+
+
+def find_by_issuer_serial(conn: Connection, issuer_serial: str) -> list[CertificateRow]:
+    query = select(certificates).where(certificates.c.issuer_serial == issuer_serial)
+    return [_row(conn, row) for row in conn.execute(query)]
+
+
+def find_by_subject_key_id(conn: Connection, ski: str) -> list[CertificateRow]:
+    query = select(certificates).where(certificates.c.subject_key_id == ski.lower())
+    return [_row(conn, row) for row in conn.execute(query)]
+
+
+def certificates_with_keys(conn: Connection) -> list[CertificateRow]:
+    query = select(certificates).where(certificates.c.private_key.is_not(None))
+    return [_row(conn, row) for row in conn.execute(query)]
+
+
+def delete_certificate(conn: Connection, store: str, thumbprint: str) -> bool:
+    deleted = conn.execute(delete(certificates).where(
+        (certificates.c.store == store) & (certificates.c.thumbprint == thumbprint))).rowcount
+    still_stored = conn.execute(select(certificates.c.thumbprint).where(
+        certificates.c.thumbprint == thumbprint)).first()
+    if still_stored is None:
+        conn.execute(delete(certificate_emails).where(
+            certificate_emails.c.thumbprint == thumbprint))
+    return deleted > 0
+
+
+# CRLs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CRLRow:
+    issuer_hash: str
+    issuer: str
+    der: bytes
+    this_update: float
+    next_update: float | None
+    entries: int
+
+
+def put_crl(conn: Connection, row: CRLRow, now: float) -> str:
+    """
+    Keep the newest CRL of each issuer.
+
+    @return: C{"added"}, C{"replaced"} or C{"older"} (not stored).
+    """
+    key = crls.c.issuer_hash == row.issuer_hash
+    existing = conn.execute(select(crls.c.this_update).where(key)).first()
+    values = {"issuer": row.issuer, "der": row.der, "this_update": row.this_update,
+              "next_update": row.next_update, "entries": row.entries, "created": now}
+    if existing is None:
+        conn.execute(insert(crls).values(issuer_hash=row.issuer_hash, **values))
+        return "added"
+    if existing.this_update >= row.this_update:
+        return "older"
+    conn.execute(update(crls).where(key).values(values))
+    return "replaced"
+
+
+def list_crls(conn: Connection) -> list[CRLRow]:
+    return [
+        CRLRow(r.issuer_hash, r.issuer, r.der, r.this_update, r.next_update, r.entries)
+        for r in conn.execute(select(crls).order_by(crls.c.issuer))
+    ]
+
+
+def delete_crl(conn: Connection, issuer_hash: str) -> bool:
+    return conn.execute(delete(crls).where(crls.c.issuer_hash == issuer_hash)).rowcount > 0
+
+
+# The certificate trust list ----------------------------------------------------
+
+
+def set_ctl(conn: Connection, thumbprint: str, status: str, now: float) -> None:
+    key = ctl.c.thumbprint == thumbprint
+    if conn.execute(update(ctl).where(key).values(status=status)).rowcount == 0:
+        conn.execute(insert(ctl).values(thumbprint=thumbprint, status=status, created=now))
+
+
+def delete_ctl(conn: Connection, thumbprint: str) -> bool:
+    return conn.execute(delete(ctl).where(ctl.c.thumbprint == thumbprint)).rowcount > 0
+
+
+def list_ctl(conn: Connection) -> dict[str, str]:
+    return {r.thumbprint: r.status for r in conn.execute(select(ctl))}

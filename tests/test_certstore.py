@@ -1,0 +1,219 @@
+"""
+The certificate store: import of every format (detected from the bytes),
+skip self-signed, duplicates, sealed private keys, lookups, selection,
+tunnel certificates; on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet.task import Clock
+
+from cipherd.pki.certs import email_addresses, thumbprint
+from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.errors import CertificateImportError
+from cipherd.pki.keywrap import KeyUnsealError, seal_key, unseal_key
+from cipherd.pki.trust import CTLStatus, Purpose
+from cipherd.store.certificates import ROOTS
+from cipherd.testing import SynchronousRunner, migrated_store, result_of
+from tests.pki_factory import (
+    EMAIL_EKU,
+    SMIME_USAGE,
+    START,
+    make_ca,
+    make_crl,
+    make_user,
+    pkcs7_bundle,
+)
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+NOW = START + timedelta(days=100)
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict:
+    root = make_ca("Test Root")
+    ca = make_ca("Test Intermediate", issuer=root)
+    return {
+        "root": root,
+        "ca": ca,
+        "alice": make_user("Alice@Example.com", ca, key_usage=SMIME_USAGE, eku=EMAIL_EKU),
+        "bob": make_user("bob@example.com", ca),
+        "self": make_user("webmail@example.com", None),
+    }
+
+
+def make_store(url: str | None = None) -> CertificateStore:
+    clock = Clock()
+    clock.advance(NOW.timestamp())
+    return CertificateStore(migrated_store(url), clock, os.urandom(32), SynchronousRunner())
+
+
+@pytest.fixture
+def store() -> CertificateStore:
+    return make_store()
+
+
+def test_pem_with_many_certificates(store: CertificateStore, pki: dict) -> None:
+    data = pki["alice"].pem() + b"\nsome text between\n" + pki["bob"].pem() + pki["ca"].pem()
+    result = result_of(store.import_data(data))
+    assert result.format == "PEM"
+    assert sorted(result.imported) == sorted(
+        thumbprint(pki[n].cert) for n in ("alice", "bob", "ca"))
+    again = result_of(store.import_data(data))
+    assert again.imported == [] and len(again.duplicates) == 3
+
+
+def test_der_pkcs7_and_format_detection(store: CertificateStore, pki: dict) -> None:
+    assert result_of(store.import_data(pki["alice"].der())).format == "DER"
+    for encoding, name in ((serialization.Encoding.DER, "PKCS#7"),
+                           (serialization.Encoding.PEM, "PEM")):
+        bundle = pkcs7_bundle([pki["bob"].cert, pki["ca"].cert], encoding)
+        result = result_of(make_store().import_data(bundle))
+        assert result.format == name
+        assert len(result.imported) == 2
+
+
+def test_pkcs12_with_password_keeps_the_key_sealed(store: CertificateStore, pki: dict) -> None:
+    data = pki["alice"].pkcs12(b"secret", [pki["ca"].cert])
+    with pytest.raises(CertificateImportError, match="the password is missing or wrong"):
+        result_of(store.import_data(data, password="wrong"))
+    result = result_of(store.import_data(data, password="secret"))
+    assert result.format == "PKCS#12"
+    assert len(result.imported) == 2
+    row = result_of(store.get(thumbprint(pki["alice"].cert)))
+    assert row is not None and row.has_key
+    assert pki["alice"].key_pem() not in row.sealed_key  # type: ignore[operator]
+    keys = result_of(store.decryption_keys())
+    assert [thumbprint(c) for c, _ in keys] == [thumbprint(pki["alice"].cert)]
+
+
+def test_a_key_imported_later_is_attached(store: CertificateStore, pki: dict) -> None:
+    result_of(store.import_data(pki["bob"].pem()))
+    result = result_of(store.import_data(pki["bob"].pem() + pki["bob"].key_pem()))
+    assert result.keys_added == [thumbprint(pki["bob"].cert)]
+
+
+def test_garbage_is_refused_with_a_reason(store: CertificateStore) -> None:
+    with pytest.raises(CertificateImportError,
+                       match="not a certificate, PKCS#7, PKCS#12 or CRL file"):
+        result_of(store.import_data(b"\x00\x01 definitely not a certificate"))
+    with pytest.raises(CertificateImportError, match="contains no certificate or CRL"):
+        result_of(store.import_data(b"-----BEGIN NOTHING-----\nAAAA\n-----END NOTHING-----\n"))
+    with pytest.raises(CertificateImportError, match="could not be read"):
+        result_of(store.import_data(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+
+
+def test_skip_self_signed_is_on_by_default(store: CertificateStore, pki: dict) -> None:
+    result = result_of(store.import_data(pki["self"].pem()))
+    assert result.imported == []
+    assert result.skipped == [(thumbprint(pki["self"].cert), "self-signed")]
+    result = result_of(store.import_data(pki["self"].pem(), skip_self_signed=False))
+    assert result.imported == [thumbprint(pki["self"].cert)]
+
+
+def test_lookups(store: CertificateStore, pki: dict) -> None:
+    result_of(store.import_data(pki["alice"].pem() + pki["bob"].pem()))
+    alice = pki["alice"].cert
+    assert email_addresses(alice) == ["alice@example.com"]
+    assert result_of(store.find_by_email("ALICE@example.COM")) == [alice]
+    assert result_of(store.find_by_issuer_serial(alice.issuer, alice.serial_number)) == [alice]
+    ski = alice.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert result_of(store.find_by_subject_key_id(ski)) == [alice]
+    assert result_of(store.find_by_email("nobody@example.com")) == []
+
+
+def test_selection_needs_trust(store: CertificateStore, pki: dict) -> None:
+    result_of(store.import_data(pki["alice"].pkcs12(b"pw"), password="pw"))
+    result_of(store.import_data(pki["ca"].pem()))
+    assert result_of(store.encryption_certificates("alice@example.com")) == []
+    assert result_of(store.signing_identity("alice@example.com")) is None
+    result_of(store.import_data(pki["root"].pem(), store=ROOTS))
+    assert result_of(store.encryption_certificates("alice@example.com")) == [pki["alice"].cert]
+    identity = result_of(store.signing_identity("alice@example.com"))
+    assert identity is not None
+    cert, key, chain = identity
+    assert cert == pki["alice"].cert
+    assert key.private_numbers() == pki["alice"].key.private_numbers()  # type: ignore[union-attr]
+    assert chain == [pki["ca"].cert, pki["root"].cert]
+
+    # Revoked by an imported CRL: no longer selected.
+    crl = make_crl(pki["ca"], [(pki["alice"].cert, START)])
+    result = result_of(store.import_data(crl.public_bytes(serialization.Encoding.DER)))
+    assert result.crls == [("CN=Test Intermediate", "added")]
+    assert result_of(store.encryption_certificates("alice@example.com")) == []
+
+
+def test_ctl_and_listing(store: CertificateStore, pki: dict) -> None:
+    result_of(store.import_data(pki["self"].pem(), skip_self_signed=False))
+    print_ = thumbprint(pki["self"].cert)
+    [entry] = result_of(store.listing())
+    assert not entry.verdict.valid and entry.ctl_status is None
+    result_of(store.set_ctl(print_, CTLStatus.WHITELISTED))
+    [entry] = result_of(store.listing())
+    assert entry.verdict.valid and entry.ctl_status is CTLStatus.WHITELISTED
+    assert result_of(store.encryption_certificates("webmail@example.com")) == [pki["self"].cert]
+    result_of(store.set_ctl(print_, CTLStatus.BLACKLISTED))
+    assert result_of(store.encryption_certificates("webmail@example.com")) == []
+    assert result_of(store.remove_ctl(print_)) is True
+    assert result_of(store.ctl()) == {}
+
+
+def test_tunnel_certificate_as_in_the_guide(store: CertificateStore) -> None:
+    print_ = result_of(store.create_tunnel_certificate(
+        "webmail@example.com", "Webmail sender tunnel certificate"))
+    row = result_of(store.get(print_))
+    assert row is not None and row.has_key and row.self_signed
+    assert row.subject == "EMAILADDRESS=webmail@example.com, CN=Webmail sender tunnel certificate"
+    assert row.emails == ("webmail@example.com",)
+    # Self-signed: usable once whitelisted, as guide §3.3 says.
+    assert result_of(store.signing_identity("webmail@example.com")) is None
+    result_of(store.set_ctl(print_, CTLStatus.WHITELISTED))
+    identity = result_of(store.signing_identity("webmail@example.com"))
+    assert identity is not None and identity[2] == []
+    verdict = result_of(store.check(identity[0], Purpose.ENCRYPTION))
+    assert verdict.valid
+
+
+def test_keys_are_bound_to_their_certificate_and_kek() -> None:
+    key = make_user("x@example.com", None).key
+    sealed = seal_key(b"k" * 32, key, "aa")
+    assert unseal_key(b"k" * 32, sealed, "aa").private_numbers() == key.private_numbers()
+    with pytest.raises(KeyUnsealError, match="cannot be opened"):
+        unseal_key(b"k" * 32, sealed, "bb")
+    with pytest.raises(KeyUnsealError, match="cannot be opened"):
+        unseal_key(b"j" * 32, sealed, "aa")
+
+
+def test_store_works_on_both_databases(database_url: str, pki: dict) -> None:
+    store = make_store(database_url)
+    result_of(store.import_data(pki["alice"].pkcs12(b"pw", [pki["ca"].cert]), password="pw"))
+    result_of(store.import_data(pki["root"].pem(), store=ROOTS))
+    assert result_of(store.encryption_certificates("alice@example.com")) == [pki["alice"].cert]
+    assert len(result_of(store.decryption_keys())) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "password", "email"),
+    [
+        ("smime-thunderbird/nss/Alice.p12", "nss", "alice@example.com"),
+        ("smime-thunderbird/nss/Eve.p12", "nss", "eve@example.com"),
+        ("smime-thunderbird/interop/Fran.p12", "nss", "fran@example.com"),
+    ],
+)
+def test_real_client_pkcs12(store: CertificateStore, path: str, password: str,
+                            email: str) -> None:
+    data = (CORPUS / path).read_bytes()
+    result = result_of(store.import_data(data, password=password))
+    assert result.imported, result
+    [row] = [r for r in (result_of(store.get(t)) for t in result.imported)
+             if r is not None and email in r.emails]
+    assert row.has_key
+    assert f"EMAILADDRESS={email}".lower() in row.subject.lower()
