@@ -29,8 +29,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from cipherd.config import Config
-from cipherd.datadir import prepare_data_dir, utc_from_seconds
+from cipherd.datadir import prepare_data_dir, read_kek, utc_from_seconds
 from cipherd.logs import MailLogsService
+from cipherd.pki.certstore import CertificateStore
 from cipherd.settings import GLOBAL, PROPERTIES
 from cipherd.store import Store, create_engine_for_url
 from cipherd.store.settings import SettingsRepository, apply_changes, load_values
@@ -162,7 +163,10 @@ def make_service(config: Config, reactor: Any) -> IService:
     certificate = config.tls_certificate or data.tls_certificate
     key = config.tls_key or data.tls_key
     options = tls_options(certificate.read_bytes(), key.read_bytes())
-    admin = AdminSite(AdminBackend(authority, settings, logs.logs, crypto_runner))
+    certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
+    admin = AdminSite(
+        AdminBackend(authority, settings, logs.logs, crypto_runner, certificates)
+    )
     site = Site(admin.resource())
     site.displayTracebacks = False
     listener = StreamServerEndpointService(

@@ -6,6 +6,7 @@ C{task.Clock}, driven through C{treq.testing.StubTreq}.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogPublisher
 
 from cipherd.logs import MailLogsService
+from cipherd.pki.certstore import CertificateStore
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.web.admin import CSRF_FIELD, AdminSite
@@ -63,8 +65,11 @@ class AdminHarness:
         self.publisher = LogPublisher()
         self.logs = MailLogsService(log_dir, max_bytes=10_000, keep=2, publisher=self.publisher)
         self.logs.startService()
+        self.certificates = CertificateStore(self.store, self.clock, os.urandom(32),
+                                             self.runner)
         self.site = AdminSite(
-            AdminBackend(self.authority, self.settings, self.logs.logs, self.runner)
+            AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
+                         self.certificates)
         )
         self.treq = StubTreq(self.site.resource())
         self.cookies: dict[str, str] = {}

@@ -278,6 +278,14 @@ class CertificateStore:
             result.append(StoredCertificate(row, cert, verdict, context.ctl.get(row.thumbprint)))
         return result
 
+    # CRLs --------------------------------------------------------------------
+
+    async def crls(self) -> list[q.CRLRow]:
+        return await self._store.run(q.list_crls)
+
+    async def delete_crl(self, issuer_hash: str) -> bool:
+        return await self._store.run(q.delete_crl, issuer_hash)
+
     # CTL ---------------------------------------------------------------------
 
     async def set_ctl(self, thumbprint: str, status: CTLStatus) -> None:

@@ -9,9 +9,7 @@ default password is changed every page leads to the password form.
 
 from __future__ import annotations
 
-import functools
 import secrets
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -24,7 +22,6 @@ from twisted.web.resource import Resource
 from twisted.web.static import File
 from werkzeug.exceptions import HTTPException
 
-from cipherd.logs import LOG_NAMES
 from cipherd.settings import (
     GLOBAL,
     PAGES,
@@ -49,22 +46,16 @@ from cipherd.web.common import (
     set_cookie,
     template_environment,
 )
+from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
+from cipherd.web.pki_pages import PkiPages
 
-SESSION_COOKIE = "__Host-cipherd-admin"
 LOGIN_CSRF_COOKIE = "__Host-cipherd-login"
-CSRF_FIELD = "csrf_token"
 DEFAULT_LOG_LINES = 200
 
 log = Logger(namespace="cipherd.admin")
 
-# Pages an admin who must still change the default password may reach.
-_ALLOWED_BEFORE_PASSWORD_CHANGE = ("/admin/password", "/logout")
-
 _PAGE_TITLES = {page.name: page.title for page in PAGES}
 _LEVELS_BY_KIND = {"domains": Level.DOMAIN, "users": Level.USER}
-
-Handler = Callable[..., Awaitable[Any]]
-
 
 @dataclass(frozen=True)
 class _ScopeView:
@@ -121,29 +112,7 @@ def _size_hint(prop: Property, value: Any) -> str | None:
     return None
 
 
-def _authenticated(handler: Handler) -> Handler:
-    """
-    Give the handler the admin session, or send the browser to log in;
-    check the CSRF token of every POST; force the password change.
-    """
-
-    @functools.wraps(handler)
-    async def wrapper(self: AdminSite, request: IRequest, *a: Any, **kw: Any) -> Any:
-        session = await self._current_session(request)
-        if session is None:
-            return redirect(request, "/login")
-        path = request.path.decode("utf-8", errors="replace")
-        submitted = arg(request, CSRF_FIELD)
-        if request.method == b"POST" and not csrf_matches(session.csrf_token, submitted):
-            return self._forbidden_form(request, session)
-        if session.must_change_password and path not in _ALLOWED_BEFORE_PASSWORD_CHANGE:
-            return redirect(request, "/admin/password")
-        return await handler(self, request, session, *a, **kw)
-
-    return wrapper
-
-
-class AdminSite:
+class AdminSite(AdminPages):
     """
     The admin web application.
     """
@@ -151,50 +120,20 @@ class AdminSite:
     app = Klein()
 
     def __init__(self, backend: AdminBackend) -> None:
-        self.backend = backend
-        self.templates = template_environment()
+        super().__init__(backend, template_environment())
         self.api = AdminAPI(backend)
-
-    async def _current_session(self, request: IRequest) -> AdminSession | None:
-        return await self.backend.authority.session(cookie(request, SESSION_COOKIE) or "")
+        self.pki = PkiPages(backend, self.templates)
 
     def resource(self) -> Resource:
         return SecureHeaders(self.app.resource())
 
-    def _render(
-        self, request: IRequest, template: str, session: AdminSession | None = None,
-        status: int = 200, **context: Any,
-    ) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        page = self.templates.get_template(template).render(
-            session=session, csrf_field=CSRF_FIELD, log_names=LOG_NAMES,
-            settings_pages=PAGES, **context,
-        )
-        return page.encode("utf-8")
-
-    def _forbidden_form(self, request: IRequest, session: AdminSession | None) -> bytes:
-        log.warn("Refused a form without a valid CSRF token from {client}",
-                 client=client_address(request))
-        return self._render(
-            request, "error.html", session, status=403, title="Form refused",
-            message="This form was not sent from this site's page, or the page has expired. "
-            "Go back, reload the page and try again.",
-        )
-
     @app.handle_errors(HTTPException)
     def _no_route(self, request: IRequest, failure: Any) -> bytes:
-        error: HTTPException = failure.value
-        return self._render(request, "error.html", None, status=error.code or 500,
-                            title=error.name, message="There is no such page.")
+        return self.http_error_page(request, failure)
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Any) -> bytes:
-        log.failure("Admin page {method} {path} failed", failure,
-                    method=request.method, path=request.path)
-        return self._render(request, "error.html", None, status=500, title="Internal error",
-                            message="Something went wrong on our side. The cause is in the "
-                            "cipherd log.")
+        return self.failure_page(request, failure)
 
     # Static files and the API --------------------------------------------
 
@@ -206,22 +145,26 @@ class AdminSite:
     def api_branch(self, request: IRequest) -> Resource:
         return self.api.app.resource()
 
+    @app.route("/pki/", branch=True)
+    def pki_branch(self, request: IRequest) -> Resource:
+        return self.pki.app.resource()
+
     # Login, logout, password ---------------------------------------------
 
     @app.route("/login", methods=["GET"])
     async def login_form(self, request: IRequest, error: str | None = None,
                          status: int = 200) -> bytes:
-        if error is None and await self._current_session(request):
+        if error is None and await self.current_session(request):
             return redirect(request, "/")
         token = secrets.token_urlsafe(24)
         set_cookie(request, LOGIN_CSRF_COOKIE, token)
-        return self._render(request, "login.html", status=status, login_csrf=token, error=error)
+        return self.render(request, "login.html", status=status, login_csrf=token, error=error)
 
     @app.route("/login", methods=["POST"])
     async def login(self, request: IRequest) -> bytes:
         expected = cookie(request, LOGIN_CSRF_COOKIE)
         if not expected or not csrf_matches(expected, arg(request, CSRF_FIELD)):
-            return self._forbidden_form(request, None)
+            return self.forbidden_form(request, None)
         name = arg(request, "username") or ""
         try:
             admin = await self.backend.authority.check_password(
@@ -237,20 +180,20 @@ class AdminSite:
         return redirect(request, "/admin/password" if admin.must_change_password else "/")
 
     @app.route("/logout", methods=["POST"])
-    @_authenticated
+    @authenticated
     async def logout(self, request: IRequest, session: AdminSession) -> bytes:
         await self.backend.authority.close_session(session.token_hash)
         clear_cookie(request, SESSION_COOKIE)
         return redirect(request, "/login")
 
     @app.route("/admin/password", methods=["GET"])
-    @_authenticated
+    @authenticated
     async def password_form(self, request: IRequest, session: AdminSession) -> bytes:
-        return self._render(request, "password.html", session, section="admin",
+        return self.render(request, "password.html", session, section="admin",
                             changed=arg(request, "changed") is not None)
 
     @app.route("/admin/password", methods=["POST"])
-    @_authenticated
+    @authenticated
     async def change_password(self, request: IRequest, session: AdminSession) -> bytes:
         password = arg(request, "password") or ""
         if password != (arg(request, "confirm") or ""):
@@ -262,28 +205,28 @@ class AdminSite:
                 return redirect(request, "/admin/password?changed=1")
             except WeakPassword as e:
                 error = str(e)
-        return self._render(request, "password.html", session, status=400, section="admin",
+        return self.render(request, "password.html", session, status=400, section="admin",
                             error=error)
 
     # Settings ----------------------------------------------------------------
 
     @app.route("/", methods=["GET"])
-    @_authenticated
+    @authenticated
     async def home(self, request: IRequest, session: AdminSession) -> bytes:
         return redirect(request, "/settings/global/preferences")
 
     @app.route("/settings/global/<page>", methods=["GET", "POST"])
-    @_authenticated
+    @authenticated
     async def global_settings(self, request: IRequest, session: AdminSession, page: str) -> bytes:
         return await self._settings_page(request, session, GLOBAL, page)
 
     @app.route("/settings/<kind>/<key>/<page>", methods=["GET", "POST"])
-    @_authenticated
+    @authenticated
     async def scoped_settings(self, request: IRequest, session: AdminSession, kind: str,
                               key: str, page: str) -> bytes:
         scope = self._scope(kind, key)
         if scope is None or not await self.backend.settings.exists(scope):
-            return self._not_found(request, session)
+            return self.not_found(request, session)
         return await self._settings_page(request, session, scope, page)
 
     def _scope(self, kind: str, key: str) -> Scope | None:
@@ -293,15 +236,11 @@ class AdminSite:
         except InvalidValue:
             return None
 
-    def _not_found(self, request: IRequest, session: AdminSession) -> bytes:
-        return self._render(request, "error.html", session, status=404, title="Not found",
-                            message="There is no such page, domain or user.")
-
     async def _settings_page(
         self, request: IRequest, session: AdminSession, scope: Scope, page: str
     ) -> bytes:
         if page not in _PAGE_TITLES or not properties_on(page, scope.level):
-            return self._not_found(request, session)
+            return self.not_found(request, session)
         advanced = arg(request, "advanced") == "1"
         props = [p for p in properties_on(page, scope.level) if advanced or not p.advanced]
         has_advanced = any(p.advanced for p in properties_on(page, scope.level))
@@ -343,7 +282,7 @@ class AdminSite:
         for row in rows:
             key = ("Advanced: " if row["prop"].advanced else "") + row["prop"].group
             groups.setdefault(key, []).append(row)
-        return self._render(
+        return self.render(
             request, "settings.html", session, status=400 if errors else 200,
             section="settings", subsection=view.subsection, view=view, page=page,
             page_title=_PAGE_TITLES[page],
@@ -382,11 +321,11 @@ class AdminSite:
     # Domains and users ---------------------------------------------------
 
     @app.route("/settings/<kind>", methods=["GET", "POST"])
-    @_authenticated
+    @authenticated
     async def scope_list(self, request: IRequest, session: AdminSession, kind: str) -> bytes:
         level = _LEVELS_BY_KIND.get(kind)
         if level is None:
-            return self._not_found(request, session)
+            return self.not_found(request, session)
         error = None
         if request.method == b"POST":
             entered = arg(request, "name") or ""
@@ -401,19 +340,19 @@ class AdminSite:
                          scope=scope.describe())
                 return redirect(request, f"{_ScopeView(scope).base}/preferences")
         names = await self.backend.settings.list(level)
-        return self._render(
+        return self.render(
             request, "scopes.html", session, status=400 if error else 200, section="settings",
             subsection=kind, kind=kind, level=level, error=error,
             entries=[_ScopeView(Scope(level, n)) for n in names],
         )
 
     @app.route("/settings/<kind>/<key>/delete", methods=["POST"])
-    @_authenticated
+    @authenticated
     async def scope_delete(self, request: IRequest, session: AdminSession, kind: str,
                            key: str) -> bytes:
         scope = self._scope(kind, key)
         if scope is None or not await self.backend.settings.delete(scope):
-            return self._not_found(request, session)
+            return self.not_found(request, session)
         log.info("Admin {account!r} deleted {scope}", account=session.admin_name,
                  scope=scope.describe())
         return redirect(request, f"/settings/{kind}")
@@ -421,16 +360,16 @@ class AdminSite:
     # Logs ------------------------------------------------------------------
 
     @app.route("/logs", methods=["GET"])
-    @_authenticated
+    @authenticated
     async def logs_page(self, request: IRequest, session: AdminSession) -> bytes:
         name = arg(request, "log") or "mta"
         if name not in self.backend.logs:
-            return self._not_found(request, session)
+            return self.not_found(request, session)
         try:
             count = int(arg(request, "lines") or DEFAULT_LOG_LINES)
         except ValueError:
             count = DEFAULT_LOG_LINES
-        return self._render(
+        return self.render(
             request, "logs.html", session, section="logs", log_name=name,
             lines=await self.backend.tail_log(name, count), count=count,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cipherd.logs import MailLog
+from cipherd.pki.certstore import CertificateStore
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.auth import AdminAuthority
@@ -24,6 +25,7 @@ class AdminBackend:
     settings: SettingsRepository
     logs: dict[str, MailLog]
     runner: IBlockingRunner
+    certificates: CertificateStore
 
     async def tail_log(self, name: str, lines: int) -> list[str]:
         """

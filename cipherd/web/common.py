@@ -6,6 +6,7 @@ templates, form and cookie helpers.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -48,13 +49,19 @@ class SecureHeaders(Resource):
         return self._wrapped.render(request)
 
 
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def template_environment() -> Environment:
-    return Environment(
+    environment = Environment(
         loader=PackageLoader("cipherd.web", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.filters["timestamp"] = _timestamp
+    return environment
 
 
 def arg(request: IRequest, name: str) -> str | None:

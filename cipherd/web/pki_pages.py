@@ -1,0 +1,265 @@
+"""
+Admin → PKI: the certificate store, trusted roots and CRLs (guide §2.3.12,
+§3.2, §3.3, §4.1, §4.2): list (invalid certificates greyed, whitelisted
+marked), import with *skip self-signed*, details with *download
+certificate* and *Add to CTL*.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from cipherd.pki.certs import email_addresses
+from cipherd.pki.errors import CertificateImportError
+from cipherd.pki.trust import CTLStatus, Purpose, usage_problem
+from cipherd.store.certificates import CERTIFICATES, ROOTS
+from cipherd.web.auth import AdminSession
+from cipherd.web.common import arg, redirect
+from cipherd.web.pages import AdminPages, authenticated
+
+MAX_UPLOAD = 10_000_000
+PAGE_SIZE = 50
+
+_STORE_TITLES = {CERTIFICATES: "Intermediate and user certificates", ROOTS: "Trusted roots"}
+
+log = Logger(namespace="cipherd.admin")
+
+
+def upload(request: IRequest, field: str) -> bytes | None:
+    """
+    The bytes of an uploaded file field (multipart/form-data).
+    """
+    values = request.args.get(field.encode())
+    return values[0] if values else None
+
+
+def too_large(request: IRequest) -> bool:
+    length = request.getHeader(b"content-length")
+    return length is not None and length.isdigit() and int(length) > MAX_UPLOAD
+
+
+def certificate_facts(cert: x509.Certificate) -> dict[str, Any]:
+    """
+    What the details page (and the API) show of a certificate.
+    """
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        key_usage = [name for name in (
+            "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+            "key_agreement", "key_cert_sign", "crl_sign") if getattr(usage, name)]
+    except x509.ExtensionNotFound:
+        key_usage = []
+    try:
+        eku = [oid._name for oid in cert.extensions.get_extension_for_class(
+            x509.ExtendedKeyUsage).value]
+    except x509.ExtensionNotFound:
+        eku = []
+    return {
+        "emails": email_addresses(cert),
+        "serial": format(cert.serial_number, "X"),
+        "not_before": cert.not_valid_before_utc.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "key_usage": key_usage,
+        "extended_key_usage": eku,
+        "public_key": type(cert.public_key()).__name__.removeprefix("_").replace(
+            "PublicKey", "") + f" {getattr(cert.public_key(), 'key_size', '')}".rstrip(),
+        "sha1": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 -- a name, not security
+    }
+
+
+class PkiPages(AdminPages):
+    """
+    Mounted at C{/pki/} of the admin site.
+    """
+
+    app = Klein()
+
+    @app.handle_errors(HTTPException)
+    def _no_route(self, request: IRequest, failure: Any) -> bytes:
+        return self.http_error_page(request, failure)
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Any) -> bytes:
+        return self.failure_page(request, failure)
+
+    def _store(self, name: str) -> str | None:
+        return name if name in _STORE_TITLES else None
+
+    # CRLs ----------------------------------------------------------------------
+
+    async def _crls_page(self, request: IRequest, session: AdminSession,
+                         error: str | None = None, status: int = 200,
+                         outcome: list[tuple[str, str]] | None = None) -> bytes:
+        return self.render(request, "crls.html", session, status=status, section="crls",
+                           crls=await self.backend.certificates.crls(), error=error,
+                           outcome=outcome)
+
+    @app.route("/crls", methods=["GET"])
+    @authenticated
+    async def crls(self, request: IRequest, session: AdminSession) -> bytes:
+        return await self._crls_page(request, session)
+
+    @app.route("/crls/import", methods=["POST"])
+    @authenticated
+    async def import_crl(self, request: IRequest, session: AdminSession) -> bytes:
+        data = upload(request, "file")
+        error = None
+        if too_large(request):
+            error = "The file is too large."
+        elif not data:
+            error = "Choose a CRL file to import."
+        else:
+            try:
+                result = await self.backend.certificates.import_data(data)
+            except CertificateImportError as e:
+                error = str(e)
+            else:
+                if not result.crls:
+                    error = "The file contains no CRL."
+        if error:
+            return await self._crls_page(request, session, error=error, status=400)
+        return await self._crls_page(request, session, outcome=result.crls)
+
+    @app.route("/crls/<issuer_hash>/delete", methods=["POST"])
+    @authenticated
+    async def delete_crl(self, request: IRequest, session: AdminSession,
+                         issuer_hash: str) -> bytes:
+        if not await self.backend.certificates.delete_crl(issuer_hash):
+            return self.not_found(request, session, "There is no such CRL.")
+        return redirect(request, "/pki/crls")
+
+    # Lists ---------------------------------------------------------------------
+
+    @app.route("/<store>", methods=["GET"])
+    @authenticated
+    async def listing(self, request: IRequest, session: AdminSession, store: str) -> bytes:
+        if self._store(store) is None:
+            return self.not_found(request, session)
+        try:
+            page = max(1, int(arg(request, "page") or "1"))
+        except ValueError:
+            page = 1
+        certificates = self.backend.certificates
+        entries = await certificates.listing(store, offset=(page - 1) * PAGE_SIZE,
+                                             limit=PAGE_SIZE + 1)
+        return self.render(
+            request, "certificates.html", session, section=store, store=store,
+            title=_STORE_TITLES[store], entries=entries[:PAGE_SIZE], page=page,
+            more=len(entries) > PAGE_SIZE, imported=arg(request, "imported"),
+        )
+
+    # Import --------------------------------------------------------------------
+
+    @app.route("/<store>/import", methods=["GET"])
+    @authenticated
+    async def import_form(self, request: IRequest, session: AdminSession, store: str) -> bytes:
+        if self._store(store) is None:
+            return self.not_found(request, session)
+        return self.render(request, "import.html", session, section=store, store=store,
+                           title=_STORE_TITLES[store])
+
+    @app.route("/<store>/import", methods=["POST"])
+    @authenticated
+    async def import_file(self, request: IRequest, session: AdminSession, store: str) -> bytes:
+        if self._store(store) is None:
+            return self.not_found(request, session)
+
+        def again(error: str, status: int = 400) -> bytes:
+            return self.render(request, "import.html", session, status=status, section=store,
+                               store=store, title=_STORE_TITLES[store], error=error)
+
+        if too_large(request):
+            return again(f"The file is larger than {MAX_UPLOAD // 1_000_000} MB.", 413)
+        data = upload(request, "file")
+        if not data:
+            return again("Choose a file to import.")
+        password = arg(request, "password") or None
+        try:
+            result = await self.backend.certificates.import_data(
+                data, password=password, store=store,
+                skip_self_signed=arg(request, "skip_self_signed") is not None,
+            )
+        except CertificateImportError as e:
+            return again(str(e))
+        log.info("Admin {account!r} imported {count} certificate(s) into {store}",
+                 account=session.admin_name, count=len(result.imported), store=store)
+        return self.render(request, "imported.html", session, section=store, store=store,
+                           title=_STORE_TITLES[store], result=result)
+
+    # Details -------------------------------------------------------------------
+
+    async def _row(self, store: str, thumbprint: str) -> Any:
+        if self._store(store) is None or len(thumbprint) != 64:
+            return None
+        return await self.backend.certificates.get(thumbprint, store)
+
+    @app.route("/<store>/<thumbprint>", methods=["GET"])
+    @authenticated
+    async def details(self, request: IRequest, session: AdminSession, store: str,
+                      thumbprint: str) -> bytes:
+        for suffix, encoding, mime in ((".pem", serialization.Encoding.PEM,
+                                        b"application/x-pem-file"),
+                                       (".cer", serialization.Encoding.DER,
+                                        b"application/pkix-cert")):
+            if thumbprint.endswith(suffix):
+                row = await self._row(store, thumbprint.removesuffix(suffix))
+                if row is None:
+                    return self.not_found(request, session, "There is no such certificate.")
+                cert = x509.load_der_x509_certificate(row.der)
+                request.setHeader(b"Content-Type", mime)
+                request.setHeader(b"Content-Disposition",
+                                  f'attachment; filename="{row.thumbprint[:16]}{suffix}"'
+                                  .encode())
+                return cert.public_bytes(encoding)
+        row = await self._row(store, thumbprint)
+        if row is None:
+            return self.not_found(request, session, "There is no such certificate.")
+        certificates = self.backend.certificates
+        cert = x509.load_der_x509_certificate(row.der)
+        verdicts = {purpose.value: await certificates.check(cert, purpose)
+                    for purpose in (Purpose.ENCRYPTION, Purpose.SIGNING)}
+        ctl = (await certificates.ctl()).get(row.thumbprint)
+        return self.render(
+            request, "certificate.html", session, section=store, store=store,
+            title=_STORE_TITLES[store], row=row, facts=certificate_facts(cert),
+            verdicts=verdicts, ctl=ctl, statuses=list(CTLStatus),
+            usage_problem=usage_problem, changed=arg(request, "changed"),
+        )
+
+    @app.route("/<store>/<thumbprint>/ctl", methods=["POST"])
+    @authenticated
+    async def add_to_ctl(self, request: IRequest, session: AdminSession, store: str,
+                         thumbprint: str) -> bytes:
+        row = await self._row(store, thumbprint)
+        if row is None:
+            return self.not_found(request, session, "There is no such certificate.")
+        status = arg(request, "status")
+        certificates = self.backend.certificates
+        if status == "remove":
+            await certificates.remove_ctl(row.thumbprint)
+        else:
+            try:
+                await certificates.set_ctl(row.thumbprint, CTLStatus(status))
+            except ValueError:
+                return self.not_found(request, session, "There is no such CTL status.")
+        log.info("Admin {account!r} set the CTL status of {thumbprint} to {status}",
+                 account=session.admin_name, thumbprint=row.thumbprint, status=status)
+        return redirect(request, f"/pki/{store}/{row.thumbprint}?changed=ctl")
+
+    @app.route("/<store>/<thumbprint>/delete", methods=["POST"])
+    @authenticated
+    async def delete(self, request: IRequest, session: AdminSession, store: str,
+                     thumbprint: str) -> bytes:
+        row = await self._row(store, thumbprint)
+        if row is None or not await self.backend.certificates.delete(row.thumbprint, store):
+            return self.not_found(request, session, "There is no such certificate.")
+        log.info("Admin {account!r} deleted {thumbprint} from {store}",
+                 account=session.admin_name, thumbprint=row.thumbprint, store=store)
+        return redirect(request, f"/pki/{store}")

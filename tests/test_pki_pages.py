@@ -1,0 +1,127 @@
+"""
+Admin → PKI pages through StubTreq: import with skip self-signed, list
+(greyed invalid, whitelisted marked), details, download, Add to CTL,
+delete, roots, CRLs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from cipherd.pki.certs import thumbprint
+from tests.harness import AdminHarness, Response
+from tests.pki_factory import START, make_ca, make_crl, make_user
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> Iterator[AdminHarness]:
+    harness = AdminHarness(tmp_path)
+    harness.clock.advance(START.timestamp() + 86400 * 30 - harness.clock.seconds())
+    harness.login_with_new_password()
+    yield harness
+    harness.close()
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict:
+    root = make_ca("Page Root")
+    return {"root": root, "alice": make_user("alice@example.com", root),
+            "tunnel": make_user("webmail@example.com", None),
+            "expired": make_user("old@example.com", root, not_after=START + timedelta(days=1))}
+
+
+def upload(admin: AdminHarness, path: str, data: bytes, csrf: str | None = "page",
+           **fields: str) -> Response:
+    page = admin.get("/pki/certificates/import" if "crls" not in path else "/pki/crls")
+    token = admin.csrf_from(page) if csrf == "page" else csrf
+    form = dict(fields)
+    if token is not None:
+        form["csrf_token"] = token
+    boundary = "----test-boundary-7MA4YWxkTrZu0gW"
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in form.items()
+    ) + (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="up.bin"\r\n'
+         "Content-Type: application/octet-stream\r\n\r\n").encode() + data + (
+        f"\r\n--{boundary}--\r\n").encode()
+    return admin.request("POST", path, data=body, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def test_import_skips_self_signed_unless_unticked(admin: AdminHarness, pki: dict) -> None:
+    skipped = upload(admin, "/pki/certificates/import", pki["tunnel"].pem(),
+                     skip_self_signed="on")
+    assert skipped.code == 200
+    assert "0 certificate(s) imported from a PEM file" in skipped.text
+    assert "skipped (self-signed)" in skipped.text
+    imported = upload(admin, "/pki/certificates/import", pki["tunnel"].pem())
+    assert "1 certificate(s) imported from a PEM file" in imported.text
+
+
+def test_import_refusals(admin: AdminHarness, pki: dict) -> None:
+    bad = upload(admin, "/pki/certificates/import", b"not a certificate")
+    assert bad.code == 400
+    assert "not a certificate, PKCS#7, PKCS#12 or CRL file" in bad.text
+    p12 = pki["alice"].pkcs12(b"right")
+    wrong = upload(admin, "/pki/certificates/import", p12, password="wrong")
+    assert "the password is missing or wrong" in wrong.text
+    forged = upload(admin, "/pki/certificates/import", pki["alice"].pem(), csrf=None)
+    assert forged.code == 403
+
+
+def test_list_greys_invalid_and_marks_whitelisted(admin: AdminHarness, pki: dict) -> None:
+    for name in ("alice", "tunnel", "expired"):
+        upload(admin, "/pki/certificates/import", pki[name].pem())
+    upload(admin, "/pki/roots/import", pki["root"].pem())
+    tunnel = thumbprint(pki["tunnel"].cert)
+    details = admin.get(f"/pki/certificates/{tunnel}")
+    assert "The certificate is not trusted" in details.text
+    added = admin.post_form(f"/pki/certificates/{tunnel}/ctl", {"status": "whitelisted"},
+                            csrf=admin.csrf_from(details))
+    assert added.header("location") == f"/pki/certificates/{tunnel}?changed=ctl"
+    listing = admin.get("/pki/certificates").text
+    rows = {row.split("</tr>")[0] for row in listing.split("<tr class=")[1:]}
+    by_email = {e: next(r for r in rows if e in r) for e in
+                ("alice@example.com", "webmail@example.com", "old@example.com")}
+    assert by_email["alice@example.com"].startswith('"valid"')
+    assert by_email["webmail@example.com"].startswith('"valid"')
+    assert "whitelisted</span>" in by_email["webmail@example.com"]
+    assert by_email["old@example.com"].startswith('"invalid"')
+    assert "The certificate expired on" in by_email["old@example.com"]
+    assert "Page Root" in admin.get("/pki/roots").text
+
+
+def test_details_download_and_delete(admin: AdminHarness, pki: dict) -> None:
+    upload(admin, "/pki/certificates/import", pki["alice"].pkcs12(b"pw"), password="pw")
+    t = thumbprint(pki["alice"].cert)
+    page = admin.get(f"/pki/certificates/{t}")
+    assert "stored (encrypted)" in page.text
+    assert "alice@example.com" in page.text
+    pem = admin.get(f"/pki/certificates/{t}.pem")
+    assert pem.header("content-disposition") == f'attachment; filename="{t[:16]}.pem"'
+    assert x509.load_pem_x509_certificate(pem.body) == pki["alice"].cert
+    der = admin.get(f"/pki/certificates/{t}.cer")
+    assert x509.load_der_x509_certificate(der.body) == pki["alice"].cert
+    assert admin.get("/pki/certificates/" + "0" * 64).code == 404
+    gone = admin.post_form(f"/pki/certificates/{t}/delete", {}, csrf=admin.csrf_from(page))
+    assert gone.header("location") == "/pki/certificates"
+    assert admin.get(f"/pki/certificates/{t}").code == 404
+
+
+def test_crls_page(admin: AdminHarness, pki: dict) -> None:
+    upload(admin, "/pki/roots/import", pki["root"].pem())
+    upload(admin, "/pki/certificates/import", pki["alice"].pem())
+    crl = make_crl(pki["root"], [(pki["alice"].cert, START)])
+    page = upload(admin, "/pki/crls/import", crl.public_bytes(serialization.Encoding.PEM))
+    assert "CRL of CN=Page Root: added." in page.text
+    assert "<td>1</td>" in page.text
+    details = admin.get(f"/pki/certificates/{thumbprint(pki['alice'].cert)}")
+    assert "The certificate was revoked on 2026-01-01 00:00:00 UTC." in details.text
+    no_crl = upload(admin, "/pki/crls/import", pki["alice"].pem())
+    assert "The file contains no CRL." in no_crl.text
