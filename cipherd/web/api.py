@@ -13,14 +13,19 @@ import base64
 import binascii
 import functools
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
+from cipherd.pki.errors import CertificateImportError
+from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import (
     GLOBAL,
     InvalidValue,
@@ -29,9 +34,11 @@ from cipherd.settings import (
     scope_for,
 )
 from cipherd.store.admins import AdminRow
+from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web.auth import LoginRefused, WeakPassword
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import arg, client_address, json_response
+from cipherd.web.pki_pages import MAX_UPLOAD, certificate_facts
 
 # Bodies larger than this are refused before parsing.
 MAX_JSON_BODY = 1_000_000
@@ -92,10 +99,7 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
 
 
 def _json_body(request: IRequest) -> Any:
-    content = request.content
-    data = content.read(MAX_JSON_BODY + 1)
-    if len(data) > MAX_JSON_BODY:
-        raise _BadRequest(f"The request body is larger than {MAX_JSON_BODY} bytes.")
+    data = _raw_body(request, MAX_JSON_BODY)
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
@@ -242,3 +246,149 @@ class AdminAPI:
                               {"lines": f"{text!r} is not a number"})
         lines = await self.backend.tail_log(name, int(text))
         return json_response(request, 200, {"log": name, "lines": lines})
+
+    # Certificates and the CTL ------------------------------------------------
+
+    def _store_name(self, request: IRequest) -> str:
+        store = arg(request, "store") or CERTIFICATES
+        if store not in (CERTIFICATES, ROOTS):
+            raise _BadRequest(f"store must be {CERTIFICATES} or {ROOTS}.",
+                              {"store": f"{store!r} is not a store"})
+        return store
+
+    @app.route("/v1/certificates", methods=["GET"])
+    @_authenticated()
+    async def list_certificates(self, request: IRequest, admin: AdminRow) -> bytes:
+        store = self._store_name(request)
+        entries = await self.backend.certificates.listing(store, offset=0, limit=100_000)
+        email = (arg(request, "email") or "").lower()
+        return json_response(request, 200, {"certificates": [
+            _certificate_summary(e.row, e.verdict.valid, e.verdict.reason, e.ctl_status)
+            for e in entries if not email or email in e.row.emails
+        ]})
+
+    @app.route("/v1/certificates", methods=["POST"])
+    @_authenticated()
+    async def import_certificates(self, request: IRequest, admin: AdminRow) -> bytes:
+        store = self._store_name(request)
+        data = _raw_body(request, MAX_UPLOAD)
+        skip = (arg(request, "skip_self_signed") or "true").lower() not in ("false", "0", "no")
+        # The password may come as ?password= (contract) or, kept out of
+        # URLs and access logs, in an X-Password header.
+        header = request.getHeader(b"x-password")
+        password = header.decode() if header else arg(request, "password")
+        try:
+            result = await self.backend.certificates.import_data(
+                data, password=password, skip_self_signed=skip, store=store)
+        except CertificateImportError as e:
+            raise _BadRequest(str(e)) from None
+        log.info("Admin {account!r} imported {count} certificate(s) into {store} through "
+                 "the API", account=admin.name, count=len(result.imported), store=store)
+        return json_response(request, 200, {
+            "format": result.format,
+            "imported": result.imported,
+            "keys_added": result.keys_added,
+            "duplicates": result.duplicates,
+            "skipped": [{"thumbprint": t, "reason": r} for t, r in result.skipped],
+            "crls": [{"issuer": i, "outcome": o} for i, o in result.crls],
+        })
+
+    @app.route("/v1/certificates/<name>", methods=["GET"])
+    @_authenticated()
+    async def get_certificate(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
+        store = self._store_name(request)
+        thumbprint, _, suffix = name.lower().partition(".")
+        row = await self.backend.certificates.get(thumbprint, store)
+        if row is None or suffix not in ("", "pem", "cer"):
+            return json_response(request, 404, {"error": "There is no such certificate."})
+        cert = x509.load_der_x509_certificate(row.der)
+        if suffix:
+            request.setHeader(b"Content-Type", b"application/x-pem-file" if suffix == "pem"
+                              else b"application/pkix-cert")
+            request.setHeader(b"Content-Disposition",
+                              f'attachment; filename="{thumbprint[:16]}.{suffix}"'.encode())
+            return cert.public_bytes(serialization.Encoding.PEM if suffix == "pem"
+                                     else serialization.Encoding.DER)
+        certificates = self.backend.certificates
+        verdicts = {p.value: await certificates.check(cert, p)
+                    for p in (Purpose.ENCRYPTION, Purpose.SIGNING)}
+        ctl = (await certificates.ctl()).get(row.thumbprint)
+        body = _certificate_summary(row, all(v.valid for v in verdicts.values()), "", ctl)
+        body.pop("reason")
+        body.update(certificate_facts(cert))
+        body["purposes"] = {p: {"valid": v.valid, "reason": v.reason}
+                            for p, v in verdicts.items()}
+        body["pem"] = cert.public_bytes(serialization.Encoding.PEM).decode()
+        return json_response(request, 200, body)
+
+    @app.route("/v1/certificates/<thumbprint>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_certificate(self, request: IRequest, admin: AdminRow,
+                                 thumbprint: str) -> bytes:
+        store = self._store_name(request)
+        if not await self.backend.certificates.delete(thumbprint, store):
+            return json_response(request, 404, {"error": "There is no such certificate."})
+        log.info("Admin {account!r} deleted {thumbprint} from {store} through the API",
+                 account=admin.name, thumbprint=thumbprint.lower(), store=store)
+        return json_response(request, 200, {"status": "Deleted."})
+
+    @app.route("/v1/ctl", methods=["GET"])
+    @_authenticated()
+    async def get_ctl(self, request: IRequest, admin: AdminRow) -> bytes:
+        entries = await self.backend.certificates.ctl()
+        return json_response(request, 200, {"ctl": [
+            {"thumbprint": t, "status": s.value} for t, s in sorted(entries.items())]})
+
+    def _thumbprint_from(self, body: Any) -> str:
+        thumbprint = body.get("thumbprint") if isinstance(body, dict) else None
+        if not isinstance(thumbprint, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", thumbprint):
+            raise _BadRequest("Send {\"thumbprint\": <SHA-256 hex>, ...}.",
+                              {"thumbprint": "must be 64 hexadecimal digits"})
+        return thumbprint.lower()
+
+    @app.route("/v1/ctl", methods=["POST"])
+    @_authenticated()
+    async def add_ctl(self, request: IRequest, admin: AdminRow) -> bytes:
+        body = _json_body(request)
+        thumbprint = self._thumbprint_from(body)
+        try:
+            status = CTLStatus(body.get("status"))
+        except ValueError:
+            raise _BadRequest("The status was refused.", {
+                "status": "must be whitelisted or blacklisted"}) from None
+        await self.backend.certificates.set_ctl(thumbprint, status)
+        log.info("Admin {account!r} set the CTL status of {thumbprint} to {status}",
+                 account=admin.name, thumbprint=thumbprint, status=status.value)
+        return json_response(request, 200, {"thumbprint": thumbprint, "status": status.value})
+
+    @app.route("/v1/ctl", methods=["DELETE"])
+    @_authenticated()
+    async def delete_ctl(self, request: IRequest, admin: AdminRow) -> bytes:
+        thumbprint = self._thumbprint_from(_json_body(request))
+        if not await self.backend.certificates.remove_ctl(thumbprint):
+            return json_response(request, 404, {"error": "The CTL has no such entry."})
+        return json_response(request, 200, {"status": "Removed from the CTL."})
+
+
+def _certificate_summary(row: Any, valid: bool, reason: str, ctl: CTLStatus | None
+                         ) -> dict[str, Any]:
+    return {
+        "thumbprint": row.thumbprint,
+        "subject": row.subject,
+        "issuer": row.issuer,
+        "emails": list(row.emails),
+        "not_before": row.not_before,
+        "not_after": row.not_after,
+        "has_private_key": row.has_key,
+        "self_signed": row.self_signed,
+        "valid": valid,
+        "reason": reason,
+        "ctl": ctl.value if ctl else None,
+    }
+
+
+def _raw_body(request: IRequest, limit: int) -> bytes:
+    data: bytes = request.content.read(limit + 1)
+    if len(data) > limit:
+        raise _BadRequest(f"The request body is larger than {limit} bytes.")
+    return data
