@@ -88,11 +88,12 @@ def subject_key_identifier(cert: x509.Certificate) -> str | None:
         return None
 
 
-def issuer_serial_key(issuer: x509.Name, serial: int) -> str:
+def issuer_serial_key(issuer_der: bytes, serial: int) -> str:
     """
-    One string for an (issuer, serial number) pair, to index and look up by.
+    One string for an (issuer name DER, serial number) pair, to index and
+    look up by.
     """
-    return hashlib.sha256(issuer.public_bytes() + b"|" + str(serial).encode()).hexdigest()
+    return hashlib.sha256(issuer_der + b"|" + str(serial).encode()).hexdigest()
 
 
 def public_key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:

@@ -65,7 +65,7 @@ def _new_certificate(cert: x509.Certificate) -> q.NewCertificate:
         subject=certs.describe_name(cert.subject),
         issuer=certs.describe_name(cert.issuer),
         serial=format(cert.serial_number, "x"),
-        issuer_serial=certs.issuer_serial_key(cert.issuer, cert.serial_number),
+        issuer_serial=certs.issuer_serial_key(cert.issuer.public_bytes(), cert.serial_number),
         subject_key_id=certs.subject_key_identifier(cert),
         not_before=cert.not_valid_before_utc.timestamp(),
         not_after=cert.not_valid_after_utc.timestamp(),
@@ -178,10 +178,14 @@ class CertificateStore:
         return [_load(r) for r in rows]
 
     async def find_by_issuer_serial(
-        self, issuer: x509.Name, serial: int
+        self, issuer: x509.Name | bytes, serial: int
     ) -> list[x509.Certificate]:
+        """
+        @param issuer: a name, or the DER of one (as a CMS identifier has it).
+        """
+        issuer_der = issuer if isinstance(issuer, bytes) else issuer.public_bytes()
         rows = await self._store.run(q.find_by_issuer_serial,
-                                     certs.issuer_serial_key(issuer, serial))
+                                     certs.issuer_serial_key(issuer_der, serial))
         return [_load(r) for r in rows]
 
     async def find_by_subject_key_id(self, ski: bytes) -> list[x509.Certificate]:

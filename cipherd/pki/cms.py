@@ -274,6 +274,8 @@ class SignatureCheck:
     signer_id: str
     digest_algorithm: str
     signing_time: datetime | None = None
+    sid_issuer_serial: tuple[bytes, int] | None = None  # (issuer DER, serial)
+    sid_key_id: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -336,8 +338,16 @@ def _check_signer(
     digest_name = signer["digest_algorithm"]["algorithm"].native
     cert = next((c for c in candidates if _identifier_matches(sid, c)), None)
 
+    issuer_serial = None
+    key_id = None
+    if sid.name == "issuer_and_serial_number":
+        issuer_serial = (sid.chosen["issuer"].dump(), sid.chosen["serial_number"].native)
+    else:
+        key_id = sid.chosen.native
+
     def result(valid: bool, reason: str, when: datetime | None = None) -> SignatureCheck:
-        return SignatureCheck(cert, valid, reason, signer_id, digest_name, when)
+        return SignatureCheck(cert, valid, reason, signer_id, digest_name, when,
+                              issuer_serial, key_id)
 
     if cert is None:
         return result(False, "The signer's certificate is not in the message or the store.")

@@ -1,0 +1,166 @@
+"""
+S/MIME with the certificate store behind it: what the MPA calls.
+
+L{SmimeEngine.protect} signs (with the sender's key) and encrypts (to the
+recipients' valid certificates) a message; L{SmimeEngine.open} decrypts
+with whichever stored key the message is for and verifies every signature,
+giving each signer's trust verdict.  The cryptography runs in the crypto
+thread pool; the decisions read the store as it is now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from cipherd.pki import smime
+from cipherd.pki.certs import describe_name, email_addresses
+from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.cms import PrivateKey, SignatureCheck
+from cipherd.pki.trust import Purpose, Verdict
+from cipherd.threads import IBlockingRunner
+
+
+@dataclass(frozen=True)
+class SignerReport:
+    """
+    One signature: whether it is right, and whether its signer is trusted.
+    """
+
+    check: SignatureCheck
+    verdict: Verdict | None
+
+    @property
+    def valid(self) -> bool:
+        return self.check.valid and self.verdict is not None and self.verdict.valid
+
+    @property
+    def signer(self) -> str:
+        """
+        The signer as the guide's log lines name it (C{EMAILADDRESS=...}).
+        """
+        if self.check.certificate is None:
+            return self.check.signer_id
+        return describe_name(self.check.certificate.subject)
+
+    @property
+    def emails(self) -> list[str]:
+        return email_addresses(self.check.certificate) if self.check.certificate else []
+
+    @property
+    def reason(self) -> str:
+        if not self.check.valid:
+            return self.check.reason
+        return self.verdict.reason if self.verdict else ""
+
+
+@dataclass
+class OpenedMessage:
+    """
+    The result of L{SmimeEngine.open}.
+
+    @ivar message: the message with the S/MIME layers removed (as received
+        when it was neither signed nor encrypted).
+    @ivar decrypted: the decryption, if the message was encrypted.
+    @ivar signers: one report per signature, if it was signed.
+    """
+
+    message: bytes
+    decrypted: smime.DecryptedMessage | None = None
+    signers: list[SignerReport] = field(default_factory=list)
+    signed: bool = False
+
+    @property
+    def signature_valid(self) -> bool:
+        return self.signed and bool(self.signers) and all(s.valid for s in self.signers)
+
+    def signer_ids(self) -> str:
+        return "; ".join(s.signer for s in self.signers)
+
+
+class SmimeEngine:
+    def __init__(self, certificates: CertificateStore, crypto: IBlockingRunner) -> None:
+        self._certificates = certificates
+        self._crypto = crypto
+
+    async def protect(
+        self,
+        message: bytes,
+        *,
+        signer: tuple[x509.Certificate, PrivateKey, Sequence[x509.Certificate]] | None,
+        recipients: Sequence[x509.Certificate],
+        cipher: str = "aes256_cbc",
+        oaep: bool = False,
+    ) -> bytes:
+        """
+        Sign (when C{signer} is given) then encrypt (when C{recipients} is
+        not empty).
+        """
+        if signer is not None:
+            cert, key, chain = signer
+            message = await self._crypto.run(self._sign, message, cert, key, list(chain))
+        if recipients:
+            message = await self._crypto.run(self._encrypt, message, list(recipients), cipher,
+                                             oaep)
+        return message
+
+    def _sign(self, message: bytes, cert: x509.Certificate, key: PrivateKey,
+              chain: list[x509.Certificate]) -> bytes:
+        return smime.sign_message(message, cert, key, signing_time=self._certificates.now(),
+                                  chain=chain)
+
+    @staticmethod
+    def _encrypt(message: bytes, recipients: list[x509.Certificate], cipher: str,
+                 oaep: bool) -> bytes:
+        return smime.encrypt_message(message, recipients, cipher=cipher, oaep=oaep)
+
+    async def open(self, message: bytes) -> OpenedMessage:
+        """
+        Decrypt (if encrypted) and verify (if signed, also inside the
+        encryption).
+
+        @raise PKIError: the message is encrypted and cannot be decrypted
+            (L{DecryptionKeyNotFound}, L{DecryptionFailed}, ...), or its
+            S/MIME structure is broken.
+        """
+        result = OpenedMessage(message)
+        kind = smime.classify(message).kind
+        if kind in ("enveloped-data", "authEnveloped-data"):
+            keys = await self._certificates.decryption_keys()
+            result.decrypted = await self._crypto.run(smime.decrypt_message, message, keys)
+            result.message = result.decrypted.message
+            kind = smime.classify(result.message).kind
+        if kind in ("signed", "signed-data"):
+            result.signed = True
+            signed = result.message
+            verified = await self._crypto.run(smime.verify_message, signed)
+            missing = [c for c in verified.result.signers if c.certificate is None]
+            if missing:
+                # Signers whose certificate is not in the message may be in
+                # the store: look them up and check again.
+                known = await self._stored_signers(missing)
+                if known:
+                    verified = await self._crypto.run(
+                        lambda: smime.verify_message(signed, known_certificates=known))
+            result.message = verified.message
+            for check in verified.result.signers:
+                verdict = None
+                if check.certificate is not None:
+                    verdict = await self._certificates.check(
+                        check.certificate, Purpose.SIGNING, verified.result.certificates)
+                result.signers.append(SignerReport(check, verdict))
+        return result
+
+    async def _stored_signers(self, checks: list[SignatureCheck]) -> list[x509.Certificate]:
+        found: list[x509.Certificate] = []
+        for check in checks:
+            if check.sid_issuer_serial is not None:
+                found += await self._certificates.find_by_issuer_serial(*check.sid_issuer_serial)
+            if check.sid_key_id is not None:
+                found += await self._certificates.find_by_subject_key_id(check.sid_key_id)
+        return found
+
+
+__all__ = ["OpenedMessage", "SignerReport", "SmimeEngine"]
