@@ -87,7 +87,7 @@ def test_no_key_for_the_recipient(setup: Setup, pki: dict) -> None:
     sealed = result_of(setup.engine.protect(MESSAGE, signer=signer,
                                             recipients=[pki["carol"].cert]))
     with pytest.raises(DecryptionKeyNotFound,
-                       match="A suitable decryption key could not be found."):
+                       match=r"A suitable decryption key could not be found\."):
         result_of(setup.engine.open(sealed))
 
 
