@@ -12,6 +12,7 @@ mathematically right and who made it, not whether to believe that signer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -135,12 +136,14 @@ def _identifier_matches(identifier: Any, cert: x509.Certificate) -> bool:
     """
     if identifier.name == "issuer_and_serial_number":
         value = identifier.chosen
+        if value["serial_number"].native != cert.serial_number:
+            return False
+        issuer = value["issuer"]
+        if issuer.dump() == cert.issuer.public_bytes():
+            return True
         # Compare names as asn1crypto does (normalised), not byte for byte:
         # clients re-encode issuer names (PrintableString vs UTF8String).
-        return bool(
-            value["serial_number"].native == cert.serial_number
-            and value["issuer"] == _der_name(cert.issuer)
-        )
+        return bool(issuer == _der_name(cert.issuer))
     ski = subject_key_identifier(cert)
     return ski is not None and hmac.compare_digest(identifier.chosen.native, ski)
 
@@ -149,10 +152,65 @@ def describe_identifier(identifier: Any) -> str:
     """
     A signer or recipient identifier as the logs show it.
     """
+    return _describe(identifier.dump(), identifier.__class__.__name__)
+
+
+_IDENTIFIER_TYPES = {"SignerIdentifier": cms.SignerIdentifier,
+                     "RecipientIdentifier": cms.RecipientIdentifier}
+
+
+@functools.lru_cache(maxsize=256)
+def _describe(der: bytes, kind: str) -> str:
+    identifier = _IDENTIFIER_TYPES[kind].load(der)
     if identifier.name == "issuer_and_serial_number":
         value = identifier.chosen
         return f"issuer {value['issuer'].human_friendly}, serial {value['serial_number'].native:x}"
     return f"subject key identifier {identifier.chosen.native.hex()}"
+
+
+
+# DER by hand for what we build on every message --------------------------------
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(raw),)) + raw
+
+
+def _header(tag: int, length: int) -> bytes:
+    return bytes((tag,)) + _der_length(length)
+
+
+def _tlv(tag: int, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return _header(tag, len(body)) + body
+
+
+def _der_int(n: int) -> bytes:
+    return core.Integer(n).dump()
+
+
+def _issuer_and_serial_der(cert: x509.Certificate) -> bytes:
+    return _tlv(0x30, cert.issuer.public_bytes(), _der_int(cert.serial_number))
+
+
+_DIGEST_ALGORITHM_DER = {
+    name: algos.DigestAlgorithm({"algorithm": name}).dump() for name in _HASHES
+}
+_ATTR_CONTENT_TYPE_DATA = cms.CMSAttribute({"type": "content_type", "values": ["data"]}).dump()
+_ATTR_CAPABILITIES = cms.CMSAttribute({"type": "smime_capabilities", "values": [
+    cms.SMIMECapabilites([{"capability_id": alg} for alg in ("aes256_cbc", "aes128_cbc")])
+]}).dump()
+_OID_MESSAGE_DIGEST = core.ObjectIdentifier("1.2.840.113549.1.9.4").dump()
+_OID_DATA = core.ObjectIdentifier("1.2.840.113549.1.7.1").dump()
+_OID_SIGNED_DATA = core.ObjectIdentifier("1.2.840.113549.1.7.2").dump()
+_OID_ENVELOPED_DATA = core.ObjectIdentifier("1.2.840.113549.1.7.3").dump()
+_RSA_PKCS1_SIGNATURE_DER = algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"}).dump()
+_RSA_PKCS1_TRANSPORT_DER = cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"}).dump()
+_VERSION_0 = _der_int(0)
+_VERSION_1 = _der_int(1)
 
 
 # Signing ----------------------------------------------------------------------
@@ -197,59 +255,41 @@ def sign(
     hash_cls = _HASHES[digest]
     message_digest = hashes.Hash(hash_cls())
     message_digest.update(content)
-    capabilities = cms.SMIMECapabilites(  # sic: asn1crypto spells it so
-
-        [{"capability_id": alg} for alg in ("aes256_cbc", "aes128_cbc")]
-    )
-    signed_attrs = cms.CMSAttributes(
-        [
-            cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
-            cms.CMSAttribute({"type": "signing_time", "values": [_cms_time(signing_time)]}),
-            cms.CMSAttribute({"type": "message_digest", "values": [message_digest.finalize()]}),
-            cms.CMSAttribute({"type": "smime_capabilities", "values": [capabilities]}),
-        ]
-    )
-    to_sign = signed_attrs.dump()  # a SET OF: the universal tag, 0x31
+    attributes = [
+        _ATTR_CONTENT_TYPE_DATA,
+        cms.CMSAttribute({"type": "signing_time", "values": [_cms_time(signing_time)]}).dump(),
+        _tlv(0x30, _OID_MESSAGE_DIGEST, _tlv(0x31, _tlv(0x04, message_digest.finalize()))),
+        _ATTR_CAPABILITIES,
+    ]
+    attributes_body = b"".join(sorted(attributes))  # DER: a SET OF is sorted
+    to_sign = _header(0x31, len(attributes_body)) + attributes_body
     if isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(to_sign, asym_padding.PKCS1v15(), hash_cls())
+        signature_algorithm = _RSA_PKCS1_SIGNATURE_DER
     else:
         signature = key.sign(to_sign, ec.ECDSA(hash_cls()))
-    signer_info = cms.SignerInfo(
-        {
-            "version": "v1",
-            "sid": cms.SignerIdentifier(
-                {
-                    "issuer_and_serial_number": cms.IssuerAndSerialNumber(
-                        {"issuer": _der_name(certificate.issuer),
-                         "serial_number": certificate.serial_number}
-                    )
-                }
-            ),
-            "digest_algorithm": algos.DigestAlgorithm({"algorithm": digest}),
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": _signature_algorithm(key, digest),
-            "signature": signature,
-        }
+        signature_algorithm = _signature_algorithm(key, digest).dump()
+    digest_algorithm = _DIGEST_ALGORITHM_DER[digest]
+    signer_info = _tlv(
+        0x30,
+        _VERSION_1,
+        _issuer_and_serial_der(certificate),
+        digest_algorithm,
+        b"\xa0" + to_sign[1:],  # [0] IMPLICIT
+        signature_algorithm,
+        _tlv(0x04, signature),
     )
-    encap: dict[str, Any] = {"content_type": "data"}
-    if not detached:
-        encap["content"] = content
-    certificates = [
-        cms.CertificateChoices(
-            {"certificate": asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))}
-        )
-        for c in (certificate, *chain)
-    ]
-    signed_data = cms.SignedData(
-        {
-            "version": "v1",
-            "digest_algorithms": [algos.DigestAlgorithm({"algorithm": digest})],
-            "encap_content_info": encap,
-            "certificates": certificates,
-            "signer_infos": [signer_info],
-        }
+    encap = _OID_DATA if detached else _OID_DATA + _tlv(0xA0, _tlv(0x04, content))
+    certificates = [c.public_bytes(serialization.Encoding.DER) for c in (certificate, *chain)]
+    signed_data = _tlv(
+        0x30,
+        _VERSION_1,
+        _tlv(0x31, digest_algorithm),
+        _tlv(0x30, encap),
+        _tlv(0xA0, *certificates),
+        _tlv(0x31, signer_info),
     )
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
+    return _tlv(0x30, _OID_SIGNED_DATA, _tlv(0xA0, signed_data))
 
 
 # Verification -----------------------------------------------------------------
@@ -362,7 +402,7 @@ def _check_signer(
 
     signed_attrs = signer["signed_attrs"]
     signing_time = None
-    if signed_attrs.native is not None and len(signed_attrs):
+    if not isinstance(signed_attrs, core.Void) and len(signed_attrs):
         attrs = {a["type"].native: a["values"] for a in signed_attrs}
         wanted_digest = attrs.get("message_digest")
         if wanted_digest is None or len(wanted_digest) != 1:
@@ -488,6 +528,25 @@ def _recipient_info(cert: x509.Certificate, cek: bytes, oaep: bool) -> cms.Recip
     )
 
 
+def _recipient_info_der(cert: x509.Certificate, cek: bytes, oaep: bool) -> bytes:
+    public_key = cert.public_key()
+    if oaep or not isinstance(public_key, rsa.RSAPublicKey):
+        return _recipient_info(cert, cek, oaep).dump()
+    return _tlv(
+        0x30,
+        _VERSION_0,
+        _issuer_and_serial_der(cert),
+        _RSA_PKCS1_TRANSPORT_DER,
+        _tlv(0x04, public_key.encrypt(cek, asym_padding.PKCS1v15())),
+    )
+
+
+_CIPHER_OID_DER = {
+    name: core.ObjectIdentifier(algos.EncryptionAlgorithmId.unmap(name)).dump()
+    for name in ("aes128_cbc", "aes192_cbc", "aes256_cbc")
+}
+
+
 def encrypt(
     content: bytes,
     recipients: Sequence[x509.Certificate],
@@ -510,8 +569,8 @@ def encrypt(
         raise ValueError("encrypt() needs at least one recipient")
     key_size, kind = _CIPHERS[cipher]
     cek = os.urandom(key_size)
-    infos = [_recipient_info(cert, cek, oaep) for cert in recipients]
     if kind == "gcm":
+        infos_asn1 = [_recipient_info(cert, cek, oaep) for cert in recipients]
         nonce = os.urandom(12)
         sealed = AESGCM(cek).encrypt(nonce, content, None)
         ciphertext, tag = sealed[:-16], sealed[-16:]
@@ -519,7 +578,7 @@ def encrypt(
         enveloped = cms.AuthEnvelopedData(
             {
                 "version": "v0",
-                "recipient_infos": infos,
+                "recipient_infos": infos_asn1,
                 "auth_encrypted_content_info": {
                     "content_type": "data",
                     "content_encryption_algorithm": {"algorithm": cipher, "parameters": params},
@@ -531,23 +590,28 @@ def encrypt(
         return cms.ContentInfo(
             {"content_type": "authenticated_enveloped_data", "content": enveloped}
         ).dump()
+    infos = [_recipient_info_der(cert, cek, oaep) for cert in recipients]
     iv = os.urandom(16)
-    padder = padding.PKCS7(128).padder()
-    padded = padder.update(content) + padder.finalize()
     encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
-    ciphertext = encryptor.update(padded) + encryptor.finalize()
-    enveloped = cms.EnvelopedData(
-        {
-            "version": "v0",
-            "recipient_infos": infos,
-            "encrypted_content_info": {
-                "content_type": "data",
-                "content_encryption_algorithm": {"algorithm": cipher, "parameters": iv},
-                "encrypted_content": ciphertext,
-            },
-        }
-    )
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    # PKCS#7 padding on the last block only: no padded copy of the content.
+    cut = len(content) - len(content) % 16
+    pad = 16 - len(content) % 16
+    ciphertext_parts = [
+        encryptor.update(memoryview(content)[:cut]),
+        encryptor.update(content[cut:] + bytes((pad,)) * pad) + encryptor.finalize(),
+    ]
+    algorithm = _tlv(0x30, _CIPHER_OID_DER[cipher], _tlv(0x04, iv))
+    content_parts = _wrap(0x30, [_OID_DATA, algorithm, *_wrap(0x80, ciphertext_parts)])
+    recipient_infos = _tlv(0x31, *sorted(infos))
+    enveloped_parts = _wrap(0x30, [_VERSION_0, recipient_infos, *content_parts])
+    return b"".join(_wrap(0x30, [_OID_ENVELOPED_DATA, *_wrap(0xA0, enveloped_parts)]))
+
+
+def _wrap(tag: int, parts: list[bytes]) -> list[bytes]:
+    """
+    C{parts} behind a DER header, unjoined (the content may be large).
+    """
+    return [_header(tag, sum(map(len, parts))), *parts]
 
 
 # Decryption -------------------------------------------------------------------

@@ -11,7 +11,6 @@ package, which would change what was signed.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import email.policy
 import os
@@ -20,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import encoders
+from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 
 from cryptography import x509
@@ -96,15 +96,22 @@ def canonicalize(data: bytes) -> bytes:
     """
     if b"\r" not in data:
         return data.replace(b"\n", b"\r\n")
+    crlf = data.count(b"\r\n")
+    if crlf == data.count(b"\r") and crlf == data.count(b"\n"):
+        return data  # already canonical: no copy
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 def _needs_encoding(entity: bytes) -> bool:
-    try:
-        entity.decode("ascii")
-    except UnicodeDecodeError:
+    if not entity.isascii():
         return True
-    return any(len(line) > MAX_LINE for line in entity.split(b"\r\n"))
+    # Line by line without splitting: is there a CRLF within MAX_LINE bytes?
+    find, size, pos = entity.find, len(entity), 0
+    while True:
+        crlf = find(b"\r\n", pos, pos + MAX_LINE + 2)
+        if crlf < 0:
+            return size - pos > MAX_LINE
+        pos = crlf + 2
 
 
 def seven_bit(entity: bytes) -> bytes:
@@ -140,8 +147,15 @@ def _boundary() -> str:
 
 
 def _base64_lines(data: bytes) -> bytes:
-    encoded = base64.b64encode(data)
-    return b"\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + b"\r\n"
+    # In blocks, so that no list of every line is ever built.
+    view, block, out = memoryview(data), 57 * 1024, []
+    if not data:
+        return b"\r\n"
+    for start in range(0, len(data), block):
+        encoded = binascii.b2a_base64(view[start : start + block], newline=False)
+        out.append(b"\r\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)]))
+        out.append(b"\r\n")
+    return b"".join(out)
 
 
 def _assemble(outer: Iterable[bytes], mime: Sequence[bytes], body: bytes) -> bytes:
@@ -175,20 +189,22 @@ def sign_message(
             _base64_lines(signature),
         )
     boundary = _boundary().encode()
-    body = (
-        b"This is a cryptographically signed message in MIME format.\r\n\r\n--" + boundary
-        + b"\r\n" + entity + b"\r\n--" + boundary + b"\r\n"
-        b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n"
-        b"Content-Transfer-Encoding: base64\r\n"
-        b"Content-Disposition: attachment; filename=smime.p7s\r\n\r\n"
-        + _base64_lines(signature) + b"\r\n--" + boundary + b"--\r\n"
-    )
-    return _assemble(
+    head = _assemble(
         parts.outer_fields(),
         [b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
          b'micalg=sha-256;\r\n\tboundary="' + boundary + b'"'],
-        body,
+        b"",
     )
+    del parts
+    return b"".join([
+        head,
+        b"This is a cryptographically signed message in MIME format.\r\n\r\n--", boundary,
+        b"\r\n", entity, b"\r\n--", boundary, b"\r\n"
+        b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n"
+        b"Content-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: attachment; filename=smime.p7s\r\n\r\n",
+        _base64_lines(signature), b"\r\n--", boundary, b"--\r\n",
+    ])
 
 
 def encrypt_message(
@@ -202,14 +218,20 @@ def encrypt_message(
     Encrypt a message's entity for C{recipients}; the outer headers stay.
     """
     parts = Parts.split(message)
-    encrypted = cms.encrypt(parts.entity(), recipients, cipher=cipher, oaep=oaep)
+    entity = parts.entity()
+    outer = parts.outer_fields()
+    del parts, message
+    encrypted = cms.encrypt(entity, recipients, cipher=cipher, oaep=oaep)
+    del entity
     smime_type = b"authEnveloped-data" if cipher.endswith("gcm") else b"enveloped-data"
+    lines = _base64_lines(encrypted)
+    del encrypted
     return _assemble(
-        parts.outer_fields(),
+        outer,
         [b"Content-Type: application/pkcs7-mime; smime-type=" + smime_type + b"; name=smime.p7m",
          b"Content-Transfer-Encoding: base64",
          b"Content-Disposition: attachment; filename=smime.p7m"],
-        _base64_lines(encrypted),
+        lines,
     )
 
 
@@ -226,14 +248,20 @@ class SmimeInfo:
     boundary: str | None = None
 
 
+def _mime_headers(parts: Parts) -> Message:
+    return BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        b"\r\n".join(parts.mime_fields()) + b"\r\n\r\n"
+    )
+
+
 def classify(message: bytes) -> SmimeInfo:
     """
     Whether, and how, a message is S/MIME protected (by its headers).
     """
-    head = Parts.split(message)
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        b"\r\n".join(head.mime_fields()) + b"\r\n\r\n"
-    )
+    return _classify(_mime_headers(Parts.split(message)))
+
+
+def _classify(headers: Message) -> SmimeInfo:
     content_type = headers.get_content_type()
     if content_type == "multipart/signed":
         protocol = str(headers.get_param("protocol") or "").lower()
@@ -252,15 +280,15 @@ def classify(message: bytes) -> SmimeInfo:
     return SmimeInfo(None)
 
 
-def _decode_body(parts: Parts) -> bytes:
-    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        b"\r\n".join(parts.mime_fields()) + b"\r\n\r\n"
-    )
+def _decode_body(parts: Parts, headers: Message | None = None) -> bytes:
+    if headers is None:
+        headers = _mime_headers(parts)
     encoding = (headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
     if encoding != "base64":
         return parts.body
     try:
-        return base64.b64decode(re.sub(rb"[^A-Za-z0-9+/=]", b"", parts.body))
+        # Non-strict a2b_base64 skips every byte outside the alphabet.
+        return binascii.a2b_base64(parts.body)
     except binascii.Error as e:
         raise CMSFormatError(f"The S/MIME body is not valid base64: {e}") from None
 
@@ -272,9 +300,18 @@ def split_signed(message: bytes, boundary: str) -> tuple[bytes, bytes]:
 
     @raise CMSFormatError: the parts are not where the boundary says.
     """
-    body = Parts.split(message).body
+    return _split_signed(Parts.split(message).body, boundary)
+
+
+def _split_signed(body: bytes, boundary: str) -> tuple[bytes, bytes]:
     delimiter = b"--" + boundary.encode("ascii", "replace")
-    starts = [m.start() for m in re.finditer(rb"(?m)^" + re.escape(delimiter), body)]
+    # Delimiters at the start of a line (the body is canonical: CRLF).
+    starts = [0] if body.startswith(delimiter) else []
+    needle = b"\r\n" + delimiter
+    found = body.find(needle)
+    while found >= 0:
+        starts.append(found + 2)
+        found = body.find(needle, found + 2)
     if len(starts) < 2:
         raise CMSFormatError("The multipart/signed message does not have two parts.")
     first_line_end = body.find(b"\r\n", starts[0])
@@ -316,15 +353,18 @@ def verify_message(
     @raise NotSMIME: the message is not signed.
     @raise CMSFormatError: it is broken.
     """
-    info = classify(message)
     parts = Parts.split(message)
+    del message
+    headers = _mime_headers(parts)
+    info = _classify(headers)
     if info.kind == "signed":
         if not info.boundary:
             raise CMSFormatError("The multipart/signed message has no boundary.")
-        entity, signature = split_signed(message, info.boundary)
+        entity, signature = _split_signed(parts.body, info.boundary)
         result = cms.verify(signature, entity, known_certificates=known_certificates)
     elif info.kind == "signed-data":
-        result = cms.verify(_decode_body(parts), known_certificates=known_certificates)
+        result = cms.verify(_decode_body(parts, headers),
+                            known_certificates=known_certificates)
         entity = canonicalize(result.content)
     else:
         raise NotSMIME("The message is not signed with S/MIME.")
@@ -348,10 +388,12 @@ def decrypt_message(
     @raise DecryptionKeyNotFound, DecryptionFailed, CMSFormatError,
         UnsupportedAlgorithm: see L{cms.decrypt}.
     """
-    info = classify(message)
+    parts = Parts.split(message)
+    del message
+    headers = _mime_headers(parts)
+    info = _classify(headers)
     if info.kind not in ("enveloped-data", "authEnveloped-data"):
         raise NotSMIME("The message is not encrypted with S/MIME.")
-    parts = Parts.split(message)
-    result = cms.decrypt(_decode_body(parts), keys)
+    result = cms.decrypt(_decode_body(parts, headers), keys)
     entity = canonicalize(result.content)
     return DecryptedMessage(entity, _rejoin(parts, entity), result)
