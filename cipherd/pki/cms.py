@@ -25,6 +25,7 @@ from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -115,7 +116,7 @@ def _certificate(choice: cms.CertificateChoices) -> x509.Certificate | None:
         return None
     try:
         return x509.load_der_x509_certificate(choice.chosen.dump())
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         return None
 
 
@@ -146,6 +147,17 @@ def _identifier_matches(identifier: Any, cert: x509.Certificate) -> bool:
         return bool(issuer == _der_name(cert.issuer))
     ski = subject_key_identifier(cert)
     return ski is not None and hmac.compare_digest(identifier.chosen.native, ski)
+
+
+def _key_agreement_matches(identifier: Any, cert: x509.Certificate) -> bool:
+    """
+    Whether a KeyAgreeRecipientIdentifier (RFC 5652 §6.2.2) names C{cert}.
+    """
+    if identifier.name == "issuer_and_serial_number":
+        return _identifier_matches(identifier, cert)
+    ski = subject_key_identifier(cert)
+    wanted = identifier.chosen["subject_key_identifier"].native
+    return ski is not None and hmac.compare_digest(wanted, ski)
 
 
 def describe_identifier(identifier: Any) -> str:
@@ -421,15 +433,15 @@ def _check_signer(
         signed_bytes = b"\x31" + raw[1:]
     else:
         signed_bytes = content
-    algorithm = signer["signature_algorithm"].signature_algo
     try:
+        algorithm = signer["signature_algorithm"].signature_algo
         _verify_with(cert, signer["signature"].native, signed_bytes, algorithm, hash_cls,
                      signer["signature_algorithm"])
     except InvalidSignature:
         return result(False, "The signature is not valid: the message or its signed "
                              "attributes were changed, or it was not made with this "
                              "certificate's key.", signing_time)
-    except (UnsupportedAlgorithm, ValueError, KeyError) as e:
+    except (UnsupportedAlgorithm, CryptographyUnsupportedAlgorithm, ValueError, KeyError) as e:
         return result(False, f"The signature cannot be checked: {e}", signing_time)
     return result(True, "", signing_time)
 
@@ -448,6 +460,18 @@ def verify(
         (from the store), after the embedded ones.
     @raise CMSFormatError: not a SignedData, or no content to check.
     """
+    try:
+        return _verify(data, detached_content, known_certificates)
+    except (ValueError, TypeError, KeyError) as e:  # asn1crypto parses lazily
+        raise _malformed(e) from None
+
+
+def _malformed(e: Exception) -> CMSFormatError:
+    return CMSFormatError(f"The CMS structure is malformed: {str(e).splitlines()[0]}")
+
+
+def _verify(data: bytes, detached_content: bytes | None,
+            known_certificates: Iterable[x509.Certificate]) -> VerifiedContent:
     info = load_content_info(data)
     if info["content_type"].native != "signed_data":
         raise CMSFormatError(f"Expected signed data, found {info['content_type'].native}.")
@@ -665,15 +689,17 @@ def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes,
             raise CMSFormatError("GCM content outside AuthEnvelopedData has no tag.")
         try:
             return AESGCM(cek).decrypt(gcm["aes_nonce"].native, ciphertext + tag, None)
+        except ValueError as e:
+            raise CMSFormatError(f"The GCM parameters are not valid: {e}") from None
         except InvalidTag:
             raise DecryptionFailed("The message was changed after it was encrypted "
                                    "(the authentication tag does not match).") from None
     iv = params.native
     block: Any = algorithms.AES(cek) if kind == "cbc" else TripleDES(cek)
-    decryptor = Cipher(block, modes.CBC(iv)).decryptor()
-    padded = decryptor.update(ciphertext) + decryptor.finalize()
-    unpadder = padding.PKCS7(block.block_size).unpadder()
     try:
+        decryptor = Cipher(block, modes.CBC(iv)).decryptor()
+        padded = decryptor.update(ciphertext) + decryptor.finalize()
+        unpadder = padding.PKCS7(block.block_size).unpadder()
         return unpadder.update(padded) + unpadder.finalize()
     except ValueError:
         raise DecryptionFailed("The content could not be decrypted: wrong key or "
@@ -693,6 +719,13 @@ def decrypt(
     @raise UnsupportedAlgorithm: a cipher or key transport we lack.
     @raise CMSFormatError: not encrypted CMS.
     """
+    try:
+        return _decrypt(data, keys)
+    except (ValueError, TypeError, KeyError) as e:  # asn1crypto parses lazily
+        raise _malformed(e) from None
+
+
+def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -> DecryptedContent:
     info = load_content_info(data)
     kind = info["content_type"].native
     if kind == "enveloped_data":
@@ -708,7 +741,16 @@ def decrypt(
     keys = list(keys)
     recipients: list[str] = []
     match: tuple[cms.KeyTransRecipientInfo, x509.Certificate, PrivateKey] | None = None
+    key_agreement_for_us = False
     for recipient in enveloped["recipient_infos"]:
+        if recipient.name == "kari":
+            recipients.append("key agreement recipient (not supported)")
+            key_agreement_for_us |= any(
+                _key_agreement_matches(encrypted["rid"], cert)
+                for encrypted in recipient.chosen["recipient_encrypted_keys"]
+                for cert, _ in keys
+            )
+            continue
         if recipient.name != "ktri":
             recipients.append(f"{recipient.name} recipient (not supported)")
             continue
@@ -720,13 +762,19 @@ def decrypt(
                     match = (ktri, cert, key)
                     break
     if match is None:
+        if key_agreement_for_us:
+            raise UnsupportedAlgorithm(
+                "The message is encrypted to one of our keys by key agreement (ECDH), "
+                "which is not supported.")
         raise DecryptionKeyNotFound()
     ktri, cert, key = match
     algorithm = content_info["content_encryption_algorithm"]
     cipher = algorithm["algorithm"].native
     try:
         cek = _unwrap_cek(ktri, key)
-    except ValueError:
+    except KeyError as e:
+        raise UnsupportedAlgorithm(f"The key transport uses the unsupported digest {e}.") from None
+    except (ValueError, TypeError):
         raise DecryptionFailed("The content key could not be decrypted with the private "
                                "key of the matching certificate.") from None
     encrypted = content_info["encrypted_content"]
