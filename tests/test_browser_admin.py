@@ -261,3 +261,68 @@ def test_screenshots_of_every_page(
         assert response is not None and response.status == 200, (name, path)
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         shoot(page, artifacts, name)
+
+
+def test_import_and_trust_a_tunnel_certificate_as_the_guide_says(
+    context: BrowserContext, artifacts: Path, tmp_path: Path
+) -> None:
+    """
+    Guide §4.1 and §4.2: import the gateway's self-signed tunnel certificate
+    with "skip self-signed" unticked, then whitelist it in the CTL.
+    """
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives import serialization
+
+    from cipherd.pki.certs import create_tunnel_certificate
+
+    cert, _ = create_tunnel_certificate("webmail@example.com",
+                                        "Webmail sender tunnel certificate",
+                                        datetime.now(UTC))
+    pem = tmp_path / "gateway-tunnel.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    page = context.new_page()
+    log_in_and_change_default_password(page)
+    page.get_by_role("link", name="Certificates", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Intermediate and user certificates")
+    page.get_by_role("link", name="Import certificates").click()
+    expect(page.get_by_label("skip self-signed")).to_be_checked()
+    shoot(page, artifacts, "certificates-import")
+
+    # With "skip self-signed" ticked the tunnel certificate is left out...
+    page.get_by_label("Certificate file").set_input_files(str(pem))
+    page.get_by_role("button", name="Import").click()
+    expect(page.get_by_role("status")).to_contain_text("0 certificate(s) imported")
+    page.go_back()
+    # ... and imported once it is unticked.
+    page.get_by_label("Certificate file").set_input_files(str(pem))
+    page.get_by_label("skip self-signed").uncheck()
+    page.get_by_role("button", name="Import").click()
+    expect(page.get_by_role("status")).to_contain_text("1 certificate(s) imported")
+    page.get_by_role("link", name="Close").click()
+
+    row = page.locator("table.certs tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_have_class("invalid")  # greyed: not yet trusted
+    shoot(page, artifacts, "certificates-untrusted")
+    row.get_by_role("link").click()
+    expect(page.locator("dl.facts")).to_contain_text(
+        "EMAILADDRESS=webmail@example.com, CN=Webmail sender tunnel certificate")
+    page.get_by_label("Status").select_option("whitelisted")
+    page.get_by_role("button", name="Add").click()
+    expect(page.get_by_role("status")).to_have_text("The certificate trust list was changed.")
+    expect(page.locator("dl.facts")).to_contain_text(
+        "valid: The certificate is whitelisted in the certificate trust list.")
+    shoot(page, artifacts, "certificate-details")
+
+    page.get_by_role("link", name="Certificates", exact=True).click()
+    expect(row).to_have_class("valid")
+    expect(row.locator(".badge.ok")).to_have_text("whitelisted")
+    shoot(page, artifacts, "certificates-whitelisted")
+
+    with page.expect_download() as download:
+        row.get_by_role("link").click()
+        page.get_by_role("link", name="download certificate (PEM)").click()
+    assert Path(download.value.path()).read_bytes() == pem.read_bytes()
