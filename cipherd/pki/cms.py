@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -676,7 +676,7 @@ def _unwrap_cek(ktri: cms.KeyTransRecipientInfo, key: PrivateKey) -> bytes:
     raise UnsupportedAlgorithm(f"The key transport algorithm {name} is not supported.")
 
 
-def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes,
+def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes | memoryview,
                      tag: bytes | None) -> bytes:
     if cipher not in _CIPHERS:
         raise UnsupportedAlgorithm(f"The content cipher {cipher} is not supported.")
@@ -688,7 +688,8 @@ def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes,
         if tag is None:
             raise CMSFormatError("GCM content outside AuthEnvelopedData has no tag.")
         try:
-            return AESGCM(cek).decrypt(gcm["aes_nonce"].native, ciphertext + tag, None)
+            return AESGCM(cek).decrypt(gcm["aes_nonce"].native, b"".join((ciphertext, tag)),
+                                       None)
         except ValueError as e:
             raise CMSFormatError(f"The GCM parameters are not valid: {e}") from None
         except InvalidTag:
@@ -698,9 +699,21 @@ def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes,
     block: Any = algorithms.AES(cek) if kind == "cbc" else TripleDES(cek)
     try:
         decryptor = Cipher(block, modes.CBC(iv)).decryptor()
-        padded = decryptor.update(ciphertext) + decryptor.finalize()
-        unpadder = padding.PKCS7(block.block_size).unpadder()
-        return unpadder.update(padded) + unpadder.finalize()
+        # Decrypt into one buffer and strip the padding in place: no copies
+        # of a large message beyond the result.
+        size = block.block_size // 8
+        if len(ciphertext) % size or not ciphertext:
+            raise ValueError("not a whole number of blocks")
+        plain = bytearray(len(ciphertext) + size - 1)
+        written = decryptor.update_into(ciphertext, plain)
+        decryptor.finalize()
+        del plain[written:]
+        pad = plain[-1] if plain else 0
+        # Compared in constant time: no padding oracle.
+        if not 1 <= pad <= size or not hmac.compare_digest(plain[-pad:], bytes((pad,)) * pad):
+            raise ValueError("bad padding")
+        del plain[-pad:]
+        return bytes(plain)
     except ValueError:
         raise DecryptionFailed("The content could not be decrypted: wrong key or "
                                "damaged data.") from None
@@ -725,24 +738,147 @@ def decrypt(
         raise _malformed(e) from None
 
 
-def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -> DecryptedContent:
+@dataclass(frozen=True)
+class _Envelope:
+    """
+    The parts of an (Auth)EnvelopedData that decryption needs; the large
+    encrypted content as a view into the input, not a copy.
+    """
+
+    recipient_infos: Any
+    algorithm: Any
+    encrypted: bytes | memoryview | None
+    tag: bytes | None
+
+
+class _NotDER(Exception):
+    """
+    The input uses BER forms (indefinite lengths) the fast reader skips.
+    """
+
+
+def _read_tlv(buf: memoryview, pos: int) -> tuple[int, int, int]:
+    """
+    @return: (tag byte, content start, content end) of the element at C{pos}.
+    @raise _NotDER: an indefinite length or a high tag number.
+    @raise CMSFormatError: truncated.
+    """
+    if pos + 2 > len(buf):
+        raise CMSFormatError("The CMS structure is truncated.")
+    tag = buf[pos]
+    if tag & 0x1F == 0x1F:
+        raise _NotDER()
+    first = buf[pos + 1]
+    start = pos + 2
+    if first == 0x80:
+        raise _NotDER()
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count > 8 or start + count > len(buf):
+            raise CMSFormatError("The CMS structure has an invalid length.")
+        length = int.from_bytes(buf[start:start + count], "big")
+        start += count
+    end = start + length
+    if end > len(buf):
+        raise CMSFormatError("The CMS structure is truncated.")
+    return tag, start, end
+
+
+_OID_AUTH_ENVELOPED_DATA = core.ObjectIdentifier("1.2.840.113549.1.9.16.1.23").dump()
+
+
+def _envelope_fast(data: bytes) -> tuple[str, _Envelope]:
+    """
+    Walk definite-length DER to the parts of an (Auth)EnvelopedData without
+    copying the encrypted content (asn1crypto keeps a copy per nesting level:
+    four copies of a 25 MB message).
+
+    @raise _NotDER: use the general parser instead.
+    """
+    buf = memoryview(data)
+    tag, start, end = _read_tlv(buf, 0)
+    if tag != 0x30:
+        raise _NotDER()
+    tag, _, oid_end = _read_tlv(buf, start)
+    oid = bytes(buf[start:oid_end])
+    if oid == _OID_ENVELOPED_DATA:
+        kind = "enveloped_data"
+    elif oid == _OID_AUTH_ENVELOPED_DATA:
+        kind = "authenticated_enveloped_data"
+    else:
+        raise _NotDER()
+    tag, start, end = _read_tlv(buf, oid_end)  # [0] EXPLICIT
+    tag, pos, end = _read_tlv(buf, start)  # the (Auth)EnvelopedData SEQUENCE
+    tag, _, pos = _read_tlv(buf, pos)  # version
+    tag, start, next_pos = _read_tlv(buf, pos)
+    if tag == 0xA0:  # originatorInfo
+        pos = next_pos
+        tag, start, next_pos = _read_tlv(buf, pos)
+    if tag != 0x31:
+        raise _NotDER()
+    recipient_infos = cms.RecipientInfos.load(bytes(buf[pos:next_pos]))
+    tag, pos, content_end = _read_tlv(buf, next_pos)  # EncryptedContentInfo
+    after_content_info = content_end
+    tag, _, pos = _read_tlv(buf, pos)  # contentType
+    tag, start, algorithm_end = _read_tlv(buf, pos)
+    algorithm = cms.EncryptionAlgorithm.load(bytes(buf[pos:algorithm_end]))
+    encrypted: bytes | memoryview | None = None
+    if algorithm_end < content_end:
+        tag, start, end = _read_tlv(buf, algorithm_end)
+        if tag == 0x80:
+            encrypted = buf[start:end]
+        elif tag == 0xA0:  # constructed: a series of OCTET STRINGs
+            chunks = []
+            while start < end:
+                _, chunk_start, chunk_end = _read_tlv(buf, start)
+                chunks.append(buf[chunk_start:chunk_end])
+                start = chunk_end
+            encrypted = b"".join(chunks)
+        else:
+            raise _NotDER()
+    tag_value = None
+    if kind == "authenticated_enveloped_data":
+        tag, start, end = _read_tlv(buf, after_content_info)
+        if tag == 0xA1:  # authAttrs
+            tag, start, end = _read_tlv(buf, end)
+        if tag != 0x04:
+            raise _NotDER()
+        tag_value = bytes(buf[start:end])
+    return kind, _Envelope(recipient_infos, algorithm, encrypted, tag_value)
+
+
+def _envelope(data: bytes) -> tuple[str, _Envelope]:
+    try:
+        return _envelope_fast(data)
+    except _NotDER:
+        pass
     info = load_content_info(data)
     kind = info["content_type"].native
     if kind == "enveloped_data":
-        enveloped = info["content"]
-        content_info = enveloped["encrypted_content_info"]
+        content_info = info["content"]["encrypted_content_info"]
         tag = None
     elif kind == "authenticated_enveloped_data":
-        enveloped = info["content"]
-        content_info = enveloped["auth_encrypted_content_info"]
-        tag = enveloped["mac"].native
+        content_info = info["content"]["auth_encrypted_content_info"]
+        tag = info["content"]["mac"].native
     else:
         raise CMSFormatError(f"Expected encrypted data, found {kind}.")
+    encrypted = content_info["encrypted_content"]
+    return kind, _Envelope(info["content"]["recipient_infos"],
+                           content_info["content_encryption_algorithm"],
+                           None if encrypted.native is None else encrypted.native, tag)
+
+
+def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -> DecryptedContent:
+    kind, envelope = _envelope(data)
+    del kind
+    tag = envelope.tag
     keys = list(keys)
     recipients: list[str] = []
     match: tuple[cms.KeyTransRecipientInfo, x509.Certificate, PrivateKey] | None = None
     key_agreement_for_us = False
-    for recipient in enveloped["recipient_infos"]:
+    for recipient in envelope.recipient_infos:
         if recipient.name == "kari":
             recipients.append("key agreement recipient (not supported)")
             key_agreement_for_us |= any(
@@ -768,7 +904,7 @@ def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -
                 "which is not supported.")
         raise DecryptionKeyNotFound()
     ktri, cert, key = match
-    algorithm = content_info["content_encryption_algorithm"]
+    algorithm = envelope.algorithm
     cipher = algorithm["algorithm"].native
     try:
         cek = _unwrap_cek(ktri, key)
@@ -777,10 +913,9 @@ def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -
     except (ValueError, TypeError):
         raise DecryptionFailed("The content key could not be decrypted with the private "
                                "key of the matching certificate.") from None
-    encrypted = content_info["encrypted_content"]
-    if encrypted.native is None:
+    if envelope.encrypted is None:
         raise CMSFormatError("The encrypted content is missing (detached).")
-    content = _decrypt_content(cipher, cek, algorithm["parameters"], encrypted.native, tag)
+    content = _decrypt_content(cipher, cek, algorithm["parameters"], envelope.encrypted, tag)
     return DecryptedContent(content, cert, cipher, ktri["key_encryption_algorithm"][
         "algorithm"].native, recipients)
 
