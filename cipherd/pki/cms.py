@@ -219,6 +219,7 @@ _OID_MESSAGE_DIGEST = core.ObjectIdentifier("1.2.840.113549.1.9.4").dump()
 _OID_DATA = core.ObjectIdentifier("1.2.840.113549.1.7.1").dump()
 _OID_SIGNED_DATA = core.ObjectIdentifier("1.2.840.113549.1.7.2").dump()
 _OID_ENVELOPED_DATA = core.ObjectIdentifier("1.2.840.113549.1.7.3").dump()
+_OID_AUTH_ENVELOPED_DATA = core.ObjectIdentifier("1.2.840.113549.1.9.16.1.23").dump()
 _RSA_PKCS1_SIGNATURE_DER = algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"}).dump()
 _RSA_PKCS1_TRANSPORT_DER = cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"}).dump()
 _VERSION_0 = _der_int(0)
@@ -565,12 +566,6 @@ def _recipient_info_der(cert: x509.Certificate, cek: bytes, oaep: bool) -> bytes
     )
 
 
-_CIPHER_OID_DER = {
-    name: core.ObjectIdentifier(algos.EncryptionAlgorithmId.unmap(name)).dump()
-    for name in ("aes128_cbc", "aes192_cbc", "aes256_cbc")
-}
-
-
 def encrypt(
     content: bytes,
     recipients: Sequence[x509.Certificate],
@@ -587,55 +582,76 @@ def encrypt(
     @return: DER.
     @raise UnsupportedAlgorithm: a non-RSA recipient or unknown cipher.
     """
+    return bytes(encrypt_chunks([content], recipients, cipher=cipher, oaep=oaep))
+
+
+_GCM_TAG = 16
+
+
+def encrypt_chunks(
+    chunks: Sequence[bytes | memoryview],
+    recipients: Sequence[x509.Certificate],
+    *,
+    cipher: str = "aes256_cbc",
+    oaep: bool = False,
+) -> bytearray:
+    """
+    L{encrypt} for content given in pieces, written into one buffer: the
+    DER headers first (every length is known in advance), then the content
+    encrypted straight into place.  A large message is never copied.
+    """
     if cipher not in ENCRYPTION_CIPHERS:
         raise UnsupportedAlgorithm(f"Cannot encrypt with {cipher}.")
     if not recipients:
         raise ValueError("encrypt() needs at least one recipient")
     key_size, kind = _CIPHERS[cipher]
     cek = os.urandom(key_size)
+    recipient_infos = _tlv(0x31, *sorted(_recipient_info_der(c, cek, oaep) for c in recipients))
+    total = sum(len(chunk) for chunk in chunks)
+    oid = core.ObjectIdentifier(algos.EncryptionAlgorithmId.unmap(cipher)).dump()
+    encryptor: Any
     if kind == "gcm":
-        infos_asn1 = [_recipient_info(cert, cek, oaep) for cert in recipients]
         nonce = os.urandom(12)
-        sealed = AESGCM(cek).encrypt(nonce, content, None)
-        ciphertext, tag = sealed[:-16], sealed[-16:]
-        params = GCMParameters({"aes_nonce": nonce, "aes_icv_len": 16})
-        enveloped = cms.AuthEnvelopedData(
-            {
-                "version": "v0",
-                "recipient_infos": infos_asn1,
-                "auth_encrypted_content_info": {
-                    "content_type": "data",
-                    "content_encryption_algorithm": {"algorithm": cipher, "parameters": params},
-                    "encrypted_content": ciphertext,
-                },
-                "mac": tag,
-            }
-        )
-        return cms.ContentInfo(
-            {"content_type": "authenticated_enveloped_data", "content": enveloped}
-        ).dump()
-    infos = [_recipient_info_der(cert, cek, oaep) for cert in recipients]
-    iv = os.urandom(16)
-    encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
-    # PKCS#7 padding on the last block only: no padded copy of the content.
-    cut = len(content) - len(content) % 16
-    pad = 16 - len(content) % 16
-    ciphertext_parts = [
-        encryptor.update(memoryview(content)[:cut]),
-        encryptor.update(content[cut:] + bytes((pad,)) * pad) + encryptor.finalize(),
-    ]
-    algorithm = _tlv(0x30, _CIPHER_OID_DER[cipher], _tlv(0x04, iv))
-    content_parts = _wrap(0x30, [_OID_DATA, algorithm, *_wrap(0x80, ciphertext_parts)])
-    recipient_infos = _tlv(0x31, *sorted(infos))
-    enveloped_parts = _wrap(0x30, [_VERSION_0, recipient_infos, *content_parts])
-    return b"".join(_wrap(0x30, [_OID_ENVELOPED_DATA, *_wrap(0xA0, enveloped_parts)]))
-
-
-def _wrap(tag: int, parts: list[bytes]) -> list[bytes]:
-    """
-    C{parts} behind a DER header, unjoined (the content may be large).
-    """
-    return [_header(tag, sum(map(len, parts))), *parts]
+        params = GCMParameters({"aes_nonce": nonce, "aes_icv_len": _GCM_TAG}).dump()
+        encryptor = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
+        ciphertext_length, mac_length, outer_oid = total, 2 + _GCM_TAG, _OID_AUTH_ENVELOPED_DATA
+    else:
+        iv = os.urandom(16)
+        params = _tlv(0x04, iv)
+        encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
+        ciphertext_length, mac_length, outer_oid = (total // 16 + 1) * 16, 0, _OID_ENVELOPED_DATA
+    algorithm = _tlv(0x30, oid, params)
+    content_header = _header(0x80, ciphertext_length)
+    content_info = _header(
+        0x30, len(_OID_DATA) + len(algorithm) + len(content_header) + ciphertext_length
+    ) + _OID_DATA + algorithm + content_header
+    prefix = _VERSION_0 + recipient_infos + content_info
+    inner_length = len(prefix) + ciphertext_length + mac_length
+    envelope_header = _header(0x30, inner_length)
+    explicit_length = len(envelope_header) + inner_length
+    explicit_header = _header(0xA0, explicit_length)
+    head = (_header(0x30, len(outer_oid) + len(explicit_header) + explicit_length)
+            + outer_oid + explicit_header + envelope_header + prefix)
+    end = len(head) + ciphertext_length + mac_length
+    # update_into wants room for one more block than it writes.
+    out = bytearray(end + 16)
+    out[: len(head)] = head
+    view = memoryview(out)
+    pos = len(head)
+    for chunk in chunks:
+        pos += encryptor.update_into(chunk, view[pos:])
+    if kind == "cbc":
+        pad = 16 - total % 16  # PKCS#7 (RFC 5652 §6.3)
+        pos += encryptor.update_into(bytes((pad,)) * pad, view[pos:])
+    encryptor.finalize()
+    if kind == "gcm":
+        view[pos : pos + mac_length] = _tlv(0x04, encryptor.tag)
+        pos += mac_length
+    view.release()
+    if pos != end:
+        raise RuntimeError(f"encrypted {pos} bytes where {end} were laid out")
+    del out[end:]
+    return out
 
 
 # Decryption -------------------------------------------------------------------
@@ -784,9 +800,6 @@ def _read_tlv(buf: memoryview, pos: int) -> tuple[int, int, int]:
     if end > len(buf):
         raise CMSFormatError("The CMS structure is truncated.")
     return tag, start, end
-
-
-_OID_AUTH_ENVELOPED_DATA = core.ObjectIdentifier("1.2.840.113549.1.9.16.1.23").dump()
 
 
 def _envelope_fast(data: bytes) -> tuple[str, _Envelope]:

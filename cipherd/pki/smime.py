@@ -79,15 +79,21 @@ class Parts:
     def outer_fields(self) -> list[bytes]:
         return [f for f in self.fields if not _MIME_HEADER.match(self._name(f))]
 
-    def entity(self) -> bytes:
+    def entity_head(self) -> bytes:
         """
-        The MIME entity: the Content-* fields and the body.
+        The header of the MIME entity: its Content-* fields and the blank line.
         """
         fields = [f for f in self.mime_fields() if self._name(f) != b"mime-version"]
         if not fields:
             # RFC 2045 §5.2: no Content-Type means this.
             fields = [b"Content-Type: text/plain; charset=us-ascii"]
-        return b"\r\n".join(fields) + b"\r\n\r\n" + self.body
+        return b"\r\n".join(fields) + b"\r\n\r\n"
+
+    def entity(self) -> bytes:
+        """
+        The MIME entity: the Content-* fields and the body.
+        """
+        return self.entity_head() + self.body
 
 
 def canonicalize(data: bytes) -> bytes:
@@ -146,16 +152,23 @@ def _boundary() -> str:
     return "----=_cipherd_" + os.urandom(12).hex()
 
 
-def _base64_lines(data: bytes) -> bytes:
-    # In blocks, so that no list of every line is ever built.
+def _base64_blocks(data: bytes | bytearray) -> list[bytes]:
+    """
+    Base64 in 76-character CRLF lines, as a list of blocks to join once with
+    whatever surrounds them (no list of every line is ever built).
+    """
     view, block, out = memoryview(data), 57 * 1024, []
     if not data:
-        return b"\r\n"
+        return [b"\r\n"]
     for start in range(0, len(data), block):
         encoded = binascii.b2a_base64(view[start : start + block], newline=False)
         out.append(b"\r\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)]))
         out.append(b"\r\n")
-    return b"".join(out)
+    return out
+
+
+def _base64_lines(data: bytes) -> bytes:
+    return b"".join(_base64_blocks(data))
 
 
 def _assemble(outer: Iterable[bytes], mime: Sequence[bytes], body: bytes) -> bytes:
@@ -218,21 +231,22 @@ def encrypt_message(
     Encrypt a message's entity for C{recipients}; the outer headers stay.
     """
     parts = Parts.split(message)
-    entity = parts.entity()
     outer = parts.outer_fields()
-    del parts, message
-    encrypted = cms.encrypt(entity, recipients, cipher=cipher, oaep=oaep)
-    del entity
+    # The entity is encrypted from its two pieces: never copied whole.
+    encrypted = cms.encrypt_chunks([parts.entity_head(), parts.body], recipients,
+                                   cipher=cipher, oaep=oaep)
+    del parts
     smime_type = b"authEnveloped-data" if cipher.endswith("gcm") else b"enveloped-data"
-    lines = _base64_lines(encrypted)
+    blocks = _base64_blocks(encrypted)
     del encrypted
-    return _assemble(
+    head = _assemble(
         outer,
         [b"Content-Type: application/pkcs7-mime; smime-type=" + smime_type + b"; name=smime.p7m",
          b"Content-Transfer-Encoding: base64",
          b"Content-Disposition: attachment; filename=smime.p7m"],
-        lines,
+        b"",
     )
+    return b"".join([head, *blocks])
 
 
 @dataclass(frozen=True)
