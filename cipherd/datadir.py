@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cipherd.pki.certs import self_signed_builder
+
 KEK_BYTES = 32
 TLS_VALIDITY = timedelta(days=3650)
 
@@ -84,13 +86,7 @@ def make_self_signed_tls(hostname: str, now: datetime) -> tuple[bytes, bytes]:
         ]
     )
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + TLS_VALIDITY)
+        self_signed_builder(name, key.public_key(), now, TLS_VALIDITY)
         .add_extension(
             x509.SubjectAlternativeName(
                 [

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -61,17 +62,24 @@ def email_addresses(cert: x509.Certificate) -> list[str]:
     return result
 
 
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """
+    C{cert} names C{issuer} as its issuer and C{issuer}'s key signed it.
+    """
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def is_self_signed(cert: x509.Certificate) -> bool:
     """
     Issuer equals subject and the certificate's own key verifies it.
     """
-    if cert.issuer != cert.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    return True
+    return issued_by(cert, cert)
 
 
 def is_ca(cert: x509.Certificate) -> bool:
@@ -212,6 +220,24 @@ def _load_pkcs12(data: bytes, password: bytes | None) -> ImportBundle:
     return bundle
 
 
+def self_signed_builder(
+    name: x509.Name, public_key: Any, now: datetime, validity: timedelta
+) -> x509.CertificateBuilder:
+    """
+    A builder for a self-signed certificate valid from five minutes ago (for
+    clocks slightly behind ours) for C{validity}.
+    """
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + validity)
+    )
+
+
 def create_tunnel_certificate(
     email: str, subject: str, now: datetime, *, key_size: int = TUNNEL_KEY_SIZE
 ) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
@@ -226,13 +252,7 @@ def create_tunnel_certificate(
         x509.NameAttribute(NameOID.COMMON_NAME, subject),
     ])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + TUNNEL_VALIDITY)
+        self_signed_builder(name, key.public_key(), now, TUNNEL_VALIDITY)
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from cipherd.pki.certs import describe_name, is_ca, thumbprint
+from cipherd.pki.certs import describe_name, is_ca, issued_by, thumbprint
 
 MAX_CHAIN = 10
 
@@ -111,16 +111,6 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
     return None
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    return True
-
-
 def _revocation_problem(
     cert: x509.Certificate, issuer: x509.Certificate, context: TrustContext, what: str
 ) -> str | None:
@@ -161,7 +151,7 @@ def check(
         if len(chain) > MAX_CHAIN:
             return Verdict(False, "The certificate chain is too long.", chain)
         issuers = [c for c in (*context.roots, *context.intermediates)
-                   if c is not current and _issued_by(current, c)]
+                   if c is not current and issued_by(current, c)]
         # Prefer a root, then a valid CA, so an expired duplicate loses.
         issuers.sort(key=lambda c: (thumbprint(c) not in root_prints,
                                     _validity_problem(c, now, "") is not None))
