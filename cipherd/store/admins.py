@@ -115,12 +115,19 @@ class FailureRow:
     locked_until: float | None
 
 
-def get_failures(conn: Connection, account: str, client: str) -> FailureRow | None:
-    row = conn.execute(
-        select(login_failures).where(
-            (login_failures.c.account == account) & (login_failures.c.client == client)
-        )
-    ).first()
+def get_failures(
+    conn: Connection, account: str, client: str, *, for_update: bool = False
+) -> FailureRow | None:
+    """
+    @param for_update: lock the row until the transaction ends (PostgreSQL;
+        SQLite transactions here take the write lock at BEGIN anyway).
+    """
+    query = select(login_failures).where(
+        (login_failures.c.account == account) & (login_failures.c.client == client)
+    )
+    if for_update:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
     if row is None:
         return None
     return FailureRow(row.failure_count, row.first_failure, row.locked_until)

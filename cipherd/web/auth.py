@@ -140,9 +140,12 @@ class AdminAuthority:
         """
         now = self._clock.seconds()
         name = name[:64]
-        failures = await self._store.run(q.get_failures, name, client)
-        if failures and failures.locked_until and now < failures.locked_until:
-            raise LoginRefused(_locked_message(failures.locked_until - now))
+        # Count the attempt before checking the password, in one transaction:
+        # parallel guesses each take a place in the count and those past the
+        # threshold are refused unchecked.
+        attempt = await self._store.run(self._count_attempt, name, client, now)
+        if attempt.locked_until and now < attempt.locked_until:
+            raise LoginRefused(_locked_message(attempt.locked_until - now))
         admin = await self._store.run(q.get_admin, name)
         if admin is None:
             # Spend the same time as for a real account: no user enumeration.
@@ -153,24 +156,32 @@ class AdminAuthority:
         else:
             ok = await self._runner.run(self._verify, admin.password_hash, password)
         if ok and admin is not None:
-            if failures:
-                await self._store.run(q.clear_failures, name, client)
+            await self._store.run(q.clear_failures, name, client)
             return admin
-
-        if failures is None or now - failures.first_failure > self._window:
-            failures = q.FailureRow(1, now, None)
-        else:
-            failures = q.FailureRow(failures.count + 1, failures.first_failure, None)
         message = "Wrong user name or password."
-        if failures.count >= self._threshold:
-            failures = q.FailureRow(failures.count, failures.first_failure, now + self._duration)
+        if attempt.count >= self._threshold:
+            locked = q.FailureRow(attempt.count, attempt.first_failure, now + self._duration)
+            await self._store.run(q.put_failures, name, client, locked)
             log.warn(
                 "Admin login for {account!r} from {client} locked after {count} failures",
-                account=name, client=client, count=failures.count,
+                account=name, client=client, count=attempt.count,
             )
             message += " " + _locked_message(self._duration)
-        await self._store.run(q.put_failures, name, client, failures)
         raise LoginRefused(message)
+
+    def _count_attempt(self, conn: Connection, name: str, client: str,
+                       now: float) -> q.FailureRow:
+        row = q.get_failures(conn, name, client, for_update=True)
+        if row is not None and row.locked_until and now < row.locked_until:
+            return row
+        if row is None or now - row.first_failure > self._window:
+            row = q.FailureRow(1, now, None)
+        else:
+            row = q.FailureRow(row.count + 1, row.first_failure, None)
+        if row.count > self._threshold:
+            row = q.FailureRow(row.count, row.first_failure, now + self._duration)
+        q.put_failures(conn, name, client, row)
+        return row
 
     async def change_password(self, name: str, password: str, keep_session: str | None) -> None:
         """
