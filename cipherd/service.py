@@ -2,7 +2,7 @@
 Assembles the cipherd service tree from the bootstrap config.
 
     cipherd (MultiService)
-    ├── threads: database pool, crypto pool
+    ├── threads: database pool, crypto pool, auth pool (Argon2)
     ├── mail logs (MTA, MPA)
     ├── startup: data dir, migrations, first-start secrets and admin account
     │   └── then the listeners: admin site (HTTPS)
@@ -43,6 +43,9 @@ from cipherd.web.common import access_log_formatter
 
 SESSION_SWEEP_INTERVAL = 600
 CRYPTO_THREADS = 2
+# Password hashing gets a thread of its own: a flood of logins waits there
+# (and is capped by the authority) instead of starving mail crypto.
+AUTH_THREADS = 1
 
 log = Logger(namespace="cipherd")
 
@@ -142,8 +145,9 @@ def make_service(config: Config, reactor: Any) -> IService:
     root = MultiService()
     db_runner = ThreadPoolRunner(reactor, "cipherd-db", config.database_pool_size)
     crypto_runner = ThreadPoolRunner(reactor, "cipherd-crypto", CRYPTO_THREADS)
-    db_runner.setServiceParent(root)
-    crypto_runner.setServiceParent(root)
+    auth_runner = ThreadPoolRunner(reactor, "cipherd-auth", AUTH_THREADS)
+    for runner in (db_runner, crypto_runner, auth_runner):
+        runner.setServiceParent(root)
     logs = MailLogsService(data.logs, max_bytes=config.log_max_bytes, keep=config.log_keep)
     logs.setServiceParent(root)
 
@@ -151,7 +155,7 @@ def make_service(config: Config, reactor: Any) -> IService:
                                         config.database_pool_size), db_runner)
     settings = SettingsRepository(store, reactor)
     authority = AdminAuthority(
-        store, crypto_runner, reactor,
+        store, auth_runner, reactor,
         idle_timeout=config.admin_session_idle_timeout,
         max_age=config.admin_session_max_age,
         lockout_threshold=config.admin_lockout_threshold,

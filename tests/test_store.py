@@ -161,3 +161,38 @@ def test_first_start_and_restart_keep_secrets_settings_and_admin(database_url: s
     with store.engine.begin() as conn:
         assert conn.execute(select(admins.c.password_hash)).scalars().all() == [admin_hash]
     store.close()
+
+
+def test_a_lost_insert_race_runs_the_transaction_again(postgres_url: str) -> None:
+    """
+    Two nodes create the same row at the same moment: both look it up,
+    find none and insert.  The loser's transaction is run again and finds
+    the winner's row instead of failing.
+    """
+    from cipherd.store import admins as q
+
+    store, _ = _first_start(postgres_url)
+    rival = _engine(postgres_url)
+    calls: list[int] = []
+
+    def create(conn: Connection) -> bool:
+        calls.append(1)
+        if q.get_admin(conn, "ops") is not None:
+            return False
+        if len(calls) == 1:
+            # The other node commits its insert between our look-up and ours.
+            with rival.begin() as other:
+                q.ensure_admin(other, "ops", "hash-of-the-rival")
+        conn.execute(admins.insert().values(name="ops", password_hash="our-hash",
+                                            must_change_password=True))
+        return True
+
+    async def run() -> bool:
+        return await store.run(create)
+
+    assert result_of(run()) is False
+    assert len(calls) == 2
+    with store.engine.begin() as conn:
+        assert q.get_admin(conn, "ops").password_hash == "hash-of-the-rival"
+    rival.dispose()
+    store.close()

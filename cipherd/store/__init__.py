@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 from twisted.internet.defer import Deferred
 
@@ -71,15 +72,24 @@ class Store:
         self._runner = runner
 
     def _transact(self, fn: Callable[..., T], *args: Any) -> T:
-        with self.engine.begin() as conn:
-            return fn(conn, *args)
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn, *args)
+        except IntegrityError:
+            # Query functions look a row up, then update or insert it.  On
+            # PostgreSQL (read committed) two transactions can both miss the
+            # row and both insert; the loser runs once more and now finds
+            # the winner's row.  (SQLite serializes writers at BEGIN.)
+            with self.engine.begin() as conn:
+                return fn(conn, *args)
 
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """
         Call C{fn(connection, *args)} in one transaction, off the reactor.
 
         @return: a Deferred with C{fn}'s result; the transaction is rolled
-            back if C{fn} raises.
+            back if C{fn} raises.  C{fn} must touch nothing but C{connection}:
+            after a unique-key race it is run a second time.
         """
         return self._runner.run(self._transact, fn, *args)
 

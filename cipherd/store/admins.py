@@ -150,3 +150,16 @@ def clear_failures(conn: Connection, account: str, client: str) -> None:
             (login_failures.c.account == account) & (login_failures.c.client == client)
         )
     )
+
+
+def delete_stale_failures(conn: Connection, counted_since: float, now: float) -> int:
+    """
+    Forget failure records that started before C{counted_since} (outside
+    the lockout window) and hold no running lock.
+    """
+    c = login_failures.c
+    result = conn.execute(delete(login_failures).where(
+        (c.first_failure < counted_since)
+        & (c.locked_until.is_(None) | (c.locked_until < now))
+    ))
+    return result.rowcount

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -28,8 +31,16 @@ DEFAULT_ADMIN = "admin"
 DEFAULT_PASSWORD = "admin"  # noqa: S105 -- the guide's documented first login; must be changed
 MIN_ADMIN_PASSWORD_LENGTH = 10
 MIN_ADMIN_PASSWORD_SCORE = 3  # zxcvbn: "safely unguessable" (>= 10^8 guesses)
+# Password checks (Argon2) allowed to wait for the auth thread at once;
+# beyond this, logins are refused at once instead of queueing CPU work.
+MAX_PENDING_CHECKS = 16
+# Credentials recently proven correct, so that API clients (HTTP Basic on
+# every request) do not pay an Argon2 check per call.
+VERIFIED_CACHE_SIZE = 32
+VERIFIED_CACHE_SECONDS = 300
 
 log = Logger(namespace="cipherd.admin")
+T = TypeVar("T")
 
 
 class LoginRefused(Exception):
@@ -86,7 +97,8 @@ class AdminAuthority:
     Checks admin credentials and manages admin sessions.
 
     @param store: the database.
-    @param runner: where Argon2 hashing runs (it takes ~100 ms of CPU).
+    @param runner: where Argon2 hashing runs (it takes ~100 ms of CPU): a
+        pool of its own, so that a flood of logins cannot starve mail.
     @param clock: the source of time for sessions and lockouts.
     @param hasher: an Argon2id hasher (tests pass cheaper parameters).
     """
@@ -114,6 +126,10 @@ class AdminAuthority:
         self._duration = lockout_duration
         self._hasher = hasher or PasswordHasher()
         self._dummy_hash: str | None = None
+        self._pending = 0
+        # (name, HMAC of the password) -> (the hash it matched, when).
+        self._verified: OrderedDict[tuple[str, bytes], tuple[str, float]] = OrderedDict()
+        self._cache_key = secrets.token_bytes(32)
 
     async def ensure_default_admin(self) -> None:
         """
@@ -129,6 +145,38 @@ class AdminAuthority:
             return self._hasher.verify(hashed, password)
         except (VerificationError, InvalidHashError):
             return False
+
+    async def _check(self, fn: Callable[..., T], *args: Any) -> T:
+        """
+        Run a password hash or check on the auth runner, refusing at once
+        when too many are already waiting.
+        """
+        if self._pending >= MAX_PENDING_CHECKS:
+            raise LoginRefused("The server is busy checking other logins; try again in a "
+                               "moment.")
+        self._pending += 1
+        try:
+            return await self._runner.run(fn, *args)
+        finally:
+            self._pending -= 1
+
+    def _cache_slot(self, name: str, password: str) -> tuple[str, bytes]:
+        return name, hmac.digest(self._cache_key, password.encode("utf-8", "surrogatepass"),
+                                 "sha256")
+
+    def _recently_verified(self, admin: q.AdminRow, password: str, now: float) -> bool:
+        hit = self._verified.get(self._cache_slot(admin.name, password))
+        # The entry only vouches for the hash it was checked against: a
+        # password change makes it worthless at once.
+        return (hit is not None and hmac.compare_digest(hit[0], admin.password_hash)
+                and now - hit[1] < VERIFIED_CACHE_SECONDS)
+
+    def _remember_verified(self, admin: q.AdminRow, password: str, now: float) -> None:
+        slot = self._cache_slot(admin.name, password)
+        self._verified[slot] = (admin.password_hash, now)
+        self._verified.move_to_end(slot)
+        while len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
 
     async def check_password(self, name: str, password: str, client: str) -> q.AdminRow:
         """
@@ -146,16 +194,21 @@ class AdminAuthority:
         attempt = await self._store.run(self._count_attempt, name, client, now)
         if attempt.locked_until and now < attempt.locked_until:
             raise LoginRefused(_locked_message(attempt.locked_until - now))
+        if attempt.count > self._threshold:
+            raise LoginRefused("Too many login attempts at once; try again in a moment.")
         admin = await self._store.run(q.get_admin, name)
-        if admin is None:
+        if admin is not None and self._recently_verified(admin, password, now):
+            ok = True
+        elif admin is None:
             # Spend the same time as for a real account: no user enumeration.
             if self._dummy_hash is None:
-                self._dummy_hash = await self._runner.run(self._hasher.hash, secrets.token_hex())
-            await self._runner.run(self._verify, self._dummy_hash, password)
+                self._dummy_hash = await self._check(self._hasher.hash, secrets.token_hex())
+            await self._check(self._verify, self._dummy_hash, password)
             ok = False
         else:
-            ok = await self._runner.run(self._verify, admin.password_hash, password)
+            ok = await self._check(self._verify, admin.password_hash, password)
         if ok and admin is not None:
+            self._remember_verified(admin, password, now)
             await self._store.run(q.clear_failures, name, client)
             return admin
         message = "Wrong user name or password."
@@ -178,8 +231,6 @@ class AdminAuthority:
             row = q.FailureRow(1, now, None)
         else:
             row = q.FailureRow(row.count + 1, row.first_failure, None)
-        if row.count > self._threshold:
-            row = q.FailureRow(row.count, row.first_failure, now + self._duration)
         q.put_failures(conn, name, client, row)
         return row
 
@@ -193,7 +244,7 @@ class AdminAuthority:
         problem = await self._runner.run(password_problem, name, password)
         if problem:
             raise WeakPassword(problem)
-        hashed = await self._runner.run(self._hasher.hash, password)
+        hashed = await self._check(self._hasher.hash, password)
         now = self._clock.seconds()
 
         def change(conn: Connection) -> None:
@@ -247,12 +298,16 @@ class AdminAuthority:
 
     async def expire_sessions(self) -> int:
         """
-        Delete sessions past their timeouts; for the periodic sweep.
+        Delete sessions past their timeouts, and failed-login records that
+        no longer count; for the periodic sweep.
         """
         now = self._clock.seconds()
-        return await self._store.run(
-            q.delete_expired_sessions, now - self.idle_timeout, now - self.max_age
-        )
+
+        def sweep(conn: Connection) -> int:
+            q.delete_stale_failures(conn, now - self._window, now)
+            return q.delete_expired_sessions(conn, now - self.idle_timeout, now - self.max_age)
+
+        return await self._store.run(sweep)
 
 
 def csrf_matches(expected: str, submitted: str | None) -> bool:
