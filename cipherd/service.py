@@ -39,7 +39,7 @@ from cipherd.threads import ThreadPoolRunner
 from cipherd.web.admin import AdminSite
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
-from cipherd.web.common import access_log_formatter
+from cipherd.web.common import BoundedRequest, access_log_formatter
 
 SESSION_SWEEP_INTERVAL = 600
 CRYPTO_THREADS = 2
@@ -172,7 +172,8 @@ def make_service(config: Config, reactor: Any) -> IService:
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates)
     )
-    site = Site(admin.resource(), logFormatter=access_log_formatter)
+    site = Site(admin.resource(), requestFactory=BoundedRequest,
+                logFormatter=access_log_formatter)
     site.displayTracebacks = False
     listener = StreamServerEndpointService(
         serverFromString(reactor, config.admin_listen),

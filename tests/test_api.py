@@ -27,9 +27,11 @@ def api(tmp_path: Path) -> Iterator[AdminHarness]:
 
 
 def call(api: AdminHarness, method: str, path: str, auth: Any = CHANGED,
-         body: Any = None, raw: bytes | None = None) -> Any:
+         body: Any = None, raw: bytes | None = None, **kwargs: Any) -> Any:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    kwargs: dict[str, Any] = {"auth": auth} if auth else {}
+    if auth:
+        kwargs["auth"] = auth
+    kwargs.setdefault("headers", {"Content-Type": "application/json"})
     return api.request(method, "/api/v1" + path, data=data, **kwargs)
 
 
@@ -181,3 +183,30 @@ def test_unknown_routes_and_methods_answer_in_json(api: AdminHarness) -> None:
     assert (missing.code, missing.json()) == (404, {"error": "Not Found"})
     wrong_method = call(api, "PUT", "/settings/global", body={})
     assert (wrong_method.code, wrong_method.json()) == (405, {"error": "Method Not Allowed"})
+
+
+def test_what_a_browser_could_send_from_another_site_is_refused(api: AdminHarness) -> None:
+    """
+    A browser resends cached Basic credentials: a page elsewhere must not
+    be able to drive the API with them.
+    """
+    change_default(api)
+    body = {"notification_sender": "evil@example.net"}
+    for headers in ({"Content-Type": "text/plain"},
+                    {"Content-Type": "application/x-www-form-urlencoded"},
+                    {}):
+        form = call(api, "PATCH", "/settings/global", body=body, headers=headers)
+        assert (form.code, form.json()) == (415, {
+            "error": "Send the body as JSON, with Content-Type: application/json."})
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "https://evil.example"}, {"Origin": "null"}):
+        cross = call(api, "PATCH", "/settings/global", body=body,
+                     headers={"Content-Type": "application/json", **headers})
+        assert (cross.code, cross.json()) == (403, {
+            "error": "The API does not answer requests made by another site's pages."}), headers
+        assert call(api, "GET", "/settings/global", headers=headers).code == 403
+    same = call(api, "PATCH", "/settings/global", body=body,
+                headers={"Content-Type": "application/json; charset=utf-8",
+                         "Sec-Fetch-Site": "same-origin", "Origin": "https://admin.test"})
+    assert same.code == 200
+    assert same.json()["properties"]["notification_sender"]["value"] == "evil@example.net"

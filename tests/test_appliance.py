@@ -5,9 +5,11 @@ a bad config, the login page over HTTPS.
 
 from __future__ import annotations
 
+import http.client
 import stat
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +32,28 @@ def test_first_start_creates_data_dir(appliance: Appliance) -> None:
     body = page.read().decode()
     assert "<h1>Log in</h1>" in body
     assert 'name="csrf_token"' in body
+
+
+def test_an_endless_chunked_upload_is_cut_off(appliance: Appliance) -> None:
+    url = urllib.parse.urlsplit(appliance.admin_url)
+    connection = http.client.HTTPSConnection(url.hostname, url.port, context=insecure_tls())
+
+    def endless() -> object:
+        for _ in range(2_000):  # 2 GB if nothing stopped it
+            yield b"x" * 1_000_000
+
+    try:
+        connection.request("POST", "/api/v1/certificates", body=endless(),
+                           headers={"Authorization": "Basic YWRtaW46YWRtaW4=",
+                                    "Content-Type": "application/octet-stream"},
+                           encode_chunked=True)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server closed while we were still sending
+    response = connection.getresponse()
+    assert response.status == 413
+    assert response.read() == b"The request body is larger than 10065536 bytes.\n"
+    assert "Refused a request body over 10065536 bytes from 127.0.0.1" in (
+        appliance.logs[-1].read_text())
 
 
 def test_second_start_reuses_data(appliance: Appliance) -> None:

@@ -27,7 +27,8 @@ def api(tmp_path: Path) -> Iterator[AdminHarness]:
     harness = AdminHarness(tmp_path)
     harness.clock.advance(START.timestamp() + 86400 - harness.clock.seconds())
     response = harness.request("POST", "/api/v1/admin/password", auth=("admin", "admin"),
-                               data=json.dumps({"password": GOOD_PASSWORD}).encode())
+                               data=json.dumps({"password": GOOD_PASSWORD}).encode(),
+                               headers={"Content-Type": "application/json"})
     assert response.code == 200
     yield harness
     harness.close()
@@ -43,6 +44,8 @@ def pki() -> dict:
 def call(api: AdminHarness, method: str, path: str, body: Any = None,
          raw: bytes | None = None, **kw: Any) -> Any:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    media = "application/octet-stream" if raw is not None else "application/json"
+    kw["headers"] = {"Content-Type": media, **kw.get("headers", {})}
     return api.request(method, "/api/v1" + path, auth=AUTH, data=data, **kw)
 
 
@@ -88,6 +91,10 @@ def test_import_errors(api: AdminHarness, pki: dict) -> None:
     bad_store = call(api, "POST", "/certificates?store=elsewhere", raw=b"x")
     assert bad_store.json()["errors"] == {"store": "'elsewhere' is not a store"}
     assert call(api, "POST", "/certificates", raw=b"x" * 10_000_001).code == 400
+    form = call(api, "POST", "/certificates", raw=pki["root"].pem(),
+                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (form.code, form.json()["error"]) == (415, "Send the file as the request body with "
+                                                 "a Content-Type such as application/octet-stream.")
 
 
 def test_ctl(api: AdminHarness, pki: dict) -> None:

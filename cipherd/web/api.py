@@ -50,9 +50,39 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 class _BadRequest(Exception):
-    def __init__(self, message: str, errors: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, errors: dict[str, str] | None = None,
+                 status: int = 400) -> None:
         super().__init__(message)
         self.errors = errors
+        self.status = status
+
+
+# What a cross-site HTML form or a "simple" fetch can send without a CORS
+# preflight; a browser holding cached Basic credentials would attach them.
+_FORM_CONTENT_TYPES = {"", "application/x-www-form-urlencoded", "multipart/form-data",
+                       "text/plain"}
+
+
+def _media_type(request: IRequest) -> str:
+    header = request.getHeader(b"content-type") or b""
+    return header.split(b";", 1)[0].strip().lower().decode("latin-1")
+
+
+def _cross_site(request: IRequest) -> str | None:
+    """
+    Why a request looks sent by another site's page, or C{None}.
+
+    Browsers resend cached HTTP Basic credentials, so the API refuses what
+    a browser marks as coming from elsewhere.
+    """
+    fetch_site = request.getHeader(b"sec-fetch-site")
+    if fetch_site is not None and fetch_site.lower() not in (b"same-origin", b"none"):
+        return "The API does not answer requests made by another site's pages."
+    origin = request.getHeader(b"origin")
+    host = request.getHeader(b"host")
+    if origin is not None and (host is None or origin.lower() != b"https://" + host.lower()):
+        return "The API does not answer requests made by another site's pages."
+    return None
 
 
 def _credentials(request: IRequest) -> tuple[str, str] | None:
@@ -71,6 +101,9 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapper(self: AdminAPI, request: IRequest, *a: Any, **kw: Any) -> bytes:
+            refusal = _cross_site(request)
+            if refusal:
+                return json_response(request, 403, {"error": refusal})
             credentials = _credentials(request)
             if credentials is None:
                 return self._unauthorized(request, "Authentication required (HTTP Basic).")
@@ -91,7 +124,7 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
                 body: dict[str, Any] = {"error": str(e)}
                 if e.errors:
                     body["errors"] = e.errors
-                return json_response(request, 400, body)
+                return json_response(request, e.status, body)
 
         return wrapper
 
@@ -99,6 +132,11 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
 
 
 def _json_body(request: IRequest) -> Any:
+    # Requiring the JSON media type also keeps cross-site forms out: a form
+    # cannot send it, and a script that does must pass a CORS preflight.
+    if _media_type(request) != "application/json":
+        raise _BadRequest("Send the body as JSON, with Content-Type: application/json.",
+                          status=415)
     data = _raw_body(request, MAX_JSON_BODY)
     try:
         return json.loads(data)
@@ -271,6 +309,9 @@ class AdminAPI:
     @_authenticated()
     async def import_certificates(self, request: IRequest, admin: AdminRow) -> bytes:
         store = self._store_name(request)
+        if _media_type(request) in _FORM_CONTENT_TYPES:
+            raise _BadRequest("Send the file as the request body with a Content-Type such as "
+                              "application/octet-stream.", status=415)
         data = _raw_body(request, MAX_UPLOAD)
         skip = (arg(request, "skip_self_signed") or "true").lower() not in ("false", "0", "no")
         # The password may come as ?password= (contract) or, kept out of

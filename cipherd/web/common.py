@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from twisted.logger import Logger
 from twisted.web.http import combinedLogFormatter
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -21,6 +22,13 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; connect-src 'self'"
 )
+
+# The largest file the admin site takes (a certificate bundle), and the
+# largest request body it reads: that file and its multipart framing.
+MAX_UPLOAD = 10_000_000
+MAX_REQUEST_BODY = MAX_UPLOAD + 64 * 1024
+
+log = Logger(namespace="cipherd.web")
 
 SECURITY_HEADERS = {
     b"Content-Security-Policy": CONTENT_SECURITY_POLICY.encode(),
@@ -144,3 +152,55 @@ def access_log_formatter(timestamp: str, request: Any) -> str:
     certificate import's C{?password=}) replaced by C{***}.
     """
     return combinedLogFormatter(timestamp, _ScrubbedRequest(request))
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body may not exceed C{max_body} bytes.
+
+    Twisted buffers a whole body before the resource sees it, and a chunked
+    body announces no length: without this a client could fill the disk or
+    memory.  A declared length over the limit is refused before any of the
+    body is read; a chunked body as soon as it passes the limit.  The answer
+    is C{413} and the connection is closed (the rest of the body is never
+    read).
+    """
+
+    max_body = MAX_REQUEST_BODY
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length is not None and length > self.max_body:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.max_body:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        if self.content is not None:
+            self.content.close()
+        body = f"The request body is larger than {self.max_body} bytes.\n".encode()
+        log.warn("Refused a request body over {limit} bytes from {client}",
+                 limit=self.max_body, client=client_address(self))
+        transport = self.channel.transport
+        assert transport is not None
+        transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            + b"Content-Length: %d\r\n" % len(body)
+            + b"Connection: close\r\n\r\n" + body
+        )
+        self.channel.loseConnection()

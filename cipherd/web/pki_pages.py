@@ -21,10 +21,9 @@ from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.trust import CTLStatus, Purpose, usage_problem
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web.auth import AdminSession
-from cipherd.web.common import arg, redirect
+from cipherd.web.common import MAX_UPLOAD, arg, redirect
 from cipherd.web.pages import AdminPages, authenticated
 
-MAX_UPLOAD = 10_000_000
 PAGE_SIZE = 50
 
 _STORE_TITLES = {CERTIFICATES: "Intermediate and user certificates", ROOTS: "Trusted roots"}
