@@ -628,6 +628,9 @@ def validate_changes(
         elif scope.level not in prop.levels:
             allowed = ", ".join(level.value for level in Level if level in prop.levels)
             errors[name] = f"cannot be set at {scope.level.value} level (only: {allowed})"
+        elif value is None and prop.secret:
+            errors[name] = ("a secret cannot be emptied or inherited; set a new value "
+                            "instead")
         elif value is None:
             clean[name] = None
         else:

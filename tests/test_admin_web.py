@@ -185,6 +185,27 @@ def test_fields_not_on_the_form_are_left_alone(admin: AdminHarness) -> None:
     assert effective(admin, GLOBAL, "comment") == "hello"
 
 
+def test_secrets_are_never_shown_and_cannot_be_emptied(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    result_of(admin.settings.update(GLOBAL, {"server_secret": "s" * 20}))
+    page = admin.get("/settings/global/preferences?advanced=1")
+    assert "s" * 20 not in page.text
+    assert 'id="inherit.server_secret"' not in page.text
+    assert 'placeholder="hidden; type a new value to replace it"' in page.text
+    # Left blank, it stays; a forged inherit is refused; a new value is set.
+    admin.post_form("/settings/global/preferences?advanced=1",
+                    [("fields", "server_secret"), ("value.server_secret", "")])
+    assert effective(admin, GLOBAL, "server_secret") == "s" * 20
+    forged = admin.post_form("/settings/global/preferences?advanced=1",
+                             [("fields", "server_secret"), ("inherit.server_secret", "on")])
+    assert forged.code == 400
+    assert "a secret cannot be emptied or inherited; set a new value instead" in forged.text
+    assert effective(admin, GLOBAL, "server_secret") == "s" * 20
+    admin.post_form("/settings/global/preferences?advanced=1",
+                    [("fields", "server_secret"), ("value.server_secret", "t" * 24)])
+    assert effective(admin, GLOBAL, "server_secret") == "t" * 24
+
+
 def test_domains_and_users(admin: AdminHarness) -> None:
     admin.login_with_new_password()
     added = admin.post_form("/settings/domains", {"name": "*.Example.com"})

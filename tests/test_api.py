@@ -210,3 +210,15 @@ def test_what_a_browser_could_send_from_another_site_is_refused(api: AdminHarnes
                          "Sec-Fetch-Site": "same-origin", "Origin": "https://admin.test"})
     assert same.code == 200
     assert same.json()["properties"]["notification_sender"]["value"] == "evil@example.net"
+
+
+def test_secrets_are_write_only(api: AdminHarness) -> None:
+    change_default(api)
+    set_ = call(api, "PATCH", "/settings/global", body={"server_secret": "q" * 20})
+    assert set_.code == 200
+    assert "q" * 20 not in set_.text
+    entry = call(api, "GET", "/settings/global").json()["properties"]["server_secret"]
+    assert entry == {"value": None, "hidden": True, "level": "global", "inherited": False}
+    emptied = call(api, "PATCH", "/settings/global", body={"server_secret": None})
+    assert emptied.json()["errors"] == {
+        "server_secret": "a secret cannot be emptied or inherited; set a new value instead"}

@@ -268,7 +268,8 @@ class AdminSite(AdminPages):
                     "prop": prop,
                     "inherit": prop.name not in own if prop.name not in submitted
                     else submitted[prop.name] is None,
-                    "value": prop.type.to_form(effective.value)
+                    # A secret is never sent back to the browser.
+                    "value": "" if prop.secret else prop.type.to_form(effective.value)
                     if submitted.get(prop.name) is None else submitted[prop.name],
                     "checked": bool(effective.value),
                     "inherited_from": "factory default" if inherited.source is None
@@ -311,6 +312,8 @@ class AdminSite(AdminPages):
                 submitted[prop.name] = None
                 continue
             text = arg(request, f"value.{prop.name}") or ""
+            if prop.secret and not text:
+                continue  # left blank: the secret stays as it is
             submitted[prop.name] = text
             try:
                 changes[prop.name] = prop.type.from_form(text)

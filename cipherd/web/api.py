@@ -28,6 +28,7 @@ from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import (
     GLOBAL,
+    REGISTRY,
     InvalidValue,
     Level,
     Scope,
@@ -195,6 +196,10 @@ class AdminAPI:
         properties = {}
         for name, resolved in (await self.backend.settings.effective(scope)).items():
             entry: dict[str, Any] = {"value": resolved.value, "level": resolved.origin}
+            if REGISTRY[name].secret:
+                # Write-only: a PATCH sets a new one, nothing reads it back.
+                entry["value"] = None
+                entry["hidden"] = True
             if resolved.source is not None and resolved.source.level is not Level.GLOBAL:
                 entry["scope"] = resolved.source.key
             entry["inherited"] = resolved.source != scope
