@@ -279,6 +279,32 @@ def test_arbitrary_bytes_raise_only_pki_errors(data: bytes) -> None:
         _only_pki_errors(lambda message=message: smime.verify_message(message))
 
 
+HEADER_BYTES = st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+
+
+@PROPERTY_SETTINGS
+@given(encoding=HEADER_BYTES, parameter=HEADER_BYTES, boundary=HEADER_BYTES)
+def test_hostile_mime_headers_raise_only_pki_errors(encoding: bytes, parameter: bytes,
+                                                    boundary: bytes) -> None:
+    """
+    8-bit and malformed values in the headers S/MIME reads (transfer
+    encoding, smime-type, protocol, boundary) give a clear error, never a
+    crash.
+    """
+    k = keys()
+    body = b"\r\nContent-Transfer-Encoding: " + encoding + b"\r\n\r\nMIIB\r\n"
+    messages = [
+        OUTER + b"Content-Type: application/pkcs7-mime; smime-type=" + parameter + body,
+        OUTER + b"Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\";"
+        b" boundary=\"" + boundary + b"\"" + body,
+        OUTER + b"Content-Type: multipart/signed; protocol=" + parameter + b"; boundary=x"
+        + body,
+    ]
+    for message in messages:
+        _only_pki_errors(lambda message=message: smime.decrypt_message(message, [k.rsa]))
+        _only_pki_errors(lambda message=message: smime.verify_message(message))
+
+
 CORRUPTION_CONTENT = b"Content-Type: text/plain\r\n\r\nhello\r\n"
 
 

@@ -297,7 +297,8 @@ def _classify(headers: Message) -> SmimeInfo:
 def _decode_body(parts: Parts, headers: Message | None = None) -> bytes:
     if headers is None:
         headers = _mime_headers(parts)
-    encoding = (headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+    # compat32 gives a Header object, not a str, for a value with 8-bit bytes.
+    encoding = str(headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
     if encoding != "base64":
         return parts.body
     try:
