@@ -192,6 +192,36 @@ def test_keys_are_bound_to_their_certificate_and_kek() -> None:
         unseal_key(b"j" * 32, sealed, "aa")
 
 
+def test_a_key_sealed_under_another_kek_is_left_out_and_logged(pki: dict) -> None:
+    """
+    Two nodes share the database but not var/kek: each still uses the keys
+    it can open, and names the ones it cannot.
+    """
+    from twisted.logger import globalLogPublisher
+
+    database = migrated_store()
+    clock = Clock()
+    clock.advance(NOW.timestamp())
+    here = CertificateStore(database, clock, os.urandom(32), SynchronousRunner())
+    there = CertificateStore(database, clock, os.urandom(32), SynchronousRunner())
+    result_of(here.import_data(pki["alice"].pkcs12(b"pw", [pki["ca"].cert]), password="pw"))
+    result_of(here.import_data(pki["root"].pem(), store=ROOTS))
+    result_of(there.import_data(pki["bob"].pkcs12(b"pw"), password="pw"))
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        usable = result_of(here.decryption_keys())
+        signer = result_of(here.signing_identity("bob@example.com"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [c for c, _ in usable] == [pki["alice"].cert]
+    assert signer is None
+    errors = [e for e in events if e.get("log_namespace") == "cipherd.pki"]
+    # Once for decryption, once for signing.
+    assert [e["thumbprint"] for e in errors] == [thumbprint(pki["bob"].cert)] * 2
+    assert "Every node sharing the database needs the same var/kek." in errors[0]["log_format"]
+
+
 def test_store_works_on_both_databases(database_url: str, pki: dict) -> None:
     store = make_store(database_url)
     result_of(store.import_data(pki["alice"].pkcs12(b"pw", [pki["ca"].cert]), password="pw"))

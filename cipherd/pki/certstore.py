@@ -16,16 +16,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from cipherd.datadir import utc_from_seconds
 from cipherd.pki import certs
 from cipherd.pki.cms import PrivateKey
-from cipherd.pki.keywrap import seal_key, unseal_key
+from cipherd.pki.keywrap import KeyUnsealError, seal_key, unseal_key
 from cipherd.pki.trust import CTLStatus, Purpose, TrustContext, Verdict, check
 from cipherd.store import Store
 from cipherd.store import certificates as q
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.threads import IBlockingRunner
+
+log = Logger(namespace="cipherd.pki")
 
 
 @dataclass
@@ -253,8 +256,9 @@ class CertificateStore:
             cert = _load(row)
             verdict = check(cert, Purpose.SIGNING, now, context)
             if verdict.valid and row.sealed_key is not None:
-                key = unseal_key(self._kek, row.sealed_key, row.thumbprint)
-                return cert, key, verdict.chain[1:]
+                key = self._unseal(row)
+                if key is not None:
+                    return cert, key, verdict.chain[1:]
         return None
 
     async def decryption_keys(self) -> list[tuple[x509.Certificate, PrivateKey]]:
@@ -263,8 +267,23 @@ class CertificateStore:
         an encrypted message (validity does not matter for decryption).
         """
         rows = await self._store.run(q.certificates_with_keys)
-        return [(_load(r), unseal_key(self._kek, r.sealed_key, r.thumbprint))
-                for r in rows if r.sealed_key is not None]
+        keys = [(_load(r), self._unseal(r)) for r in rows]
+        return [(cert, key) for cert, key in keys if key is not None]
+
+    def _unseal(self, row: q.CertificateRow) -> PrivateKey | None:
+        """
+        The private key of C{row}, or C{None} (logged) when this node cannot
+        open it: the other keys still work.
+        """
+        if row.sealed_key is None:
+            return None
+        try:
+            return unseal_key(self._kek, row.sealed_key, row.thumbprint)
+        except KeyUnsealError as e:
+            log.error("The private key of certificate {thumbprint} is unusable here: {why} "
+                      "Every node sharing the database needs the same var/kek.",
+                      thumbprint=row.thumbprint, why=e)
+            return None
 
     # Listing -----------------------------------------------------------------
 
