@@ -60,8 +60,15 @@ def _name(common_name: str, email: str | None = None) -> x509.Name:
     return x509.Name(attributes)
 
 
+CA_USAGE = dict(digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False)
+
+
 def make_ca(common_name: str = "Test CA", issuer: Identity | None = None,
-            not_before: datetime = START, not_after: datetime = END) -> Identity:
+            not_before: datetime = START, not_after: datetime = END, *,
+            path_length: int | None = None, key_usage: dict[str, bool] | None = None,
+            extra: list[tuple[x509.ExtensionType, bool]] = ()) -> Identity:
     key = rsa_key()
     subject = _name(common_name)
     builder = (
@@ -72,10 +79,14 @@ def make_ca(common_name: str = "Test CA", issuer: Identity | None = None,
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                        critical=False)
     )
+    if key_usage is not None:
+        builder = builder.add_extension(x509.KeyUsage(**key_usage), critical=True)
+    for extension, critical in extra:
+        builder = builder.add_extension(extension, critical=critical)
     cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
     return Identity(cert, key)
 

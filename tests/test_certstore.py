@@ -151,6 +151,45 @@ def test_selection_needs_trust(store: CertificateStore, pki: dict) -> None:
     assert result_of(store.encryption_certificates("alice@example.com")) == []
 
 
+def test_a_crl_is_taken_only_from_its_trusted_issuer(store: CertificateStore,
+                                                      pki: dict) -> None:
+    """
+    A forged CRL (same issuer name, another key) must not replace the real
+    one and so lift a revocation.
+    """
+    from tests.pki_factory import CA_USAGE
+
+    der = serialization.Encoding.DER
+    orphan = make_crl(pki["ca"], [])
+    refused = result_of(store.import_data(orphan.public_bytes(der))).crls
+    assert refused == [("CN=Test Intermediate", "refused: there is no certificate of its issuer "
+                        "CN=Test Intermediate to check its signature; import the CA "
+                        "certificate first")]
+    result_of(store.import_data(pki["root"].pem(), store=ROOTS))
+    result_of(store.import_data(pki["ca"].pem() + pki["alice"].pem()))
+    real = make_crl(pki["ca"], [(pki["alice"].cert, START)])
+    assert result_of(store.import_data(real.public_bytes(der))).crls == [
+        ("CN=Test Intermediate", "added")]
+
+    impostor = make_ca("Test Intermediate")  # same name, its own key
+    forged = make_crl(impostor, [], this_update=START + timedelta(days=1))
+    # Even with the impostor's certificate in the same file.
+    bundle = pkcs7_bundle([impostor.cert], serialization.Encoding.PEM) + forged.public_bytes(
+        serialization.Encoding.PEM)
+    assert result_of(store.import_data(bundle, skip_self_signed=False)).crls == [
+        ("CN=Test Intermediate", "refused: its issuer is not trusted: The certificate is not "
+         "trusted: there is no path to a trusted root (no certificate of the issuer "
+         "CN=Test Intermediate).")]
+    assert result_of(store.encryption_certificates("alice@example.com")) == []
+
+    no_crl_sign = make_ca("No CRL Sign", issuer=pki["root"],
+                          key_usage={**CA_USAGE, "crl_sign": False})
+    result_of(store.import_data(no_crl_sign.pem()))
+    assert result_of(store.import_data(make_crl(no_crl_sign, []).public_bytes(der))).crls == [
+        ("CN=No CRL Sign", "refused: the key usage of its issuer's certificate does not allow "
+         "signing CRLs (cRLSign)")]
+
+
 def test_ctl_and_listing(store: CertificateStore, pki: dict) -> None:
     result_of(store.import_data(pki["self"].pem(), skip_self_signed=False))
     print_ = thumbprint(pki["self"].cert)

@@ -22,7 +22,7 @@ from cipherd.datadir import utc_from_seconds
 from cipherd.pki import certs
 from cipherd.pki.cms import PrivateKey
 from cipherd.pki.keywrap import KeyUnsealError, seal_key, unseal_key
-from cipherd.pki.trust import CTLStatus, Purpose, TrustContext, Verdict, check
+from cipherd.pki.trust import CTLStatus, Purpose, TrustContext, Verdict, check, crl_problem
 from cipherd.store import Store
 from cipherd.store import certificates as q
 from cipherd.store.certificates import CERTIFICATES, ROOTS
@@ -134,7 +134,15 @@ class CertificateStore:
             key = bundle.keys.get(new.thumbprint)
             sealed = seal_key(self._kek, key, new.thumbprint) if key is not None else None
             entries.append((new, sealed))
-        crl_rows = [_crl_row(crl) for crl in bundle.crls]
+        crl_rows = []
+        if bundle.crls:
+            context = await self.trust_context(bundle.certificates)
+            for crl in bundle.crls:
+                problem = crl_problem(crl, self.now(), context)
+                if problem:
+                    result.crls.append((certs.describe_name(crl.issuer), f"refused: {problem}"))
+                else:
+                    crl_rows.append(_crl_row(crl))
         now = self._clock.seconds()
 
         def write(conn: Connection) -> None:

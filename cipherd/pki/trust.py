@@ -180,3 +180,43 @@ def check(
         current = issuer
     return Verdict(True, f"The certificate chains to the trusted root "
                          f"{describe_name(chain[-1].subject)}.", chain)
+
+
+def crl_problem(
+    crl: x509.CertificateRevocationList, now: datetime, context: TrustContext
+) -> str | None:
+    """
+    Why C{crl} cannot be relied on, or C{None}: it must be signed by a
+    certificate of its issuer that is itself trusted (a root, or a CA that
+    chains to one) and allowed to sign CRLs.  A forged CRL must not replace
+    the real one and so lift a revocation.
+    """
+    candidates = [c for c in (*context.roots, *context.intermediates)
+                  if c.subject == crl.issuer]
+    if not candidates:
+        return (f"there is no certificate of its issuer {describe_name(crl.issuer)} to check "
+                "its signature; import the CA certificate first")
+    problems = []
+    for candidate in candidates:
+        try:
+            signed = crl.is_signature_valid(candidate.public_key())  # type: ignore[arg-type]
+        except (TypeError, UnsupportedAlgorithm):
+            signed = False
+        if not signed:
+            problems.append("its signature does not verify with the certificate of its issuer")
+            continue
+        try:
+            usage = candidate.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is not None and not usage.crl_sign:
+            problems.append("the key usage of its issuer's certificate does not allow "
+                            "signing CRLs (cRLSign)")
+            continue
+        verdict = check(candidate, Purpose.ANY, now, context)
+        if not verdict.valid:
+            problems.append(f"its issuer is not trusted: {verdict.reason}")
+            continue
+        return None
+    # The reason of the candidate that came closest.
+    return problems[-1]
