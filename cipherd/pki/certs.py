@@ -7,6 +7,7 @@ of the guide (figures 10 and 15).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import warnings
@@ -18,7 +19,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -62,17 +63,70 @@ def email_addresses(cert: x509.Certificate) -> list[str]:
     return result
 
 
-def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+@functools.lru_cache(maxsize=4096)
+def name_key(name: x509.Name) -> tuple[frozenset[tuple[str, Any]], ...]:
     """
-    C{cert} names C{issuer} as its issuer and C{issuer}'s key signed it.
+    A key under which names that RFC 5280 §7.1 holds equal are equal: string
+    values compared without regard to case, string type or runs of white
+    space (RFC 4518, simplified to the cases real CAs produce).
     """
-    if cert.issuer != issuer.subject:
-        return False
+    return tuple(
+        frozenset((attribute.oid.dotted_string,
+                   " ".join(attribute.value.split()).casefold()
+                   if isinstance(attribute.value, str) else attribute.value)
+                  for attribute in rdn)
+        for rdn in name.rdns
+    )
+
+
+def same_name(a: x509.Name, b: x509.Name) -> bool:
+    return a == b or name_key(a) == name_key(b)
+
+
+def _signature_verifies(cert: x509.Certificate, key: Any) -> bool:
+    """
+    C{cert}'s signature verifies with public key C{key}, whatever the names.
+    """
     try:
-        cert.verify_directly_issued_by(issuer)
+        parameters = cert.signature_algorithm_parameters
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, parameters,  # type: ignore[arg-type]
+                       cert.signature_hash_algorithm)  # type: ignore[arg-type]
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, parameters)  # type: ignore[arg-type]
+        elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+            key.verify(cert.signature, cert.tbs_certificate_bytes)
+        elif isinstance(key, dsa.DSAPublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes,
+                       cert.signature_hash_algorithm)  # type: ignore[arg-type]
+        else:
+            return False
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """
+    C{cert} names C{issuer} as its issuer (RFC 5280 name matching) and
+    C{issuer}'s key signed it.
+    """
+    if not same_name(cert.issuer, issuer.subject):
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (InvalidSignature, TypeError, UnsupportedAlgorithm):
+        return False
+    except ValueError:
+        # cryptography compares the names byte for byte: equal names in
+        # another string type or case land here.
+        pass
+    try:
+        key = issuer.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return _signature_verifies(cert, key)
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:

@@ -89,6 +89,18 @@ def _crl_row(crl: x509.CertificateRevocationList) -> q.CRLRow:
     )
 
 
+def _signer_key_ids(crls: Iterable[x509.CertificateRevocationList]) -> set[str]:
+    found = set()
+    for crl in crls:
+        try:
+            aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        except (x509.ExtensionNotFound, ValueError):
+            continue
+        if aki.key_identifier:
+            found.add(aki.key_identifier.hex())
+    return found
+
+
 def _load(row: q.CertificateRow) -> x509.Certificate:
     return x509.load_der_x509_certificate(row.der)
 
@@ -136,7 +148,7 @@ class CertificateStore:
             entries.append((new, sealed))
         crl_rows = []
         if bundle.crls:
-            context = await self.trust_context(bundle.certificates)
+            context = await self.trust_context(bundle.certificates, bundle.crls)
             for crl in bundle.crls:
                 problem = crl_problem(crl, self.now(), context)
                 if problem:
@@ -208,24 +220,36 @@ class CertificateStore:
 
     # Trust -------------------------------------------------------------------
 
-    async def trust_context(self, extra: Iterable[x509.Certificate] = ()) -> TrustContext:
+    async def trust_context(
+        self, extra: Iterable[x509.Certificate] = (),
+        extra_crls: Iterable[x509.CertificateRevocationList] = (),
+    ) -> TrustContext:
         """
         Roots, CA certificates, the CTL and CRLs as they are now, plus
         C{extra} certificates (e.g. embedded in a message) for path building.
+        The certificates that signed the CRLs (and C{extra_crls}) come too,
+        found by the key identifier each CRL names: a CA may sign its CRLs
+        with a key of their own.
         """
+        more_crls = list(extra_crls)
 
-        def read(conn: Connection) -> tuple[list[q.CertificateRow], list[q.CertificateRow],
-                                            dict[str, str], list[q.CRLRow]]:
+        def read(conn: Connection) -> tuple[
+                list[q.CertificateRow], list[q.CertificateRow], dict[str, str],
+                list[x509.CertificateRevocationList], list[q.CertificateRow]]:
+            crls = [x509.load_der_x509_crl(c.der) for c in q.list_crls(conn)]
+            signers = q.find_by_subject_key_ids(conn, _signer_key_ids([*crls, *more_crls]))
             return (q.list_certificates(conn, ROOTS),
                     q.list_certificates(conn, CERTIFICATES, ca_only=True),
-                    q.list_ctl(conn), q.list_crls(conn))
+                    q.list_ctl(conn), crls, signers)
 
-        roots, cas, ctl, crls = await self._store.run(read)
+        roots, cas, ctl, crls, signers = await self._store.run(read)
+        loaded = {r.thumbprint for r in (*roots, *cas)}
         return TrustContext(
             roots=[_load(r) for r in roots],
-            intermediates=[*(_load(r) for r in cas), *extra],
+            intermediates=[*(_load(r) for r in cas), *extra,
+                           *(_load(r) for r in signers if r.thumbprint not in loaded)],
             ctl={t: CTLStatus(s) for t, s in ctl.items()},
-            crls=[x509.load_der_x509_crl(c.der) for c in crls],
+            crls=crls,
         )
 
     async def check(

@@ -14,15 +14,25 @@ Pure functions over a L{TrustContext}: no database, no clock of their own.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
-from cipherd.pki.certs import describe_name, is_ca, issued_by, thumbprint
+from cipherd.pki.certs import (
+    describe_name,
+    email_addresses,
+    is_ca,
+    issued_by,
+    name_key,
+    same_name,
+    thumbprint,
+)
 
 MAX_CHAIN = 10
 
@@ -71,6 +81,34 @@ class TrustContext:
     def with_certificates(self, extra: Iterable[x509.Certificate]) -> TrustContext:
         return TrustContext(self.roots, [*self.intermediates, *extra], self.ctl, self.crls)
 
+    def named(self, name: x509.Name) -> list[x509.Certificate]:
+        """
+        The roots and intermediates whose subject is C{name} (RFC 5280 name
+        matching), roots first.
+        """
+        return self._by_subject.get(name_key(name), [])
+
+    def crls_of(self, name: x509.Name) -> list[x509.CertificateRevocationList]:
+        return self._crls_by_issuer.get(name_key(name), [])
+
+    @functools.cached_property
+    def root_prints(self) -> frozenset[str]:
+        return frozenset(thumbprint(r) for r in self.roots)
+
+    @functools.cached_property
+    def _by_subject(self) -> dict[Any, list[x509.Certificate]]:
+        index: dict[Any, list[x509.Certificate]] = {}
+        for cert in (*self.roots, *self.intermediates):
+            index.setdefault(name_key(cert.subject), []).append(cert)
+        return index
+
+    @functools.cached_property
+    def _crls_by_issuer(self) -> dict[Any, list[x509.CertificateRevocationList]]:
+        index: dict[Any, list[x509.CertificateRevocationList]] = {}
+        for crl in self.crls:
+            index.setdefault(name_key(crl.issuer), []).append(crl)
+        return index
+
 
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -82,6 +120,150 @@ def _validity_problem(cert: x509.Certificate, now: datetime, what: str) -> str |
         return f"{what} is not valid before {_when(cert.not_valid_before_utc)}."
     if now > cert.not_valid_after_utc:
         return f"{what} expired on {_when(cert.not_valid_after_utc)}."
+    return None
+
+
+# Extensions whose meaning trust decisions take into account (policies are
+# accepted whatever they say, as openssl does without -policy).  A critical
+# extension outside this set makes a certificate unusable (RFC 5280 §4.2).
+_UNDERSTOOD = {
+    ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.ISSUER_ALTERNATIVE_NAME,
+    ExtensionOID.NAME_CONSTRAINTS, ExtensionOID.CERTIFICATE_POLICIES,
+    ExtensionOID.POLICY_CONSTRAINTS, ExtensionOID.INHIBIT_ANY_POLICY,
+    ExtensionOID.POLICY_MAPPINGS, ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+}
+
+
+def _extension_problem(cert: x509.Certificate, what: str) -> str | None:
+    try:
+        extensions = cert.extensions
+    except ValueError as e:
+        return f"{what} has a malformed extension ({e})."
+    for extension in extensions:
+        if extension.critical and extension.oid not in _UNDERSTOOD:
+            return (f"{what} has a critical extension cipherd does not understand "
+                    f"({extension.oid.dotted_string}).")
+    return None
+
+
+def _issuer_problem(issuer: x509.Certificate, chain: list[x509.Certificate],
+                    name: str) -> str | None:
+    """
+    Why C{issuer} may not have issued the last certificate of C{chain}
+    (which runs from the end entity up): key usage, path length and name
+    constraints (RFC 5280 §4.2.1.3, §4.2.1.9, §4.2.1.10).
+    """
+    problem = _extension_problem(issuer, name)
+    if problem:
+        return problem
+    extensions = issuer.extensions
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.key_cert_sign:
+            return f"{name} may not sign certificates (its key usage lacks keyCertSign)."
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        limit = extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        limit = None
+    # Self-issued CA certificates (key rollover) do not count.
+    below = sum(1 for c in chain[1:] if not same_name(c.subject, c.issuer))
+    if limit is not None and below > limit:
+        return (f"{name} allows at most {limit} CA certificate(s) below it; the chain has "
+                f"{below}.")
+    try:
+        constraints = extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    for cert in chain:
+        if cert is not chain[0] and same_name(cert.subject, cert.issuer):
+            continue
+        problem = _name_constraints_problem(cert, constraints)
+        if problem:
+            return f"{name} does not allow {problem}."
+    return None
+
+
+def _email_within(address: str, base: str) -> bool:
+    base = base.lower()
+    domain = address.rpartition("@")[2]
+    if "@" in base:
+        return address == base
+    if base.startswith("."):
+        return domain.endswith(base)
+    return domain == base
+
+
+def _name_within(name: x509.Name, base: x509.Name) -> bool:
+    prefix = name_key(base)
+    return name_key(name)[:len(prefix)] == prefix
+
+
+def _host_within(host: str, base: str, *, subdomains: bool) -> bool:
+    """
+    RFC 5280 §4.2.1.10: a leading dot means any host below; without it a
+    DNS constraint also covers the hosts below (C{subdomains}) while a URI
+    constraint names one host.
+    """
+    host, base = host.lower().rstrip("."), base.lower().rstrip(".")
+    if base.startswith("."):
+        return host.endswith(base)
+    return not base or host == base or (subdomains and host.endswith("." + base))
+
+
+def _uri_host(uri: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(uri).hostname or ""
+    except ValueError:
+        return ""
+
+
+def _name_constraints_problem(cert: x509.Certificate,
+                              constraints: x509.NameConstraints) -> str | None:
+    permitted = constraints.permitted_subtrees or []
+    excluded = constraints.excluded_subtrees or []
+    for address in email_addresses(cert):
+        allowed = [t.value for t in permitted if isinstance(t, x509.RFC822Name)]
+        if allowed and not any(_email_within(address, base) for base in allowed):
+            return f"the address {address}"
+        if any(_email_within(address, t.value) for t in excluded
+               if isinstance(t, x509.RFC822Name)):
+            return f"the address {address}"
+    try:
+        san = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        san = []
+    names = [cert.subject] if cert.subject.rdns else []
+    names += [n.value for n in san if isinstance(n, x509.DirectoryName)]
+    allowed_names = [t.value for t in permitted if isinstance(t, x509.DirectoryName)]
+    for name in names:
+        if allowed_names and not any(_name_within(name, b) for b in allowed_names):
+            return f"the name {describe_name(name)}"
+        if any(_name_within(name, t.value) for t in excluded
+               if isinstance(t, x509.DirectoryName)):
+            return f"the name {describe_name(name)}"
+    hosts = {x509.DNSName: lambda v: v, x509.UniformResourceIdentifier: _uri_host}
+    for general_name in san:
+        kind = type(general_name)
+        if kind in hosts:
+            host = hosts[kind](general_name.value)
+            allowed = [t.value for t in permitted if type(t) is kind]
+            below = kind is x509.DNSName
+            if allowed and not any(_host_within(host, b, subdomains=below) for b in allowed):
+                return f"the name {general_name.value}"
+            if any(_host_within(host, t.value, subdomains=below) for t in excluded
+                   if type(t) is kind):
+                return f"the name {general_name.value}"
+        elif kind not in (x509.RFC822Name, x509.DirectoryName) and any(
+                type(t) is kind for t in (*permitted, *excluded)):
+            # Other constrained forms (IP addresses, ...): cipherd cannot
+            # check them, so it refuses (RFC 5280 §4.2.1.10).
+            return f"names of the form {kind.__name__}, which cipherd cannot check"
     return None
 
 
@@ -114,18 +296,33 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
 def _revocation_problem(
     cert: x509.Certificate, issuer: x509.Certificate, context: TrustContext, what: str
 ) -> str | None:
-    for crl in context.crls:
-        if crl.issuer != issuer.subject:
+    # The CRL may be signed by another key of the same CA (key rollover,
+    # RFC 5280 §6.3.3); only CRLs a trusted issuer signed are imported.
+    keys = [issuer, *context.named(issuer.subject)]
+    for crl in context.crls_of(issuer.subject):
+        if not any(_crl_signed_by(crl, c) for c in keys):
             continue
-        try:
-            if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-                continue
-        except (TypeError, UnsupportedAlgorithm):
-            continue
-        revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        revoked = _revoked_entry(crl, cert.serial_number)
         if revoked is not None:
             return f"{what} was revoked on {_when(revoked.revocation_date_utc)}."
     return None
+
+
+def _revoked_entry(crl: x509.CertificateRevocationList,
+                   serial: int) -> x509.RevokedCertificate | None:
+    try:
+        return crl.get_revoked_certificate_by_serial_number(serial)
+    except ValueError:
+        # A negative serial number (RFC 5280 forbids it, CAs have issued
+        # them): cryptography's look-up refuses it, so search.
+        return next((r for r in crl if r.serial_number == serial), None)
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(cert.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
 
 
 def check(
@@ -137,25 +334,46 @@ def check(
     status = context.ctl.get(thumbprint(cert))
     if status is CTLStatus.BLACKLISTED:
         return Verdict(False, "The certificate is blacklisted in the certificate trust list.")
-    problem = _validity_problem(cert, now, "The certificate") or usage_problem(cert, purpose)
+    problem = (_extension_problem(cert, "The certificate")
+               or _validity_problem(cert, now, "The certificate")
+               or usage_problem(cert, purpose))
     if problem:
         return Verdict(False, problem)
     if status is CTLStatus.WHITELISTED:
         return Verdict(True, "The certificate is whitelisted in the certificate trust list.",
                        [cert])
 
-    root_prints = {thumbprint(r) for r in context.roots}
+    root_prints = context.root_prints
     chain = [cert]
     current = cert
     while thumbprint(current) not in root_prints:
         if len(chain) > MAX_CHAIN:
             return Verdict(False, "The certificate chain is too long.", chain)
-        issuers = [c for c in (*context.roots, *context.intermediates)
-                   if c is not current and issued_by(current, c)]
+        current_print = thumbprint(current)
+        named = [c for c in context.named(current.issuer) if thumbprint(c) != current_print]
+        issuers = [c for c in named if issued_by(current, c)]
         # Prefer a root, then a valid CA, so an expired duplicate loses.
         issuers.sort(key=lambda c: (thumbprint(c) not in root_prints,
                                     _validity_problem(c, now, "") is not None))
         if not issuers:
+            subject = ("the certificate" if current is cert
+                       else f"the CA certificate {describe_name(current.subject)}")
+            if same_name(current.subject, current.issuer) and not named:
+                return Verdict(
+                    False,
+                    "The certificate is not trusted: there is no path to a trusted root (its "
+                    f"chain ends at {describe_name(current.subject)}, which is not a trusted "
+                    "root).",
+                    chain,
+                )
+            if named:
+                # A certificate of that name exists, but its key did not sign.
+                return Verdict(
+                    False,
+                    f"The certificate is not trusted: the signature on {subject} does not "
+                    f"verify with the certificate of its issuer {describe_name(current.issuer)}.",
+                    chain,
+                )
             return Verdict(
                 False,
                 "The certificate is not trusted: there is no path to a trusted root "
@@ -169,7 +387,8 @@ def check(
                                   "list.", chain)
         if thumbprint(issuer) not in root_prints and not is_ca(issuer):
             return Verdict(False, f"{issuer_name} is not a CA certificate.", chain)
-        problem = (_validity_problem(issuer, now, issuer_name)
+        problem = (_issuer_problem(issuer, chain, issuer_name)
+                   or _validity_problem(issuer, now, issuer_name)
                    or _revocation_problem(current, issuer, context,
                                           "The certificate" if current is cert
                                           else f"The CA certificate "
@@ -191,18 +410,28 @@ def crl_problem(
     chains to one) and allowed to sign CRLs.  A forged CRL must not replace
     the real one and so lift a revocation.
     """
-    candidates = [c for c in (*context.roots, *context.intermediates)
-                  if c.subject == crl.issuer]
+    try:
+        extensions = crl.extensions
+    except ValueError as e:
+        return f"it has a malformed extension ({e})"
+    for extension in extensions:
+        # The store keeps one complete CRL per issuer: a delta or a
+        # partitioned CRL would replace it and lose revocations.
+        if isinstance(extension.value, x509.DeltaCRLIndicator):
+            return "it is a delta CRL; import the issuer's complete CRL"
+        if isinstance(extension.value, x509.IssuingDistributionPoint):
+            return ("it covers only part of its issuer's certificates (issuing distribution "
+                    "point); import the issuer's complete CRL")
+        if extension.critical:
+            return (f"it has a critical extension cipherd does not understand "
+                    f"({extension.oid.dotted_string})")
+    candidates = context.named(crl.issuer)
     if not candidates:
         return (f"there is no certificate of its issuer {describe_name(crl.issuer)} to check "
                 "its signature; import the CA certificate first")
     problems = []
     for candidate in candidates:
-        try:
-            signed = crl.is_signature_valid(candidate.public_key())  # type: ignore[arg-type]
-        except (TypeError, UnsupportedAlgorithm):
-            signed = False
-        if not signed:
+        if not _crl_signed_by(crl, candidate):
             problems.append("its signature does not verify with the certificate of its issuer")
             continue
         try:

@@ -4,11 +4,11 @@ Queries for the certificate store, CRLs and the certificate trust list.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from cipherd.store.schema import certificate_emails, certificates, crls, ctl
 
@@ -57,16 +57,29 @@ class NewCertificate:
     emails: Sequence[str]
 
 
-def _row(conn: Connection, row: Row[Any]) -> CertificateRow:
-    emails = tuple(conn.execute(
-        select(certificate_emails.c.email)
-        .where(certificate_emails.c.thumbprint == row.thumbprint)
-        .order_by(certificate_emails.c.email)
-    ).scalars())
-    return CertificateRow(
-        row.store, row.thumbprint, row.der, row.subject, row.issuer, row.serial,
-        row.not_before, row.not_after, row.is_ca, row.self_signed, row.private_key, emails,
-    )
+def _rows(conn: Connection, query: Any) -> list[CertificateRow]:
+    """
+    The certificates C{query} selects, with their addresses (one more
+    query for all of them, not one each).
+    """
+    rows = list(conn.execute(query))
+    emails: dict[str, list[str]] = {}
+    prints = sorted({row.thumbprint for row in rows})
+    for start in range(0, len(prints), 500):
+        for thumbprint, email in conn.execute(
+            select(certificate_emails.c.thumbprint, certificate_emails.c.email)
+            .where(certificate_emails.c.thumbprint.in_(prints[start:start + 500]))
+            .order_by(certificate_emails.c.email)
+        ):
+            emails.setdefault(thumbprint, []).append(email)
+    return [
+        CertificateRow(
+            row.store, row.thumbprint, row.der, row.subject, row.issuer, row.serial,
+            row.not_before, row.not_after, row.is_ca, row.self_signed, row.private_key,
+            tuple(emails.get(row.thumbprint, ())),
+        )
+        for row in rows
+    ]
 
 
 def put_certificate(
@@ -100,9 +113,9 @@ def put_certificate(
 
 
 def get_certificate(conn: Connection, store: str, thumbprint: str) -> CertificateRow | None:
-    row = conn.execute(select(certificates).where(
-        (certificates.c.store == store) & (certificates.c.thumbprint == thumbprint))).first()
-    return None if row is None else _row(conn, row)
+    rows = _rows(conn, select(certificates).where(
+        (certificates.c.store == store) & (certificates.c.thumbprint == thumbprint)))
+    return rows[0] if rows else None
 
 
 def list_certificates(
@@ -115,7 +128,7 @@ def list_certificates(
     query = query.order_by(certificates.c.subject, certificates.c.thumbprint).offset(offset)
     if limit is not None:
         query = query.limit(limit)
-    return [_row(conn, row) for row in conn.execute(query)]
+    return _rows(conn, query)
 
 
 def count_certificates(conn: Connection, store: str) -> int:
@@ -131,22 +144,34 @@ def find_by_email(conn: Connection, email: str, store: str = CERTIFICATES) -> li
         .where((certificate_emails.c.email == email.lower()) & (certificates.c.store == store))
         .order_by(certificates.c.not_after.desc())
     )
-    return [_row(conn, row) for row in conn.execute(query)]
+    return _rows(conn, query)
 
 
 def find_by_issuer_serial(conn: Connection, issuer_serial: str) -> list[CertificateRow]:
     query = select(certificates).where(certificates.c.issuer_serial == issuer_serial)
-    return [_row(conn, row) for row in conn.execute(query)]
+    return _rows(conn, query)
 
 
 def find_by_subject_key_id(conn: Connection, ski: str) -> list[CertificateRow]:
     query = select(certificates).where(certificates.c.subject_key_id == ski.lower())
-    return [_row(conn, row) for row in conn.execute(query)]
+    return _rows(conn, query)
+
+
+def find_by_subject_key_ids(conn: Connection, skis: Iterable[str]) -> list[CertificateRow]:
+    """
+    Certificates of any store with one of these subject key identifiers
+    (e.g. the keys CRLs name as their signers).
+    """
+    wanted = sorted({ski.lower() for ski in skis})
+    if not wanted:
+        return []
+    query = select(certificates).where(certificates.c.subject_key_id.in_(wanted))
+    return _rows(conn, query)
 
 
 def certificates_with_keys(conn: Connection) -> list[CertificateRow]:
     query = select(certificates).where(certificates.c.private_key.is_not(None))
-    return [_row(conn, row) for row in conn.execute(query)]
+    return _rows(conn, query)
 
 
 def delete_certificate(conn: Connection, store: str, thumbprint: str) -> bool:
