@@ -1032,3 +1032,91 @@ def test_ecdh_recipient_raises_unsupported_algorithm() -> None:
     raw = corpus_file(NSS_INTEROP / "fran-ec_ossl-aes128-sha256.env")
     with pytest.raises(UnsupportedAlgorithm):
         smime.decrypt_message(raw, [fran_ec])
+
+
+def _auth_enveloped(pki: TestPKI, content: bytes, *, tag_length: int = 16,
+                    attributes: bool = True, tamper_attributes: bool = False) -> bytes:
+    """
+    An AuthEnvelopedData made by hand (openssl writes no authAttrs): AES-GCM
+    over C{content} with authenticated attributes as additional data
+    (RFC 5083 §2.2) and a tag of C{tag_length} bytes.
+    """
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    cek, nonce = os.urandom(32), os.urandom(12)
+    auth_attrs = asn1_cms.CMSAttributes([asn1_cms.CMSAttribute({
+        "type": "content_type", "values": ["data"]})])
+    aad = auth_attrs.dump()  # SET OF: the DER the tag covers
+    encryptor = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
+    if attributes:
+        encryptor.authenticate_additional_data(aad)
+    ciphertext = encryptor.update(content) + encryptor.finalize()
+    tag = encryptor.tag[:tag_length]
+    if tamper_attributes:
+        auth_attrs = asn1_cms.CMSAttributes([asn1_cms.CMSAttribute({
+            "type": "content_type", "values": ["signed_data"]})])
+    recipient = asn1_cms.RecipientInfo("ktri", asn1_cms.KeyTransRecipientInfo({
+        "version": "v0",
+        "rid": asn1_cms.RecipientIdentifier("issuer_and_serial_number", {
+            "issuer": asn1_cms.Name.load(pki.alice.cert.issuer.public_bytes()),
+            "serial_number": pki.alice.cert.serial_number}),
+        "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
+        "encrypted_key": pki.alice.cert.public_key().encrypt(cek, padding.PKCS1v15()),
+    }))
+    envelope = {
+        "version": "v0",
+        "recipient_infos": [recipient],
+        "auth_encrypted_content_info": {
+            "content_type": "data",
+            "content_encryption_algorithm": {
+                "algorithm": "aes256_gcm",
+                "parameters": asn1_core.Any.load(cms.GCMParameters(
+                    {"aes_nonce": nonce, "aes_icv_len": tag_length}).dump())},
+            "encrypted_content": ciphertext,
+        },
+        "mac": tag,
+    }
+    if attributes:
+        envelope["auth_attrs"] = auth_attrs
+    return asn1_cms.ContentInfo({
+        "content_type": "authenticated_enveloped_data",
+        "content": asn1_cms.AuthEnvelopedData(envelope),
+    }).dump()
+
+
+@pytest.mark.parametrize("tag_length", [12, 16])
+def test_gcm_with_authenticated_attributes_and_short_tags(pki: TestPKI, tag_length: int) -> None:
+    data = _auth_enveloped(pki, CONTENT, tag_length=tag_length)
+    assert cms.decrypt(data, [pki.alice.pair]).content == CONTENT
+    # The attributes are covered by the tag: changing them is detected.
+    forged = _auth_enveloped(pki, CONTENT, tag_length=tag_length, tamper_attributes=True)
+    with pytest.raises(DecryptionFailed, match="changed"):
+        cms.decrypt(forged, [pki.alice.pair])
+    # A message without attributes has no additional data.
+    without = _auth_enveloped(pki, CONTENT, tag_length=tag_length, attributes=False)
+    assert cms.decrypt(without, [pki.alice.pair]).content == CONTENT
+
+
+def test_a_truncated_gcm_tag_is_refused(pki: TestPKI) -> None:
+    with pytest.raises(CMSFormatError, match="The GCM tag is 8 bytes"):
+        cms.decrypt(_auth_enveloped(pki, CONTENT, tag_length=8), [pki.alice.pair])
+
+
+def test_a_bad_key_transport_fails_like_bad_content(pki: TestPKI) -> None:
+    """
+    RFC 3218 §2.3.2: whether the RSA unwrapping or the content check fails,
+    the error is the same, so a sender of forged messages learns nothing
+    about the unwrapping.
+    """
+    good = cms.encrypt(CONTENT, [pki.alice.cert])
+    info = asn1_cms.ContentInfo.load(good)
+    ktri = info["content"]["recipient_infos"][0].chosen
+    # A key transport to another key: unwraps to noise of another length.
+    ktri["encrypted_key"] = pki.bob.cert.public_key().encrypt(b"k" * 5, padding.PKCS1v15())
+    bad_transport = info.dump(force=True)
+    messages = set()
+    for data in (bad_transport, _flip(good, len(good) - 5)):
+        with pytest.raises(DecryptionFailed) as failure:
+            cms.decrypt(data, [pki.alice.pair])
+        messages.add(str(failure.value))
+    assert messages == {"The content could not be decrypted: wrong key or damaged data."}

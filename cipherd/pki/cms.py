@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cipherd.pki.errors import (
     CMSFormatError,
@@ -693,24 +692,36 @@ def _unwrap_cek(ktri: cms.KeyTransRecipientInfo, key: PrivateKey) -> bytes:
 
 
 def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes | memoryview,
-                     tag: bytes | None) -> bytes:
+                     tag: bytes | None, aad: bytes | None = None) -> bytes:
     if cipher not in _CIPHERS:
         raise UnsupportedAlgorithm(f"The content cipher {cipher} is not supported.")
     key_size, kind = _CIPHERS[cipher]
     if len(cek) != key_size:
-        raise DecryptionFailed("The content key has the wrong length: wrong private key?")
+        # A wrong key or a forged key transport: go on with a random key so
+        # that the failure looks like any other (RFC 3218 §2.3.2) and tells
+        # an attacker nothing about the unwrapping.
+        cek = os.urandom(key_size)
     if kind == "gcm":
         gcm = GCMParameters.load(params.dump())
         if tag is None:
             raise CMSFormatError("GCM content outside AuthEnvelopedData has no tag.")
+        if len(tag) != gcm["aes_icv_len"].native or not 12 <= len(tag) <= 16:
+            raise CMSFormatError(f"The GCM tag is {len(tag)} bytes; its parameters say "
+                                 f"{gcm['aes_icv_len'].native} (12 to 16 are accepted).")
         try:
-            return AESGCM(cek).decrypt(gcm["aes_nonce"].native, b"".join((ciphertext, tag)),
-                                       None)
+            gcm_decryptor = Cipher(algorithms.AES(cek), modes.GCM(
+                gcm["aes_nonce"].native, tag, min_tag_length=len(tag))).decryptor()
+            if aad:
+                gcm_decryptor.authenticate_additional_data(aad)
+            content = gcm_decryptor.update(ciphertext)
+            gcm_decryptor.finalize()
+            return content
         except ValueError as e:
             raise CMSFormatError(f"The GCM parameters are not valid: {e}") from None
         except InvalidTag:
-            raise DecryptionFailed("The message was changed after it was encrypted "
-                                   "(the authentication tag does not match).") from None
+            raise DecryptionFailed("The content could not be decrypted: wrong key, or the "
+                                   "message was changed after it was encrypted (the "
+                                   "authentication tag does not match).") from None
     iv = params.native
     block: Any = algorithms.AES(cek) if kind == "cbc" else TripleDES(cek)
     try:
@@ -765,6 +776,9 @@ class _Envelope:
     algorithm: Any
     encrypted: bytes | memoryview | None
     tag: bytes | None
+    # authAttrs of an AuthEnvelopedData, DER with the SET OF tag: the
+    # additional authenticated data of GCM (RFC 5083 §2.2).
+    aad: bytes | None = None
 
 
 class _NotDER(Exception):
@@ -851,15 +865,16 @@ def _envelope_fast(data: bytes) -> tuple[str, _Envelope]:
             encrypted = b"".join(chunks)
         else:
             raise _NotDER()
-    tag_value = None
+    tag_value = aad = None
     if kind == "authenticated_enveloped_data":
         tag, start, end = _read_tlv(buf, after_content_info)
         if tag == 0xA1:  # authAttrs
+            aad = b"\x31" + bytes(buf[after_content_info + 1:end])
             tag, start, end = _read_tlv(buf, end)
         if tag != 0x04:
             raise _NotDER()
         tag_value = bytes(buf[start:end])
-    return kind, _Envelope(recipient_infos, algorithm, encrypted, tag_value)
+    return kind, _Envelope(recipient_infos, algorithm, encrypted, tag_value, aad)
 
 
 def _envelope(data: bytes) -> tuple[str, _Envelope]:
@@ -869,18 +884,22 @@ def _envelope(data: bytes) -> tuple[str, _Envelope]:
         pass
     info = load_content_info(data)
     kind = info["content_type"].native
+    aad = None
     if kind == "enveloped_data":
         content_info = info["content"]["encrypted_content_info"]
         tag = None
     elif kind == "authenticated_enveloped_data":
         content_info = info["content"]["auth_encrypted_content_info"]
         tag = info["content"]["mac"].native
+        attributes = info["content"]["auth_attrs"]
+        if attributes.contents is not None:
+            aad = b"\x31" + attributes.dump()[1:]
     else:
         raise CMSFormatError(f"Expected encrypted data, found {kind}.")
     encrypted = content_info["encrypted_content"]
     return kind, _Envelope(info["content"]["recipient_infos"],
                            content_info["content_encryption_algorithm"],
-                           None if encrypted.native is None else encrypted.native, tag)
+                           None if encrypted.native is None else encrypted.native, tag, aad)
 
 
 def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -> DecryptedContent:
@@ -924,11 +943,13 @@ def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -
     except KeyError as e:
         raise UnsupportedAlgorithm(f"The key transport uses the unsupported digest {e}.") from None
     except (ValueError, TypeError):
-        raise DecryptionFailed("The content key could not be decrypted with the private "
-                               "key of the matching certificate.") from None
+        # Carry on with an unusable key: the content check fails the same
+        # way as for any wrong key (RFC 3218 §2.3.2).
+        cek = b""
     if envelope.encrypted is None:
         raise CMSFormatError("The encrypted content is missing (detached).")
-    content = _decrypt_content(cipher, cek, algorithm["parameters"], envelope.encrypted, tag)
+    content = _decrypt_content(cipher, cek, algorithm["parameters"], envelope.encrypted, tag,
+                               envelope.aad)
     return DecryptedContent(content, cert, cipher, ktri["key_encryption_algorithm"][
         "algorithm"].native, recipients)
 
