@@ -1120,3 +1120,31 @@ def test_a_bad_key_transport_fails_like_bad_content(pki: TestPKI) -> None:
             cms.decrypt(data, [pki.alice.pair])
         messages.add(str(failure.value))
     assert messages == {"The content could not be decrypted: wrong key or damaged data."}
+
+
+def test_the_der_walker_reads_signatures_as_asn1crypto_does(
+    pki: TestPKI, openssl: OpenSSL, gpgsm: GpgSM
+) -> None:
+    """
+    Verification reads definite-length DER with a walker of its own (no
+    copies, no generic parser) and hands everything else to asn1crypto;
+    where both can read a SignedData they must agree field for field.
+    """
+    made = {
+        "cipherd detached": cms.sign(CONTENT, *pki.alice.pair, signing_time=NOW),
+        "cipherd opaque EC": cms.sign(CONTENT, *pki.carol.pair, signing_time=NOW,
+                                      detached=False),
+        "openssl": openssl.cms_sign(CONTENT, pki.alice, detached=False),
+        "openssl keyid sha512": openssl.cms_sign(CONTENT, pki.alice, keyid=True, md="sha512"),
+        "openssl no attributes": openssl.cms_sign(CONTENT, pki.alice, signed_attributes=False),
+        "openssl pss": openssl.cms_sign(CONTENT, pki.alice, pss=True),
+    }
+    for name, data in made.items():
+        content, der_certificates, fields = cms._signed_data_fast(data)
+        expected = cms._signed_data_asn1(data)
+        assert content == expected[0], name
+        assert [x509.load_der_x509_certificate(c) for c in der_certificates] == expected[1]
+        assert fields == expected[2], name
+    # gpgsm writes BER (indefinite lengths): the walker declines it.
+    with pytest.raises(cms._NotDER):
+        cms._signed_data_fast(gpgsm.sign(CONTENT, pki.alice, detached=False))

@@ -113,10 +113,7 @@ def _strip_pem(data: bytes) -> bytes:
 def _certificate(choice: cms.CertificateChoices) -> x509.Certificate | None:
     if choice.name != "certificate":
         return None
-    try:
-        return x509.load_der_x509_certificate(choice.chosen.dump())
-    except (ValueError, x509.InvalidVersion):
-        return None
+    return _load_certificate(choice.chosen.dump())
 
 
 def _issuer_serial(cert: x509.Certificate) -> tuple[bytes, int]:
@@ -381,25 +378,99 @@ def _verify_with(
         raise UnsupportedAlgorithm(f"{type(public_key).__name__} signer keys")
 
 
-def _check_signer(
-    signer: cms.SignerInfo, content: bytes, content_type: str,
-    candidates: Sequence[x509.Certificate],
-) -> SignatureCheck:
-    sid = signer["sid"]
-    signer_id = describe_identifier(sid)
-    digest_name = signer["digest_algorithm"]["algorithm"].native
-    cert = next((c for c in candidates if _identifier_matches(sid, c)), None)
+@dataclass(frozen=True)
+class _SignerFields:
+    """
+    What verification needs of one SignerInfo, read by the DER walker or,
+    for BER and unusual forms, by asn1crypto.
 
-    issuer_serial = None
-    key_id = None
+    @ivar signed_attrs: the DER the signature covers when there are signed
+        attributes (the SET OF tag instead of [0] IMPLICIT, RFC 5652
+        §5.4), else C{None}.
+    @ivar message_digests: the values of the message-digest attribute.
+    @ivar content_type_matches: the content-type attribute has one value
+        and it names the encapsulated content type.
+    """
+
+    sid_der: bytes
+    issuer_der: bytes | None
+    serial: int | None
+    key_id: bytes | None
+    digest_name: str
+    signed_attrs: bytes | None
+    message_digests: list[bytes] | None
+    content_type_matches: bool
+    signing_time: datetime | None
+    signature_algorithm_der: bytes
+    signature: bytes
+
+
+def _fields_from_asn1(signer: cms.SignerInfo, content_type: str) -> _SignerFields:
+    sid = signer["sid"]
+    issuer_der = serial = key_id = None
     if sid.name == "issuer_and_serial_number":
-        issuer_serial = (sid.chosen["issuer"].dump(), sid.chosen["serial_number"].native)
+        issuer_der, serial = sid.chosen["issuer"].dump(), sid.chosen["serial_number"].native
     else:
         key_id = sid.chosen.native
+    signed_attrs = signer["signed_attrs"]
+    digests = None
+    type_matches = False
+    signing_time = None
+    raw = None
+    if not isinstance(signed_attrs, core.Void) and len(signed_attrs):
+        attrs = {a["type"].native: a["values"] for a in signed_attrs}
+        if "message_digest" in attrs:
+            digests = [v.native for v in attrs["message_digest"]]
+        types = attrs.get("content_type")
+        type_matches = types is not None and len(types) == 1 and (
+            types[0].native == content_type)
+        if "signing_time" in attrs and len(attrs["signing_time"]) == 1:
+            signing_time = attrs["signing_time"][0].native
+        raw = b"\x31" + signed_attrs.dump()[1:]
+    return _SignerFields(
+        sid.dump(), issuer_der, serial, key_id, signer["digest_algorithm"]["algorithm"].native,
+        raw, digests, type_matches, signing_time, signer["signature_algorithm"].dump(),
+        signer["signature"].native,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _signature_algorithm_of(der: bytes) -> tuple[str, algos.SignedDigestAlgorithm]:
+    algorithm = algos.SignedDigestAlgorithm.load(der)
+    return algorithm.signature_algo, algorithm
+
+
+@functools.lru_cache(maxsize=256)
+def _issuer_der(cert: x509.Certificate) -> bytes:
+    return cert.issuer.public_bytes()
+
+
+def _signer_matches(fields: _SignerFields, cert: x509.Certificate) -> bool:
+    if fields.issuer_der is not None:
+        if fields.serial != cert.serial_number:
+            return False
+        if fields.issuer_der == _issuer_der(cert):
+            return True
+        # Clients re-encode issuer names (PrintableString vs UTF8String):
+        # compare them as asn1crypto normalises them.
+        return bool(asn1_x509.Name.load(fields.issuer_der) == _der_name(cert.issuer))
+    ski = subject_key_identifier(cert)
+    return ski is not None and fields.key_id is not None and hmac.compare_digest(
+        fields.key_id, ski)
+
+
+def _check_signer(
+    fields: _SignerFields, content: bytes, candidates: Sequence[x509.Certificate],
+) -> SignatureCheck:
+    signer_id = _describe(fields.sid_der, "SignerIdentifier")
+    digest_name = fields.digest_name
+    cert = next((c for c in candidates if _signer_matches(fields, c)), None)
+    issuer_serial = (None if fields.issuer_der is None or fields.serial is None
+                     else (fields.issuer_der, fields.serial))
 
     def result(valid: bool, reason: str, when: datetime | None = None) -> SignatureCheck:
         return SignatureCheck(cert, valid, reason, signer_id, digest_name, when,
-                              issuer_serial, key_id)
+                              issuer_serial, fields.key_id)
 
     if cert is None:
         return result(False, "The signer's certificate is not in the message or the store.")
@@ -412,31 +483,24 @@ def _check_signer(
     digest.update(content)
     computed = digest.finalize()
 
-    signed_attrs = signer["signed_attrs"]
     signing_time = None
-    if not isinstance(signed_attrs, core.Void) and len(signed_attrs):
-        attrs = {a["type"].native: a["values"] for a in signed_attrs}
-        wanted_digest = attrs.get("message_digest")
+    if fields.signed_attrs is not None:
+        wanted_digest = fields.message_digests
         if wanted_digest is None or len(wanted_digest) != 1:
             return result(False, "The signature has no message-digest attribute.")
-        if not hmac.compare_digest(wanted_digest[0].native, computed):
+        if not hmac.compare_digest(wanted_digest[0], computed):
             return result(False, "The message was changed after it was signed: "
                                  "the content does not match the message digest.")
-        types = attrs.get("content_type")
-        if types is None or len(types) != 1 or types[0].native != content_type:
+        if not fields.content_type_matches:
             return result(False, "The content-type attribute does not match the content.")
-        if "signing_time" in attrs and len(attrs["signing_time"]) == 1:
-            signing_time = attrs["signing_time"][0].native
-        # RFC 5652 §5.4: the signature covers the DER of the attributes with
-        # an explicit SET OF tag instead of the [0] IMPLICIT one.
-        raw = signed_attrs.dump()
-        signed_bytes = b"\x31" + raw[1:]
+        signing_time = fields.signing_time
+        signed_bytes = fields.signed_attrs
     else:
         signed_bytes = content
     try:
-        algorithm = signer["signature_algorithm"].signature_algo
-        _verify_with(cert, signer["signature"].native, signed_bytes, algorithm, hash_cls,
-                     signer["signature_algorithm"])
+        algorithm, signature_algorithm = _signature_algorithm_of(fields.signature_algorithm_der)
+        _verify_with(cert, fields.signature, signed_bytes, algorithm, hash_cls,
+                     signature_algorithm)
     except InvalidSignature:
         return result(False, "The signature is not valid: the message or its signed "
                              "attributes were changed, or it was not made with this "
@@ -472,23 +536,182 @@ def _malformed(e: Exception) -> CMSFormatError:
 
 def _verify(data: bytes, detached_content: bytes | None,
             known_certificates: Iterable[x509.Certificate]) -> VerifiedContent:
+    data = _strip_pem(data)
+    try:
+        embedded, certificates, signers = _signed_data_fast(data)
+        embedded_certs = [c for c in map(_load_certificate, certificates) if c]
+    except _NotDER:
+        embedded, embedded_certs, signers = _signed_data_asn1(data)
+    if detached_content is not None:
+        content = detached_content
+    elif embedded is None:
+        raise CMSFormatError("The signature is detached but no content was given.")
+    else:
+        content = embedded
+    candidates = [*embedded_certs, *known_certificates]
+    checks = [_check_signer(s, content, candidates) for s in signers]
+    return VerifiedContent(content, checks, embedded_certs)
+
+
+def _load_certificate(der: bytes) -> x509.Certificate | None:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except (ValueError, x509.InvalidVersion):
+        return None
+
+
+def _signed_data_asn1(data: bytes) -> tuple[bytes | None, list[x509.Certificate],
+                                            list[_SignerFields]]:
     info = load_content_info(data)
     if info["content_type"].native != "signed_data":
         raise CMSFormatError(f"Expected signed data, found {info['content_type'].native}.")
     signed = info["content"]
     encap = signed["encap_content_info"]
     content_type = encap["content_type"].native
-    if detached_content is not None:
-        content = detached_content
+    embedded = encap["content"]
+    content = None if embedded.native is None else _octets(embedded)
+    certificates = [c for c in map(_certificate, signed["certificates"] or []) if c]
+    return content, certificates, [_fields_from_asn1(s, content_type)
+                                   for s in signed["signer_infos"]]
+
+
+_DIGEST_BY_OID = {
+    core.ObjectIdentifier(algos.DigestAlgorithmId.unmap(name)).dump(): name
+    for name in _HASHES if name != "md5"
+}
+_OID_CONTENT_TYPE = core.ObjectIdentifier("1.2.840.113549.1.9.3").dump()
+_OID_SIGNING_TIME = core.ObjectIdentifier("1.2.840.113549.1.9.5").dump()
+
+
+def _signed_data_fast(data: bytes) -> tuple[bytes | None, list[bytes], list[_SignerFields]]:
+    """
+    Walk a definite-length DER SignedData: the embedded content, the
+    certificates (DER) and the signers.  Everything unusual (BER, a
+    constructed content, unknown digests or attribute forms) raises
+    L{_NotDER}, and asn1crypto reads the message instead.
+    """
+    buf = memoryview(data)
+    tag, start, end = _read_tlv(buf, 0)
+    if tag != 0x30:
+        raise _NotDER()
+    _, _, oid_end = _read_tlv(buf, start)
+    if bytes(buf[start:oid_end]) != _OID_SIGNED_DATA:
+        raise _NotDER()
+    tag, start, _ = _read_tlv(buf, oid_end)
+    if tag != 0xA0:
+        raise _NotDER()
+    tag, pos, _ = _read_tlv(buf, start)  # SignedData
+    _, _, pos = _read_tlv(buf, pos)  # version
+    _, _, pos = _read_tlv(buf, pos)  # digestAlgorithms
+    tag, encap_start, encap_end = _read_tlv(buf, pos)
+    if tag != 0x30:
+        raise _NotDER()
+    _, _, type_end = _read_tlv(buf, encap_start)
+    content_type = bytes(buf[encap_start:type_end])
+    content = None
+    if type_end < encap_end:
+        tag, start, _ = _read_tlv(buf, type_end)
+        inner, start, end = _read_tlv(buf, start)
+        if tag != 0xA0 or inner != 0x04:
+            raise _NotDER()
+        content = bytes(buf[start:end])
+    certificates = []
+    tag, start, end = _read_tlv(buf, encap_end)
+    if tag == 0xA0:
+        element = start
+        while element < end:
+            kind, _, element_end = _read_tlv(buf, element)
+            if kind == 0x30:
+                certificates.append(bytes(buf[element:element_end]))
+            element = element_end
+        tag, start, end = _read_tlv(buf, end)
+    if tag == 0xA1:  # crls
+        tag, start, end = _read_tlv(buf, end)
+    if tag != 0x31:
+        raise _NotDER()
+    signers = []
+    element = start
+    while element < end:
+        tag, signer_start, signer_end = _read_tlv(buf, element)
+        if tag != 0x30:
+            raise _NotDER()
+        signers.append(_signer_fast(buf, signer_start, signer_end, content_type))
+        element = signer_end
+    return content, certificates, signers
+
+
+def _signer_fast(buf: memoryview, pos: int, end: int, content_type: bytes) -> _SignerFields:
+    _, _, pos = _read_tlv(buf, pos)  # version
+    tag, start, sid_end = _read_tlv(buf, pos)
+    sid_der = bytes(buf[pos:sid_end])
+    issuer_der = serial = key_id = None
+    if tag == 0x30:
+        _, _, issuer_end = _read_tlv(buf, start)
+        issuer_der = bytes(buf[start:issuer_end])
+        tag, serial_start, serial_end = _read_tlv(buf, issuer_end)
+        if tag != 0x02:
+            raise _NotDER()
+        serial = int.from_bytes(buf[serial_start:serial_end], "big", signed=True)
+    elif tag == 0x80:
+        key_id = bytes(buf[start:sid_end])
     else:
-        embedded = encap["content"]
-        if embedded.native is None:
-            raise CMSFormatError("The signature is detached but no content was given.")
-        content = _octets(embedded)
-    embedded_certs = [c for c in map(_certificate, signed["certificates"] or []) if c]
-    candidates = [*embedded_certs, *known_certificates]
-    checks = [_check_signer(s, content, content_type, candidates) for s in signed["signer_infos"]]
-    return VerifiedContent(content, checks, embedded_certs)
+        raise _NotDER()
+    tag, start, pos = _read_tlv(buf, sid_end)  # digestAlgorithm
+    _, _, oid_end = _read_tlv(buf, start)
+    digest_name = _DIGEST_BY_OID.get(bytes(buf[start:oid_end]))
+    if digest_name is None:
+        raise _NotDER()
+    signed_attrs = digests = None
+    type_matches = False
+    signing_time = None
+    tag, start, attrs_end = _read_tlv(buf, pos)
+    if tag == 0xA0:
+        attributes: dict[bytes, list[tuple[int, int, int]]] = {}
+        element = start
+        while element < attrs_end:
+            _, attr_start, attr_end = _read_tlv(buf, element)
+            _, _, oid_end = _read_tlv(buf, attr_start)
+            tag, value, values_end = _read_tlv(buf, oid_end)
+            if tag != 0x31:
+                raise _NotDER()
+            found = []
+            while value < values_end:
+                value_tag, _, value_end = _read_tlv(buf, value)
+                found.append((value_tag, value, value_end))
+                value = value_end
+            attributes[bytes(buf[attr_start:oid_end])] = found
+            element = attr_end
+        if attributes:
+            signed_attrs = b"\x31" + bytes(buf[pos + 1:attrs_end])
+            digests = _digest_values(buf, attributes.get(_OID_MESSAGE_DIGEST))
+            types = attributes.get(_OID_CONTENT_TYPE)
+            type_matches = types is not None and len(types) == 1 and (
+                bytes(buf[types[0][1]:types[0][2]]) == content_type)
+            times = attributes.get(_OID_SIGNING_TIME)
+            if times is not None and len(times) == 1:
+                signing_time = cms.Time.load(bytes(buf[times[0][1]:times[0][2]])).native
+        pos = attrs_end
+        tag, start, attrs_end = _read_tlv(buf, pos)
+    algorithm_der = bytes(buf[pos:attrs_end])
+    tag, start, signature_end = _read_tlv(buf, attrs_end)
+    if tag != 0x04:
+        raise _NotDER()
+    return _SignerFields(sid_der, issuer_der, serial, key_id, digest_name, signed_attrs,
+                         digests, type_matches, signing_time, algorithm_der,
+                         bytes(buf[start:signature_end]))
+
+
+def _digest_values(buf: memoryview, values: list[tuple[int, int, int]] | None
+                   ) -> list[bytes] | None:
+    if values is None:
+        return None
+    digests = []
+    for tag, start, end in values:
+        if tag != 0x04:
+            raise _NotDER()
+        _, content_start, _ = _read_tlv(buf, start)
+        digests.append(bytes(buf[content_start:end]))
+    return digests
 
 
 def _octets(value: Any) -> bytes:
