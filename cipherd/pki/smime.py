@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import encoders
-from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 
 from cryptography import x509
@@ -262,44 +261,126 @@ class SmimeInfo:
     boundary: str | None = None
 
 
-def _mime_headers(parts: Parts) -> Message:
-    return BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+@dataclass(frozen=True)
+class _ContentFields:
+    """
+    What S/MIME reads of an entity's header: the content type (lower case,
+    C{text/plain} when absent or invalid), the C{protocol}, C{smime-type}
+    and C{boundary} parameters, and the transfer encoding (lower case).
+    """
+
+    content_type: str
+    protocol: str
+    smime_type: str
+    boundary: str | None
+    encoding: str
+
+
+def _content_fields(parts: Parts) -> _ContentFields:
+    """
+    Read as the C{email} package (compat32) reads them -- but without it for
+    the plain ASCII headers nearly every message has; the package reads the
+    rest (8-bit values, RFC 2231 parameters).
+    """
+    return _content_fields_fast(parts) or _content_fields_by_email(parts)
+
+
+def _content_fields_by_email(parts: Parts) -> _ContentFields:
+    headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(
         b"\r\n".join(parts.mime_fields()) + b"\r\n\r\n"
     )
+    return _ContentFields(
+        headers.get_content_type(),
+        str(headers.get_param("protocol") or "").lower(),
+        str(headers.get_param("smime-type") or "").lower(),
+        headers.get_boundary(),
+        # compat32 gives a Header object, not a str, for 8-bit values.
+        str(headers.get("Content-Transfer-Encoding") or "7bit").strip().lower(),
+    )
+
+
+def _content_fields_fast(parts: Parts) -> _ContentFields | None:
+    values: dict[bytes, str] = {}
+    for field in parts.mime_fields():
+        if not field.isascii() or not _HEADER_START.match(field):
+            return None
+        name, _, value = field.partition(b":")
+        values.setdefault(name.lower(), value.decode("ascii").lstrip(" \t"))
+    content_type = "text/plain"
+    params: dict[str, str] = {}
+    header = values.get(b"content-type")
+    if header is not None:
+        declared = header.partition(";")[0].strip().lower()
+        if declared.count("/") == 1:
+            content_type = declared
+        for param in _split_params(header)[1:]:
+            key, equals, raw = param.partition("=")
+            key = key.strip().lower()
+            if "*" in key:
+                return None  # RFC 2231 encoding or continuation
+            params.setdefault(key, _unquote(raw.strip()) if equals else "")
+    boundary = params.get("boundary")
+    return _ContentFields(
+        content_type,
+        params.get("protocol", "").lower(),
+        params.get("smime-type", "").lower(),
+        None if boundary is None else boundary.rstrip(),
+        values.get(b"content-transfer-encoding", "7bit").strip().lower() or "7bit",
+    )
+
+
+def _split_params(value: str) -> list[str]:
+    """
+    Split a header value at the semicolons outside quoted strings, as
+    C{email.message} does.
+    """
+    pieces = []
+    rest = value
+    while True:
+        end = rest.find(";")
+        while end > 0 and (rest.count('"', 0, end) - rest.count('\\"', 0, end)) % 2:
+            end = rest.find(";", end + 1)
+        if end < 0:
+            pieces.append(rest.strip())
+            return pieces
+        pieces.append(rest[:end].strip())
+        rest = rest[end + 1:]
+
+
+def _unquote(value: str) -> str:
+    if len(value) > 1 and value[0] == value[-1] == '"':
+        return value[1:-1].replace("\\\\", "\\").replace('\\"', '"')
+    if len(value) > 1 and value[0] == "<" and value[-1] == ">":
+        return value[1:-1]
+    return value
 
 
 def classify(message: bytes) -> SmimeInfo:
     """
     Whether, and how, a message is S/MIME protected (by its headers).
     """
-    return _classify(_mime_headers(Parts.split(message)))
+    return _classify(_content_fields(Parts.split(message)))
 
 
-def _classify(headers: Message) -> SmimeInfo:
-    content_type = headers.get_content_type()
-    if content_type == "multipart/signed":
-        protocol = str(headers.get_param("protocol") or "").lower()
-        if protocol in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
-            boundary = headers.get_boundary()
-            return SmimeInfo("signed", boundary)
+def _classify(fields: _ContentFields) -> SmimeInfo:
+    if fields.content_type == "multipart/signed":
+        if fields.protocol in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
+            return SmimeInfo("signed", fields.boundary)
         return SmimeInfo(None)
-    if content_type in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
-        smime_type = str(headers.get_param("smime-type") or "").lower()
-        if smime_type == "signed-data":
+    if fields.content_type in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
+        if fields.smime_type == "signed-data":
             return SmimeInfo("signed-data")
-        if smime_type == "authenveloped-data":
+        if fields.smime_type == "authenveloped-data":
             return SmimeInfo("authEnveloped-data")
         # Old clients leave smime-type out of enveloped messages.
         return SmimeInfo("enveloped-data")
     return SmimeInfo(None)
 
 
-def _decode_body(parts: Parts, headers: Message | None = None) -> bytes:
-    if headers is None:
-        headers = _mime_headers(parts)
-    # compat32 gives a Header object, not a str, for a value with 8-bit bytes.
-    encoding = str(headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
-    if encoding != "base64":
+def _decode_body(parts: Parts, fields: _ContentFields | None = None) -> bytes:
+    if fields is None:
+        fields = _content_fields(parts)
+    if fields.encoding != "base64":
         return parts.body
     try:
         # Non-strict a2b_base64 skips every byte outside the alphabet.
@@ -370,15 +451,15 @@ def verify_message(
     """
     parts = Parts.split(message)
     del message
-    headers = _mime_headers(parts)
-    info = _classify(headers)
+    fields = _content_fields(parts)
+    info = _classify(fields)
     if info.kind == "signed":
         if not info.boundary:
             raise CMSFormatError("The multipart/signed message has no boundary.")
         entity, signature = _split_signed(parts.body, info.boundary)
         result = cms.verify(signature, entity, known_certificates=known_certificates)
     elif info.kind == "signed-data":
-        result = cms.verify(_decode_body(parts, headers),
+        result = cms.verify(_decode_body(parts, fields),
                             known_certificates=known_certificates)
         entity = canonicalize(result.content)
     else:
@@ -405,10 +486,10 @@ def decrypt_message(
     """
     parts = Parts.split(message)
     del message
-    headers = _mime_headers(parts)
-    info = _classify(headers)
+    fields = _content_fields(parts)
+    info = _classify(fields)
     if info.kind not in ("enveloped-data", "authEnveloped-data"):
         raise NotSMIME("The message is not encrypted with S/MIME.")
-    result = cms.decrypt(_decode_body(parts, headers), keys)
+    result = cms.decrypt(_decode_body(parts, fields), keys)
     entity = canonicalize(result.content)
     return DecryptedMessage(entity, _rejoin(parts, entity), result)
