@@ -42,22 +42,24 @@ class NotSMIME(CMSFormatError):
 class Parts:
     """
     A message cut into its header fields (each with its folded lines, raw)
-    and body.
+    and body.  The body stays where it is in the (canonical) message: a
+    large body is not copied to be read.
     """
 
     fields: list[bytes]
-    body: bytes
+    source: bytes
+    body_start: int
 
     @classmethod
     def split(cls, message: bytes) -> Parts:
         message = canonicalize(message)
         end = message.find(b"\r\n\r\n")
         if message.startswith(b"\r\n"):
-            head, body = b"", message[2:]
+            head, body_start = b"", 2
         elif end < 0:
-            head, body = message, b""
+            head, body_start = message, len(message)
         else:
-            head, body = message[: end + 2], message[end + 4 :]
+            head, body_start = message[: end + 2], end + 4
         fields: list[bytes] = []
         for line in head.split(b"\r\n"):
             if not line:
@@ -66,7 +68,17 @@ class Parts:
                 fields[-1] += b"\r\n" + line
             else:
                 fields.append(line)
-        return cls(fields, body)
+        return cls(fields, message, body_start)
+
+    @property
+    def body(self) -> bytes:
+        """
+        The body (a copy: prefer L{body_view} for reading a large one).
+        """
+        return self.source[self.body_start:]
+
+    def body_view(self) -> memoryview:
+        return memoryview(self.source)[self.body_start:]
 
     @staticmethod
     def _name(field: bytes) -> bytes:
@@ -92,7 +104,7 @@ class Parts:
         """
         The MIME entity: the Content-* fields and the body.
         """
-        return self.entity_head() + self.body
+        return self.entity_head() + self.body_view()
 
 
 def canonicalize(data: bytes) -> bytes:
@@ -232,7 +244,7 @@ def encrypt_message(
     parts = Parts.split(message)
     outer = parts.outer_fields()
     # The entity is encrypted from its two pieces: never copied whole.
-    encrypted = cms.encrypt_chunks([parts.entity_head(), parts.body], recipients,
+    encrypted = cms.encrypt_chunks([parts.entity_head(), parts.body_view()], recipients,
                                    cipher=cipher, oaep=oaep)
     del parts
     smime_type = b"authEnveloped-data" if cipher.endswith("gcm") else b"enveloped-data"
@@ -384,7 +396,7 @@ def _decode_body(parts: Parts, fields: _ContentFields | None = None) -> bytes:
         return parts.body
     try:
         # Non-strict a2b_base64 skips every byte outside the alphabet.
-        return binascii.a2b_base64(parts.body)
+        return binascii.a2b_base64(parts.body_view())
     except binascii.Error as e:
         raise CMSFormatError(f"The S/MIME body is not valid base64: {e}") from None
 
@@ -396,26 +408,27 @@ def split_signed(message: bytes, boundary: str) -> tuple[bytes, bytes]:
 
     @raise CMSFormatError: the parts are not where the boundary says.
     """
-    return _split_signed(Parts.split(message).body, boundary)
+    return _split_signed(Parts.split(message), boundary)
 
 
-def _split_signed(body: bytes, boundary: str) -> tuple[bytes, bytes]:
+def _split_signed(parts: Parts, boundary: str) -> tuple[bytes, bytes]:
+    data, start = parts.source, parts.body_start
     delimiter = b"--" + boundary.encode("ascii", "replace")
     # Delimiters at the start of a line (the body is canonical: CRLF).
-    starts = [0] if body.startswith(delimiter) else []
+    starts = [start] if data.startswith(delimiter, start) else []
     needle = b"\r\n" + delimiter
-    found = body.find(needle)
+    found = data.find(needle, start)
     while found >= 0:
         starts.append(found + 2)
-        found = body.find(needle, found + 2)
+        found = data.find(needle, found + 2)
     if len(starts) < 2:
         raise CMSFormatError("The multipart/signed message does not have two parts.")
-    first_line_end = body.find(b"\r\n", starts[0])
-    signed = body[first_line_end + 2 : starts[1] - 2]
-    close = starts[2] if len(starts) > 2 else len(body)
-    second_start = body.find(b"\r\n", starts[1]) + 2
-    signature_part = Parts.split(body[second_start : close - 2] if close != len(body)
-                                 else body[second_start:])
+    first_line_end = data.find(b"\r\n", starts[0])
+    signed = data[first_line_end + 2 : starts[1] - 2]
+    close = starts[2] if len(starts) > 2 else len(data)
+    second_start = data.find(b"\r\n", starts[1]) + 2
+    signature_part = Parts.split(data[second_start : close - 2] if close != len(data)
+                                 else data[second_start:])
     return signed, _decode_body(signature_part)
 
 
@@ -456,7 +469,7 @@ def verify_message(
     if info.kind == "signed":
         if not info.boundary:
             raise CMSFormatError("The multipart/signed message has no boundary.")
-        entity, signature = _split_signed(parts.body, info.boundary)
+        entity, signature = _split_signed(parts, info.boundary)
         result = cms.verify(signature, entity, known_certificates=known_certificates)
     elif info.kind == "signed-data":
         result = cms.verify(_decode_body(parts, fields),
