@@ -163,23 +163,41 @@ def _boundary() -> str:
     return "----=_cipherd_" + os.urandom(12).hex()
 
 
-def _base64_blocks(data: bytes | bytearray) -> list[bytes]:
+_BASE64_LINE = 76  # RFC 2045 §6.8
+_BASE64_BLOCK = 57 * 1024  # raw bytes per step: a whole number of lines
+
+
+def _base64_size(raw_length: int) -> int:
+    encoded = 4 * -(-raw_length // 3)
+    return encoded + 2 * -(-encoded // _BASE64_LINE) if raw_length else 2
+
+
+def _base64_into(out: bytearray, pos: int, data: bytes | bytearray) -> int:
     """
-    Base64 in 76-character CRLF lines, as a list of blocks to join once with
-    whatever surrounds them (no list of every line is ever built).
+    Write C{data} as base64 in 76-character CRLF lines into C{out} from
+    C{pos}, a block at a time (no list of every line is ever built).
+
+    @return: the position after it.
     """
-    view, block, out = memoryview(data), 57 * 1024, []
     if not data:
-        return [b"\r\n"]
-    for start in range(0, len(data), block):
-        encoded = binascii.b2a_base64(view[start : start + block], newline=False)
-        out.append(b"\r\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)]))
-        out.append(b"\r\n")
-    return out
+        out[pos:pos + 2] = b"\r\n"
+        return pos + 2
+    view = memoryview(data)
+    for start in range(0, len(data), _BASE64_BLOCK):
+        encoded = binascii.b2a_base64(view[start : start + _BASE64_BLOCK], newline=False)
+        lines = b"\r\n".join([encoded[i : i + _BASE64_LINE]
+                               for i in range(0, len(encoded), _BASE64_LINE)])
+        out[pos:pos + len(lines)] = lines
+        pos += len(lines)
+        out[pos:pos + 2] = b"\r\n"
+        pos += 2
+    return pos
 
 
-def _base64_lines(data: bytes) -> bytes:
-    return b"".join(_base64_blocks(data))
+def _base64_lines(data: bytes | bytearray) -> bytes:
+    out = bytearray(_base64_size(len(data)))
+    _base64_into(out, 0, data)
+    return bytes(out)
 
 
 def _assemble(outer: Iterable[bytes], mime: Sequence[bytes], body: bytes) -> bytes:
@@ -248,8 +266,6 @@ def encrypt_message(
                                    cipher=cipher, oaep=oaep)
     del parts
     smime_type = b"authEnveloped-data" if cipher.endswith("gcm") else b"enveloped-data"
-    blocks = _base64_blocks(encrypted)
-    del encrypted
     head = _assemble(
         outer,
         [b"Content-Type: application/pkcs7-mime; smime-type=" + smime_type + b"; name=smime.p7m",
@@ -257,7 +273,11 @@ def encrypt_message(
          b"Content-Disposition: attachment; filename=smime.p7m"],
         b"",
     )
-    return b"".join([head, *blocks])
+    out = bytearray(len(head) + _base64_size(len(encrypted)))
+    out[:len(head)] = head
+    _base64_into(out, len(head), encrypted)
+    del encrypted  # before the last copy: the peak is the output twice
+    return bytes(out)
 
 
 @dataclass(frozen=True)
