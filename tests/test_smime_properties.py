@@ -384,3 +384,31 @@ def test_the_fast_header_reader_agrees_with_the_email_package(headers: bytes) ->
     fast = smime._content_fields_fast(parts)
     assert fast is not None
     assert fast == smime._content_fields_by_email(parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(when=st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1),
+                         timezones=st.just(UTC)),
+       number=st.integers(min_value=-(2**160), max_value=2**160))
+def test_hand_made_der_matches_asn1crypto(when: datetime, number: int) -> None:
+    """
+    The DER cms builds by hand on every message (signing time, integers)
+    is what asn1crypto would build.
+    """
+    from asn1crypto import cms as asn1_cms
+    from asn1crypto import core
+
+    time = (asn1_cms.Time({"utc_time": when}) if 1950 <= when.year < 2050
+            else asn1_cms.Time({"generalized_time": when.replace(microsecond=0)}))
+    expected = asn1_cms.CMSAttribute({"type": "signing_time", "values": [time]}).dump()
+    assert cms._signing_time_attribute(when) == expected
+    assert cms._der_int(number) == core.Integer(number).dump()
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.integers(min_value=0, max_value=1100), max_size=30),
+       eight_bit=st.booleans())
+def test_long_lines_and_8bit_are_found(lines: list[int], eight_bit: bool) -> None:
+    entity = b"\r\n".join(b"a" * n for n in lines) + (b"\xe9" if eight_bit else b"")
+    naive = eight_bit or any(n > smime.MAX_LINE for n in lines)
+    assert smime._needs_encoding(entity) is naive

@@ -18,7 +18,7 @@ import hmac
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from asn1crypto import algos, cms, core
@@ -197,11 +197,24 @@ def _tlv(tag: int, *parts: bytes) -> bytes:
 
 
 def _der_int(n: int) -> bytes:
-    return core.Integer(n).dump()
+    # Two's complement in the fewest bytes (X.690 §8.3).
+    return _tlv(0x02, n.to_bytes((n + (n < 0)).bit_length() // 8 + 1, "big", signed=True))
 
 
+# What is derived from a certificate on every message is derived once.
+@functools.lru_cache(maxsize=256)
 def _issuer_and_serial_der(cert: x509.Certificate) -> bytes:
     return _tlv(0x30, cert.issuer.public_bytes(), _der_int(cert.serial_number))
+
+
+@functools.lru_cache(maxsize=256)
+def _certificate_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(cert: x509.Certificate) -> Any:
+    return cert.public_key()
 
 
 _DIGEST_ALGORITHM_DER = {
@@ -235,11 +248,18 @@ def _signature_algorithm(key: PrivateKey, digest: str) -> algos.SignedDigestAlgo
     return algos.SignedDigestAlgorithm({"algorithm": f"{digest}_ecdsa"})
 
 
-def _cms_time(when: datetime) -> cms.Time:
-    # RFC 5652 §11.3: UTCTime for 1950-2049, GeneralizedTime otherwise.
+_OID_SIGNING_TIME = core.ObjectIdentifier("1.2.840.113549.1.9.5").dump()
+
+
+def _signing_time_attribute(when: datetime) -> bytes:
+    # RFC 5652 §11.3: UTCTime for 1950-2049, GeneralizedTime otherwise;
+    # both in UTC, to the second, with Z.
+    when = when.astimezone(UTC) if when.tzinfo else when
     if 1950 <= when.year < 2050:
-        return cms.Time({"utc_time": when})
-    return cms.Time({"generalized_time": when})
+        time = _tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
+    else:
+        time = _tlv(0x18, f"{when.year:04d}{when.strftime('%m%d%H%M%S')}Z".encode())
+    return _tlv(0x30, _OID_SIGNING_TIME, _tlv(0x31, time))
 
 
 def sign(
@@ -266,7 +286,7 @@ def sign(
     message_digest.update(content)
     attributes = [
         _ATTR_CONTENT_TYPE_DATA,
-        cms.CMSAttribute({"type": "signing_time", "values": [_cms_time(signing_time)]}).dump(),
+        _signing_time_attribute(signing_time),
         _tlv(0x30, _OID_MESSAGE_DIGEST, _tlv(0x31, _tlv(0x04, message_digest.finalize()))),
         _ATTR_CAPABILITIES,
     ]
@@ -289,7 +309,7 @@ def sign(
         _tlv(0x04, signature),
     )
     encap = _OID_DATA if detached else _OID_DATA + _tlv(0xA0, _tlv(0x04, content))
-    certificates = [c.public_bytes(serialization.Encoding.DER) for c in (certificate, *chain)]
+    certificates = [_certificate_der(c) for c in (certificate, *chain)]
     signed_data = _tlv(
         0x30,
         _VERSION_1,
@@ -355,7 +375,7 @@ def _verify_with(
     @raise InvalidSignature: the signature does not verify.
     @raise UnsupportedAlgorithm: a key or signature type we cannot check.
     """
-    public_key = cert.public_key()
+    public_key = _public_key(cert)
     if isinstance(public_key, rsa.RSAPublicKey):
         if algorithm == "rsassa_pss":
             params = signature_algorithm["parameters"]
@@ -580,7 +600,6 @@ _DIGEST_BY_OID = {
     for name in _HASHES if name != "md5"
 }
 _OID_CONTENT_TYPE = core.ObjectIdentifier("1.2.840.113549.1.9.3").dump()
-_OID_SIGNING_TIME = core.ObjectIdentifier("1.2.840.113549.1.9.5").dump()
 
 
 def _signed_data_fast(data: bytes) -> tuple[bytes | None, list[bytes], list[_SignerFields]]:
@@ -730,7 +749,7 @@ def _octets(value: Any) -> bytes:
 
 
 def _recipient_info(cert: x509.Certificate, cek: bytes, oaep: bool) -> cms.RecipientInfo:
-    public_key = cert.public_key()
+    public_key = _public_key(cert)
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise UnsupportedAlgorithm(
             f"Encryption to {type(public_key).__name__} certificates is not supported "
@@ -776,7 +795,7 @@ def _recipient_info(cert: x509.Certificate, cek: bytes, oaep: bool) -> cms.Recip
 
 
 def _recipient_info_der(cert: x509.Certificate, cek: bytes, oaep: bool) -> bytes:
-    public_key = cert.public_key()
+    public_key = _public_key(cert)
     if oaep or not isinstance(public_key, rsa.RSAPublicKey):
         return _recipient_info(cert, cek, oaep).dump()
     return _tlv(

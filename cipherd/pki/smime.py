@@ -120,15 +120,22 @@ def canonicalize(data: bytes) -> bytes:
 
 
 def _needs_encoding(entity: bytes) -> bool:
+    """
+    Whether C{entity} (canonical) has 8-bit bytes or a line over 998.
+    """
     if not entity.isascii():
         return True
-    # Line by line without splitting: is there a CRLF within MAX_LINE bytes?
-    find, size, pos = entity.find, len(entity), 0
-    while True:
-        crlf = find(b"\r\n", pos, pos + MAX_LINE + 2)
-        if crlf < 0:
-            return size - pos > MAX_LINE
-        pos = crlf + 2
+    # Split a megabyte at a time, at a line end: the pieces of a large
+    # message are never all alive at once.
+    step, start, size = 1 << 20, 0, len(entity)
+    while size - start > MAX_LINE:
+        end = size if size - start <= step else entity.rfind(b"\r\n", start, start + step) + 2
+        if end <= start + 1:
+            return True  # a megabyte without a line end
+        if max(map(len, entity[start:end].split(b"\r\n"))) > MAX_LINE:
+            return True
+        start = end
+    return False
 
 
 def seven_bit(entity: bytes) -> bytes:
