@@ -933,16 +933,20 @@ def _unwrap_cek(ktri: cms.KeyTransRecipientInfo, key: PrivateKey) -> bytes:
     raise UnsupportedAlgorithm(f"The key transport algorithm {name} is not supported.")
 
 
+_CONTENT_FAILED = "The content could not be decrypted: wrong key or damaged data."
+
+
 def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes | memoryview,
                      tag: bytes | None, aad: bytes | None = None) -> bytes:
     if cipher not in _CIPHERS:
         raise UnsupportedAlgorithm(f"The content cipher {cipher} is not supported.")
     key_size, kind = _CIPHERS[cipher]
     if len(cek) != key_size:
-        # A wrong key or a forged key transport: go on with a random key so
-        # that the failure looks like any other (RFC 3218 §2.3.2) and tells
-        # an attacker nothing about the unwrapping.
-        cek = os.urandom(key_size)
+        # A wrong key or a forged key transport.  The same words as for
+        # content that does not decrypt, so the answer tells nothing about
+        # the unwrapping (RFC 3218 §2.3); not a random key and on, which
+        # would hand back garbage whenever the CBC padding happened to fit.
+        raise DecryptionFailed(_CONTENT_FAILED)
     if kind == "gcm":
         gcm = GCMParameters.load(params.dump())
         if tag is None:
@@ -984,8 +988,7 @@ def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes | m
         del plain[-pad:]
         return bytes(plain)
     except ValueError:
-        raise DecryptionFailed("The content could not be decrypted: wrong key or "
-                               "damaged data.") from None
+        raise DecryptionFailed(_CONTENT_FAILED) from None
 
 
 def decrypt(
@@ -1185,9 +1188,7 @@ def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -
     except KeyError as e:
         raise UnsupportedAlgorithm(f"The key transport uses the unsupported digest {e}.") from None
     except (ValueError, TypeError):
-        # Carry on with an unusable key: the content check fails the same
-        # way as for any wrong key (RFC 3218 §2.3.2).
-        cek = b""
+        raise DecryptionFailed(_CONTENT_FAILED) from None
     if envelope.encrypted is None:
         raise CMSFormatError("The encrypted content is missing (detached).")
     content = _decrypt_content(cipher, cek, algorithm["parameters"], envelope.encrypted, tag,
