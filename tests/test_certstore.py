@@ -286,3 +286,36 @@ def test_real_client_pkcs12(store: CertificateStore, path: str, password: str,
              if r is not None and email in r.emails]
     assert row.has_key
     assert f"EMAILADDRESS={email}".lower() in row.subject.lower()
+
+
+def test_the_trust_context_is_read_again_only_when_the_database_changed(pki: dict) -> None:
+    database = migrated_store()
+    clock = Clock()
+    clock.advance(NOW.timestamp())
+    here = CertificateStore(database, clock, os.urandom(32), SynchronousRunner())
+    # Another node on the same database.
+    there = CertificateStore(database, clock, os.urandom(32), SynchronousRunner())
+    result_of(here.import_data(pki["root"].pem(), store=ROOTS))
+    result_of(here.import_data(pki["ca"].pem() + pki["alice"].pem()))
+    first = result_of(here.trust_context())
+    assert result_of(here.trust_context()) is first  # nothing changed: not read again
+    assert result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+
+    # The other node blacklists the CA, then turns the entry around: each
+    # change is seen here at the next check.
+    ca = thumbprint(pki["ca"].cert)
+    result_of(there.set_ctl(ca, CTLStatus.BLACKLISTED))
+    assert not result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+    result_of(there.set_ctl(ca, CTLStatus.WHITELISTED))
+    assert result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+    result_of(there.import_data(make_crl(pki["ca"], [(pki["alice"].cert, START)]).public_bytes(
+        serialization.Encoding.DER)))
+    assert "revoked" in result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).reason
+
+    # A change undone within one clock tick here is not missed either.
+    result_of(here.delete_crl(result_of(here.crls())[0].issuer_hash))
+    before = result_of(here.trust_context())
+    result_of(here.delete(thumbprint(pki["root"].cert), ROOTS))
+    result_of(here.import_data(pki["root"].pem(), store=ROOTS))
+    assert result_of(here.trust_context()) is not before
+    assert result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid

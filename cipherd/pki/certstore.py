@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -118,6 +119,8 @@ class CertificateStore:
         self._clock = clock
         self._kek = kek
         self._crypto = crypto
+        # The trust context and the database state it was read from.
+        self._trust: tuple[tuple[Any, ...], TrustContext] | None = None
 
     def now(self) -> datetime:
         return utc_from_seconds(self._clock.seconds())
@@ -166,6 +169,7 @@ class CertificateStore:
                 result.crls.append((row.issuer, q.put_crl(conn, row, now)))
 
         await self._store.run(write)
+        self._changed()
         return result
 
     async def add_certificate(
@@ -179,6 +183,7 @@ class CertificateStore:
         new = _new_certificate(cert)
         sealed = seal_key(self._kek, key, new.thumbprint) if key is not None else None
         await self._store.run(q.put_certificate, store, new, sealed, self._clock.seconds())
+        self._changed()
         return new.thumbprint
 
     async def create_tunnel_certificate(self, email: str, subject: str) -> str:
@@ -216,6 +221,7 @@ class CertificateStore:
         return [_load(r) for r in rows]
 
     async def delete(self, thumbprint: str, store: str = CERTIFICATES) -> bool:
+        self._changed()
         return await self._store.run(q.delete_certificate, store, thumbprint.lower())
 
     # Trust -------------------------------------------------------------------
@@ -230,27 +236,46 @@ class CertificateStore:
         The certificates that signed the CRLs (and C{extra_crls}) come too,
         found by the key identifier each CRL names: a CA may sign its CRLs
         with a key of their own.
+
+        The stored part is read again only when the database says it
+        changed (one small query per call), not on every message.
         """
         more_crls = list(extra_crls)
+        cached = self._trust
 
-        def read(conn: Connection) -> tuple[
-                list[q.CertificateRow], list[q.CertificateRow], dict[str, str],
-                list[x509.CertificateRevocationList], list[q.CertificateRow]]:
+        def read(conn: Connection) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+            version = q.trust_version(conn)
+            if cached is not None and cached[0] == version and not more_crls:
+                return version, None
             crls = [x509.load_der_x509_crl(c.der) for c in q.list_crls(conn)]
             signers = q.find_by_subject_key_ids(conn, _signer_key_ids([*crls, *more_crls]))
-            return (q.list_certificates(conn, ROOTS),
-                    q.list_certificates(conn, CERTIFICATES, ca_only=True),
-                    q.list_ctl(conn), crls, signers)
+            return version, (q.list_certificates(conn, ROOTS),
+                             q.list_certificates(conn, CERTIFICATES, ca_only=True),
+                             q.list_ctl(conn), crls, signers)
 
-        roots, cas, ctl, crls, signers = await self._store.run(read)
-        loaded = {r.thumbprint for r in (*roots, *cas)}
-        return TrustContext(
-            roots=[_load(r) for r in roots],
-            intermediates=[*(_load(r) for r in cas), *extra,
-                           *(_load(r) for r in signers if r.thumbprint not in loaded)],
-            ctl={t: CTLStatus(s) for t, s in ctl.items()},
-            crls=crls,
-        )
+        version, rows = await self._store.run(read)
+        if rows is None:
+            assert cached is not None
+            context = cached[1]
+        else:
+            roots, cas, ctl, crls, signers = rows
+            loaded = {r.thumbprint for r in (*roots, *cas)}
+            context = TrustContext(
+                roots=[_load(r) for r in roots],
+                intermediates=[*(_load(r) for r in cas),
+                               *(_load(r) for r in signers if r.thumbprint not in loaded)],
+                ctl={t: CTLStatus(s) for t, s in ctl.items()},
+                crls=crls,
+            )
+            if not more_crls:
+                self._trust = (version, context)
+        extra = list(extra)
+        return context.with_certificates(extra) if extra else context
+
+    def _changed(self) -> None:
+        # Written here: forget the trust context at once (the version query
+        # would notice, but not a change undone within one clock tick).
+        self._trust = None
 
     async def check(
         self, cert: x509.Certificate, purpose: Purpose,
@@ -339,14 +364,17 @@ class CertificateStore:
         return await self._store.run(q.list_crls)
 
     async def delete_crl(self, issuer_hash: str) -> bool:
+        self._changed()
         return await self._store.run(q.delete_crl, issuer_hash)
 
     # CTL ---------------------------------------------------------------------
 
     async def set_ctl(self, thumbprint: str, status: CTLStatus) -> None:
         await self._store.run(q.set_ctl, thumbprint.lower(), status.value, self._clock.seconds())
+        self._changed()
 
     async def remove_ctl(self, thumbprint: str) -> bool:
+        self._changed()
         return await self._store.run(q.delete_ctl, thumbprint.lower())
 
     async def ctl(self) -> dict[str, CTLStatus]:

@@ -79,7 +79,18 @@ class TrustContext:
     crls: Sequence[x509.CertificateRevocationList] = ()
 
     def with_certificates(self, extra: Iterable[x509.Certificate]) -> TrustContext:
-        return TrustContext(self.roots, [*self.intermediates, *extra], self.ctl, self.crls)
+        extra = list(extra)
+        context = TrustContext(self.roots, [*self.intermediates, *extra], self.ctl, self.crls)
+        # Index the extra certificates on top of this context's index (the
+        # store's certificates are indexed once, not once per message).
+        index = dict(self._by_subject)
+        for cert in extra:
+            key = name_key(cert.subject)
+            index[key] = [*index.get(key, []), cert]
+        context.__dict__["_by_subject"] = index
+        context.__dict__["_crls_by_issuer"] = self._crls_by_issuer
+        context.__dict__["root_prints"] = self.root_prints
+        return context
 
     def named(self, name: x509.Name) -> list[x509.Certificate]:
         """

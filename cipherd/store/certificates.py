@@ -243,3 +243,18 @@ def delete_ctl(conn: Connection, thumbprint: str) -> bool:
 
 def list_ctl(conn: Connection) -> dict[str, str]:
     return {r.thumbprint: r.status for r in conn.execute(select(ctl))}
+
+
+def trust_version(conn: Connection) -> tuple[Any, ...]:
+    """
+    A cheap summary that changes whenever the certificates, CRLs or CTL
+    change (rows added, removed, replaced, or a CTL entry turned), so a
+    node can keep its trust context until another node alters them.
+    """
+    return (
+        *conn.execute(select(func.count(), func.max(certificates.c.created))).one(),
+        *conn.execute(select(func.count(), func.max(crls.c.created),
+                             func.sum(crls.c.this_update))).one(),
+        *conn.execute(select(func.count(), func.max(ctl.c.created),
+                             func.count().filter(ctl.c.status == "blacklisted"))).one(),
+    )
