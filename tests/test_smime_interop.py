@@ -1148,3 +1148,39 @@ def test_the_der_walker_reads_signatures_as_asn1crypto_does(
     # gpgsm writes BER (indefinite lengths): the walker declines it.
     with pytest.raises(cms._NotDER):
         cms._signed_data_fast(gpgsm.sign(CONTENT, pki.alice, detached=False))
+
+
+def test_the_der_walker_reads_envelopes_as_asn1crypto_does(
+    pki: TestPKI, openssl: OpenSSL, gpgsm: GpgSM
+) -> None:
+    """
+    Decryption reads definite-length DER (Auth)EnvelopedData with a walker of
+    its own; where asn1crypto can read the same message both must agree.
+    """
+    two = [pki.alice, pki.bob]
+    made = {
+        "cipherd CBC": cms.encrypt(CONTENT, [pki.alice.cert, pki.bob.cert]),
+        "cipherd GCM OAEP": cms.encrypt(CONTENT, [pki.alice.cert], cipher="aes128_gcm",
+                                        oaep=True),
+        "openssl 3DES keyid": openssl.cms_encrypt(CONTENT, two, cipher="tripledes_3key",
+                                                  keyid=True),
+        "openssl GCM": openssl.cms_encrypt(CONTENT, two, cipher="aes256_gcm"),
+        "openssl OAEP": openssl.cms_encrypt(CONTENT, [pki.alice], oaep=True),
+        "hand-made GCM with attributes": _auth_enveloped(pki, CONTENT, tag_length=12),
+        "NSS ECDH (kari)": smime._decode_body(smime.Parts.split(
+            corpus_file(NSS_INTEROP / "fran-ec_ossl-aes128-sha256.env"))),
+    }
+
+    def comparable(recipients: list) -> list:
+        return [r if isinstance(r, cms._KeyTransport) else r.dump() for r in recipients]
+
+    for name, data in made.items():
+        kind, fast = cms._envelope_fast(data)
+        expected_kind, slow = cms._envelope_asn1(data)
+        assert kind == expected_kind, name
+        assert comparable(fast.recipient_infos) == comparable(slow.recipient_infos), name
+        assert (fast.cipher, fast.parameters, fast.tag, fast.aad) == (
+            slow.cipher, slow.parameters, slow.tag, slow.aad), name
+        assert bytes(fast.encrypted or b"") == bytes(slow.encrypted or b""), name
+    with pytest.raises(cms._NotDER):
+        cms._envelope_fast(gpgsm.encrypt(CONTENT, [pki.alice]))

@@ -465,7 +465,11 @@ def _issuer_der(cert: x509.Certificate) -> bytes:
     return cert.issuer.public_bytes()
 
 
-def _signer_matches(fields: _SignerFields, cert: x509.Certificate) -> bool:
+def _names_certificate(fields: _SignerFields | _KeyTransport, cert: x509.Certificate) -> bool:
+    """
+    Whether a signer's or recipient's identifier (issuer and serial, or
+    subject key identifier) names C{cert}.
+    """
     if fields.issuer_der is not None:
         if fields.serial != cert.serial_number:
             return False
@@ -484,7 +488,7 @@ def _check_signer(
 ) -> SignatureCheck:
     signer_id = _describe(fields.sid_der, "SignerIdentifier")
     digest_name = fields.digest_name
-    cert = next((c for c in candidates if _signer_matches(fields, c)), None)
+    cert = next((c for c in candidates if _names_certificate(fields, c)), None)
     issuer_serial = (None if fields.issuer_der is None or fields.serial is None
                      else (fields.issuer_der, fields.serial))
 
@@ -913,12 +917,43 @@ class DecryptedContent:
     recipients: list[str]
 
 
-def _unwrap_cek(ktri: cms.KeyTransRecipientInfo, key: PrivateKey) -> bytes:
+@dataclass(frozen=True)
+class _KeyTransport:
+    """
+    A KeyTransRecipientInfo (RFC 5652 §6.2.1), read by the DER walker or by
+    asn1crypto.
+    """
+
+    rid_der: bytes
+    issuer_der: bytes | None
+    serial: int | None
+    key_id: bytes | None
+    algorithm_der: bytes
+    encrypted_key: bytes
+
+    @classmethod
+    def from_asn1(cls, ktri: cms.KeyTransRecipientInfo) -> _KeyTransport:
+        rid = ktri["rid"]
+        issuer_der = serial = key_id = None
+        if rid.name == "issuer_and_serial_number":
+            issuer_der, serial = rid.chosen["issuer"].dump(), rid.chosen["serial_number"].native
+        else:
+            key_id = rid.chosen.native
+        return cls(rid.dump(), issuer_der, serial, key_id,
+                   ktri["key_encryption_algorithm"].dump(), ktri["encrypted_key"].native)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_encryption_of(der: bytes) -> tuple[str, cms.KeyEncryptionAlgorithm]:
+    algorithm = cms.KeyEncryptionAlgorithm.load(der)
+    return algorithm["algorithm"].native, algorithm
+
+
+def _unwrap_cek(transport: _KeyTransport, key: PrivateKey) -> bytes:
     if not isinstance(key, rsa.RSAPrivateKey):
         raise UnsupportedAlgorithm("Key transport to non-RSA keys is not supported.")
-    algorithm = ktri["key_encryption_algorithm"]
-    name = algorithm["algorithm"].native
-    encrypted = ktri["encrypted_key"].native
+    name, algorithm = _key_encryption_of(transport.algorithm_der)
+    encrypted = transport.encrypted_key
     if name in ("rsaes_pkcs1v15", "rsa"):
         return key.decrypt(encrypted, asym_padding.PKCS1v15())
     if name == "rsaes_oaep":
@@ -936,8 +971,11 @@ def _unwrap_cek(ktri: cms.KeyTransRecipientInfo, key: PrivateKey) -> bytes:
 _CONTENT_FAILED = "The content could not be decrypted: wrong key or damaged data."
 
 
-def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes | memoryview,
+def _decrypt_content(cipher: str, cek: bytes, params: bytes, ciphertext: bytes | memoryview,
                      tag: bytes | None, aad: bytes | None = None) -> bytes:
+    """
+    @param params: the DER of the content encryption algorithm's parameters.
+    """
     if cipher not in _CIPHERS:
         raise UnsupportedAlgorithm(f"The content cipher {cipher} is not supported.")
     key_size, kind = _CIPHERS[cipher]
@@ -948,7 +986,7 @@ def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes | m
         # would hand back garbage whenever the CBC padding happened to fit.
         raise DecryptionFailed(_CONTENT_FAILED)
     if kind == "gcm":
-        gcm = GCMParameters.load(params.dump())
+        gcm = GCMParameters.load(params)
         if tag is None:
             raise CMSFormatError("GCM content outside AuthEnvelopedData has no tag.")
         if len(tag) != gcm["aes_icv_len"].native or not 12 <= len(tag) <= 16:
@@ -968,7 +1006,10 @@ def _decrypt_content(cipher: str, cek: bytes, params: Any, ciphertext: bytes | m
             raise DecryptionFailed("The content could not be decrypted: wrong key, or the "
                                    "message was changed after it was encrypted (the "
                                    "authentication tag does not match).") from None
-    iv = params.native
+    try:
+        iv = core.OctetString.load(params).native
+    except (ValueError, TypeError):
+        raise CMSFormatError("The CBC parameters are not an OCTET STRING IV.") from None
     block: Any = algorithms.AES(cek) if kind == "cbc" else TripleDES(cek)
     try:
         decryptor = Cipher(block, modes.CBC(iv)).decryptor()
@@ -1017,8 +1058,10 @@ class _Envelope:
     encrypted content as a view into the input, not a copy.
     """
 
-    recipient_infos: Any
-    algorithm: Any
+    # _KeyTransport for each ktri; asn1crypto RecipientInfo for the rest.
+    recipient_infos: list[Any]
+    cipher: str
+    parameters: bytes
     encrypted: bytes | memoryview | None
     tag: bytes | None
     # authAttrs of an AuthEnvelopedData, DER with the SET OF tag: the
@@ -1090,12 +1133,16 @@ def _envelope_fast(data: bytes) -> tuple[str, _Envelope]:
         tag, start, next_pos = _read_tlv(buf, pos)
     if tag != 0x31:
         raise _NotDER()
-    recipient_infos = cms.RecipientInfos.load(bytes(buf[pos:next_pos]))
+    recipient_infos = _recipient_infos_fast(buf, start, next_pos)
     tag, pos, content_end = _read_tlv(buf, next_pos)  # EncryptedContentInfo
     after_content_info = content_end
     tag, _, pos = _read_tlv(buf, pos)  # contentType
     tag, start, algorithm_end = _read_tlv(buf, pos)
-    algorithm = cms.EncryptionAlgorithm.load(bytes(buf[pos:algorithm_end]))
+    _, _, oid_end = _read_tlv(buf, start)
+    cipher = _CIPHER_BY_OID.get(bytes(buf[start:oid_end]))
+    if cipher is None:
+        raise _NotDER()  # asn1crypto names it for the error
+    parameters = bytes(buf[oid_end:algorithm_end])
     encrypted: bytes | memoryview | None = None
     if algorithm_end < content_end:
         tag, start, end = _read_tlv(buf, algorithm_end)
@@ -1119,14 +1166,55 @@ def _envelope_fast(data: bytes) -> tuple[str, _Envelope]:
         if tag != 0x04:
             raise _NotDER()
         tag_value = bytes(buf[start:end])
-    return kind, _Envelope(recipient_infos, algorithm, encrypted, tag_value, aad)
+    return kind, _Envelope(recipient_infos, cipher, parameters, encrypted, tag_value, aad)
+
+
+_CIPHER_BY_OID = {
+    core.ObjectIdentifier(algos.EncryptionAlgorithmId.unmap(name)).dump(): name
+    for name in _CIPHERS
+}
+
+
+def _recipient_infos_fast(buf: memoryview, pos: int, end: int) -> list[Any]:
+    found: list[Any] = []
+    while pos < end:
+        tag, start, element_end = _read_tlv(buf, pos)
+        if tag == 0x30:  # KeyTransRecipientInfo
+            _, _, rid_start = _read_tlv(buf, start)  # version
+            rid_tag, rid_contents, rid_end = _read_tlv(buf, rid_start)
+            issuer_der = serial = key_id = None
+            if rid_tag == 0x30:
+                _, _, issuer_end = _read_tlv(buf, rid_contents)
+                issuer_der = bytes(buf[rid_contents:issuer_end])
+                serial_tag, serial_start, serial_end = _read_tlv(buf, issuer_end)
+                if serial_tag != 0x02:
+                    raise _NotDER()
+                serial = int.from_bytes(buf[serial_start:serial_end], "big", signed=True)
+            elif rid_tag == 0x80:
+                key_id = bytes(buf[rid_contents:rid_end])
+            else:
+                raise _NotDER()
+            _, _, algorithm_end = _read_tlv(buf, rid_end)
+            key_tag, key_start, key_end = _read_tlv(buf, algorithm_end)
+            if key_tag != 0x04:
+                raise _NotDER()
+            found.append(_KeyTransport(
+                bytes(buf[rid_start:rid_end]), issuer_der, serial, key_id,
+                bytes(buf[rid_end:algorithm_end]), bytes(buf[key_start:key_end])))
+        else:  # key agreement and the rest: rare, and asn1crypto reads them
+            found.append(cms.RecipientInfo.load(bytes(buf[pos:element_end])))
+        pos = element_end
+    return found
 
 
 def _envelope(data: bytes) -> tuple[str, _Envelope]:
     try:
         return _envelope_fast(data)
     except _NotDER:
-        pass
+        return _envelope_asn1(data)
+
+
+def _envelope_asn1(data: bytes) -> tuple[str, _Envelope]:
     info = load_content_info(data)
     kind = info["content_type"].native
     aad = None
@@ -1137,64 +1225,62 @@ def _envelope(data: bytes) -> tuple[str, _Envelope]:
         content_info = info["content"]["auth_encrypted_content_info"]
         tag = info["content"]["mac"].native
         attributes = info["content"]["auth_attrs"]
-        if attributes.contents is not None:
+        if not isinstance(attributes, core.Void):
             aad = b"\x31" + attributes.dump()[1:]
     else:
         raise CMSFormatError(f"Expected encrypted data, found {kind}.")
     encrypted = content_info["encrypted_content"]
-    return kind, _Envelope(info["content"]["recipient_infos"],
-                           content_info["content_encryption_algorithm"],
+    algorithm = content_info["content_encryption_algorithm"]
+    recipient_infos = [_KeyTransport.from_asn1(r.chosen) if r.name == "ktri" else r
+                       for r in info["content"]["recipient_infos"]]
+    return kind, _Envelope(recipient_infos, algorithm["algorithm"].native,
+                           algorithm["parameters"].dump(),
                            None if encrypted.native is None else encrypted.native, tag, aad)
 
 
 def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -> DecryptedContent:
     kind, envelope = _envelope(data)
     del kind
-    tag = envelope.tag
     keys = list(keys)
     recipients: list[str] = []
-    match: tuple[cms.KeyTransRecipientInfo, x509.Certificate, PrivateKey] | None = None
+    match: tuple[_KeyTransport, x509.Certificate, PrivateKey] | None = None
     key_agreement_for_us = False
     for recipient in envelope.recipient_infos:
-        if recipient.name == "kari":
+        if isinstance(recipient, _KeyTransport):
+            recipients.append(_describe(recipient.rid_der, "RecipientIdentifier"))
+            if match is None:
+                for cert, key in keys:
+                    if _names_certificate(recipient, cert):
+                        match = (recipient, cert, key)
+                        break
+        elif recipient.name == "kari":
             recipients.append("key agreement recipient (not supported)")
             key_agreement_for_us |= any(
                 _key_agreement_matches(encrypted["rid"], cert)
                 for encrypted in recipient.chosen["recipient_encrypted_keys"]
                 for cert, _ in keys
             )
-            continue
-        if recipient.name != "ktri":
+        else:
             recipients.append(f"{recipient.name} recipient (not supported)")
-            continue
-        ktri = recipient.chosen
-        recipients.append(describe_identifier(ktri["rid"]))
-        if match is None:
-            for cert, key in keys:
-                if _identifier_matches(ktri["rid"], cert):
-                    match = (ktri, cert, key)
-                    break
     if match is None:
         if key_agreement_for_us:
             raise UnsupportedAlgorithm(
                 "The message is encrypted to one of our keys by key agreement (ECDH), "
                 "which is not supported.")
         raise DecryptionKeyNotFound()
-    ktri, cert, key = match
-    algorithm = envelope.algorithm
-    cipher = algorithm["algorithm"].native
+    transport, cert, key = match
     try:
-        cek = _unwrap_cek(ktri, key)
+        cek = _unwrap_cek(transport, key)
     except KeyError as e:
         raise UnsupportedAlgorithm(f"The key transport uses the unsupported digest {e}.") from None
     except (ValueError, TypeError):
         raise DecryptionFailed(_CONTENT_FAILED) from None
     if envelope.encrypted is None:
         raise CMSFormatError("The encrypted content is missing (detached).")
-    content = _decrypt_content(cipher, cek, algorithm["parameters"], envelope.encrypted, tag,
-                               envelope.aad)
-    return DecryptedContent(content, cert, cipher, ktri["key_encryption_algorithm"][
-        "algorithm"].native, recipients)
+    content = _decrypt_content(envelope.cipher, cek, envelope.parameters, envelope.encrypted,
+                               envelope.tag, envelope.aad)
+    return DecryptedContent(content, cert, envelope.cipher,
+                            _key_encryption_of(transport.algorithm_der)[0], recipients)
 
 
 def content_type(data: bytes) -> str:
