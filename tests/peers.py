@@ -169,13 +169,22 @@ def _write_identity(
     key_pem.chmod(0o600)
     p12 = None
     if ca_pem is not None:
-        # gpgsm 2.2 reads only the legacy PBEs (FIELD-NOTES, "Independent peers").
         p12 = directory / f"{stem}.p12"
-        run([require_tool("openssl"), "pkcs12", "-export", "-in", cert_pem, "-inkey", key_pem,
-             "-certfile", ca_pem, "-name", email, "-passout", f"pass:{PASSPHRASE}",
-             "-keypbe", "PBE-SHA1-3DES", "-certpbe", "PBE-SHA1-3DES", "-macalg", "sha1",
-             "-out", p12])
+        write_p12(p12, email, cert_pem, key_pem, ca_pem)
     return Identity(email, cert, key, cert_pem, key_pem, p12)
+
+
+def write_p12(out: Path, email: str, cert_pem: Path, key_pem: Path, ca_pem: Path) -> None:
+    """
+    Write a key, its certificate and the CA as PKCS#12 under L{PASSPHRASE},
+    with fresh random salts each call.
+
+    gpgsm 2.2 reads only the legacy PBEs (FIELD-NOTES, "Independent peers").
+    """
+    run([require_tool("openssl"), "pkcs12", "-export", "-in", cert_pem, "-inkey", key_pem,
+         "-certfile", ca_pem, "-name", email, "-passout", f"pass:{PASSPHRASE}",
+         "-keypbe", "PBE-SHA1-3DES", "-certpbe", "PBE-SHA1-3DES", "-macalg", "sha1",
+         "-out", out])
 
 
 def make_ca(key: PrivateKey, not_before: datetime, not_after: datetime) -> x509.Certificate:
@@ -506,8 +515,31 @@ class GpgSM:
             assert user.p12 is not None
             # gpgsm 2.2 crashes (SIGSEGV) importing an EC private key from
             # PKCS#12: it gets EC users' certificates only, to verify.
-            is_rsa = isinstance(user.key, rsa.RSAPrivateKey)
-            self._gpgsm("--import", user.p12 if is_rsa else user.cert_pem)
+            if isinstance(user.key, rsa.RSAPrivateKey):
+                self._import_p12(user)
+            else:
+                self._gpgsm("--import", user.cert_pem)
+
+    def _import_p12(self, user: Identity, attempts: int = 8) -> None:
+        """
+        Import a user's key and certificate from PKCS#12.
+
+        gpgsm 2.2 fails to decrypt about one PKCS#12 file in 30 that
+        openssl writes and reads back ("decryption failed ... possibly bad
+        passphrase given"): it depends only on the random salts (the same
+        key and certificates exported again fail at the same rate), which
+        points at its PKCS#12 key derivation.  A file it cannot read is
+        exported again with new salts; eight failures in a row mean a real
+        problem and fail the test with gpgsm's words.
+        """
+        assert user.p12 is not None
+        source = user.p12
+        for attempt in range(attempts):
+            done = self._gpgsm("--import", source, check=attempt == attempts - 1)
+            if done.returncode == 0:
+                return
+            source = self.home / f"{user.p12.stem}-{attempt}.p12"
+            write_p12(source, user.email, user.cert_pem, user.key_pem, self.pki.ca.cert_pem)
 
     def close(self) -> None:
         """
