@@ -30,6 +30,13 @@ def rsa_key() -> rsa.RSAPrivateKey:
     return _KEYS[-1]
 
 
+def new_rsa_key() -> rsa.RSAPrivateKey:
+    """
+    An RSA-2048 key no other test identity has.
+    """
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 @dataclass
 class Identity:
     cert: x509.Certificate
@@ -68,8 +75,13 @@ CA_USAGE = dict(digital_signature=False, content_commitment=False, key_encipherm
 def make_ca(common_name: str = "Test CA", issuer: Identity | None = None,
             not_before: datetime = START, not_after: datetime = END, *,
             path_length: int | None = None, key_usage: dict[str, bool] | None = None,
-            extra: list[tuple[x509.ExtensionType, bool]] = ()) -> Identity:
-    key = rsa_key()
+            extra: list[tuple[x509.ExtensionType, bool]] = (),
+            key: rsa.RSAPrivateKey | None = None) -> Identity:
+    """
+    @param key: the CA's key; by default one of the shared test keys, which
+        another identity may have too: pass a new one where it matters.
+    """
+    key = key or rsa_key()
     subject = _name(common_name)
     builder = (
         x509.CertificateBuilder()

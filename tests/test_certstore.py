@@ -29,6 +29,7 @@ from tests.pki_factory import (
     make_ca,
     make_crl,
     make_user,
+    new_rsa_key,
     pkcs7_bundle,
 )
 
@@ -188,6 +189,104 @@ def test_a_crl_is_taken_only_from_its_trusted_issuer(store: CertificateStore,
     assert result_of(store.import_data(make_crl(no_crl_sign, []).public_bytes(der))).crls == [
         ("CN=No CRL Sign", "refused: the key usage of its issuer's certificate does not allow "
          "signing CRLs (cRLSign)")]
+
+
+def test_a_same_named_ca_elsewhere_keeps_its_own_crl(store: CertificateStore) -> None:
+    """
+    Two trusted hierarchies with a CA of the same name: each CA's CRL is
+    kept beside the other's, and neither lifts nor adds revocations of the
+    other's certificates.
+    """
+    der = serialization.Encoding.DER
+    root_a, root_b = make_ca("Root A"), make_ca("Root B")
+    ca_a, ca_b = (make_ca("Issuing CA", issuer=root, key=new_rsa_key())
+                  for root in (root_a, root_b))
+    alice = make_user("alice@example.com", ca_a, key_usage=SMIME_USAGE, eku=EMAIL_EKU)
+    bob = make_user("bob@example.com", ca_b, key_usage=SMIME_USAGE, eku=EMAIL_EKU)
+    result_of(store.import_data(root_a.pem() + root_b.pem(), store=ROOTS))
+    result_of(store.import_data(ca_a.pem() + ca_b.pem() + alice.pem() + bob.pem()))
+    assert result_of(store.import_data(
+        make_crl(ca_a, [(alice.cert, START)]).public_bytes(der))).crls == [
+        ("CN=Issuing CA", "added")]
+    # B's newer CRL lists bob... and alice's serial, which B never issued.
+    b_crl = make_crl(ca_b, [(bob.cert, START), (alice.cert, START)],
+                     this_update=START + timedelta(days=1))
+    assert result_of(store.import_data(b_crl.public_bytes(der))).crls == [
+        ("CN=Issuing CA", "added")]
+    assert len(result_of(store.crls())) == 2
+    assert not result_of(store.check(alice.cert, Purpose.ENCRYPTION)).valid  # still revoked
+    assert not result_of(store.check(bob.cert, Purpose.ENCRYPTION)).valid
+    # A's CRL that no longer lists alice replaces A's only.
+    result_of(store.import_data(make_crl(ca_a, [], this_update=START + timedelta(days=2))
+                                .public_bytes(der)))
+    assert len(result_of(store.crls())) == 2
+    assert result_of(store.check(alice.cert, Purpose.ENCRYPTION)).valid
+
+
+def test_a_whitelisted_certificate_cannot_sign_a_ca_crl(store: CertificateStore,
+                                                        pki: dict) -> None:
+    """
+    The CTL vouches for one certificate: a whitelisted self-signed one that
+    bears the CA's name does not get to speak for the CA's revocations.
+    """
+    der = serialization.Encoding.DER
+    result_of(store.import_data(pki["root"].pem(), store=ROOTS))
+    result_of(store.import_data(pki["ca"].pem() + pki["alice"].pem()))
+    result_of(store.import_data(make_crl(pki["ca"], [(pki["alice"].cert, START)])
+                                .public_bytes(der)))
+    mallory = make_ca("Test Intermediate", key=new_rsa_key())  # self-signed, the CA's name
+    result_of(store.import_data(mallory.pem(), skip_self_signed=False))
+    result_of(store.set_ctl(thumbprint(mallory.cert), CTLStatus.WHITELISTED))
+    forged = make_crl(mallory, [], this_update=START + timedelta(days=1))
+    outcome = result_of(store.import_data(forged.public_bytes(der))).crls
+    assert len(outcome) == 1 and outcome[0][1].startswith("refused: its issuer is not trusted")
+    verdict = result_of(store.check(pki["alice"].cert, Purpose.ENCRYPTION))
+    assert not verdict.valid and "revoked" in verdict.reason
+
+
+def test_a_separate_crl_key_must_be_findable_again(store: CertificateStore,
+                                                     pki: dict) -> None:
+    """
+    A CRL signed by a separate CRL-signing certificate (not a CA) is taken
+    only when the CRL names that key (authority key identifier): otherwise
+    the trust checks could not find its signer later and it would sit in
+    the store unused.  When it names it, it revokes.
+    """
+    from cryptography.hazmat.primitives import hashes
+
+    result_of(store.import_data(pki["root"].pem(), store=ROOTS))
+    result_of(store.import_data(pki["ca"].pem() + pki["alice"].pem()))
+    key = new_rsa_key()
+    signer = (x509.CertificateBuilder()
+              .subject_name(pki["ca"].cert.subject).issuer_name(pki["root"].cert.subject)
+              .public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(START).not_valid_after(START + timedelta(days=365))
+              .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                             critical=False)
+              .add_extension(x509.KeyUsage(False, False, False, False, False, False, True,
+                                           False, False), critical=True)
+              .sign(pki["root"].key, hashes.SHA256()))
+    signer_pem = signer.public_bytes(serialization.Encoding.PEM)
+
+    def crl(*extensions: x509.ExtensionType) -> bytes:
+        builder = (x509.CertificateRevocationListBuilder()
+                   .issuer_name(pki["ca"].cert.subject)
+                   .last_update(START).next_update(START + timedelta(days=30))
+                   .add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                            .serial_number(pki["alice"].cert.serial_number)
+                                            .revocation_date(START).build()))
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
+        return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    assert result_of(store.import_data(signer_pem + crl())).crls == [
+        ("CN=Test Intermediate", "refused: it is signed by a certificate that is not a CA "
+         "certificate and it does not name that key (authority key identifier)")]
+    assert result_of(store.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+    named = crl(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()))
+    assert result_of(store.import_data(named)).crls == [("CN=Test Intermediate", "added")]
+    verdict = result_of(store.check(pki["alice"].cert, Purpose.ENCRYPTION))
+    assert not verdict.valid and "revoked" in verdict.reason
 
 
 def test_ctl_and_listing(store: CertificateStore, pki: dict) -> None:

@@ -23,7 +23,7 @@ from cipherd.datadir import utc_from_seconds
 from cipherd.pki import certs
 from cipherd.pki.cms import PrivateKey
 from cipherd.pki.keywrap import KeyUnsealError, seal_key, unseal_key
-from cipherd.pki.trust import CTLStatus, Purpose, TrustContext, Verdict, check, crl_problem
+from cipherd.pki.trust import CTLStatus, Purpose, TrustContext, Verdict, check, crl_check
 from cipherd.store import Store
 from cipherd.store import certificates as q
 from cipherd.store.certificates import CERTIFICATES, ROOTS
@@ -79,15 +79,39 @@ def _new_certificate(cert: x509.Certificate) -> q.NewCertificate:
     )
 
 
-def _crl_row(crl: x509.CertificateRevocationList) -> q.CRLRow:
+def _crl_row(crl: x509.CertificateRevocationList, signer: x509.Certificate) -> q.CRLRow:
+    # One CRL per issuer name *and signing key*: a CA of the same name in
+    # another hierarchy keeps its own CRL instead of replacing this one.
+    key = crl.issuer.public_bytes() + b"\0" + signer.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return q.CRLRow(
-        issuer_hash=hashlib.sha256(crl.issuer.public_bytes()).hexdigest(),
+        issuer_hash=hashlib.sha256(key).hexdigest(),
         issuer=certs.describe_name(crl.issuer),
         der=crl.public_bytes(serialization.Encoding.DER),
         this_update=crl.last_update_utc.timestamp(),
         next_update=crl.next_update_utc.timestamp() if crl.next_update_utc else None,
         entries=len(crl),
     )
+
+
+def _signer_not_found_later(
+    crl: x509.CertificateRevocationList, signer: x509.Certificate | None
+) -> str | None:
+    """
+    Why the trust checks would not find C{signer} again to use C{crl}, or
+    C{None}: they read roots, CA certificates and the certificates whose
+    key a CRL names (authority key identifier).
+    """
+    if signer is None or certs.is_ca(signer) or certs.is_self_signed(signer):
+        return None
+    try:
+        subject_key = signer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except (x509.ExtensionNotFound, ValueError):
+        subject_key = None
+    if subject_key is not None and subject_key.value.key_identifier.hex() in _signer_key_ids([crl]):
+        return None
+    return ("it is signed by a certificate that is not a CA certificate and it does not "
+            "name that key (authority key identifier)")
 
 
 def _signer_key_ids(crls: Iterable[x509.CertificateRevocationList]) -> set[str]:
@@ -153,11 +177,12 @@ class CertificateStore:
         if bundle.crls:
             context = await self.trust_context(bundle.certificates, bundle.crls)
             for crl in bundle.crls:
-                problem = crl_problem(crl, self.now(), context)
-                if problem:
+                checked = crl_check(crl, self.now(), context)
+                problem = checked.problem or _signer_not_found_later(crl, checked.signer)
+                if problem or checked.signer is None:
                     result.crls.append((certs.describe_name(crl.issuer), f"refused: {problem}"))
                 else:
-                    crl_rows.append(_crl_row(crl))
+                    crl_rows.append(_crl_row(crl, checked.signer))
         now = self._clock.seconds()
 
         def write(conn: Connection) -> None:

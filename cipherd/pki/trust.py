@@ -305,18 +305,54 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
 
 
 def _revocation_problem(
-    cert: x509.Certificate, issuer: x509.Certificate, context: TrustContext, what: str
+    cert: x509.Certificate, issuer: x509.Certificate, now: datetime, context: TrustContext,
+    what: str,
 ) -> str | None:
-    # The CRL may be signed by another key of the same CA (key rollover,
-    # RFC 5280 §6.3.3); only CRLs a trusted issuer signed are imported.
-    keys = [issuer, *context.named(issuer.subject)]
+    signers: list[x509.Certificate] | None = None
     for crl in context.crls_of(issuer.subject):
-        if not any(_crl_signed_by(crl, c) for c in keys):
-            continue
+        if not _crl_signed_by(crl, issuer):
+            if signers is None:
+                signers = _other_crl_signers(issuer, now, context)
+            if not any(_crl_signed_by(crl, c) for c in signers):
+                continue
         revoked = _revoked_entry(crl, cert.serial_number)
         if revoked is not None:
             return f"{what} was revoked on {_when(revoked.revocation_date_utc)}."
     return None
+
+
+def _other_crl_signers(
+    issuer: x509.Certificate, now: datetime, context: TrustContext
+) -> list[x509.Certificate]:
+    """
+    The other keys of the CA C{issuer} that may sign its CRLs (RFC 5280
+    §6.3.3: key rollover, or a separate CRL-signing key): certificates of
+    the same name that C{issuer}'s own issuer also certified, or that
+    C{issuer} certified or was certified by (self-issued), valid now and
+    allowed to sign CRLs.  A CA of the same name in another hierarchy, or a
+    whitelisted certificate that merely bears the name, is not one of them:
+    its CRL must neither lift nor add revocations of this CA's certificates.
+    """
+    own = thumbprint(issuer)
+    parents = [p for p in context.named(issuer.issuer) if issued_by(issuer, p)]
+    found = []
+    for candidate in context.named(issuer.subject):
+        if thumbprint(candidate) == own or _validity_problem(candidate, now, "") is not None:
+            continue
+        if not _may_sign_crls(candidate):
+            continue
+        if (issued_by(candidate, issuer) or issued_by(issuer, candidate)
+                or any(issued_by(candidate, p) for p in parents)):
+            found.append(candidate)
+    return found
+
+
+def _may_sign_crls(cert: x509.Certificate) -> bool:
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return usage.crl_sign
 
 
 def _revoked_entry(crl: x509.CertificateRevocationList,
@@ -337,10 +373,14 @@ def _crl_signed_by(crl: x509.CertificateRevocationList, cert: x509.Certificate) 
 
 
 def check(
-    cert: x509.Certificate, purpose: Purpose, now: datetime, context: TrustContext
+    cert: x509.Certificate, purpose: Purpose, now: datetime, context: TrustContext,
+    *, whitelist: bool = True,
 ) -> Verdict:
     """
     Decide whether C{cert} may be used for C{purpose} at C{now}.
+
+    @param whitelist: whether a CTL whitelisting makes C{cert} valid on its
+        own; without, it must chain to a trusted root.
     """
     status = context.ctl.get(thumbprint(cert))
     if status is CTLStatus.BLACKLISTED:
@@ -350,7 +390,7 @@ def check(
                or usage_problem(cert, purpose))
     if problem:
         return Verdict(False, problem)
-    if status is CTLStatus.WHITELISTED:
+    if status is CTLStatus.WHITELISTED and whitelist:
         return Verdict(True, "The certificate is whitelisted in the certificate trust list.",
                        [cert])
 
@@ -400,7 +440,7 @@ def check(
             return Verdict(False, f"{issuer_name} is not a CA certificate.", chain)
         problem = (_issuer_problem(issuer, chain, issuer_name)
                    or _validity_problem(issuer, now, issuer_name)
-                   or _revocation_problem(current, issuer, context,
+                   or _revocation_problem(current, issuer, now, context,
                                           "The certificate" if current is cert
                                           else f"The CA certificate "
                                                f"{describe_name(current.subject)}"))
@@ -412,51 +452,59 @@ def check(
                          f"{describe_name(chain[-1].subject)}.", chain)
 
 
-def crl_problem(
-    crl: x509.CertificateRevocationList, now: datetime, context: TrustContext
-) -> str | None:
+@dataclass(frozen=True)
+class CRLCheck:
     """
-    Why C{crl} cannot be relied on, or C{None}: it must be signed by a
-    certificate of its issuer that is itself trusted (a root, or a CA that
-    chains to one) and allowed to sign CRLs.  A forged CRL must not replace
-    the real one and so lift a revocation.
+    The outcome of checking a CRL for import: the certificate whose key
+    signed it, or why it cannot be relied on.
+    """
+
+    signer: x509.Certificate | None
+    problem: str | None
+
+
+def crl_check(
+    crl: x509.CertificateRevocationList, now: datetime, context: TrustContext
+) -> CRLCheck:
+    """
+    A CRL may be relied on when it is signed by a certificate of its issuer
+    that chains to a trusted root (a CTL whitelisting is not enough: it
+    vouches for one certificate, not for a CA's revocations) and is allowed
+    to sign CRLs.  A forged CRL must not replace the real one and so lift a
+    revocation.
     """
     try:
         extensions = crl.extensions
     except ValueError as e:
-        return f"it has a malformed extension ({e})"
+        return CRLCheck(None, f"it has a malformed extension ({e})")
     for extension in extensions:
-        # The store keeps one complete CRL per issuer: a delta or a
+        # The store keeps one complete CRL per issuer and key: a delta or a
         # partitioned CRL would replace it and lose revocations.
         if isinstance(extension.value, x509.DeltaCRLIndicator):
-            return "it is a delta CRL; import the issuer's complete CRL"
+            return CRLCheck(None, "it is a delta CRL; import the issuer's complete CRL")
         if isinstance(extension.value, x509.IssuingDistributionPoint):
-            return ("it covers only part of its issuer's certificates (issuing distribution "
-                    "point); import the issuer's complete CRL")
+            return CRLCheck(None, "it covers only part of its issuer's certificates (issuing "
+                                  "distribution point); import the issuer's complete CRL")
         if extension.critical:
-            return (f"it has a critical extension cipherd does not understand "
-                    f"({extension.oid.dotted_string})")
+            return CRLCheck(None, f"it has a critical extension cipherd does not understand "
+                                  f"({extension.oid.dotted_string})")
     candidates = context.named(crl.issuer)
     if not candidates:
-        return (f"there is no certificate of its issuer {describe_name(crl.issuer)} to check "
-                "its signature; import the CA certificate first")
-    problems = []
+        return CRLCheck(None, f"there is no certificate of its issuer "
+                              f"{describe_name(crl.issuer)} to check its signature; import "
+                              "the CA certificate first")
+    # The reason given is that of a certificate whose key signed it, if any.
+    problems = ["its signature does not verify with the certificate of its issuer"]
     for candidate in candidates:
         if not _crl_signed_by(crl, candidate):
-            problems.append("its signature does not verify with the certificate of its issuer")
             continue
-        try:
-            usage = candidate.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            usage = None
-        if usage is not None and not usage.crl_sign:
+        if not _may_sign_crls(candidate):
             problems.append("the key usage of its issuer's certificate does not allow "
                             "signing CRLs (cRLSign)")
             continue
-        verdict = check(candidate, Purpose.ANY, now, context)
+        verdict = check(candidate, Purpose.ANY, now, context, whitelist=False)
         if not verdict.valid:
             problems.append(f"its issuer is not trusted: {verdict.reason}")
             continue
-        return None
-    # The reason of the candidate that came closest.
-    return problems[-1]
+        return CRLCheck(candidate, None)
+    return CRLCheck(None, problems[-1])
