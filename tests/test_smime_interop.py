@@ -1114,12 +1114,44 @@ def test_a_bad_key_transport_fails_like_bad_content(pki: TestPKI) -> None:
     # A key transport to another key: unwraps to noise of another length.
     ktri["encrypted_key"] = pki.bob.cert.public_key().encrypt(b"k" * 5, padding.PKCS1v15())
     bad_transport = info.dump(force=True)
+    gcm = cms.encrypt(CONTENT, [pki.alice.cert], cipher="aes256_gcm")
+    info = asn1_cms.ContentInfo.load(gcm)
+    info["content"]["recipient_infos"][0].chosen["encrypted_key"] = (
+        pki.alice.cert.public_key().encrypt(b"k" * 5, padding.PKCS1v15()))
+    gcm_bad_transport = info.dump(force=True)
     messages = set()
-    for data in (bad_transport, _flip(good, len(good) - 5)):
+    for data in (bad_transport, _flip(good, len(good) - 5), gcm_bad_transport,
+                 _flip(gcm, len(gcm) - 20)):
         with pytest.raises(DecryptionFailed) as failure:
             cms.decrypt(data, [pki.alice.pair])
         messages.add(str(failure.value))
-    assert messages == {"The content could not be decrypted: wrong key or damaged data."}
+    assert messages == {"The content could not be decrypted: wrong key, or the message was "
+                        "damaged or changed after it was encrypted."}
+
+
+def test_the_message_is_judged_before_the_key_is_unwrapped(pki: TestPKI) -> None:
+    """
+    Faults in the message's own description (a short GCM tag, a CBC cipher
+    in AuthEnvelopedData, a missing content) are named whatever the key
+    transport holds: no answer depends on what the unwrapping gave.
+    """
+    short_tag = asn1_cms.ContentInfo.load(_auth_enveloped(pki, CONTENT, tag_length=8))
+    short_tag["content"]["recipient_infos"][0].chosen["encrypted_key"] = b"\x00" * 256
+    with pytest.raises(CMSFormatError, match="The GCM tag is 8 bytes"):
+        cms.decrypt(short_tag.dump(force=True), [pki.alice.pair])
+
+    cbc_in_auth = asn1_cms.ContentInfo.load(_auth_enveloped(pki, CONTENT))
+    cbc_in_auth["content"]["auth_encrypted_content_info"]["content_encryption_algorithm"] = {
+        "algorithm": "aes256_cbc", "parameters": asn1_core.OctetString(os.urandom(16))}
+    with pytest.raises(CMSFormatError, match="AuthEnvelopedData must use an authenticated "
+                                             "cipher"):
+        cms.decrypt(cbc_in_auth.dump(force=True), [pki.alice.pair])
+
+    short_iv = asn1_cms.ContentInfo.load(cms.encrypt(CONTENT, [pki.alice.cert]))
+    short_iv["content"]["encrypted_content_info"]["content_encryption_algorithm"] = {
+        "algorithm": "aes256_cbc", "parameters": asn1_core.OctetString(b"\x01" * 8)}
+    with pytest.raises(CMSFormatError, match="IV is 8 bytes"):
+        cms.decrypt(short_iv.dump(force=True), [pki.alice.pair])
 
 
 def test_the_der_walker_reads_signatures_as_asn1crypto_does(

@@ -968,68 +968,103 @@ def _unwrap_cek(transport: _KeyTransport, key: PrivateKey) -> bytes:
     raise UnsupportedAlgorithm(f"The key transport algorithm {name} is not supported.")
 
 
-_CONTENT_FAILED = "The content could not be decrypted: wrong key or damaged data."
+_CONTENT_FAILED = ("The content could not be decrypted: wrong key, or the message was damaged or "
+                   "changed after it was encrypted.")
 
 
-def _decrypt_content(cipher: str, cek: bytes, params: bytes, ciphertext: bytes | memoryview,
-                     tag: bytes | None, aad: bytes | None = None) -> bytes:
+@dataclass(frozen=True)
+class _ContentCipher:
     """
-    @param params: the DER of the content encryption algorithm's parameters.
+    The content encryption of an envelope, checked before any key is
+    unwrapped: every fault of the message's own description is named here,
+    and after the unwrap the only outcome besides the content is
+    L{DecryptionFailed} with one wording (RFC 3218 §2.3: an attacker who
+    forges the key transport must learn nothing from the answer).
     """
-    if cipher not in _CIPHERS:
-        raise UnsupportedAlgorithm(f"The content cipher {cipher} is not supported.")
-    key_size, kind = _CIPHERS[cipher]
-    if len(cek) != key_size:
-        # A wrong key or a forged key transport.  The same words as for
-        # content that does not decrypt, so the answer tells nothing about
-        # the unwrapping (RFC 3218 §2.3); not a random key and on, which
-        # would hand back garbage whenever the CBC padding happened to fit.
-        raise DecryptionFailed(_CONTENT_FAILED)
-    if kind == "gcm":
-        gcm = GCMParameters.load(params)
-        if tag is None:
-            raise CMSFormatError("GCM content outside AuthEnvelopedData has no tag.")
-        if len(tag) != gcm["aes_icv_len"].native or not 12 <= len(tag) <= 16:
-            raise CMSFormatError(f"The GCM tag is {len(tag)} bytes; its parameters say "
-                                 f"{gcm['aes_icv_len'].native} (12 to 16 are accepted).")
+
+    key_size: int
+    kind: str
+    iv: bytes
+    tag: bytes | None
+
+    @classmethod
+    def of(cls, kind: str, cipher: str, params: bytes, tag: bytes | None) -> _ContentCipher:
+        """
+        @param kind: C{enveloped_data} or C{authenticated_enveloped_data}.
+        @param params: the DER of the content encryption algorithm's parameters.
+        @raise UnsupportedAlgorithm: a cipher we lack.
+        @raise CMSFormatError: parameters that cannot be right.
+        """
+        if cipher not in _CIPHERS:
+            raise UnsupportedAlgorithm(f"The content cipher {cipher} is not supported.")
+        key_size, mode = _CIPHERS[cipher]
+        authenticated = kind == "authenticated_enveloped_data"
+        if authenticated != (mode == "gcm"):
+            raise CMSFormatError(
+                f"AuthEnvelopedData must use an authenticated cipher (AES-GCM), not {cipher}."
+                if authenticated else "GCM content outside AuthEnvelopedData has no tag.")
         try:
-            gcm_decryptor = Cipher(algorithms.AES(cek), modes.GCM(
-                gcm["aes_nonce"].native, tag, min_tag_length=len(tag))).decryptor()
-            if aad:
-                gcm_decryptor.authenticate_additional_data(aad)
-            content = gcm_decryptor.update(ciphertext)
-            gcm_decryptor.finalize()
-            return content
-        except ValueError as e:
-            raise CMSFormatError(f"The GCM parameters are not valid: {e}") from None
-        except InvalidTag:
-            raise DecryptionFailed("The content could not be decrypted: wrong key, or the "
-                                   "message was changed after it was encrypted (the "
-                                   "authentication tag does not match).") from None
-    try:
-        iv = core.OctetString.load(params).native
-    except (ValueError, TypeError):
-        raise CMSFormatError("The CBC parameters are not an OCTET STRING IV.") from None
-    block: Any = algorithms.AES(cek) if kind == "cbc" else TripleDES(cek)
-    try:
-        decryptor = Cipher(block, modes.CBC(iv)).decryptor()
-        # Decrypt into one buffer and strip the padding in place: no copies
-        # of a large message beyond the result.
-        size = block.block_size // 8
-        if len(ciphertext) % size or not ciphertext:
-            raise ValueError("not a whole number of blocks")
-        plain = bytearray(len(ciphertext) + size - 1)
-        written = decryptor.update_into(ciphertext, plain)
-        decryptor.finalize()
-        del plain[written:]
-        pad = plain[-1] if plain else 0
-        # Compared in constant time: no padding oracle.
-        if not 1 <= pad <= size or not hmac.compare_digest(plain[-pad:], bytes((pad,)) * pad):
-            raise ValueError("bad padding")
-        del plain[-pad:]
-        return bytes(plain)
-    except ValueError:
-        raise DecryptionFailed(_CONTENT_FAILED) from None
+            if mode == "gcm":
+                gcm = GCMParameters.load(params)
+                iv, tag_size = gcm["aes_nonce"].native, gcm["aes_icv_len"].native
+            else:
+                iv, tag_size = core.OctetString.load(params).native, None
+        except (ValueError, TypeError):
+            raise CMSFormatError(f"The {cipher} parameters are malformed.") from None
+        if mode == "gcm":
+            assert tag is not None
+            if len(tag) != tag_size or not 12 <= len(tag) <= 16:
+                raise CMSFormatError(f"The GCM tag is {len(tag)} bytes; its parameters say "
+                                     f"{tag_size} (12 to 16 are accepted).")
+            if not 8 <= len(iv) <= 128:
+                raise CMSFormatError(f"The GCM nonce is {len(iv)} bytes (8 to 128 are "
+                                     "accepted).")
+        elif len(iv) != (16 if mode == "cbc" else 8):
+            raise CMSFormatError(f"The {cipher} IV is {len(iv)} bytes, not one block.")
+        return cls(key_size, mode, iv, tag)
+
+    def decrypt(self, cek: bytes, ciphertext: bytes | memoryview,
+                aad: bytes | None = None) -> bytes:
+        """
+        @raise DecryptionFailed: a wrong key, or content that was changed.
+        """
+        if len(cek) != self.key_size:
+            # A wrong key or a forged key transport: not a random key and
+            # on, which would hand back garbage whenever the CBC padding fit.
+            raise DecryptionFailed(_CONTENT_FAILED)
+        if self.kind == "gcm":
+            assert self.tag is not None
+            try:
+                gcm_decryptor = Cipher(algorithms.AES(cek), modes.GCM(
+                    self.iv, self.tag, min_tag_length=len(self.tag))).decryptor()
+                if aad:
+                    gcm_decryptor.authenticate_additional_data(aad)
+                content = gcm_decryptor.update(ciphertext)
+                gcm_decryptor.finalize()
+                return content
+            except (ValueError, InvalidTag):
+                raise DecryptionFailed(_CONTENT_FAILED) from None
+        block: Any = algorithms.AES(cek) if self.kind == "cbc" else TripleDES(cek)
+        try:
+            decryptor = Cipher(block, modes.CBC(self.iv)).decryptor()
+            # Decrypt into one buffer and strip the padding in place: no
+            # copies of a large message beyond the result.
+            size = block.block_size // 8
+            if len(ciphertext) % size or not ciphertext:
+                raise ValueError("not a whole number of blocks")
+            plain = bytearray(len(ciphertext) + size - 1)
+            written = decryptor.update_into(ciphertext, plain)
+            decryptor.finalize()
+            del plain[written:]
+            pad = plain[-1] if plain else 0
+            # Compared in constant time: no padding oracle.
+            if not 1 <= pad <= size or not hmac.compare_digest(plain[-pad:],
+                                                               bytes((pad,)) * pad):
+                raise ValueError("bad padding")
+            del plain[-pad:]
+            return bytes(plain)
+        except ValueError:
+            raise DecryptionFailed(_CONTENT_FAILED) from None
 
 
 def decrypt(
@@ -1240,7 +1275,6 @@ def _envelope_asn1(data: bytes) -> tuple[str, _Envelope]:
 
 def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -> DecryptedContent:
     kind, envelope = _envelope(data)
-    del kind
     keys = list(keys)
     recipients: list[str] = []
     match: tuple[_KeyTransport, x509.Certificate, PrivateKey] | None = None
@@ -1269,16 +1303,18 @@ def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -
                 "which is not supported.")
         raise DecryptionKeyNotFound()
     transport, cert, key = match
+    # Everything the message itself gets wrong is refused before the key
+    # is unwrapped; after it, only DecryptionFailed (see _ContentCipher).
+    content_cipher = _ContentCipher.of(kind, envelope.cipher, envelope.parameters, envelope.tag)
+    if envelope.encrypted is None:
+        raise CMSFormatError("The encrypted content is missing (detached).")
     try:
         cek = _unwrap_cek(transport, key)
     except KeyError as e:
         raise UnsupportedAlgorithm(f"The key transport uses the unsupported digest {e}.") from None
     except (ValueError, TypeError):
         raise DecryptionFailed(_CONTENT_FAILED) from None
-    if envelope.encrypted is None:
-        raise CMSFormatError("The encrypted content is missing (detached).")
-    content = _decrypt_content(envelope.cipher, cek, envelope.parameters, envelope.encrypted,
-                               envelope.tag, envelope.aad)
+    content = content_cipher.decrypt(cek, envelope.encrypted, envelope.aad)
     return DecryptedContent(content, cert, envelope.cipher,
                             _key_encryption_of(transport.algorithm_der)[0], recipients)
 
