@@ -7,7 +7,6 @@ of the guide (figures 10 and 15).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import warnings
@@ -25,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cipherd.pki.cms import PrivateKey
 from cipherd.pki.errors import CertificateImportError
+from cipherd.pki.memo import small_lru
 
 TUNNEL_KEY_SIZE = 2048
 TUNNEL_VALIDITY = timedelta(days=3650)
@@ -63,7 +63,11 @@ def email_addresses(cert: x509.Certificate) -> list[str]:
     return result
 
 
-@functools.lru_cache(maxsize=4096)
+def _name_key_size(name: x509.Name, key: tuple[frozenset[tuple[str, Any]], ...]) -> int:
+    return sum(len(oid) + len(value) for rdn in key for oid, value in rdn)
+
+
+@small_lru(4096, _name_key_size)
 def name_key(name: x509.Name) -> tuple[frozenset[tuple[str, Any]], ...]:
     """
     A key under which names that RFC 5280 §7.1 holds equal are equal: string

@@ -12,7 +12,6 @@ mathematically right and who made it, not whether to believe that signer.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import os
@@ -38,6 +37,7 @@ from cipherd.pki.errors import (
     DecryptionKeyNotFound,
     UnsupportedAlgorithm,
 )
+from cipherd.pki.memo import bytes_size, certificate_size, small_lru
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -167,7 +167,7 @@ _IDENTIFIER_TYPES = {"SignerIdentifier": cms.SignerIdentifier,
                      "RecipientIdentifier": cms.RecipientIdentifier}
 
 
-@functools.lru_cache(maxsize=256)
+@small_lru(256, bytes_size)
 def _describe(der: bytes, kind: str) -> str:
     identifier = _IDENTIFIER_TYPES[kind].load(der)
     if identifier.name == "issuer_and_serial_number":
@@ -201,18 +201,19 @@ def _der_int(n: int) -> bytes:
     return _tlv(0x02, n.to_bytes((n + (n < 0)).bit_length() // 8 + 1, "big", signed=True))
 
 
-# What is derived from a certificate on every message is derived once.
-@functools.lru_cache(maxsize=256)
+# What is derived from a certificate on every message is derived once (for
+# certificates of an ordinary size: see memo).
+@small_lru(256, certificate_size)
 def _issuer_and_serial_der(cert: x509.Certificate) -> bytes:
     return _tlv(0x30, cert.issuer.public_bytes(), _der_int(cert.serial_number))
 
 
-@functools.lru_cache(maxsize=256)
+@small_lru(256, certificate_size)
 def _certificate_der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-@functools.lru_cache(maxsize=256)
+@small_lru(256, certificate_size)
 def _public_key(cert: x509.Certificate) -> Any:
     return cert.public_key()
 
@@ -454,13 +455,13 @@ def _fields_from_asn1(signer: cms.SignerInfo, content_type: str) -> _SignerField
     )
 
 
-@functools.lru_cache(maxsize=64)
+@small_lru(64, bytes_size)
 def _signature_algorithm_of(der: bytes) -> tuple[str, algos.SignedDigestAlgorithm]:
     algorithm = algos.SignedDigestAlgorithm.load(der)
     return algorithm.signature_algo, algorithm
 
 
-@functools.lru_cache(maxsize=256)
+@small_lru(256, certificate_size)
 def _issuer_der(cert: x509.Certificate) -> bytes:
     return cert.issuer.public_bytes()
 
@@ -943,7 +944,7 @@ class _KeyTransport:
                    ktri["key_encryption_algorithm"].dump(), ktri["encrypted_key"].native)
 
 
-@functools.lru_cache(maxsize=64)
+@small_lru(64, bytes_size)
 def _key_encryption_of(der: bytes) -> tuple[str, cms.KeyEncryptionAlgorithm]:
     algorithm = cms.KeyEncryptionAlgorithm.load(der)
     return algorithm["algorithm"].native, algorithm

@@ -1,0 +1,76 @@
+"""
+A bounded memo for what is derived from certificates, names and algorithm
+identifiers on every message.
+
+C{functools.lru_cache} keeps any argument it is given: the certificates
+and names a message carries are chosen by its sender, and a few hundred of
+them a megabyte each would stay in memory for good.  This cache keeps only
+arguments (and results) of a modest size, so what it holds is bounded by
+C{maxsize} times C{limit} bytes, and computes the rest every time.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cryptography import x509
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# An ordinary certificate is 1-2 KB, a name well under 1 KB.
+LIMIT = 16 * 1024
+
+
+def small_lru(maxsize: int, weigh: Callable[..., int], limit: int = LIMIT) -> Callable[[_F], _F]:
+    """
+    Memoize a function of hashable arguments, least recently used first out.
+
+    @param weigh: C{weigh(*args, result)}: the bytes an entry would hold;
+        an entry over C{limit} is not kept.
+    """
+
+    def decorate(function: _F) -> _F:
+        entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        lock = threading.Lock()
+
+        @functools.wraps(function)
+        def memoized(*args: Any) -> Any:
+            with lock:
+                if args in entries:
+                    entries.move_to_end(args)
+                    return entries[args]
+            result = function(*args)
+            if weigh(*args, result) <= limit:
+                with lock:
+                    entries[args] = result
+                    if len(entries) > maxsize:
+                        entries.popitem(last=False)
+            return result
+
+        def cache_clear() -> None:
+            with lock:
+                entries.clear()
+
+        memoized.cache_clear = cache_clear  # type: ignore[attr-defined]
+        memoized.cache_len = entries.__len__  # type: ignore[attr-defined]
+        return memoized  # type: ignore[return-value]
+
+    return decorate
+
+
+def certificate_size(cert: x509.Certificate, _result: Any = None) -> int:
+    """
+    The weight of an entry keyed by a certificate: the certificate itself.
+    """
+    return len(cert.tbs_certificate_bytes) + len(cert.signature)
+
+
+def bytes_size(der: bytes, *rest: Any) -> int:
+    """
+    The weight of an entry keyed by DER bytes (and small extra arguments).
+    """
+    return len(der)
