@@ -418,3 +418,33 @@ def test_the_trust_context_is_read_again_only_when_the_database_changed(pki: dic
     result_of(here.import_data(pki["root"].pem(), store=ROOTS))
     assert result_of(here.trust_context()) is not before
     assert result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+
+
+def test_changes_that_leave_counts_and_times_alike_are_seen(pki: dict) -> None:
+    """
+    Two CTL entries turned opposite ways, or a certificate removed and
+    another added with an older clock, leave every count and time as they
+    were: another node must see the change all the same.
+    """
+    database = migrated_store()
+    clock, behind = Clock(), Clock()
+    clock.advance(NOW.timestamp())
+    behind.advance(NOW.timestamp() - 3600)  # a node whose clock is an hour behind
+    here = CertificateStore(database, clock, os.urandom(32), SynchronousRunner())
+    there = CertificateStore(database, behind, os.urandom(32), SynchronousRunner())
+    result_of(here.import_data(pki["root"].pem(), store=ROOTS))
+    result_of(here.import_data(pki["ca"].pem() + pki["alice"].pem() + pki["bob"].pem()))
+    ca, bob = thumbprint(pki["ca"].cert), thumbprint(pki["bob"].cert)
+    result_of(there.set_ctl(ca, CTLStatus.BLACKLISTED))
+    result_of(there.set_ctl(bob, CTLStatus.WHITELISTED))
+    assert not result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+    # Both turned around at once: one entry blacklisted, as before.
+    result_of(there.set_ctl(ca, CTLStatus.WHITELISTED))
+    result_of(there.set_ctl(bob, CTLStatus.BLACKLISTED))
+    assert result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+
+    # A CA certificate removed and another added, stamped an hour earlier.
+    other = make_ca("Other CA", issuer=pki["root"])
+    result_of(there.delete(ca))
+    result_of(there.import_data(other.pem()))
+    assert not result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid

@@ -144,7 +144,7 @@ class CertificateStore:
         self._kek = kek
         self._crypto = crypto
         # The trust context and the database state it was read from.
-        self._trust: tuple[tuple[Any, ...], TrustContext] | None = None
+        self._trust: tuple[int, TrustContext] | None = None
 
     def now(self) -> datetime:
         return utc_from_seconds(self._clock.seconds())
@@ -268,7 +268,7 @@ class CertificateStore:
         more_crls = list(extra_crls)
         cached = self._trust
 
-        def read(conn: Connection) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+        def read(conn: Connection) -> tuple[int, tuple[Any, ...] | None]:
             version = q.trust_version(conn)
             if cached is not None and cached[0] == version and not more_crls:
                 return version, None

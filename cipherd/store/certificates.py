@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from cipherd.store.schema import certificate_emails, certificates, crls, ctl
+from cipherd.store.schema import certificate_emails, certificates, crls, ctl, trust_generation
 
 CERTIFICATES = "certificates"
 ROOTS = "roots"
@@ -103,6 +103,7 @@ def put_certificate(
         subject_key_id=new.subject_key_id, not_before=new.not_before, not_after=new.not_after,
         is_ca=new.is_ca, self_signed=new.self_signed, private_key=sealed_key, created=now,
     ))
+    _changed(conn)
     known = set(conn.execute(select(certificate_emails.c.email).where(
         certificate_emails.c.thumbprint == new.thumbprint)).scalars())
     for email in new.emails:
@@ -182,6 +183,8 @@ def delete_certificate(conn: Connection, store: str, thumbprint: str) -> bool:
     if still_stored is None:
         conn.execute(delete(certificate_emails).where(
             certificate_emails.c.thumbprint == thumbprint))
+    if deleted:
+        _changed(conn)
     return deleted > 0
 
 
@@ -210,10 +213,12 @@ def put_crl(conn: Connection, row: CRLRow, now: float) -> str:
               "next_update": row.next_update, "entries": row.entries, "created": now}
     if existing is None:
         conn.execute(insert(crls).values(issuer_hash=row.issuer_hash, **values))
+        _changed(conn)
         return "added"
     if existing.this_update >= row.this_update:
         return "older"
     conn.execute(update(crls).where(key).values(values))
+    _changed(conn)
     return "replaced"
 
 
@@ -225,7 +230,8 @@ def list_crls(conn: Connection) -> list[CRLRow]:
 
 
 def delete_crl(conn: Connection, issuer_hash: str) -> bool:
-    return conn.execute(delete(crls).where(crls.c.issuer_hash == issuer_hash)).rowcount > 0
+    return _changed_if(conn, conn.execute(
+        delete(crls).where(crls.c.issuer_hash == issuer_hash)).rowcount > 0)
 
 
 # The certificate trust list ----------------------------------------------------
@@ -235,26 +241,36 @@ def set_ctl(conn: Connection, thumbprint: str, status: str, now: float) -> None:
     key = ctl.c.thumbprint == thumbprint
     if conn.execute(update(ctl).where(key).values(status=status)).rowcount == 0:
         conn.execute(insert(ctl).values(thumbprint=thumbprint, status=status, created=now))
+    _changed(conn)
 
 
 def delete_ctl(conn: Connection, thumbprint: str) -> bool:
-    return conn.execute(delete(ctl).where(ctl.c.thumbprint == thumbprint)).rowcount > 0
+    return _changed_if(conn, conn.execute(
+        delete(ctl).where(ctl.c.thumbprint == thumbprint)).rowcount > 0)
 
 
 def list_ctl(conn: Connection) -> dict[str, str]:
     return {r.thumbprint: r.status for r in conn.execute(select(ctl))}
 
 
-def trust_version(conn: Connection) -> tuple[Any, ...]:
+def trust_version(conn: Connection) -> int:
     """
-    A cheap summary that changes whenever the certificates, CRLs or CTL
-    change (rows added, removed, replaced, or a CTL entry turned), so a
-    node can keep its trust context until another node alters them.
+    The count of changes to the certificates, CRLs and CTL (any node's), so
+    a node can keep its trust context until another node alters them.
     """
-    return (
-        *conn.execute(select(func.count(), func.max(certificates.c.created))).one(),
-        *conn.execute(select(func.count(), func.max(crls.c.created),
-                             func.sum(crls.c.this_update))).one(),
-        *conn.execute(select(func.count(), func.max(ctl.c.created),
-                             func.count().filter(ctl.c.status == "blacklisted"))).one(),
-    )
+    return conn.execute(select(trust_generation.c.generation)).scalar() or 0
+
+
+def _changed(conn: Connection) -> None:
+    # In the writer's transaction: the row lock orders concurrent writers,
+    # and a rolled-back change leaves the count as it was.
+    bumped = conn.execute(update(trust_generation).where(trust_generation.c.id == 1).values(
+        generation=trust_generation.c.generation + 1)).rowcount
+    if not bumped:
+        conn.execute(insert(trust_generation).values(id=1, generation=1))
+
+
+def _changed_if(conn: Connection, changed: bool) -> bool:
+    if changed:
+        _changed(conn)
+    return changed

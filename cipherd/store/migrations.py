@@ -52,8 +52,13 @@ def _certificate_store(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables)
 
 
+def _trust_generation(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.trust_generation])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
+    Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
 )
 
 

@@ -132,3 +132,12 @@ ctl = Table(
     Column("status", String(16), nullable=False),
     Column("created", Float, nullable=False),
 )
+
+# One row, counting the changes to certificates, CRLs and the CTL: a node
+# keeps its trust context while the count stays the same.
+trust_generation = Table(
+    "trust_generation",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", Integer, nullable=False),
+)
