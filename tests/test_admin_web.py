@@ -13,7 +13,15 @@ import pytest
 from cipherd.settings import GLOBAL, Level, Scope
 from cipherd.testing import result_of
 from cipherd.web.admin import SESSION_COOKIE
-from tests.harness import GOOD_PASSWORD, IDLE, LOCKOUT_DURATION, MAX_AGE, AdminHarness
+from cipherd.web.auth import MAX_PENDING_CHECKS
+from tests.harness import (
+    GOOD_PASSWORD,
+    IDLE,
+    LOCKOUT_DURATION,
+    LOCKOUT_THRESHOLD,
+    MAX_AGE,
+    AdminHarness,
+)
 
 
 @pytest.fixture
@@ -258,3 +266,23 @@ def test_unknown_pages_and_internal_errors_get_a_page(admin: AdminHarness) -> No
     assert response.code == 500
     assert "The cause is in the cipherd log." in response.text
     assert "secret detail" not in response.text
+
+
+def test_a_busy_server_says_so_and_counts_nothing(admin: AdminHarness) -> None:
+    """
+    With every place for password work taken (a flood of logins from
+    elsewhere), a login or password change gets 503 and a clear message,
+    and is not counted towards a lockout.
+    """
+    admin.authority._pending = MAX_PENDING_CHECKS  # every place taken
+    for _ in range(LOCKOUT_THRESHOLD + 2):
+        refused = admin.login()
+        assert (refused.code, refused.header("retry-after")) == (503, "5")
+        assert "The server is busy checking other logins" in refused.text
+    admin.authority._pending = 0
+    assert admin.login().code == 303  # not locked out
+    admin.authority._pending = MAX_PENDING_CHECKS
+    busy = admin.post_form("/admin/password", {"password": GOOD_PASSWORD,
+                                               "confirm": GOOD_PASSWORD})
+    assert (busy.code, busy.header("retry-after")) == (503, "5")
+    assert "The server is busy checking other logins" in busy.text

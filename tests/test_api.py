@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from twisted.logger import Logger
 
-from tests.harness import GOOD_PASSWORD, AdminHarness
+from cipherd.web.auth import MAX_PENDING_CHECKS
+from tests.harness import GOOD_PASSWORD, LOCKOUT_THRESHOLD, AdminHarness
 
 DEFAULT = ("admin", "admin")
 CHANGED = ("admin", GOOD_PASSWORD)
@@ -222,3 +223,15 @@ def test_secrets_are_write_only(api: AdminHarness) -> None:
     emptied = call(api, "PATCH", "/settings/global", body={"server_secret": None})
     assert emptied.json()["errors"] == {
         "server_secret": "a secret cannot be emptied or inherited; set a new value instead"}
+
+
+def test_503_while_every_password_check_is_taken(api: AdminHarness) -> None:
+    change_default(api)
+    api.authority._pending = MAX_PENDING_CHECKS  # a flood of logins from elsewhere
+    for _ in range(LOCKOUT_THRESHOLD + 2):
+        busy = call(api, "GET", "/settings/global")
+        assert (busy.code, busy.header("retry-after")) == (503, "5")
+        assert busy.json() == {
+            "error": "The server is busy checking other logins; try again in a moment."}
+    api.authority._pending = 0
+    assert call(api, "GET", "/settings/global").code == 200  # nothing was counted

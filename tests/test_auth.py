@@ -16,7 +16,7 @@ from zope.interface import implementer
 from cipherd.store import admins as q
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.threads import IBlockingRunner
-from cipherd.web.auth import MAX_PENDING_CHECKS, AdminAuthority, LoginRefused
+from cipherd.web.auth import MAX_PENDING_CHECKS, AdminAuthority, LoginRefused, ServerBusy
 
 
 @implementer(IBlockingRunner)
@@ -166,3 +166,30 @@ def test_the_sweep_forgets_failures_outside_the_window_but_not_running_locks() -
     result_of(run(put))
     result_of(authority.expire_sessions())
     assert result_of(run(clients)) == {"recent", "locked"}
+
+
+def test_logins_refused_as_busy_are_not_counted() -> None:
+    """
+    A flood of logins from many addresses fills the places for password
+    checks; the administrator's own attempts meanwhile are refused as busy,
+    not counted, so they do not lock the account once the flood is over.
+    """
+    authority, held = _held_authority()
+    for n in range(MAX_PENDING_CHECKS):
+        Deferred.fromCoroutine(authority.check_password(f"x{n}", "guess", f"203.0.113.{n}")
+                               ).addBoth(lambda _: None)
+    during: list[Any] = []
+    for _ in range(6):
+        Deferred.fromCoroutine(authority.check_password("admin", "admin", "10.0.0.1")
+                               ).addBoth(during.append)
+    assert all(o.check(ServerBusy) for o in during)
+    changed: list[Any] = []
+    Deferred.fromCoroutine(authority.change_password("admin", "purple-otter-canvas-91", None)
+                           ).addBoth(changed.append)
+    held.release_all()  # the password-strength check, then the refusal
+    assert changed[0].check(ServerBusy)
+    after: list[Any] = []
+    Deferred.fromCoroutine(authority.check_password("admin", "admin", "10.0.0.1")
+                           ).addBoth(after.append)
+    held.release_all()
+    assert after[0].name == "admin"

@@ -33,7 +33,13 @@ from cipherd.settings import (
     scope_for,
 )
 from cipherd.web.api import AdminAPI
-from cipherd.web.auth import AdminSession, LoginRefused, WeakPassword, csrf_matches
+from cipherd.web.auth import (
+    AdminSession,
+    LoginRefused,
+    ServerBusy,
+    WeakPassword,
+    csrf_matches,
+)
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import (
     SecureHeaders,
@@ -170,6 +176,9 @@ class AdminSite(AdminPages):
             admin = await self.backend.authority.check_password(
                 name, arg(request, "password") or "", client_address(request)
             )
+        except ServerBusy as e:
+            request.setHeader(b"Retry-After", b"5")
+            return await self.login_form(request, error=str(e), status=503)
         except LoginRefused as e:
             return await self.login_form(request, error=str(e), status=401)
         token = await self.backend.authority.open_session(admin.name)
@@ -205,6 +214,10 @@ class AdminSite(AdminPages):
                 return redirect(request, "/admin/password?changed=1")
             except WeakPassword as e:
                 error = str(e)
+            except ServerBusy as e:
+                request.setHeader(b"Retry-After", b"5")
+                return self.render(request, "password.html", session, status=503,
+                                   section="admin", error=str(e))
         return self.render(request, "password.html", session, status=400, section="admin",
                             error=error)
 

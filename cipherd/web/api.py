@@ -36,7 +36,7 @@ from cipherd.settings import (
 )
 from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
-from cipherd.web.auth import LoginRefused, WeakPassword
+from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import arg, client_address, json_response
 from cipherd.web.pki_pages import MAX_UPLOAD, certificate_facts
@@ -86,6 +86,11 @@ def _cross_site(request: IRequest) -> str | None:
     return None
 
 
+def _busy(request: IRequest, message: str) -> bytes:
+    request.setHeader(b"Retry-After", b"5")
+    return json_response(request, 503, {"error": message})
+
+
 def _credentials(request: IRequest) -> tuple[str, str] | None:
     header = request.getHeader(b"authorization")
     if not header or not header[:6].lower() == b"basic ":
@@ -112,6 +117,8 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
                 admin = await self.backend.authority.check_password(
                     *credentials, client_address(request)
                 )
+            except ServerBusy as e:
+                return _busy(request, str(e))
             except LoginRefused as e:
                 return self._unauthorized(request, str(e))
             if admin.must_change_password and not allow_default_password:
@@ -182,6 +189,8 @@ class AdminAPI:
             await self.backend.authority.change_password(admin.name, password, keep_session=None)
         except WeakPassword as e:
             raise _BadRequest("The password was refused.", {"password": str(e)}) from None
+        except ServerBusy as e:
+            return _busy(request, str(e))
         return json_response(request, 200, {"status": "The password was changed."})
 
     # Settings ------------------------------------------------------------

@@ -8,11 +8,12 @@ so one lockout counts failures from both.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -46,6 +47,13 @@ T = TypeVar("T")
 class LoginRefused(Exception):
     """
     Wrong credentials or locked out; the message is safe to show.
+    """
+
+
+class ServerBusy(LoginRefused):
+    """
+    Too many password checks are under way: refused before anything was
+    counted or changed; the client may try again at once.
     """
 
 
@@ -146,19 +154,27 @@ class AdminAuthority:
         except (VerificationError, InvalidHashError):
             return False
 
-    async def _check(self, fn: Callable[..., T], *args: Any) -> T:
+    @contextlib.contextmanager
+    def _reserved(self) -> Iterator[None]:
         """
-        Run a password hash or check on the auth runner, refusing at once
-        when too many are already waiting.
+        Take one of the places for password work, or refuse at once when
+        too many are taken: before anything is counted, so a flood of
+        logins from elsewhere neither queues hashes nor locks anyone out.
+
+        @raise ServerBusy: no place is free.
         """
         if self._pending >= MAX_PENDING_CHECKS:
-            raise LoginRefused("The server is busy checking other logins; try again in a "
-                               "moment.")
+            raise ServerBusy("The server is busy checking other logins; try again in a "
+                             "moment.")
         self._pending += 1
         try:
-            return await self._runner.run(fn, *args)
+            yield
         finally:
             self._pending -= 1
+
+    async def _check(self, fn: Callable[..., T], *args: Any) -> T:
+        # A password hash or check, on the auth runner (one thread).
+        return await self._runner.run(fn, *args)
 
     def _cache_slot(self, name: str, password: str) -> tuple[str, bytes]:
         return name, hmac.digest(self._cache_key, password.encode("utf-8", "surrogatepass"),
@@ -185,9 +201,13 @@ class AdminAuthority:
         @param client: the client's address, the unit of lockout.
         @return: the account.
         @raise LoginRefused: wrong credentials, or locked out.
+        @raise ServerBusy: too many checks under way; nothing was counted.
         """
+        with self._reserved():
+            return await self._check_password(name[:64], password, client)
+
+    async def _check_password(self, name: str, password: str, client: str) -> q.AdminRow:
         now = self._clock.seconds()
-        name = name[:64]
         # Count the attempt before checking the password, in one transaction:
         # parallel guesses each take a place in the count and those past the
         # threshold are refused unchecked.
@@ -240,11 +260,13 @@ class AdminAuthority:
 
         @param keep_session: the token hash of the session to keep, if any.
         @raise WeakPassword: the password is refused; nothing changed.
+        @raise ServerBusy: too many password checks under way; nothing changed.
         """
         problem = await self._runner.run(password_problem, name, password)
         if problem:
             raise WeakPassword(problem)
-        hashed = await self._check(self._hasher.hash, password)
+        with self._reserved():
+            hashed = await self._check(self._hasher.hash, password)
         now = self._clock.seconds()
 
         def change(conn: Connection) -> None:
