@@ -64,6 +64,17 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body() -> None:
     assert transport.value() == answer
 
 
+def test_a_client_that_waits_for_100_continue_gets_only_the_413() -> None:
+    echo = Echo()
+    channel, transport = _connect(echo)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                         b"Content-Length: 5000\r\n\r\n")
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
+    assert b"100 Continue" not in answer
+    assert answer.endswith(b"\r\n\r\nThe request body is larger than 1000 bytes.\n")
+
+
 def test_a_chunked_body_is_cut_off_when_it_passes_the_limit() -> None:
     echo = Echo()
     channel, transport = _connect(echo)

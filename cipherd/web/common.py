@@ -173,6 +173,8 @@ class BoundedRequest(Request):
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
         if length is not None and length > self.max_body:
+            # Refused before the body: no "100 Continue" after the 413.
+            self.requestHeaders.removeHeader(b"expect")
             self._refuse()
 
     def handleContentChunk(self, data: bytes) -> None:
