@@ -448,3 +448,30 @@ def test_changes_that_leave_counts_and_times_alike_are_seen(pki: dict) -> None:
     result_of(there.delete(ca))
     result_of(there.import_data(other.pem()))
     assert not result_of(here.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+
+
+def test_an_import_run_again_after_a_race_reports_each_certificate_once(
+        store: CertificateStore, pki: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    When another node inserts a row between our look-up and our insert,
+    the store runs the whole write again: the report must still name each
+    certificate once.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    from cipherd.pki import certstore
+
+    real, calls = certstore.q.put_certificate, []
+
+    def racing(*args: object) -> str:
+        calls.append(args)
+        if len(calls) == 2:
+            raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(certstore.q, "put_certificate", racing)
+    result = result_of(store.import_data(pki["alice"].pem() + pki["bob"].pem()))
+    assert len(calls) == 4  # two, the race, then both again
+    assert sorted(result.imported) == sorted(
+        thumbprint(pki[name].cert) for name in ("alice", "bob"))
+    assert result.duplicates == []

@@ -185,15 +185,18 @@ class CertificateStore:
                     crl_rows.append(_crl_row(crl, checked.signer))
         now = self._clock.seconds()
 
-        def write(conn: Connection) -> None:
-            for new, sealed in entries:
-                outcome = q.put_certificate(conn, store, new, sealed, now)
-                {"added": result.imported, "key added": result.keys_added,
-                 "duplicate": result.duplicates}[outcome].append(new.thumbprint)
-            for row in crl_rows:
-                result.crls.append((row.issuer, q.put_crl(conn, row, now)))
+        def write(conn: Connection) -> tuple[list[str], list[str]]:
+            # Outcomes returned, not appended to the result: after a
+            # unique-key race the store runs this a second time.
+            return ([q.put_certificate(conn, store, new, sealed, now) for new, sealed in entries],
+                    [q.put_crl(conn, row, now) for row in crl_rows])
 
-        await self._store.run(write)
+        outcomes, crl_outcomes = await self._store.run(write)
+        for (new, _), outcome in zip(entries, outcomes, strict=True):
+            {"added": result.imported, "key added": result.keys_added,
+             "duplicate": result.duplicates}[outcome].append(new.thumbprint)
+        result.crls.extend((row.issuer, outcome)
+                           for row, outcome in zip(crl_rows, crl_outcomes, strict=True))
         self._changed()
         return result
 
