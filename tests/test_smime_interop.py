@@ -1182,6 +1182,40 @@ def test_the_der_walker_reads_signatures_as_asn1crypto_does(
         cms._signed_data_fast(gpgsm.sign(CONTENT, pki.alice, detached=False))
 
 
+def test_structures_that_do_not_nest_or_repeat_attributes_are_refused(pki: TestPKI) -> None:
+    """
+    The walker takes nothing on trust that asn1crypto would refuse: an
+    element running past its parent, a wrong tag, and signed attributes
+    that are empty or hold the message digest twice are all refused, by
+    either reader, with the reason.
+    """
+    signed = cms.sign(CONTENT, *pki.alice.pair, signing_time=NOW, detached=False)
+    version = signed.index(b"\x02\x01\x01\x31")  # SignedData version, then digestAlgorithms
+    wrong_tag = signed[:version] + b"\x04" + signed[version + 1:]
+    with pytest.raises(CMSFormatError, match="CMSVersion"):
+        cms.verify(wrong_tag)
+    length = int.from_bytes(signed[2:4], "big")  # ContentInfo: 30 82 xx xx
+    short_parent = signed[:2] + (length - 50).to_bytes(2, "big") + signed[4:]
+    with pytest.raises(CMSFormatError):
+        cms.verify(short_parent)
+
+    info = asn1_cms.ContentInfo.load(signed)
+    attributes = info["content"]["signer_infos"][0]["signed_attrs"]
+    digest = next(a for a in attributes if a["type"].native == "message_digest")
+    twice = asn1_cms.ContentInfo.load(signed)
+    twice["content"]["signer_infos"][0]["signed_attrs"] = asn1_cms.CMSAttributes(
+        [*attributes, asn1_cms.CMSAttribute({"type": "message_digest",
+                                             "values": [b"\x00" * 32]}), digest])
+    empty = asn1_cms.ContentInfo.load(signed)
+    empty["content"]["signer_infos"][0]["signed_attrs"] = asn1_cms.CMSAttributes([])
+    for data, reason in ((twice.dump(force=True), "message-digest attribute more than once"),
+                         (empty.dump(force=True), "present but empty")):
+        with pytest.raises(CMSFormatError, match=reason):
+            cms.verify(data)
+        with pytest.raises(CMSFormatError, match=reason):
+            cms._signed_data_asn1(data)
+
+
 def test_the_der_walker_reads_envelopes_as_asn1crypto_does(
     pki: TestPKI, openssl: OpenSSL, gpgsm: GpgSM
 ) -> None:

@@ -438,7 +438,10 @@ def _fields_from_asn1(signer: cms.SignerInfo, content_type: str) -> _SignerField
     type_matches = False
     signing_time = None
     raw = None
-    if not isinstance(signed_attrs, core.Void) and len(signed_attrs):
+    if not isinstance(signed_attrs, core.Void):
+        problem = _attribute_problem([a["type"].dump() for a in signed_attrs])
+        if problem:
+            raise CMSFormatError(problem)
         attrs = {a["type"].native: a["values"] for a in signed_attrs}
         if "message_digest" in attrs:
             digests = [v.native for v in attrs["message_digest"]]
@@ -611,115 +614,132 @@ def _signed_data_fast(data: bytes) -> tuple[bytes | None, list[bytes], list[_Sig
     """
     Walk a definite-length DER SignedData: the embedded content, the
     certificates (DER) and the signers.  Everything unusual (BER, a
-    constructed content, unknown digests or attribute forms) raises
-    L{_NotDER}, and asn1crypto reads the message instead.
+    constructed content, unknown digests or attribute forms, elements that
+    do not nest) raises L{_NotDER}, and asn1crypto reads the message instead.
     """
     buf = memoryview(data)
-    tag, start, end = _read_tlv(buf, 0)
-    if tag != 0x30:
+    oid, pos, signed_end = _content_body(buf)
+    if oid != _OID_SIGNED_DATA:
         raise _NotDER()
-    _, _, oid_end = _read_tlv(buf, start)
-    if bytes(buf[start:oid_end]) != _OID_SIGNED_DATA:
-        raise _NotDER()
-    tag, start, _ = _read_tlv(buf, oid_end)
-    if tag != 0xA0:
-        raise _NotDER()
-    tag, pos, _ = _read_tlv(buf, start)  # SignedData
-    _, _, pos = _read_tlv(buf, pos)  # version
-    _, _, pos = _read_tlv(buf, pos)  # digestAlgorithms
-    tag, encap_start, encap_end = _read_tlv(buf, pos)
-    if tag != 0x30:
-        raise _NotDER()
-    _, _, type_end = _read_tlv(buf, encap_start)
+    tag, _, pos = _read_tlv(buf, pos, signed_end)  # digestAlgorithms
+    _expect(tag, 0x31)
+    tag, encap_start, encap_end = _read_tlv(buf, pos, signed_end)
+    _expect(tag, 0x30)
+    tag, _, type_end = _read_tlv(buf, encap_start, encap_end)
+    _expect(tag, 0x06)
     content_type = bytes(buf[encap_start:type_end])
     content = None
     if type_end < encap_end:
-        tag, start, _ = _read_tlv(buf, type_end)
-        inner, start, end = _read_tlv(buf, start)
-        if tag != 0xA0 or inner != 0x04:
-            raise _NotDER()
+        tag, start, explicit_end = _read_tlv(buf, type_end, encap_end)
+        _expect(tag, 0xA0)
+        tag, start, end = _read_tlv(buf, start, explicit_end)
+        _expect(tag, 0x04)
         content = bytes(buf[start:end])
     certificates = []
-    tag, start, end = _read_tlv(buf, encap_end)
+    tag, start, end = _read_tlv(buf, encap_end, signed_end)
     if tag == 0xA0:
         element = start
         while element < end:
-            kind, _, element_end = _read_tlv(buf, element)
+            kind, _, element_end = _read_tlv(buf, element, end)
             if kind == 0x30:
                 certificates.append(bytes(buf[element:element_end]))
             element = element_end
-        tag, start, end = _read_tlv(buf, end)
+        tag, start, end = _read_tlv(buf, end, signed_end)
     if tag == 0xA1:  # crls
-        tag, start, end = _read_tlv(buf, end)
-    if tag != 0x31:
-        raise _NotDER()
+        tag, start, end = _read_tlv(buf, end, signed_end)
+    _expect(tag, 0x31)
     signers = []
     element = start
     while element < end:
-        tag, signer_start, signer_end = _read_tlv(buf, element)
-        if tag != 0x30:
-            raise _NotDER()
+        tag, signer_start, signer_end = _read_tlv(buf, element, end)
+        _expect(tag, 0x30)
         signers.append(_signer_fast(buf, signer_start, signer_end, content_type))
         element = signer_end
     return content, certificates, signers
 
 
+# Signed attributes that may appear once only (RFC 5652 §11.1-11.3).
+_SINGLE_ATTRIBUTES = {_OID_CONTENT_TYPE: "content-type", _OID_MESSAGE_DIGEST: "message-digest",
+                      _OID_SIGNING_TIME: "signing-time"}
+
+
+def _attribute_problem(oids: list[bytes]) -> str | None:
+    """
+    What is wrong with signed attributes of these types, or C{None}.
+    """
+    if not oids:
+        return "A signer's signed attributes are present but empty (RFC 5652 §5.3)."
+    for oid, name in _SINGLE_ATTRIBUTES.items():
+        if oids.count(oid) > 1:
+            return (f"A signer's signed attributes hold the {name} attribute more than once "
+                    "(RFC 5652 §11).")
+    return None
+
+
 def _signer_fast(buf: memoryview, pos: int, end: int, content_type: bytes) -> _SignerFields:
-    _, _, pos = _read_tlv(buf, pos)  # version
-    tag, start, sid_end = _read_tlv(buf, pos)
+    tag, _, pos = _read_tlv(buf, pos, end)  # version
+    _expect(tag, 0x02)
+    tag, start, sid_end = _read_tlv(buf, pos, end)
     sid_der = bytes(buf[pos:sid_end])
     issuer_der = serial = key_id = None
     if tag == 0x30:
-        _, _, issuer_end = _read_tlv(buf, start)
+        tag, _, issuer_end = _read_tlv(buf, start, sid_end)
+        _expect(tag, 0x30)
         issuer_der = bytes(buf[start:issuer_end])
-        tag, serial_start, serial_end = _read_tlv(buf, issuer_end)
-        if tag != 0x02:
-            raise _NotDER()
+        tag, serial_start, serial_end = _read_tlv(buf, issuer_end, sid_end)
+        _expect(tag, 0x02)
         serial = int.from_bytes(buf[serial_start:serial_end], "big", signed=True)
     elif tag == 0x80:
         key_id = bytes(buf[start:sid_end])
     else:
         raise _NotDER()
-    tag, start, pos = _read_tlv(buf, sid_end)  # digestAlgorithm
-    _, _, oid_end = _read_tlv(buf, start)
+    tag, start, pos = _read_tlv(buf, sid_end, end)  # digestAlgorithm
+    _expect(tag, 0x30)
+    _, _, oid_end = _read_tlv(buf, start, pos)
     digest_name = _DIGEST_BY_OID.get(bytes(buf[start:oid_end]))
     if digest_name is None:
         raise _NotDER()
     signed_attrs = digests = None
     type_matches = False
     signing_time = None
-    tag, start, attrs_end = _read_tlv(buf, pos)
+    tag, start, attrs_end = _read_tlv(buf, pos, end)
     if tag == 0xA0:
         attributes: dict[bytes, list[tuple[int, int, int]]] = {}
+        oids = []
         element = start
         while element < attrs_end:
-            _, attr_start, attr_end = _read_tlv(buf, element)
-            _, _, oid_end = _read_tlv(buf, attr_start)
-            tag, value, values_end = _read_tlv(buf, oid_end)
-            if tag != 0x31:
-                raise _NotDER()
+            tag, attr_start, attr_end = _read_tlv(buf, element, attrs_end)
+            _expect(tag, 0x30)
+            tag, _, oid_end = _read_tlv(buf, attr_start, attr_end)
+            _expect(tag, 0x06)
+            tag, value, values_end = _read_tlv(buf, oid_end, attr_end)
+            _expect(tag, 0x31)
             found = []
             while value < values_end:
-                value_tag, _, value_end = _read_tlv(buf, value)
+                value_tag, _, value_end = _read_tlv(buf, value, values_end)
                 found.append((value_tag, value, value_end))
                 value = value_end
-            attributes[bytes(buf[attr_start:oid_end])] = found
+            oid = bytes(buf[attr_start:oid_end])
+            oids.append(oid)
+            attributes[oid] = found
             element = attr_end
-        if attributes:
-            signed_attrs = b"\x31" + bytes(buf[pos + 1:attrs_end])
-            digests = _digest_values(buf, attributes.get(_OID_MESSAGE_DIGEST))
-            types = attributes.get(_OID_CONTENT_TYPE)
-            type_matches = types is not None and len(types) == 1 and (
-                bytes(buf[types[0][1]:types[0][2]]) == content_type)
-            times = attributes.get(_OID_SIGNING_TIME)
-            if times is not None and len(times) == 1:
-                signing_time = cms.Time.load(bytes(buf[times[0][1]:times[0][2]])).native
+        problem = _attribute_problem(oids)
+        if problem:
+            raise CMSFormatError(problem)
+        signed_attrs = b"\x31" + bytes(buf[pos + 1:attrs_end])
+        digests = _digest_values(buf, attributes.get(_OID_MESSAGE_DIGEST))
+        types = attributes.get(_OID_CONTENT_TYPE)
+        type_matches = types is not None and len(types) == 1 and (
+            bytes(buf[types[0][1]:types[0][2]]) == content_type)
+        times = attributes.get(_OID_SIGNING_TIME)
+        if times is not None and len(times) == 1:
+            signing_time = cms.Time.load(bytes(buf[times[0][1]:times[0][2]])).native
         pos = attrs_end
-        tag, start, attrs_end = _read_tlv(buf, pos)
+        tag, start, attrs_end = _read_tlv(buf, pos, end)
+    _expect(tag, 0x30)
     algorithm_der = bytes(buf[pos:attrs_end])
-    tag, start, signature_end = _read_tlv(buf, attrs_end)
-    if tag != 0x04:
-        raise _NotDER()
+    tag, start, signature_end = _read_tlv(buf, attrs_end, end)
+    _expect(tag, 0x04)
     return _SignerFields(sid_der, issuer_der, serial, key_id, digest_name, signed_attrs,
                          digests, type_matches, signing_time, algorithm_der,
                          bytes(buf[start:signature_end]))
@@ -733,7 +753,7 @@ def _digest_values(buf: memoryview, values: list[tuple[int, int, int]] | None
     for tag, start, end in values:
         if tag != 0x04:
             raise _NotDER()
-        _, content_start, _ = _read_tlv(buf, start)
+        _, content_start, _ = _read_tlv(buf, start, end)
         digests.append(bytes(buf[content_start:end]))
     return digests
 
@@ -1111,13 +1131,20 @@ class _NotDER(Exception):
     """
 
 
-def _read_tlv(buf: memoryview, pos: int) -> tuple[int, int, int]:
+def _read_tlv(buf: memoryview, pos: int, limit: int | None = None) -> tuple[int, int, int]:
     """
+    @param limit: where the enclosing element ends (default: the input).
     @return: (tag byte, content start, content end) of the element at C{pos}.
-    @raise _NotDER: an indefinite length or a high tag number.
+    @raise _NotDER: an indefinite length, a high tag number, or an element
+        that runs past the end of the one it is in (asn1crypto then names
+        the fault).
     @raise CMSFormatError: truncated.
     """
-    if pos + 2 > len(buf):
+    size = len(buf)
+    limit = size if limit is None else limit
+    if pos + 2 > limit:
+        if limit < size:
+            raise _NotDER()
         raise CMSFormatError("The CMS structure is truncated.")
     tag = buf[pos]
     if tag & 0x1F == 0x1F:
@@ -1130,14 +1157,42 @@ def _read_tlv(buf: memoryview, pos: int) -> tuple[int, int, int]:
         length = first
     else:
         count = first & 0x7F
-        if count > 8 or start + count > len(buf):
+        if count > 8 or start + count > size:
             raise CMSFormatError("The CMS structure has an invalid length.")
         length = int.from_bytes(buf[start:start + count], "big")
         start += count
     end = start + length
-    if end > len(buf):
+    if end > limit:
+        if end <= size:
+            raise _NotDER()
         raise CMSFormatError("The CMS structure is truncated.")
     return tag, start, end
+
+
+def _expect(tag: int, wanted: int) -> None:
+    if tag != wanted:
+        raise _NotDER()
+
+
+def _content_body(buf: memoryview) -> tuple[bytes, int, int]:
+    """
+    Open a DER ContentInfo down to the fields after the content's version.
+
+    @return: (the content type OID's DER, where the next field starts,
+        where the content SEQUENCE ends).
+    """
+    tag, start, info_end = _read_tlv(buf, 0)
+    _expect(tag, 0x30)
+    tag, _, oid_end = _read_tlv(buf, start, info_end)
+    _expect(tag, 0x06)
+    oid = bytes(buf[start:oid_end])
+    tag, start, explicit_end = _read_tlv(buf, oid_end, info_end)
+    _expect(tag, 0xA0)
+    tag, pos, body_end = _read_tlv(buf, start, explicit_end)
+    _expect(tag, 0x30)
+    tag, _, pos = _read_tlv(buf, pos, body_end)  # version
+    _expect(tag, 0x02)
+    return oid, pos, body_end
 
 
 def _envelope_fast(data: bytes) -> tuple[str, _Envelope]:
@@ -1149,45 +1204,40 @@ def _envelope_fast(data: bytes) -> tuple[str, _Envelope]:
     @raise _NotDER: use the general parser instead.
     """
     buf = memoryview(data)
-    tag, start, end = _read_tlv(buf, 0)
-    if tag != 0x30:
-        raise _NotDER()
-    tag, _, oid_end = _read_tlv(buf, start)
-    oid = bytes(buf[start:oid_end])
+    oid, pos, envelope_end = _content_body(buf)
     if oid == _OID_ENVELOPED_DATA:
         kind = "enveloped_data"
     elif oid == _OID_AUTH_ENVELOPED_DATA:
         kind = "authenticated_enveloped_data"
     else:
         raise _NotDER()
-    tag, start, end = _read_tlv(buf, oid_end)  # [0] EXPLICIT
-    tag, pos, end = _read_tlv(buf, start)  # the (Auth)EnvelopedData SEQUENCE
-    tag, _, pos = _read_tlv(buf, pos)  # version
-    tag, start, next_pos = _read_tlv(buf, pos)
+    tag, start, next_pos = _read_tlv(buf, pos, envelope_end)
     if tag == 0xA0:  # originatorInfo
         pos = next_pos
-        tag, start, next_pos = _read_tlv(buf, pos)
-    if tag != 0x31:
-        raise _NotDER()
+        tag, start, next_pos = _read_tlv(buf, pos, envelope_end)
+    _expect(tag, 0x31)
     recipient_infos = _recipient_infos_fast(buf, start, next_pos)
-    tag, pos, content_end = _read_tlv(buf, next_pos)  # EncryptedContentInfo
-    after_content_info = content_end
-    tag, _, pos = _read_tlv(buf, pos)  # contentType
-    tag, start, algorithm_end = _read_tlv(buf, pos)
-    _, _, oid_end = _read_tlv(buf, start)
+    tag, pos, content_end = _read_tlv(buf, next_pos, envelope_end)  # EncryptedContentInfo
+    _expect(tag, 0x30)
+    tag, _, pos = _read_tlv(buf, pos, content_end)  # contentType
+    _expect(tag, 0x06)
+    tag, start, algorithm_end = _read_tlv(buf, pos, content_end)
+    _expect(tag, 0x30)
+    tag, _, oid_end = _read_tlv(buf, start, algorithm_end)
     cipher = _CIPHER_BY_OID.get(bytes(buf[start:oid_end]))
     if cipher is None:
         raise _NotDER()  # asn1crypto names it for the error
     parameters = bytes(buf[oid_end:algorithm_end])
     encrypted: bytes | memoryview | None = None
     if algorithm_end < content_end:
-        tag, start, end = _read_tlv(buf, algorithm_end)
+        tag, start, end = _read_tlv(buf, algorithm_end, content_end)
         if tag == 0x80:
             encrypted = buf[start:end]
         elif tag == 0xA0:  # constructed: a series of OCTET STRINGs
             chunks = []
             while start < end:
-                _, chunk_start, chunk_end = _read_tlv(buf, start)
+                tag, chunk_start, chunk_end = _read_tlv(buf, start, end)
+                _expect(tag, 0x04)
                 chunks.append(buf[chunk_start:chunk_end])
                 start = chunk_end
             encrypted = b"".join(chunks)
@@ -1195,12 +1245,11 @@ def _envelope_fast(data: bytes) -> tuple[str, _Envelope]:
             raise _NotDER()
     tag_value = aad = None
     if kind == "authenticated_enveloped_data":
-        tag, start, end = _read_tlv(buf, after_content_info)
+        tag, start, end = _read_tlv(buf, content_end, envelope_end)
         if tag == 0xA1:  # authAttrs
-            aad = b"\x31" + bytes(buf[after_content_info + 1:end])
-            tag, start, end = _read_tlv(buf, end)
-        if tag != 0x04:
-            raise _NotDER()
+            aad = b"\x31" + bytes(buf[content_end + 1:end])
+            tag, start, end = _read_tlv(buf, end, envelope_end)
+        _expect(tag, 0x04)
         tag_value = bytes(buf[start:end])
     return kind, _Envelope(recipient_infos, cipher, parameters, encrypted, tag_value, aad)
 
@@ -1214,26 +1263,27 @@ _CIPHER_BY_OID = {
 def _recipient_infos_fast(buf: memoryview, pos: int, end: int) -> list[Any]:
     found: list[Any] = []
     while pos < end:
-        tag, start, element_end = _read_tlv(buf, pos)
+        tag, start, element_end = _read_tlv(buf, pos, end)
         if tag == 0x30:  # KeyTransRecipientInfo
-            _, _, rid_start = _read_tlv(buf, start)  # version
-            rid_tag, rid_contents, rid_end = _read_tlv(buf, rid_start)
+            tag, _, rid_start = _read_tlv(buf, start, element_end)  # version
+            _expect(tag, 0x02)
+            rid_tag, rid_contents, rid_end = _read_tlv(buf, rid_start, element_end)
             issuer_der = serial = key_id = None
             if rid_tag == 0x30:
-                _, _, issuer_end = _read_tlv(buf, rid_contents)
+                tag, _, issuer_end = _read_tlv(buf, rid_contents, rid_end)
+                _expect(tag, 0x30)
                 issuer_der = bytes(buf[rid_contents:issuer_end])
-                serial_tag, serial_start, serial_end = _read_tlv(buf, issuer_end)
-                if serial_tag != 0x02:
-                    raise _NotDER()
+                tag, serial_start, serial_end = _read_tlv(buf, issuer_end, rid_end)
+                _expect(tag, 0x02)
                 serial = int.from_bytes(buf[serial_start:serial_end], "big", signed=True)
             elif rid_tag == 0x80:
                 key_id = bytes(buf[rid_contents:rid_end])
             else:
                 raise _NotDER()
-            _, _, algorithm_end = _read_tlv(buf, rid_end)
-            key_tag, key_start, key_end = _read_tlv(buf, algorithm_end)
-            if key_tag != 0x04:
-                raise _NotDER()
+            tag, _, algorithm_end = _read_tlv(buf, rid_end, element_end)
+            _expect(tag, 0x30)
+            tag, key_start, key_end = _read_tlv(buf, algorithm_end, element_end)
+            _expect(tag, 0x04)
             found.append(_KeyTransport(
                 bytes(buf[rid_start:rid_end]), issuer_der, serial, key_id,
                 bytes(buf[rid_end:algorithm_end]), bytes(buf[key_start:key_end])))
