@@ -25,6 +25,26 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 LIMIT = 16 * 1024
 
 
+_MISSING = object()
+
+
+class _Key(tuple[Any, ...]):
+    """
+    Arguments with their hash worked out once (a certificate's hash digests
+    its DER): the look-up, the move to the end and the insert reuse it.
+    """
+
+    _hash: int
+
+    def __new__(cls, args: tuple[Any, ...]) -> _Key:
+        key = super().__new__(cls, args)
+        key._hash = hash(args)
+        return key
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 def small_lru(maxsize: int, weigh: Callable[..., int], limit: int = LIMIT) -> Callable[[_F], _F]:
     """
     Memoize a function of hashable arguments, least recently used first out.
@@ -34,19 +54,21 @@ def small_lru(maxsize: int, weigh: Callable[..., int], limit: int = LIMIT) -> Ca
     """
 
     def decorate(function: _F) -> _F:
-        entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        entries: OrderedDict[_Key, Any] = OrderedDict()
         lock = threading.Lock()
 
         @functools.wraps(function)
         def memoized(*args: Any) -> Any:
+            key = _Key(args)
             with lock:
-                if args in entries:
-                    entries.move_to_end(args)
-                    return entries[args]
+                result = entries.get(key, _MISSING)
+                if result is not _MISSING:
+                    entries.move_to_end(key)
+                    return result
             result = function(*args)
             if weigh(*args, result) <= limit:
                 with lock:
-                    entries[args] = result
+                    entries[key] = result
                     if len(entries) > maxsize:
                         entries.popitem(last=False)
             return result

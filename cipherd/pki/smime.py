@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import email.policy
+import functools
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -84,11 +85,19 @@ class Parts:
     def _name(field: bytes) -> bytes:
         return field.split(b":", 1)[0].strip().lower()
 
+    @functools.cached_property
+    def _mime_and_outer(self) -> tuple[list[bytes], list[bytes]]:
+        mime: list[bytes] = []
+        outer: list[bytes] = []
+        for field in self.fields:
+            (mime if _MIME_HEADER.match(self._name(field)) else outer).append(field)
+        return mime, outer
+
     def mime_fields(self) -> list[bytes]:
-        return [f for f in self.fields if _MIME_HEADER.match(self._name(f))]
+        return list(self._mime_and_outer[0])
 
     def outer_fields(self) -> list[bytes]:
-        return [f for f in self.fields if not _MIME_HEADER.match(self._name(f))]
+        return list(self._mime_and_outer[1])
 
     def entity_head(self) -> bytes:
         """
