@@ -1,0 +1,522 @@
+"""
+The SMTP server: receives mail on the SMTP endpoint and hands each accepted
+message to the queue before it answers 250.
+
+Written on C{Protocol}, not on C{twisted.mail.smtp.ESMTP}, because an MTA
+must not have that class's faults (FIELD-NOTES, "twisted.mail"): a line over
+the limit here ends the session with 421 instead of turning the rest of the
+message into commands; STARTTLS throws away whatever was pipelined before
+the handshake and forgets the session (RFC 3207 §4.2); bare LF and bare CR
+in DATA are refused as Postfix's C{smtpd_forbid_bare_newline} does, and only
+C{<CRLF>.<CRLF>} ends a message; commands are read strictly in order, so
+PIPELINING (RFC 2920) is advertised because it works.  Reply texts follow
+Postfix's, so an administrator reads them as usual.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from cipherd.smtp.spool import new_queue_id
+
+log = Logger(namespace="cipherd.mta.smtpd")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# RFC 5321 §4.5.3.1.4-6 set 512 octets for a command and 1000 for a text
+# line; real mail breaks the second, so a line may be this long before the
+# session is closed (twisted.mail's limit; Postfix's line_length_limit
+# splits instead, which smuggling defences would have to undo).
+MAX_LINE = 16 * 1024
+# RFC 5321 §4.5.3.1.3: a path is at most 256 octets.
+MAX_PATH = 256
+
+
+@dataclass(frozen=True)
+class ReceivePolicy:
+    """
+    What the server accepts, from the MTA settings (Postfix's names).
+
+    @ivar my_hostname: the name in the greeting and the Received header.
+    @ivar relay_domains: recipients in these domains are accepted from anyone.
+    @ivar match_subdomains: ...and in their subdomains.
+    @ivar my_networks: clients in these networks may relay anywhere.
+    @ivar message_size_limit: the largest message accepted, in bytes
+        (before any processing; C{0}: no limit).
+    @ivar recipient_limit: recipients per message (C{smtpd_recipient_limit}).
+    @ivar hard_error_limit: error replies before the session is ended.
+    @ivar timeout: seconds a client may stay silent (C{smtpd_timeout}).
+    @ivar hop_limit: Received headers that mean a mail loop (C{hopcount_limit}).
+    @ivar max_connections: concurrent sessions; more are turned away.
+    """
+
+    my_hostname: str
+    relay_domains: tuple[str, ...] = ()
+    match_subdomains: bool = False
+    my_networks: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                          ipaddress.ip_network("::1/128"))
+    message_size_limit: int = 10_240_000
+    recipient_limit: int = 1000
+    hard_error_limit: int = 20
+    timeout: float = 300.0
+    hop_limit: int = 50
+    max_connections: int = 100
+
+    def in_my_networks(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.my_networks)
+
+    def relay_domain(self, recipient: str) -> bool:
+        domain = recipient.rpartition("@")[2].rstrip(".").lower()
+        for relay in self.relay_domains:
+            relay = relay.lower()
+            if domain == relay or (self.match_subdomains and domain.endswith("." + relay)):
+                return True
+        return False
+
+
+@dataclass
+class Received:
+    """
+    A message as the server accepted it, for the queue.
+
+    @ivar queue_id: the id in the 250 reply and the Received header.
+    @ivar content: the message with our Received header on top, CRLF lines.
+    """
+
+    queue_id: str
+    sender: str
+    recipients: list[str]
+    client: str
+    helo: str
+    content: bytes
+
+
+# What the queue does with an accepted message: a Deferred that fires once
+# the message is on disk (its queue id), or fails (the client gets 451).
+Accept = Callable[[Received], "Deferred[Any]"]
+
+
+class SMTPReply(Exception):
+    """
+    A refusal with its SMTP reply.
+    """
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+_PATH = re.compile(rb"^(?:FROM|TO):\s*<([^<>\s]*)>((?:\s+\S+)*)\s*$", re.IGNORECASE)
+_ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[A-Za-z0-9.\-\[\]:]+$|^$")
+_HEADER_NAME = re.compile(rb"^[!-9;-~]+:")
+
+
+def _parse_path(argument: bytes, what: str) -> tuple[str, dict[str, str]]:
+    """
+    C{FROM:<address> PARAM=value...} → the address and the ESMTP parameters.
+
+    @raise SMTPReply: bad syntax.
+    """
+    match = _PATH.match(argument)
+    if match is None:
+        raise SMTPReply(501, f"5.1.7 Bad {what} address syntax")
+    try:
+        address = match.group(1).decode("ascii")
+    except UnicodeDecodeError:
+        raise SMTPReply(501, f"5.1.7 Bad {what} address syntax") from None
+    if len(address) > MAX_PATH or not _ADDRESS.match(address):
+        raise SMTPReply(501, f"5.1.7 Bad {what} address syntax")
+    params: dict[str, str] = {}
+    for item in match.group(2).split():
+        key, _, value = item.decode("ascii", "replace").partition("=")
+        params[key.upper()] = value
+    return address, params
+
+
+class SMTPServer(Protocol, TimeoutMixin):
+    """
+    One SMTP session.
+    """
+
+    def __init__(self, factory: SMTPFactory) -> None:
+        self.factory = factory
+        self.policy = factory.policy()
+        # TimeoutMixin schedules with this: the injected clock.
+        self.callLater = factory.clock.callLater  # type: ignore[assignment]
+        self._buffer = bytearray()
+        self._busy = False  # a reply is pending: later lines wait their turn
+        self._closing = False
+        self._tls = False
+        self._errors = 0
+        self._helo: str | None = None
+        self._esmtp = False
+        self._reset_transaction()
+        self.client_address = ""
+        self.client_name = "unknown"
+
+    # Connection ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        self.client_address = getattr(peer, "host", "")
+        self.factory.sessions += 1
+        log.info("connect from {client}", client=self.client)
+        if self.factory.sessions > self.policy.max_connections:
+            self._close_with(421, f"4.7.0 {self.policy.my_hostname} Error: too many "
+                                  "connections; try again later")
+            return
+        self.setTimeout(self.policy.timeout)
+        self._reply(220, f"{self.policy.my_hostname} ESMTP cipherd")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.setTimeout(None)
+        self.factory.sessions -= 1
+        log.info("disconnect from {client}", client=self.client)
+
+    def timeoutConnection(self) -> None:
+        log.info("timeout after {state} from {client}", state=self._state_name(),
+                 client=self.client)
+        self._close_with(421, f"4.4.2 {self.policy.my_hostname} Error: timeout exceeded")
+
+    @property
+    def client(self) -> str:
+        return f"{self.client_name}[{self.client_address}]"
+
+    def _state_name(self) -> str:
+        if self._data is not None:
+            return "DATA"
+        if self._recipients:
+            return "RCPT"
+        if self._sender is not None:
+            return "MAIL"
+        return "CONNECT" if self._helo is None else "EHLO"
+
+    # Reading ---------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        while not self._busy and not self._closing:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_LINE:
+                    self._line_too_long()
+                return
+            if end > MAX_LINE:
+                self._line_too_long()
+                return
+            line = bytes(self._buffer[:end + 1])
+            del self._buffer[:end + 1]
+            if self._data is not None:
+                self._data_line(line)
+            else:
+                self._command(line)
+
+    def _line_too_long(self) -> None:
+        log.warn("{client}: line longer than {limit} bytes", client=self.client,
+                 limit=MAX_LINE)
+        self._close_with(421, f"4.7.0 {self.policy.my_hostname} Error: line too long")
+
+    # Replies ---------------------------------------------------------------
+
+    def _write_reply(self, code: int, lines: list[str]) -> None:
+        self.transport.write(b"".join(  # type: ignore[union-attr]
+            f"{code}{'-' if i < len(lines) - 1 else ' '}{line}\r\n".encode("ascii", "replace")
+            for i, line in enumerate(lines)))
+
+    def _reply(self, code: int, text: str, *more: str) -> None:
+        self._write_reply(code, [text, *more])
+        if code >= 400:
+            # Postfix's smtpd_hard_error_limit: a client that keeps getting
+            # errors is probing or broken.
+            self._errors += 1
+            if self._errors >= self.policy.hard_error_limit:
+                log.info("too many errors after {state} from {client}",
+                         state=self._state_name(), client=self.client)
+                self._close_with(421, f"4.7.0 {self.policy.my_hostname} Error: too many "
+                                      "errors")
+
+    def _close_with(self, code: int, text: str) -> None:
+        if self._closing:
+            return
+        self._write_reply(code, [text])
+        self._closing = True
+        self._buffer.clear()
+        self.setTimeout(None)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # Commands --------------------------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        self._sender: str | None = None
+        self._recipients: list[str] = []
+        self._data: list[bytes] | None = None
+        self._size = 0
+        self._data_problem: tuple[int, str] | None = None
+        self._in_header = True
+        self._hops = 0
+
+    def _command(self, raw: bytes) -> None:
+        line = raw.rstrip(b"\r\n")
+        verb, _, argument = line.partition(b" ")
+        name = verb.upper().decode("ascii", "replace")
+        handler = getattr(self, f"do_{name}", None) if name.isalpha() else None
+        if handler is None:
+            self._reply(502, "5.5.2 Error: command not recognized")
+            return
+        try:
+            result = handler(argument.strip())
+        except SMTPReply as e:
+            self._reply(e.code, e.text)
+            return
+        if isinstance(result, Deferred):
+            self._busy = True
+            result.addErrback(self._internal_error).addBoth(self._resume)
+
+    def _resume(self, _: object) -> None:
+        self._busy = False
+        self._process()
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.failure("{client}: internal error", failure, client=self.client)
+        self._reply(451, "4.3.0 Error: internal error; try again later")
+
+    def _greet(self, argument: bytes, esmtp: bool) -> None:
+        if not argument:
+            raise SMTPReply(501, f"5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+        self._helo = argument.decode("ascii", "replace")[:255]
+        self._esmtp = esmtp
+        self._reset_transaction()
+
+    def do_HELO(self, argument: bytes) -> None:
+        self._greet(argument, esmtp=False)
+        self._reply(250, self.policy.my_hostname)
+
+    def do_EHLO(self, argument: bytes) -> None:
+        self._greet(argument, esmtp=True)
+        extensions = ["PIPELINING"]
+        if self.policy.message_size_limit:
+            extensions.append(f"SIZE {self.policy.message_size_limit}")
+        else:
+            extensions.append("SIZE")
+        if self.factory.tls is not None and not self._tls:
+            extensions.append("STARTTLS")
+        extensions += ["ENHANCEDSTATUSCODES", "8BITMIME"]
+        self._reply(250, self.policy.my_hostname, *extensions)
+
+    def do_MAIL(self, argument: bytes) -> None:
+        if self._helo is None:
+            raise SMTPReply(503, "5.5.1 Error: send HELO/EHLO first")
+        if self._sender is not None:
+            raise SMTPReply(503, "5.5.1 Error: nested MAIL command")
+        sender, params = _parse_path(argument, "sender")
+        limit = self.policy.message_size_limit
+        size = params.get("SIZE")
+        if size is not None:
+            if not size.isdigit():
+                raise SMTPReply(501, "5.5.4 Bad message size syntax")
+            if limit and int(size) > limit:
+                raise SMTPReply(552, "5.3.4 Message size exceeds fixed limit")
+        body = params.get("BODY", "7BIT").upper()
+        if body not in ("7BIT", "8BITMIME"):
+            raise SMTPReply(501, "5.5.4 Bad BODY keyword value")
+        self._sender = sender
+        self._reply(250, "2.1.0 Ok")
+
+    def do_RCPT(self, argument: bytes) -> None:
+        if self._sender is None:
+            raise SMTPReply(503, "5.5.1 Error: need MAIL command")
+        recipient, _ = _parse_path(argument, "recipient")
+        if not recipient:
+            raise SMTPReply(501, "5.1.3 Bad recipient address syntax")
+        if len(self._recipients) >= self.policy.recipient_limit:
+            raise SMTPReply(452, "4.5.3 Error: too many recipients")
+        if not (self.policy.relay_domain(recipient)
+                or self.policy.in_my_networks(self.client_address)):
+            log.info("NOQUEUE: reject: RCPT from {client}: 454 4.7.1 <{rcpt}>: Relay access "
+                     "denied; from=<{sender}> to=<{rcpt}> proto={proto} helo=<{helo}>",
+                     client=self.client, rcpt=recipient, sender=self._sender,
+                     proto="ESMTP" if self._esmtp else "SMTP", helo=self._helo)
+            raise SMTPReply(454, f"4.7.1 <{recipient}>: Relay access denied")
+        self._recipients.append(recipient)
+        self._reply(250, "2.1.5 Ok")
+
+    def do_DATA(self, argument: bytes) -> None:
+        if not self._recipients:
+            raise SMTPReply(503, "5.5.1 Error: need RCPT command")
+        if argument:
+            raise SMTPReply(501, "5.5.4 Syntax: DATA")
+        self._data = []
+        self._reply(354, "End data with <CR><LF>.<CR><LF>")
+
+    def do_RSET(self, argument: bytes) -> None:
+        self._reset_transaction()
+        self._reply(250, "2.0.0 Ok")
+
+    def do_NOOP(self, argument: bytes) -> None:
+        self._reply(250, "2.0.0 Ok")
+
+    def do_VRFY(self, argument: bytes) -> None:
+        self._reply(252, "2.0.0 Cannot VRFY user; try RCPT to attempt delivery")
+
+    def do_QUIT(self, argument: bytes) -> None:
+        self._close_with(221, "2.0.0 Bye")
+
+    def do_STARTTLS(self, argument: bytes) -> None:
+        if self.factory.tls is None:
+            raise SMTPReply(502, "5.5.1 Error: command not implemented")
+        if self._tls:
+            raise SMTPReply(554, "5.5.1 Error: TLS already active")
+        if argument:
+            raise SMTPReply(501, "5.5.4 Syntax: STARTTLS")
+        if self._buffer:
+            # RFC 3207 §4.2 / CVE-2011-0411: nothing sent before the
+            # handshake may count after it.
+            log.warn("{client}: {count} bytes pipelined after STARTTLS discarded",
+                     client=self.client, count=len(self._buffer))
+            self._buffer.clear()
+        self._reply(220, "2.0.0 Ready to start TLS")
+        # RFC 3207 §4.2: forget everything learnt before TLS.
+        self._helo = None
+        self._esmtp = False
+        self._reset_transaction()
+        self._tls = True
+        self.transport.startTLS(self.factory.tls)  # type: ignore[union-attr]
+
+    # DATA ------------------------------------------------------------------
+
+    def _data_line(self, raw: bytes) -> None:
+        assert self._data is not None
+        if not raw.endswith(b"\r\n") or b"\r" in raw[:-2]:
+            # Postfix's smtpd_forbid_bare_newline: such a line may end a
+            # message for one server and not for another (SMTP smuggling).
+            bare = "<CR>" if b"\r" in raw[:-2] else "<LF>"
+            log.warn("{client}: bare {bare} received", client=self.client, bare=bare)
+            self._close_with(521, f"5.5.2 {self.policy.my_hostname} Error: bare {bare} "
+                                  "received")
+            return
+        line = raw[:-2]
+        if line == b".":
+            self._end_of_data()
+            return
+        if line.startswith(b"."):
+            line = line[1:]  # RFC 5321 §4.5.2: dot-stuffing
+        if self._data_problem is not None:
+            return
+        self._size += len(line) + 2
+        limit = self.policy.message_size_limit
+        if limit and self._size > limit:
+            self._data_problem = (552, "5.3.4 Error: message file too big")
+            self._data = []  # keep reading to the end, keep nothing
+            return
+        if b"\x00" in line:
+            self._data_problem = (550, "5.6.0 Error: message content rejected: NUL "
+                                       "character")
+            self._data = []
+            return
+        if self._in_header:
+            if not line:
+                self._in_header = False
+            elif line[:9].lower() == b"received:":
+                self._hops += 1
+            elif not (_HEADER_NAME.match(line) or line[:1] in (b" ", b"\t")):
+                self._in_header = False
+        self._data.append(line)
+
+    def _end_of_data(self) -> None:
+        assert self._data is not None
+        problem = self._data_problem
+        if problem is None and self._hops >= self.policy.hop_limit:
+            problem = (554, "5.4.6 Error: too many hops")
+        if problem is not None:
+            log.info("NOQUEUE: reject: DATA from {client}: {code} {text}; from=<{sender}>",
+                     client=self.client, code=problem[0], text=problem[1],
+                     sender=self._sender)
+            self._reset_transaction()
+            self._reply(*problem)
+            return
+        queue_id = new_queue_id()
+        assert self._sender is not None
+        received = Received(
+            queue_id=queue_id, sender=self._sender, recipients=list(self._recipients),
+            client=self.client, helo=self._helo or "",
+            content=self._received_header(queue_id) + b"\r\n".join(
+                [*self._data, b""]),
+        )
+        self._reset_transaction()
+        self._busy = True
+        done = maybeDeferred(self.factory.accept, received)
+        done.addCallbacks(self._queued, self._not_queued, callbackArgs=(received,),
+                          errbackArgs=(received,))
+        done.addBoth(self._resume)
+
+    def _received_header(self, queue_id: str) -> bytes:
+        # RFC 5321 §4.4: the trace field, with Postfix's shape.
+        when = datetime.fromtimestamp(self.factory.clock.seconds(), UTC)
+        protocol = ("ESMTPS" if self._tls else "ESMTP") if self._esmtp else (
+            "SMTPS" if self._tls else "SMTP")
+        for_clause = (f"\r\n\tfor <{self._recipients[0]}>" if len(self._recipients) == 1
+                      else "")
+        return (f"Received: from {self._helo or 'unknown'} ({self.client})\r\n"
+                f"\tby {self.policy.my_hostname} (cipherd) with {protocol} id "
+                f"{queue_id}{for_clause};\r\n"
+                f"\t{when.strftime('%a, %d %b %Y %H:%M:%S +0000')}\r\n").encode(
+                    "ascii", "replace")
+
+    def _queued(self, _: object, received: Received) -> None:
+        log.info("{queue_id}: client={client}", queue_id=received.queue_id,
+                 client=self.client)
+        self._reply(250, f"2.0.0 Ok: queued as {received.queue_id}")
+
+    def _not_queued(self, failure: Failure, received: Received) -> None:
+        log.failure("{queue_id}: the message could not be queued", failure,
+                    queue_id=received.queue_id)
+        self._reply(451, "4.3.0 Error: queue file write error")
+
+
+@dataclass
+class SMTPFactory(ServerFactory):
+    """
+    Makes a session per connection.
+
+    @ivar policy: returns the policy in force now (settings may change
+        between sessions without a restart).
+    @ivar accept: queues an accepted message.
+    @ivar clock: for timeouts and the Received header's date.
+    @ivar tls: the server's TLS options for STARTTLS, or C{None}.
+    """
+
+    policy: Callable[[], ReceivePolicy]
+    accept: Accept
+    clock: IReactorTime
+    tls: CertificateOptions | None = None
+    sessions: int = field(default=0)
+
+    def buildProtocol(self, addr: Any) -> SMTPServer:
+        return SMTPServer(self)

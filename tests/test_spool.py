@@ -1,0 +1,81 @@
+"""
+The on-disk queue: what is stored survives a restart, states move by
+rename, and nothing but an envelope line and the content is in a file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cipherd.smtp.spool import MAGIC, DirectorySpool, Envelope, SpoolError, new_queue_id
+
+CONTENT = b"Subject: hi\r\n\r\n\x00\xff binary is fine\r\n.\r\n"
+
+
+def envelope(queue_id: str | None = None, received: float = 1.0) -> Envelope:
+    return Envelope(queue_id or new_queue_id(), "a@example.org",
+                    ("b@example.com", "c@example.com"), received, client="c[192.0.2.1]")
+
+
+def test_a_stored_message_survives_a_restart_byte_exact(tmp_path: Path) -> None:
+    spool = DirectorySpool(tmp_path)
+    first = spool.store(envelope(received=2.0), CONTENT)
+    second = spool.store(envelope(received=1.0), b"x")
+    assert first.path.parent.name == "active"
+    again = DirectorySpool(tmp_path)
+    assert [m.envelope.queue_id for m in again.messages()] == [
+        second.envelope.queue_id, first.envelope.queue_id]  # oldest first
+    message, content = again.load(first.envelope.queue_id)
+    assert content == CONTENT and message.envelope == first.envelope
+    assert message.size == len(CONTENT)
+    assert first.path.read_bytes() == MAGIC + first.envelope.to_json() + b"\n" + CONTENT
+
+
+def test_states_move_by_rename_with_a_new_envelope(tmp_path: Path) -> None:
+    spool = DirectorySpool(tmp_path)
+    queue_id = spool.store(envelope(), CONTENT).envelope.queue_id
+    deferred = Envelope(queue_id, "a@example.org", ("c@example.com",), 1.0, attempts=1,
+                        next_attempt=500.0, reason="connect to mx[192.0.2.9]:25: "
+                                                   "Connection refused")
+    moved = spool.move(queue_id, "deferred", deferred)
+    assert moved.state == "deferred" and moved.path.parent.name == "deferred"
+    message, content = spool.load(queue_id)
+    assert message.envelope == deferred and content == CONTENT
+    assert spool.move(queue_id, "hold").state == "hold"
+    assert [p.name for p in (tmp_path / "active").iterdir()] == []
+    assert [p.name for p in (tmp_path / "deferred").iterdir()] == []
+    assert spool.remove(queue_id) and not spool.remove(queue_id)
+    assert spool.messages() == []
+    with pytest.raises(KeyError):
+        spool.load(queue_id)
+
+
+def test_an_unanswered_message_is_not_resumed(tmp_path: Path) -> None:
+    # A file still in incoming/ was never answered 250: the client sends it again.
+    spool = DirectorySpool(tmp_path)
+    (tmp_path / "incoming" / "ABCDEF012345").write_bytes(MAGIC + b"half")
+    DirectorySpool(tmp_path)
+    assert list((tmp_path / "incoming").iterdir()) == []
+    assert spool.messages() == []
+
+
+def test_a_taken_queue_id_is_refused_not_overwritten(tmp_path: Path) -> None:
+    spool = DirectorySpool(tmp_path)
+    stored = spool.store(envelope(), CONTENT)
+    with pytest.raises(SpoolError, match="is not free"):
+        spool.store(stored.envelope, b"other")
+    assert spool.load(stored.envelope.queue_id)[1] == CONTENT
+    with pytest.raises(SpoolError, match="is not free"):
+        spool.store(envelope("../../etc"), b"x")
+
+
+def test_a_damaged_file_is_reported(tmp_path: Path) -> None:
+    spool = DirectorySpool(tmp_path)
+    (tmp_path / "active" / "ABCDEF012345").write_bytes(b"not a queue file")
+    with pytest.raises(SpoolError, match="not a cipherd queue file"):
+        spool.load("ABCDEF012345")
+    (tmp_path / "active" / "ABCDEF012345").write_bytes(MAGIC + b'{"queue_id": 1}\n')
+    with pytest.raises(SpoolError, match="damaged envelope"):
+        spool.load("ABCDEF012345")
