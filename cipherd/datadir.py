@@ -7,6 +7,7 @@ The data dir: what cipherd creates on first start and reuses afterwards.
       tls/cert.pem         self-signed certificate for the sites and STARTTLS
       tls/key.pem          its private key, mode 0600
       logs/                mta.log, mpa.log
+      spool/               the mail queue (cipherd.smtp.spool)
 
 Server secrets that administrators may edit (server secret, system mail
 secret) are settings and live in the database; see ``cipherd.bootstrap``.
@@ -55,6 +56,10 @@ class DataDir:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
 
 
 def _write_secret_file(path: Path, data: bytes) -> None:

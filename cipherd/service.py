@@ -5,7 +5,7 @@ Assembles the cipherd service tree from the bootstrap config.
     ├── threads: database pool, crypto pool, auth pool (Argon2)
     ├── mail logs (MTA, MPA)
     ├── startup: data dir, migrations, first-start secrets and admin account
-    │   └── then the listeners: admin site (HTTPS)
+    │   └── then the listeners: admin site (HTTPS), SMTP server; MTA config refresh
     └── session sweep (timer)
 
 Services stop in reverse order.  Listeners start only once the database is
@@ -15,6 +15,7 @@ migrated; if that fails, the reason is logged and the process stops.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sqlalchemy import Connection
@@ -33,6 +34,10 @@ from cipherd.datadir import prepare_data_dir, read_kek, utc_from_seconds
 from cipherd.logs import MailLogsService
 from cipherd.pki.certstore import CertificateStore
 from cipherd.settings import GLOBAL, PROPERTIES
+from cipherd.smtp.config import MTAConfigSource
+from cipherd.smtp.queue import MailQueue
+from cipherd.smtp.server import SMTPFactory
+from cipherd.smtp.spool import DirectorySpool
 from cipherd.store import Store, create_engine_for_url
 from cipherd.store.settings import SettingsRepository, apply_changes, load_values
 from cipherd.threads import ThreadPoolRunner
@@ -46,6 +51,8 @@ CRYPTO_THREADS = 2
 # Password hashing gets a thread of its own: a flood of logins waits there
 # (and is capped by the authority) instead of starving mail crypto.
 AUTH_THREADS = 1
+# Writing the queue files (each with its fsyncs).
+SPOOL_THREADS = 4
 
 log = Logger(namespace="cipherd")
 
@@ -132,6 +139,23 @@ class _Startup(MultiService):
         self.ready = d
 
 
+def _periodic(interval: float, job: Callable[[], Coroutine[Any, Any, Any]], failed: str,
+              reactor: Any) -> TimerService:
+    """
+    Run C{job} every C{interval} seconds (and at start); a failure is
+    logged and the next run happens as usual.
+    """
+
+    def run() -> Deferred[Any]:
+        d = Deferred.fromCoroutine(job())
+        d.addErrback(lambda f: log.failure(failed, f))
+        return d
+
+    timer = TimerService(interval, run)
+    timer.clock = reactor
+    return timer
+
+
 def make_service(config: Config, reactor: Any) -> IService:
     """
     Build the service tree.
@@ -146,7 +170,8 @@ def make_service(config: Config, reactor: Any) -> IService:
     db_runner = ThreadPoolRunner(reactor, "cipherd-db", config.database_pool_size)
     crypto_runner = ThreadPoolRunner(reactor, "cipherd-crypto", CRYPTO_THREADS)
     auth_runner = ThreadPoolRunner(reactor, "cipherd-auth", AUTH_THREADS)
-    for runner in (db_runner, crypto_runner, auth_runner):
+    spool_runner = ThreadPoolRunner(reactor, "cipherd-spool", SPOOL_THREADS)
+    for runner in (db_runner, crypto_runner, auth_runner, spool_runner):
         runner.setServiceParent(root)
     logs = MailLogsService(data.logs, max_bytes=config.log_max_bytes, keep=config.log_keep)
     logs.setServiceParent(root)
@@ -162,15 +187,22 @@ def make_service(config: Config, reactor: Any) -> IService:
         lockout_window=config.admin_lockout_window,
         lockout_duration=config.admin_lockout_duration,
     )
-    startup = _Startup(lambda: first_start(store, authority), reactor)
+    mta = MTAConfigSource(store)
+
+    async def start() -> None:
+        await first_start(store, authority)
+        await mta.refresh()  # before the SMTP server takes its first session
+
+    startup = _Startup(start, reactor)
     startup.setServiceParent(root)
 
     certificate = config.tls_certificate or data.tls_certificate
     key = config.tls_key or data.tls_key
     options = tls_options(certificate.read_bytes(), key.read_bytes())
     certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
+    queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
     admin = AdminSite(
-        AdminBackend(authority, settings, logs.logs, crypto_runner, certificates)
+        AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue)
     )
     site = Site(admin.resource(), requestFactory=BoundedRequest,
                 logFormatter=access_log_formatter)
@@ -182,14 +214,18 @@ def make_service(config: Config, reactor: Any) -> IService:
     listener._raiseSynchronously = True
     listener.setServiceParent(startup)
 
-    def sweep() -> Deferred[Any]:
-        d = Deferred.fromCoroutine(authority.expire_sessions())
-        d.addErrback(lambda f: log.failure("Expiring admin sessions failed", f))
-        return d
+    smtp = StreamServerEndpointService(
+        serverFromString(reactor, config.smtp_listen),
+        SMTPFactory(mta.receive_policy, queue.accept, reactor, options),
+    )
+    smtp._raiseSynchronously = True
+    smtp.setServiceParent(startup)
 
-    sweeper = TimerService(SESSION_SWEEP_INTERVAL, sweep)
-    sweeper.clock = reactor
-    sweeper.setServiceParent(startup)
+    # Changes made to the MTA config on another node arrive within REFRESH.
+    _periodic(MTAConfigSource.REFRESH, mta.refresh, "Reading the MTA config failed",
+              reactor).setServiceParent(startup)
+    _periodic(SESSION_SWEEP_INTERVAL, authority.expire_sessions,
+              "Expiring admin sessions failed", reactor).setServiceParent(startup)
 
     class _CloseStore(Service):
         def stopService(self) -> None:

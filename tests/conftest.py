@@ -89,6 +89,7 @@ class Appliance:
     directory: Path
     config: Path
     admin_port: int
+    smtp_port: int
     process: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
 
@@ -140,12 +141,14 @@ class Appliance:
         self.start()
 
 
-def write_appliance_config(directory: Path, admin_port: int, database_url: str = "") -> Path:
+def write_appliance_config(directory: Path, admin_port: int, smtp_port: int,
+                           database_url: str = "") -> Path:
     config = directory / "cipherd.toml"
     config.write_text(
         f'data_dir = "var"\n'
         f"[database]\nurl = {database_url!r}\n"
         f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n'
+        f'[smtp]\nlisten = "tcp:{smtp_port}:interface=127.0.0.1"\n'
     )
     return config
 
@@ -155,8 +158,9 @@ def appliance(tmp_path: Path) -> Iterator[Appliance]:
     """
     A running appliance on its embedded default (SQLite), on free ports.
     """
-    port = free_port()
-    app = Appliance(tmp_path, write_appliance_config(tmp_path, port), port)
+    port, smtp_port = free_port(), free_port()
+    app = Appliance(tmp_path, write_appliance_config(tmp_path, port, smtp_port), port,
+                    smtp_port)
     app.start()
     try:
         yield app

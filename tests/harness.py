@@ -17,6 +17,9 @@ from twisted.logger import LogPublisher
 
 from cipherd.logs import MailLogsService
 from cipherd.pki.certstore import CertificateStore
+from cipherd.smtp.config import MTAConfigSource
+from cipherd.smtp.queue import MailQueue
+from cipherd.smtp.spool import DirectorySpool
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.web.admin import CSRF_FIELD, AdminSite
@@ -69,7 +72,8 @@ class AdminHarness:
                                              self.runner)
         self.site = AdminSite(
             AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
-                         self.certificates)
+                         self.certificates, MTAConfigSource(self.store),
+                         MailQueue(DirectorySpool(log_dir / "spool"), self.runner, self.clock))
         )
         self.treq = StubTreq(self.site.resource())
         self.cookies: dict[str, str] = {}

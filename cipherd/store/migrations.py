@@ -56,9 +56,14 @@ def _trust_generation(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.trust_generation])
 
 
+def _mta_config(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.mta_config])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
+    Migration(4, "the MTA config", _mta_config),
 )
 
 

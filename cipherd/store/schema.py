@@ -141,3 +141,12 @@ trust_generation = Table(
     Column("id", Integer, primary_key=True),
     Column("generation", Integer, nullable=False),
 )
+
+# The MTA config page (cipherd.smtp.config): one row per field that differs
+# from its default.
+mta_config = Table(
+    "mta_config",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),  # JSON
+)

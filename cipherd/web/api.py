@@ -34,6 +34,7 @@ from cipherd.settings import (
     Scope,
     scope_for,
 )
+from cipherd.smtp.queue import describe as describe_queued
 from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
@@ -286,6 +287,41 @@ class AdminAPI:
         return json_response(request, 200, {"status": f"Deleted {scope.describe()}."})
 
     # Logs ------------------------------------------------------------------
+
+    # MTA -----------------------------------------------------------------
+
+    @app.route("/v1/mta", methods=["GET"])
+    @_authenticated()
+    async def get_mta(self, request: IRequest, admin: AdminRow) -> bytes:
+        return json_response(request, 200, (await self.backend.mta.refresh()).to_json())
+
+    @app.route("/v1/mta", methods=["PATCH"])
+    @_authenticated()
+    async def patch_mta(self, request: IRequest, admin: AdminRow) -> bytes:
+        body = _json_body(request)
+        if not isinstance(body, dict):
+            raise _BadRequest("Send a JSON object {name: value}; null restores the default.")
+        errors = await self.backend.mta.update(body)
+        if errors:
+            raise _BadRequest("Some values were refused; nothing was changed.", errors)
+        log.info("Admin {account!r} changed the MTA config ({names}) through the API",
+                 account=admin.name, names=sorted(body))
+        return json_response(request, 200, self.backend.mta.current.to_json())
+
+    @app.route("/v1/queue", methods=["GET"])
+    @_authenticated()
+    async def get_queue(self, request: IRequest, admin: AdminRow) -> bytes:
+        messages = await self.backend.queue.messages()
+        return json_response(request, 200, {"messages": [describe_queued(m) for m in messages]})
+
+    @app.route("/v1/queue/<queue_id>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_queued(self, request: IRequest, admin: AdminRow, queue_id: str) -> bytes:
+        if not await self.backend.queue.delete(queue_id):
+            raise _BadRequest(f"There is no message {queue_id} in the queue.", status=404)
+        log.info("Admin {account!r} deleted {queue_id} from the queue through the API",
+                 account=admin.name, queue_id=queue_id)
+        return json_response(request, 200, {"status": f"{queue_id} was deleted."})
 
     @app.route("/v1/logs/<name>", methods=["GET"])
     @_authenticated()

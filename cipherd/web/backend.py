@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from cipherd.logs import MailLog
 from cipherd.pki.certstore import CertificateStore
+from cipherd.smtp.config import MTAConfigSource
+from cipherd.smtp.queue import MailQueue
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.auth import AdminAuthority
@@ -19,6 +21,8 @@ class AdminBackend:
     """
     @ivar logs: the MTA and MPA logs, by name.
     @ivar runner: where blocking work (reading logs) runs.
+    @ivar mta: the MTA config in force.
+    @ivar queue: the mail queue.
     """
 
     authority: AdminAuthority
@@ -26,6 +30,8 @@ class AdminBackend:
     logs: dict[str, MailLog]
     runner: IBlockingRunner
     certificates: CertificateStore
+    mta: MTAConfigSource
+    queue: MailQueue
 
     async def tail_log(self, name: str, lines: int) -> list[str]:
         """

@@ -1,0 +1,265 @@
+"""
+The MTA configuration of the guide's Admin → MTA → config page (figures 7
+and 8), with Postfix's meanings: kept in the database, shared by every
+node, applied without a restart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select
+
+from cipherd.settings import domain_problem
+from cipherd.smtp.server import ReceivePolicy
+from cipherd.store import Store
+from cipherd.store.schema import mta_config
+
+# Postfix's message_size_limit default.
+DEFAULT_SIZE_LIMIT = 10_240_000
+# Postfix's unverified_recipient_reject_code default.
+DEFAULT_REJECT_CODE = 450
+_HOST = re.compile(r"^(\[[^\[\]\s]+\]|[A-Za-z0-9.\-]+)(?::(\d{1,5}))?$")
+
+
+@dataclass(frozen=True)
+class RelayHost:
+    """
+    A next hop in Postfix's syntax: C{host}, C{host:port} or C{[host]:port}
+    (brackets: the host itself, no MX lookup).
+    """
+
+    host: str
+    port: int = 25
+    mx_lookup: bool = True
+
+    @classmethod
+    def parse(cls, value: str) -> RelayHost:
+        match = _HOST.match(value.strip())
+        if match is None:
+            raise ValueError(f"{value!r} is not host, host:port or [host]:port")
+        host, port = match.group(1), int(match.group(2) or 25)
+        if not 0 < port < 65536:
+            raise ValueError(f"the port {port} is not between 1 and 65535")
+        bracketed = host.startswith("[")
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            problem = domain_problem(host) if "." in host else None
+            if problem:
+                raise ValueError(problem) from None
+        return cls(host, port, mx_lookup=not bracketed)
+
+    def __str__(self) -> str:
+        host = self.host if self.mx_lookup else f"[{self.host}]"
+        return host if self.port == 25 else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MTAConfig:
+    """
+    Every field of the MTA config page, under the contract's names.
+    """
+
+    relay_domains: tuple[str, ...] = ()
+    my_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    my_hostname: str = "localhost"
+    external_relay_host: str = ""
+    internal_relay_host: str = ""
+    match_subdomains: bool = False
+    before_filter_message_size_limit: int = DEFAULT_SIZE_LIMIT
+    after_filter_message_size_limit: int = DEFAULT_SIZE_LIMIT * 2
+    smtp_helo_name: str = ""
+    reject_unverified_recipient: bool = False
+    reject_unverified_code: int = DEFAULT_REJECT_CODE
+
+    def to_json(self) -> dict[str, Any]:
+        value = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+
+    @property
+    def helo_name(self) -> str:
+        return self.smtp_helo_name or self.my_hostname
+
+    def receive_policy(self) -> ReceivePolicy:
+        return ReceivePolicy(
+            my_hostname=self.my_hostname,
+            relay_domains=self.relay_domains,
+            match_subdomains=self.match_subdomains,
+            my_networks=tuple(ipaddress.ip_network(n, strict=False) for n in self.my_networks),
+            message_size_limit=self.before_filter_message_size_limit,
+        )
+
+
+_FIELDS = {f.name: f for f in fields(MTAConfig)}
+
+
+def _hostname_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "must be a host name"
+    return None if value == "localhost" else domain_problem(value)
+
+
+def _check(name: str, value: Any) -> tuple[Any, str | None]:
+    """
+    The clean value of one field, or why it is refused.
+    """
+    if name == "relay_domains":
+        if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
+            return None, "must be a list of domain names"
+        clean = tuple(dict.fromkeys(d.strip().lower().rstrip(".") for d in value))
+        for domain in clean:
+            problem = domain_problem(domain)
+            if problem:
+                return None, problem
+        return clean, None
+    if name == "my_networks":
+        if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+            return None, "must be a list of networks (CIDR, e.g. 192.0.2.0/24)"
+        networks = []
+        for network in value:
+            try:
+                networks.append(str(ipaddress.ip_network(network.strip().strip("[]"),
+                                                         strict=False)))
+            except ValueError:
+                return None, f"{network!r} is not a network (CIDR, e.g. 192.0.2.0/24)"
+        return tuple(dict.fromkeys(networks)), None
+    if name in ("my_hostname", "smtp_helo_name"):
+        if name == "smtp_helo_name" and value == "":
+            return "", None
+        problem = _hostname_problem(value)
+        return (value.lower(), None) if problem is None else (None, problem)
+    if name in ("external_relay_host", "internal_relay_host"):
+        if not isinstance(value, str):
+            return None, "must be host, host:port or [host]:port"
+        if not value.strip():
+            return "", None
+        try:
+            return str(RelayHost.parse(value)), None
+        except ValueError as e:
+            return None, str(e)
+    if name in ("match_subdomains", "reject_unverified_recipient"):
+        if not isinstance(value, bool):
+            return None, "must be true or false"
+        return value, None
+    if name in ("before_filter_message_size_limit", "after_filter_message_size_limit"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+            return None, "must be a number of bytes, at least 1024"
+        return value, None
+    if name == "reject_unverified_code":
+        if value not in (450, 550):
+            return None, "must be 450 or 550"
+        return value, None
+    return None, "is not an MTA setting"
+
+
+def apply_changes(config: MTAConfig, changes: Mapping[str, Any]) -> tuple[MTAConfig,
+                                                                          dict[str, str]]:
+    """
+    C{config} with C{changes}, all checked together; C{null} restores a
+    field's default.
+
+    @return: the new config and C{{name: problem}}; when any problem is
+        found the config returned is C{config} unchanged.
+    """
+    clean: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for name, value in changes.items():
+        if name not in _FIELDS:
+            errors[name] = "is not an MTA setting"
+            continue
+        if value is None:
+            clean[name] = _FIELDS[name].default
+            continue
+        checked, problem = _check(name, value)
+        if problem:
+            errors[name] = problem
+        else:
+            clean[name] = checked
+    if errors:
+        return config, errors
+    updated = replace(config, **clean)
+    # Guide, figure 8: the after-filter limit must not be below the other.
+    if updated.after_filter_message_size_limit < updated.before_filter_message_size_limit:
+        return config, {"after_filter_message_size_limit":
+                        "must not be smaller than before_filter_message_size_limit"}
+    return updated, {}
+
+
+def load(conn: Connection) -> MTAConfig:
+    """
+    The stored config; fields never set keep their defaults.
+    """
+    config = MTAConfig()
+    stored = {row.name: json.loads(row.value) for row in conn.execute(select(mta_config))
+              if row.name in _FIELDS}
+    updated, errors = apply_changes(config, stored)
+    # A stored value this version refuses (e.g. written by a newer one)
+    # falls back to its default rather than stopping mail.
+    if errors:
+        updated, _ = apply_changes(config, {k: v for k, v in stored.items() if k not in errors})
+    return updated
+
+
+def save(conn: Connection, config: MTAConfig) -> None:
+    """
+    Keep the fields that differ from their defaults.
+    """
+    conn.execute(delete(mta_config))
+    default = MTAConfig().to_json()
+    for name, value in config.to_json().items():
+        if value != default[name]:
+            conn.execute(insert(mta_config).values(name=name, value=json.dumps(value)))
+
+
+class MTAConfigSource:
+    """
+    The MTA config in force on this node: read at start and on every
+    change made here, and again every C{REFRESH} seconds for changes made
+    on other nodes.
+
+    @ivar current: what the SMTP server and the queue use now.
+    """
+
+    REFRESH = 30.0
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.current = MTAConfig()
+        self._policy: tuple[MTAConfig, ReceivePolicy] | None = None
+
+    def receive_policy(self) -> ReceivePolicy:
+        """
+        What the SMTP server applies to a new session now.
+        """
+        if self._policy is None or self._policy[0] is not self.current:
+            self._policy = (self.current, self.current.receive_policy())
+        return self._policy[1]
+
+    async def refresh(self) -> MTAConfig:
+        self.current = await self._store.run(load)
+        return self.current
+
+    async def update(self, changes: Mapping[str, Any]) -> dict[str, str]:
+        """
+        Check and store C{changes}; they apply at once on this node.
+
+        @return: C{{name: problem}}; when not empty nothing changed.
+        """
+
+        def write(conn: Connection) -> tuple[MTAConfig, dict[str, str]]:
+            updated, errors = apply_changes(load(conn), changes)
+            if not errors:
+                save(conn, updated)
+            return updated, errors
+
+        updated, errors = await self._store.run(write)
+        if not errors:
+            self.current = updated
+        return errors
