@@ -125,8 +125,9 @@ def _check(name: str, value: Any) -> tuple[Any, str | None]:
         networks = []
         for network in value:
             try:
-                networks.append(str(ipaddress.ip_network(network.strip().strip("[]"),
-                                                         strict=False)))
+                # Postfix writes IPv6 networks as [2001:db8::]/32.
+                bare = network.strip().replace("[", "").replace("]", "")
+                networks.append(str(ipaddress.ip_network(bare, strict=False)))
             except ValueError:
                 return None, f"{network!r} is not a network (CIDR, e.g. 192.0.2.0/24)"
         return tuple(dict.fromkeys(networks)), None
