@@ -1,0 +1,286 @@
+"""
+The SMTP client that hands a message to the next hop.
+
+Written on C{Protocol} rather than C{twisted.mail.smtp.ESMTPSender}, whose
+dot-stuffing works per chunk (FIELD-NOTES, "twisted.mail"): here the whole
+content is stuffed at once (RFC 5321 §4.5.2), so a line that starts with a
+dot is escaped wherever the transport splits the data.  Each recipient gets
+its own outcome, in Postfix's words, for the MTA log and for bounces.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import CertificateOptions
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+MAX_REPLY_LINE = 2048
+# Postfix's smtp_*_timeout defaults are 300 s for most stages.
+TIMEOUT = 300.0
+_REPLY = re.compile(rb"^(\d{3})([ -])(.*)$")
+
+
+@dataclass
+class Outcome:
+    """
+    What became of one recipient.
+
+    @ivar status: C{"sent"}, C{"deferred"} or C{"bounced"}.
+    @ivar dsn: the enhanced status code (RFC 3463), e.g. C{"5.7.1"}.
+    @ivar reason: Postfix's words, for the log and the bounce.
+    """
+
+    status: str
+    dsn: str
+    reason: str
+
+
+@dataclass
+class Delivery:
+    """
+    One message for one next hop.
+
+    @ivar recipients: the recipients that go through this hop.
+    @ivar content: the message, CRLF lines.
+    @ivar helo: the name we give in EHLO.
+    @ivar my_hostname: our own name: a next hop that greets with it is us.
+    @ivar destination: the next hop as routing named it, for the loop error.
+    """
+
+    sender: str
+    recipients: list[str]
+    content: bytes
+    helo: str
+    my_hostname: str = ""
+    destination: str = ""
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+
+def dot_stuff(content: bytes) -> bytes:
+    """
+    The DATA payload for C{content}: every line that begins with a dot gets
+    another (RFC 5321 §4.5.2), the last line ends with CRLF, and the
+    terminating C{.} follows.
+    """
+    if not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
+
+
+def _enhanced(code: int, text: str, default: str) -> str:
+    match = re.match(r"([245])\.(\d{1,3})\.(\d{1,3})\b", text)
+    if match and match.group(1) == str(code)[0]:
+        return match.group(0)
+    return default
+
+
+class SMTPClient(Protocol, TimeoutMixin):
+    """
+    Delivers one L{Delivery} over one connection, then QUITs.
+
+    @ivar done: fires with the delivery, every recipient with an outcome.
+    """
+
+    def __init__(self, delivery: Delivery, peer: str, clock: IReactorTime,
+                 tls: CertificateOptions | None, timeout: float = TIMEOUT) -> None:
+        self.delivery = delivery
+        self.peer = peer  # "host[ip]" as the log names it
+        self.tls = tls
+        self.callLater = clock.callLater  # type: ignore[assignment]
+        self._timeout = timeout
+        self.done: Deferred[Delivery] = Deferred()
+        self._buffer = bytearray()
+        self._lines: list[bytes] = []
+        self._stage = "greeting"
+        self._esmtp = True
+        self._tls_active = False
+        self._extensions: set[str] = set()
+        self._pending = list(delivery.recipients)
+        self._accepted: list[str] = []
+        self._finished = False
+
+    # Transport -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.setTimeout(self._timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self._buffer += data
+        while not self._finished:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_REPLY_LINE:
+                    self._fail_all("deferred", "4.4.2", f"conversation with {self.peer} "
+                                   "failed: reply line too long")
+                return
+            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            del self._buffer[:end + 1]
+            match = _REPLY.match(line)
+            if match is None:
+                self._fail_all("deferred", "4.5.0", f"conversation with {self.peer} "
+                               "failed: malformed reply")
+                return
+            self._lines.append(match.group(3))
+            if match.group(2) == b" ":
+                text = b" ".join(self._lines).decode("utf-8", "replace")
+                lines, self._lines = self._lines, []
+                self._reply(int(match.group(1)), text, lines)
+
+    def timeoutConnection(self) -> None:
+        self._fail_all("deferred", "4.4.2", f"conversation with {self.peer} timed out while "
+                       f"{self._stage_words()}")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.setTimeout(None)
+        if not self._finished:
+            self._fail_all("deferred", "4.4.2", f"lost connection with {self.peer} while "
+                           f"{self._stage_words()}", close=False)
+
+    def _stage_words(self) -> str:
+        return {
+            "greeting": "receiving the initial server greeting",
+            "ehlo": "performing the EHLO handshake", "helo": "performing the HELO handshake",
+            "starttls": "performing the STARTTLS handshake",
+            "mail": "sending MAIL FROM", "rcpt": "sending RCPT TO", "data": "sending DATA",
+            "content": "sending message body", "quit": "sending QUIT",
+        }.get(self._stage, self._stage)
+
+    def _send(self, line: str) -> None:
+        assert self.transport is not None
+        self.transport.write(line.encode("ascii", "replace") + b"\r\n")
+
+    # The conversation ------------------------------------------------------
+
+    def _said(self, code: int, text: str) -> str:
+        command = {"mail": "MAIL FROM", "rcpt": "RCPT TO", "data": "DATA",
+                   "content": "end of DATA", "greeting": "initial greeting",
+                   "ehlo": "EHLO", "helo": "HELO", "starttls": "STARTTLS"}.get(self._stage,
+                                                                            self._stage)
+        return f"host {self.peer} said: {code} {text} (in reply to {command} command)"
+
+    def _refused(self, code: int, text: str) -> Outcome:
+        if code >= 500:
+            return Outcome("bounced", _enhanced(code, text, "5.0.0"), self._said(code, text))
+        return Outcome("deferred", _enhanced(code, text, "4.0.0"), self._said(code, text))
+
+    def _reply(self, code: int, text: str, lines: list[bytes]) -> None:
+        stage = self._stage
+        if stage == "greeting":
+            if code != 220:
+                self._finish_all(self._refused(code, text))
+                return
+            greeter = text.split(" ", 1)[0].lower()
+            if self.delivery.my_hostname and greeter == self.delivery.my_hostname.lower():
+                # Delivering would hand the message back to ourselves.
+                self._finish_all(Outcome("bounced", "5.4.6", f"mail for "
+                                         f"{self.delivery.destination} loops back to myself"))
+                return
+            self._ehlo()
+        elif stage in ("ehlo", "helo"):
+            if code == 250:
+                self._extensions = {line.split(b" ")[0].decode("ascii", "replace").upper()
+                                    for line in lines[1:]} if stage == "ehlo" else set()
+                if ("STARTTLS" in self._extensions and self.tls is not None
+                        and not self._tls_active):
+                    self._stage = "starttls"
+                    self._send("STARTTLS")
+                else:
+                    self._mail()
+            elif stage == "ehlo" and 500 <= code < 600:
+                self._stage = "helo"
+                self._send(f"HELO {self.delivery.helo}")
+            else:
+                self._finish_all(self._refused(code, text))
+        elif stage == "starttls":
+            if code == 220:
+                assert self.transport is not None
+                self.transport.startTLS(self.tls)  # type: ignore[attr-defined]
+                self._tls_active = True
+                self._ehlo()  # RFC 3207 §4.2: start over
+            else:
+                self._mail()  # opportunistic: go on in the clear
+        elif stage == "mail":
+            if code != 250:
+                self._finish_all(self._refused(code, text))
+                return
+            self._next_rcpt()
+        elif stage == "rcpt":
+            recipient = self._pending.pop(0)
+            if code in (250, 251):
+                self._accepted.append(recipient)
+            else:
+                self.delivery.outcomes[recipient] = self._refused(code, text)
+            self._next_rcpt()
+        elif stage == "data":
+            if code != 354:
+                self._finish_all(self._refused(code, text), only=self._accepted)
+                return
+            self._stage = "content"
+            assert self.transport is not None
+            self.transport.write(dot_stuff(self.delivery.content))
+        elif stage == "content":
+            if code == 250:
+                outcome = Outcome("sent", _enhanced(code, text, "2.0.0"), f"{code} {text}")
+            else:
+                outcome = self._refused(code, text)
+            self._finish_all(outcome, only=self._accepted)
+        elif stage == "quit":
+            pass
+
+    def _ehlo(self) -> None:
+        self._stage = "ehlo"
+        self._send(f"EHLO {self.delivery.helo}")
+
+    def _mail(self) -> None:
+        self._stage = "mail"
+        size = f" SIZE={len(self.delivery.content)}" if "SIZE" in self._extensions else ""
+        body = " BODY=8BITMIME" if ("8BITMIME" in self._extensions
+                                    and not self.delivery.content.isascii()) else ""
+        self._send(f"MAIL FROM:<{self.delivery.sender}>{size}{body}")
+
+    def _next_rcpt(self) -> None:
+        if self._pending:
+            self._stage = "rcpt"
+            self._send(f"RCPT TO:<{self._pending[0]}>")
+        elif self._accepted:
+            self._stage = "data"
+            self._send("DATA")
+        else:
+            self._quit()
+
+    # Endings ---------------------------------------------------------------
+
+    def _finish_all(self, outcome: Outcome, only: list[str] | None = None) -> None:
+        for recipient in (only if only is not None else self.delivery.recipients):
+            self.delivery.outcomes.setdefault(recipient, outcome)
+        self._quit()
+
+    def _fail_all(self, status: str, dsn: str, reason: str, close: bool = True) -> None:
+        if self._finished:
+            return
+        for recipient in self.delivery.recipients:
+            self.delivery.outcomes.setdefault(recipient, Outcome(status, dsn, reason))
+        self._finish(close)
+
+    def _quit(self) -> None:
+        self._stage = "quit"
+        self._send("QUIT")
+        self._finish(True)
+
+    def _finish(self, close: bool) -> None:
+        self._finished = True
+        self.setTimeout(None)
+        if close and self.transport is not None:
+            self.transport.loseConnection()
+        self.done.callback(self.delivery)
+

@@ -1,0 +1,122 @@
+"""
+The SMTP client against cipherd's own server, in memory (iosim): content
+arrives byte-exact whatever the chunking, and each recipient gets the
+outcome the next hop gave, in Postfix's words.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.test import iosim
+
+from cipherd.smtp.client import Delivery, SMTPClient, dot_stuff
+from cipherd.smtp.server import Received, ReceivePolicy, SMTPFactory
+
+HOST = "next-hop.example.net"
+
+
+class Hop:
+    """
+    cipherd's server as the next hop, with what it queued.
+    """
+
+    def __init__(self, policy: ReceivePolicy | None = None, accept: Any = None) -> None:
+        self.clock = Clock()
+        self.queued: list[Received] = []
+        self.policy = policy or ReceivePolicy(HOST, relay_domains=("example.com",))
+        self.factory = SMTPFactory(lambda: self.policy, accept or self._accept, self.clock)
+
+    def _accept(self, received: Received) -> Deferred[None]:
+        self.queued.append(received)
+        return succeed(None)
+
+    def deliver(self, delivery: Delivery, chunk: int | None = None) -> Delivery:
+        server = self.factory.buildProtocol(None)
+        client = SMTPClient(delivery, f"{HOST}[192.0.2.25]", self.clock, None)
+        server_transport = iosim.FakeTransport(server, isServer=True)
+        client_transport = iosim.FakeTransport(client, isServer=False)
+        if chunk is not None:
+            # Deliver what the client writes in pieces of this size.
+            original = client_transport.write
+
+            def write(data: bytes) -> None:
+                for start in range(0, len(data), chunk):
+                    original(data[start:start + chunk])
+
+            client_transport.write = write  # type: ignore[method-assign]
+        pump = iosim.connect(server, server_transport, client, client_transport)
+        pump.flush()
+        results: list[Delivery] = []
+        client.done.addCallback(results.append)
+        assert results, "the delivery did not finish"
+        return results[0]
+
+
+def delivery(content: bytes, *recipients: str, sender: str = "a@example.org") -> Delivery:
+    return Delivery(sender, list(recipients or ["b@example.com"]), content, "gw.example.org")
+
+
+def test_dot_stuffing_of_the_whole_content() -> None:
+    assert dot_stuff(b".a\r\nb\r\n.\r\n..c") == b"..a\r\nb\r\n..\r\n...c\r\n.\r\n"
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(st.sampled_from([b".", b"..", b". x", b"x.", b"", b"a" * 70, b".\x80"]),
+                      max_size=30),
+       chunk=st.integers(min_value=1, max_value=40))
+def test_dot_lines_at_every_offset_arrive_byte_exact(lines: list[bytes], chunk: int) -> None:
+    content = b"Subject: dots\r\n\r\n" + b"".join(line + b"\r\n" for line in lines)
+    hop = Hop()
+    done = hop.deliver(delivery(content), chunk=chunk)
+    assert [o.status for o in done.outcomes.values()] == ["sent"]
+    (received,) = hop.queued
+    assert received.content.endswith(b"\r\n" + content) or received.content.endswith(content)
+    assert received.content[received.content.index(b"Subject: dots"):] == content
+
+
+def test_each_recipient_gets_its_own_outcome_in_postfix_words() -> None:
+    hop = Hop()
+    done = hop.deliver(delivery(b"Subject: x\r\n\r\nbody\r\n", "b@example.com",
+                                "victim@elsewhere.test"))
+    sent = done.outcomes["b@example.com"]
+    assert sent.status == "sent" and sent.dsn == "2.0.0"
+    assert sent.reason == f"250 2.0.0 Ok: queued as {hop.queued[0].queue_id}"
+    refused = done.outcomes["victim@elsewhere.test"]
+    assert (refused.status, refused.dsn) == ("deferred", "4.7.1")
+    assert refused.reason == (f"host {HOST}[192.0.2.25] said: 454 4.7.1 "
+                              "<victim@elsewhere.test>: Relay access denied (in reply to RCPT "
+                              "TO command)")
+    assert hop.queued[0].recipients == ["b@example.com"]
+
+
+def test_a_permanent_refusal_bounces() -> None:
+    hop = Hop(ReceivePolicy(HOST, relay_domains=("example.com",), message_size_limit=2000))
+    done = hop.deliver(delivery(b"x" * 3000 + b"\r\n"))
+    outcome = done.outcomes["b@example.com"]
+    assert (outcome.status, outcome.dsn) == ("bounced", "5.3.4")
+    assert outcome.reason.endswith("552 5.3.4 Message size exceeds fixed limit (in reply to "
+                                   "MAIL FROM command)")
+
+
+def test_a_next_hop_that_is_ourselves_is_a_loop() -> None:
+    hop = Hop()
+    looped = delivery(b"x\r\n")
+    looped.my_hostname, looped.destination = HOST.upper(), "[127.0.0.1]:2525"
+    outcome = hop.deliver(looped).outcomes["b@example.com"]
+    assert (outcome.status, outcome.dsn, outcome.reason) == (
+        "bounced", "5.4.6", "mail for [127.0.0.1]:2525 loops back to myself")
+    assert hop.queued == []
+
+
+@pytest.mark.parametrize("sender", ["", "a@example.org"])
+def test_null_sender_and_8bit(sender: str) -> None:
+    hop = Hop()
+    done = hop.deliver(delivery("Subject: é\r\n\r\nGrüße\r\n".encode(), sender=sender))
+    assert done.outcomes["b@example.com"].status == "sent"
+    assert hop.queued[0].sender == sender
