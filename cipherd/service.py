@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
+from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
@@ -35,7 +36,8 @@ from cipherd.logs import MailLogsService
 from cipherd.pki.certstore import CertificateStore
 from cipherd.settings import GLOBAL, PROPERTIES
 from cipherd.smtp.config import MTAConfigSource
-from cipherd.smtp.queue import MailQueue
+from cipherd.smtp.queue import SCAN_INTERVAL, MailQueue, QueueRunner
+from cipherd.smtp.routing import DNSHopResolver, connect_tcp
 from cipherd.smtp.server import SMTPFactory
 from cipherd.smtp.spool import DirectorySpool
 from cipherd.store import Store, create_engine_for_url
@@ -201,8 +203,13 @@ def make_service(config: Config, reactor: Any) -> IService:
     options = tls_options(certificate.read_bytes(), key.read_bytes())
     certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
     queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
+    queue_runner = QueueRunner(
+        queue, lambda: mta.current, DNSHopResolver(dns_client.createResolver(), reactor),
+        lambda address, port, protocol: connect_tcp(reactor, address, port, protocol),
+        reactor, tls=CertificateOptions())  # opportunistic STARTTLS: no verification
     admin = AdminSite(
-        AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue)
+        AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,
+                     queue_runner)
     )
     site = Site(admin.resource(), requestFactory=BoundedRequest,
                 logFormatter=access_log_formatter)
@@ -216,13 +223,16 @@ def make_service(config: Config, reactor: Any) -> IService:
 
     smtp = StreamServerEndpointService(
         serverFromString(reactor, config.smtp_listen),
-        SMTPFactory(mta.receive_policy, queue.accept, reactor, options),
+        SMTPFactory(mta.receive_policy, queue_runner.accept, reactor, options),
     )
     smtp._raiseSynchronously = True
     smtp.setServiceParent(startup)
 
     # Changes made to the MTA config on another node arrive within REFRESH.
     _periodic(MTAConfigSource.REFRESH, mta.refresh, "Reading the MTA config failed",
+              reactor).setServiceParent(startup)
+    # Deferred mail is retried when due; new mail is delivered at once.
+    _periodic(SCAN_INTERVAL, queue_runner.scan, "The queue scan failed",
               reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, authority.expire_sessions,
               "Expiring admin sessions failed", reactor).setServiceParent(startup)

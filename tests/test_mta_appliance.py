@@ -9,14 +9,16 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 import urllib.request
 from typing import Any
 
 import pytest
 
 from cipherd.smtp.spool import DirectorySpool
-from tests.conftest import Appliance, insecure_tls
+from tests.conftest import Appliance, free_port, insecure_tls
 from tests.peers import require_tool, run
+from tests.sink import Sink
 
 pytestmark = pytest.mark.e2e
 
@@ -59,28 +61,42 @@ def queue_id_of(transcript: str) -> str:
 def test_a_message_is_queued_byte_exact_over_starttls_and_survives_kill_9(
         appliance: Appliance) -> None:
     api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+    # The next hop is down: the messages stay in the queue.
+    port = free_port()
+    api(appliance, "PATCH", "/mta", {"transports": [
+        {"domain": "example.com", "host": "[127.0.0.1]", "port": port}]})
     transcript = swaks(appliance, "--to", "bob@example.com", "--tls")
     assert " 220 2.0.0 Ready to start TLS" in transcript
     queue_id = queue_id_of(transcript)
+    other = queue_id_of(swaks(appliance, "--to", "carol@example.com"))
     queued = api(appliance, "GET", "/queue")["messages"]
-    assert [(m["id"], m["state"], m["sender"], m["recipients"]) for m in queued] == [
-        (queue_id, "active", "alice@example.org", ["bob@example.com"])]
+    assert sorted((m["id"], m["sender"], tuple(m["recipients"])) for m in queued) == sorted([
+        (queue_id, "alice@example.org", ("bob@example.com",)),
+        (other, "alice@example.org", ("carol@example.com",))])
 
-    # Killed after the 250, before any delivery: the message is still there.
+    # Killed after the 250, before any delivery: the messages are still there.
     assert appliance.process is not None
     appliance.process.kill()
     appliance.process.wait()
     appliance.start()
-    assert [m["id"] for m in api(appliance, "GET", "/queue")["messages"]] == [queue_id]
+    assert sorted(m["id"] for m in api(appliance, "GET", "/queue")["messages"]) == sorted(
+        [queue_id, other])
     _, content = DirectorySpool(appliance.data_dir / "spool").load(queue_id)
     header_end = content.index(MESSAGE[:20])
     assert content[header_end:] == MESSAGE
     assert content.startswith(b"Received: from client.example.org (unknown[127.0.0.1])")
     assert b"with ESMTPS id " + queue_id.encode() in content[:header_end]
 
-    assert api(appliance, "DELETE", f"/queue/{queue_id}") == {
-        "status": f"{queue_id} was deleted."}
-    assert api(appliance, "GET", "/queue")["messages"] == []
+    assert api(appliance, "DELETE", f"/queue/{other}") == {"status": f"{other} was deleted."}
+    sink = Sink(port)  # the next hop is back
+    try:
+        api(appliance, "POST", "/queue/flush")
+        (captured,) = sink.wait_for(1)
+        assert captured.content == content
+        _wait_for_log(appliance, f"{queue_id}: removed")
+        assert api(appliance, "GET", "/queue")["messages"] == []
+    finally:
+        sink.close()
 
 
 def test_relay_access_denied_as_configured_through_the_api(appliance: Appliance) -> None:
@@ -127,3 +143,92 @@ def test_the_mta_log_names_the_queue_id(appliance: Appliance) -> None:
     assert f"{queue_id}: client=unknown[127.0.0.1]" in log
     assert re.search(rf"{queue_id}: from=<alice@example.org>, size=\d+, nrcpt=1 "
                      r"\(queue active\)", log), log
+
+
+def _wait_for_log(appliance: Appliance, text: str, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    log = ""
+    while time.monotonic() < deadline:
+        log = (appliance.data_dir / "logs" / "mta.log").read_text()
+        if text in log:
+            return log
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in the MTA log:\n{log}")
+
+
+def test_delivered_byte_exact_through_a_transport(appliance: Appliance) -> None:
+    sink = Sink()
+    try:
+        api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+        api(appliance, "PATCH", "/mta", {"transports": [
+            {"domain": "example.com", "host": "[127.0.0.1]", "port": sink.port}]})
+        queue_id = queue_id_of(swaks(appliance, "--to", "bob@example.com"))
+        (captured,) = sink.wait_for(1)
+        assert (captured.sender, captured.recipients) == ("alice@example.org",
+                                                          ["bob@example.com"])
+        assert captured.content[captured.content.index(MESSAGE[:20]):] == MESSAGE
+        assert captured.content.startswith(b"Received: from client.example.org")
+        log = _wait_for_log(appliance, f"{queue_id}: removed")
+        assert re.search(rf"{queue_id}: to=<bob@example.com>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:"
+                         rf"{sink.port}, delay=[0-9.e-]+, delays=[0-9.e/-]+, dsn=2\.0\.0, "
+                         r"status=sent \(250 2\.0\.0 Ok: captured\)", log), log
+        assert api(appliance, "GET", "/queue")["messages"] == []
+    finally:
+        sink.close()
+
+
+def test_next_hop_down_is_deferred_with_postfix_words_then_flushed(
+        appliance: Appliance) -> None:
+    port = free_port()
+    api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+    api(appliance, "PATCH", "/mta", {"transports": [
+        {"domain": "example.com", "host": "[127.0.0.1]", "port": port}]})
+    queue_id = queue_id_of(swaks(appliance, "--to", "bob@example.com"))
+    _wait_for_log(appliance, f"{queue_id}: to=<bob@example.com>, relay=none")
+    log = _wait_for_log(appliance, f"connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused")
+    assert "status=deferred" in log
+    (queued,) = api(appliance, "GET", "/queue")["messages"]
+    assert queued["state"] == "deferred" and "Connection refused" in queued["reason"]
+    sink = Sink(port)
+    try:
+        assert api(appliance, "POST", "/queue/flush")["status"].startswith("Delivery of every")
+        sink.wait_for(1)
+        _wait_for_log(appliance, f"{queue_id}: removed")
+    finally:
+        sink.close()
+
+
+def test_a_remote_refusal_is_logged_as_the_guide_shows_it(appliance: Appliance) -> None:
+    sink = Sink()
+    sink.state.rcpt_reply = b"454 4.7.1 <bob@example.com>: Relay access denied"
+    try:
+        api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+        api(appliance, "PATCH", "/mta", {"transports": [
+            {"domain": "example.com", "host": "[127.0.0.1]", "port": sink.port}]})
+        queue_id = queue_id_of(swaks(appliance, "--to", "bob@example.com"))
+        _wait_for_log(appliance, (
+            f"{queue_id}: to=<bob@example.com>, relay=127.0.0.1[127.0.0.1]:{sink.port}"))
+        _wait_for_log(appliance, (
+            "dsn=4.7.1, status=deferred (host 127.0.0.1[127.0.0.1] said: 454 4.7.1 "
+            "<bob@example.com>: Relay access denied (in reply to RCPT TO command))"))
+    finally:
+        sink.close()
+
+
+def test_delivery_to_ourselves_is_a_loop_and_bounces(appliance: Appliance) -> None:
+    sink = Sink()
+    try:
+        api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+        api(appliance, "PATCH", "/mta", {"transports": [
+            {"domain": "example.com", "host": "[127.0.0.1]", "port": appliance.smtp_port},
+            {"domain": "example.org", "host": "[127.0.0.1]", "port": sink.port}]})
+        queue_id = queue_id_of(swaks(appliance, "--to", "bob@example.com"))
+        _wait_for_log(appliance, f"mail for [127.0.0.1]:{appliance.smtp_port} loops back to "
+                                 "myself")
+        (bounce,) = sink.wait_for(1)
+        assert (bounce.sender, bounce.recipients) == ("", ["alice@example.org"])
+        assert b"Subject: Undelivered Mail Returned to Sender" in bounce.content
+        assert b"Status: 5.4.6" in bounce.content
+        _wait_for_log(appliance, f"{queue_id}: sender non-delivery notification")
+    finally:
+        sink.close()

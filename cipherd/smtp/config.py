@@ -78,9 +78,12 @@ class MTAConfig:
     smtp_helo_name: str = ""
     reject_unverified_recipient: bool = False
     reject_unverified_code: int = DEFAULT_REJECT_CODE
+    # SMTP transports: (recipient domain, relay host in Postfix's syntax).
+    transports: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         value = asdict(self)
+        value["transports"] = [_transport_json(d, r) for d, r in self.transports]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
 
     @property
@@ -98,6 +101,35 @@ class MTAConfig:
 
 
 _FIELDS = {f.name: f for f in fields(MTAConfig)}
+
+
+def _transport_json(domain: str, relay: str) -> dict[str, Any]:
+    host = RelayHost.parse(relay)
+    return {"domain": domain, "host": str(replace(host, port=25)), "port": host.port}
+
+
+def _check_transports(value: Any) -> tuple[Any, str | None]:
+    if not isinstance(value, list):
+        return None, 'must be a list of {"domain": ..., "host": ..., "port": ...}'
+    found: dict[str, str] = {}
+    for entry in value:
+        if not isinstance(entry, dict) or not isinstance(entry.get("domain"), str) or \
+                not isinstance(entry.get("host"), str):
+            return None, 'each transport is {"domain": ..., "host": ..., "port": ...}'
+        domain = entry["domain"].strip().lower().rstrip(".")
+        problem = domain_problem(domain)
+        if problem:
+            return None, f"{domain!r}: {problem}"
+        port = entry.get("port", 25)
+        if isinstance(port, bool) or not isinstance(port, int):
+            return None, f"{domain}: the port must be a number"
+        try:
+            relay = RelayHost.parse(entry["host"].strip())
+            relay = RelayHost.parse(f"{replace(relay, port=25)!s}:{port}")
+        except ValueError as e:
+            return None, f"{domain}: {e}"
+        found[domain] = str(relay)
+    return tuple(sorted(found.items())), None
 
 
 def _hostname_problem(value: Any) -> str | None:
@@ -153,6 +185,8 @@ def _check(name: str, value: Any) -> tuple[Any, str | None]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
             return None, "must be a number of bytes, at least 1024"
         return value, None
+    if name == "transports":
+        return _check_transports(value)
     if name == "reject_unverified_code":
         if value not in (450, 550):
             return None, "must be 450 or 550"

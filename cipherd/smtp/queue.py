@@ -1,22 +1,39 @@
 """
-The mail queue: takes what the SMTP server accepted into the spool, and
-answers the admin's questions about it.
-
-Delivery (the processing seam, routing, retries, bounces) is not built yet:
-accepted mail waits in C{active} until it is.
+The mail queue: takes what the SMTP server accepted into the spool, passes
+each message through the processing seam, delivers it to its next hops,
+defers what could not be delivered yet (retrying with exponential back-off
+up to the queue lifetime) and bounces what cannot be delivered at all —
+never losing a message on the way: the spool changes only after the next
+hop said 250, or after a bounce was queued in its place.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
+from cipherd.smtp.bounce import Failed, build_bounce
+from cipherd.smtp.client import Delivery, Outcome, SMTPClient
+from cipherd.smtp.config import MTAConfig
+from cipherd.smtp.routing import (
+    HopNotFound,
+    IHopResolver,
+    NextHop,
+    connect_failure_reason,
+    next_hop,
+)
 from cipherd.smtp.server import Received
-from cipherd.smtp.spool import Envelope, ISpool, QueuedMessage
+from cipherd.smtp.spool import Envelope, ISpool, QueuedMessage, new_queue_id
 from cipherd.threads import IBlockingRunner
+
+Connect = Callable[[str, int, Protocol], "Deferred[Any]"]
 
 log = Logger(namespace="cipherd.mta.qmgr")
 
@@ -56,14 +73,29 @@ class MailQueue:
         result: list[QueuedMessage] = await self._runner.run(self._spool.messages)
         return result
 
-    async def delete(self, queue_id: str) -> bool:
+    async def delete(self, queue_id: str, *, quiet: bool = False) -> bool:
         """
-        Remove a message without delivering it (the admin's decision).
+        Remove a message (delivered, or the admin's decision).
         """
         removed: bool = await self._runner.run(self._spool.remove, queue_id)
-        if removed:
+        if removed and not quiet:
             log.info("{queue_id}: removed", queue_id=queue_id)
         return removed
+
+    async def load(self, queue_id: str) -> tuple[QueuedMessage, bytes]:
+        result: tuple[QueuedMessage, bytes] = await self._runner.run(self._spool.load,
+                                                                     queue_id)
+        return result
+
+    async def store(self, envelope: Envelope, content: bytes) -> QueuedMessage:
+        stored: QueuedMessage = await self._runner.run(self._spool.store, envelope, content)
+        return stored
+
+    async def move(self, queue_id: str, state: str,
+                   envelope: Envelope | None = None) -> QueuedMessage:
+        moved: QueuedMessage = await self._runner.run(self._spool.move, queue_id, state,
+                                                      envelope)
+        return moved
 
 
 def describe(message: QueuedMessage) -> dict[str, Any]:
@@ -77,3 +109,256 @@ def describe(message: QueuedMessage) -> dict[str, Any]:
         "received": envelope.received, "attempts": envelope.attempts,
         "reason": envelope.reason,
     }
+
+
+class IMessageProcessor(Interface):
+    """
+    The seam between the spool and delivery through which every message
+    passes: the mail processing pipeline (encryption, the webmail tunnel)
+    plugs in here.
+    """
+
+    def process(envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
+        """
+        @return: what to deliver: each part with the recipients it is for.
+            Every recipient of C{envelope} must be in exactly one part (or
+            the processor failed, and the message is retried).
+        """
+
+
+@dataclass(frozen=True)
+class Part:
+    recipients: tuple[str, ...]
+    content: bytes
+
+
+@implementer(IMessageProcessor)
+class PassThrough:
+    """
+    The processor until the pipeline exists: every message as it came.
+    """
+
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
+        return succeed([Part(envelope.recipients, content)])
+
+
+# Postfix's defaults: minimal_backoff_time, maximal_backoff_time,
+# maximal_queue_lifetime, and the queue manager's scan interval.
+MIN_BACKOFF = 300.0
+MAX_BACKOFF = 4000.0
+QUEUE_LIFETIME = 5 * 86400.0
+SCAN_INTERVAL = 60.0
+# Messages delivered at once (Postfix's default_process_limit is 100 for
+# all smtp processes together).
+CONCURRENT_DELIVERIES = 20
+
+
+class QueueRunner:
+    """
+    Delivers what is due in the queue.
+
+    @param queue: the queue (spool and its runner).
+    @param config: the MTA config in force (relay hosts, transports, names).
+    @param resolver: next hop → addresses.
+    @param connect: C{connect(address, port, protocol)} → Deferred firing
+        when connected, failing with the socket error.
+    @param tls: client TLS options for opportunistic STARTTLS, or C{None}.
+    """
+
+    def __init__(self, queue: MailQueue, config: Callable[[], MTAConfig],
+                 resolver: IHopResolver, connect: Connect, clock: IReactorTime, *,
+                 tls: Any = None, processor: IMessageProcessor | None = None,
+                 lifetime: float = QUEUE_LIFETIME) -> None:
+        self._queue = queue
+        self._config = config
+        self._resolver = resolver
+        self._connect = connect
+        self._clock = clock
+        self._tls = tls
+        self._processor = processor or PassThrough()
+        self._lifetime = lifetime
+        self._busy: set[str] = set()
+        self._limit = DeferredSemaphore(CONCURRENT_DELIVERIES)
+        self._scheduled: Any = None
+
+    def accept(self, received: Received) -> Deferred[QueuedMessage]:
+        """
+        Queue a message the SMTP server accepted, and deliver it soon.
+        """
+        return self._queue.accept(received).addCallback(self._kicked)
+
+    def _kicked(self, message: QueuedMessage) -> QueuedMessage:
+        self.kick()
+        return message
+
+    def kick(self) -> None:
+        """
+        Look at the queue soon (a message arrived, or the admin flushed).
+        """
+        if self._scheduled is None or not self._scheduled.active():
+            self._scheduled = self._clock.callLater(0, self._scan_logged)
+
+    def stop(self) -> None:
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+
+    def _scan_logged(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self.scan())
+        d.addErrback(lambda f: log.failure("The queue scan failed", f))
+        return d
+
+    async def scan(self, *, flush: bool = False) -> None:
+        """
+        Deliver every active message, and the deferred ones that are due
+        (all of them with C{flush}).
+        """
+        now = self._clock.seconds()
+        due = [m for m in await self._queue.messages()
+               if m.envelope.queue_id not in self._busy and (
+                   m.state == "active" or (m.state == "deferred" and (
+                       flush or m.envelope.next_attempt <= now)))]
+        attempts = [self._limit.run(self.attempt, m) for m in due]
+        for attempt in attempts:
+            attempt.addErrback(lambda f: log.failure("A delivery attempt failed", f))
+        await DeferredList(attempts)
+
+    async def attempt(self, message: QueuedMessage) -> None:
+        """
+        One delivery attempt for a queued message.
+        """
+        queue_id = message.envelope.queue_id
+        self._busy.add(queue_id)
+        try:
+            await self._attempt(queue_id)
+        finally:
+            self._busy.discard(queue_id)
+
+    async def _attempt(self, queue_id: str) -> None:
+        started = self._clock.seconds()
+        try:
+            queued, content = await self._queue.load(queue_id)
+        except KeyError:
+            return  # deleted meanwhile
+        envelope = queued.envelope
+        config = self._config()
+        try:
+            parts = await self._processor.process(envelope, content)
+        except Exception:
+            log.failure("{queue_id}: processing failed; the message stays queued",
+                        queue_id=queue_id)
+            await self._defer(queued, {r: Outcome("deferred", "4.3.0", "processing failed")
+                                       for r in envelope.recipients}, started)
+            return
+        outcomes: dict[str, Outcome] = {}
+        relays: dict[str, str] = {}
+        limit = config.after_filter_message_size_limit
+        for part in parts:
+            if limit and len(part.content) > limit:
+                for recipient in part.recipients:
+                    outcomes[recipient] = Outcome(
+                        "bounced", "5.3.4", "message size exceeds the after-filter limit "
+                        f"({limit} bytes)")
+                continue
+            by_hop: dict[NextHop, list[str]] = {}
+            for recipient in part.recipients:
+                by_hop.setdefault(next_hop(recipient, config), []).append(recipient)
+            results = await DeferredList([
+                Deferred.fromCoroutine(self._deliver_to(hop, envelope.sender, rcpts,
+                                                        part.content, config))
+                for hop, rcpts in by_hop.items()], consumeErrors=True)
+            for (ok, result), (hop, rcpts) in zip(results, by_hop.items(), strict=True):
+                if ok:
+                    hop_outcomes, relay = result
+                else:
+                    log.failure("{queue_id}: delivery to {hop} failed",
+                                result,  # type: ignore[arg-type]  # a Failure when not ok
+                                queue_id=queue_id, hop=hop.name)
+                    hop_outcomes = {r: Outcome("deferred", "4.3.0", "internal error")
+                                    for r in rcpts}
+                    relay = "none"
+                outcomes.update(hop_outcomes)
+                relays.update(dict.fromkeys(hop_outcomes, relay))
+        for recipient in envelope.recipients:
+            outcome = outcomes.setdefault(
+                recipient, Outcome("deferred", "4.3.0", "the processor lost this recipient"))
+            self._log_outcome(envelope, recipient, outcome, relays.get(recipient, "none"),
+                              started)
+        await self._settle(queued, content, outcomes, started)
+
+    async def _deliver_to(self, hop: NextHop, sender: str, recipients: list[str],
+                          content: bytes, config: MTAConfig
+                          ) -> tuple[dict[str, Outcome], str]:
+        try:
+            addresses = await self._resolver.resolve(hop)
+        except HopNotFound as e:
+            return dict.fromkeys(recipients, Outcome("deferred", "4.4.3", str(e))), "none"
+        last = ""
+        for host, address in addresses:
+            delivery = Delivery(sender, list(recipients), content, config.helo_name,
+                                my_hostname=config.my_hostname, destination=hop.name)
+            client = SMTPClient(delivery, f"{host}[{address}]", self._clock, self._tls)
+            try:
+                await self._connect(address, hop.port, client)
+            except Exception as e:
+                last = connect_failure_reason(e, host, address, hop.port)
+                continue
+            done = await client.done
+            return done.outcomes, f"{host}[{address}]:{hop.port}"
+        return dict.fromkeys(recipients, Outcome("deferred", "4.4.1", last)), "none"
+
+    def _log_outcome(self, envelope: Envelope, recipient: str, outcome: Outcome,
+                     relay: str, started: float) -> None:
+        now = self._clock.seconds()
+        log.info("{queue_id}: to=<{rcpt}>, relay={relay}, delay={delay:.2g}, "
+                 "delays={before:.2g}/0/0/{during:.2g}, dsn={dsn}, status={status} "
+                 "({reason})", queue_id=envelope.queue_id, rcpt=recipient, relay=relay,
+                 delay=now - envelope.received, before=started - envelope.received,
+                 during=now - started, dsn=outcome.dsn, status=outcome.status,
+                 reason=outcome.reason)
+
+    async def _settle(self, queued: QueuedMessage, content: bytes,
+                      outcomes: dict[str, Outcome], started: float) -> None:
+        envelope = queued.envelope
+        now = self._clock.seconds()
+        expired = now - envelope.received >= self._lifetime
+        failed = [Failed(r, o.dsn if o.status == "bounced" else "4.4.7" if expired else o.dsn,
+                         o.reason if o.status == "bounced" else
+                         f"message expired after {self._lifetime / 86400:g} days: {o.reason}",
+                         o.reason.split(" said:")[0].removeprefix("host ")
+                         if o.reason.startswith("host ") else "")
+                  for r, o in outcomes.items()
+                  if o.status == "bounced" or (o.status == "deferred" and expired)]
+        if failed:
+            await self._bounce(envelope, content, failed)
+        remaining = {r: o for r, o in outcomes.items() if o.status == "deferred" and not expired}
+        if remaining:
+            await self._defer(queued, remaining, started)
+        elif await self._queue.delete(envelope.queue_id, quiet=True):
+            log.info("{queue_id}: removed", queue_id=envelope.queue_id)
+
+    async def _bounce(self, envelope: Envelope, content: bytes, failed: list[Failed]) -> None:
+        if not envelope.sender:
+            # RFC 5321 §4.5.5: never a bounce of a bounce.
+            log.info("{queue_id}: undeliverable bounce discarded (null sender)",
+                     queue_id=envelope.queue_id)
+            return
+        config = self._config()
+        bounce = build_bounce(my_hostname=config.my_hostname, queue_id=envelope.queue_id,
+                              sender=envelope.sender, received=envelope.received,
+                              now=self._clock.seconds(), failed=failed, original=content)
+        stored = await self._queue.store(Envelope(new_queue_id(), "", (envelope.sender,),
+                                                  self._clock.seconds(), client="local"),
+                                         bounce)
+        log.info("{queue_id}: sender non-delivery notification: {bounce_id}",
+                 queue_id=envelope.queue_id, bounce_id=stored.envelope.queue_id)
+        self.kick()
+
+    async def _defer(self, queued: QueuedMessage, remaining: dict[str, Outcome],
+                     started: float) -> None:
+        envelope = queued.envelope
+        attempts = envelope.attempts + 1
+        backoff = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (attempts - 1))
+        reason = next(iter(remaining.values())).reason
+        await self._queue.move(envelope.queue_id, "deferred", replace(
+            envelope, recipients=tuple(r for r in envelope.recipients if r in remaining),
+            attempts=attempts, next_attempt=self._clock.seconds() + backoff, reason=reason))

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
@@ -313,6 +314,19 @@ class AdminAPI:
     async def get_queue(self, request: IRequest, admin: AdminRow) -> bytes:
         messages = await self.backend.queue.messages()
         return json_response(request, 200, {"messages": [describe_queued(m) for m in messages]})
+
+    @app.route("/v1/queue/flush", methods=["POST"])
+    @_authenticated()
+    async def flush_queue(self, request: IRequest, admin: AdminRow) -> bytes:
+        if self.backend.queue_runner is None:
+            raise _BadRequest("This node does not deliver mail.", status=409)
+        # Like postqueue -f: start delivery of everything now, answer at once.
+        flush = Deferred.fromCoroutine(self.backend.queue_runner.scan(flush=True))
+        flush.addErrback(lambda f: log.failure("Flushing the queue failed", f))
+        log.info("Admin {account!r} flushed the queue through the API", account=admin.name)
+        return json_response(request, 202, {
+            "status": "Delivery of every queued message was started; see /queue and the MTA "
+                      "log."})
 
     @app.route("/v1/queue/<queue_id>", methods=["DELETE"])
     @_authenticated()

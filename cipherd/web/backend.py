@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from cipherd.logs import MailLog
 from cipherd.pki.certstore import CertificateStore
 from cipherd.smtp.config import MTAConfigSource
-from cipherd.smtp.queue import MailQueue
+from cipherd.smtp.queue import MailQueue, QueueRunner
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.auth import AdminAuthority
@@ -23,6 +23,7 @@ class AdminBackend:
     @ivar runner: where blocking work (reading logs) runs.
     @ivar mta: the MTA config in force.
     @ivar queue: the mail queue.
+    @ivar queue_runner: delivers it (flush).
     """
 
     authority: AdminAuthority
@@ -32,6 +33,7 @@ class AdminBackend:
     certificates: CertificateStore
     mta: MTAConfigSource
     queue: MailQueue
+    queue_runner: QueueRunner | None = None
 
     async def tail_log(self, name: str, lines: int) -> list[str]:
         """

@@ -1,0 +1,112 @@
+"""
+Delivery status notifications (RFC 3464): the bounce a sender gets for the
+recipients that could not be reached, in Postfix's wording.  A bounce has
+the null sender, so it is never bounced itself (RFC 5321 §4.5.5).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+# The original's header is returned, not its body (RFC 3462 text/rfc822-headers).
+_MAX_RETURNED_HEADER = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Failed:
+    """
+    A recipient that will not get the message.
+
+    @ivar dsn: the enhanced status code, e.g. C{"5.4.6"}.
+    @ivar reason: Postfix's words (C{"host H[IP] said: ..."}).
+    @ivar remote_mta: the next hop that refused it, if one did.
+    """
+
+    recipient: str
+    dsn: str
+    reason: str
+    remote_mta: str = ""
+
+
+def _date(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
+
+
+def _clean(text: str) -> str:
+    # No header or line can be injected through a remote server's words.
+    return " ".join(text.replace("\r", " ").replace("\n", " ").split())
+
+
+def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: float,
+                 now: float, failed: Sequence[Failed], original: bytes) -> bytes:
+    """
+    The bounce for C{failed}, addressed to C{sender} (CRLF lines).
+    """
+    boundary = f"{queue_id}.{secrets.token_hex(8)}/{my_hostname}"
+    human = [
+        f"This is the mail system at host {my_hostname}.",
+        "",
+        "I'm sorry to have to inform you that your message could not",
+        "be delivered to one or more recipients. It's attached below.",
+        "",
+        "For further assistance, please send mail to postmaster.",
+        "",
+        "                   The mail system",
+        "",
+    ]
+    for entry in failed:
+        human.append(f"<{entry.recipient}>: {_clean(entry.reason)}")
+    status = [
+        f"Reporting-MTA: dns; {my_hostname}",
+        f"X-Postfix-Queue-ID: {queue_id}",
+        f"X-Postfix-Sender: rfc822; {sender}",
+        f"Arrival-Date: {_date(received)}",
+    ]
+    for entry in failed:
+        status += ["", f"Final-Recipient: rfc822; {entry.recipient}",
+                   f"Original-Recipient: rfc822;{entry.recipient}",
+                   "Action: failed", f"Status: {entry.dsn}"]
+        if entry.remote_mta:
+            status.append(f"Remote-MTA: dns; {_clean(entry.remote_mta)}")
+        status.append(f"Diagnostic-Code: {'smtp' if entry.remote_mta else 'X-Postfix'}; "
+                      f"{_clean(entry.reason)}")
+    end = original.find(b"\r\n\r\n")
+    headers = original[:end + 2] if end >= 0 else original
+    headers = headers[:_MAX_RETURNED_HEADER]
+    head = [
+        f"Date: {_date(now)}",
+        f"From: MAILER-DAEMON@{my_hostname} (Mail Delivery System)",
+        f"To: {sender}",
+        "Subject: Undelivered Mail Returned to Sender",
+        "Auto-Submitted: auto-replied",
+        f"Message-Id: <{queue_id}.{secrets.token_hex(6)}@{my_hostname}>",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        "Content-Transfer-Encoding: 8bit",
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Description: Notification",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        *human,
+        "",
+        f"--{boundary}",
+        "Content-Description: Delivery report",
+        "Content-Type: message/delivery-status",
+        "",
+        *status,
+        "",
+        f"--{boundary}",
+        "Content-Description: Undelivered Message Headers",
+        "Content-Type: text/rfc822-headers",
+        "Content-Transfer-Encoding: 8bit",
+        "",
+    ]
+    tail = ["", f"--{boundary}--", ""]
+    return ("\r\n".join(head) + "\r\n").encode("utf-8", "replace") + headers + (
+        "\r\n".join(tail)).encode("ascii")

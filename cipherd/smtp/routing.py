@@ -1,0 +1,191 @@
+"""
+Where a recipient's mail goes next, and how to reach it: SMTP transports
+(recipient domain → host:port), then the internal relay host for relay
+domains, the external relay host for everything else, and otherwise the
+recipient domain's MX records — Postfix's order.  Failures are worded as
+Postfix words them, so the guide's troubleshooting applies.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.names import dns
+from twisted.names.error import DNSNameError, DNSServerError
+from zope.interface import Interface, implementer
+
+from cipherd.smtp.config import MTAConfig, RelayHost
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """
+    @ivar name: the hop as configured (C{[127.0.0.1]:26}) or the domain.
+    @ivar host: the host to resolve (or an address).
+    @ivar mx_lookup: look up MX records of C{host} first.
+    """
+
+    name: str
+    host: str
+    port: int
+    mx_lookup: bool
+
+
+class HopNotFound(Exception):
+    """
+    The next hop has no address: the reason, in Postfix's words.
+    """
+
+
+class HopUnreachable(Exception):
+    """
+    No connection could be made: the reason, in Postfix's words.
+    """
+
+
+def next_hop(recipient: str, config: MTAConfig) -> NextHop:
+    """
+    The next hop for C{recipient} under C{config}.
+    """
+    domain = recipient.rpartition("@")[2].rstrip(".").lower()
+    for transport_domain, relay in config.transports:
+        if domain == transport_domain:
+            return _hop(relay)
+    relay = (config.internal_relay_host if config.receive_policy().relay_domain(recipient)
+             else config.external_relay_host)
+    if relay:
+        return _hop(relay)
+    return NextHop(domain, domain, 25, True)
+
+
+def _hop(relay: str) -> NextHop:
+    parsed = RelayHost.parse(relay)
+    return NextHop(str(parsed), parsed.host, parsed.port, parsed.mx_lookup)
+
+
+class IHopResolver(Interface):
+    """
+    Turns a next hop into the addresses to try, in order.
+    """
+
+    def resolve(hop: NextHop) -> Deferred[list[tuple[str, str]]]:
+        """
+        @return: C{(host name, address)} pairs, best first.
+        @raise HopNotFound: no address (the Deferred fails with it).
+        """
+
+
+@implementer(IHopResolver)
+class DNSHopResolver:
+    """
+    Resolves with C{twisted.names} (MX) and the reactor's resolver (A/AAAA).
+
+    @param mx_resolver: a C{twisted.names} resolver, e.g. from
+        C{client.createResolver(servers=...)}.
+    @param reactor: provides C{nameResolver} for addresses.
+    """
+
+    def __init__(self, mx_resolver: Any, reactor: Any) -> None:
+        self._mx = mx_resolver
+        self._reactor = reactor
+
+    def resolve(self, hop: NextHop) -> Deferred[list[tuple[str, str]]]:
+        return Deferred.fromCoroutine(self._resolve(hop))
+
+    async def _resolve(self, hop: NextHop) -> list[tuple[str, str]]:
+        try:
+            ipaddress.ip_address(hop.host)
+            return [(hop.host, hop.host)]
+        except ValueError:
+            pass
+        exchanges = [hop.host]
+        if hop.mx_lookup:
+            try:
+                answers, _, _ = await self._mx.lookupMailExchange(hop.host)
+            except DNSNameError:
+                raise HopNotFound(f"Host or domain name not found. Name service error for "
+                                  f"name={hop.host} type=MX: Host not found") from None
+            except (DNSServerError, error.DNSLookupError, TimeoutError) as e:
+                raise HopNotFound(f"Host or domain name not found. Name service error for "
+                                  f"name={hop.host} type=MX: Host not found, try again "
+                                  f"({type(e).__name__})") from None
+            records = sorted((a.payload.preference, str(a.payload.name)) for a in answers
+                             if a.type == dns.MX)
+            if records:
+                exchanges = [name for _, name in records]
+        found: list[tuple[str, str]] = []
+        for exchange in exchanges:
+            try:
+                address = await self._address(exchange)
+            except error.DNSLookupError:
+                continue
+            found.append((exchange, address))
+        if not found:
+            raise HopNotFound(f"Host or domain name not found. Name service error for "
+                              f"name={exchanges[0]} type=A: Host not found")
+        return found
+
+    def _address(self, name: str) -> Deferred[str]:
+        result: Deferred[str] = self._reactor.resolve(name)
+        return result
+
+
+# Connection errors as Postfix's smtp client words them.
+_CONNECT_ERRORS: list[tuple[type[BaseException], str]] = [
+    (error.ConnectionRefusedError, "Connection refused"),
+    (error.NoRouteError, "No route to host"),
+    (error.TCPTimedOutError, "Connection timed out"),
+    (error.TimeoutError, "Connection timed out"),
+]
+
+
+def connect_failure_reason(failure: BaseException, host: str, address: str,
+                           port: int) -> str:
+    """
+    C{connect to H[IP]:port: <why>}.
+    """
+    why = next((words for kind, words in _CONNECT_ERRORS if isinstance(failure, kind)), None)
+    if why is None:
+        errno = getattr(failure, "osError", None) or getattr(failure, "args", [None])[0]
+        why = _errno_words(errno) or str(failure) or type(failure).__name__
+    return f"connect to {host}[{address}]:{port}: {why}"
+
+
+def _errno_words(value: Any) -> str | None:
+    if isinstance(value, int):
+        try:
+            return {errno.EHOSTUNREACH: "No route to host",
+                    errno.ENETUNREACH: "Network is unreachable",
+                    errno.ECONNREFUSED: "Connection refused"}[value]
+        except KeyError:
+            return None
+    return None
+
+
+class _OneShotFactory(ClientFactory):
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+        self.connected: Deferred[Protocol] = Deferred()
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.connected.callback(self._protocol)
+        return self._protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.connected.errback(reason)
+
+
+def connect_tcp(reactor: Any, address: str, port: int, protocol: Protocol,
+                timeout: float = 30.0) -> Deferred[Protocol]:
+    """
+    Connect C{protocol} to C{address}:C{port}; fails with the socket error.
+    """
+    factory = _OneShotFactory(protocol)
+    reactor.connectTCP(address, port, factory, timeout=timeout)
+    return factory.connected

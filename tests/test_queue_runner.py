@@ -1,0 +1,224 @@
+"""
+The queue runner, deterministic: a real spool on disk, cipherd's own SMTP
+server as the next hop in memory (iosim), name resolution and connection
+failures injected, time driven by a Clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import error
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.test import iosim
+from zope.interface import implementer
+
+from cipherd.smtp.config import MTAConfig, apply_changes
+from cipherd.smtp.queue import MIN_BACKOFF, QUEUE_LIFETIME, MailQueue, QueueRunner
+from cipherd.smtp.routing import HopNotFound, IHopResolver, NextHop, next_hop
+from cipherd.smtp.server import Received, ReceivePolicy, SMTPFactory
+from cipherd.smtp.spool import DirectorySpool, Envelope, new_queue_id
+from cipherd.testing import SynchronousRunner, result_of
+
+CONTENT = b"From: a@example.org\r\nSubject: hello\r\n\r\n.dot\r\nbody\r\n"
+
+
+@implementer(IHopResolver)
+class FakeResolver:
+    def __init__(self) -> None:
+        self.missing: set[str] = set()
+
+    def resolve(self, hop: NextHop) -> Deferred[list[tuple[str, str]]]:
+        if hop.host in self.missing:
+            return fail(HopNotFound(f"Host or domain name not found. Name service error for "
+                                    f"name={hop.host} type=A: Host not found"))
+        return succeed([(hop.host, "192.0.2.25")])
+
+
+class Network:
+    """
+    The next hop (cipherd's server) and whether it answers.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.up = True
+        self.queued: list[Received] = []
+        self.policy = ReceivePolicy("next-hop.example.net", relay_domains=("example.com",))
+        self.factory = SMTPFactory(lambda: self.policy, self._accept, clock)
+        self.connections: list[tuple[str, int]] = []
+
+    def _accept(self, received: Received) -> Deferred[None]:
+        self.queued.append(received)
+        return succeed(None)
+
+    def connect(self, address: str, port: int, client: Protocol) -> Deferred[Any]:
+        self.connections.append((address, port))
+        if not self.up:
+            return fail(error.ConnectionRefusedError())
+        server = self.factory.buildProtocol(None)
+        pump = iosim.connect(server, iosim.FakeTransport(server, isServer=True),
+                             client, iosim.FakeTransport(client, isServer=False))
+        pump.flush()
+        return succeed(client)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("cipherd.mta"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+class World:
+    def __init__(self, tmp_path: Path, **config: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.spool = DirectorySpool(tmp_path / "spool")
+        self.queue = MailQueue(self.spool, SynchronousRunner(), self.clock)
+        changes = {"my_hostname": "gw.example.org",
+                   "external_relay_host": "[relay.example.net]", **config}
+        self.config, errors = apply_changes(MTAConfig(), changes)
+        assert not errors
+        self.network = Network(self.clock)
+        self.resolver = FakeResolver()
+        self.runner = QueueRunner(self.queue, lambda: self.config, self.resolver,
+                                  self.network.connect, self.clock)
+
+    def enqueue(self, sender: str = "a@example.org",
+                recipients: tuple[str, ...] = ("b@example.com",),
+                content: bytes = CONTENT) -> str:
+        envelope = Envelope(new_queue_id(), sender, recipients, self.clock.seconds())
+        return result_of(self.queue.store(envelope, content)).envelope.queue_id
+
+    def scan(self) -> None:
+        result_of(self.runner.scan())
+
+    def queued(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        return [(m.envelope.queue_id, m.state, m.envelope.recipients)
+                for m in self.spool.messages()]
+
+
+def test_delivered_byte_exact_and_removed(tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path)
+    queue_id = world.enqueue()
+    world.scan()
+    assert world.queued() == []
+    (received,) = world.network.queued
+    assert received.content.endswith(CONTENT) and received.sender == "a@example.org"
+    assert world.network.connections == [("192.0.2.25", 25)]
+    sent = next(line for line in log_lines if "status=sent" in line)
+    assert sent.startswith(f"{queue_id}: to=<b@example.com>, relay=relay.example.net"
+                           "[192.0.2.25]:25, delay=0, delays=0/0/0/0, dsn=2.0.0, status=sent "
+                           f"(250 2.0.0 Ok: queued as {received.queue_id})")
+    assert f"{queue_id}: removed" in log_lines
+
+
+def test_next_hop_down_is_deferred_then_delivered_when_it_is_back(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path)
+    world.network.up = False
+    queue_id = world.enqueue()
+    world.scan()
+    (message,) = world.spool.messages()
+    assert message.state == "deferred" and message.envelope.attempts == 1
+    assert message.envelope.next_attempt == world.clock.seconds() + MIN_BACKOFF
+    assert (f"{queue_id}: to=<b@example.com>, relay=none, delay=0, delays=0/0/0/0, "
+            "dsn=4.4.1, status=deferred (connect to relay.example.net[192.0.2.25]:25: "
+            "Connection refused)") in log_lines
+    world.scan()  # not due yet
+    assert len(world.network.connections) == 1
+    world.network.up = True
+    world.clock.advance(MIN_BACKOFF)
+    world.scan()
+    assert world.queued() == [] and len(world.network.queued) == 1
+
+
+def test_a_permanent_refusal_bounces_to_the_sender_and_the_bounce_is_delivered(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path)
+    world.network.policy = ReceivePolicy("next-hop.example.net", relay_domains=("example.com",),
+                                         message_size_limit=1024)
+    queue_id = world.enqueue(content=CONTENT + b"x" * 2000 + b"\r\n")
+    world.runner.kick = lambda: None  # type: ignore[method-assign]  # scan by hand
+    world.scan()
+    bounce_line = next(line for line in log_lines if "status=bounced" in line)
+    assert "dsn=5.3.4" in bounce_line and "Message size exceeds fixed limit" in bounce_line
+    ((bounce_id, state, recipients),) = world.queued()
+    assert bounce_id != queue_id and (state, recipients) == ("active", ("a@example.org",))
+    _, bounce = world.spool.load(bounce_id)
+    assert world.spool.load(bounce_id)[0].envelope.sender == ""
+    assert b"Subject: Undelivered Mail Returned to Sender" in bounce
+    assert b"Status: 5.3.4" in bounce and b"Final-Recipient: rfc822; b@example.com" in bounce
+    assert b"Subject: hello" in bounce and b"x" * 100 not in bounce  # headers only
+    # The bounce itself goes out (a@example.org is external: the relay host).
+    world.network.policy = ReceivePolicy("next-hop.example.net",
+                                         relay_domains=("example.com", "example.org"))
+    world.scan()
+    assert world.queued() == []
+    assert world.network.queued[-1].sender == "" and world.network.queued[-1].recipients == [
+        "a@example.org"]
+
+
+def test_no_bounce_of_a_bounce(tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path)
+    world.resolver.missing.add("relay.example.net")
+    queue_id = world.enqueue(sender="")
+    world.clock.advance(QUEUE_LIFETIME)
+    world.scan()
+    assert world.queued() == []
+    assert f"{queue_id}: undeliverable bounce discarded (null sender)" in log_lines
+
+
+def test_bounce_after_the_queue_lifetime_with_the_name_service_error(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path)
+    world.resolver.missing.add("relay.example.net")
+    world.runner.kick = lambda: None  # type: ignore[method-assign]
+    queue_id = world.enqueue()
+    world.scan()
+    assert (f"{queue_id}: to=<b@example.com>, relay=none, delay=0, delays=0/0/0/0, dsn=4.4.3, "
+            "status=deferred (Host or domain name not found. Name service error for "
+            "name=relay.example.net type=A: Host not found)") in log_lines
+    backoffs = []
+    while any(m[0] == queue_id for m in world.queued()):
+        message = world.spool.load(queue_id)[0]
+        assert message.state == "deferred"
+        backoffs.append(message.envelope.next_attempt - world.clock.seconds())
+        world.clock.advance(backoffs[-1])
+        world.scan()
+    assert backoffs[:5] == [300, 600, 1200, 2400, 4000]
+    ((bounce_id, _, recipients),) = world.queued()
+    assert recipients == ("a@example.org",)
+    assert sum(backoffs) >= QUEUE_LIFETIME - 4000
+    _, bounce = world.spool.load(bounce_id)
+    assert b"Status: 4.4.7" in bounce and b"message expired after 5 days" in bounce
+
+
+def test_routing_order(tmp_path: Path) -> None:
+    config, errors = apply_changes(MTAConfig(), {
+        "relay_domains": ["example.com"], "internal_relay_host": "[127.0.0.1]:26",
+        "external_relay_host": "smarthost.example.net:587",
+        "transports": [{"domain": "webmail.local", "host": "[192.0.2.5]", "port": 2525}]})
+    assert not errors
+    assert next_hop("w@webmail.local", config) == NextHop("[192.0.2.5]:2525", "192.0.2.5",
+                                                          2525, False)
+    assert next_hop("b@Example.com", config) == NextHop("[127.0.0.1]:26", "127.0.0.1", 26,
+                                                        False)
+    assert next_hop("x@elsewhere.test", config) == NextHop(
+        "smarthost.example.net:587", "smarthost.example.net", 587, True)
+    direct, _ = apply_changes(config, {"external_relay_host": None})
+    assert next_hop("x@elsewhere.test", direct) == NextHop("elsewhere.test", "elsewhere.test",
+                                                           25, True)
