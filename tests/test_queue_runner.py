@@ -222,3 +222,19 @@ def test_routing_order(tmp_path: Path) -> None:
     direct, _ = apply_changes(config, {"external_relay_host": None})
     assert next_hop("x@elsewhere.test", direct) == NextHop("elsewhere.test", "elsewhere.test",
                                                            25, True)
+
+
+def test_a_message_in_delivery_is_not_started_again_by_another_scan(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    pending: list[tuple[str, int]] = []
+
+    def slow(address: str, port: int, client: Protocol) -> Deferred[Any]:
+        pending.append((address, port))
+        return Deferred()  # still connecting
+
+    world.runner._connect = slow
+    world.enqueue()
+    first = Deferred.fromCoroutine(world.runner.scan())
+    second = Deferred.fromCoroutine(world.runner.scan())
+    assert pending == [("192.0.2.25", 25)]
+    assert second.called and not first.called

@@ -217,17 +217,15 @@ class QueueRunner:
                if m.envelope.queue_id not in self._busy and (
                    m.state == "active" or (m.state == "deferred" and (
                        flush or m.envelope.next_attempt <= now)))]
-        attempts = [self._limit.run(self.attempt, m) for m in due]
+        # Claimed now, not when its turn comes: a second scan meanwhile must
+        # not start the same message again.
+        self._busy.update(m.envelope.queue_id for m in due)
+        attempts = [self._limit.run(self._attempt_claimed, m.envelope.queue_id) for m in due]
         for attempt in attempts:
             attempt.addErrback(lambda f: log.failure("A delivery attempt failed", f))
         await DeferredList(attempts)
 
-    async def attempt(self, message: QueuedMessage) -> None:
-        """
-        One delivery attempt for a queued message.
-        """
-        queue_id = message.envelope.queue_id
-        self._busy.add(queue_id)
+    async def _attempt_claimed(self, queue_id: str) -> None:
         try:
             await self._attempt(queue_id)
         finally:
