@@ -22,6 +22,7 @@ from playwright.sync_api import (
 )
 
 from tests.conftest import Appliance
+from tests.peers import require_tool, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -326,3 +327,61 @@ def test_import_and_trust_a_tunnel_certificate_as_the_guide_says(
         row.get_by_role("link").click()
         page.get_by_role("link", name="download certificate (PEM)").click()
     assert Path(download.value.path()).read_bytes() == pem.read_bytes()
+
+
+def test_mta_config_and_queue_pages(
+    context: BrowserContext, appliance: Appliance, artifacts: Path
+) -> None:
+    page = context.new_page()
+    page.goto("/login")
+    log_in_and_change_default_password(page)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("MTA config")
+    shoot(page, artifacts, "mta-config")
+
+    # A bad network: named, and nothing changes.
+    page.get_by_label("My networks").fill("127.0.0.0/8\n10.0.0.0/33")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("alert")).to_contain_text("nothing was changed")
+    expect(page.locator("#error\\.my_networks")).to_contain_text("'10.0.0.0/33' is not a network")
+
+    # The guide's steps: relay domain, internal relay host 127.0.0.1 port 26 —
+    # and a transport whose next hop is down, so mail waits in the queue.
+    page.get_by_label("My networks").fill("127.0.0.0/8")
+    page.get_by_label("Relay domains").fill("webmail.local")
+    page.get_by_label("Internal relay host").fill("[127.0.0.1]:26")
+    page.get_by_label("Transports").fill("example.com [127.0.0.1]:9")
+    page.get_by_label("Match subdomains").check()
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("status")).to_have_text("The new MTA settings were applied.")
+    page.get_by_role("link", name="show advanced settings").click()
+    expect(page.get_by_label("SMTP helo name")).to_be_visible()
+    shoot(page, artifacts, "mta-config-advanced")
+    page.get_by_label("SMTP helo name").fill("gw.example.org")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("status")).to_have_text("The new MTA settings were applied.")
+    expect(page.get_by_label("SMTP helo name")).to_have_value("gw.example.org")
+    expect(page.get_by_label("Relay domains")).to_have_value("webmail.local")
+
+    run([require_tool("swaks"), "--server", f"127.0.0.1:{appliance.smtp_port}",
+         "--from", "alice@example.org", "--to", "bob@example.com", "--helo", "client.test"])
+    page.get_by_role("link", name="Queues").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Mail queue")
+    row = page.locator("tbody tr").first
+    expect(row).to_contain_text("bob@example.com")
+    for _ in range(50):  # the first attempt may still be under way
+        if "Connection refused" in row.inner_text():
+            break
+        page.wait_for_timeout(200)
+        page.reload()
+    expect(row).to_contain_text("Connection refused")
+    shoot(page, artifacts, "queue")
+    row.get_by_role("button", name="Hold").click()
+    expect(page.get_by_role("status")).to_have_text("The message is on hold.")
+    expect(page.locator("tbody tr").first).to_contain_text("hold")
+    page.locator("tbody tr").first.get_by_role("button", name="Release").click()
+    expect(page.get_by_role("status")).to_have_text("The message was released for delivery.")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("tbody tr").first.get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("status")).to_have_text("The message was deleted.")
+    expect(page.get_by_text("The queue is empty")).to_be_visible()

@@ -82,6 +82,26 @@ class MailQueue:
             log.info("{queue_id}: removed", queue_id=queue_id)
         return removed
 
+    async def hold(self, queue_id: str) -> bool:
+        """
+        Keep a message from delivery until it is released.
+        """
+        return await self._set_state(queue_id, "hold", "held")
+
+    async def release(self, queue_id: str) -> bool:
+        """
+        Put a held (or deferred) message back for delivery now.
+        """
+        return await self._set_state(queue_id, "active", "released")
+
+    async def _set_state(self, queue_id: str, state: str, what: str) -> bool:
+        try:
+            await self.move(queue_id, state)
+        except KeyError:
+            return False
+        log.info("{queue_id}: {what}", queue_id=queue_id, what=what)
+        return True
+
     async def load(self, queue_id: str) -> tuple[QueuedMessage, bytes]:
         result: tuple[QueuedMessage, bytes] = await self._runner.run(self._spool.load,
                                                                      queue_id)
@@ -357,6 +377,12 @@ class QueueRunner:
         attempts = envelope.attempts + 1
         backoff = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (attempts - 1))
         reason = next(iter(remaining.values())).reason
-        await self._queue.move(envelope.queue_id, "deferred", replace(
+        try:
+            current, _ = await self._queue.load(envelope.queue_id)
+        except KeyError:
+            return  # deleted by the admin meanwhile
+        # Held by the admin meanwhile: it stays held.
+        state = "hold" if current.state == "hold" else "deferred"
+        await self._queue.move(envelope.queue_id, state, replace(
             envelope, recipients=tuple(r for r in envelope.recipients if r in remaining),
             attempts=attempts, next_attempt=self._clock.seconds() + backoff, reason=reason))

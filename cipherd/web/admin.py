@@ -52,6 +52,7 @@ from cipherd.web.common import (
     set_cookie,
     template_environment,
 )
+from cipherd.web.mta_pages import MTAPages
 from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
 from cipherd.web.pki_pages import PkiPages
 
@@ -129,6 +130,7 @@ class AdminSite(AdminPages):
         super().__init__(backend, template_environment())
         self.api = AdminAPI(backend)
         self.pki = PkiPages(backend, self.templates)
+        self.mta = MTAPages(backend, self.templates)
 
     def resource(self) -> Resource:
         return SecureHeaders(self.app.resource())
@@ -154,6 +156,10 @@ class AdminSite(AdminPages):
     @app.route("/pki/", branch=True)
     def pki_branch(self, request: IRequest) -> Resource:
         return self.pki.app.resource()
+
+    @app.route("/mta/", branch=True)
+    def mta_branch(self, request: IRequest) -> Resource:
+        return self.mta.app.resource()
 
     # Login, logout, password ---------------------------------------------
 

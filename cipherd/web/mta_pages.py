@@ -1,0 +1,174 @@
+"""
+Admin → MTA: the MTA config page (guide figures 7 and 8, with *show
+advanced settings*) and its SMTP transports, and Queues (list, flush,
+hold/release, delete).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from cipherd.smtp.config import MTAConfig, RelayHost
+from cipherd.smtp.queue import describe
+from cipherd.web.auth import AdminSession
+from cipherd.web.common import arg, redirect
+from cipherd.web.pages import AdminPages, authenticated
+
+log = Logger(namespace="cipherd.admin")
+
+# The fields of the form, in the guide's order, with its labels and help.
+_LIST_FIELDS = {
+    "relay_domains": ("Relay domains", "Destination domains this system will relay mail to "
+                      "(and subdomains if Match Subdomains is selected). One per line."),
+    "my_networks": ("My networks", 'The "trusted" SMTP clients, allowed to relay mail '
+                    "through the MTA. One network per line (CIDR, e.g. 192.0.2.0/24)."),
+}
+_TEXT_FIELDS = {
+    "my_hostname": ("My hostname", "The internet hostname of this mail system."),
+    "external_relay_host": ("External relay host", "The default next hop for remote "
+                            "delivery: host, host:port or [host]:port. Leave empty for "
+                            "direct delivery using MX records."),
+    "internal_relay_host": ("Internal relay host", "The next hop for mail to one of the relay "
+                            "domains (typically the internal company mail server)."),
+}
+_ADVANCED_NUMBERS = {
+    "before_filter_message_size_limit": ("Before filter message size limit", "The largest "
+                                         "message, in bytes, the SMTP server accepts."),
+    "after_filter_message_size_limit": ("After filter message size limit", "The largest "
+                                        "message, in bytes, after encryption or decryption. "
+                                        "Not smaller than the limit before the filter."),
+}
+
+
+def _lines(value: str | None) -> list[str]:
+    return [line.strip() for line in (value or "").splitlines() if line.strip()]
+
+
+def _transports_from_form(value: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """
+    Lines of C{domain relay-host} → the API's transport entries.
+    """
+    transports = []
+    for line in _lines(value):
+        parts = line.split()
+        if len(parts) != 2:
+            return [], (f"{line!r}: write a domain and a relay host, e.g. "
+                        "webmail.local [192.0.2.5]:25")
+        domain, relay = parts
+        try:
+            parsed = RelayHost.parse(relay)
+        except ValueError as e:
+            return [], f"{domain}: {e}"
+        transports.append({"domain": domain, "host": str(replace(parsed, port=25)),
+                           "port": parsed.port})
+    return transports, None
+
+
+class MTAPages(AdminPages):
+    app = Klein()
+
+    # Config ----------------------------------------------------------------
+
+    def _config_page(self, request: IRequest, session: AdminSession, config: MTAConfig,
+                     form: dict[str, Any] | None = None, errors: dict[str, str] | None = None,
+                     saved: bool = False, status: int = 200) -> bytes:
+        values = form or self._form_values(config)
+        return self.render(
+            request, "mta_config.html", session, status=status, section="admin",
+            subsection="mta", values=values, errors=errors or {}, saved=saved,
+            advanced=arg(request, "advanced") is not None, list_fields=_LIST_FIELDS,
+            text_fields=_TEXT_FIELDS, advanced_numbers=_ADVANCED_NUMBERS)
+
+    @staticmethod
+    def _form_values(config: MTAConfig) -> dict[str, Any]:
+        values: dict[str, Any] = config.to_json()
+        for name in _LIST_FIELDS:
+            values[name] = "\n".join(values[name])
+        values["transports"] = "\n".join(
+            f"{t['domain']} {t['host']}" + (f":{t['port']}" if t["port"] != 25 else "")
+            for t in values["transports"])
+        return values
+
+    @app.route("/config", methods=["GET"])
+    @authenticated
+    async def config(self, request: IRequest, session: AdminSession) -> bytes:
+        config = await self.backend.mta.refresh()
+        return self._config_page(request, session, config, saved=arg(request, "saved") == "1")
+
+    @app.route("/config", methods=["POST"])
+    @authenticated
+    async def save_config(self, request: IRequest, session: AdminSession) -> bytes:
+        changes: dict[str, Any] = {name: _lines(arg(request, name)) for name in _LIST_FIELDS}
+        for name in _TEXT_FIELDS:
+            changes[name] = (arg(request, name) or "").strip()
+        changes["match_subdomains"] = arg(request, "match_subdomains") == "on"
+        errors: dict[str, str] = {}
+        transports, problem = _transports_from_form(arg(request, "transports"))
+        if problem:
+            errors["transports"] = problem
+        else:
+            changes["transports"] = transports
+        if arg(request, "advanced") is not None:
+            for name in _ADVANCED_NUMBERS:
+                raw = (arg(request, name) or "").strip()
+                if raw.isdigit():
+                    changes[name] = int(raw)
+                else:
+                    errors[name] = "must be a number of bytes"
+            changes["smtp_helo_name"] = (arg(request, "smtp_helo_name") or "").strip()
+            changes["reject_unverified_recipient"] = (
+                arg(request, "reject_unverified_recipient") == "on")
+            code = (arg(request, "reject_unverified_code") or "").strip()
+            changes["reject_unverified_code"] = int(code) if code.isdigit() else code
+        if not errors:
+            errors = await self.backend.mta.update(changes)
+        if errors:
+            form = {**self._form_values(self.backend.mta.current),
+                    **{k: arg(request, k) or "" for k in (*_LIST_FIELDS, *_TEXT_FIELDS,
+                                                          "transports")}}
+            return self._config_page(request, session, self.backend.mta.current, form=form,
+                                     errors=errors, status=400)
+        log.info("Admin {account!r} changed the MTA config", account=session.admin_name)
+        advanced = "&advanced=1" if arg(request, "advanced") is not None else ""
+        return redirect(request, f"/mta/config?saved=1{advanced}")
+
+    # Queue -----------------------------------------------------------------
+
+    @app.route("/queue", methods=["GET"])
+    @authenticated
+    async def queue(self, request: IRequest, session: AdminSession) -> bytes:
+        messages = [describe(m) for m in await self.backend.queue.messages()]
+        return self.render(request, "queue.html", session, section="queues",
+                           messages=messages, done=arg(request, "done"))
+
+    @app.route("/queue/flush", methods=["POST"])
+    @authenticated
+    async def flush(self, request: IRequest, session: AdminSession) -> bytes:
+        runner = self.backend.queue_runner
+        if runner is not None:
+            d = Deferred.fromCoroutine(runner.scan(flush=True))
+            d.addErrback(lambda f: log.failure("Flushing the queue failed", f))
+        return redirect(request, "/mta/queue?done=flushed")
+
+    @app.route("/queue/<queue_id>/<action>", methods=["POST"])
+    @authenticated
+    async def act(self, request: IRequest, session: AdminSession, queue_id: str,
+                  action: str) -> bytes:
+        queue = self.backend.queue
+        handlers = {"delete": queue.delete, "hold": queue.hold, "release": queue.release}
+        if action not in handlers:
+            return self.not_found(request, session)
+        if not await handlers[action](queue_id):
+            return self.not_found(request, session, f"There is no message {queue_id} in the "
+                                                    "queue.")
+        log.info("Admin {account!r}: {action} {queue_id}", account=session.admin_name,
+                 action=action, queue_id=queue_id)
+        if action == "release" and self.backend.queue_runner is not None:
+            self.backend.queue_runner.kick()
+        return redirect(request, f"/mta/queue?done={action}")
