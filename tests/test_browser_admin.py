@@ -385,3 +385,18 @@ def test_mta_config_and_queue_pages(
     page.locator("tbody tr").first.get_by_role("button", name="Delete").click()
     expect(page.get_by_role("status")).to_have_text("The message was deleted.")
     expect(page.get_by_text("The queue is empty")).to_be_visible()
+
+    # Admin → send email: a refused address is named; a good message is queued.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").click()
+    page.get_by_role("link", name="Send email").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Send email")
+    page.get_by_label("From").fill("postmaster@example.org")
+    page.get_by_label("To").fill("bob@example.com, not an address")
+    page.get_by_label("Subject").fill("Test")
+    page.get_by_label("Message").fill("Hello")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#error\\.to")).to_contain_text("'not an address'")
+    page.get_by_label("To").fill("bob@example.com")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("status")).to_contain_text("Queued for delivery as")
+    shoot(page, artifacts, "send-email")

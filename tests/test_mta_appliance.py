@@ -232,3 +232,34 @@ def test_delivery_to_ourselves_is_a_loop_and_bounces(appliance: Appliance) -> No
         _wait_for_log(appliance, f"{queue_id}: sender non-delivery notification")
     finally:
         sink.close()
+
+
+def test_send_email_tool_delivers_a_well_formed_message(appliance: Appliance) -> None:
+    sink = Sink()
+    try:
+        api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+        api(appliance, "PATCH", "/mta", {"transports": [
+            {"domain": "example.com", "host": "[127.0.0.1]", "port": sink.port}]})
+        sent = api(appliance, "POST", "/send-email", {
+            "from": "postmaster@example.org", "to": ["bob@example.com"],
+            "subject": "Test from cipherd", "body": "Hello\n.\nBye"})
+        (captured,) = sink.wait_for(1)
+        assert (captured.sender, captured.recipients) == ("postmaster@example.org",
+                                                          ["bob@example.com"])
+        assert b"Subject: Test from cipherd\r\n" in captured.content
+        assert captured.content.endswith(b"\r\n\r\nHello\r\n.\r\nBye\r\n")
+        _wait_for_log(appliance, f"{sent['queue_id']}: removed")
+        request = urllib.request.Request(
+            f"{appliance.admin_url}/api/v1/send-email", method="POST",
+            data=json.dumps({"from": "a@example.org", "to": "b@example.com",
+                             "subject": "x\r\nBcc: victim@example.net"}).encode(),
+            headers={"Authorization": "Basic " + base64.b64encode(
+                f"admin:{NEW_PASSWORD}".encode()).decode(), "Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, context=insecure_tls())
+            raise AssertionError("a subject with a line break was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 400
+            assert json.load(e)["errors"] == {"subject": "the subject must be one line"}
+    finally:
+        sink.close()

@@ -211,6 +211,24 @@ class QueueRunner:
         self.kick()
         return message
 
+    async def submit(self, sender: str, recipients: list[str], content: bytes,
+                     client: str) -> QueuedMessage:
+        """
+        Queue a message made here (the admin's test mail, notifications):
+        no relay check, the same queue, delivered at once.
+        """
+        stored = await self._queue.store(
+            Envelope(new_queue_id(), sender, tuple(recipients), self._clock.seconds(),
+                     client=client), content)
+        log.info("{queue_id}: from=<{sender}>, size={size}, nrcpt={count} (queue active)",
+                 queue_id=stored.envelope.queue_id, sender=sender, size=stored.size,
+                 count=len(recipients))
+        self.kick()
+        return stored
+
+    def now(self) -> float:
+        return self._clock.seconds()
+
     def kick(self) -> None:
         """
         Look at the queue soon (a message arrived, or the admin flushed).

@@ -35,11 +35,12 @@ from cipherd.settings import (
     Scope,
     scope_for,
 )
+from cipherd.smtp.compose import ComposeError
 from cipherd.smtp.queue import describe as describe_queued
 from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
-from cipherd.web.backend import AdminBackend
+from cipherd.web.backend import AdminBackend, send_test_email
 from cipherd.web.common import arg, client_address, json_response
 from cipherd.web.pki_pages import MAX_UPLOAD, certificate_facts
 
@@ -327,6 +328,37 @@ class AdminAPI:
         return json_response(request, 202, {
             "status": "Delivery of every queued message was started; see /queue and the MTA "
                       "log."})
+
+    @app.route("/v1/send-email", methods=["POST"])
+    @_authenticated()
+    async def send_email(self, request: IRequest, admin: AdminRow) -> bytes:
+        body = _json_body(request)
+        if not isinstance(body, dict):
+            raise _BadRequest('Send {"from": ..., "to": [...], "subject": ..., "body": ...}.')
+        recipients = body.get("to")
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        fields = {"from": body.get("from"), "subject": body.get("subject", ""),
+                  "body": body.get("body", "")}
+        wrong = {name: "must be a string" for name, value in fields.items()
+                 if not isinstance(value, str)}
+        if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+            wrong["to"] = "must be an address or a list of addresses"
+        if wrong:
+            raise _BadRequest("Some values were refused; nothing was sent.", wrong)
+        assert isinstance(recipients, list)
+        try:
+            queued = await send_test_email(self.backend, str(fields["from"]), recipients,
+                                           str(fields["subject"]), str(fields["body"]))
+        except ComposeError as e:
+            raise _BadRequest("Some values were refused; nothing was sent.",
+                              {e.field: str(e)}) from None
+        except RuntimeError:
+            raise _BadRequest("This node does not deliver mail.", status=409) from None
+        log.info("Admin {account!r} sent a test email ({queue_id}) through the API",
+                 account=admin.name, queue_id=queued.envelope.queue_id)
+        return json_response(request, 202, {"queue_id": queued.envelope.queue_id,
+                                            "status": "Queued for delivery."})
 
     @app.route("/v1/queue/<queue_id>", methods=["DELETE"])
     @_authenticated()

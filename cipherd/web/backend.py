@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 from cipherd.logs import MailLog
 from cipherd.pki.certstore import CertificateStore
+from cipherd.smtp.compose import compose
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.queue import MailQueue, QueueRunner
+from cipherd.smtp.spool import QueuedMessage
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.auth import AdminAuthority
@@ -44,3 +46,19 @@ class AdminBackend:
         log = self.logs[name]
         result: list[str] = await self.runner.run(log.tail, lines)
         return result
+
+
+async def send_test_email(backend: AdminBackend, sender: str, recipients: list[str],
+                          subject: str, body: str) -> QueuedMessage:
+    """
+    The *send email* tool: a message written here, queued for delivery.
+
+    @raise ComposeError: a field cannot be used; nothing was queued.
+    @raise RuntimeError: this node does not deliver mail.
+    """
+    if backend.queue_runner is None:
+        raise RuntimeError("this node does not deliver mail")
+    config = backend.mta.current
+    content = compose(sender=sender, recipients=recipients, subject=subject, body=body,
+                      now=backend.queue_runner.now(), my_hostname=config.my_hostname)
+    return await backend.queue_runner.submit(sender, recipients, content, "local (admin)")

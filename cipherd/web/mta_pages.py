@@ -1,7 +1,7 @@
 """
 Admin → MTA: the MTA config page (guide figures 7 and 8, with *show
-advanced settings*) and its SMTP transports, and Queues (list, flush,
-hold/release, delete).
+advanced settings*) and its SMTP transports; Queues (list, flush,
+hold/release, delete); Admin → send email, the test tool.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from cipherd.smtp.compose import ComposeError
 from cipherd.smtp.config import MTAConfig, RelayHost
 from cipherd.smtp.queue import describe
 from cipherd.web.auth import AdminSession
+from cipherd.web.backend import send_test_email
 from cipherd.web.common import arg, redirect
 from cipherd.web.pages import AdminPages, authenticated
 
@@ -172,3 +174,35 @@ class MTAPages(AdminPages):
         if action == "release" and self.backend.queue_runner is not None:
             self.backend.queue_runner.kick()
         return redirect(request, f"/mta/queue?done={action}")
+
+    # Send email ------------------------------------------------------------
+
+    def _send_page(self, request: IRequest, session: AdminSession, *,
+                   values: dict[str, str] | None = None, errors: dict[str, str] | None = None,
+                   queued: str | None = None, status: int = 200) -> bytes:
+        return self.render(request, "send_email.html", session, status=status,
+                           section="admin", subsection="send", values=values or {},
+                           errors=errors or {}, queued=queued)
+
+    @app.route("/send-email", methods=["GET"])
+    @authenticated
+    async def send_form(self, request: IRequest, session: AdminSession) -> bytes:
+        return self._send_page(request, session, queued=arg(request, "queued"))
+
+    @app.route("/send-email", methods=["POST"])
+    @authenticated
+    async def send(self, request: IRequest, session: AdminSession) -> bytes:
+        values = {name: arg(request, name) or "" for name in ("from", "to", "subject", "body")}
+        recipients = [r.strip() for r in values["to"].replace(";", ",").split(",") if r.strip()]
+        try:
+            queued = await send_test_email(self.backend, values["from"].strip(), recipients,
+                                           values["subject"], values["body"])
+        except ComposeError as e:
+            return self._send_page(request, session, values=values, errors={e.field: str(e)},
+                                   status=400)
+        except RuntimeError as e:
+            return self._send_page(request, session, values=values,
+                                   errors={"to": f"Not sent: {e}."}, status=409)
+        log.info("Admin {account!r} sent a test email ({queue_id})",
+                 account=session.admin_name, queue_id=queued.envelope.queue_id)
+        return redirect(request, f"/mta/send-email?queued={queued.envelope.queue_id}")
