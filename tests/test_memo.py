@@ -64,3 +64,22 @@ def test_a_huge_certificate_in_a_message_is_not_retained() -> None:
     certs.name_key(x509.Name([x509.NameAttribute(x509.ObjectIdentifier("2.5.4.3"), "CA")]))
     cms._public_key(_certificate_with_a_huge_name(small, size=10))
     assert certs.name_key.cache_len() == 1 and cms._public_key.cache_len() == 1  # type: ignore[attr-defined]
+
+
+def test_a_name_is_remembered_by_its_der_not_by_the_object() -> None:
+    """
+    A name of white space normalizes to almost nothing, and a Name taken
+    from a certificate keeps the whole certificate alive: the cache weighs
+    and keys names by their DER, so neither is kept.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    certs.name_key.cache_clear()  # type: ignore[attr-defined]
+    spaces = x509.Name([x509.NameAttribute(x509.ObjectIdentifier("2.5.4.10"),
+                                           "x" + " " * 100_000)])
+    assert certs.name_key(spaces) == certs.name_key(
+        x509.Name([x509.NameAttribute(x509.ObjectIdentifier("2.5.4.10"), "X")]))
+    assert certs.name_key.cache_len() == 1  # type: ignore[attr-defined]  # only the small one
+    cert = _certificate_with_a_huge_name(key, size=10)
+    certs.name_key(cert.subject)
+    certs.name_key(cert.subject)
+    assert certs.name_key.cache_len() == 2  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.parser import BytesParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asn1crypto import cms as asn1_cms
@@ -1127,6 +1128,29 @@ def test_a_bad_key_transport_fails_like_bad_content(pki: TestPKI) -> None:
         messages.add(str(failure.value))
     assert messages == {"The content could not be decrypted: wrong key, or the message was "
                         "damaged or changed after it was encrypted."}
+
+
+def test_a_failed_unwrap_still_decrypts_the_content_with_a_random_key(
+        pki: TestPKI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    RFC 3218 §2.3.2: the content is decrypted whether or not the key
+    transport opened (with a random key when it did not), so the time taken
+    does not tell a conforming PKCS#1 block from another.
+    """
+    decrypted: list[bytes] = []
+    real = cms._ContentCipher.decrypt
+
+    def spy(self: Any, cek: bytes, *args: Any) -> bytes:
+        decrypted.append(cek)
+        return real(self, cek, *args)
+
+    monkeypatch.setattr(cms._ContentCipher, "decrypt", spy)
+    info = asn1_cms.ContentInfo.load(cms.encrypt(CONTENT * 50, [pki.alice.cert]))
+    info["content"]["recipient_infos"][0].chosen["encrypted_key"] = (
+        pki.alice.cert.public_key().encrypt(b"k" * 5, padding.PKCS1v15()))
+    with pytest.raises(DecryptionFailed):
+        cms.decrypt(info.dump(force=True), [pki.alice.pair])
+    assert len(decrypted) == 1 and len(decrypted[0]) == 32
 
 
 def test_the_message_is_judged_before_the_key_is_unwrapped(pki: TestPKI) -> None:

@@ -63,11 +63,10 @@ def email_addresses(cert: x509.Certificate) -> list[str]:
     return result
 
 
-def _name_key_size(name: x509.Name, key: tuple[frozenset[tuple[str, Any]], ...]) -> int:
-    return sum(len(oid) + len(value) for rdn in key for oid, value in rdn)
-
-
-@small_lru(4096, _name_key_size)
+# Remembered by the name's DER, not the Name object: a Name taken from a
+# certificate keeps the whole certificate alive, whatever the name weighs.
+@small_lru(4096, lambda name, result: len(name.public_bytes()),
+           key=lambda name: name.public_bytes())
 def name_key(name: x509.Name) -> tuple[frozenset[tuple[str, Any]], ...]:
     """
     A key under which names that RFC 5280 §7.1 holds equal are equal: string

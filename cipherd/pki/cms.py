@@ -1050,8 +1050,6 @@ class _ContentCipher:
         @raise DecryptionFailed: a wrong key, or content that was changed.
         """
         if len(cek) != self.key_size:
-            # A wrong key or a forged key transport: not a random key and
-            # on, which would hand back garbage whenever the CBC padding fit.
             raise DecryptionFailed(_CONTENT_FAILED)
         if self.kind == "gcm":
             assert self.tag is not None
@@ -1364,8 +1362,16 @@ def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -
     except KeyError as e:
         raise UnsupportedAlgorithm(f"The key transport uses the unsupported digest {e}.") from None
     except (ValueError, TypeError):
-        raise DecryptionFailed(_CONTENT_FAILED) from None
+        cek = b""
+    unwrapped = len(cek) == content_cipher.key_size
+    if not unwrapped:
+        # RFC 3218 §2.3.2: a failed unwrap goes on with a random key, so the
+        # time taken does not tell it from content that fails to decrypt;
+        # its result is never used.
+        cek = os.urandom(content_cipher.key_size)
     content = content_cipher.decrypt(cek, envelope.encrypted, envelope.aad)
+    if not unwrapped:
+        raise DecryptionFailed(_CONTENT_FAILED)
     return DecryptedContent(content, cert, envelope.cipher,
                             _key_encryption_of(transport.algorithm_der)[0], recipients)
 

@@ -45,21 +45,27 @@ class _Key(tuple[Any, ...]):
         return self._hash
 
 
-def small_lru(maxsize: int, weigh: Callable[..., int], limit: int = LIMIT) -> Callable[[_F], _F]:
+def small_lru(maxsize: int, weigh: Callable[..., int], limit: int = LIMIT, *,
+              key: Callable[..., Any] | None = None) -> Callable[[_F], _F]:
     """
     Memoize a function of hashable arguments, least recently used first out.
 
     @param weigh: C{weigh(*args, result)}: the bytes an entry would hold;
         an entry over C{limit} is not kept.
+    @param key: C{key(*args)}: what to remember the entry by, when not the
+        arguments themselves (an object that keeps more alive than it
+        weighs, such as a name that holds its whole certificate).
     """
 
+    by = key
+
     def decorate(function: _F) -> _F:
-        entries: OrderedDict[_Key, Any] = OrderedDict()
+        entries: OrderedDict[Any, Any] = OrderedDict()
         lock = threading.Lock()
 
         @functools.wraps(function)
         def memoized(*args: Any) -> Any:
-            key = _Key(args)
+            key = _Key(args) if by is None else by(*args)
             with lock:
                 result = entries.get(key, _MISSING)
                 if result is not _MISSING:
