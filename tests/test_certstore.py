@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -20,7 +21,7 @@ from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.keywrap import KeyUnsealError, seal_key, unseal_key
 from cipherd.pki.trust import CTLStatus, Purpose
-from cipherd.store.certificates import ROOTS
+from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
 from tests.pki_factory import (
     EMAIL_EKU,
@@ -475,3 +476,50 @@ def test_an_import_run_again_after_a_race_reports_each_certificate_once(
     assert sorted(result.imported) == sorted(
         thumbprint(pki[name].cert) for name in ("alice", "bob"))
     assert result.duplicates == []
+
+
+def test_concurrent_imports_sharing_a_certificate_do_not_deadlock(postgres_url: str,
+                                                                    pki: dict) -> None:
+    """
+    Import A = [alice, bob] and import B = [bob] at once on PostgreSQL: B must
+    not hold bob's row while it waits for the change counter that A holds
+    (a deadlock, which the server breaks by failing one import).
+    """
+    import threading
+    import time
+
+    from sqlalchemy.engine import Connection
+
+    from cipherd.pki.certstore import _new_certificate
+    from cipherd.store import certificates as q
+
+    store = migrated_store(postgres_url)
+    alice, bob = _new_certificate(pki["alice"].cert), _new_certificate(pki["bob"].cert)
+    first_done = threading.Event()
+    outcomes: dict[str, Any] = {}
+
+    def import_a(conn: Connection) -> list[str]:
+        added = [q.put_certificate(conn, CERTIFICATES, alice, None, 0.0)]
+        first_done.set()
+        time.sleep(0.5)  # B tries bob meanwhile
+        return [*added, q.put_certificate(conn, CERTIFICATES, bob, None, 0.0)]
+
+    def import_b(conn: Connection) -> str:
+        return q.put_certificate(conn, CERTIFICATES, bob, None, 0.0)
+
+    def call(name: str, fn: Any) -> None:
+        try:
+            outcomes[name] = store._transact(fn)
+        except Exception as e:
+            outcomes[name] = e
+
+    a = threading.Thread(target=call, args=("A", import_a))
+    a.start()
+    first_done.wait(10)
+    time.sleep(0.1)
+    b = threading.Thread(target=call, args=("B", import_b))
+    b.start()
+    a.join(20)
+    b.join(20)
+    assert outcomes == {"A": ["added", "added"], "B": "duplicate"}
+    store.close()

@@ -83,3 +83,29 @@ def test_a_name_is_remembered_by_its_der_not_by_the_object() -> None:
     certs.name_key(cert.subject)
     certs.name_key(cert.subject)
     assert certs.name_key.cache_len() == 2  # type: ignore[attr-defined]
+
+
+def test_what_parsing_keeps_alive_is_weighed_too() -> None:
+    """
+    A small name of many one-letter parts, or a small certificate of many
+    extensions, keeps far more alive once parsed than its DER weighs.
+    """
+    many_parts = x509.Name([x509.RelativeDistinguishedName([x509.NameAttribute(
+        x509.ObjectIdentifier("2.5.4.10"), "a")]) for _ in range(1300)])
+    certs.name_key.cache_clear()  # type: ignore[attr-defined]
+    certs.name_key(many_parts)
+    assert certs.name_key.cache_len() == 0  # type: ignore[attr-defined]
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.ObjectIdentifier("2.5.4.3"), "many")])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(2)
+               .not_valid_before(START).not_valid_after(END))
+    for n in range(40):
+        builder = builder.add_extension(x509.UnrecognizedExtension(
+            x509.ObjectIdentifier(f"1.3.6.1.4.1.99999.{n}"), b"\x05\x00"), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    assert len(cert.tbs_certificate_bytes) < 4096
+    cms._public_key.cache_clear()  # type: ignore[attr-defined]
+    cms._public_key(cert)
+    assert cms._public_key.cache_len() == 0  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cipherd.pki.cms import PrivateKey
 from cipherd.pki.errors import CertificateImportError
-from cipherd.pki.memo import small_lru
+from cipherd.pki.memo import PARSED_OVERHEAD, small_lru
 
 TUNNEL_KEY_SIZE = 2048
 TUNNEL_VALIDITY = timedelta(days=3650)
@@ -65,8 +65,8 @@ def email_addresses(cert: x509.Certificate) -> list[str]:
 
 # Remembered by the name's DER, not the Name object: a Name taken from a
 # certificate keeps the whole certificate alive, whatever the name weighs.
-@small_lru(4096, lambda name, result: len(name.public_bytes()),
-           key=lambda name: name.public_bytes())
+@small_lru(4096, lambda name, result: len(name.public_bytes()) + PARSED_OVERHEAD // 4 * sum(
+    len(rdn) for rdn in result), key=lambda name: name.public_bytes())
 def name_key(name: x509.Name) -> tuple[frozenset[tuple[str, Any]], ...]:
     """
     A key under which names that RFC 5280 §7.1 holds equal are equal: string

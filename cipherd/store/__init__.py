@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 from twisted.internet.defer import Deferred
 
@@ -62,6 +62,11 @@ def create_engine_for_url(url: str, pool_size: int = 4) -> Engine:
     return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
 
 
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction
+# was rolled back and may simply run again.
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+
+
 class Store:
     """
     The shared database of one deployment.
@@ -75,11 +80,15 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 return fn(conn, *args)
-        except IntegrityError:
+        except (IntegrityError, OperationalError) as e:
             # Query functions look a row up, then update or insert it.  On
             # PostgreSQL (read committed) two transactions can both miss the
             # row and both insert; the loser runs once more and now finds
-            # the winner's row.  (SQLite serializes writers at BEGIN.)
+            # the winner's row.  A deadlock or serialization failure the
+            # server broke the same way.  (SQLite serializes writers.)
+            if isinstance(e, OperationalError) and getattr(
+                    e.orig, "sqlstate", None) not in _RETRYABLE_SQLSTATES:
+                raise
             with self.engine.begin() as conn:
                 return fn(conn, *args)
 

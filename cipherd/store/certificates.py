@@ -90,6 +90,7 @@ def put_certificate(
 
     @return: C{"added"}, C{"key added"} or C{"duplicate"}.
     """
+    _lock_counter(conn)
     key = (certificates.c.store == store) & (certificates.c.thumbprint == new.thumbprint)
     existing = conn.execute(select(certificates.c.private_key).where(key)).first()
     if existing is not None:
@@ -176,6 +177,7 @@ def certificates_with_keys(conn: Connection) -> list[CertificateRow]:
 
 
 def delete_certificate(conn: Connection, store: str, thumbprint: str) -> bool:
+    _lock_counter(conn)
     deleted = conn.execute(delete(certificates).where(
         (certificates.c.store == store) & (certificates.c.thumbprint == thumbprint))).rowcount
     still_stored = conn.execute(select(certificates.c.thumbprint).where(
@@ -207,6 +209,7 @@ def put_crl(conn: Connection, row: CRLRow, now: float) -> str:
 
     @return: C{"added"}, C{"replaced"} or C{"older"} (not stored).
     """
+    _lock_counter(conn)
     key = crls.c.issuer_hash == row.issuer_hash
     existing = conn.execute(select(crls.c.this_update).where(key)).first()
     values = {"issuer": row.issuer, "der": row.der, "this_update": row.this_update,
@@ -230,6 +233,7 @@ def list_crls(conn: Connection) -> list[CRLRow]:
 
 
 def delete_crl(conn: Connection, issuer_hash: str) -> bool:
+    _lock_counter(conn)
     return _changed_if(conn, conn.execute(
         delete(crls).where(crls.c.issuer_hash == issuer_hash)).rowcount > 0)
 
@@ -238,6 +242,7 @@ def delete_crl(conn: Connection, issuer_hash: str) -> bool:
 
 
 def set_ctl(conn: Connection, thumbprint: str, status: str, now: float) -> None:
+    _lock_counter(conn)
     key = ctl.c.thumbprint == thumbprint
     if conn.execute(update(ctl).where(key).values(status=status)).rowcount == 0:
         conn.execute(insert(ctl).values(thumbprint=thumbprint, status=status, created=now))
@@ -245,6 +250,7 @@ def set_ctl(conn: Connection, thumbprint: str, status: str, now: float) -> None:
 
 
 def delete_ctl(conn: Connection, thumbprint: str) -> bool:
+    _lock_counter(conn)
     return _changed_if(conn, conn.execute(
         delete(ctl).where(ctl.c.thumbprint == thumbprint)).rowcount > 0)
 
@@ -261,13 +267,26 @@ def trust_version(conn: Connection) -> int:
     return conn.execute(select(trust_generation.c.generation)).scalar() or 0
 
 
+def _lock_counter(conn: Connection) -> None:
+    """
+    Take the counter row before anything else a write touches: every writer
+    of certificates, CRLs and the CTL then waits its turn at the same place,
+    and none can hold a row another needs while it waits for the counter
+    (which deadlocked two imports sharing a certificate on PostgreSQL).
+    """
+    found = conn.execute(select(trust_generation.c.id).where(trust_generation.c.id == 1)
+                         .with_for_update()).first()
+    if found is None:
+        # The first write ever: a concurrent one loses the insert and runs
+        # again (Store retries an IntegrityError).
+        conn.execute(insert(trust_generation).values(id=1, generation=0))
+
+
 def _changed(conn: Connection) -> None:
-    # In the writer's transaction: the row lock orders concurrent writers,
-    # and a rolled-back change leaves the count as it was.
-    bumped = conn.execute(update(trust_generation).where(trust_generation.c.id == 1).values(
-        generation=trust_generation.c.generation + 1)).rowcount
-    if not bumped:
-        conn.execute(insert(trust_generation).values(id=1, generation=1))
+    # In the writer's transaction, under the lock: a rolled-back change
+    # leaves the count as it was.
+    conn.execute(update(trust_generation).where(trust_generation.c.id == 1).values(
+        generation=trust_generation.c.generation + 1))
 
 
 def _changed_if(conn: Connection, changed: bool) -> bool:

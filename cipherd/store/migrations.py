@@ -54,6 +54,7 @@ def _certificate_store(conn: Connection) -> None:
 
 def _trust_generation(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.trust_generation])
+    conn.execute(schema.trust_generation.insert().values(id=1, generation=0))
 
 
 def _mta_config(conn: Connection) -> None:
