@@ -523,3 +523,35 @@ def test_concurrent_imports_sharing_a_certificate_do_not_deadlock(postgres_url: 
     b.join(20)
     assert outcomes == {"A": ["added", "added"], "B": "duplicate"}
     store.close()
+
+
+def test_a_crl_stored_by_issuer_name_alone_is_superseded_by_a_newer_one(
+        store: CertificateStore, pki: dict) -> None:
+    """
+    Before 2026-11-28 a CRL was kept under its issuer's name alone: the
+    issuer's next CRL (same key, newer) takes its place; an older one does
+    not.
+    """
+    import hashlib
+
+    from cipherd.store import certificates as q
+
+    der = serialization.Encoding.DER
+    result_of(store.import_data(pki["root"].pem(), store=ROOTS))
+    result_of(store.import_data(pki["ca"].pem() + pki["alice"].pem()))
+    legacy = make_crl(pki["ca"], [(pki["alice"].cert, START)],
+                      this_update=START + timedelta(days=5))
+    with store._store.engine.begin() as conn:
+        q.put_crl(conn, q.CRLRow(hashlib.sha256(legacy.issuer.public_bytes()).hexdigest(),
+                                 "CN=Test Intermediate", legacy.public_bytes(der),
+                                 legacy.last_update_utc.timestamp(), None, 1), 0.0)
+    assert not result_of(store.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+    older = make_crl(pki["ca"], [], this_update=START + timedelta(days=1))
+    result_of(store.import_data(older.public_bytes(der)))
+    assert len(result_of(store.crls())) == 2  # the newer legacy one stays
+    assert not result_of(store.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+    newer = make_crl(pki["ca"], [], this_update=START + timedelta(days=9))
+    result_of(store.import_data(newer.public_bytes(der)))
+    assert [c.this_update for c in result_of(store.crls())] == [
+        newer.last_update_utc.timestamp()]
+    assert result_of(store.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid

@@ -174,6 +174,7 @@ class CertificateStore:
             sealed = seal_key(self._kek, key, new.thumbprint) if key is not None else None
             entries.append((new, sealed))
         crl_rows = []
+        superseded: list[str] = []
         if bundle.crls:
             context = await self.trust_context(bundle.certificates, bundle.crls)
             for crl in bundle.crls:
@@ -183,11 +184,14 @@ class CertificateStore:
                     result.crls.append((certs.describe_name(crl.issuer), f"refused: {problem}"))
                 else:
                     crl_rows.append(_crl_row(crl, checked.signer))
+                    superseded += await self._legacy_crl_of(crl, checked.signer)
         now = self._clock.seconds()
 
         def write(conn: Connection) -> tuple[list[str], list[str]]:
             # Outcomes returned, not appended to the result: after a
             # unique-key race the store runs this a second time.
+            for old in superseded:
+                q.delete_crl(conn, old)
             return ([q.put_certificate(conn, store, new, sealed, now) for new, sealed in entries],
                     [q.put_crl(conn, row, now) for row in crl_rows])
 
@@ -199,6 +203,24 @@ class CertificateStore:
                            for row, outcome in zip(crl_rows, crl_outcomes, strict=True))
         self._changed()
         return result
+
+    async def _legacy_crl_of(self, crl: x509.CertificateRevocationList,
+                             signer: x509.Certificate) -> list[str]:
+        """
+        The row a version before 2026-11-28 stored this issuer's CRL under
+        (its name alone), when the same key signed it: the new CRL takes
+        its place instead of standing beside it for good.
+        """
+        legacy = hashlib.sha256(crl.issuer.public_bytes()).hexdigest()
+        row = await self._store.run(q.get_crl, legacy)
+        if row is None or row.this_update >= crl.last_update_utc.timestamp():
+            return []  # none, or newer than this one: it stays
+        try:
+            old = x509.load_der_x509_crl(row.der)
+            signed = old.is_signature_valid(signer.public_key())  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            return []
+        return [legacy] if signed else []
 
     async def add_certificate(
         self, cert: x509.Certificate, key: PrivateKey | None = None, store: str = CERTIFICATES

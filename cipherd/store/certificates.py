@@ -232,6 +232,12 @@ def list_crls(conn: Connection) -> list[CRLRow]:
     ]
 
 
+def get_crl(conn: Connection, issuer_hash: str) -> CRLRow | None:
+    r = conn.execute(select(crls).where(crls.c.issuer_hash == issuer_hash)).first()
+    return None if r is None else CRLRow(r.issuer_hash, r.issuer, r.der, r.this_update,
+                                         r.next_update, r.entries)
+
+
 def delete_crl(conn: Connection, issuer_hash: str) -> bool:
     _lock_counter(conn)
     return _changed_if(conn, conn.execute(
