@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,9 +47,11 @@ class Postfix:
     Postfix on 127.0.0.1:C{port}, relaying everything to C{relay_port}.
     """
 
-    def __init__(self, directory: Path, port: int, relay_port: int,
-                 hostname: str = "postfix.test") -> None:
+    def __init__(self, port: int, relay_port: int, hostname: str = "postfix.test") -> None:
         require_tool("postfix")
+        # Its own directory under /tmp: the postfix user must reach it, and
+        # pytest's temporary directories are private to root.
+        directory = Path(tempfile.mkdtemp(prefix="cipherd-postfix-"))
         self.directory = directory
         self.port = port
         self.config = directory / "etc"
@@ -101,8 +105,6 @@ default_process_limit = 100
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                import socket
-
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return
             except OSError:
@@ -110,7 +112,13 @@ default_process_limit = 100
         raise RuntimeError("Postfix did not listen within 20 s")
 
     def stop(self) -> None:
-        self._postfix("stop")
+        """
+        Stop it and remove its directory (its log is read before).
+        """
+        try:
+            self._postfix("stop")
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def log(self) -> str:
         return self.maillog.read_text() if self.maillog.exists() else ""

@@ -18,6 +18,7 @@ import pytest
 from cipherd.smtp.spool import DirectorySpool
 from tests.conftest import Appliance, free_port, insecure_tls
 from tests.peers import require_tool, run
+from tests.postfix import Postfix
 from tests.sink import Sink
 
 pytestmark = pytest.mark.e2e
@@ -258,4 +259,43 @@ def test_send_email_tool_delivers_a_well_formed_message(appliance: Appliance) ->
             "subject": "x\r\nBcc: victim@example.net"}) == {
             "subject": "the subject must be one line"}
     finally:
+        sink.close()
+
+
+def test_a_real_postfix_relays_into_cipherd_and_cipherd_into_a_real_postfix(
+        appliance: Appliance) -> None:
+    """
+    swaks → Postfix → cipherd → Postfix → capturing sink: each hop is a real
+    MTA, and the body arrives as sent.
+    """
+    sink = Sink()
+    outer = Postfix(free_port(), appliance.smtp_port, hostname="outer.postfix.test")
+    inner = Postfix(free_port(), sink.port, hostname="inner.postfix.test")
+    outer.start()
+    inner.start()
+    try:
+        api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+        api(appliance, "PATCH", "/mta", {"transports": [
+            {"domain": "example.com", "host": "[127.0.0.1]", "port": inner.port}]})
+        run([require_tool("swaks"), "--server", f"127.0.0.1:{outer.port}",
+             "--from", "alice@example.org", "--to", "bob@example.com", "--helo", "client.test",
+             "--data", "-"], stdin=MESSAGE.removesuffix(b"\r\n"))
+        (captured,) = sink.wait_for(1, timeout=30)
+        assert (captured.sender, captured.recipients) == ("alice@example.org",
+                                                          ["bob@example.com"])
+        body = MESSAGE[MESSAGE.index(b"\r\n\r\n"):]
+        assert captured.content.endswith(body)
+        received = [line for line in captured.content.split(b"\r\n")
+                    if line.startswith(b"Received: ")]
+        assert len(received) == 3  # inner Postfix, cipherd, outer Postfix
+        assert b"(cipherd) with ESMTP id" in captured.content
+        assert re.search(r"status=sent \(250 2\.0\.0 Ok: queued as [0-9A-F]{12}\)",
+                         outer.log()), outer.log()
+        assert f"relay=127.0.0.1[127.0.0.1]:{appliance.smtp_port}" in outer.log()
+        log = _wait_for_log(appliance, "removed")
+        assert re.search(rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{inner.port}, .*status=sent "
+                         r"\(250 2\.0\.0 Ok: queued as [0-9A-F]+\)", log), log
+    finally:
+        outer.stop()
+        inner.stop()
         sink.close()
