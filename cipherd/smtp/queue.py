@@ -208,8 +208,20 @@ class QueueRunner:
         return self._queue.accept(received).addCallback(self._kicked)
 
     def _kicked(self, message: QueuedMessage) -> QueuedMessage:
-        self.kick()
+        self.deliver_soon(message.envelope.queue_id)
         return message
+
+    def deliver_soon(self, queue_id: str) -> None:
+        """
+        Start delivery of one message that just arrived, without scanning
+        the whole queue for it.
+        """
+        if queue_id in self._busy:
+            return
+        self._busy.add(queue_id)
+        d = self._limit.run(self._attempt_claimed, queue_id)
+        d.addErrback(lambda f: log.failure("{queue_id}: the delivery attempt failed", f,
+                                           queue_id=queue_id))
 
     async def submit(self, sender: str, recipients: list[str], content: bytes,
                      client: str) -> QueuedMessage:

@@ -1,0 +1,205 @@
+"""
+MTA throughput: Postfix's smtp-source sends to cipherd (pass-through, a
+transport to Postfix's smtp-sink), and the same load goes through a real
+Postfix relay into another smtp-sink, in the same run.
+
+For 10 KB and 100 KB messages with 20 parallel sessions it prints, for
+each MTA, the accepted rate (messages per second until smtp-source is done:
+each accepted message is on disk, fsynced, before its 250) and the
+delivered rate (messages per second until the sink has them all), and the
+ratio cipherd / Postfix of the delivered rates; the target is >= 0.5 for
+10 KB.  Needs root (Postfix's master) and the Debian packages the test
+command installs (postfix, for smtp-source, smtp-sink and the relay).
+
+    .venv/bin/python bench/mta.py                 # 2,000 messages per case
+    .venv/bin/python bench/mta.py --messages 500  # quicker, noisier
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.postfix import Postfix  # noqa: E402
+
+SESSIONS = 20
+PASSWORD = "purple-otter-canvas-91"  # noqa: S105 - the throwaway appliance's admin password
+SIZES = {"10 KB": 10 * 1024, "100 KB": 100 * 1024}
+TARGET = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class SmtpSink:
+    """
+    Postfix's smtp-sink with its running counter (-c) read as it goes.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.delivered = 0
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        self._process = subprocess.Popen(
+            ["smtp-sink", "-c", *user, f"127.0.0.1:{self.port}", "256"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_for_port(self.port)
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        buffer = b""
+        while chunk := self._process.stdout.read1(4096):
+            buffer = (buffer + chunk)[-256:]
+            counts = re.findall(rb"mesg=(\d+)", buffer)
+            if counts:
+                self.delivered = int(counts[-1])
+
+    def wait_for(self, count: int, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while self.delivered < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the sink got {self.delivered} of {count}")
+            time.sleep(0.01)
+        return time.monotonic()
+
+    def close(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+class Cipherd:
+    """
+    The appliance on its embedded default, in a directory of its own.
+    """
+
+    def __init__(self, sink_port: int) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="cipherd-bench-"))
+        self.admin_port, self.smtp_port = free_port(), free_port()
+        config = self.directory / "cipherd.toml"
+        config.write_text(
+            f'data_dir = "var"\n[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
+            f'[smtp]\nlisten = "tcp:{self.smtp_port}:interface=127.0.0.1"\n')
+        self._process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "twistd"), "--pidfile=", "-n", "--logfile",
+             str(self.directory / "twistd.log"), "cipherd", "--config", str(config)],
+            cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for_port(self.admin_port)
+        wait_for_port(self.smtp_port)
+        self._api("POST", "/admin/password", {"password": PASSWORD}, "admin")
+        self._api("PATCH", "/mta", {"transports": [
+            {"domain": "example.com", "host": "[127.0.0.1]", "port": sink_port}]})
+
+    def _api(self, method: str, path: str, body: object, password: str = PASSWORD) -> object:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{self.admin_port}/api/v1{path}", method=method,
+            data=json.dumps(body).encode(), headers={
+                "Authorization": "Basic " + base64.b64encode(
+                    f"admin:{password}".encode()).decode(),
+                "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, context=context) as response:  # noqa: S310 - https
+            return json.load(response)
+
+    def close(self) -> None:
+        self._process.terminate()
+        self._process.wait(30)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def send(port: int, count: int, size: int) -> float:
+    """
+    smtp-source: C{count} messages of C{size} bytes over SESSIONS sessions.
+
+    @return: when it finished (every message answered 250).
+    """
+    subprocess.run(["smtp-source", "-s", str(SESSIONS), "-m", str(count), "-l", str(size),
+                    "-f", "bench@example.org", "-t", "sink@example.com",
+                    f"127.0.0.1:{port}"], check=True, timeout=1800)
+    return time.monotonic()
+
+
+def measure(port: int, sink: SmtpSink, count: int, size: int) -> tuple[float, float]:
+    before = sink.delivered
+    started = time.monotonic()
+    accepted = send(port, count, size) - started
+    delivered = sink.wait_for(before + count, timeout=1800) - started
+    return count / accepted, count / delivered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    options = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/mta.py needs root: Postfix's master drops privileges itself")
+
+    cipherd_sink, postfix_sink = SmtpSink(), SmtpSink()
+    cipherd = Cipherd(cipherd_sink.port)
+    postfix = Postfix(free_port(), postfix_sink.port, hostname="bench.postfix.test")
+    postfix.start()
+    results = {}
+    try:
+        for label, size in SIZES.items():
+            # A short warm-up of each, then the measured run.
+            measure(cipherd.smtp_port, cipherd_sink, 50, size)
+            measure(postfix.port, postfix_sink, 50, size)
+            results[label] = {
+                "cipherd": measure(cipherd.smtp_port, cipherd_sink, options.messages, size),
+                "Postfix": measure(postfix.port, postfix_sink, options.messages, size),
+            }
+    finally:
+        postfix.stop()
+        cipherd.close()
+        cipherd_sink.close()
+        postfix_sink.close()
+
+    print(f"\n{options.messages} messages per case, {SESSIONS} sessions, smtp-source → MTA → "
+          "smtp-sink (cipherd: pass-through, fsync before 250)")
+    print(f"{'message':8} {'MTA':8} {'accepted/s':>11} {'delivered/s':>12}")
+    print("-" * 43)
+    for label, by_mta in results.items():
+        for mta, (accepted, delivered) in by_mta.items():
+            print(f"{label:8} {mta:8} {accepted:11.1f} {delivered:12.1f}")
+    for label, by_mta in results.items():
+        ratio = by_mta["cipherd"][1] / by_mta["Postfix"][1]
+        verdict = (f" (target >= {TARGET}): {'PASS' if ratio >= TARGET else 'FAIL'}"
+                   if label == "10 KB" else "")
+        print(f"{label} delivered, cipherd / Postfix: {ratio:.2f}{verdict}")
+
+
+if __name__ == "__main__":
+    main()
