@@ -53,8 +53,9 @@ CRYPTO_THREADS = 2
 # Password hashing gets a thread of its own: a flood of logins waits there
 # (and is capped by the authority) instead of starving mail crypto.
 AUTH_THREADS = 1
-# Writing the queue files (each with its fsyncs).
-SPOOL_THREADS = 4
+# Writing the queue files: each waits for its fsyncs, which the file system
+# can group when many are under way.
+SPOOL_THREADS = 16
 
 log = Logger(namespace="cipherd")
 

@@ -257,8 +257,9 @@ class DirectorySpool:
             _, path = self._find(queue_id)
         except KeyError:
             return False
+        # No fsync: a removal lost in a crash brings back a message already
+        # delivered (delivered twice, as any MTA may), never loses one.
         path.unlink(missing_ok=True)
-        _fsync_directory(path.parent)
         return True
 
     def _all(self) -> Iterator[QueuedMessage]:
