@@ -235,3 +235,28 @@ def test_503_while_every_password_check_is_taken(api: AdminHarness) -> None:
             "error": "The server is busy checking other logins; try again in a moment."}
     api.authority._pending = 0
     assert call(api, "GET", "/settings/global").code == 200  # nothing was counted
+
+
+def test_smtp_transports_resource(api: AdminHarness) -> None:
+    change_default(api)
+    added = call(api, "POST", "/mta/transports",
+                 body={"domain": "webmail.local", "host": "[192.0.2.5]", "port": 2525})
+    assert added.code == 200, added.text
+    assert added.json() == {"transports": [
+        {"domain": "webmail.local", "host": "[192.0.2.5]", "port": 2525}]}
+    call(api, "POST", "/mta/transports", body={"domain": "Example.COM", "host": "mx.example.net"})
+    replaced = call(api, "POST", "/mta/transports",
+                    body={"domain": "webmail.local", "host": "[192.0.2.6]"})
+    assert replaced.json()["transports"] == [
+        {"domain": "example.com", "host": "mx.example.net", "port": 25},
+        {"domain": "webmail.local", "host": "[192.0.2.6]", "port": 25}]
+    bad = call(api, "POST", "/mta/transports",
+               body={"domain": "x.example", "host": "[192.0.2.7]", "port": 70000})
+    assert bad.code == 400
+    assert bad.json()["errors"] == {"transports": "x.example: the port 70000 is not between "
+                                                  "1 and 65535"}
+    assert call(api, "DELETE", "/mta/transports", body={"domain": "example.com"}).code == 200
+    assert call(api, "GET", "/mta/transports").json() == {"transports": [
+        {"domain": "webmail.local", "host": "[192.0.2.6]", "port": 25}]}
+    missing = call(api, "DELETE", "/mta/transports", body={"domain": "example.com"})
+    assert missing.code == 404

@@ -238,3 +238,17 @@ def test_a_message_in_delivery_is_not_started_again_by_another_scan(tmp_path: Pa
     second = Deferred.fromCoroutine(world.runner.scan())
     assert pending == [("192.0.2.25", 25)]
     assert second.called and not first.called
+
+
+def test_the_after_filter_size_limit_bounces(tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path, before_filter_message_size_limit=1024,
+                  after_filter_message_size_limit=1024)
+    world.runner.kick = lambda: None  # type: ignore[method-assign]
+    queue_id = world.enqueue(content=CONTENT + b"x" * 2000 + b"\r\n")
+    world.scan()
+    assert world.network.connections == []
+    assert (f"{queue_id}: to=<b@example.com>, relay=none, delay=0, delays=0/0/0/0, dsn=5.3.4, "
+            "status=bounced (message size exceeds the after-filter limit (1024 bytes))"
+            ) in log_lines
+    ((_, _, recipients),) = world.queued()
+    assert recipients == ("a@example.org",)

@@ -310,6 +310,46 @@ class AdminAPI:
                  account=admin.name, names=sorted(body))
         return json_response(request, 200, self.backend.mta.current.to_json())
 
+    @app.route("/v1/mta/transports", methods=["GET"])
+    @_authenticated()
+    async def get_transports(self, request: IRequest, admin: AdminRow) -> bytes:
+        config = await self.backend.mta.refresh()
+        return json_response(request, 200, {"transports": config.to_json()["transports"]})
+
+    @app.route("/v1/mta/transports", methods=["POST"])
+    @_authenticated()
+    async def add_transport(self, request: IRequest, admin: AdminRow) -> bytes:
+        body = _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("domain"), str):
+            raise _BadRequest('Send {"domain": ..., "host": ..., "port": ...}.')
+        current = (await self.backend.mta.refresh()).to_json()["transports"]
+        domain = body["domain"].strip().lower().rstrip(".")
+        others = [t for t in current if t["domain"] != domain]
+        return await self._set_transports(request, admin, [*others, body], f"set {domain}")
+
+    @app.route("/v1/mta/transports", methods=["DELETE"])
+    @_authenticated()
+    async def delete_transport(self, request: IRequest, admin: AdminRow) -> bytes:
+        body = _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("domain"), str):
+            raise _BadRequest('Send {"domain": ...}.')
+        domain = body["domain"].strip().lower().rstrip(".")
+        current = (await self.backend.mta.refresh()).to_json()["transports"]
+        kept = [t for t in current if t["domain"] != domain]
+        if len(kept) == len(current):
+            raise _BadRequest(f"There is no transport for {domain}.", status=404)
+        return await self._set_transports(request, admin, kept, f"removed {domain}")
+
+    async def _set_transports(self, request: IRequest, admin: AdminRow,
+                              transports: list[Any], what: str) -> bytes:
+        errors = await self.backend.mta.update({"transports": transports})
+        if errors:
+            raise _BadRequest("The transport was refused; nothing was changed.", errors)
+        log.info("Admin {account!r} changed the SMTP transports ({what}) through the API",
+                 account=admin.name, what=what)
+        return json_response(request, 200,
+                             {"transports": self.backend.mta.current.to_json()["transports"]})
+
     @app.route("/v1/queue", methods=["GET"])
     @_authenticated()
     async def get_queue(self, request: IRequest, admin: AdminRow) -> bytes:
