@@ -266,3 +266,49 @@ def test_commands_wait_for_the_queue_before_they_are_answered() -> None:
 ])
 def test_protocol_errors(command: bytes, reply: bytes) -> None:
     assert Session().send(command)[-1] == reply
+
+
+def _body(lines: int) -> bytes:
+    return b"".join(b".dot %d\r\n" % n if n % 7 == 0 else b"line %d\r\n" % n
+                    for n in range(lines))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 4096, 1 << 20])
+def test_a_long_body_in_any_chunking_is_queued_byte_exact(chunk: int) -> None:
+    session = Session()
+    session.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    wire = b"Subject: long\r\n\r\n" + _body(3000) + b".\r\nNOOP\r\n"
+    replies = []
+    for start in range(0, len(wire), chunk):
+        replies += session.send(wire[start:start + chunk])
+    assert codes(replies) == [b"250", b"250"]
+    (received,) = session.queued
+    # RFC 5321 4.5.2, line by line: a leading dot is taken off.
+    unstuffed = b"".join((line[1:] if line.startswith(b".") else line) + b"\r\n"
+                         for line in _body(3000).split(b"\r\n")[:-1])
+    assert received.content.endswith(b"\r\nSubject: long\r\n\r\n" + unstuffed)
+
+
+@pytest.mark.parametrize("fault, reply", [
+    (b"line\nsmuggled\r\n", b"521 5.5.2 mx.example.com Error: bare <LF> received"),
+    (b"line\rsmuggled\r\n", b"521 5.5.2 mx.example.com Error: bare <CR> received"),
+])
+def test_a_bare_line_end_deep_in_a_long_body_is_refused(fault: bytes, reply: bytes) -> None:
+    session = Session()
+    session.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    replies = session.send(b"Subject: x\r\n\r\n" + _body(2000) + fault + _body(10) + b".\r\n")
+    assert replies == [reply]
+    assert session.closed and session.queued == []
+
+
+def test_size_limit_and_nul_in_a_long_body() -> None:
+    policy = ReceivePolicy(HOST, relay_domains=("example.com",), message_size_limit=20_000)
+    session = Session(policy)
+    session.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    assert session.send(b"Subject: x\r\n\r\n" + _body(3000) + b".\r\n") == [
+        b"552 5.3.4 Error: message file too big"]
+    session.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    assert session.send(b"Subject: x\r\n\r\n" + _body(100) + b"a\x00b\r\n" + _body(100)
+                        + b".\r\n") == [b"550 5.6.0 Error: message content rejected: NUL "
+                                        b"character"]
+    assert session.queued == []

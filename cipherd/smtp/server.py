@@ -226,6 +226,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         # Lines are read from self._pos on and the buffer is trimmed once at
         # the end, not after every line (a 64 KB chunk of DATA is ~1000 lines).
         buffer = self._buffer
+        bulk = True  # until the bulk path declines once in this read
         try:
             while not self._busy and not self._closing:
                 end = buffer.find(b"\n", self._pos)
@@ -236,6 +237,10 @@ class SMTPServer(Protocol, TimeoutMixin):
                 if end - self._pos > MAX_LINE:
                     self._line_too_long()
                     return
+                if self._data is not None and not self._in_header and bulk:
+                    if self._data_bulk():
+                        continue
+                    bulk = False  # line by line to the end of this read: no rescans
                 line = bytes(buffer[self._pos:end + 1])
                 self._pos = end + 1
                 if self._data is not None:
@@ -458,7 +463,50 @@ class SMTPServer(Protocol, TimeoutMixin):
                 self._hops += 1
             elif not (_HEADER_NAME.match(line) or line[:1] in (b" ", b"\t")):
                 self._in_header = False
-        self._data.append(line)
+        self._data.append(line + b"\r\n")
+
+    def _data_bulk(self) -> bool:
+        """
+        Past the header, take every complete line up to the end of the data
+        at once, with the checks of L{_data_line} made on the whole piece
+        (a message body is thousands of lines; this is the hot path).
+
+        @return: whether anything was taken; C{False} leaves the rest to
+            L{_data_line}, one line at a time.
+        """
+        assert self._data is not None
+        buffer, start = self._buffer, self._pos
+        last = buffer.rfind(b"\n", start)
+        if last < 0:
+            return False
+        region = bytes(buffer[start:last + 1])
+        if region.startswith(b".\r\n"):
+            return False  # the end of data itself: _data_line handles it
+        terminator = region.find(b"\r\n.\r\n")
+        body = region if terminator < 0 else region[:terminator + 2]
+        # The same refusals as line by line, checked on the whole piece.
+        crlf = body.count(b"\r\n")
+        if crlf != body.count(b"\n") or crlf != body.count(b"\r"):
+            return False  # a bare CR or LF: _data_line finds and names it
+        if len(body) > MAX_LINE and max(map(len, body.split(b"\r\n"))) > MAX_LINE:
+            return False  # _process ends the session at that line
+        self._pos = start + len(body)
+        if self._data_problem is not None:
+            return True
+        # RFC 5321 §4.5.2: a leading dot on any line is taken off.
+        unstuffed = (body[1:] if body.startswith(b".") else body).replace(b"\r\n.", b"\r\n")
+        self._size += len(unstuffed)
+        limit = self.policy.message_size_limit
+        if limit and self._size > limit:
+            self._data_problem = (552, "5.3.4 Error: message file too big")
+            self._data = []
+        elif b"\x00" in unstuffed:
+            self._data_problem = (550, "5.6.0 Error: message content rejected: NUL "
+                                       "character")
+            self._data = []
+        else:
+            self._data.append(unstuffed)
+        return True
 
     def _end_of_data(self) -> None:
         assert self._data is not None
@@ -477,8 +525,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         received = Received(
             queue_id=queue_id, sender=self._sender, recipients=list(self._recipients),
             client=self.client, helo=self._helo or "",
-            content=self._received_header(queue_id) + b"\r\n".join(
-                [*self._data, b""]),
+            content=self._received_header(queue_id) + b"".join(self._data),
         )
         self._reset_transaction()
         self._busy = True
