@@ -6,6 +6,7 @@ size rotation, and reading the tail across rotated files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from twisted.logger import Logger, LogPublisher
 
@@ -60,3 +61,35 @@ def test_failures_are_summarised_on_one_line(tmp_path: Path) -> None:
     service.stopService()
     assert len(lines) == 1
     assert lines[0].endswith("Delivery failed (ValueError: bad\\nthing)")
+
+
+def test_mail_events_stay_out_of_the_service_log_unless_worth_a_look() -> None:
+    from twisted.logger import globalLogPublisher
+
+    from cipherd.logs import mail_events, mail_logger
+
+    mail: list[str] = []
+    service: list[str] = []
+
+    def to_mail(event: dict[str, Any]) -> None:
+        mail.append(event["log_format"])
+
+    def to_service(event: dict[str, Any]) -> None:
+        service.append(event.get("log_format", ""))
+
+    mail_events.addObserver(to_mail)
+    globalLogPublisher.addObserver(to_service)
+    try:
+        log = mail_logger("cipherd.mta.test")
+        log.info("routine {n}", n=1)
+        log.warn("worth a look")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.failure("failed")
+    finally:
+        mail_events.removeObserver(to_mail)
+        globalLogPublisher.removeObserver(to_service)
+    assert mail == ["routine {n}", "worth a look", "failed"]
+    assert "routine {n}" not in service
+    assert "worth a look" in service and "failed" in service

@@ -15,10 +15,11 @@ from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.test import iosim
 from zope.interface import implementer
 
+from cipherd.logs import mail_events
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.queue import MIN_BACKOFF, QUEUE_LIFETIME, MailQueue, QueueRunner
 from cipherd.smtp.routing import HopNotFound, IHopResolver, NextHop, next_hop
@@ -77,9 +78,9 @@ def log_lines() -> Iterator[list[str]]:
         if event.get("log_namespace", "").startswith("cipherd.mta"):
             lines.append(formatEvent(event))
 
-    globalLogPublisher.addObserver(observe)
+    mail_events.addObserver(observe)
     yield lines
-    globalLogPublisher.removeObserver(observe)
+    mail_events.removeObserver(observe)
 
 
 class World:

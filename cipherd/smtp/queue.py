@@ -16,9 +16,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from cipherd.logs import mail_logger
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.client import Delivery, Outcome, SMTPClient
 from cipherd.smtp.config import MTAConfig
@@ -35,7 +35,7 @@ from cipherd.threads import IBlockingRunner
 
 Connect = Callable[[str, int, Protocol], "Deferred[Any]"]
 
-log = Logger(namespace="cipherd.mta.qmgr")
+log = mail_logger("cipherd.mta.qmgr")
 
 
 class MailQueue:

@@ -26,13 +26,13 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from cipherd.logs import mail_logger
 from cipherd.smtp.spool import new_queue_id
 
-log = Logger(namespace="cipherd.mta.smtpd")
+log = mail_logger("cipherd.mta.smtpd")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
