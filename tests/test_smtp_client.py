@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 
 from cipherd.smtp.client import Delivery, SMTPClient, dot_stuff
-from cipherd.smtp.server import Received, ReceivePolicy, SMTPFactory
+from cipherd.smtp.server import Received, ReceivePolicy, SMTPFactory, SMTPServer
 
 HOST = "next-hop.example.net"
 
@@ -120,3 +120,42 @@ def test_null_sender_and_8bit(sender: str) -> None:
     done = hop.deliver(delivery("Subject: é\r\n\r\nGrüße\r\n".encode(), sender=sender))
     assert done.outcomes["b@example.com"].status == "sent"
     assert hop.queued[0].sender == sender
+
+
+class NoPipelining(SMTPServer):
+    def do_EHLO(self, argument: bytes) -> None:
+        self._greet(argument, esmtp=True)
+        self._reply(250, HOST, "SIZE 10240000", "8BITMIME")
+
+
+def test_one_command_at_a_time_without_pipelining() -> None:
+    hop = Hop()
+    hop.factory.buildProtocol = lambda addr: NoPipelining(hop.factory)  # type: ignore[method-assign]
+    done = hop.deliver(delivery(b"Subject: x\r\n\r\n.body\r\n", "b@example.com",
+                                "victim@elsewhere.test"))
+    assert done.outcomes["b@example.com"].status == "sent"
+    assert done.outcomes["victim@elsewhere.test"].status == "deferred"
+    assert hop.queued[0].content.endswith(b"\r\n\r\n.body\r\n")
+    refused = Hop(ReceivePolicy(HOST, relay_domains=("example.com",), message_size_limit=2000))
+    refused.factory.buildProtocol = (  # type: ignore[method-assign]
+        lambda addr: NoPipelining(refused.factory))
+    outcome = refused.deliver(delivery(b"x" * 3000 + b"\r\n")).outcomes["b@example.com"]
+    assert (outcome.status, outcome.dsn) == ("bounced", "5.3.4")
+
+
+class DataAlways(SMTPServer):
+    def do_DATA(self, argument: bytes) -> None:
+        self._data = []
+        self._reply(354, "End data with <CR><LF>.<CR><LF>")
+
+
+def test_data_accepted_without_recipients_gets_an_empty_message() -> None:
+    """
+    RFC 2920 §3.1: when every pipelined RCPT failed but DATA got 354 anyway,
+    the client ends the data at once instead of sending the message.
+    """
+    hop = Hop()
+    hop.factory.buildProtocol = lambda addr: DataAlways(hop.factory)  # type: ignore[method-assign]
+    done = hop.deliver(delivery(b"Subject: secret\r\n\r\nbody\r\n", "victim@elsewhere.test"))
+    assert done.outcomes["victim@elsewhere.test"].status == "deferred"
+    assert all(b"secret" not in r.content for r in hop.queued)

@@ -107,6 +107,8 @@ class SMTPClient(Protocol, TimeoutMixin):
         self._pending = list(delivery.recipients)
         self._accepted: list[str] = []
         self._finished = False
+        self._pipelined = False
+        self._mail_refused: Outcome | None = None
 
     # Transport -------------------------------------------------------------
 
@@ -211,23 +213,42 @@ class SMTPClient(Protocol, TimeoutMixin):
                 self._mail()  # opportunistic: go on in the clear
         elif stage == "mail":
             if code != 250:
-                self._finish_all(self._refused(code, text))
-                return
-            self._next_rcpt()
+                if not self._pipelined:
+                    self._finish_all(self._refused(code, text))
+                    return
+                # The RCPTs and DATA sent with it get their (503) replies still.
+                self._mail_refused = self._refused(code, text)
+            if self._pipelined:
+                self._stage = "rcpt"
+            else:
+                self._next_rcpt()
         elif stage == "rcpt":
             recipient = self._pending.pop(0)
-            if code in (250, 251):
+            if self._mail_refused is not None:
+                self.delivery.outcomes[recipient] = self._mail_refused
+            elif code in (250, 251):
                 self._accepted.append(recipient)
             else:
                 self.delivery.outcomes[recipient] = self._refused(code, text)
-            self._next_rcpt()
+            if not self._pipelined:
+                self._next_rcpt()
+            elif not self._pending:
+                self._stage = "data"
         elif stage == "data":
             if code != 354:
                 self._finish_all(self._refused(code, text), only=self._accepted)
                 return
-            self._stage = "content"
             assert self.transport is not None
+            if not self._accepted:
+                # RFC 2920 §3.1: DATA accepted although no recipient was:
+                # end it with an empty message.
+                self._stage = "empty"
+                self.transport.write(b".\r\n")
+                return
+            self._stage = "content"
             self.transport.write(dot_stuff(self.delivery.content))
+        elif stage == "empty":
+            self._quit()
         elif stage == "content":
             if code == 250:
                 outcome = Outcome("sent", _enhanced(code, text, "2.0.0"), f"{code} {text}")
@@ -246,7 +267,14 @@ class SMTPClient(Protocol, TimeoutMixin):
         size = f" SIZE={len(self.delivery.content)}" if "SIZE" in self._extensions else ""
         body = " BODY=8BITMIME" if ("8BITMIME" in self._extensions
                                     and not self.delivery.content.isascii()) else ""
-        self._send(f"MAIL FROM:<{self.delivery.sender}>{size}{body}")
+        mail = f"MAIL FROM:<{self.delivery.sender}>{size}{body}"
+        if "PIPELINING" not in self._extensions:
+            self._send(mail)
+            return
+        # RFC 2920: MAIL, every RCPT and DATA in one go; the replies come
+        # back in the same order.
+        self._pipelined = True
+        self._send("\r\n".join([mail, *(f"RCPT TO:<{r}>" for r in self._pending), "DATA"]))
 
     def _next_rcpt(self) -> None:
         if self._pending:
