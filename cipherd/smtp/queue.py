@@ -38,6 +38,15 @@ Connect = Callable[[str, int, Protocol], "Deferred[Any]"]
 log = mail_logger("cipherd.mta.qmgr")
 
 
+def _seconds(value: float) -> str:
+    """
+    A delay as Postfix logs it: two significant digits, 10 ms resolution.
+    """
+    if value < 0.005:
+        return "0"
+    return f"{max(value, 0.01):.2g}"
+
+
 class MailQueue:
     """
     @param spool: where messages are kept.
@@ -357,12 +366,12 @@ class QueueRunner:
     def _log_outcome(self, envelope: Envelope, recipient: str, outcome: Outcome,
                      relay: str, started: float) -> None:
         now = self._clock.seconds()
-        log.info("{queue_id}: to=<{rcpt}>, relay={relay}, delay={delay:.2g}, "
-                 "delays={before:.2g}/0/0/{during:.2g}, dsn={dsn}, status={status} "
-                 "({reason})", queue_id=envelope.queue_id, rcpt=recipient, relay=relay,
-                 delay=now - envelope.received, before=started - envelope.received,
-                 during=now - started, dsn=outcome.dsn, status=outcome.status,
-                 reason=outcome.reason)
+        log.info("{queue_id}: to=<{rcpt}>, relay={relay}, delay={delay}, "
+                 "delays={before}/0/0/{during}, dsn={dsn}, status={status} ({reason})",
+                 queue_id=envelope.queue_id, rcpt=recipient, relay=relay,
+                 delay=_seconds(now - envelope.received),
+                 before=_seconds(started - envelope.received), during=_seconds(now - started),
+                 dsn=outcome.dsn, status=outcome.status, reason=outcome.reason)
 
     async def _settle(self, queued: QueuedMessage, content: bytes,
                       outcomes: dict[str, Outcome], started: float) -> None:

@@ -169,6 +169,8 @@ def _errno_words(value: Any) -> str | None:
 
 
 class _OneShotFactory(ClientFactory):
+    noisy = False  # one per delivery: not worth a service log line each
+
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
         self.connected: Deferred[Protocol] = Deferred()

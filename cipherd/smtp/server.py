@@ -521,6 +521,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._reply(*problem)
             return
         queue_id = new_queue_id()
+        log.info("{queue_id}: client={client}", queue_id=queue_id, client=self.client)
         assert self._sender is not None
         received = Received(
             queue_id=queue_id, sender=self._sender, recipients=list(self._recipients),
@@ -548,8 +549,6 @@ class SMTPServer(Protocol, TimeoutMixin):
                     "ascii", "replace")
 
     def _queued(self, _: object, received: Received) -> None:
-        log.info("{queue_id}: client={client}", queue_id=received.queue_id,
-                 client=self.client)
         self._reply(250, f"2.0.0 Ok: queued as {received.queue_id}")
 
     def _not_queued(self, failure: Failure, received: Received) -> None:
@@ -575,6 +574,7 @@ class SMTPFactory(ServerFactory):
     clock: IReactorTime
     tls: CertificateOptions | None = None
     sessions: int = field(default=0)
+    noisy = False  # the MTA log says what matters
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         return SMTPServer(self)
