@@ -39,7 +39,8 @@ class FakeResolver:
         if hop.host in self.missing:
             return fail(HopNotFound(f"Host or domain name not found. Name service error for "
                                     f"name={hop.host} type=A: Host not found"))
-        return succeed([(hop.host, "192.0.2.25")])
+        address = hop.host if hop.host[:1].isdigit() else "192.0.2.25"
+        return succeed([(hop.host, address)])
 
 
 class Network:
@@ -229,9 +230,12 @@ def test_a_message_in_delivery_is_not_started_again_by_another_scan(tmp_path: Pa
     world = World(tmp_path)
     pending: list[tuple[str, int]] = []
 
+    connecting: list[Deferred[Any]] = []
+
     def slow(address: str, port: int, client: Protocol) -> Deferred[Any]:
         pending.append((address, port))
-        return Deferred()  # still connecting
+        connecting.append(Deferred())  # still connecting
+        return connecting[-1]
 
     world.runner._connect = slow
     world.enqueue()
@@ -239,6 +243,8 @@ def test_a_message_in_delivery_is_not_started_again_by_another_scan(tmp_path: Pa
     second = Deferred.fromCoroutine(world.runner.scan())
     assert pending == [("192.0.2.25", 25)]
     assert second.called and not first.called
+    connecting[0].errback(error.ConnectionRefusedError())
+    assert first.called
 
 
 def test_the_after_filter_size_limit_bounces(tmp_path: Path, log_lines: list[str]) -> None:
@@ -253,3 +259,32 @@ def test_the_after_filter_size_limit_bounces(tmp_path: Path, log_lines: list[str
             ) in log_lines
     ((_, _, recipients),) = world.queued()
     assert recipients == ("a@example.org",)
+
+
+def test_connections_to_one_next_hop_are_limited(tmp_path: Path) -> None:
+    from cipherd.smtp.queue import PER_DESTINATION
+
+    world = World(tmp_path, transports=[
+        {"domain": "other.example", "host": "[192.0.2.99]", "port": 25}])
+    pending: list[tuple[str, int]] = []
+
+    connecting: list[Deferred[Any]] = []
+
+    def slow(address: str, port: int, client: Protocol) -> Deferred[Any]:
+        pending.append((address, port))
+        connecting.append(Deferred())  # still connecting
+        return connecting[-1]
+
+    world.runner._connect = slow
+    for _ in range(PER_DESTINATION + 5):
+        world.enqueue()
+    world.enqueue(recipients=("x@other.example",))
+    scan = Deferred.fromCoroutine(world.runner.scan())
+    assert pending.count(("192.0.2.25", 25)) == PER_DESTINATION
+    assert pending.count(("192.0.2.99", 25)) == 1  # another hop is not held up
+    # The hop refuses them all: the waiting ones get their turn, and all end.
+    world.runner._connect = lambda address, port, client: fail(error.ConnectionRefusedError())
+    while connecting:
+        connecting.pop().errback(error.ConnectionRefusedError())
+    assert scan.called
+    assert {m.state for m in world.spool.messages()} == {"deferred"}

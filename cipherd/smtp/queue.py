@@ -177,9 +177,10 @@ MIN_BACKOFF = 300.0
 MAX_BACKOFF = 4000.0
 QUEUE_LIFETIME = 5 * 86400.0
 SCAN_INTERVAL = 60.0
-# Messages delivered at once (Postfix's default_process_limit is 100 for
-# all smtp processes together).
-CONCURRENT_DELIVERIES = 20
+# Messages delivered at once (Postfix's default_process_limit), and
+# connections to one next hop at once (default_destination_concurrency_limit).
+CONCURRENT_DELIVERIES = 100
+PER_DESTINATION = 20
 
 
 class QueueRunner:
@@ -208,6 +209,7 @@ class QueueRunner:
         self._lifetime = lifetime
         self._busy: set[str] = set()
         self._limit = DeferredSemaphore(CONCURRENT_DELIVERIES)
+        self._per_hop: dict[NextHop, DeferredSemaphore] = {}
         self._scheduled: Any = None
 
     def accept(self, received: Received) -> Deferred[QueuedMessage]:
@@ -345,6 +347,20 @@ class QueueRunner:
     async def _deliver_to(self, hop: NextHop, sender: str, recipients: list[str],
                           content: bytes, config: MTAConfig
                           ) -> tuple[dict[str, Outcome], str]:
+        limit = self._per_hop.get(hop)
+        if limit is None:
+            limit = self._per_hop[hop] = DeferredSemaphore(PER_DESTINATION)
+        await limit.acquire()
+        try:
+            return await self._deliver_to_hop(hop, sender, recipients, content, config)
+        finally:
+            limit.release()
+            if limit.tokens == limit.limit and not limit.waiting:
+                self._per_hop.pop(hop, None)
+
+    async def _deliver_to_hop(self, hop: NextHop, sender: str, recipients: list[str],
+                              content: bytes, config: MTAConfig
+                              ) -> tuple[dict[str, Outcome], str]:
         try:
             addresses = await self._resolver.resolve(hop)
         except HopNotFound as e:
