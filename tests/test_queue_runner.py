@@ -226,18 +226,26 @@ def test_routing_order(tmp_path: Path) -> None:
                                                            25, True)
 
 
+def still_connecting(world: World, attempts: list[tuple[str, int]]) -> list[Deferred[Any]]:
+    """
+    Make every connection attempt hang; return the attempts' Deferreds.
+    """
+    connecting: list[Deferred[Any]] = []
+
+    def slow(address: str, port: int, client: Protocol) -> Deferred[Any]:
+        attempts.append((address, port))
+        connecting.append(Deferred())
+        return connecting[-1]
+
+    world.runner._connect = slow
+    return connecting
+
+
 def test_a_message_in_delivery_is_not_started_again_by_another_scan(tmp_path: Path) -> None:
     world = World(tmp_path)
     pending: list[tuple[str, int]] = []
 
-    connecting: list[Deferred[Any]] = []
-
-    def slow(address: str, port: int, client: Protocol) -> Deferred[Any]:
-        pending.append((address, port))
-        connecting.append(Deferred())  # still connecting
-        return connecting[-1]
-
-    world.runner._connect = slow
+    connecting = still_connecting(world, pending)
     world.enqueue()
     first = Deferred.fromCoroutine(world.runner.scan())
     second = Deferred.fromCoroutine(world.runner.scan())
@@ -268,14 +276,7 @@ def test_connections_to_one_next_hop_are_limited(tmp_path: Path) -> None:
         {"domain": "other.example", "host": "[192.0.2.99]", "port": 25}])
     pending: list[tuple[str, int]] = []
 
-    connecting: list[Deferred[Any]] = []
-
-    def slow(address: str, port: int, client: Protocol) -> Deferred[Any]:
-        pending.append((address, port))
-        connecting.append(Deferred())  # still connecting
-        return connecting[-1]
-
-    world.runner._connect = slow
+    connecting = still_connecting(world, pending)
     for _ in range(PER_DESTINATION + 5):
         world.enqueue()
     world.enqueue(recipients=("x@other.example",))
