@@ -73,3 +73,13 @@ def test_stored_config_is_shared_and_a_bad_stored_value_falls_back() -> None:
             value='"not a host name"'))
     refreshed = result_of(there.refresh())
     assert refreshed.my_hostname == "localhost" and refreshed.relay_domains == ("example.com",)
+
+
+@pytest.mark.parametrize("subject", ["a\r\nBcc: x@example.net", "a\x0bb", "a\u2028b"])
+def test_a_composed_subject_cannot_carry_a_line_break(subject: str) -> None:
+    from cipherd.smtp.compose import ComposeError, compose
+
+    with pytest.raises(ComposeError) as refused:
+        compose(sender="a@example.org", recipients=["b@example.com"], subject=subject,
+                body="x", now=0.0, my_hostname="gw.example.org")
+    assert refused.value.field == "subject"

@@ -289,3 +289,39 @@ def test_connections_to_one_next_hop_are_limited(tmp_path: Path) -> None:
         connecting.pop().errback(error.ConnectionRefusedError())
     assert scan.called
     assert {m.state for m in world.spool.messages()} == {"deferred"}
+
+
+def test_a_message_held_while_it_waited_for_a_place_is_not_delivered(tmp_path: Path) -> None:
+    from twisted.internet.defer import DeferredSemaphore
+
+    world = World(tmp_path)
+    world.runner._limit = DeferredSemaphore(1)  # one delivery at a time
+    attempts: list[tuple[str, int]] = []
+    connecting = still_connecting(world, attempts)
+    first, second = world.enqueue(), world.enqueue()
+    world.runner.deliver_soon(first)  # takes the only place, hangs connecting
+    world.runner.deliver_soon(second)  # claimed, waits for the place
+    result_of(world.queue.hold(second))  # the admin holds it meanwhile
+    connecting[0].errback(error.ConnectionRefusedError())  # the place is free
+    assert attempts == [("192.0.2.25", 25)]  # the held one was not tried
+    assert next(m for m in world.queued() if m[0] == second)[1] == "hold"
+
+
+def test_a_queue_file_that_cannot_be_updated_is_held_not_delivered_again(
+        tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.network.policy = ReceivePolicy("next-hop.example.net", relay_domains=("example.com",))
+    queue_id = world.enqueue(recipients=("b@example.com", "c@elsewhere.test"))
+    real_move = world.spool.move
+
+    def full(queue_id: str, state: str, envelope: Envelope | None = None) -> Any:
+        if envelope is not None:
+            raise OSError(28, "No space left on device")
+        return real_move(queue_id, state, envelope)
+
+    world.spool.move = full  # type: ignore[method-assign]
+    world.scan()
+    world.clock.advance(600)
+    world.scan()
+    assert [r.recipients for r in world.network.queued] == [["b@example.com"]]
+    assert world.queued() == [(queue_id, "hold", ("b@example.com", "c@elsewhere.test"))]

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
 from cipherd.smtp.client import Delivery, SMTPClient, dot_stuff
@@ -159,3 +160,22 @@ def test_data_accepted_without_recipients_gets_an_empty_message() -> None:
     done = hop.deliver(delivery(b"Subject: secret\r\n\r\nbody\r\n", "victim@elsewhere.test"))
     assert done.outcomes["victim@elsewhere.test"].status == "deferred"
     assert all(b"secret" not in r.content for r in hop.queued)
+
+
+def test_replies_sent_before_the_tls_handshake_do_not_count() -> None:
+    """
+    A man in the middle appends fake replies to the server's 220 for
+    STARTTLS: the delivery fails instead of counting them after TLS.
+    """
+    clock = Clock()
+    client = SMTPClient(delivery(b"x\r\n"), f"{HOST}[192.0.2.25]", clock, object())  # type: ignore[arg-type]
+    transport = StringTransport()
+    client.makeConnection(transport)
+    client.dataReceived(b"220 mx ESMTP\r\n")
+    client.dataReceived(b"250-mx\r\n250 STARTTLS\r\n")
+    assert transport.value().endswith(b"STARTTLS\r\n")
+    done: list[Delivery] = []
+    client.done.addCallback(done.append)
+    client.dataReceived(b"220 go ahead\r\n250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n")
+    assert done[0].outcomes["b@example.com"].status == "deferred"
+    assert "data after the STARTTLS reply" in done[0].outcomes["b@example.com"].reason

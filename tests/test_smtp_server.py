@@ -312,3 +312,36 @@ def test_size_limit_and_nul_in_a_long_body() -> None:
                         + b".\r\n") == [b"550 5.6.0 Error: message content rejected: NUL "
                                         b"character"]
     assert session.queued == []
+
+
+def test_helo_smuggling_with_control_characters_is_refused() -> None:
+    session = Session()
+    replies = session.send(b"EHLO x\r.\rMAIL FROM:<evil@x.org>\rDATA\rX\x00\r\n")
+    assert replies == [b"501 5.5.2 Error: bad HELO/EHLO hostname"]
+    assert session.send(b"HELO a\x00b\r\n") == [b"501 5.5.2 Error: bad HELO/EHLO hostname"]
+
+
+def test_a_client_that_floods_while_its_message_is_queued_is_stopped() -> None:
+    pending: list[Deferred[None]] = []
+    session = Session(accept=lambda received: pending.append(Deferred()) or pending[-1])
+    session.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+                 b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    session.send(b"NOOP\r\n" * 12_000)  # ~70 KB ahead of the reply: reading pauses
+    assert session.transport.producerState == "paused" and not session.closed
+    session.send(b"Z" * (1 << 20))  # and yet more: not a client
+    assert session.closed
+    assert session.transport.value().endswith(b"Error: too much data before the reply\r\n")
+
+
+def test_the_line_length_limit_is_the_same_in_bulk_and_line_by_line() -> None:
+    for split in (False, True):
+        session = Session()
+        session.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
+                     b"DATA\r\nSubject: x\r\n\r\n")
+        body = b"a\r\n" + b"x" * MAX_LINE + b"\r\n.\r\n"
+        replies = [] if split else session.send(body)
+        if split:
+            for line in body.split(b"\r\n")[:-1]:
+                replies += session.send(line + b"\r\n")
+        assert replies == [f"421 4.7.0 {HOST} Error: line too long".encode()], split
+        assert session.queued == []

@@ -206,6 +206,12 @@ class SMTPClient(Protocol, TimeoutMixin):
         elif stage == "starttls":
             if code == 220:
                 assert self.transport is not None
+                if self._buffer:
+                    # Replies sent before the handshake cannot count after
+                    # it (a man in the middle answering for the server).
+                    self._fail_all("deferred", "4.7.0", f"conversation with {self.peer} "
+                                   "failed: data after the STARTTLS reply")
+                    return
                 self.transport.startTLS(self.tls)  # type: ignore[attr-defined]
                 self._tls_active = True
                 self._ehlo()  # RFC 3207 §4.2: start over

@@ -46,7 +46,10 @@ def compose(*, sender: str, recipients: list[str], subject: str, body: str, now:
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = sender
     message["To"] = ", ".join(recipients)
-    message["Subject"] = subject
+    try:
+        message["Subject"] = subject
+    except ValueError as e:  # other line separators (\x0b, \u2028, ...)
+        raise ComposeError("subject", f"the subject cannot be used: {e}") from None
     message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
     message["Message-ID"] = f"<{secrets.token_hex(12)}@{my_hostname}>"
     message.set_content(body.replace("\r\n", "\n"))

@@ -210,6 +210,7 @@ class QueueRunner:
         self._busy: set[str] = set()
         self._limit = DeferredSemaphore(CONCURRENT_DELIVERIES)
         self._per_hop: dict[NextHop, DeferredSemaphore] = {}
+        self._stuck: set[str] = set()  # delivered in part, queue file not updated
         self._scheduled: Any = None
 
     def accept(self, received: Received) -> Deferred[QueuedMessage]:
@@ -274,31 +275,39 @@ class QueueRunner:
         (all of them with C{flush}).
         """
         now = self._clock.seconds()
+        if flush:
+            self._stuck.clear()
         due = [m for m in await self._queue.messages()
-               if m.envelope.queue_id not in self._busy and (
+               if m.envelope.queue_id not in self._busy
+               and m.envelope.queue_id not in self._stuck and (
                    m.state == "active" or (m.state == "deferred" and (
                        flush or m.envelope.next_attempt <= now)))]
         # Claimed now, not when its turn comes: a second scan meanwhile must
         # not start the same message again.
         self._busy.update(m.envelope.queue_id for m in due)
-        attempts = [self._limit.run(self._attempt_claimed, m.envelope.queue_id) for m in due]
+        attempts = [self._limit.run(self._attempt_claimed, m.envelope.queue_id, flush)
+                    for m in due]
         for attempt in attempts:
             attempt.addErrback(lambda f: log.failure("A delivery attempt failed", f))
         await DeferredList(attempts)
 
-    async def _attempt_claimed(self, queue_id: str) -> None:
+    async def _attempt_claimed(self, queue_id: str, flush: bool = False) -> None:
         try:
-            await self._attempt(queue_id)
+            await self._attempt(queue_id, flush)
         finally:
             self._busy.discard(queue_id)
 
-    async def _attempt(self, queue_id: str) -> None:
+    async def _attempt(self, queue_id: str, flush: bool) -> None:
         started = self._clock.seconds()
         try:
             queued, content = await self._queue.load(queue_id)
         except KeyError:
             return  # deleted meanwhile
         envelope = queued.envelope
+        # Claimed a while ago maybe (waiting for a place): as it is now.
+        if queued.state == "hold" or (queued.state == "deferred" and not flush
+                                      and envelope.next_attempt > started):
+            return
         config = self._config()
         try:
             parts = await self._processor.process(envelope, content)
@@ -342,7 +351,22 @@ class QueueRunner:
                 recipient, Outcome("deferred", "4.3.0", "the processor lost this recipient"))
             self._log_outcome(envelope, recipient, outcome, relays.get(recipient, "none"),
                               started)
-        await self._settle(queued, content, outcomes, started)
+        try:
+            await self._settle(queued, content, outcomes, started)
+        except Exception:
+            # The queue file could not be brought up to date (a full disk):
+            # the recipients already served must not get it again at every
+            # scan.  Held for the admin if possible, else left alone by this
+            # node's scans until a flush or a restart.
+            log.failure("{queue_id}: the queue file could not be updated after delivery; "
+                        "the message is put on hold", queue_id=queue_id)
+            self._stuck.add(queue_id)
+            try:
+                if await self._queue.hold(queue_id):
+                    self._stuck.discard(queue_id)
+            except Exception:
+                log.failure("{queue_id}: could not put the message on hold either",
+                            queue_id=queue_id)
 
     async def _deliver_to(self, hop: NextHop, sender: str, recipients: list[str],
                           content: bytes, config: MTAConfig

@@ -43,6 +43,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_LINE = 16 * 1024
 # RFC 5321 §4.5.3.1.3: a path is at most 256 octets.
 MAX_PATH = 256
+# What a client may send ahead while its last command waits for the queue.
+MAX_BUFFERED = 4 * MAX_LINE
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class SMTPReply(Exception):
 _PATH = re.compile(rb"^(?:FROM|TO):\s*<([^<>\s]*)>((?:\s+\S+)*)\s*$", re.IGNORECASE)
 _ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[A-Za-z0-9.\-\[\]:]+$|^$")
 _HEADER_NAME = re.compile(rb"^[!-9;-~]+:")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 def _parse_path(argument: bytes, what: str) -> tuple[str, dict[str, str]]:
@@ -166,6 +169,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._buffer = bytearray()
         self._pos = 0  # where the next unread line starts in _buffer
         self._busy = False  # a reply is pending: later lines wait their turn
+        self._paused = False  # reading stopped while busy with a full buffer
         self._closing = False
         self._tls = False
         self._errors = 0
@@ -220,6 +224,16 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         self.resetTimeout()
         self._buffer += data
+        if self._busy and len(self._buffer) > MAX_BUFFERED:
+            if len(self._buffer) > 16 * MAX_BUFFERED:
+                # Still sending although reading stopped: not a client.
+                self._close_with(421, f"4.7.0 {self.policy.my_hostname} Error: too much "
+                                      "data before the reply")
+                return
+            if not self._paused:
+                # Waiting for the queue: read no more until it answers.
+                self._paused = True
+                self.transport.pauseProducing()  # type: ignore[union-attr]
         self._process()
 
     def _process(self) -> None:
@@ -315,6 +329,9 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def _resume(self, _: object) -> None:
         self._busy = False
+        if self._paused and not self._closing:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
         self._process()
 
     def _internal_error(self, failure: Failure) -> None:
@@ -324,6 +341,10 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _greet(self, argument: bytes, esmtp: bool) -> None:
         if not argument:
             raise SMTPReply(501, f"5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+        if _CONTROL.search(argument):
+            # It goes into our Received header: no bare CR, NUL or other
+            # control character may ride along to the next hop.
+            raise SMTPReply(501, "5.5.2 Error: bad HELO/EHLO hostname")
         self._helo = argument.decode("ascii", "replace")[:255]
         self._esmtp = esmtp
         self._reset_transaction()
@@ -488,7 +509,8 @@ class SMTPServer(Protocol, TimeoutMixin):
         crlf = body.count(b"\r\n")
         if crlf != body.count(b"\n") or crlf != body.count(b"\r"):
             return False  # a bare CR or LF: _data_line finds and names it
-        if len(body) > MAX_LINE and max(map(len, body.split(b"\r\n"))) > MAX_LINE:
+        # The line path counts the CR too: a line of MAX_LINE bytes is over.
+        if len(body) > MAX_LINE and max(map(len, body.split(b"\r\n"))) >= MAX_LINE:
             return False  # _process ends the session at that line
         self._pos = start + len(body)
         if self._data_problem is not None:

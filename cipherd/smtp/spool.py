@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -178,6 +179,10 @@ class DirectorySpool:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # One change to the queue files at a time: a find-then-rename from
+        # two threads (a delivery settling, the admin holding) could leave
+        # a message in two states.
+        self._lock = threading.RLock()
         for name in (_INCOMING, *STATES):
             (directory / name).mkdir(mode=0o700, parents=True, exist_ok=True)
         # A message still in incoming/ was never answered 250: its client
@@ -189,6 +194,8 @@ class DirectorySpool:
         return new_queue_id()
 
     def store(self, envelope: Envelope, content: bytes) -> QueuedMessage:
+        # Not under the lock: the slow part (writing, fsync) of many
+        # messages goes on at once; the id is new, nothing else touches it.
         incoming = self.directory / _INCOMING / envelope.queue_id
         target = self.directory / "active" / envelope.queue_id
         if not _QUEUE_ID.fullmatch(envelope.queue_id) or any(
@@ -196,8 +203,13 @@ class DirectorySpool:
             raise SpoolError(f"the queue id {envelope.queue_id!r} is not free")
         try:
             _write_file(incoming, "xb", envelope, content)
-            os.rename(incoming, target)
+            # A hard link, not a rename: it fails rather than overwrite.
+            os.link(incoming, target)
+            os.unlink(incoming)
             _fsync_directory(target.parent)
+        except FileExistsError:
+            incoming.unlink(missing_ok=True)
+            raise SpoolError(f"the queue id {envelope.queue_id!r} is not free") from None
         except OSError as e:
             incoming.unlink(missing_ok=True)
             raise SpoolError(f"cannot write the queue file: {e.strerror or e}") from e
@@ -229,6 +241,11 @@ class DirectorySpool:
         return QueuedMessage(envelope, state, path, len(content)), content
 
     def move(self, queue_id: str, state: str, envelope: Envelope | None = None) -> QueuedMessage:
+        with self._lock:
+            return self._move(queue_id, state, envelope)
+
+    def _move(self, queue_id: str, state: str, envelope: Envelope | None = None
+              ) -> QueuedMessage:
         if state not in STATES:
             raise ValueError(f"no queue state {state!r}")
         _, path = self._find(queue_id)
@@ -245,6 +262,7 @@ class DirectorySpool:
         _, content = self.load(queue_id)
         incoming = self.directory / _INCOMING / queue_id
         _write_file(incoming, "wb", envelope, content)
+        _, path = self._find(queue_id)  # where it is now, not where it was
         os.rename(incoming, path)
         if target != path:
             os.rename(path, target)
@@ -253,6 +271,10 @@ class DirectorySpool:
         return QueuedMessage(envelope, state, target, len(content))
 
     def remove(self, queue_id: str) -> bool:
+        with self._lock:
+            return self._remove(queue_id)
+
+    def _remove(self, queue_id: str) -> bool:
         try:
             _, path = self._find(queue_id)
         except KeyError:
