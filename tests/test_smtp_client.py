@@ -179,3 +179,14 @@ def test_replies_sent_before_the_tls_handshake_do_not_count() -> None:
     client.dataReceived(b"220 go ahead\r\n250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n")
     assert done[0].outcomes["b@example.com"].status == "deferred"
     assert "data after the STARTTLS reply" in done[0].outcomes["b@example.com"].reason
+
+
+def test_an_endless_reply_is_cut_off() -> None:
+    client = SMTPClient(delivery(b"x\r\n"), f"{HOST}[192.0.2.25]", Clock(), None)
+    transport = StringTransport()
+    client.makeConnection(transport)
+    done: list[Delivery] = []
+    client.done.addCallback(done.append)
+    client.dataReceived(b"220-hello\r\n" * 500)
+    assert done[0].outcomes["b@example.com"].reason.endswith("failed: reply too long")
+    assert transport.disconnecting

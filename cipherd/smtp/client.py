@@ -21,6 +21,8 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 MAX_REPLY_LINE = 2048
+# Lines in one multi-line reply (an EHLO lists a dozen extensions).
+MAX_REPLY_LINES = 100
 # Postfix's smtp_*_timeout defaults are 300 s for most stages.
 TIMEOUT = 300.0
 _REPLY = re.compile(rb"^(\d{3})([ -])(.*)$")
@@ -133,6 +135,10 @@ class SMTPClient(Protocol, TimeoutMixin):
                                "failed: malformed reply")
                 return
             self._lines.append(match.group(3))
+            if len(self._lines) > MAX_REPLY_LINES:
+                self._fail_all("deferred", "4.5.0", f"conversation with {self.peer} "
+                               "failed: reply too long")
+                return
             if match.group(2) == b" ":
                 text = b" ".join(self._lines).decode("utf-8", "replace")
                 lines, self._lines = self._lines, []
