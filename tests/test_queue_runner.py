@@ -325,3 +325,35 @@ def test_a_queue_file_that_cannot_be_updated_is_held_not_delivered_again(
     world.scan()
     assert [r.recipients for r in world.network.queued] == [["b@example.com"]]
     assert world.queued() == [(queue_id, "hold", ("b@example.com", "c@elsewhere.test"))]
+
+
+def test_a_host_that_refuses_at_the_greeting_hands_over_to_the_next_mx(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    from cipherd.smtp.server import SMTPServer
+
+    class Busy(SMTPServer):
+        def connectionMade(self) -> None:
+            self.factory.sessions += 1
+            self._close_with(421, "4.3.2 mx1 Service not available, closing")
+
+    world = World(tmp_path, external_relay_host="")
+    world.resolver.resolve = lambda hop: succeed(  # type: ignore[method-assign]
+        [("mx1.example.com", "192.0.2.1"), ("mx2.example.com", "192.0.2.2")])
+    busy_factory = SMTPFactory(lambda: world.network.policy, world.network._accept, world.clock)
+    busy_factory.buildProtocol = lambda addr: Busy(busy_factory)  # type: ignore[method-assign]
+    real_connect = world.network.connect
+
+    def connect(address: str, port: int, client: Protocol) -> Deferred[Any]:
+        if address == "192.0.2.1":
+            server = busy_factory.buildProtocol(None)
+            iosim.connect(server, iosim.FakeTransport(server, isServer=True),
+                          client, iosim.FakeTransport(client, isServer=False)).flush()
+            return succeed(client)
+        return real_connect(address, port, client)
+
+    world.runner._connect = connect
+    world.enqueue()
+    world.scan()
+    assert world.queued() == [] and len(world.network.queued) == 1
+    assert any("relay=mx2.example.com[192.0.2.2]:25" in line and "status=sent" in line
+               for line in log_lines)

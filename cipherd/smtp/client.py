@@ -111,6 +111,9 @@ class SMTPClient(Protocol, TimeoutMixin):
         self._finished = False
         self._pipelined = False
         self._mail_refused: Outcome | None = None
+        # Whether the next hop answered MAIL FROM: before that, a failure is
+        # the host's, and another host of the destination may be tried.
+        self.reached_mail = False
 
     # Transport -------------------------------------------------------------
 
@@ -224,6 +227,7 @@ class SMTPClient(Protocol, TimeoutMixin):
             else:
                 self._mail()  # opportunistic: go on in the clear
         elif stage == "mail":
+            self.reached_mail = True
             if code != 250:
                 if not self._pipelined:
                     self._finish_all(self._refused(code, text))

@@ -389,7 +389,7 @@ class QueueRunner:
             addresses = await self._resolver.resolve(hop)
         except HopNotFound as e:
             return dict.fromkeys(recipients, Outcome("deferred", "4.4.3", str(e))), "none"
-        last = ""
+        last = last_relay = ""
         for host, address in addresses:
             delivery = Delivery(sender, list(recipients), content, config.helo_name,
                                 my_hostname=config.my_hostname, destination=hop.name)
@@ -400,7 +400,17 @@ class QueueRunner:
                 last = connect_failure_reason(e, host, address, hop.port)
                 continue
             done = await client.done
-            return done.outcomes, f"{host}[{address}]:{hop.port}"
+            relay = f"{host}[{address}]:{hop.port}"
+            if not client.reached_mail and all(
+                    o.status == "deferred" for o in done.outcomes.values()):
+                # Refused or lost before the transaction began (a 4xx greeting,
+                # a timeout): the next MX host may do better, as Postfix tries.
+                last = next(iter(done.outcomes.values())).reason
+                last_relay = relay
+                continue
+            return done.outcomes, relay
+        if last_relay:
+            return dict.fromkeys(recipients, Outcome("deferred", "4.4.2", last)), last_relay
         return dict.fromkeys(recipients, Outcome("deferred", "4.4.1", last)), "none"
 
     def _log_outcome(self, envelope: Envelope, recipient: str, outcome: Outcome,
