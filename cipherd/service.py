@@ -26,7 +26,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
 from twisted.logger import Logger
-from twisted.names import client as dns_client
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
@@ -205,7 +204,7 @@ def make_service(config: Config, reactor: Any) -> IService:
     certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
     queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
     queue_runner = QueueRunner(
-        queue, lambda: mta.current, DNSHopResolver(dns_client.createResolver(), reactor),
+        queue, lambda: mta.current, DNSHopResolver(lambda: mta.current.dns_servers, reactor),
         lambda address, port, protocol: connect_tcp(reactor, address, port, protocol),
         reactor, tls=CertificateOptions())  # opportunistic STARTTLS: no verification
     admin = AdminSite(

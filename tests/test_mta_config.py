@@ -83,3 +83,10 @@ def test_a_composed_subject_cannot_carry_a_line_break(subject: str) -> None:
         compose(sender="a@example.org", recipients=["b@example.com"], subject=subject,
                 body="x", now=0.0, my_hostname="gw.example.org")
     assert refused.value.field == "subject"
+
+
+def test_dns_servers_are_ip_addresses() -> None:
+    changed, errors = apply_changes(MTAConfig(), {"dns_servers": [" 192.0.2.53", "2001:db8::53"]})
+    assert not errors and changed.dns_servers == ("192.0.2.53", "2001:db8::53")
+    _, errors = apply_changes(MTAConfig(), {"dns_servers": ["ns.example.com"]})
+    assert errors == {"dns_servers": "'ns.example.com' is not an IP address"}

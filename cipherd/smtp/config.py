@@ -80,6 +80,9 @@ class MTAConfig:
     reject_unverified_code: int = DEFAULT_REJECT_CODE
     # SMTP transports: (recipient domain, relay host in Postfix's syntax).
     transports: tuple[tuple[str, str], ...] = ()
+    # The DNS servers for MX and address look-ups (guide §2.2: the DNS page);
+    # none: the system's (/etc/resolv.conf).
+    dns_servers: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         value = asdict(self)
@@ -187,6 +190,16 @@ def _check(name: str, value: Any) -> tuple[Any, str | None]:
         return value, None
     if name == "transports":
         return _check_transports(value)
+    if name == "dns_servers":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None, "must be a list of IP addresses"
+        servers = []
+        for server in value:
+            try:
+                servers.append(str(ipaddress.ip_address(server.strip())))
+            except ValueError:
+                return None, f"{server!r} is not an IP address"
+        return tuple(dict.fromkeys(servers)), None
     if name == "reject_unverified_code":
         if value not in (450, 550):
             return None, "must be 450 or 550"
