@@ -681,18 +681,7 @@ def _signer_fast(buf: memoryview, pos: int, end: int, content_type: bytes) -> _S
     _expect(tag, 0x02)
     tag, start, sid_end = _read_tlv(buf, pos, end)
     sid_der = bytes(buf[pos:sid_end])
-    issuer_der = serial = key_id = None
-    if tag == 0x30:
-        tag, _, issuer_end = _read_tlv(buf, start, sid_end)
-        _expect(tag, 0x30)
-        issuer_der = bytes(buf[start:issuer_end])
-        tag, serial_start, serial_end = _read_tlv(buf, issuer_end, sid_end)
-        _expect(tag, 0x02)
-        serial = int.from_bytes(buf[serial_start:serial_end], "big", signed=True)
-    elif tag == 0x80:
-        key_id = bytes(buf[start:sid_end])
-    else:
-        raise _NotDER()
+    issuer_der, serial, key_id = _identifier_fast(buf, tag, start, sid_end)
     tag, start, pos = _read_tlv(buf, sid_end, end)  # digestAlgorithm
     _expect(tag, 0x30)
     _, _, oid_end = _read_tlv(buf, start, pos)
@@ -1172,6 +1161,26 @@ def _expect(tag: int, wanted: int) -> None:
         raise _NotDER()
 
 
+def _identifier_fast(buf: memoryview, tag: int, start: int, end: int
+                     ) -> tuple[bytes | None, int | None, bytes | None]:
+    """
+    A SignerIdentifier or RecipientIdentifier (same shape): issuer and
+    serial number (a SEQUENCE), or a subject key identifier ([0]).
+
+    @return: (issuer DER, serial, key identifier), the unused ones C{None}.
+    """
+    if tag == 0x30:
+        tag, _, issuer_end = _read_tlv(buf, start, end)
+        _expect(tag, 0x30)
+        tag, serial_start, serial_end = _read_tlv(buf, issuer_end, end)
+        _expect(tag, 0x02)
+        return (bytes(buf[start:issuer_end]),
+                int.from_bytes(buf[serial_start:serial_end], "big", signed=True), None)
+    if tag == 0x80:
+        return None, None, bytes(buf[start:end])
+    raise _NotDER()
+
+
 def _content_body(buf: memoryview) -> tuple[bytes, int, int]:
     """
     Open a DER ContentInfo down to the fields after the content's version.
@@ -1266,18 +1275,7 @@ def _recipient_infos_fast(buf: memoryview, pos: int, end: int) -> list[Any]:
             tag, _, rid_start = _read_tlv(buf, start, element_end)  # version
             _expect(tag, 0x02)
             rid_tag, rid_contents, rid_end = _read_tlv(buf, rid_start, element_end)
-            issuer_der = serial = key_id = None
-            if rid_tag == 0x30:
-                tag, _, issuer_end = _read_tlv(buf, rid_contents, rid_end)
-                _expect(tag, 0x30)
-                issuer_der = bytes(buf[rid_contents:issuer_end])
-                tag, serial_start, serial_end = _read_tlv(buf, issuer_end, rid_end)
-                _expect(tag, 0x02)
-                serial = int.from_bytes(buf[serial_start:serial_end], "big", signed=True)
-            elif rid_tag == 0x80:
-                key_id = bytes(buf[rid_contents:rid_end])
-            else:
-                raise _NotDER()
+            issuer_der, serial, key_id = _identifier_fast(buf, rid_tag, rid_contents, rid_end)
             tag, _, algorithm_end = _read_tlv(buf, rid_end, element_end)
             _expect(tag, 0x30)
             tag, key_start, key_end = _read_tlv(buf, algorithm_end, element_end)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -141,6 +141,23 @@ def _hostname_problem(value: Any) -> str | None:
     return None if value == "localhost" else domain_problem(value)
 
 
+def _address_list(value: Any, parse: Callable[[str], Any], one: str,
+                  many: str) -> tuple[Any, str | None]:
+    """
+    A list of strings, each parsed (and written back) as an address or
+    network, without repeats.
+    """
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None, f"must be a list of {many}"
+    found = []
+    for item in value:
+        try:
+            found.append(str(parse(item.strip())))
+        except ValueError:
+            return None, f"{item!r} is not {one}"
+    return tuple(dict.fromkeys(found)), None
+
+
 def _check(name: str, value: Any) -> tuple[Any, str | None]:
     """
     The clean value of one field, or why it is refused.
@@ -155,17 +172,11 @@ def _check(name: str, value: Any) -> tuple[Any, str | None]:
                 return None, problem
         return clean, None
     if name == "my_networks":
-        if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
-            return None, "must be a list of networks (CIDR, e.g. 192.0.2.0/24)"
-        networks = []
-        for network in value:
-            try:
-                # Postfix writes IPv6 networks as [2001:db8::]/32.
-                bare = network.strip().replace("[", "").replace("]", "")
-                networks.append(str(ipaddress.ip_network(bare, strict=False)))
-            except ValueError:
-                return None, f"{network!r} is not a network (CIDR, e.g. 192.0.2.0/24)"
-        return tuple(dict.fromkeys(networks)), None
+        # Postfix writes IPv6 networks as [2001:db8::]/32.
+        return _address_list(
+            value, lambda n: ipaddress.ip_network(n.replace("[", "").replace("]", ""),
+                                                  strict=False),
+            "a network (CIDR, e.g. 192.0.2.0/24)", "networks (CIDR, e.g. 192.0.2.0/24)")
     if name in ("my_hostname", "smtp_helo_name"):
         if name == "smtp_helo_name" and value == "":
             return "", None
@@ -191,15 +202,7 @@ def _check(name: str, value: Any) -> tuple[Any, str | None]:
     if name == "transports":
         return _check_transports(value)
     if name == "dns_servers":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return None, "must be a list of IP addresses"
-        servers = []
-        for server in value:
-            try:
-                servers.append(str(ipaddress.ip_address(server.strip())))
-            except ValueError:
-                return None, f"{server!r} is not an IP address"
-        return tuple(dict.fromkeys(servers)), None
+        return _address_list(value, ipaddress.ip_address, "an IP address", "IP addresses")
     if name == "reject_unverified_code":
         if value not in (450, 550):
             return None, "must be 450 or 550"

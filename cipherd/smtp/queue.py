@@ -64,16 +64,22 @@ class MailQueue:
         Write an accepted message to disk; the server answers 250 when this
         fires, 451 when it fails.
         """
-        envelope = Envelope(received.queue_id, received.sender, tuple(received.recipients),
-                            self._clock.seconds(), client=received.client)
-        d: Deferred[QueuedMessage] = self._runner.run(self._spool.store, envelope,
-                                                       received.content)
+        return self.enqueue(received.queue_id, received.sender, received.recipients,
+                            received.content, received.client)
+
+    def enqueue(self, queue_id: str, sender: str, recipients: list[str], content: bytes,
+                client: str) -> Deferred[QueuedMessage]:
+        """
+        Write a new message to disk, with Postfix's qmgr line once it is there.
+        """
+        envelope = Envelope(queue_id, sender, tuple(recipients), self._clock.seconds(),
+                            client=client)
+        d: Deferred[QueuedMessage] = self._runner.run(self._spool.store, envelope, content)
 
         def queued(message: QueuedMessage) -> QueuedMessage:
-            # Postfix's qmgr line.
             log.info("{queue_id}: from=<{sender}>, size={size}, nrcpt={count} (queue active)",
-                     queue_id=envelope.queue_id, sender=envelope.sender, size=message.size,
-                     count=len(envelope.recipients))
+                     queue_id=queue_id, sender=sender, size=message.size,
+                     count=len(recipients))
             return message
 
         return d.addCallback(queued)
@@ -241,13 +247,9 @@ class QueueRunner:
         Queue a message made here (the admin's test mail, notifications):
         no relay check, the same queue, delivered at once.
         """
-        stored = await self._queue.store(
-            Envelope(new_queue_id(), sender, tuple(recipients), self._clock.seconds(),
-                     client=client), content)
-        log.info("{queue_id}: from=<{sender}>, size={size}, nrcpt={count} (queue active)",
-                 queue_id=stored.envelope.queue_id, sender=sender, size=stored.size,
-                 count=len(recipients))
-        self.kick()
+        stored = await self._queue.enqueue(new_queue_id(), sender, recipients, content,
+                                           client)
+        self.deliver_soon(stored.envelope.queue_id)
         return stored
 
     def now(self) -> float:
