@@ -314,10 +314,11 @@ def test_a_queue_file_that_cannot_be_updated_is_held_not_delivered_again(
     queue_id = world.enqueue(recipients=("b@example.com", "c@elsewhere.test"))
     real_move = world.spool.move
 
-    def full(queue_id: str, state: str, envelope: Envelope | None = None) -> Any:
+    def full(queue_id: str, state: str, envelope: Envelope | None = None,
+             keep_hold: bool = False) -> Any:
         if envelope is not None:
             raise OSError(28, "No space left on device")
-        return real_move(queue_id, state, envelope)
+        return real_move(queue_id, state, envelope, keep_hold)
 
     world.spool.move = full  # type: ignore[method-assign]
     world.scan()

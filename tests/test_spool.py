@@ -79,3 +79,16 @@ def test_a_damaged_file_is_reported(tmp_path: Path) -> None:
     (tmp_path / "active" / "ABCDEF012345").write_bytes(MAGIC + b'{"queue_id": 1}\n')
     with pytest.raises(SpoolError, match="damaged envelope"):
         spool.load("ABCDEF012345")
+
+
+def test_the_queues_own_moves_leave_a_held_message_held(tmp_path: Path) -> None:
+    spool = DirectorySpool(tmp_path)
+    queue_id = spool.store(envelope(), CONTENT).envelope.queue_id
+    spool.move(queue_id, "hold")  # the admin
+    later = Envelope(queue_id, "a@example.org", ("c@example.com",), 1.0, attempts=1)
+    moved = spool.move(queue_id, "deferred", later, keep_hold=True)  # a delivery settling
+    assert moved.state == "hold"
+    message, content = spool.load(queue_id)
+    assert message.state == "hold" and message.envelope == later and content == CONTENT
+    assert spool.move(queue_id, "deferred", keep_hold=True).state == "hold"
+    assert spool.move(queue_id, "active").state == "active"  # the admin releases

@@ -126,10 +126,10 @@ class MailQueue:
         stored: QueuedMessage = await self._runner.run(self._spool.store, envelope, content)
         return stored
 
-    async def move(self, queue_id: str, state: str,
-                   envelope: Envelope | None = None) -> QueuedMessage:
+    async def move(self, queue_id: str, state: str, envelope: Envelope | None = None,
+                   keep_hold: bool = False) -> QueuedMessage:
         moved: QueuedMessage = await self._runner.run(self._spool.move, queue_id, state,
-                                                      envelope)
+                                                      envelope, keep_hold)
         return moved
 
 
@@ -469,11 +469,10 @@ class QueueRunner:
         backoff = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (attempts - 1))
         reason = next(iter(remaining.values())).reason
         try:
-            current, _ = await self._queue.load(envelope.queue_id)
+            # Held by the admin meanwhile: it stays held.
+            await self._queue.move(envelope.queue_id, "deferred", replace(
+                envelope, recipients=tuple(r for r in envelope.recipients if r in remaining),
+                attempts=attempts, next_attempt=self._clock.seconds() + backoff,
+                reason=reason), keep_hold=True)
         except KeyError:
             return  # deleted by the admin meanwhile
-        # Held by the admin meanwhile: it stays held.
-        state = "hold" if current.state == "hold" else "deferred"
-        await self._queue.move(envelope.queue_id, state, replace(
-            envelope, recipients=tuple(r for r in envelope.recipients if r in remaining),
-            attempts=attempts, next_attempt=self._clock.seconds() + backoff, reason=reason))

@@ -127,10 +127,13 @@ class ISpool(Interface):
         @raise SpoolError: the file is damaged.
         """
 
-    def move(queue_id: str, state: str, envelope: Envelope | None = None) -> QueuedMessage:
+    def move(queue_id: str, state: str, envelope: Envelope | None = None,
+             keep_hold: bool = False) -> QueuedMessage:
         """
         Put a message in another state, with a new envelope if given.
 
+        @param keep_hold: a message the admin holds stays held (it still
+            gets the new envelope): for the queue's own moves.
         @raise KeyError: no message with that id.
         """
 
@@ -240,15 +243,18 @@ class DirectorySpool:
             content = f.read()
         return QueuedMessage(envelope, state, path, len(content)), content
 
-    def move(self, queue_id: str, state: str, envelope: Envelope | None = None) -> QueuedMessage:
+    def move(self, queue_id: str, state: str, envelope: Envelope | None = None,
+             keep_hold: bool = False) -> QueuedMessage:
         with self._lock:
-            return self._move(queue_id, state, envelope)
+            return self._move(queue_id, state, envelope, keep_hold)
 
-    def _move(self, queue_id: str, state: str, envelope: Envelope | None = None
-              ) -> QueuedMessage:
+    def _move(self, queue_id: str, state: str, envelope: Envelope | None,
+              keep_hold: bool) -> QueuedMessage:
         if state not in STATES:
             raise ValueError(f"no queue state {state!r}")
-        _, path = self._find(queue_id)
+        current, path = self._find(queue_id)
+        if keep_hold and current == "hold":
+            state = "hold"
         target = self.directory / state / queue_id
         if envelope is None:
             os.rename(path, target)
