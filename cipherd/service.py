@@ -204,7 +204,7 @@ def make_service(config: Config, reactor: Any) -> IService:
     certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
     queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
     queue_runner = QueueRunner(
-        queue, lambda: mta.current, DNSHopResolver(lambda: mta.current.dns_servers, reactor),
+        queue, lambda: mta.current, DNSHopResolver(lambda: mta.current.dns_servers),
         lambda address, port, protocol: connect_tcp(reactor, address, port, protocol),
         reactor, tls=CertificateOptions())  # opportunistic STARTTLS: no verification
     admin = AdminSite(

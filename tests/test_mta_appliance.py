@@ -17,6 +17,7 @@ import pytest
 
 from cipherd.smtp.spool import DirectorySpool
 from tests.conftest import Appliance, free_port, insecure_tls
+from tests.dns_server import DNSServer
 from tests.peers import require_tool, run
 from tests.postfix import Postfix
 from tests.sink import Sink
@@ -217,6 +218,38 @@ def test_a_remote_refusal_is_logged_as_the_guide_shows_it(appliance: Appliance) 
             "dsn=4.7.1, status=deferred (host 127.0.0.1[127.0.0.1] said: 454 4.7.1 "
             "<bob@example.com>: Relay access denied (in reply to RCPT TO command))"))
     finally:
+        sink.close()
+
+
+def test_no_transport_for_webmail_local_bounces_as_the_guide_shows(
+        appliance: Appliance) -> None:
+    """
+    Guide, Troubleshooting, "The tunnel message was bounced by the gateway":
+    without an SMTP transport for webmail.local its MX is looked up, through
+    the appliance's DNS servers (a real one here, that knows no such name).
+    """
+    sink = Sink()
+    dns_server = DNSServer("127.83.0.53")
+    try:
+        api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+        api(appliance, "PATCH", "/mta", {"dns_servers": [dns_server.address], "transports": [
+            {"domain": "example.org", "host": "[127.0.0.1]", "port": sink.port}]})
+        queue_id = queue_id_of(swaks(appliance, "--to", "webmail@webmail.local",
+                                     "--from", "webmail-sender@example.org"))
+        log = _wait_for_log(appliance, f"{queue_id}: to=<webmail@webmail.local>")
+        assert re.search(
+            rf"{queue_id}: to=<webmail@webmail\.local>, relay=none, delay=[0-9.]+, "
+            r"delays=[0-9.]+/0/0/[0-9.]+, dsn=5\.4\.4, status=bounced \(Host or domain name "
+            r"not found\. Name service error for name=webmail\.local type=AAAA: Host not "
+            r"found\)", log), log
+        (bounce,) = sink.wait_for(1)
+        assert (bounce.sender, bounce.recipients) == ("", ["webmail-sender@example.org"])
+        assert (b"<webmail@webmail.local>: Host or domain name not found. Name service error "
+                b"for name=webmail.local type=AAAA: Host not found") in bounce.content
+        assert {("webmail.local", "MX"), ("webmail.local", "A"),
+                ("webmail.local", "AAAA")} <= set(dns_server.asked)
+    finally:
+        dns_server.close()
         sink.close()
 
 

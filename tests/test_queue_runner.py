@@ -33,12 +33,18 @@ CONTENT = b"From: a@example.org\r\nSubject: hello\r\n\r\n.dot\r\nbody\r\n"
 @implementer(IHopResolver)
 class FakeResolver:
     def __init__(self) -> None:
-        self.missing: set[str] = set()
+        self.missing: set[str] = set()  # no such name
+        self.unanswered: set[str] = set()  # the DNS servers do not answer
 
     def resolve(self, hop: NextHop) -> Deferred[list[tuple[str, str]]]:
         if hop.host in self.missing:
             return fail(HopNotFound(f"Host or domain name not found. Name service error for "
-                                    f"name={hop.host} type=A: Host not found"))
+                                    f"name={hop.host} type=AAAA: Host not found",
+                                    permanent=True))
+        if hop.host in self.unanswered:
+            return fail(HopNotFound(f"Host or domain name not found. Name service error for "
+                                    f"name={hop.host} type=A: Host not found, try again",
+                                    permanent=False))
         address = hop.host if hop.host[:1].isdigit() else "192.0.2.25"
         return succeed([(hop.host, address)])
 
@@ -184,16 +190,36 @@ def test_no_bounce_of_a_bounce(tmp_path: Path, log_lines: list[str]) -> None:
     assert f"{queue_id}: undeliverable bounce discarded (null sender)" in log_lines
 
 
+def test_a_domain_that_does_not_exist_bounces_at_once_as_the_guide_shows(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    # Guide, Troubleshooting, "The tunnel message was bounced by the
+    # gateway": no SMTP transport for webmail.local, so its MX is looked up.
+    world = World(tmp_path, external_relay_host=None)
+    world.resolver.missing.add("webmail.local")
+    world.runner.kick = lambda: None  # type: ignore[method-assign]
+    queue_id = world.enqueue(recipients=("webmail@webmail.local",))
+    world.scan()
+    assert (f"{queue_id}: to=<webmail@webmail.local>, relay=none, delay=0, delays=0/0/0/0, "
+            "dsn=5.4.4, status=bounced (Host or domain name not found. Name service error "
+            "for name=webmail.local type=AAAA: Host not found)") in log_lines
+    ((bounce_id, _, recipients),) = world.queued()
+    assert recipients == ("a@example.org",)
+    _, bounce = world.spool.load(bounce_id)
+    assert (b"<webmail@webmail.local>: Host or domain name not found. Name service error for "
+            b"name=webmail.local type=AAAA: Host not found") in bounce
+    assert b"Status: 5.4.4" in bounce
+
+
 def test_bounce_after_the_queue_lifetime_with_the_name_service_error(
         tmp_path: Path, log_lines: list[str]) -> None:
     world = World(tmp_path)
-    world.resolver.missing.add("relay.example.net")
+    world.resolver.unanswered.add("relay.example.net")
     world.runner.kick = lambda: None  # type: ignore[method-assign]
     queue_id = world.enqueue()
     world.scan()
     assert (f"{queue_id}: to=<b@example.com>, relay=none, delay=0, delays=0/0/0/0, dsn=4.4.3, "
             "status=deferred (Host or domain name not found. Name service error for "
-            "name=relay.example.net type=A: Host not found)") in log_lines
+            "name=relay.example.net type=A: Host not found, try again)") in log_lines
     backoffs = []
     while any(m[0] == queue_id for m in world.queued()):
         message = world.spool.load(queue_id)[0]

@@ -390,7 +390,9 @@ class QueueRunner:
         try:
             addresses = await self._resolver.resolve(hop)
         except HopNotFound as e:
-            return dict.fromkeys(recipients, Outcome("deferred", "4.4.3", str(e))), "none"
+            outcome = (Outcome("bounced", "5.4.4", str(e)) if e.permanent
+                       else Outcome("deferred", "4.4.3", str(e)))
+            return dict.fromkeys(recipients, outcome), "none"
         last = last_relay = ""
         for host, address in addresses:
             delivery = Delivery(sender, list(recipients), content, config.helo_name,

@@ -42,7 +42,15 @@ class NextHop:
 class HopNotFound(Exception):
     """
     The next hop has no address: the reason, in Postfix's words.
+
+    @ivar permanent: the name does not exist (or has no address): the mail
+        bounces (5.4.4), as Postfix's does; otherwise the look-up failed for
+        now (4.4.3) and is tried again later.
     """
+
+    def __init__(self, reason: str, *, permanent: bool) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
 
 
 class HopUnreachable(Exception):
@@ -86,22 +94,25 @@ class IHopResolver(Interface):
 @implementer(IHopResolver)
 class DNSHopResolver:
     """
-    Resolves with C{twisted.names}: MX records, then each exchange's address.
-    The DNS servers are the appliance's own (MTA config C{dns_servers}), or
-    the system's (C{/etc/resolv.conf}) when none are set.
+    Resolves with C{twisted.names} as Postfix's smtp client does: MX records,
+    and where a domain has none (or does not exist), its own address; each
+    name's A, then AAAA records.  The DNS servers are the appliance's own
+    (MTA config C{dns_servers}), or those of C{/etc/resolv.conf}, after
+    C{/etc/hosts}, when none are set.
+
+    A name that does not exist, or has no address, is a permanent failure;
+    a server that does not answer, or answers with an error, a temporary
+    one ("try again").
 
     @param servers: returns the DNS servers in force, as IP addresses.
-    @param reactor: for the system's resolver (addresses, when no servers
-        are set) and for the C{twisted.names} clients.
     @param make_resolver: C{make_resolver(servers)} → a C{twisted.names}
         resolver (a keyword for tests).
     """
 
-    def __init__(self, servers: Callable[[], Sequence[str]], reactor: Any, *,
+    def __init__(self, servers: Callable[[], Sequence[str]], *,
                  make_resolver: Callable[[list[tuple[str, int]] | None], Any] | None = None
                  ) -> None:
         self._servers = servers
-        self._reactor = reactor
         self._make = make_resolver or (
             lambda servers: names_client.createResolver(servers=servers))
         self._resolvers: dict[tuple[str, ...], Any] = {}
@@ -122,40 +133,65 @@ class DNSHopResolver:
             return [(hop.host, hop.host)]
         except ValueError:
             pass
-        servers = tuple(self._servers())
-        names = self._names(servers)
+        names = self._names(tuple(self._servers()))
         exchanges = [hop.host]
         if hop.mx_lookup:
             try:
                 answers, _, _ = await names.lookupMailExchange(hop.host)
             except DNSNameError:
-                raise HopNotFound(_not_found(hop.host, "MX")) from None
-            except Exception as e:
-                raise HopNotFound(f"{_not_found(hop.host, 'MX')}, try again "
-                                  f"({type(e).__name__})") from None
+                answers = []  # Postfix: no such domain: its address then
+            except Exception:
+                raise HopNotFound(_not_found(hop.host, "MX", temporary=True),
+                                  permanent=False) from None
             records = sorted((a.payload.preference, str(a.payload.name)) for a in answers
                              if a.type == dns.MX)
             if records:
                 exchanges = [name for _, name in records]
         found: list[tuple[str, str]] = []
+        problem: HopNotFound | None = None
         for exchange in exchanges:
             try:
-                if servers:
-                    address = await names.getHostByName(exchange)
-                else:
-                    address = await self._reactor.resolve(exchange)
-            except Exception:  # noqa: S112 - skipped; if none has one, that is said
-                continue
-            found.append((exchange, str(address)))
+                found += [(exchange, address) for address in await _addresses(names, exchange)]
+            except HopNotFound as e:
+                # One MX host without an address: the next may have one.
+                if problem is None or problem.permanent:
+                    problem = e
         if not found:
-            raise HopNotFound(_not_found(exchanges[0], "A"))
+            assert problem is not None
+            raise problem
         return found
 
 
-def _not_found(name: str, kind: str) -> str:
+async def _addresses(names: Any, host: str) -> list[str]:
+    """
+    C{host}'s IPv4 then IPv6 addresses.
+    """
+    found: list[str] = []
+    temporary = ""
+    for kind, lookup, record in (("A", names.lookupAddress, dns.A),
+                                 ("AAAA", names.lookupIPV6Address, dns.AAAA)):
+        try:
+            answers, _, _ = await lookup(host)
+        except DNSNameError:
+            continue
+        except Exception:
+            temporary = temporary or kind
+            continue
+        found += [a.payload.dottedQuad() if record == dns.A else
+                  ipaddress.IPv6Address(a.payload.address).compressed
+                  for a in answers if a.type == record]
+    if found:
+        return found
+    if temporary:
+        raise HopNotFound(_not_found(host, temporary, temporary=True), permanent=False)
+    # Postfix asks for both and names the last (the guide shows type=AAAA).
+    raise HopNotFound(_not_found(host, "AAAA"), permanent=True)
+
+
+def _not_found(name: str, kind: str, *, temporary: bool = False) -> str:
     # Postfix's words, which the guide's troubleshooting quotes.
     return (f"Host or domain name not found. Name service error for name={name} "
-            f"type={kind}: Host not found")
+            f"type={kind}: Host not found{', try again' if temporary else ''}")
 
 
 # Connection errors as Postfix's smtp client words them.
