@@ -39,6 +39,7 @@ from cipherd.smtp.queue import SCAN_INTERVAL, MailQueue, QueueRunner
 from cipherd.smtp.routing import DNSHopResolver, connect_tcp
 from cipherd.smtp.server import SMTPFactory
 from cipherd.smtp.spool import DirectorySpool
+from cipherd.smtp.verify import AddressVerifier
 from cipherd.store import Store, create_engine_for_url
 from cipherd.store.settings import SettingsRepository, apply_changes, load_values
 from cipherd.threads import ThreadPoolRunner
@@ -223,7 +224,8 @@ def make_service(config: Config, reactor: Any) -> IService:
 
     smtp = StreamServerEndpointService(
         serverFromString(reactor, config.smtp_listen),
-        SMTPFactory(mta.receive_policy, queue_runner.accept, reactor, options),
+        SMTPFactory(mta.receive_policy, queue_runner.accept, reactor, options,
+                    verify=AddressVerifier(queue_runner.probe, reactor).verify),
     )
     smtp._raiseSynchronously = True
     smtp.setServiceParent(startup)

@@ -17,9 +17,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from twisted.logger import formatEvent
+
+from cipherd.logs import mail_events
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -175,3 +179,18 @@ def artifacts() -> Path:
     """
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """
+    The MTA and MPA log lines written while the test runs, formatted.
+    """
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    mail_events.addObserver(observe)
+    yield lines
+    mail_events.removeObserver(observe)

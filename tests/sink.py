@@ -29,6 +29,10 @@ class Captured:
 class SinkState:
     messages: list[Captured] = field(default_factory=list)
     rcpt_reply: bytes = b"250 2.1.5 Ok"
+    # Replies for particular recipients, instead of rcpt_reply.
+    rcpt_replies: dict[str, bytes] = field(default_factory=dict)
+    # Every RCPT TO address asked, probes included.
+    asked: list[str] = field(default_factory=list)
     greeting: bytes = b"220 sink.example.net ESMTP test sink"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,9 +61,13 @@ class _Handler(socketserver.StreamRequestHandler):
                 recipients = []
                 self._send(b"250 2.1.0 Ok")
             elif verb == b"RCPT":
-                if state.rcpt_reply.startswith(b"250"):
-                    recipients.append(command.split(b"<", 1)[1].split(b">", 1)[0].decode())
-                self._send(state.rcpt_reply)
+                recipient = command.split(b"<", 1)[1].split(b">", 1)[0].decode()
+                reply = state.rcpt_replies.get(recipient, state.rcpt_reply)
+                with state.lock:
+                    state.asked.append(recipient)
+                if reply.startswith(b"250"):
+                    recipients.append(recipient)
+                self._send(reply)
             elif verb == b"DATA":
                 self._send(b"354 go ahead")
                 data = bytearray()

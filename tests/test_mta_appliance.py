@@ -253,6 +253,39 @@ def test_no_transport_for_webmail_local_bounces_as_the_guide_shows(
         sink.close()
 
 
+def test_reject_unverified_recipient_asks_the_next_hop_first(appliance: Appliance) -> None:
+    sink = Sink()
+    unknown = b"550 5.1.1 <nobody@example.com>: Recipient address rejected: User unknown"
+    sink.state.rcpt_replies["nobody@example.com"] = unknown
+    try:
+        api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+        # swaks connects from 127.0.0.1: outside my networks it is verified.
+        api(appliance, "PATCH", "/mta", {
+            "my_networks": ["192.0.2.0/24"], "relay_domains": ["example.com"],
+            "reject_unverified_recipient": True, "reject_unverified_code": 550,
+            "transports": [{"domain": "example.com", "host": "[127.0.0.1]",
+                            "port": sink.port}]})
+        refused = swaks(appliance, "--to", "nobody@example.com", check=False)
+        said = (f"host 127.0.0.1[127.0.0.1] said: {unknown.decode()} (in reply to RCPT TO "
+                "command)")
+        assert (f"<** 550 5.1.1 <nobody@example.com>: Recipient address rejected: "
+                f"undeliverable address: {said}") in refused, refused
+        queue_id_of(swaks(appliance, "--to", "bob@example.com"))
+        (captured,) = sink.wait_for(1)
+        assert captured.recipients == ["bob@example.com"]
+        # One probe each, then the message itself; the second asks nobody.
+        swaks(appliance, "--to", "nobody@example.com", check=False)
+        sink.wait_for(1)
+        log = _wait_for_log(appliance, "verify: to=<bob@example.com>")
+        assert (f"verify: to=<nobody@example.com>, relay=127.0.0.1[127.0.0.1]:{sink.port}, "
+                f"dsn=5.1.1, status=undeliverable ({said})") in log
+        assert "NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 550 5.1.1" in log
+        assert sorted(sink.state.asked) == ["bob@example.com", "bob@example.com",
+                                            "nobody@example.com"]
+    finally:
+        sink.close()
+
+
 def test_delivery_to_ourselves_is_a_loop_and_bounces(appliance: Appliance) -> None:
     sink = Sink()
     try:

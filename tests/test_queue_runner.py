@@ -6,20 +6,16 @@ failures injected, time driven by a Clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent
 from twisted.test import iosim
 from zope.interface import implementer
 
-from cipherd.logs import mail_events
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.queue import MIN_BACKOFF, QUEUE_LIFETIME, MailQueue, QueueRunner
 from cipherd.smtp.routing import HopNotFound, IHopResolver, NextHop, next_hop
@@ -75,19 +71,6 @@ class Network:
                              client, iosim.FakeTransport(client, isServer=False))
         pump.flush()
         return succeed(client)
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace", "").startswith("cipherd.mta"):
-            lines.append(formatEvent(event))
-
-    mail_events.addObserver(observe)
-    yield lines
-    mail_events.removeObserver(observe)
 
 
 class World:

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
-from cipherd.smtp.client import Delivery, SMTPClient, dot_stuff
+from cipherd.smtp.client import Delivery, Outcome, SMTPClient, dot_stuff
 from cipherd.smtp.server import Received, ReceivePolicy, SMTPFactory, SMTPServer
 
 HOST = "next-hop.example.net"
@@ -32,6 +32,7 @@ class Hop:
         self.queued: list[Received] = []
         self.policy = policy or ReceivePolicy(HOST, relay_domains=("example.com",))
         self.factory = SMTPFactory(lambda: self.policy, accept or self._accept, self.clock)
+        self.client_wrote = b""
 
     def _accept(self, received: Received) -> Deferred[None]:
         self.queued.append(received)
@@ -42,15 +43,16 @@ class Hop:
         client = SMTPClient(delivery, f"{HOST}[192.0.2.25]", self.clock, None)
         server_transport = iosim.FakeTransport(server, isServer=True)
         client_transport = iosim.FakeTransport(client, isServer=False)
-        if chunk is not None:
+        original = client_transport.write
+
+        def write(data: bytes) -> None:
+            self.client_wrote += data
             # Deliver what the client writes in pieces of this size.
-            original = client_transport.write
+            step = chunk or len(data) or 1
+            for start in range(0, len(data), step):
+                original(data[start:start + step])
 
-            def write(data: bytes) -> None:
-                for start in range(0, len(data), chunk):
-                    original(data[start:start + chunk])
-
-            client_transport.write = write  # type: ignore[method-assign]
+        client_transport.write = write  # type: ignore[method-assign]
         pump = iosim.connect(server, server_transport, client, client_transport)
         pump.flush()
         results: list[Delivery] = []
@@ -142,6 +144,22 @@ def test_one_command_at_a_time_without_pipelining() -> None:
         lambda addr: NoPipelining(refused.factory))
     outcome = refused.deliver(delivery(b"x" * 3000 + b"\r\n")).outcomes["b@example.com"]
     assert (outcome.status, outcome.dsn) == ("bounced", "5.3.4")
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_probe_asks_rcpt_to_and_sends_no_data(pipelining: bool) -> None:
+    hop = Hop()
+    if not pipelining:
+        hop.factory.buildProtocol = (  # type: ignore[method-assign]
+            lambda addr: NoPipelining(hop.factory))
+    probe = Delivery("", ["b@example.com", "victim@elsewhere.test"], b"", "gw.example.org",
+                     probe=True)
+    done = hop.deliver(probe)
+    assert done.outcomes["b@example.com"] == Outcome("deliverable", "2.1.5", "250 2.1.5 Ok")
+    assert done.outcomes["victim@elsewhere.test"].status == "deferred"
+    assert hop.queued == []
+    commands = [line.split(b":")[0] for line in hop.client_wrote.split(b"\r\n") if line]
+    assert commands == [b"EHLO gw.example.org", b"MAIL FROM", b"RCPT TO", b"RCPT TO", b"QUIT"]
 
 
 class DataAlways(SMTPServer):

@@ -33,7 +33,8 @@ class Outcome:
     """
     What became of one recipient.
 
-    @ivar status: C{"sent"}, C{"deferred"} or C{"bounced"}.
+    @ivar status: C{"sent"}, C{"deferred"} or C{"bounced"}; for a probe,
+        C{"deliverable"} where a delivery would say C{"sent"}.
     @ivar dsn: the enhanced status code (RFC 3463), e.g. C{"5.7.1"}.
     @ivar reason: Postfix's words, for the log and the bounce.
     """
@@ -53,6 +54,9 @@ class Delivery:
     @ivar helo: the name we give in EHLO.
     @ivar my_hostname: our own name: a next hop that greets with it is us.
     @ivar destination: the next hop as routing named it, for the loop error.
+    @ivar probe: only ask whether the recipients would be taken (address
+        verification, Postfix's C{verify}): the conversation ends after
+        RCPT TO, and a recipient the next hop accepts is C{"deliverable"}.
     """
 
     sender: str
@@ -61,6 +65,7 @@ class Delivery:
     helo: str
     my_hostname: str = ""
     destination: str = ""
+    probe: bool = False
     outcomes: dict[str, Outcome] = field(default_factory=dict)
 
 
@@ -243,13 +248,20 @@ class SMTPClient(Protocol, TimeoutMixin):
             if self._mail_refused is not None:
                 self.delivery.outcomes[recipient] = self._mail_refused
             elif code in (250, 251):
-                self._accepted.append(recipient)
+                if self.delivery.probe:
+                    self.delivery.outcomes[recipient] = Outcome(
+                        "deliverable", _enhanced(code, text, "2.1.5"), f"{code} {text}")
+                else:
+                    self._accepted.append(recipient)
             else:
                 self.delivery.outcomes[recipient] = self._refused(code, text)
             if not self._pipelined:
                 self._next_rcpt()
             elif not self._pending:
-                self._stage = "data"
+                if self.delivery.probe:
+                    self._quit()
+                else:
+                    self._stage = "data"
         elif stage == "data":
             if code != 354:
                 self._finish_all(self._refused(code, text), only=self._accepted)
@@ -290,7 +302,8 @@ class SMTPClient(Protocol, TimeoutMixin):
         # RFC 2920: MAIL, every RCPT and DATA in one go; the replies come
         # back in the same order.
         self._pipelined = True
-        self._send("\r\n".join([mail, *(f"RCPT TO:<{r}>" for r in self._pending), "DATA"]))
+        commands = [mail, *(f"RCPT TO:<{r}>" for r in self._pending)]
+        self._send("\r\n".join(commands if self.delivery.probe else [*commands, "DATA"]))
 
     def _next_rcpt(self) -> None:
         if self._pending:

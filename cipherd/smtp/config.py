@@ -100,6 +100,8 @@ class MTAConfig:
             match_subdomains=self.match_subdomains,
             my_networks=tuple(ipaddress.ip_network(n, strict=False) for n in self.my_networks),
             message_size_limit=self.before_filter_message_size_limit,
+            verify_recipients=self.reject_unverified_recipient,
+            unverified_reject_code=self.reject_unverified_code,
         )
 
 

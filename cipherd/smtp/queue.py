@@ -370,22 +370,43 @@ class QueueRunner:
                 log.failure("{queue_id}: could not put the message on hold either",
                             queue_id=queue_id)
 
+    async def probe(self, recipient: str) -> tuple[Outcome, str]:
+        """
+        Ask the next hop for C{recipient}, routed as its mail would be,
+        whether it takes the address: C{MAIL FROM:<>} and C{RCPT TO} only
+        (Postfix's address verification probe), within the same limit on
+        connections to that hop as deliveries.
+
+        @return: the outcome (C{"deliverable"}, C{"bounced"} or
+            C{"deferred"}) and the relay asked.
+        """
+        config = self._config()
+        hop = next_hop(recipient, config)
+        outcomes, relay = await self._deliver_to(hop, "", [recipient], b"", config, probe=True)
+        outcome = outcomes[recipient]
+        log.info("verify: to=<{rcpt}>, relay={relay}, dsn={dsn}, status={status} ({reason})",
+                 rcpt=recipient, relay=relay, dsn=outcome.dsn,
+                 status="undeliverable" if outcome.status == "bounced" else outcome.status,
+                 reason=outcome.reason)
+        return outcome, relay
+
     async def _deliver_to(self, hop: NextHop, sender: str, recipients: list[str],
-                          content: bytes, config: MTAConfig
+                          content: bytes, config: MTAConfig, *, probe: bool = False
                           ) -> tuple[dict[str, Outcome], str]:
         limit = self._per_hop.get(hop)
         if limit is None:
             limit = self._per_hop[hop] = DeferredSemaphore(PER_DESTINATION)
         await limit.acquire()
         try:
-            return await self._deliver_to_hop(hop, sender, recipients, content, config)
+            return await self._deliver_to_hop(hop, sender, recipients, content, config,
+                                              probe)
         finally:
             limit.release()
             if limit.tokens == limit.limit and not limit.waiting:
                 self._per_hop.pop(hop, None)
 
     async def _deliver_to_hop(self, hop: NextHop, sender: str, recipients: list[str],
-                              content: bytes, config: MTAConfig
+                              content: bytes, config: MTAConfig, probe: bool
                               ) -> tuple[dict[str, Outcome], str]:
         try:
             addresses = await self._resolver.resolve(hop)
@@ -396,7 +417,8 @@ class QueueRunner:
         last = last_relay = ""
         for host, address in addresses:
             delivery = Delivery(sender, list(recipients), content, config.helo_name,
-                                my_hostname=config.my_hostname, destination=hop.name)
+                                my_hostname=config.my_hostname, destination=hop.name,
+                                probe=probe)
             client = SMTPClient(delivery, f"{host}[{address}]", self._clock, self._tls)
             try:
                 await self._connect(address, hop.port, client)

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from cipherd.logs import mail_logger
 from cipherd.smtp.spool import new_queue_id
+from cipherd.smtp.verify import Verdict
 
 log = mail_logger("cipherd.mta.smtpd")
 
@@ -63,6 +64,10 @@ class ReceivePolicy:
     @ivar timeout: seconds a client may stay silent (C{smtpd_timeout}).
     @ivar hop_limit: Received headers that mean a mail loop (C{hopcount_limit}).
     @ivar max_connections: concurrent sessions; more are turned away.
+    @ivar verify_recipients: ask the next hop before accepting a recipient
+        from a client outside C{my_networks} (C{reject_unverified_recipient}).
+    @ivar unverified_reject_code: the reply to a recipient known to bounce
+        (C{unverified_recipient_reject_code}: 450 or 550).
     """
 
     my_hostname: str
@@ -76,6 +81,8 @@ class ReceivePolicy:
     timeout: float = 300.0
     hop_limit: int = 50
     max_connections: int = 100
+    verify_recipients: bool = False
+    unverified_reject_code: int = 450
 
     def in_my_networks(self, address: str) -> bool:
         try:
@@ -384,7 +391,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._sender = sender
         self._reply(250, "2.1.0 Ok")
 
-    def do_RCPT(self, argument: bytes) -> None:
+    def do_RCPT(self, argument: bytes) -> Deferred[None] | None:
         if self._sender is None:
             raise SMTPReply(503, "5.5.1 Error: need MAIL command")
         recipient, _ = _parse_path(argument, "recipient")
@@ -399,8 +406,38 @@ class SMTPServer(Protocol, TimeoutMixin):
                      client=self.client, rcpt=recipient, sender=self._sender,
                      proto="ESMTP" if self._esmtp else "SMTP", helo=self._helo)
             raise SMTPReply(454, f"4.7.1 <{recipient}>: Relay access denied")
+        if (self.policy.verify_recipients and self.factory.verify is not None
+                and not self.policy.in_my_networks(self.client_address)):
+            # Postfix's permit_mynetworks, reject_unauth_destination,
+            # reject_unverified_recipient: mail from outside for our domains.
+            return self.factory.verify(recipient).addCallback(self._verified, recipient)
         self._recipients.append(recipient)
         self._reply(250, "2.1.5 Ok")
+        return None
+
+    def _verified(self, verdict: Verdict, recipient: str) -> None:
+        if self._closing:
+            return
+        if verdict.status == "deliverable":
+            self._recipients.append(recipient)
+            self._reply(250, "2.1.5 Ok")
+            return
+        # The next hop's words go back to the client: one line, no controls.
+        reason = " ".join(_CONTROL.sub(b" ", verdict.reason.encode("utf-8", "replace"))
+                          .decode("utf-8", "replace").split())[:400]
+        if verdict.status == "undeliverable":
+            code = self.policy.unverified_reject_code
+            text = (f"{code // 100}.1.1 <{recipient}>: Recipient address rejected: "
+                    f"undeliverable address: {reason}")
+        else:
+            code = 450
+            text = (f"4.1.1 <{recipient}>: Recipient address rejected: unverified address: "
+                    f"{reason}")
+        log.info("NOQUEUE: reject: RCPT from {client}: {code} {text}; from=<{sender}> "
+                 "to=<{rcpt}> proto={proto} helo=<{helo}>", client=self.client, code=code,
+                 text=text, sender=self._sender, rcpt=recipient,
+                 proto="ESMTP" if self._esmtp else "SMTP", helo=self._helo)
+        self._reply(code, text)
 
     def do_DATA(self, argument: bytes) -> None:
         if not self._recipients:
@@ -589,12 +626,16 @@ class SMTPFactory(ServerFactory):
     @ivar accept: queues an accepted message.
     @ivar clock: for timeouts and the Received header's date.
     @ivar tls: the server's TLS options for STARTTLS, or C{None}.
+    @ivar verify: recipient address verification
+        (L{cipherd.smtp.verify.AddressVerifier.verify}), used when the
+        policy asks for it.
     """
 
     policy: Callable[[], ReceivePolicy]
     accept: Accept
     clock: IReactorTime
     tls: CertificateOptions | None = None
+    verify: Callable[[str], Deferred[Verdict]] | None = None
     sessions: int = field(default=0)
     noisy = False  # the MTA log says what matters
 
