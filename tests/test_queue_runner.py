@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from zope.interface import implementer
 
+from cipherd.smtp.bounce import BOUNCE_SIZE_LIMIT, Failed, build_bounce
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.queue import MIN_BACKOFF, QUEUE_LIFETIME, MailQueue, QueueRunner
 from cipherd.smtp.routing import HopNotFound, IHopResolver, NextHop, next_hop
@@ -153,7 +154,8 @@ def test_a_permanent_refusal_bounces_to_the_sender_and_the_bounce_is_delivered(
     assert world.spool.load(bounce_id)[0].envelope.sender == ""
     assert b"Subject: Undelivered Mail Returned to Sender" in bounce
     assert b"Status: 5.3.4" in bounce and b"Final-Recipient: rfc822; b@example.com" in bounce
-    assert b"Subject: hello" in bounce and b"x" * 100 not in bounce  # headers only
+    # Returned whole under Postfix's bounce_size_limit.
+    assert b"Content-Type: message/rfc822\r\n" in bounce and b"x" * 2000 in bounce
     # The bounce itself goes out (a@example.org is external: the relay host).
     world.network.policy = ReceivePolicy("next-hop.example.net",
                                          relay_domains=("example.com", "example.org"))
@@ -367,3 +369,14 @@ def test_a_host_that_refuses_at_the_greeting_hands_over_to_the_next_mx(
     assert world.queued() == [] and len(world.network.queued) == 1
     assert any("relay=mx2.example.com[192.0.2.2]:25" in line and "status=sent" in line
                for line in log_lines)
+
+
+def test_a_large_original_is_returned_as_its_header_only() -> None:
+    failed = [Failed("b@example.com", "5.7.1", "host h[192.0.2.1] said: 550 5.7.1 no "
+                                               "(in reply to end of DATA command)", "h")]
+    original = CONTENT + b"x" * BOUNCE_SIZE_LIMIT + b"\r\n"
+    bounce = build_bounce(my_hostname="gw.example.org", queue_id="ABC", sender="a@example.org",
+                          received=0, now=60, failed=failed, original=original)
+    assert b"Content-Type: text/rfc822-headers\r\n" in bounce
+    assert b"Subject: hello\r\n" in bounce and b"xxxx" not in bounce
+    assert b"If you do so, please include this problem report." in bounce

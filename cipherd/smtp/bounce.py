@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-# The original's header is returned, not its body (RFC 3462 text/rfc822-headers).
-_MAX_RETURNED_HEADER = 64 * 1024
+# Postfix's bounce_size_limit: a larger original is returned as its header
+# only (RFC 6522 text/rfc822-headers), a smaller one whole (message/rfc822).
+BOUNCE_SIZE_LIMIT = 50_000
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: floa
         "",
         "For further assistance, please send mail to postmaster.",
         "",
+        "If you do so, please include this problem report. You can",
+        "delete your own text from the attached returned message.",
+        "",
         "                   The mail system",
         "",
     ]
@@ -73,9 +77,14 @@ def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: floa
             status.append(f"Remote-MTA: dns; {_clean(entry.remote_mta)}")
         status.append(f"Diagnostic-Code: {'smtp' if entry.remote_mta else 'X-Postfix'}; "
                       f"{_clean(entry.reason)}")
-    end = original.find(b"\r\n\r\n")
-    headers = original[:end + 2] if end >= 0 else original
-    headers = headers[:_MAX_RETURNED_HEADER]
+    if len(original) <= BOUNCE_SIZE_LIMIT:
+        returned = original if original.endswith(b"\r\n") else original + b"\r\n"
+        part = ["Content-Description: Undelivered Message", "Content-Type: message/rfc822"]
+    else:
+        end = original.find(b"\r\n\r\n")
+        returned = (original[:end + 2] if end >= 0 else original)[:BOUNCE_SIZE_LIMIT]
+        part = ["Content-Description: Undelivered Message Headers",
+                "Content-Type: text/rfc822-headers"]
     head = [
         f"Date: {_date(now)}",
         f"From: MAILER-DAEMON@{my_hostname} (Mail Delivery System)",
@@ -102,11 +111,10 @@ def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: floa
         *status,
         "",
         f"--{boundary}",
-        "Content-Description: Undelivered Message Headers",
-        "Content-Type: text/rfc822-headers",
+        *part,
         "Content-Transfer-Encoding: 8bit",
         "",
     ]
     tail = ["", f"--{boundary}--", ""]
-    return ("\r\n".join(head) + "\r\n").encode("utf-8", "replace") + headers + (
+    return ("\r\n".join(head) + "\r\n").encode("utf-8", "replace") + returned + (
         "\r\n".join(tail)).encode("ascii")
