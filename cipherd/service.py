@@ -32,7 +32,9 @@ from twisted.web.server import Site
 from cipherd.config import Config
 from cipherd.datadir import prepare_data_dir, read_kek, utc_from_seconds
 from cipherd.logs import MailLogsService
+from cipherd.mpa.gateway import Gateway
 from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.engine import SmimeEngine
 from cipherd.settings import GLOBAL, PROPERTIES
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.queue import SCAN_INTERVAL, MailQueue, QueueRunner
@@ -208,6 +210,10 @@ def make_service(config: Config, reactor: Any) -> IService:
         queue, lambda: mta.current, DNSHopResolver(lambda: mta.current.dns_servers),
         lambda address, port, protocol: connect_tcp(reactor, address, port, protocol),
         reactor, tls=CertificateOptions())  # opportunistic STARTTLS: no verification
+    # Every message passes the gateway's processing on its way out.
+    queue_runner.processor = Gateway(settings, certificates,
+                                     SmimeEngine(certificates, crypto_runner),
+                                     lambda: mta.current, queue_runner.submit, reactor)
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,
                      queue_runner)

@@ -408,7 +408,8 @@ PROPERTIES: tuple[Property, ...] = (
     # Guide figure 14: gateway webmail settings.
     _P("webmail_enabled", "Enabled", Boolean(), False,
        "Whether mail that must be encrypted may go to the webmail messenger when S/MIME "
-       "cannot be used.", page="webmail", group="User settings"),
+       "cannot be used. It must be enabled for the sender and for the recipient.",
+       page="webmail", group="User settings"),
     _P("webmail_read_receipt", "Read receipt", Boolean(), False,
        "Send the sender a receipt when the recipient reads the message in webmail.",
        page="webmail", group="User settings"),
@@ -427,8 +428,11 @@ PROPERTIES: tuple[Property, ...] = (
        "external", "Whether the user or domain is inside the organisation. Relay domains "
        "are internal.", levels=frozenset({Level.DOMAIN, Level.USER}), page="encryption"),
     _P("encrypt_mode", "Encrypt mode", Choice(_ENCRYPT_MODES), "no_encryption",
-       "No encryption: never encrypt. Allow: encrypt when a trigger asks for it. "
-       "Mandatory: always encrypt; bounce when no method can.", page="encryption"),
+       "For mail to external recipients; the stricter of the sender's and the recipient's "
+       "applies. No encryption: never encrypt. Allow: encrypt when a method can (S/MIME "
+       "with the recipient's certificate; webmail unless only if mandatory), else send as "
+       "is; a matching trigger makes it mandatory for that message. Mandatory: always "
+       "encrypt; bounce when no method can.", page="encryption"),
     _P("subject_trigger_enabled", "Subject trigger enabled", Boolean(), False,
        "Encrypt when the subject matches the subject trigger.", page="encryption",
        group="Subject trigger"),
@@ -447,6 +451,9 @@ PROPERTIES: tuple[Property, ...] = (
     _P("smime_enabled", "S/MIME enabled", Boolean(), True,
        "Whether S/MIME may be used for recipients with a valid certificate.",
        page="encryption", group="Methods"),
+    _P("smime_sign", "S/MIME sign", Boolean(), True,
+       "Sign S/MIME mail too when the sender has a valid signing certificate with its "
+       "private key.", page="encryption", group="Methods"),
     # Quota.
     _P("mailbox_size_limit", "Mailbox size limit", Integer(0, 2**50, "bytes"), 512 * 1024**2,
        "The largest size of one webmail mailbox, in bytes.", page="quota"),

@@ -93,23 +93,29 @@ class SmimeEngine:
         recipients: Sequence[x509.Certificate],
         cipher: str = "aes256_cbc",
         oaep: bool = False,
+        detached: bool = True,
     ) -> bytes:
         """
         Sign (when C{signer} is given) then encrypt (when C{recipients} is
         not empty).
+
+        @param detached: sign as C{multipart/signed} (readable without
+            S/MIME), or, when C{False}, opaquely: the content inside the CMS
+            structure, untouched by transfer encodings.
         """
         if signer is not None:
             cert, key, chain = signer
-            message = await self._crypto.run(self._sign, message, cert, key, list(chain))
+            message = await self._crypto.run(self._sign, message, cert, key, list(chain),
+                                             detached)
         if recipients:
             message = await self._crypto.run(self._encrypt, message, list(recipients), cipher,
                                              oaep)
         return message
 
     def _sign(self, message: bytes, cert: x509.Certificate, key: PrivateKey,
-              chain: list[x509.Certificate]) -> bytes:
+              chain: list[x509.Certificate], detached: bool) -> bytes:
         return smime.sign_message(message, cert, key, signing_time=self._certificates.now(),
-                                  chain=chain)
+                                  chain=chain, detached=detached)
 
     @staticmethod
     def _encrypt(message: bytes, recipients: list[x509.Certificate], cipher: str,

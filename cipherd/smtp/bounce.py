@@ -42,12 +42,20 @@ def _clean(text: str) -> str:
 
 
 def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: float,
-                 now: float, failed: Sequence[Failed], original: bytes) -> bytes:
+                 now: float, failed: Sequence[Failed], original: bytes,
+                 notice: Sequence[str] | None = None, subject: str | None = None,
+                 headers_only: bool = False) -> bytes:
     """
     The bounce for C{failed}, addressed to C{sender} (CRLF lines).
+
+    @param notice: the human-readable part's lines instead of Postfix's
+        (the MPA's words for a message it could not encrypt).
+    @param subject: the subject instead of Postfix's.
+    @param headers_only: return the original's header only, whatever its
+        size (when its content must not travel in the clear).
     """
     boundary = f"{queue_id}.{secrets.token_hex(8)}/{my_hostname}"
-    human = [
+    human = [_clean(line) for line in notice] if notice is not None else [
         f"This is the mail system at host {my_hostname}.",
         "",
         "I'm sorry to have to inform you that your message could not",
@@ -61,8 +69,8 @@ def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: floa
         "                   The mail system",
         "",
     ]
-    for entry in failed:
-        human.append(f"<{entry.recipient}>: {_clean(entry.reason)}")
+    if notice is None:
+        human += [f"<{entry.recipient}>: {_clean(entry.reason)}" for entry in failed]
     status = [
         f"Reporting-MTA: dns; {my_hostname}",
         f"X-Postfix-Queue-ID: {queue_id}",
@@ -77,7 +85,7 @@ def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: floa
             status.append(f"Remote-MTA: dns; {_clean(entry.remote_mta)}")
         status.append(f"Diagnostic-Code: {'smtp' if entry.remote_mta else 'X-Postfix'}; "
                       f"{_clean(entry.reason)}")
-    if len(original) <= BOUNCE_SIZE_LIMIT:
+    if len(original) <= BOUNCE_SIZE_LIMIT and not headers_only:
         returned = original if original.endswith(b"\r\n") else original + b"\r\n"
         part = ["Content-Description: Undelivered Message", "Content-Type: message/rfc822"]
     else:
@@ -89,7 +97,7 @@ def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: floa
         f"Date: {_date(now)}",
         f"From: MAILER-DAEMON@{my_hostname} (Mail Delivery System)",
         f"To: {sender}",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {_clean(subject or 'Undelivered Mail Returned to Sender')}",
         "Auto-Submitted: auto-replied",
         f"Message-Id: <{queue_id}.{secrets.token_hex(6)}@{my_hostname}>",
         "MIME-Version: 1.0",

@@ -42,6 +42,9 @@ class Outcome:
     status: str
     dsn: str
     reason: str
+    # The sender has been told already (processing sent its own notice):
+    # no delivery status notification.
+    notified: bool = False
 
 
 @dataclass

@@ -68,12 +68,14 @@ class MailQueue:
                             received.content, received.client)
 
     def enqueue(self, queue_id: str, sender: str, recipients: list[str], content: bytes,
-                client: str) -> Deferred[QueuedMessage]:
+                client: str, *, processed: bool = False) -> Deferred[QueuedMessage]:
         """
         Write a new message to disk, with Postfix's qmgr line once it is there.
+
+        @param processed: made by processing: not to be processed again.
         """
         envelope = Envelope(queue_id, sender, tuple(recipients), self._clock.seconds(),
-                            client=client)
+                            client=client, extra={PROCESSED: True} if processed else {})
         d: Deferred[QueuedMessage] = self._runner.run(self._spool.store, envelope, content)
 
         def queued(message: QueuedMessage) -> QueuedMessage:
@@ -163,8 +165,23 @@ class IMessageProcessor(Interface):
 
 @dataclass(frozen=True)
 class Part:
+    """
+    What becomes of some of a message's recipients.
+
+    @ivar content: what they are sent (the original, or what processing
+        made of it).
+    @ivar outcome: when set, processing settled these recipients itself and
+        nothing is delivered to them here: handed on in a new message of
+        its own (a webmail tunnel message: C{"sent"}), or refused with a
+        notice already sent to the sender (C{"bounced"}, with
+        C{notified}).
+    @ivar relay: the log's C{relay=} for a settled part.
+    """
+
     recipients: tuple[str, ...]
     content: bytes
+    outcome: Outcome | None = None
+    relay: str = "none"
 
 
 @implementer(IMessageProcessor)
@@ -175,6 +192,11 @@ class PassThrough:
 
     def process(self, envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
         return succeed([Part(envelope.recipients, content)])
+
+
+# Envelope.extra: the message was made by processing (a tunnel message, a
+# notice): it is delivered as it is, never processed again.
+PROCESSED = "processed"
 
 
 # Postfix's defaults: minimal_backoff_time, maximal_backoff_time,
@@ -211,7 +233,7 @@ class QueueRunner:
         self._connect = connect
         self._clock = clock
         self._tls = tls
-        self._processor = processor or PassThrough()
+        self.processor: IMessageProcessor = processor or PassThrough()
         self._lifetime = lifetime
         self._busy: set[str] = set()
         self._limit = DeferredSemaphore(CONCURRENT_DELIVERIES)
@@ -242,13 +264,15 @@ class QueueRunner:
                                            queue_id=queue_id))
 
     async def submit(self, sender: str, recipients: list[str], content: bytes,
-                     client: str) -> QueuedMessage:
+                     client: str, *, processed: bool = False) -> QueuedMessage:
         """
-        Queue a message made here (the admin's test mail, notifications):
-        no relay check, the same queue, delivered at once.
+        Queue a message made here (the admin's test mail, notifications,
+        tunnel messages): no relay check, the same queue, delivered at once.
+
+        @param processed: made by processing: delivered as it is.
         """
         stored = await self._queue.enqueue(new_queue_id(), sender, recipients, content,
-                                           client)
+                                           client, processed=processed)
         self.deliver_soon(stored.envelope.queue_id)
         return stored
 
@@ -312,7 +336,10 @@ class QueueRunner:
             return
         config = self._config()
         try:
-            parts = await self._processor.process(envelope, content)
+            if envelope.extra.get(PROCESSED):
+                parts = [Part(envelope.recipients, content)]
+            else:
+                parts = await self.processor.process(envelope, content)
         except Exception:
             log.failure("{queue_id}: processing failed; the message stays queued",
                         queue_id=queue_id)
@@ -323,6 +350,10 @@ class QueueRunner:
         relays: dict[str, str] = {}
         limit = config.after_filter_message_size_limit
         for part in parts:
+            if part.outcome is not None:
+                outcomes.update(dict.fromkeys(part.recipients, part.outcome))
+                relays.update(dict.fromkeys(part.recipients, part.relay))
+                continue
             if limit and len(part.content) > limit:
                 for recipient in part.recipients:
                     outcomes[recipient] = Outcome(
@@ -460,7 +491,8 @@ class QueueRunner:
                          o.reason.split(" said:")[0].removeprefix("host ")
                          if o.reason.startswith("host ") else "")
                   for r, o in outcomes.items()
-                  if o.status == "bounced" or (o.status == "deferred" and expired)]
+                  if (o.status == "bounced" and not o.notified)
+                  or (o.status == "deferred" and expired)]
         if failed:
             await self._bounce(envelope, content, failed)
         remaining = {r: o for r, o in outcomes.items() if o.status == "deferred" and not expired}
@@ -480,7 +512,8 @@ class QueueRunner:
                               sender=envelope.sender, received=envelope.received,
                               now=self._clock.seconds(), failed=failed, original=content)
         stored = await self._queue.store(Envelope(new_queue_id(), "", (envelope.sender,),
-                                                  self._clock.seconds(), client="local"),
+                                                  self._clock.seconds(), client="local",
+                                                  extra={PROCESSED: True}),
                                          bounce)
         log.info("{queue_id}: sender non-delivery notification: {bounce_id}",
                  queue_id=envelope.queue_id, bounce_id=stored.envelope.queue_id)

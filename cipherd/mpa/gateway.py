@@ -1,0 +1,325 @@
+"""
+The gateway: the mail processing the queue runner calls for every message
+(L{cipherd.smtp.queue.IMessageProcessor}), joining the policy, the PKI and
+the MTA.
+
+For each recipient the policy (L{cipherd.mpa.policy}) decides; the message
+is then split per path:
+
+    - internal recipients get incoming S/MIME opened: decrypted with our
+      key, signatures verified, and the outcome in C{X-Cipherd-Info-*}
+      header fields (any such fields that came with the message are
+      removed first: they are ours alone);
+    - S/MIME recipients get one message encrypted to all their certificates
+      (and signed with the sender's key when the policy says so);
+    - webmail recipients are handed to the webmail messenger in one tunnel
+      message (L{cipherd.mpa.tunnel}), signed with the *webmail sender*'s
+      key and encrypted to the *webmail recipient*'s certificates, queued as
+      a message of its own: the MTA routes it (the transport for
+      C{webmail.local}) and bounces it to the webmail sender if it cannot;
+    - recipients whose mail must be encrypted but cannot be get a notice
+      from us to the sender, in the guide's words, and nothing else;
+    - the rest get the message as it is.
+
+The MPA log says what was done and why, with the guide's lines where the
+guide has them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from cipherd.logs import mail_logger
+from cipherd.mpa import policy
+from cipherd.mpa.message import (
+    field_name,
+    header_fields,
+    replace_subject,
+    split_header,
+    with_fields,
+    without_fields,
+)
+from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
+from cipherd.pki import smime
+from cipherd.pki.certs import describe_name
+from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.errors import PKIError
+from cipherd.settings import GLOBAL, InvalidValue, Level, Scope, scope_for
+from cipherd.smtp.bounce import Failed, build_bounce
+from cipherd.smtp.client import Outcome
+from cipherd.smtp.config import MTAConfig
+from cipherd.smtp.queue import IMessageProcessor, Part
+from cipherd.smtp.spool import Envelope, QueuedMessage
+from cipherd.store.settings import SettingsRepository
+
+log = mail_logger("cipherd.mpa.gateway")
+
+INFO_PREFIX = "X-Cipherd-Info-"
+NOT_SIGNED = "The tunneled message should have been signed."
+NO_WEBMAIL_CERTIFICATE = "There are no valid S/MIME certificates for the webmail recipient."
+
+# submit(sender, recipients, content, client, processed=True) → the queued message.
+Submit = Callable[..., Awaitable[QueuedMessage]]
+
+
+@implementer(IMessageProcessor)
+class Gateway:
+    """
+    @param submit: queues a message made here
+        (L{cipherd.smtp.queue.QueueRunner.submit}).
+    """
+
+    def __init__(self, settings: SettingsRepository, certificates: CertificateStore,
+                 engine: SmimeEngine, mta: Callable[[], MTAConfig], submit: Submit,
+                 clock: IReactorTime) -> None:
+        self._settings = settings
+        self._certificates = certificates
+        self._engine = engine
+        self._mta = mta
+        self._submit = submit
+        self._clock = clock
+
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
+        return Deferred.fromCoroutine(self._process(envelope, content))
+
+    # Deciding --------------------------------------------------------------
+
+    async def _settings_for(self, address: str, known: dict[Scope, dict[str, Any]]
+                            ) -> dict[str, Any]:
+        try:
+            scope = scope_for(Level.USER, address)
+        except InvalidValue:
+            try:
+                scope = scope_for(Level.DOMAIN, address.rpartition("@")[2])
+            except InvalidValue:
+                scope = GLOBAL  # the null sender, or an address we cannot place
+        if scope not in known:
+            known[scope] = {name: resolved.value for name, resolved in
+                            (await self._settings.effective(scope)).items()}
+        return known[scope]
+
+    async def _process(self, envelope: Envelope, content: bytes) -> list[Part]:
+        config = self._mta()
+        receive = config.receive_policy()
+        known: dict[Scope, dict[str, Any]] = {}
+        sender_settings = await self._settings_for(envelope.sender, known)
+        fields = header_fields(content)
+        subject = next((value for name, value in fields if name == "subject"), "")
+        trigger = policy.find_trigger(sender_settings, subject, fields)
+        signer: Any = None
+        signer_looked_up = False
+        certificates: dict[str, list[x509.Certificate]] = {}
+        decisions: list[policy.Decision] = []
+        for recipient in envelope.recipients:
+            facts = policy.Facts(recipient, sender_settings,
+                                 await self._settings_for(recipient, known),
+                                 receive.relay_domain(recipient), trigger)
+            if policy.needs_certificates(facts):
+                found = await self._certificates.encryption_certificates(recipient)
+                certificates[recipient] = found
+                if found and not signer_looked_up and sender_settings["smime_sign"]:
+                    signer = await self._certificates.signing_identity(envelope.sender)
+                    signer_looked_up = True
+                facts = replace(facts, certificates=tuple(found), can_sign=signer is not None)
+            decision = policy.decide(facts)
+            for level, text in decision.notes:
+                getattr(log, level)("{text}; Sender: {sender}; Queue id: {queue_id}",
+                                    text=text, sender=envelope.sender,
+                                    queue_id=envelope.queue_id)
+            decisions.append(decision)
+        by_method: dict[str, list[policy.Decision]] = {}
+        for decision in decisions:
+            by_method.setdefault(decision.method, []).append(decision)
+        protected = content
+        if trigger is not None and trigger.remove is not None:
+            protected = replace_subject(content, policy.remove_pattern(subject, trigger.remove))
+        parts: list[Part] = []
+        bounced: list[tuple[str, str]] = []
+        if internal := by_method.get(policy.INTERNAL):
+            parts.append(Part(tuple(d.recipient for d in internal),
+                              await self._incoming(envelope, content)))
+        if plain := by_method.get(policy.PLAIN):
+            for d in plain:
+                if d.reason:
+                    log.info("{queue_id}: sent without encryption (allowed, not mandatory): "
+                             "{reason}; Recipient: {rcpt}", queue_id=envelope.queue_id,
+                             reason=d.reason, rcpt=d.recipient)
+            parts.append(Part(tuple(d.recipient for d in plain), content))
+        if chosen := by_method.get(policy.SMIME):
+            parts.append(await self._smime(envelope, protected, chosen, certificates, signer))
+        if webmail := by_method.get(policy.WEBMAIL):
+            part, refused = await self._tunnel(envelope, content, protected, webmail,
+                                               sender_settings, config)
+            if part is not None:
+                parts.append(part)
+            bounced += refused
+        for d in by_method.get(policy.BOUNCE, []):
+            log.warn("{queue_id}: the message could not be encrypted: {reason}; Recipient: "
+                     "{rcpt}", queue_id=envelope.queue_id, reason=d.reason, rcpt=d.recipient)
+            bounced.append((d.recipient, d.reason))
+        if bounced:
+            parts.append(await self._not_encrypted(envelope, content, subject, bounced, config))
+        return parts
+
+    # Paths -----------------------------------------------------------------
+
+    async def _smime(self, envelope: Envelope, content: bytes,
+                     chosen: list[policy.Decision],
+                     certificates: dict[str, list[x509.Certificate]], signer: Any) -> Part:
+        recipients = tuple(d.recipient for d in chosen)
+        sign = signer if any(d.sign for d in chosen) else None
+        encrypted = await self._engine.protect(
+            content, signer=sign, recipients=_unique(c for r in recipients
+                                                     for c in certificates[r]))
+        log.info("{queue_id}: S/MIME {what}; Recipients: {rcpts}", queue_id=envelope.queue_id,
+                 what="signed and encrypted" if sign is not None else "encrypted",
+                 rcpts=", ".join(recipients))
+        return Part(recipients, encrypted)
+
+    async def _tunnel(self, envelope: Envelope, original: bytes, protected: bytes,
+                      chosen: list[policy.Decision], sender_settings: dict[str, Any],
+                      config: MTAConfig) -> tuple[Part | None, list[tuple[str, str]]]:
+        recipients = tuple(d.recipient for d in chosen)
+        webmail_sender = sender_settings["webmail_sender"]
+        webmail_recipient = sender_settings["webmail_recipient"]
+        facts = dict(queue_id=envelope.queue_id, sender=envelope.sender,
+                     rcpts=", ".join(recipients), webmail_sender=webmail_sender or "(not set)",
+                     webmail_recipient=webmail_recipient or "(not set)")
+        if not webmail_recipient or not webmail_sender:
+            missing = "webmail recipient" if not webmail_recipient else "webmail sender"
+            log.warn("The {missing} is not set (Settings → webmail); Recipients: {rcpts}; "
+                     "Queue id: {queue_id}", missing=missing, **facts)
+            return None, [(r, f"The {missing} is not set.") for r in recipients]
+        signer = await self._certificates.signing_identity(webmail_sender)
+        if signer is None:
+            log.warn("The tunneled message should have been signed but there is no valid "
+                     "signing certificate with private key for the webmail sender "
+                     "{webmail_sender}; Recipients: {rcpts}; Queue id: {queue_id}", **facts)
+            return None, [(r, NOT_SIGNED) for r in recipients]
+        certificates = await self._certificates.encryption_certificates(webmail_recipient)
+        if not certificates:
+            log.warn("There are no valid S/MIME certificates for the webmail recipient "
+                     "{webmail_recipient}; Recipients: {rcpts}; Queue id: {queue_id}", **facts)
+            return None, [(r, NO_WEBMAIL_CERTIFICATE) for r in recipients]
+        metadata = TunnelMetadata(
+            tunnel_id(config.my_hostname, envelope.queue_id, recipients),
+            self._clock.seconds(), envelope.sender, recipients,
+            read_receipt=bool(sender_settings["webmail_read_receipt"]))
+        tunnel = build_tunnel(_as_sent(protected, envelope.queue_id), metadata,
+                              webmail_sender=webmail_sender,
+                              webmail_recipient=webmail_recipient,
+                              my_hostname=config.my_hostname)
+        sealed = await self._engine.protect(tunnel, signer=signer, recipients=certificates,
+                                            detached=False)
+        queued = await self._submit(webmail_sender, [webmail_recipient], sealed, "mpa",
+                                    processed=True)
+        queue_id = queued.envelope.queue_id
+        log.info("{queue_id}: sent to the webmail messenger in tunnel message {tunnel} "
+                 "(queued as {tunnel_queue_id}, to {webmail_recipient}); Recipients: {rcpts}",
+                 tunnel=metadata.tunnel_id, tunnel_queue_id=queue_id, **facts)
+        outcome = Outcome("sent", "2.0.0", f"queued as {queue_id} in webmail tunnel message "
+                                           f"{metadata.tunnel_id} to <{webmail_recipient}>")
+        return Part(recipients, b"", outcome, relay="webmail"), []
+
+    async def _not_encrypted(self, envelope: Envelope, content: bytes, subject: str,
+                             bounced: list[tuple[str, str]], config: MTAConfig) -> Part:
+        """
+        Tell the sender, in the guide's words, which recipients did not get
+        the message and why; the original's content is not sent back (it
+        was to be encrypted), only its header.
+        """
+        recipients = tuple(r for r, _ in bounced)
+        outcome = Outcome("bounced", "5.7.1", "the message could not be encrypted: " +
+                          "; ".join(sorted({reason for _, reason in bounced})), notified=True)
+        if not envelope.sender:
+            log.info("{queue_id}: no notice for a message from the null sender",
+                     queue_id=envelope.queue_id)
+            return Part(recipients, b"", outcome)
+        notice = ["The message with Subject", "", subject or "(no subject)", "",
+                  "has not been sent to the following recipients because the message could "
+                  "not be encrypted.", ""]
+        for recipient, reason in bounced:
+            notice += [recipient, "", reason, ""]
+        bounce = build_bounce(
+            my_hostname=config.my_hostname, queue_id=envelope.queue_id, sender=envelope.sender,
+            received=envelope.received, now=self._clock.seconds(),
+            failed=[Failed(r, "5.7.1", reason) for r, reason in bounced], original=content,
+            notice=notice, subject="Message not sent: it could not be encrypted",
+            headers_only=True)
+        queued = await self._submit("", [envelope.sender], bounce, "mpa", processed=True)
+        log.info("{queue_id}: sender notice that the message could not be encrypted: "
+                 "{notice_id}", queue_id=envelope.queue_id,
+                 notice_id=queued.envelope.queue_id)
+        return Part(recipients, b"", outcome)
+
+    async def _incoming(self, envelope: Envelope, content: bytes) -> bytes:
+        content = without_fields(content, INFO_PREFIX)
+        try:
+            kind = smime.classify(content).kind
+        except PKIError:
+            return content
+        if kind not in ("enveloped-data", "authEnveloped-data", "signed", "signed-data"):
+            return content
+        try:
+            opened = await self._engine.open(content)
+        except PKIError as e:
+            what = "decryption" if kind.endswith("nveloped-data") else "verification"
+            log.warn("S/MIME {what} failed; Queue id: {queue_id}; Message: {why}", what=what,
+                     queue_id=envelope.queue_id, why=e)
+            return with_fields(content, [(f"{INFO_PREFIX}Error", f"S/MIME {what} failed: {e}")])
+        added: list[tuple[str, str]] = []
+        delivered = content
+        if opened.decrypted is not None:
+            result = opened.decrypted.result
+            delivered = opened.decrypted.message
+            added += [(f"{INFO_PREFIX}Encrypted", "True"),
+                      (f"{INFO_PREFIX}Encryption-Algorithm",
+                       f"{result.cipher.upper()}, key transport {result.key_transport}"),
+                      (f"{INFO_PREFIX}Decrypted-With", describe_name(result.certificate.subject)
+                       + "; SHA-256 " + result.certificate.fingerprint(hashes.SHA256()).hex())]
+        if opened.signed:
+            added.append((f"{INFO_PREFIX}Signed", "True"))
+            for i, signer in enumerate(opened.signers):
+                added += [(f"{INFO_PREFIX}Signer-{i}", signer.signer),
+                          (f"{INFO_PREFIX}Signer-Verified-{i}", str(signer.check.valid)),
+                          (f"{INFO_PREFIX}Signer-Trusted-{i}", str(signer.valid))]
+                if signer.emails:
+                    added.append((f"{INFO_PREFIX}Signer-Email-{i}", ", ".join(signer.emails)))
+                if not signer.valid:
+                    added.append((f"{INFO_PREFIX}Signer-Reason-{i}", signer.reason))
+            if not opened.signature_valid:
+                log.warn("S/MIME signature was not valid; Signer IDs: {signers}; Queue id: "
+                         "{queue_id}", signers=opened.signer_ids() or "(none)",
+                         queue_id=envelope.queue_id)
+        log.info("{queue_id}: incoming S/MIME: {what}", queue_id=envelope.queue_id,
+                 what=", ".join(f"{name.removeprefix(INFO_PREFIX)}={value}"
+                                for name, value in added if "-Email-" not in name))
+        return with_fields(delivered, added)
+
+
+def _unique(certificates: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+    seen: dict[bytes, x509.Certificate] = {}
+    for cert in certificates:
+        seen.setdefault(cert.fingerprint(hashes.SHA256()), cert)
+    return list(seen.values())
+
+
+def _as_sent(content: bytes, queue_id: str) -> bytes:
+    """
+    The message as the client sent it: without the Received field our SMTP
+    server put on top.
+    """
+    fields, rest = split_header(content)
+    if fields and field_name(fields[0]) == "received" and b"(cipherd) with" in fields[0] \
+            and f" id {queue_id}".encode() in fields[0]:
+        return b"".join(fields[1:]) + rest
+    return content

@@ -1,0 +1,212 @@
+"""
+The encryption policy: for each recipient of a message, whether its mail
+must, may or must not be encrypted, and how.
+
+Everything here is a pure function of facts gathered beforehand (the
+effective settings of sender and recipient, the message's subject and
+headers, the recipient's valid certificates), so every branch is tested
+without a database or a clock.
+
+The decision for one recipient:
+
+    1. Locality: a recipient in a relay domain, or whose *locality* is
+       internal, is internal: its mail is not encrypted here (incoming
+       S/MIME is opened instead).
+    2. Encrypt mode, the stricter of the sender's and the recipient's:
+       *no encryption* (never; triggers are ignored), *allow* (encrypt when
+       a method can, else send as is), *mandatory* (encrypt, or bounce).
+       Under *allow*, a matching subject or header trigger (the sender's)
+       makes encryption mandatory for this message.
+    3. The method chain, first that can wins: S/MIME (the recipient has a
+       valid trusted encryption certificate and S/MIME is enabled for both;
+       signed too when the sender's *S/MIME sign* is on), then the webmail
+       tunnel (enabled for the sender and for the recipient; with the
+       sender's *only if mandatory*, only for mandatory encryption).  PGP
+       and PDF will be further links of L{METHODS}.
+    4. No method: a bounce when encryption is mandatory, the message as is
+       when it is merely allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+Settings = Mapping[str, Any]
+
+INTERNAL = "internal"
+PLAIN = "plain"
+SMIME = "smime"
+WEBMAIL = "webmail"
+BOUNCE = "bounce"
+
+_STRICTNESS = {"no_encryption": 0, "allow": 1, "mandatory": 2}
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """
+    A trigger that matched: which, and what to take out of the subject.
+
+    @ivar kind: C{"subject"} or C{"header"}.
+    @ivar remove: for a subject trigger with *remove pattern*: the subject's
+        pattern, to be removed from the subject.
+    """
+
+    kind: str
+    remove: str | None = None
+
+
+def find_trigger(sender: Settings, subject: str, headers: Sequence[tuple[str, str]]
+                 ) -> Trigger | None:
+    """
+    The sender's subject or header trigger, if it matches this message.
+
+    @param subject: the decoded subject.
+    @param headers: the message's header fields, decoded, in order.
+    """
+    if sender["subject_trigger_enabled"]:
+        pattern = sender["subject_trigger"]
+        if re.search(pattern, subject):
+            return Trigger("subject", pattern if sender["subject_trigger_remove_pattern"]
+                           else None)
+    if sender["header_trigger_enabled"]:
+        name, _, pattern = sender["header_trigger"].partition(":")
+        name, pattern = name.strip().lower(), pattern.strip()
+        for field_name, value in headers:
+            if field_name.lower() == name and re.search(pattern, value.strip()):
+                return Trigger("header")
+    return None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """
+    What the decision for one recipient rests on.
+
+    @ivar relay_domain: the recipient's domain is one of the MTA's relay
+        domains.
+    @ivar certificates: the recipient's valid, trusted encryption
+        certificates.
+    @ivar can_sign: the sender has a valid signing certificate with its key.
+    """
+
+    recipient: str
+    sender_settings: Settings
+    recipient_settings: Settings
+    relay_domain: bool
+    trigger: Trigger | None = None
+    certificates: Sequence[x509.Certificate] = ()
+    can_sign: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """
+    What happens to one recipient's mail.
+
+    @ivar method: L{INTERNAL}, L{PLAIN}, L{SMIME}, L{WEBMAIL} or L{BOUNCE}.
+    @ivar mandatory: encryption was mandatory (by mode or by trigger).
+    @ivar sign: for S/MIME: sign with the sender's key too.
+    @ivar reason: for a bounce, the reason its notice gives; for plain
+        mail that could have been encrypted, why it was not.
+    @ivar notes: MPA log lines, as C{(level, text)}.
+    """
+
+    recipient: str
+    method: str
+    mandatory: bool = False
+    sign: bool = False
+    reason: str = ""
+    notes: tuple[tuple[str, str], ...] = field(default=())
+
+
+def is_internal(facts: Facts) -> bool:
+    return facts.relay_domain or facts.recipient_settings["locality"] == INTERNAL
+
+
+def encrypt_mode(facts: Facts) -> str:
+    """
+    The stricter of the sender's and the recipient's encrypt mode.
+    """
+    return max(facts.sender_settings["encrypt_mode"],
+               facts.recipient_settings["encrypt_mode"], key=_STRICTNESS.__getitem__)
+
+
+def needs_certificates(facts: Facts) -> bool:
+    """
+    Whether the decision could use the recipient's certificates (so they
+    are worth looking up).
+    """
+    return (not is_internal(facts) and encrypt_mode(facts) != "no_encryption"
+            and facts.sender_settings["smime_enabled"]
+            and facts.recipient_settings["smime_enabled"])
+
+
+# A method offers a decision, or says why it cannot (for the log and the
+# bounce).
+Offer = Callable[[Facts, bool], "Decision | str"]
+
+
+def _smime(facts: Facts, mandatory: bool) -> Decision | str:
+    if not (facts.sender_settings["smime_enabled"] and facts.recipient_settings["smime_enabled"]):
+        return "S/MIME is disabled"
+    if not facts.certificates:
+        return "there is no valid S/MIME certificate for the recipient"
+    return Decision(facts.recipient, SMIME, mandatory,
+                    sign=facts.can_sign and bool(facts.sender_settings["smime_sign"]))
+
+
+def _webmail(facts: Facts, mandatory: bool) -> Decision | str:
+    if not facts.sender_settings["webmail_enabled"]:
+        return "Webmail is disabled for the sender"
+    if not facts.recipient_settings["webmail_enabled"]:
+        return "Webmail is disabled for the recipient"
+    if facts.sender_settings["webmail_only_if_mandatory"] and not mandatory:
+        return "Webmail is only used when encryption is mandatory"
+    return Decision(facts.recipient, WEBMAIL, mandatory)
+
+
+# The method chain, in order. PGP and PDF join here.
+METHODS: tuple[tuple[str, Offer], ...] = ((SMIME, _smime), (WEBMAIL, _webmail))
+
+
+def decide(facts: Facts, methods: Sequence[tuple[str, Offer]] = METHODS) -> Decision:
+    """
+    The decision for one recipient.
+    """
+    if is_internal(facts):
+        return Decision(facts.recipient, INTERNAL)
+    mode = encrypt_mode(facts)
+    if mode == "no_encryption":
+        return Decision(facts.recipient, PLAIN)
+    mandatory = mode == "mandatory" or facts.trigger is not None
+    refusals: list[str] = []
+    notes: list[tuple[str, str]] = []
+    for name, offer in methods:
+        offered = offer(facts, mandatory)
+        if isinstance(offered, Decision):
+            return Decision(offered.recipient, offered.method, offered.mandatory,
+                            offered.sign, offered.reason, tuple(notes))
+        refusals.append(offered)
+        if name == WEBMAIL and offered.startswith("Webmail is disabled"):
+            # The guide's MPA log line (Troubleshooting, "Webmail is disabled").
+            notes.append(("info", f"{offered}; Recipient: {facts.recipient}"))
+    reason = "; ".join(refusals)
+    if mandatory:
+        why = "by trigger" if mode != "mandatory" else "by policy"
+        return Decision(facts.recipient, BOUNCE, True,
+                        reason=f"Encryption is mandatory ({why}) but no method could "
+                               f"encrypt the message: {reason}.", notes=tuple(notes))
+    return Decision(facts.recipient, PLAIN, reason=reason, notes=tuple(notes))
+
+
+def remove_pattern(subject: str, pattern: str) -> str:
+    """
+    C{subject} without the trigger's matches (and the spaces they leave).
+    """
+    return " ".join(re.sub(pattern, " ", subject).split())

@@ -1,0 +1,173 @@
+"""
+The webmail tunnel message: how the gateway hands a message to the webmail
+messenger.
+
+Before signing and encryption it is a C{multipart/mixed} message from the
+*webmail sender* to the *webmail recipient*, subject C{Secure Webmail
+message}, of two parts:
+
+    1. C{application/vnd.cipherd.tunnel+json}: the metadata the webmail
+       side needs (format version, the tunnel id, when it was made, the
+       original envelope sender, the recipients it is for, options);
+    2. C{message/rfc822}: the original message, byte for byte as the client
+       sent it (C{8bit}, or C{binary} when a line is longer than SMTP's
+       998 octets).
+
+The gateway signs it opaquely (the signed content is carried inside the
+CMS structure, so no transfer encoding touches the original) with the
+webmail sender's key, then encrypts it to the webmail recipient's
+certificates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from cipherd.mpa.message import field_name, split_header
+
+SUBJECT = "Secure Webmail message"
+METADATA_TYPE = "application/vnd.cipherd.tunnel+json"
+VERSION = 1
+
+
+class TunnelFormatError(ValueError):
+    """
+    The content is not a tunnel message this version can read.
+    """
+
+
+@dataclass(frozen=True)
+class TunnelMetadata:
+    """
+    @ivar tunnel_id: unique per original message and recipient set: the
+        webmail side stores a tunnel once, even when it comes twice.
+    @ivar created: when the gateway made it (seconds since the epoch).
+    @ivar sender: the original envelope sender.
+    @ivar recipients: the original recipients it is for.
+    """
+
+    tunnel_id: str
+    created: float
+    sender: str
+    recipients: tuple[str, ...]
+    read_receipt: bool = False
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "version": VERSION, "id": self.tunnel_id, "created": self.created,
+            "sender": self.sender, "recipients": list(self.recipients),
+            "options": {"read_receipt": self.read_receipt},
+        }, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TunnelMetadata:
+        try:
+            value: Any = json.loads(data)
+            if value.get("version") != VERSION:
+                raise TunnelFormatError(f"tunnel format version {value.get('version')!r} "
+                                        "is not supported")
+            recipients = value["recipients"]
+            if not isinstance(recipients, list) or not all(isinstance(r, str)
+                                                           for r in recipients):
+                raise TunnelFormatError("the tunnel's recipients are not a list of addresses")
+            return cls(str(value["id"]), float(value["created"]), str(value["sender"]),
+                       tuple(recipients), bool(value.get("options", {}).get("read_receipt")))
+        except TunnelFormatError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise TunnelFormatError(f"the tunnel's metadata cannot be read: {e}") from None
+
+
+def _transfer_encoding(original: bytes) -> bytes:
+    if max((len(line) for line in original.split(b"\r\n")), default=0) > 998:
+        return b"binary"
+    return b"7bit" if original.isascii() else b"8bit"
+
+
+def build_tunnel(original: bytes, metadata: TunnelMetadata, *, webmail_sender: str,
+                 webmail_recipient: str, my_hostname: str) -> bytes:
+    """
+    The tunnel message, before signing and encryption.
+    """
+    boundary = b"=_tunnel_" + secrets.token_hex(16).encode()
+    while boundary in original:  # pragma: no cover - 128 random bits
+        boundary = b"=_tunnel_" + secrets.token_hex(16).encode()
+    date = format_datetime(datetime.fromtimestamp(metadata.created, UTC))
+    head = (f"From: <{webmail_sender}>\r\n"
+            f"To: <{webmail_recipient}>\r\n"
+            f"Subject: {SUBJECT}\r\n"
+            f"Date: {date}\r\n"
+            f"Message-ID: <{metadata.tunnel_id}@{my_hostname}>\r\n"
+            "MIME-Version: 1.0\r\n").encode("ascii")
+    if not original.endswith(b"\r\n"):
+        original += b"\r\n"
+    return b"".join([
+        head,
+        b'Content-Type: multipart/mixed; boundary="', boundary, b'"\r\n\r\n',
+        b"--", boundary, b"\r\n",
+        b"Content-Type: ", METADATA_TYPE.encode(), b"\r\n\r\n",
+        metadata.to_json(), b"\r\n",
+        b"--", boundary, b"\r\n",
+        b"Content-Type: message/rfc822\r\n",
+        b"Content-Transfer-Encoding: ", _transfer_encoding(original), b"\r\n\r\n",
+        original,
+        b"\r\n--", boundary, b"--\r\n",
+    ])
+
+
+def read_tunnel(entity: bytes) -> tuple[TunnelMetadata, bytes]:
+    """
+    The metadata and the original of a tunnel message (signed and
+    encrypted layers already removed).
+
+    @raise TunnelFormatError: it is not one.
+    """
+    fields, rest = split_header(entity)
+    content_type = b"".join(f for f in fields if field_name(f) == "content-type")
+    marker = b'boundary="'
+    start = content_type.find(marker)
+    if not content_type.lower().split(b":", 1)[-1].strip().startswith(b"multipart/mixed") or \
+            start < 0:
+        raise TunnelFormatError("not a tunnel message (no multipart/mixed boundary)")
+    boundary = content_type[start + len(marker):].split(b'"', 1)[0]
+    body = rest[2:] if rest.startswith(b"\r\n") else rest
+    delimiter = b"--" + boundary
+    if not body.startswith(delimiter + b"\r\n"):
+        raise TunnelFormatError("not a tunnel message (no first part)")
+    end = body.rfind(b"\r\n" + delimiter + b"--")
+    if end < 0:
+        raise TunnelFormatError("the tunnel message is cut short")
+    inner = body[len(delimiter) + 2:end]
+    separator = b"\r\n" + delimiter + b"\r\n"
+    first_end = inner.find(separator)
+    if first_end < 0:
+        raise TunnelFormatError("the tunnel message has one part, not two")
+    first, second = inner[:first_end], inner[first_end + len(separator):]
+    first_fields, first_rest = split_header(first)
+    if not any(field_name(f) == "content-type" and METADATA_TYPE.encode() in f.lower()
+               for f in first_fields):
+        raise TunnelFormatError("the tunnel's first part is not its metadata")
+    metadata = TunnelMetadata.from_json(first_rest.strip())
+    second_fields, second_rest = split_header(second)
+    if not any(field_name(f) == "content-type" and b"message/rfc822" in f.lower()
+               for f in second_fields):
+        raise TunnelFormatError("the tunnel's second part is not a message")
+    original = second_rest[2:] if second_rest.startswith(b"\r\n") else second_rest
+    return metadata, original
+
+
+def tunnel_id(my_hostname: str, queue_id: str, recipients: Sequence[str]) -> str:
+    """
+    The same id each time the same queued message is tunnelled to the same
+    recipients (after a crash, say), a different one otherwise.
+    """
+    digest = hashlib.sha256("\0".join([my_hostname, queue_id, *sorted(recipients)])
+                            .encode()).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
