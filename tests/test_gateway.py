@@ -1,0 +1,249 @@
+"""
+The gateway's processing with the real store, certificate store and S/MIME
+engine behind it (in memory, the clock injected): one message split over
+every path, the tunnel message opened again, the guide's faults with their
+log lines and notices, trigger removal, and incoming S/MIME for internal
+recipients.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
+from cipherd.mpa.tunnel import SUBJECT, read_tunnel
+from cipherd.pki import smime
+from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.trust import CTLStatus
+from cipherd.settings import GLOBAL, Level, scope_for
+from cipherd.smtp.config import MTAConfig, apply_changes
+from cipherd.smtp.queue import Part
+from cipherd.smtp.spool import Envelope, QueuedMessage
+from cipherd.store.certificates import ROOTS
+from cipherd.store.settings import SettingsRepository
+from cipherd.testing import SynchronousRunner, migrated_store, result_of
+from tests.pki_factory import START, make_ca, make_user
+
+NOW = START + timedelta(days=10)
+QUEUE_ID = "4A1B2C3D4E5F"
+RECEIVED = (b"Received: from client.example.org (unknown[127.0.0.1])\r\n\tby gw.example.com "
+            b"(cipherd) with ESMTP id " + QUEUE_ID.encode() + b";\r\n"
+            b"\tSat, 28 Nov 2026 10:00:00 +0000\r\n")
+SENT = (b"From: alice@example.com\r\nTo: several\r\nSubject: Quarterly figures [encrypt]\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n.dot\r\nGr\xc3\xbc\xc3\x9fe\r\n"
+        + b"y" * 1200 + b"\r\n")
+WEBMAIL_SENDER = "webmail-sender@example.com"
+WEBMAIL_RECIPIENT = "webmail@webmail.local"
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, Any]:
+    root = make_ca("Gateway Root")
+    return {"root": root, "alice": make_user("alice@example.com", root),
+            "bob": make_user("bob@partner.example", root),
+            "carol": make_user("carol@example.com", root)}
+
+
+class World:
+    def __init__(self, pki: dict[str, Any]) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        store = migrated_store()
+        self.settings = SettingsRepository(store, self.clock)
+        self.certificates = CertificateStore(store, self.clock, os.urandom(32),
+                                             SynchronousRunner())
+        self.engine = SmimeEngine(self.certificates, SynchronousRunner())
+        result_of(self.certificates.import_data(pki["root"].pem(), store=ROOTS))
+        for name in ("alice", "bob", "carol"):
+            result_of(self.certificates.import_data(pki[name].pkcs12(b"pw"), password="pw"))
+        self.config, errors = apply_changes(MTAConfig(), {
+            "relay_domains": ["example.com"], "my_hostname": "gw.example.com"})
+        assert not errors
+        self.submitted: list[tuple[str, list[str], bytes]] = []
+        self.gateway = Gateway(self.settings, self.certificates, self.engine,
+                               lambda: self.config, self._submit, self.clock)
+        self.set(GLOBAL, webmail_sender=WEBMAIL_SENDER, webmail_recipient=WEBMAIL_RECIPIENT)
+
+    async def _submit(self, sender: str, recipients: list[str], content: bytes, client: str,
+                      *, processed: bool = False) -> QueuedMessage:
+        assert processed and client == "mpa"
+        self.submitted.append((sender, recipients, content))
+        envelope = Envelope(f"{len(self.submitted):012X}", sender, tuple(recipients), 0)
+        return QueuedMessage(envelope, "active", None, len(content))  # type: ignore[arg-type]
+
+    def set(self, scope: Any, **values: Any) -> None:
+        assert result_of(self.settings.update(scope, values)) == {}
+
+    def domain(self, name: str, **values: Any) -> None:
+        self.set(scope_for(Level.DOMAIN, name), **values)
+
+    def tunnel_certificates(self, *, sender: bool = True, recipient: bool = True) -> None:
+        for wanted, email in ((sender, WEBMAIL_SENDER), (recipient, WEBMAIL_RECIPIENT)):
+            if wanted:
+                thumbprint = result_of(self.certificates.create_tunnel_certificate(
+                    email, "Webmail tunnel certificate"))
+                result_of(self.certificates.set_ctl(thumbprint, CTLStatus.WHITELISTED))
+
+    def process(self, *recipients: str, content: bytes = RECEIVED + SENT,
+                sender: str = "alice@example.com") -> dict[tuple[str, ...], Part]:
+        envelope = Envelope(QUEUE_ID, sender, recipients, NOW.timestamp())
+
+        async def processed() -> list[Part]:
+            return await self.gateway.process(envelope, content)
+
+        parts = result_of(processed())
+        assert sorted(r for p in parts for r in p.recipients) == sorted(recipients)
+        return {p.recipients: p for p in parts}
+
+
+@pytest.fixture
+def world(pki: dict[str, Any]) -> World:
+    return World(pki)
+
+
+def test_one_message_split_over_every_path(world: World, log_lines: list[str]) -> None:
+    world.set(GLOBAL, encrypt_mode="allow", webmail_enabled=True)
+    world.domain("mandatory.example", encrypt_mode="mandatory")
+    world.domain("plain.example", webmail_enabled=False)
+    world.domain("strict.example", encrypt_mode="mandatory", webmail_enabled=False)
+    world.tunnel_certificates()
+    parts = world.process("carol@example.com", "bob@partner.example", "dave@mandatory.example",
+                          "erin@plain.example", "frank@strict.example")
+    internal = parts[("carol@example.com",)]
+    assert internal.outcome is None and internal.content == RECEIVED + SENT
+    assert parts[("erin@plain.example",)].content == RECEIVED + SENT
+    encrypted = parts[("bob@partner.example",)]
+    assert smime.classify(encrypted.content).kind == "enveloped-data"
+    opened = result_of(world.engine.open(encrypted.content))
+    assert opened.decrypted is not None and opened.decrypted.result.recipients
+    assert opened.signature_valid  # alice has a key: signed too
+    # Signed as multipart/signed: the 8-bit body travels base64-encoded.
+    body = email.message_from_bytes(opened.message).get_payload(decode=True)
+    assert body == SENT[SENT.index(b"\r\n\r\n") + 4:]
+
+    tunnel = parts[("dave@mandatory.example",)]
+    assert tunnel.outcome is not None and tunnel.outcome.status == "sent"
+    assert tunnel.relay == "webmail" and "in webmail tunnel message" in tunnel.outcome.reason
+    refused = parts[("frank@strict.example",)]
+    assert refused.outcome is not None
+    assert (refused.outcome.status, refused.outcome.notified) == ("bounced", True)
+
+    (tunnel_sender, tunnel_to, sealed), (notice_sender, notice_to, notice) = world.submitted
+    assert (tunnel_sender, tunnel_to) == (WEBMAIL_SENDER, [WEBMAIL_RECIPIENT])
+    assert sealed.startswith(b"From: <webmail-sender@example.com>\r\nTo: "
+                             b"<webmail@webmail.local>\r\nSubject: Secure Webmail message\r\n")
+    unsealed = result_of(world.engine.open(sealed))
+    assert unsealed.signature_valid and unsealed.signers[0].emails == [WEBMAIL_SENDER]
+    metadata, original = read_tunnel(unsealed.message)
+    assert original == SENT  # as the client sent it: byte for byte
+    assert (metadata.sender, metadata.recipients) == ("alice@example.com",
+                                                      ("dave@mandatory.example",))
+    assert metadata.created == NOW.timestamp() and not metadata.read_receipt
+
+    assert (notice_sender, notice_to) == ("", ["alice@example.com"])
+    text = notice.decode()
+    assert ("The message with Subject\r\n\r\nQuarterly figures [encrypt]\r\n\r\nhas not been "
+            "sent to the following recipients because the message could not be encrypted."
+            "\r\n\r\nfrank@strict.example\r\n\r\nEncryption is mandatory (by policy)") in text
+    assert "y" * 100 not in text  # the header only, never the content in the clear
+    assert any(line.startswith("Webmail is disabled for the recipient; Recipient: "
+                               "frank@strict.example") for line in log_lines), log_lines
+
+
+def test_the_tunnel_id_is_the_same_when_the_same_message_is_processed_again(
+        world: World) -> None:
+    world.set(GLOBAL, encrypt_mode="mandatory", webmail_enabled=True)
+    world.tunnel_certificates()
+    world.process("dave@partner.example")
+    world.process("dave@partner.example")
+    ids = {read_tunnel(result_of(world.engine.open(sealed)).message)[0].tunnel_id
+           for _, _, sealed in world.submitted}
+    assert len(ids) == 1
+
+
+@pytest.mark.parametrize("missing, line, reason", [
+    ("sender", "The tunneled message should have been signed", NOT_SIGNED),
+    ("recipient", "There are no valid S/MIME certificates for the webmail recipient",
+     NO_WEBMAIL_CERTIFICATE),
+])
+def test_tunnel_faults_as_the_guide_names_them(world: World, log_lines: list[str],
+                                               missing: str, line: str, reason: str) -> None:
+    world.set(GLOBAL, encrypt_mode="mandatory", webmail_enabled=True)
+    world.tunnel_certificates(sender=missing != "sender", recipient=missing != "recipient")
+    parts = world.process("dave@partner.example")
+    outcome = parts[("dave@partner.example",)].outcome
+    assert outcome is not None and outcome.status == "bounced" and reason in outcome.reason
+    ((sender, to, notice),) = world.submitted
+    assert (sender, to) == ("", ["alice@example.com"])
+    assert f"dave@partner.example\r\n\r\n{reason}\r\n".encode() in notice
+    assert any(entry.startswith(line) for entry in log_lines), log_lines
+
+
+def test_webmail_disabled_for_the_sender_is_logged(world: World, log_lines: list[str]) -> None:
+    world.set(GLOBAL, encrypt_mode="mandatory")
+    world.process("dave@partner.example")
+    assert any(entry.startswith("Webmail is disabled for the sender; Recipient: "
+                                "dave@partner.example; Sender: alice@example.com")
+               for entry in log_lines), log_lines
+
+
+def test_an_untrusted_webmail_certificate_is_no_certificate(world: World) -> None:
+    world.set(GLOBAL, encrypt_mode="mandatory", webmail_enabled=True)
+    world.tunnel_certificates(recipient=False)
+    # Imported but not on the CTL white list (guide section 3.3 skipped).
+    result_of(world.certificates.create_tunnel_certificate(WEBMAIL_RECIPIENT, "untrusted"))
+    parts = world.process("dave@partner.example")
+    outcome = parts[("dave@partner.example",)].outcome
+    assert outcome is not None and NO_WEBMAIL_CERTIFICATE in outcome.reason
+
+
+def test_the_subject_trigger_is_removed_from_what_is_encrypted(world: World) -> None:
+    world.set(GLOBAL, encrypt_mode="allow", subject_trigger_enabled=True)
+    parts = world.process("bob@partner.example", "erin@partner.example")
+    encrypted = result_of(world.engine.open(parts[("bob@partner.example",)].content))
+    assert b"Subject: Quarterly figures\r\n" in encrypted.message
+    # erin has no certificate: a trigger makes it mandatory, and nothing can.
+    refused = parts[("erin@partner.example",)].outcome
+    assert refused is not None and "(by trigger)" in refused.reason
+
+
+def test_incoming_smime_is_opened_for_internal_recipients(world: World, pki: dict[str, Any]
+                                                          ) -> None:
+    signer = result_of(world.certificates.signing_identity("bob@partner.example"))
+    carol = result_of(world.certificates.encryption_certificates("carol@example.com"))
+    incoming = (b"X-Cipherd-Info-Signer-Trusted-0: True\r\n" +
+                result_of(world.engine.protect(SENT, signer=signer, recipients=carol)))
+    (part,) = world.process("carol@example.com", content=incoming,
+                            sender="bob@partner.example").values()
+    header = part.content[:part.content.index(b"\r\n\r\n")].decode()
+    assert "X-Cipherd-Info-Encrypted: True\r\n" in header
+    assert "X-Cipherd-Info-Encryption-Algorithm: AES256_CBC, key transport rsaes_pkcs1v15" \
+        in header
+    assert "X-Cipherd-Info-Decrypted-With: CN=Carol, EMAILADDRESS=carol@example.com" in header
+    assert "X-Cipherd-Info-Signer-0: CN=Bob, EMAILADDRESS=bob@partner.example\r\n" in header
+    assert "X-Cipherd-Info-Signer-Verified-0: True\r\nX-Cipherd-Info-Signer-Trusted-0: True" \
+        in header
+    assert header.count("Signer-Trusted-0") == 1  # the forged field went
+    # Delivered decrypted, still signed: the mail client can check it too.
+    assert smime.classify(part.content).kind == "signed"
+    entity = smime.verify_message(part.content).entity
+    assert email.message_from_bytes(entity).get_payload(decode=True).endswith(b"y" * 1200 +
+                                                                               b"\r\n")
+
+
+def test_undecryptable_incoming_mail_is_delivered_as_received_saying_why(
+        world: World, pki: dict[str, Any]) -> None:
+    stranger = make_user("zed@example.com", pki["root"])
+    encrypted = smime.encrypt_message(SENT, [stranger.cert])
+    (part,) = world.process("carol@example.com", content=encrypted).values()
+    assert part.content.endswith(encrypted)
+    assert part.content.startswith(b"X-Cipherd-Info-Error: S/MIME decryption failed: A "
+                                   b"suitable decryption key could not be found.\r\n")
