@@ -17,7 +17,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
-from cipherd.mpa.tunnel import SUBJECT, read_tunnel
+from cipherd.mpa.tunnel import read_tunnel
 from cipherd.pki import smime
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
@@ -86,10 +86,10 @@ class World:
         self.set(scope_for(Level.DOMAIN, name), **values)
 
     def tunnel_certificates(self, *, sender: bool = True, recipient: bool = True) -> None:
-        for wanted, email in ((sender, WEBMAIL_SENDER), (recipient, WEBMAIL_RECIPIENT)):
+        for wanted, address in ((sender, WEBMAIL_SENDER), (recipient, WEBMAIL_RECIPIENT)):
             if wanted:
                 thumbprint = result_of(self.certificates.create_tunnel_certificate(
-                    email, "Webmail tunnel certificate"))
+                    address, "Webmail tunnel certificate"))
                 result_of(self.certificates.set_ctl(thumbprint, CTLStatus.WHITELISTED))
 
     def process(self, *recipients: str, content: bytes = RECEIVED + SENT,
