@@ -40,7 +40,11 @@ from cipherd.web.auth import (
     WeakPassword,
     csrf_matches,
 )
-from cipherd.web.backend import AdminBackend
+from cipherd.web.backend import (
+    WEBMAIL_CERTIFICATE_SUBJECT,
+    AdminBackend,
+    SenderCertificateRefused,
+)
 from cipherd.web.common import (
     SecureHeaders,
     arg,
@@ -90,6 +94,21 @@ class _ScopeView:
         if self.scope.level is Level.GLOBAL:
             return "Global preferences"
         return f"{self.scope.level.value.capitalize()} {self.scope.key}"
+
+    @property
+    def phrase(self) -> str:
+        """
+        The title inside a sentence: "... for global preferences".
+        """
+        return self.title[0].lower() + self.title[1:]
+
+
+def _has_webmail_sender(scope: Scope) -> bool:
+    """
+    Whether C{scope} has a I{Webmail sender}, and so a "create webmail
+    certificate" page (guide §3.8, figure 14): global and domains.
+    """
+    return any(p.name == "webmail_sender" for p in properties_on("webmail", scope.level))
 
 
 def _display(prop: Property, value: Any) -> str:
@@ -243,8 +262,8 @@ class AdminSite(AdminPages):
     @authenticated
     async def scoped_settings(self, request: IRequest, session: AdminSession, kind: str,
                               key: str, page: str) -> bytes:
-        scope = self._scope(kind, key)
-        if scope is None or not await self.backend.settings.exists(scope):
+        scope = await self._existing_scope(kind, key)
+        if scope is None:
             return self.not_found(request, session)
         return await self._settings_page(request, session, scope, page)
 
@@ -254,6 +273,12 @@ class AdminSite(AdminPages):
             return None if level is None else scope_for(level, key)
         except InvalidValue:
             return None
+
+    async def _existing_scope(self, kind: str, key: str) -> Scope | None:
+        scope = self._scope(kind, key)
+        if scope is None or not await self.backend.settings.exists(scope):
+            return None
+        return scope
 
     async def _settings_page(
         self, request: IRequest, session: AdminSession, scope: Scope, page: str
@@ -309,6 +334,8 @@ class AdminSite(AdminPages):
             pages=[p for p in PAGES if properties_on(p.name, scope.level)],
             groups=groups, advanced=advanced, has_advanced=has_advanced,
             saved=arg(request, "saved") is not None, errors=errors,
+            certificate_link=f"{view.base}/webmail/certificate"
+            if page == "webmail" and _has_webmail_sender(scope) else None,
         )
 
     @staticmethod
@@ -339,6 +366,59 @@ class AdminSite(AdminPages):
             except InvalidValue as e:
                 errors[prop.name] = str(e)
         return changes, errors, submitted
+
+    # Settings → webmail → create webmail certificate (guide §3.8, §3.9) ------
+
+    @app.route("/settings/global/webmail/certificate", methods=["GET", "POST"])
+    @authenticated
+    async def global_webmail_certificate(self, request: IRequest,
+                                         session: AdminSession) -> bytes:
+        return await self._webmail_certificate_page(request, session, GLOBAL)
+
+    @app.route("/settings/<kind>/<key>/webmail/certificate", methods=["GET", "POST"])
+    @authenticated
+    async def scoped_webmail_certificate(self, request: IRequest, session: AdminSession,
+                                         kind: str, key: str) -> bytes:
+        scope = await self._existing_scope(kind, key)
+        if scope is None or not _has_webmail_sender(scope):
+            return self.not_found(request, session)
+        return await self._webmail_certificate_page(request, session, scope)
+
+    async def _webmail_certificate_page(self, request: IRequest, session: AdminSession,
+                                        scope: Scope) -> bytes:
+        """
+        Figures 15 and 16: the form, "A valid webmail certificate is
+        available" with a link to it, and "A certificate was created."
+        """
+        view = _ScopeView(scope)
+        sender = await self.backend.webmail_sender(scope)
+        errors: dict[str, str] = {}
+        if request.method == b"POST":
+            email = (arg(request, "email") or "").strip()
+            subject = arg(request, "subject") or ""
+            try:
+                # The admin was told whether one is needed and asked anyway.
+                made = await self.backend.create_webmail_sender_certificate(
+                    scope, email, subject, force=True)
+            except SenderCertificateRefused as e:
+                errors = e.errors
+            else:
+                log.info("Admin {account!r} created webmail sender certificate {thumbprint} "
+                         "for {email}", account=session.admin_name,
+                         thumbprint=made.thumbprint, email=made.email)
+                return redirect(request, f"{view.base}/webmail/certificate?created=1"
+                                f"&email={quote(made.email, safe='@')}")
+        else:
+            email = (arg(request, "email") or sender).strip()
+            subject = WEBMAIL_CERTIFICATE_SUBJECT
+        available = (await self.backend.webmail_certificate(email)
+                     if email and "email" not in errors else None)
+        return self.render(
+            request, "webmail_certificate.html", session, status=400 if errors else 200,
+            section="settings", subsection=view.subsection, view=view, sender=sender,
+            values={"email": email, "subject": subject}, errors=errors, available=available,
+            created=not errors and arg(request, "created") is not None,
+        )
 
     # Domains and users ---------------------------------------------------
 

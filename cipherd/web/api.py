@@ -40,7 +40,12 @@ from cipherd.smtp.queue import describe as describe_queued
 from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
-from cipherd.web.backend import AdminBackend, send_test_email
+from cipherd.web.backend import (
+    WEBMAIL_CERTIFICATE_AVAILABLE,
+    AdminBackend,
+    SenderCertificateRefused,
+    send_test_email,
+)
 from cipherd.web.common import arg, client_address, json_response
 from cipherd.web.pki_pages import MAX_UPLOAD, certificate_facts
 
@@ -546,6 +551,39 @@ class AdminAPI:
             return json_response(request, 404, {"error": "The CTL has no such entry."})
         return json_response(request, 200, {"status": "Removed from the CTL."})
 
+    # Guide §3.8: the gateway's webmail tunnel certificate ---------------------
+
+    @app.route("/v1/webmail/sender-certificate", methods=["POST"])
+    @_authenticated()
+    async def create_sender_certificate(self, request: IRequest, admin: AdminRow) -> bytes:
+        # The body is optional: an empty POST asks for the defaults.
+        body = _json_body(request) if _has_body(request) else {}
+        if not isinstance(body, dict):
+            raise _BadRequest('Send {"email": ..., "subject": ..., "force": true|false} or '
+                              "no body at all.")
+        wrong = {name: "must be a string" for name in ("email", "subject")
+                 if body.get(name) is not None and not isinstance(body[name], str)}
+        if not isinstance(body.get("force", False), bool):
+            wrong["force"] = "must be true or false"
+        if wrong:
+            raise _BadRequest("Some values were refused; nothing was created.", wrong)
+        try:
+            made = await self.backend.create_webmail_sender_certificate(
+                GLOBAL, body.get("email"), body.get("subject"), force=body.get("force", False))
+        except SenderCertificateRefused as e:
+            raise _BadRequest("Some values were refused; nothing was created.",
+                              e.errors) from None
+        if not made.created:
+            return json_response(request, 200, {
+                "thumbprint": made.thumbprint, "email": made.email, "created": False,
+                "message": WEBMAIL_CERTIFICATE_AVAILABLE})
+        log.info("Admin {account!r} created webmail sender certificate {thumbprint} for "
+                 "{email} through the API", account=admin.name, thumbprint=made.thumbprint,
+                 email=made.email)
+        return json_response(request, 201, {
+            "thumbprint": made.thumbprint, "email": made.email, "subject": made.subject,
+            "created": True})
+
 
 def _certificate_summary(row: Any, valid: bool, reason: str, ctl: CTLStatus | None
                          ) -> dict[str, Any]:
@@ -562,6 +600,12 @@ def _certificate_summary(row: Any, valid: bool, reason: str, ctl: CTLStatus | No
         "reason": reason,
         "ctl": ctl.value if ctl else None,
     }
+
+
+def _has_body(request: IRequest) -> bool:
+    length = request.getHeader(b"content-length")
+    chunked = b"chunked" in (request.getHeader(b"transfer-encoding") or b"").lower()
+    return chunked or (length is not None and length.strip() not in (b"", b"0"))
 
 
 def _raw_body(request: IRequest, limit: int) -> bytes:
