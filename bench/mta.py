@@ -140,22 +140,24 @@ class Cipherd:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def send(port: int, count: int, size: int) -> float:
+def send(port: int, count: int, size: int, *, sender: str = "bench@example.org",
+         recipient: str = "sink@example.com") -> float:
     """
     smtp-source: C{count} messages of C{size} bytes over SESSIONS sessions.
 
     @return: when it finished (every message answered 250).
     """
     subprocess.run(["smtp-source", "-s", str(SESSIONS), "-m", str(count), "-l", str(size),
-                    "-f", "bench@example.org", "-t", "sink@example.com",
-                    f"127.0.0.1:{port}"], check=True, timeout=1800)
+                    "-f", sender, "-t", recipient, f"127.0.0.1:{port}"],
+                   check=True, timeout=1800)
     return time.monotonic()
 
 
-def measure(port: int, sink: SmtpSink, count: int, size: int) -> tuple[float, float]:
+def measure(port: int, sink: SmtpSink, count: int, size: int, **addresses: str
+            ) -> tuple[float, float]:
     before = sink.delivered
     started = time.monotonic()
-    accepted = send(port, count, size) - started
+    accepted = send(port, count, size, **addresses) - started
     delivered = sink.wait_for(before + count, timeout=1800) - started
     return count / accepted, count / delivered
 

@@ -1,0 +1,173 @@
+"""
+Gateway throughput: Postfix's smtp-source sends 10 KB messages to a running
+cipherd, which passes them through (encryption not required), S/MIME-signs
+and encrypts them (mandatory, the recipient has a certificate, the sender a
+signing key), or wraps them in a signed and encrypted webmail tunnel
+message (mandatory, no certificate, webmail enabled); Postfix's smtp-sink
+counts what arrives.  All three in the same run, on the same appliance.
+
+It prints, per path, the accepted rate (until smtp-source is done: each
+message on disk before its 250) and the delivered rate (until the sink has
+them all), in messages per second, and each encrypting path's delivered
+rate as a share of pass-through.  Needs the Debian postfix package (for
+smtp-source and smtp-sink), which the test command installs.
+
+    .venv/bin/python bench/gateway.py                 # 1,000 messages per path
+    .venv/bin/python bench/gateway.py --messages 300  # quicker, noisier
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import ssl
+import sys
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mta import PASSWORD, Cipherd, SmtpSink, measure  # noqa: E402
+
+from cipherd.pki.certs import create_tunnel_certificate, thumbprint  # noqa: E402
+
+SIZE = 10 * 1024
+SENDER = "bench@example.org"
+PATHS = {"pass-through": "sink@plain.example", "S/MIME": "sink@smime.example",
+         "webmail tunnel": "sink@webmail.example"}
+
+
+def _name(common_name: str, email: str | None = None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if email:
+        attributes.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, email))
+    return x509.Name(attributes)
+
+
+def make_pki() -> tuple[bytes, bytes, bytes]:
+    """
+    A CA (PEM), the sender's signing identity (PKCS#12, password "pw") and
+    the S/MIME recipient's certificate (PEM).
+    """
+    now = datetime.now(UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = (x509.CertificateBuilder().subject_name(_name("Bench CA")).issuer_name(_name("Bench CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                       False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+
+    def user(email: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        cert = (x509.CertificateBuilder().subject_name(_name(email.split("@")[0], email))
+                .issuer_name(ca.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(days=1))
+                .not_valid_after(now + timedelta(days=30))
+                .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]),
+                               critical=False)
+                .add_extension(x509.KeyUsage(True, True, True, False, False, False, False,
+                                             False, False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
+                               critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        return cert, key
+
+    sender, sender_key = user(SENDER)
+    recipient, _ = user(PATHS["S/MIME"])
+    return (ca.public_bytes(serialization.Encoding.PEM),
+            pkcs12.serialize_key_and_certificates(
+                b"sender", sender_key, sender, [ca],
+                serialization.BestAvailableEncryption(b"pw")),
+            recipient.public_bytes(serialization.Encoding.PEM))
+
+
+def upload(cipherd: Cipherd, path: str, data: bytes) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{cipherd.admin_port}/api/v1{path}", method="POST", data=data,
+        headers={"Authorization": "Basic " + base64.b64encode(
+            f"admin:{PASSWORD}".encode()).decode(),
+                 "Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, context=context):  # noqa: S310 - https
+        pass
+
+
+def configure(cipherd: Cipherd, sink_port: int) -> None:
+    """
+    The guide's gateway set-up, through the API.
+    """
+    cipherd._api("PATCH", "/mta", {"transports": [
+        {"domain": domain, "host": "[127.0.0.1]", "port": sink_port}
+        for domain in ("plain.example", "smime.example", "webmail.example", "webmail.local")]})
+    ca, sender_p12, recipient = make_pki()
+    upload(cipherd, "/certificates?store=roots", ca)
+    upload(cipherd, "/certificates?password=pw", sender_p12)
+    upload(cipherd, "/certificates", recipient)
+    now = datetime.now(UTC)
+    for email, with_key in (("webmail-sender@example.org", True),
+                            ("webmail@webmail.local", False)):
+        cert, key = create_tunnel_certificate(email, "Webmail tunnel certificate", now)
+        if with_key:
+            upload(cipherd, "/certificates?password=pw&skip_self_signed=false",
+                   pkcs12.serialize_key_and_certificates(
+                       b"tunnel", key, cert, None, serialization.BestAvailableEncryption(b"pw")))
+        else:
+            upload(cipherd, "/certificates?skip_self_signed=false",
+                   cert.public_bytes(serialization.Encoding.PEM))
+        cipherd._api("POST", "/ctl", {"thumbprint": thumbprint(cert), "status": "whitelisted"})
+    cipherd._api("PATCH", "/settings/global", {
+        "webmail_recipient": "webmail@webmail.local",
+        "webmail_sender": "webmail-sender@example.org"})
+    cipherd._api("PATCH", "/settings/domains/smime.example", {"encrypt_mode": "mandatory"})
+    cipherd._api("PATCH", "/settings/domains/webmail.example", {
+        "encrypt_mode": "mandatory", "webmail_enabled": True})
+    cipherd._api("PATCH", "/settings/users/bench@example.org", {"webmail_enabled": True})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    options = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/gateway.py runs Postfix's smtp-sink as nobody: run it as root")
+    sink = SmtpSink()
+    cipherd = Cipherd(sink.port)
+    results = {}
+    try:
+        configure(cipherd, sink.port)
+        for recipient in PATHS.values():  # warm-up
+            measure(cipherd.smtp_port, sink, 50, SIZE, sender=SENDER, recipient=recipient)
+        for label, recipient in PATHS.items():
+            results[label] = measure(cipherd.smtp_port, sink, options.messages, SIZE,
+                                     sender=SENDER, recipient=recipient)
+    finally:
+        cipherd.close()
+        sink.close()
+    print(f"\n{options.messages} messages of 10 KB per path, smtp-source → cipherd → smtp-sink "
+          "(RSA-2048, SHA-256, AES-256-CBC)")
+    print(f"{'path':15} {'accepted/s':>11} {'delivered/s':>12} {'vs pass-through':>16}")
+    print("-" * 57)
+    base = results["pass-through"][1]
+    for label, (accepted, delivered) in results.items():
+        print(f"{label:15} {accepted:11.1f} {delivered:12.1f} {delivered / base:16.2f}")
+
+
+if __name__ == "__main__":
+    main()
