@@ -5,6 +5,8 @@ Shared fixtures: databases (SQLite and the throwaway PostgreSQL that
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import socket
@@ -82,6 +84,29 @@ def insecure_tls() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def api_call(appliance: Appliance, method: str, path: str, body: Any = None, *,
+             password: str, raw: bytes | None = None) -> tuple[int, Any]:
+    """
+    One call to a running appliance's JSON API (HTTP Basic as admin): the
+    status and the decoded answer, errors included.
+
+    @param raw: a request body sent as it is (a certificate file), instead
+        of C{body} as JSON.
+    """
+    credentials = base64.b64encode(f"admin:{password}".encode()).decode()
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{appliance.admin_url}/api/v1{path}", method=method, data=data,
+        headers={"Authorization": f"Basic {credentials}",
+                 "Content-Type": "application/octet-stream" if raw is not None
+                 else "application/json"})
+    try:
+        with urllib.request.urlopen(request, context=insecure_tls()) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
 
 
 @dataclass

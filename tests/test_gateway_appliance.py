@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import base64
 import email
-import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from cipherd.mpa.tunnel import read_tunnel
 from cipherd.pki.certs import create_tunnel_certificate, thumbprint
-from tests.conftest import Appliance, insecure_tls
+from tests.conftest import Appliance
 from tests.dns_server import DNSServer
 from tests.peers import (
     GpgSM,
@@ -81,13 +79,7 @@ def openssl(tmp_path: Path, pki: TestPKI) -> OpenSSL:
 
 
 def upload(appliance: Appliance, path: str, data: bytes) -> Any:
-    credentials = base64.b64encode(f"admin:{NEW_PASSWORD}".encode()).decode()
-    request = urllib.request.Request(
-        f"{appliance.admin_url}/api/v1{path}", method="POST", data=data,
-        headers={"Authorization": f"Basic {credentials}",
-                 "Content-Type": "application/octet-stream"})
-    with urllib.request.urlopen(request, context=insecure_tls()) as response:
-        return json.load(response)
+    return api(appliance, "POST", path, raw=data)
 
 
 class Gateway:

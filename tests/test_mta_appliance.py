@@ -6,17 +6,14 @@ through the API, and a kill -9 after the 250.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import time
-import urllib.request
 from typing import Any
 
 import pytest
 
 from cipherd.smtp.spool import DirectorySpool
-from tests.conftest import Appliance, free_port, insecure_tls
+from tests.conftest import Appliance, api_call, free_port
 from tests.dns_server import DNSServer
 from tests.peers import require_tool, run
 from tests.postfix import Postfix
@@ -33,28 +30,23 @@ MESSAGE = (b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: queue te
 
 
 def api(appliance: Appliance, method: str, path: str, body: Any = None,
-        password: str = NEW_PASSWORD) -> Any:
-    credentials = base64.b64encode(f"admin:{password}".encode()).decode()
-    request = urllib.request.Request(
-        f"{appliance.admin_url}/api/v1{path}", method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Basic {credentials}",
-                 "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, context=insecure_tls()) as response:
-        return json.load(response)
+        password: str = NEW_PASSWORD, raw: bytes | None = None) -> Any:
+    """
+    An API call that must succeed: its answer.
+    """
+    status, answer = api_call(appliance, method, path, body, password=password, raw=raw)
+    assert status < 300, (method, path, status, answer)
+    return answer
 
 
 def api_refusal(appliance: Appliance, method: str, path: str, body: Any) -> dict[str, str]:
     """
     The field errors of a request the API must refuse with 400.
     """
-    try:
-        api(appliance, method, path, body)
-    except urllib.error.HTTPError as e:
-        assert e.code == 400
-        errors: dict[str, str] = json.load(e)["errors"]
-        return errors
-    raise AssertionError(f"{method} {path} was accepted")
+    status, answer = api_call(appliance, method, path, body, password=NEW_PASSWORD)
+    assert status == 400, (method, path, status, answer)
+    errors: dict[str, str] = answer["errors"]
+    return errors
 
 
 def swaks(appliance: Appliance, *args: str, data: bytes = MESSAGE,

@@ -10,12 +10,8 @@ whole walk in headless Chromium with screenshots.
 
 from __future__ import annotations
 
-import base64
 import html
-import json
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +21,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 
 from cipherd.testing import result_of
 from cipherd.web.backend import WEBMAIL_CERTIFICATE_AVAILABLE, WEBMAIL_CERTIFICATE_SUBJECT
-from tests.conftest import Appliance, insecure_tls
+from tests.conftest import Appliance, api_call
 from tests.harness import AdminHarness
 from tests.test_browser_admin import (  # noqa: F401 -- browser and context are fixtures
     GOOD_PASSWORD,
@@ -166,17 +162,7 @@ API_PATH = "/webmail/sender-certificate"
 
 def call(appliance: Appliance, method: str, path: str, body: Any = None,
          password: str = GOOD_PASSWORD) -> tuple[int, Any]:
-    credentials = base64.b64encode(f"admin:{password}".encode()).decode()
-    request = urllib.request.Request(
-        f"{appliance.admin_url}/api/v1{path}", method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Basic {credentials}",
-                 "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, context=insecure_tls()) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
+    return api_call(appliance, method, path, body, password=password)
 
 
 @pytest.fixture
