@@ -221,6 +221,20 @@ class RepositoryTests(SynchronousTestCase):
         resolved = self.successResultOf(self.repo.effective(scope))[name]
         return resolved.value, resolved.origin
 
+    def test_many_scopes_at_once_resolve_as_one_at_a_time(self) -> None:
+        other = Scope(Level.USER, "bob@other.example")
+        assert self.update(GLOBAL, {"encrypt_mode": "allow"}) == {}
+        assert self.update(Scope(Level.DOMAIN, "*.example.com"),
+                           {"encrypt_mode": "mandatory"}) == {}
+        assert self.update(other, {"webmail_enabled": True}) == {}
+        many = self.successResultOf(self.repo.effective_many([USER, other, GLOBAL, USER]))
+        assert set(many) == {USER, other, GLOBAL}
+        for scope, values in many.items():
+            one = self.successResultOf(self.repo.effective(scope))
+            assert values == {name: resolved.value for name, resolved in one.items()}
+        assert (many[USER]["encrypt_mode"], many[other]["encrypt_mode"]) == ("mandatory",
+                                                                            "allow")
+
     def test_inherit_resets_fall_back_one_level_at_a_time(self) -> None:
         wildcard = Scope(Level.DOMAIN, "*.example.com")
         domain = Scope(Level.DOMAIN, "mail.example.com")

@@ -93,25 +93,23 @@ class Gateway:
 
     # Deciding --------------------------------------------------------------
 
-    async def _settings_for(self, address: str, known: dict[Scope, dict[str, Any]]
-                            ) -> dict[str, Any]:
+    @staticmethod
+    def _scope(address: str) -> Scope:
         try:
-            scope = scope_for(Level.USER, address)
+            return scope_for(Level.USER, address)
         except InvalidValue:
             try:
-                scope = scope_for(Level.DOMAIN, address.rpartition("@")[2])
+                return scope_for(Level.DOMAIN, address.rpartition("@")[2])
             except InvalidValue:
-                scope = GLOBAL  # the null sender, or an address we cannot place
-        if scope not in known:
-            known[scope] = {name: resolved.value for name, resolved in
-                            (await self._settings.effective(scope)).items()}
-        return known[scope]
+                return GLOBAL  # the null sender, or an address we cannot place
 
     async def _process(self, envelope: Envelope, content: bytes) -> list[Part]:
         config = self._mta()
         receive = config.receive_policy()
-        known: dict[Scope, dict[str, Any]] = {}
-        sender_settings = await self._settings_for(envelope.sender, known)
+        scopes = {address: self._scope(address)
+                  for address in (envelope.sender, *envelope.recipients)}
+        known = await self._settings.effective_many(scopes.values())
+        sender_settings = known[scopes[envelope.sender]]
         fields = header_fields(content)
         subject = next((value for name, value in fields if name == "subject"), "")
         trigger = policy.find_trigger(sender_settings, subject, fields)
@@ -120,8 +118,7 @@ class Gateway:
         certificates: dict[str, list[x509.Certificate]] = {}
         decisions: list[policy.Decision] = []
         for recipient in envelope.recipients:
-            facts = policy.Facts(recipient, sender_settings,
-                                 await self._settings_for(recipient, known),
+            facts = policy.Facts(recipient, sender_settings, known[scopes[recipient]],
                                  receive.relay_domain(recipient), trigger)
             if policy.needs_certificates(facts):
                 found = await self._certificates.encryption_certificates(recipient)

@@ -132,6 +132,18 @@ class SettingsRepository:
     async def effective(self, scope: Scope) -> dict[str, Resolved]:
         return (await self.values(scope)).resolve_all(scope)
 
+    async def effective_many(self, scopes: Iterable[Scope]) -> dict[Scope, dict[str, Any]]:
+        """
+        The effective values (without their origin) at each of C{scopes},
+        read in one query: what the gateway needs for a message's sender
+        and recipients.
+        """
+        scopes = list(dict.fromkeys(scopes))
+        chains = list(dict.fromkeys(s for scope in scopes for s in lookup_chain(scope)))
+        values = await self._store.run(load_values, chains)
+        return {scope: {name: resolved.value for name, resolved in
+                        values.resolve_all(scope).items()} for scope in scopes}
+
     async def get(self, scope: Scope, name: str) -> Any:
         """
         The effective value of property C{name} at C{scope}.
