@@ -33,6 +33,7 @@ from cipherd.config import Config
 from cipherd.datadir import prepare_data_dir, read_kek, utc_from_seconds
 from cipherd.logs import MailLogsService
 from cipherd.mpa.gateway import Gateway
+from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.settings import GLOBAL, PROPERTIES
@@ -49,6 +50,8 @@ from cipherd.web.admin import AdminSite
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import BoundedRequest, access_log_formatter
+from cipherd.webmail.accounts import Accounts
+from cipherd.webmail.mailbox import Mailboxes, message_key
 
 SESSION_SWEEP_INTERVAL = 600
 CRYPTO_THREADS = 2
@@ -211,9 +214,16 @@ def make_service(config: Config, reactor: Any) -> IService:
         lambda address, port, protocol: connect_tcp(reactor, address, port, protocol),
         reactor, tls=CertificateOptions())  # opportunistic STARTTLS: no verification
     # Every message passes the gateway's processing on its way out.
-    queue_runner.processor = Gateway(settings, certificates,
-                                     SmimeEngine(certificates, crypto_runner),
-                                     lambda: mta.current, queue_runner.submit, reactor)
+    engine = SmimeEngine(certificates, crypto_runner)
+    gateway = Gateway(settings, certificates, engine, lambda: mta.current,
+                      queue_runner.submit, reactor)
+    # The webmail messenger: relay messages into mailboxes (sealed under a
+    # key derived from var/kek), accounts, invitations.
+    mailboxes = Mailboxes(store, message_key(read_kek(data)))
+    accounts = Accounts(store, reactor, auth_runner)
+    gateway.relay = WebmailRelay(engine, mailboxes, accounts, queue_runner.submit,
+                                 settings.by_address, reactor)
+    queue_runner.processor = gateway
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,
                      queue_runner)

@@ -544,6 +544,21 @@ def scope_for(level: Level, key: str) -> Scope:
     return GLOBAL
 
 
+def scope_of_address(address: str) -> Scope:
+    """
+    The scope whose settings apply to mail of C{address}: its user, or its
+    domain when it is no address we can place as a user, or global (the
+    null sender, C{""}).
+    """
+    try:
+        return scope_for(Level.USER, address)
+    except InvalidValue:
+        try:
+            return scope_for(Level.DOMAIN, address.rpartition("@")[2])
+        except InvalidValue:
+            return GLOBAL
+
+
 def lookup_chain(scope: Scope) -> list[Scope]:
     """
     The scopes consulted, most specific first, for a value at C{scope}.

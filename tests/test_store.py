@@ -50,7 +50,7 @@ def test_new_database_gets_the_schema_and_is_stamped(database_url: str) -> None:
 
 def test_a_version_1_database_gets_the_certificate_store(database_url: str) -> None:
     new_since_1 = {"certificates", "certificate_emails", "crls", "ctl", "trust_generation",
-                   "mta_config"}
+                   "mta_config", "webmail_accounts", "webmail_messages", "webmail_tunnels"}
     engine = _engine(database_url)
     with engine.begin() as conn:
         metadata.create_all(
@@ -59,7 +59,7 @@ def test_a_version_1_database_gets_the_certificate_store(database_url: str) -> N
         conn.execute(text("INSERT INTO schema_version (version) VALUES (1)"))
         conn.execute(text("INSERT INTO domains (name, created) VALUES ('example.com', 1)"))
     with engine.begin() as conn:
-        assert migrate(conn) == (BASELINE_VERSION, 4)
+        assert migrate(conn) == (BASELINE_VERSION, 5)
     with engine.begin() as conn:
         assert new_since_1 <= set(inspect(conn).get_table_names())
         assert conn.execute(text("SELECT name FROM domains")).scalar_one() == "example.com"

@@ -47,13 +47,13 @@ from cipherd.mpa.message import (
     with_fields,
     without_fields,
 )
+from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki import smime
 from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.errors import PKIError
-from cipherd.settings import GLOBAL, InvalidValue, Level, Scope, scope_for
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.client import Outcome
 from cipherd.smtp.config import MTAConfig
@@ -87,29 +87,37 @@ class Gateway:
         self._mta = mta
         self._submit = submit
         self._clock = clock
+        # The webmail messenger's side (cipherd.mpa.relay.WebmailRelay):
+        # handles messages for the relay recipient, when set.
+        self.relay: Any = None
 
     def process(self, envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
         return Deferred.fromCoroutine(self._process(envelope, content))
 
     # Deciding --------------------------------------------------------------
 
-    @staticmethod
-    def _scope(address: str) -> Scope:
-        try:
-            return scope_for(Level.USER, address)
-        except InvalidValue:
-            try:
-                return scope_for(Level.DOMAIN, address.rpartition("@")[2])
-            except InvalidValue:
-                return GLOBAL  # the null sender, or an address we cannot place
-
     async def _process(self, envelope: Envelope, content: bytes) -> list[Part]:
         config = self._mta()
         receive = config.receive_policy()
-        scopes = {address: self._scope(address)
-                  for address in (envelope.sender, *envelope.recipients)}
-        known = await self._settings.effective_many(scopes.values())
-        sender_settings = known[scopes[envelope.sender]]
+        known = await self._settings.by_address(["", envelope.sender, *envelope.recipients])
+        sender_settings = known[envelope.sender]
+        parts: list[Part] = []
+        relay_recipient = known[""]["relay_recipient"].lower()
+        relayed = tuple(r for r in envelope.recipients
+                        if relay_recipient and r.lower() == relay_recipient)
+        if relayed and self.relay is not None:
+            outcome = await self.relay.handle(envelope, content, config)
+            parts.append(Part(relayed, b"", outcome, relay="webmail-messenger"))
+            envelope = replace(envelope, recipients=tuple(
+                r for r in envelope.recipients if r not in relayed))
+            if not envelope.recipients:
+                return parts
+        elif _looks_like_a_tunnel(content):
+            # Guide, Troubleshooting: the relay recipient is not set, or not
+            # the gateway's webmail recipient.
+            log.info("Email is not a relay email; Queue id: {queue_id}; Relay recipient: "
+                     "{relay}; Recipients: [{rcpts}]", queue_id=envelope.queue_id,
+                     relay=relay_recipient or "(not set)", rcpts=", ".join(envelope.recipients))
         fields = header_fields(content)
         subject = next((value for name, value in fields if name == "subject"), "")
         trigger = policy.find_trigger(sender_settings, subject, fields)
@@ -118,7 +126,7 @@ class Gateway:
         certificates: dict[str, list[x509.Certificate]] = {}
         decisions: list[policy.Decision] = []
         for recipient in envelope.recipients:
-            facts = policy.Facts(recipient, sender_settings, known[scopes[recipient]],
+            facts = policy.Facts(recipient, sender_settings, known[recipient],
                                  receive.relay_domain(recipient), trigger)
             if policy.needs_certificates(facts):
                 found = await self._certificates.encryption_certificates(recipient)
@@ -139,7 +147,6 @@ class Gateway:
         protected = content
         if trigger is not None and trigger.remove is not None:
             protected = replace_subject(content, policy.remove_pattern(subject, trigger.remove))
-        parts: list[Part] = []
         bounced: list[tuple[str, str]] = []
         if internal := by_method.get(policy.INTERNAL):
             parts.append(Part(tuple(d.recipient for d in internal),
@@ -301,6 +308,12 @@ class Gateway:
                  what=", ".join(f"{name.removeprefix(INFO_PREFIX)}={value}"
                                 for name, value in added if "-Email-" not in name))
         return with_fields(delivered, added)
+
+
+def _looks_like_a_tunnel(content: bytes) -> bool:
+    fields = dict(header_fields(content))
+    return fields.get("subject") == TUNNEL_SUBJECT and "pkcs7-mime" in fields.get(
+        "content-type", "")
 
 
 def _unique(certificates: Iterable[x509.Certificate]) -> list[x509.Certificate]:

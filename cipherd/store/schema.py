@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -149,4 +150,48 @@ mta_config = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),  # JSON
+)
+
+# Schema version 5: the webmail messenger (cipherd.webmail).
+
+# One account per recipient address, made when its first message arrives.
+# link_nonce changes whenever the password is set: sign-up and password
+# reset links carry it, so a link works once.
+webmail_accounts = Table(
+    "webmail_accounts",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("state", String(16), nullable=False),  # invited, active, disabled
+    Column("password_hash", Text, nullable=True),
+    Column("link_nonce", String(32), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("last_activity", Float, nullable=False, index=True),
+)
+
+# The messages in the mailboxes, sealed (AES-256-GCM) under a key derived
+# from the data dir's key-encryption key; a tunnel message is stored once
+# per recipient however often it arrives.
+webmail_messages = Table(
+    "webmail_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False, index=True),
+    Column("tunnel_id", String(64), nullable=False),
+    Column("received", Float, nullable=False, index=True),
+    Column("sender", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("attachments", Integer, nullable=False),
+    Column("read", Boolean, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    UniqueConstraint("address", "tunnel_id", name="webmail_messages_once"),
+)
+
+# Tunnel ids seen, for refusing replays within the validity window.
+webmail_tunnels = Table(
+    "webmail_tunnels",
+    metadata,
+    Column("tunnel_id", String(64), primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("received", Float, nullable=False, index=True),
 )

@@ -18,6 +18,7 @@ from cipherd.settings import (
     Scope,
     Values,
     lookup_chain,
+    scope_of_address,
     validate_changes,
 )
 from cipherd.store import Store
@@ -143,6 +144,15 @@ class SettingsRepository:
         values = await self._store.run(load_values, chains)
         return {scope: {name: resolved.value for name, resolved in
                         values.resolve_all(scope).items()} for scope in scopes}
+
+    async def by_address(self, addresses: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """
+        The effective values for mail of each of C{addresses} (see
+        L{scope_of_address}; C{""} gives the global ones), in one query.
+        """
+        scopes = {address: scope_of_address(address) for address in addresses}
+        values = await self.effective_many(scopes.values())
+        return {address: values[scope] for address, scope in scopes.items()}
 
     async def get(self, scope: Scope, name: str) -> Any:
         """

@@ -1,0 +1,238 @@
+"""
+The webmail messenger's side of the tunnel: a message for the *relay
+recipient* is a relay message from a gateway.
+
+It is decrypted with the relay recipient's key, its signature must be
+valid and its signer trusted (whitelisted in the CTL or chained to a
+trusted root), it must not be a replay (a tunnel id seen before, or made
+longer ago than L{VALIDITY}), and it must be a tunnel message this version
+reads.  Then the original goes into the mailbox of each recipient it names
+(once, however often it comes), each recipient's account is made if need
+be, and each is told: a sign-up invitation, or a new-message notice.
+
+On any failure the relay message goes to the *postmaster*, attached, with
+the reason ("The webmail relay message could not be handled. ..."), and the
+MPA log says why in the guide's words.  Nothing is dropped: without a
+postmaster address the relay message stays in the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from cipherd.logs import mail_logger
+from cipherd.mpa.message import subject as subject_of
+from cipherd.mpa.tunnel import TunnelFormatError, TunnelMetadata, read_tunnel
+from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.errors import DecryptionKeyNotFound, PKIError
+from cipherd.smtp.client import Outcome
+from cipherd.smtp.config import MTAConfig
+from cipherd.smtp.spool import Envelope
+from cipherd.webmail import notify
+from cipherd.webmail.accounts import INVITED, SIGNUP, Accounts
+from cipherd.webmail.mailbox import Mailboxes
+
+log = mail_logger("cipherd.mpa.relay")
+
+# A tunnel message older than this is refused as a replay: the gateway's
+# queue gives up after five days, and a day is left for clocks.
+VALIDITY = 6 * 86400.0
+# A tunnel made this far in the future is refused too.
+CLOCK_SKEW = 3600.0
+
+NOT_SIGNED = "The web relay message was not properly signed."
+
+
+class WebmailRelay:
+    """
+    @param submit: queues a message made here (notices, the postmaster's).
+    @param settings_for: C{settings_for(addresses)} → effective settings
+        per address, C{""} giving the global ones.
+    """
+
+    def __init__(self, engine: SmimeEngine, mailboxes: Mailboxes, accounts: Accounts,
+                 submit: Callable[..., Any],
+                 settings_for: Callable[[list[str]], Any], clock: IReactorTime) -> None:
+        self._engine = engine
+        self._mailboxes = mailboxes
+        self._accounts = accounts
+        self._submit = submit
+        self._settings_for = settings_for
+        self._clock = clock
+
+    async def handle(self, envelope: Envelope, content: bytes, config: MTAConfig) -> Outcome:
+        """
+        Handle the relay message C{content}; the outcome for its relay
+        recipient.
+        """
+        facts = {"queue_id": envelope.queue_id, "sender": envelope.sender}
+        try:
+            opened = await self._engine.open(content)
+        except DecryptionKeyNotFound as e:
+            log.warn("S/MIME decryption key not found; Queue id: {queue_id}; Sender: {sender}; "
+                     "Message: {why}.", why=e, **facts)
+            return await self._to_postmaster(envelope, content, config,
+                                             f"The web relay message could not be decrypted: "
+                                             f"{e}")
+        except PKIError as e:
+            log.warn("S/MIME relay message could not be opened; Queue id: {queue_id}; Sender: "
+                     "{sender}; Message: {why}", why=e, **facts)
+            return await self._to_postmaster(envelope, content, config,
+                                             f"The web relay message could not be opened: {e}")
+        if opened.decrypted is None:
+            log.warn("The relay message was not encrypted; Queue id: {queue_id}; Sender: "
+                     "{sender}", **facts)
+            return await self._to_postmaster(envelope, content, config,
+                                             "The web relay message was not encrypted.")
+        if not opened.signature_valid:
+            reasons = "; ".join(s.reason for s in opened.signers if not s.valid) or \
+                "it carries no signature"
+            log.warn("S/MIME signature was not valid; Signer IDs: {signers}; Queue id: "
+                     "{queue_id}; Sender: {sender}; Message: {why}",
+                     signers=opened.signer_ids() or "(none)", why=reasons, **facts)
+            return await self._to_postmaster(envelope, content, config,
+                                             f"{NOT_SIGNED} {reasons}")
+        try:
+            metadata, original = read_tunnel(opened.message)
+        except TunnelFormatError as e:
+            log.warn("The relay message is not a tunnel message; Queue id: {queue_id}; "
+                     "Message: {why}", why=e, **facts)
+            return await self._to_postmaster(envelope, content, config,
+                                             f"The web relay message could not be read: {e}")
+        now = self._clock.seconds()
+        if not now - VALIDITY <= metadata.created <= now + CLOCK_SKEW:
+            made = datetime.fromtimestamp(metadata.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            log.warn("The relay message is too old or from the future (made {made} UTC): a "
+                     "replay?; Queue id: {queue_id}; Tunnel id: {tunnel}", made=made,
+                     tunnel=metadata.tunnel_id, **facts)
+            return await self._to_postmaster(
+                envelope, content, config,
+                f"The web relay message was made {made} UTC, outside the "
+                f"{VALIDITY / 86400:g} days a relay message is accepted: it may be a replay.")
+        return await self._deliver(envelope, metadata, original, config)
+
+    async def _deliver(self, envelope: Envelope, metadata: TunnelMetadata, original: bytes,
+                       config: MTAConfig) -> Outcome:
+        if await self._mailboxes.tunnel_seen(metadata.tunnel_id):
+            # Stored already (and perhaps cleaned up since): a second copy
+            # from a gateway that crashed, or a replay; not again.
+            log.info("Relay message {tunnel} was handled before; not again; Queue id: "
+                     "{queue_id}", tunnel=metadata.tunnel_id, queue_id=envelope.queue_id)
+            return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id} "
+                                            "was handled before")
+        addresses = sorted({r.lower() for r in metadata.recipients})
+        settings = await self._settings_for(["", *addresses])
+        stored, repeated, full = [], [], []
+        for address in addresses:
+            limit = settings[address]["mailbox_size_limit"]
+            if await self._mailboxes.has(address, metadata.tunnel_id):
+                repeated.append(address)
+                continue
+            if limit and await self._mailboxes.usage(address) + len(original) > limit:
+                full.append(address)
+                continue
+            if await self._mailboxes.deliver(address, metadata.tunnel_id, self._clock.seconds(),
+                                             original):
+                stored.append(address)
+            else:
+                repeated.append(address)
+        if repeated:
+            log.info("Relay message {tunnel} was stored already for {rcpts}; not again; "
+                     "Queue id: {queue_id}", tunnel=metadata.tunnel_id,
+                     rcpts=", ".join(repeated), queue_id=envelope.queue_id)
+        subject = notify.one_line(subject_of(original))
+        for address in stored:
+            log.info("Relay message {tunnel} stored in the mailbox of {rcpt}; Sender: "
+                     "{sender}; Queue id: {queue_id}", tunnel=metadata.tunnel_id, rcpt=address,
+                     sender=metadata.sender, queue_id=envelope.queue_id)
+            await self._notify(address, metadata.sender, subject, settings[address], config)
+        if full:
+            log.warn("Mailbox full: relay message {tunnel} not stored for {rcpts}; Queue id: "
+                     "{queue_id}", tunnel=metadata.tunnel_id, rcpts=", ".join(full),
+                     queue_id=envelope.queue_id)
+            await self._mailbox_full(metadata.sender, full, subject, settings[""], config)
+        await self._mailboxes.record_tunnel(metadata.tunnel_id, metadata.created,
+                                            self._clock.seconds())
+        words = [f"stored for {', '.join(stored)}" if stored else "",
+                 f"already stored for {', '.join(repeated)}" if repeated else "",
+                 f"mailbox full for {', '.join(full)} (the sender was told)" if full else ""]
+        return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id}: " +
+                       "; ".join(w for w in words if w))
+
+    # Telling people ------------------------------------------------------
+
+    def _from(self, settings: Mapping[str, Any], config: MTAConfig) -> str:
+        return settings["notification_sender"] or f"postmaster@{config.my_hostname}"
+
+    async def _send(self, recipient: str, notice: notify.Notice, settings: Mapping[str, Any],
+                    config: MTAConfig, attachment: bytes | None = None) -> str:
+        sender = self._from(settings, config)
+        message = notify.build(sender=sender, recipient=recipient, notice=notice,
+                               my_hostname=config.my_hostname, now=self._clock.seconds(),
+                               attachment=attachment)
+        queued = await self._submit(settings["notification_sender"], [recipient], message,
+                                    "mpa", processed=True)
+        return str(queued.envelope.queue_id)
+
+    async def _notify(self, address: str, sender: str, subject: str,
+                      settings: Mapping[str, Any], config: MTAConfig) -> None:
+        account, _ = await self._accounts.invite(address)
+        base = settings["portal_base_url"].rstrip("/")
+        if account.state == INVITED and not account.password_set:
+            if not settings["initial_login_allowed"]:
+                log.info("No sign-up invitation for {rcpt}: initial login is not allowed",
+                         rcpt=address)
+                return
+            page = settings["signup_url"] or (f"{base}/signup" if base else "")
+            if not page or not settings["server_secret"]:
+                log.warn("No sign-up invitation for {rcpt}: the portal base URL is not set "
+                         "(Settings → General)", rcpt=address)
+                return
+            minutes = settings["signup_link_validity"]
+            token = self._accounts.link(settings["server_secret"], SIGNUP, account, minutes)
+            expires = datetime.fromtimestamp(self._clock.seconds() + minutes * 60, UTC)
+            notice = notify.render("signup", {
+                "sender": sender or "Someone", "subject": subject,
+                "link": f"{page}?token={token}", "organisation": config.my_hostname,
+                "expires": expires.strftime("%Y-%m-%d %H:%M UTC")})
+            kind = "sign-up invitation"
+        else:
+            page = settings["webmail_login_url"] or (f"{base}/login" if base else "")
+            if not page:
+                log.warn("No new-message notice for {rcpt}: the portal base URL is not set "
+                         "(Settings → General)", rcpt=address)
+                return
+            notice = notify.render("new_message", {"sender": sender or "Someone",
+                                                   "subject": subject, "link": page})
+            kind = "new-message notice"
+        queue_id = await self._send(address, notice, settings, config)
+        log.info("Sent a {kind} to {rcpt} (queued as {notice_id})", kind=kind, rcpt=address,
+                 notice_id=queue_id)
+
+    async def _mailbox_full(self, sender: str, full: list[str], subject: str,
+                            settings: Mapping[str, Any], config: MTAConfig) -> None:
+        if not sender:
+            return
+        notice = notify.render("mailbox_full", {"subject": subject, "recipients": full})
+        await self._send(sender, notice, settings, config)
+
+    async def _to_postmaster(self, envelope: Envelope, content: bytes, config: MTAConfig,
+                             reason: str) -> Outcome:
+        settings = (await self._settings_for([""]))[""]
+        postmaster = settings["postmaster"]
+        if not postmaster:
+            log.error("The relay message stays queued: it could not be handled and no "
+                      "postmaster is set (Settings → General); Queue id: {queue_id}",
+                      queue_id=envelope.queue_id)
+            return Outcome("deferred", "4.3.0", f"{reason} (no postmaster is set)")
+        notice = notify.render("postmaster", {"reason": reason, "queue_id": envelope.queue_id,
+                                              "sender": envelope.sender})
+        queue_id = await self._send(postmaster, notice, settings, config, attachment=content)
+        log.info("The relay message was forwarded to the postmaster {postmaster} (queued as "
+                 "{notice_id}); Queue id: {queue_id}", postmaster=postmaster,
+                 notice_id=queue_id, queue_id=envelope.queue_id)
+        return Outcome("sent", "2.0.0", f"forwarded to the postmaster <{postmaster}>: {reason}")

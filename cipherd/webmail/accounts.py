@@ -1,0 +1,295 @@
+"""
+Webmail accounts, their passwords, and the sign-up and password reset
+links that set them.
+
+An account is made, *invited*, when the first message for its address
+arrives; it becomes *active* when its password is set from a sign-up link;
+an administrator may *disable* it.  Passwords are hashed with Argon2id in a
+thread pool of their own.
+
+A link is C{<payload>.<mac>} in URL-safe base64: the payload names the
+purpose (C{signup} or C{reset}), the address, the expiry and the account's
+current link nonce; the MAC is HMAC-SHA256 under the *server secret*.  A
+link is refused when its MAC is wrong (forged, or the secret changed), when
+it expired, when it is for another purpose or address, and once used: the
+nonce changes whenever a password is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Connection, delete, insert, select, update
+from twisted.internet.interfaces import IReactorTime
+from zxcvbn import zxcvbn
+
+from cipherd.store import Store
+from cipherd.store.schema import webmail_accounts
+from cipherd.threads import IBlockingRunner
+
+INVITED, ACTIVE, DISABLED = "invited", "active", "disabled"
+SIGNUP, RESET = "signup", "reset"
+
+
+@dataclass(frozen=True)
+class Account:
+    address: str
+    state: str
+    password_set: bool
+    link_nonce: str
+    created: float
+    last_activity: float
+
+
+def _account(row: object) -> Account:
+    return Account(row.address, row.state, row.password_hash is not None,  # type: ignore[attr-defined]
+                   row.link_nonce, row.created, row.last_activity)  # type: ignore[attr-defined]
+
+
+# Links -----------------------------------------------------------------------
+
+
+class LinkRefused(Exception):
+    """
+    A link that does not work, with a reason fit to show (it never says
+    whether an address has an account).
+    """
+
+
+@dataclass(frozen=True)
+class LinkClaims:
+    purpose: str
+    address: str
+    expires: int
+    nonce: str
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,2048}\.[A-Za-z0-9_-]{43}")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: str, payload: bytes) -> bytes:
+    return hmac.new(secret.encode(), b"cipherd webmail link\0" + payload, hashlib.sha256).digest()
+
+
+def make_link_token(secret: str, purpose: str, address: str, nonce: str, expires: int) -> str:
+    payload = json.dumps({"p": purpose, "a": address, "e": expires, "n": nonce},
+                         separators=(",", ":")).encode()
+    return f"{_b64(payload)}.{_b64(_mac(secret, payload))}"
+
+
+def read_link_token(secret: str, token: str, now: float) -> LinkClaims:
+    """
+    The claims of an authentic, unexpired link.
+
+    @raise LinkRefused: forged, damaged or expired.
+    """
+    if not _TOKEN.fullmatch(token):
+        raise LinkRefused("This link is damaged. Copy the whole link from the message.")
+    encoded, _, mac = token.partition(".")
+    payload, given = _unb64(encoded), _unb64(mac)
+    if not secret or not hmac.compare_digest(_mac(secret, payload), given):
+        raise LinkRefused("This link is not valid. Copy the whole link from the message, or "
+                          "ask for a new one.")
+    claims = json.loads(payload)
+    found = LinkClaims(str(claims["p"]), str(claims["a"]), int(claims["e"]), str(claims["n"]))
+    if now > found.expires:
+        raise LinkRefused("This link has expired. Ask for a new one.")
+    return found
+
+
+# Password strength -------------------------------------------------------------
+
+
+def password_bits(password: str, user_inputs: Sequence[str] = ()) -> float:
+    """
+    The strength of C{password} in bits: log2 of the guesses zxcvbn
+    estimates an attacker needs (the unit of *min. password strength*).
+    """
+    result = zxcvbn(password[:100], user_inputs=list(user_inputs))
+    return float(result["guesses_log10"]) * math.log2(10)
+
+
+def password_problem(password: str, min_bits: int, address: str) -> str | None:
+    """
+    Why C{password} is refused, or C{None}.
+    """
+    if len(password) > 1024:
+        return "The password is too long (at most 1024 characters)."
+    local, _, domain = address.partition("@")
+    inputs = [address, local, *domain.split("."), "webmail", "cipherd"]
+    bits = password_bits(password, inputs)
+    if bits < min_bits:
+        feedback = zxcvbn(password[:100], user_inputs=inputs)["feedback"]
+        hints = " ".join(filter(None, [feedback.get("warning"),
+                                        *feedback.get("suggestions", [])]))
+        return (f"The password is too easy to guess ({bits:.0f} bits; at least {min_bits} "
+                f"are needed). {hints}").strip()
+    return None
+
+
+# Accounts ------------------------------------------------------------------------
+
+
+class Accounts:
+    """
+    @param hashing: where Argon2id runs (about 100 ms of CPU a hash).
+    @param hasher: Argon2id parameters (tests pass cheaper ones).
+    """
+
+    def __init__(self, store: Store, clock: IReactorTime, hashing: IBlockingRunner,
+                 hasher: PasswordHasher | None = None) -> None:
+        self._store = store
+        self._clock = clock
+        self._hashing = hashing
+        self._hasher = hasher or PasswordHasher()
+        # Verified when an address has no account, so that a login takes
+        # as long either way.
+        self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+
+    async def get(self, address: str) -> Account | None:
+        def read(conn: Connection) -> Account | None:
+            row = conn.execute(select(webmail_accounts).where(
+                webmail_accounts.c.address == address)).first()
+            return None if row is None else _account(row)
+
+        found: Account | None = await self._store.run(read)
+        return found
+
+    async def invite(self, address: str) -> tuple[Account, bool]:
+        """
+        The account of C{address}, made (invited) if there is none.
+
+        @return: the account and whether it is new.
+        """
+        now = self._clock.seconds()
+
+        def write(conn: Connection) -> tuple[Account, bool]:
+            row = conn.execute(select(webmail_accounts).where(
+                webmail_accounts.c.address == address)).first()
+            if row is not None:
+                return _account(row), False
+            nonce = secrets.token_hex(16)
+            conn.execute(insert(webmail_accounts).values(
+                address=address, state=INVITED, password_hash=None, link_nonce=nonce,
+                created=now, last_activity=now))
+            return Account(address, INVITED, False, nonce, now, now), True
+
+        made: tuple[Account, bool] = await self._store.run(write)
+        return made
+
+    def link(self, secret: str, purpose: str, account: Account, validity_minutes: int) -> str:
+        """
+        A sign-up or reset link token for C{account}, valid from now for
+        C{validity_minutes}.
+        """
+        expires = int(self._clock.seconds()) + validity_minutes * 60
+        return make_link_token(secret, purpose, account.address, account.link_nonce, expires)
+
+    async def check_link(self, secret: str, token: str, purpose: str) -> Account:
+        """
+        The account a link is for, if it may be used now.
+
+        @raise LinkRefused: it may not.
+        """
+        claims = read_link_token(secret, token, self._clock.seconds())
+        if claims.purpose != purpose:
+            raise LinkRefused("This link is not valid. Copy the whole link from the message, "
+                              "or ask for a new one.")
+        account = await self.get(claims.address)
+        if account is None or not hmac.compare_digest(account.link_nonce, claims.nonce):
+            raise LinkRefused("This link has been used already. Ask for a new one.")
+        if account.state == DISABLED:
+            raise LinkRefused("This account is disabled. Ask the sender of your messages.")
+        if purpose == SIGNUP and account.password_set:
+            raise LinkRefused("A password has been set already: log in, or reset it.")
+        return account
+
+    async def set_password(self, account: Account, password: str) -> bool:
+        """
+        Set the password of an account a link was checked for: the account
+        becomes active and every outstanding link stops working.
+
+        @return: C{False} when the link was used meanwhile.
+        """
+        hashed = await self._hashing.run(self._hasher.hash, password)
+        now = self._clock.seconds()
+
+        def write(conn: Connection) -> bool:
+            done = conn.execute(update(webmail_accounts).where(
+                (webmail_accounts.c.address == account.address)
+                & (webmail_accounts.c.link_nonce == account.link_nonce)
+                & (webmail_accounts.c.state != DISABLED)).values(
+                password_hash=hashed, state=ACTIVE, link_nonce=secrets.token_hex(16),
+                last_activity=now))
+            return bool(done.rowcount)
+
+        changed: bool = await self._store.run(write)
+        return changed
+
+    async def verify_password(self, address: str, password: str) -> Account | None:
+        """
+        The active account whose password this is, or C{None}; as slow for
+        an unknown address as for a wrong password.
+        """
+        def read(conn: Connection) -> tuple[Account, str | None] | None:
+            row = conn.execute(select(webmail_accounts).where(
+                webmail_accounts.c.address == address)).first()
+            return None if row is None else (_account(row), row.password_hash)
+
+        found = await self._store.run(read)
+        hashed = found[1] if found is not None and found[1] else self._dummy
+        try:
+            await self._hashing.run(self._hasher.verify, hashed, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        if found is None or found[1] is None or found[0].state != ACTIVE:
+            return None
+        await self.touch(address)
+        return found[0]
+
+    async def touch(self, address: str) -> None:
+        now = self._clock.seconds()
+        await self._store.run(lambda conn: conn.execute(
+            update(webmail_accounts).where(webmail_accounts.c.address == address)
+            .values(last_activity=now)))
+
+    async def set_state(self, address: str, state: str) -> bool:
+        def write(conn: Connection) -> bool:
+            return bool(conn.execute(update(webmail_accounts).where(
+                webmail_accounts.c.address == address).values(state=state)).rowcount)
+
+        changed: bool = await self._store.run(write)
+        return changed
+
+    async def delete_inactive(self, before: float) -> list[str]:
+        """
+        Remove the accounts without activity since C{before}.
+
+        @return: their addresses.
+        """
+        def write(conn: Connection) -> list[str]:
+            idle = webmail_accounts.c.last_activity < before
+            gone = list(conn.execute(select(webmail_accounts.c.address).where(idle)).scalars())
+            conn.execute(delete(webmail_accounts).where(idle))
+            return gone
+
+        removed: list[str] = await self._store.run(write)
+        return removed

@@ -1,0 +1,255 @@
+"""
+The webmail mailboxes: the original messages the gateway tunnelled, one
+mailbox per recipient address, sealed at rest.
+
+Each message is sealed with AES-256-GCM under a key derived (HKDF) from the
+data dir's key-encryption key, bound to its mailbox and tunnel id, so a
+row copied to another mailbox does not open.  A tunnel message is stored
+once per recipient however often it arrives (a gateway that crashed after
+handing it over sends it again).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from cipherd.mpa.message import header_fields
+from cipherd.store import Store
+from cipherd.store.schema import webmail_messages, webmail_tunnels
+
+_VERSION = b"\x01"
+
+
+def message_key(kek: bytes) -> bytes:
+    """
+    The key the mailboxes are sealed with, derived from the data dir's
+    key-encryption key (never the KEK itself: one key, one purpose).
+    """
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"cipherd webmail messages v1").derive(kek)
+
+
+def _aad(address: str, tunnel_id: str) -> bytes:
+    return f"{address}\0{tunnel_id}".encode()
+
+
+def seal(key: bytes, address: str, tunnel_id: str, content: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return _VERSION + nonce + AESGCM(key).encrypt(nonce, content, _aad(address, tunnel_id))
+
+
+class SealedMessageError(Exception):
+    """
+    A stored message does not open with this node's key.
+    """
+
+
+def unseal(key: bytes, address: str, tunnel_id: str, sealed: bytes) -> bytes:
+    if sealed[:1] != _VERSION:
+        raise SealedMessageError("unknown format")
+    try:
+        return AESGCM(key).decrypt(sealed[1:13], sealed[13:], _aad(address, tunnel_id))
+    except InvalidTag:
+        raise SealedMessageError("the message does not open with this data dir's key "
+                                 "(var/kek)") from None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """
+    A message as the inbox lists it.
+    """
+
+    id: int
+    address: str
+    tunnel_id: str
+    received: float
+    sender: str
+    subject: str
+    size: int
+    attachments: int
+    read: bool
+
+
+def describe(content: bytes) -> tuple[str, str, int]:
+    """
+    The From, the subject and the number of attachments of a message, for
+    the inbox list.
+    """
+    fields = dict(reversed(header_fields(content)))
+    attachments = content.lower().count(b"content-disposition: attachment")
+    return fields.get("from", ""), fields.get("subject", ""), attachments
+
+
+def _find(conn: Connection, address: str, tunnel_id: str) -> int | None:
+    found = conn.execute(select(webmail_messages.c.id).where(
+        (webmail_messages.c.address == address)
+        & (webmail_messages.c.tunnel_id == tunnel_id))).scalar()
+    return None if found is None else int(found)
+
+
+class Mailboxes:
+    """
+    @param key: from L{message_key}.
+    """
+
+    def __init__(self, store: Store, key: bytes) -> None:
+        self._store = store
+        self._key = key
+
+    async def deliver(self, address: str, tunnel_id: str, received: float,
+                      content: bytes) -> bool:
+        """
+        Put a message in C{address}'s mailbox.
+
+        @return: C{False} when it was there already.
+        """
+        sender, subject, attachments = describe(content)
+        sealed = seal(self._key, address, tunnel_id, content)
+
+        def write(conn: Connection) -> bool:
+            # Looked up first; a concurrent twin makes the insert fail, and
+            # the store runs this again, which then finds it.
+            if _find(conn, address, tunnel_id) is not None:
+                return False
+            conn.execute(insert(webmail_messages).values(
+                address=address, tunnel_id=tunnel_id, received=received,
+                sender=sender[:998], subject=subject[:998], size=len(content),
+                attachments=attachments, read=False, content=sealed))
+            return True
+
+        stored: bool = await self._store.run(write)
+        return stored
+
+    async def usage(self, address: str) -> int:
+        """
+        The bytes in C{address}'s mailbox.
+        """
+        def read(conn: Connection) -> int:
+            return int(conn.execute(select(func.coalesce(func.sum(webmail_messages.c.size), 0))
+                                    .where(webmail_messages.c.address == address)).scalar_one())
+
+        used: int = await self._store.run(read)
+        return used
+
+    async def has(self, address: str, tunnel_id: str) -> bool:
+        found: bool = await self._store.run(
+            lambda conn: _find(conn, address, tunnel_id) is not None)
+        return found
+
+    async def count(self, address: str) -> int:
+        def read(conn: Connection) -> int:
+            return int(conn.execute(select(func.count()).select_from(webmail_messages).where(
+                webmail_messages.c.address == address)).scalar_one())
+
+        counted: int = await self._store.run(read)
+        return counted
+
+    async def listing(self, address: str, *, offset: int = 0, limit: int = 50
+                      ) -> list[Summary]:
+        """
+        The newest first.
+        """
+        columns = [c for c in webmail_messages.c if c.name != "content"]
+
+        def read(conn: Connection) -> list[Summary]:
+            rows = conn.execute(select(*columns).where(webmail_messages.c.address == address)
+                                .order_by(webmail_messages.c.received.desc(),
+                                          webmail_messages.c.id.desc())
+                                .offset(offset).limit(limit))
+            return [Summary(**row._mapping) for row in rows]
+
+        found: list[Summary] = await self._store.run(read)
+        return found
+
+    async def message(self, address: str, message_id: int) -> bytes | None:
+        """
+        The content of one message of C{address}'s mailbox, or C{None}.
+        """
+        def read(conn: Connection) -> tuple[str, bytes] | None:
+            row = conn.execute(select(webmail_messages.c.tunnel_id, webmail_messages.c.content)
+                               .where((webmail_messages.c.address == address)
+                                      & (webmail_messages.c.id == message_id))).first()
+            return None if row is None else (row.tunnel_id, row.content)
+
+        found = await self._store.run(read)
+        if found is None:
+            return None
+        return unseal(self._key, address, found[0], found[1])
+
+    async def mark_read(self, address: str, message_id: int) -> None:
+        await self._store.run(lambda conn: conn.execute(
+            update(webmail_messages).where((webmail_messages.c.address == address)
+                                           & (webmail_messages.c.id == message_id))
+            .values(read=True)))
+
+    async def delete(self, address: str, ids: Sequence[int]) -> int:
+        def write(conn: Connection) -> int:
+            return int(conn.execute(delete(webmail_messages).where(
+                (webmail_messages.c.address == address)
+                & webmail_messages.c.id.in_(list(ids)))).rowcount)
+
+        deleted: int = await self._store.run(write)
+        return deleted
+
+    async def delete_older_than(self, cutoff: float) -> dict[str, int]:
+        """
+        Remove every message received before C{cutoff}.
+
+        @return: how many went, per mailbox.
+        """
+        def write(conn: Connection) -> dict[str, int]:
+            old = webmail_messages.c.received < cutoff
+            counts = {row.address: int(row.n) for row in conn.execute(
+                select(webmail_messages.c.address, func.count().label("n"))
+                .where(old).group_by(webmail_messages.c.address))}
+            conn.execute(delete(webmail_messages).where(old))
+            return counts
+
+        removed: dict[str, int] = await self._store.run(write)
+        return removed
+
+    async def delete_mailbox(self, address: str) -> int:
+        def write(conn: Connection) -> int:
+            return int(conn.execute(delete(webmail_messages).where(
+                webmail_messages.c.address == address)).rowcount)
+
+        deleted: int = await self._store.run(write)
+        return deleted
+
+    # Tunnel ids --------------------------------------------------------------
+
+    async def tunnel_seen(self, tunnel_id: str) -> bool:
+        seen: bool = await self._store.run(lambda conn: conn.execute(
+            select(webmail_tunnels.c.tunnel_id).where(
+                webmail_tunnels.c.tunnel_id == tunnel_id)).first() is not None)
+        return seen
+
+    async def record_tunnel(self, tunnel_id: str, created: float, received: float) -> None:
+        def write(conn: Connection) -> None:
+            if conn.execute(select(webmail_tunnels.c.tunnel_id).where(
+                    webmail_tunnels.c.tunnel_id == tunnel_id)).first() is None:
+                conn.execute(insert(webmail_tunnels).values(
+                    tunnel_id=tunnel_id, created=created, received=received))
+
+        await self._store.run(write)
+
+    async def forget_tunnels(self, before: float) -> int:
+        """
+        Forget the tunnel ids received before C{before} (older tunnels are
+        refused by their age).
+        """
+        def write(conn: Connection) -> int:
+            return int(conn.execute(delete(webmail_tunnels).where(
+                webmail_tunnels.c.received < before)).rowcount)
+
+        forgotten: int = await self._store.run(write)
+        return forgotten

@@ -1,0 +1,105 @@
+"""
+The messages the webmail messenger sends people: the sign-up invitation on
+a recipient's first message, the new-message notice afterwards, the
+password reset mail, and what it tells the postmaster and senders.
+
+Texts are jinja2 templates (defaults in C{cipherd/webmail/templates/}).
+Every header value is made one line before it is set, and set through
+C{email.message.EmailMessage}, so no name, subject or address can add a
+header.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+# Plain text mail, never HTML: nothing to escape.  Sandboxed: the templates
+# are the administrator's to edit, and no template may reach Python objects.
+_environment = SandboxedEnvironment(
+    loader=FileSystemLoader(TEMPLATES), autoescape=False,
+    undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+def one_line(value: str) -> str:
+    """
+    C{value} with every line break and control character made a space.
+    """
+    return " ".join("".join(c if c.isprintable() else " " for c in value).split())
+
+
+@dataclass(frozen=True)
+class Notice:
+    """
+    A rendered template: its subject (the first line, after C{Subject:})
+    and its text.
+    """
+
+    subject: str
+    text: str
+
+
+def render(name: str, context: Mapping[str, Any], source: str | None = None) -> Notice:
+    """
+    Render template C{name} (or C{source}, an administrator's version of
+    it): its first line is C{Subject: ...}, then an empty line, then the
+    text.
+    """
+    template = (_environment.from_string(source) if source
+                else _environment.get_template(f"{name}.txt"))
+    rendered = template.render(**context)
+    head, _, text = rendered.partition("\n\n")
+    subject = head.removeprefix("Subject:").strip() if head.startswith("Subject:") else ""
+    return Notice(one_line(subject), text if subject else rendered)
+
+
+def build(*, sender: str, recipient: str, notice: Notice, my_hostname: str, now: float,
+          attachment: bytes | None = None, auto: bool = True) -> bytes:
+    """
+    A whole message (CRLF lines) from C{notice}.
+
+    @param attachment: a message to attach (C{message/rfc822}).
+    """
+    message = EmailMessage(policy=SMTP)
+    message["From"] = one_line(sender)
+    message["To"] = one_line(recipient)
+    message["Subject"] = notice.subject
+    message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
+    message["Message-ID"] = make_msgid(domain=one_line(my_hostname) or "localhost")
+    if auto:
+        message["Auto-Submitted"] = "auto-generated"
+    message.set_content(notice.text, charset="utf-8", cte="quoted-printable")
+    if attachment is None:
+        return message.as_bytes()
+    # The attached message goes in as it is, byte for byte (as 8bit, or
+    # binary for lines too long for SMTP): re-encoding it would change it.
+    head, _, body = message.as_bytes().partition(b"\r\n\r\n")
+    fields = head.split(b"\r\n")
+    content = [f for f in fields if f.lower().startswith((b"content-", b"mime-version"))]
+    outer = [f for f in fields if f not in content]
+    boundary = b"=_notice_" + secrets.token_hex(16).encode()
+    if not attachment.endswith(b"\r\n"):
+        attachment += b"\r\n"
+    long_lines = max((len(line) for line in attachment.split(b"\r\n")), default=0) > 998
+    return b"".join([
+        b"\r\n".join(outer), b"\r\nMIME-Version: 1.0\r\n",
+        b'Content-Type: multipart/mixed; boundary="', boundary, b'"\r\n\r\n',
+        b"--", boundary, b"\r\n",
+        b"\r\n".join(f for f in content if not f.lower().startswith(b"mime-version")),
+        b"\r\n\r\n", body, b"\r\n--", boundary, b"\r\n",
+        b"Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n",
+        b"Content-Transfer-Encoding: ", b"binary" if long_lines else b"8bit", b"\r\n\r\n",
+        attachment, b"\r\n--", boundary, b"--\r\n",
+    ])

@@ -1,0 +1,323 @@
+"""
+The webmail messenger's back end, in memory with the clock injected: links
+at their exact expiry, reused, forged, for another address or purpose, and
+after the secret changed; passwords; sealed mailboxes, stored once, quota;
+relay messages from the gateway into mailboxes with invitations, and every
+fault to the postmaster with the relay message attached.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from cipherd.mpa.relay import NOT_SIGNED, VALIDITY, WebmailRelay
+from cipherd.pki.certs import thumbprint
+from cipherd.settings import GLOBAL, Level, scope_for
+from cipherd.smtp.spool import Envelope
+from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
+from cipherd.webmail.accounts import (
+    ACTIVE,
+    RESET,
+    SIGNUP,
+    Accounts,
+    LinkRefused,
+    make_link_token,
+    password_problem,
+)
+from cipherd.webmail.mailbox import Mailboxes, SealedMessageError, message_key, seal, unseal
+from tests.test_gateway import QUEUE_ID, RECEIVED, SENT, WEBMAIL_RECIPIENT, World, pki  # noqa: F401
+
+SECRET = "a-server-secret-of-some-length"
+ADDRESS = "dave@partner.example"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    return clock
+
+
+@pytest.fixture
+def accounts(clock: Clock) -> Accounts:
+    return Accounts(migrated_store(), clock, SynchronousRunner(), cheap_hasher())
+
+
+def refused(accounts: Accounts, token: str, purpose: str = SIGNUP) -> str:
+    with pytest.raises(LinkRefused) as e:
+        result_of(accounts.check_link(SECRET, token, purpose))
+    return str(e.value)
+
+
+def test_a_link_is_valid_until_its_expiry_to_the_second(clock: Clock, accounts: Accounts
+                                                        ) -> None:
+    account, new = result_of(accounts.invite(ADDRESS))
+    assert new and account.state == "invited"
+    token = accounts.link(SECRET, SIGNUP, account, 10)
+    clock.advance(10 * 60 - 1)
+    assert result_of(accounts.check_link(SECRET, token, SIGNUP)).address == ADDRESS
+    clock.advance(2)
+    assert "expired" in refused(accounts, token)
+
+
+def test_a_link_works_once(accounts: Accounts) -> None:
+    account, _ = result_of(accounts.invite(ADDRESS))
+    token = accounts.link(SECRET, SIGNUP, account, 10)
+    checked = result_of(accounts.check_link(SECRET, token, SIGNUP))
+    assert result_of(accounts.set_password(checked, "correct horse battery staple"))
+    assert "used already" in refused(accounts, token)
+    # The account's page state changed too: active, with a password.
+    now = result_of(accounts.get(ADDRESS))
+    assert now is not None and (now.state, now.password_set) == (ACTIVE, True)
+    # A second use racing the first changes nothing.
+    assert not result_of(accounts.set_password(checked, "another long passphrase"))
+    assert result_of(accounts.verify_password(ADDRESS, "correct horse battery staple"))
+
+
+def test_forged_damaged_and_foreign_links_are_refused(accounts: Accounts) -> None:
+    account, _ = result_of(accounts.invite(ADDRESS))
+    other, _ = result_of(accounts.invite("erin@partner.example"))
+    token = accounts.link(SECRET, SIGNUP, account, 10)
+    payload, mac = token.split(".")
+    # Another address in the payload, the MAC kept: forged.
+    forged_payload = make_link_token(SECRET, SIGNUP, "erin@partner.example", account.link_nonce,
+                                     10**10).split(".")[0]
+    assert "not valid" in refused(accounts, f"{forged_payload}.{mac}")
+    assert "not valid" in refused(accounts, f"{payload}.{mac[:-2]}AA")
+    assert "damaged" in refused(accounts, "no-dot-at-all-%%%")
+    # Made with another secret (the secret changed since).
+    assert "not valid" in refused(accounts, accounts.link("another secret here!", SIGNUP,
+                                                          account, 10))
+    # Authentic, but for the other account's nonce: not this account's.
+    assert "used already" in refused(accounts, make_link_token(
+        SECRET, SIGNUP, ADDRESS, other.link_nonce, 10**10))
+    # A reset link is not a sign-up link.
+    assert "not valid" in refused(accounts, accounts.link(SECRET, RESET, account, 10))
+    # Unknown addresses read like used links: nothing tells them apart.
+    assert "used already" in refused(accounts, make_link_token(
+        SECRET, SIGNUP, "nobody@partner.example", "0" * 32, 10**10))
+
+
+def test_a_disabled_account_cannot_use_its_link(accounts: Accounts) -> None:
+    account, _ = result_of(accounts.invite(ADDRESS))
+    token = accounts.link(SECRET, SIGNUP, account, 10)
+    assert result_of(accounts.set_state(ADDRESS, "disabled"))
+    assert "disabled" in refused(accounts, token)
+
+
+def test_wrong_passwords_and_unknown_addresses(accounts: Accounts) -> None:
+    account, _ = result_of(accounts.invite(ADDRESS))
+    assert result_of(accounts.verify_password(ADDRESS, "anything")) is None  # no password yet
+    assert result_of(accounts.set_password(account, "correct horse battery staple"))
+    assert result_of(accounts.verify_password(ADDRESS, "wrong")) is None
+    assert result_of(accounts.verify_password("nobody@x.example", "wrong")) is None
+
+
+@pytest.mark.parametrize("password, ok", [
+    ("password1", False), ("dave2026", False), ("partner.example", False),
+    ("Password123!", False), ("qwertyuiop", False), ("correct horse battery staple", True),
+    ("vX7#qL9!mZ2$", True),
+])
+def test_min_password_strength_in_bits(password: str, ok: bool) -> None:
+    problem = password_problem(password, 30, ADDRESS)
+    assert (problem is None) == ok, problem
+    if problem:
+        assert "at least 30" in problem
+
+
+def test_cleanup_of_idle_accounts(clock: Clock, accounts: Accounts) -> None:
+    result_of(accounts.invite("old@partner.example"))
+    clock.advance(86400)
+    result_of(accounts.invite("new@partner.example"))
+    assert result_of(accounts.delete_inactive(clock.seconds() - 3600)) == ["old@partner.example"]
+    assert result_of(accounts.get("new@partner.example")) is not None
+
+
+# Mailboxes --------------------------------------------------------------------
+
+
+def test_messages_are_sealed_bound_to_their_mailbox_and_stored_once(clock: Clock) -> None:
+    store = migrated_store()
+    key = message_key(os.urandom(32))
+    mailboxes = Mailboxes(store, key)
+    assert result_of(mailboxes.deliver(ADDRESS, "t1", 100.0, SENT))
+    assert not result_of(mailboxes.deliver(ADDRESS, "t1", 200.0, SENT))  # once
+    assert result_of(mailboxes.deliver("erin@partner.example", "t1", 100.0, SENT))
+    (summary,) = result_of(mailboxes.listing(ADDRESS))
+    assert (summary.sender, summary.subject, summary.size, summary.read) == (
+        "alice@example.com", "Quarterly figures [encrypt]", len(SENT), False)
+    assert result_of(mailboxes.message(ADDRESS, summary.id)) == SENT
+    assert result_of(mailboxes.message("erin@partner.example", summary.id)) is None
+    with pytest.raises(SealedMessageError):
+        unseal(key, "erin@partner.example", "t1", seal(key, ADDRESS, "t1", SENT))
+    assert result_of(mailboxes.usage(ADDRESS)) == len(SENT)
+    result_of(mailboxes.deliver(ADDRESS, "t2", 300.0, SENT))
+    assert result_of(mailboxes.delete_older_than(250.0)) == {ADDRESS: 1,
+                                                             "erin@partner.example": 1}
+    assert [m.tunnel_id for m in result_of(mailboxes.listing(ADDRESS))] == ["t2"]
+
+
+# Relay messages -------------------------------------------------------------------
+
+
+class Messenger:
+    """
+    One appliance in both roles: the gateway makes the tunnel message, the
+    relay takes it in.
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.mailboxes = Mailboxes(world.certificates._store,  # type: ignore[attr-defined]
+                                   message_key(os.urandom(32)))
+        self.accounts = Accounts(world.certificates._store,  # type: ignore[attr-defined]
+                                 world.clock, SynchronousRunner(), cheap_hasher())
+        self.relay = WebmailRelay(world.engine, self.mailboxes, self.accounts, world._submit,
+                                  world.settings.by_address, world.clock)
+        world.gateway.relay = self.relay
+        world.set(GLOBAL, encrypt_mode="mandatory", webmail_enabled=True,
+                  relay_recipient=WEBMAIL_RECIPIENT, postmaster="postmaster@webmail.local",
+                  portal_base_url="https://webmail.example", server_secret=SECRET,
+                  notification_sender="notify@webmail.example")
+
+    def tunnel(self, *recipients: str) -> bytes:
+        self.world.process(*recipients)
+        (_, _, sealed), = [s for s in self.world.submitted if s[1] == [WEBMAIL_RECIPIENT]][-1:]
+        return sealed
+
+    def relay_in(self, sealed: bytes) -> Any:
+        parts = self.world.process(WEBMAIL_RECIPIENT, content=sealed,
+                                   sender="webmail-sender@example.com")
+        return parts[(WEBMAIL_RECIPIENT,)].outcome
+
+    def sent_to(self, address: str) -> list[bytes]:
+        return [content for _, to, content in self.world.submitted if to == [address]]
+
+
+@pytest.fixture
+def messenger(pki: dict[str, Any]) -> Messenger:  # noqa: F811
+    return Messenger(World(pki))
+
+
+def test_a_relay_message_is_stored_and_the_recipient_invited(
+        messenger: Messenger, log_lines: list[str]) -> None:
+    messenger.world.tunnel_certificates()
+    sealed = messenger.tunnel("dave@partner.example", "erin@partner.example")
+    outcome = messenger.relay_in(sealed)
+    assert outcome.status == "sent" and "stored for dave@partner.example, erin" in outcome.reason
+    for address in ("dave@partner.example", "erin@partner.example"):
+        (summary,) = result_of(messenger.mailboxes.listing(address))
+        assert result_of(messenger.mailboxes.message(address, summary.id)) == SENT
+        (invitation,) = messenger.sent_to(address)
+        parsed = email.message_from_bytes(invitation)
+        assert parsed["Subject"] == "Secure message from alice@example.com"
+        assert parsed["From"] == "notify@webmail.example"
+        text = parsed.get_payload(decode=True).decode()
+        link = next(word for word in text.split() if word.startswith("https://"))
+        assert link.startswith("https://webmail.example/signup?token=")
+        token = link.split("token=")[1]
+        account = result_of(messenger.accounts.check_link(SECRET, token, SIGNUP))
+        assert account.address == address
+    # The same tunnel again (a gateway that crashed): stored once, nobody told twice.
+    again = messenger.relay_in(sealed)
+    assert "handled before" in again.reason
+    assert len(messenger.sent_to("dave@partner.example")) == 1
+
+
+def test_an_active_account_gets_a_new_message_notice(messenger: Messenger) -> None:
+    messenger.world.tunnel_certificates()
+    account, _ = result_of(messenger.accounts.invite("dave@partner.example"))
+    assert result_of(messenger.accounts.set_password(account, "correct horse battery staple"))
+    messenger.relay_in(messenger.tunnel("dave@partner.example"))
+    (notice,) = messenger.sent_to("dave@partner.example")
+    parsed = email.message_from_bytes(notice)
+    assert parsed["Subject"] == "New secure message from alice@example.com"
+    assert "https://webmail.example/login" in parsed.get_payload(decode=True).decode()
+
+
+def test_quota_refuses_and_tells_the_sender(messenger: Messenger) -> None:
+    messenger.world.tunnel_certificates()
+    messenger.world.set(scope_for(Level.USER, "dave@partner.example"),
+                        mailbox_size_limit=len(SENT) + 10)
+    messenger.relay_in(messenger.tunnel("dave@partner.example"))
+    messenger.world.clock.advance(1)
+    outcome = messenger.relay_in(_second_tunnel(messenger))
+    assert "mailbox full for dave@partner.example" in outcome.reason
+    (notice,) = messenger.sent_to("alice@example.com")
+    assert b"mailbox is full" in notice and b"dave@partner.example" in notice
+    assert len(result_of(messenger.mailboxes.listing("dave@partner.example"))) == 1
+
+
+def _second_tunnel(messenger: Messenger) -> bytes:
+    # Another queued message (another queue id): another tunnel id.
+    world = messenger.world
+    envelope = Envelope("5B2C3D4E5F60", "alice@example.com", ("dave@partner.example",), 0)
+
+    async def processed() -> Any:
+        return await world.gateway.process(envelope, RECEIVED.replace(
+            QUEUE_ID.encode(), b"5B2C3D4E5F60") + SENT)
+
+    result_of(processed())
+    return [c for _, to, c in world.submitted if to == [WEBMAIL_RECIPIENT]][-1]
+
+
+@pytest.mark.parametrize("fault, line, reason", [
+    ("no relay key", "S/MIME decryption key not found",
+     "The web relay message could not be decrypted: A suitable decryption key could not be "
+     "found."),
+    ("untrusted signer", "S/MIME signature was not valid; Signer IDs: "
+                         "EMAILADDRESS=webmail-sender@example.com, CN=Webmail tunnel "
+                         "certificate", NOT_SIGNED),
+    ("too old", "The relay message is too old", "outside the 6 days"),
+])
+def test_faults_go_to_the_postmaster_with_the_relay_message(
+        messenger: Messenger, log_lines: list[str], fault: str, line: str,
+        reason: str) -> None:
+    world = messenger.world
+    world.tunnel_certificates()
+    sealed = messenger.tunnel("dave@partner.example")
+    if fault == "no relay key":
+        for cert in result_of(world.certificates.find_by_email(WEBMAIL_RECIPIENT)):
+            result_of(world.certificates.delete(thumbprint(cert)))
+    elif fault == "untrusted signer":  # not whitelisted on the webmail side
+        for cert in result_of(world.certificates.find_by_email("webmail-sender@example.com")):
+            result_of(world.certificates.remove_ctl(thumbprint(cert)))
+    else:
+        world.clock.advance(VALIDITY + 1)
+    outcome = messenger.relay_in(sealed)
+    assert outcome.status == "sent" and "forwarded to the postmaster" in outcome.reason
+    assert any(line in entry for entry in log_lines), "\n".join(log_lines)
+    (forwarded,) = messenger.sent_to("postmaster@webmail.local")
+    text = forwarded.decode(errors="replace").replace("=\r\n", "")  # quoted-printable
+    assert "The webmail relay message could not be handled. The message is attached to this " \
+           "message." in text
+    assert "Additional information:" in text and reason in text
+    assert sealed in forwarded  # the relay message itself, attached as it came
+    assert result_of(messenger.mailboxes.listing("dave@partner.example")) == []
+
+
+def test_without_a_postmaster_the_relay_message_stays_queued(messenger: Messenger) -> None:
+    world = messenger.world
+    world.tunnel_certificates()
+    world.set(GLOBAL, postmaster=None)
+    sealed = messenger.tunnel("dave@partner.example")
+    world.clock.advance(VALIDITY + 1)
+    outcome = messenger.relay_in(sealed)
+    assert outcome.status == "deferred" and "no postmaster is set" in outcome.reason
+
+
+def test_not_a_relay_email_is_logged_as_the_guide_says(messenger: Messenger,
+                                                       log_lines: list[str]) -> None:
+    world = messenger.world
+    world.tunnel_certificates()
+    sealed = messenger.tunnel("dave@partner.example")
+    world.set(GLOBAL, relay_recipient="other@webmail.local")
+    parts = world.process(WEBMAIL_RECIPIENT, content=sealed, sender="webmail-sender@example.com")
+    assert parts[(WEBMAIL_RECIPIENT,)].outcome is None  # ordinary mail
+    assert any(entry.startswith("Email is not a relay email;") and
+               entry.endswith("Recipients: [webmail@webmail.local]") for entry in log_lines)
