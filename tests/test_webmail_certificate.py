@@ -1,8 +1,14 @@
 """
-Settings → webmail → "create webmail certificate" (guide §3.8, §3.9,
-figures 14 to 16) and its API, C{POST /api/v1/webmail/sender-certificate}: the
-gateway's self-signed tunnel certificate and key for the webmail sender,
-whitelisted in the CTL, made once unless asked again.
+Both ends of the webmail tunnel get their certificate the same way:
+
+- gateway side, Settings → webmail → "create webmail certificate" (guide
+  §3.8, §3.9, figures 14 to 16) and C{POST /api/v1/webmail/sender-certificate}:
+  the self-signed tunnel certificate and key for the webmail sender;
+- webmail side, Settings → General → "webmail certificate" (guide §2.3.11,
+  §2.3.12, figures 9 and 10) and C{POST /api/v1/webmail/relay-certificate}:
+  the one for the relay recipient, which the gateway encrypts to.
+
+Each is whitelisted in the CTL and made once unless asked again.
 
 The pages in memory (StubTreq), the API against a running appliance, the
 whole walk in headless Chromium with screenshots.
@@ -13,16 +19,21 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
+from cipherd.pki.certs import thumbprint
+from cipherd.pki.trust import CTLStatus
 from cipherd.testing import result_of
 from cipherd.web.backend import WEBMAIL_CERTIFICATE_AVAILABLE, WEBMAIL_CERTIFICATE_SUBJECT
 from tests.conftest import Appliance, api_call
 from tests.harness import AdminHarness
+from tests.pki_factory import EMAIL_EKU, START, make_user
 from tests.test_browser_admin import (  # noqa: F401 -- browser and context are fixtures
     GOOD_PASSWORD,
     browser,
@@ -34,6 +45,10 @@ from tests.test_browser_admin import (  # noqa: F401 -- browser and context are 
 SENDER = "webmail@example.com"
 PAGE = "/settings/global/webmail/certificate"
 CREATED = "A certificate was created."
+# Guide §2.3.6: the relay recipient on the webmail side.
+RELAY = "webmail@webmail.local"
+RELAY_PAGE = "/settings/global/preferences/certificate"
+RELAY_SUBJECT = "Webmail relay recipient certificate"
 
 
 # The pages, in memory -------------------------------------------------------
@@ -155,9 +170,127 @@ def test_create_then_available(admin: AdminHarness) -> None:
     assert "available</a>" not in admin.get(PAGE).text
 
 
+def available_link(page: str) -> str | None:
+    """
+    The thumbprint the "A valid webmail certificate is available" notice
+    links, or C{None} when the page has no such notice.
+    """
+    match = re.search(r'is <a href="/pki/certificates/([0-9a-f]{64})">available</a>\. '
+                      r'There is no need to create a new certificate\.', page)
+    return match.group(1) if match else None
+
+
+def test_the_general_page_links_the_relay_certificate_page(admin: AdminHarness) -> None:
+    # Guide figure 9: "webmail certificate" on the global preferences.
+    page = admin.get("/settings/global/preferences")
+    assert f'<a href="{RELAY_PAGE}">webmail certificate</a>' in page.text
+    # The relay recipient is global only: no link, no page elsewhere.
+    assert admin.post_form("/settings/domains", {"name": "example.com"}).code == 303
+    assert "webmail certificate</a>" not in admin.get(
+        "/settings/domains/example.com/preferences").text
+    for path in ("/settings/domains/example.com/preferences/certificate",
+                 "/settings/global/encryption/certificate",
+                 "/settings/global/nonsense/certificate"):
+        assert admin.get(path).code == 404, path
+
+
+def test_the_relay_form_proposes_the_relay_recipient(admin: AdminHarness) -> None:
+    page = admin.get(RELAY_PAGE)
+    assert page.code == 200
+    assert "<h1>Create webmail relay recipient certificate</h1>" in page.text
+    assert "For receiving email from the gateway, a valid recipient certificate is " \
+        "required." in page.text
+    assert ("No relay recipient is set for global preferences. Set “Relay recipient” on the "
+            '<a href="/settings/global/preferences">general settings</a> page') in page.text
+    assert 'id="email" name="email" value=""' in page.text
+    assert '<p class="help" id="help.email">email address of relay recipient</p>' in page.text
+    assert '<a href="/settings/global/preferences">Close</a>' in page.text
+
+    assert admin.post_form("/settings/global/preferences", [
+        ("fields", "relay_recipient"), ("value.relay_recipient", RELAY)]).code == 303
+    page = admin.get(RELAY_PAGE)
+    assert "No relay recipient is set" not in page.text
+    assert f'id="email" name="email" value="{RELAY}"' in page.text
+    assert f'id="subject" name="subject" value="{RELAY_SUBJECT}"' in page.text
+    assert available_link(page.text) is None
+
+
+def test_relay_refusals_create_nothing(admin: AdminHarness) -> None:
+    for form, field, words in [
+        ({"email": "", "subject": "ok"}, "email",
+         "No relay recipient is set (Settings → General → Relay recipient) and no email "
+         "address was given."),
+        ({"email": "webmail.local", "subject": "ok"}, "email", "it has no @"),
+        ({"email": RELAY, "subject": ""}, "subject", "Enter a subject."),
+    ]:
+        page = admin.post_form(RELAY_PAGE, form)
+        assert page.code == 400, form
+        errors = field_errors(page.text)
+        assert list(errors) == [field] and words in errors[field], (form, errors)
+    assert admin.post_form(RELAY_PAGE, {"email": RELAY, "subject": "s"}, csrf=None).code == 403
+    assert stored(admin) == 0
+
+
+def test_the_relay_certificate_needs_a_key_and_encryption(admin: AdminHarness) -> None:
+    """
+    Available means the gateway can encrypt to it and this side open it: a
+    certificate without its key, or one for signing only, does not count.
+    """
+    until = datetime(2030, 1, 1, tzinfo=UTC)
+    public = make_user(RELAY, None, not_before=START, not_after=until, eku=EMAIL_EKU)
+    signing = make_user(RELAY, None, not_before=START, not_after=until, eku=EMAIL_EKU,
+                        key_usage={"digital_signature": True})
+    for identity, key in ((public, None), (signing, signing.key)):
+        made = result_of(admin.certificates.add_certificate(identity.cert, key))
+        result_of(admin.certificates.set_ctl(made, CTLStatus.WHITELISTED))
+    assert available_link(admin.get(f"{RELAY_PAGE}?email={RELAY}").text) is None
+    # The same signing certificate is what the sender page looks for.
+    assert available_link(admin.get(f"{PAGE}?email={RELAY}").text) == \
+        thumbprint(signing.cert)
+
+    created = admin.post_form(RELAY_PAGE, {"email": RELAY, "subject": RELAY_SUBJECT})
+    assert created.code == 303
+    assert created.header("location") == f"{RELAY_PAGE}?created=1&email={RELAY}"
+    page = admin.get(created.header("location") or "")
+    assert CREATED in page.text
+    made = available_link(page.text)
+    assert made not in (None, thumbprint(public.cert), thumbprint(signing.cert))
+    details = admin.get(f"/pki/certificates/{made}")
+    assert f"EMAILADDRESS={RELAY}, CN={RELAY_SUBJECT}" in details.text
+    assert "stored (encrypted)" in details.text
+    assert "<dt>Certificate trust list</dt><dd>whitelisted</dd>" in details.text
+    # §2.3.12: it is downloaded from there for the gateway.
+    assert f'href="/pki/certificates/{made}.pem"' in details.text
+    again = admin.get(RELAY_PAGE + f"?email={RELAY}")
+    assert available_link(again.text) == made and CREATED not in again.text
+
+
 # The API, against a running appliance ------------------------------------------
 
-API_PATH = "/webmail/sender-certificate"
+@dataclass(frozen=True)
+class End:
+    """
+    One end of the tunnel as its API sees it.
+
+    @ivar purpose: the certificate details' purpose it must be valid for.
+    """
+
+    path: str
+    setting: str
+    address: str
+    subject: str
+    unset: str
+    purpose: str
+
+
+SENDER_END = End("/webmail/sender-certificate", "webmail_sender", SENDER,
+                 WEBMAIL_CERTIFICATE_SUBJECT,
+                 "No webmail sender is set (Settings → webmail → Webmail sender) and no email "
+                 "address was given.", "signing")
+RELAY_END = End("/webmail/relay-certificate", "relay_recipient", RELAY, RELAY_SUBJECT,
+                "No relay recipient is set (Settings → General → Relay recipient) and no "
+                "email address was given.", "encryption")
+BOTH_ENDS = pytest.mark.parametrize("end", [SENDER_END, RELAY_END], ids=["sender", "relay"])
 
 
 def call(appliance: Appliance, method: str, path: str, body: Any = None,
@@ -173,23 +306,24 @@ def gateway(appliance: Appliance) -> Appliance:
     return appliance
 
 
-def sender_certificates(appliance: Appliance) -> list[dict[str, Any]]:
-    status, body = call(appliance, "GET", f"/certificates?email={SENDER}")
+def certificates_of(appliance: Appliance, email: str) -> list[dict[str, Any]]:
+    status, body = call(appliance, "GET", f"/certificates?email={email}")
     assert status == 200
     certificates: list[dict[str, Any]] = body["certificates"]
     return certificates
 
 
 @pytest.mark.e2e
-def test_api_creates_once_unless_forced(gateway: Appliance) -> None:
-    status, _ = call(gateway, "PATCH", "/settings/global", {"webmail_sender": SENDER})
+@BOTH_ENDS
+def test_api_creates_once_unless_forced(gateway: Appliance, end: End) -> None:
+    status, _ = call(gateway, "PATCH", "/settings/global", {end.setting: end.address})
     assert status == 200
 
-    status, made = call(gateway, "POST", API_PATH)
+    status, made = call(gateway, "POST", end.path)
     assert status == 201
-    assert made == {"thumbprint": made["thumbprint"], "email": SENDER,
-                    "subject": WEBMAIL_CERTIFICATE_SUBJECT, "created": True}
-    [listed] = sender_certificates(gateway)
+    assert made == {"thumbprint": made["thumbprint"], "email": end.address,
+                    "subject": end.subject, "created": True}
+    [listed] = certificates_of(gateway, end.address)
     assert listed["thumbprint"] == made["thumbprint"]
     assert listed["has_private_key"] is True
     assert listed["self_signed"] is True
@@ -198,54 +332,67 @@ def test_api_creates_once_unless_forced(gateway: Appliance) -> None:
     status, ctl = call(gateway, "GET", "/ctl")
     assert {"thumbprint": made["thumbprint"], "status": "whitelisted"} in ctl["ctl"]
     status, details = call(gateway, "GET", f"/certificates/{made['thumbprint']}")
-    assert details["purposes"]["signing"]["valid"] is True
-    assert details["subject"] == f"EMAILADDRESS={SENDER}, CN={WEBMAIL_CERTIFICATE_SUBJECT}"
+    assert details["purposes"][end.purpose]["valid"] is True
+    assert details["subject"] == f"EMAILADDRESS={end.address}, CN={end.subject}"
 
     # Asked again: the valid one is named, nothing new is made.
-    status, again = call(gateway, "POST", API_PATH, {})
-    assert (status, again) == (200, {"thumbprint": made["thumbprint"], "email": SENDER,
+    status, again = call(gateway, "POST", end.path, {})
+    assert (status, again) == (200, {"thumbprint": made["thumbprint"], "email": end.address,
                                      "created": False,
                                      "message": WEBMAIL_CERTIFICATE_AVAILABLE})
     assert again["message"] == ("A valid webmail certificate is available. There is no "
                                 "need to create a new certificate.")
-    assert len(sender_certificates(gateway)) == 1
+    assert len(certificates_of(gateway, end.address)) == 1
 
     # "force" makes another, with the subject asked for.
-    status, forced = call(gateway, "POST", API_PATH,
+    status, forced = call(gateway, "POST", end.path,
                           {"force": True, "subject": "Second tunnel certificate"})
     assert status == 201 and forced["created"] is True
     assert forced["thumbprint"] != made["thumbprint"]
     assert forced["subject"] == "Second tunnel certificate"
-    listed_now = sender_certificates(gateway)
+    listed_now = certificates_of(gateway, end.address)
     assert {c["thumbprint"] for c in listed_now} == {made["thumbprint"], forced["thumbprint"]}
     assert all(c["ctl"] == "whitelisted" and c["has_private_key"] for c in listed_now)
 
-    # Another address than the webmail sender's, given in the body.
-    status, other = call(gateway, "POST", API_PATH, {"email": "tunnel@example.org"})
+    # Another address than the configured one, given in the body.
+    status, other = call(gateway, "POST", end.path, {"email": "tunnel@example.org"})
     assert status == 201 and other["email"] == "tunnel@example.org"
 
 
 @pytest.mark.e2e
-def test_api_refusals_create_nothing(gateway: Appliance) -> None:
-    # No webmail sender configured and no address given.
-    status, body = call(gateway, "POST", API_PATH)
+def test_api_relay_certificate_is_downloadable_for_the_gateway(gateway: Appliance) -> None:
+    """
+    Guide §2.3.12: the webmail side's certificate goes to the gateway as a
+    file; the gateway imports it with "skip self-signed" off (§3.2).
+    """
+    status, made = call(gateway, "POST", RELAY_END.path, {"email": RELAY})
+    assert status == 201
+    status, details = call(gateway, "GET", f"/certificates/{made['thumbprint']}")
+    assert status == 200 and details["pem"].startswith("-----BEGIN CERTIFICATE-----")
+    assert details["purposes"]["encryption"]["valid"] is True
+
+
+@pytest.mark.e2e
+@BOTH_ENDS
+def test_api_refusals_create_nothing(gateway: Appliance, end: End) -> None:
+    # No address configured and none given.
+    status, body = call(gateway, "POST", end.path)
     assert status == 400
-    assert body["errors"] == {"email": "No webmail sender is set (Settings → webmail → "
-                                       "Webmail sender) and no email address was given."}
+    assert body["errors"] == {"email": end.unset}
     for request, field, words in [
         ({"email": "not-an-address"}, "email",
          "'not-an-address' is not a valid email address: it has no @."),
-        ({"email": SENDER, "subject": ""}, "subject", "Enter a subject."),
-        ({"email": SENDER, "subject": "a\nb"}, "subject", "one line"),
-        ({"email": SENDER, "subject": "s" * 65}, "subject", "at most 64"),
-        ({"email": SENDER, "force": "yes"}, "force", "must be true or false"),
+        ({"email": end.address, "subject": ""}, "subject", "Enter a subject."),
+        ({"email": end.address, "subject": "a\nb"}, "subject", "one line"),
+        ({"email": end.address, "subject": "s" * 65}, "subject", "at most 64"),
+        ({"email": end.address, "force": "yes"}, "force", "must be true or false"),
         ({"email": 7}, "email", "must be a string"),
     ]:
-        status, body = call(gateway, "POST", API_PATH, request)
+        status, body = call(gateway, "POST", end.path, request)
         assert status == 400, request
         assert body["error"] == "Some values were refused; nothing was created."
         assert words in body["errors"][field], (request, body)
-    status, body = call(gateway, "POST", API_PATH, ["not", "an", "object"])
+    status, body = call(gateway, "POST", end.path, ["not", "an", "object"])
     assert status == 400 and "errors" not in body
     status, listing = call(gateway, "GET", "/certificates")
     assert listing["certificates"] == []
@@ -254,19 +401,67 @@ def test_api_refusals_create_nothing(gateway: Appliance) -> None:
 
 
 @pytest.mark.e2e
-def test_api_needs_the_default_password_changed(appliance: Appliance) -> None:
-    status, body = call(appliance, "POST", API_PATH, {"email": SENDER}, password="admin")
+@BOTH_ENDS
+def test_api_needs_the_default_password_changed(appliance: Appliance, end: End) -> None:
+    status, body = call(appliance, "POST", end.path, {"email": end.address}, password="admin")
     assert status == 403 and "default admin password" in body["error"]
 
 
 # The guide's walk in a browser -------------------------------------------------
 
-def open_certificate_page(page: Page) -> None:
+def open_certificate_page(
+        page: Page, tab: str = "Webmail", link: str = "create webmail certificate",
+        heading: str = "Create webmail tunnel certificate for global preferences") -> None:
+    """
+    Settings → global preferences → C{tab} → C{link}.
+    """
     page.get_by_role("link", name="Settings", exact=True).click()
-    page.get_by_role("link", name="Webmail", exact=True).click()
-    page.get_by_role("link", name="create webmail certificate").click()
-    expect(page.get_by_role("heading", level=1)).to_have_text(
-        "Create webmail tunnel certificate for global preferences")
+    page.get_by_role("link", name=tab, exact=True).click()
+    page.get_by_role("link", name=link, exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(heading)
+
+
+def open_relay_certificate_page(page: Page) -> None:
+    # Guide figure 9: "webmail certificate" on the Edit Global preferences page.
+    open_certificate_page(page, "General", "webmail certificate",
+                          "Create webmail relay recipient certificate")
+
+
+def apply_setting(page: Page, name: str, value: str) -> None:
+    """
+    On the settings page shown: set C{name} here instead of inheriting, Apply.
+    """
+    page.locator(f'[id="inherit.{name}"]').uncheck()
+    page.locator(f'[id="value.{name}"]').fill(value)
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("status")).to_have_text("The settings were applied.")
+
+
+def expect_certificate_form(page: Page, intro: str, email: str, email_help: str,
+                            subject: str) -> None:
+    """
+    The form as the guide's figure shows it, before anything was created.
+    """
+    expect(page.get_by_text(intro)).to_be_visible()
+    expect(page.get_by_label("Email address")).to_have_value(email)
+    expect(page.get_by_label("Subject")).to_have_value(subject)
+    expect(page.get_by_text(email_help)).to_be_visible()
+    expect(page.get_by_text("subject of certificate")).to_be_visible()
+    expect(page.get_by_role("status")).to_have_count(0)
+
+
+def expect_certificate_details(page: Page, email: str, subject: str) -> None:
+    """
+    The details page the "available" link leads to (guide §2.3.12, §3.9).
+    """
+    expect(page).to_have_url(re.compile(r"/pki/certificates/[0-9a-f]{64}$"))
+    facts = page.locator("dl.facts")
+    expect(facts).to_contain_text(f"EMAILADDRESS={email}")
+    expect(facts).to_contain_text(f"CN={subject}")
+    expect(facts).to_contain_text("stored (encrypted)")
+    expect(facts).to_contain_text("whitelisted")
+    expect(facts).to_contain_text("valid: The certificate is whitelisted")
+    expect(page.get_by_role("link", name="download certificate (PEM)")).to_be_visible()
 
 
 @pytest.mark.e2e
@@ -286,21 +481,14 @@ def test_create_the_gateway_tunnel_certificate_as_the_guide_says(
     page.get_by_role("link", name="Close").click()
 
     # §3.6: the webmail sender first.
-    page.locator('[id="inherit.webmail_sender"]').uncheck()
-    page.locator('[id="value.webmail_sender"]').fill(SENDER)
-    page.get_by_role("button", name="Apply").click()
-    expect(page.get_by_role("status")).to_have_text("The settings were applied.")
+    apply_setting(page, "webmail_sender", SENDER)
     shoot(page, artifacts, "webmail-settings")
 
     # §3.8, figure 15.
     open_certificate_page(page)
-    expect(page.get_by_text("For sending to the secure webmail gateway, a valid sender "
-                            "certificate is required.")).to_be_visible()
-    expect(page.get_by_label("Email address")).to_have_value(SENDER)
-    expect(page.get_by_label("Subject")).to_have_value(WEBMAIL_CERTIFICATE_SUBJECT)
-    expect(page.get_by_text("email address of webmail sender")).to_be_visible()
-    expect(page.get_by_text("subject of certificate")).to_be_visible()
-    expect(page.get_by_role("status")).to_have_count(0)
+    expect_certificate_form(page, "For sending to the secure webmail gateway, a valid "
+                            "sender certificate is required.", SENDER,
+                            "email address of webmail sender", WEBMAIL_CERTIFICATE_SUBJECT)
     shoot(page, artifacts, "webmail-certificate")
 
     # A refused address: said at the field, nothing made.
@@ -331,12 +519,52 @@ def test_create_the_gateway_tunnel_certificate_as_the_guide_says(
 
     # §3.9: "available" leads to the certificate, to download it.
     status.get_by_role("link", name="available").click()
-    expect(page).to_have_url(re.compile(r"/pki/certificates/[0-9a-f]{64}$"))
-    facts = page.locator("dl.facts")
-    expect(facts).to_contain_text(f"EMAILADDRESS={SENDER}")
-    expect(facts).to_contain_text(f"CN={WEBMAIL_CERTIFICATE_SUBJECT}")
-    expect(facts).to_contain_text("stored (encrypted)")
-    expect(facts).to_contain_text("whitelisted")
-    expect(facts).to_contain_text("valid: The certificate is whitelisted")
-    expect(page.get_by_role("link", name="download certificate (PEM)")).to_be_visible()
+    expect_certificate_details(page, SENDER, WEBMAIL_CERTIFICATE_SUBJECT)
     shoot(page, artifacts, "webmail-certificate-details")
+
+
+@pytest.mark.e2e
+@pytest.mark.browser
+def test_create_the_relay_recipient_certificate_as_the_guide_says(
+        context: BrowserContext,  # noqa: F811 -- the fixture imported above
+        appliance: Appliance, artifacts: Path) -> None:
+    page = context.new_page()
+    log_in_and_change_default_password(page)
+
+    # Without a relay recipient the page says so; Close returns to where it is set.
+    open_relay_certificate_page(page)
+    expect(page.locator("p.warning")).to_contain_text(
+        "No relay recipient is set for global preferences.")
+    shoot(page, artifacts, "relay-certificate-no-recipient")
+    page.get_by_role("link", name="Close").click()
+    expect(page).to_have_url(f"{appliance.admin_url}/settings/global/preferences")
+
+    # §2.3.6: the relay recipient first.
+    apply_setting(page, "relay_recipient", RELAY)
+    shoot(page, artifacts, "relay-certificate-general")
+
+    # §2.3.11, figure 10.
+    open_relay_certificate_page(page)
+    expect_certificate_form(page, "For receiving email from the gateway, a valid recipient "
+                            "certificate is required.", RELAY,
+                            "email address of relay recipient", RELAY_SUBJECT)
+    shoot(page, artifacts, "relay-certificate")
+
+    page.get_by_role("button", name="Create").click()
+    status = page.get_by_role("status")
+    expect(status).to_contain_text(CREATED)
+    expect(status).to_contain_text(WEBMAIL_CERTIFICATE_AVAILABLE)
+    shoot(page, artifacts, "relay-certificate-created")
+
+    # Opened again: no need for another.
+    open_relay_certificate_page(page)
+    expect(status).to_have_text(WEBMAIL_CERTIFICATE_AVAILABLE)
+
+    # §2.3.12: "available" leads to the certificate, to download it for the gateway.
+    status.get_by_role("link", name="available").click()
+    expect_certificate_details(page, RELAY, RELAY_SUBJECT)
+    with page.expect_download() as downloaded:
+        page.get_by_role("link", name="download certificate (PEM)").click()
+    pem = Path(downloaded.value.path()).read_bytes()
+    assert pem.startswith(b"-----BEGIN CERTIFICATE-----")
+    shoot(page, artifacts, "relay-certificate-details")

@@ -354,6 +354,23 @@ class CertificateStore:
         The valid signing certificate with its key and chain for a sender
         address, latest expiry first; C{None} when there is none.
         """
+        return await self._identity(email, Purpose.SIGNING)
+
+    async def decryption_identity(
+        self, email: str
+    ) -> tuple[x509.Certificate, PrivateKey] | None:
+        """
+        The valid encryption certificate for C{email} whose private key is
+        stored here, latest expiry first; C{None} when there is none.  What
+        mail encrypted to C{email} can be opened with -- the webmail relay
+        recipient's tunnel certificate (guide §2.3.11).
+        """
+        identity = await self._identity(email, Purpose.ENCRYPTION)
+        return None if identity is None else identity[:2]
+
+    async def _identity(
+        self, email: str, purpose: Purpose
+    ) -> tuple[x509.Certificate, PrivateKey, list[x509.Certificate]] | None:
         rows = [r for r in await self._store.run(q.find_by_email, email) if r.has_key]
         if not rows:
             return None
@@ -361,7 +378,7 @@ class CertificateStore:
         now = self.now()
         for row in rows:
             cert = _load(row)
-            verdict = check(cert, Purpose.SIGNING, now, context)
+            verdict = check(cert, purpose, now, context)
             if verdict.valid and row.sealed_key is not None:
                 key = self._unseal(row)
                 if key is not None:

@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from cipherd.settings import (
     GLOBAL,
     PAGES,
+    REGISTRY,
     InvalidValue,
     Level,
     Property,
@@ -41,9 +42,11 @@ from cipherd.web.auth import (
     csrf_matches,
 )
 from cipherd.web.backend import (
-    WEBMAIL_CERTIFICATE_SUBJECT,
+    RELAY_RECIPIENT,
+    WEBMAIL_SENDER,
     AdminBackend,
-    SenderCertificateRefused,
+    TunnelCertificateRefused,
+    TunnelEnd,
 )
 from cipherd.web.common import (
     SecureHeaders,
@@ -103,12 +106,47 @@ class _ScopeView:
         return self.title[0].lower() + self.title[1:]
 
 
-def _has_webmail_sender(scope: Scope) -> bool:
+@dataclass(frozen=True)
+class _CertificatePage:
     """
-    Whether C{scope} has a I{Webmail sender}, and so a "create webmail
-    certificate" page (guide §3.8, figure 14): global and domains.
+    A "create certificate" page for one end of the webmail tunnel, linked
+    from the settings page where that end's address is set.
+
+    @ivar heading: its title; C{{scope}} stands for the scope's phrase.
+    @ivar link: the link's words on the settings page.
     """
-    return any(p.name == "webmail_sender" for p in properties_on("webmail", scope.level))
+
+    end: TunnelEnd
+    heading: str
+    intro: str
+    email_help: str
+    link: str
+
+    @property
+    def setting(self) -> Property:
+        return REGISTRY[self.end.setting]
+
+    def applies(self, scope: Scope) -> bool:
+        """
+        Whether C{scope} has the address, and so this page.
+        """
+        return scope.level in self.setting.levels
+
+
+# By the settings page that links each one.
+_CERTIFICATE_PAGES = {page.setting.page: page for page in (
+    # Gateway side, guide §3.8, figures 14 and 15: global and domains.
+    _CertificatePage(WEBMAIL_SENDER, "Create webmail tunnel certificate for {scope}",
+                     "For sending to the secure webmail gateway, a valid sender certificate "
+                     "is required.", "email address of webmail sender",
+                     "create webmail certificate"),
+    # Webmail side, guide §2.3.11, figures 9 and 10: global only.  The guide's
+    # figure repeats the sender page's help; this field is the relay recipient.
+    _CertificatePage(RELAY_RECIPIENT, "Create webmail relay recipient certificate",
+                     "For receiving email from the gateway, a valid recipient certificate "
+                     "is required.", "email address of relay recipient",
+                     "webmail certificate"),
+)}
 
 
 def _display(prop: Property, value: Any) -> str:
@@ -334,9 +372,18 @@ class AdminSite(AdminPages):
             pages=[p for p in PAGES if properties_on(p.name, scope.level)],
             groups=groups, advanced=advanced, has_advanced=has_advanced,
             saved=arg(request, "saved") is not None, errors=errors,
-            certificate_link=f"{view.base}/webmail/certificate"
-            if page == "webmail" and _has_webmail_sender(scope) else None,
+            certificate_link=self._certificate_link(view, page),
         )
+
+    @staticmethod
+    def _certificate_link(view: _ScopeView, page: str) -> tuple[str, str] | None:
+        """
+        The (address, words) of the page's "create certificate" link, if any.
+        """
+        form = _CERTIFICATE_PAGES.get(page)
+        if form is None or not form.applies(view.scope):
+            return None
+        return f"{view.base}/{page}/certificate", form.link
 
     @staticmethod
     def _read_settings_form(
@@ -367,55 +414,63 @@ class AdminSite(AdminPages):
                 errors[prop.name] = str(e)
         return changes, errors, submitted
 
-    # Settings → webmail → create webmail certificate (guide §3.8, §3.9) ------
+    # The tunnel certificates: Settings → webmail → create webmail
+    # certificate (guide §3.8, §3.9), Settings → General → webmail
+    # certificate (guide §2.3.11, §2.3.12) ----------------------------------
 
-    @app.route("/settings/global/webmail/certificate", methods=["GET", "POST"])
+    @app.route("/settings/global/<page>/certificate", methods=["GET", "POST"])
     @authenticated
-    async def global_webmail_certificate(self, request: IRequest,
-                                         session: AdminSession) -> bytes:
-        return await self._webmail_certificate_page(request, session, GLOBAL)
+    async def global_certificate(self, request: IRequest, session: AdminSession,
+                                 page: str) -> bytes:
+        return await self._certificate_page(request, session, GLOBAL, page)
 
-    @app.route("/settings/<kind>/<key>/webmail/certificate", methods=["GET", "POST"])
+    @app.route("/settings/<kind>/<key>/<page>/certificate", methods=["GET", "POST"])
     @authenticated
-    async def scoped_webmail_certificate(self, request: IRequest, session: AdminSession,
-                                         kind: str, key: str) -> bytes:
+    async def scoped_certificate(self, request: IRequest, session: AdminSession,
+                                 kind: str, key: str, page: str) -> bytes:
         scope = await self._existing_scope(kind, key)
-        if scope is None or not _has_webmail_sender(scope):
+        if scope is None:
             return self.not_found(request, session)
-        return await self._webmail_certificate_page(request, session, scope)
+        return await self._certificate_page(request, session, scope, page)
 
-    async def _webmail_certificate_page(self, request: IRequest, session: AdminSession,
-                                        scope: Scope) -> bytes:
+    async def _certificate_page(self, request: IRequest, session: AdminSession,
+                                scope: Scope, page: str) -> bytes:
         """
-        Figures 15 and 16: the form, "A valid webmail certificate is
+        Figures 10, 15 and 16: the form, "A valid webmail certificate is
         available" with a link to it, and "A certificate was created."
         """
+        form = _CERTIFICATE_PAGES.get(page)
+        if form is None or not form.applies(scope):
+            return self.not_found(request, session)
+        end = form.end
         view = _ScopeView(scope)
-        sender = await self.backend.webmail_sender(scope)
+        address = await self.backend.tunnel_address(end, scope)
         errors: dict[str, str] = {}
         if request.method == b"POST":
             email = (arg(request, "email") or "").strip()
             subject = arg(request, "subject") or ""
             try:
                 # The admin was told whether one is needed and asked anyway.
-                made = await self.backend.create_webmail_sender_certificate(
-                    scope, email, subject, force=True)
-            except SenderCertificateRefused as e:
+                made = await self.backend.create_tunnel_certificate(
+                    end, scope, email, subject, force=True)
+            except TunnelCertificateRefused as e:
                 errors = e.errors
             else:
-                log.info("Admin {account!r} created webmail sender certificate {thumbprint} "
-                         "for {email}", account=session.admin_name,
+                log.info("Admin {account!r} created {end} certificate {thumbprint} for "
+                         "{email}", account=session.admin_name, end=end.label,
                          thumbprint=made.thumbprint, email=made.email)
-                return redirect(request, f"{view.base}/webmail/certificate?created=1"
+                return redirect(request, f"{view.base}/{page}/certificate?created=1"
                                 f"&email={quote(made.email, safe='@')}")
         else:
-            email = (arg(request, "email") or sender).strip()
-            subject = WEBMAIL_CERTIFICATE_SUBJECT
-        available = (await self.backend.webmail_certificate(email)
+            email = (arg(request, "email") or address).strip()
+            subject = end.subject
+        available = (await self.backend.tunnel_certificate(end, email)
                      if email and "email" not in errors else None)
         return self.render(
             request, "webmail_certificate.html", session, status=400 if errors else 200,
-            section="settings", subsection=view.subsection, view=view, sender=sender,
+            section="settings", subsection=view.subsection, view=view, page=page,
+            page_title=_PAGE_TITLES[page], form=form,
+            heading=form.heading.format(scope=view.phrase), address=address,
             values={"email": email, "subject": subject}, errors=errors, available=available,
             created=not errors and arg(request, "created") is not None,
         )

@@ -41,9 +41,12 @@ from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
 from cipherd.web.backend import (
+    RELAY_RECIPIENT,
     WEBMAIL_CERTIFICATE_AVAILABLE,
+    WEBMAIL_SENDER,
     AdminBackend,
-    SenderCertificateRefused,
+    TunnelCertificateRefused,
+    TunnelEnd,
     send_test_email,
 )
 from cipherd.web.common import arg, client_address, json_response
@@ -551,11 +554,20 @@ class AdminAPI:
             return json_response(request, 404, {"error": "The CTL has no such entry."})
         return json_response(request, 200, {"status": "Removed from the CTL."})
 
-    # Guide §3.8: the gateway's webmail tunnel certificate ---------------------
+    # The tunnel certificates: guide §3.8 (gateway) and §2.3.11 (webmail) ------
 
     @app.route("/v1/webmail/sender-certificate", methods=["POST"])
     @_authenticated()
     async def create_sender_certificate(self, request: IRequest, admin: AdminRow) -> bytes:
+        return await self._create_tunnel_certificate(request, admin, WEBMAIL_SENDER)
+
+    @app.route("/v1/webmail/relay-certificate", methods=["POST"])
+    @_authenticated()
+    async def create_relay_certificate(self, request: IRequest, admin: AdminRow) -> bytes:
+        return await self._create_tunnel_certificate(request, admin, RELAY_RECIPIENT)
+
+    async def _create_tunnel_certificate(self, request: IRequest, admin: AdminRow,
+                                         end: TunnelEnd) -> bytes:
         # The body is optional: an empty POST asks for the defaults.
         body = _json_body(request) if _has_body(request) else {}
         if not isinstance(body, dict):
@@ -568,18 +580,19 @@ class AdminAPI:
         if wrong:
             raise _BadRequest("Some values were refused; nothing was created.", wrong)
         try:
-            made = await self.backend.create_webmail_sender_certificate(
-                GLOBAL, body.get("email"), body.get("subject"), force=body.get("force", False))
-        except SenderCertificateRefused as e:
+            made = await self.backend.create_tunnel_certificate(
+                end, GLOBAL, body.get("email"), body.get("subject"),
+                force=body.get("force", False))
+        except TunnelCertificateRefused as e:
             raise _BadRequest("Some values were refused; nothing was created.",
                               e.errors) from None
         if not made.created:
             return json_response(request, 200, {
                 "thumbprint": made.thumbprint, "email": made.email, "created": False,
                 "message": WEBMAIL_CERTIFICATE_AVAILABLE})
-        log.info("Admin {account!r} created webmail sender certificate {thumbprint} for "
-                 "{email} through the API", account=admin.name, thumbprint=made.thumbprint,
-                 email=made.email)
+        log.info("Admin {account!r} created {end} certificate {thumbprint} for {email} "
+                 "through the API", account=admin.name, end=end.label,
+                 thumbprint=made.thumbprint, email=made.email)
         return json_response(request, 201, {
             "thumbprint": made.thumbprint, "email": made.email, "subject": made.subject,
             "created": True})

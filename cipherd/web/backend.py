@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from cipherd.logs import MailLog
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.certstore import CertificateStore
-from cipherd.pki.trust import CTLStatus
+from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import GLOBAL, Scope, email_problem
 from cipherd.smtp.compose import compose
 from cipherd.smtp.config import MTAConfigSource
@@ -20,21 +20,52 @@ from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.auth import AdminAuthority
 
-# Guide §3.8, figure 15: the subject the "Create" page proposes.
-WEBMAIL_CERTIFICATE_SUBJECT = "Webmail sender tunnel certificate"
 # The subject becomes the certificate's common name; RFC 5280 appendix A:
 # ub-common-name INTEGER ::= 64.
 MAX_CERTIFICATE_SUBJECT = 64
-# Guide §3.9, figure 16.
+# Guide §3.9, figure 16 (and the same sentence on the webmail side, §2.3.11).
 WEBMAIL_CERTIFICATE_AVAILABLE = (
     "A valid webmail certificate is available. There is no need to create a new certificate."
 )
 
 
-class SenderCertificateRefused(Exception):
+@dataclass(frozen=True)
+class TunnelEnd:
     """
-    The email address or subject for a webmail sender certificate cannot
-    be used; nothing was created.
+    One end of the webmail tunnel (guide figure 1, step 4) and the
+    certificate with private key it needs there.
+
+    @ivar label: what the address is called in messages ("webmail sender").
+    @ivar setting: the global property that holds the address.
+    @ivar purpose: what the certificate must be valid for to count as
+        available: the gateway signs as the webmail sender, the webmail
+        messenger decrypts as the relay recipient.
+    @ivar subject: the subject the "Create" page proposes.
+    @ivar where: where the admin sets the address.
+    """
+
+    label: str
+    setting: str
+    purpose: Purpose
+    subject: str
+    where: str
+
+
+# Gateway side, guide §3.8, figure 15.
+WEBMAIL_SENDER = TunnelEnd("webmail sender", "webmail_sender", Purpose.SIGNING,
+                           "Webmail sender tunnel certificate",
+                           "Settings → webmail → Webmail sender")
+# Webmail side, guide §2.3.11, figure 10: the gateway encrypts to it.
+RELAY_RECIPIENT = TunnelEnd("relay recipient", "relay_recipient", Purpose.ENCRYPTION,
+                            "Webmail relay recipient certificate",
+                            "Settings → General → Relay recipient")
+WEBMAIL_CERTIFICATE_SUBJECT = WEBMAIL_SENDER.subject
+
+
+class TunnelCertificateRefused(Exception):
+    """
+    The email address or subject for a tunnel certificate cannot be used;
+    nothing was created.
 
     @ivar errors: C{{field: message}}, fields C{email} and C{subject}.
     """
@@ -45,9 +76,9 @@ class SenderCertificateRefused(Exception):
 
 
 @dataclass(frozen=True)
-class SenderCertificate:
+class TunnelCertificate:
     """
-    The webmail sender's signing certificate after a request for one.
+    The certificate of one end of the tunnel after a request for one.
 
     @ivar created: C{False} when a valid one was there already and is the
         one named.
@@ -102,56 +133,57 @@ class AdminBackend:
         result: list[str] = await self.runner.run(log.tail, lines)
         return result
 
-    # Guide §3.8: the gateway's webmail tunnel certificate ----------------------
+    # Guide §3.8 and §2.3.11: the tunnel certificates of both ends -------------
 
-    async def webmail_sender(self, scope: Scope = GLOBAL) -> str:
+    async def tunnel_address(self, end: TunnelEnd, scope: Scope = GLOBAL) -> str:
         """
-        The effective I{Webmail sender} at C{scope}; C{""} when not set.
+        The effective address of C{end} at C{scope}; C{""} when not set.
         """
-        sender: str = await self.settings.get(scope, "webmail_sender")
-        return sender
+        address: str = await self.settings.get(scope, end.setting)
+        return address
 
-    async def webmail_certificate(self, email: str) -> str | None:
+    async def tunnel_certificate(self, end: TunnelEnd, email: str) -> str | None:
         """
-        The thumbprint of a valid signing certificate with private key for
-        C{email} -- what the tunnel messages are signed with -- or C{None}.
+        The thumbprint of a valid certificate with private key for C{email},
+        valid for what C{end} does with it, or C{None}.
         """
-        identity = await self.certificates.signing_identity(email)
+        certificates = self.certificates
+        identity = (await certificates.signing_identity(email) if end.purpose is Purpose.SIGNING
+                    else await certificates.decryption_identity(email))
         return None if identity is None else thumbprint(identity[0])
 
-    async def create_webmail_sender_certificate(
-        self, scope: Scope = GLOBAL, email: str | None = None, subject: str | None = None,
-        *, force: bool = False,
-    ) -> SenderCertificate:
+    async def create_tunnel_certificate(
+        self, end: TunnelEnd, scope: Scope = GLOBAL, email: str | None = None,
+        subject: str | None = None, *, force: bool = False,
+    ) -> TunnelCertificate:
         """
-        Create the self-signed tunnel certificate and key the gateway signs
-        its tunnel messages to the webmail messenger with, and whitelist it
-        in the CTL: it chains to no root (guide §3.3 does the same on the
-        other side).
+        Create the self-signed tunnel certificate and key of C{end} and
+        whitelist it in the CTL: it chains to no root (guide §3.3 trusts the
+        other side's copy the same way).
 
-        @param email: blank or C{None} for the webmail sender at C{scope}.
-        @param subject: C{None} for L{WEBMAIL_CERTIFICATE_SUBJECT}.
+        @param email: blank or C{None} for C{end}'s address at C{scope}.
+        @param subject: C{None} for C{end}'s proposed subject.
         @param force: create one even when a valid one exists.
-        @raise SenderCertificateRefused: nothing was created.
+        @raise TunnelCertificateRefused: nothing was created.
         """
-        email = (email or "").strip() or await self.webmail_sender(scope)
-        subject = WEBMAIL_CERTIFICATE_SUBJECT if subject is None else subject.strip()
+        email = (email or "").strip() or await self.tunnel_address(end, scope)
+        subject = end.subject if subject is None else subject.strip()
         errors = {}
         if not email:
-            errors["email"] = ("No webmail sender is set (Settings → webmail → Webmail sender) "
-                               "and no email address was given.")
+            errors["email"] = (f"No {end.label} is set ({end.where}) and no email address "
+                               "was given.")
         elif problem := email_problem(email):
             errors["email"] = f"{email!r} is not a valid email address: {problem}."
         if problem := subject_problem(subject):
             errors["subject"] = problem
         if errors:
-            raise SenderCertificateRefused(errors)
-        existing = None if force else await self.webmail_certificate(email)
+            raise TunnelCertificateRefused(errors)
+        existing = None if force else await self.tunnel_certificate(end, email)
         if existing is not None:
-            return SenderCertificate(existing, email, subject, created=False)
+            return TunnelCertificate(existing, email, subject, created=False)
         created = await self.certificates.create_tunnel_certificate(email, subject)
         await self.certificates.set_ctl(created, CTLStatus.WHITELISTED)
-        return SenderCertificate(created, email, subject, created=True)
+        return TunnelCertificate(created, email, subject, created=True)
 
 
 async def send_test_email(backend: AdminBackend, sender: str, recipients: list[str],
