@@ -1,19 +1,14 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="cipherd",
     version="0.1.0",
     description="Email encryption gateway with a secure webmail messenger",
     python_requires=">=3.11",
-    packages=[
-        "cipherd",
-        "cipherd.store",
-        "cipherd.web",
-        "cipherd.testing",
-        "twisted.plugins",
-    ],
+    packages=[*find_packages(include=["cipherd", "cipherd.*"]), "twisted.plugins"],
     package_data={
         "cipherd.web": ["templates/*.html", "static/*"],
+        "cipherd.webmail": ["templates/*.txt"],
     },
     include_package_data=True,
     install_requires=[
@@ -29,6 +24,7 @@ setup(
         "argon2-cffi>=23",
         "zxcvbn>=4.4",
         "croniter>=2",
+        "dkimpy>=1.1",
     ],
     extras_require={
         "test": [

@@ -52,6 +52,7 @@ from cipherd.web.backend import AdminBackend
 from cipherd.web.common import BoundedRequest, access_log_formatter
 from cipherd.webmail.accounts import Accounts
 from cipherd.webmail.mailbox import Mailboxes, message_key
+from cipherd.webmail.notify import Notifier
 
 SESSION_SWEEP_INTERVAL = 600
 CRYPTO_THREADS = 2
@@ -91,7 +92,7 @@ def _generate_missing_secrets(conn: Connection) -> list[str]:
     """
     values = load_values(conn, [GLOBAL]).by_scope[GLOBAL]
     missing = {p.name: secrets.token_urlsafe(24) for p in PROPERTIES
-               if p.secret and p.name not in values}
+               if p.generate and p.name not in values}
     apply_changes(conn, GLOBAL, missing)
     return sorted(missing)
 
@@ -221,8 +222,9 @@ def make_service(config: Config, reactor: Any) -> IService:
     # key derived from var/kek), accounts, invitations.
     mailboxes = Mailboxes(store, message_key(read_kek(data)))
     accounts = Accounts(store, reactor, auth_runner)
-    gateway.relay = WebmailRelay(engine, mailboxes, accounts, queue_runner.submit,
-                                 settings.by_address, reactor)
+    notifier = Notifier(queue_runner.submit, reactor)
+    gateway.relay = WebmailRelay(engine, mailboxes, accounts, notifier, settings.by_address,
+                                 reactor)
     queue_runner.processor = gateway
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,

@@ -277,6 +277,92 @@ class HeaderTrigger(ValueType):
 
 
 @dataclass(frozen=True)
+class DomainName(ValueType):
+    widget = "text"
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip().lower()
+        if text and (problem := domain_problem(text)):
+            raise InvalidValue(problem)
+        return text
+
+
+_SELECTOR = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+@dataclass(frozen=True)
+class DkimSelector(ValueType):
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip().lower()
+        if text and not _SELECTOR.fullmatch(text):
+            raise InvalidValue("must be a DNS label (letters, digits, hyphens), like mail2026")
+        return text
+
+
+@dataclass(frozen=True)
+class PrivateKeyPEM(ValueType):
+    """
+    An RSA (at least 1024 bits) or Ed25519 private key in PEM, unencrypted;
+    empty for none.
+    """
+
+    widget = "textarea"
+
+    def check(self, value: Any) -> str:
+        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        text = self._want_string(value).strip()
+        if not text:
+            return ""
+        try:
+            key = load_pem_private_key(text.encode(), None)
+        except (ValueError, TypeError) as e:
+            raise InvalidValue(f"is not an unencrypted PEM private key ({e})") from None
+        if isinstance(key, rsa.RSAPrivateKey):
+            if key.key_size < 1024:
+                raise InvalidValue("RSA keys for DKIM must have at least 1024 bits")
+        elif not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise InvalidValue("DKIM signs with RSA or Ed25519 keys only")
+        return text + "\n"
+
+    def from_form(self, text: str) -> Any:
+        return self.check(text.replace("\r\n", "\n"))
+
+
+@dataclass(frozen=True)
+class MailTemplate(ValueType):
+    """
+    A notification template (jinja2): a first line C{Subject: ...}, an
+    empty line, then the text; empty for the built-in one.
+    """
+
+    widget = "textarea"
+
+    def check(self, value: Any) -> str:
+        from jinja2 import TemplateSyntaxError
+        from jinja2.sandbox import SandboxedEnvironment
+
+        text = self._want_string(value).replace("\r\n", "\n")
+        if not text.strip():
+            return ""
+        if len(text) > 20000:
+            raise InvalidValue(f"is {len(text)} characters long; the limit is 20000")
+        if not text.startswith("Subject:") or "\n\n" not in text:
+            raise InvalidValue("must begin with a line 'Subject: ...', then an empty line, "
+                               "then the text")
+        try:
+            SandboxedEnvironment().parse(text)
+        except TemplateSyntaxError as e:
+            raise InvalidValue(f"is not a valid template: {e.message} (line {e.lineno})"
+                               ) from None
+        return text
+
+    def from_form(self, text: str) -> Any:
+        return self.check(text)
+
+
+@dataclass(frozen=True)
 class Choice(ValueType):
     choices: tuple[tuple[str, str], ...] = ()
     widget = "select"
@@ -300,7 +386,9 @@ class Property:
     @ivar page: the admin settings page it is shown on.
     @ivar group: the heading it is shown under on that page.
     @ivar advanced: shown only after "show advanced settings".
-    @ivar secret: generated at first start when it has no value.
+    @ivar secret: write-only: pages and the API never show its value.
+    @ivar generate: a random value is made at first start when it has none,
+        and it cannot be emptied (the server secrets).
     """
 
     name: str
@@ -313,6 +401,7 @@ class Property:
     group: str = "General"
     advanced: bool = False
     secret: bool = False
+    generate: bool = False
 
     def validate(self, value: Any) -> Any:
         """
@@ -330,6 +419,8 @@ class Page:
 
 PAGES = (
     Page("preferences", "General"),
+    Page("templates", "Templates"),
+    Page("dkim", "DKIM"),
     Page("webmail", "Webmail"),
     Page("encryption", "Encryption policy"),
     Page("quota", "Quota"),
@@ -372,7 +463,7 @@ PROPERTIES: tuple[Property, ...] = (
     _P("server_secret", "Server secret", Text(max_length=256, min_length=16), "",
        "The key sign-up and password reset links are signed with. Changing it makes "
        "every outstanding link invalid. Generated at first start.",
-       levels=GLOBAL_ONLY, advanced=True, secret=True),
+       levels=GLOBAL_ONLY, advanced=True, secret=True, generate=True),
     _P("signup_link_validity", "Signup link validity", Integer(1, 525600, "min"), 43200,
        "Minutes a sign-up link stays valid.", advanced=True),
     _P("password_reset_link_validity", "Password reset link validity",
@@ -397,7 +488,7 @@ PROPERTIES: tuple[Property, ...] = (
     _P("system_mail_secret", "System mail secret", Text(max_length=256, min_length=16), "",
        "The key that marks mail cipherd sends itself (notifications, bounces), so it is "
        "never processed twice. Generated at first start.",
-       levels=GLOBAL_ONLY, group="Other", advanced=True, secret=True),
+       levels=GLOBAL_ONLY, group="Other", advanced=True, secret=True, generate=True),
     # Custom properties.
     _P("custom_1", "Custom 1", Text(), "", "Free for site-specific use.",
        group="Custom properties", advanced=True),
@@ -405,6 +496,37 @@ PROPERTIES: tuple[Property, ...] = (
        group="Custom properties", advanced=True),
     _P("custom_3", "Custom 3", Text(), "", "Free for site-specific use.",
        group="Custom properties", advanced=True),
+    # Templates of the messages the webmail messenger sends (jinja2).
+    _P("template_signup", "Sign-up invitation", MailTemplate(), "",
+       "Sent on a recipient's first message. Empty: the built-in text. Variables: sender, "
+       "subject, link, expires, organisation.", levels=GLOBAL_AND_DOMAIN, page="templates",
+       group="Templates"),
+    _P("template_new_message", "New message notice", MailTemplate(), "",
+       "Sent to a recipient with an account when a message arrives. Empty: the built-in "
+       "text. Variables: sender, subject, link.", levels=GLOBAL_AND_DOMAIN, page="templates",
+       group="Templates"),
+    _P("template_password_reset", "Password reset", MailTemplate(), "",
+       "Sent when a recipient asks to reset the password. Empty: the built-in text. "
+       "Variables: address, link, expires.", levels=GLOBAL_AND_DOMAIN, page="templates",
+       group="Templates"),
+    _P("template_read_receipt", "Read receipt", MailTemplate(), "",
+       "Sent to the original sender when the recipient first reads a message, if the "
+       "gateway asked for it. Empty: the built-in text. Variables: reader, subject, read.",
+       levels=GLOBAL_AND_DOMAIN, page="templates", group="Templates"),
+    # DKIM signing of those messages.
+    _P("dkim_enabled", "DKIM enabled", Boolean(), False,
+       "Sign notification messages with DKIM (RFC 6376).", levels=GLOBAL_AND_DOMAIN,
+       page="dkim", group="DKIM"),
+    _P("dkim_domain", "Domain", DomainName(), "",
+       "The signing domain (d=): normally the domain of the notification sender.",
+       levels=GLOBAL_AND_DOMAIN, page="dkim", group="DKIM"),
+    _P("dkim_selector", "Selector", DkimSelector(), "",
+       "The selector (s=): the public key is published at <selector>._domainkey.<domain>.",
+       levels=GLOBAL_AND_DOMAIN, page="dkim", group="DKIM"),
+    _P("dkim_private_key", "Private key", PrivateKeyPEM(), "",
+       "The signing key, unencrypted PEM (RSA of at least 1024 bits, or Ed25519). Never "
+       "shown again once stored.", levels=GLOBAL_AND_DOMAIN, page="dkim", group="DKIM",
+       secret=True),
     # Guide figure 14: gateway webmail settings.
     _P("webmail_enabled", "Enabled", Boolean(), False,
        "Whether mail that must be encrypted may go to the webmail messenger when S/MIME "
@@ -650,7 +772,7 @@ def validate_changes(
         elif scope.level not in prop.levels:
             allowed = ", ".join(level.value for level in Level if level in prop.levels)
             errors[name] = f"cannot be set at {scope.level.value} level (only: {allowed})"
-        elif value is None and prop.secret:
+        elif value is None and prop.generate:
             errors[name] = ("a secret cannot be emptied or inherited; set a new value "
                             "instead")
         elif value is None:

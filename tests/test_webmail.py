@@ -30,6 +30,7 @@ from cipherd.webmail.accounts import (
     password_problem,
 )
 from cipherd.webmail.mailbox import Mailboxes, SealedMessageError, message_key, seal, unseal
+from cipherd.webmail.notify import Notifier
 from tests.test_gateway import QUEUE_ID, RECEIVED, SENT, WEBMAIL_RECIPIENT, World, pki  # noqa: F401
 
 SECRET = "a-server-secret-of-some-length"
@@ -177,7 +178,8 @@ class Messenger:
                                    message_key(os.urandom(32)))
         self.accounts = Accounts(world.certificates._store,  # type: ignore[attr-defined]
                                  world.clock, SynchronousRunner(), cheap_hasher())
-        self.relay = WebmailRelay(world.engine, self.mailboxes, self.accounts, world._submit,
+        self.relay = WebmailRelay(world.engine, self.mailboxes, self.accounts,
+                                  Notifier(world._submit, world.clock),
                                   world.settings.by_address, world.clock)
         world.gateway.relay = self.relay
         world.set(GLOBAL, encrypt_mode="mandatory", webmail_enabled=True,

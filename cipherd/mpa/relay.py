@@ -49,18 +49,18 @@ NOT_SIGNED = "The web relay message was not properly signed."
 
 class WebmailRelay:
     """
-    @param submit: queues a message made here (notices, the postmaster's).
+    @param notifier: sends the invitations, notices and the postmaster's mail.
     @param settings_for: C{settings_for(addresses)} → effective settings
         per address, C{""} giving the global ones.
     """
 
     def __init__(self, engine: SmimeEngine, mailboxes: Mailboxes, accounts: Accounts,
-                 submit: Callable[..., Any],
+                 notifier: notify.Notifier,
                  settings_for: Callable[[list[str]], Any], clock: IReactorTime) -> None:
         self._engine = engine
         self._mailboxes = mailboxes
         self._accounts = accounts
-        self._submit = submit
+        self._notifier = notifier
         self._settings_for = settings_for
         self._clock = clock
 
@@ -135,8 +135,9 @@ class WebmailRelay:
             if limit and await self._mailboxes.usage(address) + len(original) > limit:
                 full.append(address)
                 continue
-            if await self._mailboxes.deliver(address, metadata.tunnel_id, self._clock.seconds(),
-                                             original):
+            if await self._mailboxes.deliver(
+                    address, metadata.tunnel_id, self._clock.seconds(), original,
+                    receipt_to=metadata.sender if metadata.read_receipt else ""):
                 stored.append(address)
             else:
                 repeated.append(address)
@@ -165,18 +166,10 @@ class WebmailRelay:
 
     # Telling people ------------------------------------------------------
 
-    def _from(self, settings: Mapping[str, Any], config: MTAConfig) -> str:
-        return settings["notification_sender"] or f"postmaster@{config.my_hostname}"
-
     async def _send(self, recipient: str, notice: notify.Notice, settings: Mapping[str, Any],
                     config: MTAConfig, attachment: bytes | None = None) -> str:
-        sender = self._from(settings, config)
-        message = notify.build(sender=sender, recipient=recipient, notice=notice,
-                               my_hostname=config.my_hostname, now=self._clock.seconds(),
-                               attachment=attachment)
-        queued = await self._submit(settings["notification_sender"], [recipient], message,
-                                    "mpa", processed=True)
-        return str(queued.envelope.queue_id)
+        return await self._notifier.send(recipient, notice, settings, config.my_hostname,
+                                         attachment)
 
     async def _notify(self, address: str, sender: str, subject: str,
                       settings: Mapping[str, Any], config: MTAConfig) -> None:
@@ -195,10 +188,10 @@ class WebmailRelay:
             minutes = settings["signup_link_validity"]
             token = self._accounts.link(settings["server_secret"], SIGNUP, account, minutes)
             expires = datetime.fromtimestamp(self._clock.seconds() + minutes * 60, UTC)
-            notice = notify.render("signup", {
+            notice = self._notifier.render("signup", {
                 "sender": sender or "Someone", "subject": subject,
                 "link": f"{page}?token={token}", "organisation": config.my_hostname,
-                "expires": expires.strftime("%Y-%m-%d %H:%M UTC")})
+                "expires": expires.strftime("%Y-%m-%d %H:%M UTC")}, settings)
             kind = "sign-up invitation"
         else:
             page = settings["webmail_login_url"] or (f"{base}/login" if base else "")
@@ -206,8 +199,8 @@ class WebmailRelay:
                 log.warn("No new-message notice for {rcpt}: the portal base URL is not set "
                          "(Settings → General)", rcpt=address)
                 return
-            notice = notify.render("new_message", {"sender": sender or "Someone",
-                                                   "subject": subject, "link": page})
+            notice = self._notifier.render("new_message", {
+                "sender": sender or "Someone", "subject": subject, "link": page}, settings)
             kind = "new-message notice"
         queue_id = await self._send(address, notice, settings, config)
         log.info("Sent a {kind} to {rcpt} (queued as {notice_id})", kind=kind, rcpt=address,

@@ -63,14 +63,15 @@ def _mta_config(conn: Connection) -> None:
 
 def _webmail(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.webmail_accounts, schema.webmail_messages,
-                                             schema.webmail_tunnels])
+                                             schema.webmail_tunnels, schema.job_runs])
 
 
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
     Migration(4, "the MTA config", _mta_config),
-    Migration(5, "the webmail messenger: accounts, mailboxes, tunnel ids", _webmail),
+    Migration(5, "the webmail messenger: accounts, mailboxes, tunnel ids; scheduled jobs",
+              _webmail),
 )
 
 

@@ -183,6 +183,8 @@ webmail_messages = Table(
     Column("size", Integer, nullable=False),
     Column("attachments", Integer, nullable=False),
     Column("read", Boolean, nullable=False),
+    # Where the read receipt goes when the message is first read ("": none).
+    Column("receipt_to", Text, nullable=False),
     Column("content", LargeBinary, nullable=False),
     UniqueConstraint("address", "tunnel_id", name="webmail_messages_once"),
 )
@@ -194,4 +196,13 @@ webmail_tunnels = Table(
     Column("tunnel_id", String(64), primary_key=True),
     Column("created", Float, nullable=False),
     Column("received", Float, nullable=False, index=True),
+)
+
+# When each scheduled job last ran: a node runs a job only if it moves this
+# forward from the value it read, so one node runs each due run.
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("last_run", Float, nullable=False),
 )

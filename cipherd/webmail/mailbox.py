@@ -77,6 +77,7 @@ class Summary:
     size: int
     attachments: int
     read: bool
+    receipt_to: str
 
 
 def describe(content: bytes) -> tuple[str, str, int]:
@@ -106,9 +107,11 @@ class Mailboxes:
         self._key = key
 
     async def deliver(self, address: str, tunnel_id: str, received: float,
-                      content: bytes) -> bool:
+                      content: bytes, receipt_to: str = "") -> bool:
         """
         Put a message in C{address}'s mailbox.
+
+        @param receipt_to: where a read receipt goes when it is first read.
 
         @return: C{False} when it was there already.
         """
@@ -123,7 +126,7 @@ class Mailboxes:
             conn.execute(insert(webmail_messages).values(
                 address=address, tunnel_id=tunnel_id, received=received,
                 sender=sender[:998], subject=subject[:998], size=len(content),
-                attachments=attachments, read=False, content=sealed))
+                attachments=attachments, read=False, receipt_to=receipt_to, content=sealed))
             return True
 
         stored: bool = await self._store.run(write)
@@ -185,11 +188,26 @@ class Mailboxes:
             return None
         return unseal(self._key, address, found[0], found[1])
 
-    async def mark_read(self, address: str, message_id: int) -> None:
-        await self._store.run(lambda conn: conn.execute(
-            update(webmail_messages).where((webmail_messages.c.address == address)
-                                           & (webmail_messages.c.id == message_id))
-            .values(read=True)))
+    async def mark_read(self, address: str, message_id: int) -> str | None:
+        """
+        Mark a message read.
+
+        @return: where its read receipt goes, the first time it is read
+            and one was asked for; else C{None}.
+        """
+        def write(conn: Connection) -> str | None:
+            mine = ((webmail_messages.c.address == address)
+                    & (webmail_messages.c.id == message_id))
+            row = conn.execute(select(webmail_messages.c.read, webmail_messages.c.receipt_to)
+                               .where(mine)).first()
+            if row is None or row.read:
+                return None
+            conn.execute(update(webmail_messages).where(mine & ~webmail_messages.c.read)
+                         .values(read=True))
+            return row.receipt_to or None
+
+        receipt: str | None = await self._store.run(write)
+        return receipt
 
     async def delete(self, address: str, ids: Sequence[int]) -> int:
         def write(conn: Connection) -> int:

@@ -11,8 +11,9 @@ header.
 
 from __future__ import annotations
 
+import base64
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -21,8 +22,12 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
+from twisted.internet.interfaces import IReactorTime
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -103,3 +108,64 @@ def build(*, sender: str, recipient: str, notice: Notice, my_hostname: str, now:
         b"Content-Transfer-Encoding: ", b"binary" if long_lines else b"8bit", b"\r\n\r\n",
         attachment, b"\r\n--", boundary, b"--\r\n",
     ])
+
+
+def dkim_sign(message: bytes, *, domain: str, selector: str, key_pem: str) -> bytes:
+    """
+    C{message} with a DKIM-Signature (relaxed/relaxed, SHA-256) on top.
+    """
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+        signature = dkim.sign(message, selector.encode(), domain.encode(),
+                              base64.b64encode(raw), signature_algorithm=b"ed25519-sha256",
+                              canonicalize=(b"relaxed", b"relaxed"), include_headers=_SIGNED)
+    else:
+        signature = dkim.sign(message, selector.encode(), domain.encode(), key_pem.encode(),
+                              canonicalize=(b"relaxed", b"relaxed"), include_headers=_SIGNED)
+    return signature.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message
+
+
+_SIGNED = [b"from", b"to", b"subject", b"date", b"message-id", b"mime-version",
+           b"content-type", b"content-transfer-encoding", b"auto-submitted"]
+
+
+class Notifier:
+    """
+    Sends what the webmail messenger says to people, through the MTA: from
+    the *notification sender* (or postmaster at my hostname), DKIM-signed
+    when the DKIM settings say so.
+
+    @param submit: L{cipherd.smtp.queue.QueueRunner.submit}.
+    """
+
+    def __init__(self, submit: Callable[..., Awaitable[Any]], clock: IReactorTime) -> None:
+        self._submit = submit
+        self._clock = clock
+
+    def render(self, name: str, context: Mapping[str, Any], settings: Mapping[str, Any]
+               ) -> Notice:
+        """
+        Template C{name}, the administrator's version (setting
+        C{template_<name>}) if there is one.
+        """
+        return render(name, context, settings.get(f"template_{name}") or None)
+
+    async def send(self, recipient: str, notice: Notice, settings: Mapping[str, Any],
+                   my_hostname: str, attachment: bytes | None = None) -> str:
+        """
+        Queue C{notice} for C{recipient}; its queue id.
+        """
+        sender = settings["notification_sender"] or f"postmaster@{my_hostname}"
+        message = build(sender=sender, recipient=recipient, notice=notice,
+                        my_hostname=my_hostname, now=self._clock.seconds(),
+                        attachment=attachment)
+        if settings["dkim_enabled"] and settings["dkim_private_key"] and \
+                settings["dkim_domain"] and settings["dkim_selector"]:
+            message = dkim_sign(message, domain=settings["dkim_domain"],
+                                selector=settings["dkim_selector"],
+                                key_pem=settings["dkim_private_key"])
+        queued = await self._submit(settings["notification_sender"], [recipient], message,
+                                    "mpa", processed=True)
+        return str(queued.envelope.queue_id)
