@@ -25,6 +25,7 @@ setup(
         "zxcvbn>=4.4",
         "croniter>=2",
         "dkimpy>=1.1",
+        "nh3>=0.2",
     ],
     extras_require={
         "test": [
