@@ -51,6 +51,8 @@ from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import BoundedRequest, access_log_formatter
 from cipherd.webmail.accounts import Accounts
+from cipherd.webmail.cleanup import TICK as CLEANUP_TICK
+from cipherd.webmail.cleanup import Cleanup
 from cipherd.webmail.mailbox import Mailboxes, message_key
 from cipherd.webmail.notify import Notifier
 
@@ -254,6 +256,10 @@ def make_service(config: Config, reactor: Any) -> IService:
     # Deferred mail is retried when due; new mail is delivered at once.
     _periodic(SCAN_INTERVAL, queue_runner.scan, "The queue scan failed",
               reactor).setServiceParent(startup)
+    # Webmail mailbox and account cleanup, as the settings schedule them.
+    _periodic(CLEANUP_TICK, Cleanup(store, settings.by_address, mailboxes, accounts,
+                                    reactor).tick,
+              "The webmail cleanup failed", reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, authority.expire_sessions,
               "Expiring admin sessions failed", reactor).setServiceParent(startup)
 

@@ -19,6 +19,7 @@ from cipherd.mpa.relay import NOT_SIGNED, VALIDITY, WebmailRelay
 from cipherd.pki.certs import thumbprint
 from cipherd.settings import GLOBAL, Level, scope_for
 from cipherd.smtp.spool import Envelope
+from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.webmail.accounts import (
     ACTIVE,
@@ -29,6 +30,7 @@ from cipherd.webmail.accounts import (
     make_link_token,
     password_problem,
 )
+from cipherd.webmail.cleanup import MAILBOX_CLEANUP_EVERY, Cleanup
 from cipherd.webmail.mailbox import Mailboxes, SealedMessageError, message_key, seal, unseal
 from cipherd.webmail.notify import Notifier
 from tests.test_gateway import QUEUE_ID, RECEIVED, SENT, WEBMAIL_RECIPIENT, World, pki  # noqa: F401
@@ -323,3 +325,79 @@ def test_not_a_relay_email_is_logged_as_the_guide_says(messenger: Messenger,
     assert parts[(WEBMAIL_RECIPIENT,)].outcome is None  # ordinary mail
     assert any(entry.startswith("Email is not a relay email;") and
                entry.endswith("Recipients: [webmail@webmail.local]") for entry in log_lines)
+
+
+# Cleanup ---------------------------------------------------------------------------
+
+DAY = 86400
+
+
+class Site:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        # 2026-11-28 00:00:00 UTC.
+        self.clock.advance(1_795_824_000)
+        self.store = migrated_store()
+        self.settings = SettingsRepository(self.store, self.clock)
+        self.mailboxes = Mailboxes(self.store, message_key(os.urandom(32)))
+        self.accounts = Accounts(self.store, self.clock, SynchronousRunner(), cheap_hasher())
+
+    def cleanup(self) -> Cleanup:
+        return Cleanup(self.store, self.settings.by_address, self.mailboxes, self.accounts,
+                       self.clock)
+
+
+def test_mailbox_cleanup_removes_exactly_the_old_messages(log_lines: list[str]) -> None:
+    site = Site()
+    result_of(site.settings.update(GLOBAL, {"auto_mailbox_cleanup_enabled": True,
+                                            "auto_mailbox_cleanup_interval": "1d"}))
+    now = site.clock.seconds()
+    result_of(site.mailboxes.deliver(ADDRESS, "old", now - DAY - 1, SENT))
+    result_of(site.mailboxes.deliver(ADDRESS, "edge", now - DAY + 1, SENT))
+    result_of(site.mailboxes.deliver("erin@partner.example", "new", now, SENT))
+    result_of(site.cleanup().tick())
+    assert [m.tunnel_id for m in result_of(site.mailboxes.listing(ADDRESS))] == ["edge"]
+    assert len(result_of(site.mailboxes.listing("erin@partner.example"))) == 1
+    assert ("Auto mailbox cleanup: removed 1 message(s) older than 1d from the mailbox of "
+            f"{ADDRESS}") in log_lines
+    # Not again before ten minutes, then the edge message is old enough.
+    site.clock.advance(2)
+    result_of(site.cleanup().tick())
+    assert len(result_of(site.mailboxes.listing(ADDRESS))) == 1
+    site.clock.advance(MAILBOX_CLEANUP_EVERY)
+    result_of(site.cleanup().tick())
+    assert result_of(site.mailboxes.listing(ADDRESS)) == []
+
+
+def test_account_cleanup_runs_on_its_schedule_on_one_node(log_lines: list[str]) -> None:
+    site = Site()  # day 0, 00:00 UTC
+    result_of(site.settings.update(GLOBAL, {"auto_account_cleanup_enabled": True,
+                                            "auto_account_cleanup_last_activity": 90,
+                                            "auto_account_cleanup_schedule": "0 0 2 * * ?"}))
+    result_of(site.accounts.invite("idle@partner.example"))
+    result_of(site.mailboxes.deliver("idle@partner.example", "t1", site.clock.seconds(), SENT))
+    first, second = site.cleanup(), site.cleanup()  # two nodes
+    result_of(first.tick())  # the first look starts the schedule
+
+    def at(day: int, seconds: int) -> None:
+        site.clock.advance(1_795_824_000 + day * DAY + seconds - site.clock.seconds())
+
+    at(80, 0)
+    result_of(site.accounts.invite("busy@partner.example"))
+    at(89, 2 * 3600)  # 02:00 on day 89: runs; idle for 89 days and 2 hours
+    result_of(first.tick())
+    assert result_of(site.accounts.get("idle@partner.example")) is not None
+    at(90, 2 * 3600 - 1)  # not due yet
+    result_of(first.tick())
+    assert result_of(site.accounts.get("idle@partner.example")) is not None
+    at(90, 2 * 3600)
+    result_of(second.tick())
+    result_of(first.tick())  # the same run: taken by the other node
+    assert result_of(site.accounts.get("idle@partner.example")) is None
+    assert result_of(site.mailboxes.listing("idle@partner.example")) == []
+    assert result_of(site.accounts.get("busy@partner.example")) is not None
+    removed = [line for line in log_lines if line.startswith("Auto account cleanup: removed")]
+    assert removed == ["Auto account cleanup: removed the account idle@partner.example, idle "
+                       "for more than 90 days, and its 1 message(s)"]
+    runs = [line for line in log_lines if line.startswith("Auto account cleanup:")]
+    assert len(runs) == 2  # day 89 (nothing) and day 90, each on one node
