@@ -1,6 +1,7 @@
 """
 The MTA config: Postfix's relay host syntax, every field checked, all
-problems reported together, defaults restored with null.
+problems reported together, defaults restored with null; the authorized
+recipients of webmail replies (guide §2.3.14).
 """
 
 from __future__ import annotations
@@ -9,7 +10,13 @@ import ipaddress
 
 import pytest
 
-from cipherd.smtp.config import MTAConfig, MTAConfigSource, RelayHost, apply_changes
+from cipherd.smtp.config import (
+    MTAConfig,
+    MTAConfigSource,
+    RelayHost,
+    apply_changes,
+    authorized_recipient_problems,
+)
 from cipherd.store.schema import mta_config
 from cipherd.testing import migrated_store, result_of
 
@@ -90,3 +97,78 @@ def test_dns_servers_are_ip_addresses() -> None:
     assert not errors and changed.dns_servers == ("192.0.2.53", "2001:db8::53")
     _, errors = apply_changes(MTAConfig(), {"dns_servers": ["ns.example.com"]})
     assert errors == {"dns_servers": "'ns.example.com' is not an IP address"}
+
+
+def test_authorized_recipients_are_domains_wildcards_and_addresses() -> None:
+    # Guide §2.3.14: by default the list is empty and nobody may be written to.
+    assert MTAConfig().authorized_recipients == ()
+    assert not MTAConfig().authorized("bob@example.com")
+    changed, errors = apply_changes(MTAConfig(), {"authorized_recipients": [
+        " Example.COM. ", "example.com", "*.Partner.example", "Bob@Else.Example",
+        "bob@else.example"]})
+    assert errors == {}
+    # Normalised, repeats dropped silently, the admin's order kept.
+    assert changed.authorized_recipients == ("example.com", "*.partner.example",
+                                             "bob@else.example")
+    assert changed.to_json()["authorized_recipients"] == list(changed.authorized_recipients)
+
+
+@pytest.mark.parametrize("address, authorized", [
+    ("alice@example.com", True),
+    ("ALICE@Example.Com", True),
+    ("alice@example.com.", True),
+    # A plain domain is that domain only.
+    ("alice@sub.example.com", False),
+    ("alice@notexample.com", False),
+    # A wildcard covers its domain and every domain below it.
+    ("carol@partner.example", True),
+    ("carol@mx.eu.partner.example", True),
+    ("carol@otherpartner.example", False),
+    # An address is that address only.
+    ("bob@else.example", True),
+    ("alice@else.example", False),
+    # Not addresses at all.
+    ("example.com", False),
+    ("@example.com", False),
+    ("", False),
+])
+def test_who_is_authorized(address: str, authorized: bool) -> None:
+    config, _ = apply_changes(MTAConfig(), {"authorized_recipients": [
+        "example.com", "*.partner.example", "bob@else.example"]})
+    assert config.authorized(address) is authorized
+
+
+def test_refused_authorized_recipients_are_each_named_and_nothing_changes() -> None:
+    config, _ = apply_changes(MTAConfig(), {"authorized_recipients": ["example.com"]})
+    entries = ["ok.example", "not a domain", "a@@b.example", "*.com", "", 7]
+    assert authorized_recipient_problems(entries) == {
+        "not a domain": "'not a domain' is neither an email address nor a valid domain: "
+                        "the domain 'not a domain' has no dot",
+        "a@@b.example": "'a@@b.example' is not a valid email address: it must contain "
+                        "exactly one @",
+        "*.com": "'*.com' is neither an email address nor a valid domain: the domain 'com' "
+                 "has no dot",
+        "": "an entry is empty",
+        "7": "7 is not a string: write a domain or an email address in quotes",
+    }
+    same, errors = apply_changes(config, {"authorized_recipients": entries})
+    assert same is config
+    assert list(errors) == ["authorized_recipients"]
+    assert errors["authorized_recipients"].startswith("'not a domain' is neither")
+    assert "'*.com'" in errors["authorized_recipients"]
+    _, errors = apply_changes(config, {"authorized_recipients": "example.com"})
+    assert errors == {"authorized_recipients": "must be a list of domains and email addresses"}
+    restored, errors = apply_changes(config, {"authorized_recipients": None})
+    assert restored.authorized_recipients == () and not errors
+
+
+def test_authorized_recipients_are_stored_with_the_mta_config() -> None:
+    store = migrated_store()
+    here, there = MTAConfigSource(store), MTAConfigSource(store)
+    assert result_of(here.update({"authorized_recipients": ["Example.com",
+                                                            "bob@partner.example"]})) == {}
+    refreshed = result_of(there.refresh())
+    assert refreshed.authorized_recipients == ("example.com", "bob@partner.example")
+    assert refreshed.authorized("alice@example.com")
+    assert result_of(here.update({"authorized_recipients": ["bad entry"]})) != {}
+    assert result_of(there.refresh()).authorized_recipients == refreshed.authorized_recipients

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
 
-from cipherd.settings import domain_problem
+from cipherd.settings import domain_problem, email_problem
 from cipherd.smtp.server import ReceivePolicy
 from cipherd.store import Store
 from cipherd.store.schema import mta_config
@@ -83,6 +83,11 @@ class MTAConfig:
     # The DNS servers for MX and address look-ups (guide §2.2: the DNS page);
     # none: the system's (/etc/resolv.conf).
     dns_servers: tuple[str, ...] = ()
+    # Guide §2.3.14: where recipients of webmail messenger messages may send
+    # (reply) to -- email addresses, domains (that domain only) and wildcard
+    # domains ("*.example.com": example.com and every domain below it, as
+    # for settings).  None: nobody, a webmail recipient cannot reply.
+    authorized_recipients: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         value = asdict(self)
@@ -92,6 +97,22 @@ class MTAConfig:
     @property
     def helo_name(self) -> str:
         return self.smtp_helo_name or self.my_hostname
+
+    def authorized(self, address: str) -> bool:
+        """
+        Whether a webmail recipient may send to C{address} (guide §2.3.14):
+        it is listed, or its domain, or a wildcard domain above it.
+        """
+        address = address.strip().lower()
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not self.authorized_recipients:
+            return False
+        domain = domain.rstrip(".")
+        listed = set(self.authorized_recipients)
+        if address in listed or domain in listed:
+            return True
+        labels = domain.split(".")
+        return any("*." + ".".join(labels[i:]) in listed for i in range(len(labels)))
 
     def receive_policy(self) -> ReceivePolicy:
         return ReceivePolicy(
@@ -160,6 +181,49 @@ def _address_list(value: Any, parse: Callable[[str], Any], one: str,
     return tuple(dict.fromkeys(found)), None
 
 
+def authorized_recipient(entry: str) -> str:
+    """
+    One entry of the authorized recipients in its stored form: an email
+    address, a domain or a wildcard domain, in lower case.
+
+    @raise ValueError: why C{entry} is refused.
+    """
+    text = entry.strip().lower()
+    if not text:
+        raise ValueError("an entry is empty")
+    if "@" in text:
+        problem = email_problem(text)
+        if problem:
+            raise ValueError(f"{entry!r} is not a valid email address: {problem}")
+        return text
+    text = text.rstrip(".")
+    # A wildcard names a domain with a dot below it: "*.com" would let
+    # replies go to half the internet.
+    problem = domain_problem(text.removeprefix("*."))
+    if problem:
+        raise ValueError(f"{entry!r} is neither an email address nor a valid domain: "
+                         f"{problem}")
+    return text
+
+
+def authorized_recipient_problems(entries: list[Any]) -> dict[str, str]:
+    """
+    Why each refused entry of an authorized recipients list is refused, by
+    the entry as given (its JSON text when it is not a string).
+    """
+    problems = {}
+    for entry in entries:
+        if not isinstance(entry, str):
+            problems[json.dumps(entry)] = (f"{json.dumps(entry)} is not a string: write a "
+                                           "domain or an email address in quotes")
+            continue
+        try:
+            authorized_recipient(entry)
+        except ValueError as e:
+            problems[entry] = str(e)
+    return problems
+
+
 def _check(name: str, value: Any) -> tuple[Any, str | None]:
     """
     The clean value of one field, or why it is refused.
@@ -205,6 +269,13 @@ def _check(name: str, value: Any) -> tuple[Any, str | None]:
         return _check_transports(value)
     if name == "dns_servers":
         return _address_list(value, ipaddress.ip_address, "an IP address", "IP addresses")
+    if name == "authorized_recipients":
+        if not isinstance(value, list):
+            return None, "must be a list of domains and email addresses"
+        problems = authorized_recipient_problems(value)
+        if problems:
+            return None, "; ".join(problems.values())
+        return tuple(dict.fromkeys(authorized_recipient(v) for v in value)), None
     if name == "reject_unverified_code":
         if value not in (450, 550):
             return None, "must be 450 or 550"

@@ -36,6 +36,7 @@ from cipherd.settings import (
     scope_for,
 )
 from cipherd.smtp.compose import ComposeError
+from cipherd.smtp.config import authorized_recipient_problems
 from cipherd.smtp.queue import describe as describe_queued
 from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
@@ -357,6 +358,31 @@ class AdminAPI:
                  account=admin.name, what=what)
         return json_response(request, 200,
                              {"transports": self.backend.mta.current.to_json()["transports"]})
+
+    # Guide §2.3.14: where webmail recipients may reply to.
+
+    @app.route("/v1/mta/authorized-recipients", methods=["GET"])
+    @_authenticated()
+    async def get_authorized_recipients(self, request: IRequest, admin: AdminRow) -> bytes:
+        config = await self.backend.mta.refresh()
+        return json_response(request, 200,
+                             {"authorized_recipients": list(config.authorized_recipients)})
+
+    @app.route("/v1/mta/authorized-recipients", methods=["PUT"])
+    @_authenticated()
+    async def put_authorized_recipients(self, request: IRequest, admin: AdminRow) -> bytes:
+        body = _json_body(request)
+        if not isinstance(body, list):
+            raise _BadRequest('Send the whole list as a JSON array, e.g. ["example.com", '
+                              '"*.example.org", "bob@partner.example"]; [] for nobody.')
+        problems = authorized_recipient_problems(body)
+        errors = problems or await self.backend.mta.update({"authorized_recipients": body})
+        if errors:
+            raise _BadRequest("Some entries were refused; nothing was changed.", errors)
+        entries = list(self.backend.mta.current.authorized_recipients)
+        log.info("Admin {account!r} set the authorized recipients to {entries} through the "
+                 "API", account=admin.name, entries=entries)
+        return json_response(request, 200, {"authorized_recipients": entries})
 
     @app.route("/v1/queue", methods=["GET"])
     @_authenticated()

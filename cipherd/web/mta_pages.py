@@ -1,13 +1,15 @@
 """
 Admin → MTA: the MTA config page (guide figures 7 and 8, with *show
-advanced settings*) and its SMTP transports; Queues (list, flush,
-hold/release, delete); Admin → send email, the test tool.
+advanced settings*) and its SMTP transports; Admin → MTA → authorized
+recipients (guide §2.3.14); Queues (list, flush, hold/release, delete);
+Admin → send email, the test tool.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -15,7 +17,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from cipherd.smtp.compose import ComposeError
-from cipherd.smtp.config import MTAConfig, RelayHost
+from cipherd.smtp.config import MTAConfig, RelayHost, authorized_recipient
 from cipherd.smtp.queue import describe
 from cipherd.web.auth import AdminSession
 from cipherd.web.backend import send_test_email
@@ -52,6 +54,17 @@ _ADVANCED_NUMBERS = {
 
 def _lines(value: str | None) -> list[str]:
     return [line.strip() for line in (value or "").splitlines() if line.strip()]
+
+
+def _entry_kind(entry: str) -> str:
+    """
+    What an authorized recipients entry covers, in words.
+    """
+    if "@" in entry:
+        return "this address"
+    if entry.startswith("*."):
+        return f"{entry[2:]} and every domain below it"
+    return "this domain, not the domains below it"
 
 
 def _transports_from_form(value: str | None) -> tuple[list[dict[str, Any]], str | None]:
@@ -141,6 +154,64 @@ class MTAPages(AdminPages):
         log.info("Admin {account!r} changed the MTA config", account=session.admin_name)
         advanced = "&advanced=1" if arg(request, "advanced") is not None else ""
         return redirect(request, f"/mta/config?saved=1{advanced}")
+
+    # Authorized recipients (guide §2.3.14) -----------------------------------
+
+    def _authorized_page(self, request: IRequest, session: AdminSession, config: MTAConfig,
+                         *, entry: str = "", error: str | None = None,
+                         status: int = 200) -> bytes:
+        entries = config.authorized_recipients
+        # The notice names an entry only when the list bears it out, so a
+        # link cannot make the page claim a change nobody made.
+        added, removed = arg(request, "added"), arg(request, "removed")
+        return self.render(
+            request, "authorized_recipients.html", session, status=status, section="admin",
+            subsection="mta", entries=[(e, _entry_kind(e)) for e in entries], entry=entry,
+            error=error, added=added if added in entries else None,
+            removed=removed if removed and removed not in entries else None)
+
+    @app.route("/authorized-recipients", methods=["GET"])
+    @authenticated
+    async def authorized_recipients(self, request: IRequest, session: AdminSession) -> bytes:
+        return self._authorized_page(request, session, await self.backend.mta.refresh())
+
+    @app.route("/authorized-recipients", methods=["POST"])
+    @authenticated
+    async def add_authorized_recipient(self, request: IRequest,
+                                       session: AdminSession) -> bytes:
+        entered = arg(request, "entry") or ""
+        config = await self.backend.mta.refresh()
+        try:
+            entry = authorized_recipient(entered)
+        except ValueError as e:
+            return self._authorized_page(request, session, config, entry=entered,
+                                         error=f"Not added: {e}.", status=400)
+        return await self._set_authorized(request, session,
+                                          [*config.authorized_recipients, entry],
+                                          f"added={quote(entry, safe='@*')}")
+
+    @app.route("/authorized-recipients/remove", methods=["POST"])
+    @authenticated
+    async def remove_authorized_recipient(self, request: IRequest,
+                                          session: AdminSession) -> bytes:
+        entry = arg(request, "entry") or ""
+        current = (await self.backend.mta.refresh()).authorized_recipients
+        if entry not in current:
+            return self.not_found(request, session, f"{entry} is not in the list of "
+                                                    "authorized recipients.")
+        return await self._set_authorized(request, session,
+                                          [e for e in current if e != entry],
+                                          f"removed={quote(entry, safe='@*')}")
+
+    async def _set_authorized(self, request: IRequest, session: AdminSession,
+                              entries: list[str], done: str) -> bytes:
+        errors = await self.backend.mta.update({"authorized_recipients": entries})
+        if errors:
+            return self._authorized_page(request, session, self.backend.mta.current,
+                                         error=errors["authorized_recipients"], status=400)
+        log.info("Admin {account!r} set the authorized recipients to {entries}",
+                 account=session.admin_name, entries=entries)
+        return redirect(request, f"/mta/authorized-recipients?{done}")
 
     # Queue -----------------------------------------------------------------
 
