@@ -110,7 +110,8 @@ class Cipherd:
         config = self.directory / "cipherd.toml"
         config.write_text(
             f'data_dir = "var"\n[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
-            f'[smtp]\nlisten = "tcp:{self.smtp_port}:interface=127.0.0.1"\n')
+            f'[smtp]\nlisten = "tcp:{self.smtp_port}:interface=127.0.0.1"\n'
+            f'[portal]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n')
         self._process = subprocess.Popen(
             [str(Path(sys.executable).parent / "twistd"), "--pidfile=", "-n", "--logfile",
              str(self.directory / "twistd.log"), "cipherd", "--config", str(config)],

@@ -49,6 +49,7 @@ class Config:
     admin_lockout_window: int
     admin_lockout_duration: int
     smtp_listen: str
+    portal_listen: str
     tls_hostname: str
     tls_certificate: Path | None
     tls_key: Path | None
@@ -109,6 +110,8 @@ _KEYS: dict[tuple[str, str], _Key] = {
     ("admin", "lockout_window"): _Key("admin_lockout_window", int, 900, _positive),
     ("admin", "lockout_duration"): _Key("admin_lockout_duration", int, 900, _positive),
     ("smtp", "listen"): _Key("smtp_listen", str, "tcp:2525:interface=127.0.0.1", _check_endpoint),
+    ("portal", "listen"): _Key("portal_listen", str, "tcp:8444:interface=127.0.0.1",
+                               _check_endpoint),
     ("tls", "hostname"): _Key("tls_hostname", str, "localhost", _non_empty),
     ("tls", "certificate"): _Key("tls_certificate", str, ""),
     ("tls", "key"): _Key("tls_key", str, ""),

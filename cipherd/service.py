@@ -5,7 +5,7 @@ Assembles the cipherd service tree from the bootstrap config.
     ├── threads: database pool, crypto pool, auth pool (Argon2)
     ├── mail logs (MTA, MPA)
     ├── startup: data dir, migrations, first-start secrets and admin account
-    │   └── then the listeners: admin site (HTTPS), SMTP server; MTA config refresh
+    │   └── then the listeners: admin site and portal (HTTPS), SMTP server; MTA config refresh
     └── session sweep (timer)
 
 Services stop in reverse order.  Listeners start only once the database is
@@ -50,10 +50,12 @@ from cipherd.web.admin import AdminSite
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import BoundedRequest, access_log_formatter
+from cipherd.web.portal import Portal
 from cipherd.webmail.accounts import Accounts
 from cipherd.webmail.cleanup import TICK as CLEANUP_TICK
 from cipherd.webmail.cleanup import Cleanup
 from cipherd.webmail.mailbox import Mailboxes, message_key
+from cipherd.webmail.messenger import Messenger
 from cipherd.webmail.notify import Notifier
 
 SESSION_SWEEP_INTERVAL = 600
@@ -232,15 +234,16 @@ def make_service(config: Config, reactor: Any) -> IService:
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,
                      queue_runner)
     )
-    site = Site(admin.resource(), requestFactory=BoundedRequest,
-                logFormatter=access_log_formatter)
-    site.displayTracebacks = False
-    listener = StreamServerEndpointService(
-        serverFromString(reactor, config.admin_listen),
-        TLSMemoryBIOFactory(options, False, site),
-    )
-    listener._raiseSynchronously = True
-    listener.setServiceParent(startup)
+    messenger = Messenger(accounts, mailboxes, notifier, settings.by_address,
+                          lambda: mta.current, queue_runner.submit, reactor)
+    for resource, endpoint in ((admin.resource(), config.admin_listen),
+                               (Portal(messenger).resource(), config.portal_listen)):
+        site = Site(resource, requestFactory=BoundedRequest, logFormatter=access_log_formatter)
+        site.displayTracebacks = False
+        listener = StreamServerEndpointService(
+            serverFromString(reactor, endpoint), TLSMemoryBIOFactory(options, False, site))
+        listener._raiseSynchronously = True
+        listener.setServiceParent(startup)
 
     smtp = StreamServerEndpointService(
         serverFromString(reactor, config.smtp_listen),

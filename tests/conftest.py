@@ -120,11 +120,16 @@ class Appliance:
     admin_port: int
     smtp_port: int
     process: subprocess.Popen[bytes] | None = None
+    portal_port: int = 0
     logs: list[Path] = field(default_factory=list)
 
     @property
     def admin_url(self) -> str:
         return f"https://127.0.0.1:{self.admin_port}"
+
+    @property
+    def portal_url(self) -> str:
+        return f"https://127.0.0.1:{self.portal_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -171,13 +176,14 @@ class Appliance:
 
 
 def write_appliance_config(directory: Path, admin_port: int, smtp_port: int,
-                           database_url: str = "") -> Path:
+                           database_url: str = "", portal_port: int = 0) -> Path:
     config = directory / "cipherd.toml"
     config.write_text(
         f'data_dir = "var"\n'
         f"[database]\nurl = {database_url!r}\n"
         f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n'
         f'[smtp]\nlisten = "tcp:{smtp_port}:interface=127.0.0.1"\n'
+        f'[portal]\nlisten = "tcp:{portal_port or free_port()}:interface=127.0.0.1"\n'
     )
     return config
 
@@ -187,9 +193,10 @@ def appliance(tmp_path: Path) -> Iterator[Appliance]:
     """
     A running appliance on its embedded default (SQLite), on free ports.
     """
-    port, smtp_port = free_port(), free_port()
-    app = Appliance(tmp_path, write_appliance_config(tmp_path, port, smtp_port), port,
-                    smtp_port)
+    port, smtp_port, portal_port = free_port(), free_port(), free_port()
+    app = Appliance(tmp_path, write_appliance_config(tmp_path, port, smtp_port,
+                                                     portal_port=portal_port),
+                    port, smtp_port, portal_port=portal_port)
     app.start()
     try:
         yield app

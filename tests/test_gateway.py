@@ -74,7 +74,7 @@ class World:
 
     async def _submit(self, sender: str, recipients: list[str], content: bytes, client: str,
                       *, processed: bool = False) -> QueuedMessage:
-        assert processed and client == "mpa"
+        assert processed and client in ("mpa", "webmail")
         self.submitted.append((sender, recipients, content))
         envelope = Envelope(f"{len(self.submitted):012X}", sender, tuple(recipients), 0)
         return QueuedMessage(envelope, "active", None, len(content))  # type: ignore[arg-type]

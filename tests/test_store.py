@@ -51,7 +51,7 @@ def test_new_database_gets_the_schema_and_is_stamped(database_url: str) -> None:
 def test_a_version_1_database_gets_the_certificate_store(database_url: str) -> None:
     new_since_1 = {"certificates", "certificate_emails", "crls", "ctl", "trust_generation",
                    "mta_config", "webmail_accounts", "webmail_messages", "webmail_tunnels",
-                   "job_runs"}
+                   "webmail_sessions", "webmail_login_failures", "job_runs"}
     engine = _engine(database_url)
     with engine.begin() as conn:
         metadata.create_all(

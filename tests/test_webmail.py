@@ -9,6 +9,7 @@ fault to the postmaster with the relay message attached.
 from __future__ import annotations
 
 import email
+import email.policy
 import os
 from typing import Any
 
@@ -18,6 +19,7 @@ from twisted.internet.task import Clock
 from cipherd.mpa.relay import NOT_SIGNED, VALIDITY, WebmailRelay
 from cipherd.pki.certs import thumbprint
 from cipherd.settings import GLOBAL, Level, scope_for
+from cipherd.smtp.config import apply_changes
 from cipherd.smtp.spool import Envelope
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
@@ -32,7 +34,9 @@ from cipherd.webmail.accounts import (
 )
 from cipherd.webmail.cleanup import MAILBOX_CLEANUP_EVERY, Cleanup
 from cipherd.webmail.mailbox import Mailboxes, SealedMessageError, message_key, seal, unseal
+from cipherd.webmail.messenger import Messenger
 from cipherd.webmail.notify import Notifier
+from cipherd.webmail.reply import Attachment, compose_reply, plan_recipients
 from tests.test_gateway import QUEUE_ID, RECEIVED, SENT, WEBMAIL_RECIPIENT, World, pki  # noqa: F401
 
 SECRET = "a-server-secret-of-some-length"
@@ -168,7 +172,7 @@ def test_messages_are_sealed_bound_to_their_mailbox_and_stored_once(clock: Clock
 # Relay messages -------------------------------------------------------------------
 
 
-class Messenger:
+class Both:
     """
     One appliance in both roles: the gateway makes the tunnel message, the
     relay takes it in.
@@ -204,12 +208,12 @@ class Messenger:
 
 
 @pytest.fixture
-def messenger(pki: dict[str, Any]) -> Messenger:  # noqa: F811
-    return Messenger(World(pki))
+def messenger(pki: dict[str, Any]) -> Both:  # noqa: F811
+    return Both(World(pki))
 
 
 def test_a_relay_message_is_stored_and_the_recipient_invited(
-        messenger: Messenger, log_lines: list[str]) -> None:
+        messenger: Both, log_lines: list[str]) -> None:
     messenger.world.tunnel_certificates()
     sealed = messenger.tunnel("dave@partner.example", "erin@partner.example")
     outcome = messenger.relay_in(sealed)
@@ -233,7 +237,7 @@ def test_a_relay_message_is_stored_and_the_recipient_invited(
     assert len(messenger.sent_to("dave@partner.example")) == 1
 
 
-def test_an_active_account_gets_a_new_message_notice(messenger: Messenger) -> None:
+def test_an_active_account_gets_a_new_message_notice(messenger: Both) -> None:
     messenger.world.tunnel_certificates()
     account, _ = result_of(messenger.accounts.invite("dave@partner.example"))
     assert result_of(messenger.accounts.set_password(account, "correct horse battery staple"))
@@ -244,7 +248,7 @@ def test_an_active_account_gets_a_new_message_notice(messenger: Messenger) -> No
     assert "https://webmail.example/login" in parsed.get_payload(decode=True).decode()
 
 
-def test_quota_refuses_and_tells_the_sender(messenger: Messenger) -> None:
+def test_quota_refuses_and_tells_the_sender(messenger: Both) -> None:
     messenger.world.tunnel_certificates()
     messenger.world.set(scope_for(Level.USER, "dave@partner.example"),
                         mailbox_size_limit=len(SENT) + 10)
@@ -257,7 +261,7 @@ def test_quota_refuses_and_tells_the_sender(messenger: Messenger) -> None:
     assert len(result_of(messenger.mailboxes.listing("dave@partner.example"))) == 1
 
 
-def _second_tunnel(messenger: Messenger) -> bytes:
+def _second_tunnel(messenger: Both) -> bytes:
     # Another queued message (another queue id): another tunnel id.
     world = messenger.world
     envelope = Envelope("5B2C3D4E5F60", "alice@example.com", ("dave@partner.example",), 0)
@@ -280,7 +284,7 @@ def _second_tunnel(messenger: Messenger) -> bytes:
     ("too old", "The relay message is too old", "outside the 6 days"),
 ])
 def test_faults_go_to_the_postmaster_with_the_relay_message(
-        messenger: Messenger, log_lines: list[str], fault: str, line: str,
+        messenger: Both, log_lines: list[str], fault: str, line: str,
         reason: str) -> None:
     world = messenger.world
     world.tunnel_certificates()
@@ -305,7 +309,7 @@ def test_faults_go_to_the_postmaster_with_the_relay_message(
     assert result_of(messenger.mailboxes.listing("dave@partner.example")) == []
 
 
-def test_without_a_postmaster_the_relay_message_stays_queued(messenger: Messenger) -> None:
+def test_without_a_postmaster_the_relay_message_stays_queued(messenger: Both) -> None:
     world = messenger.world
     world.tunnel_certificates()
     world.set(GLOBAL, postmaster=None)
@@ -315,7 +319,7 @@ def test_without_a_postmaster_the_relay_message_stays_queued(messenger: Messenge
     assert outcome.status == "deferred" and "no postmaster is set" in outcome.reason
 
 
-def test_not_a_relay_email_is_logged_as_the_guide_says(messenger: Messenger,
+def test_not_a_relay_email_is_logged_as_the_guide_says(messenger: Both,
                                                        log_lines: list[str]) -> None:
     world = messenger.world
     world.tunnel_certificates()
@@ -401,3 +405,127 @@ def test_account_cleanup_runs_on_its_schedule_on_one_node(log_lines: list[str]) 
                        "for more than 90 days, and its 1 message(s)"]
     runs = [line for line in log_lines if line.startswith("Auto account cleanup:")]
     assert len(runs) == 2  # day 89 (nothing) and day 90, each on one node
+
+
+# The portal's back end -----------------------------------------------------------
+
+
+def back_end(messenger: Both, authorized: tuple[str, ...] = ("example.com",)) -> Messenger:
+    world = messenger.world
+    world.config, errors = apply_changes(world.config, {
+        "authorized_recipients": list(authorized)})
+    assert not errors
+    return Messenger(messenger.accounts, messenger.mailboxes,
+                     Notifier(world._submit, world.clock), world.settings.by_address,
+                     lambda: world.config, world._submit, world.clock)
+
+
+def stored(messenger: Both, *recipients: str, read_receipt: bool = False) -> int:
+    messenger.world.tunnel_certificates()
+    if read_receipt:
+        messenger.world.set(GLOBAL, webmail_read_receipt=True)
+    messenger.relay_in(messenger.tunnel(*recipients))
+    (summary,) = result_of(messenger.mailboxes.listing(recipients[0]))
+    return summary.id
+
+
+def test_sign_up_through_the_link_with_a_strong_password(messenger: Both) -> None:
+    stored(messenger, ADDRESS)
+    webmail = back_end(messenger)
+    (invitation,) = messenger.sent_to(ADDRESS)
+    token = email.message_from_bytes(invitation).get_payload(decode=True).decode().split(
+        "token=")[1].split()[0]
+    assert result_of(webmail.set_password(token, SIGNUP, "abc", "abd"))[1] == \
+        "The two passwords are not the same."
+    account, problem = result_of(webmail.set_password(token, SIGNUP, "password1", "password1"))
+    assert account is None and problem is not None and "too easy to guess" in problem
+    account, problem = result_of(webmail.set_password(
+        token, SIGNUP, "correct horse battery staple", "correct horse battery staple"))
+    assert problem is None and account is not None
+    with pytest.raises(LinkRefused):
+        result_of(webmail.set_password(token, SIGNUP, "another good passphrase here",
+                                       "another good passphrase here"))
+    assert result_of(webmail.login(ADDRESS.upper(), "correct horse battery staple"))
+
+
+def test_reading_sends_the_read_receipt_once(messenger: Both) -> None:
+    message_id = stored(messenger, ADDRESS, read_receipt=True)
+    webmail = back_end(messenger)
+    assert result_of(webmail.read(ADDRESS, message_id)) == SENT
+    assert result_of(webmail.read(ADDRESS, message_id)) == SENT
+    (receipt,) = messenger.sent_to("alice@example.com")
+    parsed = email.message_from_bytes(receipt)
+    assert parsed["Subject"] == "Read: Quarterly figures [encrypt]"
+    assert result_of(webmail.read("erin@partner.example", message_id)) is None
+
+
+def test_a_reply_goes_to_authorized_recipients_only_and_is_threaded(messenger: Both) -> None:
+    message_id = stored(messenger, ADDRESS)
+    webmail = back_end(messenger)
+    attachment = Attachment("figures.csv", "text/csv", b"q,value\r\n3,42\r\n")
+    result = result_of(webmail.reply(ADDRESS, message_id, "Thanks, see attached.",
+                                     to=["boss@elsewhere.test", "bad address"],
+                                     attachments=[attachment], copy_to_self=True))
+    assert result.sent_to == ["alice@example.com"] and result.problem is None
+    assert set(result.refused) == {"boss@elsewhere.test", "bad address"}
+    assert "not an authorized recipient" in result.refused["boss@elsewhere.test"]
+    ((sender, to, content),) = [s for s in messenger.world.submitted
+                                if s[0] == ADDRESS]
+    assert (sender, to) == (ADDRESS, ["alice@example.com", ADDRESS])
+    parsed = email.message_from_bytes(content, policy=email.policy.default)
+    assert parsed["Subject"] == "Re: Quarterly figures [encrypt]"
+    assert parsed["From"] == ADDRESS and parsed["To"] == "alice@example.com"
+    body = parsed.get_body(preferencelist=("plain",)).get_content().replace("\r\n", "\n")
+    assert body.startswith("Thanks, see attached.\n\nThe original message:\n")
+    assert "> .dot" in body and "> Grüße" in body
+    (part,) = list(parsed.iter_attachments())
+    assert (part.get_filename(), part.get_content()) == ("figures.csv",
+                                                         "q,value\r\n3,42\r\n")
+
+
+def test_a_reply_with_no_authorized_recipient_is_not_sent(messenger: Both) -> None:
+    message_id = stored(messenger, ADDRESS)
+    webmail = back_end(messenger, authorized=())
+    result = result_of(webmail.reply(ADDRESS, message_id, "hello"))
+    assert result.queue_id is None and result.problem == ("The reply was not sent: no "
+                                                          "authorized recipient.")
+
+
+def test_a_password_reset_link_for_active_accounts_only(messenger: Both) -> None:
+    webmail = back_end(messenger)
+    result_of(webmail.request_password_reset(ADDRESS, "https://webmail.example"))
+    assert messenger.sent_to(ADDRESS) == []  # no account: nothing, and no way to tell
+    account, _ = result_of(messenger.accounts.invite(ADDRESS))
+    assert result_of(messenger.accounts.set_password(account, "correct horse battery staple"))
+    result_of(webmail.request_password_reset(ADDRESS, "https://webmail.example"))
+    (mail,) = messenger.sent_to(ADDRESS)
+    text = email.message_from_bytes(mail).get_payload(decode=True).decode()
+    token = text.split("https://webmail.example/reset?token=")[1].split()[0]
+    new = "a completely different passphrase"
+    assert result_of(webmail.set_password(token, RESET, new, new))[1] is None
+    assert result_of(webmail.login(ADDRESS, new))
+    messenger.world.set(GLOBAL, password_reset_enabled=False)
+    result_of(webmail.request_password_reset(ADDRESS, "https://webmail.example"))
+    assert len(messenger.sent_to(ADDRESS)) == 1
+
+
+def test_threading_headers_and_the_quoted_html_original() -> None:
+    original = (b"From: Alice <alice@example.com>\r\nTo: dave@partner.example, "
+                b"carol@example.com\r\nCc: x@elsewhere.test\r\nSubject: Re: plans\r\n"
+                b"Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m2@example.com>\r\n"
+                b"References: <m1@example.com>\r\nMIME-Version: 1.0\r\n"
+                b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+                b"<p>Hi <b>Dave</b></p><script>alert(1)</script>\r\n")
+    plan = plan_recipients(original, ADDRESS, reply_all=True, extra=(),
+                           authorized=lambda a: a.endswith("@example.com"))
+    assert plan.recipients == ["alice@example.com", "carol@example.com"]
+    assert list(plan.refused) == ["x@elsewhere.test"]
+    reply = compose_reply(original, user=ADDRESS, recipients=plan.recipients, text="Fine.",
+                          now=1_800_000_000, my_hostname="webmail.example")
+    parsed = email.message_from_bytes(reply, policy=email.policy.default)
+    assert parsed["Subject"] == "Re: plans"  # not "Re: Re:"
+    assert parsed["In-Reply-To"] == "<m2@example.com>"
+    assert parsed["References"] == "<m1@example.com> <m2@example.com>"
+    body = parsed.get_body().get_content().replace("\r\n", "\n")
+    assert "On Sat, 28 Nov 2026 10:00:00 +0000, alice@example.com wrote:\n> Hi Dave" in body
+    assert "alert" not in body and "<b>" not in body

@@ -62,8 +62,9 @@ def _mta_config(conn: Connection) -> None:
 
 
 def _webmail(conn: Connection) -> None:
-    schema.metadata.create_all(conn, tables=[schema.webmail_accounts, schema.webmail_messages,
-                                             schema.webmail_tunnels, schema.job_runs])
+    schema.metadata.create_all(conn, tables=[
+        schema.webmail_accounts, schema.webmail_messages, schema.webmail_tunnels,
+        schema.webmail_sessions, schema.webmail_login_failures, schema.job_runs])
 
 
 MIGRATIONS: Sequence[Migration] = (

@@ -166,6 +166,34 @@ webmail_accounts = Table(
     Column("link_nonce", String(32), nullable=False),
     Column("created", Float, nullable=False),
     Column("last_activity", Float, nullable=False, index=True),
+    # TOTP second factor (RFC 6238): its secret, sealed like the messages;
+    # NULL when the account has none.
+    Column("totp_secret", LargeBinary, nullable=True),
+)
+
+# Portal sessions, as admin_sessions: the cookie holds a random token, the
+# database its SHA-256.  second_factor: the TOTP code was given (or none is
+# needed).
+webmail_sessions = Table(
+    "webmail_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("address", String(320), nullable=False, index=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("second_factor", Boolean, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+
+# Failed portal logins per address and client, for throttling and lockout.
+webmail_login_failures = Table(
+    "webmail_login_failures",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("client", String(64), primary_key=True),
+    Column("failure_count", Integer, nullable=False),
+    Column("first_failure", Float, nullable=False),
+    Column("locked_until", Float, nullable=True),
 )
 
 # The messages in the mailboxes, sealed (AES-256-GCM) under a key derived

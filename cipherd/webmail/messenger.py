@@ -1,0 +1,194 @@
+"""
+What the portal asks of the webmail messenger: signing up and resetting
+passwords through links, logging in, the inbox, reading (with the read
+receipt), deleting, and replying.  The portal knows web pages; this knows
+accounts, mailboxes and mail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from cipherd.logs import mail_logger
+from cipherd.mpa.message import subject as subject_of
+from cipherd.smtp.config import MTAConfig
+from cipherd.webmail import reply as replies
+from cipherd.webmail.accounts import ACTIVE, RESET, Account, Accounts, password_problem
+from cipherd.webmail.mailbox import Mailboxes, Summary
+from cipherd.webmail.notify import Notifier, one_line
+
+log = mail_logger("cipherd.mpa.webmail")
+
+
+@dataclass
+class ReplyResult:
+    """
+    @ivar queue_id: the reply's queue id, when it was sent to anyone.
+    @ivar refused: the addresses it did not go to, with the reason.
+    """
+
+    sent_to: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    queue_id: str | None = None
+    problem: str | None = None
+
+
+class Messenger:
+    """
+    @param settings: C{settings(addresses)} → effective settings per
+        address, C{""} for global (L{SettingsRepository.by_address}).
+    @param submit: L{cipherd.smtp.queue.QueueRunner.submit}.
+    """
+
+    def __init__(self, accounts: Accounts, mailboxes: Mailboxes, notifier: Notifier,
+                 settings: Callable[[list[str]], Any], mta: Callable[[], MTAConfig],
+                 submit: Callable[..., Any], clock: IReactorTime) -> None:
+        self.accounts = accounts
+        self.mailboxes = mailboxes
+        self._notifier = notifier
+        self._settings = settings
+        self._mta = mta
+        self._submit = submit
+        self._clock = clock
+
+    async def _values(self, address: str) -> dict[str, Any]:
+        found = await self._settings(["", address])
+        values: dict[str, Any] = dict(found[address])
+        # Link secrets are global only.
+        values["server_secret"] = found[""]["server_secret"]
+        return values
+
+    # Links -------------------------------------------------------------------
+
+    async def check_link(self, token: str, purpose: str) -> Account:
+        """
+        @raise LinkRefused: the link may not be used (the reason is fit to
+            show).
+        """
+        secret = (await self._settings([""]))[""]["server_secret"]
+        return await self.accounts.check_link(secret, token, purpose)
+
+    async def password_problem(self, address: str, password: str) -> str | None:
+        values = await self._values(address)
+        return password_problem(password, values["min_password_strength"], address)
+
+    async def set_password(self, token: str, purpose: str, password: str, confirm: str
+                           ) -> tuple[Account | None, str | None]:
+        """
+        Set a password through a sign-up or reset link.
+
+        @return: the account, or C{None} and why not.
+        @raise LinkRefused: the link may not be used.
+        """
+        account = await self.check_link(token, purpose)
+        if password != confirm:
+            return None, "The two passwords are not the same."
+        problem = await self.password_problem(account.address, password)
+        if problem:
+            return None, problem
+        if not await self.accounts.set_password(account, password):
+            return None, "This link has been used already. Ask for a new one."
+        log.info("Webmail password set for {address} ({how})", address=account.address,
+                 how="sign-up" if purpose != RESET else "password reset")
+        return account, None
+
+    async def request_password_reset(self, address: str, portal_url: str) -> None:
+        """
+        Mail a reset link to C{address} if it has an active account and
+        resets are enabled; nothing otherwise (the caller says the same
+        either way: no enumeration).
+
+        @param portal_url: the portal's origin as the request reached it,
+            for when the *portal base URL* is not set.
+        """
+        address = address.strip().lower()
+        account = await self.accounts.get(address)
+        values = await self._values(address)
+        if account is None or account.state != ACTIVE or not values["password_reset_enabled"]:
+            log.info("Password reset asked for {address}: no active account, or resets are "
+                     "disabled; nothing sent", address=address)
+            return
+        base = (values["portal_base_url"] or portal_url).rstrip("/")
+        page = values["password_reset_url"] or f"{base}/reset"
+        minutes = values["password_reset_link_validity"]
+        token = self.accounts.link(values["server_secret"], RESET, account, minutes)
+        expires = datetime.fromtimestamp(self._clock.seconds() + minutes * 60, UTC)
+        notice = self._notifier.render("password_reset", {
+            "address": address, "link": f"{page}?token={token}",
+            "expires": expires.strftime("%Y-%m-%d %H:%M UTC")}, values)
+        queue_id = await self._notifier.send(address, notice, values,
+                                             self._mta().my_hostname)
+        log.info("Sent a password reset link to {address} (queued as {notice_id})",
+                 address=address, notice_id=queue_id)
+
+    # The mailbox ------------------------------------------------------------
+
+    async def login(self, address: str, password: str) -> Account | None:
+        return await self.accounts.verify_password(address.strip().lower(), password)
+
+    async def inbox(self, address: str, *, offset: int = 0, limit: int = 50) -> list[Summary]:
+        return await self.mailboxes.listing(address, offset=offset, limit=limit)
+
+    async def read(self, address: str, message_id: int) -> bytes | None:
+        """
+        A message of C{address}'s mailbox, marked read; the first time, its
+        read receipt goes out if the gateway asked for one.
+        """
+        content = await self.mailboxes.message(address, message_id)
+        if content is None:
+            return None
+        receipt_to = await self.mailboxes.mark_read(address, message_id)
+        if receipt_to:
+            values = await self._values(address)
+            subject = one_line(subject_of(content))
+            notice = self._notifier.render("read_receipt", {
+                "reader": address, "subject": subject,
+                "read": datetime.fromtimestamp(self._clock.seconds(), UTC).strftime(
+                    "%Y-%m-%d %H:%M UTC")}, values)
+            await self._notifier.send(receipt_to, notice, values, self._mta().my_hostname)
+            log.info("Read receipt for {address}'s message sent to {sender}", address=address,
+                     sender=receipt_to)
+        return content
+
+    async def delete(self, address: str, ids: Sequence[int]) -> int:
+        return await self.mailboxes.delete(address, ids)
+
+    async def reply(self, address: str, message_id: int, text: str, *, reply_all: bool = False,
+                    to: Sequence[str] = (), attachments: Sequence[replies.Attachment] = (),
+                    copy_to_self: bool = False) -> ReplyResult:
+        """
+        Send a reply by C{address} to a message of its mailbox, to the
+        authorized recipients among those it names.
+        """
+        original = await self.mailboxes.message(address, message_id)
+        if original is None:
+            return ReplyResult(problem="That message is not in your mailbox.")
+        size = len(text.encode()) + sum(len(a.data) for a in attachments)
+        if size > replies.MAX_REPLY_SIZE:
+            return ReplyResult(problem=f"The reply is too large ({size // 1024 // 1024} MB; "
+                                       f"at most {replies.MAX_REPLY_SIZE // 1024 // 1024} MB).")
+        config = self._mta()
+        plan = replies.plan_recipients(original, address, reply_all=reply_all, extra=to,
+                                       authorized=config.authorized)
+        result = ReplyResult(refused=plan.refused)
+        if not plan.recipients:
+            result.problem = "The reply was not sent: no authorized recipient."
+            return result
+        message = replies.compose_reply(original, user=address, recipients=plan.recipients,
+                                        text=text, attachments=attachments,
+                                        now=self._clock.seconds(),
+                                        my_hostname=config.my_hostname)
+        envelope = [*plan.recipients, *([address] if copy_to_self else [])]
+        queued = await self._submit(address, envelope, message, "webmail", processed=True)
+        result.sent_to = plan.recipients
+        result.queue_id = str(queued.envelope.queue_id)
+        await self.accounts.touch(address)
+        log.info("Webmail reply from {address} to {rcpts} (queued as {queue_id}){refused}",
+                 address=address, rcpts=", ".join(plan.recipients), queue_id=result.queue_id,
+                 refused=f"; refused: {', '.join(plan.refused)}" if plan.refused else "")
+        return result
