@@ -210,6 +210,43 @@ class Url(ValueType):
 
 
 @dataclass(frozen=True)
+class Colour(ValueType):
+    """
+    A CSS colour as C{#rrggbb} (nothing else reaches a stylesheet).
+    """
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip().lower()
+        if not re.fullmatch(r"#[0-9a-f]{6}", text):
+            raise InvalidValue(f"{text!r} is not a colour: write it as #rrggbb, e.g. #1f5fbf")
+        return text
+
+
+@dataclass(frozen=True)
+class LogoUrl(ValueType):
+    """
+    Where the portal's logo comes from: an https URL, or a path on the
+    portal itself (C{/static/...}); empty for none.
+    """
+
+    widget = "url"
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip()
+        if not text:
+            return ""
+        if any(c.isspace() or c in "\\\"'<>" for c in text) or len(text) > 1000:
+            raise InvalidValue(f"{text!r} is not a valid URL: it contains spaces or quotes")
+        if text.startswith("/") and not text.startswith("//"):
+            return text
+        checked = Url(allow_empty=False).check(text)
+        if urlsplit(checked).scheme != "https":
+            raise InvalidValue(f"{text!r} must start with https:// or be a path on the portal "
+                               "such as /static/logo.png")
+        return checked
+
+
+@dataclass(frozen=True)
 class Interval(ValueType):
     def check(self, value: Any) -> str:
         text = self._want_string(value).strip()
@@ -302,14 +339,14 @@ class DkimSelector(ValueType):
 @dataclass(frozen=True)
 class PrivateKeyPEM(ValueType):
     """
-    An RSA (at least 1024 bits) or Ed25519 private key in PEM, unencrypted;
-    empty for none.
+    An RSA private key (at least 1024 bits) in PEM, unencrypted; empty for
+    none.
     """
 
     widget = "textarea"
 
     def check(self, value: Any) -> str:
-        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+        from cryptography.hazmat.primitives.asymmetric import rsa
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         text = self._want_string(value).strip()
@@ -319,11 +356,12 @@ class PrivateKeyPEM(ValueType):
             key = load_pem_private_key(text.encode(), None)
         except (ValueError, TypeError) as e:
             raise InvalidValue(f"is not an unencrypted PEM private key ({e})") from None
-        if isinstance(key, rsa.RSAPrivateKey):
-            if key.key_size < 1024:
-                raise InvalidValue("RSA keys for DKIM must have at least 1024 bits")
-        elif not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise InvalidValue("DKIM signs with RSA or Ed25519 keys only")
+        if not isinstance(key, rsa.RSAPrivateKey):
+            # Ed25519 DKIM (RFC 8463) would need PyNaCl in dkimpy, and few
+            # receivers check it yet.
+            raise InvalidValue("must be an RSA key (DKIM with Ed25519 is not supported)")
+        if key.key_size < 1024:
+            raise InvalidValue("RSA keys for DKIM must have at least 1024 bits")
         return text + "\n"
 
     def from_form(self, text: str) -> Any:
@@ -425,6 +463,7 @@ PAGES = (
     Page("encryption", "Encryption policy"),
     Page("quota", "Quota"),
     Page("cleanup", "Auto cleanup"),
+    Page("branding", "Branding"),
 )
 
 _ENCRYPT_MODES = (
@@ -524,7 +563,7 @@ PROPERTIES: tuple[Property, ...] = (
        "The selector (s=): the public key is published at <selector>._domainkey.<domain>.",
        levels=GLOBAL_AND_DOMAIN, page="dkim", group="DKIM"),
     _P("dkim_private_key", "Private key", PrivateKeyPEM(), "",
-       "The signing key, unencrypted PEM (RSA of at least 1024 bits, or Ed25519). Never "
+       "The signing key, unencrypted PEM (RSA, at least 1024 bits; 2048 advised). Never "
        "shown again once stored.", levels=GLOBAL_AND_DOMAIN, page="dkim", group="DKIM",
        secret=True),
     # Guide figure 14: gateway webmail settings.
@@ -576,6 +615,23 @@ PROPERTIES: tuple[Property, ...] = (
     _P("smime_sign", "S/MIME sign", Boolean(), True,
        "Sign S/MIME mail too when the sender has a valid signing certificate with its "
        "private key.", page="encryption", group="Methods"),
+    # The portal (the recipient's side in the browser).
+    _P("webmail_totp_required", "Second factor required", Boolean(), False,
+       "Recipients must use a one-time code from an authenticator app (TOTP) as well as "
+       "their password; those without one set it up at their next login.",
+       page="webmail", group="Portal"),
+    _P("webmail_compose_enabled", "Compose enabled", Boolean(), False,
+       "Recipients may write new messages (to authorized recipients only), not just "
+       "reply.", page="webmail", group="Portal"),
+    _P("portal_product_name", "Product name", Text(max_length=60, min_length=1),
+       "Secure webmail", "The name the portal shows at the top of every page and in the "
+       "browser's title.", levels=GLOBAL_ONLY, page="branding"),
+    _P("portal_primary_colour", "Primary colour", Colour(), "#1f5fbf",
+       "The colour of the portal's top bar, buttons and links, as #rrggbb. Choose a dark "
+       "one: white text must stay readable on it.", levels=GLOBAL_ONLY, page="branding"),
+    _P("portal_logo_url", "Logo URL", LogoUrl(), "",
+       "A logo shown beside the product name: an https:// address or a path on the portal. "
+       "Empty: no logo.", levels=GLOBAL_ONLY, page="branding"),
     # Quota.
     _P("mailbox_size_limit", "Mailbox size limit", Integer(0, 2**50, "bytes"), 512 * 1024**2,
        "The largest size of one webmail mailbox, in bytes.", page="quota"),

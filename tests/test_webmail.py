@@ -8,17 +8,19 @@ fault to the postmaster with the relay message attached.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import os
 from typing import Any
 
+import dkim
 import pytest
 from twisted.internet.task import Clock
 
 from cipherd.mpa.relay import NOT_SIGNED, VALIDITY, WebmailRelay
 from cipherd.pki.certs import thumbprint
-from cipherd.settings import GLOBAL, Level, scope_for
+from cipherd.settings import GLOBAL, REGISTRY, InvalidValue, Level, scope_for
 from cipherd.smtp.config import apply_changes
 from cipherd.smtp.spool import Envelope
 from cipherd.store.settings import SettingsRepository
@@ -35,7 +37,7 @@ from cipherd.webmail.accounts import (
 from cipherd.webmail.cleanup import MAILBOX_CLEANUP_EVERY, Cleanup
 from cipherd.webmail.mailbox import Mailboxes, SealedMessageError, message_key, seal, unseal
 from cipherd.webmail.messenger import Messenger
-from cipherd.webmail.notify import Notifier
+from cipherd.webmail.notify import Notifier, build, dkim_sign, render
 from cipherd.webmail.reply import Attachment, compose_reply, plan_recipients
 from tests.test_gateway import QUEUE_ID, RECEIVED, SENT, WEBMAIL_RECIPIENT, World, pki  # noqa: F401
 
@@ -529,3 +531,48 @@ def test_threading_headers_and_the_quoted_html_original() -> None:
     body = parsed.get_body().get_content().replace("\r\n", "\n")
     assert "On Sat, 28 Nov 2026 10:00:00 +0000, alice@example.com wrote:\n> Hi Dave" in body
     assert "alert" not in body and "<b>" not in body
+
+
+# Notifications ---------------------------------------------------------------------
+
+
+def test_no_header_can_be_injected_through_a_name_or_subject() -> None:
+    notice = render("new_message", {"sender": "Eve\r\nBcc: victim@example.net",
+                                    "subject": "x\nX-Evil: 1", "link": "https://w.example"})
+    message = build(sender="notify@webmail.example", recipient="dave@partner.example\r\nCc: a@b",
+                    notice=notice, my_hostname="webmail.example", now=1_800_000_000)
+    head = message[:message.index(b"\r\n\r\n")]
+    names = [line.split(b":")[0].lower() for line in head.split(b"\r\n")
+             if line and line[:1] not in b" \t"]
+    assert b"bcc" not in names and b"x-evil" not in names and b"cc" not in names
+    assert b"Subject: New secure message from Eve Bcc: victim@example.net" in head
+
+
+def test_notifications_are_dkim_signed_when_configured() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    assert REGISTRY["dkim_private_key"].validate(pem) == pem.strip() + "\n"
+    other = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    with pytest.raises(InvalidValue, match="must be an RSA key"):
+        REGISTRY["dkim_private_key"].validate(other)
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    notice = render("new_message", {"sender": "alice@example.com", "subject": "Hi",
+                                    "link": "https://w.example/login"})
+    message = build(sender="notify@webmail.example", recipient=ADDRESS, notice=notice,
+                    my_hostname="webmail.example", now=1_800_000_000)
+    signed = dkim_sign(message, domain="webmail.example", selector="s2026", key_pem=pem)
+    assert signed.startswith(b"DKIM-Signature: ") and signed.endswith(message)
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"s2026._domainkey.webmail.example."
+        return record
+
+    assert dkim.verify(signed, dnsfunc=dns)
+    assert not dkim.verify(signed.replace(b"Hi", b"Ho"), dnsfunc=dns)

@@ -11,7 +11,6 @@ header.
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -23,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import dkim
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 from twisted.internet.interfaces import IReactorTime
@@ -114,16 +111,8 @@ def dkim_sign(message: bytes, *, domain: str, selector: str, key_pem: str) -> by
     """
     C{message} with a DKIM-Signature (relaxed/relaxed, SHA-256) on top.
     """
-    key = serialization.load_pem_private_key(key_pem.encode(), None)
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                serialization.NoEncryption())
-        signature = dkim.sign(message, selector.encode(), domain.encode(),
-                              base64.b64encode(raw), signature_algorithm=b"ed25519-sha256",
-                              canonicalize=(b"relaxed", b"relaxed"), include_headers=_SIGNED)
-    else:
-        signature = dkim.sign(message, selector.encode(), domain.encode(), key_pem.encode(),
-                              canonicalize=(b"relaxed", b"relaxed"), include_headers=_SIGNED)
+    signature = dkim.sign(message, selector.encode(), domain.encode(), key_pem.encode(),
+                          canonicalize=(b"relaxed", b"relaxed"), include_headers=_SIGNED)
     return signature.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message
 
 
