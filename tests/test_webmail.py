@@ -576,3 +576,16 @@ def test_notifications_are_dkim_signed_when_configured() -> None:
 
     assert dkim.verify(signed, dnsfunc=dns)
     assert not dkim.verify(signed.replace(b"Hi", b"Ho"), dnsfunc=dns)
+
+
+def test_links_honour_initial_login_allowed_and_password_reset_enabled(
+        messenger: Both) -> None:
+    webmail = back_end(messenger)
+    account, _ = result_of(messenger.accounts.invite(ADDRESS))
+    signup = messenger.accounts.link(SECRET, SIGNUP, account, 10)
+    reset = messenger.accounts.link(SECRET, RESET, account, 10)
+    messenger.world.set(GLOBAL, initial_login_allowed=False, password_reset_enabled=False)
+    for token, purpose, words in ((signup, SIGNUP, "Signing up is not possible"),
+                                  (reset, RESET, "Password reset is not possible")):
+        with pytest.raises(LinkRefused, match=words):
+            result_of(webmail.check_link(token, purpose))

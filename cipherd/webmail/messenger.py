@@ -18,7 +18,15 @@ from cipherd.logs import mail_logger
 from cipherd.mpa.message import subject as subject_of
 from cipherd.smtp.config import MTAConfig
 from cipherd.webmail import reply as replies
-from cipherd.webmail.accounts import ACTIVE, RESET, Account, Accounts, password_problem
+from cipherd.webmail.accounts import (
+    ACTIVE,
+    RESET,
+    SIGNUP,
+    Account,
+    Accounts,
+    LinkRefused,
+    password_problem,
+)
 from cipherd.webmail.mailbox import Mailboxes, Summary
 from cipherd.webmail.notify import Notifier, one_line
 
@@ -71,7 +79,15 @@ class Messenger:
             show).
         """
         secret = (await self._settings([""]))[""]["server_secret"]
-        return await self.accounts.check_link(secret, token, purpose)
+        account = await self.accounts.check_link(secret, token, purpose)
+        values = await self._values(account.address)
+        if purpose == SIGNUP and not values["initial_login_allowed"]:
+            raise LinkRefused("Signing up is not possible here at the moment. Ask the sender "
+                              "of your messages.")
+        if purpose == RESET and not values["password_reset_enabled"]:
+            raise LinkRefused("Password reset is not possible here. Ask the sender of your "
+                              "messages.")
+        return account
 
     async def password_problem(self, address: str, password: str) -> str | None:
         values = await self._values(address)
