@@ -1,92 +1,487 @@
 """
 The webmail portal: the recipient's side, on the portal endpoint.
 
-So far it has what the sign-up and password reset links land on: a page
-that checks the link, says whose message waits, and sets the password (with
-the reason a weak one is refused); a page to ask for a reset link.  Forms
-carry a CSRF token bound to a SameSite=Strict cookie; pages carry the same
-security headers as the admin site (no inline script or style, no framing,
-HSTS); refusals never say whether an address has an account.
+The people who use it did not choose it and arrive from an email that
+could be phishing, so every page says plainly where they are and what to
+do next, works on a phone, and is as strict as a browser allows:
+
+- Sign-up and password reset through the emailed links (the link is
+  checked, the page says whose messages wait, the password is set with the
+  reason a weak one is refused and a live strength meter); login with
+  optional TOTP (RFC 6238) second factor, required when the *second
+  factor required* setting says so; logout.
+- Sessions in the database (L{cipherd.webmail.sessions}): a random token
+  in a C{__Host-} cookie (Secure, HttpOnly, SameSite=Strict), its SHA-256
+  stored; 15 minutes idle, 8 hours at most; a new token at every login.
+  Failed logins and one-time codes are counted per address and client and
+  lock the pair for a while; the answer is the same for an unknown address
+  as for a wrong password, and takes as long (a dummy Argon2 check).
+- The inbox (unread, sender, subject, date, size, attachments; search;
+  pages; delete), each message (headers, text, HTML made safe as
+  L{cipherd.webmail.render} explains — sanitized, in its own sandboxed
+  document with its own CSP, remote content blocked until asked for —
+  attachments as downloads, the whole message as C{.eml}, a print
+  stylesheet), replies and, when allowed, new messages to authorized
+  recipients only, and an account page (password, second factor).
+- Every form carries a CSRF token: before login one bound to a
+  SameSite=Strict cookie, after login the session's own; compared in
+  constant time.  Every page carries the security headers of
+  L{cipherd.web.common.SecureHeaders} (no inline script, no framing,
+  HSTS); redirects go only to paths on this site.
+- English and Dutch through jinja2's i18n extension
+  (L{cipherd.webmail.i18n}); the product name, colour and logo from the
+  *branding* settings (the colour through a generated stylesheet, never
+  inline style).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import email.parser
+import email.policy
+import re
 import secrets
+from collections import deque
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
+from jinja2 import Environment
 from klein import Klein
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.static import File
 
 from cipherd.web.auth import csrf_matches
 from cipherd.web.common import (
+    CONTENT_SECURITY_POLICY,
     SecureHeaders,
     arg,
+    args,
+    clear_cookie,
     client_address,
     cookie,
+    json_response,
     log,
+    redirect,
     set_cookie,
     template_environment,
 )
-from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused
-from cipherd.webmail.messenger import Messenger
+from cipherd.webmail import render, totp
+from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused, password_bits
+from cipherd.webmail.i18n import LANGUAGES, negotiate, ngettext_for, translator
+from cipherd.webmail.messenger import Messenger, ReplyResult
+from cipherd.webmail.reply import MAX_REPLY_SIZE, Attachment, quoted_text
+from cipherd.webmail.sessions import BUSY, LOCKED, THROTTLED, WRONG, LoginRefused, PortalSession
 
 CSRF_COOKIE = "__Host-cipherd-portal"
+SESSION_COOKIE = "__Host-cipherd-webmail"
+LANGUAGE_COOKIE = "__Host-cipherd-language"
 CSRF_FIELD = "csrf_token"
 MAX_PASSWORD = 1024
+PAGE_SIZE = 25
+SETTINGS_TTL = 5.0
+# The live strength meter: at most this many checks per client a minute.
+STRENGTH_CHECKS_PER_MINUTE = 60
+MAX_ATTACHMENTS = 20
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~=&?%+-]*")
+
+
+class _Redirect(Exception):
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+class _NotFound(Exception):
+    pass
+
+
+def safe_next(location: str | None) -> str:
+    """
+    C{location} when it is a path on this site, else C{/}: no open
+    redirects (C{//host}, C{/\\host} and absolute URLs are refused).
+    """
+    if location and len(location) < 2000 and _LOCAL_PATH.fullmatch(location):
+        return location
+    return "/"
+
+
+def human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.0f} KB"
+    return f"{size / 1024 / 1024:.1f} MB"
+
+
+@dataclass(frozen=True)
+class _Form:
+    """
+    A submitted multipart form: its fields and its files.
+    """
+
+    fields: dict[str, list[str]]
+    files: list[Attachment]
+
+    def get(self, name: str) -> str:
+        values = self.fields.get(name)
+        return values[0] if values else ""
+
+
+def _multipart(request: IRequest) -> _Form:
+    """
+    The fields and files of a C{multipart/form-data} body (Twisted keeps
+    the fields but drops the file names and types).
+    """
+    content_type = request.getHeader(b"content-type") or b""
+    body = request.content.read() if request.content is not None else b""
+    if request.content is not None:
+        request.content.seek(0)
+    if not content_type.lower().startswith(b"multipart/form-data"):
+        return _Form({k.decode(): [v.decode("utf-8", "replace") for v in vs]
+                      for k, vs in request.args.items()}, [])
+    parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type + b"\r\n\r\n" + body)
+    fields: dict[str, list[str]] = {}
+    found: list[Attachment] = []
+    for part in parsed.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        data = part.get_payload(decode=True)
+        data = data if isinstance(data, bytes) else b""
+        filename = part.get_filename()
+        if filename is None:
+            fields.setdefault(name, []).append(data.decode("utf-8", "replace"))
+        elif name == "attachment" and (filename or data):
+            found.append(Attachment(render.safe_filename(filename, len(found) + 1),
+                                    part.get_content_type(), data))
+    return _Form(fields, found)
 
 
 class Portal:
     """
-    @param messenger: the webmail messenger's back end.
+    @param messenger: the webmail messenger's back end; the portal's
+        sessions, clock and TOTP key come from it.
     """
 
     app = Klein()
 
     def __init__(self, messenger: Messenger) -> None:
         self.messenger = messenger
-        self.templates = template_environment()
+        self.sessions = messenger.portal_sessions()
+        self._totp_key = messenger.mailboxes.key_for("totp")
+        self._environments = {code: self._environment(code) for code in LANGUAGES}
+        self._settings_cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._strength_checks: dict[str, deque[float]] = {}
+
+    def _environment(self, language: str) -> Environment:
+        environment = template_environment()
+        environment.add_extension("jinja2.ext.i18n")
+        gettext = translator(language)
+        environment.install_gettext_callables(  # type: ignore[attr-defined]
+            gettext, ngettext_for(gettext), newstyle=True)
+        environment.filters["size"] = human_size
+        return environment
 
     def resource(self) -> Resource:
         return SecureHeaders(self.app.resource())
 
-    def _render(self, request: IRequest, template: str, status: int = 200,
-                **context: Any) -> bytes:
+    # Helpers ---------------------------------------------------------------
+
+    def _language(self, request: IRequest) -> str:
+        accept = request.getHeader(b"accept-language")
+        return negotiate(accept.decode("latin-1") if accept else None,
+                         cookie(request, LANGUAGE_COOKIE))
+
+    def _(self, request: IRequest, text: str, **values: Any) -> str:
+        return translator(self._language(request))(text, **values)
+
+    async def _values(self, address: str = "") -> dict[str, Any]:
+        """
+        Effective settings, kept a few seconds (changes reach the portal
+        within L{SETTINGS_TTL}).
+        """
+        now = self.messenger.now()
+        hit = self._settings_cache.get(address)
+        if hit is not None and now - hit[0] < SETTINGS_TTL:
+            return hit[1]
+        values = await self.messenger.settings_for(address)
+        if len(self._settings_cache) > 1000:
+            self._settings_cache.clear()
+        self._settings_cache[address] = (now, values)
+        return values
+
+    async def _render(self, request: IRequest, template: str, status: int = 200, *,
+                      session: PortalSession | None = None, frames: bool = False,
+                      **context: Any) -> bytes:
+        brand = await self._values()
+        logo = brand["portal_logo_url"]
+        images = "'self' data:"
+        if logo.startswith("https://"):
+            parts = urlsplit(logo)
+            images += f" https://{parts.netloc}"
+        policy = CONTENT_SECURITY_POLICY.replace("img-src 'self' data:", f"img-src {images}")
+        if frames:
+            policy += "; frame-src 'self'"
+        request.setHeader(b"Content-Security-Policy", policy.encode())
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        return self.templates.get_template(template).render(
-            csrf_field=CSRF_FIELD, **context).encode("utf-8")
+        language = self._language(request)
+        user_values = await self._values(session.address) if session else {}
+        here = request.uri.decode("latin-1")
+        return self._environments[language].get_template(template).render(
+            csrf_field=CSRF_FIELD, product=brand["portal_product_name"], logo=logo,
+            language=language, here=safe_next(here), session=session,
+            signed_in=session is not None and session.second_factor,
+            compose_enabled=bool(user_values.get("webmail_compose_enabled")),
+            languages=[(code, name, f"/language?{urlencode({'to': code, 'next': here})}")
+                       for code, (name, _) in LANGUAGES.items()],
+            **context).encode("utf-8")
+
+    async def _notice(self, request: IRequest, heading: str, text: str, *, status: int = 200,
+                      session: PortalSession | None = None, **context: Any) -> bytes:
+        return await self._render(request, "portal_notice.html", status, session=session,
+                                  heading=self._(request, heading), text=self._(request, text),
+                                  **context)
 
     def _csrf(self, request: IRequest) -> str:
-        token = secrets.token_urlsafe(24)
-        set_cookie(request, CSRF_COOKIE, token)
+        # One token per browser while it has one: pages opened side by side
+        # all stay valid.
+        token = cookie(request, CSRF_COOKIE)
+        if not token or not re.fullmatch(r"[A-Za-z0-9_-]{32}", token):
+            token = secrets.token_urlsafe(24)
+            set_cookie(request, CSRF_COOKIE, token)
         return token
 
-    def _csrf_ok(self, request: IRequest) -> bool:
-        expected = cookie(request, CSRF_COOKIE)
-        if expected and csrf_matches(expected, arg(request, CSRF_FIELD)):
+    def _csrf_ok(self, request: IRequest, session: PortalSession | None = None,
+                 submitted: str | None = None) -> bool:
+        expected = session.csrf_token if session is not None else cookie(request, CSRF_COOKIE)
+        if submitted is None:
+            submitted = arg(request, CSRF_FIELD)
+        if expected and csrf_matches(expected, submitted):
             return True
         log.warn("Portal: refused a form without a valid CSRF token from {client}",
                  client=client_address(request))
         return False
 
-    def _expired_form(self, request: IRequest) -> bytes:
-        return self._render(request, "portal_notice.html", status=403,
-                            heading="Please try again",
-                            text="This form was open too long or came from another page. "
-                                 "Open the link from your message again.")
+    async def _expired_form(self, request: IRequest) -> bytes:
+        return await self._notice(request, "Please try again",
+                                  "This form was open too long or came from another page. "
+                                  "Go back, reload the page and send it again.", status=403)
+
+    async def _user(self, request: IRequest, *, setup: bool = False) -> PortalSession:
+        """
+        The session of a logged-in reader.
+
+        @param setup: the page that sets up a required second factor, which
+            a session without one may see.
+        @raise _Redirect: to the login page, or to the second factor.
+        """
+        token = cookie(request, SESSION_COOKIE)
+        session = await self.sessions.get(token)
+        if session is None:
+            raise _Redirect("/login?ended=1" if token else "/login")
+        if not session.second_factor:
+            if await self.messenger.accounts.totp_secret(session.address) is not None:
+                raise _Redirect("/login/code")
+            if not setup:
+                raise _Redirect("/account/totp")
+        return session
+
+    async def _message(self, session: PortalSession, message_id: int) -> bytes:
+        content = await self.messenger.mailboxes.message(session.address, message_id)
+        if content is None:
+            raise _NotFound()
+        return content
+
+    @app.handle_errors(_Redirect)
+    def _redirected(self, request: IRequest, failure: Failure) -> bytes:
+        location = failure.value.location if isinstance(failure.value, _Redirect) else "/"
+        return redirect(request, safe_next(location))
+
+    @app.handle_errors(_NotFound)
+    async def _not_found(self, request: IRequest, failure: Failure) -> bytes:
+        session = await self.sessions.get(cookie(request, SESSION_COOKIE))
+        return await self._notice(request, "Not found",
+                                  "There is no such page or message. It may have been "
+                                  "deleted.", status=404, session=session)
+
+    # Public pages ------------------------------------------------------------
 
     @app.route("/static/", branch=True)
     def static(self, request: IRequest) -> Resource:
         return File(str(files("cipherd.web") / "static"))
 
+    @app.route("/brand.css", methods=["GET"])
+    async def brand_css(self, request: IRequest) -> bytes:
+        """
+        The branding colour as a stylesheet (the CSP allows no inline
+        style); the value is a validated C{#rrggbb}.
+        """
+        colour = (await self._values())["portal_primary_colour"]
+        if not re.fullmatch(r"#[0-9a-f]{6}", colour):
+            colour = "#1f5fbf"
+        request.setHeader(b"Content-Type", b"text/css; charset=utf-8")
+        return f":root {{ --accent: {colour}; }}\n".encode()
+
+    @app.route("/language", methods=["GET"])
+    def language(self, request: IRequest) -> bytes:
+        chosen = arg(request, "to")
+        if chosen in LANGUAGES:
+            set_cookie(request, LANGUAGE_COOKIE, chosen, max_age=365 * 86400)
+        return redirect(request, safe_next(arg(request, "next")))
+
     @app.route("/", methods=["GET"])
-    def home(self, request: IRequest) -> bytes:
-        return self._render(request, "portal_notice.html", heading="Secure webmail",
-                            text="Open the link in the message you received to sign up or "
-                                 "to reset your password.")
+    async def home(self, request: IRequest) -> bytes:
+        if await self.sessions.get(cookie(request, SESSION_COOKIE)) is not None:
+            return redirect(request, "/inbox")
+        return redirect(request, "/login")
+
+    @app.route("/strength", methods=["POST"])
+    async def strength(self, request: IRequest) -> bytes:
+        """
+        The live strength meter: zxcvbn's estimate in bits against the
+        minimum; the sign-up, reset and account pages' script asks as the
+        reader types.  CSRF-protected and rate-limited per client; the
+        check when the form is sent is what counts.
+        """
+        session = await self.sessions.get(cookie(request, SESSION_COOKIE))
+        if not (self._csrf_ok(request) or (session is not None
+                                           and self._csrf_ok(request, session))):
+            return json_response(request, 403, {"error": "CSRF"})
+        if not self._strength_allowed(client_address(request)):
+            return json_response(request, 429, {"error": "Too many checks; slow down."})
+        password = (arg(request, "password") or "")[:MAX_PASSWORD]
+        address = session.address if session else ""
+        if not address and arg(request, "token"):
+            try:
+                address = (await self.messenger.check_link(arg(request, "token") or "",
+                                                           arg(request, "purpose") or SIGNUP)
+                           ).address
+            except LinkRefused:
+                address = ""
+        needed = int((await self._values(address))["min_password_strength"])
+        problem = await self.messenger.password_problem(address, password) if password else None
+        bits = password_bits(password, [address, *address.replace("@", ".").split(".")])
+        return json_response(request, 200, {
+            "bits": round(bits), "needed": needed, "ok": bool(password) and problem is None,
+            "problem": self._(request, problem) if problem else ""})
+
+    def _strength_allowed(self, client: str) -> bool:
+        now = self.messenger.now()
+        recent = self._strength_checks.setdefault(client, deque())
+        while recent and now - recent[0] > 60:
+            recent.popleft()
+        if len(recent) >= STRENGTH_CHECKS_PER_MINUTE:
+            return False
+        recent.append(now)
+        if len(self._strength_checks) > 10_000:
+            self._strength_checks = {client: recent}
+        return True
+
+    # Login ------------------------------------------------------------------
+
+    @app.route("/login", methods=["GET"])
+    async def login_form(self, request: IRequest) -> bytes:
+        if await self.sessions.get(cookie(request, SESSION_COOKIE)) is not None:
+            return redirect(request, "/inbox")
+        notice = None
+        if arg(request, "ended"):
+            notice = self._(request, "Your session has ended. For your safety you are logged "
+                                     "out after 15 minutes without activity. Log in again.")
+        elif arg(request, "bye"):
+            notice = self._(request, "You have logged out. Close the browser window if this "
+                                     "is a shared computer.")
+        return await self._login_page(request, notice=notice)
+
+    async def _login_page(self, request: IRequest, *, problem: str | None = None,
+                          notice: str | None = None, address: str = "",
+                          status: int = 200) -> bytes:
+        values = await self._values()
+        return await self._render(request, "portal_login.html", status, problem=problem,
+                                  notice=notice, address=address, csrf=self._csrf(request),
+                                  reset_enabled=values["password_reset_enabled"])
+
+    def _refusal(self, request: IRequest, refused: LoginRefused) -> str:
+        if refused.reason == LOCKED:
+            return self._(request, "Too many failed attempts. For your safety, logging in is "
+                                   "locked for %(minutes)s more minute(s). Try again later, or "
+                                   "reset your password.", minutes=refused.minutes)
+        if refused.reason == THROTTLED:
+            return self._(request, "Too many login attempts at once. Wait a moment and try "
+                                   "again.")
+        if refused.reason == BUSY:
+            return self._(request, "The server is busy. Wait a moment and try again.")
+        return self._(request, "The email address or the password is not right.")
+
+    @app.route("/login", methods=["POST"])
+    async def login(self, request: IRequest) -> bytes:
+        if not self._csrf_ok(request):
+            return await self._expired_form(request)
+        address = (arg(request, "email") or "").strip().lower()[:320]
+        password = (arg(request, "password") or "")[:MAX_PASSWORD]
+        try:
+            account = await self.sessions.check_password(address, password,
+                                                         client_address(request))
+        except LoginRefused as refused:
+            return await self._login_page(request, problem=self._refusal(request, refused),
+                                          address=address, status=403)
+        has_code = await self.messenger.accounts.totp_secret(account.address) is not None
+        required = (await self._values(account.address))["webmail_totp_required"]
+        token = await self.sessions.open(account.address,
+                                         second_factor=not (has_code or required))
+        set_cookie(request, SESSION_COOKIE, token)
+        log.info("Portal: {address} logged in from {client}", address=account.address,
+                 client=client_address(request))
+        if has_code:
+            return redirect(request, "/login/code")
+        return redirect(request, "/account/totp" if required else "/inbox")
+
+    @app.route("/login/code", methods=["GET"])
+    async def code_form(self, request: IRequest) -> bytes:
+        session = await self.sessions.get(cookie(request, SESSION_COOKIE))
+        if session is None:
+            return redirect(request, "/login")
+        if session.second_factor:
+            return redirect(request, "/inbox")
+        return await self._render(request, "portal_code.html", session=session,
+                                  csrf=session.csrf_token)
+
+    @app.route("/login/code", methods=["POST"])
+    async def code(self, request: IRequest) -> bytes:
+        session = await self.sessions.get(cookie(request, SESSION_COOKIE))
+        if session is None:
+            return redirect(request, "/login")
+        if not self._csrf_ok(request, session):
+            return await self._expired_form(request)
+        sealed = await self.messenger.accounts.totp_secret(session.address)
+        valid = sealed is not None and totp.verify(
+            totp.unseal_secret(self._totp_key, session.address, sealed),
+            arg(request, "code") or "", self.messenger.now())
+        try:
+            await self.sessions.check_code(session, valid, client_address(request))
+        except LoginRefused as refused:
+            problem = (self._(request, "That code is not right. Enter the code your app shows "
+                                       "now.") if refused.reason == WRONG
+                       else self._refusal(request, refused))
+            return await self._render(request, "portal_code.html", 403, session=session,
+                                      csrf=session.csrf_token, problem=problem)
+        return redirect(request, "/inbox")
+
+    @app.route("/logout", methods=["POST"])
+    async def logout(self, request: IRequest) -> bytes:
+        session = await self.sessions.get(cookie(request, SESSION_COOKIE))
+        if session is not None:
+            if not self._csrf_ok(request, session):
+                return await self._expired_form(request)
+            await self.sessions.close(session.token_hash)
+        clear_cookie(request, SESSION_COOKIE)
+        return redirect(request, "/login?bye=1")
 
     # Sign-up and reset -----------------------------------------------------
 
@@ -101,25 +496,48 @@ class Portal:
     @app.route("/reset", methods=["GET"])
     async def reset_form(self, request: IRequest) -> bytes:
         if not arg(request, "token"):
-            return self._render(request, "portal_reset_request.html",
-                                csrf=self._csrf(request))
+            if not (await self._values())["password_reset_enabled"]:
+                return await self._reset_disabled(request)
+            return await self._render(request, "portal_reset_request.html",
+                                      csrf=self._csrf(request))
         return await self._password_form(request, RESET)
+
+    async def _reset_disabled(self, request: IRequest) -> bytes:
+        return await self._notice(request, "Password reset is not available",
+                                  "Ask the person who sent you the secure message to have "
+                                  "your account reset.", status=404)
 
     @app.route("/reset", methods=["POST"])
     async def reset(self, request: IRequest) -> bytes:
         if arg(request, "token"):
             return await self._set_password(request, RESET)
         if not self._csrf_ok(request):
-            return self._expired_form(request)
+            return await self._expired_form(request)
+        if not (await self._values())["password_reset_enabled"]:
+            return await self._reset_disabled(request)
         address = (arg(request, "email") or "")[:320]
         origin = f"https://{request.getRequestHostname().decode('idna', 'replace')}"
         port = request.getHost().port
         await self.messenger.request_password_reset(address, f"{origin}:{port}")
         # The same answer whether or not the address has an account.
-        return self._render(request, "portal_notice.html", heading="Check your mail",
-                            text="If this address has a webmail account, a message with a "
-                                 "link to choose a new password is on its way. The link "
-                                 "works once and for a limited time.")
+        return await self._notice(request, "Check your mail",
+                                  "If this address has a webmail account, a message with a "
+                                  "link to choose a new password is on its way. The link "
+                                  "works once and for a limited time.")
+
+    async def _link_refused(self, request: IRequest, purpose: str, refused: LinkRefused
+                            ) -> bytes:
+        if purpose == RESET:
+            advice = ("Ask for a new password reset link below. If you remember your "
+                      "password, just log in.")
+        else:
+            advice = ("If you have set a password already, log in. Otherwise ask the person "
+                      "who sent you the secure message to send it again: a new message brings "
+                      "a new link.")
+        return await self._render(request, "portal_link_refused.html", 400,
+                                  heading=self._(request, "This link cannot be used"),
+                                  reason=self._(request, str(refused)),
+                                  advice=self._(request, advice), reset_link=purpose == RESET)
 
     async def _password_form(self, request: IRequest, purpose: str, *,
                              problem: str | None = None, status: int = 200) -> bytes:
@@ -127,16 +545,19 @@ class Portal:
         try:
             account = await self.messenger.check_link(token, purpose)
         except LinkRefused as e:
-            return self._render(request, "portal_notice.html", status=400,
-                                heading="This link cannot be used", text=str(e),
-                                reset_link=purpose == RESET)
-        return self._render(request, "portal_password.html", status=status, purpose=purpose,
-                            address=account.address, token=token, problem=problem,
-                            csrf=self._csrf(request))
+            return await self._link_refused(request, purpose, e)
+        senders: list[str] = []
+        if purpose == SIGNUP:
+            waiting, _ = await self.messenger.search(account.address, limit=5)
+            senders = sorted({m.sender for m in waiting if m.sender})
+        return await self._render(request, "portal_password.html", status, purpose=purpose,
+                                  address=account.address, token=token,
+                                  problem=self._(request, problem) if problem else None,
+                                  csrf=self._csrf(request), senders=senders)
 
     async def _set_password(self, request: IRequest, purpose: str) -> bytes:
         if not self._csrf_ok(request):
-            return self._expired_form(request)
+            return await self._expired_form(request)
         token = arg(request, "token") or ""
         password = (arg(request, "password") or "")[:MAX_PASSWORD + 1]
         confirm = (arg(request, "confirm") or "")[:MAX_PASSWORD + 1]
@@ -144,11 +565,297 @@ class Portal:
             account, problem = await self.messenger.set_password(token, purpose, password,
                                                                  confirm)
         except LinkRefused as e:
-            return self._render(request, "portal_notice.html", status=400,
-                                heading="This link cannot be used", text=str(e),
-                                reset_link=purpose == RESET)
+            return await self._link_refused(request, purpose, e)
         if account is None:
             return await self._password_form(request, purpose, problem=problem, status=400)
-        return self._render(request, "portal_notice.html", heading="Your password is set",
-                            text=f"You can now log in as {account.address} to read your "
-                                 "secure messages.")
+        await self.sessions.close_others(account.address)
+        return await self._render(request, "portal_password_set.html", address=account.address)
+
+    # The inbox ---------------------------------------------------------------
+
+    @app.route("/inbox", methods=["GET"])
+    async def inbox(self, request: IRequest) -> bytes:
+        session = await self._user(request)
+        query = (arg(request, "q") or "").strip()[:200]
+        try:
+            page = max(1, min(int(arg(request, "page") or 1), 100_000))
+        except ValueError:
+            page = 1
+        messages, total = await self.messenger.search(
+            session.address, query, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+        pages = max(1, -(-total // PAGE_SIZE))
+
+        def page_link(number: int) -> str:
+            return "/inbox?" + urlencode({**({"q": query} if query else {}), "page": number})
+
+        try:
+            deleted = int(arg(request, "deleted") or -1)
+        except ValueError:
+            deleted = -1
+        return await self._render(
+            request, "portal_inbox.html", session=session, messages=messages, total=total,
+            query=query, page=page, pages=pages, first=(page - 1) * PAGE_SIZE + 1,
+            previous=page_link(page - 1) if page > 1 else None,
+            next=page_link(page + 1) if page < pages else None, deleted=deleted,
+            csrf=session.csrf_token)
+
+    @app.route("/inbox/delete", methods=["POST"])
+    async def delete(self, request: IRequest) -> bytes:
+        session = await self._user(request)
+        if not self._csrf_ok(request, session):
+            return await self._expired_form(request)
+        ids = [int(i) for i in args(request, "id") if i.isdigit()][:1000]
+        deleted = await self.messenger.delete(session.address, ids) if ids else 0
+        return redirect(request, f"/inbox?deleted={deleted}")
+
+    # One message ---------------------------------------------------------------
+
+    @app.route("/message/<int:message_id>", methods=["GET"])
+    async def message(self, request: IRequest, message_id: int) -> bytes:
+        session = await self._user(request)
+        content = await self.messenger.read(session.address, message_id)
+        if content is None:
+            raise _NotFound()
+        remote = arg(request, "remote") == "1"
+        shown = render.read(content, allow_remote=remote)
+        return await self._render(request, "portal_message.html", session=session,
+                                  frames=shown.html is not None, shown=shown, id=message_id,
+                                  remote=remote, csrf=session.csrf_token)
+
+    @app.route("/message/<int:message_id>/body", methods=["GET"])
+    async def message_body(self, request: IRequest, message_id: int) -> bytes:
+        """
+        The message's HTML as its own document, for the sandboxed frame
+        (see L{cipherd.webmail.render}): its own CSP replaces the portal's,
+        and only the portal may frame it.
+        """
+        session = await self._user(request)
+        remote = arg(request, "remote") == "1"
+        html, _ = render.sanitize_message(await self._message(session, message_id),
+                                          allow_remote=remote)
+        request.setHeader(b"Content-Security-Policy", render.frame_policy(remote).encode())
+        request.setHeader(b"X-Frame-Options", b"SAMEORIGIN")
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        return render.frame_document(html).encode("utf-8")
+
+    def _download(self, request: IRequest, filename: str, content_type: str,
+                  data: bytes) -> bytes:
+        request.setHeader(b"Content-Type", content_type.encode("ascii"))
+        request.setHeader(b"Content-Disposition",
+                          render.content_disposition(filename).encode("ascii"))
+        # Opened on its own, a download is still a sandboxed, scriptless document.
+        request.setHeader(b"Content-Security-Policy", b"default-src 'none'; sandbox")
+        return data
+
+    @app.route("/message/<int:message_id>/part/<int:index>", methods=["GET"])
+    async def attachment(self, request: IRequest, message_id: int, index: int) -> bytes:
+        session = await self._user(request)
+        found = render.part(await self._message(session, message_id), index)
+        if found is None:
+            raise _NotFound()
+        return self._download(request, *found)
+
+    @app.route("/message/<int:message_id>/eml", methods=["GET"])
+    async def eml(self, request: IRequest, message_id: int) -> bytes:
+        session = await self._user(request)
+        content = await self._message(session, message_id)
+        subject = render.header(render.parse(content), "Subject")
+        name = render.safe_filename(subject[:80], message_id, ".eml")
+        if not name.endswith(".eml"):
+            name += ".eml"
+        return self._download(request, name, "message/rfc822", content)
+
+    @app.route("/message/<int:message_id>/delete", methods=["POST"])
+    async def delete_one(self, request: IRequest, message_id: int) -> bytes:
+        session = await self._user(request)
+        if not self._csrf_ok(request, session):
+            return await self._expired_form(request)
+        deleted = await self.messenger.delete(session.address, [message_id])
+        return redirect(request, f"/inbox?deleted={deleted}")
+
+    # Replies and new messages ---------------------------------------------------
+
+    @app.route("/message/<int:message_id>/reply", methods=["GET"])
+    async def reply_form(self, request: IRequest, message_id: int) -> bytes:
+        session = await self._user(request)
+        content = await self._message(session, message_id)
+        return await self._reply_page(request, session, message_id, content,
+                                      reply_all=arg(request, "all") == "1")
+
+    async def _reply_page(self, request: IRequest, session: PortalSession, message_id: int,
+                          content: bytes, *, reply_all: bool, status: int = 200,
+                          **context: Any) -> bytes:
+        shown = render.read(content)
+        plan = self.messenger.plan_reply(session.address, content, reply_all=reply_all)
+        subject = shown.subject if shown.subject.lower().startswith("re:") else \
+            f"Re: {shown.subject}"
+        return await self._render(request, "portal_compose.html", status, session=session,
+                                  csrf=session.csrf_token, id=message_id, reply_all=reply_all,
+                                  recipients=plan.recipients, refused_now=plan.refused,
+                                  subject=subject, quoted=quoted_text(content),
+                                  max_size=MAX_REPLY_SIZE, **context)
+
+    @app.route("/message/<int:message_id>/reply", methods=["POST"])
+    async def reply(self, request: IRequest, message_id: int) -> bytes:
+        session = await self._user(request)
+        form = _multipart(request)
+        if not self._csrf_ok(request, session, form.get(CSRF_FIELD)):
+            return await self._expired_form(request)
+        reply_all = form.get("all") == "1"
+        extra = [a.strip() for a in re.split(r"[,;\s]+", form.get("to")) if a.strip()]
+        result = await self.messenger.reply(
+            session.address, message_id, form.get("text")[:1_000_000], reply_all=reply_all,
+            to=extra[:50], attachments=form.files[:MAX_ATTACHMENTS],
+            copy_to_self=form.get("copy") == "1")
+        return await self._sent(request, session, result)
+
+    async def _sent(self, request: IRequest, session: PortalSession,
+                    result: ReplyResult) -> bytes:
+        problem = self._(request, result.problem) if result.problem else None
+        refused = {address: self._(request, reason) for address, reason in
+                   result.refused.items()}
+        return await self._render(request, "portal_sent.html", 200 if result.sent_to else 400,
+                                  session=session, sent_to=result.sent_to, refused=refused,
+                                  problem=problem)
+
+    async def _composer(self, request: IRequest) -> PortalSession:
+        """
+        The session of a reader who may write new messages.
+
+        @raise _NotFound: the *compose enabled* setting does not allow it.
+        """
+        session = await self._user(request)
+        if not (await self._values(session.address))["webmail_compose_enabled"]:
+            raise _NotFound()
+        return session
+
+    @app.route("/compose", methods=["GET"])
+    async def compose_form(self, request: IRequest) -> bytes:
+        session = await self._composer(request)
+        return await self._render(request, "portal_compose.html", session=session,
+                                  csrf=session.csrf_token, id=None, recipients=[],
+                                  refused_now={}, subject="", quoted="",
+                                  max_size=MAX_REPLY_SIZE)
+
+    @app.route("/compose", methods=["POST"])
+    async def compose(self, request: IRequest) -> bytes:
+        session = await self._composer(request)
+        form = _multipart(request)
+        if not self._csrf_ok(request, session, form.get(CSRF_FIELD)):
+            return await self._expired_form(request)
+        to = [a.strip() for a in re.split(r"[,;\s]+", form.get("to")) if a.strip()]
+        result = await self.messenger.compose(
+            session.address, to[:50], form.get("subject")[:998], form.get("text")[:1_000_000],
+            attachments=form.files[:MAX_ATTACHMENTS], copy_to_self=form.get("copy") == "1")
+        return await self._sent(request, session, result)
+
+    # The account -----------------------------------------------------------------
+
+    @app.route("/account", methods=["GET"])
+    async def account(self, request: IRequest) -> bytes:
+        session = await self._user(request)
+        return await self._account_page(request, session)
+
+    async def _account_page(self, request: IRequest, session: PortalSession, *,
+                            status: int = 200, **context: Any) -> bytes:
+        has_code = await self.messenger.accounts.totp_secret(session.address) is not None
+        values = await self._values(session.address)
+        return await self._render(request, "portal_account.html", status, session=session,
+                                  csrf=session.csrf_token, has_code=has_code,
+                                  required=values["webmail_totp_required"], **context)
+
+    def _current_refused(self, request: IRequest, refused: LoginRefused) -> str:
+        if refused.reason == WRONG:
+            return self._(request, "The current password is not right.")
+        return self._refusal(request, refused)
+
+    @app.route("/account/password", methods=["POST"])
+    async def change_password(self, request: IRequest) -> bytes:
+        session = await self._user(request)
+        if not self._csrf_ok(request, session):
+            return await self._expired_form(request)
+        current = (arg(request, "current") or "")[:MAX_PASSWORD]
+        try:
+            # Counted like a login: a session is no licence to guess.
+            await self.sessions.check_password(session.address, current,
+                                               client_address(request))
+        except LoginRefused as refused:
+            return await self._account_page(
+                request, session, status=400,
+                password_problem=self._current_refused(request, refused))
+        problem = await self.messenger.change_password(
+            session.address, current, (arg(request, "password") or "")[:MAX_PASSWORD + 1],
+            (arg(request, "confirm") or "")[:MAX_PASSWORD + 1])
+        if problem:
+            return await self._account_page(request, session, status=400,
+                                            password_problem=self._(request, problem))
+        await self.sessions.close_others(session.address, keep=session.token_hash)
+        return await self._account_page(request, session, password_changed=True)
+
+    @app.route("/account/totp", methods=["GET"])
+    async def totp_form(self, request: IRequest) -> bytes:
+        session = await self._user(request, setup=True)
+        if await self.messenger.accounts.totp_secret(session.address) is not None:
+            return redirect(request, "/account")
+        return await self._totp_page(request, session, totp.new_secret())
+
+    async def _totp_page(self, request: IRequest, session: PortalSession, secret: bytes, *,
+                         problem: str | None = None, status: int = 200) -> bytes:
+        # The secret waits in the form, sealed to this account, until a
+        # code from the app proves it was copied.
+        pending = base64.urlsafe_b64encode(
+            totp.seal_secret(self._totp_key, session.address, secret)).decode("ascii")
+        issuer = (await self._values())["portal_product_name"]
+        return await self._render(request, "portal_totp.html", status, session=session,
+                                  csrf=session.csrf_token, pending=pending,
+                                  uri=totp.otpauth_uri(secret, session.address, issuer),
+                                  secret=totp.secret_text(secret), problem=problem)
+
+    @app.route("/account/totp", methods=["POST"])
+    async def totp_setup(self, request: IRequest) -> bytes:
+        session = await self._user(request, setup=True)
+        if not self._csrf_ok(request, session):
+            return await self._expired_form(request)
+        if await self.messenger.accounts.totp_secret(session.address) is not None:
+            return redirect(request, "/account")
+        try:
+            secret = totp.unseal_secret(
+                self._totp_key, session.address,
+                base64.urlsafe_b64decode((arg(request, "pending") or "").encode("ascii")))
+        except (totp.SealedSecretError, binascii.Error, ValueError):
+            return await self._expired_form(request)
+        valid = totp.verify(secret, arg(request, "code") or "", self.messenger.now())
+        try:
+            await self.sessions.check_code(session, valid, client_address(request))
+        except LoginRefused as refused:
+            problem = (self._(request, "That code is not right. Check that the time on your "
+                                       "phone is correct and enter the code your app shows "
+                                       "now.") if refused.reason == WRONG
+                       else self._refusal(request, refused))
+            return await self._totp_page(request, session, secret, problem=problem,
+                                         status=400)
+        await self.messenger.accounts.set_totp_secret(
+            session.address, totp.seal_secret(self._totp_key, session.address, secret))
+        log.info("Portal: {address} set up a second factor", address=session.address)
+        return await self._account_page(request, session, code_changed="added")
+
+    @app.route("/account/totp/remove", methods=["POST"])
+    async def totp_remove(self, request: IRequest) -> bytes:
+        session = await self._user(request)
+        if not self._csrf_ok(request, session):
+            return await self._expired_form(request)
+        if (await self._values(session.address))["webmail_totp_required"]:
+            return await self._account_page(
+                request, session, status=400,
+                code_problem=self._(request, "A second factor is required here; it cannot be "
+                                             "removed."))
+        try:
+            await self.sessions.check_password(session.address,
+                                               (arg(request, "current") or "")[:MAX_PASSWORD],
+                                               client_address(request))
+        except LoginRefused as refused:
+            return await self._account_page(request, session, status=400,
+                                            code_problem=self._current_refused(request, refused))
+        await self.messenger.accounts.set_totp_secret(session.address, None)
+        log.info("Portal: {address} removed the second factor", address=session.address)
+        return await self._account_page(request, session, code_changed="removed")

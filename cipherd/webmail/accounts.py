@@ -164,6 +164,10 @@ class Accounts:
         # as long either way.
         self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
 
+    @property
+    def store(self) -> Store:
+        return self._store
+
     async def get(self, address: str) -> Account | None:
         def read(conn: Connection) -> Account | None:
             row = conn.execute(select(webmail_accounts).where(
@@ -293,3 +297,39 @@ class Accounts:
 
         removed: list[str] = await self._store.run(write)
         return removed
+
+    # The second factor (TOTP) ----------------------------------------------------
+
+    async def totp_secret(self, address: str) -> bytes | None:
+        """
+        The sealed TOTP secret of C{address}, or C{None} when it has none.
+        """
+        found: bytes | None = await self._store.run(lambda conn: conn.execute(
+            select(webmail_accounts.c.totp_secret).where(
+                webmail_accounts.c.address == address)).scalar())
+        return found
+
+    async def set_totp_secret(self, address: str, sealed: bytes | None) -> bool:
+        """
+        Set (sealed, from L{cipherd.webmail.totp.seal_secret}) or remove
+        (C{None}) the TOTP secret of C{address}.
+        """
+        def write(conn: Connection) -> bool:
+            return bool(conn.execute(update(webmail_accounts).where(
+                webmail_accounts.c.address == address).values(totp_secret=sealed)).rowcount)
+
+        changed: bool = await self._store.run(write)
+        return changed
+
+    async def change_password(self, address: str, current: str, new: str) -> bool:
+        """
+        Replace the password of C{address} when C{current} is its password;
+        outstanding reset links stop working.
+
+        @return: C{False} when C{current} is wrong (or the account is not
+            active).
+        """
+        account = await self.verify_password(address, current)
+        if account is None:
+            return False
+        return await self.set_password(account, new)

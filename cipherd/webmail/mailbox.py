@@ -12,6 +12,7 @@ handing it over sends it again).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -172,6 +173,40 @@ class Mailboxes:
 
         found: list[Summary] = await self._store.run(read)
         return found
+
+    async def find(self, address: str, query: str = "", *, offset: int = 0, limit: int = 50
+                   ) -> tuple[list[Summary], int]:
+        """
+        A page of C{address}'s messages whose sender or subject contains
+        C{query} (all when empty; case-insensitive), the newest first, and
+        how many match in all.
+        """
+        columns = [c for c in webmail_messages.c if c.name != "content"]
+        condition = webmail_messages.c.address == address
+        if query:
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", query.lower()) + "%"
+            condition &= (func.lower(webmail_messages.c.sender).like(pattern, escape="\\")
+                          | func.lower(webmail_messages.c.subject).like(pattern, escape="\\"))
+
+        def read(conn: Connection) -> tuple[list[Summary], int]:
+            total = int(conn.execute(select(func.count()).select_from(webmail_messages)
+                                     .where(condition)).scalar_one())
+            rows = conn.execute(select(*columns).where(condition)
+                                .order_by(webmail_messages.c.received.desc(),
+                                          webmail_messages.c.id.desc())
+                                .offset(offset).limit(limit))
+            return [Summary(**row._mapping) for row in rows], total
+
+        found: tuple[list[Summary], int] = await self._store.run(read)
+        return found
+
+    def key_for(self, purpose: str) -> bytes:
+        """
+        A key for another purpose (the TOTP secrets), derived from the
+        mailbox key: one key, one purpose.
+        """
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=f"cipherd webmail {purpose} v1".encode()).derive(self._key)
 
     async def message(self, address: str, message_id: int) -> bytes | None:
         """

@@ -27,8 +27,10 @@ from cipherd.webmail.accounts import (
     LinkRefused,
     password_problem,
 )
+from cipherd.webmail.compose import compose_message
 from cipherd.webmail.mailbox import Mailboxes, Summary
 from cipherd.webmail.notify import Notifier, one_line
+from cipherd.webmail.sessions import PortalSessions
 
 log = mail_logger("cipherd.mpa.webmail")
 
@@ -207,4 +209,87 @@ class Messenger:
         log.info("Webmail reply from {address} to {rcpts} (queued as {queue_id}){refused}",
                  address=address, rcpts=", ".join(plan.recipients), queue_id=result.queue_id,
                  refused=f"; refused: {', '.join(plan.refused)}" if plan.refused else "")
+        return result
+
+    # For the portal's pages ----------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock.seconds()
+
+    def portal_sessions(self) -> PortalSessions:
+        """
+        The portal's sessions and login throttling, on this messenger's
+        database and clock.
+        """
+        return PortalSessions(self.accounts.store, self._clock, self.login)
+
+    async def settings_for(self, address: str) -> dict[str, Any]:
+        """
+        The effective settings of C{address} (C{""}: the global ones).
+        """
+        found = await self._settings([address])
+        values: dict[str, Any] = dict(found[address])
+        return values
+
+    async def search(self, address: str, query: str = "", *, offset: int = 0,
+                     limit: int = 50) -> tuple[list[Summary], int]:
+        """
+        A page of the inbox, filtered by sender or subject, and the number
+        of messages that match.
+        """
+        return await self.mailboxes.find(address, query.strip()[:200], offset=offset,
+                                         limit=limit)
+
+    def plan_reply(self, address: str, original: bytes, *, reply_all: bool
+                   ) -> replies.ReplyPlan:
+        """
+        Who a reply to C{original} would go to, and who not and why.
+        """
+        return replies.plan_recipients(original, address, reply_all=reply_all, extra=(),
+                                       authorized=self._mta().authorized)
+
+    async def change_password(self, address: str, current: str, new: str, confirm: str
+                              ) -> str | None:
+        """
+        @return: why the password was not changed, or C{None}.
+        """
+        if new != confirm:
+            return "The two passwords are not the same."
+        problem = await self.password_problem(address, new)
+        if problem:
+            return problem
+        if not await self.accounts.change_password(address, current, new):
+            return "The current password is not right."
+        log.info("Webmail password changed by {address}", address=address)
+        return None
+
+    async def compose(self, address: str, to: Sequence[str], subject: str, text: str, *,
+                      attachments: Sequence[replies.Attachment] = (),
+                      copy_to_self: bool = False) -> ReplyResult:
+        """
+        Send a new message by C{address} to the authorized recipients among
+        C{to} (when the *compose enabled* setting allows; the caller checks).
+        """
+        size = len(text.encode()) + sum(len(a.data) for a in attachments)
+        if size > replies.MAX_REPLY_SIZE:
+            return ReplyResult(problem=f"The message is too large ({size // 1024 // 1024} MB; "
+                                       f"at most {replies.MAX_REPLY_SIZE // 1024 // 1024} MB).")
+        config = self._mta()
+        # No original to answer: only the addresses given.
+        plan = replies.plan_recipients(b"", address, reply_all=False, extra=to,
+                                       authorized=config.authorized)
+        result = ReplyResult(refused=plan.refused)
+        if not plan.recipients:
+            result.problem = "The message was not sent: no authorized recipient."
+            return result
+        message = compose_message(user=address, recipients=plan.recipients, subject=subject,
+                                  text=text, attachments=attachments,
+                                  now=self._clock.seconds(), my_hostname=config.my_hostname)
+        envelope = [*plan.recipients, *([address] if copy_to_self else [])]
+        queued = await self._submit(address, envelope, message, "webmail", processed=True)
+        result.sent_to = plan.recipients
+        result.queue_id = str(queued.envelope.queue_id)
+        await self.accounts.touch(address)
+        log.info("Webmail message from {address} to {rcpts} (queued as {queue_id})",
+                 address=address, rcpts=", ".join(plan.recipients), queue_id=result.queue_id)
         return result

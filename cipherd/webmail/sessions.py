@@ -1,0 +1,331 @@
+"""
+Portal sessions and login throttling, shared by every node through the
+database (tables C{webmail_sessions} and C{webmail_login_failures}).
+
+The scheme is the admin site's (L{cipherd.web.auth}): the cookie holds a
+random token and the database only its SHA-256, so a copy of the database
+opens no session; a session ends after C{idle_timeout} without a request
+and C{max_age} after login whatever happens; each has its own CSRF token.
+Failed logins are counted per address *and* client address, the count
+taken before the password is checked, in one transaction, so parallel
+guesses each use up a place; past the threshold within the window the pair
+is locked for a while.  A locked pair learns nothing more: its guesses are
+not checked.  Wrong one-time codes count the same as wrong passwords.
+
+L{LoginThrottle} knows nothing of webmail but its table's columns; the
+admin's lockout could move onto it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, insert, select, update
+from twisted.internet.interfaces import IReactorTime
+
+from cipherd.store import Store
+from cipherd.store.schema import webmail_login_failures, webmail_sessions
+
+IDLE_TIMEOUT = 15 * 60
+MAX_AGE = 8 * 3600
+LOCKOUT_THRESHOLD = 5
+LOCKOUT_WINDOW = 15 * 60
+LOCKOUT_DURATION = 15 * 60
+# Argon2 checks allowed to wait at once; beyond this a login is refused at
+# once (nothing counted) rather than queueing CPU work.
+MAX_PENDING_CHECKS = 16
+SWEEP_EVERY = 600
+MAX_TOKEN = 128
+
+WRONG, LOCKED, THROTTLED, BUSY = "wrong", "locked", "throttled", "busy"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+class LoginRefused(Exception):
+    """
+    A login is refused.
+
+    @ivar reason: L{WRONG} (the same for an unknown address as for a wrong
+        password), L{LOCKED} (C{minutes} more), L{THROTTLED} (too many at
+        once) or L{BUSY} (nothing counted: try again).
+    """
+
+    def __init__(self, reason: str, minutes: int = 0) -> None:
+        super().__init__(reason, minutes)
+        self.reason = reason
+        self.minutes = minutes
+
+
+@dataclass(frozen=True)
+class Attempt:
+    count: int
+    first_failure: float
+    locked_until: float | None
+
+
+class LoginThrottle:
+    """
+    Failed logins per account and client, and the lockout they lead to.
+
+    @param table: a table with the columns C{client}, C{failure_count},
+        C{first_failure}, C{locked_until} and the account column C{key}.
+    """
+
+    def __init__(self, store: Store, clock: IReactorTime, table: Table, key: str, *,
+                 threshold: int = LOCKOUT_THRESHOLD, window: int = LOCKOUT_WINDOW,
+                 duration: int = LOCKOUT_DURATION) -> None:
+        self._store = store
+        self._clock = clock
+        self._table = table
+        self._key = table.c[key]
+        self.threshold = threshold
+        self.window = window
+        self.duration = duration
+
+    def _where(self, account: str, client: str) -> Any:
+        return (self._key == account) & (self._table.c.client == client)
+
+    def _read(self, conn: Connection, account: str, client: str) -> Attempt | None:
+        row = conn.execute(select(self._table).where(self._where(account, client))
+                           .with_for_update()).first()
+        return None if row is None else Attempt(row.failure_count, row.first_failure,
+                                                row.locked_until)
+
+    def _write(self, conn: Connection, account: str, client: str, attempt: Attempt) -> None:
+        values = {"failure_count": attempt.count, "first_failure": attempt.first_failure,
+                  "locked_until": attempt.locked_until}
+        if not conn.execute(update(self._table).where(self._where(account, client))
+                            .values(values)).rowcount:
+            conn.execute(insert(self._table).values({self._key.name: account,
+                                                     "client": client, **values}))
+
+    async def count(self, account: str, client: str) -> None:
+        """
+        Count an attempt before its credentials are checked.
+
+        @raise LoginRefused: locked, or too many attempts under way.
+        """
+        now = self._clock.seconds()
+
+        def write(conn: Connection) -> Attempt:
+            row = self._read(conn, account, client)
+            if row is not None and row.locked_until and now < row.locked_until:
+                return row
+            if row is None or now - row.first_failure > self.window:
+                row = Attempt(1, now, None)
+            else:
+                row = Attempt(row.count + 1, row.first_failure, None)
+            self._write(conn, account, client, row)
+            return row
+
+        attempt: Attempt = await self._store.run(write)
+        if attempt.locked_until and now < attempt.locked_until:
+            raise LoginRefused(LOCKED, _minutes(attempt.locked_until - now))
+        if attempt.count > self.threshold:
+            raise LoginRefused(THROTTLED)
+
+    async def failed(self, account: str, client: str) -> LoginRefused:
+        """
+        The counted attempt failed: lock the pair when it reached the
+        threshold.
+
+        @return: what to raise.
+        """
+        now = self._clock.seconds()
+
+        def write(conn: Connection) -> bool:
+            row = self._read(conn, account, client)
+            if row is None or row.count < self.threshold:
+                return False
+            self._write(conn, account, client,
+                        Attempt(row.count, row.first_failure, now + self.duration))
+            return True
+
+        if await self._store.run(write):
+            return LoginRefused(LOCKED, _minutes(self.duration))
+        return LoginRefused(WRONG)
+
+    async def succeeded(self, account: str, client: str) -> None:
+        await self._store.run(lambda conn: conn.execute(
+            delete(self._table).where(self._where(account, client))))
+
+    def sweep(self, conn: Connection) -> int:
+        """
+        Forget records outside the window that hold no running lock.
+        """
+        now = self._clock.seconds()
+        c = self._table.c
+        return int(conn.execute(delete(self._table).where(
+            (c.first_failure < now - self.window)
+            & (c.locked_until.is_(None) | (c.locked_until < now)))).rowcount)
+
+
+def _minutes(seconds: float) -> int:
+    return max(1, int((seconds + 59) // 60))
+
+
+@dataclass(frozen=True)
+class PortalSession:
+    """
+    A valid portal session.
+
+    @ivar second_factor: the one-time code was given, or none is needed.
+    """
+
+    address: str
+    csrf_token: str
+    token_hash: str
+    second_factor: bool
+    created: float
+
+
+class PortalSessions:
+    """
+    Sessions and logins of the portal.
+
+    @param verify_password: C{(address, password)} → the active account,
+        or C{None} (as slow for an unknown address as for a wrong password:
+        L{cipherd.webmail.accounts.Accounts.verify_password}).
+    """
+
+    def __init__(self, store: Store, clock: IReactorTime,
+                 verify_password: Callable[[str, str], Awaitable[Any]], *,
+                 idle_timeout: int = IDLE_TIMEOUT, max_age: int = MAX_AGE,
+                 throttle: LoginThrottle | None = None) -> None:
+        self._store = store
+        self._clock = clock
+        self._verify_password = verify_password
+        self.idle_timeout = idle_timeout
+        self.max_age = max_age
+        self.throttle = throttle or LoginThrottle(store, clock, webmail_login_failures,
+                                                  "address")
+        self._pending = 0
+        self._last_sweep = clock.seconds()
+
+    @contextlib.contextmanager
+    def _reserved(self) -> Iterator[None]:
+        if self._pending >= MAX_PENDING_CHECKS:
+            raise LoginRefused(BUSY)
+        self._pending += 1
+        try:
+            yield
+        finally:
+            self._pending -= 1
+
+    async def check_password(self, address: str, password: str, client: str) -> Any:
+        """
+        @return: the account.
+        @raise LoginRefused: why not.
+        """
+        address = address.strip().lower()[:320]
+        with self._reserved():
+            await self._sweep_now_and_then()
+            await self.throttle.count(address, client)
+            account = await self._verify_password(address, password)
+            if account is None:
+                raise await self.throttle.failed(address, client)
+            await self.throttle.succeeded(address, client)
+            return account
+
+    async def check_code(self, session: PortalSession, valid: bool, client: str) -> None:
+        """
+        Count a one-time code as a login attempt; on success the session
+        has its second factor.
+
+        @param valid: whether the code was right (checked by the caller).
+        @raise LoginRefused: wrong, or locked (checked before C{valid} is
+            believed, so a locked pair cannot keep guessing).
+        """
+        await self.throttle.count(session.address, client)
+        if not valid:
+            raise await self.throttle.failed(session.address, client)
+        await self.throttle.succeeded(session.address, client)
+        await self._store.run(lambda conn: conn.execute(
+            update(webmail_sessions).where(webmail_sessions.c.token_hash == session.token_hash)
+            .values(second_factor=True)))
+
+    async def open(self, address: str, *, second_factor: bool) -> str:
+        """
+        Start a session (a new token every login: no fixation).
+
+        @return: the token for the cookie.
+        """
+        token = secrets.token_urlsafe(32)
+        now = self._clock.seconds()
+        await self._store.run(lambda conn: conn.execute(insert(webmail_sessions).values(
+            token_hash=hash_token(token), address=address,
+            csrf_token=secrets.token_urlsafe(32), second_factor=second_factor, created=now,
+            last_seen=now)))
+        return token
+
+    async def get(self, token: str | None) -> PortalSession | None:
+        """
+        The session of C{token} while it is valid, its idle time restarted;
+        an expired one is deleted.
+        """
+        if not token or len(token) > MAX_TOKEN:
+            return None
+        token_hash = hash_token(token)
+        now = self._clock.seconds()
+
+        def load(conn: Connection) -> PortalSession | None:
+            mine = webmail_sessions.c.token_hash == token_hash
+            row = conn.execute(select(webmail_sessions).where(mine)).first()
+            if row is None:
+                return None
+            if now - row.last_seen > self.idle_timeout or now - row.created > self.max_age:
+                conn.execute(delete(webmail_sessions).where(mine))
+                return None
+            conn.execute(update(webmail_sessions).where(mine).values(last_seen=now))
+            return PortalSession(row.address, row.csrf_token, token_hash,
+                                 bool(row.second_factor), row.created)
+
+        found: PortalSession | None = await self._store.run(load)
+        return found
+
+    async def close(self, token_hash: str) -> None:
+        await self._store.run(lambda conn: conn.execute(
+            delete(webmail_sessions).where(webmail_sessions.c.token_hash == token_hash)))
+
+    async def close_others(self, address: str, keep: str | None = None) -> None:
+        """
+        End every session of C{address} but C{keep} (a password changed).
+        """
+        condition = webmail_sessions.c.address == address
+        if keep is not None:
+            condition &= webmail_sessions.c.token_hash != keep
+        await self._store.run(lambda conn: conn.execute(delete(webmail_sessions)
+                                                        .where(condition)))
+
+    async def expire(self) -> int:
+        """
+        Delete sessions past their timeouts and failure records that no
+        longer count.
+
+        @return: the sessions deleted.
+        """
+        now = self._clock.seconds()
+        self._last_sweep = now
+
+        def sweep(conn: Connection) -> int:
+            self.throttle.sweep(conn)
+            c = webmail_sessions.c
+            return int(conn.execute(delete(webmail_sessions).where(
+                (c.last_seen < now - self.idle_timeout)
+                | (c.created < now - self.max_age))).rowcount)
+
+        swept: int = await self._store.run(sweep)
+        return swept
+
+    async def _sweep_now_and_then(self) -> None:
+        # No timer of its own: any node sweeps on a login now and then.
+        if self._clock.seconds() - self._last_sweep >= SWEEP_EVERY:
+            await self.expire()
