@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -776,6 +776,39 @@ class Resolved:
     @property
     def origin(self) -> str:
         return "default" if self.source is None else self.source.level.value
+
+
+class EffectiveValues(Mapping[str, Any]):
+    """
+    The effective values at one scope (without their origin), each
+    resolved when first asked for: mail processing reads a dozen of them.
+    """
+
+    def __init__(self, values: Values, scope: Scope) -> None:
+        self._values = values
+        self._chain = lookup_chain(scope)
+        self._resolved: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._resolved[name]
+        except KeyError:
+            pass
+        prop = REGISTRY[name]
+        value = prop.default
+        for candidate in self._chain:
+            found = self._values.by_scope.get(candidate)
+            if found and name in found and candidate.level in prop.levels:
+                value = found[name]
+                break
+        self._resolved[name] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from cipherd.settings import (
     validate_changes,
 )
 from cipherd.store.settings import SettingsRepository
-from cipherd.testing import migrated_store
+from cipherd.testing import migrated_store, result_of
 
 # The guide's labels (figures 9, 12, 14) in snake_case, as DESIGN.md names them.
 GUIDE_PROPERTIES = {
@@ -265,3 +265,23 @@ class RepositoryTests(SynchronousTestCase):
         assert self.successResultOf(self.repo.delete(domain)) is True
         assert self.effective(domain, "encrypt_mode") == ("no_encryption", "default")
         assert self.successResultOf(self.repo.delete(domain)) is False
+
+
+def test_mail_processing_reads_settings_through_a_short_cache() -> None:
+    clock = Clock()
+    store = migrated_store()
+    repo = SettingsRepository(store, clock)
+    other = SettingsRepository(store, clock)  # another node
+    scope = Scope(Level.USER, "alice@example.com")
+    assert result_of(repo.effective_many([scope]))[scope]["encrypt_mode"] == \
+        "no_encryption"
+    # A change on this node applies at once...
+    assert result_of(repo.update(scope, {"encrypt_mode": "allow"})) == {}
+    assert result_of(repo.effective_many([scope]))[scope]["encrypt_mode"] == "allow"
+    # ...one on another node within CACHE_SECONDS.
+    assert result_of(other.update(scope, {"encrypt_mode": "mandatory"})) == {}
+    assert result_of(repo.effective_many([scope]))[scope]["encrypt_mode"] == "allow"
+    clock.advance(SettingsRepository.CACHE_SECONDS)
+    assert result_of(repo.effective_many([scope]))[scope]["encrypt_mode"] == "mandatory"
+    values = result_of(repo.by_address(["bob@other.example"]))["bob@other.example"]
+    assert len(values) == len(REGISTRY) and dict(values)["encrypt_mode"] == "no_encryption"

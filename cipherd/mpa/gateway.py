@@ -27,7 +27,7 @@ guide has them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -190,7 +190,7 @@ class Gateway:
         return Part(recipients, encrypted)
 
     async def _tunnel(self, envelope: Envelope, original: bytes, protected: bytes,
-                      chosen: list[policy.Decision], sender_settings: dict[str, Any],
+                      chosen: list[policy.Decision], sender_settings: Mapping[str, Any],
                       config: MTAConfig) -> tuple[Part | None, list[tuple[str, str]]]:
         recipients = tuple(d.recipient for d in chosen)
         webmail_sender = sender_settings["webmail_sender"]

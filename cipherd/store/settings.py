@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from cipherd.settings import (
     REGISTRY,
+    EffectiveValues,
     Level,
     Resolved,
     Scope,
@@ -120,9 +121,15 @@ class SettingsRepository:
     origin, validated updates, and the domains and users they are set on.
     """
 
+    # How long mail processing may use values it read: a change made on this
+    # node applies at once, one made on another node within this time.
+    CACHE_SECONDS = 1.0
+    _CACHE_LIMIT = 10_000
+
     def __init__(self, store: Store, clock: IReactorTime) -> None:
         self._store = store
         self._clock = clock
+        self._cache: dict[Scope, tuple[float, Values]] = {}
 
     async def values(self, scope: Scope) -> Values:
         """
@@ -133,19 +140,28 @@ class SettingsRepository:
     async def effective(self, scope: Scope) -> dict[str, Resolved]:
         return (await self.values(scope)).resolve_all(scope)
 
-    async def effective_many(self, scopes: Iterable[Scope]) -> dict[Scope, dict[str, Any]]:
+    async def effective_many(self, scopes: Iterable[Scope]
+                             ) -> dict[Scope, Mapping[str, Any]]:
         """
         The effective values (without their origin) at each of C{scopes},
-        read in one query: what the gateway needs for a message's sender
-        and recipients.
+        read in one query, or from what was read less than
+        L{CACHE_SECONDS} ago: what mail processing needs for a message's
+        sender and recipients.
         """
         scopes = list(dict.fromkeys(scopes))
-        chains = list(dict.fromkeys(s for scope in scopes for s in lookup_chain(scope)))
-        values = await self._store.run(load_values, chains)
-        return {scope: {name: resolved.value for name, resolved in
-                        values.resolve_all(scope).items()} for scope in scopes}
+        now = self._clock.seconds()
+        missing = [s for s in scopes if (cached := self._cache.get(s)) is None
+                   or cached[0] <= now]
+        if missing:
+            chains = list(dict.fromkeys(s for scope in missing for s in lookup_chain(scope)))
+            values = await self._store.run(load_values, chains)
+            if len(self._cache) > self._CACHE_LIMIT:
+                self._cache.clear()
+            for scope in missing:
+                self._cache[scope] = (now + self.CACHE_SECONDS, values)
+        return {scope: EffectiveValues(self._cache[scope][1], scope) for scope in scopes}
 
-    async def by_address(self, addresses: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async def by_address(self, addresses: Iterable[str]) -> dict[str, Mapping[str, Any]]:
         """
         The effective values for mail of each of C{addresses} (see
         L{scope_of_address}; C{""} gives the global ones), in one query.
@@ -179,6 +195,7 @@ class SettingsRepository:
             apply_changes(conn, scope, clean)
 
         await self._store.run(write)
+        self._cache.clear()
         return {}
 
     async def list(self, level: Level) -> list[str]:
@@ -188,7 +205,11 @@ class SettingsRepository:
         return await self._store.run(scope_exists, scope)
 
     async def add(self, scope: Scope) -> bool:
-        return await self._store.run(add_scope, scope, self._clock.seconds())
+        added: bool = await self._store.run(add_scope, scope, self._clock.seconds())
+        self._cache.clear()
+        return added
 
     async def delete(self, scope: Scope) -> bool:
-        return await self._store.run(delete_scope, scope)
+        deleted: bool = await self._store.run(delete_scope, scope)
+        self._cache.clear()
+        return deleted
