@@ -28,8 +28,10 @@ from cipherd.settings import (
     REGISTRY,
     InvalidValue,
     Level,
+    MailTemplate,
     Property,
     Scope,
+    Values,
     properties_on,
     scope_for,
 )
@@ -154,11 +156,15 @@ def _display(prop: Property, value: Any) -> str:
     A value as the "overrides ..." note shows it.
     """
     if prop.secret:
-        return "hidden"
+        return "hidden" if value else "not set"
     if isinstance(value, bool):
         return "Yes" if value else "No"
     if value == "":
-        return "not set"
+        return "the built-in text" if isinstance(prop.type, MailTemplate) else "not set"
+    if prop.type.widget == "textarea":
+        # A whole template would not fit in a sentence: its first line.
+        first, _, rest = str(value).partition("\n")
+        return f"{first} …" if rest.strip() else first
     return str(value)
 
 
@@ -348,6 +354,13 @@ class AdminSite(AdminPages):
             rows.append(
                 {
                     "prop": prop,
+                    # What an empty template stands for, so the admin sees
+                    # what a text of their own would replace.
+                    "builtin": await self.backend.builtin_template(prop.name)
+                    if isinstance(prop.type, MailTemplate) else None,
+                    # Whether a secret has a value here or above: says so
+                    # without showing it.
+                    "stored": bool(effective.value),
                     "inherit": prop.name not in own if prop.name not in submitted
                     else submitted[prop.name] is None,
                     # A secret is never sent back to the browser.
@@ -373,7 +386,19 @@ class AdminSite(AdminPages):
             groups=groups, advanced=advanced, has_advanced=has_advanced,
             saved=arg(request, "saved") is not None, errors=errors,
             certificate_link=self._certificate_link(view, page),
+            dkim=await self._dkim_status(scope, values) if page == "dkim" else None,
         )
+
+    async def _dkim_status(self, scope: Scope, values: Values) -> dict[str, Any]:
+        """
+        Settings → DKIM: the DNS record the admin must publish for the
+        effective key, and whether signing is on.
+        """
+        return {
+            "record": await self.backend.dkim_record(scope),
+            "enabled": bool(values.resolve(scope, REGISTRY["dkim_enabled"]).value),
+            "key_stored": bool(values.resolve(scope, REGISTRY["dkim_private_key"]).value),
+        }
 
     @staticmethod
     def _certificate_link(view: _ScopeView, page: str) -> tuple[str, str] | None:

@@ -5,13 +5,17 @@ service: one object to pass, so both fronts always see the same parts.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from cipherd.logs import MailLog
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.trust import CTLStatus, Purpose
-from cipherd.settings import GLOBAL, Scope, email_problem
+from cipherd.settings import GLOBAL, REGISTRY, Scope, email_problem
 from cipherd.smtp.compose import compose
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.queue import MailQueue, QueueRunner
@@ -19,6 +23,12 @@ from cipherd.smtp.spool import QueuedMessage
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.auth import AdminAuthority
+from cipherd.webmail.notify import TEMPLATES
+
+# RFC 1035 §3.3.14: a TXT record is strings of at most 255 octets each;
+# RFC 6376 §3.6.2.2: a DKIM key record longer than that is split into
+# several, which verifiers join again.
+TXT_STRING_LIMIT = 255
 
 # The subject becomes the certificate's common name; RFC 5280 appendix A:
 # ub-common-name INTEGER ::= 64.
@@ -105,6 +115,63 @@ def subject_problem(subject: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class DkimRecord:
+    """
+    The DNS TXT record that publishes the public half of a DKIM key
+    (RFC 6376 §3.6.1; RFC 8463 §4 for Ed25519).
+
+    @ivar name: the owner name, C{<selector>._domainkey.<domain>}.
+    @ivar value: the record's text, C{v=DKIM1; k=...; p=...}.
+    """
+
+    name: str
+    value: str
+
+    @property
+    def zone_line(self) -> str:
+        """
+        The record as a zone file line, its text split into strings DNS
+        can hold.
+        """
+        chunks = [self.value[i:i + TXT_STRING_LIMIT]
+                  for i in range(0, len(self.value), TXT_STRING_LIMIT)]
+        strings = "\n    ".join(f'"{chunk}"' for chunk in chunks)
+        return f"{self.name}. IN TXT (\n    {strings} )"
+
+
+def dkim_record_for_key(domain: str, selector: str, key_pem: str) -> DkimRecord:
+    """
+    The DNS record for the private key C{key_pem}: C{k=rsa} with the
+    SubjectPublicKeyInfo (RFC 6376 §3.6.1), or C{k=ed25519} with the raw
+    32-byte public key (RFC 8463 §4).  CPU work: run it off the reactor.
+
+    @raise ValueError: C{key_pem} is not an RSA or Ed25519 private key.
+    """
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    public = key.public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        kind = "ed25519"
+        data = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    elif isinstance(public, rsa.RSAPublicKey):
+        kind = "rsa"
+        data = public.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    else:
+        raise ValueError("DKIM keys are RSA or Ed25519")
+    return DkimRecord(f"{selector}._domainkey.{domain}",
+                      f"v=DKIM1; k={kind}; p={base64.b64encode(data).decode('ascii')}")
+
+
+def builtin_template_text(name: str) -> str:
+    """
+    The built-in text of notification template C{name} (C{"signup"}, ...).
+
+    @raise OSError: there is no such template.
+    """
+    return (TEMPLATES / f"{name}.txt").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
 class AdminBackend:
     """
     @ivar logs: the MTA and MPA logs, by name.
@@ -132,6 +199,35 @@ class AdminBackend:
         log = self.logs[name]
         result: list[str] = await self.runner.run(log.tail, lines)
         return result
+
+    # Settings → templates and Settings → DKIM -------------------------------
+
+    async def builtin_template(self, setting: str) -> str:
+        """
+        The text a notification template setting stands for while it is
+        empty: C{template_<name>} is C{<name>.txt}, as the notifier reads
+        it.  Read off the reactor thread.
+
+        @raise OSError: there is no such template.
+        """
+        name = setting.removeprefix("template_")
+        text: str = await self.runner.run(builtin_template_text, name)
+        return text
+
+    async def dkim_record(self, scope: Scope) -> DkimRecord | None:
+        """
+        The DNS record to publish for the effective DKIM key, domain and
+        selector at C{scope}; C{None} while one of them is not set.  The
+        private key is read here and never leaves the server.
+        """
+        values = await self.settings.values(scope)
+        key_pem, domain, selector = (
+            values.resolve(scope, REGISTRY[name]).value
+            for name in ("dkim_private_key", "dkim_domain", "dkim_selector"))
+        if not (key_pem and domain and selector):
+            return None
+        record: DkimRecord = await self.runner.run(dkim_record_for_key, domain, selector, key_pem)
+        return record
 
     # Guide §3.8 and §2.3.11: the tunnel certificates of both ends -------------
 
