@@ -311,6 +311,20 @@ class Portal:
                                   "There is no such page or message. It may have been "
                                   "deleted.", status=404, session=session)
 
+    @app.handle_errors(Exception)
+    async def _failed(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("Portal: {method} {path} failed", failure,
+                    method=request.method.decode("ascii", "replace"),
+                    path=request.path.decode("ascii", "replace"))
+        try:
+            return await self._notice(request, "Something went wrong",
+                                      "This page could not be shown. Try again in a moment.",
+                                      status=500)
+        except Exception:  # the error page itself failed (the database is gone)
+            request.setResponseCode(500)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"Something went wrong. Try again in a moment.\n"
+
     # Public pages ------------------------------------------------------------
 
     @app.route("/static/", branch=True)
@@ -516,9 +530,12 @@ class Portal:
         if not (await self._values())["password_reset_enabled"]:
             return await self._reset_disabled(request)
         address = (arg(request, "email") or "")[:320]
-        origin = f"https://{request.getRequestHostname().decode('idna', 'replace')}"
-        port = request.getHost().port
-        await self.messenger.request_password_reset(address, f"{origin}:{port}")
+        # Without a portal base URL the link names the address the request
+        # came in on, never its Host header: a forged Host would otherwise
+        # send the victim a working link to the forger's site.
+        host = request.getHost()
+        name = f"[{host.host}]" if ":" in host.host else host.host
+        await self.messenger.request_password_reset(address, f"https://{name}:{host.port}")
         # The same answer whether or not the address has an account.
         return await self._notice(request, "Check your mail",
                                   "If this address has a webmail account, a message with a "

@@ -29,6 +29,9 @@ CATALOG: dict[str, str] = {
         "Dit formulier stond te lang open of kwam van een andere pagina. Ga terug, laad de "
         "pagina opnieuw en verstuur het nog eens.",
     "Not found": "Niet gevonden",
+    "Something went wrong": "Er ging iets mis",
+    "This page could not be shown. Try again in a moment.":
+        "Deze pagina kon niet worden getoond. Probeer het zo opnieuw.",
     "There is no such page or message. It may have been deleted.":
         "Deze pagina of dit bericht bestaat niet. Misschien is het verwijderd.",
     # Login.
