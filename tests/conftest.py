@@ -226,3 +226,17 @@ def log_lines() -> Iterator[list[str]]:
     mail_events.addObserver(observe)
     yield lines
     mail_events.removeObserver(observe)
+
+
+@pytest.fixture
+def signed_in_admin(tmp_path: Path) -> Iterator[Any]:
+    """
+    The admin site in memory (tests/harness.py), logged in with the default
+    password already changed.
+    """
+    from tests.harness import AdminHarness
+
+    harness = AdminHarness(tmp_path)
+    harness.login_with_new_password()
+    yield harness
+    harness.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import dkim
@@ -49,11 +48,8 @@ BROKEN_REASON = ("is not a valid template: Expected an expression, got 'end of s
 
 
 @pytest.fixture
-def admin(tmp_path: Path) -> Iterator[AdminHarness]:
-    harness = AdminHarness(tmp_path)
-    harness.login_with_new_password()
-    yield harness
-    harness.close()
+def admin(signed_in_admin: AdminHarness) -> AdminHarness:
+    return signed_in_admin
 
 
 def crlf(text: str) -> str:

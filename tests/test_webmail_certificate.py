@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,11 +53,8 @@ RELAY_SUBJECT = "Webmail relay recipient certificate"
 # The pages, in memory -------------------------------------------------------
 
 @pytest.fixture
-def admin(tmp_path: Path) -> Iterator[AdminHarness]:
-    harness = AdminHarness(tmp_path)
-    harness.login_with_new_password()
-    yield harness
-    harness.close()
+def admin(signed_in_admin: AdminHarness) -> AdminHarness:
+    return signed_in_admin
 
 
 def stored(admin: AdminHarness) -> int:
