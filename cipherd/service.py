@@ -36,7 +36,7 @@ from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
-from cipherd.settings import GLOBAL, PROPERTIES
+from cipherd.settings import GLOBAL, PROPERTIES, canonical_address
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.queue import SCAN_INTERVAL, MailQueue, QueueRunner
 from cipherd.smtp.routing import DNSHopResolver, connect_tcp
@@ -228,7 +228,7 @@ def make_service(config: Config, reactor: Any) -> IService:
     accounts = Accounts(store, reactor, auth_runner)
     notifier = Notifier(queue_runner.submit, reactor)
     gateway.relay = WebmailRelay(engine, mailboxes, accounts, notifier, settings.by_address,
-                                 reactor)
+                                 reactor, certificates.ctl)
     queue_runner.processor = gateway
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,
@@ -245,10 +245,16 @@ def make_service(config: Config, reactor: Any) -> IService:
         listener._raiseSynchronously = True
         listener.setServiceParent(startup)
 
+    async def relay_recipient(address: str) -> bool:
+        relay = (await settings.by_address([""]))[""]["relay_recipient"]
+        return bool(relay) and canonical_address(address).lower() == \
+            canonical_address(relay).lower()
+
     smtp = StreamServerEndpointService(
         serverFromString(reactor, config.smtp_listen),
         SMTPFactory(mta.receive_policy, queue_runner.accept, reactor, options,
-                    verify=AddressVerifier(queue_runner.probe, reactor).verify),
+                    verify=AddressVerifier(queue_runner.probe, reactor,
+                                           handled_here=relay_recipient).verify),
     )
     smtp._raiseSynchronously = True
     smtp.setServiceParent(startup)

@@ -187,6 +187,26 @@ class EmailAddress(ValueType):
 
 
 @dataclass(frozen=True)
+class EmailAddresses(ValueType):
+    """
+    Email addresses separated by commas or spaces; stored as C{a, b}.
+    """
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value)
+        addresses = [a for a in re.split(r"[\s,]+", text) if a]
+        for address in addresses:
+            if problem := email_problem(address):
+                raise InvalidValue(f"{address!r}: {problem}")
+        if len(addresses) > 100:
+            raise InvalidValue("at most 100 addresses")
+        return ", ".join(dict.fromkeys(a.lower() for a in addresses))
+
+    def addresses(self, value: str) -> list[str]:
+        return [a for a in re.split(r"[\s,]+", value) if a]
+
+
+@dataclass(frozen=True)
 class Url(ValueType):
     allow_empty: bool = True
     widget = "url"
@@ -485,6 +505,12 @@ PROPERTIES: tuple[Property, ...] = (
        "The special address the gateway sends tunnel messages to, e.g. "
        "webmail@webmail.local. Mail to any other address is ordinary mail.",
        levels=GLOBAL_ONLY),
+    _P("trusted_gateway_senders", "Trusted gateway senders", EmailAddresses(), "",
+       "Relay messages are accepted when signed by a certificate whitelisted in the "
+       "certificate trust list (guide section 4.2). A signer that is not whitelisted but "
+       "chains to a trusted root is accepted only if its address is listed here (the "
+       "webmail sender of a gateway). Empty: whitelisted signers only.",
+       levels=GLOBAL_ONLY, advanced=True),
     _P("portal_base_url", "Portal base URL", Url(), "",
        "The base URL of the webmail portal for sign-up and password reset pages, e.g. "
        "https://webmail.example.com.", levels=GLOBAL_AND_DOMAIN),
@@ -722,12 +748,29 @@ def scope_for(level: Level, key: str) -> Scope:
     return GLOBAL
 
 
+def canonical_address(address: str) -> str:
+    """
+    One spelling of an address for look-ups: the domain lower-cased and
+    without a final dot, a quoted local part unquoted when it needs no
+    quotes (C{"bob"@Example.com.} is C{bob@example.com}), so that no
+    spelling escapes a user's settings or certificates.
+    """
+    local, at, domain = address.strip().rpartition("@")
+    if not at:
+        return address.strip()
+    if len(local) >= 2 and local.startswith('"') and local.endswith('"') and \
+            _LOCAL_PART.fullmatch(local[1:-1]):
+        local = local[1:-1]
+    return f"{local}@{domain.rstrip('.').lower()}"
+
+
 def scope_of_address(address: str) -> Scope:
     """
     The scope whose settings apply to mail of C{address}: its user, or its
     domain when it is no address we can place as a user, or global (the
     null sender, C{""}).
     """
+    address = canonical_address(address)
     try:
         return scope_for(Level.USER, address)
     except InvalidValue:

@@ -247,3 +247,26 @@ def test_undecryptable_incoming_mail_is_delivered_as_received_saying_why(
     assert part.content.endswith(encrypted)
     assert part.content.startswith(b"X-Cipherd-Info-Error: S/MIME decryption failed: A "
                                    b"suitable decryption key could not be found.\r\n")
+
+
+@pytest.mark.parametrize("spelling", ['"bob"@partner.example', "bob@partner.example.",
+                                      "bob@PARTNER.example"])
+def test_no_spelling_of_an_address_escapes_its_certificate(world: World, spelling: str) -> None:
+    world.set(GLOBAL, encrypt_mode="allow")
+    (part,) = world.process(spelling).values()
+    assert part.recipients == (spelling,)  # delivered as addressed...
+    assert smime.classify(part.content).kind == "enveloped-data"  # ...but encrypted
+
+
+def test_a_tunnel_too_large_once_encrypted_is_told_to_the_sender(world: World) -> None:
+    world.set(GLOBAL, encrypt_mode="mandatory", webmail_enabled=True)
+    world.tunnel_certificates()
+    world.config, errors = apply_changes(world.config, {
+        "before_filter_message_size_limit": 2048, "after_filter_message_size_limit": 4096})
+    assert not errors
+    outcome = world.process("dave@partner.example")[("dave@partner.example",)].outcome
+    assert outcome is not None and outcome.status == "bounced"
+    assert "too large for the secure webmail once encrypted" in outcome.reason
+    ((sender, to, notice),) = world.submitted
+    assert (sender, to) == ("", ["alice@example.com"])
+    assert b"too large for the secure webmail" in notice

@@ -380,3 +380,26 @@ def test_a_large_original_is_returned_as_its_header_only() -> None:
     assert b"Content-Type: text/rfc822-headers\r\n" in bounce
     assert b"Subject: hello\r\n" in bounce and b"xxxx" not in bounce
     assert b"If you do so, please include this problem report." in bounce
+
+
+class Broken:
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[Any]:
+        return fail(ValueError("an odd certificate"))
+
+
+def test_a_message_no_attempt_can_process_bounces_after_the_queue_lifetime(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path)
+    world.runner.processor = Broken()  # type: ignore[assignment]
+    world.runner.kick = lambda: None  # type: ignore[method-assign]
+    queue_id = world.enqueue()
+    world.scan()
+    (message,) = world.spool.messages()
+    assert message.state == "deferred"
+    assert message.envelope.reason == "processing failed (ValueError: an odd certificate)"
+    world.clock.advance(QUEUE_LIFETIME)
+    world.scan()
+    ((bounce_id, _, recipients),) = world.queued()
+    assert bounce_id != queue_id and recipients == ("a@example.org",)
+    assert b"processing failed (ValueError: an odd certificate)" in world.spool.load(
+        bounce_id)[1]

@@ -194,3 +194,17 @@ def test_the_probe_follows_the_mails_route_and_logs_its_answer(
     assert world.network.connections == [("192.0.2.25", 25)] * 2
     assert ("verify: to=<b@example.com>, relay=relay.example.net[192.0.2.25]:25, dsn=2.1.5, "
             "status=deliverable (250 2.1.5 Ok)") in log_lines
+
+
+def test_addresses_handled_here_are_never_probed() -> None:
+    clock, prober = Clock(), Prober()
+
+    async def here(address: str) -> bool:
+        return address == "webmail@webmail.local"
+
+    verifier = AddressVerifier(prober.probe, clock, handled_here=here)
+    assert verified(verifier, "webmail@webmail.local") == [Verdict("deliverable",
+                                                                   "handled here")]
+    assert prober.asked == []
+    verified(verifier, "bob@example.com")
+    assert prober.asked == ["bob@example.com"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import json
 import os
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from cipherd.mpa.relay import NOT_SIGNED, VALIDITY, WebmailRelay
+from cipherd.mpa.tunnel import TunnelFormatError, TunnelMetadata
 from cipherd.pki.certs import thumbprint
 from cipherd.settings import GLOBAL, REGISTRY, InvalidValue, Level, scope_for
 from cipherd.smtp.config import apply_changes
@@ -36,7 +38,7 @@ from cipherd.webmail.accounts import (
 )
 from cipherd.webmail.cleanup import MAILBOX_CLEANUP_EVERY, Cleanup
 from cipherd.webmail.mailbox import Mailboxes, SealedMessageError, message_key, seal, unseal
-from cipherd.webmail.messenger import Messenger
+from cipherd.webmail.messenger import RESET_INTERVAL, Messenger
 from cipherd.webmail.notify import Notifier, build, dkim_sign, render
 from cipherd.webmail.reply import Attachment, compose_reply, plan_recipients
 from tests.test_gateway import QUEUE_ID, RECEIVED, SENT, WEBMAIL_RECIPIENT, World, pki  # noqa: F401
@@ -143,7 +145,8 @@ def test_cleanup_of_idle_accounts(clock: Clock, accounts: Accounts) -> None:
     result_of(accounts.invite("old@partner.example"))
     clock.advance(86400)
     result_of(accounts.invite("new@partner.example"))
-    assert result_of(accounts.delete_inactive(clock.seconds() - 3600)) == ["old@partner.example"]
+    assert result_of(accounts.delete_inactive(clock.seconds() - 3600)) == {
+        "old@partner.example": 0}
     assert result_of(accounts.get("new@partner.example")) is not None
 
 
@@ -188,7 +191,8 @@ class Both:
                                  world.clock, SynchronousRunner(), cheap_hasher())
         self.relay = WebmailRelay(world.engine, self.mailboxes, self.accounts,
                                   Notifier(world._submit, world.clock),
-                                  world.settings.by_address, world.clock)
+                                  world.settings.by_address, world.clock,
+                                  world.certificates.ctl)
         world.gateway.relay = self.relay
         world.set(GLOBAL, encrypt_mode="mandatory", webmail_enabled=True,
                   relay_recipient=WEBMAIL_RECIPIENT, postmaster="postmaster@webmail.local",
@@ -328,7 +332,10 @@ def test_not_a_relay_email_is_logged_as_the_guide_says(messenger: Both,
     sealed = messenger.tunnel("dave@partner.example")
     world.set(GLOBAL, relay_recipient="other@webmail.local")
     parts = world.process(WEBMAIL_RECIPIENT, content=sealed, sender="webmail-sender@example.com")
-    assert parts[(WEBMAIL_RECIPIENT,)].outcome is None  # ordinary mail
+    # It waits in the queue, unopened, as the guide says.
+    outcome = parts[(WEBMAIL_RECIPIENT,)].outcome
+    assert outcome is not None and outcome.status == "deferred"
+    assert outcome.reason.startswith("Email is not a relay email")
     assert any(entry.startswith("Email is not a relay email;") and
                entry.endswith("Recipients: [webmail@webmail.local]") for entry in log_lines)
 
@@ -473,7 +480,11 @@ def test_a_reply_goes_to_authorized_recipients_only_and_is_threaded(messenger: B
     assert "not an authorized recipient" in result.refused["boss@elsewhere.test"]
     ((sender, to, content),) = [s for s in messenger.world.submitted
                                 if s[0] == ADDRESS]
-    assert (sender, to) == (ADDRESS, ["alice@example.com", ADDRESS])
+    # The copy goes to the user's webmail mailbox, not out by mail.
+    assert (sender, to) == (ADDRESS, ["alice@example.com"])
+    copy = [m for m in result_of(messenger.mailboxes.listing(ADDRESS))
+            if m.tunnel_id.startswith("sent-")]
+    assert len(copy) == 1 and copy[0].sender == ADDRESS
     parsed = email.message_from_bytes(content, policy=email.policy.default)
     assert parsed["Subject"] == "Re: Quarterly figures [encrypt]"
     assert parsed["From"] == ADDRESS and parsed["To"] == "alice@example.com"
@@ -499,6 +510,10 @@ def test_a_password_reset_link_for_active_accounts_only(messenger: Both) -> None
     assert messenger.sent_to(ADDRESS) == []  # no account: nothing, and no way to tell
     account, _ = result_of(messenger.accounts.invite(ADDRESS))
     assert result_of(messenger.accounts.set_password(account, "correct horse battery staple"))
+    # Asked again within the interval: nothing (no flood of reset mail).
+    result_of(webmail.request_password_reset(ADDRESS, "https://webmail.example"))
+    assert messenger.sent_to(ADDRESS) == []
+    messenger.world.clock.advance(RESET_INTERVAL)
     result_of(webmail.request_password_reset(ADDRESS, "https://webmail.example"))
     (mail,) = messenger.sent_to(ADDRESS)
     text = email.message_from_bytes(mail).get_payload(decode=True).decode()
@@ -507,6 +522,7 @@ def test_a_password_reset_link_for_active_accounts_only(messenger: Both) -> None
     assert result_of(webmail.set_password(token, RESET, new, new))[1] is None
     assert result_of(webmail.login(ADDRESS, new))
     messenger.world.set(GLOBAL, password_reset_enabled=False)
+    messenger.world.clock.advance(RESET_INTERVAL)
     result_of(webmail.request_password_reset(ADDRESS, "https://webmail.example"))
     assert len(messenger.sent_to(ADDRESS)) == 1
 
@@ -589,3 +605,60 @@ def test_links_honour_initial_login_allowed_and_password_reset_enabled(
                                   (reset, RESET, "Password reset is not possible")):
         with pytest.raises(LinkRefused, match=words):
             result_of(webmail.check_link(token, purpose))
+
+
+# What the review found --------------------------------------------------------------
+
+
+def test_a_signer_that_merely_chains_to_a_root_is_no_gateway(messenger: Both,
+                                                             log_lines: list[str]) -> None:
+    world = messenger.world
+    world.tunnel_certificates(sender=False)
+    # alice's certificate chains to the trusted root, and she has a key:
+    # anyone with such a certificate could otherwise fill any mailbox.
+    world.set(GLOBAL, webmail_sender="alice@example.com")
+    outcome = messenger.relay_in(messenger.tunnel(ADDRESS))
+    assert "forwarded to the postmaster" in outcome.reason and "not a gateway" in outcome.reason
+    assert result_of(messenger.mailboxes.listing(ADDRESS)) == []
+    # Listed as a trusted gateway sender, it is one.
+    world.set(GLOBAL, trusted_gateway_senders="alice@example.com")
+    world.clock.advance(1)
+    accepted = messenger.relay_in(_second_tunnel(messenger))
+    assert accepted.reason.startswith("webmail relay message") and "stored for" in \
+        accepted.reason
+
+
+def test_a_notice_that_failed_is_sent_when_the_relay_message_is_retried(
+        messenger: Both) -> None:
+    world = messenger.world
+    world.tunnel_certificates()
+    sealed = messenger.tunnel(ADDRESS)
+    real = world._submit
+    calls: list[str] = []
+
+    async def failing_once(sender: str, recipients: list[str], *args: Any,
+                           **kwargs: Any) -> Any:
+        if recipients == [ADDRESS] and not calls:
+            calls.append("failed")
+            raise OSError("the spool disk is full")
+        return await real(sender, recipients, *args, **kwargs)
+
+    messenger.relay._notifier._submit = failing_once  # type: ignore[attr-defined]
+    with pytest.raises(OSError):
+        messenger.relay_in(sealed)
+    assert len(result_of(messenger.mailboxes.listing(ADDRESS))) == 1  # stored, not told
+    assert "already stored for" in messenger.relay_in(sealed).reason  # the queue's retry
+    (invitation,) = messenger.sent_to(ADDRESS)
+    assert b"Secure message from alice@example.com" in invitation
+
+
+def test_tunnel_metadata_that_no_gateway_writes_is_refused() -> None:
+    good = {"version": 1, "id": "1d892b95-4f88-9d72-7ea0-45f2d954a462", "created": 1.8e9,
+            "sender": "alice@example.com", "recipients": ["dave@partner.example"]}
+    assert TunnelMetadata.from_json(json.dumps(good).encode()).recipients == (
+        "dave@partner.example",)
+    for change in ({"created": float("nan")}, {"created": 1e300}, {"recipients": []},
+                   {"recipients": ["not an address"]}, {"id": "x" * 65},
+                   {"sender": "bad sender"}, {"recipients": ["a@b.example"] * 1001}):
+        with pytest.raises(TunnelFormatError):
+            TunnelMetadata.from_json(json.dumps({**good, **change}).encode())

@@ -54,6 +54,7 @@ from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.errors import PKIError
+from cipherd.settings import canonical_address
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.client import Outcome
 from cipherd.smtp.config import MTAConfig
@@ -101,23 +102,32 @@ class Gateway:
         receive = config.receive_policy()
         known = await self._settings.by_address(["", envelope.sender, *envelope.recipients])
         sender_settings = known[envelope.sender]
+        # Every look-up by one spelling of each address (see canonical_address).
+        canonical = {r: canonical_address(r) for r in envelope.recipients}
         parts: list[Part] = []
-        relay_recipient = known[""]["relay_recipient"].lower()
+        relay_recipient = canonical_address(known[""]["relay_recipient"]).lower()
         relayed = tuple(r for r in envelope.recipients
-                        if relay_recipient and r.lower() == relay_recipient)
+                        if relay_recipient and canonical[r].lower() == relay_recipient)
         if relayed and self.relay is not None:
-            outcome = await self.relay.handle(envelope, content, config)
+            outcome = await self.relay.handle(envelope, content, config, relay_recipient)
             parts.append(Part(relayed, b"", outcome, relay="webmail-messenger"))
             envelope = replace(envelope, recipients=tuple(
                 r for r in envelope.recipients if r not in relayed))
             if not envelope.recipients:
                 return parts
         elif _looks_like_a_tunnel(content):
-            # Guide, Troubleshooting: the relay recipient is not set, or not
-            # the gateway's webmail recipient.
+            # Guide, Troubleshooting ("The tunnel message gets stuck in the
+            # MTA queue of the webmail appliance"): the relay recipient is
+            # not set, or not the gateway's webmail recipient.  A tunnel is
+            # never opened or passed on as ordinary mail: it waits here for
+            # the administrator (and bounces to the webmail sender at the
+            # end of the queue lifetime).
             log.info("Email is not a relay email; Queue id: {queue_id}; Relay recipient: "
                      "{relay}; Recipients: [{rcpts}]", queue_id=envelope.queue_id,
                      relay=relay_recipient or "(not set)", rcpts=", ".join(envelope.recipients))
+            return [Part(envelope.recipients, b"", Outcome(
+                "deferred", "4.3.0", "Email is not a relay email: the relay recipient is not "
+                f"set or is not {', '.join(envelope.recipients)} (Settings → General)"))]
         fields = header_fields(content)
         subject = next((value for name, value in fields if name == "subject"), "")
         trigger = policy.find_trigger(sender_settings, subject, fields)
@@ -127,9 +137,9 @@ class Gateway:
         decisions: list[policy.Decision] = []
         for recipient in envelope.recipients:
             facts = policy.Facts(recipient, sender_settings, known[recipient],
-                                 receive.relay_domain(recipient), trigger)
+                                 receive.relay_domain(canonical[recipient]), trigger)
             if policy.needs_certificates(facts):
-                found = await self._certificates.encryption_certificates(recipient)
+                found = await self._certificates.encryption_certificates(canonical[recipient])
                 certificates[recipient] = found
                 if found and not signer_looked_up and sender_settings["smime_sign"]:
                     signer = await self._certificates.signing_identity(envelope.sender)
@@ -149,8 +159,9 @@ class Gateway:
             protected = replace_subject(content, policy.remove_pattern(subject, trigger.remove))
         bounced: list[tuple[str, str]] = []
         if internal := by_method.get(policy.INTERNAL):
-            parts.append(Part(tuple(d.recipient for d in internal),
-                              await self._incoming(envelope, content)))
+            recipients = tuple(d.recipient for d in internal)
+            parts.append(Part(recipients, await self._incoming(
+                envelope, content, [canonical[r] for r in recipients])))
         if plain := by_method.get(policy.PLAIN):
             for d in plain:
                 if d.reason:
@@ -224,6 +235,16 @@ class Gateway:
                               my_hostname=config.my_hostname)
         sealed = await self._engine.protect(tunnel, signer=signer, recipients=certificates,
                                             detached=False)
+        limit = config.after_filter_message_size_limit
+        if limit and len(sealed) > limit:
+            # Signed and encrypted, a message grows by nearly 1.9 times: the
+            # sender hears it from us, not the webmail sender from the MTA.
+            log.warn("The tunnel message would be too large ({size} bytes; the after-filter "
+                     "limit is {limit}); Recipients: {rcpts}; Queue id: {queue_id}",
+                     size=len(sealed), limit=limit, **facts)
+            return None, [(r, f"The message is too large for the secure webmail once "
+                              f"encrypted ({len(sealed)} bytes; the limit is {limit}).")
+                          for r in recipients]
         queued = await self._submit(webmail_sender, [webmail_recipient], sealed, "mpa",
                                     processed=True)
         queue_id = queued.envelope.queue_id
@@ -265,7 +286,8 @@ class Gateway:
                  notice_id=queued.envelope.queue_id)
         return Part(recipients, b"", outcome)
 
-    async def _incoming(self, envelope: Envelope, content: bytes) -> bytes:
+    async def _incoming(self, envelope: Envelope, content: bytes,
+                        recipients: list[str]) -> bytes:
         content = without_fields(content, INFO_PREFIX)
         try:
             kind = smime.classify(content).kind
@@ -274,8 +296,11 @@ class Gateway:
         if kind not in ("enveloped-data", "authEnveloped-data", "signed", "signed-data"):
             return content
         try:
-            opened = await self._engine.open(content)
-        except PKIError as e:
+            # Decrypted with its recipients' keys only.
+            opened = await self._engine.open(content, decrypt_for=recipients)
+        except (PKIError, ValueError) as e:
+            # ValueError: a structure, or a certificate in it, that cannot
+            # be read.  Delivered as received, saying why.
             what = "decryption" if kind.endswith("nveloped-data") else "verification"
             log.warn("S/MIME {what} failed; Queue id: {queue_id}; Message: {why}", what=what,
                      queue_id=envelope.queue_id, why=e)
@@ -284,7 +309,8 @@ class Gateway:
         delivered = content
         if opened.decrypted is not None:
             result = opened.decrypted.result
-            delivered = opened.decrypted.message
+            # What was inside the encryption may carry our fields too.
+            delivered = without_fields(opened.decrypted.message, INFO_PREFIX)
             added += [(f"{INFO_PREFIX}Encrypted", "True"),
                       (f"{INFO_PREFIX}Encryption-Algorithm",
                        f"{result.cipher.upper()}, key transport {result.key_transport}"),

@@ -18,7 +18,7 @@ postmaster address the relay message stays in the queue.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,8 +27,11 @@ from twisted.internet.interfaces import IReactorTime
 from cipherd.logs import mail_logger
 from cipherd.mpa.message import subject as subject_of
 from cipherd.mpa.tunnel import TunnelFormatError, TunnelMetadata, read_tunnel
-from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.certs import thumbprint
+from cipherd.pki.engine import OpenedMessage, SmimeEngine
 from cipherd.pki.errors import DecryptionKeyNotFound, PKIError
+from cipherd.pki.trust import CTLStatus
+from cipherd.settings import EmailAddresses
 from cipherd.smtp.client import Outcome
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.spool import Envelope
@@ -56,29 +59,35 @@ class WebmailRelay:
 
     def __init__(self, engine: SmimeEngine, mailboxes: Mailboxes, accounts: Accounts,
                  notifier: notify.Notifier,
-                 settings_for: Callable[[list[str]], Any], clock: IReactorTime) -> None:
+                 settings_for: Callable[[list[str]], Any], clock: IReactorTime,
+                 ctl: Callable[[], Awaitable[Mapping[str, CTLStatus]]]) -> None:
         self._engine = engine
+        self._certificates_ctl = ctl
         self._mailboxes = mailboxes
         self._accounts = accounts
         self._notifier = notifier
         self._settings_for = settings_for
         self._clock = clock
 
-    async def handle(self, envelope: Envelope, content: bytes, config: MTAConfig) -> Outcome:
+    async def handle(self, envelope: Envelope, content: bytes, config: MTAConfig,
+                     relay_recipient: str) -> Outcome:
         """
         Handle the relay message C{content}; the outcome for its relay
         recipient.
         """
         facts = {"queue_id": envelope.queue_id, "sender": envelope.sender}
         try:
-            opened = await self._engine.open(content)
+            # Only the relay recipient's key may open it: it is no ordinary
+            # incoming mail for whoever else has a key here.
+            opened = await self._engine.open(content, decrypt_for=[relay_recipient])
         except DecryptionKeyNotFound as e:
             log.warn("S/MIME decryption key not found; Queue id: {queue_id}; Sender: {sender}; "
                      "Message: {why}.", why=e, **facts)
             return await self._to_postmaster(envelope, content, config,
                                              f"The web relay message could not be decrypted: "
                                              f"{e}")
-        except PKIError as e:
+        except (PKIError, ValueError) as e:
+            # A structure (or a certificate in it) that cannot be read.
             log.warn("S/MIME relay message could not be opened; Queue id: {queue_id}; Sender: "
                      "{sender}; Message: {why}", why=e, **facts)
             return await self._to_postmaster(envelope, content, config,
@@ -88,14 +97,13 @@ class WebmailRelay:
                      "{sender}", **facts)
             return await self._to_postmaster(envelope, content, config,
                                              "The web relay message was not encrypted.")
-        if not opened.signature_valid:
-            reasons = "; ".join(s.reason for s in opened.signers if not s.valid) or \
-                "it carries no signature"
+        refused = await self._signers_refused(opened)
+        if refused is not None:
             log.warn("S/MIME signature was not valid; Signer IDs: {signers}; Queue id: "
                      "{queue_id}; Sender: {sender}; Message: {why}",
-                     signers=opened.signer_ids() or "(none)", why=reasons, **facts)
+                     signers=opened.signer_ids() or "(none)", why=refused, **facts)
             return await self._to_postmaster(envelope, content, config,
-                                             f"{NOT_SIGNED} {reasons}")
+                                             f"{NOT_SIGNED} {refused}")
         try:
             metadata, original = read_tunnel(opened.message)
         except TunnelFormatError as e:
@@ -115,16 +123,43 @@ class WebmailRelay:
                 f"{VALIDITY / 86400:g} days a relay message is accepted: it may be a replay.")
         return await self._deliver(envelope, metadata, original, config)
 
+    async def _signers_refused(self, opened: OpenedMessage) -> str | None:
+        """
+        Why the relay message's signature is not one a gateway of ours
+        made, or C{None}.  Every signature must be right and its signer
+        trusted, and one signer must be a gateway: its certificate
+        whitelisted in the CTL, or its address a *trusted gateway sender*
+        (a certificate merely chaining to some trusted root is not enough:
+        anyone with such a certificate could fill any mailbox).
+        """
+        if not opened.signed or not opened.signers:
+            return "It carries no signature."
+        if not opened.signature_valid:
+            return "; ".join(s.reason for s in opened.signers if not s.valid)
+        listed = set(EmailAddresses().addresses(
+            (await self._settings_for([""]))[""]["trusted_gateway_senders"]))
+        ctl = await self._certificates_ctl()
+        for signer in opened.signers:
+            certificate = signer.check.certificate
+            if certificate is None:
+                continue
+            if ctl.get(thumbprint(certificate)) is CTLStatus.WHITELISTED or \
+                    listed.intersection(signer.emails):
+                return None
+        return ("The signer is trusted, but is not a gateway: its certificate is not "
+                "whitelisted in the certificate trust list, nor its address a trusted gateway "
+                "sender.")
+
     async def _deliver(self, envelope: Envelope, metadata: TunnelMetadata, original: bytes,
                        config: MTAConfig) -> Outcome:
+        addresses = sorted({r.lower() for r in metadata.recipients})
         if await self._mailboxes.tunnel_seen(metadata.tunnel_id):
-            # Stored already (and perhaps cleaned up since): a second copy
+            # Handled already (and perhaps cleaned up since): a second copy
             # from a gateway that crashed, or a replay; not again.
             log.info("Relay message {tunnel} was handled before; not again; Queue id: "
                      "{queue_id}", tunnel=metadata.tunnel_id, queue_id=envelope.queue_id)
             return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id} "
                                             "was handled before")
-        addresses = sorted({r.lower() for r in metadata.recipients})
         settings = await self._settings_for(["", *addresses])
         stored, repeated, full = [], [], []
         for address in addresses:
@@ -150,7 +185,11 @@ class WebmailRelay:
             log.info("Relay message {tunnel} stored in the mailbox of {rcpt}; Sender: "
                      "{sender}; Queue id: {queue_id}", tunnel=metadata.tunnel_id, rcpt=address,
                      sender=metadata.sender, queue_id=envelope.queue_id)
+        # Stored but not yet told (this time, or an attempt that failed
+        # after storing): told now, then marked.
+        for address in await self._mailboxes.not_notified(metadata.tunnel_id, addresses):
             await self._notify(address, metadata.sender, subject, settings[address], config)
+            await self._mailboxes.mark_notified(address, metadata.tunnel_id)
         if full:
             log.warn("Mailbox full: relay message {tunnel} not stored for {rcpts}; Queue id: "
                      "{queue_id}", tunnel=metadata.tunnel_id, rcpts=", ".join(full),
@@ -182,8 +221,9 @@ class WebmailRelay:
                 return
             page = settings["signup_url"] or (f"{base}/signup" if base else "")
             if not page or not settings["server_secret"]:
-                log.warn("No sign-up invitation for {rcpt}: the portal base URL is not set "
-                         "(Settings → General)", rcpt=address)
+                missing = "portal base URL" if not page else "server secret"
+                log.warn("No sign-up invitation for {rcpt}: the {missing} is not set "
+                         "(Settings → General)", rcpt=address, missing=missing)
                 return
             minutes = settings["signup_link_validity"]
             token = self._accounts.link(settings["server_secret"], SIGNUP, account, minutes)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,10 +33,14 @@ from email.utils import format_datetime
 from typing import Any
 
 from cipherd.mpa.message import field_name, split_header
+from cipherd.settings import email_problem
 
 SUBJECT = "Secure Webmail message"
 METADATA_TYPE = "application/vnd.cipherd.tunnel+json"
 VERSION = 1
+# The gateway's queue takes at most this many recipients per message.
+MAX_RECIPIENTS = 1000
+_TUNNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class TunnelFormatError(ValueError):
@@ -77,8 +83,24 @@ class TunnelMetadata:
             if not isinstance(recipients, list) or not all(isinstance(r, str)
                                                            for r in recipients):
                 raise TunnelFormatError("the tunnel's recipients are not a list of addresses")
-            return cls(str(value["id"]), float(value["created"]), str(value["sender"]),
-                       tuple(recipients), bool(value.get("options", {}).get("read_receipt")))
+            if not 1 <= len(recipients) <= MAX_RECIPIENTS:
+                raise TunnelFormatError(f"the tunnel names {len(recipients)} recipients (1 to "
+                                        f"{MAX_RECIPIENTS} are allowed)")
+            for recipient in recipients:
+                if problem := email_problem(recipient):
+                    raise TunnelFormatError(f"the tunnel names a bad recipient address: "
+                                            f"{problem}")
+            tunnel = str(value["id"])
+            if not _TUNNEL_ID.fullmatch(tunnel):
+                raise TunnelFormatError("the tunnel id is not one this version makes")
+            created = float(value["created"])
+            if not math.isfinite(created) or not 0 < created < 2**40:
+                raise TunnelFormatError("the tunnel's creation time is not a time")
+            sender = str(value["sender"])
+            if sender and email_problem(sender):
+                raise TunnelFormatError("the tunnel's sender is not an address")
+            return cls(tunnel, created, sender, tuple(recipients),
+                       bool(value.get("options", {}).get("read_receipt")))
         except TunnelFormatError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as e:

@@ -10,7 +10,7 @@ thread pool; the decisions read the store as it is now.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -122,10 +122,14 @@ class SmimeEngine:
                  oaep: bool) -> bytes:
         return smime.encrypt_message(message, recipients, cipher=cipher, oaep=oaep)
 
-    async def open(self, message: bytes) -> OpenedMessage:
+    async def open(self, message: bytes, *,
+                   decrypt_for: Collection[str] | None = None) -> OpenedMessage:
         """
         Decrypt (if encrypted) and verify (if signed, also inside the
         encryption).
+
+        @param decrypt_for: decrypt only with the keys of these addresses'
+            certificates (the recipients'), not with any stored key.
 
         @raise PKIError: the message is encrypted and cannot be decrypted
             (L{DecryptionKeyNotFound}, L{DecryptionFailed}, ...), or its
@@ -135,6 +139,10 @@ class SmimeEngine:
         kind = smime.classify(message).kind
         if kind in ("enveloped-data", "authEnveloped-data"):
             keys = await self._certificates.decryption_keys()
+            if decrypt_for is not None:
+                wanted = {address.lower() for address in decrypt_for}
+                keys = [(cert, key) for cert, key in keys
+                        if wanted.intersection(email_addresses(cert))]
             result.decrypted = await self._crypto.run(smime.decrypt_message, message, keys)
             result.message = result.decrypted.message
             kind = smime.classify(result.message).kind

@@ -71,6 +71,7 @@ def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: floa
     ]
     if notice is None:
         human += [f"<{entry.recipient}>: {_clean(entry.reason)}" for entry in failed]
+    charset = "us-ascii" if all(line.isascii() for line in human) else "utf-8"
     status = [
         f"Reporting-MTA: dns; {my_hostname}",
         f"X-Postfix-Queue-ID: {queue_id}",
@@ -108,7 +109,7 @@ def build_bounce(*, my_hostname: str, queue_id: str, sender: str, received: floa
         "",
         f"--{boundary}",
         "Content-Description: Notification",
-        "Content-Type: text/plain; charset=us-ascii",
+        f"Content-Type: text/plain; charset={charset}",
         "",
         *human,
         "",

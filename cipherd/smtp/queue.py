@@ -340,11 +340,15 @@ class QueueRunner:
                 parts = [Part(envelope.recipients, content)]
             else:
                 parts = await self.processor.process(envelope, content)
-        except Exception:
+        except Exception as e:
             log.failure("{queue_id}: processing failed; the message stays queued",
                         queue_id=queue_id)
-            await self._defer(queued, {r: Outcome("deferred", "4.3.0", "processing failed")
-                                       for r in envelope.recipients}, started)
+            # Retried like a next hop that is down, and bounced when the
+            # queue lifetime is over: a message no attempt can process
+            # must not stay for ever.
+            why = f"processing failed ({type(e).__name__}: {str(e)[:200]})"
+            await self._settle(queued, content, {
+                r: Outcome("deferred", "4.3.0", why) for r in envelope.recipients}, started)
             return
         outcomes: dict[str, Outcome] = {}
         relays: dict[str, str] = {}

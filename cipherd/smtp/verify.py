@@ -77,9 +77,11 @@ class AddressVerifier:
     """
 
     def __init__(self, probe: Callable[[str], Awaitable[tuple[Outcome, str]]],
-                 clock: IReactorTime, *, max_entries: int = MAX_ENTRIES) -> None:
+                 clock: IReactorTime, *, max_entries: int = MAX_ENTRIES,
+                 handled_here: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._probe = probe
         self._clock = clock
+        self._handled_here = handled_here
         self._max = max_entries
         self._known: OrderedDict[str, tuple[Verdict, float]] = OrderedDict()
         self._probing: dict[str, list[Deferred[Verdict]]] = {}
@@ -89,6 +91,25 @@ class AddressVerifier:
         What is known of C{address}, asking its next hop if need be; never
         fails, and fires within C{WAIT} seconds.
         """
+        if self._handled_here is None:
+            return self._verify(address)
+        return Deferred.fromCoroutine(self._verify_unless_here(address))
+
+    async def _verify_unless_here(self, address: str) -> Verdict:
+        # The webmail relay recipient is this appliance's own: its mail is
+        # never passed on, so there is no next hop to ask.
+        assert self._handled_here is not None
+        try:
+            here = await self._handled_here(address)
+        except Exception:
+            log.failure("verify: could not tell whether <{rcpt}> is handled here",
+                        rcpt=address)
+            here = False
+        if here:
+            return Verdict("deliverable", "handled here")
+        return await self._verify(address)
+
+    def _verify(self, address: str) -> Deferred[Verdict]:
         local, at, domain = address.rpartition("@")
         key = f"{local}{at}{domain.lower()}"
         known = self._known.get(key)

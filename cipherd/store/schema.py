@@ -213,6 +213,8 @@ webmail_messages = Table(
     Column("read", Boolean, nullable=False),
     # Where the read receipt goes when the message is first read ("": none).
     Column("receipt_to", Text, nullable=False),
+    # Whether the recipient has been told of it (invitation or notice).
+    Column("notified", Boolean, nullable=False),
     Column("content", LargeBinary, nullable=False),
     UniqueConstraint("address", "tunnel_id", name="webmail_messages_once"),
 )

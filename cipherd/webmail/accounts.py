@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from zxcvbn import zxcvbn
 
 from cipherd.store import Store
-from cipherd.store.schema import webmail_accounts
+from cipherd.store.schema import webmail_accounts, webmail_messages
 from cipherd.threads import IBlockingRunner
 
 INVITED, ACTIVE, DISABLED = "invited", "active", "disabled"
@@ -104,7 +104,10 @@ def read_link_token(secret: str, token: str, now: float) -> LinkClaims:
     if not _TOKEN.fullmatch(token):
         raise LinkRefused("This link is damaged. Copy the whole link from the message.")
     encoded, _, mac = token.partition(".")
-    payload, given = _unb64(encoded), _unb64(mac)
+    try:
+        payload, given = _unb64(encoded), _unb64(mac)
+    except ValueError:  # binascii.Error: a length no encoder makes
+        raise LinkRefused("This link is damaged. Copy the whole link from the message.") from None
     if not secret or not hmac.compare_digest(_mac(secret, payload), given):
         raise LinkRefused("This link is not valid. Copy the whole link from the message, or "
                           "ask for a new one.")
@@ -179,7 +182,8 @@ class Accounts:
 
     async def invite(self, address: str) -> tuple[Account, bool]:
         """
-        The account of C{address}, made (invited) if there is none.
+        The account of C{address}, made (invited) if there is none.  A new
+        message is activity: an account that receives mail is not idle.
 
         @return: the account and whether it is new.
         """
@@ -189,6 +193,8 @@ class Accounts:
             row = conn.execute(select(webmail_accounts).where(
                 webmail_accounts.c.address == address)).first()
             if row is not None:
+                conn.execute(update(webmail_accounts).where(
+                    webmail_accounts.c.address == address).values(last_activity=now))
                 return _account(row), False
             nonce = secrets.token_hex(16)
             conn.execute(insert(webmail_accounts).values(
@@ -283,19 +289,25 @@ class Accounts:
         changed: bool = await self._store.run(write)
         return changed
 
-    async def delete_inactive(self, before: float) -> list[str]:
+    async def delete_inactive(self, before: float) -> dict[str, int]:
         """
-        Remove the accounts without activity since C{before}.
+        Remove the accounts without activity since C{before}, and their
+        mailboxes, in one transaction: an account that comes back to life
+        meanwhile (a login, a new message) keeps its mailbox.
 
-        @return: their addresses.
+        @return: how many messages each removed account had.
         """
-        def write(conn: Connection) -> list[str]:
-            idle = webmail_accounts.c.last_activity < before
-            gone = list(conn.execute(select(webmail_accounts.c.address).where(idle)).scalars())
-            conn.execute(delete(webmail_accounts).where(idle))
-            return gone
+        def write(conn: Connection) -> dict[str, int]:
+            gone = list(conn.execute(delete(webmail_accounts).where(
+                webmail_accounts.c.last_activity < before)
+                .returning(webmail_accounts.c.address)).scalars())
+            removed = {}
+            for address in gone:
+                removed[address] = int(conn.execute(delete(webmail_messages).where(
+                    webmail_messages.c.address == address)).rowcount)
+            return removed
 
-        removed: list[str] = await self._store.run(write)
+        removed: dict[str, int] = await self._store.run(write)
         return removed
 
     # The second factor (TOTP) ----------------------------------------------------

@@ -117,8 +117,7 @@ class Cleanup:
     async def _account_cleanup(self, values: dict[str, Any], now: float) -> None:
         days = values["auto_account_cleanup_last_activity"]
         removed = await self._accounts.delete_inactive(now - days * 86400)
-        for address in removed:
-            messages = await self._mailboxes.delete_mailbox(address)
+        for address, messages in sorted(removed.items()):
             log.info("Auto account cleanup: removed the account {address}, idle for more "
                      "than {days} days, and its {messages} message(s)", address=address,
                      days=days, messages=messages)

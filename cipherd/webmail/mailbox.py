@@ -79,6 +79,7 @@ class Summary:
     attachments: int
     read: bool
     receipt_to: str
+    notified: bool
 
 
 def describe(content: bytes) -> tuple[str, str, int]:
@@ -127,7 +128,8 @@ class Mailboxes:
             conn.execute(insert(webmail_messages).values(
                 address=address, tunnel_id=tunnel_id, received=received,
                 sender=sender[:998], subject=subject[:998], size=len(content),
-                attachments=attachments, read=False, receipt_to=receipt_to, content=sealed))
+                attachments=attachments, read=False, receipt_to=receipt_to, notified=False,
+                content=sealed))
             return True
 
         stored: bool = await self._store.run(write)
@@ -237,9 +239,10 @@ class Mailboxes:
                                .where(mine)).first()
             if row is None or row.read:
                 return None
-            conn.execute(update(webmail_messages).where(mine & ~webmail_messages.c.read)
-                         .values(read=True))
-            return row.receipt_to or None
+            changed = conn.execute(update(webmail_messages).where(
+                mine & ~webmail_messages.c.read).values(read=True)).rowcount
+            # Read by two requests at once: one receipt.
+            return (row.receipt_to or None) if changed else None
 
         receipt: str | None = await self._store.run(write)
         return receipt
@@ -277,6 +280,26 @@ class Mailboxes:
 
         deleted: int = await self._store.run(write)
         return deleted
+
+    async def not_notified(self, tunnel_id: str, addresses: Sequence[str]) -> list[str]:
+        """
+        Which of C{addresses} have this tunnel's message stored but have not
+        been told of it.
+        """
+        def read(conn: Connection) -> list[str]:
+            return sorted(conn.execute(select(webmail_messages.c.address).where(
+                (webmail_messages.c.tunnel_id == tunnel_id)
+                & webmail_messages.c.address.in_(list(addresses))
+                & ~webmail_messages.c.notified)).scalars())
+
+        found: list[str] = await self._store.run(read)
+        return found
+
+    async def mark_notified(self, address: str, tunnel_id: str) -> None:
+        await self._store.run(lambda conn: conn.execute(
+            update(webmail_messages).where((webmail_messages.c.address == address)
+                                           & (webmail_messages.c.tunnel_id == tunnel_id))
+            .values(notified=True)))
 
     # Tunnel ids --------------------------------------------------------------
 

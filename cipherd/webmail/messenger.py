@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from cipherd.logs import mail_logger
@@ -33,6 +34,9 @@ from cipherd.webmail.notify import Notifier, one_line
 from cipherd.webmail.sessions import PortalSessions
 
 log = mail_logger("cipherd.mpa.webmail")
+
+# One password reset mail per address per this many seconds (per node).
+RESET_INTERVAL = 300.0
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Messenger:
         self._mta = mta
         self._submit = submit
         self._clock = clock
+        self._recent_resets: dict[str, float] = {}
 
     async def _values(self, address: str) -> dict[str, Any]:
         found = await self._settings(["", address])
@@ -119,12 +124,27 @@ class Messenger:
         """
         Mail a reset link to C{address} if it has an active account and
         resets are enabled; nothing otherwise (the caller says the same
-        either way: no enumeration).
+        either way: no enumeration).  The work goes on after this returns,
+        so that the answer takes as long whether or not a mail is sent, and
+        an address gets at most one reset mail per L{RESET_INTERVAL}.
 
         @param portal_url: the portal's origin as the request reached it,
             for when the *portal base URL* is not set.
         """
-        address = address.strip().lower()
+        address = address.strip().lower()[:320]
+        now = self._clock.seconds()
+        if now < self._recent_resets.get(address, 0.0):
+            log.info("Password reset asked for {address} again within {seconds:.0f} s; "
+                     "nothing sent", address=address, seconds=RESET_INTERVAL)
+            return
+        if len(self._recent_resets) > 10_000:
+            self._recent_resets = {a: t for a, t in self._recent_resets.items() if t > now}
+        self._recent_resets[address] = now + RESET_INTERVAL
+        Deferred.fromCoroutine(self._send_reset(address, portal_url)).addErrback(
+            lambda f: log.failure("Sending a password reset link to {address} failed", f,
+                                  address=address))
+
+    async def _send_reset(self, address: str, portal_url: str) -> None:
         account = await self.accounts.get(address)
         values = await self._values(address)
         if account is None or account.state != ACTIVE or not values["password_reset_enabled"]:
@@ -201,14 +221,27 @@ class Messenger:
                                         text=text, attachments=attachments,
                                         now=self._clock.seconds(),
                                         my_hostname=config.my_hostname)
-        envelope = [*plan.recipients, *([address] if copy_to_self else [])]
-        queued = await self._submit(address, envelope, message, "webmail", processed=True)
-        result.sent_to = plan.recipients
+        return await self._send(address, message, result, plan.recipients, copy_to_self,
+                                "reply")
+
+    async def _send(self, address: str, message: bytes, result: ReplyResult,
+                    recipients: list[str], copy_to_self: bool, what: str) -> ReplyResult:
+        """
+        Queue what a webmail user wrote; their copy, if they want one, goes
+        into their own webmail mailbox: mailed to their address it would
+        carry the quoted original out unencrypted.
+        """
+        queued = await self._submit(address, recipients, message, "webmail", processed=True)
+        result.sent_to = recipients
         result.queue_id = str(queued.envelope.queue_id)
+        if copy_to_self:
+            await self.mailboxes.deliver(address, f"sent-{result.queue_id}",
+                                         self._clock.seconds(), message)
         await self.accounts.touch(address)
-        log.info("Webmail reply from {address} to {rcpts} (queued as {queue_id}){refused}",
-                 address=address, rcpts=", ".join(plan.recipients), queue_id=result.queue_id,
-                 refused=f"; refused: {', '.join(plan.refused)}" if plan.refused else "")
+        log.info("Webmail {what} from {address} to {rcpts} (queued as {queue_id}){refused}",
+                 what=what, address=address, rcpts=", ".join(recipients),
+                 queue_id=result.queue_id,
+                 refused=f"; refused: {', '.join(result.refused)}" if result.refused else "")
         return result
 
     # For the portal's pages ----------------------------------------------------
@@ -285,11 +318,5 @@ class Messenger:
         message = compose_message(user=address, recipients=plan.recipients, subject=subject,
                                   text=text, attachments=attachments,
                                   now=self._clock.seconds(), my_hostname=config.my_hostname)
-        envelope = [*plan.recipients, *([address] if copy_to_self else [])]
-        queued = await self._submit(address, envelope, message, "webmail", processed=True)
-        result.sent_to = plan.recipients
-        result.queue_id = str(queued.envelope.queue_id)
-        await self.accounts.touch(address)
-        log.info("Webmail message from {address} to {rcpts} (queued as {queue_id})",
-                 address=address, rcpts=", ".join(plan.recipients), queue_id=result.queue_id)
-        return result
+        return await self._send(address, message, result, plan.recipients, copy_to_self,
+                                "message")

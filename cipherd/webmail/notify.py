@@ -26,7 +26,11 @@ from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 from twisted.internet.interfaces import IReactorTime
 
+from cipherd.logs import mail_logger
+
 TEMPLATES = Path(__file__).parent / "templates"
+
+log = mail_logger("cipherd.mpa.notify")
 
 # Plain text mail, never HTML: nothing to escape.  Sandboxed: the templates
 # are the administrator's to edit, and no template may reach Python objects.
@@ -139,7 +143,14 @@ class Notifier:
         Template C{name}, the administrator's version (setting
         C{template_<name>}) if there is one.
         """
-        return render(name, context, settings.get(f"template_{name}") or None)
+        source = settings.get(f"template_{name}") or None
+        if source:
+            try:
+                return render(name, context, source)
+            except Exception as e:  # a template that parses but does not render
+                log.warn("The {name} template could not be used ({why}); the built-in text "
+                         "was sent instead (Settings → Templates)", name=name, why=e)
+        return render(name, context)
 
     async def send(self, recipient: str, notice: Notice, settings: Mapping[str, Any],
                    my_hostname: str, attachment: bytes | None = None) -> str:
