@@ -330,10 +330,10 @@ def test_no_smtp_transport_for_webmail_local(gateway: Gateway) -> None:
             "dns_servers": [dns_server.address], "transports": [
                 {"domain": "example.org", "host": "[127.0.0.1]", "port": gateway.sink.port}]})
         gateway.send("dave@partner.example")
-        log = gateway.log("mta", "to=<webmail@webmail.local>, relay=none")
+        log = gateway.log("mta", "to=<webmail@webmail.local>, relay=none", timeout=45)
         assert ("dsn=5.4.4, status=bounced (Host or domain name not found. Name service error "
                 "for name=webmail.local type=AAAA: Host not found)") in log, log
-        (bounce,) = gateway.sink.wait_for(1)
+        (bounce,) = gateway.sink.wait_for(1, timeout=45)
         assert (bounce.sender, bounce.recipients) == ("", [WEBMAIL_SENDER])
         assert (b"<webmail@webmail.local>: Host or domain name not found. Name service error "
                 b"for name=webmail.local type=AAAA: Host not found") in bounce.content
