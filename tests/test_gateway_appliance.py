@@ -333,7 +333,12 @@ def test_no_smtp_transport_for_webmail_local(gateway: Gateway) -> None:
         log = gateway.log("mta", "to=<webmail@webmail.local>, relay=none", timeout=45)
         assert ("dsn=5.4.4, status=bounced (Host or domain name not found. Name service error "
                 "for name=webmail.local type=AAAA: Host not found)") in log, log
-        (bounce,) = gateway.sink.wait_for(1, timeout=45)
+        try:
+            (bounce,) = gateway.sink.wait_for(1, timeout=45)
+        except AssertionError:
+            raise AssertionError((gateway.appliance.data_dir / "logs" / "mta.log").read_text()
+                                 + (gateway.appliance.data_dir / "logs" / "mpa.log").read_text()
+                                 ) from None
         assert (bounce.sender, bounce.recipients) == ("", [WEBMAIL_SENDER])
         assert (b"<webmail@webmail.local>: Host or domain name not found. Name service error "
                 b"for name=webmail.local type=AAAA: Host not found") in bounce.content

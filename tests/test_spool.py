@@ -6,6 +6,7 @@ rename, and nothing but an envelope line and the content is in a file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,22 @@ def test_the_queues_own_moves_leave_a_held_message_held(tmp_path: Path) -> None:
     assert message.state == "hold" and message.envelope == later and content == CONTENT
     assert spool.move(queue_id, "deferred", keep_hold=True).state == "hold"
     assert spool.move(queue_id, "active").state == "active"  # the admin releases
+
+
+def test_a_message_gone_or_damaged_while_the_queue_is_read_does_not_stop_the_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = DirectorySpool(tmp_path / "spool")
+    kept, going = (Envelope(new_queue_id(), "a@example.org", ("b@example.com",), float(i))
+                   for i in range(2))
+    spool.store(kept, b"x\r\n")
+    spool.store(going, b"y\r\n")
+    (tmp_path / "spool" / "active" / "ABCDEF012345").write_bytes(b"not a queue file")
+    real_stat = Path.stat
+
+    def vanishing(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.name == going.queue_id:  # delivered between the listing and the read
+            raise FileNotFoundError(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", vanishing)
+    assert [m.envelope.queue_id for m in spool.messages()] == [kept.queue_id]

@@ -26,6 +26,10 @@ from typing import Any
 
 from zope.interface import Interface, implementer
 
+from cipherd.logs import mail_logger
+
+log = mail_logger("cipherd.mta.spool")
+
 MAGIC = b"cipherd-spool 1\n"
 STATES = ("active", "deferred", "hold")
 _INCOMING = "incoming"
@@ -295,10 +299,20 @@ class DirectorySpool:
             for path in (self.directory / state).iterdir():
                 if not _QUEUE_ID.fullmatch(path.name):
                     continue
-                with open(path, "rb") as f:
-                    envelope = self._read_envelope(f, path)
-                    header = f.tell()
-                yield QueuedMessage(envelope, state, path, path.stat().st_size - header)
+                try:
+                    with open(path, "rb") as f:
+                        envelope = self._read_envelope(f, path)
+                        header = f.tell()
+                    size = path.stat().st_size - header
+                except FileNotFoundError:
+                    # Delivered (or moved) while the queue was being read:
+                    # one message's going must not stop the whole scan.
+                    continue
+                except SpoolError as e:
+                    log.error("{why}: left where it is for the administrator ({path})",
+                              why=e, path=path)
+                    continue
+                yield QueuedMessage(envelope, state, path, size)
 
     def messages(self) -> list[QueuedMessage]:
         return sorted(self._all(), key=lambda m: (m.envelope.received, m.envelope.queue_id))
