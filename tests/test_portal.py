@@ -431,7 +431,7 @@ def test_inbox_lists_searches_pages_and_deletes(site: PortalSite, reader: Visito
     page = reader.get("/inbox")
     assert "Messages 1\u201325 of 31" in page.text and 'rel="next"' in page.text
     assert page.text.count('class="unread"') == 25
-    assert "Quarterly figures" in page.text and "📎" in page.text
+    assert "Quarterly figures" in page.text and 'alt="Has attachments"' in page.text
     second = reader.get("/inbox?page=2")
     assert "Messages 26\u201331 of 31" in second.text and "Report 00" in second.text
     found = reader.get("/inbox?q=S1%40EXAMPLE")

@@ -119,7 +119,8 @@ class LoginThrottle:
             row = self._read(conn, account, client)
             if row is not None and row.locked_until and now < row.locked_until:
                 return row
-            if row is None or now - row.first_failure > self.window:
+            # A lock that ran out starts the count afresh.
+            if row is None or row.locked_until or now - row.first_failure > self.window:
                 row = Attempt(1, now, None)
             else:
                 row = Attempt(row.count + 1, row.first_failure, None)
