@@ -15,8 +15,8 @@ work does not share its CPU time slice; the machine has two cores.
 
 The data: 1,000 active accounts (one Argon2id hash with the default
 parameters, stored for all: hashing 1,000 passwords would take minutes and
-measure nothing the run needs), 10 messages each (about 10 KB: HTML with
-an inline image, a text part and an attachment), sealed as the relay
+measure nothing the run needs), 10 messages each (HTML with
+an inline image and a remote one, an attachment; about 4.5 KB), sealed as the relay
 stores them.  Each sample picks a random account: a login (the POST that
 checks the password and opens a session), then its inbox page and one of
 its messages (parsed, sanitized, rendered).
