@@ -676,3 +676,43 @@ def test_branding(site: PortalSite) -> None:
     css = site.visitor().get("/brand.css")
     assert css.text == ":root { --accent: #7a1f5c; }\n"
     assert css.header("content-type").startswith("text/css")
+
+
+def test_branding_is_set_on_its_admin_page_and_checked(tmp_path: Any) -> None:
+    from tests.harness import AdminHarness
+
+    admin = AdminHarness(tmp_path)
+    try:
+        admin.login_with_new_password()
+        page = admin.get("/settings/global/branding")
+        assert page.code == 200
+        for label in ("Product name", "Primary colour", "Logo URL"):
+            assert label in page.text
+        fields = [("fields", "portal_primary_colour"), ("fields", "portal_logo_url")]
+        refused = admin.post_form("/settings/global/branding", [
+            *fields, ("value.portal_primary_colour", "red; background:url(x)"),
+            ("value.portal_logo_url", "javascript:alert(1)")])
+        assert "is not a colour" in refused.text and "is not a valid URL" in refused.text
+        admin.post_form("/settings/global/branding", [
+            *fields, ("value.portal_primary_colour", "#7A1F5C"),
+            ("value.portal_logo_url", "/static/logo.png")])
+        values = result_of(admin.settings.effective(GLOBAL))
+        assert values["portal_primary_colour"].value == "#7a1f5c"
+        assert values["portal_logo_url"].value == "/static/logo.png"
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("value, ok", [
+    ("https://cdn.example/logo.png", True), ("/static/logo.png", True),
+    ("http://cdn.example/logo.png", False), ("//cdn.example/logo.png", False),
+    ("javascript:alert(1)", False), ("/logo.png\" onerror=\"x", False), ("", True),
+])
+def test_logo_url(value: str, ok: bool) -> None:
+    from cipherd.settings import REGISTRY, InvalidValue
+
+    if ok:
+        assert REGISTRY["portal_logo_url"].validate(value) == value
+    else:
+        with pytest.raises(InvalidValue):
+            REGISTRY["portal_logo_url"].validate(value)
