@@ -6,7 +6,7 @@ Assembles the cipherd service tree from the bootstrap config.
     ├── mail logs (MTA, MPA)
     ├── startup: data dir, migrations, first-start secrets and admin account
     │   └── then the listeners: admin site and portal (HTTPS), SMTP server; MTA config refresh
-    └── session sweep (timer)
+    └── timers: queue scan, MTA config refresh, webmail cleanup, admin and portal session sweeps
 
 Services stop in reverse order.  Listeners start only once the database is
 migrated; if that fails, the reason is logged and the process stops.
@@ -236,8 +236,9 @@ def make_service(config: Config, reactor: Any) -> IService:
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings.by_address,
                           lambda: mta.current, queue_runner.submit, reactor)
+    portal = Portal(messenger)
     for resource, endpoint in ((admin.resource(), config.admin_listen),
-                               (Portal(messenger).resource(), config.portal_listen)):
+                               (portal.resource(), config.portal_listen)):
         site = Site(resource, requestFactory=BoundedRequest, logFormatter=access_log_formatter)
         site.displayTracebacks = False
         listener = StreamServerEndpointService(
@@ -271,6 +272,8 @@ def make_service(config: Config, reactor: Any) -> IService:
               "The webmail cleanup failed", reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, authority.expire_sessions,
               "Expiring admin sessions failed", reactor).setServiceParent(startup)
+    _periodic(SESSION_SWEEP_INTERVAL, portal.sessions.expire,
+              "Expiring portal sessions failed", reactor).setServiceParent(startup)
 
     class _CloseStore(Service):
         def stopService(self) -> None:
