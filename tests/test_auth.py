@@ -193,3 +193,18 @@ def test_logins_refused_as_busy_are_not_counted() -> None:
                            ).addBoth(after.append)
     held.release_all()
     assert after[0].name == "admin"
+
+
+def test_a_lock_that_ran_out_starts_the_count_afresh() -> None:
+    clock = Clock()
+    store = migrated_store()
+    authority = _authority(SynchronousRunner(), store, clock)
+    result_of(authority.ensure_default_admin())
+    for _ in range(5):
+        try:
+            result_of(authority.check_password("admin", "wrong", "192.0.2.7"))
+        except LoginRefused:
+            pass
+    clock.advance(900)  # the lock (900 s) ran out, inside the 900 s window
+    # The right password works at once: neither "locked" nor "too many".
+    assert result_of(authority.check_password("admin", "admin", "192.0.2.7")).name == "admin"

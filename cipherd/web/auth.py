@@ -247,7 +247,8 @@ class AdminAuthority:
         row = q.get_failures(conn, name, client, for_update=True)
         if row is not None and row.locked_until and now < row.locked_until:
             return row
-        if row is None or now - row.first_failure > self._window:
+        # A lock that ran out starts the count afresh.
+        if row is None or row.locked_until or now - row.first_failure > self._window:
             row = q.FailureRow(1, now, None)
         else:
             row = q.FailureRow(row.count + 1, row.first_failure, None)
