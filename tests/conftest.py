@@ -240,3 +240,15 @@ def signed_in_admin(tmp_path: Path) -> Iterator[Any]:
     harness.login_with_new_password()
     yield harness
     harness.close()
+
+
+@pytest.fixture
+def clock() -> Any:
+    """
+    A task.Clock at 2027-01-15 08:00 UTC (1,800,000,000 s).
+    """
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    return clock

@@ -30,13 +30,6 @@ CLIENT = "192.0.2.7"
 
 
 @pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
-
-
-@pytest.fixture
 def sessions(clock: Clock) -> PortalSessions:
     store = migrated_store()
     accounts = Accounts(store, clock, SynchronousRunner(), cheap_hasher())

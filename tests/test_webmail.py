@@ -48,13 +48,6 @@ ADDRESS = "dave@partner.example"
 
 
 @pytest.fixture
-def clock() -> Clock:
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    return clock
-
-
-@pytest.fixture
 def accounts(clock: Clock) -> Accounts:
     return Accounts(migrated_store(), clock, SynchronousRunner(), cheap_hasher())
 
