@@ -381,10 +381,15 @@ def test_totp_setup_then_login_needs_the_code(site: PortalSite, reader: Visitor)
     code = visitor.submit("/login/code", "/login/code", {"code": "123456"})
     assert code.status == 403 and "That code is not right" in code.text
     site.clock.advance(totp.STEP)
-    answer = visitor.submit("/login/code", "/login/code", {
-        "code": totp.totp(secret, site.clock.seconds())})
+    used = totp.totp(secret, site.clock.seconds())
+    answer = visitor.submit("/login/code", "/login/code", {"code": used})
     assert answer.header("location") == "/inbox"
     assert visitor.get("/inbox").status == 200
+    # The same code a second time (seen over a shoulder) is spent.
+    again = site.visitor()
+    assert again.log_in().header("location") == "/login/code"
+    replayed = again.submit("/login/code", "/login/code", {"code": used})
+    assert replayed.status == 403 and "That code is not right" in replayed.text
 
 
 def test_a_required_second_factor_is_set_up_before_anything_else(site: PortalSite) -> None:

@@ -169,6 +169,8 @@ webmail_accounts = Table(
     # TOTP second factor (RFC 6238): its secret, sealed like the messages;
     # NULL when the account has none.
     Column("totp_secret", LargeBinary, nullable=True),
+    # The time step of the last code used to log in: no code works twice.
+    Column("totp_last_step", Integer, nullable=True),
 )
 
 # Portal sessions, as admin_sessions: the cookie holds a random token, the

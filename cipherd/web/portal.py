@@ -474,9 +474,12 @@ class Portal:
         if not self._csrf_ok(request, session):
             return await self._expired_form(request)
         sealed = await self.messenger.accounts.totp_secret(session.address)
-        valid = sealed is not None and totp.verify(
+        step = None if sealed is None else totp.matching_step(
             totp.unseal_secret(self._totp_key, session.address, sealed),
             arg(request, "code") or "", self.messenger.now())
+        # A code seen once (by someone looking over a shoulder, say) is spent.
+        valid = step is not None and await self.messenger.accounts.use_totp_step(
+            session.address, step)
         try:
             await self.sessions.check_code(session, valid, client_address(request))
         except LoginRefused as refused:

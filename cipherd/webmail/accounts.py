@@ -321,6 +321,22 @@ class Accounts:
                 webmail_accounts.c.address == address)).scalar())
         return found
 
+    async def use_totp_step(self, address: str, step: int) -> bool:
+        """
+        Record that the code of time step C{step} was used to log in.
+
+        @return: C{False} when that code (or a later one) was used already:
+            a replayed code.
+        """
+        def write(conn: Connection) -> bool:
+            last = webmail_accounts.c.totp_last_step
+            return bool(conn.execute(update(webmail_accounts).where(
+                (webmail_accounts.c.address == address)
+                & (last.is_(None) | (last < step))).values(totp_last_step=step)).rowcount)
+
+        used: bool = await self._store.run(write)
+        return used
+
     async def set_totp_secret(self, address: str, sealed: bytes | None) -> bool:
         """
         Set (sealed, from L{cipherd.webmail.totp.seal_secret}) or remove

@@ -56,14 +56,24 @@ def verify(secret: bytes, code: str, now: float) -> bool:
     Whether C{code} is the code for C{now} or a step either side; every
     candidate is compared, in constant time.
     """
+    return matching_step(secret, code, now) is not None
+
+
+def matching_step(secret: bytes, code: str, now: float) -> int | None:
+    """
+    The time step whose code C{code} is (C{now}'s or one either side), or
+    C{None}: a login records it, so that no code works twice (RFC 6238
+    §5.2).
+    """
     code = re.sub(r"\s", "", code)
     if not re.fullmatch(rf"\d{{{DIGITS}}}", code):
-        return False
+        return None
     counter = int(now) // STEP
-    matched = False
+    found = None
     for step in range(counter - WINDOW, counter + WINDOW + 1):
-        matched |= hmac.compare_digest(hotp(secret, step), code)
-    return matched
+        if hmac.compare_digest(hotp(secret, step), code):
+            found = step
+    return found
 
 
 def secret_text(secret: bytes) -> str:
