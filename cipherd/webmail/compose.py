@@ -13,16 +13,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
 from cipherd.webmail.notify import one_line
-from cipherd.webmail.reply import Attachment
-
-
-def add_attachments(message: EmailMessage, attachments: Sequence[Attachment]) -> None:
-    for attachment in attachments:
-        maintype, _, subtype = attachment.content_type.partition("/")
-        if not subtype or maintype in ("message", "multipart"):
-            maintype, subtype = "application", "octet-stream"
-        message.add_attachment(attachment.data, maintype=maintype, subtype=subtype,
-                               filename=one_line(attachment.filename) or "attachment")
+from cipherd.webmail.reply import Attachment, add_attachments
 
 
 def compose_message(*, user: str, recipients: Sequence[str], subject: str, text: str,

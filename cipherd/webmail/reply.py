@@ -130,10 +130,18 @@ def compose_reply(original: bytes, *, user: str, recipients: Sequence[str], text
     quoted = quoted_text(original)
     reply.set_content(f"{text.rstrip()}\n\n{intro}\n{quoted}\n", charset="utf-8",
                       cte="quoted-printable")
+    add_attachments(reply, attachments)
+    return reply.as_bytes()
+
+
+def add_attachments(message: EmailMessage, attachments: Sequence[Attachment]) -> None:
+    """
+    Attach files a webmail user uploaded; a type that would make the
+    attachment a message or a multipart becomes application/octet-stream.
+    """
     for attachment in attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
         if not subtype or maintype in ("message", "multipart"):
             maintype, subtype = "application", "octet-stream"
-        reply.add_attachment(attachment.data, maintype=maintype, subtype=subtype,
-                             filename=one_line(attachment.filename) or "attachment")
-    return reply.as_bytes()
+        message.add_attachment(attachment.data, maintype=maintype, subtype=subtype,
+                               filename=one_line(attachment.filename) or "attachment")
