@@ -234,6 +234,7 @@ CATALOG: dict[str, str] = {
     "Attachments (optional)": "Bijlagen (optioneel)",
     "At most %(mb)s MB in all.": "Samen hoogstens %(mb)s MB.",
     "Send me a copy": "Stuur mij een kopie",
+    "(kept in your webmail inbox)": "(bewaard in uw webmail-inbox)",
     "Send": "Versturen",
     "Your message was sent": "Uw bericht is verstuurd",
     "Your message was not sent": "Uw bericht is niet verstuurd",
