@@ -403,3 +403,18 @@ def test_a_message_no_attempt_can_process_bounces_after_the_queue_lifetime(
     assert bounce_id != queue_id and recipients == ("a@example.org",)
     assert b"processing failed (ValueError: an odd certificate)" in world.spool.load(
         bounce_id)[1]
+
+
+def test_verification_probes_cannot_take_the_places_of_deliveries(tmp_path: Path) -> None:
+    from cipherd.smtp.queue import PROBES_PER_DESTINATION
+
+    world = World(tmp_path)
+    pending: list[tuple[str, int]] = []
+    still_connecting(world, pending)
+    probes = [Deferred.fromCoroutine(world.runner.probe(f"u{i}@example.com"))
+              for i in range(PROBES_PER_DESTINATION + 3)]
+    assert len(pending) == PROBES_PER_DESTINATION  # the rest wait for a probe place
+    world.enqueue()
+    Deferred.fromCoroutine(world.runner.scan())
+    assert len(pending) == PROBES_PER_DESTINATION + 1  # the delivery is not held up
+    assert not any(p.called for p in probes)

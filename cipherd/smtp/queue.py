@@ -209,6 +209,8 @@ SCAN_INTERVAL = 60.0
 # connections to one next hop at once (default_destination_concurrency_limit).
 CONCURRENT_DELIVERIES = 100
 PER_DESTINATION = 20
+# Address verification probes to one next hop at once.
+PROBES_PER_DESTINATION = 5
 
 
 class QueueRunner:
@@ -238,6 +240,7 @@ class QueueRunner:
         self._busy: set[str] = set()
         self._limit = DeferredSemaphore(CONCURRENT_DELIVERIES)
         self._per_hop: dict[NextHop, DeferredSemaphore] = {}
+        self._per_hop_probes: dict[NextHop, DeferredSemaphore] = {}
         self._stuck: set[str] = set()  # delivered in part, queue file not updated
         self._scheduled: Any = None
 
@@ -428,9 +431,13 @@ class QueueRunner:
     async def _deliver_to(self, hop: NextHop, sender: str, recipients: list[str],
                           content: bytes, config: MTAConfig, *, probe: bool = False
                           ) -> tuple[dict[str, Outcome], str]:
-        limit = self._per_hop.get(hop)
+        # Probes have connections of their own to each hop: a client asking
+        # about many addresses cannot take the places of deliveries.
+        limits, size = ((self._per_hop_probes, PROBES_PER_DESTINATION) if probe
+                        else (self._per_hop, PER_DESTINATION))
+        limit = limits.get(hop)
         if limit is None:
-            limit = self._per_hop[hop] = DeferredSemaphore(PER_DESTINATION)
+            limit = limits[hop] = DeferredSemaphore(size)
         await limit.acquire()
         try:
             return await self._deliver_to_hop(hop, sender, recipients, content, config,
@@ -438,7 +445,7 @@ class QueueRunner:
         finally:
             limit.release()
             if limit.tokens == limit.limit and not limit.waiting:
-                self._per_hop.pop(hop, None)
+                limits.pop(hop, None)
 
     async def _deliver_to_hop(self, hop: NextHop, sender: str, recipients: list[str],
                               content: bytes, config: MTAConfig, probe: bool
