@@ -37,7 +37,7 @@ from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.spool import Envelope
 from cipherd.webmail import notify
 from cipherd.webmail.accounts import INVITED, SIGNUP, Accounts
-from cipherd.webmail.mailbox import Mailboxes
+from cipherd.webmail.mailbox import FULL, REPEATED, STORED, Mailboxes
 
 log = mail_logger("cipherd.mpa.relay")
 
@@ -161,21 +161,16 @@ class WebmailRelay:
             return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id} "
                                             "was handled before")
         settings = await self._settings_for(["", *addresses])
-        stored, repeated, full = [], [], []
+        stored: list[str] = []
+        repeated: list[str] = []
+        full: list[str] = []
         for address in addresses:
-            limit = settings[address]["mailbox_size_limit"]
-            if await self._mailboxes.has(address, metadata.tunnel_id):
-                repeated.append(address)
-                continue
-            if limit and await self._mailboxes.usage(address) + len(original) > limit:
-                full.append(address)
-                continue
-            if await self._mailboxes.deliver(
-                    address, metadata.tunnel_id, self._clock.seconds(), original,
-                    receipt_to=metadata.sender if metadata.read_receipt else ""):
-                stored.append(address)
-            else:
-                repeated.append(address)
+            await self._accounts.invite(address)  # the account first: its row is the lock
+            done = await self._mailboxes.deliver_within(
+                address, metadata.tunnel_id, self._clock.seconds(), original,
+                receipt_to=metadata.sender if metadata.read_receipt else "",
+                limit=settings[address]["mailbox_size_limit"])
+            {STORED: stored, REPEATED: repeated, FULL: full}[done].append(address)
         if repeated:
             log.info("Relay message {tunnel} was stored already for {rcpts}; not again; "
                      "Queue id: {queue_id}", tunnel=metadata.tunnel_id,

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from cipherd.mpa.message import header_fields
 from cipherd.store import Store
-from cipherd.store.schema import webmail_messages, webmail_tunnels
+from cipherd.store.schema import webmail_accounts, webmail_messages, webmail_tunnels
 
 _VERSION = b"\x01"
 
@@ -92,6 +92,14 @@ def describe(content: bytes) -> tuple[str, str, int]:
     return fields.get("from", ""), fields.get("subject", ""), attachments
 
 
+STORED, REPEATED, FULL = "stored", "repeated", "full"
+
+
+def _usage(conn: Connection, address: str) -> int:
+    return int(conn.execute(select(func.coalesce(func.sum(webmail_messages.c.size), 0))
+                            .where(webmail_messages.c.address == address)).scalar_one())
+
+
 def _find(conn: Connection, address: str, tunnel_id: str) -> int | None:
     found = conn.execute(select(webmail_messages.c.id).where(
         (webmail_messages.c.address == address)
@@ -117,33 +125,46 @@ class Mailboxes:
 
         @return: C{False} when it was there already.
         """
+        return await self.deliver_within(address, tunnel_id, received, content,
+                                         receipt_to) == STORED
+
+    async def deliver_within(self, address: str, tunnel_id: str, received: float,
+                             content: bytes, receipt_to: str = "", limit: int = 0) -> str:
+        """
+        Put a message in C{address}'s mailbox unless that takes it over
+        C{limit} bytes (C{0}: no limit).  The account's row is locked while
+        the mailbox is measured, so two nodes delivering at once cannot both
+        squeeze in (the account must exist: L{Accounts.invite}).
+
+        @return: L{STORED}, L{REPEATED} (it was there already) or L{FULL}.
+        """
         sender, subject, attachments = describe(content)
         sealed = seal(self._key, address, tunnel_id, content)
 
-        def write(conn: Connection) -> bool:
+        def write(conn: Connection) -> str:
             # Looked up first; a concurrent twin makes the insert fail, and
             # the store runs this again, which then finds it.
+            conn.execute(select(webmail_accounts.c.address).where(
+                webmail_accounts.c.address == address).with_for_update())
             if _find(conn, address, tunnel_id) is not None:
-                return False
+                return REPEATED
+            if limit and _usage(conn, address) + len(content) > limit:
+                return FULL
             conn.execute(insert(webmail_messages).values(
                 address=address, tunnel_id=tunnel_id, received=received,
                 sender=sender[:998], subject=subject[:998], size=len(content),
                 attachments=attachments, read=False, receipt_to=receipt_to, notified=False,
                 content=sealed))
-            return True
+            return STORED
 
-        stored: bool = await self._store.run(write)
-        return stored
+        done: str = await self._store.run(write)
+        return done
 
     async def usage(self, address: str) -> int:
         """
         The bytes in C{address}'s mailbox.
         """
-        def read(conn: Connection) -> int:
-            return int(conn.execute(select(func.coalesce(func.sum(webmail_messages.c.size), 0))
-                                    .where(webmail_messages.c.address == address)).scalar_one())
-
-        used: int = await self._store.run(read)
+        used: int = await self._store.run(_usage, address)
         return used
 
     async def has(self, address: str, tunnel_id: str) -> bool:
