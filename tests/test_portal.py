@@ -31,7 +31,7 @@ from cipherd.smtp.spool import Envelope
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.web.portal import CSRF_COOKIE, SESSION_COOKIE, Portal, safe_next
-from cipherd.webmail import totp
+from cipherd.webmail import render, totp
 from cipherd.webmail.accounts import RESET, SIGNUP, Accounts
 from cipherd.webmail.i18n import LANGUAGES
 from cipherd.webmail.mailbox import Mailboxes, message_key
@@ -133,8 +133,10 @@ class Visitor:
     language: str = "en"
 
     def request(self, method: str, path: str, form: dict[str, Any] | None = None, *,
-                files: dict[str, tuple[str, str, bytes]] | None = None) -> Answer:
-        headers = {"Accept-Language": [self.language]}
+                files: dict[str, tuple[str, str, bytes]] | None = None,
+                headers_: dict[str, str] | None = None) -> Answer:
+        headers = {"Accept-Language": [self.language],
+                   **{k: [v] for k, v in (headers_ or {}).items()}}
         if self.cookies:
             headers["Cookie"] = ["; ".join(f"{k}={v}" for k, v in self.cookies.items())]
         kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
@@ -721,3 +723,36 @@ def test_logo_url(value: str, ok: bool) -> None:
     else:
         with pytest.raises(InvalidValue):
             REGISTRY["portal_logo_url"].validate(value)
+
+
+def test_a_hostile_address_in_the_reply_page_is_text_not_markup(site: PortalSite,
+                                                                 reader: Visitor) -> None:
+    hostile = (b'From: alice@example.com\r\nReply-To: "<script src=part/1></script>%s"'
+               b"@evil.example\r\nSubject: hi\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: text/plain\r\n\r\nhello\r\n")
+    message = site.deliver(hostile)
+    page = reader.get(f"/message/{message}/reply")
+    assert page.status == 200
+    assert "<script src=part/1>" not in page.text and "&lt;script" in page.text
+
+
+@pytest.mark.parametrize("declared, served", [
+    ("text/jscript", "application/octet-stream"),
+    ("application/x-javascript", "application/octet-stream"),
+    ("text/css", "application/octet-stream"),
+    ("image/svg+xml", "application/octet-stream"),
+    ("text/csv", "text/csv"), ("application/pdf", "application/pdf"), ("image/png", "image/png"),
+])
+def test_downloads_keep_their_type_only_when_it_is_passive(declared: str, served: str) -> None:
+    assert render.download_type(declared) == served
+
+
+def test_an_attachment_cannot_be_loaded_as_a_script(site: PortalSite, reader: Visitor) -> None:
+    message = site.deliver(HOSTILE)
+    as_script = reader.request("GET", f"/message/{message}/part/1",
+                               headers_={"Sec-Fetch-Dest": "script"})
+    assert as_script.status == 403
+    download = reader.request("GET", f"/message/{message}/part/1",
+                              headers_={"Sec-Fetch-Dest": "document"})
+    assert download.status == 200
+    assert download.header("cross-origin-resource-policy") == "same-origin"

@@ -660,6 +660,15 @@ class Portal:
 
     def _download(self, request: IRequest, filename: str, content_type: str,
                   data: bytes) -> bytes:
+        # A download is for the person, never for a page: a <script>, <link>
+        # or worker of any page (ours included) that points here gets nothing.
+        destination = request.getHeader(b"sec-fetch-dest") or b""
+        if destination.lower() in (b"script", b"style", b"worker", b"sharedworker",
+                                   b"serviceworker", b"audioworklet", b"paintworklet"):
+            request.setResponseCode(403)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"Attachments are downloads, not parts of a page.\n"
+        request.setHeader(b"Cross-Origin-Resource-Policy", b"same-origin")
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
         request.setHeader(b"Content-Disposition",
                           render.content_disposition(filename).encode("ascii"))
@@ -711,7 +720,11 @@ class Portal:
             f"Re: {shown.subject}"
         return await self._render(request, "portal_compose.html", status, session=session,
                                   csrf=session.csrf_token, id=message_id, reply_all=reply_all,
-                                  recipients=plan.recipients, refused_now=plan.refused,
+                                  recipients=plan.recipients,
+                                  # Translated here, escaped in the page: the
+                                  # reasons quote the message's addresses.
+                                  refused_now={address: self._(request, reason) for
+                                               address, reason in plan.refused.items()},
                                   subject=subject, quoted=quoted_text(content),
                                   max_size=MAX_REPLY_SIZE, **context)
 

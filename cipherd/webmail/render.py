@@ -93,6 +93,19 @@ _ACTIVE_TYPES = {
     "text/javascript", "application/javascript", "application/ecmascript",
     "text/ecmascript", "application/x-shockwave-flash", "text/xsl", "multipart/x-mixed-replace",
 }
+# Served under their own type (as downloads, in a sandbox): the rest as
+# application/octet-stream.
+_PASSIVE_TYPES = {
+    "text/plain", "text/csv", "text/calendar", "text/vcard", "application/pdf",
+    "application/zip", "application/gzip", "application/msword", "application/rtf",
+    "application/vnd.ms-excel", "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.oasis.opendocument.text", "application/vnd.oasis.opendocument.spreadsheet",
+    "application/pkcs7-signature", "application/pgp-signature", "message/rfc822",
+}
+_PASSIVE_MAJOR = {"audio", "image", "video"}
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 MAX_FILENAME = 150
 
@@ -314,14 +327,16 @@ def safe_filename(name: str | None, index: int, default_ext: str = "") -> str:
 
 def download_type(content_type: str) -> str:
     """
-    The Content-Type a download is served with: its own when it is plain
-    and passive, else C{application/octet-stream}.
+    The Content-Type a download is served with: its own when it is one of
+    a short list of passive types, else C{application/octet-stream} (a
+    list of what to refuse would miss the next name for JavaScript or CSS,
+    which the portal's own C{script-src 'self'} would then run).
     """
     content_type = content_type.lower()
-    if not _MIME_TYPE.fullmatch(content_type) or content_type in _ACTIVE_TYPES \
-            or content_type.startswith("multipart/"):
-        return "application/octet-stream"
-    return content_type
+    if _MIME_TYPE.fullmatch(content_type) and content_type not in _ACTIVE_TYPES and (
+            content_type in _PASSIVE_TYPES or content_type.split("/")[0] in _PASSIVE_MAJOR):
+        return content_type
+    return "application/octet-stream"
 
 
 def content_disposition(filename: str) -> str:
