@@ -155,12 +155,28 @@ def test_wrong_codes_count_like_wrong_passwords(clock: Clock, sessions: PortalSe
     with pytest.raises(LoginRefused) as still:
         result_of(sessions.check_code(session, True, CLIENT))  # right, but locked
     assert still.value.reason == LOCKED
-    # The password counts against the same lock.
-    assert refusal(sessions, PASSWORD).reason == LOCKED
     clock.advance(15 * 60)
     result_of(sessions.check_code(session, True, CLIENT))
     found = result_of(sessions.get(token))
     assert found is not None and found.second_factor
+
+
+def test_a_right_password_gives_no_fresh_code_guesses(clock: Clock,
+                                                      sessions: PortalSessions) -> None:
+    # Whoever has the password must not get four more guesses at the code
+    # each time they log in again, from one client or from many.
+    session = result_of(sessions.get(result_of(sessions.open(ADDRESS, second_factor=False))))
+    assert session is not None
+    for client in ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"):
+        result_of(sessions.check_password(ADDRESS, PASSWORD, client))
+        with pytest.raises(LoginRefused):
+            result_of(sessions.check_code(session, False, client))
+    result_of(sessions.check_password(ADDRESS, PASSWORD, CLIENT))
+    with pytest.raises(LoginRefused) as locked:
+        result_of(sessions.check_code(session, False, CLIENT))
+    assert locked.value.reason == LOCKED
+    with pytest.raises(LoginRefused):
+        result_of(sessions.check_code(session, True, "192.0.2.99"))  # locked everywhere
 
 
 # TOTP ---------------------------------------------------------------------------------

@@ -655,3 +655,7 @@ def test_tunnel_metadata_that_no_gateway_writes_is_refused() -> None:
                    {"sender": "bad sender"}, {"recipients": ["a@b.example"] * 1001}):
         with pytest.raises(TunnelFormatError):
             TunnelMetadata.from_json(json.dumps({**good, **change}).encode())
+
+
+def test_a_long_passphrase_is_judged_not_refused_with_an_error() -> None:
+    assert password_problem("correct horse battery staple " * 4, 30, ADDRESS) is None

@@ -92,7 +92,7 @@ def password_problem(name: str, password: str) -> str | None:
         return f"The password must be at least {MIN_ADMIN_PASSWORD_LENGTH} characters long."
     if password.lower() in (name.lower(), DEFAULT_PASSWORD):
         return "The password must not be the user name or the default password."
-    result = zxcvbn(password[:100], user_inputs=[name, "cipherd", "ciphermail"])
+    result = zxcvbn(password[:72], user_inputs=[name, "cipherd", "ciphermail"])  # its limit
     if result["score"] < MIN_ADMIN_PASSWORD_SCORE:
         feedback = result["feedback"]
         hints = " ".join(filter(None, [feedback.get("warning"), *feedback.get("suggestions", [])]))

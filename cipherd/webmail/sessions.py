@@ -34,6 +34,9 @@ from cipherd.store.schema import webmail_login_failures, webmail_sessions
 IDLE_TIMEOUT = 15 * 60
 MAX_AGE = 8 * 3600
 LOCKOUT_THRESHOLD = 5
+# The "client" under which one-time code failures are counted: the account
+# as a whole.
+SECOND_FACTOR = "(second factor)"
 LOCKOUT_WINDOW = 15 * 60
 LOCKOUT_DURATION = 15 * 60
 # Argon2 checks allowed to wait at once; beyond this a login is refused at
@@ -245,10 +248,13 @@ class PortalSessions:
         @raise LoginRefused: wrong, or locked (checked before C{valid} is
             believed, so a locked pair cannot keep guessing).
         """
-        await self.throttle.count(session.address, client)
+        # Counted per account, whatever the client, and cleared only by a
+        # right code: a right password (which clears the password count)
+        # must not give the one who has it a fresh set of code guesses.
+        await self.throttle.count(session.address, SECOND_FACTOR)
         if not valid:
-            raise await self.throttle.failed(session.address, client)
-        await self.throttle.succeeded(session.address, client)
+            raise await self.throttle.failed(session.address, SECOND_FACTOR)
+        await self.throttle.succeeded(session.address, SECOND_FACTOR)
         await self._store.run(lambda conn: conn.execute(
             update(webmail_sessions).where(webmail_sessions.c.token_hash == session.token_hash)
             .values(second_factor=True)))
