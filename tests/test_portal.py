@@ -756,3 +756,18 @@ def test_an_attachment_cannot_be_loaded_as_a_script(site: PortalSite, reader: Vi
                               headers_={"Sec-Fetch-Dest": "document"})
     assert download.status == 200
     assert download.header("cross-origin-resource-policy") == "same-origin"
+
+
+def test_a_reply_form_is_checked_before_its_uploads_are_read(site: PortalSite,
+                                                             reader: Visitor) -> None:
+    message = site.deliver(HOSTILE)
+    form = reader.get(f"/message/{message}/reply")
+    many = {f"field{i}": "x" for i in range(50)}
+    refused = reader.request("POST", f"/message/{message}/reply", {"text": "hi", **many},
+                             files={"attachment": ("a.txt", "text/plain", b"a")})
+    assert refused.status == 403  # no token: not parsed at all
+    too_many = reader.request("POST", f"/message/{message}/reply", {
+        "csrf_token": reader.csrf(form), "text": "hi", **many},
+        files={"attachment": ("a.txt", "text/plain", b"a")})
+    assert too_many.status == 400 and "too many parts" in too_many.text
+    assert site.submitted == []

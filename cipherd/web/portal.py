@@ -132,6 +132,11 @@ class _Form:
         return values[0] if values else ""
 
 
+# Fields and files a reply or message form may have (attachments beyond
+# MAX_ATTACHMENTS are dropped anyway).
+MAX_FORM_PARTS = 40
+
+
 def _multipart(request: IRequest) -> _Form:
     """
     The fields and files of a C{multipart/form-data} body (Twisted keeps
@@ -144,6 +149,11 @@ def _multipart(request: IRequest) -> _Form:
     if not content_type.lower().startswith(b"multipart/form-data"):
         return _Form({k.decode(): [v.decode("utf-8", "replace") for v in vs]
                       for k, vs in request.args.items()}, [])
+    boundary = re.search(rb'boundary="?([^";]{1,200})', content_type)
+    if boundary is None:
+        raise ValueError("The form is not one a browser sends.")
+    if body.count(b"--" + boundary.group(1)) > MAX_FORM_PARTS + 1:
+        raise ValueError("The form has too many parts. Attach fewer files.")
     parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type + b"\r\n\r\n" + body)
     fields: dict[str, list[str]] = {}
@@ -731,9 +741,15 @@ class Portal:
     @app.route("/message/<int:message_id>/reply", methods=["POST"])
     async def reply(self, request: IRequest, message_id: int) -> bytes:
         session = await self._user(request)
-        form = _multipart(request)
-        if not self._csrf_ok(request, session, form.get(CSRF_FIELD)):
+        # The token first (Twisted has read the form's fields already), the
+        # costly parse of the uploads only for a form that is ours.
+        if not self._csrf_ok(request, session, arg(request, CSRF_FIELD)):
             return await self._expired_form(request)
+        try:
+            form = _multipart(request)
+        except ValueError as e:
+            return await self._notice(request, "The form could not be read", str(e),
+                                      status=400, session=session)
         reply_all = form.get("all") == "1"
         extra = [a.strip() for a in re.split(r"[,;\s]+", form.get("to")) if a.strip()]
         result = await self.messenger.reply(
@@ -773,9 +789,15 @@ class Portal:
     @app.route("/compose", methods=["POST"])
     async def compose(self, request: IRequest) -> bytes:
         session = await self._composer(request)
-        form = _multipart(request)
-        if not self._csrf_ok(request, session, form.get(CSRF_FIELD)):
+        # The token first (Twisted has read the form's fields already), the
+        # costly parse of the uploads only for a form that is ours.
+        if not self._csrf_ok(request, session, arg(request, CSRF_FIELD)):
             return await self._expired_form(request)
+        try:
+            form = _multipart(request)
+        except ValueError as e:
+            return await self._notice(request, "The form could not be read", str(e),
+                                      status=400, session=session)
         to = [a.strip() for a in re.split(r"[,;\s]+", form.get("to")) if a.strip()]
         result = await self.messenger.compose(
             session.address, to[:50], form.get("subject")[:998], form.get("text")[:1_000_000],

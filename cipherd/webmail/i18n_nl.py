@@ -234,6 +234,10 @@ CATALOG: dict[str, str] = {
     "Attachments (optional)": "Bijlagen (optioneel)",
     "At most %(mb)s MB in all.": "Samen hoogstens %(mb)s MB.",
     "Send me a copy": "Stuur mij een kopie",
+    "The form could not be read": "Het formulier kon niet worden gelezen",
+    "The form is not one a browser sends.": "Dit formulier komt niet van een browser.",
+    "The form has too many parts. Attach fewer files.":
+        "Het formulier heeft te veel delen. Voeg minder bestanden toe.",
     "(kept in your webmail inbox)": "(bewaard in uw webmail-inbox)",
     "Send": "Versturen",
     "Your message was sent": "Uw bericht is verstuurd",

@@ -108,6 +108,9 @@ _PASSIVE_TYPES = {
 _PASSIVE_MAJOR = {"audio", "image", "video"}
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 MAX_FILENAME = 150
+# The most inline (cid:) image data one message page carries, references
+# counted each time.
+MAX_INLINE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,16 @@ def read(content: bytes, *, allow_remote: bool = False) -> Shown:
     """
     What to show of a stored message.
     """
+    try:
+        return _read(content, allow_remote=allow_remote)
+    except RecursionError:
+        # A structure nested thousands deep: nothing of it is shown but
+        # the way to look at it elsewhere.
+        return Shown(text="This message is built too deeply to be shown here. You can "
+                          "download it (.eml) and open it with a mail program.")
+
+
+def _read(content: bytes, *, allow_remote: bool) -> Shown:
     message = parse(content)
     html_part, text_part = _body(message, "html"), _body(message, "plain")
     leaves = _leaves(message)
@@ -247,17 +260,28 @@ def sanitize(html: str, images: Mapping[str, Message], *, allow_remote: bool,
     """
     blocked = 0
     used = set() if used is None else used
+    inlined: dict[str, str] = {}
+    budget = [MAX_INLINE_BYTES]
 
     def attribute(tag: str, name: str, value: str) -> str | None:
         nonlocal blocked
         if tag == "img" and name == "src":
             if value.lower().startswith("cid:"):
-                part = images.get(value[4:].strip("<>"))
+                cid = value[4:].strip("<>")
+                part = images.get(cid)
                 if part is None:
                     return None
-                used.add(value[4:].strip("<>"))
-                data = base64.b64encode(_payload(part)).decode("ascii")
-                return f"data:{part.get_content_type()};base64,{data}"
+                used.add(cid)
+                if cid not in inlined:
+                    data = base64.b64encode(_payload(part)).decode("ascii")
+                    inlined[cid] = f"data:{part.get_content_type()};base64,{data}"
+                # Each reference repeats the image in the page: a small
+                # message naming one image a thousand times must not make a
+                # page of gigabytes.
+                if len(inlined[cid]) > budget[0]:
+                    return None
+                budget[0] -= len(inlined[cid])
+                return inlined[cid]
             if not value.lower().startswith(("http://", "https://")):
                 return None  # relative or unknown: nothing of the message's own
             if not allow_remote:
@@ -353,7 +377,10 @@ def part(content: bytes, index: int) -> tuple[str, str, bytes] | None:
     One leaf part of a message for download: its safe name, its serving
     type and its bytes; C{None} when there is no such part.
     """
-    leaves = _leaves(parse(content))
+    try:
+        leaves = _leaves(parse(content))
+    except RecursionError:  # see read()
+        return None
     if not 0 <= index < len(leaves):
         return None
     found: Any = leaves[index]
