@@ -771,3 +771,19 @@ def test_a_reply_form_is_checked_before_its_uploads_are_read(site: PortalSite,
         files={"attachment": ("a.txt", "text/plain", b"a")})
     assert too_many.status == 400 and "too many parts" in too_many.text
     assert site.submitted == []
+
+
+def test_link_tokens_stay_out_of_the_access_log_even_url_encoded() -> None:
+    from cipherd.web.common import _SECRET_QUERY
+
+    for uri, kept in ((b"/signup?token=abc.def", b"/signup?token=***"),
+                      (b"/language?to=nl&next=%2Freset%3Ftoken%3Dabc.def%26x%3D1",
+                       b"/language?to=nl&next=%2Freset%3Ftoken%3D***%26x%3D1")):
+        assert _SECRET_QUERY.sub(rb"\1***", uri) == kept
+
+
+def test_a_message_cannot_link_to_the_portals_own_pages() -> None:
+    html, _ = render.sanitize('<a href="/logout">x</a><a href="?remote=1">y</a>'
+                              '<a href="https://example.org/">z</a>', {}, allow_remote=False)
+    assert "/logout" not in html and "remote=1" not in html
+    assert 'href="https://example.org/"' in html

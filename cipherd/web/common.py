@@ -134,7 +134,8 @@ def client_address(request: IRequest) -> str:
     return getattr(address, "host", None) or str(address)
 
 
-_SECRET_QUERY = re.compile(rb"(?i)([?&](?:password|token)=)[^&]*")
+# Also URL-encoded, as in a ?next= that carries a page with its token.
+_SECRET_QUERY = re.compile(rb"(?i)((?:password|token)(?:=|%3D))(?:[^&%\s]|%(?!26))*")
 
 
 class _ScrubbedRequest:

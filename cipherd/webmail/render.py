@@ -287,7 +287,10 @@ def sanitize(html: str, images: Mapping[str, Message], *, allow_remote: bool,
             if not allow_remote:
                 blocked += 1
                 return None
-        elif name == "href" and value.lower().startswith("cid:"):
+        elif name == "href" and not value.strip().lower().startswith(
+                ("http://", "https://", "mailto:")):
+            # cid:, and relative links (to /logout, ?remote=1, ...: the
+            # portal's own pages, which a message has no business naming).
             return None
         return value
 
