@@ -787,3 +787,19 @@ def test_a_message_cannot_link_to_the_portals_own_pages() -> None:
                               '<a href="https://example.org/">z</a>', {}, allow_remote=False)
     assert "/logout" not in html and "remote=1" not in html
     assert 'href="https://example.org/"' in html
+
+
+def test_no_directory_listing_of_the_static_files() -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from cipherd.web.common import static_files
+
+    request = DummyRequest([b""])
+    static_files().directoryListing().render(request)
+    assert request.responseCode == 404 and b"portal.css" not in b"".join(request.written)
+
+
+def test_disabling_an_account_ends_its_sessions(site: PortalSite, reader: Visitor) -> None:
+    assert reader.get("/inbox").status == 200
+    assert result_of(site.accounts.set_state(ADDRESS, "disabled"))
+    assert reader.get("/inbox").header("location").startswith("/login")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from importlib.resources import files
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +18,6 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.static import File
 from werkzeug.exceptions import HTTPException
 
 from cipherd.settings import (
@@ -59,6 +57,7 @@ from cipherd.web.common import (
     cookie,
     redirect,
     set_cookie,
+    static_files,
     template_environment,
 )
 from cipherd.web.mta_pages import MTAPages
@@ -210,7 +209,7 @@ class AdminSite(AdminPages):
 
     @app.route("/static/", branch=True)
     def static(self, request: IRequest) -> Resource:
-        return File(str(files("cipherd.web") / "static"))
+        return static_files()
 
     @app.route("/api/", branch=True)
     def api_branch(self, request: IRequest) -> Resource:

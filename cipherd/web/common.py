@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from importlib.resources import files
 from typing import Any, cast
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from twisted.logger import Logger
 from twisted.web.http import combinedLogFormatter
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound as not_found
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
+from twisted.web.static import File
 
 # No inline script or style anywhere: everything comes from /static.
 CONTENT_SECURITY_POLICY = (
@@ -207,3 +210,16 @@ class BoundedRequest(Request):
             + b"Connection: close\r\n\r\n" + body
         )
         self.channel.loseConnection()
+
+
+class _StaticFiles(File):
+    """
+    The files under C{static/}, without directory listings.
+    """
+
+    def directoryListing(self) -> IResource:
+        return not_found()
+
+
+def static_files() -> Resource:
+    return _StaticFiles(str(files("cipherd.web") / "static"))

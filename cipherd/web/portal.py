@@ -44,7 +44,6 @@ import re
 import secrets
 from collections import deque
 from dataclasses import dataclass
-from importlib.resources import files
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -53,7 +52,6 @@ from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.static import File
 
 from cipherd.web.auth import csrf_matches
 from cipherd.web.common import (
@@ -68,6 +66,7 @@ from cipherd.web.common import (
     log,
     redirect,
     set_cookie,
+    static_files,
     template_environment,
 )
 from cipherd.webmail import render, totp
@@ -339,7 +338,7 @@ class Portal:
 
     @app.route("/static/", branch=True)
     def static(self, request: IRequest) -> Resource:
-        return File(str(files("cipherd.web") / "static"))
+        return static_files()
 
     @app.route("/brand.css", methods=["GET"])
     async def brand_css(self, request: IRequest) -> bytes:
@@ -879,7 +878,8 @@ class Portal:
                 base64.urlsafe_b64decode((arg(request, "pending") or "").encode("ascii")))
         except (totp.SealedSecretError, binascii.Error, ValueError):
             return await self._expired_form(request)
-        valid = totp.verify(secret, arg(request, "code") or "", self.messenger.now())
+        step = totp.matching_step(secret, arg(request, "code") or "", self.messenger.now())
+        valid = step is not None
         try:
             await self.sessions.check_code(session, valid, client_address(request))
         except LoginRefused as refused:
@@ -891,6 +891,10 @@ class Portal:
                                          status=400)
         await self.messenger.accounts.set_totp_secret(
             session.address, totp.seal_secret(self._totp_key, session.address, secret))
+        if step is not None:  # the code typed here is spent: no login with it
+            await self.messenger.accounts.use_totp_step(session.address, step)
+        # Other sessions (perhaps someone else's) must log in again, now with a code.
+        await self.sessions.close_others(session.address, keep=session.token_hash)
         log.info("Portal: {address} set up a second factor", address=session.address)
         return await self._account_page(request, session, code_changed="added")
 

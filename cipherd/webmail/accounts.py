@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from zxcvbn import zxcvbn
 
 from cipherd.store import Store
-from cipherd.store.schema import webmail_accounts, webmail_messages
+from cipherd.store.schema import webmail_accounts, webmail_messages, webmail_sessions
 from cipherd.threads import IBlockingRunner
 
 INVITED, ACTIVE, DISABLED = "invited", "active", "disabled"
@@ -286,8 +286,13 @@ class Accounts:
 
     async def set_state(self, address: str, state: str) -> bool:
         def write(conn: Connection) -> bool:
-            return bool(conn.execute(update(webmail_accounts).where(
+            changed = bool(conn.execute(update(webmail_accounts).where(
                 webmail_accounts.c.address == address).values(state=state)).rowcount)
+            if state == DISABLED:
+                # A disabled account's open sessions end with it.
+                conn.execute(delete(webmail_sessions).where(
+                    webmail_sessions.c.address == address))
+            return changed
 
         changed: bool = await self._store.run(write)
         return changed
