@@ -56,6 +56,7 @@ from twisted.web.resource import Resource
 from cipherd.web.auth import csrf_matches
 from cipherd.web.common import (
     CONTENT_SECURITY_POLICY,
+    MAX_UPLOAD,
     SecureHeaders,
     arg,
     args,
@@ -130,6 +131,10 @@ class _Form:
         values = self.fields.get(name)
         return values[0] if values else ""
 
+
+# What a reply or message with its attachments may weigh, as the page says:
+# the smaller of what the portal reads and what a reply may be.
+MAX_FORM_SIZE = min(MAX_REPLY_SIZE, MAX_UPLOAD)
 
 # Fields and files a reply or message form may have (attachments beyond
 # MAX_ATTACHMENTS are dropped anyway).
@@ -735,7 +740,7 @@ class Portal:
                                   refused_now={address: self._(request, reason) for
                                                address, reason in plan.refused.items()},
                                   subject=subject, quoted=quoted_text(content),
-                                  max_size=MAX_REPLY_SIZE, **context)
+                                  max_size=MAX_FORM_SIZE, **context)
 
     @app.route("/message/<int:message_id>/reply", methods=["POST"])
     async def reply(self, request: IRequest, message_id: int) -> bytes:
@@ -783,7 +788,7 @@ class Portal:
         return await self._render(request, "portal_compose.html", session=session,
                                   csrf=session.csrf_token, id=None, recipients=[],
                                   refused_now={}, subject="", quoted="",
-                                  max_size=MAX_REPLY_SIZE)
+                                  max_size=MAX_FORM_SIZE)
 
     @app.route("/compose", methods=["POST"])
     async def compose(self, request: IRequest) -> bytes:

@@ -29,7 +29,7 @@ from cipherd.webmail.accounts import (
     password_problem,
 )
 from cipherd.webmail.compose import compose_message
-from cipherd.webmail.mailbox import Mailboxes, Summary
+from cipherd.webmail.mailbox import FULL, Mailboxes, Summary
 from cipherd.webmail.notify import Notifier, one_line
 from cipherd.webmail.sessions import PortalSessions
 
@@ -235,8 +235,13 @@ class Messenger:
         result.sent_to = recipients
         result.queue_id = str(queued.envelope.queue_id)
         if copy_to_self:
-            await self.mailboxes.deliver(address, f"sent-{result.queue_id}",
-                                         self._clock.seconds(), message)
+            limit = (await self._values(address))["mailbox_size_limit"]
+            kept = await self.mailboxes.deliver_within(
+                address, f"sent-{result.queue_id}", self._clock.seconds(), message,
+                limit=limit)
+            if kept == FULL:
+                log.info("Webmail {what} from {address}: no copy kept, the mailbox is full",
+                         what=what, address=address)
         await self.accounts.touch(address)
         log.info("Webmail {what} from {address} to {rcpts} (queued as {queue_id}){refused}",
                  what=what, address=address, rcpts=", ".join(recipients),

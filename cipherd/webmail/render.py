@@ -159,7 +159,7 @@ def header(message: Message, name: str) -> str:
         value = str(message.get(name, "") or "")
     except Exception:  # a header the parser cannot make sense of
         return ""
-    return " ".join(value.split())
+    return plain_text(value)
 
 
 def _leaves(message: EmailMessage) -> list[EmailMessage]:
@@ -346,10 +346,22 @@ def safe_filename(name: str | None, index: int, default_ext: str = "") -> str:
     A file name fit for a download: no directories, no control or quoting
     characters, no leading dots, not too long.
     """
-    text = unicodedata.normalize("NFC", name or "")
-    text = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|;%]", "_", text.replace("\u202e", ""))
+    text = plain_text(name or "")
+    text = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|;%]", "_", text)
     text = text.strip(" ._")[-MAX_FILENAME:]
     return text or f"attachment-{index}{default_ext}"
+
+
+def plain_text(text: str) -> str:
+    """
+    C{text} without format characters (Unicode category Cf: direction
+    overrides and isolates, zero-width spaces and joiners) and with every
+    run of white space one space: what a name, a sender or a subject shows
+    is what it is (no C{invoice\u202efdp.exe} that reads as C{invoiceexe.pdf}).
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return " ".join(text.split())
 
 
 def download_type(content_type: str) -> str:
