@@ -803,3 +803,9 @@ def test_disabling_an_account_ends_its_sessions(site: PortalSite, reader: Visito
     assert reader.get("/inbox").status == 200
     assert result_of(site.accounts.set_state(ADDRESS, "disabled"))
     assert reader.get("/inbox").header("location").startswith("/login")
+
+
+def test_names_and_headers_show_what_they_are() -> None:
+    assert render.safe_filename("invoice\u202efdp.exe", 1) == "invoicefdp.exe"
+    assert render.safe_filename("a\u2066b\u200bc\u00a0\u00a0\u00a0d.pdf", 1) == "abc d.pdf"
+    assert render.plain_text("Bank\u202e \u200bsupport") == "Bank support"
