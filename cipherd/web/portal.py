@@ -742,18 +742,26 @@ class Portal:
                                   subject=subject, quoted=quoted_text(content),
                                   max_size=MAX_FORM_SIZE, **context)
 
-    @app.route("/message/<int:message_id>/reply", methods=["POST"])
-    async def reply(self, request: IRequest, message_id: int) -> bytes:
-        session = await self._user(request)
-        # The token first (Twisted has read the form's fields already), the
-        # costly parse of the uploads only for a form that is ours.
+    async def _upload_form(self, request: IRequest, session: PortalSession) -> _Form | bytes:
+        """
+        A reply or new-message form, or the page refusing it.  The token
+        first (Twisted has read the form's fields already): the costly
+        parse of the uploads only for a form that is ours.
+        """
         if not self._csrf_ok(request, session, arg(request, CSRF_FIELD)):
             return await self._expired_form(request)
         try:
-            form = _multipart(request)
+            return _multipart(request)
         except ValueError as e:
             return await self._notice(request, "The form could not be read", str(e),
                                       status=400, session=session)
+
+    @app.route("/message/<int:message_id>/reply", methods=["POST"])
+    async def reply(self, request: IRequest, message_id: int) -> bytes:
+        session = await self._user(request)
+        form = await self._upload_form(request, session)
+        if isinstance(form, bytes):
+            return form
         reply_all = form.get("all") == "1"
         extra = [a.strip() for a in re.split(r"[,;\s]+", form.get("to")) if a.strip()]
         result = await self.messenger.reply(
@@ -793,15 +801,9 @@ class Portal:
     @app.route("/compose", methods=["POST"])
     async def compose(self, request: IRequest) -> bytes:
         session = await self._composer(request)
-        # The token first (Twisted has read the form's fields already), the
-        # costly parse of the uploads only for a form that is ours.
-        if not self._csrf_ok(request, session, arg(request, CSRF_FIELD)):
-            return await self._expired_form(request)
-        try:
-            form = _multipart(request)
-        except ValueError as e:
-            return await self._notice(request, "The form could not be read", str(e),
-                                      status=400, session=session)
+        form = await self._upload_form(request, session)
+        if isinstance(form, bytes):
+            return form
         to = [a.strip() for a in re.split(r"[,;\s]+", form.get("to")) if a.strip()]
         result = await self.messenger.compose(
             session.address, to[:50], form.get("subject")[:998], form.get("text")[:1_000_000],
