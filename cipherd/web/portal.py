@@ -71,7 +71,7 @@ from cipherd.web.common import (
     template_environment,
 )
 from cipherd.webmail import render, totp
-from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused, password_bits
+from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused
 from cipherd.webmail.i18n import LANGUAGES, negotiate, ngettext_for, translator
 from cipherd.webmail.messenger import Messenger, ReplyResult
 from cipherd.webmail.reply import MAX_REPLY_SIZE, Attachment, quoted_text
@@ -394,8 +394,8 @@ class Portal:
             except LinkRefused:
                 address = ""
         needed = int((await self._values(address))["min_password_strength"])
-        problem = await self.messenger.password_problem(address, password) if password else None
-        bits = password_bits(password, [address, *address.replace("@", ".").split(".")])
+        bits, problem = (await self.messenger.password_strength(address, password)
+                         if password else (0.0, None))
         return json_response(request, 200, {
             "bits": round(bits), "needed": needed, "ok": bool(password) and problem is None,
             "problem": self._(request, problem) if problem else ""})

@@ -26,7 +26,6 @@ from cipherd.webmail.accounts import (
     Account,
     Accounts,
     LinkRefused,
-    password_problem,
 )
 from cipherd.webmail.compose import compose_message
 from cipherd.webmail.mailbox import FULL, Mailboxes, Summary
@@ -97,8 +96,17 @@ class Messenger:
         return account
 
     async def password_problem(self, address: str, password: str) -> str | None:
+        return (await self.password_strength(address, password))[1]
+
+    async def password_strength(self, address: str, password: str
+                                ) -> tuple[float, str | None]:
+        """
+        The password's strength in bits and why it is refused (or C{None}),
+        judged off the reactor.
+        """
         values = await self._values(address)
-        return password_problem(password, values["min_password_strength"], address)
+        return await self.accounts.judge_password(password, values["min_password_strength"],
+                                                  address)
 
     async def set_password(self, token: str, purpose: str, password: str, confirm: str
                            ) -> tuple[Account | None, str | None]:
