@@ -222,3 +222,12 @@ def test_the_otpauth_uri_and_the_typed_key() -> None:
         "AAAQEAYEAUDAOCAJBIFQYDIOB4IBCEQT&issuer=Secure%20webmail&algorithm=SHA1&digits=6"
         "&period=30")
     assert totp.secret_text(secret) == "AAAQ EAYE AUDA OCAJ BIFQ YDIO B4IB CEQT"
+
+
+def test_an_ipv6_host_cannot_spread_its_guesses_over_its_slash_64(
+        clock: Clock, sessions: PortalSessions) -> None:
+    for i in range(5):
+        refusal(sessions, "wrong", client=f"2001:db8:0:1::{i + 1}")
+    assert refusal(sessions, PASSWORD, client="2001:db8:0:1::99").reason == LOCKED
+    # Another network is another client.
+    assert result_of(sessions.check_password(ADDRESS, PASSWORD, "2001:db8:0:2::1"))

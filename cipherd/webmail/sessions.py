@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -94,7 +95,7 @@ class LoginThrottle:
         self.duration = duration
 
     def _where(self, account: str, client: str) -> Any:
-        return (self._key == account) & (self._table.c.client == client)
+        return (self._key == account) & (self._table.c.client == client_key(client))
 
     def _read(self, conn: Connection, account: str, client: str) -> Attempt | None:
         row = conn.execute(select(self._table).where(self._where(account, client))
@@ -108,7 +109,7 @@ class LoginThrottle:
         if not conn.execute(update(self._table).where(self._where(account, client))
                             .values(values)).rowcount:
             conn.execute(insert(self._table).values({self._key.name: account,
-                                                     "client": client, **values}))
+                                                     "client": client_key(client), **values}))
 
     async def count(self, account: str, client: str) -> None:
         """
@@ -170,6 +171,21 @@ class LoginThrottle:
         return int(conn.execute(delete(self._table).where(
             (c.first_failure < now - self.window)
             & (c.locked_until.is_(None) | (c.locked_until < now)))).rowcount)
+
+
+def client_key(client: str) -> str:
+    """
+    Who failed, for counting: an IPv4 address, or the /64 network of an
+    IPv6 address (one host has a whole /64 to try from).
+    """
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:64]
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address.ipv4_mapped or address) if isinstance(
+        address, ipaddress.IPv6Address) else str(address)
 
 
 def _minutes(seconds: float) -> int:
