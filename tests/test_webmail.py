@@ -324,6 +324,10 @@ def test_not_a_relay_email_is_logged_as_the_guide_says(messenger: Both,
     world.tunnel_certificates()
     sealed = messenger.tunnel("dave@partner.example")
     world.set(GLOBAL, relay_recipient="other@webmail.local")
+    # Guide §2.3.1: webmail.local is a relay domain of the webmail appliance.
+    world.config, errors = apply_changes(world.config, {
+        "relay_domains": ["example.com", "webmail.local"]})
+    assert not errors
     parts = world.process(WEBMAIL_RECIPIENT, content=sealed, sender="webmail-sender@example.com")
     # It waits in the queue, unopened, as the guide says.
     outcome = parts[(WEBMAIL_RECIPIENT,)].outcome
@@ -659,3 +663,12 @@ def test_tunnel_metadata_that_no_gateway_writes_is_refused() -> None:
 
 def test_a_long_passphrase_is_judged_not_refused_with_an_error() -> None:
     assert password_problem("correct horse battery staple " * 4, 30, ADDRESS) is None
+
+
+def test_mail_passing_through_is_not_held_for_looking_like_a_tunnel(messenger: Both) -> None:
+    world = messenger.world
+    world.tunnel_certificates()
+    sealed = messenger.tunnel(ADDRESS)
+    world.set(GLOBAL, encrypt_mode="no_encryption")
+    parts = world.process("x@elsewhere.test", content=sealed, sender="someone@example.com")
+    assert parts[("x@elsewhere.test",)].outcome is None  # delivered as it is

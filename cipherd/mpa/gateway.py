@@ -115,13 +115,16 @@ class Gateway:
                 r for r in envelope.recipients if r not in relayed))
             if not envelope.recipients:
                 return parts
-        elif _looks_like_a_tunnel(content):
+        elif _looks_like_a_tunnel(content) and any(
+                receive.relay_domain(canonical[r]) for r in envelope.recipients):
             # Guide, Troubleshooting ("The tunnel message gets stuck in the
             # MTA queue of the webmail appliance"): the relay recipient is
             # not set, or not the gateway's webmail recipient.  A tunnel is
             # never opened or passed on as ordinary mail: it waits here for
             # the administrator (and bounces to the webmail sender at the
-            # end of the queue lifetime).
+            # end of the queue lifetime).  Only for our own domains (the
+            # guide's webmail.local): mail passing through to others is not
+            # held for its subject.
             log.info("Email is not a relay email; Queue id: {queue_id}; Relay recipient: "
                      "{relay}; Recipients: [{rcpts}]", queue_id=envelope.queue_id,
                      relay=relay_recipient or "(not set)", rcpts=", ".join(envelope.recipients))
