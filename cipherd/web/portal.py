@@ -43,6 +43,7 @@ import email.policy
 import re
 import secrets
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -83,7 +84,6 @@ LANGUAGE_COOKIE = "__Host-cipherd-language"
 CSRF_FIELD = "csrf_token"
 MAX_PASSWORD = 1024
 PAGE_SIZE = 25
-SETTINGS_TTL = 5.0
 # The live strength meter: at most this many checks per client a minute.
 STRENGTH_CHECKS_PER_MINUTE = 60
 MAX_ATTACHMENTS = 20
@@ -190,7 +190,6 @@ class Portal:
         self.sessions = messenger.portal_sessions()
         self._totp_key = messenger.mailboxes.key_for("totp")
         self._environments = {code: self._environment(code) for code in LANGUAGES}
-        self._settings_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._strength_checks: dict[str, deque[float]] = {}
 
     def _environment(self, language: str) -> Environment:
@@ -215,20 +214,12 @@ class Portal:
     def _(self, request: IRequest, text: str, **values: Any) -> str:
         return translator(self._language(request))(text, **values)
 
-    async def _values(self, address: str = "") -> dict[str, Any]:
+    async def _values(self, address: str = "") -> Mapping[str, Any]:
         """
-        Effective settings, kept a few seconds (changes reach the portal
-        within L{SETTINGS_TTL}).
+        Effective settings (C{""}: the global ones), through the settings'
+        own short cache.
         """
-        now = self.messenger.now()
-        hit = self._settings_cache.get(address)
-        if hit is not None and now - hit[0] < SETTINGS_TTL:
-            return hit[1]
-        values = await self.messenger.settings_for(address)
-        if len(self._settings_cache) > 1000:
-            self._settings_cache.clear()
-        self._settings_cache[address] = (now, values)
-        return values
+        return await self.messenger.settings_for(address)
 
     async def _render(self, request: IRequest, template: str, status: int = 200, *,
                       session: PortalSession | None = None, frames: bool = False,

@@ -24,7 +24,6 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -122,15 +121,6 @@ def read_link_token(secret: str, token: str, now: float) -> LinkClaims:
 
 
 # Password strength -------------------------------------------------------------
-
-
-def password_bits(password: str, user_inputs: Sequence[str] = ()) -> float:
-    """
-    The strength of C{password} in bits: log2 of the guesses zxcvbn
-    estimates an attacker needs (the unit of *min. password strength*).
-    """
-    result = zxcvbn(password[:ZXCVBN_MAX], user_inputs=list(user_inputs))
-    return float(result["guesses_log10"]) * math.log2(10)
 
 
 def password_problem(password: str, min_bits: int, address: str) -> str | None:

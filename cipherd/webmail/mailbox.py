@@ -167,11 +167,6 @@ class Mailboxes:
         used: int = await self._store.run(_usage, address)
         return used
 
-    async def has(self, address: str, tunnel_id: str) -> bool:
-        found: bool = await self._store.run(
-            lambda conn: _find(conn, address, tunnel_id) is not None)
-        return found
-
     async def count(self, address: str) -> int:
         def read(conn: Connection) -> int:
             return int(conn.execute(select(func.count()).select_from(webmail_messages).where(
@@ -293,14 +288,6 @@ class Mailboxes:
 
         removed: dict[str, int] = await self._store.run(write)
         return removed
-
-    async def delete_mailbox(self, address: str) -> int:
-        def write(conn: Connection) -> int:
-            return int(conn.execute(delete(webmail_messages).where(
-                webmail_messages.c.address == address)).rowcount)
-
-        deleted: int = await self._store.run(write)
-        return deleted
 
     async def not_notified(self, tunnel_id: str, addresses: Sequence[str]) -> list[str]:
         """

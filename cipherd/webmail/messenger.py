@@ -7,7 +7,8 @@ accounts, mailboxes and mail.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -70,12 +71,10 @@ class Messenger:
         self._clock = clock
         self._recent_resets: dict[str, float] = {}
 
-    async def _values(self, address: str) -> dict[str, Any]:
+    async def _values(self, address: str) -> Mapping[str, Any]:
         found = await self._settings(["", address])
-        values: dict[str, Any] = dict(found[address])
         # Link secrets are global only.
-        values["server_secret"] = found[""]["server_secret"]
-        return values
+        return ChainMap({"server_secret": found[""]["server_secret"]}, found[address])
 
     # Links -------------------------------------------------------------------
 
@@ -269,13 +268,12 @@ class Messenger:
         """
         return PortalSessions(self.accounts.store, self._clock, self.login)
 
-    async def settings_for(self, address: str) -> dict[str, Any]:
+    async def settings_for(self, address: str) -> Mapping[str, Any]:
         """
         The effective settings of C{address} (C{""}: the global ones).
         """
-        found = await self._settings([address])
-        values: dict[str, Any] = dict(found[address])
-        return values
+        found: Mapping[str, Any] = (await self._settings([address]))[address]
+        return found
 
     async def search(self, address: str, query: str = "", *, offset: int = 0,
                      limit: int = 50) -> tuple[list[Summary], int]:
