@@ -127,6 +127,20 @@ class Appliance:
     def admin_url(self) -> str:
         return f"https://127.0.0.1:{self.admin_port}"
 
+    def wait_for_log(self, name: str, text: str, timeout: float = 15.0) -> str:
+        """
+        The MTA or MPA log (C{name}: C{"mta"}, C{"mpa"}) once C{text} is in it.
+        """
+        path = self.data_dir / "logs" / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        content = ""
+        while time.monotonic() < deadline:
+            content = path.read_text() if path.exists() else ""
+            if text in content:
+                return content
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not in the {name.upper()} log:\n{content}")
+
     @property
     def portal_url(self) -> str:
         return f"https://127.0.0.1:{self.portal_port}"

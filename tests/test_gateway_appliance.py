@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import email
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,15 +113,7 @@ class Gateway:
         return queue_id_of(done.stdout.decode(errors="replace"))
 
     def log(self, name: str, text: str, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        content = ""
-        while time.monotonic() < deadline:
-            path = self.appliance.data_dir / "logs" / f"{name}.log"
-            content = path.read_text() if path.exists() else ""
-            if text in content:
-                return content
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not in the {name.upper()} log:\n{content}")
+        return self.appliance.wait_for_log(name, text, timeout)
 
     def tunnel_identity(self, email_address: str, subject: str, *, with_key: bool,
                         trusted: bool = True) -> tuple[Any, Any]:

@@ -7,7 +7,6 @@ through the API, and a kill -9 after the 250.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import pytest
@@ -144,14 +143,7 @@ def test_the_mta_log_names_the_queue_id(appliance: Appliance) -> None:
 
 
 def _wait_for_log(appliance: Appliance, text: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    log = ""
-    while time.monotonic() < deadline:
-        log = (appliance.data_dir / "logs" / "mta.log").read_text()
-        if text in log:
-            return log
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not in the MTA log:\n{log}")
+    return appliance.wait_for_log("mta", text, timeout)
 
 
 def test_delivered_byte_exact_through_a_transport(appliance: Appliance) -> None:

@@ -143,15 +143,7 @@ class Pair:
         return queue_id_of(done.stdout.decode(errors="replace"))
 
     def mpa_log(self, text: str, timeout: float = 20.0) -> str:
-        path = self.webmail.data_dir / "logs" / "mpa.log"
-        deadline = time.monotonic() + timeout
-        content = ""
-        while time.monotonic() < deadline:
-            content = path.read_text() if path.exists() else ""
-            if text in content:
-                return content
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not in the webmail MPA log:\n{content}")
+        return self.webmail.wait_for_log("mpa", text, timeout)
 
     def arrived(self, recipient: str, count: int = 1, timeout: float = 30.0) -> list[Captured]:
         deadline = time.monotonic() + timeout
