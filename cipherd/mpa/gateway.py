@@ -101,6 +101,7 @@ class Gateway:
         config = self._mta()
         receive = config.receive_policy()
         known = await self._settings.by_address(["", envelope.sender, *envelope.recipients])
+        fields = header_fields(content)
         sender_settings = known[envelope.sender]
         # Every look-up by one spelling of each address (see canonical_address).
         canonical = {r: canonical_address(r) for r in envelope.recipients}
@@ -115,7 +116,7 @@ class Gateway:
                 r for r in envelope.recipients if r not in relayed))
             if not envelope.recipients:
                 return parts
-        elif _looks_like_a_tunnel(content) and any(
+        elif _looks_like_a_tunnel(fields) and any(
                 receive.relay_domain(canonical[r]) for r in envelope.recipients):
             # Guide, Troubleshooting ("The tunnel message gets stuck in the
             # MTA queue of the webmail appliance"): the relay recipient is
@@ -131,7 +132,6 @@ class Gateway:
             return [Part(envelope.recipients, b"", Outcome(
                 "deferred", "4.3.0", "Email is not a relay email: the relay recipient is not "
                 f"set or is not {', '.join(envelope.recipients)} (Settings → General)"))]
-        fields = header_fields(content)
         subject = next((value for name, value in fields if name == "subject"), "")
         trigger = policy.find_trigger(sender_settings, subject, fields)
         signer: Any = None
@@ -339,9 +339,9 @@ class Gateway:
         return with_fields(delivered, added)
 
 
-def _looks_like_a_tunnel(content: bytes) -> bool:
-    fields = dict(header_fields(content))
-    return fields.get("subject") == TUNNEL_SUBJECT and "pkcs7-mime" in fields.get(
+def _looks_like_a_tunnel(fields: list[tuple[str, str]]) -> bool:
+    found = dict(fields)
+    return found.get("subject") == TUNNEL_SUBJECT and "pkcs7-mime" in found.get(
         "content-type", "")
 
 
