@@ -190,7 +190,7 @@ def make_service(config: Config, reactor: Any) -> IService:
     logs.setServiceParent(root)
 
     store = Store(create_engine_for_url(config.effective_database_url,
-                                        config.database_pool_size), db_runner)
+                                        config.database_pool_size), db_runner, reactor)
     settings = SettingsRepository(store, reactor)
     authority = AdminAuthority(
         store, auth_runner, reactor,

@@ -198,3 +198,56 @@ def test_a_lost_insert_race_runs_the_transaction_again(postgres_url: str) -> Non
         assert q.get_admin(conn, "ops").password_hash == "hash-of-the-rival"
     rival.dispose()
     store.close()
+
+
+def test_a_database_locked_by_another_process_is_reported_as_unavailable_and_read_anyway(
+        tmp_path: Any) -> None:
+    """
+    Another process holds SQLite's write lock (BEGIN EXCLUSIVE): a write
+    fails with DatabaseUnavailable after the busy timeout instead of an
+    OperationalError; a read-only transaction still answers (WAL); the
+    episode is logged once, and its end once.
+    """
+    import sqlite3
+
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from cipherd.store import DatabaseUnavailable
+
+    log_lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "cipherd.store":
+            log_lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    clock = Clock()
+    # This test need not wait the default 5 s for the lock each time.
+    store = Store(create_engine_for_url(url, sqlite_busy_timeout_ms=50),
+                  SynchronousRunner(), clock)
+    result_of(store.migrate())
+    holder = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None, timeout=0)
+    holder.execute("PRAGMA busy_timeout=0")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for _ in range(3):
+            failure = store.run(lambda conn: conn.execute(
+                text("DELETE FROM schema_version WHERE version < 0")))
+            error: list[Any] = []
+            failure.addErrback(error.append)
+            assert error and error[0].check(DatabaseUnavailable), error
+            assert "database is locked" in error[0].value.reason
+        assert result_of(store.read(current_version)) == LATEST
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    clock.advance(42)
+    result_of(store.run(lambda conn: conn.execute(
+        text("DELETE FROM schema_version WHERE version < 0"))))
+    unavailable = [line for line in log_lines if "database is unavailable" in line]
+    assert len(unavailable) == 1, log_lines
+    assert [line for line in log_lines if "available again" in line] == [
+        "The database is available again (unavailable for 42 s, 3 calls failed)"]
+    globalLogPublisher.removeObserver(observe)
+    store.close()

@@ -9,22 +9,50 @@ C{Connection}; L{Store.run} calls one inside a transaction.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cipherd.store.migrations import MigrationError, migrate
 from cipherd.threads import IBlockingRunner
 
-__all__ = ["MigrationError", "Store", "create_engine_for_url"]
+__all__ = ["DatabaseUnavailable", "MigrationError", "Store", "create_engine_for_url"]
 
 T = TypeVar("T")
 
+log = Logger(namespace="cipherd.store")
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+# How long an SQLite transaction waits for another writer (another process,
+# or a thread of ours) before it fails with "database is locked": long
+# enough for any transaction of ours, short enough that a database held by
+# someone else is reported within seconds instead of stalling every caller.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+class DatabaseUnavailable(Exception):
+    """
+    The database could not be used just now: locked by another writer,
+    full, or unreachable.  Nothing was changed; the same call may work
+    later.  Callers translate it once at their boundary (an HTTP 503 with
+    C{Retry-After}, a short deferral of the message being processed).
+
+    @ivar reason: what the database said, for logs.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _sqlite_pragmas(busy_timeout_ms: int, dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy, not the sqlite3 module, decide where transactions
     # begin: otherwise DDL in a migration commits on its own and a failed
     # migration leaves a half-changed schema.
@@ -33,21 +61,35 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the writer; busy_timeout waits for a
     # writer in another thread instead of failing at once.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 
 
+# The execution option that marks a read-only transaction (L{Store.read}).
+_READ_ONLY = "cipherd_read_only"
+
+
 def _sqlite_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(_READ_ONLY):
+        # A reader takes no lock: under WAL it reads the last committed
+        # state even while another connection (or process) holds the
+        # write lock.
+        conn.exec_driver_sql("BEGIN DEFERRED")
+        return
     # IMMEDIATE takes the write lock at once, so two writers queue on
     # busy_timeout instead of failing with "database is locked" mid-way.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine_for_url(url: str, pool_size: int = 4) -> Engine:
+def create_engine_for_url(url: str, pool_size: int = 4, *,
+                          sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engine:
     """
     An engine for C{url}, set up for use from a thread pool.
+
+    @param sqlite_busy_timeout_ms: how long an SQLite writer waits for the
+        write lock before the call fails with L{DatabaseUnavailable}.
     """
     if url.startswith("postgresql:"):
         # Use psycopg 3, not the psycopg2 SQLAlchemy defaults to.
@@ -56,7 +98,7 @@ def create_engine_for_url(url: str, pool_size: int = 4) -> Engine:
         # An in-memory database exists once per connection: share one.
         pool = {"poolclass": StaticPool} if url in ("sqlite://", "sqlite:///:memory:") else {}
         engine = create_engine(url, connect_args={"check_same_thread": False}, **pool)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", partial(_sqlite_pragmas, sqlite_busy_timeout_ms))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
@@ -67,30 +109,98 @@ def create_engine_for_url(url: str, pool_size: int = 4) -> Engine:
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 
 
+def _unavailable(error: Exception) -> DatabaseUnavailable | None:
+    """
+    The L{DatabaseUnavailable} that C{error} means, or C{None} when it is
+    a fault of the query (a bug, a constraint) rather than of the database.
+
+    DB-API's OperationalError is "not necessarily under the control of the
+    programmer": SQLite's busy, locked, full, I/O and cannot-open errors,
+    PostgreSQL's lost connections, lock and statement time-outs, full disk
+    and shut-downs.  A pool with no connection left to lend is one too.
+    """
+    if isinstance(error, PoolTimeoutError):
+        return DatabaseUnavailable("no database connection became free in time")
+    if isinstance(error, OperationalError) or (
+            isinstance(error, DBAPIError) and error.connection_invalidated):
+        orig = getattr(error, "orig", None)
+        return DatabaseUnavailable(" ".join(str(orig or error).split())[:300])
+    return None
+
+
 class Store:
     """
     The shared database of one deployment.
+
+    @param clock: when given, how long the database was unavailable is
+        logged when it comes back.
     """
 
-    def __init__(self, engine: Engine, runner: IBlockingRunner) -> None:
+    def __init__(self, engine: Engine, runner: IBlockingRunner,
+                 clock: IReactorTime | None = None) -> None:
         self.engine = engine
         self._runner = runner
+        self._clock = clock
+        # An episode of unavailability: logged when it starts and ends,
+        # not once per failed call (a locked database fails every query).
+        self._down_since: float | None = None
+        self._down_failures = 0
 
-    def _transact(self, fn: Callable[..., T], *args: Any) -> T:
+    def _transact(self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
         try:
-            with self.engine.begin() as conn:
-                return fn(conn, *args)
+            return self._transact_once(fn, args, read_only)
         except (IntegrityError, OperationalError) as e:
             # Query functions look a row up, then update or insert it.  On
             # PostgreSQL (read committed) two transactions can both miss the
             # row and both insert; the loser runs once more and now finds
             # the winner's row.  A deadlock or serialization failure the
             # server broke the same way.  (SQLite serializes writers.)
+            # Other OperationalErrors arrive here as DatabaseUnavailable.
+            return self._transact_once(fn, args, read_only)
+
+    def _transact_once(self, fn: Callable[..., T], args: tuple[Any, ...],
+                       read_only: bool) -> T:
+        try:
+            with self.engine.connect() as conn:
+                if read_only:
+                    conn.execution_options(**{_READ_ONLY: True})
+                with conn.begin():
+                    return fn(conn, *args)
+        except (DBAPIError, PoolTimeoutError) as e:
             if isinstance(e, OperationalError) and getattr(
-                    e.orig, "sqlstate", None) not in _RETRYABLE_SQLSTATES:
+                    e.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+                raise  # L{_transact} runs it again
+            unavailable = _unavailable(e)
+            if unavailable is None:
                 raise
-            with self.engine.begin() as conn:
-                return fn(conn, *args)
+            raise unavailable from e
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...],
+              read_only: bool) -> Deferred[T]:
+        d: Deferred[T] = self._runner.run(self._transact, fn, args, read_only)
+        return d.addCallbacks(self._available, self._failed)
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else 0.0
+
+    def _available(self, result: T) -> T:
+        if self._down_since is not None:
+            log.info("The database is available again (unavailable for {seconds:.0f} s, "
+                     "{failures} calls failed)", seconds=self._now() - self._down_since,
+                     failures=self._down_failures)
+            self._down_since = None
+        return result
+
+    def _failed(self, failure: Failure) -> Failure:
+        if failure.check(DatabaseUnavailable):
+            if self._down_since is None:
+                self._down_since = self._now()
+                self._down_failures = 0
+                log.error("The database is unavailable: {reason}; calls are refused or "
+                          "retried until it answers again (logged once until then)",
+                          reason=failure.value.reason)
+            self._down_failures += 1
+        return failure
 
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """
@@ -98,9 +208,21 @@ class Store:
 
         @return: a Deferred with C{fn}'s result; the transaction is rolled
             back if C{fn} raises.  C{fn} must touch nothing but C{connection}:
-            after a unique-key race it is run a second time.
+            after a unique-key race it is run a second time.  It fails with
+            L{DatabaseUnavailable} when the database is locked by another
+            writer for longer than a few seconds, full or unreachable.
         """
-        return self._runner.run(self._transact, fn, *args)
+        return self._call(fn, args, False)
+
+    def read(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """
+        Like L{run} for a C{fn} that only reads: on SQLite it takes no lock,
+        so it answers even while another process holds the write lock.
+
+        @return: a Deferred with C{fn}'s result.  C{fn} must not write.
+        @raise DatabaseUnavailable: (in the Deferred) as for L{run}.
+        """
+        return self._call(fn, args, True)
 
     def migrate(self) -> Deferred[tuple[int | None, int]]:
         """
