@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, Table, inspect, select, text
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from cipherd.service import first_start
 from cipherd.settings import GLOBAL, Level, Scope
@@ -200,6 +201,17 @@ def test_a_lost_insert_race_runs_the_transaction_again(postgres_url: str) -> Non
     store.close()
 
 
+def _now(d: Any) -> Any:
+    """
+    The result of a Deferred that fired already.
+    """
+    outcome: list[Any] = []
+    d.addBoth(outcome.append)
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
 def test_a_database_locked_by_another_process_is_reported_as_unavailable_and_read_anyway(
         tmp_path: Any) -> None:
     """
@@ -226,7 +238,7 @@ def test_a_database_locked_by_another_process_is_reported_as_unavailable_and_rea
     # This test need not wait the default 5 s for the lock each time.
     store = Store(create_engine_for_url(url, sqlite_busy_timeout_ms=50),
                   SynchronousRunner(), clock)
-    result_of(store.migrate())
+    _now(store.migrate())
     holder = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None, timeout=0)
     holder.execute("PRAGMA busy_timeout=0")
     holder.execute("BEGIN EXCLUSIVE")
@@ -238,12 +250,12 @@ def test_a_database_locked_by_another_process_is_reported_as_unavailable_and_rea
             failure.addErrback(error.append)
             assert error and error[0].check(DatabaseUnavailable), error
             assert "database is locked" in error[0].value.reason
-        assert result_of(store.read(current_version)) == LATEST
+        assert _now(store.read(current_version)) == LATEST
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     clock.advance(42)
-    result_of(store.run(lambda conn: conn.execute(
+    _now(store.run(lambda conn: conn.execute(
         text("DELETE FROM schema_version WHERE version < 0"))))
     unavailable = [line for line in log_lines if "database is unavailable" in line]
     assert len(unavailable) == 1, log_lines

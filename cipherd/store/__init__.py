@@ -149,7 +149,7 @@ class Store:
     def _transact(self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
         try:
             return self._transact_once(fn, args, read_only)
-        except (IntegrityError, OperationalError) as e:
+        except (IntegrityError, OperationalError):
             # Query functions look a row up, then update or insert it.  On
             # PostgreSQL (read committed) two transactions can both miss the
             # row and both insert; the loser runs once more and now finds
@@ -178,7 +178,9 @@ class Store:
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...],
               read_only: bool) -> Deferred[T]:
         d: Deferred[T] = self._runner.run(self._transact, fn, args, read_only)
-        return d.addCallbacks(self._available, self._failed)
+        # Only a write ends an episode: reads go on under a writer's lock.
+        return d.addCallbacks(self._available if not read_only else lambda r: r,
+                              self._failed)
 
     def _now(self) -> float:
         return self._clock.seconds() if self._clock is not None else 0.0
@@ -198,7 +200,7 @@ class Store:
                 self._down_failures = 0
                 log.error("The database is unavailable: {reason}; calls are refused or "
                           "retried until it answers again (logged once until then)",
-                          reason=failure.value.reason)
+                          reason=getattr(failure.value, "reason", ""))
             self._down_failures += 1
         return failure
 
