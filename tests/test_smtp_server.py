@@ -5,6 +5,7 @@ injected: every hardening point has a test named after the attack.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from typing import Any
 
@@ -14,7 +15,15 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from cipherd.smtp.server import MAX_LINE, Received, ReceivePolicy, SMTPFactory, SMTPServer
+from cipherd.smtp.server import (
+    MAX_LINE,
+    Received,
+    ReceivePolicy,
+    SMTPFactory,
+    SMTPServer,
+    client_key,
+)
+from cipherd.smtp.spool import SpoolError
 
 HOST = "mx.example.com"
 CLIENT = "192.0.2.10"  # not in my_networks
@@ -224,11 +233,191 @@ def test_too_many_recipients() -> None:
 def test_too_many_connections() -> None:
     policy = ReceivePolicy(HOST, max_connections=1)
     first = Session(policy)
-    second = Session(policy, factory=first.factory)
+    second = Session(policy, factory=first.factory, peer="192.0.2.11")
     assert not first.closed
     assert second.transport.value() == (
         f"421 4.7.0 {HOST} Error: too many connections; try again later\r\n".encode())
     assert second.closed
+
+
+def _sessions(policy: ReceivePolicy, count: int, peer: str,
+              factory: SMTPFactory | None = None) -> list[Session]:
+    sessions = [Session(policy, peer=peer, factory=factory)]
+    sessions += [Session(policy, peer=peer, factory=sessions[0].factory)
+                 for _ in range(count - 1)]
+    return sessions
+
+
+def test_one_client_cannot_take_every_session(log_lines: list[str]) -> None:
+    """
+    Postfix's smtpd_client_connection_count_limit: the eleventh session of
+    one client is refused, while other clients and clients in my networks
+    are served as before.
+    """
+    policy = ReceivePolicy(HOST, relay_domains=("example.com",))
+    held = _sessions(policy, 10, CLIENT)
+    assert not any(s.closed for s in held)
+    refused = Session(policy, peer=CLIENT, factory=held[0].factory)
+    assert refused.transport.value() == (
+        f"421 4.7.0 {HOST} Error: too many connections from {CLIENT}\r\n".encode())
+    assert refused.closed
+    refused.server.connectionLost()
+    assert (f"warning: Connection concurrency limit exceeded: 11 from unknown[{CLIENT}] for "
+            "service smtp") in log_lines
+    other = Session(policy, peer="192.0.2.99", factory=held[0].factory)
+    assert other.transport.value().startswith(b"220 ")
+    trusted = _sessions(policy, 12, "127.0.0.1", factory=held[0].factory)
+    assert not any(s.closed for s in trusted)
+    # One of the client's sessions ends: it may open one again.
+    held[0].server.connectionLost()
+    assert not Session(policy, peer=CLIENT, factory=held[0].factory).closed
+
+
+def test_a_client_reconnecting_too_fast_is_refused(log_lines: list[str]) -> None:
+    """
+    Postfix's smtpd_client_connection_rate_limit, per minute.
+    """
+    policy = ReceivePolicy(HOST, client_rate_limit=5)
+    first = Session(policy)
+    first.server.connectionLost()
+    for _ in range(4):
+        Session(policy, factory=first.factory).server.connectionLost()
+    sixth = Session(policy, factory=first.factory)
+    assert sixth.transport.value() == (
+        f"421 4.7.0 {HOST} Error: too many connections from {CLIENT}\r\n".encode())
+    sixth.server.connectionLost()
+    assert (f"warning: Connection rate limit exceeded: 6 from unknown[{CLIENT}] for service "
+            "smtp") in log_lines
+    assert not Session(policy, peer="127.0.0.1", factory=first.factory).closed
+    first.clock.advance(60)
+    assert not Session(policy, factory=first.factory).closed
+
+
+def test_clients_are_counted_by_address_and_ipv6_by_network() -> None:
+    assert client_key("192.0.2.1") == "192.0.2.1"
+    assert client_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert client_key("2001:db8:1:2:3:4:5:6") == client_key("2001:db8:1:2:3:fff:1:2") == \
+        "2001:db8:1:2:3::/84"
+    assert client_key("2001:db8:1:2:3:4:5:6") != client_key("2001:db8:1:2:4::1")
+
+
+def test_a_client_trickling_a_byte_a_minute_does_not_keep_its_session() -> None:
+    """
+    The timeout runs from the last command answered: bytes of a line that
+    never ends do not restart it (they did: one byte a minute held a
+    session for ever).
+    """
+    session = Session()
+    session.send(b"EHLO c\r\n")
+    for byte in b"NOOP":
+        session.clock.advance(60)
+        session.send(bytes([byte]))
+        assert not session.closed
+    session.clock.advance(60)
+    assert session.transport.value() == f"421 4.4.2 {HOST} Error: timeout exceeded\r\n".encode()
+    assert session.closed
+
+
+def test_a_session_of_endless_noops_ends() -> None:
+    """
+    Commands that do nothing keep a session open only so long: past the
+    junk command limit they count as errors, and the session time limit
+    ends it in any case.
+    """
+    session = Session(ReceivePolicy(HOST, session_time_limit=600))
+    session.send(b"EHLO c\r\n")
+    for _ in range(2):
+        session.clock.advance(290)
+        assert session.send(b"NOOP\r\n") == [b"250 2.0.0 Ok"]
+    session.transport.clear()
+    session.clock.advance(20)
+    assert session.transport.value() == (
+        f"421 4.4.2 {HOST} Error: session time limit exceeded\r\n".encode())
+    assert session.closed
+
+    session = Session()
+    replies = session.send(b"EHLO c\r\n" + b"NOOP\r\n" * 150)
+    # EHLO, the 100 free NOOPs, then 20 more each counted as an error.
+    assert codes(replies).count(b"250") == 1 + 100 + 20
+    assert replies[-1] == f"421 4.7.0 {HOST} Error: too many errors".encode()
+
+
+def test_a_sender_trickling_data_below_the_minimum_rate_is_cut_off() -> None:
+    """
+    Postfix's smtpd_min_data_rate (500 bytes/s): in DATA each byte buys
+    1/500 s; a client keeping up the rate is never cut, one trickling
+    below it is, with 421, once the time it bought runs out.
+    """
+    fast = Session()
+    fast.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    for _ in range(900):  # 15 minutes at 600 bytes/s
+        fast.clock.advance(1)
+        fast.send(b"x" * 598 + b"\r\n")
+    assert not fast.closed
+    assert fast.send(b".\r\n")[0].startswith(b"250 2.0.0 Ok: queued as ")
+
+    slow = Session()
+    slow.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    slow.transport.clear()
+    seconds = 0
+    while not slow.closed and seconds < 1000:
+        slow.clock.advance(1)
+        seconds += 1
+        slow.server.dataReceived(b"x" * 100 + b"\r\n")  # 102 bytes/s
+    # 300 s, stretched by 102/500 s a second: cut off after ~377 s.
+    assert 370 <= seconds <= 380
+    assert slow.transport.value() == f"421 4.4.2 {HOST} Error: timeout exceeded\r\n".encode()
+    assert slow.queued == []
+
+
+def test_a_full_queue_disk_refuses_mail_before_and_while_writing(
+        log_lines: list[str]) -> None:
+    """
+    Postfix's queue_minfree: with less free space than the reserve (1.5
+    times the size limit by default, or the configured bytes) MAIL is
+    refused with 452 4.3.1, and so is a SIZE beyond the space above the
+    reserve; a queue write failing for want of space is 452 4.3.1 too.
+    """
+    free = [2_000_000]
+    policy = ReceivePolicy(HOST, relay_domains=("example.com",), message_size_limit=1_000_000)
+    clock = Clock()
+    factory = SMTPFactory(lambda: policy, lambda received: succeed(None), clock,
+                          free_space=lambda: free[0])
+    session = Session(policy, factory=factory)
+    # 2 MB free, 1.5 MB kept: room for 500,000 bytes.
+    assert session.send(b"EHLO c\r\nMAIL FROM:<a@example.org> SIZE=500001\r\n")[-1] == \
+        b"452 4.3.1 Insufficient system storage"
+    assert session.send(b"MAIL FROM:<a@example.org> SIZE=500000\r\n") == [b"250 2.1.0 Ok"]
+    free[0] = 1_400_000
+    clock.advance(1)
+    assert session.send(b"RSET\r\nMAIL FROM:<a@example.org>\r\n")[-1] == \
+        b"452 4.3.1 Insufficient system storage"
+    assert any("not enough free space in mail queue: 1400000 bytes < 1500000 bytes" in line
+               for line in log_lines)
+    # A reserve set in bytes instead.
+    policy = ReceivePolicy(HOST, relay_domains=("example.com",), message_size_limit=1_000_000,
+                           queue_minfree=100_000)
+    free[0] = 600_000
+    clock.advance(1)
+    session = Session(policy, factory=factory)
+    assert session.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n")[-1] == b"250 2.1.0 Ok"
+    assert session.send(b"RSET\r\nMAIL FROM:<a@example.org> SIZE=500001\r\n")[-1] == \
+        b"452 4.3.1 Insufficient system storage"
+
+    def no_space(received: Received) -> Deferred[None]:
+        return fail(_wrapped(OSError(errno.ENOSPC, "No space left on device")))
+
+    full = Session(accept=no_space)
+    full.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    assert full.send(b"x\r\n.\r\n") == [b"452 4.3.1 Insufficient system storage"]
+    assert any("queue file write error: no space left" in line for line in log_lines)
+
+
+def _wrapped(error: OSError) -> SpoolError:
+    try:
+        raise SpoolError(f"cannot write the queue file: {error.strerror}") from error
+    except SpoolError as e:
+        return e
 
 
 def test_a_queue_failure_is_a_temporary_error_not_a_loss() -> None:

@@ -24,6 +24,18 @@ from cipherd.store.schema import mta_config
 DEFAULT_SIZE_LIMIT = 10_240_000
 # Postfix's unverified_recipient_reject_code default.
 DEFAULT_REJECT_CODE = 450
+# The SMTP server's resource limits: name → (smallest, largest) value.
+# Their defaults are Postfix's (the process limit: default_process_limit;
+# the session time limit has no Postfix equivalent).
+SMTPD_LIMITS = {
+    "smtpd_process_limit": (1, 100_000),
+    "smtpd_client_connection_count_limit": (0, 100_000),
+    "smtpd_client_connection_rate_limit": (0, 1_000_000),
+    "smtpd_timeout": (10, 3600),
+    "smtpd_session_time_limit": (60, 86_400),
+    "smtpd_min_data_rate": (0, 1_000_000_000),
+    "queue_minfree": (0, 2**62),
+}
 _HOST = re.compile(r"^(\[[^\[\]\s]+\]|[A-Za-z0-9.\-]+)(?::(\d{1,5}))?$")
 
 
@@ -83,6 +95,18 @@ class MTAConfig:
     # The DNS servers for MX and address look-ups (guide §2.2: the DNS page);
     # none: the system's (/etc/resolv.conf).
     dns_servers: tuple[str, ...] = ()
+    # The SMTP server's resource limits (Postfix's names; see ReceivePolicy):
+    # sessions in all, sessions and connections per minute of one client
+    # outside my networks (0: no limit), seconds per command and per
+    # session, bytes per second in DATA, free bytes the queue keeps (0: 1.5
+    # times the message size limit).
+    smtpd_process_limit: int = 100
+    smtpd_client_connection_count_limit: int = 10
+    smtpd_client_connection_rate_limit: int = 60
+    smtpd_timeout: int = 300
+    smtpd_session_time_limit: int = 1800
+    smtpd_min_data_rate: int = 500
+    queue_minfree: int = 0
     # Guide §2.3.14: where recipients of webmail messenger messages may send
     # (reply) to -- email addresses, domains (that domain only) and wildcard
     # domains ("*.example.com": example.com and every domain below it, as
@@ -121,6 +145,13 @@ class MTAConfig:
             match_subdomains=self.match_subdomains,
             my_networks=tuple(ipaddress.ip_network(n, strict=False) for n in self.my_networks),
             message_size_limit=self.before_filter_message_size_limit,
+            timeout=float(self.smtpd_timeout),
+            session_time_limit=float(self.smtpd_session_time_limit),
+            min_data_rate=self.smtpd_min_data_rate,
+            max_connections=self.smtpd_process_limit,
+            client_connection_limit=self.smtpd_client_connection_count_limit,
+            client_rate_limit=self.smtpd_client_connection_rate_limit,
+            queue_minfree=self.queue_minfree,
             verify_recipients=self.reject_unverified_recipient,
             unverified_reject_code=self.reject_unverified_code,
         )
@@ -265,6 +296,11 @@ def _check(name: str, value: Any) -> tuple[Any, str | None]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
             return None, "must be a number of bytes, at least 1024"
         return value, None
+    if name in SMTPD_LIMITS:
+        low, high = SMTPD_LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return None, f"must be a whole number from {low} to {high}"
+        return value, None
     if name == "transports":
         return _check_transports(value)
     if name == "dns_servers":
@@ -367,7 +403,7 @@ class MTAConfigSource:
         return self._policy[1]
 
     async def refresh(self) -> MTAConfig:
-        self.current = await self._store.run(load)
+        self.current = await self._store.read(load)
         return self.current
 
     async def update(self, changes: Mapping[str, Any]) -> dict[str, str]:

@@ -15,6 +15,7 @@ Postfix's, so an administrator reads them as usual.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 from collections.abc import Callable
@@ -23,10 +24,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.ssl import CertificateOptions
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from cipherd.logs import mail_logger
@@ -46,6 +46,24 @@ MAX_LINE = 16 * 1024
 MAX_PATH = 256
 # What a client may send ahead while its last command waits for the queue.
 MAX_BUFFERED = 4 * MAX_LINE
+# Postfix's smtpd_junk_command_limit: NOOP, RSET and VRFY past this many in
+# a session count as errors (towards the hard error limit), so a client
+# cannot hold a session open for ever with commands that do nothing.
+JUNK_COMMAND_LIMIT = 100
+_JUNK = frozenset({"NOOP", "RSET", "VRFY"})
+# Postfix's anvil_rate_time_unit: connection rates are counted per minute.
+RATE_TIME_UNIT = 60.0
+# Postfix's smtpd_client_ipv6_prefix_length: an IPv6 client is counted by
+# its network (one host may hold a whole /64 or more to connect from).
+IPV6_CLIENT_PREFIX = 84
+# Free space on the queue's file system, when queue_minfree is 0: Postfix
+# asks for 1.5 times the message size limit.
+MINFREE_FACTOR = 1.5
+# How long a reading of the free disk space is used (a statvfs per MAIL
+# FROM would be cheap, but the number need not be fresher than this).
+FREE_SPACE_CACHE = 1.0
+# A queue write failing with these means the disk is full.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 @dataclass(frozen=True)
@@ -61,9 +79,30 @@ class ReceivePolicy:
         (before any processing; C{0}: no limit).
     @ivar recipient_limit: recipients per message (C{smtpd_recipient_limit}).
     @ivar hard_error_limit: error replies before the session is ended.
-    @ivar timeout: seconds a client may stay silent (C{smtpd_timeout}).
+    @ivar timeout: seconds a client has to send each command, and the
+        longest it may stay silent in DATA (C{smtpd_timeout}).  Partial
+        input does not restart it: a line trickled a byte at a time counts
+        from when the previous command was answered.
+    @ivar session_time_limit: seconds a session may last in all, however
+        busy it is.
+    @ivar min_data_rate: bytes per second a client must keep up in DATA:
+        each byte received extends the DATA deadline by C{1/rate} seconds,
+        never beyond C{timeout} from now (Postfix's C{smtpd_min_data_rate});
+        C{0}: any byte restarts the timeout.
     @ivar hop_limit: Received headers that mean a mail loop (C{hopcount_limit}).
-    @ivar max_connections: concurrent sessions; more are turned away.
+    @ivar max_connections: concurrent sessions in all; more are turned away
+        (Postfix's process limit of the smtpd service).
+    @ivar client_connection_limit: concurrent sessions of one client
+        (C{smtpd_client_connection_count_limit}; C{0}: no limit).  Clients
+        in C{my_networks} are exempt, as Postfix's
+        C{smtpd_client_event_limit_exceptions}.
+    @ivar client_rate_limit: connections one client may open per minute
+        (C{smtpd_client_connection_rate_limit}; C{0}: no limit; the same
+        exemption).
+    @ivar queue_minfree: free bytes the queue's file system must keep:
+        mail is refused (C{452 4.3.1}) when less is left, and C{SIZE=}
+        beyond what is left above it; C{0}: 1.5 times the message size
+        limit (Postfix's C{queue_minfree}).
     @ivar verify_recipients: ask the next hop before accepting a recipient
         from a client outside C{my_networks} (C{reject_unverified_recipient}).
     @ivar unverified_reject_code: the reply to a recipient known to bounce
@@ -79,10 +118,24 @@ class ReceivePolicy:
     recipient_limit: int = 1000
     hard_error_limit: int = 20
     timeout: float = 300.0
+    session_time_limit: float = 1800.0
+    min_data_rate: int = 500
     hop_limit: int = 50
     max_connections: int = 100
+    client_connection_limit: int = 10
+    client_rate_limit: int = 60
+    queue_minfree: int = 0
     verify_recipients: bool = False
     unverified_reject_code: int = 450
+
+    @property
+    def minfree(self) -> int:
+        """
+        The free bytes the queue's file system keeps before mail is refused.
+        """
+        if self.queue_minfree:
+            return self.queue_minfree
+        return int(MINFREE_FACTOR * self.message_size_limit)
 
     def in_my_networks(self, address: str) -> bool:
         try:
@@ -141,6 +194,34 @@ _HEADER_NAME = re.compile(rb"^[!-9;-~]+:")
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
+def client_key(address: str) -> str:
+    """
+    The client that per-client limits count C{address} as: the address
+    itself, an IPv4-mapped IPv6 address as IPv4, IPv6 by its network.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return str(ip)
+
+
+def _no_space(error: BaseException | None) -> bool:
+    """
+    Whether C{error}, or an error it was raised from, is a full disk.
+    """
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
 def _parse_path(argument: bytes, what: str) -> tuple[str, dict[str, str]]:
     """
     C{FROM:<address> PARAM=value...} → the address and the ESMTP parameters.
@@ -163,16 +244,25 @@ def _parse_path(argument: bytes, what: str) -> tuple[str, dict[str, str]]:
     return address, params
 
 
-class SMTPServer(Protocol, TimeoutMixin):
+class SMTPServer(Protocol):
     """
     One SMTP session.
+
+    Time is kept as two deadlines, checked by one timer: the current
+    request's (a command, or DATA at the minimum data rate) and the
+    session's.  Deadlines only move later, so the timer is re-armed only
+    when it fires early, never on each read (reads are the hot path).
     """
 
     def __init__(self, factory: SMTPFactory) -> None:
         self.factory = factory
         self.policy = factory.policy()
-        # TimeoutMixin schedules with this: the injected clock.
-        self.callLater = factory.clock.callLater  # type: ignore[assignment]
+        self._clock = factory.clock
+        self._timer: IDelayedCall | None = None
+        self._deadline = 0.0
+        self._session_end = 0.0
+        self._client_key: str | None = None  # counted in the factory's tables
+        self._junk = 0
         self._buffer = bytearray()
         self._pos = 0  # where the next unread line starts in _buffer
         self._busy = False  # a reply is pending: later lines wait their turn
@@ -192,23 +282,90 @@ class SMTPServer(Protocol, TimeoutMixin):
         assert self.transport is not None
         peer = self.transport.getPeer()
         self.client_address = getattr(peer, "host", "")
-        self.factory.sessions += 1
+        self._client_key = client_key(self.client_address)
+        now = self._clock.seconds()
+        concurrent, rate = self.factory.opened(self._client_key, now)
         log.info("connect from {client}", client=self.client)
-        if self.factory.sessions > self.policy.max_connections:
-            self._close_with(421, f"4.7.0 {self.policy.my_hostname} Error: too many "
+        policy = self.policy
+        exempt = policy.in_my_networks(self.client_address)
+        if self.factory.sessions > policy.max_connections:
+            log.warn("warning: Connection count limit exceeded: {count} for service smtp "
+                     "(limit {limit}); refusing {client}", count=self.factory.sessions,
+                     limit=policy.max_connections, client=self.client)
+            self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many "
                                   "connections; try again later")
             return
-        self.setTimeout(self.policy.timeout)
-        self._reply(220, f"{self.policy.my_hostname} ESMTP cipherd")
+        if not exempt and policy.client_connection_limit and \
+                concurrent > policy.client_connection_limit:
+            log.warn("warning: Connection concurrency limit exceeded: {count} from {client} "
+                     "for service smtp", count=concurrent, client=self.client)
+            self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many connections "
+                                  f"from {self.client_address}")
+            return
+        if not exempt and policy.client_rate_limit and rate > policy.client_rate_limit:
+            log.warn("warning: Connection rate limit exceeded: {count} from {client} for "
+                     "service smtp", count=rate, client=self.client)
+            self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many connections "
+                                  f"from {self.client_address}")
+            return
+        self._session_end = now + policy.session_time_limit
+        self._deadline = now + policy.timeout
+        self._arm()
+        self._reply(220, f"{policy.my_hostname} ESMTP cipherd")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.setTimeout(None)
-        self.factory.sessions -= 1
+        self._disarm()
+        if self._client_key is not None:
+            self.factory.closed(self._client_key)
+            self._client_key = None
         log.info("disconnect from {client}", client=self.client)
 
+    # Time ------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._timer is None or not self._timer.active():
+            delay = min(self._deadline, self._session_end) - self._clock.seconds()
+            self._timer = self._clock.callLater(max(0.0, delay), self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        now = self._clock.seconds()
+        if now >= self._session_end:
+            log.info("session time limit exceeded after {state} from {client}",
+                     state=self._state_name(), client=self.client)
+            self._close_with(421, f"4.4.2 {self.policy.my_hostname} Error: session time "
+                                  "limit exceeded")
+            return
+        if now >= self._deadline:
+            if self._busy:
+                # Waiting for us (the queue, a verification): not the
+                # client's time.
+                self._deadline = now + self.policy.timeout
+            else:
+                self.timeoutConnection()
+                return
+        self._arm()
+
+    def _next_request(self) -> None:
+        """
+        A command was read or answered: the client has C{timeout} again.
+        """
+        self._deadline = self._clock.seconds() + self.policy.timeout
+
     def timeoutConnection(self) -> None:
-        log.info("timeout after {state} from {client}", state=self._state_name(),
-                 client=self.client)
+        if self._data is not None:
+            log.info("timeout after DATA ({size} bytes) from {client}", size=self._size,
+                     client=self.client)
+        else:
+            log.info("timeout after {state} from {client}", state=self._state_name(),
+                     client=self.client)
         self._close_with(421, f"4.4.2 {self.policy.my_hostname} Error: timeout exceeded")
 
     @property
@@ -229,7 +386,15 @@ class SMTPServer(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self.resetTimeout()
+        if self._data is not None:
+            # RFC 5321 §4.5.3.2.6 gives DATA blocks the timeout; Postfix's
+            # smtpd_min_data_rate: each byte buys 1/rate seconds, never
+            # more than the timeout from now.  A trickle falls behind.
+            now = self._clock.seconds()
+            rate = self.policy.min_data_rate
+            self._deadline = (now + self.policy.timeout if not rate else
+                              min(self._deadline + len(data) / rate,
+                                  now + self.policy.timeout))
         self._buffer += data
         if self._busy and len(self._buffer) > MAX_BUFFERED:
             if len(self._buffer) > 16 * MAX_BUFFERED:
@@ -287,14 +452,17 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _reply(self, code: int, text: str, *more: str) -> None:
         self._write_reply(code, [text, *more])
         if code >= 400:
-            # Postfix's smtpd_hard_error_limit: a client that keeps getting
-            # errors is probing or broken.
-            self._errors += 1
-            if self._errors >= self.policy.hard_error_limit:
-                log.info("too many errors after {state} from {client}",
-                         state=self._state_name(), client=self.client)
-                self._close_with(421, f"4.7.0 {self.policy.my_hostname} Error: too many "
-                                      "errors")
+            self._count_error()
+
+    def _count_error(self) -> None:
+        # Postfix's smtpd_hard_error_limit: a client that keeps getting
+        # errors is probing or broken.
+        self._errors += 1
+        if self._errors >= self.policy.hard_error_limit:
+            log.info("too many errors after {state} from {client}",
+                     state=self._state_name(), client=self.client)
+            self._close_with(421, f"4.7.0 {self.policy.my_hostname} Error: too many "
+                                  "errors")
 
     def _close_with(self, code: int, text: str) -> None:
         if self._closing:
@@ -303,7 +471,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._closing = True
         self._buffer.clear()
         self._pos = 0
-        self.setTimeout(None)
+        self._disarm()
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     # Commands --------------------------------------------------------------
@@ -318,6 +486,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._hops = 0
 
     def _command(self, raw: bytes) -> None:
+        self._next_request()
         line = raw.rstrip(b"\r\n")
         verb, _, argument = line.partition(b" ")
         name = verb.upper().decode("ascii", "replace")
@@ -330,11 +499,16 @@ class SMTPServer(Protocol, TimeoutMixin):
         except SMTPReply as e:
             self._reply(e.code, e.text)
             return
+        if name in _JUNK:
+            self._junk += 1
+            if self._junk > JUNK_COMMAND_LIMIT and not self._closing:
+                self._count_error()
         if isinstance(result, Deferred):
             self._busy = True
             result.addErrback(self._internal_error).addBoth(self._resume)
 
     def _resume(self, _: object) -> None:
+        self._next_request()
         self._busy = False
         if self._paused and not self._closing:
             self._paused = False
@@ -388,8 +562,31 @@ class SMTPServer(Protocol, TimeoutMixin):
         body = params.get("BODY", "7BIT").upper()
         if body not in ("7BIT", "8BITMIME"):
             raise SMTPReply(501, "5.5.4 Bad BODY keyword value")
+        self._check_free_space(sender, int(size) if size is not None else 0)
         self._sender = sender
         self._reply(250, "2.1.0 Ok")
+
+    def _check_free_space(self, sender: str, size: int) -> None:
+        """
+        Postfix's queue_minfree: refuse a transaction the queue has no room
+        for now, before the client sends it.
+
+        @raise SMTPReply: C{452 4.3.1}, too little space.
+        """
+        free = self.factory.free_bytes()
+        if free is None:
+            return
+        minfree = self.policy.minfree
+        if free >= minfree + size:
+            return
+        if free < minfree:
+            log.warn("warning: not enough free space in mail queue: {free} bytes < "
+                     "{minfree} bytes (queue_minfree)", free=free, minfree=minfree)
+        log.info("NOQUEUE: reject: MAIL from {client}: 452 4.3.1 Insufficient system storage; "
+                 "from=<{sender}> size={size} proto={proto} helo=<{helo}>",
+                 client=self.client, sender=sender, size=size,
+                 proto="ESMTP" if self._esmtp else "SMTP", helo=self._helo)
+        raise SMTPReply(452, "4.3.1 Insufficient system storage")
 
     def do_RCPT(self, argument: bytes) -> Deferred[None] | None:
         if self._sender is None:
@@ -611,6 +808,15 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._reply(250, f"2.0.0 Ok: queued as {received.queue_id}")
 
     def _not_queued(self, failure: Failure, received: Received) -> None:
+        if _no_space(failure.value):
+            # A full disk is the operator's to fix, not a bug: one line,
+            # and the client told to come back (RFC 3463 4.3.1).
+            self.factory.disk_full()
+            log.warn("warning: {queue_id}: queue file write error: no space left on the "
+                     "queue's file system; the client is told to try again later",
+                     queue_id=received.queue_id)
+            self._reply(452, "4.3.1 Insufficient system storage")
+            return
         log.failure("{queue_id}: the message could not be queued", failure,
                     queue_id=received.queue_id)
         self._reply(451, "4.3.0 Error: queue file write error")
@@ -629,6 +835,9 @@ class SMTPFactory(ServerFactory):
     @ivar verify: recipient address verification
         (L{cipherd.smtp.verify.AddressVerifier.verify}), used when the
         policy asks for it.
+    @ivar free_space: the free bytes on the queue's file system now
+        (C{None}: not checked).
+    @ivar sessions: sessions open now.
     """
 
     policy: Callable[[], ReceivePolicy]
@@ -636,8 +845,73 @@ class SMTPFactory(ServerFactory):
     clock: IReactorTime
     tls: CertificateOptions | None = None
     verify: Callable[[str], Deferred[Verdict]] | None = None
+    free_space: Callable[[], int] | None = None
     sessions: int = field(default=0)
+    # Per client (L{client_key}): sessions open now, and the connections
+    # of the current minute as [start of the minute, count] (anvil's).
+    _client_sessions: dict[str, int] = field(default_factory=dict)
+    _rates: dict[str, list[float]] = field(default_factory=dict)
+    _swept: float = 0.0
+    _free: tuple[float, int] | None = None
     noisy = False  # the MTA log says what matters
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         return SMTPServer(self)
+
+    def opened(self, client: str, now: float) -> tuple[int, int]:
+        """
+        Count a new session of C{client}.
+
+        @return: its sessions open now, and its connections this minute
+            (both counting this one).
+        """
+        self.sessions += 1
+        concurrent = self._client_sessions[client] = self._client_sessions.get(client, 0) + 1
+        if now - self._swept >= RATE_TIME_UNIT:
+            # Forget the clients of past minutes, once a minute: the table
+            # holds at most a minute's clients.
+            self._rates = {c: w for c, w in self._rates.items() if now - w[0] < RATE_TIME_UNIT}
+            self._swept = now
+        window = self._rates.get(client)
+        if window is None or now - window[0] >= RATE_TIME_UNIT:
+            window = self._rates[client] = [now, 0]
+        window[1] += 1
+        return concurrent, int(window[1])
+
+    def closed(self, client: str) -> None:
+        """
+        A session counted by L{opened} ended.
+        """
+        self.sessions -= 1
+        left = self._client_sessions.get(client, 1) - 1
+        if left > 0:
+            self._client_sessions[client] = left
+        else:
+            self._client_sessions.pop(client, None)
+
+    def client_sessions(self, client: str) -> int:
+        """
+        @return: the sessions of C{client} (a L{client_key}) open now.
+        """
+        return self._client_sessions.get(client, 0)
+
+    def free_bytes(self) -> int | None:
+        """
+        The free bytes on the queue's file system, read at most once a
+        second; C{None} when unknown.
+        """
+        if self.free_space is None:
+            return None
+        now = self.clock.seconds()
+        if self._free is None or now - self._free[0] >= FREE_SPACE_CACHE:
+            try:
+                self._free = (now, self.free_space())
+            except OSError:
+                return None
+        return self._free[1]
+
+    def disk_full(self) -> None:
+        """
+        A write to the queue failed for want of space: read it afresh.
+        """
+        self._free = None
