@@ -19,6 +19,8 @@ from cipherd.smtp.config import (
 )
 from cipherd.store.schema import mta_config
 from cipherd.testing import migrated_store, result_of
+from tests.harness import AdminHarness
+from tests.test_webmail_certificate import admin  # noqa: F401 -- a fixture
 
 
 @pytest.mark.parametrize("text, host, port, mx", [
@@ -172,3 +174,60 @@ def test_authorized_recipients_are_stored_with_the_mta_config() -> None:
     assert refreshed.authorized("alice@example.com")
     assert result_of(here.update({"authorized_recipients": ["bad entry"]})) != {}
     assert result_of(there.refresh()).authorized_recipients == refreshed.authorized_recipients
+
+
+def test_smtp_server_limits_are_checked_and_reach_the_receive_policy() -> None:
+    config, errors = apply_changes(MTAConfig(), {
+        "smtpd_process_limit": 300, "smtpd_client_connection_count_limit": 0,
+        "smtpd_client_connection_rate_limit": 120, "smtpd_timeout": 60,
+        "smtpd_session_time_limit": 600, "smtpd_min_data_rate": 1000,
+        "queue_minfree": 50_000_000})
+    assert errors == {}
+    policy = config.receive_policy()
+    assert (policy.max_connections, policy.client_connection_limit, policy.client_rate_limit,
+            policy.timeout, policy.session_time_limit, policy.min_data_rate,
+            policy.minfree) == (300, 0, 120, 60.0, 600.0, 1000, 50_000_000)
+    # Postfix's defaults; the reserve follows the size limit when unset.
+    default = MTAConfig().receive_policy()
+    assert (default.max_connections, default.client_connection_limit,
+            default.client_rate_limit, default.timeout, default.min_data_rate,
+            default.minfree) == (100, 10, 60, 300.0, 500, 15_360_000)
+    same, errors = apply_changes(config, {
+        "smtpd_process_limit": 0, "smtpd_timeout": 5, "smtpd_min_data_rate": -1,
+        "smtpd_client_connection_count_limit": True, "queue_minfree": "1"})
+    assert same is config
+    assert errors == {
+        "smtpd_process_limit": "must be a whole number from 1 to 100000",
+        "smtpd_timeout": "must be a whole number from 10 to 3600",
+        "smtpd_min_data_rate": "must be a whole number from 0 to 1000000000",
+        "smtpd_client_connection_count_limit": "must be a whole number from 0 to 100000",
+        "queue_minfree": f"must be a whole number from 0 to {2**62}"}
+
+
+def test_the_smtp_limits_on_the_advanced_mta_page(
+        admin: AdminHarness) -> None:  # noqa: F811 -- the fixture imported above
+    page = admin.get("/mta/config?advanced=1").text
+    for label in ("SMTP sessions limit", "Sessions per client",
+                  "Connections per client per minute", "SMTP timeout",
+                  "SMTP session time limit", "Minimum data rate", "Queue minimum free space"):
+        assert label in page
+    assert 'name="smtpd_client_connection_count_limit" value="10"' in page
+    form = {"relay_domains": "example.com", "my_networks": "127.0.0.0/8",
+            "my_hostname": "mx.example.com", "advanced": "1",
+            "before_filter_message_size_limit": "10240000",
+            "after_filter_message_size_limit": "20480000", "smtpd_process_limit": "200",
+            "smtpd_client_connection_count_limit": "5",
+            "smtpd_client_connection_rate_limit": "30", "smtpd_timeout": "120",
+            "smtpd_session_time_limit": "900", "smtpd_min_data_rate": "0",
+            "queue_minfree": "1000000", "reject_unverified_code": "450"}
+    assert admin.post_form("/mta/config", form).code == 303
+    config = result_of(admin.site.backend.mta.refresh())
+    assert (config.smtpd_process_limit, config.smtpd_client_connection_count_limit,
+            config.smtpd_client_connection_rate_limit, config.smtpd_timeout,
+            config.smtpd_session_time_limit, config.smtpd_min_data_rate,
+            config.queue_minfree) == (200, 5, 30, 120, 900, 0, 1_000_000)
+    refused = admin.post_form("/mta/config", {**form, "smtpd_timeout": "soon",
+                                              "smtpd_session_time_limit": "5"})
+    assert refused.code == 400
+    assert "must be a whole number of seconds" in refused.text
+    assert result_of(admin.site.backend.mta.refresh()).smtpd_timeout == 120

@@ -44,11 +44,34 @@ _TEXT_FIELDS = {
                             "domains (typically the internal company mail server)."),
 }
 _ADVANCED_NUMBERS = {
+    # name: (label, help, unit, smallest value)
     "before_filter_message_size_limit": ("Before filter message size limit", "The largest "
-                                         "message, in bytes, the SMTP server accepts."),
+                                         "message, in bytes, the SMTP server accepts.",
+                                         "bytes", 1024),
     "after_filter_message_size_limit": ("After filter message size limit", "The largest "
                                         "message, in bytes, after encryption or decryption. "
-                                        "Not smaller than the limit before the filter."),
+                                        "Not smaller than the limit before the filter.",
+                                        "bytes", 1024),
+    "smtpd_process_limit": ("SMTP sessions limit", "The most SMTP sessions at once, from all "
+                            "clients together; more are answered 421.", "sessions", 1),
+    "smtpd_client_connection_count_limit": (
+        "Sessions per client", "The most SMTP sessions one client may hold at once (0: no "
+        "limit). Clients in my networks are exempt.", "sessions", 0),
+    "smtpd_client_connection_rate_limit": (
+        "Connections per client per minute", "How often one client may connect in a minute "
+        "(0: no limit). Clients in my networks are exempt.", "per minute", 0),
+    "smtpd_timeout": ("SMTP timeout", "The time a client has to send each command, and the "
+                      "longest it may stay silent while sending a message. Partial input "
+                      "does not restart it.", "seconds", 10),
+    "smtpd_session_time_limit": ("SMTP session time limit", "The longest one SMTP session may "
+                                 "last, however busy.", "seconds", 60),
+    "smtpd_min_data_rate": ("Minimum data rate", "While sending a message, a client slower "
+                            "than this is cut off (0: only the timeout applies).",
+                            "bytes/second", 0),
+    "queue_minfree": ("Queue minimum free space", "Mail is refused (452 4.3.1) when the "
+                      "queue's disk has less free space than this, and a message announced "
+                      "larger than the space above it. 0: 1.5 times the before filter "
+                      "message size limit.", "bytes", 0),
 }
 
 
@@ -137,7 +160,7 @@ class MTAPages(AdminPages):
                 if raw.isdigit():
                     changes[name] = int(raw)
                 else:
-                    errors[name] = "must be a number of bytes"
+                    errors[name] = f"must be a whole number of {_ADVANCED_NUMBERS[name][2]}"
             changes["smtp_helo_name"] = (arg(request, "smtp_helo_name") or "").strip()
             changes["reject_unverified_recipient"] = (
                 arg(request, "reject_unverified_recipient") == "on")
