@@ -270,3 +270,35 @@ def test_a_tunnel_too_large_once_encrypted_is_told_to_the_sender(world: World) -
     ((sender, to, notice),) = world.submitted
     assert (sender, to) == ("", ["alice@example.com"])
     assert b"too large for the secure webmail" in notice
+
+
+def test_a_verified_signature_of_an_untrusted_signer_is_not_called_invalid(
+        world: World, log_lines: list[str]) -> None:
+    """
+    Issue 12: "S/MIME signature was not valid" was logged for signatures
+    that verified but whose signer is not trusted.  Each fault has its line.
+    """
+    stranger = make_user("mallory@elsewhere.example", make_ca("Unknown root"))
+    signed = smime.sign_message(SENT, stranger.cert, stranger.key, signing_time=START)
+    (part,) = world.process("carol@example.com", content=signed,
+                            sender="mallory@elsewhere.example").values()
+    assert b"X-Cipherd-Info-Signer-Verified-0: True\r\nX-Cipherd-Info-Signer-Trusted-0: False" \
+        in part.content
+    untrusted = [line for line in log_lines if "signer not trusted" in line]
+    assert len(untrusted) == 1 and untrusted[0].startswith(
+        "S/MIME signature verified, signer not trusted; Signer IDs: CN=Mallory, "
+        "EMAILADDRESS=mallory@elsewhere.example; Queue id: "), log_lines
+    assert not any("signature was not valid" in line for line in log_lines)
+
+    # The same signature over a changed text: that one is not valid.
+    log_lines.clear()
+    # The first character of the signed part's body, changed.
+    boundary = signed.index(b"\r\n--", signed.index(b"\r\n\r\n"))
+    at = signed.index(b"\r\n\r\n", boundary) + 4
+    tampered = signed[:at] + (b"A" if signed[at:at + 1] != b"A" else b"B") + signed[at + 1:]
+    (part,) = world.process("carol@example.com", content=tampered,
+                            sender="mallory@elsewhere.example").values()
+    assert b"X-Cipherd-Info-Signer-Verified-0: False" in part.content
+    assert any(line.startswith("S/MIME signature was not valid; Signer IDs: CN=Mallory")
+               for line in log_lines), log_lines
+    assert not any("signer not trusted" in line for line in log_lines)

@@ -330,9 +330,22 @@ class Gateway:
                 if not signer.valid:
                     added.append((f"{INFO_PREFIX}Signer-Reason-{i}", signer.reason))
             if not opened.signature_valid:
-                log.warn("S/MIME signature was not valid; Signer IDs: {signers}; Queue id: "
-                         "{queue_id}", signers=opened.signer_ids() or "(none)",
-                         queue_id=envelope.queue_id)
+                # The guide's "not valid" is for a signature that does not
+                # verify (or none at all); one that verifies with a signer
+                # we do not trust is a different fault for the reader.
+                broken = [s for s in opened.signers if not s.check.valid]
+                if broken or not opened.signers:
+                    log.warn("S/MIME signature was not valid; Signer IDs: {signers}; Queue id: "
+                             "{queue_id}; Message: {why}",
+                             signers=opened.signer_ids() or "(none)",
+                             queue_id=envelope.queue_id,
+                             why=broken[0].reason if broken else "no signer")
+                else:
+                    untrusted = [s for s in opened.signers if not s.valid]
+                    log.warn("S/MIME signature verified, signer not trusted; Signer IDs: "
+                             "{signers}; Queue id: {queue_id}; Message: {why}",
+                             signers="; ".join(s.signer for s in untrusted),
+                             queue_id=envelope.queue_id, why=untrusted[0].reason)
         log.info("{queue_id}: incoming S/MIME: {what}", queue_id=envelope.queue_id,
                  what=", ".join(f"{name.removeprefix(INFO_PREFIX)}={value}"
                                 for name, value in added if "-Email-" not in name))
