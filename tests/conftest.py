@@ -6,6 +6,7 @@ Shared fixtures: databases (SQLite and the throwaway PostgreSQL that
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import signal
@@ -188,6 +189,14 @@ class Appliance:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """
+        C{kill -9}: the process gets no chance to tidy up, as in a crash.
+        """
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
 
 def write_appliance_config(directory: Path, admin_port: int, smtp_port: int,
                            database_url: str = "", portal_port: int = 0) -> Path:
@@ -216,6 +225,47 @@ def appliance(tmp_path: Path) -> Iterator[Appliance]:
         yield app
     finally:
         app.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """
+    A directory on a 1 MiB tmpfs of its own, for tests that fill the disk
+    for real (see L{fill_disk}).  Mounting needs root: skipped without it,
+    except under CI.
+    """
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mounting a small tmpfs needs root")
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
+                   check=True, capture_output=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True, capture_output=True)
+
+
+def fill_disk(directory: Path, leave: int) -> Path:
+    """
+    Fill the file system of C{directory} until only about C{leave} bytes
+    are free; remove the returned file to free the space again.
+    """
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+    size = filler.stat().st_size
+    os.truncate(filler, max(0, size - leave))
+    return filler
 
 
 @pytest.fixture

@@ -6,6 +6,9 @@ failures injected, time driven by a Clock.
 
 from __future__ import annotations
 
+import errno
+import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,23 @@ from zope.interface import implementer
 
 from cipherd.smtp.bounce import BOUNCE_SIZE_LIMIT, Failed, build_bounce
 from cipherd.smtp.config import MTAConfig, apply_changes
-from cipherd.smtp.queue import MIN_BACKOFF, QUEUE_LIFETIME, MailQueue, QueueRunner
+from cipherd.smtp.queue import (
+    DATABASE_DEFERRAL,
+    DATABASE_RETRY_WAITS,
+    MIN_BACKOFF,
+    QUEUE_LIFETIME,
+    IMessageProcessor,
+    MailQueue,
+    Part,
+    QueueRunner,
+    describe,
+)
 from cipherd.smtp.routing import HopNotFound, IHopResolver, NextHop, next_hop
 from cipherd.smtp.server import Received, ReceivePolicy, SMTPFactory
-from cipherd.smtp.spool import DirectorySpool, Envelope, new_queue_id
+from cipherd.smtp.spool import DirectorySpool, Envelope, Rename, new_queue_id
+from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.testing import SynchronousRunner, result_of
+from tests.conftest import fill_disk
 
 CONTENT = b"From: a@example.org\r\nSubject: hello\r\n\r\n.dot\r\nbody\r\n"
 
@@ -75,10 +90,20 @@ class Network:
 
 
 class World:
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_800_000_000)
-        self.spool = DirectorySpool(tmp_path / "spool")
+    """
+    A queue runner on a spool in C{tmp_path}.  A second World on the same
+    directory and clock is the node after a restart.
+
+    @param rename: the spool's rename (a crash injected there).
+    """
+
+    def __init__(self, tmp_path: Path, *, clock: Clock | None = None,
+                 rename: Rename = os.rename, **config: Any) -> None:
+        if clock is None:
+            clock = Clock()
+            clock.advance(1_800_000_000)
+        self.clock = clock
+        self.spool = DirectorySpool(tmp_path / "spool", rename=rename)
         self.queue = MailQueue(self.spool, SynchronousRunner(), self.clock)
         changes = {"my_hostname": "gw.example.org",
                    "external_relay_host": "[relay.example.net]", **config}
@@ -318,25 +343,29 @@ def test_a_message_held_while_it_waited_for_a_place_is_not_delivered(tmp_path: P
     assert next(m for m in world.queued() if m[0] == second)[1] == "hold"
 
 
-def test_a_queue_file_that_cannot_be_updated_is_held_not_delivered_again(
-        tmp_path: Path) -> None:
-    world = World(tmp_path)
-    world.network.policy = ReceivePolicy("next-hop.example.net", relay_domains=("example.com",))
+def test_a_queue_file_that_cannot_be_renamed_is_not_delivered_again(tmp_path: Path) -> None:
+    # Not a full disk (the spool copes with that): the file system refuses
+    # every rename.  The recipient served must not get the message again.
+    refusing = [False]
+
+    def rename(source: Path, target: Path) -> None:
+        if refusing[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        os.rename(source, target)
+
+    world = World(tmp_path, rename=rename)
     queue_id = world.enqueue(recipients=("b@example.com", "c@elsewhere.test"))
-    real_move = world.spool.move
-
-    def full(queue_id: str, state: str, envelope: Envelope | None = None,
-             keep_hold: bool = False) -> Any:
-        if envelope is not None:
-            raise OSError(28, "No space left on device")
-        return real_move(queue_id, state, envelope, keep_hold)
-
-    world.spool.move = full  # type: ignore[method-assign]
+    refusing[0] = True
     world.scan()
-    world.clock.advance(600)
+    world.clock.advance(MIN_BACKOFF)
     world.scan()
     assert [r.recipients for r in world.network.queued] == [["b@example.com"]]
-    assert world.queued() == [(queue_id, "hold", ("b@example.com", "c@elsewhere.test"))]
+    message, _ = world.spool.load(queue_id)
+    assert message.state == "active" and message.envelope.recipients == ("c@elsewhere.test",)
+    refusing[0] = False
+    result_of(world.runner.scan(flush=True))  # the admin flushes: c is tried again
+    assert [r.recipients for r in world.network.queued] == [["b@example.com"]]
+    assert world.queued() == [(queue_id, "deferred", ("c@elsewhere.test",))]
 
 
 def test_a_host_that_refuses_at_the_greeting_hands_over_to_the_next_mx(
@@ -418,3 +447,245 @@ def test_verification_probes_cannot_take_the_places_of_deliveries(tmp_path: Path
     Deferred.fromCoroutine(world.runner.scan())
     assert len(pending) == PROBES_PER_DESTINATION + 1  # the delivery is not held up
     assert not any(p.called for p in probes)
+
+
+# Availability under abuse and faults (issue 12) ------------------------------
+
+# 50 KB in lines of 78 octets: the size the issue's half-written file had.
+LARGE = CONTENT + (b"x" * 76 + b"\r\n") * 650
+
+
+def test_a_deferral_that_cannot_be_written_on_a_full_disk_stays_deferred_with_its_reason(
+        small_disk: Path) -> None:
+    world = World(small_disk)
+    queue_id = world.enqueue(recipients=("b@example.com", "c@elsewhere.test"), content=LARGE)
+    filler = fill_disk(small_disk, leave=20_000)  # less than the rewritten file needs
+    world.scan()
+    assert [r.recipients for r in world.network.queued] == [["b@example.com"]]
+    # Deferred for the recipient still to serve, with its reason and a first
+    # back-off step, as if the disk had room; nothing half-written is left.
+    (message,) = result_of(world.queue.messages())
+    assert (message.state, message.envelope.recipients) == ("deferred", ("c@elsewhere.test",))
+    assert message.envelope.attempts == 1
+    assert message.envelope.next_attempt == world.clock.seconds() + MIN_BACKOFF
+    assert "Relay access denied" in message.envelope.reason
+    assert describe(message)["reason"] == message.envelope.reason  # the API's listing
+    assert list((small_disk / "spool" / "incoming").iterdir()) == []
+    world.scan()  # not due: b does not get it again
+    assert len(world.network.queued) == 1
+    # A restart now would find it deferred with its old envelope: tried
+    # again at once for both recipients (b twice), never lost.
+    on_disk = DirectorySpool(small_disk / "spool").load(queue_id)[0]
+    assert (on_disk.state, on_disk.envelope.recipients) == (
+        "deferred", ("b@example.com", "c@elsewhere.test"))
+    # Room again: the next attempt writes the envelope it had in memory.
+    filler.unlink()
+    world.clock.advance(MIN_BACKOFF)
+    world.scan()
+    assert len(world.network.queued) == 1
+    on_disk = DirectorySpool(small_disk / "spool").load(queue_id)[0]
+    assert (on_disk.state, on_disk.envelope.recipients, on_disk.envelope.attempts) == (
+        "deferred", ("c@elsewhere.test",), 2)
+
+
+def test_a_bounce_that_cannot_be_queued_on_a_full_disk_keeps_its_recipient_queued(
+        small_disk: Path) -> None:
+    world = World(small_disk)
+    world.network.policy = ReceivePolicy("next-hop.example.net", relay_domains=("example.com",),
+                                         message_size_limit=1024)
+    world.runner.kick = lambda: None  # type: ignore[method-assign]  # scan by hand
+    queue_id = world.enqueue(content=LARGE)
+    filler = fill_disk(small_disk, leave=0)  # no room for the bounce either
+    world.scan()
+    (message,) = result_of(world.queue.messages())
+    assert (message.envelope.queue_id, message.state) == (queue_id, "deferred")
+    assert "Message size exceeds fixed limit" in message.envelope.reason
+    assert list((small_disk / "spool" / "incoming").iterdir()) == []
+    filler.unlink()
+    world.clock.advance(MIN_BACKOFF)
+    world.scan()
+    ((bounce_id, _, recipients),) = world.queued()
+    assert bounce_id != queue_id and recipients == ("a@example.org",)
+
+
+class Unavailable:
+    """
+    Processing that finds the database locked until C{available} is set.
+    """
+
+    def __init__(self) -> None:
+        self.available = False
+        self.calls = 0
+
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[Any]:
+        self.calls += 1
+        if not self.available:
+            return fail(DatabaseUnavailable("database is locked"))
+        return succeed([Part(envelope.recipients, content)])
+
+
+def test_a_database_that_is_unavailable_is_retried_then_deferred_briefly_and_logged_once(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path)
+    processor = Unavailable()
+    world.runner.processor = processor  # type: ignore[assignment]
+    first, second = world.enqueue(), world.enqueue()
+    scan = Deferred.fromCoroutine(world.runner.scan())
+    assert processor.calls == 2 and not scan.called
+    for wait in DATABASE_RETRY_WAITS:
+        world.clock.advance(wait)
+    assert scan.called and processor.calls == 2 * (1 + len(DATABASE_RETRY_WAITS))
+    for message in world.spool.messages():
+        assert message.state == "deferred"
+        assert message.envelope.attempts == 0  # not a back-off step
+        assert message.envelope.next_attempt == world.clock.seconds() + DATABASE_DEFERRAL
+        assert message.envelope.reason == "the database is unavailable: database is locked"
+    waiting = [line for line in log_lines if "processing waits for the database" in line]
+    assert len(waiting) == 1 and "(database is locked)" in waiting[0]
+    assert not any("processing failed" in line for line in log_lines)
+    assert world.network.queued == []
+    world.clock.advance(DATABASE_DEFERRAL - 1)
+    world.scan()
+    assert processor.calls == 8  # not due yet
+    processor.available = True
+    world.clock.advance(1)
+    world.scan()
+    assert world.queued() == [] and len(world.network.queued) == 2
+    assert {first, second} <= {line.split(":")[0] for line in log_lines
+                               if "status=sent" in line}
+    down = sum(DATABASE_RETRY_WAITS) + DATABASE_DEFERRAL
+    assert f"Processing works again: the database answered after {down:.0f} s (2 messages " \
+           "were deferred meanwhile)" in log_lines
+    assert world.clock.getDelayedCalls() == []
+
+
+def test_a_database_outage_never_bounces_even_a_message_at_the_end_of_its_lifetime(
+        tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.runner.processor = Unavailable()  # type: ignore[assignment]
+    world.runner.kick = lambda: None  # type: ignore[method-assign]
+    queue_id = world.enqueue()
+    world.clock.advance(QUEUE_LIFETIME)
+    scan = Deferred.fromCoroutine(world.runner.scan())
+    world.clock.pump(DATABASE_RETRY_WAITS)
+    assert scan.called
+    assert world.queued() == [(queue_id, "deferred", ("b@example.com",))]
+
+
+def test_stopping_while_waiting_for_the_database_leaves_the_message_as_it_was(
+        tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.runner.processor = Unavailable()  # type: ignore[assignment]
+    queue_id = world.enqueue()
+    scan = Deferred.fromCoroutine(world.runner.scan())
+    world.runner.stop()
+    assert scan.called and world.clock.getDelayedCalls() == []
+    (message,) = world.spool.messages()
+    assert (message.envelope.queue_id, message.state, message.envelope.attempts) == (
+        queue_id, "active", 0)
+
+
+def test_a_database_locked_by_another_process_defers_briefly_then_the_mail_flows(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path)
+    path = tmp_path / "cipherd.db"
+    store = Store(create_engine_for_url(f"sqlite:///{path}", sqlite_busy_timeout_ms=50),
+                  SynchronousRunner(), world.clock)
+
+    async def create() -> None:
+        await store.migrate()
+        await store.run(lambda conn: conn.exec_driver_sql(
+            "CREATE TABLE processed (queue_id TEXT)"))
+
+    result_of(create())
+
+    @implementer(IMessageProcessor)
+    class Recording:
+        """
+        Processing that writes to the database, as the gateway's does.
+        """
+
+        def process(self, envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
+            d = store.run(lambda conn: conn.exec_driver_sql(
+                "INSERT INTO processed VALUES (?)", (envelope.queue_id,)))
+            return d.addCallback(lambda _: [Part(envelope.recipients, content)])
+
+    world.runner.processor = Recording()
+    other = sqlite3.connect(path, isolation_level=None)  # another process, say a backup
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        queue_id = world.enqueue()
+        scan = Deferred.fromCoroutine(world.runner.scan())
+        for wait in DATABASE_RETRY_WAITS:
+            world.clock.advance(wait)
+        assert scan.called
+        (message,) = world.spool.messages()
+        assert (message.state, message.envelope.attempts) == ("deferred", 0)
+        assert message.envelope.reason == "the database is unavailable: database is locked"
+        assert message.envelope.next_attempt == world.clock.seconds() + DATABASE_DEFERRAL
+        assert len([line for line in log_lines if "waits for the database" in line]) == 1
+        other.execute("COMMIT")
+        world.clock.advance(DATABASE_DEFERRAL)
+        world.scan()
+        assert world.queued() == [] and len(world.network.queued) == 1
+        assert other.execute("SELECT queue_id FROM processed").fetchall() == [(queue_id,)]
+    finally:
+        other.close()
+        store.close()
+
+
+class Killed(BaseException):
+    """
+    The process was killed (C{kill -9}): nothing after this point runs.
+    """
+
+
+def test_a_kill_between_the_two_renames_of_a_deferral_neither_retries_at_once_nor_doubles_the_backoff(  # noqa: E501
+        tmp_path: Path) -> None:
+    def rename(source: Path, target: Path) -> None:
+        if (source.parent.name, target.parent.name) == ("active", "deferred"):
+            raise Killed  # the new envelope is in place, the second rename never happens
+        os.rename(source, target)
+
+    world = World(tmp_path, rename=rename)
+    world.network.up = False
+    queue_id = world.enqueue()
+    killed_at = world.clock.seconds()
+    Deferred.fromCoroutine(world.runner.scan()).addErrback(lambda f: f.trap(Killed))
+    (message,) = world.spool.messages()
+    assert (message.envelope.queue_id, message.state, message.envelope.attempts) == (
+        queue_id, "active", 1)
+    world.scan()  # the record, not the directory, says when it is due
+    assert len(world.network.connections) == 1
+
+    restarted = World(tmp_path, clock=world.clock)
+    restarted.network.up = False
+    (message,) = restarted.spool.messages()
+    assert (message.state, message.envelope.attempts) == ("deferred", 1)
+    assert message.envelope.next_attempt == killed_at + MIN_BACKOFF
+    restarted.scan()
+    restarted.clock.advance(MIN_BACKOFF - 1)
+    restarted.scan()
+    assert restarted.network.connections == []  # not before its recorded next attempt
+    restarted.clock.advance(1)
+    restarted.scan()
+    assert len(restarted.network.connections) == 1
+    (message,) = restarted.spool.messages()
+    # The second step of the back-off (600 s), not a doubled one.
+    assert (message.state, message.envelope.attempts) == ("deferred", 2)
+    assert message.envelope.next_attempt == restarted.clock.seconds() + 2 * MIN_BACKOFF
+
+
+def test_release_and_flush_still_mean_now(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.network.up = False
+    queue_id = world.enqueue()
+    world.scan()
+    assert result_of(world.queue.hold(queue_id))
+    assert result_of(world.queue.release(queue_id))
+    (message,) = world.spool.messages()
+    assert (message.state, message.envelope.next_attempt) == ("active", 0.0)
+    world.scan()  # at once, not at the deferral's next attempt
+    assert len(world.network.connections) == 2
+    result_of(world.runner.scan(flush=True))
+    assert len(world.network.connections) == 3

@@ -5,12 +5,15 @@ rename, and nothing but an envelope line and the content is in a file.
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cipherd.smtp.spool import MAGIC, DirectorySpool, Envelope, SpoolError, new_queue_id
+from tests.conftest import fill_disk
 
 CONTENT = b"Subject: hi\r\n\r\n\x00\xff binary is fine\r\n.\r\n"
 
@@ -112,3 +115,83 @@ def test_a_message_gone_or_damaged_while_the_queue_is_read_does_not_stop_the_sca
 
     monkeypatch.setattr(Path, "stat", vanishing)
     assert [m.envelope.queue_id for m in spool.messages()] == [kept.queue_id]
+
+
+# 50 KB in lines of 78 octets.
+LARGE = CONTENT + (b"x" * 76 + b"\r\n") * 650
+
+
+def test_an_envelope_that_cannot_be_written_on_a_full_disk_leaves_no_partial_file(
+        small_disk: Path) -> None:
+    spool = DirectorySpool(small_disk / "spool")
+    queue_id = spool.store(envelope(), LARGE).envelope.queue_id
+    filler = fill_disk(small_disk, leave=20_000)  # room for part of the new file only
+    deferred = Envelope(queue_id, "a@example.org", ("c@example.com",), 1.0, attempts=1,
+                        next_attempt=500.0, reason="451 4.3.0 try later")
+    moved = spool.move(queue_id, "deferred", deferred)
+    assert (moved.state, moved.envelope) == ("deferred", deferred)
+    assert list((small_disk / "spool" / "incoming").iterdir()) == []
+    # The new envelope is what the spool shows, from memory...
+    assert spool.load(queue_id) == (moved, LARGE)
+    (listed,) = spool.messages()
+    assert (listed.state, listed.envelope) == ("deferred", deferred)
+    # ...while the file keeps the old one: a restart now tries all its old
+    # recipients again.
+    restarted = DirectorySpool(small_disk / "spool")
+    again, content = restarted.load(queue_id)
+    assert (again.state, again.envelope.recipients, content) == (
+        "deferred", ("b@example.com", "c@example.com"), LARGE)
+    # The next move that can write it does.
+    filler.unlink()
+    assert spool.move(queue_id, "hold").envelope == deferred
+    assert DirectorySpool(small_disk / "spool").load(queue_id)[0].envelope == deferred
+    assert spool.remove(queue_id) and spool.messages() == []
+
+
+def test_a_message_that_does_not_fit_on_a_full_disk_is_refused_without_a_trace(
+        small_disk: Path) -> None:
+    spool = DirectorySpool(small_disk / "spool")
+    fill_disk(small_disk, leave=20_000)
+    with pytest.raises(SpoolError, match="No space left on device"):
+        spool.store(envelope(), LARGE)
+    assert list((small_disk / "spool" / "incoming").iterdir()) == []
+    assert spool.messages() == []
+
+
+class Killed(BaseException):
+    """
+    The process was killed (C{kill -9}) at this point.
+    """
+
+
+def test_a_deferral_stopped_between_its_two_renames_is_finished_at_start(
+        tmp_path: Path) -> None:
+    def rename(source: Path, target: Path) -> None:
+        if (source.parent.name, target.parent.name) == ("active", "deferred"):
+            raise Killed
+        os.rename(source, target)
+
+    spool = DirectorySpool(tmp_path, rename=rename)
+    interrupted = spool.store(envelope(), CONTENT).envelope.queue_id
+    released = spool.store(envelope(), CONTENT).envelope.queue_id
+    deferred = Envelope(interrupted, "a@example.org", ("c@example.com",), 1.0, attempts=1,
+                        next_attempt=500.0, reason="451 4.3.0 try later")
+    with pytest.raises(Killed):
+        spool.move(interrupted, "deferred", deferred)
+    assert spool.load(interrupted)[0].state == "active"
+    restarted = DirectorySpool(tmp_path)
+    message, content = restarted.load(interrupted)
+    assert (message.state, message.envelope, content) == ("deferred", deferred, CONTENT)
+    assert restarted.load(released)[0].state == "active"  # nothing to finish there
+
+
+def test_moving_into_active_makes_a_message_due_now(tmp_path: Path) -> None:
+    spool = DirectorySpool(tmp_path)
+    queue_id = spool.store(envelope(), CONTENT).envelope.queue_id
+    spool.move(queue_id, "deferred", replace(envelope(queue_id), attempts=2,
+                                             next_attempt=900.0, reason="busy"))
+    spool.move(queue_id, "hold")
+    released = spool.move(queue_id, "active")  # the admin's release
+    assert (released.envelope.next_attempt, released.envelope.attempts) == (0.0, 2)
+    again = DirectorySpool(tmp_path).load(queue_id)[0]
+    assert (again.state, again.envelope) == ("active", released.envelope)

@@ -5,6 +5,14 @@ defers what could not be delivered yet (retrying with exponential back-off
 up to the queue lifetime) and bounces what cannot be delivered at all —
 never losing a message on the way: the spool changes only after the next
 hop said 250, or after a bounce was queued in its place.
+
+When a message is due is read from its queue file's own record
+(C{next_attempt}), whatever directory the file is in, so a crash in the
+middle of a deferral neither retries it at once nor counts the attempt
+twice.  A database that is locked or down (L{DatabaseUnavailable} from
+processing) is our own fault, not the message's: it is retried within
+seconds, then deferred for a short while without counting as an attempt,
+and never bounced.
 """
 
 from __future__ import annotations
@@ -13,9 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from zope.interface import Interface, implementer
 
 from cipherd.logs import mail_logger
@@ -30,7 +45,8 @@ from cipherd.smtp.routing import (
     next_hop,
 )
 from cipherd.smtp.server import Received
-from cipherd.smtp.spool import Envelope, ISpool, QueuedMessage, new_queue_id
+from cipherd.smtp.spool import Envelope, ISpool, QueuedMessage, SpoolError, new_queue_id
+from cipherd.store import DatabaseUnavailable
 from cipherd.threads import IBlockingRunner
 
 Connect = Callable[[str, int, Protocol], "Deferred[Any]"]
@@ -107,7 +123,8 @@ class MailQueue:
 
     async def release(self, queue_id: str) -> bool:
         """
-        Put a held (or deferred) message back for delivery now.
+        Put a held (or deferred) message back for delivery now: the spool
+        clears its next attempt as it moves it into C{active}.
         """
         return await self._set_state(queue_id, "active", "released")
 
@@ -160,6 +177,8 @@ class IMessageProcessor(Interface):
         @return: what to deliver: each part with the recipients it is for.
             Every recipient of C{envelope} must be in exactly one part (or
             the processor failed, and the message is retried).
+        @raise DatabaseUnavailable: (in the Deferred) the database could not
+            be used just now: retried soon, and never bounced.
         """
 
 
@@ -205,6 +224,13 @@ MIN_BACKOFF = 300.0
 MAX_BACKOFF = 4000.0
 QUEUE_LIFETIME = 5 * 86400.0
 SCAN_INTERVAL = 60.0
+# Processing that found the database locked or down is tried again after
+# each of these waits (seconds; ~15 s in all, a lock held by a backup or a
+# migration is usually gone by then), then the message is deferred for
+# DATABASE_DEFERRAL: not a back-off step, and never towards a bounce.  The
+# scan (SCAN_INTERVAL) takes it up again within a minute.
+DATABASE_RETRY_WAITS = (2.0, 4.0, 8.0)
+DATABASE_DEFERRAL = 30.0
 # Messages delivered at once (Postfix's default_process_limit), and
 # connections to one next hop at once (default_destination_concurrency_limit).
 CONCURRENT_DELIVERIES = 100
@@ -243,6 +269,12 @@ class QueueRunner:
         self._per_hop_probes: dict[NextHop, DeferredSemaphore] = {}
         self._stuck: set[str] = set()  # delivered in part, queue file not updated
         self._scheduled: Any = None
+        # Waits before processing is tried again, cancelled by stop().
+        self._waits: set[Deferred[None]] = set()
+        # An episode of database unavailability: when it began, and how
+        # many messages were deferred for it (logged at its start and end).
+        self._database_down_since: float | None = None
+        self._database_deferrals = 0
 
     def accept(self, received: Received) -> Deferred[QueuedMessage]:
         """
@@ -262,7 +294,7 @@ class QueueRunner:
         if queue_id in self._busy:
             return
         self._busy.add(queue_id)
-        d = self._limit.run(self._attempt_claimed, queue_id)
+        d = Deferred.fromCoroutine(self._attempt_claimed(queue_id))
         d.addErrback(lambda f: log.failure("{queue_id}: the delivery attempt failed", f,
                                            queue_id=queue_id))
 
@@ -290,8 +322,14 @@ class QueueRunner:
             self._scheduled = self._clock.callLater(0, self._scan_logged)
 
     def stop(self) -> None:
+        """
+        Start nothing more: messages waiting to be processed again stay in
+        the queue as they are on disk.
+        """
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
+        for wait in list(self._waits):
+            wait.cancel()
 
     def _scan_logged(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self.scan())
@@ -300,50 +338,86 @@ class QueueRunner:
 
     async def scan(self, *, flush: bool = False) -> None:
         """
-        Deliver every active message, and the deferred ones that are due
-        (all of them with C{flush}).
+        Deliver every message that is due: not held, and its record's next
+        attempt has come (all that are not held, with C{flush}).  New and
+        released messages have none; a deferred one in C{active/} (a crash
+        between the renames of its deferral) waits like any deferred one.
         """
         now = self._clock.seconds()
         if flush:
             self._stuck.clear()
         due = [m for m in await self._queue.messages()
                if m.envelope.queue_id not in self._busy
-               and m.envelope.queue_id not in self._stuck and (
-                   m.state == "active" or (m.state == "deferred" and (
-                       flush or m.envelope.next_attempt <= now)))]
+               and m.envelope.queue_id not in self._stuck and m.state != "hold"
+               and (flush or m.envelope.next_attempt <= now)]
         # Claimed now, not when its turn comes: a second scan meanwhile must
         # not start the same message again.
         self._busy.update(m.envelope.queue_id for m in due)
-        attempts = [self._limit.run(self._attempt_claimed, m.envelope.queue_id, flush)
+        attempts = [Deferred.fromCoroutine(self._attempt_claimed(m.envelope.queue_id, flush))
                     for m in due]
         for attempt in attempts:
             attempt.addErrback(lambda f: log.failure("A delivery attempt failed", f))
         await DeferredList(attempts)
 
     async def _attempt_claimed(self, queue_id: str, flush: bool = False) -> None:
+        """
+        Attempt a claimed message, within the limit of deliveries at once;
+        while the database is unavailable, try again after each of
+        L{DATABASE_RETRY_WAITS} (without holding a place meanwhile).
+        """
         try:
-            await self._attempt(queue_id, flush)
+            for tries_left in range(len(DATABASE_RETRY_WAITS), -1, -1):
+                again = await self._limit.run(self._attempt, queue_id, flush,
+                                              tries_left > 0)
+                if not again:
+                    return
+                wait = deferLater(self._clock,
+                                  DATABASE_RETRY_WAITS[-tries_left], lambda: None)
+                self._waits.add(wait)
+                try:
+                    await wait
+                except CancelledError:
+                    return  # stopping: the queue file is as it was
+                finally:
+                    self._waits.discard(wait)
         finally:
             self._busy.discard(queue_id)
 
-    async def _attempt(self, queue_id: str, flush: bool) -> None:
+    async def _attempt(self, queue_id: str, flush: bool, may_wait: bool = False) -> bool:
+        """
+        Process and deliver one message, and settle it in the queue.
+
+        @param may_wait: if the database is unavailable, return C{True}
+            (to be tried again soon) instead of deferring the message.
+        @return: whether to try again soon.
+        """
         started = self._clock.seconds()
         try:
             queued, content = await self._queue.load(queue_id)
         except KeyError:
-            return  # deleted meanwhile
+            return False  # deleted meanwhile
         envelope = queued.envelope
         # Claimed a while ago maybe (waiting for a place): as it is now.
-        if queued.state == "hold" or (queued.state == "deferred" and not flush
-                                      and envelope.next_attempt > started):
-            return
+        # The record says when it is due, whichever directory it is in.
+        if queued.state == "hold" or (not flush and envelope.next_attempt > started):
+            return False
         config = self._config()
         try:
             if envelope.extra.get(PROCESSED):
                 parts = [Part(envelope.recipients, content)]
             else:
                 parts = await self.processor.process(envelope, content)
+                self._database_answered()
+        except DatabaseUnavailable as e:
+            # (The one name smtp takes from cipherd.store, which knows
+            # nothing of smtp; smtp.config reads the MTA config from it.)
+            self._database_unavailable(queue_id, e)
+            if may_wait:
+                return True
+            await self._defer_for_database(queued, e, started)
+            return False
         except Exception as e:
+            self._database_answered()
             log.failure("{queue_id}: processing failed; the message stays queued",
                         queue_id=queue_id)
             # Retried like a next hop that is down, and bounced when the
@@ -352,7 +426,7 @@ class QueueRunner:
             why = f"processing failed ({type(e).__name__}: {str(e)[:200]})"
             await self._settle(queued, content, {
                 r: Outcome("deferred", "4.3.0", why) for r in envelope.recipients}, started)
-            return
+            return False
         outcomes: dict[str, Outcome] = {}
         relays: dict[str, str] = {}
         limit = config.after_filter_message_size_limit
@@ -394,19 +468,52 @@ class QueueRunner:
         try:
             await self._settle(queued, content, outcomes, started)
         except Exception:
-            # The queue file could not be brought up to date (a full disk):
-            # the recipients already served must not get it again at every
-            # scan.  Held for the admin if possible, else left alone by this
-            # node's scans until a flush or a restart.
+            # The queue file could not be read or renamed at all (a full
+            # disk alone does not get here: the spool keeps the new envelope
+            # in memory).  The recipients already served must not get it
+            # again at every scan: this node leaves it alone until a flush
+            # or a restart.
             log.failure("{queue_id}: the queue file could not be updated after delivery; "
-                        "the message is put on hold", queue_id=queue_id)
+                        "it is not tried again until the queue is flushed",
+                        queue_id=queue_id)
             self._stuck.add(queue_id)
-            try:
-                if await self._queue.hold(queue_id):
-                    self._stuck.discard(queue_id)
-            except Exception:
-                log.failure("{queue_id}: could not put the message on hold either",
-                            queue_id=queue_id)
+        return False
+
+    def _database_unavailable(self, queue_id: str, error: DatabaseUnavailable) -> None:
+        if self._database_down_since is not None:
+            return
+        self._database_down_since = self._clock.seconds()
+        self._database_deferrals = 0
+        log.error("{queue_id}: processing waits for the database ({reason}): messages are "
+                  "tried again for {retry:g} s, then deferred for {deferral:g} s, until it "
+                  "answers (logged once until then)", queue_id=queue_id,
+                  reason=error.reason, retry=sum(DATABASE_RETRY_WAITS),
+                  deferral=DATABASE_DEFERRAL)
+
+    def _database_answered(self) -> None:
+        if self._database_down_since is None:
+            return
+        log.info("Processing works again: the database answered after {seconds:.0f} s "
+                 "({count} messages were deferred meanwhile)",
+                 seconds=self._clock.seconds() - self._database_down_since,
+                 count=self._database_deferrals)
+        self._database_down_since = None
+
+    async def _defer_for_database(self, queued: QueuedMessage, error: DatabaseUnavailable,
+                                  started: float) -> None:
+        # Not _settle: however old the message, our database being down is
+        # no reason to bounce it, nor a step of its back-off.
+        outcome = Outcome("deferred", "4.3.0", f"the database is unavailable: {error.reason}")
+        for recipient in queued.envelope.recipients:
+            self._log_outcome(queued.envelope, recipient, outcome, "none", started)
+        self._database_deferrals += 1
+        try:
+            await self._defer(queued, dict.fromkeys(queued.envelope.recipients, outcome),
+                              started, delay=DATABASE_DEFERRAL)
+        except Exception:
+            log.failure("{queue_id}: the queue file could not be updated; it is not tried "
+                        "again until the queue is flushed", queue_id=queued.envelope.queue_id)
+            self._stuck.add(queued.envelope.queue_id)
 
     async def probe(self, recipient: str) -> tuple[Outcome, str]:
         """
@@ -504,9 +611,18 @@ class QueueRunner:
                   for r, o in outcomes.items()
                   if (o.status == "bounced" and not o.notified)
                   or (o.status == "deferred" and expired)]
+        unbounced: set[str] = set()
         if failed:
-            await self._bounce(envelope, content, failed)
-        remaining = {r: o for r, o in outcomes.items() if o.status == "deferred" and not expired}
+            try:
+                await self._bounce(envelope, content, failed)
+            except SpoolError:
+                # No room for the notice (a full disk): these recipients
+                # stay queued and are tried again, as deferred ones are.
+                log.failure("{queue_id}: the non-delivery notification could not be queued; "
+                            "its recipients stay queued", queue_id=envelope.queue_id)
+                unbounced = {f.recipient for f in failed}
+        remaining = {r: o for r, o in outcomes.items()
+                     if (o.status == "deferred" and not expired) or r in unbounced}
         if remaining:
             await self._defer(queued, remaining, started)
         elif await self._queue.delete(envelope.queue_id, quiet=True):
@@ -531,10 +647,18 @@ class QueueRunner:
         self.kick()
 
     async def _defer(self, queued: QueuedMessage, remaining: dict[str, Outcome],
-                     started: float) -> None:
+                     started: float, *, delay: float | None = None) -> None:
+        """
+        Keep the C{remaining} recipients queued for a later attempt: after
+        the next back-off step, or after C{delay} without counting an
+        attempt.
+        """
         envelope = queued.envelope
-        attempts = envelope.attempts + 1
-        backoff = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (attempts - 1))
+        if delay is None:
+            attempts = envelope.attempts + 1
+            backoff = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (attempts - 1))
+        else:
+            attempts, backoff = envelope.attempts, delay
         reason = next(iter(remaining.values())).reason
         try:
             # Held by the admin meanwhile: it stays held.

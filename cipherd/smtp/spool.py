@@ -8,6 +8,19 @@ every message where it was.  Messages move between the queue states
 (C{active}, C{deferred}, C{hold}) by renaming, which is atomic on one file
 system; a message leaves the queue only when it is removed.
 
+When a message is deferred its file is written again with the new envelope
+(attempts, next attempt, reason, the recipients still to serve) and then
+renamed into C{deferred/}.  The file's own record decides when it is due,
+whatever directory it lies in: a crash between the two renames leaves it
+in C{active/} with its new envelope, and the next start finishes the move.
+A file in C{active/} has no next attempt on disk otherwise (a move into
+C{active} clears it: the admin's release means "now").
+
+When the disk is full the new envelope cannot be written: the file is
+still renamed (a rename needs no new blocks), and the envelope is kept in
+memory, in front of the one on disk, until a later change to that message
+can write it (see L{DirectorySpool}).
+
 Each file holds the envelope as one line of JSON, then the content, byte for
 byte: no pickle, nothing a crafted message could make the spool execute.
 """
@@ -19,7 +32,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -134,11 +147,19 @@ class ISpool(Interface):
     def move(queue_id: str, state: str, envelope: Envelope | None = None,
              keep_hold: bool = False) -> QueuedMessage:
         """
-        Put a message in another state, with a new envelope if given.
+        Put a message in another state, with a new envelope if given.  A
+        message moved into C{active} is due at once: its next attempt is
+        cleared.  When the new envelope cannot be written (a full disk) the
+        message is moved all the same and the envelope is kept in memory:
+        L{load} and L{messages} show it, and the next move of the message
+        writes it.
 
         @param keep_hold: a message the admin holds stays held (it still
             gets the new envelope): for the queue's own moves.
+        @return: the message as moved, with the envelope in force.
         @raise KeyError: no message with that id.
+        @raise SpoolError: the file could not be read or renamed; the new
+            envelope, if any, is kept in memory all the same.
         """
 
     def remove(queue_id: str) -> bool:
@@ -178,24 +199,72 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+Rename = Callable[[Path, Path], None]
+
+
 @implementer(ISpool)
 class DirectorySpool:
     """
     The spool in a directory of its own, with a subdirectory per state.
+
+    Envelopes that could not be written (the disk was full when a message
+    was deferred) are kept in memory and win over the ones on disk until a
+    later move of the same message writes them.  A restart before that
+    finds the message where it was moved, with the envelope it had before:
+    it is tried again at once, for all the recipients it had then.  Some
+    of them may get it a second time; none loses it.
+
+    @param rename: renames a file (C{os.rename}): the tests inject a crash
+        between two renames here.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, rename: Rename = os.rename) -> None:
         self.directory = directory
+        self._rename = rename
         # One change to the queue files at a time: a find-then-rename from
         # two threads (a delivery settling, the admin holding) could leave
         # a message in two states.
         self._lock = threading.RLock()
+        # Envelopes not yet on disk, by queue id (see the class docstring).
+        self._unwritten: dict[str, Envelope] = {}
         for name in (_INCOMING, *STATES):
             (directory / name).mkdir(mode=0o700, parents=True, exist_ok=True)
         # A message still in incoming/ was never answered 250: its client
-        # will send it again.
+        # will send it again.  A half-written new envelope there is the
+        # old file's: that one is still in place.
         for leftover in (directory / _INCOMING).iterdir():
             leftover.unlink()
+        self._finish_interrupted_deferrals()
+
+    def _finish_interrupted_deferrals(self) -> None:
+        # Only a deferral writes a next attempt, and only into deferred/ (or
+        # hold/): a file in active/ with one was stopped between its two
+        # renames.  Its record already counts the attempt.
+        moved = False
+        for path in (self.directory / "active").iterdir():
+            if not _QUEUE_ID.fullmatch(path.name):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    envelope = self._read_envelope(f, path)
+            except SpoolError:
+                continue  # reported by the next scan, left for the administrator
+            target = self.directory / "deferred" / path.name
+            if envelope.next_attempt and not target.exists():
+                try:
+                    self._rename(path, target)
+                except OSError as e:
+                    # Not due before its next attempt wherever it lies:
+                    # the queue reads that from the record.
+                    log.warn("{queue_id}: cannot finish its deferral ({why})",
+                             queue_id=path.name, why=e.strerror or e)
+                    continue
+                moved = True
+                log.info("{queue_id}: deferral finished after a restart (attempts={attempts})",
+                         queue_id=path.name, attempts=envelope.attempts)
+        if moved:
+            _fsync_directory(self.directory / "deferred")
+            _fsync_directory(self.directory / "active")
 
     def new_queue_id(self) -> str:
         return new_queue_id()
@@ -245,6 +314,7 @@ class DirectorySpool:
         with open(path, "rb") as f:
             envelope = self._read_envelope(f, path)
             content = f.read()
+        envelope = self._unwritten.get(queue_id, envelope)
         return QueuedMessage(envelope, state, path, len(content)), content
 
     def move(self, queue_id: str, state: str, envelope: Envelope | None = None,
@@ -260,24 +330,52 @@ class DirectorySpool:
         if keep_hold and current == "hold":
             state = "hold"
         target = self.directory / state / queue_id
+        message, content = self.load(queue_id)
+        if envelope is not None:
+            envelope = replace(envelope, queue_id=queue_id)
+        elif queue_id in self._unwritten:
+            envelope = message.envelope  # still to be written
+        if state == "active" and (envelope or message.envelope).next_attempt:
+            # Due now (the admin's release): only a deferral that a crash
+            # stopped half-way leaves a next attempt in active/.
+            envelope = replace(envelope or message.envelope, next_attempt=0.0)
         if envelope is None:
-            os.rename(path, target)
-            _fsync_directory(target.parent)
-            message, _ = self.load(queue_id)
-            return message
+            try:
+                self._rename(path, target)
+                _fsync_directory(target.parent)
+            except OSError as e:
+                raise SpoolError(f"cannot move the queue file: {e.strerror or e}") from e
+            return replace(message, state=state, path=target)
         # A new envelope: write the whole file again and swap it in where
         # the old one is, then move it.  Each step is one rename: a crash
         # leaves exactly one copy, with the old envelope or the new.
-        envelope = replace(envelope, queue_id=queue_id)
-        _, content = self.load(queue_id)
         incoming = self.directory / _INCOMING / queue_id
-        _write_file(incoming, "wb", envelope, content)
-        _, path = self._find(queue_id)  # where it is now, not where it was
-        os.rename(incoming, path)
-        if target != path:
-            os.rename(path, target)
-        _fsync_directory(path.parent)
-        _fsync_directory(target.parent)
+        try:
+            _write_file(incoming, "wb", envelope, content)
+        except OSError as e:
+            # A full disk: no half-written copy stays, the file keeps its
+            # old envelope and the new one waits in memory.
+            incoming.unlink(missing_ok=True)
+            self._unwritten[queue_id] = envelope
+            log.warn("{queue_id}: the queue file could not be rewritten ({why}); its new "
+                     "envelope is kept in memory until the next change to the message "
+                     "(a restart before then tries all its old recipients again)",
+                     queue_id=queue_id, why=e.strerror or e)
+        else:
+            self._unwritten.pop(queue_id, None)
+            try:
+                self._rename(incoming, path)
+            except OSError as e:
+                incoming.unlink(missing_ok=True)
+                self._unwritten[queue_id] = envelope
+                raise SpoolError(f"cannot replace the queue file: {e.strerror or e}") from e
+        try:
+            if target != path:
+                self._rename(path, target)
+            _fsync_directory(path.parent)
+            _fsync_directory(target.parent)
+        except OSError as e:
+            raise SpoolError(f"cannot move the queue file: {e.strerror or e}") from e
         return QueuedMessage(envelope, state, target, len(content))
 
     def remove(self, queue_id: str) -> bool:
@@ -285,6 +383,7 @@ class DirectorySpool:
             return self._remove(queue_id)
 
     def _remove(self, queue_id: str) -> bool:
+        self._unwritten.pop(queue_id, None)
         try:
             _, path = self._find(queue_id)
         except KeyError:
@@ -295,6 +394,8 @@ class DirectorySpool:
         return True
 
     def _all(self) -> Iterator[QueuedMessage]:
+        with self._lock:
+            unwritten = dict(self._unwritten)
         for state in STATES:
             for path in (self.directory / state).iterdir():
                 if not _QUEUE_ID.fullmatch(path.name):
@@ -312,7 +413,7 @@ class DirectorySpool:
                     log.error("{why}: left where it is for the administrator ({path})",
                               why=e, path=path)
                     continue
-                yield QueuedMessage(envelope, state, path, size)
+                yield QueuedMessage(unwritten.get(path.name, envelope), state, path, size)
 
     def messages(self) -> list[QueuedMessage]:
         return sorted(self._all(), key=lambda m: (m.envelope.received, m.envelope.queue_id))
