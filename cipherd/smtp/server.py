@@ -288,30 +288,42 @@ class SMTPServer(Protocol):
         log.info("connect from {client}", client=self.client)
         policy = self.policy
         exempt = policy.in_my_networks(self.client_address)
+        if self._refused(concurrent, rate, exempt):
+            # Not a session: it must not count against those that follow.
+            self.factory.closed(self._client_key)
+            self._client_key = None
+            return
+        self._session_end = now + policy.session_time_limit
+        self._deadline = now + policy.timeout
+        self._arm()
+        self._reply(220, f"{policy.my_hostname} ESMTP cipherd")
+
+    def _refused(self, concurrent: int, rate: int, exempt: bool) -> bool:
+        """
+        Turn the new session away with 421 if it is over a limit.
+        """
+        policy = self.policy
         if self.factory.sessions > policy.max_connections:
             log.warn("warning: Connection count limit exceeded: {count} for service smtp "
                      "(limit {limit}); refusing {client}", count=self.factory.sessions,
                      limit=policy.max_connections, client=self.client)
             self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many "
                                   "connections; try again later")
-            return
+            return True
         if not exempt and policy.client_connection_limit and \
                 concurrent > policy.client_connection_limit:
             log.warn("warning: Connection concurrency limit exceeded: {count} from {client} "
                      "for service smtp", count=concurrent, client=self.client)
             self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many connections "
                                   f"from {self.client_address}")
-            return
+            return True
         if not exempt and policy.client_rate_limit and rate > policy.client_rate_limit:
             log.warn("warning: Connection rate limit exceeded: {count} from {client} for "
                      "service smtp", count=rate, client=self.client)
             self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many connections "
                                   f"from {self.client_address}")
-            return
-        self._session_end = now + policy.session_time_limit
-        self._deadline = now + policy.timeout
-        self._arm()
-        self._reply(220, f"{policy.my_hostname} ESMTP cipherd")
+            return True
+        return False
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._disarm()
