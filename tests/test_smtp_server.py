@@ -534,3 +534,34 @@ def test_the_line_length_limit_is_the_same_in_bulk_and_line_by_line() -> None:
                 replies += session.send(line + b"\r\n")
         assert replies == [f"421 4.7.0 {HOST} Error: line too long".encode()], split
         assert session.queued == []
+
+
+def test_no_time_limit_cuts_a_message_while_the_queue_writes_it() -> None:
+    """
+    The session time limit passes while the queue is still writing the
+    message: the client gets its 250 first (cutting it then would make it
+    send again what is already queued), and the session ends after.
+    """
+    pending: list[Deferred[None]] = []
+
+    def slow(received: Received) -> Deferred[None]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    session = Session(ReceivePolicy(HOST, relay_domains=("example.com",),
+                                    session_time_limit=600, min_data_rate=0), accept=slow)
+    session.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    for line in (b"x\r\n", b"y\r\n", b".\r\n"):  # at 250 s, 500 s and 590 s
+        session.clock.advance(250 if line != b".\r\n" else 90)
+        session.send(line)
+    assert pending and not session.closed
+    session.clock.advance(400)  # past the limit, and past the timeout
+    assert not session.closed
+    session.transport.clear()
+    pending[0].callback(None)
+    assert session.transport.value().startswith(b"250 2.0.0 Ok: queued as ")
+    session.transport.clear()
+    session.clock.advance(1)
+    assert session.transport.value() == (
+        f"421 4.4.2 {HOST} Error: session time limit exceeded\r\n".encode())
+    assert session.closed

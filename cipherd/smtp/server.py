@@ -51,6 +51,9 @@ MAX_BUFFERED = 4 * MAX_LINE
 # cannot hold a session open for ever with commands that do nothing.
 JUNK_COMMAND_LIMIT = 100
 _JUNK = frozenset({"NOOP", "RSET", "VRFY"})
+# How often a session's time limits are looked at again while the server,
+# not the client, is busy (writing the queue, verifying a recipient).
+BUSY_RECHECK = 1.0
 # Postfix's anvil_rate_time_unit: connection rates are counted per minute.
 RATE_TIME_UNIT = 60.0
 # Postfix's smtpd_client_ipv6_prefix_length: an IPv6 client is counted by
@@ -349,6 +352,13 @@ class SMTPServer(Protocol):
         if self._closing:
             return
         now = self._clock.seconds()
+        if self._busy:
+            # Waiting for us (the queue, a verification): not the client's
+            # time, and no moment to cut a message that may be on disk
+            # already.  Looked at again shortly.
+            self._deadline = max(self._deadline, now + self.policy.timeout)
+            self._timer = self._clock.callLater(BUSY_RECHECK, self._expired)
+            return
         if now >= self._session_end:
             log.info("session time limit exceeded after {state} from {client}",
                      state=self._state_name(), client=self.client)
@@ -356,13 +366,8 @@ class SMTPServer(Protocol):
                                   "limit exceeded")
             return
         if now >= self._deadline:
-            if self._busy:
-                # Waiting for us (the queue, a verification): not the
-                # client's time.
-                self._deadline = now + self.policy.timeout
-            else:
-                self.timeoutConnection()
-                return
+            self.timeoutConnection()
+            return
         self._arm()
 
     def _next_request(self) -> None:
