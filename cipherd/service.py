@@ -50,7 +50,7 @@ from cipherd.smtp.routing import DNSHopResolver, connect_tcp
 from cipherd.smtp.server import SMTPFactory
 from cipherd.smtp.spool import DirectorySpool
 from cipherd.smtp.verify import AddressVerifier
-from cipherd.store import Store, create_engine_for_url
+from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.settings import SettingsRepository, apply_changes, load_values
 from cipherd.threads import ThreadPoolRunner
 from cipherd.web.admin import AdminSite
@@ -190,7 +190,9 @@ def _periodic(interval: float, job: Callable[[], Coroutine[Any, Any, Any]], fail
 
     def run() -> Deferred[Any]:
         d = Deferred.fromCoroutine(job())
-        d.addErrback(lambda f: log.failure(failed, f))
+        # An unavailable database is logged once per episode by the store,
+        # not by every timer every time it ticks.
+        d.addErrback(lambda f: None if f.check(DatabaseUnavailable) else log.failure(failed, f))
         return d
 
     timer = TimerService(interval, run)
