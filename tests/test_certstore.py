@@ -555,3 +555,50 @@ def test_a_crl_stored_by_issuer_name_alone_is_superseded_by_a_newer_one(
     assert [c.this_update for c in result_of(store.crls())] == [
         newer.last_update_utc.timestamp()]
     assert result_of(store.check(pki["alice"].cert, Purpose.ENCRYPTION)).valid
+
+
+def test_lookups_answer_while_another_process_holds_the_write_lock(
+        tmp_path: Path, pki: dict) -> None:
+    """
+    Issue 12: while another process held SQLite's write lock every message
+    failed processing.  The look-ups processing makes (certificates by
+    address, trust, keys, settings) only read: they answer under the lock
+    (WAL), and only a write has to wait.
+    """
+    import sqlite3
+
+    from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
+    from cipherd.store.migrations import migrate
+    from cipherd.store.settings import SettingsRepository
+
+    path = tmp_path / "cipherd.db"
+    engine = create_engine_for_url(f"sqlite:///{path}", sqlite_busy_timeout_ms=100)
+    with engine.begin() as conn:
+        migrate(conn)
+    clock = Clock()
+    clock.advance(NOW.timestamp())
+    database = Store(engine, SynchronousRunner(), clock)
+    certificates = CertificateStore(database, clock, os.urandom(32), SynchronousRunner())
+    result_of(certificates.import_data(pki["root"].der(), store=ROOTS))
+    result_of(certificates.import_data(pki["ca"].der()))
+    result_of(certificates.import_data(pki["alice"].der()))
+    settings = SettingsRepository(database, clock)
+
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        assert [email_addresses(c) for c in result_of(
+            certificates.encryption_certificates("alice@example.com"))] == [
+                ["alice@example.com"]]
+        assert result_of(certificates.find_by_email("alice@example.com"))
+        assert result_of(certificates.ctl()) == {}
+        assert "encrypt_mode" in result_of(settings.by_address(["alice@example.com"]))[
+            "alice@example.com"]
+        with pytest.raises(DatabaseUnavailable):
+            result_of(certificates.import_data(pki["bob"].der()))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # The lock released, the write goes through.
+    assert result_of(certificates.import_data(pki["bob"].der())).imported
+    engine.dispose()

@@ -212,7 +212,7 @@ class CertificateStore:
         its place instead of standing beside it for good.
         """
         legacy = hashlib.sha256(crl.issuer.public_bytes()).hexdigest()
-        row = await self._store.run(q.get_crl, legacy)
+        row = await self._store.read(q.get_crl, legacy)
         if row is None or row.this_update >= crl.last_update_utc.timestamp():
             return []  # none, or newer than this one: it stays
         try:
@@ -249,10 +249,10 @@ class CertificateStore:
     # Lookup ------------------------------------------------------------------
 
     async def get(self, thumbprint: str, store: str = CERTIFICATES) -> q.CertificateRow | None:
-        return await self._store.run(q.get_certificate, store, thumbprint.lower())
+        return await self._store.read(q.get_certificate, store, thumbprint.lower())
 
     async def find_by_email(self, email: str) -> list[x509.Certificate]:
-        rows = await self._store.run(q.find_by_email, email)
+        rows = await self._store.read(q.find_by_email, email)
         return [_load(r) for r in rows]
 
     async def find_by_issuer_serial(
@@ -262,12 +262,12 @@ class CertificateStore:
         @param issuer: a name, or the DER of one (as a CMS identifier has it).
         """
         issuer_der = issuer if isinstance(issuer, bytes) else issuer.public_bytes()
-        rows = await self._store.run(q.find_by_issuer_serial,
-                                     certs.issuer_serial_key(issuer_der, serial))
+        rows = await self._store.read(q.find_by_issuer_serial,
+                                      certs.issuer_serial_key(issuer_der, serial))
         return [_load(r) for r in rows]
 
     async def find_by_subject_key_id(self, ski: bytes) -> list[x509.Certificate]:
-        rows = await self._store.run(q.find_by_subject_key_id, ski.hex())
+        rows = await self._store.read(q.find_by_subject_key_id, ski.hex())
         return [_load(r) for r in rows]
 
     async def delete(self, thumbprint: str, store: str = CERTIFICATES) -> bool:
@@ -303,7 +303,7 @@ class CertificateStore:
                              q.list_certificates(conn, CERTIFICATES, ca_only=True),
                              q.list_ctl(conn), crls, signers)
 
-        version, rows = await self._store.run(read)
+        version, rows = await self._store.read(read)
         if rows is None:
             assert cached is not None
             context = cached[1]
@@ -341,7 +341,7 @@ class CertificateStore:
         The valid, trusted encryption certificates for a recipient address,
         latest expiry first.
         """
-        rows = await self._store.run(q.find_by_email, email)
+        rows = await self._store.read(q.find_by_email, email)
         context = await self.trust_context()
         now = self.now()
         loaded = [_load(r) for r in rows]
@@ -371,7 +371,7 @@ class CertificateStore:
     async def _identity(
         self, email: str, purpose: Purpose
     ) -> tuple[x509.Certificate, PrivateKey, list[x509.Certificate]] | None:
-        rows = [r for r in await self._store.run(q.find_by_email, email) if r.has_key]
+        rows = [r for r in await self._store.read(q.find_by_email, email) if r.has_key]
         if not rows:
             return None
         context = await self.trust_context()
@@ -390,7 +390,7 @@ class CertificateStore:
         Every certificate with a private key, for finding the recipient of
         an encrypted message (validity does not matter for decryption).
         """
-        rows = await self._store.run(q.certificates_with_keys)
+        rows = await self._store.read(q.certificates_with_keys)
         keys = [(_load(r), self._unseal(r)) for r in rows]
         return [(cert, key) for cert, key in keys if key is not None]
 
@@ -413,7 +413,7 @@ class CertificateStore:
 
     async def listing(self, store: str = CERTIFICATES, *, offset: int = 0,
                       limit: int = 100) -> list[StoredCertificate]:
-        rows = await self._store.run(
+        rows = await self._store.read(
             functools.partial(q.list_certificates, store=store, offset=offset, limit=limit)
         )
         context = await self.trust_context()
@@ -428,7 +428,7 @@ class CertificateStore:
     # CRLs --------------------------------------------------------------------
 
     async def crls(self) -> list[q.CRLRow]:
-        return await self._store.run(q.list_crls)
+        return await self._store.read(q.list_crls)
 
     async def delete_crl(self, issuer_hash: str) -> bool:
         self._changed()
@@ -445,4 +445,4 @@ class CertificateStore:
         return await self._store.run(q.delete_ctl, thumbprint.lower())
 
     async def ctl(self) -> dict[str, CTLStatus]:
-        return {t: CTLStatus(s) for t, s in (await self._store.run(q.list_ctl)).items()}
+        return {t: CTLStatus(s) for t, s in (await self._store.read(q.list_ctl)).items()}

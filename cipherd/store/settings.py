@@ -135,7 +135,7 @@ class SettingsRepository:
         """
         The values set along C{scope}'s lookup chain.
         """
-        return await self._store.run(load_values, lookup_chain(scope))
+        return await self._store.read(load_values, lookup_chain(scope))
 
     async def effective(self, scope: Scope) -> dict[str, Resolved]:
         return (await self.values(scope)).resolve_all(scope)
@@ -154,7 +154,7 @@ class SettingsRepository:
                    or cached[0] <= now]
         if missing:
             chains = list(dict.fromkeys(s for scope in missing for s in lookup_chain(scope)))
-            values = await self._store.run(load_values, chains)
+            values = await self._store.read(load_values, chains)
             if len(self._cache) > self._CACHE_LIMIT:
                 self._cache.clear()
             for scope in missing:
@@ -199,10 +199,10 @@ class SettingsRepository:
         return {}
 
     async def list(self, level: Level) -> list[str]:
-        return await self._store.run(list_scopes, level)
+        return await self._store.read(list_scopes, level)
 
     async def exists(self, scope: Scope) -> bool:
-        return await self._store.run(scope_exists, scope)
+        return await self._store.read(scope_exists, scope)
 
     async def add(self, scope: Scope) -> bool:
         added: bool = await self._store.run(add_scope, scope, self._clock.seconds())
