@@ -12,7 +12,8 @@ middle of a deferral neither retries it at once nor counts the attempt
 twice.  A database that is locked or down (L{DatabaseUnavailable} from
 processing) is our own fault, not the message's: it is retried within
 seconds, then deferred for a short while without counting as an attempt,
-and never bounced.
+and never bounced.  (That exception is all smtp takes from cipherd.store,
+which imports nothing of smtp.)
 """
 
 from __future__ import annotations
@@ -409,8 +410,6 @@ class QueueRunner:
                 parts = await self.processor.process(envelope, content)
                 self._database_answered()
         except DatabaseUnavailable as e:
-            # (The one name smtp takes from cipherd.store, which knows
-            # nothing of smtp; smtp.config reads the MTA config from it.)
             self._database_unavailable(queue_id, e)
             if may_wait:
                 return True
