@@ -10,7 +10,8 @@ import importlib
 import pytest
 
 EXPORTS = {
-    "cipherd.store": ["MigrationError", "Store", "create_engine_for_url"],
+    "cipherd.store": ["DatabaseUnavailable", "MigrationError", "Store",
+                      "create_engine_for_url"],
     "cipherd.testing": ["SynchronousRunner", "cheap_hasher", "migrated_store", "result_of"],
 }
 
