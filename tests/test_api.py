@@ -181,9 +181,11 @@ def test_logs(api: AdminHarness) -> None:
 def test_unknown_routes_and_methods_answer_in_json(api: AdminHarness) -> None:
     change_default(api)
     missing = call(api, "GET", "/nope")
-    assert (missing.code, missing.json()) == (404, {"error": "Not Found"})
+    assert (missing.code, missing.json()) == (404, {"error": "There is no such resource."})
     wrong_method = call(api, "PUT", "/settings/global", body={})
-    assert (wrong_method.code, wrong_method.json()) == (405, {"error": "Method Not Allowed"})
+    assert (wrong_method.code, wrong_method.json()) == (405, {
+        "error": "This resource does not answer PUT; it answers GET, HEAD, PATCH."})
+    assert wrong_method.header("allow") == "GET, HEAD, PATCH"
 
 
 def test_what_a_browser_could_send_from_another_site_is_refused(api: AdminHarness) -> None:

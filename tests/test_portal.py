@@ -789,14 +789,10 @@ def test_a_message_cannot_link_to_the_portals_own_pages() -> None:
     assert 'href="https://example.org/"' in html
 
 
-def test_no_directory_listing_of_the_static_files() -> None:
-    from twisted.web.test.requesthelper import DummyRequest
-
-    from cipherd.web.common import static_files
-
-    request = DummyRequest([b""])
-    static_files().directoryListing().render(request)
-    assert request.responseCode == 404 and b"portal.css" not in b"".join(request.written)
+def test_no_directory_listing_of_the_static_files(site: PortalSite) -> None:
+    listing = site.visitor().get("/static/")
+    assert listing.status == 404 and "portal-clip.svg" not in listing.text
+    assert "There is no such page or message." in listing.text
 
 
 def test_disabling_an_account_ends_its_sessions(site: PortalSite, reader: Visitor) -> None:

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from werkzeug.exceptions import HTTPException
 
 from cipherd.settings import (
     GLOBAL,
@@ -33,6 +31,7 @@ from cipherd.settings import (
     properties_on,
     scope_for,
 )
+from cipherd.store import DatabaseUnavailable
 from cipherd.web.api import AdminAPI
 from cipherd.web.auth import (
     AdminSession,
@@ -49,13 +48,19 @@ from cipherd.web.backend import (
     TunnelEnd,
 )
 from cipherd.web.common import (
+    RETRY_AFTER_SECONDS,
+    ErrorAnswer,
     SecureHeaders,
+    SiteApp,
     arg,
     args,
     clear_cookie,
     client_address,
     cookie,
+    database_problem,
+    favicon,
     redirect,
+    robots_txt,
     set_cookie,
     static_files,
     template_environment,
@@ -66,6 +71,8 @@ from cipherd.web.pki_pages import PkiPages
 
 LOGIN_CSRF_COOKIE = "__Host-cipherd-login"
 DEFAULT_LOG_LINES = 200
+# The admin site's icon: the colour of the product's links and buttons.
+ADMIN_COLOUR = "#1f5fbf"
 
 log = Logger(namespace="cipherd.admin")
 
@@ -186,7 +193,7 @@ class AdminSite(AdminPages):
     The admin web application.
     """
 
-    app = Klein()
+    app = SiteApp()
 
     def __init__(self, backend: AdminBackend) -> None:
         super().__init__(backend, template_environment())
@@ -195,21 +202,31 @@ class AdminSite(AdminPages):
         self.mta = MTAPages(backend, self.templates)
 
     def resource(self) -> Resource:
-        return SecureHeaders(self.app.resource())
+        return SecureHeaders(self.app.resource(), self)
 
-    @app.handle_errors(HTTPException)
-    def _no_route(self, request: IRequest, failure: Any) -> bytes:
-        return self.http_error_page(request, failure)
+    def error_page(self, request: IRequest, answer: ErrorAnswer) -> bytes:
+        # Before the routing (a malformed path) the API still answers JSON.
+        if request.path.startswith(b"/api/"):
+            return self.api.error_page(request, answer)
+        return super().error_page(request, answer)
 
-    @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Any) -> bytes:
-        return self.failure_page(request, failure)
-
-    # Static files and the API --------------------------------------------
+    # Static files, icons and the API -----------------------------------------
 
     @app.route("/static/", branch=True)
     def static(self, request: IRequest) -> Resource:
         return static_files()
+
+    @app.route("/favicon.ico", methods=["GET"])
+    def favicon_ico(self, request: IRequest) -> bytes:
+        return favicon(request, ADMIN_COLOUR, "ico")
+
+    @app.route("/favicon.svg", methods=["GET"])
+    def favicon_svg(self, request: IRequest) -> bytes:
+        return favicon(request, ADMIN_COLOUR, "svg")
+
+    @app.route("/robots.txt", methods=["GET"])
+    def robots(self, request: IRequest) -> bytes:
+        return robots_txt(request)
 
     @app.route("/api/", branch=True)
     def api_branch(self, request: IRequest) -> Resource:
@@ -249,7 +266,15 @@ class AdminSite(AdminPages):
             return await self.login_form(request, error=str(e), status=503)
         except LoginRefused as e:
             return await self.login_form(request, error=str(e), status=401)
-        token = await self.backend.authority.open_session(admin.name)
+        try:
+            token = await self.backend.authority.open_session(admin.name)
+        except DatabaseUnavailable as e:
+            # The password was right, but a session lives in the database.
+            request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode())
+            return await self.login_form(request, status=503, error=(
+                f"You cannot log in to these pages just now: {database_problem(e.reason)} "
+                "The API answers without a session: GET /api/v1/queue lists the queue and "
+                "POST /api/v1/queue/flush delivers it (HTTP Basic, as on these pages)."))
         set_cookie(request, SESSION_COOKIE, token)
         clear_cookie(request, LOGIN_CSRF_COOKIE)
         log.info("Admin {account!r} logged in from {client}", account=admin.name,

@@ -19,11 +19,11 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
+from zope.interface import implementer
 
 from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.trust import CTLStatus, Purpose
@@ -50,7 +50,16 @@ from cipherd.web.backend import (
     TunnelEnd,
     send_test_email,
 )
-from cipherd.web.common import arg, client_address, json_response
+from cipherd.web.common import (
+    UPLOAD_DEADLINE,
+    ErrorAnswer,
+    IErrorPages,
+    SiteApp,
+    arg,
+    client_address,
+    json_response,
+    request_deadline,
+)
 from cipherd.web.pki_pages import MAX_UPLOAD, certificate_facts
 
 # Bodies larger than this are refused before parsing.
@@ -164,30 +173,34 @@ def _json_body(request: IRequest) -> Any:
         raise _BadRequest(f"The request body is not valid JSON: {e}") from None
 
 
+@implementer(IErrorPages)
 class AdminAPI:
     """
     The JSON API.
     """
 
-    app = Klein()
+    app = SiteApp()
 
     def __init__(self, backend: AdminBackend) -> None:
         self.backend = backend
 
+    @property
+    def clock(self) -> IReactorTime:
+        return self.backend.authority.clock
+
+    def error_page(self, request: IRequest, answer: ErrorAnswer) -> bytes:
+        message = answer.message
+        if answer.status == 404:
+            message = "There is no such resource."
+        elif answer.status == 405:
+            method = request.method.decode("ascii", "replace")
+            allowed = answer.headers.get(b"Allow", b"").decode("ascii")
+            message = f"This resource does not answer {method}; it answers {allowed}."
+        return json_response(request, answer.status, {"error": message})
+
     def _unauthorized(self, request: IRequest, message: str) -> bytes:
         request.setHeader(b"WWW-Authenticate", b'Basic realm="cipherd admin", charset="UTF-8"')
         return json_response(request, 401, {"error": message})
-
-    @app.handle_errors(HTTPException)
-    def _no_route(self, request: IRequest, failure: Any) -> bytes:
-        error: HTTPException = failure.value
-        return json_response(request, error.code or 500, {"error": error.name})
-
-    @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Any) -> bytes:
-        log.failure("API request {method} {path} failed", failure,
-                    method=request.method, path=request.path)
-        return json_response(request, 500, {"error": "Internal error; see the cipherd log."})
 
     @app.route("/v1/admin/password", methods=["POST"])
     @_authenticated(allow_default_password=True)
@@ -477,6 +490,7 @@ class AdminAPI:
 
     @app.route("/v1/certificates", methods=["POST"])
     @_authenticated()
+    @request_deadline(UPLOAD_DEADLINE)
     async def import_certificates(self, request: IRequest, admin: AdminRow) -> bytes:
         store = self._store_name(request)
         if _media_type(request) in _FORM_CONTENT_TYPES:

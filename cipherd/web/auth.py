@@ -4,6 +4,12 @@ logins, and database-backed sessions with idle and absolute timeouts.
 
 Shared by the HTML admin pages (sessions) and the JSON API (HTTP Basic),
 so one lockout counts failures from both.
+
+A correct login writes nothing: the API has to work on a full disk, when
+the administrator needs it most.  Only what must be remembered is written
+-- a failure, the end of a nonzero count, a new session, a session's idle
+time now and then -- and a failure that cannot be written is counted in
+memory instead.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zxcvbn import zxcvbn
 
-from cipherd.store import Store
+from cipherd.store import DatabaseUnavailable, Store
 from cipherd.store import admins as q
 from cipherd.threads import IBlockingRunner
 
@@ -39,6 +45,12 @@ MAX_PENDING_CHECKS = 16
 # every request) do not pay an Argon2 check per call.
 VERIFIED_CACHE_SIZE = 32
 VERIFIED_CACHE_SECONDS = 300
+# A session's idle time restarts at most this often (a write each time):
+# its idle timeout is kept to within this.
+SESSION_TOUCH_INTERVAL = 60
+# Failures that could not be written (the database full or locked) are
+# counted in memory instead, for at most this many account/client pairs.
+MAX_FAILURES_IN_MEMORY = 10_000
 
 log = Logger(namespace="cipherd.admin")
 T = TypeVar("T")
@@ -126,7 +138,7 @@ class AdminAuthority:
     ) -> None:
         self._store = store
         self._runner = runner
-        self._clock = clock
+        self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_age = max_age
         self._threshold = lockout_threshold
@@ -135,6 +147,11 @@ class AdminAuthority:
         self._hasher = hasher or PasswordHasher()
         self._dummy_hash: str | None = None
         self._pending = 0
+        # Password checks under way, by (account, client): parallel guesses
+        # each take a place before they are checked.
+        self._checking: dict[tuple[str, str], int] = {}
+        # Failures the database would not take, by (account, client).
+        self._unwritten: OrderedDict[tuple[str, str], q.FailureRow] = OrderedDict()
         # (name, HMAC of the password) -> (the hash it matched, when).
         self._verified: OrderedDict[tuple[str, bytes], tuple[str, float]] = OrderedDict()
         self._cache_key = secrets.token_bytes(32)
@@ -207,53 +224,121 @@ class AdminAuthority:
             return await self._check_password(name[:64], password, client)
 
     async def _check_password(self, name: str, password: str, client: str) -> q.AdminRow:
-        now = self._clock.seconds()
-        # Count the attempt before checking the password, in one transaction:
-        # parallel guesses each take a place in the count and those past the
-        # threshold are refused unchecked.
-        attempt = await self._store.run(self._count_attempt, name, client, now)
-        if attempt.locked_until and now < attempt.locked_until:
-            raise LoginRefused(_locked_message(attempt.locked_until - now))
-        if attempt.count > self._threshold:
-            raise LoginRefused("Too many login attempts at once; try again in a moment.")
-        admin = await self._store.run(q.get_admin, name)
+        now = self.clock.seconds()
+        pair = (name, client)
+
+        def load(conn: Connection) -> tuple[q.AdminRow | None, q.FailureRow | None]:
+            return q.get_admin(conn, name), q.get_failures(conn, name, client)
+
+        admin, stored = await self._store.read(load)
+        failures = self._live(self._stronger(stored, self._unwritten.get(pair)), now)
+        if failures is not None and failures.locked_until:
+            raise LoginRefused(_locked_message(failures.locked_until - now))
         if admin is not None and self._recently_verified(admin, password, now):
-            ok = True
-        elif admin is None:
-            # Spend the same time as for a real account: no user enumeration.
-            if self._dummy_hash is None:
-                self._dummy_hash = await self._check(self._hasher.hash, secrets.token_hex())
-            await self._check(self._verify, self._dummy_hash, password)
-            ok = False
-        else:
-            ok = await self._check(self._verify, admin.password_hash, password)
+            await self._forget_failures(name, client, failures)
+            return admin
+        # Each check under way takes a place in the count, so parallel
+        # guesses past the threshold are refused unchecked.
+        counted = (failures.count if failures else 0) + self._checking.get(pair, 0)
+        if counted >= self._threshold:
+            raise LoginRefused("Too many login attempts at once; try again in a moment.")
+        self._checking[pair] = self._checking.get(pair, 0) + 1
+        try:
+            ok = await self._password_matches(admin, password)
+        finally:
+            self._checking[pair] -= 1
+            if not self._checking[pair]:
+                del self._checking[pair]
         if ok and admin is not None:
             self._remember_verified(admin, password, now)
-            await self._store.run(q.clear_failures, name, client)
+            await self._forget_failures(name, client, failures)
             return admin
+        recorded = await self._record_failure(name, client, now)
         message = "Wrong user name or password."
-        if attempt.count >= self._threshold:
-            locked = q.FailureRow(attempt.count, attempt.first_failure, now + self._duration)
-            await self._store.run(q.put_failures, name, client, locked)
+        if recorded.locked_until:
             log.warn(
                 "Admin login for {account!r} from {client} locked after {count} failures",
-                account=name, client=client, count=attempt.count,
+                account=name, client=client, count=recorded.count,
             )
             message += " " + _locked_message(self._duration)
         raise LoginRefused(message)
 
-    def _count_attempt(self, conn: Connection, name: str, client: str,
-                       now: float) -> q.FailureRow:
-        row = q.get_failures(conn, name, client, for_update=True)
-        if row is not None and row.locked_until and now < row.locked_until:
+    async def _password_matches(self, admin: q.AdminRow | None, password: str) -> bool:
+        if admin is not None:
+            return await self._check(self._verify, admin.password_hash, password)
+        # Spend the same time as for a real account: no user enumeration.
+        if self._dummy_hash is None:
+            self._dummy_hash = await self._check(self._hasher.hash, secrets.token_hex())
+        await self._check(self._verify, self._dummy_hash, password)
+        return False
+
+    def _live(self, row: q.FailureRow | None, now: float) -> q.FailureRow | None:
+        """
+        C{row} while it counts: a lock still running, or failures inside
+        the window.  A lock that ran out starts the count afresh.
+        """
+        if row is None:
+            return None
+        if row.locked_until:
+            return row if now < row.locked_until else None
+        return row if now - row.first_failure <= self._window else None
+
+    @staticmethod
+    def _stronger(a: q.FailureRow | None, b: q.FailureRow | None) -> q.FailureRow | None:
+        # The stored count and the one kept in memory: the more severe.
+        if a is None or b is None:
+            return a or b
+        return max(a, b, key=lambda row: (row.locked_until or 0, row.count))
+
+    def _next_failure(self, row: q.FailureRow | None, now: float) -> q.FailureRow:
+        live = self._live(row, now)
+        count, first = (live.count + 1, live.first_failure) if live else (1, now)
+        return q.FailureRow(count, first, now + self._duration if count >= self._threshold
+                            else None)
+
+    async def _record_failure(self, name: str, client: str, now: float) -> q.FailureRow:
+        """
+        Count a failed login, locking the pair at the threshold; in memory
+        when the database cannot take it.
+        """
+        pair = (name, client)
+        unwritten = self._unwritten.get(pair)
+
+        def record(conn: Connection) -> q.FailureRow:
+            stored = q.get_failures(conn, name, client, for_update=True)
+            row = self._next_failure(self._stronger(stored, unwritten), now)
+            q.put_failures(conn, name, client, row)
             return row
-        # A lock that ran out starts the count afresh.
-        if row is None or row.locked_until or now - row.first_failure > self._window:
-            row = q.FailureRow(1, now, None)
-        else:
-            row = q.FailureRow(row.count + 1, row.first_failure, None)
-        q.put_failures(conn, name, client, row)
+
+        try:
+            row: q.FailureRow = await self._store.run(record)
+        except DatabaseUnavailable as e:
+            row = self._next_failure(unwritten, now)
+            self._unwritten[pair] = row
+            self._unwritten.move_to_end(pair)
+            while len(self._unwritten) > MAX_FAILURES_IN_MEMORY:
+                self._unwritten.popitem(last=False)
+            log.warn("A failed admin login for {account!r} from {client} is counted in memory:"
+                     " the database cannot record it ({reason})", account=name, client=client,
+                     reason=e.reason)
+            return row
+        self._unwritten.pop(pair, None)
         return row
+
+    async def _forget_failures(self, name: str, client: str,
+                               failures: q.FailureRow | None) -> None:
+        """
+        A correct login ends the pair's count, when there is one: a write
+        only then, and one whose failure does not refuse the login.
+        """
+        if failures is None:
+            return
+        self._unwritten.pop((name, client), None)
+        try:
+            await self._store.run(q.clear_failures, name, client)
+        except DatabaseUnavailable as e:
+            log.info("Could not clear the failed logins of {account!r} from {client}: "
+                     "{reason}", account=name, client=client, reason=e.reason)
 
     async def change_password(self, name: str, password: str, keep_session: str | None) -> None:
         """
@@ -268,7 +353,7 @@ class AdminAuthority:
             raise WeakPassword(problem)
         with self._reserved():
             hashed = await self._check(self._hasher.hash, password)
-        now = self._clock.seconds()
+        now = self.clock.seconds()
 
         def change(conn: Connection) -> None:
             q.set_admin_password(conn, name, hashed, now)
@@ -286,35 +371,45 @@ class AdminAuthority:
         token = secrets.token_urlsafe(32)
         await self._store.run(
             q.create_session, _hash_token(token), name, secrets.token_urlsafe(32),
-            self._clock.seconds(),
+            self.clock.seconds(),
         )
         return token
 
     async def session(self, token: str) -> AdminSession | None:
         """
-        The session for C{token} if it is valid, extending its idle timeout;
-        an expired session is deleted.
+        The session for C{token} if it is valid, its idle time restarted
+        (at most every L{SESSION_TOUCH_INTERVAL}); an expired session is
+        deleted.  Only reads, but for those writes, which may fail (the
+        disk full) without refusing the session.
         """
         if not token or len(token) > 128:
             return None
         token_hash = _hash_token(token)
-        now = self._clock.seconds()
+        now = self.clock.seconds()
 
-        def load(conn: Connection) -> AdminSession | None:
+        def load(conn: Connection) -> tuple[q.SessionRow | None, q.AdminRow | None]:
             row = q.get_session(conn, token_hash)
-            if row is None:
-                return None
-            if now - row.last_seen > self.idle_timeout or now - row.created > self.max_age:
-                q.delete_session(conn, token_hash)
-                return None
-            admin = q.get_admin(conn, row.admin_name)
-            if admin is None:
-                return None
-            q.touch_session(conn, token_hash, now)
-            return AdminSession(admin.name, row.csrf_token, token_hash,
-                                admin.must_change_password)
+            return row, None if row is None else q.get_admin(conn, row.admin_name)
 
-        return await self._store.run(load)
+        row, admin = await self._store.read(load)
+        if row is None:
+            return None
+        if now - row.last_seen > self.idle_timeout or now - row.created > self.max_age:
+            await self._bookkeeping("delete an expired admin session", q.delete_session,
+                                    token_hash)
+            return None
+        if admin is None:
+            return None
+        if now - row.last_seen >= SESSION_TOUCH_INTERVAL:
+            await self._bookkeeping("restart an admin session's idle time", q.touch_session,
+                                    token_hash, now)
+        return AdminSession(admin.name, row.csrf_token, token_hash, admin.must_change_password)
+
+    async def _bookkeeping(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await self._store.run(fn, *args)
+        except DatabaseUnavailable as e:
+            log.info("Could not {what}: {reason}", what=what, reason=e.reason)
 
     async def close_session(self, token_hash: str) -> None:
         await self._store.run(q.delete_session, token_hash)
@@ -324,7 +419,7 @@ class AdminAuthority:
         Delete sessions past their timeouts, and failed-login records that
         no longer count; for the periodic sweep.
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
 
         def sweep(conn: Connection) -> int:
             q.delete_stale_failures(conn, now - self._window, now)

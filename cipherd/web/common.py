@@ -1,24 +1,38 @@
 """
 What the admin and portal sites share: security headers on every response,
-templates, form and cookie helpers.
+one error handler for every Klein app of both sites (L{SiteApp}), a
+deadline on every request, templates, form and cookie helpers.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import Any, cast
+from typing import Any, TypeVar, cast
+from urllib.parse import unquote_to_bytes
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import combinedLogFormatter
 from twisted.web.iweb import IRequest
-from twisted.web.pages import notFound as not_found
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from twisted.web.static import File
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
+from zope.interface import Attribute, Interface
+
+from cipherd.store import DatabaseUnavailable
+from cipherd.web.favicon import favicon_ico, favicon_svg
 
 # No inline script or style anywhere: everything comes from /static.
 CONTENT_SECURITY_POLICY = (
@@ -31,8 +45,21 @@ CONTENT_SECURITY_POLICY = (
 MAX_UPLOAD = 10_000_000
 MAX_REQUEST_BODY = MAX_UPLOAD + 64 * 1024
 
+# RFC 9110 §10.2.3: how long a client should wait before it asks again
+# after a 503 (the database locked or full, the server busy).
+RETRY_AFTER_SECONDS = 5
+# How long a request may go unanswered before it is answered 503.  Behind
+# calls that wait on a locked database (each up to SQLite's busy timeout,
+# 5 s) a request would otherwise wait for all of them in turn: 40 s and
+# more were seen.  Long enough for any ordinary request.
+REQUEST_DEADLINE = 10.0
+# For requests that carry an upload to work through (a certificate bundle
+# of thousands, a large CRL): see L{request_deadline}.
+UPLOAD_DEADLINE = 120.0
+
 log = Logger(namespace="cipherd.web")
 
+T = TypeVar("T")
 SECURITY_HEADERS = {
     b"Content-Security-Policy": CONTENT_SECURITY_POLICY.encode(),
     b"Strict-Transport-Security": b"max-age=31536000",
@@ -44,22 +71,322 @@ SECURITY_HEADERS = {
 }
 
 
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """
+    An answer that is not the page asked for: its status, the headers it
+    needs (C{Allow}, C{Retry-After}), and what to tell the reader.
+
+    @ivar title: a few words, the page's heading.
+    @ivar message: one or two sentences; never an exception's text.
+    """
+
+    status: int
+    title: str
+    message: str
+    headers: Mapping[bytes, bytes] = field(default_factory=dict)
+
+
+class IErrorPages(Interface):
+    """
+    What a Klein app of a cipherd site is bound to: it shows that site's
+    error pages, and knows the clock its request deadlines run on.
+    """
+
+    clock = Attribute("The L{IReactorTime} on which request deadlines run.")
+
+    def error_page(request: IRequest, answer: ErrorAnswer) -> bytes:
+        """
+        The body for C{answer}, in the site's own style (an HTML page, or
+        JSON for the API), with its C{Content-Type} set; the status and
+        C{answer}'s headers are set already.
+
+        It must not use the database: it is what may have failed.
+        """
+
+
+class SeeOther(Exception):
+    """
+    Raised by a handler to send the browser elsewhere on this site (303).
+
+    @ivar location: a path on this site, never taken from the request.
+    """
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+class DeadlinePassed(Exception):
+    """
+    A request was not answered within its deadline (L{REQUEST_DEADLINE}).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+NOT_FOUND = ErrorAnswer(404, "Not found", "There is no such page.")
+INTERNAL_ERROR = ErrorAnswer(500, "Internal error", "Something went wrong on our side. The "
+                             "cause is in the cipherd log.")
+
+
+def _unavailable(message: str) -> ErrorAnswer:
+    return ErrorAnswer(503, "Try again in a moment", message,
+                       {b"Retry-After": str(RETRY_AFTER_SECONDS).encode()})
+
+
+def database_problem(reason: str) -> str:
+    """
+    What a L{DatabaseUnavailable}'s reason means, for an administrator (the
+    reason itself is the driver's text and stays in the log).
+    """
+    lowered = reason.lower()
+    if "full" in lowered or "no space" in lowered:
+        return "The database cannot be written: its disk is full."
+    if "lock" in lowered or "busy" in lowered:
+        return "The database is busy: another process holds its lock."
+    if "connection became free" in lowered:
+        return "The database is busy: every connection to it is in use."
+    return "The database cannot be reached."
+
+
+def _where(front: object, request: IRequest) -> dict[str, Any]:
+    return {"site": type(front).__name__,
+            "method": request.method.decode("ascii", "replace"),
+            "path": request.path.decode("utf-8", "replace")}
+
+
+def _answer_for(front: object, request: IRequest, failure: Failure) -> ErrorAnswer:
+    """
+    What a failure means for the client, logged as what it is: routing
+    misses are the client's and not logged; a database that cannot be used
+    is logged by the store (once per episode) and here at info; only a
+    real fault is logged as one (critical, with its traceback).
+    """
+    error = failure.value
+    if isinstance(error, RequestRedirect):
+        # Werkzeug's answer to /x/ for a route /x (strict slashes) or to
+        # //: an address we do not serve, not one to send the client to.
+        return NOT_FOUND
+    if isinstance(error, MethodNotAllowed):
+        # RFC 9110 §15.5.6: a 405 names the methods the resource has.
+        allowed = ", ".join(sorted(error.valid_methods or ()))
+        method = request.method.decode("ascii", "replace")
+        return ErrorAnswer(405, "Method not allowed",
+                           f"This page does not answer {method} requests.",
+                           {b"Allow": allowed.encode("ascii")})
+    if isinstance(error, HTTPException):
+        if error.code == 404:
+            return NOT_FOUND
+        return ErrorAnswer(error.code or 500, error.name, f"{error.name}.")
+    if isinstance(error, DatabaseUnavailable):
+        log.info("{site}: {method} {path} answered 503, the database is unavailable: "
+                 "{reason}", reason=error.reason, **_where(front, request))
+        return _unavailable(database_problem(error.reason) + " Try again in a moment.")
+    if isinstance(error, DeadlinePassed):
+        log.warn("{site}: {method} {path} answered 503 after {seconds:g} s without an answer "
+                 "(the database may be locked or overloaded)", seconds=error.seconds,
+                 **_where(front, request))
+        return _unavailable("The server could not answer in time: the database is busy. Try "
+                            "again in a moment; a change you sent may have been made.")
+    log.failure("{site}: {method} {path} failed", failure, **_where(front, request))
+    return INTERNAL_ERROR
+
+
+def error_response(pages: IErrorPages, request: IRequest, answer: ErrorAnswer) -> bytes:
+    """
+    Set C{answer}'s status and headers and return its page from C{pages};
+    plain text if that page fails.
+    """
+    request.setResponseCode(answer.status)
+    for name, value in answer.headers.items():
+        request.setHeader(name, value)
+    try:
+        return pages.error_page(request, answer)
+    except Exception:
+        log.failure("The {status} page failed", status=answer.status)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return f"{answer.title}. {answer.message}\n".encode()
+
+
+def _answer_failure(self: Any, request: IRequest, failure: Failure) -> bytes:
+    # The one error handler of every cipherd Klein app (STYLE.md: one for
+    # all sub-apps, so none falls back to twisted.web's bare pages); a
+    # method of the object the app is bound to, as Klein calls it.
+    if isinstance(failure.value, SeeOther):
+        return redirect(request, failure.value.location)
+    return error_response(cast(IErrorPages, self), request,
+                          _answer_for(self, request, failure))
+
+
+def request_deadline(seconds: float) -> Callable[[T], T]:
+    """
+    Give a route handler another deadline than L{REQUEST_DEADLINE}; put it
+    below C{@app.route} (and C{@authenticated}).
+    """
+
+    def mark(handler: T) -> T:
+        setattr(handler, "request_deadline", seconds)  # noqa: B010 -- a function's attribute
+        return handler
+
+    return mark
+
+
+def _within_deadline(work: Deferred[Any], request: IRequest, seconds: float,
+                     clock: IReactorTime, front: object) -> Deferred[Any]:
+    """
+    C{work}'s result, or L{DeadlinePassed} once C{seconds} pass without one.
+
+    The work is not cancelled at the deadline: a handler stopped between
+    two steps would leave half a change behind.  It runs to its end and
+    its answer, which no one waits for any more, is dropped.  (A client
+    that goes away still cancels it, as Klein does.)
+    """
+
+    def cancel(_: Deferred[Any]) -> None:
+        if timer.active():
+            timer.cancel()
+        work.cancel()
+
+    answer: Deferred[Any] = Deferred(cancel)
+    timer = clock.callLater(seconds, lambda: answer.errback(DeadlinePassed(seconds)))
+
+    def finished(result: object) -> None:
+        if not answer.called:
+            timer.cancel()
+            if isinstance(result, Failure):
+                answer.errback(result)
+            else:
+                answer.callback(result)
+        elif isinstance(result, Failure) and not result.check(CancelledError,
+                                                               DatabaseUnavailable):
+            log.failure("{site}: {method} {path} failed after its deadline", result,
+                        **_where(front, request))
+        else:
+            log.info("{site}: {method} {path} finished after its deadline",
+                     **_where(front, request))
+
+    work.addBoth(finished)
+    return answer
+
+
+class SiteApp(Klein):
+    """
+    The Klein app of each site and sub-site (pages, API): every error goes
+    to the one handler (L{_answer_failure}), and a request still without
+    an answer after its deadline (L{REQUEST_DEADLINE}, or the handler's own
+    from L{request_deadline}) is answered 503.  The object the app is bound
+    to provides L{IErrorPages}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handle_errors(Exception)(_answer_failure)
+
+    def execute_endpoint(self, endpoint: str, request: IRequest, *args: Any,
+                         **kwargs: Any) -> Any:
+        result = super().execute_endpoint(endpoint, request, *args, **kwargs)
+        front = self._instance
+        if not isinstance(result, Deferred) or front is None:
+            return result
+        seconds = getattr(self.endpoints[endpoint], "request_deadline", REQUEST_DEADLINE)
+        return _within_deadline(result, request, seconds, cast(IErrorPages, front).clock,
+                                front)
+
+
+# RFC 3986 §2.1: a percent sign starts a two-digit hexadecimal escape.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def path_problem(request: IRequest) -> str | None:
+    """
+    What makes the request's path one no page of ours has, or C{None}.
+
+    Browsers never send these; scanners do, and before this check they
+    reached the routing and the static files as a 500 with a traceback
+    (a NUL byte), a redirect without a Location (C{//}), or a logged
+    decoding error (not UTF-8).
+    """
+    path: bytes = request.path
+    if not path.startswith(b"/"):
+        return "the path does not start with /"
+    if _BAD_ESCAPE.search(path):
+        return "a percent sign without two hexadecimal digits"
+    segments = path[1:].split(b"/")
+    if b"" in segments[:-1]:
+        return "an empty path segment (//)"
+    try:
+        decoded = [unquote_to_bytes(segment).decode("utf-8") for segment in segments]
+    except UnicodeDecodeError:
+        return "the path is not UTF-8"
+    for segment in decoded:
+        if any(unicodedata.category(c) == "Cc" for c in segment):
+            return "a control character (such as NUL)"
+        if segment in (".", ".."):
+            # RFC 3986 §5.2.4: clients remove these before they ask.
+            return "a dot segment"
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return "the Host header is not UTF-8"
+    return None
+
+
 class SecureHeaders(Resource):
     """
-    Wraps a leaf resource (a Klein app) and sets the security headers on
-    every response before it renders.
+    The root of a site: sets the security headers on every response, and
+    answers 400 to a path no page can have (L{path_problem}) before it
+    reaches the routing; everything else goes to the site's Klein app.
+
+    @param pages: the site's error pages.
     """
 
     isLeaf = True
 
-    def __init__(self, wrapped: Resource) -> None:
+    def __init__(self, wrapped: Resource, pages: IErrorPages) -> None:
         super().__init__()
         self._wrapped = wrapped
+        self._pages = pages
 
     def render(self, request: Request) -> Any:
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
-        return self._wrapped.render(request)
+        problem = path_problem(request)
+        if problem is None:
+            return self._wrapped.render(request)
+        log.info("Refused a request for a malformed path from {client}: {problem}",
+                 client=client_address(request), problem=problem)
+        return error_response(self._pages, request, ErrorAnswer(
+            400, "Bad request", f"This address cannot be a page: it has {problem}."))
+
+
+# Neither site is for search engines: the admin site is for administrators,
+# the portal for the recipients of one message each.
+ROBOTS_TXT = b"User-agent: *\nDisallow: /\n"
+# Icons and robots.txt hold nothing secret: let the browser keep them.
+_CACHE_AN_HOUR = b"max-age=3600"
+
+
+def robots_txt(request: IRequest) -> bytes:
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Cache-Control", _CACHE_AN_HOUR)
+    return ROBOTS_TXT
+
+
+def favicon(request: IRequest, colour: str, kind: str) -> bytes:
+    """
+    The product's mark in C{colour} (L{cipherd.web.favicon}).
+
+    @param kind: C{"ico"} or C{"svg"}.
+    """
+    request.setHeader(b"Cache-Control", _CACHE_AN_HOUR)
+    if kind == "svg":
+        request.setHeader(b"Content-Type", b"image/svg+xml")
+        return favicon_svg(colour)
+    request.setHeader(b"Content-Type", b"image/vnd.microsoft.icon")
+    return favicon_ico(colour)
 
 
 def _timestamp(seconds: float) -> str:
@@ -212,13 +539,35 @@ class BoundedRequest(Request):
         self.channel.loseConnection()
 
 
-class _StaticFiles(File):
+class _Missing(Resource):
     """
-    The files under C{static/}, without directory listings.
+    What the static files answer for a name they do not have: the site's
+    own 404 page, through its error handler.
     """
 
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        raise NotFound()
+
+
+class _StaticFiles(File):
+    """
+    The files under C{static/}, without directory listings; GET and HEAD
+    only.  Missing files and wrong methods raise, so that the site's error
+    handler answers them in the site's style.
+    """
+
+    # File declares its own not-found page's class; any resource will do.
+    childNotFound = _Missing()  # type: ignore[assignment]
+
+    def render(self, request: IRequest) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            raise MethodNotAllowed(["GET", "HEAD"])
+        return super().render(request)
+
     def directoryListing(self) -> IResource:
-        return not_found()
+        return _Missing()
 
 
 def static_files() -> Resource:

@@ -11,7 +11,6 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -21,7 +20,7 @@ from cipherd.smtp.config import MTAConfig, RelayHost, authorized_recipient
 from cipherd.smtp.queue import describe
 from cipherd.web.auth import AdminSession
 from cipherd.web.backend import send_test_email
-from cipherd.web.common import arg, redirect
+from cipherd.web.common import SiteApp, arg, redirect
 from cipherd.web.pages import AdminPages, authenticated
 
 log = Logger(namespace="cipherd.admin")
@@ -111,7 +110,7 @@ def _transports_from_form(value: str | None) -> tuple[list[dict[str, Any]], str 
 
 
 class MTAPages(AdminPages):
-    app = Klein()
+    app = SiteApp()
 
     # Config ----------------------------------------------------------------
 

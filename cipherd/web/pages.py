@@ -11,14 +11,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jinja2 import Environment
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from zope.interface import implementer
 
 from cipherd.logs import LOG_NAMES
 from cipherd.settings import PAGES
 from cipherd.web.auth import AdminSession, csrf_matches
 from cipherd.web.backend import AdminBackend
-from cipherd.web.common import arg, client_address, cookie, redirect
+from cipherd.web.common import ErrorAnswer, IErrorPages, arg, client_address, cookie, redirect
 
 SESSION_COOKIE = "__Host-cipherd-admin"
 CSRF_FIELD = "csrf_token"
@@ -53,6 +55,7 @@ def authenticated(handler: Handler) -> Handler:
     return wrapper
 
 
+@implementer(IErrorPages)
 class AdminPages:
     """
     The base of the admin page groups.
@@ -61,6 +64,10 @@ class AdminPages:
     def __init__(self, backend: AdminBackend, templates: Environment) -> None:
         self.backend = backend
         self.templates = templates
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self.backend.authority.clock
 
     async def current_session(self, request: IRequest) -> AdminSession | None:
         return await self.backend.authority.session(cookie(request, SESSION_COOKIE) or "")
@@ -91,20 +98,10 @@ class AdminPages:
         return self.render(request, "error.html", session, status=404, title="Not found",
                            message=message)
 
-    def http_error_page(self, request: IRequest, failure: Any) -> bytes:
+    def error_page(self, request: IRequest, answer: ErrorAnswer) -> bytes:
         """
-        For Klein's C{handle_errors(HTTPException)}: no route, wrong method.
+        The error page in the admin style, without a session (looking one
+        up needs the database, which may be what failed).
         """
-        error = failure.value
-        return self.render(request, "error.html", None, status=error.code or 500,
-                           title=error.name, message="There is no such page.")
-
-    def failure_page(self, request: IRequest, failure: Any) -> bytes:
-        """
-        For Klein's C{handle_errors(Exception)}: our bug, logged, no details.
-        """
-        log.failure("Admin page {method} {path} failed", failure,
-                    method=request.method, path=request.path)
-        return self.render(request, "error.html", None, status=500, title="Internal error",
-                           message="Something went wrong on our side. The cause is in the "
-                           "cipherd log.")
+        return self.render(request, "error.html", None, status=answer.status,
+                           title=answer.title, message=answer.message)

@@ -11,17 +11,22 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
 
 from cipherd.pki.certs import email_addresses
 from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.trust import CTLStatus, Purpose, usage_problem
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web.auth import AdminSession
-from cipherd.web.common import MAX_UPLOAD, arg, redirect
+from cipherd.web.common import (
+    MAX_UPLOAD,
+    UPLOAD_DEADLINE,
+    SiteApp,
+    arg,
+    redirect,
+    request_deadline,
+)
 from cipherd.web.pages import AdminPages, authenticated
 
 PAGE_SIZE = 50
@@ -78,15 +83,7 @@ class PkiPages(AdminPages):
     Mounted at C{/pki/} of the admin site.
     """
 
-    app = Klein()
-
-    @app.handle_errors(HTTPException)
-    def _no_route(self, request: IRequest, failure: Any) -> bytes:
-        return self.http_error_page(request, failure)
-
-    @app.handle_errors(Exception)
-    def _unexpected(self, request: IRequest, failure: Any) -> bytes:
-        return self.failure_page(request, failure)
+    app = SiteApp()
 
     def _store(self, name: str) -> str | None:
         return name if name in _STORE_TITLES else None
@@ -107,6 +104,7 @@ class PkiPages(AdminPages):
 
     @app.route("/crls/import", methods=["POST"])
     @authenticated
+    @request_deadline(UPLOAD_DEADLINE)
     async def import_crl(self, request: IRequest, session: AdminSession) -> bytes:
         data = upload(request, "file")
         error = None
@@ -166,6 +164,7 @@ class PkiPages(AdminPages):
 
     @app.route("/<store>/import", methods=["POST"])
     @authenticated
+    @request_deadline(UPLOAD_DEADLINE)
     async def import_file(self, request: IRequest, session: AdminSession, store: str) -> bytes:
         if self._store(store) is None:
             return self.not_found(request, session)

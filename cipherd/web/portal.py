@@ -49,24 +49,32 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from jinja2 import Environment
-from klein import Klein
-from twisted.python.failure import Failure
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from werkzeug.exceptions import NotFound
+from zope.interface import implementer
 
+from cipherd.settings import REGISTRY
 from cipherd.web.auth import csrf_matches
 from cipherd.web.common import (
     CONTENT_SECURITY_POLICY,
     MAX_UPLOAD,
+    ErrorAnswer,
+    IErrorPages,
     SecureHeaders,
+    SeeOther,
+    SiteApp,
     arg,
     args,
     clear_cookie,
     client_address,
     cookie,
+    favicon,
     json_response,
     log,
     redirect,
+    robots_txt,
     set_cookie,
     static_files,
     template_environment,
@@ -88,16 +96,10 @@ PAGE_SIZE = 25
 STRENGTH_CHECKS_PER_MINUTE = 60
 MAX_ATTACHMENTS = 20
 _LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~=&?%+-]*")
-
-
-class _Redirect(Exception):
-    def __init__(self, location: str) -> None:
-        super().__init__(location)
-        self.location = location
-
-
-class _NotFound(Exception):
-    pass
+# What every page shows of the branding settings; error pages use the last
+# values seen (they must not need the database).
+_BRAND = ("portal_product_name", "portal_primary_colour", "portal_logo_url")
+_DEFAULT_COLOUR = "#1f5fbf"
 
 
 def safe_next(location: str | None) -> str:
@@ -177,13 +179,14 @@ def _multipart(request: IRequest) -> _Form:
     return _Form(fields, found)
 
 
+@implementer(IErrorPages)
 class Portal:
     """
     @param messenger: the webmail messenger's back end; the portal's
         sessions, clock and TOTP key come from it.
     """
 
-    app = Klein()
+    app = SiteApp()
 
     def __init__(self, messenger: Messenger) -> None:
         self.messenger = messenger
@@ -191,6 +194,11 @@ class Portal:
         self._totp_key = messenger.mailboxes.key_for("totp")
         self._environments = {code: self._environment(code) for code in LANGUAGES}
         self._strength_checks: dict[str, deque[float]] = {}
+        self._brand: dict[str, Any] = {name: REGISTRY[name].default for name in _BRAND}
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self.sessions.clock
 
     def _environment(self, language: str) -> Environment:
         environment = template_environment()
@@ -202,7 +210,7 @@ class Portal:
         return environment
 
     def resource(self) -> Resource:
-        return SecureHeaders(self.app.resource())
+        return SecureHeaders(self.app.resource(), self)
 
     # Helpers ---------------------------------------------------------------
 
@@ -219,12 +227,23 @@ class Portal:
         Effective settings (C{""}: the global ones), through the settings'
         own short cache.
         """
-        return await self.messenger.settings_for(address)
+        values = await self.messenger.settings_for(address)
+        if not address:
+            self._brand = {name: values[name] for name in _BRAND}
+        return values
 
     async def _render(self, request: IRequest, template: str, status: int = 200, *,
                       session: PortalSession | None = None, frames: bool = False,
                       **context: Any) -> bytes:
         brand = await self._values()
+        user_values = await self._values(session.address) if session else {}
+        return self._page(request, template, status, brand, session=session,
+                          compose_enabled=bool(user_values.get("webmail_compose_enabled")),
+                          frames=frames, **context)
+
+    def _page(self, request: IRequest, template: str, status: int, brand: Mapping[str, Any],
+              *, session: PortalSession | None, compose_enabled: bool, frames: bool = False,
+              **context: Any) -> bytes:
         logo = brand["portal_logo_url"]
         images = "'self' data:"
         if logo.startswith("https://"):
@@ -237,13 +256,12 @@ class Portal:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         language = self._language(request)
-        user_values = await self._values(session.address) if session else {}
         here = request.uri.decode("latin-1")
         return self._environments[language].get_template(template).render(
             csrf_field=CSRF_FIELD, product=brand["portal_product_name"], logo=logo,
             language=language, here=safe_next(here), session=session,
             signed_in=session is not None and session.second_factor,
-            compose_enabled=bool(user_values.get("webmail_compose_enabled")),
+            compose_enabled=compose_enabled,
             languages=[(code, name, f"/language?{urlencode({'to': code, 'next': here})}")
                        for code, (name, _) in LANGUAGES.items()],
             **context).encode("utf-8")
@@ -285,50 +303,48 @@ class Portal:
 
         @param setup: the page that sets up a required second factor, which
             a session without one may see.
-        @raise _Redirect: to the login page, or to the second factor.
+        @raise SeeOther: to the login page, or to the second factor.
         """
         token = cookie(request, SESSION_COOKIE)
         session = await self.sessions.get(token)
         if session is None:
-            raise _Redirect("/login?ended=1" if token else "/login")
+            raise SeeOther("/login?ended=1" if token else "/login")
         if not session.second_factor:
             if await self.messenger.accounts.totp_secret(session.address) is not None:
-                raise _Redirect("/login/code")
+                raise SeeOther("/login/code")
             if not setup:
-                raise _Redirect("/account/totp")
+                raise SeeOther("/account/totp")
         return session
 
     async def _message(self, session: PortalSession, message_id: int) -> bytes:
         content = await self.messenger.mailboxes.message(session.address, message_id)
         if content is None:
-            raise _NotFound()
+            raise NotFound()
         return content
 
-    @app.handle_errors(_Redirect)
-    def _redirected(self, request: IRequest, failure: Failure) -> bytes:
-        location = failure.value.location if isinstance(failure.value, _Redirect) else "/"
-        return redirect(request, safe_next(location))
-
-    @app.handle_errors(_NotFound)
-    async def _not_found(self, request: IRequest, failure: Failure) -> bytes:
-        session = await self.sessions.get(cookie(request, SESSION_COOKIE))
-        return await self._notice(request, "Not found",
-                                  "There is no such page or message. It may have been "
-                                  "deleted.", status=404, session=session)
-
-    @app.handle_errors(Exception)
-    async def _failed(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure("Portal: {method} {path} failed", failure,
-                    method=request.method.decode("ascii", "replace"),
-                    path=request.path.decode("ascii", "replace"))
-        try:
-            return await self._notice(request, "Something went wrong",
-                                      "This page could not be shown. Try again in a moment.",
-                                      status=500)
-        except Exception:  # the error page itself failed (the database is gone)
-            request.setResponseCode(500)
-            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            return b"Something went wrong. Try again in a moment.\n"
+    def error_page(self, request: IRequest, answer: ErrorAnswer) -> bytes:
+        """
+        The error pages in the portal's style and the reader's language,
+        with the branding last seen: no database (it may be what failed),
+        so no session either -- a link to the inbox for a browser that has
+        a session cookie, else to the login page.
+        """
+        if answer.status in (404, 405):
+            heading, text = ("Not found", "There is no such page or message. It may have "
+                             "been deleted.")
+        elif answer.status == 400:
+            heading, text = ("Not found", "This address cannot be a page of this site. Check "
+                             "the link you followed.")
+        elif answer.status == 503:
+            heading, text = ("Please try again", "The server is busy. Wait a moment and try "
+                             "again.")
+        else:
+            heading, text = ("Something went wrong", "This page could not be shown. Try again "
+                             "in a moment.")
+        return self._page(request, "portal_notice.html", answer.status, self._brand,
+                          session=None, compose_enabled=False,
+                          heading=self._(request, heading), text=self._(request, text),
+                          inbox_link=cookie(request, SESSION_COOKIE) is not None)
 
     # Public pages ------------------------------------------------------------
 
@@ -336,15 +352,32 @@ class Portal:
     def static(self, request: IRequest) -> Resource:
         return static_files()
 
+    async def _colour(self) -> str:
+        colour: str = (await self._values())["portal_primary_colour"]
+        return colour if re.fullmatch(r"#[0-9a-f]{6}", colour) else _DEFAULT_COLOUR
+
+    @app.route("/favicon.ico", methods=["GET"])
+    async def favicon_ico(self, request: IRequest) -> bytes:
+        """
+        The product's mark in the branding colour.
+        """
+        return favicon(request, await self._colour(), "ico")
+
+    @app.route("/favicon.svg", methods=["GET"])
+    async def favicon_svg(self, request: IRequest) -> bytes:
+        return favicon(request, await self._colour(), "svg")
+
+    @app.route("/robots.txt", methods=["GET"])
+    def robots(self, request: IRequest) -> bytes:
+        return robots_txt(request)
+
     @app.route("/brand.css", methods=["GET"])
     async def brand_css(self, request: IRequest) -> bytes:
         """
         The branding colour as a stylesheet (the CSP allows no inline
         style); the value is a validated C{#rrggbb}.
         """
-        colour = (await self._values())["portal_primary_colour"]
-        if not re.fullmatch(r"#[0-9a-f]{6}", colour):
-            colour = "#1f5fbf"
+        colour = await self._colour()
         request.setHeader(b"Content-Type", b"text/css; charset=utf-8")
         return f":root {{ --accent: {colour}; }}\n".encode()
 
@@ -640,7 +673,7 @@ class Portal:
         session = await self._user(request)
         content = await self.messenger.read(session.address, message_id)
         if content is None:
-            raise _NotFound()
+            raise NotFound()
         remote = arg(request, "remote") == "1"
         shown = render.read(content, allow_remote=remote)
         return await self._render(request, "portal_message.html", session=session,
@@ -686,7 +719,7 @@ class Portal:
         session = await self._user(request)
         found = render.part(await self._message(session, message_id), index)
         if found is None:
-            raise _NotFound()
+            raise NotFound()
         return self._download(request, *found)
 
     @app.route("/message/<int:message_id>/eml", methods=["GET"])
@@ -774,11 +807,11 @@ class Portal:
         """
         The session of a reader who may write new messages.
 
-        @raise _NotFound: the *compose enabled* setting does not allow it.
+        @raise NotFound: the *compose enabled* setting does not allow it.
         """
         session = await self._user(request)
         if not (await self._values(session.address))["webmail_compose_enabled"]:
-            raise _NotFound()
+            raise NotFound()
         return session
 
     @app.route("/compose", methods=["GET"])

@@ -221,7 +221,7 @@ class PortalSessions:
                  idle_timeout: int = IDLE_TIMEOUT, max_age: int = MAX_AGE,
                  throttle: LoginThrottle | None = None) -> None:
         self._store = store
-        self._clock = clock
+        self.clock = clock
         self._verify_password = verify_password
         self.idle_timeout = idle_timeout
         self.max_age = max_age
@@ -282,7 +282,7 @@ class PortalSessions:
         @return: the token for the cookie.
         """
         token = secrets.token_urlsafe(32)
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         await self._store.run(lambda conn: conn.execute(insert(webmail_sessions).values(
             token_hash=hash_token(token), address=address,
             csrf_token=secrets.token_urlsafe(32), second_factor=second_factor, created=now,
@@ -297,7 +297,7 @@ class PortalSessions:
         if not token or len(token) > MAX_TOKEN:
             return None
         token_hash = hash_token(token)
-        now = self._clock.seconds()
+        now = self.clock.seconds()
 
         def load(conn: Connection) -> PortalSession | None:
             mine = webmail_sessions.c.token_hash == token_hash
@@ -335,7 +335,7 @@ class PortalSessions:
 
         @return: the sessions deleted.
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         self._last_sweep = now
 
         def sweep(conn: Connection) -> int:
@@ -350,5 +350,5 @@ class PortalSessions:
 
     async def _sweep_now_and_then(self) -> None:
         # No timer of its own: any node sweeps on a login now and then.
-        if self._clock.seconds() - self._last_sweep >= SWEEP_EVERY:
+        if self.clock.seconds() - self._last_sweep >= SWEEP_EVERY:
             await self.expire()
