@@ -1,15 +1,19 @@
 """
 Admin authentication under concurrency: parallel guesses cannot get
-around the lockout (each attempt is counted before its password is checked).
+around the lockout (each attempt takes a place in the count before its
+password is checked).  On a database that takes no writes (a full disk) a
+correct login still works, and failures are still counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -208,3 +212,122 @@ def test_a_lock_that_ran_out_starts_the_count_afresh() -> None:
     clock.advance(900)  # the lock (900 s) ran out, inside the 900 s window
     # The right password works at once: neither "locked" nor "too many".
     assert result_of(authority.check_password("admin", "admin", "192.0.2.7")).name == "admin"
+
+
+def _read_only(store: Any) -> None:
+    """
+    From now on the database refuses every write, as SQLite does on a full
+    disk (the in-memory test database is one shared connection).
+    """
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA query_only = ON")
+
+
+def _attempt(authority: AdminAuthority, password: str, client: str = "10.0.0.9") -> Any:
+    outcome: list[Any] = []
+    Deferred.fromCoroutine(authority.check_password("admin", password, client)).addBoth(
+        outcome.append)
+    return outcome[0]
+
+
+def _warnings(events: list[dict[str, Any]]) -> list[str]:
+    return [formatEvent(e) for e in events
+            if e.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical)]
+
+
+def test_a_correct_login_writes_nothing_so_it_works_on_a_full_disk() -> None:
+    store = migrated_store()
+    clock = Clock()
+    result_of(_authority(SynchronousRunner(), store, clock).ensure_default_admin())
+    _read_only(store)
+    # A fresh authority (after a restart): the password is checked, not remembered.
+    authority = _authority(SynchronousRunner(), store, clock)
+    for _ in range(3):
+        assert _attempt(authority, "admin").name == "admin"
+
+
+def test_failures_the_database_cannot_take_are_counted_in_memory_and_still_lock() -> None:
+    store = migrated_store()
+    clock = Clock()
+    authority = _authority(SynchronousRunner(), store, clock)
+    result_of(authority.ensure_default_admin())
+    _read_only(store)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        outcomes = [_attempt(authority, "guess") for _ in range(5)]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [str(o.value).split(" Too")[0] for o in outcomes] == [
+        "Wrong user name or password."] * 5
+    assert str(outcomes[-1].value).endswith("Login is locked for 15 more minute(s).")
+    # Locked: not even the right password is checked now.
+    assert str(_attempt(authority, "admin").value).startswith("Too many failed logins.")
+    assert any("counted in memory" in line for line in _warnings(events))
+    assert not any("Traceback" in line for line in _warnings(events))
+    # Another client is not locked; the lock ends on time.
+    assert _attempt(authority, "admin", "10.0.0.10").name == "admin"
+    clock.advance(900)
+    assert _attempt(authority, "admin").name == "admin"
+
+
+def test_a_count_that_cannot_be_cleared_does_not_refuse_a_correct_login() -> None:
+    store = migrated_store()
+    authority = _authority(SynchronousRunner(), store)
+    result_of(authority.ensure_default_admin())
+    assert _attempt(authority, "guess").check(LoginRefused)
+
+    async def failures() -> Any:
+        return await store.read(q.get_failures, "admin", "10.0.0.9")
+
+    assert result_of(failures()).count == 1
+    _read_only(store)
+    assert _attempt(authority, "admin").name == "admin"
+    assert result_of(failures()).count == 1  # still there; the sweep ends it
+
+
+def test_a_correct_login_clears_a_count_it_finds() -> None:
+    store = migrated_store()
+    authority = _authority(SynchronousRunner(), store)
+    result_of(authority.ensure_default_admin())
+    for _ in range(4):
+        _attempt(authority, "guess")
+    assert _attempt(authority, "admin").name == "admin"
+
+    async def failures() -> Any:
+        return await store.read(q.get_failures, "admin", "10.0.0.9")
+
+    assert result_of(failures()) is None
+    # Four more failures do not lock: the count started afresh.
+    for _ in range(4):
+        assert str(_attempt(authority, "guess").value) == "Wrong user name or password."
+
+
+def test_a_session_is_read_without_a_write_and_its_idle_time_restarts_once_a_minute() -> None:
+    store = migrated_store()
+    clock = Clock()
+    clock.advance(1_000_000)
+    authority = AdminAuthority(store, SynchronousRunner(), clock, idle_timeout=1800,
+                               max_age=43200, lockout_threshold=5, lockout_window=900,
+                               lockout_duration=900, hasher=HASHER)
+    result_of(authority.ensure_default_admin())
+    token = result_of(authority.open_session("admin"))
+
+    async def last_seen() -> float:
+        row = await store.read(q.get_session, hashlib.sha256(token.encode()).hexdigest())
+        return float(row.last_seen)
+
+    clock.advance(30)
+    assert result_of(authority.session(token)) is not None
+    assert result_of(last_seen()) == 1_000_000  # not written within the minute
+    clock.advance(30)
+    assert result_of(authority.session(token)) is not None
+    assert result_of(last_seen()) == 1_000_060
+    # On a database that takes no writes the session still works; its idle
+    # time just does not restart.
+    _read_only(store)
+    clock.advance(59)
+    assert result_of(authority.session(token)) is not None
+    clock.advance(59)
+    assert result_of(authority.session(token)) is not None
+    assert result_of(last_seen()) == 1_000_060
