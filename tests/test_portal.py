@@ -28,6 +28,7 @@ from cipherd.settings import GLOBAL, scope_for
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.queue import QueuedMessage
 from cipherd.smtp.spool import Envelope
+from cipherd.store import Store
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.web.portal import CSRF_COOKIE, SESSION_COOKIE, Portal, safe_next
@@ -187,10 +188,14 @@ class Visitor:
 
 
 class PortalSite:
-    def __init__(self) -> None:
+    """
+    @param store: a migrated database (default: a new one in memory).
+    """
+
+    def __init__(self, store: Store | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
-        self.store = migrated_store()
+        self.store = store or migrated_store()
         self.settings = SettingsRepository(self.store, self.clock)
         assert result_of(self.settings.update(GLOBAL, {
             "server_secret": SECRET, "notification_sender": "notify@webmail.example",
