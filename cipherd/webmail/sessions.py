@@ -214,6 +214,8 @@ class PortalSessions:
     @param verify_password: C{(address, password)} → the active account,
         or C{None} (as slow for an unknown address as for a wrong password:
         L{cipherd.webmail.accounts.Accounts.verify_password}).
+    @ivar clock: the sessions' clock; the portal's request deadlines run
+        on it too.
     """
 
     def __init__(self, store: Store, clock: IReactorTime,
