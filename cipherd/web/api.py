@@ -5,6 +5,8 @@ HTTP Basic authentication over TLS with an admin account: 401 without valid
 credentials; 403 with an explanation until the default password has been
 changed (except ``POST /admin/password``); 400 with a message per field for
 invalid values.  Failed logins count toward the same lockout as the pages.
+Errors are JSON too: 404, 405 with C{Allow}, and 503 with C{Retry-After}
+while the database cannot be used (see L{cipherd.web.common.SiteApp}).
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ class AdminAuthority:
     @param store: the database.
     @param runner: where Argon2 hashing runs (it takes ~100 ms of CPU): a
         pool of its own, so that a flood of logins cannot starve mail.
-    @param clock: the source of time for sessions and lockouts.
+    @param clock: the source of time for sessions and lockouts (and, as
+        C{clock}, for the admin site's request deadlines).
     @param hasher: an Argon2id hasher (tests pass cheaper parameters).
     """
 

@@ -60,6 +60,7 @@ UPLOAD_DEADLINE = 120.0
 log = Logger(namespace="cipherd.web")
 
 T = TypeVar("T")
+
 SECURITY_HEADERS = {
     b"Content-Security-Policy": CONTENT_SECURITY_POLICY.encode(),
     b"Strict-Transport-Security": b"max-age=31536000",
@@ -189,8 +190,12 @@ def _answer_for(front: object, request: IRequest, failure: Failure) -> ErrorAnsw
         log.warn("{site}: {method} {path} answered 503 after {seconds:g} s without an answer "
                  "(the database may be locked or overloaded)", seconds=error.seconds,
                  **_where(front, request))
-        return _unavailable("The server could not answer in time: the database is busy. Try "
-                            "again in a moment; a change you sent may have been made.")
+        message = "The server could not answer in time: the database is busy. Try again in " \
+                  "a moment"
+        if request.method not in (b"GET", b"HEAD"):
+            # The work goes on (see _within_deadline): it may yet succeed.
+            message += "; what you sent may still take effect, so look before you send it again"
+        return _unavailable(message + ".")
     log.failure("{site}: {method} {path} failed", failure, **_where(front, request))
     return INTERNAL_ERROR
 
