@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from treq.testing import StubTreq
 
 from cipherd.settings import GLOBAL, Level, Scope
 from cipherd.testing import result_of
@@ -286,3 +287,25 @@ def test_a_busy_server_says_so_and_counts_nothing(admin: AdminHarness) -> None:
                                                "confirm": GOOD_PASSWORD})
     assert (busy.code, busy.header("retry-after")) == (503, "5")
     assert "The server is busy checking other logins" in busy.text
+
+
+def test_a_login_while_the_database_takes_no_writes_says_why_and_the_api_still_works(
+        admin: AdminHarness) -> None:
+    """
+    A session lives in the database: with the database refusing writes
+    (a file system gone read-only, a full disk) the login form says so
+    instead of failing with a 500, and points to the API, which needs none.
+    """
+    admin.login_with_new_password()
+    # Another browser, without that session.
+    admin.cookies.clear()
+    admin.treq = StubTreq(admin.site.resource())
+    with admin.store.engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA query_only = ON")  # the one shared connection
+    refused = admin.login(GOOD_PASSWORD)
+    assert (refused.code, refused.header("retry-after")) == (503, "5")
+    assert ("You cannot log in to these pages just now: The database cannot be written: it "
+            "is read-only.") in refused.text
+    assert SESSION_COOKIE not in admin.cookies
+    queue = admin.request("GET", "/api/v1/queue", auth=("admin", GOOD_PASSWORD))
+    assert (queue.code, queue.json()) == (200, {"messages": []})

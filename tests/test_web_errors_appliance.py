@@ -48,13 +48,15 @@ ADMIN_ONLY: list[tuple[str, bytes, int, str | None]] = [
 ]
 
 
-def ask(port: int, method: str, path: bytes) -> tuple[int, dict[str, str], bytes]:
+def ask(port: int, method: str, path: bytes, host: bytes | None = None
+        ) -> tuple[int, dict[str, str], bytes]:
     """
     One HTTP/1.1 request, written as it is (no client library to tidy
     the path), and its status, headers and body.
     """
-    request = (method.encode() + b" " + path + b" HTTP/1.1\r\n"
-               + f"Host: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+    host = host or f"127.0.0.1:{port}".encode()
+    request = (method.encode() + b" " + path + b" HTTP/1.1\r\nHost: " + host
+               + b"\r\nConnection: close\r\n\r\n")
     with socket.create_connection(("127.0.0.1", port), timeout=15) as raw, \
             insecure_tls().wrap_socket(raw, server_hostname="127.0.0.1") as tls:
         tls.sendall(request)
@@ -80,6 +82,9 @@ def test_scanners_get_4xx_from_both_sites_and_the_log_stays_clean(
         assert "location" not in headers, (port, method, path)
         if status >= 400:
             assert b"Traceback" not in body and b"Processing Failed" not in body
+    for port in (appliance.admin_port, appliance.portal_port):
+        # Klein logged a Host header that is not UTF-8 as an error.
+        assert ask(port, "GET", b"/login", host=b"\xff\xfe")[0] == 400
     log = appliance.logs[-1].read_text()
     assert "#critical]" not in log and "Traceback" not in log, log
     assert "#error]" not in log, log

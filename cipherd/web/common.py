@@ -146,6 +146,9 @@ def database_problem(reason: str) -> str:
     lowered = reason.lower()
     if "full" in lowered or "no space" in lowered:
         return "The database cannot be written: its disk is full."
+    if "readonly" in lowered or "read-only" in lowered:
+        # A file system remounted read-only after disk errors, say.
+        return "The database cannot be written: it is read-only."
     if "lock" in lowered or "busy" in lowered:
         return "The database is busy: another process holds its lock."
     if "connection became free" in lowered:
