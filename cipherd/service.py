@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
@@ -212,16 +213,21 @@ def make_service(config: Config, reactor: Any) -> IService:
     )
     root = MultiService()
     db_runner = ThreadPoolRunner(reactor, "cipherd-db", config.database_pool_size)
+    # Read-only transactions have threads of their own: the admin API and
+    # processing read on while writes wait for a database someone locked.
+    db_read_runner = ThreadPoolRunner(reactor, "cipherd-db-read", config.database_pool_size)
     crypto_runner = ThreadPoolRunner(reactor, "cipherd-crypto", CRYPTO_THREADS)
     auth_runner = ThreadPoolRunner(reactor, "cipherd-auth", AUTH_THREADS)
     spool_runner = ThreadPoolRunner(reactor, "cipherd-spool", SPOOL_THREADS)
-    for runner in (db_runner, crypto_runner, auth_runner, spool_runner):
+    for runner in (db_runner, db_read_runner, crypto_runner, auth_runner, spool_runner):
         runner.setServiceParent(root)
     logs = MailLogsService(data.logs, max_bytes=config.log_max_bytes, keep=config.log_keep)
     logs.setServiceParent(root)
 
-    store = Store(create_engine_for_url(config.effective_database_url,
-                                        config.database_pool_size), db_runner, reactor)
+    database = create_engine_for_url(config.effective_database_url, config.database_pool_size)
+    # One in-memory SQLite connection cannot serve two pools at once.
+    shared = isinstance(database.pool, StaticPool)
+    store = Store(database, db_runner, reactor, read_runner=None if shared else db_read_runner)
     settings = SettingsRepository(store, reactor)
     authority = AdminAuthority(
         store, auth_runner, reactor,

@@ -810,3 +810,9 @@ def test_names_and_headers_show_what_they_are() -> None:
     assert render.safe_filename("invoice\u202efdp.exe", 1) == "invoicefdp.exe"
     assert render.safe_filename("a\u2066b\u200bc\u00a0\u00a0\u00a0d.pdf", 1) == "abc d.pdf"
     assert render.plain_text("Bank\u202e \u200bsupport") == "Bank support"
+
+
+def test_the_error_pages_speak_dutch(site: PortalSite) -> None:
+    visitor = site.visitor("nl")
+    assert "Dit adres kan geen pagina van deze site zijn." in visitor.get("/a%00b").text
+    assert "Deze pagina of dit bericht bestaat niet." in visitor.get("/nowhere").text

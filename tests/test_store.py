@@ -263,3 +263,76 @@ def test_a_database_locked_by_another_process_is_reported_as_unavailable_and_rea
         "The database is available again (unavailable for 42 s, 3 calls failed)"]
     globalLogPublisher.removeObserver(observe)
     store.close()
+
+
+class _HeldRunner:
+    """
+    An IBlockingRunner whose calls wait until the test lets them run.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Any, Any, tuple[Any, ...]]] = []
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        d: Deferred[Any] = Deferred()
+        self.waiting.append((d, fn, args))
+        return d
+
+    def release(self) -> None:
+        d, fn, args = self.waiting.pop(0)
+        try:
+            d.callback(fn(*args))
+        except Exception:
+            d.errback()
+
+
+def test_while_the_database_is_locked_one_write_probes_and_reads_have_threads_of_their_own(
+        tmp_path: Any) -> None:
+    """
+    During an episode of unavailability the writes after the first fail at
+    once (each would hold a database thread for the busy timeout, and the
+    API's reads queued behind them), and reads run on their own runner.
+    """
+    import sqlite3
+
+    from cipherd.store import DatabaseUnavailable
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    writes = _HeldRunner()
+    store = Store(create_engine_for_url(url, sqlite_busy_timeout_ms=50), writes, Clock(),
+                  read_runner=SynchronousRunner())
+    migrating = store.migrate()
+    writes.release()
+    _now(migrating)
+
+    def write(conn: Connection) -> None:
+        conn.execute(text("DELETE FROM schema_version WHERE version < 0"))
+
+    holder = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        first = store.run(write)
+        writes.release()
+        with pytest.raises(DatabaseUnavailable):
+            _now(first)
+        probe = store.run(write)
+        refused = store.run(write)
+        assert len(writes.waiting) == 1  # only the probe waits for a thread
+        with pytest.raises(DatabaseUnavailable, match="database is locked"):
+            _now(refused)
+        # A read meanwhile, on its own runner.
+        assert _now(store.read(current_version)) == LATEST
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    writes.release()
+    _now(probe)  # the lock is gone: the probe ends the episode
+    after = [store.run(write), store.run(write)]
+    assert len(writes.waiting) == 2
+    writes.release()
+    writes.release()
+    for d in after:
+        _now(d)
+    store.close()

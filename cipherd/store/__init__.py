@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import StaticPool
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -132,19 +132,32 @@ class Store:
     """
     The shared database of one deployment.
 
+    While the database is unavailable (an episode: from a call failing with
+    L{DatabaseUnavailable} to the next write that succeeds) one write at a
+    time tries it; the others fail at once instead of each holding a thread
+    for the busy timeout, so the threads stay free for what can still work.
+
+    @param runner: where transactions run.
     @param clock: when given, how long the database was unavailable is
         logged when it comes back.
+    @param read_runner: where read-only transactions (L{read}) run, when
+        not on C{runner}: reads then never wait for a thread behind writes
+        blocked on a lock.
     """
 
     def __init__(self, engine: Engine, runner: IBlockingRunner,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, *,
+                 read_runner: IBlockingRunner | None = None) -> None:
         self.engine = engine
         self._runner = runner
+        self._read_runner = read_runner or runner
         self._clock = clock
         # An episode of unavailability: logged when it starts and ends,
         # not once per failed call (a locked database fails every query).
         self._down_since: float | None = None
         self._down_failures = 0
+        self._down_reason = ""
+        self._probing = False  # a write is trying the database during an episode
 
     def _transact(self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
         try:
@@ -177,15 +190,24 @@ class Store:
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...],
               read_only: bool) -> Deferred[T]:
-        d: Deferred[T] = self._runner.run(self._transact, fn, args, read_only)
-        # Only a write ends an episode: reads go on under a writer's lock.
-        return d.addCallbacks(self._available if not read_only else lambda r: r,
-                              self._failed)
+        if read_only:
+            # Reads go on under a writer's lock: they neither end an
+            # episode nor wait for the one write that probes it.
+            d: Deferred[T] = self._read_runner.run(self._transact, fn, args, True)
+            return d.addErrback(self._note_failure)
+        if self._down_since is not None:
+            if self._probing:
+                self._down_failures += 1
+                return fail(DatabaseUnavailable(self._down_reason))
+            self._probing = True
+        d = self._runner.run(self._transact, fn, args, False)
+        return d.addCallbacks(self._available, self._write_failed)
 
     def _now(self) -> float:
         return self._clock.seconds() if self._clock is not None else 0.0
 
     def _available(self, result: T) -> T:
+        self._probing = False
         if self._down_since is not None:
             log.info("The database is available again (unavailable for {seconds:.0f} s, "
                      "{failures} calls failed)", seconds=self._now() - self._down_since,
@@ -193,8 +215,13 @@ class Store:
             self._down_since = None
         return result
 
-    def _failed(self, failure: Failure) -> Failure:
+    def _write_failed(self, failure: Failure) -> Failure:
+        self._probing = False
+        return self._note_failure(failure)
+
+    def _note_failure(self, failure: Failure) -> Failure:
         if failure.check(DatabaseUnavailable):
+            self._down_reason = getattr(failure.value, "reason", "")
             if self._down_since is None:
                 self._down_since = self._now()
                 self._down_failures = 0

@@ -34,6 +34,8 @@ CATALOG: dict[str, str] = {
         "Deze pagina kon niet worden getoond. Probeer het zo opnieuw.",
     "There is no such page or message. It may have been deleted.":
         "Deze pagina of dit bericht bestaat niet. Misschien is het verwijderd.",
+    "This address cannot be a page of this site. Check the link you followed.":
+        "Dit adres kan geen pagina van deze site zijn. Controleer de link die u volgde.",
     # Login.
     "Log in to read your secure messages": "Log in om uw beveiligde berichten te lezen",
     "Email address": "E-mailadres",
