@@ -509,7 +509,7 @@ def test_concurrent_imports_sharing_a_certificate_do_not_deadlock(postgres_url: 
 
     def call(name: str, fn: Any) -> None:
         try:
-            outcomes[name] = store._transact(fn)
+            outcomes[name] = store._transact(fn, (), False)
         except Exception as e:
             outcomes[name] = e
 
