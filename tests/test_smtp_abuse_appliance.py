@@ -202,3 +202,72 @@ def test_tls_offers_only_aead_suites_and_tls_1_3(appliance: Appliance, listener:
         assert _handshake(port, "-tls1_2", "-cipher", aead, starttls=starttls) == (True, aead)
     ok, cipher = _handshake(port, "-tls1_3", starttls=starttls)
     assert ok and cipher.startswith("TLS_"), cipher
+
+
+def _closed_within(s: socket.socket, timeout: float) -> float | None:
+    """
+    Seconds until the server closed C{s} (EOF or reset), reading and
+    dropping whatever it sends; C{None} if it stayed open.
+    """
+    started = time.monotonic()
+    s.setblocking(True)
+    while time.monotonic() - started < timeout:
+        s.settimeout(max(0.1, timeout - (time.monotonic() - started)))
+        try:
+            if not s.recv(65536):
+                return time.monotonic() - started
+        except TimeoutError:
+            return None
+        except ConnectionError:
+            return time.monotonic() - started
+    return None
+
+
+def test_sessions_stalled_in_a_tls_handshake_or_never_reading_are_ended(
+        mta: tuple[Appliance, Sink]) -> None:
+    """
+    Two ways a closed session stayed open for ever, keeping its place: a
+    client that asks for STARTTLS and never starts the handshake, and one
+    that pipelines commands without reading a reply (the replies piled up
+    in memory).  With one session per client allowed, each is ended within
+    the timeout and the grace period, and its client may connect again.
+    """
+    appliance, _ = mta
+    api(appliance, "PATCH", "/mta", {"smtpd_timeout": 10,
+                                     "smtpd_client_connection_count_limit": 1})
+    time.sleep(0.5)
+    stalled = socket.socket()
+    stalled.bind((TRICKLER, 0))
+    stalled.connect(("127.0.0.1", appliance.smtp_port))
+    stalled.sendall(b"EHLO stalled.example\r\nSTARTTLS\r\n")
+    deaf = socket.socket()
+    deaf.bind((IDLER, 0))
+    deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    deaf.connect(("127.0.0.1", appliance.smtp_port))
+    deaf.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # as much as the kernel takes, reading nothing
+        try:
+            sent += deaf.send(b"EHLO deaf.example\r\n" * 1000)
+        except BlockingIOError:
+            time.sleep(0.05)
+    try:
+        # Meanwhile each client's one place is taken.
+        for source in (TRICKLER, IDLER):
+            with socket.create_connection(("127.0.0.1", appliance.smtp_port),
+                                          source_address=(source, 0), timeout=5) as again:
+                assert again.recv(200).startswith(b"421 4.7.0")
+        stalled_after = _closed_within(stalled, 40)
+        deaf_after = _closed_within(deaf, 40)
+        print(f"\nSTARTTLS without a handshake ended after {stalled_after} s; a client that "
+              f"sent {sent} bytes without reading ended after {deaf_after} s")
+        assert stalled_after is not None and deaf_after is not None
+    finally:
+        stalled.close()
+        deaf.close()
+    time.sleep(0.5)
+    for source in (TRICKLER, IDLER):
+        with socket.create_connection(("127.0.0.1", appliance.smtp_port),
+                                      source_address=(source, 0), timeout=5) as again:
+            assert again.recv(200).startswith(b"220 ")

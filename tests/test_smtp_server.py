@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from cipherd.smtp.server import (
+    CLOSE_GRACE,
     MAX_LINE,
     Received,
     ReceivePolicy,
@@ -296,9 +297,9 @@ def test_a_client_reconnecting_too_fast_is_refused(log_lines: list[str]) -> None
 def test_clients_are_counted_by_address_and_ipv6_by_network() -> None:
     assert client_key("192.0.2.1") == "192.0.2.1"
     assert client_key("::ffff:192.0.2.1") == "192.0.2.1"
-    assert client_key("2001:db8:1:2:3:4:5:6") == client_key("2001:db8:1:2:3:fff:1:2") == \
-        "2001:db8:1:2:3::/84"
-    assert client_key("2001:db8:1:2:3:4:5:6") != client_key("2001:db8:1:2:4::1")
+    assert client_key("2001:db8:1:2:3:4:5:6") == client_key("2001:db8:1:2:ffff::1") == \
+        "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:2:3:4:5:6") != client_key("2001:db8:1:3::1")
 
 
 def test_a_client_trickling_a_byte_a_minute_does_not_keep_its_session() -> None:
@@ -565,3 +566,45 @@ def test_no_time_limit_cuts_a_message_while_the_queue_writes_it() -> None:
     assert session.transport.value() == (
         f"421 4.4.2 {HOST} Error: session time limit exceeded\r\n".encode())
     assert session.closed
+
+
+def test_a_closed_session_whose_client_never_goes_is_aborted() -> None:
+    """
+    A 421 closes the session gently (the reply is read first, and under
+    TLS a handshake ends first); a client that neither reads nor finishes
+    a handshake would keep its session and its place for ever (a real
+    socket did, with STARTTLS and no handshake).  It is aborted after a
+    grace period.
+    """
+    session = Session()
+    session.send(b"EHLO c\r\n")
+    session.clock.advance(300)
+    assert session.transport.disconnecting and not session.transport.disconnected
+    session.clock.advance(CLOSE_GRACE)
+    assert session.transport.disconnected  # StringTransport: aborted
+    session.server.connectionLost()
+    assert session.clock.getDelayedCalls() == []
+    assert session.factory.sessions == 0
+
+    # A client that goes at once leaves no timer behind.
+    polite = Session()
+    polite.send(b"QUIT\r\n")
+    polite.server.connectionLost()
+    assert polite.clock.getDelayedCalls() == []
+
+
+def test_a_client_that_never_reads_its_replies_is_not_read_either() -> None:
+    """
+    Pipelined commands from a client that reads none of the replies piled
+    the replies up in memory (6 MB of EHLOs made 63 MB).  When the
+    transport says its buffer is full, the server stops reading and
+    answering until the client catches up.
+    """
+    session = Session()
+    assert session.transport.producer is session.server  # registered for back-pressure
+    session.server.pauseProducing()  # the transport's write buffer is full
+    assert session.send(b"NOOP\r\n" * 3) == []
+    assert session.transport.producerState == "paused"  # not reading either
+    session.server.resumeProducing()  # the client read what was written
+    assert session.transport.producerState == "producing"
+    assert codes(session.transport.value().split(b"\r\n")[:-1]) == [b"250"] * 3

@@ -24,10 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cipherd.logs import mail_logger
 from cipherd.smtp.spool import new_queue_id
@@ -51,14 +52,18 @@ MAX_BUFFERED = 4 * MAX_LINE
 # cannot hold a session open for ever with commands that do nothing.
 JUNK_COMMAND_LIMIT = 100
 _JUNK = frozenset({"NOOP", "RSET", "VRFY"})
+# How long a closed session may take to go (its client reading the last
+# reply, or ending a TLS handshake) before the connection is aborted.
+CLOSE_GRACE = 10.0
 # How often a session's time limits are looked at again while the server,
 # not the client, is busy (writing the queue, verifying a recipient).
 BUSY_RECHECK = 1.0
 # Postfix's anvil_rate_time_unit: connection rates are counted per minute.
 RATE_TIME_UNIT = 60.0
-# Postfix's smtpd_client_ipv6_prefix_length: an IPv6 client is counted by
-# its network (one host may hold a whole /64 or more to connect from).
-IPV6_CLIENT_PREFIX = 84
+# An IPv6 client is counted by its /64: one host is commonly given a whole
+# /64 to connect from (Postfix's smtpd_client_ipv6_prefix_length is 84,
+# which lets such a host be 2^20 clients; the portal's lockout uses /64 too).
+IPV6_CLIENT_PREFIX = 64
 # Free space on the queue's file system, when queue_minfree is 0: Postfix
 # asks for 1.5 times the message size limit.
 MINFREE_FACTOR = 1.5
@@ -87,7 +92,8 @@ class ReceivePolicy:
         input does not restart it: a line trickled a byte at a time counts
         from when the previous command was answered.
     @ivar session_time_limit: seconds a session may last in all, however
-        busy it is.
+        busy the client keeps it (a message the server is still writing to
+        the queue gets its answer first).
     @ivar min_data_rate: bytes per second a client must keep up in DATA:
         each byte received extends the DATA deadline by C{1/rate} seconds,
         never beyond C{timeout} from now (Postfix's C{smtpd_min_data_rate});
@@ -247,6 +253,7 @@ def _parse_path(argument: bytes, what: str) -> tuple[str, dict[str, str]]:
     return address, params
 
 
+@implementer(IPushProducer)
 class SMTPServer(Protocol):
     """
     One SMTP session.
@@ -269,7 +276,9 @@ class SMTPServer(Protocol):
         self._buffer = bytearray()
         self._pos = 0  # where the next unread line starts in _buffer
         self._busy = False  # a reply is pending: later lines wait their turn
-        self._paused = False  # reading stopped while busy with a full buffer
+        self._paused = False  # reading stopped (see _update_reading)
+        self._write_blocked = False  # the client does not read our replies
+        self._abort_call: IDelayedCall | None = None
         self._closing = False
         self._tls = False
         self._errors = 0
@@ -299,6 +308,7 @@ class SMTPServer(Protocol):
         self._session_end = now + policy.session_time_limit
         self._deadline = now + policy.timeout
         self._arm()
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._reply(220, f"{policy.my_hostname} ESMTP cipherd")
 
     def _refused(self, concurrent: int, rate: int, exempt: bool) -> bool:
@@ -330,6 +340,9 @@ class SMTPServer(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._disarm()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         if self._client_key is not None:
             self.factory.closed(self._client_key)
             self._client_key = None
@@ -413,17 +426,43 @@ class SMTPServer(Protocol):
                               min(self._deadline + len(data) / rate,
                                   now + self.policy.timeout))
         self._buffer += data
-        if self._busy and len(self._buffer) > MAX_BUFFERED:
+        if (self._busy or self._write_blocked) and len(self._buffer) > MAX_BUFFERED:
             if len(self._buffer) > 16 * MAX_BUFFERED:
                 # Still sending although reading stopped: not a client.
                 self._close_with(421, f"4.7.0 {self.policy.my_hostname} Error: too much "
                                       "data before the reply")
                 return
-            if not self._paused:
-                # Waiting for the queue: read no more until it answers.
-                self._paused = True
-                self.transport.pauseProducing()  # type: ignore[union-attr]
+            self._update_reading()
         self._process()
+
+    def _update_reading(self) -> None:
+        """
+        Read from the client only while its input can be used: not while a
+        full buffer waits for the queue's answer, nor while the client does
+        not read our replies (they would pile up in memory).
+        """
+        paused = self._write_blocked or (self._busy and len(self._buffer) > MAX_BUFFERED)
+        if paused != self._paused and not self._closing:
+            self._paused = paused
+            if paused:
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+            else:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # IPushProducer: the transport says when our replies fill its buffer.
+
+    def pauseProducing(self) -> None:
+        self._write_blocked = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        self._write_blocked = False
+        self._update_reading()
+        if not self._closing:
+            self._process()
+
+    def stopProducing(self) -> None:
+        pass  # connectionLost follows
 
     def _process(self) -> None:
         # Lines are read from self._pos on and the buffer is trimmed once at
@@ -431,7 +470,7 @@ class SMTPServer(Protocol):
         buffer = self._buffer
         bulk = True  # until the bulk path declines once in this read
         try:
-            while not self._busy and not self._closing:
+            while not self._busy and not self._closing and not self._write_blocked:
                 end = buffer.find(b"\n", self._pos)
                 if end < 0:
                     if len(buffer) - self._pos > MAX_LINE:
@@ -490,6 +529,16 @@ class SMTPServer(Protocol):
         self._pos = 0
         self._disarm()
         self.transport.loseConnection()  # type: ignore[union-attr]
+        # loseConnection waits for our replies to be read, and under TLS
+        # for a handshake to end: a client that does neither would keep
+        # the session (and its place) for ever.
+        self._abort_call = self._clock.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        log.info("lost connection after a grace of {grace:g} s from {client}: aborted",
+                 grace=CLOSE_GRACE, client=self.client)
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     # Commands --------------------------------------------------------------
 
@@ -527,9 +576,7 @@ class SMTPServer(Protocol):
     def _resume(self, _: object) -> None:
         self._next_request()
         self._busy = False
-        if self._paused and not self._closing:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._update_reading()
         self._process()
 
     def _internal_error(self, failure: Failure) -> None:
@@ -783,6 +830,7 @@ class SMTPServer(Protocol):
 
     def _end_of_data(self) -> None:
         assert self._data is not None
+        self._next_request()  # the data deadline is over: the next command's begins
         problem = self._data_problem
         if problem is None and self._hops >= self.policy.hop_limit:
             problem = (554, "5.4.6 Error: too many hops")
@@ -822,9 +870,17 @@ class SMTPServer(Protocol):
                     "ascii", "replace")
 
     def _queued(self, _: object, received: Received) -> None:
+        if self._closing:
+            # Cut off meanwhile (it flooded us while it waited): it saw a
+            # 421 and will send again; the copy queued here is delivered.
+            log.info("{queue_id}: queued after the session was closed",
+                     queue_id=received.queue_id)
+            return
         self._reply(250, f"2.0.0 Ok: queued as {received.queue_id}")
 
     def _not_queued(self, failure: Failure, received: Received) -> None:
+        if self._closing:
+            return  # the client was told 421 already and will send again
         if _no_space(failure.value):
             # A full disk is the operator's to fix, not a bug: one line,
             # and the client told to come back (RFC 3463 4.3.1).

@@ -63,7 +63,7 @@ _ADVANCED_NUMBERS = {
                       "longest it may stay silent while sending a message. Partial input "
                       "does not restart it.", "seconds", 10),
     "smtpd_session_time_limit": ("SMTP session time limit", "The longest one SMTP session may "
-                                 "last, however busy.", "seconds", 60),
+                                 "last, however busy the client keeps it.", "seconds", 60),
     "smtpd_min_data_rate": ("Minimum data rate", "While sending a message, a client slower "
                             "than this is cut off (0: only the timeout applies).",
                             "bytes/second", 0),
