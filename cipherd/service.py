@@ -224,7 +224,9 @@ def make_service(config: Config, reactor: Any) -> IService:
     logs = MailLogsService(data.logs, max_bytes=config.log_max_bytes, keep=config.log_keep)
     logs.setServiceParent(root)
 
-    database = create_engine_for_url(config.effective_database_url, config.database_pool_size)
+    # A connection for each thread of both pools.
+    database = create_engine_for_url(config.effective_database_url,
+                                     2 * config.database_pool_size)
     # One in-memory SQLite connection cannot serve two pools at once.
     shared = isinstance(database.pool, StaticPool)
     store = Store(database, db_runner, reactor, read_runner=None if shared else db_read_runner)

@@ -336,3 +336,44 @@ def test_while_the_database_is_locked_one_write_probes_and_reads_have_threads_of
     for d in after:
         _now(d)
     store.close()
+
+
+def test_a_bug_in_a_query_is_a_bug_not_an_unavailable_database(tmp_path: Any) -> None:
+    """
+    SQLite raises OperationalError for a missing table too: that is our
+    fault (logged, in the end bounced), not an outage (503, retried for
+    ever), and it starts no episode.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from cipherd.store import DatabaseUnavailable
+
+    store = Store(create_engine_for_url(f"sqlite:///{tmp_path / 'db.sqlite'}"),
+                  SynchronousRunner(), Clock())
+    failure: list[Any] = []
+    store.run(lambda conn: conn.execute(text("SELECT * FROM no_such_table"))).addErrback(
+        failure.append)
+    assert failure[0].check(OperationalError) and not failure[0].check(DatabaseUnavailable)
+    failure.clear()
+    store.read(lambda conn: conn.execute(text("SELEKT 1"))).addErrback(failure.append)
+    assert failure[0].check(OperationalError) and not failure[0].check(DatabaseUnavailable)
+    # The next write is tried, not refused as during an outage.
+    _now(store.run(lambda conn: conn.execute(text("CREATE TABLE t (x INTEGER)"))))
+    store.close()
+
+
+def test_a_postgresql_server_that_is_down_is_an_unavailable_database() -> None:
+    import socket
+
+    from cipherd.store import DatabaseUnavailable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    store = Store(create_engine_for_url(f"postgresql+psycopg://cipherd@127.0.0.1:{port}/x"),
+                  SynchronousRunner(), Clock())
+    failure: list[Any] = []
+    store.read(lambda conn: conn.execute(text("SELECT 1"))).addErrback(failure.append)
+    assert failure[0].check(DatabaseUnavailable), failure
+    assert "refused" in failure[0].value.reason.lower()
+    store.close()

@@ -96,12 +96,17 @@ def create_engine_for_url(url: str, pool_size: int = 4, *,
         url = "postgresql+psycopg:" + url[len("postgresql:") :]
     if url.startswith("sqlite"):
         # An in-memory database exists once per connection: share one.
-        pool = {"poolclass": StaticPool} if url in ("sqlite://", "sqlite:///:memory:") else {}
+        pool: dict[str, Any] = ({"poolclass": StaticPool}
+                                if url in ("sqlite://", "sqlite:///:memory:")
+                                else {"pool_size": pool_size})
         engine = create_engine(url, connect_args={"check_same_thread": False}, **pool)
         event.listen(engine, "connect", partial(_sqlite_pragmas, sqlite_busy_timeout_ms))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+    # A server that does not answer a connect is unavailable after 10 s,
+    # not after the operating system's TCP time-out of minutes.
+    return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                         connect_args={"connect_timeout": 10})
 
 
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction
@@ -109,23 +114,44 @@ def create_engine_for_url(url: str, pool_size: int = 4, *,
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 
 
+# SQLite's primary result codes that say the database, not the query, is
+# the trouble: BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
+_SQLITE_UNAVAILABLE = {5, 6, 7, 8, 10, 13, 14, 15}
+# PostgreSQL's SQLSTATE classes of the same kind: connection exceptions,
+# insufficient resources (disk full, out of memory, too many connections),
+# object not in prerequisite state (lock not available), operator
+# intervention (query canceled, shutting down), system errors (I/O).
+_POSTGRES_UNAVAILABLE = {"08", "53", "55", "57", "58"}
+
+
 def _unavailable(error: Exception) -> DatabaseUnavailable | None:
     """
     The L{DatabaseUnavailable} that C{error} means, or C{None} when it is
-    a fault of the query (a bug, a constraint) rather than of the database.
+    a fault of the query (a bug, a constraint) rather than of the database:
+    a bug must stay a bug (logged with its traceback, a message bounced in
+    the end), not pass for an outage.
 
-    DB-API's OperationalError is "not necessarily under the control of the
-    programmer": SQLite's busy, locked, full, I/O and cannot-open errors,
-    PostgreSQL's lost connections, lock and statement time-outs, full disk
-    and shut-downs.  A pool with no connection left to lend is one too.
+    Also unavailable: a connection lost or refused (no SQLSTATE at all), and
+    a pool with no connection left to lend.
     """
     if isinstance(error, PoolTimeoutError):
         return DatabaseUnavailable("no database connection became free in time")
-    if isinstance(error, OperationalError) or (
-            isinstance(error, DBAPIError) and error.connection_invalidated):
-        orig = getattr(error, "orig", None)
-        return DatabaseUnavailable(" ".join(str(orig or error).split())[:300])
-    return None
+    if not isinstance(error, DBAPIError):
+        return None
+    orig = error.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if error.connection_invalidated:
+        unavailable = True
+    elif code is not None:
+        unavailable = (code & 0xFF) in _SQLITE_UNAVAILABLE
+    elif isinstance(error, OperationalError):
+        unavailable = sqlstate is None or str(sqlstate)[:2] in _POSTGRES_UNAVAILABLE
+    else:
+        unavailable = False
+    if not unavailable:
+        return None
+    return DatabaseUnavailable(" ".join(str(orig or error).split())[:300])
 
 
 class Store:
@@ -195,19 +221,22 @@ class Store:
             # episode nor wait for the one write that probes it.
             d: Deferred[T] = self._read_runner.run(self._transact, fn, args, True)
             return d.addErrback(self._note_failure)
+        probe = False
         if self._down_since is not None:
             if self._probing:
                 self._down_failures += 1
                 return fail(DatabaseUnavailable(self._down_reason))
-            self._probing = True
+            self._probing = probe = True
         d = self._runner.run(self._transact, fn, args, False)
-        return d.addCallbacks(self._available, self._write_failed)
+        return d.addCallbacks(self._available, self._write_failed, callbackArgs=(probe,),
+                              errbackArgs=(probe,))
 
     def _now(self) -> float:
         return self._clock.seconds() if self._clock is not None else 0.0
 
-    def _available(self, result: T) -> T:
-        self._probing = False
+    def _available(self, result: T, probe: bool) -> T:
+        if probe:
+            self._probing = False
         if self._down_since is not None:
             log.info("The database is available again (unavailable for {seconds:.0f} s, "
                      "{failures} calls failed)", seconds=self._now() - self._down_since,
@@ -215,8 +244,9 @@ class Store:
             self._down_since = None
         return result
 
-    def _write_failed(self, failure: Failure) -> Failure:
-        self._probing = False
+    def _write_failed(self, failure: Failure, probe: bool) -> Failure:
+        if probe:
+            self._probing = False
         return self._note_failure(failure)
 
     def _note_failure(self, failure: Failure) -> Failure:
