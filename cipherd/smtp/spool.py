@@ -330,22 +330,27 @@ class DirectorySpool:
         if keep_hold and current == "hold":
             state = "hold"
         target = self.directory / state / queue_id
-        message, content = self.load(queue_id)
+        # The envelope only: a hold or a release renames, and need not read
+        # a message of many megabytes.
+        with open(path, "rb") as f:
+            in_force = self._unwritten.get(queue_id, self._read_envelope(f, path))
+            size = os.fstat(f.fileno()).st_size - f.tell()
         if envelope is not None:
             envelope = replace(envelope, queue_id=queue_id)
         elif queue_id in self._unwritten:
-            envelope = message.envelope  # still to be written
-        if state == "active" and (envelope or message.envelope).next_attempt:
+            envelope = in_force  # still to be written
+        if state == "active" and (envelope or in_force).next_attempt:
             # Due now (the admin's release): only a deferral that a crash
             # stopped half-way leaves a next attempt in active/.
-            envelope = replace(envelope or message.envelope, next_attempt=0.0)
+            envelope = replace(envelope or in_force, next_attempt=0.0)
         if envelope is None:
             try:
                 self._rename(path, target)
                 _fsync_directory(target.parent)
             except OSError as e:
                 raise SpoolError(f"cannot move the queue file: {e.strerror or e}") from e
-            return replace(message, state=state, path=target)
+            return QueuedMessage(in_force, state, target, size)
+        _, content = self.load(queue_id)
         # A new envelope: write the whole file again and swap it in where
         # the old one is, then move it.  Each step is one rename: a crash
         # leaves exactly one copy, with the old envelope or the new.
