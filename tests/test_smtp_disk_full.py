@@ -8,13 +8,9 @@ with nothing left behind in the spool.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -23,36 +19,9 @@ from cipherd.smtp.queue import MailQueue
 from cipherd.smtp.server import ReceivePolicy, SMTPFactory, SMTPServer
 from cipherd.smtp.spool import DirectorySpool
 from cipherd.testing import SynchronousRunner
+from tests.conftest import fill_disk
 
 HOST = "mx.example.com"
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """
-    A 4 MiB tmpfs of its own (root only: CI runs as root).
-    """
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must run as root to mount a tmpfs")
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
-                   check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def _fill(disk: Path, leave: int) -> None:
-    """
-    Fill C{disk} until about C{leave} bytes are free.
-    """
-    free = shutil.disk_usage(disk).free
-    with open(disk / "ballast", "ab") as f:
-        f.write(b"\0" * max(0, free - leave))
 
 
 def _session(factory: SMTPFactory) -> tuple[SMTPServer, StringTransport]:
@@ -69,7 +38,7 @@ def _send(server: SMTPServer, transport: StringTransport, data: bytes) -> list[b
 
 
 def test_a_full_queue_disk_is_452_insufficient_system_storage(small_disk: Path) -> None:
-    spool = DirectorySpool(small_disk / "spool")
+    spool = DirectorySpool(small_disk / "spool")  # small_disk: a 1 MiB tmpfs (conftest)
     clock = Clock()
     queue = MailQueue(spool, SynchronousRunner(), clock)
     policy = ReceivePolicy(HOST, relay_domains=("example.com",), message_size_limit=1_000_000,
@@ -79,8 +48,8 @@ def test_a_full_queue_disk_is_452_insufficient_system_storage(small_disk: Path) 
     server, transport = _session(factory)
     _send(server, transport, b"EHLO client.example.org\r\n")
 
-    # Room for 200,000 bytes above the 100,000 kept free.
-    _fill(small_disk, 300_000)
+    # Room for about 200,000 bytes above the 100,000 kept free.
+    filler = fill_disk(small_disk, 300_000)
     free = shutil.disk_usage(small_disk).free
     room = free - 100_000
     assert _send(server, transport, f"MAIL FROM:<a@example.org> SIZE={room + 1}\r\n".encode()
@@ -90,7 +59,8 @@ def test_a_full_queue_disk_is_452_insufficient_system_storage(small_disk: Path) 
     # A message larger than the room it announced no size for: the write
     # itself runs out of space.
     _send(server, transport, b"RSET\r\n")
-    _fill(small_disk, 150_000)
+    filler.unlink()
+    filler = fill_disk(small_disk, 150_000)
     clock.advance(1)
     assert _send(server, transport, b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
                  b"DATA\r\n") == [b"250 2.1.0 Ok", b"250 2.1.5 Ok",
@@ -103,10 +73,11 @@ def test_a_full_queue_disk_is_452_insufficient_system_storage(small_disk: Path) 
     assert spool.messages() == []
 
     # Below the reserve, MAIL itself is refused until space is freed.
-    _fill(small_disk, 50_000)
+    filler.unlink()
+    filler = fill_disk(small_disk, 50_000)
     assert _send(server, transport, b"MAIL FROM:<a@example.org>\r\n") == [
         b"452 4.3.1 Insufficient system storage"]
-    (small_disk / "ballast").unlink()
+    filler.unlink()
     clock.advance(1)
     assert _send(server, transport, b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
                  b"DATA\r\nSubject: small\r\n\r\nhello\r\n.\r\n")[-1].startswith(
