@@ -8,6 +8,7 @@ queue's flush still work; nothing is logged as a fault.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -74,7 +75,8 @@ class Gate:
         self.mode = "open"
         while self.held:
             d, fn, args = self.held.pop(0)
-            SynchronousRunner().run(fn, *args).chainDeferred(d)
+            if not d.called:  # not cancelled meanwhile (its client went away)
+                SynchronousRunner().run(fn, *args).chainDeferred(d)
 
 
 def gated_store(gate: Gate, clock: Clock) -> Store:
@@ -262,6 +264,38 @@ def test_requests_stuck_behind_a_blocked_database_are_answered_503_at_their_dead
     assert "AdminAPI: GET /api/v1/queue answered 503 after 10 s without an answer (the " \
            "database may be locked or overloaded)" in lines
     assert "AdminAPI: GET /api/v1/queue finished after its deadline" in lines
+
+
+def test_clients_that_hang_up_mid_request_cannot_fill_the_log_with_critical_tracebacks(
+        tmp_path: Path, log_events: list[dict[str, Any]]) -> None:
+    """
+    Review of issue 12 (M1): a client that closed its connection while its
+    request waited (connect, send, close) was worth an "Unhandled error in
+    Deferred" (AlreadyCancelled) at critical level, on demand for anyone.
+    """
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    gate = Gate()
+    admin = Admin(gated_store(gate, clock), tmp_path, clock)
+    try:
+        admin.set_up()
+        gate.mode = "held"
+        for path, auth in (("/api/v1/queue", ("admin", PASSWORD)),
+                           ("/api/v1/queue", ("admin", "guess")), ("/logs", None)):
+            waiting = admin.client.begin("GET", path, auth=auth)
+            assert not waiting.called and gate.held
+            waiting.addErrback(lambda _: None)  # the client's own side of hanging up
+            waiting.cancel()  # the client goes away: Klein cancels the request
+            admin.client.http.flush()
+            gc.collect()  # an unhandled failure is logged when its Deferred is collected
+        gate.release()
+        assert clock.getDelayedCalls() == []
+        assert admin.client.api("GET", "/queue").code == 200
+    finally:
+        admin.close()
+    assert faults(log_events) == []
+    assert [formatEvent(e) for e in log_events
+            if e.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical)] == []
 
 
 def test_a_database_that_cannot_be_used_is_503_with_retry_after_never_500(

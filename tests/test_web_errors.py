@@ -9,6 +9,7 @@ The favicon and robots.txt that every browser and crawler asks for.
 
 from __future__ import annotations
 
+import gc
 import json
 import struct
 from collections.abc import Iterator
@@ -18,10 +19,16 @@ from typing import Any
 
 import pytest
 from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
+from werkzeug.exceptions import NotFound
 
+from cipherd.store import DatabaseUnavailable
 from cipherd.testing import result_of
+from cipherd.web.common import SeeOther, _within_deadline
 from cipherd.web.favicon import ICO_SIZES
 from tests.harness import AdminHarness
 from tests.test_portal import PortalSite
@@ -287,3 +294,66 @@ def test_robots_txt_keeps_crawlers_out_of_both_sites(site: Site) -> None:
     reply = ask(site.resource, "GET", "/robots.txt")
     assert reply.header("content-type") == "text/plain; charset=utf-8"
     assert reply.body == b"User-agent: *\nDisallow: /\n"
+
+
+class _Front:
+    """What a Klein app is bound to, as far as the deadline is concerned."""
+
+
+def _within(work: Deferred[Any], clock: Clock) -> tuple[Deferred[Any], list[Any]]:
+    request = DummyRequest([b"api", b"v1", b"queue"])
+    request.path = b"/api/v1/queue"
+    answer = _within_deadline(work, request, 10.0, clock, _Front())
+    outcome: list[Any] = []
+    answer.addBoth(outcome.append)
+    return answer, outcome
+
+
+def test_a_client_hanging_up_mid_request_is_not_logged_as_a_fault(
+        log_events: list[dict[str, Any]]) -> None:
+    """
+    Klein cancels a request whose client went away; that once cancelled
+    the deadline's timer twice and logged an "Unhandled error in Deferred"
+    (AlreadyCancelled) at critical level, for any client on demand.
+    """
+    clock = Clock()
+    work: Deferred[Any] = Deferred()
+    answer, outcome = _within(work, clock)
+    answer.cancel()
+    assert outcome[0].check(CancelledError)
+    assert work.called and clock.getDelayedCalls() == []
+    del work, answer
+    gc.collect()  # an unhandled failure is logged when its Deferred is collected
+    assert serious(log_events) == []
+
+
+async def _cleaning_up(step: Deferred[Any], cleanup: Deferred[Any]) -> None:
+    try:
+        await step
+    finally:
+        await cleanup  # undoing half a change, say: it goes on after a cancel
+
+
+def test_work_that_fails_after_its_client_went_away_is_still_logged_if_it_is_a_fault(
+        log_events: list[dict[str, Any]]) -> None:
+    clock = Clock()
+    outcomes: list[Any] = []
+    cleanups: list[Deferred[Any]] = []
+    for _ in range(4):
+        cleanups.append(Deferred())
+        answer, outcome = _within(
+            Deferred.fromCoroutine(_cleaning_up(Deferred(), cleanups[-1])), clock)
+        answer.cancel()
+        outcomes += outcome
+    assert all(o.check(CancelledError) for o in outcomes)
+    cleanups[0].errback(RuntimeError("a bug"))
+    # What the error handler answers as 3xx/4xx/503 is no fault.
+    cleanups[1].errback(SeeOther("/mta"))
+    cleanups[2].errback(NotFound())
+    cleanups[3].errback(DatabaseUnavailable("database is locked"))
+    faults = [e for e in log_events if e.get("log_level") == LogLevel.critical]
+    assert [formatEvent(e) for e in faults] == [
+        "_Front: GET /api/v1/queue failed after its client went away"]
+    assert faults[0]["log_failure"].check(RuntimeError)
+    assert len(serious(log_events)) == 1
+    assert clock.getDelayedCalls() == []

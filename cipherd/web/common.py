@@ -250,30 +250,47 @@ def _within_deadline(work: Deferred[Any], request: IRequest, seconds: float,
     The work is not cancelled at the deadline: a handler stopped between
     two steps would leave half a change behind.  It runs to its end and
     its answer, which no one waits for any more, is dropped.  (A client
-    that goes away still cancels it, as Klein does.)
+    that goes away still cancels it, as Klein does: the answer is then
+    L{CancelledError}, which Klein drops, whatever the work ends with.)
+
+    Nothing here raises into Klein's or the work's callbacks: a client
+    that hangs up mid-request was once worth a critical "Unhandled error
+    in Deferred" (the timer cancelled twice), on demand for anyone.
     """
+    client_gone = False
 
     def cancel(_: Deferred[Any]) -> None:
+        nonlocal client_gone
+        client_gone = True
         if timer.active():
             timer.cancel()
-        work.cancel()
+        try:
+            work.cancel()
+        except Exception:
+            log.failure("{site}: {method} {path}: cancelling the work failed",
+                        **_where(front, request))
+        # Deferred.cancel errbacks the answer with CancelledError now.
 
     answer: Deferred[Any] = Deferred(cancel)
     timer = clock.callLater(seconds, lambda: answer.errback(DeadlinePassed(seconds)))
 
     def finished(result: object) -> None:
-        if not answer.called:
-            timer.cancel()
+        if not answer.called and not client_gone:
+            if timer.active():
+                timer.cancel()
             if isinstance(result, Failure):
                 answer.errback(result)
             else:
                 answer.callback(result)
-        elif isinstance(result, Failure) and not result.check(CancelledError,
-                                                               DatabaseUnavailable):
-            log.failure("{site}: {method} {path} failed after its deadline", result,
+            return
+        when = "after its client went away" if client_gone else "after its deadline"
+        # What the error handler would have answered 3xx/4xx/503 is no fault.
+        if isinstance(result, Failure) and not result.check(
+                CancelledError, DatabaseUnavailable, SeeOther, HTTPException):
+            log.failure("{site}: {method} {path} failed {when}", result, when=when,
                         **_where(front, request))
-        else:
-            log.info("{site}: {method} {path} finished after its deadline",
+        elif not client_gone:
+            log.info("{site}: {method} {path} finished {when}", when=when,
                      **_where(front, request))
 
     work.addBoth(finished)
