@@ -8,15 +8,17 @@ correct login still works, and failures are still counted.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from twisted.internet.defer import Deferred
+import pytest
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cipherd.store import DatabaseUnavailable, Store
 from cipherd.store import admins as q
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.threads import IBlockingRunner
@@ -227,6 +229,7 @@ def _attempt(authority: AdminAuthority, password: str, client: str = "10.0.0.9")
     outcome: list[Any] = []
     Deferred.fromCoroutine(authority.check_password("admin", password, client)).addBoth(
         outcome.append)
+    assert outcome, "the attempt is still waiting (for a password check, say)"
     return outcome[0]
 
 
@@ -331,3 +334,186 @@ def test_a_session_is_read_without_a_write_and_its_idle_time_restarts_once_a_min
     clock.advance(59)
     assert result_of(authority.session(token)) is not None
     assert result_of(last_seen()) == 1_000_060
+
+
+@implementer(IBlockingRunner)
+class DatabaseWrites:
+    """
+    The store's write thread as a test steers it: each write runs at once
+    (open), waits until the test finishes or fails it (held: a write
+    waiting for another process's lock), or fails at once as on a locked
+    database (down).
+    """
+
+    def __init__(self) -> None:
+        self.mode = "open"
+        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if self.mode == "held":
+            d: Deferred[Any] = Deferred()
+            self.held.append((d, fn, args))
+            return d
+        if self.mode == "down":
+            return fail(DatabaseUnavailable(LOCKED))
+        return SynchronousRunner().run(fn, *args)
+
+    def finish(self) -> None:
+        self.mode = "open"
+        while self.held:
+            d, fn, args = self.held.pop(0)
+            SynchronousRunner().run(fn, *args).chainDeferred(d)
+
+    def give_up(self) -> None:
+        # SQLite's busy timeout ran out.
+        while self.held:
+            self.held.pop(0)[0].errback(DatabaseUnavailable(LOCKED))
+
+
+LOCKED = "(sqlite3.OperationalError) database is locked"
+
+
+def _slow_database() -> tuple[AdminAuthority, Store, DatabaseWrites, CountingRunner]:
+    """
+    An authority on a store whose writes the test steers (reads go on at
+    once, as they do beside a writer's lock), counting password checks.
+    """
+    base = migrated_store()
+    result_of(_authority(SynchronousRunner(), base).ensure_default_admin())
+    writes = DatabaseWrites()
+    store = Store(base.engine, writes, read_runner=SynchronousRunner())
+    checks = CountingRunner()
+    return _authority(checks, store), store, writes, checks
+
+
+def _guesses(authority: AdminAuthority, count: int, client: str = "10.0.0.1") -> list[Any]:
+    outcomes: list[Any] = []
+    for n in range(count):
+        Deferred.fromCoroutine(authority.check_password("admin", f"wrong-{n}", client)
+                               ).addBoth(outcomes.append)
+    return outcomes
+
+
+def _locked(authority: AdminAuthority, client: str = "10.0.0.1") -> bool:
+    # The right password itself is refused unchecked.
+    outcome = _attempt(authority, "admin", client)
+    return isinstance(outcome, Failure) and str(outcome.value).startswith(
+        "Too many failed logins. Login is locked for 15")
+
+
+def test_parallel_guesses_while_failure_writes_are_slow_get_no_more_checks_than_the_threshold(
+) -> None:
+    """
+    Review of issue 12 (M2b): a guess gave its place in the count back
+    before its failure was written, so while the writes waited (another
+    process holding SQLite's lock, or a slow fsync) each new guess saw
+    neither: 16 password checks with a threshold of 5.
+    """
+    authority, _, writes, checks = _slow_database()
+    writes.mode = "held"
+    outcomes = _guesses(authority, 200)
+    assert checks.calls == 5
+    assert len(writes.held) == 5
+    assert {str(o.value) for o in outcomes} == {
+        "Too many login attempts at once; try again in a moment."}
+    writes.finish()
+    assert len(outcomes) == 200
+    assert all(o.check(LoginRefused) for o in outcomes)
+    assert _locked(authority)
+    assert checks.calls == 5
+
+
+def test_a_failure_write_that_fails_late_cannot_undo_the_lockout(
+        log_events: list[dict[str, Any]]) -> None:
+    """
+    Review of issue 12 (M2a): during a database episode one write probes
+    the database (waiting seconds for its lock) while the others are
+    refused at once and counted in memory.  When the probe failed it stored
+    a count made from what it knew before its wait -- count 1, unlocked --
+    over the lock reached meanwhile.
+    """
+    authority, store, writes, checks = _slow_database()
+    writes.mode = "down"
+    with pytest.raises(DatabaseUnavailable):
+        result_of(_write_nothing(store))  # the episode begins
+    writes.mode = "held"
+    outcomes = _guesses(authority, 6)
+    assert len(writes.held) == 1  # the first guess's failure probes the database
+    # The guesses counted in memory, and the probe's own, are five.
+    assert checks.calls == 5
+    assert str(outcomes[-1].value) == "Too many login attempts at once; try again in a moment."
+    writes.give_up()
+    assert len(outcomes) == 6
+    assert str(outcomes[-1].value).endswith("Login is locked for 15 more minute(s).")
+    assert _locked(authority)
+    assert checks.calls == 5
+    assert not [e for e in log_events if "log_failure" in e]
+
+
+def test_a_failure_write_that_succeeds_late_counts_what_was_counted_meanwhile() -> None:
+    authority, store, writes, checks = _slow_database()
+    writes.mode = "down"
+    with pytest.raises(DatabaseUnavailable):
+        result_of(_write_nothing(store))
+    writes.mode = "held"
+    _guesses(authority, 5)
+    assert checks.calls == 5
+    writes.finish()  # the probe's write succeeds: it knew none of the other four
+    assert _locked(authority)
+    # The lock is stored, and so outlasts a restart (nothing in memory).
+    assert _locked(_authority(SynchronousRunner(), store))
+
+
+def test_guesses_while_the_database_takes_no_writes_cannot_double_the_threshold() -> None:
+    """
+    Review of issue 12 (M2a): failures counted in memory began at zero
+    beside a stored count, so four stored failures and five in memory --
+    nine guesses -- passed before the lock.
+    """
+    authority, _, writes, checks = _slow_database()
+    for outcome in _guesses(authority, 4):
+        assert str(outcome.value) == "Wrong user name or password."
+    writes.mode = "down"  # a full disk, say
+    last = _guesses(authority, 1)[0]
+    assert str(last.value).endswith("Login is locked for 15 more minute(s).")
+    assert _locked(authority)
+    assert checks.calls == 5
+
+
+def test_connect_send_close_cannot_queue_unlimited_password_hashing() -> None:
+    """
+    Review of issue 12 (m9): a login cancelled during its Argon2 check (its
+    client went away) gave its place back while the thread went on
+    hashing: a loop of connect, send, close queued hashes without limit.
+    """
+    authority, held = _held_authority()
+    waiting = [Deferred.fromCoroutine(authority.check_password("admin", "guess", f"10.0.2.{n}"))
+               for n in range(MAX_PENDING_CHECKS)]
+    for d in waiting:
+        d.addErrback(lambda f: f.trap(CancelledError))
+        d.cancel()
+    assert len(held.held) == MAX_PENDING_CHECKS  # still hashing
+    busy = _attempt(authority, "admin", "10.0.0.1")
+    assert busy.check(ServerBusy)
+    assert len(held.held) == MAX_PENDING_CHECKS
+    # One hash done: one place free again.
+    d, fn, args = held.held.pop(0)
+    d.callback(fn(*args))
+    Deferred.fromCoroutine(authority.check_password("admin", "admin", "10.0.0.1"))
+    assert len(held.held) == MAX_PENDING_CHECKS
+    assert _attempt(authority, "admin", "10.0.0.2").check(ServerBusy)
+    held.release_all()
+    assert authority._pending == 0
+    assert _attempt(authority, "admin", "10.0.0.3").name == "admin"
+
+
+async def _write_nothing(store: Store) -> None:
+    await store.run(lambda conn: None)
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)

@@ -10,6 +10,19 @@ the administrator needs it most.  Only what must be remembered is written
 -- a failure, the end of a nonzero count, a new session, a session's idle
 time now and then -- and a failure that cannot be written is counted in
 memory instead.
+
+The lockout holds however the database behaves.  Each guess under way
+takes a place in its (account, client) count from before its password is
+checked until its failure is recorded, so parallel guesses past the
+threshold are refused unchecked even while the failures' writes are slow;
+and a count only grows (the stronger of the stored and the in-memory row,
+never one computed from what was known before a write began), so a write
+that fails late cannot undo a lock counted meanwhile.
+
+Parallel guesses are counted per process: behind a load balancer, N nodes
+on one database let a first burst of parallel guesses have up to
+N x the threshold password checks before the stored count locks them all
+(sequential guesses are counted in the database, across nodes).
 """
 
 from __future__ import annotations
@@ -21,13 +34,15 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zxcvbn import zxcvbn
 
 from cipherd.store import DatabaseUnavailable, Store
@@ -40,6 +55,7 @@ MIN_ADMIN_PASSWORD_LENGTH = 10
 MIN_ADMIN_PASSWORD_SCORE = 3  # zxcvbn: "safely unguessable" (>= 10^8 guesses)
 # Password checks (Argon2) allowed to wait for the auth thread at once;
 # beyond this, logins are refused at once instead of queueing CPU work.
+# A check whose client went away keeps its place until its hash is done.
 MAX_PENDING_CHECKS = 16
 # Credentials recently proven correct, so that API clients (HTTP Basic on
 # every request) do not pay an Argon2 check per call.
@@ -48,8 +64,9 @@ VERIFIED_CACHE_SECONDS = 300
 # A session's idle time restarts at most this often (a write each time):
 # its idle timeout is kept to within this.
 SESSION_TOUCH_INTERVAL = 60
-# Failures that could not be written (the database full or locked) are
-# counted in memory instead, for at most this many account/client pairs.
+# The failure counts kept in memory (those the database would not take, and
+# the latest written, which a read begun before its write may not show),
+# for at most this many account/client pairs.
 MAX_FAILURES_IN_MEMORY = 10_000
 
 log = Logger(namespace="cipherd.admin")
@@ -147,12 +164,16 @@ class AdminAuthority:
         self._duration = lockout_duration
         self._hasher = hasher or PasswordHasher()
         self._dummy_hash: str | None = None
+        # Places taken for password work: requests checking a password,
+        # and hashes still running for requests that went away.
         self._pending = 0
         # Password checks under way, by (account, client): parallel guesses
         # each take a place before they are checked.
         self._checking: dict[tuple[str, str], int] = {}
-        # Failures the database would not take, by (account, client).
-        self._unwritten: OrderedDict[tuple[str, str], q.FailureRow] = OrderedDict()
+        # The latest failure count this process knows, by (account, client):
+        # counted here when the database would not take it, and kept after
+        # a write so that a read begun before the write still meets it.
+        self._counted: OrderedDict[tuple[str, str], q.FailureRow] = OrderedDict()
         # (name, HMAC of the password) -> (the hash it matched, when).
         self._verified: OrderedDict[tuple[str, bytes], tuple[str, float]] = OrderedDict()
         self._cache_key = secrets.token_bytes(32)
@@ -190,9 +211,36 @@ class AdminAuthority:
         finally:
             self._pending -= 1
 
-    async def _check(self, fn: Callable[..., T], *args: Any) -> T:
-        # A password hash or check, on the auth runner (one thread).
-        return await self._runner.run(fn, *args)
+    def _check(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """
+        A password hash or check, on the auth runner (one thread).  When
+        the request waiting for it is cancelled (its client went away), the
+        thread goes on hashing, and keeps a place (L{MAX_PENDING_CHECKS})
+        until it is done: else connect-send-close would queue hashes
+        without limit.
+        """
+        abandoned = False
+
+        def abandon(_: Deferred[T]) -> None:
+            nonlocal abandoned
+            abandoned = True
+            self._pending += 1  # the thread's; given back when it ends
+
+        answer: Deferred[T] = Deferred(abandon)
+
+        def done(result: object) -> None:
+            if not abandoned:
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(cast(T, result))
+                return
+            self._pending -= 1
+            if isinstance(result, Failure) and not result.check(CancelledError):
+                log.failure("A password check no one waits for any more failed", result)
+
+        self._runner.run(fn, *args).addBoth(done)
+        return answer
 
     def _cache_slot(self, name: str, password: str) -> tuple[str, bytes]:
         return name, hmac.digest(self._cache_key, password.encode("utf-8", "surrogatepass"),
@@ -232,20 +280,24 @@ class AdminAuthority:
             return q.get_admin(conn, name), q.get_failures(conn, name, client)
 
         admin, stored = await self._store.read(load)
-        failures = self._live(self._stronger(stored, self._unwritten.get(pair)), now)
+        failures = self._merged(stored, self._counted.get(pair), now)
         if failures is not None and failures.locked_until:
             raise LoginRefused(_locked_message(failures.locked_until - now))
         if admin is not None and self._recently_verified(admin, password, now):
             await self._forget_failures(name, client, failures)
             return admin
-        # Each check under way takes a place in the count, so parallel
-        # guesses past the threshold are refused unchecked.
+        # Each check under way takes a place in the count, from before its
+        # password is checked until its failure is recorded (the write may
+        # take seconds), so parallel guesses past the threshold are refused
+        # unchecked.
         counted = (failures.count if failures else 0) + self._checking.get(pair, 0)
         if counted >= self._threshold:
             raise LoginRefused("Too many login attempts at once; try again in a moment.")
         self._checking[pair] = self._checking.get(pair, 0) + 1
         try:
             ok = await self._password_matches(admin, password)
+            if not (ok and admin is not None):
+                recorded = await self._record_failure(name, client, now, stored)
         finally:
             self._checking[pair] -= 1
             if not self._checking[pair]:
@@ -254,7 +306,6 @@ class AdminAuthority:
             self._remember_verified(admin, password, now)
             await self._forget_failures(name, client, failures)
             return admin
-        recorded = await self._record_failure(name, client, now)
         message = "Wrong user name or password."
         if recorded.locked_until:
             log.warn(
@@ -291,40 +342,82 @@ class AdminAuthority:
             return a or b
         return max(a, b, key=lambda row: (row.locked_until or 0, row.count))
 
+    def _merged(self, a: q.FailureRow | None, b: q.FailureRow | None,
+                now: float) -> q.FailureRow | None:
+        # The stronger of two counts that still count (a lock that ran out
+        # must not hide a count begun since).
+        return self._stronger(self._live(a, now), self._live(b, now))
+
     def _next_failure(self, row: q.FailureRow | None, now: float) -> q.FailureRow:
         live = self._live(row, now)
         count, first = (live.count + 1, live.first_failure) if live else (1, now)
         return q.FailureRow(count, first, now + self._duration if count >= self._threshold
                             else None)
 
-    async def _record_failure(self, name: str, client: str, now: float) -> q.FailureRow:
+    async def _record_failure(self, name: str, client: str, now: float,
+                              stored: q.FailureRow | None) -> q.FailureRow:
         """
         Count a failed login, locking the pair at the threshold; in memory
-        when the database cannot take it.
+        when the database cannot take it.  The count only grows: what is
+        counted meanwhile (the write may wait seconds for a lock while other
+        failures are counted in memory) is never overwritten by a count
+        computed from what was known before.
+
+        @param stored: the pair's row as read before the password check.
+        @return: the pair's count now.
         """
         pair = (name, client)
-        unwritten = self._unwritten.get(pair)
+        known = self._counted.get(pair)
 
         def record(conn: Connection) -> q.FailureRow:
-            stored = q.get_failures(conn, name, client, for_update=True)
-            row = self._next_failure(self._stronger(stored, unwritten), now)
+            current = q.get_failures(conn, name, client, for_update=True)
+            row = self._next_failure(self._merged(current, known, now), now)
             q.put_failures(conn, name, client, row)
             return row
 
         try:
-            row: q.FailureRow = await self._store.run(record)
+            written: q.FailureRow = await self._store.run(record)
         except DatabaseUnavailable as e:
-            row = self._next_failure(unwritten, now)
-            self._unwritten[pair] = row
-            self._unwritten.move_to_end(pair)
-            while len(self._unwritten) > MAX_FAILURES_IN_MEMORY:
-                self._unwritten.popitem(last=False)
+            counted = self._next_failure(self._merged(stored, self._counted.get(pair), now),
+                                         now)
             log.warn("A failed admin login for {account!r} from {client} is counted in memory:"
                      " the database cannot record it ({reason})", account=name, client=client,
                      reason=e.reason)
-            return row
-        self._unwritten.pop(pair, None)
-        return row
+            return self._remember_failures(pair, counted, now)
+        meanwhile = self._counted.get(pair)
+        if meanwhile is not known:
+            # Failures counted while the write was under way are not in it;
+            # this one is not in them.
+            counted = self._next_failure(self._merged(written, meanwhile, now), now)
+            if self._stronger(written, counted) is counted:
+                await self._store_count(name, client, counted, now)
+                written = counted
+        return self._remember_failures(pair, written, now)
+
+    async def _store_count(self, name: str, client: str, row: q.FailureRow,
+                           now: float) -> None:
+        # Make a count reached in memory durable (a lock survives a
+        # restart), unless the database already holds a stronger one.
+        def store(conn: Connection) -> None:
+            current = q.get_failures(conn, name, client, for_update=True)
+            if self._merged(current, row, now) is row:
+                q.put_failures(conn, name, client, row)
+
+        try:
+            await self._store.run(store)
+        except DatabaseUnavailable as e:
+            log.info("Could not store the failed logins of {account!r} from {client}: "
+                     "{reason}", account=name, client=client, reason=e.reason)
+
+    def _remember_failures(self, pair: tuple[str, str], row: q.FailureRow,
+                           now: float) -> q.FailureRow:
+        # Never lower what is kept: the stronger of it and C{row}.
+        stronger = self._merged(self._counted.get(pair), row, now) or row
+        self._counted[pair] = stronger
+        self._counted.move_to_end(pair)
+        while len(self._counted) > MAX_FAILURES_IN_MEMORY:
+            self._counted.popitem(last=False)
+        return stronger
 
     async def _forget_failures(self, name: str, client: str,
                                failures: q.FailureRow | None) -> None:
@@ -334,7 +427,7 @@ class AdminAuthority:
         """
         if failures is None:
             return
-        self._unwritten.pop((name, client), None)
+        self._counted.pop((name, client), None)
         try:
             await self._store.run(q.clear_failures, name, client)
         except DatabaseUnavailable as e:
