@@ -6,9 +6,14 @@ recipients of webmail replies (guide §2.3.14).
 
 from __future__ import annotations
 
+import html
 import ipaddress
+import re
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from twisted.logger import LogLevel, globalLogPublisher
 
 from cipherd.smtp.config import (
     MTAConfig,
@@ -231,3 +236,66 @@ def test_the_smtp_limits_on_the_advanced_mta_page(
     assert refused.code == 400
     assert "must be a whole number of seconds" in refused.text
     assert result_of(admin.site.backend.mta.refresh()).smtpd_timeout == 120
+
+
+ADVANCED_FORM = {
+    "relay_domains": "example.com", "my_networks": "127.0.0.0/8",
+    "my_hostname": "mx.example.com", "advanced": "1",
+    "before_filter_message_size_limit": "10240000",
+    "after_filter_message_size_limit": "20480000", "smtpd_process_limit": "200",
+    "smtpd_client_connection_count_limit": "5", "smtpd_client_connection_rate_limit": "30",
+    "smtpd_timeout": "120", "smtpd_session_time_limit": "900", "smtpd_min_data_rate": "0",
+    "queue_minfree": "1000000", "reject_unverified_code": "450"}
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.mark.parametrize("typed", ["²", "١٢٠", "1" * 5000])
+def test_unicode_and_endless_digits_in_the_mta_limits_are_a_400_not_a_500_traceback(
+        admin: AdminHarness, log_events: list[dict[str, Any]],  # noqa: F811 -- the fixture
+        typed: str) -> None:
+    """
+    Review of issue 12 (m7): str.isdigit() is true for "²", which int()
+    refuses: a 500 with a critical traceback, on demand; int() refuses more
+    than 4300 digits too.  The form takes ASCII digits, as a browser's
+    number field sends them (not Arabic-Indic ones, which int() would take).
+    """
+    before = result_of(admin.site.backend.mta.refresh())
+    refused = admin.post_form("/mta/config", {**ADVANCED_FORM, "smtpd_timeout": typed})
+    assert refused.code == 400, refused.text
+    assert 'id="error.smtpd_timeout">must be a whole number of seconds<' in refused.text
+    refused = admin.post_form("/mta/config", {**ADVANCED_FORM, "reject_unverified_code": typed})
+    assert refused.code == 400, refused.text
+    assert 'id="error.reject_unverified_code">must be 450 or 550<' in refused.text
+    assert result_of(admin.site.backend.mta.refresh()) == before
+    assert not [e for e in log_events
+                if e.get("log_level") == LogLevel.critical or "log_failure" in e]
+
+
+def test_a_refused_mta_form_shows_what_the_admin_typed_not_the_stored_values(
+        admin: AdminHarness) -> None:  # noqa: F811 -- the fixture imported above
+    assert admin.post_form("/mta/config", ADVANCED_FORM).code == 303
+    typed = {**ADVANCED_FORM, "smtpd_process_limit": "300", "smtpd_timeout": "soon",
+             "smtpd_session_time_limit": "5", "queue_minfree": "2000000",
+             "smtp_helo_name": "helo.example.com", "my_hostname": "mx2.example.com",
+             "match_subdomains": "on", "reject_unverified_recipient": "on",
+             "reject_unverified_code": "550"}
+    refused = admin.post_form("/mta/config", typed)
+    assert refused.code == 400
+    page = html.unescape(refused.text)
+    for name in ("smtpd_process_limit", "smtpd_timeout", "smtpd_session_time_limit",
+                 "queue_minfree", "smtp_helo_name", "my_hostname"):
+        assert f'name="{name}" value="{typed[name]}"' in page, name
+    assert re.search(r'name="match_subdomains" checked', page)
+    assert re.search(r'name="reject_unverified_recipient" checked', page)
+    assert '<option value="550" selected>' in page
+    # Nothing was changed.
+    config = result_of(admin.site.backend.mta.refresh())
+    assert (config.smtpd_process_limit, config.my_hostname, config.match_subdomains) == (
+        200, "mx.example.com", False)

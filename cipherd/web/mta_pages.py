@@ -7,6 +7,7 @@ Admin → send email, the test tool.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -72,6 +73,16 @@ _ADVANCED_NUMBERS = {
                       "larger than the space above it. 0: 1.5 times the before filter "
                       "message size limit.", "bytes", 0),
 }
+
+
+# A whole number as the form's number fields send it: ASCII digits only
+# (str.isdigit() takes "²", which int() refuses), and few enough for int()
+# (it refuses more than 4300) and beyond every limit.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
+
+
+def _whole_number(raw: str) -> int | None:
+    return int(raw) if _WHOLE_NUMBER.fullmatch(raw) else None
 
 
 def _lines(value: str | None) -> list[str]:
@@ -153,24 +164,30 @@ class MTAPages(AdminPages):
             errors["transports"] = problem
         else:
             changes["transports"] = transports
+        # What the admin typed, shown again if anything is refused.
+        typed: dict[str, Any] = {k: arg(request, k) or "" for k in (
+            *_LIST_FIELDS, *_TEXT_FIELDS, "transports")}
+        typed["match_subdomains"] = changes["match_subdomains"]
         if arg(request, "advanced") is not None:
             for name in _ADVANCED_NUMBERS:
-                raw = (arg(request, name) or "").strip()
-                if raw.isdigit():
-                    changes[name] = int(raw)
+                typed[name] = arg(request, name) or ""
+                number = _whole_number(typed[name].strip())
+                if number is not None:
+                    changes[name] = number
                 else:
                     errors[name] = f"must be a whole number of {_ADVANCED_NUMBERS[name][2]}"
-            changes["smtp_helo_name"] = (arg(request, "smtp_helo_name") or "").strip()
-            changes["reject_unverified_recipient"] = (
+            typed["smtp_helo_name"] = arg(request, "smtp_helo_name") or ""
+            changes["smtp_helo_name"] = typed["smtp_helo_name"].strip()
+            changes["reject_unverified_recipient"] = typed["reject_unverified_recipient"] = (
                 arg(request, "reject_unverified_recipient") == "on")
             code = (arg(request, "reject_unverified_code") or "").strip()
-            changes["reject_unverified_code"] = int(code) if code.isdigit() else code
+            number = _whole_number(code)
+            changes["reject_unverified_code"] = typed["reject_unverified_code"] = (
+                code if number is None else number)
         if not errors:
             errors = await self.backend.mta.update(changes)
         if errors:
-            form = {**self._form_values(self.backend.mta.current),
-                    **{k: arg(request, k) or "" for k in (*_LIST_FIELDS, *_TEXT_FIELDS,
-                                                          "transports")}}
+            form = {**self._form_values(self.backend.mta.current), **typed}
             return self._config_page(request, session, self.backend.mta.current, form=form,
                                      errors=errors, status=400)
         log.info("Admin {account!r} changed the MTA config", account=session.admin_name)
