@@ -90,6 +90,11 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's backlog is 5: a burst of deliveries (a queue scanned
+    # after a restart opens 20 connections at once) overflowed it, and
+    # the dropped connects waited for the kernel's SYN retries (1, 3, 7,
+    # 15 s ...) as if the message had been lost.
+    request_queue_size = 511
     state: SinkState
 
 
