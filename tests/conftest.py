@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-from twisted.logger import formatEvent
+from twisted.logger import formatEvent, globalLogPublisher
 
 from cipherd.logs import mail_events
 
@@ -275,6 +275,17 @@ def artifacts() -> Path:
     """
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, Any]]]:
+    """
+    Every event logged (to the global log) while the test runs.
+    """
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ correct login still works, and failures are still counted.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -20,7 +20,13 @@ from zope.interface import implementer
 
 from cipherd.store import DatabaseUnavailable, Store
 from cipherd.store import admins as q
-from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
+from cipherd.testing import (
+    SteeredRunner,
+    SynchronousRunner,
+    cheap_hasher,
+    migrated_store,
+    result_of,
+)
 from cipherd.threads import IBlockingRunner
 from cipherd.web.auth import MAX_PENDING_CHECKS, AdminAuthority, LoginRefused, ServerBusy
 
@@ -336,51 +342,17 @@ def test_a_session_is_read_without_a_write_and_its_idle_time_restarts_once_a_min
     assert result_of(last_seen()) == 1_000_060
 
 
-@implementer(IBlockingRunner)
-class DatabaseWrites:
-    """
-    The store's write thread as a test steers it: each write runs at once
-    (open), waits until the test finishes or fails it (held: a write
-    waiting for another process's lock), or fails at once as on a locked
-    database (down).
-    """
-
-    def __init__(self) -> None:
-        self.mode = "open"
-        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        if self.mode == "held":
-            d: Deferred[Any] = Deferred()
-            self.held.append((d, fn, args))
-            return d
-        if self.mode == "down":
-            return fail(DatabaseUnavailable(LOCKED))
-        return SynchronousRunner().run(fn, *args)
-
-    def finish(self) -> None:
-        self.mode = "open"
-        while self.held:
-            d, fn, args = self.held.pop(0)
-            SynchronousRunner().run(fn, *args).chainDeferred(d)
-
-    def give_up(self) -> None:
-        # SQLite's busy timeout ran out.
-        while self.held:
-            self.held.pop(0)[0].errback(DatabaseUnavailable(LOCKED))
-
-
 LOCKED = "(sqlite3.OperationalError) database is locked"
 
 
-def _slow_database() -> tuple[AdminAuthority, Store, DatabaseWrites, CountingRunner]:
+def _slow_database() -> tuple[AdminAuthority, Store, SteeredRunner, CountingRunner]:
     """
     An authority on a store whose writes the test steers (reads go on at
     once, as they do beside a writer's lock), counting password checks.
     """
     base = migrated_store()
     result_of(_authority(SynchronousRunner(), base).ensure_default_admin())
-    writes = DatabaseWrites()
+    writes = SteeredRunner()
     store = Store(base.engine, writes, read_runner=SynchronousRunner())
     checks = CountingRunner()
     return _authority(checks, store), store, writes, checks
@@ -416,7 +388,7 @@ def test_parallel_guesses_while_failure_writes_are_slow_get_no_more_checks_than_
     assert len(writes.held) == 5
     assert {str(o.value) for o in outcomes} == {
         "Too many login attempts at once; try again in a moment."}
-    writes.finish()
+    writes.release()
     assert len(outcomes) == 200
     assert all(o.check(LoginRefused) for o in outcomes)
     assert _locked(authority)
@@ -458,7 +430,7 @@ def test_a_failure_write_that_succeeds_late_counts_what_was_counted_meanwhile() 
     writes.mode = "held"
     _guesses(authority, 5)
     assert checks.calls == 5
-    writes.finish()  # the probe's write succeeds: it knew none of the other four
+    writes.release()  # the probe's write succeeds: it knew none of the other four
     assert _locked(authority)
     # The lock is stored, and so outlasts a restart (nothing in memory).
     assert _locked(_authority(SynchronousRunner(), store))
@@ -511,9 +483,3 @@ async def _write_nothing(store: Store) -> None:
     await store.run(lambda conn: None)
 
 
-@pytest.fixture
-def log_events() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)

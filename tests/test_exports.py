@@ -12,7 +12,8 @@ import pytest
 EXPORTS = {
     "cipherd.store": ["DatabaseUnavailable", "MigrationError", "Store",
                       "create_engine_for_url"],
-    "cipherd.testing": ["SynchronousRunner", "cheap_hasher", "migrated_store", "result_of"],
+    "cipherd.testing": ["SteeredRunner", "SynchronousRunner", "cheap_hasher", "migrated_store",
+                        "result_of"],
 }
 
 

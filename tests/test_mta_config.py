@@ -9,11 +9,10 @@ from __future__ import annotations
 import html
 import ipaddress
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 
 from cipherd.smtp.config import (
     MTAConfig,
@@ -248,12 +247,6 @@ ADVANCED_FORM = {
     "queue_minfree": "1000000", "reject_unverified_code": "450"}
 
 
-@pytest.fixture
-def log_events() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.mark.parametrize("typed", ["²", "١٢٠", "1" * 5000])

@@ -26,7 +26,7 @@ from cipherd.store.migrations import (
 )
 from cipherd.store.schema import admins, metadata
 from cipherd.store.settings import SettingsRepository
-from cipherd.testing import SynchronousRunner, cheap_hasher, result_of
+from cipherd.testing import SteeredRunner, SynchronousRunner, cheap_hasher, result_of
 from cipherd.web.auth import AdminAuthority
 
 
@@ -265,29 +265,6 @@ def test_a_database_locked_by_another_process_is_reported_as_unavailable_and_rea
     store.close()
 
 
-class _HeldRunner:
-    """
-    An IBlockingRunner whose calls wait until the test lets them run.
-    """
-
-    def __init__(self) -> None:
-        self.waiting: list[tuple[Any, Any, tuple[Any, ...]]] = []
-
-    def run(self, fn: Any, *args: Any) -> Any:
-        from twisted.internet.defer import Deferred
-
-        d: Deferred[Any] = Deferred()
-        self.waiting.append((d, fn, args))
-        return d
-
-    def release(self) -> None:
-        d, fn, args = self.waiting.pop(0)
-        try:
-            d.callback(fn(*args))
-        except Exception:
-            d.errback()
-
-
 def test_while_the_database_is_locked_one_write_probes_and_reads_have_threads_of_their_own(
         tmp_path: Any) -> None:
     """
@@ -300,11 +277,11 @@ def test_while_the_database_is_locked_one_write_probes_and_reads_have_threads_of
     from cipherd.store import DatabaseUnavailable
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    writes = _HeldRunner()
+    writes = SteeredRunner("held")
     store = Store(create_engine_for_url(url, sqlite_busy_timeout_ms=50), writes, Clock(),
                   read_runner=SynchronousRunner())
     migrating = store.migrate()
-    writes.release()
+    writes.run_next()
     _now(migrating)
 
     def write(conn: Connection) -> None:
@@ -314,12 +291,12 @@ def test_while_the_database_is_locked_one_write_probes_and_reads_have_threads_of
     holder.execute("BEGIN EXCLUSIVE")
     try:
         first = store.run(write)
-        writes.release()
+        writes.run_next()
         with pytest.raises(DatabaseUnavailable):
             _now(first)
         probe = store.run(write)
         refused = store.run(write)
-        assert len(writes.waiting) == 1  # only the probe waits for a thread
+        assert len(writes.held) == 1  # only the probe waits for a thread
         with pytest.raises(DatabaseUnavailable, match="database is locked"):
             _now(refused)
         # A read meanwhile, on its own runner.
@@ -327,12 +304,12 @@ def test_while_the_database_is_locked_one_write_probes_and_reads_have_threads_of
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    writes.release()
+    writes.run_next()
     _now(probe)  # the lock is gone: the probe ends the episode
     after = [store.run(write), store.run(write)]
-    assert len(writes.waiting) == 2
-    writes.release()
-    writes.release()
+    assert len(writes.held) == 2
+    writes.run_next()
+    writes.run_next()
     for d in after:
         _now(d)
     store.close()

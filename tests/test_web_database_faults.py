@@ -14,7 +14,6 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,8 @@ from treq.testing import StubTreq
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, LogPublisher, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, LogPublisher, formatEvent
 from twisted.web.resource import Resource
-from zope.interface import implementer
 
 from cipherd.logs import MailLogsService
 from cipherd.pki.certstore import CertificateStore
@@ -35,8 +33,13 @@ from cipherd.smtp.spool import DirectorySpool, Envelope, new_queue_id
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.migrations import migrate
 from cipherd.store.settings import SettingsRepository
-from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
-from cipherd.threads import IBlockingRunner
+from cipherd.testing import (
+    SteeredRunner,
+    SynchronousRunner,
+    cheap_hasher,
+    migrated_store,
+    result_of,
+)
 from cipherd.web.admin import AdminSite
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
@@ -49,37 +52,7 @@ PASSWORD = "purple-otter-canvas-91"
 UNAVAILABLE = "Try again in a moment."
 
 
-@implementer(IBlockingRunner)
-class Gate:
-    """
-    The database's thread pool as a test steers it: each call runs at once
-    (open), waits until released (held: behind calls blocked on a lock), or
-    fails as the store fails when the database cannot be used (down).
-    """
-
-    def __init__(self) -> None:
-        self.mode = "open"
-        self.reason = ""
-        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        if self.mode == "held":
-            d: Deferred[Any] = Deferred()
-            self.held.append((d, fn, args))
-            return d
-        if self.mode == "down":
-            return fail(DatabaseUnavailable(self.reason))
-        return SynchronousRunner().run(fn, *args)
-
-    def release(self) -> None:
-        self.mode = "open"
-        while self.held:
-            d, fn, args = self.held.pop(0)
-            if not d.called:  # not cancelled meanwhile (its client went away)
-                SynchronousRunner().run(fn, *args).chainDeferred(d)
-
-
-def gated_store(gate: Gate, clock: Clock) -> Store:
+def gated_store(gate: SteeredRunner, clock: Clock) -> Store:
     engine = create_engine_for_url("sqlite://")
     with engine.begin() as conn:
         migrate(conn)
@@ -203,12 +176,6 @@ class Admin:
                                   {"username": "admin", "password": PASSWORD})
 
 
-@pytest.fixture
-def log_events() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def faults(events: list[dict[str, Any]]) -> list[str]:
@@ -229,7 +196,7 @@ def test_requests_stuck_behind_a_blocked_database_are_answered_503_at_their_dead
         tmp_path: Path, log_events: list[dict[str, Any]]) -> None:
     clock = Clock()
     clock.advance(1_800_000_000)
-    gate = Gate()
+    gate = SteeredRunner()
     admin = Admin(gated_store(gate, clock), tmp_path, clock)
     try:
         admin.set_up()
@@ -275,7 +242,7 @@ def test_clients_that_hang_up_mid_request_cannot_fill_the_log_with_critical_trac
     """
     clock = Clock()
     clock.advance(1_800_000_000)
-    gate = Gate()
+    gate = SteeredRunner()
     admin = Admin(gated_store(gate, clock), tmp_path, clock)
     try:
         admin.set_up()
@@ -302,7 +269,7 @@ def test_a_database_that_cannot_be_used_is_503_with_retry_after_never_500(
         tmp_path: Path, log_events: list[dict[str, Any]]) -> None:
     clock = Clock()
     clock.advance(1_800_000_000)
-    gate = Gate()
+    gate = SteeredRunner()
     admin = Admin(gated_store(gate, clock), tmp_path, clock)
     try:
         admin.set_up()

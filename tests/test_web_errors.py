@@ -21,7 +21,7 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 from werkzeug.exceptions import NotFound
@@ -84,16 +84,6 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
         yield Site("portal", portal.resource, portal)
 
 
-@pytest.fixture
-def log_events() -> Iterator[list[dict[str, Any]]]:
-    """
-    Every event logged (through twisted.logger or twisted.python.log)
-    while the test runs.
-    """
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def serious(events: list[dict[str, Any]]) -> list[str]:

@@ -12,11 +12,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cipherd.store import Store, create_engine_for_url
+from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.migrations import migrate
 from cipherd.threads import IBlockingRunner
 
-__all__ = ["SynchronousRunner", "cheap_hasher", "migrated_store", "result_of"]
+__all__ = ["SteeredRunner", "SynchronousRunner", "cheap_hasher", "migrated_store",
+           "result_of"]
 
 T = TypeVar("T")
 
@@ -33,6 +34,59 @@ class SynchronousRunner:
             return succeed(fn(*args))
         except BaseException:
             return fail()
+
+
+@implementer(IBlockingRunner)
+class SteeredRunner:
+    """
+    A database thread pool as a test steers it: each call runs at once
+    (C{"open"}), waits until the test lets it run or fail (C{"held"}: a call
+    waiting behind another process's lock), or fails at once as the store
+    fails on a database it cannot use (C{"down"}, with L{DatabaseUnavailable}
+    saying C{reason}).
+
+    @ivar held: the calls waiting, oldest first.
+    """
+
+    def __init__(self, mode: str = "open",
+                 reason: str = "(sqlite3.OperationalError) database is locked") -> None:
+        self.mode = mode
+        self.reason = reason
+        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if self.mode == "held":
+            d: Deferred[Any] = Deferred()
+            self.held.append((d, fn, args))
+            return d
+        if self.mode == "down":
+            return fail(DatabaseUnavailable(self.reason))
+        return SynchronousRunner().run(fn, *args)
+
+    def run_next(self) -> None:
+        """
+        Run the oldest waiting call now (unless it was cancelled meanwhile).
+        """
+        d, fn, args = self.held.pop(0)
+        if not d.called:
+            SynchronousRunner().run(fn, *args).chainDeferred(d)
+
+    def release(self) -> None:
+        """
+        Open: run every waiting call, oldest first.
+        """
+        self.mode = "open"
+        while self.held:
+            self.run_next()
+
+    def give_up(self) -> None:
+        """
+        Fail every waiting call as SQLite does when its busy timeout runs out.
+        """
+        while self.held:
+            d = self.held.pop(0)[0]
+            if not d.called:
+                d.errback(DatabaseUnavailable(self.reason))
 
 
 def migrated_store(url: str | None = None) -> Store:
