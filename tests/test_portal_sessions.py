@@ -17,7 +17,6 @@ from cipherd.webmail import totp
 from cipherd.webmail.accounts import Accounts
 from cipherd.webmail.sessions import (
     LOCKED,
-    THROTTLED,
     WRONG,
     LoginRefused,
     PortalSessions,
@@ -112,11 +111,12 @@ def test_failures_outside_the_window_do_not_add_up(clock: Clock,
         assert refusal(sessions, "wrong").reason == WRONG
 
 
-def test_parallel_guesses_past_the_threshold_are_throttled(clock: Clock) -> None:
+def test_parallel_guesses_past_the_threshold_are_refused_unchecked(clock: Clock) -> None:
     """
     Attempts are counted before the password is checked: guesses under
     way at once each take a place, and those past the threshold are
-    refused unchecked.
+    refused unchecked -- as locked: the fifth attempt's count stored the
+    lock before its check.
     """
     from twisted.internet.defer import Deferred
 
@@ -134,11 +134,11 @@ def test_parallel_guesses_past_the_threshold_are_throttled(clock: Clock) -> None
     for _ in range(7):
         Deferred.fromCoroutine(sessions.check_password(ADDRESS, "guess", CLIENT)).addErrback(
             lambda f: outcomes.append(f.value.reason))
-    assert len(waiting) == 5 and outcomes == [THROTTLED, THROTTLED]
+    assert len(waiting) == 5 and outcomes == [LOCKED, LOCKED]
     for gate in waiting:
         gate.callback(None)
-    # Seven counted: each checked guess, failing, finds the pair over the
-    # threshold and locks it.
+    # Each checked guess, failing, finds the pair at the threshold and
+    # locks it (again, from now).
     assert outcomes[2:] == [LOCKED] * 5
 
 

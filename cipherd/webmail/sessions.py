@@ -12,24 +12,33 @@ guesses each use up a place; past the threshold within the window the pair
 is locked for a while.  A locked pair learns nothing more: its guesses are
 not checked.  Wrong one-time codes count the same as wrong passwords.
 
+The lockout holds however the database behaves: an attempt whose count
+cannot be written is not checked (there is no count in memory to get
+wrong), and the attempt that reaches the threshold stores the lock with its
+count, before its check, so no later write (refused, or never made because
+the client went away) is needed for it.  A check whose client went away
+goes on, and keeps its place among L{MAX_PENDING_CHECKS}, until done.
+
 L{LoginThrottle} knows nothing of webmail but its table's columns; the
 admin's lockout could move onto it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from cipherd.store import Store
+from cipherd.store import DatabaseUnavailable, Store
 from cipherd.store.schema import webmail_login_failures, webmail_sessions
 
 IDLE_TIMEOUT = 15 * 60
@@ -47,6 +56,9 @@ SWEEP_EVERY = 600
 MAX_TOKEN = 128
 
 WRONG, LOCKED, THROTTLED, BUSY = "wrong", "locked", "throttled", "busy"
+
+log = Logger(namespace="cipherd.webmail.sessions")
+T = TypeVar("T")
 
 
 def hash_token(token: str) -> str:
@@ -113,34 +125,44 @@ class LoginThrottle:
 
     async def count(self, account: str, client: str) -> None:
         """
-        Count an attempt before its credentials are checked.
+        Count an attempt before its credentials are checked.  The attempt
+        that reaches the threshold stores the lock with its count, before
+        its check: a lock that waited for the failure's write (after the
+        check) was lost when that write was refused or the client went
+        away, and the pair was free again at the end of the window.  A
+        right password (L{succeeded}) ends it.
 
         @raise LoginRefused: locked, or too many attempts under way.
         """
         now = self._clock.seconds()
 
-        def write(conn: Connection) -> Attempt:
+        def write(conn: Connection) -> tuple[Attempt, bool]:
             row = self._read(conn, account, client)
             if row is not None and row.locked_until and now < row.locked_until:
-                return row
+                return row, False
             # A lock that ran out starts the count afresh.
             if row is None or row.locked_until or now - row.first_failure > self.window:
                 row = Attempt(1, now, None)
             else:
                 row = Attempt(row.count + 1, row.first_failure, None)
+            if row.count >= self.threshold:
+                row = Attempt(row.count, row.first_failure, now + self.duration)
             self._write(conn, account, client, row)
-            return row
+            return row, True
 
-        attempt: Attempt = await self._store.run(write)
-        if attempt.locked_until and now < attempt.locked_until:
-            raise LoginRefused(LOCKED, _minutes(attempt.locked_until - now))
+        attempt, counted = await self._store.run(write)
+        if not counted:
+            raise LoginRefused(LOCKED, _minutes((attempt.locked_until or now) - now))
         if attempt.count > self.threshold:
             raise LoginRefused(THROTTLED)
 
     async def failed(self, account: str, client: str) -> LoginRefused:
         """
-        The counted attempt failed: lock the pair when it reached the
-        threshold.
+        The counted attempt failed: lock the pair from now when it reached
+        the threshold (its count locked it already).  A write even when
+        there is nothing to lock: a right password needs writes to log in,
+        so during an outage a wrong one must fail the same way
+        (L{cipherd.store.DatabaseUnavailable}), not answer "wrong".
 
         @return: what to raise.
         """
@@ -171,6 +193,34 @@ class LoginThrottle:
         return int(conn.execute(delete(self._table).where(
             (c.first_failure < now - self.window)
             & (c.locked_until.is_(None) | (c.locked_until < now)))).rowcount)
+
+
+def _unless_abandoned(work: Deferred[T]) -> Deferred[T]:
+    """
+    C{work}'s result, in a Deferred whose cancelling (the client went away)
+    leaves C{work} running: what it then fails with is logged unless it is
+    an answer (L{LoginRefused}) or an outage (the store logs those).
+    """
+    abandoned = False
+
+    def abandon(_: Deferred[T]) -> None:
+        nonlocal abandoned
+        abandoned = True
+
+    answer: Deferred[T] = Deferred(abandon)
+
+    def done(result: T | Failure) -> None:
+        if not abandoned:
+            if isinstance(result, Failure):
+                answer.errback(result)
+            else:
+                answer.callback(result)
+        elif isinstance(result, Failure) and not result.check(LoginRefused,
+                                                              DatabaseUnavailable):
+            log.failure("A portal login whose client went away failed", result)
+
+    work.addBoth(done)
+    return answer
 
 
 def client_key(client: str) -> str:
@@ -232,30 +282,37 @@ class PortalSessions:
         self._pending = 0
         self._last_sweep = clock.seconds()
 
-    @contextlib.contextmanager
-    def _reserved(self) -> Iterator[None]:
-        if self._pending >= MAX_PENDING_CHECKS:
-            raise LoginRefused(BUSY)
-        self._pending += 1
-        try:
-            yield
-        finally:
-            self._pending -= 1
-
     async def check_password(self, address: str, password: str, client: str) -> Any:
         """
         @return: the account.
         @raise LoginRefused: why not.
         """
         address = address.strip().lower()[:320]
-        with self._reserved():
-            await self._sweep_now_and_then()
-            await self.throttle.count(address, client)
-            account = await self._verify_password(address, password)
-            if account is None:
-                raise await self.throttle.failed(address, client)
-            await self.throttle.succeeded(address, client)
-            return account
+        if self._pending >= MAX_PENDING_CHECKS:
+            raise LoginRefused(BUSY)
+        # The place is given back when the check is done, not when its
+        # request is: a client that hangs up (the request cancelled) does
+        # not stop its Argon2 thread, and a loop of connect, send, close
+        # would queue hashes without limit.  The check also goes on to
+        # record its outcome.
+        self._pending += 1
+        work = Deferred.fromCoroutine(self._check_password(address, password, client))
+        work.addBoth(self._give_back_place)
+        account = await _unless_abandoned(work)
+        return account
+
+    def _give_back_place(self, result: object) -> object:
+        self._pending -= 1
+        return result
+
+    async def _check_password(self, address: str, password: str, client: str) -> Any:
+        await self._sweep_now_and_then()
+        await self.throttle.count(address, client)
+        account = await self._verify_password(address, password)
+        if account is None:
+            raise await self.throttle.failed(address, client)
+        await self.throttle.succeeded(address, client)
+        return account
 
     async def check_code(self, session: PortalSession, valid: bool, client: str) -> None:
         """
