@@ -175,6 +175,8 @@ def test_logs(api: AdminHarness) -> None:
     assert [line.split(" ", 1)[1] for line in lines] == [
         "INFO Email is not a relay email; Recipients: [webmail@webmail.local]"]
     assert call(api, "GET", "/logs/mta?lines=x").code == 400
+    # Digits str.isdigit() takes and int() refuses: a 400, not a 500.
+    assert call(api, "GET", "/logs/mta?lines=%C2%B2").code == 400
     assert call(api, "GET", "/logs/other").code == 404
 
 

@@ -454,6 +454,11 @@ def test_inbox_lists_searches_pages_and_deletes(site: PortalSite, reader: Visito
     assert answer.header("location") == "/inbox?deleted=3"
     assert "3 messages deleted." in reader.get(answer.header("location")).text
     assert result_of(site.mailboxes.count(ADDRESS)) == 28
+    # An id of digits only str.isdigit() knows ("²") is no id, not a 500.
+    page = reader.get("/inbox")
+    answer = reader.request("POST", "/inbox/delete", {"csrf_token": reader.csrf(page),
+                                                      "id": ["\u00b2", str(ids[3])]})
+    assert answer.header("location") == "/inbox?deleted=1"
 
 
 def test_another_mailbox_is_not_reachable(site: PortalSite, reader: Visitor) -> None:

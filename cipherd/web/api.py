@@ -61,6 +61,7 @@ from cipherd.web.common import (
     client_address,
     json_response,
     request_deadline,
+    whole_number,
 )
 from cipherd.web.pki_pages import MAX_UPLOAD, certificate_facts
 
@@ -464,10 +465,11 @@ class AdminAPI:
         if name not in self.backend.logs:
             return json_response(request, 404, {"error": f"There is no log {name!r}."})
         text = arg(request, "lines") or str(DEFAULT_LOG_LINES)
-        if not text.isdigit():
+        count = whole_number(text)
+        if count is None:
             raise _BadRequest("lines must be a whole number.",
                               {"lines": f"{text!r} is not a number"})
-        lines = await self.backend.tail_log(name, int(text))
+        lines = await self.backend.tail_log(name, count)
         return json_response(request, 200, {"log": name, "lines": lines})
 
     # Certificates and the CTL ------------------------------------------------

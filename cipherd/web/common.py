@@ -429,6 +429,19 @@ def template_environment() -> Environment:
     return environment
 
 
+# A whole number as forms and query strings send it: ASCII digits only
+# (str.isdigit() takes "²", which int() refuses), and few enough for int()
+# (it refuses more than 4300) and beyond every limit.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
+
+
+def whole_number(raw: str) -> int | None:
+    """
+    C{raw} as a whole number, or C{None} when it is not one.
+    """
+    return int(raw) if _WHOLE_NUMBER.fullmatch(raw) else None
+
+
 def arg(request: IRequest, name: str) -> str | None:
     """
     A query or form argument as text (the first, if repeated).

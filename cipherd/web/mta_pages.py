@@ -7,7 +7,6 @@ Admin → send email, the test tool.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +20,7 @@ from cipherd.smtp.config import MTAConfig, RelayHost, authorized_recipient
 from cipherd.smtp.queue import describe
 from cipherd.web.auth import AdminSession
 from cipherd.web.backend import send_test_email
-from cipherd.web.common import SiteApp, arg, redirect
+from cipherd.web.common import SiteApp, arg, redirect, whole_number
 from cipherd.web.pages import AdminPages, authenticated
 
 log = Logger(namespace="cipherd.admin")
@@ -73,16 +72,6 @@ _ADVANCED_NUMBERS = {
                       "larger than the space above it. 0: 1.5 times the before filter "
                       "message size limit.", "bytes", 0),
 }
-
-
-# A whole number as the form's number fields send it: ASCII digits only
-# (str.isdigit() takes "²", which int() refuses), and few enough for int()
-# (it refuses more than 4300) and beyond every limit.
-_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
-
-
-def _whole_number(raw: str) -> int | None:
-    return int(raw) if _WHOLE_NUMBER.fullmatch(raw) else None
 
 
 def _lines(value: str | None) -> list[str]:
@@ -171,7 +160,7 @@ class MTAPages(AdminPages):
         if arg(request, "advanced") is not None:
             for name in _ADVANCED_NUMBERS:
                 typed[name] = arg(request, name) or ""
-                number = _whole_number(typed[name].strip())
+                number = whole_number(typed[name].strip())
                 if number is not None:
                     changes[name] = number
                 else:
@@ -181,7 +170,7 @@ class MTAPages(AdminPages):
             changes["reject_unverified_recipient"] = typed["reject_unverified_recipient"] = (
                 arg(request, "reject_unverified_recipient") == "on")
             code = (arg(request, "reject_unverified_code") or "").strip()
-            number = _whole_number(code)
+            number = whole_number(code)
             changes["reject_unverified_code"] = typed["reject_unverified_code"] = (
                 code if number is None else number)
         if not errors:

@@ -78,6 +78,7 @@ from cipherd.web.common import (
     set_cookie,
     static_files,
     template_environment,
+    whole_number,
 )
 from cipherd.webmail import render, totp
 from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused
@@ -662,7 +663,7 @@ class Portal:
         session = await self._user(request)
         if not self._csrf_ok(request, session):
             return await self._expired_form(request)
-        ids = [int(i) for i in args(request, "id") if i.isdigit()][:1000]
+        ids = [n for i in args(request, "id") if (n := whole_number(i)) is not None][:1000]
         deleted = await self.messenger.delete(session.address, ids) if ids else 0
         return redirect(request, f"/inbox?deleted={deleted}")
 
