@@ -323,19 +323,16 @@ class SMTPServer(Protocol):
             self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many "
                                   "connections; try again later")
             return True
-        if not exempt and policy.client_connection_limit and \
-                concurrent > policy.client_connection_limit:
-            log.warn("warning: Connection concurrency limit exceeded: {count} from {client} "
-                     "for service smtp", count=concurrent, client=self.client)
-            self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many connections "
-                                  f"from {self.client_address}")
-            return True
-        if not exempt and policy.client_rate_limit and rate > policy.client_rate_limit:
-            log.warn("warning: Connection rate limit exceeded: {count} from {client} for "
-                     "service smtp", count=rate, client=self.client)
-            self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many connections "
-                                  f"from {self.client_address}")
-            return True
+        if exempt:
+            return False
+        for kind, count, limit in (("concurrency", concurrent, policy.client_connection_limit),
+                                   ("rate", rate, policy.client_rate_limit)):
+            if limit and count > limit:
+                log.warn("warning: Connection {kind} limit exceeded: {count} from {client} "
+                         "for service smtp", kind=kind, count=count, client=self.client)
+                self._close_with(421, f"4.7.0 {policy.my_hostname} Error: too many "
+                                      f"connections from {self.client_address}")
+                return True
         return False
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -961,12 +958,6 @@ class SMTPFactory(ServerFactory):
             self._client_sessions[client] = left
         else:
             self._client_sessions.pop(client, None)
-
-    def client_sessions(self, client: str) -> int:
-        """
-        @return: the sessions of C{client} (a L{client_key}) open now.
-        """
-        return self._client_sessions.get(client, 0)
 
     def free_bytes(self) -> int | None:
         """

@@ -257,7 +257,7 @@ class Store:
                 self._down_failures = 0
                 log.error("The database is unavailable: {reason}; calls are refused or "
                           "retried until it answers again (logged once until then)",
-                          reason=getattr(failure.value, "reason", ""))
+                          reason=self._down_reason)
             self._down_failures += 1
         return failure
 
