@@ -186,6 +186,20 @@ def faults(events: list[dict[str, Any]]) -> list[str]:
             if e.get("log_level") == LogLevel.critical or "log_failure" in e]
 
 
+@pytest.fixture
+def gated(tmp_path: Path) -> tuple[Clock, SteeredRunner, Admin]:
+    """
+    The admin site set up on a store whose database pool the test steers,
+    with its clock.
+    """
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    gate = SteeredRunner()
+    admin = Admin(gated_store(gate, clock), tmp_path, clock)
+    admin.set_up()
+    return clock, gate, admin  # each test closes the admin site itself
+
+
 def assert_unavailable(reply: Reply, message: str) -> None:
     assert reply.code == 503, (reply.code, reply.text)
     assert reply.header("retry-after") == "5"
@@ -193,13 +207,9 @@ def assert_unavailable(reply: Reply, message: str) -> None:
 
 
 def test_requests_stuck_behind_a_blocked_database_are_answered_503_at_their_deadline(
-        tmp_path: Path, log_events: list[dict[str, Any]]) -> None:
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    gate = SteeredRunner()
-    admin = Admin(gated_store(gate, clock), tmp_path, clock)
+        gated: tuple[Clock, SteeredRunner, Admin], log_events: list[dict[str, Any]]) -> None:
+    clock, gate, admin = gated
     try:
-        admin.set_up()
         portal = PortalSite(gated_store(gate, clock))
         portal_client = Client(portal.resource)
         gate.mode = "held"
@@ -234,18 +244,14 @@ def test_requests_stuck_behind_a_blocked_database_are_answered_503_at_their_dead
 
 
 def test_clients_that_hang_up_mid_request_cannot_fill_the_log_with_critical_tracebacks(
-        tmp_path: Path, log_events: list[dict[str, Any]]) -> None:
+        gated: tuple[Clock, SteeredRunner, Admin], log_events: list[dict[str, Any]]) -> None:
     """
     Review of issue 12 (M1): a client that closed its connection while its
     request waited (connect, send, close) was worth an "Unhandled error in
     Deferred" (AlreadyCancelled) at critical level, on demand for anyone.
     """
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    gate = SteeredRunner()
-    admin = Admin(gated_store(gate, clock), tmp_path, clock)
+    clock, gate, admin = gated
     try:
-        admin.set_up()
         gate.mode = "held"
         for path, auth in (("/api/v1/queue", ("admin", PASSWORD)),
                            ("/api/v1/queue", ("admin", "guess")), ("/logs", None)):
@@ -266,13 +272,9 @@ def test_clients_that_hang_up_mid_request_cannot_fill_the_log_with_critical_trac
 
 
 def test_a_database_that_cannot_be_used_is_503_with_retry_after_never_500(
-        tmp_path: Path, log_events: list[dict[str, Any]]) -> None:
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    gate = SteeredRunner()
-    admin = Admin(gated_store(gate, clock), tmp_path, clock)
+        gated: tuple[Clock, SteeredRunner, Admin], log_events: list[dict[str, Any]]) -> None:
+    clock, gate, admin = gated
     try:
-        admin.set_up()
         portal = PortalSite(gated_store(gate, clock))
         gate.mode, gate.reason = "down", "(sqlite3.OperationalError) database is locked"
         portal.clock.advance(2)
