@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from argon2 import PasswordHasher  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
+from cipherd.smtp.queue import ISubmission  # noqa: E402
 from cipherd.store import Store, create_engine_for_url  # noqa: E402
 from cipherd.store.migrations import migrate  # noqa: E402
 from cipherd.store.schema import webmail_accounts, webmail_messages  # noqa: E402
@@ -119,6 +121,7 @@ def serve(directory: Path, kek: bytes, port: int) -> None:
     """
     from twisted.internet import reactor
     from twisted.web.server import Site
+    from zope.interface import implementer
 
     from cipherd.smtp.config import MTAConfig
     from cipherd.store.settings import SettingsRepository
@@ -139,8 +142,12 @@ def serve(directory: Path, kek: bytes, port: int) -> None:
     store = Store(create_engine_for_url(f"sqlite:///{directory / 'portal.db'}", 4), db)
     settings = SettingsRepository(store, reactor)
 
-    async def submit(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("the benchmark sends nothing")
+    @implementer(ISubmission)
+    class Nowhere:
+        def submit(self, *args: object, **kwargs: object) -> Any:
+            raise RuntimeError("the benchmark sends nothing")
+
+    submit = Nowhere()
 
     messenger = Messenger(Accounts(store, reactor, auth), Mailboxes(store, message_key(kek)),
                           Notifier(submit, reactor), settings.by_address, MTAConfig, submit,

@@ -40,6 +40,7 @@ from twisted.web.server import Site
 from cipherd.config import Config
 from cipherd.datadir import prepare_data_dir, read_kek, utc_from_seconds
 from cipherd.logs import MailLogsService
+from cipherd.mpa.composite import Composite
 from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.certstore import CertificateStore
@@ -64,7 +65,7 @@ from cipherd.webmail.cleanup import TICK as CLEANUP_TICK
 from cipherd.webmail.cleanup import Cleanup
 from cipherd.webmail.mailbox import Mailboxes, message_key
 from cipherd.webmail.messenger import Messenger
-from cipherd.webmail.notify import Notifier
+from cipherd.webmail.notify import Notices, Notifier
 
 SESSION_SWEEP_INTERVAL = 600
 CRYPTO_THREADS = 2
@@ -253,28 +254,28 @@ def make_service(config: Config, reactor: Any) -> IService:
     options = tls_options(certificate.read_bytes(), key.read_bytes())
     certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
     queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
+    # Processing, between the queue's two spools: the webmail relay for the
+    # relay recipient (relay messages into mailboxes sealed under a key
+    # derived from var/kek), the gateway for everyone else.
+    engine = SmimeEngine(certificates, crypto_runner)
+    mailboxes = Mailboxes(store, message_key(read_kek(data)))
+    accounts = Accounts(store, reactor, auth_runner)
+    processor = Composite(
+        settings.by_address,
+        WebmailRelay(engine, mailboxes, accounts, Notices(reactor), settings.by_address,
+                     lambda: mta.current, reactor, certificates.ctl),
+        Gateway(settings, certificates, engine, lambda: mta.current, reactor))
     queue_runner = QueueRunner(
         queue, lambda: mta.current, DNSHopResolver(lambda: mta.current.dns_servers),
         lambda address, port, protocol: connect_tcp(reactor, address, port, protocol),
-        reactor, tls=CertificateOptions())  # opportunistic STARTTLS: no verification
-    # Every message passes the gateway's processing on its way out.
-    engine = SmimeEngine(certificates, crypto_runner)
-    gateway = Gateway(settings, certificates, engine, lambda: mta.current,
-                      queue_runner.submit, reactor)
-    # The webmail messenger: relay messages into mailboxes (sealed under a
-    # key derived from var/kek), accounts, invitations.
-    mailboxes = Mailboxes(store, message_key(read_kek(data)))
-    accounts = Accounts(store, reactor, auth_runner)
-    notifier = Notifier(queue_runner.submit, reactor)
-    gateway.relay = WebmailRelay(engine, mailboxes, accounts, notifier, settings.by_address,
-                                 reactor, certificates.ctl)
-    queue_runner.processor = gateway
+        reactor, processor, tls=CertificateOptions())  # opportunistic STARTTLS
+    notifier = Notifier(queue_runner, reactor)
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,
                      queue_runner)
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings.by_address,
-                          lambda: mta.current, queue_runner.submit, reactor)
+                          lambda: mta.current, queue_runner, reactor)
     portal = Portal(messenger)
     for resource, endpoint in ((admin.resource(), config.admin_listen),
                                (portal.resource(), config.portal_listen)):

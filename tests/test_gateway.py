@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import email
 import os
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
 
 from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
 from cipherd.mpa.tunnel import read_tunnel
@@ -23,12 +25,13 @@ from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.trust import CTLStatus
 from cipherd.settings import GLOBAL, Level, scope_for
+from cipherd.smtp.client import Outcome
 from cipherd.smtp.config import MTAConfig, apply_changes
-from cipherd.smtp.queue import Part
-from cipherd.smtp.spool import Envelope, QueuedMessage
+from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
+from cipherd.smtp.spool import Envelope
 from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
-from cipherd.testing import SynchronousRunner, migrated_store, result_of
+from cipherd.testing import RecordingSubmission, SynchronousRunner, migrated_store, result_of
 from tests.pki_factory import START, make_ca, make_user
 
 NOW = START + timedelta(days=10)
@@ -67,17 +70,13 @@ class World:
         self.config, errors = apply_changes(MTAConfig(), {
             "relay_domains": ["example.com"], "my_hostname": "gw.example.com"})
         assert not errors
-        self.submitted: list[tuple[str, list[str], bytes]] = []
+        # The messages processing made besides the processed original.
+        self.submission = RecordingSubmission()
+        self.submitted = self.submission.submitted
         self.gateway = Gateway(self.settings, self.certificates, self.engine,
-                               lambda: self.config, self._submit, self.clock)
+                               lambda: self.config, self.clock)
+        self.processor: IMessageProcessor = self.gateway
         self.set(GLOBAL, webmail_sender=WEBMAIL_SENDER, webmail_recipient=WEBMAIL_RECIPIENT)
-
-    async def _submit(self, sender: str, recipients: list[str], content: bytes, client: str,
-                      *, processed: bool = False) -> QueuedMessage:
-        assert processed and client in ("mpa", "webmail")
-        self.submitted.append((sender, recipients, content))
-        envelope = Envelope(f"{len(self.submitted):012X}", sender, tuple(recipients), 0)
-        return QueuedMessage(envelope, "active", None, len(content))  # type: ignore[arg-type]
 
     def set(self, scope: Any, **values: Any) -> None:
         assert result_of(self.settings.update(scope, values)) == {}
@@ -93,15 +92,50 @@ class World:
                 result_of(self.certificates.set_ctl(thumbprint, CTLStatus.WHITELISTED))
 
     def process(self, *recipients: str, content: bytes = RECEIVED + SENT,
-                sender: str = "alice@example.com") -> dict[tuple[str, ...], Part]:
+                sender: str = "alice@example.com", written: bool = True
+                ) -> dict[tuple[str, ...], Part]:
+        """
+        What became of the recipients, by group: the content they get
+        (the original as processed), or the outcome processing gave them;
+        what else it made is in C{submitted}.
+
+        @param written: whether the queue wrote the results (if not: a
+            crash just before, and nothing made is kept).
+        """
         envelope = Envelope(QUEUE_ID, sender, recipients, NOW.timestamp())
 
-        async def processed() -> list[Part]:
-            return await self.gateway.process(envelope, content)
+        async def processed() -> ProcessingResult:
+            result = await self.processor.process(envelope, content)
+            if written:
+                for callback in result.written:
+                    await callback()
+            return result
 
-        parts = result_of(processed())
+        result = result_of(processed())
+        assert verifyObject(IMessageProcessor, self.processor)
+        if not written:
+            return {}
+        parts = []
+        delivering = set()
+        for d in result.dispositions:
+            made = None if d.made is None else result.made[d.made]
+            if made is not None and made.sender == sender and made.recipients == d.recipients:
+                delivering.add(d.made)
+                parts.append(Part(d.recipients, made.content))
+            else:
+                parts.append(Part(d.recipients, b"", d.outcome, d.relay))
+        self.submitted += [(m.sender, list(m.recipients), m.content)
+                           for i, m in enumerate(result.made) if i not in delivering]
         assert sorted(r for p in parts for r in p.recipients) == sorted(recipients)
         return {p.recipients: p for p in parts}
+
+
+@dataclass(frozen=True)
+class Part:
+    recipients: tuple[str, ...]
+    content: bytes
+    outcome: Outcome | None = None
+    relay: str = "mpa"
 
 
 @pytest.fixture
@@ -131,7 +165,7 @@ def test_one_message_split_over_every_path(world: World, log_lines: list[str]) -
 
     tunnel = parts[("dave@mandatory.example",)]
     assert tunnel.outcome is not None and tunnel.outcome.status == "sent"
-    assert tunnel.relay == "webmail" and "in webmail tunnel message" in tunnel.outcome.reason
+    assert tunnel.relay == "webmail" and "webmail tunnel message" in tunnel.outcome.reason
     refused = parts[("frank@strict.example",)]
     assert refused.outcome is not None
     assert (refused.outcome.status, refused.outcome.notified) == ("bounced", True)

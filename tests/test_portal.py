@@ -26,11 +26,15 @@ from twisted.internet.task import Clock
 
 from cipherd.settings import GLOBAL, scope_for
 from cipherd.smtp.config import MTAConfig, apply_changes
-from cipherd.smtp.queue import QueuedMessage
-from cipherd.smtp.spool import Envelope
 from cipherd.store import Store
 from cipherd.store.settings import SettingsRepository
-from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
+from cipherd.testing import (
+    RecordingSubmission,
+    SynchronousRunner,
+    cheap_hasher,
+    migrated_store,
+    result_of,
+)
 from cipherd.web.portal import CSRF_COOKIE, SESSION_COOKIE, Portal, safe_next
 from cipherd.webmail import render, totp
 from cipherd.webmail.accounts import RESET, SIGNUP, Accounts
@@ -202,21 +206,17 @@ class PortalSite:
             "portal_base_url": "https://portal.example"})) == {}
         self.accounts = Accounts(self.store, self.clock, SynchronousRunner(), cheap_hasher())
         self.mailboxes = Mailboxes(self.store, message_key(os.urandom(32)))
-        self.submitted: list[tuple[str, list[str], bytes]] = []
+        self.submission = RecordingSubmission()
+        self.submitted = self.submission.submitted
         self.config, errors = apply_changes(MTAConfig(), {
             "authorized_recipients": ["example.com"], "my_hostname": "webmail.example"})
         assert not errors
         self.messenger = Messenger(self.accounts, self.mailboxes,
-                                   Notifier(self._submit, self.clock), self.settings.by_address,
-                                   lambda: self.config, self._submit, self.clock)
+                                   Notifier(self.submission, self.clock),
+                                   self.settings.by_address, lambda: self.config,
+                                   self.submission, self.clock)
         self.portal = Portal(self.messenger)
         self.resource = self.portal.resource()
-
-    async def _submit(self, sender: str, recipients: list[str], content: bytes, client: str,
-                      *, processed: bool = False) -> QueuedMessage:
-        self.submitted.append((sender, recipients, content))
-        envelope = Envelope(f"{len(self.submitted):012X}", sender, tuple(recipients), 0)
-        return QueuedMessage(envelope, "active", None, len(content))  # type: ignore[arg-type]
 
     def set(self, scope: Any = GLOBAL, **values: Any) -> None:
         assert result_of(self.settings.update(scope, values)) == {}

@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from cipherd.smtp.bounce import BOUNCE_SIZE_LIMIT, Failed, build_bounce
 from cipherd.smtp.config import MTAConfig, apply_changes
+from cipherd.smtp.processing import ProcessingResult
 from cipherd.smtp.queue import (
     DATABASE_DEFERRAL,
     DATABASE_RETRY_WAITS,
@@ -28,7 +29,6 @@ from cipherd.smtp.queue import (
     QUEUE_LIFETIME,
     IMessageProcessor,
     MailQueue,
-    Part,
     QueueRunner,
     describe,
 )
@@ -36,7 +36,7 @@ from cipherd.smtp.routing import HopNotFound, IHopResolver, NextHop, next_hop
 from cipherd.smtp.server import Received, ReceivePolicy, SMTPFactory
 from cipherd.smtp.spool import DirectorySpool, Envelope, Rename, new_queue_id
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
-from cipherd.testing import SynchronousRunner, result_of
+from cipherd.testing import PassThrough, SynchronousRunner, result_of
 from tests.conftest import fill_disk
 
 CONTENT = b"From: a@example.org\r\nSubject: hello\r\n\r\n.dot\r\nbody\r\n"
@@ -98,7 +98,7 @@ class World:
     """
 
     def __init__(self, tmp_path: Path, *, clock: Clock | None = None,
-                 rename: Rename = os.rename, **config: Any) -> None:
+                 rename: Rename = os.rename, processor: Any = None, **config: Any) -> None:
         if clock is None:
             clock = Clock()
             clock.advance(1_800_000_000)
@@ -112,7 +112,8 @@ class World:
         self.network = Network(self.clock)
         self.resolver = FakeResolver()
         self.runner = QueueRunner(self.queue, lambda: self.config, self.resolver,
-                                  self.network.connect, self.clock)
+                                  self.network.connect, self.clock,
+                                  processor or PassThrough())
 
     def enqueue(self, sender: str = "a@example.org",
                 recipients: tuple[str, ...] = ("b@example.com",),
@@ -418,8 +419,7 @@ class Broken:
 
 def test_a_message_no_attempt_can_process_bounces_after_the_queue_lifetime(
         tmp_path: Path, log_lines: list[str]) -> None:
-    world = World(tmp_path)
-    world.runner.processor = Broken()  # type: ignore[assignment]
+    world = World(tmp_path, processor=Broken())
     world.runner.kick = lambda: None  # type: ignore[method-assign]
     queue_id = world.enqueue()
     world.scan()
@@ -521,14 +521,13 @@ class Unavailable:
         self.calls += 1
         if not self.available:
             return fail(DatabaseUnavailable("database is locked"))
-        return succeed([Part(envelope.recipients, content)])
+        return succeed(ProcessingResult.unchanged(envelope, content))
 
 
 def test_a_database_that_is_unavailable_is_retried_then_deferred_briefly_and_logged_once(
         tmp_path: Path, log_lines: list[str]) -> None:
-    world = World(tmp_path)
     processor = Unavailable()
-    world.runner.processor = processor  # type: ignore[assignment]
+    world = World(tmp_path, processor=processor)
     first, second = world.enqueue(), world.enqueue()
     scan = Deferred.fromCoroutine(world.runner.scan())
     assert processor.calls == 2 and not scan.called
@@ -561,8 +560,7 @@ def test_a_database_that_is_unavailable_is_retried_then_deferred_briefly_and_log
 
 def test_a_database_outage_never_bounces_even_a_message_at_the_end_of_its_lifetime(
         tmp_path: Path) -> None:
-    world = World(tmp_path)
-    world.runner.processor = Unavailable()  # type: ignore[assignment]
+    world = World(tmp_path, processor=Unavailable())
     world.runner.kick = lambda: None  # type: ignore[method-assign]
     queue_id = world.enqueue()
     world.clock.advance(QUEUE_LIFETIME)
@@ -574,8 +572,7 @@ def test_a_database_outage_never_bounces_even_a_message_at_the_end_of_its_lifeti
 
 def test_stopping_while_waiting_for_the_database_leaves_the_message_as_it_was(
         tmp_path: Path) -> None:
-    world = World(tmp_path)
-    world.runner.processor = Unavailable()  # type: ignore[assignment]
+    world = World(tmp_path, processor=Unavailable())
     queue_id = world.enqueue()
     scan = Deferred.fromCoroutine(world.runner.scan())
     world.runner.stop()
@@ -605,12 +602,13 @@ def test_a_database_locked_by_another_process_defers_briefly_then_the_mail_flows
         Processing that writes to the database, as the gateway's does.
         """
 
-        def process(self, envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
+        def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
             d = store.run(lambda conn: conn.exec_driver_sql(
                 "INSERT INTO processed VALUES (?)", (envelope.queue_id,)))
-            return d.addCallback(lambda _: [Part(envelope.recipients, content)])
+            return d.addCallback(lambda _: ProcessingResult.unchanged(envelope, content))
 
-    world.runner.processor = Recording()
+    world.runner = QueueRunner(world.queue, lambda: world.config, world.resolver,
+                               world.network.connect, world.clock, Recording())
     other = sqlite3.connect(path, isolation_level=None)  # another process, say a backup
     try:
         other.execute("BEGIN EXCLUSIVE")

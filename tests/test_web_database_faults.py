@@ -34,6 +34,7 @@ from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.migrations import migrate
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import (
+    PassThrough,
     SteeredRunner,
     SynchronousRunner,
     cheap_hasher,
@@ -147,7 +148,7 @@ class Admin:
         self.queue = MailQueue(DirectorySpool(tmp_path / "spool"), runner, clock)
         self.connects: list[tuple[str, int]] = []
         self.queue_runner = QueueRunner(self.queue, lambda: config, FakeResolver(),
-                                        self._connect, clock)
+                                        self._connect, clock, PassThrough())
         self.site = AdminSite(AdminBackend(
             self.authority, SettingsRepository(store, clock), self.logs.logs, runner,
             CertificateStore(store, clock, os.urandom(32), runner), MTAConfigSource(store),

@@ -19,6 +19,7 @@ import dkim
 import pytest
 from twisted.internet.task import Clock
 
+from cipherd.mpa.composite import Composite
 from cipherd.mpa.relay import NOT_SIGNED, VALIDITY, WebmailRelay
 from cipherd.mpa.tunnel import TunnelFormatError, TunnelMetadata
 from cipherd.pki.certs import thumbprint
@@ -39,7 +40,7 @@ from cipherd.webmail.accounts import (
 from cipherd.webmail.cleanup import MAILBOX_CLEANUP_EVERY, Cleanup
 from cipherd.webmail.mailbox import Mailboxes, SealedMessageError, message_key, seal, unseal
 from cipherd.webmail.messenger import RESET_INTERVAL, Messenger
-from cipherd.webmail.notify import Notifier, build, dkim_sign, render
+from cipherd.webmail.notify import Notices, Notifier, build, dkim_sign, render
 from cipherd.webmail.reply import Attachment, compose_reply, plan_recipients
 from tests.test_gateway import QUEUE_ID, RECEIVED, SENT, WEBMAIL_RECIPIENT, World, pki  # noqa: F401
 
@@ -183,10 +184,9 @@ class Both:
         self.accounts = Accounts(world.certificates._store,  # type: ignore[attr-defined]
                                  world.clock, SynchronousRunner(), cheap_hasher())
         self.relay = WebmailRelay(world.engine, self.mailboxes, self.accounts,
-                                  Notifier(world._submit, world.clock),
-                                  world.settings.by_address, world.clock,
-                                  world.certificates.ctl)
-        world.gateway.relay = self.relay
+                                  Notices(world.clock), world.settings.by_address,
+                                  lambda: world.config, world.clock, world.certificates.ctl)
+        world.processor = Composite(world.settings.by_address, self.relay, world.gateway)
         world.set(GLOBAL, encrypt_mode="mandatory", webmail_enabled=True,
                   relay_recipient=WEBMAIL_RECIPIENT, postmaster="postmaster@webmail.local",
                   portal_base_url="https://webmail.example", server_secret=SECRET,
@@ -422,8 +422,8 @@ def back_end(messenger: Both, authorized: tuple[str, ...] = ("example.com",)) ->
         "authorized_recipients": list(authorized)})
     assert not errors
     return Messenger(messenger.accounts, messenger.mailboxes,
-                     Notifier(world._submit, world.clock), world.settings.by_address,
-                     lambda: world.config, world._submit, world.clock)
+                     Notifier(world.submission, world.clock), world.settings.by_address,
+                     lambda: world.config, world.submission, world.clock)
 
 
 def stored(messenger: Both, *recipients: str, read_receipt: bool = False) -> int:
@@ -625,28 +625,24 @@ def test_a_signer_that_merely_chains_to_a_root_is_no_gateway(messenger: Both,
         accepted.reason
 
 
-def test_a_notice_that_failed_is_sent_when_the_relay_message_is_retried(
+def test_a_relay_message_processed_again_after_a_crash_tells_whoever_was_not_told(
         messenger: Both) -> None:
     world = messenger.world
     world.tunnel_certificates()
     sealed = messenger.tunnel(ADDRESS)
-    real = world._submit
-    calls: list[str] = []
-
-    async def failing_once(sender: str, recipients: list[str], *args: Any,
-                           **kwargs: Any) -> Any:
-        if recipients == [ADDRESS] and not calls:
-            calls.append("failed")
-            raise OSError("the spool disk is full")
-        return await real(sender, recipients, *args, **kwargs)
-
-    messenger.relay._notifier._submit = failing_once  # type: ignore[attr-defined]
-    with pytest.raises(OSError):
-        messenger.relay_in(sealed)
-    assert len(result_of(messenger.mailboxes.listing(ADDRESS))) == 1  # stored, not told
-    assert "already stored for" in messenger.relay_in(sealed).reason  # the queue's retry
+    # Processed, and the queue crashed before it wrote the results: the
+    # invitation made is lost, the mailbox has the message.
+    world.process(WEBMAIL_RECIPIENT, content=sealed, sender="webmail-sender@example.com",
+                  written=False)
+    assert len(result_of(messenger.mailboxes.listing(ADDRESS))) == 1
+    assert messenger.sent_to(ADDRESS) == []
+    # Processed again after the restart: stored once, told now.
+    assert "already stored for" in messenger.relay_in(sealed).reason
     (invitation,) = messenger.sent_to(ADDRESS)
     assert b"Secure message from alice@example.com" in invitation
+    # Once written, the tunnel is handled: a copy again is not told again.
+    assert "handled before" in messenger.relay_in(sealed).reason
+    assert len(messenger.sent_to(ADDRESS)) == 1
 
 
 def test_tunnel_metadata_that_no_gateway_writes_is_refused() -> None:

@@ -32,11 +32,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from cipherd.datadir import DataDir, read_kek
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.config import load as load_mta_config
+from cipherd.smtp.queue import ISubmission
 from cipherd.smtp.spool import Envelope, QueuedMessage
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
@@ -215,12 +218,16 @@ def back_end(appliance: Appliance) -> Messenger:
     clock = Clock()
     clock.advance(time.time())
 
-    async def submit(sender: str, recipients: list[str], content: bytes, client: str, *,
-                     processed: bool = False) -> QueuedMessage:
-        with smtplib.SMTP("127.0.0.1", appliance.smtp_port) as smtp:
-            smtp.sendmail(sender, recipients, content)
-        return QueuedMessage(Envelope("000000000000", sender, tuple(recipients), 0), "active",
-                             Path(), len(content))
+    @implementer(ISubmission)
+    class BySMTP:
+        def submit(self, sender: str, recipients: list[str], content: bytes, client: str, *,
+                   processed: bool = False) -> Deferred[QueuedMessage]:
+            with smtplib.SMTP("127.0.0.1", appliance.smtp_port) as smtp:
+                smtp.sendmail(sender, recipients, content)
+            return succeed(QueuedMessage(Envelope("000000000000", sender, tuple(recipients),
+                                                  0), "active", Path(), len(content)))
+
+    submit = BySMTP()
 
     def mta_config() -> MTAConfig:
         with store.engine.connect() as conn:

@@ -27,7 +27,7 @@ guide has them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -58,8 +58,8 @@ from cipherd.settings import canonical_address
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.client import Outcome
 from cipherd.smtp.config import MTAConfig
-from cipherd.smtp.queue import IMessageProcessor, Part
-from cipherd.smtp.spool import Envelope, QueuedMessage
+from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
+from cipherd.smtp.spool import Envelope
 from cipherd.store.settings import SettingsRepository
 
 log = mail_logger("cipherd.mpa.gateway")
@@ -68,36 +68,29 @@ INFO_PREFIX = "X-Cipherd-Info-"
 NOT_SIGNED = "The tunneled message should have been signed."
 NO_WEBMAIL_CERTIFICATE = "There are no valid S/MIME certificates for the webmail recipient."
 
-# submit(sender, recipients, content, client, processed=True) → the queued message.
-Submit = Callable[..., Awaitable[QueuedMessage]]
-
-
 @implementer(IMessageProcessor)
 class Gateway:
     """
-    @param submit: queues a message made here
-        (L{cipherd.smtp.queue.QueueRunner.submit}).
+    The processing of every message not for the webmail relay recipient
+    (see L{cipherd.mpa.composite}): it makes the messages to queue and
+    queues nothing itself.
     """
 
     def __init__(self, settings: SettingsRepository, certificates: CertificateStore,
-                 engine: SmimeEngine, mta: Callable[[], MTAConfig], submit: Submit,
+                 engine: SmimeEngine, mta: Callable[[], MTAConfig],
                  clock: IReactorTime) -> None:
         self._settings = settings
         self._certificates = certificates
         self._engine = engine
         self._mta = mta
-        self._submit = submit
         self._clock = clock
-        # The webmail messenger's side (cipherd.mpa.relay.WebmailRelay):
-        # handles messages for the relay recipient, when set.
-        self.relay: Any = None
 
-    def process(self, envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
         return Deferred.fromCoroutine(self._process(envelope, content))
 
     # Deciding --------------------------------------------------------------
 
-    async def _process(self, envelope: Envelope, content: bytes) -> list[Part]:
+    async def _process(self, envelope: Envelope, content: bytes) -> ProcessingResult:
         config = self._mta()
         receive = config.receive_policy()
         known = await self._settings.by_address(["", envelope.sender, *envelope.recipients])
@@ -105,18 +98,9 @@ class Gateway:
         sender_settings = known[envelope.sender]
         # Every look-up by one spelling of each address (see canonical_address).
         canonical = {r: canonical_address(r) for r in envelope.recipients}
-        parts: list[Part] = []
+        results = Results()
         relay_recipient = canonical_address(known[""]["relay_recipient"]).lower()
-        relayed = tuple(r for r in envelope.recipients
-                        if relay_recipient and canonical[r].lower() == relay_recipient)
-        if relayed and self.relay is not None:
-            outcome = await self.relay.handle(envelope, content, config, relay_recipient)
-            parts.append(Part(relayed, b"", outcome, relay="webmail-messenger"))
-            envelope = replace(envelope, recipients=tuple(
-                r for r in envelope.recipients if r not in relayed))
-            if not envelope.recipients:
-                return parts
-        elif _looks_like_a_tunnel(fields) and any(
+        if _looks_like_a_tunnel(fields) and any(
                 receive.relay_domain(canonical[r]) for r in envelope.recipients):
             # Guide, Troubleshooting ("The tunnel message gets stuck in the
             # MTA queue of the webmail appliance"): the relay recipient is
@@ -129,9 +113,10 @@ class Gateway:
             log.info("Email is not a relay email; Queue id: {queue_id}; Relay recipient: "
                      "{relay}; Recipients: [{rcpts}]", queue_id=envelope.queue_id,
                      relay=relay_recipient or "(not set)", rcpts=", ".join(envelope.recipients))
-            return [Part(envelope.recipients, b"", Outcome(
+            results.settle(envelope.recipients, Outcome(
                 "deferred", "4.3.0", "Email is not a relay email: the relay recipient is not "
-                f"set or is not {', '.join(envelope.recipients)} (Settings → General)"))]
+                f"set or is not {', '.join(envelope.recipients)} (Settings → General)"), "none")
+            return results.result()
         subject = next((value for name, value in fields if name == "subject"), "")
         trigger = policy.find_trigger(sender_settings, subject, fields)
         signer: Any = None
@@ -163,49 +148,48 @@ class Gateway:
         bounced: list[tuple[str, str]] = []
         if internal := by_method.get(policy.INTERNAL):
             recipients = tuple(d.recipient for d in internal)
-            parts.append(Part(recipients, await self._incoming(
-                envelope, content, [canonical[r] for r in recipients])))
+            results.deliver(envelope.sender, recipients, await self._incoming(
+                envelope, content, [canonical[r] for r in recipients]), "incoming")
         if plain := by_method.get(policy.PLAIN):
             for d in plain:
                 if d.reason:
                     log.info("{queue_id}: sent without encryption (allowed, not mandatory): "
                              "{reason}; Recipient: {rcpt}", queue_id=envelope.queue_id,
                              reason=d.reason, rcpt=d.recipient)
-            parts.append(Part(tuple(d.recipient for d in plain), content))
+            results.deliver(envelope.sender, [d.recipient for d in plain], content,
+                            "not encrypted")
         if chosen := by_method.get(policy.SMIME):
-            parts.append(await self._smime(envelope, protected, chosen, certificates, signer))
+            await self._smime(envelope, protected, chosen, certificates, signer, results)
         if webmail := by_method.get(policy.WEBMAIL):
-            part, refused = await self._tunnel(envelope, content, protected, webmail,
-                                               sender_settings, config)
-            if part is not None:
-                parts.append(part)
-            bounced += refused
+            bounced += await self._tunnel(envelope, content, protected, webmail,
+                                          sender_settings, config, results)
         for d in by_method.get(policy.BOUNCE, []):
             log.warn("{queue_id}: the message could not be encrypted: {reason}; Recipient: "
                      "{rcpt}", queue_id=envelope.queue_id, reason=d.reason, rcpt=d.recipient)
             bounced.append((d.recipient, d.reason))
         if bounced:
-            parts.append(await self._not_encrypted(envelope, content, subject, bounced, config))
-        return parts
+            self._not_encrypted(envelope, content, subject, bounced, config, results)
+        return results.result()
 
     # Paths -----------------------------------------------------------------
 
     async def _smime(self, envelope: Envelope, content: bytes,
                      chosen: list[policy.Decision],
-                     certificates: dict[str, list[x509.Certificate]], signer: Any) -> Part:
+                     certificates: dict[str, list[x509.Certificate]], signer: Any,
+                     results: Results) -> None:
         recipients = tuple(d.recipient for d in chosen)
         sign = signer if any(d.sign for d in chosen) else None
         encrypted = await self._engine.protect(
             content, signer=sign, recipients=_unique(c for r in recipients
                                                      for c in certificates[r]))
+        what = "signed and encrypted" if sign is not None else "encrypted"
         log.info("{queue_id}: S/MIME {what}; Recipients: {rcpts}", queue_id=envelope.queue_id,
-                 what="signed and encrypted" if sign is not None else "encrypted",
-                 rcpts=", ".join(recipients))
-        return Part(recipients, encrypted)
+                 what=what, rcpts=", ".join(recipients))
+        results.deliver(envelope.sender, recipients, encrypted, f"S/MIME {what}")
 
     async def _tunnel(self, envelope: Envelope, original: bytes, protected: bytes,
                       chosen: list[policy.Decision], sender_settings: Mapping[str, Any],
-                      config: MTAConfig) -> tuple[Part | None, list[tuple[str, str]]]:
+                      config: MTAConfig, results: Results) -> list[tuple[str, str]]:
         recipients = tuple(d.recipient for d in chosen)
         webmail_sender = sender_settings["webmail_sender"]
         webmail_recipient = sender_settings["webmail_recipient"]
@@ -216,18 +200,18 @@ class Gateway:
             missing = "webmail recipient" if not webmail_recipient else "webmail sender"
             log.warn("The {missing} is not set (Settings → webmail); Recipients: {rcpts}; "
                      "Queue id: {queue_id}", missing=missing, **facts)
-            return None, [(r, f"The {missing} is not set.") for r in recipients]
+            return [(r, f"The {missing} is not set.") for r in recipients]
         signer = await self._certificates.signing_identity(webmail_sender)
         if signer is None:
             log.warn("The tunneled message should have been signed but there is no valid "
                      "signing certificate with private key for the webmail sender "
                      "{webmail_sender}; Recipients: {rcpts}; Queue id: {queue_id}", **facts)
-            return None, [(r, NOT_SIGNED) for r in recipients]
+            return [(r, NOT_SIGNED) for r in recipients]
         certificates = await self._certificates.encryption_certificates(webmail_recipient)
         if not certificates:
             log.warn("There are no valid S/MIME certificates for the webmail recipient "
                      "{webmail_recipient}; Recipients: {rcpts}; Queue id: {queue_id}", **facts)
-            return None, [(r, NO_WEBMAIL_CERTIFICATE) for r in recipients]
+            return [(r, NO_WEBMAIL_CERTIFICATE) for r in recipients]
         metadata = TunnelMetadata(
             tunnel_id(config.my_hostname, envelope.queue_id, recipients),
             self._clock.seconds(), envelope.sender, recipients,
@@ -245,21 +229,19 @@ class Gateway:
             log.warn("The tunnel message would be too large ({size} bytes; the after-filter "
                      "limit is {limit}); Recipients: {rcpts}; Queue id: {queue_id}",
                      size=len(sealed), limit=limit, **facts)
-            return None, [(r, f"The message is too large for the secure webmail once "
+            return [(r, f"The message is too large for the secure webmail once "
                               f"encrypted ({len(sealed)} bytes; the limit is {limit}).")
                           for r in recipients]
-        queued = await self._submit(webmail_sender, [webmail_recipient], sealed, "mpa",
-                                    processed=True)
-        queue_id = queued.envelope.queue_id
-        log.info("{queue_id}: sent to the webmail messenger in tunnel message {tunnel} "
-                 "(queued as {tunnel_queue_id}, to {webmail_recipient}); Recipients: {rcpts}",
-                 tunnel=metadata.tunnel_id, tunnel_queue_id=queue_id, **facts)
-        outcome = Outcome("sent", "2.0.0", f"queued as {queue_id} in webmail tunnel message "
-                                           f"{metadata.tunnel_id} to <{webmail_recipient}>")
-        return Part(recipients, b"", outcome, relay="webmail"), []
+        log.info("{queue_id}: sent to the webmail messenger in tunnel message {tunnel} (to "
+                 "{webmail_recipient}); Recipients: {rcpts}", tunnel=metadata.tunnel_id, **facts)
+        results.hand_on(recipients, Made(webmail_sender, (webmail_recipient,), sealed),
+                        Outcome("sent", "2.0.0", f"webmail tunnel message {metadata.tunnel_id} "
+                                                 f"to <{webmail_recipient}>"), relay="webmail")
+        return []
 
-    async def _not_encrypted(self, envelope: Envelope, content: bytes, subject: str,
-                             bounced: list[tuple[str, str]], config: MTAConfig) -> Part:
+    def _not_encrypted(self, envelope: Envelope, content: bytes, subject: str,
+                       bounced: list[tuple[str, str]], config: MTAConfig,
+                       results: Results) -> None:
         """
         Tell the sender, in the guide's words, which recipients did not get
         the message and why; the original's content is not sent back (it
@@ -271,7 +253,8 @@ class Gateway:
         if not envelope.sender:
             log.info("{queue_id}: no notice for a message from the null sender",
                      queue_id=envelope.queue_id)
-            return Part(recipients, b"", outcome)
+            results.settle(recipients, outcome)
+            return
         notice = ["The message with Subject", "", subject or "(no subject)", "",
                   "has not been sent to the following recipients because the message could "
                   "not be encrypted.", ""]
@@ -283,11 +266,10 @@ class Gateway:
             failed=[Failed(r, "5.7.1", reason) for r, reason in bounced], original=content,
             notice=notice, subject="Message not sent: it could not be encrypted",
             headers_only=True)
-        queued = await self._submit("", [envelope.sender], bounce, "mpa", processed=True)
-        log.info("{queue_id}: sender notice that the message could not be encrypted: "
-                 "{notice_id}", queue_id=envelope.queue_id,
-                 notice_id=queued.envelope.queue_id)
-        return Part(recipients, b"", outcome)
+        log.info("{queue_id}: sender notice that the message could not be encrypted",
+                 queue_id=envelope.queue_id)
+        results.settle(recipients, outcome)
+        results.send(Made("", (envelope.sender,), bounce))
 
     async def _incoming(self, envelope: Envelope, content: bytes,
                         recipients: list[str]) -> bytes:

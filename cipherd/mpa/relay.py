@@ -14,15 +14,25 @@ On any failure the relay message goes to the *postmaster*, attached, with
 the reason ("The webmail relay message could not be handled. ..."), and the
 MPA log says why in the guide's words.  Nothing is dropped: without a
 postmaster address the relay message stays in the queue.
+
+It is a processor (L{IMessageProcessor}) for the relay recipient alone (see
+L{cipherd.mpa.composite}): the notices it makes are results the queue
+writes, and only once they are written are the recipients marked as told
+and the tunnel id recorded as handled.  A crash before that handles the
+relay message again: the mailboxes take it once, and whoever was not told
+yet is told then.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
 
 from cipherd.logs import mail_logger
 from cipherd.mpa.message import subject as subject_of
@@ -31,9 +41,10 @@ from cipherd.pki.certs import thumbprint
 from cipherd.pki.engine import OpenedMessage, SmimeEngine
 from cipherd.pki.errors import DecryptionKeyNotFound, PKIError
 from cipherd.pki.trust import CTLStatus
-from cipherd.settings import EmailAddresses
+from cipherd.settings import EmailAddresses, canonical_address
 from cipherd.smtp.client import Outcome
 from cipherd.smtp.config import MTAConfig
+from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.smtp.spool import Envelope
 from cipherd.webmail import notify
 from cipherd.webmail.accounts import INVITED, SIGNUP, Accounts
@@ -50,27 +61,45 @@ CLOCK_SKEW = 3600.0
 NOT_SIGNED = "The web relay message was not properly signed."
 
 
+@implementer(IMessageProcessor)
 class WebmailRelay:
     """
-    @param notifier: sends the invitations, notices and the postmaster's mail.
+    @param notices: makes the invitations, notices and the postmaster's mail.
     @param settings_for: C{settings_for(addresses)} → effective settings
         per address, C{""} giving the global ones.
     """
 
     def __init__(self, engine: SmimeEngine, mailboxes: Mailboxes, accounts: Accounts,
-                 notifier: notify.Notifier,
-                 settings_for: Callable[[list[str]], Any], clock: IReactorTime,
+                 notices: notify.Notices,
+                 settings_for: Callable[[list[str]], Any], mta: Callable[[], MTAConfig],
+                 clock: IReactorTime,
                  ctl: Callable[[], Awaitable[Mapping[str, CTLStatus]]]) -> None:
         self._engine = engine
         self._certificates_ctl = ctl
         self._mailboxes = mailboxes
         self._accounts = accounts
-        self._notifier = notifier
+        self._notices = notices
         self._settings_for = settings_for
+        self._mta = mta
         self._clock = clock
 
-    async def handle(self, envelope: Envelope, content: bytes, config: MTAConfig,
-                     relay_recipient: str) -> Outcome:
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
+        """
+        Handle a relay message: C{envelope}'s recipients are the relay
+        recipient (in whatever spelling it came).
+        """
+        return Deferred.fromCoroutine(self._process(envelope, content))
+
+    async def _process(self, envelope: Envelope, content: bytes) -> ProcessingResult:
+        results = Results()
+        relay_recipient = canonical_address(
+            (await self._settings_for([""]))[""]["relay_recipient"]).lower()
+        outcome = await self._handle(envelope, content, self._mta(), relay_recipient, results)
+        results.settle(envelope.recipients, outcome, "webmail-messenger")
+        return results.result()
+
+    async def _handle(self, envelope: Envelope, content: bytes, config: MTAConfig,
+                      relay_recipient: str, results: Results) -> Outcome:
         """
         Handle the relay message C{content}; the outcome for its relay
         recipient.
@@ -83,33 +112,33 @@ class WebmailRelay:
         except DecryptionKeyNotFound as e:
             log.warn("S/MIME decryption key not found; Queue id: {queue_id}; Sender: {sender}; "
                      "Message: {why}.", why=e, **facts)
-            return await self._to_postmaster(envelope, content, config,
+            return await self._to_postmaster(envelope, content, config, results,
                                              f"The web relay message could not be decrypted: "
                                              f"{e}")
         except (PKIError, ValueError) as e:
             # A structure (or a certificate in it) that cannot be read.
             log.warn("S/MIME relay message could not be opened; Queue id: {queue_id}; Sender: "
                      "{sender}; Message: {why}", why=e, **facts)
-            return await self._to_postmaster(envelope, content, config,
+            return await self._to_postmaster(envelope, content, config, results,
                                              f"The web relay message could not be opened: {e}")
         if opened.decrypted is None:
             log.warn("The relay message was not encrypted; Queue id: {queue_id}; Sender: "
                      "{sender}", **facts)
-            return await self._to_postmaster(envelope, content, config,
+            return await self._to_postmaster(envelope, content, config, results,
                                              "The web relay message was not encrypted.")
         refused = await self._signers_refused(opened)
         if refused is not None:
             log.warn("S/MIME signature was not valid; Signer IDs: {signers}; Queue id: "
                      "{queue_id}; Sender: {sender}; Message: {why}",
                      signers=opened.signer_ids() or "(none)", why=refused, **facts)
-            return await self._to_postmaster(envelope, content, config,
+            return await self._to_postmaster(envelope, content, config, results,
                                              f"{NOT_SIGNED} {refused}")
         try:
             metadata, original = read_tunnel(opened.message)
         except TunnelFormatError as e:
             log.warn("The relay message is not a tunnel message; Queue id: {queue_id}; "
                      "Message: {why}", why=e, **facts)
-            return await self._to_postmaster(envelope, content, config,
+            return await self._to_postmaster(envelope, content, config, results,
                                              f"The web relay message could not be read: {e}")
         now = self._clock.seconds()
         if not now - VALIDITY <= metadata.created <= now + CLOCK_SKEW:
@@ -118,10 +147,10 @@ class WebmailRelay:
                      "replay?; Queue id: {queue_id}; Tunnel id: {tunnel}", made=made,
                      tunnel=metadata.tunnel_id, **facts)
             return await self._to_postmaster(
-                envelope, content, config,
+                envelope, content, config, results,
                 f"The web relay message was made {made} UTC, outside the "
                 f"{VALIDITY / 86400:g} days a relay message is accepted: it may be a replay.")
-        return await self._deliver(envelope, metadata, original, config)
+        return await self._deliver(envelope, metadata, original, config, results)
 
     async def _signers_refused(self, opened: OpenedMessage) -> str | None:
         """
@@ -151,7 +180,7 @@ class WebmailRelay:
                 "sender.")
 
     async def _deliver(self, envelope: Envelope, metadata: TunnelMetadata, original: bytes,
-                       config: MTAConfig) -> Outcome:
+                       config: MTAConfig, results: Results) -> Outcome:
         addresses = sorted({r.lower() for r in metadata.recipients})
         if await self._mailboxes.tunnel_seen(metadata.tunnel_id):
             # Handled already (and perhaps cleaned up since): a second copy
@@ -180,18 +209,22 @@ class WebmailRelay:
             log.info("Relay message {tunnel} stored in the mailbox of {rcpt}; Sender: "
                      "{sender}; Queue id: {queue_id}", tunnel=metadata.tunnel_id, rcpt=address,
                      sender=metadata.sender, queue_id=envelope.queue_id)
-        # Stored but not yet told (this time, or an attempt that failed
-        # after storing): told now, then marked.
+        # Stored but not yet told (this time, or an attempt that crashed
+        # before its notices were written): told now, marked once the
+        # notices are on disk.
         for address in await self._mailboxes.not_notified(metadata.tunnel_id, addresses):
-            await self._notify(address, metadata.sender, subject, settings[address], config)
-            await self._mailboxes.mark_notified(address, metadata.tunnel_id)
+            await self._notify(address, metadata.sender, subject, settings[address], config,
+                               results)
+            results.when_written(functools.partial(self._mailboxes.mark_notified, address,
+                                                   metadata.tunnel_id))
         if full:
             log.warn("Mailbox full: relay message {tunnel} not stored for {rcpts}; Queue id: "
                      "{queue_id}", tunnel=metadata.tunnel_id, rcpts=", ".join(full),
                      queue_id=envelope.queue_id)
-            await self._mailbox_full(metadata.sender, full, subject, settings[""], config)
-        await self._mailboxes.record_tunnel(metadata.tunnel_id, metadata.created,
-                                            self._clock.seconds())
+            self._mailbox_full(metadata.sender, full, subject, settings[""], config, results)
+        results.when_written(functools.partial(
+            self._mailboxes.record_tunnel, metadata.tunnel_id, metadata.created,
+            self._clock.seconds()))
         words = [f"stored for {', '.join(stored)}" if stored else "",
                  f"already stored for {', '.join(repeated)}" if repeated else "",
                  f"mailbox full for {', '.join(full)} (the sender was told)" if full else ""]
@@ -200,13 +233,17 @@ class WebmailRelay:
 
     # Telling people ------------------------------------------------------
 
-    async def _send(self, recipient: str, notice: notify.Notice, settings: Mapping[str, Any],
-                    config: MTAConfig, attachment: bytes | None = None) -> str:
-        return await self._notifier.send(recipient, notice, settings, config.my_hostname,
-                                         attachment)
+    def _send(self, recipient: str, notice: notify.Notice, settings: Mapping[str, Any],
+              config: MTAConfig, results: Results, attachment: bytes | None = None
+              ) -> Made:
+        made = self._notices.message(recipient, notice, settings, config.my_hostname,
+                                     attachment)
+        results.send(made)
+        return made
 
     async def _notify(self, address: str, sender: str, subject: str,
-                      settings: Mapping[str, Any], config: MTAConfig) -> None:
+                      settings: Mapping[str, Any], config: MTAConfig,
+                      results: Results) -> None:
         account, _ = await self._accounts.invite(address)
         base = settings["portal_base_url"].rstrip("/")
         if account.state == INVITED and not account.password_set:
@@ -223,7 +260,7 @@ class WebmailRelay:
             minutes = settings["signup_link_validity"]
             token = self._accounts.link(settings["server_secret"], SIGNUP, account, minutes)
             expires = datetime.fromtimestamp(self._clock.seconds() + minutes * 60, UTC)
-            notice = self._notifier.render("signup", {
+            notice = self._notices.render("signup", {
                 "sender": sender or "Someone", "subject": subject,
                 "link": f"{page}?token={token}", "organisation": config.my_hostname,
                 "expires": expires.strftime("%Y-%m-%d %H:%M UTC")}, settings)
@@ -234,22 +271,22 @@ class WebmailRelay:
                 log.warn("No new-message notice for {rcpt}: the portal base URL is not set "
                          "(Settings → General)", rcpt=address)
                 return
-            notice = self._notifier.render("new_message", {
+            notice = self._notices.render("new_message", {
                 "sender": sender or "Someone", "subject": subject, "link": page}, settings)
             kind = "new-message notice"
-        queue_id = await self._send(address, notice, settings, config)
-        log.info("Sent a {kind} to {rcpt} (queued as {notice_id})", kind=kind, rcpt=address,
-                 notice_id=queue_id)
+        self._send(address, notice, settings, config, results)
+        log.info("Sent a {kind} to {rcpt}", kind=kind, rcpt=address)
 
-    async def _mailbox_full(self, sender: str, full: list[str], subject: str,
-                            settings: Mapping[str, Any], config: MTAConfig) -> None:
+    def _mailbox_full(self, sender: str, full: list[str], subject: str,
+                      settings: Mapping[str, Any], config: MTAConfig,
+                      results: Results) -> None:
         if not sender:
             return
         notice = notify.render("mailbox_full", {"subject": subject, "recipients": full})
-        await self._send(sender, notice, settings, config)
+        self._send(sender, notice, settings, config, results)
 
     async def _to_postmaster(self, envelope: Envelope, content: bytes, config: MTAConfig,
-                             reason: str) -> Outcome:
+                             results: Results, reason: str) -> Outcome:
         settings = (await self._settings_for([""]))[""]
         postmaster = settings["postmaster"]
         if not postmaster:
@@ -259,8 +296,7 @@ class WebmailRelay:
             return Outcome("deferred", "4.3.0", f"{reason} (no postmaster is set)")
         notice = notify.render("postmaster", {"reason": reason, "queue_id": envelope.queue_id,
                                               "sender": envelope.sender})
-        queue_id = await self._send(postmaster, notice, settings, config, attachment=content)
-        log.info("The relay message was forwarded to the postmaster {postmaster} (queued as "
-                 "{notice_id}); Queue id: {queue_id}", postmaster=postmaster,
-                 notice_id=queue_id, queue_id=envelope.queue_id)
+        self._send(postmaster, notice, settings, config, results, attachment=content)
+        log.info("The relay message was forwarded to the postmaster {postmaster}; Queue id: "
+                 "{queue_id}", postmaster=postmaster, queue_id=envelope.queue_id)
         return Outcome("sent", "2.0.0", f"forwarded to the postmaster <{postmaster}>: {reason}")

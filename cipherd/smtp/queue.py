@@ -19,7 +19,7 @@ which imports nothing of smtp.)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import (
@@ -27,7 +27,6 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     DeferredSemaphore,
-    succeed,
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -38,6 +37,7 @@ from cipherd.logs import mail_logger
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.client import Delivery, Outcome, SMTPClient
 from cipherd.smtp.config import MTAConfig
+from cipherd.smtp.processing import Disposition, IMessageProcessor, Made, ProcessingResult
 from cipherd.smtp.routing import (
     HopNotFound,
     IHopResolver,
@@ -146,6 +146,13 @@ class MailQueue:
         stored: QueuedMessage = await self._runner.run(self._spool.store, envelope, content)
         return stored
 
+    async def commit(self, queue_id: str, results: list[tuple[Envelope, bytes]],
+                     keep: Envelope | None) -> tuple[QueuedMessage | None,
+                                                     list[QueuedMessage]]:
+        committed: tuple[QueuedMessage | None, list[QueuedMessage]] = await self._runner.run(
+            self._spool.commit, queue_id, results, keep)
+        return committed
+
     async def move(self, queue_id: str, state: str, envelope: Envelope | None = None,
                    keep_hold: bool = False) -> QueuedMessage:
         moved: QueuedMessage = await self._runner.run(self._spool.move, queue_id, state,
@@ -166,52 +173,20 @@ def describe(message: QueuedMessage) -> dict[str, Any]:
     }
 
 
-class IMessageProcessor(Interface):
+class ISubmission(Interface):
     """
-    The seam between the spool and delivery through which every message
-    passes: the mail processing pipeline (encryption, the webmail tunnel)
-    plugs in here.
+    Outbound submission: how mail made here (the admin's test mail, the
+    portal's replies and password resets) enters the queue.
     """
 
-    def process(envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
+    def submit(sender: str, recipients: list[str], content: bytes, client: str, *,
+               processed: bool = False) -> Deferred[QueuedMessage]:
         """
-        @return: what to deliver: each part with the recipients it is for.
-            Every recipient of C{envelope} must be in exactly one part (or
-            the processor failed, and the message is retried).
-        @raise DatabaseUnavailable: (in the Deferred) the database could not
-            be used just now: retried soon, and never bounced.
+        Queue a message, no relay check, and deliver it soon.
+
+        @param processed: made by processing: delivered as it is.
+        @return: the message as queued, once it is on disk.
         """
-
-
-@dataclass(frozen=True)
-class Part:
-    """
-    What becomes of some of a message's recipients.
-
-    @ivar content: what they are sent (the original, or what processing
-        made of it).
-    @ivar outcome: when set, processing settled these recipients itself and
-        nothing is delivered to them here: handed on in a new message of
-        its own (a webmail tunnel message: C{"sent"}), or refused with a
-        notice already sent to the sender (C{"bounced"}, with
-        C{notified}).
-    @ivar relay: the log's C{relay=} for a settled part.
-    """
-
-    recipients: tuple[str, ...]
-    content: bytes
-    outcome: Outcome | None = None
-    relay: str = "none"
-
-
-@implementer(IMessageProcessor)
-class PassThrough:
-    """
-    The processor until the pipeline exists: every message as it came.
-    """
-
-    def process(self, envelope: Envelope, content: bytes) -> Deferred[list[Part]]:
-        return succeed([Part(envelope.recipients, content)])
 
 
 # Envelope.extra: the message was made by processing (a tunnel message, a
@@ -240,6 +215,7 @@ PER_DESTINATION = 20
 PROBES_PER_DESTINATION = 5
 
 
+@implementer(ISubmission)
 class QueueRunner:
     """
     Delivers what is due in the queue.
@@ -249,12 +225,14 @@ class QueueRunner:
     @param resolver: next hop → addresses.
     @param connect: C{connect(address, port, protocol)} → Deferred firing
         when connected, failing with the socket error.
+    @param processor: what every message not made by processing passes
+        before delivery.
     @param tls: client TLS options for opportunistic STARTTLS, or C{None}.
     """
 
     def __init__(self, queue: MailQueue, config: Callable[[], MTAConfig],
-                 resolver: IHopResolver, connect: Connect, clock: IReactorTime, *,
-                 tls: Any = None, processor: IMessageProcessor | None = None,
+                 resolver: IHopResolver, connect: Connect, clock: IReactorTime,
+                 processor: IMessageProcessor, *, tls: Any = None,
                  lifetime: float = QUEUE_LIFETIME) -> None:
         self._queue = queue
         self._config = config
@@ -262,7 +240,7 @@ class QueueRunner:
         self._connect = connect
         self._clock = clock
         self._tls = tls
-        self.processor: IMessageProcessor = processor or PassThrough()
+        self._processor = processor
         self._lifetime = lifetime
         self._busy: set[str] = set()
         self._limit = DeferredSemaphore(CONCURRENT_DELIVERIES)
@@ -299,18 +277,16 @@ class QueueRunner:
         d.addErrback(lambda f: log.failure("{queue_id}: the delivery attempt failed", f,
                                            queue_id=queue_id))
 
-    async def submit(self, sender: str, recipients: list[str], content: bytes,
-                     client: str, *, processed: bool = False) -> QueuedMessage:
+    def submit(self, sender: str, recipients: list[str], content: bytes, client: str, *,
+               processed: bool = False) -> Deferred[QueuedMessage]:
         """
-        Queue a message made here (the admin's test mail, notifications,
-        tunnel messages): no relay check, the same queue, delivered at once.
-
-        @param processed: made by processing: delivered as it is.
+        Queue a message made here (the admin's test mail, the portal's
+        replies and resets): no relay check, the same queue, delivered at
+        once (L{ISubmission}).
         """
-        stored = await self._queue.enqueue(new_queue_id(), sender, recipients, content,
-                                           client, processed=processed)
-        self.deliver_soon(stored.envelope.queue_id)
-        return stored
+        d = self._queue.enqueue(new_queue_id(), sender, recipients, content, client,
+                                processed=processed)
+        return d.addCallback(self._kicked)
 
     def now(self) -> float:
         return self._clock.seconds()
@@ -402,50 +378,56 @@ class QueueRunner:
         # The record says when it is due, whichever directory it is in.
         if queued.state == "hold" or (not flush and envelope.next_attempt > started):
             return False
-        config = self._config()
-        try:
-            if envelope.extra.get(PROCESSED):
-                parts = [Part(envelope.recipients, content)]
-            else:
-                parts = await self.processor.process(envelope, content)
+        if not envelope.extra.get(PROCESSED):
+            try:
+                processed = await self._processor.process(envelope, content)
                 self._database_answered()
-        except DatabaseUnavailable as e:
-            self._database_unavailable(queue_id, e)
-            if may_wait:
-                return True
-            await self._defer_for_database(queued, e, started)
-            return False
-        except Exception as e:
-            self._database_answered()
-            log.failure("{queue_id}: processing failed; the message stays queued",
-                        queue_id=queue_id)
-            # Retried like a next hop that is down, and bounced when the
-            # queue lifetime is over: a message no attempt can process
-            # must not stay for ever.
-            why = f"processing failed ({type(e).__name__}: {str(e)[:200]})"
-            await self._settle(queued, content, {
-                r: Outcome("deferred", "4.3.0", why) for r in envelope.recipients}, started)
-            return False
+            except DatabaseUnavailable as e:
+                self._database_unavailable(queue_id, e)
+                if may_wait:
+                    return True
+                await self._defer_for_database(queued, e, started)
+                return False
+            except Exception as e:
+                self._database_answered()
+                log.failure("{queue_id}: processing failed; the message stays queued",
+                            queue_id=queue_id)
+                # Retried like a next hop that is down, and bounced when the
+                # queue lifetime is over: a message no attempt can process
+                # must not stay for ever.
+                why = f"processing failed ({type(e).__name__}: {str(e)[:200]})"
+                await self._settle(queued, content, {
+                    r: Outcome("deferred", "4.3.0", why) for r in envelope.recipients},
+                    started)
+                return False
+            if processed.is_unchanged(envelope, content):
+                # Nothing to write: the message is its own processed form
+                # (marked so in memory, and on disk if it is deferred).
+                envelope = replace(envelope, extra={**envelope.extra, PROCESSED: True})
+                queued = replace(queued, envelope=envelope)
+            else:
+                written = await self._write_results(queued, content, processed, started)
+                if written is None:
+                    return False
+                queued, content = written
+                envelope = queued.envelope
+                if queued.state == "hold":
+                    return False
+        config = self._config()
         outcomes: dict[str, Outcome] = {}
         relays: dict[str, str] = {}
         limit = config.after_filter_message_size_limit
-        for part in parts:
-            if part.outcome is not None:
-                outcomes.update(dict.fromkeys(part.recipients, part.outcome))
-                relays.update(dict.fromkeys(part.recipients, part.relay))
-                continue
-            if limit and len(part.content) > limit:
-                for recipient in part.recipients:
-                    outcomes[recipient] = Outcome(
-                        "bounced", "5.3.4", "message size exceeds the after-filter limit "
-                        f"({limit} bytes)")
-                continue
+        if limit and len(content) > limit:
+            outcomes = dict.fromkeys(envelope.recipients, Outcome(
+                "bounced", "5.3.4", f"message size exceeds the after-filter limit ({limit} "
+                "bytes)"))
+        else:
             by_hop: dict[NextHop, list[str]] = {}
-            for recipient in part.recipients:
+            for recipient in envelope.recipients:
                 by_hop.setdefault(next_hop(recipient, config), []).append(recipient)
             results = await DeferredList([
                 Deferred.fromCoroutine(self._deliver_to(hop, envelope.sender, rcpts,
-                                                        part.content, config))
+                                                        content, config))
                 for hop, rcpts in by_hop.items()], consumeErrors=True)
             for (ok, result), (hop, rcpts) in zip(results, by_hop.items(), strict=True):
                 if ok:
@@ -477,6 +459,101 @@ class QueueRunner:
                         queue_id=queue_id)
             self._stuck.add(queue_id)
         return False
+
+    async def _write_results(self, queued: QueuedMessage, content: bytes,
+                             result: ProcessingResult, started: float
+                             ) -> tuple[QueuedMessage, bytes] | None:
+        """
+        Queue what processing made of a message and settle it, in one step
+        (L{ISpool.commit}); log what became of each of its recipients.
+
+        @return: what now lies under its queue id (its processed form, to
+            be delivered in this attempt), or C{None}: nothing (or only
+            recipients processing deferred, deferred here).
+        """
+        envelope = queued.envelope
+        dispositions: dict[str, Disposition] = {}
+        for disposition in result.dispositions:
+            for recipient in disposition.recipients:
+                if recipient in envelope.recipients and recipient not in dispositions:
+                    dispositions[recipient] = disposition
+        made = list(result.made)
+        if any(d.made is not None and not 0 <= d.made < len(made)
+               for d in dispositions.values()):
+            raise ValueError("a disposition names a message processing did not make")
+        lost = Disposition((), Outcome("deferred", "4.3.0", "the processor lost this recipient"))
+        kept = [r for r in envelope.recipients
+                if dispositions.setdefault(r, lost).outcome.status == "deferred"]
+        # Refused by processing and not told yet: the bounce is one of the
+        # results (on disk with them).
+        failed = [Failed(r, d.outcome.dsn, d.outcome.reason) for r, d in dispositions.items()
+                  if d.outcome.status == "bounced" and not d.outcome.notified]
+        if failed and envelope.sender:
+            config = self._config()
+            made.append(Made("", (envelope.sender,), build_bounce(
+                my_hostname=config.my_hostname, queue_id=envelope.queue_id,
+                sender=envelope.sender, received=envelope.received,
+                now=self._clock.seconds(), failed=failed, original=content)))
+        if not made and len(kept) == len(envelope.recipients):
+            # Nothing made, nobody settled: deferred as it is.
+            outcomes = {r: dispositions[r].outcome for r in kept}
+            for recipient in kept:
+                self._log_outcome(envelope, recipient, outcomes[recipient],
+                                  dispositions[recipient].relay, started)
+            await self._settle(queued, content, outcomes, started)
+            return None
+        ids = [new_queue_id() for _ in made]
+        keep = None
+        if kept:
+            keep = replace(envelope, recipients=tuple(kept))
+        elif made:
+            ids[0] = envelope.queue_id  # the first takes the original's place
+        results = [(Envelope(queue_id, m.sender, m.recipients, envelope.received,
+                             client="mpa", extra={PROCESSED: True}), m.content)
+                   for queue_id, m in zip(ids, made, strict=True)]
+        head, others = await self._queue.commit(envelope.queue_id, results, keep)
+        for recipient in envelope.recipients:
+            disposition = dispositions[recipient]
+            outcome = disposition.outcome
+            if outcome.status == "deferred":
+                continue  # logged when it is deferred, below
+            if disposition.made is not None:
+                if ids[disposition.made] == envelope.queue_id and \
+                        recipient in made[disposition.made].recipients:
+                    continue  # its delivery is logged under the same queue id
+                outcome = replace(outcome, reason=f"queued as {ids[disposition.made]}: "
+                                                  f"{outcome.reason}")
+            self._log_outcome(envelope, recipient, outcome, disposition.relay, started)
+        if failed and not envelope.sender:
+            log.info("{queue_id}: undeliverable bounce discarded (null sender)",
+                     queue_id=envelope.queue_id)
+        elif failed:
+            log.info("{queue_id}: sender non-delivery notification: {bounce_id}",
+                     queue_id=envelope.queue_id, bounce_id=ids[-1])
+        for other in others:
+            log.info("{queue_id}: from=<{sender}>, size={size}, nrcpt={count} (queue active; "
+                     "made by processing {parent})", queue_id=other.envelope.queue_id,
+                     sender=other.envelope.sender, size=other.size,
+                     count=len(other.envelope.recipients), parent=envelope.queue_id)
+            self.deliver_soon(other.envelope.queue_id)
+        for callback in result.written:
+            try:
+                await callback()
+            except Exception:
+                log.failure("{queue_id}: after processing's results were written",
+                            queue_id=envelope.queue_id)
+        if head is None:
+            log.info("{queue_id}: removed", queue_id=envelope.queue_id)
+            return None
+        if keep is not None:
+            await self._settle(head, content, {r: dispositions[r].outcome for r in kept},
+                               started)
+            for recipient in kept:
+                self._log_outcome(envelope, recipient, dispositions[recipient].outcome,
+                                  dispositions[recipient].relay, started)
+            return None
+        _, content = await self._queue.load(envelope.queue_id)
+        return head, content
 
     def _database_unavailable(self, queue_id: str, error: DatabaseUnavailable) -> None:
         if self._database_down_since is not None:

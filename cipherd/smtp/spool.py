@@ -32,7 +32,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,10 @@ from cipherd.logs import mail_logger
 log = mail_logger("cipherd.mta.spool")
 
 MAGIC = b"cipherd-spool 1\n"
+# Envelope.extra of a message processing settled: the queue ids of the
+# other messages it made, staged in incoming/ until they are moved into
+# active/ (at once, or by the next start after a crash).
+RESULTS = "results"
 STATES = ("active", "deferred", "hold")
 _INCOMING = "incoming"
 # Postfix-like queue ids: upper-case hex, long enough never to repeat on one
@@ -162,6 +166,27 @@ class ISpool(Interface):
             envelope, if any, is kept in memory all the same.
         """
 
+    def commit(queue_id: str, results: Sequence[tuple[Envelope, bytes]],
+               keep: Envelope | None = None) -> tuple[QueuedMessage | None,
+                                                      list[QueuedMessage]]:
+        """
+        Put what processing made of a message in its place, in one step: a
+        crash at any moment leaves either the message as it was, or all of
+        C{results} queued and the message settled, never both.
+
+        @param results: the messages made (each with a fresh queue id).
+            Without C{keep}, the first takes the message's queue id and
+            state (the message becomes its processed form).
+        @param keep: the message's own envelope from now on, when some of
+            its recipients stay with it (deferred by processing); its
+            content does not change.
+        @return: what now lies under C{queue_id} (C{None} when nothing
+            does), and the other results, queued in C{active}.
+        @raise KeyError: no message with that id.
+        @raise SpoolError: nothing could be written; the message is as it
+            was.
+        """
+
     def remove(queue_id: str) -> bool:
         """
         Take a message out of the queue (delivered, bounced or deleted).
@@ -232,9 +257,42 @@ class DirectorySpool:
         # A message still in incoming/ was never answered 250: its client
         # will send it again.  A half-written new envelope there is the
         # old file's: that one is still in place.
+        self._finish_interrupted_commits()
         for leftover in (directory / _INCOMING).iterdir():
             leftover.unlink()
         self._finish_interrupted_deferrals()
+
+    def _finish_interrupted_commits(self) -> None:
+        # The results of a commit are staged in incoming/ and moved into
+        # active/ after the commit's one rename: a file in incoming/ named
+        # in a queued message's RESULTS is committed, the rest are not.
+        staged = {p.name for p in (self.directory / _INCOMING).iterdir()
+                  if _QUEUE_ID.fullmatch(p.name)}
+        if not staged:
+            return
+        moved = False
+        for state in STATES:
+            for path in (self.directory / state).iterdir():
+                if not _QUEUE_ID.fullmatch(path.name):
+                    continue
+                try:
+                    with open(path, "rb") as f:
+                        envelope = self._read_envelope(f, path)
+                except (SpoolError, OSError):
+                    continue  # reported by the next scan
+                for queue_id in envelope.extra.get(RESULTS, ()):
+                    if queue_id not in staged:
+                        continue
+                    staged.discard(queue_id)
+                    if any((self.directory / s / queue_id).exists() for s in STATES):
+                        continue
+                    os.link(self.directory / _INCOMING / queue_id,
+                            self.directory / "active" / queue_id)
+                    moved = True
+                    log.info("{queue_id}: queued after a restart (made by processing "
+                             "{parent})", queue_id=queue_id, parent=path.name)
+        if moved:
+            _fsync_directory(self.directory / "active")
 
     def _finish_interrupted_deferrals(self) -> None:
         # Only a deferral writes a next attempt, and only into deferred/ (or
@@ -382,6 +440,64 @@ class DirectorySpool:
         except OSError as e:
             raise SpoolError(f"cannot move the queue file: {e.strerror or e}") from e
         return QueuedMessage(envelope, state, target, len(content))
+
+    def commit(self, queue_id: str, results: Sequence[tuple[Envelope, bytes]],
+               keep: Envelope | None = None) -> tuple[QueuedMessage | None,
+                                                      list[QueuedMessage]]:
+        with self._lock:
+            return self._commit(queue_id, results, keep)
+
+    def _commit(self, queue_id: str, results: Sequence[tuple[Envelope, bytes]],
+                keep: Envelope | None) -> tuple[QueuedMessage | None, list[QueuedMessage]]:
+        state, path = self._find(queue_id)
+        if keep is None and not results:
+            self._remove(queue_id)
+            return None, []
+        followers = list(results) if keep is not None else list(results[1:])
+        incoming = self.directory / _INCOMING
+        staged: list[Path] = []
+        head = incoming / queue_id
+        try:
+            for envelope, content in followers:
+                if not _QUEUE_ID.fullmatch(envelope.queue_id) or any(
+                        (self.directory / s / envelope.queue_id).exists() for s in STATES):
+                    raise SpoolError(f"the queue id {envelope.queue_id!r} is not free")
+                staged.append(incoming / envelope.queue_id)
+                _write_file(staged[-1], "xb", envelope, content)
+            if keep is not None:
+                head_envelope, head_content = keep, self.load(queue_id)[1]
+            else:
+                head_envelope, head_content = results[0]
+            head_envelope = replace(head_envelope, queue_id=queue_id)
+            if followers:
+                head_envelope = replace(head_envelope, extra={
+                    **head_envelope.extra, RESULTS: [e.queue_id for e, _ in followers]})
+                _fsync_directory(incoming)  # the staged names, before the commit
+            _write_file(head, "wb", head_envelope, head_content)
+            # The commit: one rename.
+            self._rename(head, path)
+        except (OSError, SpoolError) as e:
+            for leftover in (*staged, head):
+                leftover.unlink(missing_ok=True)
+            if isinstance(e, SpoolError):
+                raise
+            raise SpoolError(f"cannot write the results of processing: "
+                             f"{e.strerror or e}") from e
+        self._unwritten.pop(queue_id, None)
+        active = self.directory / "active"
+        try:
+            for staged_path in staged:
+                os.link(staged_path, active / staged_path.name)
+                os.unlink(staged_path)
+            _fsync_directory(path.parent)
+            if path.parent != active and staged:
+                _fsync_directory(active)
+        except OSError as e:
+            raise SpoolError(f"the results of processing are written but not all queued "
+                             f"({e.strerror or e}): the next start queues them") from e
+        return (QueuedMessage(head_envelope, state, path, len(head_content)),
+                [QueuedMessage(envelope, "active", active / envelope.queue_id, len(content))
+                 for envelope, content in followers])
 
     def remove(self, queue_id: str) -> bool:
         with self._lock:

@@ -5,6 +5,7 @@ Fakes for tests: synchronous stand-ins for the seams of cipherd.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
@@ -12,12 +13,15 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
+from cipherd.smtp.queue import ISubmission
+from cipherd.smtp.spool import Envelope, QueuedMessage
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.migrations import migrate
 from cipherd.threads import IBlockingRunner
 
-__all__ = ["SteeredRunner", "SynchronousRunner", "cheap_hasher", "migrated_store",
-           "result_of"]
+__all__ = ["PassThrough", "RecordingSubmission", "SteeredRunner", "SynchronousRunner",
+           "cheap_hasher", "migrated_store", "result_of"]
 
 T = TypeVar("T")
 
@@ -121,3 +125,30 @@ def result_of(coroutine: Coroutine[Any, Any, T]) -> T:
         outcome[0].raiseException()
     result: T = outcome[0]
     return result
+
+
+@implementer(IMessageProcessor)
+class PassThrough:
+    """
+    Processing that leaves every message as it came.
+    """
+
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
+        return succeed(ProcessingResult.unchanged(envelope, content))
+
+
+@implementer(ISubmission)
+class RecordingSubmission:
+    """
+    Outbound submission into a list: C{(sender, recipients, content)}.
+    """
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, list[str], bytes]] = []
+
+    def submit(self, sender: str, recipients: list[str], content: bytes, client: str, *,
+               processed: bool = False) -> Deferred[QueuedMessage]:
+        self.submitted.append((sender, list(recipients), content))
+        envelope = Envelope(f"{len(self.submitted):012X}", sender, tuple(recipients), 0.0,
+                            client=client)
+        return succeed(QueuedMessage(envelope, "active", Path(), len(content)))

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from cipherd.logs import mail_logger
 from cipherd.mpa.message import subject as subject_of
 from cipherd.smtp.config import MTAConfig
+from cipherd.smtp.queue import ISubmission
 from cipherd.webmail import reply as replies
 from cipherd.webmail.accounts import (
     ACTIVE,
@@ -56,18 +57,18 @@ class Messenger:
     """
     @param settings: C{settings(addresses)} → effective settings per
         address, C{""} for global (L{SettingsRepository.by_address}).
-    @param submit: L{cipherd.smtp.queue.QueueRunner.submit}.
+    @param submission: where the replies and notices go (the queue).
     """
 
     def __init__(self, accounts: Accounts, mailboxes: Mailboxes, notifier: Notifier,
                  settings: Callable[[list[str]], Any], mta: Callable[[], MTAConfig],
-                 submit: Callable[..., Any], clock: IReactorTime) -> None:
+                 submission: ISubmission, clock: IReactorTime) -> None:
         self.accounts = accounts
         self.mailboxes = mailboxes
         self._notifier = notifier
         self._settings = settings
         self._mta = mta
-        self._submit = submit
+        self._submission = submission
         self._clock = clock
         self._recent_resets: dict[str, float] = {}
 
@@ -238,7 +239,8 @@ class Messenger:
         into their own webmail mailbox: mailed to their address it would
         carry the quoted original out unencrypted.
         """
-        queued = await self._submit(address, recipients, message, "webmail", processed=True)
+        queued = await self._submission.submit(address, recipients, message, "webmail",
+                                               processed=True)
         result.sent_to = recipients
         result.queue_id = str(queued.envelope.queue_id)
         if copy_to_self:

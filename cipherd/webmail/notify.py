@@ -12,7 +12,7 @@ header.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -27,6 +27,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from twisted.internet.interfaces import IReactorTime
 
 from cipherd.logs import mail_logger
+from cipherd.smtp.processing import Made
+from cipherd.smtp.queue import ISubmission
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -124,17 +126,15 @@ _SIGNED = [b"from", b"to", b"subject", b"date", b"message-id", b"mime-version",
            b"content-type", b"content-transfer-encoding", b"auto-submitted"]
 
 
-class Notifier:
+class Notices:
     """
-    Sends what the webmail messenger says to people, through the MTA: from
-    the *notification sender* (or postmaster at my hostname), DKIM-signed
-    when the DKIM settings say so.
-
-    @param submit: L{cipherd.smtp.queue.QueueRunner.submit}.
+    What the webmail messenger says to people, as messages: from the
+    *notification sender* (or postmaster at my hostname), DKIM-signed when
+    the DKIM settings say so.  Processing (the relay) makes them and the
+    queue writes them; L{Notifier} sends them from the portal.
     """
 
-    def __init__(self, submit: Callable[..., Awaitable[Any]], clock: IReactorTime) -> None:
-        self._submit = submit
+    def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
 
     def render(self, name: str, context: Mapping[str, Any], settings: Mapping[str, Any]
@@ -152,10 +152,10 @@ class Notifier:
                          "was sent instead (Settings → Templates)", name=name, why=e)
         return render(name, context)
 
-    async def send(self, recipient: str, notice: Notice, settings: Mapping[str, Any],
-                   my_hostname: str, attachment: bytes | None = None) -> str:
+    def message(self, recipient: str, notice: Notice, settings: Mapping[str, Any],
+                my_hostname: str, attachment: bytes | None = None) -> Made:
         """
-        Queue C{notice} for C{recipient}; its queue id.
+        C{notice} for C{recipient}, as a message to queue.
         """
         sender = settings["notification_sender"] or f"postmaster@{my_hostname}"
         message = build(sender=sender, recipient=recipient, notice=notice,
@@ -166,6 +166,25 @@ class Notifier:
             message = dkim_sign(message, domain=settings["dkim_domain"],
                                 selector=settings["dkim_selector"],
                                 key_pem=settings["dkim_private_key"])
-        queued = await self._submit(settings["notification_sender"], [recipient], message,
-                                    "mpa", processed=True)
+        return Made(settings["notification_sender"], (recipient,), message)
+
+
+class Notifier(Notices):
+    """
+    L{Notices}, sent at once through outbound submission (the portal's
+    password resets and read receipts).
+    """
+
+    def __init__(self, submission: ISubmission, clock: IReactorTime) -> None:
+        super().__init__(clock)
+        self._submission = submission
+
+    async def send(self, recipient: str, notice: Notice, settings: Mapping[str, Any],
+                   my_hostname: str, attachment: bytes | None = None) -> str:
+        """
+        Queue C{notice} for C{recipient}; its queue id.
+        """
+        made = self.message(recipient, notice, settings, my_hostname, attachment)
+        queued = await self._submission.submit(made.sender, list(made.recipients),
+                                               made.content, "mpa", processed=True)
         return str(queued.envelope.queue_id)

@@ -1,0 +1,52 @@
+"""
+The processor the queue is given: the webmail relay recipient's part of a
+message goes to the webmail relay (L{cipherd.mpa.relay}), the rest to the
+gateway (L{cipherd.mpa.gateway}), and what both made is one result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from cipherd.settings import canonical_address
+from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
+from cipherd.smtp.spool import Envelope
+
+
+@implementer(IMessageProcessor)
+class Composite:
+    """
+    @param settings_for: C{settings_for(addresses)} → effective settings
+        per address, C{""} giving the global ones (where the relay
+        recipient is set).
+    @param relay: processes messages for the relay recipient.
+    @param gateway: processes everything else.
+    """
+
+    def __init__(self, settings_for: Callable[[Iterable[str]],
+                                              Awaitable[Mapping[str, Mapping[str, Any]]]],
+                 relay: IMessageProcessor, gateway: IMessageProcessor) -> None:
+        self._settings_for = settings_for
+        self._relay = relay
+        self._gateway = gateway
+
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
+        return Deferred.fromCoroutine(self._process(envelope, content))
+
+    async def _process(self, envelope: Envelope, content: bytes) -> ProcessingResult:
+        relay_recipient = canonical_address(
+            (await self._settings_for([""]))[""]["relay_recipient"]).lower()
+        relayed = tuple(r for r in envelope.recipients
+                        if relay_recipient and canonical_address(r).lower() == relay_recipient)
+        others = tuple(r for r in envelope.recipients if r not in relayed)
+        result = ProcessingResult()
+        if relayed:
+            result += await self._relay.process(replace(envelope, recipients=relayed), content)
+        if others:
+            result += await self._gateway.process(replace(envelope, recipients=others), content)
+        return result
