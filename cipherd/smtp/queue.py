@@ -406,7 +406,20 @@ class QueueRunner:
                 envelope = replace(envelope, extra={**envelope.extra, PROCESSED: True})
                 queued = replace(queued, envelope=envelope)
             else:
-                written = await self._write_results(queued, content, processed, started)
+                try:
+                    written = await self._write_results(queued, content, processed, started)
+                except SpoolError as e:
+                    # Nothing was written (or all of it, and the next start
+                    # queues it): the original is processed again later.
+                    log.error("{queue_id}: the results of processing could not be queued: "
+                              "{why}", queue_id=queue_id, why=e)
+                    outcome = Outcome("deferred", "4.3.0", f"the results of processing could "
+                                                           f"not be queued: {e}")
+                    for recipient in envelope.recipients:
+                        self._log_outcome(envelope, recipient, outcome, "none", started)
+                    await self._settle(queued, content,
+                                       dict.fromkeys(envelope.recipients, outcome), started)
+                    return False
                 if written is None:
                     return False
                 queued, content = written
