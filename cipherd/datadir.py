@@ -19,7 +19,7 @@ import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -151,8 +151,3 @@ def read_kek(data: DataDir) -> bytes:
     return kek
 
 
-def utc_from_seconds(seconds: float) -> datetime:
-    """
-    A timezone-aware datetime from an C{IReactorTime.seconds()} value.
-    """
-    return datetime.fromtimestamp(seconds, UTC)

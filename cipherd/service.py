@@ -38,14 +38,16 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from cipherd.config import Config
-from cipherd.datadir import prepare_data_dir, read_kek, utc_from_seconds
+from cipherd.core.addresses import canonical_address
+from cipherd.core.clock import utc_from_seconds
+from cipherd.datadir import prepare_data_dir, read_kek
 from cipherd.logs import MailLogsService
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
-from cipherd.settings import GLOBAL, PROPERTIES, canonical_address
+from cipherd.settings import GLOBAL, PROPERTIES
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.queue import SCAN_INTERVAL, MailQueue, QueueRunner
 from cipherd.smtp.routing import DNSHopResolver, connect_tcp

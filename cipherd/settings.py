@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from cipherd.core.addresses import LOCAL_PART, canonical_address
 from cipherd.cron import ScheduleError, parse_interval, parse_quartz
 
 
@@ -131,7 +132,6 @@ class Integer(ValueType):
 
 # RFC 5321 §4.5.3.1: local part 64 octets, domain 255; we accept the dot-atom
 # forms mail software actually uses (no quoted local parts, no IP literals).
-_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _DOMAIN_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
@@ -166,7 +166,7 @@ def email_problem(address: str) -> str | None:
         return "the part before @ is empty"
     if len(local) > 64:
         return "the part before @ is longer than 64 characters"
-    if not _LOCAL_PART.fullmatch(local):
+    if not LOCAL_PART.fullmatch(local):
         return f"{local!r} is not a valid part before @"
     return domain_problem(domain)
 
@@ -746,22 +746,6 @@ def scope_for(level: Level, key: str) -> Scope:
     if level is Level.USER:
         return Scope(level, normalise_email(key))
     return GLOBAL
-
-
-def canonical_address(address: str) -> str:
-    """
-    One spelling of an address for look-ups: the domain lower-cased and
-    without a final dot, a quoted local part unquoted when it needs no
-    quotes (C{"bob"@Example.com.} is C{bob@example.com}), so that no
-    spelling escapes a user's settings or certificates.
-    """
-    local, at, domain = address.strip().rpartition("@")
-    if not at:
-        return address.strip()
-    if len(local) >= 2 and local.startswith('"') and local.endswith('"') and \
-            _LOCAL_PART.fullmatch(local[1:-1]):
-        local = local[1:-1]
-    return f"{local}@{domain.rstrip('.').lower()}"
 
 
 def scope_of_address(address: str) -> Scope:

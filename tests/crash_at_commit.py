@@ -21,12 +21,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from cipherd.smtp.client import Outcome
+from cipherd.core.envelope import Envelope, Outcome
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.smtp.queue import MailQueue, QueueRunner
 from cipherd.smtp.routing import IHopResolver, NextHop
-from cipherd.smtp.spool import DirectorySpool, Envelope
+from cipherd.smtp.spool import DirectorySpool
 from cipherd.testing import SynchronousRunner, result_of
 
 PROCESSED = b"Subject: processed\r\n\r\nthe original, as processing left it\r\n"

@@ -18,6 +18,7 @@ import pytest
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
+from cipherd.core.envelope import Envelope, Outcome
 from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
 from cipherd.mpa.tunnel import read_tunnel
 from cipherd.pki import smime
@@ -25,10 +26,8 @@ from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.trust import CTLStatus
 from cipherd.settings import GLOBAL, Level, scope_for
-from cipherd.smtp.client import Outcome
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
-from cipherd.smtp.spool import Envelope
 from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import RecordingSubmission, SynchronousRunner, migrated_store, result_of

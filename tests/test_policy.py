@@ -11,8 +11,14 @@ from typing import Any
 
 import pytest
 
+from cipherd.core.headers import (
+    header_fields,
+    replace_subject,
+    subject,
+    with_fields,
+    without_fields,
+)
 from cipherd.mpa import policy
-from cipherd.mpa.message import header_fields, replace_subject, subject, with_fields, without_fields
 from cipherd.mpa.policy import BOUNCE, INTERNAL, PLAIN, SMIME, WEBMAIL, Facts, Trigger, decide
 from cipherd.settings import REGISTRY
 

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from cipherd.core.envelope import Envelope
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.gateway import Gateway
 from cipherd.pki.engine import SmimeEngine
@@ -28,7 +29,7 @@ from cipherd.settings import GLOBAL, Level, scope_for
 from cipherd.smtp.processing import IMessageProcessor, ProcessingResult, Results
 from cipherd.smtp.queue import MIN_BACKOFF, PROCESSED, ISubmission
 from cipherd.smtp.server import ReceivePolicy
-from cipherd.smtp.spool import Envelope, ISpool
+from cipherd.smtp.spool import ISpool
 from cipherd.testing import result_of
 from tests.crash_at_commit import NOTICE, TUNNEL, Splitting
 from tests.crash_at_commit import PROCESSED as PROCESSED_CONTENT

@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from zope.interface import implementer
 
+from cipherd.core.envelope import Envelope, Received
 from cipherd.smtp.bounce import BOUNCE_SIZE_LIMIT, Failed, build_bounce
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.processing import ProcessingResult
@@ -33,8 +34,8 @@ from cipherd.smtp.queue import (
     describe,
 )
 from cipherd.smtp.routing import HopNotFound, IHopResolver, NextHop, next_hop
-from cipherd.smtp.server import Received, ReceivePolicy, SMTPFactory
-from cipherd.smtp.spool import DirectorySpool, Envelope, Rename, new_queue_id
+from cipherd.smtp.server import ReceivePolicy, SMTPFactory
+from cipherd.smtp.spool import DirectorySpool, Rename, new_queue_id
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.testing import PassThrough, SynchronousRunner, result_of
 from tests.conftest import fill_disk

@@ -16,8 +16,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
-from cipherd.smtp.client import Delivery, Outcome, SMTPClient, dot_stuff
-from cipherd.smtp.server import Received, ReceivePolicy, SMTPFactory, SMTPServer
+from cipherd.core.envelope import Outcome, Received
+from cipherd.smtp.client import Delivery, SMTPClient, dot_stuff
+from cipherd.smtp.server import ReceivePolicy, SMTPFactory, SMTPServer
 
 HOST = "next-hop.example.net"
 

@@ -15,10 +15,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from cipherd.core.envelope import Received
 from cipherd.smtp.server import (
     CLOSE_GRACE,
     MAX_LINE,
-    Received,
     ReceivePolicy,
     SMTPFactory,
     SMTPServer,

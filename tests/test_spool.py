@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from cipherd.smtp.spool import MAGIC, DirectorySpool, Envelope, SpoolError, new_queue_id
+from cipherd.core.envelope import Envelope
+from cipherd.smtp.spool import MAGIC, DirectorySpool, SpoolError, new_queue_id
 from tests.conftest import fill_disk
 
 CONTENT = b"Subject: hi\r\n\r\n\x00\xff binary is fine\r\n.\r\n"

@@ -80,7 +80,7 @@ def test_the_clock_decides(pki: dict) -> None:
     """
     from twisted.internet.task import Clock
 
-    from cipherd.datadir import utc_from_seconds
+    from cipherd.core.clock import utc_from_seconds
 
     clock = Clock()
     clock.advance(END.timestamp())

@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from cipherd.smtp.client import Outcome
+from cipherd.core.envelope import Outcome
 from cipherd.smtp.server import ReceivePolicy, SMTPFactory
 from cipherd.smtp.verify import (
     NEGATIVE_TTL,

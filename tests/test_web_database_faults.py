@@ -25,11 +25,12 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, LogPublisher, formatEvent
 from twisted.web.resource import Resource
 
+from cipherd.core.envelope import Envelope
 from cipherd.logs import MailLogsService
 from cipherd.pki.certstore import CertificateStore
 from cipherd.smtp.config import MTAConfig, MTAConfigSource, apply_changes
 from cipherd.smtp.queue import MailQueue, QueueRunner
-from cipherd.smtp.spool import DirectorySpool, Envelope, new_queue_id
+from cipherd.smtp.spool import DirectorySpool, new_queue_id
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.migrations import migrate
 from cipherd.store.settings import SettingsRepository

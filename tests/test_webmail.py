@@ -19,13 +19,13 @@ import dkim
 import pytest
 from twisted.internet.task import Clock
 
+from cipherd.core.envelope import Envelope
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.relay import NOT_SIGNED, VALIDITY, WebmailRelay
 from cipherd.mpa.tunnel import TunnelFormatError, TunnelMetadata
 from cipherd.pki.certs import thumbprint
 from cipherd.settings import GLOBAL, REGISTRY, InvalidValue, Level, scope_for
 from cipherd.smtp.config import apply_changes
-from cipherd.smtp.spool import Envelope
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.webmail.accounts import (
@@ -269,8 +269,9 @@ def _second_tunnel(messenger: Both) -> bytes:
         return await world.gateway.process(envelope, RECEIVED.replace(
             QUEUE_ID.encode(), b"5B2C3D4E5F60") + SENT)
 
-    result_of(processed())
-    return [c for _, to, c in world.submitted if to == [WEBMAIL_RECIPIENT]][-1]
+    (tunnel,) = [m.content for m in result_of(processed()).made
+                 if m.recipients == (WEBMAIL_RECIPIENT,)]
+    return tunnel
 
 
 @pytest.mark.parametrize("fault, line, reason", [

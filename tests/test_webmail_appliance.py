@@ -36,11 +36,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from cipherd.core.envelope import Envelope
 from cipherd.datadir import DataDir, read_kek
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.config import load as load_mta_config
 from cipherd.smtp.queue import ISubmission
-from cipherd.smtp.spool import Envelope, QueuedMessage
+from cipherd.smtp.spool import QueuedMessage
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.webmail.accounts import Accounts

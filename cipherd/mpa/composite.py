@@ -13,9 +13,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from cipherd.settings import canonical_address
+from cipherd.core.addresses import canonical_address
+from cipherd.core.envelope import Envelope
 from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
-from cipherd.smtp.spool import Envelope
 
 
 @implementer(IMessageProcessor)

@@ -37,9 +37,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from cipherd.logs import mail_logger
-from cipherd.mpa import policy
-from cipherd.mpa.message import (
+from cipherd.core.addresses import canonical_address
+from cipherd.core.envelope import Envelope, Outcome
+from cipherd.core.headers import (
     field_name,
     header_fields,
     replace_subject,
@@ -47,6 +47,8 @@ from cipherd.mpa.message import (
     with_fields,
     without_fields,
 )
+from cipherd.logs import mail_logger
+from cipherd.mpa import policy
 from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki import smime
@@ -54,12 +56,9 @@ from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.errors import PKIError
-from cipherd.settings import canonical_address
 from cipherd.smtp.bounce import Failed, build_bounce
-from cipherd.smtp.client import Outcome
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
-from cipherd.smtp.spool import Envelope
 from cipherd.store.settings import SettingsRepository
 
 log = mail_logger("cipherd.mpa.gateway")

@@ -34,18 +34,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from cipherd.core.addresses import canonical_address
+from cipherd.core.envelope import Envelope, Outcome
+from cipherd.core.headers import subject as subject_of
 from cipherd.logs import mail_logger
-from cipherd.mpa.message import subject as subject_of
 from cipherd.mpa.tunnel import TunnelFormatError, TunnelMetadata, read_tunnel
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.engine import OpenedMessage, SmimeEngine
 from cipherd.pki.errors import DecryptionKeyNotFound, PKIError
 from cipherd.pki.trust import CTLStatus
-from cipherd.settings import EmailAddresses, canonical_address
-from cipherd.smtp.client import Outcome
+from cipherd.settings import EmailAddresses
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
-from cipherd.smtp.spool import Envelope
 from cipherd.webmail import notify
 from cipherd.webmail.accounts import INVITED, SIGNUP, Accounts
 from cipherd.webmail.mailbox import FULL, REPEATED, STORED, Mailboxes

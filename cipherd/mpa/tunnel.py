@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from cipherd.mpa.message import field_name, split_header
+from cipherd.core.headers import field_name, split_header
 from cipherd.settings import email_problem
 
 SUBJECT = "Secure Webmail message"

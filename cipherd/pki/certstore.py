@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from cipherd.datadir import utc_from_seconds
+from cipherd.core.clock import utc_from_seconds
 from cipherd.pki import certs
 from cipherd.pki.cms import PrivateKey
 from cipherd.pki.keywrap import KeyUnsealError, seal_key, unseal_key

@@ -20,31 +20,14 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from cipherd.core.envelope import Outcome
+
 MAX_REPLY_LINE = 2048
 # Lines in one multi-line reply (an EHLO lists a dozen extensions).
 MAX_REPLY_LINES = 100
 # Postfix's smtp_*_timeout defaults are 300 s for most stages.
 TIMEOUT = 300.0
 _REPLY = re.compile(rb"^(\d{3})([ -])(.*)$")
-
-
-@dataclass
-class Outcome:
-    """
-    What became of one recipient.
-
-    @ivar status: C{"sent"}, C{"deferred"} or C{"bounced"}; for a probe,
-        C{"deliverable"} where a delivery would say C{"sent"}.
-    @ivar dsn: the enhanced status code (RFC 3463), e.g. C{"5.7.1"}.
-    @ivar reason: Postfix's words, for the log and the bounce.
-    """
-
-    status: str
-    dsn: str
-    reason: str
-    # The sender has been told already (processing sent its own notice):
-    # no delivery status notification.
-    notified: bool = False
 
 
 @dataclass

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from cipherd.smtp.client import Outcome
-from cipherd.smtp.spool import Envelope
+from cipherd.core.envelope import Envelope, Outcome
 
 
 @dataclass(frozen=True)

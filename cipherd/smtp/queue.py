@@ -33,9 +33,10 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from zope.interface import Interface, implementer
 
+from cipherd.core.envelope import Envelope, Outcome, Received
 from cipherd.logs import mail_logger
 from cipherd.smtp.bounce import Failed, build_bounce
-from cipherd.smtp.client import Delivery, Outcome, SMTPClient
+from cipherd.smtp.client import Delivery, SMTPClient
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import Disposition, IMessageProcessor, Made, ProcessingResult
 from cipherd.smtp.routing import (
@@ -45,8 +46,7 @@ from cipherd.smtp.routing import (
     connect_failure_reason,
     next_hop,
 )
-from cipherd.smtp.server import Received
-from cipherd.smtp.spool import Envelope, ISpool, QueuedMessage, SpoolError, new_queue_id
+from cipherd.smtp.spool import ISpool, QueuedMessage, SpoolError, new_queue_id
 from cipherd.store import DatabaseUnavailable
 from cipherd.threads import IBlockingRunner
 

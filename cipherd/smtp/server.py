@@ -30,6 +30,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cipherd.core.envelope import Received
 from cipherd.logs import mail_logger
 from cipherd.smtp.spool import new_queue_id
 from cipherd.smtp.verify import Verdict
@@ -162,23 +163,6 @@ class ReceivePolicy:
             if domain == relay or (self.match_subdomains and domain.endswith("." + relay)):
                 return True
         return False
-
-
-@dataclass
-class Received:
-    """
-    A message as the server accepted it, for the queue.
-
-    @ivar queue_id: the id in the 250 reply and the Received header.
-    @ivar content: the message with our Received header on top, CRLF lines.
-    """
-
-    queue_id: str
-    sender: str
-    recipients: list[str]
-    client: str
-    helo: str
-    content: bytes
 
 
 # What the queue does with an accepted message: a Deferred that fires once

@@ -27,18 +27,17 @@ byte: no pickle, nothing a crafted message could make the spool execute.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from zope.interface import Interface, implementer
 
+from cipherd.core.envelope import QUEUE_ID, Envelope
 from cipherd.logs import mail_logger
 
 log = mail_logger("cipherd.mta.spool")
@@ -52,62 +51,12 @@ STATES = ("active", "deferred", "hold")
 _INCOMING = "incoming"
 # Postfix-like queue ids: upper-case hex, long enough never to repeat on one
 # node (48 random bits).
-_QUEUE_ID = re.compile(r"[0-9A-F]{12}")
 
 
 class SpoolError(Exception):
     """
     A spool file could not be written, read or moved.
     """
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """
-    What SMTP said about a message, beside its content.
-
-    @ivar queue_id: the message's id on this node (in every log line).
-    @ivar sender: the reverse path, C{""} for the null sender (bounces).
-    @ivar recipients: the forward paths still to deliver to.
-    @ivar received: when it was accepted (seconds since the epoch).
-    @ivar client: C{"name[address]"} of the SMTP client, or how it came.
-    @ivar attempts: delivery attempts so far.
-    @ivar next_attempt: when to try again, for deferred messages.
-    @ivar reason: the last reason it was deferred or held.
-    """
-
-    queue_id: str
-    sender: str
-    recipients: tuple[str, ...]
-    received: float
-    client: str = ""
-    attempts: int = 0
-    next_attempt: float = 0.0
-    reason: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> bytes:
-        value = {
-            "queue_id": self.queue_id, "sender": self.sender,
-            "recipients": list(self.recipients), "received": self.received,
-            "client": self.client, "attempts": self.attempts,
-            "next_attempt": self.next_attempt, "reason": self.reason, "extra": self.extra,
-        }
-        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Envelope:
-        value = json.loads(data)
-        if not isinstance(value, dict) or not _QUEUE_ID.fullmatch(str(value.get("queue_id"))):
-            raise ValueError("no queue id")
-        return cls(
-            queue_id=value["queue_id"], sender=str(value["sender"]),
-            recipients=tuple(str(r) for r in value["recipients"]),
-            received=float(value["received"]), client=str(value.get("client", "")),
-            attempts=int(value.get("attempts", 0)),
-            next_attempt=float(value.get("next_attempt", 0.0)),
-            reason=str(value.get("reason", "")), extra=dict(value.get("extra", {})),
-        )
 
 
 @dataclass(frozen=True)
@@ -267,13 +216,13 @@ class DirectorySpool:
         # active/ after the commit's one rename: a file in incoming/ named
         # in a queued message's RESULTS is committed, the rest are not.
         staged = {p.name for p in (self.directory / _INCOMING).iterdir()
-                  if _QUEUE_ID.fullmatch(p.name)}
+                  if QUEUE_ID.fullmatch(p.name)}
         if not staged:
             return
         moved = False
         for state in STATES:
             for path in (self.directory / state).iterdir():
-                if not _QUEUE_ID.fullmatch(path.name):
+                if not QUEUE_ID.fullmatch(path.name):
                     continue
                 try:
                     with open(path, "rb") as f:
@@ -300,7 +249,7 @@ class DirectorySpool:
         # renames.  Its record already counts the attempt.
         moved = False
         for path in (self.directory / "active").iterdir():
-            if not _QUEUE_ID.fullmatch(path.name):
+            if not QUEUE_ID.fullmatch(path.name):
                 continue
             try:
                 with open(path, "rb") as f:
@@ -332,7 +281,7 @@ class DirectorySpool:
         # messages goes on at once; the id is new, nothing else touches it.
         incoming = self.directory / _INCOMING / envelope.queue_id
         target = self.directory / "active" / envelope.queue_id
-        if not _QUEUE_ID.fullmatch(envelope.queue_id) or any(
+        if not QUEUE_ID.fullmatch(envelope.queue_id) or any(
                 (self.directory / state / envelope.queue_id).exists() for state in STATES):
             raise SpoolError(f"the queue id {envelope.queue_id!r} is not free")
         try:
@@ -350,7 +299,7 @@ class DirectorySpool:
         return QueuedMessage(envelope, "active", target, len(content))
 
     def _find(self, queue_id: str) -> tuple[str, Path]:
-        if not _QUEUE_ID.fullmatch(queue_id):
+        if not QUEUE_ID.fullmatch(queue_id):
             raise KeyError(queue_id)
         for state in STATES:
             path = self.directory / state / queue_id
@@ -459,7 +408,7 @@ class DirectorySpool:
         head = incoming / queue_id
         try:
             for envelope, content in followers:
-                if not _QUEUE_ID.fullmatch(envelope.queue_id) or any(
+                if not QUEUE_ID.fullmatch(envelope.queue_id) or any(
                         (self.directory / s / envelope.queue_id).exists() for s in STATES):
                     raise SpoolError(f"the queue id {envelope.queue_id!r} is not free")
                 staged.append(incoming / envelope.queue_id)
@@ -519,7 +468,7 @@ class DirectorySpool:
             unwritten = dict(self._unwritten)
         for state in STATES:
             for path in (self.directory / state).iterdir():
-                if not _QUEUE_ID.fullmatch(path.name):
+                if not QUEUE_ID.fullmatch(path.name):
                     continue
                 try:
                     with open(path, "rb") as f:

@@ -29,8 +29,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from cipherd.core.envelope import Outcome
 from cipherd.logs import mail_logger
-from cipherd.smtp.client import Outcome
 
 log = mail_logger("cipherd.mta.verify")
 

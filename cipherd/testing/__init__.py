@@ -13,9 +13,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cipherd.core.envelope import Envelope
 from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
 from cipherd.smtp.queue import ISubmission
-from cipherd.smtp.spool import Envelope, QueuedMessage
+from cipherd.smtp.spool import QueuedMessage
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.migrations import migrate
 from cipherd.threads import IBlockingRunner

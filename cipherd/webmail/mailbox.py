@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from cipherd.mpa.message import header_fields
+from cipherd.core.headers import header_fields
 from cipherd.store import Store
 from cipherd.store.schema import webmail_accounts, webmail_messages, webmail_tunnels
 

@@ -16,8 +16,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from cipherd.core.headers import subject as subject_of
 from cipherd.logs import mail_logger
-from cipherd.mpa.message import subject as subject_of
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.queue import ISubmission
 from cipherd.webmail import reply as replies
