@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
+import queue
 import re
 import shutil
 import socket
@@ -31,7 +33,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,6 +65,16 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def insecure_tls() -> ssl.SSLContext:
+    """
+    TLS to the appliance's own self-signed certificates on 127.0.0.1.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class SmtpSink:
     """
     Postfix's smtp-sink with its running counter (-c) read as it goes.
@@ -78,7 +92,7 @@ class SmtpSink:
         wait_for_port(self.port)
 
     def _read(self) -> None:
-        assert self._process.stdout is not None
+        assert isinstance(self._process.stdout, io.BufferedReader)
         buffer = b""
         while chunk := self._process.stdout.read1(4096):
             buffer = (buffer + chunk)[-256:]
@@ -101,39 +115,67 @@ class SmtpSink:
 
 class Cipherd:
     """
-    The appliance on its embedded default, in a directory of its own.
+    The appliance on its embedded default, in a directory of its own; with
+    C{sink_port}, a transport sends mail for example.com to that sink.
     """
 
-    def __init__(self, sink_port: int) -> None:
+    def __init__(self, sink_port: int | None = None) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="cipherd-bench-"))
         self.admin_port, self.smtp_port = free_port(), free_port()
+        self.portal_port = free_port()
         config = self.directory / "cipherd.toml"
         config.write_text(
             f'data_dir = "var"\n[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
             f'[smtp]\nlisten = "tcp:{self.smtp_port}:interface=127.0.0.1"\n'
-            f'[portal]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n')
+            f'[portal]\nlisten = "tcp:{self.portal_port}:interface=127.0.0.1"\n')
         self._process = subprocess.Popen(
             [str(Path(sys.executable).parent / "twistd"), "--pidfile=", "-n", "--logfile",
              str(self.directory / "twistd.log"), "cipherd", "--config", str(config)],
             cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.pid = self._process.pid
         wait_for_port(self.admin_port)
         wait_for_port(self.smtp_port)
-        self._api("POST", "/admin/password", {"password": PASSWORD}, "admin")
-        self._api("PATCH", "/mta", {"transports": [
-            {"domain": "example.com", "host": "[127.0.0.1]", "port": sink_port}]})
+        self.api("POST", "/admin/password", {"password": PASSWORD},
+                 password="admin")  # noqa: S106 - the appliance's first password
+        if sink_port is not None:
+            self.api("PATCH", "/mta", {"transports": [
+                {"domain": "example.com", "host": "[127.0.0.1]", "port": sink_port}]})
 
-    def _api(self, method: str, path: str, body: object, password: str = PASSWORD) -> object:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "var"
+
+    @property
+    def portal_url(self) -> str:
+        return f"https://127.0.0.1:{self.portal_port}"
+
+    def api(self, method: str, path: str, body: object = None, *, raw: bytes | None = None,
+            password: str = PASSWORD) -> Any:
+        """
+        An admin API call that must succeed: its JSON answer.  C{raw} is sent
+        as it is (a certificate upload) instead of C{body} as JSON.
+        """
+        return json.loads(self.request(method, path, body, raw=raw, password=password))
+
+    def request(self, method: str, path: str, body: object = None, *,
+                raw: bytes | None = None, password: str = PASSWORD) -> bytes:
+        """
+        An admin API call that must succeed: the body of its answer.
+        """
         request = urllib.request.Request(
             f"https://127.0.0.1:{self.admin_port}/api/v1{path}", method=method,
-            data=json.dumps(body).encode(), headers={
+            data=raw if raw is not None else (
+                None if body is None and method == "GET" else json.dumps(body).encode()),
+            headers={
                 "Authorization": "Basic " + base64.b64encode(
                     f"admin:{password}".encode()).decode(),
-                "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, context=context) as response:  # noqa: S310 - https
-            return json.load(response)
+                "Content-Type": "application/octet-stream" if raw is not None
+                else "application/json"})
+        with urllib.request.urlopen(request, context=insecure_tls()) as response:  # noqa: S310
+            return bytes(response.read())
+
+    def _api(self, method: str, path: str, body: object, password: str = PASSWORD) -> Any:
+        return self.api(method, path, body, password=password)
 
     def close(self) -> None:
         self._process.terminate()
@@ -142,25 +184,79 @@ class Cipherd:
 
 
 def send(port: int, count: int, size: int, *, sender: str = "bench@example.org",
-         recipient: str = "sink@example.com") -> float:
+         recipient: str = "sink@example.com", sessions: int = SESSIONS) -> float:
     """
-    smtp-source: C{count} messages of C{size} bytes over SESSIONS sessions.
+    smtp-source: C{count} messages of C{size} bytes over C{sessions}
+    sessions, a connection per message.
 
     @return: when it finished (every message answered 250).
     """
-    subprocess.run(["smtp-source", "-s", str(SESSIONS), "-m", str(count), "-l", str(size),
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(count), "-l", str(size),
                     "-f", sender, "-t", recipient, f"127.0.0.1:{port}"],
                    check=True, timeout=1800)
     return time.monotonic()
 
 
-def measure(port: int, sink: SmtpSink, count: int, size: int, **addresses: str
+def send_to_pool(port: int, count: int, size: int, *, sender: str,
+                 recipients: Sequence[str]) -> float:
+    """
+    C{count} messages of C{size} bytes spread evenly over C{recipients}
+    (one recipient each), C{SESSIONS} at a time: an smtp-source with one
+    session per recipient, SESSIONS of them running at once, so each
+    recipient's messages come one after the other and the recipients'
+    in parallel, as a stream of mail to many people does.
+
+    @return: when the last one finished.
+    """
+    shares = queue.SimpleQueue[tuple[str, int]]()
+    for n, recipient in enumerate(recipients):
+        share = count // len(recipients) + (n < count % len(recipients))
+        if share:
+            shares.put((recipient, share))
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        while True:
+            try:
+                recipient, share = shares.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                send(port, share, size, sender=sender, recipient=recipient, sessions=1)
+            except (OSError, subprocess.SubprocessError) as e:
+                failures.append(e)
+
+    workers = [threading.Thread(target=worker) for _ in range(SESSIONS)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"smtp-source failed: {failures[0]}")
+    return time.monotonic()
+
+
+def measure(port: int, sink: SmtpSink, count: int, size: int, *,
+            sender: str = "bench@example.org", recipient: str = "sink@example.com",
+            recipients: Sequence[str] = (), arrivals: int | None = None
             ) -> tuple[float, float]:
+    """
+    Send C{count} messages (to C{recipient}, or spread over C{recipients})
+    and wait until the sink has counted C{arrivals} more (by default one
+    per message).
+
+    @return: messages per second accepted (until the last 250) and
+        delivered (until the sink had them all), both from the first sent.
+    """
     before = sink.delivered
     started = time.monotonic()
-    accepted = send(port, count, size, **addresses) - started
-    delivered = sink.wait_for(before + count, timeout=1800) - started
-    return count / accepted, count / delivered
+    if recipients:
+        done = send_to_pool(port, count, size, sender=sender, recipients=recipients)
+    else:
+        done = send(port, count, size, sender=sender, recipient=recipient)
+    delivered = sink.wait_for(before + (count if arrivals is None else arrivals),
+                              timeout=1800)
+    return count / (done - started), count / (delivered - started)
 
 
 def main() -> None:
