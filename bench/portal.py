@@ -150,7 +150,7 @@ def serve(directory: Path, kek: bytes, port: int) -> None:
     submit = Nowhere()
 
     messenger = Messenger(Accounts(store, reactor, auth), Mailboxes(store, message_key(kek)),
-                          Notifier(submit, reactor), settings.by_address, MTAConfig, submit,
+                          Notifier(submit, reactor), settings, MTAConfig, submit,
                           reactor)
     site = Site(Portal(messenger).resource(), requestFactory=BoundedRequest)
     reactor.listenTCP(port, site, interface="127.0.0.1")  # type: ignore[attr-defined]

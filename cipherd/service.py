@@ -263,8 +263,8 @@ def make_service(config: Config, reactor: Any) -> IService:
     mailboxes = Mailboxes(store, message_key(read_kek(data)))
     accounts = Accounts(store, reactor, auth_runner)
     processor = Composite(
-        settings.by_address,
-        WebmailRelay(engine, mailboxes, accounts, Notices(reactor), settings.by_address,
+        settings,
+        WebmailRelay(engine, mailboxes, accounts, Notices(reactor), settings,
                      lambda: mta.current, reactor, certificates.ctl),
         Gateway(settings, certificates, engine, lambda: mta.current, reactor))
     queue_runner = QueueRunner(
@@ -276,7 +276,7 @@ def make_service(config: Config, reactor: Any) -> IService:
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,
                      queue_runner)
     )
-    messenger = Messenger(accounts, mailboxes, notifier, settings.by_address,
+    messenger = Messenger(accounts, mailboxes, notifier, settings,
                           lambda: mta.current, queue_runner, reactor)
     portal = Portal(messenger)
     for resource, endpoint in ((admin.resource(), config.admin_listen),
@@ -311,7 +311,7 @@ def make_service(config: Config, reactor: Any) -> IService:
     _periodic(SCAN_INTERVAL, queue_runner.scan, "The queue scan failed",
               reactor).setServiceParent(startup)
     # Webmail mailbox and account cleanup, as the settings schedule them.
-    _periodic(CLEANUP_TICK, Cleanup(store, settings.by_address, mailboxes, accounts,
+    _periodic(CLEANUP_TICK, Cleanup(store, settings, mailboxes, accounts,
                                     reactor).tick,
               "The webmail cleanup failed", reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, authority.expire_sessions,

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from zope.interface import Interface
 
 from cipherd.core.addresses import LOCAL_PART, canonical_address
 from cipherd.cron import ScheduleError, parse_interval, parse_quartz
@@ -899,3 +901,18 @@ def validate_changes(
             except InvalidValue as e:
                 errors[name] = str(e)
     return clean, errors
+
+
+class IAddressSettings(Interface):
+    """
+    Settings as mail processing and the webmail messenger read them.
+    """
+
+    def by_address(addresses: Iterable[str]) -> Awaitable[dict[str, Mapping[str, Any]]]:
+        """
+        The effective values for mail of each of C{addresses} (see
+        L{scope_of_address}; C{""} gives the global ones).
+
+        @raise DatabaseUnavailable: (when awaited) the store could not be
+            read just now.
+        """

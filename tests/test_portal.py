@@ -213,7 +213,7 @@ class PortalSite:
         assert not errors
         self.messenger = Messenger(self.accounts, self.mailboxes,
                                    Notifier(self.submission, self.clock),
-                                   self.settings.by_address, lambda: self.config,
+                                   self.settings, lambda: self.config,
                                    self.submission, self.clock)
         self.portal = Portal(self.messenger)
         self.resource = self.portal.resource()

@@ -204,7 +204,7 @@ def test_the_composite_sends_the_relay_recipient_to_the_relay_and_the_rest_to_th
     world.set(GLOBAL, relay_recipient="Webmail@Webmail.Local")
     world.set(scope_for(Level.DOMAIN, "example.com"))
     relay, gateway = Recording("relay"), Recording("gateway")
-    composite = Composite(world.settings.by_address, relay, gateway)
+    composite = Composite(world.settings, relay, gateway)
     assert verifyObject(IMessageProcessor, composite)
     envelope = Envelope("0123456789AB", "gw@example.org",
                         ("bob@example.com", "webmail@webmail.local", "carol@example.com"), 0.0)

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from cipherd.settings import (
     GLOBAL,
     PROPERTIES,
     REGISTRY,
+    IAddressSettings,
     InvalidValue,
     Level,
     Scope,
@@ -22,10 +24,11 @@ from cipherd.settings import (
     lookup_chain,
     normalise_domain,
     normalise_email,
+    scope_for,
     validate_changes,
 )
 from cipherd.store.settings import SettingsRepository
-from cipherd.testing import migrated_store, result_of
+from cipherd.testing import MemorySettings, migrated_store, result_of
 
 # The guide's labels (figures 9, 12, 14) in snake_case, as DESIGN.md names them.
 GUIDE_PROPERTIES = {
@@ -285,3 +288,30 @@ def test_mail_processing_reads_settings_through_a_short_cache() -> None:
     assert result_of(repo.effective_many([scope]))[scope]["encrypt_mode"] == "mandatory"
     values = result_of(repo.by_address(["bob@other.example"]))["bob@other.example"]
     assert len(values) == len(REGISTRY) and dict(values)["encrypt_mode"] == "no_encryption"
+
+
+@pytest.mark.parametrize("kind", ["store", "memory"])
+def test_settings_by_address_resolve_alike_in_the_store_and_the_memory_fake(
+        kind: str) -> None:
+    if kind == "store":
+        settings: Any = SettingsRepository(migrated_store(), Clock())
+
+        def put(scope: Scope, **values: Any) -> None:
+            assert result_of(settings.update(scope, values)) == {}
+    else:
+        settings = MemorySettings()
+        put = settings.set
+    assert verifyObject(IAddressSettings, settings)
+    put(GLOBAL, encrypt_mode="allow", postmaster="pm@example.com")
+    put(scope_for(Level.DOMAIN, "example.com"), encrypt_mode="mandatory")
+    put(scope_for(Level.USER, "bob@example.com"), encrypt_mode="no_encryption")
+
+    async def read() -> Any:
+        return await settings.by_address(["", "alice@Example.COM.", "bob@example.com",
+                                          "carol@other.example"])
+
+    found = result_of(read())
+    assert [found[a]["encrypt_mode"] for a in ("", "alice@Example.COM.", "bob@example.com",
+                                                "carol@other.example")] == [
+        "allow", "mandatory", "no_encryption", "allow"]
+    assert found["bob@example.com"]["postmaster"] == "pm@example.com"

@@ -184,9 +184,9 @@ class Both:
         self.accounts = Accounts(world.certificates._store,  # type: ignore[attr-defined]
                                  world.clock, SynchronousRunner(), cheap_hasher())
         self.relay = WebmailRelay(world.engine, self.mailboxes, self.accounts,
-                                  Notices(world.clock), world.settings.by_address,
+                                  Notices(world.clock), world.settings,
                                   lambda: world.config, world.clock, world.certificates.ctl)
-        world.processor = Composite(world.settings.by_address, self.relay, world.gateway)
+        world.processor = Composite(world.settings, self.relay, world.gateway)
         world.set(GLOBAL, encrypt_mode="mandatory", webmail_enabled=True,
                   relay_recipient=WEBMAIL_RECIPIENT, postmaster="postmaster@webmail.local",
                   portal_base_url="https://webmail.example", server_secret=SECRET,
@@ -354,7 +354,7 @@ class Site:
         self.accounts = Accounts(self.store, self.clock, SynchronousRunner(), cheap_hasher())
 
     def cleanup(self) -> Cleanup:
-        return Cleanup(self.store, self.settings.by_address, self.mailboxes, self.accounts,
+        return Cleanup(self.store, self.settings, self.mailboxes, self.accounts,
                        self.clock)
 
 
@@ -423,7 +423,7 @@ def back_end(messenger: Both, authorized: tuple[str, ...] = ("example.com",)) ->
         "authorized_recipients": list(authorized)})
     assert not errors
     return Messenger(messenger.accounts, messenger.mailboxes,
-                     Notifier(world.submission, world.clock), world.settings.by_address,
+                     Notifier(world.submission, world.clock), world.settings,
                      lambda: world.config, world.submission, world.clock)
 
 

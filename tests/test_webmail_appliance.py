@@ -237,7 +237,7 @@ def back_end(appliance: Appliance) -> Messenger:
     settings = SettingsRepository(store, clock)
     return Messenger(Accounts(store, clock, SynchronousRunner(), cheap_hasher()),
                      Mailboxes(store, message_key(kek)), Notifier(submit, clock),
-                     settings.by_address, mta_config, submit, clock)
+                     settings, mta_config, submit, clock)
 
 
 def test_the_guides_two_appliances_end_to_end(pair: Pair) -> None:

@@ -6,32 +6,28 @@ gateway (L{cipherd.mpa.gateway}), and what both made is one result.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from cipherd.core.addresses import canonical_address
 from cipherd.core.envelope import Envelope
+from cipherd.settings import IAddressSettings
 from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
 
 
 @implementer(IMessageProcessor)
 class Composite:
     """
-    @param settings_for: C{settings_for(addresses)} → effective settings
-        per address, C{""} giving the global ones (where the relay
-        recipient is set).
+    @param settings: where the relay recipient is set (globally).
     @param relay: processes messages for the relay recipient.
     @param gateway: processes everything else.
     """
 
-    def __init__(self, settings_for: Callable[[Iterable[str]],
-                                              Awaitable[Mapping[str, Mapping[str, Any]]]],
-                 relay: IMessageProcessor, gateway: IMessageProcessor) -> None:
-        self._settings_for = settings_for
+    def __init__(self, settings: IAddressSettings, relay: IMessageProcessor,
+                 gateway: IMessageProcessor) -> None:
+        self._settings = settings
         self._relay = relay
         self._gateway = gateway
 
@@ -40,7 +36,7 @@ class Composite:
 
     async def _process(self, envelope: Envelope, content: bytes) -> ProcessingResult:
         relay_recipient = canonical_address(
-            (await self._settings_for([""]))[""]["relay_recipient"]).lower()
+            (await self._settings.by_address([""]))[""]["relay_recipient"]).lower()
         relayed = tuple(r for r in envelope.recipients
                         if relay_recipient and canonical_address(r).lower() == relay_recipient)
         others = tuple(r for r in envelope.recipients if r not in relayed)

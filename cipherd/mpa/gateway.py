@@ -56,10 +56,10 @@ from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.errors import PKIError
+from cipherd.settings import IAddressSettings
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
-from cipherd.store.settings import SettingsRepository
 
 log = mail_logger("cipherd.mpa.gateway")
 
@@ -75,7 +75,7 @@ class Gateway:
     queues nothing itself.
     """
 
-    def __init__(self, settings: SettingsRepository, certificates: CertificateStore,
+    def __init__(self, settings: IAddressSettings, certificates: CertificateStore,
                  engine: SmimeEngine, mta: Callable[[], MTAConfig],
                  clock: IReactorTime) -> None:
         self._settings = settings

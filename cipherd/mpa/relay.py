@@ -43,7 +43,7 @@ from cipherd.pki.certs import thumbprint
 from cipherd.pki.engine import OpenedMessage, SmimeEngine
 from cipherd.pki.errors import DecryptionKeyNotFound, PKIError
 from cipherd.pki.trust import CTLStatus
-from cipherd.settings import EmailAddresses
+from cipherd.settings import EmailAddresses, IAddressSettings
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.webmail import notify
@@ -65,13 +65,12 @@ NOT_SIGNED = "The web relay message was not properly signed."
 class WebmailRelay:
     """
     @param notices: makes the invitations, notices and the postmaster's mail.
-    @param settings_for: C{settings_for(addresses)} → effective settings
-        per address, C{""} giving the global ones.
+    @param settings: the settings of the recipients, and the global ones.
     """
 
     def __init__(self, engine: SmimeEngine, mailboxes: Mailboxes, accounts: Accounts,
                  notices: notify.Notices,
-                 settings_for: Callable[[list[str]], Any], mta: Callable[[], MTAConfig],
+                 settings: IAddressSettings, mta: Callable[[], MTAConfig],
                  clock: IReactorTime,
                  ctl: Callable[[], Awaitable[Mapping[str, CTLStatus]]]) -> None:
         self._engine = engine
@@ -79,7 +78,7 @@ class WebmailRelay:
         self._mailboxes = mailboxes
         self._accounts = accounts
         self._notices = notices
-        self._settings_for = settings_for
+        self._settings = settings
         self._mta = mta
         self._clock = clock
 
@@ -93,7 +92,7 @@ class WebmailRelay:
     async def _process(self, envelope: Envelope, content: bytes) -> ProcessingResult:
         results = Results()
         relay_recipient = canonical_address(
-            (await self._settings_for([""]))[""]["relay_recipient"]).lower()
+            (await self._settings.by_address([""]))[""]["relay_recipient"]).lower()
         outcome = await self._handle(envelope, content, self._mta(), relay_recipient, results)
         results.settle(envelope.recipients, outcome, "webmail-messenger")
         return results.result()
@@ -166,7 +165,7 @@ class WebmailRelay:
         if not opened.signature_valid:
             return "; ".join(s.reason for s in opened.signers if not s.valid)
         listed = set(EmailAddresses().addresses(
-            (await self._settings_for([""]))[""]["trusted_gateway_senders"]))
+            (await self._settings.by_address([""]))[""]["trusted_gateway_senders"]))
         ctl = await self._certificates_ctl()
         for signer in opened.signers:
             certificate = signer.check.certificate
@@ -189,7 +188,7 @@ class WebmailRelay:
                      "{queue_id}", tunnel=metadata.tunnel_id, queue_id=envelope.queue_id)
             return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id} "
                                             "was handled before")
-        settings = await self._settings_for(["", *addresses])
+        settings = await self._settings.by_address(["", *addresses])
         stored: list[str] = []
         repeated: list[str] = []
         full: list[str] = []
@@ -287,7 +286,7 @@ class WebmailRelay:
 
     async def _to_postmaster(self, envelope: Envelope, content: bytes, config: MTAConfig,
                              results: Results, reason: str) -> Outcome:
-        settings = (await self._settings_for([""]))[""]
+        settings = (await self._settings.by_address([""]))[""]
         postmaster = settings["postmaster"]
         if not postmaster:
             log.error("The relay message stays queued: it could not be handled and no "

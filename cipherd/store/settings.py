@@ -10,10 +10,12 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
 
 from cipherd.settings import (
     REGISTRY,
     EffectiveValues,
+    IAddressSettings,
     Level,
     Resolved,
     Scope,
@@ -115,6 +117,7 @@ def delete_scope(conn: Connection, scope: Scope) -> bool:
     return conn.execute(delete(table).where(key == scope.key)).rowcount > 0
 
 
+@implementer(IAddressSettings)
 class SettingsRepository:
     """
     Settings as the rest of cipherd sees them: effective values with their

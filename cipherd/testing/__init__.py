@@ -4,7 +4,7 @@ Fakes for tests: synchronous stand-ins for the seams of cipherd.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cipherd.core.envelope import Envelope
+from cipherd.settings import EffectiveValues, IAddressSettings, Scope, Values, scope_of_address
 from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
 from cipherd.smtp.queue import ISubmission
 from cipherd.smtp.spool import QueuedMessage
@@ -21,8 +22,8 @@ from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.migrations import migrate
 from cipherd.threads import IBlockingRunner
 
-__all__ = ["PassThrough", "RecordingSubmission", "SteeredRunner", "SynchronousRunner",
-           "cheap_hasher", "migrated_store", "result_of"]
+__all__ = ["MemorySettings", "PassThrough", "RecordingSubmission", "SteeredRunner",
+           "SynchronousRunner", "cheap_hasher", "migrated_store", "result_of"]
 
 T = TypeVar("T")
 
@@ -153,3 +154,21 @@ class RecordingSubmission:
         envelope = Envelope(f"{len(self.submitted):012X}", sender, tuple(recipients), 0.0,
                             client=client)
         return succeed(QueuedMessage(envelope, "active", Path(), len(content)))
+
+
+@implementer(IAddressSettings)
+class MemorySettings:
+    """
+    Settings kept in memory, resolved with the same inheritance as the
+    store's (global → domain → user): C{set(scope, name=value)}.
+    """
+
+    def __init__(self) -> None:
+        self._values = Values()
+
+    def set(self, scope: Scope, **values: Any) -> None:
+        self._values.by_scope.setdefault(scope, {}).update(values)
+
+    def by_address(self, addresses: Iterable[str]) -> Deferred[dict[str, Mapping[str, Any]]]:
+        return succeed({address: EffectiveValues(self._values, scope_of_address(address))
+                        for address in addresses})

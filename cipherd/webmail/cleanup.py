@@ -15,7 +15,7 @@ the MPA log.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from cipherd.cron import ScheduleError, parse_interval, parse_quartz
 from cipherd.logs import mail_logger
+from cipherd.settings import IAddressSettings
 from cipherd.store import Store
 from cipherd.store.schema import job_runs
 from cipherd.webmail.accounts import Accounts
@@ -39,11 +40,10 @@ TUNNEL_MEMORY = 7 * 86400.0
 
 class Cleanup:
     """
-    @param settings: C{settings([""])} → the global settings (as
-        L{cipherd.store.settings.SettingsRepository.by_address}).
+    @param settings: where the cleanup settings are (globally).
     """
 
-    def __init__(self, store: Store, settings: Callable[[list[str]], Any],
+    def __init__(self, store: Store, settings: IAddressSettings,
                  mailboxes: Mailboxes, accounts: Accounts, clock: IReactorTime) -> None:
         self._store = store
         self._settings = settings
@@ -55,7 +55,7 @@ class Cleanup:
         """
         Run what is due (the service calls this every L{TICK} seconds).
         """
-        values = (await self._settings([""]))[""]
+        values = (await self._settings.by_address([""]))[""]
         now = self._clock.seconds()
         if await self._claim("mailbox_cleanup", lambda last: last + MAILBOX_CLEANUP_EVERY,
                              now, run_first=True):
@@ -95,7 +95,7 @@ class Cleanup:
         claimed: bool = await self._store.run(write)
         return claimed
 
-    async def _mailbox_cleanup(self, values: dict[str, Any], now: float) -> None:
+    async def _mailbox_cleanup(self, values: Mapping[str, Any], now: float) -> None:
         await self._mailboxes.forget_tunnels(now - TUNNEL_MEMORY)
         if not values["auto_mailbox_cleanup_enabled"]:
             return
@@ -114,7 +114,7 @@ class Cleanup:
             log.info("Auto mailbox cleanup: no message older than {interval}",
                      interval=interval)
 
-    async def _account_cleanup(self, values: dict[str, Any], now: float) -> None:
+    async def _account_cleanup(self, values: Mapping[str, Any], now: float) -> None:
         days = values["auto_account_cleanup_last_activity"]
         removed = await self._accounts.delete_inactive(now - days * 86400)
         for address, messages in sorted(removed.items()):

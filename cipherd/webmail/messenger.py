@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from cipherd.core.headers import subject as subject_of
 from cipherd.logs import mail_logger
+from cipherd.settings import IAddressSettings
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.queue import ISubmission
 from cipherd.webmail import reply as replies
@@ -55,13 +56,12 @@ class ReplyResult:
 
 class Messenger:
     """
-    @param settings: C{settings(addresses)} → effective settings per
-        address, C{""} for global (L{SettingsRepository.by_address}).
+    @param settings: the settings of the recipients, and the global ones.
     @param submission: where the replies and notices go (the queue).
     """
 
     def __init__(self, accounts: Accounts, mailboxes: Mailboxes, notifier: Notifier,
-                 settings: Callable[[list[str]], Any], mta: Callable[[], MTAConfig],
+                 settings: IAddressSettings, mta: Callable[[], MTAConfig],
                  submission: ISubmission, clock: IReactorTime) -> None:
         self.accounts = accounts
         self.mailboxes = mailboxes
@@ -73,9 +73,9 @@ class Messenger:
         self._recent_resets: dict[str, float] = {}
 
     async def _values(self, address: str) -> Mapping[str, Any]:
-        found = await self._settings(["", address])
+        found = await self._settings.by_address(["", address])
         # Link secrets are global only.
-        return ChainMap({"server_secret": found[""]["server_secret"]}, found[address])
+        return ChainMap({"server_secret": found[""]["server_secret"]}, dict(found[address]))
 
     # Links -------------------------------------------------------------------
 
@@ -84,7 +84,7 @@ class Messenger:
         @raise LinkRefused: the link may not be used (the reason is fit to
             show).
         """
-        secret = (await self._settings([""]))[""]["server_secret"]
+        secret = (await self._settings.by_address([""]))[""]["server_secret"]
         account = await self.accounts.check_link(secret, token, purpose)
         values = await self._values(account.address)
         if purpose == SIGNUP and not values["initial_login_allowed"]:
@@ -274,7 +274,7 @@ class Messenger:
         """
         The effective settings of C{address} (C{""}: the global ones).
         """
-        found: Mapping[str, Any] = (await self._settings([address]))[address]
+        found: Mapping[str, Any] = (await self._settings.by_address([address]))[address]
         return found
 
     async def search(self, address: str, query: str = "", *, offset: int = 0,
