@@ -17,7 +17,7 @@ import enum
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -450,6 +450,52 @@ def check(
         current = issuer
     return Verdict(True, f"The certificate chains to the trusted root "
                          f"{describe_name(chain[-1].subject)}.", chain)
+
+
+# The smallest step of a datetime: a certificate is valid up to and including
+# its notAfter (RFC 5280 §4.1.2.5) and expired from the next instant on.
+_INSTANT = timedelta(microseconds=1)
+
+
+def steady_interval(
+    cert: x509.Certificate, now: datetime, context: TrustContext
+) -> tuple[datetime | None, datetime | None]:
+    """
+    The span C{[since, until)} around C{now} in which L{check} of C{cert}
+    against C{context} answers, for every purpose, as it does at C{now}
+    (C{None}: unbounded on that side).  What a cached verdict may be reused
+    for.
+
+    Time enters a check only through validity periods: of C{cert}, and of
+    the certificates a path may be built through -- the candidates for each
+    issuer (an expired one sorts last) and the other keys of a CA that may
+    sign its CRLs.  All of those bear an issuer name reachable from C{cert}
+    through C{context}, so every such certificate's notBefore and notAfter
+    bound the span.  A CRL's thisUpdate and nextUpdate do not: revocation
+    is soft-fail (a CRL past its nextUpdate still counts), and a listed
+    certificate counts as revoked whatever its revocation date.
+    """
+    consulted = [cert]
+    seen: set[Any] = set()
+    names = [cert.issuer]
+    while names:
+        key = name_key(names.pop())
+        if key in seen:
+            continue
+        seen.add(key)
+        for candidate in context._by_subject.get(key, []):
+            consulted.append(candidate)
+            names.append(candidate.issuer)
+    since: datetime | None = None
+    until: datetime | None = None
+    for consulted_cert in consulted:
+        for edge in (consulted_cert.not_valid_before_utc,
+                     consulted_cert.not_valid_after_utc + _INSTANT):
+            if edge <= now:
+                since = edge if since is None else max(since, edge)
+            else:
+                until = edge if until is None else min(until, edge)
+    return since, until
 
 
 @dataclass(frozen=True)

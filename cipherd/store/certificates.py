@@ -4,11 +4,11 @@ Queries for the certificate store, CRLs and the certificate trust list.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, select, true, update
 
 from cipherd.store.schema import certificate_emails, certificates, crls, ctl, trust_generation
 
@@ -57,6 +57,15 @@ class NewCertificate:
     emails: Sequence[str]
 
 
+# How many values one IN (...) carries: well under SQLite's 999 parameters.
+_CHUNK = 500
+
+
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start:start + _CHUNK]
+
+
 def _rows(conn: Connection, query: Any) -> list[CertificateRow]:
     """
     The certificates C{query} selects, with their addresses (one more
@@ -64,11 +73,10 @@ def _rows(conn: Connection, query: Any) -> list[CertificateRow]:
     """
     rows = list(conn.execute(query))
     emails: dict[str, list[str]] = {}
-    prints = sorted({row.thumbprint for row in rows})
-    for start in range(0, len(prints), 500):
+    for chunk in _chunks(sorted({row.thumbprint for row in rows})):
         for thumbprint, email in conn.execute(
             select(certificate_emails.c.thumbprint, certificate_emails.c.email)
-            .where(certificate_emails.c.thumbprint.in_(prints[start:start + 500]))
+            .where(certificate_emails.c.thumbprint.in_(chunk))
             .order_by(certificate_emails.c.email)
         ):
             emails.setdefault(thumbprint, []).append(email)
@@ -90,28 +98,77 @@ def put_certificate(
 
     @return: C{"added"}, C{"key added"} or C{"duplicate"}.
     """
+    return put_certificates(conn, store, [(new, sealed_key)], now)[0]
+
+
+def put_certificates(
+    conn: Connection, store: str, entries: Sequence[tuple[NewCertificate, bytes | None]],
+    now: float,
+) -> list[str]:
+    """
+    Add certificates to C{store}, or private keys to those that have none:
+    what is there already is looked up once for all of them, and the new
+    rows go in with one statement each for certificates and addresses (an
+    import of many thousands in seconds).
+
+    @param entries: C{(certificate, sealed key or None)}; a certificate
+        given twice is added once (the second time it may bring its key).
+    @return: per entry, C{"added"}, C{"key added"} or C{"duplicate"}.
+    """
     _lock_counter(conn)
-    key = (certificates.c.store == store) & (certificates.c.thumbprint == new.thumbprint)
-    existing = conn.execute(select(certificates.c.private_key).where(key)).first()
-    if existing is not None:
-        if sealed_key is not None and existing.private_key is None:
-            conn.execute(update(certificates).where(key).values(private_key=sealed_key))
-            return "key added"
-        return "duplicate"
-    conn.execute(insert(certificates).values(
-        store=store, thumbprint=new.thumbprint, der=new.der, subject=new.subject,
-        issuer=new.issuer, serial=new.serial, issuer_serial=new.issuer_serial,
-        subject_key_id=new.subject_key_id, not_before=new.not_before, not_after=new.not_after,
-        is_ca=new.is_ca, self_signed=new.self_signed, private_key=sealed_key, created=now,
-    ))
-    _changed(conn)
-    known = set(conn.execute(select(certificate_emails.c.email).where(
-        certificate_emails.c.thumbprint == new.thumbprint)).scalars())
-    for email in new.emails:
-        if email not in known:
-            conn.execute(insert(certificate_emails).values(thumbprint=new.thumbprint,
-                                                           email=email))
-    return "added"
+    prints = sorted({new.thumbprint for new, _ in entries})
+    has_key: dict[str, bool] = {}
+    known: set[tuple[str, str]] = set()
+    for chunk in _chunks(prints):
+        for thumbprint, with_key in conn.execute(
+            select(certificates.c.thumbprint, certificates.c.private_key.is_not(None))
+            .where((certificates.c.store == store) & certificates.c.thumbprint.in_(chunk))
+        ):
+            has_key[thumbprint] = bool(with_key)
+        # The addresses of a certificate also in the other store are there.
+        known.update((row.thumbprint, row.email) for row in conn.execute(
+            select(certificate_emails.c.thumbprint, certificate_emails.c.email)
+            .where(certificate_emails.c.thumbprint.in_(chunk))))
+    outcomes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    addresses: list[dict[str, str]] = []
+    keys: dict[str, bytes] = {}
+    for new, sealed_key in entries:
+        if new.thumbprint in has_key:
+            if sealed_key is not None and not has_key[new.thumbprint]:
+                has_key[new.thumbprint] = True
+                keys[new.thumbprint] = sealed_key
+                outcomes.append("key added")
+            else:
+                outcomes.append("duplicate")
+            continue
+        has_key[new.thumbprint] = sealed_key is not None
+        rows.append(dict(
+            store=store, thumbprint=new.thumbprint, der=new.der, subject=new.subject,
+            issuer=new.issuer, serial=new.serial, issuer_serial=new.issuer_serial,
+            subject_key_id=new.subject_key_id, not_before=new.not_before,
+            not_after=new.not_after, is_ca=new.is_ca, self_signed=new.self_signed,
+            private_key=sealed_key, created=now,
+        ))
+        for email in new.emails:
+            if (new.thumbprint, email) not in known:
+                known.add((new.thumbprint, email))
+                addresses.append({"thumbprint": new.thumbprint, "email": email})
+        outcomes.append("added")
+    if rows:
+        conn.execute(insert(certificates), rows)
+    if addresses:
+        conn.execute(insert(certificate_emails), addresses)
+    for thumbprint, sealed_key in keys.items():
+        # Only into a row still without one (a key is sealed to its certificate).
+        conn.execute(update(certificates).where(
+            (certificates.c.store == store) & (certificates.c.thumbprint == thumbprint)
+            & certificates.c.private_key.is_(None)).values(private_key=sealed_key))
+    if rows or keys:
+        # A key added changes what a node may sign and decrypt with: other
+        # nodes drop what they remember of it too.
+        _changed(conn)
+    return outcomes
 
 
 def get_certificate(conn: Connection, store: str, thumbprint: str) -> CertificateRow | None:
@@ -124,29 +181,125 @@ def list_certificates(
     conn: Connection, store: str, *, offset: int = 0, limit: int | None = None,
     ca_only: bool = False,
 ) -> list[CertificateRow]:
+    """
+    The certificates of C{store} in subject order; C{ca_only}: only the CA
+    certificates, through their own index (ordered here: an ORDER BY would
+    lead SQLite to walk every certificate of the store in subject order).
+    """
     query = select(certificates).where(certificates.c.store == store)
     if ca_only:
-        query = query.where(certificates.c.is_ca.is_(True))
+        # "= true", which ix_certificates_ca answers ("IS true" it does not).
+        rows = _rows(conn, query.where(certificates.c.is_ca == true()))
+        rows.sort(key=lambda row: (row.subject, row.thumbprint))
+        return rows[offset:None if limit is None else offset + limit]
     query = query.order_by(certificates.c.subject, certificates.c.thumbprint).offset(offset)
     if limit is not None:
         query = query.limit(limit)
     return _rows(conn, query)
 
 
-def count_certificates(conn: Connection, store: str) -> int:
+def normalised_address(email: str) -> str:
+    """
+    An address as certificate_emails holds it (and
+    L{cipherd.pki.certs.email_addresses} gives it).
+    """
+    return email.strip().lower()
+
+
+def _prints_for(conn: Connection, email: str) -> list[str]:
+    """
+    The thumbprints of the certificates for C{email}, through the address
+    index; the certificates themselves are then found by primary key.  (Two
+    queries, not a join: without statistics SQLite may drive such a join
+    from the certificates table and read all of them.)
+    """
+    return list(conn.execute(select(certificate_emails.c.thumbprint).where(
+        certificate_emails.c.email == normalised_address(email))).scalars())
+
+
+def _containing(text: str) -> ColumnElement[bool]:
+    """
+    The certificates whose subject or one of whose addresses contains
+    C{text}, or whose thumbprint starts with it, case ignored (C{""}: all).
+    A search reads the (store, subject, thumbprint) index and the address
+    table through, not the certificates themselves.
+    """
+    needle = text.strip().lower()
+    if not needle:
+        return true()
+    return or_(
+        func.lower(certificates.c.subject).contains(needle, autoescape=True),
+        certificates.c.thumbprint.startswith(needle.replace(":", ""), autoescape=True),
+        certificates.c.thumbprint.in_(
+            select(certificate_emails.c.thumbprint)
+            .where(certificate_emails.c.email.contains(needle, autoescape=True))),
+    )
+
+
+def _keys_for(conn: Connection, store: str, text: str, email: str) -> list[str]:
+    """
+    The thumbprints of C{store}'s certificates for C{email} that contain
+    C{text}, in subject order (few: the certificates of one address).
+    """
+    keys: list[tuple[str, str]] = []
+    for chunk in _chunks(_prints_for(conn, email)):
+        keys += ((row.subject, row.thumbprint) for row in conn.execute(
+            select(certificates.c.subject, certificates.c.thumbprint).where(
+                (certificates.c.store == store) & certificates.c.thumbprint.in_(chunk)
+                & _containing(text))))
+    return [thumbprint for _, thumbprint in sorted(keys)]
+
+
+def search_certificates(
+    conn: Connection, store: str, *, text: str = "", email: str = "", offset: int = 0,
+    limit: int | None = None,
+) -> list[CertificateRow]:
+    """
+    One page of C{store}'s certificates in subject order: those for the
+    address C{email} (C{""}: any) that contain C{text} (L{_containing}).
+    The page is chosen on indexes alone, and only its rows are read whole:
+    a page deep into 100,000 certificates does not read those before it.
+    """
+    if email:
+        prints = _keys_for(conn, store, text, email)[
+            offset:None if limit is None else offset + limit]
+    else:
+        page = (select(certificates.c.thumbprint)
+                .where((certificates.c.store == store) & _containing(text))
+                .order_by(certificates.c.subject, certificates.c.thumbprint).offset(offset))
+        if limit is not None:
+            page = page.limit(limit)
+        prints = list(conn.execute(page).scalars())
+    found: dict[str, CertificateRow] = {}
+    for chunk in _chunks(prints):
+        found.update((row.thumbprint, row) for row in _rows(conn, select(certificates).where(
+            (certificates.c.store == store) & certificates.c.thumbprint.in_(chunk))))
+    return [found[t] for t in prints if t in found]
+
+
+def count_certificates(conn: Connection, store: str, *, text: str = "",
+                       email: str = "") -> int:
+    """
+    How many certificates L{search_certificates} pages through.
+    """
+    if email:
+        return len(_keys_for(conn, store, text, email))
     return int(conn.execute(
-        select(func.count()).select_from(certificates).where(certificates.c.store == store)
-    ).scalar_one())
+        select(func.count()).select_from(certificates)
+        .where((certificates.c.store == store) & _containing(text))).scalar_one())
 
 
 def find_by_email(conn: Connection, email: str, store: str = CERTIFICATES) -> list[CertificateRow]:
-    query = (
-        select(certificates)
-        .join(certificate_emails, certificate_emails.c.thumbprint == certificates.c.thumbprint)
-        .where((certificate_emails.c.email == email.lower()) & (certificates.c.store == store))
-        .order_by(certificates.c.not_after.desc())
-    )
-    return _rows(conn, query)
+    """
+    The certificates of C{store} for C{email} (case ignored), latest expiry
+    first.
+    """
+    rows: list[CertificateRow] = []
+    for chunk in _chunks(_prints_for(conn, email)):
+        rows += _rows(conn, select(certificates).where(
+            (certificates.c.store == store) & certificates.c.thumbprint.in_(chunk)))
+    rows.sort(key=lambda row: (-row.not_after, row.thumbprint))
+    return rows
 
 
 def find_by_issuer_serial(conn: Connection, issuer_serial: str) -> list[CertificateRow]:
@@ -172,6 +325,7 @@ def find_by_subject_key_ids(conn: Connection, skis: Iterable[str]) -> list[Certi
 
 
 def certificates_with_keys(conn: Connection) -> list[CertificateRow]:
+    # The condition of the partial index certificates_with_key (schema).
     query = select(certificates).where(certificates.c.private_key.is_not(None))
     return _rows(conn, query)
 

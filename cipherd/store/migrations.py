@@ -67,12 +67,23 @@ def _webmail(conn: Connection) -> None:
         schema.webmail_sessions, schema.webmail_login_failures, schema.job_runs])
 
 
+def _certificate_indexes(conn: Connection) -> None:
+    # New indexes only: their definitions in schema.py are this version's.
+    for index in (schema.certificates_by_subject, schema.certificates_ca,
+                  schema.certificates_with_key):
+        # checkfirst: a database that was at version 1 got them with its tables
+        # (step 2 creates the certificates table as schema.py has it now).
+        index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
     Migration(4, "the MTA config", _mta_config),
     Migration(5, "the webmail messenger: accounts, mailboxes, tunnel ids; scheduled jobs",
               _webmail),
+    Migration(6, "indexes for certificate lists, CA certificates and certificates with keys",
+              _certificate_indexes),
 )
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -106,11 +107,30 @@ certificates = Table(
     Column("created", Float, nullable=False),
 )
 
+# The addresses a certificate is for (cipherd.pki.certs.email_addresses):
+# email is the normalised form -- stripped and lower-cased -- and look-ups
+# by address search its index with the address normalised the same way.
 certificate_emails = Table(
     "certificate_emails",
     metadata,
     Column("thumbprint", String(64), primary_key=True),
     Column("email", String(320), primary_key=True, index=True),
+)
+
+# Schema version 6: the look-ups that scanned the certificates table
+# indexed, so a store of 100,000 certificates answers as fast as an empty
+# one (issue 13).  Lists and pages walk (store, subject, thumbprint) in
+# order; the trust context reads the CA certificates, decryption the
+# certificates with a key -- few of many, each through its own index.
+certificates_by_subject = Index(
+    "ix_certificates_store_subject",
+    certificates.c.store, certificates.c.subject, certificates.c.thumbprint,
+)
+certificates_ca = Index("ix_certificates_ca", certificates.c.is_ca, certificates.c.store)
+certificates_with_key = Index(
+    "ix_certificates_with_key", certificates.c.thumbprint,
+    sqlite_where=certificates.c.private_key.is_not(None),
+    postgresql_where=certificates.c.private_key.is_not(None),
 )
 
 # One CRL per issuer: a newer import replaces the older.
