@@ -133,13 +133,39 @@ def crl_signer_problem(
         subject_key = signer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
     except (x509.ExtensionNotFound, ValueError):
         subject_key = None
-    if subject_key is not None and subject_key.value.key_identifier.hex() in _signer_key_ids([crl]):
+    if (subject_key is not None
+            and subject_key.value.key_identifier.hex() in crl_signer_key_ids([crl])):
         return None
     return ("it is signed by a certificate that is not a CA certificate and it does not "
             "name that key (authority key identifier)")
 
 
-def _signer_key_ids(crls: Iterable[x509.CertificateRevocationList]) -> set[str]:
+def judge_crls(
+    crls: Iterable[x509.CertificateRevocationList], now: datetime, context: TrustContext,
+) -> tuple[list[tuple[x509.CertificateRevocationList, x509.Certificate]],
+           list[tuple[str, str]]]:
+    """
+    Which of C{crls} may be stored (L{crl_check}, and a signer the trust
+    checks will find again), with the certificate that signed each; and
+    C{(issuer, "refused: <why>")} for the others.
+    """
+    taken = []
+    refused = []
+    for crl in crls:
+        checked = crl_check(crl, now, context)
+        problem = checked.problem or crl_signer_problem(crl, checked.signer)
+        if problem or checked.signer is None:
+            refused.append((certs.describe_name(crl.issuer), f"refused: {problem}"))
+        else:
+            taken.append((crl, checked.signer))
+    return taken, refused
+
+
+def crl_signer_key_ids(crls: Iterable[x509.CertificateRevocationList]) -> set[str]:
+    """
+    The subject key identifiers of the keys C{crls} name as their signers
+    (authority key identifier): a CA may sign its CRLs with a key of its own.
+    """
     found = set()
     for crl in crls:
         try:
@@ -406,7 +432,7 @@ def _prepare(
 def _read_trust(conn: Connection, more_crls: list[x509.CertificateRevocationList]
                 ) -> TrustContext:
     crls = [x509.load_der_x509_crl(c.der) for c in q.list_crls(conn)]
-    signers = q.find_by_subject_key_ids(conn, _signer_key_ids([*crls, *more_crls]))
+    signers = q.find_by_subject_key_ids(conn, crl_signer_key_ids([*crls, *more_crls]))
     roots = q.list_certificates(conn, ROOTS)
     cas = q.list_certificates(conn, CERTIFICATES, ca_only=True)
     loaded = {r.thumbprint for r in (*roots, *cas)}
@@ -623,14 +649,10 @@ class CertificateStore:
         superseded: list[str] = []
         if bundle.crls:
             context = await self.trust_context(bundle.certificates, bundle.crls)
-            for crl in bundle.crls:
-                checked = crl_check(crl, self.now(), context)
-                problem = checked.problem or crl_signer_problem(crl, checked.signer)
-                if problem or checked.signer is None:
-                    result.crls.append((certs.describe_name(crl.issuer), f"refused: {problem}"))
-                else:
-                    crl_rows.append(crl_row(crl, checked.signer))
-                    superseded += await self._legacy_crl_of(crl, checked.signer)
+            taken, result.crls = judge_crls(bundle.crls, self.now(), context)
+            for crl, signer in taken:
+                crl_rows.append(crl_row(crl, signer))
+                superseded += await self._legacy_crl_of(crl, signer)
         now = self._clock.seconds()
 
         def write(conn: Connection) -> tuple[list[str], list[str]]:
@@ -917,4 +939,5 @@ class CertificateStore:
         return dict(context.ctl)
 
 
-__all__ = ["CertificateStore", "ICertificateStore", "ImportResult", "StoredCertificate"]
+__all__ = ["CertificateStore", "ICertificateStore", "ImportResult", "StoredCertificate",
+           "judge_crls"]

@@ -217,22 +217,27 @@ def _prints_for(conn: Connection, email: str) -> list[str]:
         certificate_emails.c.email == normalised_address(email))).scalars())
 
 
-def _containing(text: str) -> ColumnElement[bool]:
+def _containing(text: str, among: Sequence[str] | None = None) -> ColumnElement[bool]:
     """
     The certificates whose subject or one of whose addresses contains
     C{text}, or whose thumbprint starts with it, case ignored (C{""}: all).
     A search reads the (store, subject, thumbprint) index and the address
     table through, not the certificates themselves.
+
+    @param among: the thumbprints the certificates are among, when they
+        are few: their addresses are then found by thumbprint.
     """
     needle = text.strip().lower()
     if not needle:
         return true()
+    addresses = certificate_emails.c.email.contains(needle, autoescape=True)
+    if among is not None:
+        addresses &= certificate_emails.c.thumbprint.in_(among)
     return or_(
         func.lower(certificates.c.subject).contains(needle, autoescape=True),
         certificates.c.thumbprint.startswith(needle.replace(":", ""), autoescape=True),
         certificates.c.thumbprint.in_(
-            select(certificate_emails.c.thumbprint)
-            .where(certificate_emails.c.email.contains(needle, autoescape=True))),
+            select(certificate_emails.c.thumbprint).where(addresses)),
     )
 
 
@@ -246,7 +251,7 @@ def _keys_for(conn: Connection, store: str, text: str, email: str) -> list[str]:
         keys += ((row.subject, row.thumbprint) for row in conn.execute(
             select(certificates.c.subject, certificates.c.thumbprint).where(
                 (certificates.c.store == store) & certificates.c.thumbprint.in_(chunk)
-                & _containing(text))))
+                & _containing(text, chunk))))
     return [thumbprint for _, thumbprint in sorted(keys)]
 
 
