@@ -63,11 +63,17 @@ from cipherd.web.common import (
     request_deadline,
     whole_number,
 )
-from cipherd.web.pki_pages import MAX_UPLOAD, certificate_facts
+from cipherd.web.pki_pages import MAX_SEARCH_LENGTH, MAX_UPLOAD, certificate_facts
 
 # Bodies larger than this are refused before parsing.
 MAX_JSON_BODY = 1_000_000
 DEFAULT_LOG_LINES = 100
+# GET /certificates: a page, not the whole store (100,000 certificates took
+# seconds to list in one response).  The offset's bound keeps it a number
+# every database takes.
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+MAX_LIST_OFFSET = 1_000_000_000
 
 log = Logger(namespace="cipherd.admin")
 
@@ -484,13 +490,37 @@ class AdminAPI:
     @app.route("/v1/certificates", methods=["GET"])
     @_authenticated()
     async def list_certificates(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        One page of a store: C{?q=} text in the subject or an address, or a
+        thumbprint's start; C{?email=} one address exactly; C{?offset=},
+        C{?limit=} (at most L{MAX_LIST_LIMIT}).  C{total} counts every
+        certificate the filters match.
+        """
         store = self._store_name(request)
-        entries = await self.backend.certificates.listing(store, offset=0, limit=100_000)
-        email = (arg(request, "email") or "").lower()
-        return json_response(request, 200, {"certificates": [
-            _certificate_summary(e.row, e.verdict.valid, e.verdict.reason, e.ctl_status)
-            for e in entries if not email or email in e.row.emails
-        ]})
+        text, email = arg(request, "q") or "", arg(request, "email") or ""
+        errors = {name: f"must be at most {MAX_SEARCH_LENGTH} characters"
+                  for name, value in (("q", text), ("email", email))
+                  if len(value) > MAX_SEARCH_LENGTH}
+        numbers = {}
+        for name, default, least, most in (("offset", 0, 0, MAX_LIST_OFFSET),
+                                           ("limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)):
+            raw = arg(request, name) or str(default)
+            number = whole_number(raw)
+            if number is None:
+                errors[name] = f"{raw!r} is not a whole number"
+            elif not least <= number <= most:
+                errors[name] = f"must be from {least} to {most}"
+            else:
+                numbers[name] = number
+        if errors:
+            raise _BadRequest("Some query parameters were refused.", errors)
+        certificates = self.backend.certificates
+        entries = await certificates.listing(store, text=text, email=email, **numbers)
+        total = await certificates.count(store, text=text, email=email)
+        return json_response(request, 200, {
+            "certificates": [_certificate_summary(e.row, e.verdict.valid, e.verdict.reason,
+                                                  e.ctl_status) for e in entries],
+            "total": total, **numbers})
 
     @app.route("/v1/certificates", methods=["POST"])
     @_authenticated()

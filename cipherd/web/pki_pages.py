@@ -26,10 +26,13 @@ from cipherd.web.common import (
     arg,
     redirect,
     request_deadline,
+    whole_number,
 )
 from cipherd.web.pages import AdminPages, authenticated
 
 PAGE_SIZE = 50
+# The longest search a list takes (an address is at most 320 characters).
+MAX_SEARCH_LENGTH = 320
 
 _STORE_TITLES = {CERTIFICATES: "Intermediate and user certificates", ROOTS: "Trusted roots"}
 
@@ -137,19 +140,23 @@ class PkiPages(AdminPages):
     @app.route("/<store>", methods=["GET"])
     @authenticated
     async def listing(self, request: IRequest, session: AdminSession, store: str) -> bytes:
+        """
+        One page of a store, searched by C{?q=} (text in the subject or an
+        address, or the start of a thumbprint) -- a store may hold 100,000.
+        """
         if self._store(store) is None:
             return self.not_found(request, session)
-        try:
-            page = max(1, int(arg(request, "page") or "1"))
-        except ValueError:
-            page = 1
+        text = (arg(request, "q") or "").strip()[:MAX_SEARCH_LENGTH]
         certificates = self.backend.certificates
-        entries = await certificates.listing(store, offset=(page - 1) * PAGE_SIZE,
-                                             limit=PAGE_SIZE + 1)
+        total = await certificates.count(store, text=text)
+        pages = max(1, -(-total // PAGE_SIZE))
+        page = min(max(whole_number(arg(request, "page") or "") or 1, 1), pages)
+        entries = await certificates.listing(store, text=text, offset=(page - 1) * PAGE_SIZE,
+                                             limit=PAGE_SIZE)
         return self.render(
             request, "certificates.html", session, section=store, store=store,
-            title=_STORE_TITLES[store], entries=entries[:PAGE_SIZE], page=page,
-            more=len(entries) > PAGE_SIZE, imported=arg(request, "imported"),
+            title=_STORE_TITLES[store], entries=entries, page=page, pages=pages, total=total,
+            first=(page - 1) * PAGE_SIZE + 1, q=text, imported=arg(request, "imported"),
         )
 
     # Import --------------------------------------------------------------------
