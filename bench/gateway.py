@@ -14,15 +14,31 @@ smtp-source and smtp-sink), which the test command installs.
 
     .venv/bin/python bench/gateway.py                 # 1,000 messages per path
     .venv/bin/python bench/gateway.py --messages 300  # quicker, noisier
+    .venv/bin/python bench/gateway.py --certificates 100000
+
+With C{--certificates N} the store first gets N more certificates (other
+addresses, issued by one more root CA; they share one P-256 key and are
+written straight into the appliance's database through the certificate
+store's bulk import, which takes about a minute for 100,000), and the run
+also prints how long a look-up by address takes: C{GET
+/api/v1/certificates?email=...} on the running appliance, and
+C{encryption_certificates} of a certificate store of its own on the same
+database, the first time for an address (database, parse, trust check) and
+again (kept in memory).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import http.client
+import json
 import os
+import random
 import ssl
+import statistics
 import sys
+import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,14 +48,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet.task import Clock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mta import PASSWORD, Cipherd, SmtpSink, measure  # noqa: E402
+from mta import PASSWORD, Cipherd, SmtpSink, insecure_tls, measure  # noqa: E402
 
 from cipherd.pki.certs import create_tunnel_certificate, thumbprint  # noqa: E402
+from cipherd.pki.certstore import CertificateStore  # noqa: E402
+from cipherd.store import Store, create_engine_for_url  # noqa: E402
+from cipherd.testing import SynchronousRunner, result_of  # noqa: E402
+from cipherd.testing.certificates import ec_ca, many_certificates  # noqa: E402
 
 SIZE = 10 * 1024
 SENDER = "bench@example.org"
@@ -141,32 +162,151 @@ def configure(cipherd: Cipherd, sink_port: int) -> None:
     cipherd._api("PATCH", "/settings/users/bench@example.org", {"webmail_enabled": True})
 
 
+CROWD = "crowd.example"
+# Certificates written per transaction: the appliance's own writes wait
+# for the lock at most this long (a few seconds), never for all of them.
+BULK = 10_000
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def add_certificates(cipherd: Cipherd, count: int) -> CertificateStore:
+    """
+    C{count} certificates for C{user<n>@crowd.example} from one more root
+    CA, in the appliance's database.
+
+    @return: a certificate store of this process on that database.
+    """
+    started = time.monotonic()
+    now = datetime.now(UTC)
+    ca, ca_key = ec_ca("Bench Crowd CA", now - timedelta(days=1), now + timedelta(days=30))
+    upload(cipherd, "/certificates?store=roots", ca.public_bytes(serialization.Encoding.PEM))
+    clock = Clock()
+    clock.advance(time.time())
+    engine = create_engine_for_url(f"sqlite:///{cipherd.data_dir / 'cipherd.db'}")
+    # No private keys are added or read: a key-encryption key of its own.
+    store = CertificateStore(Store(engine, SynchronousRunner()), clock, os.urandom(32),
+                             SynchronousRunner())
+    for start in range(0, count, BULK):
+        made = many_certificates(ca, ca_key, min(BULK, count - start), now - timedelta(days=1),
+                                 now + timedelta(days=30), domain=CROWD, first=start)
+        result_of(store.add_certificates((cert, None) for cert in made))
+        _progress(f"{start + len(made):,} certificates added "
+                  f"({time.monotonic() - started:.0f} s)")
+    return store
+
+
+class KeptConnection:
+    """
+    Admin API calls over one kept-alive HTTPS connection: what is timed is
+    the request, not a TLS handshake per call.
+    """
+
+    def __init__(self, cipherd: Cipherd) -> None:
+        self._connection = http.client.HTTPSConnection("127.0.0.1", cipherd.admin_port,
+                                                       context=insecure_tls())
+        self._authorization = "Basic " + base64.b64encode(
+            f"admin:{PASSWORD}".encode()).decode()
+
+    def get(self, path: str) -> tuple[float, dict]:
+        started = time.perf_counter()
+        self._connection.request("GET", f"/api/v1{path}",
+                                 headers={"Authorization": self._authorization})
+        response = self._connection.getresponse()
+        body = response.read()
+        elapsed = time.perf_counter() - started
+        assert response.status == 200, body
+        return elapsed, json.loads(body)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def look_ups(cipherd: Cipherd, store: CertificateStore, count: int) -> list[str]:
+    """
+    How long look-ups by address take with C{count} extra certificates.
+    """
+    chosen = random.sample(range(count), min(count, 50))
+    addresses = [f"user{n}@{CROWD}" for n in chosen]
+    api = KeptConnection(cipherd)
+    try:
+        api.get("/ctl")  # the password check, made once and then remembered
+        baseline = [api.get("/ctl")[0] for _ in addresses]
+        by_address = []
+        for address in addresses:
+            elapsed, answer = api.get(f"/certificates?email={address}")
+            assert [c["emails"] for c in answer["certificates"]] == [[address]], answer
+            assert answer["certificates"][0]["valid"], answer
+            by_address.append(elapsed)
+        page, listed = api.get("/certificates")
+        search, searched = api.get("/certificates?q=user4242")
+    finally:
+        api.close()
+    first, again = [], []
+    for address in addresses:
+        for times in (first, again):
+            started = time.perf_counter()
+            found = result_of(store.encryption_certificates(address))
+            times.append(time.perf_counter() - started)
+            assert len(found) == 1
+
+    def ms(times: list[float]) -> str:
+        return (f"median {statistics.median(times) * 1000:7.2f} ms, "
+                f"max {max(times) * 1000:7.2f} ms")
+
+    return [
+        f"look-ups by address among {listed['total']:,} certificates ({len(addresses)} "
+        "addresses):",
+        f"  GET /api/v1/ctl (a request, no look-up)  {ms(baseline)}",
+        f"  GET /api/v1/certificates?email=...       {ms(by_address)}",
+        f"  encryption_certificates, first time      {ms(first)}",
+        f"  encryption_certificates, again (kept)    {ms(again)}",
+        f"  GET /api/v1/certificates (first page)    {page * 1000:7.2f} ms",
+        f"  GET /api/v1/certificates?q=user4242      {search * 1000:7.2f} ms "
+        f"({searched['total']} found)",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--certificates", type=int, default=0,
+                        help="add this many certificates (other addresses) first")
     options = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/gateway.py runs Postfix's smtp-sink as nobody: run it as root")
     sink = SmtpSink()
     cipherd = Cipherd(sink.port)
     results = {}
+    timings: list[str] = []
     try:
         configure(cipherd, sink.port)
+        if options.certificates:
+            store = add_certificates(cipherd, options.certificates)
         for recipient in PATHS.values():  # warm-up
             measure(cipherd.smtp_port, sink, 50, SIZE, sender=SENDER, recipient=recipient)
         for label, recipient in PATHS.items():
             results[label] = measure(cipherd.smtp_port, sink, options.messages, SIZE,
                                      sender=SENDER, recipient=recipient)
+        if options.certificates:
+            timings = look_ups(cipherd, store, options.certificates)
     finally:
         cipherd.close()
         sink.close()
+    extra = (f", {options.certificates:,} more certificates in the store"
+             if options.certificates else "")
     print(f"\n{options.messages} messages of 10 KB per path, smtp-source → cipherd → smtp-sink "
-          "(RSA-2048, SHA-256, AES-256-CBC)")
+          f"(RSA-2048, SHA-256, AES-256-CBC){extra}")
     print(f"{'path':15} {'accepted/s':>11} {'delivered/s':>12} {'vs pass-through':>16}")
     print("-" * 57)
     base = results["pass-through"][1]
     for label, (accepted, delivered) in results.items():
         print(f"{label:15} {accepted:11.1f} {delivered:12.1f} {delivered / base:16.2f}")
+    if timings:
+        print()
+        print("\n".join(timings))
 
 
 if __name__ == "__main__":
