@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +117,12 @@ class Cipherd:
     """
     The appliance on its embedded default, in a directory of its own; with
     C{sink_port}, a transport sends mail for example.com to that sink.
+    C{launcher} is the command that takes twistd's arguments (twistd
+    itself by default); C{environment} is added to this process's.
     """
 
-    def __init__(self, sink_port: int | None = None) -> None:
+    def __init__(self, sink_port: int | None = None, *, launcher: Sequence[str] = (),
+                 environment: Mapping[str, str] | None = None) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="cipherd-bench-"))
         self.admin_port, self.smtp_port = free_port(), free_port()
         self.portal_port = free_port()
@@ -129,9 +132,10 @@ class Cipherd:
             f'[smtp]\nlisten = "tcp:{self.smtp_port}:interface=127.0.0.1"\n'
             f'[portal]\nlisten = "tcp:{self.portal_port}:interface=127.0.0.1"\n')
         self._process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "twistd"), "--pidfile=", "-n", "--logfile",
-             str(self.directory / "twistd.log"), "cipherd", "--config", str(config)],
-            cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [*(launcher or [str(Path(sys.executable).parent / "twistd")]), "--pidfile=", "-n",
+             "--logfile", str(self.directory / "twistd.log"), "cipherd", "--config", str(config)],
+            cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            env={**os.environ, **(environment or {})})
         self.pid = self._process.pid
         wait_for_port(self.admin_port)
         wait_for_port(self.smtp_port)
@@ -238,12 +242,10 @@ def send_to_pool(port: int, count: int, size: int, *, sender: str,
 
 def measure(port: int, sink: SmtpSink, count: int, size: int, *,
             sender: str = "bench@example.org", recipient: str = "sink@example.com",
-            recipients: Sequence[str] = (), arrivals: int | None = None
-            ) -> tuple[float, float]:
+            recipients: Sequence[str] = ()) -> tuple[float, float]:
     """
     Send C{count} messages (to C{recipient}, or spread over C{recipients})
-    and wait until the sink has counted C{arrivals} more (by default one
-    per message).
+    and wait until the sink has counted as many more.
 
     @return: messages per second accepted (until the last 250) and
         delivered (until the sink had them all), both from the first sent.
@@ -254,8 +256,7 @@ def measure(port: int, sink: SmtpSink, count: int, size: int, *,
         done = send_to_pool(port, count, size, sender=sender, recipients=recipients)
     else:
         done = send(port, count, size, sender=sender, recipient=recipient)
-    delivered = sink.wait_for(before + (count if arrivals is None else arrivals),
-                              timeout=1800)
+    delivered = sink.wait_for(before + count, timeout=1800)
     return count / (done - started), count / (delivered - started)
 
 
