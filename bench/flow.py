@@ -34,8 +34,15 @@ postmaster) and that the webmail appliance's MPA log names a notice for
 each message.  Needs the Debian postfix package (smtp-source, smtp-sink)
 and root (smtp-sink runs as nobody).
 
+With --profile DIR, py-spy samples both appliances during the measured
+flow run (100 Hz, without pausing them); it writes each one's raw stacks
+to DIR and prints, per appliance, how busy each thread was and the
+cipherd functions the busy samples were in (by share of all of that
+appliance's busy samples, callees included).
+
     .venv/bin/python bench/flow.py                 # 1,000 messages per path
     .venv/bin/python bench/flow.py --messages 300  # quicker, noisier
+    .venv/bin/python bench/flow.py --profile /tmp/flow-profile
 """
 
 from __future__ import annotations
@@ -43,7 +50,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +154,66 @@ class Pair:
         self.webmail.close()
 
 
+class Profile:
+    """
+    py-spy recording processes, one per appliance, until L{stop}.
+    """
+
+    RATE = 100
+
+    def __init__(self, directory: Path, pids: dict[str, int]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.outputs = {name: directory / f"{name}.txt" for name in pids}
+        self._started = time.monotonic()
+        self._recorders = [subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+             "--format", "raw", "--threads", "--nolineno", "--nonblocking",
+             "--rate", str(self.RATE), "--output", str(self.outputs[name])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()]
+
+    def stop(self) -> str:
+        seconds = time.monotonic() - self._started
+        for recorder in self._recorders:
+            recorder.send_signal(signal.SIGINT)
+        for recorder in self._recorders:
+            recorder.wait(60)
+        return "\n".join(summarise(name, path, seconds * self.RATE)
+                         for name, path in self.outputs.items())
+
+
+# Leaf frames of a thread that waits; without pausing the process py-spy
+# cannot always tell them from running ones.
+WAITING = ("Condition.wait ", "Event.wait ", "Condition._acquire_restore ", "Queue.get ")
+
+
+def summarise(name: str, path: Path, possible: float, top: int = 15) -> str:
+    """
+    A py-spy raw file read: each thread's busy share of C{possible}
+    samples, and the cipherd functions most busy samples were in.
+    """
+    threads: Counter[str] = Counter()
+    functions: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        samples = int(count)
+        if frames[-1].startswith(WAITING):
+            continue  # woken, waiting for its lock or the GIL: not work
+        total += samples
+        # "thread (tid): name"; a pool's threads counted together.
+        threads[re.sub(r"[-_]?\d+$", "", frames[0].partition(": ")[2])] += samples
+        for frame in set(frames[1:]):
+            if "cipherd/" in frame:
+                functions[frame] += samples
+    lines = [f"{name}: busy samples per thread (share of the run's {possible:.0f} possible)"]
+    lines += [f"  {thread:40} {n / possible:6.1%}" for thread, n in threads.most_common()]
+    lines.append(f"{name}: cipherd functions by share of its {total} busy samples "
+                 "(callees included)")
+    lines += [f"  {n / total:6.1%}  {frame}" for frame, n in functions.most_common(top)]
+    return "\n".join(lines)
+
+
 def make_accounts(pair: Pair, capture: Sink, recipients: list[str]) -> None:
     """
     One message to each recipient through the whole flow; each sign-up
@@ -166,6 +237,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--recipients", type=int, default=50)
+    parser.add_argument("--profile", type=Path, help="py-spy the measured flow run into DIR")
     options = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/flow.py runs Postfix's smtp-sink as nobody: run it as root")
@@ -183,12 +255,13 @@ def main() -> None:
         measure(pair.gateway.smtp_port, sink, 50, SIZE, sender=SENDER,
                 recipients=flow_recipients)
         before = pair.mpa_lines("Sent a new-message notice")
-        results = {
-            "pass-through": measure(pair.gateway.smtp_port, sink, options.messages, SIZE,
-                                    sender=SENDER, recipients=plain_recipients),
-            "webmail flow": measure(pair.gateway.smtp_port, sink, options.messages, SIZE,
-                                    sender=SENDER, recipients=flow_recipients),
-        }
+        results = {"pass-through": measure(pair.gateway.smtp_port, sink, options.messages,
+                                           SIZE, sender=SENDER, recipients=plain_recipients)}
+        profile = options.profile and Profile(options.profile, {
+            "gateway": pair.gateway.pid, "webmail": pair.webmail.pid})
+        results["webmail flow"] = measure(pair.gateway.smtp_port, sink, options.messages, SIZE,
+                                          sender=SENDER, recipients=flow_recipients)
+        profiled = profile.stop() if profile else ""
         notices = pair.mpa_lines("Sent a new-message notice") - before
         invitations = pair.mpa_lines("Sent a sign-up invitation")
         stray = capture.state.messages[len(flow_recipients):]
@@ -214,6 +287,9 @@ def main() -> None:
           f"invitations in all (one per recipient expected)")
     if notices != options.messages or invitations != options.recipients:
         print("UNEXPECTED: not one notice per message and one invitation per recipient")
+    if profiled:
+        print(f"\npy-spy during the measured flow run (raw stacks in {options.profile}):")
+        print(profiled)
     if stray:
         print(f"UNEXPECTED: {len(stray)} other message(s) out, e.g. " + ", ".join(
             f"<{m.sender}> → {m.recipients}" for m in stray[:5]))
