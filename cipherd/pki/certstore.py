@@ -177,7 +177,6 @@ def crl_signer_key_ids(crls: Iterable[x509.CertificateRevocationList]) -> set[st
     return found
 
 
-
 class ICertificateStore(Interface):
     """
     The certificates, private keys, CRLs and certificate trust list (CTL)
@@ -463,6 +462,7 @@ VERDICTS_KEPT = 16384
 CERTIFICATES_KEPT = 8192
 LOOKUPS_KEPT = 4096
 KEYS_KEPT = 4096
+
 
 class _Recent(Generic[K, V]):
     """
