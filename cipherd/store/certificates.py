@@ -4,6 +4,7 @@ Queries for the certificate store, CRLs and the certificate trust list.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -217,12 +218,16 @@ def _prints_for(conn: Connection, email: str) -> list[str]:
         certificate_emails.c.email == normalised_address(email))).scalars())
 
 
-def _containing(text: str, among: Sequence[str] | None = None) -> ColumnElement[bool]:
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def _containing(conn: Connection, text: str,
+                among: Sequence[str] | None = None) -> ColumnElement[bool]:
     """
     The certificates whose subject or one of whose addresses contains
-    C{text}, or whose thumbprint starts with it, case ignored (C{""}: all).
-    A search reads the (store, subject, thumbprint) index and the address
-    table through, not the certificates themselves.
+    C{text}, or whose thumbprint starts with it (colons aside), case ignored
+    (C{""}: all).  A search reads the (store, subject, thumbprint) index and
+    the address table through, not the certificates themselves.
 
     @param among: the thumbprints the certificates are among, when they
         are few: their addresses are then found by thumbprint.
@@ -230,15 +235,24 @@ def _containing(text: str, among: Sequence[str] | None = None) -> ColumnElement[
     needle = text.strip().lower()
     if not needle:
         return true()
-    addresses = certificate_emails.c.email.contains(needle, autoescape=True)
+    if conn.dialect.name == "sqlite":
+        # SQLite's LIKE ignores the case of ASCII letters -- as far as its
+        # lower() goes, and three times as fast as lower(subject) LIKE.
+        def contains(column: Any) -> ColumnElement[bool]:
+            return column.contains(needle, autoescape=True)
+    else:
+        def contains(column: Any) -> ColumnElement[bool]:
+            return column.icontains(needle, autoescape=True)
+    addresses = contains(certificate_emails.c.email)
     if among is not None:
         addresses &= certificate_emails.c.thumbprint.in_(among)
-    return or_(
-        func.lower(certificates.c.subject).contains(needle, autoescape=True),
-        certificates.c.thumbprint.startswith(needle.replace(":", ""), autoescape=True),
-        certificates.c.thumbprint.in_(
-            select(certificate_emails.c.thumbprint).where(addresses)),
-    )
+    found = [contains(certificates.c.subject),
+             certificates.c.thumbprint.in_(select(certificate_emails.c.thumbprint)
+                                           .where(addresses))]
+    hexadecimal = needle.replace(":", "")
+    if _HEX.fullmatch(hexadecimal):
+        found.append(certificates.c.thumbprint.startswith(hexadecimal, autoescape=True))
+    return or_(*found)
 
 
 def _keys_for(conn: Connection, store: str, text: str, email: str) -> list[str]:
@@ -251,7 +265,7 @@ def _keys_for(conn: Connection, store: str, text: str, email: str) -> list[str]:
         keys += ((row.subject, row.thumbprint) for row in conn.execute(
             select(certificates.c.subject, certificates.c.thumbprint).where(
                 (certificates.c.store == store) & certificates.c.thumbprint.in_(chunk)
-                & _containing(text, chunk))))
+                & _containing(conn, text, chunk))))
     return [thumbprint for _, thumbprint in sorted(keys)]
 
 
@@ -270,7 +284,7 @@ def search_certificates(
             offset:None if limit is None else offset + limit]
     else:
         page = (select(certificates.c.thumbprint)
-                .where((certificates.c.store == store) & _containing(text))
+                .where((certificates.c.store == store) & _containing(conn, text))
                 .order_by(certificates.c.subject, certificates.c.thumbprint).offset(offset))
         if limit is not None:
             page = page.limit(limit)
@@ -291,7 +305,7 @@ def count_certificates(conn: Connection, store: str, *, text: str = "",
         return len(_keys_for(conn, store, text, email))
     return int(conn.execute(
         select(func.count()).select_from(certificates)
-        .where((certificates.c.store == store) & _containing(text))).scalar_one())
+        .where((certificates.c.store == store) & _containing(conn, text))).scalar_one())
 
 
 def find_by_email(conn: Connection, email: str, store: str = CERTIFICATES) -> list[CertificateRow]:
