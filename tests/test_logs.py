@@ -161,6 +161,24 @@ def test_the_writer_writes_without_being_asked(tmp_path: Path) -> None:
     assert not any(t.name == "cipherd-log-mta.log" for t in threading.enumerate())
 
 
+def test_a_batch_waits_its_moment_and_close_does_not_wait_for_it(tmp_path: Path) -> None:
+    """
+    Woken by a line, the writer waits C{batch_delay} for more lines to
+    write with it (one wake-up per batch, not per line); closing writes at
+    once.
+    """
+    log = MailLog(tmp_path / "mta.log", "cipherd.mta", max_bytes=10_000, keep=1,
+                  with_level=False, batch_delay=3600)
+    log.start()
+    for n in range(3):
+        log(_event("line {n}", n=n))
+    assert (tmp_path / "mta.log").read_text() == ""
+    started = time.monotonic()
+    log.close()
+    assert time.monotonic() - started < 60
+    assert len((tmp_path / "mta.log").read_text().splitlines()) == 3
+
+
 def test_lines_from_many_threads_keep_their_order_through_rotation(tmp_path: Path) -> None:
     """
     Four threads log while the writer writes and a reader reads the tail:
