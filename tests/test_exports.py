@@ -12,7 +12,8 @@ import pytest
 EXPORTS = {
     "cipherd.store": ["DatabaseUnavailable", "MigrationError", "Store",
                       "create_engine_for_url"],
-    "cipherd.testing": ["SteeredRunner", "SynchronousRunner", "cheap_hasher", "migrated_store",
+    "cipherd.testing": ["MemorySettings", "PassThrough", "RecordingSubmission",
+                        "SteeredRunner", "SynchronousRunner", "cheap_hasher", "migrated_store",
                         "result_of"],
 }
 

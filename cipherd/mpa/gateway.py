@@ -53,7 +53,7 @@ from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki import smime
 from cipherd.pki.certs import describe_name
-from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.errors import PKIError
 from cipherd.settings import IAddressSettings
@@ -75,7 +75,7 @@ class Gateway:
     queues nothing itself.
     """
 
-    def __init__(self, settings: IAddressSettings, certificates: CertificateStore,
+    def __init__(self, settings: IAddressSettings, certificates: ICertificateStore,
                  engine: SmimeEngine, mta: Callable[[], MTAConfig],
                  clock: IReactorTime) -> None:
         self._settings = settings

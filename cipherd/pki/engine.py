@@ -17,7 +17,7 @@ from cryptography import x509
 
 from cipherd.pki import smime
 from cipherd.pki.certs import describe_name, email_addresses
-from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.cms import PrivateKey, SignatureCheck
 from cipherd.pki.trust import Purpose, Verdict
 from cipherd.threads import IBlockingRunner
@@ -81,7 +81,7 @@ class OpenedMessage:
 
 
 class SmimeEngine:
-    def __init__(self, certificates: CertificateStore, crypto: IBlockingRunner) -> None:
+    def __init__(self, certificates: ICertificateStore, crypto: IBlockingRunner) -> None:
         self._certificates = certificates
         self._crypto = crypto
 

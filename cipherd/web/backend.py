@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from cipherd.logs import MailLog
 from cipherd.pki.certs import thumbprint
-from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import GLOBAL, REGISTRY, Scope, email_problem
 from cipherd.smtp.compose import compose
@@ -185,7 +185,7 @@ class AdminBackend:
     settings: SettingsRepository
     logs: dict[str, MailLog]
     runner: IBlockingRunner
-    certificates: CertificateStore
+    certificates: ICertificateStore
     mta: MTAConfigSource
     queue: MailQueue
     queue_runner: QueueRunner | None = None
