@@ -22,6 +22,7 @@ value at that level.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -750,6 +751,8 @@ def scope_for(level: Level, key: str) -> Scope:
     return GLOBAL
 
 
+# Pure, and asked for every address of every message.
+@functools.lru_cache(maxsize=65536)
 def scope_of_address(address: str) -> Scope:
     """
     The scope whose settings apply to mail of C{address}: its user, or its

@@ -340,10 +340,8 @@ def _looks_like_a_tunnel(fields: list[tuple[str, str]]) -> bool:
 
 
 def _unique(certificates: Iterable[x509.Certificate]) -> list[x509.Certificate]:
-    seen: dict[bytes, x509.Certificate] = {}
-    for cert in certificates:
-        seen.setdefault(cert.fingerprint(hashes.SHA256()), cert)
-    return list(seen.values())
+    # A certificate is equal to (and hashes as) another with the same DER.
+    return list(dict.fromkeys(certificates))
 
 
 def _as_sent(content: bytes, queue_id: str) -> bytes:

@@ -139,6 +139,17 @@ class MTAConfig:
         return any("*." + ".".join(labels[i:]) in listed for i in range(len(labels)))
 
     def receive_policy(self) -> ReceivePolicy:
+        """
+        The SMTP server's and the router's view of this config, made once
+        per config (the router asks for every recipient of every message).
+        """
+        made: ReceivePolicy | None = self.__dict__.get("_receive_policy")
+        if made is None:
+            made = self._make_receive_policy()
+            object.__setattr__(self, "_receive_policy", made)
+        return made
+
+    def _make_receive_policy(self) -> ReceivePolicy:
         return ReceivePolicy(
             my_hostname=self.my_hostname,
             relay_domains=self.relay_domains,

@@ -565,8 +565,7 @@ class QueueRunner:
                 self._log_outcome(envelope, recipient, dispositions[recipient].outcome,
                                   dispositions[recipient].relay, started)
             return None
-        _, content = await self._queue.load(envelope.queue_id)
-        return head, content
+        return head, results[0][1]
 
     def _database_unavailable(self, queue_id: str, error: DatabaseUnavailable) -> None:
         if self._database_down_since is not None:
