@@ -41,6 +41,7 @@ way.  Needs the Debian postfix package and root (smtp-sink runs as nobody).
 from __future__ import annotations
 
 import argparse
+import linecache
 import os
 import signal
 import sys
@@ -248,13 +249,24 @@ class _PeakFollower:
         lines = [title]
         for stat in stats[:8]:
             size = getattr(stat, "size_diff", stat.size)
-            lines.append(f"  {size / MB:+8.1f} MB in {stat.count} blocks, allocated at:")
-            lines.extend(f"      {line.strip()}" for line in stat.traceback.format()[-12:]
-                         if line.strip())
+            if abs(size) < MB / 10:
+                break
+            lines.append(f"  {size / MB:+8.1f} MB in {stat.count} blocks, allocated at "
+                         "(cipherd's frames and the last):")
+            frames = list(stat.traceback)  # oldest first
+            lines.extend(_where(frame) for frame in frames
+                         if "/cipherd/" in frame.filename or frame is frames[-1])
         self._report.write_text("\n".join(lines) + "\n" + END)
 
 
 _OWN = [tracemalloc.Filter(False, tracemalloc.__file__)]
+
+
+def _where(frame: tracemalloc.Frame) -> str:
+    name = frame.filename
+    if "/cipherd/" in name:
+        name = "cipherd/" + name.rpartition("/cipherd/")[2]
+    return f"      {name}:{frame.lineno}  {linecache.getline(frame.filename, frame.lineno).strip()}"
 
 
 def traced_twistd(arguments: list[str]) -> None:
