@@ -122,7 +122,11 @@ def large_message(recipient: str, *, traced: bool = False,
     C{recipient}; with C{traced}, also tracemalloc's report of the peak.
     """
     sink = SmtpSink()
-    cipherd = appliance(sink, traced=traced, environment=environment)
+    try:
+        cipherd = appliance(sink, traced=traced, environment=environment)
+    except BaseException:
+        sink.close()
+        raise
     try:
         measure(cipherd.smtp_port, sink, 20, SMALL, sender=SENDER, recipient=recipient)
         time.sleep(2)  # the queue's and the web pages' work settled
@@ -152,7 +156,11 @@ def many_messages(count: int, every: int, *, traced: bool = False) -> tuple[list
     of what grew from the first round to the last.
     """
     sink = SmtpSink()
-    cipherd = appliance(sink, traced=traced)
+    try:
+        cipherd = appliance(sink, traced=traced)
+    except BaseException:
+        sink.close()
+        raise
     samples: list[int] = []
     try:
         for done in range(every, count + 1, every):

@@ -137,13 +137,17 @@ class Cipherd:
             cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             env={**os.environ, **(environment or {})})
         self.pid = self._process.pid
-        wait_for_port(self.admin_port)
-        wait_for_port(self.smtp_port)
-        self.api("POST", "/admin/password", {"password": PASSWORD},
-                 password="admin")  # noqa: S106 - the appliance's first password
-        if sink_port is not None:
-            self.api("PATCH", "/mta", {"transports": [
-                {"domain": "example.com", "host": "[127.0.0.1]", "port": sink_port}]})
+        try:
+            wait_for_port(self.admin_port)
+            wait_for_port(self.smtp_port)
+            self.api("POST", "/admin/password", {"password": PASSWORD},
+                     password="admin")  # noqa: S106 - the appliance's first password
+            if sink_port is not None:
+                self.api("PATCH", "/mta", {"transports": [
+                    {"domain": "example.com", "host": "[127.0.0.1]", "port": sink_port}]})
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def data_dir(self) -> Path:
