@@ -86,7 +86,18 @@ class Pair:
 
     def __init__(self, sink: SmtpSink, capture: Sink) -> None:
         self.webmail = Cipherd()
-        self.gateway = Cipherd()
+        try:
+            self.gateway = Cipherd()
+        except BaseException:
+            self.webmail.close()
+            raise
+        try:
+            self._set_up(sink, capture)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, sink: SmtpSink, capture: Sink) -> None:
         self._capture = {"host": "[127.0.0.1]", "port": capture.port}
         # 2.3.1-2.3.9: relay domain, MTA hostname, internal relay host,
         # relay recipient, portal base URL, notification sender, postmaster.
