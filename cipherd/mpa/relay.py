@@ -47,7 +47,7 @@ from cipherd.settings import EmailAddresses, IAddressSettings
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.webmail import notify
-from cipherd.webmail.accounts import INVITED, SIGNUP, Accounts
+from cipherd.webmail.accounts import INVITED, SIGNUP, Account, Accounts
 from cipherd.webmail.mailbox import FULL, REPEATED, STORED, Mailboxes
 
 log = mail_logger("cipherd.mpa.relay")
@@ -192,8 +192,10 @@ class WebmailRelay:
         stored: list[str] = []
         repeated: list[str] = []
         full: list[str] = []
+        accounts: dict[str, Account] = {}
         for address in addresses:
-            await self._accounts.invite(address)  # the account first: its row is the lock
+            # The account first: its row is the lock.
+            accounts[address], _ = await self._accounts.invite(address)
             done = await self._mailboxes.deliver_within(
                 address, metadata.tunnel_id, self._clock.seconds(), original,
                 receipt_to=metadata.sender if metadata.read_receipt else "",
@@ -211,18 +213,18 @@ class WebmailRelay:
         # Stored but not yet told (this time, or an attempt that crashed
         # before its notices were written): told now, marked once the
         # notices are on disk.
-        for address in await self._mailboxes.not_notified(metadata.tunnel_id, addresses):
-            await self._notify(address, metadata.sender, subject, settings[address], config,
-                               results)
-            results.when_written(functools.partial(self._mailboxes.mark_notified, address,
-                                                   metadata.tunnel_id))
+        told = await self._mailboxes.not_notified(metadata.tunnel_id, addresses)
+        for address in told:
+            self._notify(accounts[address], metadata.sender, subject, settings[address],
+                         config, results)
         if full:
             log.warn("Mailbox full: relay message {tunnel} not stored for {rcpts}; Queue id: "
                      "{queue_id}", tunnel=metadata.tunnel_id, rcpts=", ".join(full),
                      queue_id=envelope.queue_id)
             self._mailbox_full(metadata.sender, full, subject, settings[""], config, results)
+        # One transaction, once the notices are on disk.
         results.when_written(functools.partial(
-            self._mailboxes.record_tunnel, metadata.tunnel_id, metadata.created,
+            self._mailboxes.handled, metadata.tunnel_id, told, metadata.created,
             self._clock.seconds()))
         words = [f"stored for {', '.join(stored)}" if stored else "",
                  f"already stored for {', '.join(repeated)}" if repeated else "",
@@ -240,10 +242,9 @@ class WebmailRelay:
         results.send(made)
         return made
 
-    async def _notify(self, address: str, sender: str, subject: str,
-                      settings: Mapping[str, Any], config: MTAConfig,
-                      results: Results) -> None:
-        account, _ = await self._accounts.invite(address)
+    def _notify(self, account: Account, sender: str, subject: str,
+                settings: Mapping[str, Any], config: MTAConfig, results: Results) -> None:
+        address = account.address
         base = settings["portal_base_url"].rstrip("/")
         if account.state == INVITED and not account.password_set:
             if not settings["initial_login_allowed"]:

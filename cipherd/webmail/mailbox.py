@@ -300,31 +300,33 @@ class Mailboxes:
                 & webmail_messages.c.address.in_(list(addresses))
                 & ~webmail_messages.c.notified)).scalars())
 
-        found: list[str] = await self._store.run(read)
+        found: list[str] = await self._store.read(read)
         return found
 
-    async def mark_notified(self, address: str, tunnel_id: str) -> None:
-        await self._store.run(lambda conn: conn.execute(
-            update(webmail_messages).where((webmail_messages.c.address == address)
-                                           & (webmail_messages.c.tunnel_id == tunnel_id))
-            .values(notified=True)))
+    async def handled(self, tunnel_id: str, notified: Sequence[str], created: float,
+                      received: float) -> None:
+        """
+        In one transaction: the tunnel's message is marked as told for
+        C{notified}, and the tunnel id recorded as handled (a copy that
+        comes again is not handled again: see L{tunnel_seen}).
+        """
+        def write(conn: Connection) -> None:
+            if notified:
+                conn.execute(update(webmail_messages).where(
+                    (webmail_messages.c.tunnel_id == tunnel_id)
+                    & webmail_messages.c.address.in_(list(notified))).values(notified=True))
+            _record_tunnel(conn, tunnel_id, created, received)
+
+        await self._store.run(write)
 
     # Tunnel ids --------------------------------------------------------------
 
     async def tunnel_seen(self, tunnel_id: str) -> bool:
-        seen: bool = await self._store.run(lambda conn: conn.execute(
+        seen: bool = await self._store.read(lambda conn: conn.execute(
             select(webmail_tunnels.c.tunnel_id).where(
                 webmail_tunnels.c.tunnel_id == tunnel_id)).first() is not None)
         return seen
 
-    async def record_tunnel(self, tunnel_id: str, created: float, received: float) -> None:
-        def write(conn: Connection) -> None:
-            if conn.execute(select(webmail_tunnels.c.tunnel_id).where(
-                    webmail_tunnels.c.tunnel_id == tunnel_id)).first() is None:
-                conn.execute(insert(webmail_tunnels).values(
-                    tunnel_id=tunnel_id, created=created, received=received))
-
-        await self._store.run(write)
 
     async def forget_tunnels(self, before: float) -> int:
         """
@@ -337,3 +339,10 @@ class Mailboxes:
 
         forgotten: int = await self._store.run(write)
         return forgotten
+
+
+def _record_tunnel(conn: Connection, tunnel_id: str, created: float, received: float) -> None:
+    if conn.execute(select(webmail_tunnels.c.tunnel_id).where(
+            webmail_tunnels.c.tunnel_id == tunnel_id)).first() is None:
+        conn.execute(insert(webmail_tunnels).values(
+            tunnel_id=tunnel_id, created=created, received=received))
