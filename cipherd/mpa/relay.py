@@ -194,9 +194,8 @@ class WebmailRelay:
         full: list[str] = []
         accounts: dict[str, Account] = {}
         for address in addresses:
-            # The account first: its row is the lock.
-            accounts[address], _ = await self._accounts.invite(address)
-            done = await self._mailboxes.deliver_within(
+            # The account first (its row is the lock), in the same commit.
+            accounts[address], done = await self._mailboxes.invite_and_deliver(
                 address, metadata.tunnel_id, self._clock.seconds(), original,
                 receipt_to=metadata.sender if metadata.read_receipt else "",
                 limit=settings[address]["mailbox_size_limit"])

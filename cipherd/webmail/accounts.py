@@ -198,22 +198,8 @@ class Accounts:
 
         @return: the account and whether it is new.
         """
-        now = self._clock.seconds()
-
-        def write(conn: Connection) -> tuple[Account, bool]:
-            row = conn.execute(select(webmail_accounts).where(
-                webmail_accounts.c.address == address)).first()
-            if row is not None:
-                conn.execute(update(webmail_accounts).where(
-                    webmail_accounts.c.address == address).values(last_activity=now))
-                return _account(row), False
-            nonce = secrets.token_hex(16)
-            conn.execute(insert(webmail_accounts).values(
-                address=address, state=INVITED, password_hash=None, link_nonce=nonce,
-                created=now, last_activity=now))
-            return Account(address, INVITED, False, nonce, now, now), True
-
-        made: tuple[Account, bool] = await self._store.run(write)
+        made: tuple[Account, bool] = await self._store.run(invite_in, address,
+                                                            self._clock.seconds())
         return made
 
     def link(self, secret: str, purpose: str, account: Account, validity_minutes: int) -> str:
@@ -377,3 +363,20 @@ class Accounts:
         if account is None:
             return False
         return await self.set_password(account, new)
+
+
+def invite_in(conn: Connection, address: str, now: float) -> tuple[Account, bool]:
+    """
+    L{Accounts.invite} within a transaction of the caller's.
+    """
+    row = conn.execute(select(webmail_accounts).where(
+        webmail_accounts.c.address == address)).first()
+    if row is not None:
+        conn.execute(update(webmail_accounts).where(
+            webmail_accounts.c.address == address).values(last_activity=now))
+        return _account(row), False
+    nonce = secrets.token_hex(16)
+    conn.execute(insert(webmail_accounts).values(
+        address=address, state=INVITED, password_hash=None, link_nonce=nonce,
+        created=now, last_activity=now))
+    return Account(address, INVITED, False, nonce, now, now), True

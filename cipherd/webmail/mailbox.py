@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -25,6 +25,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from cipherd.core.headers import header_fields
 from cipherd.store import Store
 from cipherd.store.schema import webmail_accounts, webmail_messages, webmail_tunnels
+from cipherd.webmail.accounts import Account, invite_in
 
 _VERSION = b"\x01"
 
@@ -138,6 +139,28 @@ class Mailboxes:
 
         @return: L{STORED}, L{REPEATED} (it was there already) or L{FULL}.
         """
+        write = self._delivery(address, tunnel_id, received, content, receipt_to, limit)
+        done: str = await self._store.run(write)
+        return done
+
+    async def invite_and_deliver(self, address: str, tunnel_id: str, received: float,
+                                 content: bytes, receipt_to: str = "", limit: int = 0
+                                 ) -> tuple[Account, str]:
+        """
+        L{Accounts.invite} and L{deliver_within} in one transaction (the
+        webmail relay's: one commit per recipient, not two).
+        """
+        deliver = self._delivery(address, tunnel_id, received, content, receipt_to, limit)
+
+        def write(conn: Connection) -> tuple[Account, str]:
+            account, _ = invite_in(conn, address, received)
+            return account, deliver(conn)
+
+        done: tuple[Account, str] = await self._store.run(write)
+        return done
+
+    def _delivery(self, address: str, tunnel_id: str, received: float, content: bytes,
+                  receipt_to: str, limit: int) -> Callable[[Connection], str]:
         sender, subject, attachments = describe(content)
         sealed = seal(self._key, address, tunnel_id, content)
 
@@ -157,8 +180,7 @@ class Mailboxes:
                 content=sealed))
             return STORED
 
-        done: str = await self._store.run(write)
-        return done
+        return write
 
     async def usage(self, address: str) -> int:
         """
