@@ -72,7 +72,8 @@ def config() -> MTAConfig:
 
 def main(spool: Path, when: str) -> None:
     def rename(source: Path, target: Path) -> None:
-        commit = source.parent.name == "incoming" and target.name == source.name
+        # The commit's one rename: incoming/<id>.commit over the message.
+        commit = source.parent.name == "incoming" and source.name == f"{target.name}.commit"
         if commit and when == "before":
             os.kill(os.getpid(), signal.SIGKILL)
         os.rename(source, target)

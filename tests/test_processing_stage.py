@@ -21,12 +21,12 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from cipherd.core.envelope import Envelope
+from cipherd.core.envelope import Envelope, Outcome
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.gateway import Gateway
 from cipherd.pki.engine import SmimeEngine
 from cipherd.settings import GLOBAL, Level, scope_for
-from cipherd.smtp.processing import IMessageProcessor, ProcessingResult, Results
+from cipherd.smtp.processing import Disposition, IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.smtp.queue import MIN_BACKOFF, PROCESSED, ISubmission
 from cipherd.smtp.server import ReceivePolicy
 from cipherd.smtp.spool import ISpool
@@ -225,3 +225,116 @@ def test_the_composite_sends_the_relay_recipient_to_the_relay_and_the_rest_to_th
     result_of(process())
     assert relay.seen == [("webmail@webmail.local",)]
     assert gateway.seen[-1] == envelope.recipients
+
+
+def test_results_not_queued_after_the_commit_are_queued_by_the_next_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    processor = Splitting()
+    world = World(tmp_path, processor=processor)
+    world.enqueue(SENDER, RECIPIENTS)
+    real_link = os.link
+    broken = [True]
+
+    def link(source: Any, target: Any) -> None:
+        if broken[0] and Path(source).parent.name == "incoming" and \
+                Path(target).parent.name == "active":
+            raise OSError(5, "Input/output error")
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", link)
+    world.network.up = False
+    world.scan()
+    # Committed: the original is its processed form; the tunnel and the
+    # notice are written, not yet queued, and nothing was processed twice.
+    assert [(r, s) for _, s, r in world.queued()] == [(("a@example.com",), "deferred")]
+    assert len(list((tmp_path / "spool" / "incoming").iterdir())) == 2
+    broken[0] = False
+    world.network.up = True
+    world.clock.advance(MIN_BACKOFF)
+    world.scan()
+    world.scan()
+    assert processor.calls == 1 and world.queued() == []
+    assert delivered(world) == expected()
+
+
+@implementer(IMessageProcessor)
+class Inconsistent:
+    calls = 0
+
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
+        self.calls += 1
+        # Carried on by a seventh message made, of none.
+        return succeed(ProcessingResult((), (Disposition(
+            envelope.recipients, Outcome("sent", "2.0.0", "x"), "mpa", 7),)))
+
+
+def test_a_result_that_does_not_hold_together_defers_the_message_like_a_failure(
+        tmp_path: Path) -> None:
+    processor = Inconsistent()
+    world = World(tmp_path, processor=processor)
+    world.enqueue(SENDER, RECIPIENTS)
+    world.scan()
+    world.scan()
+    (message,) = world.spool.messages()
+    assert processor.calls == 1 and message.state == "deferred"
+    assert message.envelope.attempts == 1
+    assert message.envelope.reason.startswith("processing failed (ValueError: ")
+
+
+@implementer(IMessageProcessor)
+class Steered:
+    """
+    Processing that waits for the test (the admin acts meanwhile).
+    """
+
+    def __init__(self) -> None:
+        self.waiting: Deferred[None] = Deferred()
+
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
+        d: Deferred[Any] = self.waiting.addCallback(
+            lambda _: Splitting().process(envelope, content))
+        return d
+
+
+def test_a_message_held_while_it_is_processed_keeps_its_results_held(tmp_path: Path) -> None:
+    processor = Steered()
+    world = World(tmp_path, processor=processor)
+    queue_id = world.enqueue(SENDER, RECIPIENTS)
+    scan = Deferred.fromCoroutine(world.runner.scan())
+    assert result_of(world.queue.hold(queue_id))
+    processor.waiting.callback(None)
+    assert scan.called and world.network.queued == []
+    assert {state for _, state, _ in world.queued()} == {"hold"} and len(world.queued()) == 3
+
+
+def test_a_message_deleted_while_it_is_processed_leaves_nothing(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    processor = Steered()
+    world = World(tmp_path, processor=processor)
+    queue_id = world.enqueue(SENDER, RECIPIENTS)
+    scan = Deferred.fromCoroutine(world.runner.scan())
+    assert result_of(world.queue.delete(queue_id))
+    processor.waiting.callback(None)
+    assert scan.called and world.network.queued == [] and world.queued() == []
+    assert list((tmp_path / "spool" / "incoming").iterdir()) == []
+    assert f"{queue_id}: deleted while it was processed" in log_lines
+
+
+def test_the_senders_processed_message_keeps_the_queue_id_whatever_comes_first(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    @implementer(IMessageProcessor)
+    class NoticeFirst:
+        def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
+            results = Results()
+            results.send(Made("", ("a@example.com",), NOTICE))
+            results.deliver(envelope.sender, envelope.recipients, PROCESSED_CONTENT)
+            return succeed(results.result())
+
+    world = World(tmp_path, processor=NoticeFirst())
+    queue_id = world.enqueue(SENDER, ("b@example.com",))
+    world.scan()
+    world.scan()
+    assert any(line.startswith(f"{queue_id}: to=<b@example.com>, relay=relay")
+               and "status=sent" in line for line in log_lines), log_lines
+    (notice,) = [line for line in log_lines if "made by processing" in line]
+    assert not notice.startswith(queue_id)

@@ -406,20 +406,7 @@ class QueueRunner:
                 envelope = replace(envelope, extra={**envelope.extra, PROCESSED: True})
                 queued = replace(queued, envelope=envelope)
             else:
-                try:
-                    written = await self._write_results(queued, content, processed, started)
-                except SpoolError as e:
-                    # Nothing was written (or all of it, and the next start
-                    # queues it): the original is processed again later.
-                    log.error("{queue_id}: the results of processing could not be queued: "
-                              "{why}", queue_id=queue_id, why=e)
-                    outcome = Outcome("deferred", "4.3.0", f"the results of processing could "
-                                                           f"not be queued: {e}")
-                    for recipient in envelope.recipients:
-                        self._log_outcome(envelope, recipient, outcome, "none", started)
-                    await self._settle(queued, content,
-                                       dict.fromkeys(envelope.recipients, outcome), started)
-                    return False
+                written = await self._write_results(queued, content, processed, started)
                 if written is None:
                     return False
                 queued, content = written
@@ -478,13 +465,106 @@ class QueueRunner:
                              ) -> tuple[QueuedMessage, bytes] | None:
         """
         Queue what processing made of a message and settle it, in one step
-        (L{ISpool.commit}); log what became of each of its recipients.
+        (L{ISpool.commit}); log what became of each of its recipients.  A
+        result that cannot be queued (nothing written, or a processor's
+        result that does not hold together) defers the message as it is,
+        to be processed again, as a processing failure does.
 
         @return: what now lies under its queue id (its processed form, to
             be delivered in this attempt), or C{None}: nothing (or only
             recipients processing deferred, deferred here).
         """
         envelope = queued.envelope
+        try:
+            planned = self._plan(envelope, content, result)
+            made, ids, dispositions, kept, failed = planned
+            results = [(Envelope(ids[i], made[i].sender, made[i].recipients, envelope.received,
+                                 client="mpa", extra={PROCESSED: True}), made[i].content)
+                       for i in sorted(range(len(made)), key=lambda i: ids[i] != envelope.queue_id)]
+            keep = replace(envelope, recipients=tuple(kept)) if kept else None
+            head: QueuedMessage | None = queued
+            others: list[QueuedMessage] = []
+            if made or len(kept) < len(envelope.recipients):
+                head, others = await self._queue.commit(envelope.queue_id, results, keep)
+            # else nothing made, nobody settled: nothing to write.
+        except KeyError:
+            log.info("{queue_id}: deleted while it was processed", queue_id=envelope.queue_id)
+            return None
+        except Exception as e:
+            if isinstance(e, SpoolError):
+                log.error("{queue_id}: the results of processing could not be queued: {why}",
+                          queue_id=envelope.queue_id, why=e)
+                why = f"the results of processing could not be queued: {e}"
+            else:
+                log.failure("{queue_id}: the results of processing could not be queued",
+                            queue_id=envelope.queue_id)
+                why = f"processing failed ({type(e).__name__}: {str(e)[:200]})"
+            outcome = Outcome("deferred", "4.3.0", why)
+            for recipient in envelope.recipients:
+                self._log_outcome(envelope, recipient, outcome, "none", started)
+            await self._settle(queued, content, dict.fromkeys(envelope.recipients, outcome),
+                               started)
+            return None
+        for recipient in envelope.recipients:
+            disposition = dispositions[recipient]
+            outcome = disposition.outcome
+            if outcome.status == "deferred":
+                continue  # logged when it is deferred, below
+            if disposition.made is not None:
+                if ids[disposition.made] == envelope.queue_id and \
+                        recipient in made[disposition.made].recipients:
+                    continue  # its delivery is logged under the same queue id
+                outcome = replace(outcome, reason=f"queued as {ids[disposition.made]}: "
+                                                  f"{outcome.reason}")
+            self._log_outcome(envelope, recipient, outcome, disposition.relay, started)
+        if failed and not envelope.sender:
+            log.info("{queue_id}: undeliverable bounce discarded (null sender)",
+                     queue_id=envelope.queue_id)
+        elif failed:
+            log.info("{queue_id}: sender non-delivery notification: {bounce_id}",
+                     queue_id=envelope.queue_id, bounce_id=ids[-1])
+        if head is not None and keep is None and head.envelope.sender != envelope.sender:
+            others = [head, *others]  # logged as made: another message now has this id
+        for other in others:
+            log.info("{queue_id}: from=<{sender}>, size={size}, nrcpt={count} (queue {state}; "
+                     "made by processing {parent})", queue_id=other.envelope.queue_id,
+                     sender=other.envelope.sender, size=other.size,
+                     count=len(other.envelope.recipients), state=other.state,
+                     parent=envelope.queue_id)
+            if other.state == "active" and other.envelope.queue_id != envelope.queue_id:
+                self.deliver_soon(other.envelope.queue_id)
+        for callback in result.written:
+            try:
+                await callback()
+            except Exception:
+                log.failure("{queue_id}: after processing's results were written",
+                            queue_id=envelope.queue_id)
+        if head is None:
+            log.info("{queue_id}: removed", queue_id=envelope.queue_id)
+            return None
+        if keep is not None:
+            await self._settle(head, content, {r: dispositions[r].outcome for r in kept},
+                               started)
+            for recipient in kept:
+                self._log_outcome(envelope, recipient, dispositions[recipient].outcome,
+                                  dispositions[recipient].relay, started)
+            return None
+        return head, results[0][1]
+
+    def _plan(self, envelope: Envelope, content: bytes, result: ProcessingResult
+              ) -> tuple[list[Made], list[str], dict[str, Disposition], list[str],
+                         list[Failed]]:
+        """
+        What to write for C{result}: the messages made (with a bounce for
+        recipients refused and not told), their queue ids, each
+        recipient's disposition, the recipients that stay with the
+        original, and those to bounce.  The processed original (the
+        sender's message, to some of its recipients) takes the original's
+        queue id, unless recipients stay with it; failing that, the first
+        message made does.
+
+        @raise ValueError: the result does not hold together.
+        """
         dispositions: dict[str, Disposition] = {}
         for disposition in result.dispositions:
             for recipient in disposition.recipients:
@@ -507,65 +587,12 @@ class QueueRunner:
                 my_hostname=config.my_hostname, queue_id=envelope.queue_id,
                 sender=envelope.sender, received=envelope.received,
                 now=self._clock.seconds(), failed=failed, original=content)))
-        if not made and len(kept) == len(envelope.recipients):
-            # Nothing made, nobody settled: deferred as it is.
-            outcomes = {r: dispositions[r].outcome for r in kept}
-            for recipient in kept:
-                self._log_outcome(envelope, recipient, outcomes[recipient],
-                                  dispositions[recipient].relay, started)
-            await self._settle(queued, content, outcomes, started)
-            return None
         ids = [new_queue_id() for _ in made]
-        keep = None
-        if kept:
-            keep = replace(envelope, recipients=tuple(kept))
-        elif made:
-            ids[0] = envelope.queue_id  # the first takes the original's place
-        results = [(Envelope(queue_id, m.sender, m.recipients, envelope.received,
-                             client="mpa", extra={PROCESSED: True}), m.content)
-                   for queue_id, m in zip(ids, made, strict=True)]
-        head, others = await self._queue.commit(envelope.queue_id, results, keep)
-        for recipient in envelope.recipients:
-            disposition = dispositions[recipient]
-            outcome = disposition.outcome
-            if outcome.status == "deferred":
-                continue  # logged when it is deferred, below
-            if disposition.made is not None:
-                if ids[disposition.made] == envelope.queue_id and \
-                        recipient in made[disposition.made].recipients:
-                    continue  # its delivery is logged under the same queue id
-                outcome = replace(outcome, reason=f"queued as {ids[disposition.made]}: "
-                                                  f"{outcome.reason}")
-            self._log_outcome(envelope, recipient, outcome, disposition.relay, started)
-        if failed and not envelope.sender:
-            log.info("{queue_id}: undeliverable bounce discarded (null sender)",
-                     queue_id=envelope.queue_id)
-        elif failed:
-            log.info("{queue_id}: sender non-delivery notification: {bounce_id}",
-                     queue_id=envelope.queue_id, bounce_id=ids[-1])
-        for other in others:
-            log.info("{queue_id}: from=<{sender}>, size={size}, nrcpt={count} (queue active; "
-                     "made by processing {parent})", queue_id=other.envelope.queue_id,
-                     sender=other.envelope.sender, size=other.size,
-                     count=len(other.envelope.recipients), parent=envelope.queue_id)
-            self.deliver_soon(other.envelope.queue_id)
-        for callback in result.written:
-            try:
-                await callback()
-            except Exception:
-                log.failure("{queue_id}: after processing's results were written",
-                            queue_id=envelope.queue_id)
-        if head is None:
-            log.info("{queue_id}: removed", queue_id=envelope.queue_id)
-            return None
-        if keep is not None:
-            await self._settle(head, content, {r: dispositions[r].outcome for r in kept},
-                               started)
-            for recipient in kept:
-                self._log_outcome(envelope, recipient, dispositions[recipient].outcome,
-                                  dispositions[recipient].relay, started)
-            return None
-        return head, results[0][1]
+        if made and not kept:
+            head = next((i for i, m in enumerate(made) if m.sender == envelope.sender
+                         and set(m.recipients) <= set(envelope.recipients)), 0)
+            ids[head] = envelope.queue_id
+        return made, ids, dispositions, kept, failed
 
     def _database_unavailable(self, queue_id: str, error: DatabaseUnavailable) -> None:
         if self._database_down_since is not None:

@@ -130,8 +130,12 @@ class ISpool(Interface):
             its recipients stay with it (deferred by processing); its
             content does not change.
         @return: what now lies under C{queue_id} (C{None} when nothing
-            does), and the other results, queued in C{active}.
-        @raise KeyError: no message with that id.
+            does), and the other results, queued in C{active} (in C{hold}
+            when the message was held).  A result that cannot be moved
+            there after the commit is not returned: it is tried again at
+            each scan (L{messages}) and before the message is removed.
+        @raise KeyError: no message with that id (deleted meanwhile);
+            nothing was written.
         @raise SpoolError: nothing could be written; the message is as it
             was.
         """
@@ -201,6 +205,9 @@ class DirectorySpool:
         self._lock = threading.RLock()
         # Envelopes not yet on disk, by queue id (see the class docstring).
         self._unwritten: dict[str, Envelope] = {}
+        # Committed results not yet moved out of incoming/, by the queue id
+        # of the message they were made of: (their state, their ids).
+        self._pending: dict[str, tuple[str, list[str]]] = {}
         for name in (_INCOMING, *STATES):
             (directory / name).mkdir(mode=0o700, parents=True, exist_ok=True)
         # A message still in incoming/ was never answered 250: its client
@@ -393,26 +400,21 @@ class DirectorySpool:
     def commit(self, queue_id: str, results: Sequence[tuple[Envelope, bytes]],
                keep: Envelope | None = None) -> tuple[QueuedMessage | None,
                                                       list[QueuedMessage]]:
-        with self._lock:
-            return self._commit(queue_id, results, keep)
-
-    def _commit(self, queue_id: str, results: Sequence[tuple[Envelope, bytes]],
-                keep: Envelope | None) -> tuple[QueuedMessage | None, list[QueuedMessage]]:
-        state, path = self._find(queue_id)
         if keep is None and not results:
-            self._remove(queue_id)
+            self.remove(queue_id)
             return None, []
         followers = list(results) if keep is not None else list(results[1:])
         incoming = self.directory / _INCOMING
         staged: list[Path] = []
-        head = incoming / queue_id
+        # New names only: written without the lock, as store() writes.
+        head = incoming / f"{queue_id}.commit"
         try:
             for envelope, content in followers:
                 if not QUEUE_ID.fullmatch(envelope.queue_id) or any(
                         (self.directory / s / envelope.queue_id).exists() for s in STATES):
                     raise SpoolError(f"the queue id {envelope.queue_id!r} is not free")
+                _write_file(incoming / envelope.queue_id, "xb", envelope, content)
                 staged.append(incoming / envelope.queue_id)
-                _write_file(staged[-1], "xb", envelope, content)
             if keep is not None:
                 head_envelope, head_content = keep, self.load(queue_id)[1]
             else:
@@ -423,36 +425,80 @@ class DirectorySpool:
                     **head_envelope.extra, RESULTS: [e.queue_id for e, _ in followers]})
                 _fsync_directory(incoming)  # the staged names, before the commit
             _write_file(head, "wb", head_envelope, head_content)
-            # The commit: one rename.
-            self._rename(head, path)
-        except (OSError, SpoolError) as e:
+            with self._lock:
+                state, path = self._find(queue_id)
+                # The commit: one rename.
+                self._rename(head, path)
+                self._unwritten.pop(queue_id, None)
+                if followers:
+                    self._pending[queue_id] = (
+                        "hold" if state == "hold" else "active",
+                        [e.queue_id for e, _ in followers])
+        except (OSError, SpoolError, KeyError) as e:
             for leftover in (*staged, head):
                 leftover.unlink(missing_ok=True)
-            if isinstance(e, SpoolError):
+            if isinstance(e, (SpoolError, KeyError)):
                 raise
             raise SpoolError(f"cannot write the results of processing: "
                              f"{e.strerror or e}") from e
-        self._unwritten.pop(queue_id, None)
-        active = self.directory / "active"
         try:
-            for staged_path in staged:
-                os.link(staged_path, active / staged_path.name)
-                os.unlink(staged_path)
             _fsync_directory(path.parent)
-            if path.parent != active and staged:
-                _fsync_directory(active)
         except OSError as e:
-            raise SpoolError(f"the results of processing are written but not all queued "
-                             f"({e.strerror or e}): the next start queues them") from e
+            log.warn("{queue_id}: the queue directory could not be flushed ({why})",
+                     queue_id=queue_id, why=e.strerror or e)
+        with self._lock:
+            queued = self._queue_pending(queue_id)
+        sizes = {e.queue_id: len(c) for e, c in followers}
         return (QueuedMessage(head_envelope, state, path, len(head_content)),
-                [QueuedMessage(envelope, "active", active / envelope.queue_id, len(content))
-                 for envelope, content in followers])
+                [QueuedMessage(e, s, p, sizes[e.queue_id]) for e, s, p in queued])
+
+    def _queue_pending(self, queue_id: str) -> list[tuple[Envelope, str, Path]]:
+        """
+        Move the committed results of C{queue_id} still staged in incoming/
+        into their state (C{active}, or C{hold} when the message was held);
+        what cannot be moved now stays pending, tried again by the next
+        scan and before the message is removed (and by the next start).
+        """
+        state, names = self._pending.pop(queue_id, ("active", []))
+        queued: list[tuple[Envelope, str, Path]] = []
+        left: list[str] = []
+        for name in names:
+            staged, target = self.directory / _INCOMING / name, self.directory / state / name
+            try:
+                with open(staged, "rb") as f:
+                    envelope = self._read_envelope(f, staged)
+                try:
+                    os.link(staged, target)
+                except FileExistsError:
+                    pass  # moved by an earlier try
+                os.unlink(staged)
+            except (OSError, SpoolError) as e:
+                log.error("{queue_id}: made by processing {parent}, written, not yet queued "
+                          "({why}); tried again at the next scan", queue_id=name,
+                          parent=queue_id, why=getattr(e, "strerror", None) or e)
+                left.append(name)
+                continue
+            queued.append((envelope, state, target))
+        if left:
+            self._pending[queue_id] = (state, left)
+        if queued:
+            try:
+                _fsync_directory(self.directory / state)
+            except OSError as e:
+                log.warn("{queue_id}: the queue directory could not be flushed ({why})",
+                         queue_id=queue_id, why=e.strerror or e)
+        return queued
 
     def remove(self, queue_id: str) -> bool:
         with self._lock:
             return self._remove(queue_id)
 
     def _remove(self, queue_id: str) -> bool:
+        if queue_id in self._pending:
+            # Its results first: once it is gone, nothing names them.
+            self._queue_pending(queue_id)
+            if queue_id in self._pending:
+                raise SpoolError(f"{queue_id}: its results are not all queued yet")
         self._unwritten.pop(queue_id, None)
         try:
             _, path = self._find(queue_id)
@@ -486,4 +532,7 @@ class DirectorySpool:
                 yield QueuedMessage(unwritten.get(path.name, envelope), state, path, size)
 
     def messages(self) -> list[QueuedMessage]:
+        with self._lock:
+            for queue_id in list(self._pending):
+                self._queue_pending(queue_id)
         return sorted(self._all(), key=lambda m: (m.envelope.received, m.envelope.queue_id))
