@@ -181,30 +181,43 @@ class WebmailRelay:
     async def _deliver(self, envelope: Envelope, metadata: TunnelMetadata, original: bytes,
                        config: MTAConfig, results: Results) -> Outcome:
         addresses = sorted({r.lower() for r in metadata.recipients})
+        settings = await self._settings.by_address(["", *addresses])
+        subject = notify.one_line(subject_of(original))
         if await self._mailboxes.tunnel_seen(metadata.tunnel_id):
             # Handled already (and perhaps cleaned up since): a second copy
-            # from a gateway that crashed, or a replay; not again.
+            # from a gateway that crashed, or a replay; not stored again.
+            # Whoever is still to be told (this node crashed before its
+            # notices were written) is told now.
             log.info("Relay message {tunnel} was handled before; not again; Queue id: "
                      "{queue_id}", tunnel=metadata.tunnel_id, queue_id=envelope.queue_id)
+            told = await self._mailboxes.not_notified(metadata.tunnel_id, addresses)
+            for address in told:
+                account = await self._accounts.get(address)
+                if account is not None:
+                    self._notify(account, metadata.sender, subject, settings[address],
+                                 config, results)
+            results.when_written(functools.partial(
+                self._mailboxes.handled, metadata.tunnel_id, told, metadata.created,
+                self._clock.seconds()))
             return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id} "
                                             "was handled before")
-        settings = await self._settings.by_address(["", *addresses])
         stored: list[str] = []
         repeated: list[str] = []
         full: list[str] = []
         accounts: dict[str, Account] = {}
         for address in addresses:
-            # The account first (its row is the lock), in the same commit.
+            # The account first (its row is the lock), in the same commit;
+            # with the last, the tunnel id is recorded as handled.
             accounts[address], done = await self._mailboxes.invite_and_deliver(
                 address, metadata.tunnel_id, self._clock.seconds(), original,
                 receipt_to=metadata.sender if metadata.read_receipt else "",
-                limit=settings[address]["mailbox_size_limit"])
+                limit=settings[address]["mailbox_size_limit"],
+                created=metadata.created if address == addresses[-1] else None)
             {STORED: stored, REPEATED: repeated, FULL: full}[done].append(address)
         if repeated:
             log.info("Relay message {tunnel} was stored already for {rcpts}; not again; "
                      "Queue id: {queue_id}", tunnel=metadata.tunnel_id,
                      rcpts=", ".join(repeated), queue_id=envelope.queue_id)
-        subject = notify.one_line(subject_of(original))
         for address in stored:
             log.info("Relay message {tunnel} stored in the mailbox of {rcpt}; Sender: "
                      "{sender}; Queue id: {queue_id}", tunnel=metadata.tunnel_id, rcpt=address,
@@ -221,7 +234,7 @@ class WebmailRelay:
                      "{queue_id}", tunnel=metadata.tunnel_id, rcpts=", ".join(full),
                      queue_id=envelope.queue_id)
             self._mailbox_full(metadata.sender, full, subject, settings[""], config, results)
-        # One transaction, once the notices are on disk.
+        # Once the notices are on disk.
         results.when_written(functools.partial(
             self._mailboxes.handled, metadata.tunnel_id, told, metadata.created,
             self._clock.seconds()))

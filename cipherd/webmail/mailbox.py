@@ -144,17 +144,23 @@ class Mailboxes:
         return done
 
     async def invite_and_deliver(self, address: str, tunnel_id: str, received: float,
-                                 content: bytes, receipt_to: str = "", limit: int = 0
-                                 ) -> tuple[Account, str]:
+                                 content: bytes, receipt_to: str = "", limit: int = 0, *,
+                                 created: float | None = None) -> tuple[Account, str]:
         """
         L{Accounts.invite} and L{deliver_within} in one transaction (the
         webmail relay's: one commit per recipient, not two).
+
+        @param created: when the tunnel was made, to record the tunnel id
+            as handled in the same transaction (with its last recipient).
         """
         deliver = self._delivery(address, tunnel_id, received, content, receipt_to, limit)
 
         def write(conn: Connection) -> tuple[Account, str]:
             account, _ = invite_in(conn, address, received)
-            return account, deliver(conn)
+            done = deliver(conn)
+            if created is not None:
+                _record_tunnel(conn, tunnel_id, created, received)
+            return account, done
 
         done: tuple[Account, str] = await self._store.run(write)
         return done
