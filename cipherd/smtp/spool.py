@@ -226,29 +226,28 @@ class DirectorySpool:
                   if QUEUE_ID.fullmatch(p.name)}
         if not staged:
             return
-        moved = False
-        for state in STATES:
-            for path in (self.directory / state).iterdir():
-                if not QUEUE_ID.fullmatch(path.name):
+        moved: set[str] = set()
+        for state, path in self._queue_files():
+            try:
+                with open(path, "rb") as f:
+                    envelope = self._read_envelope(f, path)
+            except (SpoolError, OSError):
+                continue  # reported by the next scan
+            for queue_id in envelope.extra.get(RESULTS, ()):
+                if queue_id not in staged:
                     continue
-                try:
-                    with open(path, "rb") as f:
-                        envelope = self._read_envelope(f, path)
-                except (SpoolError, OSError):
-                    continue  # reported by the next scan
-                for queue_id in envelope.extra.get(RESULTS, ()):
-                    if queue_id not in staged:
-                        continue
-                    staged.discard(queue_id)
-                    if any((self.directory / s / queue_id).exists() for s in STATES):
-                        continue
-                    os.link(self.directory / _INCOMING / queue_id,
-                            self.directory / "active" / queue_id)
-                    moved = True
-                    log.info("{queue_id}: queued after a restart (made by processing "
-                             "{parent})", queue_id=queue_id, parent=path.name)
-        if moved:
-            _fsync_directory(self.directory / "active")
+                staged.discard(queue_id)
+                if any((self.directory / s / queue_id).exists() for s in STATES):
+                    continue
+                # Held with the message they were made of, as at run time.
+                target = "hold" if state == "hold" else "active"
+                os.link(self.directory / _INCOMING / queue_id,
+                        self.directory / target / queue_id)
+                moved.add(target)
+                log.info("{queue_id}: queued after a restart (made by processing "
+                         "{parent})", queue_id=queue_id, parent=path.name)
+        for target in moved:
+            _fsync_directory(self.directory / target)
 
     def _finish_interrupted_deferrals(self) -> None:
         # Only a deferral writes a next attempt, and only into deferred/ (or
@@ -509,27 +508,30 @@ class DirectorySpool:
         path.unlink(missing_ok=True)
         return True
 
+    def _queue_files(self) -> Iterator[tuple[str, Path]]:
+        for state in STATES:
+            for path in (self.directory / state).iterdir():
+                if QUEUE_ID.fullmatch(path.name):
+                    yield state, path
+
     def _all(self) -> Iterator[QueuedMessage]:
         with self._lock:
             unwritten = dict(self._unwritten)
-        for state in STATES:
-            for path in (self.directory / state).iterdir():
-                if not QUEUE_ID.fullmatch(path.name):
-                    continue
-                try:
-                    with open(path, "rb") as f:
-                        envelope = self._read_envelope(f, path)
-                        header = f.tell()
-                    size = path.stat().st_size - header
-                except FileNotFoundError:
-                    # Delivered (or moved) while the queue was being read:
-                    # one message's going must not stop the whole scan.
-                    continue
-                except SpoolError as e:
-                    log.error("{why}: left where it is for the administrator ({path})",
-                              why=e, path=path)
-                    continue
-                yield QueuedMessage(unwritten.get(path.name, envelope), state, path, size)
+        for state, path in self._queue_files():
+            try:
+                with open(path, "rb") as f:
+                    envelope = self._read_envelope(f, path)
+                    header = f.tell()
+                size = path.stat().st_size - header
+            except FileNotFoundError:
+                # Delivered (or moved) while the queue was being read:
+                # one message's going must not stop the whole scan.
+                continue
+            except SpoolError as e:
+                log.error("{why}: left where it is for the administrator ({path})",
+                          why=e, path=path)
+                continue
+            yield QueuedMessage(unwritten.get(path.name, envelope), state, path, size)
 
     def messages(self) -> list[QueuedMessage]:
         with self._lock:
