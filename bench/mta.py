@@ -7,7 +7,7 @@ For 10 KB and 100 KB messages with 20 parallel sessions it prints, for
 each MTA, the accepted rate (messages per second until smtp-source is done:
 each accepted message is on disk, fsynced, before its 250) and the
 delivered rate (messages per second until the sink has them all), and the
-ratio cipherd / Postfix of the delivered rates; the target is >= 0.5 for
+ratio cipherd / Postfix of the delivered rates; the target is >= 0.8 for
 10 KB.  Needs root (Postfix's master) and the Debian packages the test
 command installs (postfix, for smtp-source, smtp-sink and the relay).
 
@@ -45,7 +45,7 @@ from tests.postfix import Postfix  # noqa: E402
 SESSIONS = 20
 PASSWORD = "purple-otter-canvas-91"  # noqa: S105 - the throwaway appliance's admin password
 SIZES = {"10 KB": 10 * 1024, "100 KB": 100 * 1024}
-TARGET = 0.5
+TARGET = 0.8  # issue 13 (0.5 before)
 
 
 def free_port() -> int:
