@@ -177,6 +177,16 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _flush_after_commit(directory: Path, queue_id: str) -> None:
+    # The commit has happened: a directory that cannot be flushed now is
+    # flushed by the next change to it, and is no reason to undo anything.
+    try:
+        _fsync_directory(directory)
+    except OSError as e:
+        log.warn("{queue_id}: the queue directory could not be flushed ({why})",
+                 queue_id=queue_id, why=e.strerror or e)
+
+
 Rename = Callable[[Path, Path], None]
 
 
@@ -214,8 +224,10 @@ class DirectorySpool:
         # will send it again.  A half-written new envelope there is the
         # old file's: that one is still in place.
         self._finish_interrupted_commits()
+        pending = {name for _, names in self._pending.values() for name in names}
         for leftover in (directory / _INCOMING).iterdir():
-            leftover.unlink()
+            if leftover.name not in pending:
+                leftover.unlink()
         self._finish_interrupted_deferrals()
 
     def _finish_interrupted_commits(self) -> None:
@@ -226,28 +238,21 @@ class DirectorySpool:
                   if QUEUE_ID.fullmatch(p.name)}
         if not staged:
             return
-        moved: set[str] = set()
         for state, path in self._queue_files():
             try:
                 with open(path, "rb") as f:
                     envelope = self._read_envelope(f, path)
             except (SpoolError, OSError):
                 continue  # reported by the next scan
-            for queue_id in envelope.extra.get(RESULTS, ()):
-                if queue_id not in staged:
-                    continue
-                staged.discard(queue_id)
-                if any((self.directory / s / queue_id).exists() for s in STATES):
-                    continue
-                # Held with the message they were made of, as at run time.
-                target = "hold" if state == "hold" else "active"
-                os.link(self.directory / _INCOMING / queue_id,
-                        self.directory / target / queue_id)
-                moved.add(target)
+            names = [name for name in envelope.extra.get(RESULTS, ()) if name in staged]
+            if not names:
+                continue
+            staged.difference_update(names)
+            # Held with the message they were made of, as at run time.
+            self._pending[path.name] = ("hold" if state == "hold" else "active", names)
+            for name in self._queue_pending(path.name)[1]:
                 log.info("{queue_id}: queued after a restart (made by processing "
-                         "{parent})", queue_id=queue_id, parent=path.name)
-        for target in moved:
-            _fsync_directory(self.directory / target)
+                         "{parent})", queue_id=name, parent=path.name)
 
     def _finish_interrupted_deferrals(self) -> None:
         # Only a deferral writes a next attempt, and only into deferred/ (or
@@ -287,9 +292,7 @@ class DirectorySpool:
         # messages goes on at once; the id is new, nothing else touches it.
         incoming = self.directory / _INCOMING / envelope.queue_id
         target = self.directory / "active" / envelope.queue_id
-        if not QUEUE_ID.fullmatch(envelope.queue_id) or any(
-                (self.directory / state / envelope.queue_id).exists() for state in STATES):
-            raise SpoolError(f"the queue id {envelope.queue_id!r} is not free")
+        self._check_free(envelope.queue_id)
         try:
             _write_file(incoming, "xb", envelope, content)
             # A hard link, not a rename: it fails rather than overwrite.
@@ -303,6 +306,11 @@ class DirectorySpool:
             incoming.unlink(missing_ok=True)
             raise SpoolError(f"cannot write the queue file: {e.strerror or e}") from e
         return QueuedMessage(envelope, "active", target, len(content))
+
+    def _check_free(self, queue_id: str) -> None:
+        if not QUEUE_ID.fullmatch(queue_id) or any(
+                (self.directory / state / queue_id).exists() for state in STATES):
+            raise SpoolError(f"the queue id {queue_id!r} is not free")
 
     def _find(self, queue_id: str) -> tuple[str, Path]:
         if not QUEUE_ID.fullmatch(queue_id):
@@ -409,9 +417,7 @@ class DirectorySpool:
         head = incoming / f"{queue_id}.commit"
         try:
             for envelope, content in followers:
-                if not QUEUE_ID.fullmatch(envelope.queue_id) or any(
-                        (self.directory / s / envelope.queue_id).exists() for s in STATES):
-                    raise SpoolError(f"the queue id {envelope.queue_id!r} is not free")
+                self._check_free(envelope.queue_id)
                 _write_file(incoming / envelope.queue_id, "xb", envelope, content)
                 staged.append(incoming / envelope.queue_id)
             if keep is not None:
@@ -440,53 +446,45 @@ class DirectorySpool:
                 raise
             raise SpoolError(f"cannot write the results of processing: "
                              f"{e.strerror or e}") from e
-        try:
-            _fsync_directory(path.parent)
-        except OSError as e:
-            log.warn("{queue_id}: the queue directory could not be flushed ({why})",
-                     queue_id=queue_id, why=e.strerror or e)
+        _flush_after_commit(path.parent, queue_id)
         with self._lock:
-            queued = self._queue_pending(queue_id)
-        sizes = {e.queue_id: len(c) for e, c in followers}
+            state_of_results, queued = self._queue_pending(queue_id)
         return (QueuedMessage(head_envelope, state, path, len(head_content)),
-                [QueuedMessage(e, s, p, sizes[e.queue_id]) for e, s, p in queued])
+                [QueuedMessage(e, state_of_results, self.directory / state_of_results / e.queue_id,
+                               len(c)) for e, c in followers if e.queue_id in queued])
 
-    def _queue_pending(self, queue_id: str) -> list[tuple[Envelope, str, Path]]:
+    def _queue_pending(self, queue_id: str) -> tuple[str, list[str]]:
         """
         Move the committed results of C{queue_id} still staged in incoming/
         into their state (C{active}, or C{hold} when the message was held);
         what cannot be moved now stays pending, tried again by the next
         scan and before the message is removed (and by the next start).
+
+        @return: the state, and the queue ids moved into it now.
         """
         state, names = self._pending.pop(queue_id, ("active", []))
-        queued: list[tuple[Envelope, str, Path]] = []
+        queued: list[str] = []
         left: list[str] = []
         for name in names:
-            staged, target = self.directory / _INCOMING / name, self.directory / state / name
+            staged = self.directory / _INCOMING / name
             try:
-                with open(staged, "rb") as f:
-                    envelope = self._read_envelope(f, staged)
                 try:
-                    os.link(staged, target)
+                    os.link(staged, self.directory / state / name)
                 except FileExistsError:
                     pass  # moved by an earlier try
                 os.unlink(staged)
-            except (OSError, SpoolError) as e:
+            except OSError as e:
                 log.error("{queue_id}: made by processing {parent}, written, not yet queued "
                           "({why}); tried again at the next scan", queue_id=name,
-                          parent=queue_id, why=getattr(e, "strerror", None) or e)
+                          parent=queue_id, why=e.strerror or e)
                 left.append(name)
                 continue
-            queued.append((envelope, state, target))
+            queued.append(name)
         if left:
             self._pending[queue_id] = (state, left)
         if queued:
-            try:
-                _fsync_directory(self.directory / state)
-            except OSError as e:
-                log.warn("{queue_id}: the queue directory could not be flushed ({why})",
-                         queue_id=queue_id, why=e.strerror or e)
-        return queued
+            _flush_after_commit(self.directory / state, queue_id)
+        return state, queued
 
     def remove(self, queue_id: str) -> bool:
         with self._lock:
