@@ -39,7 +39,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
 from cipherd.config import Config
-from cipherd.core.addresses import canonical_address
 from cipherd.core.clock import utc_from_seconds
 from cipherd.datadir import prepare_data_dir, read_kek
 from cipherd.logs import MailLogsService
@@ -311,16 +310,11 @@ def make_service(config: Config, reactor: Any) -> IService:
         listener._raiseSynchronously = True
         listener.setServiceParent(startup)
 
-    async def relay_recipient(address: str) -> bool:
-        relay = (await settings.by_address([""]))[""]["relay_recipient"]
-        return bool(relay) and canonical_address(address).lower() == \
-            canonical_address(relay).lower()
-
     smtp = StreamServerEndpointService(
         serverFromString(reactor, with_backlog(config.smtp_listen)),
         SMTPFactory(mta.receive_policy, queue_runner.accept, reactor, options,
                     verify=AddressVerifier(queue_runner.probe, reactor,
-                                           handled_here=relay_recipient).verify,
+                                           handled_here=processor.is_relay_recipient).verify,
                     free_space=lambda: shutil.disk_usage(data.spool).free),
     )
     smtp._raiseSynchronously = True

@@ -215,6 +215,9 @@ def test_the_composite_sends_the_relay_recipient_to_the_relay_and_the_rest_to_th
     result = result_of(process())
     assert relay.seen == [("webmail@webmail.local",)]
     assert gateway.seen == [("bob@example.com", "carol@example.com")]
+    # The SMTP server's recipient verification asks the same question.
+    assert result_of(composite.is_relay_recipient('"webmail"@WEBMAIL.local.'))
+    assert not result_of(composite.is_relay_recipient("bob@example.com"))
     by_recipients = {d.recipients: result.made[d.made].content for d in result.dispositions
                      if d.made is not None}
     assert by_recipients == {("webmail@webmail.local",): b"Mrelay",

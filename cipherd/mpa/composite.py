@@ -6,6 +6,7 @@ gateway (L{cipherd.mpa.gateway}), and what both made is one result.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from twisted.internet.defer import Deferred
@@ -34,11 +35,21 @@ class Composite:
     def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
         return Deferred.fromCoroutine(self._process(envelope, content))
 
-    async def _process(self, envelope: Envelope, content: bytes) -> ProcessingResult:
+    async def is_relay_recipient(self, address: str) -> bool:
+        """
+        Whether mail for C{address} is the webmail relay's (the SMTP
+        server's recipient verification asks: it is handled here).
+        """
+        return bool(await self._relayed([address]))
+
+    async def _relayed(self, addresses: Iterable[str]) -> tuple[str, ...]:
         relay_recipient = canonical_address(
             (await self._settings.by_address([""]))[""]["relay_recipient"]).lower()
-        relayed = tuple(r for r in envelope.recipients
-                        if relay_recipient and canonical_address(r).lower() == relay_recipient)
+        return tuple(r for r in addresses
+                     if relay_recipient and canonical_address(r).lower() == relay_recipient)
+
+    async def _process(self, envelope: Envelope, content: bytes) -> ProcessingResult:
+        relayed = await self._relayed(envelope.recipients)
         others = tuple(r for r in envelope.recipients if r not in relayed)
         result = ProcessingResult()
         if relayed:
