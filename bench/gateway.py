@@ -60,7 +60,7 @@ from cipherd.pki.certs import create_tunnel_certificate, thumbprint  # noqa: E40
 from cipherd.pki.certstore import CertificateStore  # noqa: E402
 from cipherd.store import Store, create_engine_for_url  # noqa: E402
 from cipherd.testing import SynchronousRunner, result_of  # noqa: E402
-from cipherd.testing.certificates import ec_ca, many_certificates  # noqa: E402
+from cipherd.testing.certificates import ec_ca, many_certificates, root_ca  # noqa: E402
 
 SIZE = 10 * 1024
 SENDER = "bench@example.org"
@@ -82,15 +82,7 @@ def make_pki() -> tuple[bytes, bytes, bytes]:
     """
     now = datetime.now(UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca = (x509.CertificateBuilder().subject_name(_name("Bench CA")).issuer_name(_name("Bench CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                       False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = root_ca("Bench CA", ca_key, now - timedelta(days=1), now + timedelta(days=30))
 
     def user(email: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

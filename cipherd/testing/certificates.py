@@ -303,8 +303,17 @@ def ec_ca(name: str, not_before: datetime,
     A self-signed P-256 root CA to issue L{many_certificates} with.
     """
     key = ec.generate_private_key(ec.SECP256R1())
+    return root_ca(name, key, not_before, not_after), key
+
+
+def root_ca(name: str, key: PrivateKey, not_before: datetime, not_after: datetime
+            ) -> x509.Certificate:
+    """
+    A self-signed root CA certificate for C{key} (certificate and CRL
+    signing, SHA-256).
+    """
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(not_before).not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -313,4 +322,3 @@ def ec_ca(name: str, not_before: datetime,
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
             .sign(key, hashes.SHA256()))
-    return cert, key
