@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Protocol
@@ -21,6 +22,7 @@ from zope.interface import implementer
 
 from cipherd.core.envelope import Envelope, Received
 from cipherd.smtp.bounce import BOUNCE_SIZE_LIMIT, Failed, build_bounce
+from cipherd.smtp.client import CACHE_IDLE, CACHE_LIFETIME
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.processing import ProcessingResult
 from cipherd.smtp.queue import (
@@ -34,7 +36,7 @@ from cipherd.smtp.queue import (
     describe,
 )
 from cipherd.smtp.routing import HopNotFound, IHopResolver, NextHop, next_hop
-from cipherd.smtp.server import ReceivePolicy, SMTPFactory
+from cipherd.smtp.server import ReceivePolicy, SMTPFactory, SMTPServer
 from cipherd.smtp.spool import DirectorySpool, Rename, new_queue_id
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.testing import PassThrough, SynchronousRunner, result_of
@@ -62,6 +64,36 @@ class FakeResolver:
         return succeed([(hop.host, address)])
 
 
+class _PumpedTransport(iosim.FakeTransport):
+    """
+    A client's transport that moves what it writes at once: a connection
+    the queue runner keeps for the next message is written to outside any
+    pumping.
+    """
+
+    pump: iosim.IOPump | None = None
+    _pumping = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.pump is not None and not self._pumping:
+            self._pumping = True
+            try:
+                self.pump.flush()
+            finally:
+                self._pumping = False
+
+
+def pumped(server: Protocol, client: Protocol) -> iosim.IOPump:
+    """
+    Connect C{client} to C{server} in memory, greeting done.
+    """
+    transport = _PumpedTransport(client, isServer=False)
+    transport.pump = iosim.connect(server, iosim.FakeTransport(server, isServer=True),
+                                   client, transport)
+    return transport.pump
+
+
 class Network:
     """
     The next hop (cipherd's server) and whether it answers.
@@ -74,6 +106,7 @@ class Network:
         self.policy = ReceivePolicy("next-hop.example.net", relay_domains=("example.com",))
         self.factory = SMTPFactory(lambda: self.policy, self._accept, clock)
         self.connections: list[tuple[str, int]] = []
+        self.servers: list[tuple[SMTPServer, iosim.IOPump]] = []
 
     def _accept(self, received: Received) -> Deferred[None]:
         self.queued.append(received)
@@ -84,9 +117,7 @@ class Network:
         if not self.up:
             return fail(error.ConnectionRefusedError())
         server = self.factory.buildProtocol(None)
-        pump = iosim.connect(server, iosim.FakeTransport(server, isServer=True),
-                             client, iosim.FakeTransport(client, isServer=False))
-        pump.flush()
+        self.servers.append((server, pumped(server, client)))
         return succeed(client)
 
 
@@ -372,8 +403,6 @@ def test_a_queue_file_that_cannot_be_renamed_is_not_delivered_again(tmp_path: Pa
 
 def test_a_host_that_refuses_at_the_greeting_hands_over_to_the_next_mx(
         tmp_path: Path, log_lines: list[str]) -> None:
-    from cipherd.smtp.server import SMTPServer
-
     class Busy(SMTPServer):
         def connectionMade(self) -> None:
             self.factory.sessions += 1
@@ -388,9 +417,7 @@ def test_a_host_that_refuses_at_the_greeting_hands_over_to_the_next_mx(
 
     def connect(address: str, port: int, client: Protocol) -> Deferred[Any]:
         if address == "192.0.2.1":
-            server = busy_factory.buildProtocol(None)
-            iosim.connect(server, iosim.FakeTransport(server, isServer=True),
-                          client, iosim.FakeTransport(client, isServer=False)).flush()
+            pumped(busy_factory.buildProtocol(None), client)
             return succeed(client)
         return real_connect(address, port, client)
 
@@ -556,6 +583,7 @@ def test_a_database_that_is_unavailable_is_retried_then_deferred_briefly_and_log
     down = sum(DATABASE_RETRY_WAITS) + DATABASE_DEFERRAL
     assert f"Processing works again: the database answered after {down:.0f} s (2 messages " \
            "were deferred meanwhile)" in log_lines
+    world.clock.advance(CACHE_IDLE)  # the connection kept for a next message is closed
     assert world.clock.getDelayedCalls() == []
 
 
@@ -688,3 +716,76 @@ def test_release_and_flush_still_mean_now(tmp_path: Path) -> None:
     assert len(world.network.connections) == 2
     result_of(world.runner.scan(flush=True))
     assert len(world.network.connections) == 3
+
+
+def test_messages_to_one_host_share_a_connection_that_waits_briefly_for_the_next(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    world = World(tmp_path)
+    first, second = world.enqueue(), world.enqueue()
+    world.scan()
+    assert world.queued() == [] and len(world.network.queued) == 2
+    # One connection, one greeting and EHLO: the second message followed
+    # the first's 250 with its own MAIL FROM.
+    assert world.network.connections == [("192.0.2.25", 25)]
+    assert sum("status=sent" in line for line in log_lines) == 2
+    assert world.network.factory.sessions == 1
+    world.clock.advance(CACHE_IDLE)
+    world.network.servers[0][1].flush()
+    assert world.network.factory.sessions == 0  # QUIT after the idle time
+    third = world.enqueue()
+    world.scan()
+    assert world.queued() == [] and len(world.network.connections) == 2
+    assert {first, second, third} <= {line.split(":")[0] for line in log_lines
+                                      if "status=sent" in line}
+
+
+@pytest.mark.parametrize("noticed", [True, False])
+def test_a_kept_connection_the_next_hop_closed_is_replaced_without_a_deferral(
+        tmp_path: Path, noticed: bool) -> None:
+    world = World(tmp_path)
+    world.enqueue()
+    world.scan()
+    server, pump = world.network.servers[0]
+    # The next hop ends the idle connection (its own timeout): noticed at
+    # once, or only when the next MAIL FROM meets a closed connection.
+    server._close_with(421, "4.4.2 next-hop.example.net Error: timeout exceeded")
+    if noticed:
+        pump.flush()
+    world.enqueue()
+    world.scan()
+    assert world.queued() == [] and len(world.network.queued) == 2
+    assert len(world.network.connections) == 2
+
+
+def test_a_connection_is_used_no_longer_than_its_lifetime(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    messages = int(CACHE_LIFETIME / (CACHE_IDLE / 2)) + 2
+    for _ in range(messages):
+        world.enqueue()
+        world.scan()
+        world.clock.advance(CACHE_IDLE / 2)
+    assert world.queued() == [] and len(world.network.queued) == messages
+    assert len(world.network.connections) == 2
+
+
+def test_a_transaction_that_did_not_end_cleanly_closes_its_connection(
+        tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.network.policy = ReceivePolicy("next-hop.example.net")  # relays for nobody
+    world.enqueue()
+    world.scan()
+    assert world.network.queued == []
+    for _, pump in world.network.servers:
+        pump.flush()
+    assert world.network.factory.sessions == 0
+
+
+def test_stopping_closes_the_connections_kept_for_a_next_message(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.enqueue()
+    world.scan()
+    assert world.network.factory.sessions == 1
+    world.runner.stop()
+    world.network.servers[0][1].flush()
+    assert world.network.factory.sessions == 0
+    assert world.clock.getDelayedCalls() == []

@@ -6,15 +6,20 @@ dot-stuffing works per chunk (FIELD-NOTES, "twisted.mail"): here the whole
 content is stuffed at once (RFC 5321 §4.5.2), so a line that starts with a
 dot is escaped wherever the transport splits the data.  Each recipient gets
 its own outcome, in Postfix's words, for the MTA log and for bounces.
+
+A connection whose transaction ended cleanly can carry the next message to
+the same host (L{ConnectionCache}, Postfix's connection cache): no new
+connection, greeting, EHLO or TLS handshake per message.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.policies import TimeoutMixin
@@ -27,6 +32,11 @@ MAX_REPLY_LINE = 2048
 MAX_REPLY_LINES = 100
 # Postfix's smtp_*_timeout defaults are 300 s for most stages.
 TIMEOUT = 300.0
+# Postfix's smtp_connection_cache_time_limit: how long a connection waits,
+# idle, for the next message; and smtp_connection_reuse_time_limit: how
+# long it is used at all.
+CACHE_IDLE = 2.0
+CACHE_LIFETIME = 300.0
 _REPLY = re.compile(rb"^(\d{3})([ -])(.*)$")
 
 
@@ -78,25 +88,35 @@ def _enhanced(code: int, text: str, default: str) -> str:
 
 class SMTPClient(Protocol, TimeoutMixin):
     """
-    Delivers one L{Delivery} over one connection, then QUITs.
+    Delivers one L{Delivery} over one connection, then QUITs; with C{keep},
+    a transaction the next hop answered at its end leaves the connection
+    open and L{idle} instead, for L{deliver} to send the next message.
 
     @ivar done: fires with the delivery, every recipient with an outcome.
     """
 
     def __init__(self, delivery: Delivery, peer: str, clock: IReactorTime,
-                 tls: CertificateOptions | None, timeout: float = TIMEOUT) -> None:
-        self.delivery = delivery
+                 tls: CertificateOptions | None, timeout: float = TIMEOUT, *,
+                 keep: bool = False) -> None:
         self.peer = peer  # "host[ip]" as the log names it
         self.tls = tls
         self.callLater = clock.callLater  # type: ignore[assignment]
+        self.opened = clock.seconds()
         self._timeout = timeout
-        self.done: Deferred[Delivery] = Deferred()
+        self._keep = keep
         self._buffer = bytearray()
         self._lines: list[bytes] = []
         self._stage = "greeting"
         self._esmtp = True
         self._tls_active = False
         self._extensions: set[str] = set()
+        # Told when an idle connection can no longer be used.
+        self._idle_ended: Callable[[SMTPClient], None] | None = None
+        self._transaction(delivery)
+
+    def _transaction(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.done: Deferred[Delivery] = Deferred()
         self._pending = list(delivery.recipients)
         self._accepted: list[str] = []
         self._finished = False
@@ -106,12 +126,62 @@ class SMTPClient(Protocol, TimeoutMixin):
         # the host's, and another host of the destination may be tried.
         self.reached_mail = False
 
+    @property
+    def idle(self) -> bool:
+        """
+        Whether the connection is open between transactions, ready for
+        L{deliver}.
+        """
+        return (self._stage == "idle" and self.transport is not None
+                and bool(getattr(self.transport, "connected", True))
+                and not getattr(self.transport, "disconnecting", False))
+
+    def deliver(self, delivery: Delivery) -> Deferred[Delivery]:
+        """
+        Send the next message over this idle connection: MAIL FROM at once
+        (the greeting, EHLO and STARTTLS are done).
+
+        @return: L{done} for this delivery.
+        """
+        if not self.idle:
+            raise RuntimeError("the connection is not idle")
+        self._idle_ended = None
+        self._transaction(delivery)
+        self.setTimeout(self._timeout)
+        self._mail()
+        return self.done
+
+    def wait_idle(self, ended: Callable[[SMTPClient], None]) -> None:
+        """
+        Be kept idle; C{ended} is told if the next hop speaks or hangs up
+        meanwhile (the connection is closed then).
+        """
+        self._idle_ended = ended
+
+    def close_idle(self) -> None:
+        """
+        Say goodbye on an idle connection and close it.
+        """
+        self._idle_ended = None
+        if self._stage == "idle":
+            self._stage = "closed"
+            self._send("QUIT")
+            assert self.transport is not None
+            self.transport.loseConnection()
+
     # Transport -------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.setTimeout(self._timeout)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._stage == "idle":
+            # Between transactions the next hop has nothing to say but a
+            # 421 as it closes: this connection is done.
+            self._end_idle()
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
         self.resetTimeout()
         self._buffer += data
         while not self._finished:
@@ -144,6 +214,8 @@ class SMTPClient(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
+        if self._stage == "idle":
+            self._end_idle()
         if not self._finished:
             self._fail_all("deferred", "4.4.2", f"lost connection with {self.peer} while "
                            f"{self._stage_words()}", close=False)
@@ -155,6 +227,7 @@ class SMTPClient(Protocol, TimeoutMixin):
             "starttls": "performing the STARTTLS handshake",
             "mail": "sending MAIL FROM", "rcpt": "sending RCPT TO", "data": "sending DATA",
             "content": "sending message body", "quit": "sending QUIT",
+            "idle": "waiting for the next message",
         }.get(self._stage, self._stage)
 
     def _send(self, line: str) -> None:
@@ -218,6 +291,12 @@ class SMTPClient(Protocol, TimeoutMixin):
             else:
                 self._mail()  # opportunistic: go on in the clear
         elif stage == "mail":
+            if code == 421:
+                # The host is closing the session (on a kept connection, the
+                # idle timeout it sent before our MAIL FROM arrived): not
+                # this transaction's refusal; another connection may do.
+                self._finish_all(self._refused(code, text))
+                return
             self.reached_mail = True
             if code != 250:
                 if not self._pipelined:
@@ -268,9 +347,23 @@ class SMTPClient(Protocol, TimeoutMixin):
                 outcome = Outcome("sent", _enhanced(code, text, "2.0.0"), f"{code} {text}")
             else:
                 outcome = self._refused(code, text)
+            if self._keep and code != 421 and not self._buffer and not self._lines:
+                # The transaction is over and the next hop waits for the
+                # next one (RFC 5321 §4.1.1.4): keep the connection.
+                for recipient in self._accepted:
+                    self.delivery.outcomes.setdefault(recipient, outcome)
+                self._stage = "idle"
+                self._finish(False)
+                return
             self._finish_all(outcome, only=self._accepted)
         elif stage == "quit":
             pass
+
+    def _end_idle(self) -> None:
+        self._stage = "closed"
+        ended, self._idle_ended = self._idle_ended, None
+        if ended is not None:
+            ended(self)
 
     def _ehlo(self) -> None:
         self._stage = "ehlo"
@@ -327,3 +420,90 @@ class SMTPClient(Protocol, TimeoutMixin):
             self.transport.loseConnection()
         self.done.callback(self.delivery)
 
+
+
+class ConnectionCache:
+    """
+    Idle connections to next hops, each used again for the next message to
+    the same host (Postfix's connection cache): one waits L{CACHE_IDLE}
+    seconds for it, and none is used longer than L{CACHE_LIFETIME} after it
+    was opened.
+
+    @param per_host: the most idle connections kept to one host.
+    """
+
+    def __init__(self, clock: IReactorTime, per_host: int, *, idle: float = CACHE_IDLE,
+                 lifetime: float = CACHE_LIFETIME) -> None:
+        self._clock = clock
+        self._per_host = per_host
+        self._idle = idle
+        self._lifetime = lifetime
+        self._idle_clients: dict[Hashable, list[tuple[SMTPClient, IDelayedCall]]] = {}
+        self._closed = False
+
+    def take(self, key: Hashable) -> SMTPClient | None:
+        """
+        An idle connection to C{key}'s host, taken out of the cache, or
+        C{None}.
+        """
+        waiting = self._idle_clients.get(key)
+        while waiting:
+            client, timer = waiting.pop()
+            timer.cancel()
+            if not waiting:
+                del self._idle_clients[key]
+            if client.idle:
+                return client
+        return None
+
+    def put(self, key: Hashable, client: SMTPClient) -> None:
+        """
+        Keep C{client}, if it is idle, for the next message to C{key}'s host;
+        close it if there is no room or it has been used long enough.
+        """
+        if not client.idle:
+            return
+        if self._closed:
+            client.close_idle()
+            return
+        waiting = self._idle_clients.setdefault(key, [])
+        if (len(waiting) >= self._per_host
+                or self._clock.seconds() - client.opened >= self._lifetime):
+            if not waiting:
+                del self._idle_clients[key]
+            client.close_idle()
+            return
+        timer = self._clock.callLater(self._idle, self._expire, key, client)
+        waiting.append((client, timer))
+        client.wait_idle(lambda c: self._forget(key, c))
+
+    def _forget(self, key: Hashable, client: SMTPClient) -> None:
+        waiting = self._idle_clients.get(key, [])
+        for entry in waiting:
+            if entry[0] is client:
+                waiting.remove(entry)
+                if entry[1].active():
+                    entry[1].cancel()
+                break
+        if not waiting:
+            self._idle_clients.pop(key, None)
+
+    def _expire(self, key: Hashable, client: SMTPClient) -> None:
+        self._forget(key, client)
+        client.close_idle()
+
+    def close(self) -> None:
+        """
+        Close every idle connection, and those that become idle later (the
+        queue stops).
+        """
+        self._closed = True
+        idle_clients, self._idle_clients = self._idle_clients, {}
+        for waiting in idle_clients.values():
+            for client, timer in waiting:
+                if timer.active():
+                    timer.cancel()
+                client.close_idle()
+
+    def __len__(self) -> int:
+        return sum(len(waiting) for waiting in self._idle_clients.values())

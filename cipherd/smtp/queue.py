@@ -36,7 +36,7 @@ from zope.interface import Interface, implementer
 from cipherd.core.envelope import Envelope, Outcome, Received
 from cipherd.logs import mail_logger
 from cipherd.smtp.bounce import Failed, build_bounce
-from cipherd.smtp.client import Delivery, SMTPClient
+from cipherd.smtp.client import ConnectionCache, Delivery, SMTPClient
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import Disposition, IMessageProcessor, Made, ProcessingResult
 from cipherd.smtp.routing import (
@@ -246,6 +246,8 @@ class QueueRunner:
         self._limit = DeferredSemaphore(CONCURRENT_DELIVERIES)
         self._per_hop: dict[NextHop, DeferredSemaphore] = {}
         self._per_hop_probes: dict[NextHop, DeferredSemaphore] = {}
+        # Connections to next hops between two messages.
+        self._connections = ConnectionCache(clock, PER_DESTINATION)
         self._stuck: set[str] = set()  # delivered in part, queue file not updated
         self._scheduled: Any = None
         # Waits before processing is tried again, cancelled by stop().
@@ -305,6 +307,7 @@ class QueueRunner:
         """
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
+        self._connections.close()
         for wait in list(self._waits):
             wait.cancel()
 
@@ -680,17 +683,30 @@ class QueueRunner:
             return dict.fromkeys(recipients, outcome), "none"
         last = last_relay = ""
         for host, address in addresses:
-            delivery = Delivery(sender, list(recipients), content, config.helo_name,
+            peer = f"{host}[{address}]"
+            relay = f"{peer}:{hop.port}"
+            key = (peer, hop.port)
+
+            def delivery() -> Delivery:
+                return Delivery(sender, list(recipients), content, config.helo_name,
                                 my_hostname=config.my_hostname, destination=hop.name,
                                 probe=probe)
-            client = SMTPClient(delivery, f"{host}[{address}]", self._clock, self._tls)
+
+            cached = None if probe else self._connections.take(key)
+            if cached is not None:
+                done = await cached.deliver(delivery())
+                if cached.reached_mail or not all(
+                        o.status == "deferred" for o in done.outcomes.values()):
+                    self._connections.put(key, cached)
+                    return done.outcomes, relay
+                # The next hop had closed it meanwhile: a new connection.
+            client = SMTPClient(delivery(), peer, self._clock, self._tls, keep=not probe)
             try:
                 await self._connect(address, hop.port, client)
             except Exception as e:
                 last = connect_failure_reason(e, host, address, hop.port)
                 continue
             done = await client.done
-            relay = f"{host}[{address}]:{hop.port}"
             if not client.reached_mail and all(
                     o.status == "deferred" for o in done.outcomes.values()):
                 # Refused or lost before the transaction began (a 4xx greeting,
@@ -698,6 +714,7 @@ class QueueRunner:
                 last = next(iter(done.outcomes.values())).reason
                 last_relay = relay
                 continue
+            self._connections.put(key, client)
             return done.outcomes, relay
         if last_relay:
             return dict.fromkeys(recipients, Outcome("deferred", "4.4.2", last)), last_relay
