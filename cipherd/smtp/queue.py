@@ -261,21 +261,28 @@ class QueueRunner:
         """
         Queue a message the SMTP server accepted, and deliver it soon.
         """
-        return self._queue.accept(received).addCallback(self._kicked)
+        return self._queue.accept(received).addCallback(self._kicked, received.content)
 
-    def _kicked(self, message: QueuedMessage) -> QueuedMessage:
-        self.deliver_soon(message.envelope.queue_id)
+    def _kicked(self, message: QueuedMessage, content: bytes) -> QueuedMessage:
+        self.deliver_soon(message.envelope.queue_id, (message, content))
         return message
 
-    def deliver_soon(self, queue_id: str) -> None:
+    def deliver_soon(self, queue_id: str,
+                     stored: tuple[QueuedMessage, bytes] | None = None) -> None:
         """
         Start delivery of one message that just arrived, without scanning
         the whole queue for it.
+
+        @param stored: the message as it was just written, used instead of
+            reading it again if its attempt starts at once (no one can have
+            changed it meanwhile).
         """
         if queue_id in self._busy:
             return
         self._busy.add(queue_id)
-        d = Deferred.fromCoroutine(self._attempt_claimed(queue_id))
+        if not self._limit.tokens:
+            stored = None  # it waits for a place: read it when its turn comes
+        d = Deferred.fromCoroutine(self._attempt_claimed(queue_id, stored=stored))
         d.addErrback(lambda f: log.failure("{queue_id}: the delivery attempt failed", f,
                                            queue_id=queue_id))
 
@@ -288,7 +295,7 @@ class QueueRunner:
         """
         d = self._queue.enqueue(new_queue_id(), sender, recipients, content, client,
                                 processed=processed)
-        return d.addCallback(self._kicked)
+        return d.addCallback(self._kicked, content)
 
     def now(self) -> float:
         return self._clock.seconds()
@@ -339,7 +346,8 @@ class QueueRunner:
             attempt.addErrback(lambda f: log.failure("A delivery attempt failed", f))
         await DeferredList(attempts)
 
-    async def _attempt_claimed(self, queue_id: str, flush: bool = False) -> None:
+    async def _attempt_claimed(self, queue_id: str, flush: bool = False, *,
+                               stored: tuple[QueuedMessage, bytes] | None = None) -> None:
         """
         Attempt a claimed message, within the limit of deliveries at once;
         while the database is unavailable, try again after each of
@@ -348,7 +356,8 @@ class QueueRunner:
         try:
             for tries_left in range(len(DATABASE_RETRY_WAITS), -1, -1):
                 again = await self._limit.run(self._attempt, queue_id, flush,
-                                              tries_left > 0)
+                                              tries_left > 0, stored)
+                stored = None
                 if not again:
                     return
                 wait = deferLater(self._clock,
@@ -363,19 +372,25 @@ class QueueRunner:
         finally:
             self._busy.discard(queue_id)
 
-    async def _attempt(self, queue_id: str, flush: bool, may_wait: bool = False) -> bool:
+    async def _attempt(self, queue_id: str, flush: bool, may_wait: bool = False,
+                       stored: tuple[QueuedMessage, bytes] | None = None) -> bool:
         """
         Process and deliver one message, and settle it in the queue.
 
         @param may_wait: if the database is unavailable, return C{True}
             (to be tried again soon) instead of deferring the message.
+        @param stored: the message as it was written a moment ago, not
+            to be read again.
         @return: whether to try again soon.
         """
         started = self._clock.seconds()
-        try:
-            queued, content = await self._queue.load(queue_id)
-        except KeyError:
-            return False  # deleted meanwhile
+        if stored is not None:
+            queued, content = stored
+        else:
+            try:
+                queued, content = await self._queue.load(queue_id)
+            except KeyError:
+                return False  # deleted meanwhile
         envelope = queued.envelope
         # Claimed a while ago maybe (waiting for a place): as it is now.
         # The record says when it is due, whichever directory it is in.
@@ -535,7 +550,8 @@ class QueueRunner:
                      count=len(other.envelope.recipients), state=other.state,
                      parent=envelope.queue_id)
             if other.state == "active" and other.envelope.queue_id != envelope.queue_id:
-                self.deliver_soon(other.envelope.queue_id)
+                self.deliver_soon(other.envelope.queue_id,
+                                  (other, made[ids.index(other.envelope.queue_id)].content))
         for callback in result.written:
             try:
                 await callback()
