@@ -13,6 +13,7 @@ low so that the suite stays fast.
 from __future__ import annotations
 
 import base64
+import binascii
 import email.policy
 import re
 import warnings
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.parser import BytesParser
 from functools import cache
+from unittest import mock
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -251,6 +253,78 @@ def test_signed_then_encrypted_message_round_trip(
         assert decoded_body(verified.entity) == canonical(body + text.encode("utf-8"))
 
 
+@PROPERTY_SETTINGS
+@given(headers=ENTITY_HEADERS, body=BODIES, eol=LINE_ENDS, detached=st.booleans(),
+       cipher=st.sampled_from(cms.ENCRYPTION_CIPHERS))
+def test_signed_and_encrypted_in_one_step_is_sign_then_encrypt(
+    headers: bytes, body: bytes, eol: str, detached: bool, cipher: str
+) -> None:
+    """
+    The engine's one step, which never holds the signed message whole,
+    encrypts exactly what L{smime.sign_message} makes (RSA PKCS#1 v1.5
+    signatures are deterministic; the boundary is fixed for the test).
+    """
+    k = keys()
+    original, _ = build_message(headers, body, eol)
+    boundary = smime._boundary()
+    with mock.patch.object(smime, "_boundary", lambda: boundary):
+        one_step = smime.sign_and_encrypt_message(original, *k.rsa, [k.rsa_other[0]],
+                                                  signing_time=NOW, detached=detached,
+                                                  cipher=cipher)
+        signed = smime.sign_message(original, *k.rsa, signing_time=NOW, detached=detached)
+    assert smime.decrypt_message(one_step, [k.rsa_other]).message == signed
+    assert len(one_step) == len(smime.encrypt_message(signed, [k.rsa_other[0]], cipher=cipher))
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.binary(max_size=400), max_size=12), lines=st.integers(1, 4))
+def test_base64_made_from_pieces_is_base64_of_the_whole(pieces: list[bytes],
+                                                        lines: int) -> None:
+    """
+    Base64 made a block at a time from pieces cut anywhere (blocks of a few
+    lines here, so that pieces straddle them) is the whole's, in 76-character
+    CRLF lines.
+    """
+    whole = b"".join(pieces)
+    encoded = binascii.b2a_base64(whole, newline=False)
+    expected = b"".join(encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76))
+    with mock.patch.object(smime, "_BASE64_BLOCK", 57 * lines):
+        assert b"".join(smime._base64_stream(pieces)) == (expected or b"\r\n")
+    assert smime._base64_size(len(whole)) == len(expected or b"\r\n")
+
+
+@settings(max_examples=50, deadline=None)
+@given(pieces=st.lists(st.binary(max_size=300), max_size=6), detached=st.booleans())
+def test_signed_data_from_pieces_holds_them(pieces: list[bytes], detached: bool) -> None:
+    """
+    A signature made over pieces is laid out as DER that reads back: the
+    content is their concatenation (or absent, detached), and the pieces
+    are in it as they are, not copied.
+    """
+    from asn1crypto import cms as asn1_cms
+
+    cert, key = keys().rsa
+    der = cms.sign_chunks(pieces, cert, key, signing_time=NOW, detached=detached)
+    if not detached:
+        assert all(any(piece is chunk for chunk in der) for piece in pieces)
+    signed = asn1_cms.ContentInfo.load(b"".join(der))["content"]
+    content = signed["encap_content_info"]["content"]
+    assert content.native == (None if detached else b"".join(pieces))
+    assert smime.verify_message(smime.sign_message(
+        b"Content-Type: text/plain\r\n\r\n" + b"".join(pieces), cert, key,
+        signing_time=NOW, detached=False)).result.all_valid
+
+
+def test_encrypted_stream_refuses_content_of_another_length() -> None:
+    _, der = cms.encrypt_chunks([b"abc", b"def"], [keys().rsa[0]], length=7)
+    try:
+        b"".join(der)
+    except RuntimeError as e:
+        assert "6 bytes of content where 7" in str(e)
+    else:
+        raise AssertionError("content shorter than laid out was encrypted")
+
+
 # Only PKIError comes out ---------------------------------------------------------------------
 
 
@@ -410,5 +484,5 @@ def test_hand_made_der_matches_asn1crypto(when: datetime, number: int) -> None:
        eight_bit=st.booleans())
 def test_long_lines_and_8bit_are_found(lines: list[int], eight_bit: bool) -> None:
     entity = b"\r\n".join(b"a" * n for n in lines) + (b"\xe9" if eight_bit else b"")
-    naive = eight_bit or any(n > smime.MAX_LINE for n in lines)
+    naive = eight_bit or any(n > MAX_LINE for n in lines)
     assert smime._needs_encoding(entity) is naive

@@ -7,6 +7,7 @@ outcome the next hop gave, in Postfix's words.
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +18,8 @@ from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
 from cipherd.core.envelope import Outcome, Received
-from cipherd.smtp.client import Delivery, SMTPClient, dot_stuff
+from cipherd.smtp import client as smtp_client
+from cipherd.smtp.client import Delivery, SMTPClient
 from cipherd.smtp.server import ReceivePolicy, SMTPFactory, SMTPServer
 
 HOST = "next-hop.example.net"
@@ -66,8 +68,42 @@ def delivery(content: bytes, *recipients: str, sender: str = "a@example.org") ->
     return Delivery(sender, list(recipients or ["b@example.com"]), content, "gw.example.org")
 
 
+def dot_stuff(content: bytes) -> bytes:
+    """
+    The DATA payload for C{content}, made whole: what the client writes a
+    piece at a time.
+    """
+    if not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
+
+
 def test_dot_stuffing_of_the_whole_content() -> None:
-    assert dot_stuff(b".a\r\nb\r\n.\r\n..c") == b"..a\r\nb\r\n..\r\n...c\r\n.\r\n"
+    content = b".a\r\nb\r\n.\r\n..c"
+    assert dot_stuff(content) == b"..a\r\nb\r\n..\r\n...c\r\n.\r\n"
+    hop = Hop()
+    hop.deliver(delivery(content))
+    assert hop.client_wrote.endswith(b"DATA\r\n" + dot_stuff(content) + b"QUIT\r\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=st.lists(st.sampled_from([b".", b"\r\n", b"x", b"\r\n.", b"..", b"\r\n\r\n",
+                                        b"x\r\n.."]), max_size=40),
+       step=st.integers(min_value=1, max_value=12))
+def test_the_payload_written_in_pieces_is_the_whole_stuffed(pieces: list[bytes],
+                                                            step: int) -> None:
+    """
+    Written a few bytes at a time, the payload is dot_stuff's, wherever the
+    pieces are cut: at a CR before its LF, before a dot, in a line.
+    """
+    content = b"".join(pieces)
+    hop = Hop()
+    with mock.patch.object(smtp_client, "_DATA_STEP", step):
+        hop.deliver(delivery(content))
+    assert hop.client_wrote.endswith(b"DATA\r\n" + dot_stuff(content) + b"QUIT\r\n")
 
 
 @settings(max_examples=60, deadline=None)

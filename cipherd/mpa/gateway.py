@@ -43,7 +43,6 @@ from cipherd.core.headers import (
     field_name,
     header_fields,
     replace_subject,
-    split_header,
     with_fields,
     without_fields,
 )
@@ -215,10 +214,10 @@ class Gateway:
             tunnel_id(config.my_hostname, envelope.queue_id, recipients),
             self._clock.seconds(), envelope.sender, recipients,
             read_receipt=bool(sender_settings["webmail_read_receipt"]))
-        tunnel = build_tunnel(_as_sent(protected, envelope.queue_id), metadata,
-                              webmail_sender=webmail_sender,
+        tunnel = build_tunnel(protected, metadata, webmail_sender=webmail_sender,
                               webmail_recipient=webmail_recipient,
-                              my_hostname=config.my_hostname)
+                              my_hostname=config.my_hostname,
+                              start=_sent_from(protected, envelope.queue_id))
         sealed = await self._engine.protect(tunnel, signer=signer, recipients=certificates,
                                             detached=False)
         limit = config.after_filter_message_size_limit
@@ -344,13 +343,16 @@ def _unique(certificates: Iterable[x509.Certificate]) -> list[x509.Certificate]:
     return list(dict.fromkeys(certificates))
 
 
-def _as_sent(content: bytes, queue_id: str) -> bytes:
+def _sent_from(content: bytes, queue_id: str) -> int:
     """
-    The message as the client sent it: without the Received field our SMTP
-    server put on top.
+    Where the message as the client sent it starts in C{content}: after the
+    Received field our SMTP server put on top, if it is there.
     """
-    fields, rest = split_header(content)
-    if fields and field_name(fields[0]) == "received" and b"(cipherd) with" in fields[0] \
-            and f" id {queue_id}".encode() in fields[0]:
-        return b"".join(fields[1:]) + rest
-    return content
+    end = content.find(b"\r\n")
+    while end >= 0 and content[end + 2 : end + 3] in (b" ", b"\t"):
+        end = content.find(b"\r\n", end + 2)
+    first = content if end < 0 else content[: end + 2]
+    if field_name(first) == "received" and b"(cipherd) with" in first \
+            and f" id {queue_id}".encode() in first:
+        return len(first)
+    return 0

@@ -33,6 +33,8 @@ from email.utils import format_datetime
 from typing import Any
 
 from cipherd.core.headers import field_name, split_header
+from cipherd.core.lines import has_long_line, windows
+from cipherd.pki.smime import MessagePieces, canonicalize
 from cipherd.settings import email_problem
 
 SUBJECT = "Secure Webmail message"
@@ -107,41 +109,51 @@ class TunnelMetadata:
             raise TunnelFormatError(f"the tunnel's metadata cannot be read: {e}") from None
 
 
-def _transfer_encoding(original: bytes) -> bytes:
-    if max((len(line) for line in original.split(b"\r\n")), default=0) > 998:
-        return b"binary"
-    return b"7bit" if original.isascii() else b"8bit"
+def _transfer_encoding(original: bytes, start: int) -> bytes:
+    ascii = True
+    for window in windows(original, start):
+        if has_long_line(window):
+            return b"binary"
+        ascii = ascii and window.isascii()
+    return b"7bit" if ascii else b"8bit"
 
 
 def build_tunnel(original: bytes, metadata: TunnelMetadata, *, webmail_sender: str,
-                 webmail_recipient: str, my_hostname: str) -> bytes:
+                 webmail_recipient: str, my_hostname: str, start: int = 0) -> MessagePieces:
     """
-    The tunnel message, before signing and encryption.
+    The tunnel message, before signing and encryption, in the pieces S/MIME
+    takes: the original (C{original} from C{start}) is not copied.
     """
     boundary = b"=_tunnel_" + secrets.token_hex(16).encode()
-    while boundary in original:  # pragma: no cover - 128 random bits
+    while original.find(boundary, start) >= 0:  # pragma: no cover - 128 random bits
         boundary = b"=_tunnel_" + secrets.token_hex(16).encode()
     date = format_datetime(datetime.fromtimestamp(metadata.created, UTC))
-    head = (f"From: <{webmail_sender}>\r\n"
-            f"To: <{webmail_recipient}>\r\n"
-            f"Subject: {SUBJECT}\r\n"
-            f"Date: {date}\r\n"
-            f"Message-ID: <{metadata.tunnel_id}@{my_hostname}>\r\n"
-            "MIME-Version: 1.0\r\n").encode("ascii")
-    if not original.endswith(b"\r\n"):
-        original += b"\r\n"
-    return b"".join([
-        head,
-        b'Content-Type: multipart/mixed; boundary="', boundary, b'"\r\n\r\n',
-        b"--", boundary, b"\r\n",
-        b"Content-Type: ", METADATA_TYPE.encode(), b"\r\n\r\n",
-        metadata.to_json(), b"\r\n",
-        b"--", boundary, b"\r\n",
-        b"Content-Type: message/rfc822\r\n",
-        b"Content-Transfer-Encoding: ", _transfer_encoding(original), b"\r\n\r\n",
-        original,
-        b"\r\n--", boundary, b"--\r\n",
+    outer = [f"From: <{webmail_sender}>".encode("ascii"),
+             f"To: <{webmail_recipient}>".encode("ascii"),
+             f"Subject: {SUBJECT}".encode("ascii"),
+             f"Date: {date}".encode("ascii"),
+             f"Message-ID: <{metadata.tunnel_id}@{my_hostname}>".encode("ascii")]
+    body: bytes | memoryview = memoryview(original)[start:]
+    if not original.endswith(b"\r\n", start) or not _canonical(original, start):
+        body = canonicalize(original[start:] + b"\r\n")
+    return MessagePieces(outer, [
+        b"".join([
+            b'Content-Type: multipart/mixed; boundary="', boundary, b'"\r\n\r\n',
+            b"--", boundary, b"\r\n",
+            b"Content-Type: ", METADATA_TYPE.encode(), b"\r\n\r\n",
+            metadata.to_json(), b"\r\n",
+            b"--", boundary, b"\r\n",
+            b"Content-Type: message/rfc822\r\n",
+            b"Content-Transfer-Encoding: ", _transfer_encoding(original, start), b"\r\n\r\n",
+        ]),
+        body,
+        b"\r\n--" + boundary + b"--\r\n",
     ])
+
+
+def _canonical(data: bytes, start: int) -> bool:
+    crlf = data.count(b"\r\n", start)
+    return crlf == data.count(b"\r", start) == data.count(b"\n", start)
 
 
 def read_tunnel(entity: bytes) -> tuple[TunnelMetadata, bytes]:

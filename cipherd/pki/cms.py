@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -263,6 +263,9 @@ def _signing_time_attribute(when: datetime) -> bytes:
     return _tlv(0x30, _OID_SIGNING_TIME, _tlv(0x31, time))
 
 
+Chunk = bytes | memoryview
+
+
 def sign(
     content: bytes,
     certificate: x509.Certificate,
@@ -282,9 +285,28 @@ def sign(
     @param detached: leave the content out (for multipart/signed).
     @return: DER.
     """
+    return b"".join(sign_chunks([content], certificate, key, signing_time=signing_time,
+                                detached=detached, chain=chain, digest=digest))
+
+
+def sign_chunks(
+    chunks: Sequence[Chunk],
+    certificate: x509.Certificate,
+    key: PrivateKey,
+    *,
+    signing_time: datetime,
+    detached: bool = True,
+    chain: Sequence[x509.Certificate] = (),
+    digest: str = "sha256",
+) -> list[Chunk]:
+    """
+    L{sign} for content given in pieces, its DER given in pieces too: an
+    opaque signature holds the content's pieces themselves, never a copy.
+    """
     hash_cls = _HASHES[digest]
     message_digest = hashes.Hash(hash_cls())
-    message_digest.update(content)
+    for chunk in chunks:
+        message_digest.update(chunk)
     attributes = [
         _ATTR_CONTENT_TYPE_DATA,
         _signing_time_attribute(signing_time),
@@ -309,17 +331,26 @@ def sign(
         signature_algorithm,
         _tlv(0x04, signature),
     )
-    encap = _OID_DATA if detached else _OID_DATA + _tlv(0xA0, _tlv(0x04, content))
+    before = _VERSION_1 + _tlv(0x31, digest_algorithm)
     certificates = [_certificate_der(c) for c in (certificate, *chain)]
-    signed_data = _tlv(
-        0x30,
-        _VERSION_1,
-        _tlv(0x31, digest_algorithm),
-        _tlv(0x30, encap),
-        _tlv(0xA0, *certificates),
-        _tlv(0x31, signer_info),
-    )
-    return _tlv(0x30, _OID_SIGNED_DATA, _tlv(0xA0, signed_data))
+    after = _tlv(0xA0, *certificates) + _tlv(0x31, signer_info)
+    if detached:
+        encap_head, content_length = _tlv(0x30, _OID_DATA), 0
+    else:
+        # encapContentInfo: SEQUENCE { id-data, [0] EXPLICIT OCTET STRING }
+        content_length = sum(len(chunk) for chunk in chunks)
+        octets = _header(0x04, content_length)
+        explicit = _header(0xA0, len(octets) + content_length)
+        encap_length = len(_OID_DATA) + len(explicit) + len(octets) + content_length
+        encap_head = _header(0x30, encap_length) + _OID_DATA + explicit + octets
+    signed_length = len(before) + len(encap_head) + content_length + len(after)
+    signed_head = _header(0x30, signed_length)
+    explicit_head = _header(0xA0, len(signed_head) + signed_length)
+    outer_head = _header(0x30, len(_OID_SIGNED_DATA) + len(explicit_head) + len(signed_head)
+                         + signed_length)
+    head = (outer_head + _OID_SIGNED_DATA + explicit_head + signed_head + before
+            + encap_head)
+    return [head, *([] if detached else chunks), after]
 
 
 # Verification -----------------------------------------------------------------
@@ -837,23 +868,36 @@ def encrypt(
     @return: DER.
     @raise UnsupportedAlgorithm: a non-RSA recipient or unknown cipher.
     """
-    return bytes(encrypt_chunks([content], recipients, cipher=cipher, oaep=oaep))
+    length, pieces = encrypt_chunks([content], recipients, length=len(content), cipher=cipher,
+                                     oaep=oaep)
+    encrypted = b"".join(pieces)
+    if len(encrypted) != length:
+        raise RuntimeError(f"encrypted {len(encrypted)} bytes where {length} were laid out")
+    return encrypted
 
 
 _GCM_TAG = 16
+# Content encrypted per step of the stream: pieces of a large message are
+# never all alive at once.
+_ENCRYPT_STEP = 1 << 20
 
 
 def encrypt_chunks(
-    chunks: Sequence[bytes | memoryview],
+    chunks: Iterable[Chunk],
     recipients: Sequence[x509.Certificate],
     *,
+    length: int,
     cipher: str = "aes256_cbc",
     oaep: bool = False,
-) -> bytearray:
+) -> tuple[int, Iterator[bytes]]:
     """
-    L{encrypt} for content given in pieces, written into one buffer: the
-    DER headers first (every length is known in advance), then the content
-    encrypted straight into place.  A large message is never copied.
+    L{encrypt} for content given in pieces (C{length} bytes in all), its
+    DER given as a stream: the headers first (every length is known in
+    advance), then the content encrypted a megabyte at a time.  The stream
+    is made as it is read, pieces included, so neither the content nor the
+    ciphertext need ever be held whole.
+
+    @return: the length of the DER and its pieces.
     """
     if cipher not in ENCRYPTION_CIPHERS:
         raise UnsupportedAlgorithm(f"Cannot encrypt with {cipher}.")
@@ -862,7 +906,7 @@ def encrypt_chunks(
     key_size, kind = _CIPHERS[cipher]
     cek = os.urandom(key_size)
     recipient_infos = _tlv(0x31, *sorted(_recipient_info_der(c, cek, oaep) for c in recipients))
-    total = sum(len(chunk) for chunk in chunks)
+    total = length
     oid = core.ObjectIdentifier(algos.EncryptionAlgorithmId.unmap(cipher)).dump()
     encryptor: Any
     if kind == "gcm":
@@ -887,26 +931,33 @@ def encrypt_chunks(
     explicit_header = _header(0xA0, explicit_length)
     head = (_header(0x30, len(outer_oid) + len(explicit_header) + explicit_length)
             + outer_oid + explicit_header + envelope_header + prefix)
-    end = len(head) + ciphertext_length + mac_length
-    # update_into wants room for one more block than it writes.
-    out = bytearray(end + 16)
-    out[: len(head)] = head
-    view = memoryview(out)
-    pos = len(head)
-    for chunk in chunks:
-        pos += encryptor.update_into(chunk, view[pos:])
-    if kind == "cbc":
-        pad = 16 - total % 16  # PKCS#7 (RFC 5652 §6.3)
-        pos += encryptor.update_into(bytes((pad,)) * pad, view[pos:])
-    encryptor.finalize()
-    if kind == "gcm":
-        view[pos : pos + mac_length] = _tlv(0x04, encryptor.tag)
-        pos += mac_length
-    view.release()
-    if pos != end:
-        raise RuntimeError(f"encrypted {pos} bytes where {end} were laid out")
-    del out[end:]
-    return out
+
+    def stream() -> Iterator[bytes]:
+        yield head
+        written = read = 0
+        for chunk in chunks:
+            read += len(chunk)
+            view = memoryview(chunk)
+            for start in range(0, len(view), _ENCRYPT_STEP):
+                piece = encryptor.update(view[start : start + _ENCRYPT_STEP])
+                written += len(piece)
+                yield piece
+        if read != total:
+            raise RuntimeError(f"encrypted {read} bytes of content where {total} were laid out")
+        if kind == "cbc":
+            pad = 16 - total % 16  # PKCS#7 (RFC 5652 §6.3)
+            piece = encryptor.update(bytes((pad,)) * pad) + encryptor.finalize()
+            written += len(piece)
+            yield piece
+        else:
+            encryptor.finalize()
+            yield _tlv(0x04, encryptor.tag)
+            written += mac_length
+        if written != ciphertext_length + mac_length:
+            raise RuntimeError(f"encrypted {written} bytes where "
+                               f"{ciphertext_length + mac_length} were laid out")
+
+    return len(head) + ciphertext_length + mac_length, stream()
 
 
 # Decryption -------------------------------------------------------------------

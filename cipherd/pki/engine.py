@@ -87,7 +87,7 @@ class SmimeEngine:
 
     async def protect(
         self,
-        message: bytes,
+        message: bytes | smime.MessagePieces,
         *,
         signer: tuple[x509.Certificate, PrivateKey, Sequence[x509.Certificate]] | None,
         recipients: Sequence[x509.Certificate],
@@ -97,30 +97,33 @@ class SmimeEngine:
     ) -> bytes:
         """
         Sign (when C{signer} is given) then encrypt (when C{recipients} is
-        not empty).
+        not empty), in one step on the crypto threads.
 
+        @param message: the message, or its pieces (a large original inside
+            a tunnel is never copied to be protected).
         @param detached: sign as C{multipart/signed} (readable without
             S/MIME), or, when C{False}, opaquely: the content inside the CMS
             structure, untouched by transfer encodings.
         """
-        if signer is not None:
-            cert, key, chain = signer
-            message = await self._crypto.run(self._sign, message, cert, key, list(chain),
-                                             detached)
-        if recipients:
-            message = await self._crypto.run(self._encrypt, message, list(recipients), cipher,
-                                             oaep)
-        return message
+        if signer is None and not recipients:
+            return message if isinstance(message, bytes) else message.join()
+        return await self._crypto.run(self._protect, message, signer, list(recipients),
+                                      cipher, oaep, detached)
 
-    def _sign(self, message: bytes, cert: x509.Certificate, key: PrivateKey,
-              chain: list[x509.Certificate], detached: bool) -> bytes:
-        return smime.sign_message(message, cert, key, signing_time=self._certificates.now(),
-                                  chain=chain, detached=detached)
-
-    @staticmethod
-    def _encrypt(message: bytes, recipients: list[x509.Certificate], cipher: str,
-                 oaep: bool) -> bytes:
-        return smime.encrypt_message(message, recipients, cipher=cipher, oaep=oaep)
+    def _protect(self, message: bytes | smime.MessagePieces,
+                 signer: tuple[x509.Certificate, PrivateKey, Sequence[x509.Certificate]] | None,
+                 recipients: list[x509.Certificate], cipher: str, oaep: bool,
+                 detached: bool) -> bytes:
+        if signer is None:
+            return smime.encrypt_message(message, recipients, cipher=cipher, oaep=oaep)
+        cert, key, chain = signer
+        now = self._certificates.now()
+        if not recipients:
+            return smime.sign_message(message, cert, key, signing_time=now, chain=list(chain),
+                                      detached=detached)
+        return smime.sign_and_encrypt_message(message, cert, key, recipients, signing_time=now,
+                                              chain=list(chain), detached=detached,
+                                              cipher=cipher, oaep=oaep)
 
     async def open(self, message: bytes, *,
                    decrypt_for: Collection[str] | None = None) -> OpenedMessage:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import binascii
 import email.policy
 import functools
+import io
+import itertools
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import encoders
@@ -24,11 +26,11 @@ from email.parser import BytesHeaderParser, BytesParser
 
 from cryptography import x509
 
+from cipherd.core.lines import has_long_line, windows
 from cipherd.pki import cms
 from cipherd.pki.cms import PrivateKey
 from cipherd.pki.errors import CMSFormatError
 
-MAX_LINE = 998  # RFC 5322 §2.1.1
 _MIME_HEADER = re.compile(rb"(?i)(content-|mime-version$)")
 _HEADER_START = re.compile(rb"[!-9;-~]+:")
 
@@ -128,23 +130,13 @@ def canonicalize(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
-def _needs_encoding(entity: bytes) -> bool:
+def _needs_encoding(entity: Chunk, start: int = 0) -> bool:
     """
-    Whether C{entity} (canonical) has 8-bit bytes or a line over 998.
+    Whether C{entity} (canonical) from C{start} has 8-bit bytes or a line
+    over 998.
     """
-    if not entity.isascii():
-        return True
-    # Split a megabyte at a time, at a line end: the pieces of a large
-    # message are never all alive at once.
-    step, start, size = 1 << 20, 0, len(entity)
-    while size - start > MAX_LINE:
-        end = size if size - start <= step else entity.rfind(b"\r\n", start, start + step) + 2
-        if end <= start + 1:
-            return True  # a megabyte without a line end
-        if max(map(len, entity[start:end].split(b"\r\n"))) > MAX_LINE:
-            return True
-        start = end
-    return False
+    return any(not window.isascii() or has_long_line(window)
+               for window in windows(entity, start))
 
 
 def seven_bit(entity: bytes) -> bytes:
@@ -182,47 +174,160 @@ def _boundary() -> str:
 _BASE64_LINE = 76  # RFC 2045 §6.8
 _BASE64_BLOCK = 57 * 1024  # raw bytes per step: a whole number of lines
 
+Chunk = cms.Chunk
+
 
 def _base64_size(raw_length: int) -> int:
     encoded = 4 * -(-raw_length // 3)
     return encoded + 2 * -(-encoded // _BASE64_LINE) if raw_length else 2
 
 
-def _base64_into(out: bytearray, pos: int, data: bytes | bytearray) -> int:
+def _base64_block(data: Chunk | bytearray) -> bytes:
+    if not len(data):
+        return b"\r\n"
+    encoded = binascii.b2a_base64(data, newline=False)
+    return b"\r\n".join([encoded[i : i + _BASE64_LINE]
+                        for i in range(0, len(encoded), _BASE64_LINE)]) + b"\r\n"
+
+
+def _base64_stream(pieces: Iterable[Chunk | bytearray]) -> Iterator[bytes]:
     """
-    Write C{data} as base64 in 76-character CRLF lines into C{out} from
-    C{pos}, a block at a time (no list of every line is ever built).
-
-    @return: the position after it.
+    The concatenation of C{pieces} as base64 in 76-character CRLF lines,
+    made a block at a time as it is read: neither the data nor its base64
+    form is ever held whole.
     """
-    if not data:
-        out[pos:pos + 2] = b"\r\n"
-        return pos + 2
-    view = memoryview(data)
-    for start in range(0, len(data), _BASE64_BLOCK):
-        encoded = binascii.b2a_base64(view[start : start + _BASE64_BLOCK], newline=False)
-        lines = b"\r\n".join([encoded[i : i + _BASE64_LINE]
-                               for i in range(0, len(encoded), _BASE64_LINE)])
-        out[pos:pos + len(lines)] = lines
-        pos += len(lines)
-        out[pos:pos + 2] = b"\r\n"
-        pos += 2
-    return pos
+    pending = bytearray()
+    empty = True
+    for piece in pieces:
+        view = memoryview(piece)
+        start = 0
+        if len(view):
+            empty = False
+        if pending:
+            start = min(len(view), _BASE64_BLOCK - len(pending))
+            pending += view[:start]
+            if len(pending) < _BASE64_BLOCK:
+                continue
+            yield _base64_block(pending)
+            pending.clear()
+        whole = start + (len(view) - start) // _BASE64_BLOCK * _BASE64_BLOCK
+        for block in range(start, whole, _BASE64_BLOCK):
+            yield _base64_block(view[block : block + _BASE64_BLOCK])
+        pending += view[whole:]
+    if pending or empty:
+        yield _base64_block(pending)
 
 
-def _base64_lines(data: bytes | bytearray) -> bytes:
-    out = bytearray(_base64_size(len(data)))
-    _base64_into(out, 0, data)
-    return bytes(out)
+def _base64_lines(data: Chunk | bytearray) -> bytes:
+    return b"".join(_base64_stream([data]))
 
 
-def _assemble(outer: Iterable[bytes], mime: Sequence[bytes], body: bytes) -> bytes:
-    fields = [*outer, b"MIME-Version: 1.0", *mime]
-    return b"\r\n".join(fields) + b"\r\n\r\n" + body
+def _head(outer: Iterable[bytes], mime: Sequence[bytes]) -> bytes:
+    return b"\r\n".join([*outer, b"MIME-Version: 1.0", *mime]) + b"\r\n\r\n"
+
+
+def _join(length: int, pieces: Iterable[Chunk]) -> bytes:
+    """
+    C{pieces} in one bytes object of C{length}, laid out once: its buffer is
+    made at its final size before the first piece is written, and handed
+    over without a copy.
+    """
+    out = io.BytesIO()
+    if length:
+        out.seek(length - 1)
+        out.write(b"\0")  # io.BytesIO makes its buffer this size at once
+        out.seek(0)
+    for piece in pieces:
+        out.write(piece)
+    if out.tell() != length:
+        raise RuntimeError(f"wrote {out.tell()} bytes where {length} were laid out")
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class MessagePieces:
+    """
+    A message as S/MIME takes it: its own header fields (From, To, ...),
+    which stay outside, and its MIME entity (the Content-* fields, a blank
+    line and the body) in canonical pieces, which are signed or encrypted
+    without being joined.  Each piece but the last ends at a line end.
+    """
+
+    outer: list[bytes]
+    entity: list[Chunk]
+
+    @classmethod
+    def of(cls, message: bytes | MessagePieces) -> MessagePieces:
+        if isinstance(message, MessagePieces):
+            return message
+        parts = Parts.split(message)
+        return cls(parts.outer_fields(), [parts.entity_head(), parts.body_view()])
+
+    @property
+    def length(self) -> int:
+        return sum(len(piece) for piece in self.entity)
+
+    def join(self) -> bytes:
+        """
+        The message in one piece.
+        """
+        head = b"\r\n".join([*self.outer, b"MIME-Version: 1.0"]) + b"\r\n"
+        return _join(len(head) + self.length, itertools.chain([head], self.entity))
+
+
+_SIGNED_DATA_FIELDS = [
+    b"Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m",
+    b"Content-Transfer-Encoding: base64",
+    b"Content-Disposition: attachment; filename=smime.p7m",
+]
+
+
+def _signed_entity(entity: list[Chunk], certificate: x509.Certificate, key: PrivateKey,
+                   *, signing_time: datetime, chain: Sequence[x509.Certificate],
+                   detached: bool) -> tuple[list[bytes], int, Iterable[Chunk]]:
+    """
+    The signed form of C{entity}: its Content-* fields, the length of its
+    body and its body, in pieces made as they are read.
+    """
+    if detached and any(_needs_encoding(piece) for piece in entity):
+        entity = [seven_bit(b"".join(entity))]
+    signature = cms.sign_chunks(entity, certificate, key, signing_time=signing_time,
+                                detached=detached, chain=chain)
+    if not detached:
+        return (_SIGNED_DATA_FIELDS, _base64_size(sum(len(p) for p in signature)),
+                _base64_stream(signature))
+    boundary = _boundary().encode()
+    body: list[Chunk] = [
+        b"This is a cryptographically signed message in MIME format.\r\n\r\n--" + boundary
+        + b"\r\n",
+        *entity,
+        b"\r\n--" + boundary + b"\r\n"
+        b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n"
+        b"Content-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: attachment; filename=smime.p7s\r\n\r\n"
+        + b"".join(_base64_stream(signature)) + b"\r\n--" + boundary + b"--\r\n",
+    ]
+    fields = [b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
+              b'micalg=sha-256;\r\n\tboundary="' + boundary + b'"']
+    return fields, sum(len(piece) for piece in body), body
+
+
+def _encrypted(outer: list[bytes], length: int, entity: Iterable[Chunk],
+               recipients: Sequence[x509.Certificate], *, cipher: str, oaep: bool) -> bytes:
+    der_length, der = cms.encrypt_chunks(entity, recipients, length=length, cipher=cipher,
+                                         oaep=oaep)
+    smime_type = b"authEnveloped-data" if cipher.endswith("gcm") else b"enveloped-data"
+    head = _head(outer, [
+        b"Content-Type: application/pkcs7-mime; smime-type=" + smime_type + b"; name=smime.p7m",
+        b"Content-Transfer-Encoding: base64",
+        b"Content-Disposition: attachment; filename=smime.p7m",
+    ])
+    return _join(len(head) + _base64_size(der_length),
+                 itertools.chain([head], _base64_stream(der)))
 
 
 def sign_message(
-    message: bytes,
+    message: bytes | MessagePieces,
     certificate: x509.Certificate,
     key: PrivateKey,
     *,
@@ -234,39 +339,16 @@ def sign_message(
     Sign a message: C{multipart/signed} (detached, the default: readable
     without S/MIME) or opaque C{application/pkcs7-mime; smime-type=signed-data}.
     """
-    parts = Parts.split(message)
-    entity = seven_bit(parts.entity()) if detached else parts.entity()
-    signature = cms.sign(entity, certificate, key, signing_time=signing_time,
-                         detached=detached, chain=chain)
-    if not detached:
-        return _assemble(
-            parts.outer_fields(),
-            [b"Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m",
-             b"Content-Transfer-Encoding: base64",
-             b"Content-Disposition: attachment; filename=smime.p7m"],
-            _base64_lines(signature),
-        )
-    boundary = _boundary().encode()
-    head = _assemble(
-        parts.outer_fields(),
-        [b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
-         b'micalg=sha-256;\r\n\tboundary="' + boundary + b'"'],
-        b"",
-    )
-    del parts
-    return b"".join([
-        head,
-        b"This is a cryptographically signed message in MIME format.\r\n\r\n--", boundary,
-        b"\r\n", entity, b"\r\n--", boundary, b"\r\n"
-        b"Content-Type: application/pkcs7-signature; name=smime.p7s\r\n"
-        b"Content-Transfer-Encoding: base64\r\n"
-        b"Content-Disposition: attachment; filename=smime.p7s\r\n\r\n",
-        _base64_lines(signature), b"\r\n--", boundary, b"--\r\n",
-    ])
+    pieces = MessagePieces.of(message)
+    fields, length, body = _signed_entity(pieces.entity, certificate, key,
+                                          signing_time=signing_time, chain=chain,
+                                          detached=detached)
+    head = _head(pieces.outer, fields)
+    return _join(len(head) + length, itertools.chain([head], body))
 
 
 def encrypt_message(
-    message: bytes,
+    message: bytes | MessagePieces,
     recipients: Sequence[x509.Certificate],
     *,
     cipher: str = "aes256_cbc",
@@ -274,26 +356,39 @@ def encrypt_message(
 ) -> bytes:
     """
     Encrypt a message's entity for C{recipients}; the outer headers stay.
+    The entity is encrypted from its pieces and the result written once:
+    a large message is never copied whole on the way.
     """
-    parts = Parts.split(message)
-    outer = parts.outer_fields()
-    # The entity is encrypted from its two pieces: never copied whole.
-    encrypted = cms.encrypt_chunks([parts.entity_head(), parts.body_view()], recipients,
-                                   cipher=cipher, oaep=oaep)
-    del parts
-    smime_type = b"authEnveloped-data" if cipher.endswith("gcm") else b"enveloped-data"
-    head = _assemble(
-        outer,
-        [b"Content-Type: application/pkcs7-mime; smime-type=" + smime_type + b"; name=smime.p7m",
-         b"Content-Transfer-Encoding: base64",
-         b"Content-Disposition: attachment; filename=smime.p7m"],
-        b"",
-    )
-    out = bytearray(len(head) + _base64_size(len(encrypted)))
-    out[:len(head)] = head
-    _base64_into(out, len(head), encrypted)
-    del encrypted  # before the last copy: the peak is the output twice
-    return bytes(out)
+    pieces = MessagePieces.of(message)
+    return _encrypted(pieces.outer, pieces.length, pieces.entity, recipients, cipher=cipher,
+                      oaep=oaep)
+
+
+def sign_and_encrypt_message(
+    message: bytes | MessagePieces,
+    certificate: x509.Certificate,
+    key: PrivateKey,
+    recipients: Sequence[x509.Certificate],
+    *,
+    signing_time: datetime,
+    chain: Sequence[x509.Certificate] = (),
+    detached: bool = True,
+    cipher: str = "aes256_cbc",
+    oaep: bool = False,
+) -> bytes:
+    """
+    C{encrypt_message(sign_message(message, ...), ...)}, byte for byte, but
+    the signed message is encrypted as it is made: it is never held whole
+    (for an opaque signature, neither is its base64 form).
+    """
+    pieces = MessagePieces.of(message)
+    fields, length, body = _signed_entity(pieces.entity, certificate, key,
+                                          signing_time=signing_time, chain=chain,
+                                          detached=detached)
+    fields_head = b"\r\n".join(fields) + b"\r\n\r\n"
+    return _encrypted(pieces.outer, len(fields_head) + length,
+                      itertools.chain([fields_head], body), recipients, cipher=cipher,
+                      oaep=oaep)
 
 
 @dataclass(frozen=True)

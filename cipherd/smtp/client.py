@@ -19,11 +19,12 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cipherd.core.envelope import Outcome
 
@@ -65,18 +66,60 @@ class Delivery:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
 
 
-def dot_stuff(content: bytes) -> bytes:
+# The DATA payload is written a piece of this size at a time, as the
+# connection takes it: a large message is never copied whole.
+_DATA_STEP = 256 * 1024
+
+
+@implementer(IPullProducer)
+class _DataWriter:
     """
-    The DATA payload for C{content}: every line that begins with a dot gets
-    another (RFC 5321 §4.5.2), the last line ends with CRLF, and the
-    terminating C{.} follows.
+    Writes the DATA payload for C{content} to C{transport}: every line that
+    begins with a dot gets another (RFC 5321 §4.5.2), the last line ends
+    with CRLF, and the terminating C{.} follows.  A piece at a time, each
+    when the transport has sent the one before (a pull producer);
+    C{progress} is told of each piece.
     """
-    if not content.endswith(b"\r\n"):
-        content += b"\r\n"
-    stuffed = content.replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    return stuffed + b".\r\n"
+
+    def __init__(self, transport: ITransport, content: bytes,
+                 progress: Callable[[], None]) -> None:
+        self._transport = transport
+        self._content: bytes | None = content
+        self._progress = progress
+        self._position = 0
+        self._line_start = True
+        transport.registerProducer(self, False)  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        content, start = self._content, self._position
+        if content is None:
+            return
+        end = min(len(content), start + _DATA_STEP)
+        if content[end - 1 : end] == b"\r" and content[end : end + 1] == b"\n":
+            end += 1  # never between a CR and its LF
+        raw = content[start:end]
+        piece = raw.replace(b"\r\n.", b"\r\n..")
+        if self._line_start and raw.startswith(b"."):
+            piece = b"." + piece
+        self._line_start = raw.endswith(b"\r\n")
+        self._position = end
+        if end == len(content):
+            piece += (b"" if content.endswith(b"\r\n") else b"\r\n") + b".\r\n"
+            self.stop()
+        self._progress()
+        self._transport.write(piece)
+
+    def stop(self) -> None:
+        """
+        Write no more (the last piece is written, or the transaction ended).
+        """
+        if self._content is not None:
+            self._content = None
+            self._transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        # The connection is gone: the transport forgets us itself.
+        self._content = None
 
 
 def _enhanced(code: int, text: str, default: str) -> str:
@@ -112,6 +155,7 @@ class SMTPClient(Protocol, TimeoutMixin):
         self._extensions: set[str] = set()
         # Told when an idle connection can no longer be used.
         self._idle_ended: Callable[[SMTPClient], None] | None = None
+        self._writer: _DataWriter | None = None
         self._transaction(delivery)
 
     def _transaction(self, delivery: Delivery) -> None:
@@ -339,10 +383,11 @@ class SMTPClient(Protocol, TimeoutMixin):
                 self.transport.write(b".\r\n")
                 return
             self._stage = "content"
-            self.transport.write(dot_stuff(self.delivery.content))
+            self._writer = _DataWriter(self.transport, self.delivery.content, self.resetTimeout)
         elif stage == "empty":
             self._quit()
         elif stage == "content":
+            self._stop_writing()  # a reply before the end of the data ends it too
             if code == 250:
                 outcome = Outcome("sent", _enhanced(code, text, "2.0.0"), f"{code} {text}")
             else:
@@ -413,9 +458,15 @@ class SMTPClient(Protocol, TimeoutMixin):
         self._send("QUIT")
         self._finish(True)
 
+    def _stop_writing(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
+
     def _finish(self, close: bool) -> None:
         self._finished = True
         self.setTimeout(None)
+        self._stop_writing()
         if close and self.transport is not None:
             self.transport.loseConnection()
         self.done.callback(self.delivery)

@@ -828,7 +828,8 @@ class SMTPServer(Protocol):
         received = Received(
             queue_id=queue_id, sender=self._sender, recipients=list(self._recipients),
             client=self.client, helo=self._helo or "",
-            content=self._received_header(queue_id) + b"".join(self._data),
+            # One join: the lines and the content are the only copies.
+            content=b"".join([self._received_header(queue_id), *self._data]),
         )
         self._reset_transaction()
         self._busy = True
