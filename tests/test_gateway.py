@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 
 from cipherd.core.envelope import Envelope, Outcome
 from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
-from cipherd.mpa.tunnel import read_tunnel
+from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, read_tunnel, tunnel_id
 from cipherd.pki import smime
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
@@ -189,6 +189,39 @@ def test_one_message_split_over_every_path(world: World, log_lines: list[str]) -
     assert "y" * 100 not in text  # the header only, never the content in the clear
     assert any(line.startswith("Webmail is disabled for the recipient; Recipient: "
                                "frank@strict.example") for line in log_lines), log_lines
+
+
+@pytest.mark.parametrize(("original", "inside", "encoding"), [
+    (b"Subject: a\r\n\r\nline1\r\nline2\r\n", b"Subject: a\r\n\r\nline1\r\nline2\r\n",
+     b"7bit"),
+    (b"Subject: a\r\n\r\nline1\nline2\r\n", b"Subject: a\r\n\r\nline1\r\nline2\r\n",
+     b"7bit"),
+    (b"Subject: a\r\n\r\nline1\r\nline2", b"Subject: a\r\n\r\nline1\r\nline2\r\n", b"7bit"),
+    (b"Subject: a\r\n\r\n" + b"x" * 999 + b"\nend\r\n",
+     b"Subject: a\r\n\r\n" + b"x" * 999 + b"\r\nend\r\n", b"binary"),
+    (b"Subject: \xc3\xa9\r\n\r\nok\r\n", b"Subject: \xc3\xa9\r\n\r\nok\r\n", b"8bit"),
+])
+def test_the_tunnel_carries_the_original_canonical_with_one_line_end(
+        original: bytes, inside: bytes, encoding: bytes) -> None:
+    """
+    The original goes into the tunnel without our Received field, with CRLF
+    line ends and one at its end (never a second), labelled by what it is
+    once canonical.
+    """
+    from cipherd.mpa.gateway import _sent_from
+
+    ours = (b"Received: from c (c [192.0.2.1])\r\n\tby gw (cipherd) with ESMTP id "
+            + QUEUE_ID.encode() + b"\r\n\tfor <x@y>; Fri, 4 Dec 2026 10:00:00 +0000\r\n")
+    content = ours + original
+    assert _sent_from(content, QUEUE_ID) == len(ours)
+    assert _sent_from(content, "other") == 0
+    metadata = TunnelMetadata(tunnel_id("gw.example.com", QUEUE_ID, ["b@example.org"]),
+                              NOW.timestamp(), "a@example.com", ("b@example.org",))
+    tunnel = build_tunnel(content, metadata, webmail_sender=WEBMAIL_SENDER,
+                          webmail_recipient=WEBMAIL_RECIPIENT, my_hostname="gw.example.com",
+                          start=_sent_from(content, QUEUE_ID)).join()
+    assert read_tunnel(smime.Parts.split(tunnel).entity())[1] == inside
+    assert b"Content-Transfer-Encoding: " + encoding + b"\r\n\r\n" + inside + b"\r\n--" in tunnel
 
 
 def test_the_tunnel_id_is_the_same_when_the_same_message_is_processed_again(

@@ -245,3 +245,32 @@ def test_an_endless_reply_is_cut_off() -> None:
     client.dataReceived(b"220-hello\r\n" * 500)
     assert done[0].outcomes["b@example.com"].reason.endswith("failed: reply too long")
     assert transport.disconnecting
+
+
+@pytest.mark.parametrize(("reply", "status", "dsn"), [
+    (b"552 5.3.4 Message too big\r\n", "bounced", "5.3.4"),
+    (b"250 2.0.0 Ok: queued as X\r\n", "deferred", "4.5.0"),
+])
+def test_a_reply_before_the_end_of_the_data_ends_the_connection(reply: bytes, status: str,
+                                                                 dsn: str) -> None:
+    """
+    A next hop that answers while the body is still being written is in
+    the middle of DATA: a 2xx there accepted nothing, and the connection is
+    closed, never kept for the next message nor sent a QUIT inside the body.
+    """
+    content = b"x" * 600_000 + b"\r\n"
+    client = SMTPClient(delivery(content), f"{HOST}[192.0.2.25]", Clock(), None, keep=True)
+    transport = StringTransport()
+    client.makeConnection(transport)
+    for line in [b"220 h\r\n", b"250-h\r\n250 PIPELINING\r\n", b"250 ok\r\n", b"250 ok\r\n",
+                 b"354 go\r\n"]:
+        client.dataReceived(line)
+    transport.producer.resumeProducing()  # one piece of the body written
+    written = transport.value()
+    done: list[Delivery] = []
+    client.done.addCallback(done.append)
+    client.dataReceived(reply)
+    (outcome,) = done[0].outcomes.values()
+    assert (outcome.status, outcome.dsn) == (status, dsn)
+    assert not client.idle and transport.disconnecting and transport.producer is None
+    assert transport.value() == written  # no QUIT, no dot

@@ -109,9 +109,9 @@ class TunnelMetadata:
             raise TunnelFormatError(f"the tunnel's metadata cannot be read: {e}") from None
 
 
-def _transfer_encoding(original: bytes, start: int) -> bytes:
+def _transfer_encoding(original: bytes | memoryview) -> bytes:
     ascii = True
-    for window in windows(original, start):
+    for window in windows(original):
         if has_long_line(window):
             return b"binary"
         ascii = ascii and window.isascii()
@@ -135,7 +135,8 @@ def build_tunnel(original: bytes, metadata: TunnelMetadata, *, webmail_sender: s
              f"Message-ID: <{metadata.tunnel_id}@{my_hostname}>".encode("ascii")]
     body: bytes | memoryview = memoryview(original)[start:]
     if not original.endswith(b"\r\n", start) or not _canonical(original, start):
-        body = canonicalize(original[start:] + b"\r\n")
+        ending = b"" if original.endswith(b"\r\n", start) else b"\r\n"
+        body = canonicalize(original[start:] + ending)
     return MessagePieces(outer, [
         b"".join([
             b'Content-Type: multipart/mixed; boundary="', boundary, b'"\r\n\r\n',
@@ -144,7 +145,7 @@ def build_tunnel(original: bytes, metadata: TunnelMetadata, *, webmail_sender: s
             metadata.to_json(), b"\r\n",
             b"--", boundary, b"\r\n",
             b"Content-Type: message/rfc822\r\n",
-            b"Content-Transfer-Encoding: ", _transfer_encoding(original, start), b"\r\n\r\n",
+            b"Content-Transfer-Encoding: ", _transfer_encoding(body), b"\r\n\r\n",
         ]),
         body,
         b"\r\n--" + boundary + b"--\r\n",

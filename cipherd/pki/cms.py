@@ -303,6 +303,7 @@ def sign_chunks(
     L{sign} for content given in pieces, its DER given in pieces too: an
     opaque signature holds the content's pieces themselves, never a copy.
     """
+    chunks = list(chunks)  # read three times: a generator would be read once
     hash_cls = _HASHES[digest]
     message_digest = hashes.Hash(hash_cls())
     for chunk in chunks:

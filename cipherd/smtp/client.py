@@ -88,6 +88,8 @@ class _DataWriter:
         self._progress = progress
         self._position = 0
         self._line_start = True
+        # Whether the whole payload, its terminating dot included, is written.
+        self.finished = False
         transport.registerProducer(self, False)  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
@@ -105,6 +107,7 @@ class _DataWriter:
         self._position = end
         if end == len(content):
             piece += (b"" if content.endswith(b"\r\n") else b"\r\n") + b".\r\n"
+            self.finished = True
             self.stop()
         self._progress()
         self._transport.write(piece)
@@ -387,7 +390,19 @@ class SMTPClient(Protocol, TimeoutMixin):
         elif stage == "empty":
             self._quit()
         elif stage == "content":
-            self._stop_writing()  # a reply before the end of the data ends it too
+            early = self._writer is not None and not self._writer.finished
+            self._stop_writing()
+            if early:
+                # A reply before the end of the data (RFC 5321 §4.1.1.4 has
+                # it after): the connection is in the middle of DATA, so it
+                # is closed without QUIT, and a 2xx accepted nothing.
+                outcome = self._refused(code, text) if code >= 400 else Outcome(
+                    "deferred", "4.5.0", f"host {self.peer} said: {code} {text} before the "
+                    "end of the message data")
+                for recipient in self._accepted:
+                    self.delivery.outcomes.setdefault(recipient, outcome)
+                self._finish(True)
+                return
             if code == 250:
                 outcome = Outcome("sent", _enhanced(code, text, "2.0.0"), f"{code} {text}")
             else:
