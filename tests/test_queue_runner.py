@@ -789,3 +789,72 @@ def test_stopping_closes_the_connections_kept_for_a_next_message(tmp_path: Path)
     world.network.servers[0][1].flush()
     assert world.network.factory.sessions == 0
     assert world.clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("change", ["hold", "delete"])
+def test_an_admin_change_while_a_message_is_written_is_not_undone_by_its_delivery(
+        tmp_path: Path, change: str) -> None:
+    """
+    The spool has linked the new file into active/ (the admin sees it) and
+    the admin holds or deletes it before the reactor hears that the write
+    is done: the message is read back, not delivered from memory as it was
+    written.
+    """
+    world = World(tmp_path)
+    accept = world.queue.accept
+
+    def accept_then_admin_changes(received: Received) -> Deferred[Any]:
+        def admin(message: Any) -> Any:
+            result_of(getattr(world.queue, change)(message.envelope.queue_id))
+            return message
+        return accept(received).addCallback(admin)
+
+    world.queue.accept = accept_then_admin_changes  # type: ignore[method-assign]
+    received = Received(queue_id=new_queue_id(), sender="a@example.org",
+                        recipients=["b@example.com"], client="c", helo="h", content=CONTENT)
+    world.runner.accept(received)
+    assert world.network.queued == []
+    assert world.queued() == ([(received.queue_id, "hold", ("b@example.com",))]
+                              if change == "hold" else [])
+
+
+def test_a_message_written_without_an_admin_change_is_delivered_from_memory(
+        tmp_path: Path) -> None:
+    world = World(tmp_path)
+    loads: list[str] = []
+    load = world.queue.load
+
+    def counting_load(queue_id: str) -> Any:
+        loads.append(queue_id)
+        return load(queue_id)
+
+    world.queue.load = counting_load  # type: ignore[method-assign]
+    received = Received(queue_id=new_queue_id(), sender="a@example.org",
+                        recipients=["b@example.com"], client="c", helo="h", content=CONTENT)
+    world.runner.accept(received)
+    assert len(world.network.queued) == 1 and loads == []
+
+
+class _FakeKept:
+    def __init__(self, opened: float) -> None:
+        self.opened = opened
+        self.idle = True
+        self.closed = False
+
+    def wait_idle(self, ended: Any) -> None:
+        pass
+
+    def close_idle(self) -> None:
+        self.closed, self.idle = True, False
+
+
+def test_a_kept_connection_past_its_lifetime_is_closed_when_taken() -> None:
+    from cipherd.smtp.client import ConnectionCache
+
+    clock = Clock()
+    cache = ConnectionCache(clock, 5, idle=CACHE_IDLE, lifetime=CACHE_LIFETIME)
+    kept = _FakeKept(opened=clock.seconds())
+    clock.advance(CACHE_LIFETIME - 1)
+    cache.put("hop", kept)  # type: ignore[arg-type]
+    clock.advance(1.5)  # within its idle time, past its lifetime
+    assert cache.take("hop") is None and kept.closed and len(cache) == 0

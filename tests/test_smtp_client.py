@@ -274,3 +274,56 @@ def test_a_reply_before_the_end_of_the_data_ends_the_connection(reply: bytes, st
     assert (outcome.status, outcome.dsn) == (status, dsn)
     assert not client.idle and transport.disconnecting and transport.producer is None
     assert transport.value() == written  # no QUIT, no dot
+
+
+class _TCPLike(StringTransport):
+    """
+    As a TCP transport does, a pull producer is asked for its first piece
+    at once, inside registerProducer.
+    """
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        super().registerProducer(producer, streaming)
+        if not streaming:
+            producer.resumeProducing()
+
+
+def test_a_reply_that_comes_with_the_354_accepted_nothing() -> None:
+    """
+    A next hop (or a man in the middle) that answers MAIL, RCPT, DATA and
+    the end of the data in one segment, before it has seen a byte of the
+    body: the message is deferred, the connection closed, never kept.
+    """
+    content = b"Subject: x\r\n\r\nbody\r\n"
+    client = SMTPClient(delivery(content), f"{HOST}[192.0.2.25]", Clock(), None, keep=True)
+    transport = _TCPLike()
+    client.makeConnection(transport)
+    client.dataReceived(b"220 mx\r\n")
+    client.dataReceived(b"250-mx\r\n250 PIPELINING\r\n")
+    done: list[Delivery] = []
+    client.done.addCallback(done.append)
+    client.dataReceived(b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 Ok: queued as FAKE\r\n")
+    (outcome,) = done[0].outcomes.values()
+    assert (outcome.status, outcome.dsn) == ("deferred", "4.5.0")
+    assert "before the message was sent" in outcome.reason
+    assert not client.idle and transport.disconnecting
+    assert content not in transport.value()
+
+
+def test_a_kept_connection_does_not_hold_the_message_it_delivered() -> None:
+    content = b"Subject: x\r\n\r\n" + b"y" * 5000 + b"\r\n"
+    client = SMTPClient(delivery(content), f"{HOST}[192.0.2.25]", Clock(), None, keep=True)
+    transport = _TCPLike()
+    client.makeConnection(transport)
+    done: list[Delivery] = []
+    client.done.addCallback(done.append)
+    for reply in [b"220 mx\r\n", b"250-mx\r\n250 PIPELINING\r\n",
+                  b"250 ok\r\n250 ok\r\n354 go\r\n"]:
+        client.dataReceived(reply)
+    client.dataReceived(b"250 2.0.0 Ok: queued as Q1\r\n")
+    assert done[0].content == content and done[0].outcomes["b@example.com"].status == "sent"
+    assert client.idle and client.delivery.content == b""
+    # The next message goes over it as usual.
+    client.deliver(delivery(b"Subject: two\r\n\r\nsecond\r\n"))
+    assert transport.value().endswith(b"y\r\n.\r\nMAIL FROM:<a@example.org>\r\n"
+                                      b"RCPT TO:<b@example.com>\r\nDATA\r\n")

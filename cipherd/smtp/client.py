@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime, ITransport
@@ -379,6 +379,12 @@ class SMTPClient(Protocol, TimeoutMixin):
                 self._finish_all(self._refused(code, text), only=self._accepted)
                 return
             assert self.transport is not None
+            if self._buffer:
+                # Nothing may follow the 354 before the body is sent: a
+                # reply there answers a message the next hop has not seen.
+                self._fail_all("deferred", "4.5.0", f"conversation with {self.peer} failed: "
+                               "a reply after the DATA reply, before the message was sent")
+                return
             if not self._accepted:
                 # RFC 2920 §3.1: DATA accepted although no recipient was:
                 # end it with an empty message.
@@ -413,7 +419,12 @@ class SMTPClient(Protocol, TimeoutMixin):
                 for recipient in self._accepted:
                     self.delivery.outcomes.setdefault(recipient, outcome)
                 self._stage = "idle"
+                delivered = self.delivery
                 self._finish(False)
+                if self._stage == "idle" and self.delivery is delivered:
+                    # Kept for the next message (unless a callback already
+                    # sent it): not holding this one's content meanwhile.
+                    self.delivery = replace(delivered, content=b"")
                 return
             self._finish_all(outcome, only=self._accepted)
         elif stage == "quit":
@@ -518,8 +529,12 @@ class ConnectionCache:
             timer.cancel()
             if not waiting:
                 del self._idle_clients[key]
-            if client.idle:
-                return client
+            if not client.idle:
+                continue
+            if self._clock.seconds() - client.opened >= self._lifetime:
+                client.close_idle()
+                continue
+            return client
         return None
 
     def put(self, key: Hashable, client: SMTPClient) -> None:

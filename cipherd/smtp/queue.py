@@ -75,6 +75,10 @@ class MailQueue:
         self._spool = spool
         self._runner = runner
         self._clock = clock
+        # The admin's changes so far (held, released, deleted): a message
+        # written while one was made is read back before it is delivered,
+        # not taken from memory as it was written.
+        self.changes = 0
 
     def accept(self, received: Received) -> Deferred[QueuedMessage]:
         """
@@ -109,8 +113,11 @@ class MailQueue:
 
     async def delete(self, queue_id: str, *, quiet: bool = False) -> bool:
         """
-        Remove a message (delivered, or the admin's decision).
+        Remove a message: the admin's decision, or, C{quiet}, the queue's
+        own once it is delivered or bounced.
         """
+        if not quiet:
+            self.changes += 1
         removed: bool = await self._runner.run(self._spool.remove, queue_id)
         if removed and not quiet:
             log.info("{queue_id}: removed", queue_id=queue_id)
@@ -130,6 +137,7 @@ class MailQueue:
         return await self._set_state(queue_id, "active", "released")
 
     async def _set_state(self, queue_id: str, state: str, what: str) -> bool:
+        self.changes += 1
         try:
             await self.move(queue_id, state)
         except KeyError:
@@ -261,11 +269,21 @@ class QueueRunner:
         """
         Queue a message the SMTP server accepted, and deliver it soon.
         """
-        return self._queue.accept(received).addCallback(self._kicked, received.content)
+        changes = self._queue.changes  # before the write begins
+        return self._queue.accept(received).addCallback(self._kicked, received.content, changes)
 
-    def _kicked(self, message: QueuedMessage, content: bytes) -> QueuedMessage:
-        self.deliver_soon(message.envelope.queue_id, (message, content))
+    def _kicked(self, message: QueuedMessage, content: bytes, changes: int) -> QueuedMessage:
+        self.deliver_soon(message.envelope.queue_id, self._as_written(message, content, changes))
         return message
+
+    def _as_written(self, message: QueuedMessage, content: bytes, changes: int
+                    ) -> tuple[QueuedMessage, bytes] | None:
+        """
+        The message as it was just written, to deliver from memory; or
+        C{None} (read it back) when the admin held, released or deleted a
+        message since the write began: it may be this one.
+        """
+        return (message, content) if self._queue.changes == changes else None
 
     def deliver_soon(self, queue_id: str,
                      stored: tuple[QueuedMessage, bytes] | None = None) -> None:
@@ -274,8 +292,8 @@ class QueueRunner:
         the whole queue for it.
 
         @param stored: the message as it was just written, used instead of
-            reading it again if its attempt starts at once (no one can have
-            changed it meanwhile).
+            reading it again if its attempt starts at once (L{_as_written}
+            says whether the admin may have changed it meanwhile).
         """
         if queue_id in self._busy:
             return
@@ -293,9 +311,10 @@ class QueueRunner:
         replies and resets): no relay check, the same queue, delivered at
         once (L{ISubmission}).
         """
+        changes = self._queue.changes
         d = self._queue.enqueue(new_queue_id(), sender, recipients, content, client,
                                 processed=processed)
-        return d.addCallback(self._kicked, content)
+        return d.addCallback(self._kicked, content, changes)
 
     def now(self) -> float:
         return self._clock.seconds()
@@ -502,6 +521,7 @@ class QueueRunner:
             keep = replace(envelope, recipients=tuple(kept)) if kept else None
             head: QueuedMessage | None = queued
             others: list[QueuedMessage] = []
+            changes = self._queue.changes
             if made or len(kept) < len(envelope.recipients):
                 head, others = await self._queue.commit(envelope.queue_id, results, keep)
             # else nothing made, nobody settled: nothing to write.
@@ -550,8 +570,8 @@ class QueueRunner:
                      count=len(other.envelope.recipients), state=other.state,
                      parent=envelope.queue_id)
             if other.state == "active" and other.envelope.queue_id != envelope.queue_id:
-                self.deliver_soon(other.envelope.queue_id,
-                                  (other, made[ids.index(other.envelope.queue_id)].content))
+                self.deliver_soon(other.envelope.queue_id, self._as_written(
+                    other, made[ids.index(other.envelope.queue_id)].content, changes))
         for callback in result.written:
             try:
                 await callback()
