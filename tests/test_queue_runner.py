@@ -858,3 +858,15 @@ def test_a_kept_connection_past_its_lifetime_is_closed_when_taken() -> None:
     cache.put("hop", kept)  # type: ignore[arg-type]
     clock.advance(1.5)  # within its idle time, past its lifetime
     assert cache.take("hop") is None and kept.closed and len(cache) == 0
+
+
+def test_a_kept_connection_is_not_used_once_the_helo_name_changed(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.enqueue()
+    world.scan()
+    world.config, errors = apply_changes(world.config, {"smtp_helo_name": "mx.example.org"})
+    assert not errors
+    world.enqueue()
+    world.scan()
+    assert world.queued() == [] and len(world.network.connections) == 2
+    assert [r.helo for r in world.network.queued] == ["gw.example.org", "mx.example.org"]

@@ -721,7 +721,9 @@ class QueueRunner:
         for host, address in addresses:
             peer = f"{host}[{address}]"
             relay = f"{peer}:{hop.port}"
-            key = (peer, hop.port)
+            # A kept connection carries on as it began: with this EHLO name
+            # (the TLS settings are the runner's, the same for every host).
+            key = (peer, hop.port, config.helo_name)
 
             def delivery() -> Delivery:
                 return Delivery(sender, list(recipients), content, config.helo_name,
