@@ -869,12 +869,10 @@ def encrypt(
     @return: DER.
     @raise UnsupportedAlgorithm: a non-RSA recipient or unknown cipher.
     """
-    length, pieces = encrypt_chunks([content], recipients, length=len(content), cipher=cipher,
-                                     oaep=oaep)
-    encrypted = b"".join(pieces)
-    if len(encrypted) != length:
-        raise RuntimeError(f"encrypted {len(encrypted)} bytes where {length} were laid out")
-    return encrypted
+    # The stream checks its own length as it ends.
+    _, pieces = encrypt_chunks([content], recipients, length=len(content), cipher=cipher,
+                               oaep=oaep)
+    return b"".join(pieces)
 
 
 _GCM_TAG = 16
@@ -907,19 +905,18 @@ def encrypt_chunks(
     key_size, kind = _CIPHERS[cipher]
     cek = os.urandom(key_size)
     recipient_infos = _tlv(0x31, *sorted(_recipient_info_der(c, cek, oaep) for c in recipients))
-    total = length
     oid = core.ObjectIdentifier(algos.EncryptionAlgorithmId.unmap(cipher)).dump()
     encryptor: Any
     if kind == "gcm":
         nonce = os.urandom(12)
         params = GCMParameters({"aes_nonce": nonce, "aes_icv_len": _GCM_TAG}).dump()
         encryptor = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
-        ciphertext_length, mac_length, outer_oid = total, 2 + _GCM_TAG, _OID_AUTH_ENVELOPED_DATA
+        ciphertext_length, mac_length, outer_oid = length, 2 + _GCM_TAG, _OID_AUTH_ENVELOPED_DATA
     else:
         iv = os.urandom(16)
         params = _tlv(0x04, iv)
         encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
-        ciphertext_length, mac_length, outer_oid = (total // 16 + 1) * 16, 0, _OID_ENVELOPED_DATA
+        ciphertext_length, mac_length, outer_oid = (length // 16 + 1) * 16, 0, _OID_ENVELOPED_DATA
     algorithm = _tlv(0x30, oid, params)
     content_header = _header(0x80, ciphertext_length)
     content_info = _header(
@@ -943,10 +940,10 @@ def encrypt_chunks(
                 piece = encryptor.update(view[start : start + _ENCRYPT_STEP])
                 written += len(piece)
                 yield piece
-        if read != total:
-            raise RuntimeError(f"encrypted {read} bytes of content where {total} were laid out")
+        if read != length:
+            raise RuntimeError(f"encrypted {read} bytes of content where {length} were laid out")
         if kind == "cbc":
-            pad = 16 - total % 16  # PKCS#7 (RFC 5652 §6.3)
+            pad = 16 - length % 16  # PKCS#7 (RFC 5652 §6.3)
             piece = encryptor.update(bytes((pad,)) * pad) + encryptor.finalize()
             written += len(piece)
             yield piece

@@ -130,13 +130,11 @@ def canonicalize(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
-def _needs_encoding(entity: Chunk, start: int = 0) -> bool:
+def _needs_encoding(entity: Chunk) -> bool:
     """
-    Whether C{entity} (canonical) from C{start} has 8-bit bytes or a line
-    over 998.
+    Whether C{entity} (canonical) has 8-bit bytes or a line over 998.
     """
-    return any(not window.isascii() or has_long_line(window)
-               for window in windows(entity, start))
+    return any(not window.isascii() or has_long_line(window) for window in windows(entity))
 
 
 def seven_bit(entity: bytes) -> bytes:
@@ -269,17 +267,18 @@ class MessagePieces:
 
     def join(self) -> bytes:
         """
-        The message in one piece.
+        The message in one piece: the outer fields, then the entity (which
+        starts with its own Content-* fields).
         """
         head = b"\r\n".join([*self.outer, b"MIME-Version: 1.0"]) + b"\r\n"
         return _join(len(head) + self.length, itertools.chain([head], self.entity))
 
 
-_SIGNED_DATA_FIELDS = [
-    b"Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m",
-    b"Content-Transfer-Encoding: base64",
-    b"Content-Disposition: attachment; filename=smime.p7m",
-]
+def _pkcs7_mime_fields(smime_type: bytes) -> list[bytes]:
+    return [b"Content-Type: application/pkcs7-mime; smime-type=" + smime_type
+            + b"; name=smime.p7m",
+            b"Content-Transfer-Encoding: base64",
+            b"Content-Disposition: attachment; filename=smime.p7m"]
 
 
 def _signed_entity(entity: list[Chunk], certificate: x509.Certificate, key: PrivateKey,
@@ -294,7 +293,7 @@ def _signed_entity(entity: list[Chunk], certificate: x509.Certificate, key: Priv
     signature = cms.sign_chunks(entity, certificate, key, signing_time=signing_time,
                                 detached=detached, chain=chain)
     if not detached:
-        return (_SIGNED_DATA_FIELDS, _base64_size(sum(len(p) for p in signature)),
+        return (_pkcs7_mime_fields(b"signed-data"), _base64_size(sum(len(p) for p in signature)),
                 _base64_stream(signature))
     boundary = _boundary().encode()
     body: list[Chunk] = [
@@ -317,11 +316,7 @@ def _encrypted(outer: list[bytes], length: int, entity: Iterable[Chunk],
     der_length, der = cms.encrypt_chunks(entity, recipients, length=length, cipher=cipher,
                                          oaep=oaep)
     smime_type = b"authEnveloped-data" if cipher.endswith("gcm") else b"enveloped-data"
-    head = _head(outer, [
-        b"Content-Type: application/pkcs7-mime; smime-type=" + smime_type + b"; name=smime.p7m",
-        b"Content-Transfer-Encoding: base64",
-        b"Content-Disposition: attachment; filename=smime.p7m",
-    ])
+    head = _head(outer, _pkcs7_mime_fields(smime_type))
     return _join(len(head) + _base64_size(der_length),
                  itertools.chain([head], _base64_stream(der)))
 
@@ -568,7 +563,7 @@ def _rejoin(parts: Parts, entity: bytes) -> bytes:
     The outer header fields of C{parts} around an unwrapped C{entity} (which
     starts with its own Content-* fields).
     """
-    return b"\r\n".join([*parts.outer_fields(), b"MIME-Version: 1.0"]) + b"\r\n" + entity
+    return MessagePieces(parts.outer_fields(), [entity]).join()
 
 
 @dataclass(frozen=True)
