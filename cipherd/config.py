@@ -55,6 +55,7 @@ class Config:
     tls_key: Path | None
     log_max_bytes: int
     log_keep: int
+    processing_workers: int = 1
 
     @property
     def effective_database_url(self) -> str:
@@ -83,6 +84,10 @@ def _check_database_url(value: str) -> str | None:
 
 def _positive(value: int) -> str | None:
     return None if value > 0 else "must be greater than 0"
+
+
+def _workers(value: int) -> str | None:
+    return None if 0 <= value <= 32 else "must be from 0 to 32"
 
 
 def _non_empty(value: str) -> str | None:
@@ -117,6 +122,7 @@ _KEYS: dict[tuple[str, str], _Key] = {
     ("tls", "key"): _Key("tls_key", str, ""),
     ("logs", "max_bytes"): _Key("log_max_bytes", int, 10_000_000, _positive),
     ("logs", "keep"): _Key("log_keep", int, 5, _positive),
+    ("processing", "workers"): _Key("processing_workers", int, 1, _workers),
 }
 
 _SECTIONS = {section for section, _ in _KEYS if section}

@@ -85,6 +85,14 @@ def _mail_observer(event: LogEvent) -> None:
         globalLogPublisher(event)
 
 
+def emit_mail_event(event: LogEvent) -> None:
+    """
+    Log C{event} as a L{mail_logger} would (an event a processing worker
+    logged, passed on to the process that keeps the logs).
+    """
+    _mail_observer(event)
+
+
 def mail_logger(namespace: str) -> Logger:
     """
     A logger for the MTA (C{cipherd.mta...}) or MPA (C{cipherd.mpa...}) log.
@@ -121,12 +129,20 @@ def _text(event: LogEvent) -> str:
     return formatEvent(event)
 
 
-def _line(stamp: str, event: LogEvent, with_level: bool) -> str:
+def event_text(event: LogEvent) -> str:
+    """
+    What a log line says of C{event}, without time stamp and level: its
+    text, the failure it carries, line breaks escaped.
+    """
     text = _text(event)
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text} ({failure.type.__name__}: {failure.getErrorMessage()})"
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _line(stamp: str, event: LogEvent, with_level: bool) -> str:
+    text = event_text(event)
     if with_level:
         level = _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "INFO")
         return f"{stamp} {level} {text}"

@@ -40,7 +40,7 @@ from twisted.web.server import Site
 
 from cipherd.config import Config
 from cipherd.core.clock import utc_from_seconds
-from cipherd.datadir import prepare_data_dir, read_kek
+from cipherd.datadir import DataDir, prepare_data_dir, read_kek
 from cipherd.logs import MailLogsService
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.gateway import Gateway
@@ -49,6 +49,7 @@ from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.settings import GLOBAL, PROPERTIES
 from cipherd.smtp.config import MTAConfigSource
+from cipherd.smtp.processing import IMessageProcessor
 from cipherd.smtp.queue import SCAN_INTERVAL, MailQueue, QueueRunner
 from cipherd.smtp.routing import DNSHopResolver, connect_tcp
 from cipherd.smtp.server import SMTPFactory
@@ -68,6 +69,7 @@ from cipherd.webmail.cleanup import Cleanup
 from cipherd.webmail.mailbox import Mailboxes, message_key
 from cipherd.webmail.messenger import Messenger
 from cipherd.webmail.notify import Notices, Notifier
+from cipherd.workers import ProcessingWorkers, spawn_worker
 
 SESSION_SWEEP_INTERVAL = 600
 CRYPTO_THREADS = 2
@@ -224,6 +226,79 @@ def _periodic(interval: float, job: Callable[[], Coroutine[Any, Any, Any]], fail
     return timer
 
 
+def processing(settings: SettingsRepository, certificates: CertificateStore,
+               crypto_runner: ThreadPoolRunner, mailboxes: Mailboxes, accounts: Accounts,
+               mta: MTAConfigSource, reactor: Any) -> Composite:
+    """
+    Processing, between the queue's two spools: the webmail relay for the
+    relay recipient (relay messages into mailboxes sealed under a key
+    derived from var/kek), the gateway for everyone else.  The main process
+    and each processing worker (L{cipherd.workers}) build the same.
+    """
+    engine = SmimeEngine(certificates, crypto_runner)
+    return Composite(
+        settings,
+        WebmailRelay(engine, mailboxes, accounts, Notices(reactor), settings,
+                     lambda: mta.current, reactor, certificates.ctl),
+        Gateway(settings, certificates, engine, lambda: mta.current, reactor))
+
+
+def _store_and_pools(config: Config, reactor: Any, root: MultiService
+                     ) -> tuple[Store, bool, ThreadPoolRunner, ThreadPoolRunner]:
+    """
+    The store with its thread pools, and the crypto and auth pools, all
+    children of C{root}; the store is closed after the pools have drained.
+
+    @return: the store, whether its one connection is shared (in-memory
+        SQLite: no second process can use it), the crypto and auth pools.
+    """
+    db_runner = ThreadPoolRunner(reactor, "cipherd-db", config.database_pool_size)
+    # Read-only transactions have threads of their own: the admin API and
+    # processing read on while writes wait for a database someone locked.
+    db_read_runner = ThreadPoolRunner(reactor, "cipherd-db-read", config.database_pool_size)
+    crypto_runner = ThreadPoolRunner(reactor, "cipherd-crypto", CRYPTO_THREADS)
+    auth_runner = ThreadPoolRunner(reactor, "cipherd-auth", AUTH_THREADS)
+    for runner in (db_runner, db_read_runner, crypto_runner, auth_runner):
+        runner.setServiceParent(root)
+    # A connection for each thread of both pools.
+    database = create_engine_for_url(config.effective_database_url,
+                                     2 * config.database_pool_size)
+    # One in-memory SQLite connection cannot serve two pools at once.
+    shared = isinstance(database.pool, StaticPool)
+    store = Store(database, db_runner, reactor, read_runner=None if shared else db_read_runner)
+
+    class _CloseStore(Service):
+        def stopService(self) -> None:
+            super().stopService()
+            store.close()
+
+    # First child, so it stops last: after the thread pools have drained.
+    _CloseStore().setServiceParent(root)
+    root.services.insert(0, root.services.pop())
+    return store, shared, crypto_runner, auth_runner
+
+
+def build_worker(config: Config, reactor: Any
+                 ) -> tuple[MultiService, Composite, SettingsRepository, CertificateStore,
+                            MTAConfigSource]:
+    """
+    What a processing worker process runs (L{cipherd.workers.main}): its
+    thread pools and database connections, and L{processing} over them.
+    The MTA config is the main process's, sent with each change.
+    """
+    return_large_buffers()
+    data = DataDir(config.data_dir)
+    root = MultiService()
+    store, _, crypto_runner, auth_runner = _store_and_pools(config, reactor, root)
+    settings = SettingsRepository(store, reactor)
+    certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
+    mta = MTAConfigSource(store)
+    processor = processing(settings, certificates, crypto_runner,
+                           Mailboxes(store, message_key(read_kek(data))),
+                           Accounts(store, reactor, auth_runner), mta, reactor)
+    return root, processor, settings, certificates, mta
+
+
 def make_service(config: Config, reactor: Any) -> IService:
     """
     Build the service tree.
@@ -236,24 +311,11 @@ def make_service(config: Config, reactor: Any) -> IService:
         now=utc_from_seconds(reactor.seconds()),
     )
     root = MultiService()
-    db_runner = ThreadPoolRunner(reactor, "cipherd-db", config.database_pool_size)
-    # Read-only transactions have threads of their own: the admin API and
-    # processing read on while writes wait for a database someone locked.
-    db_read_runner = ThreadPoolRunner(reactor, "cipherd-db-read", config.database_pool_size)
-    crypto_runner = ThreadPoolRunner(reactor, "cipherd-crypto", CRYPTO_THREADS)
-    auth_runner = ThreadPoolRunner(reactor, "cipherd-auth", AUTH_THREADS)
+    store, shared, crypto_runner, auth_runner = _store_and_pools(config, reactor, root)
     spool_runner = ThreadPoolRunner(reactor, "cipherd-spool", SPOOL_THREADS)
-    for runner in (db_runner, db_read_runner, crypto_runner, auth_runner, spool_runner):
-        runner.setServiceParent(root)
+    spool_runner.setServiceParent(root)
     logs = MailLogsService(data.logs, max_bytes=config.log_max_bytes, keep=config.log_keep)
     logs.setServiceParent(root)
-
-    # A connection for each thread of both pools.
-    database = create_engine_for_url(config.effective_database_url,
-                                     2 * config.database_pool_size)
-    # One in-memory SQLite connection cannot serve two pools at once.
-    shared = isinstance(database.pool, StaticPool)
-    store = Store(database, db_runner, reactor, read_runner=None if shared else db_read_runner)
     settings = SettingsRepository(store, reactor)
     authority = AdminAuthority(
         store, auth_runner, reactor,
@@ -277,17 +339,17 @@ def make_service(config: Config, reactor: Any) -> IService:
     options = tls_options(certificate.read_bytes(), key.read_bytes())
     certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
     queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
-    # Processing, between the queue's two spools: the webmail relay for the
-    # relay recipient (relay messages into mailboxes sealed under a key
-    # derived from var/kek), the gateway for everyone else.
-    engine = SmimeEngine(certificates, crypto_runner)
     mailboxes = Mailboxes(store, message_key(read_kek(data)))
     accounts = Accounts(store, reactor, auth_runner)
-    processor = Composite(
-        settings,
-        WebmailRelay(engine, mailboxes, accounts, Notices(reactor), settings,
-                     lambda: mta.current, reactor, certificates.ctl),
-        Gateway(settings, certificates, engine, lambda: mta.current, reactor))
+    local = processing(settings, certificates, crypto_runner, mailboxes, accounts, mta, reactor)
+    processor: IMessageProcessor = local
+    if config.processing_workers and not shared:
+        workers = ProcessingWorkers(
+            local, config, spawn_worker(reactor), reactor,
+            lambda: (settings.changes, certificates.changes, mta.current),
+            config.processing_workers)
+        workers.setServiceParent(startup)
+        processor = workers
     queue_runner = QueueRunner(
         queue, lambda: mta.current, DNSHopResolver(lambda: mta.current.dns_servers),
         lambda address, port, protocol: connect_tcp(reactor, address, port, protocol),
@@ -314,7 +376,7 @@ def make_service(config: Config, reactor: Any) -> IService:
         serverFromString(reactor, with_backlog(config.smtp_listen)),
         SMTPFactory(mta.receive_policy, queue_runner.accept, reactor, options,
                     verify=AddressVerifier(queue_runner.probe, reactor,
-                                           handled_here=processor.is_relay_recipient).verify,
+                                           handled_here=local.is_relay_recipient).verify,
                     free_space=lambda: shutil.disk_usage(data.spool).free),
     )
     smtp._raiseSynchronously = True
@@ -334,14 +396,5 @@ def make_service(config: Config, reactor: Any) -> IService:
               "Expiring admin sessions failed", reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, portal.sessions.expire,
               "Expiring portal sessions failed", reactor).setServiceParent(startup)
-
-    class _CloseStore(Service):
-        def stopService(self) -> None:
-            super().stopService()
-            store.close()
-
-    # First child, so it stops last: after the thread pools have drained.
-    _CloseStore().setServiceParent(root)
-    root.services.insert(0, root.services.pop())
     return root
 

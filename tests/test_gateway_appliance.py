@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import base64
 import email
+import os
+import re
+import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,3 +339,64 @@ def test_no_smtp_transport_for_webmail_local(gateway: Gateway) -> None:
                 b"for name=webmail.local type=AAAA: Host not found") in bounce.content
     finally:
         dns_server.close()
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _ready_worker(appliance: Appliance, but: int = 0, timeout: float = 30.0) -> int:
+    """
+    The pid of a processing worker the appliance says is ready (not C{but}).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in map(int, re.findall(r"Processing worker (\d+) is ready",
+                                       appliance.logs[-1].read_text())):
+            if pid != but:
+                return pid
+        time.sleep(0.1)
+    raise AssertionError("no processing worker became ready:\n"
+                         + appliance.logs[-1].read_text())
+
+
+def test_processing_runs_in_a_worker_process_whose_kill_loses_nothing(
+        gateway: Gateway, appliance: Appliance) -> None:
+    assert appliance.process is not None
+    worker = _ready_worker(appliance)
+    assert worker in _children(appliance.process.pid)
+    assert b"cipherd.workers" in Path(f"/proc/{worker}/cmdline").read_bytes()
+    # A setting changed through the main process applies to the worker's
+    # next message (mandatory: signed and encrypted, not sent as it is).
+    gateway.settings("global", encrypt_mode="mandatory")
+    first = gateway.send("bob@example.org")
+    gateway.sink.wait_for(1)
+    # The worker's MPA line is in the main process's MPA log.
+    gateway.log("mpa", f"{first}: S/MIME signed and encrypted; Recipients: bob@example.org")
+    os.kill(worker, signal.SIGKILL)
+    second = gateway.send("bob@example.org")
+    captured = gateway.sink.wait_for(2)
+    assert all(b"smime-type=enveloped-data" in c.content for c in captured)
+    gateway.log("mpa", f"{second}: S/MIME signed and encrypted; Recipients: bob@example.org")
+    assert f"Processing worker {worker} ended" in appliance.logs[-1].read_text()
+    again = _ready_worker(appliance, but=worker)
+    third = gateway.send("bob@example.org")
+    gateway.sink.wait_for(3)
+    gateway.log("mpa", f"{third}: S/MIME signed and encrypted; Recipients: bob@example.org")
+    # The main process killed: its worker does not stay behind.
+    appliance.kill()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{again}/stat").exists() and time.monotonic() < deadline:
+        if Path(f"/proc/{again}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{again}/stat").exists() or Path(
+        f"/proc/{again}/stat").read_text().rpartition(")")[2].split()[0] == "Z"

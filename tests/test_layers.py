@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("webmail",),
     ("mpa",),
     ("web",),
-    ("datadir", "config", "service", "tap", "testing"),
+    ("datadir", "config", "service", "workers", "tap", "testing"),
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 

@@ -569,6 +569,9 @@ class CertificateStore:
         self._keys: _Recent[str, PrivateKey] = _Recent(KEYS_KEPT)
         self._decryption: list[tuple[x509.Certificate, PrivateKey]] | None = None
         self._parsed: _Recent[str, x509.Certificate] = _Recent(CERTIFICATES_KEPT)
+        # Changes written through this store: a processing worker (another
+        # process, see L{cipherd.workers}) forgets what it kept when this moves.
+        self.changes = 0
 
     def now(self) -> datetime:
         return utc_from_seconds(self._clock.seconds())
@@ -588,6 +591,14 @@ class CertificateStore:
         """
         A change was written here: forget at once (the count would say so
         only at the next poll), and ask for the new count next time.
+        """
+        self.forget()
+        self.changes += 1
+
+    def forget(self) -> None:
+        """
+        Forget what is kept, and ask for the change count next time (a
+        change was written elsewhere a moment ago).
         """
         self._forget()
         self._polled_at = None

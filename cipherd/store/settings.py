@@ -133,6 +133,19 @@ class SettingsRepository:
         self._store = store
         self._clock = clock
         self._cache: dict[Scope, tuple[float, Values]] = {}
+        # Changes made through this repository: a processing worker (another
+        # process, see L{cipherd.workers}) forgets what it read when this moves.
+        self.changes = 0
+
+    def forget(self) -> None:
+        """
+        Read every value again next time (a change was made elsewhere).
+        """
+        self._cache.clear()
+
+    def _changed(self) -> None:
+        self._cache.clear()
+        self.changes += 1
 
     async def values(self, scope: Scope) -> Values:
         """
@@ -198,7 +211,7 @@ class SettingsRepository:
             apply_changes(conn, scope, clean)
 
         await self._store.run(write)
-        self._cache.clear()
+        self._changed()
         return {}
 
     async def list(self, level: Level) -> list[str]:
@@ -209,10 +222,10 @@ class SettingsRepository:
 
     async def add(self, scope: Scope) -> bool:
         added: bool = await self._store.run(add_scope, scope, self._clock.seconds())
-        self._cache.clear()
+        self._changed()
         return added
 
     async def delete(self, scope: Scope) -> bool:
         deleted: bool = await self._store.run(delete_scope, scope)
-        self._cache.clear()
+        self._changed()
         return deleted

@@ -1,0 +1,573 @@
+"""
+Mail processing in worker processes, as Postfix runs a content filter
+beside the processes that receive and deliver.
+
+Python runs one thread at a time in a process.  With processing (S/MIME,
+the webmail tunnel and relay: parsing, policy, certificate choice and
+cryptography) in the process that also speaks SMTP in and out and writes
+the queue, an encrypting path runs at about half of pass-through however
+many cores the machine has (measured: C{bench/README.md}).  Here the main
+process hands each message to a worker process over a pipe and gets back
+what processing made; the queue writes and delivers it as before
+(L{cipherd.smtp.processing}).
+
+    main process                              worker process
+    ProcessingWorkers.process(envelope, content)
+      ── ("state", changes, MTA config) ──▶   forget what changed here
+      ── ("process", job, envelope, content) ─▶ Composite.process
+      ◀── ("log", namespace, level, time, text)   (MTA and MPA log lines)
+      ◀── ("done", job, made, dispositions, n)  or ("failed", job, error)
+      ── ("written", job) ──▶                 run the result's callbacks
+
+A worker is another reader of the same database, as a second node is: what
+it reads it keeps as the main process does, and the main process tells it
+before each message whether a change was made here since (settings,
+certificates, the MTA config), so a worker never uses what the main process
+would no longer use.  Changes made on other nodes reach it as they reach
+the main process (the certificate store's change count, the settings'
+one-second cache).
+
+Nothing is lost with a worker: a message whose worker ends (crash,
+C{kill -9}) before it answered is processed again in the main process
+(processing the same message twice makes the same messages; see
+L{IMessageProcessor}), and a new worker is started.  While no worker is
+ready, and for messages over L{LARGE}, the main process processes itself.
+The worker ends when its pipe from the main process closes: after
+C{("stop",)} once its messages are answered, otherwise (the main process
+is gone) at once, as if killed with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import socket
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogEvent,
+    Logger,
+    LogLevel,
+    PredicateResult,
+    globalLogBeginner,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cipherd.core.envelope import Envelope
+from cipherd.logs import emit_mail_event, event_text, mail_events
+from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult
+
+log = Logger(namespace="cipherd.workers")
+
+# Messages larger than this are processed in the main process: copying
+# them to a worker and back would cost more memory than the work saves
+# time (a 25 MB message stays under 4 times its size in RSS, issue 13).
+LARGE = 1024 * 1024
+# A worker that ended is started again after this many seconds, doubling
+# while it keeps ending before it is ready, up to RESTART_MAX.
+RESTART_DELAY = 1.0
+RESTART_MAX = 60.0
+# How long a stopping worker may take to answer what it has.
+STOP_TIMEOUT = 10.0
+# A worker keeps a result's callbacks this long for the main process to
+# say the result was written (a result that could not be written never is).
+WRITTEN_KEPT = 3600.0
+
+_HEADER = struct.Struct("!Q")
+# Longest frame a worker or the main process accepts: a message under
+# LARGE and what processing makes of it (base64, a tunnel, notices).
+MAX_FRAME = 64 * LARGE
+
+
+def frame(message: tuple[Any, ...]) -> bytes:
+    """
+    One message of the pipe protocol: its length, then its pickle (both
+    ends are cipherd processes of the same installation; nothing a stranger
+    sends is unpickled, only envelopes and contents carried as values).
+    """
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+class FrameError(Exception):
+    """
+    The other end sent a frame longer than L{MAX_FRAME}.
+    """
+
+
+class Frames:
+    """
+    Splits a byte stream into the messages L{frame} made.
+    """
+
+    def __init__(self, limit: int = MAX_FRAME) -> None:
+        self._buffer = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes) -> Iterator[tuple[Any, ...]]:
+        self._buffer += data
+        while len(self._buffer) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer)
+            if length > self._limit:
+                raise FrameError(f"a frame of {length} bytes (at most {self._limit})")
+            end = _HEADER.size + length
+            if len(self._buffer) < end:
+                return
+            with memoryview(self._buffer) as view:
+                # Only the other cipherd process of this pair writes here.
+                message = pickle.loads(view[_HEADER.size:end])  # noqa: S301
+            del self._buffer[:end]
+            yield message
+
+
+# The main process ------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    envelope: Envelope
+    content: bytes
+    result: Deferred[ProcessingResult]
+
+
+class _Channel(Protocol):
+    """
+    One end of the socket pair between the main process and a worker.
+
+    A socket, not the process's pipes: Twisted reads a pipe 8 KB at a time,
+    once per turn of a busy reactor, which held results back (a 10 KB
+    message signed and encrypted is about 15 KB); it reads a socket 64 KB
+    at a time.
+    """
+
+    def __init__(self, received: Callable[[tuple[Any, ...]], None]) -> None:
+        self._received = received
+        self._frames = Frames()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        if self.transport is not None:
+            self.transport.write(frame(message))
+
+    def dataReceived(self, data: bytes) -> None:
+        for message in self._frames.feed(data):
+            self._received(message)
+
+
+class _Worker(ProcessProtocol):
+    """
+    The main process's view of one worker: its process, its channel, the
+    messages it has.
+
+    @ivar delay: how long after the worker before it the pool started this
+        one (doubled for the next if this one also ends before it is ready).
+    """
+
+    def __init__(self, pool: ProcessingWorkers, delay: float) -> None:
+        self.pool = pool
+        self.delay = delay
+        self.channel = _Channel(self._received)
+        self.jobs: dict[int, _Job] = {}
+        self.ready = False
+        self.stopping = False
+        self.state: tuple[Any, ...] | None = None
+        self.ended: Deferred[None] = Deferred()
+        self.pid: int | None = None
+        self._errors = b""
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.channel.send(message)
+
+    def _received(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.pool.received(self, message)
+        except Exception:
+            log.failure("A processing worker sent what cannot be used; it is stopped")
+            self.kill()
+
+    def errReceived(self, data: bytes) -> None:
+        # The worker's service log (its own failures and start-up errors).
+        lines = (self._errors + data).split(b"\n")
+        self._errors = lines.pop()
+        for line in lines:
+            if line.strip():
+                log.info("processing worker {pid}: {line}", pid=self.pid,
+                         line=line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason: Failure) -> None:
+        if self.channel.transport is not None:
+            self.channel.transport.loseConnection()
+        self.pool.ended(self, reason)
+        self.ended.callback(None)
+
+    def makeConnection(self, transport: Any) -> None:
+        self.pid = transport.pid
+        super().makeConnection(transport)
+
+    def kill(self) -> None:
+        try:
+            if self.transport is not None:
+                self.transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+
+
+@implementer(IMessageProcessor)
+class ProcessingWorkers(Service):
+    """
+    An L{IMessageProcessor} that has worker processes do the processing.
+
+    @param local: processes here, while no worker is ready and for large
+        messages; also what each worker runs (built there from C{config}).
+    @param spawn: starts a worker process with the given protocol
+        (L{spawn_worker} with the reactor).
+    @param state: what a worker must know before it processes the next
+        message: C{(settings changes, certificate changes, MTA config)} of
+        this process.
+    @param count: how many workers.
+    """
+
+    def __init__(self, local: IMessageProcessor, config: Any,
+                 spawn: Callable[[_Worker], Any], reactor: IReactorTime,
+                 state: Callable[[], tuple[int, int, Any]], count: int = 1) -> None:
+        self._local = local
+        self.config = config
+        self._spawn = spawn
+        self._reactor = reactor
+        self._state = state
+        self._count = count
+        self._workers: list[_Worker] = []
+        self._next_job = 0
+
+    # IMessageProcessor --------------------------------------------------------
+
+    def process(self, envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
+        ready = [w for w in self._workers if w.ready and not w.stopping]
+        if not ready or len(content) > LARGE:
+            return self._local.process(envelope, content)
+        worker = min(ready, key=lambda w: len(w.jobs))
+        self._next_job += 1
+        job = _Job(envelope, content, Deferred())
+        worker.jobs[self._next_job] = job
+        state = self._state()
+        if worker.state is None or any(
+                a is not b and a != b for a, b in zip(worker.state, state, strict=True)):
+            worker.send(("state", *state))
+            worker.state = state
+        worker.send(("process", self._next_job, envelope, content))
+        return job.result
+
+    # The workers' answers -----------------------------------------------------
+
+    def received(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "logs":
+            for namespace, level, when, text in message[1]:
+                emit_mail_event({"log_namespace": namespace,
+                                 "log_level": LogLevel.levelWithName(level),
+                                 "log_time": when, "log_format": "{text}", "text": text})
+        elif kind == "done":
+            _, number, made, dispositions, callbacks = message
+            job = worker.jobs.pop(number)
+            result = ProcessingResult(
+                tuple(Made(sender, recipients, job.content if content is None else content)
+                      for sender, recipients, content in made),
+                dispositions,
+                (functools.partial(self._written, worker, number),) if callbacks else ())
+            job.result.callback(result)
+        elif kind == "failed":
+            _, number, error = message
+            worker.jobs.pop(number).result.errback(Failure(error))
+        elif kind == "ready":
+            worker.ready = True
+            log.info("Processing worker {pid} is ready", pid=worker.pid)
+        else:
+            raise ValueError(f"unknown message {kind!r}")
+
+    async def _written(self, worker: _Worker, number: int) -> None:
+        if worker in self._workers:
+            worker.send(("written", number))
+
+    def ended(self, worker: _Worker, reason: Failure) -> None:
+        if worker in self._workers:
+            self._workers.remove(worker)
+        jobs = list(worker.jobs.values())
+        worker.jobs.clear()
+        if not worker.stopping or not reason.check(ProcessDone):
+            log.warn("Processing worker {pid} ended ({why}); {count} message(s) it had are "
+                     "processed here", pid=worker.pid,
+                     why=reason.getErrorMessage(), count=len(jobs))
+        for job in jobs:
+            self._local.process(job.envelope, job.content).chainDeferred(job.result)
+        if self.running and not worker.stopping:
+            delay = RESTART_DELAY if worker.ready else min(RESTART_MAX, 2 * worker.delay)
+            self._reactor.callLater(delay, self._start_one, delay)
+
+    # Service -----------------------------------------------------------------
+
+    def _start_one(self, delay: float = RESTART_DELAY) -> None:
+        if not self.running or len(self._workers) >= self._count:
+            return
+        worker = _Worker(self, delay)
+        self._workers.append(worker)
+        self._spawn(worker)
+
+    def startService(self) -> None:
+        super().startService()
+        for _ in range(self._count):
+            self._start_one()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        waits = []
+        for worker in list(self._workers):
+            worker.stopping = True
+            worker.send(("stop",))
+            timeout = self._reactor.callLater(STOP_TIMEOUT, worker.kill)
+            worker.ended.addBoth(_cancel, timeout)
+            waits.append(worker.ended)
+        return gatherResults(waits).addCallback(lambda _: None)
+
+
+def _cancel(value: Any, call: IDelayedCall) -> Any:
+    if call.active():
+        call.cancel()
+    return value
+
+
+class _One(Factory):
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
+def spawn_worker(reactor: Any) -> Callable[[_Worker], Any]:
+    """
+    How the main process starts a worker: this Python, C{-m cipherd.workers},
+    its standard input and output one end of a socket pair (the other is the
+    worker's L{_Channel}), its standard error its log.
+    """
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+
+    def spawn(worker: _Worker) -> Any:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = reactor.spawnProcess(
+                worker, sys.executable, [sys.executable, "-m", "cipherd.workers"], env=env,
+                childFDs={0: theirs.fileno(), 1: theirs.fileno(), 2: "r"})
+            reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _One(worker.channel))
+        finally:
+            ours.close()
+            theirs.close()
+        worker.send(("config", worker.pool.config))
+        return process
+
+    return spawn
+
+
+# The worker process ------------------------------------------------------------
+
+
+class _Serve(Protocol):
+    """
+    The worker's end of the socket pair: builds processing from the config
+    the main process sends, then answers its messages.
+
+    @param build: C{build(config, reactor)} returns the services to run
+        (thread pools), the processor, and what a state message may make
+        forget: C{(service, processor, settings, certificates, mta)}.
+    """
+
+    def __init__(self, reactor: Any, build: Callable[..., Any]) -> None:
+        self._reactor = reactor
+        self._build = build
+        self._frames = Frames()
+        self._service: Any = None
+        self._processor: IMessageProcessor | None = None
+        self._settings: Any = None
+        self._certificates: Any = None
+        self._mta: Any = None
+        self._state: tuple[int, int] | None = None
+        self._jobs = 0
+        self._stopping = False
+        self._callbacks: dict[int, tuple[float, tuple[Any, ...]]] = {}
+        self._logs: list[tuple[str, str, float, str]] = []
+        self._flush: IDelayedCall | None = None
+
+    def log(self, event: LogEvent) -> None:
+        """
+        Pass an MTA or MPA log event on to the main process: with the next
+        answer, or at the end of this turn of the reactor.
+        """
+        self._logs.append((event["log_namespace"], event.get("log_level", LogLevel.info).name,
+                           event.get("log_time", 0.0), event_text(event)))
+        if self._flush is None:
+            self._flush = self._reactor.callLater(0, self._send_logs)
+
+    def _send_logs(self) -> None:
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        if self._logs and self.transport is not None:
+            logs, self._logs = self._logs, []
+            self.transport.write(frame(("logs", logs)))
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._send_logs()  # a message's log lines before its answer
+        if self.transport is not None:
+            self.transport.write(frame(message))
+
+    def dataReceived(self, data: bytes) -> None:
+        for message in self._frames.feed(data):
+            self._handle(message)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "process":
+            _, number, envelope, content = message
+            assert self._processor is not None
+            self._jobs += 1
+            d = self._processor.process(envelope, content)
+            d.addCallback(self._done, number, content)
+            d.addErrback(self._failed, number)
+            d.addBoth(self._finished)
+        elif kind == "state":
+            _, settings, certificates, mta = message
+            if self._state is not None and self._state[0] != settings:
+                self._settings.forget()
+            if self._state is not None and self._state[1] != certificates:
+                self._certificates.forget()
+            self._state = (settings, certificates)
+            self._mta.current = mta
+        elif kind == "written":
+            self._run_written(message[1])
+        elif kind == "config":
+            self._service, self._processor, self._settings, self._certificates, self._mta = (
+                self._build(message[1], self._reactor))
+            self._service.startService()
+            self.send(("ready",))
+        elif kind == "stop":
+            self._stopping = True
+            if not self._jobs:
+                self._stop()
+
+    def _done(self, result: ProcessingResult, number: int, content: bytes) -> None:
+        # What is the message as it came is not sent back: the main process has it.
+        made = tuple((m.sender, m.recipients,
+                      None if m.content is content or m.content == content else m.content)
+                     for m in result.made)
+        now = self._reactor.seconds()
+        for key in [k for k, (at, _) in self._callbacks.items() if at + WRITTEN_KEPT < now]:
+            del self._callbacks[key]
+        if result.written:
+            self._callbacks[number] = (now, result.written)
+        self.send(("done", number, made, result.dispositions, bool(result.written)))
+
+    def _failed(self, failure: Failure, number: int) -> None:
+        error = failure.value
+        try:
+            pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object
+        except Exception:
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        self.send(("failed", number, error))
+
+    def _finished(self, _: Any) -> None:
+        self._jobs -= 1
+        if self._stopping and not self._jobs:
+            self._stop()
+
+    def _run_written(self, number: int) -> None:
+        _, callbacks = self._callbacks.pop(number, (0.0, ()))
+
+        async def run() -> None:
+            for callback in callbacks:
+                try:
+                    await callback()
+                except Exception:
+                    log.failure("After processing's results were written")
+
+        Deferred.fromCoroutine(run())
+
+    def _stop(self) -> None:
+        self._send_logs()
+        d = self._service.stopService() if self._service is not None else None
+        if isinstance(d, Deferred):
+            d.addBoth(lambda _: self._reactor.stop())
+        else:
+            self._reactor.stop()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self._stopping:
+            # The main process is gone (killed): its queue still has every
+            # message this one holds.  Nothing more is written, as if
+            # killed with it.
+            os._exit(0)
+
+
+def _is_mail(event: LogEvent) -> bool:
+    namespace = event.get("log_namespace", "")
+    return bool(namespace.startswith(("cipherd.mta", "cipherd.mpa")))
+
+
+@implementer(ILogFilterPredicate)
+def _not_mail(event: LogEvent) -> PredicateResult:
+    # MTA and MPA lines go to the main process's logs (which also put their
+    # warnings in the service log), not twice.
+    return PredicateResult.no if _is_mail(event) else PredicateResult.maybe
+
+
+def _stderr_line(event: LogEvent) -> str:
+    return f"[{event.get('log_namespace', '-')}] {event_text(event)}\n"
+
+
+@implementer(ILogObserver)
+class _MailForward:
+    def __init__(self, serve: _Serve) -> None:
+        self._serve = serve
+
+    def __call__(self, event: LogEvent) -> None:
+        if _is_mail(event):
+            self._serve.log(event)
+
+
+def main(build: Callable[..., Any]) -> None:
+    """
+    Run as a worker on standard input and output.
+    """
+    from twisted.internet import reactor
+
+    # Standard output is the socket: a stray print must not corrupt it.
+    sys.stdout = sys.stderr
+    # The main process puts its own time stamp on each line.
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(
+        FileLogObserver(sys.stderr, _stderr_line), [_not_mail])], redirectStandardIO=False)
+    serve = _Serve(reactor, build)
+    mail_events.addObserver(_MailForward(serve))
+    # Standard input (and output) is our end of the socket pair.
+    reactor.adoptStreamConnection(0, socket.AF_UNIX, _One(serve))  # type: ignore[attr-defined]
+    reactor.run()
+
+
+if __name__ == "__main__":
+    from cipherd.service import build_worker
+
+    main(build_worker)
