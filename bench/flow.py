@@ -93,6 +93,8 @@ class Pair:
             raise
         try:
             self._set_up(sink, capture)
+            self.webmail.wait_for_workers()
+            self.gateway.wait_for_workers()
         except BaseException:
             self.close()
             raise

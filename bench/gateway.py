@@ -266,15 +266,19 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--certificates", type=int, default=0,
                         help="add this many certificates (other addresses) first")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processing worker processes (default: the appliance's, 1; "
+                             "0: processing in the main process)")
     options = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/gateway.py runs Postfix's smtp-sink as nobody: run it as root")
     sink = SmtpSink()
-    cipherd = Cipherd(sink.port)
+    cipherd = Cipherd(sink.port, workers=options.workers)
     results = {}
     timings: list[str] = []
     try:
         configure(cipherd, sink.port)
+        cipherd.wait_for_workers()
         if options.certificates:
             store = add_certificates(cipherd, options.certificates)
         for recipient in PATHS.values():  # warm-up
@@ -290,7 +294,9 @@ def main() -> None:
     extra = (f", {options.certificates:,} more certificates in the store"
              if options.certificates else "")
     print(f"\n{options.messages} messages of 10 KB per path, smtp-source → cipherd → smtp-sink "
-          f"(RSA-2048, SHA-256, AES-256-CBC){extra}")
+          f"(RSA-2048, SHA-256, AES-256-CBC){extra}; processing in "
+          + (f"{cipherd.workers} worker process(es)" if cipherd.workers else "the main process")
+          + f"; {os.cpu_count()} cores")
     print(f"{'path':15} {'accepted/s':>11} {'delivered/s':>12} {'vs pass-through':>16}")
     print("-" * 57)
     base = results["pass-through"][1]

@@ -122,7 +122,8 @@ class Cipherd:
     """
 
     def __init__(self, sink_port: int | None = None, *, launcher: Sequence[str] = (),
-                 environment: Mapping[str, str] | None = None) -> None:
+                 environment: Mapping[str, str] | None = None,
+                 workers: int | None = None) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="cipherd-bench-"))
         self.admin_port, self.smtp_port = free_port(), free_port()
         self.portal_port = free_port()
@@ -130,7 +131,9 @@ class Cipherd:
         config.write_text(
             f'data_dir = "var"\n[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
             f'[smtp]\nlisten = "tcp:{self.smtp_port}:interface=127.0.0.1"\n'
-            f'[portal]\nlisten = "tcp:{self.portal_port}:interface=127.0.0.1"\n')
+            f'[portal]\nlisten = "tcp:{self.portal_port}:interface=127.0.0.1"\n'
+            + ("" if workers is None else f"[processing]\nworkers = {workers}\n"))
+        self.workers = 1 if workers is None else workers
         self._process = subprocess.Popen(
             [*(launcher or [str(Path(sys.executable).parent / "twistd")]), "--pidfile=", "-n",
              "--logfile", str(self.directory / "twistd.log"), "cipherd", "--config", str(config)],
@@ -152,6 +155,20 @@ class Cipherd:
     @property
     def data_dir(self) -> Path:
         return self.directory / "var"
+
+    def wait_for_workers(self, timeout: float = 60.0) -> None:
+        """
+        Until the appliance says its processing workers are ready (before
+        that it processes in its main process).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = (self.directory / "twistd.log").read_text()
+            if len(
+                    re.findall(r"Processing worker \d+ is ready", log)) >= self.workers:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the processing workers did not start")
 
     @property
     def portal_url(self) -> str:
@@ -277,6 +294,7 @@ def main() -> None:
     postfix.start()
     results = {}
     try:
+        cipherd.wait_for_workers()
         for label, size in SIZES.items():
             # A short warm-up of each, then the measured run.
             measure(cipherd.smtp_port, cipherd_sink, 50, size)

@@ -7,17 +7,22 @@ the webmail tunnel and relay: parsing, policy, certificate choice and
 cryptography) in the process that also speaks SMTP in and out and writes
 the queue, an encrypting path runs at about half of pass-through however
 many cores the machine has (measured: C{bench/README.md}).  Here the main
-process hands each message to a worker process over a pipe and gets back
-what processing made; the queue writes and delivers it as before
-(L{cipherd.smtp.processing}).
+process hands each message to a worker process over a socket pair and gets
+back what processing made; the queue writes and delivers it as before
+(L{cipherd.smtp.processing}).  Each message of the pair is a frame
+(L{frame}):
 
-    main process                              worker process
+    main process                                worker process
+    ── ("config", bootstrap config) ──▶         builds processing (L{run})
+    ◀── ("ready",)
     ProcessingWorkers.process(envelope, content)
-      ── ("state", changes, MTA config) ──▶   forget what changed here
-      ── ("process", job, envelope, content) ─▶ Composite.process
-      ◀── ("log", namespace, level, time, text)   (MTA and MPA log lines)
-      ◀── ("done", job, made, dispositions, n)  or ("failed", job, error)
-      ── ("written", job) ──▶                 run the result's callbacks
+    ── ("state", changes here, MTA config) ──▶  forgets what changed
+    ── ("process", job, envelope, content) ──▶  Composite.process
+    ◀── ("logs", [(namespace, level, time, text), ...])   MTA and MPA lines
+    ◀── ("done", job, made, dispositions, callbacks?)
+        or ("failed", job, error), or ("local", job): too large to send
+    ── ("written", job) ──▶                     runs the result's callbacks
+    ── ("stop",) ──▶                            answers what it has, closes
 
 A worker is another reader of the same database, as a second node is: what
 it reads it keeps as the main process does, and the main process tells it
@@ -27,21 +32,25 @@ would no longer use.  Changes made on other nodes reach it as they reach
 the main process (the certificate store's change count, the settings'
 one-second cache).
 
-Nothing is lost with a worker: a message whose worker ends (crash,
-C{kill -9}) before it answered is processed again in the main process
-(processing the same message twice makes the same messages; see
-L{IMessageProcessor}), and a new worker is started.  While no worker is
-ready, and for messages over L{LARGE}, the main process processes itself.
-The worker ends when its pipe from the main process closes: after
-C{("stop",)} once its messages are answered, otherwise (the main process
-is gone) at once, as if killed with it.
+Nothing is lost with a worker.  A message whose worker ends before it
+answered (a crash, C{kill -9}) stays queued as it was: the queue defers it
+as a failed processing, and the next attempt processes it afresh (the same
+messages are made, see L{IMessageProcessor}).  It is not processed at once
+in the main process: a message that crashes the worker must not crash the
+main process too.  A new worker is started.  While no worker is ready, and
+for messages over L{LARGE}, the main process processes itself.  A worker
+ends when the main process asks (after answering what it has) and at once
+when the main process is gone, as if killed with it.
 """
 
 from __future__ import annotations
 
+import builtins
 import functools
+import io
 import os
 import pickle
+import signal
 import socket
 import struct
 import sys
@@ -51,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -79,8 +88,9 @@ log = Logger(namespace="cipherd.workers")
 # them to a worker and back would cost more memory than the work saves
 # time (a 25 MB message stays under 4 times its size in RSS, issue 13).
 LARGE = 1024 * 1024
-# A worker that ended is started again after this many seconds, doubling
-# while it keeps ending before it is ready, up to RESTART_MAX.
+# A worker that ended is started again after RESTART_DELAY seconds; one
+# that ended before it was ready, after twice the wait before it, up to
+# RESTART_MAX (a worker that cannot start is not started in a tight loop).
 RESTART_DELAY = 1.0
 RESTART_MAX = 60.0
 # How long a stopping worker may take to answer what it has.
@@ -88,21 +98,52 @@ STOP_TIMEOUT = 10.0
 # A worker keeps a result's callbacks this long for the main process to
 # say the result was written (a result that could not be written never is).
 WRITTEN_KEPT = 3600.0
+# The worker's end of the socket pair: not standard input or output, which
+# a library or a child process might write to.
+CHANNEL_FD = 3
 
 _HEADER = struct.Struct("!Q")
-# Longest frame a worker or the main process accepts: a message under
-# LARGE and what processing makes of it (base64, a tunnel, notices).
+# Longest frame either end sends or accepts: a message under LARGE and what
+# processing makes of it (base64, a tunnel, notices).  A larger result is
+# not sent: the main process processes that message itself.
 MAX_FRAME = 64 * LARGE
 
 
 def frame(message: tuple[Any, ...]) -> bytes:
     """
-    One message of the pipe protocol: its length, then its pickle (both
-    ends are cipherd processes of the same installation; nothing a stranger
-    sends is unpickled, only envelopes and contents carried as values).
+    One message of the pair: its length, then its pickle.  Both ends are
+    cipherd processes of one installation, on a socket pair no one else
+    holds; what strangers send (envelopes, contents) travels as values, and
+    L{loads} makes only the kinds of object the two ends exchange.
     """
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _HEADER.pack(len(data)) + data
+
+
+class _Unpickler(pickle.Unpickler):
+    """
+    Makes cipherd's own objects, paths, addresses and built-in exceptions;
+    refuses every other global (a frame that names one is not ours).
+    """
+
+    _MODULES = ("pathlib", "ipaddress", "datetime")
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "cipherd" or module.startswith("cipherd.") or module in self._MODULES:
+            return super().find_class(module, name)
+        if module == "builtins":
+            found = getattr(builtins, name, None)
+            if isinstance(found, type) and (issubclass(found, BaseException)
+                                            or found in (set, frozenset, bytearray)):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not sent between cipherd processes")
+
+
+def loads(data: bytes | memoryview) -> Any:
+    """
+    What L{frame} pickled (its objects as L{_Unpickler} allows them).
+    """
+    return _Unpickler(io.BytesIO(data)).load()
 
 
 class FrameError(Exception):
@@ -130,10 +171,16 @@ class Frames:
             if len(self._buffer) < end:
                 return
             with memoryview(self._buffer) as view:
-                # Only the other cipherd process of this pair writes here.
-                message = pickle.loads(view[_HEADER.size:end])  # noqa: S301
+                message = loads(view[_HEADER.size:end])
             del self._buffer[:end]
             yield message
+
+
+class WorkerEnded(Exception):
+    """
+    The processing worker ended before it answered: the message stays
+    queued as it was and is processed again at its next attempt.
+    """
 
 
 # The main process ------------------------------------------------------------
@@ -156,8 +203,11 @@ class _Channel(Protocol):
     at a time.
     """
 
-    def __init__(self, received: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, received: Callable[[tuple[Any, ...]], None],
+                 lost: Callable[[], None], broken: Callable[[], None]) -> None:
         self._received = received
+        self._lost = lost
+        self._broken = broken
         self._frames = Frames()
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -165,23 +215,30 @@ class _Channel(Protocol):
             self.transport.write(frame(message))
 
     def dataReceived(self, data: bytes) -> None:
-        for message in self._frames.feed(data):
-            self._received(message)
+        try:
+            for message in self._frames.feed(data):
+                self._received(message)
+        except Exception:
+            log.failure("A processing worker sent what cannot be used; it is stopped")
+            self._broken()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._lost()
 
 
 class _Worker(ProcessProtocol):
     """
     The main process's view of one worker: its process, its channel, the
-    messages it has.
+    messages it has.  It has ended once both its process has ended and its
+    channel is closed (every answer it sent has been read).
 
-    @ivar delay: how long after the worker before it the pool started this
-        one (doubled for the next if this one also ends before it is ready).
+    @ivar delay: how long the pool waited before starting this one.
     """
 
     def __init__(self, pool: ProcessingWorkers, delay: float) -> None:
         self.pool = pool
         self.delay = delay
-        self.channel = _Channel(self._received)
+        self.channel = _Channel(self._received, self._channel_closed, self.kill)
         self.jobs: dict[int, _Job] = {}
         self.ready = False
         self.stopping = False
@@ -189,35 +246,53 @@ class _Worker(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
         self.pid: int | None = None
         self._errors = b""
+        self._closed = False
+        self._reason: Failure | None = None
 
     def send(self, message: tuple[Any, ...]) -> None:
         self.channel.send(message)
 
     def _received(self, message: tuple[Any, ...]) -> None:
-        try:
-            self.pool.received(self, message)
-        except Exception:
-            log.failure("A processing worker sent what cannot be used; it is stopped")
-            self.kill()
-
-    def errReceived(self, data: bytes) -> None:
-        # The worker's service log (its own failures and start-up errors).
-        lines = (self._errors + data).split(b"\n")
-        self._errors = lines.pop()
-        for line in lines:
-            if line.strip():
-                log.info("processing worker {pid}: {line}", pid=self.pid,
-                         line=line.decode("utf-8", "replace"))
-
-    def processEnded(self, reason: Failure) -> None:
-        if self.channel.transport is not None:
-            self.channel.transport.loseConnection()
-        self.pool.ended(self, reason)
-        self.ended.callback(None)
+        self.pool.received(self, message)
 
     def makeConnection(self, transport: Any) -> None:
         self.pid = transport.pid
         super().makeConnection(transport)
+
+    def errReceived(self, data: bytes) -> None:
+        # The worker's service log (its own failures and start-up errors),
+        # one event a line: "level|namespace|text".
+        lines = (self._errors + data).split(b"\n")
+        self._errors = lines.pop()
+        for line in lines:
+            self._log_line(line)
+
+    def _log_line(self, line: bytes) -> None:
+        level, _, rest = line.decode("utf-8", "replace").partition("|")
+        namespace, _, text = rest.partition("|")
+        try:
+            found = LogLevel.levelWithName(level)
+        except Exception:
+            found, namespace, text = LogLevel.info, "-", line.decode("utf-8", "replace")
+        if text.strip():
+            log.emit(found, "processing worker {pid}: [{namespace}] {text}", pid=self.pid,
+                     namespace=namespace, text=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._errors:
+            self._log_line(self._errors)
+            self._errors = b""
+        self._reason = reason
+        self._end()
+
+    def _channel_closed(self) -> None:
+        self._closed = True
+        self._end()
+
+    def _end(self) -> None:
+        if self._reason is not None and self._closed and not self.ended.called:
+            self.pool.ended(self, self._reason)
+            self.ended.callback(None)
 
     def kill(self) -> None:
         try:
@@ -225,6 +300,8 @@ class _Worker(ProcessProtocol):
                 self.transport.signalProcess("KILL")
         except ProcessExitedAlready:
             pass
+        if self.channel.transport is not None:
+            self.channel.transport.loseConnection()
 
 
 @implementer(IMessageProcessor)
@@ -233,9 +310,10 @@ class ProcessingWorkers(Service):
     An L{IMessageProcessor} that has worker processes do the processing.
 
     @param local: processes here, while no worker is ready and for large
-        messages; also what each worker runs (built there from C{config}).
-    @param spawn: starts a worker process with the given protocol
-        (L{spawn_worker} with the reactor).
+        messages (each worker builds its own from C{config}).
+    @param config: the bootstrap config, sent to each worker.
+    @param spawn: starts a worker process for a L{_Worker} (L{spawn_worker}
+        with the reactor).
     @param state: what a worker must know before it processes the next
         message: C{(settings changes, certificate changes, MTA config)} of
         this process.
@@ -293,6 +371,9 @@ class ProcessingWorkers(Service):
         elif kind == "failed":
             _, number, error = message
             worker.jobs.pop(number).result.errback(Failure(error))
+        elif kind == "local":
+            job = worker.jobs.pop(message[1])
+            self._local.process(job.envelope, job.content).chainDeferred(job.result)
         elif kind == "ready":
             worker.ready = True
             log.info("Processing worker {pid} is ready", pid=worker.pid)
@@ -300,7 +381,12 @@ class ProcessingWorkers(Service):
             raise ValueError(f"unknown message {kind!r}")
 
     async def _written(self, worker: _Worker, number: int) -> None:
-        if worker in self._workers:
+        if worker.ended.called:
+            # As when the whole appliance stops before the callbacks ran.
+            log.info("Processing worker {pid} ended before the results of its message "
+                     "{job} were written: what it was to do then is not done",
+                     pid=worker.pid, job=number)
+        else:
             worker.send(("written", number))
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
@@ -308,13 +394,20 @@ class ProcessingWorkers(Service):
             self._workers.remove(worker)
         jobs = list(worker.jobs.values())
         worker.jobs.clear()
-        if not worker.stopping or not reason.check(ProcessDone):
-            log.warn("Processing worker {pid} ended ({why}); {count} message(s) it had are "
-                     "processed here", pid=worker.pid,
-                     why=reason.getErrorMessage(), count=len(jobs))
+        if worker.stopping:
+            if jobs or not reason.check(ProcessDone):
+                log.info("Processing worker {pid} stopped ({why}); {count} message(s) it had "
+                         "stay queued", pid=worker.pid, why=reason.getErrorMessage(),
+                         count=len(jobs))
+            return
+        log.warn("Processing worker {pid} ended ({why}); {count} message(s) it had stay "
+                 "queued, to be processed at their next attempt", pid=worker.pid,
+                 why=reason.getErrorMessage(), count=len(jobs))
         for job in jobs:
-            self._local.process(job.envelope, job.content).chainDeferred(job.result)
-        if self.running and not worker.stopping:
+            job.result.errback(WorkerEnded(
+                f"the processing worker ended while it had the message "
+                f"({reason.getErrorMessage()})"))
+        if self.running:
             delay = RESTART_DELAY if worker.ready else min(RESTART_MAX, 2 * worker.delay)
             self._reactor.callLater(delay, self._start_one, delay)
 
@@ -325,7 +418,14 @@ class ProcessingWorkers(Service):
             return
         worker = _Worker(self, delay)
         self._workers.append(worker)
-        self._spawn(worker)
+        try:
+            self._spawn(worker)
+        except Exception:
+            self._workers.remove(worker)
+            later = min(RESTART_MAX, 2 * delay)
+            log.failure("A processing worker could not be started; trying again in {later} s",
+                        later=later)
+            self._reactor.callLater(later, self._start_one, later)
 
     def startService(self) -> None:
         super().startService()
@@ -360,22 +460,26 @@ class _One(Factory):
 
 def spawn_worker(reactor: Any) -> Callable[[_Worker], Any]:
     """
-    How the main process starts a worker: this Python, C{-m cipherd.workers},
-    its standard input and output one end of a socket pair (the other is the
-    worker's L{_Channel}), its standard error its log.
+    How the main process starts a worker: this Python running L{run} from
+    this installation (not from the current directory), the worker's end of
+    a socket pair as its file descriptor L{CHANNEL_FD}, standard input and
+    output C{/dev/null}, standard error its log.
     """
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-P", "-c", "from cipherd.workers import run; run()"]
 
     def spawn(worker: _Worker) -> Any:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        null = os.open(os.devnull, os.O_RDWR)
         try:
             process = reactor.spawnProcess(
-                worker, sys.executable, [sys.executable, "-m", "cipherd.workers"], env=env,
-                childFDs={0: theirs.fileno(), 1: theirs.fileno(), 2: "r"})
+                worker, sys.executable, argv, env=env,
+                childFDs={0: null, 1: null, 2: "r", CHANNEL_FD: theirs.fileno()})
             reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _One(worker.channel))
         finally:
+            os.close(null)
             ours.close()
             theirs.close()
         worker.send(("config", worker.pool.config))
@@ -385,6 +489,18 @@ def spawn_worker(reactor: Any) -> Callable[[_Worker], Any]:
 
 
 # The worker process ------------------------------------------------------------
+
+
+def _portable(error: BaseException) -> BaseException:
+    """
+    C{error} if the main process can make it again (one of cipherd's, or a
+    built-in exception), else a L{RuntimeError} that says what it was.
+    """
+    try:
+        loads(pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 class _Serve(Protocol):
@@ -410,6 +526,7 @@ class _Serve(Protocol):
         self._jobs = 0
         self._stopping = False
         self._callbacks: dict[int, tuple[float, tuple[Any, ...]]] = {}
+        self._running: set[Deferred[None]] = set()
         self._logs: list[tuple[str, str, float, str]] = []
         self._flush: IDelayedCall | None = None
 
@@ -449,7 +566,7 @@ class _Serve(Protocol):
             d = self._processor.process(envelope, content)
             d.addCallback(self._done, number, content)
             d.addErrback(self._failed, number)
-            d.addBoth(self._finished)
+            d.addBoth(self._job_finished)
         elif kind == "state":
             _, settings, certificates, mta = message
             if self._state is not None and self._state[0] != settings:
@@ -467,33 +584,44 @@ class _Serve(Protocol):
             self.send(("ready",))
         elif kind == "stop":
             self._stopping = True
-            if not self._jobs:
-                self._stop()
+            self._close_when_done()
 
     def _done(self, result: ProcessingResult, number: int, content: bytes) -> None:
         # What is the message as it came is not sent back: the main process has it.
         made = tuple((m.sender, m.recipients,
                       None if m.content is content or m.content == content else m.content)
                      for m in result.made)
+        answer = frame(("done", number, made, result.dispositions, bool(result.written)))
+        if len(answer) - _HEADER.size > MAX_FRAME:
+            self.send(("local", number))
+            return
         now = self._reactor.seconds()
         for key in [k for k, (at, _) in self._callbacks.items() if at + WRITTEN_KEPT < now]:
             del self._callbacks[key]
         if result.written:
             self._callbacks[number] = (now, result.written)
-        self.send(("done", number, made, result.dispositions, bool(result.written)))
+        self._send_logs()
+        if self.transport is not None:
+            self.transport.write(answer)
 
     def _failed(self, failure: Failure, number: int) -> None:
         error = failure.value
-        try:
-            pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object
-        except Exception:
-            error = RuntimeError(f"{type(error).__name__}: {error}")
-        self.send(("failed", number, error))
+        assert error is not None
+        self.send(("failed", number, _portable(error)))
 
-    def _finished(self, _: Any) -> None:
+    def _job_finished(self, _: Any) -> None:
         self._jobs -= 1
-        if self._stopping and not self._jobs:
-            self._stop()
+        self._close_when_done()
+
+    def _close_when_done(self) -> None:
+        """
+        Once stopping and everything is answered and run: close the channel
+        when what is written has been sent; then stop (L{connectionLost}).
+        """
+        if self._stopping and not self._jobs and not self._running:
+            self._send_logs()
+            if self.transport is not None:
+                self.transport.loseConnection()
 
     def _run_written(self, number: int) -> None:
         _, callbacks = self._callbacks.pop(number, (0.0, ()))
@@ -505,15 +633,14 @@ class _Serve(Protocol):
                 except Exception:
                     log.failure("After processing's results were written")
 
-        Deferred.fromCoroutine(run())
+        d = Deferred.fromCoroutine(run())
+        if not d.called:
+            self._running.add(d)
+            d.addBoth(self._written_run, d)
 
-    def _stop(self) -> None:
-        self._send_logs()
-        d = self._service.stopService() if self._service is not None else None
-        if isinstance(d, Deferred):
-            d.addBoth(lambda _: self._reactor.stop())
-        else:
-            self._reactor.stop()
+    def _written_run(self, _: Any, d: Deferred[None]) -> None:
+        self._running.discard(d)
+        self._close_when_done()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if not self._stopping:
@@ -521,6 +648,10 @@ class _Serve(Protocol):
             # message this one holds.  Nothing more is written, as if
             # killed with it.
             os._exit(0)
+            return  # (os._exit does not return; a test's stand-in does)
+        d = self._service.stopService() if self._service is not None else None
+        DeferredList([d] if isinstance(d, Deferred) else []).addBoth(
+            lambda _: self._reactor.stop())
 
 
 def _is_mail(event: LogEvent) -> bool:
@@ -536,7 +667,9 @@ def _not_mail(event: LogEvent) -> PredicateResult:
 
 
 def _stderr_line(event: LogEvent) -> str:
-    return f"[{event.get('log_namespace', '-')}] {event_text(event)}\n"
+    # The main process puts its own time stamp on each line (_Worker).
+    level = event.get("log_level", LogLevel.info).name
+    return f"{level}|{event.get('log_namespace', '-')}|{event_text(event)}\n"
 
 
 @implementer(ILogObserver)
@@ -549,25 +682,23 @@ class _MailForward:
             self._serve.log(event)
 
 
-def main(build: Callable[..., Any]) -> None:
+def run() -> None:
     """
-    Run as a worker on standard input and output.
+    Run as a worker on L{CHANNEL_FD}.
     """
     from twisted.internet import reactor
 
-    # Standard output is the socket: a stray print must not corrupt it.
-    sys.stdout = sys.stderr
-    # The main process puts its own time stamp on each line.
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(
-        FileLogObserver(sys.stderr, _stderr_line), [_not_mail])], redirectStandardIO=False)
-    serve = _Serve(reactor, build)
-    mail_events.addObserver(_MailForward(serve))
-    # Standard input (and output) is our end of the socket pair.
-    reactor.adoptStreamConnection(0, socket.AF_UNIX, _One(serve))  # type: ignore[attr-defined]
-    reactor.run()
-
-
-if __name__ == "__main__":
     from cipherd.service import build_worker
 
-    main(build_worker)
+    # Stopped by the main process (or killed with it), not by the signals
+    # a terminal sends its whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(
+        FileLogObserver(sys.stderr, _stderr_line), [_not_mail])], redirectStandardIO=False)
+    serve = _Serve(reactor, build_worker)
+    mail_events.addObserver(_MailForward(serve))
+    reactor.adoptStreamConnection(  # type: ignore[attr-defined]
+        CHANNEL_FD, socket.AF_UNIX, _One(serve))
+    os.close(CHANNEL_FD)  # the reactor has its own copy
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]

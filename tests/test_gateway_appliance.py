@@ -45,6 +45,7 @@ from tests.peers import (
     require_tool,
     run,
 )
+from tests.processes import children, state
 from tests.sink import Captured, Sink
 from tests.test_mta_appliance import NEW_PASSWORD, api, queue_id_of
 
@@ -341,18 +342,6 @@ def test_no_smtp_transport_for_webmail_local(gateway: Gateway) -> None:
         dns_server.close()
 
 
-def _children(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(stat.parent.name))
-    return found
-
-
 def _ready_worker(appliance: Appliance, but: int = 0, timeout: float = 30.0) -> int:
     """
     The pid of a processing worker the appliance says is ready (not C{but}).
@@ -372,31 +361,32 @@ def test_processing_runs_in_a_worker_process_whose_kill_loses_nothing(
         gateway: Gateway, appliance: Appliance) -> None:
     assert appliance.process is not None
     worker = _ready_worker(appliance)
-    assert worker in _children(appliance.process.pid)
+    assert worker in children(appliance.process.pid)
     assert b"cipherd.workers" in Path(f"/proc/{worker}/cmdline").read_bytes()
-    # A setting changed through the main process applies to the worker's
-    # next message (mandatory: signed and encrypted, not sent as it is).
+    # The worker reads and keeps the settings of the sender and recipient...
+    gateway.send("bob@example.org")
+    (plain,) = gateway.sink.wait_for(1)
+    assert b"Gr\xc3\xbc" in plain.content
+    # ...and a setting changed through the main process applies to its very
+    # next message, within its one-second cache (mandatory: signed and
+    # encrypted, not sent as it is).
     gateway.settings("global", encrypt_mode="mandatory")
     first = gateway.send("bob@example.org")
-    gateway.sink.wait_for(1)
+    assert b"smime-type=enveloped-data" in gateway.sink.wait_for(2)[1].content
     # The worker's MPA line is in the main process's MPA log.
     gateway.log("mpa", f"{first}: S/MIME signed and encrypted; Recipients: bob@example.org")
     os.kill(worker, signal.SIGKILL)
     second = gateway.send("bob@example.org")
-    captured = gateway.sink.wait_for(2)
-    assert all(b"smime-type=enveloped-data" in c.content for c in captured)
+    assert b"smime-type=enveloped-data" in gateway.sink.wait_for(3)[2].content
     gateway.log("mpa", f"{second}: S/MIME signed and encrypted; Recipients: bob@example.org")
     assert f"Processing worker {worker} ended" in appliance.logs[-1].read_text()
     again = _ready_worker(appliance, but=worker)
     third = gateway.send("bob@example.org")
-    gateway.sink.wait_for(3)
+    gateway.sink.wait_for(4)
     gateway.log("mpa", f"{third}: S/MIME signed and encrypted; Recipients: bob@example.org")
     # The main process killed: its worker does not stay behind.
     appliance.kill()
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{again}/stat").exists() and time.monotonic() < deadline:
-        if Path(f"/proc/{again}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
-            break
+    while state(again) not in (None, "Z") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not Path(f"/proc/{again}/stat").exists() or Path(
-        f"/proc/{again}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    assert state(again) in (None, "Z")

@@ -6,8 +6,14 @@ with a L{Clock}; the real process is in C{test_gateway_appliance}.
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +25,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from cipherd.config import config_from_string
 from cipherd.core.envelope import Envelope, Outcome
 from cipherd.logs import mail_events
+from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.store import DatabaseUnavailable
 from cipherd.workers import (
@@ -31,11 +39,13 @@ from cipherd.workers import (
     FrameError,
     Frames,
     ProcessingWorkers,
+    WorkerEnded,
     _MailForward,
     _not_mail,
     _Serve,
     _Worker,
     frame,
+    loads,
 )
 
 ENVELOPE = Envelope("Q1", "a@example.org", ("b@example.net", "c@example.net"), 1.0)
@@ -93,9 +103,11 @@ class Pipe:
     (in pieces of C{piece} bytes, as a socket may cut it).
     """
 
-    def __init__(self, deliver: Callable[[bytes], None], piece: int = 7000) -> None:
+    def __init__(self, deliver: Callable[[bytes], None], piece: int = 7000,
+                 closed: Callable[[], None] = lambda: None) -> None:
         self._deliver = deliver
         self._piece = piece
+        self._on_close = closed
         self.written: list[bytes] = []
         self.closed = False
 
@@ -105,7 +117,9 @@ class Pipe:
             self._deliver(data[start:start + self._piece])
 
     def loseConnection(self) -> None:
-        self.closed = True
+        if not self.closed:
+            self.closed = True
+            self._on_close()
 
 
 @dataclass
@@ -143,7 +157,13 @@ class Harness:
 
     def spawn(self, worker: _Worker) -> None:
         serve = _Serve(self, self.build)
-        serve.makeConnection(Pipe(worker.channel.dataReceived))  # type: ignore[arg-type]
+
+        def closed_by_worker() -> None:  # both ends see the socket close
+            serve.connectionLost(None)
+            worker.channel.connectionLost(None)
+
+        serve.makeConnection(Pipe(worker.channel.dataReceived,  # type: ignore[arg-type]
+                                  closed=closed_by_worker))
         worker.channel.makeConnection(Pipe(serve.dataReceived))  # type: ignore[arg-type]
         worker.makeConnection(FakeProcess(1000 + len(self.spawned)))  # type: ignore[arg-type]
         self.spawned.append(worker)
@@ -161,7 +181,11 @@ class Harness:
         self.stops += 1
 
     def end(self, worker: _Worker, reason: Exception) -> None:
+        """
+        The worker's process ended (and with it its end of the socket).
+        """
         worker.processEnded(Failure(reason))
+        worker.channel.connectionLost(None)
 
 
 @pytest.fixture
@@ -169,6 +193,20 @@ def harness() -> Harness:
     h = Harness(Clock())
     h.pool.startService()
     return h
+
+
+def encrypting(
+        written: Callable[[], Any]) -> Callable[[Envelope, bytes], Deferred[ProcessingResult]]:
+    """
+    A processor's answer: the message encrypted, with C{written} to run once
+    that is written.
+    """
+    def answer(envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
+        made = Results()
+        made.deliver(envelope.sender, envelope.recipients, ENCRYPTED)
+        made.when_written(written)
+        return succeed(made.result())
+    return answer
 
 
 def results(d: Deferred[ProcessingResult]) -> ProcessingResult:
@@ -260,13 +298,7 @@ def test_callbacks_of_a_result_never_written_are_dropped_after_an_hour() -> None
     async def nothing() -> None:
         pass
 
-    def with_callback(envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
-        made = Results()
-        made.deliver(envelope.sender, envelope.recipients, ENCRYPTED)
-        made.when_written(nothing)
-        return succeed(made.result())
-
-    h = Harness(Clock(), Recording("worker", answer=with_callback))
+    h = Harness(Clock(), Recording("worker", answer=encrypting(nothing)))
     h.pool.startService()
     results(h.pool.process(ENVELOPE, CONTENT))
     assert len(h.serves[0]._callbacks) == 1
@@ -284,78 +316,135 @@ def test_an_unavailable_database_in_the_worker_is_one_here() -> None:
 
 
 def test_an_error_that_cannot_cross_says_what_it_was() -> None:
-    class Local(Exception):
-        def __init__(self, a: str, b: str) -> None:  # cannot be unpickled
-            super().__init__(a)
-
-    h = Harness(Clock(), Recording("worker", answer=lambda e, c: fail(Local("x", "y"))))
+    # json's error is not one the main process makes from a frame.
+    error = json.JSONDecodeError("Expecting value", "x", 0)
+    h = Harness(Clock(), Recording("worker", answer=lambda e, c: fail(error)))
     h.pool.startService()
-    with pytest.raises(RuntimeError, match="Local: x"):
+    with pytest.raises(RuntimeError, match="JSONDecodeError: Expecting value"):
         results(h.pool.process(ENVELOPE, CONTENT))
 
 
-def test_the_worker_forgets_what_changed_here_before_the_next_message(
-        harness: Harness) -> None:
-    results(harness.pool.process(ENVELOPE, CONTENT))
-    assert (harness.settings.forgotten, harness.certificates.forgotten) == (0, 0)
-    assert harness.mta.current == "mta-1"
-    results(harness.pool.process(ENVELOPE, CONTENT))
-    assert (harness.settings.forgotten, harness.certificates.forgotten) == (0, 0)
-    harness.state[0] += 1  # a setting changed here
-    results(harness.pool.process(ENVELOPE, CONTENT))
-    assert (harness.settings.forgotten, harness.certificates.forgotten) == (1, 0)
-    harness.state[1] += 1  # a certificate imported here
-    harness.state[2] = "mta-2"  # the MTA config changed
-    results(harness.pool.process(ENVELOPE, CONTENT))
-    assert (harness.settings.forgotten, harness.certificates.forgotten) == (1, 1)
-    assert harness.mta.current == "mta-2"
+def test_only_the_objects_the_two_ends_exchange_are_unpickled() -> None:
+    config = config_from_string('data_dir = "var"\n', base=Path("/srv/cipherd"))
+    mta = replace(MTAConfig(), transports=(("example.com", "[127.0.0.1]:2525"),))
+    result = Results()
+    result.settle(("b@example.net",), Outcome("bounced", "5.7.1", "refused"))
+    for value in (config, mta, ENVELOPE, result.result().dispositions, ip_network("10.0.0.0/8"),
+                  DatabaseUnavailable("locked"), KeyError("x"), {1, 2}):
+        assert loads(pickle.dumps(value)) == value or repr(loads(pickle.dumps(value))) == repr(
+            value)
+    for hostile in (os.system, subprocess.Popen, pickle.loads):
+        with pytest.raises(pickle.UnpicklingError, match="is not sent between cipherd"):
+            loads(pickle.dumps(hostile))
+
+
+def test_a_worker_that_sends_what_cannot_be_read_is_killed(harness: Harness) -> None:
+    worker = harness.spawned[0]
+    data = pickle.dumps(("logs", os.system))
+    worker.channel.dataReceived(len(data).to_bytes(8, "big") + data)
+    assert worker.transport.signals == ["KILL"]  # type: ignore[union-attr]
+
+
+def test_a_result_too_large_to_send_is_made_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(Clock(), Recording("worker", answer=lambda e, c: succeed(
+        ProcessingResult((Made(e.sender, e.recipients, b"x" * 500),), ()))))
+    h.pool.startService()
+    monkeypatch.setattr("cipherd.workers.MAX_FRAME", 400)
+    result = results(h.pool.process(ENVELOPE, CONTENT))
+    assert len(h.remote.calls) == 1 and len(h.local.calls) == 1
+    assert result.made[0].content == CONTENT  # the local processor's answer
+
+
+def test_the_worker_forgets_what_changed_here_before_the_next_message() -> None:
+    seen: list[tuple[int, int, Any]] = []
+
+    def look(envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
+        seen.append((h.settings.forgotten, h.certificates.forgotten, h.mta.current))
+        return succeed(ProcessingResult.unchanged(envelope, content))
+
+    h = Harness(Clock(), Recording("worker", answer=look))
+    h.pool.startService()
+    results(h.pool.process(ENVELOPE, CONTENT))
+    results(h.pool.process(ENVELOPE, CONTENT))
+    h.state[0] += 1  # a setting changed here
+    results(h.pool.process(ENVELOPE, CONTENT))
+    h.state[1] += 1  # a certificate imported here
+    h.state[2] = "mta-2"  # the MTA config changed
+    results(h.pool.process(ENVELOPE, CONTENT))
+    # What each message saw while it was processed.
+    assert seen == [(0, 0, "mta-1"), (0, 0, "mta-1"), (1, 0, "mta-1"), (1, 1, "mta-2")]
 
 
 def test_the_workers_log_lines_are_logged_here_before_its_answer() -> None:
-    seen: list[tuple[str, Any, str]] = []
+    order: list[Any] = []
 
     def observe(event: dict[str, Any]) -> None:
-        seen.append((event["log_namespace"], event["log_level"], event.get("text", "")))
+        order.append((event["log_namespace"], event["log_level"], event.get("text", "")))
 
     def logging(envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
-        # What the worker's observer (_MailForward) passes on.
-        serve = h.serves[0]
-        serve.log({"log_namespace": "cipherd.mpa.gateway", "log_level": LogLevel.warn,
-                   "log_time": 5.0, "log_format": "{q}: S/MIME {what}\nline", "q": "Q1",
-                   "what": "failed"})
-        d: Deferred[ProcessingResult] = Deferred()
-        h.clock.callLater(1, d.callback, ProcessingResult.unchanged(envelope, content))
-        return d
+        # What the worker's observer (_MailForward) passes on, in the same
+        # turn of its reactor as the answer.
+        h.serves[0].log({"log_namespace": "cipherd.mpa.gateway", "log_level": LogLevel.warn,
+                         "log_time": 5.0, "log_format": "{q}: S/MIME {what}\nline",
+                         "q": "Q1", "what": "failed"})
+        return succeed(ProcessingResult.unchanged(envelope, content))
 
     h = Harness(Clock(), Recording("worker", answer=logging))
     h.pool.startService()
     mail_events.addObserver(observe)
     try:
-        d = h.pool.process(ENVELOPE, CONTENT)
-        assert not seen
-        h.clock.advance(0)  # the end of the worker's turn
-        assert seen == [("cipherd.mpa.gateway", LogLevel.warn, "Q1: S/MIME failed\\nline")]
-        h.clock.advance(1)
-        results(d)
+        h.pool.process(ENVELOPE, CONTENT).addCallback(lambda _: order.append("answer"))
     finally:
         mail_events.removeObserver(observe)
+    assert order == [("cipherd.mpa.gateway", LogLevel.warn, "Q1: S/MIME failed\\nline"),
+                     "answer"]
 
 
-def test_messages_of_a_worker_that_ended_are_processed_here_and_it_is_started_again(
+def test_log_lines_without_an_answer_go_at_the_end_of_the_turn(harness: Harness) -> None:
+    seen: list[str] = []
+    mail_events.addObserver(lambda e: seen.append(e["text"]))  # type: ignore[arg-type]
+    try:
+        harness.serves[0].log({"log_namespace": "cipherd.mpa", "log_format": "swept",
+                               "log_time": 1.0})
+        assert not seen
+        harness.clock.advance(0)
+    finally:
+        mail_events._observers.pop()  # type: ignore[attr-defined]
+    assert seen == ["swept"]
+
+
+def test_messages_of_a_worker_that_ended_stay_queued_and_it_is_started_again(
         harness: Harness) -> None:
     pending: Deferred[ProcessingResult] = Deferred()
     harness.remote.answer = lambda e, c: pending
     first = harness.pool.process(ENVELOPE, CONTENT)
     second = harness.pool.process(ENVELOPE, CONTENT + b"2")
-    assert len(harness.remote.calls) == 2 and not harness.local.calls
+    assert len(harness.remote.calls) == 2
     harness.end(harness.spawned[0], ProcessTerminated(signal=9))
-    assert [c for _, c in harness.local.calls] == [CONTENT, CONTENT + b"2"]
-    results(first), results(second)
+    # Not processed here at once (a message that kills the worker must not
+    # kill this process): the queue defers them, to be processed again.
+    assert not harness.local.calls
+    for d in (first, second):
+        with pytest.raises(WorkerEnded, match="ended while it had the message"):
+            results(d)
     # Nothing goes to the worker that ended; a new one after RESTART_DELAY.
     results(harness.pool.process(ENVELOPE, CONTENT))
-    assert len(harness.local.calls) == 3 and len(harness.spawned) == 1
+    assert len(harness.local.calls) == 1 and len(harness.spawned) == 1
     harness.clock.advance(RESTART_DELAY)
     assert len(harness.spawned) == 2 and harness.spawned[1].ready
+
+
+def test_a_worker_has_ended_only_once_its_answers_are_read(harness: Harness) -> None:
+    pending: Deferred[ProcessingResult] = Deferred()
+    harness.remote.answer = lambda e, c: pending
+    d = harness.pool.process(ENVELOPE, CONTENT)
+    worker = harness.spawned[0]
+    worker.processEnded(Failure(ProcessDone(0)))  # before its last answer was read
+    assert not worker.ended.called
+    pending.callback(ProcessingResult.unchanged(ENVELOPE, CONTENT))
+    assert results(d).is_unchanged(ENVELOPE, CONTENT)
+    worker.channel.connectionLost(None)
+    assert worker.ended.called
 
 
 def test_a_worker_that_keeps_ending_before_it_is_ready_is_started_less_often() -> None:
@@ -374,16 +463,47 @@ def test_a_worker_that_keeps_ending_before_it_is_ready_is_started_less_often() -
     assert delays == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
 
 
-def test_stopping_lets_the_worker_answer_what_it_has_then_it_stops(
+def test_a_worker_that_cannot_be_started_is_tried_again_later() -> None:
+    h = Harness(Clock())
+    tries: list[float] = []
+
+    def spawn(worker: _Worker) -> None:
+        tries.append(h.clock.seconds())
+        if len(tries) < 3:
+            raise OSError(24, "Too many open files")
+        h.spawn(worker)
+
+    h.pool = ProcessingWorkers(h.local, {"config": True}, spawn, h.clock,
+                               lambda: tuple(h.state))
+    h.pool.startService()
+    for _ in range(20):
+        h.clock.advance(0.5)
+    assert tries == [0.0, 2.0, 6.0] and h.spawned[0].ready
+
+
+def test_stopping_lets_the_worker_answer_and_run_what_it_has_then_it_stops(
         harness: Harness) -> None:
+    ran: list[str] = []
+    later: Deferred[None] = Deferred()
+
+    async def written() -> None:
+        await later
+        ran.append("written")
+
+    harness.remote.answer = encrypting(written)
+    result = results(harness.pool.process(ENVELOPE, CONTENT))
+    Deferred.fromCoroutine(result.written[0]())  # type: ignore[arg-type]
+    # One more message under way when the stop comes.
     pending: Deferred[ProcessingResult] = Deferred()
     harness.remote.answer = lambda e, c: pending
     d = harness.pool.process(ENVELOPE, CONTENT)
     stopped = harness.pool.stopService()
-    assert harness.stops == 0  # still has a message
+    assert harness.stops == 0  # still has a message, and a callback running
     pending.callback(ProcessingResult.unchanged(ENVELOPE, CONTENT))
-    results(d)
-    assert harness.stops == 1 and harness.service.stopped
+    assert results(d).is_unchanged(ENVELOPE, CONTENT)  # its answer was sent
+    assert harness.stops == 0 and not ran
+    later.callback(None)
+    assert ran == ["written"] and harness.stops == 1 and harness.service.stopped
     harness.end(harness.spawned[0], ProcessDone(0))
     assert stopped.called  # type: ignore[union-attr]
     harness.clock.advance(RESTART_DELAY * 10)
@@ -392,14 +512,29 @@ def test_stopping_lets_the_worker_answer_what_it_has_then_it_stops(
 
 def test_a_worker_that_does_not_stop_in_time_is_killed(harness: Harness) -> None:
     harness.remote.answer = lambda e, c: Deferred()  # never answers
-    harness.pool.process(ENVELOPE, CONTENT)
+    d = harness.pool.process(ENVELOPE, CONTENT)
     stopped = harness.pool.stopService()
     harness.clock.advance(STOP_TIMEOUT)
     worker = harness.spawned[0]
     assert worker.transport.signals == ["KILL"]  # type: ignore[union-attr]
     harness.end(worker, ProcessTerminated(signal=9))
-    assert len(harness.local.calls) == 1  # what it had, processed here
     assert stopped.called  # type: ignore[union-attr]
+    # Stopping: the message stays queued as it was, for the next start.
+    assert not d.called and not harness.local.calls
+
+
+def test_callbacks_of_a_worker_that_ended_are_not_run_and_that_is_said(
+        harness: Harness) -> None:
+    async def nothing() -> None:
+        pass
+
+    harness.remote.answer = encrypting(nothing)
+    result = results(harness.pool.process(ENVELOPE, CONTENT))
+    worker = harness.spawned[0]
+    harness.end(worker, ProcessTerminated(signal=9))
+    sent = len(worker.channel.transport.written)  # type: ignore[union-attr]
+    Deferred.fromCoroutine(result.written[0]())  # type: ignore[arg-type]
+    assert len(worker.channel.transport.written) == sent  # type: ignore[union-attr]
 
 
 def test_a_worker_whose_main_process_is_gone_exits_at_once(
@@ -407,7 +542,7 @@ def test_a_worker_whose_main_process_is_gone_exits_at_once(
     exits: list[int] = []
     monkeypatch.setattr("cipherd.workers.os._exit", exits.append)
     harness.serves[0].connectionLost(Failure(ConnectionError()))
-    assert exits == [0]
+    assert exits == [0] and not harness.service.stopped
 
 
 def test_only_mta_and_mpa_events_are_passed_on(harness: Harness) -> None:
