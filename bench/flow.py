@@ -34,11 +34,12 @@ postmaster) and that the webmail appliance's MPA log names a notice for
 each message.  Needs the Debian postfix package (smtp-source, smtp-sink)
 and root (smtp-sink runs as nobody).
 
-With --profile DIR, py-spy samples both appliances during the measured
-flow run (100 Hz, without pausing them); it writes each one's raw stacks
-to DIR and prints, per appliance, how busy each thread was and the
-cipherd functions the busy samples were in (by share of all of that
-appliance's busy samples, callees included).
+With --profile DIR, py-spy (pip install py-spy) samples both appliances
+and their processing workers during the measured flow run (100 Hz,
+without pausing them); it writes each one's raw stacks to DIR and prints,
+per process, how busy each thread was and the cipherd functions the busy
+samples were in (by share of all of that process's busy samples, callees
+included).
 
     .venv/bin/python bench/flow.py                 # 1,000 messages per path
     .venv/bin/python bench/flow.py --messages 300  # quicker, noisier
@@ -63,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mta import SESSIONS, Cipherd, SmtpSink, measure, send_to_pool  # noqa: E402
 
+from tests.processes import children  # noqa: E402
 from tests.sink import Sink  # noqa: E402
 from tests.test_webmail_appliance import sign_up, text_of  # noqa: E402 - the browser's part
 
@@ -84,10 +86,10 @@ class Pair:
     L{count_notices_at} sends the notices to the counting sink instead.
     """
 
-    def __init__(self, sink: SmtpSink, capture: Sink) -> None:
-        self.webmail = Cipherd()
+    def __init__(self, sink: SmtpSink, capture: Sink, workers: int | None = None) -> None:
+        self.webmail = Cipherd(workers=workers)
         try:
-            self.gateway = Cipherd()
+            self.gateway = Cipherd(workers=workers)
         except BaseException:
             self.webmail.close()
             raise
@@ -250,6 +252,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--recipients", type=int, default=50)
+    parser.add_argument("--workers", type=int,
+                        help="[processing] workers of both appliances (default: theirs, 1)")
     parser.add_argument("--profile", type=Path, help="py-spy the measured flow run into DIR")
     options = parser.parse_args()
     if os.geteuid() != 0:
@@ -259,7 +263,7 @@ def main() -> None:
     sink, capture = SmtpSink(), Sink()
     pair = None
     try:
-        pair = Pair(sink, capture)
+        pair = Pair(sink, capture, options.workers)
         make_accounts(pair, capture, flow_recipients)
         pair.count_notices_at()
         # Warm-up of each path, then the measured runs.
@@ -271,7 +275,9 @@ def main() -> None:
         results = {"pass-through": measure(pair.gateway.smtp_port, sink, options.messages,
                                            SIZE, sender=SENDER, recipients=plain_recipients)}
         profile = options.profile and Profile(options.profile, {
-            "gateway": pair.gateway.pid, "webmail": pair.webmail.pid})
+            f"{name}{'' if n == 0 else f' worker {n}'}": pid
+            for name, cipherd in (("gateway", pair.gateway), ("webmail", pair.webmail))
+            for n, pid in enumerate([cipherd.pid, *children(cipherd.pid)])})
         results["webmail flow"] = measure(pair.gateway.smtp_port, sink, options.messages, SIZE,
                                           sender=SENDER, recipients=flow_recipients)
         profiled = profile.stop() if profile else ""
