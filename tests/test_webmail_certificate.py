@@ -166,6 +166,43 @@ def test_create_then_available(admin: AdminHarness) -> None:
     assert "available</a>" not in admin.get(PAGE).text
 
 
+@pytest.mark.parametrize(("path", "email", "other_side"), [
+    (PAGE, SENDER, "imported there and whitelisted in its certificate trust list"),
+    (RELAY_PAGE, RELAY, "download it and import it on the gateway"),
+])
+def test_another_certificate_while_one_is_valid_only_when_confirmed(
+        admin: AdminHarness, path: str, email: str, other_side: str) -> None:
+    """
+    Create on a page that says a valid one is available asks first: a
+    second sender certificate is signed with at once, and the webmail
+    appliance refuses its messages until it is imported and whitelisted.
+    """
+    assert admin.post_form(path, {"email": email, "subject": "First"}).code == 303
+    (first,) = result_of(admin.certificates.listing())
+    asked = admin.post_form(path, {"email": email, "subject": "Second"})
+    assert asked.code == 200
+    assert result_of(admin.certificates.listing()) == [first]  # nothing made
+    alert = re.search(r'<div class="confirm" role="alert">(.*?)</div>', asked.text, re.S)
+    assert alert, asked.text
+    assert available_link(alert.group(1)) == first.row.thumbprint  # the guide's sentence
+    assert other_side in alert.group(1)
+    assert "Nothing was created. Create another certificate anyway?" in alert.group(1)
+    # What was typed stays, and the button now says what it does.
+    assert 'id="subject" name="subject" value="Second"' in asked.text
+    assert '<input type="hidden" name="confirm" value="yes">' in asked.text
+    assert ">Create a new certificate anyway</button>" in asked.text
+    confirmed = admin.post_form(path, {"email": email, "subject": "Second", "confirm": "yes"})
+    assert confirmed.code == 303
+    rows = result_of(admin.certificates.listing())
+    assert len(rows) == 2
+    # The list tells the two apart: thumbprint prefix and when each began.
+    listed = admin.get("/pki/certificates").text
+    for row in rows:
+        assert f"SHA-256 {row.row.thumbprint[:16]}…" in listed
+        began = row.certificate.not_valid_before_utc
+        assert f'<td class="date">{began:%Y-%m-%d %H:%M} \N{EN DASH}<br>' in listed
+
+
 def available_link(page: str) -> str | None:
     """
     The thumbprint the "A valid webmail certificate is available" notice
@@ -517,6 +554,18 @@ def test_create_the_gateway_tunnel_certificate_as_the_guide_says(
     status.get_by_role("link", name="available").click()
     expect_certificate_details(page, SENDER, WEBMAIL_CERTIFICATE_SUBJECT)
     shoot(page, artifacts, "webmail-certificate-details")
+
+    # Create again: asked first, nothing made until confirmed.
+    open_certificate_page(page)
+    page.get_by_role("button", name="Create").click()
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text(WEBMAIL_CERTIFICATE_AVAILABLE)
+    expect(alert).to_contain_text("it forwards every tunnel message to its postmaster")
+    expect(page.get_by_role("button", name="Create a new certificate anyway")).to_be_visible()
+    shoot(page, artifacts, "webmail-certificate-confirm")
+    page.get_by_role("link", name="Close").click()
+    page.goto(f"{appliance.admin_url}/pki/certificates")
+    expect(page.locator("p.count")).to_have_text("1\N{EN DASH}1 of 1 certificate")
 
 
 @pytest.mark.e2e

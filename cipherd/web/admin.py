@@ -122,6 +122,8 @@ class _CertificatePage:
 
     @ivar heading: its title; C{{scope}} stands for the scope's phrase.
     @ivar link: the link's words on the settings page.
+    @ivar replacing: what another certificate means for the other
+        appliance, said before one is made while a valid one exists.
     """
 
     end: TunnelEnd
@@ -129,6 +131,7 @@ class _CertificatePage:
     intro: str
     email_help: str
     link: str
+    replacing: str
 
     @property
     def setting(self) -> Property:
@@ -147,13 +150,23 @@ _CERTIFICATE_PAGES = {page.setting.page: page for page in (
     _CertificatePage(WEBMAIL_SENDER, "Create webmail tunnel certificate for {scope}",
                      "For sending to the secure webmail gateway, a valid sender certificate "
                      "is required.", "email address of webmail sender",
-                     "create webmail certificate"),
+                     "create webmail certificate",
+                     "A new certificate is used at once: from the next message on, this gateway "
+                     "signs tunnel messages with it. The webmail appliance accepts them only "
+                     "once the new certificate is imported there and whitelisted in its "
+                     "certificate trust list (guide §4.1 and §4.2); until then it forwards "
+                     "every tunnel message to its postmaster and recipients get nothing."),
     # Webmail side, guide §2.3.11, figures 9 and 10: global only.  The guide's
     # figure repeats the sender page's help; this field is the relay recipient.
     _CertificatePage(RELAY_RECIPIENT, "Create webmail relay recipient certificate",
                      "For receiving email from the gateway, a valid recipient certificate "
                      "is required.", "email address of relay recipient",
-                     "webmail certificate"),
+                     "webmail certificate",
+                     "The gateway encrypts tunnel messages to the relay recipient certificate it "
+                     "holds: to use the new one, download it and import it on the gateway, and "
+                     "whitelist it in the gateway's certificate trust list (guide §3.2 and "
+                     "§3.3). Messages encrypted to the current certificate are still opened "
+                     "here as long as its key is kept."),
 )}
 
 
@@ -495,16 +508,20 @@ class AdminSite(AdminPages):
         view = _ScopeView(scope)
         address = await self.backend.tunnel_address(end, scope)
         errors: dict[str, str] = {}
+        confirm = False
         if request.method == b"POST":
             email = (arg(request, "email") or "").strip()
             subject = arg(request, "subject") or ""
             try:
-                # The admin was told whether one is needed and asked anyway.
+                # Another one while a valid one exists only once the admin
+                # has read what that means and confirmed.
                 made = await self.backend.create_tunnel_certificate(
-                    end, scope, email, subject, force=True)
+                    end, scope, email, subject, force=arg(request, "confirm") == "yes")
             except TunnelCertificateRefused as e:
                 errors = e.errors
             else:
+                confirm = not made.created
+            if not (errors or confirm):
                 log.info("Admin {account!r} created {end} certificate {thumbprint} for "
                          "{email}", account=session.admin_name, end=end.label,
                          thumbprint=made.thumbprint, email=made.email)
@@ -521,7 +538,7 @@ class AdminSite(AdminPages):
             page_title=_PAGE_TITLES[page], form=form,
             heading=form.heading.format(scope=view.phrase), address=address,
             values={"email": email, "subject": subject}, errors=errors, available=available,
-            created=not errors and arg(request, "created") is not None,
+            confirm=confirm, created=not errors and arg(request, "created") is not None,
         )
 
     # Domains and users ---------------------------------------------------
