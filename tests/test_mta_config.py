@@ -68,8 +68,9 @@ def test_changes_are_checked_together_and_null_restores_the_default() -> None:
                               "my_networks", "reject_unverified_code", "relay_domains", "x"]
     unchanged, errors = apply_changes(changed, {"after_filter_message_size_limit": 5000})
     assert unchanged is changed
-    assert errors == {"after_filter_message_size_limit":
-                      "must not be smaller than before_filter_message_size_limit"}
+    assert errors == {"after_filter_message_size_limit": (
+        f"must not be smaller than the before filter message size limit "
+        f"({changed.before_filter_message_size_limit:,} bytes)")}
     restored, errors = apply_changes(changed, {"relay_domains": None})
     assert restored.relay_domains == () and not errors
 

@@ -357,9 +357,17 @@ def apply_changes(config: MTAConfig, changes: Mapping[str, Any]) -> tuple[MTACon
         return config, errors
     updated = replace(config, **clean)
     # Guide, figure 8: the after-filter limit must not be below the other.
-    if updated.after_filter_message_size_limit < updated.before_filter_message_size_limit:
-        return config, {"after_filter_message_size_limit":
-                        "must not be smaller than before_filter_message_size_limit"}
+    # Said at the limit that was changed (the after-filter one when both were).
+    before = updated.before_filter_message_size_limit
+    after = updated.after_filter_message_size_limit
+    if after < before:
+        if after == config.after_filter_message_size_limit:
+            return config, {"before_filter_message_size_limit": (
+                f"must not be larger than the after filter message size limit "
+                f"({after:,} bytes)")}
+        return config, {"after_filter_message_size_limit": (
+            f"must not be smaller than the before filter message size limit "
+            f"({before:,} bytes)")}
     return updated, {}
 
 

@@ -22,6 +22,7 @@ from cipherd.settings import (
     GLOBAL,
     PAGES,
     REGISTRY,
+    Boolean,
     InvalidValue,
     Level,
     MailTemplate,
@@ -388,6 +389,9 @@ class AdminSite(AdminPages):
             own = values.by_scope.get(scope, {})
             inherited = values.inherited(scope, prop)
             effective = values.resolve(scope, prop)
+            typed = submitted.get(prop.name, "")
+            shown = (typed if typed is not None else prop.type.to_form(inherited.value)
+                     ) if prop.name in submitted else prop.type.to_form(effective.value)
             rows.append(
                 {
                     "prop": prop,
@@ -400,10 +404,12 @@ class AdminSite(AdminPages):
                     "stored": bool(effective.value),
                     "inherit": prop.name not in own if prop.name not in submitted
                     else submitted[prop.name] is None,
-                    # A secret is never sent back to the browser.
-                    "value": "" if prop.secret else prop.type.to_form(effective.value)
-                    if submitted.get(prop.name) is None else submitted[prop.name],
-                    "checked": bool(effective.value),
+                    # A secret is never sent back to the browser.  A refused
+                    # form shows what was typed; a field set to inherit there,
+                    # what it would inherit.
+                    "value": "" if prop.secret else shown,
+                    "checked": prop.type.from_form(shown) if isinstance(prop.type, Boolean)
+                    else bool(effective.value),
                     "inherited_from": "factory default" if inherited.source is None
                     else inherited.source.describe(),
                     "inherited_display": _display(prop, inherited.value),
