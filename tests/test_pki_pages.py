@@ -58,10 +58,15 @@ def test_import_skips_self_signed_unless_unticked(admin: AdminHarness, pki: dict
     skipped = upload(admin, "/pki/certificates/import", pki["tunnel"].pem(),
                      skip_self_signed="on")
     assert skipped.code == 200
-    assert "0 certificate(s) imported from a PEM file" in skipped.text
+    assert ('<p role="status" class="warning">0 certificate(s) imported from a PEM file'
+            in skipped.text)  # not in green
     assert "skipped (self-signed)" in skipped.text
+    assert ("1 self-signed certificate(s) were skipped because “skip self-signed” was ticked"
+            in skipped.text)
     imported = upload(admin, "/pki/certificates/import", pki["tunnel"].pem())
-    assert "1 certificate(s) imported from a PEM file" in imported.text
+    assert ('<p role="status" class="notice">1 certificate(s) imported from a PEM file'
+            in imported.text)
+    assert "were skipped" not in imported.text
 
 
 def test_import_refusals(admin: AdminHarness, pki: dict) -> None:
