@@ -336,6 +336,39 @@ class HeaderTrigger(ValueType):
         return f"{name}: {pattern.strip()}"
 
 
+# Fields of the message itself: a second one would change what it says or
+# break its MIME structure.
+_MESSAGE_FIELDS = frozenset({
+    "from", "sender", "reply-to", "to", "cc", "bcc", "subject", "date", "message-id",
+    "in-reply-to", "references", "mime-version", "received", "return-path",
+    "dkim-signature"})
+
+
+@dataclass(frozen=True)
+class HeaderField(ValueType):
+    """
+    One header field, C{Name: value}, e.g. C{X-Sent-Via: Example gateway};
+    empty for none.  Not one of the message's own fields.
+    """
+
+    widget = "text"
+
+    def check(self, value: Any) -> str:
+        text = Text(max_length=998).check(value).strip()
+        if not text:
+            return ""
+        name, colon, field_value = text.partition(":")
+        if not colon or not _HEADER_NAME.fullmatch(name) or not field_value.strip():
+            raise InvalidValue(
+                f"{text!r} is not a header field: write a name, a colon and a value, like "
+                "X-Sent-Via: Example gateway")
+        if name.lower() in _MESSAGE_FIELDS or name.lower().startswith("content-"):
+            raise InvalidValue(
+                f"{name} is a field of the message itself and cannot be added; use a name "
+                "of your own, like X-Sent-Via")
+        return f"{name}: {field_value.strip()}"
+
+
 @dataclass(frozen=True)
 class DomainName(ValueType):
     widget = "text"
@@ -375,10 +408,21 @@ class PrivateKeyPEM(ValueType):
         text = self._want_string(value).strip()
         if not text:
             return ""
+        if "-----BEGIN" not in text or "PRIVATE KEY-----" not in text:
+            raise InvalidValue("is not a private key in PEM format: paste the whole key, from "
+                               "-----BEGIN PRIVATE KEY----- (or -----BEGIN RSA PRIVATE "
+                               "KEY-----) to its END line")
+        if "ENCRYPTED" in text:
+            raise InvalidValue("is protected by a passphrase: paste it unencrypted (openssl "
+                               "pkey -in key.pem -out plain.pem asks for the passphrase "
+                               "once)")
         try:
             key = load_pem_private_key(text.encode(), None)
-        except (ValueError, TypeError) as e:
-            raise InvalidValue(f"is not an unencrypted PEM private key ({e})") from None
+        except (ValueError, TypeError):
+            # The library's words (ASN.1 offsets) would not help the admin.
+            raise InvalidValue("could not be read: the key is damaged or incomplete (a line "
+                               "missing or changed between its BEGIN and END lines)"
+                               ) from None
         if not isinstance(key, rsa.RSAPrivateKey):
             # Ed25519 DKIM (RFC 8463) would need PyNaCl in dkimpy, and few
             # receivers check it yet.
@@ -399,9 +443,10 @@ class MailTemplate(ValueType):
     """
 
     widget = "textarea"
+    variables: tuple[str, ...] = ()
 
     def check(self, value: Any) -> str:
-        from jinja2 import TemplateSyntaxError
+        from jinja2 import TemplateSyntaxError, meta
         from jinja2.sandbox import SandboxedEnvironment
 
         text = self._want_string(value).replace("\r\n", "\n")
@@ -412,11 +457,19 @@ class MailTemplate(ValueType):
         if not text.startswith("Subject:") or "\n\n" not in text:
             raise InvalidValue("must begin with a line 'Subject: ...', then an empty line, "
                                "then the text")
+        environment = SandboxedEnvironment()
         try:
-            SandboxedEnvironment().parse(text)
+            parsed = environment.parse(text)
         except TemplateSyntaxError as e:
             raise InvalidValue(f"is not a valid template: {e.message} (line {e.lineno})"
                                ) from None
+        # A name it does not have would be empty in every message sent.
+        unknown = sorted(meta.find_undeclared_variables(parsed)
+                         - set(self.variables) - set(environment.globals))
+        if unknown:
+            names = ", ".join("{{ %s }}" % name for name in unknown)  # noqa: UP031
+            raise InvalidValue(f"uses {names}, which this template does not have; its "
+                               f"variables are {', '.join(self.variables)}")
         return text
 
     def from_form(self, text: str) -> Any:
@@ -549,8 +602,10 @@ PROPERTIES: tuple[Property, ...] = (
     _P("password_reset_enabled", "Password reset enabled", Boolean(), True,
        "Whether recipients may reset a forgotten password by email.", advanced=True),
     # Post processing.
-    _P("header_external", "Header external", Text(), "",
-       "A header (Name: value) added to mail for external recipients.",
+    _P("header_external", "Header external", HeaderField(), "",
+       "A header field (Name: value) added on top of mail for external recipients, sent "
+       "as it is, S/MIME encrypted (outside the encryption) or through the webmail "
+       "tunnel; the sender's setting applies.",
        group="Post processing", advanced=True),
     # Other.
     _P("system_mail_secret", "System mail secret", Text(max_length=256, min_length=16), "",
@@ -565,19 +620,23 @@ PROPERTIES: tuple[Property, ...] = (
     _P("custom_3", "Custom 3", Text(), "", "Free for site-specific use.",
        group="Custom properties", advanced=True),
     # Templates of the messages the webmail messenger sends (jinja2).
-    _P("template_signup", "Sign-up invitation", MailTemplate(), "",
+    _P("template_signup", "Sign-up invitation",
+       MailTemplate(("sender", "subject", "link", "expires", "organisation")), "",
        "Sent on a recipient's first message. Empty: the built-in text. Variables: sender, "
        "subject, link, expires, organisation.", levels=GLOBAL_AND_DOMAIN, page="templates",
        group="Templates"),
-    _P("template_new_message", "New message notice", MailTemplate(), "",
+    _P("template_new_message", "New message notice",
+       MailTemplate(("sender", "subject", "link")), "",
        "Sent to a recipient with an account when a message arrives. Empty: the built-in "
        "text. Variables: sender, subject, link.", levels=GLOBAL_AND_DOMAIN, page="templates",
        group="Templates"),
-    _P("template_password_reset", "Password reset", MailTemplate(), "",
+    _P("template_password_reset", "Password reset",
+       MailTemplate(("address", "link", "expires")), "",
        "Sent when a recipient asks to reset the password. Empty: the built-in text. "
        "Variables: address, link, expires.", levels=GLOBAL_AND_DOMAIN, page="templates",
        group="Templates"),
-    _P("template_read_receipt", "Read receipt", MailTemplate(), "",
+    _P("template_read_receipt", "Read receipt", MailTemplate(("reader", "subject", "read")),
+       "",
        "Sent to the original sender when the recipient first reads a message, if the "
        "gateway asked for it. Empty: the built-in text. Variables: reader, subject, read.",
        levels=GLOBAL_AND_DOMAIN, page="templates", group="Templates"),

@@ -191,6 +191,38 @@ def test_one_message_split_over_every_path(world: World, log_lines: list[str]) -
                                "frank@strict.example") for line in log_lines), log_lines
 
 
+def test_header_external_is_on_what_leaves_for_external_recipients(world: World) -> None:
+    """
+    Settings → General → Header external, the sender's: on top of mail sent
+    as it is, outside S/MIME, on the original in the tunnel; not on mail
+    for internal recipients nor on the sender's bounce.
+    """
+    world.set(GLOBAL, encrypt_mode="allow", webmail_enabled=True)
+    world.domain("mandatory.example", encrypt_mode="mandatory")
+    world.domain("strict.example", encrypt_mode="mandatory", webmail_enabled=False)
+    world.domain("plain.example", webmail_enabled=False)
+    world.set(scope_for(Level.USER, "alice@example.com"),
+              header_external="X-Sent-Via: Example gateway")
+    world.tunnel_certificates()
+    added = b"X-Sent-Via: Example gateway\r\n"
+    parts = world.process("carol@example.com", "erin@plain.example", "bob@partner.example",
+                          "dave@mandatory.example", "frank@strict.example",
+                          content=RECEIVED + SENT)
+    # erin has no certificate, encryption is allowed, webmail is not: as it is.
+    assert parts[("erin@plain.example",)].content == added + RECEIVED + SENT
+    assert parts[("carol@example.com",)].content == RECEIVED + SENT
+    encrypted = parts[("bob@partner.example",)].content
+    assert encrypted.startswith(added)
+    assert smime.classify(encrypted).kind == "enveloped-data"
+    (_, _, sealed), (_, _, bounce) = world.submitted
+    _, original = read_tunnel(result_of(world.engine.open(sealed)).message)
+    assert original == added + SENT  # the client's message, the field on top
+    assert b"X-Sent-Via" not in bounce
+    # Someone else's mail: not theirs.
+    other = world.process("erin@plain.example", sender="carol@example.com")
+    assert other[("erin@plain.example",)].content == RECEIVED + SENT
+
+
 @pytest.mark.parametrize(("original", "inside", "encoding"), [
     (b"Subject: a\r\n\r\nline1\r\nline2\r\n", b"Subject: a\r\n\r\nline1\r\nline2\r\n",
      b"7bit"),

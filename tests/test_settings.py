@@ -94,6 +94,40 @@ REFUSALS = [
     ("header_trigger", "X-Encrypt: (yes",
      "'X-Encrypt: (yes': the value pattern is not a valid regular expression: missing ), "
      "unterminated subpattern at position 0"),
+    ("header_external", "no colon here",
+     "'no colon here' is not a header field: write a name, a colon and a value, like "
+     "X-Sent-Via: Example gateway"),
+    ("header_external", "X-Sent-Via:  ",
+     "'X-Sent-Via:' is not a header field: write a name, a colon and a value, like "
+     "X-Sent-Via: Example gateway"),
+    ("header_external", "X Sent: a",
+     "'X Sent: a' is not a header field: write a name, a colon and a value, like "
+     "X-Sent-Via: Example gateway"),
+    ("header_external", "Subject: hi",
+     "Subject is a field of the message itself and cannot be added; use a name of your "
+     "own, like X-Sent-Via"),
+    ("header_external", "Content-Type: text/html",
+     "Content-Type is a field of the message itself and cannot be added; use a name of "
+     "your own, like X-Sent-Via"),
+    ("header_external", "X-A: b\r\nBcc: x@example.org",
+     "must not contain control characters or line breaks"),
+    ("template_new_message", "Subject: hi\n\nFrom {{ sender }}: {{ unknown_variable }}",
+     "uses {{ unknown_variable }}, which this template does not have; its variables are "
+     "sender, subject, link"),
+    ("template_signup", "Subject: {{ recipient }}\n\n{{ link }} {{ organization }}",
+     "uses {{ organization }}, {{ recipient }}, which this template does not have; its "
+     "variables are sender, subject, link, expires, organisation"),
+    ("dkim_private_key", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQ",
+     "is not a private key in PEM format: paste the whole key, from -----BEGIN PRIVATE "
+     "KEY----- (or -----BEGIN RSA PRIVATE KEY-----) to its END line"),
+    ("dkim_private_key", "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIF\n"
+     "-----END ENCRYPTED PRIVATE KEY-----",
+     "is protected by a passphrase: paste it unencrypted (openssl pkey -in key.pem -out "
+     "plain.pem asks for the passphrase once)"),
+    ("dkim_private_key", "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEF\n"
+     "-----END PRIVATE KEY-----",
+     "could not be read: the key is damaged or incomplete (a line missing or changed "
+     "between its BEGIN and END lines)"),
     ("encrypt_mode", "always", "'always' is not one of: no_encryption, allow, mandatory"),
     ("webmail_enabled", "yes", "must be true or false, not a string"),
     ("signup_link_validity", 0, "must be between 1 and 525600"),
@@ -120,6 +154,8 @@ def test_form_input_is_parsed_per_type() -> None:
     assert REGISTRY["webmail_enabled"].type.from_form("on") is True
     assert REGISTRY["webmail_enabled"].type.from_form("") is False
     assert REGISTRY["header_trigger"].validate("X-Encrypt:yes") == "X-Encrypt: yes"
+    assert REGISTRY["header_external"].validate(" X-Sent-Via:Example  gw ") == \
+        "X-Sent-Via: Example  gw"
     assert REGISTRY["auto_account_cleanup_schedule"].validate(" 0  0 2 * * ? ") == "0 0 2 * * ?"
 
 

@@ -203,6 +203,47 @@ def test_another_certificate_while_one_is_valid_only_when_confirmed(
         assert f'<td class="date">{began:%Y-%m-%d %H:%M} \N{EN DASH}<br>' in listed
 
 
+def tunnel_warnings(page: str) -> list[str]:
+    return [html.unescape(w) for w in
+            re.findall(r'<p class="warning tunnel-warning">([^<]*)</p>', page)]
+
+
+def test_a_tunnel_address_without_its_certificate_is_accepted_and_said(
+        admin: AdminHarness) -> None:
+    """
+    The guide sets the addresses first and makes the certificates after:
+    an address without one is stored, and its page says what is missing
+    until it is there.
+    """
+    webmail = "/settings/global/webmail"
+    assert admin.post_form(webmail, [
+        ("fields", "webmail_sender"), ("value.webmail_sender", SENDER),
+        ("fields", "webmail_recipient"), ("value.webmail_recipient", RELAY)]).code == 303
+    sender, recipient = tunnel_warnings(admin.get(webmail).text)
+    assert sender.startswith(f"There is no valid signing certificate with private key for "
+                             f"the webmail sender {SENDER}. Tunnel messages cannot be signed")
+    assert recipient.startswith(f"There are no valid S/MIME certificates for the webmail "
+                                f"recipient {RELAY}")
+    assert admin.post_form(PAGE, {"email": SENDER, "subject": "Tunnel"}).code == 303
+    assert tunnel_warnings(admin.get(webmail).text) == [recipient]
+    # The relay recipient's certificate, imported and whitelisted (here:
+    # made on this side, as one appliance could serve both roles).
+    made = result_of(admin.certificates.create_tunnel_certificate(RELAY, RELAY_SUBJECT))
+    result_of(admin.certificates.set_ctl(made, CTLStatus.WHITELISTED))
+    assert tunnel_warnings(admin.get(webmail).text) == []
+
+    general = "/settings/global/preferences"
+    assert admin.post_form(general, [
+        ("fields", "relay_recipient"), ("value.relay_recipient", "relay@webmail.local")]
+        ).code == 303
+    (relay,) = tunnel_warnings(admin.get(general).text)
+    assert relay.startswith("There is no valid encryption certificate with private key for "
+                            "the relay recipient relay@webmail.local.")
+    assert admin.post_form(RELAY_PAGE, {"email": "relay@webmail.local", "subject": "R"}
+                           ).code == 303
+    assert tunnel_warnings(admin.get(general).text) == []
+
+
 def available_link(page: str) -> str | None:
     """
     The thumbprint the "A valid webmail certificate is available" notice

@@ -143,6 +143,9 @@ class Gateway:
         protected = content
         if trigger is not None and trigger.remove is not None:
             protected = replace_subject(content, policy.remove_pattern(subject, trigger.remove))
+        # Header external: on what leaves for external recipients, not on
+        # bounces to the sender nor on mail for internal ones.
+        header = sender_settings["header_external"]
         bounced: list[tuple[str, str]] = []
         if internal := by_method.get(policy.INTERNAL):
             recipients = tuple(d.recipient for d in internal)
@@ -154,12 +157,19 @@ class Gateway:
                     log.info("{queue_id}: sent without encryption (allowed, not mandatory): "
                              "{reason}; Recipient: {rcpt}", queue_id=envelope.queue_id,
                              reason=d.reason, rcpt=d.recipient)
-            results.deliver(envelope.sender, [d.recipient for d in plain], content,
-                            "not encrypted")
+            results.deliver(envelope.sender, [d.recipient for d in plain],
+                            _with_header(content, header), "not encrypted")
         if chosen := by_method.get(policy.SMIME):
-            await self._smime(envelope, protected, chosen, certificates, signer, results)
+            await self._smime(envelope, _with_header(protected, header), chosen, certificates,
+                              signer, results)
         if webmail := by_method.get(policy.WEBMAIL):
-            bounced += await self._tunnel(envelope, content, protected, webmail,
+            # The tunnel carries the message as the client sent it (from
+            # below the Received field our server added), not copied; with
+            # header external on top of it.
+            start = _sent_from(protected, envelope.queue_id)
+            if header:
+                protected, start = _with_header(protected[start:], header), 0
+            bounced += await self._tunnel(envelope, protected, start, webmail,
                                           sender_settings, config, results)
         for d in by_method.get(policy.BOUNCE, []):
             log.warn("{queue_id}: the message could not be encrypted: {reason}; Recipient: "
@@ -185,7 +195,7 @@ class Gateway:
                  what=what, rcpts=", ".join(recipients))
         results.deliver(envelope.sender, recipients, encrypted, f"S/MIME {what}")
 
-    async def _tunnel(self, envelope: Envelope, original: bytes, protected: bytes,
+    async def _tunnel(self, envelope: Envelope, protected: bytes, start: int,
                       chosen: list[policy.Decision], sender_settings: Mapping[str, Any],
                       config: MTAConfig, results: Results) -> list[tuple[str, str]]:
         recipients = tuple(d.recipient for d in chosen)
@@ -216,8 +226,7 @@ class Gateway:
             read_receipt=bool(sender_settings["webmail_read_receipt"]))
         tunnel = build_tunnel(protected, metadata, webmail_sender=webmail_sender,
                               webmail_recipient=webmail_recipient,
-                              my_hostname=config.my_hostname,
-                              start=_sent_from(protected, envelope.queue_id))
+                              my_hostname=config.my_hostname, start=start)
         sealed = await self._engine.protect(tunnel, signer=signer, recipients=certificates,
                                             detached=False)
         limit = config.after_filter_message_size_limit
@@ -330,6 +339,15 @@ class Gateway:
                  what=", ".join(f"{name.removeprefix(INFO_PREFIX)}={value}"
                                 for name, value in added if "-Email-" not in name))
         return with_fields(delivered, added)
+
+
+def _with_header(content: bytes, field: str) -> bytes:
+    """
+    C{content} with C{field} (C{Name: value}, checked as a setting) on top
+    of its header; C{content} itself when C{field} is empty.
+    """
+    name, _, value = field.partition(":")
+    return with_fields(content, [(name, value.strip())]) if field else content
 
 
 def _looks_like_a_tunnel(fields: list[tuple[str, str]]) -> bool:

@@ -430,7 +430,35 @@ class AdminSite(AdminPages):
             saved=arg(request, "saved") is not None, errors=errors,
             certificate_link=self._certificate_link(view, page),
             dkim=await self._dkim_status(scope, values) if page == "dkim" else None,
+            warnings=await self._tunnel_warnings(scope, page, values),
         )
+
+    async def _tunnel_warnings(self, scope: Scope, page: str, values: Values) -> list[str]:
+        """
+        The tunnel addresses on C{page} that are set but have no certificate
+        to do their part: accepted (the guide sets the address first and
+        makes the certificate after), and said until fixed.
+        """
+        def effective(name: str) -> str:
+            value: str = values.resolve(scope, REGISTRY[name]).value
+            return value
+
+        names = {p.name for p in properties_on(page, scope.level)}
+        warnings = []
+        for end in (WEBMAIL_SENDER, RELAY_RECIPIENT):
+            address = effective(end.setting) if end.setting in names else ""
+            if address and await self.backend.tunnel_certificate(end, address) is None:
+                warnings.append(
+                    f"There is no valid {end.purpose.value} certificate with private key for "
+                    f"the {end.label} {address}. {end.missing}")
+        if "webmail_recipient" in names and (address := effective("webmail_recipient")) and \
+                not await self.backend.certificates.encryption_certificates(address):
+            warnings.append(
+                f"There are no valid S/MIME certificates for the webmail recipient {address}: "
+                "messages for the secure webmail bounce. Import the webmail appliance's relay "
+                "recipient certificate with “skip self-signed” unticked and whitelist it in "
+                "the certificate trust list (guide §3.2 and §3.3).")
+        return warnings
 
     async def _dkim_status(self, scope: Scope, values: Values) -> dict[str, Any]:
         """

@@ -52,6 +52,7 @@ class TunnelEnd:
         messenger decrypts as the relay recipient.
     @ivar subject: the subject the "Create" page proposes.
     @ivar where: where the admin sets the address.
+    @ivar missing: what goes wrong without a certificate, and what to do.
     """
 
     label: str
@@ -59,16 +60,23 @@ class TunnelEnd:
     purpose: Purpose
     subject: str
     where: str
+    missing: str
 
 
 # Gateway side, guide §3.8, figure 15.
 WEBMAIL_SENDER = TunnelEnd("webmail sender", "webmail_sender", Purpose.SIGNING,
                            "Webmail sender tunnel certificate",
-                           "Settings → webmail → Webmail sender")
+                           "Settings → webmail → Webmail sender",
+                           "Tunnel messages cannot be signed: messages for the secure webmail "
+                           "bounce to their sender. Create one with “create webmail "
+                           "certificate” (guide §3.8).")
 # Webmail side, guide §2.3.11, figure 10: the gateway encrypts to it.
 RELAY_RECIPIENT = TunnelEnd("relay recipient", "relay_recipient", Purpose.ENCRYPTION,
                             "Webmail relay recipient certificate",
-                            "Settings → General → Relay recipient")
+                            "Settings → General → Relay recipient",
+                            "Tunnel messages from the gateway cannot be decrypted here and go "
+                            "to the postmaster. Create one with “webmail certificate” (guide "
+                            "§2.3.11) and import it on the gateway.")
 WEBMAIL_CERTIFICATE_SUBJECT = WEBMAIL_SENDER.subject
 
 
