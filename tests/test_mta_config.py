@@ -20,6 +20,7 @@ from cipherd.smtp.config import (
     RelayHost,
     apply_changes,
     authorized_recipient_problems,
+    machine_hostname,
 )
 from cipherd.store.schema import mta_config
 from cipherd.testing import migrated_store, result_of
@@ -86,7 +87,17 @@ def test_stored_config_is_shared_and_a_bad_stored_value_falls_back() -> None:
         conn.execute(mta_config.update().where(mta_config.c.name == "my_hostname").values(
             value='"not a host name"'))
     refreshed = result_of(there.refresh())
-    assert refreshed.my_hostname == "localhost" and refreshed.relay_domains == ("example.com",)
+    assert refreshed.my_hostname == machine_hostname()  # the default
+    assert refreshed.relay_domains == ("example.com",)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("mail.example.com", "mail.example.com"), ("Mail.Example.COM.", "mail.example.com"),
+    ("vm", "vm.localdomain"), ("bad_name", "localhost"), ("", "localhost"),
+])
+def test_my_hostname_defaults_to_the_machines_name_as_postfix(name: str, expected: str) -> None:
+    assert machine_hostname(name) == expected
+    assert MTAConfig().my_hostname == machine_hostname()
 
 
 @pytest.mark.parametrize("subject", ["a\r\nBcc: x@example.net", "a\x0bb", "a\u2028b"])

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cipherd.smtp.config import machine_hostname
 from tests.conftest import Appliance
 from tests.peers import require_tool
 from tests.sink import Sink
@@ -118,8 +119,8 @@ def test_one_client_trickling_and_idling_cannot_lock_others_out(
               f"500 ({refused['idle']} refused with 421)")
         assert greeted == {"trickling": 10, "idle": 10}, answers
         assert refused == {"trickling": 90, "idle": 490}
-        assert (b"421 4.7.0 localhost Error: too many connections from " + TRICKLER.encode()
-                in answers.values())
+        assert (f"421 4.7.0 {machine_hostname()} Error: too many connections from "
+                f"{TRICKLER}".encode() in answers.values())
 
         started = time.monotonic()
         with smtplib.SMTP("127.0.0.1", appliance.smtp_port, source_address=(GOOD, 0),

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select
@@ -73,6 +74,19 @@ class RelayHost:
         return host if self.port == 25 else f"{host}:{self.port}"
 
 
+def machine_hostname(name: str | None = None) -> str:
+    """
+    The default of *my hostname*, as Postfix's C{myhostname}: the machine's
+    name (C{gethostname}), with C{.localdomain} (Postfix's default
+    C{mydomain}) added when it has no dot; C{localhost} if it is no usable
+    host name.
+    """
+    name = (socket.gethostname() if name is None else name).strip().rstrip(".").lower()
+    if name and "." not in name:
+        name += ".localdomain"
+    return name if name and _hostname_problem(name) is None else "localhost"
+
+
 @dataclass(frozen=True)
 class MTAConfig:
     """
@@ -81,7 +95,7 @@ class MTAConfig:
 
     relay_domains: tuple[str, ...] = ()
     my_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    my_hostname: str = "localhost"
+    my_hostname: str = field(default_factory=machine_hostname)
     external_relay_host: str = ""
     internal_relay_host: str = ""
     match_subdomains: bool = False
@@ -346,7 +360,9 @@ def apply_changes(config: MTAConfig, changes: Mapping[str, Any]) -> tuple[MTACon
             errors[name] = "is not an MTA setting"
             continue
         if value is None:
-            clean[name] = _FIELDS[name].default
+            default = _FIELDS[name]
+            clean[name] = (default.default if default.default is not MISSING
+                           else default.default_factory())  # type: ignore[operator]
             continue
         checked, problem = _check(name, value)
         if problem:

@@ -35,7 +35,8 @@ _LIST_FIELDS = {
                     "address per line. Empty: the system's (/etc/resolv.conf)."),
 }
 _TEXT_FIELDS = {
-    "my_hostname": ("My hostname", "The internet hostname of this mail system."),
+    "my_hostname": ("My hostname", "The internet hostname of this mail system. By default "
+                    "this machine's name, as Postfix's myhostname."),
     "external_relay_host": ("External relay host", "The default next hop for remote "
                             "delivery: host, host:port or [host]:port. Leave empty for "
                             "direct delivery using MX records."),
