@@ -103,7 +103,43 @@ def shoot(page: Page, artifacts: Path, name: str) -> None:
     for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         page.set_viewport_size(viewport)
         page.screenshot(path=artifacts / f"admin-{name}-{width}.png", full_page=True)
+        assert not clipped(page), f"{name}, {width}: {clipped(page)}"
     page.set_viewport_size(DESKTOP)
+
+
+# What sticks out of the page's main column or of a box that scrolls
+# sideways: cut off, or reachable only by scrolling across.
+CLIPPED = """() => {
+  const found = [];
+  const main = document.querySelector("main");
+  if (!main) return found;
+  if (document.documentElement.scrollWidth > window.innerWidth + 1)
+    found.push("the page is wider than the window");
+  const edge = main.getBoundingClientRect().right;
+  for (const el of main.querySelectorAll("*")) {
+    // Only for screen readers (a 1 px box, clipped): hidden on purpose.
+    let hidden = false;
+    for (let up = el; up && up !== main; up = up.parentElement)
+      if (getComputedStyle(up).clip !== "auto") { hidden = true; break; }
+    if (hidden) continue;
+    const box = el.getBoundingClientRect();
+    const name = el.tagName.toLowerCase() + (el.className ? "." + el.className : "");
+    if (box.width > 1 && box.right > edge + 1) found.push(name + " runs out of the page");
+    const style = getComputedStyle(el);
+    if (["auto", "scroll", "hidden"].includes(style.overflowX) && el.tagName !== "TEXTAREA"
+        && el.scrollWidth > el.clientWidth + 1)
+      found.push(name + " is cut at the right");
+  }
+  return found;
+}"""
+
+
+def clipped(page: Page) -> list[str]:
+    """
+    What of the page is cut off at its current width.
+    """
+    found: list[str] = page.evaluate(CLIPPED)
+    return found
 
 
 def test_password_change_and_setting_survive_restart(
