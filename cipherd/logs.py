@@ -32,6 +32,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -147,6 +148,25 @@ def _line(stamp: str, event: LogEvent, with_level: bool) -> str:
         level = _LEVEL_NAMES.get(event.get("log_level", LogLevel.info), "INFO")
         return f"{stamp} {level} {text}"
     return f"{stamp} {text}"
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """
+    Which log lines to show: those containing C{text} (a queue id, an
+    address, words; case ignored) logged from C{since} to C{until}
+    (C{YYYY-MM-DDTHH:MM:SS}, UTC, as the lines begin; empty: no bound).
+    """
+
+    text: str = ""
+    since: str = ""
+    until: str = ""
+
+    def matches(self, line: str) -> bool:
+        stamp = line[:19]
+        return ((not self.text or self.text.lower() in line.lower())
+                and (not self.since or stamp >= self.since)
+                and (not self.until or stamp <= self.until))
 
 
 @implementer(ILogObserver)
@@ -307,10 +327,10 @@ class MailLog:
         if self.path.exists():
             yield self.path
 
-    def tail(self, lines: int) -> list[str]:
+    def tail(self, lines: int, query: LogQuery | None = None) -> list[str]:
         """
-        The last C{lines} lines, oldest first, across rotated files, up to
-        the last line logged.
+        The last C{lines} lines (that C{query} matches), oldest first, across
+        rotated files, up to the last line logged.
         """
         lines = max(0, min(lines, MAX_TAIL_LINES))
         result: deque[str] = deque(maxlen=lines)
@@ -318,7 +338,8 @@ class MailLog:
         with self._lock:
             for path in self._files_oldest_first():
                 with path.open(encoding="utf-8", errors="replace") as f:
-                    result.extend(line.rstrip("\n") for line in f)
+                    found = (line.rstrip("\n") for line in f)
+                    result.extend(found if query is None else filter(query.matches, found))
         return list(result)
 
 

@@ -253,6 +253,50 @@ def test_logs_page_shows_the_mpa_log(admin: AdminHarness) -> None:
     assert "The MTA log is empty." in admin.get("/logs?log=mta").text
 
 
+def test_the_logs_page_searches_by_text_and_time_downloads_and_follows(
+        admin: AdminHarness) -> None:
+    from twisted.logger import LogLevel
+
+    admin.login_with_new_password()
+    for when, text in [(1_800_000_000, "3F309D81C68D: to=<bob@example.com>, status=sent"),
+                       (1_800_000_600, "4A1B2C3D4E5F: to=<carol@example.com>, status=deferred"),
+                       (1_800_001_200, "5B6C7D8E9F00: to=<Bob@Example.com>, status=bounced")]:
+        admin.publisher({"log_namespace": "cipherd.mta.test", "log_level": LogLevel.info,
+                         "log_format": text, "log_time": when})
+    # 1_800_000_000 is 2027-01-15T08:00:00Z.
+    everything = admin.get("/logs?log=mta")
+    assert everything.text.count("status=") == 3
+    assert "The last 3 lines, oldest first." in everything.text
+    by_address = admin.get("/logs?log=mta&q=bob@example.com")
+    assert by_address.text.count("status=") == 2 and "carol" not in by_address.text
+    assert "The last 2 lines that match, oldest first." in by_address.text
+    by_id = admin.get("/logs?log=mta&q=4a1b2c3d4e5f")
+    assert by_id.text.count("status=") == 1 and "status=deferred" in by_id.text
+    in_range = admin.get("/logs?log=mta&since=2027-01-15T08:05&until=2027-01-15T08:10")
+    assert in_range.text.count("status=") == 1 and "status=deferred" in in_range.text
+    assert "No line of the MTA log matches the search." in admin.get(
+        "/logs?log=mta&q=nobody@example.com").text
+    # A time that is not one, or a range that ends before it starts: said at the field.
+    refused = admin.get("/logs?log=mta&since=yesterday&until=2027-01-15T08:10")
+    assert refused.code == 400
+    assert 'id="error.since">&#39;yesterday&#39; is not a date and time' in refused.text
+    assert 'value="yesterday"' in refused.text
+    backwards = admin.get("/logs?log=mta&since=2027-01-15T09:00&until=2027-01-15T08:00")
+    assert 'id="error.until">must not be before the start<' in backwards.text
+    # The same search, downloaded.
+    download = admin.get("/logs/download?log=mta&q=bob%40example.com")
+    assert download.code == 200
+    assert download.header("content-disposition") == 'attachment; filename="mta.log"'
+    assert download.text.count("\n") == 2 and "status=bounced\n" in download.text
+    assert '<a href="/logs/download?log=mta&amp;lines=200&amp;q=bob%40example.com' in \
+        by_address.text
+    # Following: the page reloads itself with the same search.
+    following = admin.get("/logs?log=mta&q=bob&follow=1")
+    assert ('<meta http-equiv="refresh" content="5;url=/logs?log=mta&amp;lines=200&amp;q=bob'
+            '&amp;since=&amp;until=&amp;follow=1#end">') in following.text
+    assert "http-equiv" not in by_address.text
+
+
 def test_unknown_pages_and_internal_errors_get_a_page(admin: AdminHarness) -> None:
     missing = admin.get("/no/such/page")
     assert missing.code == 404

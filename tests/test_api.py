@@ -178,6 +178,15 @@ def test_logs(api: AdminHarness) -> None:
     # Digits str.isdigit() takes and int() refuses: a 400, not a 500.
     assert call(api, "GET", "/logs/mta?lines=%C2%B2").code == 400
     assert call(api, "GET", "/logs/other").code == 404
+    # The logs page's search: text, and a time range (UTC).
+    found = call(api, "GET", "/logs/mta?q=TRY+1").json()["lines"]
+    assert [line.split(" ", 1)[1] for line in found] == [
+        "3E808D2: to=<webmail@webmail.local>, status=deferred (try 1)"]
+    assert call(api, "GET", "/logs/mta?until=2000-01-01T00:00").json()["lines"] == []
+    refused = call(api, "GET", "/logs/mta?since=soon")
+    assert refused.code == 400
+    assert refused.json()["errors"] == {
+        "since": "'soon' is not a date and time (YYYY-MM-DD HH:MM)"}
 
 
 def test_unknown_routes_and_methods_answer_in_json(api: AdminHarness) -> None:

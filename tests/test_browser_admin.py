@@ -412,6 +412,26 @@ def test_mta_config_and_queue_pages(
         page.reload()
     expect(row).to_contain_text("Connection refused")
     shoot(page, artifacts, "queue")
+    queue_id = row.locator("code").inner_text()
+
+    # Admin → Logs: its lines found by queue id, whole (the status= part
+    # included), then the page follows the log.
+    page.get_by_role("link", name="Logs").click()
+    page.get_by_label("Search", exact=True).fill(queue_id)
+    page.get_by_role("button", name="Show").click()
+    log = page.locator("pre.log")
+    expect(log).to_contain_text(f"{queue_id}: to=<bob@example.com>")
+    expect(log).to_contain_text("status=deferred (connect to 127.0.0.1[127.0.0.1]:9")
+    assert all(queue_id in line for line in log.inner_text().splitlines())
+    shoot(page, artifacts, "logs-search")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download").click()
+    assert queue_id in download.value.path().read_text()
+    page.get_by_label("Follow").check()
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("status")).to_contain_text("Following")
+    expect(page.get_by_label("Search", exact=True)).to_have_value(queue_id)
+    page.get_by_role("link", name="Queues").click()
     row.get_by_role("button", name="Hold").click()
     expect(page.get_by_role("status")).to_have_text("The message is on hold.")
     expect(page.locator("tbody tr").first).to_contain_text("hold")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from cipherd.logs import MAX_TAIL_LINES, LogQuery
 from cipherd.settings import (
     GLOBAL,
     PAGES,
@@ -60,11 +61,13 @@ from cipherd.web.common import (
     cookie,
     database_problem,
     favicon,
+    log_query,
     redirect,
     robots_txt,
     set_cookie,
     static_files,
     template_environment,
+    whole_number,
 )
 from cipherd.web.mta_pages import MTAPages
 from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
@@ -72,6 +75,8 @@ from cipherd.web.pki_pages import PkiPages
 
 LOGIN_CSRF_COOKIE = "__Host-cipherd-login"
 DEFAULT_LOG_LINES = 200
+# How often the logs page reloads itself while following a log.
+FOLLOW_SECONDS = 5
 # The admin site's icon: the colour of the product's links and buttons.
 ADMIN_COLOUR = "#1f5fbf"
 
@@ -619,14 +624,37 @@ class AdminSite(AdminPages):
     @app.route("/logs", methods=["GET"])
     @authenticated
     async def logs_page(self, request: IRequest, session: AdminSession) -> bytes:
+        """
+        Admin → Logs: the last lines of a log, those that contain the search
+        text (a queue id, an address, words) within a time range, wrapped;
+        with *follow*, the page reloads itself every few seconds.
+        """
         name = arg(request, "log") or "mta"
         if name not in self.backend.logs:
             return self.not_found(request, session)
-        try:
-            count = int(arg(request, "lines") or DEFAULT_LOG_LINES)
-        except ValueError:
-            count = DEFAULT_LOG_LINES
+        count = whole_number((arg(request, "lines") or "").strip()) or DEFAULT_LOG_LINES
+        query, typed, errors = log_query(request)
+        lines = [] if errors else await self.backend.tail_log(name, count, query)
+        follow = arg(request, "follow") == "1" and not errors
         return self.render(
-            request, "logs.html", session, section="logs", log_name=name,
-            lines=await self.backend.tail_log(name, count), count=count,
+            request, "logs.html", session, status=400 if errors else 200, section="logs",
+            log_name=name, lines=lines, count=count, typed=typed, errors=errors,
+            follow=follow, filtered=query != LogQuery(), refresh=FOLLOW_SECONDS,
+            query_string=urlencode({"log": name, "lines": count, **typed}),
         )
+
+    @app.route("/logs/download", methods=["GET"])
+    @authenticated
+    async def logs_download(self, request: IRequest, session: AdminSession) -> bytes:
+        """
+        The lines the logs page shows with the same search, up to the most a
+        log is read for, as a text file.
+        """
+        name = arg(request, "log") or "mta"
+        query, _, errors = log_query(request)
+        if name not in self.backend.logs or errors:
+            return self.not_found(request, session)
+        lines = await self.backend.tail_log(name, MAX_TAIL_LINES, query)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Content-Disposition", f'attachment; filename="{name}.log"'.encode())
+        return "".join(f"{line}\n" for line in lines).encode()

@@ -60,6 +60,7 @@ from cipherd.web.common import (
     arg,
     client_address,
     json_response,
+    log_query,
     request_deadline,
     whole_number,
 )
@@ -475,7 +476,10 @@ class AdminAPI:
         if count is None:
             raise _BadRequest("lines must be a whole number.",
                               {"lines": f"{text!r} is not a number"})
-        lines = await self.backend.tail_log(name, count)
+        query, _, errors = log_query(request)
+        if errors:
+            raise _BadRequest("The search could not be made.", errors)
+        lines = await self.backend.tail_log(name, count, query)
         return json_response(request, 200, {"log": name, "lines": lines})
 
     # Certificates and the CTL ------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from cipherd.logs import MailLog
+from cipherd.logs import LogQuery, MailLog
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.trust import CTLStatus, Purpose
@@ -198,14 +198,16 @@ class AdminBackend:
     queue: MailQueue
     queue_runner: QueueRunner | None = None
 
-    async def tail_log(self, name: str, lines: int) -> list[str]:
+    async def tail_log(self, name: str, lines: int, query: LogQuery | None = None
+                       ) -> list[str]:
         """
-        The last C{lines} lines of log C{name}, read off the reactor thread.
+        The last C{lines} lines of log C{name} that C{query} matches, read
+        off the reactor thread.
 
         @raise KeyError: there is no such log.
         """
         log = self.logs[name]
-        result: list[str] = await self.runner.run(log.tail, lines)
+        result: list[str] = await self.runner.run(log.tail, lines, query)
         return result
 
     # Settings → templates and Settings → DKIM -------------------------------

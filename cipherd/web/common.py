@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 from zope.interface import Attribute, Interface
 
+from cipherd.logs import LogQuery
 from cipherd.store import DatabaseUnavailable
 from cipherd.web.favicon import favicon_ico, favicon_svg
 
@@ -610,3 +611,29 @@ class _StaticFiles(File):
 
 def static_files() -> Resource:
     return _StaticFiles(str(files("cipherd.web") / "static"))
+
+
+def log_query(request: IRequest) -> tuple[LogQuery, dict[str, str], dict[str, str]]:
+    """
+    The search of a log (Admin → Logs, and the API): (the query, what was
+    typed, errors by field C{q}, C{since}, C{until}).  The times are the
+    browser's C{datetime-local} (or any ISO 8601 date and time), in UTC as
+    the lines are.
+    """
+    typed = {name: (arg(request, name) or "").strip() for name in ("q", "since", "until")}
+    errors = {}
+    bounds = {}
+    for name, seconds in (("since", ":00"), ("until", ":59")):
+        text = typed[name]
+        if not text:
+            continue
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            errors[name] = f"{text!r} is not a date and time (YYYY-MM-DD HH:MM)"
+            continue
+        bounds[name] = when.strftime("%Y-%m-%dT%H:%M") + seconds
+    if not errors and bounds.get("since", "") > bounds.get("until", "\uffff"):
+        errors["until"] = "must not be before the start"
+    return (LogQuery(typed["q"], bounds.get("since", ""), bounds.get("until", "")),
+            typed, errors)
