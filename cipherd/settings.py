@@ -525,21 +525,41 @@ class Property:
         return self.type.check(value)
 
 
+# What one appliance does (Settings → General → Appliance role): the guide's
+# gateway, its webmail appliance, or both on one machine.
+GATEWAY, WEBMAIL, BOTH = "gateway", "webmail", "both"
+_ROLES = ((BOTH, "Gateway and webmail messenger"), (GATEWAY, "Gateway"),
+          (WEBMAIL, "Webmail messenger"))
+
+
 @dataclass(frozen=True)
 class Page:
+    """
+    @ivar role: the role whose work the page sets (L{BOTH}: every role's).
+    """
+
     name: str
     title: str
+    role: str = BOTH
+
+    def shown_for(self, role: str) -> bool:
+        """
+        Whether an appliance with C{role} shows the page in its menus.
+        """
+        return BOTH in (role, self.role) or role == self.role
 
 
 PAGES = (
     Page("preferences", "General"),
-    Page("templates", "Templates"),
-    Page("dkim", "DKIM"),
-    Page("webmail", "Webmail"),
-    Page("encryption", "Encryption policy"),
-    Page("quota", "Quota"),
-    Page("cleanup", "Auto cleanup"),
-    Page("branding", "Branding"),
+    # What the webmail messenger sends and keeps.
+    Page("templates", "Templates", WEBMAIL),
+    Page("dkim", "DKIM", WEBMAIL),
+    # What the gateway does with outgoing mail.
+    Page("webmail", "Webmail", GATEWAY),
+    Page("encryption", "Encryption policy", GATEWAY),
+    Page("quota", "Quota", WEBMAIL),
+    Page("cleanup", "Auto cleanup", WEBMAIL),
+    Page("branding", "Branding", WEBMAIL),
 )
 
 _ENCRYPT_MODES = (
@@ -553,6 +573,10 @@ _P = Property
 PROPERTIES: tuple[Property, ...] = (
     # Guide figure 9: General.
     _P("comment", "Comment", Text(), "", "A note for administrators; not used by cipherd."),
+    _P("appliance_role", "Appliance role", Choice(_ROLES), BOTH,
+       "What this appliance does: the settings menus show only the pages of its role "
+       "(every page stays reachable by its address). Nothing else changes.",
+       levels=GLOBAL_ONLY),
     _P("min_password_strength", "Min. password strength", Integer(0, 128, "bits"), 30,
        "The least strength, in bits (log2 of the guesses zxcvbn estimates an attacker "
        "needs), a webmail password must have. 30 bits is about a billion guesses and "

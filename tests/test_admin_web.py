@@ -5,6 +5,7 @@ lockout, session expiry on the clock, settings forms, domains and users.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -295,6 +296,36 @@ def test_the_logs_page_searches_by_text_and_time_downloads_and_follows(
     assert ('<meta http-equiv="refresh" content="5;url=/logs?log=mta&amp;lines=200&amp;q=bob'
             '&amp;since=&amp;until=&amp;follow=1#end">') in following.text
     assert "http-equiv" not in by_address.text
+
+
+def tabs(page: str) -> list[str]:
+    nav = page.split('<nav class="tabs"', 1)[1].split("</nav>", 1)[0]
+    return re.findall(r">([^<]+)</a>", nav)
+
+
+def test_the_appliance_role_narrows_the_settings_menus(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    every = ["General", "Templates", "DKIM", "Webmail", "Encryption policy", "Quota",
+             "Auto cleanup", "Branding"]
+    assert tabs(admin.get("/settings/global/preferences").text) == every
+    for role, shown in [
+        ("webmail", ["General", "Templates", "DKIM", "Quota", "Auto cleanup", "Branding"]),
+        ("gateway", ["General", "Webmail", "Encryption policy"]),
+        ("both", every),
+    ]:
+        assert admin.post_form("/settings/global/preferences", [
+            ("fields", "appliance_role"), ("value.appliance_role", role)]).code == 303
+        assert tabs(admin.get("/settings/global/preferences").text) == shown, role
+    assert effective(admin, GLOBAL, "appliance_role") == "both"
+    admin.post_form("/settings/global/preferences", [
+        ("fields", "appliance_role"), ("value.appliance_role", "webmail")])
+    # A domain's pages too; a page of the other role stays reachable by its
+    # address, and says where it is.
+    admin.post_form("/settings/domains", {"name": "example.com"})
+    assert "Encryption policy" not in tabs(
+        admin.get("/settings/domains/example.com/preferences").text)
+    other = admin.get("/settings/global/encryption")
+    assert other.code == 200 and "Encryption policy" in tabs(other.text)
 
 
 def test_unknown_pages_and_internal_errors_get_a_page(admin: AdminHarness) -> None:

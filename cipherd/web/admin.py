@@ -422,6 +422,7 @@ class AdminSite(AdminPages):
                     "error": errors.get(prop.name),
                 }
             )
+        role = values.resolve(GLOBAL, REGISTRY["appliance_role"]).value
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             key = ("Advanced: " if row["prop"].advanced else "") + row["prop"].group
@@ -430,7 +431,8 @@ class AdminSite(AdminPages):
             request, "settings.html", session, status=400 if errors else 200,
             section="settings", subsection=view.subsection, view=view, page=page,
             page_title=_PAGE_TITLES[page],
-            pages=[p for p in PAGES if properties_on(p.name, scope.level)],
+            pages=[p for p in PAGES if properties_on(p.name, scope.level)
+                   and (p.name == page or p.shown_for(role))],
             groups=groups, advanced=advanced, has_advanced=has_advanced,
             saved=arg(request, "saved") is not None, errors=errors,
             certificate_link=self._certificate_link(view, page),
