@@ -182,7 +182,7 @@ def test_another_certificate_while_one_is_valid_only_when_confirmed(
     asked = admin.post_form(path, {"email": email, "subject": "Second"})
     assert asked.code == 200
     assert result_of(admin.certificates.listing()) == [first]  # nothing made
-    alert = re.search(r'<div class="confirm" role="alert">(.*?)</div>', asked.text, re.S)
+    alert = re.search(r'<div class="confirm-box" role="alert">(.*?)</div>', asked.text, re.S)
     assert alert, asked.text
     assert available_link(alert.group(1)) == first.row.thumbprint  # the guide's sentence
     assert other_side in alert.group(1)
