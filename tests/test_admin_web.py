@@ -328,6 +328,23 @@ def test_the_appliance_role_narrows_the_settings_menus(admin: AdminHarness) -> N
     assert other.code == 200 and "Encryption policy" in tabs(other.text)
 
 
+def test_the_users_and_domains_lists_say_what_each_overrides(admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    for kind, name in (("users", "alice@example.com"), ("users", "bob@example.com"),
+                       ("domains", "example.com")):
+        assert admin.post_form(f"/settings/{kind}", {"name": name}).code == 303
+    admin.post_form("/settings/users/alice@example.com/encryption", [
+        ("fields", "encrypt_mode"), ("value.encrypt_mode", "mandatory"),
+        ("fields", "smime_sign"), ("value.smime_sign", "false")])
+    admin.post_form("/settings/domains/example.com/preferences", [
+        ("fields", "comment"), ("value.comment", "ours")])
+    users = admin.get("/settings/users").text
+    cells = dict(re.findall(r'>([\w.@]+)</a></td>\s*<td class="overrides">([^<]*)</td>', users))
+    assert cells == {"alice@example.com": "Encrypt mode, S/MIME sign",
+                     "bob@example.com": "nothing: it inherits every setting"}
+    assert '<td class="overrides">Comment</td>' in admin.get("/settings/domains").text
+
+
 def test_unknown_pages_and_internal_errors_get_a_page(admin: AdminHarness) -> None:
     missing = admin.get("/no/such/page")
     assert missing.code == 404

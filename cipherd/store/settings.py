@@ -5,7 +5,7 @@ Queries for property values, domains and users.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
@@ -80,6 +80,19 @@ def list_scopes(conn: Connection, level: Level) -> list[str]:
     """
     _, key = _table_for(level)
     return list(conn.execute(select(key).order_by(key)).scalars())
+
+
+def overridden_in(conn: Connection, level: Level) -> dict[str, Sequence[str]]:
+    """
+    The names of the settings each domain or user of C{level} sets itself,
+    sorted, by domain or user (those that set none are left out).
+    """
+    found: dict[str, list[str]] = {}
+    for row in conn.execute(select(property_values.c.scope, property_values.c.name)
+                            .where(property_values.c.level == level.value)
+                            .order_by(property_values.c.scope, property_values.c.name)):
+        found.setdefault(row.scope, []).append(row.name)
+    return dict(found)
 
 
 def scope_exists(conn: Connection, scope: Scope) -> bool:
@@ -216,6 +229,13 @@ class SettingsRepository:
 
     async def list(self, level: Level) -> list[str]:
         return await self._store.read(list_scopes, level)
+
+    async def overridden(self, level: Level) -> dict[str, Sequence[str]]:
+        """
+        What each domain or user of C{level} sets itself: L{overridden_in}.
+        """
+        found: dict[str, Sequence[str]] = await self._store.read(overridden_in, level)
+        return found
 
     async def exists(self, scope: Scope) -> bool:
         return await self._store.read(scope_exists, scope)

@@ -604,10 +604,13 @@ class AdminSite(AdminPages):
                          scope=scope.describe())
                 return redirect(request, f"{_ScopeView(scope).base}/preferences")
         names = await self.backend.settings.list(level)
+        overridden = await self.backend.settings.overridden(level)
         return self.render(
             request, "scopes.html", session, status=400 if error else 200, section="settings",
             subsection=kind, kind=kind, level=level, error=error,
             entries=[_ScopeView(Scope(level, n)) for n in names],
+            overrides={n: [REGISTRY[name].label for name in overridden.get(n, [])
+                           if name in REGISTRY] for n in names},
         )
 
     @app.route("/settings/<kind>/<key>/delete", methods=["POST"])
