@@ -6,6 +6,8 @@ delete, roots, CRLs.
 
 from __future__ import annotations
 
+import re
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from cipherd.pki.certs import thumbprint
 from tests.harness import AdminHarness, Response
+from tests.peers import require_tool
 from tests.pki_factory import START, make_ca, make_crl, make_user
 
 
@@ -67,6 +70,34 @@ def test_import_skips_self_signed_unless_unticked(admin: AdminHarness, pki: dict
     assert ('<p role="status" class="notice">1 certificate(s) imported from a PEM file'
             in imported.text)
     assert "were skipped" not in imported.text
+
+
+def test_ticked_certificates_download_as_pem_or_pkcs7(admin: AdminHarness, pki: dict,
+                                                      tmp_path: Path) -> None:
+    for name in ("alice", "expired"):
+        upload(admin, "/pki/certificates/import", pki[name].pem())
+    listing = admin.get("/pki/certificates").text
+    ticks = re.findall(r'<input type="checkbox" form="download" name="thumbprint" '
+                       r'value="([0-9a-f]{64})"', listing)
+    wanted = sorted(thumbprint(pki[name].cert) for name in ("alice", "expired"))
+    assert sorted(ticks) == wanted
+    query = "&".join(f"thumbprint={t}" for t in wanted)
+    pem = admin.get(f"/pki/certificates/download?{query}&format=pem")
+    assert pem.code == 200
+    assert pem.header("content-disposition") == 'attachment; filename="certificates-2.pem"'
+    assert sorted(thumbprint(c) for c in x509.load_pem_x509_certificates(pem.body)) == wanted
+    p7b = admin.get(f"/pki/certificates/download?{query}&format=p7b")
+    assert p7b.header("content-disposition") == 'attachment; filename="certificates-2.p7b"'
+    (tmp_path / "chosen.p7b").write_bytes(p7b.body)
+    # What openssl reads from it, as a mail client's import would.
+    printed = subprocess.run(
+        [require_tool("openssl"), "pkcs7", "-inform", "DER", "-print_certs", "-in",
+         str(tmp_path / "chosen.p7b")], capture_output=True, check=True).stdout
+    assert sorted(thumbprint(c) for c in x509.load_pem_x509_certificates(printed)) == wanted
+    none = admin.get("/pki/certificates/download?format=pem")
+    assert none.code == 400 and "Tick one certificate or more" in none.text
+    unknown = admin.get(f"/pki/certificates/download?thumbprint={'0' * 64}")
+    assert unknown.code == 400
 
 
 def test_import_refusals(admin: AdminHarness, pki: dict) -> None:

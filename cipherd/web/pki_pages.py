@@ -11,6 +11,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -24,6 +25,7 @@ from cipherd.web.common import (
     UPLOAD_DEADLINE,
     SiteApp,
     arg,
+    args,
     redirect,
     request_deadline,
     whole_number,
@@ -31,6 +33,8 @@ from cipherd.web.common import (
 from cipherd.web.pages import AdminPages, authenticated
 
 PAGE_SIZE = 50
+# The most certificates one download takes (every one on a page, and more).
+MAX_DOWNLOAD = 1000
 # The longest search a list takes (an address is at most 320 characters).
 MAX_SEARCH_LENGTH = 320
 
@@ -199,6 +203,37 @@ class PkiPages(AdminPages):
                            title=_STORE_TITLES[store], result=result)
 
     # Details -------------------------------------------------------------------
+
+    @app.route("/<store>/download", methods=["GET"])
+    @authenticated
+    async def download_selected(self, request: IRequest, session: AdminSession,
+                                store: str) -> bytes:
+        """
+        The certificates ticked in the list, in one file: PEM (one after
+        the other) or PKCS#7 (C{.p7b}, certificates only).
+        """
+        if self._store(store) is None:
+            return self.not_found(request, session)
+        wanted = list(dict.fromkeys(t.strip().lower() for t in args(request, "thumbprint")))
+        rows = [row for t in wanted[:MAX_DOWNLOAD]
+                if (row := await self._row(store, t)) is not None]
+        if not rows:
+            return self.render(request, "error.html", session, status=400, section=store,
+                               title="Nothing to download",
+                               message="Tick one certificate or more in the list to "
+                                       "download them.")
+        certs = [x509.load_der_x509_certificate(row.der) for row in rows]
+        if arg(request, "format") == "p7b":
+            request.setHeader(b"Content-Type", b"application/x-pkcs7-certificates")
+            suffix = "p7b"
+            body = pkcs7.serialize_certificates(certs, serialization.Encoding.DER)
+        else:
+            request.setHeader(b"Content-Type", b"application/x-pem-file")
+            suffix = "pem"
+            body = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+        request.setHeader(b"Content-Disposition",
+                          f'attachment; filename="{store}-{len(certs)}.{suffix}"'.encode())
+        return body
 
     async def _row(self, store: str, thumbprint: str) -> Any:
         if self._store(store) is None or len(thumbprint) != 64:
