@@ -347,7 +347,12 @@ def test_import_and_trust_a_tunnel_certificate_as_the_guide_says(
     row.get_by_role("link").click()
     expect(page.locator("dl.facts")).to_contain_text(
         "EMAILADDRESS=webmail@example.com, CN=Webmail sender tunnel certificate")
+    # "add to CTL", then the "Add new Certificate Trust List entry" page.
+    page.get_by_role("link", name="add to CTL").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Add new Certificate Trust List entry")
     page.get_by_label("Status").select_option("whitelisted")
+    shoot(page, artifacts, "ctl-entry")
     page.get_by_role("button", name="Add").click()
     expect(page.get_by_role("status")).to_have_text("The certificate trust list was changed.")
     expect(page.locator("dl.facts")).to_contain_text(

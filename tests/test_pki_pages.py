@@ -118,8 +118,12 @@ def test_list_greys_invalid_and_marks_whitelisted(admin: AdminHarness, pki: dict
     tunnel = thumbprint(pki["tunnel"].cert)
     details = admin.get(f"/pki/certificates/{tunnel}")
     assert "The certificate is not trusted" in details.text
+    assert f'<a href="/pki/certificates/{tunnel}/ctl">add to CTL</a>' in details.text
+    entry = admin.get(f"/pki/certificates/{tunnel}/ctl")
+    assert "<h1>Add new Certificate Trust List entry</h1>" in entry.text
+    assert '<option value="whitelisted" >Whitelisted</option>' in entry.text
     added = admin.post_form(f"/pki/certificates/{tunnel}/ctl", {"status": "whitelisted"},
-                            csrf=admin.csrf_from(details))
+                            csrf=admin.csrf_from(entry))
     assert added.header("location") == f"/pki/certificates/{tunnel}?changed=ctl"
     listing = admin.get("/pki/certificates").text
     rows = {row.split("</tr>")[0] for row in listing.split("<tr class=")[1:]}

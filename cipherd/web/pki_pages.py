@@ -273,6 +273,22 @@ class PkiPages(AdminPages):
             usage_problem=usage_problem, changed=arg(request, "changed"),
         )
 
+    @app.route("/<store>/<thumbprint>/ctl", methods=["GET"])
+    @authenticated
+    async def ctl_form(self, request: IRequest, session: AdminSession, store: str,
+                       thumbprint: str) -> bytes:
+        """
+        Guide §3.3 and §4.2: the "Add new Certificate Trust List entry" page.
+        """
+        row = await self._row(store, thumbprint)
+        if row is None:
+            return self.not_found(request, session, "There is no such certificate.")
+        ctl = (await self.backend.certificates.ctl()).get(row.thumbprint)
+        return self.render(
+            request, "ctl_entry.html", session, section=store, store=store, row=row, ctl=ctl,
+            statuses=list(CTLStatus), heading="Change Certificate Trust List entry" if ctl
+            else "Add new Certificate Trust List entry")
+
     @app.route("/<store>/<thumbprint>/ctl", methods=["POST"])
     @authenticated
     async def add_to_ctl(self, request: IRequest, session: AdminSession, store: str,
