@@ -391,7 +391,6 @@ def test_mta_config_and_queue_pages(
     page.get_by_label("My networks").fill("127.0.0.0/8")
     page.get_by_label("Relay domains").fill("webmail.local")
     page.get_by_label("Internal relay host").fill("[127.0.0.1]:26")
-    page.get_by_label("Transports").fill("example.com [127.0.0.1]:9")
     page.get_by_label("Match subdomains").check()
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_role("status")).to_have_text("The new MTA settings were applied.")
@@ -403,6 +402,28 @@ def test_mta_config_and_queue_pages(
     expect(page.get_by_role("status")).to_have_text("The new MTA settings were applied.")
     expect(page.get_by_label("SMTP helo name")).to_have_value("gw.example.org")
     expect(page.get_by_label("Relay domains")).to_have_value("webmail.local")
+
+    # Guide §3.10: Admin → MTA → transports, "add transport".
+    page.get_by_role("link", name="Transports").click()
+    page.get_by_label("Recipients domain").fill("example.com")
+    page.get_by_label("Relay host").fill("host name with spaces")
+    page.get_by_label("Port").fill("99999")
+    page.get_by_role("button", name="Add").click()
+    expect(page.locator('[id="error.host"]')).to_have_text(
+        "'host name with spaces' is not a host name or an IP address (the port goes in its "
+        "own field).")
+    expect(page.locator('[id="error.port"]')).to_have_text(
+        "The port is a number from 1 to 65535 (25 for SMTP).")
+    expect(page.get_by_label("Recipients domain")).to_have_value("example.com")
+    shoot(page, artifacts, "transports-refused")
+    page.get_by_label("Relay host").fill("127.0.0.1")
+    page.get_by_label("Port").fill("9")
+    page.get_by_role("button", name="Add").click()
+    expect(page.get_by_role("status")).to_have_text("Mail for example.com now goes by its "
+                                                    "transport.")
+    expect(page.locator("table.transports tbody tr td")).to_have_text(
+        ["example.com", "127.0.0.1", "9", "no", "Delete"])
+    shoot(page, artifacts, "transports")
 
     run([require_tool("swaks"), "--server", f"127.0.0.1:{appliance.smtp_port}",
          "--from", "alice@example.org", "--to", "bob@example.com", "--helo", "client.test"])

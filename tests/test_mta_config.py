@@ -304,3 +304,52 @@ def test_a_refused_mta_form_shows_what_the_admin_typed_not_the_stored_values(
     config = result_of(admin.site.backend.mta.refresh())
     assert (config.smtpd_process_limit, config.my_hostname, config.match_subdomains) == (
         200, "mx.example.com", False)
+
+
+def test_transports_are_added_replaced_and_deleted_on_their_page(
+        admin: AdminHarness) -> None:  # noqa: F811 -- the fixture imported above
+    """
+    Guide §3.10: Admin → MTA → transports, *add transport* with the
+    recipients domain, relay host, port and MX lookup.
+    """
+    page = "/mta/transports"
+    assert "There are no transports" in admin.get(page).text
+    for typed, errors in [
+        ({"domain": "", "host": "", "port": "25"},
+         {"domain": "Enter the recipients domain, e.g. webmail.local.",
+          "host": "Enter the relay host: a host name or an IP address."}),
+        ({"domain": "webmail local", "host": "host name with spaces", "port": "0"},
+         {"domain": "'webmail local' is not a domain name: it contains spaces.",
+          "host": "'host name with spaces' is not a host name or an IP address (the port "
+                  "goes in its own field).",
+          "port": "The port is a number from 1 to 65535 (25 for SMTP)."}),
+        ({"domain": "webmail.local", "host": "192.0.2.5:25", "port": "25"},
+         {"host": "'192.0.2.5:25' is not a host name or an IP address (the port goes in its "
+                  "own field)."}),
+    ]:
+        refused = admin.post_form(page, typed)
+        assert refused.code == 400
+        assert {name: html.unescape(text) for name, text in re.findall(
+            r'id="error\.(\w+)">([^<]*)<', refused.text)} == errors, typed
+        for name, value in typed.items():
+            assert f'name="{name}" value="{html.escape(value)}"' in refused.text
+    assert result_of(admin.site.backend.mta.refresh()).transports == ()
+
+    assert admin.post_form(page, {"domain": "WebMail.Local", "host": "192.0.2.5",
+                                  "port": "2525"}).code == 303
+    assert admin.post_form(page, {"domain": "example.org", "host": "mx.example.org",
+                                  "port": "25", "mx": "on"}).code == 303
+    assert result_of(admin.site.backend.mta.refresh()).transports == (
+        ("example.org", "mx.example.org"), ("webmail.local", "[192.0.2.5]:2525"))
+    listed = admin.get(f"{page}?added=webmail.local").text
+    assert "Mail for webmail.local now goes by its transport." in listed
+    # The same domain again replaces its transport.
+    admin.post_form(page, {"domain": "webmail.local", "host": "192.0.2.6", "port": "25"})
+    assert dict(result_of(admin.site.backend.mta.refresh()).transports)["webmail.local"] == \
+        "[192.0.2.6]"
+    assert admin.post_form(f"{page}/delete", {"domain": "example.org"}, csrf=admin.csrf_from(
+        admin.get(page))).code == 303
+    assert result_of(admin.site.backend.mta.refresh()).transports == (
+        ("webmail.local", "[192.0.2.6]"),)
+    assert admin.post_form(f"{page}/delete", {"domain": "nowhere.example"},
+                           csrf=admin.csrf_from(admin.get(page))).code == 404

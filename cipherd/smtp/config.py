@@ -127,6 +127,9 @@ class MTAConfig:
     # for settings).  None: nobody, a webmail recipient cannot reply.
     authorized_recipients: tuple[str, ...] = ()
 
+    def transport_domains(self) -> list[str]:
+        return [domain for domain, _ in self.transports]
+
     def to_json(self) -> dict[str, Any]:
         value = asdict(self)
         value["transports"] = [_transport_json(d, r) for d, r in self.transports]
@@ -183,6 +186,42 @@ class MTAConfig:
 
 
 _FIELDS = {f.name: f for f in fields(MTAConfig)}
+
+
+def transport_problems(domain: str, host: str, port: str) -> dict[str, str]:
+    """
+    What is wrong with a transport as the *add transport* page takes it,
+    by field (C{domain}, C{host}, C{port}); empty when nothing is.
+    """
+    errors = {}
+    domain = domain.strip().lower().rstrip(".")
+    if not domain:
+        errors["domain"] = "Enter the recipients domain, e.g. webmail.local."
+    elif any(c.isspace() for c in domain):
+        errors["domain"] = f"{domain!r} is not a domain name: it contains spaces."
+    elif problem := domain_problem(domain):
+        errors["domain"] = f"{domain!r} is not a domain name: {problem}."
+    host = host.strip().strip("[]")
+    if not host:
+        errors["host"] = "Enter the relay host: a host name or an IP address."
+    elif any(c.isspace() or c in "[]:/@" for c in host) and not _is_ipv6(host):
+        errors["host"] = (f"{host!r} is not a host name or an IP address (the port goes in "
+                          "its own field).")
+    else:
+        try:
+            RelayHost.parse(f"[{host}]")
+        except ValueError as e:
+            errors["host"] = f"{host!r} is not a host name or an IP address: {e}."
+    if not re.fullmatch(r"[0-9]{1,5}", port.strip()) or not 0 < int(port) < 65536:
+        errors["port"] = "The port is a number from 1 to 65535 (25 for SMTP)."
+    return errors
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 def _transport_json(domain: str, relay: str) -> dict[str, Any]:

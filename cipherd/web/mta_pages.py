@@ -16,7 +16,12 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from cipherd.smtp.compose import ComposeError
-from cipherd.smtp.config import MTAConfig, RelayHost, authorized_recipient
+from cipherd.smtp.config import (
+    MTAConfig,
+    RelayHost,
+    authorized_recipient,
+    transport_problems,
+)
 from cipherd.smtp.queue import describe
 from cipherd.web.auth import AdminSession
 from cipherd.web.backend import send_test_email
@@ -90,24 +95,12 @@ def _entry_kind(entry: str) -> str:
     return "this domain, not the domains below it"
 
 
-def _transports_from_form(value: str | None) -> tuple[list[dict[str, Any]], str | None]:
+def _host_and_port(relay: str) -> dict[str, Any]:
     """
-    Lines of C{domain relay-host} → the API's transport entries.
+    A stored transport's relay host as the API writes it.
     """
-    transports = []
-    for line in _lines(value):
-        parts = line.split()
-        if len(parts) != 2:
-            return [], (f"{line!r}: write a domain and a relay host, e.g. "
-                        "webmail.local [192.0.2.5]:25")
-        domain, relay = parts
-        try:
-            parsed = RelayHost.parse(relay)
-        except ValueError as e:
-            return [], f"{domain}: {e}"
-        transports.append({"domain": domain, "host": str(replace(parsed, port=25)),
-                           "port": parsed.port})
-    return transports, None
+    parsed = RelayHost.parse(relay)
+    return {"host": str(replace(parsed, port=25)), "port": parsed.port}
 
 
 class MTAPages(AdminPages):
@@ -130,9 +123,6 @@ class MTAPages(AdminPages):
         values: dict[str, Any] = config.to_json()
         for name in _LIST_FIELDS:
             values[name] = "\n".join(values[name])
-        values["transports"] = "\n".join(
-            f"{t['domain']} {t['host']}" + (f":{t['port']}" if t["port"] != 25 else "")
-            for t in values["transports"])
         return values
 
     @app.route("/config", methods=["GET"])
@@ -149,14 +139,9 @@ class MTAPages(AdminPages):
             changes[name] = (arg(request, name) or "").strip()
         changes["match_subdomains"] = arg(request, "match_subdomains") == "on"
         errors: dict[str, str] = {}
-        transports, problem = _transports_from_form(arg(request, "transports"))
-        if problem:
-            errors["transports"] = problem
-        else:
-            changes["transports"] = transports
         # What the admin typed, shown again if anything is refused.
         typed: dict[str, Any] = {k: arg(request, k) or "" for k in (
-            *_LIST_FIELDS, *_TEXT_FIELDS, "transports")}
+            *_LIST_FIELDS, *_TEXT_FIELDS)}
         typed["match_subdomains"] = changes["match_subdomains"]
         if arg(request, "advanced") is not None:
             for name in _ADVANCED_NUMBERS:
@@ -183,6 +168,67 @@ class MTAPages(AdminPages):
         log.info("Admin {account!r} changed the MTA config", account=session.admin_name)
         advanced = "&advanced=1" if arg(request, "advanced") is not None else ""
         return redirect(request, f"/mta/config?saved=1{advanced}")
+
+    # SMTP transports (guide §3.10, figure 17) ------------------------------
+
+    def _transports_page(self, request: IRequest, session: AdminSession, config: MTAConfig,
+                         *, typed: dict[str, str] | None = None,
+                         errors: dict[str, str] | None = None, status: int = 200) -> bytes:
+        rows = [(domain, RelayHost.parse(relay)) for domain, relay in config.transports]
+        done = arg(request, "added") or arg(request, "removed")
+        return self.render(
+            request, "transports.html", session, status=status, section="admin",
+            subsection="mta", rows=rows, errors=errors or {},
+            typed=typed or {"domain": "", "host": "", "port": "25", "mx": ""},
+            added=arg(request, "added") if done in config.transport_domains() else None,
+            removed=arg(request, "removed") if arg(request, "removed") and
+            arg(request, "removed") not in config.transport_domains() else None)
+
+    @app.route("/transports", methods=["GET"])
+    @authenticated
+    async def transports(self, request: IRequest, session: AdminSession) -> bytes:
+        return self._transports_page(request, session, await self.backend.mta.refresh())
+
+    @app.route("/transports", methods=["POST"])
+    @authenticated
+    async def add_transport(self, request: IRequest, session: AdminSession) -> bytes:
+        """
+        *add transport*: mail for the recipients domain goes to the relay
+        host (a transport for the domain already there is replaced).
+        """
+        typed = {name: (arg(request, name) or "").strip() for name in ("domain", "host", "port")}
+        typed["mx"] = "on" if arg(request, "mx") == "on" else ""
+        config = await self.backend.mta.refresh()
+        errors = transport_problems(typed["domain"], typed["host"], typed["port"])
+        if not errors:
+            domain = typed["domain"].lower().rstrip(".")
+            host = typed["host"].strip("[]")
+            entry = {"domain": domain, "host": host if typed["mx"] else f"[{host}]",
+                     "port": int(typed["port"])}
+            kept = [{"domain": d, **_host_and_port(r)} for d, r in config.transports
+                    if d != domain]
+            refused = await self.backend.mta.update({"transports": [*kept, entry]})
+            if refused:  # checked above already; what the store still refuses
+                errors = {"host": "; ".join(refused.values())}
+        if errors:
+            return self._transports_page(request, session, config, typed=typed,
+                                         errors=errors, status=400)
+        log.info("Admin {account!r} added the SMTP transport {domain}",
+                 account=session.admin_name, domain=typed["domain"])
+        return redirect(request, f"/mta/transports?added={quote(domain)}")
+
+    @app.route("/transports/delete", methods=["POST"])
+    @authenticated
+    async def delete_transport(self, request: IRequest, session: AdminSession) -> bytes:
+        domain = arg(request, "domain") or ""
+        config = await self.backend.mta.refresh()
+        if domain not in config.transport_domains():
+            return self.not_found(request, session, f"There is no transport for {domain}.")
+        await self.backend.mta.update({"transports": [
+            {"domain": d, **_host_and_port(r)} for d, r in config.transports if d != domain]})
+        log.info("Admin {account!r} deleted the SMTP transport {domain}",
+                 account=session.admin_name, domain=domain)
+        return redirect(request, f"/mta/transports?removed={quote(domain)}")
 
     # Authorized recipients (guide §2.3.14) -----------------------------------
 
