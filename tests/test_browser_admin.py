@@ -390,7 +390,9 @@ def test_mta_config_and_queue_pages(
     # and a transport whose next hop is down, so mail waits in the queue.
     page.get_by_label("My networks").fill("127.0.0.0/8")
     page.get_by_label("Relay domains").fill("webmail.local")
-    page.get_by_label("Internal relay host").fill("[127.0.0.1]:26")
+    relay_host = page.get_by_role("group", name="Internal relay host")
+    relay_host.get_by_role("textbox").fill("127.0.0.1")
+    relay_host.get_by_label("port").fill("26")
     page.get_by_label("Match subdomains").check()
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_role("status")).to_have_text("The new MTA settings were applied.")

@@ -353,3 +353,34 @@ def test_transports_are_added_replaced_and_deleted_on_their_page(
         ("webmail.local", "[192.0.2.6]"),)
     assert admin.post_form(f"{page}/delete", {"domain": "nowhere.example"},
                            csrf=admin.csrf_from(admin.get(page))).code == 404
+
+
+def test_relay_hosts_are_host_port_and_mx_on_the_config_page(
+        admin: AdminHarness) -> None:  # noqa: F811 -- the fixture imported above
+    form = {"relay_domains": "example.com", "my_networks": "127.0.0.0/8",
+            "my_hostname": "mx.example.com",
+            "internal_relay_host.host": "127.0.0.1", "internal_relay_host.port": "26",
+            "external_relay_host.host": "smarthost.example.net",
+            "external_relay_host.port": "25", "external_relay_host.mx": "on"}
+    assert admin.post_form("/mta/config", form).code == 303
+    config = result_of(admin.site.backend.mta.refresh())
+    assert (config.internal_relay_host, config.external_relay_host) == (
+        "[127.0.0.1]:26", "smarthost.example.net")
+    page = html.unescape(admin.get("/mta/config").text)
+    assert 'name="internal_relay_host.host" value="127.0.0.1"' in page
+    assert 'name="internal_relay_host.port" value="26"' in page
+    assert re.search(r'name="external_relay_host.mx" checked', page)
+    assert not re.search(r'name="internal_relay_host.mx" checked', page)
+    refused = admin.post_form("/mta/config", {
+        **form, "internal_relay_host.host": "mail server", "internal_relay_host.port": "0"})
+    assert refused.code == 400
+    assert {name: html.unescape(text) for name, text in re.findall(
+        r'id="error\.([\w.]+)">([^<]*)<', refused.text)} == {
+        "internal_relay_host": "'mail server' is not a host name or an IP address (the port "
+                               "goes in its own field).",
+        "internal_relay_host.port": "The port is a number from 1 to 65535 (25 for SMTP)."}
+    assert 'name="internal_relay_host.host" value="mail server"' in refused.text
+    # Emptied: no relay host.
+    assert admin.post_form("/mta/config", {**form, "external_relay_host.host": ""}
+                           ).code == 303
+    assert result_of(admin.site.backend.mta.refresh()).external_relay_host == ""

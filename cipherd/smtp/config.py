@@ -188,6 +188,43 @@ class MTAConfig:
 _FIELDS = {f.name: f for f in fields(MTAConfig)}
 
 
+def relay_host_problems(host: str, port: str, *, required: bool = True) -> dict[str, str]:
+    """
+    What is wrong with a relay host typed as a host name or IP address and a
+    port in fields of their own, by field (C{host}, C{port}).
+
+    @param required: whether an empty host is wrong (else: no relay host).
+    """
+    errors = {}
+    host = host.strip().strip("[]")
+    if not host:
+        if required:
+            errors["host"] = "Enter the relay host: a host name or an IP address."
+        return errors
+    if any(c.isspace() or c in "[]:/@" for c in host) and not _is_ipv6(host):
+        errors["host"] = (f"{host!r} is not a host name or an IP address (the port goes in "
+                          "its own field).")
+    else:
+        try:
+            RelayHost.parse(f"[{host}]")
+        except ValueError as e:
+            errors["host"] = f"{host!r} is not a host name or an IP address: {e}."
+    if not re.fullmatch(r"[0-9]{1,5}", port.strip()) or not 0 < int(port) < 65536:
+        errors["port"] = "The port is a number from 1 to 65535 (25 for SMTP)."
+    return errors
+
+
+def relay_host_text(host: str, port: str, mx_lookup: bool) -> str:
+    """
+    The relay host in Postfix's syntax from its fields (checked by
+    L{relay_host_problems}); C{""} for none.
+    """
+    host = host.strip().strip("[]")
+    if not host:
+        return ""
+    return str(RelayHost(host, int(port), mx_lookup=mx_lookup))
+
+
 def transport_problems(domain: str, host: str, port: str) -> dict[str, str]:
     """
     What is wrong with a transport as the *add transport* page takes it,
@@ -201,19 +238,7 @@ def transport_problems(domain: str, host: str, port: str) -> dict[str, str]:
         errors["domain"] = f"{domain!r} is not a domain name: it contains spaces."
     elif problem := domain_problem(domain):
         errors["domain"] = f"{domain!r} is not a domain name: {problem}."
-    host = host.strip().strip("[]")
-    if not host:
-        errors["host"] = "Enter the relay host: a host name or an IP address."
-    elif any(c.isspace() or c in "[]:/@" for c in host) and not _is_ipv6(host):
-        errors["host"] = (f"{host!r} is not a host name or an IP address (the port goes in "
-                          "its own field).")
-    else:
-        try:
-            RelayHost.parse(f"[{host}]")
-        except ValueError as e:
-            errors["host"] = f"{host!r} is not a host name or an IP address: {e}."
-    if not re.fullmatch(r"[0-9]{1,5}", port.strip()) or not 0 < int(port) < 65536:
-        errors["port"] = "The port is a number from 1 to 65535 (25 for SMTP)."
+    errors.update(relay_host_problems(host, port))
     return errors
 
 

@@ -20,6 +20,8 @@ from cipherd.smtp.config import (
     MTAConfig,
     RelayHost,
     authorized_recipient,
+    relay_host_problems,
+    relay_host_text,
     transport_problems,
 )
 from cipherd.smtp.queue import describe
@@ -42,9 +44,11 @@ _LIST_FIELDS = {
 _TEXT_FIELDS = {
     "my_hostname": ("My hostname", "The internet hostname of this mail system. By default "
                     "this machine's name, as Postfix's myhostname."),
+}
+# The next hops: host, port and MX lookup in fields of their own (figure 7).
+_RELAY_HOSTS = {
     "external_relay_host": ("External relay host", "The default next hop for remote "
-                            "delivery: host, host:port or [host]:port. Leave empty for "
-                            "direct delivery using MX records."),
+                            "delivery. Leave empty for direct delivery using MX records."),
     "internal_relay_host": ("Internal relay host", "The next hop for mail to one of the relay "
                             "domains (typically the internal company mail server)."),
 }
@@ -116,13 +120,19 @@ class MTAPages(AdminPages):
             request, "mta_config.html", session, status=status, section="admin",
             subsection="mta", values=values, errors=errors or {}, saved=saved,
             advanced=arg(request, "advanced") is not None, list_fields=_LIST_FIELDS,
-            text_fields=_TEXT_FIELDS, advanced_numbers=_ADVANCED_NUMBERS)
+            text_fields=_TEXT_FIELDS, relay_hosts=_RELAY_HOSTS,
+            advanced_numbers=_ADVANCED_NUMBERS)
 
     @staticmethod
     def _form_values(config: MTAConfig) -> dict[str, Any]:
         values: dict[str, Any] = config.to_json()
         for name in _LIST_FIELDS:
             values[name] = "\n".join(values[name])
+        for name in _RELAY_HOSTS:
+            relay = RelayHost.parse(values[name]) if values[name] else None
+            values[f"{name}.host"] = relay.host if relay else ""
+            values[f"{name}.port"] = str(relay.port) if relay else "25"
+            values[f"{name}.mx"] = bool(relay and relay.mx_lookup)
         return values
 
     @app.route("/config", methods=["GET"])
@@ -143,6 +153,17 @@ class MTAPages(AdminPages):
         typed: dict[str, Any] = {k: arg(request, k) or "" for k in (
             *_LIST_FIELDS, *_TEXT_FIELDS)}
         typed["match_subdomains"] = changes["match_subdomains"]
+        for name in _RELAY_HOSTS:
+            host, port = ((arg(request, f"{name}.{part}") or "").strip()
+                          for part in ("host", "port"))
+            mx = arg(request, f"{name}.mx") == "on"
+            typed.update({f"{name}.host": host, f"{name}.port": port or "25",
+                          f"{name}.mx": mx})
+            problems = relay_host_problems(host, port or "25", required=False)
+            errors.update({name if part == "host" else f"{name}.port": problem
+                           for part, problem in problems.items()})
+            if not problems:
+                changes[name] = relay_host_text(host, port or "25", mx)
         if arg(request, "advanced") is not None:
             for name in _ADVANCED_NUMBERS:
                 typed[name] = arg(request, name) or ""
