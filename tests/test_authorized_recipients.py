@@ -139,8 +139,9 @@ def test_a_link_cannot_make_the_page_claim_a_change(
 def test_the_mta_config_form_leaves_the_list_alone(
         admin: AdminHarness) -> None:  # noqa: F811
     assert admin.post_form(PAGE, {"entry": "example.com"}).code == 303
-    saved = admin.post_form("/mta/config", {"relay_domains": "webmail.local",
-                                            "my_networks": "127.0.0.0/8",
+    assert admin.post_form("/mta/relay-domains", {"domain": "webmail.local"},
+                           csrf=admin.csrf_from(admin.get("/mta/config"))).code == 303
+    saved = admin.post_form("/mta/config", {"my_networks": "127.0.0.0/8",
                                             "my_hostname": "webmail.example.com"})
     assert saved.code == 303, saved.text
     config = result_of(admin.site.backend.mta.refresh())

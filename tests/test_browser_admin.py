@@ -389,7 +389,13 @@ def test_mta_config_and_queue_pages(
     # The guide's steps: relay domain, internal relay host 127.0.0.1 port 26 —
     # and a transport whose next hop is down, so mail waits in the queue.
     page.get_by_label("My networks").fill("127.0.0.0/8")
-    page.get_by_label("Relay domains").fill("webmail.local")
+    page.get_by_label("Add domain").fill("webmail local")
+    page.get_by_role("button", name="Add domain").click()
+    expect(page.locator('[id="error.domain"]')).to_have_text(
+        "'webmail local' is not a domain name: it contains spaces.")
+    page.get_by_label("Add domain").fill("webmail.local")
+    page.get_by_role("button", name="Add domain").click()
+    expect(page.get_by_role("status")).to_have_text("webmail.local is a relay domain.")
     relay_host = page.get_by_role("group", name="Internal relay host")
     relay_host.get_by_role("textbox").fill("127.0.0.1")
     relay_host.get_by_label("port").fill("26")
@@ -403,7 +409,7 @@ def test_mta_config_and_queue_pages(
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_role("status")).to_have_text("The new MTA settings were applied.")
     expect(page.get_by_label("SMTP helo name")).to_have_value("gw.example.org")
-    expect(page.get_by_label("Relay domains")).to_have_value("webmail.local")
+    expect(page.locator("ul.relay-domain-list li code")).to_have_text(["webmail.local"])
 
     # Guide §3.10: Admin → MTA → transports, "add transport".
     page.get_by_role("link", name="Transports").click()

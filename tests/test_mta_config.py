@@ -384,3 +384,39 @@ def test_relay_hosts_are_host_port_and_mx_on_the_config_page(
     assert admin.post_form("/mta/config", {**form, "external_relay_host.host": ""}
                            ).code == 303
     assert result_of(admin.site.backend.mta.refresh()).external_relay_host == ""
+
+
+def test_relay_domains_are_added_and_deleted_one_by_one(
+        admin: AdminHarness) -> None:  # noqa: F811 -- the fixture imported above
+    """
+    Guide §2.3.1: the relay domain with *Add domain*; the config form no
+    longer carries them (its other errors cannot hide or drop them).
+    """
+    def add(domain: str) -> Any:
+        return admin.post_form("/mta/relay-domains", {"domain": domain},
+                               csrf=admin.csrf_from(admin.get("/mta/config")))
+
+    assert "No relay domains" in admin.get("/mta/config").text
+    refused = add("webmail local")
+    assert refused.code == 400
+    assert "'webmail local' is not a domain name: it contains spaces." in \
+        html.unescape(refused.text)
+    assert 'name="domain" value="webmail local"' in refused.text
+    assert add("WebMail.Local.").header("location") == "/mta/config?added=webmail.local"
+    assert add("example.com").code == 303
+    assert result_of(admin.site.backend.mta.refresh()).relay_domains == (
+        "webmail.local", "example.com")
+    assert "webmail.local is a relay domain." in admin.get(
+        "/mta/config?added=webmail.local").text
+    # The config form leaves them alone.
+    assert admin.post_form("/mta/config", {"relay_domains": "other.example",
+                                           "my_networks": "127.0.0.0/8",
+                                           "my_hostname": "mx.example.com"}).code == 303
+    assert result_of(admin.site.backend.mta.refresh()).relay_domains == (
+        "webmail.local", "example.com")
+    deleted = admin.post_form("/mta/relay-domains/delete", {"domain": "example.com"},
+                              csrf=admin.csrf_from(admin.get("/mta/config")))
+    assert deleted.header("location") == "/mta/config?removed=example.com"
+    assert result_of(admin.site.backend.mta.refresh()).relay_domains == ("webmail.local",)
+    assert admin.post_form("/mta/relay-domains/delete", {"domain": "nowhere.example"},
+                           csrf=admin.csrf_from(admin.get("/mta/config"))).code == 404

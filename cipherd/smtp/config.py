@@ -231,15 +231,25 @@ def transport_problems(domain: str, host: str, port: str) -> dict[str, str]:
     by field (C{domain}, C{host}, C{port}); empty when nothing is.
     """
     errors = {}
-    domain = domain.strip().lower().rstrip(".")
-    if not domain:
-        errors["domain"] = "Enter the recipients domain, e.g. webmail.local."
-    elif any(c.isspace() for c in domain):
-        errors["domain"] = f"{domain!r} is not a domain name: it contains spaces."
-    elif problem := domain_problem(domain):
-        errors["domain"] = f"{domain!r} is not a domain name: {problem}."
+    if problem := domain_name_problem(domain, "the recipients domain"):
+        errors["domain"] = problem
     errors.update(relay_host_problems(host, port))
     return errors
+
+
+def domain_name_problem(domain: str, what: str = "a domain") -> str | None:
+    """
+    Why C{domain}, as typed in a field of its own, is not a domain name, in
+    the words of the page; C{None} when it is one.
+    """
+    domain = domain.strip().lower().rstrip(".")
+    if not domain:
+        return f"Enter {what}, e.g. webmail.local."
+    if any(c.isspace() for c in domain):
+        return f"{domain!r} is not a domain name: it contains spaces."
+    if problem := domain_problem(domain):
+        return f"{domain!r} is not a domain name: {problem}."
+    return None
 
 
 def _is_ipv6(text: str) -> bool:

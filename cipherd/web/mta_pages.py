@@ -20,6 +20,7 @@ from cipherd.smtp.config import (
     MTAConfig,
     RelayHost,
     authorized_recipient,
+    domain_name_problem,
     relay_host_problems,
     relay_host_text,
     transport_problems,
@@ -34,8 +35,6 @@ log = Logger(namespace="cipherd.admin")
 
 # The fields of the form, in the guide's order, with its labels and help.
 _LIST_FIELDS = {
-    "relay_domains": ("Relay domains", "Destination domains this system will relay mail to "
-                      "(and subdomains if Match Subdomains is selected). One per line."),
     "my_networks": ("My networks", 'The "trusted" SMTP clients, allowed to relay mail '
                     "through the MTA. One network per line (CIDR, e.g. 192.0.2.0/24)."),
     "dns_servers": ("DNS servers", "The DNS servers for MX and address look-ups, one IP "
@@ -114,11 +113,15 @@ class MTAPages(AdminPages):
 
     def _config_page(self, request: IRequest, session: AdminSession, config: MTAConfig,
                      form: dict[str, Any] | None = None, errors: dict[str, str] | None = None,
-                     saved: bool = False, status: int = 200) -> bytes:
+                     saved: bool = False, status: int = 200, domain: str = "") -> bytes:
         values = form or self._form_values(config)
+        added, removed = arg(request, "added"), arg(request, "removed")
         return self.render(
             request, "mta_config.html", session, status=status, section="admin",
             subsection="mta", values=values, errors=errors or {}, saved=saved,
+            relay_domains=config.relay_domains, domain=domain,
+            added=added if added in config.relay_domains else None,
+            removed=removed if removed and removed not in config.relay_domains else None,
             advanced=arg(request, "advanced") is not None, list_fields=_LIST_FIELDS,
             text_fields=_TEXT_FIELDS, relay_hosts=_RELAY_HOSTS,
             advanced_numbers=_ADVANCED_NUMBERS)
@@ -189,6 +192,39 @@ class MTAPages(AdminPages):
         log.info("Admin {account!r} changed the MTA config", account=session.admin_name)
         advanced = "&advanced=1" if arg(request, "advanced") is not None else ""
         return redirect(request, f"/mta/config?saved=1{advanced}")
+
+    # Relay domains (guide §2.3.1, figure 7: "Add domain") --------------------
+
+    @app.route("/relay-domains", methods=["POST"])
+    @authenticated
+    async def add_relay_domain(self, request: IRequest, session: AdminSession) -> bytes:
+        typed = (arg(request, "domain") or "").strip()
+        config = await self.backend.mta.refresh()
+        problem = domain_name_problem(typed)
+        if problem is None:
+            domain = typed.lower().rstrip(".")
+            refused = await self.backend.mta.update(
+                {"relay_domains": [*config.relay_domains, domain]})
+            problem = "; ".join(refused.values()) or None
+        if problem is not None:
+            return self._config_page(request, session, config, domain=typed,
+                                     errors={"domain": problem}, status=400)
+        log.info("Admin {account!r} added the relay domain {domain}",
+                 account=session.admin_name, domain=domain)
+        return redirect(request, f"/mta/config?added={quote(domain)}")
+
+    @app.route("/relay-domains/delete", methods=["POST"])
+    @authenticated
+    async def delete_relay_domain(self, request: IRequest, session: AdminSession) -> bytes:
+        domain = arg(request, "domain") or ""
+        config = await self.backend.mta.refresh()
+        if domain not in config.relay_domains:
+            return self.not_found(request, session, f"{domain} is not a relay domain.")
+        await self.backend.mta.update(
+            {"relay_domains": [d for d in config.relay_domains if d != domain]})
+        log.info("Admin {account!r} deleted the relay domain {domain}",
+                 account=session.admin_name, domain=domain)
+        return redirect(request, f"/mta/config?removed={quote(domain)}")
 
     # SMTP transports (guide §3.10, figure 17) ------------------------------
 
