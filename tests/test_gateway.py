@@ -400,3 +400,13 @@ def test_a_verified_signature_of_an_untrusted_signer_is_not_called_invalid(
     assert any(line.startswith("S/MIME signature was not valid; Signer IDs: CN=Mallory")
                for line in log_lines), log_lines
     assert not any("signer not trusted" in line for line in log_lines)
+
+
+def test_a_header_external_stored_before_it_was_checked_is_not_added(
+        log_lines: list[str]) -> None:
+    from cipherd.mpa.gateway import _with_header
+
+    content = b"Subject: a\r\n\r\nb\r\n"
+    assert _with_header(content, "no colon here") == content
+    assert any("Header external is not added" in line for line in log_lines), log_lines
+    assert _with_header(content, "X-A: b") == b"X-A: b\r\n" + content

@@ -55,7 +55,7 @@ from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.errors import PKIError
-from cipherd.settings import IAddressSettings
+from cipherd.settings import REGISTRY, IAddressSettings, InvalidValue
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
@@ -343,11 +343,19 @@ class Gateway:
 
 def _with_header(content: bytes, field: str) -> bytes:
     """
-    C{content} with C{field} (C{Name: value}, checked as a setting) on top
-    of its header; C{content} itself when C{field} is empty.
+    C{content} with C{field} (C{Name: value}) on top of its header;
+    C{content} itself when C{field} is empty, or is no header field (a
+    value stored before this version checked it: logged, not added).
     """
+    if not field:
+        return content
+    try:
+        field = REGISTRY["header_external"].validate(field)
+    except InvalidValue as e:
+        log.warn("Header external is not added: {why} (Settings → General)", why=e)
+        return content
     name, _, value = field.partition(":")
-    return with_fields(content, [(name, value.strip())]) if field else content
+    return with_fields(content, [(name, value.strip())])
 
 
 def _looks_like_a_tunnel(fields: list[tuple[str, str]]) -> bool:
