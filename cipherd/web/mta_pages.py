@@ -7,6 +7,7 @@ Admin → send email, the test tool.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -98,6 +99,17 @@ def _entry_kind(entry: str) -> str:
     return "this domain, not the domains below it"
 
 
+def _list_notices(request: IRequest, entries: Sequence[str]
+                  ) -> tuple[str | None, str | None]:
+    """
+    The entries C{?added=} and C{?removed=} name, each only when the list
+    bears it out, so a link cannot make a page claim a change nobody made.
+    """
+    added, removed = arg(request, "added"), arg(request, "removed")
+    return (added if added in entries else None,
+            removed if removed and removed not in entries else None)
+
+
 def _host_and_port(relay: str) -> dict[str, Any]:
     """
     A stored transport's relay host as the API writes it.
@@ -115,13 +127,12 @@ class MTAPages(AdminPages):
                      form: dict[str, Any] | None = None, errors: dict[str, str] | None = None,
                      saved: bool = False, status: int = 200, domain: str = "") -> bytes:
         values = form or self._form_values(config)
-        added, removed = arg(request, "added"), arg(request, "removed")
+        added, removed = _list_notices(request, config.relay_domains)
         return self.render(
             request, "mta_config.html", session, status=status, section="admin",
             subsection="mta", values=values, errors=errors or {}, saved=saved,
             relay_domains=config.relay_domains, domain=domain,
-            added=added if added in config.relay_domains else None,
-            removed=removed if removed and removed not in config.relay_domains else None,
+            added=added, removed=removed,
             advanced=arg(request, "advanced") is not None, list_fields=_LIST_FIELDS,
             text_fields=_TEXT_FIELDS, relay_hosts=_RELAY_HOSTS,
             advanced_numbers=_ADVANCED_NUMBERS)
@@ -232,14 +243,12 @@ class MTAPages(AdminPages):
                          *, typed: dict[str, str] | None = None,
                          errors: dict[str, str] | None = None, status: int = 200) -> bytes:
         rows = [(domain, RelayHost.parse(relay)) for domain, relay in config.transports]
-        done = arg(request, "added") or arg(request, "removed")
+        added, removed = _list_notices(request, config.transport_domains())
         return self.render(
             request, "transports.html", session, status=status, section="admin",
             subsection="mta", rows=rows, errors=errors or {},
             typed=typed or {"domain": "", "host": "", "port": "25", "mx": ""},
-            added=arg(request, "added") if done in config.transport_domains() else None,
-            removed=arg(request, "removed") if arg(request, "removed") and
-            arg(request, "removed") not in config.transport_domains() else None)
+            added=added, removed=removed)
 
     @app.route("/transports", methods=["GET"])
     @authenticated
@@ -293,14 +302,11 @@ class MTAPages(AdminPages):
                          *, entry: str = "", error: str | None = None,
                          status: int = 200) -> bytes:
         entries = config.authorized_recipients
-        # The notice names an entry only when the list bears it out, so a
-        # link cannot make the page claim a change nobody made.
-        added, removed = arg(request, "added"), arg(request, "removed")
+        added, removed = _list_notices(request, entries)
         return self.render(
             request, "authorized_recipients.html", session, status=status, section="admin",
             subsection="mta", entries=[(e, _entry_kind(e)) for e in entries], entry=entry,
-            error=error, added=added if added in entries else None,
-            removed=removed if removed and removed not in entries else None)
+            error=error, added=added, removed=removed)
 
     @app.route("/authorized-recipients", methods=["GET"])
     @authenticated
