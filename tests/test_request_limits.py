@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -34,7 +35,9 @@ class Echo(Resource):
 
 
 def _connect(resource: Resource) -> tuple[Any, StringTransport]:
-    site = Site(resource, requestFactory=Small)
+    # The channel's idle timer runs on a clock of its own: on the global
+    # reactor it would fire a minute later, in some other test.
+    site = Site(resource, requestFactory=Small, reactor=Clock())
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
     channel.makeConnection(transport)
