@@ -26,6 +26,7 @@ setup(
         "croniter>=2",
         "dkimpy>=1.1",
         "nh3>=0.2",
+        "psutil>=5.9",
     ],
     extras_require={
         "test": [

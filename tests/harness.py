@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogPublisher
 
 from cipherd.logs import MailLogsService
+from cipherd.netinfo import Address, Interface, NetworkInfo, Resolvers
 from cipherd.pki.certstore import CertificateStore
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.queue import MailQueue
@@ -27,6 +28,16 @@ from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 
 BASE = "https://admin.test"
+# What Admin → Network shows of the harness's "machine".
+NETWORK = NetworkInfo(
+    hostname="webmail", fqdn="webmail.example.com",
+    interfaces=(Interface("eth0", "00:15:5d:b2:2a:1d", True, 1500, (
+        Address("IPv4", "192.168.1.109", "255.255.255.0", "192.168.1.255"),
+        Address("IPv6", "fe80::215:5dff:feb2:2a1d%eth0", "ffff:ffff:ffff:ffff::", ""))),
+        Interface("lo", "00:00:00:00:00:00", True, 65536, (
+            Address("IPv4", "127.0.0.1", "255.0.0.0", ""),))),
+    gateways=("192.168.1.1 (eth0)",),
+    resolvers=Resolvers(("192.168.1.1",), ("example.com",)))
 GOOD_PASSWORD = "purple-otter-canvas-91"
 IDLE = 1800
 MAX_AGE = 43200
@@ -73,7 +84,8 @@ class AdminHarness:
         self.site = AdminSite(
             AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
                          self.certificates, MTAConfigSource(self.store),
-                         MailQueue(DirectorySpool(log_dir / "spool"), self.runner, self.clock))
+                         MailQueue(DirectorySpool(log_dir / "spool"), self.runner, self.clock),
+                         network_info=lambda: NETWORK)
         )
         self.treq = StubTreq(self.site.resource())
         self.cookies: dict[str, str] = {}

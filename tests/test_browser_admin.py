@@ -292,6 +292,7 @@ def test_screenshots_of_every_page(
         "domains": "/settings/domains",
         "users": "/settings/users",
         "logs": "/logs",
+        "network": "/admin/network",
     }
     for name, path in pages.items():
         response = page.goto(path)

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cipherd"
 
 # Lowest first.  The last layer assembles the others and may import any.
 LAYERS: list[tuple[str, ...]] = [
-    ("core", "logs", "threads", "cron"),
+    ("core", "logs", "threads", "cron", "netinfo"),
     ("settings",),
     ("store",),
     ("pki",),

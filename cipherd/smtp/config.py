@@ -252,6 +252,18 @@ def domain_name_problem(domain: str, what: str = "a domain") -> str | None:
     return None
 
 
+def dns_server_problem(server: str) -> str | None:
+    """
+    Why C{server} cannot be one of the DNS servers, or C{None}.
+    """
+    try:
+        ipaddress.ip_address(server.strip())
+    except ValueError:
+        return (f"{server!r} is not an IP address: a DNS server is given by its address, "
+                "not its name.")
+    return None
+
+
 def _is_ipv6(text: str) -> bool:
     try:
         return ipaddress.ip_address(text).version == 6

@@ -33,6 +33,7 @@ from cipherd.settings import (
     properties_on,
     scope_for,
 )
+from cipherd.smtp.config import dns_server_problem
 from cipherd.store import DatabaseUnavailable
 from cipherd.web.api import AdminAPI
 from cipherd.web.auth import (
@@ -79,6 +80,10 @@ DEFAULT_LOG_LINES = 200
 FOLLOW_SECONDS = 5
 # The admin site's icon: the colour of the product's links and buttons.
 ADMIN_COLOUR = "#1f5fbf"
+
+# Admin → Network: DNS fields shown at least, and read at most.
+DNS_FIELDS = 3
+MAX_DNS_FIELDS = 16
 
 log = Logger(namespace="cipherd.admin")
 
@@ -332,6 +337,52 @@ class AdminSite(AdminPages):
                                    section="admin", error=str(e))
         return self.render(request, "password.html", session, status=400, section="admin",
                             error=error)
+
+    # Admin → Network (guide §2.2) -------------------------------------------
+
+    async def _network_page(self, request: IRequest, session: AdminSession, *,
+                            typed: list[str] | None = None,
+                            errors: dict[str, str] | None = None, status: int = 200) -> bytes:
+        info = await self.backend.network()
+        config = self.backend.mta.current
+        if typed is None:
+            typed = list(config.dns_servers)
+        # The guide's DNS 1, DNS 2, DNS 3 (figure 6), and more when set.
+        typed = typed + [""] * max(0, DNS_FIELDS - len(typed))
+        return self.render(request, "network.html", session, status=status, section="admin",
+                           subsection="network", info=info, my_hostname=config.my_hostname,
+                           dns_servers=config.dns_servers, typed=typed, errors=errors or {},
+                           saved=arg(request, "saved") == "1")
+
+    @app.route("/admin/network", methods=["GET"])
+    @authenticated
+    async def network(self, request: IRequest, session: AdminSession) -> bytes:
+        await self.backend.mta.refresh()
+        return await self._network_page(request, session)
+
+    @app.route("/admin/network", methods=["POST"])
+    @authenticated
+    async def save_network(self, request: IRequest, session: AdminSession) -> bytes:
+        await self.backend.mta.refresh()
+        typed: list[str] = []
+        for number in range(1, MAX_DNS_FIELDS + 1):
+            value = arg(request, f"dns{number}")
+            if value is None:
+                break
+            typed.append(value.strip())
+        errors = {f"dns{number}": problem for number, value in enumerate(typed, 1)
+                  if value and (problem := dns_server_problem(value)) is not None}
+        if not errors:
+            refused = await self.backend.mta.update({"dns_servers": [v for v in typed if v]})
+            if refused:
+                errors = {"dns1": "; ".join(refused.values())}
+        if errors:
+            return await self._network_page(request, session, typed=typed, errors=errors,
+                                            status=400)
+        log.info("Admin {account!r} set the DNS servers to {servers}",
+                 account=session.admin_name,
+                 servers=", ".join(self.backend.mta.current.dns_servers) or "the system's")
+        return redirect(request, "/admin/network?saved=1")
 
     # Settings ----------------------------------------------------------------
 

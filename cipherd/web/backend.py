@@ -6,12 +6,14 @@ service: one object to pass, so both fronts always see the same parts.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from cipherd.logs import LogQuery, MailLog
+from cipherd.netinfo import NetworkInfo, gather
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.trust import CTLStatus, Purpose
@@ -187,6 +189,8 @@ class AdminBackend:
     @ivar mta: the MTA config in force.
     @ivar queue: the mail queue.
     @ivar queue_runner: delivers it (flush).
+    @ivar network_info: reads the machine's network (Admin → Network); it
+        blocks, so it runs on C{runner}.
     """
 
     authority: AdminAuthority
@@ -197,6 +201,7 @@ class AdminBackend:
     mta: MTAConfigSource
     queue: MailQueue
     queue_runner: QueueRunner | None = None
+    network_info: Callable[[], NetworkInfo] = gather
 
     async def tail_log(self, name: str, lines: int, query: LogQuery | None = None
                        ) -> list[str]:
@@ -209,6 +214,13 @@ class AdminBackend:
         log = self.logs[name]
         result: list[str] = await self.runner.run(log.tail, lines, query)
         return result
+
+    async def network(self) -> NetworkInfo:
+        """
+        The machine's network as it is now, read off the reactor thread.
+        """
+        info: NetworkInfo = await self.runner.run(self.network_info)
+        return info
 
     # Settings → templates and Settings → DKIM -------------------------------
 

@@ -38,8 +38,6 @@ log = Logger(namespace="cipherd.admin")
 _LIST_FIELDS = {
     "my_networks": ("My networks", 'The "trusted" SMTP clients, allowed to relay mail '
                     "through the MTA. One network per line (CIDR, e.g. 192.0.2.0/24)."),
-    "dns_servers": ("DNS servers", "The DNS servers for MX and address look-ups, one IP "
-                    "address per line. Empty: the system's (/etc/resolv.conf)."),
 }
 _TEXT_FIELDS = {
     "my_hostname": ("My hostname", "The internet hostname of this mail system. By default "
