@@ -113,6 +113,17 @@ def test_relay_access_denied_is_answered_exactly() -> None:
     assert replies[-1] == b"454 4.7.1 <victim@elsewhere.test>: Relay access denied"
 
 
+def test_a_config_change_applies_from_the_next_transaction_of_a_session() -> None:
+    session = Session()
+    replies = session.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n"
+                           b"RCPT TO:<b@example.com>\r\nRSET\r\n")
+    assert codes(replies) == [b"250", b"250", b"250", b"250"]
+    # The relay domain goes while the session stays open (a cached connection).
+    session.policy = ReceivePolicy(HOST, relay_domains=("example.net",))
+    replies = session.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n")
+    assert replies[-1] == b"454 4.7.1 <b@example.com>: Relay access denied"
+
+
 def test_relay_domains_subdomains_and_my_networks() -> None:
     policy = ReceivePolicy(HOST, relay_domains=("example.com",), match_subdomains=True,
                            my_networks=(ipaddress.ip_network("198.51.100.0/24"),))

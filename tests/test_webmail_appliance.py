@@ -65,14 +65,19 @@ FIRST = (b"From: Alice <alice@example.org>\r\nTo: dave@partner.example\r\n"
 SECOND = FIRST.replace(b"Contract draft", b"Second draft").replace(b"draft-1", b"draft-2")
 
 
-def start(directory: Path) -> Appliance:
+def start(directory: Path, password: str | None = NEW_PASSWORD) -> Appliance:
+    """
+    A new appliance in C{directory}, its admin password changed to
+    C{password} through the API (C{None}: left at the default).
+    """
     directory.mkdir()
     admin, smtp, portal = free_port(), free_port(), free_port()
     appliance = Appliance(directory, write_appliance_config(directory, admin, smtp,
                                                             portal_port=portal),
                           admin, smtp, portal_port=portal)
     appliance.start()
-    api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
+    if password is not None:
+        api(appliance, "POST", "/admin/password", {"password": password}, password="admin")
     return appliance
 
 

@@ -597,6 +597,10 @@ class SMTPServer(Protocol):
         if self._sender is not None:
             raise SMTPReply(503, "5.5.1 Error: nested MAIL command")
         sender, params = _parse_path(argument, "sender")
+        # A new MTA config applies from the next transaction: a peer's cached
+        # connection (a gateway's, delivering to webmail) can outlive the
+        # change that made a relay domain go, and must not keep it.
+        self.policy = self.factory.policy()
         limit = self.policy.message_size_limit
         size = params.get("SIZE")
         if size is not None:
