@@ -28,11 +28,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.ssl import (
-    AcceptableCiphers,
-    Certificate,
     CertificateOptions,
-    PrivateCertificate,
-    TLSVersion,
 )
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -47,6 +43,7 @@ from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.sitetls import SiteTLS
 from cipherd.settings import GLOBAL, PROPERTIES
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.processing import IMessageProcessor
@@ -83,9 +80,6 @@ SPOOL_THREADS = 16
 log = Logger(namespace="cipherd")
 
 
-# TLS 1.2 with forward secrecy and AEAD only (Mozilla's "intermediate"
-# profile, RFC 9325 §4.2); TLS 1.3's suites are all AEAD.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 # Connections the kernel holds for a listener until it accepts them (as
 # Postfix, nginx and Redis ask for): Twisted's 50 overflowed at 200
 # simultaneous connects, leaving clients connected but never greeted.
@@ -121,26 +115,6 @@ def return_large_buffers() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):
         return False
-
-
-def tls_options(certificate_pem: bytes, key_pem: bytes) -> CertificateOptions:
-    """
-    Server TLS options from a PEM certificate (followed by its chain) and
-    key: TLS 1.2 with AEAD suites only, and TLS 1.3.
-    """
-    blocks = [
-        b"-----BEGIN CERTIFICATE-----" + block
-        for block in certificate_pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
-    ]
-    leaf = PrivateCertificate.loadPEM(key_pem + b"\n" + blocks[0])
-    chain = [Certificate.loadPEM(block).original for block in blocks[1:]]
-    return CertificateOptions(
-        privateKey=leaf.privateKey.original,
-        certificate=leaf.original,
-        extraCertChain=chain,
-        raiseMinimumTo=TLSVersion.TLSv1_2,
-        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(TLS12_CIPHERS),
-    )
 
 
 def _generate_missing_secrets(conn: Connection) -> list[str]:
@@ -334,9 +308,14 @@ def make_service(config: Config, reactor: Any) -> IService:
     startup = _Startup(start, reactor)
     startup.setServiceParent(root)
 
-    certificate = config.tls_certificate or data.tls_certificate
-    key = config.tls_key or data.tls_key
-    options = tls_options(certificate.read_bytes(), key.read_bytes())
+    # The sites' certificate: replaced from Admin → TLS certificate without a
+    # restart, unless the bootstrap file names its own.
+    options = SiteTLS(
+        config.tls_certificate or data.tls_certificate, config.tls_key or data.tls_key,
+        replaceable=None if config.tls_certificate is None else (
+            f"The certificate is named in the bootstrap file ([tls] certificate = "
+            f"{str(config.tls_certificate)!r}); replace that file, or remove the setting to "
+            "upload one here, and restart."))
     certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
     queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
     mailboxes = Mailboxes(store, message_key(read_kek(data)))
@@ -357,7 +336,7 @@ def make_service(config: Config, reactor: Any) -> IService:
     notifier = Notifier(queue_runner, reactor)
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,
-                     queue_runner)
+                     queue_runner, site_tls=options)
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,
                           lambda: mta.current, queue_runner, reactor)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import LogPublisher
 
+from cipherd.datadir import make_self_signed_tls
 from cipherd.logs import MailLogsService
 from cipherd.netinfo import Address, Interface, NetworkInfo, Resolvers
 from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.sitetls import SiteTLS
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.queue import MailQueue
 from cipherd.smtp.spool import DirectorySpool
@@ -81,11 +84,15 @@ class AdminHarness:
         self.logs.startService()
         self.certificates = CertificateStore(self.store, self.clock, os.urandom(32),
                                              self.runner)
+        cert_pem, key_pem = make_self_signed_tls("localhost", datetime(2027, 1, 1, tzinfo=UTC))
+        (log_dir / "tls-cert.pem").write_bytes(cert_pem)
+        (log_dir / "tls-key.pem").write_bytes(key_pem)
+        self.site_tls = SiteTLS(log_dir / "tls-cert.pem", log_dir / "tls-key.pem")
         self.site = AdminSite(
             AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
                          self.certificates, MTAConfigSource(self.store),
                          MailQueue(DirectorySpool(log_dir / "spool"), self.runner, self.clock),
-                         network_info=lambda: NETWORK)
+                         network_info=lambda: NETWORK, site_tls=self.site_tls)
         )
         self.treq = StubTreq(self.site.resource())
         self.cookies: dict[str, str] = {}
@@ -129,6 +136,27 @@ class AdminHarness:
         if csrf is not None:
             items.append((CSRF_FIELD, csrf))
         return self.request("POST", path, data=items)
+
+    def post_file(self, path: str, data: bytes, *, form_page: str,
+                  csrf: str | None = "page", **fields: str) -> Response:
+        """
+        POST a multipart form with C{data} as its C{file} field, as a
+        browser uploads it; C{csrf="page"} takes the token from
+        C{form_page}.
+        """
+        token = self.csrf_from(self.get(form_page)) if csrf == "page" else csrf
+        form = dict(fields)
+        if token is not None:
+            form[CSRF_FIELD] = token
+        boundary = "----test-boundary-7MA4YWxkTrZu0gW"
+        body = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+            .encode() for k, v in form.items()
+        ) + (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+             'filename="up.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
+             ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        return self.request("POST", path, data=body, headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     @staticmethod
     def csrf_from(page: Response) -> str:

@@ -41,20 +41,8 @@ def pki() -> dict:
 
 def upload(admin: AdminHarness, path: str, data: bytes, csrf: str | None = "page",
            **fields: str) -> Response:
-    page = admin.get("/pki/certificates/import" if "crls" not in path else "/pki/crls")
-    token = admin.csrf_from(page) if csrf == "page" else csrf
-    form = dict(fields)
-    if token is not None:
-        form["csrf_token"] = token
-    boundary = "----test-boundary-7MA4YWxkTrZu0gW"
-    body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in form.items()
-    ) + (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="up.bin"\r\n'
-         "Content-Type: application/octet-stream\r\n\r\n").encode() + data + (
-        f"\r\n--{boundary}--\r\n").encode()
-    return admin.request("POST", path, data=body, headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return admin.post_file(path, data, csrf=csrf, form_page=(
+        "/pki/certificates/import" if "crls" not in path else "/pki/crls"), **fields)
 
 
 def test_import_skips_self_signed_unless_unticked(admin: AdminHarness, pki: dict) -> None:

@@ -24,9 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLContextFactory,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -902,7 +906,7 @@ class SMTPFactory(ServerFactory):
     policy: Callable[[], ReceivePolicy]
     accept: Accept
     clock: IReactorTime
-    tls: CertificateOptions | None = None
+    tls: IOpenSSLContextFactory | None = None
     verify: Callable[[str], Deferred[Verdict]] | None = None
     free_space: Callable[[], int] | None = None
     sessions: int = field(default=0)

@@ -19,6 +19,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from cipherd.logs import MAX_TAIL_LINES, LogQuery
+from cipherd.pki.sitetls import SiteCertificateError
 from cipherd.settings import (
     GLOBAL,
     PAGES,
@@ -51,7 +52,9 @@ from cipherd.web.backend import (
     TunnelEnd,
 )
 from cipherd.web.common import (
+    MAX_UPLOAD,
     RETRY_AFTER_SECONDS,
+    UPLOAD_DEADLINE,
     ErrorAnswer,
     SecureHeaders,
     SiteApp,
@@ -64,6 +67,7 @@ from cipherd.web.common import (
     favicon,
     log_query,
     redirect,
+    request_deadline,
     robots_txt,
     set_cookie,
     static_files,
@@ -72,7 +76,7 @@ from cipherd.web.common import (
 )
 from cipherd.web.mta_pages import MTAPages
 from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
-from cipherd.web.pki_pages import PkiPages
+from cipherd.web.pki_pages import PkiPages, too_large, upload
 
 LOGIN_CSRF_COOKIE = "__Host-cipherd-login"
 DEFAULT_LOG_LINES = 200
@@ -383,6 +387,48 @@ class AdminSite(AdminPages):
                  account=session.admin_name,
                  servers=", ".join(self.backend.mta.current.dns_servers) or "the system's")
         return redirect(request, "/admin/network?saved=1")
+
+    # Admin → TLS certificate ----------------------------------------------
+
+    def _tls_page(self, request: IRequest, session: AdminSession, *, error: str | None = None,
+                  status: int = 200) -> bytes:
+        site_tls = self.backend.site_tls
+        if site_tls is None:
+            return self.not_found(request, session)
+        return self.render(request, "site_tls.html", session, status=status,
+                           section="admin", subsection="tls", info=site_tls.info(),
+                           replaceable=site_tls.replaceable, error=error,
+                           now=self.backend.certificates.now(),
+                           saved=arg(request, "saved") == "1")
+
+    @app.route("/admin/tls", methods=["GET"])
+    @authenticated
+    async def site_certificate(self, request: IRequest, session: AdminSession) -> bytes:
+        return self._tls_page(request, session)
+
+    @app.route("/admin/tls", methods=["POST"])
+    @authenticated
+    @request_deadline(UPLOAD_DEADLINE)
+    async def upload_site_certificate(self, request: IRequest, session: AdminSession) -> bytes:
+        if self.backend.site_tls is None:
+            return self.not_found(request, session)
+        if too_large(request):
+            return self._tls_page(request, session, status=413, error=(
+                f"The file is larger than {MAX_UPLOAD // 1_000_000} MB."))
+        data = upload(request, "file")
+        if not data:
+            return self._tls_page(request, session, status=400,
+                                  error="Choose a certificate file to upload.")
+        password = arg(request, "password")
+        try:
+            info = await self.backend.replace_site_certificate(
+                data, password.encode() if password else None)
+        except SiteCertificateError as e:
+            return self._tls_page(request, session, status=400, error=str(e))
+        log.info("Admin {account!r} replaced the sites' TLS certificate: {subject} "
+                 "(SHA-256 {sha256})", account=session.admin_name, subject=info.subject,
+                 sha256=info.sha256)
+        return redirect(request, "/admin/tls?saved=1")
 
     # Settings ----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from cipherd.logs import LogQuery, MailLog
 from cipherd.netinfo import NetworkInfo, gather
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.certstore import ICertificateStore
+from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateInfo
 from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import GLOBAL, REGISTRY, Scope, email_problem
 from cipherd.smtp.compose import compose
@@ -191,6 +192,7 @@ class AdminBackend:
     @ivar queue_runner: delivers it (flush).
     @ivar network_info: reads the machine's network (Admin → Network); it
         blocks, so it runs on C{runner}.
+    @ivar site_tls: the sites' TLS certificate (Admin → TLS certificate).
     """
 
     authority: AdminAuthority
@@ -202,6 +204,7 @@ class AdminBackend:
     queue: MailQueue
     queue_runner: QueueRunner | None = None
     network_info: Callable[[], NetworkInfo] = gather
+    site_tls: ISiteCertificate | None = None
 
     async def tail_log(self, name: str, lines: int, query: LogQuery | None = None
                        ) -> list[str]:
@@ -220,6 +223,19 @@ class AdminBackend:
         The machine's network as it is now, read off the reactor thread.
         """
         info: NetworkInfo = await self.runner.run(self.network_info)
+        return info
+
+    async def replace_site_certificate(self, data: bytes, password: bytes | None
+                                       ) -> SiteCertificateInfo:
+        """
+        The sites' TLS certificate replaced by the one in C{data}, off the
+        reactor thread.
+
+        @raise SiteCertificateError: why not; nothing changed.
+        """
+        assert self.site_tls is not None
+        info: SiteCertificateInfo = await self.runner.run(
+            self.site_tls.replace, data, password, self.certificates.now())
         return info
 
     # Settings → templates and Settings → DKIM -------------------------------
