@@ -517,7 +517,8 @@ class MTAConfigSource:
 
     def receive_policy(self) -> ReceivePolicy:
         """
-        What the SMTP server applies to a new session now.
+        What the SMTP server applies to a new session, and to each new
+        transaction of an open one, now.
         """
         if self._policy is None or self._policy[0] is not self.current:
             self._policy = (self.current, self.current.receive_policy())
