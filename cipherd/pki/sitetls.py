@@ -129,11 +129,12 @@ def _load_bundle(data: bytes, password: bytes | None
                 _PEM_CERTIFICATE in data) else []
         except ValueError:
             raise SiteCertificateError("A certificate in the PEM file cannot be read.") from None
-        start = data.find(b"-----BEGIN", data.find(b"PRIVATE KEY-----") - 30)
         if b"PRIVATE KEY-----" not in data:
             raise SiteCertificateError(
                 "The file has no private key. Put the key in the same PEM file as the "
                 "certificate, or upload a PKCS#12 file.")
+        # The key's own BEGIN line (PRIVATE, RSA PRIVATE, ENCRYPTED PRIVATE ...).
+        start = data.rfind(b"-----BEGIN", 0, data.index(b"PRIVATE KEY-----"))
         try:
             key = serialization.load_pem_private_key(data[start:], password)
         except TypeError:

@@ -52,7 +52,6 @@ from cipherd.web.backend import (
     TunnelEnd,
 )
 from cipherd.web.common import (
-    MAX_UPLOAD,
     RETRY_AFTER_SECONDS,
     UPLOAD_DEADLINE,
     ErrorAnswer,
@@ -76,7 +75,7 @@ from cipherd.web.common import (
 )
 from cipherd.web.mta_pages import MTAPages
 from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
-from cipherd.web.pki_pages import PkiPages, too_large, upload
+from cipherd.web.pki_pages import TOO_LARGE, PkiPages, too_large, upload
 
 LOGIN_CSRF_COOKIE = "__Host-cipherd-login"
 DEFAULT_LOG_LINES = 200
@@ -413,8 +412,7 @@ class AdminSite(AdminPages):
         if self.backend.site_tls is None:
             return self.not_found(request, session)
         if too_large(request):
-            return self._tls_page(request, session, status=413, error=(
-                f"The file is larger than {MAX_UPLOAD // 1_000_000} MB."))
+            return self._tls_page(request, session, status=413, error=TOO_LARGE)
         data = upload(request, "file")
         if not data:
             return self._tls_page(request, session, status=400,

@@ -51,6 +51,10 @@ def upload(request: IRequest, field: str) -> bytes | None:
     return values[0] if values else None
 
 
+# What an upload over MAX_UPLOAD is answered.
+TOO_LARGE = f"The file is larger than {MAX_UPLOAD // 1_000_000} MB."
+
+
 def too_large(request: IRequest) -> bool:
     length = request.getHeader(b"content-length")
     return length is not None and length.isdigit() and int(length) > MAX_UPLOAD
@@ -185,7 +189,7 @@ class PkiPages(AdminPages):
                                store=store, title=_STORE_TITLES[store], error=error)
 
         if too_large(request):
-            return again(f"The file is larger than {MAX_UPLOAD // 1_000_000} MB.", 413)
+            return again(TOO_LARGE, 413)
         data = upload(request, "file")
         if not data:
             return again("Choose a file to import.")
