@@ -116,7 +116,7 @@ def test_relay_access_denied_as_configured_through_the_api(appliance: Appliance)
     assert "<** 454 4.7.1 <bob@sub.example.com>: Relay access denied" in accepted
     api(appliance, "PATCH", "/mta", {"match_subdomains": True})
     queue_id_of(swaks(appliance, "--to", "bob@sub.example.com"))
-    log = (appliance.data_dir / "logs" / "mta.log").read_text()
+    log = _wait_for_log(appliance, "<victim@elsewhere.test>: Relay access denied;")
     assert ("NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 454 4.7.1 "
             "<victim@elsewhere.test>: Relay access denied; from=<alice@example.org> "
             "to=<victim@elsewhere.test> proto=ESMTP helo=<client.example.org>") in log
@@ -136,7 +136,8 @@ def test_bad_mta_values_are_all_reported_and_nothing_changes(appliance: Applianc
 def test_the_mta_log_names_the_queue_id(appliance: Appliance) -> None:
     api(appliance, "POST", "/admin/password", {"password": NEW_PASSWORD}, password="admin")
     queue_id = queue_id_of(swaks(appliance, "--to", "bob@example.com"))
-    log = (appliance.data_dir / "logs" / "mta.log").read_text()
+    # The line is written once the message is queued, which may follow the 250 reply.
+    log = _wait_for_log(appliance, f"{queue_id}: from=<alice@example.org>")
     assert f"{queue_id}: client=unknown[127.0.0.1]" in log
     assert re.search(rf"{queue_id}: from=<alice@example.org>, size=\d+, nrcpt=1 "
                      r"\(queue active\)", log), log
