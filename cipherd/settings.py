@@ -727,6 +727,12 @@ PROPERTIES: tuple[Property, ...] = (
     _P("smime_sign", "S/MIME sign", Boolean(), True,
        "Sign S/MIME mail too when the sender has a valid signing certificate with its "
        "private key.", page="encryption", group="Methods"),
+    _P("smime_remove_signature", "S/MIME remove signature", Boolean(), True,
+       "Incoming S/MIME for internal recipients is delivered as plain MIME, its signatures "
+       "verified and removed (what was found is in the X-Cipherd-Info fields). Off: a "
+       "signature inside the encryption, or of an unencrypted message, stays for the "
+       "reader's mail client. A signature around the encryption is always removed.",
+       page="encryption", group="Methods"),
     # The portal (the recipient's side in the browser).
     _P("webmail_totp_required", "Second factor required", Boolean(), False,
        "Recipients must use a one-time code from an authenticator app (TOTP) as well as "

@@ -329,8 +329,25 @@ def test_incoming_smime_is_opened_for_internal_recipients(world: World, pki: dic
     assert "X-Cipherd-Info-Signer-0: CN=Bob, EMAILADDRESS=bob@partner.example\r\n" in header
     assert "X-Cipherd-Info-Signer-Verified-0: True\r\nX-Cipherd-Info-Signer-Trusted-0: True" \
         in header
-    assert header.count("Signer-Trusted-0") == 1  # the forged field went
-    # Delivered decrypted, still signed: the mail client can check it too.
+    assert header.count("Info-Signer-Trusted-0") == 1  # the forged field went
+    # A block per layer, outermost first.
+    assert ("X-Cipherd-Info-Layer-1: encrypted (enveloped-data); decrypted\r\n"
+            "X-Cipherd-Info-Layer-1-Encryption-Algorithm: AES256_CBC, key transport "
+            "rsaes_pkcs1v15\r\nX-Cipherd-Info-Layer-1-Decrypted-With: CN=Carol") in header
+    assert ("X-Cipherd-Info-Layer-2: signed (multipart/signed); removed\r\n"
+            "X-Cipherd-Info-Layer-2-Signer-0: CN=Bob, EMAILADDRESS=bob@partner.example\r\n"
+            "X-Cipherd-Info-Layer-2-Signer-Verified-0: True\r\n"
+            "X-Cipherd-Info-Layer-2-Signer-Trusted-0: True\r\n") in header
+    # Delivered as plain MIME by default (S/MIME remove signature)...
+    assert smime.classify(part.content).kind is None
+    body = email.message_from_bytes(part.content).get_payload(decode=True)
+    assert body.endswith(b"y" * 1200 + b"\r\n")
+
+    # ...or decrypted and still signed: the mail client can check it too.
+    world.set(scope_for(Level.USER, "carol@example.com"), smime_remove_signature=False)
+    (part,) = world.process("carol@example.com", content=incoming,
+                            sender="bob@partner.example").values()
+    assert b"X-Cipherd-Info-Layer-2: signed (multipart/signed); kept\r\n" in part.content
     assert smime.classify(part.content).kind == "signed"
     entity = smime.verify_message(part.content).entity
     assert email.message_from_bytes(entity).get_payload(decode=True).endswith(b"y" * 1200 +

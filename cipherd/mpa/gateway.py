@@ -53,7 +53,8 @@ from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki import smime
 from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import ICertificateStore
-from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.cms import DecryptedContent
+from cipherd.pki.engine import PGP_SIGNED, SIGNED, Layer, OpenedLayers, SignerReport, SmimeEngine
 from cipherd.pki.errors import PKIError
 from cipherd.settings import REGISTRY, IAddressSettings, InvalidValue
 from cipherd.smtp.bounce import Failed, build_bounce
@@ -149,8 +150,9 @@ class Gateway:
         bounced: list[tuple[str, str]] = []
         if internal := by_method.get(policy.INTERNAL):
             recipients = tuple(d.recipient for d in internal)
-            results.deliver(envelope.sender, recipients, await self._incoming(
-                envelope, content, [canonical[r] for r in recipients]), "incoming")
+            for group, delivered in await self._incoming(envelope, content, recipients,
+                                                         canonical, known):
+                results.deliver(envelope.sender, group, delivered, "incoming")
         if plain := by_method.get(policy.PLAIN):
             for d in plain:
                 if d.reason:
@@ -279,66 +281,142 @@ class Gateway:
         results.send(Made("", (envelope.sender,), bounce))
 
     async def _incoming(self, envelope: Envelope, content: bytes,
-                        recipients: list[str]) -> bytes:
+                        recipients: tuple[str, ...], canonical: Mapping[str, str],
+                        known: Mapping[str, Mapping[str, Any]]
+                        ) -> list[tuple[tuple[str, ...], bytes]]:
+        """
+        Every S/MIME layer opened for internal C{recipients}; what each
+        group of them gets by its I{S/MIME remove signature} setting.
+        """
         content = without_fields(content, INFO_PREFIX)
         try:
             kind = smime.classify(content).kind
         except PKIError:
-            return content
-        if kind not in ("enveloped-data", "authEnveloped-data", "signed", "signed-data"):
-            return content
-        try:
-            # Decrypted with its recipients' keys only.
-            opened = await self._engine.open(content, decrypt_for=recipients)
-        except (PKIError, ValueError) as e:
-            # ValueError: a structure, or a certificate in it, that cannot
-            # be read.  Delivered as received, saying why.
-            what = "decryption" if kind.endswith("nveloped-data") else "verification"
-            log.warn("S/MIME {what} failed; Queue id: {queue_id}; Message: {why}", what=what,
-                     queue_id=envelope.queue_id, why=e)
-            return with_fields(content, [(f"{INFO_PREFIX}Error", f"S/MIME {what} failed: {e}")])
-        added: list[tuple[str, str]] = []
-        delivered = content
-        if opened.decrypted is not None:
-            result = opened.decrypted.result
+            kind = None
+        if kind is None and smime.pgp_signed_part(content) is None:
+            return [(recipients, content)]
+        # Decrypted with its recipients' keys only.
+        opened = await self._engine.open_layers(
+            content, decrypt_for=[canonical[r] for r in recipients])
+        _log_layers(envelope, opened)
+        groups: dict[bool, list[str]] = {}
+        for recipient in recipients:
+            groups.setdefault(bool(known[recipient]["smime_remove_signature"]),
+                              []).append(recipient)
+        made = []
+        for remove, group in groups.items():
             # What was inside the encryption may carry our fields too.
-            delivered = without_fields(opened.decrypted.message, INFO_PREFIX)
-            added += [(f"{INFO_PREFIX}Encrypted", "True"),
-                      (f"{INFO_PREFIX}Encryption-Algorithm",
-                       f"{result.cipher.upper()}, key transport {result.key_transport}"),
-                      (f"{INFO_PREFIX}Decrypted-With", describe_name(result.certificate.subject)
-                       + "; SHA-256 " + result.certificate.fingerprint(hashes.SHA256()).hex())]
-        if opened.signed:
-            added.append((f"{INFO_PREFIX}Signed", "True"))
-            for i, signer in enumerate(opened.signers):
-                added += [(f"{INFO_PREFIX}Signer-{i}", signer.signer),
-                          (f"{INFO_PREFIX}Signer-Verified-{i}", str(signer.check.valid)),
-                          (f"{INFO_PREFIX}Signer-Trusted-{i}", str(signer.valid))]
-                if signer.emails:
-                    added.append((f"{INFO_PREFIX}Signer-Email-{i}", ", ".join(signer.emails)))
-                if not signer.valid:
-                    added.append((f"{INFO_PREFIX}Signer-Reason-{i}", signer.reason))
-            if not opened.signature_valid:
-                # The guide's "not valid" is for a signature that does not
-                # verify (or none at all); one that verifies with a signer
-                # we do not trust is a different fault for the reader.
-                broken = [s for s in opened.signers if not s.check.valid]
-                if broken or not opened.signers:
-                    log.warn("S/MIME signature was not valid; Signer IDs: {signers}; Queue id: "
-                             "{queue_id}; Message: {why}",
-                             signers=opened.signer_ids() or "(none)",
-                             queue_id=envelope.queue_id,
-                             why=broken[0].reason if broken else "no signer")
-                else:
-                    untrusted = [s for s in opened.signers if not s.valid]
-                    log.warn("S/MIME signature verified, signer not trusted; Signer IDs: "
-                             "{signers}; Queue id: {queue_id}; Message: {why}",
-                             signers="; ".join(s.signer for s in untrusted),
-                             queue_id=envelope.queue_id, why=untrusted[0].reason)
-        log.info("{queue_id}: incoming S/MIME: {what}", queue_id=envelope.queue_id,
-                 what=", ".join(f"{name.removeprefix(INFO_PREFIX)}={value}"
-                                for name, value in added if "-Email-" not in name))
-        return with_fields(delivered, added)
+            delivered = without_fields(opened.delivered(remove), INFO_PREFIX)
+            made.append((tuple(group), with_fields(delivered, _info_fields(opened, remove))))
+        return made
+
+
+def _info_fields(opened: OpenedLayers, remove: bool) -> list[tuple[str, str]]:
+    """
+    The C{X-Cipherd-Info-*} fields for what was opened: a block per layer
+    (C{Layer-<n>}, outermost first), and the summary fields of the first
+    decryption, the innermost S/MIME signature and the first error.
+    """
+    removed = opened.removed(remove)
+    fields: list[tuple[str, str]] = []
+    for n, layer in enumerate(opened.layers, start=1):
+        prefix = f"{INFO_PREFIX}Layer-{n}"
+        fields.append((prefix, _describe(layer, n <= removed)))
+        if layer.decrypted is not None:
+            fields += _decryption_fields(prefix + "-", layer.decrypted.result)
+        fields += _signer_fields(prefix + "-", layer.signers)
+        if layer.error:
+            fields.append((f"{prefix}-Error", layer.error))
+    summary: list[tuple[str, str]] = []
+    decrypted = next((layer.decrypted for layer in opened.layers if layer.decrypted), None)
+    if decrypted is not None:
+        summary += [(f"{INFO_PREFIX}Encrypted", "True"),
+                    *_decryption_fields(INFO_PREFIX, decrypted.result)]
+    signed = [layer for layer in opened.layers if layer.kind in SIGNED and not layer.error]
+    if signed:
+        summary += [(f"{INFO_PREFIX}Signed", "True"),
+                    *_signer_fields(INFO_PREFIX, signed[-1].signers)]
+    failed = next((layer for layer in opened.layers if layer.error), None)
+    if failed is not None:
+        what = "decryption" if failed.encrypted else "verification"
+        summary.append((f"{INFO_PREFIX}Error", f"S/MIME {what} failed: {failed.error}"))
+    return summary + fields
+
+
+def _describe(layer: Layer, removed: bool) -> str:
+    what = {"enveloped-data": "encrypted (enveloped-data)",
+            "authEnveloped-data": "encrypted (authEnveloped-data)",
+            "signed": "signed (multipart/signed)",
+            "signed-data": "signed (opaque signed-data)",
+            PGP_SIGNED: "PGP signed (multipart/signed), not checked"}[layer.kind]
+    if layer.error:
+        return f"{what}; not opened"
+    if layer.encrypted:
+        return f"{what}; decrypted"
+    return f"{what}; {'removed' if removed else 'kept'}"
+
+
+def _decryption_fields(prefix: str, result: DecryptedContent) -> list[tuple[str, str]]:
+    return [(f"{prefix}Encryption-Algorithm",
+             f"{result.cipher.upper()}, key transport {result.key_transport}"),
+            (f"{prefix}Decrypted-With", describe_name(result.certificate.subject)
+             + "; SHA-256 " + result.certificate.fingerprint(hashes.SHA256()).hex())]
+
+
+def _signer_fields(prefix: str, signers: Iterable[SignerReport]) -> list[tuple[str, str]]:
+    fields = []
+    for i, signer in enumerate(signers):
+        fields += [(f"{prefix}Signer-{i}", signer.signer),
+                   (f"{prefix}Signer-Verified-{i}", str(signer.check.valid)),
+                   (f"{prefix}Signer-Trusted-{i}", str(signer.valid))]
+        if signer.emails:
+            fields.append((f"{prefix}Signer-Email-{i}", ", ".join(signer.emails)))
+        if not signer.valid:
+            fields.append((f"{prefix}Signer-Reason-{i}", signer.reason))
+    return fields
+
+
+def _log_layers(envelope: Envelope, opened: OpenedLayers) -> None:
+    """
+    The MPA log's lines for what was opened: the guide's warnings for each
+    signature that is not valid and for a layer that could not be opened,
+    then one line with every layer.
+    """
+    for layer in opened.layers:
+        if layer.error:
+            what = "decryption" if layer.encrypted else "verification"
+            log.warn("S/MIME {what} failed; Queue id: {queue_id}; Message: {why}", what=what,
+                     queue_id=envelope.queue_id, why=layer.error)
+        elif layer.kind in SIGNED and not layer.signature_valid:
+            # The guide's "not valid" is for a signature that does not
+            # verify (or none at all); one that verifies with a signer we
+            # do not trust is a different fault for the reader.
+            broken = [s for s in layer.signers if not s.check.valid]
+            if broken or not layer.signers:
+                log.warn("S/MIME signature was not valid; Signer IDs: {signers}; Queue id: "
+                         "{queue_id}; Message: {why}",
+                         signers="; ".join(s.signer for s in layer.signers) or "(none)",
+                         queue_id=envelope.queue_id,
+                         why=broken[0].reason if broken else "no signer")
+            else:
+                untrusted = [s for s in layer.signers if not s.valid]
+                log.warn("S/MIME signature verified, signer not trusted; Signer IDs: "
+                         "{signers}; Queue id: {queue_id}; Message: {why}",
+                         signers="; ".join(s.signer for s in untrusted),
+                         queue_id=envelope.queue_id, why=untrusted[0].reason)
+    log.info("{queue_id}: incoming S/MIME: {what}", queue_id=envelope.queue_id,
+             what=", ".join(_summary(n, layer) for n, layer in enumerate(opened.layers, 1)))
+
+
+def _summary(n: int, layer: Layer) -> str:
+    if layer.error:
+        return f"{n}: {layer.kind} not opened"
+    if layer.decrypted is not None:
+        result = layer.decrypted.result
+        return f"{n}: {layer.kind} {result.cipher.upper()} decrypted"
+    verdicts = "/".join(("trusted" if s.valid else "verified, not trusted" if s.check.valid
+                         else "not valid") for s in layer.signers)
+    return f"{n}: {layer.kind} " + (verdicts or "not checked")
 
 
 def _with_header(content: bytes, field: str) -> bytes:

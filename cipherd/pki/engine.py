@@ -19,6 +19,7 @@ from cipherd.pki import smime
 from cipherd.pki.certs import describe_name, email_addresses
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.cms import PrivateKey, SignatureCheck
+from cipherd.pki.errors import PKIError
 from cipherd.pki.trust import Purpose, Verdict
 from cipherd.threads import IBlockingRunner
 
@@ -80,6 +81,78 @@ class OpenedMessage:
         return "; ".join(s.signer for s in self.signers)
 
 
+ENCRYPTED = ("enveloped-data", "authEnveloped-data")
+SIGNED = ("signed", "signed-data")
+PGP_SIGNED = "pgp-signed"
+MAX_LAYERS = 8
+
+
+@dataclass(frozen=True)
+class Layer:
+    """
+    One layer of a received message, as L{SmimeEngine.open_layers} opened it.
+
+    @ivar kind: C{"enveloped-data"}, C{"authEnveloped-data"}, C{"signed"}
+        (C{multipart/signed}), C{"signed-data"} (an opaque signature) or
+        L{PGP_SIGNED} (a PGP/MIME signature around S/MIME, not checked).
+    @ivar decrypted: the decryption, for an encryption layer.
+    @ivar signers: one report per signature, for an S/MIME signature layer.
+    @ivar error: why this layer could not be opened; C{""} when it was.
+    """
+
+    kind: str
+    decrypted: smime.DecryptedMessage | None = None
+    signers: tuple[SignerReport, ...] = ()
+    error: str = ""
+
+    @property
+    def encrypted(self) -> bool:
+        return self.kind in ENCRYPTED
+
+    @property
+    def signature_valid(self) -> bool:
+        return bool(self.signers) and all(s.valid for s in self.signers)
+
+
+@dataclass(frozen=True)
+class OpenedLayers:
+    """
+    The result of L{SmimeEngine.open_layers}.
+
+    @ivar layers: outermost first.
+    @ivar opened: the message with every layer opened (as far as they
+        could be).
+    @ivar kept: the message with the layers down to the innermost
+        decryption opened, the signatures inside it kept (as received when
+        nothing was decrypted).
+    """
+
+    layers: tuple[Layer, ...]
+    opened: bytes
+    kept: bytes
+
+    @property
+    def complete(self) -> bool:
+        return not any(layer.error for layer in self.layers)
+
+    def delivered(self, remove_signatures: bool) -> bytes:
+        """
+        What to deliver: every layer opened when they all could be and
+        signatures are removed; else the inner signatures kept for the
+        reader's client (a signature around encryption cannot be kept).
+        """
+        return self.opened if remove_signatures and self.complete else self.kept
+
+    def removed(self, remove_signatures: bool) -> int:
+        """
+        How many of the layers, from the outside, L{delivered} no longer has.
+        """
+        if remove_signatures and self.complete:
+            return len(self.layers)
+        return max((n + 1 for n, layer in enumerate(self.layers)
+                    if layer.decrypted is not None), default=0)
+
+
 class SmimeEngine:
     def __init__(self, certificates: ICertificateStore, crypto: IBlockingRunner) -> None:
         self._certificates = certificates
@@ -129,7 +202,8 @@ class SmimeEngine:
                    decrypt_for: Collection[str] | None = None) -> OpenedMessage:
         """
         Decrypt (if encrypted) and verify (if signed, also inside the
-        encryption).
+        encryption): the two layers of a tunnel message.  Incoming mail,
+        which may have any layers, is opened with L{open_layers}.
 
         @param decrypt_for: decrypt only with the keys of these addresses'
             certificates (the recipients'), not with any stored key.
@@ -140,35 +214,93 @@ class SmimeEngine:
         """
         result = OpenedMessage(message)
         kind = smime.classify(message).kind
-        if kind in ("enveloped-data", "authEnveloped-data"):
-            keys = await self._certificates.decryption_keys()
-            if decrypt_for is not None:
-                wanted = {address.lower() for address in decrypt_for}
-                keys = [(cert, key) for cert, key in keys
-                        if wanted.intersection(email_addresses(cert))]
+        if kind in ENCRYPTED:
+            keys = await self._keys(decrypt_for)
             result.decrypted = await self._crypto.run(smime.decrypt_message, message, keys)
             result.message = result.decrypted.message
             kind = smime.classify(result.message).kind
-        if kind in ("signed", "signed-data"):
+        if kind in SIGNED:
             result.signed = True
-            signed = result.message
-            verified = await self._crypto.run(smime.verify_message, signed)
-            missing = [c for c in verified.result.signers if c.certificate is None]
-            if missing:
-                # Signers whose certificate is not in the message may be in
-                # the store: look them up and check again.
-                known = await self._stored_signers(missing)
-                if known:
-                    verified = await self._crypto.run(
-                        lambda: smime.verify_message(signed, known_certificates=known))
-            result.message = verified.message
-            for check in verified.result.signers:
-                verdict = None
-                if check.certificate is not None:
-                    verdict = await self._certificates.check(
-                        check.certificate, Purpose.SIGNING, verified.result.certificates)
-                result.signers.append(SignerReport(check, verdict))
+            result.message, signers = await self._verify(result.message)
+            result.signers += signers
         return result
+
+    async def open_layers(self, message: bytes, *,
+                          decrypt_for: Collection[str] | None = None) -> OpenedLayers:
+        """
+        Open every S/MIME layer of a received message from the outside in:
+        each encryption decrypted (with the keys of C{decrypt_for}'s
+        certificates only, when given), each signature verified over the
+        bytes it signed before the layer inside it is opened, until plain
+        MIME, a layer that cannot be opened (its error recorded), or
+        L{MAX_LAYERS}.  A PGP/MIME signature around S/MIME is passed
+        through, unchecked, so the S/MIME inside is opened.  A signature
+        that does not verify is reported, and what it signed opened all the
+        same.
+        """
+        layers: list[Layer] = []
+        current = kept = message
+        keys: list[tuple[x509.Certificate, PrivateKey]] | None = None
+        while True:
+            kind = smime.classify(current).kind
+            inner = None if kind is not None else smime.pgp_signed_part(current)
+            if kind is None and inner is None:
+                break
+            if len(layers) == MAX_LAYERS:
+                layers.append(Layer(kind or PGP_SIGNED, error=f"more than {MAX_LAYERS} "
+                                    "S/MIME layers: the rest is not opened"))
+                break
+            if inner is not None:
+                layers.append(Layer(PGP_SIGNED))
+                current = inner
+                continue
+            try:
+                if kind in ENCRYPTED:
+                    if keys is None:
+                        keys = await self._keys(decrypt_for)
+                    decrypted = await self._crypto.run(smime.decrypt_message, current, keys)
+                    layers.append(Layer(str(kind), decrypted=decrypted))
+                    current = kept = decrypted.message
+                else:
+                    current, signers = await self._verify(current)
+                    layers.append(Layer(str(kind), signers=tuple(signers)))
+            except (PKIError, ValueError) as e:
+                # ValueError: a structure, or a certificate in it, that
+                # cannot be read.
+                layers.append(Layer(str(kind), error=str(e) or type(e).__name__))
+                break
+        return OpenedLayers(tuple(layers), current, kept)
+
+    async def _keys(self, decrypt_for: Collection[str] | None
+                    ) -> list[tuple[x509.Certificate, PrivateKey]]:
+        keys = await self._certificates.decryption_keys()
+        if decrypt_for is None:
+            return keys
+        wanted = {address.lower() for address in decrypt_for}
+        return [(cert, key) for cert, key in keys if wanted.intersection(email_addresses(cert))]
+
+    async def _verify(self, signed: bytes) -> tuple[bytes, list[SignerReport]]:
+        """
+        The content of a signed message and a report per signature, each
+        signer's certificate checked for signing now.
+        """
+        verified = await self._crypto.run(smime.verify_message, signed)
+        missing = [c for c in verified.result.signers if c.certificate is None]
+        if missing:
+            # Signers whose certificate is not in the message may be in
+            # the store: look them up and check again.
+            known = await self._stored_signers(missing)
+            if known:
+                verified = await self._crypto.run(
+                    lambda: smime.verify_message(signed, known_certificates=known))
+        reports = []
+        for check in verified.result.signers:
+            verdict = None
+            if check.certificate is not None:
+                verdict = await self._certificates.check(
+                    check.certificate, Purpose.SIGNING, verified.result.certificates)
+            reports.append(SignerReport(check, verdict))
+        return verified.message, reports
 
     async def _stored_signers(self, checks: list[SignatureCheck]) -> list[x509.Certificate]:
         found: list[x509.Certificate] = []
@@ -180,4 +312,4 @@ class SmimeEngine:
         return found
 
 
-__all__ = ["OpenedMessage", "SignerReport", "SmimeEngine"]
+__all__ = ["Layer", "OpenedLayers", "OpenedMessage", "SignerReport", "SmimeEngine"]

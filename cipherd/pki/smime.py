@@ -558,6 +558,29 @@ def _split_signed(parts: Parts, boundary: str) -> tuple[bytes, bytes]:
     return signed, _decode_body(signature_part)
 
 
+PGP_SIGNATURE = "application/pgp-signature"
+
+
+def pgp_signed_part(message: bytes) -> bytes | None:
+    """
+    The signed part of a PGP/MIME-signed message (RFC 3156 C{multipart/signed}
+    with C{protocol="application/pgp-signature"}), with the message's outer
+    header fields, when that part is itself S/MIME; C{None} for any other
+    message.  Nothing is checked: the PGP signature is not read.
+    """
+    parts = Parts.split(message)
+    fields = _content_fields(parts)
+    if fields.content_type != "multipart/signed" or fields.protocol != PGP_SIGNATURE \
+            or not fields.boundary:
+        return None
+    try:
+        entity, _ = _split_signed(parts, fields.boundary)
+    except CMSFormatError:
+        return None
+    inner = _rejoin(parts, entity)
+    return inner if classify(inner).kind is not None else None
+
+
 def _rejoin(parts: Parts, entity: bytes) -> bytes:
     """
     The outer header fields of C{parts} around an unwrapped C{entity} (which
