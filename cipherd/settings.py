@@ -727,6 +727,12 @@ PROPERTIES: tuple[Property, ...] = (
     _P("smime_sign", "S/MIME sign", Boolean(), True,
        "Sign S/MIME mail too when the sender has a valid signing certificate with its "
        "private key.", page="encryption", group="Methods"),
+    _P("smime_signature_scheme", "S/MIME signature scheme",
+       Choice((("pkcs1", "RSA PKCS#1 v1.5"), ("pss", "RSASSA-PSS"))), "pkcs1",
+       "How an RSA signing key signs (RFC 4056). PKCS#1 v1.5 is what every client checks; "
+       "RSASSA-PSS is the modern scheme most current clients check too. EC keys sign with "
+       "ECDSA and Ed25519 keys with Ed25519 whatever this says.",
+       page="encryption", group="Methods"),
     _P("smime_remove_signature", "S/MIME remove signature", Boolean(), True,
        "Incoming S/MIME for internal recipients is delivered as plain MIME, its signatures "
        "verified and removed (what was found is in the X-Cipherd-Info fields). Off: a "

@@ -127,7 +127,7 @@ class TestPKI:
 
     @ivar alice: RSA-2048, the usual signer and recipient.
     @ivar bob: RSA-2048, a second recipient.
-    @ivar carol: EC P-256, a signer only (RSA recipients only, in cipherd).
+    @ivar carol: EC P-256: a signer, and a recipient by ECDH key agreement.
     """
 
     __test__ = False  # not a pytest test class
@@ -213,12 +213,14 @@ def make_user_certificate(
 ) -> x509.Certificate:
     """
     An S/MIME certificate as RFC 8550 wants it: an rfc822Name SAN,
-    keyUsage (digitalSignature, and keyEncipherment for RSA keys),
+    keyUsage (digitalSignature, and keyEncipherment for RSA keys or
+    keyAgreement for EC keys),
     extendedKeyUsage emailProtection, and a subject key identifier (so that
     C{-keyid} messages can name it).
     """
     usage = _key_usage(digital_signature=True,
-                       key_encipherment=isinstance(key, rsa.RSAPrivateKey))
+                       key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                       key_agreement=isinstance(key, ec.EllipticCurvePrivateKey))
     return (
         x509.CertificateBuilder()
         .subject_name(_name(email.split("@")[0].title(), email))
@@ -459,6 +461,17 @@ class OpenSSL:
         """
         out = self._out()
         self._run("smime", "-verify", "-in", self._file(message, ".eml"), "-out", out,
+                  "-CAfile", self.pki.ca.cert_pem, "-purpose", "smimesign")
+        return out.read_bytes()
+
+    def cms_smime_verify(self, message: bytes) -> bytes:
+        """
+        C{openssl cms -verify} of a whole signed message (S/MIME input,
+        against the test CA): the signed entity.  Unlike L{smime_verify},
+        it knows RSASSA-PSS.
+        """
+        out = self._out()
+        self._run("cms", "-verify", "-in", self._file(message, ".eml"), "-out", out,
                   "-CAfile", self.pki.ca.cert_pem, "-purpose", "smimesign")
         return out.read_bytes()
 

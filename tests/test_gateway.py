@@ -15,6 +15,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from asn1crypto import cms as asn1_cms
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
@@ -31,7 +33,7 @@ from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
 from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import RecordingSubmission, SynchronousRunner, migrated_store, result_of
-from tests.pki_factory import START, make_ca, make_user
+from tests.pki_factory import EMAIL_EKU, START, make_ca, make_user
 
 NOW = START + timedelta(days=10)
 QUEUE_ID = "4A1B2C3D4E5F"
@@ -311,6 +313,41 @@ def test_the_subject_trigger_is_removed_from_what_is_encrypted(world: World) -> 
     # erin has no certificate: a trigger makes it mandatory, and nothing can.
     refused = parts[("erin@partner.example",)].outcome
     assert refused is not None and "(by trigger)" in refused.reason
+
+
+def _signature_algorithm(signed_message: bytes) -> str:
+    info = smime.classify(signed_message)
+    assert info.kind == "signed" and info.boundary
+    _, signature = smime.split_signed(signed_message, info.boundary)
+    signer = asn1_cms.ContentInfo.load(signature)["content"]["signer_infos"][0]
+    return str(signer["signature_algorithm"]["algorithm"].native)
+
+
+@pytest.mark.parametrize(("scheme", "algorithm"), [("pkcs1", "rsassa_pkcs1v15"),
+                                                   ("pss", "rsassa_pss")])
+def test_the_signature_scheme_is_the_senders_setting(world: World, scheme: str,
+                                                     algorithm: str) -> None:
+    world.set(GLOBAL, encrypt_mode="mandatory")
+    world.set(scope_for(Level.USER, "alice@example.com"), smime_signature_scheme=scheme)
+    parts = world.process("bob@partner.example")
+    opened = result_of(world.engine.open(parts[("bob@partner.example",)].content))
+    assert opened.decrypted is not None and opened.signature_valid
+    assert _signature_algorithm(opened.decrypted.message) == algorithm
+
+
+def test_an_ed25519_sender_signs_with_ed25519(world: World, pki: dict[str, Any]) -> None:
+    frank = make_user("frank@example.com", pki["root"], key=ed25519.Ed25519PrivateKey.generate(),
+                      key_usage={"digital_signature": True}, eku=EMAIL_EKU)
+    result_of(world.certificates.import_data(frank.pkcs12(b"pw"), password="pw"))
+    world.set(GLOBAL, encrypt_mode="mandatory")
+    # PSS is for RSA keys: an Ed25519 key signs with Ed25519 whatever it says.
+    world.set(scope_for(Level.USER, "frank@example.com"), smime_signature_scheme="pss")
+    parts = world.process("bob@partner.example", sender="frank@example.com")
+    opened = result_of(world.engine.open(parts[("bob@partner.example",)].content))
+    assert opened.decrypted is not None and opened.signature_valid
+    assert opened.signers[0].emails == ["frank@example.com"]
+    assert _signature_algorithm(opened.decrypted.message) == "ed25519"
+    assert b"micalg=sha-512;" in opened.decrypted.message
 
 
 def test_incoming_smime_is_opened_for_internal_recipients(world: World, pki: dict[str, Any]

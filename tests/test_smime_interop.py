@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import email.policy
 import functools
+import hashlib
 import os
 import random
 import warnings
@@ -38,7 +39,7 @@ from asn1crypto import cms as asn1_cms
 from asn1crypto import core as asn1_core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from cipherd.pki import cms, smime
@@ -54,9 +55,11 @@ from tests.peers import (
     Identity,
     OpenSSL,
     TestPKI,
+    _write_identity,
     content_type,
     gpgsm_session,
     make_pki,
+    make_user_certificate,
     multipart_signed_parts,
     pkcs7_mime_der,
 )
@@ -1021,18 +1024,146 @@ def test_signature_with_microsoft_encryption_key_preference_verifies(
     assert result.all_valid, reasons(result)
 
 
-def test_ecdh_recipient_raises_unsupported_algorithm() -> None:
+NSS_ECDH = {
+    # file: content cipher, key agreement (README, "interop/")
+    "fran-ec_ossl-aes128-sha256.env": ("aes128_cbc", "ECDH sha256 KDF, aes128_wrap"),
+    "fran-ec_ossl-aes256-sha512.env": ("aes256_cbc", "ECDH sha512 KDF, aes256_wrap"),
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), list(NSS_ECDH.items()), ids=list(NSS_ECDH))
+def test_thunderbird_ecdh_interop_message(name: str, expected: tuple[str, str]) -> None:
     """
-    Bug: a message for Fran-ec's key by ECDH key agreement (kari, RFC 5753),
-    decrypted with that very key, raises DecryptionKeyNotFound ("A suitable
-    decryption key could not be found.") -- the wrong cause: the key is
-    there, the algorithm is what cipherd lacks.  cms.decrypt documents
-    UnsupportedAlgorithm for "a cipher or key transport we lack".
+    Key agreement recipients (kari, RFC 5753): ephemeral-static ECDH on
+    P-384 with the X9.63 KDF and AES key wrap, made by openssl for
+    Thunderbird's tests.
     """
     fran_ec = nss_identity(NSS_INTEROP / "Fran-ec.p12")
-    raw = corpus_file(NSS_INTEROP / "fran-ec_ossl-aes128-sha256.env")
-    with pytest.raises(UnsupportedAlgorithm):
-        smime.decrypt_message(raw, [fran_ec])
+    decrypted = smime.decrypt_message(corpus_file(NSS_INTEROP / name), [fran_ec])
+    assert (decrypted.result.cipher, decrypted.result.key_transport) == expected
+    assert b"This is a test message to Fran." in decrypted.entity
+    # The same message with the wrong EC key: it does not unwrap.
+    other = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(DecryptionFailed):
+        smime.decrypt_message(corpus_file(NSS_INTEROP / name), [(fran_ec[0], other)])
+
+
+@pytest.mark.parametrize("md", ["sha1", "sha256", "sha384", "sha512"])
+@pytest.mark.parametrize("cipher", ["aes128_cbc", "aes256_cbc", "aes256_gcm"])
+def test_we_decrypt_openssl_ecdh(pki: TestPKI, openssl: OpenSSL, md: str, cipher: str
+                                 ) -> None:
+    encrypted = openssl.cms_encrypt(CONTENT, [pki.carol], cipher=cipher,
+                                    keyopts=[f"ecdh_kdf_md:{md}"])
+    result = cms.decrypt(encrypted, [pki.carol.pair])
+    assert (result.content, result.certificate, result.cipher) == (CONTENT, pki.carol.cert,
+                                                                   cipher)
+    assert result.key_transport.startswith(f"ECDH {md} KDF, aes")
+
+
+@pytest.fixture(scope="module")
+def erin(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> Identity:
+    """
+    An Ed25519 signer (RFC 8419) under the test CA.
+    """
+    key = ed25519.Ed25519PrivateKey.generate()
+    cert = make_user_certificate("erin@example.org", key, pki.ca.cert, pki.ca.key,
+                                 pki.carol.cert.not_valid_before_utc,
+                                 pki.carol.cert.not_valid_after_utc)
+    return _write_identity(tmp_path_factory.mktemp("erin"), "erin", "erin@example.org", cert,
+                           key, pki.ca.cert_pem)
+
+
+@pytest.mark.parametrize("detached", [True, False], ids=["detached", "opaque"])
+def test_ed25519_signature(pki: TestPKI, erin: Identity, detached: bool) -> None:
+    """
+    Ed25519 (RFC 8419): PureEdDSA over the DER of the signed attributes,
+    SHA-512 for the message digest.  No peer here checks it (OpenSSL 3.0's
+    CMS has no Ed25519: "no default digest" signing, "invalid digest"
+    verifying; gpgsm 2.2 has no EdDSA in CMS), so it is checked by hand
+    with the cryptography package, apart from cms.verify.
+    """
+    ours = cms.sign(CONTENT, *erin.pair, signing_time=NOW, detached=detached)
+    signer = asn1_cms.ContentInfo.load(ours)["content"]["signer_infos"][0]
+    assert signer["signature_algorithm"]["algorithm"].native == "ed25519"
+    assert signer["signature_algorithm"]["parameters"].native is None  # RFC 8419 §2.3
+    assert signer["digest_algorithm"]["algorithm"].native == "sha512"  # RFC 8419 §3.1
+    attributes = {a["type"].native: a["values"][0].native for a in signer["signed_attrs"]}
+    assert attributes["message_digest"] == hashlib.sha512(CONTENT).digest()
+    signed = b"\x31" + signer["signed_attrs"].dump()[1:]  # the SET OF, as signed
+    public_key = erin.cert.public_key()
+    assert isinstance(public_key, ed25519.Ed25519PublicKey)
+    public_key.verify(signer["signature"].native, signed)  # raises if not
+
+    result = cms.verify(ours, CONTENT if detached else None)
+    assert result.all_valid, reasons(result)
+    assert not cms.verify(ours, CONTENT + b"!").all_valid
+    tampered = bytearray(ours)
+    tampered[-10] ^= 1  # inside the signature value, the last field
+    assert not cms.verify(bytes(tampered), CONTENT if detached else None).all_valid
+
+
+def test_ed25519_signed_message_says_sha_512(erin: Identity) -> None:
+    signed = smime.sign_message(message("text", "crlf"), *erin.pair, signing_time=NOW)
+    assert b"micalg=sha-512;" in signed
+    assert smime.verify_message(signed).result.all_valid
+
+
+@pytest.mark.parametrize("digest", ["sha256", "sha384", "sha512"])
+def test_openssl_verifies_our_rsa_pss_signature(pki: TestPKI, openssl: OpenSSL,
+                                                digest: str) -> None:
+    signature = cms.sign(CONTENT, *pki.alice.pair, signing_time=NOW, digest=digest, pss=True)
+    signer = asn1_cms.ContentInfo.load(signature)["content"]["signer_infos"][0]
+    algorithm = signer["signature_algorithm"]
+    assert algorithm["algorithm"].native == "rsassa_pss"
+    assert algorithm["parameters"]["hash_algorithm"]["algorithm"].native == digest
+    assert algorithm["parameters"]["salt_length"].native == {"sha256": 32, "sha384": 48,
+                                                             "sha512": 64}[digest]
+    assert openssl.cms_verify(signature, CONTENT) == CONTENT
+    assert cms.verify(signature, CONTENT).all_valid
+    # The whole message through openssl's CMS code (its PKCS#7 code,
+    # behind "openssl smime", knows no PSS).
+    signed = smime.sign_message(message("text", "crlf"), *pki.alice.pair, signing_time=NOW,
+                                pss=True)
+    assert leaves(openssl.cms_smime_verify(signed)) == LEAVES["text"]
+
+
+@pytest.mark.parametrize("cipher", cms.ENCRYPTION_CIPHERS)
+def test_openssl_decrypts_our_ecdh(pki: TestPKI, openssl: OpenSSL, cipher: str) -> None:
+    """
+    What we encrypt to an EC certificate (P-256: dhSinglePass-stdDH-
+    sha256kdf-scheme, AES-128 key wrap) beside an RSA one, openssl
+    decrypts with either key, and so do we.
+    """
+    encrypted = cms.encrypt(CONTENT, [pki.carol.cert, pki.alice.cert], cipher=cipher)
+    assert openssl.cms_decrypt(encrypted, pki.carol) == CONTENT
+    assert openssl.cms_decrypt(encrypted, pki.alice) == CONTENT
+    result = cms.decrypt(encrypted, [pki.carol.pair])
+    assert (result.content, result.key_transport) == (CONTENT, "ECDH sha256 KDF, aes128_wrap")
+    info = asn1_cms.ContentInfo.load(encrypted)
+    # RFC 5652 §6.1: version 2 with a kari; AuthEnvelopedData stays 0.
+    assert info["content"]["version"].native == ("v0" if cipher.endswith("gcm") else "v2")
+
+
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()], ids=["P-384", "P-521"])
+def test_openssl_decrypts_our_ecdh_on_larger_curves(
+        pki: TestPKI, openssl: OpenSSL, tmp_path: Path, curve: ec.EllipticCurve) -> None:
+    key = ec.generate_private_key(curve)
+    cert = make_user_certificate("dave@example.org", key, pki.ca.cert, pki.ca.key,
+                                 pki.carol.cert.not_valid_before_utc,
+                                 pki.carol.cert.not_valid_after_utc)
+    dave = _write_identity(tmp_path, "dave", "dave@example.org", cert, key, pki.ca.cert_pem)
+    encrypted = cms.encrypt(CONTENT, [dave.cert])
+    assert openssl.cms_decrypt(encrypted, dave) == CONTENT
+    assert cms.decrypt(encrypted, [dave.pair]).content == CONTENT
+
+
+def test_ecdh_on_an_unsupported_curve_is_refused(pki: TestPKI) -> None:
+    key = ec.generate_private_key(ec.SECP256K1())
+    cert = make_user_certificate("koblitz@example.org", key, pki.ca.cert, pki.ca.key,
+                                 pki.carol.cert.not_valid_before_utc,
+                                 pki.carol.cert.not_valid_after_utc)
+    with pytest.raises(UnsupportedAlgorithm, match="secp256k1"):
+        cms.encrypt(CONTENT, [cert])
 
 
 def _auth_enveloped(pki: TestPKI, content: bytes, *, tag_length: int = 16,

@@ -163,7 +163,8 @@ class Gateway:
                             _with_header(content, header), "not encrypted")
         if chosen := by_method.get(policy.SMIME):
             await self._smime(envelope, _with_header(protected, header), chosen, certificates,
-                              signer, results)
+                              signer, sender_settings["smime_signature_scheme"] == "pss",
+                              results)
         if webmail := by_method.get(policy.WEBMAIL):
             # The tunnel carries the message as the client sent it (from
             # below the Received field our server added), not copied; with
@@ -186,12 +187,12 @@ class Gateway:
     async def _smime(self, envelope: Envelope, content: bytes,
                      chosen: list[policy.Decision],
                      certificates: dict[str, list[x509.Certificate]], signer: Any,
-                     results: Results) -> None:
+                     pss: bool, results: Results) -> None:
         recipients = tuple(d.recipient for d in chosen)
         sign = signer if any(d.sign for d in chosen) else None
         encrypted = await self._engine.protect(
             content, signer=sign, recipients=_unique(c for r in recipients
-                                                     for c in certificates[r]))
+                                                     for c in certificates[r]), pss=pss)
         what = "signed and encrypted" if sign is not None else "encrypted"
         log.info("{queue_id}: S/MIME {what}; Recipients: {rcpts}", queue_id=envelope.queue_id,
                  what=what, rcpts=", ".join(recipients))

@@ -26,10 +26,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, keywrap, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap
 
 from cipherd.pki.errors import (
     CMSFormatError,
@@ -39,7 +41,8 @@ from cipherd.pki.errors import (
 )
 from cipherd.pki.memo import bytes_size, certificate_size, small_lru
 
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PRIVATE_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
@@ -243,8 +246,18 @@ def _der_name(name: x509.Name) -> asn1_x509.Name:
     return asn1_x509.Name.load(name.public_bytes())
 
 
-def _signature_algorithm(key: PrivateKey, digest: str) -> algos.SignedDigestAlgorithm:
+def _signature_algorithm(key: PrivateKey, digest: str, pss: bool = False
+                         ) -> algos.SignedDigestAlgorithm:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return algos.SignedDigestAlgorithm({"algorithm": "ed25519"})
     if isinstance(key, rsa.RSAPrivateKey):
+        if pss:
+            # RFC 4056 §3: MGF1 with the same hash, a salt of its length.
+            return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": {
+                "hash_algorithm": {"algorithm": digest},
+                "mask_gen_algorithm": {"algorithm": "mgf1",
+                                       "parameters": {"algorithm": digest}},
+                "salt_length": _HASHES[digest]().digest_size}})
         return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pkcs1v15"})
     return algos.SignedDigestAlgorithm({"algorithm": f"{digest}_ecdsa"})
 
@@ -275,18 +288,22 @@ def sign(
     detached: bool = True,
     chain: Sequence[x509.Certificate] = (),
     digest: str = "sha256",
+    pss: bool = False,
 ) -> bytes:
     """
     A SignedData ContentInfo over C{content} (RFC 5652 §5, RFC 8551 §2.5):
     signed attributes content-type, signing-time, message-digest and
     S/MIME capabilities; the signer's certificate and C{chain} embedded.
+    Signed with PKCS#1 v1.5 or, with C{pss}, RSASSA-PSS (RFC 4056) for an
+    RSA key; ECDSA for an EC key; Ed25519 (RFC 8419, with SHA-512 as the
+    digest whatever C{digest} says) for an Ed25519 key.
 
     @param signing_time: from the injected clock.
     @param detached: leave the content out (for multipart/signed).
     @return: DER.
     """
     return b"".join(sign_chunks([content], certificate, key, signing_time=signing_time,
-                                detached=detached, chain=chain, digest=digest))
+                                detached=detached, chain=chain, digest=digest, pss=pss))
 
 
 def sign_chunks(
@@ -298,12 +315,15 @@ def sign_chunks(
     detached: bool = True,
     chain: Sequence[x509.Certificate] = (),
     digest: str = "sha256",
+    pss: bool = False,
 ) -> list[Chunk]:
     """
     L{sign} for content given in pieces, its DER given in pieces too: an
     opaque signature holds the content's pieces themselves, never a copy.
     """
     chunks = list(chunks)  # read three times: a generator would be read once
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        digest = "sha512"  # RFC 8419 §3.1
     hash_cls = _HASHES[digest]
     message_digest = hashes.Hash(hash_cls())
     for chunk in chunks:
@@ -316,12 +336,18 @@ def sign_chunks(
     ]
     attributes_body = b"".join(sorted(attributes))  # DER: a SET OF is sorted
     to_sign = _header(0x31, len(attributes_body)) + attributes_body
-    if isinstance(key, rsa.RSAPrivateKey):
+    if isinstance(key, rsa.RSAPrivateKey) and not pss:
         signature = key.sign(to_sign, asym_padding.PKCS1v15(), hash_cls())
         signature_algorithm = _RSA_PKCS1_SIGNATURE_DER
     else:
-        signature = key.sign(to_sign, ec.ECDSA(hash_cls()))
-        signature_algorithm = _signature_algorithm(key, digest).dump()
+        if isinstance(key, rsa.RSAPrivateKey):
+            signature = key.sign(to_sign, asym_padding.PSS(
+                asym_padding.MGF1(hash_cls()), asym_padding.PSS.DIGEST_LENGTH), hash_cls())
+        elif isinstance(key, ed25519.Ed25519PrivateKey):
+            signature = key.sign(to_sign)  # PureEdDSA over the attributes
+        else:
+            signature = key.sign(to_sign, ec.ECDSA(hash_cls()))
+        signature_algorithm = _signature_algorithm(key, digest, pss).dump()
     digest_algorithm = _DIGEST_ALGORITHM_DER[digest]
     signer_info = _tlv(
         0x30,
@@ -427,6 +453,11 @@ def _verify_with(
         if algorithm != "ecdsa":
             raise UnsupportedAlgorithm(f"signature algorithm {algorithm} with an EC key")
         public_key.verify(signature, data, ec.ECDSA(hash_cls()))
+    elif isinstance(public_key, ed25519.Ed25519PublicKey):
+        # RFC 8419: PureEdDSA over the signed attributes (or the content).
+        if algorithm != "ed25519":
+            raise UnsupportedAlgorithm(f"signature algorithm {algorithm} with an Ed25519 key")
+        public_key.verify(signature, data)
     else:
         raise UnsupportedAlgorithm(f"{type(public_key).__name__} signer keys")
 
@@ -840,8 +871,51 @@ def _recipient_info(cert: x509.Certificate, cek: bytes, oaep: bool) -> cms.Recip
     )
 
 
+# What we use to encrypt to an EC certificate, by curve (RFC 5008's
+# pairs): the key agreement scheme (X9.63 KDF hash) and the key wrap.
+_EC_RECIPIENT = {
+    "secp256r1": ("1.3.132.1.11.1", "2.16.840.1.101.3.4.1.5", 16),  # sha256, aes128-wrap
+    "secp384r1": ("1.3.132.1.11.2", "2.16.840.1.101.3.4.1.45", 32),  # sha384, aes256-wrap
+    "secp521r1": ("1.3.132.1.11.3", "2.16.840.1.101.3.4.1.45", 32),  # sha512, aes256-wrap
+}
+_OID_EC_PUBLIC_KEY = core.ObjectIdentifier("1.2.840.10045.2.1").dump()
+
+
+def _key_agreement_der(cert: x509.Certificate, public_key: ec.EllipticCurvePublicKey,
+                       cek: bytes) -> bytes:
+    """
+    A KeyAgreeRecipientInfo (RFC 5753 §3.1.1, ephemeral-static ECDH) for
+    C{cert}: a new key on its curve, the shared secret through the X9.63
+    KDF to a key that wraps the CEK.
+    """
+    if public_key.curve.name not in _EC_RECIPIENT:
+        raise UnsupportedAlgorithm(
+            f"Encryption to certificates on the curve {public_key.curve.name} is not "
+            "supported (P-256, P-384, P-521).")
+    scheme, wrap, size = _EC_RECIPIENT[public_key.curve.name]
+    ephemeral = ec.generate_private_key(public_key.curve)
+    shared = ephemeral.exchange(ec.ECDH(), public_key)
+    wrap_der = _tlv(0x30, core.ObjectIdentifier(wrap).dump())
+    shared_info = _tlv(0x30, wrap_der, _tlv(0xA2, _tlv(0x04, (size * 8).to_bytes(4, "big"))))
+    kek = X963KDF(_HASHES[_KEY_AGREEMENT[scheme]](), size, shared_info).derive(shared)
+    point = ephemeral.public_key().public_bytes(serialization.Encoding.X962,
+                                                serialization.PublicFormat.UncompressedPoint)
+    originator = _tlv(0xA0, _tlv(0xA1, _tlv(0x30, _OID_EC_PUBLIC_KEY),
+                                 _tlv(0x03, b"\x00" + point)))
+    return _tlv(
+        0xA1,  # [1] IMPLICIT KeyAgreeRecipientInfo
+        _tlv(0x02, b"\x03"),
+        originator,
+        _tlv(0x30, core.ObjectIdentifier(scheme).dump(), wrap_der),
+        _tlv(0x30, _tlv(0x30, _issuer_and_serial_der(cert),
+                        _tlv(0x04, keywrap.aes_key_wrap(kek, cek)))),
+    )
+
+
 def _recipient_info_der(cert: x509.Certificate, cek: bytes, oaep: bool) -> bytes:
     public_key = _public_key(cert)
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return _key_agreement_der(cert, public_key, cek)
     if oaep or not isinstance(public_key, rsa.RSAPublicKey):
         return _recipient_info(cert, cek, oaep).dump()
     return _tlv(
@@ -867,7 +941,8 @@ def encrypt(
     @param cipher: one of L{ENCRYPTION_CIPHERS}.
     @param oaep: RSAES-OAEP with SHA-256 instead of PKCS#1 v1.5.
     @return: DER.
-    @raise UnsupportedAlgorithm: a non-RSA recipient or unknown cipher.
+    @raise UnsupportedAlgorithm: a recipient key we cannot encrypt to (RSA;
+        EC on P-256, P-384 or P-521 by ECDH) or an unknown cipher.
     """
     # The stream checks its own length as it ends.
     _, pieces = encrypt_chunks([content], recipients, length=len(content), cipher=cipher,
@@ -904,7 +979,8 @@ def encrypt_chunks(
         raise ValueError("encrypt() needs at least one recipient")
     key_size, kind = _CIPHERS[cipher]
     cek = os.urandom(key_size)
-    recipient_infos = _tlv(0x31, *sorted(_recipient_info_der(c, cek, oaep) for c in recipients))
+    recipient_list = sorted(_recipient_info_der(c, cek, oaep) for c in recipients)
+    recipient_infos = _tlv(0x31, *recipient_list)
     oid = core.ObjectIdentifier(algos.EncryptionAlgorithmId.unmap(cipher)).dump()
     encryptor: Any
     if kind == "gcm":
@@ -922,7 +998,11 @@ def encrypt_chunks(
     content_info = _header(
         0x30, len(_OID_DATA) + len(algorithm) + len(content_header) + ciphertext_length
     ) + _OID_DATA + algorithm + content_header
-    prefix = _VERSION_0 + recipient_infos + content_info
+    # RFC 5652 §6.1: version 2 with key agreement recipients; RFC 5083's
+    # AuthEnvelopedData is always version 0.
+    version = _VERSION_0 if kind == "gcm" or b"\xa1" not in (
+        r[:1] for r in recipient_list) else _tlv(0x02, b"\x02")
+    prefix = version + recipient_infos + content_info
     inner_length = len(prefix) + ciphertext_length + mac_length
     envelope_header = _header(0x30, inner_length)
     explicit_length = len(envelope_header) + inner_length
@@ -1369,12 +1449,87 @@ def _envelope_asn1(data: bytes) -> tuple[str, _Envelope]:
                            None if encrypted.native is None else encrypted.native, tag, aad)
 
 
+# Key agreement (RFC 5753 §7.1.4, SEC 1): dhSinglePass-stdDH and
+# -cofactorDH with the ANSI X9.63 KDF, by the KDF's hash.  On the curves
+# we take (P-256, P-384, P-521: cofactor 1) both compute the same secret.
+_KEY_AGREEMENT: dict[str, str] = {
+    "1.3.133.16.840.63.0.2": "sha1", "1.3.132.1.11.0": "sha224",
+    "1.3.132.1.11.1": "sha256", "1.3.132.1.11.2": "sha384", "1.3.132.1.11.3": "sha512",
+    "1.3.133.16.840.63.0.3": "sha1", "1.3.132.1.14.0": "sha224",
+    "1.3.132.1.14.1": "sha256", "1.3.132.1.14.2": "sha384", "1.3.132.1.14.3": "sha512",
+}
+_KEY_WRAP_SIZES = {"aes128_wrap": 16, "aes192_wrap": 24, "aes256_wrap": 32}
+
+
+@dataclass(frozen=True)
+class _KeyAgreement:
+    """
+    A KeyAgreeRecipientInfo (RFC 5652 §6.2.2) and the one of its encrypted
+    keys that is for our certificate.
+    """
+
+    info: cms.KeyAgreeRecipientInfo
+    encrypted_key: bytes
+
+    @property
+    def description(self) -> str:
+        algorithm = self.info["key_encryption_algorithm"]
+        kdf = _KEY_AGREEMENT.get(algorithm["algorithm"].dotted, algorithm["algorithm"].dotted)
+        wrap = cms.KeyEncryptionAlgorithm.load(algorithm["parameters"].dump())
+        return f"ECDH {kdf} KDF, {wrap['algorithm'].native}"
+
+    def unwrap(self, key: PrivateKey) -> bytes:
+        """
+        The content-encryption key: the shared secret of the originator's
+        ephemeral key and ours, through the KDF, unwraps it.
+
+        @raise UnsupportedAlgorithm: an algorithm we lack.
+        @raise ValueError: it does not unwrap (a wrong key or damage).
+        """
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise UnsupportedAlgorithm("Key agreement with a non-EC key is not supported.")
+        algorithm = self.info["key_encryption_algorithm"]
+        hash_name = _KEY_AGREEMENT.get(algorithm["algorithm"].dotted)
+        if hash_name is None:
+            raise UnsupportedAlgorithm(
+                f"The key agreement algorithm {algorithm['algorithm'].dotted} is not supported.")
+        wrap_der = algorithm["parameters"].dump()
+        wrap = cms.KeyEncryptionAlgorithm.load(wrap_der)["algorithm"].native
+        if wrap not in _KEY_WRAP_SIZES:
+            raise UnsupportedAlgorithm(f"The key wrap algorithm {wrap} is not supported.")
+        originator = self.info["originator"]
+        if originator.name != "originator_key":
+            raise UnsupportedAlgorithm("Key agreement with a static originator key is not "
+                                       "supported (only ephemeral-static ECDH).")
+        point = originator.chosen["public_key"].native
+        ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, point)
+        shared = key.exchange(ec.ECDH(), ephemeral)
+        ukm = self.info["ukm"]
+        size = _KEY_WRAP_SIZES[wrap]
+        # ECC-CMS-SharedInfo (RFC 5753 §7.2): keyInfo, entityUInfo [0]
+        # (the UKM, if any), suppPubInfo [2] (the KEK's length in bits).
+        entity_info = b"" if isinstance(ukm, core.Void) else _tlv(0xA0, _tlv(0x04, ukm.native))
+        shared_info = _tlv(0x30, wrap_der, entity_info,
+                           _tlv(0xA2, _tlv(0x04, (size * 8).to_bytes(4, "big"))))
+        kek = X963KDF(_HASHES[hash_name](), size, shared_info).derive(shared)
+        return keywrap.aes_key_unwrap(kek, self.encrypted_key)
+
+
+def _key_agreement_for(recipient: Any, keys: Sequence[tuple[x509.Certificate, PrivateKey]]
+                       ) -> tuple[_KeyAgreement, x509.Certificate, PrivateKey] | None:
+    for encrypted in recipient.chosen["recipient_encrypted_keys"]:
+        for cert, key in keys:
+            if _key_agreement_matches(encrypted["rid"], cert):
+                return (_KeyAgreement(recipient.chosen, encrypted["encrypted_key"].native),
+                        cert, key)
+    return None
+
+
 def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -> DecryptedContent:
     kind, envelope = _envelope(data)
     keys = list(keys)
     recipients: list[str] = []
-    match: tuple[_KeyTransport, x509.Certificate, PrivateKey] | None = None
-    key_agreement_for_us = False
+    match: tuple[_KeyTransport | _KeyAgreement, x509.Certificate, PrivateKey] | None = None
     for recipient in envelope.recipient_infos:
         if isinstance(recipient, _KeyTransport):
             recipients.append(_describe(recipient.rid_der, "RecipientIdentifier"))
@@ -1384,19 +1539,12 @@ def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -
                         match = (recipient, cert, key)
                         break
         elif recipient.name == "kari":
-            recipients.append("key agreement recipient (not supported)")
-            key_agreement_for_us |= any(
-                _key_agreement_matches(encrypted["rid"], cert)
-                for encrypted in recipient.chosen["recipient_encrypted_keys"]
-                for cert, _ in keys
-            )
+            recipients.append("key agreement recipient")
+            if match is None:
+                match = _key_agreement_for(recipient, keys)
         else:
             recipients.append(f"{recipient.name} recipient (not supported)")
     if match is None:
-        if key_agreement_for_us:
-            raise UnsupportedAlgorithm(
-                "The message is encrypted to one of our keys by key agreement (ECDH), "
-                "which is not supported.")
         raise DecryptionKeyNotFound()
     transport, cert, key = match
     # Everything the message itself gets wrong is refused before the key
@@ -1405,11 +1553,17 @@ def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -
     if envelope.encrypted is None:
         raise CMSFormatError("The encrypted content is missing (detached).")
     try:
-        cek = _unwrap_cek(transport, key)
+        if isinstance(transport, _KeyAgreement):
+            cek = transport.unwrap(key)
+            key_transport = transport.description
+        else:
+            cek = _unwrap_cek(transport, key)
+            key_transport = _key_encryption_of(transport.algorithm_der)[0]
     except KeyError as e:
         raise UnsupportedAlgorithm(f"The key transport uses the unsupported digest {e}.") from None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, InvalidUnwrap):
         cek = b""
+        key_transport = ""
     unwrapped = len(cek) == content_cipher.key_size
     if not unwrapped:
         # RFC 3218 §2.3.2: a failed unwrap goes on with a random key, so the
@@ -1419,8 +1573,7 @@ def _decrypt(data: bytes, keys: Iterable[tuple[x509.Certificate, PrivateKey]]) -
     content = content_cipher.decrypt(cek, envelope.encrypted, envelope.aad)
     if not unwrapped:
         raise DecryptionFailed(_CONTENT_FAILED)
-    return DecryptedContent(content, cert, envelope.cipher,
-                            _key_encryption_of(transport.algorithm_der)[0], recipients)
+    return DecryptedContent(content, cert, envelope.cipher, key_transport, recipients)
 
 
 def content_type(data: bytes) -> str:

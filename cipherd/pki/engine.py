@@ -167,6 +167,7 @@ class SmimeEngine:
         cipher: str = "aes256_cbc",
         oaep: bool = False,
         detached: bool = True,
+        pss: bool = False,
     ) -> bytes:
         """
         Sign (when C{signer} is given) then encrypt (when C{recipients} is
@@ -177,26 +178,28 @@ class SmimeEngine:
         @param detached: sign as C{multipart/signed} (readable without
             S/MIME), or, when C{False}, opaquely: the content inside the CMS
             structure, untouched by transfer encodings.
+        @param pss: sign with RSASSA-PSS (RFC 4056) rather than PKCS#1 v1.5,
+            when the signer's key is RSA.
         """
         if signer is None and not recipients:
             return message if isinstance(message, bytes) else message.join()
         return await self._crypto.run(self._protect, message, signer, list(recipients),
-                                      cipher, oaep, detached)
+                                      cipher, oaep, detached, pss)
 
     def _protect(self, message: bytes | smime.MessagePieces,
                  signer: tuple[x509.Certificate, PrivateKey, Sequence[x509.Certificate]] | None,
                  recipients: list[x509.Certificate], cipher: str, oaep: bool,
-                 detached: bool) -> bytes:
+                 detached: bool, pss: bool) -> bytes:
         if signer is None:
             return smime.encrypt_message(message, recipients, cipher=cipher, oaep=oaep)
         cert, key, chain = signer
         now = self._certificates.now()
         if not recipients:
             return smime.sign_message(message, cert, key, signing_time=now, chain=list(chain),
-                                      detached=detached)
+                                      detached=detached, pss=pss)
         return smime.sign_and_encrypt_message(message, cert, key, recipients, signing_time=now,
                                               chain=list(chain), detached=detached,
-                                              cipher=cipher, oaep=oaep)
+                                              cipher=cipher, oaep=oaep, pss=pss)
 
     async def open(self, message: bytes, *,
                    decrypt_for: Collection[str] | None = None) -> OpenedMessage:

@@ -25,6 +25,7 @@ from email import encoders
 from email.parser import BytesHeaderParser, BytesParser
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cipherd.core.lines import has_long_line, windows
 from cipherd.pki import cms
@@ -283,7 +284,7 @@ def _pkcs7_mime_fields(smime_type: bytes) -> list[bytes]:
 
 def _signed_entity(entity: list[Chunk], certificate: x509.Certificate, key: PrivateKey,
                    *, signing_time: datetime, chain: Sequence[x509.Certificate],
-                   detached: bool) -> tuple[list[bytes], int, Iterable[Chunk]]:
+                   detached: bool, pss: bool = False) -> tuple[list[bytes], int, Iterable[Chunk]]:
     """
     The signed form of C{entity}: its Content-* fields, the length of its
     body and its body, in pieces made as they are read.
@@ -291,7 +292,7 @@ def _signed_entity(entity: list[Chunk], certificate: x509.Certificate, key: Priv
     if detached and any(_needs_encoding(piece) for piece in entity):
         entity = [seven_bit(b"".join(entity))]
     signature = cms.sign_chunks(entity, certificate, key, signing_time=signing_time,
-                                detached=detached, chain=chain)
+                                detached=detached, chain=chain, pss=pss)
     if not detached:
         return (_pkcs7_mime_fields(b"signed-data"), _base64_size(sum(len(p) for p in signature)),
                 _base64_stream(signature))
@@ -306,8 +307,10 @@ def _signed_entity(entity: list[Chunk], certificate: x509.Certificate, key: Priv
         b"Content-Disposition: attachment; filename=smime.p7s\r\n\r\n"
         + b"".join(_base64_stream(signature)) + b"\r\n--" + boundary + b"--\r\n",
     ]
+    # RFC 8551 §3.5.3.2; Ed25519 signs with SHA-512 (RFC 8419).
+    micalg = b"sha-512" if isinstance(key, Ed25519PrivateKey) else b"sha-256"
     fields = [b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
-              b'micalg=sha-256;\r\n\tboundary="' + boundary + b'"']
+              b'micalg=' + micalg + b';\r\n\tboundary="' + boundary + b'"']
     return fields, sum(len(piece) for piece in body), body
 
 
@@ -329,15 +332,18 @@ def sign_message(
     signing_time: datetime,
     chain: Sequence[x509.Certificate] = (),
     detached: bool = True,
+    pss: bool = False,
 ) -> bytes:
     """
     Sign a message: C{multipart/signed} (detached, the default: readable
     without S/MIME) or opaque C{application/pkcs7-mime; smime-type=signed-data}.
+
+    @param pss: sign with RSASSA-PSS rather than PKCS#1 v1.5 (RSA keys).
     """
     pieces = MessagePieces.of(message)
     fields, length, body = _signed_entity(pieces.entity, certificate, key,
                                           signing_time=signing_time, chain=chain,
-                                          detached=detached)
+                                          detached=detached, pss=pss)
     head = _head(pieces.outer, fields)
     return _join(len(head) + length, itertools.chain([head], body))
 
@@ -370,6 +376,7 @@ def sign_and_encrypt_message(
     detached: bool = True,
     cipher: str = "aes256_cbc",
     oaep: bool = False,
+    pss: bool = False,
 ) -> bytes:
     """
     C{encrypt_message(sign_message(message, ...), ...)}, byte for byte, but
@@ -379,7 +386,7 @@ def sign_and_encrypt_message(
     pieces = MessagePieces.of(message)
     fields, length, body = _signed_entity(pieces.entity, certificate, key,
                                           signing_time=signing_time, chain=chain,
-                                          detached=detached)
+                                          detached=detached, pss=pss)
     fields_head = b"\r\n".join(fields) + b"\r\n\r\n"
     return _encrypted(pieces.outer, len(fields_head) + length,
                       itertools.chain([fields_head], body), recipients, cipher=cipher,

@@ -22,6 +22,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from cipherd.pki.certs import (
@@ -289,8 +290,13 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
     except x509.ExtensionNotFound:
         usage = None
     if usage is not None:
-        if purpose is Purpose.ENCRYPTION and not usage.key_encipherment:
-            return "Its key usage does not allow encryption (keyEncipherment)."
+        if purpose is Purpose.ENCRYPTION:
+            # RFC 8550 §4.4.2: an EC key encrypts by key agreement.
+            if isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+                if not usage.key_agreement:
+                    return "Its key usage does not allow encryption (keyAgreement)."
+            elif not usage.key_encipherment:
+                return "Its key usage does not allow encryption (keyEncipherment)."
         if purpose is Purpose.SIGNING and not (usage.digital_signature
                                                or usage.content_commitment):
             return "Its key usage does not allow signing (digitalSignature, nonRepudiation)."
