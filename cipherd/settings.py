@@ -733,6 +733,11 @@ PROPERTIES: tuple[Property, ...] = (
        "RSASSA-PSS is the modern scheme most current clients check too. EC keys sign with "
        "ECDSA and Ed25519 keys with Ed25519 whatever this says.",
        page="encryption", group="Methods"),
+    _P("smime_obscure_subject", "S/MIME obscure subject", Boolean(), False,
+       "S/MIME mail the gateway encrypts carries its header fields inside, protected "
+       "(RFC 9788). With this on, the Subject outside, which every server on the way reads, "
+       "becomes [...]; the recipient's client shows the real one from inside.",
+       page="encryption", group="Methods"),
     _P("smime_remove_signature", "S/MIME remove signature", Boolean(), True,
        "Incoming S/MIME for internal recipients is delivered as plain MIME, its signatures "
        "verified and removed (what was found is in the X-Cipherd-Info fields). Off: a "

@@ -350,6 +350,57 @@ def test_an_ed25519_sender_signs_with_ed25519(world: World, pki: dict[str, Any])
     assert b"micalg=sha-512;" in opened.decrypted.message
 
 
+def test_header_protection_round_trip(world: World) -> None:
+    """
+    RFC 9788: what the gateway encrypts carries its header fields inside
+    (hp="cipher", HP-Outer for what is outside), the Subject outside
+    obscured when the sender's setting says so; the incoming path of a
+    gateway that holds the recipient's key shows the protected fields.
+    """
+    world.set(GLOBAL, encrypt_mode="mandatory")
+    world.set(scope_for(Level.USER, "alice@example.com"), smime_obscure_subject=True)
+    parts = world.process("bob@partner.example")
+    encrypted = parts[("bob@partner.example",)].content
+    outer = encrypted[:encrypted.index(b"\r\n\r\n")]
+    assert b"\r\nSubject: [...]\r\n" in outer and b"Quarterly" not in outer
+    opened = result_of(world.engine.open(encrypted))
+    assert opened.decrypted is not None and opened.signature_valid
+    info = smime.classify(opened.decrypted.message)
+    assert info.boundary is not None
+    entity, _ = smime.split_signed(opened.decrypted.message, info.boundary)
+    head = entity[:entity.index(b"\r\n\r\n") + 2]
+    assert head.startswith(b"Content-Type: text/plain; charset=utf-8; hp=\"cipher\"\r\n")
+    assert b"\r\nSubject: Quarterly figures [encrypt]\r\n" in head
+    assert b"\r\nFrom: alice@example.com\r\n" in head
+    assert b"\r\nHP-Outer: Subject: [...]\r\n" in head
+    assert b"\r\nHP-Outer: From: alice@example.com\r\n" in head
+    assert b"Received" not in head  # the transport's fields stay outside
+
+    # The same message arriving where bob is internal and his key is held.
+    world.domain("partner.example", locality="internal")
+    (part,) = world.process("bob@partner.example", content=encrypted).values()
+    header = part.content[:part.content.index(b"\r\n\r\n") + 2]
+    assert header.count(b"Subject: ") == 1
+    assert b"\r\nSubject: Quarterly figures [encrypt]\r\n" in header
+    assert b"HP-Outer" not in header
+    assert b"X-Cipherd-Info-Header-Protection: hp=cipher; " in header
+    assert smime.classify(part.content).kind is None
+
+
+def test_signed_only_mail_has_its_header_fields_protected_in_clear(
+        world: World, pki: dict[str, Any]) -> None:
+    signer = result_of(world.certificates.signing_identity("alice@example.com"))
+    signed = result_of(world.engine.protect(SENT, signer=signer, recipients=(),
+                                            protect_headers=True, obscure_subject=True))
+    outer = signed[:signed.index(b"\r\n\r\n")]
+    # Nothing is obscured where nothing is encrypted.
+    assert b"Subject: Quarterly figures [encrypt]" in outer
+    verified = smime.verify_message(signed)
+    assert verified.result.all_valid
+    assert b'hp="clear"' in verified.entity and b"HP-Outer" not in verified.entity
+    assert smime.header_protection(verified.message) == "clear"
+
+
 def test_incoming_smime_is_opened_for_internal_recipients(world: World, pki: dict[str, Any]
                                                           ) -> None:
     signer = result_of(world.certificates.signing_identity("bob@partner.example"))

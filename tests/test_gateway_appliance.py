@@ -185,6 +185,9 @@ def test_smime_for_an_external_recipient_opens_with_openssl_and_gpgsm(
     gpgsm.verify(signature, signed_part)
     for opened in (entity, signed_part):
         parsed = email.message_from_bytes(opened)
+        # RFC 9788: the header fields inside, as the peers read them.
+        assert parsed["Subject"] == "Figures for Q3"
+        assert parsed.get_param("hp") == "cipher"
         text, attachment = parsed.get_payload()
         assert text.get_payload(decode=True).startswith(b".leading dot\r\nGr\xc3\xbc\xc3\x9fe")
         assert b"z" * 1500 in text.get_payload(decode=True)

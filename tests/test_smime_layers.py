@@ -13,11 +13,15 @@ import email
 import email.message
 import os
 import re
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 from twisted.internet.task import Clock
 
 from cipherd.core.envelope import Envelope
@@ -307,6 +311,63 @@ def test_each_recipient_gets_what_their_setting_says(bob: Bob) -> None:
         assert shows_alices_text(made[("carol@example.com",)])
     finally:
         bob.set(scope_for(Level.USER, "bob@example.com"), smime_remove_signature=None)
+
+
+def _nss_identity(name: str) -> tuple[Any, x509.Certificate]:
+    with warnings.catch_warnings():
+        # NSS writes its PKCS#12 in BER, which cryptography reads with a warning.
+        warnings.simplefilter("ignore", UserWarning)
+        key, cert, _ = pkcs12.load_key_and_certificates((NSS / name).read_bytes(), b"nss")
+    assert key is not None and cert is not None
+    return key, cert
+
+
+def test_a_message_built_to_rfc_9788_is_shown_with_its_protected_fields(
+        bob: Bob, tmp_path: Path) -> None:
+    """
+    Built to RFC 9788's example "smime-one-part-complex-encrypted-hcp-
+    baseline" (Appendix C) with openssl and the NSS keys: a text part with
+    hp="cipher", its header fields and HP-Outer copies inside an opaque
+    signature by Alice, encrypted to Bob, the Subject outside obscured.
+    """
+    inner = (b'Content-Type: text/plain; charset="us-ascii"; hp="cipher"\r\n'
+             b"Date: Sat, 04 Dec 2027 10:00:00 +0000\r\n"
+             b"From: Alice <Alice@example.com>\r\nTo: Bob <Bob@example.com>\r\n"
+             b"Subject: Handling the Jones contract\r\n"
+             b"Message-ID: <jones@example.com>\r\n"
+             b"HP-Outer: Date: Sat, 04 Dec 2027 10:00:00 +0000\r\n"
+             b"HP-Outer: From: Alice <Alice@example.com>\r\n"
+             b"HP-Outer: To: Bob <Bob@example.com>\r\nHP-Outer: Subject: [...]\r\n"
+             b"HP-Outer: Message-ID: <jones@example.com>\r\n\r\n"
+             b"Please review the Jones contract.\r\n")
+    (tmp_path / "inner.eml").write_bytes(inner)
+    key, cert = _nss_identity("Alice.p12")
+    (tmp_path / "alice.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "alice.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    bob_cert = _nss_identity("Bob.p12")[1]
+    (tmp_path / "bob.pem").write_bytes(bob_cert.public_bytes(serialization.Encoding.PEM))
+    openssl = require_tool("openssl")
+    run([openssl, "cms", "-sign", "-nodetach", "-binary", "-in", tmp_path / "inner.eml",
+         "-signer", tmp_path / "alice.pem", "-inkey", tmp_path / "alice.key",
+         "-outform", "SMIME", "-out", tmp_path / "signed.eml"])
+    run([openssl, "cms", "-encrypt", "-aes256", "-in", tmp_path / "signed.eml",
+         "-out", tmp_path / "encrypted.eml", "-from", "Alice <Alice@example.com>",
+         "-to", "Bob <Bob@example.com>", "-subject", "[...]", tmp_path / "bob.pem"])
+    received = (b"Date: Sat, 04 Dec 2027 10:00:00 +0000\r\nMessage-ID: <jones@example.com>\r\n"
+                + smime.canonicalize((tmp_path / "encrypted.eml").read_bytes()))
+    assert b"Subject: [...]" in received and b"Jones" not in received
+
+    delivered = bob.deliver(received)
+    header = delivered[:delivered.index(b"\r\n\r\n") + 2].decode()
+    assert "\r\nSubject: Handling the Jones contract\r\n" in header
+    assert "[...]" not in header and "HP-Outer" not in header
+    assert header.count("\r\nFrom: ") == 1 and "From: Alice <Alice@example.com>" in header
+    assert "X-Cipherd-Info-Header-Protection: hp=cipher; " in header
+    assert "X-Cipherd-Info-Layer-2: signed (opaque signed-data); removed" in header
+    assert "X-Cipherd-Info-Layer-2-Signer-Trusted-0: True" in header
+    assert delivered.endswith(b"Please review the Jones contract.\r\n")
 
 
 # A running appliance ----------------------------------------------------------------------

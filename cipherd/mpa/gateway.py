@@ -163,8 +163,7 @@ class Gateway:
                             _with_header(content, header), "not encrypted")
         if chosen := by_method.get(policy.SMIME):
             await self._smime(envelope, _with_header(protected, header), chosen, certificates,
-                              signer, sender_settings["smime_signature_scheme"] == "pss",
-                              results)
+                              signer, sender_settings, results)
         if webmail := by_method.get(policy.WEBMAIL):
             # The tunnel carries the message as the client sent it (from
             # below the Received field our server added), not copied; with
@@ -187,12 +186,14 @@ class Gateway:
     async def _smime(self, envelope: Envelope, content: bytes,
                      chosen: list[policy.Decision],
                      certificates: dict[str, list[x509.Certificate]], signer: Any,
-                     pss: bool, results: Results) -> None:
+                     sender_settings: Mapping[str, Any], results: Results) -> None:
         recipients = tuple(d.recipient for d in chosen)
         sign = signer if any(d.sign for d in chosen) else None
         encrypted = await self._engine.protect(
             content, signer=sign, recipients=_unique(c for r in recipients
-                                                     for c in certificates[r]), pss=pss)
+                                                     for c in certificates[r]),
+            pss=sender_settings["smime_signature_scheme"] == "pss", protect_headers=True,
+            obscure_subject=bool(sender_settings["smime_obscure_subject"]))
         what = "signed and encrypted" if sign is not None else "encrypted"
         log.info("{queue_id}: S/MIME {what}; Recipients: {rcpts}", queue_id=envelope.queue_id,
                  what=what, rcpts=", ".join(recipients))
@@ -308,7 +309,14 @@ class Gateway:
         for remove, group in groups.items():
             # What was inside the encryption may carry our fields too.
             delivered = without_fields(opened.delivered(remove), INFO_PREFIX)
-            made.append((tuple(group), with_fields(delivered, _info_fields(opened, remove))))
+            fields = _info_fields(opened, remove)
+            if hp := smime.header_protection(delivered):
+                # RFC 9788: the protected fields are in place (see
+                # smime._rejoin); what was outside is of no more use.
+                delivered = without_fields(delivered, "HP-Outer")
+                fields.append((f"{INFO_PREFIX}Header-Protection",
+                               f"hp={hp}; the header fields shown are those protected inside"))
+            made.append((tuple(group), with_fields(delivered, fields)))
         return made
 
 

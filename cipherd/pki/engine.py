@@ -168,6 +168,8 @@ class SmimeEngine:
         oaep: bool = False,
         detached: bool = True,
         pss: bool = False,
+        protect_headers: bool = False,
+        obscure_subject: bool = False,
     ) -> bytes:
         """
         Sign (when C{signer} is given) then encrypt (when C{recipients} is
@@ -180,9 +182,15 @@ class SmimeEngine:
             structure, untouched by transfer encodings.
         @param pss: sign with RSASSA-PSS (RFC 4056) rather than PKCS#1 v1.5,
             when the signer's key is RSA.
+        @param protect_headers: carry the user-facing header fields inside
+            (RFC 9788, L{smime.protect_headers}); with C{obscure_subject},
+            the Subject outside an encrypted message is C{[...]}.
         """
         if signer is None and not recipients:
             return message if isinstance(message, bytes) else message.join()
+        if protect_headers:
+            message = smime.protect_headers(message, encrypted=bool(recipients),
+                                            obscure_subject=obscure_subject)
         return await self._crypto.run(self._protect, message, signer, list(recipients),
                                       cipher, oaep, detached, pss)
 

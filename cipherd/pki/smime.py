@@ -591,9 +591,87 @@ def pgp_signed_part(message: bytes) -> bytes | None:
 def _rejoin(parts: Parts, entity: bytes) -> bytes:
     """
     The outer header fields of C{parts} around an unwrapped C{entity} (which
-    starts with its own Content-* fields).
+    starts with its own Content-* fields).  Header fields the entity carries
+    itself (RFC 9788 header protection: From, Subject, ... inside the
+    signature or encryption) take the place of the outer ones of the same
+    names, which may have been obscured or changed on the way.
     """
-    return MessagePieces(parts.outer_fields(), [entity]).join()
+    protected = {Parts._name(field) for field in _entity_fields(entity)
+                 if not _MIME_HEADER.match(Parts._name(field))}
+    outer = [field for field in parts.outer_fields() if Parts._name(field) not in protected]
+    return MessagePieces(outer, [entity]).join()
+
+
+_HEAD_LIMIT = 1 << 20
+
+
+def _entity_fields(entity: bytes) -> list[bytes]:
+    """
+    The header fields of an entity (with their folded lines), read from its
+    head alone.
+    """
+    end = entity.find(b"\r\n\r\n", 0, _HEAD_LIMIT)
+    if end < 0:
+        return []  # no header section: nothing protected to read
+    head = entity[: end + 2]
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        elif line:
+            fields.append(line)
+    return fields
+
+
+# RFC 9788 §2: the header fields an S/MIME message protects inside
+# (user-facing, not the transport's: never Received, Bcc, DKIM-Signature).
+PROTECTED_FIELDS = (b"from", b"sender", b"reply-to", b"to", b"cc", b"date", b"subject",
+                    b"message-id", b"in-reply-to", b"references", b"keywords", b"comments",
+                    b"followup-to", b"mail-followup-to")
+OBSCURED_SUBJECT = b"[...]"  # RFC 9788 §3.2.1
+
+
+def protect_headers(message: bytes | MessagePieces, *, encrypted: bool,
+                    obscure_subject: bool = False) -> MessagePieces:
+    """
+    Header protection (RFC 9788): the message's user-facing header fields
+    copied into its MIME entity, whose Content-Type says C{hp="cipher"}
+    (for a message to be encrypted) or C{hp="clear"} (signed only).  When
+    encrypted, C{HP-Outer} fields inside record what stays outside, and
+    with C{obscure_subject} the outer Subject becomes C{[...]}.
+    """
+    pieces = MessagePieces.of(message)
+    head, *rest = pieces.entity
+    fields = _entity_fields(bytes(head))
+    body_start = bytes(head).find(b"\r\n\r\n") + 4
+    protected = [field for field in pieces.outer if Parts._name(field) in PROTECTED_FIELDS]
+    outer = list(pieces.outer)
+    if encrypted and obscure_subject:
+        outer = [b"Subject: " + OBSCURED_SUBJECT if Parts._name(field) == b"subject"
+                 else field for field in outer]
+    hp = b"cipher" if encrypted else b"clear"
+    mime = [field + b'; hp="' + hp + b'"' if Parts._name(field) == b"content-type" else field
+            for field in fields if _MIME_HEADER.match(Parts._name(field))]
+    if not any(Parts._name(field) == b"content-type" for field in mime):
+        mime.insert(0, b'Content-Type: text/plain; charset=us-ascii; hp="' + hp + b'"')
+    hp_outer = [b"HP-Outer: " + field for field in outer
+                if Parts._name(field) in PROTECTED_FIELDS] if encrypted else []
+    new_head = b"\r\n".join([*mime, *protected, *hp_outer]) + b"\r\n\r\n"
+    return MessagePieces(outer, [new_head, memoryview(head)[body_start:], *rest])
+
+
+def header_protection(message: bytes) -> str | None:
+    """
+    The C{hp} parameter of a message's Content-Type (RFC 9788): C{"cipher"}
+    or C{"clear"} when the header fields inside are protected.
+    """
+    for field in Parts.split(message).mime_fields():
+        if Parts._name(field) == b"content-type":
+            for param in _split_params(field.partition(b":")[2].decode("ascii", "replace")):
+                key, _, value = param.partition("=")
+                if key.strip().lower() == "hp":
+                    return _unquote(value.strip()).lower() or None
+    return None
 
 
 @dataclass(frozen=True)
