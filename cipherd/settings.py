@@ -736,7 +736,8 @@ PROPERTIES: tuple[Property, ...] = (
     _P("smime_obscure_subject", "S/MIME obscure subject", Boolean(), False,
        "S/MIME mail the gateway encrypts carries its header fields inside, protected "
        "(RFC 9788). With this on, the Subject outside, which every server on the way reads, "
-       "becomes [...]; the recipient's client shows the real one from inside.",
+       "becomes [...]: clients that read protected header fields (RFC 9788) show "
+       "the real one, others show [...].",
        page="encryption", group="Methods"),
     _P("smime_remove_signature", "S/MIME remove signature", Boolean(), True,
        "Incoming S/MIME for internal recipients is delivered as plain MIME, its signatures "

@@ -50,6 +50,7 @@ from cipherd.pki.errors import (
     PKIError,
     UnsupportedAlgorithm,
 )
+from cipherd.pki.trust import Purpose, usage_problem
 from tests.peers import (
     GpgSM,
     Identity,
@@ -1164,6 +1165,17 @@ def test_ecdh_on_an_unsupported_curve_is_refused(pki: TestPKI) -> None:
                                  pki.carol.cert.not_valid_after_utc)
     with pytest.raises(UnsupportedAlgorithm, match="secp256k1"):
         cms.encrypt(CONTENT, [cert])
+    # ...and never chosen for encryption: the trust check says why.
+    assert usage_problem(cert, Purpose.ENCRYPTION) == (
+        "Its key is on the curve secp256k1, which cipherd cannot encrypt to (P-256, P-384, "
+        "P-521).")
+    assert usage_problem(pki.carol.cert, Purpose.ENCRYPTION) is None
+    assert usage_problem(cert, Purpose.SIGNING) is None
+
+
+def test_an_ed25519_certificate_is_not_chosen_for_encryption(erin: Identity) -> None:
+    assert usage_problem(erin.cert, Purpose.ENCRYPTION) == (
+        "Its key is of a kind cipherd cannot encrypt to (RSA or EC only).")
 
 
 def _auth_enveloped(pki: TestPKI, content: bytes, *, tag_length: int = 16,

@@ -9,6 +9,7 @@ opened, a PGP signature around S/MIME).
 
 from __future__ import annotations
 
+import base64
 import email
 import email.message
 import os
@@ -26,7 +27,7 @@ from twisted.internet.task import Clock
 
 from cipherd.core.envelope import Envelope
 from cipherd.mpa.gateway import Gateway
-from cipherd.pki import smime
+from cipherd.pki import cms, smime
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import MAX_LAYERS, PGP_SIGNED, OpenedLayers, SmimeEngine
 from cipherd.settings import Level, scope_for
@@ -368,6 +369,86 @@ def test_a_message_built_to_rfc_9788_is_shown_with_its_protected_fields(
     assert "X-Cipherd-Info-Layer-2: signed (opaque signed-data); removed" in header
     assert "X-Cipherd-Info-Layer-2-Signer-Trusted-0: True" in header
     assert delivered.endswith(b"Please review the Jones contract.\r\n")
+
+
+def _wrapped(kind: bytes, der: bytes, outer: bytes) -> bytes:
+    return (outer + b"MIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type="
+            + kind + b"; name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(der).replace(b"\n", b"\r\n"))
+
+
+OUTER = (b"Received: from mx.example.net by gw.example.com\r\n"
+         b"Authentication-Results: gw.example.com; dmarc=fail\r\n"
+         b"From: Alice@example.com\r\nTo: Bob@example.com\r\nSubject: [...]\r\n")
+
+
+def _signed_by_alice(entity: bytes) -> bytes:
+    key, cert = _nss_identity("Alice.p12")
+    return cms.sign(entity, cert, key, signing_time=NOW, detached=False)
+
+
+def _encrypted_to_bob(entity: bytes) -> bytes:
+    return cms.encrypt(entity, [_nss_identity("Bob.p12")[1]])
+
+
+def test_fields_are_believed_from_a_signed_payload_only_as_far_as_the_signer_goes(
+        bob: Bob) -> None:
+    entity = (b'Content-Type: text/plain; hp="cipher"\r\nFrom: ceo@example.com\r\n'
+              b"Subject: Wire the money today\r\nReceived: from nowhere\r\n"
+              b"Authentication-Results: gw.example.com; dmarc=pass\r\n"
+              b"HP-Outer: Subject: [...]\r\n\r\n" + TEXT + b"\r\n")
+    signed = _wrapped(b"signed-data", _signed_by_alice(entity), b"")
+    received = _wrapped(b"enveloped-data", _encrypted_to_bob(signed[signed.index(
+        b"Content-Type"):]), OUTER)
+    delivered = bob.deliver(received)
+    header = delivered[:delivered.index(b"\r\n\r\n") + 2].decode()
+    # Alice signed it, but not as the CEO: her From stays; the Subject she
+    # signed is shown; the transport's fields are the outer ones only.
+    assert "\r\nFrom: Alice@example.com\r\n" in header and "ceo@" not in header
+    assert "\r\nSubject: Wire the money today\r\n" in header and "[...]" not in header
+    assert "dmarc=fail" in header and "dmarc=pass" not in header
+    assert "from nowhere" not in header and "HP-Outer" not in header
+    assert ("X-Cipherd-Info-Header-Protection: hp=cipher; shown from inside: Subject; "
+            "the From inside is not the signer's address") in header
+
+
+def test_fields_of_a_layer_around_a_signed_message_are_not_believed(bob: Bob) -> None:
+    """
+    A message Alice signed, wrapped by someone else in an encryption whose
+    entity carries a From and Subject of their choosing: neither is shown,
+    and nothing from the wrapping reaches the outside.
+    """
+    signed = (NSS / "alice.sig.SHA256.opaque.eml").read_bytes()
+    inner = signed[signed.index(b"Content-Type"):]
+    forged = (b"From: ceo@example.com\r\nSubject: Wire the money today\r\n"
+              + inner.replace(b"smime-type=signed-data", b'smime-type=signed-data; hp="cipher"',
+                              1))
+    received = _wrapped(b"enveloped-data", _encrypted_to_bob(smime.canonicalize(forged)),
+                        OUTER)
+    opened = bob.open(received)
+    assert [layer.kind for layer in opened.layers] == ["enveloped-data", "signed-data"]
+    assert opened.layers[1].signature_valid
+    delivered = bob.deliver(received)
+    header = delivered[:delivered.index(b"\r\n\r\n") + 2].decode()
+    assert "ceo@" not in header and "Wire the money" not in header
+    assert "\r\nSubject: [...]\r\n" in header
+    assert "Header-Protection" not in header  # Alice's own content says no hp
+
+
+def test_protected_fields_under_an_untrusted_signature_are_not_shown(bob: Bob) -> None:
+    stranger = make_user("Alice@example.com", make_ca("Not the NSS test CA"))
+    entity = (b'Content-Type: text/plain; hp="clear"\r\nSubject: Believe me\r\n\r\n'
+              + TEXT + b"\r\n")
+    received = _wrapped(b"signed-data", cms.sign(entity, stranger.cert, stranger.key,
+                                                 signing_time=NOW, detached=False), OUTER)
+    opened = bob.open(received)
+    assert not opened.layers[0].signature_valid
+    # Not valid and trusted: the signature stays for the client, whatever
+    # S/MIME remove signature says, and nothing is taken from inside.
+    assert not opened.removes(True)
+    delivered = bob.deliver(received)
+    assert smime.classify(delivered).kind == "signed-data"
+    assert b"Believe me" not in delivered[:delivered.index(b"\r\n\r\n")]
 
 
 # A running appliance ----------------------------------------------------------------------

@@ -27,7 +27,7 @@ guide has them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -307,15 +307,20 @@ class Gateway:
                               []).append(recipient)
         made = []
         for remove, group in groups.items():
-            # What was inside the encryption may carry our fields too.
-            delivered = without_fields(opened.delivered(remove), INFO_PREFIX)
             fields = _info_fields(opened, remove)
-            if hp := smime.header_protection(delivered):
-                # RFC 9788: the protected fields are in place (see
-                # smime._rejoin); what was outside is of no more use.
-                delivered = without_fields(delivered, "HP-Outer")
-                fields.append((f"{INFO_PREFIX}Header-Protection",
-                               f"hp={hp}; the header fields shown are those protected inside"))
+            protection = opened.header_protection() if opened.removes(remove) else None
+            if protection is None:
+                delivered = opened.delivered(remove)
+            else:
+                # RFC 9788: the fields protected inside shown, as far as
+                # they are to be believed.
+                delivered = opened.protected_message(protection)
+                shown = ", ".join(sorted(name.decode().title() for name in protection.names))
+                fields.append((f"{INFO_PREFIX}Header-Protection", f"hp={protection.hp}; "
+                               f"shown from inside: {shown or 'none'}"
+                               + (f"; {protection.note}" if protection.note else "")))
+            # What was inside the encryption may carry our fields too.
+            delivered = without_fields(delivered, INFO_PREFIX)
             made.append((tuple(group), with_fields(delivered, fields)))
         return made
 
@@ -366,15 +371,23 @@ def _describe(layer: Layer, removed: bool) -> str:
 
 
 def _decryption_fields(prefix: str, result: DecryptedContent) -> list[tuple[str, str]]:
+    how = "key agreement" if result.key_transport.startswith("ECDH") else "key transport"
     return [(f"{prefix}Encryption-Algorithm",
-             f"{result.cipher.upper()}, key transport {result.key_transport}"),
+             f"{result.cipher.upper()}, {how} {result.key_transport}"),
             (f"{prefix}Decrypted-With", describe_name(result.certificate.subject)
              + "; SHA-256 " + result.certificate.fingerprint(hashes.SHA256()).hex())]
 
 
-def _signer_fields(prefix: str, signers: Iterable[SignerReport]) -> list[tuple[str, str]]:
+# Signers reported per layer: their number is the sender's to choose.
+MAX_SIGNERS_REPORTED = 8
+
+
+def _signer_fields(prefix: str, signers: Sequence[SignerReport]) -> list[tuple[str, str]]:
     fields = []
-    for i, signer in enumerate(signers):
+    if len(signers) > MAX_SIGNERS_REPORTED:
+        fields.append((f"{prefix}Signers", f"{len(signers)}, the first "
+                       f"{MAX_SIGNERS_REPORTED} reported"))
+    for i, signer in enumerate(signers[:MAX_SIGNERS_REPORTED]):
         fields += [(f"{prefix}Signer-{i}", signer.signer),
                    (f"{prefix}Signer-Verified-{i}", str(signer.check.valid)),
                    (f"{prefix}Signer-Trusted-{i}", str(signer.valid))]

@@ -454,9 +454,12 @@ def _verify_with(
             raise UnsupportedAlgorithm(f"signature algorithm {algorithm} with an EC key")
         public_key.verify(signature, data, ec.ECDSA(hash_cls()))
     elif isinstance(public_key, ed25519.Ed25519PublicKey):
-        # RFC 8419: PureEdDSA over the signed attributes (or the content).
+        # RFC 8419: PureEdDSA over the signed attributes (or the content),
+        # whose digest MUST be SHA-512 (§3.1).
         if algorithm != "ed25519":
             raise UnsupportedAlgorithm(f"signature algorithm {algorithm} with an Ed25519 key")
+        if hash_cls is not hashes.SHA512:
+            raise UnsupportedAlgorithm("an Ed25519 signature with a digest other than SHA-512")
         public_key.verify(signature, data)
     else:
         raise UnsupportedAlgorithm(f"{type(public_key).__name__} signer keys")
@@ -878,6 +881,7 @@ _EC_RECIPIENT = {
     "secp384r1": ("1.3.132.1.11.2", "2.16.840.1.101.3.4.1.45", 32),  # sha384, aes256-wrap
     "secp521r1": ("1.3.132.1.11.3", "2.16.840.1.101.3.4.1.45", 32),  # sha512, aes256-wrap
 }
+EC_RECIPIENT_CURVES = frozenset(_EC_RECIPIENT)
 _OID_EC_PUBLIC_KEY = core.ObjectIdentifier("1.2.840.10045.2.1").dump()
 
 

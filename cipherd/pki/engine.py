@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from email.utils import getaddresses
 
 from cryptography import x509
 
@@ -114,43 +115,146 @@ class Layer:
         return bool(self.signers) and all(s.valid for s in self.signers)
 
 
+# Fields naming who wrote the message: believed from inside only under
+# the signature of that address's certificate.
+ADDRESS_FIELDS = frozenset({b"from", b"sender", b"reply-to"})
+
+
+@dataclass(frozen=True)
+class HeaderProtection:
+    """
+    What L{OpenedLayers.header_protection} found.
+
+    @ivar hp: the payload's C{hp}: C{"cipher"} or C{"clear"}.
+    @ivar names: the header fields (lower case) shown from inside.
+    @ivar note: why some were not, if so.
+    """
+
+    hp: str
+    names: frozenset[bytes]
+    note: str = ""
+
+
 @dataclass(frozen=True)
 class OpenedLayers:
     """
     The result of L{SmimeEngine.open_layers}.
 
     @ivar layers: outermost first.
-    @ivar opened: the message with every layer opened (as far as they
-        could be).
-    @ivar kept: the message with the layers down to the innermost
-        decryption opened, the signatures inside it kept (as received when
-        nothing was decrypted).
+    @ivar received: the message as it came.
+    @ivar outer: the received message's own header fields (From, To, ...):
+        those of each layer's entity are not carried to the outside.
+    @ivar payload: the innermost entity reached (C{None} with no layers).
+    @ivar decrypted: the entity inside the innermost decryption (C{None}
+        when nothing was decrypted).
     """
 
     layers: tuple[Layer, ...]
-    opened: bytes
-    kept: bytes
+    received: bytes
+    outer: tuple[bytes, ...] = ()
+    payload: bytes | None = None
+    decrypted: bytes | None = None
 
     @property
     def complete(self) -> bool:
         return not any(layer.error for layer in self.layers)
 
+    @property
+    def opened(self) -> bytes:
+        """
+        The message with every layer opened (as far as they could be).
+        """
+        if self.payload is None:
+            return self.received
+        return smime.MessagePieces(list(self.outer), [self.payload]).join()
+
+    @property
+    def kept(self) -> bytes:
+        """
+        The message with the layers down to the innermost decryption
+        opened, the signatures inside it kept (as received when nothing was
+        decrypted).
+        """
+        if self.decrypted is None:
+            return self.received
+        return smime.MessagePieces(list(self.outer), [self.decrypted]).join()
+
+    @property
+    def _last_decryption(self) -> int:
+        return max((n for n, layer in enumerate(self.layers) if layer.decrypted is not None),
+                   default=-1)
+
+    def removes(self, remove_signatures: bool) -> bool:
+        """
+        Whether L{delivered} has every layer opened: when signatures are to
+        be removed, every layer could be opened, and each signature inside
+        the innermost encryption is valid and trusted (one that is not stays
+        for the reader's client to show, as does a PGP signature, which is
+        not checked here).
+        """
+        inside = self.layers[self._last_decryption + 1:]
+        return remove_signatures and self.complete and all(
+            layer.kind in SIGNED and layer.signature_valid for layer in inside)
+
     def delivered(self, remove_signatures: bool) -> bytes:
         """
-        What to deliver: every layer opened when they all could be and
-        signatures are removed; else the inner signatures kept for the
-        reader's client (a signature around encryption cannot be kept).
+        What to deliver: every layer opened (see L{removes}); else the
+        signatures inside the innermost encryption kept (a signature around
+        encryption cannot be kept).
         """
-        return self.opened if remove_signatures and self.complete else self.kept
+        return self.opened if self.removes(remove_signatures) else self.kept
+
+    def header_protection(self) -> HeaderProtection | None:
+        """
+        RFC 9788 for the payload, when every layer was opened and its
+        Content-Type says C{hp}: which of the header fields it carries may
+        take the place of the outer ones.  Only what a valid, trusted
+        signature covers directly is believed in full, and its From (Sender,
+        Reply-To) only when the signer's certificate is for that address;
+        inside encryption alone (C{hp="cipher"}), anyone could have written
+        the fields, so the addresses stay the outer ones, which the mail
+        servers on the way could check.
+        """
+        if self.payload is None or not self.complete:
+            return None
+        hp = smime.header_protection(self.payload)
+        if hp is None:
+            return None
+        carried = {smime.Parts._name(field): field
+                   for field in smime.protected_fields(self.payload)}
+        last = self.layers[-1]
+        allowed = set(smime.PROTECTED_FIELDS)
+        note = ""
+        if last.kind in SIGNED and last.signature_valid:
+            signers = {address for report in last.signers for address in report.emails}
+            from_field = carried.get(b"from", b"").partition(b":")[2].decode("ascii", "replace")
+            written = {address.lower() for _, address in getaddresses([from_field]) if address}
+            if b"from" in carried and not written <= signers:
+                allowed -= ADDRESS_FIELDS
+                note = "the From inside is not the signer's address: the outer one is kept"
+        elif last.decrypted is not None and hp == "cipher":
+            allowed -= ADDRESS_FIELDS
+        else:
+            allowed = set()
+            note = "not covered by a valid signature: the outer header fields are kept"
+        return HeaderProtection(hp, frozenset(name for name in carried if name in allowed),
+                                note)
+
+    def protected_message(self, protection: HeaderProtection) -> bytes:
+        """
+        L{opened}, the payload's header fields of C{protection} in place of
+        the outer ones and its other copies (C{HP-Outer}, ...) dropped.
+        """
+        assert self.payload is not None
+        return smime.with_protected_fields(self.outer, self.payload, protection.names)
 
     def removed(self, remove_signatures: bool) -> int:
         """
         How many of the layers, from the outside, L{delivered} no longer has.
         """
-        if remove_signatures and self.complete:
+        if self.removes(remove_signatures):
             return len(self.layers)
-        return max((n + 1 for n, layer in enumerate(self.layers)
-                    if layer.decrypted is not None), default=0)
+        return self._last_decryption + 1
 
 
 class SmimeEngine:
@@ -232,7 +336,8 @@ class SmimeEngine:
             kind = smime.classify(result.message).kind
         if kind in SIGNED:
             result.signed = True
-            result.message, signers = await self._verify(result.message)
+            verified, signers = await self._verify(result.message)
+            result.message = verified.message
             result.signers += signers
         return result
 
@@ -250,7 +355,8 @@ class SmimeEngine:
         same.
         """
         layers: list[Layer] = []
-        current = kept = message
+        current = message
+        payload = decrypted_entity = None
         keys: list[tuple[x509.Certificate, PrivateKey]] | None = None
         while True:
             kind = smime.classify(current).kind
@@ -263,7 +369,7 @@ class SmimeEngine:
                 break
             if inner is not None:
                 layers.append(Layer(PGP_SIGNED))
-                current = inner
+                current, payload = inner, smime.Parts.split(inner).entity()
                 continue
             try:
                 if kind in ENCRYPTED:
@@ -271,16 +377,21 @@ class SmimeEngine:
                         keys = await self._keys(decrypt_for)
                     decrypted = await self._crypto.run(smime.decrypt_message, current, keys)
                     layers.append(Layer(str(kind), decrypted=decrypted))
-                    current = kept = decrypted.message
+                    current, payload = decrypted.message, decrypted.entity
+                    decrypted_entity = payload
                 else:
-                    current, signers = await self._verify(current)
+                    verified, signers = await self._verify(current)
                     layers.append(Layer(str(kind), signers=tuple(signers)))
+                    current, payload = verified.message, verified.entity
             except (PKIError, ValueError) as e:
                 # ValueError: a structure, or a certificate in it, that
                 # cannot be read.
                 layers.append(Layer(str(kind), error=str(e) or type(e).__name__))
                 break
-        return OpenedLayers(tuple(layers), current, kept)
+        if not layers:
+            return OpenedLayers((), message)
+        outer = tuple(smime.Parts.split(message).outer_fields())
+        return OpenedLayers(tuple(layers), message, outer, payload, decrypted_entity)
 
     async def _keys(self, decrypt_for: Collection[str] | None
                     ) -> list[tuple[x509.Certificate, PrivateKey]]:
@@ -290,7 +401,8 @@ class SmimeEngine:
         wanted = {address.lower() for address in decrypt_for}
         return [(cert, key) for cert, key in keys if wanted.intersection(email_addresses(cert))]
 
-    async def _verify(self, signed: bytes) -> tuple[bytes, list[SignerReport]]:
+    async def _verify(self, signed: bytes
+                      ) -> tuple[smime.VerifiedMessage, list[SignerReport]]:
         """
         The content of a signed message and a report per signature, each
         signer's certificate checked for signing now.
@@ -311,7 +423,7 @@ class SmimeEngine:
                 verdict = await self._certificates.check(
                     check.certificate, Purpose.SIGNING, verified.result.certificates)
             reports.append(SignerReport(check, verdict))
-        return verified.message, reports
+        return verified, reports
 
     async def _stored_signers(self, checks: list[SignatureCheck]) -> list[x509.Certificate]:
         found: list[x509.Certificate] = []
@@ -323,4 +435,5 @@ class SmimeEngine:
         return found
 
 
-__all__ = ["Layer", "OpenedLayers", "OpenedMessage", "SignerReport", "SmimeEngine"]
+__all__ = ["HeaderProtection", "Layer", "OpenedLayers", "OpenedMessage", "SignerReport",
+           "SmimeEngine"]

@@ -18,7 +18,7 @@ import io
 import itertools
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import encoders
@@ -591,15 +591,9 @@ def pgp_signed_part(message: bytes) -> bytes | None:
 def _rejoin(parts: Parts, entity: bytes) -> bytes:
     """
     The outer header fields of C{parts} around an unwrapped C{entity} (which
-    starts with its own Content-* fields).  Header fields the entity carries
-    itself (RFC 9788 header protection: From, Subject, ... inside the
-    signature or encryption) take the place of the outer ones of the same
-    names, which may have been obscured or changed on the way.
+    starts with its own Content-* fields).
     """
-    protected = {Parts._name(field) for field in _entity_fields(entity)
-                 if not _MIME_HEADER.match(Parts._name(field))}
-    outer = [field for field in parts.outer_fields() if Parts._name(field) not in protected]
-    return MessagePieces(outer, [entity]).join()
+    return MessagePieces(parts.outer_fields(), [entity]).join()
 
 
 _HEAD_LIMIT = 1 << 20
@@ -610,17 +604,45 @@ def _entity_fields(entity: bytes) -> list[bytes]:
     The header fields of an entity (with their folded lines), read from its
     head alone.
     """
+    if entity.startswith(b"\r\n"):
+        return []  # no header fields at all: the body starts at once
     end = entity.find(b"\r\n\r\n", 0, _HEAD_LIMIT)
     if end < 0:
         return []  # no header section: nothing protected to read
-    head = entity[: end + 2]
     fields: list[bytes] = []
-    for line in head.split(b"\r\n"):
+    for line in entity[: end + 2].split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1] += b"\r\n" + line
         elif line:
             fields.append(line)
     return fields
+
+
+def protected_fields(entity: bytes) -> list[bytes]:
+    """
+    The header fields an entity carries besides its own Content-* ones:
+    under RFC 9788 header protection, the message's own (From, Subject, ...)
+    and C{HP-Outer}.
+    """
+    return [field for field in _entity_fields(entity)
+            if not _MIME_HEADER.match(Parts._name(field))]
+
+
+def with_protected_fields(outer: Sequence[bytes], entity: bytes,
+                          names: Collection[bytes]) -> bytes:
+    """
+    A message of C{outer}'s header fields and C{entity}, the entity's own
+    header fields of C{names} (lower case) taking the place of the outer
+    ones, and its other non-Content fields (C{HP-Outer}, ones not to be
+    believed) dropped.
+    """
+    fields = _entity_fields(entity)
+    start = entity.find(b"\r\n\r\n", 0, _HEAD_LIMIT) + 4 if fields else 0
+    inner = [field for field in fields if Parts._name(field) in names or (
+        _MIME_HEADER.match(Parts._name(field)) and Parts._name(field) != b"mime-version")]
+    kept = [field for field in outer if Parts._name(field) not in names]
+    head = b"\r\n".join(inner) + b"\r\n\r\n"
+    return MessagePieces(kept, [head, memoryview(entity)[start:]]).join()
 
 
 # RFC 9788 §2: the header fields an S/MIME message protects inside
@@ -629,6 +651,8 @@ PROTECTED_FIELDS = (b"from", b"sender", b"reply-to", b"to", b"cc", b"date", b"su
                     b"message-id", b"in-reply-to", b"references", b"keywords", b"comments",
                     b"followup-to", b"mail-followup-to")
 OBSCURED_SUBJECT = b"[...]"  # RFC 9788 §3.2.1
+# An hp parameter already there (a message protected before): replaced.
+_HP_PARAMETER = re.compile(rb'(?i);\s*hp\s*=\s*("[^"]*"|[^;\s]*)')
 
 
 def protect_headers(message: bytes | MessagePieces, *, encrypted: bool,
@@ -650,7 +674,8 @@ def protect_headers(message: bytes | MessagePieces, *, encrypted: bool,
         outer = [b"Subject: " + OBSCURED_SUBJECT if Parts._name(field) == b"subject"
                  else field for field in outer]
     hp = b"cipher" if encrypted else b"clear"
-    mime = [field + b'; hp="' + hp + b'"' if Parts._name(field) == b"content-type" else field
+    mime = [_HP_PARAMETER.sub(b"", field) + b'; hp="' + hp + b'"'
+            if Parts._name(field) == b"content-type" else field
             for field in fields if _MIME_HEADER.match(Parts._name(field))]
     if not any(Parts._name(field) == b"content-type" for field in mime):
         mime.insert(0, b'Content-Type: text/plain; charset=us-ascii; hp="' + hp + b'"')
@@ -670,7 +695,8 @@ def header_protection(message: bytes) -> str | None:
             for param in _split_params(field.partition(b":")[2].decode("ascii", "replace")):
                 key, _, value = param.partition("=")
                 if key.strip().lower() == "hp":
-                    return _unquote(value.strip()).lower() or None
+                    hp = _unquote(value.strip()).lower()
+                    return hp if hp in ("cipher", "clear") else None
     return None
 
 

@@ -22,9 +22,10 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
+from cipherd.pki import cms
 from cipherd.pki.certs import (
     describe_name,
     email_addresses,
@@ -279,12 +280,29 @@ def _name_constraints_problem(cert: x509.Certificate,
     return None
 
 
+def _public_key_of(cert: x509.Certificate) -> object:
+    try:
+        return cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return None
+
+
 def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
     """
     Why the key usage or extended key usage forbids C{purpose}, or C{None}.
+    For encryption, also a key cipherd cannot encrypt to (RSA, or EC on
+    the curves of L{cms.EC_RECIPIENT_CURVES}).
     """
     if purpose is Purpose.ANY:
         return None
+    if purpose is Purpose.ENCRYPTION:
+        key = _public_key_of(cert)
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            if key.curve.name not in cms.EC_RECIPIENT_CURVES:
+                return (f"Its key is on the curve {key.curve.name}, which cipherd cannot "
+                        "encrypt to (P-256, P-384, P-521).")
+        elif not isinstance(key, rsa.RSAPublicKey):
+            return "Its key is of a kind cipherd cannot encrypt to (RSA or EC only)."
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
@@ -292,7 +310,8 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
     if usage is not None:
         if purpose is Purpose.ENCRYPTION:
             # RFC 8550 §4.4.2: an EC key encrypts by key agreement.
-            if isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+            key = _public_key_of(cert)
+            if isinstance(key, ec.EllipticCurvePublicKey):
                 if not usage.key_agreement:
                     return "Its key usage does not allow encryption (keyAgreement)."
             elif not usage.key_encipherment:

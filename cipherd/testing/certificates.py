@@ -277,7 +277,11 @@ def many_certificates(
     public = key.public_key()
     key_id = x509.SubjectKeyIdentifier.from_public_key(public)
     authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
-    usage = x509.KeyUsage(True, False, True, False, False, False, False, False, False)
+    # digitalSignature and keyAgreement: an EC key encrypts by ECDH (RFC 8550).
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=True,
+                          key_cert_sign=False, crl_sign=False, encipher_only=False,
+                          decipher_only=False)
     made = []
     for n in range(first, first + count):
         address = f"user{n}@{domain}"
