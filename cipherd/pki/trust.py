@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -473,8 +474,144 @@ def check(
             return Verdict(False, problem, chain)
         chain.append(issuer)
         current = issuer
+    problem = policy_problem(chain[-2::-1])
+    if problem:
+        return Verdict(False, problem, chain)
     return Verdict(True, f"The certificate chains to the trusted root "
                          f"{describe_name(chain[-1].subject)}.", chain)
+
+
+# Certificate policies (RFC 5280 §6.1, with the initial inputs of an
+# S/MIME client: any policy acceptable, no explicit policy required,
+# mapping and anyPolicy not inhibited).
+ANY_POLICY = "2.5.29.32.0"
+
+
+@dataclass(eq=False)
+class _PolicyNode:
+    policy: str
+    expected: set[str]
+    parent: _PolicyNode | None
+    children: list[_PolicyNode] = field(default_factory=list)
+
+
+def _extension(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> Any:
+    try:
+        return cert.extensions.get_extension_for_oid(oid).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _policy_mappings(cert: x509.Certificate) -> list[tuple[str, str]]:
+    mappings = _extension(cert, ExtensionOID.POLICY_MAPPINGS)
+    if mappings is None:
+        return []
+    return [(m["issuer_domain_policy"].dotted, m["subject_domain_policy"].dotted)
+            for m in asn1_x509.PolicyMappings.load(mappings.value)]
+
+
+def _prune(levels: list[list[_PolicyNode]], depth: int) -> None:
+    """
+    RFC 5280 §6.1.3 (d)(3): nodes of depth C{depth} or less without
+    children go, until none is left.
+    """
+    for d in range(depth, -1, -1):
+        for node in [n for n in levels[d] if not n.children]:
+            levels[d].remove(node)
+            if node.parent is not None:
+                node.parent.children.remove(node)
+
+
+def policy_problem(path: Sequence[x509.Certificate]) -> str | None:
+    """
+    Why the certificate policies of C{path} (from the certificate the trust
+    anchor issued to the end entity; the anchor itself is not part of it)
+    make it invalid (RFC 5280 §6.1.2-6.1.5), or C{None}.
+    """
+    n = len(path)
+    levels: list[list[_PolicyNode]] | None = [[_PolicyNode(ANY_POLICY, {ANY_POLICY}, None)]]
+    explicit_policy = inhibit_any = policy_mapping = n + 1
+    for i, cert in enumerate(path, start=1):
+        what = describe_name(cert.subject)
+        policies = _extension(cert, ExtensionOID.CERTIFICATE_POLICIES)
+        self_issued = same_name(cert.subject, cert.issuer)
+        if levels is not None and policies is not None:
+            oids = [p.policy_identifier.dotted_string for p in policies]
+            previous, level = levels[i - 1], []
+            for oid in oids:  # (d)(1)
+                if oid == ANY_POLICY:
+                    continue
+                parents = [node for node in previous if oid in node.expected] or [
+                    node for node in previous if node.policy == ANY_POLICY]
+                for parent in parents:
+                    level.append(_PolicyNode(oid, {oid}, parent))
+                    parent.children.append(level[-1])
+            if ANY_POLICY in oids and (inhibit_any > 0 or (i < n and self_issued)):  # (d)(2)
+                for parent in previous:
+                    taken = {child.policy for child in parent.children}
+                    for oid in sorted(parent.expected - taken):
+                        level.append(_PolicyNode(oid, {oid}, parent))
+                        parent.children.append(level[-1])
+            levels.append(level)
+            _prune(levels, i - 1)  # (d)(3)
+            if not levels[0]:
+                levels = None
+        elif policies is None:
+            levels = None  # (e)
+        if explicit_policy == 0 and levels is None:  # (f)
+            return (f"No certificate policy is valid along the path at {what}, and a CA "
+                    "requires an explicit policy.")
+        if i == n:
+            break
+        # Preparation for the next certificate (§6.1.4).
+        mappings = _policy_mappings(cert)
+        if any(ANY_POLICY in pair for pair in mappings):  # (a)
+            return f"The policy mappings of {what} map anyPolicy, which is not allowed."
+        if levels is not None:  # (b)
+            for issuer_policy in dict.fromkeys(p for p, _ in mappings):
+                subjects = {s for p, s in mappings if p == issuer_policy}
+                nodes = [node for node in levels[i] if node.policy == issuer_policy]
+                if policy_mapping > 0:
+                    for node in nodes:
+                        node.expected = subjects
+                    if not nodes:
+                        for node in levels[i]:
+                            if node.policy == ANY_POLICY and node.parent is not None:
+                                child = _PolicyNode(issuer_policy, subjects, node.parent)
+                                node.parent.children.append(child)
+                                levels[i].append(child)
+                                break
+                else:
+                    for node in nodes:
+                        levels[i].remove(node)
+                        if node.parent is not None:
+                            node.parent.children.remove(node)
+                    _prune(levels, i - 1)
+                    if not levels[0]:
+                        levels = None
+                        break
+        if not self_issued:  # (h)
+            explicit_policy = max(explicit_policy - 1, 0)
+            policy_mapping = max(policy_mapping - 1, 0)
+            inhibit_any = max(inhibit_any - 1, 0)
+        constraints = _extension(cert, ExtensionOID.POLICY_CONSTRAINTS)
+        if constraints is not None:  # (i)
+            if constraints.require_explicit_policy is not None:
+                explicit_policy = min(explicit_policy, constraints.require_explicit_policy)
+            if constraints.inhibit_policy_mapping is not None:
+                policy_mapping = min(policy_mapping, constraints.inhibit_policy_mapping)
+        inhibit = _extension(cert, ExtensionOID.INHIBIT_ANY_POLICY)
+        if inhibit is not None:  # (j)
+            inhibit_any = min(inhibit_any, inhibit.skip_certs)
+    # Wrap-up (§6.1.5).
+    explicit_policy = max(explicit_policy - 1, 0)  # (a)
+    constraints = _extension(path[-1], ExtensionOID.POLICY_CONSTRAINTS) if path else None
+    if constraints is not None and constraints.require_explicit_policy == 0:  # (b)
+        explicit_policy = 0
+    if explicit_policy == 0 and levels is None:
+        return ("No certificate policy is valid along the path to the certificate, and a CA "
+                "requires an explicit policy.")
+    return None
 
 
 # The smallest step of a datetime: a certificate is valid up to and including
