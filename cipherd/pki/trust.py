@@ -564,7 +564,10 @@ def policy_problem(path: Sequence[x509.Certificate]) -> str | None:
         if i == n:
             break
         # Preparation for the next certificate (§6.1.4).
-        mappings = _policy_mappings(cert)
+        try:
+            mappings = _policy_mappings(cert)
+        except (ValueError, TypeError, KeyError):  # asn1crypto reads lazily
+            return f"The policy mappings of {what} cannot be read."
         if any(ANY_POLICY in pair for pair in mappings):  # (a)
             return f"The policy mappings of {what} map anyPolicy, which is not allowed."
         if levels is not None:  # (b)
