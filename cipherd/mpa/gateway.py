@@ -292,10 +292,11 @@ class Gateway:
         """
         content = without_fields(content, INFO_PREFIX)
         try:
-            kind = smime.classify(content).kind
+            smime_layer = (smime.classify(content).kind is not None
+                           or smime.pgp_signed_part(content) is not None)
         except PKIError:
-            kind = None
-        if kind is None and smime.pgp_signed_part(content) is None:
+            smime_layer = False
+        if not smime_layer:
             return [(recipients, content)]
         # Decrypted with its recipients' keys only.
         opened = await self._engine.open_layers(

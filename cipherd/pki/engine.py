@@ -359,8 +359,11 @@ class SmimeEngine:
         payload = decrypted_entity = None
         keys: list[tuple[x509.Certificate, PrivateKey]] | None = None
         while True:
-            kind = smime.classify(current).kind
-            inner = None if kind is not None else smime.pgp_signed_part(current)
+            try:
+                kind = smime.classify(current).kind
+                inner = None if kind is not None else smime.pgp_signed_part(current)
+            except PKIError:
+                break  # its header cannot be read as S/MIME: the content, as it is
             if kind is None and inner is None:
                 break
             if len(layers) == MAX_LAYERS:
