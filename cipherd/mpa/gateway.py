@@ -50,12 +50,10 @@ from cipherd.logs import mail_logger
 from cipherd.mpa import policy
 from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
-from cipherd.pki import smime
 from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.cms import DecryptedContent
 from cipherd.pki.engine import PGP_SIGNED, SIGNED, Layer, OpenedLayers, SignerReport, SmimeEngine
-from cipherd.pki.errors import PKIError
 from cipherd.settings import REGISTRY, IAddressSettings, InvalidValue
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.config import MTAConfig
@@ -291,16 +289,11 @@ class Gateway:
         group of them gets by its I{S/MIME remove signature} setting.
         """
         content = without_fields(content, INFO_PREFIX)
-        try:
-            smime_layer = (smime.classify(content).kind is not None
-                           or smime.pgp_signed_part(content) is not None)
-        except PKIError:
-            smime_layer = False
-        if not smime_layer:
-            return [(recipients, content)]
         # Decrypted with its recipients' keys only.
         opened = await self._engine.open_layers(
             content, decrypt_for=[canonical[r] for r in recipients])
+        if not opened.layers:
+            return [(recipients, content)]  # not S/MIME
         _log_layers(envelope, opened)
         groups: dict[bool, list[str]] = {}
         for recipient in recipients:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cipherd.pki.cms import PRIVATE_KEY_TYPES, PrivateKey
+from cipherd.pki.cms import PrivateKey
 from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.memo import PARSED_OVERHEAD, small_lru
 
@@ -184,7 +184,7 @@ class ImportBundle:
 def _usable_key(key: object) -> PrivateKey | None:
     # RSA, EC and Ed25519 (RFC 8419 signing); not Ed448 (its SHAKE256
     # digest is not supported) nor DSA.
-    if isinstance(key, PRIVATE_KEY_TYPES):
+    if isinstance(key, PrivateKey):
         return key
     return None
 

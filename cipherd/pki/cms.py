@@ -42,7 +42,6 @@ from cipherd.pki.errors import (
 from cipherd.pki.memo import bytes_size, certificate_size, small_lru
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-PRIVATE_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
@@ -898,10 +897,9 @@ def _key_agreement_der(cert: x509.Certificate, public_key: ec.EllipticCurvePubli
             "supported (P-256, P-384, P-521).")
     scheme, wrap, size = _EC_RECIPIENT[public_key.curve.name]
     ephemeral = ec.generate_private_key(public_key.curve)
-    shared = ephemeral.exchange(ec.ECDH(), public_key)
     wrap_der = _tlv(0x30, core.ObjectIdentifier(wrap).dump())
-    shared_info = _tlv(0x30, wrap_der, _tlv(0xA2, _tlv(0x04, (size * 8).to_bytes(4, "big"))))
-    kek = X963KDF(_HASHES[_KEY_AGREEMENT[scheme]](), size, shared_info).derive(shared)
+    kek = _ecdh_kek(ephemeral.exchange(ec.ECDH(), public_key), _KEY_AGREEMENT[scheme],
+                    wrap_der, size)
     point = ephemeral.public_key().public_bytes(serialization.Encoding.X962,
                                                 serialization.PublicFormat.UncompressedPoint)
     originator = _tlv(0xA0, _tlv(0xA1, _tlv(0x30, _OID_EC_PUBLIC_KEY),
@@ -1507,16 +1505,24 @@ class _KeyAgreement:
                                        "supported (only ephemeral-static ECDH).")
         point = originator.chosen["public_key"].native
         ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, point)
-        shared = key.exchange(ec.ECDH(), ephemeral)
         ukm = self.info["ukm"]
-        size = _KEY_WRAP_SIZES[wrap]
-        # ECC-CMS-SharedInfo (RFC 5753 §7.2): keyInfo, entityUInfo [0]
-        # (the UKM, if any), suppPubInfo [2] (the KEK's length in bits).
-        entity_info = b"" if isinstance(ukm, core.Void) else _tlv(0xA0, _tlv(0x04, ukm.native))
-        shared_info = _tlv(0x30, wrap_der, entity_info,
-                           _tlv(0xA2, _tlv(0x04, (size * 8).to_bytes(4, "big"))))
-        kek = X963KDF(_HASHES[hash_name](), size, shared_info).derive(shared)
+        kek = _ecdh_kek(key.exchange(ec.ECDH(), ephemeral), hash_name, wrap_der,
+                        _KEY_WRAP_SIZES[wrap], None if isinstance(ukm, core.Void) else ukm.native)
         return keywrap.aes_key_unwrap(kek, self.encrypted_key)
+
+
+def _ecdh_kek(shared: bytes, hash_name: str, wrap_der: bytes, size: int,
+              ukm: bytes | None = None) -> bytes:
+    """
+    The key-encryption key of an ECDH recipient (RFC 5753 §3.1.2): the
+    shared secret through the X9.63 KDF with the ECC-CMS-SharedInfo (§7.2)
+    of keyInfo (the key wrap algorithm), entityUInfo [0] (the UKM, if any)
+    and suppPubInfo [2] (the KEK's length in bits).
+    """
+    entity_info = b"" if ukm is None else _tlv(0xA0, _tlv(0x04, ukm))
+    shared_info = _tlv(0x30, wrap_der, entity_info,
+                       _tlv(0xA2, _tlv(0x04, (size * 8).to_bytes(4, "big"))))
+    return X963KDF(_HASHES[hash_name](), size, shared_info).derive(shared)
 
 
 def _key_agreement_for(recipient: Any, keys: Sequence[tuple[x509.Certificate, PrivateKey]]

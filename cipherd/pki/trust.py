@@ -296,8 +296,8 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
     """
     if purpose is Purpose.ANY:
         return None
+    key = _public_key_of(cert) if purpose is Purpose.ENCRYPTION else None
     if purpose is Purpose.ENCRYPTION:
-        key = _public_key_of(cert)
         if isinstance(key, ec.EllipticCurvePublicKey):
             if key.curve.name not in cms.EC_RECIPIENT_CURVES:
                 return (f"Its key is on the curve {key.curve.name}, which cipherd cannot "
@@ -311,7 +311,6 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
     if usage is not None:
         if purpose is Purpose.ENCRYPTION:
             # RFC 8550 §4.4.2: an EC key encrypts by key agreement.
-            key = _public_key_of(cert)
             if isinstance(key, ec.EllipticCurvePublicKey):
                 if not usage.key_agreement:
                     return "Its key usage does not allow encryption (keyAgreement)."
