@@ -741,9 +741,10 @@ PROPERTIES: tuple[Property, ...] = (
        page="encryption", group="Methods"),
     _P("smime_remove_signature", "S/MIME remove signature", Boolean(), True,
        "Incoming S/MIME for internal recipients is delivered as plain MIME, its signatures "
-       "verified and removed (what was found is in the X-Cipherd-Info fields). Off: a "
-       "signature inside the encryption, or of an unencrypted message, stays for the "
-       "reader's mail client. A signature around the encryption is always removed.",
+       "verified and, when valid and trusted, removed (what was found is in the "
+       "X-Cipherd-Info fields; one that is not stays for the reader's mail client to show). "
+       "Off: a signature inside the encryption, or of an unencrypted message, always stays. "
+       "A signature around the encryption is always removed.",
        page="encryption", group="Methods"),
     # The portal (the recipient's side in the browser).
     _P("webmail_totp_required", "Second factor required", Boolean(), False,
