@@ -41,6 +41,7 @@ from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.ocsp import ocsp_client
 from cipherd.pki.sitetls import SiteTLS
 from cipherd.settings import GLOBAL, PROPERTIES
 from cipherd.smtp.config import MTAConfigSource
@@ -263,7 +264,8 @@ def build_worker(config: Config, reactor: Any
     root = MultiService()
     store, _, crypto_runner, auth_runner = _store_and_pools(config, reactor, root)
     settings = SettingsRepository(store, reactor)
-    certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
+    certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner,
+                                    ocsp_client(reactor))
     mta = MTAConfigSource(store)
     processor = processing(settings, certificates, crypto_runner,
                            Mailboxes(store, message_key(read_kek(data))),
@@ -314,7 +316,8 @@ def make_service(config: Config, reactor: Any) -> IService:
             f"The certificate is named in the bootstrap file ([tls] certificate = "
             f"{str(config.tls_certificate)!r}); replace that file, or remove the setting to "
             "upload one here, and restart."))
-    certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner)
+    certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner,
+                                    ocsp_client(reactor))
     queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
     mailboxes = Mailboxes(store, message_key(read_kek(data)))
     accounts = Accounts(store, reactor, auth_runner)

@@ -746,6 +746,16 @@ PROPERTIES: tuple[Property, ...] = (
        "Off: a signature inside the encryption, or of an unencrypted message, always stays. "
        "A signature around the encryption is always removed.",
        page="encryption", group="Methods"),
+    _P("smime_revocation_unknown", "S/MIME revocation unknown",
+       Choice((("fail open", "Fail open: use the certificate"),
+               ("fail closed", "Fail closed: refuse the certificate"))), "fail open",
+       "What a certificate of this domain's (or user's) addresses is worth when neither a "
+       "current CRL nor its OCSP responder says whether it, or a CA above it, was revoked: "
+       "the responder cannot be reached, does not know it, or the CRL is missing or out of "
+       "date. A certificate known to be revoked is always refused. Applies to recipients' "
+       "certificates when encrypting, senders' when verifying a signature, and our own "
+       "when signing.",
+       page="encryption", group="Methods"),
     # The portal (the recipient's side in the browser).
     _P("webmail_totp_required", "Second factor required", Boolean(), False,
        "Recipients must use a one-time code from an authenticator app (TOTP) as well as "

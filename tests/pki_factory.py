@@ -108,6 +108,7 @@ def make_user(
     not_before: datetime = START, not_after: datetime = END,
     key_usage: dict[str, bool] | None = None, eku: list[x509.ObjectIdentifier] | None = None,
     san: bool = True, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None = None,
+    extra: list[tuple[x509.ExtensionType, bool]] = (),
 ) -> Identity:
     key = key or rsa_key()
     subject = _name(email.split("@")[0].title(), email)
@@ -134,6 +135,8 @@ def make_user(
         builder = builder.add_extension(x509.KeyUsage(**flags), critical=True)
     if eku is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    for extension, critical in extra:
+        builder = builder.add_extension(extension, critical=critical)
     signer = issuer.key if issuer else key
     return Identity(builder.sign(signer, hashes.SHA256()), key)
 

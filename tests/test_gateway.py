@@ -26,13 +26,15 @@ from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, read_tunnel, tunnel
 from cipherd.pki import smime
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
-from cipherd.pki.trust import CTLStatus
+from cipherd.pki.ocsp import IOCSPClient
+from cipherd.pki.trust import CTLStatus, OCSPAnswer, OCSPStatus, ocsp_key
 from cipherd.settings import GLOBAL, Level, scope_for
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.processing import IMessageProcessor, ProcessingResult
 from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import RecordingSubmission, SynchronousRunner, migrated_store, result_of
+from cipherd.testing.certificates import MemoryOCSPClient
 from tests.pki_factory import EMAIL_EKU, START, make_ca, make_user
 
 NOW = START + timedelta(days=10)
@@ -57,13 +59,13 @@ def pki() -> dict[str, Any]:
 
 
 class World:
-    def __init__(self, pki: dict[str, Any]) -> None:
+    def __init__(self, pki: dict[str, Any], ocsp: IOCSPClient | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(NOW.timestamp())
         store = migrated_store()
         self.settings = SettingsRepository(store, self.clock)
         self.certificates = CertificateStore(store, self.clock, os.urandom(32),
-                                             SynchronousRunner())
+                                             SynchronousRunner(), ocsp)
         self.engine = SmimeEngine(self.certificates, SynchronousRunner())
         result_of(self.certificates.import_data(pki["root"].pem(), store=ROOTS))
         for name in ("alice", "bob", "carol"):
@@ -333,6 +335,36 @@ def test_the_signature_scheme_is_the_senders_setting(world: World, scheme: str,
     opened = result_of(world.engine.open(parts[("bob@partner.example",)].content))
     assert opened.decrypted is not None and opened.signature_valid
     assert _signature_algorithm(opened.decrypted.message) == algorithm
+
+
+@pytest.mark.parametrize("status", [OCSPStatus.UNAVAILABLE, OCSPStatus.UNKNOWN,
+                                    OCSPStatus.REVOKED])
+def test_revocation_unknown_is_the_recipients_domain_setting(
+        pki: dict[str, Any], status: OCSPStatus) -> None:
+    """
+    Bob's responder cannot say (or says revoked): failing open, his
+    certificate is used unless revoked; with I{S/MIME revocation unknown}
+    = fail closed for his domain it is not, and mandatory encryption
+    without another method bounces.
+    """
+    answer = OCSPAnswer(status, "http://ocsp.example/", reason="the OCSP responder "
+                        "http://ocsp.example/ could not be reached (ConnectionRefusedError)",
+                        revoked_at=NOW - timedelta(days=1))
+    ocsp = MemoryOCSPClient({ocsp_key(pki["bob"].cert, pki["root"].cert): answer})
+    world = World(pki, ocsp)
+    world.set(GLOBAL, encrypt_mode="mandatory")
+    sent = world.process("bob@partner.example")[("bob@partner.example",)]
+    assert ocsp.asked
+    if status is OCSPStatus.REVOKED:
+        assert sent.outcome is not None and sent.outcome.status == "bounced"
+        return
+    assert smime.classify(sent.content).kind == "enveloped-data"
+    world.domain("partner.example", smime_revocation_unknown="fail closed")
+    refused = world.process("bob@partner.example")[("bob@partner.example",)]
+    assert refused.outcome is not None and refused.outcome.status == "bounced"
+    # Failing open again: used again.
+    world.domain("partner.example", smime_revocation_unknown="fail open")
+    assert world.process("bob@partner.example")[("bob@partner.example",)].outcome is None
 
 
 def test_an_ed25519_sender_signs_with_ed25519(world: World, pki: dict[str, Any]) -> None:

@@ -7,11 +7,14 @@ by the S/MIME engine and its signer judged for signing.
 Each C{SignedValid...} message must pass and each C{SignedInvalid...} must
 fail, except for the deviations listed below, each for a stated reason; the
 test fails when the list is wrong in either direction, so an improvement
-shows up as well as a regression.
+shows up as well as a regression.  It is run with revocation failing open
+(the default) and failing closed, and compared with C{openssl verify} on
+the same paths.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import warnings
 from datetime import UTC, datetime
@@ -25,6 +28,7 @@ from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.errors import PKIError
 from cipherd.store.certificates import ROOTS
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
+from tests import peers
 
 CORPUS = Path(os.environ.get(
     "CIPHERD_SMIME_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
@@ -33,8 +37,8 @@ PKITS = CORPUS / "smime-pkits"
 # revocation dates.
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 
-# Revocation is soft-fail: a certificate whose issuer has no usable CRL here
-# (none imported, or the CRL was refused at import: wrong signer, stale-only
+# Failing open: a certificate whose issuer has no usable CRL here (none
+# imported, or the CRL was refused at import: wrong signer, stale-only
 # partial, delta or distribution-point CRLs, unknown critical extensions) is
 # not treated as revoked.  PKITS expects "status unknown" to fail.
 NO_USABLE_CRL = {
@@ -62,6 +66,26 @@ DELTA_CRLS = {"SignedValiddeltaCRLTest5"}
 DSA = {"SignedValidDSASignaturesTest4", "SignedValidDSAParameterInheritanceTest5"}
 KNOWN_DEVIATIONS = NO_USABLE_CRL | DELTA_CRLS | DSA
 
+# Failing closed, those are refused as PKITS expects; what remains: CRLs
+# that cover part of their issuer's certificates (issuing distribution
+# points, indirect CRLs) are refused at import, so the certificates they
+# cover have no status.
+PARTITIONED_CRLS = {
+    "SignedValidIDPwithindirectCRLTest22", "SignedValidIDPwithindirectCRLTest24",
+    "SignedValidIDPwithindirectCRLTest25", "SignedValidcRLIssuerTest28",
+    "SignedValidcRLIssuerTest29", "SignedValidcRLIssuerTest30", "SignedValidcRLIssuerTest33",
+    "SignedValiddistributionPointTest1", "SignedValiddistributionPointTest4",
+    "SignedValiddistributionPointTest5", "SignedValiddistributionPointTest7",
+    "SignedValidonlyContainsCACertsCRLTest13", "SignedValidonlySomeReasonsTest18",
+    "SignedValidonlySomeReasonsTest19",
+}
+# ... and a revocation only a delta CRL lists is not seen.
+FAIL_CLOSED_DEVIATIONS = (PARTITIONED_CRLS | DELTA_CRLS | DSA
+                          | {"SignedInvaliddeltaCRLTest4"})
+
+CASES = sorted(p for p in (PKITS / "smime").glob("*.eml")
+               if p.name.startswith(("SignedValid", "SignedInvalid")))
+
 
 @pytest.fixture(scope="module")
 def engine() -> SmimeEngine:
@@ -83,30 +107,90 @@ def engine() -> SmimeEngine:
     return SmimeEngine(store, SynchronousRunner())
 
 
-def _outcome(engine: SmimeEngine, path: Path) -> tuple[bool, str]:
+def _outcome(engine: SmimeEngine, path: Path, *, fail_closed: bool = False
+             ) -> tuple[bool, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            opened = result_of(engine.open(path.read_bytes()))
+            opened = result_of(engine.open(path.read_bytes(), fail_closed=fail_closed))
         except PKIError as e:
             return False, str(e)
     [signer] = opened.signers
     return signer.valid, signer.reason
 
 
-def test_pkits_matches_except_for_the_stated_deviations(engine: SmimeEngine) -> None:
-    cases = sorted(p for p in (PKITS / "smime").glob("*.eml")
-                   if p.name.startswith(("SignedValid", "SignedInvalid")))
-    assert len(cases) == 202
+def _deviations(engine: SmimeEngine, *, fail_closed: bool) -> dict[str, str]:
+    assert len(CASES) == 202
     deviations = {}
-    for path in cases:
-        valid, reason = _outcome(engine, path)
+    for path in CASES:
+        valid, reason = _outcome(engine, path, fail_closed=fail_closed)
         if valid != path.name.startswith("SignedValid"):
             deviations[path.stem] = reason
-    assert set(deviations) == KNOWN_DEVIATIONS, {
-        "unexpected": {k: v for k, v in deviations.items() if k not in KNOWN_DEVIATIONS},
-        "now right": sorted(KNOWN_DEVIATIONS - set(deviations)),
+    return deviations
+
+
+@pytest.mark.parametrize(("fail_closed", "known"), [(False, KNOWN_DEVIATIONS),
+                                                    (True, FAIL_CLOSED_DEVIATIONS)])
+def test_pkits_matches_except_for_the_stated_deviations(
+        engine: SmimeEngine, fail_closed: bool, known: set[str]) -> None:
+    deviations = _deviations(engine, fail_closed=fail_closed)
+    assert set(deviations) == known, {
+        "unexpected": {k: v for k, v in deviations.items() if k not in known},
+        "now right": sorted(known - set(deviations)),
     }
+
+
+def _pem(label: bytes, path: Path) -> bytes:
+    body = base64.encodebytes(path.read_bytes())
+    return b"-----BEGIN " + label + b"-----\n" + body + b"-----END " + label + b"-----\n"
+
+
+def _openssl_right(tmp_path: Path, revocation: str) -> int:
+    """
+    How many PKITS verdicts C{openssl verify} gets right on the signers of
+    the same messages, with policy checking, strict X.509 and
+    C{revocation} (C{-crl_check}: the end entity's CRL; C{-crl_check_all}:
+    every certificate's), both failing closed.
+    """
+    untrusted = tmp_path / "untrusted.pem"
+    crls = tmp_path / "crls.pem"
+    anchor = tmp_path / "anchor.pem"
+    if not anchor.exists():
+        untrusted.write_bytes(b"".join(
+            _pem(b"CERTIFICATE", path) for path in sorted((PKITS / "certs").glob("*.crt"))
+            if path.name != "TrustAnchorRootCertificate.crt"))
+        crls.write_bytes(b"".join(_pem(b"X509 CRL", path)
+                                  for path in sorted((PKITS / "crls").glob("*.crl"))))
+        anchor.write_bytes(_pem(b"CERTIFICATE",
+                                PKITS / "certs" / "TrustAnchorRootCertificate.crt"))
+    signers = {}
+    for path in CASES:
+        signer = tmp_path / f"{path.stem}.pem"
+        if not signer.exists():
+            peers.run(["openssl", "cms", "-verify", "-noverify", "-in", path, "-signer", signer,
+                       "-out", os.devnull], check=False)
+        if signer.exists():
+            signers[path.stem] = signer
+    # One run for every signer: "<file>: OK" for each that verifies.
+    verified = peers.run(
+        ["openssl", "verify", "-CAfile", anchor, "-untrusted", untrusted, "-CRLfile", crls,
+         revocation, "-policy_check", "-x509_strict", "-purpose", "any",
+         "-attime", str(int(NOW.timestamp())), *signers.values()], check=False)
+    accepted = {line[:-len(": OK")] for line in verified.stdout.decode().splitlines()
+                if line.endswith(": OK")}
+    return sum((str(signers.get(path.stem)) in accepted) == path.name.startswith("SignedValid")
+               for path in CASES)
+
+
+def test_pkits_at_least_as_many_verdicts_as_openssl(engine: SmimeEngine,
+                                                    tmp_path: Path) -> None:
+    peers.require_tool("openssl")
+    ours = len(CASES) - len(_deviations(engine, fail_closed=True))
+    theirs = {flag: _openssl_right(tmp_path, flag) for flag in ("-crl_check",
+                                                                "-crl_check_all")}
+    print(f"PKITS verdicts right of {len(CASES)}: cipherd failing closed {ours}, openssl "
+          + ", ".join(f"{flag} {n}" for flag, n in theirs.items()))
+    assert ours >= max(theirs.values()), theirs
 
 
 @pytest.mark.parametrize(("name", "reason"), [

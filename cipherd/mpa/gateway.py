@@ -124,10 +124,12 @@ class Gateway:
             facts = policy.Facts(recipient, sender_settings, known[recipient],
                                  receive.relay_domain(canonical[recipient]), trigger)
             if policy.needs_certificates(facts):
-                found = await self._certificates.encryption_certificates(canonical[recipient])
+                found = await self._certificates.encryption_certificates(
+                    canonical[recipient], fail_closed=_fails_closed(known[recipient]))
                 certificates[recipient] = found
                 if found and not signer_looked_up and sender_settings["smime_sign"]:
-                    signer = await self._certificates.signing_identity(envelope.sender)
+                    signer = await self._certificates.signing_identity(
+                        envelope.sender, fail_closed=_fails_closed(sender_settings))
                     signer_looked_up = True
                 facts = replace(facts, certificates=tuple(found), can_sign=signer is not None)
             decision = policy.decide(facts)
@@ -289,9 +291,11 @@ class Gateway:
         group of them gets by its I{S/MIME remove signature} setting.
         """
         content = without_fields(content, INFO_PREFIX)
-        # Decrypted with its recipients' keys only.
+        # Decrypted with its recipients' keys only; signatures judged as
+        # the sender's domain says.
         opened = await self._engine.open_layers(
-            content, decrypt_for=[canonical[r] for r in recipients])
+            content, decrypt_for=[canonical[r] for r in recipients],
+            fail_closed=_fails_closed(known[envelope.sender]))
         if not opened.layers:
             return [(recipients, content)]  # not S/MIME
         _log_layers(envelope, opened)
@@ -317,6 +321,10 @@ class Gateway:
             delivered = without_fields(delivered, INFO_PREFIX)
             made.append((tuple(group), with_fields(delivered, fields)))
         return made
+
+
+def _fails_closed(settings: Mapping[str, Any]) -> bool:
+    return bool(settings["smime_revocation_unknown"] == "fail closed")
 
 
 def _info_fields(opened: OpenedLayers, remove: bool) -> list[tuple[str, str]]:

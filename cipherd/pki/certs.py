@@ -92,16 +92,29 @@ def _signature_verifies(cert: x509.Certificate, key: Any) -> bool:
     """
     try:
         parameters = cert.signature_algorithm_parameters
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return signature_verifies(key, cert.signature, cert.tbs_certificate_bytes, parameters,
+                              cert.signature_hash_algorithm)
+
+
+def signature_verifies(key: Any, signature: bytes, data: bytes, parameters: Any,
+                       hash_algorithm: Any) -> bool:
+    """
+    C{signature} over C{data} verifies with public key C{key}.
+
+    @param parameters: as cryptography's C{signature_algorithm_parameters}
+        give them (the RSA padding, or the ECDSA algorithm).
+    """
+    try:
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, parameters,  # type: ignore[arg-type]
-                       cert.signature_hash_algorithm)  # type: ignore[arg-type]
+            key.verify(signature, data, parameters, hash_algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes, parameters)  # type: ignore[arg-type]
+            key.verify(signature, data, parameters)
         elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-            key.verify(cert.signature, cert.tbs_certificate_bytes)
+            key.verify(signature, data)
         elif isinstance(key, dsa.DSAPublicKey):
-            key.verify(cert.signature, cert.tbs_certificate_bytes,
-                       cert.signature_hash_algorithm)  # type: ignore[arg-type]
+            key.verify(signature, data, hash_algorithm)
         else:
             return False
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):

@@ -33,6 +33,7 @@ from cipherd.core.clock import utc_from_seconds
 from cipherd.pki import certs
 from cipherd.pki.cms import PrivateKey
 from cipherd.pki.keywrap import KeyUnsealError, seal_key, unseal_key
+from cipherd.pki.ocsp import IOCSPClient
 from cipherd.pki.trust import (
     CTLStatus,
     Purpose,
@@ -40,6 +41,7 @@ from cipherd.pki.trust import (
     Verdict,
     check,
     crl_check,
+    ocsp_key,
     steady_interval,
 )
 from cipherd.store import Store
@@ -362,25 +364,32 @@ class ICertificateStore(Interface):
         """
 
     async def check(cert: x509.Certificate, purpose: Purpose,
-                    extra: Iterable[x509.Certificate] = ()) -> Verdict:
+                    extra: Iterable[x509.Certificate] = (), *,
+                    fail_closed: bool = False) -> Verdict:
         """
         @param extra: as for L{trust_context}.
+        @param fail_closed: refuse a certificate on the path whose
+            revocation status is unknown (no current CRL, no OCSP answer).
         @return: L{cipherd.pki.trust.check} of C{cert} for C{purpose} at
-            L{now} against L{trust_context}, with its reason.
+            L{now} against L{trust_context}, with its reason; with the OCSP
+            answers of the responders the path's certificates name.
         """
 
     # Selection: what processing asks for every message -------------------------
 
-    async def encryption_certificates(email: str) -> list[x509.Certificate]:
+    async def encryption_certificates(email: str, *, fail_closed: bool = False
+                                      ) -> list[x509.Certificate]:
         """
+        @param fail_closed: as for L{check}.
         @return: the certificates for C{email} valid and trusted for
             encryption now, latest expiry first (empty: none).
         """
 
     async def signing_identity(
-        email: str,
+        email: str, *, fail_closed: bool = False,
     ) -> tuple[x509.Certificate, PrivateKey, list[x509.Certificate]] | None:
         """
+        @param fail_closed: as for L{check}.
         @return: the first certificate for C{email}, latest expiry first,
             that is valid and trusted for signing and whose private key this
             node can open: C{(certificate, key, chain above it up to its
@@ -545,17 +554,25 @@ class CertificateStore:
     Parsed certificates never go stale (a thumbprint names its DER).  What a
     read returns is kept only if nothing changed while it was being read.
 
+    OCSP answers are asked for, after a path is found, for each certificate
+    on it that names a responder (L{IOCSPClient} keeps them until their
+    nextUpdate); a verdict made with answers is kept under those answers.
+
     @param kek: the key-encryption key for private keys at rest.
     @param crypto: where key generation and other CPU-heavy work runs.
+    @param ocsp: where OCSP answers come from (C{None}: revocation by CRLs
+        only).
     """
 
     def __init__(
-        self, store: Store, clock: IReactorTime, kek: bytes, crypto: IBlockingRunner
+        self, store: Store, clock: IReactorTime, kek: bytes, crypto: IBlockingRunner,
+        ocsp: IOCSPClient | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._kek = kek
         self._crypto = crypto
+        self._ocsp = ocsp
         # What is kept belongs to one epoch; every forgetting starts another,
         # and a read begun in an earlier epoch is not kept.
         self._epoch = 0
@@ -818,6 +835,8 @@ class CertificateStore:
         key: tuple[Any, ...] = (thumbprint or certs.thumbprint(cert), purpose)
         if extra:
             key += tuple(sorted({certs.thumbprint(c) for c in extra}))
+        if context.fail_closed or context.ocsp:
+            key += (context.fail_closed, *sorted(context.ocsp.items(), key=lambda kv: kv[0]))
         remembered = self._verdicts.get(key)
         if remembered is not None and remembered.holds_at(now):
             return remembered.verdict
@@ -828,26 +847,53 @@ class CertificateStore:
             self._verdicts.put(key, _Remembered(verdict, *steady_interval(cert, now, context)))
         return verdict
 
+    async def _judged(self, cert: x509.Certificate, purpose: Purpose, context: TrustContext,
+                      keep: bool, thumbprint: str | None = None,
+                      extra: list[x509.Certificate] | None = None,
+                      fail_closed: bool = False) -> Verdict:
+        """
+        L{_verdict}, with the OCSP answers for the path and C{fail_closed}.
+
+        The path is found first without them: an answer can only refuse a
+        path, never make another one, and failing closed only refuses more.
+        """
+        verdict = self._verdict(cert, purpose, context, keep, thumbprint, extra)
+        if not verdict.valid or len(verdict.chain) < 2 or (self._ocsp is None
+                                                           and not fail_closed):
+            return verdict
+        answers = {}
+        if self._ocsp is not None:
+            for below, above in zip(verdict.chain, verdict.chain[1:], strict=False):
+                answer = await self._ocsp.status(below, above)
+                if answer is not None:
+                    answers[ocsp_key(below, above)] = answer
+        if not answers and not fail_closed:
+            return verdict
+        return self._verdict(cert, purpose, context.with_revocation(answers, fail_closed),
+                             keep, thumbprint, extra)
+
     async def check(
         self, cert: x509.Certificate, purpose: Purpose,
-        extra: Iterable[x509.Certificate] = (),
+        extra: Iterable[x509.Certificate] = (), *, fail_closed: bool = False,
     ) -> Verdict:
         context, keep = await self._context()
-        return self._verdict(cert, purpose, context, keep, extra=list(extra))
+        return await self._judged(cert, purpose, context, keep, extra=list(extra),
+                                  fail_closed=fail_closed)
 
     # Selection ---------------------------------------------------------------
 
-    async def encryption_certificates(self, email: str) -> list[x509.Certificate]:
+    async def encryption_certificates(self, email: str, *, fail_closed: bool = False
+                                      ) -> list[x509.Certificate]:
         held = await self._held(email)
         context, keep = await self._context()
         return [h.certificate for h in held
-                if self._verdict(h.certificate, Purpose.ENCRYPTION, context, keep,
-                                 h.thumbprint).valid]
+                if (await self._judged(h.certificate, Purpose.ENCRYPTION, context, keep,
+                                       h.thumbprint, fail_closed=fail_closed)).valid]
 
     async def signing_identity(
-        self, email: str
+        self, email: str, *, fail_closed: bool = False,
     ) -> tuple[x509.Certificate, PrivateKey, list[x509.Certificate]] | None:
-        return await self._identity(email, Purpose.SIGNING)
+        return await self._identity(email, Purpose.SIGNING, fail_closed)
 
     async def decryption_identity(
         self, email: str
@@ -856,14 +902,15 @@ class CertificateStore:
         return None if identity is None else identity[:2]
 
     async def _identity(
-        self, email: str, purpose: Purpose
+        self, email: str, purpose: Purpose, fail_closed: bool = False,
     ) -> tuple[x509.Certificate, PrivateKey, list[x509.Certificate]] | None:
         held = [h for h in await self._held(email) if h.sealed_key is not None]
         if not held:
             return None
         context, keep = await self._context()
         for h in held:
-            verdict = self._verdict(h.certificate, purpose, context, keep, h.thumbprint)
+            verdict = await self._judged(h.certificate, purpose, context, keep, h.thumbprint,
+                                         fail_closed=fail_closed)
             if verdict.valid:
                 key = self._key(h.thumbprint, h.sealed_key)
                 if key is not None:

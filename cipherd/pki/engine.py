@@ -313,8 +313,8 @@ class SmimeEngine:
                                               chain=list(chain), detached=detached,
                                               cipher=cipher, oaep=oaep, pss=pss)
 
-    async def open(self, message: bytes, *,
-                   decrypt_for: Collection[str] | None = None) -> OpenedMessage:
+    async def open(self, message: bytes, *, decrypt_for: Collection[str] | None = None,
+                   fail_closed: bool = False) -> OpenedMessage:
         """
         Decrypt (if encrypted) and verify (if signed, also inside the
         encryption): the two layers of a tunnel message.  Incoming mail,
@@ -322,6 +322,8 @@ class SmimeEngine:
 
         @param decrypt_for: decrypt only with the keys of these addresses'
             certificates (the recipients'), not with any stored key.
+        @param fail_closed: a signer whose revocation status (or a CA's on
+            its path) is unknown is not trusted.
 
         @raise PKIError: the message is encrypted and cannot be decrypted
             (L{DecryptionKeyNotFound}, L{DecryptionFailed}, ...), or its
@@ -336,13 +338,13 @@ class SmimeEngine:
             kind = smime.classify(result.message).kind
         if kind in SIGNED:
             result.signed = True
-            verified, signers = await self._verify(result.message)
+            verified, signers = await self._verify(result.message, fail_closed)
             result.message = verified.message
             result.signers += signers
         return result
 
-    async def open_layers(self, message: bytes, *,
-                          decrypt_for: Collection[str] | None = None) -> OpenedLayers:
+    async def open_layers(self, message: bytes, *, decrypt_for: Collection[str] | None = None,
+                          fail_closed: bool = False) -> OpenedLayers:
         """
         Open every S/MIME layer of a received message from the outside in:
         each encryption decrypted (with the keys of C{decrypt_for}'s
@@ -353,6 +355,8 @@ class SmimeEngine:
         through, unchecked, so the S/MIME inside is opened.  A signature
         that does not verify is reported, and what it signed opened all the
         same.
+
+        @param fail_closed: as for L{open}.
         """
         layers: list[Layer] = []
         current = message
@@ -383,7 +387,7 @@ class SmimeEngine:
                     current, payload = decrypted.message, decrypted.entity
                     decrypted_entity = payload
                 else:
-                    verified, signers = await self._verify(current)
+                    verified, signers = await self._verify(current, fail_closed)
                     layers.append(Layer(str(kind), signers=tuple(signers)))
                     current, payload = verified.message, verified.entity
             except (PKIError, ValueError) as e:
@@ -404,7 +408,7 @@ class SmimeEngine:
         wanted = {address.lower() for address in decrypt_for}
         return [(cert, key) for cert, key in keys if wanted.intersection(email_addresses(cert))]
 
-    async def _verify(self, signed: bytes
+    async def _verify(self, signed: bytes, fail_closed: bool
                       ) -> tuple[smime.VerifiedMessage, list[SignerReport]]:
         """
         The content of a signed message and a report per signature, each
@@ -424,7 +428,8 @@ class SmimeEngine:
             verdict = None
             if check.certificate is not None:
                 verdict = await self._certificates.check(
-                    check.certificate, Purpose.SIGNING, verified.result.certificates)
+                    check.certificate, Purpose.SIGNING, verified.result.certificates,
+                    fail_closed=fail_closed)
             reports.append(SignerReport(check, verdict))
         return verified, reports
 

@@ -6,7 +6,11 @@ certificate trust list (CTL); is inside its validity period; allows the
 purpose by its key usage and extended key usage (absent means unrestricted,
 RFC 8550 §4.4); is whitelisted in the CTL or chains, through valid CA
 certificates, to a trusted root; and neither it nor any CA on that chain is
-revoked by an imported CRL.  Every refusal says which of these failed.
+revoked by an imported CRL or by an OCSP answer the caller fetched (see
+L{cipherd.pki.ocsp}).  Revocation fails open by default: a certificate
+whose status no current CRL or OCSP answer gives is not refused for that;
+with L{TrustContext.fail_closed} it is.  Every refusal says which of these
+failed.
 
 Pure functions over a L{TrustContext}: no database, no clock of their own.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,6 +68,51 @@ class Verdict:
     chain: list[x509.Certificate] = field(default_factory=list)
 
 
+class OCSPStatus(enum.Enum):
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"  # the responder does not know the certificate
+    UNAVAILABLE = "unavailable"  # no usable answer: unreachable, refused, forged
+
+
+@dataclass(frozen=True)
+class OCSPAnswer:
+    """
+    What an OCSP responder said of one certificate, already checked (see
+    L{cipherd.pki.ocsp.read_response}).
+
+    @ivar responder: the responder's URL.
+    @ivar reason: for L{OCSPStatus.UNKNOWN} and L{OCSPStatus.UNAVAILABLE},
+        why there is no status.
+    @ivar this_update: when the status was known to be correct.
+    @ivar next_update: until when it may be relied on (C{None}: the
+        responder keeps no schedule).
+    @ivar revoked_at: for L{OCSPStatus.REVOKED}.
+    """
+
+    status: OCSPStatus
+    responder: str
+    reason: str = ""
+    this_update: datetime | None = None
+    next_update: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def current(self, now: datetime) -> bool:
+        return (self.this_update is not None and self.this_update <= now + CLOCK_SKEW
+                and (self.next_update is None or now <= self.next_update + CLOCK_SKEW))
+
+
+# How far a responder's clock and ours may disagree.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def ocsp_key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[str, int]:
+    """
+    What L{TrustContext.ocsp} knows a certificate's answer by.
+    """
+    return thumbprint(issuer), cert.serial_number
+
+
 @dataclass
 class TrustContext:
     """
@@ -74,23 +123,36 @@ class TrustContext:
         store's, and those embedded in a message).
     @ivar ctl: C{{thumbprint: status}}.
     @ivar crls: imported CRLs.
+    @ivar ocsp: OCSP answers by L{ocsp_key}.
+    @ivar fail_closed: a certificate on the path whose revocation status
+        neither a current CRL nor a current OCSP answer gives is refused.
     """
 
     roots: Sequence[x509.Certificate] = ()
     intermediates: Sequence[x509.Certificate] = ()
     ctl: Mapping[str, CTLStatus] = field(default_factory=dict)
     crls: Sequence[x509.CertificateRevocationList] = ()
+    ocsp: Mapping[tuple[str, int], OCSPAnswer] = field(default_factory=dict)
+    fail_closed: bool = False
 
     def with_certificates(self, extra: Iterable[x509.Certificate]) -> TrustContext:
         extra = list(extra)
-        context = TrustContext(self.roots, [*self.intermediates, *extra], self.ctl, self.crls)
         # Index the extra certificates on top of this context's index (the
         # store's certificates are indexed once, not once per message).
         index = dict(self._by_subject)
         for cert in extra:
             key = name_key(cert.subject)
             index[key] = [*index.get(key, []), cert]
-        context.__dict__["_by_subject"] = index
+        return self._derived(index, intermediates=[*self.intermediates, *extra])
+
+    def with_revocation(self, ocsp: Mapping[tuple[str, int], OCSPAnswer],
+                        fail_closed: bool) -> TrustContext:
+        return self._derived(self._by_subject, ocsp=ocsp, fail_closed=fail_closed)
+
+    def _derived(self, by_subject: dict[Any, list[x509.Certificate]],
+                 **changes: Any) -> TrustContext:
+        context = replace(self, **changes)
+        context.__dict__["_by_subject"] = by_subject
         context.__dict__["_crls_by_issuer"] = self._crls_by_issuer
         context.__dict__["root_prints"] = self.root_prints
         return context
@@ -334,16 +396,41 @@ def _revocation_problem(
     what: str,
 ) -> str | None:
     signers: list[x509.Certificate] | None = None
+    # Whether a current CRL gave the status, else why none did.
+    known = False
+    unknown = ["no CRL of its issuer"]
     for crl in context.crls_of(issuer.subject):
         if not _crl_signed_by(crl, issuer):
             if signers is None:
                 signers = _other_crl_signers(issuer, now, context)
             if not any(_crl_signed_by(crl, c) for c in signers):
+                unknown = ["no CRL signed by its issuer"]
                 continue
         revoked = _revoked_entry(crl, cert.serial_number)
         if revoked is not None:
             return f"{what} was revoked on {_when(revoked.revocation_date_utc)}."
-    return None
+        next_update = crl.next_update_utc
+        if crl.last_update_utc > now:
+            unknown = [f"the CRL of its issuer is not valid before {_when(crl.last_update_utc)}"]
+        elif next_update is not None and next_update < now:
+            unknown = [f"the CRL of its issuer is out of date since {_when(next_update)}"]
+        else:
+            known = True
+    answer = context.ocsp.get(ocsp_key(cert, issuer))
+    if answer is not None:
+        if answer.status is OCSPStatus.REVOKED:
+            when = f" on {_when(answer.revoked_at)}" if answer.revoked_at else ""
+            return f"{what} was revoked{when} (OCSP responder {answer.responder})."
+        if answer.status is OCSPStatus.GOOD and answer.current(now):
+            known = True
+        elif answer.status is OCSPStatus.GOOD:
+            unknown.append(f"the OCSP answer of {answer.responder} is out of date")
+        else:
+            unknown.append(answer.reason)
+    if known or not context.fail_closed:
+        return None
+    return (f"The revocation status of {what[0].lower()}{what[1:]} is unknown "
+            f"({'; '.join(unknown)}), and revocation checking fails closed.")
 
 
 def _other_crl_signers(
@@ -366,10 +453,22 @@ def _other_crl_signers(
             continue
         if not _may_sign_crls(candidate):
             continue
-        if (issued_by(candidate, issuer) or issued_by(issuer, candidate)
-                or any(issued_by(candidate, p) for p in parents)):
+        if issued_by(candidate, issuer) or issued_by(issuer, candidate):
+            found.append(candidate)
+        elif any(issued_by(candidate, p) and not _listed_by(candidate, p, context)
+                 for p in parents):
+            # A separate CRL-signing key its parent revoked signs nothing.
             found.append(candidate)
     return found
+
+
+def _listed_by(cert: x509.Certificate, issuer: x509.Certificate,
+               context: TrustContext) -> bool:
+    """
+    C{cert} is on a CRL C{issuer} signed.
+    """
+    return any(_crl_signed_by(crl, issuer) and _revoked_entry(crl, cert.serial_number)
+               is not None for crl in context.crls_of(issuer.subject))
 
 
 def _may_sign_crls(cert: x509.Certificate) -> bool:
@@ -635,11 +734,12 @@ def steady_interval(
     issuer (an expired one sorts last) and the other keys of a CA that may
     sign its CRLs.  All of those bear an issuer name reachable from C{cert}
     through C{context}, so every such certificate's notBefore and notAfter
-    bound the span.  A CRL's thisUpdate and nextUpdate do not: revocation
-    is soft-fail (a CRL past its nextUpdate still counts), and a listed
-    certificate counts as revoked whatever its revocation date.
+    bound the span, and so do the thisUpdate and nextUpdate of their
+    issuers' CRLs and of the context's OCSP answers (whether a status is
+    current matters when revocation fails closed).  A listed certificate
+    counts as revoked whatever its revocation date.
     """
-    consulted = [cert]
+    edges: list[datetime] = [cert.not_valid_before_utc, cert.not_valid_after_utc + _INSTANT]
     seen: set[Any] = set()
     names = [cert.issuer]
     while names:
@@ -648,17 +748,24 @@ def steady_interval(
             continue
         seen.add(key)
         for candidate in context._by_subject.get(key, []):
-            consulted.append(candidate)
+            edges += (candidate.not_valid_before_utc, candidate.not_valid_after_utc + _INSTANT)
             names.append(candidate.issuer)
+        for crl in context._crls_by_issuer.get(key, []):
+            edges.append(crl.last_update_utc)
+            if crl.next_update_utc is not None:
+                edges.append(crl.next_update_utc + _INSTANT)
+    for answer in context.ocsp.values():
+        if answer.this_update is not None:
+            edges.append(answer.this_update - CLOCK_SKEW)
+        if answer.next_update is not None:
+            edges.append(answer.next_update + CLOCK_SKEW + _INSTANT)
     since: datetime | None = None
     until: datetime | None = None
-    for consulted_cert in consulted:
-        for edge in (consulted_cert.not_valid_before_utc,
-                     consulted_cert.not_valid_after_utc + _INSTANT):
-            if edge <= now:
-                since = edge if since is None else max(since, edge)
-            else:
-                until = edge if until is None else min(until, edge)
+    for edge in edges:
+        if edge <= now:
+            since = edge if since is None else max(since, edge)
+        else:
+            until = edge if until is None else min(until, edge)
     return since, until
 
 

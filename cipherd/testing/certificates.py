@@ -12,7 +12,7 @@ store with none of its database or memory of past answers.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -36,10 +37,19 @@ from cipherd.pki.certstore import (
 )
 from cipherd.pki.cms import PrivateKey
 from cipherd.pki.keywrap import seal_key, unseal_key
-from cipherd.pki.trust import CTLStatus, Purpose, TrustContext, Verdict, check
+from cipherd.pki.ocsp import IOCSPClient
+from cipherd.pki.trust import (
+    CTLStatus,
+    OCSPAnswer,
+    Purpose,
+    TrustContext,
+    Verdict,
+    check,
+    ocsp_key,
+)
 from cipherd.store.certificates import CERTIFICATES, ROOTS, CertificateRow, CRLRow
 
-__all__ = ["MemoryCertificateStore", "ec_ca", "many_certificates"]
+__all__ = ["MemoryCertificateStore", "MemoryOCSPClient", "ec_ca", "many_certificates"]
 
 
 @dataclass(frozen=True)
@@ -63,9 +73,15 @@ class MemoryCertificateStore:
     @param clock: what L{now} reads.
     """
 
-    def __init__(self, clock: IReactorTime, kek: bytes | None = None) -> None:
+    def __init__(self, clock: IReactorTime, kek: bytes | None = None,
+                 ocsp: Mapping[tuple[str, int], OCSPAnswer] | None = None) -> None:
+        """
+        @param ocsp: what OCSP responders answer, by
+            L{cipherd.pki.trust.ocsp_key}.
+        """
         self._clock = clock
         self._kek = kek if kek is not None else os.urandom(32)
+        self._ocsp = dict(ocsp or {})
         self._stored: dict[tuple[str, str], _Stored] = {}
         self._ctl: dict[str, CTLStatus] = {}
         self._crls: dict[str, tuple[CRLRow, x509.CertificateRevocationList]] = {}
@@ -224,20 +240,23 @@ class MemoryCertificateStore:
         return self._context(extra, extra_crls)
 
     async def check(self, cert: x509.Certificate, purpose: Purpose,
-                    extra: Iterable[x509.Certificate] = ()) -> Verdict:
-        return check(cert, purpose, self.now(), self._context(extra))
+                    extra: Iterable[x509.Certificate] = (), *,
+                    fail_closed: bool = False) -> Verdict:
+        context = self._context(extra).with_revocation(self._ocsp, fail_closed)
+        return check(cert, purpose, self.now(), context)
 
     # Selection ---------------------------------------------------------------
 
-    async def encryption_certificates(self, email: str) -> list[x509.Certificate]:
-        context = self._context()
+    async def encryption_certificates(self, email: str, *, fail_closed: bool = False
+                                      ) -> list[x509.Certificate]:
+        context = self._context().with_revocation(self._ocsp, fail_closed)
         return [s.certificate for s in self._for(email)
                 if check(s.certificate, Purpose.ENCRYPTION, self.now(), context).valid]
 
     def _first_usable(
-        self, email: str, purpose: Purpose
+        self, email: str, purpose: Purpose, fail_closed: bool = False,
     ) -> tuple[x509.Certificate, PrivateKey, list[x509.Certificate]] | None:
-        context = self._context()
+        context = self._context().with_revocation(self._ocsp, fail_closed)
         for candidate in self._for(email):
             if candidate.row.sealed_key is None:
                 continue
@@ -248,9 +267,9 @@ class MemoryCertificateStore:
         return None
 
     async def signing_identity(
-        self, email: str
+        self, email: str, *, fail_closed: bool = False,
     ) -> tuple[x509.Certificate, PrivateKey, list[x509.Certificate]] | None:
-        return self._first_usable(email, Purpose.SIGNING)
+        return self._first_usable(email, Purpose.SIGNING, fail_closed)
 
     async def decryption_identity(self,
                                   email: str) -> tuple[x509.Certificate, PrivateKey] | None:
@@ -260,6 +279,24 @@ class MemoryCertificateStore:
     async def decryption_keys(self) -> list[tuple[x509.Certificate, PrivateKey]]:
         return [(s.certificate, unseal_key(self._kek, s.row.sealed_key, s.row.thumbprint))
                 for s in self._all() if s.row.sealed_key is not None]
+
+
+@implementer(IOCSPClient)
+class MemoryOCSPClient:
+    """
+    OCSP responders that answer as told, by L{cipherd.pki.trust.ocsp_key};
+    what they were asked about is in C{asked}.
+    """
+
+    def __init__(self, answers: Mapping[tuple[str, int], OCSPAnswer]) -> None:
+        self._answers = dict(answers)
+        self.asked: list[tuple[str, int]] = []
+
+    def status(self, cert: x509.Certificate, issuer: x509.Certificate
+               ) -> Deferred[OCSPAnswer | None]:
+        key = ocsp_key(cert, issuer)
+        self.asked.append(key)
+        return succeed(self._answers.get(key))
 
 
 def many_certificates(
