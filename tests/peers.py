@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa, x448, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Seconds any one peer command may take; they take milliseconds.
@@ -214,13 +214,15 @@ def make_user_certificate(
     """
     An S/MIME certificate as RFC 8550 wants it: an rfc822Name SAN,
     keyUsage (digitalSignature, and keyEncipherment for RSA keys or
-    keyAgreement for EC keys),
+    keyAgreement for EC keys; keyAgreement alone for X25519 and X448),
     extendedKeyUsage emailProtection, and a subject key identifier (so that
     C{-keyid} messages can name it).
     """
-    usage = _key_usage(digital_signature=True,
+    agreement_only = isinstance(key, x25519.X25519PrivateKey | x448.X448PrivateKey)
+    usage = _key_usage(digital_signature=not agreement_only,
                        key_encipherment=isinstance(key, rsa.RSAPrivateKey),
-                       key_agreement=isinstance(key, ec.EllipticCurvePrivateKey))
+                       key_agreement=agreement_only or isinstance(key,
+                                                                  ec.EllipticCurvePrivateKey))
     return (
         x509.CertificateBuilder()
         .subject_name(_name(email.split("@")[0].title(), email))

@@ -39,7 +39,7 @@ from asn1crypto import cms as asn1_cms
 from asn1crypto import core as asn1_core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x448, x25519
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from cipherd.pki import cms, smime
@@ -63,6 +63,7 @@ from tests.peers import (
     make_user_certificate,
     multipart_signed_parts,
     pkcs7_mime_der,
+    run,
 )
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -1175,7 +1176,7 @@ def test_ecdh_on_an_unsupported_curve_is_refused(pki: TestPKI) -> None:
 
 def test_an_ed25519_certificate_is_not_chosen_for_encryption(erin: Identity) -> None:
     assert usage_problem(erin.cert, Purpose.ENCRYPTION) == (
-        "Its key is of a kind cipherd cannot encrypt to (RSA or EC only).")
+        "Its key is of a kind cipherd cannot encrypt to (RSA, EC, X25519 or X448 only).")
 
 
 def _auth_enveloped(pki: TestPKI, content: bytes, *, tag_length: int = 16,
@@ -1417,3 +1418,40 @@ def test_the_der_walker_reads_envelopes_as_asn1crypto_does(
         assert bytes(fast.encrypted or b"") == bytes(slow.encrypted or b""), name
     with pytest.raises(cms._NotDER):
         cms._envelope_fast(gpgsm.encrypt(CONTENT, [pki.alice]))
+
+
+@pytest.mark.parametrize(("kind", "scheme"), [
+    ("x25519", "ECDH sha256 KDF, aes128_wrap"), ("x448", "ECDH sha512 KDF, aes256_wrap")])
+@pytest.mark.parametrize("cipher", ["aes256_cbc", "aes256_gcm"])
+def test_x25519_and_x448_recipients(pki: TestPKI, openssl: OpenSSL, kind: str, scheme: str,
+                                    cipher: str) -> None:
+    """
+    RFC 8418: ephemeral-static key agreement with X25519 (SHA-256 X9.63 KDF,
+    AES-128 wrap) and X448 (SHA-512, AES-256 wrap), the originator key by
+    its algorithm with absent parameters.  No peer here opens it (OpenSSL
+    3.0 has no X25519 key agreement in CMS: "operation not supported for
+    this keytype"; gpgsm 2.2 has no ECDH in CMS): openssl reads the
+    structure and opens it with the RSA recipient beside, and we open it
+    with the X25519/X448 key and refuse another.
+    """
+    generate = {"x25519": x25519.X25519PrivateKey.generate,
+                "x448": x448.X448PrivateKey.generate}[kind]
+    key = generate()
+    cert = make_user_certificate(f"{kind}@example.org", key, pki.ca.cert, pki.ca.key,
+                                 pki.carol.cert.not_valid_before_utc,
+                                 pki.carol.cert.not_valid_after_utc)
+    encrypted = cms.encrypt(CONTENT, [cert, pki.alice.cert], cipher=cipher)
+    result = cms.decrypt(encrypted, [(cert, key)])
+    assert (result.content, result.certificate, result.key_transport) == (CONTENT, cert, scheme)
+    assert openssl.cms_decrypt(encrypted, pki.alice) == CONTENT
+    printed = run(["openssl", "cms", "-cmsout", "-print", "-inform", "DER"],
+                  stdin=encrypted).stdout.decode()
+    assert f"algorithm: {kind.upper()} (1.3.101.11{0 if kind == 'x25519' else 1})" in printed
+    assert "parameter: <ABSENT>" in printed
+    with pytest.raises(DecryptionFailed):
+        cms.decrypt(encrypted, [(cert, generate())])
+    # They agree on keys: valid for encryption, never for signing.
+    assert usage_problem(cert, Purpose.ENCRYPTION) is None
+    assert "cannot sign" in (usage_problem(cert, Purpose.SIGNING) or "")
+    with pytest.raises(UnsupportedAlgorithm):
+        cms.sign(CONTENT, cert, key, signing_time=NOW)

@@ -195,8 +195,8 @@ class ImportBundle:
 
 
 def _usable_key(key: object) -> PrivateKey | None:
-    # RSA, EC and Ed25519 (RFC 8419 signing); not Ed448 (its SHAKE256
-    # digest is not supported) nor DSA.
+    # RSA, EC, Ed25519 (RFC 8419 signing), X25519 and X448 (RFC 8418
+    # decryption); not Ed448 (its SHAKE256 digest is not supported) nor DSA.
     if isinstance(key, PrivateKey):
         return key
     return None

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, keywrap, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x448, x25519
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
@@ -41,7 +41,10 @@ from cipherd.pki.errors import (
 )
 from cipherd.pki.memo import bytes_size, certificate_size, small_lru
 
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PrivateKey = (rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+              | x25519.X25519PrivateKey | x448.X448PrivateKey)
+# Keys that only agree on keys (RFC 8418): they decrypt, never sign.
+_AGREEMENT_ONLY = (x25519.X25519PrivateKey, x448.X448PrivateKey)
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
@@ -321,6 +324,8 @@ def sign_chunks(
     opaque signature holds the content's pieces themselves, never a copy.
     """
     chunks = list(chunks)  # read three times: a generator would be read once
+    if isinstance(key, _AGREEMENT_ONLY):
+        raise UnsupportedAlgorithm("An X25519 or X448 key agrees on keys; it cannot sign.")
     if isinstance(key, ed25519.Ed25519PrivateKey):
         digest = "sha512"  # RFC 8419 §3.1
     hash_cls = _HASHES[digest]
@@ -882,28 +887,48 @@ _EC_RECIPIENT = {
 }
 EC_RECIPIENT_CURVES = frozenset(_EC_RECIPIENT)
 _OID_EC_PUBLIC_KEY = core.ObjectIdentifier("1.2.840.10045.2.1").dump()
+# RFC 8418 §2: X25519 with the SHA-256 X9.63 KDF and AES-128 wrap, X448
+# with SHA-512 and AES-256 wrap; the originator key's algorithm by its OID.
+_OID_X25519, _OID_X448 = "1.3.101.110", "1.3.101.111"
+_MONTGOMERY_RECIPIENT = {
+    _OID_X25519: ("1.3.132.1.11.1", "2.16.840.1.101.3.4.1.5", 16),
+    _OID_X448: ("1.3.132.1.11.3", "2.16.840.1.101.3.4.1.45", 32),
+}
+MontgomeryPublicKey = x25519.X25519PublicKey | x448.X448PublicKey
 
 
-def _key_agreement_der(cert: x509.Certificate, public_key: ec.EllipticCurvePublicKey,
+def _key_agreement_der(cert: x509.Certificate,
+                       public_key: ec.EllipticCurvePublicKey | MontgomeryPublicKey,
                        cek: bytes) -> bytes:
     """
-    A KeyAgreeRecipientInfo (RFC 5753 §3.1.1, ephemeral-static ECDH) for
-    C{cert}: a new key on its curve, the shared secret through the X9.63
-    KDF to a key that wraps the CEK.
+    A KeyAgreeRecipientInfo (RFC 5753 §3.1.1 and RFC 8418, ephemeral-static
+    ECDH) for C{cert}: a new key on its curve, the shared secret through
+    the X9.63 KDF to a key that wraps the CEK.
     """
-    if public_key.curve.name not in _EC_RECIPIENT:
-        raise UnsupportedAlgorithm(
-            f"Encryption to certificates on the curve {public_key.curve.name} is not "
-            "supported (P-256, P-384, P-521).")
-    scheme, wrap, size = _EC_RECIPIENT[public_key.curve.name]
-    ephemeral = ec.generate_private_key(public_key.curve)
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if public_key.curve.name not in _EC_RECIPIENT:
+            raise UnsupportedAlgorithm(
+                f"Encryption to certificates on the curve {public_key.curve.name} is not "
+                "supported (P-256, P-384, P-521).")
+        scheme, wrap, size = _EC_RECIPIENT[public_key.curve.name]
+        ephemeral = ec.generate_private_key(public_key.curve)
+        shared = ephemeral.exchange(ec.ECDH(), public_key)
+        point = ephemeral.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        algorithm = _OID_EC_PUBLIC_KEY
+    else:
+        oid = _OID_X25519 if isinstance(public_key, x25519.X25519PublicKey) else _OID_X448
+        scheme, wrap, size = _MONTGOMERY_RECIPIENT[oid]
+        if isinstance(public_key, x25519.X25519PublicKey):
+            mine = x25519.X25519PrivateKey.generate()
+            shared, point = mine.exchange(public_key), mine.public_key().public_bytes_raw()
+        else:
+            other = x448.X448PrivateKey.generate()
+            shared, point = other.exchange(public_key), other.public_key().public_bytes_raw()
+        algorithm = core.ObjectIdentifier(oid).dump()  # parameters absent (RFC 8418 §2)
     wrap_der = _tlv(0x30, core.ObjectIdentifier(wrap).dump())
-    kek = _ecdh_kek(ephemeral.exchange(ec.ECDH(), public_key), _KEY_AGREEMENT[scheme],
-                    wrap_der, size)
-    point = ephemeral.public_key().public_bytes(serialization.Encoding.X962,
-                                                serialization.PublicFormat.UncompressedPoint)
-    originator = _tlv(0xA0, _tlv(0xA1, _tlv(0x30, _OID_EC_PUBLIC_KEY),
-                                 _tlv(0x03, b"\x00" + point)))
+    kek = _ecdh_kek(shared, _KEY_AGREEMENT[scheme], wrap_der, size)
+    originator = _tlv(0xA0, _tlv(0xA1, _tlv(0x30, algorithm), _tlv(0x03, b"\x00" + point)))
     return _tlv(
         0xA1,  # [1] IMPLICIT KeyAgreeRecipientInfo
         _tlv(0x02, b"\x03"),
@@ -916,7 +941,7 @@ def _key_agreement_der(cert: x509.Certificate, public_key: ec.EllipticCurvePubli
 
 def _recipient_info_der(cert: x509.Certificate, cek: bytes, oaep: bool) -> bytes:
     public_key = _public_key(cert)
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
+    if isinstance(public_key, ec.EllipticCurvePublicKey | MontgomeryPublicKey):
         return _key_agreement_der(cert, public_key, cek)
     if oaep or not isinstance(public_key, rsa.RSAPublicKey):
         return _recipient_info(cert, cek, oaep).dump()
@@ -1459,6 +1484,9 @@ _KEY_AGREEMENT: dict[str, str] = {
     "1.3.132.1.11.1": "sha256", "1.3.132.1.11.2": "sha384", "1.3.132.1.11.3": "sha512",
     "1.3.133.16.840.63.0.3": "sha1", "1.3.132.1.14.0": "sha224",
     "1.3.132.1.14.1": "sha256", "1.3.132.1.14.2": "sha384", "1.3.132.1.14.3": "sha512",
+    # The same schemes under the X9.63 arc, as some RFC 8418 modules name them.
+    "1.3.133.16.840.63.0.11.1": "sha256", "1.3.133.16.840.63.0.11.2": "sha384",
+    "1.3.133.16.840.63.0.11.3": "sha512",
 }
 _KEY_WRAP_SIZES = {"aes128_wrap": 16, "aes192_wrap": 24, "aes256_wrap": 32}
 
@@ -1488,8 +1516,9 @@ class _KeyAgreement:
         @raise UnsupportedAlgorithm: an algorithm we lack.
         @raise ValueError: it does not unwrap (a wrong key or damage).
         """
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise UnsupportedAlgorithm("Key agreement with a non-EC key is not supported.")
+        if not isinstance(key, (ec.EllipticCurvePrivateKey, *_AGREEMENT_ONLY)):
+            raise UnsupportedAlgorithm("Key agreement with a key other than EC, X25519 or "
+                                       "X448 is not supported.")
         algorithm = self.info["key_encryption_algorithm"]
         hash_name = _KEY_AGREEMENT.get(algorithm["algorithm"].dotted)
         if hash_name is None:
@@ -1504,10 +1533,19 @@ class _KeyAgreement:
             raise UnsupportedAlgorithm("Key agreement with a static originator key is not "
                                        "supported (only ephemeral-static ECDH).")
         point = originator.chosen["public_key"].native
-        ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, point)
+        kind = originator.chosen["algorithm"]["algorithm"].dotted
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            shared = key.exchange(
+                ec.ECDH(), ec.EllipticCurvePublicKey.from_encoded_point(key.curve, point))
+        elif isinstance(key, x25519.X25519PrivateKey) and kind == _OID_X25519:
+            shared = key.exchange(x25519.X25519PublicKey.from_public_bytes(point))
+        elif isinstance(key, x448.X448PrivateKey) and kind == _OID_X448:
+            shared = key.exchange(x448.X448PublicKey.from_public_bytes(point))
+        else:
+            raise ValueError(f"the originator's key ({kind}) is not of our key's kind")
         ukm = self.info["ukm"]
-        kek = _ecdh_kek(key.exchange(ec.ECDH(), ephemeral), hash_name, wrap_der,
-                        _KEY_WRAP_SIZES[wrap], None if isinstance(ukm, core.Void) else ukm.native)
+        kek = _ecdh_kek(shared, hash_name, wrap_der, _KEY_WRAP_SIZES[wrap],
+                        None if isinstance(ukm, core.Void) else ukm.native)
         return keywrap.aes_key_unwrap(kek, self.encrypted_key)
 
 

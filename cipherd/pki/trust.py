@@ -353,19 +353,24 @@ def _public_key_of(cert: x509.Certificate) -> object:
 def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
     """
     Why the key usage or extended key usage forbids C{purpose}, or C{None}.
-    For encryption, also a key cipherd cannot encrypt to (RSA, or EC on
-    the curves of L{cms.EC_RECIPIENT_CURVES}).
+    For encryption, also a key cipherd cannot encrypt to (RSA, EC on the
+    curves of L{cms.EC_RECIPIENT_CURVES}, X25519, X448); for signing, a key
+    that cannot sign (X25519, X448).
     """
     if purpose is Purpose.ANY:
         return None
-    key = _public_key_of(cert) if purpose is Purpose.ENCRYPTION else None
+    key = _public_key_of(cert)
+    agreement = isinstance(key, ec.EllipticCurvePublicKey | cms.MontgomeryPublicKey)
     if purpose is Purpose.ENCRYPTION:
         if isinstance(key, ec.EllipticCurvePublicKey):
             if key.curve.name not in cms.EC_RECIPIENT_CURVES:
                 return (f"Its key is on the curve {key.curve.name}, which cipherd cannot "
                         "encrypt to (P-256, P-384, P-521).")
-        elif not isinstance(key, rsa.RSAPublicKey):
-            return "Its key is of a kind cipherd cannot encrypt to (RSA or EC only)."
+        elif not isinstance(key, rsa.RSAPublicKey | cms.MontgomeryPublicKey):
+            return ("Its key is of a kind cipherd cannot encrypt to (RSA, EC, X25519 or X448 "
+                    "only).")
+    elif isinstance(key, cms.MontgomeryPublicKey):
+        return "Its key (X25519 or X448) agrees on keys for encryption; it cannot sign."
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
@@ -373,7 +378,7 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose) -> str | None:
     if usage is not None:
         if purpose is Purpose.ENCRYPTION:
             # RFC 8550 §4.4.2: an EC key encrypts by key agreement.
-            if isinstance(key, ec.EllipticCurvePublicKey):
+            if agreement:
                 if not usage.key_agreement:
                     return "Its key usage does not allow encryption (keyAgreement)."
             elif not usage.key_encipherment:

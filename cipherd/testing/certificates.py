@@ -18,7 +18,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -347,8 +347,8 @@ def ec_ca(name: str, not_before: datetime,
     return root_ca(name, key, not_before, not_after), key
 
 
-def root_ca(name: str, key: PrivateKey, not_before: datetime, not_after: datetime
-            ) -> x509.Certificate:
+def root_ca(name: str, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+            not_before: datetime, not_after: datetime) -> x509.Certificate:
     """
     A self-signed root CA certificate for C{key} (certificate and CRL
     signing, SHA-256).
