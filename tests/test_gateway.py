@@ -367,6 +367,34 @@ def test_revocation_unknown_is_the_recipients_domain_setting(
     assert world.process("bob@partner.example")[("bob@partner.example",)].outcome is None
 
 
+def test_an_incoming_signer_is_judged_by_its_own_domain(pki: dict[str, Any]) -> None:
+    """
+    Bob's responder cannot say: with partner.example failing closed, his
+    signature is not trusted whatever MAIL FROM the sender chose; with
+    another domain failing closed instead, it is.
+    """
+    answer = OCSPAnswer(OCSPStatus.UNAVAILABLE, "http://ocsp.example/", reason="the OCSP "
+                        "responder http://ocsp.example/ did not answer within 10 seconds")
+    world = World(pki, MemoryOCSPClient({ocsp_key(pki["bob"].cert, pki["root"].cert): answer}))
+    signer = result_of(world.certificates.signing_identity("bob@partner.example"))
+    carol = result_of(world.certificates.encryption_certificates("carol@example.com"))
+    incoming = result_of(world.engine.protect(SENT, signer=signer, recipients=carol))
+
+    def trusted(sender: str) -> bool:
+        (part,) = world.process("carol@example.com", content=incoming, sender=sender).values()
+        header = part.content[:part.content.index(b"\r\n\r\n")].decode()
+        assert "X-Cipherd-Info-Signer-Verified-0: True" in header
+        return "X-Cipherd-Info-Signer-Trusted-0: True" in header
+
+    assert trusted("bob@partner.example")
+    world.domain("partner.example", smime_revocation_unknown="fail closed")
+    assert not trusted("bob@partner.example")
+    assert not trusted("someone@elsewhere.example")
+    world.domain("partner.example", smime_revocation_unknown="fail open")
+    world.domain("elsewhere.example", smime_revocation_unknown="fail closed")
+    assert trusted("someone@elsewhere.example")
+
+
 def test_an_ed25519_sender_signs_with_ed25519(world: World, pki: dict[str, Any]) -> None:
     frank = make_user("frank@example.com", pki["root"], key=ed25519.Ed25519PrivateKey.generate(),
                       key_usage={"digital_signature": True}, eku=EMAIL_EKU)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -21,12 +22,25 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from cipherd.pki import certs
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.ocsp import IOCSPClient, OCSPClient, ocsp_client, read_response, request_for
-from cipherd.pki.trust import OCSPAnswer, OCSPStatus, Purpose, TrustContext, check, ocsp_key
+from cipherd.pki.trust import (
+    CTLStatus,
+    OCSPAnswer,
+    OCSPStatus,
+    Purpose,
+    TrustContext,
+    check,
+    ocsp_key,
+)
 from cipherd.store.certificates import ROOTS
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
 from cipherd.testing.certificates import MemoryCertificateStore
@@ -170,26 +184,6 @@ async def test_selection_fails_closed_only_where_asked(responder: Responder) -> 
         closed = await store.encryption_certificates(address, fail_closed=True)
         assert closed == ([responder.users[name].cert] if name == "good" else [])
     assert await store.encryption_certificates("revoked@partner.example") == []
-
-
-@pytest_twisted.ensureDeferred
-async def test_answers_are_kept_until_their_next_update(responder: Responder) -> None:
-    """
-    The second question about a certificate is answered from what was kept:
-    it holds while the responder is unreachable.
-    """
-    client = ocsp_client(reactor)
-    good = responder.users["good"].cert
-    first = await client.status(good, responder.root.cert)
-    assert first is not None and first.status is OCSPStatus.GOOD
-    assert first.next_update is not None
-    assert first.next_update - first.this_update == timedelta(days=1)
-    responder.process.send_signal(19)  # SIGSTOP: it would not answer now
-    try:
-        again = await client.status(good, responder.root.cert)
-    finally:
-        responder.process.send_signal(18)  # SIGCONT
-    assert again is first
 
 
 # What an answer must be to be believed: answers made here -------------------
@@ -347,38 +341,236 @@ def test_memory_store_answers_as_the_real_one(pki: dict[str, Identity]) -> None:
     assert result_of(store.encryption_certificates("alice@partner.example")) == []
 
 
-def test_the_client_keeps_failures_for_a_while() -> None:
+# The client, with a clock and an agent made here ---------------------------
+
+
+class FakeResponse:
+    def __init__(self, body: bytes, code: int = 200, phrase: bytes = b"OK") -> None:
+        self.code, self.phrase, self._body = code, phrase, body
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(None)
+        protocol.dataReceived(self._body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class FakeAgent:
     """
-    An unreachable responder is asked again only after RETRY_AFTER: a
-    fake agent counts the requests.
+    Answers each request with what C{answer(url, body)} gives: a response,
+    an exception, or C{None} to never answer.
     """
-    from twisted.internet.defer import fail
 
-    asked = []
+    def __init__(self, answer: Callable[[str, bytes], Any]) -> None:
+        self._answer = answer
+        self.asked: list[str] = []
 
-    class Refusing:
-        def request(self, *args: object, **kwargs: object) -> object:
-            asked.append(args)
-            return fail(ConnectionRefusedError("refused"))
+    def request(self, method: bytes, uri: bytes, headers: Any = None,
+                body: Any = None) -> Deferred[Any]:
+        assert method == b"POST"
+        url = uri.decode()
+        self.asked.append(url)
+        answer = self._answer(url, _read_producer(body))
+        if answer is None:
+            return Deferred()
+        if isinstance(answer, Exception):
+            return fail(answer)
+        return succeed(answer)
 
+
+def _read_producer(producer: Any) -> bytes:
+    # FileBodyProducer writes through the reactor's cooperator: read its
+    # file instead.
+    data: bytes = producer._inputFile.getvalue()
+    return data
+
+
+def _client(answer: Callable[[str, bytes], Any]) -> tuple[OCSPClient, FakeAgent, Clock]:
     clock = Clock()
     clock.advance(NOW.timestamp())
-    root = make_ca("Retry Root", not_before=BEFORE, not_after=AFTER)
-    user = _user("carol", root, "http://127.0.0.1:9/")
-    client = OCSPClient(Refusing(), clock)  # type: ignore[arg-type]
-    first = result_of_deferred(client.status(user.cert, root.cert))
-    assert first.status is OCSPStatus.UNAVAILABLE
-    assert "could not be reached (ConnectionRefusedError: refused)" in first.reason
-    result_of_deferred(client.status(user.cert, root.cert))
-    assert len(asked) == 1
-    clock.advance(301)
-    result_of_deferred(client.status(user.cert, root.cert))
-    assert len(asked) == 2
+    agent = FakeAgent(answer)
+    return OCSPClient(agent, clock), agent, clock  # type: ignore[arg-type]
 
 
-def result_of_deferred(d: object) -> OCSPAnswer:
-    results: list[object] = []
-    d.addBoth(results.append)  # type: ignore[attr-defined]
+def _status(client: OCSPClient, cert: x509.Certificate, issuer: x509.Certificate
+            ) -> Deferred[OCSPAnswer | None]:
+    return client.status(cert, issuer)
+
+
+def _fired(d: Deferred[Any]) -> OCSPAnswer:
+    results: list[Any] = []
+    d.addBoth(results.append)
     [result] = results
     assert isinstance(result, OCSPAnswer), result
     return result
+
+
+def _good_for(pki: dict[str, Identity], next_update: datetime | None
+              ) -> Callable[[str, bytes], Any]:
+    """
+    A responder that answers GOOD for alice with the request's nonce.
+    """
+    def answer(url: str, body: bytes) -> FakeResponse:
+        nonce = ocsp.load_der_ocsp_request(body).extensions.get_extension_for_class(
+            x509.OCSPNonce).value.nonce
+        return FakeResponse(_answer(pki["alice"].cert, pki["root"], pki["root"], nonce=nonce,
+                                    next_update=next_update))
+    return answer
+
+
+def test_answers_are_kept_until_their_next_update(pki: dict[str, Identity]) -> None:
+    client, agent, clock = _client(_good_for(pki, NOW + timedelta(hours=1)))
+    alice, root = pki["alice"].cert, pki["root"].cert
+    first = _fired(_status(client, alice, root))
+    assert first.status is OCSPStatus.GOOD, first.reason
+    clock.advance(3599)
+    assert _fired(_status(client, alice, root)) is first
+    assert len(agent.asked) == 1
+    clock.advance(2)  # past its nextUpdate: asked again
+    assert _fired(_status(client, alice, root)).status is OCSPStatus.GOOD
+    assert len(agent.asked) == 2
+
+
+def test_questions_asked_together_share_one_request(pki: dict[str, Identity]) -> None:
+    client, agent, clock = _client(lambda url, body: None)
+    alice, root = pki["alice"].cert, pki["root"].cert
+    waiting = [_status(client, alice, root) for _ in range(3)]
+    assert len(agent.asked) == 1
+    clock.advance(10)  # the responder never answers
+    answers = [_fired(d) for d in waiting]
+    assert answers[0] is answers[1] is answers[2]
+    assert answers[0].reason == f"the OCSP responder {URL} did not answer within 10 seconds"
+
+
+def test_the_second_responder_is_asked_when_the_first_fails(pki: dict[str, Identity]) -> None:
+    root = pki["root"]
+    user = make_user("dan@partner.example", root, not_before=BEFORE, not_after=AFTER,
+                     extra=[(x509.AuthorityInformationAccess([
+                         x509.AccessDescription(x509.oid.AuthorityInformationAccessOID.OCSP,
+                                                x509.UniformResourceIdentifier(url))
+                         for url in ("http://a.example/", "http://b.example/",
+                                     "http://c.example/")]), False)])
+    good = _good_for({"alice": user, "root": root}, NOW + timedelta(hours=1))
+
+    def answer(url: str, body: bytes) -> Any:
+        if url == "http://a.example/":
+            return FakeResponse(b"busy", 503, b"Service Unavailable")
+        return good(url, body)
+
+    client, _, _ = _client(answer)
+    got = _fired(_status(client, user.cert, root.cert))
+    assert got.status is OCSPStatus.GOOD and got.responder == "http://b.example/"
+    # At most two responders: the third is never asked.
+    client, agent, _ = _client(lambda url, body: ConnectionRefusedError())
+    got = _fired(_status(client, user.cert, root.cert))
+    assert agent.asked == ["http://a.example/", "http://b.example/"]
+    assert got.reason == ("the OCSP responder http://b.example/ could not be reached "
+                          "(ConnectionRefusedError)")
+
+
+@pytest.mark.parametrize(("body", "code", "reason"), [
+    (b"<html>", 503, "answered HTTP 503 Service Unavailable"),
+    (b"x" * 70_000, 200, "sent a bad answer (more than 65536 bytes)"),
+])
+def test_what_is_not_an_answer_says_why(pki: dict[str, Identity], body: bytes, code: int,
+                                        reason: str) -> None:
+    phrase = b"Service Unavailable" if code == 503 else b"OK"
+    client, _, _ = _client(lambda url, request: FakeResponse(body, code, phrase))
+    got = _fired(_status(client, pki["alice"].cert, pki["root"].cert))
+    assert got.status is OCSPStatus.UNAVAILABLE
+    assert got.reason == f"the OCSP responder {URL} {reason}"
+
+
+def test_the_client_keeps_failures_for_a_while(pki: dict[str, Identity]) -> None:
+    """
+    An unreachable responder is asked again only after RETRY_AFTER.
+    """
+    client, agent, clock = _client(lambda url, body: ConnectionRefusedError("refused"))
+    alice, root = pki["alice"].cert, pki["root"].cert
+    first = _fired(_status(client, alice, root))
+    assert first.reason.endswith("could not be reached (ConnectionRefusedError: refused)")
+    _fired(_status(client, alice, root))
+    assert len(agent.asked) == 1
+    clock.advance(301)
+    _fired(_status(client, alice, root))
+    assert len(agent.asked) == 2
+
+
+def test_an_old_answer_without_a_next_update_is_not_believed(
+        pki: dict[str, Identity]) -> None:
+    """
+    Replayed without the nonce, an answer with no nextUpdate from long ago
+    (before a revocation) says nothing; a fresh one counts for minutes.
+    """
+    alice, root = pki["alice"].cert, pki["root"]
+    old = _read(pki, _answer(alice, root, root, this_update=NOW - timedelta(days=700),
+                             next_update=None))
+    assert old.status is OCSPStatus.UNAVAILABLE
+    assert "sent an out-of-date answer (from " in old.reason
+    fresh = _read(pki, _answer(alice, root, root, next_update=None))
+    assert fresh.status is OCSPStatus.GOOD
+    assert fresh.current(NOW + timedelta(minutes=9))
+    assert not fresh.current(NOW + timedelta(minutes=11))
+
+
+def test_an_answer_in_an_unknown_algorithm_says_so(pki: dict[str, Identity]) -> None:
+    der = bytearray(_answer(pki["alice"].cert, pki["root"], pki["root"]))
+    # sha256WithRSAEncryption (1.2.840.113549.1.1.11) made 1.2.840.113549.1.1.99.
+    oid = bytes.fromhex("2a864886f70d01010b")
+    at = der.rindex(oid)
+    der[at + len(oid) - 1] = 99
+    answer = _read(pki, bytes(der))
+    assert answer.status is OCSPStatus.UNAVAILABLE
+    assert "sent an answer that cannot be read (" in answer.reason
+
+
+def test_a_decoy_delegate_does_not_hide_the_real_one(pki: dict[str, Identity]) -> None:
+    real = pki["delegate"]
+    decoy = make_user("r@ca.example", pki["root"], not_before=BEFORE, not_after=AFTER,
+                      eku=EMAIL_EKU, san=False, key=real.key)  # same key, no OCSP signing
+    der = (ocsp.OCSPResponseBuilder().add_response(
+        cert=pki["alice"].cert, issuer=pki["root"].cert, algorithm=hashes.SHA256(),
+        cert_status=ocsp.OCSPCertStatus.GOOD, this_update=NOW,
+        next_update=NOW + timedelta(hours=1), revocation_time=None, revocation_reason=None)
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, real.cert)
+        .certificates([decoy.cert, real.cert])
+        .sign(real.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    assert _read(pki, der).status is OCSPStatus.GOOD
+
+
+def test_a_verdict_made_before_a_blacklisting_is_not_kept(pki: dict[str, Identity]) -> None:
+    """
+    A blacklisting that lands while a responder is being asked is not
+    undone by a verdict made from what was read before it.
+    """
+    pending: list[Deferred[OCSPAnswer | None]] = []
+
+    @implementer(IOCSPClient)
+    class Slow:
+        def status(self, cert: x509.Certificate, issuer: x509.Certificate
+                   ) -> Deferred[OCSPAnswer | None]:
+            d: Deferred[OCSPAnswer | None] = Deferred()
+            pending.append(d)
+            return d
+
+    clock = Clock()
+    clock.advance(NOW.timestamp())
+    store = CertificateStore(migrated_store(), clock, os.urandom(32), SynchronousRunner(),
+                             Slow())
+    root = pki["root"]
+    first = _user("erin", root, URL)
+    second = make_user("erin@partner.example", root, not_before=BEFORE,
+                       not_after=AFTER - timedelta(days=1), key_usage=SMIME_USAGE,
+                       eku=EMAIL_EKU)
+    result_of(store.add_certificate(root.cert, store=ROOTS))
+    result_of(store.add_certificate(first.cert))
+    result_of(store.add_certificate(second.cert))
+    selecting = Deferred.fromCoroutine(store.encryption_certificates("erin@partner.example"))
+    assert len(pending) == 1  # the first certificate's responder is being asked
+    result_of(store.set_ctl(certs.thumbprint(second.cert), CTLStatus.BLACKLISTED))
+    # Another question reads the change meanwhile (a new epoch).
+    assert result_of(store.check(root.cert, Purpose.ANY)).valid
+    pending[0].callback(None)
+    [pending_d.callback(None) for pending_d in pending[1:]]
+    assert selecting.called
+    verdict = result_of(store.check(second.cert, Purpose.ENCRYPTION))
+    assert not verdict.valid and "blacklisted" in verdict.reason

@@ -190,6 +190,8 @@ def test_pkits_at_least_as_many_verdicts_as_openssl(engine: SmimeEngine,
                                                                 "-crl_check_all")}
     print(f"PKITS verdicts right of {len(CASES)}: cipherd failing closed {ours}, openssl "
           + ", ".join(f"{flag} {n}" for flag, n in theirs.items()))
+    # openssl refusing everything would be right 114 times: it must accept.
+    assert min(theirs.values()) > 150, theirs
     assert ours >= max(theirs.values()), theirs
 
 

@@ -282,6 +282,16 @@ class Gateway:
         results.settle(recipients, outcome)
         results.send(Made("", (envelope.sender,), bounce))
 
+    async def _signer_fails_closed(self, addresses: list[str]) -> bool:
+        """
+        A signer certificate's revocation fails closed when the settings
+        of any of its addresses say so (the global setting when it has
+        none).
+        """
+        known = await self._settings.by_address(
+            [canonical_address(a) for a in addresses] or [""])
+        return any(_fails_closed(settings) for settings in known.values())
+
     async def _incoming(self, envelope: Envelope, content: bytes,
                         recipients: tuple[str, ...], canonical: Mapping[str, str],
                         known: Mapping[str, Mapping[str, Any]]
@@ -291,11 +301,12 @@ class Gateway:
         group of them gets by its I{S/MIME remove signature} setting.
         """
         content = without_fields(content, INFO_PREFIX)
-        # Decrypted with its recipients' keys only; signatures judged as
-        # the sender's domain says.
+        # Decrypted with its recipients' keys only; each signer judged as
+        # the settings of its certificate's addresses say (not of an
+        # address the sender chose).
         opened = await self._engine.open_layers(
             content, decrypt_for=[canonical[r] for r in recipients],
-            fail_closed=_fails_closed(known[envelope.sender]))
+            fail_closed=self._signer_fails_closed)
         if not opened.layers:
             return [(recipients, content)]  # not S/MIME
         _log_layers(envelope, opened)

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection
+from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -848,7 +849,7 @@ class CertificateStore:
         return verdict
 
     async def _judged(self, cert: x509.Certificate, purpose: Purpose, context: TrustContext,
-                      keep: bool, thumbprint: str | None = None,
+                      keep: bool, epoch: int, thumbprint: str | None = None,
                       extra: list[x509.Certificate] | None = None,
                       fail_closed: bool = False) -> Verdict:
         """
@@ -856,28 +857,36 @@ class CertificateStore:
 
         The path is found first without them: an answer can only refuse a
         path, never make another one, and failing closed only refuses more.
+        The answers are asked for all at once.
+
+        @param epoch: the epoch C{context} was read in: a verdict made with
+            it after something was forgotten (while waiting for a
+            responder) is not kept.
         """
-        verdict = self._verdict(cert, purpose, context, keep, thumbprint, extra)
+        verdict = self._verdict(cert, purpose, context, keep and self._epoch == epoch,
+                                thumbprint, extra)
         if not verdict.valid or len(verdict.chain) < 2 or (self._ocsp is None
                                                            and not fail_closed):
             return verdict
         answers = {}
         if self._ocsp is not None:
-            for below, above in zip(verdict.chain, verdict.chain[1:], strict=False):
-                answer = await self._ocsp.status(below, above)
-                if answer is not None:
-                    answers[ocsp_key(below, above)] = answer
+            links = list(zip(verdict.chain, verdict.chain[1:], strict=False))
+            asked = await gatherResults([self._ocsp.status(below, above)
+                                         for below, above in links])
+            answers = {ocsp_key(below, above): answer
+                       for (below, above), answer in zip(links, asked, strict=True)
+                       if answer is not None}
         if not answers and not fail_closed:
             return verdict
         return self._verdict(cert, purpose, context.with_revocation(answers, fail_closed),
-                             keep, thumbprint, extra)
+                             keep and self._epoch == epoch, thumbprint, extra)
 
     async def check(
         self, cert: x509.Certificate, purpose: Purpose,
         extra: Iterable[x509.Certificate] = (), *, fail_closed: bool = False,
     ) -> Verdict:
         context, keep = await self._context()
-        return await self._judged(cert, purpose, context, keep, extra=list(extra),
+        return await self._judged(cert, purpose, context, keep, self._epoch, extra=list(extra),
                                   fail_closed=fail_closed)
 
     # Selection ---------------------------------------------------------------
@@ -886,8 +895,9 @@ class CertificateStore:
                                       ) -> list[x509.Certificate]:
         held = await self._held(email)
         context, keep = await self._context()
+        epoch = self._epoch
         return [h.certificate for h in held
-                if (await self._judged(h.certificate, Purpose.ENCRYPTION, context, keep,
+                if (await self._judged(h.certificate, Purpose.ENCRYPTION, context, keep, epoch,
                                        h.thumbprint, fail_closed=fail_closed)).valid]
 
     async def signing_identity(
@@ -908,9 +918,10 @@ class CertificateStore:
         if not held:
             return None
         context, keep = await self._context()
+        epoch = self._epoch
         for h in held:
-            verdict = await self._judged(h.certificate, purpose, context, keep, h.thumbprint,
-                                         fail_closed=fail_closed)
+            verdict = await self._judged(h.certificate, purpose, context, keep, epoch,
+                                         h.thumbprint, fail_closed=fail_closed)
             if verdict.valid:
                 key = self._key(h.thumbprint, h.sealed_key)
                 if key is not None:

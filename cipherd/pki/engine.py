@@ -10,7 +10,7 @@ thread pool; the decisions read the store as it is now.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 
@@ -86,6 +86,10 @@ ENCRYPTED = ("enveloped-data", "authEnveloped-data")
 SIGNED = ("signed", "signed-data")
 PGP_SIGNED = "pgp-signed"
 MAX_LAYERS = 8
+
+# Whether a signer whose revocation status is unknown is refused: always,
+# never, or by the signer certificate's e-mail addresses.
+FailClosed = bool | Callable[[list[str]], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -314,7 +318,7 @@ class SmimeEngine:
                                               cipher=cipher, oaep=oaep, pss=pss)
 
     async def open(self, message: bytes, *, decrypt_for: Collection[str] | None = None,
-                   fail_closed: bool = False) -> OpenedMessage:
+                   fail_closed: FailClosed = False) -> OpenedMessage:
         """
         Decrypt (if encrypted) and verify (if signed, also inside the
         encryption): the two layers of a tunnel message.  Incoming mail,
@@ -323,7 +327,9 @@ class SmimeEngine:
         @param decrypt_for: decrypt only with the keys of these addresses'
             certificates (the recipients'), not with any stored key.
         @param fail_closed: a signer whose revocation status (or a CA's on
-            its path) is unknown is not trusted.
+            its path) is unknown is not trusted: always, or as a function
+            of the signer certificate's addresses says (the settings of
+            the domains it speaks for, not of an address the sender chose).
 
         @raise PKIError: the message is encrypted and cannot be decrypted
             (L{DecryptionKeyNotFound}, L{DecryptionFailed}, ...), or its
@@ -344,7 +350,7 @@ class SmimeEngine:
         return result
 
     async def open_layers(self, message: bytes, *, decrypt_for: Collection[str] | None = None,
-                          fail_closed: bool = False) -> OpenedLayers:
+                          fail_closed: FailClosed = False) -> OpenedLayers:
         """
         Open every S/MIME layer of a received message from the outside in:
         each encryption decrypted (with the keys of C{decrypt_for}'s
@@ -408,7 +414,7 @@ class SmimeEngine:
         wanted = {address.lower() for address in decrypt_for}
         return [(cert, key) for cert, key in keys if wanted.intersection(email_addresses(cert))]
 
-    async def _verify(self, signed: bytes, fail_closed: bool
+    async def _verify(self, signed: bytes, fail_closed: FailClosed
                       ) -> tuple[smime.VerifiedMessage, list[SignerReport]]:
         """
         The content of a signed message and a report per signature, each
@@ -427,9 +433,11 @@ class SmimeEngine:
         for check in verified.result.signers:
             verdict = None
             if check.certificate is not None:
+                strict = (fail_closed if isinstance(fail_closed, bool)
+                          else await fail_closed(email_addresses(check.certificate)))
                 verdict = await self._certificates.check(
                     check.certificate, Purpose.SIGNING, verified.result.certificates,
-                    fail_closed=fail_closed)
+                    fail_closed=strict)
             reports.append(SignerReport(check, verdict))
         return verified, reports
 

@@ -8,14 +8,18 @@ issuer's name and key hashes and its serial), is signed by the issuer
 itself or by a responder the issuer certified for OCSP signing
 (id-kp-OCSPSigning), carries back the nonce the request sent when it
 carries one, and is current (thisUpdate not in the future, nextUpdate not
-past, with L{CLOCK_SKEW}).  Anything else is
+past, with L{CLOCK_SKEW}; an answer without nextUpdate is current for
+L{UNSCHEDULED_LIFETIME} after its thisUpdate, so an old one replayed
+without the nonce is not).  Anything else is
 L{OCSPStatus.UNAVAILABLE} with its reason: whether that refuses the
 certificate is the trust check's decision (fail open or closed).
 
 Answers are kept until their nextUpdate, failures for L{RETRY_AFTER}, so a
 busy gateway asks a responder about a certificate a few times a day, not
 once per message; concurrent questions about one certificate share one
-request.
+request.  A certificate's first L{MAX_RESPONDERS} responders are asked,
+within L{TIMEOUT} in all, and at most L{MAX_ASKING} requests are open at
+once.
 """
 
 from __future__ import annotations
@@ -27,34 +31,50 @@ from io import BytesIO
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import Interface, implementer
 
 from cipherd.core.clock import utc_from_seconds
 from cipherd.pki.certs import describe_name, issued_by, same_name, signature_verifies
-from cipherd.pki.trust import CLOCK_SKEW, OCSPAnswer, OCSPStatus, ocsp_key
+from cipherd.pki.trust import (
+    CLOCK_SKEW,
+    UNSCHEDULED_LIFETIME,
+    OCSPAnswer,
+    OCSPStatus,
+    ocsp_key,
+)
 
-# How long a responder may take, and how much it may send.
+# How long a certificate's responders may take in all, and how much one
+# may send; how many of them are asked, and how many requests are open at
+# once.
 TIMEOUT = 10.0
 MAX_RESPONSE = 64 * 1024
+MAX_RESPONDERS = 2
+MAX_ASKING = 32
 # How long a failure is remembered before the responder is asked again,
-# and how long an answer without nextUpdate is kept.
+# and how long an answer is kept at least (one just past its nextUpdate,
+# within the clock skew, is not asked for again on every message).
 RETRY_AFTER = 300.0
-UNSCHEDULED_KEEP = 300.0
+KEEP_AT_LEAST = 60.0
 # Answers remembered at most (least recently used out first).
 KEPT = 8192
 
 NONCE_SIZE = 16
+
+log = Logger(namespace="cipherd.pki")
 
 
 def responder_urls(cert: x509.Certificate) -> list[str]:
@@ -68,7 +88,8 @@ def responder_urls(cert: x509.Certificate) -> list[str]:
     return [d.access_location.value for d in access.value
             if d.access_method == AuthorityInformationAccessOID.OCSP
             and isinstance(d.access_location, x509.UniformResourceIdentifier)
-            and d.access_location.value.lower().startswith(("http://", "https://"))]
+            and d.access_location.value.lower().startswith(("http://", "https://"))
+            and d.access_location.value.isascii()]
 
 
 def request_for(cert: x509.Certificate, issuer: x509.Certificate, nonce: bytes) -> bytes:
@@ -111,7 +132,7 @@ def read_response(der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
         this_update = single.this_update_utc
         next_update = single.next_update_utc
         revoked_at = single.revocation_time_utc
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, CryptographyUnsupportedAlgorithm) as e:
         return _unavailable(url, f"sent an answer that cannot be read ({e})")
     if status is ocsp.OCSPCertStatus.REVOKED:
         return OCSPAnswer(OCSPStatus.REVOKED, url, "", this_update, next_update, revoked_at)
@@ -167,25 +188,53 @@ def _signer_problem(response: ocsp.OCSPResponse, issuer: x509.Certificate,
     responder's (RFC 6960 §4.2.2.2).
     """
     if _responder_is(response, issuer):
-        signer = issuer
-    else:
-        delegated = [c for c in response.certificates if _responder_is(response, c)]
-        if not delegated:
-            return "signed its answer with a certificate it did not include"
-        signer = delegated[0]
-        if not issued_by(signer, issuer):
-            return (f"signed its answer as {describe_name(signer.subject)}, which the "
-                    f"certificate's issuer {describe_name(issuer.subject)} did not certify")
-        try:
-            usage = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except (x509.ExtensionNotFound, ValueError):
-            usage = None
-        if usage is None or ExtendedKeyUsageOID.OCSP_SIGNING not in usage:
-            return (f"signed its answer as {describe_name(signer.subject)}, which is not "
-                    "allowed to sign OCSP answers (id-kp-OCSPSigning)")
-        if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
-            return (f"signed its answer as {describe_name(signer.subject)}, whose "
-                    "certificate is not valid now")
+        return _signature_problem(response, issuer)
+    delegated = [c for c in response.certificates if _responder_is(response, c)]
+    if not delegated:
+        return "signed its answer with a certificate it did not include"
+    # Each certificate that bears the responder's name or key is tried: a
+    # decoy put first does not hide the real one.
+    problems = [_delegate_problem(signer, issuer, now) or _signature_problem(response, signer)
+                for signer in delegated]
+    return None if None in problems else problems[0]
+
+
+def _delegate_problem(signer: x509.Certificate, issuer: x509.Certificate,
+                      now: datetime) -> str | None:
+    name = describe_name(signer.subject)
+    if not issued_by(signer, issuer):
+        return (f"signed its answer as {name}, which the certificate's issuer "
+                f"{describe_name(issuer.subject)} did not certify")
+    try:
+        extensions = signer.extensions
+        usage = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        usage = None
+    if usage is None or ExtendedKeyUsageOID.OCSP_SIGNING not in usage:
+        return (f"signed its answer as {name}, which is not allowed to sign OCSP answers "
+                "(id-kp-OCSPSigning)")
+    try:
+        key_usage = extensions.get_extension_for_class(x509.KeyUsage).value
+        if not key_usage.digital_signature:
+            return f"signed its answer as {name}, whose key usage does not allow signing"
+    except x509.ExtensionNotFound:
+        pass
+    if any(e.critical and e.oid not in _DELEGATE_UNDERSTOOD for e in extensions):
+        return f"signed its answer as {name}, which has a critical extension not understood"
+    if not signer.not_valid_before_utc <= now <= signer.not_valid_after_utc:
+        return f"signed its answer as {name}, whose certificate is not valid now"
+    return None
+
+
+# What a delegated responder's certificate may mark critical.
+_DELEGATE_UNDERSTOOD = {
+    x509.oid.ExtensionOID.BASIC_CONSTRAINTS, x509.oid.ExtensionOID.KEY_USAGE,
+    x509.oid.ExtensionOID.EXTENDED_KEY_USAGE, x509.oid.ExtensionOID.OCSP_NO_CHECK,
+    x509.oid.ExtensionOID.SUBJECT_ALTERNATIVE_NAME, x509.oid.ExtensionOID.CERTIFICATE_POLICIES,
+}
+
+
+def _signature_problem(response: ocsp.OCSPResponse, signer: x509.Certificate) -> str | None:
     key = signer.public_key()
     hash_algorithm = response.signature_hash_algorithm
     parameters: Any = None
@@ -202,11 +251,15 @@ def _signer_problem(response: ocsp.OCSPResponse, issuer: x509.Certificate,
 
 
 def _time_problem(single: ocsp.OCSPSingleResponse, now: datetime) -> str | None:
-    if single.this_update_utc > now + CLOCK_SKEW:
-        return f"sent an answer dated in the future ({single.this_update_utc:%Y-%m-%d %H:%M} UTC)"
+    this_update = single.this_update_utc
+    if this_update > now + CLOCK_SKEW:
+        return f"sent an answer dated in the future ({this_update:%Y-%m-%d %H:%M} UTC)"
     next_update = single.next_update_utc
     if next_update is not None and next_update + CLOCK_SKEW < now:
         return f"sent an out-of-date answer (next update {next_update:%Y-%m-%d %H:%M} UTC)"
+    if next_update is None and this_update + UNSCHEDULED_LIFETIME + CLOCK_SKEW < now:
+        return (f"sent an out-of-date answer (from {this_update:%Y-%m-%d %H:%M} UTC, without "
+                "a next update)")
     return None
 
 
@@ -250,7 +303,9 @@ class _Body(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._done.called:
             return
-        if reason is None or reason.check(ResponseDone):
+        # Without a length the end of the body is the end of the connection
+        # (PotentialDataLoss): the DER says whether it is whole.
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
             self._done.callback(b"".join(self._parts))
         else:
             self._done.errback(reason)  # the connection broke before the end
@@ -268,10 +323,11 @@ class OCSPClient:
         self._clock = clock
         self._kept: OrderedDict[tuple[str, int], tuple[OCSPAnswer, float]] = OrderedDict()
         self._asking: dict[tuple[str, int], list[Deferred[OCSPAnswer | None]]] = {}
+        self._open = DeferredSemaphore(MAX_ASKING)
 
     def status(self, cert: x509.Certificate, issuer: x509.Certificate
                ) -> Deferred[OCSPAnswer | None]:
-        urls = responder_urls(cert)
+        urls = responder_urls(cert)[:MAX_RESPONDERS]
         if not urls:
             return succeed(None)
         key = ocsp_key(cert, issuer)
@@ -284,17 +340,30 @@ class OCSPClient:
             self._asking[key].append(waiting)
             return waiting
         self._asking[key] = [waiting]
-        Deferred.fromCoroutine(self._ask(key, urls, cert, issuer))
+        Deferred.fromCoroutine(self._ask(key, urls, cert, issuer)).addErrback(
+            lambda failure: log.failure("OCSP for {key}", failure, key=key))
         return waiting
 
     async def _ask(self, key: tuple[str, int], urls: list[str], cert: x509.Certificate,
                    issuer: x509.Certificate) -> None:
-        answer = _unavailable(urls[-1], "was not asked")
+        answer = _unavailable(urls[0], "was not asked")
+        deadline = self._clock.seconds() + TIMEOUT
         try:
-            for url in urls:
-                answer = await self._ask_one(url, cert, issuer)
-                if answer.status is not OCSPStatus.UNAVAILABLE:
-                    break
+            await self._open.acquire()
+            try:
+                for url in urls:
+                    left = deadline - self._clock.seconds()
+                    if left <= 0:
+                        break
+                    try:
+                        answer = await self._ask_one(url, cert, issuer, left)
+                    except Exception as e:  # a fault reading one answer: told, logged
+                        log.failure("OCSP responder {url}", url=url)
+                        answer = _unavailable(url, f"sent an answer that cannot be read ({e})")
+                    if answer.status is not OCSPStatus.UNAVAILABLE:
+                        break
+            finally:
+                self._open.release()
         finally:
             self._keep(key, answer)
             for waiting in self._asking.pop(key):
@@ -305,26 +374,27 @@ class OCSPClient:
         if answer.status is OCSPStatus.UNAVAILABLE:
             until = now + RETRY_AFTER
         elif answer.next_update is None:
-            until = now + UNSCHEDULED_KEEP
+            until = now + UNSCHEDULED_LIFETIME.total_seconds()
         else:
-            until = answer.next_update.timestamp()
+            until = max(answer.next_update.timestamp(), now + KEEP_AT_LEAST)
         self._kept[key] = (answer, until)
         self._kept.move_to_end(key)
         if len(self._kept) > KEPT:
             self._kept.popitem(last=False)
 
-    async def _ask_one(self, url: str, cert: x509.Certificate,
-                       issuer: x509.Certificate) -> OCSPAnswer:
+    async def _ask_one(self, url: str, cert: x509.Certificate, issuer: x509.Certificate,
+                       timeout: float) -> OCSPAnswer:
         nonce = os.urandom(NONCE_SIZE)
+        request = request_for(cert, issuer, nonce)
         waiting: list[Deferred[Any]] = []
 
         def expire() -> None:
             for d in waiting:
                 d.cancel()
 
-        expiry = self._clock.callLater(TIMEOUT, expire)
+        expiry = self._clock.callLater(timeout, expire)
         try:
-            body = FileBodyProducer(BytesIO(request_for(cert, issuer, nonce)))
+            body = FileBodyProducer(BytesIO(request))
             asked = self._agent.request(
                 b"POST", url.encode("ascii"),
                 Headers({b"Content-Type": [b"application/ocsp-request"],
@@ -338,7 +408,7 @@ class OCSPClient:
             der = await received
         except Exception as e:  # the network's failures: refused, reset, DNS, too big
             if not expiry.active():
-                return _unavailable(url, f"did not answer within {TIMEOUT:g} seconds")
+                return _unavailable(url, f"did not answer within {timeout:g} seconds")
             if isinstance(e, ValueError):
                 return _unavailable(url, f"sent a bad answer ({e})")
             return _unavailable(url, f"could not be reached ({_describe(e)})")

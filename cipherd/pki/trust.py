@@ -98,12 +98,27 @@ class OCSPAnswer:
     revoked_at: datetime | None = None
 
     def current(self, now: datetime) -> bool:
+        until = self.until()
         return (self.this_update is not None and self.this_update <= now + CLOCK_SKEW
-                and (self.next_update is None or now <= self.next_update + CLOCK_SKEW))
+                and until is not None and now <= until + CLOCK_SKEW)
+
+    def until(self) -> datetime | None:
+        """
+        Until when it may be relied on: its nextUpdate, or
+        L{UNSCHEDULED_LIFETIME} after its thisUpdate when it has none.
+        """
+        if self.next_update is not None:
+            return self.next_update
+        if self.this_update is not None:
+            return self.this_update + UNSCHEDULED_LIFETIME
+        return None
 
 
 # How far a responder's clock and ours may disagree.
 CLOCK_SKEW = timedelta(minutes=5)
+# How long an answer without nextUpdate ("newer information is always
+# available", RFC 6960 §4.2.2.1) counts after its thisUpdate.
+UNSCHEDULED_LIFETIME = timedelta(minutes=5)
 
 
 def ocsp_key(cert: x509.Certificate, issuer: x509.Certificate) -> tuple[str, int]:
@@ -762,8 +777,9 @@ def steady_interval(
     for answer in context.ocsp.values():
         if answer.this_update is not None:
             edges.append(answer.this_update - CLOCK_SKEW)
-        if answer.next_update is not None:
-            edges.append(answer.next_update + CLOCK_SKEW + _INSTANT)
+        relied_on_until = answer.until()
+        if relied_on_until is not None:
+            edges.append(relied_on_until + CLOCK_SKEW + _INSTANT)
     since: datetime | None = None
     until: datetime | None = None
     for edge in edges:
