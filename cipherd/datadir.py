@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cipherd.pki.certs import self_signed_builder
+from cipherd.pki.sitetls import GENERATED_ORGANISATION
 
 KEK_BYTES = 32
 TLS_VALIDITY = timedelta(days=3650)
@@ -87,7 +88,8 @@ def make_self_signed_tls(hostname: str, now: datetime) -> tuple[bytes, bytes]:
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, hostname),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cipherd"),
+            # How Admin → TLS certificate tells it from an uploaded one.
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, GENERATED_ORGANISATION),
         ]
     )
     cert = (

@@ -492,6 +492,23 @@ class Choice(ValueType):
 # The registry ----------------------------------------------------------------
 
 
+# What one appliance does (Settings → General → Appliance role): the guide's
+# gateway, its webmail appliance, or both on one machine.
+GATEWAY, WEBMAIL, BOTH = "gateway", "webmail", "both"
+_ROLES = ((BOTH, "Gateway and webmail messenger"), (GATEWAY, "Gateway"),
+          (WEBMAIL, "Webmail messenger"))
+ROLE_TITLES: Mapping[str, str] = dict(_ROLES)
+
+
+def shown_for_role(role: str, appliance_role: str) -> bool:
+    """
+    Whether the admin pages of an appliance with C{appliance_role} show
+    what does the work of C{role} (L{BOTH}: of every role) in their menus
+    and forms.
+    """
+    return BOTH in (role, appliance_role) or role == appliance_role
+
+
 @dataclass(frozen=True)
 class Property:
     """
@@ -503,6 +520,9 @@ class Property:
     @ivar secret: write-only: pages and the API never show its value.
     @ivar generate: a random value is made at first start when it has none,
         and it cannot be emptied (the server secrets).
+    @ivar role: the role whose work it sets (L{BOTH}: every role's); the
+        settings form of an appliance of another role does not show it,
+        and so never changes it.
     """
 
     name: str
@@ -516,6 +536,7 @@ class Property:
     advanced: bool = False
     secret: bool = False
     generate: bool = False
+    role: str = BOTH
 
     def validate(self, value: Any) -> Any:
         """
@@ -524,12 +545,11 @@ class Property:
         """
         return self.type.check(value)
 
-
-# What one appliance does (Settings → General → Appliance role): the guide's
-# gateway, its webmail appliance, or both on one machine.
-GATEWAY, WEBMAIL, BOTH = "gateway", "webmail", "both"
-_ROLES = ((BOTH, "Gateway and webmail messenger"), (GATEWAY, "Gateway"),
-          (WEBMAIL, "Webmail messenger"))
+    def shown_for(self, role: str) -> bool:
+        """
+        Whether the settings form of an appliance with C{role} shows it.
+        """
+        return shown_for_role(self.role, role)
 
 
 @dataclass(frozen=True)
@@ -546,7 +566,7 @@ class Page:
         """
         Whether an appliance with C{role} shows the page in its menus.
         """
-        return BOTH in (role, self.role) or role == self.role
+        return shown_for_role(self.role, role)
 
 
 PAGES = (
@@ -571,66 +591,69 @@ _ENCRYPT_MODES = (
 _P = Property
 
 PROPERTIES: tuple[Property, ...] = (
-    # Guide figure 9: General.
+    # Guide figure 9: General.  What only one role's work uses says so
+    # (role=): the form of an appliance of the other role leaves it out.
     _P("comment", "Comment", Text(), "", "A note for administrators; not used by cipherd."),
     _P("appliance_role", "Appliance role", Choice(_ROLES), BOTH,
-       "What this appliance does: the settings menus show only the pages of its role "
-       "(every page stays reachable by its address). Nothing else changes.",
+       "What this appliance does: the menus show only the pages of its role, and this "
+       "page only its fields (every page stays reachable by its address; a field not "
+       "shown keeps its value). Nothing else changes.",
        levels=GLOBAL_ONLY),
     _P("min_password_strength", "Min. password strength", Integer(0, 128, "bits"), 30,
        "The least strength, in bits (log2 of the guesses zxcvbn estimates an attacker "
        "needs), a webmail password must have. 30 bits is about a billion guesses and "
-       "refuses common passwords and dictionary words with digits appended."),
+       "refuses common passwords and dictionary words with digits appended.", role=WEBMAIL),
     _P("relay_recipient", "Relay recipient", EmailAddress(), "",
        "The special address the gateway sends tunnel messages to, e.g. "
        "webmail@webmail.local. Mail to any other address is ordinary mail.",
-       levels=GLOBAL_ONLY),
+       levels=GLOBAL_ONLY, role=WEBMAIL),
     _P("trusted_gateway_senders", "Trusted gateway senders", EmailAddresses(), "",
        "Relay messages are accepted when signed by a certificate whitelisted in the "
        "certificate trust list (guide section 4.2). A signer that is not whitelisted but "
        "chains to a trusted root is accepted only if its address is listed here (the "
        "webmail sender of a gateway). Empty: whitelisted signers only.",
-       levels=GLOBAL_ONLY, advanced=True),
+       levels=GLOBAL_ONLY, advanced=True, role=WEBMAIL),
     _P("portal_base_url", "Portal base URL", Url(), "",
        "The base URL of the webmail portal for sign-up and password reset pages, e.g. "
-       "https://webmail.example.com.", levels=GLOBAL_AND_DOMAIN),
+       "https://webmail.example.com.", levels=GLOBAL_AND_DOMAIN, role=WEBMAIL),
     _P("notification_sender", "Notification sender", EmailAddress(), "",
        "The From address of notification messages (sign-up invitations, new message "
-       "notices). Use an address an administrator reads."),
+       "notices). Use an address an administrator reads.", role=WEBMAIL),
     _P("postmaster", "Postmaster", EmailAddress(), "",
        "Where tunnel messages that cannot be handled (e.g. signed with an untrusted "
        "certificate) are forwarded. Use an address an administrator reads.",
-       levels=GLOBAL_ONLY),
-    # Guide figure 9, advanced: General.
+       levels=GLOBAL_ONLY, role=WEBMAIL),
+    # Guide figure 9, advanced: General (the webmail messenger's).
     _P("initial_login_allowed", "Initial login allowed", Boolean(), True,
        "Whether a recipient may sign up (choose a first password) from an invitation.",
-       advanced=True),
+       advanced=True, role=WEBMAIL),
     _P("server_secret", "Server secret", Text(max_length=256, min_length=16), "",
        "The key sign-up and password reset links are signed with. Changing it makes "
        "every outstanding link invalid. Generated at first start.",
-       levels=GLOBAL_ONLY, advanced=True, secret=True, generate=True),
+       levels=GLOBAL_ONLY, advanced=True, secret=True, generate=True, role=WEBMAIL),
     _P("signup_link_validity", "Signup link validity", Integer(1, 525600, "min"), 43200,
-       "Minutes a sign-up link stays valid.", advanced=True),
+       "Minutes a sign-up link stays valid.", advanced=True, role=WEBMAIL),
     _P("password_reset_link_validity", "Password reset link validity",
        Integer(1, 525600, "min"), 300, "Minutes a password reset link stays valid.",
-       advanced=True),
+       advanced=True, role=WEBMAIL),
     _P("signup_url", "Signup URL", Url(), "",
        "The sign-up page. Empty: the portal base URL followed by /signup.",
-       levels=GLOBAL_AND_DOMAIN, advanced=True),
+       levels=GLOBAL_AND_DOMAIN, advanced=True, role=WEBMAIL),
     _P("password_reset_url", "Password reset URL", Url(), "",
        "The password reset page. Empty: the portal base URL followed by /reset.",
-       levels=GLOBAL_AND_DOMAIN, advanced=True),
+       levels=GLOBAL_AND_DOMAIN, advanced=True, role=WEBMAIL),
     _P("webmail_login_url", "Webmail login URL", Url(), "",
        "The login page linked from new message notices. Empty: the portal base URL "
-       "followed by /login.", levels=GLOBAL_AND_DOMAIN, advanced=True),
+       "followed by /login.", levels=GLOBAL_AND_DOMAIN, advanced=True, role=WEBMAIL),
     _P("password_reset_enabled", "Password reset enabled", Boolean(), True,
-       "Whether recipients may reset a forgotten password by email.", advanced=True),
+       "Whether recipients may reset a forgotten password by email.", advanced=True,
+       role=WEBMAIL),
     # Post processing.
     _P("header_external", "Header external", HeaderField(), "",
        "A header field (Name: value) added on top of mail for external recipients, sent "
        "as it is, S/MIME encrypted (outside the encryption) or through the webmail "
        "tunnel; the sender's setting applies.",
-       group="Post processing", advanced=True),
+       group="Post processing", advanced=True, role=GATEWAY),
     # Other.
     _P("system_mail_secret", "System mail secret", Text(max_length=256, min_length=16), "",
        "The key that marks mail cipherd sends itself (notifications, bounces), so it is "

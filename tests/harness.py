@@ -67,7 +67,12 @@ class Response:
 
 
 class AdminHarness:
-    def __init__(self, log_dir: Path) -> None:
+    """
+    @param site_tls_replaceable: why the sites' certificate cannot be
+        replaced (as when the bootstrap file names it), or C{None}.
+    """
+
+    def __init__(self, log_dir: Path, *, site_tls_replaceable: str | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
         self.store = migrated_store()
@@ -87,7 +92,8 @@ class AdminHarness:
         cert_pem, key_pem = make_self_signed_tls("localhost", datetime(2027, 1, 1, tzinfo=UTC))
         (log_dir / "tls-cert.pem").write_bytes(cert_pem)
         (log_dir / "tls-key.pem").write_bytes(key_pem)
-        self.site_tls = SiteTLS(log_dir / "tls-cert.pem", log_dir / "tls-key.pem")
+        self.site_tls = SiteTLS(log_dir / "tls-cert.pem", log_dir / "tls-key.pem",
+                                replaceable=site_tls_replaceable)
         self.site = AdminSite(
             AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
                          self.certificates, MTAConfigSource(self.store),

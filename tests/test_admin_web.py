@@ -5,6 +5,7 @@ lockout, session expiry on the clock, settings forms, domains and users.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,10 @@ from tests.harness import (
     MAX_AGE,
     AdminHarness,
 )
+from tests.test_refused_forms import Form
+
+PREFERENCES = "/settings/global/preferences"
+ADVANCED = PREFERENCES + "?advanced=1"
 
 
 @pytest.fixture
@@ -343,6 +348,124 @@ def test_the_users_and_domains_lists_say_what_each_overrides(admin: AdminHarness
     assert cells == {"alice@example.com": "Encrypt mode, S/MIME sign",
                      "bob@example.com": "nothing: it inherits every setting"}
     assert '<td class="overrides">Comment</td>' in admin.get("/settings/domains").text
+
+
+# What a gateway and a webmail appliance show of Settings → General.
+BOTH_ROLES_GENERAL = {"comment", "appliance_role", "system_mail_secret", "custom_1",
+                      "custom_2", "custom_3"}
+WEBMAIL_GENERAL = {
+    "min_password_strength", "relay_recipient", "trusted_gateway_senders", "portal_base_url",
+    "notification_sender", "postmaster", "initial_login_allowed", "server_secret",
+    "signup_link_validity", "password_reset_link_validity", "signup_url",
+    "password_reset_url", "webmail_login_url", "password_reset_enabled"}
+GATEWAY_GENERAL = {"header_external"}
+# Set as on a webmail appliance, before its role is narrowed.
+PORTAL_VALUES = {
+    "relay_recipient": "webmail@webmail.local",
+    "portal_base_url": "https://webmail.example.com",
+    "notification_sender": "notification@example.com",
+    "postmaster": "postmaster@example.com",
+    "password_reset_enabled": False,
+    "initial_login_allowed": False,
+    "signup_url": "https://webmail.example.com/join",
+    "signup_link_validity": 600,
+    "min_password_strength": 40,
+}
+
+
+def properties_shown(page: str) -> set[str]:
+    return set(re.findall(r'data-property="(\w+)"', page))
+
+
+def as_a_browser_submits(page: str) -> list[tuple[str, str]]:
+    """
+    The fields a browser sends of the settings form on C{page}, unchanged.
+    """
+    form = Form(page)
+    fields = [("fields", name) for name in re.findall(r'name="fields" value="(\w+)"', page)]
+    return [*fields, *((name, value) for name, value in form.values.items() if name),
+            *((name, "on") for name in form.ticked)]
+
+
+def set_role(admin: AdminHarness, role: str) -> None:
+    assert admin.post_form(PREFERENCES, [
+        ("fields", "appliance_role"), ("value.appliance_role", role)]).code == 303
+
+
+def test_a_gateway_is_not_shown_the_webmail_messengers_general_fields_and_keeps_them(
+        admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    assert not result_of(admin.settings.update(GLOBAL, PORTAL_VALUES))
+    every = properties_shown(admin.get(ADVANCED).text)
+    assert every == BOTH_ROLES_GENERAL | WEBMAIL_GENERAL | GATEWAY_GENERAL
+
+    set_role(admin, "gateway")
+    page = admin.get(ADVANCED).text
+    assert properties_shown(page) == BOTH_ROLES_GENERAL | GATEWAY_GENERAL
+    note = html.unescape(page.split('class="help role-note">', 1)[1].split("</p>", 1)[0])
+    assert note.startswith("Not shown, as this appliance's role is Gateway (<em>Appliance "
+                           "role</em>), and kept as they are: Min. password strength, Relay "
+                           "recipient, Trusted gateway senders, Portal base URL")
+    # The relay recipient's certificate is the webmail appliance's (guide §2.3.11).
+    assert "/settings/global/preferences/certificate" not in page
+    assert properties_shown(admin.get(PREFERENCES).text) == {"comment", "appliance_role"}
+
+    # The form saved as shown, with one change: what it did not show is as it was.
+    sent = [(k, "a gateway" if k == "value.comment" else v)
+            for k, v in as_a_browser_submits(page) if k != "inherit.comment"]
+    assert admin.post_form(ADVANCED, sent).code == 303
+    assert effective(admin, GLOBAL, "comment") == "a gateway"
+    stored = result_of(admin.settings.values(GLOBAL)).by_scope[GLOBAL]
+    assert {name: stored[name] for name in PORTAL_VALUES} == PORTAL_VALUES
+
+    # A form shown before the role changed still names its fields: refused,
+    # it shows them again as they were typed; nothing is stored.
+    stale = admin.post_form(ADVANCED, [("fields", "portal_base_url"),
+                                       ("value.portal_base_url", "not a url")])
+    assert stale.code == 400 and "portal_base_url" in properties_shown(stale.text)
+    assert 'value="not a url"' in stale.text
+    assert effective(admin, GLOBAL, "portal_base_url") == "https://webmail.example.com"
+
+    # A domain's General page too; the others stay reachable by address.
+    admin.post_form("/settings/domains", {"name": "example.com"})
+    domain = properties_shown(admin.get("/settings/domains/example.com/preferences"
+                                        "?advanced=1").text)
+    assert not domain & WEBMAIL_GENERAL and "header_external" in domain
+    assert admin.get("/settings/global/templates").code == 200
+
+
+def test_a_webmail_appliance_is_not_shown_the_gateways_general_fields(
+        admin: AdminHarness) -> None:
+    admin.login_with_new_password()
+    assert not result_of(admin.settings.update(GLOBAL, {"header_external": "X-Via: gw"}))
+    set_role(admin, "webmail")
+    page = admin.get(ADVANCED).text
+    assert properties_shown(page) == BOTH_ROLES_GENERAL | WEBMAIL_GENERAL
+    assert "is Webmail messenger (<em>Appliance role</em>), and kept as they are: Header " \
+           "external." in html.unescape(page)
+    assert "/settings/global/preferences/certificate" in page
+    assert admin.post_form(ADVANCED, as_a_browser_submits(page)).code == 303
+    assert effective(admin, GLOBAL, "header_external") == "X-Via: gw"
+    set_role(admin, "both")
+    assert "role-note" not in admin.get(ADVANCED).text
+
+
+def test_a_gateway_has_no_authorized_recipients_in_its_mta_menu(admin: AdminHarness) -> None:
+    """
+    Authorized recipients are where webmail recipients may reply to: the
+    webmail appliance's (guide §2.3.14).
+    """
+    admin.login_with_new_password()
+    mta = ["Config", "Transports", "Authorized recipients"]
+    for role, shown in (("both", mta), ("gateway", mta[:2]), ("webmail", mta)):
+        set_role(admin, role)
+        for path in ("/mta/config", "/mta/transports"):
+            assert tabs(admin.get(path).text) == shown, (role, path)
+    set_role(admin, "gateway")
+    reached = admin.get("/mta/authorized-recipients")
+    assert reached.code == 200 and tabs(reached.text) == mta
+    refused = admin.post_form("/mta/authorized-recipients", {"entry": "not valid@@"})
+    assert refused.code == 400 and tabs(refused.text) == mta
 
 
 def test_unknown_pages_and_internal_errors_get_a_page(admin: AdminHarness) -> None:

@@ -273,3 +273,108 @@ def test_smtp_transports_resource(api: AdminHarness) -> None:
         {"domain": "webmail.local", "host": "[192.0.2.6]", "port": 25}]}
     missing = call(api, "DELETE", "/mta/transports", body={"domain": "example.com"})
     assert missing.code == 404
+
+
+def test_relay_domains_one_by_one(api: AdminHarness) -> None:
+    """
+    Guide §2.3.1, figure 7: *Add domain* and delete, one domain at a time;
+    PATCH /mta of the whole list still works.
+    """
+    change_default(api)
+    assert call(api, "GET", "/mta/relay-domains").json() == {"relay_domains": []}
+    added = call(api, "POST", "/mta/relay-domains", body={"domain": " Webmail.Local. "})
+    assert (added.code, added.json()) == (200, {"relay_domains": ["webmail.local"]})
+    call(api, "POST", "/mta/relay-domains", body={"domain": "example.com"})
+    again = call(api, "POST", "/mta/relay-domains", body={"domain": "webmail.local"})
+    assert again.json() == {"relay_domains": ["webmail.local", "example.com"]}
+    refused = call(api, "POST", "/mta/relay-domains", body={"domain": "webmail local"})
+    assert (refused.code, refused.json()) == (400, {
+        "error": "The domain was refused; nothing was changed.",
+        "errors": {"domain": "'webmail local' is not a domain name: it contains spaces."}})
+    wrong_type = call(api, "POST", "/mta/relay-domains", body={"name": "example.org"})
+    assert wrong_type.code == 400
+    assert wrong_type.json()["errors"] == {"domain": "must be a domain name"}
+    assert call(api, "GET", "/mta").json()["relay_domains"] == ["webmail.local", "example.com"]
+
+    deleted = call(api, "DELETE", "/mta/relay-domains", body={"domain": "WEBMAIL.local"})
+    assert (deleted.code, deleted.json()) == (200, {"relay_domains": ["example.com"]})
+    gone = call(api, "DELETE", "/mta/relay-domains", body={"domain": "webmail.local"})
+    assert (gone.code, gone.json()) == (404, {"error": "webmail.local is not a relay domain."})
+    assert call(api, "PATCH", "/mta", body={"relay_domains": ["a.example"]}).code == 200
+    assert call(api, "GET", "/mta/relay-domains").json() == {"relay_domains": ["a.example"]}
+
+
+def test_relay_hosts_as_host_port_and_mx(api: AdminHarness) -> None:
+    """
+    Figure 7's relay host fields -- host, port, *mx* -- as a resource of
+    their own; GET and PATCH /mta keep Postfix's syntax.
+    """
+    change_default(api)
+    none = {"host": "", "port": 25, "mx": False, "relay_host": ""}
+    assert call(api, "GET", "/mta/relay-hosts/internal").json() == none
+    internal = call(api, "PUT", "/mta/relay-hosts/internal",
+                    body={"host": "192.0.2.5", "port": 2525})
+    assert (internal.code, internal.json()) == (200, {
+        "host": "192.0.2.5", "port": 2525, "mx": False, "relay_host": "[192.0.2.5]:2525"})
+    external = call(api, "PUT", "/mta/relay-hosts/external",
+                    body={"host": "mail.example.net", "mx": True}).json()
+    assert external == {"host": "mail.example.net", "port": 25, "mx": True,
+                        "relay_host": "mail.example.net"}
+    mta = call(api, "GET", "/mta").json()
+    assert (mta["internal_relay_host"], mta["external_relay_host"]) == (
+        "[192.0.2.5]:2525", "mail.example.net")
+
+    # Each refusal at its field, and nothing changes.
+    typed = call(api, "PUT", "/mta/relay-hosts/internal",
+                 body={"host": 5, "port": "25", "mx": "yes"})
+    assert typed.code == 400
+    assert typed.json()["errors"] == {
+        "host": "must be a host name or an IP address, as a string",
+        "port": "must be a number from 1 to 65535", "mx": "must be true or false"}
+    wrong = call(api, "PUT", "/mta/relay-hosts/internal",
+                 body={"host": "smtp.example.com:26", "port": 0})
+    assert wrong.json() == {
+        "error": "The relay host was refused; nothing was changed.",
+        "errors": {"host": "'smtp.example.com:26' is not a host name or an IP address (the "
+                           "port goes in its own field).",
+                   "port": "The port is a number from 1 to 65535 (25 for SMTP)."}}
+    empty = call(api, "PUT", "/mta/relay-hosts/internal", body={"host": ""})
+    assert empty.json()["errors"] == {
+        "host": "Enter the relay host: a host name or an IP address."}
+    assert call(api, "GET", "/mta/relay-hosts/internal").json()["relay_host"] == (
+        "[192.0.2.5]:2525")
+
+    # Postfix's syntax through PATCH /mta reads back as fields.
+    call(api, "PATCH", "/mta", body={"internal_relay_host": "[2001:db8::5]:26"})
+    assert call(api, "GET", "/mta/relay-hosts/internal").json() == {
+        "host": "2001:db8::5", "port": 26, "mx": False, "relay_host": "[2001:db8::5]:26"}
+    cleared = call(api, "DELETE", "/mta/relay-hosts/internal")
+    assert (cleared.code, cleared.json()) == (200, none)
+    assert call(api, "GET", "/mta").json()["internal_relay_host"] == ""
+    assert call(api, "GET", "/mta/relay-hosts/sideways").code == 404
+
+
+def test_network_info(api: AdminHarness) -> None:
+    """
+    Admin → Network (guide §2.2) read only, with the DNS servers cipherd
+    asks, which PATCH /mta sets.
+    """
+    change_default(api)
+    network = call(api, "GET", "/network")
+    assert network.code == 200
+    body = network.json()
+    assert (body["hostname"], body["fqdn"]) == ("webmail", "webmail.example.com")
+    eth0 = body["interfaces"][0]
+    assert (eth0["name"], eth0["mac"], eth0["up"], eth0["mtu"]) == (
+        "eth0", "00:15:5d:b2:2a:1d", True, 1500)
+    assert eth0["addresses"][0] == {"family": "IPv4", "address": "192.168.1.109",
+                                    "netmask": "255.255.255.0",
+                                    "broadcast": "192.168.1.255",
+                                    "prefix": "192.168.1.109/24"}
+    assert [i["name"] for i in body["interfaces"]] == ["eth0", "lo"]
+    assert body["gateways"] == ["192.168.1.1 (eth0)"]
+    assert body["resolvers"] == {"nameservers": ["192.168.1.1"], "search": ["example.com"]}
+    assert body["dns_servers"] == [] and body["my_hostname"]
+    call(api, "PATCH", "/mta", body={"dns_servers": ["192.0.2.53"]})
+    assert call(api, "GET", "/network").json()["dns_servers"] == ["192.0.2.53"]
+    assert call(api, "PUT", "/network", body={}).code == 405

@@ -488,3 +488,63 @@ def test_mta_config_and_queue_pages(
     page.get_by_role("button", name="Send").click()
     expect(page.get_by_role("status")).to_contain_text("Queued for delivery as")
     shoot(page, artifacts, "send-email")
+
+
+def same_line(page: Page, label: Locator, field: Locator) -> bool:
+    """
+    Whether C{label} and C{field} are side by side: their boxes' middles at
+    one height.
+    """
+    label_box, field_box = label.bounding_box(), field.bounding_box()
+    assert label_box is not None and field_box is not None
+    middle = label_box["y"] + label_box["height"] / 2
+    return field_box["y"] <= middle <= field_box["y"] + field_box["height"]
+
+
+def test_the_relay_host_port_stays_beside_its_label_on_a_phone(
+    context: BrowserContext, artifacts: Path
+) -> None:
+    page = context.new_page()
+    log_in_and_change_default_password(page)
+    page.goto("/mta/config")
+    for viewport in (PHONE, DESKTOP):
+        page.set_viewport_size(viewport)
+        for name in ("External relay host", "Internal relay host"):
+            group = page.get_by_role("group", name=name)
+            for label, field in (("port", group.get_by_role("spinbutton")),
+                                 ("mx", group.get_by_role("checkbox"))):
+                assert same_line(page, group.get_by_text(label, exact=True), field), (
+                    viewport, name, label)
+    shoot(page, artifacts, "mta-config-relay-hosts")
+
+
+def test_a_gateway_shows_neither_portal_fields_nor_authorized_recipients(
+    context: BrowserContext, artifacts: Path
+) -> None:
+    """
+    Appliance role *Gateway*: Settings → General without the webmail
+    messenger's fields, Admin → MTA without authorized recipients.
+    """
+    page = context.new_page()
+    log_in_and_change_default_password(page)
+    page.goto(f"{PREFERENCES}?advanced=1")
+    expect(page.get_by_label("Portal base URL")).to_be_visible()
+    page.locator('[id="inherit.appliance_role"]').uncheck()
+    page.get_by_label("Appliance role").select_option(label="Gateway")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("status")).to_have_text("The settings were applied.")
+    for label in ("Portal base URL", "Relay recipient", "Password reset enabled",
+                  "Initial login allowed", "Signup URL"):
+        expect(page.get_by_label(label, exact=True)).to_have_count(0)
+    expect(page.get_by_label("Header external")).to_be_visible()
+    expect(page.locator("p.role-note")).to_contain_text(
+        "Not shown, as this appliance's role is Gateway")
+    shoot(page, artifacts, "preferences-gateway")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").click()
+    tabs = page.get_by_role("navigation", name="Pages of the MTA")
+    expect(tabs.get_by_role("link")).to_have_text(["Config", "Transports"])
+    shoot(page, artifacts, "mta-config-gateway")
+    # Still there by its address.
+    page.goto("/mta/authorized-recipients")
+    expect(tabs.get_by_role("link", name="Authorized recipients")).to_be_visible()
+

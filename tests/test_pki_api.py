@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs7
 from twisted.web.test.requesthelper import DummyRequest
 
 from cipherd.pki.certs import thumbprint
@@ -82,6 +83,52 @@ def test_import_list_details_download_delete(api: AdminHarness, pki: dict) -> No
     assert call(api, "GET", "/certificates/" + "ab" * 32).code == 404
     assert call(api, "DELETE", f"/certificates/{t}").code == 200
     assert call(api, "DELETE", f"/certificates/{t}").code == 404
+
+
+def test_several_certificates_download_as_one_file(api: AdminHarness, pki: dict) -> None:
+    """
+    The list page's *download certificates*: a PEM bundle or PKCS#7, by GET
+    with the thumbprints in the query or by POST with them in JSON.
+    """
+    call(api, "POST", "/certificates?skip_self_signed=false",
+         raw=pki["tunnel"].pem() + pki["alice"].pem())
+    call(api, "POST", "/certificates?store=roots", raw=pki["root"].pem())
+    alice, tunnel = thumbprint(pki["alice"].cert), thumbprint(pki["tunnel"].cert)
+    wanted = [pki["alice"].cert, pki["tunnel"].cert]
+
+    pem = call(api, "GET", f"/certificates/download?thumbprint={alice}"
+                           f"&thumbprint={tunnel.upper()}&thumbprint={alice}")
+    assert pem.code == 200 and pem.header("content-type") == "application/x-pem-file"
+    assert pem.header("content-disposition") == 'attachment; filename="certificates-2.pem"'
+    assert x509.load_pem_x509_certificates(pem.body) == wanted
+    p7b = call(api, "GET", f"/certificates/download?thumbprint={alice}&thumbprint={tunnel}"
+                           "&format=p7b")
+    assert p7b.header("content-type") == "application/x-pkcs7-certificates"
+    assert pkcs7.load_der_pkcs7_certificates(p7b.body) == wanted
+    posted = call(api, "POST", "/certificates/download",
+                  {"thumbprints": [alice, tunnel], "format": "p7b"})
+    assert pkcs7.load_der_pkcs7_certificates(posted.body) == wanted
+    root = call(api, "POST", "/certificates/download?store=roots",
+                {"thumbprints": [thumbprint(pki["root"].cert)]})
+    assert x509.load_pem_x509_certificates(root.body) == [pki["root"].cert]
+
+    # Nothing, or not all, of what was asked: said, and no file.
+    missing = call(api, "GET", f"/certificates/download?thumbprint={alice}"
+                               f"&thumbprint={'ab' * 32}")
+    assert (missing.code, missing.json()) == (404, {
+        "error": f"There is no such certificate in certificates: {'ab' * 32}.",
+        "missing": ["ab" * 32]})
+    refused = call(api, "GET", "/certificates/download?format=zip")
+    assert (refused.code, refused.json()) == (400, {
+        "error": "Nothing was downloaded.",
+        "errors": {"thumbprint": "must be one SHA-256 thumbprint (64 hexadecimal digits) or "
+                                 "more",
+                   "format": "must be pem or p7b"}})
+    assert call(api, "POST", "/certificates/download", {"thumbprints": alice}).json()[
+        "errors"] == {"thumbprints": "must be one SHA-256 thumbprint (64 hexadecimal digits) "
+                                     "or more"}
+    too_many = call(api, "POST", "/certificates/download", {"thumbprints": [alice] * 1001})
+    assert too_many.json()["errors"] == {"thumbprints": "must be at most 1000 thumbprints"}
 
 
 def test_import_errors(api: AdminHarness, pki: dict) -> None:

@@ -28,6 +28,7 @@ from zope.interface.verify import verifyObject
 from cipherd.datadir import make_self_signed_tls
 from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateError, SiteTLS, check_bundle
 from tests.conftest import Appliance
+from tests.harness import GOOD_PASSWORD
 from tests.pki_factory import Identity, make_ca, new_rsa_key
 from tests.test_browser_admin import (  # noqa: F401
     browser,
@@ -213,6 +214,88 @@ def test_an_upload_needs_the_csrf_token(signed_in_admin: Any, ca: Identity) -> N
                                         form_page="/admin/tls", csrf=None)
     assert refused.code == 403
     assert "self-signed" in signed_in_admin.get("/admin/tls").text
+
+
+# The API -----------------------------------------------------------------------
+
+def tls_api(harness: Any, method: str, data: bytes | None = None,
+            media: str = "application/octet-stream", **headers: str) -> Any:
+    return harness.request(method, "/api/v1/tls-certificate", auth=("admin", GOOD_PASSWORD),
+                           data=data, headers={"Content-Type": media, **headers})
+
+
+def test_the_api_shows_the_certificate_and_replaces_it_as_the_page_does(
+        signed_in_admin: Any, ca: Identity) -> None:
+    shown = tls_api(signed_in_admin, "GET")
+    assert shown.code == 200
+    generated = shown.json()
+    assert generated == {
+        "subject": "O=cipherd,CN=localhost", "names": ["localhost", "127.0.0.1", "::1"],
+        "issuer": "O=cipherd,CN=localhost", "self_signed": True,
+        "not_before": generated["not_before"], "not_after": generated["not_after"],
+        "thumbprint": signed_in_admin.site_tls.info().sha256, "key": "EC secp256r1",
+        "chain": 0, "origin": "generated", "replaceable": True}
+    assert generated["not_before"].endswith(" UTC")
+
+    # Refused with the page's reasons; the certificate in use stays.
+    leaf = server(ca)
+    no_key = tls_api(signed_in_admin, "PUT", leaf.pem())
+    assert (no_key.code, no_key.json()["error"]) == (400, (
+        "The file has no private key. Put the key in the same PEM file as the certificate, "
+        "or upload a PKCS#12 file."))
+    p12 = leaf.pkcs12(b"pw", [ca.cert])
+    assert "the PKCS#12 password is wrong" in tls_api(signed_in_admin, "PUT", p12).json()[
+        "error"]
+    form = tls_api(signed_in_admin, "PUT", leaf.pem(), media="multipart/form-data")
+    assert form.code == 415
+    assert tls_api(signed_in_admin, "GET").json() == generated
+
+    # PKCS#12 with its password: in use at once, on the page too.
+    replaced = tls_api(signed_in_admin, "PUT", p12, **{"X-Password": "pw"})
+    assert replaced.code == 200, replaced.text
+    uploaded = replaced.json()
+    assert (uploaded["subject"], uploaded["issuer"], uploaded["names"]) == (
+        f"CN={HOST}", "CN=Example Issuing CA", [HOST, "127.0.0.1"])
+    assert (uploaded["origin"], uploaded["chain"], uploaded["self_signed"]) == (
+        "uploaded", 1, False)
+    assert uploaded["thumbprint"] == leaf.cert.fingerprint(hashes.SHA256()).hex()
+    assert (uploaded["not_before"], uploaded["not_after"]) == (
+        "2026-12-16 08:00:00 UTC", "2028-01-15 08:00:00 UTC")
+    assert tls_api(signed_in_admin, "GET").json() == uploaded
+    assert signed_in_admin.site_tls.info().sha256 == uploaded["thumbprint"]
+    assert "Origin</dt><dd>uploaded" in signed_in_admin.get("/admin/tls").text
+    # POST as well as PUT, PEM with its chain and key.
+    other = server(ca, name="webmail.example.com")
+    posted = tls_api(signed_in_admin, "POST", other.pem() + ca.pem() + other.key_pem())
+    assert posted.json()["names"] == ["webmail.example.com", "127.0.0.1"]
+
+
+def test_the_api_says_a_certificate_of_the_bootstrap_file_stays(
+        tmp_path: Path, ca: Identity) -> None:
+    from tests.harness import AdminHarness
+
+    harness = AdminHarness(tmp_path, site_tls_replaceable="Named in the bootstrap file.")
+    harness.login_with_new_password()
+    try:
+        shown = tls_api(harness, "GET").json()
+        assert (shown["origin"], shown["replaceable"], shown["why_not_replaceable"]) == (
+            "bootstrap file", False, "Named in the bootstrap file.")
+        leaf = server(ca)
+        refused = tls_api(harness, "PUT", leaf.pem() + leaf.key_pem())
+        assert (refused.code, refused.json()) == (409, {"error": "Named in the bootstrap file."})
+        assert "Origin</dt><dd>named in the bootstrap file" in harness.get("/admin/tls").text
+    finally:
+        harness.close()
+
+
+def test_an_uploaded_self_signed_certificate_is_not_taken_for_the_generated_one(
+        tmp_path: Path) -> None:
+    tls = site_tls(tmp_path)
+    assert tls.info().origin == "generated"
+    mine = server(None)
+    assert tls.replace(mine.pem() + mine.key_pem(), None, NOW).origin == "uploaded"
+    # And after a restart.
+    assert SiteTLS(tmp_path / "cert.pem", tmp_path / "key.pem").info().origin == "uploaded"
 
 
 # A running appliance ----------------------------------------------------------

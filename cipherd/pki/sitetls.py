@@ -33,6 +33,13 @@ from zope.interface import Attribute, Interface, implementer
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 MIN_RSA_BITS = 2048
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+# Where the certificate in use comes from: made by cipherd at first start,
+# uploaded in Admin → TLS certificate (or the API), or named in the
+# bootstrap file.
+GENERATED, UPLOADED, BOOTSTRAP_FILE = "generated", "uploaded", "bootstrap file"
+# The organisation of the one cipherd makes (cipherd.datadir), by which a
+# self-signed certificate is told to be that one.
+GENERATED_ORGANISATION = "cipherd"
 
 
 class SiteCertificateError(ValueError):
@@ -75,9 +82,10 @@ class SiteCertificateInfo:
     self_signed: bool
     chain: int  # certificates sent after it
     key: str  # "RSA 2048", "EC secp256r1"
+    origin: str  # GENERATED, UPLOADED or BOOTSTRAP_FILE
 
     @classmethod
-    def of(cls, certificates: list[x509.Certificate]) -> SiteCertificateInfo:
+    def of(cls, certificates: list[x509.Certificate], origin: str) -> SiteCertificateInfo:
         leaf = certificates[0]
         try:
             san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -93,7 +101,7 @@ class SiteCertificateInfo:
         return cls(leaf.subject.rfc4514_string(), names, leaf.issuer.rfc4514_string(),
                    leaf.not_valid_before_utc, leaf.not_valid_after_utc,
                    leaf.fingerprint(hashes.SHA256()).hex(), leaf.issuer == leaf.subject,
-                   len(certificates) - 1, key)
+                   len(certificates) - 1, key, origin)
 
 
 class ISiteCertificate(Interface):
@@ -200,6 +208,18 @@ def check_bundle(data: bytes, password: bytes | None, now: datetime
                                       serialization.NoEncryption())
 
 
+def _origin(leaf: x509.Certificate, replaceable: str | None) -> str:
+    """
+    Where the certificate read at start came from.
+    """
+    if replaceable is not None:
+        return BOOTSTRAP_FILE
+    organisations = [a.value for a in leaf.subject.get_attributes_for_oid(
+        NameOID.ORGANIZATION_NAME)]
+    made_here = leaf.issuer == leaf.subject and organisations == [GENERATED_ORGANISATION]
+    return GENERATED if made_here else UPLOADED
+
+
 def _new(path: Path) -> Path:
     return path.with_name(path.name + ".new")
 
@@ -247,7 +267,8 @@ class SiteTLS:
             _put_in_place(key, certificate)
         pem = certificate.read_bytes()
         self._options = tls_options(pem, key.read_bytes())
-        self._info = SiteCertificateInfo.of(x509.load_pem_x509_certificates(pem))
+        certificates = x509.load_pem_x509_certificates(pem)
+        self._info = SiteCertificateInfo.of(certificates, _origin(certificates[0], replaceable))
 
     def getContext(self) -> Context:
         context: Context = self._options.getContext()
@@ -271,5 +292,5 @@ class SiteTLS:
         _write_new(self._certificate, certificate_pem, 0o644)
         _put_in_place(self._key, self._certificate)
         self._options = options
-        self._info = SiteCertificateInfo.of(certificates)
+        self._info = SiteCertificateInfo.of(certificates, UPLOADED)
         return self._info

@@ -534,9 +534,22 @@ class MTAConfigSource:
 
         @return: C{{name: problem}}; when not empty nothing changed.
         """
+        return await self.edit(lambda stored: changes)
+
+    async def edit(self, changes_to: Callable[[MTAConfig], Mapping[str, Any]]
+                   ) -> dict[str, str]:
+        """
+        L{update} with the changes C{changes_to} makes of the config as it
+        is stored, read in the transaction that writes them rather than as
+        a page read it earlier (on SQLite, whose writers queue, two admins
+        adding a relay domain at once both keep theirs).
+
+        @return: C{{name: problem}}; when not empty nothing changed.
+        """
 
         def write(conn: Connection) -> tuple[MTAConfig, dict[str, str]]:
-            updated, errors = apply_changes(load(conn), changes)
+            stored = load(conn)
+            updated, errors = apply_changes(stored, changes_to(stored))
             if not errors:
                 save(conn, updated)
             return updated, errors

@@ -24,6 +24,7 @@ from cipherd.settings import (
     GLOBAL,
     PAGES,
     REGISTRY,
+    ROLE_TITLES,
     Boolean,
     InvalidValue,
     Level,
@@ -468,13 +469,13 @@ class AdminSite(AdminPages):
         if page not in _PAGE_TITLES or not properties_on(page, scope.level):
             return self.not_found(request, session)
         advanced = arg(request, "advanced") == "1"
-        props = [p for p in properties_on(page, scope.level) if advanced or not p.advanced]
-        has_advanced = any(p.advanced for p in properties_on(page, scope.level))
+        on_page = [p for p in properties_on(page, scope.level) if advanced or not p.advanced]
         view = _ScopeView(scope)
         errors: dict[str, str] = {}
         submitted: dict[str, str | None] = {}
         if request.method == b"POST":
-            changes, errors, submitted = self._read_settings_form(request, props)
+            # The fields the form showed, whatever the role is by now.
+            changes, errors, submitted = self._read_settings_form(request, on_page)
             if not errors:
                 errors = await self.backend.settings.update(scope, changes)
             if not errors:
@@ -484,6 +485,13 @@ class AdminSite(AdminPages):
                 suffix = "?saved=1" + ("&advanced=1" if advanced else "")
                 return redirect(request, f"{view.base}/{page}{suffix}")
         values = await self.backend.settings.values(scope)
+        role = values.resolve(GLOBAL, REGISTRY["appliance_role"]).value
+        # An appliance of one role is not shown the other role's fields; a
+        # refused form shows again what it had.
+        props = [p for p in on_page if p.shown_for(role) or p.name in submitted]
+        left_out = [p.label for p in on_page if p not in props]
+        has_advanced = any(p.advanced and p.shown_for(role)
+                           for p in properties_on(page, scope.level))
         rows: list[dict[str, Any]] = []
         for prop in props:
             own = values.by_scope.get(scope, {})
@@ -517,7 +525,7 @@ class AdminSite(AdminPages):
                     "error": errors.get(prop.name),
                 }
             )
-        role = values.resolve(GLOBAL, REGISTRY["appliance_role"]).value
+        shown_names = {p.name for p in props}
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             key = ("Advanced: " if row["prop"].advanced else "") + row["prop"].group
@@ -530,22 +538,24 @@ class AdminSite(AdminPages):
                    and (p.name == page or p.shown_for(role))],
             groups=groups, advanced=advanced, has_advanced=has_advanced,
             saved=arg(request, "saved") is not None, errors=errors,
-            certificate_link=self._certificate_link(view, page),
+            left_out=left_out, role_title=ROLE_TITLES[role],
+            certificate_link=self._certificate_link(view, page, shown_names),
             dkim=await self._dkim_status(scope, values) if page == "dkim" else None,
-            warnings=await self._tunnel_warnings(scope, page, values),
+            warnings=await self._tunnel_warnings(scope, shown_names, values),
         )
 
-    async def _tunnel_warnings(self, scope: Scope, page: str, values: Values) -> list[str]:
+    async def _tunnel_warnings(self, scope: Scope, names: set[str], values: Values
+                               ) -> list[str]:
         """
-        The tunnel addresses on C{page} that are set but have no certificate
-        to do their part: accepted (the guide sets the address first and
-        makes the certificate after), and said until fixed.
+        The tunnel addresses among the fields C{names} a page shows that are
+        set but have no certificate to do their part: accepted (the guide
+        sets the address first and makes the certificate after), and said
+        until fixed.
         """
         def effective(name: str) -> str:
             value: str = values.resolve(scope, REGISTRY[name]).value
             return value
 
-        names = {p.name for p in properties_on(page, scope.level)}
         warnings = []
         for end in (WEBMAIL_SENDER, RELAY_RECIPIENT):
             address = effective(end.setting) if end.setting in names else ""
@@ -574,12 +584,14 @@ class AdminSite(AdminPages):
         }
 
     @staticmethod
-    def _certificate_link(view: _ScopeView, page: str) -> tuple[str, str] | None:
+    def _certificate_link(view: _ScopeView, page: str, shown: set[str]
+                          ) -> tuple[str, str] | None:
         """
-        The (address, words) of the page's "create certificate" link, if any.
+        The (address, words) of the page's "create certificate" link, if
+        any: beside its address's field, when the page shows that.
         """
         form = _CERTIFICATE_PAGES.get(page)
-        if form is None or not form.applies(view.scope):
+        if form is None or not form.applies(view.scope) or form.end.setting not in shown:
             return None
         return f"{view.base}/{page}/certificate", form.link
 

@@ -17,6 +17,7 @@ import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from cryptography import x509
@@ -28,6 +29,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from cipherd.pki.errors import CertificateImportError
+from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateError, SiteCertificateInfo
 from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import (
     GLOBAL,
@@ -38,7 +40,12 @@ from cipherd.settings import (
     scope_for,
 )
 from cipherd.smtp.compose import ComposeError
-from cipherd.smtp.config import authorized_recipient_problems
+from cipherd.smtp.config import (
+    RelayHost,
+    authorized_recipient_problems,
+    relay_host_problems,
+    relay_host_text,
+)
 from cipherd.smtp.queue import describe as describe_queued
 from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
@@ -58,13 +65,22 @@ from cipherd.web.common import (
     IErrorPages,
     SiteApp,
     arg,
+    args,
     client_address,
     json_response,
     log_query,
     request_deadline,
     whole_number,
 )
-from cipherd.web.pki_pages import MAX_SEARCH_LENGTH, MAX_UPLOAD, certificate_facts
+from cipherd.web.pki_pages import (
+    BUNDLE_FORMATS,
+    MAX_DOWNLOAD,
+    MAX_SEARCH_LENGTH,
+    MAX_UPLOAD,
+    TIME_FORMAT,
+    certificate_facts,
+    send_bundle,
+)
 
 # Bodies larger than this are refused before parsing.
 MAX_JSON_BODY = 1_000_000
@@ -75,6 +91,10 @@ DEFAULT_LOG_LINES = 100
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 MAX_LIST_OFFSET = 1_000_000_000
+# A certificate's name here: its SHA-256 thumbprint.
+_THUMBPRINT = re.compile(r"[0-9a-fA-F]{64}")
+# The relay hosts of the MTA config, by the first word of their names.
+_RELAY_HOSTS = ("external", "internal")
 
 log = Logger(namespace="cipherd.admin")
 
@@ -382,6 +402,89 @@ class AdminAPI:
         return json_response(request, 200,
                              {"transports": self.backend.mta.current.to_json()["transports"]})
 
+    # Guide §2.3.1, figure 7: relay domains one by one (*Add domain*, delete).
+
+    @app.route("/v1/mta/relay-domains", methods=["GET"])
+    @_authenticated()
+    async def get_relay_domains(self, request: IRequest, admin: AdminRow) -> bytes:
+        config = await self.backend.mta.refresh()
+        return json_response(request, 200, {"relay_domains": list(config.relay_domains)})
+
+    @app.route("/v1/mta/relay-domains", methods=["POST"])
+    @_authenticated()
+    async def add_relay_domain(self, request: IRequest, admin: AdminRow) -> bytes:
+        typed = _domain_from(_json_body(request))
+        try:
+            domain = await self.backend.add_relay_domain(typed)
+        except ValueError as e:
+            raise _BadRequest("The domain was refused; nothing was changed.",
+                              {"domain": str(e)}) from None
+        log.info("Admin {account!r} added the relay domain {domain} through the API",
+                 account=admin.name, domain=domain)
+        return json_response(request, 200,
+                             {"relay_domains": list(self.backend.mta.current.relay_domains)})
+
+    @app.route("/v1/mta/relay-domains", methods=["DELETE"])
+    @_authenticated()
+    async def delete_relay_domain(self, request: IRequest, admin: AdminRow) -> bytes:
+        domain = _domain_from(_json_body(request))
+        if not await self.backend.remove_relay_domain(domain):
+            raise _BadRequest(f"{domain} is not a relay domain.", status=404)
+        log.info("Admin {account!r} deleted the relay domain {domain} through the API",
+                 account=admin.name, domain=domain)
+        return json_response(request, 200,
+                             {"relay_domains": list(self.backend.mta.current.relay_domains)})
+
+    # Figure 7: the relay hosts as host, port and *mx*, as the page has them
+    # (PATCH /mta takes and GET /mta gives them in Postfix's syntax too).
+
+    def _relay_host_name(self, which: str) -> str:
+        if which not in _RELAY_HOSTS:
+            raise _BadRequest("There is no such resource.", status=404)
+        return f"{which}_relay_host"
+
+    @app.route("/v1/mta/relay-hosts/<which>", methods=["GET"])
+    @_authenticated()
+    async def get_relay_host(self, request: IRequest, admin: AdminRow, which: str) -> bytes:
+        name = self._relay_host_name(which)
+        config = await self.backend.mta.refresh()
+        return json_response(request, 200, _relay_host_json(getattr(config, name)))
+
+    @app.route("/v1/mta/relay-hosts/<which>", methods=["PUT"])
+    @_authenticated()
+    async def put_relay_host(self, request: IRequest, admin: AdminRow, which: str) -> bytes:
+        name = self._relay_host_name(which)
+        body = _json_body(request)
+        if not isinstance(body, dict):
+            raise _BadRequest('Send {"host": ..., "port": 25, "mx": false}.')
+        host, port, mx = body.get("host"), body.get("port", 25), body.get("mx", False)
+        errors = {}
+        if not isinstance(host, str):
+            errors["host"] = "must be a host name or an IP address, as a string"
+        if isinstance(port, bool) or not isinstance(port, int):
+            errors["port"] = "must be a number from 1 to 65535"
+        if not isinstance(mx, bool):
+            errors["mx"] = "must be true or false"
+        if not errors and isinstance(host, str):
+            errors = relay_host_problems(host, str(port)) or await self.backend.mta.update(
+                {name: relay_host_text(host, str(port), mx)})
+        if errors:
+            raise _BadRequest("The relay host was refused; nothing was changed.", errors)
+        return self._relay_host_set(request, admin, name)
+
+    @app.route("/v1/mta/relay-hosts/<which>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_relay_host(self, request: IRequest, admin: AdminRow, which: str) -> bytes:
+        name = self._relay_host_name(which)
+        await self.backend.mta.update({name: ""})
+        return self._relay_host_set(request, admin, name)
+
+    def _relay_host_set(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
+        value = getattr(self.backend.mta.current, name)
+        log.info("Admin {account!r} set the {name} to {value!r} through the API",
+                 account=admin.name, name=name.replace("_", " "), value=value)
+        return json_response(request, 200, _relay_host_json(value))
+
     # Guide §2.3.14: where webmail recipients may reply to.
 
     @app.route("/v1/mta/authorized-recipients", methods=["GET"])
@@ -406,6 +509,71 @@ class AdminAPI:
         log.info("Admin {account!r} set the authorized recipients to {entries} through the "
                  "API", account=admin.name, entries=entries)
         return json_response(request, 200, {"authorized_recipients": entries})
+
+    # Admin → Network (guide §2.2): read only; cipherd's own DNS servers are
+    # the MTA's dns_servers (PATCH /mta).
+
+    @app.route("/v1/network", methods=["GET"])
+    @_authenticated()
+    async def get_network(self, request: IRequest, admin: AdminRow) -> bytes:
+        info = await self.backend.network()
+        config = await self.backend.mta.refresh()
+        body = asdict(info)
+        for interface, found in zip(body["interfaces"], info.interfaces, strict=True):
+            for address, of in zip(interface["addresses"], found.addresses, strict=True):
+                address["prefix"] = of.prefix
+        body["dns_servers"] = list(config.dns_servers)
+        body["my_hostname"] = config.my_hostname
+        return json_response(request, 200, body)
+
+    # Admin → TLS certificate: the sites' certificate, replaced without a
+    # restart.
+
+    def _site_tls(self) -> ISiteCertificate:
+        if self.backend.site_tls is None:
+            raise _BadRequest("This node has no TLS certificate of its own.", status=404)
+        return self.backend.site_tls
+
+    @app.route("/v1/tls-certificate", methods=["GET"])
+    @_authenticated()
+    async def get_site_certificate(self, request: IRequest, admin: AdminRow) -> bytes:
+        site_tls = self._site_tls()
+        return json_response(request, 200,
+                             _site_certificate_json(site_tls.info(), site_tls.replaceable))
+
+    @app.route("/v1/tls-certificate", methods=["PUT", "POST"])
+    @_authenticated()
+    @request_deadline(UPLOAD_DEADLINE)
+    async def upload_site_certificate(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        The file's bytes as the body: PEM with the certificate, its chain
+        and its key, or PKCS#12; the password (of the PKCS#12 file or the
+        encrypted key) in C{X-Password} or C{?password=}.
+        """
+        site_tls = self._site_tls()
+        if site_tls.replaceable is not None:
+            raise _BadRequest(site_tls.replaceable, status=409)
+        data = self._file_body(request)
+        password = _password(request)
+        try:
+            info = await self.backend.replace_site_certificate(
+                data, password.encode() if password else None)
+        except SiteCertificateError as e:
+            raise _BadRequest(str(e)) from None
+        log.info("Admin {account!r} replaced the sites' TLS certificate through the API: "
+                 "{subject} (SHA-256 {sha256})", account=admin.name, subject=info.subject,
+                 sha256=info.sha256)
+        return json_response(request, 200, _site_certificate_json(info, None))
+
+    @staticmethod
+    def _file_body(request: IRequest) -> bytes:
+        """
+        An uploaded file, sent as the body.
+        """
+        if _media_type(request) in _FORM_CONTENT_TYPES:
+            raise _BadRequest("Send the file as the request body with a Content-Type such as "
+                              "application/octet-stream.", status=415)
+        return _raw_body(request, MAX_UPLOAD)
 
     @app.route("/v1/queue", methods=["GET"])
     @_authenticated()
@@ -534,15 +702,9 @@ class AdminAPI:
     @request_deadline(UPLOAD_DEADLINE)
     async def import_certificates(self, request: IRequest, admin: AdminRow) -> bytes:
         store = self._store_name(request)
-        if _media_type(request) in _FORM_CONTENT_TYPES:
-            raise _BadRequest("Send the file as the request body with a Content-Type such as "
-                              "application/octet-stream.", status=415)
-        data = _raw_body(request, MAX_UPLOAD)
+        data = self._file_body(request)
         skip = (arg(request, "skip_self_signed") or "true").lower() not in ("false", "0", "no")
-        # The password may come as ?password= (contract) or, kept out of
-        # URLs and access logs, in an X-Password header.
-        header = request.getHeader(b"x-password")
-        password = header.decode() if header else arg(request, "password")
+        password = _password(request)
         try:
             result = await self.backend.certificates.import_data(
                 data, password=password, skip_self_signed=skip, store=store)
@@ -558,6 +720,46 @@ class AdminAPI:
             "skipped": [{"thumbprint": t, "reason": r} for t, r in result.skipped],
             "crls": [{"issuer": i, "outcome": o} for i, o in result.crls],
         })
+
+    @app.route("/v1/certificates/download", methods=["GET", "POST"])
+    @_authenticated()
+    async def download_certificates(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        *download certificates*: several in one file, as the list page's.
+        GET C{?thumbprint=...} (repeated) C{&format=pem|p7b}, or -- for more
+        than a URL holds -- POST C{{"thumbprints": [...], "format": ...}}.
+        """
+        store = self._store_name(request)
+        if request.method == b"POST":
+            body = _json_body(request)
+            if not isinstance(body, dict):
+                raise _BadRequest('Send {"thumbprints": [...], "format": "pem" or "p7b"}.')
+            field, wanted, format = "thumbprints", body.get("thumbprints"), body.get(
+                "format", "pem")
+        else:
+            field, wanted, format = "thumbprint", args(request, "thumbprint"), arg(
+                request, "format") or "pem"
+        errors = {}
+        if not isinstance(wanted, list) or not wanted or not all(
+                isinstance(t, str) and _THUMBPRINT.fullmatch(t) for t in wanted):
+            errors[field] = "must be one SHA-256 thumbprint (64 hexadecimal digits) or more"
+        elif len(wanted) > MAX_DOWNLOAD:
+            errors[field] = f"must be at most {MAX_DOWNLOAD} thumbprints"
+        if format not in BUNDLE_FORMATS:
+            errors["format"] = f"must be {' or '.join(BUNDLE_FORMATS)}"
+        if errors:
+            raise _BadRequest("Nothing was downloaded.", errors)
+        assert isinstance(wanted, list)
+        rows = {thumbprint: await self.backend.certificates.get(thumbprint, store)
+                for thumbprint in dict.fromkeys(t.lower() for t in wanted)}
+        missing = [thumbprint for thumbprint, row in rows.items() if row is None]
+        if missing:
+            return json_response(request, 404, {
+                "error": f"There is no such certificate in {store}: {', '.join(missing)}.",
+                "missing": missing})
+        return send_bundle(request, store, [x509.load_der_x509_certificate(row.der)
+                                            for row in rows.values() if row is not None],
+                           str(format))
 
     @app.route("/v1/certificates/<name>", methods=["GET"])
     @_authenticated()
@@ -607,7 +809,7 @@ class AdminAPI:
 
     def _thumbprint_from(self, body: Any) -> str:
         thumbprint = body.get("thumbprint") if isinstance(body, dict) else None
-        if not isinstance(thumbprint, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", thumbprint):
+        if not isinstance(thumbprint, str) or not _THUMBPRINT.fullmatch(thumbprint):
             raise _BadRequest("Send {\"thumbprint\": <SHA-256 hex>, ...}.",
                               {"thumbprint": "must be 64 hexadecimal digits"})
         return thumbprint.lower()
@@ -694,6 +896,51 @@ def _certificate_summary(row: Any, valid: bool, reason: str, ctl: CTLStatus | No
         "reason": reason,
         "ctl": ctl.value if ctl else None,
     }
+
+
+def _domain_from(body: Any) -> str:
+    domain = body.get("domain") if isinstance(body, dict) else None
+    if not isinstance(domain, str):
+        raise _BadRequest('Send {"domain": ...}.', {"domain": "must be a domain name"})
+    return domain
+
+
+def _relay_host_json(value: str) -> dict[str, Any]:
+    """
+    A relay host as host, port and mx (MX lookup); C{host} C{""} when
+    there is none (delivery by the recipients' MX records).
+    """
+    if not value:
+        return {"host": "", "port": 25, "mx": False, "relay_host": ""}
+    relay = RelayHost.parse(value)
+    return {"host": relay.host, "port": relay.port, "mx": relay.mx_lookup, "relay_host": value}
+
+
+def _site_certificate_json(info: SiteCertificateInfo, replaceable: str | None
+                           ) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "subject": info.subject,
+        "names": list(info.names),
+        "issuer": info.issuer,
+        "self_signed": info.self_signed,
+        "not_before": info.not_before.strftime(TIME_FORMAT),
+        "not_after": info.not_after.strftime(TIME_FORMAT),
+        "thumbprint": info.sha256,
+        "key": info.key,
+        "chain": info.chain,
+        "origin": info.origin,
+        "replaceable": replaceable is None,
+    }
+    if replaceable is not None:
+        body["why_not_replaceable"] = replaceable
+    return body
+
+
+def _password(request: IRequest) -> str | None:
+    # The password may come as ?password= (contract) or, kept out of URLs
+    # and access logs, in an X-Password header.
+    header = request.getHeader(b"x-password")
+    return header.decode() if header else arg(request, "password")
 
 
 def _has_body(request: IRequest) -> bool:

@@ -20,7 +20,7 @@ from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateInfo
 from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import GLOBAL, REGISTRY, Scope, email_problem
 from cipherd.smtp.compose import compose
-from cipherd.smtp.config import MTAConfigSource
+from cipherd.smtp.config import MTAConfigSource, domain_name_problem
 from cipherd.smtp.queue import MailQueue, QueueRunner
 from cipherd.smtp.spool import QueuedMessage
 from cipherd.store.settings import SettingsRepository
@@ -217,6 +217,48 @@ class AdminBackend:
         log = self.logs[name]
         result: list[str] = await self.runner.run(log.tail, lines, query)
         return result
+
+    async def appliance_role(self) -> str:
+        """
+        What this appliance does (Settings → General → Appliance role):
+        C{"gateway"}, C{"webmail"} or C{"both"}.
+        """
+        role: str = await self.settings.get(GLOBAL, "appliance_role")
+        return role
+
+    # Guide §2.3.1, figure 7: relay domains, one by one -------------------------
+
+    async def add_relay_domain(self, typed: str) -> str:
+        """
+        *Add domain*: C{typed} among the relay domains (already there: kept
+        once).
+
+        @return: the domain as it is stored.
+        @raise ValueError: why it is no domain, in words for its field;
+            nothing changed.
+        """
+        problem = domain_name_problem(typed.strip())
+        if problem is not None:
+            raise ValueError(problem)
+        domain = typed.strip().lower().rstrip(".")
+        refused = await self.mta.edit(
+            lambda stored: {"relay_domains": [*stored.relay_domains, domain]})
+        if refused:
+            raise ValueError("; ".join(refused.values()))
+        return domain
+
+    async def remove_relay_domain(self, domain: str) -> bool:
+        """
+        C{domain} no longer a relay domain.
+
+        @return: whether it was one.
+        """
+        domain = domain.strip().lower().rstrip(".")
+        if domain not in (await self.mta.refresh()).relay_domains:
+            return False
+        await self.mta.edit(lambda stored: {
+            "relay_domains": [d for d in stored.relay_domains if d != domain]})
+        return True
 
     async def network(self) -> NetworkInfo:
         """

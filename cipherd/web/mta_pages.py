@@ -16,12 +16,12 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from cipherd.settings import WEBMAIL, shown_for_role
 from cipherd.smtp.compose import ComposeError
 from cipherd.smtp.config import (
     MTAConfig,
     RelayHost,
     authorized_recipient,
-    domain_name_problem,
     relay_host_problems,
     relay_host_text,
     transport_problems,
@@ -121,14 +121,26 @@ class MTAPages(AdminPages):
 
     # Config ----------------------------------------------------------------
 
-    def _config_page(self, request: IRequest, session: AdminSession, config: MTAConfig,
-                     form: dict[str, Any] | None = None, errors: dict[str, str] | None = None,
-                     saved: bool = False, status: int = 200, domain: str = "") -> bytes:
+    async def _render_mta(self, request: IRequest, session: AdminSession, template: str,
+                          status: int = 200, **context: Any) -> bytes:
+        """
+        A page of Admin → MTA, with the tabs of this appliance's role:
+        authorized recipients are the webmail messenger's (guide §2.3.14).
+        """
+        role = await self.backend.appliance_role()
+        return self.render(request, template, session, status=status, section="admin",
+                           subsection="mta", authorized_tab=shown_for_role(WEBMAIL, role),
+                           **context)
+
+    async def _config_page(self, request: IRequest, session: AdminSession, config: MTAConfig,
+                           form: dict[str, Any] | None = None,
+                           errors: dict[str, str] | None = None, saved: bool = False,
+                           status: int = 200, domain: str = "") -> bytes:
         values = form or self._form_values(config)
         added, removed = _list_notices(request, config.relay_domains)
-        return self.render(
-            request, "mta_config.html", session, status=status, section="admin",
-            subsection="mta", values=values, errors=errors or {}, saved=saved,
+        return await self._render_mta(
+            request, session, "mta_config.html", status=status, values=values,
+            errors=errors or {}, saved=saved,
             relay_domains=config.relay_domains, domain=domain,
             added=added, removed=removed,
             advanced=arg(request, "advanced") is not None, list_fields=_LIST_FIELDS,
@@ -151,7 +163,8 @@ class MTAPages(AdminPages):
     @authenticated
     async def config(self, request: IRequest, session: AdminSession) -> bytes:
         config = await self.backend.mta.refresh()
-        return self._config_page(request, session, config, saved=arg(request, "saved") == "1")
+        return await self._config_page(request, session, config,
+                                       saved=arg(request, "saved") == "1")
 
     @app.route("/config", methods=["POST"])
     @authenticated
@@ -196,8 +209,8 @@ class MTAPages(AdminPages):
             errors = await self.backend.mta.update(changes)
         if errors:
             form = {**self._form_values(self.backend.mta.current), **typed}
-            return self._config_page(request, session, self.backend.mta.current, form=form,
-                                     errors=errors, status=400)
+            return await self._config_page(request, session, self.backend.mta.current,
+                                           form=form, errors=errors, status=400)
         log.info("Admin {account!r} changed the MTA config", account=session.admin_name)
         advanced = "&advanced=1" if arg(request, "advanced") is not None else ""
         return redirect(request, f"/mta/config?saved=1{advanced}")
@@ -208,16 +221,11 @@ class MTAPages(AdminPages):
     @authenticated
     async def add_relay_domain(self, request: IRequest, session: AdminSession) -> bytes:
         typed = (arg(request, "domain") or "").strip()
-        config = await self.backend.mta.refresh()
-        problem = domain_name_problem(typed)
-        if problem is None:
-            domain = typed.lower().rstrip(".")
-            refused = await self.backend.mta.update(
-                {"relay_domains": [*config.relay_domains, domain]})
-            problem = "; ".join(refused.values()) or None
-        if problem is not None:
-            return self._config_page(request, session, config, domain=typed,
-                                     errors={"domain": problem}, status=400)
+        try:
+            domain = await self.backend.add_relay_domain(typed)
+        except ValueError as e:
+            return await self._config_page(request, session, await self.backend.mta.refresh(),
+                                           domain=typed, errors={"domain": str(e)}, status=400)
         log.info("Admin {account!r} added the relay domain {domain}",
                  account=session.admin_name, domain=domain)
         return redirect(request, f"/mta/config?added={quote(domain)}")
@@ -226,32 +234,29 @@ class MTAPages(AdminPages):
     @authenticated
     async def delete_relay_domain(self, request: IRequest, session: AdminSession) -> bytes:
         domain = arg(request, "domain") or ""
-        config = await self.backend.mta.refresh()
-        if domain not in config.relay_domains:
+        if not await self.backend.remove_relay_domain(domain):
             return self.not_found(request, session, f"{domain} is not a relay domain.")
-        await self.backend.mta.update(
-            {"relay_domains": [d for d in config.relay_domains if d != domain]})
         log.info("Admin {account!r} deleted the relay domain {domain}",
                  account=session.admin_name, domain=domain)
         return redirect(request, f"/mta/config?removed={quote(domain)}")
 
     # SMTP transports (guide §3.10, figure 17) ------------------------------
 
-    def _transports_page(self, request: IRequest, session: AdminSession, config: MTAConfig,
-                         *, typed: dict[str, str] | None = None,
-                         errors: dict[str, str] | None = None, status: int = 200) -> bytes:
+    async def _transports_page(self, request: IRequest, session: AdminSession,
+                               config: MTAConfig, *, typed: dict[str, str] | None = None,
+                               errors: dict[str, str] | None = None, status: int = 200
+                               ) -> bytes:
         rows = [(domain, RelayHost.parse(relay)) for domain, relay in config.transports]
         added, removed = _list_notices(request, config.transport_domains())
-        return self.render(
-            request, "transports.html", session, status=status, section="admin",
-            subsection="mta", rows=rows, errors=errors or {},
+        return await self._render_mta(
+            request, session, "transports.html", status=status, rows=rows, errors=errors or {},
             typed=typed or {"domain": "", "host": "", "port": "25", "mx": ""},
             added=added, removed=removed)
 
     @app.route("/transports", methods=["GET"])
     @authenticated
     async def transports(self, request: IRequest, session: AdminSession) -> bytes:
-        return self._transports_page(request, session, await self.backend.mta.refresh())
+        return await self._transports_page(request, session, await self.backend.mta.refresh())
 
     @app.route("/transports", methods=["POST"])
     @authenticated
@@ -275,8 +280,8 @@ class MTAPages(AdminPages):
             if refused:  # checked above already; what the store still refuses
                 errors = {"host": "; ".join(refused.values())}
         if errors:
-            return self._transports_page(request, session, config, typed=typed,
-                                         errors=errors, status=400)
+            return await self._transports_page(request, session, config, typed=typed,
+                                               errors=errors, status=400)
         log.info("Admin {account!r} added the SMTP transport {domain}",
                  account=session.admin_name, domain=typed["domain"])
         return redirect(request, f"/mta/transports?added={quote(domain)}")
@@ -296,20 +301,20 @@ class MTAPages(AdminPages):
 
     # Authorized recipients (guide §2.3.14) -----------------------------------
 
-    def _authorized_page(self, request: IRequest, session: AdminSession, config: MTAConfig,
-                         *, entry: str = "", error: str | None = None,
-                         status: int = 200) -> bytes:
+    async def _authorized_page(self, request: IRequest, session: AdminSession,
+                               config: MTAConfig, *, entry: str = "",
+                               error: str | None = None, status: int = 200) -> bytes:
         entries = config.authorized_recipients
         added, removed = _list_notices(request, entries)
-        return self.render(
-            request, "authorized_recipients.html", session, status=status, section="admin",
-            subsection="mta", entries=[(e, _entry_kind(e)) for e in entries], entry=entry,
+        return await self._render_mta(
+            request, session, "authorized_recipients.html", status=status,
+            entries=[(e, _entry_kind(e)) for e in entries], entry=entry,
             error=error, added=added, removed=removed)
 
     @app.route("/authorized-recipients", methods=["GET"])
     @authenticated
     async def authorized_recipients(self, request: IRequest, session: AdminSession) -> bytes:
-        return self._authorized_page(request, session, await self.backend.mta.refresh())
+        return await self._authorized_page(request, session, await self.backend.mta.refresh())
 
     @app.route("/authorized-recipients", methods=["POST"])
     @authenticated
@@ -320,8 +325,8 @@ class MTAPages(AdminPages):
         try:
             entry = authorized_recipient(entered)
         except ValueError as e:
-            return self._authorized_page(request, session, config, entry=entered,
-                                         error=f"Not added: {e}.", status=400)
+            return await self._authorized_page(request, session, config, entry=entered,
+                                               error=f"Not added: {e}.", status=400)
         return await self._set_authorized(request, session,
                                           [*config.authorized_recipients, entry],
                                           f"added={quote(entry, safe='@*')}")
@@ -343,8 +348,9 @@ class MTAPages(AdminPages):
                               entries: list[str], done: str) -> bytes:
         errors = await self.backend.mta.update({"authorized_recipients": entries})
         if errors:
-            return self._authorized_page(request, session, self.backend.mta.current,
-                                         error=errors["authorized_recipients"], status=400)
+            return await self._authorized_page(request, session, self.backend.mta.current,
+                                               error=errors["authorized_recipients"],
+                                               status=400)
         log.info("Admin {account!r} set the authorized recipients to {entries}",
                  account=session.admin_name, entries=entries)
         return redirect(request, f"/mta/authorized-recipients?{done}")

@@ -37,6 +37,8 @@ PAGE_SIZE = 50
 MAX_DOWNLOAD = 1000
 # The longest search a list takes (an address is at most 320 characters).
 MAX_SEARCH_LENGTH = 320
+# How certificate details (and the API) write a moment.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 
 _STORE_TITLES = {CERTIFICATES: "Intermediate and user certificates", ROOTS: "Trusted roots"}
 
@@ -79,14 +81,37 @@ def certificate_facts(cert: x509.Certificate) -> dict[str, Any]:
     return {
         "emails": email_addresses(cert),
         "serial": format(cert.serial_number, "X"),
-        "not_before": cert.not_valid_before_utc.strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "not_before": cert.not_valid_before_utc.strftime(TIME_FORMAT),
+        "not_after": cert.not_valid_after_utc.strftime(TIME_FORMAT),
         "key_usage": key_usage,
         "extended_key_usage": eku,
         "public_key": type(cert.public_key()).__name__.removeprefix("_").replace(
             "PublicKey", "") + f" {getattr(cert.public_key(), 'key_size', '')}".rstrip(),
         "sha1": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 -- a name, not security
     }
+
+
+# *download certificates*: the formats of one file with several certificates,
+# by name, with their media types.
+BUNDLE_FORMATS = {"pem": b"application/x-pem-file",
+                  "p7b": b"application/x-pkcs7-certificates"}
+
+
+def send_bundle(request: IRequest, store: str, certs: list[x509.Certificate],
+                format: str) -> bytes:
+    """
+    C{certs} of C{store} as one file to download, in one of
+    L{BUNDLE_FORMATS}: PEM (one after the other) or PKCS#7 (C{p7b}, DER,
+    certificates only).
+    """
+    if format == "p7b":
+        body = pkcs7.serialize_certificates(certs, serialization.Encoding.DER)
+    else:
+        body = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+    request.setHeader(b"Content-Type", BUNDLE_FORMATS[format])
+    request.setHeader(b"Content-Disposition",
+                      f'attachment; filename="{store}-{len(certs)}.{format}"'.encode())
+    return body
 
 
 class PkiPages(AdminPages):
@@ -227,17 +252,8 @@ class PkiPages(AdminPages):
                                message="Tick one certificate or more in the list to "
                                        "download them.")
         certs = [x509.load_der_x509_certificate(row.der) for row in rows]
-        if arg(request, "format") == "p7b":
-            request.setHeader(b"Content-Type", b"application/x-pkcs7-certificates")
-            suffix = "p7b"
-            body = pkcs7.serialize_certificates(certs, serialization.Encoding.DER)
-        else:
-            request.setHeader(b"Content-Type", b"application/x-pem-file")
-            suffix = "pem"
-            body = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-        request.setHeader(b"Content-Disposition",
-                          f'attachment; filename="{store}-{len(certs)}.{suffix}"'.encode())
-        return body
+        return send_bundle(request, store, certs,
+                           "p7b" if arg(request, "format") == "p7b" else "pem")
 
     async def _row(self, store: str, thumbprint: str) -> Any:
         if self._store(store) is None or len(thumbprint) != 64:
