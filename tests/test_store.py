@@ -5,6 +5,7 @@ the default admin, persistence across a restart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -276,13 +277,7 @@ def test_while_the_database_is_locked_one_write_probes_and_reads_have_threads_of
 
     from cipherd.store import DatabaseUnavailable
 
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    writes = SteeredRunner("held")
-    store = Store(create_engine_for_url(url, sqlite_busy_timeout_ms=50), writes, Clock(),
-                  read_runner=SynchronousRunner())
-    migrating = store.migrate()
-    writes.run_next()
-    _now(migrating)
+    store, writes = _steered_store(tmp_path)
 
     def write(conn: Connection) -> None:
         conn.execute(text("DELETE FROM schema_version WHERE version < 0"))
@@ -306,12 +301,137 @@ def test_while_the_database_is_locked_one_write_probes_and_reads_have_threads_of
         holder.close()
     writes.run_next()
     _now(probe)  # the lock is gone: the probe ends the episode
-    after = [store.run(write), store.run(write)]
-    assert len(writes.held) == 2
+    after = [store.run(write), store.run(write), store.run(write)]
+    # One commit at a time: the first alone, the two asked for meanwhile
+    # together in the next.
+    assert len(writes.held) == 1
     writes.run_next()
+    _now(after[0])
+    assert len(writes.held) == 1
     writes.run_next()
     for d in after:
         _now(d)
+    store.close()
+
+
+def _steered_store(tmp_path: Any, table: str | None = None
+                   ) -> tuple[Store, SteeredRunner]:
+    """
+    A migrated SQLite store (busy timeout 50 ms) whose writes wait to be
+    let through, with C{table} created.
+    """
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    writes = SteeredRunner("held")
+    store = Store(create_engine_for_url(url, sqlite_busy_timeout_ms=50), writes, Clock(),
+                  read_runner=SynchronousRunner())
+    steps: list[Callable[[Connection], Any]] = [migrate]
+    if table:
+        steps.append(lambda conn: conn.execute(text(f"CREATE TABLE {table}")))
+    for step in steps:
+        done = store.run(step)
+        writes.run_next()
+        _now(done)
+    return store, writes
+
+
+def _grouped_store(tmp_path: Any) -> tuple[Store, SteeredRunner, list[str]]:
+    """
+    L{_steered_store} with a table t, and the commits of its connections.
+    """
+    from sqlalchemy import event
+
+    store, writes = _steered_store(tmp_path, "t (k TEXT PRIMARY KEY, v INTEGER)")
+    ended: list[str] = []
+    event.listen(store.engine, "commit", lambda conn: ended.append("COMMIT"))
+    return store, writes, ended
+
+
+def _put(key: str, value: int) -> Callable[[Connection], int]:
+    def write(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO t (k, v) VALUES (:k, :v)"), {"k": key, "v": value})
+        return value
+    return write
+
+
+def _rows(store: Store) -> dict[str, int]:
+    return dict(_now(store.read(lambda conn: [tuple(r) for r in conn.execute(
+        text("SELECT k, v FROM t"))])))
+
+
+def test_writes_asked_for_during_a_commit_share_the_next(tmp_path: Any) -> None:
+    """
+    Group commit: while one write is committed, the writes asked for wait
+    and go together in one transaction -- one commit, each Deferred fired
+    after it, in order.
+    """
+    store, writes, ended = _grouped_store(tmp_path)
+    first = store.run(_put("a", 1))
+    grouped = [store.run(_put(k, n)) for n, k in enumerate("bcdef", start=2)]
+    assert len(writes.held) == 1
+    writes.run_next()
+    assert _now(first) == 1 and ended == ["COMMIT"]
+    assert not any(d.called for d in grouped)
+    writes.run_next()
+    assert [_now(d) for d in grouped] == [2, 3, 4, 5, 6]
+    assert ended == ["COMMIT", "COMMIT"]  # five writes, one commit
+    assert _rows(store) == {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6}
+    store.close()
+
+
+def test_a_write_that_fails_in_a_group_fails_alone(tmp_path: Any) -> None:
+    """
+    Each write of a group runs in a savepoint: one that raises leaves no
+    trace and fails with its own error; a duplicate key runs again on its
+    own (and fails again, as a constraint it breaks); the others are kept.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    store, writes, _ = _grouped_store(tmp_path)
+    blocker = store.run(_put("z", 0))
+
+    def half_then_bug(conn: Connection) -> None:
+        _put("half", 9)(conn)
+        raise ValueError("a bug after writing")
+
+    group = [store.run(_put("a", 1)), store.run(half_then_bug), store.run(_put("a", 2)),
+             store.run(_put("b", 3))]
+    writes.run_next()
+    _now(blocker)
+    writes.run_next()
+    assert _now(group[0]) == 1 and _now(group[3]) == 3
+    with pytest.raises(ValueError, match="a bug after writing"):
+        _now(group[1])
+    with pytest.raises(IntegrityError):
+        _now(group[2])
+    assert _rows(store) == {"z": 0, "a": 1, "b": 3}
+    store.close()
+
+
+def test_a_group_whose_commit_fails_fails_every_write_in_it(tmp_path: Any) -> None:
+    """
+    The database locked by another process: the group cannot begin, every
+    write in it fails as unavailable and none is written.
+    """
+    import sqlite3
+
+    from cipherd.store import DatabaseUnavailable
+
+    store, writes = _steered_store(tmp_path, "t (k TEXT, v INTEGER)")
+    blocker = store.run(_put("z", 0))
+    group = [store.run(_put("a", 1)), store.run(_put("b", 2))]
+    writes.run_next()
+    _now(blocker)
+    holder = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        writes.run_next()
+        for d in group:
+            with pytest.raises(DatabaseUnavailable, match="database is locked"):
+                _now(d)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert _rows(store) == {"z": 0}
     store.close()
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import dkim
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from cipherd.core.envelope import Envelope
@@ -28,6 +30,7 @@ from cipherd.settings import GLOBAL, REGISTRY, InvalidValue, Level, scope_for
 from cipherd.smtp.config import apply_changes
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
+from cipherd.webmail import notify
 from cipherd.webmail.accounts import (
     ACTIVE,
     RESET,
@@ -671,3 +674,38 @@ def test_mail_passing_through_is_not_held_for_looking_like_a_tunnel(messenger: B
     world.set(GLOBAL, encrypt_mode="no_encryption")
     parts = world.process("x@elsewhere.test", content=sealed, sender="someone@example.com")
     assert parts[("x@elsewhere.test",)].outcome is None  # delivered as it is
+
+
+@settings(max_examples=300, deadline=None)
+@given(sender=st.from_regex(r"[A-Za-z0-9.+_-]{1,20}@[a-z0-9.-]{1,20}", fullmatch=True),
+       subject=st.one_of(st.text(st.characters(min_codepoint=32, max_codepoint=126),
+                                 max_size=90),
+                         st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF),
+                                 max_size=90)),
+       text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=400))
+def test_a_plain_notice_is_written_as_the_email_package_writes_it(
+        sender: str, subject: str, text: str) -> None:
+    """
+    The direct path of C{notify.build} gives byte for byte what the email
+    package gives, whenever it is taken (and it is not taken when a value
+    would be folded or encoded).
+    """
+    fields = [("From", sender), ("To", "bob@partner.example"),
+              ("Subject", notify.one_line(subject)),
+              ("Date", "Fri, 15 Jan 2027 08:00:00 +0000"),
+              ("Message-ID", "<1.2.3@webmail.local>"), ("Auto-Submitted", "auto-generated")]
+    plain = notify._plain_message(fields, text)
+    event("direct" if plain is not None else "email package")
+    if plain is not None:
+        assert plain == notify._package_message(fields, text)
+
+
+def test_common_notices_take_the_direct_path() -> None:
+    fields = [("From", "postmaster@webmail.local"), ("To", "bob@partner.example"),
+              ("Subject", "You have a new secure message from alice@example.com"),
+              ("Date", "Fri, 15 Jan 2027 08:00:00 +0000"),
+              ("Message-ID", "<1.2.3@webmail.local>")]
+    text = "Hello,\n\nAlice sent you a secure message: Quarterly figures ünïcode = 100%.\n"
+    assert notify._plain_message(fields, text) == notify._package_message(fields, text)
+    # Not plain: an encoded subject.
+    assert notify._plain_message([*fields[:2], ("Subject", "Grüße")], text) is None

@@ -154,9 +154,23 @@ def _unavailable(error: Exception) -> DatabaseUnavailable | None:
     return DatabaseUnavailable(" ".join(str(orig or error).split())[:300])
 
 
+# The most writes one SQLite commit carries (L{Store}'s group commit).
+MAX_GROUP = 64
+
+
 class Store:
     """
     The shared database of one deployment.
+
+    On SQLite, writes are committed in groups: one writer transaction at a
+    time per process (SQLite lets one writer in anyway; a second would only
+    sleep in the busy handler), and the writes asked for while it runs go
+    together in the next one, each inside a savepoint of its own, so one
+    commit -- one fsync of the write-ahead log -- makes many durable.  A
+    write that fails rolls back to its savepoint and fails alone (one that
+    lost a unique-key race runs again on its own); a commit that fails
+    fails them all, and none was written.  Each write's Deferred fires only
+    after the commit that made it durable.
 
     While the database is unavailable (an episode: from a call failing with
     L{DatabaseUnavailable} to the next write that succeeds) one write at a
@@ -184,6 +198,11 @@ class Store:
         self._down_failures = 0
         self._down_reason = ""
         self._probing = False  # a write is trying the database during an episode
+        # Group commit (SQLite): the writes waiting for the next commit,
+        # and whether one is being committed.
+        self._grouped = engine.dialect.name == "sqlite"
+        self._waiting: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self._committing = False
 
     def _transact(self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
         try:
@@ -214,6 +233,83 @@ class Store:
                 raise
             raise unavailable from e
 
+    def _transact_group(self, group: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+                        ) -> list[tuple[bool, Any]]:
+        """
+        The writes of C{group} in one transaction, each in a savepoint:
+        C{(True, result)} or C{(False, exception)} for each.
+
+        @raise DatabaseUnavailable: the transaction could not be begun or
+            committed (nothing of the group was written).
+        """
+        outcomes: list[tuple[bool, Any]] = []
+        again: list[int] = []
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                for fn, args in group:
+                    savepoint = conn.begin_nested()
+                    try:
+                        result = fn(conn, *args)
+                    except IntegrityError:
+                        savepoint.rollback()
+                        again.append(len(outcomes))
+                        outcomes.append((False, None))
+                    except DBAPIError as e:
+                        if _unavailable(e) is not None:
+                            raise  # the database, not this write: none is kept
+                        savepoint.rollback()
+                        outcomes.append((False, e))
+                    except Exception as e:  # this write's own fault: it alone fails
+                        savepoint.rollback()
+                        outcomes.append((False, e))
+                    else:
+                        savepoint.commit()
+                        outcomes.append((True, result))
+        except (DBAPIError, PoolTimeoutError) as e:
+            unavailable = _unavailable(e)
+            if unavailable is None:
+                raise
+            raise unavailable from e
+        for index in again:
+            # A unique-key conflict: run once more on its own (as L{_transact}).
+            fn, args = group[index]
+            try:
+                outcomes[index] = (True, self._transact_once(fn, args, False))
+            except Exception as e:
+                outcomes[index] = (False, e)
+        return outcomes
+
+    def _group_write(self, fn: Callable[..., T], args: tuple[Any, ...]) -> Deferred[T]:
+        d: Deferred[T] = Deferred()
+        self._waiting.append((fn, args, d))
+        self._commit_next()
+        return d
+
+    def _commit_next(self) -> None:
+        if self._committing or not self._waiting:
+            return
+        group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+        self._committing = True
+        if len(group) == 1:
+            fn, args, _ = group[0]
+            done = self._runner.run(self._transact, fn, args, False).addCallback(
+                lambda result: [(True, result)])
+        else:
+            done = self._runner.run(self._transact_group, [(fn, args) for fn, args, _ in group])
+        done.addBoth(self._committed, [d for _, _, d in group])
+
+    def _committed(self, outcomes: list[tuple[bool, Any]] | Failure,
+                   waiting: list[Deferred[Any]]) -> None:
+        self._committing = False
+        for index, d in enumerate(waiting):
+            if isinstance(outcomes, Failure):
+                d.errback(outcomes)
+            elif outcomes[index][0]:
+                d.callback(outcomes[index][1])
+            else:
+                d.errback(Failure(outcomes[index][1]))
+        self._commit_next()
+
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...],
               read_only: bool) -> Deferred[T]:
         if read_only:
@@ -227,7 +323,8 @@ class Store:
                 self._down_failures += 1
                 return fail(DatabaseUnavailable(self._down_reason))
             self._probing = probe = True
-        d = self._runner.run(self._transact, fn, args, False)
+        d = (self._group_write(fn, args) if self._grouped
+             else self._runner.run(self._transact, fn, args, False))
         return d.addCallbacks(self._available, self._write_failed, callbackArgs=(probe,),
                               errbackArgs=(probe,))
 

