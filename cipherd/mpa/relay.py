@@ -48,7 +48,7 @@ from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.webmail import notify
 from cipherd.webmail.accounts import INVITED, SIGNUP, Account, Accounts
-from cipherd.webmail.mailbox import FULL, REPEATED, STORED, Mailboxes
+from cipherd.webmail.mailbox import FULL, REPEATED, STORED, Mailboxes, TunnelDelivery
 
 log = mail_logger("cipherd.mpa.relay")
 
@@ -183,37 +183,24 @@ class WebmailRelay:
         addresses = sorted({r.lower() for r in metadata.recipients})
         settings = await self._settings.by_address(["", *addresses])
         subject = notify.one_line(subject_of(original))
-        if await self._mailboxes.tunnel_seen(metadata.tunnel_id):
+        # One transaction: each account (its row is the lock) and mailbox,
+        # the tunnel id recorded as handled, and who is still to be told.
+        delivery = await self._mailboxes.deliver_tunnel(
+            addresses, metadata.tunnel_id, self._clock.seconds(), original,
+            metadata.sender if metadata.read_receipt else "",
+            {a: settings[a]["mailbox_size_limit"] for a in addresses}, metadata.created)
+        if delivery.seen:
             # Handled already (and perhaps cleaned up since): a second copy
             # from a gateway that crashed, or a replay; not stored again.
             # Whoever is still to be told (this node crashed before its
             # notices were written) is told now.
             log.info("Relay message {tunnel} was handled before; not again; Queue id: "
                      "{queue_id}", tunnel=metadata.tunnel_id, queue_id=envelope.queue_id)
-            told = await self._mailboxes.not_notified(metadata.tunnel_id, addresses)
-            for address in told:
-                account = await self._accounts.get(address)
-                if account is not None:
-                    self._notify(account, metadata.sender, subject, settings[address],
-                                 config, results)
-            results.when_written(functools.partial(
-                self._mailboxes.handled, metadata.tunnel_id, told, metadata.created,
-                self._clock.seconds()))
+            self._tell(delivery, metadata, subject, settings, config, results)
             return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id} "
                                             "was handled before")
-        stored: list[str] = []
-        repeated: list[str] = []
-        full: list[str] = []
-        accounts: dict[str, Account] = {}
-        for address in addresses:
-            # The account first (its row is the lock), in the same commit;
-            # with the last, the tunnel id is recorded as handled.
-            accounts[address], done = await self._mailboxes.invite_and_deliver(
-                address, metadata.tunnel_id, self._clock.seconds(), original,
-                receipt_to=metadata.sender if metadata.read_receipt else "",
-                limit=settings[address]["mailbox_size_limit"],
-                created=metadata.created if address == addresses[-1] else None)
-            {STORED: stored, REPEATED: repeated, FULL: full}[done].append(address)
+        stored, repeated, full = ([a for a in addresses if delivery.done[a] == kind]
+                                  for kind in (STORED, REPEATED, FULL))
         if repeated:
             log.info("Relay message {tunnel} was stored already for {rcpts}; not again; "
                      "Queue id: {queue_id}", tunnel=metadata.tunnel_id,
@@ -222,22 +209,12 @@ class WebmailRelay:
             log.info("Relay message {tunnel} stored in the mailbox of {rcpt}; Sender: "
                      "{sender}; Queue id: {queue_id}", tunnel=metadata.tunnel_id, rcpt=address,
                      sender=metadata.sender, queue_id=envelope.queue_id)
-        # Stored but not yet told (this time, or an attempt that crashed
-        # before its notices were written): told now, marked once the
-        # notices are on disk.
-        told = await self._mailboxes.not_notified(metadata.tunnel_id, addresses)
-        for address in told:
-            self._notify(accounts[address], metadata.sender, subject, settings[address],
-                         config, results)
+        self._tell(delivery, metadata, subject, settings, config, results)
         if full:
             log.warn("Mailbox full: relay message {tunnel} not stored for {rcpts}; Queue id: "
                      "{queue_id}", tunnel=metadata.tunnel_id, rcpts=", ".join(full),
                      queue_id=envelope.queue_id)
             self._mailbox_full(metadata.sender, full, subject, settings[""], config, results)
-        # Once the notices are on disk.
-        results.when_written(functools.partial(
-            self._mailboxes.handled, metadata.tunnel_id, told, metadata.created,
-            self._clock.seconds()))
         words = [f"stored for {', '.join(stored)}" if stored else "",
                  f"already stored for {', '.join(repeated)}" if repeated else "",
                  f"mailbox full for {', '.join(full)} (the sender was told)" if full else ""]
@@ -245,6 +222,23 @@ class WebmailRelay:
                        "; ".join(w for w in words if w))
 
     # Telling people ------------------------------------------------------
+
+    def _tell(self, delivery: TunnelDelivery, metadata: TunnelMetadata, subject: str,
+              settings: Mapping[str, Mapping[str, Any]], config: MTAConfig,
+              results: Results) -> None:
+        """
+        Those who have the message stored but were not yet told of it (this
+        time, or by an attempt that crashed before its notices were
+        written): told now, and marked as told once the notices are on
+        disk.
+        """
+        told = delivery.not_notified
+        for address in told:
+            self._notify(delivery.accounts[address], metadata.sender, subject,
+                         settings[address], config, results)
+        results.when_written(functools.partial(
+            self._mailboxes.handled, metadata.tunnel_id, told, metadata.created,
+            self._clock.seconds()))
 
     def _send(self, recipient: str, notice: notify.Notice, settings: Mapping[str, Any],
               config: MTAConfig, results: Results, attachment: bytes | None = None

@@ -183,12 +183,7 @@ class Accounts:
         return report
 
     async def get(self, address: str) -> Account | None:
-        def read(conn: Connection) -> Account | None:
-            row = conn.execute(select(webmail_accounts).where(
-                webmail_accounts.c.address == address)).first()
-            return None if row is None else _account(row)
-
-        found: Account | None = await self._store.run(read)
+        found: Account | None = await self._store.run(account_in, address)
         return found
 
     async def invite(self, address: str) -> tuple[Account, bool]:
@@ -363,6 +358,15 @@ class Accounts:
         if account is None:
             return False
         return await self.set_password(account, new)
+
+
+def account_in(conn: Connection, address: str) -> Account | None:
+    """
+    The account of C{address}, within a transaction of the caller's.
+    """
+    row = conn.execute(select(webmail_accounts).where(
+        webmail_accounts.c.address == address)).first()
+    return None if row is None else _account(row)
 
 
 def invite_in(conn: Connection, address: str, now: float) -> tuple[Account, bool]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -25,7 +25,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from cipherd.core.headers import header_fields
 from cipherd.store import Store
 from cipherd.store.schema import webmail_accounts, webmail_messages, webmail_tunnels
-from cipherd.webmail.accounts import Account, invite_in
+from cipherd.webmail.accounts import Account, account_in, invite_in
 
 _VERSION = b"\x01"
 
@@ -143,27 +143,40 @@ class Mailboxes:
         done: str = await self._store.run(write)
         return done
 
-    async def invite_and_deliver(self, address: str, tunnel_id: str, received: float,
-                                 content: bytes, receipt_to: str = "", limit: int = 0, *,
-                                 created: float | None = None) -> tuple[Account, str]:
+    async def deliver_tunnel(self, addresses: Sequence[str], tunnel_id: str, received: float,
+                             content: bytes, receipt_to: str, limits: Mapping[str, int],
+                             created: float) -> TunnelDelivery:
         """
-        L{Accounts.invite} and L{deliver_within} in one transaction (the
-        webmail relay's: one commit per recipient, not two).
-
-        @param created: when the tunnel was made, to record the tunnel id
-            as handled in the same transaction (with its last recipient).
+        The webmail relay's whole write for one tunnel, in one transaction:
+        unless the tunnel id was handled before, each of C{addresses}
+        invited (L{Accounts.invite}) and given the message (as
+        L{deliver_within}, with its C{limits}), and the tunnel id recorded
+        as handled; in either case, who has the message stored but was not
+        yet told of it, with their accounts.
         """
-        deliver = self._delivery(address, tunnel_id, received, content, receipt_to, limit)
+        deliveries = {address: self._delivery(address, tunnel_id, received, content,
+                                              receipt_to, limits.get(address, 0))
+                      for address in addresses}
 
-        def write(conn: Connection) -> tuple[Account, str]:
-            account, _ = invite_in(conn, address, received)
-            done = deliver(conn)
-            if created is not None:
+        def write(conn: Connection) -> TunnelDelivery:
+            done: dict[str, str] = {}
+            accounts: dict[str, Account] = {}
+            seen = _tunnel_seen(conn, tunnel_id)
+            if not seen:
+                for address, deliver in deliveries.items():
+                    accounts[address], _ = invite_in(conn, address, received)
+                    done[address] = deliver(conn)
                 _record_tunnel(conn, tunnel_id, created, received)
-            return account, done
+            told = _not_notified(conn, tunnel_id, addresses)
+            for address in told:
+                if address not in accounts:
+                    account = account_in(conn, address)
+                    if account is not None:
+                        accounts[address] = account
+            return TunnelDelivery(seen, done, [a for a in told if a in accounts], accounts)
 
-        done: tuple[Account, str] = await self._store.run(write)
-        return done
+        delivered: TunnelDelivery = await self._store.run(write)
+        return delivered
 
     def _delivery(self, address: str, tunnel_id: str, received: float, content: bytes,
                   receipt_to: str, limit: int) -> Callable[[Connection], str]:
@@ -317,20 +330,6 @@ class Mailboxes:
         removed: dict[str, int] = await self._store.run(write)
         return removed
 
-    async def not_notified(self, tunnel_id: str, addresses: Sequence[str]) -> list[str]:
-        """
-        Which of C{addresses} have this tunnel's message stored but have not
-        been told of it.
-        """
-        def read(conn: Connection) -> list[str]:
-            return sorted(conn.execute(select(webmail_messages.c.address).where(
-                (webmail_messages.c.tunnel_id == tunnel_id)
-                & webmail_messages.c.address.in_(list(addresses))
-                & ~webmail_messages.c.notified)).scalars())
-
-        found: list[str] = await self._store.read(read)
-        return found
-
     async def handled(self, tunnel_id: str, notified: Sequence[str], created: float,
                       received: float) -> None:
         """
@@ -349,13 +348,6 @@ class Mailboxes:
 
     # Tunnel ids --------------------------------------------------------------
 
-    async def tunnel_seen(self, tunnel_id: str) -> bool:
-        seen: bool = await self._store.read(lambda conn: conn.execute(
-            select(webmail_tunnels.c.tunnel_id).where(
-                webmail_tunnels.c.tunnel_id == tunnel_id)).first() is not None)
-        return seen
-
-
     async def forget_tunnels(self, before: float) -> int:
         """
         Forget the tunnel ids received before C{before} (older tunnels are
@@ -369,8 +361,37 @@ class Mailboxes:
         return forgotten
 
 
+@dataclass(frozen=True)
+class TunnelDelivery:
+    """
+    What L{Mailboxes.deliver_tunnel} did.
+
+    @ivar seen: the tunnel id was handled before: nothing was stored.
+    @ivar done: per address, L{STORED}, L{REPEATED} or L{FULL}.
+    @ivar not_notified: who has the message stored but was not yet told
+        (and has an account).
+    @ivar accounts: their accounts, and those of everyone given it.
+    """
+
+    seen: bool
+    done: dict[str, str]
+    not_notified: list[str]
+    accounts: dict[str, Account]
+
+
+def _tunnel_seen(conn: Connection, tunnel_id: str) -> bool:
+    return conn.execute(select(webmail_tunnels.c.tunnel_id).where(
+        webmail_tunnels.c.tunnel_id == tunnel_id)).first() is not None
+
+
+def _not_notified(conn: Connection, tunnel_id: str, addresses: Sequence[str]) -> list[str]:
+    return sorted(conn.execute(select(webmail_messages.c.address).where(
+        (webmail_messages.c.tunnel_id == tunnel_id)
+        & webmail_messages.c.address.in_(list(addresses))
+        & ~webmail_messages.c.notified)).scalars())
+
+
 def _record_tunnel(conn: Connection, tunnel_id: str, created: float, received: float) -> None:
-    if conn.execute(select(webmail_tunnels.c.tunnel_id).where(
-            webmail_tunnels.c.tunnel_id == tunnel_id)).first() is None:
+    if not _tunnel_seen(conn, tunnel_id):
         conn.execute(insert(webmail_tunnels).values(
             tunnel_id=tunnel_id, created=created, received=received))
