@@ -301,13 +301,9 @@ def test_while_the_database_is_locked_one_write_probes_and_reads_have_threads_of
         holder.close()
     writes.run_next()
     _now(probe)  # the lock is gone: the probe ends the episode
-    after = [store.run(write), store.run(write), store.run(write)]
-    # One commit at a time: the first alone, the two asked for meanwhile
-    # together in the next.
-    assert len(writes.held) == 1
+    after = [store.run(write), store.run(write)]
+    assert len(writes.held) == 2
     writes.run_next()
-    _now(after[0])
-    assert len(writes.held) == 1
     writes.run_next()
     for d in after:
         _now(d)
@@ -358,22 +354,22 @@ def _rows(store: Store) -> dict[str, int]:
         text("SELECT k, v FROM t"))])))
 
 
-def test_writes_asked_for_during_a_commit_share_the_next(tmp_path: Any) -> None:
+def test_writes_waiting_share_one_commit(tmp_path: Any) -> None:
     """
-    Group commit: while one write is committed, the writes asked for wait
-    and go together in one transaction -- one commit, each Deferred fired
-    after it, in order.
+    Group commit: the writes waiting when a database thread gets to them
+    go in one transaction -- one commit -- each in its savepoint; the
+    tasks whose write was taken only hand on its result.
     """
     store, writes, ended = _grouped_store(tmp_path)
-    first = store.run(_put("a", 1))
-    grouped = [store.run(_put(k, n)) for n, k in enumerate("bcdef", start=2)]
-    assert len(writes.held) == 1
+    waiting = [store.run(_put(k, n)) for n, k in enumerate("abcdef", start=1)]
+    assert len(writes.held) == 6  # a task each: stopping the runner runs them all
     writes.run_next()
-    assert _now(first) == 1 and ended == ["COMMIT"]
-    assert not any(d.called for d in grouped)
-    writes.run_next()
-    assert [_now(d) for d in grouped] == [2, 3, 4, 5, 6]
-    assert ended == ["COMMIT", "COMMIT"]  # five writes, one commit
+    assert ended == ["COMMIT"]
+    assert waiting[0].called and not any(d.called for d in waiting[1:])
+    for _ in range(5):
+        writes.run_next()
+    assert [_now(d) for d in waiting] == [1, 2, 3, 4, 5, 6]
+    assert ended == ["COMMIT"]  # six writes, one commit
     assert _rows(store) == {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6}
     store.close()
 
@@ -387,7 +383,6 @@ def test_a_write_that_fails_in_a_group_fails_alone(tmp_path: Any) -> None:
     from sqlalchemy.exc import IntegrityError
 
     store, writes, _ = _grouped_store(tmp_path)
-    blocker = store.run(_put("z", 0))
 
     def half_then_bug(conn: Connection) -> None:
         _put("half", 9)(conn)
@@ -395,22 +390,85 @@ def test_a_write_that_fails_in_a_group_fails_alone(tmp_path: Any) -> None:
 
     group = [store.run(_put("a", 1)), store.run(half_then_bug), store.run(_put("a", 2)),
              store.run(_put("b", 3))]
-    writes.run_next()
-    _now(blocker)
-    writes.run_next()
+    for _ in group:
+        writes.run_next()
     assert _now(group[0]) == 1 and _now(group[3]) == 3
     with pytest.raises(ValueError, match="a bug after writing"):
         _now(group[1])
     with pytest.raises(IntegrityError):
         _now(group[2])
-    assert _rows(store) == {"z": 0, "a": 1, "b": 3}
+    assert _rows(store) == {"a": 1, "b": 3}
     store.close()
 
 
-def test_a_group_whose_commit_fails_fails_every_write_in_it(tmp_path: Any) -> None:
+def test_a_group_that_fails_once_begun_is_written_one_write_at_a_time(
+        tmp_path: Any) -> None:
     """
-    The database locked by another process: the group cannot begin, every
-    write in it fails as unavailable and none is written.
+    A write that runs into the database's trouble (a full disk) fails the
+    group's transaction; the others are written again on their own, so
+    only that write fails.
+    """
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from cipherd.store import DatabaseUnavailable
+
+    store, writes, ended = _grouped_store(tmp_path)
+
+    def too_big(conn: Connection) -> None:
+        full = sqlite3.OperationalError("database or disk is full")
+        full.sqlite_errorcode = 13  # type: ignore[attr-defined]
+        raise OperationalError("INSERT INTO t", {}, full)
+
+    group = [store.run(_put("a", 1)), store.run(too_big), store.run(_put("b", 2))]
+    for _ in group:
+        writes.run_next()
+    assert _now(group[0]) == 1 and _now(group[2]) == 2
+    with pytest.raises(DatabaseUnavailable, match="database or disk is full"):
+        _now(group[1])
+    # The group (a, too_big) rolled back; a again alone, then b alone.
+    assert ended == ["COMMIT", "COMMIT"]
+    assert _rows(store) == {"a": 1, "b": 2}
+    store.close()
+
+
+def test_stopping_the_database_threads_commits_every_write_asked_for(tmp_path: Any) -> None:
+    """
+    At shutdown the runner runs the tasks already queued: with a write each,
+    none of the writes waiting behind a slow one is lost.
+    """
+    import threading
+
+    from twisted.internet import reactor
+
+    from cipherd.threads import ThreadPoolRunner
+
+    engine = create_engine_for_url(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    runner = ThreadPoolRunner(reactor, "test-db", 4)
+    runner.startService()
+    store = Store(engine, runner, Clock(), read_runner=SynchronousRunner())
+    release = threading.Event()
+
+    def slow(conn: Connection) -> None:
+        conn.execute(text("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)"))
+        release.wait(10)
+
+    store.run(slow)
+    for n, key in enumerate("abc"):
+        store.run(_put(key, n))
+    release.set()
+    runner.stopService()  # joins the threads once the queued tasks ran
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT k, v FROM t")).all()) == {"a": 0, "b": 1,
+                                                                         "c": 2}
+    store.close()
+
+
+def test_writes_that_cannot_begin_fail_as_unavailable(tmp_path: Any) -> None:
+    """
+    The database locked by another process: no transaction can begin,
+    every write fails as unavailable and none is written.
     """
     import sqlite3
 
@@ -418,12 +476,13 @@ def test_a_group_whose_commit_fails_fails_every_write_in_it(tmp_path: Any) -> No
 
     store, writes = _steered_store(tmp_path, "t (k TEXT, v INTEGER)")
     blocker = store.run(_put("z", 0))
-    group = [store.run(_put("a", 1)), store.run(_put("b", 2))]
     writes.run_next()
     _now(blocker)
+    group = [store.run(_put("a", 1)), store.run(_put("b", 2))]
     holder = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
+        writes.run_next()
         writes.run_next()
         for d in group:
             with pytest.raises(DatabaseUnavailable, match="database is locked"):

@@ -677,7 +677,7 @@ def test_mail_passing_through_is_not_held_for_looking_like_a_tunnel(messenger: B
 
 
 @settings(max_examples=300, deadline=None)
-@given(sender=st.from_regex(r"[A-Za-z0-9.+_-]{1,20}@[a-z0-9.-]{1,20}", fullmatch=True),
+@given(sender=st.from_regex(r"[A-Za-z0-9.+_=?-]{1,20}@[a-z0-9.-]{1,20}", fullmatch=True),
        subject=st.one_of(st.text(st.characters(min_codepoint=32, max_codepoint=126),
                                  max_size=90),
                          st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF),
@@ -707,5 +707,6 @@ def test_common_notices_take_the_direct_path() -> None:
               ("Message-ID", "<1.2.3@webmail.local>")]
     text = "Hello,\n\nAlice sent you a secure message: Quarterly figures ünïcode = 100%.\n"
     assert notify._plain_message(fields, text) == notify._package_message(fields, text)
-    # Not plain: an encoded subject.
+    # Not plain: an encoded subject, an encoded word in an address.
     assert notify._plain_message([*fields[:2], ("Subject", "Grüße")], text) is None
+    assert notify._plain_message([("To", "=?utf-8?q?hi?=@x.example")], text) is None

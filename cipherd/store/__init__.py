@@ -8,6 +8,9 @@ C{Connection}; L{Store.run} calls one inside a transaction.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -154,8 +157,62 @@ def _unavailable(error: Exception) -> DatabaseUnavailable | None:
     return DatabaseUnavailable(" ".join(str(orig or error).split())[:300])
 
 
-# The most writes one SQLite commit carries (L{Store}'s group commit).
+# The most writes one SQLite commit carries (L{Store}'s group commit), and
+# how long a group goes on taking writes.
 MAX_GROUP = 64
+GROUP_SECONDS = 0.2
+
+
+class _Write:
+    """
+    A write waiting for group commit, and what became of it.
+    """
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.done = threading.Event()
+        self.tried = False  # it ran in a group
+        self.ok = False
+        self.conflict = False  # it lost a unique-key race in its group
+        self.failed = False
+        self.outcome: Any = None
+
+    def attempt(self, conn: Connection) -> None:
+        """
+        Run in a savepoint of C{conn}'s transaction: kept, or rolled back
+        to the savepoint with its exception kept (a unique-key conflict to
+        run again alone).  The database's own trouble propagates: the
+        group fails.
+        """
+        self.tried = True
+        savepoint = conn.begin_nested()
+        try:
+            result = self.fn(conn, *self.args)
+        except IntegrityError:
+            savepoint.rollback()
+            self.conflict = True
+        except DBAPIError as e:
+            if _unavailable(e) is not None:
+                raise
+            savepoint.rollback()
+            self.ok, self.outcome = False, e
+        except Exception as e:  # this write's own fault: it alone fails
+            savepoint.rollback()
+            self.ok, self.outcome = False, e
+        else:
+            savepoint.commit()
+            self.ok, self.outcome = True, result
+
+    def settle(self, transact: Callable[..., Any], *args: Any) -> None:
+        try:
+            self.finish(True, transact(*args))
+        except Exception as e:
+            self.finish(False, e)
+
+    def finish(self, ok: bool, outcome: Any) -> None:
+        self.failed, self.outcome = not ok, outcome
+        self.done.set()
 
 
 class Store:
@@ -168,9 +225,11 @@ class Store:
     together in the next one, each inside a savepoint of its own, so one
     commit -- one fsync of the write-ahead log -- makes many durable.  A
     write that fails rolls back to its savepoint and fails alone (one that
-    lost a unique-key race runs again on its own); a commit that fails
-    fails them all, and none was written.  Each write's Deferred fires only
-    after the commit that made it durable.
+    lost a unique-key race runs again on its own); a group that fails
+    after it began is written again one write at a time, so only the write
+    at fault fails; one that cannot begin (the database locked, full or
+    gone) fails all its writes, none written.  Each write's Deferred fires
+    only after the commit that made it durable.  See L{_commit_group}.
 
     While the database is unavailable (an episode: from a call failing with
     L{DatabaseUnavailable} to the next write that succeeds) one write at a
@@ -198,11 +257,12 @@ class Store:
         self._down_failures = 0
         self._down_reason = ""
         self._probing = False  # a write is trying the database during an episode
-        # Group commit (SQLite): the writes waiting for the next commit,
-        # and whether one is being committed.
+        # Group commit (SQLite): the writes waiting for a commit, and the
+        # lock that lets one group at a time be written.
         self._grouped = engine.dialect.name == "sqlite"
-        self._waiting: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
-        self._committing = False
+        self._queue: deque[_Write] = deque()
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
 
     def _transact(self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
         try:
@@ -233,82 +293,92 @@ class Store:
                 raise
             raise unavailable from e
 
-    def _transact_group(self, group: list[tuple[Callable[..., Any], tuple[Any, ...]]]
-                        ) -> list[tuple[bool, Any]]:
+    def _settle(self, write: _Write) -> Any:
         """
-        The writes of C{group} in one transaction, each in a savepoint:
-        C{(True, result)} or C{(False, exception)} for each.
+        In a database thread: commit the writes waiting, oldest first, in
+        groups, until C{write} is among those committed; its result.
 
-        @raise DatabaseUnavailable: the transaction could not be begun or
-            committed (nothing of the group was written).
+        Every write is a task of the runner of its own, so stopping the
+        runner (which runs the tasks already queued) commits every write
+        asked for; a task whose write an earlier group took only waits for
+        it.
         """
-        outcomes: list[tuple[bool, Any]] = []
-        again: list[int] = []
-        try:
-            with self.engine.connect() as conn, conn.begin():
-                for fn, args in group:
-                    savepoint = conn.begin_nested()
-                    try:
-                        result = fn(conn, *args)
-                    except IntegrityError:
-                        savepoint.rollback()
-                        again.append(len(outcomes))
-                        outcomes.append((False, None))
-                    except DBAPIError as e:
-                        if _unavailable(e) is not None:
-                            raise  # the database, not this write: none is kept
-                        savepoint.rollback()
-                        outcomes.append((False, e))
-                    except Exception as e:  # this write's own fault: it alone fails
-                        savepoint.rollback()
-                        outcomes.append((False, e))
-                    else:
-                        savepoint.commit()
-                        outcomes.append((True, result))
-        except (DBAPIError, PoolTimeoutError) as e:
-            unavailable = _unavailable(e)
-            if unavailable is None:
-                raise
-            raise unavailable from e
-        for index in again:
-            # A unique-key conflict: run once more on its own (as L{_transact}).
-            fn, args = group[index]
-            try:
-                outcomes[index] = (True, self._transact_once(fn, args, False))
-            except Exception as e:
-                outcomes[index] = (False, e)
-        return outcomes
+        while not write.done.is_set():
+            with self._commit_lock:
+                if not write.done.is_set():
+                    self._commit_group()
+        if write.failed:
+            raise write.outcome
+        return write.outcome
 
-    def _group_write(self, fn: Callable[..., T], args: tuple[Any, ...]) -> Deferred[T]:
-        d: Deferred[T] = Deferred()
-        self._waiting.append((fn, args, d))
-        self._commit_next()
-        return d
+    def _take(self) -> _Write | None:
+        with self._queue_lock:
+            return self._queue.popleft() if self._queue else None
 
-    def _commit_next(self) -> None:
-        if self._committing or not self._waiting:
+    def _commit_group(self) -> None:
+        """
+        One transaction: the oldest waiting write, and those behind it,
+        while the group has fewer than L{MAX_GROUP} and has run less than
+        L{GROUP_SECONDS} (the write lock is held meanwhile, and another
+        process may be waiting for it), each in a savepoint.  When the
+        group fails after it began -- a write ran into the database's
+        trouble (a full disk), or the commit failed -- none of it was
+        written, and each of its writes runs again on its own, so one
+        write's trouble is its own.
+        """
+        first = self._take()
+        if first is None:
             return
-        group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-        self._committing = True
-        if len(group) == 1:
-            fn, args, _ = group[0]
-            done = self._runner.run(self._transact, fn, args, False).addCallback(
-                lambda result: [(True, result)])
-        else:
-            done = self._runner.run(self._transact_group, [(fn, args) for fn, args, _ in group])
-        done.addBoth(self._committed, [d for _, _, d in group])
+        group = [first]
+        try:
+            self._write_group(group)
+        except BaseException as e:
+            # Whatever else went wrong: no write taken is left waiting.
+            for w in group:
+                if not w.done.is_set():
+                    w.finish(False, e)
+            raise
 
-    def _committed(self, outcomes: list[tuple[bool, Any]] | Failure,
-                   waiting: list[Deferred[Any]]) -> None:
-        self._committing = False
-        for index, d in enumerate(waiting):
-            if isinstance(outcomes, Failure):
-                d.errback(outcomes)
-            elif outcomes[index][0]:
-                d.callback(outcomes[index][1])
+    def _write_group(self, group: list[_Write]) -> None:
+        first = group[0]
+        if not self._queue:
+            first.settle(self._transact, first.fn, first.args, False)
+            return
+        began = time.monotonic()
+        try:
+            with self.engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    write: _Write | None = first
+                    while write is not None:
+                        write.attempt(conn)
+                        if (len(group) == MAX_GROUP
+                                or time.monotonic() - began > GROUP_SECONDS):
+                            break
+                        write = self._take()
+                        if write is not None:
+                            group.append(write)
+                    transaction.commit()
+                except BaseException:
+                    transaction.rollback()
+                    raise
+        except (DBAPIError, PoolTimeoutError) as e:
+            if not any(w.tried for w in group):
+                # It could not begin (locked by another process, full, gone):
+                # each of them would fail the same.
+                unavailable = _unavailable(e)
+                for w in group:
+                    w.finish(False, unavailable or e)
+                return
+            for w in group:
+                w.settle(self._transact, w.fn, w.args, False)
+            return
+        for w in group:
+            if w.conflict:
+                # A unique-key conflict: once more on its own (as L{_transact}).
+                w.settle(self._transact_once, w.fn, w.args, False)
             else:
-                d.errback(Failure(outcomes[index][1]))
-        self._commit_next()
+                w.finish(w.ok, w.outcome)
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...],
               read_only: bool) -> Deferred[T]:
@@ -323,8 +393,13 @@ class Store:
                 self._down_failures += 1
                 return fail(DatabaseUnavailable(self._down_reason))
             self._probing = probe = True
-        d = (self._group_write(fn, args) if self._grouped
-             else self._runner.run(self._transact, fn, args, False))
+        if self._grouped:
+            write = _Write(fn, args)
+            with self._queue_lock:
+                self._queue.append(write)
+            d = self._runner.run(self._settle, write)
+        else:
+            d = self._runner.run(self._transact, fn, args, False)
         return d.addCallbacks(self._available, self._write_failed, callbackArgs=(probe,),
                               errbackArgs=(probe,))
 

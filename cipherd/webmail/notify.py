@@ -91,8 +91,9 @@ def _plain_fields(fields: list[tuple[str, str]]) -> bytes | None:
     lines = []
     for name, value in fields:
         plain = (_PLAIN_ADDRESS.match(value) if name in ("From", "To")
-                 else _PLAIN_VALUE.match(value) and "=?" not in value)
-        if not plain or len(name) + 2 + len(value) > _FOLD_AT:
+                 else _PLAIN_VALUE.match(value))
+        # An encoded word (=?...?=) the email package would decode: never plain.
+        if not plain or "=?" in value or len(name) + 2 + len(value) > _FOLD_AT:
             return None
         lines.append(f"{name}: {value}\r\n")
     return "".join(lines).encode("ascii")
