@@ -371,12 +371,11 @@ class OCSPClient:
 
     def _keep(self, key: tuple[str, int], answer: OCSPAnswer) -> None:
         now = self._clock.seconds()
-        if answer.status is OCSPStatus.UNAVAILABLE:
+        relied_on = answer.until()
+        if answer.status is OCSPStatus.UNAVAILABLE or relied_on is None:
             until = now + RETRY_AFTER
-        elif answer.next_update is None:
-            until = now + UNSCHEDULED_LIFETIME.total_seconds()
         else:
-            until = max(answer.next_update.timestamp(), now + KEEP_AT_LEAST)
+            until = max(relied_on.timestamp(), now + KEEP_AT_LEAST)
         self._kept[key] = (answer, until)
         self._kept.move_to_end(key)
         if len(self._kept) > KEPT:

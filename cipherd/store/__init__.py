@@ -173,9 +173,8 @@ class _Write:
         self.args = args
         self.done = threading.Event()
         self.tried = False  # it ran in a group
-        self.ok = False
         self.conflict = False  # it lost a unique-key race in its group
-        self.failed = False
+        self.ok = False  # the outcome is its result, not its exception
         self.outcome: Any = None
 
     def attempt(self, conn: Connection) -> None:
@@ -211,7 +210,7 @@ class _Write:
             self.finish(False, e)
 
     def finish(self, ok: bool, outcome: Any) -> None:
-        self.failed, self.outcome = not ok, outcome
+        self.ok, self.outcome = ok, outcome
         self.done.set()
 
 
@@ -307,7 +306,7 @@ class Store:
             with self._commit_lock:
                 if not write.done.is_set():
                     self._commit_group()
-        if write.failed:
+        if not write.ok:
             raise write.outcome
         return write.outcome
 
@@ -378,7 +377,7 @@ class Store:
                 # A unique-key conflict: once more on its own (as L{_transact}).
                 w.settle(self._transact_once, w.fn, w.args, False)
             else:
-                w.finish(w.ok, w.outcome)
+                w.done.set()  # as its savepoint left it
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...],
               read_only: bool) -> Deferred[T]:
