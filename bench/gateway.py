@@ -54,13 +54,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mta import PASSWORD, Cipherd, SmtpSink, insecure_tls, measure  # noqa: E402
+from mta import PASSWORD, Cipherd, Profile, SmtpSink, insecure_tls, measure  # noqa: E402
 
 from cipherd.pki.certs import create_tunnel_certificate, thumbprint  # noqa: E402
 from cipherd.pki.certstore import CertificateStore  # noqa: E402
 from cipherd.store import Store, create_engine_for_url  # noqa: E402
 from cipherd.testing import SynchronousRunner, result_of  # noqa: E402
 from cipherd.testing.certificates import ec_ca, many_certificates, root_ca  # noqa: E402
+from tests.processes import children  # noqa: E402
 
 SIZE = 10 * 1024
 SENDER = "bench@example.org"
@@ -269,6 +270,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="processing worker processes (default: the appliance's, 1; "
                              "0: processing in the main process)")
+    parser.add_argument("--profile", type=Path,
+                        help="py-spy the appliance and its workers during each measured path "
+                             "into DIR (pip install py-spy)")
     options = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/gateway.py runs Postfix's smtp-sink as nobody: run it as root")
@@ -276,6 +280,7 @@ def main() -> None:
     cipherd = Cipherd(sink.port, workers=options.workers)
     results = {}
     timings: list[str] = []
+    profiles: list[str] = []
     try:
         configure(cipherd, sink.port)
         cipherd.wait_for_workers()
@@ -284,8 +289,13 @@ def main() -> None:
         for recipient in PATHS.values():  # warm-up
             measure(cipherd.smtp_port, sink, 50, SIZE, sender=SENDER, recipient=recipient)
         for label, recipient in PATHS.items():
+            profile = options.profile and Profile(options.profile / label.replace(" ", "-"), {
+                "cipherd" if n == 0 else f"worker {n}": pid
+                for n, pid in enumerate([cipherd.pid, *children(cipherd.pid)])})
             results[label] = measure(cipherd.smtp_port, sink, options.messages, SIZE,
                                      sender=SENDER, recipient=recipient)
+            if profile:
+                profiles.append(f"{label}:\n{profile.stop()}")
         if options.certificates:
             timings = look_ups(cipherd, store, options.certificates)
     finally:
@@ -305,6 +315,9 @@ def main() -> None:
     if timings:
         print()
         print("\n".join(timings))
+    if profiles:
+        print(f"\npy-spy during each measured path (raw stacks in {options.profile}):")
+        print("\n\n".join(profiles))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -259,6 +261,66 @@ def send_to_pool(port: int, count: int, size: int, *, sender: str,
     if failures:
         raise RuntimeError(f"smtp-source failed: {failures[0]}")
     return time.monotonic()
+
+
+class Profile:
+    """
+    py-spy recording processes, one per appliance, until L{stop}.
+    """
+
+    RATE = 100
+
+    def __init__(self, directory: Path, pids: dict[str, int]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.outputs = {name: directory / f"{name}.txt" for name in pids}
+        self._started = time.monotonic()
+        self._recorders = [subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+             "--format", "raw", "--threads", "--nolineno", "--nonblocking",
+             "--rate", str(self.RATE), "--output", str(self.outputs[name])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()]
+
+    def stop(self) -> str:
+        seconds = time.monotonic() - self._started
+        for recorder in self._recorders:
+            recorder.send_signal(signal.SIGINT)
+        for recorder in self._recorders:
+            recorder.wait(60)
+        return "\n".join(summarise(name, path, seconds * self.RATE)
+                         for name, path in self.outputs.items())
+
+
+# Leaf frames of a thread that waits; without pausing the process py-spy
+# cannot always tell them from running ones.
+WAITING = ("Condition.wait ", "Event.wait ", "Condition._acquire_restore ", "Queue.get ")
+
+
+def summarise(name: str, path: Path, possible: float, top: int = 15) -> str:
+    """
+    A py-spy raw file read: each thread's busy share of C{possible}
+    samples, and the cipherd functions most busy samples were in.
+    """
+    threads: Counter[str] = Counter()
+    functions: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        samples = int(count)
+        if frames[-1].startswith(WAITING):
+            continue  # woken, waiting for its lock or the GIL: not work
+        total += samples
+        # "thread (tid): name"; a pool's threads counted together.
+        threads[re.sub(r"[-_]?\d+$", "", frames[0].partition(": ")[2])] += samples
+        for frame in set(frames[1:]):
+            if "cipherd/" in frame:
+                functions[frame] += samples
+    lines = [f"{name}: busy samples per thread (share of the run's {possible:.0f} possible)"]
+    lines += [f"  {thread:40} {n / possible:6.1%}" for thread, n in threads.most_common()]
+    lines.append(f"{name}: cipherd functions by share of its {total} busy samples "
+                 "(callees included)")
+    lines += [f"  {n / total:6.1%}  {frame}" for frame, n in functions.most_common(top)]
+    return "\n".join(lines)
 
 
 def measure(port: int, sink: SmtpSink, count: int, size: int, *,
