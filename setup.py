@@ -27,6 +27,7 @@ setup(
         "dkimpy>=1.1",
         "nh3>=0.2",
         "psutil>=5.9",
+        "pysequoia>=0.1.35",
     ],
     extras_require={
         "test": [

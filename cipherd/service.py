@@ -41,7 +41,10 @@ from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.keyring import Keyring
 from cipherd.pki.ocsp import ocsp_client
+from cipherd.pki.pgp import SequoiaOpenPGP
+from cipherd.pki.pgpmime import PGPEngine
 from cipherd.pki.sitetls import SiteTLS
 from cipherd.settings import GLOBAL, PROPERTIES
 from cipherd.smtp.config import MTAConfigSource
@@ -199,7 +202,11 @@ def _periodic(interval: float, job: Callable[[], Coroutine[Any, Any, Any]], fail
     return timer
 
 
-def processing(settings: SettingsRepository, certificates: CertificateStore,
+# The OpenPGP library, behind cipherd.pki.pgp.IOpenPGP (it keeps no state).
+OPENPGP = SequoiaOpenPGP()
+
+
+def processing(settings: SettingsRepository, certificates: CertificateStore, keyring: Keyring,
                crypto_runner: ThreadPoolRunner, mailboxes: Mailboxes, accounts: Accounts,
                mta: MTAConfigSource, reactor: Any) -> Composite:
     """
@@ -213,7 +220,8 @@ def processing(settings: SettingsRepository, certificates: CertificateStore,
         settings,
         WebmailRelay(engine, mailboxes, accounts, Notices(reactor), settings,
                      lambda: mta.current, reactor, certificates.ctl),
-        Gateway(settings, certificates, engine, lambda: mta.current, reactor))
+        Gateway(settings, certificates, engine, keyring, PGPEngine(OPENPGP, crypto_runner),
+                lambda: mta.current, reactor))
 
 
 def _store_and_pools(config: Config, reactor: Any, root: MultiService
@@ -253,7 +261,7 @@ def _store_and_pools(config: Config, reactor: Any, root: MultiService
 
 def build_worker(config: Config, reactor: Any
                  ) -> tuple[MultiService, Composite, SettingsRepository, CertificateStore,
-                            MTAConfigSource]:
+                            Keyring, MTAConfigSource]:
     """
     What a processing worker process runs (L{cipherd.workers.main}): its
     thread pools and database connections, and L{processing} over them.
@@ -266,11 +274,12 @@ def build_worker(config: Config, reactor: Any
     settings = SettingsRepository(store, reactor)
     certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner,
                                     ocsp_client(reactor))
+    keyring = Keyring(store, reactor, read_kek(data), crypto_runner, OPENPGP)
     mta = MTAConfigSource(store)
-    processor = processing(settings, certificates, crypto_runner,
+    processor = processing(settings, certificates, keyring, crypto_runner,
                            Mailboxes(store, message_key(read_kek(data))),
                            Accounts(store, reactor, auth_runner), mta, reactor)
-    return root, processor, settings, certificates, mta
+    return root, processor, settings, certificates, keyring, mta
 
 
 def make_service(config: Config, reactor: Any) -> IService:
@@ -318,15 +327,17 @@ def make_service(config: Config, reactor: Any) -> IService:
             "upload one here, and restart."))
     certificates = CertificateStore(store, reactor, read_kek(data), crypto_runner,
                                     ocsp_client(reactor))
+    keyring = Keyring(store, reactor, read_kek(data), crypto_runner, OPENPGP)
     queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
     mailboxes = Mailboxes(store, message_key(read_kek(data)))
     accounts = Accounts(store, reactor, auth_runner)
-    local = processing(settings, certificates, crypto_runner, mailboxes, accounts, mta, reactor)
+    local = processing(settings, certificates, keyring, crypto_runner, mailboxes, accounts, mta,
+                       reactor)
     processor: IMessageProcessor = local
     if config.processing_workers and not shared:
         workers = ProcessingWorkers(
             local, config, spawn_worker(reactor), reactor,
-            lambda: (settings.changes, certificates.changes, mta.current),
+            lambda: (settings.changes, certificates.changes, keyring.changes, mta.current),
             config.processing_workers)
         workers.setServiceParent(startup)
         processor = workers

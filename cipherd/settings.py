@@ -779,6 +779,21 @@ PROPERTIES: tuple[Property, ...] = (
        "certificates when encrypting, senders' when verifying a signature, and our own "
        "when signing.",
        page="encryption", group="Methods"),
+    _P("pgp_enabled", "PGP enabled", Boolean(), True,
+       "Whether PGP may be used for recipients without a valid S/MIME certificate but with "
+       "a valid, trusted PGP key in the keyring (the chain: S/MIME, then PGP, then "
+       "webmail). It must be enabled for the sender and for the recipient.",
+       page="encryption", group="PGP"),
+    _P("pgp_sign", "PGP sign", Boolean(), True,
+       "Sign PGP mail too when the sender has a valid PGP key with its secret key in the "
+       "keyring.", page="encryption", group="PGP"),
+    _P("pgp_encoding", "PGP encoding",
+       Choice((("pgp_mime", "PGP/MIME (RFC 3156)"),
+               ("inline", "Inline PGP, for text-only messages"))), "pgp_mime",
+       "How PGP mail is sent. PGP/MIME encrypts the whole message, attachments and "
+       "header fields included. Inline puts an armored block in a text/plain body, for "
+       "old clients; a message with attachments or HTML is always sent as PGP/MIME.",
+       page="encryption", group="PGP"),
     # The portal (the recipient's side in the browser).
     _P("webmail_totp_required", "Second factor required", Boolean(), False,
        "Recipients must use a one-time code from an authenticator app (TOTP) as well as "

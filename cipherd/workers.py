@@ -315,14 +315,14 @@ class ProcessingWorkers(Service):
     @param spawn: starts a worker process for a L{_Worker} (L{spawn_worker}
         with the reactor).
     @param state: what a worker must know before it processes the next
-        message: C{(settings changes, certificate changes, MTA config)} of
-        this process.
+        message: C{(settings changes, certificate changes, keyring changes,
+        MTA config)} of this process.
     @param count: how many workers.
     """
 
     def __init__(self, local: IMessageProcessor, config: Any,
                  spawn: Callable[[_Worker], Any], reactor: IReactorTime,
-                 state: Callable[[], tuple[int, int, Any]], count: int = 1) -> None:
+                 state: Callable[[], tuple[int, int, int, Any]], count: int = 1) -> None:
         self._local = local
         self.config = config
         self._spawn = spawn
@@ -510,7 +510,7 @@ class _Serve(Protocol):
 
     @param build: C{build(config, reactor)} returns the services to run
         (thread pools), the processor, and what a state message may make
-        forget: C{(service, processor, settings, certificates, mta)}.
+        forget: C{(service, processor, settings, certificates, keyring, mta)}.
     """
 
     def __init__(self, reactor: Any, build: Callable[..., Any]) -> None:
@@ -521,8 +521,9 @@ class _Serve(Protocol):
         self._processor: IMessageProcessor | None = None
         self._settings: Any = None
         self._certificates: Any = None
+        self._keyring: Any = None
         self._mta: Any = None
-        self._state: tuple[int, int] | None = None
+        self._state: tuple[int, int, int] | None = None
         self._jobs = 0
         self._stopping = False
         self._callbacks: dict[int, tuple[float, tuple[Any, ...]]] = {}
@@ -568,18 +569,20 @@ class _Serve(Protocol):
             d.addErrback(self._failed, number)
             d.addBoth(self._job_finished)
         elif kind == "state":
-            _, settings, certificates, mta = message
+            _, settings, certificates, keyring, mta = message
             if self._state is not None and self._state[0] != settings:
                 self._settings.forget()
             if self._state is not None and self._state[1] != certificates:
                 self._certificates.forget()
-            self._state = (settings, certificates)
+            if self._state is not None and self._state[2] != keyring:
+                self._keyring.forget()
+            self._state = (settings, certificates, keyring)
             self._mta.current = mta
         elif kind == "written":
             self._run_written(message[1])
         elif kind == "config":
-            self._service, self._processor, self._settings, self._certificates, self._mta = (
-                self._build(message[1], self._reactor))
+            (self._service, self._processor, self._settings, self._certificates,
+             self._keyring, self._mta) = self._build(message[1], self._reactor)
             self._service.startService()
             self.send(("ready",))
         elif kind == "stop":

@@ -27,6 +27,8 @@ from cipherd.pki import smime
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import SmimeEngine
 from cipherd.pki.ocsp import IOCSPClient
+from cipherd.pki.pgp import SequoiaOpenPGP
+from cipherd.pki.pgpmime import PGPEngine
 from cipherd.pki.trust import CTLStatus, OCSPAnswer, OCSPStatus, ocsp_key
 from cipherd.settings import GLOBAL, Level, scope_for
 from cipherd.smtp.config import MTAConfig, apply_changes
@@ -35,6 +37,7 @@ from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import RecordingSubmission, SynchronousRunner, migrated_store, result_of
 from cipherd.testing.certificates import MemoryOCSPClient
+from cipherd.testing.pgp import MemoryKeyring
 from tests.pki_factory import EMAIL_EKU, START, make_ca, make_user
 
 NOW = START + timedelta(days=10)
@@ -76,7 +79,9 @@ class World:
         # The messages processing made besides the processed original.
         self.submission = RecordingSubmission()
         self.submitted = self.submission.submitted
-        self.gateway = Gateway(self.settings, self.certificates, self.engine,
+        self.keyring = MemoryKeyring(self.clock)
+        self.gateway = Gateway(self.settings, self.certificates, self.engine, self.keyring,
+                               PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
                                lambda: self.config, self.clock)
         self.processor: IMessageProcessor = self.gateway
         self.set(GLOBAL, webmail_sender=WEBMAIL_SENDER, webmail_recipient=WEBMAIL_RECIPIENT)

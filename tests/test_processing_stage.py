@@ -25,12 +25,14 @@ from cipherd.core.envelope import Envelope, Outcome
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.gateway import Gateway
 from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.pgp import SequoiaOpenPGP
+from cipherd.pki.pgpmime import PGPEngine
 from cipherd.settings import GLOBAL, Level, scope_for
 from cipherd.smtp.processing import Disposition, IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.smtp.queue import MIN_BACKOFF, PROCESSED, ISubmission
 from cipherd.smtp.server import ReceivePolicy
 from cipherd.smtp.spool import ISpool
-from cipherd.testing import result_of
+from cipherd.testing import SynchronousRunner, result_of
 from tests.crash_at_commit import NOTICE, TUNNEL, Splitting
 from tests.crash_at_commit import PROCESSED as PROCESSED_CONTENT
 from tests.test_gateway import RECEIVED, SENT, pki  # noqa: F401
@@ -108,6 +110,7 @@ def test_a_deferred_smime_message_is_not_signed_and_encrypted_again(
     world_of_pki = GatewayWorld(pki)
     engine = CountingEngine(world_of_pki.certificates, world_of_pki.engine._crypto)
     gateway = Gateway(world_of_pki.settings, world_of_pki.certificates, engine,
+                      world_of_pki.keyring, PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
                       lambda: world_of_pki.config, world_of_pki.clock)
     world_of_pki.set(GLOBAL, encrypt_mode="mandatory")
     world = World(tmp_path, processor=gateway)

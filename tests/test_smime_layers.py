@@ -30,12 +30,15 @@ from cipherd.mpa.gateway import Gateway
 from cipherd.pki import cms, smime
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import MAX_LAYERS, PGP_SIGNED, OpenedLayers, SmimeEngine
+from cipherd.pki.pgp import SequoiaOpenPGP
+from cipherd.pki.pgpmime import PGPEngine
 from cipherd.settings import Level, scope_for
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.processing import ProcessingResult
 from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
+from cipherd.testing.pgp import MemoryKeyring
 from tests.conftest import Appliance
 from tests.peers import require_tool, run
 from tests.pki_factory import make_ca, make_user
@@ -108,6 +111,8 @@ class Bob:
         self.config, errors = apply_changes(MTAConfig(), {"relay_domains": ["example.com"]})
         assert not errors
         self.gateway = Gateway(self.settings, self.certificates, self.engine,
+                               MemoryKeyring(self.clock),
+                               PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
                                lambda: self.config, self.clock)
 
     def open(self, message: bytes) -> OpenedLayers:

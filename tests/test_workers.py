@@ -142,9 +142,10 @@ class Harness:
         self.remote = remote or Recording("worker")
         self.settings = Forgetting()
         self.certificates = Forgetting()
+        self.keyring = Forgetting()
         self.mta = MTA()
         self.service = Service()
-        self.state: list[Any] = [0, 0, "mta-1"]
+        self.state: list[Any] = [0, 0, 0, "mta-1"]
         self.spawned: list[_Worker] = []
         self.serves: list[_Serve] = []
         self.stops = 0
@@ -153,7 +154,8 @@ class Harness:
 
     def build(self, config: Any, reactor: Any) -> tuple[Any, ...]:
         assert config == {"config": True}
-        return self.service, self.remote, self.settings, self.certificates, self.mta
+        return (self.service, self.remote, self.settings, self.certificates, self.keyring,
+                self.mta)
 
     def spawn(self, worker: _Worker) -> None:
         serve = _Serve(self, self.build)
@@ -356,10 +358,11 @@ def test_a_result_too_large_to_send_is_made_here(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_worker_forgets_what_changed_here_before_the_next_message() -> None:
-    seen: list[tuple[int, int, Any]] = []
+    seen: list[tuple[int, int, int, Any]] = []
 
     def look(envelope: Envelope, content: bytes) -> Deferred[ProcessingResult]:
-        seen.append((h.settings.forgotten, h.certificates.forgotten, h.mta.current))
+        seen.append((h.settings.forgotten, h.certificates.forgotten, h.keyring.forgotten,
+                     h.mta.current))
         return succeed(ProcessingResult.unchanged(envelope, content))
 
     h = Harness(Clock(), Recording("worker", answer=look))
@@ -369,10 +372,13 @@ def test_the_worker_forgets_what_changed_here_before_the_next_message() -> None:
     h.state[0] += 1  # a setting changed here
     results(h.pool.process(ENVELOPE, CONTENT))
     h.state[1] += 1  # a certificate imported here
-    h.state[2] = "mta-2"  # the MTA config changed
+    h.state[3] = "mta-2"  # the MTA config changed
+    results(h.pool.process(ENVELOPE, CONTENT))
+    h.state[2] += 1  # a PGP key imported here
     results(h.pool.process(ENVELOPE, CONTENT))
     # What each message saw while it was processed.
-    assert seen == [(0, 0, "mta-1"), (0, 0, "mta-1"), (1, 0, "mta-1"), (1, 1, "mta-2")]
+    assert seen == [(0, 0, 0, "mta-1"), (0, 0, 0, "mta-1"), (1, 0, 0, "mta-1"),
+                    (1, 1, 0, "mta-2"), (1, 1, 1, "mta-2")]
 
 
 def test_the_workers_log_lines_are_logged_here_before_its_answer() -> None:

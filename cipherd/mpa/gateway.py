@@ -12,6 +12,9 @@ is then split per path:
       removed first: they are ours alone);
     - S/MIME recipients get one message encrypted to all their certificates
       (and signed with the sender's key when the policy says so);
+    - PGP recipients get one message encrypted to all their keys, PGP/MIME
+      or inline as their *PGP encoding* says (and signed with the sender's
+      PGP key when the policy says so);
     - webmail recipients are handed to the webmail messenger in one tunnel
       message (L{cipherd.mpa.tunnel}), signed with the *webmail sender*'s
       key and encrypted to the *webmail recipient*'s certificates, queued as
@@ -54,6 +57,9 @@ from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.cms import DecryptedContent
 from cipherd.pki.engine import PGP_SIGNED, SIGNED, Layer, OpenedLayers, SignerReport, SmimeEngine
+from cipherd.pki.keyring import IKeyring
+from cipherd.pki.pgp import PGPError, PGPKey
+from cipherd.pki.pgpmime import INLINE, PGPEngine
 from cipherd.settings import REGISTRY, IAddressSettings, InvalidValue
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.config import MTAConfig
@@ -74,11 +80,13 @@ class Gateway:
     """
 
     def __init__(self, settings: IAddressSettings, certificates: ICertificateStore,
-                 engine: SmimeEngine, mta: Callable[[], MTAConfig],
-                 clock: IReactorTime) -> None:
+                 engine: SmimeEngine, keyring: IKeyring, pgp: PGPEngine,
+                 mta: Callable[[], MTAConfig], clock: IReactorTime) -> None:
         self._settings = settings
         self._certificates = certificates
         self._engine = engine
+        self._keyring = keyring
+        self._pgp = pgp
         self._mta = mta
         self._clock = clock
 
@@ -119,6 +127,9 @@ class Gateway:
         signer: Any = None
         signer_looked_up = False
         certificates: dict[str, list[x509.Certificate]] = {}
+        pgp_keys: dict[str, tuple[PGPKey, ...]] = {}
+        pgp_signer: Any = None
+        pgp_signer_looked_up = False
         decisions: list[policy.Decision] = []
         for recipient in envelope.recipients:
             facts = policy.Facts(recipient, sender_settings, known[recipient],
@@ -132,6 +143,16 @@ class Gateway:
                         envelope.sender, fail_closed=_fails_closed(sender_settings))
                     signer_looked_up = True
                 facts = replace(facts, certificates=tuple(found), can_sign=signer is not None)
+            if policy.needs_pgp_keys(facts):
+                keys = await self._keyring.encryption_keys(canonical[recipient])
+                pgp_keys[recipient] = keys.keys
+                if keys.keys and not pgp_signer_looked_up and sender_settings["pgp_sign"]:
+                    pgp_signer = envelope.sender and await self._keyring.signer(
+                        canonical_address(envelope.sender))
+                    pgp_signer_looked_up = True
+                facts = replace(facts, pgp_keys=keys.keys, can_pgp_sign=bool(pgp_signer),
+                                pgp_refused=keys.reason() if keys.refused and not keys.keys
+                                else "")
             decision = policy.decide(facts)
             for level, text in decision.notes:
                 getattr(log, level)("{text}; Sender: {sender}; Queue id: {queue_id}",
@@ -164,6 +185,10 @@ class Gateway:
         if chosen := by_method.get(policy.SMIME):
             await self._smime(envelope, _with_header(protected, header), chosen, certificates,
                               signer, sender_settings, results)
+        if chosen := by_method.get(policy.PGP):
+            bounced += await self._pgp_path(envelope, _with_header(protected, header), chosen,
+                                            pgp_keys, pgp_signer, known, sender_settings,
+                                            results)
         if webmail := by_method.get(policy.WEBMAIL):
             # The tunnel carries the message as the client sent it (from
             # below the Received field our server added), not copied; with
@@ -198,6 +223,47 @@ class Gateway:
         log.info("{queue_id}: S/MIME {what}; Recipients: {rcpts}", queue_id=envelope.queue_id,
                  what=what, rcpts=", ".join(recipients))
         results.deliver(envelope.sender, recipients, encrypted, f"S/MIME {what}")
+
+    async def _pgp_path(self, envelope: Envelope, content: bytes, chosen: list[policy.Decision],
+                        keys: Mapping[str, tuple[PGPKey, ...]], signer: Any,
+                        known: Mapping[str, Mapping[str, Any]],
+                        sender_settings: Mapping[str, Any],
+                        results: Results) -> list[tuple[str, str]]:
+        """
+        One message per PGP encoding the recipients ask for, encrypted to
+        all their keys; signed when the policy says so.
+
+        @return: recipients that could not be encrypted to after all (a
+            key that failed in the library), with why.
+        """
+        groups: dict[str, list[policy.Decision]] = {}
+        for d in chosen:
+            groups.setdefault(str(known[d.recipient]["pgp_encoding"]), []).append(d)
+        bounced: list[tuple[str, str]] = []
+        for encoding, group in groups.items():
+            recipients = tuple(d.recipient for d in group)
+            sign = signer if any(d.sign for d in group) and signer else None
+            try:
+                encrypted, how = await self._pgp.protect(
+                    content, list({k.fingerprint: k for r in recipients for k in keys[r]}
+                                  .values()),
+                    signer=sign[1] if sign else None, encoding=encoding,
+                    obscure_subject=bool(sender_settings["smime_obscure_subject"]),
+                    now=self._keyring.now())
+            except PGPError as e:
+                log.warn("{queue_id}: PGP encryption failed: {why}; Recipients: {rcpts}",
+                         queue_id=envelope.queue_id, why=e, rcpts=", ".join(recipients))
+                bounced += [(r, f"PGP encryption failed: {e}") for r in recipients]
+                continue
+            what = "signed and encrypted" if sign else "encrypted"
+            form = "inline" if how == INLINE else "PGP/MIME"
+            log.info("{queue_id}: PGP {what} ({form}); Recipients: {rcpts}; Keys: {keys}",
+                     queue_id=envelope.queue_id, what=what, form=form,
+                     rcpts=", ".join(recipients),
+                     keys=", ".join(sorted({k.fingerprint.upper() for r in recipients
+                                            for k in keys[r]})))
+            results.deliver(envelope.sender, recipients, encrypted, f"PGP {what}")
+        return bounced
 
     async def _tunnel(self, envelope: Envelope, protected: bytes, start: int,
                       chosen: list[policy.Decision], sender_settings: Mapping[str, Any],

@@ -19,10 +19,13 @@ The decision for one recipient:
        makes encryption mandatory for this message.
     3. The method chain, first that can wins: S/MIME (the recipient has a
        valid trusted encryption certificate and S/MIME is enabled for both;
-       signed too when the sender's *S/MIME sign* is on), then the webmail
-       tunnel (enabled for the sender and for the recipient; with the
-       sender's *only if mandatory*, only for mandatory encryption).  PGP
-       and PDF will be further links of L{METHODS}.
+       signed too when the sender's *S/MIME sign* is on), then PGP (the
+       recipient has a valid key the administrator trusts and PGP is
+       enabled for both; signed too when the sender's *PGP sign* is on and
+       the sender has a key with its secret), then the webmail tunnel
+       (enabled for the sender and for the recipient; with the sender's
+       *only if mandatory*, only for mandatory encryption).  PDF will be a
+       further link of L{METHODS}.
     4. No method: a bounce when encryption is mandatory, the message as is
        when it is merely allowed.
 """
@@ -41,6 +44,7 @@ Settings = Mapping[str, Any]
 INTERNAL = "internal"
 PLAIN = "plain"
 SMIME = "smime"
+PGP = "pgp"
 WEBMAIL = "webmail"
 BOUNCE = "bounce"
 
@@ -93,6 +97,10 @@ class Facts:
     @ivar certificates: the recipient's valid, trusted encryption
         certificates.
     @ivar can_sign: the sender has a valid signing certificate with its key.
+    @ivar pgp_keys: the recipient's valid, trusted PGP keys.
+    @ivar pgp_refused: why the recipient's other PGP keys cannot be used
+        (untrusted, expired, revoked), or that there is none.
+    @ivar can_pgp_sign: the sender has a valid PGP key with its secret.
     """
 
     recipient: str
@@ -102,6 +110,9 @@ class Facts:
     trigger: Trigger | None = None
     certificates: Sequence[x509.Certificate] = ()
     can_sign: bool = False
+    pgp_keys: Sequence[Any] = ()
+    pgp_refused: str = ""
+    can_pgp_sign: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,9 +120,10 @@ class Decision:
     """
     What happens to one recipient's mail.
 
-    @ivar method: L{INTERNAL}, L{PLAIN}, L{SMIME}, L{WEBMAIL} or L{BOUNCE}.
+    @ivar method: L{INTERNAL}, L{PLAIN}, L{SMIME}, L{PGP}, L{WEBMAIL} or
+        L{BOUNCE}.
     @ivar mandatory: encryption was mandatory (by mode or by trigger).
-    @ivar sign: for S/MIME: sign with the sender's key too.
+    @ivar sign: for S/MIME and PGP: sign with the sender's key too.
     @ivar reason: for a bounce, the reason its notice gives; for plain
         mail that could have been encrypted, why it was not.
     @ivar notes: MPA log lines, as C{(level, text)}.
@@ -147,6 +159,18 @@ def needs_certificates(facts: Facts) -> bool:
             and facts.recipient_settings["smime_enabled"])
 
 
+def needs_pgp_keys(facts: Facts) -> bool:
+    """
+    Whether the decision could use the recipient's PGP keys: PGP is
+    enabled for both and S/MIME cannot be used (so S/MIME mail costs no
+    keyring look-up).
+    """
+    return (not is_internal(facts) and encrypt_mode(facts) != "no_encryption"
+            and bool(facts.sender_settings["pgp_enabled"])
+            and bool(facts.recipient_settings["pgp_enabled"])
+            and not isinstance(_smime(facts, False), Decision))
+
+
 # A method offers a decision, or says why it cannot (for the log and the
 # bounce).
 Offer = Callable[[Facts, bool], "Decision | str"]
@@ -161,6 +185,15 @@ def _smime(facts: Facts, mandatory: bool) -> Decision | str:
                     sign=facts.can_sign and bool(facts.sender_settings["smime_sign"]))
 
 
+def _pgp(facts: Facts, mandatory: bool) -> Decision | str:
+    if not (facts.sender_settings["pgp_enabled"] and facts.recipient_settings["pgp_enabled"]):
+        return "PGP is disabled"
+    if not facts.pgp_keys:
+        return facts.pgp_refused or "there is no PGP key for the recipient"
+    return Decision(facts.recipient, PGP, mandatory,
+                    sign=facts.can_pgp_sign and bool(facts.sender_settings["pgp_sign"]))
+
+
 def _webmail(facts: Facts, mandatory: bool) -> Decision | str:
     if not facts.sender_settings["webmail_enabled"]:
         return "Webmail is disabled for the sender"
@@ -171,8 +204,9 @@ def _webmail(facts: Facts, mandatory: bool) -> Decision | str:
     return Decision(facts.recipient, WEBMAIL, mandatory)
 
 
-# The method chain, in order. PGP and PDF join here.
-METHODS: tuple[tuple[str, Offer], ...] = ((SMIME, _smime), (WEBMAIL, _webmail))
+# The method chain, in order (the guide's: S/MIME, PGP, PDF, webmail). PDF
+# joins here.
+METHODS: tuple[tuple[str, Offer], ...] = ((SMIME, _smime), (PGP, _pgp), (WEBMAIL, _webmail))
 
 
 def decide(facts: Facts, methods: Sequence[tuple[str, Offer]] = METHODS) -> Decision:
@@ -193,6 +227,10 @@ def decide(facts: Facts, methods: Sequence[tuple[str, Offer]] = METHODS) -> Deci
             return Decision(offered.recipient, offered.method, offered.mandatory,
                             offered.sign, offered.reason, tuple(notes))
         refusals.append(offered)
+        if name == PGP and facts.pgp_refused:
+            # A key the recipient has but that cannot be used: the
+            # administrator needs to know which and why.
+            notes.append(("info", f"PGP not used: {offered}; Recipient: {facts.recipient}"))
         if name == WEBMAIL and offered.startswith("Webmail is disabled"):
             # The guide's MPA log line (Troubleshooting, "Webmail is disabled").
             notes.append(("info", f"{offered}; Recipient: {facts.recipient}"))

@@ -472,3 +472,9 @@ def _changed_if(conn: Connection, changed: bool) -> bool:
     if changed:
         _changed(conn)
     return changed
+
+
+# For the other trust stores that share the change count (the OpenPGP
+# keyring): take the counter first, count the change last.
+lock_counter = _lock_counter
+count_change = _changed

@@ -76,6 +76,11 @@ def _certificate_indexes(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _pgp_keyring(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.pgp_keys, schema.pgp_key_emails,
+                                             schema.pgp_key_ids])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -84,6 +89,7 @@ MIGRATIONS: Sequence[Migration] = (
               _webmail),
     Migration(6, "indexes for certificate lists, CA certificates and certificates with keys",
               _certificate_indexes),
+    Migration(7, "the OpenPGP keyring", _pgp_keyring),
 )
 
 

@@ -258,3 +258,43 @@ job_runs = Table(
     Column("name", String(64), primary_key=True),
     Column("last_run", Float, nullable=False),
 )
+
+# Schema version 7: the OpenPGP keyring (cipherd.pki.keyring).  public is
+# the binary certificate; secret the transferable secret key with its
+# passphrase, sealed under the data dir's key-encryption key and bound to
+# the fingerprint (cipherd.pki.keywrap.seal_bytes).  Validity is judged
+# from public at the time of use; expires and revoked are for lists.
+# trusted: an administrator's decision (or an import the administrator
+# made with "trusted" ticked); only trusted keys are encrypted to.
+pgp_keys = Table(
+    "pgp_keys",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("public", LargeBinary, nullable=False),
+    Column("secret", LargeBinary, nullable=True),
+    Column("user_ids", Text, nullable=False),  # JSON list
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=True),
+    Column("revoked", Boolean, nullable=False),
+    Column("trusted", Boolean, nullable=False),
+    Column("source", String(16), nullable=False),  # admin, generated, wkd, autocrypt
+    Column("imported", Float, nullable=False),
+)
+
+# The addresses of a key's user IDs, canonical and lower case, as for
+# certificate_emails.
+pgp_key_emails = Table(
+    "pgp_key_emails",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("email", String(320), primary_key=True, index=True),
+)
+
+# The key ids of a key's primary key and subkeys (16 hex digits), for
+# finding the key a message is encrypted to or signed by.
+pgp_key_ids = Table(
+    "pgp_key_ids",
+    metadata,
+    Column("key_id", String(16), primary_key=True),
+    Column("fingerprint", String(64), primary_key=True, index=True),
+)

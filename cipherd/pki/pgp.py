@@ -1,0 +1,464 @@
+"""
+OpenPGP: keys read and judged, messages encrypted and signed, behind one
+small interface (L{IOpenPGP}) so the library can be swapped.
+
+The library is Sequoia-PGP through C{pysequoia} (RFC 9580, v4 and v6 keys),
+chosen over PGPy and over driving C{gpg} by a measured comparison (see
+C{bench/README.md}, "OpenPGP libraries").  Sequoia checks every binding and
+self-signature; what it does not do for us, this module does:
+
+  - a key is judged at a given time (L{PGPKey.encryption_problem}): revoked
+    or expired keys, and keys whose every encryption subkey is expired or
+    revoked, are refused.  C{pysequoia.encrypt} itself falls back to an
+    expired subkey when no live one is left, and encrypts to a revoked
+    certificate; so encryption goes only to the live subkeys, by a copy of
+    the certificate without the others (L{_for_encryption});
+  - which subkeys live is read from the newest binding signature of each
+    (its key flags and key expiration), and from subkey revocations.
+    Sequoia has checked that the binding is valid (a subkey without a valid
+    binding is never encrypted to); a forged binding that is newer than the
+    valid one could only make us believe a subkey of the key's own owner
+    lives longer than it does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import getaddresses
+from typing import Any
+
+import pysequoia
+from pysequoia.packet import PacketPile, SignatureType, Tag
+from zope.interface import Interface, implementer
+
+from cipherd.core.addresses import canonical_address
+from cipherd.pki.errors import PKIError
+
+# Key flags as we name them.
+CERTIFY = "certify"
+SIGN = "sign"
+ENCRYPT = "encrypt"
+AUTHENTICATE = "authenticate"
+
+# What an armored key, message or signature looks like.
+ARMOR_BEGIN = re.compile(rb"-----BEGIN PGP (PUBLIC KEY BLOCK|PRIVATE KEY BLOCK|MESSAGE|SIGNATURE"
+                         rb"|SIGNED MESSAGE)-----")
+
+# Algorithms a generated key may use.
+SUITES = {
+    "cv25519": pysequoia.CipherSuite.Cv25519,
+    "rsa3072": pysequoia.CipherSuite.RSA3k,
+    "rsa4096": pysequoia.CipherSuite.RSA4k,
+    "p256": pysequoia.CipherSuite.P256,
+}
+
+
+class PGPError(PKIError):
+    """
+    OpenPGP data that cannot be read or used; the message says why, in a
+    line (never the library's backtrace).
+    """
+
+
+def _why(error: Exception) -> str:
+    """
+    The library's message, first line only (with C{RUST_BACKTRACE} set it
+    carries a backtrace).
+    """
+    text = str(error).strip().splitlines()
+    return text[0].rstrip(".") if text else type(error).__name__
+
+
+@dataclass(frozen=True)
+class Subkey:
+    """
+    One key of a certificate: the primary (first) or a subkey.
+
+    @ivar expires: POSIX time, or C{None} for never.
+    """
+
+    key_id: str
+    fingerprint: str
+    algorithm: str
+    created: float
+    expires: float | None
+    flags: frozenset[str]
+    revoked: bool = False
+
+    def live_at(self, now: float) -> bool:
+        return not self.revoked and self.created <= now + _SKEW and (
+            self.expires is None or now < self.expires)
+
+
+# Clock skew allowed for a key made "in the future" by a fast clock.
+_SKEW = 300.0
+
+
+@dataclass(frozen=True)
+class PGPKey:
+    """
+    An OpenPGP certificate, read: what the keyring stores and shows.
+
+    @ivar fingerprint: of the primary key, lower-case hex (40 or 64 digits).
+    @ivar emails: the addresses of its valid user IDs, canonical spelling,
+        lower case.
+    @ivar expires: when the certificate expires (POSIX), or C{None}.
+    @ivar keys: the primary key first, then the subkeys.
+    @ivar public: the certificate, binary, without secrets.
+    @ivar secret: the transferable secret key, binary, or C{None}.
+    @ivar secret_protected: the secret key material needs a passphrase.
+    """
+
+    fingerprint: str
+    user_ids: tuple[str, ...]
+    emails: tuple[str, ...]
+    created: float
+    expires: float | None
+    revoked: bool
+    keys: tuple[Subkey, ...]
+    version: int
+    public: bytes = field(repr=False)
+    secret: bytes | None = field(default=None, repr=False)
+    secret_protected: bool = False
+
+    @property
+    def key_id(self) -> str:
+        return self.keys[0].key_id
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(k.key_id for k in self.keys)
+
+    def usable_keys(self, flag: str, now: float) -> list[Subkey]:
+        return [k for k in self.keys if flag in k.flags and k.live_at(now)]
+
+    def problem(self, now: float) -> str | None:
+        """
+        Why the certificate as a whole is not valid at C{now}, or C{None}.
+        """
+        if self.revoked:
+            return "the key is revoked"
+        if self.expires is not None and now >= self.expires:
+            return f"the key expired on {_date(self.expires)}"
+        if self.created > now + _SKEW:
+            return f"the key is not valid before {_date(self.created)}"
+        return None
+
+    def encryption_problem(self, now: float) -> str | None:
+        """
+        Why nothing can be encrypted to this key at C{now}, or C{None}.
+        """
+        problem = self.problem(now)
+        if problem is None and not self.usable_keys(ENCRYPT, now):
+            expired = [k for k in self.keys if ENCRYPT in k.flags]
+            problem = ("every encryption subkey of the key is expired or revoked" if expired
+                       else "the key has no encryption subkey")
+        return problem
+
+    def signing_problem(self, now: float) -> str | None:
+        problem = self.problem(now)
+        if problem is None and self.secret is None:
+            problem = "there is no secret key"
+        if problem is None and not self.usable_keys(SIGN, now):
+            problem = "the key has no valid signing key"
+        return problem
+
+
+def _date(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _seconds(when: datetime | None) -> float | None:
+    return None if when is None else when.timestamp()
+
+
+def _flags(packet: Any) -> frozenset[str]:
+    flags = packet.key_flags
+    if flags is None:
+        return frozenset()
+    return frozenset(name for name, on in (
+        (CERTIFY, flags.certification), (SIGN, flags.signing),
+        (ENCRYPT, flags.transport_encryption or flags.storage_encryption),
+        (AUTHENTICATE, flags.authentication)) if on)
+
+
+_SELF_CERTIFICATIONS = (SignatureType.PositiveCertification, SignatureType.GenericCertification,
+                        SignatureType.CasualCertification, SignatureType.PersonaCertification,
+                        SignatureType.DirectKey)
+_KEY_TAGS = (Tag.PublicKey, Tag.SecretKey)
+_SUBKEY_TAGS = (Tag.PublicSubkey, Tag.SecretSubkey)
+
+
+def _keys(public: bytes, expires: float | None) -> tuple[Subkey, ...]:
+    """
+    The primary key and subkeys of a certificate with their flags and
+    expiry, from the newest self-signature of each (see the module's
+    docstring for what Sequoia has checked already).
+    """
+    primary: Any = None
+    primary_id = ""
+    current: Any = None  # the key whose signatures follow
+    signatures: dict[str, list[Any]] = {}
+    order: list[Any] = []
+    for packet in PacketPile.from_bytes(public):
+        tag = packet.tag
+        if tag in _KEY_TAGS:
+            primary = current = packet
+            primary_id = packet.fingerprint or ""
+            order.append(packet)
+        elif tag in _SUBKEY_TAGS:
+            current = packet
+            order.append(packet)
+        elif tag == Tag.UserID or tag == Tag.UserAttribute:
+            current = primary
+        elif tag == Tag.Signature and current is not None:
+            issuer = packet.issuer_fingerprint
+            if issuer is not None and issuer != primary_id:
+                continue  # a third party's certification
+            if issuer is None and (packet.issuer_key_id or "") != (primary.key_id or ""):
+                continue
+            signatures.setdefault(current.fingerprint, []).append(packet)
+    keys = []
+    for n, key in enumerate(order):
+        own = signatures.get(key.fingerprint, [])
+        if n == 0:
+            binding = [s for s in own if s.signature_type in _SELF_CERTIFICATIONS]
+            revoked = False  # the certificate's revocation is Sequoia's to judge
+            until = expires
+        else:
+            binding = [s for s in own if s.signature_type == SignatureType.SubkeyBinding]
+            revoked = any(s.signature_type == SignatureType.SubkeyRevocation for s in own)
+            until = None
+        newest = max(binding, key=lambda s: s.signature_created or datetime.min.replace(
+            tzinfo=UTC), default=None)
+        created = _seconds(key.key_created) or 0.0
+        flags: frozenset[str] = frozenset()
+        if newest is not None:
+            flags = _flags(newest)
+            if n > 0 and newest.key_validity_period is not None:
+                until = created + newest.key_validity_period.total_seconds()
+        if not flags and n == 0:
+            flags = frozenset({CERTIFY, SIGN})  # a v3-style primary without flags
+        if n > 0 and expires is not None:
+            until = expires if until is None else min(until, expires)
+        keys.append(Subkey(key_id=(key.key_id or "").lower(),
+                           fingerprint=(key.fingerprint or "").lower(),
+                           algorithm=str(key.key_algorithm).rpartition(".")[2],
+                           created=created, expires=until, flags=flags, revoked=revoked))
+    return tuple(keys)
+
+
+def emails_of(user_ids: Sequence[str]) -> tuple[str, ...]:
+    """
+    The addresses in user IDs (C{Name <address>} or a bare address),
+    canonical and lower case, each once.
+    """
+    found: dict[str, None] = {}
+    for user_id in user_ids:
+        for _, address in getaddresses([user_id.replace(",", " ")]):
+            if "@" in address:
+                found[canonical_address(address).lower()] = None
+    return tuple(found)
+
+
+class IOpenPGP(Interface):
+    """
+    The OpenPGP operations cipherd uses.  Every method is CPU work: call it
+    on a crypto thread.
+    """
+
+    def read_keys(data: bytes) -> list[PGPKey]:
+        """
+        The certificates and secret keys in C{data} (armored or binary; one
+        or many).
+
+        @raise PGPError: nothing readable, or a certificate is broken.
+        """
+
+    def unlock(key: PGPKey, passphrase: str | None) -> Any:
+        """
+        A signer for C{key}'s secret signing key.
+
+        @raise PGPError: no secret key, or the passphrase is wrong.
+        """
+
+    def check_passphrase(key: PGPKey, passphrase: str | None) -> None:
+        """
+        @raise PGPError: C{passphrase} does not open C{key}'s secret keys.
+        """
+
+    def encrypt(data: bytes, recipients: Sequence[PGPKey], signer: Any = None, *,
+                now: float) -> bytes:
+        """
+        C{data} as an armored OpenPGP message to the live encryption
+        subkeys of C{recipients} at C{now}, signed by C{signer} (from
+        L{unlock}) if given.
+
+        @raise PGPError: a recipient has no live encryption subkey.
+        """
+
+    def sign_detached(data: bytes, signer: Any) -> bytes:
+        """
+        An armored detached signature over C{data} (binary signature type).
+        """
+
+    def generate(user_id: str, suite: str = "cv25519") -> PGPKey:
+        """
+        A new key (certify-only primary, a signing and an encryption
+        subkey) without expiry or passphrase, for C{user_id}.
+        """
+
+
+@implementer(IOpenPGP)
+class SequoiaOpenPGP:
+    """
+    L{IOpenPGP} with Sequoia-PGP.
+    """
+
+    def read_keys(self, data: bytes) -> list[PGPKey]:
+        try:
+            certs = pysequoia.Cert.split_bytes(data)
+        except Exception as e:
+            cleaned = _without_noise(data)
+            if cleaned == data:
+                raise PGPError(f"No OpenPGP key could be read: {_why(e)}.") from None
+            try:
+                certs = pysequoia.Cert.split_bytes(cleaned)
+            except Exception:
+                raise PGPError(f"No OpenPGP key could be read: {_why(e)}.") from None
+        if not certs:
+            raise PGPError("No OpenPGP key could be read: the data holds none.")
+        return [self._read(cert) for cert in certs]
+
+    def _read(self, cert: Any) -> PGPKey:
+        fingerprint = cert.fingerprint.lower()
+        secret: bytes | None = None
+        protected = False
+        tsk = cert.secrets if cert.has_secret_keys else None
+        if tsk is not None:
+            secret = bytes(tsk)
+            protected = _needs_passphrase(tsk)
+            cert = tsk.extract_certificate()
+        public = bytes(cert)
+        try:
+            user_ids = tuple(str(u) for u in cert.user_ids)
+        except Exception as e:
+            raise PGPError(f"The key {fingerprint.upper()} cannot be used: {_why(e)}.") from None
+        expires = _seconds(cert.expiration)
+        keys = _keys(public, expires)
+        if not keys:
+            raise PGPError(f"The key {fingerprint.upper()} has no key packet.")
+        version = 6 if len(fingerprint) == 64 else 4
+        return PGPKey(fingerprint=fingerprint, user_ids=user_ids, emails=emails_of(user_ids),
+                      created=keys[0].created, expires=expires, revoked=bool(cert.is_revoked),
+                      keys=keys, version=version, public=public, secret=secret,
+                      secret_protected=protected)
+
+    def unlock(self, key: PGPKey, passphrase: str | None) -> Any:
+        if key.secret is None:
+            raise PGPError(f"There is no secret key for {key.fingerprint.upper()}.")
+        try:
+            return pysequoia.Tsk.from_bytes(key.secret).signer(passphrase or None)
+        except Exception as e:
+            why = _why(e)
+            if "encrypted" in why or "EOF" in why or "decrypt" in why.lower():
+                raise PGPError(f"The passphrase of the secret key {key.fingerprint.upper()} "
+                               "is wrong or missing.") from None
+            raise PGPError(f"The secret key {key.fingerprint.upper()} cannot sign: "
+                           f"{why}.") from None
+
+    def check_passphrase(self, key: PGPKey, passphrase: str | None) -> None:
+        """
+        @raise PGPError: C{passphrase} does not open C{key}'s secret keys.
+        """
+        if key.secret is None:
+            return
+        tsk = pysequoia.Tsk.from_bytes(key.secret)
+        for use in (tsk.signer, tsk.decryptor):
+            try:
+                use(passphrase or None)
+                return
+            except Exception as e:
+                why = _why(e)
+                if "encrypted" in why or "EOF" in why:
+                    raise PGPError(f"The passphrase of the secret key {key.fingerprint.upper()}"
+                                   " is wrong or missing.") from None
+        # Neither signs nor decrypts (e.g. only a certification key): fine.
+
+    def encrypt(self, data: bytes, recipients: Sequence[PGPKey], signer: Any = None, *,
+                now: float) -> bytes:
+        certs = [_for_encryption(key, now) for key in recipients]
+        try:
+            return bytes(pysequoia.encrypt(data, recipients=certs, signer=signer))
+        except Exception as e:
+            raise PGPError(f"OpenPGP encryption failed: {_why(e)}.") from None
+
+    def sign_detached(self, data: bytes, signer: Any) -> bytes:
+        try:
+            return bytes(pysequoia.sign(signer, data, mode=pysequoia.SignatureMode.DETACHED))
+        except Exception as e:
+            raise PGPError(f"OpenPGP signing failed: {_why(e)}.") from None
+
+    def generate(self, user_id: str, suite: str = "cv25519") -> PGPKey:
+        try:
+            tsk = pysequoia.Tsk.generate(user_id, cipher_suite=SUITES[suite])
+        except KeyError:
+            raise PGPError(f"Unknown key type {suite!r}: one of {', '.join(SUITES)}.") from None
+        return self._read(pysequoia.Cert.from_bytes(bytes(tsk)))
+
+
+def _needs_passphrase(tsk: Any) -> bool:
+    """
+    Whether none of C{tsk}'s secret keys opens without a passphrase (a
+    primary kept offline, a gnu-dummy stub, does not count).
+    """
+    locked = False
+    for use in (tsk.decryptor, tsk.signer):
+        try:
+            use(None)
+            return False
+        except Exception as e:
+            locked = locked or "encrypted" in _why(e)
+    return locked
+
+
+def _for_encryption(key: PGPKey, now: float) -> Any:
+    """
+    C{key}'s certificate with only the subkeys that may be encrypted to at
+    C{now} (and the primary key, user IDs and signatures).
+
+    @raise PGPError: there is none.
+    """
+    problem = key.encryption_problem(now)
+    if problem is not None:
+        raise PGPError(f"{key.fingerprint.upper()}: {problem}.")
+    live = {k.fingerprint for k in key.usable_keys(ENCRYPT, now)}
+    dropped = {k.fingerprint for k in key.keys[1:] if k.fingerprint not in live}
+    if not dropped:
+        return pysequoia.Cert.from_bytes(key.public)
+    kept: list[Any] = []
+    skipping = False
+    for packet in PacketPile.from_bytes(key.public):
+        if packet.tag in _SUBKEY_TAGS:
+            skipping = (packet.fingerprint or "").lower() in dropped
+        elif packet.tag in (Tag.UserID, Tag.UserAttribute):
+            skipping = False
+        if not skipping:
+            kept.append(packet)
+    return pysequoia.Cert.from_packets(kept)
+
+
+def _without_noise(data: bytes) -> bytes:
+    """
+    C{data} without what real key files carry that the library refuses: a
+    UTF-8 byte order mark, blanks at the end (a binary key with a stray
+    space after it), CR line ends in armor.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if ARMOR_BEGIN.search(data[:4096]) is not None:
+        return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip() + b"\n"
+    return data.rstrip(b" \t\r\n")
