@@ -24,6 +24,7 @@ self-signature; what it does not do for us, this module does:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -337,7 +338,10 @@ class SequoiaOpenPGP:
         fingerprint = cert.fingerprint.lower()
         secret: bytes | None = None
         protected = False
-        tsk = cert.secrets if cert.has_secret_keys else None
+        with warnings.catch_warnings():
+            # "Use Tsk::from_*": that reads one key, this any of a keyring.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tsk = cert.secrets if cert.has_secret_keys else None
         if tsk is not None:
             secret = bytes(tsk)
             protected = _needs_passphrase(tsk)
