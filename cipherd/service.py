@@ -347,8 +347,8 @@ def make_service(config: Config, reactor: Any) -> IService:
         reactor, processor, tls=CertificateOptions())  # opportunistic STARTTLS
     notifier = Notifier(queue_runner, reactor)
     admin = AdminSite(
-        AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, mta, queue,
-                     queue_runner, site_tls=options)
+        AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, keyring, mta,
+                     queue, queue_runner, site_tls=options)
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,
                           lambda: mta.current, queue_runner, reactor)

@@ -20,6 +20,8 @@ from cipherd.datadir import make_self_signed_tls
 from cipherd.logs import MailLogsService
 from cipherd.netinfo import Address, Interface, NetworkInfo, Resolvers
 from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.keyring import Keyring
+from cipherd.pki.pgp import SequoiaOpenPGP
 from cipherd.pki.sitetls import SiteTLS
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.queue import MailQueue
@@ -89,6 +91,8 @@ class AdminHarness:
         self.logs.startService()
         self.certificates = CertificateStore(self.store, self.clock, os.urandom(32),
                                              self.runner)
+        self.keyring = Keyring(self.store, self.clock, os.urandom(32), self.runner,
+                               SequoiaOpenPGP())
         cert_pem, key_pem = make_self_signed_tls("localhost", datetime(2027, 1, 1, tzinfo=UTC))
         (log_dir / "tls-cert.pem").write_bytes(cert_pem)
         (log_dir / "tls-key.pem").write_bytes(key_pem)
@@ -96,7 +100,7 @@ class AdminHarness:
                                 replaceable=site_tls_replaceable)
         self.site = AdminSite(
             AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
-                         self.certificates, MTAConfigSource(self.store),
+                         self.certificates, self.keyring, MTAConfigSource(self.store),
                          MailQueue(DirectorySpool(log_dir / "spool"), self.runner, self.clock),
                          network_info=lambda: NETWORK, site_tls=self.site_tls)
         )

@@ -170,6 +170,7 @@ def test_the_keyring_finds_trusts_and_forgets(store: Store, which: str) -> None:
     assert result_of(keyring.get(ALICE_FPR)).trusted  # type: ignore[union-attr]
     assert result_of(keyring.count()) == 4
     assert [k.fingerprint for k in result_of(keyring.listing(text="babbage"))] == [BOB_FPR]
+    assert result_of(keyring.count(text="%")) == result_of(keyring.count(text="_")) == 0
     assert [k.fingerprint for k in result_of(keyring.listing(email="BOB@openpgp.example"))] == [
         BOB_FPR]
     assert result_of(keyring.delete(BOB_FPR))

@@ -28,6 +28,8 @@ from twisted.web.resource import Resource
 from cipherd.core.envelope import Envelope
 from cipherd.logs import MailLogsService
 from cipherd.pki.certstore import CertificateStore
+from cipherd.pki.keyring import Keyring
+from cipherd.pki.pgp import SequoiaOpenPGP
 from cipherd.smtp.config import MTAConfig, MTAConfigSource, apply_changes
 from cipherd.smtp.queue import MailQueue, QueueRunner
 from cipherd.smtp.spool import DirectorySpool, new_queue_id
@@ -152,8 +154,9 @@ class Admin:
                                         self._connect, clock, PassThrough())
         self.site = AdminSite(AdminBackend(
             self.authority, SettingsRepository(store, clock), self.logs.logs, runner,
-            CertificateStore(store, clock, os.urandom(32), runner), MTAConfigSource(store),
-            self.queue, self.queue_runner))
+            CertificateStore(store, clock, os.urandom(32), runner),
+            Keyring(store, clock, os.urandom(32), runner, SequoiaOpenPGP()),
+            MTAConfigSource(store), self.queue, self.queue_runner))
         self.client = Client(self.site.resource())
 
     def _connect(self, address: str, port: int, protocol: Any) -> Deferred[Any]:

@@ -126,10 +126,13 @@ def find_by_key_id(conn: Connection, key_id: str) -> list[PGPKeyRow]:
 def _matching(text: str) -> ColumnElement[bool] | None:
     if not text:
         return None
-    like = f"%{text.lower()}%"
-    by_email = select(pgp_key_emails.c.fingerprint).where(pgp_key_emails.c.email.like(like))
-    return or_(pgp_keys.c.fingerprint.like(like), pgp_keys.c.fingerprint.in_(by_email),
-               func.lower(pgp_keys.c.user_ids).like(like))
+    # What was typed is searched for as it is: % and _ are not wildcards.
+    needle = text.lower()
+    by_email = select(pgp_key_emails.c.fingerprint).where(
+        pgp_key_emails.c.email.contains(needle, autoescape=True))
+    return or_(pgp_keys.c.fingerprint.contains(needle, autoescape=True),
+               pgp_keys.c.fingerprint.in_(by_email),
+               pgp_keys.c.user_ids.icontains(needle, autoescape=True))
 
 
 def list_keys(conn: Connection, *, text: str = "", email: str = "", offset: int = 0,

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from cipherd.core.addresses import canonical_address
 from cipherd.pki.keyring import (
     ADMIN,
     GENERATED,
@@ -74,7 +75,8 @@ class MemoryKeyring:
         return imported
 
     async def generate(self, email: str, name: str = "", suite: str = "cv25519") -> StoredKey:
-        user_id = f"{name} <{email}>" if name else f"<{email}>"
+        address = canonical_address(email.strip())
+        user_id = f"{name.strip()} <{address}>" if name.strip() else f"<{address}>"
         key = self._openpgp.generate(user_id, suite)
         self._keys[key.fingerprint] = _Entry(key, None, True, GENERATED, self.now())
         self.changes += 1

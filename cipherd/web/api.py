@@ -18,8 +18,10 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
+import pysequoia
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred
@@ -29,6 +31,8 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from cipherd.pki.errors import CertificateImportError
+from cipherd.pki.keyring import StoredKey
+from cipherd.pki.pgp import PGPError, Subkey, emails_of
 from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateError, SiteCertificateInfo
 from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import (
@@ -37,6 +41,7 @@ from cipherd.settings import (
     InvalidValue,
     Level,
     Scope,
+    email_problem,
     scope_for,
 )
 from cipherd.smtp.compose import ComposeError
@@ -93,6 +98,18 @@ MAX_LIST_LIMIT = 1000
 MAX_LIST_OFFSET = 1_000_000_000
 # A certificate's name here: its SHA-256 thumbprint.
 _THUMBPRINT = re.compile(r"[0-9a-fA-F]{64}")
+# An OpenPGP key's name here: its fingerprint, 40 hexadecimal digits (v4 keys)
+# or 64 (v6 keys, RFC 9580 §5.5.4).
+_FINGERPRINT = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
+# RFC 3156 §7: the media type of OpenPGP keys.
+PGP_KEYS_TYPE = b"application/pgp-keys"
+# The name in a generated key's user ID ("name <address>"): a person's or a
+# role's name, not a paragraph.
+MAX_KEY_NAME = 128
+# How the API writes a time: ISO 8601, UTC.
+ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
+# How query flags (?trusted=) are spelled.
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 # The relay hosts of the MTA config, by the first word of their names.
 _RELAY_HOSTS = ("external", "internal")
 
@@ -669,28 +686,11 @@ class AdminAPI:
         certificate the filters match.
         """
         store = self._store_name(request)
-        text, email = arg(request, "q") or "", arg(request, "email") or ""
-        errors = {name: f"must be at most {MAX_SEARCH_LENGTH} characters"
-                  for name, value in (("q", text), ("email", email))
-                  if len(value) > MAX_SEARCH_LENGTH}
-        numbers = {}
-        for name, default, least, most in (("offset", 0, 0, MAX_LIST_OFFSET),
-                                           ("limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)):
-            raw = arg(request, name) or str(default)
-            number = whole_number(raw)
-            if number is None:
-                errors[name] = f"{raw!r} is not a whole number"
-            elif not least <= number <= most:
-                errors[name] = f"must be from {least} to {most}"
-            else:
-                numbers[name] = number
-        if errors:
-            raise _BadRequest("Some query parameters were refused.", errors)
+        text, email, numbers = _list_query(request)
         certificates = self.backend.certificates
         entries = await certificates.listing(store, text=text, email=email, **numbers)
-        if 0 < len(entries) < numbers["limit"] or (not entries and not numbers["offset"]):
-            total = numbers["offset"] + len(entries)  # the last page: none after it
-        else:
+        total = _page_total(len(entries), numbers)
+        if total is None:
             total = await certificates.count(store, text=text, email=email)
         return json_response(request, 200, {
             "certificates": [_certificate_summary(e.row, e.verdict.valid, e.verdict.reason,
@@ -837,6 +837,159 @@ class AdminAPI:
             return json_response(request, 404, {"error": "The CTL has no such entry."})
         return json_response(request, 200, {"status": "Removed from the CTL."})
 
+    # OpenPGP keys ------------------------------------------------------------
+
+    async def _stored_key(self, fingerprint: str) -> StoredKey | None:
+        """
+        The key named C{fingerprint} in a URL, or C{None} (also for what is
+        no fingerprint at all).
+        """
+        if not _FINGERPRINT.fullmatch(fingerprint):
+            return None
+        return await self.backend.keyring.get(fingerprint)
+
+    def _no_such_key(self, request: IRequest) -> bytes:
+        return json_response(request, 404, {"error": "There is no such PGP key."})
+
+    @app.route("/v1/pgp/keys", methods=["GET"])
+    @_authenticated()
+    async def list_pgp_keys(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        One page of the keyring, newest import first: C{?q=} text in a
+        fingerprint, address or user ID; C{?email=} one address exactly;
+        C{?offset=}, C{?limit=} as the certificate list.
+        """
+        text, email, numbers = _list_query(request)
+        keyring = self.backend.keyring
+        entries = await keyring.listing(text=text, email=email, **numbers)
+        total = _page_total(len(entries), numbers)
+        if total is None:
+            total = await keyring.count(text=text, email=email)
+        now = keyring.now()
+        return json_response(request, 200, {
+            "keys": [_pgp_key_json(e, now) for e in entries], "total": total, **numbers})
+
+    @app.route("/v1/pgp/keys", methods=["POST"])
+    @_authenticated()
+    @request_deadline(UPLOAD_DEADLINE)
+    async def import_pgp_keys(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        The body is the key file (armored or binary, one key or several);
+        C{?password=} (or C{X-Password}) the passphrase of protected secret
+        keys; C{?trusted=false} imports them untrusted.
+        """
+        data = self._file_body(request)
+        trusted = _query_flag(request, "trusted", default=True)
+        if not data.strip():
+            raise _BadRequest("The request body is empty: send the key file (armored or "
+                              "binary) as the body.")
+        try:
+            imported = await self.backend.keyring.import_keys(
+                data, passphrase=_password(request), trusted=trusted)
+        except PGPError as e:
+            raise _BadRequest(str(e)) from None
+        log.info("Admin {account!r} imported {count} PGP key(s) {fingerprints} as {trust} "
+                 "through the API", account=admin.name, count=len(imported),
+                 fingerprints=[k.fingerprint.upper() for k in imported],
+                 trust="trusted" if trusted else "untrusted")
+        return json_response(request, 201, {"imported": [
+            {"fingerprint": k.fingerprint.upper(), "user_ids": list(k.user_ids), "new": k.new,
+             "secret": k.secret} for k in imported]})
+
+    @app.route("/v1/pgp/keys/generate", methods=["POST"])
+    @_authenticated()
+    async def generate_pgp_key(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        A new key with its secret for C{{"email": ..., "name": ...}}, stored
+        and trusted.
+        """
+        body = _json_body(request)
+        if not isinstance(body, dict):
+            raise _BadRequest('Send {"email": ..., "name": ...}.')
+        email, name = body.get("email"), body.get("name", "")
+        errors = {}
+        if not isinstance(email, str) or not email.strip():
+            errors["email"] = "Enter the email address of the key."
+        elif problem := email_problem(email.strip()):
+            errors["email"] = f"{email.strip()!r} is not a valid email address: {problem}."
+        if not isinstance(name, str):
+            errors["name"] = "must be a string"
+        elif problem := _key_name_problem(name.strip()):
+            errors["name"] = problem
+        elif "email" not in errors and isinstance(email, str) and len(emails_of(
+                [f"{name.strip()} <{email.strip()}>"])) != 1:
+            # emails_of reads the addresses of a user ID: a name that looks
+            # like one more would put that address on the key too.
+            errors["name"] = "The name must not contain an email address."
+        if errors:
+            raise _BadRequest("Some values were refused; nothing was created.", errors)
+        assert isinstance(email, str) and isinstance(name, str)
+        try:
+            stored = await self.backend.keyring.generate(email.strip(), name.strip())
+        except PGPError as e:
+            raise _BadRequest(str(e)) from None
+        log.info("Admin {account!r} generated the PGP key {fingerprint} for {email} through "
+                 "the API", account=admin.name, fingerprint=stored.fingerprint.upper(),
+                 email=email.strip())
+        return json_response(request, 201, _pgp_key_json(stored, self.backend.keyring.now()))
+
+    @app.route("/v1/pgp/keys/<name>", methods=["GET"])
+    @_authenticated()
+    async def get_pgp_key(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
+        """
+        One key; C{<fingerprint>.asc} its certificate (no secrets), armored,
+        as a file.
+        """
+        fingerprint, _, suffix = name.partition(".")
+        stored = await self._stored_key(fingerprint)
+        if stored is None or suffix.lower() not in ("", "asc"):
+            return self._no_such_key(request)
+        if suffix:
+            request.setHeader(b"Content-Type", PGP_KEYS_TYPE)
+            request.setHeader(b"Content-Disposition",
+                              f'attachment; filename="{stored.fingerprint.upper()}.asc"'
+                              .encode())
+            armored: str = pysequoia.armor(stored.key.public, pysequoia.ArmorKind.PublicKey)
+            return armored.encode()
+        return json_response(request, 200, _pgp_key_json(stored, self.backend.keyring.now()))
+
+    @app.route("/v1/pgp/keys/<fingerprint>", methods=["PATCH"])
+    @_authenticated()
+    async def patch_pgp_key(self, request: IRequest, admin: AdminRow,
+                            fingerprint: str) -> bytes:
+        """
+        C{{"trusted": true|false}}: whether mail is encrypted to the key.
+        """
+        if not _FINGERPRINT.fullmatch(fingerprint):
+            return self._no_such_key(request)
+        body = _json_body(request)
+        trusted = body.get("trusted") if isinstance(body, dict) else None
+        if not isinstance(trusted, bool):
+            raise _BadRequest('Send {"trusted": true} or {"trusted": false}.',
+                              {"trusted": "must be true or false"})
+        keyring = self.backend.keyring
+        if not await keyring.set_trusted(fingerprint, trusted):
+            return self._no_such_key(request)
+        log.info("Admin {account!r} marked the PGP key {fingerprint} {trust} through the API",
+                 account=admin.name, fingerprint=fingerprint.upper(),
+                 trust="trusted" if trusted else "untrusted")
+        stored = await keyring.get(fingerprint)
+        if stored is None:  # deleted in between
+            return self._no_such_key(request)
+        return json_response(request, 200, _pgp_key_json(stored, keyring.now()))
+
+    @app.route("/v1/pgp/keys/<fingerprint>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_pgp_key(self, request: IRequest, admin: AdminRow,
+                             fingerprint: str) -> bytes:
+        if not _FINGERPRINT.fullmatch(fingerprint) or not await self.backend.keyring.delete(
+                fingerprint):
+            return self._no_such_key(request)
+        log.info("Admin {account!r} deleted the PGP key {fingerprint} through the API",
+                 account=admin.name, fingerprint=fingerprint.upper())
+        request.setResponseCode(204)
+        return b""
+
     # The tunnel certificates: guide §3.8 (gateway) and §2.3.11 (webmail) ------
 
     @app.route("/v1/webmail/sender-certificate", methods=["POST"])
@@ -895,6 +1048,119 @@ def _certificate_summary(row: Any, valid: bool, reason: str, ctl: CTLStatus | No
         "valid": valid,
         "reason": reason,
         "ctl": ctl.value if ctl else None,
+    }
+
+
+def _list_query(request: IRequest) -> tuple[str, str, dict[str, int]]:
+    """
+    What a list is asked for: C{?q=} text, C{?email=} an address, and the
+    page, C{?offset=} and C{?limit=} (at most L{MAX_LIST_LIMIT}).
+
+    @return: the text, the address and C{{"offset": ..., "limit": ...}}.
+    @raise _BadRequest: a parameter is refused, with a message for each.
+    """
+    text, email = arg(request, "q") or "", arg(request, "email") or ""
+    errors = {name: f"must be at most {MAX_SEARCH_LENGTH} characters"
+              for name, value in (("q", text), ("email", email))
+              if len(value) > MAX_SEARCH_LENGTH}
+    numbers = {}
+    for name, default, least, most in (("offset", 0, 0, MAX_LIST_OFFSET),
+                                       ("limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)):
+        raw = arg(request, name) or str(default)
+        number = whole_number(raw)
+        if number is None:
+            errors[name] = f"{raw!r} is not a whole number"
+        elif not least <= number <= most:
+            errors[name] = f"must be from {least} to {most}"
+        else:
+            numbers[name] = number
+    if errors:
+        raise _BadRequest("Some query parameters were refused.", errors)
+    return text, email, numbers
+
+
+def _page_total(found: int, numbers: dict[str, int]) -> int | None:
+    """
+    How many entries match in all, when the page of C{found} entries tells
+    (the last page: none after it); C{None} when they must be counted.
+    """
+    if 0 < found < numbers["limit"] or (not found and not numbers["offset"]):
+        return numbers["offset"] + found
+    return None
+
+
+def _query_flag(request: IRequest, name: str, *, default: bool) -> bool:
+    """
+    A true-or-false query parameter (C{true}/C{false}, C{1}/C{0},
+    C{yes}/C{no}); a trust decision is not guessed from a misspelling.
+
+    @raise _BadRequest: it is something else.
+    """
+    raw = arg(request, name)
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise _BadRequest("Some query parameters were refused.",
+                      {name: f"{raw!r} is not true or false"})
+
+
+def _key_name_problem(name: str) -> str | None:
+    """
+    Why C{name} cannot be the name in a generated key's user ID, or C{None}
+    (it may be empty: the user ID is then the address alone).
+    """
+    if not name.isprintable():
+        return "The name must be one line of text, without control characters."
+    if len(name) > MAX_KEY_NAME:
+        return f"The name is {len(name)} characters long; at most {MAX_KEY_NAME} are allowed."
+    if "<" in name or ">" in name:
+        return "The name must not contain < or >."
+    return None
+
+
+def _when(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).strftime(ISO_UTC)
+
+
+def _subkey_json(key: Subkey) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id.upper(),
+        "fingerprint": key.fingerprint.upper(),
+        "algorithm": key.algorithm,
+        "created": _when(key.created),
+        "expires": _when(key.expires),
+        "flags": sorted(key.flags),
+        "revoked": key.revoked,
+    }
+
+
+def _pgp_key_json(stored: StoredKey, now: float) -> dict[str, Any]:
+    """
+    A key as the API shows it: C{valid} and C{problem} say whether mail
+    can be encrypted to it at C{now} (trust aside: see C{trusted}).
+    """
+    key = stored.key
+    problem = key.encryption_problem(now)
+    primary = key.keys[0]
+    return {
+        "fingerprint": key.fingerprint.upper(),
+        "key_id": key.key_id.upper(),
+        "user_ids": list(key.user_ids),
+        "emails": list(key.emails),
+        "created": _when(key.created),
+        "expires": _when(key.expires),
+        "revoked": key.revoked,
+        "trusted": stored.trusted,
+        "secret": key.secret is not None,
+        "source": stored.source,
+        "valid": problem is None,
+        "problem": problem,
+        "algorithm": primary.algorithm,
+        "flags": sorted(primary.flags),
+        "subkeys": [_subkey_json(k) for k in key.keys[1:]],
     }
 
 

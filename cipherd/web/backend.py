@@ -16,6 +16,7 @@ from cipherd.logs import LogQuery, MailLog
 from cipherd.netinfo import NetworkInfo, gather
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.certstore import ICertificateStore
+from cipherd.pki.keyring import IKeyring
 from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateInfo
 from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import GLOBAL, REGISTRY, Scope, email_problem
@@ -187,6 +188,7 @@ class AdminBackend:
     """
     @ivar logs: the MTA and MPA logs, by name.
     @ivar runner: where blocking work (reading logs) runs.
+    @ivar keyring: the OpenPGP keys (Admin → PGP keys).
     @ivar mta: the MTA config in force.
     @ivar queue: the mail queue.
     @ivar queue_runner: delivers it (flush).
@@ -200,6 +202,7 @@ class AdminBackend:
     logs: dict[str, MailLog]
     runner: IBlockingRunner
     certificates: ICertificateStore
+    keyring: IKeyring
     mta: MTAConfigSource
     queue: MailQueue
     queue_runner: QueueRunner | None = None
