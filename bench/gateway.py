@@ -2,9 +2,12 @@
 Gateway throughput: Postfix's smtp-source sends 10 KB messages to a running
 cipherd, which passes them through (encryption not required), S/MIME-signs
 and encrypts them (mandatory, the recipient has a certificate, the sender a
-signing key), or wraps them in a signed and encrypted webmail tunnel
-message (mandatory, no certificate, webmail enabled); Postfix's smtp-sink
-counts what arrives.  All three in the same run, on the same appliance.
+signing key), PGP-signs and encrypts them as PGP/MIME (mandatory, the
+recipient has a trusted PGP key and no certificate, the sender a PGP key
+with its secret; Curve25519), or wraps them in a signed and encrypted
+webmail tunnel message (mandatory, no certificate or key, webmail enabled);
+Postfix's smtp-sink counts what arrives.  All four in the same run, on the
+same appliance.
 
 It prints, per path, the accepted rate (until smtp-source is done: each
 message on disk before its 250) and the delivered rate (until the sink has
@@ -43,6 +46,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pysequoia
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -66,7 +70,7 @@ from tests.processes import children  # noqa: E402
 SIZE = 10 * 1024
 SENDER = "bench@example.org"
 PATHS = {"pass-through": "sink@plain.example", "S/MIME": "sink@smime.example",
-         "webmail tunnel": "sink@webmail.example"}
+         "PGP": "sink@pgp.example", "webmail tunnel": "sink@webmail.example"}
 
 
 def _name(common_name: str, email: str | None = None) -> x509.Name:
@@ -129,7 +133,8 @@ def configure(cipherd: Cipherd, sink_port: int) -> None:
     """
     cipherd._api("PATCH", "/mta", {"transports": [
         {"domain": domain, "host": "[127.0.0.1]", "port": sink_port}
-        for domain in ("plain.example", "smime.example", "webmail.example", "webmail.local")]})
+        for domain in ("plain.example", "smime.example", "pgp.example", "webmail.example",
+                       "webmail.local")]})
     ca, sender_p12, recipient = make_pki()
     upload(cipherd, "/certificates?store=roots", ca)
     upload(cipherd, "/certificates?password=pw", sender_p12)
@@ -150,6 +155,13 @@ def configure(cipherd: Cipherd, sink_port: int) -> None:
         "webmail_recipient": "webmail@webmail.local",
         "webmail_sender": "webmail-sender@example.org"})
     cipherd._api("PATCH", "/settings/domains/smime.example", {"encrypt_mode": "mandatory"})
+    # PGP: the sender's key with its secret (to sign) and the recipient's
+    # certificate, Curve25519 as cipherd and Thunderbird make them.
+    sender_key = pysequoia.Tsk.generate(f"Bench <{SENDER}>")
+    recipient_key = pysequoia.Tsk.generate(f"Sink <{PATHS['PGP']}>")
+    upload(cipherd, "/pgp/keys", bytes(sender_key))
+    upload(cipherd, "/pgp/keys", bytes(recipient_key.extract_certificate()))
+    cipherd._api("PATCH", "/settings/domains/pgp.example", {"encrypt_mode": "mandatory"})
     cipherd._api("PATCH", "/settings/domains/webmail.example", {
         "encrypt_mode": "mandatory", "webmail_enabled": True})
     cipherd._api("PATCH", "/settings/users/bench@example.org", {"webmail_enabled": True})
@@ -304,7 +316,7 @@ def main() -> None:
     extra = (f", {options.certificates:,} more certificates in the store"
              if options.certificates else "")
     print(f"\n{options.messages} messages of 10 KB per path, smtp-source → cipherd → smtp-sink "
-          f"(RSA-2048, SHA-256, AES-256-CBC){extra}; processing in "
+          f"(S/MIME RSA-2048, SHA-256, AES-256-CBC; PGP Curve25519){extra}; processing in "
           + (f"{cipherd.workers} worker process(es)" if cipherd.workers else "the main process")
           + f"; {os.cpu_count()} cores")
     print(f"{'path':15} {'accepted/s':>11} {'delivered/s':>12} {'vs pass-through':>16}")
