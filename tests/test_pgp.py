@@ -11,6 +11,7 @@ import email.policy
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,11 @@ from cipherd.settings import GLOBAL
 from cipherd.store import Store
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
 from cipherd.testing.pgp import MemoryKeyring
-from tests.peers import require_tool, run
+from tests.peers import make_pki, require_tool, run
+from tests.sink import Sink
 from tests.test_gateway import NOW, RECEIVED, World, pki  # noqa: F401 - the fixture
+from tests.test_gateway_appliance import Gateway, upload
+from tests.test_mta_appliance import api
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 KEYS = CORPUS / "openpgp" / "thunderbird" / "keys"
@@ -369,3 +373,43 @@ def test_the_chain_smime_first_then_pgp_then_webmail(
     # PGP disabled for the recipient: the next method.
     world.set(GLOBAL, pgp_enabled=False)
     assert world.process("bob@openpgp.example")[("bob@openpgp.example",)].relay == "webmail"
+
+
+# In a running appliance ------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_a_running_appliance_sends_pgp_that_gpg_reads_and_restarts_with_the_keyring(
+        appliance: Any, gateway_pki: Any, peers: Peers) -> None:
+    """
+    Keys imported through the API (the sender's secret with its passphrase,
+    the recipient's certificate), mail sent with swaks: the sink gets
+    PGP/MIME that gpg decrypts and whose signature it verifies; after a
+    restart (the keys sealed in the database), the same again.
+    """
+    sink = Sink()
+    try:
+        gateway = Gateway(appliance, gateway_pki, sink)
+        gateway.settings("global", encrypt_mode="mandatory")
+        gateway.settings("domains/openpgp.example", locality="external")
+        api(appliance, "PATCH", "/mta", {"transports": [
+            {"domain": domain, "host": "[127.0.0.1]", "port": sink.port}
+            for domain in ("example.org", "openpgp.example")]})
+        upload(appliance, "/pgp/keys", BOB_PUB.read_bytes())
+        upload(appliance, "/pgp/keys?password=alice-passphrase", ALICE_SECRET_PP.read_bytes())
+        for round_ in range(2):
+            queue_id = gateway.send("bob@openpgp.example", data=TEXT,
+                                    sender="alice@openpgp.example")
+            (captured,) = sink.wait_for(round_ + 1)[round_:]
+            gateway.log("mpa", f"{queue_id}: PGP signed and encrypted (PGP/MIME)")
+            inner, status = peers.gpg_decrypt(_encrypted_part(captured.content))
+            assert "DECRYPTION_OKAY" in status and "GOODSIG F231550C4F47E38E" in status
+            assert b"Sundays are nothing without callaloo." in inner
+            if round_ == 0:
+                appliance.restart()
+    finally:
+        sink.close()
+
+
+@pytest.fixture(scope="module")
+def gateway_pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return make_pki(tmp_path_factory.mktemp("pgp-pki"), datetime.now(UTC))

@@ -76,6 +76,7 @@ from cipherd.web.common import (
 )
 from cipherd.web.mta_pages import MTAPages
 from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
+from cipherd.web.pgp_pages import PGPPages
 from cipherd.web.pki_pages import TOO_LARGE, PkiPages, too_large, upload
 
 LOGIN_CSRF_COOKIE = "__Host-cipherd-login"
@@ -227,6 +228,7 @@ class AdminSite(AdminPages):
         super().__init__(backend, template_environment())
         self.api = AdminAPI(backend)
         self.pki = PkiPages(backend, self.templates)
+        self.pgp = PGPPages(backend, self.templates)
         self.mta = MTAPages(backend, self.templates)
 
     def resource(self) -> Resource:
@@ -263,6 +265,10 @@ class AdminSite(AdminPages):
     @app.route("/pki/", branch=True)
     def pki_branch(self, request: IRequest) -> Resource:
         return self.pki.app.resource()
+
+    @app.route("/pgp/", branch=True)
+    def pgp_branch(self, request: IRequest) -> Resource:
+        return self.pgp.app.resource()
 
     @app.route("/mta/", branch=True)
     def mta_branch(self, request: IRequest) -> Resource:

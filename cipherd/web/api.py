@@ -21,7 +21,6 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-import pysequoia
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred
@@ -32,7 +31,7 @@ from zope.interface import implementer
 
 from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.keyring import StoredKey
-from cipherd.pki.pgp import PGPError, Subkey, emails_of
+from cipherd.pki.pgp import PGPError, Subkey
 from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateError, SiteCertificateInfo
 from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import (
@@ -41,7 +40,6 @@ from cipherd.settings import (
     InvalidValue,
     Level,
     Scope,
-    email_problem,
     scope_for,
 )
 from cipherd.smtp.compose import ComposeError
@@ -62,6 +60,7 @@ from cipherd.web.backend import (
     AdminBackend,
     TunnelCertificateRefused,
     TunnelEnd,
+    generated_key_problems,
     send_test_email,
 )
 from cipherd.web.common import (
@@ -77,6 +76,7 @@ from cipherd.web.common import (
     request_deadline,
     whole_number,
 )
+from cipherd.web.pgp_pages import FINGERPRINT, send_armored_key
 from cipherd.web.pki_pages import (
     BUNDLE_FORMATS,
     MAX_DOWNLOAD,
@@ -98,14 +98,6 @@ MAX_LIST_LIMIT = 1000
 MAX_LIST_OFFSET = 1_000_000_000
 # A certificate's name here: its SHA-256 thumbprint.
 _THUMBPRINT = re.compile(r"[0-9a-fA-F]{64}")
-# An OpenPGP key's name here: its fingerprint, 40 hexadecimal digits (v4 keys)
-# or 64 (v6 keys, RFC 9580 §5.5.4).
-_FINGERPRINT = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
-# RFC 3156 §7: the media type of OpenPGP keys.
-PGP_KEYS_TYPE = b"application/pgp-keys"
-# The name in a generated key's user ID ("name <address>"): a person's or a
-# role's name, not a paragraph.
-MAX_KEY_NAME = 128
 # How the API writes a time: ISO 8601, UTC.
 ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
 # How query flags (?trusted=) are spelled.
@@ -844,7 +836,7 @@ class AdminAPI:
         The key named C{fingerprint} in a URL, or C{None} (also for what is
         no fingerprint at all).
         """
-        if not _FINGERPRINT.fullmatch(fingerprint):
+        if not FINGERPRINT.fullmatch(fingerprint):
             return None
         return await self.backend.keyring.get(fingerprint)
 
@@ -907,20 +899,10 @@ class AdminAPI:
         if not isinstance(body, dict):
             raise _BadRequest('Send {"email": ..., "name": ...}.')
         email, name = body.get("email"), body.get("name", "")
-        errors = {}
-        if not isinstance(email, str) or not email.strip():
-            errors["email"] = "Enter the email address of the key."
-        elif problem := email_problem(email.strip()):
-            errors["email"] = f"{email.strip()!r} is not a valid email address: {problem}."
+        errors = generated_key_problems(email.strip() if isinstance(email, str) else "",
+                                        name.strip() if isinstance(name, str) else "")
         if not isinstance(name, str):
             errors["name"] = "must be a string"
-        elif problem := _key_name_problem(name.strip()):
-            errors["name"] = problem
-        elif "email" not in errors and isinstance(email, str) and len(emails_of(
-                [f"{name.strip()} <{email.strip()}>"])) != 1:
-            # emails_of reads the addresses of a user ID: a name that looks
-            # like one more would put that address on the key too.
-            errors["name"] = "The name must not contain an email address."
         if errors:
             raise _BadRequest("Some values were refused; nothing was created.", errors)
         assert isinstance(email, str) and isinstance(name, str)
@@ -945,12 +927,7 @@ class AdminAPI:
         if stored is None or suffix.lower() not in ("", "asc"):
             return self._no_such_key(request)
         if suffix:
-            request.setHeader(b"Content-Type", PGP_KEYS_TYPE)
-            request.setHeader(b"Content-Disposition",
-                              f'attachment; filename="{stored.fingerprint.upper()}.asc"'
-                              .encode())
-            armored: str = pysequoia.armor(stored.key.public, pysequoia.ArmorKind.PublicKey)
-            return armored.encode()
+            return send_armored_key(request, stored)
         return json_response(request, 200, _pgp_key_json(stored, self.backend.keyring.now()))
 
     @app.route("/v1/pgp/keys/<fingerprint>", methods=["PATCH"])
@@ -960,7 +937,7 @@ class AdminAPI:
         """
         C{{"trusted": true|false}}: whether mail is encrypted to the key.
         """
-        if not _FINGERPRINT.fullmatch(fingerprint):
+        if not FINGERPRINT.fullmatch(fingerprint):
             return self._no_such_key(request)
         body = _json_body(request)
         trusted = body.get("trusted") if isinstance(body, dict) else None
@@ -982,7 +959,7 @@ class AdminAPI:
     @_authenticated()
     async def delete_pgp_key(self, request: IRequest, admin: AdminRow,
                              fingerprint: str) -> bytes:
-        if not _FINGERPRINT.fullmatch(fingerprint) or not await self.backend.keyring.delete(
+        if not FINGERPRINT.fullmatch(fingerprint) or not await self.backend.keyring.delete(
                 fingerprint):
             return self._no_such_key(request)
         log.info("Admin {account!r} deleted the PGP key {fingerprint} through the API",
@@ -1105,20 +1082,6 @@ def _query_flag(request: IRequest, name: str, *, default: bool) -> bool:
         return False
     raise _BadRequest("Some query parameters were refused.",
                       {name: f"{raw!r} is not true or false"})
-
-
-def _key_name_problem(name: str) -> str | None:
-    """
-    Why C{name} cannot be the name in a generated key's user ID, or C{None}
-    (it may be empty: the user ID is then the address alone).
-    """
-    if not name.isprintable():
-        return "The name must be one line of text, without control characters."
-    if len(name) > MAX_KEY_NAME:
-        return f"The name is {len(name)} characters long; at most {MAX_KEY_NAME} are allowed."
-    if "<" in name or ">" in name:
-        return "The name must not contain < or >."
-    return None
 
 
 def _when(seconds: float | None) -> str | None:

@@ -17,6 +17,7 @@ from cipherd.netinfo import NetworkInfo, gather
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.keyring import IKeyring
+from cipherd.pki.pgp import emails_of
 from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateInfo
 from cipherd.pki.trust import CTLStatus, Purpose
 from cipherd.settings import GLOBAL, REGISTRY, Scope, email_problem
@@ -37,6 +38,9 @@ TXT_STRING_LIMIT = 255
 # The subject becomes the certificate's common name; RFC 5280 appendix A:
 # ub-common-name INTEGER ::= 64.
 MAX_CERTIFICATE_SUBJECT = 64
+# The name in a generated PGP key's user ID ("name <address>"): a person's
+# or a role's name, not a paragraph.
+MAX_KEY_NAME = 128
 # Guide §3.9, figure 16 (and the same sentence on the webmail side, §2.3.11).
 WEBMAIL_CERTIFICATE_AVAILABLE = (
     "A valid webmail certificate is available. There is no need to create a new certificate."
@@ -124,6 +128,40 @@ def subject_problem(subject: str) -> str | None:
         return (f"The subject is {len(subject)} characters long; a certificate's subject "
                 f"may have at most {MAX_CERTIFICATE_SUBJECT}.")
     return None
+
+
+def key_name_problem(name: str) -> str | None:
+    """
+    Why C{name} cannot be the name in a generated PGP key's user ID, or
+    C{None} (it may be empty: the user ID is then the address alone).
+    """
+    if not name.isprintable():
+        return "The name must be one line of text, without control characters."
+    if len(name) > MAX_KEY_NAME:
+        return f"The name is {len(name)} characters long; at most {MAX_KEY_NAME} are allowed."
+    if "<" in name or ">" in name:
+        return "The name must not contain < or >."
+    return None
+
+
+def generated_key_problems(email: str, name: str) -> dict[str, str]:
+    """
+    Why no PGP key can be generated for C{email} and C{name} (both
+    stripped), by field (C{email}, C{name}); empty when one can.  The API
+    and the admin page both ask this before L{IKeyring.generate}.
+    """
+    errors = {}
+    if not email:
+        errors["email"] = "Enter the email address of the key."
+    elif problem := email_problem(email):
+        errors["email"] = f"{email!r} is not a valid email address: {problem}."
+    if problem := key_name_problem(name):
+        errors["name"] = problem
+    elif "email" not in errors and len(emails_of([f"{name} <{email}>"])) != 1:
+        # emails_of reads the addresses of a user ID: a name that looks
+        # like one more would put that address on the key too.
+        errors["name"] = "The name must not contain an email address."
+    return errors
 
 
 @dataclass(frozen=True)
