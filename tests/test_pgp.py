@@ -23,7 +23,7 @@ from cipherd.pki import smime
 from cipherd.pki.keyring import EncryptionKeys, IKeyring, Keyring
 from cipherd.pki.pgp import ENCRYPT, IOpenPGP, PGPError, SequoiaOpenPGP
 from cipherd.settings import GLOBAL
-from cipherd.store import Store
+from cipherd.store import Store, schema
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
 from cipherd.testing.pgp import MemoryKeyring
 from tests.peers import make_pki, require_tool, run
@@ -135,6 +135,11 @@ def _stores() -> Iterator[str | None]:
 @pytest.fixture(params=list(_stores()), ids=lambda url: "postgresql" if url else "sqlite")
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     store = migrated_store(request.param)
+    # A PostgreSQL database is shared by the whole run: each test starts
+    # with an empty keyring.
+    with store.engine.begin() as conn:
+        for table in (schema.pgp_key_emails, schema.pgp_key_ids, schema.pgp_keys):
+            conn.execute(table.delete())
     yield store
     store.close()
 
