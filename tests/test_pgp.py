@@ -26,14 +26,13 @@ from cipherd.settings import GLOBAL
 from cipherd.store import Store, schema
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
 from cipherd.testing.pgp import MemoryKeyring
+from tests.openpgp_keys import KEYS
 from tests.peers import make_pki, require_tool, run
 from tests.sink import Sink
 from tests.test_gateway import NOW, RECEIVED, World, pki  # noqa: F401 - the fixture
 from tests.test_gateway_appliance import Gateway, upload
 from tests.test_mta_appliance import api
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-KEYS = CORPUS / "openpgp" / "thunderbird" / "keys"
 ALICE_PUB = KEYS / "alice@openpgp.example-0xf231550c4f47e38e-pub.asc"
 ALICE_SECRET = KEYS / "alice@openpgp.example-0xf231550c4f47e38e-secret.asc"
 ALICE_SECRET_PP = KEYS / "alice@openpgp.example-0xf231550c4f47e38e-secret-with-pp.asc"

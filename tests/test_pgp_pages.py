@@ -23,6 +23,18 @@ from cipherd.pki.pgp import SequoiaOpenPGP
 from cipherd.testing import result_of
 from tests.conftest import Appliance, api_call
 from tests.harness import AdminHarness, Response
+from tests.openpgp_keys import (
+    ALICE,
+    ALICE_PASSPHRASE,
+    ALICE_SECRET_FILE,
+    BOB,
+    BOB_FILE,
+    CAROL,
+    CAROL_FILE,
+    EDDIE,
+    EDDIE_FILE,
+    KEYS,
+)
 from tests.test_browser_admin import (  # noqa: F401 -- the fixtures are used by name
     GOOD_PASSWORD,
     browser,
@@ -31,19 +43,7 @@ from tests.test_browser_admin import (  # noqa: F401 -- the fixtures are used by
     shoot,
 )
 
-KEYS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "openpgp" / "thunderbird" \
-    / "keys"
-BOB_FILE = "bob@openpgp.example-0xfbfcc82a015e7330-pub.asc"
-ALICE_SECRET_FILE = "alice@openpgp.example-0xf231550c4f47e38e-secret-with-pp.asc"
-ALICE_PASSPHRASE = "alice-passphrase"
-EDDIE_FILE = "eddie@openpgp.example-0x15e9357d2c2395c0-pub.asc"  # expired
-CAROL_FILE = "carol@pgp.icu-0xEF2FD01608AFD744-revoked-secret.asc"  # revoked
-
-BOB = "D1A66E1A23B182C9980F788CFBFCC82A015E7330"
 BOB_GROUPED = "D1A6 6E1A 23B1 82C9 980F 788C FBFC C82A 015E 7330"
-ALICE = "EB85BB5FA33A75E15E944E63F231550C4F47E38E"
-EDDIE = "4CC3798FDDF4D0BB147CDC2E15E9357D2C2395C0"
-CAROL = "AD2FA42B12943598D9EFBE2FEF2FD01608AFD744"
 IMPORT = "/pgp/keys/import"
 HOSTILE = "<script>alert(1)</script> <x@example.org>"
 

@@ -16,7 +16,7 @@ second), says it may be wrong.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -163,6 +163,24 @@ class IKeyring(Interface):
         """
 
 
+def for_encryption(stored: Iterable[StoredKey], now: float) -> EncryptionKeys:
+    """
+    Which of an address's keys mail is encrypted to at C{now} (trusted and
+    valid), and why not the others.
+    """
+    keys: list[PGPKey] = []
+    refused: list[str] = []
+    for entry in stored:
+        problem = entry.key.encryption_problem(now)
+        if problem is None and not entry.trusted:
+            problem = "the key is not trusted"
+        if problem is None:
+            keys.append(entry.key)
+        else:
+            refused.append(f"PGP key {entry.fingerprint.upper()}: {problem}")
+    return EncryptionKeys(tuple(keys), tuple(refused))
+
+
 def normal_email(email: str) -> str:
     return canonical_address(email.strip()).lower()
 
@@ -301,19 +319,7 @@ class Keyring:
         return found
 
     async def encryption_keys(self, email: str) -> EncryptionKeys:
-        now = self.now()
-        keys: list[PGPKey] = []
-        refused: list[str] = []
-        for stored in await self._for_address(email):
-            key = stored.key
-            problem = key.encryption_problem(now)
-            if problem is None and not stored.trusted:
-                problem = "the key is not trusted"
-            if problem is None:
-                keys.append(key)
-            else:
-                refused.append(f"PGP key {key.fingerprint.upper()}: {problem}")
-        return EncryptionKeys(tuple(keys), tuple(refused))
+        return for_encryption(await self._for_address(email), self.now())
 
     async def signer(self, email: str) -> tuple[PGPKey, Any] | None:
         now = self.now()

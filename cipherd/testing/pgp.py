@@ -21,6 +21,7 @@ from cipherd.pki.keyring import (
     IKeyring,
     ImportedKey,
     StoredKey,
+    for_encryption,
     normal_email,
     normal_fingerprint,
 )
@@ -126,18 +127,7 @@ class MemoryKeyring:
                       key=lambda e: (-e.key.created, e.key.fingerprint))
 
     async def encryption_keys(self, email: str) -> EncryptionKeys:
-        now = self.now()
-        keys: list[PGPKey] = []
-        refused: list[str] = []
-        for entry in self._for(email):
-            problem = entry.key.encryption_problem(now)
-            if problem is None and not entry.trusted:
-                problem = "the key is not trusted"
-            if problem is None:
-                keys.append(entry.key)
-            else:
-                refused.append(f"PGP key {entry.key.fingerprint.upper()}: {problem}")
-        return EncryptionKeys(tuple(keys), tuple(refused))
+        return for_encryption((self._stored(e) for e in self._for(email)), self.now())
 
     async def signer(self, email: str) -> tuple[PGPKey, Any] | None:
         now = self.now()

@@ -54,6 +54,7 @@ from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
 from cipherd.web.backend import (
+    FINGERPRINT,
     RELAY_RECIPIENT,
     WEBMAIL_CERTIFICATE_AVAILABLE,
     WEBMAIL_SENDER,
@@ -76,7 +77,7 @@ from cipherd.web.common import (
     request_deadline,
     whole_number,
 )
-from cipherd.web.pgp_pages import FINGERPRINT, send_armored_key
+from cipherd.web.pgp_pages import send_armored_key
 from cipherd.web.pki_pages import (
     BUNDLE_FORMATS,
     MAX_DOWNLOAD,
@@ -831,15 +832,6 @@ class AdminAPI:
 
     # OpenPGP keys ------------------------------------------------------------
 
-    async def _stored_key(self, fingerprint: str) -> StoredKey | None:
-        """
-        The key named C{fingerprint} in a URL, or C{None} (also for what is
-        no fingerprint at all).
-        """
-        if not FINGERPRINT.fullmatch(fingerprint):
-            return None
-        return await self.backend.keyring.get(fingerprint)
-
     def _no_such_key(self, request: IRequest) -> bytes:
         return json_response(request, 404, {"error": "There is no such PGP key."})
 
@@ -923,7 +915,7 @@ class AdminAPI:
         as a file.
         """
         fingerprint, _, suffix = name.partition(".")
-        stored = await self._stored_key(fingerprint)
+        stored = await self.backend.pgp_key(fingerprint)
         if stored is None or suffix.lower() not in ("", "asc"):
             return self._no_such_key(request)
         if suffix:
@@ -937,7 +929,7 @@ class AdminAPI:
         """
         C{{"trusted": true|false}}: whether mail is encrypted to the key.
         """
-        if not FINGERPRINT.fullmatch(fingerprint):
+        if not FINGERPRINT.fullmatch(fingerprint):  # a 404 before the body's 400
             return self._no_such_key(request)
         body = _json_body(request)
         trusted = body.get("trusted") if isinstance(body, dict) else None
@@ -945,7 +937,7 @@ class AdminAPI:
             raise _BadRequest('Send {"trusted": true} or {"trusted": false}.',
                               {"trusted": "must be true or false"})
         keyring = self.backend.keyring
-        if not await keyring.set_trusted(fingerprint, trusted):
+        if not await self.backend.set_pgp_trust(fingerprint, trusted):
             return self._no_such_key(request)
         log.info("Admin {account!r} marked the PGP key {fingerprint} {trust} through the API",
                  account=admin.name, fingerprint=fingerprint.upper(),
@@ -959,8 +951,7 @@ class AdminAPI:
     @_authenticated()
     async def delete_pgp_key(self, request: IRequest, admin: AdminRow,
                              fingerprint: str) -> bytes:
-        if not FINGERPRINT.fullmatch(fingerprint) or not await self.backend.keyring.delete(
-                fingerprint):
+        if not await self.backend.delete_pgp_key(fingerprint):
             return self._no_such_key(request)
         log.info("Admin {account!r} deleted the PGP key {fingerprint} through the API",
                  account=admin.name, fingerprint=fingerprint.upper())

@@ -6,6 +6,7 @@ service: one object to pass, so both fronts always see the same parts.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from cipherd.logs import LogQuery, MailLog
 from cipherd.netinfo import NetworkInfo, gather
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.certstore import ICertificateStore
-from cipherd.pki.keyring import IKeyring
+from cipherd.pki.keyring import IKeyring, StoredKey
 from cipherd.pki.pgp import emails_of
 from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateInfo
 from cipherd.pki.trust import CTLStatus, Purpose
@@ -29,6 +30,10 @@ from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.auth import AdminAuthority
 from cipherd.webmail.notify import TEMPLATES
+
+# A PGP key's name in a URL: its fingerprint, 40 hexadecimal digits (v4
+# keys) or 64 (v6 keys, RFC 9580 §5.5.4).
+FINGERPRINT = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 
 # RFC 1035 §3.3.14: a TXT record is strings of at most 255 octets each;
 # RFC 6376 §3.6.2.2: a DKIM key record longer than that is split into
@@ -246,6 +251,27 @@ class AdminBackend:
     queue_runner: QueueRunner | None = None
     network_info: Callable[[], NetworkInfo] = gather
     site_tls: ISiteCertificate | None = None
+
+    # PGP keys, named in URLs by fingerprint: anything else names no key.
+
+    async def pgp_key(self, fingerprint: str) -> StoredKey | None:
+        if not FINGERPRINT.fullmatch(fingerprint):
+            return None
+        return await self.keyring.get(fingerprint)
+
+    async def set_pgp_trust(self, fingerprint: str, trusted: bool) -> bool:
+        """
+        @return: whether there is such a key.
+        """
+        return bool(FINGERPRINT.fullmatch(fingerprint)) and await self.keyring.set_trusted(
+            fingerprint, trusted)
+
+    async def delete_pgp_key(self, fingerprint: str) -> bool:
+        """
+        @return: whether there was such a key.
+        """
+        return bool(FINGERPRINT.fullmatch(fingerprint)) and await self.keyring.delete(
+            fingerprint)
 
     async def tail_log(self, name: str, lines: int, query: LogQuery | None = None
                        ) -> list[str]:

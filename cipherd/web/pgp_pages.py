@@ -11,8 +11,6 @@ auto-escaped, never marked safe.
 
 from __future__ import annotations
 
-import re
-
 import pysequoia
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -20,7 +18,7 @@ from twisted.web.iweb import IRequest
 from cipherd.pki.keyring import ImportedKey, StoredKey
 from cipherd.pki.pgp import PGPError
 from cipherd.web.auth import AdminSession
-from cipherd.web.backend import generated_key_problems
+from cipherd.web.backend import FINGERPRINT, generated_key_problems
 from cipherd.web.common import (
     UPLOAD_DEADLINE,
     SiteApp,
@@ -32,9 +30,6 @@ from cipherd.web.common import (
 from cipherd.web.pages import AdminPages, authenticated
 from cipherd.web.pki_pages import MAX_SEARCH_LENGTH, PAGE_SIZE, TOO_LARGE, too_large, upload
 
-# A key's name in a URL: its fingerprint, 40 hexadecimal digits (v4 keys) or
-# 64 (v6 keys, RFC 9580 §5.5.4).
-FINGERPRINT = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 # RFC 3156 §7: the media type of OpenPGP keys.
 PGP_KEYS_TYPE = b"application/pgp-keys"
 # How a fingerprint is written for people: groups of four hex digits.
@@ -70,15 +65,6 @@ class PGPPages(AdminPages):
     """
 
     app = SiteApp()
-
-    async def _stored(self, fingerprint: str) -> StoredKey | None:
-        """
-        The key named C{fingerprint} in a URL, or C{None} (also for what is
-        no fingerprint at all).
-        """
-        if not FINGERPRINT.fullmatch(fingerprint):
-            return None
-        return await self.backend.keyring.get(fingerprint)
 
     def _no_such_key(self, request: IRequest, session: AdminSession) -> bytes:
         return self.not_found(request, session, "There is no such PGP key.")
@@ -201,7 +187,7 @@ class PGPPages(AdminPages):
         as a file.
         """
         fingerprint, dot, suffix = name.partition(".")
-        stored = await self._stored(fingerprint)
+        stored = await self.backend.pgp_key(fingerprint)
         if stored is None or (dot and suffix.lower() != "asc"):
             return self._no_such_key(request, session)
         if dot:
@@ -223,10 +209,10 @@ class PGPPages(AdminPages):
         C{trusted=yes} or C{no}: whether mail is encrypted to the key.
         """
         choice = arg(request, "trusted")
-        if choice not in ("yes", "no") or not FINGERPRINT.fullmatch(fingerprint):
+        if choice not in ("yes", "no"):
             return self._no_such_key(request, session)
         trusted = choice == "yes"
-        if not await self.backend.keyring.set_trusted(fingerprint, trusted):
+        if not await self.backend.set_pgp_trust(fingerprint, trusted):
             return self._no_such_key(request, session)
         log.info("Admin {account!r} marked the PGP key {fingerprint} {trust}",
                  account=session.admin_name, fingerprint=fingerprint.upper(),
@@ -237,8 +223,7 @@ class PGPPages(AdminPages):
     @authenticated
     async def delete(self, request: IRequest, session: AdminSession,
                      fingerprint: str) -> bytes:
-        if not FINGERPRINT.fullmatch(fingerprint) or not await self.backend.keyring.delete(
-                fingerprint):
+        if not await self.backend.delete_pgp_key(fingerprint):
             return self._no_such_key(request, session)
         log.info("Admin {account!r} deleted the PGP key {fingerprint}",
                  account=session.admin_name, fingerprint=fingerprint.upper())
