@@ -40,11 +40,12 @@ from cipherd.mpa.composite import Composite
 from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.certstore import CertificateStore
-from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.engine import LayerOpener, SmimeEngine
 from cipherd.pki.keyring import Keyring
 from cipherd.pki.ocsp import ocsp_client
 from cipherd.pki.pgp import SequoiaOpenPGP
 from cipherd.pki.pgpmime import PGPEngine
+from cipherd.pki.pgpopen import PGPOpener
 from cipherd.pki.sitetls import SiteTLS
 from cipherd.settings import GLOBAL, PROPERTIES
 from cipherd.smtp.config import MTAConfigSource
@@ -221,6 +222,7 @@ def processing(settings: SettingsRepository, certificates: CertificateStore, key
         WebmailRelay(engine, mailboxes, accounts, Notices(reactor), settings,
                      lambda: mta.current, reactor, certificates.ctl),
         Gateway(settings, certificates, engine, keyring, PGPEngine(OPENPGP, crypto_runner),
+                LayerOpener(engine, PGPOpener(keyring, OPENPGP, crypto_runner)),
                 lambda: mta.current, reactor))
 
 

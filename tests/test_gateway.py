@@ -25,10 +25,11 @@ from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, read_tunnel, tunnel_id
 from cipherd.pki import smime
 from cipherd.pki.certstore import CertificateStore
-from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.engine import LayerOpener, SmimeEngine
 from cipherd.pki.ocsp import IOCSPClient
 from cipherd.pki.pgp import SequoiaOpenPGP
 from cipherd.pki.pgpmime import PGPEngine
+from cipherd.pki.pgpopen import PGPOpener
 from cipherd.pki.trust import CTLStatus, OCSPAnswer, OCSPStatus, ocsp_key
 from cipherd.settings import GLOBAL, Level, scope_for
 from cipherd.smtp.config import MTAConfig, apply_changes
@@ -82,6 +83,8 @@ class World:
         self.keyring = MemoryKeyring(self.clock)
         self.gateway = Gateway(self.settings, self.certificates, self.engine, self.keyring,
                                PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
+                               LayerOpener(self.engine, PGPOpener(
+                                   self.keyring, SequoiaOpenPGP(), SynchronousRunner())),
                                lambda: self.config, self.clock)
         self.processor: IMessageProcessor = self.gateway
         self.set(GLOBAL, webmail_sender=WEBMAIL_SENDER, webmail_recipient=WEBMAIL_RECIPIENT)

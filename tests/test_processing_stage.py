@@ -24,9 +24,10 @@ from zope.interface.verify import verifyObject
 from cipherd.core.envelope import Envelope, Outcome
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.gateway import Gateway
-from cipherd.pki.engine import SmimeEngine
+from cipherd.pki.engine import LayerOpener, SmimeEngine
 from cipherd.pki.pgp import SequoiaOpenPGP
 from cipherd.pki.pgpmime import PGPEngine
+from cipherd.pki.pgpopen import PGPOpener
 from cipherd.settings import GLOBAL, Level, scope_for
 from cipherd.smtp.processing import Disposition, IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.smtp.queue import MIN_BACKOFF, PROCESSED, ISubmission
@@ -111,6 +112,8 @@ def test_a_deferred_smime_message_is_not_signed_and_encrypted_again(
     engine = CountingEngine(world_of_pki.certificates, world_of_pki.engine._crypto)
     gateway = Gateway(world_of_pki.settings, world_of_pki.certificates, engine,
                       world_of_pki.keyring, PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
+                      LayerOpener(engine, PGPOpener(world_of_pki.keyring, SequoiaOpenPGP(),
+                                                    SynchronousRunner())),
                       lambda: world_of_pki.config, world_of_pki.clock)
     world_of_pki.set(GLOBAL, encrypt_mode="mandatory")
     world = World(tmp_path, processor=gateway)

@@ -29,9 +29,10 @@ from cipherd.core.envelope import Envelope
 from cipherd.mpa.gateway import Gateway
 from cipherd.pki import cms, smime
 from cipherd.pki.certstore import CertificateStore
-from cipherd.pki.engine import MAX_LAYERS, PGP_SIGNED, OpenedLayers, SmimeEngine
+from cipherd.pki.engine import MAX_LAYERS, PGP_SIGNED, LayerOpener, OpenedLayers, SmimeEngine
 from cipherd.pki.pgp import SequoiaOpenPGP
 from cipherd.pki.pgpmime import PGPEngine
+from cipherd.pki.pgpopen import PGPOpener
 from cipherd.settings import Level, scope_for
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.processing import ProcessingResult
@@ -110,13 +111,15 @@ class Bob:
         self.engine = SmimeEngine(self.certificates, SynchronousRunner())
         self.config, errors = apply_changes(MTAConfig(), {"relay_domains": ["example.com"]})
         assert not errors
-        self.gateway = Gateway(self.settings, self.certificates, self.engine,
-                               MemoryKeyring(self.clock),
-                               PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
+        self.keyring = MemoryKeyring(self.clock)
+        self.opener = LayerOpener(self.engine, PGPOpener(self.keyring, SequoiaOpenPGP(),
+                                                         SynchronousRunner()))
+        self.gateway = Gateway(self.settings, self.certificates, self.engine, self.keyring,
+                               PGPEngine(SequoiaOpenPGP(), SynchronousRunner()), self.opener,
                                lambda: self.config, self.clock)
 
     def open(self, message: bytes) -> OpenedLayers:
-        return result_of(self.engine.open_layers(message, decrypt_for=["bob@example.com"]))
+        return result_of(self.opener.open_layers(message, decrypt_for=["bob@example.com"]))
 
     def set(self, scope: Any, **values: Any) -> None:
         assert result_of(self.settings.update(scope, values)) == {}
@@ -247,17 +250,21 @@ def test_layers_beyond_the_bound_are_not_opened(bob: Bob) -> None:
                                      detached=False)
     opened = bob.open(message)
     assert len(opened.layers) == MAX_LAYERS + 1
-    assert "more than 8 S/MIME layers" in opened.layers[-1].error
+    assert "more than 8 S/MIME or PGP layers" in opened.layers[-1].error
     assert opened.delivered(True) == message  # nothing decrypted: as received
 
 
 @pytest.mark.parametrize("name", ["outer-pgp-sig-inner-smime-enc.eml",
                                   "outer-pgp-sig-inner-smime-enc-sig.eml"])
-def test_a_pgp_signature_around_smime_is_passed_through_unchecked(bob: Bob, name: str
-                                                                   ) -> None:
+def test_a_pgp_signature_around_smime_is_checked_and_the_smime_inside_opened(
+        bob: Bob, name: str) -> None:
     received = (MANUAL / name).read_bytes()
     opened = bob.open(received)
     assert opened.layers[0].kind == PGP_SIGNED
+    # The signer's key (Carol's) is not in the keyring: checked, not
+    # verified, and what it signed opened all the same.
+    assert not opened.layers[0].signers[0].verified
+    assert "is not in the keyring" in opened.layers[0].signers[0].reason
     assert opened.layers[1].kind == "enveloped-data"
     # Made by hand from an older key set of Bob's: the encryption is for a
     # key that is not here, so the message goes on as received, its PGP
@@ -265,10 +272,8 @@ def test_a_pgp_signature_around_smime_is_passed_through_unchecked(bob: Bob, name
     assert "decryption key could not be found" in opened.layers[1].error
     delivered = bob.deliver(received)
     assert delivered.endswith(received)
-    assert b"X-Cipherd-Info-Layer-1: PGP signed (multipart/signed), not checked; removed" \
-        not in delivered
-    assert b"X-Cipherd-Info-Layer-1: PGP signed (multipart/signed), not checked; kept\r\n" \
-        in delivered
+    assert b"X-Cipherd-Info-Layer-1: PGP signed (PGP/MIME); kept\r\n" in delivered
+    assert b"X-Cipherd-Info-Layer-1-Signer-Verified-0: False\r\n" in delivered
     assert b"X-Cipherd-Info-Layer-2: encrypted (enveloped-data); not opened\r\n" in delivered
 
 

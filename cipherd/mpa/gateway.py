@@ -6,10 +6,10 @@ the MTA.
 For each recipient the policy (L{cipherd.mpa.policy}) decides; the message
 is then split per path:
 
-    - internal recipients get incoming S/MIME opened: decrypted with our
-      key, signatures verified, and the outcome in C{X-Cipherd-Info-*}
-      header fields (any such fields that came with the message are
-      removed first: they are ours alone);
+    - internal recipients get incoming S/MIME and PGP opened: decrypted
+      with their keys, signatures verified, and the outcome in
+      C{X-Cipherd-Info-*} header fields (any such fields that came with the
+      message are removed first: they are ours alone);
     - S/MIME recipients get one message encrypted to all their certificates
       (and signed with the sender's key when the policy says so);
     - PGP recipients get one message encrypted to all their keys, PGP/MIME
@@ -56,10 +56,21 @@ from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.cms import DecryptedContent
-from cipherd.pki.engine import PGP_SIGNED, SIGNED, Layer, OpenedLayers, SignerReport, SmimeEngine
+from cipherd.pki.engine import (
+    PGP_ENCRYPTED,
+    PGP_INLINE,
+    PGP_SIGNED,
+    SIGNED,
+    Layer,
+    LayerOpener,
+    OpenedLayers,
+    SignerReport,
+    SmimeEngine,
+)
 from cipherd.pki.keyring import IKeyring
 from cipherd.pki.pgp import PGPError, PGPKey
 from cipherd.pki.pgpmime import INLINE, PGPEngine
+from cipherd.pki.pgpopen import PGPSignerReport
 from cipherd.settings import REGISTRY, IAddressSettings, InvalidValue
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.config import MTAConfig
@@ -80,13 +91,14 @@ class Gateway:
     """
 
     def __init__(self, settings: IAddressSettings, certificates: ICertificateStore,
-                 engine: SmimeEngine, keyring: IKeyring, pgp: PGPEngine,
+                 engine: SmimeEngine, keyring: IKeyring, pgp: PGPEngine, opener: LayerOpener,
                  mta: Callable[[], MTAConfig], clock: IReactorTime) -> None:
         self._settings = settings
         self._certificates = certificates
         self._engine = engine
         self._keyring = keyring
         self._pgp = pgp
+        self._opener = opener
         self._mta = mta
         self._clock = clock
 
@@ -363,18 +375,18 @@ class Gateway:
                         known: Mapping[str, Mapping[str, Any]]
                         ) -> list[tuple[tuple[str, ...], bytes]]:
         """
-        Every S/MIME layer opened for internal C{recipients}; what each
-        group of them gets by its I{S/MIME remove signature} setting.
+        Every S/MIME and PGP layer opened for internal C{recipients}; what
+        each group of them gets by its I{S/MIME remove signature} setting.
         """
         content = without_fields(content, INFO_PREFIX)
         # Decrypted with its recipients' keys only; each signer judged as
         # the settings of its certificate's addresses say (not of an
         # address the sender chose).
-        opened = await self._engine.open_layers(
+        opened = await self._opener.open_layers(
             content, decrypt_for=[canonical[r] for r in recipients],
             fail_closed=self._signer_fails_closed)
         if not opened.layers:
-            return [(recipients, content)]  # not S/MIME
+            return [(recipients, content)]  # neither S/MIME nor PGP
         _log_layers(envelope, opened)
         groups: dict[bool, list[str]] = {}
         for recipient in recipients:
@@ -408,67 +420,90 @@ def _info_fields(opened: OpenedLayers, remove: bool) -> list[tuple[str, str]]:
     """
     The C{X-Cipherd-Info-*} fields for what was opened: a block per layer
     (C{Layer-<n>}, outermost first), and the summary fields of the first
-    decryption, the innermost S/MIME signature and the first error.
+    decryption, the innermost signature and the first error.
     """
     removed = opened.removed(remove)
     fields: list[tuple[str, str]] = []
     for n, layer in enumerate(opened.layers, start=1):
         prefix = f"{INFO_PREFIX}Layer-{n}"
         fields.append((prefix, _describe(layer, n <= removed)))
-        if layer.decrypted is not None:
-            fields += _decryption_fields(prefix + "-", layer.decrypted.result)
+        fields += _decryption_fields(prefix + "-", layer)
+        if layer.note:
+            fields.append((f"{prefix}-Note", layer.note))
         fields += _signer_fields(prefix + "-", layer.signers)
         if layer.error:
             fields.append((f"{prefix}-Error", layer.error))
     summary: list[tuple[str, str]] = []
-    decrypted = next((layer.decrypted for layer in opened.layers if layer.decrypted), None)
+    decrypted = next((layer for layer in opened.layers if layer.decrypting), None)
     if decrypted is not None:
-        summary += [(f"{INFO_PREFIX}Encrypted", "True"),
-                    *_decryption_fields(INFO_PREFIX, decrypted.result)]
-    signed = [layer for layer in opened.layers if layer.kind in SIGNED and not layer.error]
+        partly = any(layer.inline is not None and layer.inline.partly
+                     for layer in opened.layers)
+        encrypted = "True"
+        if partly and decrypted.kind == PGP_INLINE:
+            encrypted = "Partly: text or parts beside the encrypted PGP blocks were not encrypted"
+        summary += [(f"{INFO_PREFIX}Encrypted", encrypted),
+                    *_decryption_fields(INFO_PREFIX, decrypted)]
+    signed = [layer for layer in opened.layers
+              if (layer.kind in SIGNED or layer.signers) and not layer.error]
     if signed:
         summary += [(f"{INFO_PREFIX}Signed", "True"),
                     *_signer_fields(INFO_PREFIX, signed[-1].signers)]
     failed = next((layer for layer in opened.layers if layer.error), None)
     if failed is not None:
-        what = "decryption" if failed.encrypted else "verification"
-        summary.append((f"{INFO_PREFIX}Error", f"S/MIME {what} failed: {failed.error}"))
+        what = "decryption" if failed.encrypted or failed.kind == PGP_INLINE else "verification"
+        summary.append((f"{INFO_PREFIX}Error", f"{failed.family} {what} failed: {failed.error}"))
     return summary + fields
 
 
 def _describe(layer: Layer, removed: bool) -> str:
+    if layer.kind == PGP_INLINE:
+        assert layer.inline is not None
+        found = layer.inline
+        what = ", ".join(part for part in (
+            f"{found.decrypted} decrypted" if found.decrypted else "",
+            f"{found.signed} cleartext-signed checked and kept" if found.signed else "",
+            f"{len(found.errors)} not opened" if found.errors else "") if part)
+        return f"inline PGP; {what}" + ("; partly encrypted" if found.partly else "")
     what = {"enveloped-data": "encrypted (enveloped-data)",
             "authEnveloped-data": "encrypted (authEnveloped-data)",
             "signed": "signed (multipart/signed)",
             "signed-data": "signed (opaque signed-data)",
-            PGP_SIGNED: "PGP signed (multipart/signed), not checked"}[layer.kind]
+            PGP_ENCRYPTED: "PGP encrypted (PGP/MIME)",
+            PGP_SIGNED: "PGP signed (PGP/MIME)"}[layer.kind]
     if layer.error:
         return f"{what}; not opened"
     if layer.encrypted:
-        return f"{what}; decrypted"
+        return f"{what}; decrypted" + ("; signed inside" if layer.signers else "")
     return f"{what}; {'removed' if removed else 'kept'}"
 
 
-def _decryption_fields(prefix: str, result: DecryptedContent) -> list[tuple[str, str]]:
-    how = "key agreement" if result.key_transport.startswith("ECDH") else "key transport"
-    return [(f"{prefix}Encryption-Algorithm",
-             f"{result.cipher.upper()}, {how} {result.key_transport}"),
-            (f"{prefix}Decrypted-With", describe_name(result.certificate.subject)
-             + "; SHA-256 " + result.certificate.fingerprint(hashes.SHA256()).hex())]
+def _decryption_fields(prefix: str, layer: Layer) -> list[tuple[str, str]]:
+    if layer.decrypted is not None:
+        result: DecryptedContent = layer.decrypted.result
+        how = "key agreement" if result.key_transport.startswith("ECDH") else "key transport"
+        return [(f"{prefix}Encryption-Algorithm",
+                 f"{result.cipher.upper()}, {how} {result.key_transport}"),
+                (f"{prefix}Decrypted-With", describe_name(result.certificate.subject)
+                 + "; SHA-256 " + result.certificate.fingerprint(hashes.SHA256()).hex())]
+    keys = [layer.pgp] if layer.pgp is not None else list(
+        layer.inline.keys if layer.inline is not None else ())
+    return [(f"{prefix}Decrypted-With", "; ".join(dict.fromkeys(k.describe() for k in keys)))
+            ] if keys else []
 
 
 # Signers reported per layer: their number is the sender's to choose.
 MAX_SIGNERS_REPORTED = 8
 
 
-def _signer_fields(prefix: str, signers: Sequence[SignerReport]) -> list[tuple[str, str]]:
+def _signer_fields(prefix: str, signers: Sequence[SignerReport | PGPSignerReport]
+                   ) -> list[tuple[str, str]]:
     fields = []
     if len(signers) > MAX_SIGNERS_REPORTED:
         fields.append((f"{prefix}Signers", f"{len(signers)}, the first "
                        f"{MAX_SIGNERS_REPORTED} reported"))
     for i, signer in enumerate(signers[:MAX_SIGNERS_REPORTED]):
         fields += [(f"{prefix}Signer-{i}", signer.signer),
-                   (f"{prefix}Signer-Verified-{i}", str(signer.check.valid)),
+                   (f"{prefix}Signer-Verified-{i}", str(signer.verified)),
                    (f"{prefix}Signer-Trusted-{i}", str(signer.valid))]
         if signer.emails:
             fields.append((f"{prefix}Signer-Email-{i}", ", ".join(signer.emails)))
@@ -485,27 +520,34 @@ def _log_layers(envelope: Envelope, opened: OpenedLayers) -> None:
     """
     for layer in opened.layers:
         if layer.error:
-            what = "decryption" if layer.encrypted else "verification"
-            log.warn("S/MIME {what} failed; Queue id: {queue_id}; Message: {why}", what=what,
-                     queue_id=envelope.queue_id, why=layer.error)
-        elif layer.kind in SIGNED and not layer.signature_valid:
+            what = ("decryption" if layer.encrypted or layer.kind == PGP_INLINE
+                    else "verification")
+            log.warn("{family} {what} failed; Queue id: {queue_id}; Message: {why}",
+                     family=layer.family, what=what, queue_id=envelope.queue_id,
+                     why=layer.error)
+        elif layer.signers and not layer.signature_valid:
             # The guide's "not valid" is for a signature that does not
             # verify (or none at all); one that verifies with a signer we
             # do not trust is a different fault for the reader.
-            broken = [s for s in layer.signers if not s.check.valid]
-            if broken or not layer.signers:
-                log.warn("S/MIME signature was not valid; Signer IDs: {signers}; Queue id: "
-                         "{queue_id}; Message: {why}",
-                         signers="; ".join(s.signer for s in layer.signers) or "(none)",
-                         queue_id=envelope.queue_id,
-                         why=broken[0].reason if broken else "no signer")
+            broken = [s for s in layer.signers if not s.verified]
+            if broken:
+                log.warn("{family} signature was not valid; Signer IDs: {signers}; Queue id: "
+                         "{queue_id}; Message: {why}", family=layer.family,
+                         signers="; ".join(s.signer for s in layer.signers),
+                         queue_id=envelope.queue_id, why=broken[0].reason)
             else:
                 untrusted = [s for s in layer.signers if not s.valid]
-                log.warn("S/MIME signature verified, signer not trusted; Signer IDs: "
+                log.warn("{family} signature verified, signer not trusted; Signer IDs: "
                          "{signers}; Queue id: {queue_id}; Message: {why}",
-                         signers="; ".join(s.signer for s in untrusted),
+                         family=layer.family, signers="; ".join(s.signer for s in untrusted),
                          queue_id=envelope.queue_id, why=untrusted[0].reason)
-    log.info("{queue_id}: incoming S/MIME: {what}", queue_id=envelope.queue_id,
+        elif layer.kind in SIGNED and not layer.signers:
+            log.warn("{family} signature was not valid; Signer IDs: (none); Queue id: "
+                     "{queue_id}; Message: no signer", family=layer.family,
+                     queue_id=envelope.queue_id)
+    families = " and ".join(dict.fromkeys(layer.family for layer in opened.layers))
+    log.info("{queue_id}: incoming {families}: {what}", queue_id=envelope.queue_id,
+             families=families,
              what=", ".join(_summary(n, layer) for n, layer in enumerate(opened.layers, 1)))
 
 
@@ -515,9 +557,15 @@ def _summary(n: int, layer: Layer) -> str:
     if layer.decrypted is not None:
         result = layer.decrypted.result
         return f"{n}: {layer.kind} {result.cipher.upper()} decrypted"
-    verdicts = "/".join(("trusted" if s.valid else "verified, not trusted" if s.check.valid
-                         else "not valid") for s in layer.signers)
-    return f"{n}: {layer.kind} " + (verdicts or "not checked")
+    if layer.decrypting:
+        decrypted = f"{n}: {layer.kind} decrypted"
+        return decrypted + (f", signed {_verdicts(layer)}" if layer.signers else "")
+    return f"{n}: {layer.kind} " + (_verdicts(layer) or "not checked")
+
+
+def _verdicts(layer: Layer) -> str:
+    return "/".join(("trusted" if s.valid else "verified, not trusted" if s.verified
+                     else "not valid") for s in layer.signers)
 
 
 def _with_header(content: bytes, field: str) -> bytes:

@@ -16,11 +16,21 @@ from email.utils import getaddresses
 
 from cryptography import x509
 
-from cipherd.pki import smime
+from cipherd.pki import pgpopen, smime
 from cipherd.pki.certs import describe_name, email_addresses
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.cms import PrivateKey, SignatureCheck
 from cipherd.pki.errors import PKIError
+from cipherd.pki.pgpopen import (
+    PGP_ENCRYPTED,
+    PGP_INLINE,
+    PGP_SIGNED,
+    Context,
+    InlineResult,
+    PGPDecrypted,
+    PGPOpener,
+    PGPSignerReport,
+)
 from cipherd.pki.trust import Purpose, Verdict
 from cipherd.threads import IBlockingRunner
 
@@ -37,6 +47,10 @@ class SignerReport:
     @property
     def valid(self) -> bool:
         return self.check.valid and self.verdict is not None and self.verdict.valid
+
+    @property
+    def verified(self) -> bool:
+        return self.check.valid
 
     @property
     def signer(self) -> str:
@@ -82,9 +96,10 @@ class OpenedMessage:
         return "; ".join(s.signer for s in self.signers)
 
 
-ENCRYPTED = ("enveloped-data", "authEnveloped-data")
-SIGNED = ("signed", "signed-data")
-PGP_SIGNED = "pgp-signed"
+SMIME_ENCRYPTED = ("enveloped-data", "authEnveloped-data")
+ENCRYPTED = (*SMIME_ENCRYPTED, PGP_ENCRYPTED)
+SIGNED = ("signed", "signed-data", PGP_SIGNED)
+PGP_KINDS = (PGP_ENCRYPTED, PGP_SIGNED, PGP_INLINE)
 MAX_LAYERS = 8
 
 # Whether a signer whose revocation status is unknown is refused: always,
@@ -95,24 +110,43 @@ FailClosed = bool | Callable[[list[str]], Awaitable[bool]]
 @dataclass(frozen=True)
 class Layer:
     """
-    One layer of a received message, as L{SmimeEngine.open_layers} opened it.
+    One layer of a received message, as L{LayerOpener.open_layers} opened it.
 
-    @ivar kind: C{"enveloped-data"}, C{"authEnveloped-data"}, C{"signed"}
-        (C{multipart/signed}), C{"signed-data"} (an opaque signature) or
-        L{PGP_SIGNED} (a PGP/MIME signature around S/MIME, not checked).
-    @ivar decrypted: the decryption, for an encryption layer.
-    @ivar signers: one report per signature, for an S/MIME signature layer.
+    @ivar kind: S/MIME's C{"enveloped-data"}, C{"authEnveloped-data"},
+        C{"signed"} (C{multipart/signed}) or C{"signed-data"} (an opaque
+        signature); PGP's L{PGP_ENCRYPTED}, L{PGP_SIGNED} (PGP/MIME) or
+        L{PGP_INLINE} (blocks and attachments inside the innermost entity).
+    @ivar decrypted: the decryption, for an S/MIME encryption layer.
+    @ivar pgp: the decryption, for a PGP/MIME encryption layer.
+    @ivar inline: what the inline step found, for L{PGP_INLINE}.
+    @ivar signers: one report per signature.
     @ivar error: why this layer could not be opened; C{""} when it was.
+    @ivar note: something the reader should know (a repair).
     """
 
     kind: str
     decrypted: smime.DecryptedMessage | None = None
-    signers: tuple[SignerReport, ...] = ()
+    signers: tuple[SignerReport | PGPSignerReport, ...] = ()
     error: str = ""
+    pgp: PGPDecrypted | None = None
+    inline: InlineResult | None = None
+    note: str = ""
 
     @property
     def encrypted(self) -> bool:
         return self.kind in ENCRYPTED
+
+    @property
+    def decrypting(self) -> bool:
+        """
+        Whether this layer decrypted something.
+        """
+        return self.decrypted is not None or self.pgp is not None or bool(
+            self.inline is not None and self.inline.decrypted)
+
+    @property
+    def family(self) -> str:
+        return "PGP" if self.kind in PGP_KINDS else "S/MIME"
 
     @property
     def signature_valid(self) -> bool:
@@ -142,7 +176,7 @@ class HeaderProtection:
 @dataclass(frozen=True)
 class OpenedLayers:
     """
-    The result of L{SmimeEngine.open_layers}.
+    The result of L{LayerOpener.open_layers}.
 
     @ivar layers: outermost first.
     @ivar received: the message as it came.
@@ -185,7 +219,7 @@ class OpenedLayers:
 
     @property
     def _last_decryption(self) -> int:
-        return max((n for n, layer in enumerate(self.layers) if layer.decrypted is not None),
+        return max((n for n, layer in enumerate(self.layers) if layer.decrypting),
                    default=-1)
 
     def removes(self, remove_signatures: bool) -> bool:
@@ -196,7 +230,8 @@ class OpenedLayers:
         for the reader's client to show, as does a PGP signature, which is
         not checked here).
         """
-        inside = self.layers[self._last_decryption + 1:]
+        inside = [layer for layer in self.layers[self._last_decryption + 1:]
+                  if layer.kind != PGP_INLINE]  # a cleartext signature stays anyway
         return remove_signatures and self.complete and all(
             layer.kind in SIGNED and layer.signature_valid for layer in inside)
 
@@ -226,9 +261,17 @@ class OpenedLayers:
             return None
         carried = {smime.Parts._name(field): field
                    for field in smime.protected_fields(self.payload)}
-        last = self.layers[-1]
+        layers = [layer for layer in self.layers if layer.kind != PGP_INLINE]
+        if not layers:
+            return None
+        last = layers[-1]
         allowed = set(smime.PROTECTED_FIELDS)
         note = ""
+        if hp == "v1":
+            # Protected headers as Thunderbird and Enigmail write them
+            # (C{protected-headers="v1"}, no C{hp}): inside encryption, as
+            # "cipher" says.
+            hp = "cipher" if any(layer.decrypting for layer in layers) else "clear"
         if last.kind in SIGNED and last.signature_valid:
             signers = {address for report in last.signers for address in report.emails}
             from_field = carried.get(b"from", b"").partition(b":")[2].decode("ascii", "replace")
@@ -236,7 +279,9 @@ class OpenedLayers:
             if b"from" in carried and not written <= signers:
                 allowed -= ADDRESS_FIELDS
                 note = "the From inside is not the signer's address: the outer one is kept"
-        elif last.decrypted is not None and hp == "cipher":
+        elif hp == "cipher" and any(layer.decrypting for layer in layers):
+            # What was encrypted (signed or not, by anyone): the fields that
+            # do not say who wrote it.
             allowed -= ADDRESS_FIELDS
         else:
             allowed = set()
@@ -322,7 +367,7 @@ class SmimeEngine:
         """
         Decrypt (if encrypted) and verify (if signed, also inside the
         encryption): the two layers of a tunnel message.  Incoming mail,
-        which may have any layers, is opened with L{open_layers}.
+        which may have any layers, is opened with L{LayerOpener}.
 
         @param decrypt_for: decrypt only with the keys of these addresses'
             certificates (the recipients'), not with any stored key.
@@ -348,63 +393,6 @@ class SmimeEngine:
             result.message = verified.message
             result.signers += signers
         return result
-
-    async def open_layers(self, message: bytes, *, decrypt_for: Collection[str] | None = None,
-                          fail_closed: FailClosed = False) -> OpenedLayers:
-        """
-        Open every S/MIME layer of a received message from the outside in:
-        each encryption decrypted (with the keys of C{decrypt_for}'s
-        certificates only, when given), each signature verified over the
-        bytes it signed before the layer inside it is opened, until plain
-        MIME, a layer that cannot be opened (its error recorded), or
-        L{MAX_LAYERS}.  A PGP/MIME signature around S/MIME is passed
-        through, unchecked, so the S/MIME inside is opened.  A signature
-        that does not verify is reported, and what it signed opened all the
-        same.
-
-        @param fail_closed: as for L{open}.
-        """
-        layers: list[Layer] = []
-        current = message
-        payload = decrypted_entity = None
-        keys: list[tuple[x509.Certificate, PrivateKey]] | None = None
-        while True:
-            try:
-                kind = smime.classify(current).kind
-                inner = None if kind is not None else smime.pgp_signed_part(current)
-            except PKIError:
-                break  # its header cannot be read as S/MIME: the content, as it is
-            if kind is None and inner is None:
-                break
-            if len(layers) == MAX_LAYERS:
-                layers.append(Layer(kind or PGP_SIGNED, error=f"more than {MAX_LAYERS} "
-                                    "S/MIME layers: the rest is not opened"))
-                break
-            if inner is not None:
-                layers.append(Layer(PGP_SIGNED))
-                current, payload = inner, smime.Parts.split(inner).entity()
-                continue
-            try:
-                if kind in ENCRYPTED:
-                    if keys is None:
-                        keys = await self._keys(decrypt_for)
-                    decrypted = await self._crypto.run(smime.decrypt_message, current, keys)
-                    layers.append(Layer(str(kind), decrypted=decrypted))
-                    current, payload = decrypted.message, decrypted.entity
-                    decrypted_entity = payload
-                else:
-                    verified, signers = await self._verify(current, fail_closed)
-                    layers.append(Layer(str(kind), signers=tuple(signers)))
-                    current, payload = verified.message, verified.entity
-            except (PKIError, ValueError) as e:
-                # ValueError: a structure, or a certificate in it, that
-                # cannot be read.
-                layers.append(Layer(str(kind), error=str(e) or type(e).__name__))
-                break
-        if not layers:
-            return OpenedLayers((), message)
-        outer = tuple(smime.Parts.split(message).outer_fields())
-        return OpenedLayers(tuple(layers), message, outer, payload, decrypted_entity)
 
     async def _keys(self, decrypt_for: Collection[str] | None
                     ) -> list[tuple[x509.Certificate, PrivateKey]]:
@@ -451,5 +439,88 @@ class SmimeEngine:
         return found
 
 
-__all__ = ["HeaderProtection", "Layer", "OpenedLayers", "OpenedMessage", "SignerReport",
-           "SmimeEngine"]
+class LayerOpener:
+    """
+    Every S/MIME and PGP layer of a received message opened, for its
+    internal recipients.
+    """
+
+    def __init__(self, smime_engine: SmimeEngine, pgp: PGPOpener) -> None:
+        self._smime = smime_engine
+        self._pgp = pgp
+
+    async def open_layers(self, message: bytes, *, decrypt_for: Collection[str] | None = None,
+                          fail_closed: FailClosed = False) -> OpenedLayers:
+        """
+        Open every layer of a received message from the outside in: each
+        encryption (S/MIME or PGP/MIME) decrypted (with the keys of
+        C{decrypt_for}'s certificates and PGP keys only, when given; PGP
+        needs them given), each signature verified over the bytes it signed
+        before the layer inside it is opened, until plain MIME, a layer that
+        cannot be opened (its error recorded), or L{MAX_LAYERS}.  A
+        signature that does not verify is reported, and what it signed
+        opened all the same.  Last, inline PGP in what was reached (see
+        L{cipherd.pki.pgpopen}).
+
+        @param fail_closed: as for L{SmimeEngine.open}.
+        """
+        layers: list[Layer] = []
+        current = message
+        payload = decrypted_entity = None
+        keys: list[tuple[x509.Certificate, PrivateKey]] | None = None
+        recipients = list(decrypt_for or ())
+        context = Context.of(message)
+        while True:
+            try:
+                kind = smime.classify(current).kind or pgpopen.kind(current)
+            except PKIError:
+                break  # its header cannot be read as S/MIME: the content, as it is
+            if kind is None:
+                break
+            if len(layers) == MAX_LAYERS:
+                layers.append(Layer(kind, error=f"more than {MAX_LAYERS} S/MIME or PGP "
+                                    "layers: the rest is not opened"))
+                break
+            try:
+                if kind == PGP_ENCRYPTED:
+                    entity, how, signers, note = await self._pgp.decrypt(current, recipients,
+                                                                         context)
+                    layers.append(Layer(kind, signers=signers, pgp=how, note=note))
+                    current, payload = pgpopen.rejoin(current, entity), entity
+                    decrypted_entity = payload
+                elif kind == PGP_SIGNED:
+                    entity, signers = await self._pgp.verify(current, context)
+                    layers.append(Layer(kind, signers=signers))
+                    current, payload = pgpopen.rejoin(current, entity), entity
+                elif kind in SMIME_ENCRYPTED:
+                    if keys is None:
+                        keys = await self._smime._keys(decrypt_for)
+                    decrypted = await self._smime._crypto.run(smime.decrypt_message, current,
+                                                              keys)
+                    layers.append(Layer(str(kind), decrypted=decrypted))
+                    current, payload = decrypted.message, decrypted.entity
+                    decrypted_entity = payload
+                else:
+                    verified, reports = await self._smime._verify(current, fail_closed)
+                    layers.append(Layer(str(kind), signers=tuple(reports)))
+                    current, payload = verified.message, verified.entity
+            except (PKIError, ValueError) as e:
+                # ValueError: a structure, or a certificate in it, that
+                # cannot be read.
+                layers.append(Layer(str(kind), error=str(e) or type(e).__name__))
+                break
+        if not layers or not layers[-1].error:
+            inline, signers = await self._pgp.inline(current, recipients, context)
+            if inline.found:
+                layers.append(Layer(PGP_INLINE, signers=signers, inline=inline,
+                                    error="; ".join(inline.errors)))
+                if inline.decrypted:
+                    payload = decrypted_entity = smime.Parts.split(inline.message).entity()
+        if not layers:
+            return OpenedLayers((), message)
+        outer = tuple(smime.Parts.split(message).outer_fields())
+        return OpenedLayers(tuple(layers), message, outer, payload, decrypted_entity)
+
+
+__all__ = ["HeaderProtection", "Layer", "LayerOpener", "OpenedLayers", "OpenedMessage",
+           "SignerReport", "SmimeEngine"]

@@ -16,7 +16,7 @@ second), says it may be wrong.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -157,6 +157,18 @@ class IKeyring(Interface):
         if several.
         """
 
+    async def keys_for(email: str) -> list[StoredKey]:
+        """
+        Every key with a user ID for C{email}, trusted or not, valid or not.
+        """
+
+    async def decryptors(emails: Collection[str]) -> list[tuple[PGPKey, Any]]:
+        """
+        The secret keys of C{emails}' keys, each with what decrypts with it
+        (L{IOpenPGP.decryptor}); revoked and expired keys too (mail sent to
+        them before is still read).
+        """
+
     def forget() -> None:
         """
         Forget what is kept (another process changed the keyring).
@@ -228,6 +240,7 @@ class Keyring:
         self._polled_at: float | None = None
         self._addresses: _Recent[str, list[StoredKey]] = _Recent(ADDRESSES_KEPT)
         self._signers: _Recent[str, Any] = _Recent(SIGNERS_KEPT)
+        self._decryptors: _Recent[str, Any] = _Recent(SIGNERS_KEPT)
         self.changes = 0
 
     def now(self) -> float:
@@ -239,6 +252,7 @@ class Keyring:
         self._epoch += 1
         self._addresses.clear()
         self._signers.clear()
+        self._decryptors.clear()
         self._polled_at = None
 
     def _changed(self) -> None:
@@ -321,31 +335,58 @@ class Keyring:
     async def encryption_keys(self, email: str) -> EncryptionKeys:
         return for_encryption(await self._for_address(email), self.now())
 
+    async def keys_for(self, email: str) -> list[StoredKey]:
+        return list(await self._for_address(email))
+
     async def signer(self, email: str) -> tuple[PGPKey, Any] | None:
         now = self.now()
         for stored in await self._for_address(email):
             key = stored.key
             if key.signing_problem(now) is not None:
                 continue
-            kept = self._signers.get(key.fingerprint)
-            if kept is None:
-                epoch = self._epoch
-                row = await self._store.read(q.get_key, key.fingerprint)
-                try:
-                    kept = await self._crypto.run(self._unlock, row)
-                except (PGPError, KeyUnsealError):
-                    continue
-                if epoch == self._epoch:
-                    self._signers.put(key.fingerprint, kept)
-            return key, kept
+            kept = await self._unlocked(self._signers, key, self._openpgp.unlock)
+            if kept is not None:
+                return key, kept
         return None
 
-    def _unlock(self, row: q.PGPKeyRow | None) -> Any:
+    async def decryptors(self, emails: Collection[str]) -> list[tuple[PGPKey, Any]]:
+        found: dict[str, tuple[PGPKey, Any]] = {}
+        for email in emails:
+            for stored in await self._for_address(email):
+                key = stored.key
+                if key.secret is None or key.fingerprint in found:
+                    continue
+                kept = await self._unlocked(self._decryptors, key, self._openpgp.decryptor)
+                if kept is not None:
+                    found[key.fingerprint] = (key, kept)
+        return list(found.values())
+
+    async def _unlocked(self, kept: _Recent[str, Any], key: PGPKey,
+                        unlock: Callable[[PGPKey, str | None], Any]) -> Any:
+        """
+        C{unlock(key, passphrase)} for the stored secret of C{key}, kept in
+        C{kept} (unlocking may cost tens of milliseconds); C{None} when it
+        cannot be unlocked.
+        """
+        found = kept.get(key.fingerprint)
+        if found is None:
+            epoch = self._epoch
+            row = await self._store.read(q.get_key, key.fingerprint)
+            try:
+                found = await self._crypto.run(self._unlock, row, unlock)
+            except (PGPError, KeyUnsealError):
+                return None
+            if epoch == self._epoch:
+                kept.put(key.fingerprint, found)
+        return found
+
+    def _unlock(self, row: q.PGPKeyRow | None,
+                unlock: Callable[[PGPKey, str | None], Any]) -> Any:
         if row is None or row.secret is None:
             raise PGPError("The secret key is no longer stored.")
         secret, passphrase = _unseal(self._kek, row.secret, row.fingerprint)
         key = replace(self._openpgp.read_keys(row.public)[0], secret=secret)
-        return self._openpgp.unlock(key, passphrase)
+        return unlock(key, passphrase)
 
     # Writing -------------------------------------------------------------
 

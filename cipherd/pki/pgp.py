@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import getaddresses
 from typing import Any
@@ -312,6 +312,52 @@ class IOpenPGP(Interface):
         subkey) without expiry or passphrase, for C{user_id}.
         """
 
+    def decryptor(key: PGPKey, passphrase: str | None) -> Any:
+        """
+        What decrypts with C{key}'s secret encryption keys (also when the
+        key has been revoked or has expired since: mail sent to it then is
+        still read).
+
+        @raise PGPError: no secret key, or the passphrase is wrong.
+        """
+
+    def recipients(message: bytes) -> list[str]:
+        """
+        The key IDs (lower-case hex) an encrypted OpenPGP message says it
+        is for; C{"0000000000000000"} for a hidden recipient.
+
+        @raise PGPError: C{message} is not an encrypted OpenPGP message.
+        """
+
+    def decrypt(message: bytes, decryptors: Sequence[tuple[PGPKey, Any]],
+                certificates: Sequence[PGPKey]) -> Decryption:
+        """
+        C{message} (armored or binary) decrypted with the first of
+        C{decryptors} (from L{decryptor}) it is for -- each in turn for a
+        hidden recipient -- and the signatures inside checked against
+        C{certificates}.
+
+        @raise PGPError: it is not for any of the keys, or cannot be read.
+        """
+
+    def verify_detached(data: bytes, signature: bytes,
+                        certificates: Sequence[PGPKey]) -> list[SignatureCheck]:
+        """
+        Each signature in C{signature} (armored or binary) checked over
+        C{data} with C{certificates}.
+
+        @raise PGPError: C{signature} holds no signature.
+        """
+
+    def verify_cleartext(text: bytes, certificates: Sequence[PGPKey]
+                         ) -> tuple[bytes, list[SignatureCheck]]:
+        """
+        A cleartext-signed message (C{-----BEGIN PGP SIGNED MESSAGE-----})
+        checked: its text and a check per signature.
+
+        @raise PGPError: it cannot be read.
+        """
+
 
 @implementer(IOpenPGP)
 class SequoiaOpenPGP:
@@ -412,6 +458,227 @@ class SequoiaOpenPGP:
         except KeyError:
             raise PGPError(f"Unknown key type {suite!r}: one of {', '.join(SUITES)}.") from None
         return self._read(pysequoia.Cert.from_bytes(bytes(tsk)))
+
+
+    def decryptor(self, key: PGPKey, passphrase: str | None) -> Any:
+        if key.secret is None:
+            raise PGPError(f"There is no secret key for {key.fingerprint.upper()}.")
+        try:
+            return pysequoia.Tsk.from_bytes(key.secret).decryptor(passphrase or None)
+        except Exception as e:
+            why = _why(e)
+            if "encrypted" in why or "EOF" in why or "decrypt" in why.lower():
+                raise PGPError(f"The passphrase of the secret key {key.fingerprint.upper()} "
+                               "is wrong or missing.") from None
+            raise PGPError(f"The secret key {key.fingerprint.upper()} cannot decrypt: "
+                           f"{why}.") from None
+
+    def recipients(self, message: bytes) -> list[str]:
+        try:
+            packets = list(PacketPile.from_bytes(message))
+        except Exception as e:
+            raise PGPError(f"The OpenPGP message cannot be read: {_why(e)}.") from None
+        found = [_pkesk_recipient(p.body) for p in packets if p.tag == Tag.PKESK]
+        if not any(p.tag in _ENCRYPTED_DATA for p in packets):
+            raise PGPError("The OpenPGP data is not an encrypted message.")
+        return found
+
+    def decrypt(self, message: bytes, decryptors: Sequence[tuple[PGPKey, Any]],
+                certificates: Sequence[PGPKey]) -> Decryption:
+        wanted = self.recipients(message)
+        hidden = WILDCARD in wanted
+        chosen = [(key, d) for key, d in decryptors
+                  if hidden or any(k in wanted for k in key.key_ids)]
+        if not chosen:
+            raise PGPError("The message is not encrypted to any of the recipients' secret "
+                           f"keys (it is for {', '.join(k.upper() for k in wanted) or 'none'}).")
+        failure = "no key decrypted it"
+        for key, decrypting in chosen:
+            try:
+                data, checks = _checked(
+                    lambda store, d=decrypting: pysequoia.decrypt(message, d, store=store),
+                    lambda d=decrypting: pysequoia.decrypt(message, d), certificates)
+            except Exception as e:
+                failure = _why(e)
+                continue
+            subkey = next((k for k in key.keys if k.key_id in wanted),
+                          next((k for k in key.keys if ENCRYPT in k.flags), key.keys[0]))
+            return Decryption(data or b"", key.fingerprint, subkey.key_id, tuple(wanted),
+                              tuple(checks))
+        raise PGPError(f"OpenPGP decryption failed: {failure}.")
+
+    def verify_detached(self, data: bytes, signature: bytes,
+                        certificates: Sequence[PGPKey]) -> list[SignatureCheck]:
+        try:
+            packets = [p for p in PacketPile.from_bytes(signature) if p.tag == Tag.Signature]
+        except Exception as e:
+            raise PGPError(f"The OpenPGP signature cannot be read: {_why(e)}.") from None
+        if not packets:
+            raise PGPError("The OpenPGP signature part holds no signature.")
+        checks = []
+        for packet in packets:
+            try:
+                sig = pysequoia.Sig.from_bytes(bytes(packet))
+            except Exception as e:
+                raise PGPError(f"The OpenPGP signature cannot be read: {_why(e)}.") from None
+            created = _seconds(sig.created)
+            _, found = _checked(
+                lambda store, s=sig: pysequoia.verify(data, store=store, signature=s),
+                None, certificates,
+                issuers=[(sig.issuer_fingerprint or sig.issuer_key_id or "").lower()])
+            checks += [replace(c, created=created) for c in found]
+        return checks
+
+    def verify_cleartext(self, text: bytes, certificates: Sequence[PGPKey]
+                         ) -> tuple[bytes, list[SignatureCheck]]:
+        text = _canonical_cleartext(text)
+        content, checks = _checked(lambda store: pysequoia.verify(text, store=store),
+                                   None, certificates)
+        if content is None:
+            content = _cleartext_body(text)
+        return content, checks
+
+
+WILDCARD = "0" * 16
+_ENCRYPTED_DATA = (Tag.SEIP, Tag.SED, Tag.AED)
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """
+    One OpenPGP signature.
+
+    @ivar issuer: the signing key's fingerprint or key ID, as the signature
+        names it (lower-case hex).
+    @ivar valid: it verifies with a key of the certificates given.
+    @ivar key: the certificate's fingerprint, when one of them is the
+        issuer's.
+    @ivar created: when it was made, if known (POSIX).
+    """
+
+    issuer: str
+    valid: bool
+    key: str | None
+    reason: str = ""
+    created: float | None = None
+
+
+@dataclass(frozen=True)
+class Decryption:
+    """
+    What L{IOpenPGP.decrypt} gives.
+
+    @ivar key: the fingerprint of the secret key that decrypted it.
+    @ivar subkey: the key ID of its subkey the message was for.
+    @ivar recipients: every key ID the message is for.
+    """
+
+    data: bytes
+    key: str
+    subkey: str
+    recipients: tuple[str, ...]
+    signatures: tuple[SignatureCheck, ...]
+
+
+def _pkesk_recipient(body: bytes) -> str:
+    """
+    The recipient named in a public-key encrypted session key packet: a v3
+    packet's key ID, or a v6 packet's key ID read from its fingerprint.
+    """
+    if body[:1] == b"\x03" and len(body) >= 9:
+        return body[1:9].hex()
+    if body[:1] == b"\x06" and len(body) >= 2:
+        size = body[1]
+        if size == 0:
+            return WILDCARD
+        version, fingerprint = body[2:3], body[3:2 + size]
+        return (fingerprint[:8] if version == b"\x06" else fingerprint[-8:]).hex()
+    return WILDCARD
+
+
+def _matches(key: PGPKey, issuer: str) -> bool:
+    return any(issuer in (k.fingerprint, k.key_id) or k.fingerprint.endswith(issuer)
+               for k in key.keys)
+
+
+_NOT_VERIFIED = ("Signature verification failed", "no valid signatures")
+
+
+def _checked(run: Any, unchecked: Any, certificates: Sequence[PGPKey],
+             issuers: Sequence[str] = ()) -> tuple[bytes | None, list[SignatureCheck]]:
+    """
+    C{run(store)} (a decryption or verification that asks C{store} for the
+    signers' certificates and fails when no signature verifies) done, and a
+    check per signature it asked for.  When none verifies, C{unchecked()}
+    gives the content without checking signatures (C{None}: no content).
+    """
+    asked: list[str] = list(issuers)
+    given: dict[str, Any] = {}
+
+    def store(ids: Sequence[str]) -> list[Any]:
+        certs = []
+        for issuer in ids:
+            issuer = issuer.lower()
+            if issuer not in asked:
+                asked.append(issuer)
+            for key in certificates:
+                if _matches(key, issuer) and key.fingerprint not in given:
+                    given[key.fingerprint] = pysequoia.Cert.from_bytes(key.public)
+                    certs.append(given[key.fingerprint])
+        return certs
+
+    valid: set[str] = set()
+    try:
+        result = run(store)
+        data = result.bytes
+        valid = {str(sig.signing_key).lower() for sig in result.valid_sigs} | {
+            str(sig.certificate).lower() for sig in result.valid_sigs}
+    except Exception as e:
+        # Also for some structures the library verifies no further
+        # ("Unexpected message structure") but reads without checking.
+        if unchecked is None:
+            if not any(text in str(e) for text in _NOT_VERIFIED):
+                raise PGPError(_why(e) + ".") from None
+            data = None
+        else:
+            try:
+                data = unchecked().bytes
+            except Exception:
+                raise PGPError(_why(e) + ".") from None
+    checks = []
+    for issuer in dict.fromkeys(asked):
+        key = next((k for k in certificates if _matches(k, issuer)), None)
+        ok = any(v == issuer or v.endswith(issuer) for v in valid)
+        if ok:
+            checks.append(SignatureCheck(issuer, True, key.fingerprint if key else None))
+        elif key is None:
+            checks.append(SignatureCheck(issuer, False, None, f"the signer's key "
+                                         f"{issuer.upper()} is not in the keyring"))
+        else:
+            checks.append(SignatureCheck(issuer, False, key.fingerprint,
+                                         "the signature does not verify"))
+    return data, checks
+
+
+def _canonical_cleartext(text: bytes) -> bytes:
+    """
+    A cleartext-signed message as the library reads it: LF line ends, the
+    trailing blanks of each line gone (RFC 9580 §7.2 ignores them).
+    """
+    lines = text.replace(b"\r\n", b"\n").split(b"\n")
+    return b"\n".join(line.rstrip(b" \t\r") for line in lines)
+
+
+def _cleartext_body(text: bytes) -> bytes:
+    """
+    The signed text of a cleartext-signed message, dash-escaping undone.
+    """
+    lines = text.split(b"\n")
+    start = next((n for n, line in enumerate(lines) if not line.strip()), len(lines)) + 1
+    end = next((n for n, line in enumerate(lines)
+                if line.startswith(b"-----BEGIN PGP SIGNATURE-----")), len(lines))
+    return b"\n".join(line[2:] if line.startswith(b"- ") else line
+                      for line in lines[start:end])
 
 
 def _needs_passphrase(tsk: Any) -> bool:

@@ -565,29 +565,6 @@ def _split_signed(parts: Parts, boundary: str) -> tuple[bytes, bytes]:
     return signed, _decode_body(signature_part)
 
 
-PGP_SIGNATURE = "application/pgp-signature"
-
-
-def pgp_signed_part(message: bytes) -> bytes | None:
-    """
-    The signed part of a PGP/MIME-signed message (RFC 3156 C{multipart/signed}
-    with C{protocol="application/pgp-signature"}), with the message's outer
-    header fields, when that part is itself S/MIME; C{None} for any other
-    message.  Nothing is checked: the PGP signature is not read.
-    """
-    parts = Parts.split(message)
-    fields = _content_fields(parts)
-    if fields.content_type != "multipart/signed" or fields.protocol != PGP_SIGNATURE \
-            or not fields.boundary:
-        return None
-    try:
-        entity, _ = _split_signed(parts, fields.boundary)
-    except CMSFormatError:
-        return None
-    inner = _rejoin(parts, entity)
-    return inner if classify(inner).kind is not None else None
-
-
 def _rejoin(parts: Parts, entity: bytes) -> bytes:
     """
     The outer header fields of C{parts} around an unwrapped C{entity} (which
@@ -688,15 +665,21 @@ def protect_headers(message: bytes | MessagePieces, *, encrypted: bool,
 def header_protection(message: bytes) -> str | None:
     """
     The C{hp} parameter of a message's Content-Type (RFC 9788): C{"cipher"}
-    or C{"clear"} when the header fields inside are protected.
+    or C{"clear"} when the header fields inside are protected; C{"v1"} for
+    the older C{protected-headers="v1"} of Thunderbird and Enigmail.
     """
     for field in Parts.split(message).mime_fields():
         if Parts._name(field) == b"content-type":
+            legacy = False
             for param in _split_params(field.partition(b":")[2].decode("ascii", "replace")):
                 key, _, value = param.partition("=")
-                if key.strip().lower() == "hp":
+                key = key.strip().lower()
+                if key == "hp":
                     hp = _unquote(value.strip()).lower()
                     return hp if hp in ("cipher", "clear") else None
+                legacy = legacy or (key == "protected-headers"
+                                    and _unquote(value.strip()).lower() == "v1")
+            return "v1" if legacy else None
     return None
 
 

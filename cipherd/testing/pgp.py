@@ -7,6 +7,7 @@ answer out afresh at the clock's time.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -139,3 +140,19 @@ class MemoryKeyring:
             except PGPError:
                 continue
         return None
+
+    async def keys_for(self, email: str) -> list[StoredKey]:
+        return [self._stored(e) for e in self._for(email)]
+
+    async def decryptors(self, emails: Collection[str]) -> list[tuple[PGPKey, Any]]:
+        found: dict[str, tuple[PGPKey, Any]] = {}
+        for email in emails:
+            for entry in self._for(email):
+                if entry.key.secret is None or entry.key.fingerprint in found:
+                    continue
+                try:
+                    found[entry.key.fingerprint] = (
+                        entry.key, self._openpgp.decryptor(entry.key, entry.passphrase))
+                except PGPError:
+                    continue
+        return list(found.values())
