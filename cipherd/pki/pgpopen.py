@@ -522,10 +522,10 @@ class _Inline:
         del part["Content-Transfer-Encoding"]
         if content_type == "text/html":
             part.set_type("text/plain")
-        charset = Charset("utf-8")
-        charset.body_encoding = QP
+        utf8 = Charset("utf-8")
+        utf8.body_encoding = QP
         part.set_payload("".join(pieces).replace("\r\n", "\n").replace("\n", "\r\n"),
-                         charset=charset)
+                         charset=utf8)
         return True
 
     def _attachment(self, part: Message, name: str, certificates: Sequence[PGPKey],
