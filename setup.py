@@ -28,6 +28,8 @@ setup(
         "nh3>=0.2",
         "psutil>=5.9",
         "pysequoia>=0.1.35",
+        # Only to read the signatures pysequoia cannot reach (cipherd.pki.pgp).
+        "pgpy>=0.6",
     ],
     extras_require={
         "test": [

@@ -763,7 +763,8 @@ PROPERTIES: tuple[Property, ...] = (
        "the real one, others show [...].",
        page="encryption", group="Methods"),
     _P("smime_remove_signature", "S/MIME remove signature", Boolean(), True,
-       "Incoming S/MIME for internal recipients is delivered as plain MIME, its signatures "
+       "Incoming S/MIME and PGP/MIME for internal recipients is delivered as plain MIME, "
+       "its signatures "
        "verified and, when valid and trusted, removed (what was found is in the "
        "X-Cipherd-Info fields; one that is not stays for the reader's mail client to show). "
        "Off: a signature inside the encryption, or of an unencrypted message, always stays. "

@@ -26,20 +26,22 @@ from cipherd.settings import GLOBAL
 from cipherd.store import Store, schema
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
 from cipherd.testing.pgp import MemoryKeyring
-from tests.openpgp_keys import KEYS
+from tests.openpgp_keys import (
+    ALICE_PUB,
+    ALICE_SECRET,
+    ALICE_SECRET_PP,
+    BOB_PUB,
+    BOB_SECRET,
+    CAROL_REVOKED,
+    EDDIE_PUB,
+    KEYS,
+)
 from tests.peers import make_pki, require_tool, run
 from tests.sink import Sink
 from tests.test_gateway import NOW, RECEIVED, World, pki  # noqa: F401 - the fixture
 from tests.test_gateway_appliance import Gateway, upload
 from tests.test_mta_appliance import api
 
-ALICE_PUB = KEYS / "alice@openpgp.example-0xf231550c4f47e38e-pub.asc"
-ALICE_SECRET = KEYS / "alice@openpgp.example-0xf231550c4f47e38e-secret.asc"
-ALICE_SECRET_PP = KEYS / "alice@openpgp.example-0xf231550c4f47e38e-secret-with-pp.asc"
-BOB_PUB = KEYS / "bob@openpgp.example-0xfbfcc82a015e7330-pub.asc"
-BOB_SECRET = KEYS / "bob@openpgp.example-0xfbfcc82a015e7330-secret.asc"
-EDDIE_PUB = KEYS / "eddie@openpgp.example-0x15e9357d2c2395c0-pub.asc"
-CAROL_REVOKED = KEYS / "carol@pgp.icu-0xEF2FD01608AFD744-revoked-secret.asc"
 ALICE_FPR = "eb85bb5fa33a75e15e944e63f231550c4f47e38e"
 BOB_FPR = "d1a66e1a23b182c9980f788cfbfcc82a015e7330"
 

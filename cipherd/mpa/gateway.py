@@ -420,7 +420,8 @@ def _info_fields(opened: OpenedLayers, remove: bool) -> list[tuple[str, str]]:
     """
     The C{X-Cipherd-Info-*} fields for what was opened: a block per layer
     (C{Layer-<n>}, outermost first), and the summary fields of the first
-    decryption, the innermost signature and the first error.
+    decryption, the innermost signature inside the encryption (or of a
+    message not encrypted) and the first error.
     """
     removed = opened.removed(remove)
     fields: list[tuple[str, str]] = []
@@ -443,7 +444,10 @@ def _info_fields(opened: OpenedLayers, remove: bool) -> list[tuple[str, str]]:
             encrypted = "Partly: text or parts beside the encrypted PGP blocks were not encrypted"
         summary += [(f"{INFO_PREFIX}Encrypted", encrypted),
                     *_decryption_fields(INFO_PREFIX, decrypted)]
-    signed = [layer for layer in opened.layers
+    # A signature around the encryption does not cover what was inside
+    # (anyone can sign ciphertext): only those inside are the summary's.
+    start = max((n for n, layer in enumerate(opened.layers) if layer.decrypting), default=0)
+    signed = [layer for layer in opened.layers[start:]
               if (layer.kind in SIGNED or layer.signers) and not layer.error]
     if signed:
         summary += [(f"{INFO_PREFIX}Signed", "True"),

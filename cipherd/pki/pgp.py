@@ -464,7 +464,7 @@ class SequoiaOpenPGP:
         if key.secret is None:
             raise PGPError(f"There is no secret key for {key.fingerprint.upper()}.")
         try:
-            return pysequoia.Tsk.from_bytes(key.secret).decryptor(passphrase or None)
+            sequoia = pysequoia.Tsk.from_bytes(key.secret).decryptor(passphrase or None)
         except Exception as e:
             why = _why(e)
             if "encrypted" in why or "EOF" in why or "decrypt" in why.lower():
@@ -472,6 +472,7 @@ class SequoiaOpenPGP:
                                "is wrong or missing.") from None
             raise PGPError(f"The secret key {key.fingerprint.upper()} cannot decrypt: "
                            f"{why}.") from None
+        return _Decrypting(sequoia, key.secret, passphrase)
 
     def recipients(self, message: bytes) -> list[str]:
         try:
@@ -494,13 +495,18 @@ class SequoiaOpenPGP:
                            f"keys (it is for {', '.join(k.upper() for k in wanted) or 'none'}).")
         failure = "no key decrypted it"
         for key, decrypting in chosen:
+            refused: list[str] = []
             try:
                 data, checks = _checked(
-                    lambda store, d=decrypting: pysequoia.decrypt(message, d, store=store),
-                    lambda d=decrypting: pysequoia.decrypt(message, d), certificates)
+                    lambda store, d=decrypting: pysequoia.decrypt(message, d.sequoia,
+                                                                  store=store),
+                    lambda d=decrypting: pysequoia.decrypt(message, d.sequoia), certificates,
+                    refused=refused)
             except Exception as e:
                 failure = _why(e)
                 continue
+            if checks and data is not None and any(_UNREACHED in why for why in refused):
+                checks = _signatures_inside(message, decrypting, data, certificates) or checks
             subkey = next((k for k in key.keys if k.key_id in wanted),
                           next((k for k in key.keys if ENCRYPT in k.flags), key.keys[0]))
             return Decryption(data or b"", key.fingerprint, subkey.key_id, tuple(wanted),
@@ -540,6 +546,72 @@ class SequoiaOpenPGP:
 
 
 WILDCARD = "0" * 16
+
+
+@dataclass(frozen=True)
+class _Decrypting:
+    """
+    What L{SequoiaOpenPGP.decryptor} gives: Sequoia's decryptor, and the
+    secret key with its passphrase for L{_signatures_inside}.
+    """
+
+    sequoia: Any
+    secret: bytes = field(repr=False)
+    passphrase: str | None = field(repr=False)
+
+
+def _signatures_inside(message: bytes, decrypting: _Decrypting, data: bytes,
+                       certificates: Sequence[PGPKey]) -> list[SignatureCheck]:
+    """
+    The signatures of a signed message inside a compressed, encrypted one
+    -- GnuPG's usual output -- checked.  pysequoia (0.1.35) verifies no
+    signature there: its verification helper accepts a compression layer
+    only as the message's first (C{src/decrypt.rs}, C{check}), refusing
+    encryption, compression, signatures.  So PGPy decrypts the message
+    again to read the signature packets, and Sequoia checks each as a
+    detached signature over the plaintext Sequoia decrypted (what is
+    delivered); PGPy's plaintext is not used.
+
+    @return: a check per signature; empty when PGPy cannot read it (the
+        caller keeps its own "not verified" checks).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgpy
+
+            key, _ = pgpy.PGPKey.from_blob(decrypting.secret)
+            encrypted = pgpy.PGPMessage.from_blob(message)
+            if key.is_protected:
+                with key.unlock(decrypting.passphrase or ""):
+                    opened = _pgpy_decrypt(key, encrypted)
+            else:
+                opened = _pgpy_decrypt(key, encrypted)
+            signatures = [bytes(sig) for sig in opened.signatures]
+    except Exception:
+        return []
+    checks: list[SignatureCheck] = []
+    for raw in signatures:
+        sig = pysequoia.Sig.from_bytes(raw)
+        _, found = _checked(
+            lambda store, s=sig: pysequoia.verify(data, store=store, signature=s),
+            None, certificates,
+            issuers=[(sig.issuer_fingerprint or sig.issuer_key_id or "").lower()])
+        checks += [replace(c, created=_seconds(sig.created)) for c in found]
+    return checks
+
+
+def _pgpy_decrypt(key: Any, message: Any) -> Any:
+    """
+    C{message} decrypted by PGPy with whichever of C{key}'s (sub)keys it is
+    for.
+    """
+    for candidate in [key, *key.subkeys.values()]:
+        try:
+            return candidate.decrypt(message)
+        except Exception:  # noqa: S112 - the next subkey
+            continue
+    raise PGPError("PGPy could not decrypt the message.")
 _ENCRYPTED_DATA = (Tag.SEIP, Tag.SED, Tag.AED)
 
 
@@ -604,13 +676,19 @@ def _matches(key: PGPKey, issuer: str) -> bool:
 _NOT_VERIFIED = ("Signature verification failed", "no valid signatures")
 
 
+# What pysequoia says of a structure it verifies no signature in.
+_UNREACHED = "Unexpected message structure"
+
+
 def _checked(run: Any, unchecked: Any, certificates: Sequence[PGPKey],
-             issuers: Sequence[str] = ()) -> tuple[bytes | None, list[SignatureCheck]]:
+             issuers: Sequence[str] = (), refused: list[str] | None = None
+             ) -> tuple[bytes | None, list[SignatureCheck]]:
     """
     C{run(store)} (a decryption or verification that asks C{store} for the
     signers' certificates and fails when no signature verifies) done, and a
     check per signature it asked for.  When none verifies, C{unchecked()}
-    gives the content without checking signatures (C{None}: no content).
+    gives the content without checking signatures (C{None}: no content),
+    and why C{run} failed is added to C{refused}.
     """
     asked: list[str] = list(issuers)
     given: dict[str, Any] = {}
@@ -634,6 +712,8 @@ def _checked(run: Any, unchecked: Any, certificates: Sequence[PGPKey],
         valid = {str(sig.signing_key).lower() for sig in result.valid_sigs} | {
             str(sig.certificate).lower() for sig in result.valid_sigs}
     except Exception as e:
+        if refused is not None:
+            refused.append(str(e))
         # Also for some structures the library verifies no further
         # ("Unexpected message structure") but reads without checking.
         if unchecked is None:
