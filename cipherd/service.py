@@ -37,6 +37,7 @@ from cipherd.core.clock import utc_from_seconds
 from cipherd.datadir import DataDir, prepare_data_dir, read_kek
 from cipherd.logs import MailLogsService
 from cipherd.mpa.composite import Composite
+from cipherd.mpa.discovery import KeyDiscovery, WebKeyDirectory
 from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.certstore import CertificateStore
@@ -223,6 +224,9 @@ def processing(settings: SettingsRepository, certificates: CertificateStore, key
                      lambda: mta.current, reactor, certificates.ctl),
         Gateway(settings, certificates, engine, keyring, PGPEngine(OPENPGP, crypto_runner),
                 LayerOpener(engine, PGPOpener(keyring, OPENPGP, crypto_runner)),
+                KeyDiscovery(keyring, WebKeyDirectory(
+                    reactor, DNSHopResolver(lambda: mta.current.dns_servers)),
+                    OPENPGP, crypto_runner, reactor),
                 lambda: mta.current, reactor))
 
 

@@ -795,6 +795,23 @@ PROPERTIES: tuple[Property, ...] = (
        "header fields included. Inline puts an armored block in a text/plain body, for "
        "old clients; a message with attachments or HTML is always sent as PGP/MIME.",
        page="encryption", group="PGP"),
+    _P("pgp_wkd", "PGP key lookup (WKD)", Boolean(), False,
+       "For a recipient with no PGP key in the keyring, whose mail must be encrypted, look "
+       "the key up in the Web Key Directory of the recipient's domain (HTTPS to "
+       "openpgpkey.<domain>, else <domain>; names resolved with the MTA's DNS servers; a few "
+       "seconds at most, then the next method). What is found is stored in the keyring, "
+       "trusted only as PGP trust discovered keys says.", page="encryption", group="PGP"),
+    _P("pgp_autocrypt", "PGP keys from Autocrypt", Boolean(), False,
+       "Collect the key in the Autocrypt header of mail from external senders (the "
+       "sender's setting), when its address is the From address and a user ID of the key. "
+       "Stored in the keyring, trusted only as PGP trust discovered keys says.",
+       page="encryption", group="PGP"),
+    _P("pgp_discovered_trust", "PGP trust discovered keys", Boolean(), False,
+       "Keys found by WKD or Autocrypt for addresses of this domain (or user) are trusted "
+       "at once. Off: they wait, untrusted, until an administrator trusts them (PGP keys). "
+       "Anyone can send mail with an Autocrypt header in another's name: trust those only "
+       "for domains whose mail is authenticated on the way in.",
+       page="encryption", group="PGP"),
     # The portal (the recipient's side in the browser).
     _P("webmail_totp_required", "Second factor required", Boolean(), False,
        "Recipients must use a one-time code from an authenticator app (TOTP) as well as "

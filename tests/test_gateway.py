@@ -21,6 +21,7 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from cipherd.core.envelope import Envelope, Outcome
+from cipherd.mpa.discovery import KeyDiscovery
 from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, read_tunnel, tunnel_id
 from cipherd.pki import smime
@@ -38,7 +39,7 @@ from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import RecordingSubmission, SynchronousRunner, migrated_store, result_of
 from cipherd.testing.certificates import MemoryOCSPClient
-from cipherd.testing.pgp import MemoryKeyring
+from cipherd.testing.pgp import MemoryKeyDirectory, MemoryKeyring
 from tests.pki_factory import EMAIL_EKU, START, make_ca, make_user
 
 NOW = START + timedelta(days=10)
@@ -81,10 +82,13 @@ class World:
         self.submission = RecordingSubmission()
         self.submitted = self.submission.submitted
         self.keyring = MemoryKeyring(self.clock)
+        self.directory = MemoryKeyDirectory()
         self.gateway = Gateway(self.settings, self.certificates, self.engine, self.keyring,
                                PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
                                LayerOpener(self.engine, PGPOpener(
                                    self.keyring, SequoiaOpenPGP(), SynchronousRunner())),
+                               KeyDiscovery(self.keyring, self.directory, SequoiaOpenPGP(),
+                                            SynchronousRunner(), self.clock),
                                lambda: self.config, self.clock)
         self.processor: IMessageProcessor = self.gateway
         self.set(GLOBAL, webmail_sender=WEBMAIL_SENDER, webmail_recipient=WEBMAIL_RECIPIENT)

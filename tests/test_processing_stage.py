@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 
 from cipherd.core.envelope import Envelope, Outcome
 from cipherd.mpa.composite import Composite
+from cipherd.mpa.discovery import KeyDiscovery
 from cipherd.mpa.gateway import Gateway
 from cipherd.pki.engine import LayerOpener, SmimeEngine
 from cipherd.pki.pgp import SequoiaOpenPGP
@@ -34,6 +35,7 @@ from cipherd.smtp.queue import MIN_BACKOFF, PROCESSED, ISubmission
 from cipherd.smtp.server import ReceivePolicy
 from cipherd.smtp.spool import ISpool
 from cipherd.testing import SynchronousRunner, result_of
+from cipherd.testing.pgp import MemoryKeyDirectory
 from tests.crash_at_commit import NOTICE, TUNNEL, Splitting
 from tests.crash_at_commit import PROCESSED as PROCESSED_CONTENT
 from tests.test_gateway import RECEIVED, SENT, pki  # noqa: F401
@@ -114,6 +116,8 @@ def test_a_deferred_smime_message_is_not_signed_and_encrypted_again(
                       world_of_pki.keyring, PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
                       LayerOpener(engine, PGPOpener(world_of_pki.keyring, SequoiaOpenPGP(),
                                                     SynchronousRunner())),
+                      KeyDiscovery(world_of_pki.keyring, MemoryKeyDirectory(), SequoiaOpenPGP(),
+                                   SynchronousRunner(), world_of_pki.clock),
                       lambda: world_of_pki.config, world_of_pki.clock)
     world_of_pki.set(GLOBAL, encrypt_mode="mandatory")
     world = World(tmp_path, processor=gateway)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from twisted.internet.task import Clock
 
 from cipherd.core.envelope import Envelope
+from cipherd.mpa.discovery import KeyDiscovery
 from cipherd.mpa.gateway import Gateway
 from cipherd.pki import cms, smime
 from cipherd.pki.certstore import CertificateStore
@@ -39,7 +40,7 @@ from cipherd.smtp.processing import ProcessingResult
 from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
-from cipherd.testing.pgp import MemoryKeyring
+from cipherd.testing.pgp import MemoryKeyDirectory, MemoryKeyring
 from tests.conftest import Appliance
 from tests.peers import require_tool, run
 from tests.pki_factory import make_ca, make_user
@@ -116,6 +117,8 @@ class Bob:
                                                          SynchronousRunner()))
         self.gateway = Gateway(self.settings, self.certificates, self.engine, self.keyring,
                                PGPEngine(SequoiaOpenPGP(), SynchronousRunner()), self.opener,
+                               KeyDiscovery(self.keyring, MemoryKeyDirectory(), SequoiaOpenPGP(),
+                                            SynchronousRunner(), self.clock),
                                lambda: self.config, self.clock)
 
     def open(self, message: bytes) -> OpenedLayers:

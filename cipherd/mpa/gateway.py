@@ -51,6 +51,7 @@ from cipherd.core.headers import (
 )
 from cipherd.logs import mail_logger
 from cipherd.mpa import policy
+from cipherd.mpa.discovery import KeyDiscovery
 from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki.certs import describe_name
@@ -92,13 +93,15 @@ class Gateway:
 
     def __init__(self, settings: IAddressSettings, certificates: ICertificateStore,
                  engine: SmimeEngine, keyring: IKeyring, pgp: PGPEngine, opener: LayerOpener,
-                 mta: Callable[[], MTAConfig], clock: IReactorTime) -> None:
+                 discovery: KeyDiscovery, mta: Callable[[], MTAConfig],
+                 clock: IReactorTime) -> None:
         self._settings = settings
         self._certificates = certificates
         self._engine = engine
         self._keyring = keyring
         self._pgp = pgp
         self._opener = opener
+        self._discovery = discovery
         self._mta = mta
         self._clock = clock
 
@@ -134,6 +137,12 @@ class Gateway:
                 "deferred", "4.3.0", "Email is not a relay email: the relay recipient is not "
                 f"set or is not {', '.join(envelope.recipients)} (Settings → General)"), "none")
             return results.result()
+        if sender_settings["pgp_autocrypt"] and any(name == "autocrypt" for name, _ in fields) \
+                and envelope.sender and not receive.relay_domain(
+                    canonical_address(envelope.sender)) \
+                and sender_settings["locality"] != policy.INTERNAL:
+            await self._discovery.autocrypt(
+                fields, trusted=bool(sender_settings["pgp_discovered_trust"]))
         subject = next((value for name, value in fields if name == "subject"), "")
         trigger = policy.find_trigger(sender_settings, subject, fields)
         signer: Any = None
@@ -157,6 +166,11 @@ class Gateway:
                 facts = replace(facts, certificates=tuple(found), can_sign=signer is not None)
             if policy.needs_pgp_keys(facts):
                 keys = await self._keyring.encryption_keys(canonical[recipient])
+                if not keys.keys and not keys.refused and policy.may_look_up_pgp_key(facts) \
+                        and await self._discovery.look_up(
+                            canonical[recipient],
+                            trusted=bool(known[recipient]["pgp_discovered_trust"])):
+                    keys = await self._keyring.encryption_keys(canonical[recipient])
                 pgp_keys[recipient] = keys.keys
                 if keys.keys and not pgp_signer_looked_up and sender_settings["pgp_sign"]:
                     pgp_signer = envelope.sender and await self._keyring.signer(

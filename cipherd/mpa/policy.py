@@ -171,6 +171,16 @@ def needs_pgp_keys(facts: Facts) -> bool:
             and not isinstance(_smime(facts, False), Decision))
 
 
+def may_look_up_pgp_key(facts: Facts) -> bool:
+    """
+    Whether a recipient the keyring has no PGP key for may have it looked
+    up in its domain's Web Key Directory: PGP would be used, the message
+    must be encrypted, and the recipient's I{PGP key lookup (WKD)} is on.
+    """
+    return (needs_pgp_keys(facts) and bool(facts.recipient_settings["pgp_wkd"])
+            and (encrypt_mode(facts) == "mandatory" or facts.trigger is not None))
+
+
 # A method offers a decision, or says why it cannot (for the log and the
 # bounce).
 Offer = Callable[[Facts, bool], "Decision | str"]

@@ -34,6 +34,8 @@ from cipherd.threads import IBlockingRunner
 
 ADMIN = "admin"
 GENERATED = "generated"
+WKD = "wkd"  # found in a Web Key Directory
+AUTOCRYPT = "autocrypt"  # collected from an Autocrypt header
 
 # How often a node asks whether another node changed the keyring, at most.
 POLL_INTERVAL = 1.0

@@ -1,5 +1,5 @@
 """
-An OpenPGP keyring in memory: the L{IKeyring} fake for tests of what uses
+An OpenPGP keyring and a Web Key Directory in memory: the L{IKeyring} fake for tests of what uses
 one (processing, the admin), and the plain reference the real keyring's
 caches are held to: it keeps the keys and their trust and works every
 answer out afresh at the clock's time.
@@ -11,10 +11,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from cipherd.core.addresses import canonical_address
+from cipherd.mpa.discovery import IKeyDirectory, WKDError, wkd_locations
 from cipherd.pki.keyring import (
     ADMIN,
     GENERATED,
@@ -156,3 +158,28 @@ class MemoryKeyring:
                 except PGPError:
                     continue
         return list(found.values())
+
+
+@implementer(IKeyDirectory)
+class MemoryKeyDirectory:
+    """
+    The L{IKeyDirectory} fake: a directory of keys by address; addresses in
+    C{slow} are never answered (a dead directory), those in C{broken} fail.
+
+    @ivar asked: the addresses asked for, in order.
+    """
+
+    def __init__(self) -> None:
+        self.keys: dict[str, bytes] = {}
+        self.slow: set[str] = set()
+        self.broken: dict[str, str] = {}
+        self.asked: list[str] = []
+
+    def fetch(self, address: str) -> Deferred[tuple[bytes | None, str]]:
+        self.asked.append(address)
+        url = wkd_locations(address)[0].url
+        if address in self.slow:
+            return Deferred()
+        if address in self.broken:
+            return fail(WKDError(self.broken[address]))
+        return succeed((self.keys.get(address), url))
