@@ -191,6 +191,71 @@ def test_the_keyring_finds_trusts_and_forgets(store: Store, which: str) -> None:
     assert result_of(keyring.signer("dora@example.org")) is not None
 
 
+@pytest.fixture(scope="module")
+def certified(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """
+    GnuPG's keys: two introducers (RSA and ECDSA P-256), Tom's key
+    (Ed25519/Cv25519) with two user IDs, of which the RSA introducer
+    certified one and the ECDSA introducer both, and Uma's, certified by
+    nobody.
+    """
+    home = tmp_path_factory.mktemp("introducers") / "gnupg"
+    home.mkdir(mode=0o700)
+    env = dict(os.environ, GNUPGHOME=str(home))
+    gpg = require_tool("gpg")
+    for user_id, algorithm in (("Ivy <ivy@ca.example>", "rsa2048"),
+                               ("Ian <ian@ca.example>", "nistp256"),
+                               ("Tom <tom@example.net>", "future-default"),
+                               ("Uma <uma@example.net>", "future-default")):
+        run([gpg, "--batch", "--passphrase", "", "--quick-gen-key", user_id, algorithm,
+             "default", "never"], env=env)
+    tom = run([gpg, "--batch", "--with-colons", "--list-keys", "tom@example.net"],
+              env=env).stdout.decode()
+    fingerprint = next(line.split(":")[9] for line in tom.splitlines()
+                       if line.startswith("fpr:"))
+    run([gpg, "--batch", "--quick-add-uid", fingerprint, "Tom <tom@work.example>"], env=env)
+    run([gpg, "--batch", "--yes", "--default-key", "ivy@ca.example", "--quick-sign-key",
+         fingerprint, "Tom <tom@example.net>"], env=env)
+    run([gpg, "--batch", "--yes", "--default-key", "ian@ca.example", "--quick-sign-key",
+         fingerprint], env=env)
+    return {name: run([gpg, "--batch", "--export", f"{name}@"], env=env).stdout
+            for name in ("ivy", "ian", "tom", "uma")}
+
+
+@pytest.mark.parametrize("which", ["database", "memory"])
+def test_keys_certified_by_a_trusted_introducer_are_trusted(
+        store: Store, which: str, certified: dict[str, bytes]) -> None:
+    clock = Clock()
+    clock.advance(time.time() + 60)
+    keyring = _keyrings(store, clock)[0 if which == "database" else 1]
+    for name in ("ivy", "ian"):
+        result_of(keyring.import_keys(certified[name]))
+    for name in ("tom", "uma"):
+        result_of(keyring.import_keys(certified[name], trusted=False))
+    (ivy,) = result_of(keyring.listing(email="ivy@ca.example"))
+    (ian,) = result_of(keyring.listing(email="ian@ca.example"))
+    (tom,) = result_of(keyring.listing(email="tom@example.net"))
+    assert "the key is not trusted" in result_of(
+        keyring.encryption_keys("tom@example.net")).reason()
+    # Ivy (RSA) certified tom@example.net only; Tom's other address and
+    # Uma (certified by nobody) stay untrusted.
+    assert result_of(keyring.set_introducer(ivy.fingerprint, True))
+    assert [k.fingerprint for k in result_of(keyring.encryption_keys("tom@example.net")).keys
+            ] == [tom.fingerprint]
+    assert result_of(keyring.keys_for("tom@example.net"))[0].introduced_by == ivy.fingerprint
+    assert not result_of(keyring.encryption_keys("tom@work.example")).keys
+    assert not result_of(keyring.encryption_keys("uma@example.net")).keys
+    # Ian (ECDSA P-256) certified both of Tom's.
+    assert result_of(keyring.set_introducer(ian.fingerprint, True))
+    assert result_of(keyring.encryption_keys("tom@work.example")).keys
+    # An introducer no longer trusted introduces nobody.
+    for introducer in (ivy, ian):
+        result_of(keyring.set_trusted(introducer.fingerprint, False))
+    assert not result_of(keyring.encryption_keys("tom@example.net")).keys
+    assert not result_of(keyring.get(tom.fingerprint)).trusted  # type: ignore[union-attr]
+    assert result_of(keyring.get(ivy.fingerprint)).introducer  # type: ignore[union-attr]
+
+
 def test_secret_keys_are_sealed_with_their_passphrase(store: Store) -> None:
     clock = Clock()
     clock.advance(NOW.timestamp())

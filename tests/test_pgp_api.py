@@ -97,6 +97,7 @@ def test_list_shows_each_key_with_its_verdict(api: AdminHarness) -> None:
         "expires": None,
         "revoked": False,
         "trusted": True,
+        "introducer": False,
         "secret": False,
         "source": "admin",
         "valid": True,
@@ -231,11 +232,21 @@ def test_trust_toggle(api: AdminHarness) -> None:
     assert call(api, "PATCH", f"/pgp/keys/{BOB}", {"trusted": False}).json()["trusted"] is False
     assert call(api, "GET", "/pgp/keys").json()["keys"][0]["trusted"] is False
 
-    for body in ({"trusted": "yes"}, {}, ["trusted"], {"trusted": 1}):
+    # A trusted introducer: both at once.
+    both = call(api, "PATCH", f"/pgp/keys/{BOB}", {"trusted": True, "introducer": True})
+    assert (both.json()["trusted"], both.json()["introducer"]) == (True, True)
+    assert call(api, "PATCH", f"/pgp/keys/{BOB}", {"introducer": False}).json()[
+        "introducer"] is False
+    for body, errors in (({"trusted": "yes"}, {"trusted": "must be true or false"}),
+                         ({}, {"trusted": "must be true or false"}),
+                         (["trusted"], {"trusted": "must be true or false"}),
+                         ({"trusted": 1}, {"trusted": "must be true or false"}),
+                         ({"introducer": "no"}, {"introducer": "must be true or false"}),
+                         ({"trusted": True, "other": 1}, {"trusted": "must be true or false"})):
         wrong = call(api, "PATCH", f"/pgp/keys/{BOB}", body)
         assert (wrong.code, wrong.json()) == (400, {
-            "error": 'Send {"trusted": true} or {"trusted": false}.',
-            "errors": {"trusted": "must be true or false"}}), body
+            "error": 'Send {"trusted": true|false} and/or {"introducer": true|false}.',
+            "errors": errors}), body
     not_json = call(api, "PATCH", f"/pgp/keys/{BOB}", raw=b'{"trusted": true}')
     assert not_json.code == 415
     for missing in ("AB" * 20, "nope"):

@@ -263,6 +263,25 @@ def test_trust_toggle_needs_the_forms_token(admin: AdminHarness) -> None:
                                csrf=admin.csrf_from(details)).code == 404
 
 
+def test_introducer_toggle(admin: AdminHarness) -> None:
+    import_file(admin, key_file(BOB_FILE))
+    details = admin.get(f"/pgp/keys/{BOB}")
+    assert "<dt>Introducer</dt><dd>no</dd>" in details.text
+    assert admin.post_form(f"/pgp/keys/{BOB}/introducer", {"introducer": "yes"},
+                           csrf=None).code == 403
+    made = admin.post_form(f"/pgp/keys/{BOB}/introducer", {"introducer": "yes"},
+                           csrf=admin.csrf_from(details))
+    assert made.header("location") == f"/pgp/keys/{BOB}?changed=introducer"
+    after = admin.get(f"/pgp/keys/{BOB}?changed=introducer").text
+    assert "The key is now a trusted introducer." in after
+    assert '<button type="submit">Not an introducer</button>' in after
+    assert result_of(admin.keyring.get(BOB)).introducer  # type: ignore[union-attr]
+    assert '<span class="badge" title="The keys it certifies are trusted">introducer</span>' \
+        in admin.get("/pgp/keys").text
+    assert admin.post_form(f"/pgp/keys/{BOB}/introducer", {"introducer": "maybe"},
+                           csrf=admin.csrf_from(details)).code == 404
+
+
 def test_delete_needs_the_forms_token(admin: AdminHarness) -> None:
     import_file(admin, key_file(ALICE_SECRET_FILE), passphrase=ALICE_PASSPHRASE)
     details = admin.get(f"/pgp/keys/{ALICE}")

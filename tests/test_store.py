@@ -533,3 +533,24 @@ def test_a_postgresql_server_that_is_down_is_an_unavailable_database() -> None:
     assert failure[0].check(DatabaseUnavailable), failure
     assert "refused" in failure[0].value.reason.lower()
     store.close()
+
+
+def test_a_version_7_keyring_gets_its_introducer_column(database_url: str) -> None:
+    engine = _engine(database_url)
+    with engine.begin() as conn:
+        migrate(conn, migrations=MIGRATIONS[:6])  # a database of version 7
+        # The keyring's table as version 7 made it: no introducer column.
+        conn.execute(text("DROP TABLE pgp_keys"))
+        binary = "BYTEA" if "postgresql" in database_url else "BLOB"
+        conn.execute(text(
+            f"CREATE TABLE pgp_keys (fingerprint VARCHAR(64) PRIMARY KEY, public {binary}, "
+            f"secret {binary}, user_ids TEXT NOT NULL, created FLOAT NOT NULL, expires FLOAT, "
+            "revoked BOOLEAN NOT NULL, trusted BOOLEAN NOT NULL, source VARCHAR(16) NOT NULL, "
+            "imported FLOAT NOT NULL)"))
+        conn.execute(text("INSERT INTO pgp_keys VALUES ('ab', NULL, NULL, '[]', 1, NULL, "
+                          "FALSE, TRUE, 'admin', 1)"))
+    with engine.begin() as conn:
+        assert migrate(conn) == (7, LATEST)
+        assert tuple(conn.execute(text("SELECT trusted, introducer FROM pgp_keys")).one()) == (
+            True, False)
+    engine.dispose()

@@ -26,7 +26,8 @@ from zope.interface import Attribute, Interface, implementer
 from cipherd.core.addresses import canonical_address
 from cipherd.pki.certstore import _Recent
 from cipherd.pki.keywrap import KeyUnsealError, seal_bytes, unseal_bytes
-from cipherd.pki.pgp import IOpenPGP, PGPError, PGPKey
+from cipherd.pki.pgp import IOpenPGP, PGPError, PGPKey, emails_of
+from cipherd.pki.pgpcert import certified_user_ids
 from cipherd.store import Store
 from cipherd.store import certificates as certificate_queries
 from cipherd.store import pgpkeys as q
@@ -53,6 +54,8 @@ class StoredKey:
     trusted: bool
     source: str
     imported: float
+    introducer: bool = False
+    introduced_by: str = ""  # the introducer that certified it, for the address asked
 
     @property
     def fingerprint(self) -> str:
@@ -141,6 +144,15 @@ class IKeyring(Interface):
         @return: whether the key is stored.
         """
 
+    async def set_introducer(fingerprint: str, introducer: bool) -> bool:
+        """
+        Mark the key as a trusted introducer (or not): the keys it has
+        certified for an address are encrypted to as if trusted, while it
+        is trusted and valid itself.
+
+        @return: whether the key is stored.
+        """
+
     async def delete(fingerprint: str) -> bool:
         """
         @return: whether the key was stored.
@@ -186,13 +198,33 @@ def for_encryption(stored: Iterable[StoredKey], now: float) -> EncryptionKeys:
     refused: list[str] = []
     for entry in stored:
         problem = entry.key.encryption_problem(now)
-        if problem is None and not entry.trusted:
+        if problem is None and not entry.trusted and not entry.introduced_by:
             problem = "the key is not trusted"
         if problem is None:
             keys.append(entry.key)
         else:
             refused.append(f"PGP key {entry.fingerprint.upper()}: {problem}")
     return EncryptionKeys(tuple(keys), tuple(refused))
+
+
+def introduced(stored: Sequence[StoredKey], introducers: Sequence[StoredKey], email: str,
+               now: float) -> list[StoredKey]:
+    """
+    C{stored} (an address's keys), each untrusted one that a valid trusted
+    introducer certified for C{email} marked with the introducer (CPU work).
+    """
+    valid = [i.key for i in introducers if i.trusted and i.key.problem(now) is None]
+    if not valid:
+        return list(stored)
+    marked = []
+    for entry in stored:
+        if not entry.trusted:
+            for introducer in valid:
+                if email in emails_of(certified_user_ids(entry.key, introducer, now)):
+                    entry = replace(entry, introduced_by=introducer.fingerprint)
+                    break
+        marked.append(entry)
+    return marked
 
 
 def normal_email(email: str) -> str:
@@ -288,7 +320,7 @@ class Keyring:
             except KeyUnsealError:
                 secret = None
             key = replace(key, secret=secret)
-        return StoredKey(key, row.trusted, row.source, row.imported)
+        return StoredKey(key, row.trusted, row.source, row.imported, row.introducer)
 
     def _parse_all(self, rows: Sequence[q.PGPKeyRow]) -> list[StoredKey]:
         parsed = []
@@ -330,6 +362,11 @@ class Keyring:
             return kept
         epoch = self._epoch
         found = await self._rows(q.find_by_email, email)
+        if any(not k.trusted for k in found):
+            introducers = await self._rows(q.introducers)
+            if introducers:
+                found = await self._crypto.run(introduced, found, introducers, email,
+                                               self.now())
         if epoch == self._epoch:
             self._addresses.put(email, found)
         return found
@@ -437,6 +474,13 @@ class Keyring:
         try:
             return await self._store.run(q.set_trusted, normal_fingerprint(fingerprint),
                                          trusted)
+        finally:
+            self._changed()
+
+    async def set_introducer(self, fingerprint: str, introducer: bool) -> bool:
+        try:
+            return await self._store.run(q.set_introducer, normal_fingerprint(fingerprint),
+                                         introducer)
         finally:
             self._changed()
 

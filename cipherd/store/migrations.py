@@ -81,6 +81,14 @@ def _pgp_keyring(conn: Connection) -> None:
                                              schema.pgp_key_ids])
 
 
+def _pgp_introducers(conn: Connection) -> None:
+    # A database that was before version 7 got the column with the table
+    # (step 7 creates pgp_keys as schema.py has it now).
+    if "introducer" not in {c["name"] for c in inspect(conn).get_columns("pgp_keys")}:
+        conn.execute(text("ALTER TABLE pgp_keys ADD COLUMN introducer BOOLEAN NOT NULL "
+                          "DEFAULT FALSE"))
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -90,6 +98,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(6, "indexes for certificate lists, CA certificates and certificates with keys",
               _certificate_indexes),
     Migration(7, "the OpenPGP keyring", _pgp_keyring),
+    Migration(8, "trusted introducers in the OpenPGP keyring", _pgp_introducers),
 )
 
 

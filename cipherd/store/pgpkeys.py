@@ -30,6 +30,7 @@ class PGPKeyRow:
     trusted: bool
     source: str
     imported: float
+    introducer: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def _row(r: object) -> PGPKeyRow:
         fingerprint=r.fingerprint, public=r.public, secret=r.secret,  # type: ignore[attr-defined]
         user_ids=tuple(json.loads(r.user_ids)), created=r.created,  # type: ignore[attr-defined]
         expires=r.expires, revoked=bool(r.revoked),  # type: ignore[attr-defined]
-        trusted=bool(r.trusted), source=r.source, imported=r.imported)  # type: ignore[attr-defined]
+        trusted=bool(r.trusted), source=r.source, imported=r.imported,  # type: ignore[attr-defined]
+        introducer=bool(r.introducer))  # type: ignore[attr-defined]
 
 
 def put_key(conn: Connection, key: NewPGPKey, now: float) -> bool:
@@ -161,13 +163,30 @@ def count_keys(conn: Connection, *, text: str = "", email: str = "") -> int:
     return int(conn.execute(query).scalar() or 0)
 
 
-def set_trusted(conn: Connection, fingerprint: str, trusted: bool) -> bool:
+def _mark(conn: Connection, fingerprint: str, **values: bool) -> bool:
     lock_counter(conn)
     changed = conn.execute(update(pgp_keys).where(pgp_keys.c.fingerprint == fingerprint)
-                           .values(trusted=trusted)).rowcount > 0
+                           .values(**values)).rowcount > 0
     if changed:
         count_change(conn)
     return changed
+
+
+def set_trusted(conn: Connection, fingerprint: str, trusted: bool) -> bool:
+    return _mark(conn, fingerprint, trusted=trusted)
+
+
+def set_introducer(conn: Connection, fingerprint: str, introducer: bool) -> bool:
+    return _mark(conn, fingerprint, introducer=introducer)
+
+
+def introducers(conn: Connection) -> list[PGPKeyRow]:
+    """
+    The keys marked as trusted introducers that are trusted themselves.
+    """
+    return [_row(r) for r in conn.execute(
+        select(pgp_keys).where(pgp_keys.c.introducer.is_(True), pgp_keys.c.trusted.is_(True))
+        .order_by(pgp_keys.c.fingerprint))]
 
 
 def delete_key(conn: Connection, fingerprint: str) -> bool:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -279,6 +280,8 @@ pgp_keys = Table(
     Column("trusted", Boolean, nullable=False),
     Column("source", String(16), nullable=False),  # admin, generated, wkd, autocrypt
     Column("imported", Float, nullable=False),
+    # A trusted introducer: the keys it certifies are trusted (version 8).
+    Column("introducer", Boolean, nullable=False, server_default=false()),
 )
 
 # The addresses of a key's user IDs, canonical and lower case, as for

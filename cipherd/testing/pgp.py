@@ -25,6 +25,7 @@ from cipherd.pki.keyring import (
     ImportedKey,
     StoredKey,
     for_encryption,
+    introduced,
     normal_email,
     normal_fingerprint,
 )
@@ -38,6 +39,7 @@ class _Entry:
     trusted: bool
     source: str
     imported: float
+    introducer: bool = False
 
 
 @implementer(IKeyring)
@@ -55,7 +57,8 @@ class MemoryKeyring:
         pass  # nothing kept
 
     def _stored(self, entry: _Entry) -> StoredKey:
-        return StoredKey(entry.key, entry.trusted, entry.source, entry.imported)
+        return StoredKey(entry.key, entry.trusted, entry.source, entry.imported,
+                         entry.introducer)
 
     async def import_keys(self, data: bytes, *, passphrase: str | None = None,
                           trusted: bool | None = True, source: str = ADMIN
@@ -112,13 +115,20 @@ class MemoryKeyring:
     async def count(self, *, text: str = "", email: str = "") -> int:
         return len(self._matching(text, email))
 
-    async def set_trusted(self, fingerprint: str, trusted: bool) -> bool:
+    def _mark(self, fingerprint: str, **values: bool) -> bool:
         entry = self._keys.get(normal_fingerprint(fingerprint))
         if entry is None:
             return False
-        entry.trusted = trusted
+        for name, value in values.items():
+            setattr(entry, name, value)
         self.changes += 1
         return True
+
+    async def set_trusted(self, fingerprint: str, trusted: bool) -> bool:
+        return self._mark(fingerprint, trusted=trusted)
+
+    async def set_introducer(self, fingerprint: str, introducer: bool) -> bool:
+        return self._mark(fingerprint, introducer=introducer)
 
     async def delete(self, fingerprint: str) -> bool:
         self.changes += 1
@@ -130,7 +140,7 @@ class MemoryKeyring:
                       key=lambda e: (-e.key.created, e.key.fingerprint))
 
     async def encryption_keys(self, email: str) -> EncryptionKeys:
-        return for_encryption((self._stored(e) for e in self._for(email)), self.now())
+        return for_encryption(await self.keys_for(email), self.now())
 
     async def signer(self, email: str) -> tuple[PGPKey, Any] | None:
         now = self.now()
@@ -144,7 +154,9 @@ class MemoryKeyring:
         return None
 
     async def keys_for(self, email: str) -> list[StoredKey]:
-        return [self._stored(e) for e in self._for(email)]
+        introducers = [self._stored(e) for e in self._keys.values() if e.introducer]
+        return introduced([self._stored(e) for e in self._for(email)], introducers,
+                          normal_email(email), self.now())
 
     async def decryptors(self, emails: Collection[str]) -> list[tuple[PGPKey, Any]]:
         found: dict[str, tuple[PGPKey, Any]] = {}

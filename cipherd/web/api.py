@@ -55,6 +55,7 @@ from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
 from cipherd.web.backend import (
     FINGERPRINT,
+    PGP_MARKS,
     RELAY_RECIPIENT,
     WEBMAIL_CERTIFICATE_AVAILABLE,
     WEBMAIL_SENDER,
@@ -927,21 +928,27 @@ class AdminAPI:
     async def patch_pgp_key(self, request: IRequest, admin: AdminRow,
                             fingerprint: str) -> bytes:
         """
-        C{{"trusted": true|false}}: whether mail is encrypted to the key.
+        C{{"trusted": true|false}}: whether mail is encrypted to the key;
+        C{{"introducer": true|false}}: whether the keys it certifies are
+        trusted (either or both).
         """
         if not FINGERPRINT.fullmatch(fingerprint):  # a 404 before the body's 400
             return self._no_such_key(request)
         body = _json_body(request)
-        trusted = body.get("trusted") if isinstance(body, dict) else None
-        if not isinstance(trusted, bool):
-            raise _BadRequest('Send {"trusted": true} or {"trusted": false}.',
-                              {"trusted": "must be true or false"})
+        changes = {name: body[name] for name in ("trusted", "introducer")
+                   if isinstance(body, dict) and name in body}
+        wrong = {name: "must be true or false" for name, value in changes.items()
+                 if not isinstance(value, bool)}
+        if wrong or not changes or (isinstance(body, dict) and set(body) - set(changes)):
+            raise _BadRequest('Send {"trusted": true|false} and/or {"introducer": true|false}.',
+                              wrong or {"trusted": "must be true or false"})
         keyring = self.backend.keyring
-        if not await self.backend.set_pgp_trust(fingerprint, trusted):
-            return self._no_such_key(request)
-        log.info("Admin {account!r} marked the PGP key {fingerprint} {trust} through the API",
-                 account=admin.name, fingerprint=fingerprint.upper(),
-                 trust="trusted" if trusted else "untrusted")
+        for name, value in changes.items():
+            if not await self.backend.mark_pgp_key(fingerprint, name, value):
+                return self._no_such_key(request)
+            log.info("Admin {account!r} marked the PGP key {fingerprint} {trust} through the "
+                     "API", account=admin.name, fingerprint=fingerprint.upper(),
+                     trust=PGP_MARKS[name][value])
         stored = await keyring.get(fingerprint)
         if stored is None:  # deleted in between
             return self._no_such_key(request)
@@ -1108,6 +1115,7 @@ def _pgp_key_json(stored: StoredKey, now: float) -> dict[str, Any]:
         "expires": _when(key.expires),
         "revoked": key.revoked,
         "trusted": stored.trusted,
+        "introducer": stored.introducer,
         "secret": key.secret is not None,
         "source": stored.source,
         "valid": problem is None,

@@ -259,12 +259,17 @@ class AdminBackend:
             return None
         return await self.keyring.get(fingerprint)
 
-    async def set_pgp_trust(self, fingerprint: str, trusted: bool) -> bool:
+    async def mark_pgp_key(self, fingerprint: str, mark: str, value: bool) -> bool:
         """
+        Set a key's C{"trusted"} or C{"introducer"} mark (see L{PGP_MARKS}).
+
         @return: whether there is such a key.
         """
-        return bool(FINGERPRINT.fullmatch(fingerprint)) and await self.keyring.set_trusted(
-            fingerprint, trusted)
+        if not FINGERPRINT.fullmatch(fingerprint):
+            return False
+        if mark == "trusted":
+            return await self.keyring.set_trusted(fingerprint, value)
+        return await self.keyring.set_introducer(fingerprint, value)
 
     async def delete_pgp_key(self, fingerprint: str) -> bool:
         """
@@ -443,3 +448,8 @@ async def send_test_email(backend: AdminBackend, sender: str, recipients: list[s
     content = compose(sender=sender, recipients=recipients, subject=subject, body=body,
                       now=backend.queue_runner.now(), my_hostname=config.my_hostname)
     return await backend.queue_runner.submit(sender, recipients, content, "local (admin)")
+
+
+# A PGP key's marks, and how the log says each value.
+PGP_MARKS = {"trusted": ("untrusted", "trusted"),
+             "introducer": ("not an introducer", "a trusted introducer")}

@@ -18,7 +18,7 @@ from twisted.web.iweb import IRequest
 from cipherd.pki.keyring import ImportedKey, StoredKey
 from cipherd.pki.pgp import PGPError
 from cipherd.web.auth import AdminSession
-from cipherd.web.backend import FINGERPRINT, generated_key_problems
+from cipherd.web.backend import FINGERPRINT, PGP_MARKS, generated_key_problems
 from cipherd.web.common import (
     UPLOAD_DEADLINE,
     SiteApp,
@@ -36,6 +36,10 @@ PGP_KEYS_TYPE = b"application/pgp-keys"
 _GROUP = 4
 
 log = Logger(namespace="cipherd.admin")
+
+# Where a key came from, as the pages say it.
+SOURCES = {"admin": "imported", "generated": "generated here",
+           "wkd": "found in a Web Key Directory", "autocrypt": "collected from Autocrypt"}
 
 
 def grouped(fingerprint: str) -> str:
@@ -86,7 +90,7 @@ class PGPPages(AdminPages):
             request, "pgp_keys.html", session, section="pgp", title="PGP keys",
             entries=[(e, e.key.encryption_problem(now)) for e in entries], page=page,
             pages=pages, total=total, first=(page - 1) * PAGE_SIZE + 1, q=text,
-            imported=imported, grouped=grouped,
+            imported=imported, grouped=grouped, sources=SOURCES,
             # Only a fingerprint is said back: the query is anyone's to write.
             deleted=deleted if FINGERPRINT.fullmatch(deleted) else None,
         )
@@ -197,8 +201,8 @@ class PGPPages(AdminPages):
         return self.render(
             request, "pgp_key.html", session, section="pgp", title="PGP key", stored=stored,
             key=stored.key, problem=stored.key.encryption_problem(now), now=now,
-            fingerprint=stored.fingerprint.upper(), grouped=grouped,
-            changed=changed if changed in ("trust", "generated") else None,
+            fingerprint=stored.fingerprint.upper(), grouped=grouped, sources=SOURCES,
+            changed=changed if changed in ("trust", "introducer", "generated") else None,
         )
 
     @app.route("/keys/<fingerprint>/trust", methods=["POST"])
@@ -208,16 +212,29 @@ class PGPPages(AdminPages):
         """
         C{trusted=yes} or C{no}: whether mail is encrypted to the key.
         """
-        choice = arg(request, "trusted")
+        return await self._mark(request, session, fingerprint, "trusted", "trust")
+
+    @app.route("/keys/<fingerprint>/introducer", methods=["POST"])
+    @authenticated
+    async def set_introducer(self, request: IRequest, session: AdminSession,
+                             fingerprint: str) -> bytes:
+        """
+        C{introducer=yes} or C{no}: whether the keys it certifies are trusted.
+        """
+        return await self._mark(request, session, fingerprint, "introducer", "introducer")
+
+    async def _mark(self, request: IRequest, session: AdminSession, fingerprint: str,
+                    mark: str, changed: str) -> bytes:
+        choice = arg(request, mark)
         if choice not in ("yes", "no"):
             return self._no_such_key(request, session)
-        trusted = choice == "yes"
-        if not await self.backend.set_pgp_trust(fingerprint, trusted):
+        value = choice == "yes"
+        if not await self.backend.mark_pgp_key(fingerprint, mark, value):
             return self._no_such_key(request, session)
-        log.info("Admin {account!r} marked the PGP key {fingerprint} {trust}",
+        log.info("Admin {account!r} marked the PGP key {fingerprint} {what}",
                  account=session.admin_name, fingerprint=fingerprint.upper(),
-                 trust="trusted" if trusted else "untrusted")
-        return redirect(request, f"/pgp/keys/{fingerprint.upper()}?changed=trust")
+                 what=PGP_MARKS[mark][value])
+        return redirect(request, f"/pgp/keys/{fingerprint.upper()}?changed={changed}")
 
     @app.route("/keys/<fingerprint>/delete", methods=["POST"])
     @authenticated
