@@ -502,3 +502,15 @@ def test_a_running_appliance_reads_the_thunderbird_corpus_for_alice(
         assert log
     finally:
         sink.close()
+
+
+def test_a_message_of_many_blocks_opens_a_bounded_number(alices_world: World) -> None:
+    block = received("webext/msg-with-enc-openpgp-inline.eml").partition(b"\r\n\r\n")[2]
+    many = (b"From: bob@openpgp.example\r\nTo: alice@openpgp.example\r\nSubject: many\r\n"
+            b"Content-Type: text/plain\r\n\r\n" + block * 40)
+    parts = alices_world.process(ALICE, content=many, sender="bob@openpgp.example")
+    delivered = parts[(ALICE,)].content
+    found = info(delivered)
+    assert found["Layer-1"].startswith("inline PGP; 16 decrypted")
+    assert "more than 16 PGP blocks: the rest is not opened" in found["Error"]
+    assert shown(delivered).count("Somewhere over the rainbow") == 16

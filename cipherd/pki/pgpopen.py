@@ -58,6 +58,11 @@ PGP_INLINE = "pgp-inline"
 PGP_ENCRYPTED_TYPE = "application/pgp-encrypted"
 PGP_SIGNATURE_TYPE = "application/pgp-signature"
 
+# Blocks and attachments opened per message at most, and how deep parts
+# are looked into: a message is anyone's to write.
+MAX_BLOCKS = 16
+MAX_DEPTH = 16
+
 # A signature made further than this from the message's Date is not
 # believed to be this message's (an old signed text sent again).
 DATE_TOLERANCE = 24 * 3600.0
@@ -410,6 +415,16 @@ class _Found:
     signed: int = 0
     signatures: list[SignatureCheck] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    attempts: int = 0
+
+    def attempt(self) -> bool:
+        """
+        Whether one more block may be opened (L{MAX_BLOCKS}).
+        """
+        self.attempts += 1
+        if self.attempts == MAX_BLOCKS + 1:
+            self.errors.append(f"more than {MAX_BLOCKS} PGP blocks: the rest is not opened")
+        return self.attempts <= MAX_BLOCKS
 
 
 class _Inline:
@@ -435,14 +450,16 @@ class _Inline:
         return InlineResult(result, found.decrypted, found.partly, tuple(found.keys),
                             found.signed, tuple(found.signatures), tuple(found.errors))
 
-    def _walk(self, part: Message, certificates: Sequence[PGPKey], found: _Found) -> bool:
+    def _walk(self, part: Message, certificates: Sequence[PGPKey], found: _Found,
+              depth: int = 0) -> bool:
         content_type = part.get_content_type()
         if part.is_multipart():
-            if content_type in ("multipart/signed", "multipart/encrypted"):
+            if content_type in ("multipart/signed", "multipart/encrypted") \
+                    or depth >= MAX_DEPTH:
                 return False
             changed = False
             for sub in _subparts(part):
-                changed = self._walk(sub, certificates, found) or changed
+                changed = self._walk(sub, certificates, found, depth + 1) or changed
             return changed
         if content_type.startswith("message/"):
             return False
@@ -457,6 +474,8 @@ class _Inline:
 
     def _decrypt(self, data: bytes, certificates: Sequence[PGPKey], found: _Found
                  ) -> bytes | None:
+        if not found.attempt():
+            return None
         if not self._decryptors:
             found.errors.append("None of the recipients has a PGP secret key.")
             return None
@@ -488,6 +507,8 @@ class _Inline:
                 return False
             text = _html_text(text)
         for block in _SIGNED_BLOCK.findall(text):
+            if not found.attempt():
+                break
             try:
                 _, checks = self._openpgp.verify_cleartext(block.encode(charset, "replace"),
                                                            certificates)
