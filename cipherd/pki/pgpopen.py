@@ -71,6 +71,7 @@ _MESSAGE_BLOCK = re.compile(r"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE
                             re.DOTALL)
 _SIGNED_BLOCK = re.compile(r"-----BEGIN PGP SIGNED MESSAGE-----.*?-----END PGP SIGNATURE-----",
                            re.DOTALL)
+_VERSION_PART = re.compile(rb"application/pgp-encrypted", re.IGNORECASE)
 _ENCRYPTED_NAME = re.compile(r"\.(asc|pgp|gpg)$", re.IGNORECASE)
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
 # What a message with inline PGP may show in its raw bytes.
@@ -199,7 +200,9 @@ def kind(message: bytes) -> str | None:
         return PGP_ENCRYPTED
     if fields.content_type == "multipart/signed" and fields.protocol == PGP_SIGNATURE_TYPE:
         return PGP_SIGNED
-    if fields.content_type == "multipart/mixed" and _exchange_parts(message) is not None:
+    # The MS Exchange form: parsed only when it may be (most mixed mail is not).
+    if fields.content_type == "multipart/mixed" and _VERSION_PART.search(message) \
+            and _exchange_parts(message) is not None:
         return PGP_ENCRYPTED
     return None
 
