@@ -514,3 +514,66 @@ def test_a_message_of_many_blocks_opens_a_bounded_number(alices_world: World) ->
     assert found["Layer-1"].startswith("inline PGP; 16 decrypted")
     assert "more than 16 PGP blocks: the rest is not opened" in found["Error"]
     assert shown(delivered).count("Somewhere over the rainbow") == 16
+
+
+def test_another_internal_recipient_does_not_read_what_was_encrypted_to_alice(
+        alices_world: World) -> None:
+    sent = received("unsigned-encrypted-to-0xf231550c4f47e38e-from-0xfbfcc82a015e7330.eml")
+    parts = alices_world.process(ALICE, "eve@openpgp.example", content=sent,
+                                 sender="bob@openpgp.example")
+    assert CALLALOO in shown(parts[(ALICE,)].content)
+    eves = parts[("eve@openpgp.example",)].content
+    assert CALLALOO not in shown(eves)
+    assert eves.endswith(sent.partition(b"\r\n\r\n")[2])
+    assert info(eves)["Error"].startswith("PGP decryption failed: None of the recipients "
+                                          "has a PGP secret key")
+
+
+def _alices_signed_text() -> str:
+    body = received("alice-signed.eml").partition(b"\r\n\r\n")[2].decode("latin-1")
+    start = body.index("-----BEGIN PGP SIGNED MESSAGE-----")
+    return body[start:body.index("-----END PGP SIGNATURE-----") + 27]
+
+
+@pytest.mark.parametrize("shape", ["around", "alternative", "hidden-in-html"])
+def test_a_cleartext_signature_speaks_only_for_all_the_reader_sees(
+        alices_world: World, shape: str) -> None:
+    """
+    Alice's signed block with someone else's text around it, beside an HTML
+    alternative that says something else, or hidden in HTML: the summary
+    does not call the message signed.
+    """
+    block = _alices_signed_text()
+    head = ("From: alice@openpgp.example\r\nTo: alice@openpgp.example\r\nSubject: x\r\n"
+            "MIME-Version: 1.0\r\n")
+    if shape == "around":
+        message = (head + "Content-Type: text/plain; charset=iso-8859-1\r\n\r\n"
+                   "Please wire the money to the account below.\r\n" + block
+                   + "\r\nAccount 123.\r\n")
+    elif shape == "alternative":
+        message = (head + "Content-Type: multipart/alternative; boundary=a\r\n\r\n--a\r\n"
+                   "Content-Type: text/plain; charset=iso-8859-1\r\n\r\n" + block
+                   + "\r\n--a\r\nContent-Type: text/html\r\n\r\n<p>Wire the money.</p>\r\n"
+                   "--a--\r\n")
+    else:
+        message = (head + "Content-Type: text/html; charset=iso-8859-1\r\n\r\n"
+                   "<p>Wire the money.</p><div style='display:none'><pre>" + block
+                   + "</pre></div>\r\n")
+    parts = alices_world.process(ALICE, content=message.encode("latin-1"),
+                                 sender="alice@openpgp.example")
+    found = info(parts[(ALICE,)].content)
+    assert "Signed" not in found and "Signer-0" not in found, found
+    if shape == "hidden-in-html":
+        assert "Layer-1" not in found  # not checked at all
+    else:
+        assert found["Layer-1"].endswith("text beside the signed blocks is not signed")
+        assert found["Layer-1-Signer-Verified-0"] == "True"
+
+
+def test_unterminated_armor_is_read_in_one_pass(alices_world: World) -> None:
+    message = (b"From: bob@openpgp.example\r\nTo: alice@openpgp.example\r\nSubject: x\r\n"
+               b"Content-Type: text/plain\r\n\r\n"
+               + b"-----BEGIN PGP MESSAGE-----\r\n" * 8000
+               + b"-----BEGIN PGP SIGNED MESSAGE-----\r\n" * 8000)
+    parts = alices_world.process(ALICE, content=message, sender="bob@openpgp.example")
+    assert "Layer-1" not in info(parts[(ALICE,)].content)

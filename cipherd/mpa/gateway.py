@@ -393,37 +393,57 @@ class Gateway:
         each group of them gets by its I{S/MIME remove signature} setting.
         """
         content = without_fields(content, INFO_PREFIX)
-        # Decrypted with its recipients' keys only; each signer judged as
-        # the settings of its certificate's addresses say (not of an
-        # address the sender chose).
-        opened = await self._opener.open_layers(
-            content, decrypt_for=[canonical[r] for r in recipients],
-            fail_closed=self._signer_fails_closed)
+        # Each recipient's copy decrypted with that recipient's keys only
+        # (one internal recipient must not read what was encrypted to
+        # another); each signer judged as the settings of its certificate's
+        # addresses say (not of an address the sender chose).
+        first, *others = recipients
+        opened = await self._open(content, canonical[first])
         if not opened.layers:
             return [(recipients, content)]  # neither S/MIME nor PGP
-        _log_layers(envelope, opened)
-        groups: dict[bool, list[str]] = {}
+        by_recipient = {first: opened}
+        # Only decryption depends on who reads: signatures are the same for all.
+        if any(layer.encrypted or layer.kind == PGP_INLINE for layer in opened.layers):
+            for recipient in others:
+                by_recipient[recipient] = await self._open(content, canonical[recipient])
+        else:
+            by_recipient.update((recipient, opened) for recipient in others)
+        logged: set[int] = set()
+        made: dict[bytes, list[str]] = {}
         for recipient in recipients:
-            groups.setdefault(bool(known[recipient]["smime_remove_signature"]),
-                              []).append(recipient)
-        made = []
-        for remove, group in groups.items():
-            fields = _info_fields(opened, remove)
-            protection = opened.header_protection() if opened.removes(remove) else None
-            if protection is None:
-                delivered = opened.delivered(remove)
-            else:
-                # RFC 9788: the fields protected inside shown, as far as
-                # they are to be believed.
-                delivered = opened.protected_message(protection)
-                shown = ", ".join(sorted(name.decode().title() for name in protection.names))
-                fields.append((f"{INFO_PREFIX}Header-Protection", f"hp={protection.hp}; "
-                               f"shown from inside: {shown or 'none'}"
-                               + (f"; {protection.note}" if protection.note else "")))
-            # What was inside the encryption may carry our fields too.
-            delivered = without_fields(delivered, INFO_PREFIX)
-            made.append((tuple(group), with_fields(delivered, fields)))
-        return made
+            this = by_recipient[recipient]
+            if id(this) not in logged:
+                logged.add(id(this))
+                _log_layers(envelope, this)
+            delivered = _delivered(this, bool(known[recipient]["smime_remove_signature"]))
+            made.setdefault(delivered, []).append(recipient)
+        return [(tuple(group), delivered) for delivered, group in made.items()]
+
+    async def _open(self, content: bytes, recipient: str) -> OpenedLayers:
+        return await self._opener.open_layers(content, decrypt_for=[recipient],
+                                              fail_closed=self._signer_fails_closed)
+
+
+def _delivered(opened: OpenedLayers, remove: bool) -> bytes:
+    """
+    What a recipient gets of C{opened}, by its I{S/MIME remove signature}
+    setting: the message as far as opened, with our fields on top.
+    """
+    fields = _info_fields(opened, remove)
+    protection = opened.header_protection() if opened.removes(remove) else None
+    if protection is None:
+        delivered = opened.delivered(remove)
+    else:
+        # RFC 9788: the fields protected inside shown, as far as they are
+        # to be believed.
+        delivered = opened.protected_message(protection)
+        shown = ", ".join(sorted(name.decode().title() for name in protection.names))
+        fields.append((f"{INFO_PREFIX}Header-Protection", f"hp={protection.hp}; "
+                       f"shown from inside: {shown or 'none'}"
+                       + (f"; {protection.note}" if protection.note else "")))
+    # What was inside the encryption may carry our fields too.
+    delivered = without_fields(delivered, INFO_PREFIX)
+    return with_fields(delivered, fields)
 
 
 def _fails_closed(settings: Mapping[str, Any]) -> bool:
@@ -461,8 +481,11 @@ def _info_fields(opened: OpenedLayers, remove: bool) -> list[tuple[str, str]]:
     # A signature around the encryption does not cover what was inside
     # (anyone can sign ciphertext): only those inside are the summary's.
     start = max((n for n, layer in enumerate(opened.layers) if layer.decrypting), default=0)
+    # Inline: only a signature over all the reader sees (one text part,
+    # nothing beside the blocks) speaks for the message.
     signed = [layer for layer in opened.layers[start:]
-              if (layer.kind in SIGNED or layer.signers) and not layer.error]
+              if (layer.kind in SIGNED or layer.signers) and not layer.error
+              and (layer.inline is None or layer.inline.whole)]
     if signed:
         summary += [(f"{INFO_PREFIX}Signed", "True"),
                     *_signer_fields(INFO_PREFIX, signed[-1].signers)]
@@ -481,7 +504,9 @@ def _describe(layer: Layer, removed: bool) -> str:
             f"{found.decrypted} decrypted" if found.decrypted else "",
             f"{found.signed} cleartext-signed checked and kept" if found.signed else "",
             f"{len(found.errors)} not opened" if found.errors else "") if part)
-        return f"inline PGP; {what}" + ("; partly encrypted" if found.partly else "")
+        return (f"inline PGP; {what}" + ("; partly encrypted" if found.partly else "")
+                + ("; text beside the signed blocks is not signed"
+                   if found.signed and not found.whole else ""))
     what = {"enveloped-data": "encrypted (enveloped-data)",
             "authEnveloped-data": "encrypted (authEnveloped-data)",
             "signed": "signed (multipart/signed)",

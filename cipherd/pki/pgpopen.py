@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import html
 import mimetypes
 import re
 from collections.abc import Collection, Sequence
@@ -36,6 +35,7 @@ from email import encoders
 from email.charset import QP, Charset
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
+from html.parser import HTMLParser
 from typing import Any
 
 from cipherd.core.addresses import canonical_address
@@ -67,10 +67,10 @@ MAX_DEPTH = 16
 # believed to be this message's (an old signed text sent again).
 DATE_TOLERANCE = 24 * 3600.0
 
-_MESSAGE_BLOCK = re.compile(r"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----",
-                            re.DOTALL)
-_SIGNED_BLOCK = re.compile(r"-----BEGIN PGP SIGNED MESSAGE-----.*?-----END PGP SIGNATURE-----",
-                           re.DOTALL)
+MESSAGE_BEGIN, MESSAGE_END = "-----BEGIN PGP MESSAGE-----", "-----END PGP MESSAGE-----"
+SIGNED_BEGIN, SIGNED_END = "-----BEGIN PGP SIGNED MESSAGE-----", "-----END PGP SIGNATURE-----"
+# A text part larger than this is not searched for blocks.
+MAX_TEXT = 4 * 1024 * 1024
 _VERSION_PART = re.compile(rb"application/pgp-encrypted", re.IGNORECASE)
 _ENCRYPTED_NAME = re.compile(r"\.(asc|pgp|gpg)$", re.IGNORECASE)
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
@@ -147,6 +147,8 @@ class InlineResult:
     @ivar keys: the decryptions.
     @ivar signed: how many cleartext-signed blocks were checked.
     @ivar errors: why blocks could not be decrypted or checked.
+    @ivar whole: the message is one text part and its blocks are all of it:
+        what a signature in them covers is what the reader sees.
     """
 
     message: bytes
@@ -156,6 +158,7 @@ class InlineResult:
     signed: int = 0
     signatures: tuple[SignatureCheck, ...] = ()
     errors: tuple[str, ...] = ()
+    whole: bool = False
 
     @property
     def found(self) -> bool:
@@ -419,6 +422,8 @@ class _Found:
     signatures: list[SignatureCheck] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     attempts: int = 0
+    text_parts: int = 0
+    outside: bool = False  # text beside the blocks
 
     def attempt(self) -> bool:
         """
@@ -444,14 +449,15 @@ class _Inline:
         parsed = _parse(message)
         found = _Found()
         changed = self._walk(parsed, certificates, found)
-        if found.decrypted and found.plain_parts:
+        if found.decrypted and (found.plain_parts or found.outside):
             found.partly = True
+        whole = found.text_parts == 1 and not found.plain_parts and not found.outside
         result = message
         if changed:
             result = canonicalize(parsed.as_bytes(policy=email.policy.compat32.clone(
                 linesep="\r\n")))
         return InlineResult(result, found.decrypted, found.partly, tuple(found.keys),
-                            found.signed, tuple(found.signatures), tuple(found.errors))
+                            found.signed, tuple(found.signatures), tuple(found.errors), whole)
 
     def _walk(self, part: Message, certificates: Sequence[PGPKey], found: _Found,
               depth: int = 0) -> bool:
@@ -499,52 +505,58 @@ class _Inline:
         if raw is None:
             found.plain_parts += 1
             return False
+        found.text_parts += 1
         charset = part.get_content_charset() or "utf-8"
         try:
             text = raw.decode(charset, "replace")
         except LookupError:
             text = raw.decode("utf-8", "replace")
-        if content_type == "text/html":
-            if "-----BEGIN PGP" not in text:
-                found.plain_parts += 1
-                return False
+        html = content_type == "text/html"
+        if len(text) > MAX_TEXT or (html and MESSAGE_BEGIN not in text):
+            found.plain_parts += 1
+            return False
+        if html:
             text = _html_text(text)
-        for block in _SIGNED_BLOCK.findall(text):
+        # A cleartext signature in HTML is not checked: what the reader's
+        # client shows of the HTML is not the text that was signed.
+        signed = [] if html else _spans(text, SIGNED_BEGIN, SIGNED_END)
+        encrypted = [(a, b) for a, b in _spans(text, MESSAGE_BEGIN, MESSAGE_END)
+                     if not any(s <= a < e for s, e in signed)]
+        if not signed and not encrypted:
+            found.plain_parts += 1
+            return False
+        if _outside(text, sorted(signed + encrypted)).strip():
+            found.outside = True
+        for start, end in signed:
             if not found.attempt():
                 break
             try:
-                _, checks = self._openpgp.verify_cleartext(block.encode(charset, "replace"),
-                                                           certificates)
+                _, checks = self._openpgp.verify_cleartext(
+                    text[start:end].encode(charset, "replace"), certificates)
             except (PGPError, LookupError) as e:
                 found.errors.append(f"The cleartext signature cannot be read: {e}")
                 continue
             found.signed += 1
             found.signatures += checks
-        blocks = _MESSAGE_BLOCK.findall(text)
-        if not blocks:
-            if not _SIGNED_BLOCK.search(text):
-                found.plain_parts += 1
+        if not encrypted:
             return False
         pieces: list[str] = []
-        rest = text
+        at = 0
         opened = False
-        for block in blocks:
-            before, _, rest = rest.partition(block)
-            if before.strip():
-                found.partly = True
-            plain = self._decrypt(_armor(block), certificates, found)
+        for start, end in encrypted:
+            pieces.append(text[at:start])
+            at = end
+            plain = self._decrypt(_armor(text[start:end]), certificates, found)
             if plain is None:
-                pieces += [before, block]
+                pieces.append(text[start:end])
                 continue
             opened = True
-            pieces += [before, _text_of(plain, charset)]
-        if rest.strip():
-            found.partly = True
+            pieces.append(_text_of(plain, charset))
         if not opened:
             return False
-        pieces.append(rest)
+        pieces.append(text[at:])
         del part["Content-Transfer-Encoding"]
-        if content_type == "text/html":
+        if html:
             part.set_type("text/plain")
         utf8 = Charset("utf-8")
         utf8.body_encoding = QP
@@ -572,6 +584,38 @@ class _Inline:
         part.set_param("filename", new_name, header="Content-Disposition")
         encoders.encode_base64(part)
         return True
+
+
+def _spans(text: str, begin: str, end: str) -> list[tuple[int, int]]:
+    """
+    Where the armored blocks from C{begin} to C{end} are in C{text}, in
+    one pass (a BEGIN without its END ends the search).
+    """
+    found: list[tuple[int, int]] = []
+    at = 0
+    while len(found) <= MAX_BLOCKS:
+        start = text.find(begin, at)
+        if start < 0:
+            break
+        stop = text.find(end, start + len(begin))
+        if stop < 0:
+            break
+        at = stop + len(end)
+        found.append((start, at))
+    return found
+
+
+def _outside(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """
+    C{text} without the (sorted) C{spans}.
+    """
+    pieces = []
+    at = 0
+    for start, end in spans:
+        pieces.append(text[at:start])
+        at = max(at, end)
+    pieces.append(text[at:])
+    return "".join(pieces)
 
 
 def _is_encrypted(data: bytes) -> bool:
@@ -610,20 +654,43 @@ def _text_of(plain: bytes, charset: str) -> str:
             return plain.decode("latin-1")
 
 
-_TAG = re.compile(r"<[^>]*>")
-_BREAK = re.compile(r"<(br|/p|/div|/tr|/li|/h\d)\b[^>]*>", re.IGNORECASE)
-_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+class _HTMLText(HTMLParser):
+    """
+    An HTML part as plain text, enough to find and read an armored block in
+    it (one pass): line breaks for breaking elements, script and style
+    dropped, entities decoded.
+    """
+
+    BREAKING = frozenset({"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6",
+                          "pre", "table"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.pieces: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._hidden += 1
+        elif tag in self.BREAKING:
+            self.pieces.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in self.BREAKING:
+            self.pieces.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.pieces.append(data.replace("\r", "").replace("\n", " "))
 
 
 def _html_text(text: str) -> str:
-    """
-    An HTML part as plain text, enough to find and read an armored block in
-    it: line breaks for breaking elements, tags gone, entities decoded.
-    """
-    text = _DROP.sub("", text)
-    text = text.replace("\r\n", "\n")
-    text = _BREAK.sub("\n", text.replace("\n", " "))
-    return html.unescape(_TAG.sub("", text))
+    parser = _HTMLText()
+    parser.feed(text)
+    parser.close()
+    return "".join(parser.pieces)
 
 
 def rejoin(message: bytes, entity: bytes) -> bytes:
