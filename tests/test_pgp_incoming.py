@@ -172,8 +172,7 @@ THUNDERBIRD_READS: dict[str, Expected] = {
         CAROL_UNKNOWN, absent=("Encrypted",), text=(CALLALOO,)),
     "signed-by-0xfbfcc82a015e7330-encrypted-to-0xf231550c4f47e38e-multi-from.eml": Expected(
         {**DECRYPTED, "Signer-0": "Bob Babbage", "Signer-Verified-0": "True",
-         "Signer-Trusted-0": "False", "Signer-Reason-0": "the From address "
-         "eve@openpgp.example is not an address of the signer's key"}),
+         "Signer-Trusted-0": "False", "Signer-Reason-0": "the message has 2 From fields"}),
     "signed-by-0xfbfcc82a015e7330-encrypted-to-0xf231550c4f47e38e-with-key.eml": Expected(
         {**DECRYPTED, **BOB_TRUSTED}),
     "signed-by-0xfbfcc82a015e7330-encrypted-to-0xf231550c4f47e38e.eml": Expected(
@@ -577,3 +576,24 @@ def test_unterminated_armor_is_read_in_one_pass(alices_world: World) -> None:
                + b"-----BEGIN PGP SIGNED MESSAGE-----\r\n" * 8000)
     parts = alices_world.process(ALICE, content=message, sender="bob@openpgp.example")
     assert "Layer-1" not in info(parts[(ALICE,)].content)
+
+
+@pytest.mark.parametrize(("sender", "why"), [
+    (b"From: ceo at openpgp.example", "the message's From field has no address"),
+    # Decoded, the display name is an address too: which is meant is unclear.
+    (b"From: =?utf-8?q?bob=40openpgp=2Eexample?= <ceo@openpgp.example>",
+     "the message's From field has 2 addresses"),
+    (b"From: bob@openpgp.example, ceo@openpgp.example",
+     "the message's From field has 2 addresses"),
+    (b"X-Padding: " + b"x" * 70_000 + b"\r\nFrom: ceo@openpgp.example",
+     "the From address ceo@openpgp.example is not an address of the signer's key"),
+])
+def test_a_signer_is_trusted_only_for_the_one_from_address_of_its_key(
+        alices_world: World, sender: bytes, why: str) -> None:
+    sent = received("signed-by-0xfbfcc82a015e7330-to-0xf231550c4f47e38e-unencrypted.eml")
+    forged = re.sub(rb"(?m)^From: .*$", lambda _: sender, sent, count=1)
+    assert forged != sent
+    parts = alices_world.process(ALICE, content=forged, sender="bob@openpgp.example")
+    found = info(parts[(ALICE,)].content)
+    assert (found["Signer-Verified-0"], found["Signer-Trusted-0"]) == ("True", "False")
+    assert found["Signer-Reason-0"] == why

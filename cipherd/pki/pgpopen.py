@@ -39,6 +39,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 from cipherd.core.addresses import canonical_address
+from cipherd.core.headers import header_fields
 from cipherd.pki.keyring import IKeyring, StoredKey
 from cipherd.pki.pgp import IOpenPGP, PGPError, PGPKey, SignatureCheck
 from cipherd.pki.smime import (
@@ -168,30 +169,38 @@ class InlineResult:
 @dataclass(frozen=True)
 class Context:
     """
-    What a signature is judged against: the message's first From address
-    and its Date (POSIX), as received.
+    What a signature is judged against: the message's From address and its
+    Date (POSIX), as received.
+
+    @ivar sender: the (first) From address, canonical, lower case.
+    @ivar sender_problem: why no signer can be the message's author: no
+        From address, or more than one (C{""} when there is one).
     """
 
     sender: str = ""
     date: float | None = None
+    sender_problem: str = ""
 
     @classmethod
     def of(cls, message: bytes) -> Context:
-        fields = Parts.split(message[: 1 << 16]).outer_fields()
-        sender, date = "", None
-        for raw in fields:
-            name, _, value = raw.partition(b":")
-            name = name.strip().lower()
-            text = value.decode("utf-8", "replace").replace("\r\n", "")
-            if name == b"from" and not sender:
-                found = [a for _, a in getaddresses([text]) if "@" in a]
-                sender = canonical_address(found[0]).lower() if found else ""
-            elif name == b"date" and date is None:
-                try:
-                    date = parsedate_to_datetime(text.strip()).timestamp()
-                except (TypeError, ValueError, IndexError, OverflowError):
-                    date = None
-        return cls(sender, date)
+        fields = header_fields(message)
+        senders = [value for name, value in fields if name == "from"]
+        addresses = [a for _, a in getaddresses(senders) if "@" in a]
+        sender = canonical_address(addresses[0]).lower() if addresses else ""
+        problem = ""
+        if len(senders) > 1:
+            problem = f"the message has {len(senders)} From fields"
+        elif len(addresses) != 1:
+            problem = ("the message's From field has no address" if not addresses else
+                       f"the message's From field has {len(addresses)} addresses")
+        date = None
+        for value in (value for name, value in fields if name == "date"):
+            try:
+                date = parsedate_to_datetime(value.strip()).timestamp()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                date = None
+            break
+        return cls(sender, date, problem)
 
 
 def kind(message: bytes) -> str | None:
@@ -397,7 +406,9 @@ class PGPOpener:
                 problem = why
             elif not stored.trusted:
                 problem = "the signer's key is not trusted (PGP keys)"
-            elif context.sender and context.sender not in stored.key.emails:
+            elif context.sender_problem:
+                problem = context.sender_problem
+            elif context.sender not in stored.key.emails:
                 problem = (f"the From address {context.sender} is not an address of the "
                            "signer's key")
             elif check.created is not None and context.date is not None \
