@@ -207,7 +207,8 @@ def kind(message: bytes) -> str | None:
     """
     L{PGP_ENCRYPTED}, L{PGP_SIGNED} or C{None}, by the message's Content-Type.
     """
-    fields = _content_fields(Parts.split(message[: 1 << 16]))
+    end = message.find(b"\r\n\r\n")
+    fields = _content_fields(Parts.split(message if end < 0 else message[:end + 4]))
     if fields.content_type == "multipart/encrypted" and fields.protocol == PGP_ENCRYPTED_TYPE:
         return PGP_ENCRYPTED
     if fields.content_type == "multipart/signed" and fields.protocol == PGP_SIGNATURE_TYPE:
