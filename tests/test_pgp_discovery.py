@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pysequoia
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,6 +30,7 @@ from cipherd.mpa.discovery import FAILURE_KEPT, NOT_FOUND_KEPT, WKD_TIMEOUT, wkd
 from cipherd.pki.pgp import SequoiaOpenPGP
 from cipherd.pki.smime import canonicalize
 from cipherd.settings import GLOBAL
+from cipherd.smtp.config import apply_changes
 from cipherd.testing import result_of
 from tests.conftest import Appliance
 from tests.dns_server import DNSServer
@@ -167,23 +169,47 @@ def _received(path: Path) -> bytes:
     return canonicalize(path.read_bytes())
 
 
-def test_autocrypt_keys_of_external_senders_are_collected_untrusted(
-        world: World, log_lines: list[str]) -> None:
+@pytest.fixture
+def outside(world: World) -> World:
+    """
+    The world with Carol's domain (example.com, the corpus's) not ours.
+    """
+    world.config, errors = apply_changes(world.config, {"relay_domains": ["ours.example"]})
+    assert not errors
     world.set(GLOBAL, pgp_autocrypt=True)
-    world.process("bob@example.com", content=RECEIVED + _received(AUTOCRYPT_MAIL),
-                  sender="carol@example.org")
-    stored = result_of(world.keyring.get(CAROL))
-    # The message says From: carol@example.com; the key's user ID too.
+    return world
+
+
+def test_autocrypt_keys_of_external_senders_are_collected_untrusted(
+        outside: World, log_lines: list[str]) -> None:
+    outside.process("bob@ours.example", content=RECEIVED + _received(AUTOCRYPT_MAIL),
+                    sender="carol@example.com")
+    stored = result_of(outside.keyring.get(CAROL))
     assert stored is not None and stored.source == "autocrypt" and not stored.trusted
     assert "carol@example.com" in stored.key.emails
     assert any(f"Autocrypt: key {CAROL.upper()} for carol@example.com collected, stored "
                "untrusted" in line for line in log_lines), log_lines
     # The administrator's decision is not undone by the next message.
-    result_of(world.keyring.set_trusted(CAROL, True))
-    world.set(GLOBAL, pgp_discovered_trust=False)
-    world.process("bob@example.com", content=RECEIVED + _received(AUTOCRYPT_MAIL),
-                  sender="carol@example.org")
-    assert result_of(world.keyring.get(CAROL)).trusted  # type: ignore[union-attr]
+    result_of(outside.keyring.set_trusted(CAROL, True))
+    outside.process("bob@ours.example", content=RECEIVED + _received(AUTOCRYPT_MAIL),
+                    sender="carol@example.com")
+    assert result_of(outside.keyring.get(CAROL)).trusted  # type: ignore[union-attr]
+
+
+def test_autocrypt_trust_is_the_header_addresss_domains(outside: World) -> None:
+    # Trust discovered keys for the sender's domain: Carol's key is trusted.
+    outside.domain("example.com", pgp_discovered_trust=True)
+    outside.process("bob@ours.example", content=RECEIVED + _received(AUTOCRYPT_MAIL),
+                    sender="carol@example.com")
+    assert result_of(outside.keyring.get(CAROL)).trusted  # type: ignore[union-attr]
+
+
+def test_autocrypt_trust_of_another_domain_does_not_count(outside: World) -> None:
+    outside.domain("trusting.example", pgp_discovered_trust=True)
+    outside.process("bob@ours.example", content=RECEIVED + _received(AUTOCRYPT_MAIL),
+                    sender="mallory@trusting.example")
+    # The header's address is not in the envelope sender's domain.
+    assert result_of(outside.keyring.get(CAROL)) is None
 
 
 @pytest.mark.parametrize("change", [
@@ -195,21 +221,37 @@ def test_autocrypt_keys_of_external_senders_are_collected_untrusted(
     (b"Autocrypt: ", b"Autocrypt: future=1; "),
 ])
 def test_autocrypt_headers_that_do_not_hold_are_ignored(
-        world: World, change: tuple[bytes, bytes]) -> None:
-    world.set(GLOBAL, pgp_autocrypt=True)
+        outside: World, change: tuple[bytes, bytes]) -> None:
     content = _received(AUTOCRYPT_MAIL).replace(*change, 1)
     assert content != _received(AUTOCRYPT_MAIL)
-    world.process("bob@example.com", content=RECEIVED + content, sender="carol@example.org")
+    outside.process("bob@ours.example", content=RECEIVED + content, sender="carol@example.com")
+    assert result_of(outside.keyring.get(CAROL)) is None
+
+
+def test_autocrypt_from_our_own_domains_or_when_off_is_not_collected(
+        world: World, outside: World) -> None:
+    # example.com is ours in the plain world: its addresses' keys are ours
+    # to issue, not a header's to claim.
+    world.config, _ = apply_changes(world.config, {"relay_domains": ["example.com"]})
+    world.process("bob@partner.example", content=RECEIVED + _received(AUTOCRYPT_MAIL),
+                  sender="carol@example.com")
+    assert result_of(world.keyring.get(CAROL)) is None
+    world.config, _ = apply_changes(world.config, {"relay_domains": ["ours.example"]})
+    world.set(GLOBAL, pgp_autocrypt=False)
+    world.process("bob@ours.example", content=RECEIVED + _received(AUTOCRYPT_MAIL),
+                  sender="carol@example.com")
     assert result_of(world.keyring.get(CAROL)) is None
 
 
-def test_autocrypt_from_internal_senders_or_when_off_is_not_collected(world: World) -> None:
-    world.process("bob@example.com", content=RECEIVED + _received(AUTOCRYPT_MAIL),
-                  sender="carol@example.org")
-    world.set(GLOBAL, pgp_autocrypt=True)
-    world.process("carol@partner.example",
-                  content=RECEIVED + _received(AUTOCRYPT_MAIL), sender="alice@example.com")
-    assert result_of(world.keyring.get(CAROL)) is None
+def test_only_the_user_id_looked_up_is_kept_of_a_discovered_key(world: World) -> None:
+    world.set(GLOBAL, pgp_discovered_trust=True)
+    two = OPENPGP.read_keys(bytes(pysequoia.Tsk.generate(
+        user_ids=[f"Dave <{DAVE}>", "Boss <boss@ours.example>"])))[0]
+    world.directory.keys[DAVE] = two.public
+    _encrypted_part(world.process(DAVE)[(DAVE,)].content)
+    stored = result_of(world.keyring.get(two.fingerprint))
+    assert stored is not None and stored.key.emails == (DAVE,)
+    assert not result_of(world.keyring.keys_for("boss@ours.example"))
 
 
 # Over a running appliance ------------------------------------------------------------

@@ -23,6 +23,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from email.utils import getaddresses
 from typing import Any
 from urllib.parse import quote
 
@@ -322,56 +323,69 @@ class KeyDiscovery:
     async def _store(self, keys: Sequence[PGPKey], address: str, trusted: bool,
                      source: str) -> list[str]:
         """
-        The keys of C{keys} with a user ID for C{address}, without their
-        secrets (a directory has no business sending those), stored: new
-        ones trusted as C{trusted} says, stored ones keeping their trust.
+        The keys of C{keys} with a user ID for C{address} stored with that
+        user ID only (the key's other addresses are the key's say-so, not
+        the directory's or the sender's), without their secrets, trusted
+        as C{trusted} says; a key the keyring has already is left as it is.
 
-        @return: their fingerprints.
+        @return: the fingerprints of the keys found.
         """
         stored = []
         for key in keys:
             if address not in key.emails:
                 continue
-            known = await self._keyring.get(key.fingerprint)
-            await self._keyring.import_keys(key.public, trusted=None if known else trusted,
-                                            source=source)
+            if await self._keyring.get(key.fingerprint) is None:
+                try:
+                    only = await self._crypto.run(self._openpgp.keep_user_ids, key, address)
+                except PGPError:
+                    continue
+                await self._keyring.import_keys(only.public, trusted=trusted, source=source)
             stored.append(key.fingerprint)
         return stored
 
-    async def autocrypt(self, fields: Sequence[tuple[str, str]], *, trusted: bool) -> None:
+    async def collect_autocrypt(self, address: str, keydata: bytes, *, trusted: bool) -> None:
         """
-        The key of a message's Autocrypt header (Autocrypt Level 1), when
-        there is one such header, its C{addr} is the (one) From address and
-        a user ID of the key, and it has no critical attribute we do not
-        know.
+        Store the key of an Autocrypt header (see L{autocrypt_header}) for
+        C{address}, unless the keyring has it already.
         """
-        headers = [value for name, value in fields if name == "autocrypt"]
-        senders = [value for name, value in fields if name == "from"]
-        if len(headers) != 1 or len(senders) != 1:
-            return
-        attributes = _attributes(headers[0])
-        if attributes is None:
-            return
-        from_addresses = re.findall(r"[^<>\s,\"]+@[^<>\s,\"]+", senders[0])
-        addr = canonical_address(attributes.get("addr", "")).lower()
-        if len(from_addresses) != 1 or canonical_address(from_addresses[0]).lower() != addr:
-            return
         try:
-            data = base64.b64decode(attributes.get("keydata", ""), validate=False)
-            keys = await self._crypto.run(self._openpgp.read_keys, data)
-        except (ValueError, PGPError) as e:
+            keys = await self._crypto.run(self._openpgp.read_keys, keydata)
+        except PGPError as e:
             log.warn("Autocrypt: the key in the header of {address}'s mail is not usable: "
-                     "{why}", address=addr, why=e)
+                     "{why}", address=address, why=e)
             return
         for key in keys:
             if await self._keyring.get(key.fingerprint) is not None:
                 return  # known already: trust and all
-        stored = await self._store(keys[:1], addr, trusted, AUTOCRYPT)
+        stored = await self._store(keys[:1], address, trusted, AUTOCRYPT)
         if stored:
             log.info("Autocrypt: key {key} for {address} collected, stored {trust}",
-                     key=stored[0].upper(), address=addr,
+                     key=stored[0].upper(), address=address,
                      trust="trusted" if trusted else "untrusted: an administrator decides "
                      "(PGP keys)")
+
+
+def autocrypt_header(fields: Sequence[tuple[str, str]]) -> tuple[str, bytes] | None:
+    """
+    The address and key data of a message's Autocrypt header (Autocrypt
+    Level 1), when there is one such header, its C{addr} is the (one) From
+    address, and it has no critical attribute we do not know.
+    """
+    headers = [value for name, value in fields if name == "autocrypt"]
+    senders = [value for name, value in fields if name == "from"]
+    if len(headers) != 1 or len(senders) != 1:
+        return None
+    attributes = _attributes(headers[0])
+    if attributes is None:
+        return None
+    from_addresses = [a for _, a in getaddresses(senders) if "@" in a]
+    addr = canonical_address(attributes.get("addr", "")).lower()
+    if len(from_addresses) != 1 or canonical_address(from_addresses[0]).lower() != addr:
+        return None
+    try:
+        return addr, base64.b64decode(attributes.get("keydata", ""), validate=False)
+    except ValueError:
+        return None
 
 
 def _attributes(value: str) -> Mapping[str, str] | None:
@@ -407,5 +421,6 @@ def _shared(running: Deferred[bool]) -> Deferred[bool]:
     return result
 
 
-__all__ = ["IKeyDirectory", "KeyDiscovery", "WKDError", "WebKeyDirectory", "wkd_locations",
+__all__ = ["IKeyDirectory", "KeyDiscovery", "WKDError", "WebKeyDirectory", "autocrypt_header",
+           "wkd_locations",
            "zbase32"]

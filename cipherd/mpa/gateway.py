@@ -51,7 +51,7 @@ from cipherd.core.headers import (
 )
 from cipherd.logs import mail_logger
 from cipherd.mpa import policy
-from cipherd.mpa.discovery import KeyDiscovery
+from cipherd.mpa.discovery import KeyDiscovery, autocrypt_header
 from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki.certs import describe_name
@@ -137,12 +137,8 @@ class Gateway:
                 "deferred", "4.3.0", "Email is not a relay email: the relay recipient is not "
                 f"set or is not {', '.join(envelope.recipients)} (Settings → General)"), "none")
             return results.result()
-        if sender_settings["pgp_autocrypt"] and any(name == "autocrypt" for name, _ in fields) \
-                and envelope.sender and not receive.relay_domain(
-                    canonical_address(envelope.sender)) \
-                and sender_settings["locality"] != policy.INTERNAL:
-            await self._discovery.autocrypt(
-                fields, trusted=bool(sender_settings["pgp_discovered_trust"]))
+        if sender_settings["pgp_autocrypt"] and any(name == "autocrypt" for name, _ in fields):
+            await self._autocrypt(envelope, fields, receive)
         subject = next((value for name, value in fields if name == "subject"), "")
         trigger = policy.find_trigger(sender_settings, subject, fields)
         signer: Any = None
@@ -231,6 +227,27 @@ class Gateway:
         if bounced:
             self._not_encrypted(envelope, content, subject, bounced, config, results)
         return results.result()
+
+    async def _autocrypt(self, envelope: Envelope, fields: list[tuple[str, str]],
+                         receive: Any) -> None:
+        """
+        The Autocrypt header's key collected, when the message comes from
+        outside: its address (the From address) is not ours, and is in the
+        envelope sender's domain; trusted as the settings of that address
+        say.
+        """
+        found = autocrypt_header(fields)
+        if found is None or not envelope.sender:
+            return
+        address, keydata = found
+        sender_domain = canonical_address(envelope.sender).rpartition("@")[2].lower()
+        if address.rpartition("@")[2] != sender_domain or receive.relay_domain(address):
+            return
+        settings = (await self._settings.by_address([address]))[address]
+        if settings["locality"] == policy.INTERNAL:
+            return
+        await self._discovery.collect_autocrypt(
+            address, keydata, trusted=bool(settings["pgp_discovered_trust"]))
 
     # Paths -----------------------------------------------------------------
 

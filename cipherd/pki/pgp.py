@@ -312,6 +312,14 @@ class IOpenPGP(Interface):
         subkey) without expiry or passphrase, for C{user_id}.
         """
 
+    def keep_user_ids(key: PGPKey, email: str) -> PGPKey:
+        """
+        C{key} with only its user IDs for C{email} (and its subkeys), no
+        secrets.
+
+        @raise PGPError: it has none.
+        """
+
     def decryptor(key: PGPKey, passphrase: str | None) -> Any:
         """
         What decrypts with C{key}'s secret encryption keys (also when the
@@ -473,6 +481,26 @@ class SequoiaOpenPGP:
             raise PGPError(f"The secret key {key.fingerprint.upper()} cannot decrypt: "
                            f"{why}.") from None
         return _Decrypting(sequoia, key.secret, passphrase)
+
+    def keep_user_ids(self, key: PGPKey, email: str) -> PGPKey:
+        kept: list[Any] = []
+        skipping = False
+        for packet in PacketPile.from_bytes(key.public):
+            if packet.tag in (Tag.UserID, Tag.UserAttribute):
+                skipping = packet.tag == Tag.UserAttribute or email not in emails_of(
+                    [bytes(packet.body).decode("utf-8", "replace")])
+            elif packet.tag in _SUBKEY_TAGS:
+                skipping = False
+            if not skipping:
+                kept.append(packet)
+        try:
+            only = self._read(pysequoia.Cert.from_packets(kept))
+        except Exception as e:
+            raise PGPError(f"The key {key.fingerprint.upper()} cannot be used: {_why(e)}.") \
+                from None
+        if email not in only.emails:
+            raise PGPError(f"The key {key.fingerprint.upper()} has no user ID for {email}.")
+        return only
 
     def recipients(self, message: bytes) -> list[str]:
         try:
