@@ -26,12 +26,14 @@ from typing import Any
 
 import pytest
 
+from cipherd.pki.pgp import PGPError
 from cipherd.pki.smime import canonicalize
 from cipherd.smtp.config import apply_changes
 from cipherd.testing import result_of
 from tests.conftest import Appliance
 from tests.openpgp_keys import (
     ALICE_PUB,
+    ALICE_SECRET,
     ALICE_SECRET_PP,
     BOB_PUB,
     BOB_SECRET,
@@ -597,3 +599,21 @@ def test_a_signer_is_trusted_only_for_the_one_from_address_of_its_key(
     found = info(parts[(ALICE,)].content)
     assert (found["Signer-Verified-0"], found["Signer-Trusted-0"]) == ("True", "False")
     assert found["Signer-Reason-0"] == why
+
+
+def test_a_compressed_bomb_is_refused_at_the_bound(peers: Peers) -> None:
+    """
+    Eight megabytes of zeros compress to a few kilobytes: decrypted with a
+    bound of one megabyte, refused without being read whole.
+    """
+    from cipherd.pki.pgp import SequoiaOpenPGP, _decrypt_bounded
+    bomb = peers.gpg_run("--encrypt", "--recipient", ALICE, "--compress-algo", "zlib",
+                         data=bytes(8 * 1024 * 1024))
+    assert len(bomb) < 64 * 1024
+    openpgp = SequoiaOpenPGP()
+    (alice,) = openpgp.read_keys(ALICE_SECRET.read_bytes())
+    decryptor = openpgp.decryptor(alice, None)
+    with pytest.raises(PGPError, match="the decrypted message is larger than 1 MiB"):
+        _decrypt_bounded(bomb, decryptor.sequoia, None, limit=1024 * 1024)
+    assert len(_decrypt_bounded(bomb, decryptor.sequoia, None, limit=16 * 1024 * 1024
+                                ).bytes) == 8 * 1024 * 1024

@@ -23,7 +23,10 @@ self-signature; what it does not do for us, this module does:
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -526,10 +529,9 @@ class SequoiaOpenPGP:
             refused: list[str] = []
             try:
                 data, checks = _checked(
-                    lambda store, d=decrypting: pysequoia.decrypt(message, d.sequoia,
-                                                                  store=store),
-                    lambda d=decrypting: pysequoia.decrypt(message, d.sequoia), certificates,
-                    refused=refused)
+                    lambda store, d=decrypting: _decrypt_bounded(message, d.sequoia, store),
+                    lambda d=decrypting: _decrypt_bounded(message, d.sequoia, None),
+                    certificates, refused=refused)
             except Exception as e:
                 failure = _why(e)
                 continue
@@ -574,6 +576,78 @@ class SequoiaOpenPGP:
 
 
 WILDCARD = "0" * 16
+# What a decrypted message may grow to (a compressed one can be a bomb).
+MAX_PLAINTEXT = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Decrypted:
+    bytes: bytes
+    valid_sigs: list[Any]
+
+
+def _decrypt_bounded(message: bytes, decryptor: Any, store: Any,
+                     limit: int | None = None) -> _Decrypted:
+    """
+    C{pysequoia.decrypt}, but the plaintext refused beyond C{limit}
+    (L{MAX_PLAINTEXT}): C{pysequoia.decrypt} gathers it in memory whatever
+    its size, and a few hundred kilobytes of compressed ciphertext can hold
+    gigabytes.  pysequoia keeps the GIL while it decrypts, so no thread of
+    ours can watch: Sequoia writes the plaintext into a FIFO that C{head -c}
+    (another process) copies into a file and stops reading after C{limit}
+    bytes, and Sequoia's next write fails (EPIPE).
+
+    @raise PGPError: the plaintext is larger than C{limit}.
+    """
+    limit = MAX_PLAINTEXT if limit is None else limit
+    with tempfile.TemporaryDirectory(prefix="cipherd-pgp-") as directory:
+        ciphertext = os.path.join(directory, "in")
+        fifo = os.path.join(directory, "fifo")
+        plaintext = os.path.join(directory, "out")
+        with open(ciphertext, "wb") as sink:
+            sink.write(message)
+        os.mkfifo(fifo, 0o600)
+        with open(plaintext, "wb") as out:
+            copier = subprocess.Popen(["head", "-c", str(limit + 1), fifo], stdout=out,
+                                      stderr=subprocess.DEVNULL)
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = pysequoia.decrypt_file(ciphertext, fifo, decryptor=decryptor,
+                                            store=store)
+        except BaseException as e:
+            error = e
+        finally:
+            _release(fifo, copier)
+        with open(plaintext, "rb") as source:
+            data = source.read(limit + 1)
+    if len(data) > limit:
+        raise PGPError(f"the decrypted message is larger than {limit // (1024 * 1024)} MiB")
+    if error is not None:
+        raise error
+    return _Decrypted(data, list(result.valid_sigs))
+
+
+def _release(fifo: str, copier: subprocess.Popen[bytes]) -> None:
+    """
+    Let C{head} finish: it has read all Sequoia wrote (Sequoia closed the
+    FIFO), or it never saw a writer (the decryption failed before writing)
+    and a writer that opens and closes gives it its end of file.
+    """
+    for _ in range(200):
+        if copier.poll() is not None:
+            return
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass  # no reader yet (ENXIO): head has not opened it yet
+        try:
+            copier.wait(timeout=0.01)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    copier.kill()
+    copier.wait()
 
 
 @dataclass(frozen=True)
