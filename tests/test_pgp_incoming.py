@@ -617,3 +617,18 @@ def test_a_compressed_bomb_is_refused_at_the_bound(peers: Peers) -> None:
         _decrypt_bounded(bomb, decryptor.sequoia, None, limit=1024 * 1024)
     assert len(_decrypt_bounded(bomb, decryptor.sequoia, None, limit=16 * 1024 * 1024
                                 ).bytes) == 8 * 1024 * 1024
+
+
+def test_parts_nested_deeper_than_the_parser_goes_are_delivered_as_received(
+        alices_world: World) -> None:
+    depth = 1200
+    message = (b"From: bob@openpgp.example\r\nTo: alice@openpgp.example\r\nSubject: deep\r\n"
+               b"MIME-Version: 1.0\r\n"
+               + b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (n, n)
+                          for n in range(depth))
+               + b"Content-Type: text/plain\r\n\r\napplication/pgp-encrypted -----BEGIN PGP "
+                 b"MESSAGE-----\r\n"
+               + b"".join(b"--b%d--\r\n" % n for n in reversed(range(depth))))
+    parts = alices_world.process(ALICE, content=message, sender="bob@openpgp.example")
+    delivered = parts[(ALICE,)].content
+    assert delivered.endswith(message.partition(b"\r\n\r\n")[2])

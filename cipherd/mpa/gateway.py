@@ -515,7 +515,8 @@ def _info_fields(opened: OpenedLayers, remove: bool) -> list[tuple[str, str]]:
 
 def _describe(layer: Layer, removed: bool) -> str:
     if layer.kind == PGP_INLINE:
-        assert layer.inline is not None
+        if layer.inline is None:
+            return "inline PGP; not opened"
         found = layer.inline
         what = ", ".join(part for part in (
             f"{found.decrypted} decrypted" if found.decrypted else "",

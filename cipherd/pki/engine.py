@@ -439,6 +439,12 @@ class SmimeEngine:
         return found
 
 
+# What a message anyone wrote may make our readers raise: a structure, or
+# a certificate in it, that cannot be read (ValueError, LookupError for an
+# unknown charset), or parts nested deeper than the parser goes.
+_UNREADABLE = (PKIError, ValueError, LookupError, RecursionError)
+
+
 class LayerOpener:
     """
     Every S/MIME and PGP layer of a received message opened, for its
@@ -473,8 +479,8 @@ class LayerOpener:
         while True:
             try:
                 kind = smime.classify(current).kind or pgpopen.kind(current)
-            except PKIError:
-                break  # its header cannot be read as S/MIME: the content, as it is
+            except _UNREADABLE:
+                break  # its header cannot be read as S/MIME or PGP: the content, as it is
             if kind is None:
                 break
             if len(layers) == MAX_LAYERS:
@@ -504,13 +510,16 @@ class LayerOpener:
                     verified, reports = await self._smime._verify(current, fail_closed)
                     layers.append(Layer(str(kind), signers=tuple(reports)))
                     current, payload = verified.message, verified.entity
-            except (PKIError, ValueError) as e:
-                # ValueError: a structure, or a certificate in it, that
-                # cannot be read.
+            except _UNREADABLE as e:
                 layers.append(Layer(str(kind), error=str(e) or type(e).__name__))
                 break
         if not layers or not layers[-1].error:
-            inline, signers = await self._pgp.inline(current, recipients, context)
+            try:
+                inline, signers = await self._pgp.inline(current, recipients, context)
+            except _UNREADABLE as e:
+                layers.append(Layer(PGP_INLINE, error="the message cannot be read for inline "
+                                    f"PGP: {str(e) or type(e).__name__}"))
+                inline = InlineResult(current)
             if inline.found:
                 layers.append(Layer(PGP_INLINE, signers=signers, inline=inline,
                                     error="; ".join(inline.errors)))

@@ -694,7 +694,10 @@ def _signatures_inside(message: bytes, decrypting: _Decrypting, data: bytes,
         return []
     checks: list[SignatureCheck] = []
     for raw in signatures:
-        sig = pysequoia.Sig.from_bytes(raw)
+        try:
+            sig = pysequoia.Sig.from_bytes(raw)
+        except Exception:  # noqa: S112 - a packet Sequoia cannot read: not checked
+            continue
         _, found = _checked(
             lambda store, s=sig: pysequoia.verify(data, store=store, signature=s),
             None, certificates,
