@@ -128,23 +128,33 @@ class _ToAddress:
 
 
 class _Body(Protocol):
+    """
+    A response body, up to C{limit} bytes; with C{limit} 0, read and
+    dropped.  Cancelling stops the transfer.
+    """
+
     def __init__(self, limit: int) -> None:
-        self.done: Deferred[bytes] = Deferred()
+        self.done: Deferred[bytes] = Deferred(lambda _: self._stop())
         self._limit = limit
         self._parts: list[bytes] = []
         self._size = 0
 
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
     def dataReceived(self, data: bytes) -> None:
+        if not self._limit or self.done.called:
+            return
         self._size += len(data)
         if self._size > self._limit:
-            self.transport.stopProducing()  # type: ignore[union-attr]
-            if not self.done.called:
-                self.done.errback(WKDError(f"the answer is larger than {self._limit} bytes"))
+            self._stop()
+            self.done.errback(WKDError(f"the answer is larger than {self._limit} bytes"))
             return
         self._parts.append(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.done.called:
+        if self.done.called or not self._limit:
             return
         if reason.check(ResponseDone):
             self.done.callback(b"".join(self._parts))
@@ -263,31 +273,47 @@ class KeyDiscovery:
         return result
 
     async def _look_up(self, address: str, trusted: bool) -> bool:
+        try:
+            return await self._look_up_bounded(address, trusted)
+        except Exception as e:  # the keyring, or the directory's client: not the queue's
+            self._remember(address, FAILURE_KEPT)
+            log.failure("WKD: the key of {address} could not be looked up", address=address,
+                        failure=Failure(e))
+            return False
+
+    async def _look_up_bounded(self, address: str, trusted: bool) -> bool:
         started = self._clock.seconds()
         asking = self._directory.fetch(address)
-        # The bound: the lookup is cancelled (however the HTTP client then
-        # words its failure, it is this).
-        late: list[bool] = []
+        # The bound: whatever the lookup does when cancelled (a resolver may
+        # go on to its next question), the answer is awaited no longer.
+        outcome: Deferred[tuple[bool, Any]] = Deferred()
+
+        def settle(result: Any, answered: bool) -> None:
+            if not outcome.called:
+                outcome.callback((answered, result))
+
+        asking.addCallbacks(settle, settle, callbackArgs=(True,), errbackArgs=(False,))
 
         def give_up() -> None:
-            late.append(True)
+            settle(None, False)
             asking.cancel()
 
         bound = self._clock.callLater(self._timeout, give_up)
-        try:
-            data, url = await asking
-        except (WKDError, defer.CancelledError) as e:
+        answered, result = await outcome
+        if bound.active():
+            bound.cancel()
+        if not answered:
             self._remember(address, FAILURE_KEPT)
-            if late:
+            if result is None:
                 log.warn("WKD: no answer for {address} within {seconds:g} s: the next "
                          "method", address=address, seconds=self._timeout)
-            else:
-                log.warn("WKD: the key of {address} could not be looked up: {why}",
-                         address=address, why=e)
+                return False
+            if not result.check(WKDError):
+                result.raiseException()
+            log.warn("WKD: the key of {address} could not be looked up: {why}",
+                     address=address, why=result.value)
             return False
-        finally:
-            if bound.active():
-                bound.cancel()
+        data, url = result
         if data is None:
             self._remember(address, NOT_FOUND_KEPT)
             log.info("WKD: no key for {address} at {url}", address=address, url=url)
@@ -408,16 +434,17 @@ def _attributes(value: str) -> Mapping[str, str] | None:
 def _shared(running: Deferred[bool]) -> Deferred[bool]:
     """
     A Deferred that fires as C{running} does, which cancelling does not
-    cancel (another message may wait for the same lookup).
+    cancel (another message may wait for the same lookup).  C{running}
+    never fails (L{KeyDiscovery._look_up} catches everything).
     """
     result: Deferred[bool] = Deferred()
 
-    def passed(value: Any) -> Any:
+    def passed(value: bool) -> bool:
         if not result.called:
-            result.callback(value) if not isinstance(value, Failure) else result.errback(value)
+            result.callback(value)
         return value
 
-    running.addBoth(passed)
+    running.addCallback(passed)
     return result
 
 

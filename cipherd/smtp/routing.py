@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.names import client as names_client
 from twisted.names import dns
@@ -138,6 +138,8 @@ class DNSHopResolver:
         if hop.mx_lookup:
             try:
                 answers, _, _ = await names.lookupMailExchange(hop.host)
+            except CancelledError:
+                raise  # the caller gave up: no more questions
             except DNSNameError:
                 answers = []  # Postfix: no such domain: its address then
             except Exception:
@@ -172,6 +174,8 @@ async def _addresses(names: Any, host: str) -> list[str]:
                                  ("AAAA", names.lookupIPV6Address, dns.AAAA)):
         try:
             answers, _, _ = await lookup(host)
+        except CancelledError:
+            raise  # the caller gave up: no more questions
         except DNSNameError:
             continue
         except Exception:

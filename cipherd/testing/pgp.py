@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -176,7 +176,9 @@ class MemoryKeyring:
 class MemoryKeyDirectory:
     """
     The L{IKeyDirectory} fake: a directory of keys by address; addresses in
-    C{slow} are never answered (a dead directory), those in C{broken} fail.
+    C{slow} are never answered, not even when the lookup is cancelled (a
+    dead directory behind a resolver that goes on to its next question),
+    those in C{broken} fail.
 
     @ivar asked: the addresses asked for, in order.
     """
@@ -191,7 +193,14 @@ class MemoryKeyDirectory:
         self.asked.append(address)
         url = wkd_locations(address)[0].url
         if address in self.slow:
-            return Deferred()
+            return Deferred.fromCoroutine(_stubborn())
         if address in self.broken:
             return fail(WKDError(self.broken[address]))
         return succeed((self.keys.get(address), url))
+
+
+async def _stubborn() -> tuple[bytes | None, str]:
+    try:
+        return await Deferred()
+    except CancelledError:
+        return await Deferred()  # goes on as if nothing happened
