@@ -484,3 +484,49 @@ def test_a_running_appliance_sends_pgp_that_gpg_reads_and_restarts_with_the_keyr
 @pytest.fixture(scope="module")
 def gateway_pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return make_pki(tmp_path_factory.mktemp("pgp-pki"), datetime.now(UTC))
+
+
+def test_a_certification_revoked_or_expired_introduces_no_more(
+        certified: dict[str, bytes], tmp_path: Path) -> None:
+    """
+    GnuPG revokes Ivy's certification of Tom: Tom is no longer introduced
+    by her; a certification made to expire introduces only until then.
+    """
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = dict(os.environ, GNUPGHOME=str(home))
+    gpg = require_tool("gpg")
+    clock = Clock()
+    clock.advance(time.time() + 60)
+    keyring = MemoryKeyring(clock)
+    for name in ("ivy", "tom"):
+        result_of(keyring.import_keys(certified[name], trusted=name == "ivy"))
+    (ivy,) = result_of(keyring.listing(email="ivy@ca.example"))
+    result_of(keyring.set_introducer(ivy.fingerprint, True))
+    (tom,) = result_of(keyring.keys_for("tom@example.net"))
+    assert tom.introduced_by == ivy.fingerprint and tom.introduced_until is None
+    # The same certification, then revoked: the secret of Ivy is not at hand
+    # here, so the revocation is made by a key of our own certifying Tom.
+    signer = OPENPGP.generate("Rex <rex@ca.example>")
+    run([gpg, "--batch", "--import"], stdin=signer.secret, env=env)
+    run([gpg, "--batch", "--import"], stdin=certified["tom"], env=env)
+    tom_fpr = tom.fingerprint.upper()
+    run([gpg, "--batch", "--yes", "--default-key", "rex@ca.example", "--default-cert-expire",
+         "1d", "--quick-sign-key", tom_fpr, "Tom <tom@example.net>"], env=env)
+    expiring = run([gpg, "--batch", "--export", tom_fpr], env=env).stdout
+    result_of(keyring.import_keys(signer.public))
+    result_of(keyring.set_introducer(signer.fingerprint, True))
+    result_of(keyring.set_introducer(ivy.fingerprint, False))
+    result_of(keyring.import_keys(expiring, trusted=False))
+    (tom,) = result_of(keyring.keys_for("tom@example.net"))
+    assert tom.introduced_by == signer.fingerprint
+    assert tom.introduced_until is not None
+    assert result_of(keyring.encryption_keys("tom@example.net")).keys
+    clock.advance(2 * 24 * 3600)
+    assert not result_of(keyring.encryption_keys("tom@example.net")).keys
+    run([gpg, "--batch", "--yes", "--default-key", "rex@ca.example", "--quick-revoke-sig",
+         tom_fpr, "rex@ca.example"], env=env)
+    revoked = run([gpg, "--batch", "--export", tom_fpr], env=env).stdout
+    clock.advance(-2 * 24 * 3600 + 60)
+    result_of(keyring.import_keys(revoked, trusted=False))
+    assert not result_of(keyring.keys_for("tom@example.net"))[0].introduced_by

@@ -55,7 +55,14 @@ class StoredKey:
     source: str
     imported: float
     introducer: bool = False
-    introduced_by: str = ""  # the introducer that certified it, for the address asked
+    # The introducer that certified it for the address asked, and until when
+    # (the introducer's or the certification's expiry; None: for good).
+    introduced_by: str = ""
+    introduced_until: float | None = None
+
+    def introduced_at(self, now: float) -> bool:
+        return bool(self.introduced_by) and (self.introduced_until is None
+                                             or now < self.introduced_until)
 
     @property
     def fingerprint(self) -> str:
@@ -198,7 +205,7 @@ def for_encryption(stored: Iterable[StoredKey], now: float) -> EncryptionKeys:
     refused: list[str] = []
     for entry in stored:
         problem = entry.key.encryption_problem(now)
-        if problem is None and not entry.trusted and not entry.introduced_by:
+        if problem is None and not entry.trusted and not entry.introduced_at(now):
             problem = "the key is not trusted"
         if problem is None:
             keys.append(entry.key)
@@ -220,8 +227,13 @@ def introduced(stored: Sequence[StoredKey], introducers: Sequence[StoredKey], em
     for entry in stored:
         if not entry.trusted:
             for introducer in valid:
-                if email in emails_of(certified_user_ids(entry.key, introducer, now)):
-                    entry = replace(entry, introduced_by=introducer.fingerprint)
+                until = [expires for user_id, expires in
+                         certified_user_ids(entry.key, introducer, now)
+                         if email in emails_of([user_id])]
+                if until:
+                    ends = [t for t in (introducer.expires, *until) if t is not None]
+                    entry = replace(entry, introduced_by=introducer.fingerprint,
+                                    introduced_until=min(ends) if ends else None)
                     break
         marked.append(entry)
     return marked

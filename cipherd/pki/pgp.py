@@ -835,6 +835,9 @@ def _checked(run: Any, unchecked: Any, certificates: Sequence[PGPKey],
         key = next((k for k in certificates if _matches(k, issuer)), None)
         ok = any(v == issuer or v.endswith(issuer) for v in valid)
         if ok:
+            # The certificate Sequoia verified with, of those with the key ID.
+            key = next((k for k in certificates if k.fingerprint in valid
+                        and _matches(k, issuer)), key)
             checks.append(SignatureCheck(issuer, True, key.fingerprint if key else None))
         elif key is None:
             checks.append(SignatureCheck(issuer, False, None, f"the signer's key "

@@ -69,7 +69,12 @@ def _mpi(data: bytes, at: int) -> tuple[bytes, int]:
     return data[at + 2:end], end
 
 
-def _subpackets(area: bytes) -> list[tuple[int, bytes]]:
+# Subpackets this module reads or that change nothing for a certification;
+# any other marked critical makes the signature unusable (RFC 9580 §5.2.3.7).
+_UNDERSTOOD = frozenset({2, 3, 4, 16, 33})
+
+
+def _subpackets(area: bytes, *, hashed: bool = False) -> list[tuple[int, bytes]]:
     found = []
     at = 0
     while at < len(area):
@@ -86,7 +91,10 @@ def _subpackets(area: bytes) -> list[tuple[int, bytes]]:
             size, at = struct.unpack_from("!I", area, at + 1)[0], at + 5
         if size < 1 or at + size > len(area):
             raise _Malformed("subpacket")
-        found.append((area[at] & 0x7F, area[at + 1:at + size]))
+        kind, critical = area[at] & 0x7F, bool(area[at] & 0x80)
+        if hashed and critical and kind not in _UNDERSTOOD:
+            raise _Malformed(f"critical subpacket {kind}")
+        found.append((kind, area[at + 1:at + size]))
         at += size
     return found
 
@@ -103,9 +111,9 @@ def _signature(body: bytes) -> _Signature:
     unhashed_end = hashed_end + 2 + unhashed_size
     if unhashed_end + 2 > len(body):
         raise _Malformed("signature")
-    hashed = _subpackets(body[6:hashed_end])
+    hashed = _subpackets(body[6:hashed_end], hashed=True)
     unhashed = _subpackets(body[hashed_end + 2:unhashed_end])
-    created = 0.0
+    created: float | None = None
     lifetime = None
     issuers = set()
     for kind_, value in hashed + unhashed:
@@ -118,6 +126,8 @@ def _signature(body: bytes) -> _Signature:
             created = float(struct.unpack("!I", value)[0])
         elif kind_ == 3 and len(value) == 4:
             lifetime = struct.unpack("!I", value)[0] or None
+    if created is None:
+        raise _Malformed("no creation time")
     rest = body[unhashed_end + 2:]
     values: list[bytes] = []
     if algorithm == 27:  # Ed25519, native
@@ -190,10 +200,12 @@ def _verified(signature: _Signature, signed: bytes, signer: tuple[int, Any]) -> 
     return True
 
 
-def certified_user_ids(key: PGPKey, introducer: PGPKey, now: float) -> list[str]:
+def certified_user_ids(key: PGPKey, introducer: PGPKey, now: float
+                       ) -> list[tuple[str, float | None]]:
     """
     The user IDs of C{key} that C{introducer}'s primary key has certified,
-    the certification valid at C{now}.
+    the certification valid at C{now}, each with when the certification
+    expires (C{None}: never).
     """
     if key.fingerprint == introducer.fingerprint or key.version != 4:
         return []
@@ -206,7 +218,7 @@ def certified_user_ids(key: PGPKey, introducer: PGPKey, now: float) -> list[str]
     names = {introducer.fingerprint, introducer.key_id}
     primary_body: bytes | None = None
     user_id: bytes | None = None
-    found: dict[bytes, list[tuple[float, bool]]] = {}
+    found: dict[bytes, list[tuple[float, bool, float | None]]] = {}
     for packet in PacketPile.from_bytes(key.public):
         if packet.tag in (Tag.PublicKey, Tag.SecretKey) and primary_body is None:
             primary_body = packet.body
@@ -226,14 +238,16 @@ def certified_user_ids(key: PGPKey, introducer: PGPKey, now: float) -> list[str]
                       + b"\xb4" + struct.pack("!I", len(user_id)) + user_id)
             if signature.created > now + _SKEW or not _verified(signature, signed, signer):
                 continue
-            alive = signature.expires is None or now < signature.expires
-            found.setdefault(user_id, []).append(
-                (signature.created, signature.kind != _CERTIFICATION_REVOCATION and alive))
+            revoked = signature.kind == _CERTIFICATION_REVOCATION
+            found.setdefault(user_id, []).append((signature.created, revoked,
+                                                  signature.expires))
     certified = []
     for uid, signatures in found.items():
-        newest = max(signatures)  # the latest word of the introducer on it
-        if newest[1]:
-            certified.append(uid.decode("utf-8", "replace"))
+        # The latest word of the introducer on it; a revocation made in the
+        # same second as a certification wins.
+        _, revoked, until = max(signatures, key=lambda s: (s[0], s[1]))
+        if not revoked and (until is None or now < until):
+            certified.append((uid.decode("utf-8", "replace"), until))
     return certified
 
 

@@ -405,7 +405,7 @@ class PGPOpener:
                 problem = check.reason or "the signer's key is not in the keyring"
             elif (why := stored.key.problem(now)) is not None:
                 problem = why
-            elif not stored.trusted:
+            elif not stored.trusted and not stored.introduced_at(now):
                 problem = "the signer's key is not trusted (PGP keys)"
             elif context.sender_problem:
                 problem = context.sender_problem
