@@ -227,8 +227,8 @@ class OpenedLayers:
         Whether L{delivered} has every layer opened: when signatures are to
         be removed, every layer could be opened, and each signature inside
         the innermost encryption is valid and trusted (one that is not stays
-        for the reader's client to show, as does a PGP signature, which is
-        not checked here).
+        for the reader's client to show; an inline cleartext signature stays
+        in any case, being part of the text).
         """
         inside = [layer for layer in self.layers[self._last_decryption + 1:]
                   if layer.kind != PGP_INLINE]  # a cleartext signature stays anyway
