@@ -403,6 +403,14 @@ def test_import_untrust_and_delete_in_a_browser(context: BrowserContext,  # noqa
     expect(page.get_by_role("status")).to_have_text("The key is now not trusted.")
     expect(page.get_by_role("button", name="Trust", exact=True)).to_be_visible()
     shoot(page, artifacts, "pgp-key")
+    page.get_by_role("button", name="Make a trusted introducer").click()
+    expect(page.get_by_role("status")).to_have_text("The key is now a trusted introducer.")
+    # Untrusted just before: the mark is not in force.
+    expect(page.locator("dl.facts")).to_contain_text(
+        "yes, but not in force: the key itself is not trusted")
+    shoot(page, artifacts, "pgp-key-introducer")
+    page.get_by_role("button", name="Not an introducer").click()
+    expect(page.get_by_role("status")).to_have_text("The key is now not an introducer.")
 
     with page.expect_download() as download:
         page.get_by_role("link", name="download public key (.asc)").click()

@@ -200,7 +200,8 @@ class PGPPages(AdminPages):
         now = self.backend.keyring.now()
         return self.render(
             request, "pgp_key.html", session, section="pgp", title="PGP key", stored=stored,
-            key=stored.key, problem=stored.key.encryption_problem(now), now=now,
+            key=stored.key, problem=stored.key.encryption_problem(now),
+            key_problem=stored.key.problem(now), now=now,
             fingerprint=stored.fingerprint.upper(), grouped=grouped, sources=SOURCES,
             changed=changed if changed in ("trust", "introducer", "generated") else None,
         )
