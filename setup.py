@@ -30,6 +30,12 @@ setup(
         "pysequoia>=0.1.35",
         # Only to read the signatures pysequoia cannot reach (cipherd.pki.pgp).
         "pgpy>=0.6",
+        # The PDF method (cipherd.webmail.pdf): fpdf2 lays the message out
+        # (uharfbuzz shapes right-to-left and joined scripts for it), pikepdf
+        # (qpdf) encrypts it with AES-256.
+        "fpdf2>=2.8",
+        "uharfbuzz>=0.39",
+        "pikepdf>=9",
     ],
     extras_require={
         "test": [

@@ -70,6 +70,7 @@ from cipherd.webmail.cleanup import Cleanup
 from cipherd.webmail.mailbox import Mailboxes, message_key
 from cipherd.webmail.messenger import Messenger
 from cipherd.webmail.notify import Notices, Notifier
+from cipherd.webmail.pdf import PDFMaker
 from cipherd.workers import ProcessingWorkers, spawn_worker
 
 SESSION_SWEEP_INTERVAL = 600
@@ -223,6 +224,7 @@ def processing(settings: SettingsRepository, certificates: CertificateStore, key
         WebmailRelay(engine, mailboxes, accounts, Notices(reactor), settings,
                      lambda: mta.current, reactor, certificates.ctl),
         Gateway(settings, certificates, engine, keyring, PGPEngine(OPENPGP, crypto_runner),
+                PDFMaker(crypto_runner),
                 LayerOpener(engine, PGPOpener(keyring, OPENPGP, crypto_runner)),
                 KeyDiscovery(keyring, WebKeyDirectory(
                     reactor, DNSHopResolver(lambda: mta.current.dns_servers)),

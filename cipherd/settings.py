@@ -439,11 +439,13 @@ class PrivateKeyPEM(ValueType):
 class MailTemplate(ValueType):
     """
     A notification template (jinja2): a first line C{Subject: ...}, an
-    empty line, then the text; empty for the built-in one.
+    empty line, then the text; empty for the built-in one.  Without
+    C{subject}: only the text (of a message whose subject is given).
     """
 
     widget = "textarea"
     variables: tuple[str, ...] = ()
+    subject: bool = True
 
     def check(self, value: Any) -> str:
         from jinja2 import TemplateSyntaxError, meta
@@ -454,7 +456,7 @@ class MailTemplate(ValueType):
             return ""
         if len(text) > 20000:
             raise InvalidValue(f"is {len(text)} characters long; the limit is 20000")
-        if not text.startswith("Subject:") or "\n\n" not in text:
+        if self.subject and (not text.startswith("Subject:") or "\n\n" not in text):
             raise InvalidValue("must begin with a line 'Subject: ...', then an empty line, "
                                "then the text")
         environment = SandboxedEnvironment()
@@ -474,6 +476,27 @@ class MailTemplate(ValueType):
 
     def from_form(self, text: str) -> Any:
         return self.check(text)
+
+
+# Letters and digits less those read for others (0/O, 1/l/I): a password
+# read aloud or typed from paper.  (An alphabet, not a password.)
+PASSWORD_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"  # noqa: S105
+
+
+@dataclass(frozen=True)
+class PasswordAlphabet(ValueType):
+    """
+    The characters random passwords are made of: printable ASCII, at least
+    10 different ones.
+    """
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value)
+        if any(not (33 <= ord(c) <= 126) for c in text):
+            raise InvalidValue("must be printable ASCII characters without spaces")
+        if len(set(text)) < 10:
+            raise InvalidValue("must have at least 10 different characters")
+        return "".join(dict.fromkeys(text))
 
 
 @dataclass(frozen=True)
@@ -577,6 +600,7 @@ PAGES = (
     # What the gateway does with outgoing mail.
     Page("webmail", "Webmail", GATEWAY),
     Page("encryption", "Encryption policy", GATEWAY),
+    Page("pdf", "PDF", GATEWAY),
     Page("quota", "Quota", WEBMAIL),
     Page("cleanup", "Auto cleanup", WEBMAIL),
     Page("branding", "Branding", WEBMAIL),
@@ -812,6 +836,55 @@ PROPERTIES: tuple[Property, ...] = (
        "Anyone can send mail with an Autocrypt header in another's name: trust those only "
        "for domains whose mail is authenticated on the way in.",
        page="encryption", group="PGP"),
+    # Settings → PDF: the third method of the chain.
+    _P("pdf_enabled", "PDF enabled", Boolean(), False,
+       "Whether PDF encryption may be used for recipients without a valid S/MIME "
+       "certificate or trusted PGP key (the chain: S/MIME, PGP, PDF, webmail): the message "
+       "goes out as an AES-256 encrypted PDF, its attachments inside, that any PDF reader "
+       "opens with the password. It must be enabled for the sender and for the recipient.",
+       page="pdf", group="PDF", role=GATEWAY),
+    _P("pdf_password_mode", "PDF password mode",
+       Choice((("random_to_sender", "Random, sent to the sender"),
+               ("static", "Static: the recipient's PDF password"))), "random_to_sender",
+       "How the recipient gets the password (the recipient's setting). Random, sent to the "
+       "sender: a new password for each message, sent to the sender in a notice of its "
+       "own, to pass on by another channel (telephone, text message). Static: the PDF "
+       "password set for the recipient or the recipient's domain; without one the next "
+       "method is used.",
+       page="pdf", group="PDF", role=GATEWAY),
+    _P("pdf_password", "PDF password", Text(max_length=256, min_length=8), "",
+       "The password of PDFs for this recipient (or this domain's recipients) when the "
+       "password mode is static. Write-only.",
+       levels=frozenset({Level.DOMAIN, Level.USER}), page="pdf", group="PDF", secret=True,
+       role=GATEWAY),
+    _P("pdf_password_length", "PDF password length", Integer(8, 64, "characters"), 16,
+       "The length of random PDF passwords (the sender's setting).",
+       page="pdf", group="PDF", advanced=True, role=GATEWAY),
+    _P("pdf_password_alphabet", "PDF password alphabet", PasswordAlphabet(),
+       PASSWORD_ALPHABET,
+       "The characters random PDF passwords are made of. The default leaves out those "
+       "that look alike (0 and O, 1, l and I).",
+       page="pdf", group="PDF", advanced=True, role=GATEWAY),
+    _P("pdf_page_size", "PDF page size", Choice((("a4", "A4"), ("letter", "Letter"))), "a4",
+       "The page size of the PDF (the sender's setting).", page="pdf", group="PDF",
+       role=GATEWAY),
+    _P("pdf_obscure_subject", "PDF obscure subject", Boolean(), False,
+       "The mail carrying the PDF has the subject [...] instead of the message's own, "
+       "which stays inside the PDF (the sender's setting).",
+       page="pdf", group="PDF", role=GATEWAY),
+    _P("template_pdf_message", "PDF message",
+       MailTemplate(("sender", "recipient", "subject", "filename", "password_mode"),
+                    subject=False), "",
+       "The text of the mail that carries the PDF (its subject is the message's). Empty: "
+       "the built-in text. Variables: sender, recipient, subject, filename, password_mode "
+       "(random_to_sender or static).",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
+    _P("template_pdf_password", "PDF password notice",
+       MailTemplate(("recipient", "subject", "password", "filename")), "",
+       "Sent to the sender with the password of a PDF when the password mode is random, "
+       "sent to the sender. Empty: the built-in text. Variables: recipient, subject, "
+       "password, filename.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
     # The portal (the recipient's side in the browser).
     _P("webmail_totp_required", "Second factor required", Boolean(), False,
        "Recipients must use a one-time code from an authenticator app (TOTP) as well as "

@@ -40,6 +40,7 @@ from cipherd.store.settings import SettingsRepository
 from cipherd.testing import RecordingSubmission, SynchronousRunner, migrated_store, result_of
 from cipherd.testing.certificates import MemoryOCSPClient
 from cipherd.testing.pgp import MemoryKeyDirectory, MemoryKeyring
+from cipherd.webmail.pdf import PDFMaker
 from tests.pki_factory import EMAIL_EKU, START, make_ca, make_user
 
 NOW = START + timedelta(days=10)
@@ -85,6 +86,7 @@ class World:
         self.directory = MemoryKeyDirectory()
         self.gateway = Gateway(self.settings, self.certificates, self.engine, self.keyring,
                                PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
+                               PDFMaker(SynchronousRunner()),
                                LayerOpener(self.engine, PGPOpener(
                                    self.keyring, SequoiaOpenPGP(), SynchronousRunner())),
                                KeyDiscovery(self.keyring, self.directory, SequoiaOpenPGP(),

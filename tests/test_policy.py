@@ -103,14 +103,14 @@ def test_webmail_disabled_is_logged_as_the_guide_says_and_mandatory_bounces(
     assert decision.reason == (
         "Encryption is mandatory (by policy) but no method could encrypt the message: there "
         f"is no valid S/MIME certificate for the recipient; there is no PGP key for the "
-        f"recipient; {line}.")
+        f"recipient; PDF is disabled; {line}.")
 
 
 def test_allowed_falls_back_to_plain_and_says_why() -> None:
     decision = decide(facts(settings(encrypt_mode="allow")))
     assert (decision.method, decision.mandatory) == (PLAIN, False)
     assert decision.reason == ("there is no valid S/MIME certificate for the recipient; "
-                               "there is no PGP key for the recipient; "
+                               "there is no PGP key for the recipient; PDF is disabled; "
                                "Webmail is disabled for the sender")
 
 

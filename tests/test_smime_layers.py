@@ -41,6 +41,7 @@ from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
 from cipherd.testing.pgp import MemoryKeyDirectory, MemoryKeyring
+from cipherd.webmail.pdf import PDFMaker
 from tests.conftest import Appliance
 from tests.peers import require_tool, run
 from tests.pki_factory import make_ca, make_user
@@ -116,7 +117,8 @@ class Bob:
         self.opener = LayerOpener(self.engine, PGPOpener(self.keyring, SequoiaOpenPGP(),
                                                          SynchronousRunner()))
         self.gateway = Gateway(self.settings, self.certificates, self.engine, self.keyring,
-                               PGPEngine(SequoiaOpenPGP(), SynchronousRunner()), self.opener,
+                               PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
+                               PDFMaker(SynchronousRunner()), self.opener,
                                KeyDiscovery(self.keyring, MemoryKeyDirectory(), SequoiaOpenPGP(),
                                             SynchronousRunner(), self.clock),
                                lambda: self.config, self.clock)

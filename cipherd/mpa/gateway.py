@@ -15,6 +15,10 @@ is then split per path:
     - PGP recipients get one message encrypted to all their keys, PGP/MIME
       or inline as their *PGP encoding* says (and signed with the sender's
       PGP key when the policy says so);
+    - PDF recipients get each a mail of their own with the message as an
+      AES-256 encrypted PDF (L{cipherd.webmail.pdf}), its password the
+      static one set for them or a random one, then sent to the sender in
+      a notice;
     - webmail recipients are handed to the webmail messenger in one tunnel
       message (L{cipherd.mpa.tunnel}), signed with the *webmail sender*'s
       key and encrypted to the *webmail recipient*'s certificates, queued as
@@ -76,6 +80,8 @@ from cipherd.settings import REGISTRY, IAddressSettings, InvalidValue
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
+from cipherd.webmail.notify import Notices
+from cipherd.webmail.pdf import PDF_FILENAME, PDFMaker, PDFOptions, PDFRenderError, random_password
 
 log = mail_logger("cipherd.mpa.gateway")
 
@@ -92,14 +98,16 @@ class Gateway:
     """
 
     def __init__(self, settings: IAddressSettings, certificates: ICertificateStore,
-                 engine: SmimeEngine, keyring: IKeyring, pgp: PGPEngine, opener: LayerOpener,
-                 discovery: KeyDiscovery, mta: Callable[[], MTAConfig],
+                 engine: SmimeEngine, keyring: IKeyring, pgp: PGPEngine, pdf: PDFMaker,
+                 opener: LayerOpener, discovery: KeyDiscovery, mta: Callable[[], MTAConfig],
                  clock: IReactorTime) -> None:
         self._settings = settings
         self._certificates = certificates
         self._engine = engine
         self._keyring = keyring
         self._pgp = pgp
+        self._pdf = pdf
+        self._notices = Notices(clock)
         self._opener = opener
         self._discovery = discovery
         self._mta = mta
@@ -150,7 +158,8 @@ class Gateway:
         decisions: list[policy.Decision] = []
         for recipient in envelope.recipients:
             facts = policy.Facts(recipient, sender_settings, known[recipient],
-                                 receive.relay_domain(canonical[recipient]), trigger)
+                                 receive.relay_domain(canonical[recipient]), trigger,
+                                 sender=envelope.sender)
             if policy.needs_certificates(facts):
                 found = await self._certificates.encryption_certificates(
                     canonical[recipient], fail_closed=_fails_closed(known[recipient]))
@@ -211,6 +220,9 @@ class Gateway:
             bounced += await self._pgp_path(envelope, _with_header(protected, header), chosen,
                                             pgp_keys, pgp_signer, known, sender_settings,
                                             results)
+        if chosen := by_method.get(policy.PDF):
+            bounced += await self._pdf_path(envelope, _with_header(protected, header), chosen,
+                                            known, sender_settings, config, results)
         if webmail := by_method.get(policy.WEBMAIL):
             # The tunnel carries the message as the client sent it (from
             # below the Received field our server added), not copied; with
@@ -306,6 +318,56 @@ class Gateway:
                      keys=", ".join(sorted({k.fingerprint.upper() for r in recipients
                                             for k in keys[r]})))
             results.deliver(envelope.sender, recipients, encrypted, f"PGP {what}")
+        return bounced
+
+    async def _pdf_path(self, envelope: Envelope, content: bytes,
+                        chosen: list[policy.Decision],
+                        known: Mapping[str, Mapping[str, Any]],
+                        sender_settings: Mapping[str, Any], config: MTAConfig,
+                        results: Results) -> list[tuple[str, str]]:
+        """
+        A mail per recipient with the message as a PDF encrypted with that
+        recipient's password (a static one, or a random one then sent to
+        the sender: never logged).
+
+        @return: recipients the PDF could not be made for, with why.
+        """
+        bounced: list[tuple[str, str]] = []
+        subject = next((value for name, value in header_fields(content) if name == "subject"),
+                       "")
+        obscure = bool(sender_settings["pdf_obscure_subject"])
+        for d in chosen:
+            settings = known[d.recipient]
+            mode = str(settings["pdf_password_mode"])
+            if mode == "static":
+                password = str(settings["pdf_password"])
+            else:
+                password = random_password(int(sender_settings["pdf_password_length"]),
+                                           str(sender_settings["pdf_password_alphabet"]))
+            text = self._notices.render("pdf_message", dict(
+                sender=envelope.sender, recipient=d.recipient,
+                subject="" if obscure else subject, filename=PDF_FILENAME,
+                password_mode=mode), sender_settings).text
+            options = PDFOptions(user_password=password,
+                                 page_size=str(sender_settings["pdf_page_size"]),
+                                 created=self._clock.seconds())
+            try:
+                mail = await self._pdf.protect(content, options, text, obscure_subject=obscure)
+            except PDFRenderError as e:
+                log.warn("{queue_id}: PDF encryption failed: {why}; Recipient: {rcpt}",
+                         queue_id=envelope.queue_id, why=e, rcpt=d.recipient)
+                bounced.append((d.recipient, f"PDF encryption failed: {e}"))
+                continue
+            how = "static password" if mode == "static" else "random password sent to the sender"
+            log.info("{queue_id}: PDF encrypted (AES-256, {how}); Recipient: {rcpt}",
+                     queue_id=envelope.queue_id, how=how, rcpt=d.recipient)
+            results.deliver(envelope.sender, (d.recipient,), mail, "PDF encrypted")
+            if mode == "random_to_sender":
+                notice = self._notices.render("pdf_password", dict(
+                    recipient=d.recipient, subject=subject, password=password,
+                    filename=PDF_FILENAME), sender_settings)
+                results.send(self._notices.message(envelope.sender, notice, sender_settings,
+                                                   config.my_hostname))
         return bounced
 
     async def _tunnel(self, envelope: Envelope, protected: bytes, start: int,

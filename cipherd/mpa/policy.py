@@ -22,10 +22,12 @@ The decision for one recipient:
        signed too when the sender's *S/MIME sign* is on), then PGP (the
        recipient has a valid key the administrator trusts and PGP is
        enabled for both; signed too when the sender's *PGP sign* is on and
-       the sender has a key with its secret), then the webmail tunnel
-       (enabled for the sender and for the recipient; with the sender's
-       *only if mandatory*, only for mandatory encryption).  PDF will be a
-       further link of L{METHODS}.
+       the sender has a key with its secret), then PDF (enabled for both,
+       and the password can reach the recipient: a static password set for
+       the recipient, or a random one sent to the message's sender), then
+       the webmail tunnel (enabled for the sender and for the recipient;
+       with the sender's *only if mandatory*, only for mandatory
+       encryption).
     4. No method: a bounce when encryption is mandatory, the message as is
        when it is merely allowed.
 """
@@ -45,6 +47,7 @@ INTERNAL = "internal"
 PLAIN = "plain"
 SMIME = "smime"
 PGP = "pgp"
+PDF = "pdf"
 WEBMAIL = "webmail"
 BOUNCE = "bounce"
 
@@ -101,6 +104,7 @@ class Facts:
     @ivar pgp_refused: why the recipient's other PGP keys cannot be used
         (untrusted, expired, revoked), or that there is none.
     @ivar can_pgp_sign: the sender has a valid PGP key with its secret.
+    @ivar sender: the envelope sender (empty: the null sender).
     """
 
     recipient: str
@@ -113,6 +117,7 @@ class Facts:
     pgp_keys: Sequence[Any] = ()
     pgp_refused: str = ""
     can_pgp_sign: bool = False
+    sender: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,8 @@ class Decision:
     """
     What happens to one recipient's mail.
 
-    @ivar method: L{INTERNAL}, L{PLAIN}, L{SMIME}, L{PGP}, L{WEBMAIL} or
-        L{BOUNCE}.
+    @ivar method: L{INTERNAL}, L{PLAIN}, L{SMIME}, L{PGP}, L{PDF},
+        L{WEBMAIL} or L{BOUNCE}.
     @ivar mandatory: encryption was mandatory (by mode or by trigger).
     @ivar sign: for S/MIME and PGP: sign with the sender's key too.
     @ivar reason: for a bounce, the reason its notice gives; for plain
@@ -204,6 +209,18 @@ def _pgp(facts: Facts, mandatory: bool) -> Decision | str:
                     sign=facts.can_pgp_sign and bool(facts.sender_settings["pgp_sign"]))
 
 
+def _pdf(facts: Facts, mandatory: bool) -> Decision | str:
+    if not (facts.sender_settings["pdf_enabled"] and facts.recipient_settings["pdf_enabled"]):
+        return "PDF is disabled"
+    mode = facts.recipient_settings["pdf_password_mode"]
+    if mode == "static" and not facts.recipient_settings["pdf_password"]:
+        return "there is no PDF password for the recipient (PDF password mode: static)"
+    if mode == "random_to_sender" and not facts.sender:
+        return ("the PDF password cannot be sent: the message has no sender (PDF password "
+                "mode: random, sent to the sender)")
+    return Decision(facts.recipient, PDF, mandatory)
+
+
 def _webmail(facts: Facts, mandatory: bool) -> Decision | str:
     if not facts.sender_settings["webmail_enabled"]:
         return "Webmail is disabled for the sender"
@@ -214,9 +231,9 @@ def _webmail(facts: Facts, mandatory: bool) -> Decision | str:
     return Decision(facts.recipient, WEBMAIL, mandatory)
 
 
-# The method chain, in order (the guide's: S/MIME, PGP, PDF, webmail). PDF
-# joins here.
-METHODS: tuple[tuple[str, Offer], ...] = ((SMIME, _smime), (PGP, _pgp), (WEBMAIL, _webmail))
+# The method chain, in order (the guide's: S/MIME, PGP, PDF, webmail).
+METHODS: tuple[tuple[str, Offer], ...] = ((SMIME, _smime), (PGP, _pgp), (PDF, _pdf),
+                                          (WEBMAIL, _webmail))
 
 
 def decide(facts: Facts, methods: Sequence[tuple[str, Offer]] = METHODS) -> Decision:
@@ -241,6 +258,9 @@ def decide(facts: Facts, methods: Sequence[tuple[str, Offer]] = METHODS) -> Deci
             # A key the recipient has but that cannot be used: the
             # administrator needs to know which and why.
             notes.append(("info", f"PGP not used: {offered}; Recipient: {facts.recipient}"))
+        if name == PDF and offered != "PDF is disabled":
+            # Enabled, but the password cannot reach the recipient.
+            notes.append(("info", f"PDF not used: {offered}; Recipient: {facts.recipient}"))
         if name == WEBMAIL and offered.startswith("Webmail is disabled"):
             # The guide's MPA log line (Troubleshooting, "Webmail is disabled").
             notes.append(("info", f"{offered}; Recipient: {facts.recipient}"))

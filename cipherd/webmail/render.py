@@ -162,11 +162,11 @@ def header(message: Message, name: str) -> str:
     return plain_text(value)
 
 
-def _leaves(message: EmailMessage) -> list[EmailMessage]:
+def leaves(message: EmailMessage) -> list[EmailMessage]:
     return [part for part in message.walk() if not part.is_multipart()]
 
 
-def _payload(part: Message) -> bytes:
+def payload(part: Message) -> bytes:
     try:
         data = part.get_payload(decode=True)
     except Exception:  # a transfer encoding that does not decode
@@ -180,7 +180,7 @@ def _text(part: EmailMessage | None) -> str:
     try:
         content = part.get_content()
     except Exception:  # an unknown charset or a broken encoding
-        content = _payload(part).decode("utf-8", "replace")
+        content = payload(part).decode("utf-8", "replace")
     return content if isinstance(content, str) else ""
 
 
@@ -210,10 +210,18 @@ def read(content: bytes, *, allow_remote: bool = False) -> Shown:
 
 
 def _read(content: bytes, *, allow_remote: bool) -> Shown:
-    message = parse(content)
+    return read_parsed(parse(content), allow_remote=allow_remote)
+
+
+def read_parsed(message: EmailMessage, *, allow_remote: bool = False) -> Shown:
+    """
+    L{read} for a message parsed already (L{parse}).
+
+    @raise RecursionError: a structure nested too deeply to walk.
+    """
     html_part, text_part = _body(message, "html"), _body(message, "plain")
-    leaves = _leaves(message)
-    images = {_content_id(p): p for p in leaves
+    parts = leaves(message)
+    images = {_content_id(p): p for p in parts
               if _content_id(p) and p.get_content_type() in _INLINE_IMAGE_TYPES}
     shown = Shown(
         subject=header(message, "Subject"), sender=header(message, "From"),
@@ -227,11 +235,11 @@ def _read(content: bytes, *, allow_remote: bool) -> Shown:
                                                     allow_remote=allow_remote, used=used)
         if not shown.text:
             shown.text = html_text(shown.html)
-    for index, part in enumerate(leaves):
+    for index, part in enumerate(parts):
         if part is html_part or part is text_part or _content_id(part) in used:
             continue
         shown.attachments.append(Part(index, safe_filename(part.get_filename(), index),
-                                      part.get_content_type(), len(_payload(part))))
+                                      part.get_content_type(), len(payload(part))))
     return shown
 
 
@@ -273,7 +281,7 @@ def sanitize(html: str, images: Mapping[str, Message], *, allow_remote: bool,
                     return None
                 used.add(cid)
                 if cid not in inlined:
-                    data = base64.b64encode(_payload(part)).decode("ascii")
+                    data = base64.b64encode(payload(part)).decode("ascii")
                     inlined[cid] = f"data:{part.get_content_type()};base64,{data}"
                 # Each reference repeats the image in the page: a small
                 # message naming one image a thousand times must not make a
@@ -393,11 +401,11 @@ def part(content: bytes, index: int) -> tuple[str, str, bytes] | None:
     type and its bytes; C{None} when there is no such part.
     """
     try:
-        leaves = _leaves(parse(content))
+        found_parts = leaves(parse(content))
     except RecursionError:  # see read()
         return None
-    if not 0 <= index < len(leaves):
+    if not 0 <= index < len(found_parts):
         return None
-    found: Any = leaves[index]
+    found: Any = found_parts[index]
     return (safe_filename(found.get_filename(), index), download_type(found.get_content_type()),
-            _payload(found))
+            payload(found))

@@ -1,0 +1,181 @@
+"""
+The PDF method in the gateway's chain (S/MIME, PGP, PDF, webmail): who gets
+a PDF, with which password, what the sender is told, and what happens when
+the password cannot reach the recipient or the PDF cannot be made.  The
+PDFs are opened by qpdf and poppler (L{tests.pdf_peers}).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cipherd.mpa import policy
+from cipherd.settings import GLOBAL, REGISTRY, Level, scope_for
+from tests.pdf_peers import PDFReaders, pdf_of, text_of
+from tests.test_gateway import RECEIVED, SENT, World, pki  # noqa: F401
+
+DEFAULTS = {name: prop.default for name, prop in REGISTRY.items()}
+PDF_ON = {"encrypt_mode": "mandatory", "pdf_enabled": True}
+
+
+@pytest.fixture
+def world(pki: dict[str, Any]) -> World:  # noqa: F811
+    world = World(pki)
+    world.set(GLOBAL, **PDF_ON)
+    return world
+
+
+@pytest.fixture
+def readers(tmp_path: Path) -> PDFReaders:
+    return PDFReaders(tmp_path)
+
+
+def password_in(notice: bytes) -> str:
+    found = re.search(r"The password to open it is:\s+(\S+)", text_of(notice))
+    assert found is not None
+    return found.group(1)
+
+
+def test_no_certificate_no_key_a_pdf_with_a_random_password_for_the_sender(
+        world: World, readers: PDFReaders, log_lines: list[str]) -> None:
+    parts = world.process("bob@partner.example", "dave@partner.example")
+    # Bob has a certificate: S/MIME comes first in the chain.
+    assert b"application/pkcs7-mime" in parts[("bob@partner.example",)].content
+    mail = parts[("dave@partner.example",)].content
+    pdf = pdf_of(mail)
+    [(_, recipients, notice)] = world.submitted
+    assert recipients == ["alice@example.com"]
+    password = password_in(notice)
+    assert len(password) == 16
+    assert "dave@partner.example" in text_of(notice)
+    text = readers.text(pdf, password)
+    assert "Quarterly figures [encrypt]" in text and "Grüße" in text and ".dot" in text
+    readers.refuses(pdf, "")
+    carrier = text_of(mail)
+    assert "alice@example.com sent you an encrypted message" in carrier
+    assert "will give it to you another way" in carrier and password not in carrier
+    assert any("PDF encrypted (AES-256, random password sent to the sender); Recipient: "
+               "dave@partner.example" in line for line in log_lines)
+    assert not any(password in line for line in log_lines)
+
+
+def test_a_random_password_per_recipient(world: World, readers: PDFReaders) -> None:
+    parts = world.process("dave@partner.example", "erin@other.example")
+    notices = {recipient: password_in(content) for _, _, content in world.submitted
+               for recipient in ("dave@partner.example", "erin@other.example")
+               if recipient in text_of(content)}
+    assert len(set(notices.values())) == 2
+    for recipient, password in notices.items():
+        assert "Grüße" in readers.text(pdf_of(parts[(recipient,)].content), password)
+
+
+def test_a_static_password_set_for_the_recipient_or_its_domain(
+        world: World, readers: PDFReaders) -> None:
+    world.domain("partner.example", pdf_password_mode="static",
+                 pdf_password="partner-wide-secret")
+    world.set(scope_for(Level.USER, "dave@partner.example"), pdf_password="dave-own-secret")
+    parts = world.process("dave@partner.example", "erin@partner.example")
+    assert world.submitted == []  # no notice: the password is agreed beforehand
+    assert "Grüße" in readers.text(pdf_of(parts[("dave@partner.example",)].content),
+                                   "dave-own-secret")
+    erin = pdf_of(parts[("erin@partner.example",)].content)
+    assert "Grüße" in readers.text(erin, "partner-wide-secret")
+    readers.refuses(erin, "dave-own-secret")
+    assert "Its password is the PDF password agreed with you." in text_of(
+        parts[("erin@partner.example",)].content)
+
+
+def test_static_without_a_password_goes_on_to_webmail(world: World,
+                                                     log_lines: list[str]) -> None:
+    world.set(GLOBAL, webmail_enabled=True)
+    world.tunnel_certificates()
+    world.domain("partner.example", pdf_password_mode="static")
+    parts = world.process("dave@partner.example")
+    assert parts[("dave@partner.example",)].relay == "webmail"
+    assert any("PDF not used: there is no PDF password for the recipient (PDF password mode: "
+               "static); Recipient: dave@partner.example" in line for line in log_lines)
+
+
+def test_mandatory_without_any_method_tells_the_sender_why(world: World) -> None:
+    world.domain("partner.example", pdf_password_mode="static")
+    parts = world.process("dave@partner.example")
+    outcome = parts[("dave@partner.example",)].outcome
+    assert outcome is not None and outcome.status == "bounced"
+    [(_, _, notice)] = world.submitted
+    assert b"there is no PDF password for the recipient" in notice
+
+
+def test_the_null_sender_cannot_be_told_a_random_password(world: World) -> None:
+    parts = world.process("dave@partner.example", sender="")
+    outcome = parts[("dave@partner.example",)].outcome
+    assert outcome is not None and outcome.status == "bounced"
+    assert world.submitted == []  # no notice to the null sender
+
+
+def test_obscure_subject_keeps_the_subject_inside_the_pdf_only(
+        world: World, readers: PDFReaders) -> None:
+    world.set(GLOBAL, pdf_obscure_subject=True)
+    parts = world.process("dave@partner.example")
+    mail = parts[("dave@partner.example",)].content
+    assert b"Subject: [...]" in mail and b"Quarterly" not in mail
+    [(_, _, notice)] = world.submitted
+    assert "Quarterly figures [encrypt]" in readers.text(pdf_of(mail), password_in(notice))
+
+
+def test_the_templates_are_the_administrators(world: World) -> None:
+    world.set(GLOBAL, template_pdf_message="For {{ recipient }}: see {{ filename }}.\n",
+              template_pdf_password="Subject: PDF password\n\nIt is {{ password }} for "
+                                    "{{ recipient }}.\n")
+    parts = world.process("dave@partner.example")
+    assert text_of(parts[("dave@partner.example",)].content).strip() == (
+        "For dave@partner.example: see encrypted-message.pdf.")
+    [(_, _, notice)] = world.submitted
+    assert b"Subject: PDF password" in notice
+    assert re.fullmatch(r"It is \S{16} for dave@partner.example.", text_of(notice).strip())
+
+
+def test_a_message_that_cannot_be_made_a_pdf_is_not_sent(world: World,
+                                                         log_lines: list[str]) -> None:
+    nested = b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n"
+                      % (n, n + 1) for n in range(3000))
+    content = (RECEIVED + b"From: alice@example.com\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n" + nested)
+    parts = world.process("dave@partner.example", content=content)
+    outcome = parts[("dave@partner.example",)].outcome
+    assert outcome is not None and outcome.status == "bounced"
+    [(_, recipients, notice)] = world.submitted
+    assert recipients == ["alice@example.com"]
+    assert b"PDF encryption failed: the message is nested too deeply" in notice
+    assert any("PDF encryption failed" in line for line in log_lines)
+
+
+# The decision alone -----------------------------------------------------------
+
+
+def facts(sender: dict[str, Any], recipient: dict[str, Any], **more: Any) -> policy.Facts:
+    return policy.Facts("dave@partner.example", {**DEFAULTS, **sender},
+                        {**DEFAULTS, **recipient}, False, sender="alice@example.com", **more)
+
+
+def test_the_chain_is_smime_pgp_pdf_webmail() -> None:
+    on = {**PDF_ON, "webmail_enabled": True}
+    key: Any = object()
+    certificate: Any = object()
+    assert policy.decide(facts(on, on, certificates=(certificate,))).method == policy.SMIME
+    assert policy.decide(facts(on, on, pgp_keys=(key,))).method == policy.PGP
+    assert policy.decide(facts(on, on)).method == policy.PDF
+    assert policy.decide(facts(on, {"pdf_enabled": False, "webmail_enabled": True}
+                               )).method == policy.WEBMAIL
+    assert policy.decide(facts({**on, "pdf_enabled": False}, on)).method == policy.WEBMAIL
+
+
+def test_pdf_under_allow_only_when_the_policy_encrypts() -> None:
+    allow = {"encrypt_mode": "allow", "pdf_enabled": True}
+    decision = policy.decide(facts(allow, allow))
+    assert (decision.method, decision.mandatory) == (policy.PDF, False)
+    assert policy.decide(facts({**allow, "encrypt_mode": "no_encryption"},
+                               {"encrypt_mode": "no_encryption"})).method == policy.PLAIN
