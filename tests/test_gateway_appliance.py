@@ -294,7 +294,8 @@ def test_webmail_disabled(gateway: Gateway, where: str, line: str) -> None:
     assert f"{line}; Recipient: dave@partner.example; Sender: alice@example.org" in log
     _notice(gateway, "Encryption is mandatory (by policy) but no method could encrypt the "
                      f"message: there is no valid S/MIME certificate for the recipient; "
-                     f"there is no PGP key for the recipient; {line.removeprefix('INFO ')}.")
+                     f"there is no PGP key for the recipient; PDF is disabled; "
+                     f"{line.removeprefix('INFO ')}.")
 
 
 def test_no_gateway_tunnel_certificate(gateway: Gateway) -> None:
