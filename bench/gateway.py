@@ -4,10 +4,15 @@ cipherd, which passes them through (encryption not required), S/MIME-signs
 and encrypts them (mandatory, the recipient has a certificate, the sender a
 signing key), PGP-signs and encrypts them as PGP/MIME (mandatory, the
 recipient has a trusted PGP key and no certificate, the sender a PGP key
-with its secret; Curve25519), or wraps them in a signed and encrypted
-webmail tunnel message (mandatory, no certificate or key, webmail enabled);
-Postfix's smtp-sink counts what arrives.  All four in the same run, on the
-same appliance.
+with its secret; Curve25519), makes them AES-256 encrypted PDFs (mandatory,
+no certificate or key, PDF enabled, a static password for the recipient's
+domain: one mail per message, no password notice), or wraps them in a
+signed and encrypted webmail tunnel message (mandatory, no certificate or
+key, webmail enabled); Postfix's smtp-sink counts what arrives.  All five in
+the same run, on the same appliance.  Then one message with a 10 MB
+attachment goes the PDF path, and the peak RSS growth of the appliance's
+processes (VmHWM, reset just before) is printed as a multiple of the
+attachment's size.
 
 It prints, per path, the accepted rate (until smtp-source is done: each
 message on disk before its 250) and the delivered rate (until the sink has
@@ -38,6 +43,7 @@ import http.client
 import json
 import os
 import random
+import smtplib
 import ssl
 import statistics
 import sys
@@ -70,7 +76,9 @@ from tests.processes import children  # noqa: E402
 SIZE = 10 * 1024
 SENDER = "bench@example.org"
 PATHS = {"pass-through": "sink@plain.example", "S/MIME": "sink@smime.example",
-         "PGP": "sink@pgp.example", "webmail tunnel": "sink@webmail.example"}
+         "PGP": "sink@pgp.example", "PDF": "sink@pdf.example",
+         "webmail tunnel": "sink@webmail.example"}
+ATTACHMENT = 10 * 1024 * 1024
 
 
 def _name(common_name: str, email: str | None = None) -> x509.Name:
@@ -133,8 +141,8 @@ def configure(cipherd: Cipherd, sink_port: int) -> None:
     """
     cipherd._api("PATCH", "/mta", {"transports": [
         {"domain": domain, "host": "[127.0.0.1]", "port": sink_port}
-        for domain in ("plain.example", "smime.example", "pgp.example", "webmail.example",
-                       "webmail.local")]})
+        for domain in ("plain.example", "smime.example", "pgp.example", "pdf.example",
+                       "webmail.example", "webmail.local")]})
     ca, sender_p12, recipient = make_pki()
     upload(cipherd, "/certificates?store=roots", ca)
     upload(cipherd, "/certificates?password=pw", sender_p12)
@@ -162,9 +170,56 @@ def configure(cipherd: Cipherd, sink_port: int) -> None:
     upload(cipherd, "/pgp/keys", bytes(sender_key))
     upload(cipherd, "/pgp/keys", bytes(recipient_key.extract_certificate()))
     cipherd._api("PATCH", "/settings/domains/pgp.example", {"encrypt_mode": "mandatory"})
+    # PDF: enabled for the sender and pdf.example only (webmail.example's
+    # mail must go on to the tunnel), a static password for the domain.
+    cipherd._api("PATCH", "/settings/domains/pdf.example", {
+        "encrypt_mode": "mandatory", "pdf_enabled": True, "pdf_password_mode": "static",
+        "pdf_password": "bench-pdf-password"})
     cipherd._api("PATCH", "/settings/domains/webmail.example", {
         "encrypt_mode": "mandatory", "webmail_enabled": True})
-    cipherd._api("PATCH", "/settings/users/bench@example.org", {"webmail_enabled": True})
+    cipherd._api("PATCH", "/settings/users/bench@example.org", {"webmail_enabled": True,
+                                                                "pdf_enabled": True})
+
+
+def pdf_attachment_peak(cipherd: Cipherd, sink: SmtpSink) -> str:
+    """
+    One message with a 10 MB attachment through the PDF path: the peak RSS
+    growth of the appliance's processes (VmHWM, reset just before), as a
+    multiple of the attachment's size, and how long it took.
+    """
+    cipherd._api("PATCH", "/mta", {"before_filter_message_size_limit": 30 * 1024 * 1024,
+                                   "after_filter_message_size_limit": 120 * 1024 * 1024})
+    data = os.urandom(ATTACHMENT)
+    message = (f"From: {SENDER}\r\nTo: {PATHS['PDF']}\r\nSubject: A large attachment\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+               "--b\r\nContent-Type: text/plain\r\n\r\nThe file is attached.\r\n--b\r\n"
+               "Content-Type: application/octet-stream\r\n"
+               "Content-Disposition: attachment; filename=large.bin\r\n"
+               "Content-Transfer-Encoding: base64\r\n\r\n").encode() + base64.encodebytes(
+                   data).replace(b"\n", b"\r\n") + b"--b--\r\n"
+    time.sleep(2)
+    pids = [cipherd.pid, *children(cipherd.pid)]
+    for pid in pids:
+        # proc(5): writing 5 to clear_refs resets the peak RSS to the current RSS.
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = sum(_status(pid, "VmRSS") for pid in pids)
+    delivered = sink.delivered
+    started = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", cipherd.smtp_port) as client:
+        client.sendmail(SENDER, [PATHS["PDF"]], message)
+    sink.wait_for(delivered + 1, timeout=600)
+    took = time.monotonic() - started
+    peak = sum(_status(pid, "VmHWM") for pid in pids)
+    return (f"PDF path, one message with a 10 MB attachment ({len(message) / 1e6:.1f} MB as "
+            f"sent): delivered in {took:.2f} s; peak RSS growth {(peak - before) / 1e6:.1f} MB "
+            f"= {(peak - before) / ATTACHMENT:.2f}x the attachment")
+
+
+def _status(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
 
 
 CROWD = "crowd.example"
@@ -310,13 +365,15 @@ def main() -> None:
                 profiles.append(f"{label}:\n{profile.stop()}")
         if options.certificates:
             timings = look_ups(cipherd, store, options.certificates)
+        timings.append(pdf_attachment_peak(cipherd, sink))
     finally:
         cipherd.close()
         sink.close()
     extra = (f", {options.certificates:,} more certificates in the store"
              if options.certificates else "")
     print(f"\n{options.messages} messages of 10 KB per path, smtp-source → cipherd → smtp-sink "
-          f"(S/MIME RSA-2048, SHA-256, AES-256-CBC; PGP Curve25519){extra}; processing in "
+          f"(S/MIME RSA-2048, SHA-256, AES-256-CBC; PGP Curve25519; PDF AES-256 R6){extra}; "
+          "processing in "
           + (f"{cipherd.workers} worker process(es)" if cipherd.workers else "the main process")
           + f"; {os.cpu_count()} cores")
     print(f"{'path':15} {'accepted/s':>11} {'delivered/s':>12} {'vs pass-through':>16}")

@@ -71,6 +71,7 @@ from cipherd.webmail.mailbox import Mailboxes, message_key
 from cipherd.webmail.messenger import Messenger
 from cipherd.webmail.notify import Notices, Notifier
 from cipherd.webmail.pdf import PDFMaker
+from cipherd.webmail.pdfreply import PDFReplies, ReplyCounts
 from cipherd.workers import ProcessingWorkers, spawn_worker
 
 SESSION_SWEEP_INTERVAL = 600
@@ -360,7 +361,8 @@ def make_service(config: Config, reactor: Any) -> IService:
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,
                           lambda: mta.current, queue_runner, reactor)
-    portal = Portal(messenger)
+    portal = Portal(messenger, PDFReplies(settings, ReplyCounts(store, reactor),
+                                          lambda: mta.current, queue_runner, reactor))
     for resource, endpoint in ((admin.resource(), config.admin_listen),
                                (portal.resource(), config.portal_listen)):
         site = Site(resource, requestFactory=BoundedRequest, logFormatter=access_log_formatter)

@@ -872,12 +872,29 @@ PROPERTIES: tuple[Property, ...] = (
        "The mail carrying the PDF has the subject [...] instead of the message's own, "
        "which stays inside the PDF (the sender's setting).",
        page="pdf", group="PDF", role=GATEWAY),
+    _P("pdf_reply_enabled", "PDF reply enabled", Boolean(), True,
+       "The PDF and its mail have a link to a page of this appliance's portal where the "
+       "recipient writes a reply, with attachments, without an account; it goes to the "
+       "sender only (the sender's setting, checked again when the reply is sent). Needs "
+       "the PDF reply URL or the Portal base URL.",
+       page="pdf", group="Reply", role=GATEWAY),
+    _P("pdf_reply_url", "PDF reply URL", Url(), "",
+       "The address of this appliance's portal as recipients reach it, e.g. "
+       "https://secure.example.com; the links are this followed by /pdf/reply/. Empty: the "
+       "Portal base URL.", levels=GLOBAL_AND_DOMAIN, page="pdf", group="Reply",
+       role=GATEWAY),
+    _P("pdf_reply_link_validity", "PDF reply link validity", Integer(1, 3650, "days"), 30,
+       "Days a reply link works after the message was sent.", page="pdf", group="Reply",
+       role=GATEWAY),
+    _P("pdf_reply_single_use", "PDF reply single use", Boolean(), False,
+       "A reply link sends one reply only. Either way a link sends at most 5 replies an "
+       "hour.", page="pdf", group="Reply", advanced=True, role=GATEWAY),
     _P("template_pdf_message", "PDF message",
-       MailTemplate(("sender", "recipient", "subject", "filename", "password_mode"),
-                    subject=False), "",
+       MailTemplate(("sender", "recipient", "subject", "filename", "password_mode",
+                     "reply_link"), subject=False), "",
        "The text of the mail that carries the PDF (its subject is the message's). Empty: "
        "the built-in text. Variables: sender, recipient, subject, filename, password_mode "
-       "(random_to_sender or static).",
+       "(random_to_sender or static), reply_link (empty when there is none).",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
     _P("template_pdf_password", "PDF password notice",
        MailTemplate(("recipient", "subject", "password", "filename")), "",

@@ -15,6 +15,8 @@ import pytest
 
 from cipherd.mpa import policy
 from cipherd.settings import GLOBAL, REGISTRY, Level, scope_for
+from cipherd.testing import result_of
+from cipherd.webmail.pdfreply import read_token
 from tests.pdf_peers import PDFReaders, pdf_of, text_of
 from tests.test_gateway import RECEIVED, SENT, World, pki  # noqa: F401
 
@@ -179,3 +181,31 @@ def test_pdf_under_allow_only_when_the_policy_encrypts() -> None:
     assert (decision.method, decision.mandatory) == (policy.PDF, False)
     assert policy.decide(facts({**allow, "encrypt_mode": "no_encryption"},
                                {"encrypt_mode": "no_encryption"})).method == policy.PLAIN
+
+
+def test_the_pdf_and_its_mail_carry_a_signed_reply_link(world: World,
+                                                        readers: PDFReaders) -> None:
+    world.set(GLOBAL, pdf_reply_url="https://secure.example.com", pdf_obscure_subject=True,
+              pdf_reply_single_use=True, server_secret="a server secret of some length")
+    parts = world.process("dave@partner.example")
+    mail = parts[("dave@partner.example",)].content
+    found = re.search(r"https://secure\.example\.com/pdf/reply\?token=(\S+)", text_of(mail))
+    assert found is not None
+    token = found.group(1)
+    [(_, _, notice)] = world.submitted
+    text = readers.text(pdf_of(mail), password_in(notice))
+    assert "Reply securely:" in text and token[:40] in "".join(text.split())
+    secret = result_of(world.settings.by_address([""]))[""]["server_secret"]
+    link = read_token(secret, token, world.clock.seconds())
+    assert (link.sender, link.recipient, link.single_use) == (
+        "alice@example.com", "dave@partner.example", True)
+    assert link.subject == ""  # obscured: not in the clear text of the mail either
+    assert link.expires == int(world.clock.seconds()) + 30 * 86400
+
+
+def test_no_reply_link_without_an_address_for_it(world: World, log_lines: list[str]) -> None:
+    world.set(GLOBAL, server_secret="a server secret of some length")
+    parts = world.process("dave@partner.example")
+    assert "/pdf/reply" not in text_of(parts[("dave@partner.example",)].content)
+    assert any("the PDF has no reply link: set the PDF reply URL or the Portal base URL"
+               in line for line in log_lines)

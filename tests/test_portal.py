@@ -42,6 +42,7 @@ from cipherd.webmail.i18n import LANGUAGES
 from cipherd.webmail.mailbox import Mailboxes, message_key
 from cipherd.webmail.messenger import Messenger
 from cipherd.webmail.notify import Notifier
+from cipherd.webmail.pdfreply import PDFReplies, ReplyCounts
 
 ADDRESS = "dave@partner.example"
 PASSWORD = "correct horse battery staple"
@@ -215,7 +216,9 @@ class PortalSite:
                                    Notifier(self.submission, self.clock),
                                    self.settings, lambda: self.config,
                                    self.submission, self.clock)
-        self.portal = Portal(self.messenger)
+        self.pdf_replies = PDFReplies(self.settings, ReplyCounts(self.store, self.clock),
+                                      lambda: self.config, self.submission, self.clock)
+        self.portal = Portal(self.messenger, self.pdf_replies)
         self.resource = self.portal.resource()
 
     def set(self, scope: Any = GLOBAL, **values: Any) -> None:

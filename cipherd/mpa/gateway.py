@@ -82,6 +82,7 @@ from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.webmail.notify import Notices
 from cipherd.webmail.pdf import PDF_FILENAME, PDFMaker, PDFOptions, PDFRenderError, random_password
+from cipherd.webmail.pdfreply import make_token, new_link, reply_url
 
 log = mail_logger("cipherd.mpa.gateway")
 
@@ -336,6 +337,9 @@ class Gateway:
         subject = next((value for name, value in header_fields(content) if name == "subject"),
                        "")
         obscure = bool(sender_settings["pdf_obscure_subject"])
+        message_id = next((value for name, value in header_fields(content)
+                           if name == "message-id"), "")
+        reply_base = self._reply_base(envelope, sender_settings)
         for d in chosen:
             settings = known[d.recipient]
             mode = str(settings["pdf_password_mode"])
@@ -344,13 +348,24 @@ class Gateway:
             else:
                 password = random_password(int(sender_settings["pdf_password_length"]),
                                            str(sender_settings["pdf_password_alphabet"]))
+            reply = ""
+            if reply_base:
+                # The subject stays out of the link when it is obscured: the
+                # link stands in the mail's clear text too.
+                link = new_link(sender=envelope.sender, recipient=d.recipient,
+                                message_id=message_id, subject="" if obscure else subject,
+                                now=self._clock.seconds(),
+                                validity_days=int(sender_settings["pdf_reply_link_validity"]),
+                                single_use=bool(sender_settings["pdf_reply_single_use"]))
+                reply = reply_url(reply_base, make_token(
+                    str(sender_settings["server_secret"]), link))
             text = self._notices.render("pdf_message", dict(
                 sender=envelope.sender, recipient=d.recipient,
                 subject="" if obscure else subject, filename=PDF_FILENAME,
-                password_mode=mode), sender_settings).text
+                password_mode=mode, reply_link=reply), sender_settings).text
             options = PDFOptions(user_password=password,
                                  page_size=str(sender_settings["pdf_page_size"]),
-                                 created=self._clock.seconds())
+                                 reply_url=reply, created=self._clock.seconds())
             try:
                 mail = await self._pdf.protect(content, options, text, obscure_subject=obscure)
             except PDFRenderError as e:
@@ -369,6 +384,20 @@ class Gateway:
                 results.send(self._notices.message(envelope.sender, notice, sender_settings,
                                                    config.my_hostname))
         return bounced
+
+    def _reply_base(self, envelope: Envelope, sender_settings: Mapping[str, Any]) -> str:
+        """
+        Where the PDF reply links of the sender's mail lead, or C{""} for
+        no link (replies off, the null sender, or no URL to give: logged).
+        """
+        if not sender_settings["pdf_reply_enabled"] or not envelope.sender:
+            return ""
+        base = str(sender_settings["pdf_reply_url"] or sender_settings["portal_base_url"])
+        if not base or not sender_settings["server_secret"]:
+            log.info("{queue_id}: the PDF has no reply link: set the PDF reply URL or the "
+                     "Portal base URL (Settings → PDF)", queue_id=envelope.queue_id)
+            return ""
+        return base
 
     async def _tunnel(self, envelope: Envelope, protected: bytes, start: int,
                       chosen: list[policy.Decision], sender_settings: Mapping[str, Any],

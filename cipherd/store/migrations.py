@@ -89,6 +89,10 @@ def _pgp_introducers(conn: Connection) -> None:
                           "DEFAULT FALSE"))
 
 
+def _pdf_replies(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.pdf_replies])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -99,6 +103,7 @@ MIGRATIONS: Sequence[Migration] = (
               _certificate_indexes),
     Migration(7, "the OpenPGP keyring", _pgp_keyring),
     Migration(8, "trusted introducers in the OpenPGP keyring", _pgp_introducers),
+    Migration(9, "replies through PDF reply links", _pdf_replies),
 )
 
 

@@ -251,6 +251,18 @@ webmail_tunnels = Table(
     Column("received", Float, nullable=False, index=True),
 )
 
+# Replies sent through each PDF reply link (its nonce), for single-use links
+# and the rate limit per link; a row goes when its link has expired.
+pdf_replies = Table(
+    "pdf_replies",
+    metadata,
+    Column("link", String(64), primary_key=True),
+    Column("replies", Integer, nullable=False),
+    Column("window_start", Float, nullable=False),
+    Column("window_count", Integer, nullable=False),
+    Column("expires", Float, nullable=False, index=True),
+)
+
 # When each scheduled job last ran: a node runs a job only if it moves this
 # forward from the value it read, so one node runs each due run.
 job_runs = Table(

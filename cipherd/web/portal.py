@@ -84,6 +84,7 @@ from cipherd.webmail import render, totp
 from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused
 from cipherd.webmail.i18n import LANGUAGES, negotiate, ngettext_for, translator
 from cipherd.webmail.messenger import Messenger, ReplyResult
+from cipherd.webmail.pdfreply import PDFReplies, ReplyLink, ReplyRefused
 from cipherd.webmail.reply import MAX_REPLY_SIZE, Attachment, quoted_text
 from cipherd.webmail.sessions import BUSY, LOCKED, THROTTLED, WRONG, LoginRefused, PortalSession
 
@@ -185,12 +186,14 @@ class Portal:
     """
     @param messenger: the webmail messenger's back end; the portal's
         sessions, clock and TOTP key come from it.
+    @param pdf_replies: the reply page of PDF-encrypted messages.
     """
 
     app = SiteApp()
 
-    def __init__(self, messenger: Messenger) -> None:
+    def __init__(self, messenger: Messenger, pdf_replies: PDFReplies) -> None:
         self.messenger = messenger
+        self.pdf_replies = pdf_replies
         self.sessions = messenger.portal_sessions()
         self._totp_key = messenger.mailboxes.key_for("totp")
         self._environments = {code: self._environment(code) for code in LANGUAGES}
@@ -740,6 +743,58 @@ class Portal:
             return await self._expired_form(request)
         deleted = await self.messenger.delete(session.address, [message_id])
         return redirect(request, f"/inbox?deleted={deleted}")
+
+    # Replies to PDF-encrypted messages (no account) ---------------------------
+
+    @app.route("/pdf/reply", methods=["GET"])
+    async def pdf_reply_form(self, request: IRequest) -> bytes:
+        token = arg(request, "token") or ""
+        try:
+            link = await self.pdf_replies.check(token)
+        except LinkRefused as e:
+            return await self._pdf_link_refused(request, e)
+        return await self._pdf_reply_page(request, link, token)
+
+    async def _pdf_reply_page(self, request: IRequest, link: ReplyLink, token: str, *,
+                              status: int = 200, problem: str | None = None,
+                              text: str = "") -> bytes:
+        return await self._render(request, "portal_pdf_reply.html", status, link=link,
+                                  token=token, csrf=self._csrf(request),
+                                  max_size=MAX_FORM_SIZE, text=text,
+                                  problem=self._(request, problem) if problem else None)
+
+    async def _pdf_link_refused(self, request: IRequest, refused: LinkRefused) -> bytes:
+        return await self._render(
+            request, "portal_link_refused.html", 403,
+            heading=self._(request, "This reply link cannot be used"),
+            reason=self._(request, str(refused)),
+            advice=self._(request, "Reply to the sender by email, or ask the sender to send "
+                                   "the message again: a new message brings a new link."),
+            reset_link=False, login_link=False)
+
+    @app.route("/pdf/reply", methods=["POST"])
+    async def pdf_reply(self, request: IRequest) -> bytes:
+        token = arg(request, "token") or ""
+        try:
+            link = await self.pdf_replies.check(token)
+        except LinkRefused as e:
+            return await self._pdf_link_refused(request, e)
+        if not self._csrf_ok(request):
+            return await self._expired_form(request)
+        try:
+            form = _multipart(request)
+        except ValueError as e:
+            return await self._pdf_reply_page(request, link, token, status=400,
+                                              problem=str(e))
+        text = form.get("text")[:1_000_000]
+        try:
+            await self.pdf_replies.send(token, text, form.files[:MAX_ATTACHMENTS])
+        except LinkRefused as e:
+            return await self._pdf_link_refused(request, e)
+        except ReplyRefused as e:
+            return await self._pdf_reply_page(request, link, token, status=400,
+                                              problem=str(e), text=text)
+        return await self._render(request, "portal_pdf_reply_sent.html", link=link)
 
     # Replies and new messages ---------------------------------------------------
 

@@ -79,11 +79,11 @@ class LinkClaims:
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,2048}\.[A-Za-z0-9_-]{43}")
 
 
-def _b64(data: bytes) -> str:
+def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
+def unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -94,7 +94,7 @@ def _mac(secret: str, payload: bytes) -> bytes:
 def make_link_token(secret: str, purpose: str, address: str, nonce: str, expires: int) -> str:
     payload = json.dumps({"p": purpose, "a": address, "e": expires, "n": nonce},
                          separators=(",", ":")).encode()
-    return f"{_b64(payload)}.{_b64(_mac(secret, payload))}"
+    return f"{b64url(payload)}.{b64url(_mac(secret, payload))}"
 
 
 def read_link_token(secret: str, token: str, now: float) -> LinkClaims:
@@ -107,7 +107,7 @@ def read_link_token(secret: str, token: str, now: float) -> LinkClaims:
         raise LinkRefused("This link is damaged. Copy the whole link from the message.")
     encoded, _, mac = token.partition(".")
     try:
-        payload, given = _unb64(encoded), _unb64(mac)
+        payload, given = unb64url(encoded), unb64url(mac)
     except ValueError:  # binascii.Error: a length no encoder makes
         raise LinkRefused("This link is damaged. Copy the whole link from the message.") from None
     if not secret or not hmac.compare_digest(_mac(secret, payload), given):

@@ -275,4 +275,34 @@ CATALOG: dict[str, str] = {
     "your password.":
         "Bescherm uw account met een code uit een authenticator-app op uw telefoon, naast uw "
         "wachtwoord.",
+    # Replies to PDF-encrypted messages.
+    "Reply securely": "Veilig antwoorden",
+    "Your reply goes to %(sender)s only, over this secure connection.":
+        "Uw antwoord gaat alleen naar %(sender)s, over deze beveiligde verbinding.",
+    "Re: your encrypted message": "Re: uw versleutelde bericht",
+    "This page works without an account. Anyone with the link can use it: keep the link to "
+    "yourself.":
+        "Deze pagina werkt zonder account. Iedereen met de link kan hem gebruiken: houd de link "
+        "voor uzelf.",
+    "Your reply was sent": "Uw antwoord is verstuurd",
+    "You can close this page.": "U kunt deze pagina sluiten.",
+    "This reply link cannot be used": "Deze antwoordlink kan niet worden gebruikt",
+    "Reply to the sender by email, or ask the sender to send the message again: a new message "
+    "brings a new link.":
+        "Antwoord de afzender per e-mail, of vraag de afzender het bericht opnieuw te sturen: "
+        "een nieuw bericht brengt een nieuwe link.",
+    "This link is not valid. Copy the whole link from the message.":
+        "Deze link is niet geldig. Kopieer de hele link uit het bericht.",
+    "This reply link has expired. Write to the sender by email, or ask for the message to be "
+    "sent again.":
+        "Deze antwoordlink is verlopen. Schrijf de afzender per e-mail, of vraag om het bericht "
+        "opnieuw te sturen.",
+    "Replies through this page are turned off for this sender. Write to the sender by email "
+    "instead.":
+        "Antwoorden via deze pagina staan uit voor deze afzender. Schrijf de afzender in plaats "
+        "daarvan per e-mail.",
+    "This link has been used for a reply already: it works once.":
+        "Met deze link is al geantwoord: hij werkt één keer.",
+    "The reply is empty: write something or attach a file.":
+        "Het antwoord is leeg: schrijf iets of voeg een bestand toe.",
 }

@@ -33,7 +33,9 @@ a line saying so: a message is never refused for its HTML.
 from __future__ import annotations
 
 import base64
+import bisect
 import io
+import itertools
 import logging
 import quopri
 import re
@@ -218,19 +220,38 @@ def pdf_html(html: str) -> str:
     return re.sub(r"<img(?![^>]*\ssrc=)[^>]*>", "", cleaned)
 
 
+# Controls (C0, DEL, C1) other than the line feed: removed from text.
+_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# What is not shown as itself: removed (format characters such as
+# direction overrides and zero-width spaces, line and paragraph separators,
+# private use, surrogates, unassigned) or, for a space of another width
+# (no-break, em, ideographic), made a space.
+_REMOVED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
 def _printable(text: str) -> str:
     """
-    C{text} as laid out: tabs expanded, format and control characters
-    (direction overrides, zero-width spaces) out, so no name can hide what
-    it is; line breaks kept.
+    C{text} as laid out: line breaks as line feeds, tabs expanded, no
+    control or format characters (direction overrides, zero-width spaces:
+    no name can hide what it is), other spaces made plain spaces.
     """
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    lines = []
-    for line in text.split("\n"):
-        line = line.expandtabs(_TAB)
-        lines.append("".join(c for c in line if c.isprintable()
-                             and unicodedata.category(c) != "Cf"))
-    return "\n".join(lines)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\t" in text:
+        text = "\n".join(line.expandtabs(_TAB) for line in text.split("\n"))
+    if text.isascii():
+        return _CONTROLS.sub("", text)
+    text = unicodedata.normalize("NFC", text)
+    kept = []
+    for c in text:
+        if c == "\n" or c.isprintable():
+            kept.append(c)
+        else:
+            category = unicodedata.category(c)
+            if category == "Zs":
+                kept.append(" ")
+            elif category not in _REMOVED:
+                kept.append(c)
+    return "".join(kept)
 
 
 class _Document:
@@ -253,7 +274,7 @@ class _Document:
                               *(a.filename for a in attachments), options.reply_url])
         # PDF standard fonts (WinAnsi, which fpdf2 writes as Latin-1) when
         # they can show every character: nothing embedded, nothing subset.
-        self._core = all(ord(c) < 256 for c in everything)
+        self._core = max(everything, default=" ") < "\u0100"
         self._complex = bool(_COMPLEX.search(everything))
         pdf = FPDF(format=PAGE_SIZES.get(options.page_size, "A4"))
         pdf.set_auto_page_break(True, margin=15)
@@ -465,22 +486,33 @@ class _Measure:
     def __init__(self, pdf: FPDF) -> None:
         font = pdf.current_font
         assert font is not None  # _font() set it
-        scale = pdf.font_size / 1000
+        self._scale = pdf.font_size / 1000
         widths: Any = font.cw
-        self._width: Callable[[str], float]
+        # Each character's width in font units (the core fonts' table is
+        # keyed by character and has all of Latin-1; a TrueType font's by
+        # code point, with a default for the rest).
+        self._char: Callable[[str], float]
         if isinstance(font, TTFFont):
-            self._width = lambda word: float(sum(widths[ord(c)] for c in word)) * scale
+            self._char = lambda c: widths[ord(c)]
         else:
-            self._width = lambda word: float(sum(widths.get(c, 600) for c in word)) * scale
+            self._char = lambda c: widths.get(c, 600)
+            if len(widths) >= 256:
+                self._char = widths.__getitem__
+
+    def width(self, word: str) -> float:
+        return float(sum(map(self._char, word))) * self._scale
 
     def wrap(self, text: str, width: float) -> Iterator[str]:
         """
         C{text}'s lines broken at spaces into lines of at most C{width};
         a word longer than a line is broken where it must.
         """
-        measure = self._width
+        measure = self.width
         space = measure(" ")
         for paragraph in text.split("\n"):
+            if measure(paragraph) <= width:
+                yield paragraph
+                continue
             line: list[str] = []
             used = 0.0
             for word in paragraph.split(" "):
@@ -488,15 +520,9 @@ class _Measure:
                 if w > width:
                     if line:
                         yield " ".join(line)
-                    line, used = [], 0.0
-                    start, used = 0, 0.0
-                    for i, c in enumerate(word):
-                        cw = measure(c)
-                        if used + cw > width and i > start:
-                            yield word[start:i]
-                            start, used = i, 0.0
-                        used += cw
-                    line = [word[start:]]
+                    *pieces, last = self._break(word, width)
+                    yield from pieces
+                    line, used = [last], measure(last)
                     continue
                 if line and used + space + w > width:
                     yield " ".join(line)
@@ -505,6 +531,23 @@ class _Measure:
                     used += (space if line else 0.0) + w
                     line.append(word)
             yield " ".join(line)
+
+    def _break(self, word: str, width: float) -> list[str]:
+        """
+        A word too long for a line, in pieces that fit (at least a
+        character each).
+        """
+        limit = width / self._scale
+        ends = list(itertools.accumulate(map(self._char, word)))
+        pieces = []
+        start, offset = 0, 0.0
+        while start < len(word):
+            end = bisect.bisect_right(ends, offset + limit, lo=start)
+            end = max(end, start + 1)
+            pieces.append(word[start:end])
+            offset = ends[end - 1]
+            start = end
+        return pieces
 
 
 # The mail that carries the PDF -------------------------------------------------
