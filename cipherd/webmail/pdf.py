@@ -51,7 +51,7 @@ from typing import Any
 import nh3
 import pikepdf
 from fpdf import FPDF
-from fpdf.enums import XPos, YPos
+from fpdf.enums import ResourceAccessPolicy, XPos, YPos
 from fpdf.fonts import TextStyle, TTFFont
 from twisted.internet.defer import Deferred
 
@@ -282,6 +282,9 @@ class _Document:
         pdf.set_producer("cipherd")
         pdf.set_creation_date(datetime.fromtimestamp(options.created, UTC))
         pdf.set_title(options.title)
+        # Nothing read from disk or the network, whatever the HTML says
+        # (images are only the data: URIs pdf_html leaves).
+        pdf.resource_access_policy = ResourceAccessPolicy(0)
         self._pdf = pdf
         self._fonts_added: set[str] = set()
         if self._core:
@@ -441,9 +444,10 @@ class _Document:
 def _encrypt(document: bytearray, user_password: str) -> bytes:
     """
     C{document} encrypted by qpdf (pikepdf) with AES-256, revision 6: fpdf2's
-    own encryption (2.8.9) leaves the names of embedded files unreadable
-    (the name tree's strings are written unencrypted, the file
-    specifications' with the wrong key), so no reader could save them.
+    own encryption (2.8.9) writes the names of embedded files (the name
+    tree's keys, the file specifications' /F and /UF) unencrypted in an
+    encrypted document, so readers decrypt them to garbage and cannot save
+    the files.
 
     The owner password is random and never kept: the permissions (print,
     copy text; no changes) stay as set.
