@@ -245,3 +245,20 @@ def test_random_passwords_use_the_alphabet() -> None:
     assert len(passwords) == 200
     assert all(len(p) == 16 and set(p) <= set(PASSWORD_ALPHABET) for p in passwords)
     assert not set("0O1lI") & set("".join(passwords))
+
+
+def test_an_image_of_too_many_pixels_is_not_decoded(readers: PDFReaders) -> None:
+    import io
+
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(out, "PNG")  # 36 M pixels in a few KB
+    pdf = render_pdf(html_message('<p>Big</p><img src="cid:big@x">',
+                                  images={"big@x": out.getvalue()}), OPTIONS)
+    assert b"/Subtype /Image" not in readers.decrypted(pdf, PASSWORD)
+
+
+def test_html_too_large_to_lay_out_is_shown_as_text(readers: PDFReaders) -> None:
+    html = "".join(f"<p>paragraph {n}</p>" for n in range(3000))
+    text = readers.text(render_pdf(html_message(html), OPTIONS), PASSWORD)
+    assert "too large to lay out" in text and "paragraph 2999" in text

@@ -28,7 +28,7 @@ from cipherd.webmail.pdfreply import make_token, new_link, reply_url
 from tests.pdf_peers import PDFReaders, pdf_of, text_of
 from tests.test_browser_admin import DESKTOP, PHONE, browser, log_in  # noqa: F401
 from tests.test_gateway_appliance import Gateway, gateway, pki  # noqa: F401
-from tests.test_mta_appliance import NEW_PASSWORD
+from tests.test_mta_appliance import NEW_PASSWORD, api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -72,6 +72,8 @@ def test_a_pdf_recipient_replies_through_the_link(
     finally:
         admin.close()
     gateway.settings("global", encrypt_mode="mandatory", pdf_reply_single_use=True)
+    # Replies written on the portal go only to authorized recipients.
+    api(gateway.appliance, "PUT", "/mta/authorized-recipients", ["example.org"])
 
     gateway.send("dave@partner.example")
     captured = {tuple(c.recipients): c for c in gateway.sink.wait_for(2)}

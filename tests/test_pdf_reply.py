@@ -179,3 +179,12 @@ def test_the_token_is_kept_out_of_the_access_log(site: PortalSite) -> None:
 def test_the_token_round_trips_unicode_subjects(site: PortalSite) -> None:
     token = link_token(site, subject="Grüße — 報告")
     assert read_token(SECRET, token, site.clock.seconds()).subject == "Grüße — 報告"
+
+
+def test_no_reply_to_a_sender_outside_our_domains_and_authorized_recipients(
+        site: PortalSite) -> None:
+    link = new_link(sender="someone@elsewhere.test", recipient=RECIPIENT, message_id="",
+                    subject="x", now=site.clock.seconds(), validity_days=1, single_use=False)
+    answer = send(site.visitor(), make_token(SECRET, link))
+    assert answer.status == 403 and "cannot go to this sender" in answer.text
+    assert site.submitted == []

@@ -82,7 +82,7 @@ from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.webmail.notify import Notices
 from cipherd.webmail.pdf import PDF_FILENAME, PDFMaker, PDFOptions, PDFRenderError, random_password
-from cipherd.webmail.pdfreply import make_token, new_link, reply_url
+from cipherd.webmail.pdfreply import make_token, may_reply_to, new_link, reply_url
 
 log = mail_logger("cipherd.mpa.gateway")
 
@@ -339,7 +339,7 @@ class Gateway:
         obscure = bool(sender_settings["pdf_obscure_subject"])
         message_id = next((value for name, value in header_fields(content)
                            if name == "message-id"), "")
-        reply_base = self._reply_base(envelope, sender_settings)
+        reply_base = self._reply_base(envelope, sender_settings, config)
         for d in chosen:
             settings = known[d.recipient]
             mode = str(settings["pdf_password_mode"])
@@ -385,12 +385,15 @@ class Gateway:
                                                    config.my_hostname))
         return bounced
 
-    def _reply_base(self, envelope: Envelope, sender_settings: Mapping[str, Any]) -> str:
+    def _reply_base(self, envelope: Envelope, sender_settings: Mapping[str, Any],
+                    config: MTAConfig) -> str:
         """
         Where the PDF reply links of the sender's mail lead, or C{""} for
-        no link (replies off, the null sender, or no URL to give: logged).
+        no link (replies off, a sender replies may not go to, or no URL to
+        give: logged).
         """
-        if not sender_settings["pdf_reply_enabled"] or not envelope.sender:
+        if not sender_settings["pdf_reply_enabled"] or not may_reply_to(config,
+                                                                         envelope.sender):
             return ""
         base = str(sender_settings["pdf_reply_url"] or sender_settings["portal_base_url"])
         if not base or not sender_settings["server_secret"]:

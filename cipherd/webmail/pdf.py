@@ -42,7 +42,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -50,6 +50,7 @@ from typing import Any
 
 import nh3
 import pikepdf
+import PIL.Image
 from fpdf import FPDF
 from fpdf.enums import ResourceAccessPolicy, XPos, YPos
 from fpdf.fonts import TextStyle, TTFFont
@@ -110,7 +111,7 @@ class PDFOptions:
     @ivar created: when the PDF was made (seconds since the epoch).
     """
 
-    user_password: str
+    user_password: str = field(repr=False)
     page_size: str = "a4"
     reply_url: str = ""
     created: float = 0.0
@@ -199,7 +200,7 @@ def pdf_html(html: str) -> str:
     """
     def attribute(tag: str, name: str, value: str) -> str | None:
         if tag == "img" and name == "src":
-            return value if value.startswith("data:image/") else None
+            return value if value.startswith("data:image/") and _small_image(value) else None
         if name in ("width", "height", "size", "border", "colspan", "start"):
             return value if _NUMBER.fullmatch(value.strip()) else None
         if name == "color":
@@ -227,6 +228,31 @@ _CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 # private use, surrogates, unassigned) or, for a space of another width
 # (no-break, em, ideographic), made a space.
 _REMOVED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+# Pixels of one inline image at most: its bytes are bounded already, but a
+# small PNG can unpack to gigabytes.
+MAX_IMAGE_PIXELS = 25_000_000
+# HTML fpdf2 is given at most (its layout takes time growing with the
+# square of the paragraphs: 5,000 paragraphs take 14 s): beyond it the
+# HTML's text is shown.
+MAX_HTML = 100_000
+MAX_HTML_BLOCKS = 1000
+_BLOCK = re.compile(r"(?i)<(p|div|li|tr|br|hr|h\d|blockquote|dd|dt)\b")
+
+
+def _small_image(uri: str) -> bool:
+    """
+    Whether a C{data:} image is one fpdf2 may decode: readable, and of at
+    most L{MAX_IMAGE_PIXELS} (only its header is read here).
+    """
+    try:
+        data = base64.b64decode(uri.partition(",")[2])
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # not an image Pillow reads: fpdf2 could not either
+        return False
+    return width * height <= MAX_IMAGE_PIXELS
 
 
 def _printable(text: str) -> str:
@@ -389,6 +415,11 @@ class _Document:
                 self._font(style)
             self._font(mono=True)
         self._font()
+        if len(self._html) > MAX_HTML or len(_BLOCK.findall(self._html)) > MAX_HTML_BLOCKS:
+            self._note("This message's formatting is too large to lay out here; its text "
+                       "follows.")
+            self._text_body(_printable(html_text(self._html)))
+            return
         start_page, start_y = pdf.page, pdf.get_y()
         try:
             pdf.write_html(self._html, font_family=self._family,

@@ -39,6 +39,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.interfaces import IReactorTime
 
+from cipherd.core.addresses import canonical_address
 from cipherd.logs import mail_logger
 from cipherd.settings import IAddressSettings
 from cipherd.smtp.config import MTAConfig
@@ -86,9 +87,23 @@ def _mac(secret: str, payload: bytes) -> bytes:
                     hashlib.sha256).digest()
 
 
+def may_reply_to(config: MTAConfig, sender: str) -> bool:
+    """
+    Whether a reply written on the portal may go to C{sender}: an address
+    of our own domains (the relay domains) or an authorized recipient, as
+    for the webmail's own replies (guide §2.3.14).  A reply leaves as
+    written, unencrypted: never to anyone else.
+    """
+    return bool(sender) and (config.receive_policy().relay_domain(canonical_address(sender))
+                             or config.authorized(sender))
+
+
 def new_link(*, sender: str, recipient: str, message_id: str, subject: str, now: float,
              validity_days: int, single_use: bool) -> ReplyLink:
-    return ReplyLink(sender, recipient, one_line(message_id)[:998],
+    # A Message-ID longer than this is no usual one, and would make the
+    # token too long to read back: no threading then.
+    message_id = one_line(message_id)
+    return ReplyLink(sender, recipient, message_id if len(message_id) <= 250 else "",
                      one_line(subject)[:MAX_SUBJECT], int(now + validity_days * 86400),
                      secrets.token_urlsafe(16), single_use)
 
@@ -270,12 +285,16 @@ class PDFReplies:
                                f"{MAX_REPLY_SIZE // 1024 // 1024} MB).")
         if not text.strip() and not attachments:
             raise ReplyRefused("The reply is empty: write something or attach a file.")
+        config = self._mta()
+        if not may_reply_to(config, link.sender):
+            raise LinkRefused("Replies through this page cannot go to this sender. Write to "
+                              "the sender by email instead.")
         refusal = await self._counts.take(link)
         if refusal is not None:
             raise LinkRefused(refusal)
-        message = compose(link, text, attachments, now=self._clock.seconds(),
-                          my_hostname=self._mta().my_hostname)
         try:
+            message = compose(link, text, attachments, now=self._clock.seconds(),
+                              my_hostname=config.my_hostname)
             queued = await self._submission.submit(link.recipient, [link.sender], message,
                                                    "webmail", processed=True)
         except BaseException:
