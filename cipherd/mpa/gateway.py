@@ -334,11 +334,9 @@ class Gateway:
         @return: recipients the PDF could not be made for, with why.
         """
         bounced: list[tuple[str, str]] = []
-        subject = next((value for name, value in header_fields(content) if name == "subject"),
-                       "")
+        fields = dict(reversed(header_fields(content)))  # the first of each name
+        subject, message_id = fields.get("subject", ""), fields.get("message-id", "")
         obscure = bool(sender_settings["pdf_obscure_subject"])
-        message_id = next((value for name, value in header_fields(content)
-                           if name == "message-id"), "")
         reply_base = self._reply_base(envelope, sender_settings, config)
         for d in chosen:
             settings = known[d.recipient]

@@ -746,14 +746,23 @@ class Portal:
 
     # Replies to PDF-encrypted messages (no account) ---------------------------
 
-    @app.route("/pdf/reply", methods=["GET"])
-    async def pdf_reply_form(self, request: IRequest) -> bytes:
+    async def _pdf_link(self, request: IRequest) -> tuple[ReplyLink, str] | bytes:
+        """
+        The link of the request's C{?token=} and the token, or the page
+        refusing it.
+        """
         token = arg(request, "token") or ""
         try:
-            link = await self.pdf_replies.check(token)
+            return await self.pdf_replies.check(token), token
         except LinkRefused as e:
             return await self._pdf_link_refused(request, e)
-        return await self._pdf_reply_page(request, link, token)
+
+    @app.route("/pdf/reply", methods=["GET"])
+    async def pdf_reply_form(self, request: IRequest) -> bytes:
+        checked = await self._pdf_link(request)
+        if isinstance(checked, bytes):
+            return checked
+        return await self._pdf_reply_page(request, *checked)
 
     async def _pdf_reply_page(self, request: IRequest, link: ReplyLink, token: str, *,
                               status: int = 200, problem: str | None = None,
@@ -774,11 +783,10 @@ class Portal:
 
     @app.route("/pdf/reply", methods=["POST"])
     async def pdf_reply(self, request: IRequest) -> bytes:
-        token = arg(request, "token") or ""
-        try:
-            link = await self.pdf_replies.check(token)
-        except LinkRefused as e:
-            return await self._pdf_link_refused(request, e)
+        checked = await self._pdf_link(request)
+        if isinstance(checked, bytes):
+            return checked
+        link, token = checked
         if not self._csrf_ok(request):
             return await self._expired_form(request)
         try:
@@ -788,7 +796,7 @@ class Portal:
                                               problem=str(e))
         text = form.get("text")[:1_000_000]
         try:
-            await self.pdf_replies.send(token, text, form.files[:MAX_ATTACHMENTS])
+            await self.pdf_replies.send(link, text, form.files[:MAX_ATTACHMENTS])
         except LinkRefused as e:
             return await self._pdf_link_refused(request, e)
         except ReplyRefused as e:

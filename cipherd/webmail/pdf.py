@@ -296,7 +296,7 @@ class _Document:
         self._text = _printable(text)
         self._truncated = len(shown.text) > MAX_TEXT
         everything = "".join([shown.subject, shown.sender, *shown.to, *shown.cc, shown.date,
-                              self._text, html_text(html) if html else "",
+                              self._text, render.html_text(html) if html else "",
                               *(a.filename for a in attachments), options.reply_url])
         # PDF standard fonts (WinAnsi, which fpdf2 writes as Latin-1) when
         # they can show every character: nothing embedded, nothing subset.
@@ -418,7 +418,7 @@ class _Document:
         if len(self._html) > MAX_HTML or len(_BLOCK.findall(self._html)) > MAX_HTML_BLOCKS:
             self._note("This message's formatting is too large to lay out here; its text "
                        "follows.")
-            self._text_body(_printable(html_text(self._html)))
+            self._text_body(_printable(render.html_text(self._html)))
             return
         start_page, start_y = pdf.page, pdf.get_y()
         try:
@@ -433,7 +433,7 @@ class _Document:
                 pdf.add_page()
             self._note("The formatting of this message could not be shown; its text "
                        "follows.")
-            self._text_body(_printable(html_text(self._html)))
+            self._text_body(_printable(render.html_text(self._html)))
         pdf.set_x(pdf.l_margin)
 
     def _note(self, text: str) -> None:
@@ -494,10 +494,6 @@ def _encrypt(document: bytearray, user_password: str) -> bytes:
                                       modify_other=False)),
                  compress_streams=False, object_stream_mode=pikepdf.ObjectStreamMode.preserve)
     return out.getvalue()
-
-
-def html_text(html: str) -> str:
-    return render.html_text(html)
 
 
 # Attachments that are compressed already gain nothing from Flate, which

@@ -270,15 +270,15 @@ class PDFReplies:
                               "Write to the sender by email instead.")
         return link
 
-    async def send(self, token: str, text: str, attachments: Sequence[Attachment]) -> str:
+    async def send(self, link: ReplyLink, text: str, attachments: Sequence[Attachment]
+                   ) -> str:
         """
-        Queue the reply written with C{token}'s link.
+        Queue the reply written with C{link} (from L{check}).
 
         @return: the reply's queue id.
         @raise LinkRefused: the link may not be used, or not now.
         @raise ReplyRefused: the reply itself is refused (too large, empty).
         """
-        link = await self.check(token)
         size = len(text.encode()) + sum(len(a.data) for a in attachments)
         if size > MAX_REPLY_SIZE:
             raise ReplyRefused(f"The reply is too large ({size // 1024 // 1024} MB; at most "
