@@ -880,8 +880,8 @@ PROPERTIES: tuple[Property, ...] = (
        page="pdf", group="Reply", role=GATEWAY),
     _P("pdf_reply_url", "PDF reply URL", Url(), "",
        "The address of this appliance's portal as recipients reach it, e.g. "
-       "https://secure.example.com; the links are this followed by /pdf/reply/. Empty: the "
-       "Portal base URL.", levels=GLOBAL_AND_DOMAIN, page="pdf", group="Reply",
+       "https://secure.example.com; the links are this followed by /pdf/reply?token=... "
+       "Empty: the Portal base URL.", levels=GLOBAL_AND_DOMAIN, page="pdf", group="Reply",
        role=GATEWAY),
     _P("pdf_reply_link_validity", "PDF reply link validity", Integer(1, 3650, "days"), 30,
        "Days a reply link works after the message was sent.", page="pdf", group="Reply",
