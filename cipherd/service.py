@@ -72,6 +72,7 @@ from cipherd.webmail.messenger import Messenger
 from cipherd.webmail.notify import Notices, Notifier
 from cipherd.webmail.pdf import PDFMaker
 from cipherd.webmail.pdfreply import PDFReplies, ReplyCounts
+from cipherd.webmail.sms import HTTPSSMSGateway
 from cipherd.workers import ProcessingWorkers, spawn_worker
 
 SESSION_SWEEP_INTERVAL = 600
@@ -225,7 +226,7 @@ def processing(settings: SettingsRepository, certificates: CertificateStore, key
         WebmailRelay(engine, mailboxes, accounts, Notices(reactor), settings,
                      lambda: mta.current, reactor, certificates.ctl),
         Gateway(settings, certificates, engine, keyring, PGPEngine(OPENPGP, crypto_runner),
-                PDFMaker(crypto_runner),
+                PDFMaker(crypto_runner), HTTPSSMSGateway(reactor),
                 LayerOpener(engine, PGPOpener(keyring, OPENPGP, crypto_runner)),
                 KeyDiscovery(keyring, WebKeyDirectory(
                     reactor, DNSHopResolver(lambda: mta.current.dns_servers)),

@@ -500,6 +500,84 @@ class PasswordAlphabet(ValueType):
 
 
 @dataclass(frozen=True)
+class PhoneNumber(ValueType):
+    """
+    A mobile number in international form (E.164): C{+}, the country
+    code and the number, 8 to 15 digits; spaces, dots, dashes and
+    brackets are dropped.  Empty for none.
+    """
+
+    widget = "tel"
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip()
+        if not text:
+            return ""
+        number = re.sub(r"[\s.()-]", "", text)
+        if not re.fullmatch(r"\+[1-9]\d{7,14}", number):
+            raise InvalidValue(f"{text!r} is not a phone number in international form: "
+                               "+, the country code, then the number (e.g. +31 6 1234 5678)")
+        return number
+
+
+# What an SMS gateway's URL and body template may name.
+SMS_PLACEHOLDERS = ("{phone}", "{text}", "{credential}")
+
+
+@dataclass(frozen=True)
+class SMSGatewayUrl(ValueType):
+    """
+    The HTTPS address of an SMS gateway, with placeholders C{{phone}},
+    C{{text}} and C{{credential}} (URL-encoded where they stand).
+    """
+
+    widget = "url"
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip()
+        if not text:
+            return ""
+        sample = text
+        for placeholder in SMS_PLACEHOLDERS:
+            sample = sample.replace(placeholder, "x")
+        if "{" in sample or "}" in sample:
+            raise InvalidValue(f"{text!r} has a placeholder other than "
+                               f"{', '.join(SMS_PLACEHOLDERS)}")
+        Url().check(sample)
+        if not sample.lower().startswith("https://"):
+            raise InvalidValue(f"{text!r} must start with https://: the text carries a password")
+        return text
+
+
+@dataclass(frozen=True)
+class CertificatesPEM(ValueType):
+    """
+    One or more X.509 certificates in PEM; empty for none.
+    """
+
+    widget = "textarea"
+
+    def check(self, value: Any) -> str:
+        from cryptography import x509
+
+        text = self._want_string(value).replace("\r\n", "\n").strip()
+        if not text:
+            return ""
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise InvalidValue("is not a certificate in PEM format: paste it whole, from "
+                               "-----BEGIN CERTIFICATE----- to its END line")
+        try:
+            x509.load_pem_x509_certificates(text.encode())
+        except ValueError:
+            raise InvalidValue("could not be read: a certificate is damaged or incomplete"
+                               ) from None
+        return text + "\n"
+
+    def from_form(self, text: str) -> Any:
+        return self.check(text)
+
+
+@dataclass(frozen=True)
 class Choice(ValueType):
     choices: tuple[tuple[str, str], ...] = ()
     widget = "select"
@@ -845,12 +923,18 @@ PROPERTIES: tuple[Property, ...] = (
        page="pdf", group="PDF", role=GATEWAY),
     _P("pdf_password_mode", "PDF password mode",
        Choice((("random_to_sender", "Random, sent to the sender"),
-               ("static", "Static: the recipient's PDF password"))), "random_to_sender",
+               ("static", "Static: the recipient's PDF password"),
+               ("portal", "Random, in the recipient's webmail portal"),
+               ("sms", "Random, sent to the recipient by SMS"))), "random_to_sender",
        "How the recipient gets the password (the recipient's setting). Random, sent to the "
        "sender: a new password for each message, sent to the sender in a notice of its "
        "own, to pass on by another channel (telephone, text message). Static: the PDF "
-       "password set for the recipient or the recipient's domain; without one the next "
-       "method is used.",
+       "password set for the recipient or the recipient's domain. Portal: a new password "
+       "for each message, put in the recipient's mailbox on the webmail messenger (through "
+       "the webmail tunnel: the webmail sender and recipient must be set); the recipient "
+       "signs up or logs in to read it. SMS: a new password for each message, sent to the "
+       "recipient's mobile number by the SMS gateway. When the password cannot be "
+       "delivered the PDF is not sent and the next method is used.",
        page="pdf", group="PDF", role=GATEWAY),
     _P("pdf_password", "PDF password", Text(max_length=256, min_length=8), "",
        "The password of PDFs for this recipient (or this domain's recipients) when the "
@@ -891,10 +975,11 @@ PROPERTIES: tuple[Property, ...] = (
        "hour.", page="pdf", group="Reply", advanced=True, role=GATEWAY),
     _P("template_pdf_message", "PDF message",
        MailTemplate(("sender", "recipient", "subject", "filename", "password_mode",
-                     "reply_link"), subject=False), "",
+                     "reply_link", "portal_link"), subject=False), "",
        "The text of the mail that carries the PDF (its subject is the message's). Empty: "
        "the built-in text. Variables: sender, recipient, subject, filename, password_mode "
-       "(random_to_sender or static), reply_link (empty when there is none).",
+       "(random_to_sender, static, portal or sms), reply_link (empty when there is none), "
+       "portal_link (the Portal base URL).",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
     _P("template_pdf_password", "PDF password notice",
        MailTemplate(("recipient", "subject", "password", "filename")), "",
@@ -902,6 +987,54 @@ PROPERTIES: tuple[Property, ...] = (
        "sent to the sender. Empty: the built-in text. Variables: recipient, subject, "
        "password, filename.",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
+    _P("template_pdf_portal_password", "PDF password in the portal",
+       MailTemplate(("sender", "recipient", "subject", "password", "filename")), "",
+       "The message put in the recipient's webmail mailbox with the password of a PDF when "
+       "the password mode is portal. Empty: the built-in text. Variables: sender, "
+       "recipient, subject, password, filename.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
+    _P("template_pdf_sms", "PDF password text message",
+       MailTemplate(("sender", "password", "filename"), subject=False), "",
+       "The text message with the password of a PDF when the password mode is SMS; keep it "
+       "short (160 characters make one text message). Empty: the built-in text. "
+       "Variables: sender, password, filename.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
+    # The SMS gateway PDF passwords (mode SMS) are sent through.
+    _P("sms_phone", "Mobile number", PhoneNumber(), "",
+       "The recipient's mobile number in international form (+31 6 1234 5678), for PDF "
+       "passwords sent by SMS.", levels=frozenset({Level.USER}), page="pdf", group="SMS",
+       role=GATEWAY),
+    _P("sms_gateway_url", "SMS gateway URL", SMSGatewayUrl(), "",
+       "The HTTPS address of the SMS gateway's API, with placeholders {phone} (the "
+       "recipient's mobile number), {text} (the message) and {credential}, URL-encoded "
+       "where they stand, e.g. https://sms.example.com/send?to={phone}&text={text}. Empty: "
+       "no SMS; recipients whose password mode is SMS get the next method.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", role=GATEWAY),
+    _P("sms_gateway_method", "SMS gateway method",
+       Choice((("get", "GET (all in the URL)"), ("post_form", "POST, a form (the body)"),
+               ("post_json", "POST, JSON (the body)"))), "post_form",
+       "How the request is made. POST sends the SMS gateway body, as a form "
+       "(application/x-www-form-urlencoded) or JSON.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", role=GATEWAY),
+    _P("sms_gateway_body", "SMS gateway body", Text(max_length=2000),
+       "to={phone}&text={text}",
+       "The body of a POST, with the placeholders {phone}, {text} and {credential}: in a "
+       "form they are form-encoded, in JSON they become JSON strings, quotes included, "
+       'e.g. {"to": {phone}, "message": {text}}.',
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", role=GATEWAY),
+    _P("sms_gateway_authentication", "SMS gateway authentication",
+       Choice((("bearer", "Authorization: Bearer <credential>"),
+               ("basic", "Basic: the credential is user:password"),
+               ("none", "None (or {credential} in the URL or body)"))), "bearer",
+       "How the SMS gateway credential is sent.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", role=GATEWAY),
+    _P("sms_gateway_credential", "SMS gateway credential", Text(max_length=1000), "",
+       "The API key or user:password of the SMS gateway account. Write-only.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", secret=True, role=GATEWAY),
+    _P("sms_gateway_ca", "SMS gateway CA certificates", CertificatesPEM(), "",
+       "The certificates (PEM) the SMS gateway's TLS certificate must chain to. Empty: the "
+       "system's trusted roots. Its host name is always checked.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", advanced=True, role=GATEWAY),
     # The portal (the recipient's side in the browser).
     _P("webmail_totp_required", "Second factor required", Boolean(), False,
        "Recipients must use a one-time code from an authenticator app (TOTP) as well as "

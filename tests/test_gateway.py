@@ -40,6 +40,7 @@ from cipherd.store.settings import SettingsRepository
 from cipherd.testing import RecordingSubmission, SynchronousRunner, migrated_store, result_of
 from cipherd.testing.certificates import MemoryOCSPClient
 from cipherd.testing.pgp import MemoryKeyDirectory, MemoryKeyring
+from cipherd.testing.sms import MemorySMSGateway
 from cipherd.webmail.pdf import PDFMaker
 from tests.pki_factory import EMAIL_EKU, START, make_ca, make_user
 
@@ -84,9 +85,10 @@ class World:
         self.submitted = self.submission.submitted
         self.keyring = MemoryKeyring(self.clock)
         self.directory = MemoryKeyDirectory()
+        self.sms = MemorySMSGateway()
         self.gateway = Gateway(self.settings, self.certificates, self.engine, self.keyring,
                                PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
-                               PDFMaker(SynchronousRunner()),
+                               PDFMaker(SynchronousRunner()), self.sms,
                                LayerOpener(self.engine, PGPOpener(
                                    self.keyring, SequoiaOpenPGP(), SynchronousRunner())),
                                KeyDiscovery(self.keyring, self.directory, SequoiaOpenPGP(),

@@ -36,6 +36,7 @@ from cipherd.smtp.server import ReceivePolicy
 from cipherd.smtp.spool import ISpool
 from cipherd.testing import SynchronousRunner, result_of
 from cipherd.testing.pgp import MemoryKeyDirectory
+from cipherd.testing.sms import MemorySMSGateway
 from cipherd.webmail.pdf import PDFMaker
 from tests.crash_at_commit import NOTICE, TUNNEL, Splitting
 from tests.crash_at_commit import PROCESSED as PROCESSED_CONTENT
@@ -115,7 +116,7 @@ def test_a_deferred_smime_message_is_not_signed_and_encrypted_again(
     engine = CountingEngine(world_of_pki.certificates, world_of_pki.engine._crypto)
     gateway = Gateway(world_of_pki.settings, world_of_pki.certificates, engine,
                       world_of_pki.keyring, PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
-                      PDFMaker(SynchronousRunner()),
+                      PDFMaker(SynchronousRunner()), MemorySMSGateway(),
                       LayerOpener(engine, PGPOpener(world_of_pki.keyring, SequoiaOpenPGP(),
                                                     SynchronousRunner())),
                       KeyDiscovery(world_of_pki.keyring, MemoryKeyDirectory(), SequoiaOpenPGP(),

@@ -41,6 +41,7 @@ from cipherd.store.certificates import ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
 from cipherd.testing.pgp import MemoryKeyDirectory, MemoryKeyring
+from cipherd.testing.sms import MemorySMSGateway
 from cipherd.webmail.pdf import PDFMaker
 from tests.conftest import Appliance
 from tests.peers import require_tool, run
@@ -118,7 +119,7 @@ class Bob:
                                                          SynchronousRunner()))
         self.gateway = Gateway(self.settings, self.certificates, self.engine, self.keyring,
                                PGPEngine(SequoiaOpenPGP(), SynchronousRunner()),
-                               PDFMaker(SynchronousRunner()), self.opener,
+                               PDFMaker(SynchronousRunner()), MemorySMSGateway(), self.opener,
                                KeyDiscovery(self.keyring, MemoryKeyDirectory(), SequoiaOpenPGP(),
                                             SynchronousRunner(), self.clock),
                                lambda: self.config, self.clock)

@@ -40,6 +40,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import Interface, implementer
 
 from cipherd.core.addresses import canonical_address
+from cipherd.core.failures import describe_error
 from cipherd.logs import mail_logger
 from cipherd.pki.keyring import AUTOCRYPT, WKD, IKeyring
 from cipherd.pki.pgp import IOpenPGP, PGPError, PGPKey
@@ -211,7 +212,7 @@ class WebKeyDirectory:
         except defer.CancelledError:
             raise  # the bound: L{defer.TimeoutError} for the caller
         except Exception as e:
-            raise WKDError(f"{location.host} ({address}): {_reason(e)}") from None
+            raise WKDError(f"{location.host} ({address}): {describe_error(e)}") from None
         if response.code == 404:
             response.deliverBody(_Body(0))  # read and dropped
             return None
@@ -224,13 +225,6 @@ class WebKeyDirectory:
         body = _Body(MAX_KEY_SIZE)
         response.deliverBody(body)
         return await body.done
-
-
-def _reason(error: BaseException) -> str:
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        return "; ".join(str(r.value) or type(r.value).__name__ for r in reasons)
-    return str(error) or type(error).__name__
 
 
 class KeyDiscovery:

@@ -35,7 +35,7 @@ guide has them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography import x509
@@ -81,14 +81,25 @@ from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.webmail.notify import Notices
+from cipherd.webmail.notify import build as build_notice
 from cipherd.webmail.pdf import PDF_FILENAME, PDFMaker, PDFOptions, PDFRenderError, random_password
 from cipherd.webmail.pdfreply import make_token, may_reply_to, new_link, reply_url
+from cipherd.webmail.sms import ISMSGateway, SMSError, SMSGatewayConfig
 
 log = mail_logger("cipherd.mpa.gateway")
 
 INFO_PREFIX = "X-Cipherd-Info-"
 NOT_SIGNED = "The tunneled message should have been signed."
 NO_WEBMAIL_CERTIFICATE = "There are no valid S/MIME certificates for the webmail recipient."
+
+@dataclass(frozen=True)
+class _NotDelivered:
+    """
+    Why a PDF's password could not be delivered (so the PDF is not sent).
+    """
+
+    why: str
+
 
 @implementer(IMessageProcessor)
 class Gateway:
@@ -100,14 +111,15 @@ class Gateway:
 
     def __init__(self, settings: IAddressSettings, certificates: ICertificateStore,
                  engine: SmimeEngine, keyring: IKeyring, pgp: PGPEngine, pdf: PDFMaker,
-                 opener: LayerOpener, discovery: KeyDiscovery, mta: Callable[[], MTAConfig],
-                 clock: IReactorTime) -> None:
+                 sms: ISMSGateway, opener: LayerOpener, discovery: KeyDiscovery,
+                 mta: Callable[[], MTAConfig], clock: IReactorTime) -> None:
         self._settings = settings
         self._certificates = certificates
         self._engine = engine
         self._keyring = keyring
         self._pgp = pgp
         self._pdf = pdf
+        self._sms = sms
         self._notices = Notices(clock)
         self._opener = opener
         self._discovery = discovery
@@ -157,6 +169,7 @@ class Gateway:
         pgp_signer: Any = None
         pgp_signer_looked_up = False
         decisions: list[policy.Decision] = []
+        facts_of: dict[str, policy.Facts] = {}
         for recipient in envelope.recipients:
             facts = policy.Facts(recipient, sender_settings, known[recipient],
                                  receive.relay_domain(canonical[recipient]), trigger,
@@ -185,12 +198,8 @@ class Gateway:
                 facts = replace(facts, pgp_keys=keys.keys, can_pgp_sign=bool(pgp_signer),
                                 pgp_refused=keys.reason() if keys.refused and not keys.keys
                                 else "")
-            decision = policy.decide(facts)
-            for level, text in decision.notes:
-                getattr(log, level)("{text}; Sender: {sender}; Queue id: {queue_id}",
-                                    text=text, sender=envelope.sender,
-                                    queue_id=envelope.queue_id)
-            decisions.append(decision)
+            facts_of[recipient] = facts
+            decisions.append(self._decided(envelope, facts))
         by_method: dict[str, list[policy.Decision]] = {}
         for decision in decisions:
             by_method.setdefault(decision.method, []).append(decision)
@@ -206,6 +215,16 @@ class Gateway:
             for group, delivered in await self._incoming(envelope, content, recipients,
                                                          canonical, known):
                 results.deliver(envelope.sender, group, delivered, "incoming")
+        if chosen := by_method.get(policy.PDF):
+            # First: a recipient whose PDF password cannot be delivered
+            # goes on to the next method (webmail, plain or a bounce).
+            pdf_bounced, fallen = await self._pdf_path(
+                envelope, _with_header(protected, header), chosen, known, sender_settings,
+                config, results)
+            bounced += pdf_bounced
+            for recipient, why in fallen:
+                decision = self._decided(envelope, facts_of[recipient], policy.after_pdf(why))
+                by_method.setdefault(decision.method, []).append(decision)
         if plain := by_method.get(policy.PLAIN):
             for d in plain:
                 if d.reason:
@@ -221,9 +240,6 @@ class Gateway:
             bounced += await self._pgp_path(envelope, _with_header(protected, header), chosen,
                                             pgp_keys, pgp_signer, known, sender_settings,
                                             results)
-        if chosen := by_method.get(policy.PDF):
-            bounced += await self._pdf_path(envelope, _with_header(protected, header), chosen,
-                                            known, sender_settings, config, results)
         if webmail := by_method.get(policy.WEBMAIL):
             # The tunnel carries the message as the client sent it (from
             # below the Received field our server added), not copied; with
@@ -240,6 +256,18 @@ class Gateway:
         if bounced:
             self._not_encrypted(envelope, content, subject, bounced, config, results)
         return results.result()
+
+    def _decided(self, envelope: Envelope, facts: policy.Facts,
+                 methods: Sequence[tuple[str, policy.Offer]] = policy.METHODS
+                 ) -> policy.Decision:
+        """
+        The policy's decision for one recipient, its notes logged.
+        """
+        decision = policy.decide(facts, methods)
+        for level, text in decision.notes:
+            getattr(log, level)("{text}; Sender: {sender}; Queue id: {queue_id}",
+                                text=text, sender=envelope.sender, queue_id=envelope.queue_id)
+        return decision
 
     async def _autocrypt(self, envelope: Envelope, fields: list[tuple[str, str]],
                          receive: Any) -> None:
@@ -325,15 +353,20 @@ class Gateway:
                         chosen: list[policy.Decision],
                         known: Mapping[str, Mapping[str, Any]],
                         sender_settings: Mapping[str, Any], config: MTAConfig,
-                        results: Results) -> list[tuple[str, str]]:
+                        results: Results
+                        ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """
         A mail per recipient with the message as a PDF encrypted with that
-        recipient's password (a static one, or a random one then sent to
-        the sender: never logged).
+        recipient's password: a static one, or a random one delivered
+        first (to the sender in a notice, to the recipient's webmail
+        mailbox through the tunnel, or by SMS); never logged.
 
-        @return: recipients the PDF could not be made for, with why.
+        @return: recipients the PDF could not be made for, with why; and
+            recipients whose password could not be delivered (their PDF
+            is not sent), with why.
         """
         bounced: list[tuple[str, str]] = []
+        fallen: list[tuple[str, str]] = []
         fields = dict(reversed(header_fields(content)))  # the first of each name
         subject, message_id = fields.get("subject", ""), fields.get("message-id", "")
         obscure = bool(sender_settings["pdf_obscure_subject"])
@@ -360,7 +393,8 @@ class Gateway:
             text = self._notices.render("pdf_message", dict(
                 sender=envelope.sender, recipient=d.recipient,
                 subject="" if obscure else subject, filename=PDF_FILENAME,
-                password_mode=mode, reply_link=reply), sender_settings).text
+                password_mode=mode, reply_link=reply,
+                portal_link=str(sender_settings["portal_base_url"])), sender_settings).text
             options = PDFOptions(user_password=password,
                                  page_size=str(sender_settings["pdf_page_size"]),
                                  reply_url=reply, created=self._clock.seconds())
@@ -371,17 +405,68 @@ class Gateway:
                          queue_id=envelope.queue_id, why=e, rcpt=d.recipient)
                 bounced.append((d.recipient, f"PDF encryption failed: {e}"))
                 continue
-            how = "static password" if mode == "static" else "random password sent to the sender"
+            how = await self._deliver_password(envelope, d.recipient, mode, password, subject,
+                                               settings, sender_settings, config, results)
+            if isinstance(how, _NotDelivered):
+                fallen.append((d.recipient, how.why))
+                continue
             log.info("{queue_id}: PDF encrypted (AES-256, {how}); Recipient: {rcpt}",
                      queue_id=envelope.queue_id, how=how, rcpt=d.recipient)
             results.deliver(envelope.sender, (d.recipient,), mail, "PDF encrypted")
-            if mode == "random_to_sender":
-                notice = self._notices.render("pdf_password", dict(
-                    recipient=d.recipient, subject=subject, password=password,
-                    filename=PDF_FILENAME), sender_settings)
-                results.send(self._notices.message(envelope.sender, notice, sender_settings,
-                                                   config.my_hostname))
-        return bounced
+        return bounced, fallen
+
+    async def _deliver_password(self, envelope: Envelope, recipient: str, mode: str,
+                                password: str, subject: str,
+                                settings: Mapping[str, Any],
+                                sender_settings: Mapping[str, Any], config: MTAConfig,
+                                results: Results) -> str | _NotDelivered:
+        """
+        The password of a recipient's PDF on its way, as the recipient's
+        password mode says, before the PDF is sent.
+
+        @return: how, for the log; or why it could not be (logged: the
+            PDF is not sent).
+        """
+        if mode == "static":
+            return "static password"
+        if mode == "random_to_sender":
+            notice = self._notices.render("pdf_password", dict(
+                recipient=recipient, subject=subject, password=password,
+                filename=PDF_FILENAME), sender_settings)
+            results.send(self._notices.message(envelope.sender, notice, sender_settings,
+                                               config.my_hostname))
+            return "random password sent to the sender"
+        why = ""
+        if mode == "portal":
+            notice = self._notices.render("pdf_portal_password", dict(
+                sender=envelope.sender, recipient=recipient, subject=subject,
+                password=password, filename=PDF_FILENAME), sender_settings)
+            message = build_notice(sender=envelope.sender, recipient=recipient, notice=notice,
+                                   my_hostname=config.my_hostname, now=self._clock.seconds())
+            sealed = await self._sealed_tunnel(envelope, message, 0, (recipient,),
+                                               sender_settings, config, part="pdf-password",
+                                               read_receipt=False)
+            if not isinstance(sealed, str):
+                made, tunnel = sealed
+                results.send(made)
+                return f"random password put in the portal in tunnel message {tunnel}"
+            why = f"the PDF password could not be put in the portal: {sealed}"
+        elif mode == "sms":
+            text = self._notices.render("pdf_sms", dict(
+                sender=envelope.sender, password=password, filename=PDF_FILENAME),
+                sender_settings).text.strip()
+            try:
+                await self._sms.send(SMSGatewayConfig.from_settings(sender_settings),
+                                     str(settings["sms_phone"]), text)
+            except SMSError as e:
+                why = f"the PDF password could not be sent by SMS: {e}"
+            else:
+                return "random password sent by SMS"
+        else:
+            why = f"the PDF password mode {mode!r} is unknown"
+        log.warn("{queue_id}: the PDF is not sent: {why}; Recipient: {rcpt}",
+                 queue_id=envelope.queue_id, why=why, rcpt=recipient)
+        return _NotDelivered(why)
 
     def _reply_base(self, envelope: Envelope, sender_settings: Mapping[str, Any],
                     config: MTAConfig) -> str:
@@ -404,6 +489,36 @@ class Gateway:
                       chosen: list[policy.Decision], sender_settings: Mapping[str, Any],
                       config: MTAConfig, results: Results) -> list[tuple[str, str]]:
         recipients = tuple(d.recipient for d in chosen)
+        sealed = await self._sealed_tunnel(
+            envelope, protected, start, recipients, sender_settings, config,
+            read_receipt=bool(sender_settings["webmail_read_receipt"]))
+        if isinstance(sealed, str):
+            return [(r, sealed) for r in recipients]
+        made, tunnel = sealed
+        log.info("{queue_id}: sent to the webmail messenger in tunnel message {tunnel} (to "
+                 "{webmail_recipient}); Recipients: {rcpts}", queue_id=envelope.queue_id,
+                 tunnel=tunnel, webmail_recipient=made.recipients[0],
+                 rcpts=", ".join(recipients))
+        results.hand_on(recipients, made,
+                        Outcome("sent", "2.0.0", f"webmail tunnel message {tunnel} "
+                                                 f"to <{made.recipients[0]}>"), relay="webmail")
+        return []
+
+    async def _sealed_tunnel(self, envelope: Envelope, protected: bytes, start: int,
+                             recipients: tuple[str, ...], sender_settings: Mapping[str, Any],
+                             config: MTAConfig, *, read_receipt: bool, part: str = ""
+                             ) -> tuple[Made, str] | str:
+        """
+        C{protected} (from C{start}) for C{recipients}' webmail mailboxes:
+        a tunnel message signed with the *webmail sender*'s key and
+        encrypted to the *webmail recipient*'s certificates.
+
+        @param part: for a second tunnel of one queued message (a PDF's
+            password), what it is: its tunnel id differs from the
+            message's.
+        @return: the message to queue and its tunnel id; or why it cannot
+            be made (logged, in the guide's words where it has them).
+        """
         webmail_sender = sender_settings["webmail_sender"]
         webmail_recipient = sender_settings["webmail_recipient"]
         facts = dict(queue_id=envelope.queue_id, sender=envelope.sender,
@@ -413,22 +528,23 @@ class Gateway:
             missing = "webmail recipient" if not webmail_recipient else "webmail sender"
             log.warn("The {missing} is not set (Settings → webmail); Recipients: {rcpts}; "
                      "Queue id: {queue_id}", missing=missing, **facts)
-            return [(r, f"The {missing} is not set.") for r in recipients]
+            return f"The {missing} is not set."
         signer = await self._certificates.signing_identity(webmail_sender)
         if signer is None:
             log.warn("The tunneled message should have been signed but there is no valid "
                      "signing certificate with private key for the webmail sender "
                      "{webmail_sender}; Recipients: {rcpts}; Queue id: {queue_id}", **facts)
-            return [(r, NOT_SIGNED) for r in recipients]
+            return NOT_SIGNED
         certificates = await self._certificates.encryption_certificates(webmail_recipient)
         if not certificates:
             log.warn("There are no valid S/MIME certificates for the webmail recipient "
                      "{webmail_recipient}; Recipients: {rcpts}; Queue id: {queue_id}", **facts)
-            return [(r, NO_WEBMAIL_CERTIFICATE) for r in recipients]
+            return NO_WEBMAIL_CERTIFICATE
         metadata = TunnelMetadata(
-            tunnel_id(config.my_hostname, envelope.queue_id, recipients),
-            self._clock.seconds(), envelope.sender, recipients,
-            read_receipt=bool(sender_settings["webmail_read_receipt"]))
+            tunnel_id(config.my_hostname,
+                      f"{envelope.queue_id}/{part}" if part else envelope.queue_id,
+                      recipients),
+            self._clock.seconds(), envelope.sender, recipients, read_receipt=read_receipt)
         tunnel = build_tunnel(protected, metadata, webmail_sender=webmail_sender,
                               webmail_recipient=webmail_recipient,
                               my_hostname=config.my_hostname, start=start)
@@ -441,15 +557,9 @@ class Gateway:
             log.warn("The tunnel message would be too large ({size} bytes; the after-filter "
                      "limit is {limit}); Recipients: {rcpts}; Queue id: {queue_id}",
                      size=len(sealed), limit=limit, **facts)
-            return [(r, f"The message is too large for the secure webmail once "
-                              f"encrypted ({len(sealed)} bytes; the limit is {limit}).")
-                          for r in recipients]
-        log.info("{queue_id}: sent to the webmail messenger in tunnel message {tunnel} (to "
-                 "{webmail_recipient}); Recipients: {rcpts}", tunnel=metadata.tunnel_id, **facts)
-        results.hand_on(recipients, Made(webmail_sender, (webmail_recipient,), sealed),
-                        Outcome("sent", "2.0.0", f"webmail tunnel message {metadata.tunnel_id} "
-                                                 f"to <{webmail_recipient}>"), relay="webmail")
-        return []
+            return (f"The message is too large for the secure webmail once encrypted "
+                    f"({len(sealed)} bytes; the limit is {limit}).")
+        return Made(webmail_sender, (webmail_recipient,), sealed), metadata.tunnel_id
 
     def _not_encrypted(self, envelope: Envelope, content: bytes, subject: str,
                        bounced: list[tuple[str, str]], config: MTAConfig,

@@ -24,7 +24,9 @@ The decision for one recipient:
        enabled for both; signed too when the sender's *PGP sign* is on and
        the sender has a key with its secret), then PDF (enabled for both,
        and the password can reach the recipient: a static password set for
-       the recipient, or a random one sent to the message's sender), then
+       the recipient, a random one sent to the message's sender, put in the
+       recipient's webmail mailbox through the tunnel, or sent by SMS to the
+       recipient's mobile number), then
        the webmail tunnel (enabled for the sender and for the recipient;
        with the sender's *only if mandatory*, only for mandatory
        encryption).
@@ -218,6 +220,14 @@ def _pdf(facts: Facts, mandatory: bool) -> Decision | str:
     if mode == "random_to_sender" and not facts.sender:
         return ("the PDF password cannot be sent: the message has no sender (PDF password "
                 "mode: random, sent to the sender)")
+    if mode == "portal" and not (facts.sender_settings["webmail_sender"]
+                                 and facts.sender_settings["webmail_recipient"]):
+        return ("the PDF password cannot be put in the portal: the webmail sender and "
+                "webmail recipient are not set (PDF password mode: portal)")
+    if mode == "sms" and not facts.recipient_settings["sms_phone"]:
+        return "there is no mobile number for the recipient (PDF password mode: SMS)"
+    if mode == "sms" and not facts.sender_settings["sms_gateway_url"]:
+        return "no SMS gateway is set (PDF password mode: SMS)"
     return Decision(facts.recipient, PDF, mandatory)
 
 
@@ -234,6 +244,16 @@ def _webmail(facts: Facts, mandatory: bool) -> Decision | str:
 # The method chain, in order (the guide's: S/MIME, PGP, PDF, webmail).
 METHODS: tuple[tuple[str, Offer], ...] = ((SMIME, _smime), (PGP, _pgp), (PDF, _pdf),
                                           (WEBMAIL, _webmail))
+
+
+def after_pdf(refusal: str) -> tuple[tuple[str, Offer], ...]:
+    """
+    The chain from PDF on, PDF refusing with C{refusal}: for a recipient
+    whose PDF password could not be delivered after all (the SMS gateway
+    refused it, say), so the next method is used.
+    """
+    start = [name for name, _ in METHODS].index(PDF)
+    return ((PDF, lambda facts, mandatory: refusal), *METHODS[start + 1:])
 
 
 def decide(facts: Facts, methods: Sequence[tuple[str, Offer]] = METHODS) -> Decision:

@@ -48,6 +48,7 @@ from twisted.web.iweb import IAgent, IResponse
 from zope.interface import Interface, implementer
 
 from cipherd.core.clock import utc_from_seconds
+from cipherd.core.failures import describe_error
 from cipherd.pki.certs import describe_name, issued_by, same_name, signature_verifies
 from cipherd.pki.trust import (
     CLOCK_SKEW,
@@ -410,7 +411,7 @@ class OCSPClient:
                 return _unavailable(url, f"did not answer within {timeout:g} seconds")
             if isinstance(e, ValueError):
                 return _unavailable(url, f"sent a bad answer ({e})")
-            return _unavailable(url, f"could not be reached ({_describe(e)})")
+            return _unavailable(url, f"could not be reached ({describe_error(e)})")
         finally:
             if expiry.active():
                 expiry.cancel()
@@ -426,14 +427,6 @@ def ocsp_client(reactor: Any) -> OCSPClient:
     The L{OCSPClient} of a running appliance, over C{reactor}'s network.
     """
     return OCSPClient(Agent(reactor, connectTimeout=TIMEOUT), reactor)
-
-
-def _describe(error: Exception) -> str:
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        return "; ".join(_describe(r.value) for r in reasons)
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 __all__ = ["IOCSPClient", "OCSPClient", "ocsp_client", "read_response", "request_for",
