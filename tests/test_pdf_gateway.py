@@ -14,11 +14,20 @@ from typing import Any
 import pytest
 
 from cipherd.mpa import policy
+from cipherd.mpa.tunnel import read_tunnel, tunnel_id
 from cipherd.settings import GLOBAL, REGISTRY, Level, scope_for
 from cipherd.testing import result_of
 from cipherd.webmail.pdfreply import read_token
 from tests.pdf_peers import PDFReaders, pdf_of, text_of
-from tests.test_gateway import RECEIVED, SENT, World, pki  # noqa: F401
+from tests.test_gateway import (  # noqa: F401
+    QUEUE_ID,
+    RECEIVED,
+    SENT,
+    WEBMAIL_RECIPIENT,
+    WEBMAIL_SENDER,
+    World,
+    pki,
+)
 
 DEFAULTS = {name: prop.default for name, prop in REGISTRY.items()}
 PDF_ON = {"encrypt_mode": "mandatory", "pdf_enabled": True}
@@ -209,3 +218,115 @@ def test_no_reply_link_without_an_address_for_it(world: World, log_lines: list[s
     assert "/pdf/reply" not in text_of(parts[("dave@partner.example",)].content)
     assert any("the PDF has no reply link: set the PDF reply URL or the Portal base URL"
                in line for line in log_lines)
+
+
+# Passwords in the portal and by SMS --------------------------------------------
+
+
+def test_portal_the_password_goes_to_the_recipients_mailbox_in_a_tunnel_of_its_own(
+        world: World, readers: PDFReaders, log_lines: list[str]) -> None:
+    world.tunnel_certificates()
+    world.domain("partner.example", pdf_password_mode="portal")
+    world.set(GLOBAL, portal_base_url="https://webmail.example.com")
+    parts = world.process("dave@partner.example")
+    mail = parts[("dave@partner.example",)].content
+    carrier = text_of(mail).replace("\r\n", "\n")
+    assert "waiting for you in the secure webmail portal:\n\nhttps://webmail.example.com" \
+        in carrier
+    [(sender, recipients, sealed)] = world.submitted
+    assert (sender, recipients) == (WEBMAIL_SENDER, [WEBMAIL_RECIPIENT])
+    unsealed = result_of(world.engine.open(sealed))
+    assert unsealed.signature_valid
+    metadata, message = read_tunnel(unsealed.message)
+    assert (metadata.sender, metadata.recipients) == ("alice@example.com",
+                                                      ("dave@partner.example",))
+    # Its own tunnel id: the message itself tunnelled to dave would not
+    # be taken for it.
+    assert metadata.tunnel_id != tunnel_id("gw.example.com", QUEUE_ID,
+                                           ["dave@partner.example"])
+    assert b'Subject: Password for the encrypted PDF "Quarterly figures [encrypt]"' in message
+    password = password_in(message)
+    assert "Grüße" in readers.text(pdf_of(mail), password)
+    assert any("PDF encrypted (AES-256, random password put in the portal in tunnel message "
+               f"{metadata.tunnel_id}); Recipient: dave@partner.example" in line
+               for line in log_lines)
+    assert not any(password in line for line in log_lines)
+
+
+def test_portal_without_a_tunnel_sends_no_pdf_and_the_chain_goes_on(
+        world: World, log_lines: list[str]) -> None:
+    # The webmail recipient's certificate is missing: the password cannot
+    # reach the portal; webmail, the next method, is off.
+    world.tunnel_certificates(recipient=False)
+    world.domain("partner.example", pdf_password_mode="portal")
+    parts = world.process("dave@partner.example")
+    outcome = parts[("dave@partner.example",)].outcome
+    assert outcome is not None and outcome.status == "bounced"
+    [(_, recipients, notice)] = world.submitted  # no PDF, no tunnel
+    assert recipients == ["alice@example.com"]
+    assert (b"no method could encrypt the message: there is no valid S/MIME certificate for "
+            b"the recipient; there is no PGP key for the recipient; the PDF password could "
+            b"not be put in the portal: There are no valid S/MIME certificates for the "
+            b"webmail recipient; Webmail is disabled for the sender." in notice)
+    assert any("the PDF is not sent: the PDF password could not be put in the portal"
+               in line for line in log_lines)
+
+
+def test_portal_needs_the_webmail_sender_and_recipient(world: World) -> None:
+    world.set(GLOBAL, webmail_sender="", webmail_recipient="")
+    world.domain("partner.example", pdf_password_mode="portal")
+    world.process("dave@partner.example")
+    [(_, _, notice)] = world.submitted
+    assert (b"the PDF password cannot be put in the portal: the webmail sender and webmail "
+            b"recipient are not set (PDF password mode: portal)" in notice)
+
+
+SMS = {"pdf_password_mode": "sms", "sms_gateway_url": "https://sms.example/send",
+       "sms_gateway_credential": "k3y"}
+
+
+def test_sms_the_password_goes_to_the_recipients_phone(
+        world: World, readers: PDFReaders, log_lines: list[str]) -> None:
+    world.set(GLOBAL, **SMS)
+    world.set(scope_for(Level.USER, "dave@partner.example"), sms_phone="+31 6 1234 5678")
+    parts = world.process("dave@partner.example")
+    mail = parts[("dave@partner.example",)].content
+    assert "The password was sent to your mobile phone in a text message." in text_of(mail)
+    [(config, phone, text)] = world.sms.sent
+    assert (config.url, config.credential, phone) == ("https://sms.example/send", "k3y",
+                                                       "+31612345678")
+    found = re.fullmatch(r"Password for the encrypted PDF from alice@example.com: (\S+)", text)
+    assert found is not None
+    assert "Grüße" in readers.text(pdf_of(mail), found.group(1))
+    assert world.submitted == []  # no notice to the sender
+    assert any("PDF encrypted (AES-256, random password sent by SMS); Recipient: "
+               "dave@partner.example" in line for line in log_lines)
+    assert not any(found.group(1) in line for line in log_lines)
+
+
+def test_sms_refused_sends_no_pdf_and_the_message_goes_to_webmail(
+        world: World, log_lines: list[str]) -> None:
+    world.set(GLOBAL, webmail_enabled=True, **SMS)
+    world.tunnel_certificates()
+    world.set(scope_for(Level.USER, "dave@partner.example"), sms_phone="+31612345678")
+    world.sms.refusal = "the SMS gateway sms.example answered HTTP 503"
+    parts = world.process("dave@partner.example")
+    assert parts[("dave@partner.example",)].relay == "webmail"
+    [(sender, _, sealed)] = world.submitted  # the tunnel, and no PDF
+    assert sender == WEBMAIL_SENDER
+    _, original = read_tunnel(result_of(world.engine.open(sealed)).message)
+    assert original == SENT
+    assert any("PDF not used: the PDF password could not be sent by SMS: the SMS gateway "
+               "sms.example answered HTTP 503; Recipient: dave@partner.example" in line
+               for line in log_lines)
+
+
+@pytest.mark.parametrize(("sender", "recipient", "why"), [
+    (SMS, {}, "there is no mobile number for the recipient (PDF password mode: SMS)"),
+    ({**SMS, "sms_gateway_url": ""}, {"sms_phone": "+31612345678"},
+     "no SMS gateway is set (PDF password mode: SMS)"),
+])
+def test_sms_needs_a_number_and_a_gateway(sender: dict[str, Any], recipient: dict[str, Any],
+                                         why: str) -> None:
+    decision = policy.decide(facts({**PDF_ON, **sender}, {**PDF_ON, **SMS, **recipient}))
+    assert decision.method == policy.BOUNCE and why in decision.reason

@@ -223,7 +223,7 @@ class Gateway:
                 config, results)
             bounced += pdf_bounced
             for recipient, why in fallen:
-                decision = self._decided(envelope, facts_of[recipient], policy.after_pdf(why))
+                decision = self._decided(envelope, facts_of[recipient], policy.without_pdf(why))
                 by_method.setdefault(decision.method, []).append(decision)
         if plain := by_method.get(policy.PLAIN):
             for d in plain:
@@ -450,7 +450,7 @@ class Gateway:
                 made, tunnel = sealed
                 results.send(made)
                 return f"random password put in the portal in tunnel message {tunnel}"
-            why = f"the PDF password could not be put in the portal: {sealed}"
+            why = f"the PDF password could not be put in the portal: {sealed.rstrip('.')}"
         elif mode == "sms":
             text = self._notices.render("pdf_sms", dict(
                 sender=envelope.sender, password=password, filename=PDF_FILENAME),

@@ -246,14 +246,15 @@ METHODS: tuple[tuple[str, Offer], ...] = ((SMIME, _smime), (PGP, _pgp), (PDF, _p
                                           (WEBMAIL, _webmail))
 
 
-def after_pdf(refusal: str) -> tuple[tuple[str, Offer], ...]:
+def without_pdf(refusal: str) -> tuple[tuple[str, Offer], ...]:
     """
-    The chain from PDF on, PDF refusing with C{refusal}: for a recipient
-    whose PDF password could not be delivered after all (the SMS gateway
-    refused it, say), so the next method is used.
+    The chain with PDF refusing with C{refusal}: for a recipient whose PDF
+    password could not be delivered after all (the SMS gateway refused
+    it, say), so the next method is used.  The methods before PDF refuse
+    again, as they did (the facts are the same), for the whole reason.
     """
-    start = [name for name, _ in METHODS].index(PDF)
-    return ((PDF, lambda facts, mandatory: refusal), *METHODS[start + 1:])
+    return tuple((name, (lambda facts, mandatory: refusal) if name == PDF else offer)
+                 for name, offer in METHODS)
 
 
 def decide(facts: Facts, methods: Sequence[tuple[str, Offer]] = METHODS) -> Decision:

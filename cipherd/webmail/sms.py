@@ -26,7 +26,6 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import Certificate, platformTrust, trustRootFromCertificates
@@ -143,13 +142,17 @@ class _Drain(Protocol):
     """
 
     def __init__(self) -> None:
-        self.done: Deferred[None] = Deferred()
+        self.done: Deferred[None] = Deferred(lambda _: self._stop())
         self._size = 0
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         self._size += len(data)
-        if self._size > MAX_ANSWER and self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
+        if self._size > MAX_ANSWER:
+            self._stop()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:
@@ -186,17 +189,23 @@ class HTTPSSMSGateway:
         body = None if request.body is None else FileBodyProducer(io.BytesIO(request.body))
         sending = agent.request(request.method, request.url, Headers(dict(request.headers)),
                                 body)
-        sending.addTimeout(self._timeout, self._reactor)
+        silent = SMSError(f"the SMS gateway {config.host} did not answer within "
+                          f"{self._timeout:g} seconds")
+        # (The agent's own error on cancelling wraps the cancel: replaced.)
+        sending.addTimeout(self._timeout, self._reactor,
+                           onTimeoutCancel=lambda result, timeout: Failure(silent))
         try:
             response = await sending
-        except defer.TimeoutError:
-            raise SMSError(f"the SMS gateway {config.host} did not answer within "
-                           f"{self._timeout:g} seconds") from None
+        except SMSError:
+            raise
         except Exception as e:
             raise SMSError(f"the SMS gateway {config.host} could not be reached: "
                            f"{describe_error(e)}") from None
         drain = _Drain()
         response.deliverBody(drain)
+        # The status decides; a body that does not end is not waited for.
+        drain.done.addTimeout(self._timeout, self._reactor,
+                              onTimeoutCancel=lambda result, timeout: None)
         await drain.done
         if not 200 <= response.code < 300:
             raise SMSError(f"the SMS gateway {config.host} answered HTTP {response.code}")
