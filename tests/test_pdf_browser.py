@@ -29,6 +29,9 @@ from tests.pdf_peers import PDFReaders, pdf_of, text_of
 from tests.test_browser_admin import DESKTOP, PHONE, browser, log_in  # noqa: F401
 from tests.test_gateway_appliance import Gateway, gateway, pki  # noqa: F401
 from tests.test_mta_appliance import NEW_PASSWORD, api
+from tests.test_webmail_appliance import FIRST, Pair, pair  # noqa: F401
+
+PORTAL_PASSWORD = "purple-otter-canvas-91"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -152,3 +155,53 @@ def base64url_decode(text: str) -> bytes:
 def base64url_encode(text: str) -> str:
     import base64
     return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+def test_the_pdf_password_in_the_portal(browser: Browser, pair: Pair,  # noqa: F811
+                                        tmp_path: Path, artifacts: Path) -> None:
+    """
+    Password mode portal across the guide's two appliances: the PDF goes
+    to the recipient by mail, its password through the tunnel into the
+    recipient's mailbox on the webmail appliance; the recipient signs up
+    from the invitation, reads the password in the portal and opens the
+    PDF with it.
+    """
+    pair.trust_the_gateway()
+    api(pair.gateway, "PATCH", "/settings/global", {"pdf_enabled": True})
+    api(pair.gateway, "PATCH", "/settings/domains/partner.example",
+        {"pdf_password_mode": "portal"})
+    pair.send(FIRST)
+    pair.mpa_log("stored in the mailbox of dave@partner.example")
+    arrived = {m.sender: m for m in pair.arrived("dave@partner.example", 2)}
+    mail, invitation = arrived["alice@example.org"], arrived["notify@webmail.example"]
+    assert "The password is waiting for you in the secure webmail portal" in text_of(
+        mail.content)
+    signup = re.search(r"https://\S+/signup\?token=\S+", text_of(invitation.content))
+    assert signup is not None
+
+    context = browser.new_context(base_url=pair.webmail.portal_url, ignore_https_errors=True,
+                                  viewport=DESKTOP, locale="en-GB")
+    try:
+        page = context.new_page()
+        page.goto(signup.group(0))
+        page.get_by_label("New password", exact=True).fill(PORTAL_PASSWORD)
+        page.get_by_label("New password again").fill(PORTAL_PASSWORD)
+        page.get_by_role("button", name="Set password").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Your password is set")
+        page.goto("/login")
+        page.get_by_label("Email address").fill("dave@partner.example")
+        page.get_by_label("Password", exact=True).fill(PORTAL_PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.get_by_role("link", name=re.compile("Password for the encrypted PDF")).click()
+        expect(page.get_by_role("heading", level=1)).to_have_text(
+            'Password for the encrypted PDF "Contract draft"')
+        body = page.locator("pre.text")
+        expect(body).to_contain_text("The password to open it is:")
+        shoot(page, artifacts, "portal-pdf-password")
+        found = re.search(r"The password to open it is:\s+(\S+)", body.inner_text())
+        assert found is not None
+    finally:
+        context.close()
+    readers = PDFReaders(tmp_path)
+    assert "the draft." in readers.text(pdf_of(mail.content), found.group(1))
+    assert found.group(1) not in (pair.gateway.data_dir / "logs" / "mpa.log").read_text()
