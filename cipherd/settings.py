@@ -973,32 +973,6 @@ PROPERTIES: tuple[Property, ...] = (
     _P("pdf_reply_single_use", "PDF reply single use", Boolean(), False,
        "A reply link sends one reply only. Either way a link sends at most 5 replies an "
        "hour.", page="pdf", group="Reply", advanced=True, role=GATEWAY),
-    _P("template_pdf_message", "PDF message",
-       MailTemplate(("sender", "recipient", "subject", "filename", "password_mode",
-                     "reply_link", "portal_link"), subject=False), "",
-       "The text of the mail that carries the PDF (its subject is the message's). Empty: "
-       "the built-in text. Variables: sender, recipient, subject, filename, password_mode "
-       "(random_to_sender, static, portal or sms), reply_link (empty when there is none), "
-       "portal_link (the Portal base URL).",
-       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
-    _P("template_pdf_password", "PDF password notice",
-       MailTemplate(("recipient", "subject", "password", "filename")), "",
-       "Sent to the sender with the password of a PDF when the password mode is random, "
-       "sent to the sender. Empty: the built-in text. Variables: recipient, subject, "
-       "password, filename.",
-       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
-    _P("template_pdf_portal_password", "PDF password in the portal",
-       MailTemplate(("sender", "recipient", "subject", "password", "filename")), "",
-       "The message put in the recipient's webmail mailbox with the password of a PDF when "
-       "the password mode is portal. Empty: the built-in text. Variables: sender, "
-       "recipient, subject, password, filename.",
-       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
-    _P("template_pdf_sms", "PDF password text message",
-       MailTemplate(("sender", "password", "filename"), subject=False), "",
-       "The text message with the password of a PDF when the password mode is SMS; keep it "
-       "short (160 characters make one text message). Empty: the built-in text. "
-       "Variables: sender, password, filename.",
-       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
     # The SMS gateway PDF passwords (mode SMS) are sent through.
     _P("sms_phone", "Mobile number", PhoneNumber(), "",
        "The recipient's mobile number in international form (+31 6 1234 5678), for PDF "
@@ -1035,6 +1009,32 @@ PROPERTIES: tuple[Property, ...] = (
        "The certificates (PEM) the SMS gateway's TLS certificate must chain to. Empty: the "
        "system's trusted roots. Its host name is always checked.",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", advanced=True, role=GATEWAY),
+    _P("template_pdf_message", "PDF message",
+       MailTemplate(("sender", "recipient", "subject", "filename", "password_mode",
+                     "reply_link", "portal_link"), subject=False), "",
+       "The text of the mail that carries the PDF (its subject is the message's). Empty: "
+       "the built-in text. Variables: sender, recipient, subject, filename, password_mode "
+       "(random_to_sender, static, portal or sms), reply_link (empty when there is none), "
+       "portal_link (the Portal base URL).",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
+    _P("template_pdf_password", "PDF password notice",
+       MailTemplate(("recipient", "subject", "password", "filename")), "",
+       "Sent to the sender with the password of a PDF when the password mode is random, "
+       "sent to the sender. Empty: the built-in text. Variables: recipient, subject, "
+       "password, filename.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
+    _P("template_pdf_portal_password", "PDF password in the portal",
+       MailTemplate(("sender", "recipient", "subject", "password", "filename")), "",
+       "The message put in the recipient's webmail mailbox with the password of a PDF when "
+       "the password mode is portal. Empty: the built-in text. Variables: sender, "
+       "recipient, subject, password, filename.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
+    _P("template_pdf_sms", "PDF password text message",
+       MailTemplate(("sender", "password", "filename"), subject=False), "",
+       "The text message with the password of a PDF when the password mode is SMS; keep it "
+       "short (160 characters make one text message). Empty: the built-in text. "
+       "Variables: sender, password, filename.",
+       levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
     # The portal (the recipient's side in the browser).
     _P("webmail_totp_required", "Second factor required", Boolean(), False,
        "Recipients must use a one-time code from an authenticator app (TOTP) as well as "

@@ -17,8 +17,10 @@ is then split per path:
       PGP key when the policy says so);
     - PDF recipients get each a mail of their own with the message as an
       AES-256 encrypted PDF (L{cipherd.webmail.pdf}), its password the
-      static one set for them or a random one, then sent to the sender in
-      a notice;
+      static one set for them or a random one, delivered first: to the
+      sender in a notice, to the recipient's webmail mailbox in a tunnel
+      of its own, or by SMS (L{cipherd.webmail.sms}); a recipient whose
+      password cannot be delivered gets no PDF but the next method;
     - webmail recipients are handed to the webmail messenger in one tunnel
       message (L{cipherd.mpa.tunnel}), signed with the *webmail sender*'s
       key and encrypted to the *webmail recipient*'s certificates, queued as
