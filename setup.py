@@ -31,11 +31,12 @@ setup(
         # Only to read the signatures pysequoia cannot reach (cipherd.pki.pgp).
         "pgpy>=0.6",
         # The PDF method (cipherd.webmail.pdf): fpdf2 lays the message out
-        # (uharfbuzz shapes right-to-left and joined scripts for it), pikepdf
-        # (qpdf) encrypts it with AES-256.
-        "fpdf2>=2.8",
+        # (uharfbuzz shapes right-to-left and joined scripts for it) and
+        # encrypts it with AES-256.  Below 2.9: cipherd.webmail.pdf fixes
+        # how 2.8 writes the names of embedded files in an encrypted
+        # document, through its output producer's internals.
+        "fpdf2>=2.8.9,<2.9",
         "uharfbuzz>=0.39",
-        "pikepdf>=9",
     ],
     extras_require={
         "test": [
@@ -47,6 +48,8 @@ setup(
             "ruff>=0.6",
             "mypy>=1.11",
             "mypy-zope>=1.0",
+            # bench/pdf_libraries.py: qpdf's encryption, compared.
+            "pikepdf>=9",
         ],
     },
 )

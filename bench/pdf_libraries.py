@@ -20,7 +20,9 @@ The options:
    /EmbeddedFiles name tree's key) unencrypted into the encrypted document,
    so readers decrypt them to garbage; ``fpdf2, names fixed`` is the same
    with the Filespec's two strings marked for encryption
-   (``PDFString(name, encrypt=True)``; the name tree's key stays garbled).
+   (``PDFString(name, encrypt=True)``) and the name tree's keys encrypted
+   by cipherd's output producer (``cipherd.webmail.pdf._EncryptedNames``):
+   what cipherd uses.
 2. ``reportlab+pikepdf``: reportlab's platypus renders (reportlab has no HTML
    renderer: a small converter here turns the HTML part's paragraphs, table,
    list and image into flowables, as the real renderer would have to);
@@ -248,6 +250,10 @@ def fpdf2_alone(msg: Message, owner: str, fix_names: bool = False) -> bytes:
             spec.f = spec.u_f = PDFString(name, encrypt=True)
     pdf.set_encryption(owner_password=owner, user_password=PASSWORD,
                        encryption_method=EncryptionMethod.AES_256)
+    if fix_names:
+        # cipherd's fix for the name tree's keys (cipherd.webmail.pdf).
+        from cipherd.webmail.pdf import _EncryptedNames
+        return bytes(pdf.output(output_producer_class=_EncryptedNames))
     return pdf.output()
 
 

@@ -77,6 +77,15 @@ class PDFReaders:
                   self._file(pdf))
         return {path.name: path.read_bytes() for path in out.iterdir()}
 
+    def attachment_keys(self, pdf: bytes, password: str) -> list[str]:
+        """
+        The keys of the PDF's embedded files name tree, as qpdf lists them
+        (poppler reads the file specifications' names instead).
+        """
+        listed = self._run(require_tool("qpdf"), f"--password={password}",
+                           "--list-attachments", self._file(pdf)).stdout.decode("utf-8")
+        return sorted(line.rpartition(" -> ")[0] for line in listed.splitlines() if line)
+
     def info(self, pdf: bytes, password: str) -> str:
         return self._run(require_tool("pdfinfo"), "-upw", password,
                          self._file(pdf)).stdout.decode()

@@ -97,14 +97,19 @@ def test_every_attachment_is_extracted_byte_identical(readers: PDFReaders) -> No
              ("notes.txt", "text/plain", b"line one\r\nline two\r\n"),
              ("notes.txt", "text/plain", b"another file of the same name\n"),
              ("Übersicht März.pdf", "application/pdf", b"%PDF-1.4 not really\n"),
+             ("Отчёт.txt", "text/plain", "Отчёт\n".encode()),
              ("empty.bin", "application/octet-stream", b"")]
     pdf = render_pdf(with_attachments(b"See attached.", parts), OPTIONS)
     found = readers.attachments(pdf, PASSWORD)
     assert found == {"figures.xlsx": binary, "notes.txt": b"line one\r\nline two\r\n",
                      "notes (2).txt": b"another file of the same name\n",
-                     "Übersicht März.pdf": b"%PDF-1.4 not really\n"}
+                     "Übersicht März.pdf": b"%PDF-1.4 not really\n",
+                     "Отчёт.txt": "Отчёт\n".encode()}
+    # The names are encrypted with the rest, in the file specifications
+    # (which poppler reads) and in the name tree (which qpdf reads).
+    assert readers.attachment_keys(pdf, PASSWORD) == sorted(found)
     text = readers.text(pdf, PASSWORD)
-    assert "Attachments (5)" in text and "notes (2).txt (text/plain" in text
+    assert "Attachments (6)" in text and "notes (2).txt (text/plain" in text
     assert "empty.bin (application/octet-stream, empty, not embedded)" in text
 
 

@@ -11,9 +11,10 @@ given; every attachment is embedded as a PDF file attachment under its name
 and type, byte for byte.  It is encrypted with AES-256 (PDF 2.0, revision 6):
 the user password opens it, a random owner password guards its permissions.
 
-Laid out with fpdf2 (pure Python) and encrypted with pikepdf (qpdf); the
-choice is measured in C{bench/README.md}, "PDF libraries".  Two of fpdf2's
-costs shape this module:
+Laid out and encrypted with fpdf2 (pure Python; AES and SHA-2 from
+C{cryptography}), with a fix for the names of embedded files, which fpdf2
+2.8.9 leaves unencrypted; the choice is measured in C{bench/README.md},
+"PDF libraries".  Two of fpdf2's costs shape this module:
 
     - its line breaking measures a line again for every character added
       (about 80 ms for 10 KB of text), so plain text is laid out here, a word
@@ -49,11 +50,12 @@ from pathlib import Path
 from typing import Any
 
 import nh3
-import pikepdf
 import PIL.Image
 from fpdf import FPDF
-from fpdf.enums import ResourceAccessPolicy, XPos, YPos
+from fpdf.enums import AccessPermission, EncryptionMethod, ResourceAccessPolicy, XPos, YPos
 from fpdf.fonts import TextStyle, TTFFont
+from fpdf.output import OutputProducer
+from fpdf.syntax import PDFString, create_dictionary_string, create_list_string
 from twisted.internet.defer import Deferred
 
 from cipherd.pki.smime import OBSCURED_SUBJECT, Parts
@@ -351,10 +353,12 @@ class _Document:
         for attachment in self._attachments:
             if not attachment.data:
                 continue  # fpdf2 embeds no empty file: listed as empty
-            pdf.embed_file(bytes=attachment.data, basename=attachment.filename,
-                           mime_type=attachment.content_type,
-                           compress=_compressible(attachment))
-        return _encrypt(pdf.output(), self._options.user_password)
+            spec = pdf.embed_file(bytes=attachment.data, basename=attachment.filename,
+                                  mime_type=attachment.content_type,
+                                  compress=_compressible(attachment)).file_spec()
+            spec.f = spec.u_f = PDFString(attachment.filename, encrypt=True)
+        _encrypt(pdf, self._options.user_password)
+        return bytes(pdf.output(output_producer_class=_EncryptedNames))
 
     def _header_block(self) -> None:
         shown = self._shown
@@ -472,28 +476,45 @@ class _Document:
         pdf.set_text_color(0, 0, 0)
 
 
-def _encrypt(document: bytearray, user_password: str) -> bytes:
+class _EncryptedNames(OutputProducer):
     """
-    C{document} encrypted by qpdf (pikepdf) with AES-256, revision 6: fpdf2's
-    own encryption (2.8.9) writes the names of embedded files (the name
-    tree's keys, the file specifications' /F and /UF) unencrypted in an
-    encrypted document, so readers decrypt them to garbage and cannot save
-    the files.
+    fpdf2's writer, with the keys of the C{/EmbeddedFiles} name tree
+    encrypted: fpdf2 2.8.9 writes them in the clear into an encrypted
+    document (its C{/Dests} keys, written a few lines later, are
+    encrypted), so readers decrypt the attachments' names to garbage.
+    L{_Document.build} marks the file specifications' C{/F} and C{/UF}
+    for encryption, the other half of the same bug.
+    """
+
+    def _finalize_catalog(self, catalog_obj: Any, *args: Any, **kwargs: Any) -> None:
+        super()._finalize_catalog(catalog_obj, *args, **kwargs)
+        fpdf = self.fpdf
+        handler = fpdf._security_handler
+        if not fpdf.embedded_files or handler is None:
+            return
+        names = [PDFString(f.basename(), encrypt=True).serialize(
+                     _security_handler=handler, _obj_id=catalog_obj.id) + " " + f.file_spec().ref
+                 for f in fpdf.embedded_files]
+        catalog_obj.names = create_dictionary_string(
+            {"/EmbeddedFiles": create_dictionary_string({"/Names": create_list_string(names)})})
+
+
+def _encrypt(pdf: FPDF, user_password: str) -> None:
+    """
+    C{pdf} to be written encrypted with AES-256, revision 6 (fpdf2's own
+    encryption, with OpenSSL's AES and SHA-2 through C{cryptography}: the
+    revision 6 key derivation, four times 64 or more rounds of AES and
+    SHA-2, costs about 5 ms against qpdf's 11 ms, and nothing is parsed
+    again).
 
     The owner password is random and never kept: the permissions (print,
     copy text; no changes) stay as set.
     """
-    owner = secrets.token_urlsafe(24)
-    with pikepdf.open(io.BytesIO(document)) as pdf:
-        out = io.BytesIO()
-        pdf.save(out, encryption=pikepdf.Encryption(
-            owner=owner, user=user_password, R=6, metadata=True,
-            allow=pikepdf.Permissions(extract=True, accessibility=True, print_lowres=True,
-                                      print_highres=True, modify_annotation=False,
-                                      modify_assembly=False, modify_form=False,
-                                      modify_other=False)),
-                 compress_streams=False, object_stream_mode=pikepdf.ObjectStreamMode.preserve)
-    return out.getvalue()
+    pdf.set_encryption(owner_password=secrets.token_urlsafe(24), user_password=user_password,
+                       encryption_method=EncryptionMethod.AES_256,
+                       permissions=(AccessPermission.PRINT_LOW_RES
+                                    | AccessPermission.PRINT_HIGH_RES | AccessPermission.COPY),
+                       encrypt_metadata=True)
 
 
 # Attachments that are compressed already gain nothing from Flate, which
