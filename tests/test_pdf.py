@@ -267,3 +267,27 @@ def test_html_too_large_to_lay_out_is_shown_as_text(readers: PDFReaders) -> None
     html = "".join(f"<p>paragraph {n}</p>" for n in range(3000))
     text = readers.text(render_pdf(html_message(html), OPTIONS), PASSWORD)
     assert "too large to lay out" in text and "paragraph 2999" in text
+
+
+def test_a_multilingual_html_message_rasterised(readers: PDFReaders, artifacts: Path) -> None:
+    """
+    Latin, Greek, Cyrillic, Hebrew, Arabic and CJK in HTML, rasterised by
+    poppler into C{artifacts/pdf-multilingual.png} for people to look at.
+    CJK is not in DejaVu: it is left out, the rest is shown; with
+    right-to-left writing in it, the HTML is shown as its text.
+    """
+    html = ("<h1>Grüße – Καλημέρα – Привет</h1>"
+            "<p>Latin: <b>Grüße</b>, ça va? 5 € · Ελληνικά: <i>καλημέρα κόσμε</i></p>"
+            "<p>Кириллица: доброе утро, мир</p><p>עברית: בוקר טוב</p>"
+            "<p>العربية: صباح الخير يا عالم</p><p>中文: 你好，世界 · 日本語: こんにちは</p>"
+            "<ul><li>one</li><li>два</li></ul>").encode()
+    pdf = render_pdf(message(html, content_type=b"text/html; charset=utf-8",
+                             subject="Grüße – Привет".encode()), OPTIONS)
+    text = readers.text(pdf, PASSWORD)
+    # Right-to-left writing comes back in logical order, so it was drawn
+    # in the right one (fpdf2's HTML layout would draw it backwards).
+    for expected in ("Καλημέρα", "доброе утро", "בוקר טוב", "صباح الخير", "два"):
+        assert expected in text
+    png = readers.png(pdf, PASSWORD, "multilingual")
+    (artifacts / "pdf-multilingual.png").write_bytes(png.read_bytes())
+    assert png.stat().st_size > 20_000  # a page with text on it, not a blank one

@@ -81,6 +81,8 @@ _TAB = 8
 # Scripts fpdf2 must shape (HarfBuzz) and order (bidi): Hebrew, Arabic,
 # Syriac, Thaana, N'Ko, the Indic scripts and the Arabic presentation forms.
 _COMPLEX = re.compile("[\u0590-\u08ff\u0900-\u0dff\ufb1d-\ufdff\ufe70-\ufeff]")
+# Right-to-left scripts (Hebrew, Arabic, Syriac, Thaana, N'Ko, ...).
+_RIGHT_TO_LEFT = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufeff]")
 
 # fpdf2 writes what its own loggers say about a document (a glyph a font
 # lacks, a tag it ignores) as warnings: about a message, not about us.
@@ -423,6 +425,15 @@ class _Document:
             self._note("This message's formatting is too large to lay out here; its text "
                        "follows.")
             self._text_body(_printable(render.html_text(self._html)))
+            return
+        text = render.html_text(self._html)
+        if _RIGHT_TO_LEFT.search(text):
+            # fpdf2 2.8.9's write_html draws right-to-left words in a
+            # left-to-right paragraph letter by letter backwards (multi_cell,
+            # which the text goes through, orders them right).
+            self._note("This message is shown as text: its right-to-left writing is laid "
+                       "out in the right order only without the formatting.")
+            self._text_body(_printable(text))
             return
         start_page, start_y = pdf.page, pdf.get_y()
         try:
