@@ -446,6 +446,7 @@ class MailTemplate(ValueType):
     widget = "textarea"
     variables: tuple[str, ...] = ()
     subject: bool = True
+    required: tuple[str, ...] = ()
 
     def check(self, value: Any) -> str:
         from jinja2 import TemplateSyntaxError, meta
@@ -472,6 +473,11 @@ class MailTemplate(ValueType):
             names = ", ".join("{{ %s }}" % name for name in unknown)  # noqa: UP031
             raise InvalidValue(f"uses {names}, which this template does not have; its "
                                f"variables are {', '.join(self.variables)}")
+        missing = [name for name in self.required
+                   if name not in meta.find_undeclared_variables(parsed)]
+        if missing:
+            raise InvalidValue("must use " + ", ".join("{{ %s }}" % name  # noqa: UP031
+                                                        for name in missing))
         return text
 
     def from_form(self, text: str) -> Any:
@@ -497,6 +503,37 @@ class PasswordAlphabet(ValueType):
         if len(set(text)) < 10:
             raise InvalidValue("must have at least 10 different characters")
         return "".join(dict.fromkeys(text))
+
+
+@dataclass(frozen=True)
+class PDFPassword(Text):
+    """
+    A PDF password (revision 6): 8 to 127 characters that SASLprep (RFC
+    4013, as ISO 32000-2 prepares passwords) accepts, so every reader
+    takes it as it was typed.
+    """
+
+    max_length: int = 127
+    min_length: int = 8
+
+    def check(self, value: Any) -> str:
+        import stringprep
+
+        text = super().check(value)
+        if any(stringprep.in_table_c21_c22(c) or stringprep.in_table_c3(c)
+               or stringprep.in_table_c4(c) or stringprep.in_table_c5(c)
+               or stringprep.in_table_c6(c) or stringprep.in_table_c7(c)
+               or stringprep.in_table_c8(c) or stringprep.in_table_c9(c)
+               or stringprep.in_table_a1(c) for c in text):
+            raise InvalidValue("has a character PDF passwords may not contain (a control, "
+                               "private-use, unassigned or direction-changing character)")
+        right_to_left = [stringprep.in_table_d1(c) for c in text]
+        if any(right_to_left) and (any(stringprep.in_table_d2(c) for c in text)
+                                   or not (right_to_left[0] and right_to_left[-1])):
+            raise InvalidValue("mixes right-to-left letters with others, or does not begin "
+                               "and end with a right-to-left letter: PDF readers refuse such "
+                               "passwords")
+        return text
 
 
 @dataclass(frozen=True)
@@ -537,15 +574,50 @@ class SMSGatewayUrl(ValueType):
         text = self._want_string(value).strip()
         if not text:
             return ""
-        sample = text
-        for placeholder in SMS_PLACEHOLDERS:
-            sample = sample.replace(placeholder, "x")
-        if "{" in sample or "}" in sample:
-            raise InvalidValue(f"{text!r} has a placeholder other than "
-                               f"{', '.join(SMS_PLACEHOLDERS)}")
+        if any(not 33 <= ord(c) <= 126 for c in text):
+            raise InvalidValue("must be printable ASCII without spaces: write other "
+                               "characters percent-encoded (%C3%BC for ü)")
+        sample = _without_placeholders(text, "placeholder")
         Url().check(sample)
-        if not sample.lower().startswith("https://"):
-            raise InvalidValue(f"{text!r} must start with https://: the text carries a password")
+        parts = urlsplit(sample)
+        if parts.scheme != "https":
+            raise InvalidValue("must start with https://: the text carries a password")
+        if "@" in parts.netloc:
+            raise InvalidValue("must not hold a user name or password before the host: use "
+                               "the SMS gateway credential")
+        if "placeholder" in parts.netloc:
+            raise InvalidValue("may have placeholders in its path and query only, not in "
+                               "the host")
+        return text
+
+
+def _without_placeholders(text: str, sample: str) -> str:
+    """
+    C{text} with the SMS placeholders replaced by C{sample}.
+
+    @raise InvalidValue: it has a placeholder of another name.
+    """
+    for placeholder in SMS_PLACEHOLDERS:
+        text = text.replace(placeholder, sample)
+    unknown = re.search(r"\{[A-Za-z_][A-Za-z0-9_]*\}", text)
+    if unknown:
+        raise InvalidValue(f"has the placeholder {unknown.group(0)}; the placeholders are "
+                           f"{', '.join(SMS_PLACEHOLDERS)}")
+    return text
+
+
+@dataclass(frozen=True)
+class SMSGatewayBody(Text):
+    """
+    The body template of an SMS gateway's POST: one line, placeholders
+    C{{phone}}, C{{text}} and C{{credential}} only.
+    """
+
+    max_length: int = 2000
+
+    def check(self, value: Any) -> str:
+        text = super().check(value)
+        _without_placeholders(text, "x")
         return text
 
 
@@ -563,6 +635,9 @@ class CertificatesPEM(ValueType):
         text = self._want_string(value).replace("\r\n", "\n").strip()
         if not text:
             return ""
+        if "PRIVATE KEY" in text:
+            raise InvalidValue("holds a private key: paste the CA certificates only, never "
+                               "a key")
         if "-----BEGIN CERTIFICATE-----" not in text:
             raise InvalidValue("is not a certificate in PEM format: paste it whole, from "
                                "-----BEGIN CERTIFICATE----- to its END line")
@@ -936,7 +1011,7 @@ PROPERTIES: tuple[Property, ...] = (
        "recipient's mobile number by the SMS gateway. When the password cannot be "
        "delivered the PDF is not sent and the next method is used.",
        page="pdf", group="PDF", role=GATEWAY),
-    _P("pdf_password", "PDF password", Text(max_length=256, min_length=8), "",
+    _P("pdf_password", "PDF password", PDFPassword(), "",
        "The password of PDFs for this recipient (or this domain's recipients) when the "
        "password mode is static. Write-only.",
        levels=frozenset({Level.DOMAIN, Level.USER}), page="pdf", group="PDF", secret=True,
@@ -990,7 +1065,7 @@ PROPERTIES: tuple[Property, ...] = (
        "How the request is made. POST sends the SMS gateway body, as a form "
        "(application/x-www-form-urlencoded) or JSON.",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", role=GATEWAY),
-    _P("sms_gateway_body", "SMS gateway body", Text(max_length=2000),
+    _P("sms_gateway_body", "SMS gateway body", SMSGatewayBody(),
        "to={phone}&text={text}",
        "The body of a POST, with the placeholders {phone}, {text} and {credential}: in a "
        "form they are form-encoded, in JSON they become JSON strings, quotes included, "
@@ -1006,8 +1081,9 @@ PROPERTIES: tuple[Property, ...] = (
        "The API key or user:password of the SMS gateway account. Write-only.",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", secret=True, role=GATEWAY),
     _P("sms_gateway_ca", "SMS gateway CA certificates", CertificatesPEM(), "",
-       "The certificates (PEM) the SMS gateway's TLS certificate must chain to. Empty: the "
-       "system's trusted roots. Its host name is always checked.",
+       "The certificates (PEM) the SMS gateway's TLS certificate must chain to: the root "
+       "CA's, not only an intermediate's. Empty: the system's trusted roots. Its host name "
+       "is always checked.",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="SMS", advanced=True, role=GATEWAY),
     _P("template_pdf_message", "PDF message",
        MailTemplate(("sender", "recipient", "subject", "filename", "password_mode",
@@ -1018,19 +1094,21 @@ PROPERTIES: tuple[Property, ...] = (
        "portal_link (the Portal base URL).",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
     _P("template_pdf_password", "PDF password notice",
-       MailTemplate(("recipient", "subject", "password", "filename")), "",
+       MailTemplate(("recipient", "subject", "password", "filename"), required=("password",)), "",
        "Sent to the sender with the password of a PDF when the password mode is random, "
        "sent to the sender. Empty: the built-in text. Variables: recipient, subject, "
        "password, filename.",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
     _P("template_pdf_portal_password", "PDF password in the portal",
-       MailTemplate(("sender", "recipient", "subject", "password", "filename")), "",
+       MailTemplate(("sender", "recipient", "subject", "password", "filename"),
+                    required=("password",)), "",
        "The message put in the recipient's webmail mailbox with the password of a PDF when "
        "the password mode is portal. Empty: the built-in text. Variables: sender, "
        "recipient, subject, password, filename.",
        levels=GLOBAL_AND_DOMAIN, page="pdf", group="Templates", role=GATEWAY),
     _P("template_pdf_sms", "PDF password text message",
-       MailTemplate(("sender", "password", "filename"), subject=False), "",
+       MailTemplate(("sender", "password", "filename"), subject=False,
+                    required=("password",)), "",
        "The text message with the password of a PDF when the password mode is SMS; keep it "
        "short (160 characters make one text message). Empty: the built-in text. "
        "Variables: sender, password, filename.",

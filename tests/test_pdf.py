@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cipherd.settings import PASSWORD_ALPHABET
+from cipherd.settings import PASSWORD_ALPHABET, InvalidValue, PDFPassword
 from cipherd.webmail.pdf import (
     PDF_FILENAME,
     PDFOptions,
@@ -291,3 +291,15 @@ def test_a_multilingual_html_message_rasterised(readers: PDFReaders, artifacts: 
     png = readers.png(pdf, PASSWORD, "multilingual")
     (artifacts / "pdf-multilingual.png").write_bytes(png.read_bytes())
     assert png.stat().st_size > 20_000  # a page with text on it, not a blank one
+
+
+def test_a_password_pdf_readers_refuse_is_refused_without_being_named() -> None:
+    # Mixed right-to-left and other characters: SASLprep (RFC 4013)
+    # refuses it, as the setting's check does; the error never shows it.
+    password = "סיסמה2024"
+    with pytest.raises(PDFRenderError) as raised:
+        render_pdf(message(b"Hello"), PDFOptions(user_password=password))
+    assert password not in str(raised.value) and "[the password]" in str(raised.value)
+    with pytest.raises(InvalidValue, match="right-to-left"):
+        PDFPassword().check(password)
+    assert PDFPassword().check("סיסמהסודית") == "סיסמהסודית"

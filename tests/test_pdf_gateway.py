@@ -253,6 +253,18 @@ def test_portal_the_password_goes_to_the_recipients_mailbox_in_a_tunnel_of_its_o
     assert not any(password in line for line in log_lines)
 
 
+def test_portal_keeps_an_obscured_subject_out_of_the_password_message(
+        world: World) -> None:
+    world.tunnel_certificates()
+    world.set(GLOBAL, pdf_password_mode="portal", pdf_obscure_subject=True)
+    world.process("dave@partner.example")
+    [(_, _, sealed)] = world.submitted
+    _, message = read_tunnel(result_of(world.engine.open(sealed)).message)
+    # The webmail messenger's notices show this subject in the clear.
+    assert b"Subject: Password for the encrypted PDF\r\n" in message
+    assert b"Quarterly" not in message
+
+
 def test_portal_without_a_tunnel_sends_no_pdf_and_the_chain_goes_on(
         world: World, log_lines: list[str]) -> None:
     # The webmail recipient's certificate is missing: the password cannot
@@ -308,17 +320,21 @@ def test_sms_refused_sends_no_pdf_and_the_message_goes_to_webmail(
         world: World, log_lines: list[str]) -> None:
     world.set(GLOBAL, webmail_enabled=True, **SMS)
     world.tunnel_certificates()
-    world.set(scope_for(Level.USER, "dave@partner.example"), sms_phone="+31612345678")
+    for user in ("dave", "erin"):
+        world.set(scope_for(Level.USER, f"{user}@partner.example"), sms_phone="+31612345678")
     world.sms.refusal = "the SMS gateway sms.example answered HTTP 503"
-    parts = world.process("dave@partner.example")
-    assert parts[("dave@partner.example",)].relay == "webmail"
+    parts = world.process("dave@partner.example", "erin@partner.example")
+    assert parts[("dave@partner.example", "erin@partner.example")].relay == "webmail"
     [(sender, _, sealed)] = world.submitted  # the tunnel, and no PDF
     assert sender == WEBMAIL_SENDER
-    _, original = read_tunnel(result_of(world.engine.open(sealed)).message)
+    metadata, original = read_tunnel(result_of(world.engine.open(sealed)).message)
     assert original == SENT
-    assert any("PDF not used: the PDF password could not be sent by SMS: the SMS gateway "
-               "sms.example answered HTTP 503; Recipient: dave@partner.example" in line
+    assert metadata.recipients == ("dave@partner.example", "erin@partner.example")
+    assert world.sms.asked == 1  # a refusing gateway is not asked again for the message
+    assert any("the PDF is not sent: the PDF password could not be sent by SMS: the SMS "
+               "gateway sms.example answered HTTP 503; Recipient: dave@partner.example" in line
                for line in log_lines)
+    assert not any("PDF not used" in line for line in log_lines)
 
 
 @pytest.mark.parametrize(("sender", "recipient", "why"), [

@@ -351,3 +351,10 @@ def test_settings_by_address_resolve_alike_in_the_store_and_the_memory_fake(
                                                 "carol@other.example")] == [
         "allow", "mandatory", "no_encryption", "allow"]
     assert found["bob@example.com"]["postmaster"] == "pm@example.com"
+
+
+def test_password_templates_must_give_the_password() -> None:
+    prop = REGISTRY["template_pdf_sms"]
+    assert prop.type.check("PDF from {{ sender }}: {{ password }}")
+    with pytest.raises(InvalidValue, match=r"must use \{\{ password \}\}"):
+        prop.type.check("Ask {{ sender }} for the password.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -17,7 +18,13 @@ import pytest_twisted
 from twisted.internet import reactor
 from zope.interface.verify import verifyObject
 
-from cipherd.settings import CertificatesPEM, InvalidValue, PhoneNumber, SMSGatewayUrl
+from cipherd.settings import (
+    CertificatesPEM,
+    InvalidValue,
+    PhoneNumber,
+    SMSGatewayBody,
+    SMSGatewayUrl,
+)
 from cipherd.testing.sms import MemorySMSGateway
 from cipherd.webmail.sms import (
     HTTPSSMSGateway,
@@ -85,12 +92,33 @@ def test_other_numbers_are_refused(value: str) -> None:
 
 @pytest.mark.parametrize(("value", "why"), [
     ("http://sms.example/send?to={phone}", "must start with https://"),
-    ("https://sms.example/send?to={number}", "placeholder other than"),
+    ("https://sms.example/send?to={number}", "has the placeholder {number}"),
     ("https:///send", "names no host"),
+    ("https://api:{credential}@sms.example/send", "user name or password before the host"),
+    ("https://{phone}.sms.example/send", "placeholders in its path and query only"),
+    ("https://sms.example/send?from=Zürich", "printable ASCII"),
 ])
 def test_sms_gateway_urls_are_checked(value: str, why: str) -> None:
-    with pytest.raises(InvalidValue, match=why):
+    with pytest.raises(InvalidValue, match=re.escape(why)):
         SMSGatewayUrl().check(value)
+
+
+def test_sms_gateway_bodies_name_known_placeholders_only() -> None:
+    body = '{"to": {phone}, "text": {text}}'
+    assert SMSGatewayBody().check(body) == body
+    with pytest.raises(InvalidValue, match=re.escape("has the placeholder {message}")):
+        SMSGatewayBody().check("to={phone}&text={message}")
+
+
+@pytest.mark.parametrize(("url", "method", "body", "why"), [
+    ("https://sms.example/send?to={phone}", "get", "text={text}", "has no {text}"),
+    ("https://sms.example/send", "post_form", "text={text}", "has no {phone}"),
+    ("https://sms.example/send", "post_json", "to={phone}&text={text}", "is not JSON"),
+])
+def test_a_request_that_would_not_carry_the_password_is_not_made(
+        url: str, method: str, body: str, why: str) -> None:
+    with pytest.raises(SMSError, match=re.escape(why)):
+        sms_request(SMSGatewayConfig(url, method, body), PHONE, TEXT)
 
 
 def test_ca_certificates_are_checked(server: SMSServer) -> None:
@@ -99,6 +127,9 @@ def test_ca_certificates_are_checked(server: SMSServer) -> None:
         CertificatesPEM().check("MIIB...")
     with pytest.raises(InvalidValue, match="damaged or incomplete"):
         CertificatesPEM().check(server.ca_pem.replace("M", "m", 3))
+    with pytest.raises(InvalidValue, match="holds a private key"):
+        CertificatesPEM().check(server.ca_pem + "-----BEGIN PRIVATE KEY-----\nMII\n"
+                                "-----END PRIVATE KEY-----\n")
 
 
 # Over HTTPS --------------------------------------------------------------------

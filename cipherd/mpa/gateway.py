@@ -225,7 +225,10 @@ class Gateway:
                 config, results)
             bounced += pdf_bounced
             for recipient, why in fallen:
-                decision = self._decided(envelope, facts_of[recipient], policy.without_pdf(why))
+                # What PGP and PDF say was logged already; the rest of the
+                # chain (the guide's "Webmail is disabled") was not.
+                decision = self._decided(envelope, facts_of[recipient], policy.without_pdf(why),
+                                         skip=("PGP not used", "PDF not used"))
                 by_method.setdefault(decision.method, []).append(decision)
         if plain := by_method.get(policy.PLAIN):
             for d in plain:
@@ -260,13 +263,16 @@ class Gateway:
         return results.result()
 
     def _decided(self, envelope: Envelope, facts: policy.Facts,
-                 methods: Sequence[tuple[str, policy.Offer]] = policy.METHODS
-                 ) -> policy.Decision:
+                 methods: Sequence[tuple[str, policy.Offer]] = policy.METHODS, *,
+                 skip: tuple[str, ...] = ()) -> policy.Decision:
         """
-        The policy's decision for one recipient, its notes logged.
+        The policy's decision for one recipient, its notes logged (but
+        those beginning with one of C{skip}).
         """
         decision = policy.decide(facts, methods)
         for level, text in decision.notes:
+            if skip and text.startswith(skip):
+                continue
             getattr(log, level)("{text}; Sender: {sender}; Queue id: {queue_id}",
                                 text=text, sender=envelope.sender, queue_id=envelope.queue_id)
         return decision
@@ -373,6 +379,7 @@ class Gateway:
         subject, message_id = fields.get("subject", ""), fields.get("message-id", "")
         obscure = bool(sender_settings["pdf_obscure_subject"])
         reply_base = self._reply_base(envelope, sender_settings, config)
+        sms_down = ""
         for d in chosen:
             settings = known[d.recipient]
             mode = str(settings["pdf_password_mode"])
@@ -407,10 +414,18 @@ class Gateway:
                          queue_id=envelope.queue_id, why=e, rcpt=d.recipient)
                 bounced.append((d.recipient, f"PDF encryption failed: {e}"))
                 continue
-            how = await self._deliver_password(envelope, d.recipient, mode, password, subject,
-                                               settings, sender_settings, config, results)
+            if mode == "sms" and sms_down:
+                # One silent or refusing SMS gateway is not asked again for
+                # this message: each try can cost its timeout.
+                fallen.append((d.recipient, sms_down))
+                continue
+            how = await self._deliver_password(
+                envelope, d.recipient, mode, password, "" if obscure else subject, settings,
+                sender_settings, config, results)
             if isinstance(how, _NotDelivered):
                 fallen.append((d.recipient, how.why))
+                if mode == "sms":
+                    sms_down = how.why
                 continue
             log.info("{queue_id}: PDF encrypted (AES-256, {how}); Recipient: {rcpt}",
                      queue_id=envelope.queue_id, how=how, rcpt=d.recipient)
@@ -425,6 +440,9 @@ class Gateway:
         """
         The password of a recipient's PDF on its way, as the recipient's
         password mode says, before the PDF is sent.
+
+        @param subject: the message's subject, or C{""} when it is
+            obscured (the portal's notices show it in the clear).
 
         @return: how, for the log; or why it could not be (logged: the
             PDF is not sent).

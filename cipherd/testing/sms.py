@@ -14,15 +14,18 @@ from cipherd.webmail.sms import ISMSGateway, SMSError, SMSGatewayConfig
 class MemorySMSGateway:
     """
     @ivar sent: C{(config, phone, text)} of every text message accepted.
+    @ivar asked: how many were asked for, accepted or not.
     @ivar refusal: while set, every message is refused with it (as an
         L{SMSError}).
     """
 
     def __init__(self) -> None:
         self.sent: list[tuple[SMSGatewayConfig, str, str]] = []
+        self.asked = 0
         self.refusal = ""
 
     def send(self, config: SMSGatewayConfig, phone: str, text: str) -> Deferred[None]:
+        self.asked += 1
         if self.refusal:
             return fail(SMSError(self.refusal))
         if not config.url:

@@ -144,8 +144,10 @@ def render_pdf(message: bytes, options: PDFOptions) -> bytes:
     except Exception as e:
         # fpdf2 raises its own FPDFException, and ValueError or KeyError
         # from the fonts and images it reads: all say the PDF could not be
-        # made, none should stop the queue.
-        raise PDFRenderError(f"the PDF could not be made: {type(e).__name__}: {e}") from e
+        # made, none should stop the queue.  The reason goes to the log and
+        # the sender: never with the password (fpdf2 names one it refuses).
+        why = f"{type(e).__name__}: {e}".replace(options.user_password, "[the password]")
+        raise PDFRenderError(f"the PDF could not be made: {why}") from None
 
 
 def _attachments(message: EmailMessage, shown: render.Shown) -> Iterator[Attachment]:
@@ -503,11 +505,20 @@ class _EncryptedNames(OutputProducer):
         handler = fpdf._security_handler
         if not fpdf.embedded_files or handler is None:
             return
-        names = [PDFString(f.basename(), encrypt=True).serialize(
-                     _security_handler=handler, _obj_id=catalog_obj.id) + " " + f.file_spec().ref
-                 for f in fpdf.embedded_files]
-        catalog_obj.names = create_dictionary_string(
-            {"/EmbeddedFiles": create_dictionary_string({"/Names": create_list_string(names)})})
+
+        def tree(encrypt: bool) -> str:
+            return create_dictionary_string({"/Names": create_list_string([
+                PDFString(f.basename(), encrypt=encrypt).serialize(
+                    _security_handler=handler, _obj_id=catalog_obj.id) + " " + f.file_spec().ref
+                for f in fpdf.embedded_files])})
+
+        # The name tree as fpdf2 wrote it, replaced; the rest of /Names
+        # (/Dests) kept.
+        clear = tree(encrypt=False)
+        if clear not in catalog_obj.names:
+            raise PDFRenderError("fpdf2 wrote the embedded files' names in a way this "
+                                 "version of cipherd does not know")
+        catalog_obj.names = catalog_obj.names.replace(clear, tree(encrypt=True))
 
 
 def _encrypt(pdf: FPDF, user_password: str) -> None:
@@ -524,7 +535,8 @@ def _encrypt(pdf: FPDF, user_password: str) -> None:
     pdf.set_encryption(owner_password=secrets.token_urlsafe(24), user_password=user_password,
                        encryption_method=EncryptionMethod.AES_256,
                        permissions=(AccessPermission.PRINT_LOW_RES
-                                    | AccessPermission.PRINT_HIGH_RES | AccessPermission.COPY),
+                                    | AccessPermission.PRINT_HIGH_RES | AccessPermission.COPY
+                                    | AccessPermission.COPY_FOR_ACCESSIBILITY),
                        encrypt_metadata=True)
 
 

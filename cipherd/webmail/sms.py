@@ -115,10 +115,21 @@ def sms_request(config: SMSGatewayConfig, phone: str, text: str) -> SMSRequest:
         headers[b"Authorization"] = [b"Bearer " + config.credential.encode()]
     elif config.authentication == "basic" and config.credential:
         headers[b"Authorization"] = [b"Basic " + base64.b64encode(config.credential.encode())]
+    sent = config.url if config.method == "get" else config.url + config.body
+    for placeholder, what in (("{phone}", "number"), ("{text}", "text")):
+        if placeholder not in sent:
+            where = "URL" if config.method == "get" else "URL or body"
+            raise SMSError(f"the SMS gateway {where} has no {placeholder}: the {what} would "
+                           "not be sent (Settings → PDF → SMS)")
     if config.method == "get":
         return SMSRequest(b"GET", url.encode(), headers)
     if config.method == "post_json":
         body = _filled(config.body, values, lambda v: json.dumps(v))
+        try:
+            json.loads(body)
+        except ValueError:
+            raise SMSError("the SMS gateway body is not JSON once filled in (Settings → PDF → "
+                           "SMS: placeholders become JSON strings, quotes included)") from None
         headers[b"Content-Type"] = [b"application/json"]
     else:
         body = _filled(config.body, values, lambda v: quote_plus(v, safe=""))
@@ -178,17 +189,24 @@ class HTTPSSMSGateway:
         if not config.url:
             raise SMSError("no SMS gateway URL is set (Settings → PDF → SMS)")
         request = sms_request(config, phone, text)
-        if config.ca:
-            roots = [Certificate.loadPEM(c.public_bytes(Encoding.PEM))
-                     for c in x509.load_pem_x509_certificates(config.ca.encode())]
-            trust = trustRootFromCertificates(roots)
-        else:
-            trust = platformTrust()
-        agent = Agent(self._reactor, BrowserLikePolicyForHTTPS(trust),
-                      connectTimeout=self._timeout)
-        body = None if request.body is None else FileBodyProducer(io.BytesIO(request.body))
-        sending = agent.request(request.method, request.url, Headers(dict(request.headers)),
-                                body)
+        try:
+            if config.ca:
+                roots = [Certificate.loadPEM(c.public_bytes(Encoding.PEM))
+                         for c in x509.load_pem_x509_certificates(config.ca.encode())]
+                trust = trustRootFromCertificates(roots)
+            else:
+                trust = platformTrust()
+            agent = Agent(self._reactor, BrowserLikePolicyForHTTPS(trust),
+                          connectTimeout=self._timeout)
+            body = None if request.body is None else FileBodyProducer(io.BytesIO(request.body))
+            sending = agent.request(request.method, request.url,
+                                    Headers(dict(request.headers)), body)
+        except Exception as e:
+            # What the URL or the CA certificates could not be made into
+            # (the error's own words would show the URL, text and all).
+            raise SMSError(f"no request could be made for the SMS gateway {config.host} "
+                           f"({type(e).__name__}): check its URL and CA certificates "
+                           "(Settings → PDF → SMS)") from None
         silent = SMSError(f"the SMS gateway {config.host} did not answer within "
                           f"{self._timeout:g} seconds")
         # (The agent's own error on cancelling wraps the cancel: replaced.)
