@@ -517,22 +517,21 @@ class PDFPassword(Text):
     min_length: int = 8
 
     def check(self, value: Any) -> str:
-        import stringprep
+        # The preparation fpdf2 applies when it encrypts (the PDF method's
+        # library): what it accepts here, it accepts then.
+        from fpdf.encryption import StandardSecurityHandler
 
         text = super().check(value)
-        if any(stringprep.in_table_c21_c22(c) or stringprep.in_table_c3(c)
-               or stringprep.in_table_c4(c) or stringprep.in_table_c5(c)
-               or stringprep.in_table_c6(c) or stringprep.in_table_c7(c)
-               or stringprep.in_table_c8(c) or stringprep.in_table_c9(c)
-               or stringprep.in_table_a1(c) for c in text):
+        try:
+            StandardSecurityHandler.prepare_string(text)
+        except Exception as e:  # its words name the password: not repeated
+            if "bidirectional" in str(e):
+                raise InvalidValue("mixes right-to-left letters with others, or does not "
+                                   "begin and end with a right-to-left letter: PDF readers "
+                                   "refuse such passwords") from None
             raise InvalidValue("has a character PDF passwords may not contain (a control, "
-                               "private-use, unassigned or direction-changing character)")
-        right_to_left = [stringprep.in_table_d1(c) for c in text]
-        if any(right_to_left) and (any(stringprep.in_table_d2(c) for c in text)
-                                   or not (right_to_left[0] and right_to_left[-1])):
-            raise InvalidValue("mixes right-to-left letters with others, or does not begin "
-                               "and end with a right-to-left letter: PDF readers refuse such "
-                               "passwords")
+                               "private-use, unassigned or direction-changing character)"
+                               ) from None
         return text
 
 

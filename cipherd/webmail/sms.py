@@ -78,7 +78,7 @@ class SMSGatewayConfig:
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url.replace("{", "").replace("}", "")).hostname or "?"
+        return urlsplit(self.url).hostname or "?"  # no placeholder there (the setting's check)
 
 
 @dataclass(frozen=True)
