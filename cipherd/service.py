@@ -60,6 +60,7 @@ from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.settings import SettingsRepository, apply_changes, load_values
 from cipherd.threads import ThreadPoolRunner
 from cipherd.web.admin import AdminSite
+from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import BoundedRequest, access_log_formatter
@@ -356,9 +357,10 @@ def make_service(config: Config, reactor: Any) -> IService:
         lambda address, port, protocol: connect_tcp(reactor, address, port, protocol),
         reactor, processor, tls=CertificateOptions())  # opportunistic STARTTLS
     notifier = Notifier(queue_runner, reactor)
+    audit = AuditTrail(store, settings, reactor)
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, keyring, mta,
-                     queue, queue_runner, site_tls=options)
+                     queue, audit, queue_runner, site_tls=options)
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,
                           lambda: mta.current, queue_runner, reactor)
@@ -398,5 +400,7 @@ def make_service(config: Config, reactor: Any) -> IService:
               "Expiring admin sessions failed", reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, portal.sessions.expire,
               "Expiring portal sessions failed", reactor).setServiceParent(startup)
+    _periodic(SESSION_SWEEP_INTERVAL, audit.expire,
+              "Expiring the audit log failed", reactor).setServiceParent(startup)
     return root
 

@@ -775,6 +775,10 @@ PROPERTIES: tuple[Property, ...] = (
        "page only its fields (every page stays reachable by its address; a field not "
        "shown keeps its value). Nothing else changes.",
        levels=GLOBAL_ONLY),
+    _P("audit_retention_days", "Audit log retention", Integer(1, 36500, "days"), 365,
+       "How long the audit log keeps each change an administrator made (Admin → Audit "
+       "log); older entries are deleted.", levels=GLOBAL_ONLY, group="Audit log",
+       advanced=True),
     _P("min_password_strength", "Min. password strength", Integer(0, 128, "bits"), 30,
        "The least strength, in bits (log2 of the guesses zxcvbn estimates an attacker "
        "needs), a webmail password must have. 30 bits is about a billion guesses and "

@@ -29,6 +29,7 @@ from cipherd.smtp.spool import DirectorySpool
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.web.admin import CSRF_FIELD, AdminSite
+from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 
@@ -98,11 +99,12 @@ class AdminHarness:
         (log_dir / "tls-key.pem").write_bytes(key_pem)
         self.site_tls = SiteTLS(log_dir / "tls-cert.pem", log_dir / "tls-key.pem",
                                 replaceable=site_tls_replaceable)
+        self.audit = AuditTrail(self.store, self.settings, self.clock)
         self.site = AdminSite(
             AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
                          self.certificates, self.keyring, MTAConfigSource(self.store),
                          MailQueue(DirectorySpool(log_dir / "spool"), self.runner, self.clock),
-                         network_info=lambda: NETWORK, site_tls=self.site_tls)
+                         self.audit, network_info=lambda: NETWORK, site_tls=self.site_tls)
         )
         self.treq = StubTreq(self.site.resource())
         self.cookies: dict[str, str] = {}

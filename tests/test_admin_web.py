@@ -351,8 +351,8 @@ def test_the_users_and_domains_lists_say_what_each_overrides(admin: AdminHarness
 
 
 # What a gateway and a webmail appliance show of Settings → General.
-BOTH_ROLES_GENERAL = {"comment", "appliance_role", "system_mail_secret", "custom_1",
-                      "custom_2", "custom_3"}
+BOTH_ROLES_GENERAL = {"comment", "appliance_role", "audit_retention_days",
+                      "system_mail_secret", "custom_1", "custom_2", "custom_3"}
 WEBMAIL_GENERAL = {
     "min_password_strength", "relay_recipient", "trusted_gateway_senders", "portal_base_url",
     "notification_sender", "postmaster", "initial_login_allowed", "server_secret",

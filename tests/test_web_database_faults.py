@@ -45,6 +45,7 @@ from cipherd.testing import (
     result_of,
 )
 from cipherd.web.admin import AdminSite
+from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import REQUEST_DEADLINE
@@ -152,11 +153,13 @@ class Admin:
         self.connects: list[tuple[str, int]] = []
         self.queue_runner = QueueRunner(self.queue, lambda: config, FakeResolver(),
                                         self._connect, clock, PassThrough())
+        settings = SettingsRepository(store, clock)
         self.site = AdminSite(AdminBackend(
-            self.authority, SettingsRepository(store, clock), self.logs.logs, runner,
+            self.authority, settings, self.logs.logs, runner,
             CertificateStore(store, clock, os.urandom(32), runner),
             Keyring(store, clock, os.urandom(32), runner, SequoiaOpenPGP()),
-            MTAConfigSource(store), self.queue, self.queue_runner))
+            MTAConfigSource(store), self.queue, AuditTrail(store, settings, clock),
+            self.queue_runner))
         self.client = Client(self.site.resource())
 
     def _connect(self, address: str, port: int, protocol: Any) -> Deferred[Any]:

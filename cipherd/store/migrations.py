@@ -93,6 +93,10 @@ def _pdf_replies(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.pdf_replies])
 
 
+def _audit_log(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.audit_log])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -104,6 +108,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(7, "the OpenPGP keyring", _pgp_keyring),
     Migration(8, "trusted introducers in the OpenPGP keyring", _pgp_introducers),
     Migration(9, "replies through PDF reply links", _pdf_replies),
+    Migration(10, "the audit log of admin changes", _audit_log),
 )
 
 

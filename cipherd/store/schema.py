@@ -313,3 +313,22 @@ pgp_key_ids = Table(
     Column("key_id", String(16), primary_key=True),
     Column("fingerprint", String(64), primary_key=True, index=True),
 )
+
+# Schema version 10: the audit log of admin changes (cipherd.store.audit).
+# actor: the admin account (or "cipherd" for the command line); via: web,
+# api or cli; client: the address the request came from; action: a short
+# name (settings.change, queue.delete, ...); target: what it was done to;
+# summary: the sentence shown; details: JSON, secrets only as "changed".
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("actor", String(64), nullable=False, index=True),
+    Column("via", String(8), nullable=False),
+    Column("client", String(64), nullable=False),
+    Column("action", String(64), nullable=False, index=True),
+    Column("target", String(400), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("details", Text, nullable=False),
+)

@@ -38,6 +38,7 @@ from cipherd.settings import (
 from cipherd.smtp.config import dns_server_problem
 from cipherd.store import DatabaseUnavailable
 from cipherd.web.api import AdminAPI
+from cipherd.web.audit import ACTION_GROUPS, audit_query
 from cipherd.web.auth import (
     AdminSession,
     LoginRefused,
@@ -311,8 +312,8 @@ class AdminSite(AdminPages):
                 "POST /api/v1/queue/flush delivers it (HTTP Basic, as on these pages)."))
         set_cookie(request, SESSION_COOKIE, token)
         clear_cookie(request, LOGIN_CSRF_COOKIE)
-        log.info("Admin {account!r} logged in from {client}", account=admin.name,
-                 client=client_address(request))
+        await self.backend.audit.record_request(request, admin.name, "web", "session.login",
+                                                "logged in")
         return redirect(request, "/admin/password" if admin.must_change_password else "/")
 
     @app.route("/logout", methods=["POST"])
@@ -337,7 +338,9 @@ class AdminSite(AdminPages):
         else:
             try:
                 await self.backend.authority.change_password(session.admin_name, password,
-                                                     session.token_hash)
+                                                             session.token_hash)
+                await self.audit(request, session, "admin.password", "changed the password",
+                                 target=session.admin_name)
                 return redirect(request, "/admin/password?changed=1")
             except WeakPassword as e:
                 error = str(e)
@@ -389,9 +392,9 @@ class AdminSite(AdminPages):
         if errors:
             return await self._network_page(request, session, typed=typed, errors=errors,
                                             status=400)
-        log.info("Admin {account!r} set the DNS servers to {servers}",
-                 account=session.admin_name,
-                 servers=", ".join(self.backend.mta.current.dns_servers) or "the system's")
+        servers = ", ".join(self.backend.mta.current.dns_servers) or "the system's"
+        await self.audit(request, session, "network.dns", f"set the DNS servers to {servers}",
+                         details={"dns_servers": list(self.backend.mta.current.dns_servers)})
         return redirect(request, "/admin/network?saved=1")
 
     # Admin → TLS certificate ----------------------------------------------
@@ -430,9 +433,9 @@ class AdminSite(AdminPages):
                 data, password.encode() if password else None)
         except SiteCertificateError as e:
             return self._tls_page(request, session, status=400, error=str(e))
-        log.info("Admin {account!r} replaced the sites' TLS certificate: {subject} "
-                 "(SHA-256 {sha256})", account=session.admin_name, subject=info.subject,
-                 sha256=info.sha256)
+        await self.audit(request, session, "tls.replace",
+                         f"replaced the sites' TLS certificate: {info.subject} "
+                         f"(SHA-256 {info.sha256})", target=info.sha256)
         return redirect(request, "/admin/tls?saved=1")
 
     # Settings ----------------------------------------------------------------
@@ -483,13 +486,13 @@ class AdminSite(AdminPages):
             # The fields the form showed, whatever the role is by now.
             changes, errors, submitted = self._read_settings_form(request, on_page)
             if not errors:
+                before = await self.backend.settings.values(scope)
                 errors = await self.backend.settings.update(scope, changes)
-            if not errors:
-                log.info("Admin {account!r} changed {names} at {scope}",
-                         account=session.admin_name, names=sorted(changes),
-                         scope=scope.describe())
-                suffix = "?saved=1" + ("&advanced=1" if advanced else "")
-                return redirect(request, f"{view.base}/{page}{suffix}")
+                if not errors:
+                    await self.backend.audit.settings_changed(
+                        request, session.admin_name, "web", scope, before, changes)
+                    suffix = "?saved=1" + ("&advanced=1" if advanced else "")
+                    return redirect(request, f"{view.base}/{page}{suffix}")
         values = await self.backend.settings.values(scope)
         role = values.resolve(GLOBAL, REGISTRY["appliance_role"]).value
         # An appliance of one role is not shown the other role's fields; a
@@ -676,9 +679,9 @@ class AdminSite(AdminPages):
             else:
                 confirm = not made.created
             if not (errors or confirm):
-                log.info("Admin {account!r} created {end} certificate {thumbprint} for "
-                         "{email}", account=session.admin_name, end=end.label,
-                         thumbprint=made.thumbprint, email=made.email)
+                await self.audit(request, session, "certificates.create",
+                                 f"created {end.label} certificate {made.thumbprint} for "
+                                 f"{made.email}", target=made.thumbprint)
                 return redirect(request, f"{view.base}/{page}/certificate?created=1"
                                 f"&email={quote(made.email, safe='@')}")
         else:
@@ -713,8 +716,8 @@ class AdminSite(AdminPages):
             elif not await self.backend.settings.add(scope):
                 error = f"{scope.key} exists already."
             else:
-                log.info("Admin {account!r} added {scope}", account=session.admin_name,
-                         scope=scope.describe())
+                await self.audit(request, session, "settings.add", f"added {scope.describe()}",
+                                 target=scope.describe())
                 return redirect(request, f"{_ScopeView(scope).base}/preferences")
         names = await self.backend.settings.list(level)
         overridden = await self.backend.settings.overridden(level)
@@ -733,8 +736,8 @@ class AdminSite(AdminPages):
         scope = self._scope(kind, key)
         if scope is None or not await self.backend.settings.delete(scope):
             return self.not_found(request, session)
-        log.info("Admin {account!r} deleted {scope}", account=session.admin_name,
-                 scope=scope.describe())
+        await self.audit(request, session, "settings.delete", f"deleted {scope.describe()}",
+                         target=scope.describe())
         return redirect(request, f"/settings/{kind}")
 
     # Logs ------------------------------------------------------------------
@@ -759,6 +762,27 @@ class AdminSite(AdminPages):
             log_name=name, lines=lines, count=count, typed=typed, errors=errors,
             follow=follow, filtered=query != LogQuery(), refresh=FOLLOW_SECONDS,
             query_string=urlencode({"log": name, "lines": count, **typed}),
+        )
+
+    @app.route("/audit", methods=["GET"])
+    @authenticated
+    async def audit_page(self, request: IRequest, session: AdminSession) -> bytes:
+        """
+        Logs → Audit log: the changes admins made, newest first, a page at
+        a time, found by text, admin, kind of change and time.
+        """
+        query, typed, errors = audit_query(request)
+        entries = [] if errors else await self.backend.audit.find(query)
+        older = None
+        if len(entries) == query.limit and entries[-1].id is not None:
+            older = urlencode({**{k: v for k, v in typed.items() if v and k != "before"},
+                               "before": entries[-1].id})
+        return self.render(
+            request, "audit.html", session, status=400 if errors else 200, section="logs",
+            entries=entries, typed=typed, errors=errors, actors=await self.backend.audit.actors(),
+            groups=ACTION_GROUPS, older=older,
+            filtered=any(v for k, v in typed.items() if k not in ("before", "limit")),
+            first_page=not typed["before"],
         )
 
     @app.route("/logs/download", methods=["GET"])

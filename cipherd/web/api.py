@@ -16,7 +16,7 @@ import binascii
 import functools
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +52,7 @@ from cipherd.smtp.config import (
 from cipherd.smtp.queue import describe as describe_queued
 from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
+from cipherd.web.audit import audit_query, changed_values, entry_json
 from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
 from cipherd.web.backend import (
     FINGERPRINT,
@@ -239,6 +240,14 @@ class AdminAPI:
             message = f"This resource does not answer {method}; it answers {allowed}."
         return json_response(request, answer.status, {"error": message})
 
+    async def _audit(self, request: IRequest, admin: AdminRow, action: str, summary: str, *,
+                     target: str = "", details: Mapping[str, Any] | None = None) -> None:
+        """
+        Record a change made through the API (L{AuditTrail.record}).
+        """
+        await self.backend.audit.record_request(request, admin.name, "api", action, summary,
+                                                target=target, details=details)
+
     def _unauthorized(self, request: IRequest, message: str) -> bytes:
         request.setHeader(b"WWW-Authenticate", b'Basic realm="cipherd admin", charset="UTF-8"')
         return json_response(request, 401, {"error": message})
@@ -257,6 +266,8 @@ class AdminAPI:
             raise _BadRequest("The password was refused.", {"password": str(e)}) from None
         except ServerBusy as e:
             return _busy(request, str(e))
+        await self._audit(request, admin, "admin.password", "changed the password",
+                          target=admin.name)
         return json_response(request, 200, {"status": "The password was changed."})
 
     # Settings ------------------------------------------------------------
@@ -285,11 +296,12 @@ class AdminAPI:
         body = _json_body(request)
         if not isinstance(body, dict):
             raise _BadRequest("Send a JSON object {name: value}; null means inherit.")
+        before = await self.backend.settings.values(scope)
         errors = await self.backend.settings.update(scope, body)
         if errors:
             raise _BadRequest("Some values were refused; nothing was changed.", errors)
-        log.info("Admin {account!r} changed {names} at {scope} through the API",
-                 account=admin.name, names=sorted(body), scope=scope.describe())
+        await self.backend.audit.settings_changed(request, admin.name, "api", scope, before,
+                                                  body)
         return json_response(request, 200, await self._settings_body(scope))
 
     @app.route("/v1/settings/global", methods=["GET"])
@@ -339,16 +351,18 @@ class AdminAPI:
     @app.route("/v1/settings/domains/<key>", methods=["DELETE"])
     @_authenticated()
     async def delete_domain(self, request: IRequest, admin: AdminRow, key: str) -> bytes:
-        return await self._delete(request, self._scope(Level.DOMAIN, key))
+        return await self._delete(request, self._scope(Level.DOMAIN, key), admin)
 
     @app.route("/v1/settings/users/<key>", methods=["DELETE"])
     @_authenticated()
     async def delete_user(self, request: IRequest, admin: AdminRow, key: str) -> bytes:
-        return await self._delete(request, self._scope(Level.USER, key))
+        return await self._delete(request, self._scope(Level.USER, key), admin)
 
-    async def _delete(self, request: IRequest, scope: Scope) -> bytes:
+    async def _delete(self, request: IRequest, scope: Scope, admin: AdminRow) -> bytes:
         if not await self.backend.settings.delete(scope):
             return json_response(request, 404, {"error": f"There is no {scope.describe()}."})
+        await self._audit(request, admin, "settings.delete", f"deleted {scope.describe()}",
+                          target=scope.describe())
         return json_response(request, 200, {"status": f"Deleted {scope.describe()}."})
 
     # Logs ------------------------------------------------------------------
@@ -366,11 +380,14 @@ class AdminAPI:
         body = _json_body(request)
         if not isinstance(body, dict):
             raise _BadRequest("Send a JSON object {name: value}; null restores the default.")
+        before = self.backend.mta.current.to_json()
         errors = await self.backend.mta.update(body)
         if errors:
             raise _BadRequest("Some values were refused; nothing was changed.", errors)
-        log.info("Admin {account!r} changed the MTA config ({names}) through the API",
-                 account=admin.name, names=sorted(body))
+        changed = changed_values(before, self.backend.mta.current.to_json(), body)
+        if changed:
+            await self._audit(request, admin, "mta.change",
+                              f"changed the MTA config ({', '.join(changed)})", details=changed)
         return json_response(request, 200, self.backend.mta.current.to_json())
 
     @app.route("/v1/mta/transports", methods=["GET"])
@@ -408,8 +425,9 @@ class AdminAPI:
         errors = await self.backend.mta.update({"transports": transports})
         if errors:
             raise _BadRequest("The transport was refused; nothing was changed.", errors)
-        log.info("Admin {account!r} changed the SMTP transports ({what}) through the API",
-                 account=admin.name, what=what)
+        await self._audit(request, admin, "mta.transports",
+                          f"changed the SMTP transports ({what})",
+                          details={"transports": transports})
         return json_response(request, 200,
                              {"transports": self.backend.mta.current.to_json()["transports"]})
 
@@ -430,8 +448,8 @@ class AdminAPI:
         except ValueError as e:
             raise _BadRequest("The domain was refused; nothing was changed.",
                               {"domain": str(e)}) from None
-        log.info("Admin {account!r} added the relay domain {domain} through the API",
-                 account=admin.name, domain=domain)
+        await self._audit(request, admin, "mta.relay_domain.add",
+                          f"added the relay domain {domain}", target=domain)
         return json_response(request, 200,
                              {"relay_domains": list(self.backend.mta.current.relay_domains)})
 
@@ -441,8 +459,8 @@ class AdminAPI:
         domain = _domain_from(_json_body(request))
         if not await self.backend.remove_relay_domain(domain):
             raise _BadRequest(f"{domain} is not a relay domain.", status=404)
-        log.info("Admin {account!r} deleted the relay domain {domain} through the API",
-                 account=admin.name, domain=domain)
+        await self._audit(request, admin, "mta.relay_domain.delete",
+                          f"deleted the relay domain {domain}", target=domain)
         return json_response(request, 200,
                              {"relay_domains": list(self.backend.mta.current.relay_domains)})
 
@@ -481,19 +499,20 @@ class AdminAPI:
                 {name: relay_host_text(host, str(port), mx)})
         if errors:
             raise _BadRequest("The relay host was refused; nothing was changed.", errors)
-        return self._relay_host_set(request, admin, name)
+        return await self._relay_host_set(request, admin, name)
 
     @app.route("/v1/mta/relay-hosts/<which>", methods=["DELETE"])
     @_authenticated()
     async def delete_relay_host(self, request: IRequest, admin: AdminRow, which: str) -> bytes:
         name = self._relay_host_name(which)
         await self.backend.mta.update({name: ""})
-        return self._relay_host_set(request, admin, name)
+        return await self._relay_host_set(request, admin, name)
 
-    def _relay_host_set(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
+    async def _relay_host_set(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
         value = getattr(self.backend.mta.current, name)
-        log.info("Admin {account!r} set the {name} to {value!r} through the API",
-                 account=admin.name, name=name.replace("_", " "), value=value)
+        await self._audit(request, admin, "mta.change",
+                          f"set the {name.replace('_', ' ')} to {value!r}",
+                          details={name: value})
         return json_response(request, 200, _relay_host_json(value))
 
     # Guide §2.3.14: where webmail recipients may reply to.
@@ -517,8 +536,9 @@ class AdminAPI:
         if errors:
             raise _BadRequest("Some entries were refused; nothing was changed.", errors)
         entries = list(self.backend.mta.current.authorized_recipients)
-        log.info("Admin {account!r} set the authorized recipients to {entries} through the "
-                 "API", account=admin.name, entries=entries)
+        await self._audit(request, admin, "mta.authorized_recipients",
+                          f"set the authorized recipients to {entries}",
+                          details={"authorized_recipients": entries})
         return json_response(request, 200, {"authorized_recipients": entries})
 
     # Admin → Network (guide §2.2): read only; cipherd's own DNS servers are
@@ -571,9 +591,9 @@ class AdminAPI:
                 data, password.encode() if password else None)
         except SiteCertificateError as e:
             raise _BadRequest(str(e)) from None
-        log.info("Admin {account!r} replaced the sites' TLS certificate through the API: "
-                 "{subject} (SHA-256 {sha256})", account=admin.name, subject=info.subject,
-                 sha256=info.sha256)
+        await self._audit(request, admin, "tls.replace",
+                          f"replaced the sites' TLS certificate: {info.subject} "
+                          f"(SHA-256 {info.sha256})", target=info.sha256)
         return json_response(request, 200, _site_certificate_json(info, None))
 
     @staticmethod
@@ -600,7 +620,7 @@ class AdminAPI:
         # Like postqueue -f: start delivery of everything now, answer at once.
         flush = Deferred.fromCoroutine(self.backend.queue_runner.scan(flush=True))
         flush.addErrback(lambda f: log.failure("Flushing the queue failed", f))
-        log.info("Admin {account!r} flushed the queue through the API", account=admin.name)
+        await self._audit(request, admin, "queue.flush", "flushed the queue")
         return json_response(request, 202, {
             "status": "Delivery of every queued message was started; see /queue and the MTA "
                       "log."})
@@ -631,8 +651,9 @@ class AdminAPI:
                               {e.field: str(e)}) from None
         except RuntimeError:
             raise _BadRequest("This node does not deliver mail.", status=409) from None
-        log.info("Admin {account!r} sent a test email ({queue_id}) through the API",
-                 account=admin.name, queue_id=queued.envelope.queue_id)
+        await self._audit(request, admin, "queue.send_test",
+                          f"sent a test email ({queued.envelope.queue_id})",
+                          target=queued.envelope.queue_id)
         return json_response(request, 202, {"queue_id": queued.envelope.queue_id,
                                             "status": "Queued for delivery."})
 
@@ -641,9 +662,27 @@ class AdminAPI:
     async def delete_queued(self, request: IRequest, admin: AdminRow, queue_id: str) -> bytes:
         if not await self.backend.queue.delete(queue_id):
             raise _BadRequest(f"There is no message {queue_id} in the queue.", status=404)
-        log.info("Admin {account!r} deleted {queue_id} from the queue through the API",
-                 account=admin.name, queue_id=queue_id)
+        await self._audit(request, admin, "queue.delete",
+                          f"deleted {queue_id} from the queue", target=queue_id)
         return json_response(request, 200, {"status": f"{queue_id} was deleted."})
+
+    @app.route("/v1/audit", methods=["GET"])
+    @_authenticated()
+    async def get_audit(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        The audit log, newest first: C{?q=&actor=&action=&since=&until=}
+        filter it, C{before} (the C{next} of an answer) pages on, C{limit}
+        (at most 500) sizes a page.
+        """
+        query, _, errors = audit_query(request)
+        if errors:
+            raise _BadRequest("The search was refused.", errors)
+        entries = await self.backend.audit.find(query)
+        more = len(entries) == query.limit
+        return json_response(request, 200, {
+            "entries": [entry_json(entry) for entry in entries],
+            "next": entries[-1].id if more and entries else None,
+        })
 
     @app.route("/v1/logs/<name>", methods=["GET"])
     @_authenticated()
@@ -704,8 +743,9 @@ class AdminAPI:
                 data, password=password, skip_self_signed=skip, store=store)
         except CertificateImportError as e:
             raise _BadRequest(str(e)) from None
-        log.info("Admin {account!r} imported {count} certificate(s) into {store} through "
-                 "the API", account=admin.name, count=len(result.imported), store=store)
+        await self._audit(request, admin, "certificates.import",
+                          f"imported {len(result.imported)} certificate(s) into {store}",
+                          target=store, details={"imported": result.imported})
         return json_response(request, 200, {
             "format": result.format,
             "imported": result.imported,
@@ -790,8 +830,8 @@ class AdminAPI:
         store = self._store_name(request)
         if not await self.backend.certificates.delete(thumbprint, store):
             return json_response(request, 404, {"error": "There is no such certificate."})
-        log.info("Admin {account!r} deleted {thumbprint} from {store} through the API",
-                 account=admin.name, thumbprint=thumbprint.lower(), store=store)
+        await self._audit(request, admin, "certificates.delete",
+                          f"deleted {thumbprint.lower()} from {store}", target=thumbprint.lower())
         return json_response(request, 200, {"status": "Deleted."})
 
     @app.route("/v1/ctl", methods=["GET"])
@@ -819,8 +859,9 @@ class AdminAPI:
             raise _BadRequest("The status was refused.", {
                 "status": "must be whitelisted or blacklisted"}) from None
         await self.backend.certificates.set_ctl(thumbprint, status)
-        log.info("Admin {account!r} set the CTL status of {thumbprint} to {status}",
-                 account=admin.name, thumbprint=thumbprint, status=status.value)
+        await self._audit(request, admin, "ctl.set",
+                          f"set the CTL status of {thumbprint} to {status.value}",
+                          target=thumbprint)
         return json_response(request, 200, {"thumbprint": thumbprint, "status": status.value})
 
     @app.route("/v1/ctl", methods=["DELETE"])
@@ -829,6 +870,8 @@ class AdminAPI:
         thumbprint = self._thumbprint_from(_json_body(request))
         if not await self.backend.certificates.remove_ctl(thumbprint):
             return json_response(request, 404, {"error": "The CTL has no such entry."})
+        await self._audit(request, admin, "ctl.remove",
+                          f"removed {thumbprint} from the CTL", target=thumbprint)
         return json_response(request, 200, {"status": "Removed from the CTL."})
 
     # OpenPGP keys ------------------------------------------------------------
@@ -873,10 +916,12 @@ class AdminAPI:
                 data, passphrase=_password(request), trusted=trusted)
         except PGPError as e:
             raise _BadRequest(str(e)) from None
-        log.info("Admin {account!r} imported {count} PGP key(s) {fingerprints} as {trust} "
-                 "through the API", account=admin.name, count=len(imported),
-                 fingerprints=[k.fingerprint.upper() for k in imported],
-                 trust="trusted" if trusted else "untrusted")
+        fingerprints = [k.fingerprint.upper() for k in imported]
+        await self._audit(request, admin, "pgp.import",
+                          f"imported {len(imported)} PGP key(s) "
+                         f"{', '.join(k.fingerprint.upper() for k in imported)} as "
+                          f"{'trusted' if trusted else 'untrusted'}",
+                          details={"fingerprints": fingerprints})
         return json_response(request, 201, {"imported": [
             {"fingerprint": k.fingerprint.upper(), "user_ids": list(k.user_ids), "new": k.new,
              "secret": k.secret} for k in imported]})
@@ -903,9 +948,9 @@ class AdminAPI:
             stored = await self.backend.keyring.generate(email.strip(), name.strip())
         except PGPError as e:
             raise _BadRequest(str(e)) from None
-        log.info("Admin {account!r} generated the PGP key {fingerprint} for {email} through "
-                 "the API", account=admin.name, fingerprint=stored.fingerprint.upper(),
-                 email=email.strip())
+        await self._audit(request, admin, "pgp.generate",
+                          f"generated the PGP key {stored.fingerprint.upper()} for "
+                          f"{email.strip()}", target=stored.fingerprint.upper())
         return json_response(request, 201, _pgp_key_json(stored, self.backend.keyring.now()))
 
     @app.route("/v1/pgp/keys/<name>", methods=["GET"])
@@ -946,9 +991,9 @@ class AdminAPI:
         for name, value in changes.items():
             if not await self.backend.mark_pgp_key(fingerprint, name, value):
                 return self._no_such_key(request)
-            log.info("Admin {account!r} marked the PGP key {fingerprint} {trust} through the "
-                     "API", account=admin.name, fingerprint=fingerprint.upper(),
-                     trust=PGP_MARKS[name][value])
+            await self._audit(request, admin, "pgp.mark",
+                              f"marked the PGP key {fingerprint.upper()} "
+                              f"{PGP_MARKS[name][value]}", target=fingerprint.upper())
         stored = await keyring.get(fingerprint)
         if stored is None:  # deleted in between
             return self._no_such_key(request)
@@ -960,8 +1005,9 @@ class AdminAPI:
                              fingerprint: str) -> bytes:
         if not await self.backend.delete_pgp_key(fingerprint):
             return self._no_such_key(request)
-        log.info("Admin {account!r} deleted the PGP key {fingerprint} through the API",
-                 account=admin.name, fingerprint=fingerprint.upper())
+        await self._audit(request, admin, "pgp.delete",
+                          f"deleted the PGP key {fingerprint.upper()}",
+                          target=fingerprint.upper())
         request.setResponseCode(204)
         return b""
 
@@ -1001,9 +1047,9 @@ class AdminAPI:
             return json_response(request, 200, {
                 "thumbprint": made.thumbprint, "email": made.email, "created": False,
                 "message": WEBMAIL_CERTIFICATE_AVAILABLE})
-        log.info("Admin {account!r} created {end} certificate {thumbprint} for {email} "
-                 "through the API", account=admin.name, end=end.label,
-                 thumbprint=made.thumbprint, email=made.email)
+        await self._audit(request, admin, "certificates.create",
+                          f"created {end.label} certificate {made.thumbprint} for {made.email}",
+                          target=made.thumbprint)
         return json_response(request, 201, {
             "thumbprint": made.thumbprint, "email": made.email, "subject": made.subject,
             "created": True})

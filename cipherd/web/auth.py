@@ -454,7 +454,6 @@ class AdminAuthority:
             q.delete_sessions_of(conn, name, keep=keep_session)
 
         await self._store.run(change)
-        log.info("Admin {account!r} changed the password", account=name)
 
     async def open_session(self, name: str) -> str:
         """

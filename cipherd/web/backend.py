@@ -28,6 +28,7 @@ from cipherd.smtp.queue import MailQueue, QueueRunner
 from cipherd.smtp.spool import QueuedMessage
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
+from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
 from cipherd.webmail.notify import TEMPLATES
 
@@ -234,6 +235,7 @@ class AdminBackend:
     @ivar keyring: the OpenPGP keys (Admin → PGP keys).
     @ivar mta: the MTA config in force.
     @ivar queue: the mail queue.
+    @ivar audit: records the changes admins make.
     @ivar queue_runner: delivers it (flush).
     @ivar network_info: reads the machine's network (Admin → Network); it
         blocks, so it runs on C{runner}.
@@ -248,6 +250,7 @@ class AdminBackend:
     keyring: IKeyring
     mta: MTAConfigSource
     queue: MailQueue
+    audit: AuditTrail
     queue_runner: QueueRunner | None = None
     network_info: Callable[[], NetworkInfo] = gather
     site_tls: ISiteCertificate | None = None

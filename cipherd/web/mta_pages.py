@@ -27,6 +27,7 @@ from cipherd.smtp.config import (
     transport_problems,
 )
 from cipherd.smtp.queue import describe
+from cipherd.web.audit import changed_values
 from cipherd.web.auth import AdminSession
 from cipherd.web.backend import send_test_email
 from cipherd.web.common import SiteApp, arg, redirect, whole_number
@@ -35,6 +36,9 @@ from cipherd.web.pages import AdminPages, authenticated
 log = Logger(namespace="cipherd.admin")
 
 # The fields of the form, in the guide's order, with its labels and help.
+# What each queue action did, for the audit log.
+_DONE = {"delete": "deleted", "hold": "held", "release": "released"}
+
 _LIST_FIELDS = {
     "my_networks": ("My networks", 'The "trusted" SMTP clients, allowed to relay mail '
                     "through the MTA. One network per line (CIDR, e.g. 192.0.2.0/24)."),
@@ -205,13 +209,17 @@ class MTAPages(AdminPages):
             number = whole_number(code)
             changes["reject_unverified_code"] = typed["reject_unverified_code"] = (
                 code if number is None else number)
+        before = self.backend.mta.current.to_json()
         if not errors:
             errors = await self.backend.mta.update(changes)
         if errors:
             form = {**self._form_values(self.backend.mta.current), **typed}
             return await self._config_page(request, session, self.backend.mta.current,
                                            form=form, errors=errors, status=400)
-        log.info("Admin {account!r} changed the MTA config", account=session.admin_name)
+        changed = changed_values(before, self.backend.mta.current.to_json(), changes)
+        if changed:
+            await self.audit(request, session, "mta.change",
+                             f"changed the MTA config ({', '.join(changed)})", details=changed)
         advanced = "&advanced=1" if arg(request, "advanced") is not None else ""
         return redirect(request, f"/mta/config?saved=1{advanced}")
 
@@ -226,8 +234,8 @@ class MTAPages(AdminPages):
         except ValueError as e:
             return await self._config_page(request, session, await self.backend.mta.refresh(),
                                            domain=typed, errors={"domain": str(e)}, status=400)
-        log.info("Admin {account!r} added the relay domain {domain}",
-                 account=session.admin_name, domain=domain)
+        await self.audit(request, session, "mta.relay_domain.add",
+                         f"added the relay domain {domain}", target=domain)
         return redirect(request, f"/mta/config?added={quote(domain)}")
 
     @app.route("/relay-domains/delete", methods=["POST"])
@@ -236,8 +244,8 @@ class MTAPages(AdminPages):
         domain = arg(request, "domain") or ""
         if not await self.backend.remove_relay_domain(domain):
             return self.not_found(request, session, f"{domain} is not a relay domain.")
-        log.info("Admin {account!r} deleted the relay domain {domain}",
-                 account=session.admin_name, domain=domain)
+        await self.audit(request, session, "mta.relay_domain.delete",
+                         f"deleted the relay domain {domain}", target=domain)
         return redirect(request, f"/mta/config?removed={quote(domain)}")
 
     # SMTP transports (guide §3.10, figure 17) ------------------------------
@@ -282,8 +290,8 @@ class MTAPages(AdminPages):
         if errors:
             return await self._transports_page(request, session, config, typed=typed,
                                                errors=errors, status=400)
-        log.info("Admin {account!r} added the SMTP transport {domain}",
-                 account=session.admin_name, domain=typed["domain"])
+        await self.audit(request, session, "mta.transports",
+                         f"added the SMTP transport {typed['domain']}", target=typed["domain"])
         return redirect(request, f"/mta/transports?added={quote(domain)}")
 
     @app.route("/transports/delete", methods=["POST"])
@@ -295,8 +303,8 @@ class MTAPages(AdminPages):
             return self.not_found(request, session, f"There is no transport for {domain}.")
         await self.backend.mta.update({"transports": [
             {"domain": d, **_host_and_port(r)} for d, r in config.transports if d != domain]})
-        log.info("Admin {account!r} deleted the SMTP transport {domain}",
-                 account=session.admin_name, domain=domain)
+        await self.audit(request, session, "mta.transports",
+                         f"deleted the SMTP transport {domain}", target=domain)
         return redirect(request, f"/mta/transports?removed={quote(domain)}")
 
     # Authorized recipients (guide §2.3.14) -----------------------------------
@@ -351,8 +359,9 @@ class MTAPages(AdminPages):
             return await self._authorized_page(request, session, self.backend.mta.current,
                                                error=errors["authorized_recipients"],
                                                status=400)
-        log.info("Admin {account!r} set the authorized recipients to {entries}",
-                 account=session.admin_name, entries=entries)
+        await self.audit(request, session, "mta.authorized_recipients",
+                         f"set the authorized recipients to {entries}",
+                         details={"authorized_recipients": list(entries)})
         return redirect(request, f"/mta/authorized-recipients?{done}")
 
     # Queue -----------------------------------------------------------------
@@ -371,6 +380,7 @@ class MTAPages(AdminPages):
         if runner is not None:
             d = Deferred.fromCoroutine(runner.scan(flush=True))
             d.addErrback(lambda f: log.failure("Flushing the queue failed", f))
+            await self.audit(request, session, "queue.flush", "flushed the queue")
         return redirect(request, "/mta/queue?done=flushed")
 
     @app.route("/queue/<queue_id>/<action>", methods=["POST"])
@@ -384,8 +394,8 @@ class MTAPages(AdminPages):
         if not await handlers[action](queue_id):
             return self.not_found(request, session, f"There is no message {queue_id} in the "
                                                     "queue.")
-        log.info("Admin {account!r}: {action} {queue_id}", account=session.admin_name,
-                 action=action, queue_id=queue_id)
+        await self.audit(request, session, f"queue.{action}",
+                         f"{_DONE[action]} {queue_id}", target=queue_id)
         if action == "release" and self.backend.queue_runner is not None:
             self.backend.queue_runner.kick()
         return redirect(request, f"/mta/queue?done={action}")
@@ -418,6 +428,7 @@ class MTAPages(AdminPages):
         except RuntimeError as e:
             return self._send_page(request, session, values=values,
                                    errors={"to": f"Not sent: {e}."}, status=409)
-        log.info("Admin {account!r} sent a test email ({queue_id})",
-                 account=session.admin_name, queue_id=queued.envelope.queue_id)
+        await self.audit(request, session, "queue.send_test",
+                         f"sent a test email ({queued.envelope.queue_id})",
+                         target=queued.envelope.queue_id)
         return redirect(request, f"/mta/send-email?queued={queued.envelope.queue_id}")

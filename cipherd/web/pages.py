@@ -7,7 +7,7 @@ page groups (``admin``, ``pki_pages``) subclass L{AdminPages}.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from jinja2 import Environment
@@ -83,6 +83,14 @@ class AdminPages:
             settings_pages=PAGES, **context,
         )
         return page.encode("utf-8")
+
+    async def audit(self, request: IRequest, session: AdminSession, action: str, summary: str,
+                    *, target: str = "", details: Mapping[str, Any] | None = None) -> None:
+        """
+        Record a change made on these pages (L{AuditTrail.record}).
+        """
+        await self.backend.audit.record_request(request, session.admin_name, "web", action,
+                                                summary, target=target, details=details)
 
     def forbidden_form(self, request: IRequest, session: AdminSession | None) -> bytes:
         log.warn("Refused a form without a valid CSRF token from {client}",

@@ -144,10 +144,11 @@ class PGPPages(AdminPages):
                 data, passphrase=arg(request, "passphrase") or None, trusted=trusted)
         except PGPError as e:
             return again(str(e))
-        log.info("Admin {account!r} imported {count} PGP key(s) {fingerprints} as {trust}",
-                 account=session.admin_name, count=len(imported),
-                 fingerprints=[k.fingerprint.upper() for k in imported],
-                 trust="trusted" if trusted else "untrusted")
+        await self.audit(request, session, "pgp.import",
+                         f"imported {len(imported)} PGP key(s) "
+                         f"{', '.join(k.fingerprint.upper() for k in imported)} as "
+                         f"{'trusted' if trusted else 'untrusted'}",
+                         details={"fingerprints": [k.fingerprint.upper() for k in imported]})
         return await self._listing_page(request, session, imported=imported)
 
     # Generate --------------------------------------------------------------
@@ -176,9 +177,9 @@ class PGPPages(AdminPages):
             stored = await self.backend.keyring.generate(values["email"], values["name"])
         except PGPError as e:
             return self._generate_form(request, session, values, error=str(e))
-        log.info("Admin {account!r} generated the PGP key {fingerprint} for {email}",
-                 account=session.admin_name, fingerprint=stored.fingerprint.upper(),
-                 email=values["email"])
+        await self.audit(request, session, "pgp.generate",
+                         f"generated the PGP key {stored.fingerprint.upper()} for "
+                         f"{values['email']}", target=stored.fingerprint.upper())
         return redirect(request, f"/pgp/keys/{stored.fingerprint.upper()}?changed=generated")
 
     # Details ---------------------------------------------------------------
@@ -232,9 +233,9 @@ class PGPPages(AdminPages):
         value = choice == "yes"
         if not await self.backend.mark_pgp_key(fingerprint, mark, value):
             return self._no_such_key(request, session)
-        log.info("Admin {account!r} marked the PGP key {fingerprint} {what}",
-                 account=session.admin_name, fingerprint=fingerprint.upper(),
-                 what=PGP_MARKS[mark][value])
+        await self.audit(request, session, "pgp.mark",
+                         f"marked the PGP key {fingerprint.upper()} {PGP_MARKS[mark][value]}",
+                         target=fingerprint.upper())
         return redirect(request, f"/pgp/keys/{fingerprint.upper()}?changed={changed}")
 
     @app.route("/keys/<fingerprint>/delete", methods=["POST"])
@@ -243,6 +244,6 @@ class PGPPages(AdminPages):
                      fingerprint: str) -> bytes:
         if not await self.backend.delete_pgp_key(fingerprint):
             return self._no_such_key(request, session)
-        log.info("Admin {account!r} deleted the PGP key {fingerprint}",
-                 account=session.admin_name, fingerprint=fingerprint.upper())
+        await self.audit(request, session, "pgp.delete",
+                         f"deleted the PGP key {fingerprint.upper()}", target=fingerprint.upper())
         return redirect(request, f"/pgp/keys?deleted={fingerprint.upper()}")

@@ -158,6 +158,7 @@ class PkiPages(AdminPages):
                     error = "The file contains no CRL."
         if error:
             return await self._crls_page(request, session, error=error, status=400)
+        await self.audit(request, session, "crls.import", f"imported {len(result.crls)} CRL(s)")
         return await self._crls_page(request, session, outcome=result.crls)
 
     @app.route("/crls/<issuer_hash>/delete", methods=["POST"])
@@ -166,6 +167,8 @@ class PkiPages(AdminPages):
                          issuer_hash: str) -> bytes:
         if not await self.backend.certificates.delete_crl(issuer_hash):
             return self.not_found(request, session, "There is no such CRL.")
+        await self.audit(request, session, "crls.delete", f"deleted the CRL {issuer_hash}",
+                         target=issuer_hash)
         return redirect(request, "/pki/crls")
 
     # Lists ---------------------------------------------------------------------
@@ -226,8 +229,9 @@ class PkiPages(AdminPages):
             )
         except CertificateImportError as e:
             return again(str(e))
-        log.info("Admin {account!r} imported {count} certificate(s) into {store}",
-                 account=session.admin_name, count=len(result.imported), store=store)
+        await self.audit(request, session, "certificates.import",
+                         f"imported {len(result.imported)} certificate(s) into {store}",
+                         target=store, details={"imported": result.imported})
         return self.render(request, "imported.html", session, section=store, store=store,
                            title=_STORE_TITLES[store], result=result)
 
@@ -325,8 +329,9 @@ class PkiPages(AdminPages):
                 await certificates.set_ctl(row.thumbprint, CTLStatus(status))
             except ValueError:
                 return self.not_found(request, session, "There is no such CTL status.")
-        log.info("Admin {account!r} set the CTL status of {thumbprint} to {status}",
-                 account=session.admin_name, thumbprint=row.thumbprint, status=status)
+        await self.audit(request, session, "ctl.set",
+                         f"set the CTL status of {row.thumbprint} to {status}",
+                         target=row.thumbprint)
         return redirect(request, f"/pki/{store}/{row.thumbprint}?changed=ctl")
 
     @app.route("/<store>/<thumbprint>/delete", methods=["POST"])
@@ -336,6 +341,6 @@ class PkiPages(AdminPages):
         row = await self._row(store, thumbprint)
         if row is None or not await self.backend.certificates.delete(row.thumbprint, store):
             return self.not_found(request, session, "There is no such certificate.")
-        log.info("Admin {account!r} deleted {thumbprint} from {store}",
-                 account=session.admin_name, thumbprint=row.thumbprint, store=store)
+        await self.audit(request, session, "certificates.delete",
+                         f"deleted {row.thumbprint} from {store}", target=row.thumbprint)
         return redirect(request, f"/pki/{store}")
