@@ -10,6 +10,7 @@ start tells the administrator everything that is wrong.
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,14 @@ class Config:
     log_max_bytes: int
     log_keep: int
     processing_workers: int = 1
+    node_name: str = ""
+
+    @property
+    def effective_node_name(self) -> str:
+        """
+        This node's name, defaulting to the machine's host name.
+        """
+        return self.node_name or socket.gethostname()
 
     @property
     def effective_database_url(self) -> str:
@@ -65,6 +74,12 @@ class Config:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'cipherd.db'}"
+
+
+def _node_name(value: str) -> str | None:
+    if len(value) > 64 or not all(c.isalnum() or c in "._-" for c in value):
+        return "at most 64 letters, digits, '.', '_' or '-'"
+    return None
 
 
 def _check_endpoint(value: str) -> str | None:
@@ -123,6 +138,7 @@ _KEYS: dict[tuple[str, str], _Key] = {
     ("logs", "max_bytes"): _Key("log_max_bytes", int, 10_000_000, _positive),
     ("logs", "keep"): _Key("log_keep", int, 5, _positive),
     ("processing", "workers"): _Key("processing_workers", int, 1, _workers),
+    ("node", "name"): _Key("node_name", str, "", _node_name),
 }
 
 _SECTIONS = {section for section, _ in _KEYS if section}

@@ -49,6 +49,8 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+from cipherd.core.counters import ICounters
+
 # The guide writes WARN, not WARNING.
 _LEVEL_NAMES = {
     LogLevel.debug: "DEBUG",
@@ -372,3 +374,33 @@ class MailLogsService(Service):
         for observer in self.logs.values():
             self._publisher.removeObserver(observer)
             observer.close()
+
+
+@implementer(ILogObserver)
+class ErrorsCounted(Service):
+    """
+    While running, hands each warning and error cipherd logs (with the
+    namespace it came from, without a traceback) to C{counters}, for the
+    dashboard's last errors.
+    """
+
+    def __init__(self, counters: ICounters, publisher: LogPublisher = globalLogPublisher
+                 ) -> None:
+        self._counters = counters
+        self._publisher = publisher
+
+    def __call__(self, event: LogEvent) -> None:
+        namespace = event.get("log_namespace") or ""
+        if not namespace.startswith("cipherd") or event.get(
+                "log_level", LogLevel.info) < LogLevel.warn:
+            return
+        text = formatEvent(event).replace("\n", " ").replace("\r", " ")
+        self._counters.error(namespace, text)
+
+    def startService(self) -> None:
+        super().startService()
+        self._publisher.addObserver(self)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._publisher.removeObserver(self)

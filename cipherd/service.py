@@ -34,8 +34,9 @@ from twisted.web.server import Site
 
 from cipherd.config import Config
 from cipherd.core.clock import utc_from_seconds
+from cipherd.core.counters import Counters
 from cipherd.datadir import DataDir, prepare_data_dir, read_kek
-from cipherd.logs import MailLogsService
+from cipherd.logs import ErrorsCounted, MailLogsService
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.discovery import KeyDiscovery, WebKeyDirectory
 from cipherd.mpa.gateway import Gateway
@@ -57,6 +58,7 @@ from cipherd.smtp.server import SMTPFactory
 from cipherd.smtp.spool import DirectorySpool
 from cipherd.smtp.verify import AddressVerifier
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
+from cipherd.store.counters import CounterStore
 from cipherd.store.settings import SettingsRepository, apply_changes, load_values
 from cipherd.threads import ThreadPoolRunner
 from cipherd.web.admin import AdminSite
@@ -64,6 +66,7 @@ from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import BoundedRequest, access_log_formatter
+from cipherd.web.dashboard import Dashboard
 from cipherd.web.portal import Portal
 from cipherd.webmail.accounts import Accounts
 from cipherd.webmail.cleanup import TICK as CLEANUP_TICK
@@ -77,6 +80,8 @@ from cipherd.webmail.sms import HTTPSSMSGateway
 from cipherd.workers import ProcessingWorkers, spawn_worker
 
 SESSION_SWEEP_INTERVAL = 600
+# How often the counts of this node are stored (the dashboard is this late).
+COUNTS_STORE_INTERVAL = 10
 CRYPTO_THREADS = 2
 # Password hashing gets a thread of its own: a flood of logins waits there
 # (and is capped by the authority) instead of starving mail crypto.
@@ -187,6 +192,21 @@ class _Startup(MultiService):
 
         d.addErrback(failed)
         self.ready = d
+
+
+class _StoreCountsAtStop(Service):
+    """
+    Stores what was counted since the last time, when the service stops.
+    """
+
+    def __init__(self, counts: CounterStore) -> None:
+        self._counts = counts
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        d = Deferred.fromCoroutine(self._counts.store())
+        d.addErrback(lambda f: log.failure("Storing the dashboard's counts at stop failed", f))
+        return d
 
 
 def _periodic(interval: float, job: Callable[[], Coroutine[Any, Any, Any]], failed: str,
@@ -352,15 +372,29 @@ def make_service(config: Config, reactor: Any) -> IService:
             config.processing_workers)
         workers.setServiceParent(startup)
         processor = workers
+    # What the services count, stored under this node's name every few
+    # seconds and once more at stop (before the store closes).
+    counters = Counters(reactor)
+    ErrorsCounted(counters).setServiceParent(root)
+    counts = CounterStore(store, counters, config.effective_node_name)
+    _StoreCountsAtStop(counts).setServiceParent(startup)
     queue_runner = QueueRunner(
         queue, lambda: mta.current, DNSHopResolver(lambda: mta.current.dns_servers),
         lambda address, port, protocol: connect_tcp(reactor, address, port, protocol),
-        reactor, processor, tls=CertificateOptions())  # opportunistic STARTTLS
+        reactor, processor, counters=counters,
+        tls=CertificateOptions())  # opportunistic STARTTLS
     notifier = Notifier(queue_runner, reactor)
     audit = AuditTrail(store, settings, reactor)
+
+    def spool_usage() -> tuple[int, int]:
+        usage = shutil.disk_usage(data.spool)
+        return usage.free, usage.total
+
+    dashboard = Dashboard(store, counts, queue, spool_usage, config.effective_node_name,
+                          reactor)
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, keyring, mta,
-                     queue, audit, queue_runner, site_tls=options)
+                     queue, audit, dashboard, queue_runner, site_tls=options)
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,
                           lambda: mta.current, queue_runner, reactor)
@@ -402,5 +436,9 @@ def make_service(config: Config, reactor: Any) -> IService:
               "Expiring portal sessions failed", reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, audit.expire,
               "Expiring the audit log failed", reactor).setServiceParent(startup)
+    _periodic(COUNTS_STORE_INTERVAL, counts.store,
+              "Storing the dashboard's counts failed", reactor).setServiceParent(startup)
+    _periodic(SESSION_SWEEP_INTERVAL, lambda: counts.expire(reactor.seconds()),
+              "Expiring the dashboard's counts failed", reactor).setServiceParent(startup)
     return root
 

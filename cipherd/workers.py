@@ -19,7 +19,7 @@ back what processing made; the queue writes and delivers it as before
     ── ("state", changes here, MTA config) ──▶  forgets what changed
     ── ("process", job, envelope, content) ──▶  Composite.process
     ◀── ("logs", [(namespace, level, time, text), ...])   MTA and MPA lines
-    ◀── ("done", job, made, dispositions, callbacks?)
+    ◀── ("done", job, made, dispositions, callbacks?, events)
         or ("failed", job, error), or ("local", job): too large to send
     ── ("written", job) ──▶                     runs the result's callbacks
     ── ("stop",) ──▶                            answers what it has, closes
@@ -360,13 +360,14 @@ class ProcessingWorkers(Service):
                                  "log_level": LogLevel.levelWithName(level),
                                  "log_time": when, "log_format": "{text}", "text": text})
         elif kind == "done":
-            _, number, made, dispositions, callbacks = message
+            _, number, made, dispositions, callbacks, events = message
             job = worker.jobs.pop(number)
             result = ProcessingResult(
                 tuple(Made(sender, recipients, job.content if content is None else content)
                       for sender, recipients, content in made),
                 dispositions,
-                (functools.partial(self._written, worker, number),) if callbacks else ())
+                (functools.partial(self._written, worker, number),) if callbacks else (),
+                events)
             job.result.callback(result)
         elif kind == "failed":
             _, number, error = message
@@ -594,7 +595,8 @@ class _Serve(Protocol):
         made = tuple((m.sender, m.recipients,
                       None if m.content is content or m.content == content else m.content)
                      for m in result.made)
-        answer = frame(("done", number, made, result.dispositions, bool(result.written)))
+        answer = frame(("done", number, made, result.dispositions, bool(result.written),
+                        result.events))
         if len(answer) - _HEADER.size > MAX_FRAME:
             self.send(("local", number))
             return

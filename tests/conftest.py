@@ -327,3 +327,17 @@ def clock() -> Any:
     clock = Clock()
     clock.advance(1_800_000_000)
     return clock
+
+
+@pytest.fixture
+def admin_in(tmp_path: Path) -> Iterator[Any]:
+    """
+    The admin site (L{tests.harness.AdminHarness}) with the admin logged in
+    and the default password changed.
+    """
+    from tests.harness import AdminHarness
+
+    harness = AdminHarness(tmp_path)
+    harness.login_with_new_password()
+    yield harness
+    harness.close()

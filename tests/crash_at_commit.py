@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from cipherd.core.counters import Counters
 from cipherd.core.envelope import Envelope, Outcome
 from cipherd.smtp.config import MTAConfig, apply_changes
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
@@ -84,7 +85,8 @@ def main(spool: Path, when: str) -> None:
     clock.advance(1_800_000_000)
     queue = MailQueue(DirectorySpool(spool, rename=rename), SynchronousRunner(), clock)
     runner = QueueRunner(queue, config, Nowhere(),
-                         lambda *_: fail(error.ConnectionRefusedError()), clock, Splitting())
+                         lambda *_: fail(error.ConnectionRefusedError()), clock, Splitting(),
+                         counters=Counters(clock))
     result_of(runner.scan())
     sys.exit("the queue was not killed at the commit")
 

@@ -16,6 +16,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import LogPublisher
 
+from cipherd.core.counters import Counters
 from cipherd.datadir import make_self_signed_tls
 from cipherd.logs import MailLogsService
 from cipherd.netinfo import Address, Interface, NetworkInfo, Resolvers
@@ -26,12 +27,14 @@ from cipherd.pki.sitetls import SiteTLS
 from cipherd.smtp.config import MTAConfigSource
 from cipherd.smtp.queue import MailQueue
 from cipherd.smtp.spool import DirectorySpool
+from cipherd.store.counters import CounterStore
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
 from cipherd.web.admin import CSRF_FIELD, AdminSite
 from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
+from cipherd.web.dashboard import Dashboard
 
 BASE = "https://admin.test"
 # What Admin → Network shows of the harness's "machine".
@@ -69,6 +72,9 @@ class Response:
         return self.headers.getRawHeaders("set-cookie") or []
 
 
+NODE = "node-1"
+
+
 class AdminHarness:
     """
     @param site_tls_replaceable: why the sites' certificate cannot be
@@ -100,11 +106,17 @@ class AdminHarness:
         self.site_tls = SiteTLS(log_dir / "tls-cert.pem", log_dir / "tls-key.pem",
                                 replaceable=site_tls_replaceable)
         self.audit = AuditTrail(self.store, self.settings, self.clock)
+        self.queue = MailQueue(DirectorySpool(log_dir / "spool"), self.runner, self.clock)
+        self.counters = Counters(self.clock)
+        self.counts = CounterStore(self.store, self.counters, NODE)
+        self.disk = (50 << 30, 100 << 30)
         self.site = AdminSite(
             AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
                          self.certificates, self.keyring, MTAConfigSource(self.store),
-                         MailQueue(DirectorySpool(log_dir / "spool"), self.runner, self.clock),
-                         self.audit, network_info=lambda: NETWORK, site_tls=self.site_tls)
+                         self.queue, self.audit,
+                         Dashboard(self.store, self.counts, self.queue, lambda: self.disk, NODE,
+                                   self.clock),
+                         network_info=lambda: NETWORK, site_tls=self.site_tls)
         )
         self.treq = StubTreq(self.site.resource())
         self.cookies: dict[str, str] = {}

@@ -9,28 +9,21 @@ PostgreSQL.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 
 from cipherd.store.audit import AuditEntry, AuditQuery, add_entry, delete_before, find_entries
-from cipherd.testing import migrated_store, result_of
+from cipherd.testing import deferred_result, migrated_store, result_of
 from cipherd.web.audit import DAY
 from tests.harness import GOOD_PASSWORD, AdminHarness
 
 CHANGED = ("admin", GOOD_PASSWORD)
-T = TypeVar("T")
 
 
 @pytest.fixture
-def admin(tmp_path: Path) -> Iterator[AdminHarness]:
-    harness = AdminHarness(tmp_path)
-    harness.login_with_new_password()
-    yield harness
-    harness.close()
+def admin(admin_in: AdminHarness) -> AdminHarness:
+    return admin_in
 
 
 def api(admin: AdminHarness, method: str, path: str, body: Any = None) -> Any:
@@ -46,12 +39,6 @@ def entries(admin: AdminHarness, query: str = "") -> list[dict[str, Any]]:
     return found
 
 
-def done(d: Deferred[T]) -> T:
-    async def wait() -> T:
-        return await d
-    return result_of(wait())
-
-
 def test_store_queries_filter_page_and_expire(database_url: str) -> None:
     store = migrated_store(database_url)
     made = [
@@ -60,11 +47,11 @@ def test_store_queries_filter_page_and_expire(database_url: str) -> None:
                    f"did thing {i} to 50%_off", {"n": i})
         for i in range(10)
     ]
-    ids = [done(store.run(add_entry, entry)) for entry in made]
+    ids = [deferred_result(store.run(add_entry, entry)) for entry in made]
     assert ids == sorted(ids)
 
     def find(**kw: Any) -> list[int]:
-        return [int(e.details["n"]) for e in done(store.read(find_entries,
+        return [int(e.details["n"]) for e in deferred_result(store.read(find_entries,
                                                                   AuditQuery(**kw)))]
 
     assert find() == list(range(9, -1, -1))
@@ -80,10 +67,10 @@ def test_store_queries_filter_page_and_expire(database_url: str) -> None:
     assert find(since=1003.0, until=1006.0) == [5, 4, 3]
     assert find(limit=3) == [9, 8, 7]
     assert find(limit=3, before_id=ids[7]) == [6, 5, 4]
-    stored = done(store.read(find_entries, AuditQuery(limit=1)))[0]
+    stored = deferred_result(store.read(find_entries, AuditQuery(limit=1)))[0]
     assert (stored.actor, stored.via, stored.client, stored.summary, stored.id) == (
         "alice", "web", "192.0.2.1", "did thing 9 to 50%_off", ids[9])
-    assert done(store.run(delete_before, 1004.0)) == 4
+    assert deferred_result(store.run(delete_before, 1004.0)) == 4
     assert find() == [9, 8, 7, 6, 5, 4]
 
 

@@ -90,7 +90,7 @@ def test_menu_has_pgp_keys_next_to_certificates(admin: AdminHarness) -> None:
     assert page.code == 200
     nav = page.text.split('<nav aria-label="Main">')[1].split("</nav>")[0]
     links = re.findall(r">([^<]+)</a></li>", nav)
-    assert links[:3] == ["Certificates", "PGP keys", "Roots"]
+    assert links[:4] == ["Dashboard", "Certificates", "PGP keys", "Roots"]
     assert '<a href="/pgp/keys" aria-current="page">PGP keys</a>' in page.text
     assert "There are no PGP keys yet." in page.text
 

@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from zope.interface import implementer
 
+from cipherd.core.counters import Counters
 from cipherd.core.envelope import Envelope, Received
 from cipherd.smtp.bounce import BOUNCE_SIZE_LIMIT, Failed, build_bounce
 from cipherd.smtp.client import CACHE_IDLE, CACHE_LIFETIME
@@ -143,9 +144,10 @@ class World:
         assert not errors
         self.network = Network(self.clock)
         self.resolver = FakeResolver()
+        self.counters = Counters(self.clock)
         self.runner = QueueRunner(self.queue, lambda: self.config, self.resolver,
                                   self.network.connect, self.clock,
-                                  processor or PassThrough())
+                                  processor or PassThrough(), counters=self.counters)
 
     def enqueue(self, sender: str = "a@example.org",
                 recipients: tuple[str, ...] = ("b@example.com",),
@@ -637,7 +639,8 @@ def test_a_database_locked_by_another_process_defers_briefly_then_the_mail_flows
             return d.addCallback(lambda _: ProcessingResult.unchanged(envelope, content))
 
     world.runner = QueueRunner(world.queue, lambda: world.config, world.resolver,
-                               world.network.connect, world.clock, Recording())
+                               world.network.connect, world.clock, Recording(),
+                               counters=Counters(world.clock))
     other = sqlite3.connect(path, isolation_level=None)  # another process, say a backup
     try:
         other.execute("BEGIN EXCLUSIVE")

@@ -25,6 +25,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, LogPublisher, formatEvent
 from twisted.web.resource import Resource
 
+from cipherd.core.counters import Counters
 from cipherd.core.envelope import Envelope
 from cipherd.logs import MailLogsService
 from cipherd.pki.certstore import CertificateStore
@@ -34,6 +35,7 @@ from cipherd.smtp.config import MTAConfig, MTAConfigSource, apply_changes
 from cipherd.smtp.queue import MailQueue, QueueRunner
 from cipherd.smtp.spool import DirectorySpool, new_queue_id
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
+from cipherd.store.counters import CounterStore
 from cipherd.store.migrations import migrate
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import (
@@ -49,6 +51,7 @@ from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import REQUEST_DEADLINE
+from cipherd.web.dashboard import Dashboard
 from tests.conftest import fill_disk
 from tests.test_portal import PortalSite
 from tests.test_queue_runner import FakeResolver
@@ -152,13 +155,16 @@ class Admin:
         self.queue = MailQueue(DirectorySpool(tmp_path / "spool"), runner, clock)
         self.connects: list[tuple[str, int]] = []
         self.queue_runner = QueueRunner(self.queue, lambda: config, FakeResolver(),
-                                        self._connect, clock, PassThrough())
+                                        self._connect, clock, PassThrough(),
+                                        counters=Counters(clock))
         settings = SettingsRepository(store, clock)
         self.site = AdminSite(AdminBackend(
             self.authority, settings, self.logs.logs, runner,
             CertificateStore(store, clock, os.urandom(32), runner),
             Keyring(store, clock, os.urandom(32), runner, SequoiaOpenPGP()),
             MTAConfigSource(store), self.queue, AuditTrail(store, settings, clock),
+            Dashboard(store, CounterStore(store, Counters(clock), "node-1"), self.queue,
+                      lambda: (1 << 30, 2 << 30), "node-1", clock),
             self.queue_runner))
         self.client = Client(self.site.resource())
 

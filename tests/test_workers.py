@@ -224,7 +224,7 @@ def results(d: Deferred[ProcessingResult]) -> ProcessingResult:
 
 
 def test_frames_come_out_whole_however_the_stream_is_cut() -> None:
-    messages = [("process", 1, ENVELOPE, CONTENT), ("logs", []), ("done", 2, (), (), False)]
+    messages = [("process", 1, ENVELOPE, CONTENT), ("logs", []), ("done", 2, (), (), False, ())]
     stream = b"".join(frame(m) for m in messages)
     for piece in (1, 3, 8, 9, len(stream)):
         frames = Frames()
@@ -261,7 +261,7 @@ def test_messages_go_to_the_worker_once_it_is_ready_and_here_before() -> None:
     written = b"".join(h.serves[0].transport.written)  # type: ignore[union-attr]
     done = list(Frames().feed(written))
     assert ("done", 1, (("a@example.org", ENVELOPE.recipients, None),),
-            result.dispositions, False) in done
+            result.dispositions, False, ()) in done
 
 
 def test_a_large_message_is_processed_here(harness: Harness) -> None:

@@ -216,7 +216,7 @@ class Gateway:
             recipients = tuple(d.recipient for d in internal)
             for group, delivered in await self._incoming(envelope, content, recipients,
                                                          canonical, known):
-                results.deliver(envelope.sender, group, delivered, "incoming")
+                results.deliver(envelope.sender, group, delivered, "incoming", "incoming")
         if chosen := by_method.get(policy.PDF):
             # First: a recipient whose PDF password cannot be delivered
             # goes on to the next method (webmail, plain or a bounce).
@@ -237,7 +237,7 @@ class Gateway:
                              "{reason}; Recipient: {rcpt}", queue_id=envelope.queue_id,
                              reason=d.reason, rcpt=d.recipient)
             results.deliver(envelope.sender, [d.recipient for d in plain],
-                            _with_header(content, header), "not encrypted")
+                            _with_header(content, header), "not encrypted", "plain")
         if chosen := by_method.get(policy.SMIME):
             await self._smime(envelope, _with_header(protected, header), chosen, certificates,
                               signer, sender_settings, results)
@@ -314,7 +314,7 @@ class Gateway:
         what = "signed and encrypted" if sign is not None else "encrypted"
         log.info("{queue_id}: S/MIME {what}; Recipients: {rcpts}", queue_id=envelope.queue_id,
                  what=what, rcpts=", ".join(recipients))
-        results.deliver(envelope.sender, recipients, encrypted, f"S/MIME {what}")
+        results.deliver(envelope.sender, recipients, encrypted, f"S/MIME {what}", "smime")
 
     async def _pgp_path(self, envelope: Envelope, content: bytes, chosen: list[policy.Decision],
                         keys: Mapping[str, tuple[PGPKey, ...]], signer: Any,
@@ -354,7 +354,7 @@ class Gateway:
                      rcpts=", ".join(recipients),
                      keys=", ".join(sorted({k.fingerprint.upper() for r in recipients
                                             for k in keys[r]})))
-            results.deliver(envelope.sender, recipients, encrypted, f"PGP {what}")
+            results.deliver(envelope.sender, recipients, encrypted, f"PGP {what}", "pgp")
         return bounced
 
     async def _pdf_path(self, envelope: Envelope, content: bytes,
@@ -429,7 +429,7 @@ class Gateway:
                 continue
             log.info("{queue_id}: PDF encrypted (AES-256, {how}); Recipient: {rcpt}",
                      queue_id=envelope.queue_id, how=how, rcpt=d.recipient)
-            results.deliver(envelope.sender, (d.recipient,), mail, "PDF encrypted")
+            results.deliver(envelope.sender, (d.recipient,), mail, "PDF encrypted", "pdf")
         return bounced, fallen
 
     async def _deliver_password(self, envelope: Envelope, recipient: str, mode: str,
@@ -521,7 +521,8 @@ class Gateway:
                  rcpts=", ".join(recipients))
         results.hand_on(recipients, made,
                         Outcome("sent", "2.0.0", f"webmail tunnel message {tunnel} "
-                                                 f"to <{made.recipients[0]}>"), relay="webmail")
+                                                 f"to <{made.recipients[0]}>"), relay="webmail",
+                        method="webmail")
         return []
 
     async def _sealed_tunnel(self, envelope: Envelope, protected: bytes, start: int,

@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from cipherd.core.addresses import canonical_address
+from cipherd.core.counters import RELAY_FAILURE, TUNNEL_RECEIVED
 from cipherd.core.envelope import Envelope, Outcome
 from cipherd.core.headers import subject as subject_of
 from cipherd.logs import mail_logger
@@ -93,15 +94,16 @@ class WebmailRelay:
         results = Results()
         relay_recipient = canonical_address(
             (await self._settings.by_address([""]))[""]["relay_recipient"]).lower()
-        outcome = await self._handle(envelope, content, self._mta(), relay_recipient, results)
-        results.settle(envelope.recipients, outcome, "webmail-messenger")
+        outcome, method = await self._handle(envelope, content, self._mta(), relay_recipient,
+                                             results)
+        results.settle(envelope.recipients, outcome, "webmail-messenger", method=method)
         return results.result()
 
     async def _handle(self, envelope: Envelope, content: bytes, config: MTAConfig,
-                      relay_recipient: str, results: Results) -> Outcome:
+                      relay_recipient: str, results: Results) -> tuple[Outcome, str]:
         """
-        Handle the relay message C{content}; the outcome for its relay
-        recipient.
+        Handle the relay message C{content}: the outcome for its relay
+        recipient, and C{"mailbox"} if it was delivered to mailboxes.
         """
         facts = {"queue_id": envelope.queue_id, "sender": envelope.sender}
         try:
@@ -179,7 +181,7 @@ class WebmailRelay:
                 "sender.")
 
     async def _deliver(self, envelope: Envelope, metadata: TunnelMetadata, original: bytes,
-                       config: MTAConfig, results: Results) -> Outcome:
+                       config: MTAConfig, results: Results) -> tuple[Outcome, str]:
         addresses = sorted({r.lower() for r in metadata.recipients})
         settings = await self._settings.by_address(["", *addresses])
         subject = notify.one_line(subject_of(original))
@@ -198,7 +200,7 @@ class WebmailRelay:
                      "{queue_id}", tunnel=metadata.tunnel_id, queue_id=envelope.queue_id)
             self._tell(delivery, metadata, subject, settings, config, results)
             return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id} "
-                                            "was handled before")
+                                            "was handled before"), ""
         stored, repeated, full = ([a for a in addresses if delivery.done[a] == kind]
                                   for kind in (STORED, REPEATED, FULL))
         if repeated:
@@ -218,8 +220,10 @@ class WebmailRelay:
         words = [f"stored for {', '.join(stored)}" if stored else "",
                  f"already stored for {', '.join(repeated)}" if repeated else "",
                  f"mailbox full for {', '.join(full)} (the sender was told)" if full else ""]
+        results.event(TUNNEL_RECEIVED, f"tunnel {metadata.tunnel_id} from <{metadata.sender}> "
+                                       f"for {len(addresses)} recipient(s)")
         return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id}: " +
-                       "; ".join(w for w in words if w))
+                       "; ".join(w for w in words if w)), "mailbox"
 
     # Telling people ------------------------------------------------------
 
@@ -292,17 +296,19 @@ class WebmailRelay:
         self._send(sender, notice, settings, config, results)
 
     async def _to_postmaster(self, envelope: Envelope, content: bytes, config: MTAConfig,
-                             results: Results, reason: str) -> Outcome:
+                             results: Results, reason: str) -> tuple[Outcome, str]:
+        results.event(RELAY_FAILURE, f"{envelope.queue_id} from <{envelope.sender}>: {reason}")
         settings = (await self._settings.by_address([""]))[""]
         postmaster = settings["postmaster"]
         if not postmaster:
             log.error("The relay message stays queued: it could not be handled and no "
                       "postmaster is set (Settings → General); Queue id: {queue_id}",
                       queue_id=envelope.queue_id)
-            return Outcome("deferred", "4.3.0", f"{reason} (no postmaster is set)")
+            return Outcome("deferred", "4.3.0", f"{reason} (no postmaster is set)"), ""
         notice = notify.render("postmaster", {"reason": reason, "queue_id": envelope.queue_id,
                                               "sender": envelope.sender})
         self._send(postmaster, notice, settings, config, results, attachment=content)
         log.info("The relay message was forwarded to the postmaster {postmaster}; Queue id: "
                  "{queue_id}", postmaster=postmaster, queue_id=envelope.queue_id)
-        return Outcome("sent", "2.0.0", f"forwarded to the postmaster <{postmaster}>: {reason}")
+        return Outcome("sent", "2.0.0",
+                       f"forwarded to the postmaster <{postmaster}>: {reason}"), ""

@@ -14,7 +14,7 @@ the results, delivered once.  A retry of a delivery never processes again.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -45,12 +45,15 @@ class Disposition:
     @ivar relay: the MTA log's C{relay=}.
     @ivar made: the index in L{ProcessingResult.made} of the message that
         carries them on (the log says C{queued as} its queue id).
+    @ivar method: how processing sent them on, for the counts
+        (L{cipherd.core.counters.METHODS}), or C{""}.
     """
 
     recipients: tuple[str, ...]
     outcome: Outcome
     relay: str = "mpa"
     made: int | None = None
+    method: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,14 @@ class ProcessingResult:
     @ivar written: called once the results are on disk and the original
         settled (e.g. to mark notifications as sent); a crash before it
         runs means it does not run.
+    @ivar events: C{(name, detail)} marks to count once the results are
+        written (L{cipherd.core.counters.ICounters.mark}).
     """
 
     made: tuple[Made, ...] = ()
     dispositions: tuple[Disposition, ...] = ()
     written: tuple[Callable[[], Awaitable[None]], ...] = field(default=())
+    events: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def unchanged(cls, envelope: Envelope, content: bytes) -> ProcessingResult:
@@ -95,10 +101,9 @@ class ProcessingResult:
         return ProcessingResult(
             self.made + other.made,
             self.dispositions + tuple(
-                Disposition(d.recipients, d.outcome, d.relay,
-                            None if d.made is None else d.made + shift)
+                replace(d, made=None if d.made is None else d.made + shift)
                 for d in other.dispositions),
-            self.written + other.written)
+            self.written + other.written, self.events + other.events)
 
 
 PROCESSED_AS_IS = Outcome("sent", "2.0.0", "processed")
@@ -113,30 +118,39 @@ class Results:
         self._made: list[Made] = []
         self._dispositions: list[Disposition] = []
         self._written: list[Callable[[], Awaitable[None]]] = []
+        self._events: list[tuple[str, str]] = []
 
     def deliver(self, sender: str, recipients: Sequence[str], content: bytes,
-                what: str = "processed") -> None:
+                what: str = "processed", method: str = "") -> None:
         """
         C{recipients} get C{content} (the original as processing left it).
         """
         self.hand_on(recipients, Made(sender, tuple(recipients), content),
-                     Outcome("sent", "2.0.0", what))
+                     Outcome("sent", "2.0.0", what), method=method)
 
     def hand_on(self, recipients: Sequence[str], made: Made, outcome: Outcome,
-                relay: str = "mpa") -> None:
+                relay: str = "mpa", method: str = "") -> None:
         """
         C{recipients} are carried on by C{made} (a tunnel message, a
         forward to the postmaster).
         """
         self._made.append(made)
         self._dispositions.append(Disposition(tuple(recipients), outcome, relay,
-                                              len(self._made) - 1))
+                                              len(self._made) - 1, method))
 
-    def settle(self, recipients: Sequence[str], outcome: Outcome, relay: str = "mpa") -> None:
+    def settle(self, recipients: Sequence[str], outcome: Outcome, relay: str = "mpa",
+               method: str = "") -> None:
         """
         Processing settled C{recipients} itself.
         """
-        self._dispositions.append(Disposition(tuple(recipients), outcome, relay))
+        self._dispositions.append(Disposition(tuple(recipients), outcome, relay,
+                                              method=method))
+
+    def event(self, name: str, detail: str = "") -> None:
+        """
+        Mark C{name} as happened, once the results are written.
+        """
+        self._events.append((name, detail))
 
     def send(self, made: Made) -> None:
         """
@@ -149,7 +163,7 @@ class Results:
 
     def result(self) -> ProcessingResult:
         return ProcessingResult(tuple(self._made), tuple(self._dispositions),
-                                tuple(self._written))
+                                tuple(self._written), tuple(self._events))
 
 
 class IMessageProcessor(Interface):

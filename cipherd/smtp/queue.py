@@ -33,6 +33,16 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from zope.interface import Interface, implementer
 
+from cipherd.core.counters import (
+    BOUNCED,
+    DEFERRED,
+    DELIVERED,
+    DELIVERY_FAILURE,
+    METHOD,
+    RECEIVED,
+    TUNNEL_SENT,
+    ICounters,
+)
 from cipherd.core.envelope import Envelope, Outcome, Received
 from cipherd.logs import mail_logger
 from cipherd.smtp.bounce import Failed, build_bounce
@@ -54,6 +64,9 @@ Connect = Callable[[str, int, Protocol], "Deferred[Any]"]
 
 log = mail_logger("cipherd.mta.qmgr")
 
+
+# What each outcome of a recipient counts as.
+_COUNTED = {"sent": DELIVERED, "bounced": BOUNCED, "deferred": DEFERRED}
 
 def _seconds(value: float) -> str:
     """
@@ -236,13 +249,16 @@ class QueueRunner:
     @param processor: what every message not made by processing passes
         before delivery.
     @param tls: client TLS options for opportunistic STARTTLS, or C{None}.
+    @param counters: counts what arrives, what becomes of each recipient and
+        how processing sent it on.
     """
 
     def __init__(self, queue: MailQueue, config: Callable[[], MTAConfig],
                  resolver: IHopResolver, connect: Connect, clock: IReactorTime,
-                 processor: IMessageProcessor, *, tls: Any = None,
+                 processor: IMessageProcessor, *, counters: ICounters, tls: Any = None,
                  lifetime: float = QUEUE_LIFETIME) -> None:
         self._queue = queue
+        self._counters = counters
         self._config = config
         self._resolver = resolver
         self._connect = connect
@@ -270,7 +286,12 @@ class QueueRunner:
         Queue a message the SMTP server accepted, and deliver it soon.
         """
         changes = self._queue.changes  # before the write begins
-        return self._queue.accept(received).addCallback(self._kicked, received.content, changes)
+        return self._queue.accept(received).addCallback(self._counted).addCallback(
+            self._kicked, received.content, changes)
+
+    def _counted(self, message: QueuedMessage) -> QueuedMessage:
+        self._counters.add(RECEIVED)
+        return message
 
     def _kicked(self, message: QueuedMessage, content: bytes, changes: int) -> QueuedMessage:
         self.deliver_soon(message.envelope.queue_id, self._as_written(message, content, changes))
@@ -314,7 +335,7 @@ class QueueRunner:
         changes = self._queue.changes
         d = self._queue.enqueue(new_queue_id(), sender, recipients, content, client,
                                 processed=processed)
-        return d.addCallback(self._kicked, content, changes)
+        return d.addCallback(self._counted).addCallback(self._kicked, content, changes)
 
     def now(self) -> float:
         return self._clock.seconds()
@@ -433,6 +454,7 @@ class QueueRunner:
                 # queue lifetime is over: a message no attempt can process
                 # must not stay for ever.
                 why = f"processing failed ({type(e).__name__}: {str(e)[:200]})"
+                self._counters.add(DEFERRED, len(envelope.recipients))
                 await self._settle(queued, content, {
                     r: Outcome("deferred", "4.3.0", why) for r in envelope.recipients},
                     started)
@@ -442,6 +464,7 @@ class QueueRunner:
                 # (marked so in memory, and on disk if it is deferred).
                 envelope = replace(envelope, extra={**envelope.extra, PROCESSED: True})
                 queued = replace(queued, envelope=envelope)
+                self._count_processing(processed)
             else:
                 written = await self._write_results(queued, content, processed, started)
                 if written is None:
@@ -554,7 +577,10 @@ class QueueRunner:
                     continue  # its delivery is logged under the same queue id
                 outcome = replace(outcome, reason=f"queued as {ids[disposition.made]}: "
                                                   f"{outcome.reason}")
-            self._log_outcome(envelope, recipient, outcome, disposition.relay, started)
+            # Carried on by a message made: counted when that is delivered.
+            self._log_outcome(envelope, recipient, outcome, disposition.relay, started,
+                              count=disposition.made is None)
+        self._count_processing(result)
         if failed and not envelope.sender:
             log.info("{queue_id}: undeliverable bounce discarded (null sender)",
                      queue_id=envelope.queue_id)
@@ -758,8 +784,25 @@ class QueueRunner:
             return dict.fromkeys(recipients, Outcome("deferred", "4.4.2", last)), last_relay
         return dict.fromkeys(recipients, Outcome("deferred", "4.4.1", last)), "none"
 
+    def _count_processing(self, result: ProcessingResult) -> None:
+        """
+        Count how processing sent each recipient on, and what it marked.
+        """
+        for disposition in result.dispositions:
+            if disposition.method and disposition.outcome.status == "sent":
+                self._counters.add(METHOD + disposition.method, len(disposition.recipients))
+                if disposition.method == "webmail":
+                    self._counters.mark(TUNNEL_SENT, disposition.outcome.reason)
+        for name, detail in result.events:
+            self._counters.mark(name, detail)
+
     def _log_outcome(self, envelope: Envelope, recipient: str, outcome: Outcome,
-                     relay: str, started: float) -> None:
+                     relay: str, started: float, *, count: bool = True) -> None:
+        if count:
+            self._counters.add(_COUNTED[outcome.status])
+            if outcome.status != "sent" and relay != "mpa":
+                self._counters.mark(DELIVERY_FAILURE, f"{envelope.queue_id} to <{recipient}>: "
+                                                      f"{outcome.dsn} {outcome.reason}")
         now = self._clock.seconds()
         log.info("{queue_id}: to=<{rcpt}>, relay={relay}, delay={delay}, "
                  "delays={before}/0/0/{during}, dsn={dsn}, status={status} ({reason})",

@@ -349,6 +349,30 @@ def certificates_with_keys(conn: Connection) -> list[CertificateRow]:
     return _rows(conn, query)
 
 
+def expiring_certificates(conn: Connection, before: float) -> list[CertificateRow]:
+    """
+    The certificates with a private key (the gateway's identities: signing,
+    decryption, the tunnel) and the trusted roots that are not valid after
+    C{before}, soonest first.
+    """
+    query = select(certificates).where(
+        (certificates.c.not_after < before)
+        & (certificates.c.private_key.is_not(None) | (certificates.c.store == ROOTS))
+    ).order_by(certificates.c.not_after)
+    return _rows(conn, query)
+
+
+def addresses_with_valid_keys(conn: Connection, now: float) -> set[str]:
+    """
+    The addresses that have a certificate with a private key valid at
+    C{now}.
+    """
+    query = select(certificates).where(
+        certificates.c.private_key.is_not(None) & (certificates.c.not_before <= now)
+        & (certificates.c.not_after >= now))
+    return {email for row in _rows(conn, query) for email in row.emails}
+
+
 def delete_certificate(conn: Connection, store: str, thumbprint: str) -> bool:
     _lock_counter(conn)
     deleted = conn.execute(delete(certificates).where(

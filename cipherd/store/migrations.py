@@ -97,6 +97,11 @@ def _audit_log(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.audit_log])
 
 
+def _counters(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.counters, schema.node_marks,
+                                             schema.recent_errors])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -109,6 +114,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(8, "trusted introducers in the OpenPGP keyring", _pgp_introducers),
     Migration(9, "replies through PDF reply links", _pdf_replies),
     Migration(10, "the audit log of admin changes", _audit_log),
+    Migration(11, "counters, marks and recent errors for the dashboard", _counters),
 )
 
 

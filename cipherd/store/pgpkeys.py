@@ -189,6 +189,18 @@ def introducers(conn: Connection) -> list[PGPKeyRow]:
         .order_by(pgp_keys.c.fingerprint))]
 
 
+def expiring_keys(conn: Connection, before: float) -> list[PGPKeyRow]:
+    """
+    The keys with a secret key (ours) or trusted for encryption, not
+    revoked, that expire before C{before}, soonest first.
+    """
+    query = select(pgp_keys).where(
+        pgp_keys.c.expires.is_not(None) & (pgp_keys.c.expires < before)
+        & ~pgp_keys.c.revoked & (pgp_keys.c.secret.is_not(None) | pgp_keys.c.trusted)
+    ).order_by(pgp_keys.c.expires)
+    return [_row(r) for r in conn.execute(query)]
+
+
 def delete_key(conn: Connection, fingerprint: str) -> bool:
     lock_counter(conn)
     conn.execute(delete(pgp_key_emails).where(pgp_key_emails.c.fingerprint == fingerprint))

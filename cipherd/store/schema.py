@@ -332,3 +332,37 @@ audit_log = Table(
     Column("summary", Text, nullable=False),
     Column("details", Text, nullable=False),
 )
+
+# Schema version 11: what the services count (cipherd.core.counters), one
+# row per node, hour (hours since the epoch, UTC) and name, added to by that
+# node only; the dashboard sums the nodes.
+counters = Table(
+    "counters",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("hour", Integer, primary_key=True, index=True),
+    Column("name", String(64), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+# The last time each node saw something happen (a tunnel sent, a relay
+# failure), with a detail.
+node_marks = Table(
+    "node_marks",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+# The latest errors the services logged, newest kept.
+recent_errors = Table(
+    "recent_errors",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False),
+    Column("at", Float, nullable=False, index=True),
+    Column("source", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+)

@@ -129,6 +129,17 @@ def result_of(coroutine: Coroutine[Any, Any, T]) -> T:
     return result
 
 
+def deferred_result(d: Deferred[T]) -> T:
+    """
+    L{result_of} for a Deferred.
+    """
+
+    async def wait() -> T:
+        return await d
+
+    return result_of(wait())
+
+
 @implementer(IMessageProcessor)
 class PassThrough:
     """

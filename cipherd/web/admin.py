@@ -75,6 +75,7 @@ from cipherd.web.common import (
     template_environment,
     whole_number,
 )
+from cipherd.web.dashboard import MARK_TITLES, WARN_DAYS, charts
 from cipherd.web.mta_pages import MTAPages
 from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
 from cipherd.web.pgp_pages import PGPPages
@@ -443,7 +444,14 @@ class AdminSite(AdminPages):
     @app.route("/", methods=["GET"])
     @authenticated
     async def home(self, request: IRequest, session: AdminSession) -> bytes:
-        return redirect(request, "/settings/global/preferences")
+        """
+        The dashboard: mail flow over 48 hours, the queue, the methods, the
+        last errors, what expires, the tunnel, the disk and the database.
+        """
+        view = await self.backend.dashboard.view()
+        return self.render(request, "dashboard.html", session, section="dashboard", view=view,
+                           charts=charts(view), mark_titles=MARK_TITLES,
+                           warn_days=WARN_DAYS)
 
     @app.route("/settings/global/<page>", methods=["GET", "POST"])
     @authenticated

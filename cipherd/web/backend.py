@@ -30,6 +30,7 @@ from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
+from cipherd.web.dashboard import Dashboard
 from cipherd.webmail.notify import TEMPLATES
 
 # A PGP key's name in a URL: its fingerprint, 40 hexadecimal digits (v4
@@ -236,6 +237,7 @@ class AdminBackend:
     @ivar mta: the MTA config in force.
     @ivar queue: the mail queue.
     @ivar audit: records the changes admins make.
+    @ivar dashboard: gathers the home page's numbers.
     @ivar queue_runner: delivers it (flush).
     @ivar network_info: reads the machine's network (Admin → Network); it
         blocks, so it runs on C{runner}.
@@ -251,6 +253,7 @@ class AdminBackend:
     mta: MTAConfigSource
     queue: MailQueue
     audit: AuditTrail
+    dashboard: Dashboard
     queue_runner: QueueRunner | None = None
     network_info: Callable[[], NetworkInfo] = gather
     site_tls: ISiteCertificate | None = None
