@@ -88,7 +88,8 @@ def insecure_tls() -> ssl.SSLContext:
 
 
 def api_call(appliance: Appliance, method: str, path: str, body: Any = None, *,
-             password: str, raw: bytes | None = None) -> tuple[int, Any]:
+             password: str, raw: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """
     One call to a running appliance's JSON API (HTTP Basic as admin): the
     status and the decoded answer, errors included.
@@ -102,7 +103,7 @@ def api_call(appliance: Appliance, method: str, path: str, body: Any = None, *,
         f"{appliance.admin_url}/api/v1{path}", method=method, data=data,
         headers={"Authorization": f"Basic {credentials}",
                  "Content-Type": "application/octet-stream" if raw is not None
-                 else "application/json"})
+                 else "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, context=insecure_tls()) as response:
             return response.status, json.load(response)

@@ -132,7 +132,7 @@ def test_what_expires_soon_and_what_expired_while_still_the_only_one(
                        not_after=now + timedelta(days=20))
     result_of(admin.certificates.add_certificate(old_root.cert, store="roots"))
     page = admin.get("/")
-    rows = re.findall(r'<tr class="(error|warning)">(.*?)</tr>', page.text, re.S)
+    rows = re.findall(r'<tr class="severity-(error|warning)">(.*?)</tr>', page.text, re.S)
     listed = [(severity, text_of(row)) for severity, row in rows]
     assert [severity for severity, _ in listed] == ["error", "warning", "warning"]
     assert "gone@example.com" in listed[0][1] and "Expired" in listed[0][1]

@@ -106,6 +106,21 @@ class DashboardView:
         return sum(self.series(name)[-hours:])
 
     @property
+    def hour_rows(self) -> list[tuple[str, int, int, int, int]]:
+        """
+        (hour, received, delivered, deferred, bounced) for each hour with
+        mail, newest first.
+        """
+        columns = [self.series(name) for name in (RECEIVED, DELIVERED, DEFERRED, BOUNCED)]
+        rows = []
+        for i, hour in enumerate(self.hours):
+            numbers = [column[i] for column in columns]
+            if any(numbers):
+                label = datetime.fromtimestamp(hour * HOUR, UTC).strftime("%d %b %H:00")
+                rows.append((label, *numbers))
+        return [(label, a, b, c, d) for label, a, b, c, d in reversed(rows)]
+
+    @property
     def methods(self) -> list[tuple[str, str, int, int]]:
         """
         (method, title, last hour, last 48 hours) for every method.
