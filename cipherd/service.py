@@ -69,6 +69,7 @@ from cipherd.web.common import BoundedRequest, access_log_formatter
 from cipherd.web.dashboard import Dashboard
 from cipherd.web.portal import Portal
 from cipherd.webmail.accounts import Accounts
+from cipherd.webmail.administration import AccountAdministration
 from cipherd.webmail.cleanup import TICK as CLEANUP_TICK
 from cipherd.webmail.cleanup import Cleanup
 from cipherd.webmail.mailbox import Mailboxes, message_key
@@ -394,7 +395,10 @@ def make_service(config: Config, reactor: Any) -> IService:
                           reactor)
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, keyring, mta,
-                     queue, audit, dashboard, queue_runner, site_tls=options)
+                     queue, audit, dashboard,
+                     AccountAdministration(store, accounts, mailboxes, notifier, settings,
+                                           lambda: mta.current, reactor),
+                     queue_runner, site_tls=options)
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,
                           lambda: mta.current, queue_runner, reactor)

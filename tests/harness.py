@@ -24,17 +24,27 @@ from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.keyring import Keyring
 from cipherd.pki.pgp import SequoiaOpenPGP
 from cipherd.pki.sitetls import SiteTLS
-from cipherd.smtp.config import MTAConfigSource
+from cipherd.smtp.config import MTAConfig, MTAConfigSource
 from cipherd.smtp.queue import MailQueue
 from cipherd.smtp.spool import DirectorySpool
 from cipherd.store.counters import CounterStore
 from cipherd.store.settings import SettingsRepository
-from cipherd.testing import SynchronousRunner, cheap_hasher, migrated_store, result_of
+from cipherd.testing import (
+    RecordingSubmission,
+    SynchronousRunner,
+    cheap_hasher,
+    migrated_store,
+    result_of,
+)
 from cipherd.web.admin import CSRF_FIELD, AdminSite
 from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 from cipherd.web.dashboard import Dashboard
+from cipherd.webmail.accounts import Accounts
+from cipherd.webmail.administration import AccountAdministration
+from cipherd.webmail.mailbox import Mailboxes
+from cipherd.webmail.notify import Notifier
 
 BASE = "https://admin.test"
 # What Admin → Network shows of the harness's "machine".
@@ -110,12 +120,20 @@ class AdminHarness:
         self.counters = Counters(self.clock)
         self.counts = CounterStore(self.store, self.counters, NODE)
         self.disk = (50 << 30, 100 << 30)
+        self.accounts = Accounts(self.store, self.clock, self.runner, cheap_hasher())
+        self.mailboxes = Mailboxes(self.store, os.urandom(32))
+        self.submission = RecordingSubmission()
+        self.mta_config = MTAConfig()
         self.site = AdminSite(
             AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
                          self.certificates, self.keyring, MTAConfigSource(self.store),
                          self.queue, self.audit,
                          Dashboard(self.store, self.counts, self.queue, lambda: self.disk, NODE,
                                    self.clock),
+                         AccountAdministration(self.store, self.accounts, self.mailboxes,
+                                               Notifier(self.submission, self.clock),
+                                               self.settings, lambda: self.mta_config,
+                                               self.clock),
                          network_info=lambda: NETWORK, site_tls=self.site_tls)
         )
         self.treq = StubTreq(self.site.resource())

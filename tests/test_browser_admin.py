@@ -189,7 +189,8 @@ def test_password_change_and_setting_survive_restart(
     try:
         page = fresh.new_page()
         log_in(page, GOOD_PASSWORD)
-        expect(page).to_have_url(f"{appliance.admin_url}{PREFERENCES}")
+        expect(page).to_have_url(f"{appliance.admin_url}/")  # the dashboard
+        page.goto(PREFERENCES)
         expect(page.locator(f'[id="value.{SENDER}"]')).to_have_value("notification@example.com")
         expect(page.locator(f'[id="value.{SENDER}"]')).to_be_enabled()
         expect(page.locator(f'[id="inherit.{SENDER}"]')).not_to_be_checked()

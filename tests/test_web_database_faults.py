@@ -52,6 +52,10 @@ from cipherd.web.auth import AdminAuthority
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import REQUEST_DEADLINE
 from cipherd.web.dashboard import Dashboard
+from cipherd.webmail.accounts import Accounts
+from cipherd.webmail.administration import AccountAdministration
+from cipherd.webmail.mailbox import Mailboxes
+from cipherd.webmail.notify import Notifier
 from tests.conftest import fill_disk
 from tests.test_portal import PortalSite
 from tests.test_queue_runner import FakeResolver
@@ -165,6 +169,10 @@ class Admin:
             MTAConfigSource(store), self.queue, AuditTrail(store, settings, clock),
             Dashboard(store, CounterStore(store, Counters(clock), "node-1"), self.queue,
                       lambda: (1 << 30, 2 << 30), "node-1", clock),
+            AccountAdministration(store, Accounts(store, clock, runner, cheap_hasher()),
+                                  Mailboxes(store, os.urandom(32)),
+                                  Notifier(self.queue_runner, clock), settings,
+                                  lambda: config, clock),
             self.queue_runner))
         self.client = Client(self.site.resource())
 

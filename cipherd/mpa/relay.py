@@ -48,7 +48,8 @@ from cipherd.settings import EmailAddresses, IAddressSettings
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
 from cipherd.webmail import notify
-from cipherd.webmail.accounts import INVITED, SIGNUP, Account, Accounts
+from cipherd.webmail.accounts import INVITED, Account, Accounts
+from cipherd.webmail.invitations import NoInvitation, signup_invitation
 from cipherd.webmail.mailbox import FULL, REPEATED, STORED, Mailboxes, TunnelDelivery
 
 log = mail_logger("cipherd.mpa.relay")
@@ -257,23 +258,14 @@ class WebmailRelay:
         address = account.address
         base = settings["portal_base_url"].rstrip("/")
         if account.state == INVITED and not account.password_set:
-            if not settings["initial_login_allowed"]:
-                log.info("No sign-up invitation for {rcpt}: initial login is not allowed",
-                         rcpt=address)
+            try:
+                notice = signup_invitation(self._accounts, self._notices, account, sender,
+                                           subject, settings, config.my_hostname,
+                                           self._clock.seconds())
+            except NoInvitation as e:
+                (log.warn if e.misconfigured else log.info)(
+                    "No sign-up invitation for {rcpt}: {why}", rcpt=address, why=e)
                 return
-            page = settings["signup_url"] or (f"{base}/signup" if base else "")
-            if not page or not settings["server_secret"]:
-                missing = "portal base URL" if not page else "server secret"
-                log.warn("No sign-up invitation for {rcpt}: the {missing} is not set "
-                         "(Settings → General)", rcpt=address, missing=missing)
-                return
-            minutes = settings["signup_link_validity"]
-            token = self._accounts.link(settings["server_secret"], SIGNUP, account, minutes)
-            expires = datetime.fromtimestamp(self._clock.seconds() + minutes * 60, UTC)
-            notice = self._notices.render("signup", {
-                "sender": sender or "Someone", "subject": subject,
-                "link": f"{page}?token={token}", "organisation": config.my_hostname,
-                "expires": expires.strftime("%Y-%m-%d %H:%M UTC")}, settings)
             kind = "sign-up invitation"
         else:
             page = settings["webmail_login_url"] or (f"{base}/login" if base else "")

@@ -102,6 +102,12 @@ def _counters(conn: Connection) -> None:
                                              schema.recent_errors])
 
 
+def _last_login(conn: Connection) -> None:
+    # A database that was before version 5 got the column with the table.
+    if "last_login" not in {c["name"] for c in inspect(conn).get_columns("webmail_accounts")}:
+        conn.execute(text("ALTER TABLE webmail_accounts ADD COLUMN last_login FLOAT"))
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -115,6 +121,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(9, "replies through PDF reply links", _pdf_replies),
     Migration(10, "the audit log of admin changes", _audit_log),
     Migration(11, "counters, marks and recent errors for the dashboard", _counters),
+    Migration(12, "the last login of webmail accounts", _last_login),
 )
 
 

@@ -192,6 +192,8 @@ webmail_accounts = Table(
     Column("totp_secret", LargeBinary, nullable=True),
     # The time step of the last code used to log in: no code works twice.
     Column("totp_last_step", Integer, nullable=True),
+    # The last password login (schema version 12; NULL: never).
+    Column("last_login", Float, nullable=True),
 )
 
 # Portal sessions, as admin_sessions: the cookie holds a random token, the

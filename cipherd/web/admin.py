@@ -37,6 +37,7 @@ from cipherd.settings import (
 )
 from cipherd.smtp.config import dns_server_problem
 from cipherd.store import DatabaseUnavailable
+from cipherd.web.account_pages import AccountPages
 from cipherd.web.api import AdminAPI
 from cipherd.web.audit import ACTION_GROUPS, audit_query
 from cipherd.web.auth import (
@@ -232,6 +233,7 @@ class AdminSite(AdminPages):
         self.pki = PkiPages(backend, self.templates)
         self.pgp = PGPPages(backend, self.templates)
         self.mta = MTAPages(backend, self.templates)
+        self.accounts = AccountPages(backend, self.templates)
 
     def resource(self) -> Resource:
         return SecureHeaders(self.app.resource(), self)
@@ -275,6 +277,10 @@ class AdminSite(AdminPages):
     @app.route("/mta/", branch=True)
     def mta_branch(self, request: IRequest) -> Resource:
         return self.mta.app.resource()
+
+    @app.route("/webmail/", branch=True)
+    def webmail_branch(self, request: IRequest) -> Resource:
+        return self.accounts.app.resource()
 
     # Login, logout, password ---------------------------------------------
 

@@ -89,6 +89,7 @@ from cipherd.web.pki_pages import (
     certificate_facts,
     send_bundle,
 )
+from cipherd.webmail.administration import ACTIONS, STATES, AccountView, ActionRefused
 
 # Bodies larger than this are refused before parsing.
 MAX_JSON_BODY = 1_000_000
@@ -684,6 +685,88 @@ class AdminAPI:
             "next": entries[-1].id if more and entries else None,
         })
 
+    # Webmail accounts (Admin → Webmail accounts) ---------------------------
+
+    @app.route("/v1/webmail/accounts", methods=["GET"])
+    @_authenticated()
+    async def list_webmail_accounts(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        C{?q=} part of an address, C{?state=invited|active|disabled},
+        C{?offset=&limit=} (at most 200).
+        """
+        text, _, numbers = _list_query(request)
+        state = arg(request, "state") or ""
+        if state and state not in STATES:
+            raise _BadRequest("Some query parameters were refused.",
+                              {"state": f"must be one of {', '.join(STATES)}"})
+        views, total = await self.backend.webmail_accounts.listing(
+            text, state, offset=numbers["offset"], limit=min(numbers["limit"], 200))
+        return json_response(request, 200, {"accounts": [_account_json(v) for v in views],
+                                            "total": total})
+
+    async def _webmail_account(self, address: str) -> AccountView:
+        view = await self.backend.webmail_accounts.get(address)
+        if view is None:
+            raise _BadRequest(f"There is no webmail account {address}.", status=404)
+        return view
+
+    @app.route("/v1/webmail/accounts/<address>", methods=["GET"])
+    @_authenticated()
+    async def get_webmail_account(self, request: IRequest, admin: AdminRow,
+                                  address: str) -> bytes:
+        return json_response(request, 200,
+                             _account_json(await self._webmail_account(address)))
+
+    @app.route("/v1/webmail/accounts/<address>/messages", methods=["GET"])
+    @_authenticated()
+    async def webmail_account_messages(self, request: IRequest, admin: AdminRow,
+                                       address: str) -> bytes:
+        """
+        The headers of the account's messages, newest first: never their
+        contents.
+        """
+        view = await self._webmail_account(address)
+        _, _, numbers = _list_query(request)
+        messages = await self.backend.webmail_accounts.messages(
+            view.account.address, offset=numbers["offset"], limit=numbers["limit"])
+        return json_response(request, 200, {"messages": [{
+            "id": m.id, "received": _iso(m.received), "sender": m.sender,
+            "subject": m.subject, "size": m.size, "attachments": m.attachments,
+            "read": m.read} for m in messages], "total": view.messages})
+
+    @app.route("/v1/webmail/accounts/<address>/<action>", methods=["POST"])
+    @_authenticated()
+    async def webmail_account_action(self, request: IRequest, admin: AdminRow, address: str,
+                                     action: str) -> bytes:
+        """
+        C{invite} (the sign-up invitation again), C{disable}, C{enable},
+        C{reset-password} (mail a reset link), C{reset-totp}.
+        """
+        if action not in ACTIONS or action == "delete":
+            raise _BadRequest(f"There is no action {action!r}; there are "
+                              f"{', '.join(a for a in ACTIONS if a != 'delete')}.", status=404)
+        return await self._webmail_action(request, admin, address, action)
+
+    @app.route("/v1/webmail/accounts/<address>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_webmail_account(self, request: IRequest, admin: AdminRow,
+                                     address: str) -> bytes:
+        return await self._webmail_action(request, admin, address, "delete")
+
+    async def _webmail_action(self, request: IRequest, admin: AdminRow, address: str,
+                              action: str) -> bytes:
+        view = await self._webmail_account(address)
+        try:
+            summary = await self.backend.webmail_accounts.perform(action, view.account.address)
+        except ActionRefused as e:
+            raise _BadRequest(str(e), status=409) from None
+        await self._audit(request, admin, f"webmail.{action}", summary,
+                          target=view.account.address)
+        after = await self.backend.webmail_accounts.get(view.account.address)
+        return json_response(request, 200, {
+            "status": summary[0].upper() + summary[1:] + ".",
+            "account": None if after is None else _account_json(after)})
+
     @app.route("/v1/logs/<name>", methods=["GET"])
     @_authenticated()
     async def get_log(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
@@ -1069,6 +1152,22 @@ def _certificate_summary(row: Any, valid: bool, reason: str, ctl: CTLStatus | No
         "valid": valid,
         "reason": reason,
         "ctl": ctl.value if ctl else None,
+    }
+
+
+def _iso(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def _account_json(view: AccountView) -> dict[str, Any]:
+    account = view.account
+    return {
+        "address": account.address, "state": account.state,
+        "password_set": account.password_set, "created": _iso(account.created),
+        "last_login": _iso(account.last_login), "last_activity": _iso(account.last_activity),
+        "second_factor": view.second_factor, "messages": view.messages,
+        "mailbox_size": view.size, "mailbox_quota": view.quota or None,
+        "over_quota": view.over_quota,
     }
 
 

@@ -72,7 +72,8 @@ def changed_values(before: Mapping[str, Any], after: Mapping[str, Any], names: I
 ACTION_GROUPS = {
     "settings": "Settings", "mta": "MTA", "queue": "Queue", "certificates": "Certificates",
     "ctl": "Certificate trust list", "crls": "CRLs", "pgp": "PGP keys", "tls": "TLS certificate",
-    "network": "Network", "admin": "Admin accounts", "session": "Logins",
+    "network": "Network", "webmail": "Webmail accounts", "admin": "Admin accounts",
+    "session": "Logins",
 }
 PAGE_SIZE = 100
 

@@ -31,6 +31,7 @@ from cipherd.threads import IBlockingRunner
 from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority
 from cipherd.web.dashboard import Dashboard
+from cipherd.webmail.administration import AccountAdministration
 from cipherd.webmail.notify import TEMPLATES
 
 # A PGP key's name in a URL: its fingerprint, 40 hexadecimal digits (v4
@@ -238,6 +239,8 @@ class AdminBackend:
     @ivar queue: the mail queue.
     @ivar audit: records the changes admins make.
     @ivar dashboard: gathers the home page's numbers.
+    @ivar webmail_accounts: the webmail messenger's accounts (Admin → Webmail
+        accounts).
     @ivar queue_runner: delivers it (flush).
     @ivar network_info: reads the machine's network (Admin → Network); it
         blocks, so it runs on C{runner}.
@@ -254,6 +257,7 @@ class AdminBackend:
     queue: MailQueue
     audit: AuditTrail
     dashboard: Dashboard
+    webmail_accounts: AccountAdministration
     queue_runner: QueueRunner | None = None
     network_info: Callable[[], NetworkInfo] = gather
     site_tls: ISiteCertificate | None = None

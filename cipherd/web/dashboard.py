@@ -111,14 +111,13 @@ class DashboardView:
         (hour, received, delivered, deferred, bounced) for each hour with
         mail, newest first.
         """
-        columns = [self.series(name) for name in (RECEIVED, DELIVERED, DEFERRED, BOUNCED)]
-        rows = []
-        for i, hour in enumerate(self.hours):
-            numbers = [column[i] for column in columns]
-            if any(numbers):
-                label = datetime.fromtimestamp(hour * HOUR, UTC).strftime("%d %b %H:00")
-                rows.append((label, *numbers))
-        return [(label, a, b, c, d) for label, a, b, c, d in reversed(rows)]
+        received, delivered, deferred, bounced = (
+            self.series(name) for name in (RECEIVED, DELIVERED, DEFERRED, BOUNCED))
+        rows = [(datetime.fromtimestamp(hour * HOUR, UTC).strftime("%d %b %H:00"),
+                 received[i], delivered[i], deferred[i], bounced[i])
+                for i, hour in enumerate(self.hours)
+                if received[i] or delivered[i] or deferred[i] or bounced[i]]
+        return rows[::-1]
 
     @property
     def methods(self) -> list[tuple[str, str, int, int]]:

@@ -51,11 +51,13 @@ class Account:
     link_nonce: str
     created: float
     last_activity: float
+    last_login: float | None = None
 
 
 def _account(row: object) -> Account:
     return Account(row.address, row.state, row.password_hash is not None,  # type: ignore[attr-defined]
-                   row.link_nonce, row.created, row.last_activity)  # type: ignore[attr-defined]
+                   row.link_nonce, row.created, row.last_activity,  # type: ignore[attr-defined]
+                   row.last_login)  # type: ignore[attr-defined]
 
 
 # Links -----------------------------------------------------------------------
@@ -264,14 +266,18 @@ class Accounts:
             return None
         if found is None or found[1] is None or found[0].state != ACTIVE:
             return None
-        await self.touch(address)
+        await self.touch(address, login=True)
         return found[0]
 
-    async def touch(self, address: str) -> None:
+    async def touch(self, address: str, *, login: bool = False) -> None:
+        """
+        Note activity of C{address} now; a password login with C{login}.
+        """
         now = self._clock.seconds()
+        values = {"last_activity": now, **({"last_login": now} if login else {})}
         await self._store.run(lambda conn: conn.execute(
             update(webmail_accounts).where(webmail_accounts.c.address == address)
-            .values(last_activity=now)))
+            .values(values)))
 
     async def set_state(self, address: str, state: str) -> bool:
         def write(conn: Connection) -> bool:

@@ -31,6 +31,7 @@ from cipherd.webmail.accounts import (
     LinkRefused,
 )
 from cipherd.webmail.compose import compose_message
+from cipherd.webmail.invitations import password_reset_notice
 from cipherd.webmail.mailbox import FULL, Mailboxes, Summary
 from cipherd.webmail.notify import Notifier, one_line
 from cipherd.webmail.sessions import PortalSessions
@@ -159,14 +160,8 @@ class Messenger:
             log.info("Password reset asked for {address}: no active account, or resets are "
                      "disabled; nothing sent", address=address)
             return
-        base = (values["portal_base_url"] or portal_url).rstrip("/")
-        page = values["password_reset_url"] or f"{base}/reset"
-        minutes = values["password_reset_link_validity"]
-        token = self.accounts.link(values["server_secret"], RESET, account, minutes)
-        expires = datetime.fromtimestamp(self._clock.seconds() + minutes * 60, UTC)
-        notice = self._notifier.render("password_reset", {
-            "address": address, "link": f"{page}?token={token}",
-            "expires": expires.strftime("%Y-%m-%d %H:%M UTC")}, values)
+        notice = password_reset_notice(self.accounts, self._notifier, account, values,
+                                       portal_url, self._clock.seconds())
         queue_id = await self._notifier.send(address, notice, values,
                                              self._mta().my_hostname)
         log.info("Sent a password reset link to {address} (queued as {notice_id})",
