@@ -163,6 +163,16 @@ class MailQueue:
                                                                      queue_id)
         return result
 
+    async def head(self, queue_id: str, limit: int) -> tuple[QueuedMessage, bytes]:
+        """
+        The message and the first C{limit} bytes of its content.
+
+        @raise KeyError: no message with that id.
+        """
+        found: tuple[QueuedMessage, bytes] = await self._runner.run(self._spool.head, queue_id,
+                                                                    limit)
+        return found
+
     async def store(self, envelope: Envelope, content: bytes) -> QueuedMessage:
         stored: QueuedMessage = await self._runner.run(self._spool.store, envelope, content)
         return stored
@@ -324,6 +334,22 @@ class QueueRunner:
         d = Deferred.fromCoroutine(self._attempt_claimed(queue_id, stored=stored))
         d.addErrback(lambda f: log.failure("{queue_id}: the delivery attempt failed", f,
                                            queue_id=queue_id))
+
+    def deliver_now(self, queue_id: str) -> bool:
+        """
+        Start an attempt at one message now, deferred or not (the admin's
+        *deliver now* for a selection); not one that is held or under way.
+
+        @return: whether an attempt was started.
+        """
+        if queue_id in self._busy:
+            return False
+        self._busy.add(queue_id)
+        self._stuck.discard(queue_id)
+        d = Deferred.fromCoroutine(self._attempt_claimed(queue_id, flush=True))
+        d.addErrback(lambda f: log.failure("{queue_id}: the delivery attempt failed", f,
+                                           queue_id=queue_id))
+        return True
 
     def submit(self, sender: str, recipients: list[str], content: bytes, client: str, *,
                processed: bool = False) -> Deferred[QueuedMessage]:

@@ -97,6 +97,12 @@ class ISpool(Interface):
         @raise SpoolError: the file is damaged.
         """
 
+    def head(queue_id: str, limit: int) -> tuple[QueuedMessage, bytes]:
+        """
+        L{load}, but only the first C{limit} bytes of the content (its
+        header, for a look at a queued message).
+        """
+
     def move(queue_id: str, state: str, envelope: Envelope | None = None,
              keep_hold: bool = False) -> QueuedMessage:
         """
@@ -337,6 +343,15 @@ class DirectorySpool:
             content = f.read()
         envelope = self._unwritten.get(queue_id, envelope)
         return QueuedMessage(envelope, state, path, len(content)), content
+
+    def head(self, queue_id: str, limit: int) -> tuple[QueuedMessage, bytes]:
+        state, path = self._find(queue_id)
+        with open(path, "rb") as f:
+            envelope = self._read_envelope(f, path)
+            size = path.stat().st_size - f.tell()
+            content = f.read(limit)
+        envelope = self._unwritten.get(queue_id, envelope)
+        return QueuedMessage(envelope, state, path, size), content
 
     def move(self, queue_id: str, state: str, envelope: Envelope | None = None,
              keep_hold: bool = False) -> QueuedMessage:

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from cipherd.core.envelope import QUEUE_ID
 from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.keyring import StoredKey
 from cipherd.pki.pgp import PGPError, Subkey
@@ -52,6 +53,7 @@ from cipherd.smtp.config import (
 from cipherd.smtp.queue import describe as describe_queued
 from cipherd.store.admins import AdminRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
+from cipherd.web import queue_view
 from cipherd.web.audit import audit_query, changed_values, entry_json
 from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
 from cipherd.web.backend import (
@@ -610,8 +612,77 @@ class AdminAPI:
     @app.route("/v1/queue", methods=["GET"])
     @_authenticated()
     async def get_queue(self, request: IRequest, admin: AdminRow) -> bytes:
-        messages = await self.backend.queue.messages()
+        """
+        Every queued message, oldest first; C{?q=} those whose queue id,
+        sender, a recipient or subject contains it.
+        """
+        text = arg(request, "q") or ""
+        if len(text) > MAX_SEARCH_LENGTH:
+            raise _BadRequest("Some query parameters were refused.",
+                              {"q": f"must be at most {MAX_SEARCH_LENGTH} characters"})
+        messages = await queue_view.find(self.backend.queue, text)
         return json_response(request, 200, {"messages": [describe_queued(m) for m in messages]})
+
+    @app.route("/v1/queue/actions", methods=["POST"])
+    @_authenticated()
+    async def queue_actions(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        C{{"action": "hold"|"release"|"deliver"|"delete", "ids": [...]}}.
+        """
+        body = _json_body(request)
+        action = body.get("action") if isinstance(body, dict) else None
+        ids = body.get("ids") if isinstance(body, dict) else None
+        errors = {}
+        if action not in queue_view.BULK_ACTIONS:
+            errors["action"] = f"must be one of {', '.join(queue_view.BULK_ACTIONS)}"
+        if not isinstance(ids, list) or not ids or not all(
+                isinstance(i, str) and QUEUE_ID.fullmatch(i) for i in ids):
+            errors["ids"] = "must be one queue id (12 hexadecimal digits) or more"
+        elif len(ids) > queue_view.MAX_SELECTION:
+            errors["ids"] = f"must be at most {queue_view.MAX_SELECTION} queue ids"
+        if errors:
+            raise _BadRequest("Nothing was done.", errors)
+        assert isinstance(action, str) and isinstance(ids, list)
+        done = await queue_view.act(self.backend.queue, self.backend.queue_runner, action, ids)
+        if done:
+            summary, target = queue_view.what_was_done(action, done)
+            await self._audit(request, admin, f"queue.{action}", summary, target=target,
+                              details={"queue_ids": done})
+        return json_response(request, 200, {
+            "done": done, "not_done": [i for i in dict.fromkeys(ids) if i not in done]})
+
+    @app.route("/v1/queue/<string(length=12):queue_id>", methods=["GET"])
+    @_authenticated()
+    async def get_queued(self, request: IRequest, admin: AdminRow, queue_id: str) -> bytes:
+        """
+        One queued message: its envelope (with the next attempt and the
+        reason) and its header fields; not its body.
+        """
+        try:
+            message, head = await self.backend.queue.head(queue_id, queue_view.HEAD_BYTES)
+        except KeyError:
+            raise _BadRequest(f"There is no message {queue_id} in the queue.",
+                              status=404) from None
+        return json_response(request, 200, queue_view.message_json(message, head))
+
+    @app.route("/v1/queue/<string(length=12):queue_id>/content", methods=["GET"])
+    @_authenticated()
+    async def get_queued_content(self, request: IRequest, admin: AdminRow,
+                                 queue_id: str) -> bytes:
+        """
+        The message as queued (message/rfc822), recorded in the audit log.
+        """
+        try:
+            _, content = await self.backend.queue.load(queue_id)
+        except KeyError:
+            raise _BadRequest(f"There is no message {queue_id} in the queue.",
+                              status=404) from None
+        await self._audit(request, admin, "queue.content",
+                          f"showed the content of {queue_id}", target=queue_id)
+        request.setHeader(b"Content-Type", b"message/rfc822")
+        request.setHeader(b"Content-Disposition",
+                          f'attachment; filename="{queue_id}.eml"'.encode())
+        return content
 
     @app.route("/v1/queue/flush", methods=["POST"])
     @_authenticated()

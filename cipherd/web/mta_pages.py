@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -27,10 +27,11 @@ from cipherd.smtp.config import (
     transport_problems,
 )
 from cipherd.smtp.queue import describe
+from cipherd.web import queue_view
 from cipherd.web.audit import changed_values
 from cipherd.web.auth import AdminSession
 from cipherd.web.backend import send_test_email
-from cipherd.web.common import SiteApp, arg, redirect, whole_number
+from cipherd.web.common import SiteApp, arg, args, redirect, whole_number
 from cipherd.web.pages import AdminPages, authenticated
 
 log = Logger(namespace="cipherd.admin")
@@ -369,9 +370,69 @@ class MTAPages(AdminPages):
     @app.route("/queue", methods=["GET"])
     @authenticated
     async def queue(self, request: IRequest, session: AdminSession) -> bytes:
-        messages = [describe(m) for m in await self.backend.queue.messages()]
+        text = (arg(request, "q") or "").strip()[:320]
+        messages = [describe(m) for m in await queue_view.find(self.backend.queue, text)]
         return self.render(request, "queue.html", session, section="queues",
-                           messages=messages, done=arg(request, "done"))
+                           messages=messages, done=arg(request, "done"), q=text,
+                           count=whole_number(arg(request, "count") or ""),
+                           bulk=queue_view.BULK_ACTIONS)
+
+    @app.route("/queue/bulk", methods=["POST"])
+    @authenticated
+    async def bulk(self, request: IRequest, session: AdminSession) -> bytes:
+        """
+        Hold, release, deliver now or delete the messages ticked in the list.
+        """
+        action = arg(request, "action") or ""
+        if action not in queue_view.BULK_ACTIONS:
+            return self.not_found(request, session, "There is no such queue action.")
+        ids = queue_view.selection(args(request, "id"))
+        done = await queue_view.act(self.backend.queue, self.backend.queue_runner, action, ids)
+        if done:
+            summary, target = queue_view.what_was_done(action, done)
+            await self.audit(request, session, f"queue.{action}", summary, target=target,
+                             details={"queue_ids": done})
+        page = arg(request, "back") or ""
+        if action != "delete" and page in ids:
+            return redirect(request, f"/mta/queue/{page}?done={action if done else 'nothing'}")
+        back = urlencode({"done": f"bulk-{action}", "count": len(done),
+                          "q": arg(request, "q") or ""})
+        return redirect(request, f"/mta/queue?{back}")
+
+    @app.route("/queue/<string(length=12):queue_id>", methods=["GET"])
+    @authenticated
+    async def message(self, request: IRequest, session: AdminSession, queue_id: str) -> bytes:
+        return await self._message_page(request, session, queue_id)
+
+    async def _message_page(self, request: IRequest, session: AdminSession, queue_id: str,
+                            content: bytes | None = None) -> bytes:
+        try:
+            message, head = await self.backend.queue.head(queue_id, queue_view.HEAD_BYTES)
+        except KeyError:
+            return self.not_found(request, session,
+                                  f"There is no message {queue_id} in the queue.")
+        return self.render(
+            request, "queue_message.html", session, section="queues",
+            m=describe(message), envelope=message.envelope,
+            headers=queue_view.header_fields(head),
+            content=None if content is None else content.decode("utf-8", "replace"),
+            content_cut=content is not None and message.size > len(content),
+            shown=queue_view.CONTENT_SHOWN, done=arg(request, "done"))
+
+    @app.route("/queue/<queue_id>/content", methods=["POST"])
+    @authenticated
+    async def content(self, request: IRequest, session: AdminSession, queue_id: str) -> bytes:
+        """
+        The message's content (its first megabyte), shown once and audited.
+        """
+        try:
+            _, content = await self.backend.queue.head(queue_id, queue_view.CONTENT_SHOWN)
+        except KeyError:
+            return self.not_found(request, session,
+                                  f"There is no message {queue_id} in the queue.")
+        await self.audit(request, session, "queue.content",
+                         f"showed the content of {queue_id}", target=queue_id)
+        return await self._message_page(request, session, queue_id, content)
 
     @app.route("/queue/flush", methods=["POST"])
     @authenticated
