@@ -94,10 +94,30 @@ def test_dashboard_and_audit_log_with_traffic(
         expect(page.locator("svg.chart rect.delivered")).to_have_count(1)
         shoot(page, artifacts, "dashboard")
 
+        # The queue: the deferred message found, opened, its content shown.
+        page.goto("/mta/queue")
+        page.get_by_label("Find", exact=True).fill("down.example")
+        page.get_by_role("button", name="Find").click()
+        rows = page.locator("table.queue tbody tr")
+        expect(rows).to_have_count(1)
+        shoot(page, artifacts, "queue")
+        rows.first.locator("a").click()
+        expect(page.locator("dl.facts")).to_contain_text("someone@down.example")
+        expect(page.locator("dl.facts")).to_contain_text("Connection refused")
+        expect(page.locator("table.headers")).to_contain_text("Subject")
+        shoot(page, artifacts, "queue-message")
+        page.get_by_role("button", name="Show content").click()
+        expect(page.locator("pre.message-content")).to_be_visible()
+        shoot(page, artifacts, "queue-message-content")
+        page.get_by_role("button", name="Hold").click()
+        expect(page.get_by_role("status")).to_have_text("The message is on hold.")
+
         page.goto("/audit")
         expect(page.get_by_role("heading", level=1)).to_have_text("Logs")
         rows = page.locator("table.audit tbody tr")
-        expect(rows.first).to_contain_text("logged in")
+        expect(rows.first).to_contain_text("held ")
+        expect(rows.nth(1)).to_contain_text("showed the content of")
+        expect(page.locator("table.audit")).to_contain_text("logged in")
         expect(page.locator("table.audit")).to_contain_text(
             "imported 1 certificate(s) into certificates")
         expect(page.locator("table.audit")).to_contain_text(
