@@ -45,7 +45,8 @@ def test_401_without_or_with_wrong_credentials(api: AdminHarness) -> None:
     response = call(api, "GET", "/settings/global", auth=None)
     assert response.code == 401
     assert response.header("www-authenticate").startswith('Basic realm="cipherd admin"')
-    assert response.json() == {"error": "Authentication required (HTTP Basic)."}
+    assert response.json() == {"error": "Authentication required (HTTP Basic, or an API "
+                                        "token as Authorization: Bearer)."}
     wrong = call(api, "GET", "/settings/global", auth=("admin", "nope"))
     assert (wrong.code, wrong.json()) == (401, {"error": "Wrong user name or password."})
     garbage = api.request("GET", "/api/v1/settings/global",

@@ -5,10 +5,13 @@ Queries for admin accounts, admin sessions and failed-login records.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
-from cipherd.store.schema import admin_sessions, admins, login_failures
+from cipherd.store.schema import admin_sessions, admins, api_tokens, login_failures
+
+ADMINISTRATOR, OPERATOR, AUDITOR = "administrator", "operator", "auditor"
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,8 @@ class AdminRow:
     name: str
     password_hash: str
     must_change_password: bool
+    role: str = ADMINISTRATOR
+    has_totp: bool = False
 
 
 @dataclass(frozen=True)
@@ -26,14 +31,22 @@ class SessionRow:
     last_seen: float
 
 
+def _admin(row: Any) -> AdminRow:
+    return AdminRow(row.name, row.password_hash, row.must_change_password, row.role,
+                    row.totp_secret is not None)
+
+
 def get_admin(conn: Connection, name: str) -> AdminRow | None:
     row = conn.execute(select(admins).where(admins.c.name == name)).first()
-    if row is None:
-        return None
-    return AdminRow(row.name, row.password_hash, row.must_change_password)
+    return None if row is None else _admin(row)
 
 
-def ensure_admin(conn: Connection, name: str, password_hash: str) -> bool:
+def list_admins(conn: Connection) -> list[AdminRow]:
+    return [_admin(row) for row in conn.execute(select(admins).order_by(admins.c.name))]
+
+
+def ensure_admin(conn: Connection, name: str, password_hash: str,
+                 role: str = ADMINISTRATOR) -> bool:
     """
     Create admin C{name} with a password that must be changed, unless the
     account exists.
@@ -42,10 +55,105 @@ def ensure_admin(conn: Connection, name: str, password_hash: str) -> bool:
     """
     if get_admin(conn, name) is not None:
         return False
-    conn.execute(
-        insert(admins).values(name=name, password_hash=password_hash, must_change_password=True)
-    )
+    conn.execute(insert(admins).values(name=name, password_hash=password_hash,
+                                       must_change_password=True, role=role))
     return True
+
+
+def set_role(conn: Connection, name: str, role: str) -> bool:
+    return bool(conn.execute(update(admins).where(admins.c.name == name)
+                             .values(role=role)).rowcount)
+
+
+def administrators(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(admins)
+                            .where(admins.c.role == ADMINISTRATOR)).scalar_one())
+
+
+def delete_admin(conn: Connection, name: str) -> bool:
+    """
+    Remove admin C{name} with its sessions and API tokens.
+    """
+    conn.execute(delete(admin_sessions).where(admin_sessions.c.admin_name == name))
+    conn.execute(delete(api_tokens).where(api_tokens.c.admin_name == name))
+    return bool(conn.execute(delete(admins).where(admins.c.name == name)).rowcount)
+
+
+def reset_password(conn: Connection, name: str, password_hash: str) -> bool:
+    """
+    Give admin C{name} a password that must be changed at the next login,
+    and end its sessions.
+    """
+    changed = bool(conn.execute(update(admins).where(admins.c.name == name).values(
+        password_hash=password_hash, must_change_password=True)).rowcount)
+    conn.execute(delete(admin_sessions).where(admin_sessions.c.admin_name == name))
+    return changed
+
+
+# The second factor ---------------------------------------------------------------
+
+
+def totp_secret(conn: Connection, name: str) -> bytes | None:
+    found: bytes | None = conn.execute(select(admins.c.totp_secret)
+                                       .where(admins.c.name == name)).scalar()
+    return found
+
+
+def set_totp_secret(conn: Connection, name: str, sealed: bytes | None) -> bool:
+    return bool(conn.execute(update(admins).where(admins.c.name == name).values(
+        totp_secret=sealed, totp_last_step=None)).rowcount)
+
+
+def use_totp_step(conn: Connection, name: str, step: int) -> bool:
+    """
+    Record that the code of time step C{step} was used; C{False} if it (or
+    a later one) was used before: no code works twice.
+    """
+    last = admins.c.totp_last_step
+    return bool(conn.execute(update(admins).where(
+        (admins.c.name == name) & (last.is_(None) | (last < step)))
+        .values(totp_last_step=step)).rowcount)
+
+
+# API tokens ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    id: str
+    admin_name: str
+    token_hash: str
+    label: str
+    created: float
+    last_used: float | None
+
+
+def add_token(conn: Connection, row: TokenRow) -> None:
+    conn.execute(insert(api_tokens).values(
+        id=row.id, admin_name=row.admin_name, token_hash=row.token_hash, label=row.label,
+        created=row.created, last_used=row.last_used))
+
+
+def get_token(conn: Connection, token_id: str) -> TokenRow | None:
+    row = conn.execute(select(api_tokens).where(api_tokens.c.id == token_id)).first()
+    return None if row is None else TokenRow(row.id, row.admin_name, row.token_hash,
+                                             row.label, row.created, row.last_used)
+
+
+def tokens_of(conn: Connection, name: str) -> list[TokenRow]:
+    rows = conn.execute(select(api_tokens).where(api_tokens.c.admin_name == name)
+                        .order_by(api_tokens.c.created))
+    return [TokenRow(r.id, r.admin_name, r.token_hash, r.label, r.created, r.last_used)
+            for r in rows]
+
+
+def delete_token(conn: Connection, name: str, token_id: str) -> bool:
+    return bool(conn.execute(delete(api_tokens).where(
+        (api_tokens.c.id == token_id) & (api_tokens.c.admin_name == name))).rowcount)
+
+
+def token_used(conn: Connection, token_id: str, now: float) -> None:
+    conn.execute(update(api_tokens).where(api_tokens.c.id == token_id).values(last_used=now))
 
 
 def set_admin_password(conn: Connection, name: str, password_hash: str, now: float) -> None:

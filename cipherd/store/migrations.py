@@ -108,6 +108,17 @@ def _last_login(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE webmail_accounts ADD COLUMN last_login FLOAT"))
 
 
+def _admin_roles(conn: Connection) -> None:
+    have = {c["name"] for c in inspect(conn).get_columns("admins")}
+    for column, kind in (("role", "VARCHAR(16) NOT NULL DEFAULT 'administrator'"),
+                         ("totp_secret", "BYTEA" if conn.dialect.name == "postgresql"
+                          else "BLOB"),
+                         ("totp_last_step", "INTEGER")):
+        if column not in have:
+            conn.execute(text(f"ALTER TABLE admins ADD COLUMN {column} {kind}"))
+    schema.metadata.create_all(conn, tables=[schema.api_tokens])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -122,6 +133,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(10, "the audit log of admin changes", _audit_log),
     Migration(11, "counters, marks and recent errors for the dashboard", _counters),
     Migration(12, "the last login of webmail accounts", _last_login),
+    Migration(13, "admin roles, second factors and API tokens", _admin_roles),
 )
 
 

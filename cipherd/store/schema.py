@@ -60,6 +60,24 @@ admins = Table(
     Column("password_hash", String(256), nullable=False),
     Column("must_change_password", Boolean, nullable=False),
     Column("password_changed", Float, nullable=True),
+    # Schema version 13: the account's role (administrator, operator,
+    # auditor) and its TOTP second factor (sealed as the portal's are).
+    Column("role", String(16), nullable=False, server_default="administrator"),
+    Column("totp_secret", LargeBinary, nullable=True),
+    Column("totp_last_step", Integer, nullable=True),
+)
+
+# Schema version 13: API tokens of admin accounts.  The token is
+# "cdt_<id>_<secret>"; only the SHA-256 of the whole token is stored.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("admin_name", String(64), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False),
+    Column("label", String(100), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("last_used", Float, nullable=True),
 )
 
 # The cookie holds a random token; only its SHA-256 is stored, so a copy of

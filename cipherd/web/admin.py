@@ -41,6 +41,7 @@ from cipherd.web.account_pages import AccountPages
 from cipherd.web.api import AdminAPI
 from cipherd.web.audit import ACTION_GROUPS, audit_query
 from cipherd.web.auth import (
+    AccountRefused,
     AdminSession,
     LoginRefused,
     ServerBusy,
@@ -81,6 +82,7 @@ from cipherd.web.mta_pages import MTAPages
 from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
 from cipherd.web.pgp_pages import PGPPages
 from cipherd.web.pki_pages import TOO_LARGE, PkiPages, too_large, upload
+from cipherd.web.roles import ADMIN_ROLES
 
 LOGIN_CSRF_COOKIE = "__Host-cipherd-login"
 DEFAULT_LOG_LINES = 200
@@ -357,6 +359,112 @@ class AdminSite(AdminPages):
                                    section="admin", error=str(e))
         return self.render(request, "password.html", session, status=400, section="admin",
                             error=error)
+
+    # Admin → Admin accounts and My account ------------------------------------
+
+    @app.route("/admin/accounts", methods=["GET"])
+    @authenticated
+    async def admin_accounts(self, request: IRequest, session: AdminSession) -> bytes:
+        return await self._accounts_page(request, session)
+
+    async def _accounts_page(self, request: IRequest, session: AdminSession, *,
+                             error: str | None = None, status: int = 200,
+                             typed: dict[str, str] | None = None) -> bytes:
+        return self.render(request, "admin_accounts.html", session, status=status,
+                           section="admin", subsection="admins",
+                           accounts=await self.backend.authority.accounts(),
+                           roles=ADMIN_ROLES, error=error, typed=typed or {},
+                           done=arg(request, "done"), who=arg(request, "who"))
+
+    @app.route("/admin/accounts", methods=["POST"])
+    @authenticated
+    async def add_admin_account(self, request: IRequest, session: AdminSession) -> bytes:
+        name = (arg(request, "name") or "").strip()
+        role = arg(request, "role") or ""
+        if role not in ADMIN_ROLES:
+            return await self._accounts_page(request, session, error="Choose a role.",
+                                             status=400, typed={"name": name})
+        try:
+            password = await self.backend.authority.create_account(name, role)
+        except AccountRefused as e:
+            return await self._accounts_page(request, session, error=str(e), status=400,
+                                             typed={"name": name, "role": role})
+        await self.audit(request, session, "admin.create",
+                         f"created the admin account {name} ({role})", target=name)
+        return self.render(request, "admin_secret.html", session, section="admin",
+                           subsection="admins", title=f"{name} was created",
+                           what="first password", secret=password,
+                           note="Give it to its owner, who must change it at the first "
+                                "login. It is shown only this once.")
+
+    @app.route("/admin/accounts/<name>/<action>", methods=["POST"])
+    @authenticated
+    async def admin_account_action(self, request: IRequest, session: AdminSession,
+                                   name: str, action: str) -> bytes:
+        authority = self.backend.authority
+        try:
+            if action == "role":
+                role = arg(request, "role") or ""
+                if role not in ADMIN_ROLES:
+                    return self.not_found(request, session, "There is no such role.")
+                await authority.set_role(name, role)
+                await self.audit(request, session, "admin.role", f"made {name} {role}",
+                                 target=name, details={"role": role})
+            elif action == "reset-password":
+                password = await authority.reset_account_password(name)
+                await self.audit(request, session, "admin.reset_password",
+                                 f"reset the password of {name}", target=name)
+                return self.render(request, "admin_secret.html", session, section="admin",
+                                   subsection="admins",
+                                   title=f"A new password for {name}", what="new password",
+                                   secret=password,
+                                   note="Its sessions have ended; it must change this "
+                                        "password at the next login. It is shown only "
+                                        "this once.")
+            elif action == "delete":
+                if name == session.admin_name:
+                    raise AccountRefused("You cannot delete your own account.")
+                await authority.delete_account(name)
+                await self.audit(request, session, "admin.delete",
+                                 f"deleted the admin account {name}", target=name)
+            else:
+                return self.not_found(request, session)
+        except AccountRefused as e:
+            return await self._accounts_page(request, session, error=str(e), status=409)
+        return redirect(request, f"/admin/accounts?done={action}&who={quote(name)}")
+
+    @app.route("/admin/me", methods=["GET"])
+    @authenticated
+    async def my_account(self, request: IRequest, session: AdminSession) -> bytes:
+        return self.render(request, "admin_me.html", session, section="admin",
+                           subsection="me", role=ADMIN_ROLES.get(session.role, session.role),
+                           tokens=await self.backend.authority.tokens(session.admin_name),
+                           done=arg(request, "done"))
+
+    @app.route("/admin/me/tokens", methods=["POST"])
+    @authenticated
+    async def create_token(self, request: IRequest, session: AdminSession) -> bytes:
+        label = (arg(request, "label") or "").strip()[:100] or "API token"
+        token = await self.backend.authority.create_token(session.admin_name, label)
+        token_id = token.split("_")[1]
+        await self.audit(request, session, "admin.token.create",
+                         f"created the API token {token_id} ({label})", target=token_id)
+        return self.render(request, "admin_secret.html", session, section="admin",
+                           subsection="me", title=f"API token “{label}”", what="API token",
+                           secret=token,
+                           note="Send it as 'Authorization: Bearer <token>'; it acts with "
+                                f"your role ({session.role}). Copy it now: it is shown only "
+                                "this once.")
+
+    @app.route("/admin/me/tokens/<token_id>/revoke", methods=["POST"])
+    @authenticated
+    async def revoke_token(self, request: IRequest, session: AdminSession,
+                           token_id: str) -> bytes:
+        if not await self.backend.authority.revoke_token(session.admin_name, token_id):
+            return self.not_found(request, session, "There is no such API token of yours.")
+        await self.audit(request, session, "admin.token.revoke",
+                         f"revoked the API token {token_id}", target=token_id)
+        return redirect(request, "/admin/me?done=revoked")
 
     # Admin → Network (guide §2.2) -------------------------------------------
 

@@ -51,11 +51,11 @@ from cipherd.smtp.config import (
     relay_host_text,
 )
 from cipherd.smtp.queue import describe as describe_queued
-from cipherd.store.admins import AdminRow
+from cipherd.store.admins import AdminRow, TokenRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
-from cipherd.web import queue_view
+from cipherd.web import queue_view, roles
 from cipherd.web.audit import audit_query, changed_values, entry_json
-from cipherd.web.auth import LoginRefused, ServerBusy, WeakPassword
+from cipherd.web.auth import AccountRefused, LoginRefused, ServerBusy, WeakPassword
 from cipherd.web.backend import (
     FINGERPRINT,
     PGP_MARKS,
@@ -169,6 +169,13 @@ def _credentials(request: IRequest) -> tuple[str, str] | None:
     return (name, password) if colon else None
 
 
+def _bearer(request: IRequest) -> str | None:
+    header = request.getHeader(b"authorization")
+    if not header or not header[:7].lower() == b"bearer ":
+        return None
+    return header[7:].strip().decode("ascii", "replace")
+
+
 def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler], Handler]:
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -177,12 +184,18 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
             if refusal:
                 return json_response(request, 403, {"error": refusal})
             credentials = _credentials(request)
-            if credentials is None:
-                return self._unauthorized(request, "Authentication required (HTTP Basic).")
+            bearer = _bearer(request)
+            if credentials is None and bearer is None:
+                return self._unauthorized(request, "Authentication required (HTTP Basic, or "
+                                          "an API token as Authorization: Bearer).")
             try:
-                admin = await self.backend.authority.check_password(
-                    *credentials, client_address(request)
-                )
+                if bearer is not None:
+                    admin = await self.backend.authority.check_token(bearer)
+                else:
+                    assert credentials is not None
+                    admin = await self.backend.authority.check_password(
+                        *credentials, client_address(request)
+                    )
             except ServerBusy as e:
                 return _busy(request, str(e))
             except LoginRefused as e:
@@ -192,6 +205,10 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
                     "error": "The default admin password must be changed before the API can "
                     "be used: POST /api/v1/admin/password with {\"password\": \"...\"}."
                 })
+            method = request.method.decode("ascii", "replace")
+            path = request.path.decode("utf-8", "replace")
+            if not roles.allowed(admin.role, method, path):
+                return json_response(request, 403, {"error": roles.refusal(admin.role)})
             try:
                 return await handler(self, request, admin, *a, **kw)
             except _BadRequest as e:
@@ -272,6 +289,127 @@ class AdminAPI:
         await self._audit(request, admin, "admin.password", "changed the password",
                           target=admin.name)
         return json_response(request, 200, {"status": "The password was changed."})
+
+    # Admin accounts and API tokens ----------------------------------------
+
+    @app.route("/v1/admin/accounts", methods=["GET"])
+    @_authenticated()
+    async def list_admin_accounts(self, request: IRequest, admin: AdminRow) -> bytes:
+        accounts = await self.backend.authority.accounts()
+        return json_response(request, 200, {"accounts": [
+            {"name": a.name, "role": a.role, "second_factor": a.has_totp,
+             "must_change_password": a.must_change_password} for a in accounts]})
+
+    @app.route("/v1/admin/accounts", methods=["POST"])
+    @_authenticated()
+    async def create_admin_account(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        C{{"name": ..., "role": "administrator"|"operator"|"auditor"}}: the
+        answer holds its first password, which it must change (shown once).
+        """
+        body = _json_body(request)
+        name = body.get("name") if isinstance(body, dict) else None
+        role = body.get("role") if isinstance(body, dict) else None
+        errors = {}
+        if not isinstance(name, str):
+            errors["name"] = "must be a string"
+        if role not in roles.ROLES:
+            errors["role"] = f"must be one of {', '.join(roles.ROLES)}"
+        if errors:
+            raise _BadRequest("Nothing was created.", errors)
+        assert isinstance(name, str) and isinstance(role, str)
+        try:
+            password = await self.backend.authority.create_account(name, role)
+        except AccountRefused as e:
+            raise _BadRequest(str(e), {"name": str(e)}) from None
+        await self._audit(request, admin, "admin.create",
+                          f"created the admin account {name} ({role})", target=name)
+        return json_response(request, 201, {"name": name, "role": role, "password": password,
+                                            "must_change_password": True})
+
+    @app.route("/v1/admin/accounts/<name>", methods=["PATCH"])
+    @_authenticated()
+    async def change_admin_account(self, request: IRequest, admin: AdminRow,
+                                   name: str) -> bytes:
+        body = _json_body(request)
+        role = body.get("role") if isinstance(body, dict) else None
+        if role not in roles.ROLES:
+            raise _BadRequest("Nothing was changed.",
+                              {"role": f"must be one of {', '.join(roles.ROLES)}"})
+        assert isinstance(role, str)
+        try:
+            await self.backend.authority.set_role(name, role)
+        except AccountRefused as e:
+            raise _BadRequest(str(e), status=404 if "no admin" in str(e) else 409) from None
+        await self._audit(request, admin, "admin.role", f"made {name} {role}", target=name,
+                          details={"role": role})
+        return json_response(request, 200, {"name": name, "role": role})
+
+    @app.route("/v1/admin/accounts/<name>/reset-password", methods=["POST"])
+    @_authenticated()
+    async def reset_admin_password(self, request: IRequest, admin: AdminRow,
+                                   name: str) -> bytes:
+        try:
+            password = await self.backend.authority.reset_account_password(name)
+        except AccountRefused as e:
+            raise _BadRequest(str(e), status=404) from None
+        await self._audit(request, admin, "admin.reset_password",
+                          f"reset the password of {name}", target=name)
+        return json_response(request, 200, {"name": name, "password": password,
+                                            "must_change_password": True})
+
+    @app.route("/v1/admin/accounts/<name>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_admin_account(self, request: IRequest, admin: AdminRow,
+                                   name: str) -> bytes:
+        if name == admin.name:
+            raise _BadRequest("An account cannot delete itself.", status=409)
+        try:
+            await self.backend.authority.delete_account(name)
+        except AccountRefused as e:
+            raise _BadRequest(str(e), status=404 if "no admin" in str(e) else 409) from None
+        await self._audit(request, admin, "admin.delete", f"deleted the admin account {name}",
+                          target=name)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/v1/admin/me", methods=["GET"])
+    @_authenticated()
+    async def get_me(self, request: IRequest, admin: AdminRow) -> bytes:
+        tokens = await self.backend.authority.tokens(admin.name)
+        return json_response(request, 200, {
+            "name": admin.name, "role": admin.role, "second_factor": admin.has_totp,
+            "tokens": [_token_json(t) for t in tokens]})
+
+    @app.route("/v1/admin/me/tokens", methods=["POST"])
+    @_authenticated()
+    async def create_my_token(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        C{{"label": ...}}: a new API token for this account, with its role;
+        the answer is the only time it is shown.
+        """
+        body = _json_body(request) if _has_body(request) else {}
+        label = body.get("label", "") if isinstance(body, dict) else None
+        if not isinstance(label, str):
+            raise _BadRequest("Nothing was created.", {"label": "must be a string"})
+        token = await self.backend.authority.create_token(admin.name, label)
+        token_id = token.split("_")[1]
+        await self._audit(request, admin, "admin.token.create",
+                          f"created the API token {token_id} ({label.strip() or 'API token'})",
+                          target=token_id)
+        return json_response(request, 201, {"id": token_id, "token": token,
+                                            "label": label.strip() or "API token"})
+
+    @app.route("/v1/admin/me/tokens/<token_id>", methods=["DELETE"])
+    @_authenticated()
+    async def revoke_my_token(self, request: IRequest, admin: AdminRow,
+                              token_id: str) -> bytes:
+        if not await self.backend.authority.revoke_token(admin.name, token_id):
+            raise _BadRequest("There is no such API token of yours.", status=404)
+        await self._audit(request, admin, "admin.token.revoke",
+                          f"revoked the API token {token_id}", target=token_id)
+        request.setResponseCode(204)
+        return b""
 
     # Settings ------------------------------------------------------------
 
@@ -1240,6 +1378,11 @@ def _account_json(view: AccountView) -> dict[str, Any]:
         "mailbox_size": view.size, "mailbox_quota": view.quota or None,
         "over_quota": view.over_quota,
     }
+
+
+def _token_json(token: TokenRow) -> dict[str, Any]:
+    return {"id": token.id, "label": token.label, "created": _iso(token.created),
+            "last_used": _iso(token.last_used)}
 
 
 def _list_query(request: IRequest) -> tuple[str, str, dict[str, int]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -70,6 +71,9 @@ SESSION_TOUCH_INTERVAL = 60
 MAX_FAILURES_IN_MEMORY = 10_000
 
 log = Logger(namespace="cipherd.admin")
+
+ADMIN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+API_TOKEN = re.compile(r"cdt_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
 T = TypeVar("T")
 
 
@@ -83,6 +87,12 @@ class ServerBusy(LoginRefused):
     """
     Too many password checks are under way: refused before anything was
     counted or changed; the client may try again at once.
+    """
+
+
+class AccountRefused(Exception):
+    """
+    An admin account change that is refused; the message says why.
     """
 
 
@@ -102,6 +112,7 @@ class AdminSession:
     csrf_token: str
     token_hash: str
     must_change_password: bool
+    role: str = q.ADMINISTRATOR
 
 
 def _hash_token(token: str) -> str:
@@ -455,6 +466,122 @@ class AdminAuthority:
 
         await self._store.run(change)
 
+    # Admin accounts (Admin → Admin accounts) --------------------------------
+
+    async def accounts(self) -> list[q.AdminRow]:
+        return await self._store.read(q.list_admins)
+
+    async def account(self, name: str) -> q.AdminRow | None:
+        return await self._store.read(q.get_admin, name)
+
+    async def _temporary_password(self) -> tuple[str, str]:
+        password = secrets.token_urlsafe(15)
+        with self._reserved():
+            return password, await self._check(self._hasher.hash, password)
+
+    async def create_account(self, name: str, role: str) -> str:
+        """
+        Make an admin account with a random password it must change at its
+        first login.
+
+        @return: that password, to give to its owner (shown once).
+        @raise AccountRefused: the name is taken or not allowed.
+        """
+        if not ADMIN_NAME.fullmatch(name):
+            raise AccountRefused("A name is 1 to 64 letters, digits, '.', '_', '-' or '@'.")
+        password, hashed = await self._temporary_password()
+        if not await self._store.run(q.ensure_admin, name, hashed, role):
+            raise AccountRefused(f"There is an admin account {name} already.")
+        return password
+
+    async def reset_account_password(self, name: str) -> str:
+        """
+        Give account C{name} a random password it must change at its next
+        login; its sessions end.
+
+        @return: that password (shown once).
+        """
+        password, hashed = await self._temporary_password()
+        if not await self._store.run(q.reset_password, name, hashed):
+            raise AccountRefused(f"There is no admin account {name}.")
+        self._verified.clear()
+        return password
+
+    async def set_role(self, name: str, role: str) -> None:
+        """
+        @raise AccountRefused: no such account, or it is the last
+            administrator.
+        """
+        def change(conn: Connection) -> None:
+            if role != q.ADMINISTRATOR:
+                _not_the_last_administrator(conn, name, "make another one first")
+            elif q.get_admin(conn, name) is None:
+                raise AccountRefused(f"There is no admin account {name}.")
+            q.set_role(conn, name, role)
+
+        await self._store.run(change)
+        self._verified.clear()
+
+    async def delete_account(self, name: str) -> None:
+        """
+        Delete account C{name} with its sessions and API tokens.
+
+        @raise AccountRefused: no such account, or it is the last
+            administrator.
+        """
+        def remove(conn: Connection) -> None:
+            _not_the_last_administrator(conn, name, "it cannot be deleted")
+            q.delete_admin(conn, name)
+
+        await self._store.run(remove)
+        self._verified.clear()
+
+    # API tokens -----------------------------------------------------------------
+
+    async def create_token(self, name: str, label: str) -> str:
+        """
+        A new API token for account C{name}: C{cdt_<id>_<secret>}; only
+        its hash is kept, so this is the one time it is seen.
+        """
+        token_id = secrets.token_hex(8)
+        token = f"cdt_{token_id}_{secrets.token_urlsafe(32)}"
+        await self._store.run(q.add_token, q.TokenRow(
+            token_id, name, _hash_token(token), label.strip()[:100] or "API token",
+            self.clock.seconds(), None))
+        return token
+
+    async def tokens(self, name: str) -> list[q.TokenRow]:
+        return await self._store.read(q.tokens_of, name)
+
+    async def revoke_token(self, name: str, token_id: str) -> bool:
+        revoked: bool = await self._store.run(q.delete_token, name, token_id)
+        return revoked
+
+    async def check_token(self, token: str) -> q.AdminRow:
+        """
+        The account an API token belongs to.
+
+        @raise LoginRefused: not a token, or revoked.
+        """
+        match = API_TOKEN.fullmatch(token)
+        if match is None:
+            raise LoginRefused("That is not an API token of this appliance.")
+
+        def load(conn: Connection) -> tuple[q.TokenRow | None, q.AdminRow | None]:
+            row = q.get_token(conn, match.group(1))
+            return row, None if row is None else q.get_admin(conn, row.admin_name)
+
+        row, admin = await self._store.read(load)
+        # Compared in constant time even when there is no such token.
+        expected = row.token_hash if row is not None else "0" * 64
+        if not hmac.compare_digest(expected, _hash_token(token)) or admin is None:
+            raise LoginRefused("The API token is wrong or was revoked.")
+        now = self.clock.seconds()
+        assert row is not None
+        if row.last_used is None or now - row.last_used >= SESSION_TOUCH_INTERVAL:
+            await self._bookkeeping("note an API token's use", q.token_used, row.id, now)
+        return admin
+
     async def open_session(self, name: str) -> str:
         """
         Start a session for admin C{name}.
@@ -496,7 +623,8 @@ class AdminAuthority:
         if now - row.last_seen >= SESSION_TOUCH_INTERVAL:
             await self._bookkeeping("restart an admin session's idle time", q.touch_session,
                                     token_hash, now)
-        return AdminSession(admin.name, row.csrf_token, token_hash, admin.must_change_password)
+        return AdminSession(admin.name, row.csrf_token, token_hash, admin.must_change_password,
+                            admin.role)
 
     async def _bookkeeping(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -519,6 +647,18 @@ class AdminAuthority:
             return q.delete_expired_sessions(conn, now - self.idle_timeout, now - self.max_age)
 
         return await self._store.run(sweep)
+
+
+def _not_the_last_administrator(conn: Connection, name: str, why: str) -> None:
+    """
+    @raise AccountRefused: there is no account C{name}, or it is the last
+        administrator.
+    """
+    account = q.get_admin(conn, name)
+    if account is None:
+        raise AccountRefused(f"There is no admin account {name}.")
+    if account.role == q.ADMINISTRATOR and q.administrators(conn) <= 1:
+        raise AccountRefused(f"This is the last administrator: {why}.")
 
 
 def csrf_matches(expected: str, submitted: str | None) -> bool:

@@ -18,9 +18,11 @@ from zope.interface import implementer
 
 from cipherd.logs import LOG_NAMES
 from cipherd.settings import PAGES
+from cipherd.store.admins import AUDITOR
 from cipherd.web.auth import AdminSession, csrf_matches
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import ErrorAnswer, IErrorPages, arg, client_address, cookie, redirect
+from cipherd.web.roles import allowed, refusal
 
 SESSION_COOKIE = "__Host-cipherd-admin"
 CSRF_FIELD = "csrf_token"
@@ -50,6 +52,12 @@ def authenticated(handler: Handler) -> Handler:
             return self.forbidden_form(request, session)
         if session.must_change_password and path not in _ALLOWED_BEFORE_PASSWORD_CHANGE:
             return redirect(request, "/admin/password")
+        method = request.method.decode("ascii", "replace")
+        if not allowed(session.role, method, path):
+            log.warn("Refused {method} {path} to admin {account!r} ({role})", method=method,
+                     path=path, account=session.admin_name, role=session.role)
+            return self.render(request, "error.html", session, status=403,
+                               title="Not allowed", message=refusal(session.role))
         return await handler(self, request, session, *a, **kw)
 
     return wrapper
@@ -78,9 +86,16 @@ class AdminPages:
     ) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        role = session.role if session is not None else AUDITOR
+
+        def may(path: str, method: str = "POST") -> bool:
+            return session is not None and allowed(role, method, path)
+
+        here = request.path.decode("utf-8", errors="replace")
         page = self.templates.get_template(template).render(
             session=session, csrf_field=CSRF_FIELD, log_names=LOG_NAMES,
-            settings_pages=PAGES, **context,
+            settings_pages=PAGES, may=may, read_only=session is not None and not may(here),
+            **context,
         )
         return page.encode("utf-8")
 
