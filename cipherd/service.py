@@ -63,7 +63,7 @@ from cipherd.store.settings import SettingsRepository, apply_changes, load_value
 from cipherd.threads import ThreadPoolRunner
 from cipherd.web.admin import AdminSite
 from cipherd.web.audit import AuditTrail
-from cipherd.web.auth import AdminAuthority
+from cipherd.web.auth import AdminAuthority, admin_totp_key
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import BoundedRequest, access_log_formatter
 from cipherd.web.dashboard import Dashboard
@@ -339,6 +339,7 @@ def make_service(config: Config, reactor: Any) -> IService:
         lockout_threshold=config.admin_lockout_threshold,
         lockout_window=config.admin_lockout_window,
         lockout_duration=config.admin_lockout_duration,
+        totp_key=admin_totp_key(read_kek(data)),
     )
     mta = MTAConfigSource(store)
 

@@ -100,7 +100,7 @@ class AdminHarness:
         self.authority = AdminAuthority(
             self.store, self.runner, self.clock, idle_timeout=IDLE, max_age=MAX_AGE,
             lockout_threshold=LOCKOUT_THRESHOLD, lockout_window=900,
-            lockout_duration=LOCKOUT_DURATION, hasher=cheap_hasher(),
+            lockout_duration=LOCKOUT_DURATION, hasher=cheap_hasher(), totp_key=os.urandom(32),
         )
         result_of(self.authority.ensure_default_admin())
         self.publisher = LogPublisher()

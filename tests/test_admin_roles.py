@@ -19,6 +19,7 @@ from treq.testing import StubTreq
 from cipherd.core.envelope import Envelope
 from cipherd.smtp.spool import new_queue_id
 from cipherd.testing import result_of
+from cipherd.webmail import totp
 from tests.harness import GOOD_PASSWORD, AdminHarness
 
 ADMIN = ("admin", GOOD_PASSWORD)
@@ -211,3 +212,57 @@ def test_an_administrator_manages_accounts_on_the_page(admin: AdminHarness) -> N
     assert accounts == ["admin", "audrey", "olivia"]
     actions = [e["action"] for e in api(admin, "GET", "/audit?action=admin").json()["entries"]]
     assert actions[:4] == ["admin.delete", "admin.reset_password", "admin.role", "admin.create"]
+
+
+def test_a_second_factor_is_asked_at_login_and_the_api_takes_only_tokens(
+        admin: AdminHarness) -> None:
+    log_in_as(admin, "olivia")
+    form = admin.get("/admin/me/totp")
+    key = re.search(r'<code id="secret">([^<]+)</code>', form.text).group(1).replace(" ", "")
+    secret = totp.base64.b32decode(key + "=" * (-len(key) % 8))
+    pending = re.search(r'name="pending" value="([^"]+)"', form.text).group(1)
+    csrf = admin.csrf_from(form)
+    wrong = admin.post_form("/admin/me/totp", {"pending": pending, "code": "000000"},
+                            csrf=csrf)
+    assert wrong.code == 400 and "That code is not right" in wrong.text
+    now = admin.clock.seconds()
+    done = admin.post_form("/admin/me/totp", {"pending": pending,
+                                              "code": totp.totp(secret, now)}, csrf=csrf)
+    assert done.header("location") == "/admin/me?done=totp"
+    # The password alone no longer opens the API: a token does.
+    refused = api(admin, "GET", "/queue", auth=("olivia", NEW))
+    assert refused.code == 401 and "second factor" in refused.json()["error"]
+    # The next login asks for a code; the set-up code is spent.
+    admin.treq = StubTreq(admin.site.resource())
+    admin.cookies = {}
+    first = admin.post_form("/login", {"username": "olivia", "password": NEW})
+    assert first.header("location") == "/login/code"
+    assert admin.get("/").header("location") == "/login"  # no session yet
+    page = admin.get("/login/code")
+    assert "Enter your code" in page.text
+    spent = admin.post_form("/login/code", {"code": totp.totp(secret, now)})
+    assert spent.code == 401 and "used already" in spent.text
+    admin.clock.advance(totp.STEP)
+    entered = admin.post_form("/login/code", {"code": totp.totp(secret, admin.clock.seconds())})
+    assert entered.header("location") == "/"
+    assert admin.get("/").code == 200
+    # Without the password first, the code page sends to the login.
+    admin.treq = StubTreq(admin.site.resource())
+    admin.cookies = {}
+    assert admin.get("/login/code").header("location") == "/login"
+    # An administrator removes it (a lost phone).
+    assert api(admin, "GET", "/admin/accounts").json()["accounts"][2]["second_factor"]
+    log_in_as(admin, "admin", GOOD_PASSWORD)
+    csrf = admin.csrf_from(admin.get("/admin/accounts"))
+    assert admin.post_form("/admin/accounts/olivia/reset-totp", {}, csrf=csrf).code == 303
+    assert api(admin, "GET", "/queue", auth=("olivia", NEW)).code == 200
+
+
+def test_forged_or_expired_pending_logins_are_refused(admin_in: AdminHarness) -> None:
+    authority = admin_in.authority
+    token = authority.pending_login("olivia")
+    assert authority.pending_name(token) == "olivia"
+    assert authority.pending_name(token.replace("olivia", "admin")) is None
+    assert authority.pending_name("garbage") is None
+    admin_in.clock.advance(301)
+    assert authority.pending_name(token) is None

@@ -55,7 +55,8 @@ class HeldRunner:
 def _authority(runner: Any, store: Any = None, clock: Clock | None = None) -> AdminAuthority:
     return AdminAuthority(store or migrated_store(), runner, clock or Clock(), idle_timeout=60,
                           max_age=60, lockout_threshold=5, lockout_window=900,
-                          lockout_duration=900, hasher=HASHER)
+                          lockout_duration=900, hasher=HASHER,
+                          totp_key=bytes(32))
 
 
 HASHER = cheap_hasher()
@@ -318,7 +319,7 @@ def test_a_session_is_read_without_a_write_and_its_idle_time_restarts_once_a_min
     clock.advance(1_000_000)
     authority = AdminAuthority(store, SynchronousRunner(), clock, idle_timeout=1800,
                                max_age=43200, lockout_threshold=5, lockout_window=900,
-                               lockout_duration=900, hasher=HASHER)
+                               lockout_duration=900, hasher=HASHER, totp_key=bytes(32))
     result_of(authority.ensure_default_admin())
     token = result_of(authority.open_session("admin"))
 

@@ -136,6 +136,7 @@ def _first_start(url: str) -> tuple[Store, AdminAuthority]:
     authority = AdminAuthority(
         store, SynchronousRunner(), Clock(), idle_timeout=60, max_age=600,
         lockout_threshold=3, lockout_window=60, lockout_duration=60, hasher=cheap_hasher(),
+        totp_key=bytes(32),
     )
     result_of(first_start(store, authority))
     return store, authority

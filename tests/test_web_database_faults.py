@@ -152,7 +152,7 @@ class Admin:
         self.authority = AdminAuthority(store, runner, clock, idle_timeout=1800,
                                         max_age=43200, lockout_threshold=5,
                                         lockout_window=900, lockout_duration=900,
-                                        hasher=cheap_hasher())
+                                        hasher=cheap_hasher(), totp_key=bytes(32))
         config, errors = apply_changes(MTAConfig(), {
             "my_hostname": "gw.example.org", "external_relay_host": "[relay.example.net]"})
         assert not errors

@@ -9,6 +9,8 @@ default password is changed every page leads to the password form.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -37,10 +39,12 @@ from cipherd.settings import (
 )
 from cipherd.smtp.config import dns_server_problem
 from cipherd.store import DatabaseUnavailable
+from cipherd.store.admins import AdminRow
 from cipherd.web.account_pages import AccountPages
 from cipherd.web.api import AdminAPI
 from cipherd.web.audit import ACTION_GROUPS, audit_query
 from cipherd.web.auth import (
+    PENDING_LOGIN,
     AccountRefused,
     AdminSession,
     LoginRefused,
@@ -83,8 +87,11 @@ from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authentica
 from cipherd.web.pgp_pages import PGPPages
 from cipherd.web.pki_pages import TOO_LARGE, PkiPages, too_large, upload
 from cipherd.web.roles import ADMIN_ROLES
+from cipherd.webmail import totp
 
 LOGIN_CSRF_COOKIE = "__Host-cipherd-login"
+# Says that the password was right and the second factor's code is due.
+PENDING_COOKIE = "__Host-cipherd-admin-code"
 DEFAULT_LOG_LINES = 200
 # How often the logs page reloads itself while following a log.
 FOLLOW_SECONDS = 5
@@ -310,6 +317,14 @@ class AdminSite(AdminPages):
             return await self.login_form(request, error=str(e), status=503)
         except LoginRefused as e:
             return await self.login_form(request, error=str(e), status=401)
+        if admin.has_totp:
+            set_cookie(request, PENDING_COOKIE, self.backend.authority.pending_login(admin.name),
+                       max_age=PENDING_LOGIN)
+            clear_cookie(request, LOGIN_CSRF_COOKIE)
+            return redirect(request, "/login/code")
+        return await self._logged_in(request, admin)
+
+    async def _logged_in(self, request: IRequest, admin: AdminRow) -> bytes:
         try:
             token = await self.backend.authority.open_session(admin.name)
         except DatabaseUnavailable as e:
@@ -324,6 +339,36 @@ class AdminSite(AdminPages):
         await self.backend.audit.record_request(request, admin.name, "web", "session.login",
                                                 "logged in")
         return redirect(request, "/admin/password" if admin.must_change_password else "/")
+
+    def _pending(self, request: IRequest) -> str | None:
+        return self.backend.authority.pending_name(cookie(request, PENDING_COOKIE) or "")
+
+    @app.route("/login/code", methods=["GET"])
+    async def code_form(self, request: IRequest, error: str | None = None,
+                        status: int = 200) -> bytes:
+        name = self._pending(request)
+        if name is None:
+            return redirect(request, "/login")
+        token = secrets.token_urlsafe(24)
+        set_cookie(request, LOGIN_CSRF_COOKIE, token)
+        return self.render(request, "login_code.html", status=status, login_csrf=token,
+                           error=error, name=name)
+
+    @app.route("/login/code", methods=["POST"])
+    async def login_code(self, request: IRequest) -> bytes:
+        expected = cookie(request, LOGIN_CSRF_COOKIE)
+        if not expected or not csrf_matches(expected, arg(request, CSRF_FIELD)):
+            return self.forbidden_form(request, None)
+        name = self._pending(request)
+        if name is None:
+            return redirect(request, "/login")
+        try:
+            admin = await self.backend.authority.check_code(
+                name, (arg(request, "code") or "").strip(), client_address(request))
+        except LoginRefused as e:
+            return await self.code_form(request, error=str(e), status=401)
+        clear_cookie(request, PENDING_COOKIE)
+        return await self._logged_in(request, admin)
 
     @app.route("/logout", methods=["POST"])
     @authenticated
@@ -421,6 +466,10 @@ class AdminSite(AdminPages):
                                    note="Its sessions have ended; it must change this "
                                         "password at the next login. It is shown only "
                                         "this once.")
+            elif action == "reset-totp":
+                await authority.set_totp(name, None)
+                await self.audit(request, session, "admin.totp",
+                                 f"removed the second factor of {name}", target=name)
             elif action == "delete":
                 if name == session.admin_name:
                     raise AccountRefused("You cannot delete your own account.")
@@ -436,10 +485,56 @@ class AdminSite(AdminPages):
     @app.route("/admin/me", methods=["GET"])
     @authenticated
     async def my_account(self, request: IRequest, session: AdminSession) -> bytes:
+        account = await self.backend.authority.account(session.admin_name)
         return self.render(request, "admin_me.html", session, section="admin",
                            subsection="me", role=ADMIN_ROLES.get(session.role, session.role),
+                           second_factor=account is not None and account.has_totp,
                            tokens=await self.backend.authority.tokens(session.admin_name),
                            done=arg(request, "done"))
+
+    @app.route("/admin/me/totp", methods=["GET"])
+    @authenticated
+    async def totp_form(self, request: IRequest, session: AdminSession) -> bytes:
+        return self._totp_page(request, session, totp.new_secret())
+
+    def _totp_page(self, request: IRequest, session: AdminSession, secret: bytes, *,
+                   error: str | None = None, status: int = 200) -> bytes:
+        # The secret waits in the form, sealed to this account, until a code
+        # from the app proves it was copied.
+        pending = base64.urlsafe_b64encode(
+            self.backend.authority.seal_totp(session.admin_name, secret)).decode("ascii")
+        return self.render(request, "admin_totp.html", session, status=status,
+                           section="admin", subsection="me", pending=pending,
+                           uri=totp.otpauth_uri(secret, session.admin_name, "cipherd admin"),
+                           secret=totp.secret_text(secret), error=error)
+
+    @app.route("/admin/me/totp", methods=["POST"])
+    @authenticated
+    async def totp_setup(self, request: IRequest, session: AdminSession) -> bytes:
+        authority = self.backend.authority
+        try:
+            secret = authority.unseal_totp(session.admin_name, base64.urlsafe_b64decode(
+                (arg(request, "pending") or "").encode("ascii")))
+        except (totp.SealedSecretError, binascii.Error, ValueError):
+            return self.forbidden_form(request, session)
+        step = totp.matching_step(secret, (arg(request, "code") or "").strip(),
+                                  self.clock.seconds())
+        if step is None:
+            return self._totp_page(request, session, secret, status=400, error=(
+                "That code is not right. Check that the time on your phone is correct and "
+                "enter the code your app shows now."))
+        await authority.set_totp(session.admin_name, secret, used_step=step)
+        await self.audit(request, session, "admin.totp", "set up a second factor",
+                         target=session.admin_name)
+        return redirect(request, "/admin/me?done=totp")
+
+    @app.route("/admin/me/totp/remove", methods=["POST"])
+    @authenticated
+    async def totp_remove(self, request: IRequest, session: AdminSession) -> bytes:
+        await self.backend.authority.set_totp(session.admin_name, None)
+        await self.audit(request, session, "admin.totp", "removed the second factor",
+                         target=session.admin_name)
+        return redirect(request, "/admin/me?done=totp-removed")
 
     @app.route("/admin/me/tokens", methods=["POST"])
     @authenticated

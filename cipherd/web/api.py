@@ -196,6 +196,10 @@ def _authenticated(*, allow_default_password: bool = False) -> Callable[[Handler
                     admin = await self.backend.authority.check_password(
                         *credentials, client_address(request)
                     )
+                    if admin.has_totp:
+                        return self._unauthorized(
+                            request, "This account has a second factor: the API takes an "
+                            "API token from it (My account → API tokens), not its password.")
             except ServerBusy as e:
                 return _busy(request, str(e))
             except LoginRefused as e:

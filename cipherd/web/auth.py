@@ -39,6 +39,8 @@ from typing import Any, TypeVar, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -49,6 +51,7 @@ from zxcvbn import zxcvbn
 from cipherd.store import DatabaseUnavailable, Store
 from cipherd.store import admins as q
 from cipherd.threads import IBlockingRunner
+from cipherd.webmail import totp
 
 DEFAULT_ADMIN = "admin"
 DEFAULT_PASSWORD = "admin"  # noqa: S105 -- the guide's documented first login; must be changed
@@ -73,6 +76,8 @@ MAX_FAILURES_IN_MEMORY = 10_000
 log = Logger(namespace="cipherd.admin")
 
 ADMIN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+# How long a right password waits for its second factor's code.
+PENDING_LOGIN = 300
 API_TOKEN = re.compile(r"cdt_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
 T = TypeVar("T")
 
@@ -164,8 +169,10 @@ class AdminAuthority:
         lockout_window: int,
         lockout_duration: int,
         hasher: PasswordHasher | None = None,
+        totp_key: bytes,
     ) -> None:
         self._store = store
+        self._totp_key = totp_key
         self._runner = runner
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -536,6 +543,90 @@ class AdminAuthority:
         await self._store.run(remove)
         self._verified.clear()
 
+    # The second factor (TOTP) ------------------------------------------------------
+
+    def pending_login(self, name: str) -> str:
+        """
+        A token saying that C{name} gave the right password a moment ago
+        and has a code to give: for a cookie, valid L{PENDING_LOGIN}
+        seconds.
+        """
+        expires = int(self.clock.seconds() + PENDING_LOGIN)
+        payload = f"{expires}:{name}"
+        mac = hmac.new(self._cache_key, payload.encode(), hashlib.sha256).hexdigest()
+        return f"{payload}:{mac}"
+
+    def pending_name(self, token: str) -> str | None:
+        """
+        The account a L{pending_login} token is for, while it is valid.
+        """
+        payload, _, mac = token.rpartition(":")
+        expected = hmac.new(self._cache_key, payload.encode(), hashlib.sha256).hexdigest()
+        expires, _, name = payload.partition(":")
+        if not hmac.compare_digest(expected, mac) or not expires.isdigit() or \
+                int(expires) < self.clock.seconds():
+            return None
+        return name
+
+    def seal_totp(self, name: str, secret: bytes) -> bytes:
+        return totp.seal_secret(self._totp_key, f"admin:{name}", secret)
+
+    def unseal_totp(self, name: str, sealed: bytes) -> bytes:
+        """
+        @raise totp.SealedSecretError: not sealed for C{name} here.
+        """
+        return totp.unseal_secret(self._totp_key, f"admin:{name}", sealed)
+
+    async def set_totp(self, name: str, secret: bytes | None, used_step: int | None = None
+                       ) -> None:
+        """
+        Give account C{name} a second factor (C{None}: remove it); the
+        step of the code that proved it was copied cannot log in.
+        """
+        sealed = None if secret is None else self.seal_totp(name, secret)
+
+        def write(conn: Connection) -> None:
+            if not q.set_totp_secret(conn, name, sealed):
+                raise AccountRefused(f"There is no admin account {name}.")
+            if used_step is not None:
+                q.use_totp_step(conn, name, used_step)
+
+        await self._store.run(write)
+
+    async def check_code(self, name: str, code: str, client: str) -> q.AdminRow:
+        """
+        Check the second factor's code of account C{name}, counted with its
+        failed logins from C{client}; each code works once.
+
+        @raise LoginRefused: a wrong or spent code, or locked out.
+        """
+        now = self.clock.seconds()
+
+        def load(conn: Connection) -> tuple[q.AdminRow | None, bytes | None,
+                                            q.FailureRow | None]:
+            return (q.get_admin(conn, name), q.totp_secret(conn, name),
+                    q.get_failures(conn, name, client))
+
+        admin, sealed, stored = await self._store.read(load)
+        failures = self._merged(stored, self._counted.get((name, client)), now)
+        if failures is not None and failures.locked_until:
+            raise LoginRefused(_locked_message(failures.locked_until - now))
+        step = None
+        if admin is not None and sealed is not None:
+            try:
+                step = totp.matching_step(self.unseal_totp(name, sealed), code, now)
+            except totp.SealedSecretError:
+                step = None
+        if step is not None and admin is not None and \
+                await self._store.run(q.use_totp_step, name, step):
+            await self._forget_failures(name, client, failures)
+            return admin
+        recorded = await self._record_failure(name, client, now, stored)
+        message = "That code is not right, or was used already."
+        if recorded.locked_until:
+            message += " " + _locked_message(self._duration)
+        raise LoginRefused(message)
+
     # API tokens -----------------------------------------------------------------
 
     async def create_token(self, name: str, label: str) -> str:
@@ -659,6 +750,15 @@ def _not_the_last_administrator(conn: Connection, name: str, why: str) -> None:
         raise AccountRefused(f"There is no admin account {name}.")
     if account.role == q.ADMINISTRATOR and q.administrators(conn) <= 1:
         raise AccountRefused(f"This is the last administrator: {why}.")
+
+
+def admin_totp_key(kek: bytes) -> bytes:
+    """
+    The key admin accounts' second-factor secrets are sealed with, derived
+    from the data dir's key-encryption key (one key, one purpose).
+    """
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"cipherd admin totp v1").derive(kek)
 
 
 def csrf_matches(expected: str, submitted: str | None) -> bool:
