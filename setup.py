@@ -37,6 +37,8 @@ setup(
         # document, through its output producer's internals.
         "fpdf2>=2.8.9,<2.9",
         "uharfbuzz>=0.39",
+        # The metrics at /metrics (cipherd.web.dashboard).
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

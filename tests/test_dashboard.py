@@ -7,20 +7,24 @@ tunnel's marks; the last errors; the disk and the database.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Connection
 
 from cipherd.core.counters import (
     DEFERRED,
     DELIVERED,
+    DELIVERY_DELAY,
     HOUR,
     METHOD,
     RECEIVED,
+    RECEIVED_TLS,
     RELAY_FAILURE,
     TUNNEL_SENT,
 )
@@ -31,7 +35,7 @@ from cipherd.store.pgpkeys import expiring_keys
 from cipherd.store.schema import pgp_keys
 from cipherd.testing import migrated_store, result_of
 from cipherd.web.dashboard import _nice_top, hourly_chart
-from tests.harness import AdminHarness
+from tests.harness import GOOD_PASSWORD, AdminHarness
 from tests.pki_factory import make_ca, make_user
 
 T = TypeVar("T")
@@ -183,3 +187,62 @@ def test_chart_scale_and_escaping() -> None:
                              [("x<y", "received", [1, 0]), ("z", "delivered", [2, 3])]))
     assert "<b>" not in chart and "&lt;b&gt;" in chart and "x&lt;y" in chart
     assert chart.count("<rect") == 3
+
+
+def scrape(admin: AdminHarness, **kwargs: object) -> dict[str, float]:
+    answer = admin.request("GET", "/metrics", **kwargs)
+    assert answer.code == 200, answer.text
+    assert answer.header("content-type").startswith("text/plain; version=")
+    found = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}"] = sample.value
+    return found
+
+
+def test_metrics_parse_and_move_when_mail_flows(admin: AdminHarness) -> None:
+    auth = {"auth": ("admin", GOOD_PASSWORD)}
+    before = scrape(admin, **auth)
+    assert before["cipherd_messages_received_total{tls=true}"] == 0
+    assert before["cipherd_node_info{node=node-1}"] == 1
+    admin.counters.add(RECEIVED, 3)
+    admin.counters.add(RECEIVED_TLS, 2)
+    admin.counters.add(DELIVERED, 4)
+    admin.counters.add(METHOD + "pdf", 1)
+    admin.counters.observe(DELIVERY_DELAY, 0.3)
+    admin.counters.observe(DELIVERY_DELAY, 120)
+    admin.counters.error("cipherd.test", "oops")
+    result_of(admin.queue.store(Envelope(new_queue_id(), "a@example.org", ("b@example.com",),
+                                         admin.clock.seconds() - 60), b"x\r\n"))
+    after = scrape(admin, **auth)
+    assert after["cipherd_messages_received_total{tls=true}"] == 2
+    assert after["cipherd_messages_received_total{tls=false}"] == 1
+    assert after["cipherd_recipients_total{outcome=delivered}"] == 4
+    assert after["cipherd_recipients_processed_total{method=pdf}"] == 1
+    assert after["cipherd_errors_total{}"] == 1
+    assert after["cipherd_queue_messages{state=active}"] == 1
+    assert after["cipherd_queue_oldest_seconds{state=active}"] == 60
+    assert after["cipherd_delivery_delay_seconds_bucket{le=0.5}"] == 1
+    assert after["cipherd_delivery_delay_seconds_bucket{le=300}"] == 2
+    assert after["cipherd_delivery_delay_seconds_count{}"] == 2
+    # Taking the dashboard's tally does not reset the metrics.
+    result_of(admin.counts.store())
+    assert scrape(admin, **auth)["cipherd_recipients_total{outcome=delivered}"] == 4
+
+
+def test_metrics_need_credentials_and_take_any_roles_token(admin: AdminHarness) -> None:
+    assert admin.request("GET", "/metrics").code == 401
+    made = admin.request("POST", "/api/v1/admin/accounts", auth=("admin", GOOD_PASSWORD),
+                         headers={"Content-Type": "application/json"},
+                         data=json.dumps({"name": "prometheus", "role": "auditor"}).encode())
+    first = made.json()["password"]
+    admin.request("POST", "/api/v1/admin/password", auth=("prometheus", first),
+                  headers={"Content-Type": "application/json"},
+                  data=json.dumps({"password": "quiet-lagoon-orbit-73"}).encode())
+    token = admin.request("POST", "/api/v1/admin/me/tokens",
+                          auth=("prometheus", "quiet-lagoon-orbit-73"),
+                          headers={"Content-Type": "application/json"},
+                          data=b'{"label": "prometheus"}').json()["token"]
+    assert "cipherd_node_info{node=node-1}" in scrape(
+        admin, headers={"Authorization": f"Bearer {token}"})

@@ -8,16 +8,19 @@ C{artifacts/}).
 
 from __future__ import annotations
 
+import base64
 import re
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Appliance, api_call, free_port
+from tests.conftest import Appliance, api_call, free_port, insecure_tls
 from tests.pki_factory import make_ca, make_user
 from tests.sink import Sink
 from tests.test_browser_admin import (  # noqa: F401 -- browser is a fixture
@@ -77,6 +80,19 @@ def test_dashboard_and_audit_log_with_traffic(
         sink.wait_for(6)
     finally:
         sink.close()
+
+    # The metrics moved with the mail (Prometheus text, parsed).
+    request = urllib.request.Request(f"{appliance.admin_url}/metrics", headers={
+        "Authorization": "Basic " + base64.b64encode(
+            f"admin:{GOOD_PASSWORD}".encode()).decode()})
+    with urllib.request.urlopen(request, context=insecure_tls()) as response:
+        text = response.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("cipherd_messages_received_total", (("tls", "false"),))] == 7
+    assert samples[("cipherd_messages_handed_on_total", (("tls", "false"),))] == 6
+    assert samples[("cipherd_recipients_total", (("outcome", "deferred"),))] == 1
+    assert samples[("cipherd_queue_messages", (("state", "deferred"),))] == 1
 
     context = browser.new_context(base_url=appliance.admin_url, ignore_https_errors=True,
                                   viewport=DESKTOP)

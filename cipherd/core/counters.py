@@ -30,6 +30,16 @@ BOUNCED = "bounced"
 DEFERRED = "deferred"
 METHOD = "method."
 OUTCOMES = (RECEIVED, DELIVERED, BOUNCED, DEFERRED)
+# Per message: received over TLS; handed to a next hop, and of those over TLS.
+RECEIVED_TLS = "received.tls"
+HANDED_ON = "handed_on"
+HANDED_ON_TLS = "handed_on.tls"
+# Warnings and errors logged.
+ERRORS = "errors"
+# Observed: seconds from a message's arrival to a recipient's delivery.
+DELIVERY_DELAY = "delivery_delay"
+DELAY_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+                 86400.0)
 METHODS = ("plain", "smime", "pgp", "pdf", "webmail", "incoming", "mailbox")
 
 # Marks: the last time something happened.
@@ -98,6 +108,29 @@ class ICounters(Interface):
         Remember an error (shown on the dashboard; no secrets).
         """
 
+    def observe(name: str, value: float) -> None:
+        """
+        Count C{value} into histogram C{name} (L{DELAY_BUCKETS}).
+        """
+
+
+@dataclass
+class Histogram:
+    """
+    Cumulative counts per upper bound, as Prometheus keeps them.
+    """
+
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DELAY_BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(DELAY_BUCKETS):
+            if value <= bound:
+                self.buckets[i] += 1
+        self.count += 1
+        self.total += value
+
 
 @implementer(ICounters)
 class Counters:
@@ -109,16 +142,24 @@ class Counters:
         self._clock = clock
         self._tally = Tally()
         self._errors: deque[ErrorNote] = deque(maxlen=MAX_ERRORS)
+        # Since this process started, never taken: for the metrics.
+        self.totals: Counter[str] = Counter()
+        self.histograms: dict[str, Histogram] = {}
 
     def add(self, name: str, amount: int = 1) -> None:
         if amount:
             self._tally.counts[(int(self._clock.seconds() // HOUR), name)] += amount
+            self.totals[name] += amount
+
+    def observe(self, name: str, value: float) -> None:
+        self.histograms.setdefault(name, Histogram()).observe(value)
 
     def mark(self, name: str, detail: str = "") -> None:
         self._tally.marks[name] = Mark(self._clock.seconds(), _clip(detail))
 
     def error(self, source: str, message: str) -> None:
         self._errors.append(ErrorNote(self._clock.seconds(), source, _clip(message)))
+        self.totals[ERRORS] += 1
 
     def take(self) -> Tally:
         """

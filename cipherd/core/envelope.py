@@ -80,6 +80,8 @@ class Received:
     client: str
     helo: str
     content: bytes
+    # Whether it came over TLS (STARTTLS).
+    tls: bool = False
 
 
 

@@ -161,6 +161,13 @@ class SMTPClient(Protocol, TimeoutMixin):
         self._writer: _DataWriter | None = None
         self._transaction(delivery)
 
+    @property
+    def tls_active(self) -> bool:
+        """
+        Whether this connection runs over TLS (STARTTLS done).
+        """
+        return self._tls_active
+
     def _transaction(self, delivery: Delivery) -> None:
         self.delivery = delivery
         self.done: Deferred[Delivery] = Deferred()

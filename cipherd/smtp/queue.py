@@ -37,9 +37,13 @@ from cipherd.core.counters import (
     BOUNCED,
     DEFERRED,
     DELIVERED,
+    DELIVERY_DELAY,
     DELIVERY_FAILURE,
+    HANDED_ON,
+    HANDED_ON_TLS,
     METHOD,
     RECEIVED,
+    RECEIVED_TLS,
     TUNNEL_SENT,
     ICounters,
 )
@@ -296,11 +300,13 @@ class QueueRunner:
         Queue a message the SMTP server accepted, and deliver it soon.
         """
         changes = self._queue.changes  # before the write begins
-        return self._queue.accept(received).addCallback(self._counted).addCallback(
+        return self._queue.accept(received).addCallback(self._counted, received.tls).addCallback(
             self._kicked, received.content, changes)
 
-    def _counted(self, message: QueuedMessage) -> QueuedMessage:
+    def _counted(self, message: QueuedMessage, tls: bool = False) -> QueuedMessage:
         self._counters.add(RECEIVED)
+        if tls:
+            self._counters.add(RECEIVED_TLS)
         return message
 
     def _kicked(self, message: QueuedMessage, content: bytes, changes: int) -> QueuedMessage:
@@ -788,6 +794,7 @@ class QueueRunner:
                 if cached.reached_mail or not all(
                         o.status == "deferred" for o in done.outcomes.values()):
                     self._connections.put(key, cached)
+                    self._count_hand_on(cached, done.outcomes, probe)
                     return done.outcomes, relay
                 # The next hop had closed it meanwhile: a new connection.
             client = SMTPClient(delivery(), peer, self._clock, self._tls, keep=not probe)
@@ -805,6 +812,7 @@ class QueueRunner:
                 last_relay = relay
                 continue
             self._connections.put(key, client)
+            self._count_hand_on(client, done.outcomes, probe)
             return done.outcomes, relay
         if last_relay:
             return dict.fromkeys(recipients, Outcome("deferred", "4.4.2", last)), last_relay
@@ -822,10 +830,23 @@ class QueueRunner:
         for name, detail in result.events:
             self._counters.mark(name, detail)
 
+    def _count_hand_on(self, client: SMTPClient, outcomes: dict[str, Outcome],
+                       probe: bool) -> None:
+        """
+        Count a message handed to a next hop, and whether over TLS.
+        """
+        if not probe and any(o.status == "sent" for o in outcomes.values()):
+            self._counters.add(HANDED_ON)
+            if client.tls_active:
+                self._counters.add(HANDED_ON_TLS)
+
     def _log_outcome(self, envelope: Envelope, recipient: str, outcome: Outcome,
                      relay: str, started: float, *, count: bool = True) -> None:
         if count:
             self._counters.add(_COUNTED[outcome.status])
+            if outcome.status == "sent":
+                self._counters.observe(DELIVERY_DELAY,
+                                       self._clock.seconds() - envelope.received)
             if outcome.status != "sent" and relay != "mpa":
                 self._counters.mark(DELIVERY_FAILURE, f"{envelope.queue_id} to <{recipient}>: "
                                                       f"{outcome.dsn} {outcome.reason}")

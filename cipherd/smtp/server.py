@@ -838,6 +838,7 @@ class SMTPServer(Protocol):
             client=self.client, helo=self._helo or "",
             # One join: the lines and the content are the only copies.
             content=b"".join([self._received_header(queue_id), *self._data]),
+            tls=bool(self._tls),
         )
         self._reset_transaction()
         self._busy = True

@@ -113,6 +113,13 @@ class CounterStore:
         self._counts = counts
         self._node = node
 
+    @property
+    def counts(self) -> Counters:
+        """
+        This process's counts (the metrics read their totals).
+        """
+        return self._counts
+
     async def store(self) -> None:
         tally = self._counts.take()
         if not tally:

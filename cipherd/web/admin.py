@@ -271,6 +271,10 @@ class AdminSite(AdminPages):
     def robots(self, request: IRequest) -> bytes:
         return robots_txt(request)
 
+    @app.route("/metrics", methods=["GET"])
+    async def metrics(self, request: IRequest) -> bytes:
+        return await self.api.metrics(request)
+
     @app.route("/api/", branch=True)
     def api_branch(self, request: IRequest) -> Resource:
         return self.api.app.resource()

@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -293,6 +294,15 @@ class AdminAPI:
         await self._audit(request, admin, "admin.password", "changed the password",
                           target=admin.name)
         return json_response(request, 200, {"status": "The password was changed."})
+
+    @_authenticated()
+    async def metrics(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        GET /metrics on the admin site (not under /api): Prometheus text,
+        for any role, with an API token or HTTP Basic.
+        """
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return await self.backend.dashboard.metrics()
 
     # Admin accounts and API tokens ----------------------------------------
 

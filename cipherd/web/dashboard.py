@@ -11,27 +11,42 @@ here, with the same numbers in a table beside them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from markupsafe import Markup
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from sqlalchemy import Connection, text
 from twisted.internet.interfaces import IReactorTime
 
 from cipherd.core.counters import (
     BOUNCED,
     DEFERRED,
+    DELAY_BUCKETS,
     DELIVERED,
+    DELIVERY_DELAY,
     DELIVERY_FAILURE,
+    ERRORS,
+    HANDED_ON,
+    HANDED_ON_TLS,
     HOUR,
     METHOD,
     METHODS,
     RECEIVED,
+    RECEIVED_TLS,
     RELAY_FAILURE,
     TUNNEL_RECEIVED,
     TUNNEL_SENT,
+    Counters,
+    Histogram,
 )
 from cipherd.smtp.queue import MailQueue
 from cipherd.store import DatabaseUnavailable, Store
@@ -180,6 +195,13 @@ class Dashboard:
         view.disk_free, view.disk_total = self._disk_usage()
         return view
 
+    async def metrics(self) -> bytes:
+        """
+        The Prometheus text of this process (L{metrics}).
+        """
+        return await metrics(self._counts.counts, self._queue, self._node,
+                             self._clock.seconds())
+
     async def _fill_counts(self, view: DashboardView) -> None:
         view.hourly = await self._counts.hourly(view.hours[0])
         view.marks = await self._counts.marks()
@@ -295,3 +317,68 @@ def charts(view: DashboardView) -> dict[str, Any]:
              ("deferred", "deferred", view.series(DEFERRED)),
              ("bounced", "bounced", view.series(BOUNCED))]),
     }
+
+
+# Metrics (Prometheus) ---------------------------------------------------------
+
+
+class _Snapshot:
+    """
+    A collector of metric families read once, for one scrape.
+    """
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+async def metrics(counts: Counters, queue: MailQueue, node: str, now: float) -> bytes:
+    """
+    This process's counts since it started and the queue now, in the
+    Prometheus text format.
+    """
+    totals = counts.totals
+    queued = GaugeMetricFamily("cipherd_queue_messages", "Messages in the queue, by state.",
+                               labels=["state"])
+    oldest = GaugeMetricFamily("cipherd_queue_oldest_seconds",
+                               "Age of the oldest message in the queue, by state.",
+                               labels=["state"])
+    by_state: dict[str, list[float]] = {"active": [], "deferred": [], "hold": []}
+    for message in await queue.messages():
+        by_state.setdefault(message.state, []).append(message.envelope.received)
+    for state, times in by_state.items():
+        queued.add_metric([state], len(times))
+        oldest.add_metric([state], now - min(times) if times else 0.0)
+    received = CounterMetricFamily("cipherd_messages_received", "Messages accepted into the "
+                                   "queue, by whether they came over TLS.", labels=["tls"])
+    received.add_metric(["true"], totals[RECEIVED_TLS])
+    received.add_metric(["false"], totals[RECEIVED] - totals[RECEIVED_TLS])
+    handed = CounterMetricFamily("cipherd_messages_handed_on", "Messages handed to a next "
+                                 "hop, by whether over TLS.", labels=["tls"])
+    handed.add_metric(["true"], totals[HANDED_ON_TLS])
+    handed.add_metric(["false"], totals[HANDED_ON] - totals[HANDED_ON_TLS])
+    outcomes = CounterMetricFamily("cipherd_recipients", "What became of recipients at "
+                                   "delivery attempts.", labels=["outcome"])
+    for name in (DELIVERED, DEFERRED, BOUNCED):
+        outcomes.add_metric([name], totals[name])
+    methods = CounterMetricFamily("cipherd_recipients_processed", "Recipients by how "
+                                  "processing sent them on.", labels=["method"])
+    for method in METHODS:
+        methods.add_metric([method], totals[METHOD + method])
+    errors = CounterMetricFamily("cipherd_errors", "Warnings and errors logged.")
+    errors.add_metric([], totals[ERRORS])
+    delay = HistogramMetricFamily("cipherd_delivery_delay_seconds", "Seconds from a "
+                                  "message's arrival to a recipient's delivery.")
+    histogram = counts.histograms.get(DELIVERY_DELAY, Histogram())
+    delay.add_metric([], [*((f"{bound:g}", n) for bound, n in zip(DELAY_BUCKETS,
+                                                                   histogram.buckets,
+                                                                   strict=True)),
+                          ("+Inf", histogram.count)], histogram.total)
+    info = GaugeMetricFamily("cipherd_node_info", "This node.", labels=["node"])
+    info.add_metric([node], 1)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot([queued, oldest, received, handed, outcomes, methods, errors,
+                                 delay, info]))
+    return generate_latest(registry)
