@@ -20,6 +20,7 @@ from cipherd.core.counters import (
     DEFERRED,
     DELIVERED,
     DELIVERY_FAILURE,
+    HANDED_ON,
     HOUR,
     MAX_ERRORS,
     METHOD,
@@ -222,6 +223,7 @@ def test_processing_methods_are_counted_once_and_tunnels_marked(tmp_path: Path) 
         by_name[name] = by_name.get(name, 0) + amount
     # The tunnel message is delivered (one recipient) and so is the
     # encrypted message; the refused one counts as bounced, by processing.
-    assert by_name == {METHOD + "smime": 1, METHOD + "webmail": 1, DELIVERED: 2, BOUNCED: 1}
+    assert by_name == {METHOD + "smime": 1, METHOD + "webmail": 1, DELIVERED: 2, BOUNCED: 1,
+                       HANDED_ON: 2}
     assert tally.marks[TUNNEL_SENT].detail == "webmail tunnel message T1"
     assert tally.marks[RELAY_FAILURE].detail == "something"
