@@ -19,6 +19,7 @@ from treq.testing import StubTreq
 from cipherd.core.envelope import Envelope
 from cipherd.smtp.spool import new_queue_id
 from cipherd.testing import result_of
+from cipherd.web.roles import allowed
 from cipherd.webmail import totp
 from tests.harness import GOOD_PASSWORD, AdminHarness
 
@@ -266,3 +267,16 @@ def test_forged_or_expired_pending_logins_are_refused(admin_in: AdminHarness) ->
     assert authority.pending_name("garbage") is None
     admin_in.clock.advance(301)
     assert authority.pending_name(token) is None
+
+
+def test_the_role_rules_by_path() -> None:
+    for path in ("/api/v1/queue/0123456789AB/content", "/api/v1/queue/0123456789ab/content",
+                 "/mta/queue/0123456789AB/content"):
+        assert not allowed("auditor", "GET", path) and not allowed("auditor", "POST", path)
+        assert allowed("operator", "GET", path) and allowed("administrator", "GET", path)
+    assert allowed("auditor", "POST", "/admin/me/tokens")
+    assert allowed("auditor", "DELETE", "/api/v1/admin/me/tokens/0123456789abcdef")
+    assert not allowed("auditor", "POST", "/api/v1/admin/mean")
+    assert not allowed("operator", "POST", "/mta/queued")
+    assert not allowed("operator", "PATCH", "/api/v1/settings/global")
+    assert not allowed("nobody", "GET", "/")

@@ -32,7 +32,7 @@ _OWN = re.compile(r"^(/logout|/admin/password|/admin/me(/.*)?|/api/v1/admin/pass
 _OPERATOR = re.compile(r"^(/mta/queue(/.*)?|/webmail/accounts(/.*)?|/api/v1/queue(/.*)?"
                        r"|/api/v1/webmail/accounts(/.*)?)$")
 # Reads an auditor is not given: the content of a queued message.
-_CONTENT = re.compile(r"^(/api/v1/queue/[0-9A-F]{12}/content|/mta/queue/[0-9A-F]{12}/content)$")
+_CONTENT = re.compile(r"^(/api/v1/queue|/mta/queue)/[^/]+/content$")
 _READS = ("GET", "HEAD")
 
 
