@@ -193,3 +193,12 @@ def test_forms_without_the_token_are_refused(admin: AdminHarness) -> None:
     assert result_of(admin.accounts.get("bob@partner.example")).state == ACTIVE
     assert admin.post_form("/webmail/accounts/bob@partner.example/odd", {},
                            csrf=admin.csrf_from(admin.get("/webmail/accounts"))).code == 404
+
+
+def test_an_account_is_found_by_its_whole_address_among_many_alike(
+        admin: AdminHarness) -> None:
+    for n in range(60):
+        result_of(admin.accounts.invite(f"a{n:02d}bob@partner.example"))
+    view = result_of(admin.site.backend.webmail_accounts.get("BOB@partner.example"))
+    assert view is not None and view.account.address == "bob@partner.example"
+    assert admin.get("/webmail/accounts/bob@partner.example").code == 200

@@ -20,6 +20,7 @@ from cipherd.webmail.administration import ACTIONS, STATES, ActionRefused
 PAGE_SIZE = 50
 MESSAGES_SHOWN = 100
 
+
 def _page_number(request: IRequest) -> int:
     return max(whole_number((arg(request, "page") or "").strip()) or 1, 1)
 

@@ -74,23 +74,26 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _condition(text: str, state: str) -> ColumnElement[bool]:
+def _condition(text: str, state: str, exact: bool = False) -> ColumnElement[bool]:
     conditions: list[ColumnElement[bool]] = [webmail_accounts.c.address.is_not(None)]
-    if text:
+    if exact:
+        conditions.append(webmail_accounts.c.address == text)
+    elif text:
         conditions.append(webmail_accounts.c.address.like(_like(text.lower()), escape="\\"))
     if state:
         conditions.append(webmail_accounts.c.state == state)
     return and_(*conditions)
 
 
-def list_accounts(conn: Connection, text: str, state: str, offset: int, limit: int
-                  ) -> tuple[list[tuple[Account, int, int, bool]], int]:
+def list_accounts(conn: Connection, text: str, state: str, offset: int, limit: int,
+                  exact: bool = False) -> tuple[list[tuple[Account, int, int, bool]], int]:
     """
-    The accounts whose address contains C{text} (in state C{state}, if
-    given), by address, with their message count, mailbox size and whether
-    they have a second factor; and how many there are in all.
+    The accounts whose address contains C{text} (is C{text}, with
+    C{exact}; in state C{state}, if given), by address, with their message
+    count, mailbox size and whether they have a second factor; and how
+    many there are in all.
     """
-    condition = _condition(text, state)
+    condition = _condition(text, state, exact)
     total = conn.execute(select(func.count()).select_from(webmail_accounts)
                          .where(condition)).scalar_one()
     usage = (select(webmail_messages.c.address, func.count().label("messages"),
@@ -139,21 +142,20 @@ class AccountAdministration:
         self._clock = clock
 
     async def listing(self, text: str = "", state: str = "", *, offset: int = 0,
-                      limit: int = 50) -> tuple[list[AccountView], int]:
+                      limit: int = 50, exact: bool = False) -> tuple[list[AccountView], int]:
         """
         A page of the accounts found, and how many were found in all.
         """
         rows, total = await self._store.read(list_accounts, text.strip(), state, max(offset, 0),
-                                             max(1, min(limit, MAX_PAGE)))
+                                             max(1, min(limit, MAX_PAGE)), exact)
         quotas = await self._settings.by_address([row[0].address for row in rows])
         return [AccountView(account, messages, size, totp,
                             int(quotas[account.address]["mailbox_size_limit"]))
                 for account, messages, size, totp in rows], total
 
     async def get(self, address: str) -> AccountView | None:
-        address = address.strip().lower()
-        views, _ = await self.listing(address)
-        return next((view for view in views if view.account.address == address), None)
+        views, _ = await self.listing(address.strip().lower(), exact=True, limit=1)
+        return views[0] if views else None
 
     async def messages(self, address: str, *, offset: int = 0, limit: int = 50
                        ) -> list[Summary]:
