@@ -543,14 +543,13 @@ class AdminSite(AdminPages):
     @app.route("/admin/me/tokens", methods=["POST"])
     @authenticated
     async def create_token(self, request: IRequest, session: AdminSession) -> bytes:
-        label = (arg(request, "label") or "").strip()[:100] or "API token"
-        token = await self.backend.authority.create_token(session.admin_name, label)
-        token_id = token.split("_")[1]
+        made = await self.backend.authority.create_token(session.admin_name,
+                                                         arg(request, "label") or "")
         await self.audit(request, session, "admin.token.create",
-                         f"created the API token {token_id} ({label})", target=token_id)
+                         f"created the API token {made.id} ({made.label})", target=made.id)
         return self.render(request, "admin_secret.html", session, section="admin",
-                           subsection="me", title=f"API token “{label}”", what="API token",
-                           secret=token,
+                           subsection="me", title=f"API token “{made.label}”",
+                           what="API token", secret=made.token,
                            note="Send it as 'Authorization: Bearer <token>'; it acts with "
                                 f"your role ({session.role}). Copy it now: it is shown only "
                                 "this once.")

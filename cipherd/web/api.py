@@ -170,6 +170,10 @@ def _credentials(request: IRequest) -> tuple[str, str] | None:
     return (name, password) if colon else None
 
 
+def _not_queued(queue_id: str) -> _BadRequest:
+    return _BadRequest(f"There is no message {queue_id} in the queue.", status=404)
+
+
 def _bearer(request: IRequest) -> str | None:
     header = request.getHeader(b"authorization")
     if not header or not header[:7].lower() == b"bearer ":
@@ -406,13 +410,11 @@ class AdminAPI:
         label = body.get("label", "") if isinstance(body, dict) else None
         if not isinstance(label, str):
             raise _BadRequest("Nothing was created.", {"label": "must be a string"})
-        token = await self.backend.authority.create_token(admin.name, label)
-        token_id = token.split("_")[1]
+        made = await self.backend.authority.create_token(admin.name, label)
         await self._audit(request, admin, "admin.token.create",
-                          f"created the API token {token_id} ({label.strip() or 'API token'})",
-                          target=token_id)
-        return json_response(request, 201, {"id": token_id, "token": token,
-                                            "label": label.strip() or "API token"})
+                          f"created the API token {made.id} ({made.label})", target=made.id)
+        return json_response(request, 201, {"id": made.id, "token": made.token,
+                                            "label": made.label})
 
     @app.route("/v1/admin/me/tokens/<token_id>", methods=["DELETE"])
     @_authenticated()
@@ -813,8 +815,7 @@ class AdminAPI:
         try:
             message, head = await self.backend.queue.head(queue_id, queue_view.HEAD_BYTES)
         except KeyError:
-            raise _BadRequest(f"There is no message {queue_id} in the queue.",
-                              status=404) from None
+            raise _not_queued(queue_id) from None
         return json_response(request, 200, queue_view.message_json(message, head))
 
     @app.route("/v1/queue/<string(length=12):queue_id>/content", methods=["GET"])
@@ -827,8 +828,7 @@ class AdminAPI:
         try:
             _, content = await self.backend.queue.load(queue_id)
         except KeyError:
-            raise _BadRequest(f"There is no message {queue_id} in the queue.",
-                              status=404) from None
+            raise _not_queued(queue_id) from None
         await self._audit(request, admin, "queue.content",
                           f"showed the content of {queue_id}", target=queue_id)
         request.setHeader(b"Content-Type", b"message/rfc822")
@@ -885,7 +885,7 @@ class AdminAPI:
     @_authenticated()
     async def delete_queued(self, request: IRequest, admin: AdminRow, queue_id: str) -> bytes:
         if not await self.backend.queue.delete(queue_id):
-            raise _BadRequest(f"There is no message {queue_id} in the queue.", status=404)
+            raise _not_queued(queue_id)
         await self._audit(request, admin, "queue.delete",
                           f"deleted {queue_id} from the queue", target=queue_id)
         return json_response(request, 200, {"status": f"{queue_id} was deleted."})

@@ -120,6 +120,18 @@ class AdminSession:
     role: str = q.ADMINISTRATOR
 
 
+@dataclass(frozen=True)
+class NewToken:
+    """
+    An API token as made: its id, the token itself (shown once) and its
+    label as stored.
+    """
+
+    id: str
+    token: str
+    label: str
+
+
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
@@ -629,17 +641,17 @@ class AdminAuthority:
 
     # API tokens -----------------------------------------------------------------
 
-    async def create_token(self, name: str, label: str) -> str:
+    async def create_token(self, name: str, label: str) -> NewToken:
         """
         A new API token for account C{name}: C{cdt_<id>_<secret>}; only
         its hash is kept, so this is the one time it is seen.
         """
         token_id = secrets.token_hex(8)
-        token = f"cdt_{token_id}_{secrets.token_urlsafe(32)}"
+        made = NewToken(token_id, f"cdt_{token_id}_{secrets.token_urlsafe(32)}",
+                        label.strip()[:100] or "API token")
         await self._store.run(q.add_token, q.TokenRow(
-            token_id, name, _hash_token(token), label.strip()[:100] or "API token",
-            self.clock.seconds(), None))
-        return token
+            made.id, name, _hash_token(made.token), made.label, self.clock.seconds(), None))
+        return made
 
     async def tokens(self, name: str) -> list[q.TokenRow]:
         return await self._store.read(q.tokens_of, name)

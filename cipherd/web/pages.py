@@ -18,7 +18,6 @@ from zope.interface import implementer
 
 from cipherd.logs import LOG_NAMES
 from cipherd.settings import PAGES
-from cipherd.store.admins import AUDITOR
 from cipherd.web.auth import AdminSession, csrf_matches
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import ErrorAnswer, IErrorPages, arg, client_address, cookie, redirect
@@ -86,10 +85,8 @@ class AdminPages:
     ) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        role = session.role if session is not None else AUDITOR
-
         def may(path: str, method: str = "POST") -> bool:
-            return session is not None and allowed(role, method, path)
+            return session is not None and allowed(session.role, method, path)
 
         here = request.path.decode("utf-8", errors="replace")
         page = self.templates.get_template(template).render(
