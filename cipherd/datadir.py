@@ -8,6 +8,7 @@ The data dir: what cipherd creates on first start and reuses afterwards.
       tls/key.pem          its private key, mode 0600
       logs/                mta.log, mpa.log
       spool/               the mail queue (cipherd.smtp.spool)
+      tmp/                 backups on their way to a download, emptied at start
 
 Server secrets that administrators may edit (server secret, system mail
 secret) are settings and live in the database; see ``cipherd.bootstrap``.
@@ -61,6 +62,10 @@ class DataDir:
     @property
     def spool(self) -> Path:
         return self.root / "spool"
+
+    @property
+    def scratch(self) -> Path:
+        return self.root / "tmp"
 
 
 def _write_secret_file(path: Path, data: bytes) -> None:
@@ -131,6 +136,9 @@ def prepare_data_dir(root: Path, *, tls_hostname: str, now: datetime) -> DataDir
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     (root / "tls").mkdir(mode=0o700, exist_ok=True)
     data.logs.mkdir(mode=0o700, exist_ok=True)
+    # What a download left behind when the process stopped mid-way.
+    for left in data.scratch.glob("*") if data.scratch.is_dir() else ():
+        left.unlink(missing_ok=True)
     if not data.kek.exists():
         _write_secret_file(data.kek, secrets.token_bytes(KEK_BYTES))
     if not (data.tls_certificate.exists() and data.tls_key.exists()):

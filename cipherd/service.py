@@ -32,6 +32,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
+from cipherd.backups import TICK as BACKUP_TICK
+from cipherd.backups import Backups, ScheduledBackups
 from cipherd.config import Config
 from cipherd.core.clock import utc_from_seconds
 from cipherd.core.counters import Counters
@@ -394,12 +396,18 @@ def make_service(config: Config, reactor: Any) -> IService:
 
     dashboard = Dashboard(store, counts, queue, spool_usage, config.effective_node_name,
                           reactor)
+    # Backups are written by a thread of their own: a large one must not
+    # hold up the crypto or database pools.
+    backup_runner = ThreadPoolRunner(reactor, "cipherd-backup", 1)
+    backup_runner.setServiceParent(root)
+    backups = Backups(store, data, read_kek(data), config.effective_node_name, reactor,
+                      backup_runner)
     admin = AdminSite(
         AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, keyring, mta,
                      queue, audit, dashboard,
                      AccountAdministration(store, accounts, mailboxes, notifier, settings,
                                            lambda: mta.current, reactor),
-                     queue_runner, site_tls=options)
+                     queue_runner, site_tls=options, backups=backups)
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,
                           lambda: mta.current, queue_runner, reactor)
@@ -435,6 +443,9 @@ def make_service(config: Config, reactor: Any) -> IService:
     _periodic(CLEANUP_TICK, Cleanup(store, settings, mailboxes, accounts,
                                     reactor).tick,
               "The webmail cleanup failed", reactor).setServiceParent(startup)
+    _periodic(BACKUP_TICK, ScheduledBackups(store, backups, settings, counters, backup_runner,
+                                            reactor, config.effective_node_name).tick,
+              "The scheduled backup failed", reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, authority.expire_sessions,
               "Expiring admin sessions failed", reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, portal.sessions.expire,

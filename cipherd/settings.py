@@ -100,6 +100,21 @@ class Text(ValueType):
 
 
 @dataclass(frozen=True)
+class AbsolutePath(Text):
+    """
+    A path on the appliance's file system, from its root ("": none).
+    """
+
+    def check(self, value: Any) -> str:
+        text = super().check(value).strip()
+        if text and not text.startswith("/"):
+            raise InvalidValue("must be an absolute path, beginning with /")
+        if "\0" in text or any(part == ".." for part in text.split("/")):
+            raise InvalidValue("must not contain .. or NUL")
+        return text
+
+
+@dataclass(frozen=True)
 class Boolean(ValueType):
     widget = "checkbox"
 
@@ -756,6 +771,7 @@ PAGES = (
     Page("quota", "Quota", WEBMAIL),
     Page("cleanup", "Auto cleanup", WEBMAIL),
     Page("branding", "Branding", WEBMAIL),
+    Page("backup", "Scheduled backup"),
 )
 
 _ENCRYPT_MODES = (
@@ -1152,6 +1168,27 @@ PROPERTIES: tuple[Property, ...] = (
     _P("auto_account_cleanup_schedule", "Cleanup schedule", CronExpression(), "0 0 2 * * ?",
        "When account cleanup runs, as a Quartz cron expression (0 0 2 * * ? is 2am "
        "every day).", levels=GLOBAL_ONLY, page="cleanup", group="Auto account cleanup"),
+    # Scheduled backups (Admin → Backup makes and restores them by hand).
+    _P("backup_enabled", "Scheduled backup enabled", Boolean(), False,
+       "Write a backup of the database, the key-encryption key (under the passphrase "
+       "below) and the TLS certificate to the backup directory on the schedule below.",
+       levels=GLOBAL_ONLY, page="backup", group="Scheduled backup"),
+    _P("backup_schedule", "Backup schedule", CronExpression(), "0 30 1 * * ?",
+       "When the backup is made, as a Quartz cron expression in UTC (0 30 1 * * ? is "
+       "1:30am every day). One node of several makes each backup.",
+       levels=GLOBAL_ONLY, page="backup", group="Scheduled backup"),
+    _P("backup_directory", "Backup directory", AbsolutePath(max_length=1024), "",
+       "The directory the backups are written to, an absolute path the cipherd user can "
+       "write to; best a mounted file system of another machine.",
+       levels=GLOBAL_ONLY, page="backup", group="Scheduled backup"),
+    _P("backup_keep", "Backups kept", Integer(1, 10000, "backups"), 14,
+       "How many scheduled backups the directory keeps: the oldest beyond this number "
+       "are deleted after each new one.", levels=GLOBAL_ONLY, page="backup",
+       group="Scheduled backup"),
+    _P("backup_passphrase", "Backup passphrase", Text(max_length=1024, min_length=12), "",
+       "The passphrase scheduled backups are encrypted under, at least 12 characters. "
+       "Keep a copy away from the appliance: without it no backup can be restored.",
+       levels=GLOBAL_ONLY, page="backup", group="Scheduled backup", secret=True),
 )
 
 REGISTRY: Mapping[str, Property] = {p.name: p for p in PROPERTIES}

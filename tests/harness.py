@@ -16,8 +16,9 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import LogPublisher
 
+from cipherd.backups import Backups
 from cipherd.core.counters import Counters
-from cipherd.datadir import make_self_signed_tls
+from cipherd.datadir import make_self_signed_tls, prepare_data_dir, read_kek
 from cipherd.logs import MailLogsService
 from cipherd.netinfo import Address, Interface, NetworkInfo, Resolvers
 from cipherd.pki.certstore import CertificateStore
@@ -124,6 +125,11 @@ class AdminHarness:
         self.mailboxes = Mailboxes(self.store, os.urandom(32))
         self.submission = RecordingSubmission()
         self.mta_config = MTAConfig()
+        # The backups of a data dir of its own, under its own KEK.
+        self.data = prepare_data_dir(log_dir / "data", tls_hostname="localhost",
+                                     now=datetime(2027, 1, 1, tzinfo=UTC))
+        self.backups = Backups(self.store, self.data, read_kek(self.data), NODE, self.clock,
+                               self.runner)
         self.site = AdminSite(
             AdminBackend(self.authority, self.settings, self.logs.logs, self.runner,
                          self.certificates, self.keyring, MTAConfigSource(self.store),
@@ -134,7 +140,8 @@ class AdminHarness:
                                                Notifier(self.submission, self.clock),
                                                self.settings, lambda: self.mta_config,
                                                self.clock),
-                         network_info=lambda: NETWORK, site_tls=self.site_tls)
+                         network_info=lambda: NETWORK, site_tls=self.site_tls,
+                         backups=self.backups)
         )
         self.treq = StubTreq(self.site.resource())
         self.cookies: dict[str, str] = {}

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("webmail",),
     ("mpa",),
     ("web",),
-    ("datadir", "config", "service", "workers", "tap", "testing"),
+    ("datadir", "config", "service", "workers", "tap", "testing", "backups"),
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 

@@ -47,6 +47,8 @@ TUNNEL_SENT = "tunnel.sent"
 TUNNEL_RECEIVED = "tunnel.received"
 RELAY_FAILURE = "relay.failure"
 DELIVERY_FAILURE = "delivery.failure"
+BACKUP_MADE = "backup.made"
+BACKUP_FAILURE = "backup.failure"
 
 # The errors remembered between two stores, and shown.
 MAX_ERRORS = 50

@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
@@ -27,7 +28,8 @@ from twisted.python.failure import Failure
 from cipherd.store.migrations import MigrationError, migrate
 from cipherd.threads import IBlockingRunner
 
-__all__ = ["DatabaseUnavailable", "MigrationError", "Store", "create_engine_for_url"]
+__all__ = ["DatabaseUnavailable", "MigrationError", "Store", "create_engine_for_url",
+           "read_transaction"]
 
 T = TypeVar("T")
 
@@ -110,6 +112,18 @@ def create_engine_for_url(url: str, pool_size: int = 4, *,
     # not after the operating system's TCP time-out of minutes.
     return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
                          connect_args={"connect_timeout": 10})
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """
+    A read-only transaction on a connection of C{engine}, outside a
+    L{Store}: on SQLite it takes no lock (see L{Store.read}).
+    """
+    with engine.connect() as conn:
+        conn.execution_options(**{_READ_ONLY: True})
+        with conn.begin():
+            yield conn
 
 
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction

@@ -49,12 +49,15 @@ import struct
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, LargeBinary, Table, func, select, text, update
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
 
 from cipherd.store import schema
 from cipherd.store.migrations import MIGRATIONS, current_version, latest_version
@@ -150,6 +153,48 @@ class Restored:
     info: BackupInfo
     kek: bytes
     files: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class ScheduledBackup:
+    """
+    A backup file in the backup directory.
+
+    @ivar modified: when it was written, seconds since the epoch.
+    """
+
+    name: str
+    size: int
+    modified: float
+
+
+class IBackups(Interface):
+    """
+    Backups of the running appliance, for the admin pages.
+    """
+
+    def make(passphrase: str) -> Deferred[Path]:
+        """
+        A new backup in a file of the data dir's scratch directory, which
+        the caller deletes once it has sent it.
+
+        @raise BackupError: (in the Deferred) the passphrase is too short.
+        """
+
+    def restore(backup: bytes, passphrase: str) -> Deferred[BackupInfo]:
+        """
+        Replace the database's contents with those of C{backup} (an upload),
+        made under this appliance's key-encryption key; all or nothing.
+
+        @raise BackupError: (in the Deferred) why nothing was restored: not
+            a backup, damaged, a wrong passphrase, another schema version,
+            or another key-encryption key.
+        """
+
+    def scheduled(directory: str) -> Deferred[list[ScheduledBackup]]:
+        """
+        The backups in C{directory}, newest first.
+        """
 
 
 def check_passphrase(passphrase: str) -> None:
@@ -441,17 +486,25 @@ def _decoders(table: Table, columns: list[str]) -> list[Any]:
             if isinstance(known[c].type, LargeBinary) else None for c in columns]
 
 
-def restore_backup(conn: Connection, stream: IO[bytes], passphrase: str) -> Restored:
+def restore_backup(conn: Connection, stream: IO[bytes], passphrase: str, *,
+                   expect_kek: bytes | None = None) -> Restored:
     """
     Replace the contents of the database C{conn} writes to with those of a
     backup.  Call it in a transaction and commit only when it returns: any
     error leaves the database as it was once the transaction rolls back.
 
     @param stream: the backup, a seekable file.
+    @param expect_kek: the key-encryption key the backup must have been made
+        under (a running appliance's), if any.
     @raise BackupError: not a backup, damaged, made by a cipherd of another
-        schema version, or the passphrase is wrong.
+        schema version, the passphrase is wrong, or the key is not the one
+        expected.
     """
     info, kek, lines = open_backup(stream, passphrase)
+    if expect_kek is not None and kek != expect_kek:
+        raise IncompatibleBackup(
+            "the backup was made under another key-encryption key (another appliance): "
+            "restore it with twistd cipherd restore, with cipherd stopped")
     version = current_version(conn)
     if info.schema != version:
         raise IncompatibleBackup(

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from cipherd.core.clock import utc_from_seconds
 from cipherd.logs import MAX_TAIL_LINES, LogQuery
 from cipherd.pki.sitetls import SiteCertificateError
 from cipherd.settings import (
@@ -40,6 +41,7 @@ from cipherd.settings import (
 from cipherd.smtp.config import dns_server_problem
 from cipherd.store import DatabaseUnavailable
 from cipherd.store.admins import AdminRow
+from cipherd.store.backup import MIN_PASSPHRASE, BackupError
 from cipherd.web.account_pages import AccountPages
 from cipherd.web.api import AdminAPI
 from cipherd.web.audit import ACTION_GROUPS, audit_query
@@ -60,6 +62,7 @@ from cipherd.web.backend import (
     TunnelEnd,
 )
 from cipherd.web.common import (
+    MAX_UPLOAD,
     RETRY_AFTER_SECONDS,
     UPLOAD_DEADLINE,
     ErrorAnswer,
@@ -76,6 +79,7 @@ from cipherd.web.common import (
     redirect,
     request_deadline,
     robots_txt,
+    send_file,
     set_cookie,
     static_files,
     template_environment,
@@ -85,7 +89,7 @@ from cipherd.web.dashboard import MARK_TITLES, WARN_DAYS, charts
 from cipherd.web.mta_pages import MTAPages
 from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
 from cipherd.web.pgp_pages import PGPPages
-from cipherd.web.pki_pages import TOO_LARGE, PkiPages, too_large, upload
+from cipherd.web.pki_pages import TIME_FORMAT, TOO_LARGE, PkiPages, too_large, upload
 from cipherd.web.roles import ADMIN_ROLES
 from cipherd.webmail import totp
 
@@ -650,6 +654,95 @@ class AdminSite(AdminPages):
                          f"replaced the sites' TLS certificate: {info.subject} "
                          f"(SHA-256 {info.sha256})", target=info.sha256)
         return redirect(request, "/admin/tls?saved=1")
+
+    # Admin → Backup --------------------------------------------------------
+
+    async def _backup_page(self, request: IRequest, session: AdminSession, *,
+                           error: str | None = None, restore_error: str | None = None,
+                           status: int = 200) -> bytes:
+        backups = self.backend.backups
+        if backups is None:
+            return self.not_found(request, session)
+        values = (await self.backend.settings.by_address([""]))[""]
+        directory = values["backup_directory"]
+        return self.render(request, "backup.html", session, status=status, section="admin",
+                           subsection="backup", error=error, restore_error=restore_error,
+                           values=values, scheduled=(await backups.scheduled(directory))[:20],
+                           min_passphrase=MIN_PASSPHRASE,
+                           max_upload_mb=MAX_UPLOAD // 1_000_000)
+
+    @app.route("/admin/backup", methods=["GET"])
+    @authenticated
+    async def backup(self, request: IRequest, session: AdminSession) -> bytes:
+        return await self._backup_page(request, session)
+
+    @app.route("/admin/backup", methods=["POST"])
+    @authenticated
+    @request_deadline(UPLOAD_DEADLINE)
+    async def download_backup(self, request: IRequest, session: AdminSession) -> bytes:
+        """
+        A backup made now, sent as a download (and deleted after).
+        """
+        backups = self.backend.backups
+        if backups is None:
+            return self.not_found(request, session)
+        passphrase = arg(request, "passphrase") or ""
+        if passphrase != (arg(request, "confirm") or ""):
+            return await self._backup_page(request, session, status=400,
+                                           error="The two passphrases differ.")
+        try:
+            path = await backups.make(passphrase)
+        except BackupError as e:
+            return await self._backup_page(request, session, status=400, error=f"{e}.")
+        try:
+            await self.audit(request, session, "backup.download",
+                             f"downloaded a backup ({path.stat().st_size} bytes)",
+                             target=path.name)
+            request.setHeader(b"Content-Type", b"application/octet-stream")
+            request.setHeader(b"Content-Disposition",
+                              f'attachment; filename="{path.name}"'.encode())
+            request.setHeader(b"Content-Length", str(path.stat().st_size).encode())
+            with path.open("rb") as f:
+                await send_file(request, f)
+        finally:
+            path.unlink(missing_ok=True)
+        return b""
+
+    @app.route("/admin/backup/restore", methods=["POST"])
+    @authenticated
+    @request_deadline(UPLOAD_DEADLINE)
+    async def restore_backup(self, request: IRequest, session: AdminSession) -> bytes:
+        backups = self.backend.backups
+        if backups is None:
+            return self.not_found(request, session)
+        if too_large(request):
+            return await self._backup_page(
+                request, session, status=413,
+                restore_error=f"{TOO_LARGE} Restore a larger backup with twistd cipherd "
+                              "restore.")
+        data = upload(request, "file")
+        if not data:
+            return await self._backup_page(request, session, status=400,
+                                           restore_error="Choose a backup file.")
+        if arg(request, "replace") != "yes":
+            return await self._backup_page(
+                request, session, status=400,
+                restore_error="Tick the box to say everything may be replaced.")
+        try:
+            info = await backups.restore(data, arg(request, "passphrase") or "")
+        except BackupError as e:
+            return await self._backup_page(request, session, status=400,
+                                           restore_error=f"Nothing was restored: {e}.")
+        # The settings as restored, not as this process last read them.
+        self.backend.settings.forget()
+        rows = sum(info.rows.values())
+        await self.audit(request, session, "backup.restore",
+                         f"restored the backup made by node {info.node} at "
+                         f"{utc_from_seconds(info.created).strftime(TIME_FORMAT)} ({rows} rows)",
+                         details={"rows": dict(info.rows)})
+        # Every session ended with the restore, this one too.
+        return self.render(request, "backup_restored.html", None, info=info, rows=rows,
+                           created=utc_from_seconds(info.created).strftime(TIME_FORMAT))
 
     # Settings ----------------------------------------------------------------
 

@@ -73,7 +73,7 @@ ACTION_GROUPS = {
     "settings": "Settings", "mta": "MTA", "queue": "Queue", "certificates": "Certificates",
     "ctl": "Certificate trust list", "crls": "CRLs", "pgp": "PGP keys", "tls": "TLS certificate",
     "network": "Network", "webmail": "Webmail accounts", "admin": "Admin accounts",
-    "session": "Logins",
+    "session": "Logins", "backup": "Backup and restore",
 }
 PAGE_SIZE = 100
 

@@ -26,6 +26,7 @@ from cipherd.smtp.compose import compose
 from cipherd.smtp.config import MTAConfigSource, domain_name_problem
 from cipherd.smtp.queue import MailQueue, QueueRunner
 from cipherd.smtp.spool import QueuedMessage
+from cipherd.store.backup import IBackups
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.audit import AuditTrail
@@ -245,6 +246,7 @@ class AdminBackend:
     @ivar network_info: reads the machine's network (Admin → Network); it
         blocks, so it runs on C{runner}.
     @ivar site_tls: the sites' TLS certificate (Admin → TLS certificate).
+    @ivar backups: makes and restores backups (Admin → Backup).
     """
 
     authority: AdminAuthority
@@ -261,6 +263,7 @@ class AdminBackend:
     queue_runner: QueueRunner | None = None
     network_info: Callable[[], NetworkInfo] = gather
     site_tls: ISiteCertificate | None = None
+    backups: IBackups | None = None
 
     # PGP keys, named in URLs by fingerprint: anything else names no key.
 

@@ -13,13 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 from urllib.parse import unquote_to_bytes
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import combinedLogFormatter
@@ -29,7 +29,7 @@ from twisted.web.server import Request
 from twisted.web.static import File
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 from cipherd.logs import LogQuery
 from cipherd.store import DatabaseUnavailable
@@ -417,6 +417,57 @@ def favicon(request: IRequest, colour: str, kind: str) -> bytes:
 
 def _timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@implementer(IPushProducer)
+class _FileProducer:
+    """
+    Writes a file to a request as the connection takes it: the transport
+    pauses it when its buffer is full and resumes it when drained, so a
+    large file never sits in memory whole.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, source: IO[bytes], request: IRequest) -> None:
+        self._source = source
+        self._request = request
+        self._paused = False
+        self.done: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        cast(Request, self._request).registerProducer(self, True)
+        self._produce()
+        return self.done
+
+    def _produce(self) -> None:
+        while not self._paused and not self.done.called:
+            chunk = self._source.read(self.CHUNK)
+            if not chunk:
+                cast(Request, self._request).unregisterProducer()
+                self.done.callback(None)
+                return
+            self._request.write(chunk)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._produce()
+
+    def stopProducing(self) -> None:
+        # The client went away.
+        if not self.done.called:
+            self.done.errback(CancelledError("the client closed the connection"))
+
+
+def send_file(request: IRequest, source: IO[bytes]) -> Deferred[None]:
+    """
+    Write C{source} to C{request}, paced by the connection; fires when all
+    is written (or fails when the client went away first).
+    """
+    return _FileProducer(source, request).start()
 
 
 def template_environment() -> Environment:

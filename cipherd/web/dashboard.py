@@ -28,6 +28,8 @@ from sqlalchemy import Connection, text
 from twisted.internet.interfaces import IReactorTime
 
 from cipherd.core.counters import (
+    BACKUP_FAILURE,
+    BACKUP_MADE,
     BOUNCED,
     DEFERRED,
     DELAY_BUCKETS,
@@ -68,6 +70,7 @@ METHOD_TITLES = {
 MARK_TITLES = {
     TUNNEL_SENT: "Last tunnel message sent", TUNNEL_RECEIVED: "Last tunnel message received",
     RELAY_FAILURE: "Last relay failure", DELIVERY_FAILURE: "Last delivery failure",
+    BACKUP_MADE: "Last scheduled backup", BACKUP_FAILURE: "Last failed backup",
 }
 
 

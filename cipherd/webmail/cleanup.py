@@ -15,18 +15,17 @@ the MPA log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
 from twisted.internet.interfaces import IReactorTime
 
 from cipherd.cron import ScheduleError, parse_interval, parse_quartz
 from cipherd.logs import mail_logger
 from cipherd.settings import IAddressSettings
 from cipherd.store import Store
-from cipherd.store.schema import job_runs
+from cipherd.store.jobs import claim
 from cipherd.webmail.accounts import Accounts
 from cipherd.webmail.mailbox import Mailboxes
 
@@ -57,7 +56,7 @@ class Cleanup:
         """
         values = (await self._settings.by_address([""]))[""]
         now = self._clock.seconds()
-        if await self._claim("mailbox_cleanup", lambda last: last + MAILBOX_CLEANUP_EVERY,
+        if await claim(self._store, "mailbox_cleanup", lambda last: last + MAILBOX_CLEANUP_EVERY,
                              now, run_first=True):
             await self._mailbox_cleanup(values, now)
         if values["auto_account_cleanup_enabled"]:
@@ -70,30 +69,8 @@ class Cleanup:
             def due(last: float) -> float:
                 return schedule.next_after(datetime.fromtimestamp(last, UTC)).timestamp()
 
-            if await self._claim("account_cleanup", due, now, run_first=False):
+            if await claim(self._store, "account_cleanup", due, now, run_first=False):
                 await self._account_cleanup(values, now)
-
-    async def _claim(self, name: str, due: Callable[[float], float], now: float, *,
-                     run_first: bool) -> bool:
-        """
-        Whether this node runs job C{name} now: it is due and no other node
-        took this run.
-        """
-        def write(conn: Connection) -> bool:
-            last = conn.execute(select(job_runs.c.last_run).where(
-                job_runs.c.name == name)).scalar()
-            if last is None:
-                # The first look: a schedule counts from now.
-                conn.execute(insert(job_runs).values(name=name, last_run=now))
-                return run_first
-            if due(float(last)) > now:
-                return False
-            moved = conn.execute(update(job_runs).where(
-                (job_runs.c.name == name) & (job_runs.c.last_run == last)).values(last_run=now))
-            return bool(moved.rowcount)
-
-        claimed: bool = await self._store.run(write)
-        return claimed
 
     async def _mailbox_cleanup(self, values: Mapping[str, Any], now: float) -> None:
         await self._mailboxes.forget_tunnels(now - TUNNEL_MEMORY)
