@@ -35,6 +35,16 @@ def send_to(pair: Pair, recipient: str, message: bytes) -> None:  # noqa: F811
          "--data", "-"], stdin=message.removesuffix(b"\r\n"))
 
 
+def dave_logs_in(page: Page) -> None:
+    """
+    Dave logs in to the portal C{page}'s context is on.
+    """
+    page.goto("/login")
+    page.get_by_label("Email address").fill(DAVE)
+    page.get_by_label("Password", exact=True).fill(DAVE_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+
+
 def act(page: Page, button: str, status: str) -> None:
     page.get_by_role("button", name=button).click()
     expect(page.get_by_role("status")).to_contain_text(status)
@@ -53,10 +63,7 @@ def test_support_actions_on_webmail_accounts(browser: Browser, pair: Pair,  # no
                                  viewport=DESKTOP)
     try:
         page = portal.new_page()
-        page.goto("/login")
-        page.get_by_label("Email address").fill(DAVE)
-        page.get_by_label("Password", exact=True).fill(DAVE_PASSWORD)
-        page.get_by_role("button", name="Log in").click()
+        dave_logs_in(page)
         page.goto("/account/totp")
         key = page.locator("#secret").inner_text().replace(" ", "")
         secret = totp.base64.b32decode(key + "=" * (-len(key) % 8))
