@@ -11,7 +11,7 @@ import pytest
 
 EXPORTS = {
     "cipherd.store": ["DatabaseUnavailable", "MigrationError", "Store",
-                      "create_engine_for_url"],
+                      "create_engine_for_url", "read_transaction"],
     "cipherd.testing": ["MemorySettings", "PassThrough", "RecordingSubmission",
                         "SteeredRunner", "SynchronousRunner", "cheap_hasher", "migrated_store",
                         "result_of"],
