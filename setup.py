@@ -50,6 +50,8 @@ setup(
             "ruff>=0.6",
             "mypy>=1.11",
             "mypy-zope>=1.0",
+            # The API against its OpenAPI description (tests/test_openapi*.py).
+            "schemathesis>=4.3",
             # bench/pdf_libraries.py: qpdf's encryption, compared.
             "pikepdf>=9",
         ],

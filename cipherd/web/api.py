@@ -82,6 +82,7 @@ from cipherd.web.common import (
     request_deadline,
     whole_number,
 )
+from cipherd.web.openapi import DOCUMENT
 from cipherd.web.pgp_pages import send_armored_key
 from cipherd.web.pki_pages import (
     BUNDLE_FORMATS,
@@ -280,6 +281,13 @@ class AdminAPI:
     def _unauthorized(self, request: IRequest, message: str) -> bytes:
         request.setHeader(b"WWW-Authenticate", b'Basic realm="cipherd admin", charset="UTF-8"')
         return json_response(request, 401, {"error": message})
+
+    @app.route("/v1/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        """
+        The OpenAPI 3.1 description of this API (L{cipherd.web.openapi}).
+        """
+        return json_response(request, 200, DOCUMENT)
 
     @app.route("/v1/admin/password", methods=["POST"])
     @_authenticated(allow_default_password=True)
@@ -787,7 +795,7 @@ class AdminAPI:
         action = body.get("action") if isinstance(body, dict) else None
         ids = body.get("ids") if isinstance(body, dict) else None
         errors = {}
-        if action not in queue_view.BULK_ACTIONS:
+        if not isinstance(action, str) or action not in queue_view.BULK_ACTIONS:
             errors["action"] = f"must be one of {', '.join(queue_view.BULK_ACTIONS)}"
         if not isinstance(ids, list) or not ids or not all(
                 isinstance(i, str) and QUEUE_ID.fullmatch(i) for i in ids):
@@ -805,26 +813,30 @@ class AdminAPI:
         return json_response(request, 200, {
             "done": done, "not_done": [i for i in dict.fromkeys(ids) if i not in done]})
 
-    @app.route("/v1/queue/<string(length=12):queue_id>", methods=["GET"])
+    @app.route("/v1/queue/<queue_id>", methods=["GET"])
     @_authenticated()
     async def get_queued(self, request: IRequest, admin: AdminRow, queue_id: str) -> bytes:
         """
         One queued message: its envelope (with the next attempt and the
         reason) and its header fields; not its body.
         """
+        if not QUEUE_ID.fullmatch(queue_id):
+            raise _not_queued(queue_id)
         try:
             message, head = await self.backend.queue.head(queue_id, queue_view.HEAD_BYTES)
         except KeyError:
             raise _not_queued(queue_id) from None
         return json_response(request, 200, queue_view.message_json(message, head))
 
-    @app.route("/v1/queue/<string(length=12):queue_id>/content", methods=["GET"])
+    @app.route("/v1/queue/<queue_id>/content", methods=["GET"])
     @_authenticated()
     async def get_queued_content(self, request: IRequest, admin: AdminRow,
                                  queue_id: str) -> bytes:
         """
         The message as queued (message/rfc822), recorded in the audit log.
         """
+        if not QUEUE_ID.fullmatch(queue_id):
+            raise _not_queued(queue_id)
         try:
             _, content = await self.backend.queue.load(queue_id)
         except KeyError:
@@ -1085,7 +1097,7 @@ class AdminAPI:
             errors[field] = "must be one SHA-256 thumbprint (64 hexadecimal digits) or more"
         elif len(wanted) > MAX_DOWNLOAD:
             errors[field] = f"must be at most {MAX_DOWNLOAD} thumbprints"
-        if format not in BUNDLE_FORMATS:
+        if not isinstance(format, str) or format not in BUNDLE_FORMATS:
             errors["format"] = f"must be {' or '.join(BUNDLE_FORMATS)}"
         if errors:
             raise _BadRequest("Nothing was downloaded.", errors)
