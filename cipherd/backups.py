@@ -14,18 +14,24 @@ hold that key, and a new one takes a restart on every node.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import io
 import os
+import re
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from getpass import getpass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, update
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -35,7 +41,8 @@ from cipherd.config import Config
 from cipherd.core.counters import BACKUP_FAILURE, BACKUP_MADE, ICounters
 from cipherd.cron import ScheduleError, parse_quartz
 from cipherd.datadir import DataDir, _write_secret_file, prepare_data_dir
-from cipherd.settings import IAddressSettings
+from cipherd.pki.keywrap import KeyUnsealError, seal_bytes, unseal_bytes
+from cipherd.settings import GLOBAL
 from cipherd.store import Store, create_engine_for_url, read_transaction, schema
 from cipherd.store.backup import (
     BackupError,
@@ -43,12 +50,15 @@ from cipherd.store.backup import (
     IBackups,
     IncompatibleBackup,
     ScheduledBackup,
+    check_kek,
     check_passphrase,
+    open_backup,
     restore_backup,
     write_backup,
 )
 from cipherd.store.jobs import claim
 from cipherd.store.migrations import migrate
+from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 
 log = Logger(namespace="cipherd.backup")
@@ -115,14 +125,30 @@ def make_backup(engine: Engine, path: Path, *, passphrase: str, kek: bytes,
     return info
 
 
-def _install_key(data: DataDir, kek: bytes, now: float) -> str:
+@dataclass
+class _InstalledKey:
+    """
+    A key-encryption key put in place, and how to put the old one back.
+    """
+
+    data: DataDir
+    old: bytes | None
+    message: str
+
+    def undo(self) -> None:
+        if self.old is not None:
+            _write_secret_file(self.data.kek, self.old)
+
+
+def _install_key(data: DataDir, kek: bytes, now: float) -> _InstalledKey:
     """
     Put C{kek} in place as the data dir's key-encryption key, keeping a
-    different one it replaces beside it.  What was done, for the operator.
+    different one it replaces beside it.
     """
     old = data.kek.read_bytes() if data.kek.exists() else None
     if old == kek:
-        return "The key-encryption key is the one this data dir has."
+        return _InstalledKey(data, None, "The key-encryption key is the one this data dir "
+                                         "has.")
     kept = ""
     if old is not None:
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -130,24 +156,69 @@ def _install_key(data: DataDir, kek: bytes, now: float) -> str:
         _write_secret_file(previous, old)
         kept = f" (the one it replaces is kept as {previous})"
     _write_secret_file(data.kek, kek)
-    return (f"The key-encryption key is the backup's{kept}: every node sharing this "
-            f"database needs a copy of {data.kek}.")
+    return _InstalledKey(data, old, f"The key-encryption key is the backup's{kept}: every "
+                                    f"node sharing this database needs a copy of {data.kek}.")
+
+
+def _answering(endpoint: str) -> str | None:
+    """
+    The address of a TCP server endpoint description (C{tcp:8443:interface=
+    127.0.0.1}) if something accepts connections there now.
+    """
+    parts = endpoint.split(":")
+    if parts[0] not in ("tcp", "tcp6", "ssl") or len(parts) < 2 or not parts[1].isdigit():
+        return None
+    options = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+    host = options.get("interface", "127.0.0.1")
+    # Listening on every address: ask on the loopback one.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    try:
+        with socket.create_connection((host, int(parts[1])), timeout=1):
+            return f"{host}:{parts[1]}"
+    except OSError:
+        return None
+
+
+def _schedule_off(conn: Connection, info: BackupInfo) -> None:
+    """
+    Scheduled backups off in what was restored: the backup's schedule and
+    directory are another machine's, whose backups this one must not prune.
+    """
+    conn.execute(update(schema.property_values).where(
+        (schema.property_values.c.level == "global")
+        & (schema.property_values.c.name == "backup_enabled")).values(value="false"))
 
 
 def restore_command(config: Config, source: Path, passphrase: str, *, replace: bool,
                     now: float) -> str:
     """
     C{twistd cipherd restore}: the backup at C{source} into the database and
-    data dir of C{config}, with cipherd stopped.
+    data dir of C{config}, with cipherd stopped.  The backup is checked
+    whole (its checksum and passphrase) before anything is touched; its
+    rows, the key-encryption key and the TLS certificate are put in place
+    together: the new key just before the rows are committed, the old one
+    back if the commit fails.
 
     @param replace: replace a database that has mail, keys or accounts of its
         own; otherwise such a database is refused.
     @return: what was restored, for the operator.
     @raise BackupError: why nothing was restored.
     """
+    for what, endpoint in (("admin site", config.admin_listen),
+                           ("SMTP server", config.smtp_listen)):
+        address = _answering(endpoint)
+        if address is not None:
+            raise BackupError(f"something answers at {address}, where this configuration's "
+                              f"{what} listens: stop cipherd before a restore")
+    try:
+        with source.open("rb") as stream:
+            open_backup(stream, passphrase)
+    except OSError as e:
+        raise BackupError(f"cannot read {source}: {e.strerror}") from None
     data = prepare_data_dir(config.data_dir, tls_hostname=config.tls_hostname,
                             now=datetime.fromtimestamp(now, UTC))
     engine = create_engine_for_url(config.effective_database_url)
+    installed: _InstalledKey | None = None
     try:
         with engine.begin() as conn:
             migrate(conn)
@@ -161,15 +232,20 @@ def restore_command(config: Config, source: Path, passphrase: str, *, replace: b
                                    for name, n in held.items() if n)
                 raise BackupError(f"the database already holds {counts}: restore with "
                                   "--replace to replace all of it with the backup")
-        try:
-            with source.open("rb") as stream, engine.begin() as conn:
-                restored = restore_backup(conn, stream, passphrase)
-        except OSError as e:
-            raise BackupError(f"cannot read {source}: {e.strerror}") from None
+        with source.open("rb") as stream, engine.begin() as conn:
+            restored = restore_backup(conn, stream, passphrase, then=_schedule_off)
+            installed = _install_key(data, restored.kek, now)
+    except OSError as e:
+        if installed is not None:
+            installed.undo()
+        raise BackupError(f"nothing was restored: {e.strerror} ({e.filename})") from None
+    except BaseException:
+        if installed is not None:
+            installed.undo()
+        raise
     finally:
         engine.dispose()
-    done = [f"Restored the backup {_describe(restored.info)}.",
-            _install_key(data, restored.kek, now)]
+    done = [f"Restored the backup {_describe(restored.info)}.", installed.message]
     for name, content in sorted(restored.files.items()):
         if name in FILES:
             _write_secret_file(data.root / name, content)
@@ -177,6 +253,8 @@ def restore_command(config: Config, source: Path, passphrase: str, *, replace: b
                 (data.root / name).chmod(0o644)
     if restored.files:
         done.append("The TLS certificate of the sites is the backup's.")
+    done.append("Scheduled backups are off (Settings → Scheduled backup): the backup's "
+                "directory is another machine's.")
     done.append("Start cipherd now; everyone signs in again.")
     return "\n".join(done)
 
@@ -249,6 +327,63 @@ def run_command(name: str, options: Mapping[str, Any], config: Config) -> int:
     return 0
 
 
+# Scheduled backups: cipherd-scheduled-<appliance>-<when>-<node>.cdbk, the
+# appliance named by a digest of its key-encryption key, so that a directory
+# shared with other appliances loses none of theirs to this one's pruning.
+_SCHEDULED = re.compile(r"cipherd-scheduled-([0-9a-f]{8})-(\d{8}T\d{6}Z)-[A-Za-z0-9._-]+"
+                        + re.escape(SUFFIX))
+# Scratch files (downloads under way) older than this are left-overs.
+_SCRATCH_AGE = 3600.0
+# A sealed backup passphrase in the settings.
+_SEALED = "sealed:"
+_PASSPHRASE_BINDING = "cipherd backup passphrase"  # noqa: S105 -- what it is bound to
+
+
+def appliance_id(kek: bytes) -> str:
+    return hashlib.sha256(b"cipherd backup names\0" + kek).hexdigest()[:8]
+
+
+def scheduled_name(appliance: str, node: str, now: float) -> str:
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"cipherd-scheduled-{appliance}-{stamp}-{node}{SUFFIX}"
+
+
+def scheduled_in(directory: str, appliance: str) -> list[ScheduledBackup]:
+    """
+    This appliance's scheduled backups in C{directory}, newest first by the
+    time in their names (none if it cannot be read).
+    """
+    if not directory:
+        return []
+    found = []
+    try:
+        for entry in os.scandir(directory):
+            match = _SCHEDULED.fullmatch(entry.name)
+            if match and match.group(1) == appliance and entry.is_file():
+                stat = entry.stat()
+                found.append((match.group(2), ScheduledBackup(entry.name, stat.st_size,
+                                                              stat.st_mtime)))
+    except OSError:
+        return []
+    return [backup for _, backup in sorted(found, key=lambda f: (f[0], f[1].name),
+                                           reverse=True)]
+
+
+def prune(directory: Path, appliance: str, keep: int, written: str) -> list[str]:
+    """
+    Delete this appliance's oldest scheduled backups in C{directory} beyond
+    the newest C{keep}; never C{written}, the one just made.
+
+    @return: the names deleted.
+    """
+    gone = []
+    for old in scheduled_in(str(directory), appliance)[keep:]:
+        if old.name != written:
+            (directory / old.name).unlink(missing_ok=True)
+            gone.append(old.name)
+    return gone
+
+
 @implementer(IBackups)
 class Backups:
     """
@@ -267,12 +402,24 @@ class Backups:
         self._node = node
         self._clock = clock
         self._files = files
+        self.appliance = appliance_id(kek)
 
     def make(self, passphrase: str) -> Deferred[Path]:
         now = self._clock.seconds()
-        self._data.scratch.mkdir(mode=0o700, exist_ok=True)
-        path = self._data.scratch / backup_name(self._node, now)
-        return self.make_into(path, passphrase).addCallback(lambda _: path)
+        scratch = self._data.scratch
+        path = scratch / backup_name(self._node, now)
+
+        def make() -> Path:
+            scratch.mkdir(mode=0o700, exist_ok=True)
+            # What downloads cut off while the backup was made left behind.
+            for old in scratch.iterdir():
+                if old.stat().st_mtime < now - _SCRATCH_AGE:
+                    old.unlink(missing_ok=True)
+            make_backup(self._store.engine, path, passphrase=passphrase, kek=self._kek,
+                        files=data_files(self._data), node=self._node, now=now)
+            return path
+
+        return self._files.run(make)
 
     def make_into(self, path: Path, passphrase: str) -> Deferred[BackupInfo]:
         """
@@ -282,55 +429,61 @@ class Backups:
             self._store.engine, path, passphrase=passphrase, kek=self._kek,
             files=data_files(self._data), node=self._node, now=self._clock.seconds()))
 
-    def restore(self, backup: bytes, passphrase: str) -> Deferred[BackupInfo]:
-        def restore(conn: Connection) -> BackupInfo:
-            restored = restore_backup(conn, io.BytesIO(backup), passphrase,
-                                      expect_kek=self._kek)
-            return restored.info
+    async def _restore(self, backup: bytes, passphrase: str,
+                       then: Callable[[Connection, BackupInfo], None] | None) -> BackupInfo:
+        def check() -> None:
+            # The slow checks (checksum, Argon2) and the refusals of a wrong
+            # passphrase or another appliance's backup, before the write
+            # transaction that holds up every other write.
+            _, kek, _ = open_backup(io.BytesIO(backup), passphrase)
+            check_kek(kek, self._kek)
 
-        return self._store.run(restore)
+        await self._files.run(check)
+
+        def restore(conn: Connection) -> BackupInfo:
+            return restore_backup(conn, io.BytesIO(backup), passphrase, expect_kek=self._kek,
+                                  keep_newer_audit=True, then=then).info
+
+        info: BackupInfo = await self._store.run(restore)
+        return info
+
+    def restore(self, backup: bytes, passphrase: str, *,
+                then: Callable[[Connection, BackupInfo], None] | None = None
+                ) -> Deferred[BackupInfo]:
+        return Deferred.fromCoroutine(self._restore(backup, passphrase, then))
 
     def scheduled(self, directory: str) -> Deferred[list[ScheduledBackup]]:
-        return self._files.run(scheduled_in, directory)
+        return self._files.run(scheduled_in, directory, self.appliance)
 
+    def seal_passphrase(self, passphrase: str) -> str:
+        """
+        The scheduled backups' passphrase as the settings keep it: sealed
+        under the key-encryption key, so a copy of the database alone does
+        not open the backups.
+        """
+        sealed = seal_bytes(self._kek, passphrase.encode(), _PASSPHRASE_BINDING)
+        return _SEALED + base64.b64encode(sealed).decode()
 
-def scheduled_in(directory: str) -> list[ScheduledBackup]:
-    """
-    The backups in C{directory}, newest first (none if it cannot be read).
-    """
-    if not directory:
-        return []
-    found = []
-    try:
-        for entry in os.scandir(directory):
-            if entry.name.startswith("cipherd-") and entry.name.endswith(SUFFIX):
-                stat = entry.stat()
-                found.append(ScheduledBackup(entry.name, stat.st_size, stat.st_mtime))
-    except OSError:
-        return []
-    return sorted(found, key=lambda b: (b.modified, b.name), reverse=True)
-
-
-def prune(directory: Path, keep: int) -> list[str]:
-    """
-    Delete the oldest backups in C{directory} beyond the newest C{keep}.
-
-    @return: the names deleted.
-    """
-    gone = []
-    for old in scheduled_in(str(directory))[keep:]:
-        (directory / old.name).unlink(missing_ok=True)
-        gone.append(old.name)
-    return gone
+    def unseal_passphrase(self, value: str) -> str | None:
+        """
+        The passphrase of L{seal_passphrase}'s C{value}; C{None} if it is
+        not sealed (as typed, not yet sealed); raises if it is sealed under
+        another key.
+        """
+        if not value.startswith(_SEALED):
+            return None
+        return unseal_bytes(self._kek, base64.b64decode(value[len(_SEALED):]),
+                            _PASSPHRASE_BINDING).decode()
 
 
 class ScheduledBackups:
     """
     Makes a backup when the schedule says, on one node of several, and keeps
     the newest few.  What it did goes to the service log and the dashboard.
+    A passphrase typed into the settings is sealed at the next tick.
     """
 
-    def __init__(self, store: Store, backups: Backups, settings: IAddressSettings,
+    def __init__(self, store: Store, backups: Backups, settings: SettingsRepository,
                  counters: ICounters, files: IBlockingRunner, clock: IReactorTime,
                  node: str) -> None:
         self._store = store
@@ -341,8 +494,27 @@ class ScheduledBackups:
         self._clock = clock
         self._node = node
 
+    async def _passphrase(self, value: str) -> str:
+        """
+        The passphrase of the settings' C{value}, sealed there first if it
+        is as typed.
+        """
+        try:
+            passphrase = self._backups.unseal_passphrase(value)
+        except (KeyUnsealError, ValueError, binascii.Error):
+            self._failed("the backup passphrase in the settings cannot be read with this "
+                         "appliance's key-encryption key: set it again (Settings → "
+                         "Scheduled backup)")
+            return ""
+        if passphrase is None and value:
+            await self._settings.update(GLOBAL, {
+                "backup_passphrase": self._backups.seal_passphrase(value)})
+            passphrase = value
+        return passphrase or ""
+
     async def tick(self) -> None:
         values = (await self._settings.by_address([""]))[""]
+        passphrase = await self._passphrase(values["backup_passphrase"])
         if not values["backup_enabled"]:
             return
         try:
@@ -357,15 +529,17 @@ class ScheduledBackups:
         now = self._clock.seconds()
         if not await claim(self._store, "backup", due, now, run_first=False):
             return
-        directory, passphrase = values["backup_directory"], values["backup_passphrase"]
+        directory = values["backup_directory"]
         if not directory or not passphrase:
             self._failed("no backup directory or passphrase is set (Settings → Scheduled "
                          "backup)")
             return
-        path = Path(directory) / backup_name(self._node, now)
+        name = scheduled_name(self._backups.appliance, self._node, now)
+        path = Path(directory) / name
         try:
             info = await self._backups.make_into(path, passphrase)
-            gone = await self._files.run(prune, Path(directory), values["backup_keep"])
+            gone = await self._files.run(prune, Path(directory), self._backups.appliance,
+                                         values["backup_keep"], name)
         except (BackupError, OSError) as e:
             self._failed(str(e) if isinstance(e, BackupError) else
                          f"cannot write {path}: {e.strerror}")

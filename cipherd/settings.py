@@ -115,6 +115,22 @@ class AbsolutePath(Text):
 
 
 @dataclass(frozen=True)
+class BackupPassphrase(Text):
+    """
+    The scheduled backups' passphrase: as typed (12 to 512 characters), or
+    as cipherd keeps it once it has sealed it (C{sealed:...}, longer).
+    """
+
+    min_length: int = 12
+    max_length: int = 512
+
+    def check(self, value: Any) -> str:
+        if isinstance(value, str) and value.startswith("sealed:") and len(value) <= 4096:
+            return value
+        return super().check(value)
+
+
+@dataclass(frozen=True)
 class Boolean(ValueType):
     widget = "checkbox"
 
@@ -1185,8 +1201,9 @@ PROPERTIES: tuple[Property, ...] = (
        "How many scheduled backups the directory keeps: the oldest beyond this number "
        "are deleted after each new one.", levels=GLOBAL_ONLY, page="backup",
        group="Scheduled backup"),
-    _P("backup_passphrase", "Backup passphrase", Text(max_length=1024, min_length=12), "",
-       "The passphrase scheduled backups are encrypted under, at least 12 characters. "
+    _P("backup_passphrase", "Backup passphrase", BackupPassphrase(), "",
+       "The passphrase scheduled backups are encrypted under, 12 to 512 characters; kept "
+       "sealed under the key-encryption key. "
        "Keep a copy away from the appliance: without it no backup can be restored.",
        levels=GLOBAL_ONLY, page="backup", group="Scheduled backup", secret=True),
 )

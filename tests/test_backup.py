@@ -65,7 +65,7 @@ def fill(conn: Connection, who: str, *, big: bytes = b"") -> None:
         {"address": f"{who}@partner.example", "tunnel_id": f"t{i}", "received": 3.25 + i,
          "sender": "alice@example.org", "subject": "Contract ü", "size": 10,
          "attachments": 0, "read": i % 2 == 0, "receipt_to": "", "notified": True,
-         "content": os.urandom(50) + big} for i in range(3)])
+         "content": os.urandom(50) + (big if i == 0 else b"")} for i in range(3)])
     conn.execute(schema.audit_log.insert().values(
         at=4.0, actor=who, via="web", client="127.0.0.1", action="settings.change",
         target="global", summary="changed", details="{}"))
@@ -90,7 +90,9 @@ def backup_of(engine: Engine, **kwargs: Any) -> bytes:
 def source(tmp_path: Any) -> Engine:
     engine = database(f"sqlite:///{tmp_path / 'source.db'}")
     with engine.begin() as conn:
-        fill(conn, "alice", big=os.urandom(3 * 1024 * 1024))
+        # A message larger than the SMTP limit, that does not compress: it
+        # spans chunks.
+        fill(conn, "alice", big=os.urandom(12 * 1024 * 1024))
     return engine
 
 
@@ -215,3 +217,35 @@ def test_not_a_backup_and_a_short_passphrase(source: Engine, target: Engine) -> 
                                                PASSPHRASE, NotABackup)
     with pytest.raises(BackupError, match="at least 12 characters"):
         backup_of(source, passphrase="short")
+
+
+def test_more_after_the_last_part_is_refused(source: Engine, target: Engine) -> None:
+    data = backup_of(source)
+    message = unchanged(target, with_checksum(data[:-32] + b"\0" * 20 + b"\0" * 32),
+                        PASSPHRASE, DamagedBackup)
+    assert "ends inside a chunk" in message or "more after its last part" in message
+
+
+def test_a_restore_of_the_same_appliance_keeps_the_audit_log_made_since(
+        source: Engine) -> None:
+    data = backup_of(source)
+    with source.begin() as conn:
+        conn.execute(schema.audit_log.insert().values(
+            at=2000.0, actor="alice", via="web", client="::1", action="queue.delete",
+            target="ABCDEF012345", summary="deleted it", details="{}"))
+    recorded = []
+
+    def record(conn: Connection, info: Any) -> None:
+        recorded.append(info.rows["audit_log"])
+        conn.execute(schema.audit_log.insert().values(
+            at=2001.0, actor="alice", via="web", client="::1", action="backup.restore",
+            target="", summary="restored", details="{}"))
+
+    with source.begin() as conn:
+        restore_backup(conn, io.BytesIO(data), PASSPHRASE, keep_newer_audit=True,
+                       then=record)
+    with source.connect() as conn:
+        actions = conn.execute(select(schema.audit_log.c.action).order_by(
+            schema.audit_log.c.id)).scalars().all()
+    assert actions == ["settings.change", "queue.delete", "backup.restore"]
+    assert recorded == [1]

@@ -104,7 +104,6 @@ def test_a_restored_appliance_reads_the_mail_tunnelled_before_the_backup(
     assert refused.returncode == 1
     assert refused.stderr.strip() == ("cipherd restore: wrong passphrase: the backup cannot "
                                       "be opened with it")
-    kek = (new / "var" / "kek").read_bytes()
     damaged = tmp_path / "damaged.cdbk"
     data = bytearray(downloaded.read_bytes())
     data[len(data) // 2] ^= 0x10
@@ -113,15 +112,20 @@ def test_a_restored_appliance_reads_the_mail_tunnelled_before_the_backup(
                      str(passphrase_file))
     assert refused.returncode == 1
     assert "the backup is damaged: its checksum does not match" in refused.stderr
-    # Nothing changed: the key the first attempt made, no messages.
-    assert (new / "var" / "kek").read_bytes() == kek
-    assert messages_in(new) == 0
+    # Nothing changed: the backup is checked whole before anything is made.
+    assert not (new / "var").exists()
+    # Nor is a running appliance restored over.
+    running = twistd(pair.webmail.config, "restore", "--from", str(downloaded),
+                     "--passphrase-file", str(passphrase_file))
+    assert running.returncode == 1
+    assert "stop cipherd before a restore" in running.stderr
 
     restored = twistd(config, "restore", "--from", str(downloaded), "--passphrase-file",
                       str(passphrase_file))
     assert restored.returncode == 0, restored.stderr
     assert "Restored the backup made by node" in restored.stdout
     assert "The key-encryption key is the backup's" in restored.stdout
+    assert "Scheduled backups are off" in restored.stdout
     assert (new / "var" / "kek").read_bytes() == (pair.webmail.data_dir / "kek").read_bytes()
     assert messages_in(new) == 1
     # Once restored, a second restore without --replace is refused.

@@ -157,23 +157,38 @@ def test_scheduled_backups_are_written_on_time_and_the_oldest_deleted(
         admin_in: AdminHarness, tmp_path: Path) -> None:
     directory = tmp_path / "backups"
     directory.mkdir()
+    # Not this appliance's scheduled backups: never pruned.
+    others = ["cipherd-scheduled-00000000-20200101T000000Z-node-1.cdbk",
+              "cipherd-node-1-20200101T000000Z.cdbk", "notes.txt"]
+    for name in others:
+        (directory / name).write_bytes(b"theirs")
     job = scheduled(admin_in, backup_directory=str(directory))
     result_of(job.tick())  # the first look: the schedule counts from now
-    assert list(directory.iterdir()) == []
-    names = []
+    # The passphrase as typed is sealed under the KEK at the first tick.
+    stored = result_of(admin_in.settings.get(GLOBAL, "backup_passphrase"))
+    assert stored.startswith("sealed:") and PASSPHRASE not in stored
+    assert sorted(p.name for p in directory.iterdir()) == sorted(others)
+    ours = f"cipherd-scheduled-{admin_in.backups.appliance}-"
+    names: list[str] = []
     for _ in range(3):
         admin_in.clock.advance(3600)
         result_of(job.tick())
-        names = sorted(p.name for p in directory.iterdir())
+        names = sorted(p.name for p in directory.iterdir() if p.name.startswith(ours))
         # Within the same hour: nothing more.
         result_of(job.tick())
-        assert sorted(p.name for p in directory.iterdir()) == names
-    assert len(names) == 2 and all(n.startswith("cipherd-node-1-") for n in names)
+        assert sorted(p.name for p in directory.iterdir()
+                      if p.name.startswith(ours)) == names
+    assert len(names) == 2 and all(n.endswith("-node-1.cdbk") for n in names)
     assert all((directory / n).stat().st_mode & 0o777 == 0o600 for n in names)
+    assert all((directory / n).exists() for n in others)
     assert admin_in.counters.take().marks[BACKUP_MADE].detail == names[-1]
+    # Made under the sealed passphrase, which restores it.
     log_in_as(admin_in, "admin", GOOD_PASSWORD)  # hours idle: signed out
+    restored = restore(admin_in, (directory / names[-1]).read_bytes())
+    assert restored.code == 200, restored.text
+    log_in_as(admin_in, "admin", GOOD_PASSWORD)
     page = admin_in.get("/admin/backup").text
-    assert names[-1] in page and names[0] in page
+    assert names[-1] in page and names[0] in page and others[0] not in page
 
 
 def test_a_scheduled_backup_that_cannot_be_written_is_an_error_on_the_dashboard(

@@ -42,16 +42,18 @@ backup.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from argon2.exceptions import HashingError
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -66,19 +68,24 @@ MAGIC = b"CIPHERD-BACKUP\n"
 FORMAT = 1
 # Plain text compressed into about this much before it is sealed as one chunk.
 CHUNK = 1 << 20
-# The largest chunk a reader accepts (a compressed chunk plus the tag; zlib
-# flushes a little over CHUNK at most).
-_MAX_CHUNK = 4 * CHUNK
+# The largest chunk a reader accepts: CHUNK and the tag.
+_MAX_CHUNK = CHUNK + 16
 _MAX_HEADER = 4096
 _KEY_BLOCK = 12 + 64 + 16
 _CHECKSUM = 32
+# Rows inserted in one statement: at most this many, and about this many
+# bytes (a mailbox row may be megabytes).
 _ROWS_PER_INSERT = 500
+_BYTES_PER_INSERT = 8 << 20
+# Rows fetched at a time while writing a backup.
+_ROWS_PER_FETCH = 64
 
 # Argon2id (RFC 9106's second recommended option: 64 MiB, 3 passes).  A
 # reader refuses parameters far beyond these, since the header is read
 # before anything is authenticated and must not make it work for hours.
 KDF = {"name": "argon2id", "time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 2}
-_KDF_LIMITS = {"time_cost": 16, "memory_cost": 1024 * 1024, "parallelism": 16}
+_KDF_LIMITS = {"time_cost": 10, "memory_cost": 256 * 1024, "parallelism": 8}
+_SALT_BYTES = 16
 
 MIN_PASSPHRASE = 12
 
@@ -181,10 +188,16 @@ class IBackups(Interface):
         @raise BackupError: (in the Deferred) the passphrase is too short.
         """
 
-    def restore(backup: bytes, passphrase: str) -> Deferred[BackupInfo]:
+    def restore(backup: bytes, passphrase: str, *,
+                then: Callable[[Connection, BackupInfo], None] | None = None
+                ) -> Deferred[BackupInfo]:
         """
         Replace the database's contents with those of C{backup} (an upload),
-        made under this appliance's key-encryption key; all or nothing.
+        made under this appliance's key-encryption key; all or nothing.  The
+        audit log's entries made since the backup are kept.
+
+        @param then: called in the restore's transaction once the rows are
+            back (L{restore_backup}).
 
         @raise BackupError: (in the Deferred) why nothing was restored: not
             a backup, damaged, a wrong passphrase, another schema version,
@@ -207,6 +220,16 @@ def check_passphrase(passphrase: str) -> None:
 
 
 def _passphrase_key(passphrase: str, kdf: Mapping[str, Any]) -> bytes:
+    """
+    @raise BackupError: Argon2 refused the parameters.
+    """
+    try:
+        return _argon2(passphrase, kdf)
+    except HashingError as e:
+        raise DamagedBackup(f"the backup is damaged: {e}") from None
+
+
+def _argon2(passphrase: str, kdf: Mapping[str, Any]) -> bytes:
     return hash_secret_raw(passphrase.encode(), base64.b64decode(kdf["salt"]),
                            time_cost=kdf["time_cost"], memory_cost=kdf["memory_cost"],
                            parallelism=kdf["parallelism"], hash_len=32, type=Type.ID)
@@ -252,12 +275,21 @@ class _ChunkWriter:
             self._pending.append(data)
             self._size += len(data)
         if self._size >= CHUNK:
-            self._seal(b"".join(self._pending), False)
-            self._pending, self._size = [], 0
+            # A large row (a message of megabytes that does not compress)
+            # spans chunks: none is ever larger than CHUNK.
+            pending = b"".join(self._pending)
+            whole = len(pending) - len(pending) % CHUNK
+            for start in range(0, whole, CHUNK):
+                self._seal(pending[start:start + CHUNK], False)
+            rest = pending[whole:]
+            self._pending, self._size = ([rest] if rest else []), len(rest)
 
     def close(self) -> None:
-        self._pending.append(self._compress.flush())
-        self._seal(b"".join(self._pending), True)
+        pending = b"".join([*self._pending, self._compress.flush()])
+        while len(pending) > CHUNK:
+            self._seal(pending[:CHUNK], False)
+            pending = pending[CHUNK:]
+        self._seal(pending, True)
 
 
 def _encoders(table: Table) -> list[Any]:
@@ -302,8 +334,9 @@ def write_backup(conn: Connection, out: IO[bytes], *, passphrase: str, kek: byte
         chunks.line({"table": table.name, "columns": [c.name for c in table.columns]})
         encoders = _encoders(table)
         count = 0
-        result = conn.execution_options(stream_results=True, max_row_buffer=1000).execute(
-            select(table).order_by(*table.primary_key.columns))
+        result = conn.execution_options(
+            stream_results=True, max_row_buffer=_ROWS_PER_FETCH).execute(
+                select(table).order_by(*table.primary_key.columns))
         for row in result:
             chunks.line([v if encode is None else encode(v)
                          for v, encode in zip(row, encoders, strict=True)])
@@ -388,10 +421,15 @@ def _checked_kdf(header: Mapping[str, Any]) -> dict[str, Any]:
         kdf = dict(header["kdf"])
         if kdf["name"] != "argon2id" or not isinstance(kdf["salt"], str):
             raise ValueError
+        if len(base64.b64decode(kdf["salt"], validate=True)) != _SALT_BYTES:
+            raise ValueError
         for name, limit in _KDF_LIMITS.items():
-            if not isinstance(kdf[name], int) or not 1 <= kdf[name] <= limit:
+            if isinstance(kdf[name], bool) or not isinstance(kdf[name], int) or not (
+                    1 <= kdf[name] <= limit):
                 raise ValueError
-    except (KeyError, TypeError, ValueError):
+        if kdf["memory_cost"] < 8 * kdf["parallelism"]:
+            raise ValueError
+    except (KeyError, TypeError, ValueError, binascii.Error):
         raise DamagedBackup("the backup is damaged: its key derivation parameters are "
                             "not ones cipherd writes") from None
     return kdf
@@ -432,6 +470,9 @@ def _chunks(stream: _Bounded, key: bytes, associated: bytes) -> Iterator[bytes]:
             raise DamagedBackup(f"the backup is damaged: {e}") from None
         index += 1
         if last:
+            if stream.read(1):
+                raise DamagedBackup("the backup is damaged: there is more after its last "
+                                    "part")
             return
 
 
@@ -444,7 +485,11 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[Any]:
     for data in chunks:
         *complete, rest = data.split(b"\n")
         for piece in complete:
-            yield json.loads(b"".join([*parts, piece]))
+            try:
+                yield json.loads(b"".join([*parts, piece]))
+            except ValueError:
+                raise DamagedBackup("the backup is damaged: a line of its contents is not "
+                                    "JSON") from None
             parts.clear()
         if rest:
             parts.append(rest)
@@ -476,6 +521,17 @@ def open_backup(stream: IO[bytes], passphrase: str) -> tuple[BackupInfo, bytes,
     return info, keys[32:], lines
 
 
+def check_kek(kek: bytes, expected: bytes) -> None:
+    """
+    @raise IncompatibleBackup: the backup's key-encryption key C{kek} is not
+        the running appliance's C{expected}.
+    """
+    if kek != expected:
+        raise IncompatibleBackup(
+            "the backup was made under another key-encryption key (another appliance): "
+            "restore it with twistd cipherd restore, with cipherd stopped")
+
+
 def _decoders(table: Table, columns: list[str]) -> list[Any]:
     known = {c.name: c for c in table.columns}
     missing = [c for c in known if c not in columns]
@@ -487,7 +543,8 @@ def _decoders(table: Table, columns: list[str]) -> list[Any]:
 
 
 def restore_backup(conn: Connection, stream: IO[bytes], passphrase: str, *,
-                   expect_kek: bytes | None = None) -> Restored:
+                   expect_kek: bytes | None = None, keep_newer_audit: bool = False,
+                   then: Callable[[Connection, BackupInfo], None] | None = None) -> Restored:
     """
     Replace the contents of the database C{conn} writes to with those of a
     backup.  Call it in a transaction and commit only when it returns: any
@@ -496,15 +553,18 @@ def restore_backup(conn: Connection, stream: IO[bytes], passphrase: str, *,
     @param stream: the backup, a seekable file.
     @param expect_kek: the key-encryption key the backup must have been made
         under (a running appliance's), if any.
+    @param keep_newer_audit: keep the audit log's entries made after the
+        backup (a restore of the same appliance must not erase what was
+        done since).
+    @param then: called in the same transaction once the rows are back
+        (to record the restore in the audit log, all or nothing with it).
     @raise BackupError: not a backup, damaged, made by a cipherd of another
         schema version, the passphrase is wrong, or the key is not the one
         expected.
     """
     info, kek, lines = open_backup(stream, passphrase)
-    if expect_kek is not None and kek != expect_kek:
-        raise IncompatibleBackup(
-            "the backup was made under another key-encryption key (another appliance): "
-            "restore it with twistd cipherd restore, with cipherd stopped")
+    if expect_kek is not None:
+        check_kek(kek, expect_kek)
     version = current_version(conn)
     if info.schema != version:
         raise IncompatibleBackup(
@@ -512,28 +572,43 @@ def restore_backup(conn: Connection, stream: IO[bytes], passphrase: str, *,
             f"{version}: restore it with the cipherd version that made it (then upgrade), "
             "or make the backup again with this one")
     tables = {t.name: t for t in backed_up()}
+    if conn.dialect.name == "postgresql":
+        # Other nodes' writes wait until the restore is committed.
+        names = ", ".join(f'"{t.name}"' for t in schema.metadata.sorted_tables
+                          if t.name in tables or t in _EMPTIED)
+        conn.execute(text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
     for emptied in reversed(schema.metadata.sorted_tables):
-        if emptied in _EMPTIED or emptied.name in tables:
+        if emptied is schema.audit_log and keep_newer_audit:
+            conn.execute(emptied.delete().where(emptied.c.at <= info.created))
+        elif emptied in _EMPTIED or emptied.name in tables:
             conn.execute(emptied.delete())
+    kept_audit = set(conn.execute(select(schema.audit_log.c.id)).scalars())
     files: dict[str, bytes] = {}
     rows: dict[str, int] = {}
     table: Table | None = None
     batch: list[dict[str, Any]] = []
+    batch_bytes = 0
     columns: list[str] = []
     decoders: list[Any] = []
 
     def flush() -> None:
+        nonlocal batch_bytes
         if table is not None and batch:
             conn.execute(table.insert(), batch)
-            batch.clear()
+        batch.clear()
+        batch_bytes = 0
 
     end = None
     for line in lines:
         if isinstance(line, list) and table is not None:
-            batch.append({c: v if decode is None else decode(v)
-                          for c, v, decode in zip(columns, line, decoders, strict=True)})
+            row = {c: v if decode is None else decode(v)
+                   for c, v, decode in zip(columns, line, decoders, strict=True)}
             rows[table.name] += 1
-            if len(batch) >= _ROWS_PER_INSERT:
+            if table is schema.audit_log and row["id"] in kept_audit:
+                continue  # the same entry, kept
+            batch.append(row)
+            batch_bytes += sum(len(v) for v in row.values() if isinstance(v, bytes | str))
+            if len(batch) >= _ROWS_PER_INSERT or batch_bytes >= _BYTES_PER_INSERT:
                 flush()
             continue
         flush()
@@ -552,11 +627,14 @@ def restore_backup(conn: Connection, stream: IO[bytes], passphrase: str, *,
         elif "end" in line:
             end = line["end"]
             table = None
-    if end != rows:
-        raise DamagedBackup("the backup is damaged: its row counts do not match its rows")
+    if end != rows or set(rows) != set(tables):
+        raise DamagedBackup("the backup is damaged: its tables or row counts do not match "
+                            "its rows")
     _after_restore(conn)
-    return Restored(BackupInfo(info.created, info.node, info.schema, rows,
-                               tuple(sorted(files))), kek, files)
+    restored = BackupInfo(info.created, info.node, info.schema, rows, tuple(sorted(files)))
+    if then is not None:
+        then(conn, restored)
+    return Restored(restored, kek, files)
 
 
 def _after_restore(conn: Connection) -> None:
@@ -574,7 +652,13 @@ def _after_restore(conn: Connection) -> None:
     for table in backed_up():
         for column in table.primary_key.columns:
             if column.autoincrement is True:
+                sequence = conn.execute(text("SELECT pg_get_serial_sequence(:t, :c)"),
+                                        {"t": table.name, "c": column.name}).scalar()
+                current = conn.execute(text(
+                    "SELECT last_value FROM pg_sequences "
+                    "WHERE schemaname || '.' || sequencename = :s"), {"s": sequence}).scalar()
                 highest = conn.execute(select(func.max(column))).scalar()
-                conn.execute(text("SELECT setval(pg_get_serial_sequence(:t, :c), :v, :called)"),
-                             {"t": table.name, "c": column.name, "v": highest or 1,
-                              "called": highest is not None})
+                # Never backwards: setval is not undone if the restore is.
+                value = max(highest or 0, current or 0)
+                conn.execute(text("SELECT setval(:s, :v, :called)"),
+                             {"s": sequence, "v": value or 1, "called": value > 0})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from sqlalchemy import Connection
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -41,7 +42,8 @@ from cipherd.settings import (
 from cipherd.smtp.config import dns_server_problem
 from cipherd.store import DatabaseUnavailable
 from cipherd.store.admins import AdminRow
-from cipherd.store.backup import MIN_PASSPHRASE, BackupError
+from cipherd.store.audit import add_entry
+from cipherd.store.backup import MIN_PASSPHRASE, BackupError, BackupInfo
 from cipherd.web.account_pages import AccountPages
 from cipherd.web.api import AdminAPI
 from cipherd.web.audit import ACTION_GROUPS, audit_query
@@ -678,7 +680,7 @@ class AdminSite(AdminPages):
 
     @app.route("/admin/backup", methods=["POST"])
     @authenticated
-    @request_deadline(UPLOAD_DEADLINE)
+    @request_deadline(None)  # a backup of a large mailbox takes minutes to make and send
     async def download_backup(self, request: IRequest, session: AdminSession) -> bytes:
         """
         A backup made now, sent as a download (and deleted after).
@@ -728,18 +730,25 @@ class AdminSite(AdminPages):
             return await self._backup_page(
                 request, session, status=400,
                 restore_error="Tick the box to say everything may be replaced.")
+        client = client_address(request)
+
+        def record(conn: Connection, info: BackupInfo) -> None:
+            # In the restore's transaction: the restore and its record, or
+            # neither, whatever happens to this request meanwhile.
+            add_entry(conn, self.backend.audit.entry(
+                session.admin_name, "web", client, "backup.restore",
+                f"restored the backup made by node {info.node} at "
+                f"{utc_from_seconds(info.created).strftime(TIME_FORMAT)} "
+                f"({sum(info.rows.values())} rows)", details={"rows": dict(info.rows)}))
+
         try:
-            info = await backups.restore(data, arg(request, "passphrase") or "")
+            info = await backups.restore(data, arg(request, "passphrase") or "", then=record)
         except BackupError as e:
             return await self._backup_page(request, session, status=400,
                                            restore_error=f"Nothing was restored: {e}.")
         # The settings as restored, not as this process last read them.
         self.backend.settings.forget()
         rows = sum(info.rows.values())
-        await self.audit(request, session, "backup.restore",
-                         f"restored the backup made by node {info.node} at "
-                         f"{utc_from_seconds(info.created).strftime(TIME_FORMAT)} ({rows} rows)",
-                         details={"rows": dict(info.rows)})
         # Every session ended with the restore, this one too.
         return self.render(request, "backup_restored.html", None, info=info, rows=rows,
                            created=utc_from_seconds(info.created).strftime(TIME_FORMAT))

@@ -151,15 +151,24 @@ class AuditTrail:
             ("changed encrypt_mode at domain example.com"); never a secret.
         @param details: what changed (L{setting_changes}); never a secret.
         """
-        entry = AuditEntry(self._clock.seconds(), actor, via, client, action, target, summary,
-                           dict(details or {}))
-        log.info("Admin {actor!r} {summary} ({via}, from {client})", actor=actor,
-                 summary=summary, via=via, client=client)
+        entry = self.entry(actor, via, client, action, summary, target=target,
+                           details=details)
         try:
             await self._store.run(add_entry, entry)
         except DatabaseUnavailable as e:
             log.warn("The audit log could not record that admin {actor!r} {summary}: {reason}",
                      actor=actor, summary=summary, reason=e.reason)
+
+    def entry(self, actor: str, via: str, client: str, action: str, summary: str,
+              *, target: str = "", details: Mapping[str, Any] | None = None) -> AuditEntry:
+        """
+        The entry L{record} stores, logged, for a caller that stores it in a
+        transaction of its own (L{cipherd.store.audit.add_entry}).
+        """
+        log.info("Admin {actor!r} {summary} ({via}, from {client})", actor=actor,
+                 summary=summary, via=via, client=client)
+        return AuditEntry(self._clock.seconds(), actor, via, client, action, target, summary,
+                          dict(details or {}))
 
     async def record_request(self, request: IRequest, actor: str, via: str, action: str,
                              summary: str, *, target: str = "",

@@ -230,10 +230,11 @@ def _answer_failure(self: Any, request: IRequest, failure: Failure) -> bytes:
                           _answer_for(self, request, failure))
 
 
-def request_deadline(seconds: float) -> Callable[[T], T]:
+def request_deadline(seconds: float | None) -> Callable[[T], T]:
     """
     Give a route handler another deadline than L{REQUEST_DEADLINE}; put it
-    below C{@app.route} (and C{@authenticated}).
+    below C{@app.route} (and C{@authenticated}).  C{None}: none at all, for
+    a handler that streams its answer (a 503 cannot follow a body begun).
     """
 
     def mark(handler: T) -> T:
@@ -318,6 +319,8 @@ class SiteApp(Klein):
         if not isinstance(result, Deferred) or front is None:
             return result
         seconds = getattr(self.endpoints[endpoint], "request_deadline", REQUEST_DEADLINE)
+        if seconds is None:
+            return result
         return _within_deadline(result, request, seconds, cast(IErrorPages, front).clock,
                                 front)
 
