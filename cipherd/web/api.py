@@ -813,7 +813,7 @@ class AdminAPI:
         return json_response(request, 200, {
             "done": done, "not_done": [i for i in dict.fromkeys(ids) if i not in done]})
 
-    @app.route("/v1/queue/<queue_id>", methods=["GET"])
+    @app.route("/v1/queue/<string(length=12):queue_id>", methods=["GET"])
     @_authenticated()
     async def get_queued(self, request: IRequest, admin: AdminRow, queue_id: str) -> bytes:
         """
@@ -828,7 +828,7 @@ class AdminAPI:
             raise _not_queued(queue_id) from None
         return json_response(request, 200, queue_view.message_json(message, head))
 
-    @app.route("/v1/queue/<queue_id>/content", methods=["GET"])
+    @app.route("/v1/queue/<string(length=12):queue_id>/content", methods=["GET"])
     @_authenticated()
     async def get_queued_content(self, request: IRequest, admin: AdminRow,
                                  queue_id: str) -> bytes:
@@ -893,7 +893,7 @@ class AdminAPI:
         return json_response(request, 202, {"queue_id": queued.envelope.queue_id,
                                             "status": "Queued for delivery."})
 
-    @app.route("/v1/queue/<queue_id>", methods=["DELETE"])
+    @app.route("/v1/queue/<string(length=12):queue_id>", methods=["DELETE"])
     @_authenticated()
     async def delete_queued(self, request: IRequest, admin: AdminRow, queue_id: str) -> bytes:
         if not await self.backend.queue.delete(queue_id):

@@ -124,7 +124,7 @@ _PATH_NAMES = {"<name>": "{name}", "<key>": "{key}", "<which>": "{which}",
                "<token_id>": "{token_id}", "<address>": "{address}", "<action>": "{action}",
                "<queue_id>": "{queue_id}", "<thumbprint>": "{thumbprint}",
                "<fingerprint>": "{fingerprint}",
-}
+               "<string(length=12):queue_id>": "{queue_id}"}
 
 
 def openapi_path(route: str) -> str:
