@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy.exc import DBAPIError
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -57,7 +58,7 @@ from cipherd.store.backup import (
     write_backup,
 )
 from cipherd.store.jobs import claim
-from cipherd.store.migrations import migrate
+from cipherd.store.migrations import MigrationError, migrate
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 
@@ -322,6 +323,11 @@ def run_command(name: str, options: Mapping[str, Any], config: Config) -> int:
                                    replace=bool(options["replace"]), now=time.time())
     except BackupError as e:
         print(f"cipherd {name}: {e}", file=sys.stderr)
+        return 1
+    except (DBAPIError, MigrationError) as e:
+        why = e.orig if isinstance(e, DBAPIError) else e
+        print(f"cipherd {name}: the database cannot be used: {why}; nothing was done",
+              file=sys.stderr)
         return 1
     print(done)
     return 0
