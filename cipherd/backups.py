@@ -20,7 +20,6 @@ import hashlib
 import io
 import os
 import re
-import secrets
 import socket
 import sys
 import time
@@ -41,7 +40,7 @@ from zope.interface import implementer
 from cipherd.config import Config
 from cipherd.core.counters import BACKUP_FAILURE, BACKUP_MADE, ICounters
 from cipherd.cron import ScheduleError, parse_quartz
-from cipherd.datadir import DataDir, _write_secret_file, prepare_data_dir
+from cipherd.datadir import DataDir, prepare_data_dir, write_secret, write_secret_file
 from cipherd.pki.keywrap import KeyUnsealError, seal_bytes, unseal_bytes
 from cipherd.settings import GLOBAL
 from cipherd.store import Store, create_engine_for_url, read_transaction, schema
@@ -76,25 +75,6 @@ def data_files(data: DataDir) -> dict[str, bytes]:
             if (data.root / name).exists()}
 
 
-def _write_new(path: Path, write: Callable[[IO[bytes]], Any]) -> Any:
-    """
-    Write a file of mode 0600 through C{write}, fsynced, then renamed into
-    place: C{path} is whole or absent.  C{write}'s result.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            result = write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return result
-
-
 def _describe(info: BackupInfo) -> str:
     rows = info.rows
     when = datetime.fromtimestamp(info.created, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -105,9 +85,15 @@ def _describe(info: BackupInfo) -> str:
             f"{rows.get('admins', 0)} admin accounts")
 
 
+def _stamp(now: float) -> str:
+    """
+    C{now} as file names carry it: 20261206T230000Z.
+    """
+    return datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
 def backup_name(node: str, now: float) -> str:
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"cipherd-{node}-{stamp}{SUFFIX}"
+    return f"cipherd-{node}-{_stamp(now)}{SUFFIX}"
 
 
 def make_backup(engine: Engine, path: Path, *, passphrase: str, kek: bytes,
@@ -122,8 +108,7 @@ def make_backup(engine: Engine, path: Path, *, passphrase: str, kek: bytes,
             return write_backup(conn, out, passphrase=passphrase, kek=kek, files=files,
                                 node=node, now=now)
 
-    info: BackupInfo = _write_new(path, write)
-    return info
+    return write_secret(path, write)
 
 
 @dataclass
@@ -138,7 +123,7 @@ class _InstalledKey:
 
     def undo(self) -> None:
         if self.old is not None:
-            _write_secret_file(self.data.kek, self.old)
+            write_secret_file(self.data.kek, self.old)
 
 
 def _install_key(data: DataDir, kek: bytes, now: float) -> _InstalledKey:
@@ -152,11 +137,10 @@ def _install_key(data: DataDir, kek: bytes, now: float) -> _InstalledKey:
                                          "has.")
     kept = ""
     if old is not None:
-        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
-        previous = data.kek.with_name(f"kek.replaced-{stamp}")
-        _write_secret_file(previous, old)
+        previous = data.kek.with_name(f"kek.replaced-{_stamp(now)}")
+        write_secret_file(previous, old)
         kept = f" (the one it replaces is kept as {previous})"
-    _write_secret_file(data.kek, kek)
+    write_secret_file(data.kek, kek)
     return _InstalledKey(data, old, f"The key-encryption key is the backup's{kept}: every "
                                     f"node sharing this database needs a copy of {data.kek}.")
 
@@ -249,7 +233,7 @@ def restore_command(config: Config, source: Path, passphrase: str, *, replace: b
     done = [f"Restored the backup {_describe(restored.info)}.", installed.message]
     for name, content in sorted(restored.files.items()):
         if name in FILES:
-            _write_secret_file(data.root / name, content)
+            write_secret_file(data.root / name, content)
             if name.endswith("cert.pem"):
                 (data.root / name).chmod(0o644)
     if restored.files:
@@ -350,8 +334,7 @@ def appliance_id(kek: bytes) -> str:
 
 
 def scheduled_name(appliance: str, node: str, now: float) -> str:
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"cipherd-scheduled-{appliance}-{stamp}-{node}{SUFFIX}"
+    return f"cipherd-scheduled-{appliance}-{_stamp(now)}-{node}{SUFFIX}"
 
 
 def scheduled_in(directory: str, appliance: str) -> list[ScheduledBackup]:
@@ -410,6 +393,13 @@ class Backups:
         self._files = files
         self.appliance = appliance_id(kek)
 
+    def _write(self, path: Path, passphrase: str, now: float) -> BackupInfo:
+        """
+        In a thread: a backup made at C{now} written to C{path}.
+        """
+        return make_backup(self._store.engine, path, passphrase=passphrase, kek=self._kek,
+                           files=data_files(self._data), node=self._node, now=now)
+
     def make(self, passphrase: str) -> Deferred[Path]:
         now = self._clock.seconds()
         scratch = self._data.scratch
@@ -421,8 +411,7 @@ class Backups:
             for old in scratch.iterdir():
                 if old.stat().st_mtime < now - _SCRATCH_AGE:
                     old.unlink(missing_ok=True)
-            make_backup(self._store.engine, path, passphrase=passphrase, kek=self._kek,
-                        files=data_files(self._data), node=self._node, now=now)
+            self._write(path, passphrase, now)
             return path
 
         return self._files.run(make)
@@ -431,9 +420,7 @@ class Backups:
         """
         A backup written to C{path}.
         """
-        return self._files.run(lambda: make_backup(
-            self._store.engine, path, passphrase=passphrase, kek=self._kek,
-            files=data_files(self._data), node=self._node, now=self._clock.seconds()))
+        return self._files.run(self._write, path, passphrase, self._clock.seconds())
 
     async def _restore(self, backup: bytes, passphrase: str,
                        then: Callable[[Connection, BackupInfo], None] | None) -> BackupInfo:
@@ -528,12 +515,9 @@ class ScheduledBackups:
         except ScheduleError as e:
             self._failed(f"the backup schedule is not valid: {e}")
             return
-
-        def due(last: float) -> float:
-            return schedule.next_after(datetime.fromtimestamp(last, UTC)).timestamp()
-
         now = self._clock.seconds()
-        if not await claim(self._store, "backup", due, now, run_first=False):
+        if not await claim(self._store, "backup", schedule.next_after_seconds, now,
+                           run_first=False):
             return
         directory = values["backup_directory"]
         if not directory or not passphrase:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 from croniter.croniter import CroniterError
@@ -83,6 +83,13 @@ class QuartzSchedule:
             self._croniter_expression, when, second_at_beginning=True
         ).get_next(datetime)
         return result
+
+    def next_after_seconds(self, seconds: float) -> float:
+        """
+        L{next_after} in seconds since the epoch (UTC), as the scheduled
+        jobs' claims (L{cipherd.store.jobs.claim}) count.
+        """
+        return self.next_after(datetime.fromtimestamp(seconds, UTC)).timestamp()
 
 
 def parse_quartz(expression: str) -> QuartzSchedule:

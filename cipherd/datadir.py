@@ -19,9 +19,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import IO, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,6 +32,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cipherd.pki.certs import self_signed_builder
 from cipherd.pki.sitetls import GENERATED_ORGANISATION
+
+T = TypeVar("T")
 
 KEK_BYTES = 32
 TLS_VALIDITY = timedelta(days=3650)
@@ -68,19 +72,33 @@ class DataDir:
         return self.root / "tmp"
 
 
-def _write_secret_file(path: Path, data: bytes) -> None:
+def write_secret(path: Path, write: Callable[[IO[bytes]], T]) -> T:
     """
     Create C{path} with mode 0600 (never readable by others, not even for an
-    instant) and fsync it, then rename it into place.
+    instant) through C{write}, fsync it, then rename it into place: C{path}
+    is whole or as it was.
+
+    @return: C{write}'s result.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as out:
+            result = write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """
+    L{write_secret} of C{data}.
+    """
+    write_secret(path, lambda out: out.write(data))
 
 
 def make_self_signed_tls(hostname: str, now: datetime) -> tuple[bytes, bytes]:
@@ -140,11 +158,11 @@ def prepare_data_dir(root: Path, *, tls_hostname: str, now: datetime) -> DataDir
     for left in data.scratch.glob("*") if data.scratch.is_dir() else ():
         left.unlink(missing_ok=True)
     if not data.kek.exists():
-        _write_secret_file(data.kek, secrets.token_bytes(KEK_BYTES))
+        write_secret_file(data.kek, secrets.token_bytes(KEK_BYTES))
     if not (data.tls_certificate.exists() and data.tls_key.exists()):
         cert_pem, key_pem = make_self_signed_tls(tls_hostname, now)
-        _write_secret_file(data.tls_key, key_pem)
-        _write_secret_file(data.tls_certificate, cert_pem)
+        write_secret_file(data.tls_key, key_pem)
+        write_secret_file(data.tls_certificate, cert_pem)
         data.tls_certificate.chmod(0o644)
     return data
 

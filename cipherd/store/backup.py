@@ -582,7 +582,8 @@ def restore_backup(conn: Connection, stream: IO[bytes], passphrase: str, *,
             conn.execute(emptied.delete().where(emptied.c.at <= info.created))
         elif emptied in _EMPTIED or emptied.name in tables:
             conn.execute(emptied.delete())
-    kept_audit = set(conn.execute(select(schema.audit_log.c.id)).scalars())
+    kept_audit = (set(conn.execute(select(schema.audit_log.c.id)).scalars())
+                  if keep_newer_audit else set())
     files: dict[str, bytes] = {}
     rows: dict[str, int] = {}
     table: Table | None = None

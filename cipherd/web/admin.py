@@ -697,13 +697,13 @@ class AdminSite(AdminPages):
         except BackupError as e:
             return await self._backup_page(request, session, status=400, error=f"{e}.")
         try:
+            size = path.stat().st_size
             await self.audit(request, session, "backup.download",
-                             f"downloaded a backup ({path.stat().st_size} bytes)",
-                             target=path.name)
+                             f"downloaded a backup ({size} bytes)", target=path.name)
             request.setHeader(b"Content-Type", b"application/octet-stream")
             request.setHeader(b"Content-Disposition",
                               f'attachment; filename="{path.name}"'.encode())
-            request.setHeader(b"Content-Length", str(path.stat().st_size).encode())
+            request.setHeader(b"Content-Length", str(size).encode())
             with path.open("rb") as f:
                 await send_file(request, f)
         finally:

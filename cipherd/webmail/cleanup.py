@@ -16,7 +16,6 @@ the MPA log.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -66,10 +65,8 @@ class Cleanup:
                 log.error("Auto account cleanup cannot run: {why}", why=e)
                 return
 
-            def due(last: float) -> float:
-                return schedule.next_after(datetime.fromtimestamp(last, UTC)).timestamp()
-
-            if await claim(self._store, "account_cleanup", due, now, run_first=False):
+            if await claim(self._store, "account_cleanup", schedule.next_after_seconds, now,
+                           run_first=False):
                 await self._account_cleanup(values, now)
 
     async def _mailbox_cleanup(self, values: Mapping[str, Any], now: float) -> None:
