@@ -787,6 +787,7 @@ PAGES = (
     Page("quota", "Quota", WEBMAIL),
     Page("cleanup", "Auto cleanup", WEBMAIL),
     Page("branding", "Branding", WEBMAIL),
+    Page("ca", "Certificate authority", GATEWAY),
     Page("backup", "Scheduled backup"),
 )
 
@@ -1184,6 +1185,37 @@ PROPERTIES: tuple[Property, ...] = (
     _P("auto_account_cleanup_schedule", "Cleanup schedule", CronExpression(), "0 0 2 * * ?",
        "When account cleanup runs, as a Quartz cron expression (0 0 2 * * ? is 2am "
        "every day).", levels=GLOBAL_ONLY, page="cleanup", group="Auto account cleanup"),
+    # The built-in certificate authority (Admin → CA).
+    _P("auto_request_certificate", "Auto request certificate", Boolean(), False,
+       "When an internal sender without a valid signing certificate sends mail that "
+       "should be S/MIME signed, the default CA issues one at once (new key on the "
+       "gateway) and the message leaves signed with it (the sender's setting).",
+       page="ca", group="Certificate authority", role=GATEWAY),
+    _P("ca_default", "Default CA", Text(max_length=64), "",
+       "The CA that issues the certificates of this domain's (or user's) addresses: its id "
+       "or thumbprint (Admin → CA). Empty: the oldest CA that can issue.",
+       page="ca", group="Certificate authority", role=GATEWAY),
+    _P("ca_certificate_validity", "Certificate validity", Integer(1, 3650, "days"), 365,
+       "How long a certificate the CA issues is valid (never beyond the CA's own).",
+       page="ca", group="Certificate authority", role=GATEWAY),
+    _P("ca_key_type", "Certificate key type",
+       Choice((("rsa2048", "RSA 2048"), ("rsa3072", "RSA 3072"), ("rsa4096", "RSA 4096"),
+               ("ec-p256", "ECDSA P-256"), ("ec-p384", "ECDSA P-384"))), "rsa2048",
+       "The key made for an issued certificate. RSA keys sign and encrypt in every client; "
+       "EC keys (ECDH key agreement for encryption) in current ones.",
+       page="ca", group="Certificate authority", role=GATEWAY),
+    _P("ca_renewal_window", "Renewal window", Integer(1, 365, "days"), 30,
+       "A certificate issued here is issued again, with a new key, this many days before "
+       "it expires; the old one stays in the certificate store to decrypt older mail.",
+       levels=GLOBAL_ONLY, page="ca", group="Certificate authority", role=GATEWAY),
+    _P("ca_crl_schedule", "CRL schedule", CronExpression(), "0 0 * * * ?",
+       "When every CA signs its CRL again, as a Quartz cron expression in UTC (0 0 * * * ? "
+       "is every hour); a CA also signs it at every revocation. One node of several signs.",
+       levels=GLOBAL_ONLY, page="ca", group="CRL", role=GATEWAY),
+    _P("ca_crl_validity", "CRL validity", Integer(1, 8760, "hours"), 48,
+       "The next update of a CRL, in hours after it is signed: longer than the time between "
+       "two runs of the schedule, so a CRL is always current.",
+       levels=GLOBAL_ONLY, page="ca", group="CRL", role=GATEWAY),
     # Scheduled backups (Admin → Backup makes and restores them by hand).
     _P("backup_enabled", "Scheduled backup enabled", Boolean(), False,
        "Write a backup of the database, the key-encryption key (under the passphrase "

@@ -740,6 +740,35 @@ class CertificateStore:
     ) -> str:
         return (await self.add_certificates([(cert, key)], store))[0]
 
+    async def add_certificates_with(
+        self, certificates: Iterable[tuple[x509.Certificate, PrivateKey | None, str]],
+        write: Callable[[Connection], T],
+    ) -> T:
+        """
+        L{add_certificates} to the stores named with each, and C{write}
+        (the records of whoever made them: the CA's of what it issued) in
+        the same transaction: when C{write} raises, nothing is stored.
+        Beside the interface: only parts that keep their own tables in this
+        store's database use it.
+
+        @return: what C{write} returns.
+        """
+        triples = list(certificates)
+        keys = {certs.thumbprint(cert): key for cert, key, _ in triples if key is not None}
+        entries, _ = await self._crypto.run(_prepare, [cert for cert, _, _ in triples], keys,
+                                            self._kek, False)
+        now = self._clock.seconds()
+
+        def transaction(conn: Connection) -> T:
+            for (entry, (_, _, store)) in zip(entries, triples, strict=True):
+                q.put_certificates(conn, store, [entry], now)
+            return write(conn)
+
+        try:
+            return await self._store.run(transaction)
+        finally:
+            self._changed()
+
     async def create_tunnel_certificate(self, email: str, subject: str) -> str:
         cert, key = await self._crypto.run(certs.create_tunnel_certificate, email, subject,
                                            self.now())

@@ -119,6 +119,11 @@ def _admin_roles(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.api_tokens])
 
 
+def _certificate_authority(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.ca_authorities, schema.ca_issued,
+                                             schema.ca_requests])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -134,6 +139,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(11, "counters, marks and recent errors for the dashboard", _counters),
     Migration(12, "the last login of webmail accounts", _last_login),
     Migration(13, "admin roles, second factors and API tokens", _admin_roles),
+    Migration(14, "the built-in certificate authority", _certificate_authority),
 )
 
 

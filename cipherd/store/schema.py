@@ -386,3 +386,63 @@ recent_errors = Table(
     Column("source", String(64), nullable=False),
     Column("message", Text, nullable=False),
 )
+
+# Schema version 14: the built-in certificate authority (cipherd.pki.ca).
+# One row per CA: a root made here, or an intermediate whose key was made
+# here and whose certificate an outside root signs (certificate and
+# thumbprint empty until it is installed: pending).  private_key is the
+# CA's signing key sealed under the key-encryption key, bound to
+# "ca:<id>"; crl the CRL it signed last (served at crl_url).
+ca_authorities = Table(
+    "ca_authorities",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("key_type", String(16), nullable=False),
+    Column("private_key", LargeBinary, nullable=False),
+    Column("csr", LargeBinary, nullable=True),
+    Column("certificate", LargeBinary, nullable=True),
+    Column("thumbprint", String(64), nullable=True, unique=True),
+    Column("not_after", Float, nullable=True),
+    Column("crl_url", Text, nullable=False),
+    Column("crl_number", Integer, nullable=False),
+    Column("crl", LargeBinary, nullable=True),
+    Column("crl_this_update", Float, nullable=True),
+    Column("crl_next_update", Float, nullable=True),
+    Column("created", Float, nullable=False),
+)
+
+# The certificates a CA here issued (their keys are in the certificate
+# store, like imported ones): revoked and reason when revoked (RFC 5280
+# reason names), renewed_by the thumbprint of the one that replaced it.
+ca_issued = Table(
+    "ca_issued",
+    metadata,
+    Column("thumbprint", String(64), primary_key=True),
+    Column("ca_id", String(16), nullable=False, index=True),
+    Column("serial", String(64), nullable=False),
+    Column("email", String(320), nullable=False, index=True),
+    Column("der", LargeBinary, nullable=False),
+    Column("not_before", Float, nullable=False),
+    Column("not_after", Float, nullable=False, index=True),
+    Column("issued", Float, nullable=False),
+    Column("origin", String(16), nullable=False),  # admin, csv, auto, renewal
+    Column("revoked", Float, nullable=True),
+    Column("reason", String(32), nullable=True),
+    Column("renewed_by", String(64), nullable=True),
+)
+
+# Certificates asked for and not yet issued (a CSV of addresses is issued
+# in the background, a few at a time); error: why the last try failed.
+ca_requests = Table(
+    "ca_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),
+    Column("ca_id", String(16), nullable=True),
+    Column("validity_days", Integer, nullable=True),
+    Column("requested", Float, nullable=False, index=True),
+    Column("requested_by", String(64), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("error", Text, nullable=True),
+)
