@@ -134,6 +134,7 @@ class Cipherd:
             f'data_dir = "var"\n[admin]\nlisten = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
             f'[smtp]\nlisten = "tcp:{self.smtp_port}:interface=127.0.0.1"\n'
             f'[portal]\nlisten = "tcp:{self.portal_port}:interface=127.0.0.1"\n'
+            f'[crl]\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n'
             + ("" if workers is None else f"[processing]\nworkers = {workers}\n"))
         self.workers = 1 if workers is None else workers
         self._process = subprocess.Popen(

@@ -58,6 +58,7 @@ class Config:
     log_keep: int
     processing_workers: int = 1
     node_name: str = ""
+    crl_listen: str = "tcp:8081:interface=127.0.0.1"
 
     @property
     def effective_node_name(self) -> str:
@@ -132,6 +133,7 @@ _KEYS: dict[tuple[str, str], _Key] = {
     ("smtp", "listen"): _Key("smtp_listen", str, "tcp:2525:interface=127.0.0.1", _check_endpoint),
     ("portal", "listen"): _Key("portal_listen", str, "tcp:8444:interface=127.0.0.1",
                                _check_endpoint),
+    ("crl", "listen"): _Key("crl_listen", str, "tcp:8081:interface=127.0.0.1", _check_endpoint),
     ("tls", "hostname"): _Key("tls_hostname", str, "localhost", _non_empty),
     ("tls", "certificate"): _Key("tls_certificate", str, ""),
     ("tls", "key"): _Key("tls_key", str, ""),

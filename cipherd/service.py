@@ -15,6 +15,7 @@ migrated; if that fails, the reason is logged and the process stops.
 from __future__ import annotations
 
 import ctypes
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Coroutine
@@ -43,6 +44,7 @@ from cipherd.mpa.composite import Composite
 from cipherd.mpa.discovery import KeyDiscovery, WebKeyDirectory
 from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
+from cipherd.pki.ca import CA_TICK, CertificateAuthority
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import LayerOpener, SmimeEngine
 from cipherd.pki.keyring import Keyring
@@ -68,6 +70,7 @@ from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority, admin_totp_key
 from cipherd.web.backend import AdminBackend
 from cipherd.web.common import BoundedRequest, access_log_formatter
+from cipherd.web.crl_site import PublicationPoint
 from cipherd.web.dashboard import Dashboard
 from cipherd.web.portal import Portal
 from cipherd.webmail.accounts import Accounts
@@ -237,7 +240,8 @@ OPENPGP = SequoiaOpenPGP()
 
 def processing(settings: SettingsRepository, certificates: CertificateStore, keyring: Keyring,
                crypto_runner: ThreadPoolRunner, mailboxes: Mailboxes, accounts: Accounts,
-               mta: MTAConfigSource, reactor: Any) -> Composite:
+               mta: MTAConfigSource, authority: CertificateAuthority, reactor: Any
+               ) -> Composite:
     """
     Processing, between the queue's two spools: the webmail relay for the
     relay recipient (relay messages into mailboxes sealed under a key
@@ -255,7 +259,31 @@ def processing(settings: SettingsRepository, certificates: CertificateStore, key
                 KeyDiscovery(keyring, WebKeyDirectory(
                     reactor, DNSHopResolver(lambda: mta.current.dns_servers)),
                     OPENPGP, crypto_runner, reactor),
-                lambda: mta.current, reactor))
+                lambda: mta.current, reactor, authority=authority))
+
+
+def certificate_authority(store: Store, certificates: CertificateStore,
+                          settings: SettingsRepository, crypto_runner: ThreadPoolRunner,
+                          reactor: Any, kek: bytes, mta: MTAConfigSource
+                          ) -> CertificateAuthority:
+    """
+    The built-in CA: an address is internal when it is in a relay domain
+    (or its locality setting says so).
+    """
+    return CertificateAuthority(
+        store, certificates, settings, crypto_runner, reactor, kek,
+        internal=lambda address: mta.current.receive_policy().relay_domain(address))
+
+
+def crl_base_url(host: str, listen: str) -> str:
+    """
+    Where the CRL listener is reached, as a new CA's distribution point
+    begins unless the admin says otherwise: this host at the listener's
+    port (a port forward or proxy may put it elsewhere).
+    """
+    port = re.match(r"tcp6?:(?:port=)?(\d+)", listen)
+    number = port.group(1) if port else "80"
+    return f"http://{host or 'localhost'}" + ("" if number == "80" else f":{number}")
 
 
 def _store_and_pools(config: Config, reactor: Any, root: MultiService
@@ -312,7 +340,9 @@ def build_worker(config: Config, reactor: Any
     mta = MTAConfigSource(store)
     processor = processing(settings, certificates, keyring, crypto_runner,
                            Mailboxes(store, message_key(read_kek(data))),
-                           Accounts(store, reactor, auth_runner), mta, reactor)
+                           Accounts(store, reactor, auth_runner), mta,
+                           certificate_authority(store, certificates, settings, crypto_runner,
+                                                 reactor, read_kek(data), mta), reactor)
     return root, processor, settings, certificates, keyring, mta
 
 
@@ -334,7 +364,7 @@ def make_service(config: Config, reactor: Any) -> IService:
     logs = MailLogsService(data.logs, max_bytes=config.log_max_bytes, keep=config.log_keep)
     logs.setServiceParent(root)
     settings = SettingsRepository(store, reactor)
-    authority = AdminAuthority(
+    admins = AdminAuthority(
         store, auth_runner, reactor,
         idle_timeout=config.admin_session_idle_timeout,
         max_age=config.admin_session_max_age,
@@ -346,7 +376,7 @@ def make_service(config: Config, reactor: Any) -> IService:
     mta = MTAConfigSource(store)
 
     async def start() -> None:
-        await first_start(store, authority)
+        await first_start(store, admins)
         await mta.refresh()  # before the SMTP server takes its first session
 
     startup = _Startup(start, reactor)
@@ -366,8 +396,10 @@ def make_service(config: Config, reactor: Any) -> IService:
     queue = MailQueue(DirectorySpool(data.spool), spool_runner, reactor)
     mailboxes = Mailboxes(store, message_key(read_kek(data)))
     accounts = Accounts(store, reactor, auth_runner)
+    authority = certificate_authority(store, certificates, settings, crypto_runner, reactor,
+                                      read_kek(data), mta)
     local = processing(settings, certificates, keyring, crypto_runner, mailboxes, accounts, mta,
-                       reactor)
+                       authority, reactor)
     processor: IMessageProcessor = local
     if config.processing_workers and not shared:
         workers = ProcessingWorkers(
@@ -403,11 +435,12 @@ def make_service(config: Config, reactor: Any) -> IService:
     backups = Backups(store, data, read_kek(data), config.effective_node_name, reactor,
                       backup_runner)
     admin = AdminSite(
-        AdminBackend(authority, settings, logs.logs, crypto_runner, certificates, keyring, mta,
+        AdminBackend(admins, settings, logs.logs, crypto_runner, certificates, keyring, mta,
                      queue, audit, dashboard,
                      AccountAdministration(store, accounts, mailboxes, notifier, settings,
                                            lambda: mta.current, reactor),
-                     queue_runner, site_tls=options, backups=backups)
+                     queue_runner, site_tls=options, backups=backups, ca=authority,
+                     crl_base=lambda: crl_base_url(mta.current.my_hostname, config.crl_listen))
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,
                           lambda: mta.current, queue_runner, reactor)
@@ -433,6 +466,15 @@ def make_service(config: Config, reactor: Any) -> IService:
     smtp._raiseSynchronously = True
     smtp.setServiceParent(startup)
 
+    # The CA's CRLs and certificates, over plain HTTP at their URLs.
+    crl_site = Site(PublicationPoint(authority), requestFactory=BoundedRequest,
+                    logFormatter=access_log_formatter)
+    crl_site.displayTracebacks = False
+    publication = StreamServerEndpointService(
+        serverFromString(reactor, with_backlog(config.crl_listen)), crl_site)
+    publication._raiseSynchronously = True
+    publication.setServiceParent(startup)
+
     # Changes made to the MTA config on another node arrive within REFRESH.
     _periodic(MTAConfigSource.REFRESH, mta.refresh, "Reading the MTA config failed",
               reactor).setServiceParent(startup)
@@ -446,7 +488,9 @@ def make_service(config: Config, reactor: Any) -> IService:
     _periodic(BACKUP_TICK, ScheduledBackups(store, backups, settings, counters, backup_runner,
                                             reactor, config.effective_node_name).tick,
               "The scheduled backup failed", reactor).setServiceParent(startup)
-    _periodic(SESSION_SWEEP_INTERVAL, authority.expire_sessions,
+    _periodic(CA_TICK, authority.tick, "The CA's scheduled work (CRLs, renewal, requests) "
+              "failed", reactor).setServiceParent(startup)
+    _periodic(SESSION_SWEEP_INTERVAL, admins.expire_sessions,
               "Expiring admin sessions failed", reactor).setServiceParent(startup)
     _periodic(SESSION_SWEEP_INTERVAL, portal.sessions.expire,
               "Expiring portal sessions failed", reactor).setServiceParent(startup)

@@ -200,7 +200,8 @@ class Appliance:
 
 
 def write_appliance_config(directory: Path, admin_port: int, smtp_port: int,
-                           database_url: str = "", portal_port: int = 0) -> Path:
+                           database_url: str = "", portal_port: int = 0,
+                           crl_port: int = 0) -> Path:
     config = directory / "cipherd.toml"
     config.write_text(
         f'data_dir = "var"\n'
@@ -208,6 +209,7 @@ def write_appliance_config(directory: Path, admin_port: int, smtp_port: int,
         f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n'
         f'[smtp]\nlisten = "tcp:{smtp_port}:interface=127.0.0.1"\n'
         f'[portal]\nlisten = "tcp:{portal_port or free_port()}:interface=127.0.0.1"\n'
+        f'[crl]\nlisten = "tcp:{crl_port or free_port()}:interface=127.0.0.1"\n'
     )
     return config
 

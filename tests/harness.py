@@ -21,6 +21,7 @@ from cipherd.core.counters import Counters
 from cipherd.datadir import make_self_signed_tls, prepare_data_dir, read_kek
 from cipherd.logs import MailLogsService
 from cipherd.netinfo import Address, Interface, NetworkInfo, Resolvers
+from cipherd.pki.ca import CertificateAuthority
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.keyring import Keyring
 from cipherd.pki.pgp import SequoiaOpenPGP
@@ -107,8 +108,12 @@ class AdminHarness:
         self.publisher = LogPublisher()
         self.logs = MailLogsService(log_dir, max_bytes=10_000, keep=2, publisher=self.publisher)
         self.logs.startService()
-        self.certificates = CertificateStore(self.store, self.clock, os.urandom(32),
-                                             self.runner)
+        kek = os.urandom(32)
+        self.certificates = CertificateStore(self.store, self.clock, kek, self.runner)
+        # The built-in CA; example.com is the internal domain.
+        self.ca = CertificateAuthority(self.store, self.certificates, self.settings,
+                                       self.runner, self.clock, kek,
+                                       internal=lambda address: address.endswith("@example.com"))
         self.keyring = Keyring(self.store, self.clock, os.urandom(32), self.runner,
                                SequoiaOpenPGP())
         cert_pem, key_pem = make_self_signed_tls("localhost", datetime(2027, 1, 1, tzinfo=UTC))
@@ -141,7 +146,8 @@ class AdminHarness:
                                                self.settings, lambda: self.mta_config,
                                                self.clock),
                          network_info=lambda: NETWORK, site_tls=self.site_tls,
-                         backups=self.backups)
+                         backups=self.backups, ca=self.ca,
+                         crl_base=lambda: "http://pki.example.com:8081")
         )
         self.treq = StubTreq(self.site.resource())
         self.cookies: dict[str, str] = {}

@@ -25,6 +25,8 @@ from cipherd.mpa.discovery import KeyDiscovery
 from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, read_tunnel, tunnel_id
 from cipherd.pki import smime
+from cipherd.pki.ca import CertificateAuthority
+from cipherd.pki.certs import email_addresses, thumbprint
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import LayerOpener, SmimeEngine
 from cipherd.pki.ocsp import IOCSPClient
@@ -74,6 +76,11 @@ class World:
         self.certificates = CertificateStore(store, self.clock, os.urandom(32),
                                              SynchronousRunner(), ocsp)
         self.engine = SmimeEngine(self.certificates, SynchronousRunner())
+        # The built-in CA: it issues only when asked (auto request certificate).
+        self.authority = CertificateAuthority(
+            store, self.certificates, self.settings, SynchronousRunner(), self.clock,
+            os.urandom(32), internal=lambda address: self.config.receive_policy().relay_domain(
+                address))
         result_of(self.certificates.import_data(pki["root"].pem(), store=ROOTS))
         for name in ("alice", "bob", "carol"):
             result_of(self.certificates.import_data(pki[name].pkcs12(b"pw"), password="pw"))
@@ -93,7 +100,7 @@ class World:
                                    self.keyring, SequoiaOpenPGP(), SynchronousRunner())),
                                KeyDiscovery(self.keyring, self.directory, SequoiaOpenPGP(),
                                             SynchronousRunner(), self.clock),
-                               lambda: self.config, self.clock)
+                               lambda: self.config, self.clock, authority=self.authority)
         self.processor: IMessageProcessor = self.gateway
         self.set(GLOBAL, webmail_sender=WEBMAIL_SENDER, webmail_recipient=WEBMAIL_RECIPIENT)
 
@@ -331,6 +338,38 @@ def test_the_subject_trigger_is_removed_from_what_is_encrypted(world: World) -> 
     # erin has no certificate: a trigger makes it mandatory, and nothing can.
     refused = parts[("erin@partner.example",)].outcome
     assert refused is not None and "(by trigger)" in refused.reason
+
+
+def test_an_internal_sender_without_a_certificate_gets_one_and_signs(
+        world: World, log_lines: list[str]) -> None:
+    world.set(GLOBAL, encrypt_mode="mandatory")
+    ca = result_of(world.authority.create_root("CN=Gateway Mail CA", "ec-p256", 3650,
+                                               "http://pki.example.com/mail.crl"))
+    # Off (the default): dave's mail is encrypted, not signed.
+    parts = world.process("bob@partner.example", sender="dave@example.com")
+    opened = result_of(world.engine.open(parts[("bob@partner.example",)].content))
+    assert opened.decrypted is not None and not opened.signers
+    assert result_of(world.authority.count_issued()) == 0
+
+    world.set(GLOBAL, auto_request_certificate=True)
+    # Not for an external sender (nor one with a certificate: alice signs
+    # with hers).
+    world.process("bob@partner.example", sender="zed@elsewhere.example")
+    world.process("bob@partner.example", sender="alice@example.com")
+    assert result_of(world.authority.count_issued()) == 0
+    parts = world.process("bob@partner.example", sender="dave@example.com")
+    opened = result_of(world.engine.open(parts[("bob@partner.example",)].content))
+    assert opened.decrypted is not None and opened.signature_valid
+    signer = opened.signers[0].verdict
+    assert signer is not None and signer.chain[-1] == ca.certificate
+    assert email_addresses(signer.chain[0]) == ["dave@example.com"]
+    [issued] = result_of(world.authority.issued())
+    assert issued.origin == "auto" and issued.thumbprint == thumbprint(signer.chain[0])
+    assert any("a certificate was issued for the sender dave@example.com" in line
+               for line in log_lines)
+    # The next message uses it: no second certificate.
+    world.process("bob@partner.example", sender="dave@example.com")
+    assert result_of(world.authority.count_issued()) == 1
 
 
 def _signature_algorithm(signed_message: bytes) -> str:

@@ -60,6 +60,7 @@ from cipherd.mpa import policy
 from cipherd.mpa.discovery import KeyDiscovery, autocrypt_header
 from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
+from cipherd.pki.ca import ICertificateAuthority
 from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.cms import DecryptedContent
@@ -114,8 +115,15 @@ class Gateway:
     def __init__(self, settings: IAddressSettings, certificates: ICertificateStore,
                  engine: SmimeEngine, keyring: IKeyring, pgp: PGPEngine, pdf: PDFMaker,
                  sms: ISMSGateway, opener: LayerOpener, discovery: KeyDiscovery,
-                 mta: Callable[[], MTAConfig], clock: IReactorTime) -> None:
+                 mta: Callable[[], MTAConfig], clock: IReactorTime, *,
+                 authority: ICertificateAuthority | None = None) -> None:
+        """
+        @param authority: the built-in CA, which issues a certificate for an
+            internal sender who should sign and has none (*auto request
+            certificate*); C{None}: none is issued.
+        """
         self._settings = settings
+        self._authority = authority
         self._certificates = certificates
         self._engine = engine
         self._keyring = keyring
@@ -181,8 +189,7 @@ class Gateway:
                     canonical[recipient], fail_closed=_fails_closed(known[recipient]))
                 certificates[recipient] = found
                 if found and not signer_looked_up and sender_settings["smime_sign"]:
-                    signer = await self._certificates.signing_identity(
-                        envelope.sender, fail_closed=_fails_closed(sender_settings))
+                    signer = await self._signing_identity(envelope, sender_settings, receive)
                     signer_looked_up = True
                 facts = replace(facts, certificates=tuple(found), can_sign=signer is not None)
             if policy.needs_pgp_keys(facts):
@@ -261,6 +268,30 @@ class Gateway:
         if bounced:
             self._not_encrypted(envelope, content, subject, bounced, config, results)
         return results.result()
+
+    async def _signing_identity(self, envelope: Envelope, sender_settings: Mapping[str, Any],
+                                receive: Any) -> Any:
+        """
+        The sender's S/MIME signing identity; for an internal sender without
+        one whose *auto request certificate* is on, one the CA issues now.
+        """
+        fail_closed = _fails_closed(sender_settings)
+        signer = await self._certificates.signing_identity(envelope.sender,
+                                                           fail_closed=fail_closed)
+        if signer is not None or self._authority is None or not envelope.sender \
+                or not sender_settings["auto_request_certificate"]:
+            return signer
+        sender = canonical_address(envelope.sender)
+        if not (receive.relay_domain(sender) or sender_settings["locality"] == policy.INTERNAL):
+            return None
+        issued = await self._authority.auto_issue(sender)
+        if issued is None:
+            return None
+        log.info("{queue_id}: a certificate was issued for the sender {sender} "
+                 "(auto request certificate): {thumbprint}", queue_id=envelope.queue_id,
+                 sender=sender, thumbprint=issued)
+        return await self._certificates.signing_identity(envelope.sender,
+                                                         fail_closed=fail_closed)
 
     def _decided(self, envelope: Envelope, facts: policy.Facts,
                  methods: Sequence[tuple[str, policy.Offer]] = policy.METHODS, *,

@@ -827,6 +827,14 @@ class CertificateAuthority:
                          issuer=issuer, outcome=outcome)
         return der
 
+    async def crl_of(self, ref: str) -> bytes | None:
+        """
+        @return: the CA's current CRL (DER), or C{None}: no such CA, or it
+            has signed none yet.
+        """
+        row = await self._row(ref)
+        return None if row is None else row.crl
+
     async def published(self, path: str) -> Published | None:
         """
         What the CRL listener serves at C{path}: a CA's CRL at the path of

@@ -63,6 +63,7 @@ from cipherd.web.backend import (
     TunnelCertificateRefused,
     TunnelEnd,
 )
+from cipherd.web.ca_pages import CAPages
 from cipherd.web.common import (
     MAX_UPLOAD,
     RETRY_AFTER_SECONDS,
@@ -247,6 +248,7 @@ class AdminSite(AdminPages):
         self.api = AdminAPI(backend)
         self.pki = PkiPages(backend, self.templates)
         self.pgp = PGPPages(backend, self.templates)
+        self.ca = CAPages(backend, self.templates)
         self.mta = MTAPages(backend, self.templates)
         self.accounts = AccountPages(backend, self.templates)
 
@@ -288,6 +290,10 @@ class AdminSite(AdminPages):
     @app.route("/pki/", branch=True)
     def pki_branch(self, request: IRequest) -> Resource:
         return self.pki.app.resource()
+
+    @app.route("/ca/", branch=True)
+    def ca_branch(self, request: IRequest) -> Resource:
+        return self.ca.app.resource()
 
     @app.route("/pgp/", branch=True)
     def pgp_branch(self, request: IRequest) -> Resource:

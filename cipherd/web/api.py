@@ -31,6 +31,8 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from cipherd.core.envelope import QUEUE_ID
+from cipherd.pki.ca import REASONS, Authority, CAError, CertificateAuthority
+from cipherd.pki.certs import describe_name
 from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.keyring import StoredKey
 from cipherd.pki.pgp import PGPError, Subkey
@@ -53,6 +55,7 @@ from cipherd.smtp.config import (
 )
 from cipherd.smtp.queue import describe as describe_queued
 from cipherd.store.admins import AdminRow, TokenRow
+from cipherd.store.ca import IssuedRow, RequestRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.web import queue_view, roles
 from cipherd.web.audit import audit_query, changed_values, entry_json
@@ -67,7 +70,15 @@ from cipherd.web.backend import (
     TunnelCertificateRefused,
     TunnelEnd,
     generated_key_problems,
+    send_pkcs12,
     send_test_email,
+)
+from cipherd.web.ca_pages import (
+    CRL_TYPE,
+    PKCS12_TYPE,
+    authority_file,
+    issued_status,
+    send_file,
 )
 from cipherd.web.common import (
     UPLOAD_DEADLINE,
@@ -1329,6 +1340,292 @@ class AdminAPI:
         request.setResponseCode(204)
         return b""
 
+    # The built-in CA (Admin → CA) ---------------------------------------------
+
+    @property
+    def _ca(self) -> CertificateAuthority:
+        if self.backend.ca is None:
+            raise _BadRequest("This appliance has no CA.", status=404)
+        return self.backend.ca
+
+    async def _authority(self, ref: str) -> Authority:
+        found = await self._ca.authority(ref)
+        if found is None:
+            raise _BadRequest("There is no such CA.", status=404)
+        return found
+
+    async def _issued(self, thumbprint: str) -> IssuedRow:
+        found = await self._ca.issued_certificate(thumbprint)
+        if found is None:
+            raise _BadRequest("No CA here issued such a certificate.", status=404)
+        return found
+
+    @app.route("/v1/ca", methods=["GET"])
+    @_authenticated()
+    async def list_authorities(self, request: IRequest, admin: AdminRow) -> bytes:
+        now = self._ca.now()
+        return json_response(request, 200, {"authorities": [
+            _authority_json(a, now) for a in await self._ca.authorities()]})
+
+    @app.route("/v1/ca", methods=["POST"])
+    @_authenticated()
+    async def create_authority(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        C{{"subject", "key_type", "validity_days", "crl_url", "kind"}}: a
+        root CA (the default kind), or with C{"kind": "intermediate"} a
+        pending intermediate and its request (C{"csr"}) to have signed.
+        """
+        body = _json_body(request)
+        if not isinstance(body, dict):
+            raise _BadRequest('Send {"subject", "key_type", "validity_days", "crl_url"}.')
+        kind = body.get("kind", "root")
+        subject, key_type = body.get("subject"), body.get("key_type", "rsa3072")
+        days, crl_url = body.get("validity_days", 3650), body.get("crl_url")
+        if crl_url is None:
+            crl_url = f"{self.backend.crl_base()}/crl/ca{len(await self._ca.authorities()) + 1}.crl"
+        errors = {name: "must be a string" for name, value in (
+            ("subject", subject), ("key_type", key_type), ("crl_url", crl_url))
+            if not isinstance(value, str)}
+        if kind not in ("root", "intermediate"):
+            errors["kind"] = "must be root or intermediate"
+        if not isinstance(days, int) or isinstance(days, bool):
+            errors["validity_days"] = "must be a whole number of days"
+        if set(body) - {"subject", "key_type", "validity_days", "crl_url", "kind"}:
+            errors.update({name: "is not a field of a CA" for name in set(body) - {
+                "subject", "key_type", "validity_days", "crl_url", "kind"}})
+        if errors:
+            raise _BadRequest("Some values were refused; nothing was created.", errors)
+        assert isinstance(subject, str) and isinstance(key_type, str)
+        assert isinstance(crl_url, str) and isinstance(days, int)
+        try:
+            if kind == "intermediate":
+                made = await self._ca.create_intermediate(subject, key_type, crl_url)
+            else:
+                made = await self._ca.create_root(subject, key_type, days, crl_url)
+        except CAError as e:
+            raise _BadRequest(str(e)) from None
+        await self._audit(request, admin, "ca.create", f"created the {made.kind} CA "
+                          f"{made.subject}", target=made.id)
+        return json_response(request, 201, _authority_json(made, self._ca.now()))
+
+    @app.route("/v1/ca/<name>", methods=["GET"])
+    @_authenticated()
+    async def get_authority(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
+        """
+        One CA by id or thumbprint; C{.pem} its certificate, C{.csr} its
+        request while pending.
+        """
+        ref, dot, suffix = name.partition(".")
+        found = await self._authority(ref)
+        if not dot:
+            return json_response(request, 200, _authority_json(found, self._ca.now()))
+        wanted = authority_file(found, suffix)
+        if wanted is None:
+            raise _BadRequest("This CA has no such file.", status=404)
+        return send_file(request, *wanted)
+
+    @app.route("/v1/ca/<ref>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_authority(self, request: IRequest, admin: AdminRow, ref: str) -> bytes:
+        found = await self._authority(ref)
+        if not await self._ca.delete_pending(found.id):
+            raise _BadRequest("Only a CA waiting for its certificate can be deleted.",
+                              status=409)
+        await self._audit(request, admin, "ca.delete",
+                          f"deleted the pending CA {found.subject}", target=found.id)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/v1/ca/<ref>/certificate", methods=["PUT"])
+    @_authenticated()
+    @request_deadline(UPLOAD_DEADLINE)
+    async def install_authority(self, request: IRequest, admin: AdminRow, ref: str) -> bytes:
+        """
+        The body is the certificate an outside root signed for a pending
+        intermediate (PEM, DER or PKCS#7, with its chain or not).
+        """
+        found = await self._authority(ref)
+        data = self._file_body(request)
+        if not data.strip():
+            raise _BadRequest("The request body is empty: send the certificate file.")
+        try:
+            installed = await self._ca.install(found.id, data)
+        except CAError as e:
+            raise _BadRequest(str(e), status=409 if "already" in str(e) else 400) from None
+        await self._audit(request, admin, "ca.install",
+                          f"installed the certificate of the CA {installed.subject}",
+                          target=installed.id)
+        return json_response(request, 200, _authority_json(installed, self._ca.now()))
+
+    @app.route("/v1/ca/<ref>/crl", methods=["GET"])
+    @_authenticated()
+    async def get_crl(self, request: IRequest, admin: AdminRow, ref: str) -> bytes:
+        found = await self._authority(ref)
+        crl = await self._ca.crl_of(found.id)
+        if crl is None:
+            raise _BadRequest("This CA has no CRL yet.", status=404)
+        return send_file(request, crl, CRL_TYPE, f"ca-{found.id}.crl")
+
+    @app.route("/v1/ca/<ref>/crl", methods=["POST"])
+    @_authenticated()
+    async def sign_crl(self, request: IRequest, admin: AdminRow, ref: str) -> bytes:
+        found = await self._authority(ref)
+        try:
+            await self._ca.sign_crl(found.id)
+        except CAError as e:
+            raise _BadRequest(str(e), status=409) from None
+        await self._audit(request, admin, "ca.crl", f"signed the CRL of the CA {found.subject}",
+                          target=found.id)
+        return json_response(request, 200, _authority_json(
+            await self._authority(found.id), self._ca.now()))
+
+    @app.route("/v1/ca/certificates", methods=["GET"])
+    @_authenticated()
+    async def list_issued(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        The certificates issued here, newest first: C{?q=} text in an
+        address or the start of a serial or thumbprint; C{?ca=} one CA's;
+        C{?offset=}, C{?limit=}.
+        """
+        text, _, numbers = _list_query(request)
+        ca = arg(request, "ca") or ""
+        if ca:
+            ca = (await self._authority(ca)).id
+        rows = await self._ca.issued(text=text, ca=ca, **numbers)
+        total = _page_total(len(rows), numbers)
+        if total is None:
+            total = await self._ca.count_issued(text=text, ca=ca)
+        now = self._ca.now()
+        return json_response(request, 200, {
+            "certificates": [_issued_json(r, now) for r in rows], "total": total, **numbers})
+
+    @app.route("/v1/ca/certificates", methods=["POST"])
+    @_authenticated()
+    async def issue_certificate(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        C{{"email", "validity_days"?, "ca"?}}: issued now (201); or
+        C{{"emails": [...], ...}}: queued, issued in the background (202).
+        """
+        body = _json_body(request)
+        allowed = {"email", "emails", "validity_days", "ca"}
+        if not isinstance(body, dict) or ("email" in body) == ("emails" in body):
+            raise _BadRequest('Send {"email": ...} or {"emails": [...]}, with "validity_days" '
+                              'and "ca" if wanted.')
+        errors = {name: "is not a field of a request" for name in set(body) - allowed}
+        days, ca = body.get("validity_days"), body.get("ca")
+        if days is not None and (not isinstance(days, int) or isinstance(days, bool)):
+            errors["validity_days"] = "must be a whole number of days"
+        if ca is not None and not isinstance(ca, str):
+            errors["ca"] = "must be a CA's id or thumbprint"
+        emails = body.get("emails")
+        if "email" in body and not isinstance(body["email"], str):
+            errors["email"] = "must be a string"
+        if emails is not None and (not isinstance(emails, list) or not all(
+                isinstance(e, str) for e in emails)):
+            errors["emails"] = "must be a list of addresses"
+        if errors:
+            raise _BadRequest("Some values were refused; nothing was issued.", errors)
+        try:
+            if emails is not None:
+                count = await self._ca.request(emails, ca=ca, validity_days=days,
+                                               by=admin.name)
+            else:
+                issued = await self._ca.issue(body["email"], ca=ca, validity_days=days)
+        except CAError as e:
+            raise _BadRequest(str(e)) from None
+        if emails is not None:
+            await self._audit(request, admin, "ca.request",
+                              f"asked for certificates for {count} address(es)",
+                              details={"count": count})
+            return json_response(request, 202, {"queued": count})
+        await self._audit(request, admin, "ca.issue",
+                          f"issued a certificate for {issued.email}", target=issued.thumbprint)
+        return json_response(request, 201, _issued_json(issued, self._ca.now()))
+
+    @app.route("/v1/ca/certificates/<thumbprint>", methods=["GET"])
+    @_authenticated()
+    async def get_issued(self, request: IRequest, admin: AdminRow, thumbprint: str) -> bytes:
+        return json_response(request, 200, _issued_json(await self._issued(thumbprint),
+                                                         self._ca.now()))
+
+    @app.route("/v1/ca/certificates/<thumbprint>/revoke", methods=["POST"])
+    @_authenticated()
+    async def revoke_issued(self, request: IRequest, admin: AdminRow, thumbprint: str) -> bytes:
+        """
+        C{{"reason": ...}}, one of L{cipherd.pki.ca.REASONS}; the CA's CRL
+        is signed again at once.
+        """
+        issued = await self._issued(thumbprint)
+        body = _json_body(request)
+        reason = body.get("reason", "unspecified") if isinstance(body, dict) else None
+        if not isinstance(reason, str) or reason not in REASONS:
+            raise _BadRequest("Send {\"reason\": ...}.",
+                              {"reason": f"must be one of {', '.join(REASONS)}"})
+        try:
+            revoked = await self._ca.revoke(issued.thumbprint, reason)
+        except CAError as e:
+            raise _BadRequest(str(e), status=409) from None
+        await self._audit(request, admin, "ca.revoke",
+                          f"revoked the certificate of {revoked.email} ({reason})",
+                          target=revoked.thumbprint)
+        return json_response(request, 200, _issued_json(revoked, self._ca.now()))
+
+    @app.route("/v1/ca/certificates/<thumbprint>/pkcs12", methods=["POST"])
+    @_authenticated()
+    async def export_pkcs12(self, request: IRequest, admin: AdminRow, thumbprint: str) -> bytes:
+        """
+        C{{"password": ...}}: the certificate with its key and its CA's
+        certificate as a PKCS#12 file under that password.
+        """
+        issued = await self._issued(thumbprint)
+        body = _json_body(request)
+        password = body.get("password") if isinstance(body, dict) else None
+        if not isinstance(password, str):
+            raise _BadRequest('Send {"password": ...}.', {"password": "must be a string"})
+        try:
+            data = await self._ca.pkcs12(issued.thumbprint, password)
+        except CAError as e:
+            raise _BadRequest(str(e)) from None
+        await self._audit(request, admin, "ca.export",
+                          f"downloaded the PKCS#12 file of {issued.email}",
+                          target=issued.thumbprint)
+        return send_file(request, data, PKCS12_TYPE, f"{issued.email}.p12")
+
+    @app.route("/v1/ca/certificates/<thumbprint>/send", methods=["POST"])
+    @_authenticated()
+    async def send_issued(self, request: IRequest, admin: AdminRow, thumbprint: str) -> bytes:
+        """
+        Mail the PKCS#12 file to the certificate's owner under a new random
+        password, which only this answer carries.
+        """
+        issued = await self._issued(thumbprint)
+        try:
+            password = await send_pkcs12(self.backend, issued)
+        except CAError as e:
+            raise _BadRequest(str(e), status=409) from None
+        await self._audit(request, admin, "ca.send",
+                          f"mailed the PKCS#12 file of {issued.email} to its owner",
+                          target=issued.thumbprint)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json_response(request, 200, {"sent_to": issued.email, "password": password})
+
+    @app.route("/v1/ca/requests", methods=["GET"])
+    @_authenticated()
+    async def list_requests(self, request: IRequest, admin: AdminRow) -> bytes:
+        return json_response(request, 200, {"requests": [
+            _request_json(r) for r in await self._ca.requests()]})
+
+    @app.route("/v1/ca/requests/<int:request_id>", methods=["DELETE"])
+    @_authenticated()
+    async def cancel_request(self, request: IRequest, admin: AdminRow,
+                             request_id: int) -> bytes:
+        if not await self._ca.cancel_request(request_id):
+            raise _BadRequest("There is no such request.", status=404)
+        await self._audit(request, admin, "ca.cancel",
+                          f"cancelled the certificate request {request_id}")
+        request.setResponseCode(204)
+        return b""
+
     # The tunnel certificates: guide §3.8 (gateway) and §2.3.11 (webmail) ------
 
     @app.route("/v1/webmail/sender-certificate", methods=["POST"])
@@ -1481,6 +1778,39 @@ def _subkey_json(key: Subkey) -> dict[str, Any]:
         "flags": sorted(key.flags),
         "revoked": key.revoked,
     }
+
+
+def _authority_json(authority: Authority, now: float) -> dict[str, Any]:
+    cert = authority.certificate
+    return {
+        "id": authority.id, "subject": authority.subject, "kind": authority.kind,
+        "key_type": authority.key_type, "pending": authority.pending,
+        "thumbprint": authority.thumbprint,
+        "issuer": None if cert is None else describe_name(cert.issuer),
+        "not_before": None if cert is None else _iso(cert.not_valid_before_utc.timestamp()),
+        "not_after": _iso(authority.not_after), "usable": authority.usable(now),
+        "crl_url": authority.crl_url, "crl_this_update": _iso(authority.crl_this_update),
+        "crl_next_update": _iso(authority.crl_next_update),
+        "crl_entries": authority.crl_entries,
+        "csr": None if authority.csr is None else authority.csr.decode("ascii"),
+        "created": _iso(authority.created),
+    }
+
+
+def _issued_json(row: IssuedRow, now: float) -> dict[str, Any]:
+    return {
+        "thumbprint": row.thumbprint, "email": row.email, "ca": row.ca_id,
+        "serial": row.serial.upper(), "not_before": _iso(row.not_before),
+        "not_after": _iso(row.not_after), "issued": _iso(row.issued), "origin": row.origin,
+        "status": issued_status(row, now), "revoked": _iso(row.revoked), "reason": row.reason,
+        "renewed_by": row.renewed_by,
+    }
+
+
+def _request_json(row: RequestRow) -> dict[str, Any]:
+    return {"id": row.id, "email": row.email, "ca": row.ca_id,
+            "validity_days": row.validity_days, "requested": _iso(row.requested),
+            "requested_by": row.requested_by, "attempts": row.attempts, "error": row.error}
 
 
 def _pgp_key_json(stored: StoredKey, now: float) -> dict[str, Any]:

@@ -6,27 +6,34 @@ service: one object to pass, so both fronts always see the same parts.
 from __future__ import annotations
 
 import base64
+import email.policy
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from cipherd.core.clock import utc_from_seconds
 from cipherd.logs import LogQuery, MailLog
 from cipherd.netinfo import NetworkInfo, gather
+from cipherd.pki.ca import CAError, CertificateAuthority
 from cipherd.pki.certs import thumbprint
 from cipherd.pki.certstore import ICertificateStore
 from cipherd.pki.keyring import IKeyring, StoredKey
 from cipherd.pki.pgp import emails_of
 from cipherd.pki.sitetls import ISiteCertificate, SiteCertificateInfo
 from cipherd.pki.trust import CTLStatus, Purpose
-from cipherd.settings import GLOBAL, REGISTRY, Scope, email_problem
+from cipherd.settings import GLOBAL, PASSWORD_ALPHABET, REGISTRY, Scope, email_problem
 from cipherd.smtp.compose import compose
 from cipherd.smtp.config import MTAConfigSource, domain_name_problem
 from cipherd.smtp.queue import MailQueue, QueueRunner
 from cipherd.smtp.spool import QueuedMessage
 from cipherd.store.backup import IBackups
+from cipherd.store.ca import IssuedRow
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.audit import AuditTrail
@@ -34,6 +41,7 @@ from cipherd.web.auth import AdminAuthority
 from cipherd.web.dashboard import Dashboard
 from cipherd.webmail.administration import AccountAdministration
 from cipherd.webmail.notify import TEMPLATES
+from cipherd.webmail.pdf import random_password
 
 # A PGP key's name in a URL: its fingerprint, 40 hexadecimal digits (v4
 # keys) or 64 (v6 keys, RFC 9580 §5.5.4).
@@ -247,6 +255,9 @@ class AdminBackend:
         blocks, so it runs on C{runner}.
     @ivar site_tls: the sites' TLS certificate (Admin → TLS certificate).
     @ivar backups: makes and restores backups (Admin → Backup).
+    @ivar ca: the built-in CA (Admin → CA).
+    @ivar crl_base: where the CRL listener is reached (C{http://host:port}),
+        the beginning a new CA's distribution point is proposed with.
     """
 
     authority: AdminAuthority
@@ -264,6 +275,8 @@ class AdminBackend:
     network_info: Callable[[], NetworkInfo] = gather
     site_tls: ISiteCertificate | None = None
     backups: IBackups | None = None
+    ca: CertificateAuthority | None = None
+    crl_base: Callable[[], str] = lambda: "http://localhost:8081"
 
     # PGP keys, named in URLs by fingerprint: anything else names no key.
 
@@ -461,6 +474,47 @@ async def send_test_email(backend: AdminBackend, sender: str, recipients: list[s
     content = compose(sender=sender, recipients=recipients, subject=subject, body=body,
                       now=backend.queue_runner.now(), my_hostname=config.my_hostname)
     return await backend.queue_runner.submit(sender, recipients, content, "local (admin)")
+
+
+# The password a mailed PKCS#12 file gets: shown once to the admin who sent it.
+PKCS12_PASSWORD_LENGTH = 20
+
+
+async def send_pkcs12(backend: AdminBackend, row: IssuedRow) -> str:
+    """
+    Mail a certificate the CA issued, with its key, to its owner as a
+    PKCS#12 file under a new random password, from the notification
+    sender (else the postmaster).
+
+    @return: the password, for the admin to pass on by another channel.
+    @raise CAError: nothing was sent, and why.
+    """
+    if backend.queue_runner is None or backend.ca is None:
+        raise CAError("This node does not deliver mail.")
+    values = (await backend.settings.by_address([""]))[""]
+    sender = values["notification_sender"] or values["postmaster"]
+    if not sender:
+        raise CAError("Set the notification sender (Settings → General): the mail is sent "
+                      "from it.")
+    password = random_password(PKCS12_PASSWORD_LENGTH, PASSWORD_ALPHABET)
+    data = await backend.ca.pkcs12(row.thumbprint, password)
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["From"] = sender
+    message["To"] = row.email
+    message["Subject"] = "Your S/MIME certificate"
+    message["Date"] = format_datetime(utc_from_seconds(backend.queue_runner.now()))
+    message["Message-ID"] = f"<{secrets.token_hex(12)}@{backend.mta.current.my_hostname}>"
+    message.set_content(
+        f"Attached is your S/MIME certificate for {row.email} with its private key, as a "
+        "PKCS#12 file. Import it into your mail program (Thunderbird: Settings, Privacy & "
+        "Security, Manage Certificates, Your Certificates, Import; Outlook: open the file) "
+        "to sign your mail and read mail encrypted to you.\n\n"
+        "The file's password reaches you separately, from your administrator. Keep the file "
+        "to yourself: whoever has it and the password can sign as you.\n")
+    message.add_attachment(data, maintype="application", subtype="x-pkcs12",
+                           filename=f"{row.email}.p12")
+    await backend.queue_runner.submit(sender, [row.email], message.as_bytes(), "local (admin)")
+    return password
 
 
 # A PGP key's marks, and how the log says each value.

@@ -94,6 +94,25 @@ SCHEMAS: dict[str, Schema] = {
         "source": STRING, "valid": BOOLEAN, "problem": NULLABLE_STRING, "algorithm": STRING,
         "flags": _array(STRING), "subkeys": _array({"type": "object"})},
         ["fingerprint", "user_ids", "trusted", "valid"]),
+    "Authority": _obj({
+        "id": STRING, "subject": STRING, "kind": {"enum": ["root", "intermediate"]},
+        "key_type": STRING, "pending": BOOLEAN, "thumbprint": NULLABLE_STRING,
+        "issuer": NULLABLE_STRING, "not_before": NULLABLE_STRING, "not_after": NULLABLE_STRING,
+        "usable": BOOLEAN, "crl_url": STRING, "crl_this_update": NULLABLE_STRING,
+        "crl_next_update": NULLABLE_STRING, "crl_entries": INTEGER, "csr": NULLABLE_STRING,
+        "created": NULLABLE_STRING}, ["id", "subject", "kind", "pending", "crl_url"]),
+    "IssuedCertificate": _obj({
+        "thumbprint": STRING, "email": STRING, "ca": STRING, "serial": STRING,
+        "not_before": NULLABLE_STRING, "not_after": NULLABLE_STRING, "issued": NULLABLE_STRING,
+        "origin": {"enum": ["admin", "csv", "auto", "renewal"]},
+        "status": {"enum": ["valid", "renewed", "expired", "revoked"]},
+        "revoked": NULLABLE_STRING, "reason": NULLABLE_STRING,
+        "renewed_by": NULLABLE_STRING}, ["thumbprint", "email", "ca", "serial", "status"]),
+    "CertificateRequest": _obj({
+        "id": INTEGER, "email": STRING, "ca": NULLABLE_STRING,
+        "validity_days": {"type": ["integer", "null"]}, "requested": NULLABLE_STRING,
+        "requested_by": STRING, "attempts": INTEGER, "error": NULLABLE_STRING},
+        ["id", "email", "attempts"]),
     "TunnelCertificate": _obj({"thumbprint": STRING, "email": STRING, "subject": STRING,
                                "created": BOOLEAN, "message": STRING},
                               ["thumbprint", "email", "created"]),
@@ -123,7 +142,8 @@ def _errors(*codes: int) -> dict[str, Schema]:
 _PATH_NAMES = {"<name>": "{name}", "<key>": "{key}", "<which>": "{which}",
                "<token_id>": "{token_id}", "<address>": "{address}", "<action>": "{action}",
                "<queue_id>": "{queue_id}", "<thumbprint>": "{thumbprint}",
-               "<fingerprint>": "{fingerprint}",
+               "<fingerprint>": "{fingerprint}", "<ref>": "{ref}",
+               "<int:request_id>": "{request_id}",
                "<string(length=12):queue_id>": "{queue_id}"}
 
 
@@ -156,12 +176,14 @@ _QUERY = {
     "before": ("The next page: the previous answer's next.", {"type": "integer"}),
     "thumbprint": ("A certificate's SHA-256 thumbprint (repeated).", THUMBPRINT),
     "format": ("The file format.", {"enum": ["pem", "p7b"]}),
+    "ca": ("Certificates of this CA (its id or thumbprint).", STRING),
 }
 
 _PATH_PARAMETERS = {
     "name": STRING, "key": STRING, "which": {"enum": ["internal", "external"]},
     "token_id": STRING, "address": STRING, "action": STRING, "queue_id": QUEUE_ID,
-    "thumbprint": THUMBPRINT, "fingerprint": STRING,
+    "thumbprint": THUMBPRINT, "fingerprint": STRING, "ref": STRING,
+    "request_id": {"type": "integer"},
 }
 
 
@@ -430,6 +452,56 @@ _OPERATIONS = [
                body=_obj({"trusted": BOOLEAN, "introducer": BOOLEAN}),
                answer=_ref("PGPKey")),
     _operation("delete", "/pgp/keys/{fingerprint}", "Delete a key.", ok=204),
+    # The built-in CA.
+    _operation("get", "/ca", "The CAs.",
+               answer=_obj({"authorities": _array(_ref("Authority"))}, ["authorities"])),
+    _operation("post", "/ca", "Create a root CA, or a pending intermediate CA with its "
+               "request (csr) for an outside root to sign.", ok=201,
+               body=_obj({"subject": STRING, "key_type": {"enum": [
+                   "rsa2048", "rsa3072", "rsa4096", "ec-p256", "ec-p384"]},
+                   "validity_days": INTEGER, "crl_url": STRING,
+                   "kind": {"enum": ["root", "intermediate"]}}, ["subject"]),
+               answer=_ref("Authority")),
+    _operation("get", "/ca/{name}", "One CA by id or thumbprint; with .pem its certificate, "
+               "with .csr its request while pending.", answer=_ref("Authority"),
+               media={"application/x-pem-file": _BINARY, "application/pkcs10": _BINARY}),
+    _operation("delete", "/ca/{ref}", "Delete a CA waiting for its certificate.", ok=204,
+               errors=[409]),
+    _operation("put", "/ca/{ref}/certificate", "Install the certificate an outside root "
+               "signed for a pending intermediate CA.", raw_body=True, errors=[409],
+               answer=_ref("Authority")),
+    _operation("get", "/ca/{ref}/crl", "The CA's current CRL (DER).",
+               media={"application/pkix-crl": _BINARY}),
+    _operation("post", "/ca/{ref}/crl", "Sign the CA's CRL now.", errors=[409],
+               answer=_ref("Authority")),
+    _operation("get", "/ca/certificates", "One page of the certificates issued here, newest "
+               "first.", query=["q", "ca", "offset", "limit"],
+               answer=_obj({"certificates": _array(_ref("IssuedCertificate")),
+                            "total": INTEGER, "offset": INTEGER, "limit": INTEGER},
+                           ["certificates", "total"])),
+    _operation("post", "/ca/certificates", "Issue a certificate with a new key for an "
+               "internal address (201), or queue a list of addresses (202).", ok=201,
+               body=_obj({"email": STRING, "emails": _array(STRING), "validity_days": INTEGER,
+                          "ca": STRING}), answer=_ref("IssuedCertificate")),
+    _operation("get", "/ca/certificates/{thumbprint}", "One certificate issued here.",
+               answer=_ref("IssuedCertificate")),
+    _operation("post", "/ca/certificates/{thumbprint}/revoke", "Revoke with a reason; the "
+               "CA's CRL is signed again.", errors=[409],
+               body=_obj({"reason": {"enum": [
+                   "unspecified", "key_compromise", "affiliation_changed", "superseded",
+                   "cessation_of_operation", "privilege_withdrawn"]}}, ["reason"]),
+               answer=_ref("IssuedCertificate")),
+    _operation("post", "/ca/certificates/{thumbprint}/pkcs12", "The certificate with its key "
+               "and CA certificate as a PKCS#12 file under the password given.",
+               body=_obj({"password": STRING}, ["password"]),
+               media={"application/x-pkcs12": _BINARY}),
+    _operation("post", "/ca/certificates/{thumbprint}/send", "Mail the PKCS#12 file to the "
+               "certificate's owner under a new random password, answered here only.",
+               errors=[409], answer=_obj({"sent_to": STRING, "password": STRING},
+                                         ["sent_to", "password"])),
+    _operation("get", "/ca/requests", "The certificate requests waiting to be issued.",
+               answer=_obj({"requests": _array(_ref("CertificateRequest"))}, ["requests"])),
+    _operation("delete", "/ca/requests/{request_id}", "Cancel a waiting request.", ok=204),
     # This document.
     _operation("get", "/openapi.json", "This description of the API.",
                answer={"type": "object"}),
@@ -448,6 +520,8 @@ def _document() -> Schema:
     for path in ("/webmail/sender-certificate", "/webmail/relay-certificate"):
         paths[path]["post"]["responses"]["200"] = _json(
             _ref("TunnelCertificate"), "One exists already (created: false).")
+    paths["/ca/certificates"]["post"]["responses"]["202"] = _json(
+        _obj({"queued": INTEGER}, ["queued"]), "A list of addresses was queued.")
     return {
         "openapi": "3.1.0",
         "info": {
