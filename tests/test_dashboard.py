@@ -148,6 +148,20 @@ def test_what_expires_soon_and_what_expired_while_still_the_only_one(
     assert re.search(r'href="/pki/certificates/[0-9a-f]{64}">Certificate with key', page.text)
 
 
+def test_a_ca_made_here_that_expires_soon_is_said_once(admin: AdminHarness) -> None:
+    made = result_of(admin.ca.create_root("CN=Short-lived CA", "ec-p256", 20,
+                                          "http://pki.example.com/short.crl"))
+    result_of(admin.ca.create_root("CN=Long-lived CA", "ec-p256", 3650,
+                                   "http://pki.example.com/long.crl"))
+    page = admin.get("/")
+    rows = [text_of(row) for row in re.findall(
+        r'<tr class="severity-warning">(.*?)</tr>', page.text, re.S)]
+    assert len(rows) == 1 and "Certificate authority" in rows[0]
+    assert "Short-lived CA" in rows[0]
+    assert f'href="/ca/authorities/{made.id}"' in page.text
+    assert "Long-lived CA" not in page.text
+
+
 def test_pgp_keys_that_expire_are_found_if_ours_or_trusted() -> None:
     store = migrated_store()
 

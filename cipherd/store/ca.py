@@ -104,6 +104,15 @@ def get_ca(conn: Connection, ref: str) -> CARow | None:
     return None if row is None else _ca(row)
 
 
+def expiring_cas(conn: Connection, before: float) -> list[CARow]:
+    """
+    The CAs with a certificate not valid after C{before}, soonest first.
+    """
+    return [_ca(r) for r in conn.execute(select(ca_authorities).where(
+        ca_authorities.c.not_after.is_not(None) & (ca_authorities.c.not_after < before))
+        .order_by(ca_authorities.c.not_after))]
+
+
 def install_certificate(conn: Connection, ca_id: str, der: bytes, thumbprint: str,
                         not_after: float) -> bool:
     """

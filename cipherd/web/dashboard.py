@@ -52,6 +52,7 @@ from cipherd.core.counters import (
 )
 from cipherd.smtp.queue import MailQueue
 from cipherd.store import DatabaseUnavailable, Store
+from cipherd.store.ca import expiring_cas
 from cipherd.store.certificates import ROOTS, addresses_with_valid_keys, expiring_certificates
 from cipherd.store.counters import CounterStore, StoredError, StoredMark
 from cipherd.store.pgpkeys import expiring_keys
@@ -215,8 +216,15 @@ class Dashboard:
         certs = await self._store.read(expiring_certificates, soon)
         valid = await self._store.read(addresses_with_valid_keys, view.now)
         keys = await self._store.read(expiring_keys, soon)
-        found: list[Expiry] = []
+        cas = await self._store.read(expiring_cas, soon)
+        found: list[Expiry] = [Expiry(
+            "Certificate authority", ca.subject, (), ca.not_after or 0,
+            "error" if (ca.not_after or 0) < view.now else "warning",
+            f"/ca/authorities/{ca.id}") for ca in cas]
+        mine = {ca.thumbprint for ca in cas}
         for row in certs:
+            if row.thumbprint in mine:
+                continue  # a root made here: said once, as a CA
             expired = row.not_after < view.now
             if expired and (row.store == ROOTS or set(row.emails) & valid):
                 # A root past its date, or an old certificate of an address
