@@ -17,6 +17,7 @@ exported as PKCS#12;
 from __future__ import annotations
 
 import base64
+import email
 import ssl
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from tests.conftest import Appliance, free_port, insecure_tls, write_appliance_config
 from tests.peers import require_tool, run
@@ -158,5 +160,20 @@ def test_issued_certificates_work_with_openssl_nss_and_the_gateway(
         assert "X-Cipherd-Info-Signer-Verified-0: True\r\n" in header, header
         assert "X-Cipherd-Info-Signer-Trusted-0: False\r\n" in header, header
         assert api(appliance, "GET", f"/ca/{ca['id']}")["crl_entries"] == 1
+
+        # The PKCS#12 file mailed to its owner; the password only in the answer.
+        api(appliance, "PATCH", "/settings/global", {"notification_sender":
+                                                     "pki@example.org"})
+        sent = api(appliance, "POST", f"/ca/certificates/{issued['thumbprint']}/send")
+        assert sent["sent_to"] == "alice@example.org" and len(sent["password"]) == 20
+        mailed = email.message_from_bytes(sink.wait_for(3)[-1].content)
+        assert mailed["From"] == "pki@example.org" and mailed["To"] == "alice@example.org"
+        assert sent["password"] not in mailed.as_string()
+        attachment = next(part for part in mailed.walk()
+                          if part.get_content_type() == "application/x-pkcs12")
+        assert attachment.get_filename() == "alice@example.org.p12"
+        opened = pkcs12.load_pkcs12(attachment.get_payload(decode=True),
+                                    sent["password"].encode())
+        assert opened.cert is not None and opened.cert.certificate == cert
     finally:
         sink.close()

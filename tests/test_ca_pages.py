@@ -161,6 +161,9 @@ def test_issue_search_revoke_and_export(admin_in: AdminHarness) -> None:
     stored = api(admin_in, "GET", f"/certificates/{alice['thumbprint']}").json()
     assert not stored["valid"] and "revoked" in stored["purposes"]["signing"]["reason"]
     assert api(admin_in, "GET", "/ca/certificates/" + "0" * 64).code == 404
+    # This harness delivers no mail: nothing is sent, and it says why.
+    unsent = api(admin_in, "POST", f"/ca/certificates/{alice['thumbprint']}/send")
+    assert unsent.code == 409 and "does not deliver mail" in unsent.json()["error"]
     assert {"ca.issue", "ca.export", "ca.revoke"} <= set(audited(admin_in))
 
 

@@ -350,6 +350,14 @@ class Authority:
         return self.certificate is None
 
     @property
+    def name(self) -> str:
+        """
+        Its common name, as lists show it.
+        """
+        found = re.search(r"(?:^|, )CN=(.*?)(?:, [A-Za-z.0-9]+=|$)", self.subject)
+        return found.group(1) if found else self.subject
+
+    @property
     def kind(self) -> str:
         if self.certificate is None:
             return "intermediate"

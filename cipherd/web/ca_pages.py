@@ -59,6 +59,10 @@ CRL_TYPE = b"application/pkix-crl"
 _ADDRESS = re.compile(r"[^@\s,;<>\"]+@[^@\s,;<>\"]+")
 
 
+def _day(seconds: float) -> str:
+    return utc_from_seconds(seconds).strftime("%Y-%m-%d")
+
+
 def _when(seconds: float | None) -> str | None:
     return None if seconds is None else utc_from_seconds(seconds).strftime(TIME_FORMAT)
 
@@ -146,7 +150,7 @@ class CAPages(AdminPages):
         return self.render(
             request, "ca.html", session, status=status, section="ca", subsection="cas",
             title="Certificate authorities", authorities=authorities, now=self.ca.now(),
-            key_types=KEY_TYPES, error=error, when=_when,
+            key_types=KEY_TYPES, error=error, when=_when, day=_day,
             values=values or {"kind": "root", "subject": "", "key_type": "rsa3072",
                               "validity_days": "3650", "crl_url": proposed},
             changed=arg(request, "changed"))
@@ -354,7 +358,7 @@ class CAPages(AdminPages):
             request, "ca_issued.html", session, section="ca", subsection="issued",
             title="Issued certificates", rows=[(r, issued_status(r, now)) for r in rows],
             total=total, page=page, pages=pages, first=(page - 1) * PAGE_SIZE + 1, q=text,
-            when=_when, names={a.id: a.subject for a in await self.ca.authorities()})
+            when=_when, day=_day, names={a.id: a.name for a in await self.ca.authorities()})
 
     async def _issued_page(self, request: IRequest, session: AdminSession, row: IssuedRow, *,
                            error: str | None = None, status: int = 200,
