@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 from zope.interface.verify import verifyObject
 
 from cipherd.pki.ca import (
@@ -29,6 +30,7 @@ from cipherd.pki.ca import (
     CertificateAuthority,
     ICertificateAuthority,
     aia_url,
+    proposed_crl_url,
     url_problem,
 )
 from cipherd.pki.certstore import CertificateStore
@@ -209,6 +211,41 @@ def test_renewal_at_the_window_edge(world: World) -> None:
     assert result_of(world.ca.count_issued()) == 2
 
 
+def test_no_renewal_that_would_be_due_again_at_once(
+        world: World, log_events: list[dict[str, Any]]) -> None:
+    # A CA that expires within the renewal window of what it issues: a
+    # renewal would end with the CA, inside the window, and be renewed again
+    # at every tick. It is not issued, and said once.
+    world.root(validity_days=40)
+    world.set(ca_certificate_validity=365, ca_renewal_window=30)
+    old = result_of(world.ca.issue("alice@example.com"))
+    assert old.not_after == pytest.approx(START + 40 * DAY)
+    world.clock.advance(11 * DAY)
+    for _ in range(3):
+        result_of(world.ca.tick())
+        world.clock.advance(10)
+    assert result_of(world.ca.count_issued()) == 1
+    said = [formatEvent(e) for e in log_events if "was not renewed" in e.get("log_format", "")]
+    assert len(said) == 1 and "renew the CA" in said[0]
+
+
+def test_the_core_on_each_database(database_url: str) -> None:
+    world = World(database_url)
+    root = world.root()
+    world.set(ca_certificate_validity=60, ca_renewal_window=10)
+    issued = result_of(world.ca.issue("alice@example.com"))
+    result_of(world.ca.request(["b@example.com", "c@example.com"], by="admin"))
+    result_of(world.ca.tick())
+    assert result_of(world.ca.count_issued(text="example.com")) == 3
+    assert [i.email for i in result_of(world.ca.issued(text="ALICE"))] == ["alice@example.com"]
+    result_of(world.ca.revoke(issued.thumbprint, "superseded"))
+    assert result_of(world.ca.authority(root.thumbprint)).crl_entries == 1
+    world.clock.advance(51 * DAY)
+    result_of(world.ca.tick())  # b and c renewed; alice's is revoked
+    assert result_of(world.ca.count_issued()) == 5
+    assert {i.origin for i in result_of(world.ca.issued(limit=2))} == {"renewal"}
+
+
 def test_automatic_issuing_once_per_address(world: World) -> None:
     root = world.root()
     first = result_of(world.ca.auto_issue("carol@example.com"))
@@ -289,8 +326,12 @@ def test_values_are_checked(world: World) -> None:
     assert url_problem("http://pki.example.com/ca.crl?x=1")
     assert url_problem("http://pki.example.com/ca")
     assert url_problem(CRL_URL) is None
+    assert proposed_crl_url("http://h", ["http://h/crl/ca1.crl", "http://x/crl/ca3.crl"]) == \
+        "http://h/crl/ca2.crl"
     for kw, message in (({"key_type": "dsa"}, "key type"), ({"subject": ""}, "subject"),
                         ({"subject": "O=No Common Name"}, "common name"),
+                        ({"subject": "x" * 65}, "common name"),
+                        ({"subject": "CN=" + "x" * 65}, "cipherd can read|encoded"),
                         ({"validity_days": 0}, "validity"),
                         ({"crl_url": "ftp://x/y.crl"}, "http://")):
         with pytest.raises(CAError, match=message):

@@ -138,7 +138,10 @@ def parse_subject(text: str) -> x509.Name:
                           + (f": {e}." if str(e) else " (write it as CN=Example CA, O=Example).")
                           ) from None
     else:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+        try:
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+        except ValueError as e:  # e.g. a common name over 64 characters
+            raise CAError(f"The subject cannot be a common name: {e}.") from None
     if not name.get_attributes_for_oid(NameOID.COMMON_NAME):
         raise CAError("The subject needs a common name (CN=...).")
     try:
@@ -172,6 +175,18 @@ def aia_url(crl_url: str) -> str:
     beside its CRL.
     """
     return crl_url.removesuffix(".crl") + ".cer"
+
+
+def proposed_crl_url(base: str, taken: Iterable[str]) -> str:
+    """
+    The distribution point a new CA is proposed: C{<base>/crl/caN.crl} for
+    the first N whose path no CA publishes at.
+    """
+    paths = {urlsplit(url).path for url in taken}
+    n = 1
+    while f"/crl/ca{n}.crl" in paths:
+        n += 1
+    return f"{base}/crl/ca{n}.crl"
 
 
 def _ca_extensions(builder: Any, key: PrivateKey, issuer_key: PrivateKey) -> Any:
@@ -445,6 +460,8 @@ class CertificateAuthority:
         self._clock = clock
         self._kek = kek
         self._internal = internal
+        # Certificates whose renewal failed, said once in the log.
+        self._not_renewed: set[str] = set()
         # Automatic issuing under way, by address: who else waits for it.
         self._issuing: dict[str, list[Deferred[str | None]]] = {}
 
@@ -616,7 +633,7 @@ class CertificateAuthority:
                 raise CAError(f"There is no CA {ref}.")
             chosen = [row]
         else:
-            default = values["ca_default"]
+            default = values["ca_default"].strip().lower()
             rows = await self._store.read(q.list_cas)
             chosen = [r for r in rows if r.id == default or r.thumbprint == default] \
                 if default else rows
@@ -644,7 +661,8 @@ class CertificateAuthority:
 
     async def issue(self, email: str, *, ca: str | None = None,
                     validity_days: int | None = None, origin: str = "admin",
-                    replaces: str | None = None) -> q.IssuedRow:
+                    replaces: str | None = None, due_before: float | None = None
+                    ) -> q.IssuedRow:
         """
         A new key and certificate for the internal address C{email}, put
         into the certificate store.
@@ -652,6 +670,10 @@ class CertificateAuthority:
         @param ca: the CA's id or thumbprint; C{None}: the address's default.
         @param validity_days: C{None}: the address's setting.
         @param replaces: the thumbprint of the certificate it renews.
+        @param due_before: when renewing: the end of the renewal window; a
+            certificate that would end before it (its CA expires first, or
+            the validity is shorter than the window) is not issued, else it
+            would be renewed again at once, and again.
         @raise CAError: why none was issued.
         """
         email = email.strip().lower()
@@ -664,10 +686,17 @@ class CertificateAuthority:
             int(values["ca_certificate_validity"])
         if not 1 <= days <= MAX_VALIDITY_DAYS:
             raise CAError(f"The validity must be 1 to {MAX_VALIDITY_DAYS} days.")
-        ca_key = self._ca_key(row)
         assert row.certificate is not None
         ca_cert = x509.load_der_x509_certificate(row.certificate)
         now = utc_from_seconds(self.now())
+        if due_before is not None and min(
+                now + timedelta(days=days), ca_cert.not_valid_after_utc
+        ).timestamp() <= due_before:
+            raise CAError(
+                f"a new certificate would expire within the renewal window too (its CA "
+                f"{row.subject} expires on {ca_cert.not_valid_after_utc:%Y-%m-%d}, the "
+                f"validity is {days} days): renew the CA, or shorten the renewal window")
+        ca_key = self._ca_key(row)
         key_type = values["ca_key_type"]
 
         def make() -> tuple[PrivateKey, x509.Certificate]:
@@ -927,26 +956,34 @@ class CertificateAuthority:
 
     async def _renew(self, now: float, window: float) -> None:
         for old in await self._store.read(q.due_for_renewal, now + window, now):
+            if old.thumbprint in self._not_renewed:
+                continue  # said once; an admin's change (or a restart) tries again
             try:
-                new = await self.issue(old.email, ca=old.ca_id, origin="renewal",
-                                       replaces=old.thumbprint)
+                new = await self._renewal(old, now + window)
             except _Renewed:
                 continue
             except CAError as e:
-                # The CA it came from cannot issue: the address's default may.
-                try:
-                    new = await self.issue(old.email, origin="renewal",
-                                           replaces=old.thumbprint)
-                except _Renewed:
-                    continue
-                except CAError as again:
-                    log.error("The certificate {thumbprint} of {email} expires on {until} and "
-                              "was not renewed: {why}", thumbprint=old.thumbprint,
-                              email=old.email, until=f"{utc_from_seconds(old.not_after):%Y-%m-%d}",
-                              why=again if str(again) != str(e) else e)
-                    continue
+                self._not_renewed.add(old.thumbprint)
+                log.error("The certificate {thumbprint} of {email} expires on {until} and was "
+                          "not renewed: {why}", thumbprint=old.thumbprint, email=old.email,
+                          until=f"{utc_from_seconds(old.not_after):%Y-%m-%d}", why=e)
+                continue
             log.info("Renewed the certificate {old} of {email}: {new}", old=old.thumbprint,
                      email=old.email, new=new.thumbprint)
+
+    async def _renewal(self, old: q.IssuedRow, due_before: float) -> q.IssuedRow:
+        """
+        C{old} issued again by its CA, or, when that CA cannot issue any
+        more, by the address's default.
+        """
+        try:
+            return await self.issue(old.email, ca=old.ca_id, origin="renewal",
+                                    replaces=old.thumbprint, due_before=due_before)
+        except _Renewed:
+            raise
+        except CAError:
+            return await self.issue(old.email, origin="renewal", replaces=old.thumbprint,
+                                    due_before=due_before)
 
     async def _work_requests(self) -> None:
         waiting = [r for r in await self._store.read(q.list_requests, 200)

@@ -31,7 +31,13 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from cipherd.core.envelope import QUEUE_ID
-from cipherd.pki.ca import REASONS, Authority, CAError, CertificateAuthority
+from cipherd.pki.ca import (
+    REASONS,
+    Authority,
+    CAError,
+    CertificateAuthority,
+    proposed_crl_url,
+)
 from cipherd.pki.certs import describe_name
 from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.keyring import StoredKey
@@ -1382,7 +1388,8 @@ class AdminAPI:
         subject, key_type = body.get("subject"), body.get("key_type", "rsa3072")
         days, crl_url = body.get("validity_days", 3650), body.get("crl_url")
         if crl_url is None:
-            crl_url = f"{self.backend.crl_base()}/crl/ca{len(await self._ca.authorities()) + 1}.crl"
+            crl_url = proposed_crl_url(self.backend.crl_base(),
+                                       (a.crl_url for a in await self._ca.authorities()))
         errors = {name: "must be a string" for name, value in (
             ("subject", subject), ("key_type", key_type), ("crl_url", crl_url))
             if not isinstance(value, str)}

@@ -28,6 +28,7 @@ from cipherd.pki.ca import (
     Authority,
     CAError,
     CertificateAuthority,
+    proposed_crl_url,
 )
 from cipherd.pki.certs import describe_name
 from cipherd.store.ca import IssuedRow
@@ -146,7 +147,7 @@ class CAPages(AdminPages):
                                 values: dict[str, str] | None = None, error: str | None = None,
                                 status: int = 200) -> bytes:
         authorities = await self.ca.authorities()
-        proposed = f"{self.backend.crl_base()}/crl/ca{len(authorities) + 1}.crl"
+        proposed = proposed_crl_url(self.backend.crl_base(), (a.crl_url for a in authorities))
         return self.render(
             request, "ca.html", session, status=status, section="ca", subsection="cas",
             title="Certificate authorities", authorities=authorities, now=self.ca.now(),
