@@ -25,10 +25,14 @@ from twisted.logger import formatEvent
 from zope.interface.verify import verifyObject
 
 from cipherd.pki.ca import (
+    CA_TICK,
     DAY,
+    MAX_REQUESTS,
+    RENEWAL_INTERVAL,
     CAError,
     CertificateAuthority,
     ICertificateAuthority,
+    Superseded,
     aia_url,
     proposed_crl_url,
     url_problem,
@@ -36,6 +40,7 @@ from cipherd.pki.ca import (
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.trust import Purpose
 from cipherd.settings import GLOBAL, Level, Scope
+from cipherd.store import ca as q
 from cipherd.store.certificates import CERTIFICATES, ROOTS
 from cipherd.store.settings import SettingsRepository
 from cipherd.testing import SynchronousRunner, migrated_store, result_of
@@ -64,6 +69,12 @@ class World:
 
     def set(self, **values: Any) -> None:
         result_of(self.settings.update(GLOBAL, values))
+
+    def read(self, fn: Any, *args: Any) -> Any:
+        async def reading() -> Any:
+            return await self.store.read(fn, *args)
+
+        return result_of(reading())
 
 
 @pytest.fixture
@@ -188,15 +199,22 @@ def test_renewal_at_the_window_edge(world: World) -> None:
     world.set(ca_certificate_validity=100, ca_renewal_window=10)
     old = result_of(world.ca.issue("alice@example.com"))
     edge = old.not_after - 10 * DAY
+    # Due exactly from the edge of the window on, while still valid.
+    assert [r.thumbprint for r in world.read(
+        q.due_for_renewal, edge + 10 * DAY - 1, edge - 1)] == []
+    assert [r.thumbprint for r in world.read(
+        q.due_for_renewal, edge + 10 * DAY, edge)] == [old.thumbprint]
+    assert world.read(q.due_for_renewal, old.not_after + 10 * DAY, old.not_after) == []
     world.clock.advance(edge - START - 1)
-    result_of(world.ca.tick())
+    result_of(world.ca.tick())  # a second before the edge: nothing
     assert result_of(world.ca.count_issued()) == 1
-    world.clock.advance(1)
-    result_of(world.ca.tick())
+    world.clock.advance(RENEWAL_INTERVAL)
+    result_of(world.ca.tick())  # renewal's next run, past the edge
     issued = result_of(world.ca.issued())
     assert len(issued) == 2
     new = next(i for i in issued if i.thumbprint != old.thumbprint)
-    assert new.origin == "renewal" and new.not_after == pytest.approx(edge + 100 * DAY)
+    assert new.origin == "renewal"
+    assert new.not_after == pytest.approx(edge - 1 + RENEWAL_INTERVAL + 100 * DAY)
     assert result_of(world.ca.issued_certificate(old.thumbprint)).renewed_by == new.thumbprint
     # The new key signs; the old one is kept to decrypt older mail.
     identity = result_of(world.certificates.signing_identity("alice@example.com"))
@@ -209,6 +227,43 @@ def test_renewal_at_the_window_edge(world: World) -> None:
     world.clock.advance(DAY)
     result_of(world.ca.tick())  # renewed once only
     assert result_of(world.ca.count_issued()) == 2
+
+
+def test_two_nodes_do_each_thing_once(world: World) -> None:
+    other = CertificateAuthority(
+        world.store, CertificateStore(world.store, world.clock, world.kek,
+                                      SynchronousRunner()),
+        world.settings, SynchronousRunner(), world.clock, world.kek,
+        internal=lambda email: email.endswith("@example.com"))
+    world.root()
+    result_of(world.ca.request(["a@example.com"], by="admin"))
+    [request] = result_of(world.ca.requests())
+    result_of(world.ca.issue("a@example.com", origin="csv", request=request.id))
+    # The other node's try comes too late: nothing is stored twice.
+    with pytest.raises(Superseded):
+        result_of(other.issue("a@example.com", origin="csv", request=request.id))
+    assert result_of(world.ca.count_issued()) == 1
+    first = result_of(world.ca.auto_issue("b@example.com"))
+    assert result_of(other.auto_issue("b@example.com")) == first
+    # Revoked while its renewal was under way: no renewal.
+    due = result_of(world.ca.issue("c@example.com"))
+    result_of(world.ca.revoke(due.thumbprint, "privilege_withdrawn"))
+    with pytest.raises(Superseded):
+        result_of(other.issue("c@example.com", origin="renewal", replaces=due.thumbprint))
+    assert result_of(world.ca.count_issued(text="c@")) == 1
+
+
+def test_requests_that_keep_failing_do_not_hold_up_the_others(world: World) -> None:
+    world.root()
+    result_of(world.ca.request([f"u{n}@elsewhere.org" for n in range(30)], by="admin"))
+    result_of(world.ca.request(["good@example.com"], by="admin"))
+    for _ in range(6):
+        result_of(world.ca.tick())
+        world.clock.advance(CA_TICK)
+    assert [i.email for i in result_of(world.ca.issued())] == ["good@example.com"]
+    assert len(result_of(world.ca.requests())) == 30
+    with pytest.raises(CAError, match="At most"):
+        result_of(world.ca.request(["x@example.com"] * (MAX_REQUESTS + 1)))
 
 
 def test_no_renewal_that_would_be_due_again_at_once(
@@ -326,6 +381,7 @@ def test_values_are_checked(world: World) -> None:
     assert url_problem("http://pki.example.com/ca.crl?x=1")
     assert url_problem("http://pki.example.com/ca")
     assert url_problem(CRL_URL) is None
+    assert "ASCII" in url_problem("http://bücher.example/ca.crl")
     assert proposed_crl_url("http://h", ["http://h/crl/ca1.crl", "http://x/crl/ca3.crl"]) == \
         "http://h/crl/ca2.crl"
     for kw, message in (({"key_type": "dsa"}, "key type"), ({"subject": ""}, "subject"),

@@ -23,6 +23,7 @@ from tests.harness import AdminHarness
 from tests.test_admin_roles import ADMIN, NEW, api, log_in_as, make
 
 CRL_URL = "http://pki.example.com:8081/crl/mail.crl"
+SKI = bytes.fromhex("4e1f2a3b5c6d7e8f90a1b2c3d4e5f6a7")
 
 
 def root(admin: AdminHarness, **kw: Any) -> dict[str, Any]:
@@ -103,6 +104,8 @@ def test_an_intermediate_under_an_outside_root(admin_in: AdminHarness) -> None:
               .not_valid_before(now - timedelta(days=1))
               .not_valid_after(now + timedelta(days=1000))
               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+              # A key identifier of another method than SHA-1 (RFC 7093).
+              .add_extension(x509.SubjectKeyIdentifier(SKI), critical=False)
               .sign(root_key, hashes.SHA256()))
     wrong = put_file(admin_in, f"/ca/{pending['id']}/certificate",
                      root_cert.public_bytes(Encoding.PEM))
@@ -118,6 +121,13 @@ def test_an_intermediate_under_an_outside_root(admin_in: AdminHarness) -> None:
     assert again.code == 409
     issued = api(admin_in, "POST", "/ca/certificates", {"email": "alice@example.com"}).json()
     assert issued["ca"] == pending["id"] and issued["status"] == "valid"
+    # What it signs names its key as its certificate does.
+    cert = x509.load_der_x509_certificate(result_of(admin_in.ca.issued_certificate(
+        issued["thumbprint"])).der)
+    crl = x509.load_der_x509_crl(api(admin_in, "GET", f"/ca/{pending['id']}/crl").body)
+    for signed_here in (cert, crl):
+        assert signed_here.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier).value.key_identifier == SKI
     assert api(admin_in, "DELETE", f"/ca/{pending['id']}").code == 409
 
 

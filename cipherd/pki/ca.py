@@ -87,6 +87,11 @@ REQUESTS_PER_TICK = 20
 MAX_ATTEMPTS = 3
 # How often the scheduled work (CRLs, renewal, requests) looks.
 CA_TICK = 10.0
+# Renewal runs on one node at a time, this often, renewing at most so many.
+RENEWAL_INTERVAL = 60.0
+RENEWALS_PER_RUN = 50
+# A renewal that failed is tried (and said) again this much later.
+RETRY_RENEWAL = 3600.0
 # Clocks of clients slightly behind ours still accept a new certificate.
 BACKDATE = timedelta(minutes=5)
 # PKCS#12 passwords, at least.
@@ -159,6 +164,9 @@ def url_problem(url: str) -> str | None:
     """
     if len(url) > MAX_URL or not url.isprintable() or " " in url:
         return "must be one URL without spaces"
+    if not url.isascii():
+        return ("must be ASCII: write an internationalised host name in its xn-- form "
+                "(IDNA)")
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         return "must be an http:// URL with a host name, e.g. http://pki.example.com/ca.crl"
@@ -187,6 +195,21 @@ def proposed_crl_url(base: str, taken: Iterable[str]) -> str:
     while f"/crl/ca{n}.crl" in paths:
         n += 1
     return f"{base}/crl/ca{n}.crl"
+
+
+def authority_key_identifier(ca_cert: x509.Certificate,
+                             ca_key: PrivateKey) -> x509.AuthorityKeyIdentifier:
+    """
+    What certificates and CRLs a CA signs name as its key: its own subject
+    key identifier, however its issuer computed it (RFC 5280 §4.2.1.1), or
+    the SHA-1 of its key when it has none.
+    """
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except (x509.ExtensionNotFound, ValueError):
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            ca_key.public_key())  # type: ignore[arg-type]
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def _ca_extensions(builder: Any, key: PrivateKey, issuer_key: PrivateKey) -> Any:
@@ -277,8 +300,7 @@ def issue_certificate(ca_cert: x509.Certificate, ca_key: PrivateKey, email: str,
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(
             key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            ca_key.public_key()), critical=False)  # type: ignore[arg-type]
+        .add_extension(authority_key_identifier(ca_cert, ca_key), critical=False)
         .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
             full_name=[x509.UniformResourceIdentifier(crl_url)], relative_name=None,
             reasons=None, crl_issuer=None)]), critical=False)
@@ -301,8 +323,7 @@ def make_crl(ca_cert: x509.Certificate, ca_key: PrivateKey,
                .last_update(now)
                .next_update(next_update)
                .add_extension(x509.CRLNumber(number), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   ca_key.public_key()), critical=False))  # type: ignore[arg-type]
+               .add_extension(authority_key_identifier(ca_cert, ca_key), critical=False))
     for serial, when, reason in revoked:
         entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
         if reason != "unspecified":
@@ -460,8 +481,8 @@ class CertificateAuthority:
         self._clock = clock
         self._kek = kek
         self._internal = internal
-        # Certificates whose renewal failed, said once in the log.
-        self._not_renewed: set[str] = set()
+        # Certificates whose renewal failed: when to try (and say) again.
+        self._not_renewed: dict[str, float] = {}
         # Automatic issuing under way, by address: who else waits for it.
         self._issuing: dict[str, list[Deferred[str | None]]] = {}
 
@@ -661,8 +682,8 @@ class CertificateAuthority:
 
     async def issue(self, email: str, *, ca: str | None = None,
                     validity_days: int | None = None, origin: str = "admin",
-                    replaces: str | None = None, due_before: float | None = None
-                    ) -> q.IssuedRow:
+                    replaces: str | None = None, due_before: float | None = None,
+                    request: int | None = None) -> q.IssuedRow:
         """
         A new key and certificate for the internal address C{email}, put
         into the certificate store.
@@ -674,7 +695,12 @@ class CertificateAuthority:
             certificate that would end before it (its CA expires first, or
             the validity is shorter than the window) is not issued, else it
             would be renewed again at once, and again.
-        @raise CAError: why none was issued.
+        @param request: the waiting request it answers, taken in the same
+            transaction (cancelled or issued by another node meanwhile:
+            nothing is stored).
+        @raise CAError: why none was issued (L{Superseded}: another node, or
+            an admin, was first; for C{origin="auto"} it names the current
+            certificate of the address).
         """
         email = email.strip().lower()
         values = await self._address_settings(email)
@@ -703,7 +729,10 @@ class CertificateAuthority:
             key = generate_key(key_type)
             return key, issue_certificate(ca_cert, ca_key, email, key, now, days, row.crl_url)
 
-        key, cert = await self._crypto.run(make)
+        try:
+            key, cert = await self._crypto.run(make)
+        except ValueError as e:  # a value cryptography refuses to encode
+            raise CAError(f"The certificate cannot be made: {e}.") from None
         issued = q.IssuedRow(
             certs.thumbprint(cert), row.id, format(cert.serial_number, "x"), email,
             certs.der(cert), cert.not_valid_before_utc.timestamp(),
@@ -711,7 +740,13 @@ class CertificateAuthority:
 
         def write(conn: Connection) -> None:
             if replaces is not None and not q.mark_renewed(conn, replaces, issued.thumbprint):
-                raise _Renewed()
+                raise Superseded("renewed or revoked meanwhile")
+            if request is not None and not q.take_request(conn, request):
+                raise Superseded("issued or cancelled meanwhile")
+            if origin == "auto":
+                current = q.current_for(conn, email, self.now())
+                if current is not None:  # another process was first
+                    raise Superseded(current.thumbprint)
             q.put_issued(conn, issued)
 
         await self._certificates.add_certificates_with([(cert, key, CERTIFICATES)], write)
@@ -743,6 +778,8 @@ class CertificateAuthority:
             return current.thumbprint
         try:
             return (await self.issue(email, origin="auto")).thumbprint
+        except Superseded as e:
+            return str(e)
         except CAError as e:
             log.warn("No certificate was issued automatically for {email}: {why}",
                      email=email, why=e)
@@ -757,14 +794,12 @@ class CertificateAuthority:
 
         @raise CAError: an address or the CA is refused; nothing is asked for.
         """
-        wanted: list[str] = []
-        for email in (e.strip().lower() for e in emails):
-            if email and email not in wanted:
-                wanted.append(email)
+        given = [e.strip().lower() for e in emails if e.strip()]
+        if len(given) > MAX_REQUESTS:
+            raise CAError(f"At most {MAX_REQUESTS} addresses at once ({len(given)} given).")
+        wanted = list(dict.fromkeys(given))
         if not wanted:
             raise CAError("There are no addresses to issue certificates for.")
-        if len(wanted) > MAX_REQUESTS:
-            raise CAError(f"At most {MAX_REQUESTS} addresses at once ({len(wanted)} given).")
         bad = [f"{e}: {p}" for e in wanted if (p := email_problem(e))]
         if bad:
             raise CAError("Not email addresses: " + "; ".join(bad[:5]) + (
@@ -839,14 +874,15 @@ class CertificateAuthority:
         values = (await self._settings.by_address([""]))[""]
         hours = int(values["ca_crl_validity"])
 
-        def take(conn: Connection) -> tuple[int, list[q.IssuedRow]]:
-            return q.next_crl_number(conn, row.id), q.revoked_by(conn, row.id)
+        def take(conn: Connection) -> tuple[int, float | None, list[q.IssuedRow]]:
+            number, last = q.next_crl_number(conn, row.id)
+            return number, last, q.revoked_by(conn, row.id)
 
-        number, revoked = await self._store.run(take)
+        number, last, revoked = await self._store.run(take)
         # Each CRL later than the one before it (its times are whole
         # seconds): a revocation within the second of the last CRL must
         # still replace it everywhere CRLs are kept newest first.
-        now = utc_from_seconds(max(float(int(self.now())), (row.crl_this_update or 0) + 1))
+        now = utc_from_seconds(max(float(int(self.now())), (last or 0) + 1))
         next_update = now + timedelta(hours=hours)
         crl = await self._crypto.run(
             make_crl, ca_cert, ca_key,
@@ -944,8 +980,15 @@ class CertificateAuthority:
             if row.certificate is not None and (
                     row.crl is None or (row.crl_next_update or 0) <= now):
                 await self._sign_logged(row)
-        await self._renew(now, float(values["ca_renewal_window"]) * DAY)
-        await self._work_requests()
+        # One node renews, and works the requests, at a time (each
+        # certificate is still taken in the transaction that stores its
+        # successor): keys are not made twice over.
+        if await claim(self._store, "ca-renewal", lambda last: last + RENEWAL_INTERVAL, now,
+                       run_first=True):
+            await self._renew(now, float(values["ca_renewal_window"]) * DAY)
+        if await claim(self._store, "ca-requests", lambda last: last + CA_TICK / 2, now,
+                       run_first=True):
+            await self._work_requests()
 
     async def _sign_logged(self, row: q.CARow) -> None:
         try:
@@ -955,15 +998,17 @@ class CertificateAuthority:
                       why=e)
 
     async def _renew(self, now: float, window: float) -> None:
-        for old in await self._store.read(q.due_for_renewal, now + window, now):
-            if old.thumbprint in self._not_renewed:
-                continue  # said once; an admin's change (or a restart) tries again
+        due = [old for old in await self._store.read(q.due_for_renewal, now + window, now)
+               if self._not_renewed.get(old.thumbprint, 0) <= now]
+        for old in due[:RENEWALS_PER_RUN]:
             try:
                 new = await self._renewal(old, now + window)
-            except _Renewed:
+            except Superseded:
                 continue
             except CAError as e:
-                self._not_renewed.add(old.thumbprint)
+                # Said once an hour, and tried again then (an admin may
+                # have made a new CA or changed the settings meanwhile).
+                self._not_renewed[old.thumbprint] = now + RETRY_RENEWAL
                 log.error("The certificate {thumbprint} of {email} expires on {until} and was "
                           "not renewed: {why}", thumbprint=old.thumbprint, email=old.email,
                           until=f"{utc_from_seconds(old.not_after):%Y-%m-%d}", why=e)
@@ -979,30 +1024,33 @@ class CertificateAuthority:
         try:
             return await self.issue(old.email, ca=old.ca_id, origin="renewal",
                                     replaces=old.thumbprint, due_before=due_before)
-        except _Renewed:
+        except Superseded:
             raise
         except CAError:
             return await self.issue(old.email, origin="renewal", replaces=old.thumbprint,
                                     due_before=due_before)
 
     async def _work_requests(self) -> None:
-        waiting = [r for r in await self._store.read(q.list_requests, 200)
-                   if r.attempts < MAX_ATTEMPTS][:REQUESTS_PER_TICK]
+        waiting = await self._store.read(q.list_requests, REQUESTS_PER_TICK, MAX_ATTEMPTS)
         for request in waiting:
             try:
                 issued = await self.issue(request.email, ca=request.ca_id,
-                                          validity_days=request.validity_days, origin="csv")
+                                          validity_days=request.validity_days, origin="csv",
+                                          request=request.id)
+            except Superseded:
+                continue
             except CAError as e:
                 await self._store.run(q.request_failed, request.id, str(e))
                 continue
-            await self._store.run(q.take_request, request.id)
             log.info("Issued the requested certificate {thumbprint} for {email}",
                      thumbprint=issued.thumbprint, email=request.email)
 
 
-class _Renewed(CAError):
+class Superseded(CAError):
     """
-    Another node renewed the certificate first: nothing is stored.
+    Another node or an admin was first (the certificate renewed or revoked,
+    the request issued or cancelled, the address given a certificate):
+    nothing was stored.
     """
 
 

@@ -126,14 +126,20 @@ def install_certificate(conn: Connection, ca_id: str, der: bytes, thumbprint: st
     return bool(done.rowcount)
 
 
-def next_crl_number(conn: Connection, ca_id: str) -> int:
+def next_crl_number(conn: Connection, ca_id: str) -> tuple[int, float | None]:
     """
     Take the CA's next CRL number (RFC 5280 §5.2.3: increasing).
+
+    @return: it, and the thisUpdate of the CRL kept now, both read after the
+        row was locked by the update (a CRL signed meanwhile elsewhere is
+        seen).
     """
     conn.execute(update(ca_authorities).where(ca_authorities.c.id == ca_id).values(
         crl_number=ca_authorities.c.crl_number + 1))
-    return int(conn.execute(select(ca_authorities.c.crl_number).where(
-        ca_authorities.c.id == ca_id)).scalar_one())
+    number, this_update = conn.execute(select(
+        ca_authorities.c.crl_number, ca_authorities.c.crl_this_update).where(
+        ca_authorities.c.id == ca_id)).one()
+    return int(number), this_update
 
 
 def put_crl(conn: Connection, ca_id: str, der: bytes, number: int, this_update: float,
@@ -157,8 +163,11 @@ def delete_ca(conn: Connection, ca_id: str) -> bool:
     if conn.execute(select(func.count()).select_from(ca_issued).where(
             ca_issued.c.ca_id == ca_id)).scalar_one():
         return False
-    conn.execute(delete(ca_requests).where(ca_requests.c.ca_id == ca_id))
-    return bool(conn.execute(delete(ca_authorities).where(ca_authorities.c.id == ca_id)).rowcount)
+    gone = conn.execute(delete(ca_authorities).where(
+        (ca_authorities.c.id == ca_id) & ca_authorities.c.certificate.is_(None))).rowcount
+    if gone:  # not one whose certificate was installed meanwhile
+        conn.execute(delete(ca_requests).where(ca_requests.c.ca_id == ca_id))
+    return bool(gone)
 
 
 # Issued certificates ----------------------------------------------------------
@@ -247,12 +256,13 @@ def due_for_renewal(conn: Connection, before: float, now: float) -> list[IssuedR
 
 def mark_renewed(conn: Connection, old: str, new: str) -> bool:
     """
-    @return: whether C{old} was not replaced yet (else another node renewed
-        it first, and C{new} is not needed).
+    @return: whether C{old} was neither replaced nor revoked yet (else
+        another node renewed it first, or an admin revoked it meanwhile, and
+        C{new} is not wanted).
     """
     done = conn.execute(update(ca_issued).where(
-        (ca_issued.c.thumbprint == old) & ca_issued.c.renewed_by.is_(None)).values(
-        renewed_by=new))
+        (ca_issued.c.thumbprint == old) & ca_issued.c.renewed_by.is_(None)
+        & ca_issued.c.revoked.is_(None)).values(renewed_by=new))
     return bool(done.rowcount)
 
 
@@ -267,12 +277,18 @@ def add_requests(conn: Connection, emails: Sequence[str], ca_id: str | None,
     return len(emails)
 
 
-def list_requests(conn: Connection, limit: int = 1000) -> list[RequestRow]:
+def list_requests(conn: Connection, limit: int = 1000,
+                  tried_less_than: int | None = None) -> list[RequestRow]:
     """
     The waiting requests, oldest first.
+
+    @param tried_less_than: only those tried fewer times than this.
     """
+    query = select(ca_requests)
+    if tried_less_than is not None:
+        query = query.where(ca_requests.c.attempts < tried_less_than)
     return [_request(r) for r in conn.execute(
-        select(ca_requests).order_by(ca_requests.c.requested, ca_requests.c.id).limit(limit))]
+        query.order_by(ca_requests.c.requested, ca_requests.c.id).limit(limit))]
 
 
 def count_requests(conn: Connection) -> int:
