@@ -440,6 +440,7 @@ def make_service(config: Config, reactor: Any) -> IService:
                      AccountAdministration(store, accounts, mailboxes, notifier, settings,
                                            lambda: mta.current, reactor),
                      queue_runner, site_tls=options, backups=backups, ca=authority,
+                     sms=HTTPSSMSGateway(reactor),
                      crl_base=lambda: crl_base_url(mta.current.my_hostname, config.crl_listen))
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,

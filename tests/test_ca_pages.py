@@ -9,8 +9,11 @@ input answered with what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
+import email
+import email.policy
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -18,7 +21,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
 
-from cipherd.testing import result_of
+from cipherd.pki.ca import CAError
+from cipherd.settings import GLOBAL, Level, scope_for
+from cipherd.testing import RecordingSubmission, result_of
+from cipherd.testing.sms import MemorySMSGateway
+from cipherd.web.backend import send_pkcs12
 from tests.harness import AdminHarness
 from tests.test_admin_roles import ADMIN, NEW, api, log_in_as, make
 
@@ -175,6 +182,40 @@ def test_issue_search_revoke_and_export(admin_in: AdminHarness) -> None:
     unsent = api(admin_in, "POST", f"/ca/certificates/{alice['thumbprint']}/send")
     assert unsent.code == 409 and "does not deliver mail" in unsent.json()["error"]
     assert {"ca.issue", "ca.export", "ca.revoke"} <= set(audited(admin_in))
+
+
+def test_the_pkcs12_mailed_with_its_password_by_sms_or_to_the_admin(
+        admin_in: AdminHarness) -> None:
+    root(admin_in)
+    sms, mailed = MemorySMSGateway(), RecordingSubmission()
+    backend = dataclasses.replace(admin_in.site.backend, sms=sms,
+                                  queue_runner=cast(Any, mailed))
+    result_of(admin_in.settings.update(GLOBAL, {"notification_sender": "pki@example.com"}))
+    alice = result_of(admin_in.ca.issue("alice@example.com"))
+    shown = result_of(send_pkcs12(backend, alice))
+    assert shown.password and shown.phone is None and not sms.sent
+    # With a mobile number and an SMS gateway: the password goes by SMS, first.
+    result_of(admin_in.settings.update(GLOBAL, {"sms_gateway_url":
+                                                "https://sms.example/send?to={phone}"}))
+    result_of(admin_in.settings.update(scope_for(Level.USER, "alice@example.com"),
+                                       {"sms_phone": "+31 6 1234 5678"}))
+    texted = result_of(send_pkcs12(backend, alice))
+    assert texted.password is None and texted.phone == "+31612345678"
+    [(_, phone, text)] = sms.sent
+    assert phone == "+31612345678"
+    password = text.rsplit(": ", 1)[1]
+    sender, recipients, content = mailed.submitted[-1]
+    assert (sender, recipients) == ("pki@example.com", ["alice@example.com"])
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert "text message" in message.get_body().get_content()
+    assert password not in content.decode()
+    [attachment] = list(message.iter_attachments())
+    assert pkcs12.load_pkcs12(attachment.get_content(), password.encode()).cert is not None
+    # The SMS cannot be sent: nothing is mailed.
+    sms.refusal = "the gateway said 500"
+    with pytest.raises(CAError, match="nothing was mailed"):
+        result_of(send_pkcs12(backend, alice))
+    assert len(mailed.submitted) == 2
 
 
 def test_a_list_of_addresses_is_issued_in_the_background(admin_in: AdminHarness) -> None:

@@ -1603,18 +1603,21 @@ class AdminAPI:
     async def send_issued(self, request: IRequest, admin: AdminRow, thumbprint: str) -> bytes:
         """
         Mail the PKCS#12 file to the certificate's owner under a new random
-        password, which only this answer carries.
+        password, sent by SMS when the owner has a mobile number and an SMS
+        gateway is set, else carried by this answer only.
         """
         issued = await self._issued(thumbprint)
         try:
-            password = await send_pkcs12(self.backend, issued)
+            sent = await send_pkcs12(self.backend, issued)
         except CAError as e:
             raise _BadRequest(str(e), status=409) from None
         await self._audit(request, admin, "ca.send",
-                          f"mailed the PKCS#12 file of {issued.email} to its owner",
+                          f"mailed the PKCS#12 file of {issued.email} to its owner"
+                          + (f", its password by SMS to {sent.phone}" if sent.phone else ""),
                           target=issued.thumbprint)
         request.setHeader(b"Cache-Control", b"no-store")
-        return json_response(request, 200, {"sent_to": issued.email, "password": password})
+        return json_response(request, 200, {"sent_to": sent.sent_to, "password": sent.password,
+                                            "password_by_sms": sent.phone})
 
     @app.route("/v1/ca/requests", methods=["GET"])
     @_authenticated()

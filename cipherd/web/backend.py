@@ -42,6 +42,7 @@ from cipherd.web.dashboard import Dashboard
 from cipherd.webmail.administration import AccountAdministration
 from cipherd.webmail.notify import TEMPLATES
 from cipherd.webmail.pdf import random_password
+from cipherd.webmail.sms import ISMSGateway, SMSError, SMSGatewayConfig
 
 # A PGP key's name in a URL: its fingerprint, 40 hexadecimal digits (v4
 # keys) or 64 (v6 keys, RFC 9580 §5.5.4).
@@ -256,6 +257,7 @@ class AdminBackend:
     @ivar site_tls: the sites' TLS certificate (Admin → TLS certificate).
     @ivar backups: makes and restores backups (Admin → Backup).
     @ivar ca: the built-in CA (Admin → CA).
+    @ivar sms: where the password of a mailed PKCS#12 file goes by SMS.
     @ivar crl_base: where the CRL listener is reached (C{http://host:port}),
         the beginning a new CA's distribution point is proposed with.
     """
@@ -276,6 +278,7 @@ class AdminBackend:
     site_tls: ISiteCertificate | None = None
     backups: IBackups | None = None
     ca: CertificateAuthority | None = None
+    sms: ISMSGateway | None = None
     crl_base: Callable[[], str] = lambda: "http://localhost:8081"
 
     # PGP keys, named in URLs by fingerprint: anything else names no key.
@@ -480,41 +483,69 @@ async def send_test_email(backend: AdminBackend, sender: str, recipients: list[s
 PKCS12_PASSWORD_LENGTH = 20
 
 
-async def send_pkcs12(backend: AdminBackend, row: IssuedRow) -> str:
+@dataclass(frozen=True)
+class PKCS12Sent:
+    """
+    A PKCS#12 file mailed to its owner, and where its password went: by
+    SMS to C{phone}, or to the admin who sent it (C{password}), to pass on.
+    """
+
+    sent_to: str
+    password: str | None
+    phone: str | None
+
+
+async def send_pkcs12(backend: AdminBackend, row: IssuedRow) -> PKCS12Sent:
     """
     Mail a certificate the CA issued, with its key, to its owner as a
     PKCS#12 file under a new random password, from the notification
-    sender (else the postmaster).
+    sender (else the postmaster).  The password goes by SMS when the owner
+    has a mobile number and an SMS gateway is set (as PDF passwords do),
+    first: if it cannot, nothing is mailed.  Otherwise it is the admin's to
+    pass on by another channel.
 
-    @return: the password, for the admin to pass on by another channel.
     @raise CAError: nothing was sent, and why.
     """
     if backend.queue_runner is None or backend.ca is None:
         raise CAError("This node does not deliver mail.")
-    values = (await backend.settings.by_address([""]))[""]
-    sender = values["notification_sender"] or values["postmaster"]
+    values = (await backend.settings.by_address(["", row.email]))
+    sender = values[""]["notification_sender"] or values[""]["postmaster"]
     if not sender:
         raise CAError("Set the notification sender (Settings → General): the mail is sent "
                       "from it.")
     password = random_password(PKCS12_PASSWORD_LENGTH, PASSWORD_ALPHABET)
     data = await backend.ca.pkcs12(row.thumbprint, password)
+    user = values[row.email]
+    phone = str(user["sms_phone"]) if user["sms_phone"] and user["sms_gateway_url"] \
+        and backend.sms is not None else None
+    if phone is not None:
+        assert backend.sms is not None
+        try:
+            await backend.sms.send(SMSGatewayConfig.from_settings(user), phone,
+                                   f"The password of your S/MIME certificate file "
+                                   f"({row.email}.p12): {password}")
+        except SMSError as e:
+            raise CAError(f"The password could not be sent by SMS ({e}); nothing was "
+                          "mailed.") from None
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = sender
     message["To"] = row.email
     message["Subject"] = "Your S/MIME certificate"
-    message["Date"] = format_datetime(utc_from_seconds(backend.queue_runner.now()))
+    message["Date"] = format_datetime(utc_from_seconds(backend.authority.clock.seconds()))
     message["Message-ID"] = f"<{secrets.token_hex(12)}@{backend.mta.current.my_hostname}>"
     message.set_content(
         f"Attached is your S/MIME certificate for {row.email} with its private key, as a "
         "PKCS#12 file. Import it into your mail program (Thunderbird: Settings, Privacy & "
         "Security, Manage Certificates, Your Certificates, Import; Outlook: open the file) "
         "to sign your mail and read mail encrypted to you.\n\n"
-        "The file's password reaches you separately, from your administrator. Keep the file "
-        "to yourself: whoever has it and the password can sign as you.\n")
+        + ("The file's password was sent to your mobile phone by text message."
+           if phone else "The file's password reaches you separately, from your "
+           "administrator.")
+        + " Keep the file to yourself: whoever has it and the password can sign as you.\n")
     message.add_attachment(data, maintype="application", subtype="x-pkcs12",
                            filename=f"{row.email}.p12")
     await backend.queue_runner.submit(sender, [row.email], message.as_bytes(), "local (admin)")
-    return password
+    return PKCS12Sent(row.email, None if phone else password, phone)
 
 
 # A PGP key's marks, and how the log says each value.

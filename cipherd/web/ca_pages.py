@@ -33,7 +33,7 @@ from cipherd.pki.ca import (
 from cipherd.pki.certs import describe_name
 from cipherd.store.ca import IssuedRow
 from cipherd.web.auth import AdminSession
-from cipherd.web.backend import send_pkcs12
+from cipherd.web.backend import PKCS12Sent, send_pkcs12
 from cipherd.web.common import (
     UPLOAD_DEADLINE,
     SiteApp,
@@ -363,7 +363,7 @@ class CAPages(AdminPages):
 
     async def _issued_page(self, request: IRequest, session: AdminSession, row: IssuedRow, *,
                            error: str | None = None, status: int = 200,
-                           password: str | None = None) -> bytes:
+                           sent: PKCS12Sent | None = None) -> bytes:
         now = self.ca.now()
         authority = await self.ca.authority(row.ca_id)
         changed = arg(request, "changed")
@@ -371,7 +371,7 @@ class CAPages(AdminPages):
             request, "ca_certificate.html", session, status=status, section="ca",
             subsection="issued", title=f"Certificate of {row.email}", row=row,
             certificate=x509.load_der_x509_certificate(row.der), state=issued_status(row, now),
-            authority=authority, reasons=REASON_TITLES, error=error, password=password,
+            authority=authority, reasons=REASON_TITLES, error=error, sent=sent,
             when=_when,
             changed=changed if changed in ("issued", "revoked") else None)
 
@@ -429,10 +429,12 @@ class CAPages(AdminPages):
         if row is None:
             return self._not_found(request, session, "No CA here issued such a certificate.")
         try:
-            password = await send_pkcs12(self.backend, row)
+            sent = await send_pkcs12(self.backend, row)
         except CAError as e:
             return await self._issued_page(request, session, row, error=str(e), status=400)
         await self.audit(request, session, "ca.send",
-                         f"mailed the PKCS#12 file of {row.email} to its owner",
+                         f"mailed the PKCS#12 file of {row.email} to its owner"
+                         + (f", its password by SMS to {sent.phone}" if sent.phone else ""),
                          target=row.thumbprint)
-        return await self._issued_page(request, session, row, password=password)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return await self._issued_page(request, session, row, sent=sent)

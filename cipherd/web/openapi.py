@@ -496,9 +496,11 @@ _OPERATIONS = [
                body=_obj({"password": STRING}, ["password"]),
                media={"application/x-pkcs12": _BINARY}),
     _operation("post", "/ca/certificates/{thumbprint}/send", "Mail the PKCS#12 file to the "
-               "certificate's owner under a new random password, answered here only.",
-               errors=[409], answer=_obj({"sent_to": STRING, "password": STRING},
-                                         ["sent_to", "password"])),
+               "certificate's owner under a new random password: by SMS to the owner's mobile "
+               "number when there is one and an SMS gateway, else answered here only.",
+               errors=[409], answer=_obj({"sent_to": STRING, "password": NULLABLE_STRING,
+                                          "password_by_sms": NULLABLE_STRING},
+                                         ["sent_to", "password", "password_by_sms"])),
     _operation("get", "/ca/requests", "The certificate requests waiting to be issued.",
                answer=_obj({"requests": _array(_ref("CertificateRequest"))}, ["requests"])),
     _operation("delete", "/ca/requests/{request_id}", "Cancel a waiting request.", ok=204),
