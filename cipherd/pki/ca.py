@@ -453,10 +453,6 @@ class ICertificateAuthority(Interface):
         """
 
 
-def _is_internal_default(email: str) -> bool:
-    return False
-
-
 @implementer(ICertificateAuthority)
 class CertificateAuthority:
     """
@@ -473,7 +469,7 @@ class CertificateAuthority:
 
     def __init__(self, store: Store, certificates: CertificateStore,
                  settings: IAddressSettings, crypto: IBlockingRunner, clock: IReactorTime,
-                 kek: bytes, internal: Callable[[str], bool] = _is_internal_default) -> None:
+                 kek: bytes, *, internal: Callable[[str], bool]) -> None:
         self._store = store
         self._certificates = certificates
         self._settings = settings
