@@ -815,6 +815,12 @@ class CertificateAuthority:
         return await self._store.read(q.list_requests)
 
     async def cancel_request(self, request_id: int) -> bool:
+        """
+        @return: whether there was such a request (an id no database row can
+            have, beyond 64 bits, names none).
+        """
+        if not 0 < request_id < 2**63:
+            return False
         return bool(await self._store.run(q.take_request, request_id))
 
     async def issued(self, *, text: str = "", ca: str = "", offset: int = 0,

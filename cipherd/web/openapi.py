@@ -183,7 +183,7 @@ _PATH_PARAMETERS = {
     "name": STRING, "key": STRING, "which": {"enum": ["internal", "external"]},
     "token_id": STRING, "address": STRING, "action": STRING, "queue_id": QUEUE_ID,
     "thumbprint": THUMBPRINT, "fingerprint": STRING, "ref": STRING,
-    "request_id": {"type": "integer"},
+    "request_id": {"type": "integer", "minimum": 1},
 }
 
 
