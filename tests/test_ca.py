@@ -138,6 +138,21 @@ def test_ec_certificates_agree_on_keys(world: World) -> None:
     assert usage.key_agreement and not usage.key_encipherment
 
 
+def test_the_default_ca_per_domain(world: World) -> None:
+    first = world.root()
+    second = world.root(subject="CN=Sales CA", crl_url="http://pki.example.com/sales.crl")
+    assert result_of(world.ca.issue("a@example.com")).ca_id == first.id  # the oldest
+    result_of(world.settings.update(Scope(Level.DOMAIN, "sales.example.com"),
+                                    {"ca_default": second.thumbprint.upper()}))
+    result_of(world.settings.update(Scope(Level.DOMAIN, "sales.example.com"),
+                                    {"locality": "internal"}))
+    assert result_of(world.ca.issue("b@sales.example.com")).ca_id == second.id
+    result_of(world.settings.update(Scope(Level.DOMAIN, "sales.example.com"),
+                                    {"ca_default": "0123456789abcdef"}))
+    with pytest.raises(CAError, match="does not exist"):
+        result_of(world.ca.issue("c@sales.example.com"))
+
+
 def test_only_internal_addresses_get_certificates(world: World) -> None:
     world.root()
     with pytest.raises(CAError, match="not an internal address"):
