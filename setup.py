@@ -39,6 +39,10 @@ setup(
         "uharfbuzz>=0.39",
         # The metrics at /metrics (cipherd.web.dashboard).
         "prometheus-client>=0.20",
+        # DLP: RE2 runs every pattern in time linear in the text (no
+        # catastrophic backtracking); pypdf reads the text of PDF attachments.
+        "google-re2>=1.1",
+        "pypdf>=5",
     ],
     extras_require={
         "test": [
