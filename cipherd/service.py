@@ -42,6 +42,7 @@ from cipherd.datadir import DataDir, prepare_data_dir, read_kek
 from cipherd.logs import ErrorsCounted, MailLogsService
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.discovery import KeyDiscovery, WebKeyDirectory
+from cipherd.mpa.dlp_policy import DataLossPrevention
 from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
 from cipherd.pki.ca import CA_TICK, CertificateAuthority
@@ -240,8 +241,8 @@ OPENPGP = SequoiaOpenPGP()
 
 def processing(settings: SettingsRepository, certificates: CertificateStore, keyring: Keyring,
                crypto_runner: ThreadPoolRunner, mailboxes: Mailboxes, accounts: Accounts,
-               mta: MTAConfigSource, authority: CertificateAuthority, reactor: Any
-               ) -> Composite:
+               mta: MTAConfigSource, authority: CertificateAuthority,
+               dlp: DataLossPrevention, reactor: Any) -> Composite:
     """
     Processing, between the queue's two spools: the webmail relay for the
     relay recipient (relay messages into mailboxes sealed under a key
@@ -259,7 +260,7 @@ def processing(settings: SettingsRepository, certificates: CertificateStore, key
                 KeyDiscovery(keyring, WebKeyDirectory(
                     reactor, DNSHopResolver(lambda: mta.current.dns_servers)),
                     OPENPGP, crypto_runner, reactor),
-                lambda: mta.current, reactor, authority=authority))
+                lambda: mta.current, reactor, authority=authority, dlp=dlp))
 
 
 def certificate_authority(store: Store, certificates: CertificateStore,
@@ -342,7 +343,9 @@ def build_worker(config: Config, reactor: Any
                            Mailboxes(store, message_key(read_kek(data))),
                            Accounts(store, reactor, auth_runner), mta,
                            certificate_authority(store, certificates, settings, crypto_runner,
-                                                 reactor, read_kek(data), mta), reactor)
+                                                 reactor, read_kek(data), mta),
+                           DataLossPrevention(store, crypto_runner, reactor, read_kek(data)),
+                           reactor)
     return root, processor, settings, certificates, keyring, mta
 
 
@@ -398,8 +401,9 @@ def make_service(config: Config, reactor: Any) -> IService:
     accounts = Accounts(store, reactor, auth_runner)
     authority = certificate_authority(store, certificates, settings, crypto_runner, reactor,
                                       read_kek(data), mta)
+    dlp = DataLossPrevention(store, crypto_runner, reactor, read_kek(data))
     local = processing(settings, certificates, keyring, crypto_runner, mailboxes, accounts, mta,
-                       authority, reactor)
+                       authority, dlp, reactor)
     processor: IMessageProcessor = local
     if config.processing_workers and not shared:
         workers = ProcessingWorkers(
@@ -440,7 +444,7 @@ def make_service(config: Config, reactor: Any) -> IService:
                      AccountAdministration(store, accounts, mailboxes, notifier, settings,
                                            lambda: mta.current, reactor),
                      queue_runner, site_tls=options, backups=backups, ca=authority,
-                     sms=HTTPSSMSGateway(reactor),
+                     sms=HTTPSSMSGateway(reactor), dlp=dlp,
                      crl_base=lambda: crl_base_url(mta.current.my_hostname, config.crl_listen))
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,

@@ -240,6 +240,48 @@ class EmailAddresses(ValueType):
         return [a for a in re.split(r"[\s,]+", value) if a]
 
 
+class NameList(ValueType):
+    """
+    Names (lower-case letters, digits, '-', '_', '.') separated by commas or
+    spaces; stored as C{a, b}.  The DLP patterns that apply.
+    """
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value)
+        names = [n for n in re.split(r"[\s,]+", text.lower()) if n]
+        for name in names:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", name):
+                raise InvalidValue(f"{name!r} is not a pattern name")
+        if len(names) > 200:
+            raise InvalidValue("at most 200 names")
+        return ", ".join(dict.fromkeys(names))
+
+
+def listed(value: str) -> list[str]:
+    """
+    The entries of a list setting stored as C{a, b}.
+    """
+    return [entry for entry in re.split(r"[\s,]+", value) if entry]
+
+
+class AddressesAndDomains(ValueType):
+    """
+    Email addresses and domains separated by commas or spaces; stored as
+    C{a, b}, lower case.
+    """
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value)
+        entries = [e for e in re.split(r"[\s,]+", text.lower()) if e]
+        for entry in entries:
+            problem = email_problem(entry) if "@" in entry else domain_problem(entry)
+            if problem:
+                raise InvalidValue(f"{entry!r}: {problem}")
+        if len(entries) > 500:
+            raise InvalidValue("at most 500 addresses and domains")
+        return ", ".join(dict.fromkeys(entries))
+
+
 @dataclass(frozen=True)
 class Url(ValueType):
     allow_empty: bool = True
@@ -788,6 +830,7 @@ PAGES = (
     Page("cleanup", "Auto cleanup", WEBMAIL),
     Page("branding", "Branding", WEBMAIL),
     Page("ca", "Certificate authority", GATEWAY),
+    Page("dlp", "DLP", GATEWAY),
     Page("backup", "Scheduled backup"),
 )
 
@@ -1216,6 +1259,49 @@ PROPERTIES: tuple[Property, ...] = (
        "The next update of a CRL, in hours after it is signed: longer than the time between "
        "two runs of the schedule, so a CRL is always current.",
        levels=GLOBAL_ONLY, page="ca", group="CRL", role=GATEWAY),
+    # Data loss prevention (Admin → DLP keeps the patterns and the quarantine).
+    _P("dlp_enabled", "DLP enabled", Boolean(), False,
+       "Search mail from this sender (domain, or everyone) to external recipients for the "
+       "DLP patterns, in the subject, the text and the attachments (PDF, Office, "
+       "OpenDocument, text, CSV, zip archives, attached messages), and act as the pattern "
+       "that hit says: warn (a header and a log line), encrypt (encryption becomes "
+       "mandatory), quarantine, block (bounce naming the rule).",
+       page="dlp", group="DLP", role=GATEWAY),
+    _P("dlp_patterns", "DLP patterns", NameList(), "",
+       "The names of the patterns that apply (Admin → DLP), separated by commas. Empty: "
+       "every pattern.", page="dlp", group="DLP", role=GATEWAY),
+    _P("dlp_skip", "DLP skip list", AddressesAndDomains(), "",
+       "Recipients (addresses, or domains with everyone in them) DLP does not act for: "
+       "they get the message as if no rule had matched.", page="dlp", group="DLP",
+       role=GATEWAY),
+    _P("dlp_unscannable_action", "Unscannable attachments",
+       Choice((("none", "Nothing"), ("warn", "Warn"), ("encrypt", "Encrypt"),
+               ("quarantine", "Quarantine"), ("block", "Block"))), "warn",
+       "What happens to a message with an attachment DLP cannot read: an encrypted "
+       "attachment or message, a password-protected archive, a damaged PDF.",
+       page="dlp", group="DLP", role=GATEWAY),
+    _P("dlp_bomb_action", "Zip bombs",
+       Choice((("none", "Nothing"), ("warn", "Warn"), ("encrypt", "Encrypt"),
+               ("quarantine", "Quarantine"), ("block", "Block"))), "quarantine",
+       "What happens to a message with an archive that expands past the bounds (50 MB, "
+       "2000 members, 200 times its size, 4 levels deep).",
+       page="dlp", group="DLP", role=GATEWAY),
+    _P("dlp_manager", "DLP manager", EmailAddress(), "",
+       "Who is told of every message quarantined or blocked (the rules, never the matched "
+       "text). Empty: nobody.", levels=GLOBAL_AND_DOMAIN, page="dlp", group="DLP",
+       role=GATEWAY),
+    _P("template_dlp_sender", "DLP quarantine notice",
+       MailTemplate(("recipients", "subject", "rules")), "",
+       "Sent to the sender of a message DLP quarantined. Empty: the built-in text. "
+       "Variables: recipients, subject, rules.",
+       levels=GLOBAL_AND_DOMAIN, page="dlp", group="Templates", role=GATEWAY),
+    _P("template_dlp_manager", "DLP manager notice",
+       MailTemplate(("sender", "recipients", "subject", "rules", "action", "quarantine_id")),
+       "",
+       "Sent to the DLP manager for every message quarantined or blocked. Empty: the "
+       "built-in text. Variables: sender, recipients, subject, rules, action "
+       "(quarantine or block), quarantine_id (empty for a block).",
+       levels=GLOBAL_AND_DOMAIN, page="dlp", group="Templates", role=GATEWAY),
     # Scheduled backups (Admin → Backup makes and restores them by hand).
     _P("backup_enabled", "Scheduled backup enabled", Boolean(), False,
        "Write a backup of the database, the key-encryption key (under the passphrase "

@@ -312,13 +312,13 @@ def tabs(page: str) -> list[str]:
 def test_the_appliance_role_narrows_the_settings_menus(admin: AdminHarness) -> None:
     admin.login_with_new_password()
     every = ["General", "Templates", "DKIM", "Webmail", "Encryption policy", "PDF", "Quota",
-             "Auto cleanup", "Branding", "Certificate authority", "Scheduled backup"]
+             "Auto cleanup", "Branding", "Certificate authority", "DLP", "Scheduled backup"]
     assert tabs(admin.get("/settings/global/preferences").text) == every
     for role, shown in [
         ("webmail", ["General", "Templates", "DKIM", "Quota", "Auto cleanup", "Branding",
                      "Scheduled backup"]),
         ("gateway", ["General", "Webmail", "Encryption policy", "PDF", "Certificate authority",
-                     "Scheduled backup"]),
+                     "DLP", "Scheduled backup"]),
         ("both", every),
     ]:
         assert admin.post_form("/settings/global/preferences", [

@@ -25,6 +25,7 @@ from cipherd.mpa.discovery import KeyDiscovery
 from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, read_tunnel, tunnel_id
 from cipherd.pki import smime
+from cipherd.mpa.dlp_policy import DataLossPrevention
 from cipherd.pki.ca import CertificateAuthority
 from cipherd.pki.certs import email_addresses, thumbprint
 from cipherd.pki.certstore import CertificateStore
@@ -81,6 +82,8 @@ class World:
             store, self.certificates, self.settings, SynchronousRunner(), self.clock,
             os.urandom(32), internal=lambda address: self.config.receive_policy().relay_domain(
                 address))
+        # Data loss prevention: off until a test turns it on (dlp_enabled).
+        self.dlp = DataLossPrevention(store, SynchronousRunner(), self.clock, os.urandom(32))
         result_of(self.certificates.import_data(pki["root"].pem(), store=ROOTS))
         for name in ("alice", "bob", "carol"):
             result_of(self.certificates.import_data(pki[name].pkcs12(b"pw"), password="pw"))
@@ -100,7 +103,8 @@ class World:
                                    self.keyring, SequoiaOpenPGP(), SynchronousRunner())),
                                KeyDiscovery(self.keyring, self.directory, SequoiaOpenPGP(),
                                             SynchronousRunner(), self.clock),
-                               lambda: self.config, self.clock, authority=self.authority)
+                               lambda: self.config, self.clock, authority=self.authority,
+                               dlp=self.dlp)
         self.processor: IMessageProcessor = self.gateway
         self.set(GLOBAL, webmail_sender=WEBMAIL_SENDER, webmail_recipient=WEBMAIL_RECIPIENT)
 

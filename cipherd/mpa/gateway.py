@@ -58,6 +58,7 @@ from cipherd.core.headers import (
 from cipherd.logs import mail_logger
 from cipherd.mpa import policy
 from cipherd.mpa.discovery import KeyDiscovery, autocrypt_header
+from cipherd.mpa.dlp_policy import WARNING, DataLossPrevention, Verdict
 from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki.ca import ICertificateAuthority
@@ -79,7 +80,7 @@ from cipherd.pki.keyring import IKeyring
 from cipherd.pki.pgp import PGPError, PGPKey
 from cipherd.pki.pgpmime import INLINE, PGPEngine
 from cipherd.pki.pgpopen import PGPSignerReport
-from cipherd.settings import REGISTRY, IAddressSettings, InvalidValue
+from cipherd.settings import REGISTRY, IAddressSettings, InvalidValue, listed
 from cipherd.smtp.bounce import Failed, build_bounce
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
@@ -116,13 +117,16 @@ class Gateway:
                  engine: SmimeEngine, keyring: IKeyring, pgp: PGPEngine, pdf: PDFMaker,
                  sms: ISMSGateway, opener: LayerOpener, discovery: KeyDiscovery,
                  mta: Callable[[], MTAConfig], clock: IReactorTime, *,
-                 authority: ICertificateAuthority | None = None) -> None:
+                 authority: ICertificateAuthority | None = None,
+                 dlp: DataLossPrevention | None = None) -> None:
         """
         @param authority: the built-in CA, which issues a certificate for an
             internal sender who should sign and has none (*auto request
             certificate*); C{None}: none is issued.
+        @param dlp: data loss prevention (C{None}: none).
         """
         self._settings = settings
+        self._dlp = dlp
         self._authority = authority
         self._certificates = certificates
         self._engine = engine
@@ -172,6 +176,12 @@ class Gateway:
             await self._autocrypt(envelope, fields, receive)
         subject = next((value for name, value in fields if name == "subject"), "")
         trigger = policy.find_trigger(sender_settings, subject, fields)
+        stopped: set[str] = set()
+        dlp_rules: dict[str, str] = {}
+        if self._dlp is not None:
+            content, stopped, dlp_rules = await self._data_loss(
+                envelope, content, subject, canonical, known, sender_settings, receive,
+                config, results)
         signer: Any = None
         signer_looked_up = False
         certificates: dict[str, list[x509.Certificate]] = {}
@@ -181,9 +191,11 @@ class Gateway:
         decisions: list[policy.Decision] = []
         facts_of: dict[str, policy.Facts] = {}
         for recipient in envelope.recipients:
+            if recipient in stopped:
+                continue
             facts = policy.Facts(recipient, sender_settings, known[recipient],
                                  receive.relay_domain(canonical[recipient]), trigger,
-                                 sender=envelope.sender)
+                                 sender=envelope.sender, dlp=dlp_rules.get(recipient, ""))
             if policy.needs_certificates(facts):
                 found = await self._certificates.encryption_certificates(
                     canonical[recipient], fail_closed=_fails_closed(known[recipient]))
@@ -268,6 +280,104 @@ class Gateway:
         if bounced:
             self._not_encrypted(envelope, content, subject, bounced, config, results)
         return results.result()
+
+    # Data loss prevention ------------------------------------------------------
+
+    async def _data_loss(self, envelope: Envelope, content: bytes, subject: str,
+                         canonical: Mapping[str, str], known: Mapping[str, Any],
+                         sender_settings: Mapping[str, Any], receive: Any, config: MTAConfig,
+                         results: Results) -> tuple[bytes, set[str], dict[str, str]]:
+        """
+        The DLP verdict on the message for the sender's external recipients
+        not on the skip list, and what it does: a warning header, encryption
+        made mandatory, the message quarantined or bounced for them.
+
+        @return: the content to go on with (its release mark and any DLP
+            header it came with removed, the warning added), the recipients
+            DLP settled, and per recipient the rules that make encryption
+            mandatory.
+        """
+        assert self._dlp is not None
+        released, content = self._dlp.released(content)
+        if released:
+            log.info("{queue_id}: released from the DLP quarantine: not searched again",
+                     queue_id=envelope.queue_id)
+            return content, set(), {}
+        if not sender_settings["dlp_enabled"]:
+            return content, set(), {}
+        skip = listed(sender_settings["dlp_skip"])
+        acted = [r for r in envelope.recipients
+                 if not (receive.relay_domain(canonical[r])
+                         or known[r]["locality"] == policy.INTERNAL)
+                 and not _on_list(canonical[r], skip)]
+        if not acted:
+            return content, set(), {}
+        content = without_fields(content, WARNING)
+        verdict = await self._dlp.inspect(content, sender_settings)
+        if verdict.action == "none":
+            return content, set(), {}
+        rules = ", ".join(verdict.rules())
+        log.warn("{queue_id}: DLP rules {rules} matched; action {action}; Sender: {sender}; "
+                 "Recipients: {rcpts}", queue_id=envelope.queue_id, rules=rules,
+                 action=verdict.action, sender=envelope.sender, rcpts=", ".join(acted))
+        if verdict.action in ("quarantine", "block"):
+            await self._stop(envelope, content, subject, acted, verdict, sender_settings,
+                             config, results)
+            return content, set(acted), {}
+        content = with_fields(content, [(WARNING, rules)])
+        if verdict.action == "encrypt":
+            forcing = ", ".join(verdict.rules("encrypt"))
+            return content, set(), dict.fromkeys(acted, forcing)
+        return content, set(), {}
+
+    async def _stop(self, envelope: Envelope, content: bytes, subject: str,
+                    acted: list[str], verdict: Verdict, sender_settings: Mapping[str, Any],
+                    config: MTAConfig, results: Results) -> None:
+        """
+        Quarantine the message for C{acted} (the sender told), or bounce it
+        to the sender naming the rules only; the DLP manager told of both.
+        """
+        assert self._dlp is not None
+        action = verdict.action
+        rules = ", ".join(verdict.rules(action))
+        quarantine_id = ""
+        if action == "quarantine":
+            quarantine_id = await self._dlp.quarantine(envelope.sender, acted, subject,
+                                                       content, verdict)
+            results.settle(acted, Outcome(
+                "sent", "2.7.0", f"quarantined by DLP ({rules}), quarantine id "
+                f"{quarantine_id}", notified=True))
+            log.info("{queue_id}: quarantined as {id}; Recipients: {rcpts}",
+                     queue_id=envelope.queue_id, id=quarantine_id, rcpts=", ".join(acted))
+            if envelope.sender:
+                notice = self._notices.render("dlp_sender", dict(
+                    recipients=", ".join(acted), subject=subject, rules=rules),
+                    sender_settings)
+                results.send(self._notices.message(envelope.sender, notice, sender_settings,
+                                                   config.my_hostname))
+        else:
+            reason = f"the message was blocked by the DLP rule {rules}"
+            outcome = Outcome("bounced", "5.7.1", reason, notified=True)
+            results.settle(acted, outcome)
+            if envelope.sender:
+                bounce = build_bounce(
+                    my_hostname=config.my_hostname, queue_id=envelope.queue_id,
+                    sender=envelope.sender, received=envelope.received,
+                    now=self._clock.seconds(), failed=[Failed(r, "5.7.1", reason) for r in acted],
+                    original=content, subject="Message not sent: blocked by a DLP rule",
+                    notice=["The message with Subject", "", subject or "(no subject)", "",
+                            "has not been sent to the following recipients: it matched the "
+                            f"data loss prevention rule {rules}.", "",
+                            *[r for r in acted], ""],
+                    headers_only=True)
+                results.send(Made("", (envelope.sender,), bounce))
+        manager = sender_settings["dlp_manager"]
+        if manager:
+            notice = self._notices.render("dlp_manager", dict(
+                sender=envelope.sender or "<>", recipients=", ".join(acted), subject=subject,
+                rules=rules, action=action, quarantine_id=quarantine_id), sender_settings)
+            results.send(self._notices.message(manager, notice, sender_settings,
+                                               config.my_hostname))
 
     async def _signing_identity(self, envelope: Envelope, sender_settings: Mapping[str, Any],
                                 receive: Any) -> Any:
@@ -898,6 +1008,16 @@ def _with_header(content: bytes, field: str) -> bytes:
         return content
     name, _, value = field.partition(":")
     return with_fields(content, [(name, value.strip())])
+
+
+def _on_list(address: str, entries: list[str]) -> bool:
+    """
+    C{address} is on a list of addresses and domains (a domain covers the
+    addresses in it).
+    """
+    address = address.lower()
+    domain = address.rpartition("@")[2]
+    return address in entries or domain in entries
 
 
 def _looks_like_a_tunnel(fields: list[tuple[str, str]]) -> bool:

@@ -107,6 +107,8 @@ class Facts:
         (untrusted, expired, revoked), or that there is none.
     @ivar can_pgp_sign: the sender has a valid PGP key with its secret.
     @ivar sender: the envelope sender (empty: the null sender).
+    @ivar dlp: the DLP rules that make encryption mandatory for this
+        message (their names), whatever the encrypt mode says.
     """
 
     recipient: str
@@ -120,6 +122,7 @@ class Facts:
     pgp_refused: str = ""
     can_pgp_sign: bool = False
     sender: str = ""
+    dlp: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,11 @@ def is_internal(facts: Facts) -> bool:
 
 def encrypt_mode(facts: Facts) -> str:
     """
-    The stricter of the sender's and the recipient's encrypt mode.
+    The stricter of the sender's and the recipient's encrypt mode;
+    C{"mandatory"} when a DLP rule says the message must be encrypted.
     """
+    if facts.dlp:
+        return "mandatory"
     return max(facts.sender_settings["encrypt_mode"],
                facts.recipient_settings["encrypt_mode"], key=_STRICTNESS.__getitem__)
 
@@ -287,7 +293,8 @@ def decide(facts: Facts, methods: Sequence[tuple[str, Offer]] = METHODS) -> Deci
             notes.append(("info", f"{offered}; Recipient: {facts.recipient}"))
     reason = "; ".join(refusals)
     if mandatory:
-        why = "by trigger" if mode != "mandatory" else "by policy"
+        why = (f"by the DLP rule {facts.dlp}" if facts.dlp else "by trigger"
+               if mode != "mandatory" else "by policy")
         return Decision(facts.recipient, BOUNCE, True,
                         reason=f"Encryption is mandatory ({why}) but no method could "
                                f"encrypt the message: {reason}.", notes=tuple(notes))

@@ -124,6 +124,10 @@ def _certificate_authority(conn: Connection) -> None:
                                              schema.ca_requests])
 
 
+def _dlp(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.dlp_patterns, schema.dlp_quarantine])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -140,6 +144,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(12, "the last login of webmail accounts", _last_login),
     Migration(13, "admin roles, second factors and API tokens", _admin_roles),
     Migration(14, "the built-in certificate authority", _certificate_authority),
+    Migration(15, "data loss prevention: patterns and quarantine", _dlp),
 )
 
 

@@ -446,3 +446,35 @@ ca_requests = Table(
     Column("attempts", Integer, nullable=False),
     Column("error", Text, nullable=True),
 )
+
+# Schema version 15: data loss prevention (cipherd.mpa.dlp).  A pattern is
+# an RE2 expression or a word list (words: JSON list) with its threshold,
+# check and action.
+dlp_patterns = Table(
+    "dlp_patterns",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("regex", Text, nullable=False),
+    Column("words", Text, nullable=False),  # JSON list
+    Column("threshold", Integer, nullable=False),
+    Column("validator", String(16), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+# Messages DLP quarantined: the message sealed under a key derived from the
+# key-encryption key (bound to its id), with what hit (JSON: the rules'
+# names, actions, match counts, where, masked excerpts; no matched text).
+dlp_quarantine = Table(
+    "dlp_quarantine",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("sender", String(320), nullable=False),
+    Column("recipients", Text, nullable=False),  # JSON list
+    Column("subject", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("findings", Text, nullable=False),  # JSON
+    Column("content", LargeBinary, nullable=False),
+)

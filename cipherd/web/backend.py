@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from cipherd.core.clock import utc_from_seconds
 from cipherd.logs import LogQuery, MailLog
+from cipherd.mpa.dlp_policy import DataLossPrevention
 from cipherd.netinfo import NetworkInfo, gather
 from cipherd.pki.ca import CAError, CertificateAuthority
 from cipherd.pki.certs import thumbprint
@@ -258,6 +259,7 @@ class AdminBackend:
     @ivar backups: makes and restores backups (Admin → Backup).
     @ivar ca: the built-in CA (Admin → CA).
     @ivar sms: where the password of a mailed PKCS#12 file goes by SMS.
+    @ivar dlp: the DLP patterns and quarantine (Admin → DLP).
     @ivar crl_base: where the CRL listener is reached (C{http://host:port}),
         the beginning a new CA's distribution point is proposed with.
     """
@@ -279,6 +281,7 @@ class AdminBackend:
     backups: IBackups | None = None
     ca: CertificateAuthority | None = None
     sms: ISMSGateway | None = None
+    dlp: DataLossPrevention | None = None
     crl_base: Callable[[], str] = lambda: "http://localhost:8081"
 
     # PGP keys, named in URLs by fingerprint: anything else names no key.
