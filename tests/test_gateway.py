@@ -22,10 +22,10 @@ from zope.interface.verify import verifyObject
 
 from cipherd.core.envelope import Envelope, Outcome
 from cipherd.mpa.discovery import KeyDiscovery
+from cipherd.mpa.dlp_policy import DataLossPrevention
 from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, read_tunnel, tunnel_id
 from cipherd.pki import smime
-from cipherd.mpa.dlp_policy import DataLossPrevention
 from cipherd.pki.ca import CertificateAuthority
 from cipherd.pki.certs import email_addresses, thumbprint
 from cipherd.pki.certstore import CertificateStore
