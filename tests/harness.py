@@ -21,6 +21,7 @@ from cipherd.core.counters import Counters
 from cipherd.datadir import make_self_signed_tls, prepare_data_dir, read_kek
 from cipherd.logs import MailLogsService
 from cipherd.netinfo import Address, Interface, NetworkInfo, Resolvers
+from cipherd.mpa.dlp_policy import DataLossPrevention
 from cipherd.pki.ca import CertificateAuthority
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.keyring import Keyring
@@ -114,6 +115,7 @@ class AdminHarness:
         self.ca = CertificateAuthority(self.store, self.certificates, self.settings,
                                        self.runner, self.clock, kek,
                                        internal=lambda address: address.endswith("@example.com"))
+        self.dlp = DataLossPrevention(self.store, self.runner, self.clock, kek)
         self.keyring = Keyring(self.store, self.clock, os.urandom(32), self.runner,
                                SequoiaOpenPGP())
         cert_pem, key_pem = make_self_signed_tls("localhost", datetime(2027, 1, 1, tzinfo=UTC))
@@ -146,7 +148,7 @@ class AdminHarness:
                                                self.settings, lambda: self.mta_config,
                                                self.clock),
                          network_info=lambda: NETWORK, site_tls=self.site_tls,
-                         backups=self.backups, ca=self.ca,
+                         backups=self.backups, ca=self.ca, dlp=self.dlp,
                          crl_base=lambda: "http://pki.example.com:8081")
         )
         self.treq = StubTreq(self.site.resource())

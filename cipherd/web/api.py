@@ -31,6 +31,8 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from cipherd.core.envelope import QUEUE_ID
+from cipherd.mpa.dlp import BUILTIN, Pattern, PatternError
+from cipherd.mpa.dlp_policy import DataLossPrevention
 from cipherd.pki.ca import (
     REASONS,
     Authority,
@@ -63,6 +65,7 @@ from cipherd.smtp.queue import describe as describe_queued
 from cipherd.store.admins import AdminRow, TokenRow
 from cipherd.store.ca import IssuedRow, RequestRow
 from cipherd.store.certificates import CERTIFICATES, ROOTS
+from cipherd.store.dlp import QuarantinedRow
 from cipherd.web import queue_view, roles
 from cipherd.web.audit import audit_query, changed_values, entry_json
 from cipherd.web.auth import AccountRefused, LoginRefused, ServerBusy, WeakPassword
@@ -76,6 +79,7 @@ from cipherd.web.backend import (
     TunnelCertificateRefused,
     TunnelEnd,
     generated_key_problems,
+    release_quarantined,
     send_pkcs12,
     send_test_email,
 )
@@ -1636,6 +1640,156 @@ class AdminAPI:
         request.setResponseCode(204)
         return b""
 
+    # Data loss prevention (Admin → DLP) -----------------------------------------
+
+    @property
+    def _dlp(self) -> DataLossPrevention:
+        if self.backend.dlp is None:
+            raise _BadRequest("This appliance has no DLP.", status=404)
+        return self.backend.dlp
+
+    @app.route("/v1/dlp/patterns", methods=["GET"])
+    @_authenticated()
+    async def list_dlp_patterns(self, request: IRequest, admin: AdminRow) -> bytes:
+        return json_response(request, 200, {"patterns": [
+            _pattern_json(p) for p in await self._dlp.patterns()]})
+
+    @app.route("/v1/dlp/patterns", methods=["POST"])
+    @_authenticated()
+    async def save_dlp_pattern(self, request: IRequest, admin: AdminRow) -> bytes:
+        """
+        C{{"name", "regex" or "words", "threshold"?, "validator"?,
+        "action"?, "description"?}}: added, or replaced when the name is
+        taken.
+        """
+        body = _json_body(request)
+        fields = {"name", "regex", "words", "threshold", "validator", "action", "description"}
+        if not isinstance(body, dict):
+            raise _BadRequest('Send {"name", "regex", "threshold", "validator", "action"}.')
+        errors = {name: "is not a field of a pattern" for name in set(body) - fields}
+        kinds = {"name": str, "regex": str, "validator": str, "action": str,
+                 "description": str, "threshold": int}
+        errors.update({name: f"must be a {kind.__name__}" for name, kind in kinds.items()
+                       if name in body and (not isinstance(body[name], kind)
+                                            or isinstance(body[name], bool))})
+        words = body.get("words", [])
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            errors["words"] = "must be a list of words or phrases"
+        if errors:
+            raise _BadRequest("Some values were refused; nothing was saved.", errors)
+        pattern = Pattern(body.get("name", ""), body.get("regex", ""),
+                          body.get("threshold", 1), body.get("validator", "none"),
+                          body.get("action", "warn"), tuple(words),
+                          body.get("description", ""))
+        try:
+            new = await self._dlp.save(pattern)
+        except PatternError as e:
+            raise _BadRequest("The pattern was refused; nothing was saved.",
+                              getattr(e, "errors", {"regex": str(e)})) from None
+        await self._audit(request, admin, "dlp.pattern",
+                          f"{'added' if new else 'changed'} the DLP pattern {pattern.name}",
+                          target=pattern.name, details=_pattern_json(pattern))
+        return json_response(request, 201 if new else 200, _pattern_json(pattern))
+
+    @app.route("/v1/dlp/patterns/builtin", methods=["GET"])
+    @_authenticated()
+    async def builtin_dlp_patterns(self, request: IRequest, admin: AdminRow) -> bytes:
+        return json_response(request, 200, {"patterns": [
+            _pattern_json(p) for p in BUILTIN.values()]})
+
+    @app.route("/v1/dlp/patterns/builtin", methods=["POST"])
+    @_authenticated()
+    async def add_builtin_dlp_patterns(self, request: IRequest, admin: AdminRow) -> bytes:
+        body = _json_body(request)
+        names = body.get("names") if isinstance(body, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise _BadRequest('Send {"names": [...]}, names of the built-in patterns.',
+                              {"names": f"must be a list of {', '.join(BUILTIN)}"})
+        try:
+            added = await self._dlp.add_builtin(names)
+        except PatternError as e:
+            raise _BadRequest(str(e), {"names": str(e)}) from None
+        if added:
+            await self._audit(request, admin, "dlp.pattern",
+                              f"added the built-in DLP patterns {', '.join(added)}",
+                              details={"added": added})
+        return json_response(request, 200, {"added": added})
+
+    @app.route("/v1/dlp/patterns/<name>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_dlp_pattern(self, request: IRequest, admin: AdminRow, name: str) -> bytes:
+        if not await self._dlp.delete(name):
+            raise _BadRequest("There is no such DLP pattern.", status=404)
+        await self._audit(request, admin, "dlp.delete", f"deleted the DLP pattern {name}",
+                          target=name)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/v1/dlp/quarantine", methods=["GET"])
+    @_authenticated()
+    async def list_quarantine(self, request: IRequest, admin: AdminRow) -> bytes:
+        _, _, numbers = _list_query(request)
+        rows = await self._dlp.quarantined(numbers["offset"], numbers["limit"])
+        total = _page_total(len(rows), numbers)
+        if total is None:
+            total = await self._dlp.count_quarantined()
+        return json_response(request, 200, {
+            "messages": [_quarantined_json(r) for r in rows], "total": total, **numbers})
+
+    async def _quarantined(self, quarantine_id: str) -> QuarantinedRow:
+        row = await self._dlp.get(quarantine_id)
+        if row is None:
+            raise _BadRequest("There is no such message in the quarantine.", status=404)
+        return row
+
+    @app.route("/v1/dlp/quarantine/<quarantine_id>", methods=["GET"])
+    @_authenticated()
+    async def get_quarantined(self, request: IRequest, admin: AdminRow,
+                              quarantine_id: str) -> bytes:
+        """
+        One quarantined message: what hit (rules, masked excerpts) and its
+        header fields, never its body.
+        """
+        row = await self._quarantined(quarantine_id)
+        return json_response(request, 200, {
+            **_quarantined_json(row),
+            "headers": [{"name": n, "value": v} for n, v in self._dlp.headers(row)]})
+
+    @app.route("/v1/dlp/quarantine/<quarantine_id>/release", methods=["POST"])
+    @_authenticated()
+    async def release_from_quarantine(self, request: IRequest, admin: AdminRow,
+                                  quarantine_id: str) -> bytes:
+        """
+        Release: the message is queued for its recipients as if no rule had
+        matched (202).
+        """
+        await self._quarantined(quarantine_id)
+        try:
+            row = await release_quarantined(self.backend, quarantine_id)
+        except RuntimeError as e:
+            raise _BadRequest(f"The message cannot be released here: {e}.", status=409) \
+                from None
+        if row is None:
+            raise _BadRequest("There is no such message in the quarantine.", status=404)
+        await self._audit(request, admin, "dlp.release",
+                          f"released the message {row.id} from {row.sender} to "
+                          f"{', '.join(row.recipients)} from the DLP quarantine", target=row.id)
+        return json_response(request, 202, _quarantined_json(row))
+
+    @app.route("/v1/dlp/quarantine/<quarantine_id>", methods=["DELETE"])
+    @_authenticated()
+    async def delete_quarantined(self, request: IRequest, admin: AdminRow,
+                                 quarantine_id: str) -> bytes:
+        taken = await self._dlp.take(quarantine_id)
+        if taken is None:
+            raise _BadRequest("There is no such message in the quarantine.", status=404)
+        row, _ = taken
+        await self._audit(request, admin, "dlp.delete",
+                          f"deleted the message {row.id} from {row.sender} from the DLP "
+                          "quarantine", target=row.id)
+        request.setResponseCode(204)
+        return b""
+
     # The tunnel certificates: guide §3.8 (gateway) and §2.3.11 (webmail) ------
 
     @app.route("/v1/webmail/sender-certificate", methods=["POST"])
@@ -1821,6 +1975,18 @@ def _request_json(row: RequestRow) -> dict[str, Any]:
     return {"id": row.id, "email": row.email, "ca": row.ca_id,
             "validity_days": row.validity_days, "requested": _iso(row.requested),
             "requested_by": row.requested_by, "attempts": row.attempts, "error": row.error}
+
+
+def _pattern_json(pattern: Pattern) -> dict[str, Any]:
+    return {"name": pattern.name, "regex": pattern.regex, "words": list(pattern.words),
+            "threshold": pattern.threshold, "validator": pattern.validator,
+            "action": pattern.action, "description": pattern.description}
+
+
+def _quarantined_json(row: QuarantinedRow) -> dict[str, Any]:
+    return {"id": row.id, "at": _iso(row.at), "sender": row.sender,
+            "recipients": list(row.recipients), "subject": row.subject, "size": row.size,
+            "findings": row.findings}
 
 
 def _pgp_key_json(stored: StoredKey, now: float) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from cipherd.smtp.queue import MailQueue, QueueRunner
 from cipherd.smtp.spool import QueuedMessage
 from cipherd.store.backup import IBackups
 from cipherd.store.ca import IssuedRow
+from cipherd.store.dlp import QuarantinedRow
 from cipherd.store.settings import SettingsRepository
 from cipherd.threads import IBlockingRunner
 from cipherd.web.audit import AuditTrail
@@ -549,6 +550,28 @@ async def send_pkcs12(backend: AdminBackend, row: IssuedRow) -> PKCS12Sent:
                            filename=f"{row.email}.p12")
     await backend.queue_runner.submit(sender, [row.email], message.as_bytes(), "local (admin)")
     return PKCS12Sent(row.email, None if phone else password, phone)
+
+
+async def release_quarantined(backend: AdminBackend, quarantine_id: str
+                              ) -> QuarantinedRow | None:
+    """
+    Take a message out of the DLP quarantine and queue it for its
+    recipients, marked so that processing lets it through DLP once: it is
+    delivered as if no rule had matched (encrypted as the policy says).
+
+    @return: it, or C{None} when it is not (or no longer) there.
+    @raise RuntimeError: this node does not deliver mail.
+    """
+    if backend.queue_runner is None or backend.dlp is None:
+        raise RuntimeError("this node does not deliver mail")
+    taken = await backend.dlp.take(quarantine_id)
+    if taken is None:
+        return None
+    row, content = taken
+    await backend.queue_runner.submit(row.sender, list(row.recipients),
+                                      backend.dlp.mark_released(row.id, content),
+                                      "local (DLP release)")
+    return row
 
 
 # A PGP key's marks, and how the log says each value.

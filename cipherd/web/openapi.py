@@ -113,6 +113,18 @@ SCHEMAS: dict[str, Schema] = {
         "validity_days": {"type": ["integer", "null"]}, "requested": NULLABLE_STRING,
         "requested_by": STRING, "attempts": INTEGER, "error": NULLABLE_STRING},
         ["id", "email", "attempts"]),
+    "DLPPattern": _obj({
+        "name": STRING, "regex": STRING, "words": _array(STRING), "threshold": INTEGER,
+        "validator": {"enum": ["none", "luhn", "iban"]},
+        "action": {"enum": ["warn", "encrypt", "quarantine", "block"]},
+        "description": STRING}, ["name", "regex", "words", "threshold", "validator", "action"]),
+    "QuarantinedMessage": _obj({
+        "id": STRING, "at": NULLABLE_STRING, "sender": STRING, "recipients": _array(STRING),
+        "subject": STRING, "size": INTEGER, "findings": _array(_obj({
+            "rule": STRING, "action": STRING, "matches": INTEGER, "where": _array(STRING),
+            "excerpt": STRING})),
+        "headers": _array(_obj({"name": STRING, "value": STRING}, ["name", "value"]))},
+        ["id", "sender", "recipients", "subject", "findings"]),
     "TunnelCertificate": _obj({"thumbprint": STRING, "email": STRING, "subject": STRING,
                                "created": BOOLEAN, "message": STRING},
                               ["thumbprint", "email", "created"]),
@@ -143,7 +155,7 @@ _PATH_NAMES = {"<name>": "{name}", "<key>": "{key}", "<which>": "{which}",
                "<token_id>": "{token_id}", "<address>": "{address}", "<action>": "{action}",
                "<queue_id>": "{queue_id}", "<thumbprint>": "{thumbprint}",
                "<fingerprint>": "{fingerprint}", "<ref>": "{ref}",
-               "<int:request_id>": "{request_id}",
+               "<int:request_id>": "{request_id}", "<quarantine_id>": "{quarantine_id}",
                "<string(length=12):queue_id>": "{queue_id}"}
 
 
@@ -183,7 +195,7 @@ _PATH_PARAMETERS = {
     "name": STRING, "key": STRING, "which": {"enum": ["internal", "external"]},
     "token_id": STRING, "address": STRING, "action": STRING, "queue_id": QUEUE_ID,
     "thumbprint": THUMBPRINT, "fingerprint": STRING, "ref": STRING,
-    "request_id": {"type": "integer", "minimum": 1},
+    "request_id": {"type": "integer", "minimum": 1}, "quarantine_id": STRING,
 }
 
 
@@ -504,6 +516,33 @@ _OPERATIONS = [
     _operation("get", "/ca/requests", "The certificate requests waiting to be issued.",
                answer=_obj({"requests": _array(_ref("CertificateRequest"))}, ["requests"])),
     _operation("delete", "/ca/requests/{request_id}", "Cancel a waiting request.", ok=204),
+    # Data loss prevention.
+    _operation("get", "/dlp/patterns", "The DLP patterns.",
+               answer=_obj({"patterns": _array(_ref("DLPPattern"))}, ["patterns"])),
+    _operation("post", "/dlp/patterns", "Add a DLP pattern (201), or change the one of that "
+               "name (200).", ok=201,
+               body=_obj({"name": STRING, "regex": STRING, "words": _array(STRING),
+                          "threshold": INTEGER, "validator": {"enum": ["none", "luhn", "iban"]},
+                          "action": {"enum": ["warn", "encrypt", "quarantine", "block"]},
+                          "description": STRING}, ["name"]),
+               answer=_ref("DLPPattern")),
+    _operation("get", "/dlp/patterns/builtin", "The built-in library of patterns.",
+               answer=_obj({"patterns": _array(_ref("DLPPattern"))}, ["patterns"])),
+    _operation("post", "/dlp/patterns/builtin", "Add patterns of the built-in library.",
+               body=_obj({"names": _array(STRING)}, ["names"]),
+               answer=_obj({"added": _array(STRING)}, ["added"])),
+    _operation("delete", "/dlp/patterns/{name}", "Delete a DLP pattern.", ok=204),
+    _operation("get", "/dlp/quarantine", "One page of the quarantine, newest first.",
+               query=["offset", "limit"],
+               answer=_obj({"messages": _array(_ref("QuarantinedMessage")), "total": INTEGER,
+                            "offset": INTEGER, "limit": INTEGER}, ["messages", "total"])),
+    _operation("get", "/dlp/quarantine/{quarantine_id}", "A quarantined message: what hit and "
+               "its header fields.", answer=_ref("QuarantinedMessage")),
+    _operation("delete", "/dlp/quarantine/{quarantine_id}", "Delete a quarantined message.",
+               ok=204),
+    _operation("post", "/dlp/quarantine/{quarantine_id}/release", "Release: queued for its "
+               "recipients as if no rule had matched.", ok=202, errors=[409],
+               answer=_ref("QuarantinedMessage")),
     # This document.
     _operation("get", "/openapi.json", "This description of the API.",
                answer={"type": "object"}),
@@ -522,6 +561,8 @@ def _document() -> Schema:
     for path in ("/webmail/sender-certificate", "/webmail/relay-certificate"):
         paths[path]["post"]["responses"]["200"] = _json(
             _ref("TunnelCertificate"), "One exists already (created: false).")
+    paths["/dlp/patterns"]["post"]["responses"]["200"] = _json(
+        _ref("DLPPattern"), "A pattern of that name was changed.")
     paths["/ca/certificates"]["post"]["responses"]["202"] = _json(
         _obj({"queued": INTEGER}, ["queued"]), "A list of addresses was queued.")
     return {
