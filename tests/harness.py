@@ -20,8 +20,8 @@ from cipherd.backups import Backups
 from cipherd.core.counters import Counters
 from cipherd.datadir import make_self_signed_tls, prepare_data_dir, read_kek
 from cipherd.logs import MailLogsService
-from cipherd.netinfo import Address, Interface, NetworkInfo, Resolvers
 from cipherd.mpa.dlp_policy import DataLossPrevention
+from cipherd.netinfo import Address, Interface, NetworkInfo, Resolvers
 from cipherd.pki.ca import CertificateAuthority
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.keyring import Keyring
