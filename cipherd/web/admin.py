@@ -89,6 +89,7 @@ from cipherd.web.common import (
     whole_number,
 )
 from cipherd.web.dashboard import MARK_TITLES, WARN_DAYS, charts
+from cipherd.web.dlp_pages import DLPPages
 from cipherd.web.mta_pages import MTAPages
 from cipherd.web.pages import CSRF_FIELD, SESSION_COOKIE, AdminPages, authenticated
 from cipherd.web.pgp_pages import PGPPages
@@ -249,6 +250,7 @@ class AdminSite(AdminPages):
         self.pki = PkiPages(backend, self.templates)
         self.pgp = PGPPages(backend, self.templates)
         self.ca = CAPages(backend, self.templates)
+        self.dlp = DLPPages(backend, self.templates)
         self.mta = MTAPages(backend, self.templates)
         self.accounts = AccountPages(backend, self.templates)
 
@@ -294,6 +296,10 @@ class AdminSite(AdminPages):
     @app.route("/ca/", branch=True)
     def ca_branch(self, request: IRequest) -> Resource:
         return self.ca.app.resource()
+
+    @app.route("/dlp/", branch=True)
+    def dlp_branch(self, request: IRequest) -> Resource:
+        return self.dlp.app.resource()
 
     @app.route("/pgp/", branch=True)
     def pgp_branch(self, request: IRequest) -> Resource:
