@@ -48,6 +48,7 @@ from cipherd.web.pki_pages import (
     PAGE_SIZE,
     TIME_FORMAT,
     TOO_LARGE,
+    page_of,
     too_large,
     upload,
 )
@@ -351,8 +352,7 @@ class CAPages(AdminPages):
     async def issued(self, request: IRequest, session: AdminSession) -> bytes:
         text = (arg(request, "q") or "").strip()[:MAX_SEARCH_LENGTH]
         total = await self.ca.count_issued(text=text)
-        pages = max(1, -(-total // PAGE_SIZE))
-        page = min(max(whole_number(arg(request, "page") or "") or 1, 1), pages)
+        page, pages = page_of(request, total)
         rows = await self.ca.issued(text=text, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
         now = self.ca.now()
         return self.render(

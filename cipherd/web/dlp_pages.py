@@ -17,7 +17,7 @@ from cipherd.web.auth import AdminSession
 from cipherd.web.backend import release_quarantined
 from cipherd.web.common import SiteApp, arg, args, redirect, whole_number
 from cipherd.web.pages import AdminPages, authenticated
-from cipherd.web.pki_pages import PAGE_SIZE, TIME_FORMAT
+from cipherd.web.pki_pages import PAGE_SIZE, TIME_FORMAT, page_of
 
 ACTION_TITLES = {"warn": "Warn (header and log)", "encrypt": "Encrypt (mandatory)",
                  "quarantine": "Quarantine", "block": "Block (bounce)"}
@@ -112,8 +112,7 @@ class DLPPages(AdminPages):
     @authenticated
     async def quarantine(self, request: IRequest, session: AdminSession) -> bytes:
         total = await self.dlp.count_quarantined()
-        pages = max(1, -(-total // PAGE_SIZE))
-        page = min(max(whole_number(arg(request, "page") or "") or 1, 1), pages)
+        page, pages = page_of(request, total)
         rows = await self.dlp.quarantined((page - 1) * PAGE_SIZE, PAGE_SIZE)
         done = arg(request, "done")
         return self.render(

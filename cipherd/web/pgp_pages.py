@@ -25,10 +25,16 @@ from cipherd.web.common import (
     arg,
     redirect,
     request_deadline,
-    whole_number,
 )
 from cipherd.web.pages import AdminPages, authenticated
-from cipherd.web.pki_pages import MAX_SEARCH_LENGTH, PAGE_SIZE, TOO_LARGE, too_large, upload
+from cipherd.web.pki_pages import (
+    MAX_SEARCH_LENGTH,
+    PAGE_SIZE,
+    TOO_LARGE,
+    page_of,
+    too_large,
+    upload,
+)
 
 # RFC 3156 §7: the media type of OpenPGP keys.
 PGP_KEYS_TYPE = b"application/pgp-keys"
@@ -80,8 +86,7 @@ class PGPPages(AdminPages):
         text = (arg(request, "q") or "").strip()[:MAX_SEARCH_LENGTH]
         keyring = self.backend.keyring
         total = await keyring.count(text=text)
-        pages = max(1, -(-total // PAGE_SIZE))
-        page = min(max(whole_number(arg(request, "page") or "") or 1, 1), pages)
+        page, pages = page_of(request, total)
         entries = await keyring.listing(text=text, offset=(page - 1) * PAGE_SIZE,
                                         limit=PAGE_SIZE)
         now = keyring.now()

@@ -45,6 +45,15 @@ _STORE_TITLES = {CERTIFICATES: "Intermediate and user certificates", ROOTS: "Tru
 log = Logger(namespace="cipherd.admin")
 
 
+def page_of(request: IRequest, total: int) -> tuple[int, int]:
+    """
+    The page of a list of C{total} entries that C{?page=} asks for (the
+    first for nonsense, the last past the end), and how many there are.
+    """
+    pages = max(1, -(-total // PAGE_SIZE))
+    return min(max(whole_number(arg(request, "page") or "") or 1, 1), pages), pages
+
+
 def upload(request: IRequest, field: str) -> bytes | None:
     """
     The bytes of an uploaded file field (multipart/form-data).
@@ -185,8 +194,7 @@ class PkiPages(AdminPages):
         text = (arg(request, "q") or "").strip()[:MAX_SEARCH_LENGTH]
         certificates = self.backend.certificates
         total = await certificates.count(store, text=text)
-        pages = max(1, -(-total // PAGE_SIZE))
-        page = min(max(whole_number(arg(request, "page") or "") or 1, 1), pages)
+        page, pages = page_of(request, total)
         entries = await certificates.listing(store, text=text, offset=(page - 1) * PAGE_SIZE,
                                              limit=PAGE_SIZE)
         return self.render(
