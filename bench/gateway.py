@@ -14,6 +14,12 @@ attachment goes the PDF path, and the peak RSS growth of the appliance's
 processes (VmHWM, reset just before) is printed as a multiple of the
 attachment's size.
 
+Last, data loss prevention: 10 KB of text with a 100 KB PDF attachment
+(a report with tables of figures, no card number), sent as it is by a
+sender without DLP and by one with DLP on and every built-in pattern, so
+that each is searched (the text, the PDF's text) and delivered: the DLP
+rate is printed as a share of the same message's pass-through.
+
 It prints, per path, the accepted rate (until smtp-source is done: each
 message on disk before its 250) and the delivered rate (until the sink has
 them all), in messages per second, and each encrypting path's delivered
@@ -46,6 +52,7 @@ import random
 import smtplib
 import ssl
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -64,7 +71,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mta import PASSWORD, Cipherd, Profile, SmtpSink, insecure_tls, measure  # noqa: E402
+from mta import (  # noqa: E402
+    PASSWORD,
+    SESSIONS,
+    Cipherd,
+    Profile,
+    SmtpSink,
+    insecure_tls,
+    measure,
+)
 
 from cipherd.pki.certs import create_tunnel_certificate, thumbprint  # noqa: E402
 from cipherd.pki.certstore import CertificateStore  # noqa: E402
@@ -142,7 +157,7 @@ def configure(cipherd: Cipherd, sink_port: int) -> None:
     cipherd._api("PATCH", "/mta", {"transports": [
         {"domain": domain, "host": "[127.0.0.1]", "port": sink_port}
         for domain in ("plain.example", "smime.example", "pgp.example", "pdf.example",
-                       "webmail.example", "webmail.local")]})
+                       "webmail.example", "webmail.local", "dlp.example")]})
     ca, sender_p12, recipient = make_pki()
     upload(cipherd, "/certificates?store=roots", ca)
     upload(cipherd, "/certificates?password=pw", sender_p12)
@@ -179,6 +194,75 @@ def configure(cipherd: Cipherd, sink_port: int) -> None:
         "encrypt_mode": "mandatory", "webmail_enabled": True})
     cipherd._api("PATCH", "/settings/users/bench@example.org", {"webmail_enabled": True,
                                                                 "pdf_enabled": True})
+
+
+DLP_SENDER = "dlp@example.org"
+
+
+def dlp_message() -> bytes:
+    """
+    10 KB of text and a PDF of about 100 KB (pages of figures): what a
+    report by mail looks like; nothing in it any built-in pattern matches.
+    """
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    from fpdf import FPDF
+
+    pages = 1
+    while True:
+        rng = random.Random(20261207)  # noqa: S311 -- figures in a report, not secrets
+        document = FPDF()
+        document.set_font("helvetica", size=9)
+        for _ in range(pages):
+            document.add_page()
+            for _ in range(60):
+                document.cell(0, 4, "  ".join(f"{rng.randint(0, 999_999):>7}"
+                                              for _ in range(10)),
+                              new_x="LMARGIN", new_y="NEXT")
+        data = bytes(document.output())
+        if len(data) >= 100 * 1024:
+            break
+        pages += 1
+    mail = EmailMessage(policy=SMTP)
+    mail["From"], mail["To"], mail["Subject"] = SENDER, "sink@dlp.example", "Monthly report"
+    mail.set_content(("The figures for the month are attached. " * 26 + "\n") * 10)
+    mail.add_attachment(data, maintype="application", subtype="pdf", filename="report.pdf")
+    return mail.as_bytes().replace(b"\r\n", b"\n")  # smtp-source -F adds the CRs
+
+
+def measure_file(port: int, sink: SmtpSink, count: int, path: Path, *, sender: str,
+                 recipient: str) -> tuple[float, float]:
+    """
+    L{measure}, sending the message in C{path} (smtp-source -F).
+    """
+    before = sink.delivered
+    started = time.monotonic()
+    subprocess.run(["smtp-source", "-s", str(SESSIONS), "-m", str(count), "-F", str(path),
+                    "-f", sender, "-t", recipient, f"127.0.0.1:{port}"],
+                   check=True, timeout=1800)
+    done = time.monotonic()
+    delivered = sink.wait_for(before + count, timeout=1800)
+    return count / (done - started), count / (delivered - started)
+
+
+def dlp_rates(cipherd: Cipherd, sink: SmtpSink, count: int) -> dict[str, tuple[float, float]]:
+    """
+    The same report without and with DLP (every built-in pattern).
+    """
+    from cipherd.mpa.dlp import BUILTIN
+
+    cipherd._api("POST", "/dlp/patterns/builtin", {"names": list(BUILTIN)})
+    cipherd._api("PATCH", f"/settings/users/{DLP_SENDER}", {"dlp_enabled": True})
+    message = Path(cipherd.directory) / "report.eml"
+    message.write_bytes(dlp_message())
+    rates = {}
+    for label, sender in (("110 KB as is", SENDER), ("110 KB + DLP", DLP_SENDER)):
+        measure_file(cipherd.smtp_port, sink, 20, message, sender=sender,
+                     recipient="sink@dlp.example")  # warm-up
+        rates[label] = measure_file(cipherd.smtp_port, sink, count, message, sender=sender,
+                                    recipient="sink@dlp.example")
+    return rates
 
 
 def pdf_attachment_peak(cipherd: Cipherd, sink: SmtpSink) -> str:
@@ -366,6 +450,7 @@ def main() -> None:
         if options.certificates:
             timings = look_ups(cipherd, store, options.certificates)
         timings.append(pdf_attachment_peak(cipherd, sink))
+        dlp = dlp_rates(cipherd, sink, max(100, options.messages // 5))
     finally:
         cipherd.close()
         sink.close()
@@ -381,6 +466,11 @@ def main() -> None:
     base = results["pass-through"][1]
     for label, (accepted, delivered) in results.items():
         print(f"{label:15} {accepted:11.1f} {delivered:12.1f} {delivered / base:16.2f}")
+    plain_report = dlp["110 KB as is"][1]
+    print(f"\nDLP: {max(100, options.messages // 5)} messages of 10 KB text + a "
+          f"{len(dlp_message()) // 1024 - 10} KB PDF attachment, every built-in pattern")
+    for label, (accepted, delivered) in dlp.items():
+        print(f"{label:15} {accepted:11.1f} {delivered:12.1f} {delivered / plain_report:16.2f}")
     if timings:
         print()
         print("\n".join(timings))
