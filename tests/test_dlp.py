@@ -53,6 +53,9 @@ def test_patterns_are_checked_on_save() -> None:
     with pytest.raises(PatternError, match="longer than"):
         compile_expression("a" * 3000)
     assert check_pattern(Pattern("both", "x", words=("y",)))["regex"]
+    assert "not valid text" in check_pattern(Pattern("odd", "a\ud800"))["regex"]
+    assert "not valid text" in check_pattern(Pattern("odd", words=("x\ud800",)))["words"]
+    assert check_pattern(Pattern("odd", "x", description="two\nlines"))["description"]
 
 
 def test_a_pathological_expression_runs_in_linear_time() -> None:

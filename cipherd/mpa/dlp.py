@@ -179,6 +179,10 @@ def compile_expression(expression: str) -> re2._Regexp:
     if len(expression) > MAX_REGEX:
         raise PatternError(f"The expression is longer than {MAX_REGEX} characters.")
     try:
+        expression.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PatternError("The expression is not valid text (a lone surrogate).") from None
+    try:
         compiled = re2.compile(expression, _options())
     except re2.error as e:
         why = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
@@ -211,12 +215,22 @@ def check_pattern(pattern: Pattern) -> dict[str, str]:
         errors["regex"] = "give an expression or a word list"
     if len(pattern.words) > 1000 or any(len(w) > 200 for w in pattern.words):
         errors["words"] = "at most 1000 words or phrases of at most 200 characters"
+    if len(pattern.description) > 400 or not _is_text(pattern.description):
+        errors["description"] = "one line of at most 400 characters"
     if "regex" not in errors and "words" not in errors:
         try:
             compile_expression(pattern.expression)
         except PatternError as e:
             errors["words" if pattern.words else "regex"] = str(e)
     return errors
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return value.isprintable() or not value
 
 
 # The built-in library an admin picks from (and may change once added).
