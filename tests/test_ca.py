@@ -140,6 +140,7 @@ def test_ec_certificates_agree_on_keys(world: World) -> None:
 
 def test_the_default_ca_per_domain(world: World) -> None:
     first = world.root()
+    world.clock.advance(1)
     second = world.root(subject="CN=Sales CA", crl_url="http://pki.example.com/sales.crl")
     assert result_of(world.ca.issue("a@example.com")).ca_id == first.id  # the oldest
     result_of(world.settings.update(Scope(Level.DOMAIN, "sales.example.com"),
