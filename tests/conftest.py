@@ -71,10 +71,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
+# The ports free_port handed out: a port free now may be one handed out a
+# moment ago for a listener that has not started yet (an appliance's admin
+# port and its CRL port were once the same), so none is handed out twice.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def insecure_tls() -> ssl.SSLContext:
@@ -203,13 +213,15 @@ def write_appliance_config(directory: Path, admin_port: int, smtp_port: int,
                            database_url: str = "", portal_port: int = 0,
                            crl_port: int = 0) -> Path:
     config = directory / "cipherd.toml"
+    portal_port = portal_port or free_port()
+    crl_port = crl_port or free_port()
     config.write_text(
         f'data_dir = "var"\n'
         f"[database]\nurl = {database_url!r}\n"
         f'[admin]\nlisten = "tcp:{admin_port}:interface=127.0.0.1"\n'
         f'[smtp]\nlisten = "tcp:{smtp_port}:interface=127.0.0.1"\n'
-        f'[portal]\nlisten = "tcp:{portal_port or free_port()}:interface=127.0.0.1"\n'
-        f'[crl]\nlisten = "tcp:{crl_port or free_port()}:interface=127.0.0.1"\n'
+        f'[portal]\nlisten = "tcp:{portal_port}:interface=127.0.0.1"\n'
+        f'[crl]\nlisten = "tcp:{crl_port}:interface=127.0.0.1"\n'
     )
     return config
 

@@ -56,7 +56,11 @@ def test_schemathesis_finds_no_failure(appliance: Appliance, artifacts: Path) ->
          "-H", f"Authorization: Bearer {token}",
          "--generation-with-security-parameters", "false",
          "--checks", ",".join(CHECKS), "--max-examples", "40", "--seed", "20261206",
-         "--phases", "examples,coverage,fuzzing", "--workers", "2",
+         # One worker: Hypothesis describes its strategies with ast.parse,
+         # which CPython 3.11 before 3.11.8 cannot run in two threads at
+         # once (gh-106905: "SystemError: AST constructor recursion depth
+         # mismatch"); with two workers a run failed so, now and then.
+         "--phases", "examples,coverage,fuzzing", "--workers", "1",
          # Not the operations that would take away the run's own credentials
          # (revoke its token; make its account an operator once schemathesis
          # has made another administrator): tested in tests/test_admin_roles.py.
