@@ -58,7 +58,7 @@ from cipherd.core.headers import (
 from cipherd.logs import mail_logger
 from cipherd.mpa import policy
 from cipherd.mpa.discovery import KeyDiscovery, autocrypt_header
-from cipherd.mpa.dlp_policy import WARNING, DataLossPrevention, Verdict
+from cipherd.mpa.dlp_policy import RELEASED, WARNING, DataLossPrevention, Verdict
 from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki.ca import ICertificateAuthority
@@ -178,7 +178,8 @@ class Gateway:
         trigger = policy.find_trigger(sender_settings, subject, fields)
         stopped: set[str] = set()
         dlp_rules: dict[str, str] = {}
-        if self._dlp is not None:
+        if self._dlp is not None and (sender_settings["dlp_enabled"] or any(
+                name == RELEASED.lower() for name, _ in fields)):
             content, stopped, dlp_rules = await self._data_loss(
                 envelope, content, subject, canonical, known, sender_settings, receive,
                 config, results)
