@@ -73,6 +73,7 @@ from cipherd.web.common import (
     SiteApp,
     arg,
     args,
+    attachment,
     clear_cookie,
     client_address,
     cookie,
@@ -712,9 +713,7 @@ class AdminSite(AdminPages):
             size = path.stat().st_size
             await self.audit(request, session, "backup.download",
                              f"downloaded a backup ({size} bytes)", target=path.name)
-            request.setHeader(b"Content-Type", b"application/octet-stream")
-            request.setHeader(b"Content-Disposition",
-                              f'attachment; filename="{path.name}"'.encode())
+            attachment(request, b"application/octet-stream", path.name)
             request.setHeader(b"Content-Length", str(size).encode())
             with path.open("rb") as f:
                 await send_file(request, f)
@@ -1131,6 +1130,5 @@ class AdminSite(AdminPages):
         if name not in self.backend.logs or errors:
             return self.not_found(request, session)
         lines = await self.backend.tail_log(name, MAX_TAIL_LINES, query)
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        request.setHeader(b"Content-Disposition", f'attachment; filename="{name}.log"'.encode())
+        attachment(request, b"text/plain; charset=utf-8", f"{name}.log")
         return "".join(f"{line}\n" for line in lines).encode()

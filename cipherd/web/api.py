@@ -83,13 +83,7 @@ from cipherd.web.backend import (
     send_pkcs12,
     send_test_email,
 )
-from cipherd.web.ca_pages import (
-    CRL_TYPE,
-    PKCS12_TYPE,
-    authority_file,
-    issued_status,
-    send_file,
-)
+from cipherd.web.ca_pages import CRL_TYPE, PKCS12_TYPE, authority_file, issued_status
 from cipherd.web.common import (
     UPLOAD_DEADLINE,
     ErrorAnswer,
@@ -97,6 +91,7 @@ from cipherd.web.common import (
     SiteApp,
     arg,
     args,
+    attachment,
     client_address,
     json_response,
     log_query,
@@ -864,9 +859,7 @@ class AdminAPI:
             raise _not_queued(queue_id) from None
         await self._audit(request, admin, "queue.content",
                           f"showed the content of {queue_id}", target=queue_id)
-        request.setHeader(b"Content-Type", b"message/rfc822")
-        request.setHeader(b"Content-Disposition",
-                          f'attachment; filename="{queue_id}.eml"'.encode())
+        attachment(request, b"message/rfc822", f"{queue_id}.eml")
         return content
 
     @app.route("/v1/queue/flush", methods=["POST"])
@@ -1144,10 +1137,8 @@ class AdminAPI:
             return json_response(request, 404, {"error": "There is no such certificate."})
         cert = x509.load_der_x509_certificate(row.der)
         if suffix:
-            request.setHeader(b"Content-Type", b"application/x-pem-file" if suffix == "pem"
-                              else b"application/pkix-cert")
-            request.setHeader(b"Content-Disposition",
-                              f'attachment; filename="{thumbprint[:16]}.{suffix}"'.encode())
+            attachment(request, b"application/x-pem-file" if suffix == "pem"
+                       else b"application/pkix-cert", f"{thumbprint[:16]}.{suffix}")
             return cert.public_bytes(serialization.Encoding.PEM if suffix == "pem"
                                      else serialization.Encoding.DER)
         certificates = self.backend.certificates
@@ -1433,7 +1424,9 @@ class AdminAPI:
         wanted = authority_file(found, suffix)
         if wanted is None:
             raise _BadRequest("This CA has no such file.", status=404)
-        return send_file(request, *wanted)
+        body, media_type, filename = wanted
+        attachment(request, media_type, filename)
+        return body
 
     @app.route("/v1/ca/<ref>", methods=["DELETE"])
     @_authenticated()
@@ -1475,7 +1468,8 @@ class AdminAPI:
         crl = await self._ca.crl_of(found.id)
         if crl is None:
             raise _BadRequest("This CA has no CRL yet.", status=404)
-        return send_file(request, crl, CRL_TYPE, f"ca-{found.id}.crl")
+        attachment(request, CRL_TYPE, f"ca-{found.id}.crl")
+        return crl
 
     @app.route("/v1/ca/<ref>/crl", methods=["POST"])
     @_authenticated()
@@ -1600,7 +1594,8 @@ class AdminAPI:
         await self._audit(request, admin, "ca.export",
                           f"downloaded the PKCS#12 file of {issued.email}",
                           target=issued.thumbprint)
-        return send_file(request, data, PKCS12_TYPE, f"{issued.email}.p12")
+        attachment(request, PKCS12_TYPE, f"{issued.email}.p12", private=True)
+        return data
 
     @app.route("/v1/ca/certificates/<thumbprint>/send", methods=["POST"])
     @_authenticated()

@@ -38,6 +38,7 @@ from cipherd.web.common import (
     UPLOAD_DEADLINE,
     SiteApp,
     arg,
+    attachment,
     redirect,
     request_deadline,
     whole_number,
@@ -105,13 +106,6 @@ def addresses_in(data: bytes) -> list[str]:
         if cell:
             found.append(cell)
     return found
-
-
-def send_file(request: IRequest, body: bytes, media_type: bytes, filename: str) -> bytes:
-    request.setHeader(b"Content-Type", media_type)
-    request.setHeader(b"Content-Disposition", f'attachment; filename="{filename}"'.encode())
-    request.setHeader(b"Cache-Control", b"no-store")
-    return body
 
 
 def authority_file(authority: Authority, suffix: str) -> tuple[bytes, bytes, str] | None:
@@ -199,11 +193,14 @@ class CAPages(AdminPages):
             if suffix == "crl":
                 row = await self.ca.crl_of(found.id)
                 if row is not None:
-                    return send_file(request, row, CRL_TYPE, f"ca-{found.id}.crl")
+                    attachment(request, CRL_TYPE, f"ca-{found.id}.crl")
+                    return row
             else:
                 wanted = authority_file(found, suffix)
                 if wanted is not None:
-                    return send_file(request, *wanted)
+                    body, media_type, filename = wanted
+                    attachment(request, media_type, filename)
+                    return body
             return self._not_found(request, session, "This CA has no such file.")
         return self._authority_page(request, session, found)
 
@@ -415,7 +412,8 @@ class CAPages(AdminPages):
             return await self._issued_page(request, session, row, error=str(e), status=400)
         await self.audit(request, session, "ca.export",
                          f"downloaded the PKCS#12 file of {row.email}", target=row.thumbprint)
-        return send_file(request, data, PKCS12_TYPE, f"{row.email}.p12")
+        attachment(request, PKCS12_TYPE, f"{row.email}.p12", private=True)
+        return data
 
     @app.route("/issued/<thumbprint>/send", methods=["POST"])
     @authenticated

@@ -465,6 +465,20 @@ class _FileProducer:
             self.done.errback(CancelledError("the client closed the connection"))
 
 
+def attachment(request: IRequest, media_type: bytes, filename: str, *,
+               private: bool = False) -> None:
+    """
+    Answer C{request} with a file to download: its media type and the name
+    a browser saves it under.
+
+    @param private: it holds a secret (a private key): no cache keeps it.
+    """
+    request.setHeader(b"Content-Type", media_type)
+    request.setHeader(b"Content-Disposition", f'attachment; filename="{filename}"'.encode())
+    if private:
+        request.setHeader(b"Cache-Control", b"no-store")
+
+
 def send_file(request: IRequest, source: IO[bytes]) -> Deferred[None]:
     """
     Write C{source} to C{request}, paced by the connection; fires when all

@@ -23,6 +23,7 @@ from cipherd.web.common import (
     UPLOAD_DEADLINE,
     SiteApp,
     arg,
+    attachment,
     redirect,
     request_deadline,
 )
@@ -62,9 +63,7 @@ def send_armored_key(request: IRequest, stored: StoredKey) -> bytes:
     C{stored}'s certificate (no secrets), armored, as a file to download:
     C{<FINGERPRINT>.asc}, C{application/pgp-keys}.
     """
-    request.setHeader(b"Content-Type", PGP_KEYS_TYPE)
-    request.setHeader(b"Content-Disposition",
-                      f'attachment; filename="{stored.fingerprint.upper()}.asc"'.encode())
+    attachment(request, PGP_KEYS_TYPE, f"{stored.fingerprint.upper()}.asc")
     armored: str = pysequoia.armor(stored.key.public, pysequoia.ArmorKind.PublicKey)
     return armored.encode()
 

@@ -26,6 +26,7 @@ from cipherd.web.common import (
     SiteApp,
     arg,
     args,
+    attachment,
     redirect,
     request_deadline,
     whole_number,
@@ -117,9 +118,7 @@ def send_bundle(request: IRequest, store: str, certs: list[x509.Certificate],
         body = pkcs7.serialize_certificates(certs, serialization.Encoding.DER)
     else:
         body = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-    request.setHeader(b"Content-Type", BUNDLE_FORMATS[format])
-    request.setHeader(b"Content-Disposition",
-                      f'attachment; filename="{store}-{len(certs)}.{format}"'.encode())
+    attachment(request, BUNDLE_FORMATS[format], f"{store}-{len(certs)}.{format}")
     return body
 
 
@@ -285,10 +284,7 @@ class PkiPages(AdminPages):
                 if row is None:
                     return self.not_found(request, session, "There is no such certificate.")
                 cert = x509.load_der_x509_certificate(row.der)
-                request.setHeader(b"Content-Type", mime)
-                request.setHeader(b"Content-Disposition",
-                                  f'attachment; filename="{row.thumbprint[:16]}{suffix}"'
-                                  .encode())
+                attachment(request, mime, f"{row.thumbprint[:16]}{suffix}")
                 return cert.public_bytes(encoding)
         row = await self._row(store, thumbprint)
         if row is None:
