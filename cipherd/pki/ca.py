@@ -212,13 +212,22 @@ def authority_key_identifier(ca_cert: x509.Certificate,
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
-def _ca_extensions(builder: Any, key: PrivateKey, issuer_key: PrivateKey) -> Any:
+def _as_ca(builder: Any) -> Any:
+    """
+    C{builder} (of a certificate or a request) with the extensions of a CA
+    that signs end-entity certificates and CRLs (path length 0: no CA
+    below it).
+    """
     return (builder
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(
                 digital_signature=True, content_commitment=False, key_encipherment=False,
                 data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+                crl_sign=True, encipher_only=False, decipher_only=False), critical=True))
+
+
+def _ca_extensions(builder: Any, key: PrivateKey, issuer_key: PrivateKey) -> Any:
+    return (_as_ca(builder)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
@@ -239,14 +248,8 @@ def make_csr(name: x509.Name, key: PrivateKey) -> x509.CertificateSigningRequest
     The request an outside root signs for an intermediate CA here: it asks
     for the extensions of a CA that issues end-entity certificates.
     """
-    return (x509.CertificateSigningRequestBuilder()
-            .subject_name(name)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, _hash_for(key)))  # type: ignore[arg-type]
+    return _as_ca(x509.CertificateSigningRequestBuilder().subject_name(name)).sign(
+        key, _hash_for(key))
 
 
 def intermediate_problem(cert: x509.Certificate, key: PrivateKey, now: datetime) -> str | None:
@@ -410,6 +413,16 @@ class Authority:
         """
         return self.certificate is not None and \
             self.certificate.not_valid_before_utc.timestamp() <= now < (self.not_after or 0)
+
+
+def _usable(row: q.CARow, now: float) -> bool:
+    """
+    L{Authority.usable} of a row, without reading its CRL.
+    """
+    if row.certificate is None or row.not_after is None or row.not_after <= now:
+        return False
+    not_before = x509.load_der_x509_certificate(row.certificate).not_valid_before_utc
+    return not_before.timestamp() <= now
 
 
 def _authority(row: q.CARow) -> Authority:
@@ -657,7 +670,7 @@ class CertificateAuthority:
             if default and not chosen:
                 raise CAError(f"The default CA for {email} ({default}, Settings → Certificate "
                               "authority) does not exist.")
-        usable = [r for r in chosen if _authority(r).usable(now)]
+        usable = [r for r in chosen if _usable(r, now)]
         if not usable:
             if ref or (chosen and values["ca_default"]):
                 raise CAError(f"The CA {chosen[0].subject} cannot issue now: it is "
