@@ -47,8 +47,8 @@ from cipherd.web.pages import AdminPages, authenticated
 from cipherd.web.pki_pages import (
     MAX_SEARCH_LENGTH,
     PAGE_SIZE,
-    TIME_FORMAT,
     TOO_LARGE,
+    moment,
     page_of,
     too_large,
     upload,
@@ -64,10 +64,6 @@ _ADDRESS = re.compile(r"[^@\s,;<>\"]+@[^@\s,;<>\"]+")
 
 def _day(seconds: float) -> str:
     return utc_from_seconds(seconds).strftime("%Y-%m-%d")
-
-
-def _when(seconds: float | None) -> str | None:
-    return None if seconds is None else utc_from_seconds(seconds).strftime(TIME_FORMAT)
 
 
 def issued_status(row: IssuedRow, now: float) -> str:
@@ -146,7 +142,7 @@ class CAPages(AdminPages):
         return self.render(
             request, "ca.html", session, status=status, section="ca", subsection="cas",
             title="Certificate authorities", authorities=authorities, now=self.ca.now(),
-            key_types=KEY_TYPES, error=error, when=_when, day=_day,
+            key_types=KEY_TYPES, error=error, when=moment, day=_day,
             values=values or {"kind": "root", "subject": "", "key_type": "rsa3072",
                               "validity_days": "3650", "crl_url": proposed},
             changed=arg(request, "changed"))
@@ -210,7 +206,7 @@ class CAPages(AdminPages):
         return self.render(
             request, "ca_authority.html", session, status=status, section="ca",
             subsection="cas", title=f"CA {found.subject}", authority=found, now=self.ca.now(),
-            key_types=KEY_TYPES, when=_when, error=error, describe=describe_name,
+            key_types=KEY_TYPES, when=moment, error=error, describe=describe_name,
             changed=changed if changed in ("created", "installed", "crl") else None)
 
     @app.route("/authorities/<ref>/certificate", methods=["POST"])
@@ -330,7 +326,7 @@ class CAPages(AdminPages):
         return self.render(
             request, "ca_pending.html", session, section="ca", subsection="pending",
             title="Pending certificate requests", requests=await self.ca.requests(),
-            authorities=[a for a in await self.ca.authorities() if a.pending], when=_when,
+            authorities=[a for a in await self.ca.authorities() if a.pending], when=moment,
             queued=queued)
 
     @app.route("/pending/<int:request_id>/cancel", methods=["POST"])
@@ -356,7 +352,7 @@ class CAPages(AdminPages):
             request, "ca_issued.html", session, section="ca", subsection="issued",
             title="Issued certificates", rows=[(r, issued_status(r, now)) for r in rows],
             total=total, page=page, pages=pages, first=(page - 1) * PAGE_SIZE + 1, q=text,
-            when=_when, day=_day, names={a.id: a.name for a in await self.ca.authorities()})
+            when=moment, day=_day, names={a.id: a.name for a in await self.ca.authorities()})
 
     async def _issued_page(self, request: IRequest, session: AdminSession, row: IssuedRow, *,
                            error: str | None = None, status: int = 200,
@@ -369,7 +365,7 @@ class CAPages(AdminPages):
             subsection="issued", title=f"Certificate of {row.email}", row=row,
             certificate=x509.load_der_x509_certificate(row.der), state=issued_status(row, now),
             authority=authority, reasons=REASON_TITLES, error=error, sent=sent,
-            when=_when,
+            when=moment,
             changed=changed if changed in ("issued", "revoked") else None)
 
     async def _issued_row(self, thumbprint: str) -> IssuedRow | None:

@@ -10,22 +10,17 @@ from __future__ import annotations
 
 from twisted.web.iweb import IRequest
 
-from cipherd.core.clock import utc_from_seconds
 from cipherd.mpa.dlp import ACTIONS, BUILTIN, VALIDATORS, Pattern, PatternError
 from cipherd.mpa.dlp_policy import DataLossPrevention
 from cipherd.web.auth import AdminSession
 from cipherd.web.backend import release_quarantined
 from cipherd.web.common import SiteApp, arg, args, redirect, whole_number
 from cipherd.web.pages import AdminPages, authenticated
-from cipherd.web.pki_pages import PAGE_SIZE, TIME_FORMAT, page_of
+from cipherd.web.pki_pages import PAGE_SIZE, moment, page_of
 
 ACTION_TITLES = {"warn": "Warn (header and log)", "encrypt": "Encrypt (mandatory)",
                  "quarantine": "Quarantine", "block": "Block (bounce)"}
 VALIDATOR_TITLES = {"none": "None", "luhn": "Luhn (card numbers)", "iban": "IBAN checksum"}
-
-
-def _when(seconds: float) -> str:
-    return utc_from_seconds(seconds).strftime(TIME_FORMAT)
 
 
 class DLPPages(AdminPages):
@@ -117,7 +112,7 @@ class DLPPages(AdminPages):
         done = arg(request, "done")
         return self.render(
             request, "dlp_quarantine.html", session, section="dlp", subsection="quarantine",
-            title="DLP quarantine", rows=rows, total=total, page=page, pages=pages, when=_when,
+            title="DLP quarantine", rows=rows, total=total, page=page, pages=pages, when=moment,
             done=done if done in ("released", "deleted") else None)
 
     @app.route("/quarantine/<quarantine_id>", methods=["GET"])
@@ -131,7 +126,7 @@ class DLPPages(AdminPages):
         return self.render(
             request, "dlp_message.html", session, section="dlp", subsection="quarantine",
             title=f"Quarantined: {row.subject}", row=row, headers=self.dlp.headers(row),
-            when=_when)
+            when=moment)
 
     @app.route("/quarantine/<quarantine_id>/release", methods=["POST"])
     @authenticated

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from cipherd.core.clock import utc_from_seconds
 from cipherd.pki.certs import email_addresses
 from cipherd.pki.errors import CertificateImportError
 from cipherd.pki.trust import CTLStatus, Purpose, usage_problem
@@ -40,6 +41,13 @@ MAX_DOWNLOAD = 1000
 MAX_SEARCH_LENGTH = 320
 # How certificate details (and the API) write a moment.
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+
+def moment(seconds: float | None) -> str | None:
+    """
+    A moment as the details pages write it (L{TIME_FORMAT}); C{None} stays.
+    """
+    return None if seconds is None else utc_from_seconds(seconds).strftime(TIME_FORMAT)
+
 
 _STORE_TITLES = {CERTIFICATES: "Intermediate and user certificates", ROOTS: "Trusted roots"}
 
