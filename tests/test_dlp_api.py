@@ -84,3 +84,16 @@ def test_quarantine(admin_in: AdminHarness) -> None:
     assert marked.startswith(f"{RELEASED}: {first} ".encode())
     assert admin_in.dlp.released(marked) == (True, content)
     assert result_of(release_quarantined(backend, first)) is None  # once only
+
+
+def test_the_pages_show_the_quarantine(admin_in: AdminHarness) -> None:
+    quarantine_id = _quarantine(admin_in, samples.message(subject="Payment",
+                                                          text=f"pay {samples.CARD} now"))
+    listing = admin_in.get("/dlp/quarantine")
+    assert listing.code == 200 and f'href="/dlp/quarantine/{quarantine_id}"' in listing.text
+    one = admin_in.get(f"/dlp/quarantine/{quarantine_id}")
+    assert one.code == 200 and "pay •••• •••• •••• 1111 now" in one.text
+    assert samples.CARD not in one.text and " UTC" in one.text
+    deleted = admin_in.post_form(f"/dlp/quarantine/{quarantine_id}/delete", {},
+                                 csrf=admin_in.csrf_from(one))
+    assert deleted.code == 303 and admin_in.get(f"/dlp/quarantine/{quarantine_id}").code == 404
