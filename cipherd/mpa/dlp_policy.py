@@ -274,12 +274,16 @@ class DataLossPrevention:
                        hashlib.sha256(content).digest(), "sha256").hexdigest()
         return f"{RELEASED}: {quarantine_id} {mac}\r\n".encode() + content
 
-    def released(self, content: bytes) -> tuple[bool, bytes]:
+    def released(self, content: bytes, fields: Sequence[tuple[str, str]] | None = None
+                 ) -> tuple[bool, bytes]:
         """
         Whether C{content} is a released message (its mark true), and the
         content without any mark (a forged one is removed too).
+
+        @param fields: C{content}'s header fields, when they were read already.
         """
-        fields = header_fields(content)
+        if fields is None:
+            fields = header_fields(content)
         marks = [value for name, value in fields if name.lower() == RELEASED.lower()]
         if not marks:
             return False, content

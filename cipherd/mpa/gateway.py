@@ -181,8 +181,8 @@ class Gateway:
         if self._dlp is not None and (sender_settings["dlp_enabled"] or any(
                 name == RELEASED.lower() for name, _ in fields)):
             content, stopped, dlp_rules = await self._data_loss(
-                envelope, content, subject, canonical, known, sender_settings, receive,
-                config, results)
+                envelope, content, fields, subject, canonical, known, sender_settings,
+                receive, config, results)
         signer: Any = None
         signer_looked_up = False
         certificates: dict[str, list[x509.Certificate]] = {}
@@ -284,7 +284,8 @@ class Gateway:
 
     # Data loss prevention ------------------------------------------------------
 
-    async def _data_loss(self, envelope: Envelope, content: bytes, subject: str,
+    async def _data_loss(self, envelope: Envelope, content: bytes,
+                         fields: list[tuple[str, str]], subject: str,
                          canonical: Mapping[str, str], known: Mapping[str, Any],
                          sender_settings: Mapping[str, Any], receive: Any, config: MTAConfig,
                          results: Results) -> tuple[bytes, set[str], dict[str, str]]:
@@ -299,7 +300,7 @@ class Gateway:
             mandatory.
         """
         assert self._dlp is not None
-        released, content = self._dlp.released(content)
+        released, content = self._dlp.released(content, fields)
         if released:
             log.info("{queue_id}: released from the DLP quarantine: not searched again",
                      queue_id=envelope.queue_id)
