@@ -344,8 +344,16 @@ class LogoUrl(ValueType):
 
 @dataclass(frozen=True)
 class Interval(ValueType):
+    """
+    C{8h}, C{1d}, C{2w}; empty too when C{optional} (for none).
+    """
+
+    optional: bool = False
+
     def check(self, value: Any) -> str:
         text = self._want_string(value).strip()
+        if not text and self.optional:
+            return ""
         try:
             parse_interval(text)
         except ScheduleError as e:
@@ -383,6 +391,46 @@ class RegularExpression(ValueType):
 
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
+
+
+@dataclass(frozen=True)
+class HeaderName(ValueType):
+    """
+    A header field's name (empty for none), not one of the message's own.
+    """
+
+    widget = "text"
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip()
+        if not text:
+            return ""
+        if not _HEADER_NAME.fullmatch(text) or len(text) > 76:
+            raise InvalidValue(f"{text!r} is not a header field name, like X-Cipherd-Expires")
+        if text.lower() in _MESSAGE_FIELDS or text.lower().startswith("content-"):
+            raise InvalidValue(f"{text} is a field of the message itself; use a name of your "
+                               "own, like X-Cipherd-Expires")
+        return text
+
+
+@dataclass(frozen=True)
+class SubjectTag(ValueType):
+    """
+    A regular expression with one group, for a value written in the
+    subject; empty for none.
+    """
+
+    def check(self, value: Any) -> str:
+        text = self._want_string(value).strip()
+        if not text:
+            return ""
+        problem = _regex_problem(text)
+        if problem:
+            raise InvalidValue(f"{text!r} is not a valid regular expression: {problem}")
+        if re.compile(text).groups < 1:
+            raise InvalidValue(f"{text!r} has no group: put the value's part in parentheses, "
+                               r"like \[expires (\d+[hdw])\]")
+        return text
 
 
 @dataclass(frozen=True)
@@ -943,6 +991,15 @@ PROPERTIES: tuple[Property, ...] = (
        "Sent to the original sender when the recipient first reads a message, if the "
        "gateway asked for it. Empty: the built-in text. Variables: reader, subject, read.",
        levels=GLOBAL_AND_DOMAIN, page="templates", group="Templates"),
+    _P("template_delivery_receipt", "Delivery receipt",
+       MailTemplate(("recipients", "subject", "status_link", "recall_link", "expires")), "",
+       "Sent to the original sender when a message is in the recipients' mailboxes, if the "
+       "gateway asked for it, with the links to follow and recall it. Empty: the built-in "
+       "text. Variables: recipients, subject, status_link, recall_link, expires.",
+       levels=GLOBAL_AND_DOMAIN, page="templates", group="Templates"),
+    _P("status_link_validity", "Status link validity", Integer(1, 90, "days"), 30,
+       "Days the status and recall links of a delivery receipt work.",
+       levels=GLOBAL_AND_DOMAIN, page="templates", group="Templates", role=WEBMAIL),
     # DKIM signing of those messages.
     _P("dkim_enabled", "DKIM enabled", Boolean(), False,
        "Sign notification messages with DKIM (RFC 6376).", levels=GLOBAL_AND_DOMAIN,
@@ -965,6 +1022,26 @@ PROPERTIES: tuple[Property, ...] = (
     _P("webmail_read_receipt", "Read receipt", Boolean(), False,
        "Send the sender a receipt when the recipient reads the message in webmail.",
        page="webmail", group="User settings"),
+    _P("webmail_delivery_receipt", "Delivery receipt", Boolean(), False,
+       "Send the sender a receipt when the message is in the recipients' webmail "
+       "mailboxes, with a link to see when each opens it and a link to recall it.",
+       page="webmail", group="User settings"),
+    _P("message_expiry", "Message expiry", Interval(optional=True), "",
+       "How long a message stays readable in webmail (and its PDF reply link works) "
+       "unless the sender sets otherwise, like 7d or 2w. Empty: until the mailbox cleanup "
+       "removes it.", page="webmail", group="Message expiry"),
+    _P("message_expiry_max", "Longest expiry", Interval(optional=True), "",
+       "The longest expiry a sender may set; a longer one is cut to this. Empty: any.",
+       page="webmail", group="Message expiry"),
+    _P("message_expiry_header", "Expiry header", HeaderName(), "X-Cipherd-Expires",
+       "The header field a sender sets an expiry with (like X-Cipherd-Expires: 7d); removed "
+       "before the message leaves. Empty: none.", levels=GLOBAL_AND_DOMAIN,
+       page="webmail", group="Message expiry", advanced=True),
+    _P("message_expiry_subject_tag", "Expiry subject tag", SubjectTag(),
+       r"(?i)\[expires?:?\s*(\d{1,6}[hdw])\]",
+       "A regular expression whose first group is the expiry, found in the subject (like "
+       "[expires 7d]); removed before the message leaves. Empty: none.",
+       levels=GLOBAL_AND_DOMAIN, page="webmail", group="Message expiry", advanced=True),
     _P("webmail_only_if_mandatory", "Only if mandatory", Boolean(), False,
        "Use webmail only when encryption is mandatory, not when merely allowed.",
        page="webmail", group="User settings"),

@@ -23,7 +23,8 @@ from zope.interface.verify import verifyObject
 from cipherd.core.envelope import Envelope, Outcome
 from cipherd.mpa.discovery import KeyDiscovery
 from cipherd.mpa.dlp_policy import DataLossPrevention
-from cipherd.mpa.gateway import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED, Gateway
+from cipherd.mpa.gateway import Gateway
+from cipherd.mpa.sealing import NO_WEBMAIL_CERTIFICATE, NOT_SIGNED
 from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, read_tunnel, tunnel_id
 from cipherd.pki import smime
 from cipherd.pki.ca import CertificateAuthority

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -59,8 +60,9 @@ from cipherd.logs import mail_logger
 from cipherd.mpa import policy
 from cipherd.mpa.discovery import KeyDiscovery, autocrypt_header
 from cipherd.mpa.dlp_policy import RELEASED, WARNING, DataLossPrevention, Verdict
+from cipherd.mpa.options import SenderOptions, sender_options
+from cipherd.mpa.sealing import TunnelSealer
 from cipherd.mpa.tunnel import SUBJECT as TUNNEL_SUBJECT
-from cipherd.mpa.tunnel import TunnelMetadata, build_tunnel, tunnel_id
 from cipherd.pki.ca import ICertificateAuthority
 from cipherd.pki.certs import describe_name
 from cipherd.pki.certstore import ICertificateStore
@@ -93,8 +95,6 @@ from cipherd.webmail.sms import ISMSGateway, SMSError, SMSGatewayConfig
 log = mail_logger("cipherd.mpa.gateway")
 
 INFO_PREFIX = "X-Cipherd-Info-"
-NOT_SIGNED = "The tunneled message should have been signed."
-NO_WEBMAIL_CERTIFICATE = "There are no valid S/MIME certificates for the webmail recipient."
 
 @dataclass(frozen=True)
 class _NotDelivered:
@@ -130,6 +130,7 @@ class Gateway:
         self._authority = authority
         self._certificates = certificates
         self._engine = engine
+        self._tunnels = TunnelSealer(certificates, engine, clock)
         self._keyring = keyring
         self._pgp = pgp
         self._pdf = pdf
@@ -175,6 +176,15 @@ class Gateway:
         if sender_settings["pgp_autocrypt"] and any(name == "autocrypt" for name, _ in fields):
             await self._autocrypt(envelope, fields, receive)
         subject = next((value for name, value in fields if name == "subject"), "")
+        options = sender_options(content, fields, subject, sender_settings,
+                                 self._clock.seconds())
+        if options.content is not content:
+            content = options.content
+            fields = header_fields(content)
+            subject = next((value for name, value in fields if name == "subject"), "")
+        for note in options.notes:
+            log.info("{queue_id}: {note}; Sender: {sender}", queue_id=envelope.queue_id,
+                     note=note, sender=envelope.sender)
         trigger = policy.find_trigger(sender_settings, subject, fields)
         stopped: set[str] = set()
         dlp_rules: dict[str, str] = {}
@@ -242,7 +252,7 @@ class Gateway:
             # goes on to the next method (webmail, plain or a bounce).
             pdf_bounced, fallen = await self._pdf_path(
                 envelope, _with_header(protected, header), chosen, known, sender_settings,
-                config, results)
+                config, options, results)
             bounced += pdf_bounced
             for recipient, why in fallen:
                 # What PGP and PDF say was logged already; the rest of the
@@ -273,7 +283,7 @@ class Gateway:
             if header:
                 protected, start = _with_header(protected[start:], header), 0
             bounced += await self._tunnel(envelope, protected, start, webmail,
-                                          sender_settings, config, results)
+                                          sender_settings, config, options, results)
         for d in by_method.get(policy.BOUNCE, []):
             log.warn("{queue_id}: the message could not be encrypted: {reason}; Recipient: "
                      "{rcpt}", queue_id=envelope.queue_id, reason=d.reason, rcpt=d.recipient)
@@ -504,7 +514,7 @@ class Gateway:
                         chosen: list[policy.Decision],
                         known: Mapping[str, Mapping[str, Any]],
                         sender_settings: Mapping[str, Any], config: MTAConfig,
-                        results: Results
+                        options: SenderOptions, results: Results
                         ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """
         A mail per recipient with the message as a PDF encrypted with that
@@ -539,7 +549,8 @@ class Gateway:
                                 message_id=message_id, subject="" if obscure else subject,
                                 now=self._clock.seconds(),
                                 validity_days=int(sender_settings["pdf_reply_link_validity"]),
-                                single_use=bool(sender_settings["pdf_reply_single_use"]))
+                                single_use=bool(sender_settings["pdf_reply_single_use"]),
+                                not_after=options.expires)
                 reply = reply_url(reply_base, make_token(
                     str(sender_settings["server_secret"]), link))
             text = self._notices.render("pdf_message", dict(
@@ -547,11 +558,11 @@ class Gateway:
                 subject="" if obscure else subject, filename=PDF_FILENAME,
                 password_mode=mode, reply_link=reply,
                 portal_link=str(sender_settings["portal_base_url"])), sender_settings).text
-            options = PDFOptions(user_password=password,
-                                 page_size=str(sender_settings["pdf_page_size"]),
-                                 reply_url=reply, created=self._clock.seconds())
+            pdf_options = PDFOptions(user_password=password,
+                                     page_size=str(sender_settings["pdf_page_size"]),
+                                     reply_url=reply, created=self._clock.seconds())
             try:
-                mail = await self._pdf.protect(content, options, text, obscure_subject=obscure)
+                mail = await self._pdf.protect(content, pdf_options, text, obscure_subject=obscure)
             except PDFRenderError as e:
                 log.warn("{queue_id}: PDF encryption failed: {why}; Recipient: {rcpt}",
                          queue_id=envelope.queue_id, why=e, rcpt=d.recipient)
@@ -564,7 +575,7 @@ class Gateway:
                 continue
             how = await self._deliver_password(
                 envelope, d.recipient, mode, password, "" if obscure else subject, settings,
-                sender_settings, config, results)
+                sender_settings, config, options.expires, results)
             if isinstance(how, _NotDelivered):
                 fallen.append((d.recipient, how.why))
                 if mode == "sms":
@@ -579,7 +590,7 @@ class Gateway:
                                 password: str, subject: str,
                                 settings: Mapping[str, Any],
                                 sender_settings: Mapping[str, Any], config: MTAConfig,
-                                results: Results) -> str | _NotDelivered:
+                                expires: float, results: Results) -> str | _NotDelivered:
         """
         The password of a recipient's PDF on its way, as the recipient's
         password mode says, before the PDF is sent.
@@ -606,9 +617,9 @@ class Gateway:
                 password=password, filename=PDF_FILENAME), sender_settings)
             message = build_notice(sender=envelope.sender, recipient=recipient, notice=notice,
                                    my_hostname=config.my_hostname, now=self._clock.seconds())
-            sealed = await self._sealed_tunnel(envelope, message, 0, (recipient,),
-                                               sender_settings, config, part="pdf-password",
-                                               read_receipt=False)
+            sealed = await self._tunnels.seal(
+                envelope.queue_id, envelope.sender, message, 0, (recipient,), sender_settings,
+                config, part="pdf-password", read_receipt=False, expires=expires)
             if not isinstance(sealed, str):
                 made, tunnel = sealed
                 results.send(made)
@@ -650,80 +661,29 @@ class Gateway:
 
     async def _tunnel(self, envelope: Envelope, protected: bytes, start: int,
                       chosen: list[policy.Decision], sender_settings: Mapping[str, Any],
-                      config: MTAConfig, results: Results) -> list[tuple[str, str]]:
+                      config: MTAConfig, options: SenderOptions, results: Results
+                      ) -> list[tuple[str, str]]:
         recipients = tuple(d.recipient for d in chosen)
-        sealed = await self._sealed_tunnel(
-            envelope, protected, start, recipients, sender_settings, config,
-            read_receipt=bool(sender_settings["webmail_read_receipt"]))
+        sealed = await self._tunnels.seal(
+            envelope.queue_id, envelope.sender, protected, start, recipients, sender_settings,
+            config, read_receipt=bool(sender_settings["webmail_read_receipt"]),
+            delivery_receipt=bool(sender_settings["webmail_delivery_receipt"]),
+            expires=options.expires)
         if isinstance(sealed, str):
             return [(r, sealed) for r in recipients]
         made, tunnel = sealed
+        expiry = "" if not options.expires else "; Expires: " + datetime.fromtimestamp(
+            options.expires, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         log.info("{queue_id}: sent to the webmail messenger in tunnel message {tunnel} (to "
-                 "{webmail_recipient}); Recipients: {rcpts}", queue_id=envelope.queue_id,
-                 tunnel=tunnel, webmail_recipient=made.recipients[0],
-                 rcpts=", ".join(recipients))
+                 "{webmail_recipient}); Recipients: {rcpts}{expiry}",
+                 queue_id=envelope.queue_id, tunnel=tunnel,
+                 webmail_recipient=made.recipients[0], rcpts=", ".join(recipients),
+                 expiry=expiry)
         results.hand_on(recipients, made,
                         Outcome("sent", "2.0.0", f"webmail tunnel message {tunnel} "
                                                  f"to <{made.recipients[0]}>"), relay="webmail",
                         method="webmail")
         return []
-
-    async def _sealed_tunnel(self, envelope: Envelope, protected: bytes, start: int,
-                             recipients: tuple[str, ...], sender_settings: Mapping[str, Any],
-                             config: MTAConfig, *, read_receipt: bool, part: str = ""
-                             ) -> tuple[Made, str] | str:
-        """
-        C{protected} (from C{start}) for C{recipients}' webmail mailboxes:
-        a tunnel message signed with the *webmail sender*'s key and
-        encrypted to the *webmail recipient*'s certificates.
-
-        @param part: for a second tunnel of one queued message (a PDF's
-            password), what it is: its tunnel id differs from the
-            message's.
-        @return: the message to queue and its tunnel id; or why it cannot
-            be made (logged, in the guide's words where it has them).
-        """
-        webmail_sender = sender_settings["webmail_sender"]
-        webmail_recipient = sender_settings["webmail_recipient"]
-        facts = dict(queue_id=envelope.queue_id, sender=envelope.sender,
-                     rcpts=", ".join(recipients), webmail_sender=webmail_sender or "(not set)",
-                     webmail_recipient=webmail_recipient or "(not set)")
-        if not webmail_recipient or not webmail_sender:
-            missing = "webmail recipient" if not webmail_recipient else "webmail sender"
-            log.warn("The {missing} is not set (Settings → webmail); Recipients: {rcpts}; "
-                     "Queue id: {queue_id}", missing=missing, **facts)
-            return f"The {missing} is not set."
-        signer = await self._certificates.signing_identity(webmail_sender)
-        if signer is None:
-            log.warn("The tunneled message should have been signed but there is no valid "
-                     "signing certificate with private key for the webmail sender "
-                     "{webmail_sender}; Recipients: {rcpts}; Queue id: {queue_id}", **facts)
-            return NOT_SIGNED
-        certificates = await self._certificates.encryption_certificates(webmail_recipient)
-        if not certificates:
-            log.warn("There are no valid S/MIME certificates for the webmail recipient "
-                     "{webmail_recipient}; Recipients: {rcpts}; Queue id: {queue_id}", **facts)
-            return NO_WEBMAIL_CERTIFICATE
-        metadata = TunnelMetadata(
-            tunnel_id(config.my_hostname,
-                      f"{envelope.queue_id}/{part}" if part else envelope.queue_id,
-                      recipients),
-            self._clock.seconds(), envelope.sender, recipients, read_receipt=read_receipt)
-        tunnel = build_tunnel(protected, metadata, webmail_sender=webmail_sender,
-                              webmail_recipient=webmail_recipient,
-                              my_hostname=config.my_hostname, start=start)
-        sealed = await self._engine.protect(tunnel, signer=signer, recipients=certificates,
-                                            detached=False)
-        limit = config.after_filter_message_size_limit
-        if limit and len(sealed) > limit:
-            # Signed and encrypted, a message grows by nearly 1.9 times: the
-            # sender hears it from us, not the webmail sender from the MTA.
-            log.warn("The tunnel message would be too large ({size} bytes; the after-filter "
-                     "limit is {limit}); Recipients: {rcpts}; Queue id: {queue_id}",
-                     size=len(sealed), limit=limit, **facts)
-            return (f"The message is too large for the secure webmail once encrypted "
-                    f"({len(sealed)} bytes; the limit is {limit}).")
-        return Made(webmail_sender, (webmail_recipient,), sealed), metadata.tunnel_id
 
     def _not_encrypted(self, envelope: Envelope, content: bytes, subject: str,
                        bounced: list[tuple[str, str]], config: MTAConfig,

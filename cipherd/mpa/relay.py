@@ -47,7 +47,7 @@ from cipherd.pki.trust import CTLStatus
 from cipherd.settings import EmailAddresses, IAddressSettings
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, Results
-from cipherd.webmail import notify
+from cipherd.webmail import notify, tracking
 from cipherd.webmail.accounts import INVITED, Account, Accounts
 from cipherd.webmail.invitations import NoInvitation, signup_invitation
 from cipherd.webmail.mailbox import FULL, REPEATED, STORED, Mailboxes, TunnelDelivery
@@ -152,7 +152,35 @@ class WebmailRelay:
                 envelope, content, config, results,
                 f"The web relay message was made {made} UTC, outside the "
                 f"{VALIDITY / 86400:g} days a relay message is accepted: it may be a replay.")
+        if metadata.recall:
+            return await self._recall(envelope, metadata, results)
+        if metadata.expires and metadata.expires <= now:
+            log.info("Relay message {tunnel} expired before it arrived; not stored; Queue id: "
+                     "{queue_id}; Recipients: {rcpts}", tunnel=metadata.tunnel_id,
+                     rcpts=", ".join(metadata.recipients), **facts)
+            return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id} "
+                                            "expired before it arrived"), ""
         return await self._deliver(envelope, metadata, original, config, results)
+
+    async def _recall(self, envelope: Envelope, metadata: TunnelMetadata, results: Results
+                      ) -> tuple[Outcome, str]:
+        """
+        A gateway's request to recall a message from mailboxes (a request
+        that comes twice recalls nothing the second time).
+        """
+        now = self._clock.seconds()
+        asked = sorted({r.lower() for r in metadata.recipients})
+        recalled = await self._mailboxes.recall(
+            metadata.recall, asked or None, now,
+            f"by {metadata.recall_by or 'the gateway'} (through the gateway)")
+        log.info("Webmail message {tunnel} recalled from {rcpts} at the gateway's request "
+                 "({by}); Queue id: {queue_id}", tunnel=metadata.recall,
+                 rcpts=", ".join(recalled) or "no mailbox (not there, or ended already)",
+                 by=metadata.recall_by or "no name given", queue_id=envelope.queue_id)
+        results.when_written(functools.partial(
+            self._mailboxes.handled, metadata.tunnel_id, [], metadata.created, now))
+        return Outcome("sent", "2.0.0", f"recall of webmail message {metadata.recall}: "
+                                        f"recalled from {len(recalled)} mailbox(es)"), "mailbox"
 
     async def _signers_refused(self, opened: OpenedMessage) -> str | None:
         """
@@ -191,7 +219,8 @@ class WebmailRelay:
         delivery = await self._mailboxes.deliver_tunnel(
             addresses, metadata.tunnel_id, self._clock.seconds(), original,
             metadata.sender if metadata.read_receipt else "",
-            {a: settings[a]["mailbox_size_limit"] for a in addresses}, metadata.created)
+            {a: settings[a]["mailbox_size_limit"] for a in addresses}, metadata.created,
+            metadata.expires)
         if delivery.seen:
             # Handled already (and perhaps cleaned up since): a second copy
             # from a gateway that crashed, or a replay; not stored again.
@@ -213,6 +242,8 @@ class WebmailRelay:
                      "{sender}; Queue id: {queue_id}", tunnel=metadata.tunnel_id, rcpt=address,
                      sender=metadata.sender, queue_id=envelope.queue_id)
         self._tell(delivery, metadata, subject, settings, config, results)
+        if stored and metadata.delivery_receipt and metadata.sender:
+            self._delivery_receipt(metadata, stored, subject, settings[""], config, results)
         if full:
             log.warn("Mailbox full: relay message {tunnel} not stored for {rcpts}; Queue id: "
                      "{queue_id}", tunnel=metadata.tunnel_id, rcpts=", ".join(full),
@@ -278,6 +309,32 @@ class WebmailRelay:
             kind = "new-message notice"
         self._send(address, notice, settings, config, results)
         log.info("Sent a {kind} to {rcpt}", kind=kind, rcpt=address)
+
+    def _delivery_receipt(self, metadata: TunnelMetadata, stored: list[str], subject: str,
+                          settings: Mapping[str, Any], config: MTAConfig,
+                          results: Results) -> None:
+        """
+        The sender told the message is in C{stored}'s mailboxes, with the
+        signed links to its status and to recall it (none without the
+        *portal base URL*: logged).
+        """
+        base = settings["portal_base_url"].rstrip("/")
+        if not base or not settings["server_secret"]:
+            log.warn("No delivery receipt for relay message {tunnel}: the portal base URL is "
+                     "not set (Settings → General)", tunnel=metadata.tunnel_id)
+            return
+        now = self._clock.seconds()
+        valid_until = now + int(settings["status_link_validity"]) * 86400
+        status, recall = tracking.links(settings["server_secret"], base, metadata.tunnel_id,
+                                        metadata.sender, valid_until)
+        expires = "" if not metadata.expires else datetime.fromtimestamp(
+            metadata.expires, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        notice = self._notices.render("delivery_receipt", {
+            "recipients": stored, "subject": subject, "status_link": status,
+            "recall_link": recall, "expires": expires}, settings)
+        self._send(metadata.sender, notice, settings, config, results)
+        log.info("Delivery receipt for relay message {tunnel} sent to {sender}",
+                 tunnel=metadata.tunnel_id, sender=metadata.sender)
 
     def _mailbox_full(self, sender: str, full: list[str], subject: str,
                       settings: Mapping[str, Any], config: MTAConfig,

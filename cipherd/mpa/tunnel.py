@@ -59,6 +59,15 @@ class TunnelMetadata:
     @ivar created: when the gateway made it (seconds since the epoch).
     @ivar sender: the original envelope sender.
     @ivar recipients: the original recipients it is for.
+    @ivar read_receipt: the sender is told when each first opens it.
+    @ivar delivery_receipt: the sender is told when it is in the
+        mailboxes, with its status and recall links.
+    @ivar expires: when it expires (0: never).
+    @ivar recall: for a recall request (and not a message): the tunnel id
+        of the message to recall from C{recipients}' mailboxes (from every
+        recipient's when C{recipients} is empty); its original part only
+        says so.
+    @ivar recall_by: who asked for the recall, in words.
     """
 
     tunnel_id: str
@@ -66,12 +75,23 @@ class TunnelMetadata:
     sender: str
     recipients: tuple[str, ...]
     read_receipt: bool = False
+    delivery_receipt: bool = False
+    expires: float = 0.0
+    recall: str = ""
+    recall_by: str = ""
 
     def to_json(self) -> bytes:
+        options: dict[str, Any] = {"read_receipt": self.read_receipt}
+        if self.delivery_receipt:
+            options["delivery_receipt"] = True
+        if self.expires:
+            options["expires"] = self.expires
+        if self.recall:
+            options["recall"] = self.recall
+            options["recall_by"] = self.recall_by
         return json.dumps({
             "version": VERSION, "id": self.tunnel_id, "created": self.created,
-            "sender": self.sender, "recipients": list(self.recipients),
-            "options": {"read_receipt": self.read_receipt},
+            "sender": self.sender, "recipients": list(self.recipients), "options": options,
         }, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
     @classmethod
@@ -85,7 +105,13 @@ class TunnelMetadata:
             if not isinstance(recipients, list) or not all(isinstance(r, str)
                                                            for r in recipients):
                 raise TunnelFormatError("the tunnel's recipients are not a list of addresses")
-            if not 1 <= len(recipients) <= MAX_RECIPIENTS:
+            options = value.get("options", {})
+            if not isinstance(options, dict):
+                raise TunnelFormatError("the tunnel's options are not an object")
+            recall = str(options.get("recall", ""))
+            if recall and not _TUNNEL_ID.fullmatch(recall):
+                raise TunnelFormatError("the recalled tunnel id is not one this version makes")
+            if not (0 if recall else 1) <= len(recipients) <= MAX_RECIPIENTS:
                 raise TunnelFormatError(f"the tunnel names {len(recipients)} recipients (1 to "
                                         f"{MAX_RECIPIENTS} are allowed)")
             for recipient in recipients:
@@ -101,8 +127,12 @@ class TunnelMetadata:
             sender = str(value["sender"])
             if sender and email_problem(sender):
                 raise TunnelFormatError("the tunnel's sender is not an address")
+            expires = float(options.get("expires", 0))
+            if not math.isfinite(expires) or not 0 <= expires < 2**40:
+                raise TunnelFormatError("the tunnel's expiry is not a time")
             return cls(tunnel, created, sender, tuple(recipients),
-                       bool(value.get("options", {}).get("read_receipt")))
+                       bool(options.get("read_receipt")), bool(options.get("delivery_receipt")),
+                       expires, recall, str(options.get("recall_by", ""))[:200])
         except TunnelFormatError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as e:

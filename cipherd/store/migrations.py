@@ -128,6 +128,15 @@ def _dlp(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.dlp_patterns, schema.dlp_quarantine])
 
 
+def _message_lifetimes(conn: Connection) -> None:
+    have = {c["name"] for c in inspect(conn).get_columns("webmail_messages")}
+    for column, kind in (("expires", "FLOAT NOT NULL DEFAULT 0"),
+                         ("ended", "VARCHAR(16) NOT NULL DEFAULT ''")):
+        if column not in have:
+            conn.execute(text(f"ALTER TABLE webmail_messages ADD COLUMN {column} {kind}"))
+    schema.metadata.create_all(conn, tables=[schema.webmail_events])
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(2, "certificate store, CRLs and certificate trust list", _certificate_store),
     Migration(3, "a change counter for certificates, CRLs and the CTL", _trust_generation),
@@ -145,6 +154,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(13, "admin roles, second factors and API tokens", _admin_roles),
     Migration(14, "the built-in certificate authority", _certificate_authority),
     Migration(15, "data loss prevention: patterns and quarantine", _dlp),
+    Migration(16, "webmail message expiry and recall, and their tracking", _message_lifetimes),
 )
 
 

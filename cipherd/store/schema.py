@@ -259,7 +259,26 @@ webmail_messages = Table(
     # Whether the recipient has been told of it (invitation or notice).
     Column("notified", Boolean, nullable=False),
     Column("content", LargeBinary, nullable=False),
+    # When it expires (0: never), and whether it has ended: "" (no),
+    # "expired" or "recalled" (its content is gone then; the row stays so
+    # that a copy that comes again is not stored again, and so that the
+    # reader is told what became of it).
+    Column("expires", Float, nullable=False, server_default="0"),
+    Column("ended", String(16), nullable=False, server_default=""),
     UniqueConstraint("address", "tunnel_id", name="webmail_messages_once"),
+)
+
+# What became of each tunnelled message, per recipient: delivered to the
+# mailbox, notified, opened, downloaded, replied, expired, recalled.
+webmail_events = Table(
+    "webmail_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tunnel_id", String(64), nullable=False, index=True),
+    Column("address", String(320), nullable=False),
+    Column("at", Float, nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
 )
 
 # Tunnel ids seen, for refusing replays within the validity window.

@@ -83,10 +83,12 @@ from cipherd.web.common import (
 from cipherd.webmail import render, totp
 from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused
 from cipherd.webmail.i18n import LANGUAGES, negotiate, ngettext_for, translator
-from cipherd.webmail.messenger import Messenger, ReplyResult
+from cipherd.webmail.mailbox import MessageEnded
+from cipherd.webmail.messenger import ENDED, Messenger, ReplyResult
 from cipherd.webmail.pdfreply import PDFReplies, ReplyLink, ReplyRefused
 from cipherd.webmail.reply import MAX_REPLY_SIZE, Attachment, quoted_text
 from cipherd.webmail.sessions import BUSY, LOCKED, THROTTLED, WRONG, LoginRefused, PortalSession
+from cipherd.webmail.tracking import EXPIRED
 
 CSRF_COOKIE = "__Host-cipherd-portal"
 SESSION_COOKIE = "__Host-cipherd-webmail"
@@ -321,10 +323,25 @@ class Portal:
         return session
 
     async def _message(self, session: PortalSession, message_id: int) -> bytes:
-        content = await self.messenger.mailboxes.message(session.address, message_id)
+        """
+        @raise NotFound: no such message in the reader's mailbox.
+        @raise MessageEnded: it expired or was recalled.
+        """
+        content = await self.messenger.message(session.address, message_id)
         if content is None:
             raise NotFound()
         return content
+
+    async def _ended(self, request: IRequest, session: PortalSession, ended: MessageEnded
+                     ) -> bytes:
+        """
+        The page for a message that expired or was recalled (its content
+        is gone): 410 Gone.
+        """
+        heading = "This message has expired" if ended.how == EXPIRED else \
+            "This message was recalled"
+        return await self._notice(request, heading, ENDED[ended.how], status=410,
+                                  session=session)
 
     def error_page(self, request: IRequest, answer: ErrorAnswer) -> bytes:
         """
@@ -675,7 +692,10 @@ class Portal:
     @app.route("/message/<int:message_id>", methods=["GET"])
     async def message(self, request: IRequest, message_id: int) -> bytes:
         session = await self._user(request)
-        content = await self.messenger.read(session.address, message_id)
+        try:
+            content = await self.messenger.read(session.address, message_id)
+        except MessageEnded as e:
+            return await self._ended(request, session, e)
         if content is None:
             raise NotFound()
         remote = arg(request, "remote") == "1"
@@ -693,8 +713,11 @@ class Portal:
         """
         session = await self._user(request)
         remote = arg(request, "remote") == "1"
-        html, _ = render.sanitize_message(await self._message(session, message_id),
-                                          allow_remote=remote)
+        try:
+            content = await self._message(session, message_id)
+        except MessageEnded as e:
+            return await self._ended(request, session, e)
+        html, _ = render.sanitize_message(content, allow_remote=remote)
         request.setHeader(b"Content-Security-Policy", render.frame_policy(remote).encode())
         request.setHeader(b"X-Frame-Options", b"SAMEORIGIN")
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
@@ -721,19 +744,27 @@ class Portal:
     @app.route("/message/<int:message_id>/part/<int:index>", methods=["GET"])
     async def attachment(self, request: IRequest, message_id: int, index: int) -> bytes:
         session = await self._user(request)
-        found = render.part(await self._message(session, message_id), index)
+        try:
+            found = render.part(await self._message(session, message_id), index)
+        except MessageEnded as e:
+            return await self._ended(request, session, e)
         if found is None:
             raise NotFound()
+        await self.messenger.downloaded(session.address, message_id, found[0])
         return self._download(request, *found)
 
     @app.route("/message/<int:message_id>/eml", methods=["GET"])
     async def eml(self, request: IRequest, message_id: int) -> bytes:
         session = await self._user(request)
-        content = await self._message(session, message_id)
+        try:
+            content = await self._message(session, message_id)
+        except MessageEnded as e:
+            return await self._ended(request, session, e)
         subject = render.header(render.parse(content), "Subject")
         name = render.safe_filename(subject[:80], message_id, ".eml")
         if not name.endswith(".eml"):
             name += ".eml"
+        await self.messenger.downloaded(session.address, message_id, name)
         return self._download(request, name, "message/rfc822", content)
 
     @app.route("/message/<int:message_id>/delete", methods=["POST"])
@@ -809,7 +840,10 @@ class Portal:
     @app.route("/message/<int:message_id>/reply", methods=["GET"])
     async def reply_form(self, request: IRequest, message_id: int) -> bytes:
         session = await self._user(request)
-        content = await self._message(session, message_id)
+        try:
+            content = await self._message(session, message_id)
+        except MessageEnded as e:
+            return await self._ended(request, session, e)
         return await self._reply_page(request, session, message_id, content,
                                       reply_all=arg(request, "all") == "1")
 

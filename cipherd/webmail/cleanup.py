@@ -5,7 +5,10 @@ The webmail messenger's scheduled cleanup (guide §2.3.13, figure 12):
       (C{8h}, C{1d}, C{2w}) are deleted, checked every ten minutes;
     - *auto account cleanup*: accounts without activity for more than the
       configured days are deleted with their mailboxes, when the Quartz
-      cron schedule says (in UTC).
+      cron schedule says (in UTC);
+    - *message expiry*: messages whose sender's expiry has passed are
+      ended (their content removed, "expired" on their timeline) every
+      minute; a reader who comes before that is refused all the same.
 
 Several nodes may share the database: a node runs a job only if it moves
 the job's last run (table C{job_runs}) forward from the value it read, so
@@ -27,11 +30,13 @@ from cipherd.store import Store
 from cipherd.store.jobs import claim
 from cipherd.webmail.accounts import Accounts
 from cipherd.webmail.mailbox import Mailboxes
+from cipherd.webmail.tracking import EVENT_MEMORY
 
 log = mail_logger("cipherd.mpa.cleanup")
 
 TICK = 60.0
 MAILBOX_CLEANUP_EVERY = 600.0
+EXPIRY_EVERY = 60.0
 # Tunnel ids are remembered while a tunnel of that age is still accepted.
 TUNNEL_MEMORY = 7 * 86400.0
 
@@ -55,6 +60,11 @@ class Cleanup:
         """
         values = (await self._settings.by_address([""]))[""]
         now = self._clock.seconds()
+        if await claim(self._store, "message_expiry", lambda last: last + EXPIRY_EVERY, now,
+                       run_first=True):
+            for address, count in sorted((await self._mailboxes.expire(now)).items()):
+                log.info("Message expiry: {count} message(s) expired in the mailbox of "
+                         "{address}", count=count, address=address)
         if await claim(self._store, "mailbox_cleanup", lambda last: last + MAILBOX_CLEANUP_EVERY,
                              now, run_first=True):
             await self._mailbox_cleanup(values, now)
@@ -71,6 +81,7 @@ class Cleanup:
 
     async def _mailbox_cleanup(self, values: Mapping[str, Any], now: float) -> None:
         await self._mailboxes.forget_tunnels(now - TUNNEL_MEMORY)
+        await self._mailboxes.forget_events(now - EVENT_MEMORY)
         if not values["auto_mailbox_cleanup_enabled"]:
             return
         interval = values["auto_mailbox_cleanup_interval"]

@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -24,8 +25,22 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from cipherd.core.headers import header_fields
 from cipherd.store import Store
-from cipherd.store.schema import webmail_accounts, webmail_messages, webmail_tunnels
+from cipherd.store.schema import (
+    webmail_accounts,
+    webmail_events,
+    webmail_messages,
+    webmail_tunnels,
+)
 from cipherd.webmail.accounts import Account, account_in, invite_in
+from cipherd.webmail.tracking import (
+    DELETED,
+    DELIVERED,
+    EXPIRED,
+    NOTIFIED,
+    OPENED,
+    RECALLED,
+    record,
+)
 
 _VERSION = b"\x01"
 
@@ -81,6 +96,22 @@ class Summary:
     read: bool
     receipt_to: str
     notified: bool
+    expires: float = 0.0
+    ended: str = ""
+
+
+class MessageEnded(Exception):
+    """
+    The message is no longer there to read: it expired or was recalled.
+
+    @ivar how: L{EXPIRED} or L{RECALLED}.
+    @ivar expires: when it expired (or was to).
+    """
+
+    def __init__(self, how: str, expires: float) -> None:
+        super().__init__(how)
+        self.how = how
+        self.expires = expires
 
 
 def describe(content: bytes) -> tuple[str, str, int]:
@@ -96,9 +127,33 @@ def describe(content: bytes) -> tuple[str, str, int]:
 STORED, REPEATED, FULL = "stored", "repeated", "full"
 
 
+# Messages still in their mailbox (not expired nor recalled).
+_LIVE = webmail_messages.c.ended == ""
+_SUMMARY = [c for c in webmail_messages.c if c.name != "content"]
+
+
 def _usage(conn: Connection, address: str) -> int:
     return int(conn.execute(select(func.coalesce(func.sum(webmail_messages.c.size), 0))
                             .where(webmail_messages.c.address == address)).scalar_one())
+
+
+def _ended(conn: Connection, condition: Any, how: str, at: float, detail: str
+           ) -> list[tuple[str, str]]:
+    """
+    The live messages C{condition} selects ended (C{how}: L{EXPIRED} or
+    L{RECALLED}): their content gone, the event recorded.
+
+    @return: their addresses and tunnel ids.
+    """
+    rows = [(row.address, row.tunnel_id) for row in conn.execute(
+        select(webmail_messages.c.address, webmail_messages.c.tunnel_id)
+        .where(condition & _LIVE))]
+    if rows:
+        conn.execute(update(webmail_messages).where(condition & _LIVE).values(
+            ended=how, content=b"", size=0))
+        for address, tunnel in rows:
+            record(conn, tunnel, address, at, how, detail)
+    return rows
 
 
 def _find(conn: Connection, address: str, tunnel_id: str) -> int | None:
@@ -145,17 +200,21 @@ class Mailboxes:
 
     async def deliver_tunnel(self, addresses: Sequence[str], tunnel_id: str, received: float,
                              content: bytes, receipt_to: str, limits: Mapping[str, int],
-                             created: float) -> TunnelDelivery:
+                             created: float, expires: float = 0.0) -> TunnelDelivery:
         """
         The webmail relay's whole write for one tunnel, in one transaction:
         unless the tunnel id was handled before, each of C{addresses}
         invited (L{Accounts.invite}) and given the message (as
         L{deliver_within}, with its C{limits}), and the tunnel id recorded
         as handled; in either case, who has the message stored but was not
-        yet told of it, with their accounts.
+        yet told of it, with their accounts.  Each delivery is recorded on
+        the tunnel's timeline.
+
+        @param expires: when the message expires (0: never).
         """
         deliveries = {address: self._delivery(address, tunnel_id, received, content,
-                                              receipt_to, limits.get(address, 0))
+                                              receipt_to, limits.get(address, 0), expires,
+                                              tracked=True)
                       for address in addresses}
 
         def write(conn: Connection) -> TunnelDelivery:
@@ -179,7 +238,8 @@ class Mailboxes:
         return delivered
 
     def _delivery(self, address: str, tunnel_id: str, received: float, content: bytes,
-                  receipt_to: str, limit: int) -> Callable[[Connection], str]:
+                  receipt_to: str, limit: int, expires: float = 0.0, *, tracked: bool = False
+                  ) -> Callable[[Connection], str]:
         sender, subject, attachments = describe(content)
         sealed = seal(self._key, address, tunnel_id, content)
 
@@ -196,7 +256,9 @@ class Mailboxes:
                 address=address, tunnel_id=tunnel_id, received=received,
                 sender=sender[:998], subject=subject[:998], size=len(content),
                 attachments=attachments, read=False, receipt_to=receipt_to, notified=False,
-                content=sealed))
+                content=sealed, expires=expires, ended=""))
+            if tracked:
+                record(conn, tunnel_id, address, received, DELIVERED)
             return STORED
 
         return write
@@ -211,20 +273,23 @@ class Mailboxes:
     async def count(self, address: str) -> int:
         def read(conn: Connection) -> int:
             return int(conn.execute(select(func.count()).select_from(webmail_messages).where(
-                webmail_messages.c.address == address)).scalar_one())
+                (webmail_messages.c.address == address) & _LIVE)).scalar_one())
 
         counted: int = await self._store.run(read)
         return counted
 
-    async def listing(self, address: str, *, offset: int = 0, limit: int = 50
-                      ) -> list[Summary]:
+    async def listing(self, address: str, *, offset: int = 0, limit: int = 50,
+                      ended: bool = False) -> list[Summary]:
         """
-        The newest first.
+        The newest first; with those that ended (expired, recalled) when
+        C{ended} is true.
         """
-        columns = [c for c in webmail_messages.c if c.name != "content"]
+        condition = webmail_messages.c.address == address
+        if not ended:
+            condition &= _LIVE
 
         def read(conn: Connection) -> list[Summary]:
-            rows = conn.execute(select(*columns).where(webmail_messages.c.address == address)
+            rows = conn.execute(select(*_SUMMARY).where(condition)
                                 .order_by(webmail_messages.c.received.desc(),
                                           webmail_messages.c.id.desc())
                                 .offset(offset).limit(limit))
@@ -240,8 +305,7 @@ class Mailboxes:
         C{query} (all when empty; case-insensitive), the newest first, and
         how many match in all.
         """
-        columns = [c for c in webmail_messages.c if c.name != "content"]
-        condition = webmail_messages.c.address == address
+        condition = (webmail_messages.c.address == address) & _LIVE
         if query:
             pattern = "%" + re.sub(r"([\\%_])", r"\\\1", query.lower()) + "%"
             condition &= (func.lower(webmail_messages.c.sender).like(pattern, escape="\\")
@@ -250,7 +314,7 @@ class Mailboxes:
         def read(conn: Connection) -> tuple[list[Summary], int]:
             total = int(conn.execute(select(func.count()).select_from(webmail_messages)
                                      .where(condition)).scalar_one())
-            rows = conn.execute(select(*columns).where(condition)
+            rows = conn.execute(select(*_SUMMARY).where(condition)
                                 .order_by(webmail_messages.c.received.desc(),
                                           webmail_messages.c.id.desc())
                                 .offset(offset).limit(limit))
@@ -267,24 +331,89 @@ class Mailboxes:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                     info=f"cipherd webmail {purpose} v1".encode()).derive(self._key)
 
-    async def message(self, address: str, message_id: int) -> bytes | None:
+    async def message(self, address: str, message_id: int, *, now: float) -> bytes | None:
         """
         The content of one message of C{address}'s mailbox, or C{None}.
-        """
-        def read(conn: Connection) -> tuple[str, bytes] | None:
-            row = conn.execute(select(webmail_messages.c.tunnel_id, webmail_messages.c.content)
-                               .where((webmail_messages.c.address == address)
-                                      & (webmail_messages.c.id == message_id))).first()
-            return None if row is None else (row.tunnel_id, row.content)
 
-        found = await self._store.run(read)
-        if found is None:
+        @raise MessageEnded: it expired (by C{now}, even before the
+            cleanup came by) or was recalled.
+        """
+        def read(conn: Connection) -> Any:
+            return conn.execute(select(webmail_messages.c.tunnel_id, webmail_messages.c.content,
+                                       webmail_messages.c.expires, webmail_messages.c.ended)
+                                .where((webmail_messages.c.address == address)
+                                       & (webmail_messages.c.id == message_id))).first()
+
+        row = await self._store.run(read)
+        if row is None:
             return None
-        return unseal(self._key, address, found[0], found[1])
+        if row.ended or (row.expires and row.expires <= now):
+            raise MessageEnded(row.ended or EXPIRED, row.expires)
+        return unseal(self._key, address, row.tunnel_id, row.content)
 
-    async def mark_read(self, address: str, message_id: int) -> str | None:
+    async def tunnel_of(self, address: str, message_id: int) -> str | None:
+        def read(conn: Connection) -> str | None:
+            return conn.execute(select(webmail_messages.c.tunnel_id).where(
+                (webmail_messages.c.address == address)
+                & (webmail_messages.c.id == message_id))).scalar()
+
+        found: str | None = await self._store.run(read)
+        return found
+
+    async def track(self, address: str, message_id: int, at: float, kind: str,
+                    detail: str = "") -> None:
         """
-        Mark a message read.
+        An event (a download, a reply) of one message on its timeline.
+        """
+        def write(conn: Connection) -> None:
+            tunnel = conn.execute(select(webmail_messages.c.tunnel_id).where(
+                (webmail_messages.c.address == address)
+                & (webmail_messages.c.id == message_id))).scalar()
+            if tunnel is not None:
+                record(conn, tunnel, address, at, kind, detail)
+
+        await self._store.run(write)
+
+    async def recall(self, tunnel_id: str, addresses: Sequence[str] | None, at: float,
+                     by: str) -> list[str]:
+        """
+        Recall a tunnelled message from C{addresses}' mailboxes (C{None}:
+        from every recipient's): its content gone at once.
+
+        @param by: who recalled it, for its timeline.
+        @return: the addresses it was recalled from (not those that had it
+            no longer).
+        """
+        condition = webmail_messages.c.tunnel_id == tunnel_id
+        if addresses is not None:
+            condition &= webmail_messages.c.address.in_(list(addresses))
+
+        def write(conn: Connection) -> list[str]:
+            return sorted(a for a, _ in _ended(conn, condition, RECALLED, at, by))
+
+        recalled: list[str] = await self._store.run(write)
+        return recalled
+
+    async def expire(self, now: float) -> dict[str, int]:
+        """
+        End every message whose expiry has passed.
+
+        @return: how many, per mailbox.
+        """
+        due = (webmail_messages.c.expires > 0) & (webmail_messages.c.expires <= now)
+
+        def write(conn: Connection) -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for address, _ in _ended(conn, due, EXPIRED, now, ""):
+                counts[address] = counts.get(address, 0) + 1
+            return counts
+
+        expired: dict[str, int] = await self._store.run(write)
+        return expired
+
+    async def mark_read(self, address: str, message_id: int, at: float) -> str | None:
+        """
+        Mark a message read; the first time, that is on its timeline.
 
         @return: where its read receipt goes, the first time it is read
             and one was asked for; else C{None}.
@@ -292,23 +421,35 @@ class Mailboxes:
         def write(conn: Connection) -> str | None:
             mine = ((webmail_messages.c.address == address)
                     & (webmail_messages.c.id == message_id))
-            row = conn.execute(select(webmail_messages.c.read, webmail_messages.c.receipt_to)
+            row = conn.execute(select(webmail_messages.c.read, webmail_messages.c.receipt_to,
+                                      webmail_messages.c.tunnel_id)
                                .where(mine)).first()
             if row is None or row.read:
                 return None
             changed = conn.execute(update(webmail_messages).where(
                 mine & ~webmail_messages.c.read).values(read=True)).rowcount
-            # Read by two requests at once: one receipt.
-            return (row.receipt_to or None) if changed else None
+            # Read by two requests at once: one receipt, one event.
+            if not changed:
+                return None
+            record(conn, row.tunnel_id, address, at, OPENED)
+            return row.receipt_to or None
 
         receipt: str | None = await self._store.run(write)
         return receipt
 
-    async def delete(self, address: str, ids: Sequence[int]) -> int:
+    async def delete(self, address: str, ids: Sequence[int], at: float = 0.0) -> int:
+        """
+        The recipient deletes messages (each on its timeline when C{at} is
+        given).
+        """
+        mine = (webmail_messages.c.address == address) & webmail_messages.c.id.in_(list(ids))
+
         def write(conn: Connection) -> int:
-            return int(conn.execute(delete(webmail_messages).where(
-                (webmail_messages.c.address == address)
-                & webmail_messages.c.id.in_(list(ids)))).rowcount)
+            if at:
+                for tunnel in conn.execute(select(webmail_messages.c.tunnel_id).where(
+                        mine & _LIVE)).scalars():
+                    record(conn, tunnel, address, at, DELETED)
+            return int(conn.execute(delete(webmail_messages).where(mine)).rowcount)
 
         deleted: int = await self._store.run(write)
         return deleted
@@ -342,9 +483,22 @@ class Mailboxes:
                 conn.execute(update(webmail_messages).where(
                     (webmail_messages.c.tunnel_id == tunnel_id)
                     & webmail_messages.c.address.in_(list(notified))).values(notified=True))
+                for address in notified:
+                    record(conn, tunnel_id, address, received, NOTIFIED)
             _record_tunnel(conn, tunnel_id, created, received)
 
         await self._store.run(write)
+
+    async def forget_events(self, before: float) -> int:
+        """
+        Forget the timelines' events older than C{before}.
+        """
+        def write(conn: Connection) -> int:
+            return int(conn.execute(delete(webmail_events).where(
+                webmail_events.c.at < before)).rowcount)
+
+        forgotten: int = await self._store.run(write)
+        return forgotten
 
     # Tunnel ids --------------------------------------------------------------
 
@@ -388,7 +542,7 @@ def _not_notified(conn: Connection, tunnel_id: str, addresses: Sequence[str]) ->
     return sorted(conn.execute(select(webmail_messages.c.address).where(
         (webmail_messages.c.tunnel_id == tunnel_id)
         & webmail_messages.c.address.in_(list(addresses))
-        & ~webmail_messages.c.notified)).scalars())
+        & ~webmail_messages.c.notified & _LIVE)).scalars())
 
 
 def _record_tunnel(conn: Connection, tunnel_id: str, created: float, received: float) -> None:

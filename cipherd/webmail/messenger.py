@@ -32,11 +32,16 @@ from cipherd.webmail.accounts import (
 )
 from cipherd.webmail.compose import compose_message
 from cipherd.webmail.invitations import password_reset_notice
-from cipherd.webmail.mailbox import FULL, Mailboxes, Summary
+from cipherd.webmail.mailbox import FULL, Mailboxes, MessageEnded, Summary
 from cipherd.webmail.notify import Notifier, one_line
 from cipherd.webmail.sessions import PortalSessions
+from cipherd.webmail.tracking import DOWNLOADED, EXPIRED, RECALLED, REPLIED
 
 log = mail_logger("cipherd.mpa.webmail")
+
+# Why a message that ended cannot be read or answered, fit to show.
+ENDED = {EXPIRED: "This message has expired: it is no longer available.",
+         RECALLED: "The sender has recalled this message: it is no longer available."}
 
 # One password reset mail per address per this many seconds (per node).
 RESET_INTERVAL = 300.0
@@ -179,11 +184,13 @@ class Messenger:
         """
         A message of C{address}'s mailbox, marked read; the first time, its
         read receipt goes out if the gateway asked for one.
+
+        @raise MessageEnded: it expired or was recalled.
         """
-        content = await self.mailboxes.message(address, message_id)
+        content = await self.mailboxes.message(address, message_id, now=self._clock.seconds())
         if content is None:
             return None
-        receipt_to = await self.mailboxes.mark_read(address, message_id)
+        receipt_to = await self.mailboxes.mark_read(address, message_id, self._clock.seconds())
         if receipt_to:
             values = await self._values(address)
             subject = one_line(subject_of(content))
@@ -197,7 +204,7 @@ class Messenger:
         return content
 
     async def delete(self, address: str, ids: Sequence[int]) -> int:
-        return await self.mailboxes.delete(address, ids)
+        return await self.mailboxes.delete(address, ids, self._clock.seconds())
 
     async def reply(self, address: str, message_id: int, text: str, *, reply_all: bool = False,
                     to: Sequence[str] = (), attachments: Sequence[replies.Attachment] = (),
@@ -206,7 +213,11 @@ class Messenger:
         Send a reply by C{address} to a message of its mailbox, to the
         authorized recipients among those it names.
         """
-        original = await self.mailboxes.message(address, message_id)
+        try:
+            original = await self.mailboxes.message(address, message_id,
+                                                    now=self._clock.seconds())
+        except MessageEnded as e:
+            return ReplyResult(problem=ENDED[e.how])
         if original is None:
             return ReplyResult(problem="That message is not in your mailbox.")
         size = len(text.encode()) + sum(len(a.data) for a in attachments)
@@ -224,8 +235,27 @@ class Messenger:
                                         text=text, attachments=attachments,
                                         now=self._clock.seconds(),
                                         my_hostname=config.my_hostname)
-        return await self._send(address, message, result, plan.recipients, copy_to_self,
-                                "reply")
+        result = await self._send(address, message, result, plan.recipients, copy_to_self,
+                                  "reply")
+        await self.mailboxes.track(address, message_id, self._clock.seconds(), REPLIED,
+                                   ", ".join(result.sent_to))
+        return result
+
+    async def message(self, address: str, message_id: int) -> bytes | None:
+        """
+        A message of C{address}'s mailbox as it is (not marked read).
+
+        @raise MessageEnded: it expired or was recalled.
+        """
+        return await self.mailboxes.message(address, message_id, now=self._clock.seconds())
+
+    async def downloaded(self, address: str, message_id: int, what: str) -> None:
+        """
+        An attachment (or the whole message) of C{address}'s message was
+        downloaded: on its timeline.
+        """
+        await self.mailboxes.track(address, message_id, self._clock.seconds(), DOWNLOADED,
+                                   what)
 
     async def _send(self, address: str, message: bytes, result: ReplyResult,
                     recipients: list[str], copy_to_self: bool, what: str) -> ReplyResult:

@@ -99,12 +99,17 @@ def may_reply_to(config: MTAConfig, sender: str) -> bool:
 
 
 def new_link(*, sender: str, recipient: str, message_id: str, subject: str, now: float,
-             validity_days: int, single_use: bool) -> ReplyLink:
+             validity_days: int, single_use: bool, not_after: float = 0.0) -> ReplyLink:
+    """
+    @param not_after: when the message expires (0: never): the link
+        expires then at the latest.
+    """
     # A Message-ID longer than this is no usual one, and would make the
     # token too long to read back: no threading then.
     message_id = one_line(message_id)
     return ReplyLink(sender, recipient, message_id if len(message_id) <= 250 else "",
-                     one_line(subject)[:MAX_SUBJECT], int(now + validity_days * 86400),
+                     one_line(subject)[:MAX_SUBJECT],
+                     int(min(now + validity_days * 86400, not_after or float("inf"))),
                      secrets.token_urlsafe(16), single_use)
 
 
