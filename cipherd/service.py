@@ -45,6 +45,7 @@ from cipherd.mpa.discovery import KeyDiscovery, WebKeyDirectory
 from cipherd.mpa.dlp_policy import DataLossPrevention
 from cipherd.mpa.gateway import Gateway
 from cipherd.mpa.relay import WebmailRelay
+from cipherd.mpa.sealing import TunnelSealer
 from cipherd.pki.ca import CA_TICK, CertificateAuthority
 from cipherd.pki.certstore import CertificateStore
 from cipherd.pki.engine import LayerOpener, SmimeEngine
@@ -445,6 +446,8 @@ def make_service(config: Config, reactor: Any) -> IService:
                                            lambda: mta.current, reactor),
                      queue_runner, site_tls=options, backups=backups, ca=authority,
                      sms=HTTPSSMSGateway(reactor), dlp=dlp,
+                     tunnels=TunnelSealer(certificates, SmimeEngine(certificates, crypto_runner),
+                                          reactor),
                      crl_base=lambda: crl_base_url(mta.current.my_hostname, config.crl_listen))
     )
     messenger = Messenger(accounts, mailboxes, notifier, settings,

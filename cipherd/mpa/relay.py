@@ -172,11 +172,8 @@ class WebmailRelay:
         asked = sorted({r.lower() for r in metadata.recipients})
         recalled = await self._mailboxes.recall(
             metadata.recall, asked or None, now,
-            f"by {metadata.recall_by or 'the gateway'} (through the gateway)")
-        log.info("Webmail message {tunnel} recalled from {rcpts} at the gateway's request "
-                 "({by}); Queue id: {queue_id}", tunnel=metadata.recall,
-                 rcpts=", ".join(recalled) or "no mailbox (not there, or ended already)",
-                 by=metadata.recall_by or "no name given", queue_id=envelope.queue_id)
+            f"by {metadata.recall_by or 'the gateway'} (through the gateway, queue id "
+            f"{envelope.queue_id})")
         results.when_written(functools.partial(
             self._mailboxes.handled, metadata.tunnel_id, [], metadata.created, now))
         return Outcome("sent", "2.0.0", f"recall of webmail message {metadata.recall}: "

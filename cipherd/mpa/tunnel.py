@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,13 +35,13 @@ from cipherd.core.headers import field_name, split_header
 from cipherd.core.lines import has_long_line, windows
 from cipherd.pki.smime import MessagePieces, canonicalize
 from cipherd.settings import email_problem
+from cipherd.webmail.tracking import TUNNEL_ID
 
 SUBJECT = "Secure Webmail message"
 METADATA_TYPE = "application/vnd.cipherd.tunnel+json"
 VERSION = 1
 # The gateway's queue takes at most this many recipients per message.
 MAX_RECIPIENTS = 1000
-_TUNNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class TunnelFormatError(ValueError):
@@ -109,7 +108,7 @@ class TunnelMetadata:
             if not isinstance(options, dict):
                 raise TunnelFormatError("the tunnel's options are not an object")
             recall = str(options.get("recall", ""))
-            if recall and not _TUNNEL_ID.fullmatch(recall):
+            if recall and not TUNNEL_ID.fullmatch(recall):
                 raise TunnelFormatError("the recalled tunnel id is not one this version makes")
             if not (0 if recall else 1) <= len(recipients) <= MAX_RECIPIENTS:
                 raise TunnelFormatError(f"the tunnel names {len(recipients)} recipients (1 to "
@@ -119,7 +118,7 @@ class TunnelMetadata:
                     raise TunnelFormatError(f"the tunnel names a bad recipient address: "
                                             f"{problem}")
             tunnel = str(value["id"])
-            if not _TUNNEL_ID.fullmatch(tunnel):
+            if not TUNNEL_ID.fullmatch(tunnel):
                 raise TunnelFormatError("the tunnel id is not one this version makes")
             created = float(value["created"])
             if not math.isfinite(created) or not 0 < created < 2**40:

@@ -8,7 +8,7 @@ the second factor, delete with the mailbox (after a confirmation page).
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from twisted.web.iweb import IRequest
 
@@ -65,6 +65,37 @@ class AccountPages(AdminPages):
                            section="admin", subsection="accounts", view=view,
                            messages=messages, shown=MESSAGES_SHOWN, actions=ACTIONS,
                            done=arg(request, "done"), error=error)
+
+    @app.route("/messages/<tunnel_id>", methods=["GET"])
+    @authenticated
+    async def message(self, request: IRequest, session: AdminSession, tunnel_id: str) -> bytes:
+        timeline = await self.backend.webmail_accounts.timeline(tunnel_id)
+        if timeline is None:
+            return self.not_found(request, session, "Nothing is known of this message: it is "
+                                                    "in no mailbox, and its timeline has been "
+                                                    "forgotten.")
+        return self.render(request, "webmail_message.html", session, section="admin",
+                           subsection="accounts", timeline=timeline, done=arg(request, "done"),
+                           recalled=arg(request, "recalled") or "")
+
+    @app.route("/messages/<tunnel_id>/recall", methods=["POST"])
+    @authenticated
+    async def recall(self, request: IRequest, session: AdminSession, tunnel_id: str) -> bytes:
+        """
+        C{address}: recall from that recipient's mailbox; none: from every
+        recipient's.
+        """
+        admin = self.backend.webmail_accounts
+        if await admin.timeline(tunnel_id) is None:
+            return self.not_found(request, session, "Nothing is known of this message.")
+        address = (arg(request, "address") or "").strip().lower()
+        recalled = await admin.recall(tunnel_id, [address] if address else None,
+                                      f"by the administrator {session.admin_name}")
+        await self.audit(request, session, "webmail.recall",
+                         f"recalled webmail message {tunnel_id} from "
+                         f"{', '.join(recalled) or 'no mailbox'}", target=tunnel_id)
+        return redirect(request, f"/webmail/messages/{tunnel_id}?"
+                                 + urlencode({"done": "recall", "recalled": ", ".join(recalled)}))
 
     @app.route("/accounts/<address>/<action>", methods=["POST"])
     @authenticated

@@ -52,6 +52,7 @@ from cipherd.settings import (
     InvalidValue,
     Level,
     Scope,
+    email_problem,
     scope_for,
 )
 from cipherd.smtp.compose import ComposeError
@@ -76,9 +77,11 @@ from cipherd.web.backend import (
     WEBMAIL_CERTIFICATE_AVAILABLE,
     WEBMAIL_SENDER,
     AdminBackend,
+    RecallRefused,
     TunnelCertificateRefused,
     TunnelEnd,
     generated_key_problems,
+    recall_through_tunnel,
     release_quarantined,
     send_pkcs12,
     send_test_email,
@@ -110,6 +113,7 @@ from cipherd.web.pki_pages import (
     send_bundle,
 )
 from cipherd.webmail.administration import ACTIONS, STATES, AccountView, ActionRefused
+from cipherd.webmail.tracking import TUNNEL_ID, Timeline
 
 # Bodies larger than this are refused before parsing.
 MAX_JSON_BODY = 1_000_000
@@ -259,6 +263,32 @@ def _json_body(request: IRequest) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise _BadRequest(f"The request body is not valid JSON: {e}") from None
+
+
+def _recipients(body: Any) -> list[str]:
+    """
+    The C{recipients} of a recall's body: addresses, at most 1,000.
+    """
+    if not isinstance(body, dict):
+        raise _BadRequest("The body must be a JSON object.")
+    recipients = body.get("recipients") or []
+    if not isinstance(recipients, list) or len(recipients) > 1000 or not all(
+            isinstance(r, str) for r in recipients):
+        raise _BadRequest("Some fields were refused.",
+                          {"recipients": "must be a list of at most 1,000 addresses"})
+    for recipient in recipients:
+        if problem := email_problem(recipient.strip()):
+            raise _BadRequest("Some fields were refused.", {"recipients": problem})
+    return sorted({r.strip().lower() for r in recipients})
+
+
+def _timeline_json(timeline: Timeline) -> dict[str, Any]:
+    return {"tunnel_id": timeline.tunnel_id, "subject": timeline.subject,
+            "sender": timeline.sender, "recipients": [{
+                "address": r.address, "ended": r.ended or None,
+                "expires": _iso(r.expires) if r.expires else None,
+                "events": [{"at": _iso(e.at), "event": e.kind, "detail": e.detail}
+                           for e in r.events]} for r in timeline.recipients]}
 
 
 @implementer(IErrorPages)
@@ -1015,6 +1045,70 @@ class AdminAPI:
         return json_response(request, 200, {
             "status": summary[0].upper() + summary[1:] + ".",
             "account": None if after is None else _account_json(after)})
+
+    # What became of webmail messages; recalls ------------------------------
+
+    @app.route("/v1/webmail/messages/<tunnel_id>", methods=["GET"])
+    @_authenticated()
+    async def webmail_message(self, request: IRequest, admin: AdminRow, tunnel_id: str
+                              ) -> bytes:
+        """
+        The timeline of a tunnelled message (its tunnel id as the MPA log
+        names it), per recipient.
+        """
+        return json_response(request, 200, _timeline_json(await self._timeline(tunnel_id)))
+
+    async def _timeline(self, tunnel_id: str) -> Timeline:
+        timeline = await self.backend.webmail_accounts.timeline(tunnel_id)
+        if timeline is None:
+            raise _BadRequest("Nothing is known of this message: it is in no mailbox, and its "
+                              "timeline has been forgotten.", status=404)
+        return timeline
+
+    @app.route("/v1/webmail/messages/<tunnel_id>/recall", methods=["POST"])
+    @_authenticated()
+    async def recall_webmail_message(self, request: IRequest, admin: AdminRow,
+                                     tunnel_id: str) -> bytes:
+        """
+        C{{"recipients": [...]}}: recall the message from their mailboxes
+        here (from every recipient's when empty or left out).
+        """
+        recipients = _recipients(_json_body(request))
+        await self._timeline(tunnel_id)
+        recalled = await self.backend.webmail_accounts.recall(
+            tunnel_id, recipients or None, f"by the administrator {admin.name} (API)")
+        await self._audit(request, admin, "webmail.recall",
+                          f"recalled webmail message {tunnel_id} from "
+                          f"{', '.join(recalled) or 'no mailbox'}", target=tunnel_id)
+        return json_response(request, 200, {
+            "recalled": recalled,
+            "message": _timeline_json(await self._timeline(tunnel_id))})
+
+    @app.route("/v1/tunnels/<tunnel_id>/recall", methods=["POST"])
+    @_authenticated()
+    async def recall_by_tunnel(self, request: IRequest, admin: AdminRow, tunnel_id: str
+                               ) -> bytes:
+        """
+        On the gateway: C{{"recipients": [...]}} (every recipient when
+        empty or left out): a recall request for the message this gateway
+        sent in tunnel C{tunnel_id}, sent to the webmail messenger signed
+        and encrypted like the tunnel (202: queued).
+        """
+        recipients = _recipients(_json_body(request))
+        if not TUNNEL_ID.fullmatch(tunnel_id):
+            raise _BadRequest("That is not a tunnel id (the MPA log names each: \"sent to the "
+                              "webmail messenger in tunnel message ...\").", status=404)
+        try:
+            queue_id, tunnel = await recall_through_tunnel(
+                self.backend, tunnel_id, recipients, f"the administrator {admin.name}")
+        except RecallRefused as e:
+            raise _BadRequest(f"The recall cannot be sent: {e}.", status=409) from None
+        await self._audit(request, admin, "webmail.recall",
+                          f"sent a recall of webmail message {tunnel_id} "
+                          f"({', '.join(recipients) or 'every recipient'}) through the tunnel",
+                          target=tunnel_id)
+        return json_response(request, 202, {"queue_id": queue_id, "recall_tunnel_id": tunnel,
+                                            "recipients": recipients})
 
     @app.route("/v1/logs/<name>", methods=["GET"])
     @_authenticated()

@@ -9,7 +9,7 @@ import base64
 import email.policy
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cipherd.core.clock import utc_from_seconds
 from cipherd.logs import LogQuery, MailLog
 from cipherd.mpa.dlp_policy import DataLossPrevention
+from cipherd.mpa.sealing import TunnelSealer
 from cipherd.netinfo import NetworkInfo, gather
 from cipherd.pki.ca import CAError, CertificateAuthority
 from cipherd.pki.certs import thumbprint
@@ -263,6 +264,8 @@ class AdminBackend:
     @ivar dlp: the DLP patterns and quarantine (Admin → DLP).
     @ivar crl_base: where the CRL listener is reached (C{http://host:port}),
         the beginning a new CA's distribution point is proposed with.
+    @ivar tunnels: makes the signed and encrypted requests a gateway sends
+        the webmail messenger (a recall).
     """
 
     authority: AdminAuthority
@@ -284,6 +287,7 @@ class AdminBackend:
     sms: ISMSGateway | None = None
     dlp: DataLossPrevention | None = None
     crl_base: Callable[[], str] = lambda: "http://localhost:8081"
+    tunnels: TunnelSealer | None = None
 
     # PGP keys, named in URLs by fingerprint: anything else names no key.
 
@@ -572,6 +576,38 @@ async def release_quarantined(backend: AdminBackend, quarantine_id: str
                                       backend.dlp.mark_released(row.id, content),
                                       "local (DLP release)")
     return row
+
+
+class RecallRefused(Exception):
+    """
+    The recall request cannot be sent; the message says why.
+    """
+
+
+async def recall_through_tunnel(backend: AdminBackend, tunnel_id: str,
+                                recipients: Sequence[str], by: str) -> tuple[str, str]:
+    """
+    Ask the webmail messenger, through the tunnel, to recall the message
+    of tunnel C{tunnel_id} (as the MPA log names it) from C{recipients}'
+    mailboxes (from everyone's when empty).
+
+    @return: the request's queue id and its own tunnel id.
+    @raise RecallRefused: this node does not deliver mail, or no tunnel
+        can be made (the webmail sender or recipient is not set, or has no
+        key or certificate).
+    """
+    if backend.queue_runner is None or backend.tunnels is None:
+        raise RecallRefused("this node does not deliver mail")
+    settings = (await backend.settings.by_address([""]))[""]
+    made = await backend.tunnels.recall(tunnel_id, recipients, by, settings,
+                                        backend.mta.current)
+    if isinstance(made, str):
+        raise RecallRefused(made.rstrip("."))
+    message, tunnel = made
+    queued = await backend.queue_runner.submit(message.sender, list(message.recipients),
+                                               message.content, "local (webmail recall)",
+                                               processed=True)
+    return str(queued.envelope.queue_id), tunnel
 
 
 # A PGP key's marks, and how the log says each value.

@@ -80,6 +80,15 @@ SCHEMAS: dict[str, Schema] = {
         "last_activity": NULLABLE_STRING, "second_factor": BOOLEAN, "messages": INTEGER,
         "mailbox_size": INTEGER, "mailbox_quota": {"type": ["integer", "null"]},
         "over_quota": BOOLEAN}, ["address", "state", "messages"]),
+    "WebmailTimeline": _obj({
+        "tunnel_id": STRING, "subject": STRING, "sender": STRING,
+        "recipients": _array(_obj({
+            "address": STRING,
+            "ended": {"enum": ["expired", "recalled", "deleted", None]},
+            "expires": NULLABLE_STRING,
+            "events": _array(_obj({"at": STRING, "event": STRING, "detail": STRING},
+                                  ["at", "event"]))}, ["address", "events"]))},
+        ["tunnel_id", "recipients"]),
     "CertificateSummary": _obj({
         "thumbprint": STRING, "subject": STRING, "issuer": STRING, "emails": _array(STRING),
         # Seconds since the epoch.
@@ -196,6 +205,7 @@ _PATH_PARAMETERS = {
     "token_id": STRING, "address": STRING, "action": STRING, "queue_id": QUEUE_ID,
     "thumbprint": THUMBPRINT, "fingerprint": STRING, "ref": STRING,
     "request_id": {"type": "integer", "minimum": 1}, "quarantine_id": STRING,
+    "tunnel_id": STRING,
 }
 
 
@@ -399,6 +409,20 @@ _OPERATIONS = [
     _operation("delete", "/webmail/accounts/{address}", "Delete an account with its "
                "mailbox.", errors=[409],
                answer=_obj({"status": STRING, "account": {"type": "null"}}, ["status"])),
+    _operation("get", "/webmail/messages/{tunnel_id}",
+               "What became of a tunnelled message, per recipient (its timeline).",
+               answer=_ref("WebmailTimeline")),
+    _operation("post", "/webmail/messages/{tunnel_id}/recall",
+               "Recall a message from its recipients' mailboxes here (every recipient when "
+               "none are named).", body=_obj({"recipients": _array(STRING)}),
+               answer=_obj({"recalled": _array(STRING), "message": _ref("WebmailTimeline")},
+                           ["recalled", "message"])),
+    _operation("post", "/tunnels/{tunnel_id}/recall",
+               "On the gateway: send the webmail messenger a signed and encrypted request to "
+               "recall the message of a tunnel (every recipient when none are named).",
+               ok=202, errors=[409], body=_obj({"recipients": _array(STRING)}),
+               answer=_obj({"queue_id": STRING, "recall_tunnel_id": STRING,
+                            "recipients": _array(STRING)}, ["queue_id", "recall_tunnel_id"])),
     _operation("post", "/webmail/sender-certificate", "Create the gateway's tunnel "
                "certificate (guide §3.8).", ok=201, body={"type": "object"},
                answer=_ref("TunnelCertificate")),

@@ -45,6 +45,7 @@ import secrets
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -80,7 +81,7 @@ from cipherd.web.common import (
     template_environment,
     whole_number,
 )
-from cipherd.webmail import render, totp
+from cipherd.webmail import render, totp, tracking
 from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused
 from cipherd.webmail.i18n import LANGUAGES, negotiate, ngettext_for, translator
 from cipherd.webmail.mailbox import MessageEnded
@@ -88,7 +89,15 @@ from cipherd.webmail.messenger import ENDED, Messenger, ReplyResult
 from cipherd.webmail.pdfreply import PDFReplies, ReplyLink, ReplyRefused
 from cipherd.webmail.reply import MAX_REPLY_SIZE, Attachment, quoted_text
 from cipherd.webmail.sessions import BUSY, LOCKED, THROTTLED, WRONG, LoginRefused, PortalSession
-from cipherd.webmail.tracking import EXPIRED
+from cipherd.webmail.tracking import DELETED, EXPIRED, RECALLED, Timeline, TrackingLink
+
+# How each end of a message reads on the status pages.
+STATES = {"": "In the mailbox", EXPIRED: "Expired", RECALLED: "Recalled",
+          DELETED: "Deleted by the recipient"}
+
+
+def when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 CSRF_COOKIE = "__Host-cipherd-portal"
 SESSION_COOKIE = "__Host-cipherd-webmail"
@@ -834,6 +843,87 @@ class Portal:
             return await self._pdf_reply_page(request, link, token, status=400,
                                               problem=str(e), text=text)
         return await self._render(request, "portal_pdf_reply_sent.html", link=link)
+
+    # The sender's status and recall links ---------------------------------------
+
+    async def _tracked(self, request: IRequest, purpose: str
+                       ) -> tuple[TrackingLink, Timeline, str] | bytes:
+        """
+        The link of the request's C{?token=}, the timeline it names and
+        the token; or the page refusing it.
+        """
+        token = arg(request, "token") or ""
+        try:
+            link = await self.messenger.tracking_link(token, purpose)
+        except LinkRefused as e:
+            return await self._render(
+                request, "portal_link_refused.html", 403,
+                heading=self._(request, "This link cannot be used"),
+                reason=self._(request, str(e)),
+                advice=self._(request, "Use the links of the delivery receipt as they are; "
+                                       "they work for a limited time after the message was "
+                                       "sent."),
+                reset_link=False, login_link=False)
+        timeline = await self.messenger.timeline(link.tunnel_id)
+        if timeline is None:
+            return await self._notice(request, "Nothing is known of this message",
+                                      "It is in no mailbox here any more, and what became "
+                                      "of it has been forgotten.", status=404)
+        return link, timeline, token
+
+    def _statuses(self, request: IRequest, timeline: Timeline) -> list[dict[str, Any]]:
+        return [{"address": r.address,
+                 "state": self._(request, STATES.get(r.ended, r.ended)),
+                 "expires": when(r.expires) if r.expires and not r.ended else "",
+                 "events": [(when(e.at), self._(request, e.words), e.detail)
+                            for e in r.events]}
+                for r in timeline.recipients]
+
+    @app.route("/status", methods=["GET"])
+    async def status(self, request: IRequest) -> bytes:
+        tracked = await self._tracked(request, tracking.STATUS)
+        if isinstance(tracked, bytes):
+            return tracked
+        _, timeline, _ = tracked
+        return await self._render(request, "portal_status.html", timeline=timeline,
+                                  statuses=self._statuses(request, timeline))
+
+    @app.route("/recall", methods=["GET"])
+    async def recall_form(self, request: IRequest) -> bytes:
+        tracked = await self._tracked(request, tracking.RECALL)
+        if isinstance(tracked, bytes):
+            return tracked
+        _, timeline, token = tracked
+        return await self._recall_page(request, timeline, token)
+
+    async def _recall_page(self, request: IRequest, timeline: Timeline, token: str, *,
+                           status: int = 200, **context: Any) -> bytes:
+        return await self._render(request, "portal_recall.html", status, timeline=timeline,
+                                  token=token, statuses=self._statuses(request, timeline),
+                                  recallable=timeline.recallable(), csrf=self._csrf(request),
+                                  **context)
+
+    @app.route("/recall", methods=["POST"])
+    async def recall(self, request: IRequest) -> bytes:
+        tracked = await self._tracked(request, tracking.RECALL)
+        if isinstance(tracked, bytes):
+            return tracked
+        link, timeline, token = tracked
+        if not self._csrf_ok(request):
+            return await self._expired_form(request)
+        chosen = set(tracking.addresses(args(request, "address")))
+        recallable = timeline.recallable()
+        if not chosen & set(recallable):
+            return await self._recall_page(
+                request, timeline, token, status=400,
+                problem=self._(request, "Choose at least one recipient to recall the message "
+                                        "from."))
+        everyone = chosen >= set(recallable)
+        recalled = await self.messenger.recall(
+            timeline.tunnel_id, None if everyone else sorted(chosen & set(recallable)),
+            f"by the sender {link.sender} (recall link)")
+        timeline = await self.messenger.timeline(link.tunnel_id) or timeline
+        return await self._recall_page(request, timeline, token, recalled=recalled)
 
     # Replies and new messages ---------------------------------------------------
 

@@ -4,7 +4,7 @@ the API alike:
 
     - *administrator*: everything;
     - *operator*: read everything; change the queues and the webmail
-      accounts;
+      accounts, recall webmail messages;
     - *auditor*: read everything but the content of queued messages;
 
 and every role its own account: its password, second factor and API
@@ -29,8 +29,9 @@ ADMIN_ROLES = {
 _OWN = re.compile(r"^(/logout|/admin/password|/admin/me(/.*)?|/api/v1/admin/password"
                   r"|/api/v1/admin/me(/.*)?)$")
 # What an operator changes.
-_OPERATOR = re.compile(r"^(/mta/queue(/.*)?|/webmail/accounts(/.*)?|/api/v1/queue(/.*)?"
-                       r"|/api/v1/webmail/accounts(/.*)?)$")
+_OPERATOR = re.compile(r"^(/mta/queue(/.*)?|/webmail/(accounts|messages)(/.*)?"
+                       r"|/api/v1/queue(/.*)?|/api/v1/webmail/(accounts|messages)(/.*)?"
+                       r"|/api/v1/tunnels/[^/]+/recall)$")
 # Reads an auditor is not given: the content of a queued message.
 _CONTENT = re.compile(r"^(/api/v1/queue|/mta/queue)/[^/]+/content$")
 _READS = ("GET", "HEAD")

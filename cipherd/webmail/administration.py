@@ -9,7 +9,7 @@ the second factor, delete the account with its mailbox.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Connection, and_, delete, func, select
@@ -28,6 +28,7 @@ from cipherd.webmail.accounts import ACTIVE, DISABLED, INVITED, Account, Account
 from cipherd.webmail.invitations import NoInvitation, password_reset_notice, signup_invitation
 from cipherd.webmail.mailbox import Mailboxes, Summary
 from cipherd.webmail.notify import Notifier
+from cipherd.webmail.tracking import TUNNEL_ID, Timeline
 
 STATES = (INVITED, ACTIVE, DISABLED)
 MAX_PAGE = 200
@@ -161,9 +162,28 @@ class AccountAdministration:
                        ) -> list[Summary]:
         """
         The headers of C{address}'s messages (sender, subject, date, size),
-        newest first; never their contents.
+        newest first, those that expired or were recalled too; never their
+        contents.
         """
-        return await self._mailboxes.listing(address, offset=offset, limit=limit)
+        return await self._mailboxes.listing(address, offset=offset, limit=limit, ended=True)
+
+    async def timeline(self, tunnel_id: str) -> Timeline | None:
+        """
+        What became of a tunnelled message, per recipient.
+        """
+        if not TUNNEL_ID.fullmatch(tunnel_id):
+            return None
+        return await self._mailboxes.timeline(tunnel_id)
+
+    async def recall(self, tunnel_id: str, addresses: Sequence[str] | None, by: str
+                     ) -> list[str]:
+        """
+        Recall a tunnelled message from C{addresses}' mailboxes (C{None}:
+        everyone's): gone from them at once.
+
+        @return: whose mailboxes it was taken from.
+        """
+        return await self._mailboxes.recall(tunnel_id, addresses, self._clock.seconds(), by)
 
     async def _view(self, address: str) -> AccountView:
         view = await self.get(address)

@@ -305,4 +305,51 @@ CATALOG: dict[str, str] = {
         "Met deze link is al geantwoord: hij werkt één keer.",
     "The reply is empty: write something or attach a file.":
         "Het antwoord is leeg: schrijf iets of voeg een bestand toe.",
+    # Expired and recalled messages; the sender's status and recall pages.
+    "This message has expired": "Dit bericht is verlopen",
+    "This message was recalled": "Dit bericht is teruggeroepen",
+    "This message has expired: it is no longer available.":
+        "Dit bericht is verlopen: het is niet meer beschikbaar.",
+    "The sender has recalled this message: it is no longer available.":
+        "De afzender heeft dit bericht teruggeroepen: het is niet meer beschikbaar.",
+    "This link has expired.": "Deze link is verlopen.",
+    "Use the links of the delivery receipt as they are; they work for a limited time after "
+    "the message was sent.":
+        "Gebruik de links uit de ontvangstbevestiging zoals ze zijn; ze werken een beperkte "
+        "tijd nadat het bericht is verstuurd.",
+    "Nothing is known of this message": "Van dit bericht is niets bekend",
+    "It is in no mailbox here any more, and what became of it has been forgotten.":
+        "Het staat hier in geen enkele mailbox meer, en wat ermee gebeurde is vergeten.",
+    "Choose at least one recipient to recall the message from.":
+        "Kies ten minste één ontvanger om het bericht bij terug te roepen.",
+    "What became of your message": "Wat er met uw bericht gebeurde",
+    "Expires on %(when)s.": "Verloopt op %(when)s.",
+    "Times are in UTC. Opened means the message was shown in the secure webmail; it does not "
+    "say that it was read or understood.":
+        "Tijden zijn in UTC. Geopend betekent dat het bericht in de beveiligde webmail werd "
+        "getoond; het zegt niet dat het gelezen of begrepen is.",
+    "Recall your message": "Uw bericht terugroepen",
+    "Recalled from: %(addresses)s. It is gone from their mailboxes.":
+        "Teruggeroepen bij: %(addresses)s. Het is uit hun mailboxen verdwenen.",
+    "It was in none of those mailboxes any more.":
+        "Het stond in geen van die mailboxen meer.",
+    "Recall the message from the chosen mailboxes? This cannot be undone.":
+        "Het bericht uit de gekozen mailboxen terugroepen? Dit kan niet ongedaan worden gemaakt.",
+    "Recall it from": "Terugroepen bij",
+    "A recalled message disappears from the mailbox at once. Whoever has opened it may have "
+    "kept a copy.":
+        "Een teruggeroepen bericht verdwijnt meteen uit de mailbox. Wie het al opende, kan "
+        "een kopie hebben bewaard.",
+    "Recall": "Terugroepen",
+    "The message is in no mailbox any more: there is nothing to recall.":
+        "Het bericht staat in geen enkele mailbox meer: er is niets terug te roepen.",
+    "In the mailbox": "In de mailbox",
+    "Expired": "Verlopen",
+    "Recalled": "Teruggeroepen",
+    "Deleted by the recipient": "Verwijderd door de ontvanger",
+    "Delivered to the mailbox": "Afgeleverd in de mailbox",
+    "Recipient notified": "Ontvanger op de hoogte gebracht",
+    "First opened": "Voor het eerst geopend",
+    "Downloaded": "Gedownload",
+    "Replied": "Beantwoord",
 }

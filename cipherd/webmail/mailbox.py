@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from cipherd.core.headers import header_fields
+from cipherd.logs import mail_logger
 from cipherd.store import Store
 from cipherd.store.schema import (
     webmail_accounts,
@@ -39,8 +40,12 @@ from cipherd.webmail.tracking import (
     NOTIFIED,
     OPENED,
     RECALLED,
+    Timeline,
+    read_timeline,
     record,
 )
+
+log = mail_logger("cipherd.mpa.webmail")
 
 _VERSION = b"\x01"
 
@@ -392,6 +397,9 @@ class Mailboxes:
             return sorted(a for a, _ in _ended(conn, condition, RECALLED, at, by))
 
         recalled: list[str] = await self._store.run(write)
+        log.info("Webmail message {tunnel} recalled from {rcpts} {by}", tunnel=tunnel_id,
+                 rcpts=", ".join(recalled) or "no mailbox (not there, or ended already)",
+                 by=by)
         return recalled
 
     async def expire(self, now: float) -> dict[str, int]:
@@ -488,6 +496,14 @@ class Mailboxes:
             _record_tunnel(conn, tunnel_id, created, received)
 
         await self._store.run(write)
+
+    async def timeline(self, tunnel_id: str) -> Timeline | None:
+        """
+        What became of a tunnelled message, per recipient (see
+        L{cipherd.webmail.tracking}).
+        """
+        found: Timeline | None = await self._store.run(read_timeline, tunnel_id)
+        return found
 
     async def forget_events(self, before: float) -> int:
         """

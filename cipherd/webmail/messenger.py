@@ -22,6 +22,7 @@ from cipherd.settings import IAddressSettings
 from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.queue import ISubmission
 from cipherd.webmail import reply as replies
+from cipherd.webmail import tracking
 from cipherd.webmail.accounts import (
     ACTIVE,
     RESET,
@@ -35,7 +36,14 @@ from cipherd.webmail.invitations import password_reset_notice
 from cipherd.webmail.mailbox import FULL, Mailboxes, MessageEnded, Summary
 from cipherd.webmail.notify import Notifier, one_line
 from cipherd.webmail.sessions import PortalSessions
-from cipherd.webmail.tracking import DOWNLOADED, EXPIRED, RECALLED, REPLIED
+from cipherd.webmail.tracking import (
+    DOWNLOADED,
+    EXPIRED,
+    RECALLED,
+    REPLIED,
+    Timeline,
+    TrackingLink,
+)
 
 log = mail_logger("cipherd.mpa.webmail")
 
@@ -282,6 +290,30 @@ class Messenger:
                  queue_id=result.queue_id,
                  refused=f"; refused: {', '.join(result.refused)}" if result.refused else "")
         return result
+
+    # What became of a message: its sender's status and recall links -------------
+
+    async def tracking_link(self, token: str, purpose: str) -> TrackingLink:
+        """
+        @raise LinkRefused: the link may not be used (the reason is fit to
+            show).
+        """
+        secret = (await self._settings.by_address([""]))[""]["server_secret"]
+        return tracking.read_token(secret, token, purpose, self._clock.seconds())
+
+    async def timeline(self, tunnel_id: str) -> Timeline | None:
+        return await self.mailboxes.timeline(tunnel_id)
+
+    async def recall(self, tunnel_id: str, addresses: Sequence[str] | None, by: str
+                     ) -> list[str]:
+        """
+        Recall a tunnelled message from C{addresses}' mailboxes (C{None}:
+        everyone's); it is gone from them at once.
+
+        @param by: who, for the timeline and the log.
+        @return: whose mailboxes it was taken from.
+        """
+        return await self.mailboxes.recall(tunnel_id, addresses, self._clock.seconds(), by)
 
     # For the portal's pages ----------------------------------------------------
 

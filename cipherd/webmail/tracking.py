@@ -33,7 +33,6 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from cipherd.store import Store
 from cipherd.store.schema import webmail_events, webmail_messages
 from cipherd.webmail.accounts import LinkRefused, b64url, unb64url
 
@@ -48,6 +47,8 @@ WORDS = {DELIVERED: "Delivered to the mailbox", NOTIFIED: "Recipient notified",
 EVENT_MEMORY = 90 * 86400.0
 
 STATUS, RECALL = "status", "recall"
+# A tunnel id as the gateway makes them (cipherd.mpa.tunnel.tunnel_id).
+TUNNEL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,2000}\.[A-Za-z0-9_-]{43}")
 
 
@@ -99,45 +100,31 @@ class Timeline:
         return [r.address for r in self.recipients if not r.ended]
 
 
-class Tracking:
+def read_timeline(conn: Connection, tunnel_id: str) -> Timeline | None:
     """
-    The timelines, read from the database the mailboxes use.
+    The tunnel's timeline per recipient, or C{None} when nothing of it is
+    known (never here, or forgotten).
     """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    async def timeline(self, tunnel_id: str) -> Timeline | None:
-        """
-        The tunnel's timeline per recipient, or C{None} when nothing of it
-        is known (never here, or forgotten).
-        """
-        def read(conn: Connection) -> Timeline | None:
-            events: dict[str, list[Event]] = {}
-            for event in conn.execute(select(webmail_events).where(
-                    webmail_events.c.tunnel_id == tunnel_id).order_by(
-                    webmail_events.c.at, webmail_events.c.id)):
-                events.setdefault(event.address, []).append(
-                    Event(event.at, event.kind, event.detail))
-            rows: dict[str, Any] = {row.address: row for row in conn.execute(
-                select(webmail_messages.c.address, webmail_messages.c.sender,
-                       webmail_messages.c.subject, webmail_messages.c.ended,
-                       webmail_messages.c.expires).where(
-                    webmail_messages.c.tunnel_id == tunnel_id))}
-            if not events and not rows:
-                return None
-            recipients = []
-            for address in sorted(set(events) | set(rows)):
-                row: Any = rows.get(address)
-                ended = row.ended if row is not None else DELETED
-                recipients.append(RecipientStatus(address, tuple(events.get(address, ())),
-                                                  ended, row.expires if row else 0.0))
-            first = next(iter(rows.values()), None)
-            return Timeline(tunnel_id, first.subject if first else "",
-                            first.sender if first else "", tuple(recipients))
-
-        found: Timeline | None = await self._store.run(read)
-        return found
+    events: dict[str, list[Event]] = {}
+    for event in conn.execute(select(webmail_events).where(
+            webmail_events.c.tunnel_id == tunnel_id).order_by(
+            webmail_events.c.at, webmail_events.c.id)):
+        events.setdefault(event.address, []).append(Event(event.at, event.kind, event.detail))
+    rows: dict[str, Any] = {row.address: row for row in conn.execute(
+        select(webmail_messages.c.address, webmail_messages.c.sender,
+               webmail_messages.c.subject, webmail_messages.c.ended,
+               webmail_messages.c.expires).where(webmail_messages.c.tunnel_id == tunnel_id))}
+    if not events and not rows:
+        return None
+    recipients = []
+    for address in sorted(set(events) | set(rows)):
+        row: Any = rows.get(address)
+        recipients.append(RecipientStatus(address, tuple(events.get(address, ())),
+                                          row.ended if row is not None else DELETED,
+                                          row.expires if row is not None else 0.0))
+    first = next(iter(rows.values()), None)
+    return Timeline(tunnel_id, first.subject if first else "", first.sender if first else "",
+                    tuple(recipients))
 
 
 # Status and recall links ---------------------------------------------------------
