@@ -24,7 +24,7 @@ from twisted.internet.task import Clock
 from cipherd.core.envelope import Envelope
 from cipherd.mpa.composite import Composite
 from cipherd.mpa.relay import NOT_SIGNED, VALIDITY, WebmailRelay
-from cipherd.mpa.tunnel import TunnelFormatError, TunnelMetadata
+from cipherd.mpa.tunnel import TunnelFormatError, TunnelMetadata, read_tunnel
 from cipherd.pki.certs import thumbprint
 from cipherd.settings import GLOBAL, REGISTRY, InvalidValue, Level, scope_for
 from cipherd.smtp.config import apply_changes
@@ -196,9 +196,19 @@ class Both:
                   notification_sender="notify@webmail.example")
 
     def tunnel(self, *recipients: str) -> bytes:
-        self.world.process(*recipients)
+        return self.tunnel_with(SENT, *recipients)
+
+    def tunnel_with(self, content: bytes, *recipients: str) -> bytes:
+        self.world.process(*recipients, content=RECEIVED + content)
         (_, _, sealed), = [s for s in self.world.submitted if s[1] == [WEBMAIL_RECIPIENT]][-1:]
         return sealed
+
+    def opened(self, sealed: bytes) -> tuple[TunnelMetadata, bytes]:
+        """
+        What a tunnel message carries, as the webmail relay reads it.
+        """
+        opened = result_of(self.world.engine.open(sealed, decrypt_for=[WEBMAIL_RECIPIENT]))
+        return read_tunnel(opened.message)
 
     def relay_in(self, sealed: bytes) -> Any:
         parts = self.world.process(WEBMAIL_RECIPIENT, content=sealed,
