@@ -34,6 +34,7 @@ from cipherd.webmail.tracking import (
     STATUS,
     read_token,
 )
+from tests.test_admin_roles import api
 from tests.test_gateway import RECEIVED, SENT, WEBMAIL_RECIPIENT, World, pki  # noqa: F401
 from tests.test_webmail import SECRET, Both
 
@@ -376,3 +377,72 @@ def test_the_recall_page_recalls_what_the_sender_chooses(portal: Any) -> None:
     (event,) = [e for r in result_of(portal.mailboxes.timeline(TUNNEL)).recipients
                 for e in r.events if e.kind == RECALLED]
     assert event.detail == "by the sender alice@example.com (recall link)"
+
+
+# The administrator -------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin(admin_in: Any) -> Any:
+    for address in (DAVE, ERIN):
+        result_of(admin_in.accounts.invite(address))
+    result_of(admin_in.mailboxes.deliver_tunnel(
+        [DAVE, ERIN], TUNNEL, admin_in.clock.seconds(), MESSAGE, "", {},
+        admin_in.clock.seconds(), 0.0))
+    return admin_in
+
+
+def test_the_admin_sees_the_timeline_and_recalls(admin: Any) -> None:
+    account = admin.get(f"/webmail/accounts/{DAVE}")
+    assert f'href="/webmail/messages/{TUNNEL}">Figures</a>' in account.text
+    assert "in the mailbox" in account.text
+    page = admin.get(f"/webmail/messages/{TUNNEL}")
+    assert page.code == 200 and "Delivered to the mailbox" in page.text
+    assert "Recall from every recipient" in page.text
+    done = admin.post_form(f"/webmail/messages/{TUNNEL}/recall", {"address": DAVE},
+                           csrf=admin.csrf_from(page))
+    assert done.code == 303
+    after = admin.get(done.headers.getRawHeaders("location")[0])
+    assert "Recalled from dave@partner.example." in after.text
+    assert "by the administrator admin" in after.text
+    assert "recalled" in admin.get(f"/webmail/accounts/{DAVE}").text
+    assert result_of(admin.mailboxes.listing(DAVE)) == []
+    assert len(result_of(admin.mailboxes.listing(ERIN))) == 1
+    # Without the form's token: refused.
+    assert admin.post_form(f"/webmail/messages/{TUNNEL}/recall", {}, csrf=None).code == 403
+    assert len(result_of(admin.mailboxes.listing(ERIN))) == 1
+    assert admin.get("/webmail/messages/not-a-tunnel").code == 404
+    entries = api(admin, "GET", "/audit?action=webmail.recall").json()["entries"]
+    assert entries[0]["summary"] == f"recalled webmail message {TUNNEL} from {DAVE}"
+
+
+def test_the_api_timeline_and_recall(admin: Any) -> None:
+    found = api(admin, "GET", f"/webmail/messages/{TUNNEL}")
+    assert found.code == 200
+    body = found.json()
+    assert body["subject"] == "Figures" and [r["address"] for r in body["recipients"]] == [
+        DAVE, ERIN]
+    assert body["recipients"][0]["events"][0]["event"] == DELIVERED
+    refused = api(admin, "POST", f"/webmail/messages/{TUNNEL}/recall",
+                  {"recipients": ["not an address"]})
+    assert refused.code == 400 and "recipients" in refused.json()["errors"]
+    everyone = api(admin, "POST", f"/webmail/messages/{TUNNEL}/recall", {})
+    assert everyone.code == 200 and everyone.json()["recalled"] == [DAVE, ERIN]
+    assert {r["ended"] for r in everyone.json()["message"]["recipients"]} == {RECALLED}
+    assert api(admin, "GET", "/webmail/messages/0000").code == 404
+    # This harness delivers no mail: a recall through the tunnel is refused, and says why.
+    through = api(admin, "POST", f"/tunnels/{TUNNEL}/recall", {"recipients": [DAVE]})
+    assert through.code == 409 and "does not deliver mail" in through.json()["error"]
+    assert api(admin, "POST", "/tunnels/nonsense/recall", {}).code == 404
+
+
+def test_an_operator_may_recall_an_auditor_may_not(admin: Any) -> None:
+    from tests.test_admin_roles import NEW, make
+
+    make(admin, "opal", "operator")
+    make(admin, "audrey", "auditor")
+    assert api(admin, "POST", f"/webmail/messages/{TUNNEL}/recall", {"recipients": [ERIN]},
+               auth=("audrey", NEW)).code == 403
+    assert api(admin, "GET", f"/webmail/messages/{TUNNEL}", auth=("audrey", NEW)).code == 200
+    assert api(admin, "POST", f"/webmail/messages/{TUNNEL}/recall", {"recipients": [ERIN]},
+               auth=("opal", NEW)).json()["recalled"] == [ERIN]
