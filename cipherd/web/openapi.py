@@ -164,7 +164,8 @@ _PATH_NAMES = {"<name>": "{name}", "<key>": "{key}", "<which>": "{which}",
                "<token_id>": "{token_id}", "<address>": "{address}", "<action>": "{action}",
                "<queue_id>": "{queue_id}", "<thumbprint>": "{thumbprint}",
                "<fingerprint>": "{fingerprint}", "<ref>": "{ref}",
-               "<int:request_id>": "{request_id}", "<quarantine_id>": "{quarantine_id}", "<tunnel_id>": "{tunnel_id}",
+               "<int:request_id>": "{request_id}", "<quarantine_id>": "{quarantine_id}",
+               "<tunnel_id>": "{tunnel_id}",
                "<string(length=12):queue_id>": "{queue_id}"}
 
 
