@@ -89,14 +89,49 @@ def unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _mac(secret: str, payload: bytes) -> bytes:
-    return hmac.new(secret.encode(), b"cipherd webmail link\0" + payload, hashlib.sha256).digest()
+DAMAGED = "This link is damaged. Copy the whole link from the message."
+
+
+def _mac(secret: str, domain: bytes, payload: bytes) -> bytes:
+    return hmac.new(secret.encode(), domain + b"\0" + payload, hashlib.sha256).digest()
+
+
+def signed_token(secret: str, domain: bytes, payload: bytes) -> str:
+    """
+    C{payload} and its HMAC-SHA256 under C{secret}, for a link: C{domain}
+    keeps one kind of link from passing for another.
+    """
+    return f"{b64url(payload)}.{b64url(_mac(secret, domain, payload))}"
+
+
+def signed_payload(secret: str, domain: bytes, token: str, shape: re.Pattern[str],
+                   not_valid: str) -> bytes:
+    """
+    The payload of a L{signed_token} made with C{secret} for C{domain}.
+
+    @param shape: what such a token looks like (its length bound).
+    @raise LinkRefused: damaged (L{DAMAGED}), or forged or made under
+        another secret (C{not_valid}).
+    """
+    if not shape.fullmatch(token):
+        raise LinkRefused(DAMAGED)
+    encoded, _, mac = token.partition(".")
+    try:
+        payload, given = unb64url(encoded), unb64url(mac)
+    except ValueError:  # binascii.Error: a length no encoder makes
+        raise LinkRefused(DAMAGED) from None
+    if not secret or not hmac.compare_digest(_mac(secret, domain, payload), given):
+        raise LinkRefused(not_valid)
+    return payload
+
+
+_DOMAIN = b"cipherd webmail link"
 
 
 def make_link_token(secret: str, purpose: str, address: str, nonce: str, expires: int) -> str:
     payload = json.dumps({"p": purpose, "a": address, "e": expires, "n": nonce},
                          separators=(",", ":")).encode()
-    return f"{b64url(payload)}.{b64url(_mac(secret, payload))}"
+    return signed_token(secret, _DOMAIN, payload)
 
 
 def read_link_token(secret: str, token: str, now: float) -> LinkClaims:
@@ -105,16 +140,9 @@ def read_link_token(secret: str, token: str, now: float) -> LinkClaims:
 
     @raise LinkRefused: forged, damaged or expired.
     """
-    if not _TOKEN.fullmatch(token):
-        raise LinkRefused("This link is damaged. Copy the whole link from the message.")
-    encoded, _, mac = token.partition(".")
-    try:
-        payload, given = unb64url(encoded), unb64url(mac)
-    except ValueError:  # binascii.Error: a length no encoder makes
-        raise LinkRefused("This link is damaged. Copy the whole link from the message.") from None
-    if not secret or not hmac.compare_digest(_mac(secret, payload), given):
-        raise LinkRefused("This link is not valid. Copy the whole link from the message, or "
-                          "ask for a new one.")
+    payload = signed_payload(secret, _DOMAIN, token, _TOKEN,
+                             "This link is not valid. Copy the whole link from the message, or "
+                             "ask for a new one.")
     claims = json.loads(payload)
     found = LinkClaims(str(claims["p"]), str(claims["a"]), int(claims["e"]), str(claims["n"]))
     if now > found.expires:

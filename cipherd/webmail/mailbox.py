@@ -356,15 +356,6 @@ class Mailboxes:
             raise MessageEnded(row.ended or EXPIRED, row.expires)
         return unseal(self._key, address, row.tunnel_id, row.content)
 
-    async def tunnel_of(self, address: str, message_id: int) -> str | None:
-        def read(conn: Connection) -> str | None:
-            return conn.execute(select(webmail_messages.c.tunnel_id).where(
-                (webmail_messages.c.address == address)
-                & (webmail_messages.c.id == message_id))).scalar()
-
-        found: str | None = await self._store.run(read)
-        return found
-
     async def track(self, address: str, message_id: int, at: float, kind: str,
                     detail: str = "") -> None:
         """

@@ -22,8 +22,6 @@ the link's secrecy.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -46,7 +44,7 @@ from cipherd.smtp.config import MTAConfig
 from cipherd.smtp.queue import ISubmission
 from cipherd.store import Store
 from cipherd.store.schema import pdf_replies
-from cipherd.webmail.accounts import LinkRefused, b64url, unb64url
+from cipherd.webmail.accounts import LinkRefused, signed_payload, signed_token
 from cipherd.webmail.notify import one_line
 from cipherd.webmail.reply import MAX_REPLY_SIZE, Attachment, add_attachments
 
@@ -82,9 +80,8 @@ class ReplyLink:
     single_use: bool = False
 
 
-def _mac(secret: str, payload: bytes) -> bytes:
-    return hmac.new(secret.encode(), b"cipherd pdf reply link\0" + payload,
-                    hashlib.sha256).digest()
+_DOMAIN = b"cipherd pdf reply link"
+_NOT_VALID = "This link is not valid. Copy the whole link from the message."
 
 
 def may_reply_to(config: MTAConfig, sender: str) -> bool:
@@ -121,7 +118,7 @@ def make_token(secret: str, link: ReplyLink) -> str:
                           "m": link.message_id, "j": link.subject, "e": link.expires,
                           "n": link.nonce, "o": link.single_use},
                          separators=(",", ":"), ensure_ascii=False).encode()
-    return f"{b64url(payload)}.{b64url(_mac(secret, payload))}"
+    return signed_token(secret, _DOMAIN, payload)
 
 
 def read_token(secret: str, token: str, now: float) -> ReplyLink:
@@ -131,18 +128,9 @@ def read_token(secret: str, token: str, now: float) -> ReplyLink:
     @raise LinkRefused: damaged, forged (or made under another secret),
         for another purpose, or expired; the reason is fit to show.
     """
-    if not _TOKEN.fullmatch(token):
-        raise LinkRefused("This link is damaged. Copy the whole link from the message.")
-    encoded, _, mac = token.partition(".")
-    try:
-        payload, given = unb64url(encoded), unb64url(mac)
-    except ValueError:
-        raise LinkRefused("This link is damaged. Copy the whole link from the message.") from None
-    if not secret or not hmac.compare_digest(_mac(secret, payload), given):
-        raise LinkRefused("This link is not valid. Copy the whole link from the message.")
-    claims: Any = json.loads(payload)
+    claims: Any = json.loads(signed_payload(secret, _DOMAIN, token, _TOKEN, _NOT_VALID))
     if claims.get("p") != PURPOSE:
-        raise LinkRefused("This link is not valid. Copy the whole link from the message.")
+        raise LinkRefused(_NOT_VALID)
     link = ReplyLink(str(claims["s"]), str(claims["r"]), str(claims["m"]), str(claims["j"]),
                      int(claims["e"]), str(claims["n"]), bool(claims["o"]))
     if now > link.expires:

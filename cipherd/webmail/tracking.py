@@ -23,8 +23,6 @@ nothing is stored when one is made.  Events go after L{EVENT_MEMORY}.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from collections.abc import Sequence
@@ -34,7 +32,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select
 
 from cipherd.store.schema import webmail_events, webmail_messages
-from cipherd.webmail.accounts import LinkRefused, b64url, unb64url
+from cipherd.webmail.accounts import LinkRefused, signed_payload, signed_token
 
 DELIVERED, NOTIFIED, OPENED, DOWNLOADED, REPLIED, DELETED, EXPIRED, RECALLED = (
     "delivered", "notified", "opened", "downloaded", "replied", "deleted", "expired",
@@ -84,9 +82,6 @@ class RecipientStatus:
     events: tuple[Event, ...]
     ended: str
     expires: float
-
-    def first(self, kind: str) -> Event | None:
-        return next((e for e in self.events if e.kind == kind), None)
 
 
 @dataclass(frozen=True)
@@ -143,16 +138,15 @@ class TrackingLink:
     expires: int
 
 
-def _mac(secret: str, payload: bytes) -> bytes:
-    return hmac.new(secret.encode(), b"cipherd tracking link\0" + payload,
-                    hashlib.sha256).digest()
+_DOMAIN = b"cipherd tracking link"
+_NOT_VALID = "This link is not valid. Copy the whole link from the message."
 
 
 def make_token(secret: str, link: TrackingLink) -> str:
     payload = json.dumps({"p": link.purpose, "t": link.tunnel_id, "s": link.sender,
                           "e": link.expires}, separators=(",", ":"),
                          ensure_ascii=False).encode()
-    return f"{b64url(payload)}.{b64url(_mac(secret, payload))}"
+    return signed_token(secret, _DOMAIN, payload)
 
 
 def read_token(secret: str, token: str, purpose: str, now: float) -> TrackingLink:
@@ -162,19 +156,9 @@ def read_token(secret: str, token: str, purpose: str, now: float) -> TrackingLin
     @raise LinkRefused: damaged, forged (or made under another secret),
         for another purpose, or expired; the reason is fit to show.
     """
-    damaged = "This link is damaged. Copy the whole link from the message."
-    if not _TOKEN.fullmatch(token):
-        raise LinkRefused(damaged)
-    encoded, _, mac = token.partition(".")
-    try:
-        payload, given = unb64url(encoded), unb64url(mac)
-    except ValueError:
-        raise LinkRefused(damaged) from None
-    if not secret or not hmac.compare_digest(_mac(secret, payload), given):
-        raise LinkRefused("This link is not valid. Copy the whole link from the message.")
-    claims: Any = json.loads(payload)
+    claims: Any = json.loads(signed_payload(secret, _DOMAIN, token, _TOKEN, _NOT_VALID))
     if claims.get("p") != purpose:
-        raise LinkRefused("This link is not valid. Copy the whole link from the message.")
+        raise LinkRefused(_NOT_VALID)
     link = TrackingLink(purpose, str(claims["t"]), str(claims["s"]), int(claims["e"]))
     if now > link.expires:
         raise LinkRefused("This link has expired.")
