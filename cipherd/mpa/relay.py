@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from cipherd.core.addresses import canonical_address
+from cipherd.core.clock import minute_utc
 from cipherd.core.counters import RELAY_FAILURE, TUNNEL_RECEIVED
 from cipherd.core.envelope import Envelope, Outcome
 from cipherd.core.headers import subject as subject_of
@@ -324,8 +325,7 @@ class WebmailRelay:
         valid_until = now + int(settings["status_link_validity"]) * 86400
         status, recall = tracking.links(settings["server_secret"], base, metadata.tunnel_id,
                                         metadata.sender, valid_until)
-        expires = "" if not metadata.expires else datetime.fromtimestamp(
-            metadata.expires, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        expires = minute_utc(metadata.expires) if metadata.expires else ""
         notice = self._notices.render("delivery_receipt", {
             "recipients": stored, "subject": subject, "status_link": status,
             "recall_link": recall, "expires": expires}, settings)

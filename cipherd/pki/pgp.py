@@ -39,6 +39,7 @@ from pysequoia.packet import PacketPile, SignatureType, Tag
 from zope.interface import Interface, implementer
 
 from cipherd.core.addresses import canonical_address
+from cipherd.core.clock import minute_utc
 from cipherd.pki.errors import PKIError
 
 # Key flags as we name them.
@@ -146,9 +147,9 @@ class PGPKey:
         if self.revoked:
             return "the key is revoked"
         if self.expires is not None and now >= self.expires:
-            return f"the key expired on {_date(self.expires)}"
+            return f"the key expired on {minute_utc(self.expires)}"
         if self.created > now + _SKEW:
-            return f"the key is not valid before {_date(self.created)}"
+            return f"the key is not valid before {minute_utc(self.created)}"
         return None
 
     def encryption_problem(self, now: float) -> str | None:
@@ -170,9 +171,6 @@ class PGPKey:
             problem = "the key has no valid signing key"
         return problem
 
-
-def _date(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _seconds(when: datetime | None) -> float | None:

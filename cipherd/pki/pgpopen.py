@@ -30,7 +30,6 @@ import mimetypes
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from email import encoders
 from email.charset import QP, Charset
 from email.message import Message
@@ -39,6 +38,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 from cipherd.core.addresses import canonical_address
+from cipherd.core.clock import minute_utc
 from cipherd.core.headers import header_fields
 from cipherd.pki.keyring import IKeyring, StoredKey
 from cipherd.pki.pgp import IOpenPGP, PGPError, PGPKey, SignatureCheck
@@ -414,14 +414,11 @@ class PGPOpener:
                            "signer's key")
             elif check.created is not None and context.date is not None \
                     and abs(check.created - context.date) > DATE_TOLERANCE:
-                problem = (f"the signature was made on {_day(check.created)}, the message's "
-                           f"Date is {_day(context.date)}")
+                problem = (f"the signature was made on {minute_utc(check.created)}, the message's "
+                           f"Date is {minute_utc(context.date)}")
             reports.append(PGPSignerReport(check, stored, problem))
         return tuple(reports)
 
-
-def _day(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @dataclass

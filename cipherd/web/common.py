@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib.resources import files
 from typing import IO, Any, TypeVar, cast
 from urllib.parse import unquote_to_bytes
@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 from zope.interface import Attribute, Interface, implementer
 
+from cipherd.core.clock import minute_utc
 from cipherd.logs import LogQuery
 from cipherd.store import DatabaseUnavailable
 from cipherd.web.favicon import favicon_ico, favicon_svg
@@ -418,9 +419,6 @@ def favicon(request: IRequest, colour: str, kind: str) -> bytes:
     return favicon_ico(colour)
 
 
-def _timestamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
 
 @implementer(IPushProducer)
 class _FileProducer:
@@ -494,7 +492,7 @@ def template_environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters["timestamp"] = _timestamp
+    environment.filters["timestamp"] = minute_utc
     return environment
 
 

@@ -45,7 +45,6 @@ import secrets
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -56,6 +55,7 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import NotFound
 from zope.interface import implementer
 
+from cipherd.core.clock import minute_utc
 from cipherd.settings import REGISTRY
 from cipherd.web.auth import csrf_matches
 from cipherd.web.common import (
@@ -95,9 +95,6 @@ from cipherd.webmail.tracking import DELETED, EXPIRED, RECALLED, Timeline, Track
 STATES = {"": "In the mailbox", EXPIRED: "Expired", RECALLED: "Recalled",
           DELETED: "Deleted by the recipient"}
 
-
-def when(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 CSRF_COOKIE = "__Host-cipherd-portal"
 SESSION_COOKIE = "__Host-cipherd-webmail"
@@ -874,8 +871,8 @@ class Portal:
     def _statuses(self, request: IRequest, timeline: Timeline) -> list[dict[str, Any]]:
         return [{"address": r.address,
                  "state": self._(request, STATES.get(r.ended, r.ended)),
-                 "expires": when(r.expires) if r.expires and not r.ended else "",
-                 "events": [(when(e.at), self._(request, e.words), e.detail)
+                 "expires": minute_utc(r.expires) if r.expires and not r.ended else "",
+                 "events": [(minute_utc(e.at), self._(request, e.words), e.detail)
                             for e in r.events]}
                 for r in timeline.recipients]
 

@@ -8,9 +8,9 @@ password reset link, asked for on the portal or sent by an administrator.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
+from cipherd.core.clock import minute_utc
 from cipherd.webmail.accounts import RESET, SIGNUP, Account, Accounts
 from cipherd.webmail.notify import Notice, Notices
 
@@ -53,11 +53,8 @@ def signup_invitation(accounts: Accounts, notices: Notices, account: Account, se
     return notices.render("signup", {
         "sender": sender or "Someone", "subject": subject,
         "link": f"{page}?token={token}", "organisation": organisation,
-        "expires": _until(now + minutes * 60)}, settings)
+        "expires": minute_utc(now + minutes * 60)}, settings)
 
-
-def _until(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def password_reset_notice(accounts: Accounts, notices: Notices, account: Account,
@@ -73,4 +70,4 @@ def password_reset_notice(accounts: Accounts, notices: Notices, account: Account
     token = accounts.link(settings["server_secret"], RESET, account, minutes)
     return notices.render("password_reset", {
         "address": account.address, "link": f"{page}?token={token}",
-        "expires": _until(now + minutes * 60)}, settings)
+        "expires": minute_utc(now + minutes * 60)}, settings)

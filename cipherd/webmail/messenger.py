@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections import ChainMap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from cipherd.core.clock import minute_utc
 from cipherd.core.headers import subject as subject_of
 from cipherd.logs import mail_logger
 from cipherd.settings import IAddressSettings
@@ -204,8 +204,7 @@ class Messenger:
             subject = one_line(subject_of(content))
             notice = self._notifier.render("read_receipt", {
                 "reader": address, "subject": subject,
-                "read": datetime.fromtimestamp(self._clock.seconds(), UTC).strftime(
-                    "%Y-%m-%d %H:%M UTC")}, values)
+                "read": minute_utc(self._clock.seconds())}, values)
             await self._notifier.send(receipt_to, notice, values, self._mta().my_hostname)
             log.info("Read receipt for {address}'s message sent to {sender}", address=address,
                      sender=receipt_to)
