@@ -1,6 +1,6 @@
 """
 Schedules as the guide writes them (figure 12): cleanup intervals like
-``8h``, ``1d``, ``2w`` and Quartz cron expressions like ``0 0 2 * * ?``.
+``8h``, ``1d``, ``2w`` (and ``30m``) and Quartz cron expressions like ``0 0 2 * * ?``.
 
 Quartz expressions have six or seven fields -- seconds, minutes, hours,
 day of month, month, day of week, optional year -- and number the weekdays
@@ -18,10 +18,12 @@ from datetime import UTC, datetime, timedelta
 from croniter import croniter
 from croniter.croniter import CroniterError
 
-_INTERVAL = re.compile(r"(\d{1,6})([hdw])")
-_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+_INTERVAL = re.compile(r"(\d{1,6})([mhdw])")
+_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
+          "w": timedelta(weeks=1)}
 
-INTERVAL_HELP = "a whole number followed by h (hours), d (days) or w (weeks), like 8h, 1d or 2w"
+INTERVAL_HELP = ("a whole number followed by h (hours), d (days) or w (weeks), like 8h, 1d or "
+                 "2w (or m for minutes, like 30m)")
 
 
 class ScheduleError(ValueError):

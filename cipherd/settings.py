@@ -1028,8 +1028,8 @@ PROPERTIES: tuple[Property, ...] = (
        page="webmail", group="User settings"),
     _P("message_expiry", "Message expiry", Interval(optional=True), "",
        "How long a message stays readable in webmail (and its PDF reply link works) "
-       "unless the sender sets otherwise, like 7d or 2w. Empty: until the mailbox cleanup "
-       "removes it.", page="webmail", group="Message expiry"),
+       "unless the sender sets otherwise, like 7d or 2w (m: minutes, h: hours). Empty: "
+       "until the mailbox cleanup removes it.", page="webmail", group="Message expiry"),
     _P("message_expiry_max", "Longest expiry", Interval(optional=True), "",
        "The longest expiry a sender may set; a longer one is cut to this. Empty: any.",
        page="webmail", group="Message expiry"),
@@ -1038,7 +1038,7 @@ PROPERTIES: tuple[Property, ...] = (
        "before the message leaves. Empty: none.", levels=GLOBAL_AND_DOMAIN,
        page="webmail", group="Message expiry", advanced=True),
     _P("message_expiry_subject_tag", "Expiry subject tag", SubjectTag(),
-       r"(?i)\[expires?:?\s*(\d{1,6}[hdw])\]",
+       r"(?i)\[expires?:?\s*(\d{1,6}[mhdw])\]",
        "A regular expression whose first group is the expiry, found in the subject (like "
        "[expires 7d]); removed before the message leaves. Empty: none.",
        levels=GLOBAL_AND_DOMAIN, page="webmail", group="Message expiry", advanced=True),
@@ -1294,7 +1294,8 @@ PROPERTIES: tuple[Property, ...] = (
        "Delete webmail messages older than the cleanup interval.", levels=GLOBAL_ONLY,
        page="cleanup", group="Auto mailbox cleanup"),
     _P("auto_mailbox_cleanup_interval", "Cleanup interval", Interval(), "2w",
-       "Messages older than this are deleted: a number with unit h, d or w (8h, 1d, 2w).",
+       "Messages older than this are deleted: a number with unit h, d or w (8h, 1d, 2w), or m "
+       "for minutes.",
        levels=GLOBAL_ONLY, page="cleanup", group="Auto mailbox cleanup"),
     _P("auto_account_cleanup_enabled", "Auto cleanup enabled", Boolean(), False,
        "Delete webmail accounts without activity for the given number of days.",

@@ -21,10 +21,10 @@ def test_guide_intervals(text: str, expected: timedelta) -> None:
     assert parse_interval(text) == expected
 
 
-@given(st.integers(1, 999_999), st.sampled_from("hdw"))
+@given(st.integers(1, 999_999), st.sampled_from("mhdw"))
 def test_every_count_and_unit(count: int, unit: str) -> None:
-    hours = {"h": 1, "d": 24, "w": 168}[unit]
-    assert parse_interval(f"{count}{unit}") == timedelta(hours=count * hours)
+    minutes = {"m": 1, "h": 60, "d": 24 * 60, "w": 7 * 24 * 60}[unit]
+    assert parse_interval(f"{count}{unit}") == timedelta(minutes=count * minutes)
 
 
 @given(st.text(max_size=12))

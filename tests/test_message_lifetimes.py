@@ -311,7 +311,7 @@ def test_an_open_session_sees_a_recall_on_its_next_request(portal: Any) -> None:
                  f"/message/{number}/reply", f"/message/{number}/body"):
         page = reader.get(path)
         assert page.status == 410, path
-        assert "The sender has recalled this message" in page.text
+        assert "Its sender took it back: it is no longer available." in page.text
     assert "Figures" not in reader.get("/inbox").text
     timeline = result_of(portal.mailboxes.timeline(TUNNEL))
     dave = next(r for r in timeline.recipients if r.address == DAVE)
@@ -328,6 +328,7 @@ def test_an_expired_message_reads_expired(portal: Any) -> None:
     reader.log_in()
     page = reader.get(f"/message/{number}")
     assert page.status == 410 and "This message has expired" in page.text
+    assert "Its sender let it be read until 2027-01-15 09:00 UTC" in page.text
     dutch = portal.visitor("nl")
     dutch.log_in()
     assert "Dit bericht is verlopen" in dutch.get(f"/message/{number}").text

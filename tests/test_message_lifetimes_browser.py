@@ -5,12 +5,15 @@ she gets a delivery receipt; Dave signs up, opens the message and
 downloads it; Alice's status link shows that; she recalls it from Dave
 with her recall link, and Dave's open portal session sees it gone on its
 next request; the gateway's administrator recalls it from Erin through
-the tunnel.
+the tunnel.  A second message, "[expires 1m]" in its subject, expires on
+the appliance's real clock: Dave's portal refuses it once the minute is up,
+and the cleanup logs it.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 ALICE = "alice@example.org"
 EXPIRING = FIRST.replace(b"Subject: Contract draft", b"X-Cipherd-Expires: 2d\r\n"
                          b"Subject: Contract draft")
+QUICK = FIRST.replace(b"Subject: Contract draft", b"Subject: Quick note [expires 1m]")
 
 
 def test_status_recall_and_expiry_across_the_two_appliances(
@@ -37,7 +41,7 @@ def test_status_recall_and_expiry_across_the_two_appliances(
     logged = pair.gateway.wait_for_log("mpa", "sent to the webmail messenger in tunnel message")
     tunnel = re.search(r"tunnel message ([0-9a-f-]{36})", logged)
     assert tunnel is not None and "; Expires: " in logged
-    (receipt,) = pair.arrived(ALICE)
+    (receipt,) = pair.arrived(ALICE)  # the quick note's comes later
     receipt_text = text_of(receipt)
     assert "Delivered: Contract draft" in receipt.content.decode(errors="replace")
     assert DAVE in receipt_text and ERIN in receipt_text and "It expires on" in receipt_text
@@ -46,6 +50,9 @@ def test_status_recall_and_expiry_across_the_two_appliances(
     # The field asking for the expiry did not travel on.
     (invitation,) = pair.arrived(DAVE)
     sign_up(link_in(text_of(invitation), "/signup"), DAVE_PASSWORD)
+    send_to(pair, DAVE, QUICK)
+    quick_sent = time.monotonic()
+    pair.arrived(DAVE, 2)  # the new-message notice
 
     reader = browser.new_context(base_url=pair.webmail.portal_url, ignore_https_errors=True,
                                  viewport=DESKTOP)
@@ -53,6 +60,11 @@ def test_status_recall_and_expiry_across_the_two_appliances(
     try:
         dave = reader.new_page()
         dave_logs_in(dave)
+        # The tag is gone from the subject, and the message readable for now.
+        dave.get_by_role("link", name="Quick note", exact=True).click()
+        expect(dave.get_by_role("heading", level=1)).to_have_text("Quick note")
+        quick_url = dave.url
+        dave.goto("/inbox")
         dave.get_by_role("link", name="Contract draft").click()
         expect(dave.get_by_role("heading", level=1)).to_have_text("Contract draft")
         with dave.expect_download() as downloading:
@@ -85,6 +97,16 @@ def test_status_recall_and_expiry_across_the_two_appliances(
         dave.goto("/inbox")
         expect(dave.get_by_role("link", name="Contract draft")).to_have_count(0)
         shoot(dave, artifacts, "portal-recalled-inbox")
+
+        # The quick note, once its minute is up (the appliance's own clock).
+        time.sleep(max(0.0, quick_sent + 61 - time.monotonic()))
+        dave.goto(quick_url)
+        expect(dave.get_by_role("heading", level=1)).to_have_text("This message has expired")
+        shoot(dave, artifacts, "portal-message-expired")
+        pair.webmail.wait_for_log(
+            "mpa", "Message expiry: 1 message(s) expired in the mailbox of " + DAVE, 130)
+        dave.goto("/inbox")
+        expect(dave.get_by_role("link", name="Quick note", exact=True)).to_have_count(0)
     finally:
         reader.close()
         sender.close()

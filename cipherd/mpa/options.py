@@ -62,7 +62,7 @@ def sender_options(content: bytes, fields: Sequence[tuple[str, str]], subject: s
         asked = _seconds(value.lower())
         if asked is None:
             notes.append(f"the expiry {value[:40]!r} in {settings['message_expiry_header']} "
-                         "is not one (like 8h, 7d or 2w): ignored")
+                         "is not one (like 30m, 8h, 7d or 2w): ignored")
         content = _without_field(content, name)
     tag = str(settings["message_expiry_subject_tag"])
     if tag and (found := re.search(tag, subject)):

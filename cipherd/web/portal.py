@@ -85,7 +85,7 @@ from cipherd.webmail import render, totp, tracking
 from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused
 from cipherd.webmail.i18n import LANGUAGES, negotiate, ngettext_for, translator
 from cipherd.webmail.mailbox import MessageEnded
-from cipherd.webmail.messenger import ENDED, Messenger, ReplyResult
+from cipherd.webmail.messenger import Messenger, ReplyResult
 from cipherd.webmail.pdfreply import PDFReplies, ReplyLink, ReplyRefused
 from cipherd.webmail.reply import MAX_REPLY_SIZE, Attachment, quoted_text
 from cipherd.webmail.sessions import BUSY, LOCKED, THROTTLED, WRONG, LoginRefused, PortalSession
@@ -344,10 +344,17 @@ class Portal:
         The page for a message that expired or was recalled (its content
         is gone): 410 Gone.
         """
-        heading = "This message has expired" if ended.how == EXPIRED else \
-            "This message was recalled"
-        return await self._notice(request, heading, ENDED[ended.how], status=410,
-                                  session=session)
+        if ended.how == EXPIRED:
+            heading = self._(request, "This message has expired")
+            text = self._(request, "Its sender let it be read until %(when)s; it is no longer "
+                                   "available. Ask the sender if you still need it.",
+                          when=minute_utc(ended.expires))
+        else:
+            heading = self._(request, "This message was recalled")
+            text = self._(request, "Its sender took it back: it is no longer available. Ask "
+                                   "the sender if you still need it.")
+        return await self._render(request, "portal_notice.html", 410, session=session,
+                                  heading=heading, text=text)
 
     def error_page(self, request: IRequest, answer: ErrorAnswer) -> bytes:
         """

@@ -308,6 +308,14 @@ CATALOG: dict[str, str] = {
     # Expired and recalled messages; the sender's status and recall pages.
     "This message has expired": "Dit bericht is verlopen",
     "This message was recalled": "Dit bericht is teruggeroepen",
+    "Its sender let it be read until %(when)s; it is no longer available. Ask the sender if "
+    "you still need it.":
+        "De afzender liet het lezen tot %(when)s; het is niet meer beschikbaar. Vraag het de "
+        "afzender als u het nog nodig hebt.",
+    "Its sender took it back: it is no longer available. Ask the sender if you still need "
+    "it.":
+        "De afzender heeft het teruggenomen: het is niet meer beschikbaar. Vraag het de "
+        "afzender als u het nog nodig hebt.",
     "This message has expired: it is no longer available.":
         "Dit bericht is verlopen: het is niet meer beschikbaar.",
     "The sender has recalled this message: it is no longer available.":
