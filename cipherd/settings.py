@@ -1042,6 +1042,27 @@ PROPERTIES: tuple[Property, ...] = (
        "A regular expression whose first group is the expiry, found in the subject (like "
        "[expires 7d]); removed before the message leaves. Empty: none.",
        levels=GLOBAL_AND_DOMAIN, page="webmail", group="Message expiry", advanced=True),
+    # Sender controls (gateway): what the sender may ask of a webmail message.
+    _P("sender_controls_header", "Controls header", HeaderName(), "X-Cipherd-Controls",
+       "The header field a sender asks for controls with, like X-Cipherd-Controls: no-reply, "
+       "no-download, require-totp; removed before the message leaves. Empty: none.",
+       levels=GLOBAL_AND_DOMAIN, page="webmail", group="Sender controls", advanced=True),
+    _P("sender_controls_subject_tag", "Controls subject tag", SubjectTag(),
+       r"(?i)\[(no-?reply|no-?download|require-?totp)\]",
+       "A regular expression whose first group names a control (no-reply, no-download, "
+       "require-totp), found in the subject (like [no-reply]); each found is removed before "
+       "the message leaves. Empty: none.", levels=GLOBAL_AND_DOMAIN, page="webmail",
+       group="Sender controls", advanced=True),
+    _P("sender_control_no_reply", "Allow no reply", Boolean(), True,
+       "A sender may forbid replies from the webmail portal to a message.", page="webmail",
+       group="Sender controls"),
+    _P("sender_control_no_download", "Allow no download", Boolean(), True,
+       "A sender may forbid downloading a message and its attachments: images and PDFs are "
+       "then only shown in the portal, other attachments not at all.", page="webmail",
+       group="Sender controls"),
+    _P("sender_control_require_totp", "Allow second factor required", Boolean(), True,
+       "A sender may require that a message is read only with a second factor (TOTP).",
+       page="webmail", group="Sender controls"),
     _P("webmail_only_if_mandatory", "Only if mandatory", Boolean(), False,
        "Use webmail only when encryption is mandatory, not when merely allowed.",
        page="webmail", group="User settings"),

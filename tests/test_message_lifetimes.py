@@ -9,8 +9,10 @@ timeline; the delivery receipt's status and recall links.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import re
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from cipherd.mpa.sealing import TunnelSealer
 from cipherd.mpa.tunnel import TunnelFormatError, TunnelMetadata
 from cipherd.settings import GLOBAL, REGISTRY, InvalidValue
 from cipherd.testing import result_of
+from cipherd.webmail import totp
 from cipherd.webmail.accounts import LinkRefused
 from cipherd.webmail.cleanup import EXPIRY_EVERY, Cleanup
 from cipherd.webmail.mailbox import MessageEnded
@@ -36,12 +39,12 @@ from cipherd.webmail.tracking import (
 )
 from tests.test_admin_roles import api
 from tests.test_gateway import RECEIVED, SENT, WEBMAIL_RECIPIENT, World, pki  # noqa: F401
+from tests.test_portal import b32_secret
 from tests.test_webmail import SECRET, Both
 
 DAVE, ERIN = "dave@partner.example", "erin@partner.example"
-DEFAULTS = {name: REGISTRY[name].default for name in (
-    "message_expiry", "message_expiry_max", "message_expiry_header",
-    "message_expiry_subject_tag")}
+DEFAULTS = {name: p.default for name, p in REGISTRY.items()
+            if name.startswith(("message_expiry", "sender_control"))}
 
 
 @pytest.fixture
@@ -447,3 +450,112 @@ def test_an_operator_may_recall_an_auditor_may_not(admin: Any) -> None:
     assert api(admin, "GET", f"/webmail/messages/{TUNNEL}", auth=("audrey", NEW)).code == 200
     assert api(admin, "POST", f"/webmail/messages/{TUNNEL}/recall", {"recipients": [ERIN]},
                auth=("opal", NEW)).json()["recalled"] == [ERIN]
+
+
+# Sender controls ---------------------------------------------------------------------
+
+
+def test_controls_by_header_and_subject_tags_as_the_settings_allow() -> None:
+    asked = options(with_fields(SENT, "X-Cipherd-Controls: no-reply, Require_TOTP, bogus")
+                    .replace(b"Subject: Quarterly figures [encrypt]",
+                             b"Subject: [NoDownload] Quarterly figures [encrypt]"))
+    assert asked.controls == ("no_reply", "no_download", "require_totp")
+    assert b"X-Cipherd-Controls" not in asked.content
+    assert b"Subject: Quarterly figures [encrypt]\r\n" in asked.content
+    assert asked.notes == ("the control 'bogus' is not one (no_reply, no_download, "
+                           "require_totp): ignored",)
+    limited = options(with_fields(SENT, "X-Cipherd-Controls: no-reply no-download"),
+                      sender_control_no_download=False)
+    assert limited.controls == ("no_reply",)
+    assert limited.notes == ("the control no_download is not allowed for this sender: "
+                             "ignored",)
+    assert options(SENT).controls == () and options(SENT).content is SENT
+
+
+def test_the_tunnel_carries_controls_and_refuses_unknown_ones() -> None:
+    metadata = TunnelMetadata(TUNNEL, 1000.0, "a@x.example", (DAVE,),
+                              controls=("no_reply", "require_totp"))
+    assert TunnelMetadata.from_json(metadata.to_json()) == metadata
+    with pytest.raises(TunnelFormatError, match="controls this version does not know"):
+        TunnelMetadata.from_json(metadata.to_json().replace(b"no_reply", b"no_print"))
+
+
+def test_controls_go_through_the_gateway_into_the_mailbox(both: Both,
+                                                         log_lines: list[str]) -> None:
+    sealed = both.tunnel_with(with_fields(SENT, "X-Cipherd-Controls: no-reply"), DAVE)
+    metadata, original = both.opened(sealed)
+    assert metadata.controls == ("no_reply",) and b"X-Cipherd-Controls" not in original
+    assert any("; Controls: no_reply" in line for line in log_lines)
+    both.relay_in(sealed)
+    (summary,) = result_of(both.mailboxes.listing(DAVE))
+    assert summary.controlled == {"no_reply"}
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+PICTURED = MESSAGE.replace(b"--b--\r\n", b"--b\r\nContent-Type: image/png\r\n"
+                           b"Content-Disposition: attachment; filename=chart.png\r\n"
+                           b"Content-Transfer-Encoding: base64\r\n\r\n"
+                           + base64.b64encode(PNG) + b"\r\n--b--\r\n")
+
+
+def controlled(*controls: str) -> tuple[Any, Any, int]:
+    from tests.test_portal import PortalSite
+
+    site = PortalSite()
+    site.account()
+    result_of(site.mailboxes.deliver_tunnel(
+        [DAVE], TUNNEL, site.clock.seconds(), PICTURED, "", {}, site.clock.seconds(), 0.0,
+        controls))
+    reader = site.visitor()
+    assert reader.log_in().status == 303
+    return site, reader, message_id(site)
+
+
+def test_no_reply(log_lines: list[str]) -> None:
+    site, reader, number = controlled("no_reply")
+    page = reader.get(f"/message/{number}")
+    assert page.status == 200 and "The sender does not allow replies" in page.text
+    assert f'href="/message/{number}/reply"' not in page.text
+    refused = reader.get(f"/message/{number}/reply")
+    assert refused.status == 403 and "Not allowed for this message" in refused.text
+    result = result_of(site.messenger.reply(DAVE, number, "Thanks"))
+    assert result.problem == "The sender does not allow replies to this message."
+    assert site.submitted == []
+    # Downloads stay allowed.
+    assert reader.get(f"/message/{number}/eml").status == 200
+
+
+def test_no_download_shows_images_only() -> None:
+    site, reader, number = controlled("no_download")
+    page = reader.get(f"/message/{number}")
+    assert "/eml" not in page.text and "download>" not in page.text
+    assert "not available: the sender does not allow downloads" in page.text  # the CSV
+    assert f'href="/message/{number}/part/2" target="_blank"' in page.text  # the PNG
+    assert reader.get(f"/message/{number}/eml").status == 403
+    assert reader.get(f"/message/{number}/part/1").status == 403
+    shown = reader.get(f"/message/{number}/part/2")
+    assert shown.status == 200 and shown.body == PNG
+    assert shown.header("content-disposition").startswith("inline; ")
+    assert "sandbox" in shown.header("content-security-policy")
+    timeline = result_of(site.mailboxes.timeline(TUNNEL))
+    assert [e.detail for e in timeline.recipients[0].events if e.kind == "downloaded"] == [
+        "chart.png (viewed)"]
+
+
+def test_require_totp_until_the_account_has_a_second_factor() -> None:
+    site, reader, number = controlled("require_totp")
+    for path in (f"/message/{number}", f"/message/{number}/body", f"/message/{number}/eml"):
+        refused = reader.get(path)
+        assert refused.status == 403, path
+        assert "The sender requires a second factor" in refused.text
+        assert 'href="/account/totp"' in refused.text
+    assert result_of(site.mailboxes.listing(DAVE))[0].read is False  # not read by that
+    page = reader.get("/account/totp")
+    secret = b32_secret(page.text)
+    pending = re.search(r'name="pending" value="([^"]+)"', page.text)
+    assert pending is not None
+    reader.request("POST", "/account/totp", {
+        "csrf_token": reader.csrf(page), "pending": pending.group(1),
+        "code": totp.totp(secret, site.clock.seconds())})
+    opened = reader.get(f"/message/{number}")
+    assert opened.status == 200 and "The sender requires a second factor" in opened.text

@@ -82,7 +82,7 @@ REFUSALS = [
      "'https://x.com:99999' is not a valid URL: Port out of range 0-65535"),
     ("auto_mailbox_cleanup_interval", "3x",
      "'3x' is not a valid interval: use a whole number followed by h (hours), d (days) or "
-     "w (weeks), like 8h, 1d or 2w"),
+     "w (weeks), like 8h, 1d or 2w (or m for minutes, like 30m)"),
     ("auto_account_cleanup_schedule", "0 0 2 * *",
      "'0 0 2 * *' is not a valid cron expression: it has 5 fields; Quartz needs 6 or 7 "
      "(seconds minutes hours day-of-month month day-of-week [year]), like 0 0 2 * * ?"),

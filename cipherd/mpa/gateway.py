@@ -668,17 +668,18 @@ class Gateway:
             envelope.queue_id, envelope.sender, protected, start, recipients, sender_settings,
             config, read_receipt=bool(sender_settings["webmail_read_receipt"]),
             delivery_receipt=bool(sender_settings["webmail_delivery_receipt"]),
-            expires=options.expires)
+            expires=options.expires, controls=options.controls)
         if isinstance(sealed, str):
             return [(r, sealed) for r in recipients]
         made, tunnel = sealed
         expiry = "" if not options.expires else "; Expires: " + datetime.fromtimestamp(
             options.expires, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        controls = f"; Controls: {', '.join(options.controls)}" if options.controls else ""
         log.info("{queue_id}: sent to the webmail messenger in tunnel message {tunnel} (to "
-                 "{webmail_recipient}); Recipients: {rcpts}{expiry}",
+                 "{webmail_recipient}); Recipients: {rcpts}{expiry}{controls}",
                  queue_id=envelope.queue_id, tunnel=tunnel,
                  webmail_recipient=made.recipients[0], rcpts=", ".join(recipients),
-                 expiry=expiry)
+                 expiry=expiry, controls=controls)
         results.hand_on(recipients, made,
                         Outcome("sent", "2.0.0", f"webmail tunnel message {tunnel} "
                                                  f"to <{made.recipients[0]}>"), relay="webmail",

@@ -1,6 +1,9 @@
 """
-What a sender asks of a message by its header or subject: for now its
-expiry (C{X-Cipherd-Expires: 7d}, or a subject tag like C{[expires 7d]}).
+What a sender asks of a message by its header or subject: its expiry
+(C{X-Cipherd-Expires: 7d}, or a subject tag like C{[expires 7d]}), and the
+controls of L{cipherd.webmail.controls} (C{X-Cipherd-Controls: no-reply,
+require-totp}, or tags like C{[no-reply]}) as far as the sender's settings
+allow each (C{sender_control_*}).
 
 The sender's settings name the field and the tag, give the expiry when
 the sender sets none (C{message_expiry}) and the longest one a sender may
@@ -19,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cipherd.core.headers import field_name, replace_subject, split_header
+from cipherd.core.headers import subject as subject_of
 from cipherd.cron import ScheduleError, parse_interval
+from cipherd.webmail.controls import CONTROLS, control_of
 
 
 @dataclass(frozen=True)
@@ -27,12 +32,14 @@ class SenderOptions:
     """
     @ivar expires: when the message expires (0: never).
     @ivar content: the message without the sender's requests.
+    @ivar controls: the controls asked for and allowed.
     @ivar notes: what was asked and what came of it, for the MPA log.
     """
 
     expires: float
     content: bytes
     notes: tuple[str, ...] = ()
+    controls: tuple[str, ...] = ()
 
 
 def _without_field(content: bytes, name: str) -> bytes:
@@ -79,4 +86,36 @@ def sender_options(content: bytes, fields: Sequence[tuple[str, str]], subject: s
         notes.append(f"the expiry asked for is longer than the longest allowed "
                      f"({settings['message_expiry_max']}): cut to it")
         lifetime = longest
-    return SenderOptions(now + lifetime if lifetime else 0.0, content, tuple(notes))
+    content, controls = _controls(content, fields, settings, notes)
+    return SenderOptions(now + lifetime if lifetime else 0.0, content, tuple(notes), controls)
+
+
+def _controls(content: bytes, fields: Sequence[tuple[str, str]], settings: Mapping[str, Any],
+              notes: list[str]) -> tuple[bytes, tuple[str, ...]]:
+    """
+    The controls the sender asks for by field and subject tags (each
+    removed), those the settings do not allow left out with a note.
+    """
+    words: list[str] = []
+    name = str(settings["sender_controls_header"]).lower()
+    if name and any(n == name for n, _ in fields):
+        words += [w for n, v in fields if n == name for w in re.split(r"[\s,;]+", v) if w]
+        content = _without_field(content, name)
+    tag = str(settings["sender_controls_subject_tag"])
+    if tag:
+        subject = subject_of(content)
+        found = list(re.finditer(tag, subject))
+        if found:
+            words += [m.group(1) or "" for m in found]
+            content = replace_subject(content, " ".join(re.sub(tag, " ", subject).split()))
+    asked: set[str] = set()
+    for word in words:
+        control = control_of(word)
+        if control is None:
+            notes.append(f"the control {word[:40]!r} is not one ({', '.join(CONTROLS)}): "
+                         "ignored")
+        elif not settings[f"sender_control_{control}"]:
+            notes.append(f"the control {control} is not allowed for this sender: ignored")
+        else:
+            asked.add(control)
+    return content, tuple(c for c in CONTROLS if c in asked)

@@ -218,7 +218,7 @@ class WebmailRelay:
             addresses, metadata.tunnel_id, self._clock.seconds(), original,
             metadata.sender if metadata.read_receipt else "",
             {a: settings[a]["mailbox_size_limit"] for a in addresses}, metadata.created,
-            metadata.expires)
+            metadata.expires, metadata.controls)
         if delivery.seen:
             # Handled already (and perhaps cleaned up since): a second copy
             # from a gateway that crashed, or a replay; not stored again.

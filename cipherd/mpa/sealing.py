@@ -39,7 +39,8 @@ class TunnelSealer:
                    recipients: tuple[str, ...], sender_settings: Mapping[str, Any],
                    config: MTAConfig, *, read_receipt: bool, part: str = "",
                    delivery_receipt: bool = False, expires: float = 0.0, recall: str = "",
-                   recall_by: str = "") -> tuple[Made, str] | str:
+                   recall_by: str = "", controls: tuple[str, ...] = ()
+                   ) -> tuple[Made, str] | str:
         """
         C{protected} (from C{start}) for C{recipients}' webmail mailboxes:
         a tunnel message signed with the *webmail sender*'s key and
@@ -79,7 +80,7 @@ class TunnelSealer:
                       recipients),
             self._clock.seconds(), sender, recipients, read_receipt=read_receipt,
             delivery_receipt=delivery_receipt, expires=expires, recall=recall,
-            recall_by=recall_by)
+            recall_by=recall_by, controls=controls)
         tunnel = build_tunnel(protected, metadata, webmail_sender=webmail_sender,
                               webmail_recipient=webmail_recipient,
                               my_hostname=config.my_hostname, start=start)

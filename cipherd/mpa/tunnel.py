@@ -35,6 +35,7 @@ from cipherd.core.headers import field_name, split_header
 from cipherd.core.lines import has_long_line, windows
 from cipherd.pki.smime import MessagePieces, canonicalize
 from cipherd.settings import email_problem
+from cipherd.webmail.controls import CONTROLS
 from cipherd.webmail.tracking import TUNNEL_ID
 
 SUBJECT = "Secure Webmail message"
@@ -67,6 +68,7 @@ class TunnelMetadata:
         recipient's when C{recipients} is empty); its original part only
         says so.
     @ivar recall_by: who asked for the recall, in words.
+    @ivar controls: the sender's controls (L{cipherd.webmail.controls}).
     """
 
     tunnel_id: str
@@ -78,6 +80,7 @@ class TunnelMetadata:
     expires: float = 0.0
     recall: str = ""
     recall_by: str = ""
+    controls: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         options: dict[str, Any] = {"read_receipt": self.read_receipt}
@@ -85,6 +88,8 @@ class TunnelMetadata:
             options["delivery_receipt"] = True
         if self.expires:
             options["expires"] = self.expires
+        if self.controls:
+            options["controls"] = list(self.controls)
         if self.recall:
             options["recall"] = self.recall
             options["recall_by"] = self.recall_by
@@ -129,9 +134,15 @@ class TunnelMetadata:
             expires = float(options.get("expires", 0))
             if not math.isfinite(expires) or not 0 <= expires < 2**40:
                 raise TunnelFormatError("the tunnel's expiry is not a time")
+            controls = options.get("controls", [])
+            if not isinstance(controls, list) or not set(controls) <= set(CONTROLS):
+                # A control this version cannot honour: not shown without it.
+                raise TunnelFormatError(f"the tunnel asks for controls this version does not "
+                                        f"know: {controls!r}"[:300])
             return cls(tunnel, created, sender, tuple(recipients),
                        bool(options.get("read_receipt")), bool(options.get("delivery_receipt")),
-                       expires, recall, str(options.get("recall_by", ""))[:200])
+                       expires, recall, str(options.get("recall_by", ""))[:200],
+                       tuple(c for c in CONTROLS if c in controls))
         except TunnelFormatError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as e:

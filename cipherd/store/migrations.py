@@ -131,7 +131,8 @@ def _dlp(conn: Connection) -> None:
 def _message_lifetimes(conn: Connection) -> None:
     have = {c["name"] for c in inspect(conn).get_columns("webmail_messages")}
     for column, kind in (("expires", "FLOAT NOT NULL DEFAULT 0"),
-                         ("ended", "VARCHAR(16) NOT NULL DEFAULT ''")):
+                         ("ended", "VARCHAR(16) NOT NULL DEFAULT ''"),
+                         ("controls", "VARCHAR(64) NOT NULL DEFAULT ''")):
         if column not in have:
             conn.execute(text(f"ALTER TABLE webmail_messages ADD COLUMN {column} {kind}"))
     schema.metadata.create_all(conn, tables=[schema.webmail_events])
@@ -154,7 +155,8 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(13, "admin roles, second factors and API tokens", _admin_roles),
     Migration(14, "the built-in certificate authority", _certificate_authority),
     Migration(15, "data loss prevention: patterns and quarantine", _dlp),
-    Migration(16, "webmail message expiry and recall, and their tracking", _message_lifetimes),
+    Migration(16, "webmail message expiry, sender controls and recall, and their tracking",
+              _message_lifetimes),
 )
 
 

@@ -265,6 +265,8 @@ webmail_messages = Table(
     # reader is told what became of it).
     Column("expires", Float, nullable=False, server_default="0"),
     Column("ended", String(16), nullable=False, server_default=""),
+    # The sender's controls, comma-separated (cipherd.webmail.controls).
+    Column("controls", String(64), nullable=False, server_default=""),
     UniqueConstraint("address", "tunnel_id", name="webmail_messages_once"),
 )
 

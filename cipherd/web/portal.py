@@ -40,10 +40,11 @@ import base64
 import binascii
 import email.parser
 import email.policy
+import functools
 import re
 import secrets
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -83,8 +84,17 @@ from cipherd.web.common import (
 )
 from cipherd.webmail import render, totp, tracking
 from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused
+from cipherd.webmail.controls import (
+    CONTROLS,
+    NO_DOWNLOAD,
+    NO_REPLY,
+    REQUIRE_TOTP,
+    VIEWABLE,
+    WORDS,
+    ControlRefused,
+)
 from cipherd.webmail.i18n import LANGUAGES, negotiate, ngettext_for, translator
-from cipherd.webmail.mailbox import MessageEnded
+from cipherd.webmail.mailbox import Held, MessageEnded
 from cipherd.webmail.messenger import Messenger, ReplyResult
 from cipherd.webmail.pdfreply import PDFReplies, ReplyLink, ReplyRefused
 from cipherd.webmail.reply import MAX_REPLY_SIZE, Attachment, quoted_text
@@ -187,6 +197,23 @@ def _multipart(request: IRequest) -> _Form:
             found.append(Attachment(render.safe_filename(filename, len(found) + 1),
                                     part.get_content_type(), data))
     return _Form(fields, found)
+
+
+def _message_page(handler: Callable[..., Awaitable[bytes]]
+                  ) -> Callable[..., Awaitable[bytes]]:
+    """
+    A page of one message: a message that expired or was recalled, or
+    that its sender's controls keep from this, answers with a page saying
+    so (L{Portal._message_refused}).  Below C{@app.route}.
+    """
+    @functools.wraps(handler)
+    async def page(self: Portal, request: IRequest, *args: Any, **kwargs: Any) -> bytes:
+        try:
+            return await handler(self, request, *args, **kwargs)
+        except (MessageEnded, ControlRefused) as e:
+            return await self._message_refused(request, e)
+
+    return page
 
 
 @implementer(IErrorPages)
@@ -328,33 +355,40 @@ class Portal:
                 raise SeeOther("/account/totp")
         return session
 
-    async def _message(self, session: PortalSession, message_id: int) -> bytes:
+    async def _message(self, session: PortalSession, message_id: int) -> Held:
         """
         @raise NotFound: no such message in the reader's mailbox.
         @raise MessageEnded: it expired or was recalled.
+        @raise ControlRefused: its sender requires a second factor, which
+            the account has not.
         """
-        content = await self.messenger.message(session.address, message_id)
-        if content is None:
+        held = await self.messenger.held(session.address, message_id)
+        if held is None:
             raise NotFound()
-        return content
+        return held
 
-    async def _ended(self, request: IRequest, session: PortalSession, ended: MessageEnded
-                     ) -> bytes:
+    async def _message_refused(self, request: IRequest, refused: Exception) -> bytes:
         """
         The page for a message that expired or was recalled (its content
-        is gone): 410 Gone.
+        is gone: 410 Gone), or that its sender's controls keep from what
+        was asked (403).
         """
-        if ended.how == EXPIRED:
-            heading = self._(request, "This message has expired")
+        if isinstance(refused, MessageEnded) and refused.how == EXPIRED:
+            status, heading = 410, self._(request, "This message has expired")
             text = self._(request, "Its sender let it be read until %(when)s; it is no longer "
                                    "available. Ask the sender if you still need it.",
-                          when=minute_utc(ended.expires))
-        else:
-            heading = self._(request, "This message was recalled")
+                          when=minute_utc(refused.expires))
+        elif isinstance(refused, MessageEnded):
+            status, heading = 410, self._(request, "This message was recalled")
             text = self._(request, "Its sender took it back: it is no longer available. Ask "
                                    "the sender if you still need it.")
-        return await self._render(request, "portal_notice.html", 410, session=session,
-                                  heading=heading, text=text)
+        else:
+            assert isinstance(refused, ControlRefused)
+            status, heading = 403, self._(request, "Not allowed for this message")
+            text = self._(request, str(refused))
+        return await self._render(request, "portal_notice.html", status,
+                                  session=await self._user(request), heading=heading, text=text,
+                                  totp_link=getattr(refused, "control", "") == REQUIRE_TOTP)
 
     def error_page(self, request: IRequest, answer: ErrorAnswer) -> bytes:
         """
@@ -703,21 +737,23 @@ class Portal:
     # One message ---------------------------------------------------------------
 
     @app.route("/message/<int:message_id>", methods=["GET"])
+    @_message_page
     async def message(self, request: IRequest, message_id: int) -> bytes:
         session = await self._user(request)
-        try:
-            content = await self.messenger.read(session.address, message_id)
-        except MessageEnded as e:
-            return await self._ended(request, session, e)
-        if content is None:
+        held = await self.messenger.read(session.address, message_id)
+        if held is None:
             raise NotFound()
         remote = arg(request, "remote") == "1"
-        shown = render.read(content, allow_remote=remote)
+        shown = render.read(held.content, allow_remote=remote)
         return await self._render(request, "portal_message.html", session=session,
                                   frames=shown.html is not None, shown=shown, id=message_id,
-                                  remote=remote, csrf=session.csrf_token)
+                                  remote=remote, csrf=session.csrf_token,
+                                  controls=held.controls, viewable=VIEWABLE,
+                                  notes=[self._(request, WORDS[c]) for c in CONTROLS
+                                         if c in held.controls])
 
     @app.route("/message/<int:message_id>/body", methods=["GET"])
+    @_message_page
     async def message_body(self, request: IRequest, message_id: int) -> bytes:
         """
         The message's HTML as its own document, for the sandboxed frame
@@ -726,18 +762,19 @@ class Portal:
         """
         session = await self._user(request)
         remote = arg(request, "remote") == "1"
-        try:
-            content = await self._message(session, message_id)
-        except MessageEnded as e:
-            return await self._ended(request, session, e)
-        html, _ = render.sanitize_message(content, allow_remote=remote)
+        held = await self._message(session, message_id)
+        html, _ = render.sanitize_message(held.content, allow_remote=remote)
         request.setHeader(b"Content-Security-Policy", render.frame_policy(remote).encode())
         request.setHeader(b"X-Frame-Options", b"SAMEORIGIN")
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return render.frame_document(html).encode("utf-8")
 
     def _download(self, request: IRequest, filename: str, content_type: str,
-                  data: bytes) -> bytes:
+                  data: bytes, *, inline: bool = False) -> bytes:
+        """
+        @param inline: shown by the browser (an image or a PDF whose sender
+            does not allow downloads), not saved.
+        """
         # A download is for the person, never for a page: a <script>, <link>
         # or worker of any page (ours included) that points here gets nothing.
         destination = request.getHeader(b"sec-fetch-dest") or b""
@@ -748,31 +785,42 @@ class Portal:
             return b"Attachments are downloads, not parts of a page.\n"
         request.setHeader(b"Cross-Origin-Resource-Policy", b"same-origin")
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
-        request.setHeader(b"Content-Disposition",
-                          render.content_disposition(filename).encode("ascii"))
-        # Opened on its own, a download is still a sandboxed, scriptless document.
-        request.setHeader(b"Content-Security-Policy", b"default-src 'none'; sandbox")
+        disposition = render.content_disposition(filename)
+        if inline:
+            disposition = "inline" + disposition.removeprefix("attachment")
+        request.setHeader(b"Content-Disposition", disposition.encode("ascii"))
+        # Opened on its own, a download is still a scriptless document (and
+        # a sandboxed one: but for a PDF shown here, which Chromium's viewer
+        # does not show in a sandbox).
+        sandbox = "" if inline and content_type == "application/pdf" else "; sandbox"
+        request.setHeader(b"Content-Security-Policy",
+                          f"default-src 'none'{sandbox}".encode("ascii"))
         return data
 
     @app.route("/message/<int:message_id>/part/<int:index>", methods=["GET"])
+    @_message_page
     async def attachment(self, request: IRequest, message_id: int, index: int) -> bytes:
         session = await self._user(request)
-        try:
-            found = render.part(await self._message(session, message_id), index)
-        except MessageEnded as e:
-            return await self._ended(request, session, e)
+        held = await self._message(session, message_id)
+        found = render.part(held.content, index)
         if found is None:
             raise NotFound()
-        await self.messenger.downloaded(session.address, message_id, found[0])
-        return self._download(request, *found)
+        if NO_DOWNLOAD not in held.controls:
+            await self.messenger.downloaded(session.address, message_id, found[0])
+            return self._download(request, *found)
+        if found[1] not in VIEWABLE:
+            raise ControlRefused(NO_DOWNLOAD)
+        await self.messenger.downloaded(session.address, message_id, f"{found[0]} (viewed)")
+        return self._download(request, *found, inline=True)
 
     @app.route("/message/<int:message_id>/eml", methods=["GET"])
+    @_message_page
     async def eml(self, request: IRequest, message_id: int) -> bytes:
         session = await self._user(request)
-        try:
-            content = await self._message(session, message_id)
-        except MessageEnded as e:
-            return await self._ended(request, session, e)
+        held = await self._message(session, message_id)
+        if NO_DOWNLOAD in held.controls:
+            raise ControlRefused(NO_DOWNLOAD)
+        content = held.content
         subject = render.header(render.parse(content), "Subject")
         name = render.safe_filename(subject[:80], message_id, ".eml")
         if not name.endswith(".eml"):
@@ -932,13 +980,13 @@ class Portal:
     # Replies and new messages ---------------------------------------------------
 
     @app.route("/message/<int:message_id>/reply", methods=["GET"])
+    @_message_page
     async def reply_form(self, request: IRequest, message_id: int) -> bytes:
         session = await self._user(request)
-        try:
-            content = await self._message(session, message_id)
-        except MessageEnded as e:
-            return await self._ended(request, session, e)
-        return await self._reply_page(request, session, message_id, content,
+        held = await self._message(session, message_id)
+        if NO_REPLY in held.controls:
+            raise ControlRefused(NO_REPLY)
+        return await self._reply_page(request, session, message_id, held.content,
                                       reply_all=arg(request, "all") == "1")
 
     async def _reply_page(self, request: IRequest, session: PortalSession, message_id: int,

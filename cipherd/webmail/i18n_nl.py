@@ -308,6 +308,16 @@ CATALOG: dict[str, str] = {
     # Expired and recalled messages; the sender's status and recall pages.
     "This message has expired": "Dit bericht is verlopen",
     "This message was recalled": "Dit bericht is teruggeroepen",
+    "Not allowed for this message": "Niet toegestaan voor dit bericht",
+    "The sender does not allow replies to this message.":
+        "De afzender staat geen antwoorden op dit bericht toe.",
+    "The sender does not allow this message or its attachments to be downloaded.":
+        "De afzender staat niet toe dat dit bericht of de bijlagen worden gedownload.",
+    "The sender requires a second factor to read this message.":
+        "De afzender vereist een tweede factor om dit bericht te lezen.",
+    "view only": "alleen bekijken",
+    "not available: the sender does not allow downloads":
+        "niet beschikbaar: de afzender staat downloaden niet toe",
     "Its sender let it be read until %(when)s; it is no longer available. Ask the sender if "
     "you still need it.":
         "De afzender liet het lezen tot %(when)s; het is niet meer beschikbaar. Vraag het de "

@@ -33,6 +33,7 @@ from cipherd.store.schema import (
     webmail_tunnels,
 )
 from cipherd.webmail.accounts import Account, account_in, invite_in
+from cipherd.webmail.controls import joined, split
 from cipherd.webmail.tracking import (
     DELETED,
     DELIVERED,
@@ -103,6 +104,21 @@ class Summary:
     notified: bool
     expires: float = 0.0
     ended: str = ""
+    controls: str = ""
+
+    @property
+    def controlled(self) -> frozenset[str]:
+        return split(self.controls)
+
+
+@dataclass(frozen=True)
+class Held:
+    """
+    A message of a mailbox and its sender's controls.
+    """
+
+    content: bytes
+    controls: frozenset[str] = frozenset()
 
 
 class MessageEnded(Exception):
@@ -205,7 +221,8 @@ class Mailboxes:
 
     async def deliver_tunnel(self, addresses: Sequence[str], tunnel_id: str, received: float,
                              content: bytes, receipt_to: str, limits: Mapping[str, int],
-                             created: float, expires: float = 0.0) -> TunnelDelivery:
+                             created: float, expires: float = 0.0,
+                             controls: tuple[str, ...] = ()) -> TunnelDelivery:
         """
         The webmail relay's whole write for one tunnel, in one transaction:
         unless the tunnel id was handled before, each of C{addresses}
@@ -216,10 +233,11 @@ class Mailboxes:
         the tunnel's timeline.
 
         @param expires: when the message expires (0: never).
+        @param controls: the sender's controls (L{cipherd.webmail.controls}).
         """
         deliveries = {address: self._delivery(address, tunnel_id, received, content,
                                               receipt_to, limits.get(address, 0), expires,
-                                              tracked=True)
+                                              controls, tracked=True)
                       for address in addresses}
 
         def write(conn: Connection) -> TunnelDelivery:
@@ -243,7 +261,8 @@ class Mailboxes:
         return delivered
 
     def _delivery(self, address: str, tunnel_id: str, received: float, content: bytes,
-                  receipt_to: str, limit: int, expires: float = 0.0, *, tracked: bool = False
+                  receipt_to: str, limit: int, expires: float = 0.0,
+                  controls: tuple[str, ...] = (), *, tracked: bool = False
                   ) -> Callable[[Connection], str]:
         sender, subject, attachments = describe(content)
         sealed = seal(self._key, address, tunnel_id, content)
@@ -261,7 +280,7 @@ class Mailboxes:
                 address=address, tunnel_id=tunnel_id, received=received,
                 sender=sender[:998], subject=subject[:998], size=len(content),
                 attachments=attachments, read=False, receipt_to=receipt_to, notified=False,
-                content=sealed, expires=expires, ended=""))
+                content=sealed, expires=expires, ended="", controls=joined(controls)))
             if tracked:
                 record(conn, tunnel_id, address, received, DELIVERED)
             return STORED
@@ -343,9 +362,20 @@ class Mailboxes:
         @raise MessageEnded: it expired (by C{now}, even before the
             cleanup came by) or was recalled.
         """
+        found = await self.held(address, message_id, now=now)
+        return None if found is None else found.content
+
+    async def held(self, address: str, message_id: int, *, now: float) -> Held | None:
+        """
+        One message of C{address}'s mailbox with its sender's controls, or
+        C{None}.
+
+        @raise MessageEnded: as L{message}.
+        """
         def read(conn: Connection) -> Any:
             return conn.execute(select(webmail_messages.c.tunnel_id, webmail_messages.c.content,
-                                       webmail_messages.c.expires, webmail_messages.c.ended)
+                                       webmail_messages.c.expires, webmail_messages.c.ended,
+                                       webmail_messages.c.controls)
                                 .where((webmail_messages.c.address == address)
                                        & (webmail_messages.c.id == message_id))).first()
 
@@ -354,7 +384,8 @@ class Mailboxes:
             return None
         if row.ended or (row.expires and row.expires <= now):
             raise MessageEnded(row.ended or EXPIRED, row.expires)
-        return unseal(self._key, address, row.tunnel_id, row.content)
+        return Held(unseal(self._key, address, row.tunnel_id, row.content),
+                    split(row.controls))
 
     async def track(self, address: str, message_id: int, at: float, kind: str,
                     detail: str = "") -> None:

@@ -32,8 +32,9 @@ from cipherd.webmail.accounts import (
     LinkRefused,
 )
 from cipherd.webmail.compose import compose_message
+from cipherd.webmail.controls import NO_REPLY, REQUIRE_TOTP, WORDS, ControlRefused
 from cipherd.webmail.invitations import password_reset_notice
-from cipherd.webmail.mailbox import FULL, Mailboxes, MessageEnded, Summary
+from cipherd.webmail.mailbox import FULL, Held, Mailboxes, MessageEnded, Summary
 from cipherd.webmail.notify import Notifier, one_line
 from cipherd.webmail.sessions import PortalSessions
 from cipherd.webmail.tracking import (
@@ -188,16 +189,19 @@ class Messenger:
     async def inbox(self, address: str, *, offset: int = 0, limit: int = 50) -> list[Summary]:
         return await self.mailboxes.listing(address, offset=offset, limit=limit)
 
-    async def read(self, address: str, message_id: int) -> bytes | None:
+    async def read(self, address: str, message_id: int) -> Held | None:
         """
         A message of C{address}'s mailbox, marked read; the first time, its
         read receipt goes out if the gateway asked for one.
 
         @raise MessageEnded: it expired or was recalled.
+        @raise ControlRefused: its sender requires a second factor, which
+            the account has not.
         """
-        content = await self.mailboxes.message(address, message_id, now=self._clock.seconds())
-        if content is None:
+        held = await self.held(address, message_id)
+        if held is None:
             return None
+        content = held.content
         receipt_to = await self.mailboxes.mark_read(address, message_id, self._clock.seconds())
         if receipt_to:
             values = await self._values(address)
@@ -208,7 +212,7 @@ class Messenger:
             await self._notifier.send(receipt_to, notice, values, self._mta().my_hostname)
             log.info("Read receipt for {address}'s message sent to {sender}", address=address,
                      sender=receipt_to)
-        return content
+        return held
 
     async def delete(self, address: str, ids: Sequence[int]) -> int:
         return await self.mailboxes.delete(address, ids, self._clock.seconds())
@@ -221,12 +225,16 @@ class Messenger:
         authorized recipients among those it names.
         """
         try:
-            original = await self.mailboxes.message(address, message_id,
-                                                    now=self._clock.seconds())
+            held = await self.held(address, message_id)
         except MessageEnded as e:
             return ReplyResult(problem=ENDED[e.how])
-        if original is None:
+        except ControlRefused as e:
+            return ReplyResult(problem=str(e))
+        if held is None:
             return ReplyResult(problem="That message is not in your mailbox.")
+        if NO_REPLY in held.controls:
+            return ReplyResult(problem=WORDS[NO_REPLY])
+        original = held.content
         size = len(text.encode()) + sum(len(a.data) for a in attachments)
         if size > replies.MAX_REPLY_SIZE:
             return ReplyResult(problem=f"The reply is too large ({size // 1024 // 1024} MB; "
@@ -248,13 +256,20 @@ class Messenger:
                                    ", ".join(result.sent_to))
         return result
 
-    async def message(self, address: str, message_id: int) -> bytes | None:
+    async def held(self, address: str, message_id: int) -> Held | None:
         """
-        A message of C{address}'s mailbox as it is (not marked read).
+        A message of C{address}'s mailbox as it is (not marked read), with
+        its sender's controls.
 
         @raise MessageEnded: it expired or was recalled.
+        @raise ControlRefused: its sender requires a second factor, which
+            the account has not.
         """
-        return await self.mailboxes.message(address, message_id, now=self._clock.seconds())
+        held = await self.mailboxes.held(address, message_id, now=self._clock.seconds())
+        if held is not None and REQUIRE_TOTP in held.controls and \
+                await self.accounts.totp_secret(address) is None:
+            raise ControlRefused(REQUIRE_TOTP)
+        return held
 
     async def downloaded(self, address: str, message_id: int, what: str) -> None:
         """
