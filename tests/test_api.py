@@ -102,7 +102,8 @@ def test_400_names_each_refused_field_and_changes_nothing(api: AdminHarness) -> 
         "errors": {
             "notification_sender": "'nobody' is not a valid email address: it has no @",
             "auto_mailbox_cleanup_interval": "'forever' is not a valid interval: use a whole "
-            "number followed by h (hours), d (days) or w (weeks), like 8h, 1d or 2w (or m for minutes, like 30m)",
+            "number followed by h (hours), d (days) or w (weeks), like 8h, 1d or 2w (or m for "
+            "minutes, like 30m)",
             "locality": "cannot be set at global level (only: domain, user)",
             "no_such": "no such property",
         },
