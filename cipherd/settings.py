@@ -1295,6 +1295,15 @@ PROPERTIES: tuple[Property, ...] = (
        "Recipients must use a one-time code from an authenticator app (TOTP) as well as "
        "their password; those without one set it up at their next login.",
        page="webmail", group="Portal"),
+    _P("webmail_email_code_login", "Sign in by email code", Boolean(), False,
+       "Recipients may sign in with a one-time code mailed to them instead of a password "
+       "(for those who rarely come back); wrong codes count as wrong passwords. Their "
+       "new-message notices then link to the page that mails the code.",
+       levels=GLOBAL_AND_DOMAIN, page="webmail", group="Portal", role=WEBMAIL),
+    _P("template_login_code", "Sign-in code", MailTemplate(("address", "code", "expires")), "",
+       "The mail with a one-time sign-in code. Empty: the built-in text. Variables: "
+       "address, code, expires.", levels=GLOBAL_AND_DOMAIN, page="templates",
+       group="Templates", role=WEBMAIL),
     _P("webmail_compose_enabled", "Compose enabled", Boolean(), False,
        "Recipients may write new messages (to authorized recipients only), not just "
        "reply.", page="webmail", group="Portal"),

@@ -29,6 +29,7 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -298,6 +299,9 @@ class WebmailRelay:
             kind = "sign-up invitation"
         else:
             page = settings["webmail_login_url"] or (f"{base}/login" if base else "")
+            if base and settings["webmail_email_code_login"]:
+                # Who rarely comes back gets a code mailed, not a password asked.
+                page = f"{base}/login/email?{urlencode({'address': address})}"
             if not page:
                 log.warn("No new-message notice for {rcpt}: the portal base URL is not set "
                          "(Settings → General)", rcpt=address)

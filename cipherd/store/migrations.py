@@ -135,7 +135,7 @@ def _message_lifetimes(conn: Connection) -> None:
                          ("controls", "VARCHAR(64) NOT NULL DEFAULT ''")):
         if column not in have:
             conn.execute(text(f"ALTER TABLE webmail_messages ADD COLUMN {column} {kind}"))
-    schema.metadata.create_all(conn, tables=[schema.webmail_events])
+    schema.metadata.create_all(conn, tables=[schema.webmail_events, schema.webmail_login_codes])
 
 
 MIGRATIONS: Sequence[Migration] = (
@@ -155,7 +155,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(13, "admin roles, second factors and API tokens", _admin_roles),
     Migration(14, "the built-in certificate authority", _certificate_authority),
     Migration(15, "data loss prevention: patterns and quarantine", _dlp),
-    Migration(16, "webmail message expiry, sender controls and recall, and their tracking",
+    Migration(16, "webmail message expiry, sender controls, recall and tracking; sign-in codes",
               _message_lifetimes),
 )
 

@@ -270,6 +270,18 @@ webmail_messages = Table(
     UniqueConstraint("address", "tunnel_id", name="webmail_messages_once"),
 )
 
+# Sign-in codes mailed to webmail recipients (one live code per address):
+# its HMAC only, when it expires, when it was sent, wrong tries so far.
+webmail_login_codes = Table(
+    "webmail_login_codes",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("code_hash", String(64), nullable=False),
+    Column("expires", Float, nullable=False, index=True),
+    Column("sent", Float, nullable=False),
+    Column("attempts", Integer, nullable=False),
+)
+
 # What became of each tunnelled message, per recipient: delivered to the
 # mailbox, notified, opened, downloaded, replied, expired, recalled.
 webmail_events = Table(

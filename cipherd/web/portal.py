@@ -83,7 +83,7 @@ from cipherd.web.common import (
     whole_number,
 )
 from cipherd.webmail import render, totp, tracking
-from cipherd.webmail.accounts import RESET, SIGNUP, LinkRefused
+from cipherd.webmail.accounts import RESET, SIGNUP, Account, LinkRefused
 from cipherd.webmail.controls import (
     CONTROLS,
     NO_DOWNLOAD,
@@ -525,7 +525,8 @@ class Portal:
         values = await self._values()
         return await self._render(request, "portal_login.html", status, problem=problem,
                                   notice=notice, address=address, csrf=self._csrf(request),
-                                  reset_enabled=values["password_reset_enabled"])
+                                  reset_enabled=values["password_reset_enabled"],
+                                  code_login=values["webmail_email_code_login"])
 
     def _refusal(self, request: IRequest, refused: LoginRefused) -> str:
         if refused.reason == LOCKED:
@@ -551,16 +552,66 @@ class Portal:
         except LoginRefused as refused:
             return await self._login_page(request, problem=self._refusal(request, refused),
                                           address=address, status=403)
+        return await self._logged_in(request, account, "a password")
+
+    async def _logged_in(self, request: IRequest, account: Account, how: str) -> bytes:
+        """
+        A session for C{account}, whose password or mailed code was right;
+        on to its second factor when it has one or must set one up.
+        """
         has_code = await self.messenger.accounts.totp_secret(account.address) is not None
         required = (await self._values(account.address))["webmail_totp_required"]
         token = await self.sessions.open(account.address,
                                          second_factor=not (has_code or required))
         set_cookie(request, SESSION_COOKIE, token)
-        log.info("Portal: {address} logged in from {client}", address=account.address,
-                 client=client_address(request))
+        log.info("Portal: {address} logged in with {how} from {client}",
+                 address=account.address, how=how, client=client_address(request))
         if has_code:
             return redirect(request, "/login/code")
         return redirect(request, "/account/totp" if required else "/inbox")
+
+    # Sign-in by a mailed code ------------------------------------------------
+
+    @app.route("/login/email", methods=["GET"])
+    async def email_code_form(self, request: IRequest) -> bytes:
+        if await self.sessions.get(cookie(request, SESSION_COOKIE)) is not None:
+            return redirect(request, "/inbox")
+        return await self._render(request, "portal_login_email.html",
+                                  address=(arg(request, "address") or "").strip()[:320],
+                                  csrf=self._csrf(request), sent=False)
+
+    @app.route("/login/email", methods=["POST"])
+    async def email_code(self, request: IRequest) -> bytes:
+        """
+        Mail a sign-in code; the answer is the same whether or not one is
+        sent (no enumeration), and asks for the code.
+        """
+        if not self._csrf_ok(request):
+            return await self._expired_form(request)
+        address = (arg(request, "email") or "").strip().lower()[:320]
+        if address:
+            self.messenger.request_login_code(address)
+        return await self._render(request, "portal_login_email.html", address=address,
+                                  csrf=self._csrf(request), sent=bool(address))
+
+    @app.route("/login/email/code", methods=["POST"])
+    async def email_code_login(self, request: IRequest) -> bytes:
+        if not self._csrf_ok(request):
+            return await self._expired_form(request)
+        address = (arg(request, "email") or "").strip().lower()[:320]
+        code = (arg(request, "code") or "")[:32]
+        try:
+            account = await self.sessions.check_login(
+                address, client_address(request),
+                lambda: self.messenger.login_with_code(address, code))
+        except LoginRefused as refused:
+            problem = (self._(request, "That code is not right, or no longer works. Ask for a "
+                                       "new one if it is more than 10 minutes old.")
+                       if refused.reason == WRONG else self._refusal(request, refused))
+            return await self._render(request, "portal_login_email.html", 403,
+                                      address=address, csrf=self._csrf(request), sent=True,
+                                      problem=problem)
+        return await self._logged_in(request, account, "a mailed code")
 
     @app.route("/login/code", methods=["GET"])
     async def code_form(self, request: IRequest) -> bytes:

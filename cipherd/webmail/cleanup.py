@@ -29,6 +29,7 @@ from cipherd.settings import IAddressSettings
 from cipherd.store import Store
 from cipherd.store.jobs import claim
 from cipherd.webmail.accounts import Accounts
+from cipherd.webmail.logincodes import forget_codes
 from cipherd.webmail.mailbox import Mailboxes
 from cipherd.webmail.tracking import EVENT_MEMORY
 
@@ -82,6 +83,7 @@ class Cleanup:
     async def _mailbox_cleanup(self, values: Mapping[str, Any], now: float) -> None:
         await self._mailboxes.forget_tunnels(now - TUNNEL_MEMORY)
         await self._mailboxes.forget_events(now - EVENT_MEMORY)
+        await forget_codes(self._store, now)
         if not values["auto_mailbox_cleanup_enabled"]:
             return
         interval = values["auto_mailbox_cleanup_interval"]

@@ -309,6 +309,23 @@ CATALOG: dict[str, str] = {
     "This message has expired": "Dit bericht is verlopen",
     "This message was recalled": "Dit bericht is teruggeroepen",
     "Not allowed for this message": "Niet toegestaan voor dit bericht",
+    "Sign in with a code by email": "Inloggen met een code per e-mail",
+    "If %(address)s may sign in this way, a code is on its way to it. It works once, for 10 "
+    "minutes.":
+        "Als %(address)s zo mag inloggen, is er een code onderweg. Die werkt één keer, 10 "
+        "minuten lang.",
+    "Sign-in code": "Inlogcode",
+    "Sign in": "Inloggen",
+    "Send a new code": "Stuur een nieuwe code",
+    "We mail you a code to sign in with: no password needed.":
+        "We mailen u een code om mee in te loggen: geen wachtwoord nodig.",
+    "Email me a code": "Mail mij een code",
+    "Sign in with a password instead": "Liever inloggen met een wachtwoord",
+    "Email me a sign-in code instead": "Mail mij liever een inlogcode",
+    "That code is not right, or no longer works. Ask for a new one if it is more than 10 "
+    "minutes old.":
+        "Die code klopt niet of werkt niet meer. Vraag een nieuwe als hij ouder is dan 10 "
+        "minuten.",
     "The sender does not allow replies to this message.":
         "De afzender staat geen antwoorden op dit bericht toe.",
     "The sender does not allow this message or its attachments to be downloaded.":

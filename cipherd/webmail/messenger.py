@@ -25,6 +25,7 @@ from cipherd.webmail import reply as replies
 from cipherd.webmail import tracking
 from cipherd.webmail.accounts import (
     ACTIVE,
+    DISABLED,
     RESET,
     SIGNUP,
     Account,
@@ -34,6 +35,8 @@ from cipherd.webmail.accounts import (
 from cipherd.webmail.compose import compose_message
 from cipherd.webmail.controls import NO_REPLY, REQUIRE_TOTP, WORDS, ControlRefused
 from cipherd.webmail.invitations import password_reset_notice
+from cipherd.webmail.logincodes import RESEND_AFTER, LoginCodes
+from cipherd.webmail.logincodes import VALIDITY as CODE_VALIDITY
 from cipherd.webmail.mailbox import FULL, Held, Mailboxes, MessageEnded, Summary
 from cipherd.webmail.notify import Notifier, one_line
 from cipherd.webmail.sessions import PortalSessions
@@ -86,6 +89,7 @@ class Messenger:
         self._submission = submission
         self._clock = clock
         self._recent_resets: dict[str, float] = {}
+        self._codes = LoginCodes(accounts.store, clock, mailboxes.key_for("login codes"))
 
     async def _values(self, address: str) -> Mapping[str, Any]:
         found = await self._settings.by_address(["", address])
@@ -180,6 +184,60 @@ class Messenger:
                                              self._mta().my_hostname)
         log.info("Sent a password reset link to {address} (queued as {notice_id})",
                  address=address, notice_id=queue_id)
+
+    # Sign-in by a code mailed to the recipient --------------------------------
+
+    async def _code_login_allowed(self, address: str) -> Account | None:
+        """
+        C{address}'s account if it may sign in by a mailed code: it is not
+        disabled, and its settings allow codes.
+        """
+        account = await self.accounts.get(address)
+        if account is None or account.state == DISABLED:
+            return None
+        return account if (await self._values(address))["webmail_email_code_login"] else None
+
+    def request_login_code(self, address: str) -> None:
+        """
+        Mail C{address} a sign-in code if it may sign in by code; nothing
+        otherwise (the caller says the same either way: no enumeration).
+        The work goes on after this returns, so that the answer takes as
+        long whether or not a mail is sent.
+        """
+        address = address.strip().lower()[:320]
+        Deferred.fromCoroutine(self._send_login_code(address)).addErrback(
+            lambda f: log.failure("Sending a sign-in code to {address} failed", f,
+                                  address=address))
+
+    async def _send_login_code(self, address: str) -> None:
+        if await self._code_login_allowed(address) is None:
+            log.info("Sign-in code asked for {address}: no account, a disabled one, or sign-in "
+                     "by code is off for it; nothing sent", address=address)
+            return
+        code = await self._codes.issue(address)
+        if code is None:
+            log.info("Sign-in code asked for {address} again within {seconds:.0f} s; nothing "
+                     "sent", address=address, seconds=RESEND_AFTER)
+            return
+        values = await self._values(address)
+        notice = self._notifier.render("login_code", {
+            "address": address, "code": code,
+            "expires": minute_utc(self._clock.seconds() + CODE_VALIDITY)}, values)
+        queue_id = await self._notifier.send(address, notice, values, self._mta().my_hostname)
+        log.info("Sent a sign-in code to {address} (queued as {notice_id})", address=address,
+                 notice_id=queue_id)
+
+    async def login_with_code(self, address: str, code: str) -> Account | None:
+        """
+        The account whose live sign-in code C{code} is (spent now), or
+        C{None}.
+        """
+        address = address.strip().lower()[:320]
+        account = await self._code_login_allowed(address)
+        if account is None or not await self._codes.use(address, code):
+            return None
+        await self.accounts.touch(address, login=True)
+        return account
 
     # The mailbox ------------------------------------------------------------
 

@@ -288,6 +288,19 @@ class PortalSessions:
         @raise LoginRefused: why not.
         """
         address = address.strip().lower()[:320]
+        return await self.check_login(address, client,
+                                      lambda: self._verify_password(address, password))
+
+    async def check_login(self, address: str, client: str,
+                          verify: Callable[[], Awaitable[Any]]) -> Any:
+        """
+        A login by any means (a password, a mailed code), counted and
+        locked out alike: C{verify} answers the account, or C{None} for a
+        wrong secret.
+
+        @return: the account.
+        @raise LoginRefused: why not.
+        """
         if self._pending >= MAX_PENDING_CHECKS:
             raise LoginRefused(BUSY)
         # The place is given back when the check is done, not when its
@@ -296,7 +309,7 @@ class PortalSessions:
         # would queue hashes without limit.  The check also goes on to
         # record its outcome.
         self._pending += 1
-        work = Deferred.fromCoroutine(self._check_password(address, password, client))
+        work = Deferred.fromCoroutine(self._check(address, client, verify))
         work.addBoth(self._give_back_place)
         account = await _unless_abandoned(work)
         return account
@@ -305,10 +318,11 @@ class PortalSessions:
         self._pending -= 1
         return result
 
-    async def _check_password(self, address: str, password: str, client: str) -> Any:
+    async def _check(self, address: str, client: str, verify: Callable[[], Awaitable[Any]]
+                     ) -> Any:
         await self._sweep_now_and_then()
         await self.throttle.count(address, client)
-        account = await self._verify_password(address, password)
+        account = await verify()
         if account is None:
             raise await self.throttle.failed(address, client)
         await self.throttle.succeeded(address, client)
