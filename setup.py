@@ -43,6 +43,9 @@ setup(
         # catastrophic backtracking); pypdf reads the text of PDF attachments.
         "google-re2>=1.1",
         "pypdf>=5",
+        # Passkeys in the portal (cipherd.webmail.passkeys): WebAuthn
+        # registration and assertion checks.
+        "webauthn>=2.2",
     ],
     extras_require={
         "test": [

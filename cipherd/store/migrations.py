@@ -135,7 +135,9 @@ def _message_lifetimes(conn: Connection) -> None:
                          ("controls", "VARCHAR(64) NOT NULL DEFAULT ''")):
         if column not in have:
             conn.execute(text(f"ALTER TABLE webmail_messages ADD COLUMN {column} {kind}"))
-    schema.metadata.create_all(conn, tables=[schema.webmail_events, schema.webmail_login_codes])
+    schema.metadata.create_all(conn, tables=[
+        schema.webmail_events, schema.webmail_login_codes, schema.webmail_passkeys,
+        schema.webmail_passkey_challenges])
 
 
 MIGRATIONS: Sequence[Migration] = (
@@ -155,7 +157,8 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(13, "admin roles, second factors and API tokens", _admin_roles),
     Migration(14, "the built-in certificate authority", _certificate_authority),
     Migration(15, "data loss prevention: patterns and quarantine", _dlp),
-    Migration(16, "webmail message expiry, sender controls, recall and tracking; sign-in codes",
+    Migration(16, "webmail message expiry, sender controls, recall and tracking; sign-in "
+                  "codes and passkeys",
               _message_lifetimes),
 )
 

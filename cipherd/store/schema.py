@@ -282,6 +282,29 @@ webmail_login_codes = Table(
     Column("attempts", Integer, nullable=False),
 )
 
+# WebAuthn passkeys of webmail accounts: the credential id (base64url),
+# its COSE public key and signature counter.
+webmail_passkeys = Table(
+    "webmail_passkeys",
+    metadata,
+    Column("credential_id", String(1400), primary_key=True),
+    Column("address", String(320), nullable=False, index=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("sign_count", Integer, nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("last_used", Float, nullable=True),
+)
+
+# Passkey challenges answered already (their SHA-256), until they expire:
+# each is answered once.
+webmail_passkey_challenges = Table(
+    "webmail_passkey_challenges",
+    metadata,
+    Column("challenge", String(64), primary_key=True),
+    Column("expires", Float, nullable=False, index=True),
+)
+
 # What became of each tunnelled message, per recipient: delivered to the
 # mailbox, notified, opened, downloaded, replied, expired, recalled.
 webmail_events = Table(

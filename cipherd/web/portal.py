@@ -41,6 +41,7 @@ import binascii
 import email.parser
 import email.policy
 import functools
+import json
 import re
 import secrets
 from collections import deque
@@ -83,7 +84,7 @@ from cipherd.web.common import (
     whole_number,
 )
 from cipherd.webmail import render, totp, tracking
-from cipherd.webmail.accounts import RESET, SIGNUP, Account, LinkRefused
+from cipherd.webmail.accounts import DISABLED, RESET, SIGNUP, Account, LinkRefused
 from cipherd.webmail.controls import (
     CONTROLS,
     NO_DOWNLOAD,
@@ -96,6 +97,7 @@ from cipherd.webmail.controls import (
 from cipherd.webmail.i18n import LANGUAGES, negotiate, ngettext_for, translator
 from cipherd.webmail.mailbox import Held, MessageEnded
 from cipherd.webmail.messenger import Messenger, ReplyResult
+from cipherd.webmail.passkeys import PasskeyRefused, RelyingParty
 from cipherd.webmail.pdfreply import PDFReplies, ReplyLink, ReplyRefused
 from cipherd.webmail.reply import MAX_REPLY_SIZE, Attachment, quoted_text
 from cipherd.webmail.sessions import BUSY, LOCKED, THROTTLED, WRONG, LoginRefused, PortalSession
@@ -349,7 +351,7 @@ class Portal:
         if session is None:
             raise SeeOther("/login?ended=1" if token else "/login")
         if not session.second_factor:
-            if await self.messenger.accounts.totp_secret(session.address) is not None:
+            if await self.messenger.has_second_factor(session.address):
                 raise SeeOther("/login/code")
             if not setup:
                 raise SeeOther("/account/totp")
@@ -559,7 +561,7 @@ class Portal:
         A session for C{account}, whose password or mailed code was right;
         on to its second factor when it has one or must set one up.
         """
-        has_code = await self.messenger.accounts.totp_secret(account.address) is not None
+        has_code = await self.messenger.has_second_factor(account.address)
         required = (await self._values(account.address))["webmail_totp_required"]
         token = await self.sessions.open(account.address,
                                          second_factor=not (has_code or required))
@@ -620,8 +622,134 @@ class Portal:
             return redirect(request, "/login")
         if session.second_factor:
             return redirect(request, "/inbox")
-        return await self._render(request, "portal_code.html", session=session,
-                                  csrf=session.csrf_token)
+        return await self._code_page(request, session)
+
+    async def _code_page(self, request: IRequest, session: PortalSession, *,
+                         status: int = 200, problem: str | None = None) -> bytes:
+        """
+        The second factor: a code from the app, or a passkey (either that
+        the account has).
+        """
+        passkeys = await self.messenger.passkeys.listing(session.address)
+        options = (await self.messenger.passkeys.authentication_options(
+            await self._party(request), session.address)) if passkeys else ""
+        return await self._render(
+            request, "portal_code.html", status, session=session, csrf=session.csrf_token,
+            has_totp=await self.messenger.accounts.totp_secret(session.address) is not None,
+            passkey_options=options, problem=problem)
+
+    @app.route("/login/code/passkey", methods=["POST"])
+    async def code_passkey(self, request: IRequest) -> bytes:
+        """
+        A passkey of the account as its second factor (counted as a code
+        is: a wrong one is a failed attempt).
+        """
+        session = await self.sessions.get(cookie(request, SESSION_COOKIE))
+        if session is None:
+            return redirect(request, "/login")
+        if not self._csrf_ok(request, session):
+            return await self._expired_form(request)
+        try:
+            await self.messenger.passkeys.authenticate(
+                await self._party(request), arg(request, "credential") or "", session.address)
+            valid, problem = True, None
+        except PasskeyRefused as e:
+            valid, problem = False, self._(request, str(e))
+        try:
+            await self.sessions.check_code(session, valid, client_address(request))
+        except LoginRefused as refused:
+            return await self._code_page(
+                request, session, status=403,
+                problem=problem if refused.reason == WRONG else self._refusal(request, refused))
+        log.info("Portal: {address} gave a passkey as the second factor from {client}",
+                 address=session.address, client=client_address(request))
+        return redirect(request, "/inbox")
+
+    # Passkeys --------------------------------------------------------------------
+
+    async def _party(self, request: IRequest) -> RelyingParty:
+        """
+        The portal as WebAuthn's relying party: the origin of the *portal
+        base URL*, else the one the browser asked for.
+        """
+        values = await self._values()
+        base = values["portal_base_url"]
+        origin = (f"{urlsplit(base).scheme}://{urlsplit(base).netloc}" if base else
+                  "https://" + (request.getHeader(b"host") or b"localhost").decode("latin-1"))
+        return RelyingParty(urlsplit(origin).hostname or "localhost", origin,
+                            values["portal_product_name"])
+
+    @app.route("/login/passkey/options", methods=["GET"])
+    async def passkey_options(self, request: IRequest) -> bytes:
+        """
+        The question a passkey sign-in answers, fetched by portal.js (so
+        that the login page itself is the same for everyone).
+        """
+        return json_response(request, 200, json.loads(
+            await self.messenger.passkeys.authentication_options(await self._party(request))))
+
+    @app.route("/login/passkey", methods=["POST"])
+    async def passkey_login(self, request: IRequest) -> bytes:
+        """
+        Sign in with a passkey instead of a password: the authenticator
+        verified its user, so no second factor is asked.
+        """
+        if not self._csrf_ok(request):
+            return await self._expired_form(request)
+        try:
+            address = await self.messenger.passkeys.authenticate(
+                await self._party(request), arg(request, "credential") or "")
+        except PasskeyRefused as e:
+            log.info("Portal: a passkey sign-in from {client} was refused: {why}",
+                     client=client_address(request), why=e)
+            return await self._login_page(request, problem=self._(request, str(e)),
+                                          status=403)
+        account = await self.messenger.accounts.get(address)
+        if account is None or account.state == DISABLED:
+            return await self._login_page(request, status=403, problem=self._(
+                request, "This account is disabled. Ask the sender of your messages."))
+        await self.messenger.accounts.touch(address, login=True)
+        token = await self.sessions.open(address, second_factor=True)
+        set_cookie(request, SESSION_COOKIE, token)
+        log.info("Portal: {address} logged in with a passkey from {client}", address=address,
+                 client=client_address(request))
+        return redirect(request, "/inbox")
+
+    @app.route("/account/passkeys", methods=["POST"])
+    async def passkey_add(self, request: IRequest) -> bytes:
+        session = await self._user(request, setup=True)
+        if not self._csrf_ok(request, session):
+            return await self._expired_form(request)
+        try:
+            passkey = await self.messenger.passkeys.register(
+                await self._party(request), session.address, arg(request, "credential") or "",
+                (arg(request, "name") or "")[:200])
+        except PasskeyRefused as e:
+            return await self._account_page(request, session, status=400,
+                                            passkey_problem=self._(request, str(e)))
+        log.info("Portal: {address} added the passkey {name}", address=session.address,
+                 name=passkey.name)
+        if not session.second_factor:
+            # A required second factor set up (as a passkey, not an app).
+            await self.sessions.check_code(session, True, client_address(request))
+        return await self._account_page(request, session, passkey_changed="added")
+
+    @app.route("/account/passkeys/remove", methods=["POST"])
+    async def passkey_remove(self, request: IRequest) -> bytes:
+        session = await self._user(request)
+        if not self._csrf_ok(request, session):
+            return await self._expired_form(request)
+        values = await self._values(session.address)
+        passkeys = await self.messenger.passkeys.listing(session.address)
+        has_totp = await self.messenger.accounts.totp_secret(session.address) is not None
+        if values["webmail_totp_required"] and not has_totp and len(passkeys) <= 1:
+            return await self._account_page(request, session, status=409, passkey_problem=self._(
+                request, "A second factor is required here: add another passkey or set up an "
+                         "authenticator app before you remove this one."))
+        if await self.messenger.passkeys.remove(session.address,
+                                                (arg(request, "id") or "")[:1400]):
+            log.info("Portal: {address} removed a passkey", address=session.address)
+        return await self._account_page(request, session, passkey_changed="removed")
 
     @app.route("/login/code", methods=["POST"])
     async def code(self, request: IRequest) -> bytes:
@@ -643,8 +771,7 @@ class Portal:
             problem = (self._(request, "That code is not right. Enter the code your app shows "
                                        "now.") if refused.reason == WRONG
                        else self._refusal(request, refused))
-            return await self._render(request, "portal_code.html", 403, session=session,
-                                      csrf=session.csrf_token, problem=problem)
+            return await self._code_page(request, session, status=403, problem=problem)
         return redirect(request, "/inbox")
 
     @app.route("/logout", methods=["POST"])
@@ -1136,9 +1263,14 @@ class Portal:
                             status: int = 200, **context: Any) -> bytes:
         has_code = await self.messenger.accounts.totp_secret(session.address) is not None
         values = await self._values(session.address)
-        return await self._render(request, "portal_account.html", status, session=session,
-                                  csrf=session.csrf_token, has_code=has_code,
-                                  required=values["webmail_totp_required"], **context)
+        return await self._render(
+            request, "portal_account.html", status, session=session, csrf=session.csrf_token,
+            has_code=has_code, required=values["webmail_totp_required"],
+            passkeys=[(p, minute_utc(p.created),
+                       minute_utc(p.last_used) if p.last_used else "")
+                      for p in await self.messenger.passkeys.listing(session.address)],
+            passkey_options=await self.messenger.passkeys.registration_options(
+                await self._party(request), session.address), **context)
 
     def _current_refused(self, request: IRequest, refused: LoginRefused) -> str:
         if refused.reason == WRONG:

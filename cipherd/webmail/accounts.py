@@ -33,7 +33,14 @@ from twisted.internet.interfaces import IReactorTime
 from zxcvbn import zxcvbn
 
 from cipherd.store import Store
-from cipherd.store.schema import webmail_accounts, webmail_messages, webmail_sessions
+from cipherd.store.schema import (
+    webmail_accounts,
+    webmail_login_codes,
+    webmail_login_failures,
+    webmail_messages,
+    webmail_passkeys,
+    webmail_sessions,
+)
 from cipherd.threads import IBlockingRunner
 
 INVITED, ACTIVE, DISABLED = "invited", "active", "disabled"
@@ -181,6 +188,21 @@ def password_report(password: str, min_bits: int, address: str) -> tuple[float, 
 
 
 # Accounts ------------------------------------------------------------------------
+
+
+def remove_belongings(conn: Connection, address: str) -> int:
+    """
+    Everything of an account that is deleted but the account's row: its
+    mailbox, sessions, failed logins, sign-in codes and passkeys.
+
+    @return: how many messages it had.
+    """
+    messages = conn.execute(delete(webmail_messages).where(
+        webmail_messages.c.address == address)).rowcount
+    for table in (webmail_sessions, webmail_login_failures, webmail_login_codes,
+                  webmail_passkeys):
+        conn.execute(delete(table).where(table.c.address == address))
+    return int(messages)
 
 
 class Accounts:
@@ -332,11 +354,7 @@ class Accounts:
             gone = list(conn.execute(delete(webmail_accounts).where(
                 webmail_accounts.c.last_activity < before)
                 .returning(webmail_accounts.c.address)).scalars())
-            removed = {}
-            for address in gone:
-                removed[address] = int(conn.execute(delete(webmail_messages).where(
-                    webmail_messages.c.address == address)).rowcount)
-            return removed
+            return {address: remove_belongings(conn, address) for address in gone}
 
         removed: dict[str, int] = await self._store.run(write)
         return removed

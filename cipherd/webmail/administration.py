@@ -20,11 +20,17 @@ from cipherd.smtp.config import MTAConfig
 from cipherd.store import Store
 from cipherd.store.schema import (
     webmail_accounts,
-    webmail_login_failures,
     webmail_messages,
-    webmail_sessions,
 )
-from cipherd.webmail.accounts import ACTIVE, DISABLED, INVITED, Account, Accounts, _account
+from cipherd.webmail.accounts import (
+    ACTIVE,
+    DISABLED,
+    INVITED,
+    Account,
+    Accounts,
+    _account,
+    remove_belongings,
+)
 from cipherd.webmail.invitations import NoInvitation, password_reset_notice, signup_invitation
 from cipherd.webmail.mailbox import Mailboxes, Summary
 from cipherd.webmail.notify import Notifier
@@ -110,19 +116,14 @@ def list_accounts(conn: Connection, text: str, state: str, offset: int, limit: i
 
 def delete_account(conn: Connection, address: str) -> int | None:
     """
-    Remove the account, its mailbox, sessions and failed-login records.
+    Remove the account and all it has (L{remove_belongings}).
 
     @return: how many messages it had, or C{None}: there is no account.
     """
     gone = conn.execute(delete(webmail_accounts).where(webmail_accounts.c.address == address))
     if not gone.rowcount:
         return None
-    messages = conn.execute(delete(webmail_messages).where(
-        webmail_messages.c.address == address)).rowcount
-    conn.execute(delete(webmail_sessions).where(webmail_sessions.c.address == address))
-    conn.execute(delete(webmail_login_failures).where(
-        webmail_login_failures.c.address == address))
-    return int(messages)
+    return remove_belongings(conn, address)
 
 
 class AccountAdministration:

@@ -309,6 +309,44 @@ CATALOG: dict[str, str] = {
     "This message has expired": "Dit bericht is verlopen",
     "This message was recalled": "Dit bericht is teruggeroepen",
     "Not allowed for this message": "Niet toegestaan voor dit bericht",
+    "Use a passkey": "Gebruik een passkey",
+    "Sign in with a passkey": "Inloggen met een passkey",
+    "Passkeys": "Passkeys",
+    "The passkey was added. You can sign in with it instead of your password, or give it "
+    "after your password as the second factor.":
+        "De passkey is toegevoegd. U kunt er in plaats van uw wachtwoord mee inloggen, of hem "
+        "na uw wachtwoord als tweede factor gebruiken.",
+    "The passkey was removed.": "De passkey is verwijderd.",
+    "A passkey (your phone, your computer's fingerprint reader or a security key) signs you "
+    "in without a password.":
+        "Met een passkey (uw telefoon, de vingerafdruklezer van uw computer of een "
+        "beveiligingssleutel) logt u in zonder wachtwoord.",
+    "Remove this passkey?": "Deze passkey verwijderen?",
+    "added %(when)s": "toegevoegd %(when)s",
+    "last used %(when)s": "laatst gebruikt %(when)s",
+    "Remove": "Verwijderen",
+    "Name of the new passkey": "Naam van de nieuwe passkey",
+    "My phone": "Mijn telefoon",
+    "Add a passkey": "Passkey toevoegen",
+    "Passkeys need JavaScript.": "Passkeys hebben JavaScript nodig.",
+    "A second factor is required here: add another passkey or set up an authenticator app "
+    "before you remove this one.":
+        "Een tweede factor is hier verplicht: voeg een andere passkey toe of stel een "
+        "authenticator-app in voordat u deze verwijdert.",
+    "The passkey's answer cannot be read.": "Het antwoord van de passkey is onleesbaar.",
+    "The passkey answered another page's question. Try again.":
+        "De passkey antwoordde op de vraag van een andere pagina. Probeer het opnieuw.",
+    "The page was open too long. Try again.":
+        "De pagina stond te lang open. Probeer het opnieuw.",
+    "This passkey answer was used already. Try again.":
+        "Dit antwoord van de passkey is al gebruikt. Probeer het opnieuw.",
+    "This passkey is registered already.": "Deze passkey is al geregistreerd.",
+    "This passkey is not registered here. Sign in with your password, then add it on your "
+    "account page.":
+        "Deze passkey is hier niet geregistreerd. Log in met uw wachtwoord en voeg hem toe op "
+        "uw accountpagina.",
+    "An account has at most 10 passkeys: remove one first.":
+        "Een account heeft hoogstens 10 passkeys: verwijder er eerst een.",
     "Sign in with a code by email": "Inloggen met een code per e-mail",
     "If %(address)s may sign in this way, a code is on its way to it. It works once, for 10 "
     "minutes.":

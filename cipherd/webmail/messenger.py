@@ -39,6 +39,7 @@ from cipherd.webmail.logincodes import RESEND_AFTER, LoginCodes
 from cipherd.webmail.logincodes import VALIDITY as CODE_VALIDITY
 from cipherd.webmail.mailbox import FULL, Held, Mailboxes, MessageEnded, Summary
 from cipherd.webmail.notify import Notifier, one_line
+from cipherd.webmail.passkeys import Passkeys
 from cipherd.webmail.sessions import PortalSessions
 from cipherd.webmail.tracking import (
     DOWNLOADED,
@@ -90,6 +91,7 @@ class Messenger:
         self._clock = clock
         self._recent_resets: dict[str, float] = {}
         self._codes = LoginCodes(accounts.store, clock, mailboxes.key_for("login codes"))
+        self.passkeys = Passkeys(accounts.store, clock, mailboxes.key_for("passkey challenges"))
 
     async def _values(self, address: str) -> Mapping[str, Any]:
         found = await self._settings.by_address(["", address])
@@ -325,9 +327,16 @@ class Messenger:
         """
         held = await self.mailboxes.held(address, message_id, now=self._clock.seconds())
         if held is not None and REQUIRE_TOTP in held.controls and \
-                await self.accounts.totp_secret(address) is None:
+                not await self.has_second_factor(address):
             raise ControlRefused(REQUIRE_TOTP)
         return held
+
+    async def has_second_factor(self, address: str) -> bool:
+        """
+        Whether C{address} has a second factor: a TOTP app, or a passkey.
+        """
+        return (await self.accounts.totp_secret(address) is not None
+                or bool(await self.passkeys.listing(address)))
 
     async def downloaded(self, address: str, message_id: int, what: str) -> None:
         """

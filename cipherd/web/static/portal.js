@@ -46,8 +46,47 @@
     original.addEventListener("input", check);
   }
 
+  // Passkeys: the form's options (made by the server, with its challenge)
+  // go to the browser's WebAuthn, its answer into the form, which is sent.
+  function passkeyForm(form) {
+    var pkc = window.PublicKeyCredential;
+    if (!pkc || !pkc.parseCreationOptionsFromJSON || !pkc.parseRequestOptionsFromJSON) {
+      return;  // the form stays hidden
+    }
+    var problem = form.querySelector(".passkey-problem");
+    form.hidden = false;
+    form.addEventListener("submit", function (event) {
+      if (form.elements.credential.value) { return; }
+      event.preventDefault();
+      var create = form.dataset.passkeyCreate;
+      var url = form.dataset.passkeyGetUrl;
+      var options = url
+        ? fetch(url, { credentials: "same-origin" }).then(function (r) { return r.json(); })
+        : Promise.resolve(JSON.parse(create || form.dataset.passkeyGet));
+      options.then(function (json) {
+        return create
+          ? navigator.credentials.create({ publicKey: pkc.parseCreationOptionsFromJSON(json) })
+          : navigator.credentials.get({ publicKey: pkc.parseRequestOptionsFromJSON(json) });
+      }).then(function (credential) {
+        form.elements.credential.value = JSON.stringify(credential.toJSON());
+        form.submit();
+      }).catch(function (error) {
+        if (problem) {
+          problem.textContent = error && error.name === "NotAllowedError"
+            ? (document.documentElement.lang === "nl" ? "Geannuleerd of niet toegestaan."
+                                                        : "Cancelled or not allowed.")
+            : String(error);
+          problem.hidden = false;
+        }
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("form[data-strength-form]").forEach(strengthMeter);
+    document.querySelectorAll(
+      "form[data-passkey-create], form[data-passkey-get], form[data-passkey-get-url]")
+      .forEach(passkeyForm);
     document.querySelectorAll("input[data-confirm-of]").forEach(confirmMatch);
     document.querySelectorAll("input[data-select-all]").forEach(function (all) {
       all.addEventListener("change", function () {
