@@ -17,6 +17,7 @@ from cipherd.mpa import policy
 from cipherd.mpa.tunnel import read_tunnel, tunnel_id
 from cipherd.settings import GLOBAL, REGISTRY, Level, scope_for
 from cipherd.testing import result_of
+from cipherd.webmail.accounts import LinkRefused
 from cipherd.webmail.pdfreply import read_token
 from tests.pdf_peers import PDFReaders, pdf_of, text_of
 from tests.test_gateway import (  # noqa: F401
@@ -210,6 +211,22 @@ def test_the_pdf_and_its_mail_carry_a_signed_reply_link(world: World,
         "alice@example.com", "dave@partner.example", True)
     assert link.subject == ""  # obscured: not in the clear text of the mail either
     assert link.expires == int(world.clock.seconds()) + 30 * 86400
+
+
+def test_the_reply_link_ends_with_the_messages_expiry(world: World) -> None:
+    world.set(GLOBAL, pdf_reply_url="https://secure.example.com",
+              server_secret="a server secret of some length")
+    content = RECEIVED + b"X-Cipherd-Expires: 2d\r\n" + SENT
+    mail = world.process("dave@partner.example", content=content)[
+        ("dave@partner.example",)].content
+    assert mail is not None and b"X-Cipherd-Expires" not in mail
+    found = re.search(r"https://secure\.example\.com/pdf/reply\?token=(\S+)", text_of(mail))
+    assert found is not None
+    link = read_token("a server secret of some length", found.group(1), world.clock.seconds())
+    assert link.expires == int(world.clock.seconds()) + 2 * 86400
+    with pytest.raises(LinkRefused, match="expired"):
+        read_token("a server secret of some length", found.group(1),
+                   world.clock.seconds() + 2 * 86400 + 1)
 
 
 def test_no_reply_link_without_an_address_for_it(world: World, log_lines: list[str]) -> None:
