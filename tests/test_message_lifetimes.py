@@ -147,11 +147,11 @@ def test_an_expiring_message_ends_on_time(both: Both, log_lines: list[str]) -> N
                       both.mailboxes, both.accounts, world.clock)
     result_of(cleanup.tick())
     world.clock.advance(3600 - 1)
-    assert result_of(both.mailboxes.message(DAVE, summary.id, now=world.clock.seconds()))
+    assert result_of(both.mailboxes.held(DAVE, summary.id, now=world.clock.seconds()))
     world.clock.advance(1)
     # A reader who comes before the cleanup is refused all the same.
     with pytest.raises(MessageEnded) as ended:
-        result_of(both.mailboxes.message(DAVE, summary.id, now=world.clock.seconds()))
+        result_of(both.mailboxes.held(DAVE, summary.id, now=world.clock.seconds()))
     assert ended.value.how == EXPIRED
     world.clock.advance(EXPIRY_EVERY)
     result_of(cleanup.tick())

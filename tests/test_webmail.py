@@ -160,8 +160,8 @@ def test_messages_are_sealed_bound_to_their_mailbox_and_stored_once(clock: Clock
     (summary,) = result_of(mailboxes.listing(ADDRESS))
     assert (summary.sender, summary.subject, summary.size, summary.read) == (
         "alice@example.com", "Quarterly figures [encrypt]", len(SENT), False)
-    assert result_of(mailboxes.message(ADDRESS, summary.id, now=0)) == SENT
-    assert result_of(mailboxes.message("erin@partner.example", summary.id, now=0)) is None
+    assert result_of(mailboxes.held(ADDRESS, summary.id, now=0)).content == SENT
+    assert result_of(mailboxes.held("erin@partner.example", summary.id, now=0)) is None
     with pytest.raises(SealedMessageError):
         unseal(key, "erin@partner.example", "t1", seal(key, ADDRESS, "t1", SENT))
     assert result_of(mailboxes.usage(ADDRESS)) == len(SENT)
@@ -232,7 +232,7 @@ def test_a_relay_message_is_stored_and_the_recipient_invited(
     assert outcome.status == "sent" and "stored for dave@partner.example, erin" in outcome.reason
     for address in ("dave@partner.example", "erin@partner.example"):
         (summary,) = result_of(messenger.mailboxes.listing(address))
-        assert result_of(messenger.mailboxes.message(address, summary.id, now=0)) == SENT
+        assert result_of(messenger.mailboxes.held(address, summary.id, now=0)).content == SENT
         (invitation,) = messenger.sent_to(address)
         parsed = email.message_from_bytes(invitation)
         assert parsed["Subject"] == "Secure message from alice@example.com"

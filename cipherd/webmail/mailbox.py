@@ -355,22 +355,13 @@ class Mailboxes:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                     info=f"cipherd webmail {purpose} v1".encode()).derive(self._key)
 
-    async def message(self, address: str, message_id: int, *, now: float) -> bytes | None:
-        """
-        The content of one message of C{address}'s mailbox, or C{None}.
-
-        @raise MessageEnded: it expired (by C{now}, even before the
-            cleanup came by) or was recalled.
-        """
-        found = await self.held(address, message_id, now=now)
-        return None if found is None else found.content
-
     async def held(self, address: str, message_id: int, *, now: float) -> Held | None:
         """
         One message of C{address}'s mailbox with its sender's controls, or
         C{None}.
 
-        @raise MessageEnded: as L{message}.
+        @raise MessageEnded: it expired (by C{now}, even before the
+            cleanup came by) or was recalled.
         """
         def read(conn: Connection) -> Any:
             return conn.execute(select(webmail_messages.c.tunnel_id, webmail_messages.c.content,
