@@ -205,6 +205,33 @@ def test_a_recall_through_the_tunnel(both: Both, log_lines: list[str]) -> None:
     assert any("recalled from dave@partner.example" in line for line in log_lines)
 
 
+def test_a_recall_that_overtakes_its_message(both: Both, log_lines: list[str]) -> None:
+    """
+    The recall tunnel arrives first (the message's waited in a queue): the
+    message, when it comes, is kept as recalled, and no one is told.
+    """
+    world = both.world
+    sealed = both.tunnel(DAVE, ERIN)
+    metadata, _ = both.opened(sealed)
+    sealer = TunnelSealer(world.certificates, world.engine, world.clock)
+    settings = result_of(world.settings.by_address([""]))[""]
+    for recipients in ([ERIN], []):
+        made, _ = result_of(sealer.recall(metadata.tunnel_id, recipients, "Olivia", settings,
+                                          world.config))
+        assert "recalled from 0 mailbox" in both.relay_in(made.content).reason
+    outcome = both.relay_in(sealed)
+    assert "recalled before it arrived for dave@partner.example, erin" in outcome.reason
+    assert result_of(both.mailboxes.listing(DAVE)) == []
+    assert result_of(both.mailboxes.listing(ERIN)) == []
+    assert both.sent_to(DAVE) == [] and both.sent_to(ERIN) == []
+    timeline = result_of(both.mailboxes.timeline(metadata.tunnel_id))
+    assert {r.address: r.ended for r in timeline.recipients} == {DAVE: RECALLED,
+                                                                 ERIN: RECALLED}
+    dave = next(r for r in timeline.recipients if r.address == DAVE)
+    assert [(e.kind, e.detail) for e in dave.events] == [(RECALLED, "before it arrived")]
+    assert any("was recalled before it arrived" in line for line in log_lines)
+
+
 def test_a_forged_recall_is_refused(both: Both) -> None:
     """
     A recall carries the tunnel's signature rules: one not signed by a

@@ -52,7 +52,14 @@ from cipherd.smtp.processing import IMessageProcessor, Made, ProcessingResult, R
 from cipherd.webmail import notify, tracking
 from cipherd.webmail.accounts import INVITED, Account, Accounts
 from cipherd.webmail.invitations import NoInvitation, signup_invitation
-from cipherd.webmail.mailbox import FULL, REPEATED, STORED, Mailboxes, TunnelDelivery
+from cipherd.webmail.mailbox import (
+    FULL,
+    RECALLED_BEFORE,
+    REPEATED,
+    STORED,
+    Mailboxes,
+    TunnelDelivery,
+)
 
 log = mail_logger("cipherd.mpa.relay")
 
@@ -230,8 +237,9 @@ class WebmailRelay:
             self._tell(delivery, metadata, subject, settings, config, results)
             return Outcome("sent", "2.0.0", f"webmail relay message {metadata.tunnel_id} "
                                             "was handled before"), ""
-        stored, repeated, full = ([a for a in addresses if delivery.done[a] == kind]
-                                  for kind in (STORED, REPEATED, FULL))
+        stored, repeated, full, recalled = ([a for a in addresses if delivery.done[a] == kind]
+                                            for kind in (STORED, REPEATED, FULL,
+                                                         RECALLED_BEFORE))
         if repeated:
             log.info("Relay message {tunnel} was stored already for {rcpts}; not again; "
                      "Queue id: {queue_id}", tunnel=metadata.tunnel_id,
@@ -248,7 +256,12 @@ class WebmailRelay:
                      "{queue_id}", tunnel=metadata.tunnel_id, rcpts=", ".join(full),
                      queue_id=envelope.queue_id)
             self._mailbox_full(metadata.sender, full, subject, settings[""], config, results)
+        if recalled:
+            log.info("Relay message {tunnel} was recalled before it arrived; not shown to "
+                     "{rcpts}; Queue id: {queue_id}", tunnel=metadata.tunnel_id,
+                     rcpts=", ".join(recalled), queue_id=envelope.queue_id)
         words = [f"stored for {', '.join(stored)}" if stored else "",
+                 f"recalled before it arrived for {', '.join(recalled)}" if recalled else "",
                  f"already stored for {', '.join(repeated)}" if repeated else "",
                  f"mailbox full for {', '.join(full)} (the sender was told)" if full else ""]
         results.event(TUNNEL_RECEIVED, f"tunnel {metadata.tunnel_id} from <{metadata.sender}> "

@@ -146,6 +146,12 @@ def describe(content: bytes) -> tuple[str, str, int]:
 
 
 STORED, REPEATED, FULL = "stored", "repeated", "full"
+# A recall that came before its message (the recall tunnel overtook it in
+# a queue): the message is kept as recalled, never shown nor notified.
+RECALLED_BEFORE = "recalled before"
+# The address a recall of every recipient is recorded under, when it finds
+# no message of its tunnel yet.
+EVERYONE = "*"
 
 
 # Messages still in their mailbox (not expired nor recalled).
@@ -274,6 +280,14 @@ class Mailboxes:
                 webmail_accounts.c.address == address).with_for_update())
             if _find(conn, address, tunnel_id) is not None:
                 return REPEATED
+            if tracked and _recalled_before(conn, tunnel_id, address):
+                conn.execute(insert(webmail_messages).values(
+                    address=address, tunnel_id=tunnel_id, received=received,
+                    sender=sender[:998], subject=subject[:998], size=0,
+                    attachments=attachments, read=False, receipt_to="", notified=False,
+                    content=b"", expires=expires, ended=RECALLED, controls=""))
+                record(conn, tunnel_id, address, received, RECALLED, "before it arrived")
+                return RECALLED_BEFORE
             if limit and _usage(conn, address) + len(content) > limit:
                 return FULL
             conn.execute(insert(webmail_messages).values(
@@ -407,7 +421,13 @@ class Mailboxes:
             condition &= webmail_messages.c.address.in_(list(addresses))
 
         def write(conn: Connection) -> list[str]:
-            return sorted(a for a, _ in _ended(conn, condition, RECALLED, at, by))
+            recalled = sorted(a for a, _ in _ended(conn, condition, RECALLED, at, by))
+            if not recalled and conn.execute(select(webmail_messages.c.id).where(
+                    webmail_messages.c.tunnel_id == tunnel_id)).first() is None:
+                # Nothing of it here yet: the recall waits for it.
+                for address in addresses if addresses is not None else [EVERYONE]:
+                    record(conn, tunnel_id, address, at, RECALLED, by)
+            return recalled
 
         recalled: list[str] = await self._store.run(write)
         log.info("Webmail message {tunnel} recalled from {rcpts} {by}", tunnel=tunnel_id,
@@ -565,6 +585,12 @@ class TunnelDelivery:
 def _tunnel_seen(conn: Connection, tunnel_id: str) -> bool:
     return conn.execute(select(webmail_tunnels.c.tunnel_id).where(
         webmail_tunnels.c.tunnel_id == tunnel_id)).first() is not None
+
+
+def _recalled_before(conn: Connection, tunnel_id: str, address: str) -> bool:
+    return conn.execute(select(webmail_events.c.id).where(
+        (webmail_events.c.tunnel_id == tunnel_id) & (webmail_events.c.kind == RECALLED)
+        & webmail_events.c.address.in_([address, EVERYONE]))).first() is not None
 
 
 def _not_notified(conn: Connection, tunnel_id: str, addresses: Sequence[str]) -> list[str]:

@@ -102,7 +102,10 @@ def read_timeline(conn: Connection, tunnel_id: str) -> Timeline | None:
     """
     events: dict[str, list[Event]] = {}
     for event in conn.execute(select(webmail_events).where(
-            webmail_events.c.tunnel_id == tunnel_id).order_by(
+            (webmail_events.c.tunnel_id == tunnel_id)
+            # A recall of everyone that came before the message (see
+            # cipherd.webmail.mailbox.EVERYONE) is on each one's own line.
+            & (webmail_events.c.address != "*")).order_by(
             webmail_events.c.at, webmail_events.c.id)):
         events.setdefault(event.address, []).append(Event(event.at, event.kind, event.detail))
     rows: dict[str, Any] = {row.address: row for row in conn.execute(
