@@ -273,7 +273,7 @@ def test_the_guides_two_appliances_end_to_end(pair: Pair) -> None:
     inbox = result_of(webmail.inbox("dave@partner.example"))
     assert [m.subject for m in inbox] == ["Second draft", "Contract draft"]
     original = result_of(webmail.read("dave@partner.example", inbox[1].id))
-    assert original is not None and original.endswith(FIRST)
+    assert original is not None and original.content.endswith(FIRST)
     result = result_of(webmail.reply("dave@partner.example", inbox[1].id,
                                      "Thanks, I will sign it.", to=["eve@elsewhere.test"]))
     assert result.sent_to == ["alice@example.org"]
