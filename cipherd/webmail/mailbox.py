@@ -156,6 +156,15 @@ EVERYONE = "*"
 
 # Messages still in their mailbox (not expired nor recalled).
 _LIVE = webmail_messages.c.ended == ""
+
+
+def _live(now: float | None) -> Any:
+    """
+    L{_LIVE}, and not expired by C{now} (when given).
+    """
+    if now is None:
+        return _LIVE
+    return _LIVE & ((webmail_messages.c.expires == 0) | (webmail_messages.c.expires > now))
 _SUMMARY = [c for c in webmail_messages.c if c.name != "content"]
 
 
@@ -317,14 +326,17 @@ class Mailboxes:
         return counted
 
     async def listing(self, address: str, *, offset: int = 0, limit: int = 50,
-                      ended: bool = False) -> list[Summary]:
+                      ended: bool = False, now: float | None = None) -> list[Summary]:
         """
         The newest first; with those that ended (expired, recalled) when
         C{ended} is true.
+
+        @param now: leave out those whose expiry has passed by then, too
+            (the cleanup may not have come by yet).
         """
         condition = webmail_messages.c.address == address
         if not ended:
-            condition &= _LIVE
+            condition &= _live(now)
 
         def read(conn: Connection) -> list[Summary]:
             rows = conn.execute(select(*_SUMMARY).where(condition)
@@ -336,14 +348,14 @@ class Mailboxes:
         found: list[Summary] = await self._store.run(read)
         return found
 
-    async def find(self, address: str, query: str = "", *, offset: int = 0, limit: int = 50
-                   ) -> tuple[list[Summary], int]:
+    async def find(self, address: str, query: str = "", *, offset: int = 0, limit: int = 50,
+                   now: float | None = None) -> tuple[list[Summary], int]:
         """
         A page of C{address}'s messages whose sender or subject contains
         C{query} (all when empty; case-insensitive), the newest first, and
         how many match in all.
         """
-        condition = (webmail_messages.c.address == address) & _LIVE
+        condition = (webmail_messages.c.address == address) & _live(now)
         if query:
             pattern = "%" + re.sub(r"([\\%_])", r"\\\1", query.lower()) + "%"
             condition &= (func.lower(webmail_messages.c.sender).like(pattern, escape="\\")

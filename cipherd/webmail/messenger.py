@@ -247,7 +247,8 @@ class Messenger:
         return await self.accounts.verify_password(address.strip().lower(), password)
 
     async def inbox(self, address: str, *, offset: int = 0, limit: int = 50) -> list[Summary]:
-        return await self.mailboxes.listing(address, offset=offset, limit=limit)
+        return await self.mailboxes.listing(address, offset=offset, limit=limit,
+                                            now=self._clock.seconds())
 
     async def read(self, address: str, message_id: int) -> Held | None:
         """
@@ -422,7 +423,7 @@ class Messenger:
         of messages that match.
         """
         return await self.mailboxes.find(address, query.strip()[:200], offset=offset,
-                                         limit=limit)
+                                         limit=limit, now=self._clock.seconds())
 
     def plan_reply(self, address: str, original: bytes, *, reply_all: bool
                    ) -> replies.ReplyPlan:
