@@ -66,7 +66,7 @@ from cipherd.smtp.verify import AddressVerifier
 from cipherd.store import DatabaseUnavailable, Store, create_engine_for_url
 from cipherd.store.counters import CounterStore
 from cipherd.store.settings import SettingsRepository, apply_changes, load_values
-from cipherd.threads import ThreadPoolRunner
+from cipherd.threads import PoolStopped, ThreadPoolRunner
 from cipherd.web.admin import AdminSite
 from cipherd.web.audit import AuditTrail
 from cipherd.web.auth import AdminAuthority, admin_totp_key
@@ -227,8 +227,10 @@ def _periodic(interval: float, job: Callable[[], Coroutine[Any, Any, Any]], fail
     def run() -> Deferred[Any]:
         d = Deferred.fromCoroutine(job())
         # An unavailable database is logged once per episode by the store,
-        # not by every timer every time it ticks.
-        d.addErrback(lambda f: None if f.check(DatabaseUnavailable) else log.failure(failed, f))
+        # not by every timer every time it ticks; a job the appliance's stop
+        # cut between two steps is no fault.
+        d.addErrback(lambda f: None if f.check(DatabaseUnavailable, PoolStopped)
+                     else log.failure(failed, f))
         return d
 
     timer = TimerService(interval, run)
