@@ -1038,7 +1038,7 @@ PROPERTIES: tuple[Property, ...] = (
        "before the message leaves. Empty: none.", levels=GLOBAL_AND_DOMAIN,
        page="webmail", group="Message expiry", advanced=True),
     _P("message_expiry_subject_tag", "Expiry subject tag", SubjectTag(),
-       r"(?i)\[expires?:?\s*(\d{1,6}[mhdw])\]",
+       r"(?i)\[expires?:?\s*(\d{1,6}[smhdw])\]",
        "A regular expression whose first group is the expiry, found in the subject (like "
        "[expires 7d]); removed before the message leaves. Empty: none.",
        levels=GLOBAL_AND_DOMAIN, page="webmail", group="Message expiry", advanced=True),

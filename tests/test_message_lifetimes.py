@@ -83,6 +83,16 @@ def test_the_subject_tag_sets_it_and_is_removed() -> None:
     assert b"Subject: Quarterly figures [encrypt]\r\n" in found.content
 
 
+def test_seconds_minutes_and_case() -> None:
+    assert options(with_fields(SENT, "X-Cipherd-Expires: 45s")).expires == 1045.0
+    assert options(with_fields(SENT, "X-Cipherd-Expires: 2M")).expires == 1120.0
+    tagged = SENT.replace(b"Subject: Quarterly figures",
+                          b"Subject: Quarterly figures [expires 30s]")
+    assert options(tagged).expires == 1030.0
+    for bad in ("0s", "1.5s", "s"):
+        assert options(with_fields(SENT, f"X-Cipherd-Expires: {bad}")).expires == 0.0
+
+
 def test_the_default_the_longest_and_a_bad_value() -> None:
     assert options(SENT).expires == 0.0 and options(SENT).content is SENT
     assert options(SENT, message_expiry="2w").expires == 1000.0 + 14 * 86400

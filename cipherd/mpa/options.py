@@ -48,7 +48,13 @@ def _without_field(content: bytes, name: str) -> bytes:
     return content if len(kept) == len(fields) else b"".join(kept) + rest
 
 
+# A sender may ask for seconds too (a message read at once, then gone).
+_SECONDS = re.compile(r"([1-9][0-9]{0,5})s")
+
+
 def _seconds(text: str) -> float | None:
+    if found := _SECONDS.fullmatch(text):
+        return float(found.group(1))
     try:
         return parse_interval(text).total_seconds()
     except ScheduleError:
@@ -69,7 +75,7 @@ def sender_options(content: bytes, fields: Sequence[tuple[str, str]], subject: s
         asked = _seconds(value.lower())
         if asked is None:
             notes.append(f"the expiry {value[:40]!r} in {settings['message_expiry_header']} "
-                         "is not one (like 30m, 8h, 7d or 2w): ignored")
+                         "is not one (like 90s, 30m, 8h, 7d or 2w): ignored")
         content = _without_field(content, name)
     tag = str(settings["message_expiry_subject_tag"])
     if tag and (found := re.search(tag, subject)):
